@@ -1,0 +1,104 @@
+# Shared set-up for scripts/demo and scripts/test. Sourced, not run.
+# Idempotent: a second run installs nothing and returns in a few seconds.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+DOCKERD_LOG=/var/log/dockmesh-dockerd.log
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+
+_apt_updated=0
+apt_install() {
+    # apt_install PKG... : installs the packages that are missing.
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$_apt_updated" = 0 ]; then
+        log "apt-get update"
+        apt-get update -qq >/dev/null
+        _apt_updated=1
+    fi
+    log "apt-get install ${missing[*]}"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+find_python() {
+    local c
+    for c in python3.13 python3.12 python3.11 python3; do
+        if command -v "$c" >/dev/null 2>&1 &&
+            "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            command -v "$c"; return 0
+        fi
+    done
+    return 1
+}
+
+setup_python() {
+    local py stamp want
+    py=$(find_python) || { apt_install python3; py=$(find_python); }
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating $VENV"
+        if ! "$py" -m venv "$VENV" 2>/dev/null; then
+            rm -rf "$VENV"
+            apt_install python3-venv
+            "$py" -m venv "$VENV"
+        fi
+    fi
+    stamp="$VENV/.dockmesh-installed"
+    want=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        log "installing dockmesh and its dependencies into $VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+        "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+        echo "$want" > "$stamp"
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
+
+engine_answers() {
+    # Asks the engine's socket directly: a machine may carry a docker CLI without an engine.
+    local sock=${DOCKER_HOST:-unix:///var/run/docker.sock}
+    sock=${sock#unix://}
+    [ -S "$sock" ] && "$VENV/bin/python" - "$sock" <<'PY' 2>/dev/null
+import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect(sys.argv[1])
+s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+sys.exit(0 if b" 200 " in s.recv(256) else 1)
+PY
+}
+
+setup_engine() {
+    if engine_answers; then return 0; fi
+    if ! command -v dockerd >/dev/null 2>&1; then
+        apt_install docker.io
+    fi
+    apt_install iptables
+    log "starting dockerd (log: $DOCKERD_LOG)"
+    # setsid: the engine outlives this script (the demo stack stays up).
+    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 < /dev/null &
+    local i
+    for i in $(seq 1 60); do
+        engine_answers && return 0
+        sleep 0.5
+    done
+    echo "dockerd did not answer within 30 s; see $DOCKERD_LOG" >&2
+    tail -20 "$DOCKERD_LOG" >&2
+    return 1
+}
+
+setup_tools() {
+    # What the image builder and the tests call on the host.
+    apt_install busybox-static debootstrap iproute2 nftables ca-certificates
+}
+
+setup_all() {
+    setup_python
+    setup_tools
+    setup_engine
+    log "building images"
+    dockmesh images build
+}

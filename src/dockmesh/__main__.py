@@ -1,0 +1,3 @@
+from dockmesh.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The `dockmesh` command: one module per command group, rendering with rich."""

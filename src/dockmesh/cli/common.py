@@ -1,0 +1,81 @@
+"""What every command shares: consoles, the exit-code contract, engine options, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from dockmesh.engine.client import EngineClient, EngineError, EngineRef, parse_engine_refs
+from dockmesh.images.build import BuildError
+from dockmesh.spec.load import SpecError
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CHANGES = 0, 1, 2, 3
+
+EngineOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--engine",
+        help="Engine URL or NAME=URL; repeat for several engines "
+        "(default: $DOCKER_HOST or the local socket).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+class UserError(Exception):
+    """Bad input: exit 2 with this one-line reason."""
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Maps dockmesh's exceptions onto the exit-code contract."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as e:
+            for line in e.lines:
+                err.print(line, markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except UserError as e:
+            fail(f"dockmesh: {e}", EXIT_BAD_INPUT)
+        except (EngineError, BuildError) as e:
+            fail(f"dockmesh: {e}", EXIT_FAILED)
+        except OSError as e:
+            fail(f"dockmesh: {e}", EXIT_FAILED)
+
+    return wrapper
+
+
+def engine_refs(values: list[str] | None) -> list[EngineRef]:
+    try:
+        return parse_engine_refs(values or [])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def connect(values: list[str] | None) -> list[EngineClient]:
+    return [EngineClient(r) for r in engine_refs(values)]
+
+
+def print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,80 @@
+"""`dockmesh images build`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from dockmesh.cli.common import (
+    EngineOpt,
+    JsonOpt,
+    UserError,
+    connect,
+    err,
+    handle_errors,
+    print_json,
+)
+from dockmesh.images.build import BUILDERS, BuildResult
+
+app = typer.Typer(help="Offline images (no registry needed).", no_args_is_help=True)
+
+
+@app.command("build")
+@handle_errors
+def build(
+    only: Annotated[
+        list[str] | None, typer.Argument(help="toolbox, python (default: both)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild even if inputs are unchanged.")
+    ] = False,
+    engine: EngineOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build dockmesh/toolbox and dockmesh/python; skip those whose inputs did not change."""
+    names = only or list(BUILDERS)
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        raise UserError(f"unknown image {unknown[0]!r} (known: {', '.join(BUILDERS)})")
+    client = connect(engine)[0]
+    results: list[BuildResult] = []
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        for name in names:
+            task = progress.add_task(f"{name}: checking inputs")
+            started = time.monotonic()
+
+            def say(msg: str, task: TaskID = task, name: str = name) -> None:
+                progress.update(task, description=f"{name}: {msg}")
+
+            r = BUILDERS[name](client, say, force)
+            results.append(BuildResult(r.image, r.built, r.inputs, time.monotonic() - started))
+            progress.remove_task(task)
+            if not json_out:
+                verb = "built" if r.built else "up to date"
+                err.print(
+                    f"[green]✓[/] {r.image} {verb} [dim]({results[-1].seconds:.1f} s, "
+                    f"inputs {r.inputs[:12]})[/]"
+                )
+    if json_out:
+        print_json(
+            {
+                "images": [
+                    {
+                        "image": r.image,
+                        "built": r.built,
+                        "inputs": r.inputs,
+                        "seconds": round(r.seconds, 2),
+                    }
+                    for r in results
+                ]
+            }
+        )

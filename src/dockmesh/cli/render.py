@@ -1,0 +1,134 @@
+"""Human renderings of reports: rich trees and tables, Graphviz source. Pure: values in, text
+or rich renderables out."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from dockmesh.model.topology import Container, Network, Topology
+from dockmesh.spec.plan import Plan
+
+_HIDDEN_WHEN_EMPTY = {"host", "none"}
+
+
+def _ports(c: Container) -> str:
+    out = []
+    for p in c.ports:
+        if p.host_port is None:
+            continue
+        host = f"{p.host_ip}:" if p.host_ip else ""
+        out.append(f"{host}{p.host_port}→{p.container_port}/{p.protocol}")
+    return ", ".join(out)
+
+
+def _network_label(n: Network) -> Text:
+    t = Text()
+    t.append(n.name, style="bold cyan")
+    t.append(f"  {n.driver}", style="dim")
+    if n.scope != "local":
+        t.append(f" ({n.scope})", style="dim")
+    for pool in n.ipam:
+        t.append(f"  {pool.subnet}")
+        if pool.gateway:
+            t.append(f" gw {pool.gateway}", style="dim")
+        if pool.ip_range:
+            t.append(f" range {pool.ip_range}", style="dim")
+    if n.internal:
+        t.append("  internal", style="bold yellow")
+    if n.attachable:
+        t.append("  attachable", style="magenta")
+    if len(n.engines) > 1:
+        t.append(f"  engines: {', '.join(n.engines)}", style="green")
+    return t
+
+
+def topology_tree(topo: Topology) -> Tree:
+    engines = ", ".join(f"{e.name} ({e.server_version})" for e in topo.engines)
+    root = Tree(Text.assemble(("topology ", "bold"), (f"v{topo.version}", "dim"), "  ", engines))
+    by_id = {(c.engine, c.id): c for c in topo.containers}
+    for n in topo.networks:
+        eps = topo.endpoints_of(n)
+        if not eps and n.name in _HIDDEN_WHEN_EMPTY:
+            continue
+        branch = root.add(_network_label(n))
+        for ep in eps:
+            c = by_id.get((ep.engine, ep.container_id))
+            line = Text()
+            line.append(ep.container, style="bold")
+            if len(topo.engines) > 1:
+                line.append(f" @{ep.engine}", style="green")
+            line.append(f"  {ep.ipv4 or '-'}")
+            if ep.ipv6:
+                line.append(f" {ep.ipv6}")
+            if ep.mac:
+                line.append(f"  {ep.mac}", style="dim")
+            if ep.aliases:
+                line.append(f"  aliases: {', '.join(ep.aliases)}", style="magenta")
+            if c is not None:
+                if not c.running:
+                    line.append(f"  [{c.state}]", style="red")
+                elif c.health:
+                    line.append(
+                        f"  [{c.health}]", style="green" if c.health == "healthy" else "yellow"
+                    )
+                ports = _ports(c)
+                if ports:
+                    line.append(f"  ports {ports}", style="blue")
+            branch.add(line)
+    loose = [c for c in topo.containers if not c.attachments]
+    if loose:
+        branch = root.add(Text("no network", style="bold dim"))
+        for c in loose:
+            branch.add(Text.assemble((c.name, "bold"), f"  {c.network_mode or '-'}  [{c.state}]"))
+    return root
+
+
+def _dot_id(kind: str, value: str) -> str:
+    return '"' + f"{kind}:{value}".replace('"', '\\"') + '"'
+
+
+def topology_dot(topo: Topology) -> str:
+    lines = ["graph dockmesh {", "  graph [rankdir=LR];", "  node [fontname=Helvetica];"]
+    for n in topo.networks:
+        eps = topo.endpoints_of(n)
+        if not eps and n.name in _HIDDEN_WHEN_EMPTY:
+            continue
+        subnets = " ".join(p.subnet for p in n.ipam)
+        extra = "\\ninternal" if n.internal else ""
+        lines.append(
+            f'  {_dot_id("net", n.id)} [shape=box, style=filled, fillcolor="#dde8ff", '
+            f'label="{n.name}\\n{n.driver} {subnets}{extra}"];'
+        )
+    for c in topo.containers:
+        color = "#ddffdd" if c.running else "#ffdddd"
+        lines.append(
+            f"  {_dot_id('ctr', c.engine + '/' + c.id)} [shape=ellipse, style=filled, "
+            f'fillcolor="{color}", label="{c.name}\\n{c.engine}"];'
+        )
+    for n in topo.networks:
+        for ep in topo.endpoints_of(n):
+            label = ep.ipv4 or ""
+            if ep.aliases:
+                label += "\\n" + ",".join(ep.aliases)
+            lines.append(
+                f"  {_dot_id('ctr', ep.engine + '/' + ep.container_id)} -- "
+                f'{_dot_id("net", n.id)} [label="{label}"];'
+            )
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+_ACTION_STYLE = {"create": "green", "remove": "red", "replace": "yellow"}
+
+
+def plan_table(plan: Plan) -> Table:
+    table = Table(title=f"plan for project {plan.project}", title_justify="left")
+    table.add_column("action")
+    table.add_column("kind")
+    table.add_column("name", style="bold")
+    table.add_column("reason", style="dim")
+    for c in plan.changes:
+        table.add_row(Text(c.action, style=_ACTION_STYLE[c.action]), c.kind, c.name, c.reason)
+    return table

@@ -1,0 +1,1 @@
+"""The Docker Engine adapter: snapshot, event stream, apply."""

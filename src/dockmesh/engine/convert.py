@@ -1,0 +1,94 @@
+"""Docker Engine API JSON → model values. Pure: fed with what the API returned."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from dockmesh.model.topology import Attachment, Container, IpamPool, Network, PortBinding
+
+Raw = Mapping[str, Any]
+
+
+def network_from_api(raw: Raw, engine: str) -> Network:
+    ipam = raw.get("IPAM") or {}
+    pools = tuple(
+        IpamPool(
+            subnet=c.get("Subnet", ""),
+            gateway=c.get("Gateway") or None,
+            ip_range=c.get("IPRange") or None,
+            aux_addresses=dict(c.get("AuxiliaryAddresses") or {}),
+        )
+        for c in ipam.get("Config") or ()
+        if c.get("Subnet")
+    )
+    return Network(
+        id=raw["Id"],
+        name=raw["Name"],
+        engine=engine,
+        driver=raw.get("Driver") or "",
+        scope=raw.get("Scope") or "local",
+        internal=bool(raw.get("Internal")),
+        attachable=bool(raw.get("Attachable")),
+        enable_ipv6=bool(raw.get("EnableIPv6")),
+        ipam=pools,
+        options=dict(raw.get("Options") or {}),
+        labels=dict(raw.get("Labels") or {}),
+        engines=(engine,),
+    )
+
+
+def _ports(raw_ports: Raw | None) -> tuple[PortBinding, ...]:
+    out: list[PortBinding] = []
+    for key, bindings in (raw_ports or {}).items():
+        port, _, proto = key.partition("/")
+        if not bindings:
+            out.append(PortBinding(int(port), proto or "tcp", None, None))
+            continue
+        for b in bindings:
+            hp = b.get("HostPort")
+            out.append(
+                PortBinding(
+                    int(port), proto or "tcp", b.get("HostIp") or None, int(hp) if hp else None
+                )
+            )
+    return tuple(
+        sorted(out, key=lambda p: (p.container_port, p.protocol, p.host_ip or "", p.host_port or 0))
+    )
+
+
+def container_from_api(raw: Raw, engine: str) -> Container:
+    """From `GET /containers/{id}/json` (inspect)."""
+    state = raw.get("State") or {}
+    config = raw.get("Config") or {}
+    settings = raw.get("NetworkSettings") or {}
+    health = (state.get("Health") or {}).get("Status") or None
+    attachments = tuple(
+        Attachment(
+            network_id=ep.get("NetworkID") or "",
+            network=name,
+            ipv4=ep.get("IPAddress") or None,
+            ipv6=ep.get("GlobalIPv6Address") or None,
+            mac=ep.get("MacAddress") or None,
+            aliases=tuple(ep.get("Aliases") or ()),
+            endpoint_id=ep.get("EndpointID") or "",
+        )
+        for name, ep in sorted((settings.get("Networks") or {}).items())
+    )
+    pid = state.get("Pid") or None
+    return Container(
+        id=raw["Id"],
+        name=(raw.get("Name") or "").lstrip("/"),
+        engine=engine,
+        image=config.get("Image") or "",
+        image_id=raw.get("Image") or "",
+        state=state.get("Status") or "unknown",
+        health=health,
+        pid=pid if state.get("Running") else None,
+        hostname=config.get("Hostname") or "",
+        network_mode=(raw.get("HostConfig") or {}).get("NetworkMode") or "",
+        attachments=attachments,
+        # Live bindings while running; the configured ones otherwise.
+        ports=_ports(settings.get("Ports") or (raw.get("HostConfig") or {}).get("PortBindings")),
+        labels=dict(config.get("Labels") or {}),
+    )

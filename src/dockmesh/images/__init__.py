@@ -1,0 +1,1 @@
+"""Offline images: dockmesh/toolbox (busybox-static) and dockmesh/python (debootstrap)."""

@@ -1,0 +1,357 @@
+"""Builds the offline images without a registry or a Dockerfile: a root file system made on
+the host, imported (`docker import`), labelled with the hash of its inputs. An image whose
+label matches the inputs is not built again.
+
+- dockmesh/toolbox: busybox-static with an applet link each, an entrypoint that writes the
+  instance's /id and /health pages, and CGI scripts; `httpd -f -p 8080 -h /www` serves them.
+- dockmesh/python: `debootstrap --variant=minbase --include=python3` from the machine's own
+  mirror (cached as dockmesh/python-base:<hash>), plus dockmesh and its dependencies installed
+  on the host with pip for the image's Python, added as one committed layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from dockmesh.engine.client import EngineClient
+from dockmesh.images.sources import machine_mirror
+
+LABEL_INPUTS = "dockmesh.image.inputs"
+TOOLBOX = "dockmesh/toolbox:latest"
+PYTHON = "dockmesh/python:latest"
+PYTHON_BASE = "dockmesh/python-base"
+BUSYBOX = "/bin/busybox"
+# Bumped when the recipe changes in a way the hashed inputs do not show.
+RECIPE_VERSION = "1"
+BASE_PACKAGES = ("python3", "ca-certificates", "iproute2", "iputils-ping")
+
+Say = Callable[[str], None]
+
+
+class BuildError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    image: str
+    built: bool  # False: inputs unchanged, skipped
+    inputs: str
+    seconds: float = 0.0
+
+
+def _sha(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def _image_label(client: EngineClient, ref: str) -> str | None:
+    try:
+        info = client.api.inspect_image(ref)
+    except docker.errors.ImageNotFound:
+        return None
+    labels = (info.get("Config") or {}).get("Labels") or {}
+    return labels.get(LABEL_INPUTS)
+
+
+# --- toolbox -----------------------------------------------------------------------------
+
+
+def _toolbox_files() -> dict[str, tuple[bytes, int]]:
+    """path in the image → (content, mode) for dockmesh's own files."""
+    root = resources.files("dockmesh.images") / "toolbox"
+    files: dict[str, tuple[bytes, int]] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            path = f"{prefix}{child.name}"
+            if child.is_dir():
+                walk(child, path + "/")
+            else:
+                executable = path.startswith(("bin/", "www/cgi-bin/"))
+                files[path] = (child.read_bytes(), 0o755 if executable else 0o644)
+
+    walk(root, "")
+    files["etc/passwd"] = (
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        0o644,
+    )
+    files["etc/group"] = (b"root:x:0:\nnobody:x:65534:\n", 0o644)
+    return files
+
+
+def busybox_applets(busybox: str = BUSYBOX) -> list[str]:
+    out = subprocess.run([busybox, "--list"], check=True, capture_output=True, text=True).stdout
+    return sorted({a for a in out.split() if a and a != "busybox" and "/" not in a})
+
+
+def toolbox_tar(busybox: str = BUSYBOX) -> tuple[bytes, str]:
+    """The root file system as a tar, and the hash of its inputs."""
+    bb = Path(busybox).read_bytes()
+    applets = busybox_applets(busybox)
+    files = _toolbox_files()
+    inputs = _sha(
+        RECIPE_VERSION.encode(),
+        bb,
+        "\n".join(applets).encode(),
+        *(k.encode() + v[0] + str(v[1]).encode() for k, v in sorted(files.items())),
+    )
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+
+        def add_dir(name: str, mode: int = 0o755) -> None:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode = tarfile.DIRTYPE, mode
+            tar.addfile(ti)
+
+        for d in ("bin", "etc", "www", "www/cgi-bin", "root", "proc", "sys", "dev", "var"):
+            add_dir(d)
+        add_dir("tmp", 0o1777)
+        ti = tarfile.TarInfo("bin/busybox")
+        ti.size, ti.mode = len(bb), 0o755
+        tar.addfile(ti, io.BytesIO(bb))
+        for a in applets:
+            if f"bin/{a}" in files:
+                continue
+            link = tarfile.TarInfo(f"bin/{a}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        for path, (data, mode) in sorted(files.items()):
+            ti = tarfile.TarInfo(path)
+            ti.size, ti.mode = len(data), mode
+            tar.addfile(ti, io.BytesIO(data))
+    return buf.getvalue(), inputs
+
+
+def build_toolbox(client: EngineClient, say: Say, force: bool = False) -> BuildResult:
+    if not os.path.exists(BUSYBOX):
+        raise BuildError(f"{BUSYBOX} is missing: apt-get install busybox-static")
+    data, inputs = toolbox_tar()
+    if not force and _image_label(client, TOOLBOX) == inputs:
+        return BuildResult(TOOLBOX, False, inputs)
+    say(f"importing {TOOLBOX} ({len(data) // 1024} KiB)")
+    repo, tag = TOOLBOX.split(":")
+    client.api.import_image_from_data(
+        data,
+        repository=repo,
+        tag=tag,
+        changes=[
+            "ENV PATH=/bin",
+            'ENTRYPOINT ["/bin/dm-init"]',
+            'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]',
+            "WORKDIR /",
+            f"LABEL {LABEL_INPUTS}={inputs}",
+        ],
+    )
+    if _image_label(client, TOOLBOX) != inputs:
+        raise BuildError(f"{TOOLBOX}: the engine did not keep the inputs label")
+    return BuildResult(TOOLBOX, True, inputs)
+
+
+# --- python --------------------------------------------------------------------------------
+
+
+def project_root() -> Path | None:
+    """The source tree dockmesh runs from (an editable install), if any."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "pyproject.toml").exists() and (parent / "src" / "dockmesh").is_dir():
+            return parent
+    return None
+
+
+def _tree_hash(root: Path) -> str:
+    parts: list[bytes] = []
+    for p in sorted((root / "src").rglob("*")):
+        if p.is_file() and "__pycache__" not in p.parts:
+            parts.append(str(p.relative_to(root)).encode() + p.read_bytes())
+    parts.append((root / "pyproject.toml").read_bytes())
+    return _sha(*parts)
+
+
+@contextmanager
+def _tmpdir(prefix: str) -> Iterator[Path]:
+    d = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("DOCKMESH_BUILD_DIR"))
+    try:
+        yield Path(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _run(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise BuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _ensure_base(client: EngineClient, say: Say) -> str:
+    mirror, suite = machine_mirror()
+    arch = platform.machine()
+    key = _sha(
+        RECIPE_VERSION.encode(),
+        mirror.encode(),
+        suite.encode(),
+        arch.encode(),
+        ",".join(BASE_PACKAGES).encode(),
+    )[:16]
+    ref = f"{PYTHON_BASE}:{key}"
+    if _image_label(client, ref) == key:
+        return ref
+    if shutil.which("debootstrap") is None:
+        raise BuildError("debootstrap is missing: apt-get install debootstrap")
+    with _tmpdir("dockmesh-rootfs-") as tmp:
+        root = tmp / "root"
+        say(f"debootstrap {suite} from the machine's mirror (about a minute)")
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                suite,
+                str(root),
+                mirror,
+            ],
+            "debootstrap",
+        )
+        for junk in (
+            "var/cache/apt/archives",
+            "usr/share/doc",
+            "usr/share/man",
+            "usr/share/locale",
+            "var/lib/apt/lists",
+        ):
+            shutil.rmtree(root / junk, ignore_errors=True)
+        (root / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+        tar_path = tmp / "rootfs.tar"
+        say("packing the root file system")
+        _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tar_path), "."], "tar")
+        say(f"importing {ref}")
+        client.api.import_image_from_file(
+            str(tar_path),
+            repository=PYTHON_BASE,
+            tag=key,
+            changes=[
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENV LANG=C.UTF-8",
+                'CMD ["python3"]',
+                f"LABEL {LABEL_INPUTS}={key}",
+            ],
+        )
+    return ref
+
+
+def _base_python(client: EngineClient, base: str) -> str:
+    """`3.11` — the image's Python, so that pip picks matching wheels on the host."""
+    out = client.api.create_container(
+        base, command=["python3", "-c", "import sys;print(sys.version_info[:2])"]
+    )
+    cid = out["Id"]
+    try:
+        client.api.start(cid)
+        client.api.wait(cid, timeout=60)
+        text = client.api.logs(cid).decode().strip()  # "(3, 11)"
+    finally:
+        client.api.remove_container(cid, force=True)
+    major, minor = (int(x) for x in text.strip("()").split(","))
+    return f"{major}.{minor}"
+
+
+def build_python(client: EngineClient, say: Say, force: bool = False) -> BuildResult:
+    root = project_root()
+    if root is None:
+        raise BuildError("dockmesh/python is built from a source checkout (pip install -e .)")
+    base = _ensure_base(client, say)
+    inputs = _sha(RECIPE_VERSION.encode(), base.encode(), _tree_hash(root).encode())[:32]
+    if not force and _image_label(client, PYTHON) == inputs:
+        return BuildResult(PYTHON, False, inputs)
+    pyver = _base_python(client, base)
+    with _tmpdir("dockmesh-py-") as tmp:
+        wheels = tmp / "wheels"
+        say("building the dockmesh wheel")
+        _run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)],
+            "pip wheel",
+        )
+        wheel = next(wheels.glob("dockmesh-*.whl"))
+        target = tmp / "layer" / "opt" / "dockmesh"
+        say(f"installing dockmesh and its dependencies for Python {pyver}")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--target",
+                str(target),
+                "--python-version",
+                pyver,
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--platform",
+                f"manylinux2014_{platform.machine()}",
+                "--platform",
+                f"manylinux_2_28_{platform.machine()}",
+                "--platform",
+                f"manylinux_2_17_{platform.machine()}",
+                str(wheel),
+            ],
+            "pip install",
+        )
+        launcher = b'#!/bin/sh\nPYTHONPATH=/opt/dockmesh exec python3 -m dockmesh "$@"\n'
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(tmp / "layer" / "opt", arcname="opt")
+            ti = tarfile.TarInfo("usr/local/bin/dockmesh")
+            ti.size, ti.mode = len(launcher), 0o755
+            tar.addfile(ti, io.BytesIO(launcher))
+        say(f"committing {PYTHON}")
+        cid = client.api.create_container(base, command=["true"])["Id"]
+        try:
+            if not client.api.put_archive(cid, "/", buf.getvalue()):
+                raise BuildError("the engine refused the dockmesh layer")
+            repo, tag = PYTHON.split(":")
+            client.api.commit(
+                cid,
+                repository=repo,
+                tag=tag,
+                message="dockmesh layer",
+                conf={
+                    "Labels": {LABEL_INPUTS: inputs},
+                    "Cmd": ["python3"],
+                    "Env": [
+                        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                        "LANG=C.UTF-8",
+                    ],
+                },
+            )
+        finally:
+            client.api.remove_container(cid, force=True)
+    return BuildResult(PYTHON, True, inputs)
+
+
+BUILDERS: dict[str, Callable[[EngineClient, Say, bool], BuildResult]] = {
+    "toolbox": build_toolbox,
+    "python": build_python,
+}

@@ -1,0 +1,1 @@
+"""dockmesh.yaml: load with positions, validate, turn into desired state, diff into a plan."""

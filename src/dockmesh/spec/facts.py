@@ -1,0 +1,31 @@
+"""What validation needs to know about the machine and its engine, gathered beforehand so that
+validation itself stays pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class EngineNetworkFact:
+    name: str
+    project: str | None  # the dockmesh.project label, None for networks dockmesh did not make
+    subnets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    destination: str  # CIDR
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    networks: tuple[EngineNetworkFact, ...] = ()
+    containers: Mapping[str, str | None] = field(default_factory=dict)  # name → project label
+    routes: tuple[Route, ...] = ()
+    interfaces: frozenset[str] = frozenset()
+    swarm_active: bool = False
+    ipvlan_available: bool = False
+    images: Mapping[str, str | None] = field(default_factory=dict)  # name → id, None: missing

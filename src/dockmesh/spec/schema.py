@@ -1,0 +1,158 @@
+"""The shape of dockmesh.yaml (pydantic, extra keys forbidden). Shape only: meaning — address
+maths, references, cycles — is checked in `dockmesh.spec.validate`, where every problem can
+name its own field."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from dockmesh.spec.problems import Problem
+
+Scalar = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkSpec(_Strict):
+    driver: Literal["bridge", "macvlan", "overlay", "ipvlan"] = "bridge"
+    subnet: str | None = None
+    gateway: str | None = None
+    ip_range: str | None = None
+    aux_addresses: dict[str, str] = Field(default_factory=dict)
+    internal: bool = False
+    attachable: bool = False
+    enable_ipv6: bool = False
+    parent: str | None = None
+    options: dict[str, Scalar] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ServiceNetwork(_Strict):
+    aliases: list[str] = Field(default_factory=list)
+    ipv4_address: str | None = None
+
+
+class Healthcheck(_Strict):
+    http: str | None = None
+    tcp: bool = False
+    port: int | None = Field(default=None, ge=1, le=65535)
+    test: list[str] | str | None = None
+    interval: str = "5s"
+    timeout: str = "3s"
+    retries: int = Field(default=3, ge=1)
+    start_period: str = "0s"
+
+
+class DiscoveryCheck(_Strict):
+    http: str | None = None
+    tcp: bool = False
+    interval: str = "5s"
+    timeout: str = "2s"
+
+
+class Discovery(_Strict):
+    name: str | None = None
+    port: int = Field(ge=1, le=65535)
+    tags: list[str] = Field(default_factory=list)
+    weight: int = Field(default=1, ge=0)
+    network: str | None = None
+    check: DiscoveryCheck | None = None
+
+
+class ServiceSpec(_Strict):
+    image: str
+    command: str | list[str] | None = None
+    entrypoint: str | list[str] | None = None
+    replicas: int = Field(default=1, ge=0, le=1000)
+    environment: dict[str, Scalar | None] = Field(default_factory=dict)
+    networks: dict[str, ServiceNetwork | None] = Field(default_factory=dict)
+    network_mode: Literal["host", "none"] | None = None
+    ports: list[str | int] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    hostname: str | None = None
+    healthcheck: Healthcheck | None = None
+    depends_on: list[str] = Field(default_factory=list)
+    discovery: Discovery | None = None
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _networks_list(cls, v: Any) -> Any:
+        # `networks: [a, b]` is short for `networks: {a: {}, b: {}}`.
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return dict.fromkeys(v)
+        return v
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _environment_list(cls, v: Any) -> Any:
+        # `environment: [A=1, B]` as in compose files.
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return {k: (val if sep else None) for k, sep, val in (x.partition("=") for x in v)}
+        return v
+
+
+class Spec(_Strict):
+    project: str | None = None
+    networks: dict[str, NetworkSpec | None] = Field(default_factory=dict)
+    services: dict[str, ServiceSpec] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_spec(data: Any) -> tuple[Spec | None, list[Problem]]:
+    if not isinstance(data, dict):
+        return None, [Problem((), "the document must be a mapping (project, networks, services)")]
+    try:
+        return Spec.model_validate(data), []
+    except ValidationError as e:
+        return None, _problems_from(e, data)
+
+
+def _problems_from(e: ValidationError, data: Any) -> list[Problem]:
+    by_path: dict[tuple[str | int, ...], list[str]] = {}
+    for err in e.errors(include_url=False):
+        path = _data_path(err["loc"], data)
+        msg = _message(err)
+        msgs = by_path.setdefault(path, [])
+        if msg not in msgs:
+            msgs.append(msg)
+    return [Problem(p, "; ".join(m)) for p, m in by_path.items()]
+
+
+def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
+    """Pydantic's location with its union-member tags dropped: walk the data itself."""
+    path: list[str | int] = []
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not path_is_tag(part):
+            path.append(part)  # a missing or extra key: name it
+            node = None
+        # else: a union tag such as 'str' or 'list[str]' — skip it
+    return tuple(path)
+
+
+def path_is_tag(part: str) -> bool:
+    return (
+        part in {"str", "int", "float", "bool", "list[str]", "none"}
+        or "[" in part
+        or (part.startswith("function-"))
+    )
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "is required"
+    if kind == "literal_error":
+        return f"must be one of {err['ctx']['expected']}"
+    return str(err["msg"]).replace("Input should be", "must be")
