@@ -19,4 +19,4 @@ project.register(app)
 
 
 def main() -> None:
-    app()
+    app(prog_name="dockmesh")

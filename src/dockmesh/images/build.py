@@ -64,6 +64,23 @@ def _sha(*parts: bytes) -> str:
     return h.hexdigest()
 
 
+def _image_id(client: EngineClient, ref: str) -> str | None:
+    try:
+        return str(client.api.inspect_image(ref)["Id"])
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _drop_old(client: EngineClient, old_id: str | None, ref: str) -> None:
+    """Removes the image `ref` pointed at before a rebuild, unless something still uses it."""
+    if old_id is None or old_id == _image_id(client, ref):
+        return
+    try:
+        client.api.remove_image(old_id)
+    except docker.errors.APIError:
+        pass  # in use by a container, or tagged elsewhere: leave it
+
+
 def _image_label(client: EngineClient, ref: str) -> str | None:
     try:
         info = client.api.inspect_image(ref)
@@ -148,6 +165,7 @@ def build_toolbox(client: EngineClient, say: Say, force: bool = False) -> BuildR
     data, inputs = toolbox_tar()
     if not force and _image_label(client, TOOLBOX) == inputs:
         return BuildResult(TOOLBOX, False, inputs)
+    old = _image_id(client, TOOLBOX)
     say(f"importing {TOOLBOX} ({len(data) // 1024} KiB)")
     repo, tag = TOOLBOX.split(":")
     client.api.import_image_from_data(
@@ -164,6 +182,7 @@ def build_toolbox(client: EngineClient, say: Say, force: bool = False) -> BuildR
     )
     if _image_label(client, TOOLBOX) != inputs:
         raise BuildError(f"{TOOLBOX}: the engine did not keep the inputs label")
+    _drop_old(client, old, TOOLBOX)
     return BuildResult(TOOLBOX, True, inputs)
 
 
@@ -181,7 +200,8 @@ def project_root() -> Path | None:
 
 def _tree_hash(root: Path) -> str:
     parts: list[bytes] = []
-    for p in sorted((root / "src").rglob("*")):
+    # Only the package: pip writes egg-info next to it on every wheel build.
+    for p in sorted((root / "src" / "dockmesh").rglob("*")):
         if p.is_file() and "__pycache__" not in p.parts:
             parts.append(str(p.relative_to(root)).encode() + p.read_bytes())
     parts.append((root / "pyproject.toml").read_bytes())
@@ -284,6 +304,7 @@ def build_python(client: EngineClient, say: Say, force: bool = False) -> BuildRe
     inputs = _sha(RECIPE_VERSION.encode(), base.encode(), _tree_hash(root).encode())[:32]
     if not force and _image_label(client, PYTHON) == inputs:
         return BuildResult(PYTHON, False, inputs)
+    old = _image_id(client, PYTHON)
     pyver = _base_python(client, base)
     with _tmpdir("dockmesh-py-") as tmp:
         wheels = tmp / "wheels"
@@ -319,7 +340,7 @@ def build_python(client: EngineClient, say: Say, force: bool = False) -> BuildRe
             ],
             "pip install",
         )
-        launcher = b'#!/bin/sh\nPYTHONPATH=/opt/dockmesh exec python3 -m dockmesh "$@"\n'
+        launcher = b'#!/bin/sh\nexec python3 -m dockmesh "$@"\n'
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             tar.add(tmp / "layer" / "opt", arcname="opt")
@@ -343,11 +364,13 @@ def build_python(client: EngineClient, say: Say, force: bool = False) -> BuildRe
                     "Env": [
                         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                         "LANG=C.UTF-8",
+                        "PYTHONPATH=/opt/dockmesh",
                     ],
                 },
             )
         finally:
             client.api.remove_container(cid, force=True)
+    _drop_old(client, old, PYTHON)
     return BuildResult(PYTHON, True, inputs)
 
 
