@@ -55,14 +55,31 @@ def simulate_apply(desired: Desired, engine: str = "local", state: str = "runnin
     for n in desired.networks:
         cfg = n.config
         pools = (IpamPool(cfg["subnet"], cfg["gateway"]),) if cfg["subnet"] else ()
-        st.upsert_network(Network(_id(n.name), n.name, engine, n.driver, ipam=pools,
-                                  internal=cfg["internal"], labels=dict(n.labels)))
+        st.upsert_network(
+            Network(
+                _id(n.name),
+                n.name,
+                engine,
+                n.driver,
+                ipam=pools,
+                internal=cfg["internal"],
+                labels=dict(n.labels),
+            )
+        )
     for c in desired.containers:
-        atts = tuple(Attachment(_id(a.network), a.network, aliases=a.aliases)
-                     for a in c.networks)
-        st.upsert_container(Container(_id(c.name), c.name, engine, c.image, state,
-                                      image_id="sha256:img", attachments=atts,
-                                      labels=dict(c.labels)))
+        atts = tuple(Attachment(_id(a.network), a.network, aliases=a.aliases) for a in c.networks)
+        st.upsert_container(
+            Container(
+                _id(c.name),
+                c.name,
+                engine,
+                c.image,
+                state,
+                image_id="sha256:img",
+                attachments=atts,
+                labels=dict(c.labels),
+            )
+        )
     return build_topology([st], 1)
 
 

@@ -11,6 +11,7 @@ label matches the inputs is not built again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -75,10 +76,9 @@ def _drop_old(client: EngineClient, old_id: str | None, ref: str) -> None:
     """Removes the image `ref` pointed at before a rebuild, unless something still uses it."""
     if old_id is None or old_id == _image_id(client, ref):
         return
-    try:
+    # In use by a container, or tagged elsewhere: leave it.
+    with contextlib.suppress(docker.errors.APIError):
         client.api.remove_image(old_id)
-    except docker.errors.APIError:
-        pass  # in use by a container, or tagged elsewhere: leave it
 
 
 def _image_label(client: EngineClient, ref: str) -> str | None:

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dockmesh.engine.events import Refresh, refreshes_for
+
+
+def ev(type_: str, action: str, id_: str = "x", **attrs: str) -> dict[str, Any]:
+    return {"Type": type_, "Action": action, "Actor": {"ID": id_, "Attributes": attrs}}
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        "create",
+        "start",
+        "die",
+        "stop",
+        "rename",
+        "pause",
+        "health_status: healthy",
+        "health_status: unhealthy",
+    ],
+)
+def test_container_events_reread_the_container(action: str) -> None:
+    assert refreshes_for(ev("container", action, "c")) == (Refresh("container", "c"),)
+
+
+def test_destroy_drops() -> None:
+    assert refreshes_for(ev("container", "destroy", "c")) == (Refresh("container", "c", True),)
+    assert refreshes_for(ev("network", "destroy", "n")) == (Refresh("network", "n", True),)
+
+
+def test_connect_rereads_network_and_container() -> None:
+    assert refreshes_for(ev("network", "connect", "n", container="c")) == (
+        Refresh("network", "n"),
+        Refresh("container", "c"),
+    )
+    assert refreshes_for(ev("network", "disconnect", "n", container="c"))[1] == Refresh(
+        "container", "c"
+    )
+
+
+@pytest.mark.parametrize(
+    "e",
+    [
+        ev("container", "exec_start: sh -c x"),
+        ev("container", "attach"),
+        ev("image", "pull"),
+        ev("volume", "create"),
+        {},
+    ],
+)
+def test_noise_is_ignored(e: dict[str, Any]) -> None:
+    assert refreshes_for(e) == ()
