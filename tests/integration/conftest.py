@@ -1,0 +1,136 @@
+"""Integration tests run against the real Docker engine (scripts/test starts one).
+
+Every test names what it creates with a unique prefix (`dmt` + random hex) and removes it
+afterwards, on failure too; nothing else on the engine is touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from dockmesh.engine.client import EngineClient, EngineRef, default_url
+from dockmesh.engine.facts import host_routes
+
+pytestmark = pytest.mark.integration
+TOOLBOX = "dockmesh/toolbox:latest"
+
+
+@pytest.fixture(scope="session")
+def engine() -> EngineClient:
+    client = EngineClient(EngineRef("local", default_url()))
+    client.info()  # fails the session loudly when no engine answers
+    return client
+
+
+@pytest.fixture(scope="session")
+def api(engine: EngineClient) -> Any:
+    return engine.api
+
+
+@pytest.fixture(scope="session")
+def toolbox(api: Any) -> str:
+    try:
+        api.inspect_image(TOOLBOX)
+    except docker.errors.ImageNotFound:
+        pytest.fail("dockmesh/toolbox is missing: scripts/test builds it (dockmesh images build)")
+    return TOOLBOX
+
+
+@pytest.fixture
+def prefix(api: Any) -> Iterator[str]:
+    """A unique name prefix; whatever carries it is removed after the test."""
+    p = f"dmt{secrets.token_hex(3)}"
+    yield p
+    cleanup(api, p)
+
+
+def cleanup(api: Any, p: str) -> None:
+    for c in api.containers(all=True):
+        names = [n.lstrip("/") for n in c.get("Names") or []]
+        labels = c.get("Labels") or {}
+        if any(n.startswith(p) for n in names) or labels.get("dockmesh.project") == p:
+            try:
+                api.remove_container(c["Id"], force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+    for n in api.networks():
+        if n["Name"].startswith(p) or (n.get("Labels") or {}).get("dockmesh.project") == p:
+            try:
+                api.remove_network(n["Id"])
+            except docker.errors.NotFound:
+                pass
+
+
+def free_subnets(api: Any, count: int) -> list[str]:
+    """/24s in 10.128.0.0/9 that no engine network and no host route uses."""
+    taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for n in api.networks():
+        for cfg in (n.get("IPAM") or {}).get("Config") or []:
+            if cfg.get("Subnet"):
+                taken.append(ipaddress.ip_network(cfg["Subnet"]))
+    routes, _ = host_routes()
+    taken += [ipaddress.ip_network(r.destination) for r in routes]
+    rng = random.Random()
+    out: list[str] = []
+    while len(out) < count:
+        net = ipaddress.IPv4Network(f"10.{rng.randint(128, 254)}.{rng.randint(0, 255)}.0/24")
+        if any(net.version == t.version and net.overlaps(t) for t in taken):  # type: ignore[arg-type]
+            continue
+        taken.append(net)
+        out.append(str(net))
+    return out
+
+
+def dockmesh(
+    *args: str, check: bool = False, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Runs the real command line, as a user would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dockmesh", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dockmesh {' '.join(args)} → {proc.returncode}\n{proc.stderr}")
+    return proc
+
+
+def run_toolbox(
+    api: Any,
+    name: str,
+    network: str,
+    *,
+    aliases: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
+    ports: dict[str, Any] | None = None,
+) -> str:
+    host_config = api.create_host_config(network_mode=network, port_bindings=ports)
+    networking = api.create_networking_config(
+        {network: api.create_endpoint_config(aliases=aliases)}
+    )
+    cid = api.create_container(
+        TOOLBOX,
+        name=name,
+        hostname=name,
+        environment=env,
+        command=command,
+        host_config=host_config,
+        networking_config=networking,
+        ports=[int(k.split("/")[0]) for k in ports] if ports else None,
+    )["Id"]
+    api.start(cid)
+    return str(cid)
