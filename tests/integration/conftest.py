@@ -6,6 +6,7 @@ afterwards, on failure too; nothing else on the engine is touched.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -60,16 +61,12 @@ def cleanup(api: Any, p: str) -> None:
         names = [n.lstrip("/") for n in c.get("Names") or []]
         labels = c.get("Labels") or {}
         if any(n.startswith(p) for n in names) or labels.get("dockmesh.project") == p:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(c["Id"], force=True, v=True)
-            except docker.errors.NotFound:
-                pass
     for n in api.networks():
         if n["Name"].startswith(p) or (n.get("Labels") or {}).get("dockmesh.project") == p:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 api.remove_network(n["Id"])
-            except docker.errors.NotFound:
-                pass
 
 
 def free_subnets(api: Any, count: int) -> list[str]:
@@ -85,7 +82,7 @@ def free_subnets(api: Any, count: int) -> list[str]:
     out: list[str] = []
     while len(out) < count:
         net = ipaddress.IPv4Network(f"10.{rng.randint(128, 254)}.{rng.randint(0, 255)}.0/24")
-        if any(net.version == t.version and net.overlaps(t) for t in taken):  # type: ignore[arg-type]
+        if any(net.version == t.version and net.overlaps(t) for t in taken):
             continue
         taken.append(net)
         out.append(str(net))
