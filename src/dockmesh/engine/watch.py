@@ -8,15 +8,18 @@ from a full snapshot; the version is bumped only if the resync found a differenc
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
 
-from dockmesh.engine.client import EngineClient, EngineError, EngineRef, EventStream
-from dockmesh.engine.events import refreshes_for
+from dockmesh.engine.client import EngineClient, EngineRef, EventStream
+from dockmesh.engine.events import Refresh, refreshes_for
 from dockmesh.model.topology import EngineState, Topology, build_topology
 
 Listener = Callable[[Topology], None]
+# Called after each engine event has been applied: (the event, time.time_ns() when applied).
+EventHook = Callable[[dict[str, object], int], None]
 
 
 class TopologyWatcher:
@@ -30,6 +33,7 @@ class TopologyWatcher:
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._listeners: list[Listener] = []
+        self.event_hook: EventHook | None = None
         self.resyncs = 0
 
     # --- public --------------------------------------------------------------------------
@@ -95,26 +99,68 @@ class TopologyWatcher:
             listener(topo)
 
     def _follow(self, i: int) -> None:
+        """Reads engine i's stream into a queue; a second thread applies it. Reading never
+        waits on the engine's answers, so events queue up while an inspect is slow (the
+        engine holds a container's lock while it connects it) and are then applied in one
+        batch, each object re-read once however many events named it."""
+        pending: queue.SimpleQueue[dict[str, object] | None] = queue.SimpleQueue()
+        applier = threading.Thread(
+            target=self._apply_loop,
+            args=(i, pending),
+            daemon=True,
+            name=f"apply-{self._clients[i].ref.name}",
+        )
+        applier.start()
         backoff = 0.1
-        while not self._stop.is_set():
-            stream = self._streams[i]
-            try:
-                if stream is None:
-                    stream = self._clients[i].events()
-                    self._streams[i] = stream
-                    self._resync(i)
-                for event in stream:
+        try:
+            while not self._stop.is_set():
+                stream = self._streams[i]
+                try:
+                    if stream is None:
+                        stream = self._clients[i].events()
+                        self._streams[i] = stream
+                        self._resync(i)
+                    for event in stream:
+                        if self._stop.is_set():
+                            return
+                        pending.put(event)
+                        backoff = 0.1
+                    # The stream ended: the engine closed it (restart, shutdown).
+                except Exception:
                     if self._stop.is_set():
                         return
-                    self._apply(i, event)
-                    backoff = 0.1
-                # The stream ended: the engine closed it (restart, shutdown).
-            except (EngineError, OSError, Exception):
-                if self._stop.is_set():
+                self._streams[i] = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            pending.put(None)
+            applier.join(timeout=5)
+
+    def _apply_loop(self, i: int, pending: queue.SimpleQueue[dict[str, object] | None]) -> None:
+        while True:
+            first = pending.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    nxt = pending.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
                     return
-            self._streams[i] = None
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+                batch.append(nxt)
+            try:
+                self._apply(i, batch)
+            except Exception:
+                stream = self._streams[i]
+                if stream is not None:
+                    stream.close()  # the reader reconnects and resyncs
+                continue
+            if self.event_hook is not None:
+                now = time.time_ns()
+                for event in batch:
+                    self.event_hook(event, now)
 
     def _resync(self, i: int) -> None:
         fresh = self._clients[i].snapshot()
@@ -125,19 +171,31 @@ class TopologyWatcher:
                 self._states[i] = fresh
                 self._freeze()
 
-    def _apply(self, i: int, event: dict[str, object]) -> None:
-        client, state = self._clients[i], self._states[i]
-        for r in refreshes_for(event):
-            # Read outside the lock: the engine round trip is the slow part.
-            if r.kind == "container":
-                c = None if r.gone else client.container(r.id)
-                with self._lock:
-                    changed = state.upsert_container(c) if c else state.drop_container(r.id)
-                    if changed:
-                        self._freeze()
-            else:
-                n = None if r.gone else client.network(r.id)
-                with self._lock:
-                    changed = state.upsert_network(n) if n else state.drop_network(r.id)
-                    if changed:
-                        self._freeze()
+    def _apply(self, i: int, batch: list[dict[str, object]]) -> None:
+        client = self._clients[i]
+        # Each object once, the last word on it deciding whether it is gone.
+        todo: dict[tuple[str, str], Refresh] = {}
+        for event in batch:
+            for r in refreshes_for(event):
+                todo.pop((r.kind, r.id), None)
+                todo[(r.kind, r.id)] = r
+        # Read outside the lock: the engine round trips are the slow part.
+        networks = {
+            r.id: (None if r.gone else client.network(r.id))
+            for r in todo.values()
+            if r.kind == "network"
+        }
+        containers = {
+            r.id: (None if r.gone else client.container(r.id))
+            for r in todo.values()
+            if r.kind == "container"
+        }
+        with self._lock:
+            state = self._states[i]  # after a resync: the fresh one
+            changed = False
+            for nid, n in networks.items():
+                changed |= state.upsert_network(n) if n else state.drop_network(nid)
+            for cid, c in containers.items():
+                changed |= state.upsert_container(c) if c else state.drop_container(cid)
+            if changed:
+                self._freeze()

@@ -1,0 +1,246 @@
+"""Topology at scale: 200 containers on 20 networks.
+
+Measures, in one run, against the real engine:
+  - `dockmesh topology --json` (the whole command, process start included) beside the peer,
+    `docker network inspect` of every network (one CLI call naming all 20, and the seed's
+    one call per network);
+  - how long an engine event takes to reach the live model (TopologyWatcher): from the
+    event's own timestamp to the moment the model holds the change, and from the API call
+    that caused it.
+
+Run: .venv/bin/python -m benchmarks.topology [--containers 200 --networks 20 --events 200]
+Everything it creates is named dmb<hex>… and removed at the end, on failure too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import random
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from dockmesh.engine.client import EngineRef, default_url
+from dockmesh.engine.facts import host_routes
+from dockmesh.engine.watch import TopologyWatcher
+
+console = Console()
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def free_subnets(api: Any, count: int) -> list[str]:
+    taken = [
+        ipaddress.ip_network(c["Subnet"])
+        for n in api.networks()
+        for c in (n.get("IPAM") or {}).get("Config") or []
+        if c.get("Subnet")
+    ]
+    taken += [ipaddress.ip_network(r.destination) for r in host_routes()[0]]
+    out: list[str] = []
+    rng = random.Random()
+    while len(out) < count:
+        net = ipaddress.IPv4Network(f"10.{rng.randint(128, 254)}.{rng.randint(0, 255)}.0/24")
+        if not any(net.version == t.version and net.overlaps(t) for t in taken):
+            taken.append(net)
+            out.append(str(net))
+    return out
+
+
+def timed(cmd: list[str], runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--containers", type=int, default=200)
+    ap.add_argument("--networks", type=int, default=20)
+    ap.add_argument("--events", type=int, default=200)
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    api = docker.APIClient(version="auto", timeout=120)
+    prefix = f"dmb{secrets.token_hex(3)}"
+    nets: list[str] = []
+    ctrs: list[str] = []
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("networks", total=args.networks)
+            for i, subnet in enumerate(free_subnets(api, args.networks)):
+                name = f"{prefix}_n{i:02d}"
+                api.create_network(name, ipam={"Config": [{"Subnet": subnet}]})
+                nets.append(name)
+                progress.advance(task)
+            task = progress.add_task("containers", total=args.containers)
+
+            def make(i: int) -> str:
+                name = f"{prefix}-c{i:03d}"
+                net = nets[i % len(nets)]
+                cid = api.create_container(
+                    "dockmesh/toolbox",
+                    name=name,
+                    command=["sleep", "3600"],
+                    host_config=api.create_host_config(network_mode=net),
+                    networking_config=api.create_networking_config(
+                        {net: api.create_endpoint_config(aliases=[f"svc{i % 10}"])}
+                    ),
+                )["Id"]
+                if i % 5 == 0:  # a fifth of them on a second network
+                    api.connect_container_to_network(cid, nets[(i + 1) % len(nets)])
+                api.start(cid)
+                progress.advance(task)
+                return str(cid)
+
+            with ThreadPoolExecutor(4) as pool:
+                ctrs = list(pool.map(make, range(args.containers)))
+
+        total_ctrs = len(api.containers(all=True))
+        total_nets = len(api.networks())
+        console.print(
+            f"engine holds {total_ctrs} containers, {total_nets} networks "
+            f"({args.containers} / {args.networks} made by this run)"
+        )
+
+        ours = timed([sys.executable, "-m", "dockmesh", "topology", "--json"], args.runs)
+        docker_cli = shutil.which("docker")
+        peer_all = timed([docker_cli, "network", "inspect", *nets], args.runs) if docker_cli else []
+        peer_each: list[float] = []
+        if docker_cli:
+            for _ in range(args.runs):
+                t = time.perf_counter()
+                for n in nets:
+                    subprocess.run(
+                        [docker_cli, "network", "inspect", n], check=True, capture_output=True
+                    )
+                peer_each.append(time.perf_counter() - t)
+
+        # --- events → model -------------------------------------------------------------
+        watcher = TopologyWatcher([EngineRef("local", default_url())])
+        t = time.perf_counter()
+        watcher.start()
+        snapshot_s = time.perf_counter() - t
+        lags_ms: list[float] = []
+        e2e_ms: list[float] = []
+        lock = threading.Lock()
+
+        def hook(event: dict[str, object], applied_ns: int) -> None:
+            stamp = event.get("timeNano")
+            if isinstance(stamp, int) and event.get("Type") == "network":
+                with lock:
+                    lags_ms.append((applied_ns - stamp) / 1e6)
+
+        watcher.event_hook = hook
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("events", total=args.events)
+            for i in range(args.events):
+                # Connect a container to a network it is not on, then disconnect it; the
+                # next pair works on another container and network.
+                k = (i // 2) * 3 % len(ctrs)
+                target, net = ctrs[k], nets[(k + 7) % len(nets)]
+                connect = i % 2 == 0
+                t0 = time.perf_counter()
+                if connect:
+                    api.connect_container_to_network(target, net)
+                else:
+                    api.disconnect_container_from_network(target, net)
+
+                def reflected(topo: Any, c: bool = connect, t: str = target, n: str = net) -> bool:
+                    ctr = topo.container(t)
+                    return ctr is not None and any(a.network == n for a in ctr.attachments) == c
+
+                ok = watcher.wait_for(reflected, 5)
+                assert ok is not None, "the model did not follow the engine"
+                e2e_ms.append((time.perf_counter() - t0) * 1000)
+                progress.advance(task)
+        time.sleep(0.2)
+        watcher.stop()
+
+        table = Table(title=f"{args.containers} containers on {args.networks} networks")
+        table.add_column("measure")
+        table.add_column("median", justify="right")
+        table.add_column("max", justify="right")
+        table.add_column("vs dockmesh", justify="right")
+        med = statistics.median(ours)
+        table.add_row(
+            "dockmesh topology --json (whole command)",
+            f"{med * 1000:.0f} ms",
+            f"{max(ours) * 1000:.0f} ms",
+            "1.00x",
+        )
+        if peer_all:
+            m = statistics.median(peer_all)
+            table.add_row(
+                f"docker network inspect <{len(nets)} networks>",
+                f"{m * 1000:.0f} ms",
+                f"{max(peer_all) * 1000:.0f} ms",
+                f"{m / med:.2f}x",
+            )
+        if peer_each:
+            m = statistics.median(peer_each)
+            table.add_row(
+                f"docker network inspect, one call per network ({len(nets)})",
+                f"{m * 1000:.0f} ms",
+                f"{max(peer_each) * 1000:.0f} ms",
+                f"{m / med:.2f}x",
+            )
+        table.add_row("watcher: first snapshot (in process)", f"{snapshot_s * 1000:.0f} ms", "", "")
+        console.print(table)
+        lat = Table(
+            title=f"engine event → model ({len(lags_ms)} network events, "
+            f"{len(e2e_ms)} connect/disconnect calls)"
+        )
+        for col in ("measure", "p50", "p95", "p99", "max"):
+            lat.add_column(col, justify="right" if col != "measure" else "left")
+        for label, vals in (
+            ("event timestamp → model", lags_ms),
+            ("API call start → model (includes the engine's own work)", e2e_ms),
+        ):
+            if vals:
+                lat.add_row(label, *(f"{pct(vals, p):.1f} ms" for p in (50, 95, 99, 100)))
+        console.print(lat)
+        ok_topo = med < 1.0
+        ok_lag = bool(lags_ms) and pct(lags_ms, 99) < 50
+        console.print(
+            f"topology --json under 1 s: {'yes' if ok_topo else 'NO'}; "
+            f"event → model p99 under 50 ms: {'yes' if ok_lag else 'NO'}"
+        )
+        return 0 if ok_topo and ok_lag else 1
+    finally:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("cleaning up", total=len(ctrs) + len(nets))
+
+            def rm(cid: str) -> None:
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_container(cid, force=True)
+                progress.advance(task)
+
+            with ThreadPoolExecutor(4) as pool:
+                list(pool.map(rm, ctrs))
+            for n in nets:
+                with contextlib.suppress(docker.errors.NotFound):
+                    api.remove_network(n)
+                progress.advance(task)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
