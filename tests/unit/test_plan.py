@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
-from dockmesh.spec.desired import LABEL_PROJECT
 from dockmesh.spec.facts import Facts
 from dockmesh.spec.plan import make_plan, teardown_plan
 from tests.unit.helpers import empty_topology, loaded, simulate_apply

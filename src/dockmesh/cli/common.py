@@ -11,9 +11,8 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from dockmesh.engine.client import EngineClient, EngineError, EngineRef, parse_engine_refs
-from dockmesh.images.build import BuildError
-from dockmesh.spec.load import SpecError
+from dockmesh.engine.client import EngineClient, EngineRef, parse_engine_refs
+from dockmesh.errors import BuildError, EngineError, SpecError
 
 out = Console()
 err = Console(stderr=True)

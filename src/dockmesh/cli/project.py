@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,19 +19,23 @@ from dockmesh.cli.common import (
     out,
     print_json,
 )
-from dockmesh.cli.render import plan_table
-from dockmesh.engine.apply import apply_plan
 from dockmesh.engine.client import EngineClient
-from dockmesh.engine.facts import gather_facts
+from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology, build_topology
-from dockmesh.spec.desired import LABEL_PROJECT
-from dockmesh.spec.load import LoadedSpec, load_spec
-from dockmesh.spec.plan import Plan, Step, make_plan, teardown_plan
+
+if TYPE_CHECKING:
+    from dockmesh.spec.load import LoadedSpec
+    from dockmesh.spec.plan import Plan, Step
+
+# pydantic, PyYAML and pyroute2 are imported inside the commands that use them, so that
+# `dockmesh topology` does not pay for them at start-up.
 
 FileArg = Annotated[str, typer.Argument(help="The topology file (dockmesh.yaml).")]
 
 
 def _load(path: str) -> LoadedSpec:
+    from dockmesh.spec.load import load_spec
+
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     return load_spec(path)
@@ -42,6 +46,9 @@ def _snapshot(client: EngineClient) -> Topology:
 
 
 def _plan_for(path: str, engine: list[str] | None) -> tuple[EngineClient, Plan]:
+    from dockmesh.engine.facts import gather_facts
+    from dockmesh.spec.plan import make_plan
+
     loaded = _load(path)  # shape errors first, before the engine is asked anything
     client = connect(engine)[0]
     live = _snapshot(client)
@@ -54,6 +61,8 @@ def _plan_for(path: str, engine: list[str] | None) -> tuple[EngineClient, Plan]:
 
 
 def _run(client: EngineClient, plan: Plan, verb: str) -> None:
+    from dockmesh.engine.apply import apply_plan
+
     if plan.empty:
         err.print(f"[green]✓[/] project {plan.project}: nothing to do")
         return
@@ -101,6 +110,8 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """What `up` would change, without changing it."""
+        from dockmesh.cli.render import plan_table
+
         _, plan = _plan_for(file, engine)
         if json_out:
             print_json(plan.to_json())
@@ -135,6 +146,8 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Remove every container and network of the project."""
+        from dockmesh.spec.plan import teardown_plan
+
         if file is not None and project is None:
             project = _load(file).project
         client = connect(engine)[0]

@@ -10,7 +10,8 @@ from typing import Any
 
 import docker.errors
 
-from dockmesh.engine.client import EngineClient, EngineError
+from dockmesh.engine.client import EngineClient
+from dockmesh.errors import EngineError
 from dockmesh.spec.desired import DesiredContainer, DesiredNetwork
 from dockmesh.spec.plan import Plan, Step
 

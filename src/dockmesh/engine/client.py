@@ -19,15 +19,12 @@ import docker
 import docker.errors
 
 from dockmesh.engine.convert import container_from_api, network_from_api
+from dockmesh.errors import EngineError
 from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 # Inspecting containers is the slow part of a snapshot; the engine serves requests in parallel.
 _INSPECT_WORKERS = 8
-
-
-class EngineError(Exception):
-    """The engine could not be reached or refused a request."""
 
 
 def default_url() -> str:

@@ -7,15 +7,16 @@ import os
 import platform
 
 import docker.errors
-from pyroute2 import IPRoute
 
 from dockmesh.engine.client import EngineClient
+from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology
-from dockmesh.spec.desired import LABEL_PROJECT
 from dockmesh.spec.facts import EngineNetworkFact, Facts, Route
 
 
 def host_routes() -> tuple[tuple[Route, ...], frozenset[str]]:
+    from pyroute2 import IPRoute  # slow to import; only plan/up need it
+
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         routes: list[Route] = []

@@ -31,6 +31,7 @@ from typing import Any
 import docker.errors
 
 from dockmesh.engine.client import EngineClient
+from dockmesh.errors import BuildError
 from dockmesh.images.sources import machine_mirror
 
 LABEL_INPUTS = "dockmesh.image.inputs"
@@ -43,10 +44,6 @@ RECIPE_VERSION = "1"
 BASE_PACKAGES = ("python3", "ca-certificates", "iproute2", "iputils-ping")
 
 Say = Callable[[str], None]
-
-
-class BuildError(Exception):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,14 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockmesh.model.labels import (
+    LABEL_CONFIG,
+    LABEL_HASH,
+    LABEL_PROJECT,
+    LABEL_REPLICA,
+    LABEL_SERVICE,
+)
 from dockmesh.spec.parse import PortMapping, parse_duration_ns, parse_port
 from dockmesh.spec.schema import Healthcheck, NetworkSpec, ServiceNetwork, ServiceSpec, Spec
-
-LABEL_PROJECT = "dockmesh.project"
-LABEL_SERVICE = "dockmesh.spec.service"
-LABEL_REPLICA = "dockmesh.spec.replica"
-LABEL_HASH = "dockmesh.spec.hash"
-LABEL_CONFIG = "dockmesh.spec.config"
 
 
 def _hash(config: Mapping[str, Any]) -> str:

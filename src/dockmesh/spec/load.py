@@ -8,20 +8,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
+from dockmesh.errors import SpecError
 from dockmesh.spec.desired import Desired, desired_state
 from dockmesh.spec.facts import Facts
 from dockmesh.spec.problems import Path, Problem, format_problem
 from dockmesh.spec.schema import Spec, parse_spec
 from dockmesh.spec.validate import validate
 from dockmesh.spec.yamlpos import load_located
-
-
-class SpecError(Exception):
-    """The file is wrong; `lines` holds one formatted problem each."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dockmesh.model.labels import LABEL_CONFIG, LABEL_HASH, LABEL_PROJECT
 from dockmesh.model.topology import Container, Network, Topology
 from dockmesh.spec.desired import (
-    LABEL_CONFIG,
-    LABEL_HASH,
-    LABEL_PROJECT,
     Desired,
     DesiredContainer,
     DesiredNetwork,

@@ -1,0 +1,64 @@
+"""Two real engines in a swarm (each in its own network namespace): an overlay network is one
+network in dockmesh's topology, with endpoints from both engines."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from tests.integration.conftest import dockmesh, free_subnets
+from tests.integration.lab import Lab
+
+
+def test_overlay_seen_from_two_engines_is_one_network(api: Any, prefix: str, toolbox: str) -> None:
+    [subnet] = free_subnets(api, 1)
+    with Lab(prefix, subnet) as lab:
+        h1, h2 = lab.engine("h1"), lab.engine("h2")
+        for h in (h1, h2):
+            lab.load_image(api, toolbox, h)
+        lab.swarm(h1, h2)
+        ov = f"{prefix}_ov"
+        h1.api.create_network(ov, driver="overlay", attachable=True)
+        for h, name in ((h1, f"{prefix}-a"), (h2, f"{prefix}-b")):
+            cid = h.api.create_container(
+                toolbox,
+                name=name,
+                command=["sleep", "600"],
+                host_config=h.api.create_host_config(network_mode=ov),
+                networking_config=h.api.create_networking_config(
+                    {ov: h.api.create_endpoint_config(aliases=["peer"])}
+                ),
+            )["Id"]
+            h.api.start(cid)
+        # A real overlay: a container on h1 reaches the one on h2 by name.
+        deadline = time.monotonic() + 30
+        while True:
+            ex = h1.api.exec_create(f"{prefix}-a", ["ping", "-c", "1", "-W", "1", f"{prefix}-b"])
+            out = h1.api.exec_start(ex).decode()
+            if h1.api.exec_inspect(ex["Id"])["ExitCode"] == 0:
+                break
+            assert time.monotonic() < deadline, out
+            time.sleep(0.5)
+
+        proc = dockmesh(
+            "topology", "--json", "--engine", f"h1={h1.url}", "--engine", f"h2={h2.url}", check=True
+        )
+        doc = json.loads(proc.stdout)
+        assert [e["name"] for e in doc["engines"]] == ["h1", "h2"]
+        overlays = [n for n in doc["networks"] if n["name"] == ov]
+        assert len(overlays) == 1
+        [net] = overlays
+        assert net["scope"] == "swarm" and net["driver"] == "overlay"
+        assert sorted(net["engines"]) == ["h1", "h2"]
+        assert sorted((e["container"], e["engine"]) for e in net["endpoints"]) == [
+            (f"{prefix}-a", "h1"),
+            (f"{prefix}-b", "h2"),
+        ]
+        assert all(e["aliases"] == ["peer"] for e in net["endpoints"])
+        # local networks stay per engine: each engine has its own `bridge`
+        assert sorted(n["engine"] for n in doc["networks"] if n["name"] == "bridge") == ["h1", "h2"]
+        tree = dockmesh(
+            "topology", "--engine", f"h1={h1.url}", "--engine", f"h2={h2.url}", check=True
+        ).stdout
+        assert "engines: h1, h2" in tree
