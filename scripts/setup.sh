@@ -7,7 +7,7 @@ VENV="$ROOT/.venv"
 DOCKERD_LOG=/var/log/dockmesh-dockerd.log
 export DEBIAN_FRONTEND=noninteractive
 
-log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+log() { if [ -t 2 ]; then printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
 
 _apt_updated=0
 apt_install() {
@@ -76,6 +76,8 @@ setup_engine() {
     if ! command -v dockerd >/dev/null 2>&1; then
         apt_install docker.io
     fi
+    # A kernel with AppArmor on needs the parser, or the engine cannot start containers.
+    if [ -d /sys/module/apparmor ]; then apt_install apparmor; fi
     apt_install iptables
     log "starting dockerd (log: $DOCKERD_LOG)"
     # setsid: the engine outlives this script (the demo stack stays up).

@@ -21,7 +21,7 @@ from dockmesh.spec.desired import Desired
 from dockmesh.spec.facts import Facts
 from dockmesh.spec.load import LoadedSpec, load_spec
 from dockmesh.spec.problems import format_problem
-from dockmesh.spec.schema import parse_spec
+from dockmesh.spec.schema import parse_spec_partial
 from dockmesh.spec.validate import validate
 from dockmesh.spec.yamlpos import load_located
 
@@ -32,11 +32,12 @@ def problems_of(doc: dict[str, Any] | str, facts: Facts | None = None) -> list[s
     loc = load_located(text)
     if loc.problems:
         return [format_problem("f", p, loc.lines) for p in loc.problems]
-    spec, shape = parse_spec(loc.data)
-    if shape or spec is None:
+    spec, shape, left_out = parse_spec_partial(loc.data)
+    if spec is None:
         return [format_problem("f", p, loc.lines) for p in shape]
     project = spec.project or "p"
-    return [format_problem("f", p, loc.lines) for p in validate(spec, project, facts or Facts())]
+    found = [*shape, *validate(spec, project, facts or Facts(), left_out)]
+    return [format_problem("f", p, loc.lines) for p in found]
 
 
 def loaded(tmp_path: Any, doc: dict[str, Any]) -> LoadedSpec:

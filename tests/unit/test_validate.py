@@ -259,3 +259,24 @@ def test_address_checks_agree_with_oracle(case: tuple[dict[str, Any], set[str]])
         else:
             raise AssertionError(line)
     assert found == bad, out
+
+
+def test_shape_and_meaning_problems_come_together() -> None:
+    doc = {
+        "networks": {
+            "a": {"subnet": "10.0.0.0/16"},
+            "b": {"subnet": "10.0.1.0/24"},
+            "broken": {"subnet": 5, "nonsense": 1},
+        },
+        "services": {
+            "web": {"image": "x", "networks": ["a", "broken"], "depends_on": ["bad"]},
+            "bad": {"image": "x", "replicas": "many"},
+        },
+    }
+    out = "\n".join(problems_of(doc))
+    assert "networks.broken.nonsense: unknown key" in out
+    assert "services.bad.replicas: must be a valid integer" in out
+    assert "overlaps the subnet 10.0.0.0/16 of network 'a'" in out
+    # what was left out for its shape is not reported again as unknown
+    assert "unknown network 'broken'" not in out
+    assert "unknown service 'bad'" not in out

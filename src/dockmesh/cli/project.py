@@ -20,6 +20,7 @@ from dockmesh.cli.common import (
     print_json,
 )
 from dockmesh.engine.client import EngineClient
+from dockmesh.errors import EngineError
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology, build_topology
 
@@ -47,11 +48,17 @@ def _snapshot(client: EngineClient) -> Topology:
 
 def _plan_for(path: str, engine: list[str] | None) -> tuple[EngineClient, Plan]:
     from dockmesh.engine.facts import gather_facts
+    from dockmesh.spec.facts import Facts
     from dockmesh.spec.plan import make_plan
 
     loaded = _load(path)  # shape errors first, before the engine is asked anything
-    client = connect(engine)[0]
-    live = _snapshot(client)
+    try:
+        client = connect(engine)[0]
+        live = _snapshot(client)
+    except EngineError:
+        if loaded.shape_problems:  # the file is wrong whatever the engine holds: say so
+            loaded.check(Facts())
+        raise
     images = {s.image for s in loaded.spec.services.values()}
     desired = loaded.check(gather_facts(client, live, images))
     facts_images = {

@@ -11,28 +11,35 @@ from pathlib import Path as FsPath
 from dockmesh.errors import SpecError
 from dockmesh.spec.desired import Desired, desired_state
 from dockmesh.spec.facts import Facts
-from dockmesh.spec.problems import Path, Problem, format_problem
-from dockmesh.spec.schema import Spec, parse_spec
+from dockmesh.spec.problems import Path, Problem, format_problem, line_of
+from dockmesh.spec.schema import Spec, parse_spec_partial
 from dockmesh.spec.validate import validate
 from dockmesh.spec.yamlpos import load_located
 
 
 @dataclass(frozen=True, slots=True)
 class LoadedSpec:
+    """A read file: its well-formed part as a Spec, and the shape problems of the rest."""
+
     filename: str
     spec: Spec
     project: str
     lines: dict[Path, int]
+    shape_problems: tuple[Problem, ...] = ()
+    left_out: frozenset[str] = frozenset()
 
     def check(self, facts: Facts) -> Desired:
-        """Validates against what the engine and host hold; raises SpecError."""
-        problems = validate(self.spec, self.project, facts)
+        """Validates against what the engine and host hold; raises SpecError with every
+        problem of the file, shape and meaning together."""
+        problems = [*self.shape_problems, *validate(self.spec, self.project, facts, self.left_out)]
         if problems:
             raise SpecError(self._format(problems))
         return desired_state(self.spec, self.project)
 
     def _format(self, problems: list[Problem]) -> list[str]:
-        return [format_problem(self.filename, p, self.lines) for p in problems]
+        # In file order, whatever order the checks found them in.
+        ordered = sorted(problems, key=lambda p: p.line or line_of(p.path, self.lines))
+        return [format_problem(self.filename, p, self.lines) for p in ordered]
 
 
 def default_project(path: str) -> str:
@@ -41,15 +48,18 @@ def default_project(path: str) -> str:
 
 
 def load_spec(path: str) -> LoadedSpec:
-    """Reads and shape-checks a file; raises SpecError (or OSError when it cannot be read)."""
+    """Reads a file. Raises SpecError when nothing can be checked further (malformed YAML, a
+    document that is not a mapping), OSError when it cannot be read; other problems wait for
+    `check`, so that all of them are reported at once."""
     text = FsPath(path).read_text()
     located = load_located(text)
     problems = list(located.problems)
     spec: Spec | None = None
+    left_out: frozenset[str] = frozenset()
     if located.data is not None:
-        spec, shape = parse_spec(located.data)
+        spec, shape, left_out = parse_spec_partial(located.data)
         problems += shape
-    if problems or spec is None:
+    if spec is None:
         raise SpecError([format_problem(path, p, located.lines) for p in problems])
     project = spec.project if spec.project is not None else default_project(path)
-    return LoadedSpec(path, spec, project, located.lines)
+    return LoadedSpec(path, spec, project, located.lines, tuple(problems), left_out)

@@ -103,12 +103,40 @@ class Spec(_Strict):
 
 
 def parse_spec(data: Any) -> tuple[Spec | None, list[Problem]]:
+    spec, problems, _ = parse_spec_partial(data)
+    return (None if problems else spec), problems
+
+
+def parse_spec_partial(data: Any) -> tuple[Spec | None, list[Problem], frozenset[str]]:
+    """The spec, its shape problems, and — when there are some — a spec of what was well
+    formed, so that the meaning of the rest can be checked in the same run. The third value
+    names the networks and services left out (references to them are not problems again)."""
     if not isinstance(data, dict):
-        return None, [Problem((), "the document must be a mapping (project, networks, services)")]
+        doc = "the document must be a mapping (project, networks, services)"
+        return None, [Problem((), doc)], frozenset()
     try:
-        return Spec.model_validate(data), []
+        return Spec.model_validate(data), [], frozenset()
     except ValidationError as e:
-        return None, _problems_from(e, data)
+        problems = _problems_from(e, data)
+    partial: dict[str, Any] = {}
+    dropped: set[str] = set()
+    for section, model in (("networks", NetworkSpec), ("services", ServiceSpec)):
+        entries = data.get(section)
+        kept: dict[str, Any] = {}
+        if isinstance(entries, dict):
+            for name, value in entries.items():
+                try:
+                    model.model_validate(value or {})
+                    kept[name] = value
+                except ValidationError:
+                    dropped.add(name)
+        partial[section] = kept
+    if isinstance(data.get("project"), str):
+        partial["project"] = data["project"]
+    try:
+        return Spec.model_validate(partial), problems, frozenset(dropped)
+    except ValidationError:
+        return None, problems, frozenset(dropped)
 
 
 def _problems_from(e: ValidationError, data: Any) -> list[Problem]:

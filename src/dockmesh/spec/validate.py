@@ -38,15 +38,19 @@ _BRIDGE_NAME = "com.docker.network.bridge.name"
 _MTU = "com.docker.network.driver.mtu"
 
 
-def validate(spec: Spec, project: str, facts: Facts) -> list[Problem]:
-    v = _Validator(spec, project, facts)
+def validate(
+    spec: Spec, project: str, facts: Facts, left_out: frozenset[str] = frozenset()
+) -> list[Problem]:
+    """`left_out`: names of networks and services whose shape was wrong (already reported):
+    references to them are not reported again."""
+    v = _Validator(spec, project, facts, left_out)
     v.run()
     return v.problems
 
 
 class _Validator:
-    def __init__(self, spec: Spec, project: str, facts: Facts) -> None:
-        self.spec, self.project, self.facts = spec, project, facts
+    def __init__(self, spec: Spec, project: str, facts: Facts, left_out: frozenset[str]) -> None:
+        self.spec, self.project, self.facts, self.left_out = spec, project, facts, left_out
         self.problems: list[Problem] = []
         self.subnets: dict[str, IPNetwork] = {}
         self.ip_ranges: dict[str, IPNetwork] = {}
@@ -244,7 +248,8 @@ class _Validator:
         self.ports(base, svc.ports, svc.replicas, svc.network_mode)
         for i, dep in enumerate(svc.depends_on):
             if dep not in self.spec.services:
-                self.err((*base, "depends_on", i), f"unknown service {dep!r}")
+                if dep not in self.left_out:
+                    self.err((*base, "depends_on", i), f"unknown service {dep!r}")
             elif dep == name:
                 self.err((*base, "depends_on", i), "a service cannot depend on itself")
         if svc.healthcheck is not None:
@@ -299,7 +304,8 @@ class _Validator:
     ) -> None:
         path: Path = (*base, "networks", net_name)
         if net_name not in self.spec.networks:
-            self.err(path, f"unknown network {net_name!r} (not under networks:)")
+            if net_name not in self.left_out:
+                self.err(path, f"unknown network {net_name!r} (not under networks:)")
             return
         for i, alias in enumerate(attach.aliases):
             if not ALIAS.match(alias):
