@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import random
 import secrets
 import shutil
@@ -33,9 +32,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dockmesh.engine.client import EngineRef, default_url
-from dockmesh.engine.facts import host_routes
+from dockmesh.engine.client import EngineClient, EngineRef, default_url
+from dockmesh.engine.facts import taken_subnets
 from dockmesh.engine.watch import TopologyWatcher
+from dockmesh.model.ipam import pick_free_subnets
 
 console = Console()
 
@@ -43,24 +43,6 @@ console = Console()
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def free_subnets(api: Any, count: int) -> list[str]:
-    taken = [
-        ipaddress.ip_network(c["Subnet"])
-        for n in api.networks()
-        for c in (n.get("IPAM") or {}).get("Config") or []
-        if c.get("Subnet")
-    ]
-    taken += [ipaddress.ip_network(r.destination) for r in host_routes()[0]]
-    out: list[str] = []
-    rng = random.Random()
-    while len(out) < count:
-        net = ipaddress.IPv4Network(f"10.{rng.randint(128, 254)}.{rng.randint(0, 255)}.0/24")
-        if not any(net.version == t.version and net.overlaps(t) for t in taken):
-            taken.append(net)
-            out.append(str(net))
-    return out
 
 
 def timed(cmd: list[str], runs: int) -> list[float]:
@@ -86,9 +68,15 @@ def main() -> int:
     try:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("networks", total=args.networks)
-            for i, subnet in enumerate(free_subnets(api, args.networks)):
+            for i, subnet in enumerate(
+                pick_free_subnets(
+                    taken_subnets(EngineClient(EngineRef("local", default_url()))),
+                    args.networks,
+                    random.Random(),
+                )
+            ):
                 name = f"{prefix}_n{i:02d}"
-                api.create_network(name, ipam={"Config": [{"Subnet": subnet}]})
+                api.create_network(name, ipam={"Config": [{"Subnet": str(subnet)}]})
                 nets.append(name)
                 progress.advance(task)
             task = progress.add_task("containers", total=args.containers)

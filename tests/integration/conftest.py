@@ -7,7 +7,6 @@ afterwards, on failure too; nothing else on the engine is touched.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import random
 import secrets
@@ -21,7 +20,8 @@ import docker.errors
 import pytest
 
 from dockmesh.engine.client import EngineClient, EngineRef, default_url
-from dockmesh.engine.facts import host_routes
+from dockmesh.engine.facts import taken_subnets
+from dockmesh.model.ipam import pick_free_subnets
 
 pytestmark = pytest.mark.integration
 TOOLBOX = "dockmesh/toolbox:latest"
@@ -71,22 +71,8 @@ def cleanup(api: Any, p: str) -> None:
 
 def free_subnets(api: Any, count: int) -> list[str]:
     """/24s in 10.128.0.0/9 that no engine network and no host route uses."""
-    taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for n in api.networks():
-        for cfg in (n.get("IPAM") or {}).get("Config") or []:
-            if cfg.get("Subnet"):
-                taken.append(ipaddress.ip_network(cfg["Subnet"]))
-    routes, _ = host_routes()
-    taken += [ipaddress.ip_network(r.destination) for r in routes]
-    rng = random.Random()
-    out: list[str] = []
-    while len(out) < count:
-        net = ipaddress.IPv4Network(f"10.{rng.randint(128, 254)}.{rng.randint(0, 255)}.0/24")
-        if any(net.version == t.version and net.overlaps(t) for t in taken):
-            continue
-        taken.append(net)
-        out.append(str(net))
-    return out
+    client = EngineClient(EngineRef("local", default_url()))
+    return [str(n) for n in pick_free_subnets(taken_subnets(client), count, random.Random())]
 
 
 def dockmesh(

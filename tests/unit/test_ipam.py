@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -16,6 +17,7 @@ from dockmesh.model.ipam import (
     overlaps,
     parse_address,
     parse_subnet,
+    pick_free_subnets,
 )
 
 prefixes = st.integers(min_value=8, max_value=32)
@@ -74,3 +76,14 @@ def test_ipv6_and_family_mismatch() -> None:
     msg = host_problem(ipaddress.ip_address("10.0.0.1"), net, "gateway")
     assert msg is not None and "IPv4" in msg
     assert not overlaps(parse_subnet("10.0.0.0/8"), net)
+
+
+@given(st.lists(st.integers(0, 255), max_size=40), st.integers(1, 5), st.randoms())
+def test_picked_subnets_are_free(taken_octets: list[int], count: int, rng: Any) -> None:
+    taken: list[Any] = [ipaddress.ip_network(f"10.{128 + o // 2}.0.0/16") for o in taken_octets]
+    picked = pick_free_subnets(taken, count, rng)
+    assert len(picked) == count
+    for i, p in enumerate(picked):
+        assert p.subnet_of(ipaddress.IPv4Network("10.128.0.0/9"))
+        assert not any(p.overlaps(t) for t in taken)
+        assert not any(p.overlaps(q) for q in picked[:i])

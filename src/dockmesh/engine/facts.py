@@ -3,12 +3,14 @@ interfaces, swarm state and kernel support for ipvlan."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import platform
 
 import docker.errors
 
 from dockmesh.engine.client import EngineClient
+from dockmesh.model.ipam import IPNetwork
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology
 from dockmesh.spec.facts import EngineNetworkFact, Facts, Route
@@ -73,3 +75,14 @@ def gather_facts(client: EngineClient, topo: Topology, images: set[str] | None =
         ipvlan_available=ipvlan_available(),
         images=image_ids(client, images or set()),
     )
+
+
+def taken_subnets(client: EngineClient) -> list[IPNetwork]:
+    """Every subnet the engine's networks use, and every route of the host."""
+    taken: list[IPNetwork] = []
+    for n in client.api.networks():
+        for cfg in (n.get("IPAM") or {}).get("Config") or []:
+            if cfg.get("Subnet"):
+                taken.append(ipaddress.ip_network(cfg["Subnet"]))
+    taken += [ipaddress.ip_network(r.destination) for r in host_routes()[0]]
+    return taken

@@ -4,6 +4,7 @@ with messages that say what is wrong."""
 from __future__ import annotations
 
 import ipaddress
+import random
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 IPNetwork = IPv4Network | IPv6Network
@@ -66,3 +67,28 @@ def default_gateway(net: IPNetwork) -> IPAddress:
 
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
     return a.version == b.version and a.overlaps(b)
+
+
+def pick_free_subnets(
+    taken: list[IPNetwork],
+    count: int,
+    rng: random.Random,
+    pool: IPv4Network = IPv4Network("10.128.0.0/9"),
+    prefix: int = 24,
+) -> list[IPv4Network]:
+    """`count` random subnets of `pool` that overlap nothing in `taken` nor each other.
+    Raises IpamError when the pool runs out."""
+    size = 2 ** (prefix - pool.prefixlen)
+    out: list[IPv4Network] = []
+    used = list(taken)
+    for _ in range(size * 4):
+        if len(out) == count:
+            return out
+        start = int(pool.network_address) + rng.randrange(size) * 2 ** (32 - prefix)
+        net = IPv4Network((start, prefix))
+        if not any(overlaps(net, t) for t in used):
+            used.append(net)
+            out.append(net)
+    if len(out) < count:
+        raise IpamError(f"no {count} free /{prefix} subnets left in {pool}")
+    return out
