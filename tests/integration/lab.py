@@ -41,7 +41,7 @@ class LabEngine:
     netns: str
     address: str
     url: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None
     data_root: str
     exec_root: str
     api: Any = field(default=None)
@@ -82,42 +82,65 @@ class Lab:
         os.makedirs(data_root, exist_ok=True)
         os.makedirs(exec_root, exist_ok=True)
         sock = f"{RUN_ROOT}/{ns}.sock"
-        log = open(f"{RUN_ROOT}/{ns}.log", "wb")  # noqa: SIM115 - the daemon keeps it
+        eng = LabEngine(name, ns, addr, f"unix://{sock}", None, data_root, exec_root)
+        self.engines.append(eng)
+        self._start(eng, timeout)
+        return eng
+
+    def _start(self, eng: LabEngine, timeout: float) -> None:
+        sock = eng.url.removeprefix("unix://")
+        log = open(f"{RUN_ROOT}/{eng.netns}.log", "ab")  # noqa: SIM115 - the daemon keeps it
         # nsenter, not `ip netns exec`: the latter remounts /sys and dockerd then loses cgroups.
-        proc = subprocess.Popen(
+        eng.proc = subprocess.Popen(
             [
                 "nsenter",
-                f"--net=/run/netns/{ns}",
+                f"--net=/run/netns/{eng.netns}",
                 "dockerd",
                 "--data-root",
-                data_root,
+                eng.data_root,
                 "--exec-root",
-                exec_root,
+                eng.exec_root,
                 "-H",
-                f"unix://{sock}",
+                eng.url,
                 "--pidfile",
-                f"{exec_root}.pid",
+                f"{eng.exec_root}.pid",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        eng = LabEngine(name, ns, addr, f"unix://{sock}", proc, data_root, exec_root)
-        self.engines.append(eng)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dockerd {ns} exited: see {RUN_ROOT}/{ns}.log")
+            if eng.proc.poll() is not None:
+                raise RuntimeError(f"dockerd {eng.netns} exited: see {RUN_ROOT}/{eng.netns}.log")
             if os.path.exists(sock):
                 try:
                     api = docker.APIClient(base_url=eng.url, version="auto", timeout=60)
                     api.ping()
                     eng.api = api
-                    return eng
+                    return
                 except docker.errors.DockerException:
                     pass
             time.sleep(0.2)
-        raise RuntimeError(f"dockerd {ns} did not answer within {timeout} s")
+        raise RuntimeError(f"dockerd {eng.netns} did not answer within {timeout} s")
+
+    def _stop(self, eng: LabEngine) -> None:
+        if eng.proc is None or eng.proc.poll() is not None:
+            return
+        os.killpg(eng.proc.pid, signal.SIGTERM)
+        try:
+            eng.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(eng.proc.pid, signal.SIGKILL)
+            eng.proc.wait(timeout=10)
+
+    def restart(self, eng: LabEngine, timeout: float = 60) -> None:
+        """Stops the engine's dockerd (the one this lab started) and starts it again."""
+        if eng.api is not None:
+            eng.api.close()
+            eng.api = None
+        self._stop(eng)
+        self._start(eng, timeout)
 
     def load_image(self, source: Any, ref: str, into: LabEngine) -> None:
         """Copies an image from one engine to another (no registry here)."""
@@ -149,13 +172,7 @@ class Lab:
                     eng.api.leave_swarm(force=True)
                 with contextlib.suppress(Exception):
                     eng.api.close()
-            if eng.proc.poll() is None:
-                os.killpg(eng.proc.pid, signal.SIGTERM)
-                try:
-                    eng.proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(eng.proc.pid, signal.SIGKILL)
-                    eng.proc.wait(timeout=10)
+            self._stop(eng)
             subprocess.run(["ip", "netns", "del", eng.netns], check=False, capture_output=True)
             # dockerd unmounted its layers on the way out; what remains is plain files.
             subprocess.run(["umount", "-R", eng.data_root], check=False, capture_output=True)

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from dockmesh.engine.client import EngineRef
+from dockmesh.engine.watch import TopologyWatcher
 from tests.integration.conftest import dockmesh, free_subnets
 from tests.integration.lab import Lab
 
@@ -62,3 +67,72 @@ def test_overlay_seen_from_two_engines_is_one_network(api: Any, prefix: str, too
             "topology", "--engine", f"h1={h1.url}", "--engine", f"h2={h2.url}", check=True
         ).stdout
         assert "engines: h1, h2" in tree
+
+
+def test_watcher_resyncs_after_an_engine_restart(api: Any, prefix: str, toolbox: str) -> None:
+    [subnet] = free_subnets(api, 1)
+    with Lab(prefix, subnet) as lab:
+        h1 = lab.engine("h1")
+        lab.load_image(api, toolbox, h1)
+        watcher = TopologyWatcher([EngineRef("h1", h1.url)])
+        first = watcher.start()
+        try:
+            lab.restart(h1)
+            # made after the restart: only a resync against the new engine can show it
+            h1.api.create_network(f"{prefix}_after")
+            topo = watcher.wait_for(lambda t: t.network(f"{prefix}_after") is not None, 30)
+            assert topo is not None
+            assert topo.version > first.version
+            assert watcher.resyncs >= 1
+            h1.api.create_container(toolbox, name=f"{prefix}-late")
+            assert watcher.wait_for(lambda t: t.container(f"{prefix}-late") is not None, 10)
+        finally:
+            watcher.stop()
+
+
+def test_up_creates_an_overlay_on_a_swarm_engine(
+    api: Any, prefix: str, toolbox: str, tmp_path: Path
+) -> None:
+    [subnet] = free_subnets(api, 1)
+    [ov_subnet] = free_subnets(api, 1)
+    with Lab(prefix, subnet) as lab:
+        h1 = lab.engine("h1")
+        lab.load_image(api, toolbox, h1)
+        path = tmp_path / "dockmesh.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "project": prefix,
+                    "networks": {
+                        "ov": {"driver": "overlay", "attachable": True, "subnet": ov_subnet}
+                    },
+                    "services": {
+                        "web": {"image": "dockmesh/toolbox", "networks": ["ov"], "replicas": 2}
+                    },
+                }
+            )
+        )
+        proc = dockmesh("up", str(path), "--engine", f"h1={h1.url}")
+        assert proc.returncode == 2
+        assert "overlay needs the engine to be in a swarm" in proc.stderr
+        lab.swarm(h1)
+        dockmesh("up", str(path), "--engine", f"h1={h1.url}", check=True)
+        doc = json.loads(
+            dockmesh("topology", "--json", "--engine", f"h1={h1.url}", check=True).stdout
+        )
+        [net] = [n for n in doc["networks"] if n["name"] == f"{prefix}_ov"]
+        assert net["driver"] == "overlay" and net["scope"] == "swarm" and net["attachable"]
+        assert net["ipam"][0]["subnet"] == ov_subnet
+        assert sorted(e["container"] for e in net["endpoints"]) == [
+            f"{prefix}-web-1",
+            f"{prefix}-web-2",
+        ]
+        assert (
+            dockmesh("plan", str(path), "--exit-code", "--engine", f"h1={h1.url}").returncode == 0
+        )
+        dockmesh("down", str(path), "--engine", f"h1={h1.url}", check=True)
+        # the swarm removes the network asynchronously
+        deadline = time.monotonic() + 20
+        while [n for n in h1.api.networks() if n["Name"] == f"{prefix}_ov"]:
+            assert time.monotonic() < deadline, "the overlay was not removed"
+            time.sleep(0.2)

@@ -317,6 +317,11 @@ def test_drivers(api: Any, prefix: str, tmp_path: Path, toolbox: str) -> None:
                         "network_mode": "host",
                         "command": "sleep 600",
                     },
+                    "n": {
+                        "image": "dockmesh/toolbox",
+                        "network_mode": "none",
+                        "command": "sleep 600",
+                    },
                 },
             },
         )
@@ -335,6 +340,8 @@ def test_drivers(api: Any, prefix: str, tmp_path: Path, toolbox: str) -> None:
             ".0/24", ".9"
         )
         assert api.inspect_container(f"{prefix}-h-1")["HostConfig"]["NetworkMode"] == "host"
+        n = api.inspect_container(f"{prefix}-n-1")
+        assert n["HostConfig"]["NetworkMode"] == "none" and n["State"]["Running"]
         assert dockmesh("plan", path, "--exit-code").returncode == 0
         dockmesh("down", path, check=True)
     finally:
