@@ -60,11 +60,10 @@ def _plan_for(path: str, engine: list[str] | None) -> tuple[EngineClient, Plan]:
             loaded.check(Facts())
         raise
     images = {s.image for s in loaded.spec.services.values()}
-    desired = loaded.check(gather_facts(client, live, images))
-    facts_images = {
-        s.image: client.api.inspect_image(s.image)["Id"] for s in loaded.spec.services.values()
-    }
-    return client, make_plan(desired, live, facts_images)
+    facts = gather_facts(client, live, images)
+    desired = loaded.check(facts)  # every image exists past this point
+    image_ids = {name: i for name, i in facts.images.items() if i is not None}
+    return client, make_plan(desired, live, image_ids)
 
 
 def _run(client: EngineClient, plan: Plan, verb: str) -> None:

@@ -50,8 +50,15 @@ class TopologyWatcher:
     def start(self) -> Topology:
         """Takes the first snapshot of every engine (streams opened first) and starts
         following them. Raises EngineError when an engine does not answer."""
-        streams = [c.events() for c in self._clients]
-        self._states = [c.snapshot() for c in self._clients]
+        streams: list[EventStream] = []
+        try:
+            for c in self._clients:
+                streams.append(c.events())
+            self._states = [c.snapshot() for c in self._clients]
+        except Exception:
+            for s in streams:
+                s.close()
+            raise
         self._streams = list(streams)
         with self._lock:
             self._freeze()
