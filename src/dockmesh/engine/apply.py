@@ -59,7 +59,8 @@ def create_container(api: Any, c: DesiredContainer) -> str:
             binding = p.host_port
         port_bindings.setdefault(p.key(), []).append(binding)
     first = c.networks[0] if c.networks else None
-    network_mode = c.network_mode or (first.network if first else "none")
+    # No networks and no network_mode: the engine's default bridge, as with `docker run`.
+    network_mode = c.network_mode or (first.network if first else "bridge")
     host_config = api.create_host_config(
         port_bindings=port_bindings or None, network_mode=network_mode
     )
