@@ -73,6 +73,17 @@ PY
 
 setup_engine() {
     if engine_answers; then return 0; fi
+    # An engine that is starting or shutting down: let it finish before deciding.
+    local pid i
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        log "waiting for dockerd (pid $pid) to start or stop"
+        for i in $(seq 1 120); do
+            engine_answers && return 0
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.5
+        done
+    fi
     if ! command -v dockerd >/dev/null 2>&1; then
         apt_install docker.io
     fi
@@ -82,7 +93,6 @@ setup_engine() {
     log "starting dockerd (log: $DOCKERD_LOG)"
     # setsid: the engine outlives this script (the demo stack stays up).
     setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 < /dev/null &
-    local i
     for i in $(seq 1 60); do
         engine_answers && return 0
         sleep 0.5
