@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dockmesh.images.sources import (
     AptSource,
     os_codename,
@@ -50,3 +53,30 @@ def test_one_line_format_with_options() -> None:
 def test_codename() -> None:
     assert os_codename('NAME="Debian"\nVERSION_CODENAME=bookworm\n') == "bookworm"
     assert os_codename("NAME=x\n") is None
+
+
+words = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=10)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            words, st.lists(words, min_size=1, max_size=3), st.lists(words, min_size=1, max_size=3)
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_deb822_round_trip(stanzas: list[tuple[str, list[str], list[str]]]) -> None:
+    text = "\n\n".join(
+        f"Types: deb\nURIs: http://{host}.invalid/debian\nSuites: {' '.join(suites)}\n"
+        f"Components: {' '.join(comps)}"
+        for host, suites, comps in stanzas
+    )
+    parsed = parse_deb822(text)
+    assert parsed == [
+        AptSource(f"http://{h}.invalid/debian", tuple(s), tuple(c)) for h, s, c in stanzas
+    ]
+    for _, suites, _ in stanzas:
+        first = next(src for src in parsed if suites[0] in src.suites)
+        assert pick_mirror(parsed, suites[0]) == first.uri
