@@ -4,6 +4,10 @@ One thread per engine follows the stream. Each event re-reads the object it name
 that changes the model, freezes a new `Topology` with the version bumped. When a stream drops
 (the engine restarted, the socket went away) the thread reconnects with back-off and resyncs
 from a full snapshot; the version is bumped only if the resync found a difference.
+
+The watcher reads engines through the small `EngineSource` interface: `EngineClient` is the
+real one, `dockmesh.engine.memory.MemoryEngine` an in-memory one for tests of logic built on
+a live topology.
 """
 
 from __future__ import annotations
@@ -11,25 +15,46 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
-from dockmesh.engine.client import EngineClient, EngineRef, EventStream
+from dockmesh.engine.client import EngineClient, EngineRef
 from dockmesh.engine.events import Refresh, refreshes_for
-from dockmesh.model.topology import EngineState, Topology, build_topology
+from dockmesh.model.topology import Container, EngineState, Network, Topology, build_topology
 
 Listener = Callable[[Topology], None]
 # Called after each engine event has been applied: (the event, time.time_ns() when applied).
 EventHook = Callable[[dict[str, object], int], None]
 
 
+class EventSource(Protocol):
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+class EngineSource(Protocol):
+    """What the watcher needs of an engine."""
+
+    ref: EngineRef
+
+    def snapshot(self) -> EngineState: ...
+    def events(self) -> EventSource: ...
+    def container(self, container_id: str) -> Container | None: ...
+    def network(self, network_id: str) -> Network | None: ...
+    def close(self) -> None: ...
+
+
 class TopologyWatcher:
-    def __init__(self, refs: list[EngineRef]) -> None:
-        self._clients = [EngineClient(r) for r in refs]
+    def __init__(self, engines: Sequence[EngineRef | EngineSource]) -> None:
+        """`engines`: references to connect to, or engine sources already made."""
+        self._clients: list[EngineSource] = [
+            EngineClient(e) if isinstance(e, EngineRef) else e for e in engines
+        ]
         self._states: list[EngineState] = []
         self._lock = threading.Condition()
         self._version = 0
         self._topology: Topology | None = None
-        self._streams: list[EventStream | None] = [None] * len(refs)
+        self._streams: list[EventSource | None] = [None] * len(engines)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._listeners: list[Listener] = []
@@ -50,7 +75,7 @@ class TopologyWatcher:
     def start(self) -> Topology:
         """Takes the first snapshot of every engine (streams opened first) and starts
         following them. Raises EngineError when an engine does not answer."""
-        streams: list[EventStream] = []
+        streams: list[EventSource] = []
         try:
             for c in self._clients:
                 streams.append(c.events())
