@@ -60,6 +60,8 @@ class TopologyWatcher:
         self._listeners: list[Listener] = []
         self.event_hook: EventHook | None = None
         self.resyncs = 0
+        # Bumped by each resync of an engine: reads begun before it are older than it.
+        self._epochs = [0] * len(engines)
 
     # --- public --------------------------------------------------------------------------
 
@@ -198,6 +200,7 @@ class TopologyWatcher:
         fresh = self._clients[i].snapshot()
         with self._lock:
             self.resyncs += 1
+            self._epochs[i] += 1
             old = self._states[i]
             if old.networks != fresh.networks or old.containers != fresh.containers:
                 self._states[i] = fresh
@@ -205,6 +208,7 @@ class TopologyWatcher:
 
     def _apply(self, i: int, batch: list[dict[str, object]]) -> None:
         client = self._clients[i]
+        epoch = self._epochs[i]
         # Each object once, the last word on it deciding whether it is gone.
         todo: dict[tuple[str, str], Refresh] = {}
         for event in batch:
@@ -223,7 +227,12 @@ class TopologyWatcher:
             if r.kind == "container"
         }
         with self._lock:
-            state = self._states[i]  # after a resync: the fresh one
+            if self._epochs[i] != epoch:
+                # A resync came in between. Its snapshot was taken after its stream opened,
+                # so every change since is an event still to come: drop these reads, which
+                # may be older than the snapshot.
+                return
+            state = self._states[i]
             changed = False
             for nid, n in networks.items():
                 changed |= state.upsert_network(n) if n else state.drop_network(nid)
