@@ -1,6 +1,6 @@
 """Carries out a plan on one engine, in the plan's order. On a failure it removes what this run
 created (containers, then networks) and re-raises: nothing half-done is left behind. What the
-run removed to replace cannot be brought back; the plan said so before."""
+run removed in order to replace it (a replace is a remove, then a create) is not restored."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dockmesh.spec.plan import Plan, Step
 Progress = Callable[[Step], None]
 
 
-def _ipam(api: Any, net: DesiredNetwork) -> Any:
+def _ipam(net: DesiredNetwork) -> Any:
     cfg = net.config
     if cfg["subnet"] is None:
         return None
@@ -37,7 +37,7 @@ def create_network(api: Any, net: DesiredNetwork) -> str:
         net.name,
         driver=cfg["driver"],
         options=cfg["options"] or None,
-        ipam=_ipam(api, net),
+        ipam=_ipam(net),
         internal=cfg["internal"],
         attachable=cfg["attachable"] or None,
         enable_ipv6=cfg["enable_ipv6"] or None,
@@ -48,13 +48,13 @@ def create_network(api: Any, net: DesiredNetwork) -> str:
 
 
 def create_container(api: Any, c: DesiredContainer) -> str:
-    port_bindings: dict[str, list[tuple[str, int] | int | None]] = {}
+    port_bindings: dict[str, list[tuple[str, int] | tuple[str] | int | None]] = {}
     exposed: list[tuple[int, str]] = []
     for p in c.ports:
         exposed.append((p.container_port, p.protocol))
-        binding: tuple[str, int] | int | None
+        binding: tuple[str, int] | tuple[str] | int | None
         if p.host_ip is not None:
-            binding = (p.host_ip, p.host_port) if p.host_port else (p.host_ip,)  # type: ignore[assignment]
+            binding = (p.host_ip, p.host_port) if p.host_port else (p.host_ip,)
         else:
             binding = p.host_port
         port_bindings.setdefault(p.key(), []).append(binding)
