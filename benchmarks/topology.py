@@ -169,28 +169,17 @@ def main() -> int:
         table.add_column("max", justify="right")
         table.add_column("vs dockmesh", justify="right")
         med = statistics.median(ours)
-        table.add_row(
-            "dockmesh topology --json (whole command)",
-            f"{med * 1000:.0f} ms",
-            f"{max(ours) * 1000:.0f} ms",
-            "1.00x",
-        )
-        if peer_all:
-            m = statistics.median(peer_all)
-            table.add_row(
-                f"docker network inspect <{len(nets)} networks>",
-                f"{m * 1000:.0f} ms",
-                f"{max(peer_all) * 1000:.0f} ms",
-                f"{m / med:.2f}x",
-            )
-        if peer_each:
-            m = statistics.median(peer_each)
-            table.add_row(
-                f"docker network inspect, one call per network ({len(nets)})",
-                f"{m * 1000:.0f} ms",
-                f"{max(peer_each) * 1000:.0f} ms",
-                f"{m / med:.2f}x",
-            )
+        rows = [
+            ("dockmesh topology --json (whole command)", ours),
+            (f"docker network inspect <{len(nets)} networks>", peer_all),
+            (f"docker network inspect, one call per network ({len(nets)})", peer_each),
+        ]
+        for label, runs in rows:
+            if runs:
+                m = statistics.median(runs)
+                table.add_row(
+                    label, f"{m * 1000:.0f} ms", f"{max(runs) * 1000:.0f} ms", f"{m / med:.2f}x"
+                )
         table.add_row("watcher: first snapshot (in process)", f"{snapshot_s * 1000:.0f} ms", "", "")
         console.print(table)
         lat = Table(

@@ -51,7 +51,7 @@ def _plan_for(path: str, engine: list[str] | None) -> tuple[EngineClient, Plan]:
     from dockmesh.spec.facts import Facts
     from dockmesh.spec.plan import make_plan
 
-    loaded = _load(path)  # shape errors first, before the engine is asked anything
+    loaded = _load(path)  # malformed YAML stops here; other problems wait for check()
     try:
         client = connect(engine)[0]
         live = _snapshot(client)

@@ -10,13 +10,12 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
-    engine_refs,
+    connect,
     handle_errors,
     out,
     print_json,
 )
 from dockmesh.cli.render import topology_dot, topology_tree
-from dockmesh.engine.client import EngineClient
 from dockmesh.model.topology import build_topology
 
 
@@ -31,7 +30,7 @@ def register(app: typer.Typer) -> None:
         """Networks, containers and endpoints of one or more engines."""
         if json_out and dot:
             raise UserError("--json and --dot: choose one")
-        clients = [EngineClient(r) for r in engine_refs(engine)]
+        clients = connect(engine)
         topo = build_topology([c.snapshot() for c in clients], version=1)
         if json_out:
             print_json(topo.to_json())

@@ -1,9 +1,10 @@
 """A live topology: a snapshot of each engine, kept current by its event stream.
 
-One thread per engine follows the stream. Each event re-reads the object it names and, when
-that changes the model, freezes a new `Topology` with the version bumped. When a stream drops
-(the engine restarted, the socket went away) the thread reconnects with back-off and resyncs
-from a full snapshot; the version is bumped only if the resync found a difference.
+Per engine, one thread reads the stream and another applies it in batches. Each event re-reads
+the object it names (once per batch) and, when that changes the model, freezes a new `Topology`
+with the version bumped. When a stream drops (the engine restarted, the socket went away) the
+reader reconnects with back-off and resyncs from a full
+snapshot; the version is bumped only if the resync found a difference.
 
 The watcher reads engines through the small `EngineSource` interface: `EngineClient` is the
 real one, `dockmesh.engine.memory.MemoryEngine` an in-memory one for tests of logic built on

@@ -77,9 +77,6 @@ class Desired:
     networks: tuple[DesiredNetwork, ...]
     containers: tuple[DesiredContainer, ...]  # in start order (depends_on first)
 
-    def network(self, name: str) -> DesiredNetwork | None:
-        return next((n for n in self.networks if n.name == name), None)
-
 
 def desired_state(spec: Spec, project: str) -> Desired:
     """Assumes `validate` found no problems."""

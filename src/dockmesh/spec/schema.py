@@ -160,14 +160,14 @@ def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
         ):
             path.append(part)
             node = node[part]
-        elif isinstance(node, dict) and isinstance(part, str) and not path_is_tag(part):
+        elif isinstance(node, dict) and isinstance(part, str) and not _is_union_tag(part):
             path.append(part)  # a missing or extra key: name it
             node = None
         # else: a union tag such as 'str' or 'list[str]' — skip it
     return tuple(path)
 
 
-def path_is_tag(part: str) -> bool:
+def _is_union_tag(part: str) -> bool:
     return (
         part in {"str", "int", "float", "bool", "list[str]", "none"}
         or "[" in part

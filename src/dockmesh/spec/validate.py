@@ -5,7 +5,7 @@ each naming its field, out."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from dockmesh.model.ipam import (
     IPAddress,
@@ -181,47 +181,43 @@ class _Validator:
         return any(f.name == full and f.project == self.project for f in self.facts.networks)
 
     def overlaps(self) -> None:
+        engine_nets, routes = self._foreign_subnets()
         names = list(self.subnets)
         for i, a in enumerate(names):
             sa = self.subnets[a]
+            path: Path = ("networks", a, "subnet")
             for b in names[:i]:
                 if overlaps(sa, self.subnets[b]):
-                    self.err(
-                        ("networks", a, "subnet"),
-                        f"{sa} overlaps the subnet {self.subnets[b]} of network {b!r}",
-                    )
-            full = f"{self.project}_{a}"
-            engine_subnets: set[str] = set()
-            for f in self.facts.networks:
-                engine_subnets.update(f.subnets)
-                if f.project == self.project and f.name.startswith(f"{self.project}_"):
-                    continue  # ours: kept or replaced by this plan
-                if f.name == full:
-                    continue
-                for s in f.subnets:
-                    try:
-                        other = parse_subnet(s)
-                    except IpamError:
-                        continue
-                    if overlaps(sa, other):
-                        self.err(
-                            ("networks", a, "subnet"),
-                            f"{sa} overlaps {other} of the engine's network {f.name!r}",
-                        )
-            for r in self.facts.routes:
-                if r.destination in engine_subnets:
-                    continue  # a Docker bridge's own route, judged above
-                try:
-                    dest = parse_subnet(r.destination)
-                except IpamError:
-                    continue
-                if dest.prefixlen == 0:
-                    continue  # the default route overlaps everything and conflicts with nothing
+                    self.err(path, f"{sa} overlaps the subnet {self.subnets[b]} of network {b!r}")
+            for owner, other in engine_nets:
+                # a foreign network with this one's name is reported by network()
+                if owner != f"{self.project}_{a}" and overlaps(sa, other):
+                    self.err(path, f"{sa} overlaps {other} of the engine's network {owner!r}")
+            for device, dest in routes:
                 if overlaps(sa, dest):
-                    self.err(
-                        ("networks", a, "subnet"),
-                        f"{sa} overlaps the host's route to {dest} (dev {r.device})",
-                    )
+                    self.err(path, f"{sa} overlaps the host's route to {dest} (dev {device})")
+
+    def _foreign_subnets(
+        self,
+    ) -> tuple[list[tuple[str, IPNetwork]], list[tuple[str, IPNetwork]]]:
+        """(engine network, subnet) of networks this plan does not own, and (device,
+        destination) of host routes that are not a Docker bridge's own."""
+        own_prefix = f"{self.project}_"
+        engine_nets: list[tuple[str, IPNetwork]] = []
+        engine_subnets: set[str] = set()
+        for f in self.facts.networks:
+            engine_subnets.update(f.subnets)
+            if f.project == self.project and f.name.startswith(own_prefix):
+                continue  # ours: kept or replaced by this plan
+            engine_nets += [(f.name, n) for n in _subnets(f.subnets)]
+        routes = [
+            (r.device, dest)
+            for r in self.facts.routes
+            if r.destination not in engine_subnets  # a bridge's route: judged above
+            for dest in _subnets([r.destination])
+            if dest.prefixlen > 0  # the default route conflicts with nothing
+        ]
+        return engine_nets, routes
 
     # --- services --------------------------------------------------------------------------
 
@@ -411,6 +407,16 @@ class _Validator:
                         f"the engine already has a container {cname!r} "
                         "that this project did not create",
                     )
+
+
+def _subnets(texts: Iterable[str]) -> list[IPNetwork]:
+    out: list[IPNetwork] = []
+    for t in texts:
+        try:
+            out.append(parse_subnet(t))
+        except IpamError:
+            continue  # what the engine or kernel holds is not ours to judge
+    return out
 
 
 def _find_cycles(graph: dict[str, list[str]]) -> Iterator[list[str]]:
