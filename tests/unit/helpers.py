@@ -17,13 +17,13 @@ from dockmesh.model.topology import (
     Topology,
     build_topology,
 )
-from dockmesh.spec.desired import Desired
-from dockmesh.spec.facts import Facts
-from dockmesh.spec.load import LoadedSpec, load_spec
-from dockmesh.spec.problems import format_problem
-from dockmesh.spec.schema import parse_spec_partial
-from dockmesh.spec.validate import validate
-from dockmesh.spec.yamlpos import load_located
+from dockmesh.projectfile.desired import Desired
+from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.load import LoadedSpec, load_spec
+from dockmesh.projectfile.problems import format_problem
+from dockmesh.projectfile.schema import parse_spec_partial
+from dockmesh.projectfile.validate import validate
+from dockmesh.projectfile.yamlpos import load_located
 
 
 def problems_of(doc: dict[str, Any] | str, facts: Facts | None = None) -> list[str]:

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.spec.parse import PortMapping, parse_duration_ns, parse_port
+from dockmesh.projectfile.parse import PortMapping, parse_duration_ns, parse_port
 
 UNITS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 

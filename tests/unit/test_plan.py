@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
-from dockmesh.spec.facts import Facts
-from dockmesh.spec.plan import make_plan, teardown_plan
+from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.plan import make_plan, teardown_plan
 from tests.unit.helpers import empty_topology, loaded, simulate_apply
 
 DOC: dict[str, Any] = {

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from dockmesh.cli.render import plan_table, topology_dot, topology_tree
 from dockmesh.model.topology import build_topology
-from dockmesh.spec.plan import Change, Plan
+from dockmesh.projectfile.plan import Change, Plan
 from tests.unit.test_topology import CTR, NET, state
 
 

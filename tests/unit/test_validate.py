@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dockmesh.spec.facts import EngineNetworkFact, Facts, Route
+from dockmesh.projectfile.facts import EngineNetworkFact, Facts, Route
 from tests.unit.helpers import problems_of
 
 OVERLAP_AND_GATEWAY = """\

@@ -6,8 +6,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.spec.problems import Problem, format_problem, line_of
-from dockmesh.spec.yamlpos import load_located
+from dockmesh.projectfile.problems import Problem, format_problem, line_of
+from dockmesh.projectfile.yamlpos import load_located
 
 DOC = """\
 project: p

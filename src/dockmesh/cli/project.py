@@ -25,8 +25,8 @@ from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology, build_topology
 
 if TYPE_CHECKING:
-    from dockmesh.spec.load import LoadedSpec
-    from dockmesh.spec.plan import Plan, Step
+    from dockmesh.projectfile.load import LoadedSpec
+    from dockmesh.projectfile.plan import Plan, Step
 
 # pydantic, PyYAML and pyroute2 are imported inside the commands that use them, so that
 # `dockmesh topology` does not pay for them at start-up.
@@ -35,7 +35,7 @@ FileArg = Annotated[str, typer.Argument(help="The topology file (dockmesh.yaml).
 
 
 def _load(path: str) -> LoadedSpec:
-    from dockmesh.spec.load import load_spec
+    from dockmesh.projectfile.load import load_spec
 
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
@@ -48,8 +48,8 @@ def _snapshot(client: EngineClient) -> Topology:
 
 def _plan_for(path: str, engine: list[str] | None) -> tuple[EngineClient, Plan]:
     from dockmesh.engine.facts import gather_facts
-    from dockmesh.spec.facts import Facts
-    from dockmesh.spec.plan import make_plan
+    from dockmesh.projectfile.facts import Facts
+    from dockmesh.projectfile.plan import make_plan
 
     loaded = _load(path)  # malformed YAML stops here; other problems wait for check()
     try:
@@ -152,7 +152,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Remove every container and network of the project."""
-        from dockmesh.spec.plan import teardown_plan
+        from dockmesh.projectfile.plan import teardown_plan
 
         if file is not None and project is None:
             project = _load(file).project

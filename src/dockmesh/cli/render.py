@@ -8,7 +8,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from dockmesh.model.topology import Container, Network, Topology
-from dockmesh.spec.plan import Plan
+from dockmesh.projectfile.plan import Plan
 
 _HIDDEN_WHEN_EMPTY = {"host", "none"}
 

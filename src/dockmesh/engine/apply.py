@@ -12,8 +12,8 @@ import docker.errors
 
 from dockmesh.engine.client import EngineClient
 from dockmesh.errors import EngineError
-from dockmesh.spec.desired import DesiredContainer, DesiredNetwork
-from dockmesh.spec.plan import Plan, Step
+from dockmesh.projectfile.desired import DesiredContainer, DesiredNetwork
+from dockmesh.projectfile.plan import Plan, Step
 
 Progress = Callable[[Step], None]
 

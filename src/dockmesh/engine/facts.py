@@ -13,7 +13,7 @@ from dockmesh.engine.client import EngineClient
 from dockmesh.model.ipam import IPNetwork
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology
-from dockmesh.spec.facts import EngineNetworkFact, Facts, Route
+from dockmesh.projectfile.facts import EngineNetworkFact, Facts, Route
 
 
 def host_routes() -> tuple[tuple[Route, ...], frozenset[str]]:

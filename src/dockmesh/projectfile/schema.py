@@ -1,5 +1,5 @@
 """The shape of dockmesh.yaml (pydantic, extra keys forbidden). Shape only: meaning — address
-maths, references, cycles — is checked in `dockmesh.spec.validate`, where every problem can
+maths, references, cycles — is checked in `dockmesh.projectfile.validate`, where every problem can
 name its own field."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from dockmesh.spec.problems import Problem
+from dockmesh.projectfile.problems import Problem
 
 Scalar = str | int | float | bool
 

@@ -17,10 +17,10 @@ from dockmesh.model.ipam import (
     parse_address,
     parse_subnet,
 )
-from dockmesh.spec.facts import Facts
-from dockmesh.spec.parse import PortMapping, parse_duration_ns, parse_port
-from dockmesh.spec.problems import Path, Problem
-from dockmesh.spec.schema import NetworkSpec, ServiceNetwork, Spec
+from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.parse import PortMapping, parse_duration_ns, parse_port
+from dockmesh.projectfile.problems import Path, Problem
+from dockmesh.projectfile.schema import NetworkSpec, ServiceNetwork, Spec
 
 NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")

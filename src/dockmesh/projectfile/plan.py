@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from dockmesh.model.labels import LABEL_CONFIG, LABEL_HASH, LABEL_PROJECT
 from dockmesh.model.topology import Container, Network, Topology
-from dockmesh.spec.desired import (
+from dockmesh.projectfile.desired import (
     Desired,
     DesiredContainer,
     DesiredNetwork,

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 from dockmesh.errors import SpecError
-from dockmesh.spec.desired import Desired, desired_state
-from dockmesh.spec.facts import Facts
-from dockmesh.spec.problems import Path, Problem, format_problem, line_of
-from dockmesh.spec.schema import Spec, parse_spec_partial
-from dockmesh.spec.validate import validate
-from dockmesh.spec.yamlpos import load_located
+from dockmesh.projectfile.desired import Desired, desired_state
+from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.problems import Path, Problem, format_problem, line_of
+from dockmesh.projectfile.schema import Spec, parse_spec_partial
+from dockmesh.projectfile.validate import validate
+from dockmesh.projectfile.yamlpos import load_located
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ from dockmesh.model.labels import (
     LABEL_REPLICA,
     LABEL_SERVICE,
 )
-from dockmesh.spec.parse import PortMapping, parse_duration_ns, parse_port
-from dockmesh.spec.schema import Healthcheck, NetworkSpec, ServiceNetwork, ServiceSpec, Spec
+from dockmesh.projectfile.parse import PortMapping, parse_duration_ns, parse_port
+from dockmesh.projectfile.schema import Healthcheck, NetworkSpec, ServiceNetwork, ServiceSpec, Spec
 
 
 def _hash(config: Mapping[str, Any]) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from dockmesh.spec.problems import Path, Problem
+from dockmesh.projectfile.problems import Path, Problem
 
 
 class Located:
