@@ -9,7 +9,7 @@ from rich.console import Console
 from dockmesh.cli.render import plan_table, topology_dot, topology_tree
 from dockmesh.model.topology import build_topology
 from dockmesh.projectfile.plan import Change, Plan
-from tests.unit.test_topology import CTR, NET, state
+from tests.unit.model.test_topology import CTR, NET, state
 
 
 def text_of(renderable: object) -> str:
