@@ -14,7 +14,9 @@ from dockmesh.projectfile.facts import Facts
 from dockmesh.projectfile.problems import Path, Problem, format_problem, line_of
 from dockmesh.projectfile.schema import Spec, parse_spec_partial
 from dockmesh.projectfile.validate import validate
-from dockmesh.projectfile.yamlpos import load_located
+from dockmesh.projectfile.yamlpos import MAX_FILE_BYTES, load_located_bytes
+
+MAX_REPORTED = 100  # problems printed; a generated file can have one per line
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +39,18 @@ class LoadedSpec:
         return desired_state(self.spec, self.project)
 
     def _format(self, problems: list[Problem]) -> list[str]:
-        # In file order, whatever order the checks found them in.
-        ordered = sorted(problems, key=lambda p: p.line or line_of(p.path, self.lines))
-        return [format_problem(self.filename, p, self.lines) for p in ordered]
+        return format_problems(self.filename, problems, self.lines)
+
+
+def format_problems(filename: str, problems: list[Problem], lines: dict[Path, int]) -> list[str]:
+    """In file order, whatever order the checks found them in; at most MAX_REPORTED."""
+    ordered = sorted(problems, key=lambda p: p.line or line_of(p.path, lines))
+    out = [format_problem(filename, p, lines) for p in ordered[:MAX_REPORTED]]
+    if len(ordered) > MAX_REPORTED:
+        last = ordered[MAX_REPORTED - 1]
+        more = Problem(("(file)",), f"{len(ordered) - MAX_REPORTED} more problems not shown")
+        out.append(format_problem(filename, more, {(): last.line or line_of(last.path, lines)}))
+    return out
 
 
 def default_project(path: str) -> str:
@@ -48,11 +59,14 @@ def default_project(path: str) -> str:
 
 
 def load_spec(path: str) -> LoadedSpec:
-    """Reads a file. Raises SpecError when nothing can be checked further (malformed YAML, a
-    document that is not a mapping), OSError when it cannot be read; other problems wait for
-    `check`, so that all of them are reported at once."""
-    text = FsPath(path).read_text()
-    located = load_located(text)
+    """Reads a file. Raises SpecError when nothing can be checked further (a file too large,
+    not UTF-8, malformed YAML, a document that is not a mapping), OSError when it cannot be
+    read; other problems wait for `check`, so that all of them are reported at once."""
+    # One byte past the limit is enough to say the file is too large, and bounds the memory
+    # a huge file (or a device that never ends) can take.
+    with FsPath(path).open("rb") as f:
+        raw = f.read(MAX_FILE_BYTES + 1)
+    located = load_located_bytes(raw)
     problems = list(located.problems)
     spec: Spec | None = None
     left_out: frozenset[str] = frozenset()
@@ -60,6 +74,6 @@ def load_spec(path: str) -> LoadedSpec:
         spec, shape, left_out = parse_spec_partial(located.data)
         problems += shape
     if spec is None:
-        raise SpecError([format_problem(path, p, located.lines) for p in problems])
+        raise SpecError(format_problems(path, problems, located.lines))
     project = spec.project if spec.project is not None else default_project(path)
     return LoadedSpec(path, spec, project, located.lines, tuple(problems), left_out)

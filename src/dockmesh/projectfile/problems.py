@@ -28,5 +28,18 @@ def line_of(path: Path, lines: Mapping[Path, int]) -> int:
 
 
 def format_problem(filename: str, p: Problem, lines: Mapping[Path, int]) -> str:
+    """`FILE:LINE: path: message` on one line of visible text, whatever the file's keys and
+    values hold: a newline in a key would split the report, an escape sequence would drive
+    the terminal, a right-to-left override would disguise the rest of the line."""
     line = p.line if p.line is not None else line_of(p.path, lines)
-    return f"{filename}:{line}: {p.dotted()}: {p.message}"
+    return f"{visible(filename)}:{line}: {visible(p.dotted())}: {visible(p.message)}"
+
+
+def visible(text: str) -> str:
+    """`text` with every character that does not print (controls, line and paragraph
+    separators, format characters) written as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
