@@ -10,9 +10,10 @@ Nothing here does I/O; `dockmesh.engine` fills these from the Docker API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 JSON = dict[str, Any]
 
@@ -146,49 +147,77 @@ class Endpoint:
         }
 
 
-# Networks on which Docker's embedded DNS answers for container names and aliases.
+# Networks on which Docker's embedded DNS does not answer for container names and aliases.
 _NO_DNS_NETWORKS = frozenset({"bridge", "host", "none"})
+# Below this many characters an id prefix is too likely to be ambiguous to accept.
+_MIN_ID_PREFIX = 6
+
+_T = TypeVar("_T", Container, Network)
+# A container's endpoint seen from the container: the container and its attachment.
+Placement = tuple[Container, Attachment]
 
 
 @dataclass(frozen=True, slots=True)
 class Topology:
+    """One version of the topology. Lookups go through indexes built on first use (see
+    `_TopologyIndex`); `networks` and `containers` stay the plain sorted tuples."""
+
     version: int
     engines: tuple[EngineInfo, ...]
     networks: tuple[Network, ...]
     containers: tuple[Container, ...]
+    # Built on first lookup, not in build_topology: the watcher freezes a topology on every
+    # change and most versions are superseded before anyone looks them up. Two threads that
+    # race here each build an equal index and one wins, so no lock is needed.
+    _index: _TopologyIndex | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _idx(self) -> _TopologyIndex:
+        idx = self._index
+        if idx is None:
+            idx = _TopologyIndex(self.networks, self.containers)
+            object.__setattr__(self, "_index", idx)
+        return idx
 
     def network(self, name_or_id: str) -> Network | None:
-        for n in self.networks:
-            if n.name == name_or_id or n.id == name_or_id:
-                return n
-        matches = [n for n in self.networks if n.id.startswith(name_or_id)]
-        return matches[0] if len(matches) == 1 and len(name_or_id) >= 6 else None
+        """The network with this name or id (the first in order when several engines hold
+        one of that name), else the only one whose id starts with it (6 characters at
+        least)."""
+        return self._idx().networks.find(name_or_id)
 
     def container(self, name_or_id: str) -> Container | None:
-        for c in self.containers:
-            if c.name == name_or_id or c.id == name_or_id:
-                return c
-        matches = [c for c in self.containers if c.id.startswith(name_or_id)]
-        return matches[0] if len(matches) == 1 and len(name_or_id) >= 6 else None
+        """The container with this name or id, else the only one whose id starts with it
+        (6 characters at least)."""
+        return self._idx().containers.find(name_or_id)
 
     def endpoints_of(self, network: Network) -> tuple[Endpoint, ...]:
-        eps: list[Endpoint] = []
-        for c in self.containers:
-            a = c.attachment(network.id)
-            if a is None:
-                continue
-            # The engine adds the short id and the hostname to every endpoint's aliases;
-            # `aliases` keeps what the user asked for, `dns_names` everything DNS answers.
-            implicit = {c.id[:12], c.hostname}
-            aliases = tuple(x for x in a.aliases if x not in implicit)
-            dns: tuple[str, ...] = ()
-            if network.name not in _NO_DNS_NETWORKS:
-                dns = tuple(dict.fromkeys((c.name, c.id[:12], *a.aliases)))
-            eps.append(Endpoint(c.name, c.id, c.engine, a.ipv4, a.ipv6, a.mac, aliases, dns))
-        return tuple(sorted(eps, key=lambda e: (e.container, e.engine)))
+        """Every container attached to `network` (by id), sorted by container then engine."""
+        return self._idx().endpoints_of(network)
 
     def networks_of(self, container: Container) -> tuple[str, ...]:
         return tuple(a.network for a in container.attachments)
+
+    def attached_networks(self, container: Container) -> tuple[tuple[Network, Attachment], ...]:
+        """Each of the container's attachments with the network it joins, as the container's
+        engine reports it; attachments to a network this topology lacks are left out."""
+        return self._idx().attached_networks(container)
+
+    def attachments_at(self, address: str) -> tuple[Placement, ...]:
+        """Every (container, attachment) holding `address` as its IPv4 or IPv6 address, in
+        topology order. Addresses are compared as text, in the engine's (canonical) form.
+        Several only when engines reuse private ranges or a container holds it twice."""
+        return self._idx().at_address.get(address, ())
+
+    def container_by_ip(self, address: str) -> Container | None:
+        """The container holding `address`, or None when none or several do."""
+        holders = self._idx().holders.get(address, ())
+        return holders[0] if len(holders) == 1 else None
+
+    def containers_with_label(self, key: str, value: str | None = None) -> tuple[Container, ...]:
+        """Containers carrying label `key` (with this `value`, when given), in topology order."""
+        idx = self._idx()
+        if value is None:
+            return idx.with_label_key.get(key, ())
+        return idx.with_label.get((key, value), ())
 
     def to_json(self) -> JSON:
         return {
@@ -231,6 +260,126 @@ class Topology:
             "ports": [p.to_json() for p in c.ports],
             "labels": dict(c.labels),
         }
+
+
+class _ByNameOrId(Generic[_T]):
+    """Name, full id and unique id prefix → object, answering as a scan in order would: the
+    first object whose name or id equals the key, else the only one whose id starts with it."""
+
+    __slots__ = ("_exact", "_ids", "_sorted")
+    _exact: dict[str, _T]
+    _ids: list[str]
+    _sorted: list[_T]
+
+    def __init__(self, items: Sequence[_T]) -> None:
+        exact: dict[str, _T] = {}
+        for x in items:
+            exact.setdefault(x.name, x)
+            exact.setdefault(x.id, x)
+        self._exact = exact
+        ordered: list[_T] = sorted(items, key=lambda x: x.id)
+        self._ids = [x.id for x in ordered]
+        self._sorted = ordered
+
+    def find(self, key: str) -> _T | None:
+        hit = self._exact.get(key)
+        if hit is not None or len(key) < _MIN_ID_PREFIX:
+            return hit
+        # Ids starting with `key` are adjacent in sorted order: unique iff the next one
+        # does not start with it too.
+        i = bisect_left(self._ids, key)
+        ids = self._ids
+        if i == len(ids) or not ids[i].startswith(key):
+            return None
+        if i + 1 < len(ids) and ids[i + 1].startswith(key):
+            return None
+        return self._sorted[i]
+
+
+class _TopologyIndex:
+    """Every lookup table of one topology version, built in one pass over the containers.
+
+    Only `_endpoints` grows after construction (a memo); dict.setdefault keeps concurrent
+    fillers consistent since they compute equal values."""
+
+    __slots__ = (
+        "_endpoints",
+        "_network_on",
+        "at_address",
+        "attached",
+        "containers",
+        "holders",
+        "networks",
+        "with_label",
+        "with_label_key",
+    )
+
+    def __init__(self, networks: Sequence[Network], containers: Sequence[Container]) -> None:
+        self.networks = _ByNameOrId(networks)
+        self.containers = _ByNameOrId(containers)
+        network_on: dict[tuple[str, str], Network] = {}
+        for n in networks:
+            for engine in n.engines or (n.engine,):
+                network_on.setdefault((engine, n.id), n)
+        self._network_on = network_on
+        attached: dict[str, list[Placement]] = {}
+        at_address: dict[str, list[Placement]] = {}
+        holders: dict[str, list[Container]] = {}
+        with_label: dict[tuple[str, str], list[Container]] = {}
+        with_label_key: dict[str, list[Container]] = {}
+        for c in containers:
+            seen_networks: set[str] = set()
+            seen_addresses: set[str] = set()
+            for a in c.attachments:
+                # Container.attachment() answers with the first attachment to a network.
+                if a.network_id not in seen_networks:
+                    seen_networks.add(a.network_id)
+                    attached.setdefault(a.network_id, []).append((c, a))
+                for address in {a.ipv4, a.ipv6}:
+                    if address is None:
+                        continue
+                    at_address.setdefault(address, []).append((c, a))
+                    if address not in seen_addresses:
+                        seen_addresses.add(address)
+                        holders.setdefault(address, []).append(c)
+            for kv in c.labels.items():
+                with_label.setdefault(kv, []).append(c)
+                with_label_key.setdefault(kv[0], []).append(c)
+        self.attached = {k: tuple(v) for k, v in attached.items()}
+        self.at_address = {k: tuple(v) for k, v in at_address.items()}
+        self.holders = {k: tuple(v) for k, v in holders.items()}
+        self.with_label = {k: tuple(v) for k, v in with_label.items()}
+        self.with_label_key = {k: tuple(v) for k, v in with_label_key.items()}
+        # (network id, whether DNS answers on it) → endpoints: all an endpoint list depends on.
+        self._endpoints: dict[tuple[str, bool], tuple[Endpoint, ...]] = {}
+
+    def endpoints_of(self, network: Network) -> tuple[Endpoint, ...]:
+        key = (network.id, network.name not in _NO_DNS_NETWORKS)
+        eps = self._endpoints.get(key)
+        if eps is None:
+            eps = self._endpoints.setdefault(key, self._make_endpoints(*key))
+        return eps
+
+    def _make_endpoints(self, network_id: str, dns_answers: bool) -> tuple[Endpoint, ...]:
+        eps: list[Endpoint] = []
+        for c, a in self.attached.get(network_id, ()):
+            # The engine adds the short id and the hostname to every endpoint's aliases;
+            # `aliases` keeps what the user asked for, `dns_names` everything DNS answers.
+            implicit = {c.id[:12], c.hostname}
+            aliases = tuple(x for x in a.aliases if x not in implicit)
+            dns: tuple[str, ...] = ()
+            if dns_answers:
+                dns = tuple(dict.fromkeys((c.name, c.id[:12], *a.aliases)))
+            eps.append(Endpoint(c.name, c.id, c.engine, a.ipv4, a.ipv6, a.mac, aliases, dns))
+        return tuple(sorted(eps, key=lambda e: (e.container, e.engine)))
+
+    def attached_networks(self, container: Container) -> tuple[tuple[Network, Attachment], ...]:
+        out: list[tuple[Network, Attachment]] = []
+        for a in container.attachments:
+            n = self._network_on.get((container.engine, a.network_id))
+            if n is not None:
+                out.append((n, a))
+        return tuple(out)
 
 
 @dataclass(slots=True)

@@ -1,11 +1,25 @@
-"""The topology model: conversion from API JSON, merging engines, the JSON contract."""
+"""The topology model: conversion from API JSON, merging engines, the JSON contract, and\nindexed lookups that answer as a scan of the containers would."""
 
 from __future__ import annotations
 
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dockmesh.engine.convert import container_from_api, network_from_api
-from dockmesh.model.topology import EngineInfo, EngineState, build_topology
+from dockmesh.model.topology import (
+    Attachment,
+    Container,
+    Endpoint,
+    EngineInfo,
+    EngineState,
+    Network,
+    Topology,
+    build_topology,
+)
 
 NET: dict[str, Any] = {
     "Name": "demo_database",
@@ -166,3 +180,188 @@ def test_lookup_by_name_id_and_prefix() -> None:
     assert c is not None and topo.container("c1c1c1") is c and topo.container("c1") is None
     n = topo.network("demo_database")
     assert n is not None and topo.networks_of(c) == ("demo_database",)
+
+
+# --- indexed lookups answer as a scan would -------------------------------------------------
+#
+# The reference functions below are the scans Topology used before it had indexes. Small pools
+# of names, ids, addresses and labels make collisions (a name equal to an id, ids sharing
+# prefixes, one address on two containers, one network id on two engines) the common case.
+
+IDS = st.text("ab01", min_size=6, max_size=9)
+NAMES = st.sampled_from(["web", "db", "bridge", "none", "aaaaaa", "ab01ab", "x"])
+ENGINES = st.sampled_from(["e1", "e2"])
+NET_IDS = ["aaaaaa", "aaaaab", "ab01ab01", "bbbbbb", "b0b0b0b0"]
+ADDRESSES = ["10.0.0.2", "10.0.0.3", "fd00::2"]
+LABEL_KEYS = ["dockmesh.service", "team"]
+LABEL_VALUES = ["api", "web"]
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> Network:
+    engine = draw(ENGINES)
+    return Network(
+        draw(st.sampled_from(NET_IDS)),
+        draw(NAMES),
+        engine,
+        "bridge",
+        scope=draw(st.sampled_from(["local", "swarm"])),
+        engines=draw(st.sampled_from([(), (engine,), ("e1", "e2")])),
+    )
+
+
+@st.composite
+def attachments(draw: st.DrawFn) -> Attachment:
+    nid = draw(st.sampled_from(NET_IDS))
+    return Attachment(
+        nid,
+        f"net-{nid}",
+        ipv4=draw(st.sampled_from([None, *ADDRESSES[:2]])),
+        ipv6=draw(st.sampled_from([None, ADDRESSES[2]])),
+        aliases=tuple(draw(st.lists(st.sampled_from(["api", "web", "h", "aaaaaa"]), max_size=3))),
+    )
+
+
+@st.composite
+def containers(draw: st.DrawFn) -> Container:
+    cid = draw(IDS)
+    return Container(
+        cid,
+        draw(NAMES),
+        draw(ENGINES),
+        "img",
+        "running",
+        hostname=draw(st.sampled_from(["h", cid[:12]])),
+        attachments=tuple(draw(st.lists(attachments(), max_size=3))),
+        labels=draw(st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES))),
+    )
+
+
+@st.composite
+def topologies(draw: st.DrawFn) -> Topology:
+    nets = draw(st.lists(networks(), max_size=6))
+    ctrs = draw(st.lists(containers(), max_size=8))
+    if draw(st.booleans()):  # as Topology(...) takes them: any order
+        return Topology(1, (), tuple(nets), tuple(ctrs))
+    states = {e: EngineState(EngineInfo(e, f"unix:///{e}")) for e in ("e1", "e2")}
+    for n in nets:
+        states[n.engine].networks[n.id] = n
+    for c in ctrs:
+        states[c.engine].containers[c.id] = c
+    return build_topology(list(states.values()), 1)
+
+
+T = TypeVar("T", Container, Network)
+
+
+def scan_find(items: tuple[T, ...], key: str) -> T | None:
+    for x in items:
+        if key in (x.name, x.id):
+            return x
+    matches = [x for x in items if x.id.startswith(key)]
+    return matches[0] if len(matches) == 1 and len(key) >= 6 else None
+
+
+def scan_endpoints(topo: Topology, network: Network) -> tuple[Endpoint, ...]:
+    eps: list[Endpoint] = []
+    for c in topo.containers:
+        a = c.attachment(network.id)
+        if a is None:
+            continue
+        implicit = {c.id[:12], c.hostname}
+        aliases = tuple(x for x in a.aliases if x not in implicit)
+        dns: tuple[str, ...] = ()
+        if network.name not in ("bridge", "host", "none"):
+            dns = tuple(dict.fromkeys((c.name, c.id[:12], *a.aliases)))
+        eps.append(Endpoint(c.name, c.id, c.engine, a.ipv4, a.ipv6, a.mac, aliases, dns))
+    return tuple(sorted(eps, key=lambda e: (e.container, e.engine)))
+
+
+def keys_of(topo: Topology) -> set[str]:
+    """Every name, id and id prefix in the topology, and a few strings that are none."""
+    keys = {"", "zzzzzz", "ab01ab01ab"}
+    for name, oid in [(x.name, x.id) for x in topo.networks] + [
+        (x.name, x.id) for x in topo.containers
+    ]:
+        keys.add(name)
+        keys.update(oid[:i] for i in range(len(oid) + 1))
+    return keys
+
+
+@settings(max_examples=150)
+@given(topologies())
+def test_name_id_and_prefix_lookups_equal_a_scan(topo: Topology) -> None:
+    for key in keys_of(topo):
+        assert topo.container(key) is scan_find(topo.containers, key), key
+        assert topo.network(key) is scan_find(topo.networks, key), key
+
+
+@settings(max_examples=150)
+@given(topologies(), networks())
+def test_endpoints_equal_a_scan(topo: Topology, foreign: Network) -> None:
+    for n in (*topo.networks, foreign):
+        assert topo.endpoints_of(n) == scan_endpoints(topo, n)
+        assert topo.endpoints_of(n) == scan_endpoints(topo, n)  # memoised: same answer
+
+
+@settings(max_examples=150)
+@given(topologies())
+def test_address_and_label_lookups_equal_a_scan(topo: Topology) -> None:
+    for address in [*ADDRESSES, "10.9.9.9"]:
+        placed = [
+            (c, a) for c in topo.containers for a in c.attachments if address in (a.ipv4, a.ipv6)
+        ]
+        assert topo.attachments_at(address) == tuple(placed)
+        holders = [
+            c for c in topo.containers if any(address in (a.ipv4, a.ipv6) for a in c.attachments)
+        ]
+        expected = holders[0] if len(holders) == 1 else None
+        assert topo.container_by_ip(address) is expected
+    for key in [*LABEL_KEYS, "other"]:
+        assert topo.containers_with_label(key) == tuple(
+            c for c in topo.containers if key in c.labels
+        )
+        for value in LABEL_VALUES:
+            assert topo.containers_with_label(key, value) == tuple(
+                c for c in topo.containers if c.labels.get(key) == value
+            )
+
+
+@settings(max_examples=150)
+@given(topologies())
+def test_attached_networks_equal_a_scan(topo: Topology) -> None:
+    for c in topo.containers:
+        expected = []
+        for a in c.attachments:
+            on = [
+                n
+                for n in topo.networks
+                if n.id == a.network_id and c.engine in (n.engines or (n.engine,))
+            ]
+            if on:
+                expected.append((on[0], a))
+        assert topo.attached_networks(c) == tuple(expected)
+
+
+@settings(max_examples=100)
+@given(topologies())
+def test_to_json_equals_the_scan_built_document(topo: Topology) -> None:
+    doc = topo.to_json()
+    for n, nj in zip(topo.networks, doc["networks"], strict=True):
+        assert nj["endpoints"] == [e.to_json() for e in scan_endpoints(topo, n)]
+
+
+def test_index_is_invisible_to_equality_and_replace() -> None:
+    topo = build_topology([state("local", [NET], [CTR])], 1)
+    fresh = build_topology([state("local", [NET], [CTR])], 1)
+    assert topo.container("demo-user-db-1") is not None  # builds topo's index
+    assert topo == fresh and repr(topo) == repr(fresh)
+    newer = replace(topo, version=2, containers=())
+    assert newer.container("demo-user-db-1") is None
+
+
+def test_concurrent_first_lookups_agree() -> None:
+    topo = build_topology([state("local", [NET], [CTR])], 1)
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda _: topo.container("c1c1c1"), range(64)))
+    assert all(c is not None and c.name == "demo-user-db-1" for c in found)
