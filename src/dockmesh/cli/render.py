@@ -3,12 +3,15 @@ or rich renderables out."""
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from dockmesh.model.topology import Container, Network, Topology
 from dockmesh.projectfile.plan import Plan
+from dockmesh.projectfile.problems import visible
 
 _HIDDEN_WHEN_EMPTY = {"host", "none"}
 
@@ -86,7 +89,19 @@ def topology_tree(topo: Topology) -> Tree:
 
 
 def _dot_id(kind: str, value: str) -> str:
-    return '"' + f"{kind}:{value}".replace('"', '\\"') + '"'
+    """A quoted Graphviz ID that no name can break out of or make collide with another:
+    percent-encoded, so it holds no quote, backslash, newline or anything Graphviz's lexer
+    treats specially, yet plain names read as they are."""
+    return '"' + quote(f"{kind}:{value}", safe=":/@+=,") + '"'
+
+
+def _dot_label(*lines: str) -> str:
+    """A quoted Graphviz label showing `lines` literally: in labels a backslash starts an
+    escape (`\\N` is the node's name, `\\l` ends a line), so each one is doubled; the quote is
+    the lexer's only escape; characters that do not print are shown as their escapes, since
+    older Graphviz versions drop a raw newline inside quotes."""
+    parts = (visible(line).replace("\\", "\\\\").replace('"', '\\"') for line in lines)
+    return '"' + "\\n".join(parts) + '"'
 
 
 def topology_dot(topo: Topology) -> str:
@@ -96,25 +111,25 @@ def topology_dot(topo: Topology) -> str:
         if not eps and n.name in _HIDDEN_WHEN_EMPTY:
             continue
         subnets = " ".join(p.subnet for p in n.ipam)
-        extra = "\\ninternal" if n.internal else ""
+        extra = ("internal",) if n.internal else ()
+        label = _dot_label(n.name, f"{n.driver} {subnets}", *extra)
         lines.append(
             f'  {_dot_id("net", n.id)} [shape=box, style=filled, fillcolor="#dde8ff", '
-            f'label="{n.name}\\n{n.driver} {subnets}{extra}"];'
+            f"label={label}];"
         )
     for c in topo.containers:
         color = "#ddffdd" if c.running else "#ffdddd"
         lines.append(
             f"  {_dot_id('ctr', c.engine + '/' + c.id)} [shape=ellipse, style=filled, "
-            f'fillcolor="{color}", label="{c.name}\\n{c.engine}"];'
+            f'fillcolor="{color}", label={_dot_label(c.name, c.engine)}];'
         )
     for n in topo.networks:
         for ep in topo.endpoints_of(n):
-            label = ep.ipv4 or ""
-            if ep.aliases:
-                label += "\\n" + ",".join(ep.aliases)
+            aliases = (",".join(ep.aliases),) if ep.aliases else ()
+            label = _dot_label(ep.ipv4 or "", *aliases)
             lines.append(
                 f"  {_dot_id('ctr', ep.engine + '/' + ep.container_id)} -- "
-                f'{_dot_id("net", n.id)} [label="{label}"];'
+                f"{_dot_id('net', n.id)} [label={label}];"
             )
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -124,11 +139,14 @@ _ACTION_STYLE = {"create": "green", "remove": "red", "replace": "yellow"}
 
 
 def plan_table(plan: Plan) -> Table:
-    table = Table(title=f"plan for project {plan.project}", title_justify="left")
+    table = Table(title=Text(f"plan for project {plan.project}"), title_justify="left")
     table.add_column("action")
     table.add_column("kind")
     table.add_column("name", style="bold")
     table.add_column("reason", style="dim")
     for c in plan.changes:
-        table.add_row(Text(c.action, style=_ACTION_STYLE[c.action]), c.kind, c.name, c.reason)
+        # Names and reasons hold users' text: Text keeps `[bold]` or `:smile:` in them literal.
+        table.add_row(
+            Text(c.action, style=_ACTION_STYLE[c.action]), c.kind, Text(c.name), Text(c.reason)
+        )
     return table
