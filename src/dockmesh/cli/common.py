@@ -14,8 +14,10 @@ from rich.console import Console
 from dockmesh.engine.client import EngineClient, EngineRef, parse_engine_refs
 from dockmesh.errors import BuildError, EngineError, SpecError
 
-out = Console()
-err = Console(stderr=True)
+# Names, values and file names come from users: `:smile:` in them must stay text, not turn
+# into an emoji (markup is off where they are printed: `[bold]` stays text too).
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CHANGES = 0, 1, 2, 3
 
