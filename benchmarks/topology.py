@@ -32,10 +32,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from dockmesh.engine.client import EngineClient, EngineRef, default_url
-from dockmesh.engine.facts import taken_subnets
+from dockmesh.engine.backend import EngineRef, default_url
+from dockmesh.engine.docker import DockerBackend
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.model.ipam import pick_free_subnets
+from dockmesh.model.topology import build_topology
+from dockmesh.ops.facts import taken_subnets
 
 console = Console()
 
@@ -70,7 +72,11 @@ def main() -> int:
             task = progress.add_task("networks", total=args.networks)
             for i, subnet in enumerate(
                 pick_free_subnets(
-                    taken_subnets(EngineClient(EngineRef("local", default_url()))),
+                    taken_subnets(
+                        build_topology(
+                            [DockerBackend(EngineRef("local", default_url())).snapshot()], 1
+                        )
+                    ),
                     args.networks,
                     random.Random(),
                 )

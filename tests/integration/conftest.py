@@ -19,24 +19,28 @@ import docker
 import docker.errors
 import pytest
 
-from dockmesh.engine.client import EngineClient, EngineRef, default_url
-from dockmesh.engine.facts import taken_subnets
+from dockmesh.engine.backend import EngineRef, default_url
+from dockmesh.engine.docker import DockerBackend
 from dockmesh.model.ipam import pick_free_subnets
+from dockmesh.model.topology import build_topology
+from dockmesh.ops.facts import taken_subnets
 
 pytestmark = pytest.mark.integration
 TOOLBOX = "dockmesh/toolbox:latest"
 
 
 @pytest.fixture(scope="session")
-def engine() -> EngineClient:
-    client = EngineClient(EngineRef("local", default_url()))
+def engine() -> DockerBackend:
+    client = DockerBackend(EngineRef("local", default_url()))
     client.info()  # fails the session loudly when no engine answers
     return client
 
 
 @pytest.fixture(scope="session")
-def api(engine: EngineClient) -> Any:
-    return engine.api
+def api(engine: DockerBackend) -> Any:
+    """docker-py's own client: the tests check the engine through it, independently of
+    dockmesh's backend."""
+    return docker.APIClient(base_url=default_url(), version="auto")
 
 
 @pytest.fixture(scope="session")
@@ -71,8 +75,9 @@ def cleanup(api: Any, p: str) -> None:
 
 def free_subnets(api: Any, count: int) -> list[str]:
     """/24s in 10.128.0.0/9 that no engine network and no host route uses."""
-    client = EngineClient(EngineRef("local", default_url()))
-    return [str(n) for n in pick_free_subnets(taken_subnets(client), count, random.Random())]
+    client = DockerBackend(EngineRef("local", default_url()))
+    taken = taken_subnets(build_topology([client.snapshot()], 1))
+    return [str(n) for n in pick_free_subnets(taken, count, random.Random())]
 
 
 def dockmesh(

@@ -17,7 +17,7 @@ from dockmesh.model.topology import (
     Topology,
     build_topology,
 )
-from dockmesh.projectfile.desired import Desired
+from dockmesh.projectfile.desired import Desired, desired_state
 from dockmesh.projectfile.facts import Facts
 from dockmesh.projectfile.load import LoadedSpec, load_spec
 from dockmesh.projectfile.problems import format_problem
@@ -54,8 +54,8 @@ def simulate_apply(desired: Desired, engine: str = "local", state: str = "runnin
     """What the engine would hold after `up`: the desired objects with their labels."""
     st = EngineState(EngineInfo(engine, "unix:///x"))
     for n in desired.networks:
-        cfg = n.config
-        pools = (IpamPool(cfg["subnet"], cfg["gateway"]),) if cfg["subnet"] else ()
+        cfg = n.stamped()
+        pools = tuple(IpamPool(p.subnet, p.gateway) for p in cfg.ipam)
         st.upsert_network(
             Network(
                 _id(n.name),
@@ -63,22 +63,34 @@ def simulate_apply(desired: Desired, engine: str = "local", state: str = "runnin
                 engine,
                 n.driver,
                 ipam=pools,
-                internal=cfg["internal"],
-                labels=dict(n.labels),
+                internal=cfg.internal,
+                labels=dict(cfg.labels),
             )
         )
     for c in desired.containers:
-        atts = tuple(Attachment(_id(a.network), a.network, aliases=a.aliases) for a in c.networks)
+        ccfg = c.stamped()
+        cid = _id(c.name)
+        hostname = ccfg.hostname or cid[:12]
+        atts = tuple(
+            Attachment(
+                _id(e.network),
+                e.network,
+                ipv4=e.ipv4_address,
+                aliases=(*e.aliases, cid[:12], hostname),
+            )
+            for e in ccfg.networks
+        )
         st.upsert_container(
             Container(
-                _id(c.name),
+                cid,
                 c.name,
                 engine,
-                c.image,
+                ccfg.image,
                 state,
                 image_id="sha256:img",
+                hostname=hostname,
                 attachments=atts,
-                labels=dict(c.labels),
+                labels=dict(ccfg.labels),
             )
         )
     return build_topology([st], 1)
@@ -86,3 +98,13 @@ def simulate_apply(desired: Desired, engine: str = "local", state: str = "runnin
 
 def empty_topology(engine: str = "local") -> Topology:
     return build_topology([EngineState(EngineInfo(engine, "unix:///x"))], 1)
+
+
+def desired_of(doc: dict[str, Any], facts: Facts | None = None) -> Desired:
+    """A document's desired state, built from values (no file); fails on any problem."""
+    spec, shape, left_out = parse_spec_partial(doc)
+    assert spec is not None and not shape, shape
+    project = spec.project or "p"
+    problems = validate(spec, project, facts or Facts(), left_out)
+    assert not problems, problems
+    return desired_state(spec, project)

@@ -11,8 +11,8 @@ from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from dockmesh.engine.client import EngineClient, EngineRef, parse_engine_refs
-from dockmesh.errors import BuildError, EngineError, SpecError
+from dockmesh.engine.backend import EngineBackend, EngineRef, parse_engine_refs
+from dockmesh.errors import BuildError, EngineError, Interrupted, SpecError, UsageError
 
 # Names, values and file names come from users: `:smile:` in them must stay text, not turn
 # into an emoji (markup is off where they are printed: `[bold]` stays text too).
@@ -32,8 +32,9 @@ EngineOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
 
-class UserError(Exception):
-    """Bad input: exit 2 with this one-line reason."""
+# Bad input: exit 2 with this one-line reason.
+UserError = UsageError
+EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -58,6 +59,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except UserError as e:
             fail(f"dockmesh: {e}", EXIT_BAD_INPUT)
+        except Interrupted as e:
+            fail(f"dockmesh: interrupted: {e}", EXIT_INTERRUPTED)
         except (EngineError, BuildError) as e:
             fail(f"dockmesh: {e}", EXIT_FAILED)
         except OSError as e:
@@ -73,8 +76,10 @@ def engine_refs(values: list[str] | None) -> list[EngineRef]:
         raise UserError(str(e)) from None
 
 
-def connect(values: list[str] | None) -> list[EngineClient]:
-    return [EngineClient(r) for r in engine_refs(values)]
+def connect(values: list[str] | None) -> list[EngineBackend]:
+    from dockmesh.engine.docker import DockerBackend
+
+    return [DockerBackend(r) for r in engine_refs(values)]
 
 
 def print_json(doc: Any) -> None:

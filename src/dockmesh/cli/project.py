@@ -2,80 +2,64 @@
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Annotated
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dockmesh.cli.common import (
     EXIT_CHANGES,
     EngineOpt,
     JsonOpt,
-    UserError,
     connect,
     err,
     handle_errors,
     out,
     print_json,
 )
-from dockmesh.engine.client import EngineClient
-from dockmesh.errors import EngineError
-from dockmesh.model.labels import LABEL_PROJECT
-from dockmesh.model.topology import Topology, build_topology
 
 if TYPE_CHECKING:
-    from dockmesh.projectfile.load import LoadedSpec
+    from dockmesh.ops.project import Outcome
     from dockmesh.projectfile.plan import Plan, Step
 
-# pydantic, PyYAML and pyroute2 are imported inside the commands that use them, so that
-# `dockmesh topology` does not pay for them at start-up.
+# pydantic, PyYAML and pyroute2 come in with dockmesh.ops, imported inside the commands that
+# use them, so that `dockmesh topology` and `--help` do not pay for them at start-up.
 
 FileArg = Annotated[str, typer.Argument(help="The topology file (dockmesh.yaml).")]
 
 
-def _load(path: str) -> LoadedSpec:
-    from dockmesh.projectfile.load import load_spec
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
+    """The first Ctrl-C asks the run to stop after the step under way (a half-made
+    container is worse than a finished one); a second one interrupts at once."""
+    asked = False
 
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: no such file")
-    return load_spec(path)
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal asked
+        if asked:
+            raise KeyboardInterrupt
+        asked = True
+        err.print("[yellow]stopping after the current step (Ctrl-C again to abort)[/]")
 
-
-def _snapshot(client: EngineClient) -> Topology:
-    return build_topology([client.snapshot()], version=1)
-
-
-def _plan_for(path: str, engine: list[str] | None) -> tuple[EngineClient, Plan]:
-    from dockmesh.engine.facts import gather_facts
-    from dockmesh.projectfile.facts import Facts
-    from dockmesh.projectfile.plan import make_plan
-
-    loaded = _load(path)  # malformed YAML stops here; other problems wait for check()
+    previous = signal.signal(signal.SIGINT, handler)
     try:
-        client = connect(engine)[0]
-        live = _snapshot(client)
-    except EngineError:
-        if loaded.shape_problems:  # the file is wrong whatever the engine holds: say so
-            loaded.check(Facts())
-        raise
-    images = {s.image for s in loaded.spec.services.values()}
-    facts = gather_facts(client, live, images)
-    desired = loaded.check(facts)  # every image exists past this point
-    image_ids = {name: i for name, i in facts.images.items() if i is not None}
-    return client, make_plan(desired, live, image_ids)
+        yield lambda: asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def _run(client: EngineClient, plan: Plan, verb: str) -> None:
-    from dockmesh.engine.apply import apply_plan
-
-    if plan.empty:
-        err.print(f"[green]✓[/] project {plan.project}: nothing to do")
-        return
+@contextlib.contextmanager
+def _progress(verb: str) -> Iterator[Callable[[Step], None]]:
     labels = {
         "remove_container": "removing container",
+        "disconnect": "disconnecting",
         "remove_network": "removing network",
         "create_network": "creating network",
+        "reconnect": "reconnecting",
         "create_container": "starting container",
     }
     with Progress(
@@ -86,22 +70,33 @@ def _run(client: EngineClient, plan: Plan, verb: str) -> None:
         console=err,
         transient=True,
     ) as progress:
-        task = progress.add_task(verb, total=len(plan.steps))
+        task = progress.add_task(verb, total=None)
         seen = 0
 
-        def step_done(step: Step) -> None:
+        def step_started(step: Step) -> None:
             nonlocal seen
-            progress.update(task, completed=seen, description=f"{labels[step.op]} {step.name}")
+            progress.update(
+                task, completed=seen, description=escape(f"{labels[step.op]} {step.name}")
+            )
             seen += 1
 
-        apply_plan(client, plan, step_done)
-        progress.update(task, completed=len(plan.steps))
+        yield step_started
+
+
+def _summary(plan: Plan) -> None:
+    if plan.empty:
+        err.print(f"[green]✓[/] project {escape(plan.project)}: nothing to do")
+        return
     counts: dict[str, int] = {}
     for c in plan.changes:
         key = f"{c.kind}s {c.action}d"
         counts[key] = counts.get(key, 0) + 1
     summary = ", ".join(f"{n} {k}" for k, n in counts.items())
-    err.print(f"[green]✓[/] project {plan.project}: {summary}")
+    err.print(f"[green]✓[/] project {escape(plan.project)}: {summary}")
+
+
+def _say(message: str) -> None:
+    err.print(message, markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -117,12 +112,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What `up` would change, without changing it."""
         from dockmesh.cli.render import plan_table
+        from dockmesh.ops.project import load, plan_loaded
 
-        _, plan = _plan_for(file, engine)
+        loaded = load(file)  # a file wrong without the engine's help stops here
+        plan = plan_loaded(loaded, connect(engine)[0])
         if json_out:
             print_json(plan.to_json())
         elif plan.empty:
-            out.print(f"[green]No changes.[/] Project {plan.project} matches {file}.")
+            out.print(
+                f"[green]No changes.[/] Project {escape(plan.project)} matches {escape(file)}."
+            )
         else:
             out.print(plan_table(plan))
         if exit_code and not plan.empty:
@@ -132,10 +131,16 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def up(file: FileArg, engine: EngineOpt = None, json_out: JsonOpt = False) -> None:
         """Create or replace what the file describes; leave what matches alone."""
-        client, plan = _plan_for(file, engine)
-        _run(client, plan, "up")
+        from dockmesh.ops.project import load, up
+
+        loaded = load(file)  # a file wrong without the engine's help stops here
+        backend = connect(engine)[0]
+        outcome: Outcome
+        with _stop_on_sigint() as should_stop, _progress("up") as progress:
+            outcome = up(loaded, backend, progress, should_stop, _say)
+        _summary(outcome.plan)
         if json_out:
-            print_json(plan.to_json())
+            print_json(outcome.plan.to_json())
 
     @app.command("down")
     @handle_errors
@@ -143,31 +148,24 @@ def register(app: typer.Typer) -> None:
         file: Annotated[
             str | None,
             typer.Argument(
-                help="The topology file (default: its project "
-                "from --project, or the only one running)."
+                help="The topology file (default: ./dockmesh.yaml, unless --project is given)."
             ),
         ] = None,
-        project: Annotated[str | None, typer.Option("--project", "-p")] = None,
+        project: Annotated[
+            str | None, typer.Option("--project", "-p", help="The project to remove.")
+        ] = None,
         engine: EngineOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Remove every container and network of the project."""
-        from dockmesh.projectfile.plan import teardown_plan
+        from dockmesh.ops.project import down, resolve_project
 
-        if file is not None and project is None:
-            project = _load(file).project
-        client = connect(engine)[0]
-        live = _snapshot(client)
-        if project is None:
-            labels = [n.labels for n in live.networks] + [c.labels for c in live.containers]
-            running = sorted({lb[LABEL_PROJECT] for lb in labels if LABEL_PROJECT in lb})
-            if len(running) != 1:
-                found = ", ".join(running) or "none"
-                raise UserError(
-                    f"name the project (a FILE or --project); projects on the engine: {found}"
-                )
-            project = running[0]
-        plan = teardown_plan(project, live)
-        _run(client, plan, "down")
+        name = resolve_project(file, project)
+        backend = connect(engine)[0]
+        with _stop_on_sigint() as should_stop, _progress("down") as progress:
+            outcome = down(
+                name, backend, progress, should_stop, _say, must_exist=project is not None
+            )
+        _summary(outcome.plan)
         if json_out:
-            print_json(plan.to_json())
+            print_json(outcome.plan.to_json())

@@ -11,9 +11,9 @@ label matches the inputs is not built again.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
+import logging
 import os
 import platform
 import shutil
@@ -28,13 +28,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-
-from dockmesh.engine.client import EngineClient
-from dockmesh.errors import BuildError
+from dockmesh.engine.backend import EngineBackend
+from dockmesh.errors import BuildError, EngineError
 from dockmesh.images.sources import machine_mirror
+from dockmesh.model.config import ContainerConfig
+from dockmesh.model.labels import LABEL_IMAGE_INPUTS
 
-LABEL_INPUTS = "dockmesh.image.inputs"
+LABEL_INPUTS = LABEL_IMAGE_INPUTS
 TOOLBOX = "dockmesh/toolbox:latest"
 PYTHON = "dockmesh/python:latest"
 PYTHON_BASE = "dockmesh/python-base"
@@ -44,6 +44,7 @@ RECIPE_VERSION = "1"
 BASE_PACKAGES = ("python3", "ca-certificates", "iproute2", "iputils-ping")
 
 Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,29 +63,24 @@ def _sha(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def _image_id(client: EngineClient, ref: str) -> str | None:
-    try:
-        return str(client.api.inspect_image(ref)["Id"])
-    except docker.errors.ImageNotFound:
-        return None
+def _image_id(client: EngineBackend, ref: str) -> str | None:
+    info = client.image(ref)
+    return None if info is None else info.id
 
 
-def _drop_old(client: EngineClient, old_id: str | None, ref: str) -> None:
+def _drop_old(client: EngineBackend, old_id: str | None, ref: str) -> None:
     """Removes the image `ref` pointed at before a rebuild, unless something still uses it."""
     if old_id is None or old_id == _image_id(client, ref):
         return
-    # In use by a container, or tagged elsewhere: leave it.
-    with contextlib.suppress(docker.errors.APIError):
-        client.api.remove_image(old_id)
-
-
-def _image_label(client: EngineClient, ref: str) -> str | None:
     try:
-        info = client.api.inspect_image(ref)
-    except docker.errors.ImageNotFound:
-        return None
-    labels = (info.get("Config") or {}).get("Labels") or {}
-    return labels.get(LABEL_INPUTS)
+        client.remove_image(old_id)
+    except EngineError as e:  # in use by a container, or tagged elsewhere: leave it
+        log.info("kept the superseded image %s: %s", old_id[:19], e)
+
+
+def _image_label(client: EngineBackend, ref: str) -> str | None:
+    info = client.image(ref)
+    return None if info is None else info.labels.get(LABEL_INPUTS)
 
 
 # --- toolbox -----------------------------------------------------------------------------
@@ -156,7 +152,7 @@ def toolbox_tar(busybox: str = BUSYBOX) -> tuple[bytes, str]:
     return buf.getvalue(), inputs
 
 
-def build_toolbox(client: EngineClient, say: Say, force: bool = False) -> BuildResult:
+def build_toolbox(client: EngineBackend, say: Say, force: bool = False) -> BuildResult:
     if not os.path.exists(BUSYBOX):
         raise BuildError(f"{BUSYBOX} is missing: apt-get install busybox-static")
     data, inputs = toolbox_tar()
@@ -165,11 +161,11 @@ def build_toolbox(client: EngineClient, say: Say, force: bool = False) -> BuildR
     old = _image_id(client, TOOLBOX)
     say(f"importing {TOOLBOX} ({len(data) // 1024} KiB)")
     repo, tag = TOOLBOX.split(":")
-    client.api.import_image_from_data(
+    client.import_image(
         data,
-        repository=repo,
-        tag=tag,
-        changes=[
+        repo,
+        tag,
+        [
             "ENV PATH=/bin",
             'ENTRYPOINT ["/bin/dm-init"]',
             'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]',
@@ -221,7 +217,7 @@ def _run(cmd: list[str], what: str) -> None:
         raise BuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _ensure_base(client: EngineClient, say: Say) -> str:
+def _ensure_base(client: EngineBackend, say: Say) -> str:
     mirror, suite = machine_mirror()
     arch = platform.machine()
     key = _sha(
@@ -263,11 +259,11 @@ def _ensure_base(client: EngineClient, say: Say) -> str:
         say("packing the root file system")
         _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tar_path), "."], "tar")
         say(f"importing {ref}")
-        client.api.import_image_from_file(
+        client.import_image(
             str(tar_path),
-            repository=PYTHON_BASE,
-            tag=key,
-            changes=[
+            PYTHON_BASE,
+            key,
+            [
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                 "ENV LANG=C.UTF-8",
                 'CMD ["python3"]',
@@ -277,23 +273,27 @@ def _ensure_base(client: EngineClient, say: Say) -> str:
     return ref
 
 
-def _base_python(client: EngineClient, base: str) -> str:
+def _base_python(client: EngineBackend, base: str) -> str:
     """`3.11` — the image's Python, so that pip picks matching wheels on the host."""
-    out = client.api.create_container(
-        base, command=["python3", "-c", "import sys;print(sys.version_info[:2])"]
+    name = f"dockmesh-pyprobe-{os.getpid()}"
+    probe = ContainerConfig(
+        name, base, command=("python3", "-c", "import sys;print(sys.version_info[:2])")
     )
-    cid = out["Id"]
+    cid = client.create_container(probe)
     try:
-        client.api.start(cid)
-        client.api.wait(cid, timeout=60)
-        text = client.api.logs(cid).decode().strip()  # "(3, 11)"
+        client.start(cid)
+        client.wait(cid, timeout_s=60)
+        text = client.logs(cid).decode(errors="replace").strip()  # "(3, 11)"
     finally:
-        client.api.remove_container(cid, force=True)
-    major, minor = (int(x) for x in text.strip("()").split(","))
+        client.remove_container(cid)
+    try:
+        major, minor = (int(x) for x in text.strip("()").split(","))
+    except ValueError:
+        raise BuildError(f"{base}: could not read its Python version from {text[:80]!r}") from None
     return f"{major}.{minor}"
 
 
-def build_python(client: EngineClient, say: Say, force: bool = False) -> BuildResult:
+def build_python(client: EngineBackend, say: Say, force: bool = False) -> BuildResult:
     root = project_root()
     if root is None:
         raise BuildError("dockmesh/python is built from a source checkout (pip install -e .)")
@@ -345,17 +345,18 @@ def build_python(client: EngineClient, say: Say, force: bool = False) -> BuildRe
             ti.size, ti.mode = len(launcher), 0o755
             tar.addfile(ti, io.BytesIO(launcher))
         say(f"committing {PYTHON}")
-        cid = client.api.create_container(base, command=["true"])["Id"]
+        cid = client.create_container(
+            ContainerConfig(f"dockmesh-layer-{os.getpid()}", base, command=("true",))
+        )
         try:
-            if not client.api.put_archive(cid, "/", buf.getvalue()):
-                raise BuildError("the engine refused the dockmesh layer")
+            client.put_archive(cid, "/", buf.getvalue())
             repo, tag = PYTHON.split(":")
-            client.api.commit(
+            client.commit(
                 cid,
-                repository=repo,
-                tag=tag,
-                message="dockmesh layer",
-                conf={
+                repo,
+                tag,
+                "dockmesh layer",
+                {
                     "Labels": {LABEL_INPUTS: inputs},
                     "Cmd": ["python3"],
                     "Env": [
@@ -366,12 +367,12 @@ def build_python(client: EngineClient, say: Say, force: bool = False) -> BuildRe
                 },
             )
         finally:
-            client.api.remove_container(cid, force=True)
+            client.remove_container(cid)
     _drop_old(client, old, PYTHON)
     return BuildResult(PYTHON, True, inputs)
 
 
-BUILDERS: dict[str, Callable[[EngineClient, Say, bool], BuildResult]] = {
+BUILDERS: dict[str, Callable[[EngineBackend, Say, bool], BuildResult]] = {
     "toolbox": build_toolbox,
     "python": build_python,
 }

@@ -1,74 +1,88 @@
-"""A validated spec → the networks and containers that should exist, as the engine names them.
+"""A validated spec → the networks and containers that should exist, as typed values.
 
-Each desired object carries a canonical `config` (plain JSON) and its hash. Both are written
-onto what `up` creates (labels `dockmesh.spec.hash`, `dockmesh.spec.config`), so a later plan
-compares like with like and can say which fields changed. A container's hash includes the
-hashes of its networks: replacing a network replaces what is attached to it.
+Each desired object is a `NetworkConfig` / `ContainerConfig` (the engine's request) and the
+hash of its canonical JSON. `up` stamps both on what it creates (labels `dockmesh.spec.hash`,
+`dockmesh.spec.config`), so a later plan compares like with like, can say which fields
+changed, and an object can be re-created from its labels alone. A container's hash includes
+the hashes of its networks: replacing a network replaces what is attached to it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, replace
 
+from dockmesh.model.canonical import digest
+from dockmesh.model.config import (
+    ContainerConfig,
+    EndpointConfig,
+    HealthcheckConfig,
+    IpamConfig,
+    NetworkConfig,
+)
 from dockmesh.model.labels import (
-    LABEL_CONFIG,
-    LABEL_HASH,
     LABEL_PROJECT,
     LABEL_REPLICA,
     LABEL_SERVICE,
+    Discovery,
+    DiscoveryCheck,
+    encode_discovery,
+    stamp,
 )
-from dockmesh.projectfile.parse import PortMapping, parse_duration_ns, parse_port
+from dockmesh.projectfile.parse import parse_duration_ns, parse_port
 from dockmesh.projectfile.schema import Healthcheck, NetworkSpec, ServiceNetwork, ServiceSpec, Spec
-
-
-def _hash(config: Mapping[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
 class DesiredNetwork:
     key: str  # the file's short name
-    name: str  # the engine's name: <project>_<key>
-    config: Mapping[str, Any]
+    config: NetworkConfig  # its labels: the user's and the project's, not the stamp
     hash: str
-    labels: Mapping[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     @property
     def driver(self) -> str:
-        return str(self.config["driver"])
+        return self.config.driver
 
-
-@dataclass(frozen=True, slots=True)
-class NetworkAttachment:
-    network: str  # engine name
-    aliases: tuple[str, ...] = ()
-    ipv4_address: str | None = None
+    def stamped(self) -> NetworkConfig:
+        """What to ask the engine for: the configuration with its stamp in its labels."""
+        return replace(
+            self.config, labels=stamp(self.config.labels, self.config.to_json(), self.hash)
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class DesiredContainer:
-    name: str
     service: str
     replica: int
-    image: str
-    command: tuple[str, ...] | None
-    entrypoint: tuple[str, ...] | None
-    environment: Mapping[str, str]
-    hostname: str
-    networks: tuple[NetworkAttachment, ...]
-    network_mode: str | None
-    ports: tuple[PortMapping, ...]
-    healthcheck: Mapping[str, Any] | None
+    config: ContainerConfig
     depends_on: tuple[str, ...]  # service names
-    config: Mapping[str, Any] = field(repr=False)
-    hash: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
+    hash: str
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def static_addresses(self) -> bool:
+        return any(e.ipv4_address or e.ipv6_address for e in self.config.networks)
+
+    def stamped(self) -> ContainerConfig:
+        return replace(
+            self.config, labels=stamp(self.config.labels, self.config.to_json(), self.hash)
+        )
+
+
+def network_hash(config: NetworkConfig) -> str:
+    return digest(config.to_json())
+
+
+def container_hash(config: ContainerConfig, network_hashes: Mapping[str, str]) -> str:
+    return digest({"config": config.to_json(), "networks": dict(sorted(network_hashes.items()))})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,26 +131,20 @@ def _network(project: str, key: str, net: NetworkSpec) -> DesiredNetwork:
     }
     if net.parent is not None:
         options["parent"] = net.parent
-    config: dict[str, Any] = {
-        "driver": net.driver,
-        "subnet": net.subnet,
-        "gateway": net.gateway,
-        "ip_range": net.ip_range,
-        "aux_addresses": dict(sorted(net.aux_addresses.items())),
-        "internal": net.internal,
-        "attachable": net.attachable,
-        "enable_ipv6": net.enable_ipv6,
-        "options": dict(sorted(options.items())),
-        "labels": dict(sorted(net.labels.items())),
-    }
-    h = _hash(config)
-    labels = {
-        **net.labels,
-        LABEL_PROJECT: project,
-        LABEL_HASH: h,
-        LABEL_CONFIG: json.dumps(config, sort_keys=True, separators=(",", ":")),
-    }
-    return DesiredNetwork(key, f"{project}_{key}", config, h, labels)
+    ipam: tuple[IpamConfig, ...] = ()
+    if net.subnet is not None:
+        ipam = (IpamConfig(net.subnet, net.gateway, net.ip_range, dict(net.aux_addresses)),)
+    config = NetworkConfig(
+        name=f"{project}_{key}",
+        driver=net.driver,
+        ipam=ipam,
+        internal=net.internal,
+        attachable=net.attachable,
+        enable_ipv6=net.enable_ipv6,
+        options=dict(sorted(options.items())),
+        labels={**dict(sorted(net.labels.items())), LABEL_PROJECT: project},
+    )
+    return DesiredNetwork(key, config, network_hash(config))
 
 
 def _substitute(text: str, values: Mapping[str, str]) -> str:
@@ -179,39 +187,33 @@ def healthcheck_test(hc: Healthcheck) -> list[str]:
     ]
 
 
-def _healthcheck(hc: Healthcheck | None) -> dict[str, Any] | None:
+def _healthcheck(hc: Healthcheck | None) -> HealthcheckConfig | None:
     if hc is None:
         return None
-    return {
-        "test": healthcheck_test(hc),
-        "interval": parse_duration_ns(hc.interval),
-        "timeout": parse_duration_ns(hc.timeout),
-        "retries": hc.retries,
-        "start_period": parse_duration_ns(hc.start_period),
-    }
+    return HealthcheckConfig(
+        test=tuple(healthcheck_test(hc)),
+        interval_ns=parse_duration_ns(hc.interval),
+        timeout_ns=parse_duration_ns(hc.timeout),
+        retries=hc.retries,
+        start_period_ns=parse_duration_ns(hc.start_period),
+    )
 
 
-def discovery_labels(project: str, svc_name: str, svc: ServiceSpec) -> dict[str, str]:
+def discovery_of(project: str, svc_name: str, svc: ServiceSpec) -> Discovery | None:
     d = svc.discovery
     if d is None:
-        return {}
-    labels = {
-        "dockmesh.service": d.name or svc_name,
-        "dockmesh.port": str(d.port),
-        "dockmesh.weight": str(d.weight),
-    }
-    if d.tags:
-        labels["dockmesh.tags"] = ",".join(d.tags)
-    if d.network is not None:
-        labels["dockmesh.network"] = f"{project}_{d.network}"
+        return None
+    check = None
     if d.check is not None:
-        if d.check.http is not None:
-            labels["dockmesh.check.http"] = d.check.http
-        if d.check.tcp:
-            labels["dockmesh.check.tcp"] = "true"
-        labels["dockmesh.check.interval"] = d.check.interval
-        labels["dockmesh.check.timeout"] = d.check.timeout
-    return labels
+        check = DiscoveryCheck(d.check.http, d.check.tcp, d.check.interval, d.check.timeout)
+    return Discovery(
+        service=d.name or svc_name,
+        port=d.port,
+        tags=tuple(d.tags),
+        weight=d.weight,
+        network=f"{project}_{d.network}" if d.network is not None else None,
+        check=check,
+    )
 
 
 def _container(
@@ -229,55 +231,36 @@ def _container(
         )
         for k, v in sorted(svc.environment.items())
     }
-    attachments = tuple(
-        NetworkAttachment(networks[k].name, tuple(a.aliases), a.ipv4_address)
+    endpoints = tuple(
+        EndpointConfig(networks[k].name, tuple(a.aliases), a.ipv4_address)
         for k, a in ((k, a or ServiceNetwork()) for k, a in svc.networks.items())
     )
-    ports = tuple(parse_port(p) for p in svc.ports)
-    hc = _healthcheck(svc.healthcheck)
-    hostname = _substitute(svc.hostname, values) if svc.hostname else name
-    command = _argv(svc.command, values)
-    entrypoint = _argv(svc.entrypoint, values)
-    config: dict[str, Any] = {
-        "image": svc.image,
-        "command": list(command) if command is not None else None,
-        "entrypoint": list(entrypoint) if entrypoint is not None else None,
-        "environment": env,
-        "hostname": hostname,
-        "networks": [[a.network, list(a.aliases), a.ipv4_address] for a in attachments],
-        "network_hashes": {networks[k].name: networks[k].hash for k in svc.networks},
-        "network_mode": svc.network_mode,
-        "ports": [[p.container_port, p.protocol, p.host_ip, p.host_port] for p in ports],
-        "healthcheck": hc,
-        "labels": dict(sorted(svc.labels.items())),
-        "discovery": discovery_labels(project, svc_name, svc),
-    }
-    h = _hash(config)
-    shown = {k: v for k, v in config.items() if k != "network_hashes"}
+    discovery = discovery_of(project, svc_name, svc)
     labels = {
-        **svc.labels,
-        **config["discovery"],
+        **dict(sorted(svc.labels.items())),
+        **(encode_discovery(discovery) if discovery is not None else {}),
         LABEL_PROJECT: project,
         LABEL_SERVICE: svc_name,
         LABEL_REPLICA: str(replica),
-        LABEL_HASH: h,
-        LABEL_CONFIG: json.dumps(shown, sort_keys=True, separators=(",", ":")),
     }
-    return DesiredContainer(
+    config = ContainerConfig(
         name=name,
+        image=svc.image,
+        command=_argv(svc.command, values),
+        entrypoint=_argv(svc.entrypoint, values),
+        environment=env,
+        hostname=_substitute(svc.hostname, values) if svc.hostname else name,
+        networks=endpoints,
+        network_mode=svc.network_mode,
+        ports=tuple(parse_port(p) for p in svc.ports),
+        healthcheck=_healthcheck(svc.healthcheck),
+        labels=labels,
+    )
+    network_hashes = {networks[k].name: networks[k].hash for k in svc.networks}
+    return DesiredContainer(
         service=svc_name,
         replica=replica,
-        image=svc.image,
-        command=command,
-        entrypoint=entrypoint,
-        environment=env,
-        hostname=hostname,
-        networks=attachments,
-        network_mode=svc.network_mode,
-        ports=ports,
-        healthcheck=hc,
-        depends_on=tuple(svc.depends_on),
         config=config,
-        hash=h,
-        labels=labels,
+        depends_on=tuple(svc.depends_on),
+        hash=container_hash(config, network_hashes),
     )

@@ -3,54 +3,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
-_UNIT_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
+from dockmesh.model.config import PortMapping
+from dockmesh.model.durations import parse_duration_ns
 
-
-def parse_duration_ns(text: str | int | float) -> int:
-    """`2s`, `500ms`, `1m30s`, `1.5s` (Go's and compose's forms) or a number of seconds."""
-    if isinstance(text, bool):
-        raise ValueError(f"{text!r} is not a duration")
-    if isinstance(text, (int, float)):
-        if text < 0:
-            raise ValueError(f"{text!r} is negative")
-        return int(text * 1_000_000_000)
-    s = text.strip()
-    if not s:
-        raise ValueError("empty duration")
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
-        pos = m.end()
-    if pos != len(s):
-        raise ValueError(f"{text!r} is not a duration (e.g. 2s, 500ms, 1m30s)")
-    return int(total)
-
-
-@dataclass(frozen=True, slots=True)
-class PortMapping:
-    container_port: int
-    protocol: str = "tcp"
-    host_ip: str | None = None
-    host_port: int | None = None  # None: let the engine pick
-
-    def key(self) -> str:
-        return f"{self.container_port}/{self.protocol}"
+__all__ = ["PortMapping", "parse_duration_ns", "parse_port"]
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit():
+    if not re.fullmatch(r"[0-9]{1,5}", text):
         raise ValueError(f"{what} {text!r} is not a port number")
     n = int(text)
     if not 1 <= n <= 65535:

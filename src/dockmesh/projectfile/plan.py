@@ -1,28 +1,37 @@
 """plan = diff(desired, live). Pure.
 
-The plan is a list of changes (what the user reads) and an ordered list of steps (what `apply`
-does): remove containers, then networks, then create networks, then containers in start
-order. Replacing is removing and creating again: Docker cannot change a network's IPAM or a
-container's configuration in place.
+The plan is a list of changes (what the user reads) and an ordered list of steps (what apply
+does): remove containers; disconnect other projects' containers from networks about to be
+replaced; remove networks; create networks; reconnect those containers; create containers in
+start order. Replacing is removing and creating again: Docker cannot change a network's IPAM
+or a container's configuration in place.
+
+The live state is compared with the file, not only with the labels `up` wrote: a container
+disconnected or connected by hand, a changed alias or address, a network recreated by hand
+without its containers, a stopped container, a rebuilt image — each is a change.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dockmesh.model.labels import LABEL_CONFIG, LABEL_HASH, LABEL_PROJECT
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.labels import LABEL_HASH, LABEL_PROJECT, stamped_config
 from dockmesh.model.topology import Container, Network, Topology
-from dockmesh.projectfile.desired import (
-    Desired,
-    DesiredContainer,
-    DesiredNetwork,
-)
+from dockmesh.projectfile.desired import Desired, DesiredContainer, DesiredNetwork
 
 Action = Literal["create", "remove", "replace"]
 Kind = Literal["network", "container"]
+Op = Literal[
+    "remove_container",
+    "disconnect",
+    "remove_network",
+    "create_network",
+    "reconnect",
+    "create_container",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +47,12 @@ class Change:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    op: Literal["remove_container", "remove_network", "create_network", "create_container"]
-    name: str
-    network: DesiredNetwork | None = None
-    container: DesiredContainer | None = None
-    live_id: str | None = None  # what to remove
+    op: Op
+    name: str  # the object the step creates or removes (for reconnect: the container)
+    network: NetworkConfig | None = None  # create_network: what to create (stamped)
+    container: ContainerConfig | None = None  # create_container: what to create (stamped)
+    live_id: str | None = None  # remove_*, disconnect, reconnect: the live object
+    endpoint: EndpointConfig | None = None  # disconnect / reconnect: the other container's place
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,43 +70,109 @@ class Plan:
 
 
 def _changed_fields(live_labels: Mapping[str, str], desired: Mapping[str, Any]) -> list[str]:
-    try:
-        old = json.loads(live_labels.get(LABEL_CONFIG, ""))
-    except ValueError:
-        return []
+    old = stamped_config(live_labels)
     if not isinstance(old, dict):
         return []
     keys = sorted(set(old) | set(desired))
-    return [k for k in keys if k != "network_hashes" and old.get(k) != desired.get(k)]
+    return [k for k in keys if old.get(k) != desired.get(k)]
 
 
 def _network_reason(live: Network, want: DesiredNetwork) -> str | None:
-    if live.labels.get(LABEL_HASH) == want.hash:
+    if live.labels.get(LABEL_HASH) != want.hash:
+        fields = _changed_fields(live.labels, want.config.to_json())
+        return "changed: " + ", ".join(fields) if fields else "configuration changed"
+    # The labels match; does the network itself? (A hand-made copy carrying our labels.)
+    cfg = want.config
+    if live.driver != cfg.driver:
+        return f"driver is {live.driver}, the file says {cfg.driver}"
+    if live.internal != cfg.internal:
+        return "internal differs from the file"
+    if cfg.ipam:
+        have = sorted(p.subnet for p in live.ipam)
+        wanted = sorted(p.subnet for p in cfg.ipam)
+        if have != wanted:
+            return f"subnet is {', '.join(have) or 'none'}, the file says {', '.join(wanted)}"
+    return None
+
+
+def _implicit_aliases(c: Container) -> set[str]:
+    """What the engine adds to every endpoint's aliases on its own."""
+    return {c.id[:12], c.hostname, c.name}
+
+
+def _attachment_reason(
+    live: Container, want: ContainerConfig, live_nets: Mapping[str, Network]
+) -> str | None:
+    if want.network_mode is not None:
         return None
-    fields = _changed_fields(live.labels, want.config)
-    return "changed: " + ", ".join(fields) if fields else "configuration changed"
+    wanted = {e.network: e for e in want.networks} if want.networks else {}
+    have = {a.network: a for a in live.attachments}
+    if not wanted:
+        return None  # the default bridge; nothing the file pins
+    missing = sorted(set(wanted) - set(have))
+    if missing:
+        return "not connected to " + ", ".join(missing) + " (disconnected by hand?)"
+    extra = sorted(set(have) - set(wanted))
+    if extra:
+        return "connected by hand to " + ", ".join(extra)
+    implicit = _implicit_aliases(live)
+    for name, e in sorted(wanted.items()):
+        a = have[name]
+        net = live_nets.get(name)
+        if net is not None and a.network_id and a.network_id != net.id:
+            return f"its network {name} was recreated"
+        aliases = {x for x in a.aliases if x not in implicit}
+        if aliases != set(e.aliases) - implicit:
+            shown = ", ".join(sorted(aliases)) or "none"
+            return f"aliases on {name} are {shown}, the file says {', '.join(e.aliases) or 'none'}"
+        if e.ipv4_address and live.running and a.ipv4 != e.ipv4_address:
+            return f"address on {name} is {a.ipv4}, the file says {e.ipv4_address}"
+    return None
 
 
 def _container_reason(
     live: Container,
     want: DesiredContainer,
-    replaced_networks: set[str],
+    touched_networks: Mapping[str, str],
     image_ids: Mapping[str, str],
+    live_nets: Mapping[str, Network],
 ) -> str | None:
     if live.labels.get(LABEL_HASH) != want.hash:
-        fields = _changed_fields(live.labels, want.config)
+        fields = _changed_fields(live.labels, want.config.to_json())
         if fields:
             return "changed: " + ", ".join(fields)
-        nets = sorted(replaced_networks & {a.network for a in want.networks})
-        if nets:
-            return "its network is replaced: " + ", ".join(nets)
+    for e in want.config.networks:
+        if e.network in touched_networks:
+            return f"its network {e.network} is {touched_networks[e.network]}"
+    if live.labels.get(LABEL_HASH) != want.hash:
         return "configuration changed"
-    current = image_ids.get(want.image)
+    current = image_ids.get(want.config.image)
     if current and live.image_id and current != live.image_id:
-        return f"image {want.image} was rebuilt"
+        return f"image {want.config.image} was rebuilt"
     if not live.running:
         return f"container is {live.state}"
-    return None
+    return _attachment_reason(live, want.config, live_nets)
+
+
+def _owned(labels: Mapping[str, str], project: str) -> bool:
+    return labels.get(LABEL_PROJECT) == project
+
+
+def _foreign_on(
+    live: Topology, network: Network, project: str, leaving: set[str]
+) -> list[tuple[Container, EndpointConfig]]:
+    """Containers on `network` that are not this project's (or that this plan keeps)."""
+    out = []
+    for c in live.containers:
+        if c.engine != network.engine or c.name in leaving:
+            continue
+        a = c.attachment(network.id)
+        if a is None:
+            continue
+        implicit = _implicit_aliases(c)
+        aliases = tuple(x for x in a.aliases if x not in implicit)
+        out.append((c, EndpointConfig(network.name, aliases)))
+    return sorted(out, key=lambda x: x[0].name)
 
 
 def make_plan(
@@ -109,83 +185,114 @@ def make_plan(
     image_ids = image_ids or {}
     engine = engine or (live.engines[0].name if live.engines else "local")
     project = desired.project
-    live_nets = {
-        n.name: n
-        for n in live.networks
-        if n.engine == engine and n.labels.get(LABEL_PROJECT) == project
-    }
+    engine_nets = {n.name: n for n in live.networks if n.engine == engine or engine in n.engines}
+    live_nets = {name: n for name, n in engine_nets.items() if _owned(n.labels, project)}
     live_ctrs = {
-        c.name: c
-        for c in live.containers
-        if c.engine == engine and c.labels.get(LABEL_PROJECT) == project
+        c.name: c for c in live.containers if c.engine == engine and _owned(c.labels, project)
     }
 
     changes: list[Change] = []
     remove_c: list[Step] = []
+    disconnect: list[Step] = []
     remove_n: list[Step] = []
     create_n: list[Step] = []
+    reconnect: list[Step] = []
     create_c: list[Step] = []
 
-    replaced_nets: set[str] = set()
+    # Which of the project's containers go (removed or replaced): decided first, so that a
+    # network replacement knows which endpoints are someone else's.
+    wanted_ctrs = {c.name: c for c in desired.containers}
+    touched: dict[str, str] = {}  # network name → "replaced" / "created"
+    net_reasons: dict[str, str] = {}
     for want in desired.networks:
         have = live_nets.get(want.name)
         if have is None:
-            changes.append(Change("create", "network", want.name, "not on the engine"))
-            create_n.append(Step("create_network", want.name, network=want))
+            touched[want.name] = "created"
             continue
         why = _network_reason(have, want)
         if why:
-            replaced_nets.add(want.name)
-            changes.append(Change("replace", "network", want.name, why))
-            remove_n.append(Step("remove_network", want.name, live_id=have.id))
-            create_n.append(Step("create_network", want.name, network=want))
-    wanted_nets = {n.name for n in desired.networks}
-    for name, have in sorted(live_nets.items()):
-        if name not in wanted_nets:
-            changes.append(Change("remove", "network", name, "no longer in the file"))
-            remove_n.append(Step("remove_network", name, live_id=have.id))
+            touched[want.name] = "replaced"
+            net_reasons[want.name] = why
 
-    container_changes: list[Change] = []
+    ctr_changes: list[Change] = []
+    leaving: set[str] = set()
     for want_c in desired.containers:
         have_c = live_ctrs.get(want_c.name)
         if have_c is None:
-            container_changes.append(
-                Change("create", "container", want_c.name, "not on the engine")
-            )
-            create_c.append(Step("create_container", want_c.name, container=want_c))
+            ctr_changes.append(Change("create", "container", want_c.name, "not on the engine"))
+            create_c.append(Step("create_container", want_c.name, container=want_c.stamped()))
             continue
-        why = _container_reason(have_c, want_c, replaced_nets, image_ids)
+        why = _container_reason(have_c, want_c, touched, image_ids, engine_nets)
         if why:
-            container_changes.append(Change("replace", "container", want_c.name, why))
+            leaving.add(want_c.name)
+            ctr_changes.append(Change("replace", "container", want_c.name, why))
             remove_c.append(Step("remove_container", want_c.name, live_id=have_c.id))
-            create_c.append(Step("create_container", want_c.name, container=want_c))
-    wanted_ctrs = {c.name for c in desired.containers}
+            create_c.append(Step("create_container", want_c.name, container=want_c.stamped()))
     for name, have_c in sorted(live_ctrs.items()):
         if name not in wanted_ctrs:
-            container_changes.append(Change("remove", "container", name, "no longer in the file"))
+            leaving.add(name)
+            ctr_changes.append(Change("remove", "container", name, "no longer in the file"))
             remove_c.append(Step("remove_container", name, live_id=have_c.id))
 
-    steps = (*remove_c, *remove_n, *create_n, *create_c)
-    return Plan(project, (*changes, *container_changes), steps)
+    for want in desired.networks:
+        have = live_nets.get(want.name)
+        if have is None:
+            if want.name in engine_nets:  # same name, not ours: validation refuses this
+                continue
+            changes.append(Change("create", "network", want.name, "not on the engine"))
+            create_n.append(Step("create_network", want.name, network=want.stamped()))
+            continue
+        if want.name not in net_reasons:
+            continue
+        why = net_reasons[want.name]
+        others = _foreign_on(live, have, project, leaving)
+        if others:
+            why += "; reconnects " + ", ".join(c.name for c, _ in others) + " afterwards"
+        changes.append(Change("replace", "network", want.name, why))
+        for c, ep in others:
+            disconnect.append(Step("disconnect", c.name, live_id=c.id, endpoint=ep))
+            reconnect.append(Step("reconnect", c.name, live_id=c.id, endpoint=ep))
+        remove_n.append(Step("remove_network", want.name, live_id=have.id))
+        create_n.append(Step("create_network", want.name, network=want.stamped()))
+    wanted_nets = {n.name for n in desired.networks}
+    for name, have in sorted(live_nets.items()):
+        if name in wanted_nets:
+            continue
+        why = "no longer in the file"
+        others = _foreign_on(live, have, project, leaving)
+        if others:
+            why += "; disconnects " + ", ".join(c.name for c, _ in others)
+        changes.append(Change("remove", "network", name, why))
+        for c, ep in others:
+            disconnect.append(Step("disconnect", c.name, live_id=c.id, endpoint=ep))
+        remove_n.append(Step("remove_network", name, live_id=have.id))
+
+    steps = (*remove_c, *disconnect, *remove_n, *create_n, *reconnect, *create_c)
+    return Plan(project, (*changes, *ctr_changes), steps)
 
 
 def teardown_plan(project: str, live: Topology, engine: str | None = None) -> Plan:
-    """Everything the project labelled, removed: containers first, then networks."""
+    """Everything the project labelled, removed: containers first, then networks (other
+    projects' containers still on them are disconnected first, and named)."""
     engine = engine or (live.engines[0].name if live.engines else "local")
     ctrs = sorted(
-        c.name
-        for c in live.containers
-        if c.engine == engine and c.labels.get(LABEL_PROJECT) == project
+        (c for c in live.containers if c.engine == engine and _owned(c.labels, project)),
+        key=lambda c: c.name,
     )
     nets = sorted(
-        n.name
-        for n in live.networks
-        if n.engine == engine and n.labels.get(LABEL_PROJECT) == project
+        (n for n in live.networks if n.engine == engine and _owned(n.labels, project)),
+        key=lambda n: n.name,
     )
-    by_c = {c.name: c.id for c in live.containers if c.engine == engine}
-    by_n = {n.name: n.id for n in live.networks if n.engine == engine}
-    changes = [Change("remove", "container", n, "down") for n in ctrs]
-    changes += [Change("remove", "network", n, "down") for n in nets]
-    steps = [Step("remove_container", n, live_id=by_c[n]) for n in ctrs]
-    steps += [Step("remove_network", n, live_id=by_n[n]) for n in nets]
-    return Plan(project, tuple(changes), tuple(steps))
+    leaving = {c.name for c in ctrs}
+    changes = [Change("remove", "container", c.name, "down") for c in ctrs]
+    steps = [Step("remove_container", c.name, live_id=c.id) for c in ctrs]
+    removals: list[Step] = []
+    for n in nets:
+        others = _foreign_on(live, n, project, leaving)
+        why = "down"
+        if others:
+            why += "; disconnects " + ", ".join(c.name for c, _ in others)
+        changes.append(Change("remove", "network", n.name, why))
+        steps += [Step("disconnect", c.name, live_id=c.id, endpoint=ep) for c, ep in others]
+        removals.append(Step("remove_network", n.name, live_id=n.id))
+    return Plan(project, tuple(changes), (*steps, *removals))

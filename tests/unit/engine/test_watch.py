@@ -3,11 +3,14 @@ dropped in between and slow reads, the live topology ends equal to the engine's 
 
 from __future__ import annotations
 
+import contextlib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.engine.watch import TopologyWatcher
+from dockmesh.errors import EngineError
 from dockmesh.model.topology import Container, Topology, build_topology
 
 ops = st.lists(
@@ -38,12 +41,15 @@ def same(a: Topology, b: Topology) -> bool:
 
 
 def run(engine: MemoryEngine, steps: list[tuple[str, int]]) -> None:
+    """Carries out the steps; one the engine refuses (a name or subnet taken) is skipped, as
+    a user's failed command would be: the topology must converge all the same."""
     nets: list[str] = []
     ctrs: list[str] = []
     links: set[tuple[str, str]] = set()
     for op, n in steps:
         if op == "net":
-            nets.append(engine.create_network(f"n{n}", subnet=f"10.{len(nets) % 250}.0.0/24"))
+            with contextlib.suppress(EngineError):
+                nets.append(engine.create_network(f"n{n}", subnet=f"10.{n % 250}.0.0/24"))
         elif op == "rmnet" and nets:
             nid = nets[n % len(nets)]
             if not any(x[1] == nid for x in links):

@@ -1,0 +1,134 @@
+"""The one interface dockmesh reads and changes an engine through.
+
+`dockmesh.engine.docker.DockerBackend` talks to a real engine (the only module that imports
+docker-py); `dockmesh.engine.memory.MemoryEngine` keeps an engine in memory and emits the events
+Docker would, for fast tests of everything built on top. Both take and return model values
+only; both raise `dockmesh.errors.EngineError` (or its `EngineNotFound` / `EngineConflict`)
+and nothing else for what the engine refuses or cannot do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
+
+DEFAULT_URL = "unix:///var/run/docker.sock"
+
+
+def default_url() -> str:
+    return os.environ.get("DOCKER_HOST") or DEFAULT_URL
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRef:
+    name: str
+    url: str
+
+
+def parse_engine_refs(values: Sequence[str]) -> list[EngineRef]:
+    """`--engine` values: `URL` or `NAME=URL`. The first unnamed engine is `local`; others are
+    named after their socket file or host."""
+    refs: list[EngineRef] = []
+    for v in values or [default_url()]:
+        name, sep, url = v.partition("=")
+        if not sep or "://" in name:
+            name, url = "", v
+        if "://" not in url:
+            raise ValueError(f"--engine {v!r}: expected a URL such as unix:///run/docker.sock")
+        scheme = urlparse(url).scheme
+        if scheme not in ("unix", "tcp", "http", "https", "ssh"):
+            raise ValueError(f"--engine {v!r}: unknown scheme {scheme!r} (unix, tcp, http, ssh)")
+        if not name:
+            name = "local" if not refs else _name_from_url(url)
+        if any(r.name == name for r in refs):
+            name = f"{name}-{len(refs) + 1}"
+        refs.append(EngineRef(name, url))
+    return refs
+
+
+def _name_from_url(url: str) -> str:
+    u = urlparse(url)
+    if u.scheme == "unix":
+        base = os.path.basename(u.path)
+        return base.removesuffix(".sock") or "unix"
+    return u.hostname or url
+
+
+class EventSource(Protocol):
+    """An engine's event stream (Docker's event JSON); `close()` from another thread ends the
+    iteration."""
+
+    def __iter__(self) -> Iterator[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class EngineSource(Protocol):
+    """What following a topology needs: a snapshot, the event stream, single re-reads."""
+
+    ref: EngineRef
+
+    def snapshot(self) -> EngineState: ...
+    def events(self) -> EventSource: ...
+    def container(self, container_id: str) -> Container | None: ...
+    def network(self, network_id: str) -> Network | None: ...
+    def close(self) -> None: ...
+
+
+class EngineBackend(EngineSource, Protocol):
+    """Everything dockmesh does with an engine. References (`ref`) are names or ids."""
+
+    def info(self) -> EngineInfo: ...
+    def swarm_active(self) -> bool: ...
+
+    # networks
+    def create_network(self, config: NetworkConfig) -> str: ...
+    def remove_network(self, ref: str) -> None:
+        """Removes it; absent already is fine. Raises EngineConflict while endpoints remain."""
+        ...
+
+    # containers
+    def create_container(self, config: ContainerConfig) -> str:
+        """Creates it (not started) on its first network; returns the id."""
+        ...
+
+    def connect(self, container: str, endpoint: EndpointConfig) -> None: ...
+    def disconnect(self, container: str, network: str, force: bool = False) -> None: ...
+    def start(self, container: str) -> None: ...
+    def stop(self, container: str, timeout_s: int = 10) -> None: ...
+    def remove_container(self, container: str) -> None:
+        """Stops and removes it with its anonymous volumes; absent already is fine."""
+        ...
+
+    def wait(self, container: str, timeout_s: float) -> int:
+        """Blocks until it exits; its exit code."""
+        ...
+
+    def logs(self, container: str) -> bytes: ...
+    def put_archive(self, container: str, path: str, tar: bytes) -> None: ...
+
+    # images
+    def image(self, ref: str) -> ImageInfo | None: ...
+    def import_image(
+        self, source: bytes | str, repository: str, tag: str, changes: Sequence[str]
+    ) -> None:
+        """`docker import`: a root file system tar (bytes, or a path to a file)."""
+        ...
+
+    def commit(
+        self, container: str, repository: str, tag: str, message: str, conf: Mapping[str, Any]
+    ) -> str: ...
+    def remove_image(self, ref: str) -> None:
+        """Raises EngineConflict while a container uses it."""
+        ...

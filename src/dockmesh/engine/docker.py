@@ -1,0 +1,322 @@
+"""`EngineBackend` over a real Docker engine: the only module that imports docker-py.
+
+Everything it returns is a model value; every failure leaves it as `EngineError` (or
+`EngineNotFound` / `EngineConflict`) carrying the engine's own explanation in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from dockmesh.engine.backend import EngineRef, ImageInfo
+from dockmesh.engine.convert import container_from_api, network_from_api
+from dockmesh.errors import EngineConflict, EngineError, EngineNotFound
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
+
+log = logging.getLogger(__name__)
+
+# Inspecting containers is the slow part of a snapshot; the engine serves requests in parallel.
+_INSPECT_WORKERS = 8
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+@contextlib.contextmanager
+def _mapped(ref: EngineRef, what: str) -> Iterator[None]:
+    """docker-py's and requests' exceptions → dockmesh's, with the engine's reason."""
+    try:
+        yield
+    except docker.errors.NotFound as e:
+        raise EngineNotFound(f"{what}: {_one_line(e.explanation or str(e))}") from e
+    except docker.errors.APIError as e:
+        detail = _one_line(e.explanation or str(e))
+        if e.status_code == 409 or "in use" in detail or "already exists" in detail:
+            raise EngineConflict(f"{what}: {detail}") from e
+        raise EngineError(f"{what}: {detail}") from e
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+        raise EngineError(
+            f"{what}: engine {ref.name} ({ref.url}) does not answer: {_one_line(str(e))}"
+        ) from e
+
+
+class DockerEvents:
+    """The engine's event stream; `close()` from another thread ends the iteration."""
+
+    def __init__(self, raw: Any, ref: EngineRef) -> None:
+        self._raw = raw
+        self._ref = ref
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            for event in self._raw:
+                if isinstance(event, dict):
+                    yield event
+                else:  # the engine sends objects; anything else is not ours to interpret
+                    log.warning("engine %s sent a non-object event: %.80r", self._ref.name, event)
+        except Exception as e:
+            if self._closed.is_set():
+                log.debug("event stream of %s closed: %s", self._ref.name, e)
+                return
+            raise EngineError(f"engine {self._ref.name}: event stream broke: {e}") from e
+
+    def close(self) -> None:
+        self._closed.set()
+        try:
+            self._raw.close()
+        except Exception as e:  # closing a half-dead connection may itself fail
+            log.debug("closing the event stream of %s: %s", self._ref.name, e)
+
+
+class DockerBackend:
+    """A connection to one engine (docker-py's low-level API client)."""
+
+    def __init__(self, ref: EngineRef, timeout: float = 30.0) -> None:
+        self.ref = ref
+        with _mapped(ref, f"engine {ref.name}"):
+            self._api: Any = docker.APIClient(
+                base_url=ref.url,
+                version="auto",
+                timeout=timeout,
+                max_pool_size=_INSPECT_WORKERS + 2,
+            )
+        self._info: EngineInfo | None = None
+
+    def _m(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return _mapped(self.ref, what)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        if self._info is None:
+            with self._m(f"engine {self.ref.name}"):
+                version = self._api.version()
+            self._info = EngineInfo(self.ref.name, self.ref.url, str(version.get("Version", "")))
+        return self._info
+
+    def swarm_active(self) -> bool:
+        with self._m(f"engine {self.ref.name}"):
+            info = self._api.info()
+        return bool((info.get("Swarm") or {}).get("LocalNodeState") == "active")
+
+    def network(self, network_id: str) -> Network | None:
+        try:
+            with self._m(f"inspect network {network_id}"):
+                return network_from_api(self._api.inspect_network(network_id), self.ref.name)
+        except EngineNotFound:
+            return None
+
+    def container(self, container_id: str) -> Container | None:
+        try:
+            with self._m(f"inspect container {container_id}"):
+                return container_from_api(self._api.inspect_container(container_id), self.ref.name)
+        except EngineNotFound:
+            return None
+
+    def snapshot(self) -> EngineState:
+        """Every network and container of the engine. Networks come from one list call (it
+        carries all we need); containers need an inspect each (pid, aliases), run in parallel."""
+        state = EngineState(self.info())
+        with self._m(f"engine {self.ref.name}"):
+            for raw in self._api.networks():
+                n = network_from_api(raw, self.ref.name)
+                state.networks[n.id] = n
+            ids = [c["Id"] for c in self._api.containers(all=True)]
+        with ThreadPoolExecutor(_INSPECT_WORKERS) as pool:
+            for c in pool.map(self.container, ids):
+                if c is not None:  # removed while we looked
+                    state.containers[c.id] = c
+        return state
+
+    def events(self) -> DockerEvents:
+        """Opens the event stream now: events from this moment on are buffered by the
+        connection, so a snapshot taken after this call misses nothing."""
+        with self._m(f"engine {self.ref.name}: events"):
+            raw = self._api.events(decode=True, filters={"type": ["container", "network"]})
+        return DockerEvents(raw, self.ref)
+
+    def close(self) -> None:
+        self._api.close()
+
+    # --- networks ------------------------------------------------------------------------
+
+    def create_network(self, config: NetworkConfig) -> str:
+        ipam = None
+        if config.ipam:
+            pools = [
+                docker.types.IPAMPool(
+                    subnet=p.subnet,
+                    gateway=p.gateway,
+                    iprange=p.ip_range,
+                    aux_addresses=dict(p.aux_addresses) or None,
+                )
+                for p in config.ipam
+            ]
+            ipam = docker.types.IPAMConfig(pool_configs=pools)
+        with self._m(f"create network {config.name}"):
+            res = self._api.create_network(
+                config.name,
+                driver=config.driver,
+                options=dict(config.options) or None,
+                ipam=ipam,
+                internal=config.internal,
+                attachable=config.attachable or None,
+                enable_ipv6=config.enable_ipv6 or None,
+                labels=dict(config.labels),
+                check_duplicate=True,
+            )
+        return str(res["Id"])
+
+    def remove_network(self, ref: str) -> None:
+        with contextlib.suppress(EngineNotFound), self._m(f"remove network {ref}"):
+            self._api.remove_network(ref)
+
+    # --- containers ----------------------------------------------------------------------
+
+    def create_container(self, config: ContainerConfig) -> str:
+        api = self._api
+        port_bindings: dict[str, list[tuple[str, int] | tuple[str] | int | None]] = {}
+        exposed: list[int | tuple[int, str]] = []
+        for p in config.ports:
+            exposed.append(
+                p.container_port if p.protocol == "tcp" else (p.container_port, p.protocol)
+            )
+            binding: tuple[str, int] | tuple[str] | int | None
+            if p.host_ip is not None:
+                binding = (p.host_ip, p.host_port) if p.host_port else (p.host_ip,)
+            else:
+                binding = p.host_port
+            port_bindings.setdefault(p.key(), []).append(binding)
+        first = config.networks[0] if config.networks else None
+        # No networks and no network_mode: the engine's default bridge, as with `docker run`.
+        network_mode = config.network_mode or (first.network if first else "bridge")
+        hc = None
+        if config.healthcheck is not None:
+            h = config.healthcheck
+            hc = docker.types.Healthcheck(
+                test=list(h.test),
+                interval=h.interval_ns,
+                timeout=h.timeout_ns,
+                retries=h.retries,
+                start_period=h.start_period_ns,
+            )
+        with self._m(f"create container {config.name}"):
+            host_config = api.create_host_config(
+                port_bindings=port_bindings or None, network_mode=network_mode
+            )
+            networking = None
+            if first is not None:
+                networking = api.create_networking_config({first.network: self._endpoint(first)})
+            res = api.create_container(
+                config.image,
+                command=list(config.command) if config.command is not None else None,
+                entrypoint=list(config.entrypoint) if config.entrypoint is not None else None,
+                name=config.name,
+                hostname=config.hostname if config.network_mode != "host" else None,
+                environment=dict(config.environment),
+                labels=dict(config.labels),
+                detach=True,
+                ports=exposed or None,
+                host_config=host_config,
+                networking_config=networking,
+                healthcheck=hc,
+            )
+        return str(res["Id"])
+
+    def _endpoint(self, e: EndpointConfig) -> Any:
+        return self._api.create_endpoint_config(
+            aliases=list(e.aliases) or None,
+            ipv4_address=e.ipv4_address,
+            ipv6_address=e.ipv6_address,
+        )
+
+    def connect(self, container: str, endpoint: EndpointConfig) -> None:
+        with self._m(f"connect {container} to {endpoint.network}"):
+            self._api.connect_container_to_network(
+                container,
+                endpoint.network,
+                aliases=list(endpoint.aliases) or None,
+                ipv4_address=endpoint.ipv4_address,
+                ipv6_address=endpoint.ipv6_address,
+            )
+
+    def disconnect(self, container: str, network: str, force: bool = False) -> None:
+        with self._m(f"disconnect {container} from {network}"):
+            self._api.disconnect_container_from_network(container, network, force=force)
+
+    def start(self, container: str) -> None:
+        with self._m(f"start {container}"):
+            self._api.start(container)
+
+    def stop(self, container: str, timeout_s: int = 10) -> None:
+        with self._m(f"stop {container}"):
+            self._api.stop(container, timeout=timeout_s)
+
+    def remove_container(self, container: str) -> None:
+        with contextlib.suppress(EngineNotFound), self._m(f"remove container {container}"):
+            self._api.remove_container(container, force=True, v=True)
+
+    def wait(self, container: str, timeout_s: float) -> int:
+        with self._m(f"wait for {container}"):
+            res = self._api.wait(container, timeout=timeout_s)
+        return int(res.get("StatusCode", -1))
+
+    def logs(self, container: str) -> bytes:
+        with self._m(f"logs of {container}"):
+            return bytes(self._api.logs(container))
+
+    def put_archive(self, container: str, path: str, tar: bytes) -> None:
+        with self._m(f"copy into {container}"):
+            ok = self._api.put_archive(container, path, tar)
+        if not ok:
+            raise EngineError(f"copy into {container}: the engine refused the archive")
+
+    # --- images --------------------------------------------------------------------------
+
+    def image(self, ref: str) -> ImageInfo | None:
+        try:
+            with self._m(f"inspect image {ref}"):
+                raw = self._api.inspect_image(ref)
+        except EngineNotFound:
+            return None
+        labels = (raw.get("Config") or {}).get("Labels") or {}
+        return ImageInfo(str(raw["Id"]), dict(labels))
+
+    def import_image(
+        self, source: bytes | str, repository: str, tag: str, changes: Sequence[str]
+    ) -> None:
+        with self._m(f"import {repository}:{tag}"):
+            if isinstance(source, bytes):
+                self._api.import_image_from_data(
+                    source, repository=repository, tag=tag, changes=list(changes)
+                )
+            else:
+                self._api.import_image_from_file(
+                    source, repository=repository, tag=tag, changes=list(changes)
+                )
+
+    def commit(
+        self, container: str, repository: str, tag: str, message: str, conf: Mapping[str, Any]
+    ) -> str:
+        with self._m(f"commit {repository}:{tag}"):
+            res = self._api.commit(
+                container, repository=repository, tag=tag, message=message, conf=dict(conf)
+            )
+        return str(res.get("Id", ""))
+
+    def remove_image(self, ref: str) -> None:
+        with self._m(f"remove image {ref}"):
+            self._api.remove_image(ref)

@@ -1,0 +1,202 @@
+"""Carries out a plan on one engine, in the plan's order, keeping a journal of what it did.
+
+On a failure, the journal is undone in reverse: what this run created is removed (by the ids
+the engine returned, so nothing another run or a person made is touched), and what this run
+removed is put back from its own labels (`dockmesh.spec.config` holds each object's whole
+configuration), with other projects' containers reconnected. A failed replace therefore
+leaves the project as it was. An object that carries no readable configuration cannot be
+put back; the error then names it.
+
+Between two steps the run can be stopped (`should_stop`, set by SIGINT): it then raises
+`Interrupted` naming what it created and removed, and leaves the engine as it is — `up`
+again finishes the job, `down` removes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dockmesh.engine.backend import EngineBackend
+from dockmesh.errors import EngineError, Interrupted
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.labels import stamped_config
+from dockmesh.model.topology import Container, Network
+from dockmesh.projectfile.plan import Plan, Step
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[Step], None]
+
+
+@dataclass(slots=True)
+class Journal:
+    created_networks: list[tuple[str, str]] = field(default_factory=list)  # (name, id)
+    created_containers: list[tuple[str, str]] = field(default_factory=list)
+    # What was removed, as it was: restored from these on a rollback.
+    removed_networks: list[Network] = field(default_factory=list)
+    removed_containers: list[Container] = field(default_factory=list)
+    disconnected: list[tuple[str, EndpointConfig]] = field(default_factory=list)
+    reconnected: list[tuple[str, str]] = field(default_factory=list)  # (container, network)
+
+    def summary(self) -> str:
+        parts = []
+        if self.removed_containers or self.removed_networks:
+            gone = [c.name for c in self.removed_containers] + [
+                n.name for n in self.removed_networks
+            ]
+            parts.append("removed " + ", ".join(gone))
+        made = [n for n, _ in self.created_networks] + [n for n, _ in self.created_containers]
+        if made:
+            parts.append("created " + ", ".join(made))
+        return "; ".join(parts) or "nothing changed yet"
+
+
+def start_container(
+    backend: EngineBackend, config: ContainerConfig, journal: Journal, start: bool = True
+) -> str:
+    """Creates the container, joins it to its other networks (the engine creates it on the
+    first), and starts it."""
+    cid = backend.create_container(config)
+    # Ours from here on, whatever fails next.
+    journal.created_containers.append((config.name, cid))
+    if config.network_mode is None:
+        for endpoint in config.networks[1:]:
+            backend.connect(cid, endpoint)
+    if start:
+        backend.start(cid)
+    return cid
+
+
+def apply_plan(
+    backend: EngineBackend,
+    plan: Plan,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Journal:
+    journal = Journal()
+    step: Step | None = None
+    try:
+        for step in plan.steps:
+            if should_stop():
+                raise Interrupted(
+                    f"stopped before {_describe(step)}: {journal.summary()}. "
+                    f"`dockmesh up` again finishes the job; `dockmesh down` removes the project"
+                )
+            if progress:
+                progress(step)
+            _do(backend, step, journal)
+    except EngineError as e:
+        assert step is not None
+        failed = f"{_describe(step)} failed: {e}"
+        problems = rollback(backend, journal)
+        if problems:
+            raise EngineError(f"{failed}. Rolling back also failed: {'; '.join(problems)}") from e
+        raise EngineError(f"{failed} (rolled back: the project is as it was)") from e
+    return journal
+
+
+def _describe(step: Step) -> str:
+    what = {
+        "remove_container": "removing container",
+        "disconnect": "disconnecting",
+        "remove_network": "removing network",
+        "create_network": "creating network",
+        "reconnect": "reconnecting",
+        "create_container": "starting container",
+    }[step.op]
+    if step.op in ("disconnect", "reconnect") and step.endpoint is not None:
+        preposition = "from" if step.op == "disconnect" else "to"
+        return f"{what} {step.name} {preposition} {step.endpoint.network}"
+    return f"{what} {step.name}"
+
+
+def _do(backend: EngineBackend, step: Step, journal: Journal) -> None:
+    ref = step.live_id or step.name
+    if step.op == "remove_container":
+        live = backend.container(ref)
+        if live is not None:
+            backend.remove_container(live.id)
+            journal.removed_containers.append(live)
+    elif step.op == "disconnect":
+        assert step.endpoint is not None
+        live_c = backend.container(ref)
+        if live_c is not None and any(
+            a.network == step.endpoint.network for a in live_c.attachments
+        ):
+            backend.disconnect(live_c.id, step.endpoint.network, force=True)
+            journal.disconnected.append((live_c.id, step.endpoint))
+    elif step.op == "remove_network":
+        net = backend.network(ref)
+        if net is not None:
+            backend.remove_network(net.id)
+            journal.removed_networks.append(net)
+    elif step.op == "create_network":
+        assert step.network is not None
+        nid = backend.create_network(step.network)
+        journal.created_networks.append((step.name, nid))
+    elif step.op == "reconnect":
+        assert step.endpoint is not None
+        backend.connect(ref, step.endpoint)
+        journal.reconnected.append((ref, step.endpoint.network))
+    else:
+        assert step.container is not None
+        start_container(backend, step.container, journal)
+
+
+def _network_from_labels(n: Network) -> NetworkConfig | None:
+    raw = stamped_config(n.labels)
+    try:
+        return replace(NetworkConfig.from_json(raw), labels=dict(n.labels))
+    except ValueError:
+        return None
+
+
+def _container_from_labels(c: Container) -> ContainerConfig | None:
+    raw = stamped_config(c.labels)
+    try:
+        return replace(ContainerConfig.from_json(raw), labels=dict(c.labels))
+    except ValueError:
+        return None
+
+
+def rollback(backend: EngineBackend, journal: Journal) -> list[str]:
+    """Undoes the journal; returns what could not be undone (empty: all of it was)."""
+    problems: list[str] = []
+
+    def attempt(what: str, fn: Callable[..., object], *args: Any) -> None:
+        try:
+            fn(*args)
+        except EngineError as e:
+            log.warning("rollback: %s: %s", what, e)
+            problems.append(f"{what}: {e}")
+
+    for container, network in reversed(journal.reconnected):
+        what = f"disconnect {container} from {network}"
+        attempt(what, backend.disconnect, container, network, True)
+    for name, cid in reversed(journal.created_containers):
+        attempt(f"remove container {name}", backend.remove_container, cid)
+    for name, nid in reversed(journal.created_networks):
+        attempt(f"remove network {name}", backend.remove_network, nid)
+    for net in reversed(journal.removed_networks):
+        cfg = _network_from_labels(net)
+        if cfg is None:
+            problems.append(f"network {net.name} was removed and has no configuration to restore")
+        else:
+            attempt(f"restore network {net.name}", backend.create_network, cfg)
+    for container, endpoint in reversed(journal.disconnected):
+        what = f"reconnect {container} to {endpoint.network}"
+        attempt(what, backend.connect, container, endpoint)
+    restore = Journal()
+    for live in reversed(journal.removed_containers):
+        ccfg = _container_from_labels(live)
+        if ccfg is None:
+            problems.append(
+                f"container {live.name} was removed and has no configuration to restore"
+            )
+        else:
+            what = f"restore container {live.name}"
+            attempt(what, start_container, backend, ccfg, restore, live.running)
+    return problems

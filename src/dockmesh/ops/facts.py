@@ -1,0 +1,47 @@
+"""Gathers what validating a topology file needs to know about the engine and the host."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from dockmesh.engine.backend import EngineBackend
+from dockmesh.host.facts import host_routes, ipvlan_available
+from dockmesh.model.ipam import IPNetwork
+from dockmesh.model.labels import LABEL_PROJECT
+from dockmesh.model.topology import Topology
+from dockmesh.projectfile.facts import EngineNetworkFact, Facts, Route
+
+
+def image_ids(backend: EngineBackend, names: set[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in sorted(names):
+        info = backend.image(name) if name.strip() else None
+        out[name] = info.id if info is not None else None
+    return out
+
+
+def gather_facts(backend: EngineBackend, topo: Topology, images: set[str] | None = None) -> Facts:
+    routes, interfaces = host_routes()
+    engine = backend.ref.name
+    nets = tuple(
+        EngineNetworkFact(n.name, n.labels.get(LABEL_PROJECT), tuple(p.subnet for p in n.ipam))
+        for n in topo.networks
+        if n.engine == engine or engine in n.engines
+    )
+    ctrs = {c.name: c.labels.get(LABEL_PROJECT) for c in topo.containers if c.engine == engine}
+    return Facts(
+        networks=nets,
+        containers=ctrs,
+        routes=tuple(Route(r.destination, r.device) for r in routes),
+        interfaces=interfaces,
+        swarm_active=backend.swarm_active(),
+        ipvlan_available=ipvlan_available(),
+        images=image_ids(backend, images or set()),
+    )
+
+
+def taken_subnets(topo: Topology) -> list[IPNetwork]:
+    """Every subnet the engines' networks use, and every route of the host."""
+    taken: list[IPNetwork] = [ipaddress.ip_network(p.subnet) for n in topo.networks for p in n.ipam]
+    taken += [ipaddress.ip_network(r.destination) for r in host_routes()[0]]
+    return taken

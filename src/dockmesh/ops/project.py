@@ -1,0 +1,119 @@
+"""The use cases of a topology file, shared by the command line and the agent:
+load → gather facts → validate → plan → apply, and teardown.
+
+Nothing is touched before the whole file has been validated against the engine and the host.
+`up` and `down` hold the project's lock while they read the engine, plan and apply, so two
+concurrent runs do one after the other and the second plans against what the first left.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dockmesh.engine.backend import EngineBackend
+from dockmesh.errors import EngineError, UsageError
+from dockmesh.model.labels import LABEL_PROJECT
+from dockmesh.model.topology import Topology, build_topology
+from dockmesh.ops.apply import Journal, Progress, apply_plan
+from dockmesh.ops.facts import gather_facts
+from dockmesh.ops.lock import project_lock
+from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.load import LoadedSpec, load_spec
+from dockmesh.projectfile.plan import Plan, make_plan, teardown_plan
+
+DEFAULT_FILE = "dockmesh.yaml"
+Say = Callable[[str], None]
+
+
+def load(path: str) -> LoadedSpec:
+    """Reads a topology file; SpecError (exit 2) when it is wrong in a way that needs no
+    engine to see, UsageError when there is no such file."""
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file")
+    if not os.path.isfile(path):
+        raise UsageError(f"{path}: not a file")
+    return load_spec(path)
+
+
+def snapshot(backend: EngineBackend) -> Topology:
+    return build_topology([backend.snapshot()], version=1)
+
+
+def plan_loaded(loaded: LoadedSpec, backend: EngineBackend) -> Plan:
+    """Validates the file against the engine and host as they are now, then plans."""
+    try:
+        live = snapshot(backend)
+    except EngineError:
+        if loaded.shape_problems:  # the file is wrong whatever the engine holds: say so
+            loaded.check(Facts())
+        raise
+    images = {s.image for s in loaded.spec.services.values()}
+    facts = gather_facts(backend, live, images)
+    desired = loaded.check(facts)  # every image exists past this point
+    image_ids = {name: i for name, i in facts.images.items() if i is not None}
+    return make_plan(desired, live, image_ids, engine=backend.ref.name)
+
+
+def plan_file(path: str, backend: EngineBackend) -> Plan:
+    return plan_loaded(load(path), backend)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    plan: Plan
+    journal: Journal
+
+
+def up(
+    loaded: LoadedSpec,
+    backend: EngineBackend,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    say: Say = lambda _msg: None,
+) -> Outcome:
+    with project_lock(backend.ref.url, loaded.project, say):
+        plan = plan_loaded(loaded, backend)
+        journal = apply_plan(backend, plan, progress, should_stop)
+    return Outcome(plan, journal)
+
+
+def projects_on(live: Topology) -> list[str]:
+    labels = [n.labels for n in live.networks] + [c.labels for c in live.containers]
+    return sorted({lb[LABEL_PROJECT] for lb in labels if LABEL_PROJECT in lb})
+
+
+def resolve_project(file: str | None, project: str | None, cwd: str = ".") -> str:
+    """`down`'s project: --project, else the FILE's, else ./dockmesh.yaml's (as Compose does)."""
+    if project is not None:
+        return project
+    if file is None:
+        default = os.path.join(cwd, DEFAULT_FILE)
+        if not os.path.isfile(default):
+            raise UsageError(
+                f"no {DEFAULT_FILE} in this folder: name a FILE or give --project NAME"
+            )
+        file = default
+    return load(file).project
+
+
+def down(
+    project: str,
+    backend: EngineBackend,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    say: Say = lambda _msg: None,
+    must_exist: bool = True,
+) -> Outcome:
+    """Removes the project. A project named on its own (`--project`) must exist (a name that
+    does not is bad input); one named by its file may be gone already (`down` twice is
+    fine)."""
+    with project_lock(backend.ref.url, project, say):
+        live = snapshot(backend)
+        if must_exist and project not in projects_on(live):
+            found = ", ".join(projects_on(live)) or "none"
+            raise UsageError(f"project {project!r} is not on the engine (projects: {found})")
+        plan = teardown_plan(project, live, engine=backend.ref.name)
+        journal = apply_plan(backend, plan, progress, should_stop)
+    return Outcome(plan, journal)
