@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import Any
+from typing import Any, cast
 
 import yaml
+from yaml.error import Mark
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import Reader
 
@@ -97,20 +99,37 @@ class _Loader(yaml.SafeLoader):
         self._nodes = 0
 
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
         self._nodes += 1
         if self._nodes > MAX_NODES:
-            raise _Stop(self._here(f"more than {MAX_NODES} values in the file"))
+            msg = f"more than {MAX_NODES} values in the file"
+            raise _Stop(Problem(_YAML, msg, line=event.start_mark.line + 1))
         if self._depth >= MAX_DEPTH:
-            raise _Stop(self._here(f"nesting too deep (more than {MAX_DEPTH} levels)"))
+            msg = f"nesting too deep (more than {MAX_DEPTH} levels)"
+            raise _Stop(Problem(_YAML, msg, line=event.start_mark.line + 1))
         self._depth += 1
         try:
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
+        if isinstance(event, AliasEvent) and node is not None:
+            return _Alias(node, event)
+        return node
 
-    def _here(self, message: str) -> Problem:
-        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
-        return Problem(_YAML, message, line=event.start_mark.line + 1)
+
+class _Alias(Node):
+    """An alias where it is written. PyYAML hands back the anchored node itself, which would
+    put every problem about an alias on its anchor's line instead."""
+
+    def __init__(self, target: Node, event: AliasEvent) -> None:
+        # The pure-Python reader (the only one used here) makes yaml.error.Mark.
+        marks = cast(Mark, event.start_mark), cast(Mark, event.end_mark)
+        super().__init__(target.tag, target.value, *marks)
+        self.target = target
+
+
+def _target(node: Node) -> Node:
+    return node.target if isinstance(node, _Alias) else node
 
 
 class Located:
@@ -236,12 +255,25 @@ class _Builder:
         self.last_line = 1
         self._built = 0
         self._open: set[int] = set()  # collections being built: reaching one again is a loop
+        self._via: tuple[Path, int] | None = None  # the outermost alias being expanded
 
     def build(self, node: Node, path: Path, depth: int) -> Any:
-        line = self._tick(node, path)
+        line = node.start_mark.line + 1
+        if not isinstance(node, _Alias):
+            return self._build(node, path, depth, line)
+        if self._via is not None:
+            return self._build(node.target, path, depth, line)
+        self._via = (path, line)
+        try:
+            return self._build(node.target, path, depth, line)
+        finally:
+            self._via = None
+
+    def _build(self, node: Node, path: Path, depth: int, line: int) -> Any:
+        self._tick(path, line)
         self.lines.setdefault(path, line)
         if isinstance(node, ScalarNode):
-            return self._scalar(node, path)
+            return self._scalar(node, path, line)
         if depth >= MAX_DEPTH:
             raise _Stop(Problem(path, f"nesting too deep (more than {MAX_DEPTH} levels)", line))
         if id(node) in self._open:
@@ -250,7 +282,7 @@ class _Builder:
         self._open.add(id(node))
         try:
             if isinstance(node, MappingNode):
-                return self._mapping(node, path, depth)
+                return self._mapping(node, path, depth, line)
             assert isinstance(node, SequenceNode)
             if node.tag != _SEQ:
                 self.problems.append(Problem(path, _unsupported(node.tag), line))
@@ -258,19 +290,19 @@ class _Builder:
         finally:
             self._open.discard(id(node))
 
-    def _tick(self, node: Node, path: Path, cost: int = 1) -> int:
-        line: int = node.start_mark.line + 1
+    def _tick(self, path: Path, line: int, cost: int = 1) -> None:
         self.last_line = line
         self._built += cost
         if self._built > MAX_NODES:
+            # Said where the expansion starts: the innermost value is some anchor's content.
+            where, at = self._via or (path, line)
             msg = f"aliases (*name) expand to more than {MAX_NODES} values"
-            raise _Stop(Problem(path, msg, line))
-        return line
+            raise _Stop(Problem(where, msg, at))
 
-    def _mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
+    def _mapping(self, node: MappingNode, path: Path, depth: int, line: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for knode, vnode, explicit in self._entries(node, path, depth):
-            key = self._key(knode, path)
+        for knode, vnode, explicit in self._entries(node, path, depth, line):
+            key, kline = self._key(knode, path)
             if key is None:
                 continue
             kpath = (*path, key)
@@ -280,65 +312,68 @@ class _Builder:
                 if explicit:
                     first = self.lines[kpath]
                     msg = f"duplicate key {key!r} (first on line {first})"
-                    self.problems.append(Problem(kpath, msg, knode.start_mark.line + 1))
+                    self.problems.append(Problem(kpath, msg, kline))
                 continue
-            self.lines[kpath] = knode.start_mark.line + 1
+            self.lines[kpath] = kline
             out[key] = self.build(vnode, kpath, depth + 1)
         return out
 
-    def _entries(self, node: MappingNode, path: Path, depth: int) -> list[tuple[Node, Node, bool]]:
+    def _entries(
+        self, node: MappingNode, path: Path, depth: int, line: int
+    ) -> list[tuple[Node, Node, bool]]:
         """The mapping's own pairs, then those its merge keys (`<<`) bring in, in the order
         that gives each key its value: explicit keys win, then earlier merges over later."""
-        line = node.start_mark.line + 1
         if node.tag != _MAP:
             self.problems.append(Problem(path, _unsupported(node.tag), line))
         own: list[tuple[Node, Node, bool]] = []
         merged: list[tuple[Node, Node, bool]] = []
         seen: set[int] = {id(node)}
         for knode, vnode in node.value:
-            if knode.tag != _MERGE:
+            if _target(knode).tag != _MERGE:
                 own.append((knode, vnode, True))
                 continue
-            sources = vnode.value if isinstance(vnode, SequenceNode) else [vnode]
-            for source in sources:
+            value = _target(vnode)
+            for ref in value.value if isinstance(value, SequenceNode) else [vnode]:
+                source, at = _target(ref), ref.start_mark.line + 1
                 if not isinstance(source, MappingNode):
                     msg = "a merge (<<) takes a mapping or a list of mappings"
-                    self.problems.append(Problem(path, msg, source.start_mark.line + 1))
+                    self.problems.append(Problem(path, msg, at))
                     continue
                 if id(source) in self._open:
                     msg = "a merge (<<) refers to a mapping that contains it"
-                    raise _Stop(Problem(path, msg, source.start_mark.line + 1))
+                    raise _Stop(Problem(path, msg, at))
                 if id(source) in seen:  # already merged: an earlier copy wins anyway
                     continue
                 seen.add(id(source))
-                self._tick(source, path)
+                self._tick(path, at)
                 if depth >= MAX_DEPTH:
                     msg = f"merges (<<) nest too deep (more than {MAX_DEPTH} levels)"
-                    raise _Stop(Problem(path, msg, line))
+                    raise _Stop(Problem(path, msg, at))
                 self._open.add(id(source))
                 try:
-                    inner = self._entries(source, path, depth + 1)
+                    inner = self._entries(source, path, depth + 1, at)
                 finally:
                     self._open.discard(id(source))
                 # Merges of merges can repeat the same pairs exponentially: pay for each.
-                self._tick(source, path, cost=len(inner))
+                self._tick(path, at, cost=len(inner))
                 merged += [(k, v, False) for k, v, _ in inner]
         return own + merged
 
-    def _key(self, knode: Node, path: Path) -> str | None:
+    def _key(self, knode: Node, path: Path) -> tuple[str | None, int]:
         line = knode.start_mark.line + 1
-        if not isinstance(knode, ScalarNode):
-            kind = "mapping" if isinstance(knode, MappingNode) else "list"
+        node = _target(knode)
+        if not isinstance(node, ScalarNode):
+            kind = "mapping" if isinstance(node, MappingNode) else "list"
             msg = f"a key must be plain text or a number, not a {kind}"
             self.problems.append(Problem(path, msg, line))
-            return None
-        if knode.tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL):
-            self.problems.append(Problem(path, _unsupported(knode.tag), line))
+            return None, line
+        if node.tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL):
+            self.problems.append(Problem(path, _unsupported(node.tag), line))
         # The key as written: `yes`, `010` or `~` mean what they say, not True, 8 or None.
-        value: str = knode.value
-        return value
+        value: str = node.value
+        return value, line
 
-    def _scalar(self, node: ScalarNode, path: Path) -> Any:
+    def _scalar(self, node: ScalarNode, path: Path, line: int) -> Any:
         tag, value = node.tag, node.value
         if tag in (_STR, _MERGE):  # `<<` as a value is just text
             return value
@@ -350,7 +385,7 @@ class _Builder:
             return _to_int(value)
         if tag == _FLOAT:
             return _to_float(value)
-        self.problems.append(Problem(path, _unsupported(tag), node.start_mark.line + 1))
+        self.problems.append(Problem(path, _unsupported(tag), line))
         return value
 
 
