@@ -53,14 +53,14 @@ def refreshes_for(event: Mapping[str, Any]) -> tuple[Refresh, ...]:
             return ()
         return (Refresh("container", oid, gone=base_action == "destroy"),)
     if etype == "network":
-        if base_action == "destroy":
-            return (Refresh("network", oid, gone=True),)
-        if base_action in ("connect", "disconnect"):
-            cid = attrs.get("container")
-            out = [Refresh("network", oid)]
-            if cid:
-                out.append(Refresh("container", cid))
-            return tuple(out)
-        if base_action in ("create", "update", "remove") and oid:
-            return (Refresh("network", oid),)
+        out: list[Refresh] = []
+        if oid and base_action == "destroy":
+            out.append(Refresh("network", oid, gone=True))
+        elif oid and base_action in ("connect", "disconnect", "create", "update", "remove"):
+            out.append(Refresh("network", oid))
+        # The container's attachments changed too, and only its inspect shows the address.
+        cid = attrs.get("container")
+        if cid and base_action in ("connect", "disconnect"):
+            out.append(Refresh("container", cid))
+        return tuple(out)
     return ()

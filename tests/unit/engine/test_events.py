@@ -55,3 +55,19 @@ def test_connect_rereads_network_and_container() -> None:
 )
 def test_noise_is_ignored(e: dict[str, Any]) -> None:
     assert refreshes_for(e) == ()
+
+
+def test_an_event_without_an_id_names_nothing_to_read() -> None:
+    assert refreshes_for(ev("network", "destroy", "")) == ()
+    assert refreshes_for(ev("network", "create", "")) == ()
+    assert refreshes_for(ev("container", "start", "")) == ()
+    # the container is still worth re-reading
+    assert refreshes_for(ev("network", "connect", "", container="c")) == (
+        Refresh("container", "c"),
+    )
+
+
+def test_old_engines_lower_case_keys_and_status() -> None:
+    assert refreshes_for({"type": "container", "status": "start", "id": "c"}) == (
+        Refresh("container", "c"),
+    )
