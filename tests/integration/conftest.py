@@ -81,7 +81,7 @@ def free_subnets(api: Any, count: int) -> list[str]:
 
 
 def dockmesh(
-    *args: str, check: bool = False, timeout: float = 300
+    *args: str, check: bool = False, timeout: float = 300, cwd: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Runs the real command line, as a user would."""
     proc = subprocess.run(
@@ -89,6 +89,7 @@ def dockmesh(
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
         env={**os.environ, "COLUMNS": "200"},
     )
     if check and proc.returncode != 0:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -204,7 +206,12 @@ def test_plan_up_plan_change_down(api: Any, prefix: str, tmp_path: Path, toolbox
 
     dockmesh("down", path, check=True)
     assert project_objects(api, prefix) == ([], [])
-    assert "nothing to do" in dockmesh("down", "--project", prefix, check=True).stderr
+    # down by its file is idempotent; a project named on its own must exist
+    assert "nothing to do" in dockmesh("down", path, check=True).stderr
+    gone = dockmesh("down", "--project", prefix)
+    assert gone.returncode == 2
+    assert gone.stderr.startswith(f"dockmesh: project {prefix!r} is not on the engine")
+    assert len(gone.stderr.strip().splitlines()) == 1
 
 
 def test_bad_file_exits_2_and_touches_nothing(api: Any, prefix: str, tmp_path: Path) -> None:
@@ -274,19 +281,22 @@ def test_failed_up_rolls_back(api: Any, prefix: str, tmp_path: Path, toolbox: st
         )
         proc = dockmesh("up", path)
     assert proc.returncode == 1, proc.stderr
-    assert f"create container {prefix}-clash-1" in proc.stderr and "rolled back" in proc.stderr
+    assert f"starting container {prefix}-clash-1 failed" in proc.stderr
+    assert "rolled back" in proc.stderr and "Traceback" not in proc.stderr
     assert project_objects(api, prefix) == ([], [])
 
 
-def test_down_needs_a_project_when_several_exist(api: Any, prefix: str) -> None:
+def test_down_takes_the_folders_file_or_a_project(api: Any, prefix: str, tmp_path: Path) -> None:
+    """As Compose does: without a FILE, ./dockmesh.yaml; without that, --project."""
     api.create_network(f"{prefix}_x", labels={"dockmesh.project": prefix})
-    api.create_network(f"{prefix}_y", labels={"dockmesh.project": prefix + "b"})
-    try:
-        proc = dockmesh("down")
-        assert proc.returncode == 2
-        assert "name the project" in proc.stderr
-    finally:
-        api.remove_network(f"{prefix}_y")
+    proc = dockmesh("down", cwd=str(tmp_path))
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "dockmesh: no dockmesh.yaml in this folder: name a FILE or give --project NAME\n"
+    )
+    (tmp_path / "dockmesh.yaml").write_text(f"project: {prefix}\n")
+    dockmesh("down", cwd=str(tmp_path), check=True)
+    assert project_objects(api, prefix) == ([], [])
 
 
 def test_drivers(api: Any, prefix: str, tmp_path: Path, toolbox: str) -> None:
@@ -356,3 +366,95 @@ def test_unreadable_files(tmp_path: Path, what: str) -> None:
     proc = dockmesh("plan", str(path))
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# --- nothing lost --------------------------------------------------------------------------
+
+
+def small(prefix: str, subnet: str, replicas: int = 2, **web: Any) -> dict[str, Any]:
+    return {
+        "project": prefix,
+        "networks": {"net": {"subnet": subnet}},
+        "services": {
+            "web": {
+                "image": "dockmesh/toolbox",
+                "replicas": replicas,
+                "networks": {"net": {"aliases": ["web"]}},
+                **web,
+            }
+        },
+    }
+
+
+def test_two_concurrent_ups_converge(api: Any, prefix: str, tmp_path: Path) -> None:
+    (subnet,) = free_subnets(api, 1)
+    path = write(tmp_path, small(prefix, subnet, replicas=4))
+    cmd = [sys.executable, "-m", "dockmesh", "up", path]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert dockmesh("plan", path, "--exit-code").returncode == 0
+    ctrs, nets = project_objects(api, prefix)
+    assert ctrs == [f"{prefix}-web-{i}" for i in range(1, 5)] and nets == [f"{prefix}_net"]
+
+
+def test_a_failed_replace_leaves_the_project_running(api: Any, prefix: str, tmp_path: Path) -> None:
+    (subnet,) = free_subnets(api, 1)
+    path = write(tmp_path, small(prefix, subnet))
+    dockmesh("up", path, check=True)
+    before = {
+        c: api.inspect_container(c)["State"]["Running"] for c in project_objects(api, prefix)[0]
+    }
+    with socket.socket() as busy:  # the new configuration's port is taken on the host
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        changed = small(prefix, subnet, replicas=1, ports=[f"127.0.0.1:{port}:8080"])
+        changed["networks"]["net"]["internal"] = False
+        changed["networks"]["net"]["labels"] = {"v": "2"}  # the network is replaced too
+        proc = dockmesh("up", write(tmp_path, changed))
+    assert proc.returncode == 1, proc.stderr
+    assert "rolled back: the project is as it was" in proc.stderr
+    after = {
+        c: api.inspect_container(c)["State"]["Running"] for c in project_objects(api, prefix)[0]
+    }
+    assert after == before == {f"{prefix}-web-1": True, f"{prefix}-web-2": True}
+    assert dockmesh("plan", write(tmp_path, small(prefix, subnet)), "--exit-code").returncode == 0
+
+
+def test_a_container_disconnected_by_hand_is_a_change_and_up_repairs_it(
+    api: Any, prefix: str, tmp_path: Path
+) -> None:
+    (subnet,) = free_subnets(api, 1)
+    path = write(tmp_path, small(prefix, subnet, replicas=1))
+    dockmesh("up", path, check=True)
+    api.disconnect_container_from_network(f"{prefix}-web-1", f"{prefix}_net")
+    plan = json.loads(dockmesh("plan", path, "--json", check=True).stdout)
+    assert [(c["action"], c["name"]) for c in plan["changes"]] == [("replace", f"{prefix}-web-1")]
+    assert "disconnected by hand" in plan["changes"][0]["reason"]
+    dockmesh("up", path, check=True)
+    nets = api.inspect_container(f"{prefix}-web-1")["NetworkSettings"]["Networks"]
+    assert list(nets) == [f"{prefix}_net"] and "web" in nets[f"{prefix}_net"]["Aliases"]
+    assert dockmesh("plan", path, "--exit-code").returncode == 0
+
+
+def test_sigint_during_up_stops_cleanly_and_says_what_was_created(
+    api: Any, prefix: str, tmp_path: Path
+) -> None:
+    (subnet,) = free_subnets(api, 1)
+    path = write(tmp_path, small(prefix, subnet, replicas=12))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dockmesh", "up", path], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not project_objects(api, prefix)[0]:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("up finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted: stopped before" in err and f"created {prefix}_net" in err
+    dockmesh("up", path, check=True)  # finishes the job
+    assert dockmesh("plan", path, "--exit-code").returncode == 0

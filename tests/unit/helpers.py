@@ -79,7 +79,7 @@ def simulate_apply(desired: Desired, engine: str = "local", state: str = "runnin
                 aliases=(*e.aliases, cid[:12], hostname),
             )
             for e in ccfg.networks
-        )
+        ) or (Attachment(_id("bridge"), "bridge"),)  # the default bridge, as `docker run`
         st.upsert_container(
             Container(
                 cid,

@@ -54,6 +54,8 @@ def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
 
 @contextlib.contextmanager
 def _progress(verb: str) -> Iterator[Callable[[Step], None]]:
+    """A progress bar on a terminal, started by the first step (a run with nothing to do, or
+    one that fails before its first step, prints no bar); nothing when stderr is not one."""
     labels = {
         "remove_container": "removing container",
         "disconnect": "disconnecting",
@@ -62,25 +64,34 @@ def _progress(verb: str) -> Iterator[Callable[[Step], None]]:
         "reconnect": "reconnecting",
         "create_container": "starting container",
     }
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(verb, total=None)
-        seen = 0
+    progress: Progress | None = None
+    seen = 0
 
-        def step_started(step: Step) -> None:
-            nonlocal seen
-            progress.update(
-                task, completed=seen, description=escape(f"{labels[step.op]} {step.name}")
+    def step_started(step: Step) -> None:
+        nonlocal progress, seen
+        if not err.is_terminal:
+            return
+        if progress is None:
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
             )
-            seen += 1
+            progress.start()
+            progress.add_task(verb, total=None)
+        task = progress.task_ids[0]
+        description = escape(f"{labels[step.op]} {step.name}")
+        progress.update(task, completed=seen, description=description)
+        seen += 1
 
+    try:
         yield step_started
+    finally:
+        if progress is not None:
+            progress.stop()
 
 
 def _summary(plan: Plan) -> None:

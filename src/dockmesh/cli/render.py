@@ -3,6 +3,7 @@ or rich renderables out."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from rich.table import Table
@@ -10,8 +11,10 @@ from rich.text import Text
 from rich.tree import Tree
 
 from dockmesh.model.topology import Container, Network, Topology
-from dockmesh.projectfile.plan import Plan
 from dockmesh.projectfile.problems import visible
+
+if TYPE_CHECKING:  # the plan's module brings pydantic, which `topology` does without
+    from dockmesh.projectfile.plan import Plan
 
 _HIDDEN_WHEN_EMPTY = {"host", "none"}
 

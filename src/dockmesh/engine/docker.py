@@ -43,13 +43,33 @@ def _mapped(ref: EngineRef, what: str) -> Iterator[None]:
         raise EngineNotFound(f"{what}: {_one_line(e.explanation or str(e))}") from e
     except docker.errors.APIError as e:
         detail = _one_line(e.explanation or str(e))
-        if e.status_code == 409 or "in use" in detail or "already exists" in detail:
+        # The engine answers 409 for a name in use and 403 for a state it will not change
+        # (a network with active endpoints, an overlapping pool, an address in use).
+        if e.status_code in (403, 409) or "in use" in detail or "already exists" in detail:
             raise EngineConflict(f"{what}: {detail}") from e
         raise EngineError(f"{what}: {detail}") from e
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
-        raise EngineError(
-            f"{what}: engine {ref.name} ({ref.url}) does not answer: {_one_line(str(e))}"
-        ) from e
+        where = f"engine {ref.name} ({ref.url})"
+        prefix = "" if what == f"engine {ref.name}" else f"{what}: "
+        raise EngineError(f"{prefix}{where} does not answer: {_reason(e)}") from e
+
+
+def _reason(e: BaseException) -> str:
+    """The innermost system error's text ("No such file or directory", "Connection refused"),
+    else the exception's own line: requests nests the one a user can act on deep inside."""
+    seen: set[int] = set()
+    stack: list[object] = [e]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.strerror:
+            return x.strerror
+        if isinstance(x, BaseException):
+            stack.extend(x.args)
+            stack.extend(c for c in (x.__cause__, x.__context__) if c is not None)
+    return _one_line(str(e))
 
 
 class DockerEvents:
@@ -98,6 +118,11 @@ class DockerBackend:
     def _m(self, what: str) -> contextlib.AbstractContextManager[None]:
         return _mapped(self.ref, what)
 
+    @staticmethod
+    def _short(ref: str) -> str:
+        """A full id shortened as the docker CLI shows it; names as they are."""
+        return ref[:12] if len(ref) == 64 and all(c in "0123456789abcdef" for c in ref) else ref
+
     # --- reading -------------------------------------------------------------------------
 
     def info(self) -> EngineInfo:
@@ -121,7 +146,7 @@ class DockerBackend:
 
     def container(self, container_id: str) -> Container | None:
         try:
-            with self._m(f"inspect container {container_id}"):
+            with self._m(f"inspect container {self._short(container_id)}"):
                 return container_from_api(self._api.inspect_container(container_id), self.ref.name)
         except EngineNotFound:
             return None
@@ -244,7 +269,7 @@ class DockerBackend:
         )
 
     def connect(self, container: str, endpoint: EndpointConfig) -> None:
-        with self._m(f"connect {container} to {endpoint.network}"):
+        with self._m(f"connect {self._short(container)} to {endpoint.network}"):
             self._api.connect_container_to_network(
                 container,
                 endpoint.network,
@@ -254,32 +279,33 @@ class DockerBackend:
             )
 
     def disconnect(self, container: str, network: str, force: bool = False) -> None:
-        with self._m(f"disconnect {container} from {network}"):
+        with self._m(f"disconnect {self._short(container)} from {network}"):
             self._api.disconnect_container_from_network(container, network, force=force)
 
     def start(self, container: str) -> None:
-        with self._m(f"start {container}"):
+        with self._m(f"start {self._short(container)}"):
             self._api.start(container)
 
     def stop(self, container: str, timeout_s: int = 10) -> None:
-        with self._m(f"stop {container}"):
+        with self._m(f"stop {self._short(container)}"):
             self._api.stop(container, timeout=timeout_s)
 
     def remove_container(self, container: str) -> None:
-        with contextlib.suppress(EngineNotFound), self._m(f"remove container {container}"):
+        what = f"remove container {self._short(container)}"
+        with contextlib.suppress(EngineNotFound), self._m(what):
             self._api.remove_container(container, force=True, v=True)
 
     def wait(self, container: str, timeout_s: float) -> int:
-        with self._m(f"wait for {container}"):
+        with self._m(f"wait for {self._short(container)}"):
             res = self._api.wait(container, timeout=timeout_s)
         return int(res.get("StatusCode", -1))
 
     def logs(self, container: str) -> bytes:
-        with self._m(f"logs of {container}"):
+        with self._m(f"logs of {self._short(container)}"):
             return bytes(self._api.logs(container))
 
     def put_archive(self, container: str, path: str, tar: bytes) -> None:
-        with self._m(f"copy into {container}"):
+        with self._m(f"copy into {self._short(container)}"):
             ok = self._api.put_archive(container, path, tar)
         if not ok:
             raise EngineError(f"copy into {container}: the engine refused the archive")

@@ -208,14 +208,14 @@ class MemoryEngine:
 
     def _view(self, c: _Ctr) -> Container:
         attachments = []
-        for nid, ep in sorted(self._endpoints_by_name(c)):
+        for nid, ep in self._endpoints_by_name(c):
             net = self._networks.get(nid)
             name = net.name if net is not None else ep.network
             implicit: tuple[str, ...] = ()
             if name not in ("bridge", "host", "none"):
                 implicit = (c.id[:12], self._hostname(c))
             attachments.append(
-                Attachment(
+                Attachment(  # sorted below by network name, as the engine reports them
                     network_id=nid,
                     network=name,
                     ipv4=c.addresses.get(nid),
@@ -224,6 +224,7 @@ class MemoryEngine:
                     endpoint_id=f"ep-{c.id[:8]}-{nid[:8]}" if nid in c.addresses else "",
                 )
             )
+        attachments.sort(key=lambda a: a.network)
         ports = tuple(
             PortBinding(p.container_port, p.protocol, p.host_ip, p.host_port)
             for p in c.config.ports
@@ -437,9 +438,12 @@ class MemoryEngine:
                 raise EngineConflict(f"Address already in use ({ep.ipv4_address})")
             c.addresses[nid] = ep.ipv4_address
             return
+        # Docker allocates every address of ip_range but the subnet's own network and
+        # broadcast addresses (a range's first address is allocatable).
         source = ipaddress.ip_network(pool.ip_range) if pool.ip_range else subnet
-        for addr in source.hosts():
-            if str(addr) not in held:
+        reserved = {subnet.network_address, subnet.broadcast_address}
+        for addr in source:
+            if addr not in reserved and str(addr) not in held:
                 c.addresses[nid] = str(addr)
                 return
         raise EngineError(

@@ -105,10 +105,9 @@ def _attachment_reason(
 ) -> str | None:
     if want.network_mode is not None:
         return None
-    wanted = {e.network: e for e in want.networks} if want.networks else {}
+    # No networks in the file: the engine's default bridge, as with `docker run`.
+    wanted = {e.network: e for e in want.networks or (EndpointConfig("bridge"),)}
     have = {a.network: a for a in live.attachments}
-    if not wanted:
-        return None  # the default bridge; nothing the file pins
     missing = sorted(set(wanted) - set(have))
     if missing:
         return "not connected to " + ", ".join(missing) + " (disconnected by hand?)"

@@ -56,7 +56,8 @@ def run(engine: MemoryEngine, steps: list[tuple[str, int]]) -> None:
                 engine.remove_network(nid)
                 nets.remove(nid)
         elif op == "ctr":
-            ctrs.append(engine.create_container(f"c{n}"))
+            with contextlib.suppress(EngineError):  # the name is taken
+                ctrs.append(engine.create_container(f"c{n}"))
         elif op == "drop":
             engine.drop_streams()
         elif ctrs:

@@ -1,0 +1,212 @@
+"""The labels codec and the configuration values: what is written reads back the same, and
+labels anyone can set never make the decoder raise."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dockmesh.model.canonical import canonical_json, digest
+from dockmesh.model.config import (
+    ContainerConfig,
+    EndpointConfig,
+    HealthcheckConfig,
+    IpamConfig,
+    NetworkConfig,
+    PortMapping,
+)
+from dockmesh.model.durations import format_duration_ns, parse_duration_ns
+from dockmesh.model.labels import (
+    Discovery,
+    DiscoveryCheck,
+    decode_discovery,
+    encode_discovery,
+    stamp,
+    stamped_config,
+    without_stamp,
+)
+
+text = st.text(min_size=1, max_size=12)
+word = st.text(st.characters(whitelist_categories=("Ll", "Nd")), min_size=1, max_size=8)
+durations = st.sampled_from(["1s", "500ms", "2m", "1m30s", "90s", "1h"])
+
+discoveries = st.builds(
+    Discovery,
+    service=word,
+    port=st.integers(1, 65535),
+    tags=st.lists(word, max_size=3, unique=True).map(tuple),
+    weight=st.integers(0, 1000),
+    network=st.none() | word,
+    check=st.none()
+    | st.builds(
+        DiscoveryCheck,
+        http=st.none() | word.map(lambda w: "/" + w),
+        tcp=st.just(False),
+        interval=durations,
+        timeout=durations,
+    )
+    | st.builds(
+        DiscoveryCheck, http=st.none(), tcp=st.just(True), interval=durations, timeout=durations
+    ),
+)
+
+
+@given(discoveries)
+def test_discovery_round_trips(d: Discovery) -> None:
+    if d.check is not None and d.check.http is None and not d.check.tcp:
+        return  # a check of neither kind is no check: it is not written
+    decoded, problems = decode_discovery(encode_discovery(d))
+    assert problems == []
+    assert decoded == d
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "dockmesh.service",
+                "dockmesh.port",
+                "dockmesh.tags",
+                "dockmesh.weight",
+                "dockmesh.network",
+                "dockmesh.check.http",
+                "dockmesh.check.tcp",
+                "dockmesh.check.interval",
+                "dockmesh.check.timeout",
+            ]
+        ),
+        st.text(max_size=30),
+    )
+)
+def test_any_labels_decode_without_raising(labels: dict[str, str]) -> None:
+    decoded, problems = decode_discovery(labels)
+    if decoded is not None:
+        assert 1 <= decoded.port <= 65535
+    assert all(isinstance(p, str) for p in problems)
+
+
+def test_wrong_labels_are_named() -> None:
+    d, problems = decode_discovery(
+        {"dockmesh.service": "api", "dockmesh.port": "\uff18\uff10\uff18\uff10"}
+    )
+    assert d is None and problems == [
+        "dockmesh.port='\uff18\uff10\uff18\uff10': expected a whole number from 1 to 65535"
+    ]
+    d, problems = decode_discovery(
+        {
+            "dockmesh.service": "api",
+            "dockmesh.port": "80",
+            "dockmesh.check.interval": "soon",
+            "dockmesh.check.http": "/h",
+        }
+    )
+    assert d is not None and d.check is not None and d.check.interval == "5s"
+    assert problems and problems[0].startswith("dockmesh.check.interval='soon'")
+
+
+ipams = st.builds(
+    IpamConfig,
+    subnet=text,
+    gateway=st.none() | text,
+    ip_range=st.none() | text,
+    aux_addresses=st.dictionaries(text, text, max_size=2),
+)
+networks = st.builds(
+    NetworkConfig,
+    name=text,
+    driver=text,
+    ipam=st.lists(ipams, max_size=2).map(tuple),
+    internal=st.booleans(),
+    attachable=st.booleans(),
+    enable_ipv6=st.booleans(),
+    options=st.dictionaries(text, text, max_size=2),
+    labels=st.dictionaries(text, text, max_size=2),
+)
+argv = st.none() | st.lists(text, max_size=3).map(tuple)
+containers = st.builds(
+    ContainerConfig,
+    name=text,
+    image=text,
+    command=argv,
+    entrypoint=argv,
+    environment=st.dictionaries(text, text, max_size=2),
+    hostname=st.none() | text,
+    networks=st.lists(
+        st.builds(
+            EndpointConfig,
+            network=text,
+            aliases=st.lists(text, max_size=2).map(tuple),
+            ipv4_address=st.none() | text,
+            ipv6_address=st.none() | text,
+        ),
+        max_size=2,
+    ).map(tuple),
+    network_mode=st.none() | st.sampled_from(["host", "none"]),
+    ports=st.lists(
+        st.builds(
+            PortMapping,
+            container_port=st.integers(1, 65535),
+            protocol=st.sampled_from(["tcp", "udp"]),
+            host_ip=st.none() | text,
+            host_port=st.none() | st.integers(1, 65535),
+        ),
+        max_size=2,
+    ).map(tuple),
+    healthcheck=st.none()
+    | st.builds(
+        HealthcheckConfig,
+        test=st.lists(text, min_size=1, max_size=3).map(tuple),
+        interval_ns=st.integers(0, 2**63 - 1),
+    ),
+    labels=st.dictionaries(text, text, max_size=3),
+)
+
+
+@settings(max_examples=50)
+@given(networks)
+def test_network_config_round_trips_through_its_label(cfg: NetworkConfig) -> None:
+    labels = stamp(cfg.labels, cfg.to_json(), digest(cfg.to_json()))
+    assert NetworkConfig.from_json(stamped_config(labels)) == cfg
+    assert without_stamp(labels) == dict(cfg.labels)
+
+
+@settings(max_examples=50)
+@given(containers)
+def test_container_config_round_trips_through_its_label(cfg: ContainerConfig) -> None:
+    labels = stamp(cfg.labels, cfg.to_json(), "h")
+    assert ContainerConfig.from_json(stamped_config(labels)) == cfg
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=10,
+    )
+)
+def test_from_json_refuses_what_it_did_not_write(raw: Any) -> None:
+    for cls in (NetworkConfig, ContainerConfig):
+        with contextlib.suppress(ValueError):
+            cls.from_json(raw)
+
+
+def test_canonical_json_is_stable() -> None:
+    assert canonical_json({"b": 1, "a": [1, "é"]}) == '{"a":[1,"é"],"b":1}'
+    assert digest({"a": 1}) == digest({"a": 1}) != digest({"a": 2})
+
+
+@given(st.integers(0, 10**15))
+def test_durations_round_trip(ns: int) -> None:
+    assert parse_duration_ns(format_duration_ns(ns)) == ns
+
+
+def test_durations_refuse_what_the_engine_cannot_hold() -> None:
+    for bad in ("\u0661s", "\uff15s", "9999999999h", "", "s", "1x", "-1s", float("nan"), -1, True):
+        try:
+            parse_duration_ns(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
