@@ -165,14 +165,15 @@ def decode(raw: bytes) -> str | Problem:
             return Problem(_FILE, f"the file is {name}; it must be UTF-8", line=1)
     if _looks_utf16(raw):
         return Problem(_FILE, "the file looks like UTF-16 (no BOM); it must be UTF-8", line=1)
+    body = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        return raw.decode("utf-8-sig")
+        return body.decode("utf-8")
     except UnicodeDecodeError as e:
-        before = raw[: e.start].decode("utf-8-sig")
+        before = body[: e.start].decode("utf-8")
         line, column = _position(before, len(before))
         return Problem(
             _FILE,
-            f"the file is not UTF-8: byte 0x{raw[e.start]:02x} in column {column} "
+            f"the file is not UTF-8: byte 0x{body[e.start]:02x} in column {column} "
             "cannot be decoded; save the file as UTF-8",
             line=line,
         )
@@ -215,7 +216,9 @@ def load_located(text: str) -> Located:
             node = loader.get_single_node()
         finally:
             loader.dispose()
-        data = {} if node is None else builder.build(node, (), 0)
+        data = None if node is None else builder.build(node, (), 0)
+        if data is None:  # an empty document, or one that says `null`: nothing in it
+            data = {}
     except _Stop as e:
         return Located(None, lines, [*builder.problems, e.problem])
     except yaml.MarkedYAMLError as e:

@@ -450,3 +450,14 @@ def test_syntax_errors_in_any_form_have_a_line() -> None:
         loc = load_located(text)
         for line in formatted(loc):
             assert re.fullmatch(r"f:\d+: \(yaml\): malformed YAML: .+", line), line
+
+
+def test_a_bad_byte_after_a_bom_is_placed_in_the_text() -> None:
+    loc = load_located_bytes(b"\xef\xbb\xbfa: 1\nb: \x80\n")
+    assert formatted(loc)[0].startswith("f:2: (file): the file is not UTF-8: byte 0x80 in column 4")
+
+
+@pytest.mark.parametrize("text", ["", "# nothing\n", "null\n", "~\n", "--- \n...\n"])
+def test_a_document_with_nothing_in_it_is_an_empty_mapping(text: str) -> None:
+    loc = load_located(text)
+    assert (loc.data, loc.problems) == ({}, [])
