@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -65,6 +66,19 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             fail(f"dockmesh: {e}", EXIT_FAILED)
         except OSError as e:
             fail(f"dockmesh: {e}", EXIT_FAILED)
+        except KeyboardInterrupt:
+            fail("dockmesh: interrupted", EXIT_INTERRUPTED)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:
+            # A bug: one line for the user, the whole story for whoever debugs it.
+            if os.environ.get("DOCKMESH_DEBUG"):
+                raise
+            fail(
+                f"dockmesh: internal error: {type(e).__name__}: {e} "
+                "(run again with DOCKMESH_DEBUG=1 for the traceback, and report it)",
+                EXIT_FAILED,
+            )
 
     return wrapper
 
