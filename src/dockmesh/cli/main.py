@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from typing import Annotated
+
 import typer
 
 from dockmesh.cli import images, project, topology
@@ -16,6 +20,27 @@ app = typer.Typer(
 app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
+
+
+@app.callback()
+def options(
+    verbose: Annotated[
+        int,
+        typer.Option(
+            "--verbose", "-v", count=True, help="Log what happens (-v info, -vv debug) to stderr."
+        ),
+    ] = 0,
+) -> None:
+    """Health-aware discovery, balancing, policy and network tooling for Docker hosts."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    env = os.environ.get("DOCKMESH_LOG", "").upper()
+    if env in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        level = min(level, getattr(logging, env))
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    # Other libraries' chatter only at -vv.
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 def main() -> None:

@@ -87,6 +87,7 @@ def apply_plan(
                 )
             if progress:
                 progress(step)
+            log.info("%s", _describe(step))
             _do(backend, step, journal)
     except EngineError as e:
         assert step is not None

@@ -1,17 +1,25 @@
 """The watcher against an in-memory engine: whatever happens, in whatever order, with streams
-dropped in between and slow reads, the live topology ends equal to the engine's state."""
+dropped in between and slow reads, the live topology ends equal to the engine's state; and the
+watcher's promises to its listeners (order, outside the lock, failures kept to themselves)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dockmesh.engine.memory import MemoryEngine
+from dockmesh.engine.memory import MemoryEngine, MemoryEventStream
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
 from dockmesh.model.topology import Container, Topology, build_topology
+
+WAIT = 10  # seconds; a guard against hanging, never a measure
 
 ops = st.lists(
     st.tuples(
@@ -41,61 +49,74 @@ def same(a: Topology, b: Topology) -> bool:
 
 
 def run(engine: MemoryEngine, steps: list[tuple[str, int]]) -> None:
-    """Carries out the steps; one the engine refuses (a name or subnet taken) is skipped, as
-    a user's failed command would be: the topology must converge all the same."""
+    """Carries out the steps; one the engine refuses (a name or subnet taken, a network in
+    use) is skipped, as a user's failed command would be: the topology must converge all the
+    same. Containers are connected and disconnected only while running: Docker announces
+    no event for a created container's (dis)connection, so no watcher can see it before the
+    container's next event."""
     nets: list[str] = []
     ctrs: list[str] = []
-    links: set[tuple[str, str]] = set()
+    running: set[str] = set()
     for op, n in steps:
-        if op == "net":
-            with contextlib.suppress(EngineError):
+        with contextlib.suppress(EngineError):
+            if op == "net":
                 nets.append(engine.create_network(f"n{n}", subnet=f"10.{n % 250}.0.0/24"))
-        elif op == "rmnet" and nets:
-            nid = nets[n % len(nets)]
-            if not any(x[1] == nid for x in links):
+            elif op == "rmnet" and nets:
+                nid = nets[n % len(nets)]
                 engine.remove_network(nid)
                 nets.remove(nid)
-        elif op == "ctr":
-            with contextlib.suppress(EngineError):  # the name is taken
+            elif op == "ctr":
                 ctrs.append(engine.create_container(f"c{n}"))
-        elif op == "drop":
-            engine.drop_streams()
-        elif ctrs:
-            cid = ctrs[n % len(ctrs)]
-            if op == "start":
-                engine.start(cid)
-            elif op == "stop":
-                engine.stop(cid)
-            elif op == "rename":
-                engine.rename(cid, f"r{n}")
-            elif op == "health":
-                engine.set_health(cid, "healthy" if n % 2 else "unhealthy")
-            elif op == "rmctr":
-                engine.remove_container(cid)
-                ctrs.remove(cid)
-                links = {x for x in links if x[0] != cid}
-            elif nets:
-                nid = nets[n % len(nets)]
-                if op == "connect" and (cid, nid) not in links:
-                    engine.connect(cid, nid, aliases=(f"a{n}",))
-                    links.add((cid, nid))
-                elif op == "disconnect" and (cid, nid) in links:
-                    engine.disconnect(cid, nid)
-                    links.discard((cid, nid))
+            elif op == "drop":
+                engine.drop_streams()
+            elif ctrs:
+                cid = ctrs[n % len(ctrs)]
+                if op == "start":
+                    engine.start(cid)
+                    running.add(cid)
+                elif op == "stop":
+                    engine.stop(cid)
+                    running.discard(cid)
+                elif op == "rename":
+                    engine.rename(cid, f"r{n}")
+                elif op == "health":
+                    engine.set_health(cid, "healthy" if n % 2 else "unhealthy")
+                elif op == "rmctr":
+                    engine.remove_container(cid)
+                    ctrs.remove(cid)
+                    running.discard(cid)
+                elif nets and cid in running:
+                    nid = nets[n % len(nets)]
+                    if op == "connect":
+                        engine.connect(cid, nid, aliases=(f"a{n}",))
+                    elif op == "disconnect":
+                        engine.disconnect(cid, nid)
+
+
+@contextlib.contextmanager
+def watching(*engines: MemoryEngine, **kwargs: Any) -> Iterator[TopologyWatcher]:
+    watcher = TopologyWatcher(list(engines), **kwargs)
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop()
+
+
+def settled(watcher: TopologyWatcher, *engines: MemoryEngine) -> Topology:
+    truth = build_topology([e.snapshot() for e in engines], 0)
+    topo = watcher.wait_for(lambda t: same(t, truth), WAIT)
+    assert topo is not None, "did not converge"
+    return topo
 
 
 @settings(max_examples=40, deadline=None)
 @given(ops, st.sampled_from([0.0, 0.001]))
 def test_topology_converges_to_the_engine(steps: list[tuple[str, int]], delay: float) -> None:
     engine = MemoryEngine(read_delay_s=delay)
-    watcher = TopologyWatcher([engine])
-    watcher.start()
-    try:
+    with watching(engine, sleep=lambda s: None) as watcher:
         run(engine, steps)
-        truth = build_topology([engine.snapshot()], 0)
-        assert watcher.wait_for(lambda t: same(t, truth), 10) is not None, "did not converge"
-    finally:
-        watcher.stop()
+        settled(watcher, engine)
 
 
 def test_versions_grow_and_listeners_see_every_topology() -> None:
@@ -107,13 +128,14 @@ def test_versions_grow_and_listeners_see_every_topology() -> None:
     try:
         nid = engine.create_network("n")
         cid = engine.create_container("c")
+        engine.start(cid)
         engine.connect(cid, nid, aliases=("api",))
 
         def linked(t: Topology) -> bool:
             net = t.network("n")
             return net is not None and bool(t.endpoints_of(net))
 
-        topo = watcher.wait_for(linked, 5)
+        topo = watcher.wait_for(linked, WAIT)
         assert topo is not None
         assert topo.version > first.version
         assert seen == sorted(seen) and seen[-1] == topo.version
@@ -123,6 +145,28 @@ def test_versions_grow_and_listeners_see_every_topology() -> None:
         assert ep.aliases == ("api",)
     finally:
         watcher.stop()
+
+
+def test_two_engines_changing_at_once_deliver_every_version_in_order() -> None:
+    one, two = MemoryEngine("one"), MemoryEngine("two")
+    seen: list[int] = []
+    watcher = TopologyWatcher([one, two])
+    watcher.subscribe(lambda t: seen.append(t.version))
+    first = watcher.start()
+    try:
+        # Two writers so that both appliers freeze versions concurrently.
+        writers = [
+            threading.Thread(target=lambda e=e: [e.create_container(f"c{i}") for i in range(30)])
+            for e in (one, two)
+        ]
+        for w in writers:
+            w.start()
+        for w in writers:
+            w.join()
+        last = settled(watcher, one, two)
+    finally:
+        watcher.stop()
+    assert seen[: seen.index(last.version) + 1] == list(range(first.version, last.version + 1))
 
 
 class CountingEngine(MemoryEngine):
@@ -137,13 +181,189 @@ class CountingEngine(MemoryEngine):
 
 def test_events_for_one_object_are_read_once_per_batch() -> None:
     engine = CountingEngine()
-    watcher = TopologyWatcher([engine])
-    watcher.start()
-    try:
+    with watching(engine) as watcher:
         cid = engine.create_container("c")
         for i in range(30):
             engine.rename(cid, f"c{i}")
-        assert watcher.wait_for(lambda t: t.container("c29") is not None, 10)
+        assert watcher.wait_for(lambda t: t.container("c29") is not None, WAIT)
         assert engine.reads < 31  # 31 events: the slow reads let later ones coalesce
+
+
+# --- listeners ------------------------------------------------------------------------------
+
+
+def lock_is_free(watcher: TopologyWatcher) -> bool:
+    """Whether another thread could take the watcher's lock right now."""
+    free: list[bool] = []
+
+    def probe() -> None:
+        got = watcher._lock.acquire(blocking=False)
+        if got:
+            watcher._lock.release()
+        free.append(got)
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    return free[0]
+
+
+def test_listeners_are_called_outside_the_lock() -> None:
+    engine = MemoryEngine()
+    watcher = TopologyWatcher([engine])
+    free: list[bool] = []
+    heard = threading.Event()
+
+    def listener(t: Topology) -> None:
+        free.append(lock_is_free(watcher))
+        assert watcher.topology.version >= t.version  # reading it from a listener is fine
+        heard.set()
+
+    watcher.subscribe(listener)
+    watcher.start()  # the first version: delivered on this thread
+    try:
+        heard.clear()
+        engine.create_container("c")  # later ones: on the applier's thread
+        assert heard.wait(WAIT)
     finally:
         watcher.stop()
+    assert free and all(free)
+
+
+def test_a_failing_listener_is_logged_and_does_not_disturb_the_engine(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = MemoryEngine()
+    later: list[int] = []
+
+    def broken(t: Topology) -> None:
+        raise RuntimeError("listener bug")
+
+    with watching(engine, sleep=lambda s: None) as watcher:
+        watcher.subscribe(broken)
+        watcher.subscribe(lambda t: later.append(t.version))
+        with caplog.at_level(logging.DEBUG, logger="dockmesh.engine.watch"):
+            engine.create_container("a")
+            engine.create_container("b")
+            topo = settled(watcher, engine)
+    assert watcher.resyncs == 0  # not taken for an engine failure
+    assert later[-1] == topo.version  # the next listener still heard
+    failures = [r for r in caplog.records if "listener" in r.getMessage()]
+    assert failures and all(r.levelno == logging.ERROR and r.exc_info for r in failures)
+    assert all(r.name == "dockmesh.engine.watch" for r in failures)
+    assert not [r for r in caplog.records if "stream lost" in r.getMessage()]
+
+
+def test_unsubscribed_listeners_hear_nothing_more() -> None:
+    engine = MemoryEngine()
+    gone: list[int] = []
+    staying: list[int] = []
+
+    def listener(t: Topology) -> None:
+        gone.append(t.version)
+
+    with watching(engine) as watcher:
+        watcher.subscribe(listener)
+        watcher.subscribe(lambda t: staying.append(t.version))
+        engine.create_container("a")
+        settled(watcher, engine)
+        watcher.unsubscribe(listener)
+        engine.create_container("b")
+        last = settled(watcher, engine)
+        # Listeners run in subscription order: once `staying` heard the last version, a
+        # still-subscribed `listener` would have heard it first.
+        assert watcher.wait_for(lambda t: staying[-1:] == [last.version], WAIT)
+    assert last.version not in gone
+
+
+def test_stop_tells_subscribers_once_the_threads_are_done() -> None:
+    engine = MemoryEngine()
+    stopped: list[bool] = []
+    watcher = TopologyWatcher([engine])
+    watcher.start()
+    watcher.subscribe(lambda t: None, on_stop=lambda: stopped.append(watcher._stop.is_set()))
+    watcher.stop()
+    assert stopped == [True]
+
+
+# --- engine failures, back-off, clocks -------------------------------------------------------
+
+
+class FlakyEngine(MemoryEngine):
+    """Refuses to open its event stream `refusals` times after the first, and fails one
+    container read when asked to."""
+
+    def __init__(self, refusals: int = 0) -> None:
+        super().__init__()
+        self.refusals = refusals
+        self.opened = 0
+        self.fail_next_read = False
+
+    def events(self) -> MemoryEventStream:
+        self.opened += 1
+        if self.opened > 1 and self.refusals > 0:
+            self.refusals -= 1
+            raise EngineError("engine flaky: connection refused")
+        return super().events()
+
+    def container(self, container_id: str) -> Container | None:
+        if self.fail_next_read:
+            self.fail_next_read = False
+            raise EngineError("engine flaky: inspect timed out")
+        return super().container(container_id)
+
+
+def test_reconnects_back_off_and_every_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    engine = FlakyEngine(refusals=3)
+    waits: list[float] = []
+    with caplog.at_level(logging.DEBUG, logger="dockmesh.engine.watch"):
+        with watching(engine, sleep=waits.append, initial_backoff=0.5, max_backoff=1.5) as w:
+            engine.drop_streams()
+            engine.create_container("late")  # made while no stream is open
+            assert w.wait_for(lambda t: t.container("late") is not None, WAIT)
+            assert w.resyncs == 1
+        # The stream drop, then three refused reconnects, each waiting longer (to a ceiling).
+        assert waits == [0.5, 1.0, 1.5, 1.5]
+    lost = [r for r in caplog.records if "stream lost" in r.getMessage()]
+    assert len(lost) == 4 and all(r.levelno == logging.WARNING for r in lost)
+    assert sum("connection refused" in r.getMessage() for r in lost) == 3
+    # Stopping ends the stream too: that is expected, not a warning.
+    assert [r for r in caplog.records if "ended on stop" in r.getMessage()]
+    assert all(r.levelno < logging.WARNING for r in caplog.records if "stop" in r.getMessage())
+
+
+def test_a_failed_re_read_resyncs(caplog: pytest.LogCaptureFixture) -> None:
+    engine = FlakyEngine()
+    with (
+        caplog.at_level(logging.WARNING, logger="dockmesh.engine.watch"),
+        watching(engine, sleep=lambda s: None) as watcher,
+    ):
+        engine.fail_next_read = True
+        engine.create_container("c")
+        assert watcher.wait_for(lambda t: t.container("c") is not None, WAIT)
+        assert watcher.resyncs == 1
+    [lost] = [r for r in caplog.records if "stream lost" in r.getMessage()]
+    assert "re-reading failed" in lost.getMessage() and "inspect timed out" in lost.getMessage()
+
+
+def test_wait_for_reads_the_injected_clock() -> None:
+    ticks = iter([0.0, 100.0])
+    with watching(MemoryEngine(), clock=lambda: next(ticks)) as watcher:
+        # The clock jumps past the deadline at the first look: no real waiting happens.
+        assert watcher.wait_for(lambda t: False, 5) is None
+
+
+def test_the_event_hook_is_stamped_by_the_injected_time() -> None:
+    engine = MemoryEngine()
+    hooked: list[tuple[object, int]] = []
+    done = threading.Event()
+
+    def hook(event: dict[str, object], applied_ns: int) -> None:
+        hooked.append((event.get("Action"), applied_ns))
+        done.set()
+
+    with watching(engine, time_ns=lambda: 42) as watcher:
+        watcher.event_hook = hook
+        engine.create_container("c")
+        assert done.wait(WAIT)
+    assert hooked[0] == ("create", 42)
