@@ -1,31 +1,43 @@
 """A live topology: a snapshot of each engine, kept current by its event stream.
 
-Per engine, one thread reads the stream and another applies it in batches. Each event re-reads
-the object it names (once per batch) and, when that changes the model, freezes a new `Topology`
-with the version bumped. When a stream drops (the engine restarted, the socket went away) the
-reader reconnects with back-off and resyncs from a full
-snapshot; the version is bumped only if the resync found a difference.
+Per engine, one thread reads the event stream and another re-reads the objects the events name,
+in batches, and installs what it read; each change freezes a new `Topology` with the version
+bumped. When a stream ends or breaks (the engine restarted, the socket went away, a re-read
+failed) the reader reconnects with back-off and resyncs from a full snapshot; the version is
+bumped only if the resync found a difference. Which objects to re-read, whether reads are still
+current, and how long to back off are decided by `dockmesh.engine.coalesce` (pure); this
+module only carries those decisions out.
+
+Listeners hear of every version, in order, from one thread at a time, and never while the
+watcher holds its lock: a listener may read `topology`, subscribe or unsubscribe. A listener
+that raises is logged and skipped; it is not mistaken for an engine failure.
 
 The watcher reads engines through the small `EngineSource` interface: `EngineClient` is the
 real one, `dockmesh.engine.memory.MemoryEngine` an in-memory one for tests of logic built on
-a live topology.
+a live topology. For asyncio code, `updates()` (see `dockmesh.engine.aio`).
 """
 
 from __future__ import annotations
 
-import queue
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dockmesh.engine.aio import watch_topology
 from dockmesh.engine.client import EngineClient, EngineRef
-from dockmesh.engine.events import Refresh, refreshes_for
+from dockmesh.engine.coalesce import Batch, EngineFollow, Phase
+from dockmesh.engine.events import refreshes_for
 from dockmesh.model.topology import Container, EngineState, Network, Topology, build_topology
 
+log = logging.getLogger(__name__)
+
 Listener = Callable[[Topology], None]
-# Called after each engine event has been applied: (the event, time.time_ns() when applied).
+# Called after each engine event has been applied: (the event, time_ns() when applied).
 EventHook = Callable[[dict[str, object], int], None]
+Event = dict[str, object]
 
 
 class EventSource(Protocol):
@@ -45,24 +57,56 @@ class EngineSource(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Subscription:
+    listener: Listener
+    on_stop: Callable[[], None] | None
+
+
 class TopologyWatcher:
-    def __init__(self, engines: Sequence[EngineRef | EngineSource]) -> None:
-        """`engines`: references to connect to, or engine sources already made."""
+    def __init__(
+        self,
+        engines: Sequence[EngineRef | EngineSource],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        time_ns: Callable[[], int] = time.time_ns,
+        sleep: Callable[[float], object] | None = None,
+        initial_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+    ) -> None:
+        """`engines`: references to connect to, or engine sources already made.
+
+        `clock` measures `wait_for`'s timeout; `time_ns` stamps the event hook's calls;
+        `sleep(seconds)` waits out a reconnect back-off (by default on the stop event, so
+        that `stop()` cuts it short; a replacement need not return early on stop, the loop
+        checks after it returns)."""
         self._clients: list[EngineSource] = [
             EngineClient(e) if isinstance(e, EngineRef) else e for e in engines
         ]
+        n = len(self._clients)
+        self._clock = clock
+        self._time_ns = time_ns
+        self._stop = threading.Event()
+        self._sleep: Callable[[float], object] = sleep or self._stop.wait
+        # Lock order: `_lock`, then an engine's `_work[i]`; `_delivering` is never taken with
+        # either held.
+        self._lock = threading.Condition()  # states, version, topology, outbox, subscriptions
+        self._work = [threading.Condition() for _ in range(n)]  # guards _follows[i]
+        self._delivering = threading.Lock()  # one thread calls listeners at a time, in order
+        self._follows: list[EngineFollow[Event]] = [
+            EngineFollow(initial_backoff, max_backoff) for _ in range(n)
+        ]
         self._states: list[EngineState] = []
-        self._lock = threading.Condition()
         self._version = 0
         self._topology: Topology | None = None
-        self._streams: list[EventSource | None] = [None] * len(engines)
+        self._outbox: list[Topology] = []  # frozen, not yet handed to listeners
+        self._subscriptions: list[_Subscription] = []
+        self._streams: list[EventSource | None] = [None] * n
+        # Why another thread ended engine i's stream, for the reader's log line.
+        self._break_reasons: list[str | None] = [None] * n
         self._threads: list[threading.Thread] = []
-        self._stop = threading.Event()
-        self._listeners: list[Listener] = []
         self.event_hook: EventHook | None = None
         self.resyncs = 0
-        # Bumped by each resync of an engine: reads begun before it are older than it.
-        self._epochs = [0] * len(engines)
 
     # --- public --------------------------------------------------------------------------
 
@@ -72,8 +116,25 @@ class TopologyWatcher:
             assert self._topology is not None, "start() first"
             return self._topology
 
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+    def subscribe(self, listener: Listener, *, on_stop: Callable[[], None] | None = None) -> None:
+        """Calls `listener` with each version frozen from now on, in version order, on one of
+        the watcher's threads. `on_stop` is called once `stop()` has stopped the threads."""
+        with self._lock:
+            self._subscriptions.append(_Subscription(listener, on_stop))
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """Forgets `listener` (the first subscription of it). A delivery already under way on
+        another thread may still call it once."""
+        with self._lock:
+            for i, sub in enumerate(self._subscriptions):
+                if sub.listener == listener:
+                    del self._subscriptions[i]
+                    return
+
+    def updates(self) -> AsyncGenerator[Topology, None]:
+        """For asyncio code: the current topology, then each newer version (the newest only,
+        when a consumer falls behind), until `stop()`. See `dockmesh.engine.aio`."""
+        return watch_topology(self)
 
     def start(self) -> Topology:
         """Takes the first snapshot of every engine (streams opened first) and starts
@@ -82,20 +143,22 @@ class TopologyWatcher:
         try:
             for c in self._clients:
                 streams.append(c.events())
-            self._states = [c.snapshot() for c in self._clients]
+            states = [c.snapshot() for c in self._clients]
         except Exception:
             for s in streams:
-                s.close()
+                self._close_quietly(s, "start failed")
             raise
         self._streams = list(streams)
         with self._lock:
+            self._states = states
+            for i, follow in enumerate(self._follows):
+                with self._work[i]:
+                    follow.resynced()
             self._freeze()
-        for i in range(len(self._clients)):
+        self._deliver()
+        for i, c in enumerate(self._clients):
             t = threading.Thread(
-                target=self._follow,
-                args=(i,),
-                daemon=True,
-                name=f"watch-{self._clients[i].ref.name}",
+                target=self._read_loop, args=(i,), daemon=True, name=f"watch-{c.ref.name}"
             )
             t.start()
             self._threads.append(t)
@@ -103,135 +166,193 @@ class TopologyWatcher:
 
     def wait_for(self, predicate: Callable[[Topology], bool], timeout: float) -> Topology | None:
         """Blocks until the topology satisfies `predicate` (or `timeout` seconds pass)."""
-        deadline = time.monotonic() + timeout
+        deadline = self._clock() + timeout
         with self._lock:
             while True:
                 if self._topology is not None and predicate(self._topology):
                     return self._topology
-                left = deadline - time.monotonic()
+                left = deadline - self._clock()
                 if left <= 0:
                     return None
                 self._lock.wait(left)
 
     def stop(self) -> None:
         self._stop.set()
-        for s in self._streams:
-            if s is not None:
-                s.close()
+        for i, follow in enumerate(self._follows):
+            with self._work[i]:
+                follow.stop()
+                self._work[i].notify_all()
+        for i in range(len(self._streams)):
+            self._drop_stream(i, "stopping")
+        me = threading.current_thread()
         for t in self._threads:
-            t.join(timeout=5)
+            if t is not me:  # stop() called from a listener
+                t.join(timeout=5)
         for c in self._clients:
-            c.close()
+            try:
+                c.close()
+            except Exception as e:  # a connection already gone is closed enough
+                log.debug("engine %s: closing: %s", c.ref.name, e)
+        with self._lock:
+            subs = list(self._subscriptions)
+        for sub in subs:
+            if sub.on_stop is not None:
+                try:
+                    sub.on_stop()
+                except Exception:
+                    log.exception("on_stop callback %r failed", sub.on_stop)
 
-    # --- inside ---------------------------------------------------------------------------
+    # --- inside: model and listeners -----------------------------------------------------
 
     def _freeze(self) -> None:
+        """With `_lock` held: a new version from the states; listeners hear of it in
+        `_deliver`, once the lock is released."""
         self._version += 1
         self._topology = build_topology(self._states, self._version)
+        self._outbox.append(self._topology)
         self._lock.notify_all()
-        topo = self._topology
-        for listener in self._listeners:
-            listener(topo)
 
-    def _follow(self, i: int) -> None:
-        """Reads engine i's stream into a queue; a second thread applies it. Reading never
-        waits on the engine's answers, so events queue up while an inspect is slow (the
-        engine holds a container's lock while it connects it) and are then applied in one
-        batch, each object re-read once however many events named it."""
-        pending: queue.SimpleQueue[dict[str, object] | None] = queue.SimpleQueue()
+    def _deliver(self) -> None:
+        """Hands every frozen version to the listeners. Whoever froze a version calls this
+        after releasing `_lock`; draining under `_delivering` keeps versions in order even when
+        two engines' threads freeze at once."""
+        with self._delivering:
+            with self._lock:
+                outbox, self._outbox = self._outbox, []
+                subs = list(self._subscriptions)
+            for topo in outbox:
+                for sub in subs:
+                    try:
+                        sub.listener(topo)
+                    except Exception:
+                        log.exception(
+                            "listener %r failed on topology version %d", sub.listener, topo.version
+                        )
+
+    # --- inside: following one engine ----------------------------------------------------
+
+    def _name(self, i: int) -> str:
+        return self._clients[i].ref.name
+
+    def _read_loop(self, i: int) -> None:
+        """Engine i's event stream, into its follow state; a second thread applies it, so
+        reading never waits on the engine's answers: events queue up while an inspect is slow
+        (the engine holds a container's lock while it connects it) and are then re-read in
+        one batch, each object once however many events named it."""
         applier = threading.Thread(
-            target=self._apply_loop,
-            args=(i, pending),
-            daemon=True,
-            name=f"apply-{self._clients[i].ref.name}",
+            target=self._apply_loop, args=(i,), daemon=True, name=f"apply-{self._name(i)}"
         )
         applier.start()
-        backoff = 0.1
+        follow, work = self._follows[i], self._work[i]
         try:
             while not self._stop.is_set():
-                stream = self._streams[i]
                 try:
+                    stream = self._streams[i]
                     if stream is None:
                         stream = self._clients[i].events()
                         self._streams[i] = stream
+                        if self._stop.is_set():  # stop() may have missed this stream
+                            break
                         self._resync(i)
                     for event in stream:
-                        if self._stop.is_set():
-                            return
-                        pending.put(event)
-                        backoff = 0.1
-                    # The stream ended: the engine closed it (restart, shutdown).
-                except Exception:
-                    if self._stop.is_set():
-                        return
-                self._streams[i] = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-        finally:
-            pending.put(None)
-            applier.join(timeout=5)
-
-    def _apply_loop(self, i: int, pending: queue.SimpleQueue[dict[str, object] | None]) -> None:
-        while True:
-            first = pending.get()
-            if first is None:
-                return
-            batch = [first]
-            while True:
-                try:
-                    nxt = pending.get_nowait()
-                except queue.Empty:
+                        hook = self.event_hook
+                        with work:
+                            follow.received(refreshes_for(event), event if hook else None)
+                            work.notify()
+                    reason = self._break_reasons[i] or "the engine ended it"
+                except Exception as e:
+                    reason = self._break_reasons[i] or f"{type(e).__name__}: {e}"
+                self._break_reasons[i] = None
+                if self._stop.is_set():
+                    log.debug("engine %s: event stream ended on stop (%s)", self._name(i), reason)
                     break
-                if nxt is None:
-                    return
-                batch.append(nxt)
-            try:
-                self._apply(i, batch)
-            except Exception:
-                stream = self._streams[i]
-                if stream is not None:
-                    stream.close()  # the reader reconnects and resyncs
-                continue
-            if self.event_hook is not None:
-                now = time.time_ns()
-                for event in batch:
-                    self.event_hook(event, now)
+                self._drop_stream(i, reason)
+                with work:
+                    delay = follow.stream_lost()
+                log.warning(
+                    "engine %s: event stream lost (%s); resyncing in %.1f s",
+                    self._name(i),
+                    reason,
+                    delay,
+                )
+                self._sleep(delay)
+        finally:
+            self._drop_stream(i, "stopping")
+            applier.join(timeout=5)
 
     def _resync(self, i: int) -> None:
         fresh = self._clients[i].snapshot()
         with self._lock:
+            with self._work[i]:
+                if not self._follows[i].resynced():
+                    return  # stopped meanwhile
             self.resyncs += 1
-            self._epochs[i] += 1
             old = self._states[i]
-            if old.networks != fresh.networks or old.containers != fresh.containers:
+            changed = old.networks != fresh.networks or old.containers != fresh.containers
+            if changed:
                 self._states[i] = fresh
                 self._freeze()
+        log.info("engine %s: resynced (%s)", self._name(i), "changed" if changed else "no change")
+        self._deliver()
 
-    def _apply(self, i: int, batch: list[dict[str, object]]) -> None:
+    def _apply_loop(self, i: int) -> None:
+        follow, work = self._follows[i], self._work[i]
+        while True:
+            with work:
+                while (batch := follow.take()) is None:
+                    if follow.phase is Phase.STOPPED:
+                        return
+                    work.wait()
+            try:
+                networks, containers = self._read(i, batch)
+            except Exception as e:
+                if self._stop.is_set():
+                    log.debug("engine %s: re-read ended on stop: %s", self._name(i), e)
+                    return
+                # The reader sees its stream end, backs off and resyncs: the snapshot covers
+                # whatever this batch was for.
+                self._break_stream(i, f"re-reading failed: {type(e).__name__}: {e}")
+                continue
+            try:
+                self._install(i, batch, networks, containers)
+            except Exception:
+                # A bug, not the engine; the state may be half updated, so start it afresh.
+                log.exception("engine %s: installing re-reads failed; resyncing", self._name(i))
+                self._break_stream(i, "installing re-reads failed (logged above)")
+                continue
+            self._deliver()
+            self._run_hook(batch)
+
+    def _read(
+        self, i: int, batch: Batch[Event]
+    ) -> tuple[dict[str, Network | None], dict[str, Container | None]]:
+        """The engine round trips, made with no lock held: they are the slow part."""
         client = self._clients[i]
-        epoch = self._epochs[i]
-        # Each object once, the last word on it deciding whether it is gone.
-        todo: dict[tuple[str, str], Refresh] = {}
-        for event in batch:
-            for r in refreshes_for(event):
-                todo.pop((r.kind, r.id), None)
-                todo[(r.kind, r.id)] = r
-        # Read outside the lock: the engine round trips are the slow part.
-        networks = {
-            r.id: (None if r.gone else client.network(r.id))
-            for r in todo.values()
-            if r.kind == "network"
-        }
-        containers = {
-            r.id: (None if r.gone else client.container(r.id))
-            for r in todo.values()
-            if r.kind == "container"
-        }
+        networks: dict[str, Network | None] = {}
+        containers: dict[str, Container | None] = {}
+        for r in batch.refreshes:
+            if r.kind == "network":
+                networks[r.id] = None if r.gone else client.network(r.id)
+            else:
+                containers[r.id] = None if r.gone else client.container(r.id)
+        return networks, containers
+
+    def _install(
+        self,
+        i: int,
+        batch: Batch[Event],
+        networks: dict[str, Network | None],
+        containers: dict[str, Container | None],
+    ) -> None:
         with self._lock:
-            if self._epochs[i] != epoch:
-                # A resync came in between. Its snapshot was taken after its stream opened,
-                # so every change since is an event still to come: drop these reads, which
-                # may be older than the snapshot.
+            with self._work[i]:
+                current = self._follows[i].accepts(batch)
+            if not current:
+                log.debug(
+                    "engine %s: dropping %d re-reads that a resync overtook",
+                    self._name(i),
+                    len(batch.refreshes),
+                )
                 return
             state = self._states[i]
             changed = False
@@ -241,3 +362,33 @@ class TopologyWatcher:
                 changed |= state.upsert_container(c) if c else state.drop_container(cid)
             if changed:
                 self._freeze()
+
+    def _run_hook(self, batch: Batch[Event]) -> None:
+        hook = self.event_hook
+        if hook is None or not batch.events:
+            return
+        now = self._time_ns()
+        for event in batch.events:
+            try:
+                hook(event, now)
+            except Exception:
+                log.exception("event hook %r failed", hook)
+
+    def _break_stream(self, i: int, reason: str) -> None:
+        """Ends engine i's stream from outside its reader, which logs `reason`, backs off
+        and resyncs."""
+        stream = self._streams[i]
+        if stream is not None:
+            self._break_reasons[i] = reason
+            self._close_quietly(stream, reason)
+
+    def _drop_stream(self, i: int, why: str) -> None:
+        stream, self._streams[i] = self._streams[i], None
+        if stream is not None:
+            self._close_quietly(stream, why)
+
+    def _close_quietly(self, stream: EventSource, why: str) -> None:
+        try:
+            stream.close()
+        except Exception as e:  # closing a half-dead connection may itself fail
+            log.debug("closing an event stream (%s): %s", why, e)

@@ -107,7 +107,7 @@ class FollowMachine(RuleBasedStateMachine):
 
 
 TestFollowMachine = FollowMachine.TestCase
-TestFollowMachine.settings = settings(max_examples=200, stateful_step_count=40)
+TestFollowMachine.settings = settings(max_examples=100, stateful_step_count=40)
 
 
 @given(st.lists(st.sampled_from(["lost", "event", "resync"]), max_size=30))

@@ -58,17 +58,16 @@ def test_a_consumer_that_falls_behind_gets_the_newest() -> None:
     async def main() -> tuple[Topology, Topology, Topology]:
         async with contextlib.aclosing(watcher.updates()) as updates:
             current = await anext(updates)
-            for i in range(20):  # not consuming meanwhile
+            for i in range(5):  # a version each, not consumed meanwhile
                 engine.create_container(f"c{i}")
-            newest = await settle(watcher, has("c19"))
-            # Every version the bridge was told of is at most `newest`, and it keeps one.
+                newest = await settle(watcher, has(f"c{i}"))
             return current, await anext(updates), newest
 
     try:
         current, nxt, newest = asyncio.run(asyncio.wait_for(main(), WAIT))
     finally:
         watcher.stop()
-    assert nxt.version == newest.version > current.version + 1  # the ones between skipped
+    assert nxt.version == newest.version >= current.version + 5  # the ones between skipped
 
 
 def test_closing_the_iterator_unsubscribes() -> None:
