@@ -59,9 +59,9 @@ def default_project(path: str) -> str:
 
 
 def load_spec(path: str) -> LoadedSpec:
-    """Reads a file. Raises SpecError when nothing can be checked further (a file too large,
-    not UTF-8, malformed YAML, a document that is not a mapping), OSError when it cannot be
-    read; other problems wait for `check`, so that all of them are reported at once."""
+    """Reads a file. Raises SpecError when the file is wrong as YAML (too large, not UTF-8,
+    malformed, tags, duplicate keys...) or is not a mapping, OSError when it cannot be read;
+    other problems wait for `check`, so that all of them are reported at once."""
     # One byte past the limit is enough to say the file is too large, and bounds the memory
     # a huge file (or a device that never ends) can take.
     with FsPath(path).open("rb") as f:
@@ -72,8 +72,12 @@ def load_spec(path: str) -> LoadedSpec:
     left_out: frozenset[str] = frozenset()
     if located.data is not None:
         spec, shape, left_out = parse_spec_partial(located.data)
-        problems += shape
-    if spec is None:
+        # `image: !foo x` is one mistake: the tag. Its value's shape is not a second one.
+        said = {p.path for p in located.problems}
+        problems += [p for p in shape if p.path not in said]
+    # A file wrong at the YAML level (a tag, a duplicate key) is refused before anything, an
+    # engine included, looks at it; with its shape problems, which need no engine either.
+    if spec is None or located.problems:
         raise SpecError(format_problems(path, problems, located.lines))
     project = spec.project if spec.project is not None else default_project(path)
     return LoadedSpec(path, spec, project, located.lines, tuple(problems), left_out)

@@ -20,7 +20,7 @@ from dockmesh.projectfile.facts import Facts
 from dockmesh.projectfile.load import MAX_REPORTED, load_spec
 
 FUZZ = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 

@@ -10,7 +10,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dockmesh.errors import SpecError
 from dockmesh.projectfile import yamlpos
+from dockmesh.projectfile.load import MAX_REPORTED, load_spec
 from dockmesh.projectfile.problems import Problem, format_problem, line_of, visible
 from dockmesh.projectfile.yamlpos import (
     MAX_DEPTH,
@@ -461,3 +463,28 @@ def test_a_bad_byte_after_a_bom_is_placed_in_the_text() -> None:
 def test_a_document_with_nothing_in_it_is_an_empty_mapping(text: str) -> None:
     loc = load_located(text)
     assert (loc.data, loc.problems) == ({}, [])
+
+
+def test_load_spec_refuses_yaml_problems_before_anything_else(tmp_path: Any) -> None:
+    path = tmp_path / "dockmesh.yaml"
+    path.write_text("services:\n  a: {image: !foo x, replicas: many}\n  a: {image: y}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(str(path))
+    f = str(path)
+    # the tag is the one mistake of `image`, the shape of the rest is still said
+    image, replicas, duplicate = e.value.lines
+    assert image == (
+        f"{f}:2: services.a.image: tag !foo is not supported "
+        "(only text, numbers, true/false, null, mappings and lists)"
+    )
+    assert replicas.startswith(f"{f}:2: services.a.replicas: ")
+    assert duplicate == f"{f}:3: services.a: duplicate key 'a' (first on line 2)"
+
+
+def test_load_spec_reports_at_most_a_hundred_problems(tmp_path: Any) -> None:
+    path = tmp_path / "dockmesh.yaml"
+    path.write_text("".join(f"k{i}: 1\n" for i in range(3)) * 60)
+    with pytest.raises(SpecError) as e:
+        load_spec(str(path))
+    assert len(e.value.lines) == MAX_REPORTED + 1
+    assert e.value.lines[-1] == f"{path}:103: (file): 77 more problems not shown"
