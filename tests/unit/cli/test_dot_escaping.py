@@ -1,0 +1,129 @@
+"""`topology --dot` with names Graphviz would misread: every quoted string ends where it
+should, IDs stay distinct, labels show the names."""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dockmesh.cli.render import topology_dot
+from dockmesh.model.topology import Topology, build_topology
+from dockmesh.projectfile.problems import visible
+from tests.unit.model.test_topology import CTR, NET, state
+
+NASTY = 'a"b\\c\\\nd\r\te\u202e:smile: [bold] é漢 \\N\\l\\'
+
+
+def topology(
+    engine: str, net_name: str, net_id: str, ctr_name: str, aliases: list[str]
+) -> Topology:
+    net = copy.deepcopy(NET)
+    net["Name"], net["Id"] = net_name, net_id
+    ctr = copy.deepcopy(CTR)
+    ctr["Name"], ctr["Id"] = "/" + ctr_name, ctr_name + "-id"
+    endpoint = ctr["NetworkSettings"]["Networks"].pop("demo_database")
+    endpoint["NetworkID"], endpoint["Aliases"] = net_id, aliases
+    ctr["NetworkSettings"]["Networks"][net_name] = endpoint
+    return build_topology([state(engine, [net], [ctr])], 1)
+
+
+def quoted_strings(line: str) -> list[str]:
+    """The quoted strings of a line as Graphviz's lexer reads them: `\\"` is a quote and
+    `\\\\` stays two characters; anything unterminated fails the test."""
+    out, i = [], 0
+    while (start := line.find('"', i)) != -1:
+        j, chars = start + 1, []
+        while True:
+            assert j < len(line), f"unterminated string in {line!r}"
+            if line[j] == "\\" and j + 1 < len(line) and line[j + 1] in '"\\':
+                chars.append(line[j : j + 2] if line[j + 1] == "\\" else '"')
+                j += 2
+            elif line[j] == '"':
+                break
+            else:
+                chars.append(line[j])
+                j += 1
+        out.append("".join(chars))
+        i = j + 1
+    return out
+
+
+def label_lines(label: str) -> list[str]:
+    """A label's lines as Graphviz shows them: `\\n` breaks, `\\\\` is a backslash."""
+    lines, current, i = [], "", 0
+    while i < len(label):
+        if label[i] == "\\" and i + 1 < len(label):
+            if label[i + 1] == "n":
+                lines.append(current)
+                current = ""
+            else:
+                current += label[i + 1]
+            i += 2
+        else:
+            current += label[i]
+            i += 1
+    return [*lines, current]
+
+
+def statements(dot: str) -> list[tuple[list[str], dict[str, str]]]:
+    """(IDs, attributes) of each node and edge line."""
+    out = []
+    for line in dot.splitlines()[3:-1]:
+        assert "\n" not in line and "\r" not in line
+        strings = quoted_strings(line)
+        attrs = dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|[^,\]]+)', line))
+        labels = {k: quoted_strings(v)[0] for k, v in attrs.items() if v.startswith('"')}
+        ids = strings[: 2 if " -- " in line.split("[")[0] else 1]
+        out.append((ids, labels))
+    return out
+
+
+names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(names, names, names, names, st.lists(names, max_size=2))
+def test_any_names_make_well_formed_dot(
+    engine: str, net_name: str, net_id: str, ctr_name: str, aliases: list[str]
+) -> None:
+    topo = topology(engine, net_name, net_id, ctr_name, aliases)
+    dot = topology_dot(topo)
+    [(net_ids, net), (ctr_ids, ctr), (edge_ids, edge)] = statements(dot)
+    # the edge joins the two nodes, whose IDs differ
+    assert edge_ids == [*ctr_ids, *net_ids]
+    assert net_ids != ctr_ids
+    # the labels show the names
+    assert label_lines(net["label"])[0] == visible(net_name)
+    assert label_lines(ctr["label"]) == [visible(ctr_name), visible(engine)]
+    want = ["10.77.3.2"]
+    if aliases:
+        want.append(visible(",".join(aliases)))
+    assert label_lines(edge["label"]) == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(names, names)
+def test_distinct_names_get_distinct_ids(a: str, b: str) -> None:
+    ids = {
+        statements(topology_dot(topology("local", "net", "n", name, [])))[1][0][0]
+        for name in (a, b)
+    }
+    assert len(ids) == len({a, b})
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+def test_graphviz_reads_it_and_shows_the_names() -> None:
+    dot = topology_dot(topology(NASTY, NASTY, NASTY, NASTY, [NASTY, "x\\"]))
+    done = subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True, check=False)
+    assert done.returncode == 0
+    assert done.stderr == b""
+    texts = re.findall(r"<text[^>]*>(.*?)</text>", done.stdout.decode())
+    shown = visible(NASTY).replace("&", "&amp;").replace('"', "&quot;")
+    assert texts.count(shown) == 3  # the network's and the container's names, the engine's
+    assert f"{shown},x\\" in texts  # the endpoint's aliases
