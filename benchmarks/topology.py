@@ -10,12 +10,17 @@ Measures, in one run, against the real engine:
 
 Run: .venv/bin/python -m benchmarks.topology [--containers 200 --networks 20 --events 200]
 Everything it creates is named dmb<hex>… and removed at the end, on failure too.
+
+`--model-only` measures the model alone, in memory, with no engine: freezing a version
+(build_topology, run on every watcher change), its first lookup (which builds the indexes),
+`to_json`, and lookups on an indexed version.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import random
 import secrets
 import shutil
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import timeit
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,7 +42,15 @@ from dockmesh.engine.backend import EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.model.ipam import pick_free_subnets
-from dockmesh.model.topology import build_topology
+from dockmesh.model.topology import (
+    Attachment,
+    Container,
+    EngineInfo,
+    EngineState,
+    IpamPool,
+    Network,
+    build_topology,
+)
 from dockmesh.ops.facts import taken_subnets
 
 console = Console()
@@ -56,13 +70,70 @@ def timed(cmd: list[str], runs: int) -> list[float]:
     return out
 
 
+def model_only(n_containers: int, n_networks: int) -> int:
+    def oid(kind: str, i: int) -> str:
+        return hashlib.sha256(f"{kind}{i}".encode()).hexdigest()
+
+    state = EngineState(EngineInfo("local", "unix:///bench"))
+    nets = [
+        Network(oid("n", i), f"net{i:03d}", "local", "bridge", ipam=(IpamPool(f"10.{i}.0.0/16"),))
+        for i in range(n_networks)
+    ]
+    state.networks.update((n.id, n) for n in nets)
+    for i in range(n_containers):
+        # As the engine run does: one network each, a fifth of them on a second one.
+        homes = [i % n_networks] + ([(i + 1) % n_networks] if i % 5 == 0 else [])
+        atts = tuple(
+            Attachment(nets[k].id, nets[k].name, f"10.{k}.{i // 250}.{i % 250 + 2}", None, None)
+            for k in homes
+        )
+        c = Container(
+            oid("c", i),
+            f"c{i:04d}",
+            "local",
+            "dockmesh/toolbox",
+            "running",
+            hostname=f"c{i:04d}",
+            attachments=atts,
+            labels={"dockmesh.service": f"svc{i % 10}"},
+        )
+        state.containers[c.id] = c
+    indexed = build_topology([state], 1)
+    indexed.container("warm")
+    names = [f"c{i:04d}" for i in range(0, n_containers, max(1, n_containers // 200))]
+
+    def first_lookup() -> None:
+        build_topology([state], 1).container(names[0])
+
+    def lookups() -> None:
+        for name in names:
+            indexed.container(name)
+
+    table = Table(title=f"the model alone: {n_containers} containers on {n_networks} networks")
+    table.add_column("measure")
+    table.add_column("best of 5", justify="right")
+    for label, fn in [
+        ("build_topology (every watcher change)", lambda: build_topology([state], 1)),
+        ("build_topology + first lookup (builds the indexes)", first_lookup),
+        ("build_topology + to_json", lambda: build_topology([state], 1).to_json()),
+        (f"{len(names)} container(name) on an indexed version", lookups),
+    ]:
+        best = min(timeit.repeat(fn, number=20, repeat=5)) / 20
+        table.add_row(label, f"{best * 1000:.2f} ms")
+    console.print(table)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--containers", type=int, default=200)
     ap.add_argument("--networks", type=int, default=20)
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--model-only", action="store_true", help="no engine: the model alone")
     args = ap.parse_args()
+    if args.model_only:
+        return model_only(args.containers, args.networks)
     api = docker.APIClient(version="auto", timeout=120)
     prefix = f"dmb{secrets.token_hex(3)}"
     nets: list[str] = []
