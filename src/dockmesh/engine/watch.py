@@ -101,6 +101,7 @@ class TopologyWatcher:
         self._topology: Topology | None = None
         self._outbox: list[Topology] = []  # frozen, not yet handed to listeners
         self._subscriptions: list[_Subscription] = []
+        self._stopped = False  # stop() has told the subscriptions it made
         self._streams: list[EventSource | None] = [None] * n
         # Why another thread ended engine i's stream, for the reader's log line.
         self._break_reasons: list[str | None] = [None] * n
@@ -118,9 +119,13 @@ class TopologyWatcher:
 
     def subscribe(self, listener: Listener, *, on_stop: Callable[[], None] | None = None) -> None:
         """Calls `listener` with each version frozen from now on, in version order, on one of
-        the watcher's threads. `on_stop` is called once `stop()` has stopped the threads."""
+        the watcher's threads. `on_stop` is called once `stop()` has stopped the threads (at
+        once, when it already has)."""
         with self._lock:
             self._subscriptions.append(_Subscription(listener, on_stop))
+            stopped = self._stopped
+        if stopped and on_stop is not None:
+            self._tell_stopped([_Subscription(listener, on_stop)])
 
     def unsubscribe(self, listener: Listener) -> None:
         """Forgets `listener` (the first subscription of it). A delivery already under way on
@@ -177,6 +182,9 @@ class TopologyWatcher:
                 self._lock.wait(left)
 
     def stop(self) -> None:
+        """Stops following the engines and closes them. Call it from outside the listeners:
+        from one, it cannot wait for the thread it runs on (and waits up to 5 s for that
+        thread's partner)."""
         self._stop.set()
         for i, follow in enumerate(self._follows):
             with self._work[i]:
@@ -186,7 +194,7 @@ class TopologyWatcher:
             self._drop_stream(i, "stopping")
         me = threading.current_thread()
         for t in self._threads:
-            if t is not me:  # stop() called from a listener
+            if t is not me:  # joining oneself raises
                 t.join(timeout=5)
         for c in self._clients:
             try:
@@ -194,7 +202,11 @@ class TopologyWatcher:
             except Exception as e:  # a connection already gone is closed enough
                 log.debug("engine %s: closing: %s", c.ref.name, e)
         with self._lock:
-            subs = list(self._subscriptions)
+            subs = [] if self._stopped else list(self._subscriptions)
+            self._stopped = True
+        self._tell_stopped(subs)
+
+    def _tell_stopped(self, subs: list[_Subscription]) -> None:
         for sub in subs:
             if sub.on_stop is not None:
                 try:

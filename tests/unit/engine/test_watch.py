@@ -278,12 +278,15 @@ def test_unsubscribed_listeners_hear_nothing_more() -> None:
 
 def test_stop_tells_subscribers_once_the_threads_are_done() -> None:
     engine = MemoryEngine()
-    stopped: list[bool] = []
+    stopped: list[str] = []
     watcher = TopologyWatcher([engine])
     watcher.start()
-    watcher.subscribe(lambda t: None, on_stop=lambda: stopped.append(watcher._stop.is_set()))
+    watcher.subscribe(lambda t: None, on_stop=lambda: stopped.append("before"))
     watcher.stop()
-    assert stopped == [True]
+    assert all(not t.is_alive() for t in watcher._threads)
+    watcher.stop()  # a second stop tells nobody again
+    watcher.subscribe(lambda t: None, on_stop=lambda: stopped.append("after"))
+    assert stopped == ["before", "after"]
 
 
 # --- engine failures, back-off, clocks -------------------------------------------------------

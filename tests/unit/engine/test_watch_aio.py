@@ -145,3 +145,14 @@ def test_a_closed_loop_is_not_an_error() -> None:
     box = Mailbox(ClosedLoop())
     box.put(topo(1))  # from a watcher thread, after asyncio.run returned: dropped quietly
     box.put(topo(2))
+
+
+def test_iterating_a_stopped_watcher_yields_its_last_topology_and_ends() -> None:
+    watcher = TopologyWatcher([MemoryEngine()])
+    last = watcher.start()
+    watcher.stop()
+
+    async def main() -> list[Topology]:
+        return [t async for t in watcher.updates()]
+
+    assert asyncio.run(asyncio.wait_for(main(), WAIT)) == [last]
