@@ -14,6 +14,7 @@ from rich.console import Console
 
 from dockmesh.engine.backend import EngineBackend, EngineRef, parse_engine_refs
 from dockmesh.errors import BuildError, EngineError, Interrupted, SpecError, UsageError
+from dockmesh.projectfile.problems import visible
 
 # Names, values and file names come from users: `:smile:` in them must stay text, not turn
 # into an emoji (markup is off where they are printed: `[bold]` stays text too).
@@ -39,7 +40,9 @@ EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    # One line, as the exit-code contract promises, whatever a file name or an engine's
+    # answer inside the message holds.
+    err.print(visible(message), markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

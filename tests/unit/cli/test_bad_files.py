@@ -95,3 +95,17 @@ def test_users_text_is_printed_literally(runs: dict[str, Run]) -> None:
     assert "\N{SMILING FACE WITH OPEN MOUTH AND SMILING EYES}" not in run.stderr
     run = runs["escapes in a key"]
     assert f"{run.path}:3: services.a\\x1b[31m\\nb: duplicate key" in run.stderr
+
+
+def test_a_reason_is_one_visible_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no\nsuch [bold]:smile:.yaml"
+    done = subprocess.run(
+        [*dockmesh(), "plan", str(missing), "--engine", NO_ENGINE],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.decode() == f"dockmesh: {tmp_path}/no\\nsuch [bold]:smile:.yaml: no such file\n"
+    )
