@@ -18,7 +18,7 @@ and/or problems that name a line. So:
 
 A problem that leaves the data incomplete (encoding, syntax, limits, recursive aliases) makes
 `data` None; the others (duplicate keys, tags, keys that are not plain values) leave usable
-data beside them so that every problem of the file is reported in one run.
+data beside them, so that the shape of the rest can be checked in the same run.
 """
 
 from __future__ import annotations
