@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from dockmesh.engine.client import EngineRef
+from dockmesh.engine.backend import EngineRef
 from dockmesh.engine.watch import TopologyWatcher
 from tests.integration.conftest import dockmesh, free_subnets
 from tests.integration.lab import Lab

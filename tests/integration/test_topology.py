@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dockmesh.engine.client import EngineRef, default_url
+from dockmesh.engine.backend import EngineRef, default_url
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.model.topology import Topology
 from tests.integration.conftest import dockmesh, free_subnets, run_toolbox

@@ -56,10 +56,29 @@ def _seconds(text: str) -> float:
     return parse_duration_ns(text) / 1e9
 
 
-def derive(c: Container, local_engine: str) -> tuple[Derived | None, list[str]]:
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_PROJECT = "com.docker.compose.project"
+
+
+def compose_discovery(c: Container) -> Discovery | None:
+    """`--register-compose`: a Compose service whose container exposes exactly one port
+    registers under the Compose service's name, tagged with the Compose project."""
+    service = c.labels.get(COMPOSE_SERVICE)
+    ports = {p.container_port for p in c.ports if p.protocol == "tcp"}
+    if not service or len(ports) != 1:
+        return None
+    project = c.labels.get(COMPOSE_PROJECT)
+    return Discovery(service, ports.pop(), tags=(project,) if project else ())
+
+
+def derive(
+    c: Container, local_engine: str, register_compose: bool = False
+) -> tuple[Derived | None, list[str]]:
     """The instance a container's labels ask for (None: none), and warnings about them."""
     d, problems = decode_discovery(c.labels)
     warnings = [f"{c.name}: {p}" for p in problems]
+    if d is None and not problems and register_compose:
+        d = compose_discovery(c)
     if d is None or not c.running:
         return None, warnings
     where = _address(c, d)
@@ -123,14 +142,16 @@ def derive(c: Container, local_engine: str) -> tuple[Derived | None, list[str]]:
     return Derived(inst, tuple(checks)), warnings
 
 
-def derive_all(topo: Topology, engine: str, local_engine: str) -> tuple[list[Derived], list[str]]:
+def derive_all(
+    topo: Topology, engine: str, local_engine: str, register_compose: bool = False
+) -> tuple[list[Derived], list[str]]:
     """Every instance the containers of `engine` ask for, and every warning, sorted."""
     found: list[Derived] = []
     warnings: list[str] = []
     for c in topo.containers:
         if c.engine != engine:
             continue
-        derived, w = derive(c, local_engine)
+        derived, w = derive(c, local_engine, register_compose)
         warnings += w
         if derived is not None:
             found.append(derived)

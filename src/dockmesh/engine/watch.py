@@ -12,7 +12,7 @@ Listeners hear of every version, in order, from one thread at a time, and never 
 watcher holds its lock: a listener may read `topology`, subscribe or unsubscribe. A listener
 that raises is logged and skipped; it is not mistaken for an engine failure.
 
-The watcher reads engines through the small `EngineSource` interface: `EngineClient` is the
+The watcher reads engines through the small `EngineSource` interface: `DockerBackend` is the
 real one, `dockmesh.engine.memory.MemoryEngine` an in-memory one for tests of logic built on
 a live topology. For asyncio code, `updates()` (see `dockmesh.engine.aio`).
 """
@@ -22,12 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from dockmesh.engine.aio import watch_topology
-from dockmesh.engine.client import EngineClient, EngineRef
+from dockmesh.engine.backend import EngineRef, EngineSource, EventSource
 from dockmesh.engine.coalesce import Batch, EngineFollow, Phase
 from dockmesh.engine.events import refreshes_for
 from dockmesh.model.topology import Container, EngineState, Network, Topology, build_topology
@@ -40,21 +39,10 @@ EventHook = Callable[[dict[str, object], int], None]
 Event = dict[str, object]
 
 
-class EventSource(Protocol):
-    def __iter__(self) -> Iterator[dict[str, Any]]: ...
-    def close(self) -> None: ...
+def _connect(ref: EngineRef) -> EngineSource:
+    from dockmesh.engine.docker import DockerBackend
 
-
-class EngineSource(Protocol):
-    """What the watcher needs of an engine."""
-
-    ref: EngineRef
-
-    def snapshot(self) -> EngineState: ...
-    def events(self) -> EventSource: ...
-    def container(self, container_id: str) -> Container | None: ...
-    def network(self, network_id: str) -> Network | None: ...
-    def close(self) -> None: ...
+    return DockerBackend(ref)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -81,7 +69,7 @@ class TopologyWatcher:
         that `stop()` cuts it short; a replacement need not return early on stop, the loop
         checks after it returns)."""
         self._clients: list[EngineSource] = [
-            EngineClient(e) if isinstance(e, EngineRef) else e for e in engines
+            _connect(e) if isinstance(e, EngineRef) else e for e in engines
         ]
         n = len(self._clients)
         self._clock = clock
