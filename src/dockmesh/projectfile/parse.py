@@ -1,16 +1,32 @@
-"""Small parsers for values in dockmesh.yaml: durations and port mappings."""
+"""Small parsers for values in dockmesh.yaml: durations, port mappings, commands, template
+variables, image references and HTTP check paths. Each raises ValueError (or returns the
+problem) with a message fit for the user; what they accept is what the engine accepts."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import shlex
+from collections.abc import Mapping
 
 from dockmesh.model.config import PortMapping
 from dockmesh.model.durations import parse_duration_ns
 
-__all__ = ["PortMapping", "parse_duration_ns", "parse_port"]
+__all__ = [
+    "TEMPLATE_VARIABLES",
+    "PortMapping",
+    "http_path_problem",
+    "image_reference_problem",
+    "parse_duration_ns",
+    "parse_port",
+    "split_command",
+    "substitute",
+    "template_names",
+]
 
 
 def _port(text: str, what: str) -> int:
+    # [0-9], not \d or isdigit(): those take Arabic-Indic and full-width digits too.
     if not re.fullmatch(r"[0-9]{1,5}", text):
         raise ValueError(f"{what} {text!r} is not a port number")
     n = int(text)
@@ -53,15 +69,113 @@ def parse_port(spec: str | int) -> PortMapping:
     if host_ip == "":
         host_ip = None
     if host_ip is not None:
-        import ipaddress
-
         try:
-            ipaddress.ip_address(host_ip)
+            addr = ipaddress.ip_address(host_ip)
         except ValueError:
             raise ValueError(f"{spec!r}: host address {host_ip!r} is not an IP address") from None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+            raise ValueError(f"{spec!r}: the engine takes no zone index (%…) in a host address")
+        host_ip = str(addr)  # one spelling per address, so that equal bindings compare equal
     return PortMapping(
         _port(cont, "container port"),
         proto,
         host_ip,
         _port(host, "host port") if host else None,
     )
+
+
+# --- commands and templates -----------------------------------------------------------------
+
+TEMPLATE_VARIABLES = ("replica", "service", "project", "name")
+# A name between double braces. `{{.Name}}` (a Go template, say in a command that calls
+# `docker inspect -f`) is not one of ours and stays as written.
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def template_names(text: str) -> list[str]:
+    """The template variables `text` uses, in order, each once."""
+    return list(dict.fromkeys(m.group(1) for m in _TEMPLATE.finditer(text)))
+
+
+def substitute(text: str, values: Mapping[str, str]) -> str:
+    """`text` with each `{{ name }}` of `values` replaced; others are left as written."""
+    return _TEMPLATE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def split_command(text: str) -> list[str]:
+    """A command line → its argv, as a POSIX shell would split it (without expanding)."""
+    try:
+        return shlex.split(text)
+    except ValueError as e:
+        if "quotation" in str(e):
+            raise ValueError("unbalanced quote: a quote is opened and never closed") from None
+        raise ValueError("a trailing backslash escapes nothing") from None
+
+
+# --- image references -----------------------------------------------------------------------
+
+# Docker's reference grammar (distribution/reference, as the 20.10 engine applies it).
+_ALNUM = r"[a-z0-9]+"
+_COMPONENT = re.compile(rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*")
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = re.compile(rf"{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST_HEX = {"sha256": 64, "sha384": 96, "sha512": 128}
+_NAME_MAX = 255
+_FORM = "[registry[:port]/]name[:tag][@sha256:digest]"
+
+
+def image_reference_problem(ref: str) -> str | None:
+    """Why the engine would refuse `ref` as an image reference, or None."""
+    if not ref:
+        return "must not be empty"
+    if not ref.isascii() or not ref.isprintable() or " " in ref:
+        return f"{ref!r}: an image reference has no spaces, control or non-ASCII characters"
+    name, at, digest = ref.partition("@")
+    if at:
+        algo, colon, hexpart = digest.partition(":")
+        size = _DIGEST_HEX.get(algo)
+        if not colon or size is None or not re.fullmatch(f"[0-9a-f]{{{size}}}", hexpart):
+            return f"{ref!r}: a digest is sha256: and 64 lowercase hexadecimal digits"
+    cut = name.rfind(":")
+    if cut > name.rfind("/"):
+        name, tag = name[:cut], name[cut + 1 :]
+        if not _TAG.fullmatch(tag):
+            return (
+                f"{ref!r}: the tag {tag!r} is not valid (letters, digits, '_', '.', '-'; "
+                "at most 128, not starting with '.' or '-')"
+            )
+    if len(name) > _NAME_MAX:
+        return f"{ref!r}: the repository name is longer than {_NAME_MAX} characters"
+    first, slash, rest = name.partition("/")
+    # As the engine splits it: the first part is a registry only when it looks like a host.
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        if not _DOMAIN.fullmatch(first):
+            return f"{ref!r}: {first!r} is not a valid registry host[:port]"
+        path = rest
+    else:
+        path = name
+    for component in path.split("/"):
+        if _COMPONENT.fullmatch(component):
+            continue
+        if component and _COMPONENT.fullmatch(component.lower()):
+            return f"{ref!r}: repository names are lowercase ({path.lower()!r})"
+        if not component:
+            return f"{ref!r}: the repository name has an empty part (expected {_FORM})"
+        return f"{ref!r}: {component!r} is not a valid repository name part (expected {_FORM})"
+    return None
+
+
+# --- HTTP checks ----------------------------------------------------------------------------
+
+
+def http_path_problem(path: str) -> str | None:
+    """Why `path` is not a request target a check can send as written, or None."""
+    if not path.startswith("/"):
+        return f"{path!r}: a path starts with '/'"
+    if not all("!" <= ch <= "~" for ch in path):
+        return (
+            f"{path!r}: a request path is printable ASCII without spaces "
+            "(percent-encode the rest, e.g. %20)"
+        )
+    return None
