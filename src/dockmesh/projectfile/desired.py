@@ -21,6 +21,7 @@ from dockmesh.model.config import (
     IpamConfig,
     NetworkConfig,
 )
+from dockmesh.model.ipam import parse_address, parse_subnet
 from dockmesh.model.labels import (
     LABEL_PROJECT,
     LABEL_REPLICA,
@@ -30,8 +31,15 @@ from dockmesh.model.labels import (
     encode_discovery,
     stamp,
 )
-from dockmesh.projectfile.parse import parse_duration_ns, parse_port
-from dockmesh.projectfile.schema import Healthcheck, NetworkSpec, ServiceNetwork, ServiceSpec, Spec
+from dockmesh.projectfile.parse import parse_duration_ns, parse_port, split_command, substitute
+from dockmesh.projectfile.schema import (
+    Healthcheck,
+    NetworkSpec,
+    ServiceNetwork,
+    ServiceSpec,
+    Spec,
+    per_family,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +103,11 @@ class Desired:
 def desired_state(spec: Spec, project: str) -> Desired:
     """Assumes `validate` found no problems."""
     networks = tuple(
-        _network(project, key, net or NetworkSpec()) for key, net in spec.networks.items()
+        DesiredNetwork(key, c, network_hash(c))
+        for key, c in (
+            (key, network_config(project, key, net or NetworkSpec()))
+            for key, net in spec.networks.items()
+        )
     )
     by_key = {n.key: n for n in networks}
     containers: list[DesiredContainer] = []
@@ -106,75 +118,136 @@ def desired_state(spec: Spec, project: str) -> Desired:
     return Desired(project, networks, tuple(containers))
 
 
+def pins_an_address(svc: ServiceSpec) -> bool:
+    return any(
+        a is not None and (a.ipv4_address is not None or a.ipv6_address is not None)
+        for a in svc.networks.values()
+    )
+
+
 def start_order(spec: Spec) -> list[str]:
-    """Services with what they depend on first; ties in file order. Assumes no cycles."""
+    """Services with what they depend on first. Where depends_on leaves a choice, services
+    with a static address start first, each with what it depends on, the one with the
+    fewest of those first (ties in file order); then the rest, in file order. The engine
+    hands pool addresses to containers as they start: one that started earlier could hold
+    an address a later one pins. Assumes no cycles (validation refuses them); on one, the
+    order is still total and ends."""
+    names = list(spec.services)
+    index = {n: i for i, n in enumerate(names)}
+    deps = {
+        n: [d for d in dict.fromkeys(spec.services[n].depends_on) if d in index and d != n]
+        for n in names
+    }
     order: list[str] = []
-    done: set[str] = set()
+    entered: set[str] = set()
 
-    def visit(name: str) -> None:
-        if name in done:
+    def place(root: str) -> None:
+        """`root` after what it depends on, depth first (iterative: chains can be long)."""
+        if root in entered:
             return
-        done.add(name)
-        for dep in spec.services[name].depends_on:
-            if dep in spec.services:
-                visit(dep)
-        order.append(name)
+        entered.add(root)
+        stack = [(root, iter(deps[root]))]
+        while stack:
+            node, rest = stack[-1]
+            for d in rest:
+                if d not in entered:
+                    entered.add(d)
+                    stack.append((d, iter(deps[d])))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
 
-    for name in spec.services:
-        visit(name)
+    def waiting_for(name: str) -> int:
+        seen: set[str] = set()
+        todo = [name]
+        while todo:
+            for d in deps[todo.pop()]:
+                if d not in seen and d not in entered:
+                    seen.add(d)
+                    todo.append(d)
+        return len(seen)
+
+    pinned = [n for n in names if pins_an_address(spec.services[n])]
+    while pinned:
+        first = min(pinned, key=lambda n: (waiting_for(n), index[n]))
+        pinned.remove(first)
+        place(first)
+    for name in names:
+        place(name)
     return order
 
 
-def _network(project: str, key: str, net: NetworkSpec) -> DesiredNetwork:
+def network_config(project: str, key: str, net: NetworkSpec) -> NetworkConfig:
+    """What the engine is asked to create for one network of the file. Addresses are written
+    in their canonical form, as the engine reports them back, so that a later plan compares
+    like with like (`FD00:0::/64` is read back as `fd00::/64`)."""
     options = {
         k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in net.options.items()
     }
     if net.parent is not None:
         options["parent"] = net.parent
-    ipam: tuple[IpamConfig, ...] = ()
-    if net.subnet is not None:
-        ipam = (IpamConfig(net.subnet, net.gateway, net.ip_range, dict(net.aux_addresses)),)
-    config = NetworkConfig(
+    subnets = sorted((parse_subnet(t) for t in per_family(net.subnet)), key=lambda n: n.version)
+    gateways = {a.version: str(a) for a in map(parse_address, per_family(net.gateway))}
+    ranges = {r.version: str(r) for r in map(parse_subnet, per_family(net.ip_range))}
+    ipam = tuple(
+        IpamConfig(
+            str(sub),
+            gateways.get(sub.version),
+            ranges.get(sub.version),
+            {
+                k: str(a)
+                for k, a in ((k, parse_address(v)) for k, v in sorted(net.aux_addresses.items()))
+                if a.version == sub.version
+            },
+        )
+        for sub in subnets
+    )
+    has_v6 = any(sub.version == 6 for sub in subnets)
+    return NetworkConfig(
         name=f"{project}_{key}",
         driver=net.driver,
         ipam=ipam,
         internal=net.internal,
         attachable=net.attachable,
-        enable_ipv6=net.enable_ipv6,
+        enable_ipv6=has_v6 if net.enable_ipv6 is None else net.enable_ipv6,
         options=dict(sorted(options.items())),
         labels={**dict(sorted(net.labels.items())), LABEL_PROJECT: project},
     )
-    return DesiredNetwork(key, config, network_hash(config))
-
-
-def _substitute(text: str, values: Mapping[str, str]) -> str:
-    for k, v in values.items():
-        text = text.replace("{{" + k + "}}", v).replace("{{ " + k + " }}", v)
-    return text
 
 
 def _argv(value: str | list[str] | None, values: Mapping[str, str]) -> tuple[str, ...] | None:
     if value is None:
         return None
-    parts = shlex.split(value) if isinstance(value, str) else value
-    return tuple(_substitute(p, values) for p in parts)
+    if isinstance(value, str):
+        # Substituted before splitting, so that `{{ name }}` is one word: the values are
+        # names and numbers, which hold no spaces or quotes.
+        return tuple(split_command(substitute(value, values)))
+    return tuple(substitute(p, values) for p in value)
+
+
+HEALTHCHECK_FORMS = ("CMD", "CMD-SHELL", "NONE")
 
 
 def healthcheck_test(hc: Healthcheck) -> list[str]:
-    """A Docker HEALTHCHECK test that works in both offline images: the Debian image has
-    python3; busybox has nc (its wget segfaults, statically linked, so it is not used)."""
+    """A Docker HEALTHCHECK test. `test:` is taken in Docker's and Compose's forms (a list
+    starting with CMD, CMD-SHELL or NONE; a string is CMD-SHELL). http and tcp checks work in
+    both offline images: the Debian image has python3; busybox has nc (its wget segfaults,
+    statically linked, so it is not used)."""
     timeout_s = max(1, parse_duration_ns(hc.timeout) // 1_000_000_000)
     if hc.test is not None:
-        return ["CMD-SHELL", hc.test] if isinstance(hc.test, str) else ["CMD", *hc.test]
+        return ["CMD-SHELL", hc.test] if isinstance(hc.test, str) else list(hc.test)
     if hc.http is not None:
+        # The path travels as an argument, never inside code or a format string: validation
+        # keeps it to printable ASCII, and quoting keeps the shell's hands off it.
         url = f"http://127.0.0.1:{hc.port}{hc.http}"
         py = f"import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout={timeout_s})"
-        request = f"GET {hc.http} HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n"
+        request = "GET %s HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\n\\r\\n"
         return [
             "CMD-SHELL",
             f"if command -v python3 >/dev/null 2>&1; then python3 -c {shlex.quote(py)} "
-            f"{shlex.quote(url)}; else printf {shlex.quote(request)} | nc -w {timeout_s} "
-            f"127.0.0.1 {hc.port} | head -n1 | grep -q ' [23][0-9][0-9] '; fi",
+            f"{shlex.quote(url)}; else printf {shlex.quote(request)} {shlex.quote(hc.http)} "
+            f"| nc -w {timeout_s} 127.0.0.1 {hc.port} | head -n1 | grep -q ' [23][0-9][0-9] '; fi",
         ]
     py = (
         f"import socket; socket.create_connection(('127.0.0.1', {hc.port}), "
@@ -216,6 +289,10 @@ def discovery_of(project: str, svc_name: str, svc: ServiceSpec) -> Discovery | N
     )
 
 
+def _canonical_address(text: str | None) -> str | None:
+    return None if text is None else str(parse_address(text))
+
+
 def _container(
     project: str,
     svc_name: str,
@@ -226,13 +303,18 @@ def _container(
     name = f"{project}-{svc_name}-{replica}"
     values = {"replica": str(replica), "service": svc_name, "project": project, "name": name}
     env = {
-        k: _substitute(
+        k: substitute(
             "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)), values
         )
         for k, v in sorted(svc.environment.items())
     }
     endpoints = tuple(
-        EndpointConfig(networks[k].name, tuple(a.aliases), a.ipv4_address)
+        EndpointConfig(
+            networks[k].name,
+            tuple(a.aliases),
+            _canonical_address(a.ipv4_address),
+            _canonical_address(a.ipv6_address),
+        )
         for k, a in ((k, a or ServiceNetwork()) for k, a in svc.networks.items())
     )
     discovery = discovery_of(project, svc_name, svc)
@@ -249,7 +331,7 @@ def _container(
         command=_argv(svc.command, values),
         entrypoint=_argv(svc.entrypoint, values),
         environment=env,
-        hostname=_substitute(svc.hostname, values) if svc.hostname else name,
+        hostname=substitute(svc.hostname, values) if svc.hostname else name,
         networks=endpoints,
         network_mode=svc.network_mode,
         ports=tuple(parse_port(p) for p in svc.ports),

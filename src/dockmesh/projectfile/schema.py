@@ -14,18 +14,33 @@ Scalar = str | int | float | bool
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a number is a number and a boolean a boolean. Lax parsing would read
+    # `replicas: "3"`, `replicas: true` and `internal: "off"` as 3, 1 and False, and take
+    # `"3_000"` for 3000: values the file does not say.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+# One address family's value, or one per family: `subnet: [10.1.0.0/24, fd00:1::/64]`.
+PerFamily = str | list[str]
+INT32_MAX = 2**31 - 1
+
+
+def per_family(value: PerFamily | None) -> list[str]:
+    """The values of a per-family field, as a list whichever way it was written."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 class NetworkSpec(_Strict):
     driver: Literal["bridge", "macvlan", "overlay", "ipvlan"] = "bridge"
-    subnet: str | None = None
-    gateway: str | None = None
-    ip_range: str | None = None
+    subnet: PerFamily | None = None
+    gateway: PerFamily | None = None  # matched to the subnet of its family
+    ip_range: PerFamily | None = None  # the dynamic pool: static addresses may lie outside it
     aux_addresses: dict[str, str] = Field(default_factory=dict)
     internal: bool = False
     attachable: bool = False
-    enable_ipv6: bool = False
+    enable_ipv6: bool | None = None  # None: on exactly when there is an IPv6 subnet
     parent: str | None = None
     options: dict[str, Scalar] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -34,6 +49,7 @@ class NetworkSpec(_Strict):
 class ServiceNetwork(_Strict):
     aliases: list[str] = Field(default_factory=list)
     ipv4_address: str | None = None
+    ipv6_address: str | None = None
 
 
 class Healthcheck(_Strict):
@@ -43,7 +59,7 @@ class Healthcheck(_Strict):
     test: list[str] | str | None = None
     interval: str = "5s"
     timeout: str = "3s"
-    retries: int = Field(default=3, ge=1)
+    retries: int = Field(default=3, ge=1, le=INT32_MAX)
     start_period: str = "0s"
 
 
@@ -58,7 +74,7 @@ class Discovery(_Strict):
     name: str | None = None
     port: int = Field(ge=1, le=65535)
     tags: list[str] = Field(default_factory=list)
-    weight: int = Field(default=1, ge=0)
+    weight: int = Field(default=1, ge=0, le=1_000_000)  # what the discovery labels carry
     network: str | None = None
     check: DiscoveryCheck | None = None
 
