@@ -12,12 +12,26 @@ class EngineNetworkFact:
     name: str
     project: str | None  # the dockmesh.project label, None for networks dockmesh did not make
     subnets: tuple[str, ...] = ()
+    # The dockmesh.spec.hash label: when it equals the file's, `up` keeps the network and
+    # with it the addresses its endpoints hold.
+    spec_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     destination: str  # CIDR
     device: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedPort:
+    """A host port a running container holds."""
+
+    container: str
+    project: str | None  # the container's dockmesh.project label
+    host_ip: str | None  # None: every address
+    host_port: int
+    protocol: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,3 +43,6 @@ class Facts:
     swarm_active: bool = False
     ipvlan_available: bool = False
     images: Mapping[str, str | None] = field(default_factory=dict)  # name → id, None: missing
+    # network name → address (IPv4 or IPv6, as the engine writes it) → container name
+    endpoints: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    published: tuple[PublishedPort, ...] = ()

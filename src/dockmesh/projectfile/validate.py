@@ -1,33 +1,68 @@
 """Everything that can be wrong with a parsed dockmesh.yaml, found at once, before anything is
 touched. Pure: a `Spec`, the project name and `Facts` about the engine and host in; problems,
-each naming its field, out."""
+each naming its field, out.
+
+The aim is that a file that validates clean also applies: whatever the engine would refuse
+halfway through `up` (an address already taken, a pool too small for the replicas drawing
+from it, a host port published twice, a name too long for a hostname, a duration beyond what
+the engine holds, a command that does not split) is refused here instead.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 from dockmesh.model.ipam import (
     IPAddress,
     IpamError,
     IPNetwork,
-    default_gateway,
-    host_problem,
     overlaps,
     parse_address,
     parse_subnet,
 )
-from dockmesh.projectfile.facts import Facts
-from dockmesh.projectfile.parse import PortMapping, parse_duration_ns, parse_port
-from dockmesh.projectfile.problems import Path, Problem
-from dockmesh.projectfile.schema import NetworkSpec, ServiceNetwork, Spec
-
-NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-PROJECT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-ALIAS = re.compile(
-    r"^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
+from dockmesh.model.labels import DISCOVERY_LABELS, LABEL_PROJECT
+from dockmesh.projectfile.desired import (
+    HEALTHCHECK_FORMS,
+    network_config,
+    network_hash,
+    start_order,
 )
-ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.parse import (
+    TEMPLATE_VARIABLES,
+    PortMapping,
+    http_path_problem,
+    image_reference_problem,
+    parse_duration_ns,
+    parse_port,
+    split_command,
+    substitute,
+    template_names,
+)
+from dockmesh.projectfile.pools import first_free, never_handed_out, room
+from dockmesh.projectfile.problems import Path, Problem
+from dockmesh.projectfile.schema import (
+    Healthcheck,
+    NetworkSpec,
+    PerFamily,
+    ServiceNetwork,
+    ServiceSpec,
+    Spec,
+)
+
+# fullmatch, never match with `$`: `$` also matches before a trailing newline.
+NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
+PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+ALIAS = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A hostname the kernel and Docker's DNS both take: one DNS label's length at most.
+HOSTNAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?")
+HOSTNAME_MAX = 63
+DNS_NAME_MAX = 253
 
 _BOOL_OPTIONS = {
     "com.docker.network.bridge.enable_icc",
@@ -36,6 +71,10 @@ _BOOL_OPTIONS = {
 }
 _BRIDGE_NAME = "com.docker.network.bridge.name"
 _MTU = "com.docker.network.driver.mtu"
+_IPV6_MIN_MTU = 1280  # below it the kernel turns IPv6 off on the interface
+# Labels `up` writes itself: a file's value would be overwritten, or would lie.
+_OWN_LABEL_PREFIX = "dockmesh.spec."
+_ADDRESS_FIELD = {4: "ipv4_address", 6: "ipv6_address"}
 
 
 def validate(
@@ -48,36 +87,82 @@ def validate(
     return v.problems
 
 
+@dataclass(slots=True)
+class _Family:
+    """One address family of one network, as far as it checked out."""
+
+    subnet: IPNetwork
+    subnet_path: Path
+    ip_range: IPNetwork | None = None
+    range_path: Path | None = None
+    gateway: IPAddress | None = None  # the one named, or where the engine will put it
+    gateway_path: Path | None = None  # where the file names it
+    held: dict[IPAddress, str] = field(default_factory=dict)  # address → what holds it
+    usable: bool = True  # False: too small, or its gateway or range was wrong
+
+    @property
+    def pool(self) -> IPNetwork:
+        return self.ip_range if self.ip_range is not None else self.subnet
+
+    @property
+    def pool_path(self) -> Path:
+        return self.range_path if self.range_path is not None else self.subnet_path
+
+
+@dataclass(frozen=True, slots=True)
+class _Pinned:
+    service: str
+    address: IPAddress
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    service: str
+    path: Path
+    mapping: PortMapping
+
+
 class _Validator:
     def __init__(self, spec: Spec, project: str, facts: Facts, left_out: frozenset[str]) -> None:
         self.spec, self.project, self.facts, self.left_out = spec, project, facts, left_out
         self.problems: list[Problem] = []
-        self.subnets: dict[str, IPNetwork] = {}
-        self.ip_ranges: dict[str, IPNetwork] = {}
-        self.reserved: dict[str, dict[IPAddress, str]] = {}  # network → address → what holds it
-        self.host_ports: dict[tuple[str | None, int, str], list[Path]] = {}
+        self.families: dict[str, dict[int, _Family]] = {}  # network → IP version → family
+        self.pinned: dict[tuple[str, int], list[_Pinned]] = {}  # (network, version) → …
+        self.bindings: list[_Binding] = []
+        self.bad_networks: set[str] = set()
 
     def err(self, path: Path, message: str) -> None:
         self.problems.append(Problem(path, message))
 
     def run(self) -> None:
-        if not PROJECT.match(self.project):
+        if not PROJECT.fullmatch(self.project):
             self.err(("project",), f"{self.project!r}: lowercase letters, digits, '-' and '_' only")
         for name, net in self.spec.networks.items():
+            before = len(self.problems)
             self.network(name, net or NetworkSpec())
+            if len(self.problems) > before:
+                self.bad_networks.add(name)
         self.overlaps()
         for name in self.spec.services:
             self.service(name)
-        self.cycles()
-        self.shared_host_ports()
+        cycles = self.cycles()
+        self.capacity()
+        if not cycles:
+            self.pinned_after_pool_users()
+        self.host_ports()
         self.container_names()
 
     # --- networks --------------------------------------------------------------------------
 
     def network(self, name: str, net: NetworkSpec) -> None:
         base: Path = ("networks", name)
-        if not NAME.match(name):
-            self.err(base, f"{name!r} is not a valid network name")
+        if not NAME.fullmatch(name):
+            self.err(
+                base,
+                f"{name!r} is not a valid network name (letters, digits, '_', '.', '-', "
+                "starting with a letter or digit)",
+            )
         full = f"{self.project}_{name}"
         for f in self.facts.networks:
             if f.name == full and f.project != self.project:
@@ -104,47 +189,126 @@ class _Validator:
                 self.err((*base, "parent"), f"interface {parent!r} does not exist on this host")
         elif net.parent is not None:
             self.err((*base, "parent"), f"parent is for macvlan and ipvlan, not {net.driver}")
-        self.options(base, net)
+        self.labels((*base, "labels"), net.labels, discovery=False)
+        families = self.addresses(base, net)
+        self.families[name] = families
+        self.options(base, net, 6 in families)
 
-        subnet: IPNetwork | None = None
-        if net.subnet is not None:
+    def addresses(self, base: Path, net: NetworkSpec) -> dict[int, _Family]:
+        """The network's subnets, gateways, ranges and auxiliary addresses, family by family."""
+        families: dict[int, _Family] = {}
+        for path, text in _entries((*base, "subnet"), net.subnet, "subnet"):
+            if path is None:
+                self.err((*base, "subnet"), text)
+                continue
             try:
-                subnet = parse_subnet(net.subnet)
-                self.subnets[name] = subnet
+                subnet = parse_subnet(text)
             except IpamError as e:
-                self.err((*base, "subnet"), str(e))
-        else:
-            for field in ("gateway", "ip_range"):
-                if getattr(net, field) is not None:
-                    self.err((*base, field), f"{field} needs a subnet")
+                self.err(path, str(e))
+                continue
+            if subnet.version in families:
+                self.err(path, f"a second IPv{subnet.version} subnet: give one of each family")
+                continue
+            new = families[subnet.version] = _Family(subnet, path)
+            if first_free(subnet, subnet) is None:
+                new.usable = False
+                self.err(
+                    path,
+                    f"{subnet} is too small: no address is left for the gateway (the engine "
+                    "keeps the "
+                    + (
+                        "network and broadcast addresses"
+                        if subnet.version == 4
+                        else "network address"
+                    )
+                    + f"); a /{subnet.max_prefixlen - 2} holds the gateway and 1 container",
+                )
+        versions = {_version_of(t) for t in _texts(net.subnet)}
+        given_v6 = 6 in versions
+        if given_v6 and 4 not in versions:
+            v6 = families.get(6)
+            self.err(
+                v6.subnet_path if v6 is not None else (*base, "subnet"),
+                "an IPv6 subnet needs an IPv4 subnet beside it (subnet: [10.x.y.0/24, "
+                f"{v6.subnet if v6 else 'fd00:…/64'}]): the engine would add an IPv4 subnet of "
+                "its own choosing, which the file could not pin",
+            )
+        if net.enable_ipv6 is True and not given_v6:
+            self.err(
+                (*base, "enable_ipv6"),
+                "needs an IPv6 subnet (subnet: [10.x.y.0/24, fd00:…/64]): the engine has no "
+                "IPv6 pool of its own to pick one from",
+            )
+        elif net.enable_ipv6 is False and given_v6:
+            self.err(
+                (*base, "enable_ipv6"),
+                "is false but the network has an IPv6 subnet: the engine would ignore the subnet "
+                "(leave enable_ipv6 out, it follows the subnets)",
+            )
+        if net.subnet is None:
+            for fname in ("gateway", "ip_range"):
+                if getattr(net, fname) is not None:
+                    self.err((*base, fname), f"{fname} needs a subnet")
             if net.aux_addresses:
                 self.err((*base, "aux_addresses"), "aux_addresses need a subnet")
-        if subnet is None:
-            return
-        held = self.reserved.setdefault(name, {})
-        gateway: IPAddress | None = None
-        if net.gateway is not None:
+            return families
+
+        for path, text in _entries((*base, "gateway"), net.gateway, "gateway"):
+            if path is None:
+                self.err((*base, "gateway"), text)
+                continue
             try:
-                gateway = parse_address(net.gateway)
-                why = host_problem(gateway, subnet, "gateway")
-                if why:
-                    self.err((*base, "gateway"), why)
-                    gateway = None
+                gw = parse_address(text)
             except IpamError as e:
-                self.err((*base, "gateway"), str(e))
-        elif net.driver == "bridge":
-            gateway = default_gateway(subnet)
-        if gateway is not None:
-            held[gateway] = "the gateway"
-        if net.ip_range is not None:
+                self.err(path, str(e))
+                continue
+            fam = self._family_of(path, families, gw.version, f"gateway {gw}")
+            if fam is None:
+                continue
+            if fam.gateway_path is not None:
+                self.err(path, f"a second IPv{gw.version} gateway: give one of each family")
+                continue
+            fam.gateway_path = path
+            why = _host_problem(gw, fam.subnet, "gateway")
+            if why:
+                self.err(path, why)
+                fam.usable = False
+                continue
+            fam.gateway = gw
+            fam.held[gw] = "the gateway"
+        for path, text in _entries((*base, "ip_range"), net.ip_range, "ip_range"):
+            if path is None:
+                self.err((*base, "ip_range"), text)
+                continue
             try:
-                rng = parse_subnet(net.ip_range)
-                if rng.version != subnet.version or not rng.subnet_of(subnet):  # type: ignore[arg-type]
-                    self.err((*base, "ip_range"), f"ip_range {rng} is outside the subnet {subnet}")
+                rng = parse_subnet(text)
+            except IpamError as e:
+                self.err(path, str(e))
+                continue
+            fam = self._family_of(path, families, rng.version, f"ip_range {rng}")
+            if fam is None:
+                continue
+            if fam.range_path is not None:
+                self.err(path, f"a second IPv{rng.version} ip_range: give one of each family")
+                continue
+            fam.range_path = path
+            if not rng.subnet_of(fam.subnet):  # type: ignore[arg-type]
+                self.err(path, f"ip_range {rng} is outside the subnet {fam.subnet}")
+                fam.usable = False
+            else:
+                fam.ip_range = rng
+        for fam in families.values():
+            if fam.gateway_path is None and fam.usable:
+                fam.gateway = first_free(fam.subnet, fam.pool)
+                if fam.gateway is None:
+                    fam.usable = False
+                    self.err(
+                        fam.pool_path,
+                        f"ip_range {fam.pool} leaves no address for the gateway (the engine "
+                        "puts it on the range's first free address; name one with gateway:)",
+                    )
                 else:
-                    self.ip_ranges[name] = rng
-            except IpamError as e:
-                self.err((*base, "ip_range"), str(e))
+                    fam.held[fam.gateway] = "the gateway"
         for aux_name, text in net.aux_addresses.items():
             path = (*base, "aux_addresses", aux_name)
             try:
@@ -152,22 +316,42 @@ class _Validator:
             except IpamError as e:
                 self.err(path, str(e))
                 continue
-            why = host_problem(addr, subnet, f"aux address {aux_name}")
+            fam = self._family_of(path, families, addr.version, f"aux address {addr}")
+            if fam is None:
+                continue
+            why = _host_problem(addr, fam.subnet, f"aux address {aux_name}")
             if why:
                 self.err(path, why)
-            elif addr in held:
-                self.err(path, f"aux address {addr} is already {held[addr]}")
+            elif addr in fam.held:
+                self.err(path, f"aux address {addr} is already {fam.held[addr]}")
             else:
-                held[addr] = f"aux address {aux_name!r}"
+                fam.held[addr] = f"aux address {aux_name!r}"
+        return families
 
-    def options(self, base: Path, net: NetworkSpec) -> None:
+    def _family_of(
+        self, path: Path, families: dict[int, _Family], version: int, what: str
+    ) -> _Family | None:
+        fam = families.get(version)
+        if fam is None and families:
+            others = ", ".join(str(f.subnet) for f in families.values())
+            self.err(path, f"{what} is IPv{version} but the network has no IPv{version} subnet "
+                     f"(its subnet: {others})")  # fmt: skip
+        return fam
+
+    def options(self, base: Path, net: NetworkSpec, ipv6: bool) -> None:
         for key, value in net.options.items():
             path = (*base, "options", key)
             text = str(value).lower() if isinstance(value, bool) else str(value)
             if key in _BOOL_OPTIONS and text not in ("true", "false"):
                 self.err(path, f"must be true or false, not {value!r}")
-            elif key == _MTU and (not text.isdigit() or not 68 <= int(text) <= 65535):
-                self.err(path, f"MTU must be a number between 68 and 65535, not {value!r}")
+            elif key == _MTU:
+                low = _IPV6_MIN_MTU if ipv6 else 68
+                # ASCII digits: str.isdigit() also takes Arabic-Indic and full-width digits.
+                if isinstance(value, bool) or not re.fullmatch(r"[0-9]{1,5}", text):
+                    self.err(path, f"MTU must be a number between {low} and 65535, not {value!r}")
+                elif not low <= int(text) <= 65535:
+                    why = " (IPv6 needs 1280 at least)" if ipv6 and int(text) >= 68 else ""
+                    self.err(path, f"MTU must be between {low} and 65535, not {text}{why}")
             elif key == _BRIDGE_NAME:
                 if net.driver != "bridge":
                     self.err(path, "a bridge name is for the bridge driver")
@@ -182,13 +366,15 @@ class _Validator:
 
     def overlaps(self) -> None:
         engine_nets, routes = self._foreign_subnets()
-        names = list(self.subnets)
-        for i, a in enumerate(names):
-            sa = self.subnets[a]
-            path: Path = ("networks", a, "subnet")
-            for b in names[:i]:
-                if overlaps(sa, self.subnets[b]):
-                    self.err(path, f"{sa} overlaps the subnet {self.subnets[b]} of network {b!r}")
+        mine = [
+            (name, fam.subnet_path, fam.subnet)
+            for name, fams in self.families.items()
+            for fam in fams.values()
+        ]
+        for i, (a, path, sa) in enumerate(mine):
+            for b, _, sb in mine[:i]:
+                if b != a and overlaps(sa, sb):
+                    self.err(path, f"{sa} overlaps the subnet {sb} of network {b!r}")
             for owner, other in engine_nets:
                 # a foreign network with this one's name is reported by network()
                 if owner != f"{self.project}_{a}" and overlaps(sa, other):
@@ -219,15 +405,32 @@ class _Validator:
         ]
         return engine_nets, routes
 
+    def _network_kept(self, name: str) -> bool:
+        """Does `up` keep the live network `name` as it is (and with it, what its endpoints
+        hold)? Only when it is this project's and its configuration is the file's."""
+        if name in self.bad_networks:
+            return False
+        full = f"{self.project}_{name}"
+        live = next((f for f in self.facts.networks if f.name == full), None)
+        if live is None or live.project != self.project or live.spec_hash is None:
+            return False
+        net = self.spec.networks.get(name) or NetworkSpec()
+        return live.spec_hash == network_hash(network_config(self.project, name, net))
+
     # --- services --------------------------------------------------------------------------
 
     def service(self, name: str) -> None:
         svc = self.spec.services[name]
         base: Path = ("services", name)
-        if not NAME.match(name):
-            self.err(base, f"{name!r} is not a valid service name")
-        if not svc.image.strip():
-            self.err((*base, "image"), "must not be empty")
+        if not NAME.fullmatch(name):
+            self.err(
+                base,
+                f"{name!r} is not a valid service name (letters, digits, '_', '.', '-', "
+                "starting with a letter or digit)",
+            )
+        why = image_reference_problem(svc.image)
+        if why:
+            self.err((*base, "image"), why)
         elif svc.image in self.facts.images and self.facts.images[svc.image] is None:
             hint = " (run: dockmesh images build)" if svc.image.startswith("dockmesh/") else ""
             self.err((*base, "image"), f"image {svc.image!r} is not on the engine{hint}")
@@ -236,12 +439,19 @@ class _Validator:
                 (*base, "network_mode"),
                 f"network_mode {svc.network_mode} cannot be combined with networks",
             )
-        for key in svc.environment:
-            if not ENV_KEY.match(key):
-                self.err((*base, "environment", key), f"{key!r} is not a valid variable name")
+        for key, value in svc.environment.items():
+            path = (*base, "environment", key)
+            if not ENV_KEY.fullmatch(key):
+                self.err(path, f"{key!r} is not a valid variable name")
+            elif isinstance(value, str):
+                self.text(path, value, templates=True)
+        self.command((*base, "command"), svc.command)
+        self.command((*base, "entrypoint"), svc.entrypoint)
+        self.hostname(base, name, svc)
+        self.labels((*base, "labels"), svc.labels, discovery=svc.discovery is not None)
         for net_name, attach in svc.networks.items():
-            self.attachment(base, name, net_name, attach or ServiceNetwork(), svc.replicas)
-        self.ports(base, svc.ports, svc.replicas, svc.network_mode)
+            self.attachment(base, name, svc, net_name, attach or ServiceNetwork())
+        self.ports(base, name, svc)
         for i, dep in enumerate(svc.depends_on):
             if dep not in self.spec.services:
                 if dep not in self.left_out:
@@ -249,25 +459,7 @@ class _Validator:
             elif dep == name:
                 self.err((*base, "depends_on", i), "a service cannot depend on itself")
         if svc.healthcheck is not None:
-            hc = svc.healthcheck
-            hp: Path = (*base, "healthcheck")
-            kinds = [
-                k
-                for k, on in (
-                    ("http", hc.http is not None),
-                    ("tcp", hc.tcp),
-                    ("test", hc.test is not None),
-                )
-                if on
-            ]
-            if len(kinds) != 1:
-                self.err(hp, "give exactly one of http, tcp or test")
-            if (hc.http is not None or hc.tcp) and hc.port is None:
-                self.err(hp, "http and tcp checks need a port")
-            if hc.http is not None and not hc.http.startswith("/"):
-                self.err((*hp, "http"), f"{hc.http!r}: a path starts with '/'")
-            for f in ("interval", "timeout", "start_period"):
-                self.duration((*hp, f), getattr(hc, f), allow_zero=f == "start_period")
+            self.healthcheck((*base, "healthcheck"), svc.healthcheck)
         if svc.discovery is not None:
             d = svc.discovery
             dp: Path = (*base, "discovery")
@@ -276,13 +468,130 @@ class _Validator:
             if d.check is not None:
                 if d.check.http is not None and d.check.tcp:
                     self.err((*dp, "check"), "give http or tcp, not both")
-                if d.check.http is not None and not d.check.http.startswith("/"):
-                    self.err((*dp, "check", "http"), f"{d.check.http!r}: a path starts with '/'")
+                if d.check.http is not None:
+                    why = http_path_problem(d.check.http)
+                    if why:
+                        self.err((*dp, "check", "http"), why)
                 self.duration((*dp, "check", "interval"), d.check.interval)
                 self.duration((*dp, "check", "timeout"), d.check.timeout)
             for i, tag in enumerate(d.tags):
                 if "," in tag or not tag:
                     self.err((*dp, "tags", i), f"{tag!r}: tags are non-empty and without commas")
+
+    def text(self, path: Path, value: str, templates: bool) -> bool:
+        """Checks a value handed to a process: no NUL (an argv or environment entry cannot
+        hold one) and only known template variables. True when it is fine."""
+        if "\0" in value:
+            self.err(path, "contains a NUL character, which no command or variable can hold")
+            return False
+        if templates:
+            unknown = [n for n in template_names(value) if n not in TEMPLATE_VARIABLES]
+            if unknown:
+                known = ", ".join("{{" + v + "}}" for v in TEMPLATE_VARIABLES)
+                self.err(path, f"unknown template variable {unknown[0]!r} (known: {known})")
+                return False
+        return True
+
+    def command(self, path: Path, value: str | list[str] | None) -> None:
+        if value is None:
+            return
+        if isinstance(value, list):
+            for i, arg in enumerate(value):
+                self.text((*path, i), arg, templates=True)
+            return
+        if not self.text(path, value, templates=True):
+            return
+        try:
+            split_command(value)
+        except ValueError as e:
+            self.err(path, str(e))
+
+    def hostname(self, base: Path, name: str, svc: ServiceSpec) -> None:
+        if svc.hostname is None:
+            return
+        path = (*base, "hostname")
+        if not self.text(path, svc.hostname, templates=True):
+            return
+        # The longest name a replica gets: the last replica's.
+        last = max(svc.replicas, 1)
+        values = {
+            "replica": str(last),
+            "service": name,
+            "project": self.project,
+            "name": f"{self.project}-{name}-{last}",
+        }
+        host = substitute(svc.hostname, values)
+        if len(host) > HOSTNAME_MAX:
+            self.err(path, f"{host!r} is {len(host)} characters; a hostname has {HOSTNAME_MAX}")
+        elif not HOSTNAME.fullmatch(host):
+            self.err(
+                path,
+                f"{host!r} is not a valid hostname (letters, digits, '-', '_', '.'; "
+                "starting and ending with a letter or digit)",
+            )
+
+    def labels(self, path: Path, labels: dict[str, str], discovery: bool) -> None:
+        for key, value in labels.items():
+            p = (*path, key)
+            if not key or not key.isprintable() or any(ch.isspace() for ch in key) or "=" in key:
+                self.err(p, f"{key!r} is not a valid label key (no spaces, '=' or control "
+                         "characters)")  # fmt: skip
+            elif key == LABEL_PROJECT or key.startswith(_OWN_LABEL_PREFIX):
+                self.err(p, f"{key!r} is a label dockmesh writes itself")
+            elif discovery and key in DISCOVERY_LABELS:
+                self.err(p, f"{key!r} is written by this service's discovery: give it there")
+            elif "\0" in value:
+                self.err(p, "contains a NUL character")
+
+    def healthcheck(self, hp: Path, hc: Healthcheck) -> None:
+        kinds = [
+            k
+            for k, on in (
+                ("http", hc.http is not None),
+                ("tcp", hc.tcp),
+                ("test", hc.test is not None),
+            )
+            if on
+        ]
+        if len(kinds) != 1:
+            self.err(hp, "give exactly one of http, tcp or test")
+        if (hc.http is not None or hc.tcp) and hc.port is None:
+            self.err(hp, "http and tcp checks need a port")
+        if hc.http is not None:
+            why = http_path_problem(hc.http)
+            if why:
+                self.err((*hp, "http"), why)
+        if hc.test is not None:
+            self.healthcheck_test((*hp, "test"), hc.test)
+        for f in ("interval", "timeout", "start_period"):
+            self.duration((*hp, f), getattr(hc, f), allow_zero=f == "start_period")
+
+    def healthcheck_test(self, path: Path, test: str | list[str]) -> None:
+        if isinstance(test, str):
+            if not test.strip():
+                self.err(path, "an empty test (leave the healthcheck out, or test: [NONE])")
+            else:
+                self.text(path, test, templates=False)
+            return
+        if not test:
+            self.err(path, "an empty test: give [CMD, prog, args…], [CMD-SHELL, cmd] or [NONE]")
+            return
+        form, args = test[0], test[1:]
+        for i, arg in enumerate(test):
+            if not self.text((*path, i), arg, templates=False):
+                return
+        if form not in HEALTHCHECK_FORMS:
+            self.err(
+                (*path, 0),
+                f"{form!r}: a test list starts with CMD, CMD-SHELL or NONE "
+                "(a string is run by the shell)",
+            )
+        elif form == "CMD" and (not args or not args[0]):
+            self.err(path, "CMD needs a program to run: [CMD, prog, args…]")
+        elif form == "CMD-SHELL" and (len(args) != 1 or not args[0].strip()):
+            self.err(path, "CMD-SHELL takes one command string: [CMD-SHELL, 'cmd args…']")
+        elif form == "NONE" and args:
+            self.err(path, "NONE stands alone: [NONE] turns the image's healthcheck off")
 
     def duration(self, path: Path, text: str, allow_zero: bool = False) -> None:
         try:
@@ -296,7 +605,7 @@ class _Validator:
             self.err(path, "must be at least 1ms")
 
     def attachment(
-        self, base: Path, svc: str, net_name: str, attach: ServiceNetwork, replicas: int
+        self, base: Path, svc_name: str, svc: ServiceSpec, net_name: str, attach: ServiceNetwork
     ) -> None:
         path: Path = (*base, "networks", net_name)
         if net_name not in self.spec.networks:
@@ -304,94 +613,255 @@ class _Validator:
                 self.err(path, f"unknown network {net_name!r} (not under networks:)")
             return
         for i, alias in enumerate(attach.aliases):
-            if not ALIAS.match(alias):
+            if not ALIAS.fullmatch(alias) or len(alias) > DNS_NAME_MAX:
                 self.err((*path, "aliases", i), f"{alias!r} is not a valid DNS name")
-        if attach.ipv4_address is None:
-            return
-        ip_path = (*path, "ipv4_address")
-        if replicas > 1:
-            self.err(ip_path, f"a static address cannot be shared by {replicas} replicas")
+        for version, fname in _ADDRESS_FIELD.items():
+            text = getattr(attach, fname)
+            if text is not None:
+                self.static_address((*path, fname), svc_name, svc, net_name, version, text)
+
+    def static_address(
+        self, ip_path: Path, svc_name: str, svc: ServiceSpec, net_name: str, version: int, text: str
+    ) -> None:
+        if svc.replicas > 1:
+            self.err(ip_path, f"a static address cannot be shared by {svc.replicas} replicas")
         try:
-            addr = parse_address(attach.ipv4_address)
+            addr = parse_address(text)
         except IpamError as e:
             self.err(ip_path, str(e))
             return
-        net_spec = self.spec.networks[net_name] or NetworkSpec()
-        subnet = self.subnets.get(net_name)
-        if subnet is None:
+        if addr.version != version:
+            other = _ADDRESS_FIELD[addr.version]
+            self.err(ip_path, f"{addr} is an IPv{addr.version} address: give it as {other}")
+            return
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+            self.err(ip_path, f"{text!r}: the engine takes no zone index (%…) in an address")
+            return
+        fams = self.families.get(net_name, {})
+        fam = fams.get(version)
+        if fam is None:
+            net_spec = self.spec.networks[net_name] or NetworkSpec()
             if net_spec.subnet is None:
                 self.err(
                     ip_path,
                     f"a static address needs the network {net_name!r} to declare its subnet",
                 )
+            elif not any(_version_of(t) == version for t in _texts(net_spec.subnet)):
+                self.err(
+                    ip_path,
+                    f"a static IPv{version} address needs the network {net_name!r} to declare "
+                    f"an IPv{version} subnet",
+                )
             return
-        why = host_problem(addr, subnet, "address")
+        why = _host_problem(addr, fam.subnet, "address")
         if why:
             self.err(ip_path, why)
             return
-        rng = self.ip_ranges.get(net_name)
-        if rng is not None and addr not in rng:
-            self.err(ip_path, f"address {addr} is outside the network's ip_range {rng}")
+        if addr in fam.held:
+            self.err(ip_path, f"address {addr} is already {fam.held[addr]}")
             return
-        held = self.reserved.setdefault(net_name, {})
-        if addr in held:
-            self.err(ip_path, f"address {addr} is already {held[addr]}")
-        else:
-            held[addr] = f"the address of service {svc!r}"
+        mine = f"{self.project}-{svc_name}-1"
+        holder = self._live_holder(net_name, addr)
+        if holder is not None and holder != mine:
+            owner = self.facts.containers.get(holder)
+            if owner != self.project:
+                self.err(
+                    ip_path,
+                    f"address {addr} is held on the engine by container {holder!r}, "
+                    "which is not of this project",
+                )
+                return
+            if self._keeps_pool_address(holder, net_name, version):
+                self.err(
+                    ip_path,
+                    f"address {addr} is held on the engine by container {holder!r}, which "
+                    "draws its address from the pool and is kept unless its configuration "
+                    "changes (run `dockmesh down` first, or pick another address)",
+                )
+                return
+        if svc.replicas == 0:
+            return  # no container: nothing holds it
+        fam.held[addr] = f"the address of service {svc_name!r}"
+        self.pinned.setdefault((net_name, version), []).append(_Pinned(svc_name, addr, ip_path))
 
-    def ports(
-        self, base: Path, ports: list[str | int], replicas: int, network_mode: str | None
-    ) -> None:
-        seen: dict[tuple[str | None, int, str], int] = {}
-        for i, p in enumerate(ports):
+    def _live_holder(self, net_name: str, addr: IPAddress) -> str | None:
+        if not self._network_kept(net_name):
+            return None  # created or replaced: it starts empty
+        held = self.facts.endpoints.get(f"{self.project}_{net_name}", {})
+        return held.get(str(addr))
+
+    def _keeps_pool_address(self, container: str, net_name: str, version: int) -> bool:
+        """Is `container` (this project's) one the file still makes, drawing its address on
+        `net_name` from the pool? (A container the file no longer makes is removed first; one
+        whose address the file now pins has a new configuration and is replaced.)"""
+        for name, svc in self.spec.services.items():
+            for r in range(1, svc.replicas + 1):
+                if f"{self.project}-{name}-{r}" == container:
+                    attach = svc.networks.get(net_name, ServiceNetwork()) or ServiceNetwork()
+                    return (
+                        net_name in svc.networks
+                        and getattr(attach, _ADDRESS_FIELD[version]) is None
+                    )
+        return False
+
+    def ports(self, base: Path, svc_name: str, svc: ServiceSpec) -> None:
+        for i, p in enumerate(svc.ports):
             path = (*base, "ports", i)
             try:
                 m: PortMapping = parse_port(p)
             except ValueError as e:
                 self.err(path, str(e))
                 continue
-            if network_mode is not None:
-                self.err(path, f"ports cannot be published with network_mode {network_mode}")
-            if m.host_port is None:
+            if svc.network_mode is not None:
+                self.err(path, f"ports cannot be published with network_mode {svc.network_mode}")
                 continue
-            if replicas > 1:
+            if m.host_port is None or svc.replicas == 0:
+                continue
+            if svc.replicas > 1:
                 self.err(
                     path,
-                    f"host port {m.host_port} cannot be published by {replicas} "
+                    f"host port {m.host_port} cannot be published by {svc.replicas} "
                     "replicas (leave the host port out to let the engine pick)",
                 )
-            key = (m.host_ip, m.host_port, m.protocol)
-            if key in seen:
-                self.err(
-                    path,
-                    f"host port {m.host_port}/{m.protocol} is already published "
-                    f"by ports[{seen[key]}]",
-                )
-            seen[key] = i
-            self.host_ports.setdefault(key, []).append(path)
+            self.bindings.append(_Binding(svc_name, path, m))
 
-    def cycles(self) -> None:
+    def cycles(self) -> bool:
         graph = {
             n: [d for d in s.depends_on if d in self.spec.services and d != n]
             for n, s in self.spec.services.items()
         }
+        found = False
         for cycle in _find_cycles(graph):
+            found = True
             first = cycle[0]
             self.err(
                 ("services", first, "depends_on"),
                 "depends_on cycle: " + " -> ".join([*cycle, first]),
             )
+        return found
 
-    def shared_host_ports(self) -> None:
-        for paths in self.host_ports.values():
-            services = {p[1] for p in paths}
-            if len(services) > 1:
-                for p in paths[1:]:
-                    self.err(p, f"the same host port is published by {sorted(services)}")
+    # --- across services -------------------------------------------------------------------
+
+    def _drawing(self, net_name: str, version: int) -> list[tuple[str, int]]:
+        """(service, replicas) of the services whose containers take an address of this
+        family on `net_name` from the pool."""
+        out = []
+        for name, svc in self.spec.services.items():
+            if net_name not in svc.networks or svc.network_mode is not None:
+                continue
+            attach = svc.networks[net_name] or ServiceNetwork()
+            if getattr(attach, _ADDRESS_FIELD[version]) is None and svc.replicas > 0:
+                out.append((name, svc.replicas))
+        return out
+
+    def capacity(self) -> None:
+        for net_name, fams in self.families.items():
+            kept = self._network_kept(net_name)
+            live = self.facts.endpoints.get(f"{self.project}_{net_name}", {}) if kept else {}
+            for version, fam in fams.items():
+                if not fam.usable:
+                    continue
+                drawing = self._drawing(net_name, version)
+                asked = sum(n for _, n in drawing)
+                if not asked:
+                    continue
+                foreign = [
+                    (a, f"held by {c!r}")
+                    for a, c in _live_addresses(live, version)
+                    if self.facts.containers.get(c) != self.project
+                ]
+                r = room(fam.subnet, fam.ip_range, [*fam.held.items(), *foreign])
+                if r.free >= asked:
+                    continue
+                less = f", less {_and([what for _, what in r.taken])}" if r.taken else ""
+                who = ", ".join(f"{s!r}: {n}" for s, n in drawing)
+                self.err(
+                    fam.pool_path,
+                    f"the pool {r.pool} has room for {r.free} container"
+                    f"{'' if r.free == 1 else 's'} ({r.size} addresses{less}); "
+                    f"{asked} containers draw from it ({who})",
+                )
+
+    def pinned_after_pool_users(self) -> None:
+        """A pinned address inside the pool is safe only if its container starts before any
+        container that draws from that pool: the engine hands out the lowest free address."""
+        order = start_order(self.spec)
+        position = {n: i for i, n in enumerate(order)}
+        for (net_name, version), pins in self.pinned.items():
+            fam = self.families[net_name][version]
+            drawing = [s for s, _ in self._drawing(net_name, version)]
+            for pin in pins:
+                if pin.address not in fam.pool:
+                    continue
+                before = [d for d in drawing if position[d] < position[pin.service]]
+                if not before:
+                    continue
+                ancestors = self._ancestors(pin.service)
+                first = before[0]
+                why = (
+                    f"{pin.service!r} depends on it"
+                    if first in ancestors
+                    else "the order depends_on sets"
+                )
+                self.err(
+                    pin.path,
+                    f"{pin.address} lies in the dynamic pool {fam.pool} of network "
+                    f"{net_name!r}, and service {first!r}, which draws from that pool, starts "
+                    f"first ({why}): the engine may give it this address. Pin an address "
+                    f"outside the pool (ip_range), or give {first!r} a static address",
+                )
+
+    def _ancestors(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            for d in self.spec.services[stack.pop()].depends_on:
+                if d in self.spec.services and d not in seen:
+                    seen.add(d)
+                    stack.append(d)
+        return seen
+
+    def host_ports(self) -> None:
+        for i, b in enumerate(self.bindings):
+            m = b.mapping
+            for earlier in self.bindings[:i]:
+                e = earlier.mapping
+                if (e.host_port, e.protocol) == (m.host_port, m.protocol) and _same_address(
+                    e.host_ip, m.host_ip
+                ):
+                    where = ".".join(str(x) for x in earlier.path)
+                    self.err(
+                        b.path,
+                        f"host port {_binding(m)} is already published by {where} ({_binding(e)})",
+                    )
+                    break
+            else:
+                for pub in self.facts.published:
+                    if (
+                        pub.project != self.project
+                        and (pub.host_port, pub.protocol) == (m.host_port, m.protocol)
+                        and _same_address(pub.host_ip, m.host_ip)
+                    ):
+                        self.err(
+                            b.path,
+                            f"host port {_binding(m)} is already published by the running "
+                            f"container {pub.container!r} ({pub.host_ip or '*'}:{pub.host_port}"
+                            f"/{pub.protocol}), which is not of this project",
+                        )
+                        break
 
     def container_names(self) -> None:
         made: dict[str, str] = {}
         for name, svc in self.spec.services.items():
+            if svc.replicas > 0:
+                longest = f"{self.project}-{name}-{svc.replicas}"
+                if len(longest) > HOSTNAME_MAX:
+                    self.err(
+                        ("services", name),
+                        f"container name {longest!r} is {len(longest)} characters: a "
+                        f"container's name is its hostname and DNS name, at most "
+                        f"{HOSTNAME_MAX} (shorten the project or service name)",
+                    )
             for r in range(1, svc.replicas + 1):
                 cname = f"{self.project}-{name}-{r}"
                 if cname in made:
@@ -407,6 +877,92 @@ class _Validator:
                         f"the engine already has a container {cname!r} "
                         "that this project did not create",
                     )
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _entries(path: Path, value: PerFamily | None, what: str) -> list[tuple[Path | None, str]]:
+    """A per-family field's values with their paths; (None, message) when the list itself
+    is wrong."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [(path, value)]
+    if not value:
+        return [(None, f"an empty list: give one {what}, or one per family")]
+    if len(value) > 2:
+        return [(None, f"at most two: one IPv4 {what} and one IPv6 {what}")]
+    return [((*path, i), v) for i, v in enumerate(value)]
+
+
+def _texts(value: PerFamily | None) -> list[str]:
+    return [t for p, t in _entries((), value, "") if p is not None]
+
+
+def _version_of(text: str) -> int | None:
+    try:
+        return parse_subnet(text).version
+    except IpamError:
+        return None
+
+
+def _host_problem(addr: IPAddress, net: IPNetwork, what: str) -> str | None:
+    """Why a host (gateway, container) cannot take `addr` in `net`, as the engine sees it."""
+    if addr.version != net.version:
+        return f"{what} {addr} is IPv{addr.version} but the subnet {net} is IPv{net.version}"
+    if addr not in net:
+        return f"{what} {addr} is outside the subnet {net}"
+    if addr in never_handed_out(net):
+        kind = "network" if addr == net.network_address else "broadcast"
+        return f"{what} {addr} is the {kind} address of {net}"
+    return None
+
+
+def _live_addresses(held: Mapping[str, str], version: int) -> Iterator[tuple[IPAddress, str]]:
+    for text, container in held.items():
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            continue  # what the engine reports is not ours to judge
+        if addr.version == version:
+            yield addr, container
+
+
+# What a host address binds: a specific address, or every address of one family ("*").
+_Scope = tuple[str, int]
+
+
+def _scopes(host_ip: str | None) -> set[_Scope]:
+    if host_ip is None:  # no address: the engine binds 0.0.0.0 and [::]
+        return {("*", 4), ("*", 6)}
+    try:
+        addr = ipaddress.ip_address(host_ip)
+    except ValueError:
+        return {(host_ip, 0)}
+    if addr.is_unspecified:
+        return {("*", addr.version)}
+    return {(str(addr), addr.version)}
+
+
+def _same_address(a: str | None, b: str | None) -> bool:
+    """Would binding the same port on `a` and on `b` collide? A wildcard takes every address
+    of its family (measured: 0.0.0.0 and [::] do not collide with each other on 20.10; no
+    address at all binds both)."""
+    return any(
+        x == y or (x[0] == "*" and x[1] == y[1]) or (y[0] == "*" and y[1] == x[1])
+        for x in _scopes(a)
+        for y in _scopes(b)
+    )
+
+
+def _binding(m: PortMapping) -> str:
+    host = "" if m.host_ip is None else (f"[{m.host_ip}]:" if ":" in m.host_ip else f"{m.host_ip}:")
+    return f"{host}{m.host_port}/{m.protocol}"
+
+
+def _and(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _subnets(texts: Iterable[str]) -> list[IPNetwork]:
