@@ -1,3 +1,3 @@
-from dockmesh.cli.main import main
+from dockmesh.cli.fast import main
 
 main()

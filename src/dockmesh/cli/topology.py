@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+import logging
+from typing import Annotated, Any
 
 import typer
 
@@ -16,7 +18,22 @@ from dockmesh.cli.common import (
     print_json,
 )
 from dockmesh.cli.render import topology_dot, topology_tree
-from dockmesh.model.topology import build_topology
+from dockmesh.model.topology import build_topology, topology_from_json
+
+log = logging.getLogger(__name__)
+
+
+def _from_agent() -> Any | None:
+    from dockmesh.agentclient import topology_json
+
+    body = topology_json()
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        log.warning("the agent's topology is not JSON (%s): reading the engine", e)
+        return None
 
 
 def register(app: typer.Typer) -> None:
@@ -27,11 +44,25 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
         dot: Annotated[bool, typer.Option("--dot", help="Print Graphviz source.")] = False,
     ) -> None:
-        """Networks, containers and endpoints of one or more engines."""
+        """Networks, containers and endpoints of one or more engines: from a running agent
+        ($DOCKMESH_AGENT, default http://127.0.0.1:8500) when one answers, else (and always
+        with --engine) from the engines themselves."""
         if json_out and dot:
             raise UserError("--json and --dot: choose one")
-        clients = connect(engine)
-        topo = build_topology([c.snapshot() for c in clients], version=1)
+        topo = None
+        if not engine:
+            doc = _from_agent()
+            if doc is not None and json_out:
+                print_json(doc)
+                return
+            if doc is not None:
+                try:
+                    topo = topology_from_json(doc)
+                except ValueError as e:
+                    log.warning("the agent's topology is unreadable (%s): reading the engine", e)
+        if topo is None:
+            clients = connect(engine)
+            topo = build_topology([c.snapshot() for c in clients], version=1)
         if json_out:
             print_json(topo.to_json())
         elif dot:

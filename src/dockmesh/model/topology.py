@@ -437,3 +437,94 @@ def build_topology(states: list[EngineState], version: int) -> Topology:
 
 def _with_engines(n: Network, engines: tuple[str, ...]) -> Network:
     return n if n.engines == engines else replace(n, engines=engines)
+
+
+def topology_from_json(doc: Any) -> Topology:
+    """A topology back from its JSON (`Topology.to_json`, as the agent serves it), for the
+    renderings that need values. Raises ValueError on a document of another shape.
+
+    The JSON keeps what users see, not everything: attachments are rebuilt from the
+    networks' endpoints (their aliases as the engine lists them: the user's, then the short
+    id and the hostname)."""
+    try:
+        engines = tuple(
+            EngineInfo(str(e["name"]), str(e["url"]), str(e.get("server_version", "")))
+            for e in doc["engines"]
+        )
+        networks: list[Network] = []
+        attachments: dict[tuple[str, str], list[Attachment]] = {}
+        for n in doc["networks"]:
+            net = Network(
+                id=str(n["id"]),
+                name=str(n["name"]),
+                engine=str(n["engine"]),
+                driver=str(n["driver"]),
+                scope=str(n.get("scope", "local")),
+                internal=bool(n.get("internal", False)),
+                attachable=bool(n.get("attachable", False)),
+                enable_ipv6=bool(n.get("enable_ipv6", False)),
+                ipam=tuple(
+                    IpamPool(
+                        str(p["subnet"]),
+                        p.get("gateway"),
+                        p.get("ip_range"),
+                        dict(p.get("aux_addresses") or {}),
+                    )
+                    for p in n.get("ipam") or ()
+                ),
+                options=dict(n.get("options") or {}),
+                labels=dict(n.get("labels") or {}),
+                engines=tuple(n.get("engines") or (n["engine"],)),
+            )
+            networks.append(net)
+            for ep in n.get("endpoints") or ():
+                key = (str(ep["engine"]), str(ep["container_id"]))
+                attachments.setdefault(key, []).append(
+                    Attachment(
+                        network_id=net.id,
+                        network=net.name,
+                        ipv4=ep.get("ipv4"),
+                        ipv6=ep.get("ipv6"),
+                        mac=ep.get("mac"),
+                        aliases=tuple(ep.get("aliases") or ()),
+                    )
+                )
+        containers = []
+        for c in doc["containers"]:
+            cid, engine = str(c["id"]), str(c["engine"])
+            hostname = str(c.get("hostname") or "")
+            by_name = {a.network: a for a in attachments.get((engine, cid), ())}
+            # In the container's own order; a network the snapshot lacks keeps its name.
+            atts = tuple(
+                replace(a, aliases=(*a.aliases, cid[:12], hostname))
+                if (a := by_name.get(str(name)))
+                else Attachment(network_id="", network=str(name))
+                for name in c.get("networks") or ()
+            )
+            containers.append(
+                Container(
+                    id=cid,
+                    name=str(c["name"]),
+                    engine=engine,
+                    image=str(c.get("image", "")),
+                    state=str(c.get("state", "unknown")),
+                    health=c.get("health"),
+                    pid=c.get("pid"),
+                    hostname=hostname,
+                    network_mode=str(c.get("network_mode") or ""),
+                    attachments=atts,
+                    ports=tuple(
+                        PortBinding(
+                            int(p["container_port"]),
+                            str(p["protocol"]),
+                            p.get("host_ip"),
+                            p.get("host_port"),
+                        )
+                        for p in c.get("ports") or ()
+                    ),
+                    labels=dict(c.get("labels") or {}),
+                )
+            )
+        return Topology(int(doc["version"]), engines, tuple(networks), tuple(containers))
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a topology document: {e!r}") from None

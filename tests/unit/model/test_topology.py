@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dockmesh.engine.convert import container_from_api, network_from_api
@@ -365,3 +367,36 @@ def test_concurrent_first_lookups_agree() -> None:
     with ThreadPoolExecutor(8) as pool:
         found = list(pool.map(lambda _: topo.container("c1c1c1"), range(64)))
     assert all(c is not None and c.name == "demo-user-db-1" for c in found)
+
+
+@settings(max_examples=60, deadline=None)
+@given(topologies())
+def test_the_json_reads_back_into_the_same_json(topo: Topology) -> None:
+    """What the agent serves renders (tree, dot) the same as what the engine gave."""
+    from dockmesh.model.topology import topology_from_json
+
+    # The engine names an attachment after its network; the generator may not.
+    names = {n.id: n.name for n in topo.networks}
+    assume(
+        all(
+            names.get(a.network_id, a.network) == a.network
+            for c in topo.containers
+            for a in c.attachments
+        )
+    )
+    doc = topo.to_json()
+    assert topology_from_json(json.loads(json.dumps(doc))).to_json() == doc
+
+
+def test_a_document_of_another_shape_is_refused() -> None:
+    from dockmesh.model.topology import topology_from_json
+
+    for bad in (
+        {},
+        {"version": 1},
+        [],
+        None,
+        {"version": 1, "engines": [{}], "networks": [], "containers": []},
+    ):
+        with pytest.raises(ValueError, match="not a topology document"):
+            topology_from_json(bad)

@@ -1,0 +1,39 @@
+"""The console script's entry point.
+
+`dockmesh topology --json` with an agent running is answered here, before the command line's
+own machinery (typer, rich, the engine client) is imported: with hundreds of containers the
+agent answers in milliseconds, and those imports would be most of the command's time.
+Anything else — other arguments, no agent, an answer that is not a topology — takes the
+normal path, which asks the agent again or reads the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def _topology_from_agent() -> str | None:
+    from dockmesh.agentclient import topology_json
+
+    body = topology_json()
+    if body is None:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or "containers" not in doc:
+        return None
+    return json.dumps(doc, indent=2) + "\n"
+
+
+def main() -> None:
+    if sys.argv[1:] == ["topology", "--json"]:
+        text = _topology_from_agent()
+        if text is not None:
+            sys.stdout.write(text)
+            return
+    from dockmesh.cli.main import main as full
+
+    full()
