@@ -17,6 +17,7 @@ from dockmesh.ops.apply import Journal, start_container
 from dockmesh.projectfile.desired import desired_state
 from dockmesh.projectfile.facts import EngineNetworkFact, Facts, PublishedPort, Route
 from dockmesh.projectfile.schema import parse_spec_partial
+from dockmesh.projectfile.validate import validate
 from tests.unit.helpers import desired_of, problems_of
 
 OVERLAP_AND_GATEWAY = """\
@@ -1071,3 +1072,73 @@ def test_address_checks_agree_with_oracle(case: tuple[dict[str, Any], set[str]])
         else:
             raise AssertionError(line)
     assert found == bad, out
+
+
+# --- a file that validates clean converts -------------------------------------------------
+
+# Mostly values that pass, so that many documents validate clean; a few that do not.
+GOOD_SUBNETS = ["10.1.0.0/24", ["10.1.0.0/24", "fd00:1::/64"], "10.1.0.0/29"]
+SUBNETS = [*GOOD_SUBNETS * 3, "10.1.0.0/31", ["fd00:1::/127", "10.1.0.0/24"], "x", []]
+ADDRESSES = ["10.1.0.3", "10.1.0.9", "10.1.0.200", "fd00:1::1", "fd00:1::5", "fe80::1%e", "x"]
+RANGES = ["10.1.0.0/28", "10.1.0.8/29", "10.1.0.7/32", "fd00:1::/120", "10.2.0.0/28", "y"]
+COMMANDS = [None, None, "echo {{replica}} '{{ name }}'", "{{.Name}}", ["a", "{{service}}"]]
+COMMANDS += ["echo {{ nope }}", "sh -c 'x", "a\\", "a\0b"]
+PORTS: list[Any] = ["18080:80", "0.0.0.0:18081:80/tcp", "[::1]:18082:80", 80, "9090:90/udp"]
+PORTS += ["x:1", "18080:81"]
+CHECKS: list[Any] = [None, {"http": "/a%b", "port": 80}, {"test": ["CMD", "true"]}]
+CHECKS += [{"test": ["NONE"]}, {"test": "exit 0"}, {"tcp": True, "port": 80}]
+CHECKS += [{"http": "/a b", "port": 80}, {"tcp": True, "port": 80, "interval": "3000000h"}]
+CHECKS += [{"test": ["X"]}, {"test": ["CMD-SHELL", "a", "b"]}]
+
+
+def maybe(values: list[Any]) -> Any:
+    return st.sampled_from([None] * 2 * len(values) + values)
+
+
+@st.composite
+def documents(draw: Any) -> dict[str, Any]:
+    networks: dict[str, Any] = {}
+    for i in range(draw(st.integers(0, 2))):
+        net = {
+            "subnet": draw(st.sampled_from(SUBNETS)),
+            "gateway": draw(maybe(ADDRESSES)),
+            "ip_range": draw(maybe(RANGES)),
+            "aux_addresses": draw(maybe([{"a": a} for a in ADDRESSES])),
+            "enable_ipv6": draw(maybe([True, False])),
+        }
+        net = {k: v for k, v in net.items() if v is not None}
+        if isinstance(net["subnet"], str):  # one network per subnet, or they overlap
+            net["subnet"] = net["subnet"].replace("10.1.", f"10.{1 + i}.")
+        networks[f"n{i}"] = net
+    services: dict[str, Any] = {}
+    for i in range(draw(st.integers(0, 3))):
+        attach = {
+            n: {
+                k: draw(st.sampled_from(ADDRESSES))
+                for k in ("ipv4_address", "ipv6_address")
+                if draw(st.integers(0, 3)) == 0
+            }
+            for n in draw(st.lists(st.sampled_from([*networks] * 4 + ["ghost"]), unique=True))
+        }
+        service = {
+            "image": draw(st.sampled_from(["dockmesh/toolbox"] * 10 + ["Bad", "a@sha256:1"])),
+            "replicas": draw(st.sampled_from([1, 1, 1, 0, 2, 4])),
+            "networks": attach,
+            "command": draw(st.sampled_from(COMMANDS[:5] * 3 + COMMANDS)),
+            "hostname": draw(maybe(["{{name}}", "h-{{replica}}", "h {{x}}"])),
+            "ports": draw(st.lists(st.sampled_from(PORTS), max_size=1)),
+            "depends_on": draw(st.lists(st.sampled_from([f"s{j}" for j in range(i)]))) if i else [],
+            "healthcheck": draw(st.sampled_from(CHECKS[:6] * 3 + CHECKS)),
+        }
+        services[f"s{i}"] = {k: v for k, v in service.items() if v is not None}
+    return {"project": "p", "networks": networks, "services": services}
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents())
+def test_what_validates_clean_converts(doc: dict[str, Any]) -> None:
+    spec, shape, left_out = parse_spec_partial(doc)
+    assert spec is not None
+    if shape or validate(spec, "p", Facts(), left_out):
+        return
+    desired_state(spec, "p")  # nothing the validation let through makes conversion fail
