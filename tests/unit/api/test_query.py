@@ -83,6 +83,10 @@ def test_filters_dockmesh_does_not_implement_are_refused() -> None:
         query.refuse_unsupported(pairs("filter=Service%20%3D%3D%20web"))
 
 
+def _is_one_line_400(e: ApiError) -> None:
+    assert e.status == 400 and "\n" not in e.reason
+
+
 @settings(max_examples=500)
 @given(st.text(max_size=80) | st.from_regex(r"(index=[-+0-9%a-f.]{0,25}&wait=[0-9a-zµ.%]{0,8})"))
 def test_any_query_string_parses_or_is_refused_cleanly(raw: str) -> None:
@@ -92,7 +96,7 @@ def test_any_query_string_parses_or_is_refused_cleanly(raw: str) -> None:
         query.bool_param(p, "passing")
         query.uint_param(p, "cas")
     except ApiError as e:
-        assert e.status == 400 and "\n" not in e.reason
+        _is_one_line_400(e)
     else:
         assert 0 <= b.index <= 2**64 - 1
         assert 0 <= b.wait_s <= query.MAX_WAIT_S
