@@ -118,7 +118,6 @@ class _Pinned:
 
 @dataclass(frozen=True, slots=True)
 class _Binding:
-    service: str
     path: Path
     mapping: PortMapping
 
@@ -195,7 +194,36 @@ class _Validator:
         self.options(base, net, 6 in families)
 
     def addresses(self, base: Path, net: NetworkSpec) -> dict[int, _Family]:
-        """The network's subnets, gateways, ranges and auxiliary addresses, family by family."""
+        """The network's subnets, gateways, ranges and auxiliary addresses, family by family,
+        reserved in the engine's order: gateway first, auxiliary addresses next."""
+        families = self.subnets(base, net)
+        self.ipv6(base, net, families)
+        if net.subnet is None:
+            for fname in ("gateway", "ip_range"):
+                if getattr(net, fname) is not None:
+                    self.err((*base, fname), f"{fname} needs a subnet")
+            if net.aux_addresses:
+                self.err((*base, "aux_addresses"), "aux_addresses need a subnet")
+            return families
+        self.gateways(base, net, families)
+        self.ip_ranges(base, net, families)
+        for fam in families.values():
+            if fam.gateway_path is not None or not fam.usable:
+                continue
+            fam.gateway = first_free(fam.subnet, fam.pool)
+            if fam.gateway is None:
+                fam.usable = False
+                self.err(
+                    fam.pool_path,
+                    f"ip_range {fam.pool} leaves no address for the gateway (the engine "
+                    "puts it on the range's first free address; name one with gateway:)",
+                )
+            else:
+                fam.held[fam.gateway] = "the gateway"
+        self.aux_addresses(base, net, families)
+        return families
+
+    def subnets(self, base: Path, net: NetworkSpec) -> dict[int, _Family]:
         families: dict[int, _Family] = {}
         for path, text in _entries((*base, "subnet"), net.subnet, "subnet"):
             if path is None:
@@ -209,20 +237,21 @@ class _Validator:
             if subnet.version in families:
                 self.err(path, f"a second IPv{subnet.version} subnet: give one of each family")
                 continue
-            new = families[subnet.version] = _Family(subnet, path)
+            fam = families[subnet.version] = _Family(subnet, path)
             if first_free(subnet, subnet) is None:
-                new.usable = False
+                fam.usable = False
+                kept = (
+                    "network and broadcast addresses" if subnet.version == 4 else "network address"
+                )
                 self.err(
                     path,
                     f"{subnet} is too small: no address is left for the gateway (the engine "
-                    "keeps the "
-                    + (
-                        "network and broadcast addresses"
-                        if subnet.version == 4
-                        else "network address"
-                    )
-                    + f"); a /{subnet.max_prefixlen - 2} holds the gateway and 1 container",
+                    f"keeps the {kept}); a /{subnet.max_prefixlen - 2} holds the gateway and "
+                    "1 container",
                 )
+        return families
+
+    def ipv6(self, base: Path, net: NetworkSpec, families: dict[int, _Family]) -> None:
         versions = {_version_of(t) for t in _texts(net.subnet)}
         given_v6 = 6 in versions
         if given_v6 and 4 not in versions:
@@ -245,14 +274,8 @@ class _Validator:
                 "is false but the network has an IPv6 subnet: the engine would ignore the subnet "
                 "(leave enable_ipv6 out, it follows the subnets)",
             )
-        if net.subnet is None:
-            for fname in ("gateway", "ip_range"):
-                if getattr(net, fname) is not None:
-                    self.err((*base, fname), f"{fname} needs a subnet")
-            if net.aux_addresses:
-                self.err((*base, "aux_addresses"), "aux_addresses need a subnet")
-            return families
 
+    def gateways(self, base: Path, net: NetworkSpec, families: dict[int, _Family]) -> None:
         for path, text in _entries((*base, "gateway"), net.gateway, "gateway"):
             if path is None:
                 self.err((*base, "gateway"), text)
@@ -276,6 +299,8 @@ class _Validator:
                 continue
             fam.gateway = gw
             fam.held[gw] = "the gateway"
+
+    def ip_ranges(self, base: Path, net: NetworkSpec, families: dict[int, _Family]) -> None:
         for path, text in _entries((*base, "ip_range"), net.ip_range, "ip_range"):
             if path is None:
                 self.err((*base, "ip_range"), text)
@@ -297,18 +322,8 @@ class _Validator:
                 fam.usable = False
             else:
                 fam.ip_range = rng
-        for fam in families.values():
-            if fam.gateway_path is None and fam.usable:
-                fam.gateway = first_free(fam.subnet, fam.pool)
-                if fam.gateway is None:
-                    fam.usable = False
-                    self.err(
-                        fam.pool_path,
-                        f"ip_range {fam.pool} leaves no address for the gateway (the engine "
-                        "puts it on the range's first free address; name one with gateway:)",
-                    )
-                else:
-                    fam.held[fam.gateway] = "the gateway"
+
+    def aux_addresses(self, base: Path, net: NetworkSpec, families: dict[int, _Family]) -> None:
         for aux_name, text in net.aux_addresses.items():
             path = (*base, "aux_addresses", aux_name)
             try:
@@ -326,7 +341,6 @@ class _Validator:
                 self.err(path, f"aux address {addr} is already {fam.held[addr]}")
             else:
                 fam.held[addr] = f"aux address {aux_name!r}"
-        return families
 
     def _family_of(
         self, path: Path, families: dict[int, _Family], version: int, what: str
@@ -334,8 +348,11 @@ class _Validator:
         fam = families.get(version)
         if fam is None and families:
             others = ", ".join(str(f.subnet) for f in families.values())
-            self.err(path, f"{what} is IPv{version} but the network has no IPv{version} subnet "
-                     f"(its subnet: {others})")  # fmt: skip
+            self.err(
+                path,
+                f"{what} is IPv{version} but the network has no IPv{version} subnet "
+                f"(its subnet: {others})",
+            )
         return fam
 
     def options(self, base: Path, net: NetworkSpec, ipv6: bool) -> None:
@@ -534,8 +551,7 @@ class _Validator:
         for key, value in labels.items():
             p = (*path, key)
             if not key or not key.isprintable() or any(ch.isspace() for ch in key) or "=" in key:
-                self.err(p, f"{key!r} is not a valid label key (no spaces, '=' or control "
-                         "characters)")  # fmt: skip
+                self.err(p, f"{key!r} is not a valid label key (no spaces, '=' or controls)")
             elif key == LABEL_PROJECT or key.startswith(_OWN_LABEL_PREFIX):
                 self.err(p, f"{key!r} is a label dockmesh writes itself")
             elif discovery and key in DISCOVERY_LABELS:
@@ -723,7 +739,7 @@ class _Validator:
                     f"host port {m.host_port} cannot be published by {svc.replicas} "
                     "replicas (leave the host port out to let the engine pick)",
                 )
-            self.bindings.append(_Binding(svc_name, path, m))
+            self.bindings.append(_Binding(path, m))
 
     def cycles(self) -> bool:
         graph = {
