@@ -73,9 +73,13 @@ def update_ttl(state: CheckState, status: Status, output: str, now: float) -> Ch
 
 
 def expire(state: CheckState, now: float) -> CheckState:
-    """A TTL check whose TTL has run out turns critical."""
-    if state.expires_at is None or now < state.expires_at or state.status == "critical":
+    """A TTL check whose TTL has run out turns critical; its TTL is spent either way."""
+    if state.expires_at is None or now < state.expires_at:
         return state
+    if state.status == "critical":
+        # Already critical (never updated, or failed by hand): nothing a reader sees changes,
+        # but the deadline goes, or `Catalog.next_deadline()` would stay in the past forever.
+        return replace(state, expires_at=None)
     return replace(
         _with_status(state, "critical", "TTL expired", now), expires_at=None, successes=0
     )
