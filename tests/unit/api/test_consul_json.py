@@ -306,7 +306,7 @@ def _refusal_is_clean(e: ApiError) -> None:
     assert e.reason and "\n" not in e.reason and len(e.reason) < 300
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(_KEYS), _json_values, max_size=10))
 def test_any_json_object_registers_or_is_refused_cleanly(body: dict[str, Any]) -> None:
     try:

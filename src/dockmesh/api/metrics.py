@@ -1,0 +1,108 @@
+"""Prometheus metrics of the API and of the catalog it serves.
+
+Catalog sizes are read when Prometheus scrapes (a collector), never counted along the way:
+they cannot drift from the catalog. Requests are counted by route *pattern*
+(`/v1/health/service/{name}`), never by raw path, so the number of series stays bounded
+whatever clients ask for.
+
+The registry is passed in so the agent's other parts (DNS, health checks) expose theirs on
+the same `/metrics`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from dockmesh.catalog.state import Catalog
+
+Registry = CollectorRegistry
+
+_METHODS = frozenset({"GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH"})
+_STATUSES = ("passing", "warning", "critical", "maintenance")
+# Ordinary reads take microseconds to milliseconds; blocking queries are counted apart.
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class CatalogCollector(Collector):
+    """dockmesh_catalog_* gauges, computed from the catalog at scrape time."""
+
+    def __init__(self, catalog: Callable[[], Catalog]) -> None:
+        self._catalog = catalog
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cat = self._catalog()
+        services = GaugeMetricFamily("dockmesh_catalog_services", "Services in the catalog.")
+        services.add_metric([], len(cat.services()))
+        yield services
+
+        instances = GaugeMetricFamily(
+            "dockmesh_catalog_instances",
+            "Service instances in the catalog, by where they come from.",
+            labels=["source"],
+        )
+        by_source = Tally[str](i.source for i in cat.instances())
+        for source in ("api", "container"):
+            instances.add_metric([source], by_source.get(source, 0))
+        yield instances
+
+        checks = GaugeMetricFamily(
+            "dockmesh_catalog_checks", "Health checks in the catalog, by status.", labels=["status"]
+        )
+        by_status = Tally[str](c.status for c in cat.checks())
+        for status in _STATUSES:
+            checks.add_metric([status], by_status.get(status, 0))
+        yield checks
+
+        kv = GaugeMetricFamily("dockmesh_kv_keys", "Keys in the KV store.")
+        kv.add_metric([], len(cat.kv_keys("")))
+        yield kv
+
+        index = GaugeMetricFamily("dockmesh_catalog_index", "The catalog's current index.")
+        index.add_metric([], cat.index)
+        yield index
+
+
+class ApiMetrics:
+    """Request counters and latency, registered once in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry, catalog: Callable[[], Catalog]) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "dockmesh_api_requests",
+            "HTTP API requests, by route pattern, method and status code.",
+            ["route", "method", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "dockmesh_api_request_duration_seconds",
+            "Time to answer an HTTP API request that is not a blocking query.",
+            ["route", "method"],
+            buckets=_BUCKETS,
+            registry=registry,
+        )
+        self.blocking = Counter(
+            "dockmesh_api_blocking_queries",
+            "Blocking queries (?index=) answered, by route pattern.",
+            ["route"],
+            registry=registry,
+        )
+        registry.register(CatalogCollector(catalog))
+
+    def observe(self, route: str, method: str, code: int, seconds: float, blocking: bool) -> None:
+        method = method if method in _METHODS else "other"
+        self.requests.labels(route, method, str(code)).inc()
+        if blocking:
+            self.blocking.labels(route).inc()
+        else:
+            self.latency.labels(route, method).observe(seconds)
+
+    def exposition(self, accept: str) -> tuple[bytes, str]:
+        """The registry in the text format the scraper asked for, and its content type."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
