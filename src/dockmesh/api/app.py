@@ -228,7 +228,11 @@ class _Api:
         pairs = _pairs(request)
         reg = consul_json.parse_registration(await request.read())
         cat = self.live.catalog
-        existing = [c.spec for c in cat.checks_of(reg.instance.id)]
+        old = cat.instance(reg.instance.id)
+        # A container's checks stay with the container: a registration over its ID starts
+        # from the checks it names.
+        keep = old is not None and old.source == "api"
+        existing = [c.spec for c in cat.checks_of(reg.instance.id)] if keep else []
         checks = consul_json.merge_checks(
             reg.checks, existing, query.bool_param(pairs, "replace-existing-checks")
         )
@@ -280,6 +284,12 @@ class _Api:
         inst = cat.instance(spec.service_id or "")
         if inst is None:
             raise bad_request(f"ServiceID {shown(spec.service_id)} does not exist")
+        if inst.source != "api":
+            # The next change of the container would drop it without a word.
+            raise bad_request(
+                f"service {shown(inst.id)} comes from a container's labels:"
+                " give its checks with dockmesh.check.* labels"
+            )
         existing = [c.spec for c in cat.checks_of(inst.id)]
         checks = consul_json.merge_checks([spec], existing, replace_existing=False)
         owners = {c.spec.id: c.spec.service_id for c in cat.checks()}
@@ -409,7 +419,7 @@ class _Api:
 
     async def kv(self, request: web.Request) -> web.StreamResponse:
         pairs = _pairs(request)
-        key = _kv_key(request.raw_path)
+        key = _kv_key(request.rel_url.raw_path)
         if request.method == "GET":
             return await self._kv_get(request, pairs, key)
         if request.method == "PUT":
@@ -531,11 +541,14 @@ class _Api:
 
 
 def _kv_key(raw_path: str) -> str:
-    """The key as the client wrote it: from the raw path, so `%2F`, `+` and bytes that are
-    not UTF-8 are decided here (a 400), not by the framework's path normalisation."""
-    path = raw_path.split("?", 1)[0]
-    raw = path[len("/v1/kv/") :] if path.startswith("/v1/kv/") else ""
-    data = unquote_to_bytes(raw)
+    """The key as the client wrote it: from the raw (still percent-encoded) path, so `%2F`,
+    `+` and escapes that are not UTF-8 are decided here (a 400), not by the framework's
+    path decoding."""
+    raw = raw_path[len("/v1/kv/") :] if raw_path.startswith("/v1/kv/") else ""
+    try:
+        data = unquote_to_bytes(raw)
+    except UnicodeEncodeError:  # a lone surrogate the request line's decoding let through
+        raise bad_request("key is not valid UTF-8") from None
     if len(data) > MAX_KEY_BYTES:
         raise bad_request(f"key is longer than {MAX_KEY_BYTES} bytes")
     try:

@@ -221,6 +221,21 @@ def test_check_register_and_deregister() -> None:
     run(scenario)
 
 
+def test_container_instances_keep_their_own_checks() -> None:
+    async def scenario(env: Env) -> None:
+        inst = Instance("c1", "web", "10.0.0.9", 80, source="container")
+        env.live.register(inst, [CheckSpec("c1:http", "h", "http", service_id="c1", http="/h")])
+        status, body, _ = await env.call(
+            "PUT", "/v1/agent/check/register", {"Name": "x", "ServiceID": "c1", "TTL": "9s"}
+        )
+        assert status == 400 and "dockmesh.check" in body
+        # A manual registration over a container's ID does not take the container's checks.
+        await env.put("/v1/agent/service/register", {"Name": "web", "ID": "c1", "Port": 81})
+        assert await env.get("/v1/agent/checks") == {}
+
+    run(scenario)
+
+
 def test_health_state() -> None:
     async def scenario(env: Env) -> None:
         await env.put("/v1/agent/service/register", {**WEB, "Check": {"TTL": "30s"}})
@@ -346,6 +361,34 @@ def test_kv_keys_are_taken_from_the_raw_path() -> None:
     async def scenario(env: Env) -> None:
         await env.put("/v1/kv/a%2Fb%20c+d%C3%A9", raw=b"v")
         assert env.live.catalog.kv_keys("") == ["a/b c+dé"]
+
+    run(scenario)
+
+
+def test_requests_written_by_hand() -> None:
+    """What no client library sends but a proxy or a hand-written client may."""
+
+    async def exchange(env: Env, raw: bytes) -> bytes:
+        server = env.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(raw)
+        await writer.drain()
+        data = await reader.read()  # to the end: every request here says Connection: close
+        writer.close()
+        return data
+
+    async def scenario(env: Env) -> None:
+        chunked = (
+            b"PUT /v1/kv/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        assert (await exchange(env, chunked)).startswith(b"HTTP/1.1 200")
+        assert env.live.catalog.kv_get("x") is not None
+        # An absolute-form target: the key is still the path's.
+        absolute = b"GET http://h/v1/kv/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+        reply = await exchange(env, absolute)
+        assert reply.startswith(b"HTTP/1.1 200") and b'"Key":"x"' in reply
 
     run(scenario)
 
