@@ -123,10 +123,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """What `up` would change, without changing it."""
         from dockmesh.cli.render import plan_table
-        from dockmesh.ops.project import load, plan_loaded
+        from dockmesh.ops.project import connect_for, load, plan_loaded
 
         loaded = load(file)  # a file wrong without the engine's help stops here
-        plan = plan_loaded(loaded, connect(engine)[0])
+        plan = plan_loaded(loaded, connect_for(loaded, lambda: connect(engine)[0]))
         if json_out:
             print_json(plan.to_json())
         elif plan.empty:
@@ -142,10 +142,10 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def up(file: FileArg, engine: EngineOpt = None, json_out: JsonOpt = False) -> None:
         """Create or replace what the file describes; leave what matches alone."""
-        from dockmesh.ops.project import load, up
+        from dockmesh.ops.project import connect_for, load, up
 
         loaded = load(file)  # a file wrong without the engine's help stops here
-        backend = connect(engine)[0]
+        backend = connect_for(loaded, lambda: connect(engine)[0])
         outcome: Outcome
         with _stop_on_sigint() as should_stop, _progress("up") as progress:
             outcome = up(loaded, backend, progress, should_stop, _say)

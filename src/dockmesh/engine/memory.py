@@ -325,7 +325,14 @@ class MemoryEngine:
                     )
             if p.gateway is None and config.driver == "bridge" and net.num_addresses < 4:
                 raise EngineError(f"no available address for the gateway in {p.subnet}")
-            gw = p.gateway or (str(net.network_address + 1) if net.num_addresses > 2 else None)
+            # With no gateway named, the engine takes the first host of ip_range (else of
+            # the subnet) for it.
+            first_of = ipaddress.ip_network(p.ip_range) if p.ip_range else net
+            gw = p.gateway or (
+                str(max(first_of.network_address, net.network_address + 1))
+                if net.num_addresses > 2
+                else None
+            )
             pools.append(IpamPool(str(net), gw, p.ip_range, dict(p.aux_addresses)))
             taken.append(net)
         return tuple(pools)

@@ -34,7 +34,21 @@ def load(path: str) -> LoadedSpec:
         raise UsageError(f"{path}: no such file")
     if not os.path.isfile(path):
         raise UsageError(f"{path}: not a file")
-    return load_spec(path)
+    try:
+        return load_spec(path)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read: {e.strerror or e}") from None
+
+
+def connect_for(loaded: LoadedSpec, connect: Callable[[], EngineBackend]) -> EngineBackend:
+    """The engine to plan against. When it cannot be reached and the file is wrong whatever
+    the engine holds, the file's problems are what the user hears (exit 2), not the engine."""
+    try:
+        return connect()
+    except EngineError:
+        if loaded.shape_problems:
+            loaded.check(Facts())
+        raise
 
 
 def snapshot(backend: EngineBackend) -> Topology:

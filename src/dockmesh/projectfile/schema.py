@@ -199,4 +199,6 @@ def _message(err: Any) -> str:
         return "is required"
     if kind == "literal_error":
         return f"must be one of {err['ctx']['expected']}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be a mapping (key: value)"
     return str(err["msg"]).replace("Input should be", "must be")
