@@ -45,6 +45,8 @@ FILES: dict[str, tuple[str, bytes]] = {
         "dockmesh.yaml",
         b'services:\n  "a\\e[31m\\nb": {image: x}\n  "a\\e[31m\\nb": {image: y}\n',
     ),
+    # Valid YAML, wrong shape: no engine is needed to say so, and none is answering.
+    "shape only": ("dockmesh.yaml", b"services: {x: 1}\nnetworks: [a]\n"),
 }
 
 
