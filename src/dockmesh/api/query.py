@@ -117,16 +117,11 @@ def parse_blocking(pairs: Pairs) -> Blocking:
     return Blocking(index, wait_s)
 
 
-# Parameters a Consul client may send that change nothing for one agent that is its own
-# leader: the datacenter, consistency modes, ACL tokens, a node to sort near.
-IGNORED = frozenset(
-    {"dc", "stale", "consistent", "cached", "token", "near", "ns", "partition", "peer"}
-)
-
-
 def refuse_unsupported(pairs: Pairs) -> None:
     """A parameter that would filter the answer and that dockmesh does not implement is
-    refused rather than ignored: ignoring it would answer a different question."""
+    refused rather than ignored: ignoring it would answer a different question. Those that
+    change nothing for one agent that is its own leader (`dc`, `stale`, `consistent`,
+    `cached`, `token`, `near`, `ns`, `partition`) are ignored, like any unknown one."""
     for name in ("filter", "node-meta"):
         if has(pairs, name):
             raise bad_request(f"?{name} is not supported by dockmesh")
