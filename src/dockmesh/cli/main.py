@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from dockmesh.cli import images, project, topology
+from dockmesh.cli import agent, images, project, topology
 
 app = typer.Typer(
     name="dockmesh",
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
+agent.register(app)
 
 
 @app.callback()

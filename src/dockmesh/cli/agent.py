@@ -1,0 +1,70 @@
+"""`dockmesh agent`: the control plane (catalog, health checks, HTTP API, DNS)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dockmesh.cli.common import EngineOpt, UserError, engine_refs, handle_errors
+
+
+def parse_hostport(value: str, option: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT`, with the port in range."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise UserError(f"{option} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8500")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise UserError(f"{option} {value!r}: the port must be a number from 0 to 65535")
+    return host, int(port)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("agent")
+    @handle_errors
+    def agent(
+        api: Annotated[
+            str, typer.Option("--api", help="Where the HTTP API listens (HOST:PORT).")
+        ] = "127.0.0.1:8500",
+        dns: Annotated[
+            str,
+            typer.Option("--dns", help="Where the DNS server listens (HOST:PORT; 'off': none)."),
+        ] = "127.0.0.1:8600",
+        state: Annotated[
+            str,
+            typer.Option(
+                "--state",
+                help="SQLite file for manual registrations and KV ('': keep them in memory).",
+            ),
+        ] = "/var/lib/dockmesh/state.db",
+        engine: EngineOpt = None,
+        register_compose: Annotated[
+            bool,
+            typer.Option(
+                "--register-compose",
+                help="Register every Docker Compose service that exposes exactly one port.",
+            ),
+        ] = False,
+        no_gateway_dns: Annotated[
+            bool,
+            typer.Option(
+                "--no-gateway-dns",
+                help="Do not serve DNS on the Docker bridge networks' gateway addresses.",
+            ),
+        ] = False,
+    ) -> None:
+        """Run the agent: follow the engines, keep the catalog, check health, serve the API
+        and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
+        from dockmesh.agent import AgentConfig, run_agent
+
+        config = AgentConfig(
+            engines=engine_refs(engine),
+            api=parse_hostport(api, "--api"),
+            dns=None if dns.lower() in ("off", "none", "") else parse_hostport(dns, "--dns"),
+            state=state or None,
+            register_compose=register_compose,
+            dns_on_gateways=not no_gateway_dns,
+        )
+        run_agent(config)

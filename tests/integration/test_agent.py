@@ -1,0 +1,209 @@
+"""`dockmesh agent` as a user runs it: a process on free ports, the real engine, real clients
+(curl-like HTTP, dig), containers labelled for discovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import free_subnets
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AgentProc:
+    def __init__(self, tmp: Path) -> None:
+        self.api_port, self.dns_port = free_port(), free_port()
+        self.state = tmp / "state.db"
+        self.log = tmp / "agent.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dockmesh",
+                "agent",
+                "--api",
+                f"127.0.0.1:{self.api_port}",
+                "--dns",
+                f"127.0.0.1:{self.dns_port}",
+                "--state",
+                str(self.state),
+                "--no-gateway-dns",
+            ],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.get("/v1/status/leader")
+                return
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()
+                time.sleep(0.1)
+        raise AssertionError("agent did not answer: " + self.log.read_text())
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+    def get(self, path: str) -> tuple[str | None, Any]:
+        with urllib.request.urlopen(self.api + path, timeout=15) as r:
+            return r.headers.get("X-Consul-Index"), json.load(r)
+
+    def put(self, path: str, body: bytes) -> Any:
+        req = urllib.request.Request(self.api + path, data=body, method="PUT")
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return json.load(r)
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[AgentProc]:
+    a = AgentProc(tmp_path)
+    a.start()
+    yield a
+    if a.proc is not None and a.proc.poll() is None:
+        a.proc.kill()
+        a.proc.wait()
+
+
+def wait_until(pred: Any, limit: float) -> float:
+    t = time.monotonic()
+    while time.monotonic() - t < limit:
+        if pred():
+            return time.monotonic() - t
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def dig(port: int, name: str, qtype: str = "A") -> list[str]:
+    out = subprocess.run(
+        ["dig", "+short", "+time=2", "+tries=1", "@127.0.0.1", "-p", str(port), name, qtype],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    return sorted(line for line in out.splitlines() if line)
+
+
+def test_labelled_containers_are_discovered_checked_and_leave_at_once(
+    api: Any, prefix: str, agent: AgentProc, toolbox: str
+) -> None:
+    (subnet,) = free_subnets(api, 1)
+    net = f"{prefix}_net"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    labels = {
+        "dockmesh.service": f"{prefix}svc",
+        "dockmesh.port": "8080",
+        "dockmesh.check.http": "/health",
+        "dockmesh.check.interval": "1s",
+    }
+    ids = []
+    for i in (1, 2):
+        cid = api.create_container(
+            toolbox,
+            name=f"{prefix}-w{i}",
+            hostname=f"{prefix}-w{i}",
+            labels=labels,
+            host_config=api.create_host_config(network_mode=net),
+        )["Id"]
+        api.start(cid)
+        ids.append(cid)
+    svc = f"{prefix}svc"
+
+    def passing() -> set[str]:
+        _, nodes = agent.get(f"/v1/health/service/{svc}?passing")
+        return {n["Service"]["ID"] for n in nodes}
+
+    wait_until(lambda: passing() == {f"{prefix}-w1", f"{prefix}-w2"}, 10)
+    assert len(dig(agent.dns_port, f"{svc}.service.dockmesh")) == 2
+    srv = dig(agent.dns_port, f"{svc}.service.dockmesh", "SRV")
+    assert len(srv) == 2 and all(" 8080 " in r for r in srv)
+    # the backend fails its check: out of ?passing and DNS within an interval or two
+    subprocess.run(["docker", "exec", f"{prefix}-w2", "touch", "/tmp/unhealthy"], check=True)
+    subprocess.run(["docker", "exec", f"{prefix}-w2", "rm", "-f", "/www/health"], check=True)
+    wait_until(lambda: passing() == {f"{prefix}-w1"}, 5)
+    assert len(dig(agent.dns_port, f"{svc}.service.dockmesh")) == 1
+    # stopped: gone at once (event-driven)
+    api.stop(ids[0], timeout=0)
+    elapsed = wait_until(lambda: passing() == set(), 5)
+    assert elapsed < 2
+    assert dig(agent.dns_port, f"{svc}.service.dockmesh") == []
+
+
+def test_manual_registrations_and_kv_survive_a_restart(agent: AgentProc, prefix: str) -> None:
+    body = json.dumps(
+        {"Name": f"{prefix}m", "ID": f"{prefix}m-1", "Address": "10.9.9.9", "Port": 1234}
+    )
+    urllib.request.urlopen(
+        urllib.request.Request(
+            agent.api + "/v1/agent/service/register", data=body.encode(), method="PUT"
+        ),
+        timeout=10,
+    ).close()
+    assert agent.put(f"/v1/kv/{prefix}/k", b"kept") is True
+    assert agent.stop() == 0  # SIGTERM: a clean exit
+    agent.start()
+    _, nodes = agent.get(f"/v1/catalog/service/{prefix}m")
+    assert [n["ServiceID"] for n in nodes] == [f"{prefix}m-1"]
+    _, kv = agent.get(f"/v1/kv/{prefix}/k")
+    import base64
+
+    assert base64.b64decode(kv[0]["Value"]) == b"kept"
+
+
+def test_topology_from_the_agent_matches_the_engine(agent: AgentProc) -> None:
+    env = {**os.environ, "DOCKMESH_AGENT": agent.api}
+    via = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "dockmesh", "topology", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+    )
+    env["DOCKMESH_AGENT"] = "http://127.0.0.1:1"
+    direct = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "dockmesh", "topology", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+    )
+    assert sorted(c["name"] for c in via["containers"]) == sorted(
+        c["name"] for c in direct["containers"]
+    )
+    tree = subprocess.run(
+        [sys.executable, "-m", "dockmesh", "topology"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DOCKMESH_AGENT": agent.api},
+        check=True,
+    )
+    assert tree.stdout.startswith("topology v")
