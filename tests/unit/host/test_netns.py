@@ -229,8 +229,10 @@ def test_a_thread_that_cannot_get_home_takes_no_more_jobs(
     first = pool.submit(ns_pid, threading.get_native_id)
     stray_tid = first.result(WAIT)  # the job itself succeeded
     wait_until(lambda: pool.stats().stray == 1 and pool.stats().threads == 0)
+    # It ends where it is, taking its namespace with it.
+    wait_until(lambda: not os.path.exists(f"/proc/self/task/{stray_tid}"))
     assert pool.run(ns_pid, threading.get_native_id) != stray_tid
-    assert threads_netns() == {pool.home}  # the stray thread has ended
+    assert threads_netns() == {pool.home}
 
 
 def test_a_waiter_cancelled_while_its_job_runs_does_not_leak_the_socket(
