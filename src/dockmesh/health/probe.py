@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from dockmesh.host.netns import NamespaceGone, NetnsError, NetnsPool
+from dockmesh.host.netns import NetnsError, NetnsPool
 from dockmesh.model.catalog import CheckSpec, Status
 
 LINE_LIMIT = 8192  # bytes of one status or header line
@@ -228,10 +228,8 @@ class Prober:
             if spec.kind == "tcp":
                 return await self._tcp(spec, desc)
             return Result("critical", f"{desc}: {spec.kind} checks are not probed")
-        except NamespaceGone as e:
+        except NetnsError as e:  # the container is gone, or its namespace is out of reach
             return Result("critical", f"{desc}: {e}")
-        except NetnsError as e:
-            return Result("critical", f"{desc}: cannot enter the instance's namespace: {e}")
         except MalformedResponse as e:
             return Result("critical", f"{desc}: malformed response: {e}")
         except ValueError as e:

@@ -330,10 +330,11 @@ class NetnsPool:
 
     def _work(self) -> None:
         me = threading.current_thread()
-        # A thread starts in its creator's namespace. That is home, except for the replacement
-        # of a thread that could not get back: it must go home before it runs anything.
-        healthy = thread_netns() == self.home or self._go_home()
+        healthy = False
         try:
+            # A thread starts in its creator's namespace. That is home, except for the
+            # replacement of a thread that could not get back: it goes home before any job.
+            healthy = thread_netns() == self.home or self._go_home()
             while healthy and self._take_and_run():
                 pass
         finally:
@@ -395,7 +396,8 @@ class NetnsPool:
         home = not entered or self._go_home()
         with self._lock:
             self._jobs += 1
-        # Published only now: when a caller sees the result, this thread is home.
+        # Published only now: when a caller sees the result, this thread is home (or, if it
+        # could not get back, it is about to exit without taking another job).
         if error is not None:
             job.future.set_exception(error)
         else:
