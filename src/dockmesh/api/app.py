@@ -172,7 +172,7 @@ class _Api:
             resp = _text(e.reason, e.status)
         except web.HTTPException as e:
             # The router's 404 and 405, aiohttp's 413 for a body over client_max_size.
-            resp = _text(e.text or e.reason, e.status)
+            resp = _text(ApiError(e.status, e.text or e.reason).reason, e.status)
             if "Allow" in e.headers:
                 resp.headers["Allow"] = e.headers["Allow"]
         except Exception as e:
