@@ -105,6 +105,8 @@ setup_engine() {
 setup_tools() {
     # What the image builder and the tests call on the host.
     apt_install busybox-static debootstrap iproute2 nftables ca-certificates
+    # DNS: dig for the tests, dnsperf and dnsmasq (a C peer) for benchmarks/dns.py.
+    apt_install dnsutils dnsperf dnsmasq-base
 }
 
 setup_all() {

@@ -284,9 +284,12 @@ class DnsServer:
         last: OSError | None = None
         for _ in range(_BIND_ATTEMPTS if port == 0 else 1):
             listener = _Listener(host, port)
-            udp, _proto = await loop.create_datagram_endpoint(
-                lambda: _Udp(self.answerer, self.errors), local_addr=(host, port)
-            )
+            try:
+                udp, _proto = await loop.create_datagram_endpoint(
+                    lambda: _Udp(self.answerer, self.errors), local_addr=(host, port)
+                )
+            except OSError as e:
+                raise _bind_error("UDP", host, port, e) from e
             listener.udp = udp
             listener.port = udp.get_extra_info("sockname")[1]
             try:
@@ -299,7 +302,7 @@ class DnsServer:
                 )
             except OSError as e:
                 udp.close()
-                last = e
+                last = _bind_error("TCP", host, listener.port, e)
                 continue
             self._listeners[(host, listener.port)] = listener
             log.info("DNS listening on %s:%d (UDP and TCP)", host, listener.port)
@@ -317,3 +320,9 @@ class DnsServer:
         self._closed = True
         for key in list(self._listeners):
             await self.remove_listener(*key)
+
+
+def _bind_error(proto: str, host: str, port: int, e: OSError) -> OSError:
+    """One wording whichever loop failed (asyncio and uvloop word bind errors apart)."""
+    reason = e.strerror or str(e)
+    return OSError(e.errno, f"DNS cannot listen on {host}:{port} ({proto}): {reason}")
