@@ -55,6 +55,8 @@ class AgentConfig:
     # Serve DNS on each Docker bridge network's gateway too (containers started with
     # `--dns <gateway>` then resolve service names through Docker's embedded DNS).
     dns_on_gateways: bool = True
+    # Docker's embedded DNS forwards what it does not know to port 53 of the `--dns` server.
+    gateway_dns_port: int = 53
     node: str = "dockmesh"
     dns_domains: tuple[str, ...] = ("dockmesh", "consul")
     dns_ttl: int = 0
@@ -92,16 +94,23 @@ class TopologyHolder:
 
 def bridge_gateways(topo: Topology) -> set[str]:
     """IPv4 gateways of the local bridge networks: addresses the host holds, reachable from
-    every container on them (internal networks included)."""
+    every container on them (internal networks included). The engine reports a gateway only
+    when one was asked for; otherwise it took the first host of the pool (the ip_range, else
+    the subnet)."""
     out: set[str] = set()
     for n in topo.networks:
         if n.driver != "bridge":
             continue
         for pool in n.ipam:
-            if pool.gateway:
-                with contextlib.suppress(ValueError):
-                    if ipaddress.ip_address(pool.gateway).version == 4:
-                        out.add(pool.gateway)
+            with contextlib.suppress(ValueError):
+                if pool.gateway:
+                    gw = ipaddress.ip_address(pool.gateway)
+                else:
+                    subnet = ipaddress.ip_network(pool.subnet)
+                    first = ipaddress.ip_network(pool.ip_range) if pool.ip_range else subnet
+                    gw = max(first.network_address, subnet.network_address + 1)
+                if gw.version == 4:
+                    out.add(str(gw))
     return out
 
 
@@ -234,8 +243,8 @@ class Agent:
 
     async def _follow_gateways(self, wanted: set[str]) -> None:
         dns = self.dns
-        assert dns is not None and self.config.dns is not None
-        port = self.config.dns[1]
+        assert dns is not None
+        port = self.config.gateway_dns_port
         for gw in sorted(wanted - self._dns_gateways):
             try:
                 await dns.add_listener(gw, port)

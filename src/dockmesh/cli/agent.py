@@ -54,6 +54,16 @@ def register(app: typer.Typer) -> None:
                 help="Do not serve DNS on the Docker bridge networks' gateway addresses.",
             ),
         ] = False,
+        gateway_dns_port: Annotated[
+            int,
+            typer.Option(
+                "--gateway-dns-port",
+                min=1,
+                max=65535,
+                help="The port DNS listens on at each bridge gateway (Docker's DNS forwards "
+                "to 53).",
+            ),
+        ] = 53,
     ) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
@@ -66,5 +76,6 @@ def register(app: typer.Typer) -> None:
             state=state or None,
             register_compose=register_compose,
             dns_on_gateways=not no_gateway_dns,
+            gateway_dns_port=gateway_dns_port,
         )
         run_agent(config)

@@ -391,6 +391,7 @@ def test_the_json_reads_back_into_the_same_json(topo: Topology) -> None:
 def test_a_document_of_another_shape_is_refused() -> None:
     from dockmesh.model.topology import topology_from_json
 
+    bad: Any
     for bad in (
         {},
         {"version": 1},
