@@ -48,10 +48,10 @@ container names, the topology) — never on anything else. So:
    case, RFC draft "0x20", compare it), and every record's owner is a compression pointer
    into it, so one prepared body serves every spelling of the name. A container answer
    remembers the topology it was built from and is rebuilt when the provider returns another.
-3. `invalidate()` (on every catalog change) clears both levels in place, never replacing the
-   dicts, so a server that bound their `get` keeps seeing the current content. Both levels
-   are bounded: a full one is cleared, so a flood of distinct names costs rebuilds, not
-   memory.
+3. `catalog_changed()` (on every catalog change that DNS reads) and `invalidate()` clear
+   both levels in place, never replacing the dicts, so a server that bound their `get` keeps
+   seeing the current content. Both levels are bounded: a full one is cleared, so a flood of
+   distinct names costs rebuilds, not memory.
 4. Each record is framed by hand as an independent byte string (owner compressed to the
    question name, or written out for additional records; SRV targets are never compressed,
    RFC 3597 §4), so rotating the order, counting and truncating work on lists of bytes.
@@ -78,7 +78,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from dockmesh.catalog.state import Catalog
+from dockmesh.catalog.state import TOPIC_CHECKS, TOPIC_SERVICES, Catalog
 from dockmesh.dns import wire
 from dockmesh.dns.wire import (
     AA,
@@ -204,11 +204,23 @@ class Answerer:
         self._nodes: dict[bytes, Instance] | None = None
         self._containers: tuple[Topology, dict[bytes, list[Container]]] | None = None
         self._soa_rdata: dict[bytes, bytes] = {}
+        self._seen = (catalog.topic_index(TOPIC_SERVICES), catalog.topic_index(TOPIC_CHECKS))
         self.counts = [0] * _SLOTS
         self.dropped = 0
         self.errors = 0
 
     # --- cache ------------------------------------------------------------------------
+
+    def catalog_changed(self, catalog: Catalog) -> None:
+        """After a catalog change (`LiveCatalog.subscribe`): forgets the prebuilt answers,
+        unless the change touched nothing DNS reads. Answers depend on the instances (topic
+        `services`) and their checks' statuses (topic `checks`); a KV write touches neither,
+        and an application writing KV often would otherwise empty the caches each time."""
+        seen = (catalog.topic_index(TOPIC_SERVICES), catalog.topic_index(TOPIC_CHECKS))
+        if catalog is self.catalog and seen == self._seen:
+            return
+        self._seen = seen
+        self.invalidate(catalog)
 
     def invalidate(self, catalog: Catalog | None = None) -> None:
         """Forgets every prebuilt answer (after a catalog change; with `catalog`, reads that

@@ -265,7 +265,7 @@ class DnsServer:
 
     def _catalog_changed(self, catalog: Catalog) -> None:
         if not self._closed:
-            self.answerer.invalidate(catalog)
+            self.answerer.catalog_changed(catalog)
 
     def invalidate(self) -> None:
         self.answerer.invalidate()

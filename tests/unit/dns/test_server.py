@@ -31,6 +31,20 @@ def test_the_server_invalidates_on_every_live_catalog_change() -> None:
     assert server.stats.queries == {"NOERROR": 3}
 
 
+def test_kv_writes_keep_the_prebuilt_answers() -> None:
+    live = LiveCatalog(make_catalog())
+    server = DnsServer(live, lambda: None)
+    a = server.answerer
+    ask(a, "api.service.dockmesh")
+    assert len(a.udp_exact) == 1
+    live.kv_put("config/x", b"1")
+    live.kv_delete("config/x")
+    assert len(a.udp_exact) == 1
+    live.update_check("chk-api-3", "passing", "")  # a status DNS reads
+    assert a.udp_exact == {}
+    assert len(records(ask(a, "api.service.dockmesh"), Rd.A)) == 4
+
+
 class FakeDatagramTransport:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, Any]] = []
