@@ -163,9 +163,9 @@ class _Prepared:
 class Answerer:
     """Answers queries for the catalog's services and the topology's containers.
 
-    `catalog` is read on a cache miss only; call `invalidate()` after every change of it
-    (`LiveCatalog.subscribe`). `topology` returns the current topology (or None before the
-    first), compared by identity when a container answer is used.
+    `catalog` is read on a cache miss only; call `catalog_changed()` after every change of
+    it (`LiveCatalog.subscribe`), or `invalidate()`. `topology` returns the current topology
+    (or None before the first), compared by identity when a container answer is used.
 
     Counters: `counts[rcode]` responses by rcode (`+ TRUNCATED_SLOT` when truncated; see
     `queries_by_rcode`), `dropped` packets not answered, `errors` answers that failed to build
@@ -194,6 +194,8 @@ class Answerer:
         labelled = []
         for d in domains:
             labels = wire.split_labels(dns.name.from_text(d).to_wire() or b"\0")
+            if not labels:  # the root would make every name ours: recursion by another name
+                raise ValueError(f"not a DNS domain to serve: {d!r}")
             labelled.append([x.lower() for x in labels])
         # Longest first: with `a.b` and `b` both served, `x.a.b` belongs to `a.b`.
         self._domains = sorted(labelled, key=len, reverse=True)

@@ -193,6 +193,12 @@ def test_other_domains_are_configurable() -> None:
     assert ask(a, "api.service.internal").rcode() == dns.rcode.REFUSED
 
 
+@pytest.mark.parametrize("domains", [(), (".",), ("dockmesh", "")])
+def test_the_root_is_never_a_domain_of_ours(domains: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="domain"):
+        Answerer(make_catalog(), domains=domains)
+
+
 def test_zone_transfers_and_other_classes_are_refused(answerer: Answerer) -> None:
     assert ask(answerer, "dockmesh", "AXFR", tcp=True).rcode() == dns.rcode.REFUSED
     assert ask(answerer, "dockmesh", "IXFR", tcp=True).rcode() == dns.rcode.REFUSED
