@@ -41,6 +41,10 @@ class LiveCatalog:
         prebuilt answers there)."""
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
     def changed(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
         event.set()

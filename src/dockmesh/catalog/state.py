@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from dockmesh.health import state as health
+from dockmesh.catalog import checks as health
 from dockmesh.model.catalog import CheckSpec, CheckState, Instance, KVEntry, Status, worst
 
 TOPIC_SERVICES = "services"
@@ -233,10 +233,14 @@ class Catalog:
     def next_deadline(self) -> float | None:
         """The earliest time `tick` could change something (a TTL or a deregistration)."""
         times = [s.expires_at for s in self._checks.values() if s.expires_at is not None]
+        # Only a service's check deregisters anything (`tick`): a node check's timer would be
+        # a deadline in the past for ever.
         times += [
             s.critical_since + s.spec.deregister_critical_after_s
             for s in self._checks.values()
-            if s.critical_since is not None and s.spec.deregister_critical_after_s is not None
+            if s.critical_since is not None
+            and s.spec.deregister_critical_after_s is not None
+            and s.spec.service_id is not None
         ]
         return min(times) if times else None
 

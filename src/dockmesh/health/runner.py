@@ -107,7 +107,6 @@ class HealthRunner:
         self._slots = asyncio.Semaphore(self._concurrency)
         self._catalog_changed = asyncio.Event()
         if not self._subscribed:
-            # LiveCatalog has no unsubscribe: the listener stays and is inert while stopped.
             self.live.subscribe(self._on_catalog_change)
             self._subscribed = True
         self._reconcile()
@@ -118,6 +117,9 @@ class HealthRunner:
     async def stop(self) -> None:
         """Cancels every probe and timer and waits until they are gone."""
         self._running = False
+        if self._subscribed:
+            self.live.unsubscribe(self._on_catalog_change)
+            self._subscribed = False
         tasks = [task for _, task in self._tasks.values()]
         if self._ticker is not None:
             tasks.append(self._ticker)

@@ -1,4 +1,4 @@
-"""The check state machine (dockmesh.health.state): the invariants its docstring states, the
+"""The check state machine (dockmesh.catalog.checks): the invariants its docstring states, the
 rise/fall rule against a model written from that docstring, and TTL expiry."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.health import state as health
+from dockmesh.catalog import checks as health
 from dockmesh.model.catalog import CheckSpec, CheckState, Status
 
 STATUSES: tuple[Status, ...] = ("passing", "warning", "critical", "maintenance")
