@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import shutil
 import socket
@@ -256,28 +257,50 @@ def test_a_container_resolves_through_the_gateway(
 ) -> None:
     """`docker run --dns <gateway>`: the container asks 127.0.0.11, Docker's embedded DNS
     forwards `api.service.dockmesh` (a name it does not know) to the gateway, where the
-    server listens. Port 53: `--dns` takes an address only."""
+    server listens. Port 53: `--dns` takes an address only.
+
+    A dockmesh agent running on the machine (scripts/demo leaves one) takes port 53 on every
+    bridge gateway as networks appear, this test's too. Then the server listens on a second
+    address of the test network's own bridge instead (outside the range Docker hands out):
+    the same path through the embedded DNS to the host side of the bridge."""
     (subnet,) = free_subnets(api, 1)
-    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
-    net = f"{prefix}-dns"
+    network = ipaddress.ip_network(subnet)
+    hosts = list(network.hosts())
+    gateway, spare = str(hosts[0]), str(hosts[-1])
+    low_half = next(network.subnets(prefixlen_diff=1))
+    net, bridge = f"{prefix}-dns", f"{prefix}br"
     api.create_network(
-        net, internal=internal, ipam={"Config": [{"Subnet": subnet, "Gateway": gateway}]}
+        net,
+        internal=internal,
+        options={"com.docker.network.bridge.name": bridge},
+        ipam={"Config": [{"Subnet": subnet, "IPRange": str(low_half), "Gateway": gateway}]},
     )
     lt = LoopThread(use_uvloop=True)
     servers: list[DnsServer] = []
     try:
 
-        async def start() -> tuple[LiveCatalog, DnsServer]:
+        async def start() -> tuple[LiveCatalog, str]:
             live = LiveCatalog()
             for i in range(3):
                 live.register(Instance(f"api-{i}", "api", f"10.79.0.{i + 1}", 8080), [])
             server = DnsServer(live, lambda: None)
             servers.append(server)
-            await server.start(gateway, 53)
-            return live, server
+            try:
+                await server.start(gateway, 53)
+                return live, gateway
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+            await asyncio.to_thread(
+                subprocess.run,
+                ["ip", "addr", "add", f"{spare}/{network.prefixlen}", "dev", bridge],
+                check=True,
+            )
+            await server.start(spare, 53)
+            return live, spare
 
-        live, _server = lt.run(start())
-        host_config = api.create_host_config(network_mode=net, dns=[gateway])
+        live, address = lt.run(start())
+        host_config = api.create_host_config(network_mode=net, dns=[address])
         cid = api.create_container(
             toolbox, name=f"{prefix}-client", command=["sleep", "300"], host_config=host_config
         )["Id"]

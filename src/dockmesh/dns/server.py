@@ -323,6 +323,8 @@ class DnsServer:
 
 
 def _bind_error(proto: str, host: str, port: int, e: OSError) -> OSError:
-    """One wording whichever loop failed (asyncio and uvloop word bind errors apart)."""
-    reason = e.strerror or str(e)
-    return OSError(e.errno, f"DNS cannot listen on {host}:{port} ({proto}): {reason}")
+    """One wording and the errno whichever loop failed: uvloop raises its own OSError (errno
+    None) from the system's."""
+    cause = e.__cause__ if e.errno is None and isinstance(e.__cause__, OSError) else e
+    reason = cause.strerror or str(cause)
+    return OSError(cause.errno, f"DNS cannot listen on {host}:{port} ({proto}): {reason}")
