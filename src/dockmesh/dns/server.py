@@ -260,12 +260,11 @@ class DnsServer:
         self.stats = DnsStats(self.answerer)
         self.errors = _ErrorLog()
         self._listeners: dict[tuple[str, int], _Listener] = {}
-        self._closed = False
+        self._live = live
         live.subscribe(self._catalog_changed)
 
     def _catalog_changed(self, catalog: Catalog) -> None:
-        if not self._closed:
-            self.answerer.catalog_changed(catalog)
+        self.answerer.catalog_changed(catalog)
 
     def invalidate(self) -> None:
         self.answerer.invalidate()
@@ -317,7 +316,7 @@ class DnsServer:
             log.info("DNS no longer listening on %s:%d", host, port)
 
     async def close(self) -> None:
-        self._closed = True
+        self._live.unsubscribe(self._catalog_changed)
         for key in list(self._listeners):
             await self.remove_listener(*key)
 
