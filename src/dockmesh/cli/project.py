@@ -98,11 +98,12 @@ def _summary(plan: Plan) -> None:
     if plan.empty:
         err.print(f"[green]✓[/] project {escape(plan.project)}: nothing to do")
         return
-    counts: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
     for c in plan.changes:
-        key = f"{c.kind}s {c.action}d"
-        counts[key] = counts.get(key, 0) + 1
-    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+        counts[(c.kind, c.action)] = counts.get((c.kind, c.action), 0) + 1
+    summary = ", ".join(
+        f"{n} {kind}{'' if n == 1 else 's'} {action}d" for (kind, action), n in counts.items()
+    )
     err.print(f"[green]✓[/] project {escape(plan.project)}: {summary}")
 
 
