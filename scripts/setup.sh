@@ -107,6 +107,8 @@ setup_tools() {
     apt_install busybox-static debootstrap iproute2 nftables ca-certificates
     # DNS: dig for the tests, dnsperf and dnsmasq (a C peer) for benchmarks/dns.py.
     apt_install dnsutils dnsperf dnsmasq-base
+    # Compose alongside: the agent registers what Debian's docker-compose starts.
+    apt_install docker-compose curl
 }
 
 setup_all() {

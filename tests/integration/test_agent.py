@@ -27,7 +27,8 @@ def free_port() -> int:
 
 
 class AgentProc:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.extra = extra
         self.api_port, self.dns_port = free_port(), free_port()
         self.state = tmp / "state.db"
         self.log = tmp / "agent.log"
@@ -51,6 +52,7 @@ class AgentProc:
                 "--state",
                 str(self.state),
                 "--no-gateway-dns",
+                *self.extra,
             ],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
@@ -207,3 +209,43 @@ def test_topology_from_the_agent_matches_the_engine(agent: AgentProc) -> None:
         check=True,
     )
     assert tree.stdout.startswith("topology v")
+
+
+def test_compose_services_register_with_register_compose(
+    api: Any, prefix: str, tmp_path: Path
+) -> None:
+    """An existing Compose app gets discovery without edits; `dockmesh.*` labels written in a
+    compose file work too."""
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        f"""
+version: "2.4"
+services:
+  web:
+    image: dockmesh/toolbox:latest
+    expose: ["8080"]
+  api:
+    image: dockmesh/toolbox:latest
+    labels:
+      dockmesh.service: {prefix}labelled
+      dockmesh.port: "8080"
+      dockmesh.check.http: /health
+      dockmesh.check.interval: 1s
+"""
+    )
+    cmd = ["docker-compose", "-p", prefix, "-f", str(compose)]
+    agent = AgentProc(tmp_path, "--register-compose")
+    try:
+        subprocess.run([*cmd, "up", "-d"], check=True, capture_output=True, timeout=120)
+        agent.start()
+
+        def passing(service: str) -> list[list[str]]:
+            _, nodes = agent.get(f"/v1/health/service/{service}?passing")
+            return [n["Service"]["Tags"] for n in nodes]
+
+        wait_until(lambda: passing("web") == [[prefix]], 10)
+        wait_until(lambda: len(passing(f"{prefix}labelled")) == 1, 10)
+    finally:
+        if agent.proc is not None:
+            agent.stop()
+        subprocess.run([*cmd, "down", "-v"], capture_output=True, timeout=120)
