@@ -1,0 +1,64 @@
+"""When a failed request may be tried again: the safety rule and the budget. Pure; the clock
+is injected.
+
+The rule (`may_retry`): a request that never reached an upstream (the connection was refused
+or timed out, or a breaker refused it) may always be sent elsewhere: nothing was done. One that
+reached an upstream is retried only when its method is idempotent (RFC 9110 9.2.2) and the
+answer was 502, 503 or 504 — a gateway's "I did not do it" — and only while its body can be
+sent again (the caller knows: a streamed body cannot).
+
+The budget (`RetryBudget`), as Envoy's and Linkerd's: retries may add at most `ratio` of the
+requests seen over the last `window_s`, plus `min_per_s` retries a second so a quiet service can
+still retry. When a whole fleet fails, retries cannot multiply the load by more than
+1 + ratio. Invariant (tested with hypothesis): over any window, granted retries
+<= ratio * requests + min_per_s * window_s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dockmesh.resilience.window import SlidingCounts
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+RETRYABLE_STATUSES = frozenset((502, 503, 504))
+
+
+def may_retry(method: bytes, reached_upstream: bool, status: int | None, replayable: bool) -> bool:
+    if not reached_upstream:
+        return replayable
+    return replayable and method in IDEMPOTENT and status in RETRYABLE_STATUSES
+
+
+class RetryBudget:
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        ratio: float = 0.2,
+        min_per_s: float = 10.0,
+        window_s: float = 10.0,
+    ) -> None:
+        if ratio < 0 or min_per_s < 0 or window_s <= 0:
+            raise ValueError("ratio >= 0, min_per_s >= 0, window_s > 0")
+        self.ratio = ratio
+        self.min_per_s = min_per_s
+        self.window_s = window_s
+        self._clock = clock
+        self._counts = SlidingCounts(window_s, 10, 2)  # [requests, retries]
+        self.granted = 0
+        self.refused = 0
+
+    def request(self) -> None:
+        """Counts one original request (a deposit)."""
+        self._counts.add(self._clock(), 0)
+
+    def try_retry(self) -> bool:
+        """True (and the retry is counted) when the budget allows one more retry now."""
+        now = self._clock()
+        requests, retries = self._counts.read(now)
+        if retries + 1 > self.ratio * requests + self.min_per_s * self.window_s:
+            self.refused += 1
+            return False
+        self._counts.add(now, 1)
+        self.granted += 1
+        return True
