@@ -39,6 +39,9 @@ class Refresh:
     kind: Kind
     id: str
     gone: bool = False  # drop it: the engine says it no longer exists
+    # A `die` event: the process has ended, which the model may show before the re-read
+    # (an engine under load can take a second to answer an inspect).
+    exited: bool = False
 
 
 def refreshes_for(event: Mapping[str, Any]) -> tuple[Refresh, ...]:
@@ -51,7 +54,9 @@ def refreshes_for(event: Mapping[str, Any]) -> tuple[Refresh, ...]:
     if etype == "container":
         if base_action in _IGNORED_CONTAINER_ACTIONS or not oid:
             return ()
-        return (Refresh("container", oid, gone=base_action == "destroy"),)
+        return (
+            Refresh("container", oid, gone=base_action == "destroy", exited=base_action == "die"),
+        )
     if etype == "network":
         out: list[Refresh] = []
         if oid and base_action == "destroy":

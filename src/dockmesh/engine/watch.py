@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dockmesh.engine.aio import watch_topology
 from dockmesh.engine.backend import EngineRef, EngineSource, EventSource
@@ -93,6 +93,11 @@ class TopologyWatcher:
         self._streams: list[EventSource | None] = [None] * n
         # Why another thread ended engine i's stream, for the reader's log line.
         self._break_reasons: list[str | None] = [None] * n
+        # Per engine: events received so far (guarded by _work[i]), and container id → the
+        # event number of its last `die`, shown before its re-read (guarded by _lock): a read
+        # begun before that event must not bring "running" back.
+        self._received = [0] * n
+        self._exit_marks: list[dict[str, int]] = [{} for _ in range(n)]
         self._threads: list[threading.Thread] = []
         self.event_hook: EventHook | None = None
         self.resyncs = 0
@@ -256,9 +261,15 @@ class TopologyWatcher:
                         self._resync(i)
                     for event in stream:
                         hook = self.event_hook
+                        refreshes = refreshes_for(event)
                         with work:
-                            follow.received(refreshes_for(event), event if hook else None)
+                            follow.received(refreshes, event if hook else None)
+                            self._received[i] += 1
+                            seq, epoch = self._received[i], follow.epoch
                             work.notify()
+                        exited = [r.id for r in refreshes if r.exited]
+                        if exited:
+                            self._mark_exited(i, exited, seq, epoch)
                     reason = self._break_reasons[i] or "the engine ended it"
                 except Exception as e:
                     reason = self._break_reasons[i] or f"{type(e).__name__}: {e}"
@@ -287,6 +298,7 @@ class TopologyWatcher:
                 if not self._follows[i].resynced():
                     return  # stopped meanwhile
             self.resyncs += 1
+            self._exit_marks[i].clear()  # the snapshot is newer than every mark
             old = self._states[i]
             changed = old.networks != fresh.networks or old.containers != fresh.containers
             if changed:
@@ -303,6 +315,7 @@ class TopologyWatcher:
                     if follow.phase is Phase.STOPPED:
                         return
                     work.wait()
+                taken_at = self._received[i]
             try:
                 networks, containers = self._read(i, batch)
             except Exception as e:
@@ -314,7 +327,7 @@ class TopologyWatcher:
                 self._break_stream(i, f"re-reading failed: {type(e).__name__}: {e}")
                 continue
             try:
-                self._install(i, batch, networks, containers)
+                self._install(i, batch, networks, containers, taken_at)
             except Exception:
                 # A bug, not the engine; the state may be half updated, so start it afresh.
                 log.exception("engine %s: installing re-reads failed; resyncing", self._name(i))
@@ -322,6 +335,27 @@ class TopologyWatcher:
                 continue
             self._deliver()
             self._run_hook(batch)
+
+    def _mark_exited(self, i: int, ids: list[str], seq: int, epoch: int) -> None:
+        """A `die` event says the process has ended: the model shows it as soon as the event
+        is read — before the re-read that fills in the rest, and even while the applier waits
+        on an earlier, slow inspect — so that what follows the model (the catalog, DNS) drops
+        the container within milliseconds of its death however slow the engine answers."""
+        with self._lock:
+            with self._work[i]:
+                if self._follows[i].epoch != epoch:
+                    return  # a resync came in between: its snapshot says more than we do
+            state = self._states[i]
+            changed = False
+            for cid in ids:
+                self._exit_marks[i][cid] = seq
+                c = state.containers.get(cid)
+                if c is not None and c.running:
+                    exited = replace(c, state="exited", pid=None, health=None)
+                    changed |= state.upsert_container(exited)
+            if changed:
+                self._freeze()
+        self._deliver()
 
     def _read(
         self, i: int, batch: Batch[Event]
@@ -343,6 +377,7 @@ class TopologyWatcher:
         batch: Batch[Event],
         networks: dict[str, Network | None],
         containers: dict[str, Container | None],
+        taken_at: int = 0,
     ) -> None:
         with self._lock:
             with self._work[i]:
@@ -358,7 +393,15 @@ class TopologyWatcher:
             changed = False
             for nid, n in networks.items():
                 changed |= state.upsert_network(n) if n else state.drop_network(nid)
+            marks = self._exit_marks[i]
             for cid, c in containers.items():
+                died_at = marks.get(cid)
+                if died_at is not None:
+                    if died_at > taken_at:
+                        if c is not None and c.running:
+                            continue  # read before its `die`: the batch after this one re-reads
+                    else:
+                        del marks[cid]  # this read began after the `die`: it is the truth
                 changed |= state.upsert_container(c) if c else state.drop_container(cid)
             if changed:
                 self._freeze()

@@ -25,7 +25,9 @@ def ev(type_: str, action: str, id_: str = "x", **attrs: str) -> dict[str, Any]:
     ],
 )
 def test_container_events_reread_the_container(action: str) -> None:
-    assert refreshes_for(ev("container", action, "c")) == (Refresh("container", "c"),)
+    assert refreshes_for(ev("container", action, "c")) == (
+        Refresh("container", "c", exited=action == "die"),
+    )
 
 
 def test_destroy_drops() -> None:

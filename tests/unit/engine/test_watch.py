@@ -370,3 +370,24 @@ def test_the_event_hook_is_stamped_by_the_injected_time() -> None:
         engine.create_container("c")
         assert done.wait(WAIT)
     assert hooked[0] == ("create", 42)
+
+
+def test_a_die_shows_before_a_slow_reread() -> None:
+    """The engine answers inspects slowly (it is under load): a `die` still reaches the model
+    at once, and the re-read then fills in the rest."""
+    engine = MemoryEngine(read_delay_s=0.0)
+    nid = engine.create_network("n", subnet="10.9.0.0/24")
+    cid = engine.create_container("c")
+    engine.connect(cid, nid)
+    engine.start(cid)
+    watcher = TopologyWatcher([engine])
+    watcher.start()
+    try:
+        assert watcher.wait_for(lambda t: bool(t.containers) and t.containers[0].running, 10)
+        engine._read_delay_s = 2.0  # every inspect from now on takes two seconds
+        engine.stop(cid)
+        seen = watcher.wait_for(lambda t: not t.containers[0].running, 1.0)
+        assert seen is not None, "the die waited for the re-read"
+    finally:
+        engine._read_delay_s = 0.0
+        watcher.stop()
