@@ -163,6 +163,11 @@ class Agent:
             await dns.start(*cfg.dns)
             self.dns = dns
             registry.register(_DnsCollector(dns))
+        # --- issue 9 (observability): container_network_* counters, read at scrape time ---
+        from dockmesh.observe.metrics import ContainerNetworkCollector
+
+        registry.register(ContainerNetworkCollector(self.topology.get))
+        # --- end issue 9 ---
         probe_seconds = Histogram(
             "dockmesh_check_duration_seconds",
             "Health check probes by kind and result.",

@@ -34,6 +34,11 @@ def main() -> None:
         if text is not None:
             sys.stdout.write(text)
             return
+    if sys.argv[1:] == ["stats", "--json"]:
+        from dockmesh.cli.fast_stats import main as stats_fast
+
+        if stats_fast():
+            return
     from dockmesh.cli.main import main as full
 
     full()

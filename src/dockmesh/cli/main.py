@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from dockmesh.cli import agent, images, project, topology
+from dockmesh.cli import bench as bench_cli
+from dockmesh.cli import doctor as doctor_cli
+from dockmesh.cli import observe as observe_cli
 
 app = typer.Typer(
     name="dockmesh",
@@ -21,6 +24,9 @@ app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
 agent.register(app)
+observe_cli.register(app)
+app.add_typer(bench_cli.app, name="bench")
+doctor_cli.register(app)
 
 
 @app.callback()

@@ -1,0 +1,167 @@
+"""`dockmesh doctor CONTAINER`: a container's network, diagnosed from the host."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from dockmesh.cli.common import EngineOpt, JsonOpt, UserError, handle_errors, out, print_json
+from dockmesh.cli.observe import load_topology
+
+_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def _section(title: str, rows: list[list[str]], columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left", show_edge=False)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(Text(x) for x in row))
+    return table
+
+
+def doctor_view(doc: Mapping[str, Any]) -> Group:
+    s = doc["sections"]
+    st = s["state"]
+    parts: list[Any] = [
+        Text.assemble(
+            ("doctor ", "bold"),
+            (doc["container"], "bold cyan"),
+            f"  {st['state']}",
+            f" ({st['health']})" if st["health"] else "",
+            f"  pid {st['pid']}  image {st['image']}",
+        )
+    ]
+    parts.append(
+        _section(
+            "networks",
+            [
+                [
+                    n["name"],
+                    n["driver"],
+                    str(n["ipv4"]),
+                    str(n["subnet"]),
+                    str(n["gateway"]),
+                    str(n["mac"]),
+                    str(n["mtu"]),
+                ]
+                for n in s["networks"]
+            ],
+            ["network", "driver", "address", "subnet", "gateway", "mac", "mtu"],
+        )
+    )
+    parts.append(
+        _section(
+            "interfaces",
+            [
+                [x["name"], x["state"], str(x["mac"]), str(x["mtu"]), " ".join(x["addresses"])]
+                for x in s["interfaces"]
+            ],
+            ["interface", "state", "mac", "mtu", "addresses"],
+        )
+    )
+    parts.append(
+        _section(
+            "routes",
+            [[r["destination"], r["gateway"] or "-", r["interface"]] for r in s["routes"]],
+            ["destination", "via", "dev"],
+        )
+    )
+    parts.append(
+        _section(
+            "listening",
+            [[x["proto"], f"{x['address']}:{x['port']}"] for x in s["listening"]],
+            ["proto", "address"],
+        )
+    )
+    if s["resolv_conf"]:
+        r = s["resolv_conf"]
+        parts.append(
+            Text(
+                f"resolv.conf: nameserver {' '.join(r['nameservers'])}"
+                + (f"  search {' '.join(r['search'])}" if r["search"] else "")
+                + (f"  options {' '.join(r['options'])}" if r["options"] else "")
+            )
+        )
+    if s["dns"]:
+        parts.append(
+            _section(
+                "dns (through 127.0.0.11, from its namespace)",
+                [
+                    [d["name"], " ".join(d["answers"] or []) or "-", " ".join(d["expected"])]
+                    for d in s["dns"]
+                ],
+                ["name", "answers", "expected"],
+            )
+        )
+    if s["connectivity"]:
+        parts.append(
+            _section(
+                "connectivity (ICMP)",
+                [
+                    [
+                        p["target"],
+                        p["address"],
+                        f"{p['rtt_ms']:.3f} ms" if p["reachable"] else "no answer",
+                    ]
+                    for p in s["connectivity"]
+                ],
+                ["target", "address", "round trip"],
+            )
+        )
+    parts.append(Text("findings", style="bold"))
+    if not doc["findings"]:
+        parts.append(Text("  none: nothing wrong found", style="green"))
+    for f in doc["findings"]:
+        parts.append(
+            Text.assemble(
+                ("  " + f["severity"].upper(), _STYLE[f["severity"]]), f"  {f['message']}"
+            )
+        )
+        if f["fix"]:
+            parts.append(Text(f"      fix: {f['fix']}", style="dim"))
+    return Group(*parts)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    @handle_errors
+    def doctor(
+        container: Annotated[str, typer.Argument(help="Container name or id.")],
+        timeout: Annotated[
+            float, typer.Option("--timeout", min=0.05, help="Seconds to wait for DNS and ICMP.")
+        ] = 1.0,
+        engine: EngineOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Diagnose one container's network from the host (no tools needed inside it):
+        state, networks, ports, interfaces, routes, resolv.conf, listening sockets, DNS of
+        its peers through Docker's DNS, connectivity to its gateway and peers; then findings,
+        each with a fix. Exits 1 when a finding is an error."""
+        from dockmesh.host.netns import NetnsPool
+        from dockmesh.probe.doctor import gather
+        from dockmesh.probe.findings import findings, sections
+
+        topo = load_topology(engine)
+        c = topo.container(container)
+        if c is None:
+            raise UserError(f"no container named {container!r}")
+        with NetnsPool(threads=1) as pool:
+            facts = gather(topo, c, pool, timeout)
+        found = findings(facts)
+        doc = {
+            "container": c.name,
+            "sections": sections(facts),
+            "findings": [f.to_json() for f in found],
+        }
+        if json_out:
+            print_json(doc)
+        else:
+            out.print(doctor_view(doc))
+        if any(f.severity == "error" for f in found):
+            raise typer.Exit(1)

@@ -1,0 +1,233 @@
+"""`dockmesh stats`, `top`, `flows`, `report`: what the containers' networks carry, read from
+the host."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from dockmesh.cli.common import EngineOpt, JsonOpt, UserError, connect, handle_errors, out
+from dockmesh.cli.common import print_json as print_json
+from dockmesh.model.topology import Topology, build_topology, topology_from_json
+
+if TYPE_CHECKING:
+    from dockmesh.observe.counters import ContainerStats
+    from dockmesh.observe.flows import Edge
+    from dockmesh.observe.rates import RateRow
+
+log = logging.getLogger(__name__)
+
+
+def load_topology(engine: list[str] | None) -> Topology:
+    """From a running agent when one answers (and no --engine was given), else the engines."""
+    if not engine:
+        from dockmesh.agentclient import topology_json
+
+        body = topology_json()
+        if body is not None:
+            try:
+                return topology_from_json(json.loads(body))
+            except ValueError as e:
+                log.warning("the agent's topology is unreadable (%s): reading the engine", e)
+    clients = connect(engine)
+    return build_topology([c.snapshot() for c in clients], version=1)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def stats_table(containers: list[ContainerStats]) -> Table:
+    table = Table(title="interface counters", title_justify="left")
+    for col in ("container", "interface", "network", "rx", "tx", "rx pkts", "tx pkts"):
+        table.add_column(col, justify="right" if col.startswith(("rx", "tx")) else "left")
+    table.add_column("errors/drops", justify="right")
+    for c in containers:
+        if c.error:
+            table.add_row(Text(c.name), "-", "-", "", "", "", "", Text(c.error, style="red"))
+        for i in c.interfaces:
+            k = i.counters
+            bad = k.rx_errors + k.tx_errors + k.rx_dropped + k.tx_dropped
+            table.add_row(
+                Text(c.name, style="bold"),
+                k.name,
+                Text(i.network or "?"),
+                _human_bytes(k.rx_bytes),
+                _human_bytes(k.tx_bytes),
+                str(k.rx_packets),
+                str(k.tx_packets),
+                Text(str(bad), style="red" if bad else "dim"),
+            )
+    return table
+
+
+def rates_table(rows: list[RateRow], interval_s: float, elapsed_s: float) -> Table:
+    table = Table(
+        title=f"dockmesh top  (every {interval_s:g} s; read in {elapsed_s * 1000:.1f} ms)",
+        title_justify="left",
+    )
+    for col in ("container", "interface", "network", "rx/s", "tx/s", "rx pkt/s", "tx pkt/s"):
+        table.add_column(col, justify="right" if "/s" in col else "left")
+    table.add_column("err+drop/s", justify="right")
+    for r in rows:
+        table.add_row(
+            Text(r.container, style="bold"),
+            r.interface,
+            Text(r.network or "?"),
+            _human_bytes(r.rx_bytes_s) + "/s",
+            _human_bytes(r.tx_bytes_s) + "/s",
+            f"{r.rx_packets_s:.0f}",
+            f"{r.tx_packets_s:.0f}",
+            Text(f"{r.errors_s:.0f}", style="red" if r.errors_s else "dim"),
+        )
+    return table
+
+
+def flows_table(edges: list[Edge]) -> Table:
+    table = Table(title="flows (conntrack)", title_justify="left")
+    for col in ("from", "to", "port", "conns", "packets", "bytes →", "bytes ←"):
+        table.add_column(col, justify="left" if col in ("from", "to") else "right")
+    for e in edges:
+        table.add_row(
+            Text(e.src, style="bold"),
+            Text(e.dst, style="bold"),
+            f"{e.port}/{e.proto}" if e.port else e.proto,
+            str(e.connections),
+            str(e.packets),
+            _human_bytes(e.bytes_forward),
+            _human_bytes(e.bytes_reply),
+        )
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("stats")
+    @handle_errors
+    def stats(
+        containers: Annotated[
+            list[str] | None, typer.Argument(help="Containers to show (default: all).")
+        ] = None,
+        engine: EngineOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Per container and interface (mapped to its Docker network): bytes, packets, errors
+        and drops, read from /proc/<pid>/net/dev on the host — no tools in the containers."""
+        from dockmesh.observe.counters import stats_json
+        from dockmesh.observe.sample import sample, targets
+
+        topo = load_topology(engine)
+        wanted = targets(topo, containers or ())
+        if containers and not wanted:
+            raise UserError(f"no running local container named {', '.join(containers)}")
+        s = sample(wanted)
+        if json_out:
+            print_json(stats_json(s.containers, s.elapsed_s))
+        else:
+            out.print(stats_table(list(s.containers)))
+            out.print(Text(f"read in {s.elapsed_s * 1000:.1f} ms", style="dim"))
+
+    @app.command("top")
+    @handle_errors
+    def top(
+        interval: Annotated[
+            float, typer.Option("--interval", "-n", min=0.1, help="Seconds between refreshes.")
+        ] = 1.0,
+        sort: Annotated[
+            str,
+            typer.Option("--sort", help="Order by: total, rx, tx, packets, errors, name."),
+        ] = "total",
+        limit: Annotated[int, typer.Option("--limit", min=1, help="Rows shown.")] = 30,
+        iterations: Annotated[
+            int, typer.Option("--iterations", min=0, help="Refreshes before exiting (0: forever).")
+        ] = 0,
+        engine: EngineOpt = None,
+    ) -> None:
+        """Live rates per container and interface, sorted, refreshing in place (Ctrl-C
+        stops). The topology is re-read every 10 refreshes to follow new containers."""
+        from rich.live import Live
+
+        from dockmesh.observe.rates import SORT_KEYS, rates
+        from dockmesh.observe.sample import sample, targets
+
+        if sort not in SORT_KEYS:
+            raise UserError(f"--sort {sort!r}: choose one of {', '.join(SORT_KEYS)}")
+        topo = load_topology(engine)
+        prev = sample(targets(topo))
+        n = 0
+        with Live(
+            rates_table([], interval, prev.elapsed_s), console=out, auto_refresh=False
+        ) as live:
+            while iterations == 0 or n < iterations:
+                time.sleep(interval)
+                n += 1
+                if n % 10 == 0:
+                    topo = load_topology(engine)
+                cur = sample(targets(topo))
+                rows = rates(prev.containers, cur.containers, cur.taken_at - prev.taken_at, sort)
+                live.update(rates_table(rows[:limit], interval, cur.elapsed_s), refresh=True)
+                prev = cur
+
+    @app.command("flows")
+    @handle_errors
+    def flows(
+        by: Annotated[
+            str, typer.Option("--by", help="Aggregate to 'container' or 'service' edges.")
+        ] = "container",
+        engine: EngineOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Who talks to whom: the kernel's connection tracking (netlink) aggregated to
+        container or service edges with packets and bytes. Byte counts need conntrack
+        accounting (net.netfilter.nf_conntrack_acct), which this turns on when it is off:
+        connections opened before then count no bytes."""
+        from dockmesh.observe.conntrack import dump, ensure_accounting
+        from dockmesh.observe.flows import aggregate, flows_json
+
+        if by not in ("container", "service"):
+            raise UserError("--by: 'container' or 'service'")
+        accounting = ensure_accounting()
+        topo = load_topology(engine)
+        start = time.perf_counter()
+        edges = aggregate(dump(), topo, by=by)
+        elapsed = time.perf_counter() - start
+        if json_out:
+            print_json(flows_json(edges, accounting, elapsed))
+            return
+        out.print(flows_table(edges))
+        if accounting != "on":
+            out.print(
+                Text(
+                    "conntrack accounting was off and is now on: "
+                    "byte counts start with new connections",
+                    style="yellow",
+                )
+            )
+
+    @app.command("report")
+    @handle_errors
+    def report(
+        duration: Annotated[
+            float, typer.Option("--duration", min=0.0, help="Seconds of traffic to measure.")
+        ] = 5.0,
+        engine: EngineOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """The network report: topology, traffic over --duration (counter deltas and flows)
+        and connectivity (ICMP from each container to the next on every network)."""
+        from dockmesh.cli.obsreport import gather_report, report_summary
+
+        doc = gather_report(load_topology(engine), duration)
+        if json_out:
+            print_json(doc)
+        else:
+            out.print(report_summary(doc))

@@ -1,0 +1,215 @@
+"""The doctor's gatherer: everything about one container, read from the host.
+
+Nothing runs inside the container, so it works on images built FROM scratch:
+- links, addresses and routes: a netlink socket opened in its namespace (a `NetnsPool` job);
+- listening sockets: `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` (its namespace, no setns);
+- resolv.conf as it sees it: `/proc/<pid>/root/etc/resolv.conf` (its mount namespace);
+- DNS: queries to Docker's embedded DNS (127.0.0.11) from a UDP socket made in its namespace;
+- connectivity: ICMP echo to its gateways and peers from a raw socket made there.
+The MTU each network should give comes from the host side (the bridge's MTU in sysfs).
+Every step that fails is recorded and the others go on: a partial diagnosis beats none.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import socket
+import time
+from collections.abc import Sequence
+
+from dockmesh.host.netns import NetnsError, NetnsPool
+from dockmesh.host.procnet import (
+    Listener,
+    Route,
+    parse_net_sockets,
+    parse_resolv_conf,
+)
+from dockmesh.model.topology import Container, Network, Topology
+from dockmesh.probe.findings import (
+    EMBEDDED_DNS,
+    DnsAnswer,
+    DnsQuestion,
+    DoctorFacts,
+    Link,
+    Ping,
+    plan_checks,
+)
+from dockmesh.probe.latency import ping_many
+
+_FAMILIES = {2: "inet", 10: "inet6"}
+
+
+def bridge_name(n: Network) -> str | None:
+    """The host-side bridge of a local bridge network, as Docker names it."""
+    if n.driver != "bridge":
+        return None
+    return n.options.get("com.docker.network.bridge.name") or (
+        "docker0" if n.name == "bridge" else f"br-{n.id[:12]}"
+    )
+
+
+def host_mtus(topo: Topology, c: Container) -> dict[str, int]:
+    """Network id → the MTU of its bridge on the host, for `c`'s bridge networks."""
+    out: dict[str, int] = {}
+    for n, _ in topo.attached_networks(c):
+        name = bridge_name(n)
+        if name is None:
+            continue
+        try:
+            with open(f"/sys/class/net/{name}/mtu") as f:
+                out[n.id] = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _netlink_facts() -> tuple[list[Link], list[Route]]:
+    """Runs inside the container's namespace (a pool job): links, addresses, main routes."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names: dict[int, str] = {}
+        links: dict[int, tuple[str, str | None, int, str]] = {}
+        for m in ipr.get_links():
+            name = str(m.get_attr("IFLA_IFNAME"))
+            names[m["index"]] = name
+            state = str(m.get_attr("IFLA_OPERSTATE") or "unknown").lower()
+            links[m["index"]] = (
+                name,
+                m.get_attr("IFLA_ADDRESS"),
+                int(m.get_attr("IFLA_MTU")),
+                state,
+            )
+        addrs: dict[int, list[str]] = {}
+        for a in ipr.get_addr():
+            address = a.get_attr("IFA_ADDRESS")
+            if address:
+                addrs.setdefault(a["index"], []).append(f"{address}/{a['prefixlen']}")
+        routes: list[Route] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in ipr.get_routes(family=family, table=254):
+                dst = r.get_attr("RTA_DST")
+                zero = "0.0.0.0" if family == socket.AF_INET else "::"
+                destination = f"{dst or zero}/{r['dst_len']}"
+                routes.append(
+                    Route(
+                        destination,
+                        r.get_attr("RTA_GATEWAY"),
+                        names.get(r.get_attr("RTA_OIF"), "?"),
+                        int(r.get_attr("RTA_PRIORITY") or 0),
+                    )
+                )
+    out = [Link(n, mac, mtu, st, tuple(addrs.get(i, ()))) for i, (n, mac, mtu, st) in links.items()]
+    return out, routes
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def listeners(pid: int) -> tuple[Listener, ...]:
+    out: list[Listener] = []
+    for name, proto in (("tcp", "tcp"), ("tcp6", "tcp"), ("udp", "udp"), ("udp6", "udp")):
+        try:
+            out.extend(parse_net_sockets(_read(f"/proc/{pid}/net/{name}"), proto))
+        except OSError:
+            continue  # no IPv6 in this namespace
+    return tuple(out)
+
+
+def _udp_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    return s
+
+
+def resolve(
+    pool: NetnsPool,
+    pid: int,
+    questions: Sequence[DnsQuestion],
+    timeout_s: float = 1.0,
+    rng: random.Random | None = None,
+) -> tuple[DnsAnswer, ...]:
+    """Asks Docker's embedded DNS, from inside the container's namespace, for each name's A
+    records; all queries at once, answers matched by id."""
+    import dns.exception
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+
+    if not questions:
+        return ()
+    rng = rng or random.Random()
+    sock = pool.run(pid, _udp_socket)
+    got: dict[int, DnsAnswer] = {}
+    with sock:
+        pending: dict[int, tuple[int, DnsQuestion]] = {}
+        for i, q in enumerate(questions):
+            msg = dns.message.make_query(q.name, dns.rdatatype.A)
+            msg.id = rng.randrange(0, 65536)
+            while msg.id in pending:
+                msg.id = (msg.id + 1) % 65536
+            pending[msg.id] = (i, q)
+            try:
+                sock.sendto(msg.to_wire(), (EMBEDDED_DNS, 53))
+            except OSError:
+                continue
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                break
+            try:
+                wire = sock.recv(4096)
+                reply = dns.message.from_wire(wire)
+            except (OSError, dns.exception.DNSException):
+                continue
+            hit = pending.pop(reply.id, None)
+            if hit is None:
+                continue
+            i, q = hit
+            answers = tuple(
+                sorted(
+                    {
+                        r.address
+                        for rrset in reply.answer
+                        if rrset.rdtype == dns.rdatatype.A
+                        for r in rrset
+                    }
+                )
+            )
+            got[i] = DnsAnswer(q, answers, dns.rcode.to_text(reply.rcode()))
+    return tuple(got.get(i, DnsAnswer(q, None)) for i, q in enumerate(questions))
+
+
+def gather(topo: Topology, c: Container, pool: NetnsPool, timeout_s: float = 1.0) -> DoctorFacts:
+    plan = plan_checks(topo, c, host_mtus(topo, c))
+    facts = DoctorFacts(c, plan)
+    if not c.running or not c.pid:
+        return facts
+    if c.network_mode == "host":
+        facts.errors.append(f"{c.name} uses the host's network: no namespace of its own")
+        return facts
+    pid = c.pid
+    try:
+        links, routes = pool.run(pid, _netlink_facts)
+        facts.links, facts.routes = tuple(links), tuple(routes)
+    except (NetnsError, OSError) as e:
+        facts.errors.append(f"interfaces and routes unreadable: {e}")
+    facts.listeners = listeners(pid)
+    try:
+        facts.resolv = parse_resolv_conf(_read(f"/proc/{pid}/root/etc/resolv.conf"))
+    except OSError as e:
+        facts.errors.append(f"resolv.conf unreadable: {e.strerror}")
+    try:
+        facts.dns = resolve(pool, pid, plan.questions, timeout_s)
+    except (NetnsError, OSError) as e:
+        facts.errors.append(f"DNS queries could not be sent: {e}")
+    try:
+        rtts = ping_many(pool, pid, [a for _, _, a in plan.pings], timeout_s)
+        facts.pings = tuple(Ping(k, t, a, rtts.get(a)) for k, t, a in plan.pings)
+    except (NetnsError, OSError) as e:
+        facts.errors.append(f"ICMP probes could not be sent: {e}")
+    return facts
