@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # the servers load only when the agent runs, not with the com
 
     from dockmesh.dns.server import DnsServer
     from dockmesh.health.runner import HealthRunner
+    from dockmesh.policy.enforce import Enforcer
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class Agent:
         self.dns: DnsServer | None = None
         self.api_runner: web.AppRunner | None = None
         self.health: HealthRunner | None = None
+        self.policy: Enforcer | None = None  # issue 8: keeps the applied policy true
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -142,6 +144,13 @@ class Agent:
         self.live.load()
         try:
             await self._start_services()
+            # --- issue 8 (policy): the applied policy's table follows the topology ---
+            from dockmesh.policy.enforce import Enforcer
+            from dockmesh.policy.store import PolicyStore, table_name
+
+            self.policy = Enforcer(PolicyStore(table_name()))
+            self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
+            # --- end issue 8 ---
             self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
             log.info("agent ready")
             await self._stop.wait()
@@ -235,6 +244,8 @@ class Agent:
 
     async def _apply_topology(self, topo: Topology) -> None:
         self.topology.set(topo)
+        # issue 8: the kernel first, so a container that moved is covered at once.
+        await self._sync_policy(topo)
         local = self.config.engines[0].name if self.config.engines else "local"
         for engine in topo.engines:
             derived, warnings = derive_all(topo, engine.name, local, self.config.register_compose)
@@ -245,6 +256,32 @@ class Agent:
             self.live.sync_containers(engine.name, [(d.instance, d.checks) for d in derived])
         if self.dns is not None and self.config.dns_on_gateways:
             await self._follow_gateways(bridge_gateways(topo))
+
+    # --- issue 8 (policy) --------------------------------------------------------------------
+
+    async def _sync_policy(self, topo: Topology) -> None:
+        enforcer = self.policy
+        if enforcer is None:
+            return
+        try:
+            await asyncio.to_thread(enforcer.sync, topo)
+        except Exception:  # the agent serves on whatever the kernel or the file does
+            log.exception("policy: keeping the table in sync failed")
+
+    async def _poll_policy(self, every_s: float = 1.0) -> None:
+        """A policy applied or removed by `dockmesh policy` while nothing else changes."""
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), every_s)
+            enforcer = self.policy
+            if enforcer is None or self._stop.is_set():
+                continue
+            try:
+                await asyncio.to_thread(enforcer.poll)
+            except Exception:
+                log.exception("policy: reading the applied policy failed")
+
+    # --- end issue 8 ---------------------------------------------------------------------------
 
     async def _follow_gateways(self, wanted: set[str]) -> None:
         dns = self.dns

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dockmesh.cli import agent, images, project, topology
+from dockmesh.cli import policy as policy_cli
 from dockmesh.cli import bench as bench_cli
 from dockmesh.cli import doctor as doctor_cli
 from dockmesh.cli import observe as observe_cli
@@ -24,6 +25,7 @@ app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
 agent.register(app)
+policy_cli.register(app)
 observe_cli.register(app)
 app.add_typer(bench_cli.app, name="bench")
 doctor_cli.register(app)

@@ -1,0 +1,314 @@
+"""`dockmesh policy apply|show|remove`, and the topology the reachability commands read."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dockmesh.cli.common import (
+    EngineOpt,
+    JsonOpt,
+    UserError,
+    connect,
+    handle_errors,
+    out,
+    print_json,
+)
+from dockmesh.errors import SpecError
+from dockmesh.model.policy import Policy, Scope, parse_policy, policy_file_section
+from dockmesh.model.topology import Topology, build_topology, topology_from_json
+
+log = logging.getLogger(__name__)
+
+TableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--table",
+        help="The nftables table (inet family) to use: $DOCKMESH_POLICY_TABLE, else dockmesh.",
+    ),
+]
+
+
+def load_topology(engine: list[str] | None) -> Topology:
+    """From a running agent when one answers (and no --engine is given), else the engines."""
+    if not engine:
+        from dockmesh.agentclient import topology_json
+
+        body = topology_json()
+        if body is not None:
+            try:
+                return topology_from_json(json.loads(body))
+            except ValueError as e:
+                log.warning("the agent's topology is unreadable (%s): reading the engine", e)
+    clients = connect(engine)
+    return build_topology([c.snapshot() for c in clients], version=1)
+
+
+def read_policy_file(path: str) -> tuple[Policy, bool]:
+    """A topology file's policy section (short names made the engine's) or a policy file
+    alone; (policy, whether it was a topology file). SpecError with FILE:LINE problems."""
+    from dockmesh.projectfile.load import default_project, format_problems
+    from dockmesh.projectfile.problems import Problem
+    from dockmesh.projectfile.yamlpos import MAX_FILE_BYTES, load_located_bytes
+
+    with FsPath(path).open("rb") as f:
+        raw = f.read(MAX_FILE_BYTES + 1)
+    located = load_located_bytes(raw)
+    if located.problems or located.data is None:
+        raise SpecError(format_problems(path, list(located.problems), located.lines))
+    doc = located.data
+    section, base, is_topology = policy_file_section(doc)
+    scope = None
+    if is_topology:
+        project = doc.get("project")
+        if not isinstance(project, str):
+            project = default_project(path)
+        nets, services = doc.get("networks"), doc.get("services")
+        scope = Scope(
+            project,
+            frozenset(map(str, nets)) if isinstance(nets, Mapping) else frozenset(),
+            frozenset(map(str, services)) if isinstance(services, Mapping) else frozenset(),
+        )
+    policy, problems = parse_policy(section, scope, base)
+    if problems or policy is None:
+        found = [Problem(p, m) for p, m in problems] or [Problem(base, "no policy")]
+        raise SpecError(format_problems(path, found, located.lines))
+    return policy, is_topology
+
+
+def _unmatched(policy: Policy, topo: Topology) -> list[str]:
+    """Selectors that choose no running container now: usually a typo, said, not refused
+    (the containers may come later)."""
+    from dockmesh.model.policy import selects
+
+    running = [c for c in topo.containers if c.running]
+    notes: list[str] = []
+    for i, r in enumerate(policy.rules):
+        for word, side in (("from", r.sources), ("to", r.destinations)):
+            if not any(selects(side, c, a.network) for c in running for a in c.attachments):
+                sel = " | ".join(s.text() for s in side)
+                notes.append(f"rule {i + 1} {word} {sel} chooses no running container (yet)")
+    names = {n.name for n in topo.networks}
+    for name, _ in policy.networks:
+        if name not in names:
+            notes.append(f"network {name} does not exist (yet)")
+    return notes
+
+
+def register(app: typer.Typer) -> None:
+    policy_app = typer.Typer(
+        help="Who may talk to whom between containers, enforced in nftables "
+        "(table inet dockmesh); the agent keeps it true as containers come and go.",
+        no_args_is_help=True,
+    )
+    app.add_typer(policy_app, name="policy")
+
+    @policy_app.command("apply")
+    @handle_errors
+    def apply(
+        file: Annotated[str, typer.Argument(help="A topology file or a policy file.")],
+        mode: Annotated[
+            str,
+            typer.Option(
+                "--mode", help="enforce: drop; audit: count and log would-be drops, drop nothing."
+            ),
+        ] = "enforce",
+        table: TableOpt = None,
+        engine: EngineOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Applies a policy in one atomic nftables transaction and records it for the agent."""
+        from dockmesh.policy.compile import MODES
+        from dockmesh.policy.enforce import Enforcer
+        from dockmesh.policy.store import Applied, PolicyStore, table_name
+
+        if mode not in MODES:
+            raise UserError(f"--mode {mode!r}: enforce or audit")
+        name = _table(table)
+        policy, _ = read_policy_file(file)
+        topo = load_topology(engine)
+        enforcer = Enforcer(PolicyStore(name))
+        applied = Applied(
+            table_name(name),
+            "audit" if mode == "audit" else "enforce",
+            policy,
+            str(FsPath(file).resolve()),
+        )
+        rs = _nft_errors(lambda: enforcer.apply(applied, topo))
+        notes = _unmatched(policy, topo)
+        addresses = sum(len(s.elements) for s in rs.sets if not s.interval)
+        if json_out:
+            print_json(
+                {
+                    "table": name,
+                    "mode": applied.mode,
+                    "rules": len(policy.rules),
+                    "nft_rules": len(rs.rules),
+                    "sets": len(rs.sets),
+                    "addresses": addresses,
+                    "structure": rs.structure_hash,
+                    "notes": notes,
+                    "policy": policy.to_json(),
+                }
+            )
+            return
+        out.print(
+            f"policy applied ({applied.mode}) to table inet {name}: {len(policy.rules)} rules, "
+            f"{addresses} container addresses in {len(rs.sets)} sets",
+            markup=False,
+            highlight=False,
+        )
+        for note in notes:
+            out.print(f"  note: {note}", markup=False, highlight=False)
+
+    @policy_app.command("show")
+    @handle_errors
+    def show(table: TableOpt = None, engine: EngineOpt = None, json_out: JsonOpt = False) -> None:
+        """The applied policy: its rules with their counters, and who is in each set."""
+        doc = _show_doc(_table(table), engine)
+        if json_out:
+            print_json(doc)
+            return
+        _render_show(doc)
+
+    @policy_app.command("remove")
+    @handle_errors
+    def remove(table: TableOpt = None) -> None:
+        """Removes the table (and nothing else) and the recorded policy."""
+        from dockmesh.policy.enforce import Enforcer
+        from dockmesh.policy.store import PolicyStore
+
+        name = _table(table)
+        removed = _nft_errors(lambda: Enforcer(PolicyStore(name)).remove())
+        msg = f"removed table inet {name}" if removed else f"no policy applied (table inet {name})"
+        out.print(msg, markup=False, highlight=False)
+
+
+def _table(given: str | None) -> str:
+    from dockmesh.policy.store import table_name
+
+    try:
+        return table_name(given)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _nft_errors(fn: Any) -> Any:
+    from dockmesh.policy.nft import NftError
+
+    try:
+        return fn()
+    except NftError as e:
+        raise OSError(f"nft: {e}") from None
+
+
+def applied_policy(table: str) -> tuple[Policy | None, str]:
+    """The policy in force on `table`, and a sentence about it: None when none is applied or
+    its table is gone from the kernel."""
+    from dockmesh.policy.nft import Nft, NftError
+    from dockmesh.policy.store import PolicyStore
+
+    try:
+        applied = PolicyStore(table).load()
+    except ValueError as e:
+        return None, f"the recorded policy is unreadable ({e})"
+    if applied is None:
+        return None, "no policy applied"
+    try:
+        live = Nft().list_table(table)
+    except NftError as e:
+        return applied.policy, f"policy recorded; nft could not be asked ({e})"
+    if live is None:
+        return None, f"a policy is recorded but table inet {table} is not in the kernel"
+    if applied.mode == "audit":
+        return applied.policy, "audit mode (nothing is dropped)"
+    return applied.policy, f"policy enforced (table inet {table})"
+
+
+def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
+    from dockmesh.policy.compile import compile_policy
+    from dockmesh.policy.nft import Nft, parse_live
+    from dockmesh.policy.store import PolicyStore
+
+    try:
+        applied = PolicyStore(table).load()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    live_doc = _nft_errors(lambda: Nft().list_table(table))
+    doc: dict[str, Any] = {
+        "table": table,
+        "applied": live_doc is not None,
+        "mode": applied.mode if applied else None,
+        "source": applied.source if applied else None,
+        "policy": applied.policy.to_json() if applied else None,
+        "rules": [],
+        "sets": [],
+        "in_sync": None,
+    }
+    if live_doc is None:
+        return doc
+    live = parse_live(live_doc, table)
+    topo = load_topology(engine)
+    want = compile_policy(applied.policy, topo, applied.mode, table) if applied else None
+    meanings = {s.name: s.meaning for s in want.sets} if want else {}
+    texts: dict[str, str] = {}
+    if applied is not None:
+        for i, r in enumerate(applied.policy.rules):
+            texts[f"rule {i + 1}"] = r.text()
+    doc["rules"] = [
+        {
+            "comment": r.comment,
+            "text": texts.get(r.comment, r.comment),
+            "packets": r.packets,
+            "bytes": r.bytes,
+        }
+        for r in live.rules
+        if r.packets is not None
+    ]
+    for name in sorted(live.elements, key=_set_order):
+        members = []
+        for element in sorted(live.elements[name]):
+            holders = topo.attachments_at(element) if "/" not in element else ()
+            members.append({"address": element, "containers": sorted({c.name for c, _ in holders})})
+        doc["sets"].append({"name": name, "meaning": meanings.get(name, ""), "members": members})
+    if want is not None:
+        doc["in_sync"] = (
+            live.structure_hash == want.structure_hash and live.elements == want.elements()
+        )
+    return doc
+
+
+def _set_order(name: str) -> tuple[str, int, str]:
+    kind = name[0]
+    num = name[1:].split("_")[0]
+    return (kind, int(num) if num.isdigit() else 0, name)
+
+
+def _render_show(doc: dict[str, Any]) -> None:
+    if not doc["applied"]:
+        out.print(f"no policy applied (table inet {doc['table']})", markup=False)
+        return
+    out.print(
+        f"table inet {doc['table']}: mode {doc['mode']}, from {doc['source'] or '?'}"
+        + ("" if doc["in_sync"] in (None, True) else " (not in sync with the topology)"),
+        markup=False,
+        highlight=False,
+    )
+    rules = Table("rule", "packets", "bytes", title="rules (counters since applied)")
+    for r in doc["rules"]:
+        rules.add_row(r["text"], str(r["packets"]), str(r["bytes"]))
+    out.print(rules)
+    sets = Table("set", "holds", "members")
+    for s in doc["sets"]:
+        members = ", ".join(
+            f"{m['address']} ({', '.join(m['containers'])})" if m["containers"] else m["address"]
+            for m in s["members"]
+        )
+        sets.add_row(s["name"], s["meaning"], members or "-")
+    out.print(sets)

@@ -1,0 +1,120 @@
+"""The applied policy, kept where both `dockmesh policy apply` and the agent find it.
+
+The kernel keeps the ruleset, but not the policy it came from (nft comments hold 128 bytes),
+and the agent must know the policy to keep the ruleset true as containers come and go, also
+after a restart or a reboot. So `policy apply` writes it here, with its names already the
+engine's, one file per table: `$DOCKMESH_POLICY_DIR/<table>.json` (default
+/var/lib/dockmesh/policy). `policy remove` deletes it. The agent notices a new file by its
+identity (inode, size, modification time): files are replaced by rename, never rewritten in
+place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dockmesh.model.policy import Policy, policy_from_json
+from dockmesh.policy.compile import DEFAULT_TABLE, MODES, Mode
+from dockmesh.policy.nft import check_table_name
+
+DEFAULT_DIR = "/var/lib/dockmesh/policy"
+FORMAT = 1
+
+Stamp = tuple[int, int, int]  # inode, size, mtime_ns
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("DOCKMESH_POLICY_DIR") or DEFAULT_DIR)
+
+
+def table_name(given: str | None = None) -> str:
+    """The table named on the command line, else $DOCKMESH_POLICY_TABLE, else `dockmesh`."""
+    return check_table_name(given or os.environ.get("DOCKMESH_POLICY_TABLE") or DEFAULT_TABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    table: str
+    mode: Mode
+    policy: Policy
+    source: str = ""  # the file it was read from
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "table": self.table,
+            "mode": self.mode,
+            "source": self.source,
+            "policy": self.policy.to_json(),
+        }
+
+
+def applied_from_json(doc: Any) -> Applied:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise ValueError("not an applied policy of this version")
+    mode = doc.get("mode")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
+    return Applied(
+        check_table_name(str(doc["table"])),
+        mode,
+        policy_from_json(doc["policy"]),
+        str(doc.get("source") or ""),
+    )
+
+
+class PolicyStore:
+    def __init__(self, table: str, directory: Path | None = None) -> None:
+        self.table = check_table_name(table)
+        self.directory = directory if directory is not None else state_dir()
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.table}.json"
+
+    def stamp(self) -> Stamp | None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def load(self) -> Applied | None:
+        """The applied policy, or None when there is none. ValueError when the file is not
+        one (it is left alone: a person may want to read it)."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            return applied_from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{self.path}: {e}") from None
+
+    def save(self, applied: Applied) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.table}.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(applied.to_json(), f, indent=1, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def remove(self) -> bool:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True

@@ -1,0 +1,274 @@
+"""Policy against the real kernel and engine: containers on one bridge network, a table of the
+test's own (named from its prefix, removed afterwards), connections made from the containers'
+own namespaces."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockmesh.host.netns import NetnsPool
+from tests.integration.conftest import dockmesh, free_subnets
+from tests.integration.test_agent import AgentProc
+
+
+@dataclass
+class Seg:
+    prefix: str
+    table: str
+    net: str
+    ids: dict[str, str]
+    policy_file: Path
+    state_dir: Path
+
+
+def nft_table(table: str) -> Any | None:
+    proc = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", table], capture_output=True, text=True
+    )
+    return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+
+def set_addresses(table: str) -> dict[str, set[str]]:
+    doc = nft_table(table)
+    assert doc is not None, f"table inet {table} is missing"
+    out: dict[str, set[str]] = {}
+    for item in doc["nftables"]:
+        if "set" in item:
+            out[item["set"]["name"]] = {
+                e for e in item["set"].get("elem") or () if isinstance(e, str)
+            }
+    return out
+
+
+def rule_counters(table: str) -> dict[str, int]:
+    doc = nft_table(table)
+    assert doc is not None
+    out: dict[str, int] = {}
+    for item in doc["nftables"]:
+        r = item.get("rule")
+        if r is None:
+            continue
+        for e in r["expr"]:
+            if isinstance(e, dict) and isinstance(e.get("counter"), dict):
+                out[r.get("comment", "")] = (
+                    out.get(r.get("comment", ""), 0) + e["counter"]["packets"]
+                )
+    return out
+
+
+@pytest.fixture
+def pool() -> Iterator[NetnsPool]:
+    with NetnsPool(threads=2) as p:
+        yield p
+
+
+def pid_of(api: Any, cid: str) -> int:
+    return int(api.inspect_container(cid)["State"]["Pid"])
+
+
+def ip_of(api: Any, cid: str, net: str) -> str:
+    return str(api.inspect_container(cid)["NetworkSettings"]["Networks"][net]["IPAddress"])
+
+
+def connects(
+    pool: NetnsPool, pid: int, address: str, port: int = 8080, timeout: float = 0.7
+) -> bool:
+    """A TCP connection from inside `pid`'s namespace (the container needs no tools)."""
+    sock = pool.socket(pid)
+    try:
+        sock.setblocking(True)
+        sock.settimeout(timeout)
+        sock.connect((address, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def seg(
+    api: Any, prefix: str, toolbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Seg]:
+    table = f"{prefix}pol"
+    state_dir = tmp_path / "policy"
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", table)
+    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(state_dir))
+    # The commands read the engine, not an agent someone else runs.
+    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
+    (subnet,) = free_subnets(api, 1)
+    net = f"{prefix}seg"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    ids: dict[str, str] = {}
+    for role, labels in (
+        ("gw", {"dockmesh.service": f"{prefix}gateway"}),
+        ("api", {"dockmesh.service": f"{prefix}api"}),
+        ("oth", {}),
+    ):
+        cid = api.create_container(
+            toolbox,
+            name=f"{prefix}-{role}",
+            hostname=f"{prefix}-{role}",
+            labels=labels,
+            host_config=api.create_host_config(network_mode=net),
+        )["Id"]
+        api.start(cid)
+        ids[role] = cid
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "policy:\n"
+        "  default: allow\n"
+        f"  networks: {{{net}: {{default: deny}}}}\n"
+        "  rules:\n"
+        f"    - {{from: {{service: {prefix}gateway}}, to: {{service: {prefix}api}}, ports: [8080/tcp]}}\n"
+    )
+    try:
+        yield Seg(prefix, table, net, ids, policy_file, state_dir)
+    finally:
+        # Only the test's own table, and only when it is there.
+        if nft_table(table) is not None:
+            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+
+
+def verdicts(api: Any, pool: NetnsPool, s: Seg) -> dict[str, bool]:
+    gw, apic, oth = (s.ids[k] for k in ("gw", "api", "oth"))
+    gw_ip, api_ip = ip_of(api, gw, s.net), ip_of(api, apic, s.net)
+    return {
+        "gw>api": connects(pool, pid_of(api, gw), api_ip),
+        "api>gw": connects(pool, pid_of(api, apic), gw_ip),
+        "oth>api": connects(pool, pid_of(api, oth), api_ip),
+        "oth>gw": connects(pool, pid_of(api, oth), gw_ip),
+    }
+
+
+WANT = {"gw>api": True, "api>gw": False, "oth>api": False, "oth>gw": False}
+OPEN = dict.fromkeys(WANT, True)
+
+
+def test_allow_and_deny_between_containers_on_one_bridge(
+    api: Any, pool: NetnsPool, seg: Seg
+) -> None:
+    assert verdicts(api, pool, seg) == OPEN  # Docker alone: everyone reaches everyone
+    dockmesh("policy", "apply", str(seg.policy_file), check=True)
+    assert verdicts(api, pool, seg) == WANT
+    show = json.loads(dockmesh("policy", "show", "--json", check=True).stdout)
+    assert show["applied"] and show["mode"] == "enforce" and show["in_sync"] is True
+    members = {m["address"]: m["containers"] for s in show["sets"] for m in s["members"]}
+    api_ip = ip_of(api, seg.ids["api"], seg.net)
+    assert members[api_ip] == [f"{seg.prefix}-api"]
+    denied = [r for r in show["rules"] if r["comment"].startswith(f"network {seg.net}")]
+    assert sum(r["packets"] for r in denied) >= 3  # three denied connection attempts counted
+    # Removing removes the table and nothing else.
+    tables_before = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert dockmesh("policy", "remove", check=True).stdout.startswith("removed table")
+    tables_after = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert set(tables_before.splitlines()) - set(tables_after.splitlines()) == {
+        f"table inet {seg.table}"
+    }
+    assert verdicts(api, pool, seg) == OPEN
+    assert not (seg.state_dir / f"{seg.table}.json").exists()
+
+
+def test_audit_mode_drops_nothing_and_counts_what_it_would(
+    api: Any, pool: NetnsPool, seg: Seg
+) -> None:
+    dockmesh("policy", "apply", str(seg.policy_file), "--mode", "audit", check=True)
+    assert verdicts(api, pool, seg) == OPEN
+    counts = rule_counters(seg.table)
+    assert counts[f"network {seg.net} default deny"] >= 3
+    assert counts["rule 1"] >= 1
+
+
+def test_a_bad_file_exits_2_with_its_lines(seg: Seg, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy:\n  default: maybe\n  rules:\n    - {from: {servic: a}, to: {}}\n")
+    proc = dockmesh("policy", "apply", str(bad))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"{bad}:2: policy.default: must be allow or deny, not 'maybe'",
+        f"{bad}:4: policy.rules.0.from.servic: unknown selector (one of service, container, network, label, project)",
+    ]
+    assert nft_table(seg.table) is None
+
+
+def wait_for(pred: Any, limit: float, step: float = 0.05) -> float:
+    t = time.monotonic()
+    while True:
+        if pred():
+            return time.monotonic() - t
+        if time.monotonic() - t > limit:
+            raise AssertionError(f"not within {limit} s")
+        time.sleep(step)
+
+
+def test_the_agent_keeps_it_true_across_a_new_ip_and_its_own_restart(
+    api: Any, pool: NetnsPool, seg: Seg, tmp_path: Path, toolbox: str
+) -> None:
+    agent = AgentProc(tmp_path)
+    agent.start()
+    try:
+        dockmesh("policy", "apply", str(seg.policy_file), check=True)
+        assert verdicts(api, pool, seg) == WANT
+        # api comes back with a new IP: another container takes its old one meanwhile.
+        old = ip_of(api, seg.ids["api"], seg.net)
+        api.stop(seg.ids["api"], timeout=0)
+        squat = api.create_container(
+            toolbox,
+            name=f"{seg.prefix}-squat",
+            host_config=api.create_host_config(network_mode=seg.net),
+            networking_config=api.create_networking_config(
+                {seg.net: api.create_endpoint_config(ipv4_address=old)}
+            ),
+        )["Id"]
+        api.start(squat)
+        api.start(seg.ids["api"])
+        started = time.monotonic()
+        api.remove_container(squat, force=True)
+        new = ip_of(api, seg.ids["api"], seg.net)
+        assert new != old
+        gw_pid = pid_of(api, seg.ids["gw"])
+        took = wait_for(lambda: connects(pool, gw_pid, new, timeout=0.2), 2.0)
+        assert time.monotonic() - started < 1.0 + 0.3, f"covered after {took:.2f} s"
+        assert verdicts(api, pool, seg) == WANT
+        sets = set_addresses(seg.table)
+        assert old not in set().union(*sets.values())
+
+        # The agent stops; meanwhile a second api instance comes and goes: its address
+        # would be stale. The agent's restart must take it out without a reload.
+        agent.stop()
+        counters_before = rule_counters(seg.table)
+        second = api.create_container(
+            toolbox,
+            name=f"{seg.prefix}-api2",
+            labels={"dockmesh.service": f"{seg.prefix}api"},
+            host_config=api.create_host_config(network_mode=seg.net),
+        )["Id"]
+        api.start(second)
+        agent.start()
+        second_ip = ip_of(api, second, seg.net)
+        wait_for(lambda: second_ip in set().union(*set_addresses(seg.table).values()), 3.0)
+        agent.stop()
+        api.remove_container(second, force=True)
+        agent.start()
+        wait_for(lambda: second_ip not in set().union(*set_addresses(seg.table).values()), 3.0)
+        assert verdicts(api, pool, seg) == WANT
+        live = {ip_of(api, c, seg.net) for c in seg.ids.values()}
+        in_sets = set().union(*set_addresses(seg.table).values())
+        assert in_sets <= live
+        # Element updates, not a reload: the counters went on.
+        after = rule_counters(seg.table)
+        assert after["rule 1"] >= counters_before["rule 1"] > 0
+    finally:
+        with contextlib.suppress(Exception):
+            agent.stop()
+    # A stopped agent leaves the policy in force (fail closed).
+    assert verdicts(api, pool, seg) == WANT
