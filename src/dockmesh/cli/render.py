@@ -3,6 +3,7 @@ or rich renderables out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ from dockmesh.model.topology import Container, Network, Topology
 from dockmesh.projectfile.problems import visible
 
 if TYPE_CHECKING:  # the plan's module brings pydantic, which `topology` does without
+    from dockmesh.observe.flows import Edge
     from dockmesh.projectfile.plan import Plan
 
 _HIDDEN_WHEN_EMPTY = {"host", "none"}
@@ -107,7 +109,34 @@ def _dot_label(*lines: str) -> str:
     return '"' + "\\n".join(parts) + '"'
 
 
-def topology_dot(topo: Topology) -> str:
+def _flow_node(topo: Topology, kind: str, name: str) -> str | None:
+    """The node a flow's end is drawn at: its container, or the network of a gateway."""
+    if kind == "container":
+        c = topo.container(name)
+        return _dot_id("ctr", c.engine + "/" + c.id) if c is not None else None
+    if kind == "gateway":
+        n = topo.network(name.removeprefix("gateway:"))
+        return _dot_id("net", n.id) if n is not None else None
+    return None
+
+
+def _flow_edges(topo: Topology, flows: Sequence[Edge]) -> list[str]:
+    """Conntrack flows (issue 9) as dashed arrows with their port and bytes. The graph is
+    undirected, so the direction is drawn (dir=forward) rather than declared."""
+    lines = []
+    for e in flows:
+        a, b = _flow_node(topo, e.src_kind, e.src), _flow_node(topo, e.dst_kind, e.dst)
+        if a is None or b is None:
+            continue
+        label = _dot_label(f"{e.port}/{e.proto}" if e.port else e.proto, f"{e.bytes} B")
+        lines.append(
+            f'  {a} -- {b} [dir=forward, style=dashed, color="#cc5500", '
+            f'fontcolor="#cc5500", label={label}];'
+        )
+    return lines
+
+
+def topology_dot(topo: Topology, flows: Sequence[Edge] = ()) -> str:
     lines = ["graph dockmesh {", "  graph [rankdir=LR];", "  node [fontname=Helvetica];"]
     for n in topo.networks:
         eps = topo.endpoints_of(n)
@@ -134,6 +163,7 @@ def topology_dot(topo: Topology) -> str:
                 f"  {_dot_id('ctr', ep.engine + '/' + ep.container_id)} -- "
                 f"{_dot_id('net', n.id)} [label={label}];"
             )
+    lines.extend(_flow_edges(topo, flows))
     lines.append("}")
     return "\n".join(lines) + "\n"
 

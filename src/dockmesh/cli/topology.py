@@ -43,12 +43,17 @@ def register(app: typer.Typer) -> None:
         engine: EngineOpt = None,
         json_out: JsonOpt = False,
         dot: Annotated[bool, typer.Option("--dot", help="Print Graphviz source.")] = False,
+        flows: Annotated[
+            bool, typer.Option("--flows", help="With --dot: conntrack flows as edges.")
+        ] = False,
     ) -> None:
         """Networks, containers and endpoints of one or more engines: from a running agent
         ($DOCKMESH_AGENT, default http://127.0.0.1:8500) when one answers, else (and always
         with --engine) from the engines themselves."""
         if json_out and dot:
             raise UserError("--json and --dot: choose one")
+        if flows and not dot:
+            raise UserError("--flows draws on the graph: use it with --dot")
         topo = None
         if not engine:
             doc = _from_agent()
@@ -66,6 +71,12 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(topo.to_json())
         elif dot:
-            out.file.write(topology_dot(topo))
+            edges = []
+            if flows:  # issue 9: who talks to whom, from the kernel's conntrack table
+                from dockmesh.observe.conntrack import dump
+                from dockmesh.observe.flows import aggregate
+
+                edges = aggregate(dump(), topo)
+            out.file.write(topology_dot(topo, edges))
         else:
             out.print(topology_tree(topo))

@@ -41,6 +41,8 @@ def dump() -> Iterator[ConntrackFlow]:
 
     with NFCTSocket() as sock:
         for msg in sock.dump():
-            flow = parse_conntrack_message(msg)
+            # dump(): the message as plain lists and dicts (pyroute2 0.9 keeps attributes in
+            # slot objects that do not unpack like the pairs the parser reads).
+            flow = parse_conntrack_message(msg.dump())
             if flow is not None:
                 yield flow

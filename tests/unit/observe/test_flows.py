@@ -191,3 +191,18 @@ def test_any_message_parses_or_is_none(m: Any) -> None:
     if f is not None:
         assert f.orig_bytes >= 0 and f.reply_packets >= 0
         aggregate([f], topo())
+
+
+def test_flows_drawn_as_directed_dashed_edges_on_the_dot_graph() -> None:
+    from dockmesh.cli.render import topology_dot
+
+    f = parse_conntrack_message(msg("10.9.0.2", "10.9.0.3", 1, 8080, "10.9.0.3", "10.9.0.2"))
+    assert f is not None
+    t = topo()
+    dot = topology_dot(t, aggregate([f], t))
+    (line,) = [x for x in dot.splitlines() if "dashed" in x]
+    assert line.startswith(
+        '  "ctr:local/gatewaygatewaygatewaygatewaygatewaygatewaygatewaygateway" -- '
+    )
+    assert "8080/tcp" in line and "2300 B" in line
+    assert topology_dot(t) == topology_dot(t, [])
