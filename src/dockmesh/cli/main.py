@@ -10,6 +10,7 @@ import typer
 
 from dockmesh.cli import agent, images, project, topology
 from dockmesh.cli import policy as policy_cli
+from dockmesh.cli import reach as reach_cli
 from dockmesh.cli import bench as bench_cli
 from dockmesh.cli import doctor as doctor_cli
 from dockmesh.cli import observe as observe_cli
@@ -26,6 +27,7 @@ topology.register(app)
 project.register(app)
 agent.register(app)
 policy_cli.register(app)
+reach_cli.register(app)
 observe_cli.register(app)
 app.add_typer(bench_cli.app, name="bench")
 doctor_cli.register(app)

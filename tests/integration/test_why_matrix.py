@@ -1,0 +1,176 @@
+"""`dockmesh why` and `dockmesh matrix` on the chapter's isolation layout (frontend, backend,
+database-internal; the frontend container on frontend+backend, the database only on
+database), with real containers probed from their namespaces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import dockmesh, free_subnets
+
+
+@dataclass
+class Layout:
+    prefix: str
+    names: dict[str, str]  # role → container name
+
+
+@pytest.fixture
+def layout(
+    api: Any, prefix: str, toolbox: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Layout]:
+    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", f"{prefix}pol")
+    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
+    fe, be, db = free_subnets(api, 3)
+    nets = {"frontend": fe, "backend": be, "database": db}
+    for name, subnet in nets.items():
+        api.create_network(
+            f"{prefix}_{name}", ipam={"Config": [{"Subnet": subnet}]}, internal=name == "database"
+        )
+    spec = {
+        # role: (networks, command, labels)
+        "frontend": (["frontend", "backend"], None, {"dockmesh.service": f"{prefix}fe"}),
+        "backend": (["backend", "database"], None, {"dockmesh.service": f"{prefix}be"}),
+        "database": (["database"], ["httpd", "-f", "-p", "5432", "-h", "/www"], {}),
+        # A server bound to its own loopback only: the classic finding.
+        "local": (["backend"], ["httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"], {}),
+    }
+    names = {}
+    for role, (on, command, labels) in spec.items():
+        name = f"{prefix}-{role}"
+        first, *rest = on
+        cid = api.create_container(
+            toolbox,
+            name=name,
+            hostname=name,
+            command=command,
+            labels={**labels, "dmt.case": prefix},
+            host_config=api.create_host_config(network_mode=f"{prefix}_{first}"),
+            networking_config=api.create_networking_config(
+                {f"{prefix}_{first}": api.create_endpoint_config(aliases=[role])}
+            ),
+        )["Id"]
+        for net in rest:
+            api.connect_container_to_network(cid, f"{prefix}_{net}", aliases=[role])
+        api.start(cid)
+        names[role] = name
+    try:
+        yield Layout(prefix, names)
+    finally:
+        table = f"{prefix}pol"
+        if (
+            subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
+            == 0
+        ):
+            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+
+
+def why(*args: str) -> tuple[int, dict[str, Any]]:
+    proc = dockmesh("why", *args, "--json")
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_why_frontend_database_share_no_network(layout: Layout) -> None:
+    n = layout.names
+    code, doc = why(n["frontend"], n["database"], "--probe")
+    assert code == 1 and doc["reachable"] is False
+    checks = {s["check"]: s for s in doc["steps"]}
+    assert checks["running"]["ok"] is True
+    assert checks["shared_network"]["ok"] is False
+    assert f"{layout.prefix}_database" in checks["shared_network"]["detail"]
+    assert checks["dns"]["ok"] is False
+    assert doc["probe"]["ok"] is False  # Docker's isolation drops it, as analysed
+
+
+def test_why_backend_database_on_5432_is_reachable_and_says_why(layout: Layout) -> None:
+    n = layout.names
+    code, doc = why(n["backend"], n["database"], "--port", "5432/tcp", "--probe")
+    assert code == 0, doc
+    assert doc["reachable"] is True and doc["port"] == "5432/tcp"
+    assert [s["check"] for s in doc["steps"]] == [
+        "running",
+        "shared_network",
+        "internal",
+        "icc",
+        "policy",
+        "dns",
+        "listening",
+    ]
+    assert all(s["ok"] for s in doc["steps"]), doc["steps"]
+    checks = {s["check"]: s for s in doc["steps"]}
+    assert "is internal" in checks["internal"]["detail"]
+    assert "no policy applied" in checks["policy"]["detail"]
+    assert n["database"] in checks["dns"]["detail"] and "database" in checks["dns"]["detail"]
+    assert doc["probe"]["ok"] is True and doc["probe"]["latency_ms"] is not None
+
+
+def test_why_finds_a_server_bound_to_loopback(layout: Layout) -> None:
+    n = layout.names
+    code, doc = why(n["frontend"], n["local"], "--port", "8080/tcp", "--probe")
+    assert code == 1
+    listening = next(s for s in doc["steps"] if s["check"] == "listening")
+    assert listening["ok"] is False and "127.0.0.1:8080 only" in listening["detail"]
+    assert doc["probe"]["ok"] is False and "refused" in doc["probe"]["detail"]
+
+
+def test_why_names_the_rule_that_decided(layout: Layout, tmp_path: Path) -> None:
+    n, p = layout.names, layout.prefix
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        f"policy:\n  networks: {{{p}_backend: {{default: deny}}}}\n  rules:\n"
+        f"    - {{from: {{service: {p}fe}}, to: {{service: {p}be}}, ports: [8080/tcp]}}\n"
+    )
+    dockmesh("policy", "apply", str(policy), check=True)
+    code, doc = why(n["frontend"], n["backend"], "--port", "8080/tcp", "--probe")
+    assert (
+        code == 0
+        and "rule 1 allows it" in next(s for s in doc["steps"] if s["check"] == "policy")["detail"]
+    )
+    code, doc = why(n["backend"], n["frontend"], "--port", "8080/tcp", "--probe")
+    assert code == 1
+    pol = next(s for s in doc["steps"] if s["check"] == "policy")
+    assert pol["ok"] is False and f"network {p}_backend's default denies it" in pol["detail"]
+    assert doc["probe"]["ok"] is False
+    # The matrix agrees with the kernel under the policy too.
+    proc = dockmesh("matrix", "--select", f"label=dmt.case={p}", "--port", "8080/tcp", "--json")
+    m = json.loads(proc.stdout)
+    assert m["mismatches"] == 0, [x for x in m["pairs"] if x["expected"] != x["observed"]]
+    assert proc.returncode == 0
+
+
+def test_matrix_shows_no_mismatch(layout: Layout) -> None:
+    p = layout.prefix
+    proc = dockmesh("matrix", "--select", f"label=dmt.case={p}", "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["mismatches"] == 0, [x for x in doc["pairs"] if x["expected"] != x["observed"]]
+    assert proc.returncode == 0
+    got = {(x["src"], x["dst"]): x["observed"] for x in doc["pairs"]}
+    n = layout.names
+    assert len(got) == 12
+    assert got[(n["frontend"], n["backend"])] is True
+    assert got[(n["frontend"], n["database"])] is False
+    assert got[(n["backend"], n["database"])] is True
+    assert got[(n["database"], n["frontend"])] is False
+    # Human output: the grid and the count.
+    text = dockmesh("matrix", "--select", f"label=dmt.case={p}").stdout
+    assert "12 pairs" in text and "0 mismatches" in text
+
+
+def test_bad_input_exits_2(layout: Layout) -> None:
+    assert dockmesh("why", "nope-nope", layout.names["backend"]).returncode == 2
+    assert (
+        dockmesh(
+            "why", layout.names["backend"], layout.names["database"], "--port", "1-5/tcp"
+        ).returncode
+        == 2
+    )
+    assert dockmesh("matrix", "--select", "colour=red").returncode == 2
