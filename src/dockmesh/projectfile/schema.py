@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from dockmesh.model.policy import Scope, parse_policy
 from dockmesh.projectfile.problems import Problem
 
 Scalar = str | int | float | bool
@@ -131,9 +132,13 @@ def parse_spec_partial(data: Any) -> tuple[Spec | None, list[Problem], frozenset
         doc = "the document must be a mapping (project, networks, services)"
         return None, [Problem((), doc)], frozenset()
     try:
-        return Spec.model_validate(data), [], frozenset()
+        spec = Spec.model_validate(data)
     except ValidationError as e:
         problems = _problems_from(e, data)
+    else:
+        return spec, _policy_problems(data), frozenset()
+    if not any(p.path[:1] == ("policy",) for p in problems):
+        problems += _policy_problems(data)
     partial: dict[str, Any] = {}
     dropped: set[str] = set()
     for section, model in (("networks", NetworkSpec), ("services", ServiceSpec)):
@@ -153,6 +158,19 @@ def parse_spec_partial(data: Any) -> tuple[Spec | None, list[Problem], frozenset
         return Spec.model_validate(partial), problems, frozenset(dropped)
     except ValidationError:
         return None, problems, frozenset(dropped)
+
+
+def _policy_problems(data: dict[str, Any]) -> list[Problem]:
+    """The `policy:` section, read by the policy's own model (dockmesh.model.policy): its
+    network and service names must be this file's."""
+    nets, services = data.get("networks"), data.get("services")
+    scope = Scope(
+        str(data.get("project") or "project"),
+        frozenset(map(str, nets)) if isinstance(nets, dict) else frozenset(),
+        frozenset(map(str, services)) if isinstance(services, dict) else frozenset(),
+    )
+    _, found = parse_policy(data.get("policy"), scope, ("policy",))
+    return [Problem(path, message) for path, message in found]
 
 
 def _problems_from(e: ValidationError, data: Any) -> list[Problem]:

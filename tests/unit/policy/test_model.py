@@ -217,3 +217,27 @@ def test_any_document_gives_a_policy_or_located_problems(data: Any) -> None:
         assert path[0] == "policy" and message
     if not problems:
         assert isinstance(policy, Policy)
+
+
+def test_a_topology_files_policy_problems_have_their_lines() -> None:
+    from tests.unit.helpers import problems_of as file_problems
+
+    text = (
+        "project: demo\n"
+        "networks:\n"
+        "  backend: {}\n"
+        "services:\n"
+        "  api: {image: dockmesh/toolbox, networks: [backend]}\n"
+        "policy:\n"
+        "  networks: {front: {default: deny}}\n"
+        "  rules:\n"
+        "    - from: {service: gw}\n"
+        "      to: {service: api}\n"
+        "      ports: [8080/tcp, 99999]\n"
+    )
+    assert file_problems(text) == [
+        "f:7: policy.networks.front: unknown network 'front' (this file's networks: backend)",
+        "f:9: policy.rules.0.from.service: unknown service 'gw' (services: api)",
+        "f:11: policy.rules.0.ports.1: 99999: ports are 1 to 65535",
+    ]
+    assert file_problems(text.split("policy:")[0] + "policy: {default: deny}\n") == []
