@@ -1,0 +1,68 @@
+"""`dockmesh bench` between two toolbox containers, compared with iperf3 between the same
+namespaces."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import dockmesh, free_subnets, run_toolbox
+
+pytestmark = pytest.mark.integration
+SERVE = [
+    "sh",
+    "-c",
+    "mkdir -p /tmp/w && echo ok > /tmp/w/health && exec httpd -f -p 8080 -h /tmp/w",
+]
+
+
+@pytest.fixture
+def two(api: Any, toolbox: str, prefix: str) -> tuple[str, str]:
+    net = f"{prefix}-net"
+    (subnet,) = free_subnets(api, 1)
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    run_toolbox(api, f"{prefix}-a", net, command=SERVE)
+    run_toolbox(api, f"{prefix}-b", net, command=SERVE)
+    return f"{prefix}-a", f"{prefix}-b"
+
+
+@pytest.mark.parametrize(("mode", "count"), [("tcp", 1000), ("icmp", 200), ("http", 50)])
+def test_latency(two: tuple[str, str], mode: str, count: int) -> None:
+    a, b = two
+    proc = dockmesh(
+        "bench", "latency", a, b, "--mode", mode, "--count", str(count), "--json", check=True
+    )
+    d = json.loads(proc.stdout)
+    assert d["samples"] == count and d["lost"] == 0
+    assert 0 < d["min_ms"] <= d["p50_ms"] <= d["p95_ms"] <= d["p99_ms"] <= d["max_ms"] < 1000
+    assert d["port"] == (None if mode == "icmp" else 8080)  # found from b's listening socket
+    text = dockmesh("bench", "latency", a, b, "--mode", mode, "--count", "20", check=True).stdout
+    assert "p99" in text and "│" in text  # the histogram
+
+
+def test_bandwidth_within_2x_of_iperf3(two: tuple[str, str]) -> None:
+    if shutil.which("iperf3") is None:
+        pytest.fail("iperf3 is missing: scripts/setup.sh installs it")
+    a, b = two
+    ours = json.loads(
+        dockmesh("bench", "bandwidth", a, b, "--seconds", "2", "--json", check=True).stdout
+    )
+    ip3 = json.loads(
+        dockmesh(
+            "bench", "bandwidth", a, b, "--seconds", "2", "--tool", "iperf3", "--json", check=True
+        ).stdout
+    )
+    assert ours["bytes"] > 0 and ip3["tool"] == "iperf3"
+    assert 0.5 <= ours["bits_per_second"] / ip3["bits_per_second"] <= 2.0
+
+
+def test_no_shared_network_is_bad_input(api: Any, toolbox: str, prefix: str) -> None:
+    s1, s2 = free_subnets(api, 2)
+    for i, subnet in enumerate((s1, s2)):
+        api.create_network(f"{prefix}-n{i}", ipam={"Config": [{"Subnet": subnet}]})
+        run_toolbox(api, f"{prefix}-c{i}", f"{prefix}-n{i}", command=["sleep", "300"])
+    proc = dockmesh("bench", "latency", f"{prefix}-c0", f"{prefix}-c1", "--mode", "icmp")
+    assert proc.returncode == 2 and "share no network" in proc.stderr

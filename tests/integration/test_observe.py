@@ -1,0 +1,174 @@
+"""Counters, flows, the report and the agent's metrics on real containers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import dockmesh, free_subnets, run_toolbox
+
+pytestmark = pytest.mark.integration
+SERVE = [
+    "sh",
+    "-c",
+    "mkdir -p /tmp/w && echo ok > /tmp/w/health && exec httpd -f -p 8080 -h /tmp/w",
+]
+
+
+def pid_of(api: Any, name: str) -> int:
+    return int(api.inspect_container(name)["State"]["Pid"])
+
+
+def ip_of(api: Any, name: str, network: str) -> str:
+    return str(api.inspect_container(name)["NetworkSettings"]["Networks"][network]["IPAddress"])
+
+
+def get_from(api: Any, src: str, address: str, times: int = 5) -> None:
+    """HTTP GETs from `src`'s namespace with the host's curl (the container has no curl)."""
+    for _ in range(times):
+        subprocess.run(
+            [
+                "nsenter",
+                "-n",
+                "-t",
+                str(pid_of(api, src)),
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                f"http://{address}:8080/health",
+            ],
+            check=True,
+        )
+
+
+@pytest.fixture
+def pair(api: Any, toolbox: str, prefix: str) -> tuple[str, str, str, str]:
+    """Two toolbox containers on one network and a third on two networks."""
+    net, net2 = f"{prefix}-a", f"{prefix}-b"
+    s1, s2 = free_subnets(api, 2)
+    api.create_network(net, ipam={"Config": [{"Subnet": s1}]})
+    api.create_network(net2, ipam={"Config": [{"Subnet": s2}]})
+    run_toolbox(api, f"{prefix}-gateway", net, command=SERVE)
+    run_toolbox(api, f"{prefix}-api", net, command=SERVE)
+    cid = run_toolbox(api, f"{prefix}-multi", net2, command=SERVE)
+    api.stop(cid, timeout=0)
+    api.connect_container_to_network(cid, net)
+    api.start(cid)
+    return net, net2, f"{prefix}-gateway", f"{prefix}-api"
+
+
+def test_stats_counts_traffic_per_interface_and_network(api: Any, pair: tuple[str, ...]) -> None:
+    net, net2, gw, svc = pair
+    before = json.loads(dockmesh("stats", gw, svc, "--json", check=True).stdout)
+    get_from(api, gw, ip_of(api, svc, net), times=5)
+    after = json.loads(dockmesh("stats", "--json", check=True).stdout)
+    assert after["elapsed_s"] < 1.0
+    by_name = {c["name"]: c for c in after["containers"]}
+    (iface,) = by_name[svc]["interfaces"]
+    assert iface["name"] == "eth0" and iface["network"] == net
+    (old,) = next(c for c in before["containers"] if c["name"] == svc)["interfaces"]
+    assert iface["rx_bytes"] > old["rx_bytes"] and iface["tx_packets"] > old["tx_packets"]
+    multi = {i["network"] for i in by_name[pair[2].rsplit("-", 1)[0] + "-multi"]["interfaces"]}
+    assert multi == {net, net2}
+
+
+def test_flows_show_the_edge_with_bytes(api: Any, pair: tuple[str, ...]) -> None:
+    net, _, gw, svc = pair
+    dockmesh("flows", "--json", check=True)  # turns accounting on before the traffic
+    get_from(api, gw, ip_of(api, svc, net), times=3)
+    doc = json.loads(dockmesh("flows", "--json", check=True).stdout)
+    assert doc["accounting"] == "on"
+    edge = next(e for e in doc["edges"] if e["src"] == gw and e["dst"] == svc)
+    assert edge["port"] == 8080 and edge["connections"] >= 3 and edge["bytes"] > 0
+    dot = dockmesh("topology", "--dot", "--flows", check=True).stdout
+    assert any("dashed" in line and "8080/tcp" in line for line in dot.splitlines())
+
+
+def test_report_has_traffic_and_connectivity(api: Any, pair: tuple[str, ...]) -> None:
+    net, _, _, svc = pair
+    doc = json.loads(dockmesh("report", "--duration", "0.5", "--json", check=True).stdout)
+    assert {"timestamp", "topology", "traffic", "connectivity"} <= set(doc)
+    mine = [c for c in doc["connectivity"] if c["network"] == net]
+    assert mine and all(c["reachable"] for c in mine)
+    assert any(t["container"] == svc for t in doc["traffic"])
+
+
+def test_top_refreshes_and_exits(pair: tuple[str, ...]) -> None:
+    proc = dockmesh("top", "--interval", "0.2", "--iterations", "2", check=True)
+    assert "dockmesh top" in proc.stdout
+
+
+def test_agent_exports_container_network_counters(
+    api: Any, pair: tuple[str, ...], tmp_path: Any
+) -> None:
+    import socket
+    import urllib.request
+
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    port = free()
+    agent = subprocess.Popen(
+        [
+            "python",
+            "-m",
+            "dockmesh",
+            "agent",
+            "--api",
+            f"127.0.0.1:{port}",
+            "--dns",
+            "off",
+            "--state",
+            "",
+            "--no-gateway-dns",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        text = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                if pair[3] in text:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        line = next(
+            x
+            for x in text.splitlines()
+            if x.startswith("container_network_receive_bytes_total{")
+            and f'container="{pair[3]}"' in x
+        )
+        assert f'network="{pair[0]}"' in line and 'interface="eth0"' in line
+        assert "container_network_transmit_packets_dropped_total" in text
+        # The whole `stats --json` through the agent's topology (the fast path).
+        start = time.perf_counter()
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "dockmesh"), "stats", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "DOCKMESH_AGENT": f"http://127.0.0.1:{port}"},
+        )
+        took = time.perf_counter() - start
+        assert any(c["name"] == pair[3] for c in json.loads(out.stdout)["containers"])
+        assert took < 5.0
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
