@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dockmesh.cli import agent, images, project, topology
+from dockmesh.cli import proxy as proxy_cli
 from dockmesh.cli import policy as policy_cli
 from dockmesh.cli import reach as reach_cli
 from dockmesh.cli import bench as bench_cli
@@ -26,6 +27,7 @@ app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
 agent.register(app)
+proxy_cli.register(app)
 policy_cli.register(app)
 reach_cli.register(app)
 observe_cli.register(app)

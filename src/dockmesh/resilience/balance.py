@@ -41,6 +41,9 @@ class Rng(Protocol):
 
 
 class Balancer(Protocol):
+    # False when started/finished do nothing: a hot path may skip calling them.
+    tracks: bool
+
     def update(self, weights: Mapping[str, int]) -> None: ...
 
     def pick(self, eligible: Sequence[str], key: bytes | None = None) -> str | None: ...
@@ -52,6 +55,8 @@ class Balancer(Protocol):
 
 class _Base:
     """Targets and weights, and no interest in requests' lives."""
+
+    tracks = False
 
     def __init__(self) -> None:
         self.weights: dict[str, int] = {}
@@ -113,6 +118,8 @@ class SmoothWeighted(_Base):
 
 
 class LeastRequest(_Base):
+    tracks = True
+
     def __init__(self, rng: Rng) -> None:
         super().__init__()
         self.rng = rng

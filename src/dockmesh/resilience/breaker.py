@@ -17,6 +17,11 @@ Three states, as in the classic pattern, with the transitions below and nothing 
   `close_after` successes in a row close it (and forget the trips); one failure opens it
   again with a longer backoff.
 
+Successes while closed are counted in a plain integer and moved into the window when a
+failure is recorded or `tick()` is called (a server calls it every fraction of a second):
+the request path then costs one increment. Successes are dated by that move, at most one
+tick late.
+
 Every admission returns a ticket: the breaker's epoch, which changes on every transition. A
 result carrying an older epoch (a call admitted while closed that ends after the breaker
 opened) is ignored, so a half-open breaker counts only its own probes. A probe that ends with
@@ -81,6 +86,7 @@ class CircuitBreaker:
         "_counts",
         "_state",
         "consecutive",
+        "pending_ok",
         "epoch",
         "open_until",
         "policy",
@@ -96,6 +102,7 @@ class CircuitBreaker:
         self._counts = SlidingCounts(policy.window_s, 10, 2)  # [results, failures]
         self.epoch = 0
         self.consecutive = 0  # failures in a row while closed
+        self.pending_ok = 0  # successes not yet in the window
         self.trips = 0
         self.open_until = 0.0
         self.probes = 0  # half-open probes in flight
@@ -118,6 +125,7 @@ class CircuitBreaker:
         elif state is BreakerState.CLOSED:
             self.trips = 0
             self.consecutive = 0
+            self.pending_ok = 0
             self._counts.reset()
 
     def admit(self) -> Ticket | None:
@@ -142,7 +150,7 @@ class CircuitBreaker:
             return
         if self._state is BreakerState.CLOSED:
             self.consecutive = 0
-            self._counts.add(self._clock(), 0)
+            self.pending_ok += 1
         elif self._state is BreakerState.HALF_OPEN:
             self.probes -= 1
             self.successes += 1
@@ -154,6 +162,7 @@ class CircuitBreaker:
             return
         if self._state is BreakerState.CLOSED:
             now = self._clock()
+            self.tick(now)
             self.consecutive += 1
             self._counts.add(now, 0)
             self._counts.add(now, 1)
@@ -165,6 +174,12 @@ class CircuitBreaker:
                 self._to(BreakerState.OPEN)
         elif self._state is BreakerState.HALF_OPEN:
             self._to(BreakerState.OPEN)
+
+    def tick(self, now: float | None = None) -> None:
+        """Moves the successes counted since the last tick into the window."""
+        if self.pending_ok:
+            self._counts.add(self._clock() if now is None else now, 0, self.pending_ok)
+            self.pending_ok = 0
 
     def release(self, ticket: Ticket) -> None:
         """The admitted call ended with no verdict: its probe slot is free again."""

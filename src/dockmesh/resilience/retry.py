@@ -47,14 +47,22 @@ class RetryBudget:
         self._counts = SlidingCounts(window_s, 10, 2)  # [requests, retries]
         self.granted = 0
         self.refused = 0
+        self.pending = 0  # requests not yet in the window (see `tick`)
 
     def request(self) -> None:
-        """Counts one original request (a deposit)."""
-        self._counts.add(self._clock(), 0)
+        """Counts one original request (a deposit). One increment: the request path calls it;
+        the count joins the window at the next `tick` or `try_retry`."""
+        self.pending += 1
+
+    def tick(self, now: float | None = None) -> None:
+        if self.pending:
+            self._counts.add(self._clock() if now is None else now, 0, self.pending)
+            self.pending = 0
 
     def try_retry(self) -> bool:
         """True (and the retry is counted) when the budget allows one more retry now."""
         now = self._clock()
+        self.tick(now)
         requests, retries = self._counts.read(now)
         if retries + 1 > self.ratio * requests + self.min_per_s * self.window_s:
             self.refused += 1

@@ -45,7 +45,9 @@ class SlidingCounts:
         return epoch
 
     def add(self, now: float, kind: int, n: int = 1) -> None:
-        epoch = self._advance(now)
+        epoch = math.floor(now / self._slot_s)
+        if epoch != self._newest:  # the common case (same slot as the last count) skips this
+            epoch = self._advance(now)
         i = epoch % self.buckets
         self._counts[i][kind] += n
         self.totals[kind] += n

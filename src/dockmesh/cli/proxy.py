@@ -1,0 +1,126 @@
+"""`dockmesh proxy`: the data plane (a health-aware HTTP load balancer)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer._click.core import Context
+from typer._click.exceptions import UsageError as ClickUsageError
+from typer.core import TyperCommand
+
+from dockmesh.cli.agent import parse_hostport
+from dockmesh.cli.common import UserError, handle_errors
+
+
+class OneLineErrors(TyperCommand):
+    """Bad flags exit 2 with one line on stderr (INTERFACE.md), not click's framed panel."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: Context | None = None,
+        **extra: Any,
+    ) -> Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except ClickUsageError as e:
+            sys.stderr.write(f"dockmesh proxy: {e.format_message()}\n")
+            sys.exit(2)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("proxy", cls=OneLineErrors)
+    @handle_errors
+    def proxy(
+        listen: Annotated[
+            str, typer.Option("--listen", help="Where clients connect (HOST:PORT).")
+        ] = "",
+        service: Annotated[
+            str | None,
+            typer.Option(
+                "--service", help="Send to this service's passing instances (with --agent)."
+            ),
+        ] = None,
+        agent: Annotated[
+            str | None,
+            typer.Option(
+                "--agent", help="The agent whose catalog --service follows (http://HOST:PORT)."
+            ),
+        ] = None,
+        backend: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--backend", help="A static backend (http://HOST:PORT); repeat for several."
+            ),
+        ] = None,
+        balance: Annotated[
+            str,
+            typer.Option("--balance", help="round_robin|weighted|least_request|p2c|hash:<header>."),
+        ] = "round_robin",
+        workers: Annotated[
+            int, typer.Option("--workers", help="Worker processes sharing the port (SO_REUSEPORT).")
+        ] = 1,
+        admin: Annotated[
+            str | None, typer.Option("--admin", help="Serve /status and /metrics here (HOST:PORT).")
+        ] = None,
+        config: Annotated[
+            str | None,
+            typer.Option("--config", help="A routes file (YAML): routes by host and path."),
+        ] = None,
+    ) -> None:
+        """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
+        retries within a budget, streaming, WebSocket. Stops cleanly on SIGTERM or Ctrl-C."""
+        from dockmesh.proxy.config import check_balance, load_config, parse_backend
+        from dockmesh.proxy.run import ProxyOptions, run_proxy
+
+        if not listen:
+            raise UserError("--listen HOST:PORT is required")
+        bind = parse_hostport(listen, "--listen")
+        file = None
+        if config is not None:
+            try:
+                with open(config, "rb") as f:
+                    raw = f.read(2 * 1024 * 1024)
+            except OSError as e:
+                raise UserError(f"--config {config}: {e.strerror or e}") from None
+            file = load_config(raw, config)
+        backends = []
+        for b in backend or []:
+            try:
+                backends.append(parse_backend(b))
+            except ValueError as e:
+                raise UserError(f"--backend {e}") from None
+        if service and backends:
+            raise UserError("--service and --backend exclude each other: choose one")
+        if not service and not backends and not (file and file.routes):
+            raise UserError(
+                "nothing to proxy to: give --service NAME --agent URL, --backend URL "
+                "or --config FILE"
+            )
+        if service or (file is not None and any(r.service for r in file.routes)):
+            agent = agent or "http://127.0.0.1:8500"
+            if not agent.startswith("http://"):
+                raise UserError(f"--agent {agent!r}: expected http://HOST:PORT")
+        elif agent:
+            raise UserError("--agent needs --service (or services in --config)")
+        why = check_balance(balance)
+        if why:
+            raise UserError(f"--balance {why}")
+        if not 1 <= workers <= 256:
+            raise UserError("--workers must be from 1 to 256")
+        admin_bind = parse_hostport(admin, "--admin") if admin else None
+        run_proxy(
+            ProxyOptions(
+                listen=bind,
+                service=service,
+                agent=agent,
+                backends=backends,
+                balance=balance,
+                workers=workers,
+                admin=admin_bind,
+                file=file,
+            )
+        )

@@ -1,0 +1,198 @@
+"""The proxy's settings: command-line flags plus an optional routes file (`--config FILE`).
+
+    timeouts: {connect: 3s, response_header: 30s, client_header: 10s, idle: 60s}
+    limits: {max_connections: 10000, max_header_bytes: 65536}
+    routes:                          # first match wins; longest prefixes first is wise
+      - host: api.example.test       # optional: the Host without its port
+        prefix: /api                 # optional, default /
+        service: api                 # instances from the agent (--agent URL)
+        balance: p2c                 # optional: the --balance default otherwise
+      - prefix: /
+        backends: [http://127.0.0.1:9001, http://127.0.0.1:9002]
+        health: /health              # the active check's path for backends (default /)
+
+A wrong file is reported as `FILE:LINE: path: problem`, every problem at once, and nothing
+starts (exit 2). Pure: text in, settings or problems out.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from dockmesh.model.durations import parse_duration_ns
+from dockmesh.projectfile.load import format_problems
+from dockmesh.projectfile.problems import Path, Problem
+from dockmesh.projectfile.yamlpos import load_located_bytes
+from dockmesh.resilience.balance import BALANCERS
+
+BALANCE_HELP = "round_robin|weighted|least_request|p2c|hash:<header>"
+
+
+@dataclass
+class RouteSpec:
+    name: str
+    service: str | None = None
+    backends: list[str] = field(default_factory=list)  # host:port
+    host: str | None = None
+    prefix: str = "/"
+    balance: str | None = None
+    health_path: str = "/"
+
+
+@dataclass
+class FileSettings:
+    routes: list[RouteSpec] = field(default_factory=list)
+    timeouts: dict[str, float] = field(default_factory=dict)
+    limits: dict[str, int] = field(default_factory=dict)
+
+
+def check_balance(value: str) -> str | None:
+    """None when `value` names a balancer, else what is wrong with it."""
+    if value in BALANCERS:
+        return None
+    if value.startswith("hash:") and re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z:]+", value[5:]):
+        return None
+    return f"{value!r} is not a balancer: expected {BALANCE_HELP}"
+
+
+def parse_backend(url: str) -> str:
+    """`http://HOST:PORT` (or HOST:PORT) → `host:port`; raises ValueError saying why."""
+    text = url if "://" in url else f"http://{url}"
+    parts = urlsplit(text)
+    if parts.scheme != "http":
+        raise ValueError(f"{url!r}: only http:// backends are proxied")
+    if not parts.hostname:
+        raise ValueError(f"{url!r}: no host")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ValueError(f"{url!r}: the port must be a number from 1 to 65535") from None
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"{url!r}: a backend is HOST:PORT, without a path")
+    host = parts.hostname
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_TIMEOUTS = ("connect", "response_header", "client_header", "idle", "tunnel_idle", "pool_idle")
+_LIMITS = ("max_connections", "max_header_bytes", "max_connections_per_upstream")
+_ROUTE_KEYS = ("host", "prefix", "service", "backends", "balance", "health")
+
+
+def load_config(raw: bytes, filename: str) -> FileSettings:
+    """The routes file's settings; raises SpecError with every problem, one line each."""
+    from dockmesh.errors import SpecError
+
+    located = load_located_bytes(raw)
+    problems = list(located.problems)
+    out = FileSettings()
+    data = located.data
+    if data is not None and not isinstance(data, dict):
+        problems.append(Problem((), "must be a mapping with routes:"))
+        data = None
+    if isinstance(data, dict):
+        problems += _check(data, out)
+    if problems:
+        raise SpecError(format_problems(filename, problems, located.lines))
+    return out
+
+
+def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
+    problems: list[Problem] = []
+    for key in data:
+        if key not in ("routes", "timeouts", "limits"):
+            problems.append(Problem((key,), "unknown key (expected routes, timeouts, limits)"))
+    timeouts = data.get("timeouts") or {}
+    if not isinstance(timeouts, dict):
+        problems.append(Problem(("timeouts",), "must be a mapping"))
+        timeouts = {}
+    for k, v in timeouts.items():
+        if k not in _TIMEOUTS:
+            problems.append(
+                Problem(("timeouts", k), f"unknown timeout (expected {', '.join(_TIMEOUTS)})")
+            )
+            continue
+        try:
+            ns = parse_duration_ns(v)
+        except ValueError as e:
+            problems.append(Problem(("timeouts", k), str(e)))
+            continue
+        if ns <= 0:
+            problems.append(Problem(("timeouts", k), "must be longer than 0"))
+        out.timeouts[k] = ns / 1e9
+    limits = data.get("limits") or {}
+    if not isinstance(limits, dict):
+        problems.append(Problem(("limits",), "must be a mapping"))
+        limits = {}
+    for k, v in limits.items():
+        if k not in _LIMITS:
+            problems.append(
+                Problem(("limits", k), f"unknown limit (expected {', '.join(_LIMITS)})")
+            )
+        elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            problems.append(Problem(("limits", k), "must be a whole number >= 1"))
+        else:
+            out.limits[k] = v
+    routes = data.get("routes")
+    if routes is None:
+        return problems
+    if not isinstance(routes, list):
+        return [*problems, Problem(("routes",), "must be a list of routes")]
+    for i, r in enumerate(routes):
+        path: Path = ("routes", i)
+        if not isinstance(r, dict):
+            problems.append(Problem(path, "must be a mapping (prefix, host, service or backends)"))
+            continue
+        spec = RouteSpec(name=f"route{i}")
+        for k in r:
+            if k not in _ROUTE_KEYS:
+                problems.append(
+                    Problem((*path, k), f"unknown key (expected {', '.join(_ROUTE_KEYS)})")
+                )
+        host = r.get("host")
+        if host is not None:
+            if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.\-_\[\]:]+", host):
+                problems.append(Problem((*path, "host"), "must be a host name"))
+            else:
+                spec.host = host.lower()
+        prefix = r.get("prefix", "/")
+        if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.isascii():
+            problems.append(Problem((*path, "prefix"), "must be a path starting with /"))
+        else:
+            spec.prefix = prefix
+        service, backends = r.get("service"), r.get("backends")
+        if (service is None) == (backends is None):
+            problems.append(Problem(path, "needs exactly one of service or backends"))
+        if service is not None:
+            if not isinstance(service, str) or not re.fullmatch(
+                r"[A-Za-z0-9][A-Za-z0-9_.\-]*", service
+            ):
+                problems.append(Problem((*path, "service"), "must be a service name"))
+            else:
+                spec.service = service
+                spec.name = service
+        if backends is not None:
+            if not isinstance(backends, list) or not backends:
+                problems.append(Problem((*path, "backends"), "must be a list of http://HOST:PORT"))
+            else:
+                for j, b in enumerate(backends):
+                    try:
+                        spec.backends.append(parse_backend(str(b)))
+                    except ValueError as e:
+                        problems.append(Problem((*path, "backends", j), str(e)))
+        balance = r.get("balance")
+        if balance is not None:
+            why = check_balance(str(balance))
+            if why:
+                problems.append(Problem((*path, "balance"), why))
+            else:
+                spec.balance = str(balance)
+        health = r.get("health", "/")
+        if not isinstance(health, str) or not health.startswith("/"):
+            problems.append(Problem((*path, "health"), "must be a path starting with /"))
+        else:
+            spec.health_path = health
+        out.routes.append(spec)
+    return problems

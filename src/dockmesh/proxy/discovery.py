@@ -1,0 +1,153 @@
+"""Where a cluster's members come from, off the request path: the agent's catalog followed by
+blocking queries (`--service NAME --agent URL`), or static backends with the proxy's own
+active health checks (`--backend URL`).
+
+The watch asks `GET /v1/health/service/NAME?passing&index=N&wait=5m`; the agent answers when
+the passing instances change (or the wait ends), with `X-Consul-Index` for the next question.
+Each answer replaces the cluster's members: a new passing instance takes requests from the
+next pick on; one that stops passing or goes away takes no new ones, while requests it is
+serving finish. An agent that does not answer leaves the members as they were (the proxy
+keeps serving what it knew) and is asked again with a growing back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dockmesh.proxy.cluster import Cluster, Upstream
+
+log = logging.getLogger(__name__)
+
+WAIT = "5m"
+
+
+def members_from_health(doc: Any) -> dict[str, int]:
+    """`/v1/health/service/<name>` JSON → {address:port: weight} of its instances."""
+    out: dict[str, int] = {}
+    if not isinstance(doc, list):
+        return out
+    for entry in doc:
+        if not isinstance(entry, dict):
+            continue
+        svc = entry.get("Service") or {}
+        node = entry.get("Node") or {}
+        if not isinstance(svc, dict) or not isinstance(node, dict):
+            continue
+        address = svc.get("Address") or node.get("Address")
+        port = svc.get("Port")
+        if not isinstance(address, str) or not address or not isinstance(port, int):
+            continue
+        if not 0 < port < 65536:
+            continue
+        weights = svc.get("Weights") or {}
+        weight = weights.get("Passing", 1) if isinstance(weights, dict) else 1
+        if not isinstance(weight, int) or weight < 1:
+            weight = 1
+        key = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        out[key] = weight
+    return out
+
+
+async def watch_service(
+    cluster: Cluster,
+    service: str,
+    agent: str,
+    on_removed: Callable[[list[Upstream]], None],
+) -> None:
+    """Follows `service`'s passing instances on the agent at `agent` until cancelled."""
+    import aiohttp
+
+    index = 0
+    backoff = 0.2
+    url = f"{agent.rstrip('/')}/v1/health/service/{service}"
+    cluster.known = False
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=330)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            params = {"passing": "1", "index": str(index), "wait": WAIT}
+            try:
+                async with session.get(url, params=params) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"the agent answered {resp.status}")
+                    doc = await resp.json(content_type=None)
+                    new_index = int(resp.headers.get("X-Consul-Index", "0") or 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning(
+                    "watching %s at %s: %s; asking again in %.1fs", service, agent, e, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            # An index going backwards means the agent restarted: start over (Consul's rule).
+            index = new_index if new_index > index else (0 if new_index < index else index)
+            members = members_from_health(doc)
+            removed = cluster.set_members(members, healthy=True)
+            cluster.known = True
+            if removed:
+                on_removed(removed)
+            log.info("%s: %d passing instance(s) (index %d)", service, len(members), index)
+
+
+async def check_health(
+    cluster: Cluster,
+    path: str,
+    interval_s: float = 2.0,
+    timeout_s: float = 1.0,
+    rise: int = 2,
+    fall: int = 2,
+) -> None:
+    """Active checks for static backends: `GET path` on a fresh connection every
+    `interval_s`; a status below 500 within `timeout_s` passes. `fall` failures in a row take
+    a backend out, `rise` passes in a row bring it back (HAProxy's rule); a backend starts
+    healthy, so the proxy serves at once."""
+    streak: dict[str, int] = {}  # >0 passes in a row, <0 failures in a row
+
+    async def one(up: Upstream) -> None:
+        ok = await probe(up.host, up.port, path, timeout_s)
+        n = streak.get(up.addr, 0)
+        n = (n + 1 if n > 0 else 1) if ok else (n - 1 if n < 0 else -1)
+        streak[up.addr] = n
+        if not ok and up.healthy and -n >= fall:
+            log.warning("%s: %s fails its check: out of rotation", cluster.name, up.addr)
+            cluster.set_healthy(up, False)
+        elif ok and not up.healthy and n >= rise:
+            log.warning("%s: %s passes its check again: back in rotation", cluster.name, up.addr)
+            cluster.set_healthy(up, True)
+
+    while True:
+        await asyncio.gather(*(one(u) for u in list(cluster.upstreams.values())))
+        await asyncio.sleep(interval_s)
+
+
+async def probe(host: str, port: int, path: str, timeout_s: float) -> bool:
+    writer = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+            hosthdr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {hosthdr}\r\nUser-Agent: dockmesh-proxy-check\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+        parts = line.split()
+        return (
+            len(parts) >= 2
+            and parts[0].startswith(b"HTTP/1.")
+            and parts[1].isdigit()
+            and int(parts[1]) < 500
+        )
+    except (OSError, TimeoutError, ValueError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
