@@ -107,6 +107,9 @@ setup_tools() {
     apt_install busybox-static debootstrap iproute2 nftables ca-certificates
     # DNS: dig for the tests, dnsperf and dnsmasq (a C peer) for benchmarks/dns.py.
     apt_install dnsutils dnsperf dnsmasq-base
+    # Observability: iperf3 is the peer of `bench bandwidth` (and its --tool iperf3), run
+    # from the host inside the namespaces; curl drives traffic in the tests.
+    apt_install iperf3 curl
     # Compose alongside: the agent registers what Debian's docker-compose starts.
     apt_install docker-compose curl
 }
