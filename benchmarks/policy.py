@@ -1,0 +1,288 @@
+"""Policy at scale, and the reachability matrix beside the chapter's way.
+
+Measures, in one run:
+  1. compile + apply for 1,000 containers on 20 networks: the policy compiled against a
+     synthetic topology (pure), then applied to the real kernel in one `nft -j -f -`
+     transaction (a table of the benchmark's own), and a set element update (one container
+     restarted with a new address), as the agent sends it;
+  2. `dockmesh matrix` over 30 real containers on one network (870 pairs), the whole command
+     (process start included): with no policy (all reachable), and with a policy that denies
+     most pairs (every unreachable pair costs the one bounded timeout, run in parallel);
+  3. the chapter's way, `docker exec SRC ping -c 3 DST` per pair, timed on a sample of pairs
+     and extrapolated to 870.
+
+Run: .venv/bin/python -m benchmarks.policy [--containers 1000 --networks 20 --matrix 30]
+Everything it creates is named dmb<hex>… (containers, network, nft table) and removed at the
+end, on failure too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+from rich.console import Console
+from rich.table import Table
+
+from dockmesh.engine.backend import EngineRef, default_url
+from dockmesh.engine.docker import DockerBackend
+from dockmesh.model.ipam import pick_free_subnets
+from dockmesh.model.policy import Policy, PortRange, Rule, Selector, Verdict
+from dockmesh.model.topology import (
+    Attachment,
+    Container,
+    EngineInfo,
+    EngineState,
+    IpamPool,
+    Network,
+    Topology,
+    build_topology,
+)
+from dockmesh.ops.facts import taken_subnets
+from dockmesh.policy.compile import compile_policy, element_delta, full_transaction
+from dockmesh.policy.nft import Nft
+
+out = Console()
+DM = [sys.executable, "-m", "dockmesh"]
+
+
+def _id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def synthetic(containers: int, networks: int, services: int = 50, shift: int = 0) -> Topology:
+    """`containers` running containers spread over `networks` /22s, labelled with one of
+    `services` services; `shift` moves container 0 to another address (a restart)."""
+    st = EngineState(EngineInfo("local", "unix:///x"))
+    for n in range(networks):
+        st.upsert_network(
+            Network(
+                _id(f"n{n}"),
+                f"dmbnet{n}",
+                "local",
+                "bridge",
+                ipam=(IpamPool(f"10.{200 + n // 64}.{(n % 64) * 4}.0/22"),),
+            )
+        )
+    for i in range(containers):
+        n = i % networks
+        host = i // networks + 2 + (shift if i == 0 else 0)
+        base = (n % 64) * 4 + host // 256
+        ip = f"10.{200 + n // 64}.{base}.{host % 256}"
+        st.upsert_container(
+            Container(
+                _id(f"c{i}"),
+                f"dmbc{i}",
+                "local",
+                "img",
+                "running",
+                pid=1000 + i,
+                attachments=(Attachment(_id(f"n{n}"), f"dmbnet{n}", ipv4=ip),),
+                labels={"dockmesh.service": f"svc{i % services}", "tier": f"t{i % 3}"},
+            )
+        )
+    return build_topology([st], 1)
+
+
+def scale_policy(networks: int, services: int = 50) -> Policy:
+    """A ring of services (each may call the next on 8080/tcp and 53/udp), one label rule,
+    and every other network closed by default."""
+    ports = (PortRange("tcp", 8080, 8080), PortRange("udp", 53, 53))
+    rules = [
+        Rule((Selector(service=f"svc{k}"),), (Selector(service=f"svc{(k + 1) % services}"),), ports)
+        for k in range(services)
+    ]
+    rules.append(Rule((Selector(labels=(("tier", "t0"),)),), (Selector(network="dmbnet0"),)))
+    deny: Verdict = "deny"
+    nets = tuple(sorted((f"dmbnet{n}", deny) for n in range(0, networks, 2)))
+    return Policy("allow", nets, tuple(rules))
+
+
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
+    """The median of `repeat` runs in seconds, and the last result."""
+    times, result = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def bench_compile_apply(args: argparse.Namespace, table: str, rows: list[tuple[str, str]]) -> None:
+    topo = synthetic(args.containers, args.networks)
+    moved = synthetic(args.containers, args.networks, shift=900)
+    policy = scale_policy(args.networks)
+    nft = Nft()
+    t_compile, rs = timed(lambda: compile_policy(policy, topo, "enforce", table), 5)
+    t_render, cmds = timed(lambda: full_transaction(rs), 5)
+    t_apply, _ = timed(lambda: nft.run(cmds), 5)
+    t_total, _ = timed(
+        lambda: nft.run(full_transaction(compile_policy(policy, topo, "enforce", table))), 5
+    )
+    rs2 = compile_policy(policy, moved, "enforce", table)
+    delta = element_delta(rs.elements(), rs2)
+    assert delta is not None
+    t_delta, _ = timed(lambda: nft.run(delta), 1)
+    addresses = sum(len(s.elements) for s in rs.sets if not s.interval)
+    rows += [
+        (
+            f"compile ({args.containers} containers, {args.networks} networks, "
+            f"{len(policy.rules)} rules → {len(rs.rules)} nft rules, {addresses} set elements)",
+            f"{t_compile * 1000:.1f} ms",
+        ),
+        ("render nft JSON", f"{t_render * 1000:.1f} ms"),
+        ("apply: one nft -j -f - transaction (whole table)", f"{t_apply * 1000:.1f} ms"),
+        ("compile + render + apply (goal < 1 s)", f"{t_total * 1000:.1f} ms"),
+        (
+            f"one container restarted with a new IP: set update ({len(delta)} commands)",
+            f"{t_delta * 1000:.1f} ms",
+        ),
+    ]
+
+
+def bench_matrix(args: argparse.Namespace, prefix: str, rows: list[tuple[str, str]]) -> None:
+    client = docker.APIClient(base_url=default_url(), version="auto")
+    backend = DockerBackend(EngineRef("local", default_url()))
+    taken = taken_subnets(build_topology([backend.snapshot()], 1))
+    import random
+
+    (subnet,) = pick_free_subnets(taken, 1, random.Random())
+    net = f"{prefix}mx"
+    client.create_network(net, ipam={"Config": [{"Subnet": str(subnet)}]})
+    label = f"dmb.case={prefix}"
+
+    def start(i: int) -> str:
+        cid = client.create_container(
+            "dockmesh/toolbox",
+            name=f"{prefix}m{i}",
+            command=["sleep", "3600"],
+            labels={"dmb.case": prefix, "dockmesh.service": f"{prefix}{'a' if i < 3 else 'z'}"},
+            host_config=client.create_host_config(network_mode=net),
+        )["Id"]
+        client.start(cid)
+        return str(cid)
+
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(start, range(1, args.matrix + 1)))
+    n = args.matrix
+    env = {**os.environ, "DOCKMESH_POLICY_TABLE": f"{prefix}pol"}
+
+    def matrix() -> dict[str, Any]:
+        proc = subprocess.run(
+            [*DM, "matrix", "--select", f"label={label}", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        return dict(json.loads(proc.stdout))
+
+    t_open, m = timed(matrix, args.repeat)
+    reach = sum(1 for p in m["pairs"] if p["observed"])
+    rows.append(
+        (
+            f"dockmesh matrix, {n} containers ({len(m['pairs'])} pairs, {reach} reachable, "
+            f"{m['mismatches']} mismatches), whole command (goal < 2 s)",
+            f"{t_open:.2f} s",
+        )
+    )
+    # Most pairs denied: only the 3 'a' containers may reach each other.
+    state = tempfile.mkdtemp(prefix=f"{prefix}-")
+    env["DOCKMESH_POLICY_DIR"] = state
+    policy_file = os.path.join(state, "policy.yaml")
+    with open(policy_file, "w") as f:
+        f.write(
+            f"policy:\n  networks: {{{net}: {{default: deny}}}}\n  rules:\n"
+            f"    - {{from: {{service: {prefix}a}}, to: {{service: {prefix}a}}}}\n"
+        )
+    try:
+        subprocess.run(
+            [*DM, "policy", "apply", policy_file], env=env, check=True, capture_output=True
+        )
+        t_deny, m2 = timed(matrix, args.repeat)
+        reach2 = sum(1 for p in m2["pairs"] if p["observed"])
+        rows.append(
+            (
+                f"dockmesh matrix under a deny policy ({reach2} reachable, "
+                f"{len(m2['pairs']) - reach2} dropped, {m2['mismatches']} mismatches; "
+                "timeout 1 s)",
+                f"{t_deny:.2f} s",
+            )
+        )
+    finally:
+        subprocess.run([*DM, "policy", "remove"], env=env, capture_output=True)
+        shutil.rmtree(state, ignore_errors=True)
+    sample = [(1, j) for j in range(2, 2 + args.sample)]
+    t0 = time.perf_counter()
+    for i, j in sample:
+        subprocess.run(
+            ["docker", "exec", f"{prefix}m{i}", "ping", "-c", "3", f"{prefix}m{j}"],
+            capture_output=True,
+        )
+    per_pair = (time.perf_counter() - t0) / len(sample)
+    pairs = n * (n - 1)
+    rows.append(
+        (
+            f"the chapter's docker exec ping -c 3, per pair (sample of {len(sample)})",
+            f"{per_pair:.2f} s",
+        )
+    )
+    rows.append((f"… extrapolated to {pairs} pairs", f"{per_pair * pairs / 60:.0f} min"))
+    rows.append(("speed-up of dockmesh matrix", f"{per_pair * pairs / t_open:.0f} times"))
+
+
+def cleanup(prefix: str) -> None:
+    client = docker.APIClient(base_url=default_url(), version="auto")
+    for c in client.containers(all=True, filters={"name": f"^{prefix}"}):
+        with contextlib.suppress(docker.errors.NotFound):
+            client.remove_container(c["Id"], force=True)
+    for n in client.networks(names=[f"{prefix}mx"]):
+        with contextlib.suppress(docker.errors.NotFound):
+            client.remove_network(n["Id"])
+    for table in (prefix, f"{prefix}pol"):
+        if (
+            subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
+            == 0
+        ):
+            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--containers", type=int, default=1000)
+    ap.add_argument("--networks", type=int, default=20)
+    ap.add_argument("--matrix", type=int, default=30, help="real containers for the matrix")
+    ap.add_argument("--sample", type=int, default=3, help="pairs timed the chapter's way")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--compile-only", action="store_true", help="skip the real containers")
+    args = ap.parse_args()
+    prefix = f"dmb{secrets.token_hex(3)}"
+    rows: list[tuple[str, str]] = []
+    try:
+        bench_compile_apply(args, prefix, rows)
+        if not args.compile_only:
+            bench_matrix(args, prefix, rows)
+    finally:
+        cleanup(prefix)
+    t = Table("measure", "value", title=f"policy and matrix ({os.cpu_count()} cores)")
+    for k, v in rows:
+        t.add_row(k, v)
+    out.print(t)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
