@@ -107,6 +107,8 @@ setup_tools() {
     apt_install busybox-static debootstrap iproute2 nftables ca-certificates
     # DNS: dig for the tests, dnsperf and dnsmasq (a C peer) for benchmarks/dns.py.
     apt_install dnsutils dnsperf dnsmasq-base
+    # The proxy: HAProxy and nginx (peers and backends for benchmarks/proxy.py), wrk (the load).
+    apt_install haproxy nginx wrk
     # Observability: iperf3 is the peer of `bench bandwidth` (and its --tool iperf3), run
     # from the host inside the namespaces; curl drives traffic in the tests.
     apt_install iperf3 curl

@@ -1,0 +1,185 @@
+"""Real processes for the proxy's integration tests: threaded HTTP backends on loopback ports
+and `dockmesh proxy` itself as a subprocess on free ports."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Backend
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+    def _body_length(self) -> int:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            n = 0
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b""):
+                        pass
+                    return n
+                left = size
+                while left:
+                    left -= len(self.rfile.read(min(left, 1 << 20)))
+                n += size
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length", "0"))
+        left = length
+        while left:
+            left -= len(self.rfile.read(min(left, 1 << 20)))
+        return length
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def handle_one(self) -> None:
+        self.server.hits += 1
+        n = self._body_length()
+        if self.path.startswith("/status/"):
+            self._send(int(self.path.split("/")[2]), b"as asked\n", "text/plain")
+        elif self.path == "/stream":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(50):
+                chunk = b"%d," % i * 100
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while data := self.connection.recv(65536):
+                self.connection.sendall(data.upper())
+            self.close_connection = True
+        else:
+            doc = {
+                "backend": self.server.name,
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "received": n,
+            }
+            self._send(200, json.dumps(doc).encode())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_one
+
+
+class Backend(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, name: str) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.name = name
+        self.hits = 0
+        self.port = self.server_address[1]
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+@contextlib.contextmanager
+def backends(n: int) -> Iterator[list[Backend]]:
+    started = [Backend(f"be{i}") for i in range(1, n + 1)]
+    try:
+        yield started
+    finally:
+        for b in started:
+            b.stop()
+
+
+class ProxyProc:
+    def __init__(self, tmp: Path, *args: str) -> None:
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.log = tmp / f"proxy-{self.port}.log"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "dockmesh", "proxy",
+                "--listen", f"127.0.0.1:{self.port}",
+                "--admin", f"127.0.0.1:{self.admin_port}",
+                *args,
+            ],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                self.status()
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise AssertionError(self.log.read_text()) from None
+                time.sleep(0.1)
+        raise AssertionError("proxy did not answer: " + self.log.read_text())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/status", timeout=5) as r:
+            doc: dict[str, Any] = json.load(r)
+            return doc
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Sends `data` on a fresh connection and reads until the proxy closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        out = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := s.recv(65536):
+                out += chunk
+        return out

@@ -1,0 +1,251 @@
+"""The proxy's HTTP/1.1 reader and editor fed bytes: what it accepts, what it refuses (request
+smuggling among them), and hypothesis fuzzing that it never crashes, never reads past the
+head it reports, and that the fast lane agrees with the general reader."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from dockmesh.proxy import http1
+from dockmesh.proxy.http1 import ChunkedReader, ProtocolError
+
+
+def req(*lines: str, body: bytes = b"") -> bytes:
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def test_a_plain_request() -> None:
+    r = http1.parse_request_head(req("GET /a?b=1 HTTP/1.1", "Host: example.test", "Accept: */*"))
+    assert r is not None
+    assert (r.method, r.target, r.minor, r.host) == (b"GET", b"/a?b=1", 1, b"example.test")
+    assert r.keep_alive and not r.has_body and not r.cut
+
+
+def test_incomplete_heads_wait_for_more() -> None:
+    assert http1.parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\n") is None
+    assert http1.parse_request_head(b"GE") is None
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        # CL.TE and TE.CL smuggling
+        (req("POST / HTTP/1.1", "Host: a", "Content-Length: 4", "Transfer-Encoding: chunked"), 400),
+        (req("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: chunked", "Content-Length: 4"), 400),
+        (req("POST / HTTP/1.1", "Host: a", "Content-Length: 4", "Content-Length: 5"), 400),
+        (req("POST / HTTP/1.1", "Host: a", "Content-Length: +4"), 400),
+        (req("POST / HTTP/1.1", "Host: a", "Content-Length: 4, 4"), 400),
+        (req("POST / HTTP/1.1", "Host: a", "Transfer-Encoding: gzip, chunked"), 400),
+        (
+            req(
+                "POST / HTTP/1.1",
+                "Host: a",
+                "Transfer-Encoding: chunked",
+                "Transfer-Encoding: chunked",
+            ),
+            400,
+        ),
+        (req("POST / HTTP/1.1", "Host: a", "Transfer-Encoding : chunked"), 400),
+        (req("POST / HTTP/1.1", "Host: a", " Transfer-Encoding: chunked"), 400),
+        (req("GET / HTTP/1.1", "Host: a", "X: b", " folded"), 400),
+        (b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n", 400),
+        (req("GET / HTTP/1.1"), 400),  # no Host
+        (req("GET / HTTP/1.1", "Host: a", "Host: b"), 400),
+        (req("GET  / HTTP/1.1", "Host: a"), 400),
+        (req("GET / HTTP/2.0", "Host: a"), 400),
+        (req("CONNECT a:443 HTTP/1.1", "Host: a"), 405),
+    ],
+)
+def test_refused(head: bytes, status: int) -> None:
+    with pytest.raises(ProtocolError) as e:
+        http1.parse_request_head(head)
+    assert e.value.status == status
+    assert http1.quick_request(head) is None
+
+
+def test_oversized_heads_are_431() -> None:
+    with pytest.raises(ProtocolError) as e:
+        http1.parse_request_head(b"GET / HTTP/1.1\r\nX: " + b"a" * 70000, max_head=65536)
+    assert e.value.status == 431
+
+
+def test_hop_by_hop_fields_are_cut_and_forwarded_fields_set() -> None:
+    head = req(
+        "GET / HTTP/1.1",
+        "Host: a.test",
+        "Connection: keep-alive, X-Private",
+        "X-Private: secret",
+        "Keep-Alive: timeout=5",
+        "TE: trailers",
+        "Proxy-Authorization: Basic x",
+        "X-Forwarded-For: 10.0.0.9",
+        "X-Forwarded-Proto: https",
+        "X-Request-Id: abc",
+        "Accept: */*",
+    )
+    r = http1.parse_request_head(head)
+    assert r is not None
+    out = http1.edit_request_head(head, r, http1.request_forwarded_fields(r, b"127.0.0.1", b"new"))
+    lines = out.split(b"\r\n")
+    assert lines[0] == b"GET / HTTP/1.1"
+    names = [line.split(b":")[0].lower() for line in lines[1:] if line]
+    for gone in (b"connection", b"x-private", b"keep-alive", b"te", b"proxy-authorization"):
+        assert gone not in names
+    assert b"X-Forwarded-For: 10.0.0.9, 127.0.0.1" in lines
+    assert b"X-Forwarded-Proto: http" in lines
+    assert b"X-Forwarded-Host: a.test" in lines
+    assert b"X-Request-Id: abc" in lines  # kept, not replaced
+    assert names.count(b"x-forwarded-proto") == 1
+    assert out.endswith(b"\r\n\r\n")
+
+
+def test_upgrade_keeps_connection_upgrade() -> None:
+    head = req("GET /ws HTTP/1.1", "Host: a", "Connection: Upgrade", "Upgrade: websocket")
+    r = http1.parse_request_head(head)
+    assert r is not None and r.upgrade == b"websocket"
+    out = http1.edit_request_head(head, r, b"")
+    assert b"Connection: upgrade\r\n" in out and b"Upgrade: websocket\r\n" in out
+
+
+def test_http10_and_connection_close() -> None:
+    r = http1.parse_request_head(req("GET / HTTP/1.0"))
+    assert r is not None and not r.keep_alive
+    r = http1.parse_request_head(req("GET / HTTP/1.1", "Host: a", "Connection: close"))
+    assert r is not None and not r.keep_alive
+
+
+def test_responses() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nhi"
+    r = http1.parse_response_head(raw)
+    assert r is not None and r.status == 200 and r.content_length == 2 and r.keep_alive
+    assert (
+        http1.edit_response_head(raw[: r.head_len], r, b"")
+        == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+    )
+    q = http1.quick_response(raw)
+    assert q == (200, r.head_len, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    with pytest.raises(ProtocolError) as e:
+        http1.parse_response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+    assert e.value.status == 502
+    assert not http1.response_has_body(204, b"GET")
+    assert not http1.response_has_body(200, b"HEAD")
+
+
+def test_chunked_reader_finds_the_end_across_reads() -> None:
+    body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n"
+    for cut in range(len(body) + 1):
+        r = ChunkedReader()
+        used = r.feed(body[:cut]) + r.feed(body[cut:] + b"NEXT")
+        assert r.done and used == len(body)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"4\nWiki\r\n0\r\n\r\n",
+        b"0x4\r\nWiki\r\n0\r\n\r\n",
+        b" 4\r\nWiki\r\n",
+        b"4\r\nWikiX\r\n",
+        b"-1\r\n",
+    ],
+)
+def test_chunked_reader_refuses_bad_framing(bad: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        ChunkedReader().feed(bad)
+
+
+token = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789",
+    min_size=1,
+    max_size=12,
+)
+value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=30)
+
+
+@given(st.binary(max_size=300))
+@example(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+def test_fuzz_the_request_reader_never_crashes(data: bytes) -> None:
+    try:
+        r = http1.parse_request_head(data)
+    except ProtocolError as e:
+        status = e.status
+        assert status in (400, 405, 431)
+        return
+    if r is not None:
+        assert 0 < r.head_len <= len(data)
+        assert data[r.head_len - 4 : r.head_len] == b"\r\n\r\n"
+        assert b"\r\n\r\n" not in data[: r.head_len - 4]
+
+
+@given(
+    st.sampled_from(["GET", "POST", "HEAD", "DELETE", "OPTIONS"]),
+    st.lists(st.tuples(token, value), max_size=12),
+    st.booleans(),
+)
+def test_fast_lane_agrees_with_the_general_reader(
+    method: str, fields: list[tuple[str, str]], host: bool
+) -> None:
+    lines = (
+        [f"{method} /p HTTP/1.1"]
+        + (["Host: h.test"] if host else [])
+        + [f"{k}: {v}" for k, v in fields]
+    )
+    head = req(*lines)
+    quick = http1.quick_request(head)
+    try:
+        general = http1.parse_request_head(head)
+    except ProtocolError:
+        assert quick is None
+        return
+    if quick is None:
+        return
+    assert general is not None
+    assert (general.method, general.target, general.host) == quick
+    assert not general.cut and not general.has_body and general.keep_alive
+
+
+@given(st.lists(st.tuples(token, value), max_size=12), st.integers(0, 10**6))
+def test_fuzz_the_header_editor_keeps_a_valid_head(fields: list[tuple[str, str]], n: int) -> None:
+    head = req("GET / HTTP/1.1", "Host: a", *[f"{k}: {v}" for k, v in fields])
+    try:
+        r = http1.parse_request_head(head)
+    except ProtocolError:
+        return
+    assert r is not None
+    out = http1.edit_request_head(
+        head, r, http1.request_forwarded_fields(r, b"10.1.2.3", b"%d" % n)
+    )
+    again = http1.parse_request_head(out)  # what we send is itself a valid head...
+    assert again is not None and again.head_len == len(out)
+    assert (
+        again.content_length == r.content_length and again.chunked == r.chunked
+    )  # ...framed alike
+    assert again.connection_tokens is None and again.upgrade is None
+
+
+@given(
+    st.lists(st.tuples(token, value), max_size=10), st.integers(100, 599), st.binary(max_size=40)
+)
+def test_fast_response_lane_agrees(fields: list[tuple[str, str]], status: int, body: bytes) -> None:
+    raw = (
+        f"HTTP/1.1 {status} X\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in fields)
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    quick = http1.quick_response(raw)
+    try:
+        general = http1.parse_response_head(raw)
+    except ProtocolError:
+        assert quick is None
+        return
+    if quick is None:
+        return
+    assert general is not None
+    assert quick[:3] == (general.status, general.head_len, general.content_length)
+    assert quick[3] == http1.edit_response_head(raw[: general.head_len], general, b"")
