@@ -132,6 +132,9 @@ def register(app: typer.Typer) -> None:
         started = time.perf_counter()
         selectors = _selectors(select)
         p = _port(port)
+        if p is not None and p.protocol != "tcp":
+            # An unanswered UDP datagram says nothing: only TCP ports and ping are observed.
+            raise UserError(f"--port {p.text()}: matrix probes TCP ports (or ping, without --port)")
         topo = load_topology(engine)
         policy, note = applied_policy(_table(table))
         chosen = _chosen(topo, selectors)
