@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 
 from dockmesh.cli import agent, images, project, topology
-from dockmesh.cli import proxy as proxy_cli
-from dockmesh.cli import policy as policy_cli
-from dockmesh.cli import reach as reach_cli
 from dockmesh.cli import bench as bench_cli
 from dockmesh.cli import doctor as doctor_cli
 from dockmesh.cli import observe as observe_cli
+from dockmesh.cli import policy as policy_cli
+from dockmesh.cli import proxy as proxy_cli
+from dockmesh.cli import reach as reach_cli
 
 app = typer.Typer(
     name="dockmesh",
@@ -27,9 +27,9 @@ app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
 agent.register(app)
-proxy_cli.register(app)
 policy_cli.register(app)
 reach_cli.register(app)
+proxy_cli.register(app)
 observe_cli.register(app)
 app.add_typer(bench_cli.app, name="bench")
 doctor_cli.register(app)
