@@ -49,7 +49,7 @@ from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.http1 import ProtocolError
 from dockmesh.proxy.stats import Stats
-from dockmesh.resilience.retry import IDEMPOTENT
+from dockmesh.resilience.retry import IDEMPOTENT, may_retry
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ SWEEP_S = 0.25
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 MAX_ATTEMPTS = 3
+# How long a request waits on an instance that left the catalog before it is tried elsewhere.
+REMOVED_GRACE_S = 1.0
 
 HEAD, BODY, WAIT, TUNNEL, CLOSED = 0, 1, 2, 3, 4
 # How an upstream response's body ends.
@@ -609,13 +611,10 @@ class ClientConn(asyncio.Protocol):
         cluster = self.cluster
         assert cluster is not None
         req = self.req
-        safe = not reached or (
-            req is not None
-            and req.method in IDEMPOTENT
-            and self.replayable
-            and status in (502, 503, 504)
-        )
-        if not reached:
+        if reached:
+            safe = req is not None and may_retry(req.method, True, status, self.replayable)
+        else:
+            # Nothing was sent: safe while the body (if any) is all still here.
             safe = self.pending_body is not None or self.req_done
         if (
             safe
@@ -809,6 +808,20 @@ class ClientConn(asyncio.Protocol):
                 self._fail(
                     504, f"no response from the upstream within {t.response_header_s:g}s", "timeout"
                 )
+            elif (
+                up is not None
+                and not up.got_head
+                and up.upstream.removed
+                and now - up.started > REMOVED_GRACE_S
+            ):
+                # The instance left the catalog while this request waited on it and has not
+                # answered since: a killed container never will (its address just drops
+                # packets). Given up on, and tried elsewhere when that is safe.
+                self.up = None
+                up.client = None
+                up.close()
+                self._end_attempt(None)
+                self._retry_or_fail(True, 503, 502, "the upstream left the catalog", "removed")
             elif state == BODY and now - self.last_active > t.idle_s:
                 self._refuse(408, "the request body stalled", mid_exchange=True)
 

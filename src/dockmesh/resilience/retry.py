@@ -3,9 +3,10 @@ is injected.
 
 The rule (`may_retry`): a request that never reached an upstream (the connection was refused
 or timed out, or a breaker refused it) may always be sent elsewhere: nothing was done. One that
-reached an upstream is retried only when its method is idempotent (RFC 9110 9.2.2) and the
-answer was 502, 503 or 504 — a gateway's "I did not do it" — and only while its body can be
-sent again (the caller knows: a streamed body cannot).
+reached an upstream is retried only when its method is idempotent (RFC 9110 9.2.2) and either
+no answer came at all (the connection closed or broke before the first byte of a response:
+`status` None) or the answer was 502, 503 or 504 — a gateway's "I did not do it" — and only
+while its body can be sent again (the caller knows: a streamed body cannot).
 
 The budget (`RetryBudget`), as Envoy's and Linkerd's: retries may add at most `ratio` of the
 requests seen over the last `window_s`, plus `min_per_s` retries a second so a quiet service can
@@ -27,7 +28,7 @@ RETRYABLE_STATUSES = frozenset((502, 503, 504))
 def may_retry(method: bytes, reached_upstream: bool, status: int | None, replayable: bool) -> bool:
     if not reached_upstream:
         return replayable
-    return replayable and method in IDEMPOTENT and status in RETRYABLE_STATUSES
+    return replayable and method in IDEMPOTENT and (status is None or status in RETRYABLE_STATUSES)
 
 
 class RetryBudget:

@@ -108,4 +108,6 @@ def test_the_safety_rule() -> None:
     assert not may_retry(b"POST", reached_upstream=True, status=503, replayable=True)
     assert may_retry(b"GET", reached_upstream=True, status=503, replayable=True)
     assert not may_retry(b"GET", reached_upstream=True, status=500, replayable=True)
+    assert may_retry(b"GET", reached_upstream=True, status=None, replayable=True)  # no answer
+    assert not may_retry(b"POST", reached_upstream=True, status=None, replayable=True)
     assert not may_retry(b"PUT", reached_upstream=True, status=502, replayable=False)
