@@ -14,18 +14,10 @@ import sys
 
 
 def _topology_from_agent() -> str | None:
-    from dockmesh.agentclient import topology_json
+    from dockmesh.agentclient import agent_topology
 
-    body = topology_json()
-    if body is None:
-        return None
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or "containers" not in doc:
-        return None
-    return json.dumps(doc, indent=2) + "\n"
+    topo = agent_topology()  # checked to be a topology; the agent is asked once per process
+    return None if topo is None else json.dumps(topo.to_json(), indent=2) + "\n"
 
 
 def main() -> None:

@@ -11,16 +11,10 @@ import sys
 def stats_json_from_agent() -> str | None:
     """The document, or None when no agent answers with a topology (the caller then takes
     the normal path, which reads the engine)."""
-    from dockmesh.agentclient import topology_json
+    from dockmesh.agentclient import agent_topology
 
-    body = topology_json()
-    if body is None:
-        return None
-    from dockmesh.model.topology import topology_from_json
-
-    try:
-        topo = topology_from_json(json.loads(body))
-    except ValueError:
+    topo = agent_topology()
+    if topo is None:
         return None
     from dockmesh.observe.counters import stats_json
     from dockmesh.observe.sample import sample, targets

@@ -3,7 +3,6 @@ the host."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Annotated
@@ -14,7 +13,7 @@ from rich.text import Text
 
 from dockmesh.cli.common import EngineOpt, JsonOpt, UserError, connect, handle_errors, out
 from dockmesh.cli.common import print_json as print_json
-from dockmesh.model.topology import Topology, build_topology, topology_from_json
+from dockmesh.model.topology import Topology, build_topology
 
 if TYPE_CHECKING:
     from dockmesh.observe.counters import ContainerStats
@@ -27,14 +26,11 @@ log = logging.getLogger(__name__)
 def load_topology(engine: list[str] | None) -> Topology:
     """From a running agent when one answers (and no --engine was given), else the engines."""
     if not engine:
-        from dockmesh.agentclient import topology_json
+        from dockmesh.agentclient import agent_topology
 
-        body = topology_json()
-        if body is not None:
-            try:
-                return topology_from_json(json.loads(body))
-            except ValueError as e:
-                log.warning("the agent's topology is unreadable (%s): reading the engine", e)
+        topo = agent_topology()
+        if topo is not None:
+            return topo
     clients = connect(engine)
     return build_topology([c.snapshot() for c in clients], version=1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path as FsPath
@@ -22,7 +21,7 @@ from dockmesh.cli.common import (
 )
 from dockmesh.errors import SpecError
 from dockmesh.model.policy import Policy, Scope, parse_policy, policy_file_section
-from dockmesh.model.topology import Topology, build_topology, topology_from_json
+from dockmesh.model.topology import Topology, build_topology
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +37,11 @@ TableOpt = Annotated[
 def load_topology(engine: list[str] | None) -> Topology:
     """From a running agent when one answers (and no --engine is given), else the engines."""
     if not engine:
-        from dockmesh.agentclient import topology_json
+        from dockmesh.agentclient import agent_topology
 
-        body = topology_json()
-        if body is not None:
-            try:
-                return topology_from_json(json.loads(body))
-            except ValueError as e:
-                log.warning("the agent's topology is unreadable (%s): reading the engine", e)
+        topo = agent_topology()
+        if topo is not None:
+            return topo
     clients = connect(engine)
     return build_topology([c.snapshot() for c in clients], version=1)
 

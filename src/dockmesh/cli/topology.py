@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -18,22 +17,9 @@ from dockmesh.cli.common import (
     print_json,
 )
 from dockmesh.cli.render import topology_dot, topology_tree
-from dockmesh.model.topology import build_topology, topology_from_json
+from dockmesh.model.topology import build_topology
 
 log = logging.getLogger(__name__)
-
-
-def _from_agent() -> Any | None:
-    from dockmesh.agentclient import topology_json
-
-    body = topology_json()
-    if body is None:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError as e:
-        log.warning("the agent's topology is not JSON (%s): reading the engine", e)
-        return None
 
 
 def register(app: typer.Typer) -> None:
@@ -56,15 +42,9 @@ def register(app: typer.Typer) -> None:
             raise UserError("--flows draws on the graph: use it with --dot")
         topo = None
         if not engine:
-            doc = _from_agent()
-            if doc is not None and json_out:
-                print_json(doc)
-                return
-            if doc is not None:
-                try:
-                    topo = topology_from_json(doc)
-                except ValueError as e:
-                    log.warning("the agent's topology is unreadable (%s): reading the engine", e)
+            from dockmesh.agentclient import agent_topology
+
+            topo = agent_topology()
         if topo is None:
             clients = connect(engine)
             topo = build_topology([c.snapshot() for c in clients], version=1)
