@@ -229,8 +229,13 @@ class _Api:
         reg = consul_json.parse_registration(await request.read())
         cat = self.live.catalog
         old = cat.instance(reg.instance.id)
-        # A container's checks stay with the container: a registration over its ID starts
-        # from the checks it names.
+        if old is not None and old.source == "container":
+            # The engine owns it: a registration over it would outlive the container (a ghost
+            # entry, Registrator's classic) and hide its real address.
+            raise bad_request(
+                f"service ID {shown(reg.instance.id)} is the registration of container "
+                f"{shown(old.container)}; register under another ID"
+            )
         keep = old is not None and old.source == "api"
         existing = [c.spec for c in cat.checks_of(reg.instance.id)] if keep else []
         checks = consul_json.merge_checks(

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from dockmesh.errors import UsageError
 from dockmesh.model.catalog import CheckSpec, Instance, KVEntry
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,13 @@ class SqliteStore:
     synchronous on the caller's thread; a crash loses at most the write under way."""
 
     def __init__(self, path: str) -> None:
+        try:
+            self._open(path)
+        except (sqlite3.Error, OSError) as e:
+            # A file that is not ours (or not a database, or a folder) is the user's to fix.
+            raise UsageError(f"--state {path}: not a usable dockmesh state file: {e}") from None
+
+    def _open(self, path: str) -> None:
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         self._lock = threading.Lock()
@@ -106,6 +114,9 @@ class SqliteStore:
             "flags INTEGER NOT NULL, create_index INTEGER NOT NULL, "
             "modify_index INTEGER NOT NULL, lock_index INTEGER NOT NULL)"
         )
+        # Read both tables now: a damaged file fails here, with a message, not at first use.
+        self._db.execute("SELECT count(*) FROM registrations").fetchone()
+        self._db.execute("SELECT count(*) FROM kv").fetchone()
 
     def load(self) -> Saved:
         regs: list[tuple[Instance, list[CheckSpec]]] = []

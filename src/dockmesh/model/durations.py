@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 
 # ASCII digits only: `\d` would take Arabic-Indic or full-width digits, which float() accepts.
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
@@ -35,11 +36,12 @@ def parse_duration_ns(text: str | int | float) -> int:
         raise ValueError("empty duration")
     if len(s) > 64:
         raise ValueError(f"{s[:20]!r}…: too long for a duration")
-    pos, total = 0, 0.0
+    # Exact arithmetic: floats round 9223372036854775807ns (the largest the engine holds) up.
+    pos, total = 0, Fraction(0)
     for m in _PART.finditer(s):
         if m.start() != pos:
             break
-        total += float(m.group(1)) * _UNIT_NS[m.group(2)]
+        total += Fraction(m.group(1)) * _UNIT_NS[m.group(2)]
         pos = m.end()
     if pos != len(s) or pos == 0:
         raise ValueError(f"{text!r} is not a duration (e.g. 2s, 500ms, 1m30s)")

@@ -14,6 +14,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit
 
 LOCK_DIRS = ("/run/dockmesh", "/tmp/dockmesh-locks")
 
@@ -29,6 +30,18 @@ def _lock_dir() -> str:
     raise OSError(f"no writable lock directory ({', '.join(LOCK_DIRS)})")
 
 
+def engine_key(url: str) -> str:
+    """One engine, however its URL is spelled: a unix socket by the file it resolves to
+    (`/var/run` is a link to `/run`; `unix:////x` is `/x`), a TCP engine by host and port."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return "unix:" + os.path.realpath(parts.path or "/")
+    try:
+        return f"{parts.scheme}:{(parts.hostname or '').lower()}:{parts.port or ''}"
+    except ValueError:
+        return url
+
+
 @contextlib.contextmanager
 def project_lock(
     engine_url: str,
@@ -36,7 +49,7 @@ def project_lock(
     on_wait: Callable[[str], None] = lambda _msg: None,
     timeout_s: float = 600.0,
 ) -> Iterator[None]:
-    key = hashlib.sha256(f"{engine_url}\0{project}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{engine_key(engine_url)}\0{project}".encode()).hexdigest()[:16]
     path = os.path.join(_lock_dir(), f"{key}.lock")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

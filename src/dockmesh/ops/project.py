@@ -101,6 +101,10 @@ def projects_on(live: Topology) -> list[str]:
 def resolve_project(file: str | None, project: str | None, cwd: str = ".") -> str:
     """`down`'s project: --project, else the FILE's, else ./dockmesh.yaml's (as Compose does)."""
     if project is not None:
+        if file is not None and load(file).project != project:
+            raise UsageError(
+                f"{file} is project {load(file).project!r}, not {project!r}: give one of them"
+            )
         return project
     if file is None:
         default = os.path.join(cwd, DEFAULT_FILE)

@@ -131,6 +131,7 @@ def parse_spec_partial(data: Any) -> tuple[Spec | None, list[Problem], frozenset
     if not isinstance(data, dict):
         doc = "the document must be a mapping (project, networks, services)"
         return None, [Problem((), doc)], frozenset()
+    data = _without_extensions(data)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
@@ -220,3 +221,20 @@ def _message(err: Any) -> str:
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a mapping (key: value)"
     return str(err["msg"]).replace("Input should be", "must be")
+
+
+def _without_extensions(data: dict[Any, Any]) -> dict[Any, Any]:
+    """Compose's extension fields (`x-…`: at the top, and in a service or network) are for the
+    file's own anchors and tools; they are left out, as Compose leaves them."""
+
+    def strip(d: Any) -> Any:
+        if not isinstance(d, dict):
+            return d
+        return {k: v for k, v in d.items() if not (isinstance(k, str) and k.startswith("x-"))}
+
+    out: dict[Any, Any] = strip(data)
+    for section in ("services", "networks"):
+        entries = out.get(section)
+        if isinstance(entries, dict):
+            out[section] = {name: strip(v) for name, v in entries.items()}
+    return out

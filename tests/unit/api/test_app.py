@@ -229,9 +229,13 @@ def test_container_instances_keep_their_own_checks() -> None:
             "PUT", "/v1/agent/check/register", {"Name": "x", "ServiceID": "c1", "TTL": "9s"}
         )
         assert status == 400 and "dockmesh.check" in body
-        # A manual registration over a container's ID does not take the container's checks.
-        await env.put("/v1/agent/service/register", {"Name": "web", "ID": "c1", "Port": 81})
-        assert await env.get("/v1/agent/checks") == {}
+        # A manual registration over a container's ID is refused: it would outlive the
+        # container as a ghost entry with another address.
+        status, body, _ = await env.call(
+            "PUT", "/v1/agent/service/register", {"Name": "web", "ID": "c1", "Port": 81}
+        )
+        assert status == 400 and "is the registration of container" in body
+        assert env.live.catalog.instance("c1") == inst
 
     run(scenario)
 

@@ -77,3 +77,12 @@ def test_the_project_lock_serialises_runs() -> None:
     with project_lock("memory://t", f"other{id(order)}", waited.append):
         pass
     assert len(waited) == 1
+
+
+def test_one_engine_is_one_lock_however_its_url_is_spelled() -> None:
+    from dockmesh.ops.lock import engine_key
+
+    spellings = ["unix:///var/run/docker.sock", "unix:////var/run/docker.sock"]
+    assert len({engine_key(u) for u in spellings}) == 1
+    assert engine_key("tcp://Host:2375") == engine_key("tcp://host:2375")
+    assert engine_key("tcp://host:2375") != engine_key("tcp://host:2376")

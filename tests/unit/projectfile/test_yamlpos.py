@@ -488,3 +488,20 @@ def test_load_spec_reports_at_most_a_hundred_problems(tmp_path: Any) -> None:
         load_spec(str(path))
     assert len(e.value.lines) == MAX_REPORTED + 1
     assert e.value.lines[-1] == f"{path}:103: (file): 77 more problems not shown"
+
+
+def test_compose_extension_fields_carry_anchors() -> None:
+    """`x-…` keys, as Compose files use them for shared anchors, are left out of the spec."""
+    from dockmesh.projectfile.schema import parse_spec_partial
+    from dockmesh.projectfile.yamlpos import load_located
+
+    text = (
+        "x-base: &base {image: dockmesh/toolbox, networks: [a]}\n"
+        "networks: {a: {}}\n"
+        "services:\n"
+        "  one: {<<: *base, x-note: hello}\n"
+    )
+    loc = load_located(text)
+    spec, problems, _ = parse_spec_partial(loc.data)
+    assert problems == [] and spec is not None
+    assert spec.services["one"].image == "dockmesh/toolbox"
