@@ -166,6 +166,7 @@ class Agent:
         from dockmesh.health.runner import HealthRunner
 
         cfg = self.config
+        logging.getLogger("aiohttp.server").addFilter(_quiet_bad_requests)
         registry = CollectorRegistry()
         if cfg.dns is not None:
             dns = DnsServer(self.live, self.topology.get, domains=cfg.dns_domains, ttl=cfg.dns_ttl)
@@ -297,6 +298,20 @@ class Agent:
             with contextlib.suppress(OSError):
                 await dns.remove_listener(gw, port)
             self._dns_gateways.discard(gw)
+
+
+def _quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """A request aiohttp's own parser refuses (bad bytes in the request line, a malformed
+    Content-Length) is the client's mistake, answered 400: one info line, not an error with a
+    traceback that any client could flood the log with."""
+    from aiohttp.http_exceptions import HttpProcessingError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args, record.exc_info = "refused a malformed request: %s", (exc,), None
+        return logging.getLogger("aiohttp.server").isEnabledFor(logging.INFO)
+    return True
 
 
 class _DnsCollector:
