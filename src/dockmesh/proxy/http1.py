@@ -380,6 +380,47 @@ def quick_response(data: bytes) -> tuple[int, int, int, bytes] | None:
     return status, n, int(value), head
 
 
+# Memos of the fast lane's verdicts, keyed by the exact head bytes: a client sends the same
+# head again and again, and an upstream's response heads differ at most by their Date field
+# once a second. A verdict is a pure function of the bytes, so a memo hit is exactly the
+# reader's answer, for the cost of hashing the head. Bounded: cleared when full.
+MEMO_SIZE = 512
+_request_memo: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
+_response_memo: dict[bytes, tuple[int, int, int, bytes] | None] = {}
+
+
+def quick_request_memo(data: bytes) -> tuple[bytes, bytes, bytes] | None:
+    """`quick_request(data)`, remembered."""
+    try:
+        return _request_memo[data]
+    except KeyError:
+        pass
+    if len(data) > 2048:
+        return quick_request(data)
+    q = quick_request(data)
+    if len(_request_memo) >= MEMO_SIZE:
+        _request_memo.clear()
+    _request_memo[data] = q
+    return q
+
+
+def quick_response_memo(data: bytes) -> tuple[int, int, int, bytes] | None:
+    """`quick_response(data)`, remembered by the head's bytes."""
+    n = data.find(b"\r\n\r\n") + 4
+    if n < 4 or n > 2048:
+        return None if n < 4 else quick_response(data)
+    head = data[:n]
+    try:
+        return _response_memo[head]
+    except KeyError:
+        pass
+    q = quick_response(head)
+    if len(_response_memo) >= MEMO_SIZE:
+        _response_memo.clear()
+    _response_memo[head] = q
+    return q
+
+
 def response_has_body(status: int, method: bytes) -> bool:
     return not (method == b"HEAD" or 100 <= status < 200 or status in (204, 304))
 

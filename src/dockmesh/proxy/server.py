@@ -346,7 +346,7 @@ class ClientConn(asyncio.Protocol):
         state = self.state
         if state == HEAD:
             if not self.buf and p.fast is not None:
-                q = http1.quick_request(data)
+                q = http1.quick_request_memo(data)
                 if q is not None:
                     self._quick_request(p.fast, q, data)
                     return
@@ -961,7 +961,7 @@ class UpstreamConn(asyncio.Protocol):
             return
         if not self.got_head:
             if not self.buf and self.method != b"HEAD":
-                q = http1.quick_response(data)
+                q = http1.quick_response_memo(data)
                 if (
                     q is not None
                     and len(data) - q[1] == q[2]

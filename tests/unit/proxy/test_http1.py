@@ -249,3 +249,34 @@ def test_fast_response_lane_agrees(fields: list[tuple[str, str]], status: int, b
     assert general is not None
     assert quick[:3] == (general.status, general.head_len, general.content_length)
     assert quick[3] == http1.edit_response_head(raw[: general.head_len], general, b"")
+
+
+@given(
+    st.lists(st.tuples(token, value), max_size=10),
+    st.integers(100, 599),
+    st.binary(max_size=40),
+    st.binary(max_size=40),
+)
+def test_memoised_fast_lanes_answer_as_the_readers(
+    fields: list[tuple[str, str]], status: int, body: bytes, other: bytes
+) -> None:
+    head = (
+        f"HTTP/1.1 {status} X\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in fields)
+        + f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    for raw in (head + body, head + other, head + body, head[:-1]):  # miss, hits, incomplete
+        assert http1.quick_response_memo(raw) == http1.quick_response(raw)
+    request = req("GET /p HTTP/1.1", "Host: h.test", *[f"{k}: {v}" for k, v in fields])
+    for raw in (request, request, request + b"x", request[:-2]):
+        assert http1.quick_request_memo(raw) == http1.quick_request(raw)
+
+
+def test_memos_stay_bounded() -> None:
+    for i in range(3 * http1.MEMO_SIZE):
+        head = f"GET /{i} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
+        assert http1.quick_request_memo(head) == (b"GET", f"/{i}".encode(), b"h")
+        resp = f"HTTP/1.1 200 OK\r\nX-N: {i}\r\nContent-Length: 0\r\n\r\n".encode()
+        assert http1.quick_response_memo(resp) == http1.quick_response(resp)
+    assert len(http1._request_memo) <= http1.MEMO_SIZE
+    assert len(http1._response_memo) <= http1.MEMO_SIZE
