@@ -62,10 +62,10 @@ def latency(
     ] = None,
     count: Annotated[int, typer.Option("--count", min=1, max=1_000_000)] = 100,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.0, help="Seconds between samples.")
+        float, typer.Option("--interval", min=0.0, max=60.0, help="Seconds between samples.")
     ] = 0.0,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.01, help="Seconds per sample.")
+        float, typer.Option("--timeout", min=0.01, max=60.0, help="Seconds per sample.")
     ] = 1.0,
     engine: EngineOpt = None,
     json_out: JsonOpt = False,

@@ -74,6 +74,11 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as e:
+            # A container that died under a probe, or no right to enter it: the command
+            # failed, one line. (Looked up lazily: the module is not loaded at start-up.)
+            netns = sys.modules.get("dockmesh.host.netns")
+            if netns is not None and isinstance(e, netns.NetnsError):
+                fail(f"dockmesh: {e}", EXIT_FAILED)
             # A bug: one line for the user, the whole story for whoever debugs it.
             if os.environ.get("DOCKMESH_DEBUG"):
                 raise

@@ -134,7 +134,8 @@ def register(app: typer.Typer) -> None:
     def doctor(
         container: Annotated[str, typer.Argument(help="Container name or id.")],
         timeout: Annotated[
-            float, typer.Option("--timeout", min=0.05, help="Seconds to wait for DNS and ICMP.")
+            float,
+            typer.Option("--timeout", min=0.05, max=60.0, help="Seconds to wait for DNS and ICMP."),
         ] = 1.0,
         engine: EngineOpt = None,
         json_out: JsonOpt = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,6 +22,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help texts are plain text: `PORT[/tcp|udp]` is not rich markup.
+    rich_markup_mode=None,
 )
 app.add_typer(images.app, name="images")
 topology.register(app)
@@ -56,5 +58,51 @@ def options(
     logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
+def _finite_floats() -> None:
+    """Click reads `nan` and `inf` as floats, and they pass every `min=`/`max=` (comparisons
+    with NaN are false): a number option given one waits for ever or fails deep inside. Every
+    float option of this command line takes finite numbers only."""
+    import math
+
+    from typer._click import types  # typer carries its own click
+
+    original = types.FloatParamType.convert
+    if getattr(original, "_dockmesh_finite", False):
+        return
+
+    def convert(self: types.FloatParamType, value: Any, param: Any, ctx: Any) -> Any:
+        rv = original(self, value, param, ctx)
+        if isinstance(rv, float) and not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+    convert._dockmesh_finite = True  # type: ignore[attr-defined]
+    types.FloatParamType.convert = convert  # type: ignore[method-assign,assignment]
+
+
 def main() -> None:
-    app(prog_name="dockmesh")
+    """Runs the command line; a usage error (a bad flag, a value out of range, a missing
+    argument) is one line on stderr and exit 2, as every other bad input."""
+    import sys
+
+    from typer._click import exceptions as click_errors  # typer carries its own click
+
+    _finite_floats()
+    try:
+        rv = app(prog_name="dockmesh", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:  # `dockmesh` alone: the help
+        if e.ctx is not None:
+            sys.stdout.write(e.ctx.get_help() + "\n")
+        sys.exit(0)
+    except click_errors.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "dockmesh"
+        message = " ".join(e.format_message().split())
+        sys.stderr.write(f"{where}: {message} (see {where} --help)\n")
+        sys.exit(2)
+    except typer.Abort:
+        sys.stderr.write("dockmesh: interrupted\n")
+        sys.exit(130)
+    except click_errors.ClickException as e:
+        sys.stderr.write(f"dockmesh: {' '.join(e.format_message().split())}\n")
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)

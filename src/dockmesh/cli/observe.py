@@ -136,7 +136,10 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def top(
         interval: Annotated[
-            float, typer.Option("--interval", "-n", min=0.1, help="Seconds between refreshes.")
+            float,
+            typer.Option(
+                "--interval", "-n", min=0.1, max=3600.0, help="Seconds between refreshes."
+            ),
         ] = 1.0,
         sort: Annotated[
             str,
@@ -213,7 +216,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def report(
         duration: Annotated[
-            float, typer.Option("--duration", min=0.0, help="Seconds of traffic to measure.")
+            float,
+            typer.Option("--duration", min=0.0, max=86400.0, help="Seconds of traffic to measure."),
         ] = 5.0,
         engine: EngineOpt = None,
         json_out: JsonOpt = False,
