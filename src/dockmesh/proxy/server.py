@@ -397,15 +397,58 @@ class ClientConn(asyncio.Protocol):
                 b"\r\n\r\n",
             )
         )
-        self.tried = []
-        self.attempts = 0
         self.resp_started = False
         cluster.budget.pending += 1
         self.req_done = True
         self.replayable = True
-        self.pending_body = []
         self.state = WAIT
-        self._attempt()
+        # `_attempt` and `_send_on` inline for the common case: the pick admits, and has a
+        # pooled connection. Anything else takes `_attempt`'s own way from the same point.
+        up = cluster.pick(None)
+        if up is None:
+            self.tried = []
+            self.attempts = 0
+            self.pending_body = []
+            self._fail(503, cluster.no_upstream_reason(), "no_upstream")
+            return
+        ticket = up.breaker.admit()
+        if ticket is None:
+            self.tried = []
+            self.attempts = 0
+            self.pending_body = []
+            self._refused(cluster, up)
+            return
+        self.upstream = up
+        self.ticket = ticket
+        self.attempts = 1
+        self.tried = [up]
+        up.in_flight += 1
+        up.requests += 1
+        if cluster.balancer.tracks:
+            cluster.balancer.started(up.addr)
+        idle = up.idle
+        while idle:
+            conn = idle.pop()
+            t = conn.transport
+            if t is not None and not t.is_closing():
+                conn.client = self
+                conn.reused = True
+                conn.method = method
+                conn.buf = b""
+                conn.resp = None
+                conn.got_head = False
+                conn.started = conn.last_active = p.now
+                self.up = conn
+                self.pending_body = None
+                t.write(self.head_out)
+                if self.paused and self.transport is not None:
+                    self.paused = False
+                    self.transport.resume_reading()
+                if self.write_paused:
+                    t.pause_reading()
+                return
+        self.pending_body = []
+        self._open_for(cluster, up)
 
     def _read_heads(self) -> None:
         """Starts the exchange for the head at the front of `buf`, if it is complete."""
@@ -508,11 +551,7 @@ class ClientConn(asyncio.Protocol):
             ticket = up.breaker.admit()
             if ticket is not None:
                 break
-            # Half-open and its probes taken: a breaker refusal never reached the upstream.
-            cluster.changed()
-            self.tried.append(up)
-            if len(self.tried) > len(cluster.upstreams):
-                self._fail(503, f"no upstream of {cluster.name} admits requests now", "breaker")
+            if not self._refused(cluster, up, again=False):
                 return
         self.upstream = up
         self.ticket = ticket
@@ -527,6 +566,23 @@ class ClientConn(asyncio.Protocol):
             if conn.transport is not None and not conn.transport.is_closing():
                 self._send_on(conn, reused=True)
                 return
+        self._open_for(cluster, up)
+
+    def _refused(self, cluster: Cluster, up: Upstream, again: bool = True) -> bool:
+        """The pick's breaker refused (half-open, its probes taken): that never reached the
+        upstream. False when no upstream is left to try (answered 503); else, with `again`,
+        the next pick is tried."""
+        cluster.changed()
+        self.tried.append(up)
+        if len(self.tried) > len(cluster.upstreams):
+            self._fail(503, f"no upstream of {cluster.name} admits requests now", "breaker")
+            return False
+        if again:
+            self._attempt()
+        return True
+
+    def _open_for(self, cluster: Cluster, up: Upstream) -> None:
+        """The attempt on `up` (admitted, counted) needs a new connection."""
         if up.connections >= self.proxy.limits.max_connections_per_upstream:
             self._end_attempt(-1)
             self._fail(503, f"upstream {up.addr} has too many connections", "overload")
@@ -693,6 +749,34 @@ class ClientConn(asyncio.Protocol):
         self.resp_started = True
         conn.out_head = head
         return True
+
+    def quick_done(self, conn: UpstreamConn, status: int) -> None:
+        """`response_done(conn, status, True)` for a whole response to a request that was
+        all sent and keeps its connection (`UpstreamConn.data_received`'s fast lane)."""
+        self.up = None
+        conn.client = None
+        p = self.proxy
+        now = p.loop.time()
+        up, cluster = self.upstream, self.cluster
+        if up is not None and cluster is not None:
+            # `_end_attempt(status, now)`
+            self.upstream = None
+            up.in_flight -= 1
+            balancer = cluster.balancer
+            if balancer.tracks:
+                balancer.finished(up.addr, now - self.t0)
+            ticket = self.ticket
+            self.ticket = None
+            cluster.record(up, ticket, status)
+        p.stats.observe(status, now - self.t0)
+        conn.release(True)
+        self.state = HEAD
+        self.req = None
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.buf:
+            self._read_heads()
 
     def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
         self.up = None
@@ -974,7 +1058,7 @@ class UpstreamConn(asyncio.Protocol):
                     # write, and the exchange is over.
                     client.resp_started = True
                     client.transport.write(q[3] + data[q[1] :])
-                    client.response_done(self, q[0], True)
+                    client.quick_done(self, q[0])
                     return
             self._head_data(client, data)
         else:

@@ -1,0 +1,133 @@
+"""The data plane's fast lane against fake transports: the same outcome as the general way,
+including the breaker's refusals and a pool with nothing idle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+
+from dockmesh.proxy.cluster import Cluster
+from dockmesh.proxy.server import HEAD, WAIT, ClientConn, Proxy, ProxySettings, Route, UpstreamConn
+from dockmesh.resilience.breaker import BreakerState
+
+REQUEST = b"GET /a HTTP/1.1\r\nHost: h.test\r\nAccept: */*\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: t\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
+)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("10.0.0.9", 4242) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def _setup(loop: asyncio.AbstractEventLoop) -> tuple[Proxy, Cluster, ClientConn]:
+    cluster = Cluster("b", "round_robin")
+    cluster.set_members({"127.0.0.1:1": 1, "127.0.0.1:2": 1})
+    proxy = Proxy(ProxySettings(routes=[Route(cluster=cluster)]), loop)
+    for up in cluster.upstreams.values():
+        conn = UpstreamConn(proxy, up)
+        conn.connection_made(cast(Any, FakeTransport()))
+        up.connections += 1
+        up.idle.append(conn)
+    client = ClientConn(proxy)
+    client.connection_made(cast(Any, FakeTransport()))
+    return proxy, cluster, client
+
+
+def _out(t: asyncio.BaseTransport | None) -> bytes:
+    return b"".join(cast(FakeTransport, t).out)
+
+
+def test_common_request_goes_out_edited_and_the_connection_back_to_the_pool(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, cluster, client = _setup(loop)
+    for _ in range(4):
+        client.data_received(REQUEST)
+        assert client.state == WAIT
+        conn = client.up
+        assert conn is not None and conn.upstream.in_flight == 1
+        sent = cast(FakeTransport, conn.transport).out.pop()
+        assert sent.startswith(b"GET /a HTTP/1.1\r\nHost: h.test\r\nAccept: */*\r\n")
+        assert b"X-Forwarded-For: 10.0.0.9\r\n" in sent and b"X-Forwarded-Host: h.test\r\n" in sent
+        assert b"X-Request-Id: " in sent and sent.endswith(b"\r\n\r\n")
+        conn.data_received(RESPONSE)
+        assert client.state == HEAD and client.up is None and conn in conn.upstream.idle
+        assert conn.upstream.in_flight == 0
+    assert _out(client.transport).count(b"HTTP/1.1 200 OK\r\n") == 4
+    assert b"Connection: keep-alive" not in _out(client.transport)
+    assert proxy.stats.responses == {200: 4}
+    assert sorted(u.requests for u in cluster.upstreams.values()) == [2, 2]
+
+
+def test_a_refusing_breaker_sends_the_request_to_another_upstream(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    _, cluster, client = _setup(loop)
+    first, second = cluster.upstreams.values()
+    # Half-open with its probe taken: `admit` refuses.
+    first.breaker._to(BreakerState.HALF_OPEN)
+    assert first.breaker.admit() is not None
+    client.data_received(REQUEST)
+    assert client.up is not None and client.up.upstream is second
+    assert client.tried == [first, second] and client.attempts == 1
+    assert first.breaker.probes == 1 and first.in_flight == 0
+
+
+def test_nothing_idle_opens_a_connection_and_nothing_eligible_is_503(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    _, cluster, client = _setup(loop)
+    for up in cluster.upstreams.values():
+        for conn in up.idle:
+            cast(FakeTransport, conn.transport).closed = True
+    client.data_received(REQUEST)
+    assert client.up is not None and client.up.transport is None  # connecting
+    assert client.pending_body == [] and client.upstream is client.up.upstream
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+    _, cluster, client = _setup(loop)
+    for up in cluster.upstreams.values():
+        cluster.set_healthy(up, False)
+    client.data_received(REQUEST)
+    assert _out(client.transport).startswith(b"HTTP/1.1 503 ")
+    assert client.state == HEAD
