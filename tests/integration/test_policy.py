@@ -272,3 +272,51 @@ def test_the_agent_keeps_it_true_across_a_new_ip_and_its_own_restart(
             agent.stop()
     # A stopped agent leaves the policy in force (fail closed).
     assert verdicts(api, pool, seg) == WANT
+
+
+def test_a_table_dockmesh_did_not_make_is_never_touched(seg: Seg) -> None:
+    """A hand-made table of the name given: apply, remove and show refuse (exit 2, one line)
+    and leave it exactly as it was."""
+    subprocess.run(["nft", "add", "table", "inet", seg.table], check=True)
+    subprocess.run(["nft", "add", "chain", "inet", seg.table, "c"], check=True)
+    subprocess.run(
+        ["nft", "add", "rule", "inet", seg.table, "c", "accept", "comment", '"hand made"'],
+        check=True,
+    )
+    before = subprocess.run(
+        ["nft", "list", "table", "inet", seg.table], capture_output=True, text=True, check=True
+    ).stdout
+    for args in (("apply", str(seg.policy_file)), ("remove",), ("show", "--json"), ("show",)):
+        proc = dockmesh("policy", *args)
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert len(proc.stderr.splitlines()) == 1 and f"inet {seg.table}" in proc.stderr
+        after = subprocess.run(
+            ["nft", "list", "table", "inet", seg.table], capture_output=True, text=True
+        ).stdout
+        assert after == before, args
+    assert not (seg.state_dir / f"{seg.table}.json").exists()
+
+
+def test_a_file_that_is_not_a_policy_changes_nothing(seg: Seg, tmp_path: Path) -> None:
+    dockmesh("policy", "apply", str(seg.policy_file), check=True)
+    before = set_addresses(seg.table)
+    recorded = (seg.state_dir / f"{seg.table}.json").read_text()
+    cases = {
+        "empty.yaml": "",
+        "foo.yaml": "foo: 1\n",
+        "typo.yaml": "polcy:\n  default: deny\n",
+        "nothing.yaml": "policy:\n",
+        "topology.yaml": "project: x\nservices:\n  a: {image: busybox}\n",
+    }
+    for name, text in cases.items():
+        f = tmp_path / name
+        f.write_text(text)
+        proc = dockmesh("policy", "apply", str(f))
+        assert proc.returncode == 2, (name, proc.stdout)
+        assert proc.stderr.startswith(f"{f}:"), (name, proc.stderr)
+    for path in (tmp_path / "missing.yaml", tmp_path):
+        proc = dockmesh("policy", "apply", str(path))
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert str(path) in proc.stderr
+    assert set_addresses(seg.table) == before
+    assert (seg.state_dir / f"{seg.table}.json").read_text() == recorded

@@ -120,6 +120,7 @@ def test_why_finds_a_server_bound_to_loopback(layout: Layout) -> None:
     listening = next(s for s in doc["steps"] if s["check"] == "listening")
     assert listening["ok"] is False and "127.0.0.1:8080 only" in listening["detail"]
     assert doc["probe"]["ok"] is False and "refused" in doc["probe"]["detail"]
+    assert doc["probe"]["latency_ms"] is None  # a failed probe has no latency
 
 
 def test_why_names_the_rule_that_decided(layout: Layout, tmp_path: Path) -> None:
@@ -174,3 +175,66 @@ def test_bad_input_exits_2(layout: Layout) -> None:
         == 2
     )
     assert dockmesh("matrix", "--select", "colour=red").returncode == 2
+
+
+def test_why_a_container_to_itself_is_reachable(layout: Layout) -> None:
+    n = layout.names
+    code, doc = why(n["database"], n["database"], "--port", "5432/tcp", "--probe")
+    assert code == 0 and doc["reachable"] is True, doc
+    steps = {s["check"]: s for s in doc["steps"]}
+    assert "forward hook" in steps["self"]["detail"]
+    assert doc["probe"]["ok"] is True
+
+
+def test_why_from_a_host_mode_container_is_the_hosts_view(
+    api: Any, layout: Layout, toolbox: str
+) -> None:
+    name = f"{layout.prefix}-hostmode"
+    cid = api.create_container(
+        toolbox, name=name, host_config=api.create_host_config(network_mode="host")
+    )["Id"]
+    api.start(cid)
+    code, doc = why(name, layout.names["database"], "--probe")
+    _, host = why("host", layout.names["database"])
+    assert code == 0 and doc["reachable"] is True, doc
+    assert doc["steps"][0]["check"] == "host_network"
+    assert [s["check"] for s in doc["steps"][1:]] == [s["check"] for s in host["steps"]]
+    assert doc["probe"]["ok"] is True
+
+
+def test_why_says_when_the_table_is_not_in_sync(layout: Layout, tmp_path: Path) -> None:
+    n, p = layout.names, layout.prefix
+    policy = tmp_path / "p.yaml"
+    policy.write_text(f"policy:\n  networks: {{{p}_backend: {{default: deny}}}}\n")
+    dockmesh("policy", "apply", str(policy), check=True)
+    _, doc = why(n["frontend"], n["backend"])
+    assert "not in sync" not in next(s for s in doc["steps"] if s["check"] == "policy")["detail"]
+    # The test's own table, changed behind dockmesh's back: an address in a set.
+    table = f"{p}pol"
+    listed = json.loads(
+        subprocess.run(
+            ["nft", "-j", "list", "table", "inet", table], capture_output=True, check=True
+        ).stdout
+    )
+    name = next(
+        i["set"]["name"]
+        for i in listed["nftables"]
+        if "set" in i and i["set"]["type"] == "ipv4_addr"
+    )
+    subprocess.run(["nft", "add", "element", "inet", table, name, "{ 192.0.2.77 }"], check=True)
+    _, doc = why(n["frontend"], n["backend"])
+    pol = next(s for s in doc["steps"] if s["check"] == "policy")
+    assert "not in sync" in pol["detail"], pol
+
+
+def test_matrix_selectors_naming_nothing_are_bad_input(layout: Layout) -> None:
+    for sel, word in (
+        ("container=nosuch", "no container"),
+        ("network=nosuchnet", "no network"),
+        ("service=", "needs a value"),
+    ):
+        proc = dockmesh("matrix", "--select", sel)
+        assert proc.returncode == 2, (sel, proc.stdout)
+        assert len(proc.stderr.splitlines()) == 1 and word in proc.stderr, proc.stderr
+    ok = dockmesh("matrix", "--select", f"container={layout.names['backend']}", "--json")
+    assert ok.returncode == 0, ok.stderr

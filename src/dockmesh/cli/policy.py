@@ -20,7 +20,13 @@ from dockmesh.cli.common import (
     print_json,
 )
 from dockmesh.errors import SpecError
-from dockmesh.model.policy import Policy, Scope, parse_policy, policy_file_section
+from dockmesh.model.policy import (
+    Policy,
+    Scope,
+    parse_policy,
+    policy_file_problems,
+    policy_file_section,
+)
 from dockmesh.model.topology import Topology, build_topology
 
 log = logging.getLogger(__name__)
@@ -53,12 +59,18 @@ def read_policy_file(path: str) -> tuple[Policy, bool]:
     from dockmesh.projectfile.problems import Problem
     from dockmesh.projectfile.yamlpos import MAX_FILE_BYTES, load_located_bytes
 
-    with FsPath(path).open("rb") as f:
-        raw = f.read(MAX_FILE_BYTES + 1)
+    try:
+        with FsPath(path).open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it: {e.strerror or e}") from None
     located = load_located_bytes(raw)
-    if located.problems or located.data is None:
+    if located.problems:
         raise SpecError(format_problems(path, list(located.problems), located.lines))
     doc = located.data
+    shape = policy_file_problems(doc)
+    if shape:
+        raise SpecError(format_problems(path, [Problem(p, m) for p, m in shape], located.lines))
     section, base, is_topology = policy_file_section(doc)
     scope = None
     if is_topology:
@@ -196,10 +208,13 @@ def _table(given: str | None) -> str:
 
 
 def _nft_errors(fn: Any) -> Any:
-    from dockmesh.policy.nft import NftError
+    """nft's refusals: exit 1; a table that is not dockmesh's: bad input, exit 2."""
+    from dockmesh.policy.nft import ForeignTable, NftError
 
     try:
         return fn()
+    except ForeignTable as e:
+        raise UserError(str(e)) from None
     except NftError as e:
         raise OSError(f"nft: {e}") from None
 
@@ -207,7 +222,7 @@ def _nft_errors(fn: Any) -> Any:
 def applied_policy(table: str) -> tuple[Policy | None, str]:
     """The policy in force on `table`, and a sentence about it: None when none is applied or
     its table is gone from the kernel."""
-    from dockmesh.policy.nft import Nft, NftError
+    from dockmesh.policy.nft import ForeignTable, Nft, NftError, is_ours
     from dockmesh.policy.store import PolicyStore
 
     try:
@@ -222,14 +237,40 @@ def applied_policy(table: str) -> tuple[Policy | None, str]:
         return applied.policy, f"policy recorded; nft could not be asked ({e})"
     if live is None:
         return None, f"a policy is recorded but table inet {table} is not in the kernel"
+    if not is_ours(live, table):
+        return None, str(ForeignTable(table)).split(":")[0]
     if applied.mode == "audit":
         return applied.policy, "audit mode (nothing is dropped)"
     return applied.policy, f"policy enforced (table inet {table})"
 
 
+def policy_staleness(table: str, topo: Topology) -> str:
+    """Why the kernel's table may not be what the model says ('' when it is in sync, or
+    when there is nothing to compare): the same comparison as `policy show`'s in_sync."""
+    from dockmesh.policy.compile import compile_policy
+    from dockmesh.policy.nft import Nft, NftError, is_ours, parse_live
+    from dockmesh.policy.store import PolicyStore
+
+    try:
+        applied = PolicyStore(table).load()
+        doc = Nft().list_table(table) if applied is not None else None
+    except (ValueError, NftError):
+        return ""
+    if applied is None or doc is None or not is_ours(doc, table):
+        return ""
+    live = parse_live(doc, table)
+    want = compile_policy(applied.policy, topo, applied.mode, table)
+    if live.structure_hash == want.structure_hash and live.elements == want.elements():
+        return ""
+    return (
+        f"table inet {table} is not in sync with the topology (policy show says so; "
+        "the agent, or policy apply again, brings it back)"
+    )
+
+
 def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     from dockmesh.policy.compile import compile_policy
-    from dockmesh.policy.nft import Nft, parse_live
+    from dockmesh.policy.nft import ForeignTable, Nft, is_ours, parse_live
     from dockmesh.policy.store import PolicyStore
 
     try:
@@ -249,6 +290,8 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     }
     if live_doc is None:
         return doc
+    if not is_ours(live_doc, table):
+        raise UserError(str(ForeignTable(table)))
     live = parse_live(live_doc, table)
     topo = load_topology(engine)
     want = compile_policy(applied.policy, topo, applied.mode, table) if applied else None

@@ -19,7 +19,13 @@ from dockmesh.cli.common import (
     out,
     print_json,
 )
-from dockmesh.cli.policy import TableOpt, _table, applied_policy, load_topology
+from dockmesh.cli.policy import (
+    TableOpt,
+    _table,
+    applied_policy,
+    load_topology,
+    policy_staleness,
+)
 from dockmesh.model.policy import PortRange, Selector, parse_selector_arg
 
 if TYPE_CHECKING:
@@ -89,6 +95,8 @@ def register(app: typer.Typer) -> None:
         policy, note = applied_policy(_table(table))
         dcont = topo.container(dst)
         facts = _facts_for(dcont, p, note)
+        if policy is not None:
+            facts = replace(facts, policy_stale=policy_staleness(_table(table), topo))
         scont = topo.container(src) if src != HOST else None
         result: dict[str, Any] | None = None
         with NetnsPool(threads=2) as pool:
@@ -136,6 +144,7 @@ def register(app: typer.Typer) -> None:
             # An unanswered UDP datagram says nothing: only TCP ports and ping are observed.
             raise UserError(f"--port {p.text()}: matrix probes TCP ports (or ping, without --port)")
         topo = load_topology(engine)
+        _check_exist(topo, selectors)
         policy, note = applied_policy(_table(table))
         chosen = _chosen(topo, selectors)
         pairs = _matrix(topo, policy, note, chosen, p, timeout)
@@ -166,6 +175,16 @@ def _selectors(values: list[str] | None) -> list[Selector]:
     return out
 
 
+def _check_exist(topo: Topology, selectors: list[Selector]) -> None:
+    """A selector naming a container or a network that does not exist is bad input (a
+    service or a label may simply have no container now)."""
+    for s in selectors:
+        if s.container is not None and topo.container(s.container) is None:
+            raise UserError(f"--select container={s.container}: no container named so")
+        if s.network is not None and topo.network(s.network) is None:
+            raise UserError(f"--select network={s.network}: no network named so")
+
+
 def _chosen(topo: Topology, selectors: list[Selector]) -> list[Container]:
     """Running containers with an IPv4 address chosen by any selector (all: none given)."""
     out = []
@@ -191,7 +210,7 @@ def _matrix(
 ) -> list[dict[str, Any]]:
     from dockmesh.host.netns import NetnsPool
     from dockmesh.policy.reach import analyze
-    from dockmesh.policy.sweep import Probe, sweep
+    from dockmesh.policy.sweep import Probe, sweep_confirmed
 
     facts = {c.name: _facts_for(c, port, note) for c in chosen}
     analyses: dict[Hashable, Analysis] = {}
@@ -209,7 +228,8 @@ def _matrix(
             analyses[key] = a
             probes.append(Probe(key, s.pid, address, port.first if tcp and port else None))
     with NetnsPool(threads=4) as pool:
-        seen = sweep(pool, probes, timeout_s=timeout)
+        expected = {k: a.reachable for k, a in analyses.items()}
+        seen = sweep_confirmed(pool, probes, expected, timeout_s=timeout)
     pairs = []
     for probe in probes:
         a = analyses[probe.key]
@@ -255,7 +275,9 @@ def _probe_one(
         return {"ok": None, "latency_ms": None, "detail": f"{port.protocol} is not probed"}
     o = sweep(pool, [Probe("x", src.pid if src else None, address, number)], timeout_s=timeout)["x"]
     kind = f"TCP connect to {address}:{number}" if number else f"ping {address}"
-    return {"ok": o.ok, "latency_ms": o.latency_ms, "detail": f"{kind}: {o.detail}"}
+    # A failed probe has no latency (a refusal's round trip is not one to DST's service).
+    latency = o.latency_ms if o.ok else None
+    return {"ok": o.ok, "latency_ms": latency, "detail": f"{kind}: {o.detail}"}
 
 
 def _mark(ok: bool | None) -> Text:

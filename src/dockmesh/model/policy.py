@@ -426,22 +426,57 @@ def parse_policy(
     return policy, p.problems
 
 
+POLICY_KEYS = ("default", "networks", "rules")
+TOPOLOGY_KEYS = frozenset({"project", "networks", "services"})
+
+
 def policy_file_section(doc: Any) -> tuple[Any, Path, bool]:
     """Where a document keeps its policy: (the section, its path, whether the document is a
-    topology file). A topology file has project/networks/services; a policy file alone holds
-    `policy:` only, or the section's own keys at the top."""
+    topology file). A topology file has project/networks/services (and `policy:`); a policy
+    file alone holds `policy:` only, or the section's own keys at the top."""
     if isinstance(doc, Mapping):
-        if "default" in doc or "rules" in doc:
+        keys = set(doc)
+        if "policy" not in keys and not ({"project", "services"} & keys):
             return doc, (), False
-        topology = bool({"project", "networks", "services"} & set(doc))
-        return doc.get("policy"), ("policy",), topology
+        return doc.get("policy"), ("policy",), bool(TOPOLOGY_KEYS & keys)
     return doc, (), False
+
+
+def policy_file_problems(doc: Any) -> list[PathProblem]:
+    """What makes a document no policy at all (`parse_policy` reads an absent section as
+    "allow everything", which a file must never silently mean): not a mapping, no policy
+    key, an empty `policy:`, a topology file without `policy:`, a key that is neither."""
+    what = "a policy (default, networks, rules) or a topology file with a policy: section"
+    if not isinstance(doc, Mapping):
+        return [((), f"is not a policy: expected {what}")]
+    section, base, is_topology = policy_file_section(doc)
+    if base == ():
+        # The policy's own keys at the top: unknown ones are the parser's to name.
+        if any(k in doc for k in POLICY_KEYS):
+            return []
+        unknown = "unknown key (a policy has default, networks, rules, or a policy: section)"
+        return [((str(k),), unknown) for k in doc] or [((), f"is empty: expected {what}")]
+    problems: list[PathProblem] = []
+    if not is_topology:
+        for key in doc:
+            if key != "policy":
+                problems.append(((str(key),), "unknown key (policy, or default/networks/rules)"))
+    if "policy" not in doc:
+        problems.append(((), "a topology file without a policy: section is not a policy"))
+    elif section is None or (
+        isinstance(section, Mapping) and not any(k in section for k in POLICY_KEYS)
+    ):
+        problems.append((base, "is empty: at least one of default, networks, rules"))
+    return problems
 
 
 def parse_selector_arg(text: str) -> Selector | str:
     """A command line's `KIND=VALUE` (`service=api`, `label=team=web`) → Selector (engine
     names), or what is wrong."""
     kind, sep, value = text.partition("=")
+    if sep and kind in SELECTOR_KINDS and not value.strip():
+        example = "KEY=VALUE" if kind == "label" else "NAME"
+        return f"{text!r}: {kind}= needs a value ({kind}={example})"
     if not sep or kind not in SELECTOR_KINDS or not value:
         return f"{text!r}: a selector is KIND=VALUE with KIND one of {', '.join(SELECTOR_KINDS)}"
     p = _Parser(None)

@@ -25,7 +25,7 @@ import threading
 
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import Ruleset, compile_policy, element_delta, full_transaction
-from dockmesh.policy.nft import Nft, NftError, parse_live
+from dockmesh.policy.nft import ForeignTable, Nft, NftError, is_ours, parse_live
 from dockmesh.policy.store import Applied, PolicyStore, Stamp
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Enforcer:
         that a policy the kernel refused is never recorded as applied."""
         rs = compile_policy(applied.policy, topo, applied.mode, applied.table)
         with self._lock:
+            self._refuse_foreign()
             self._run(full_transaction(rs), reload=True)
             self.store.save(applied)
             self._stamp, self._read = self.store.stamp(), True
@@ -66,9 +67,10 @@ class Enforcer:
         return rs
 
     def remove(self) -> bool:
-        """Removes the table and the applied policy; False when neither was there."""
+        """Removes the table and the applied policy; False when neither was there.
+        ForeignTable (nothing removed) when the table is not one dockmesh made."""
         with self._lock:
-            existed = self.nft.list_table(self.table) is not None
+            existed = self._refuse_foreign()
             had_file = self.store.remove()
             if existed:
                 self.nft.run([{"delete": {"table": {"family": "inet", "name": self.table}}}])
@@ -126,6 +128,7 @@ class Enforcer:
             else:
                 delta = element_delta(self._ruleset.elements(), want)
                 if delta is None:
+                    self._refuse_foreign()
                     self._run(full_transaction(want), reload=True)
                 elif delta:
                     try:
@@ -141,6 +144,8 @@ class Enforcer:
     def _reconcile(self, want: Ruleset) -> None:
         doc = self.nft.list_table(self.table)
         live = parse_live(doc, self.table) if doc is not None else None
+        if live is not None and live.structure_hash is None:
+            raise ForeignTable(self.table)  # someone else's table: never replaced
         if live is not None and live.structure_hash == want.structure_hash:
             delta = element_delta(live.elements, want)
             if delta is not None:
@@ -151,6 +156,13 @@ class Enforcer:
         if doc is None and self.store.stamp() is None:
             return
         self._run(full_transaction(want), reload=True)
+
+    def _refuse_foreign(self) -> bool:
+        """Whether the table exists; ForeignTable when it exists without dockmesh's mark."""
+        doc = self.nft.list_table(self.table)
+        if doc is not None and not is_ours(doc, self.table):
+            raise ForeignTable(self.table)
+        return doc is not None
 
     def _run(self, cmds: list[dict[str, object]], reload: bool = False) -> None:
         self.nft.run(cmds)

@@ -28,6 +28,24 @@ class NftError(Exception):
     """nft refused a transaction or could not run; the message is nft's first line."""
 
 
+class ForeignTable(NftError):
+    """The table exists but dockmesh did not make it (no marker rule): it is not touched."""
+
+    def __init__(self, table: str) -> None:
+        super().__init__(
+            f"table inet {table} exists but was not made by dockmesh (it has no "
+            f"'{HASH_TAG.strip()}' rule): not touched; name another table with --table"
+        )
+        self.table = table
+
+
+def is_ours(doc: Any, table: str) -> bool:
+    """Whether `nft -j list table inet <table>`'s answer is a table dockmesh made: the
+    compiler marks every table it writes with its first rule's comment (`dockmesh policy
+    <structure hash>`); nft 1.0.6 keeps no comment on a table in its JSON."""
+    return parse_live(doc, table).structure_hash is not None
+
+
 def check_table_name(name: str) -> str:
     if not TABLE_NAME.fullmatch(name):
         raise ValueError(

@@ -88,6 +88,8 @@ class Facts:
     # name → addresses SRC's resolver gave (an empty list: NXDOMAIN or no answer)
     resolved: Mapping[str, Sequence[str]] | None = None
     policy_note: str = ""  # how the policy stands in the kernel ("no policy applied", ...)
+    # non-empty: why the kernel's table may differ from the model (it is not in sync)
+    policy_stale: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -152,6 +154,26 @@ def analyze(
         what = " and ".join(not_running)
         steps.append(Step("running", False, f"{what} is not running (state {_states(src, dst)})"))
         return done(False, f"{src.name} cannot reach {dst.name}: {what} is not running")
+    if src.network_mode == "host":
+        return _from_host(topo, dst_name, port, facts, src)
+    if src.id == dst.id:
+        steps.append(Step("running", True, f"{src.name} runs"))
+        address = next((a.ipv4 or a.ipv6 for a in dst.attachments if a.ipv4 or a.ipv6), None)
+        steps.append(
+            Step(
+                "self",
+                True,
+                f"{src.name} is both ends: traffic to itself stays in its own namespace and "
+                "never crosses the forward hook (no network, icc or policy decides it)",
+            )
+        )
+        listen = _listening_step(dst, address, port, facts)
+        if listen is not None:
+            steps.append(listen)
+        ok = all(s.ok for s in steps)
+        why_not = next((st.detail for st in steps if not st.ok), "")
+        summary = f"{src.name} can reach itself" if ok else f"{src.name} cannot: {why_not}"
+        return done(ok, summary, address=address)
     steps.append(Step("running", True, f"both run ({src.name}, {dst.name})"))
 
     shared = [(n, sa, da) for n, sa, da in shared_networks(topo, src, dst) if da.ipv4 or da.ipv6]
@@ -202,6 +224,8 @@ def analyze(
     pol_detail = decision.text(policy) + f" ({what} on {net.name})"
     if facts.policy_note and policy is None:
         pol_detail = facts.policy_note + ": Docker's rules only"
+    elif facts.policy_stale:
+        pol_detail += f"; but {facts.policy_stale}: the kernel may decide otherwise"
     steps.append(Step("policy", decision.allowed, pol_detail))
     dns_names: tuple[str, ...] = ()
     if with_dns:
@@ -337,8 +361,31 @@ def _hostport(address: str, port: int | None) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def _from_host(topo: Topology, dst_name: str, port: PortRange | None, facts: Facts) -> Analysis:
+def _from_host(
+    topo: Topology,
+    dst_name: str,
+    port: PortRange | None,
+    facts: Facts,
+    src: Container | None = None,
+) -> Analysis:
+    """From the host; or from `src`, a container with network_mode host: it shares the
+    host's network namespace, so it is the host as far as the network goes."""
     steps: list[Step] = []
+    who = "the host"
+    if src is not None:
+        who = f"{src.name} (network_mode host)"
+        if not src.running:
+            detail = f"{src.name} is not running (state {src.state})"
+            steps.append(Step("running", False, detail))
+            return Analysis(src.name, dst_name, port, False, tuple(steps), detail)
+        steps.append(
+            Step(
+                "host_network",
+                True,
+                f"{src.name} uses network_mode host: it shares the host's network namespace, "
+                "so its traffic is the host's",
+            )
+        )
     dst = topo.container(dst_name)
     if dst is None or not dst.running:
         detail = f"no container named {dst_name}" if dst is None else f"{dst.name} is not running"
@@ -387,9 +434,8 @@ def _from_host(topo: Topology, dst_name: str, port: PortRange | None, facts: Fac
         steps.append(listen)
     ok = all(s.ok for s in steps)
     if ok:
-        summary = f"the host can reach {dst.name} ({address})"
+        summary = f"{who} can reach {dst.name} ({address})"
     else:
-        summary = (
-            "the host cannot reach " + dst.name + ": " + next(s.detail for s in steps if not s.ok)
-        )
-    return Analysis(HOST, dst_name, port, ok, tuple(steps), summary, network, address)
+        summary = f"{who} cannot reach {dst.name}: " + next(s.detail for s in steps if not s.ok)
+    name = src.name if src is not None else HOST
+    return Analysis(name, dst_name, port, ok, tuple(steps), summary, network, address)
