@@ -385,22 +385,22 @@ def quick_response(data: bytes) -> tuple[int, int, int, bytes] | None:
 # once a second. A verdict is a pure function of the bytes, so a memo hit is exactly the
 # reader's answer, for the cost of hashing the head. Bounded: cleared when full.
 MEMO_SIZE = 512
-_request_memo: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
-_response_memo: dict[bytes, tuple[int, int, int, bytes] | None] = {}
+REQUEST_MEMO: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
+RESPONSE_MEMO: dict[bytes, tuple[int, int, int, bytes] | None] = {}
 
 
 def quick_request_memo(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     """`quick_request(data)`, remembered."""
     try:
-        return _request_memo[data]
+        return REQUEST_MEMO[data]
     except KeyError:
         pass
     if len(data) > 2048:
         return quick_request(data)
     q = quick_request(data)
-    if len(_request_memo) >= MEMO_SIZE:
-        _request_memo.clear()
-    _request_memo[data] = q
+    if len(REQUEST_MEMO) >= MEMO_SIZE:
+        REQUEST_MEMO.clear()
+    REQUEST_MEMO[data] = q
     return q
 
 
@@ -411,13 +411,13 @@ def quick_response_memo(data: bytes) -> tuple[int, int, int, bytes] | None:
         return None if n < 4 else quick_response(data)
     head = data[:n]
     try:
-        return _response_memo[head]
+        return RESPONSE_MEMO[head]
     except KeyError:
         pass
     q = quick_response(head)
-    if len(_response_memo) >= MEMO_SIZE:
-        _response_memo.clear()
-    _response_memo[head] = q
+    if len(RESPONSE_MEMO) >= MEMO_SIZE:
+        RESPONSE_MEMO.clear()
+    RESPONSE_MEMO[head] = q
     return q
 
 

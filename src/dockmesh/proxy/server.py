@@ -52,6 +52,8 @@ from dockmesh.proxy.stats import Stats
 from dockmesh.resilience.retry import IDEMPOTENT, may_retry
 
 log = logging.getLogger(__name__)
+_REQUEST_MEMO = http1.REQUEST_MEMO
+_RESPONSE_MEMO = http1.RESPONSE_MEMO
 
 SWEEP_S = 0.25
 HIGH_WATER = 256 * 1024
@@ -246,6 +248,8 @@ class ClientConn(asyncio.Protocol):
         "head_started",
         "key",
         "last_active",
+        "last_head",
+        "last_out",
         "paused",
         "pending_body",
         "proxy",
@@ -290,6 +294,8 @@ class ClientConn(asyncio.Protocol):
         self.write_paused = False
         self.client_ip = b""
         self.forwarded = b""
+        self.last_head = b""
+        self.last_out = b""
 
     # --- asyncio callbacks ------------------------------------------------------------------
 
@@ -346,7 +352,7 @@ class ClientConn(asyncio.Protocol):
         state = self.state
         if state == HEAD:
             if not self.buf and p.fast is not None:
-                q = http1.quick_request_memo(data)
+                q = _REQUEST_MEMO.get(data) or http1.quick_request_memo(data)
                 if q is not None:
                     self._quick_request(p.fast, q, data)
                     return
@@ -384,19 +390,25 @@ class ClientConn(asyncio.Protocol):
         req.host = host
         self.req = req
         self.cluster = cluster
-        p._id_counter += 1
-        self.head_out = b"".join(
-            (
-                data[:-2],
-                self.forwarded,
-                b"X-Forwarded-Host: ",
-                host,
-                b"\r\nX-Request-Id: ",
-                p._id_prefix,
-                b"%x" % p._id_counter,
-                b"\r\n\r\n",
+        # A client mostly sends the same head again: its edited form, but for the request
+        # id's counter, is kept from the last time.
+        if data == self.last_head:
+            out = self.last_out
+        else:
+            out = b"".join(
+                (
+                    data[:-2],
+                    self.forwarded,
+                    b"X-Forwarded-Host: ",
+                    host,
+                    b"\r\nX-Request-Id: ",
+                    p._id_prefix,
+                )
             )
-        )
+            self.last_head = data
+            self.last_out = out
+        p._id_counter = counter = p._id_counter + 1
+        self.head_out = out + b"%x\r\n\r\n" % counter
         self.resp_started = False
         cluster.budget.pending += 1
         self.req_done = True
@@ -1045,7 +1057,9 @@ class UpstreamConn(asyncio.Protocol):
             return
         if not self.got_head:
             if not self.buf and self.method != b"HEAD":
-                q = http1.quick_response_memo(data)
+                q = _RESPONSE_MEMO.get(data[: data.find(b"\r\n\r\n") + 4]) or (
+                    http1.quick_response_memo(data)
+                )
                 if (
                     q is not None
                     and len(data) - q[1] == q[2]

@@ -278,5 +278,5 @@ def test_memos_stay_bounded() -> None:
         assert http1.quick_request_memo(head) == (b"GET", f"/{i}".encode(), b"h")
         resp = f"HTTP/1.1 200 OK\r\nX-N: {i}\r\nContent-Length: 0\r\n\r\n".encode()
         assert http1.quick_response_memo(resp) == http1.quick_response(resp)
-    assert len(http1._request_memo) <= http1.MEMO_SIZE
-    assert len(http1._response_memo) <= http1.MEMO_SIZE
+    assert len(http1.REQUEST_MEMO) <= http1.MEMO_SIZE
+    assert len(http1.RESPONSE_MEMO) <= http1.MEMO_SIZE

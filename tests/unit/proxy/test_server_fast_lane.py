@@ -131,3 +131,19 @@ def test_nothing_idle_opens_a_connection_and_nothing_eligible_is_503(
     client.data_received(REQUEST)
     assert _out(client.transport).startswith(b"HTTP/1.1 503 ")
     assert client.state == HEAD
+
+
+def test_a_repeated_head_is_edited_anew_each_time(loop: asyncio.AbstractEventLoop) -> None:
+    _, _, client = _setup(loop)
+    other = REQUEST.replace(b"h.test", b"o.test")
+    sent = []
+    for head in (REQUEST, REQUEST, other, REQUEST):
+        client.data_received(head)
+        conn = client.up
+        assert conn is not None
+        sent.append(cast(FakeTransport, conn.transport).out.pop())
+        conn.data_received(RESPONSE)
+    ids = [s.split(b"X-Request-Id: ")[1].split(b"\r\n")[0] for s in sent]
+    assert len(set(ids)) == 4
+    assert [s.count(b"X-Forwarded-Host: o.test\r\n") for s in sent] == [0, 0, 1, 0]
+    assert all(s.count(b"\r\n\r\n") == 1 and s.endswith(b"\r\n\r\n") for s in sent)
