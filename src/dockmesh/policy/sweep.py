@@ -28,9 +28,9 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from dockmesh.host.icmp import ICMP_ECHO_REPLY, echo_reply, echo_request
 from dockmesh.host.netns import NetnsError, NetnsPool
 
-ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 MAX_IN_FLIGHT = 4096  # TCP sockets open at once
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -48,34 +48,6 @@ class Observed:
     ok: bool
     latency_ms: float | None
     detail: str
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return int(~total & 0xFFFF)
-
-
-def echo_request(ident: int, seq: int) -> bytes:
-    payload = b"dockmesh-matrix."
-    head = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(head + payload), ident, seq) + (
-        payload
-    )
-
-
-def echo_reply(packet: bytes) -> tuple[int, int] | None:
-    """(identifier, sequence) of an IPv4 packet carrying an echo reply."""
-    if len(packet) < 28:
-        return None
-    ihl = (packet[0] & 0x0F) * 4
-    if len(packet) < ihl + 8:
-        return None
-    kind, _, _, ident, seq = struct.unpack("!BBHHH", packet[ihl : ihl + 8])
-    return (ident, seq) if kind == ICMP_ECHO_REPLY else None
 
 
 ICMP_FILTER = 1  # SOL_RAW option: a bit mask of the ICMP types the socket does NOT receive

@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dockmesh.host.icmp import echo_reply as parse_echo_reply
+from dockmesh.host.icmp import echo_request
 from dockmesh.host.netns import NetnsPool
 from dockmesh.host.procnet import parse_net_sockets
 from dockmesh.model.topology import Container, Topology
 
-ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY = 8, 0
 _MAX_HTTP_RESPONSE = 1 << 20
 
 
@@ -86,33 +87,6 @@ def _blocking_sockets(n: int, family: int, kind: int, proto: int) -> list[socket
 def _raw_icmp_socket(pool: NetnsPool, pid: int) -> socket.socket:
     made = pool.run(pid, _blocking_sockets, 1, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     return made[0]
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return int(~total & 0xFFFF)
-
-
-def echo_request(ident: int, seq: int, payload: bytes = b"dockmesh-probe..") -> bytes:
-    head = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(head + payload), ident, seq) + (
-        payload
-    )
-
-
-def parse_echo_reply(packet: bytes) -> tuple[int, int] | None:
-    """(ident, seq) of an IPv4 packet carrying an ICMP echo reply, else None."""
-    if len(packet) < 20:
-        return None
-    ihl = (packet[0] & 0x0F) * 4
-    if len(packet) < ihl + 8:
-        return None
-    kind, _code, _sum, ident, seq = struct.unpack("!BBHHH", packet[ihl : ihl + 8])
-    return (ident, seq) if kind == ICMP_ECHO_REPLY else None
 
 
 def ping_many(
