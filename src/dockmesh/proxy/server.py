@@ -934,6 +934,8 @@ class UpstreamConn(asyncio.Protocol):
         "got_head",
         "idle_since",
         "last_active",
+        "last_head",
+        "last_q",
         "method",
         "out_head",
         "proxy",
@@ -965,6 +967,8 @@ class UpstreamConn(asyncio.Protocol):
         self.started = 0.0
         self.idle_since = 0.0
         self.last_active = 0.0
+        self.last_head = b""
+        self.last_q: tuple[int, int, int, bytes] | None = None
 
     async def connect(self, timeout_s: float) -> None:
         up = self.upstream
@@ -1057,9 +1061,19 @@ class UpstreamConn(asyncio.Protocol):
             return
         if not self.got_head:
             if not self.buf and self.method != b"HEAD":
-                q = _RESPONSE_MEMO.get(data[: data.find(b"\r\n\r\n") + 4]) or (
-                    http1.quick_response_memo(data)
-                )
+                # An upstream repeats its response head (but for Date, once a second): the
+                # verdict on this connection's last head, when `data` starts with it, is the
+                # verdict on `data`'s (a head ends at its first CRLF CRLF).
+                last = self.last_head
+                if last and data.startswith(last):
+                    q = self.last_q
+                else:
+                    q = _RESPONSE_MEMO.get(data[: data.find(b"\r\n\r\n") + 4]) or (
+                        http1.quick_response_memo(data)
+                    )
+                    if q is not None:
+                        self.last_head = data[: q[1]]
+                        self.last_q = q
                 if (
                     q is not None
                     and len(data) - q[1] == q[2]

@@ -147,3 +147,20 @@ def test_a_repeated_head_is_edited_anew_each_time(loop: asyncio.AbstractEventLoo
     assert len(set(ids)) == 4
     assert [s.count(b"X-Forwarded-Host: o.test\r\n") for s in sent] == [0, 0, 1, 0]
     assert all(s.count(b"\r\n\r\n") == 1 and s.endswith(b"\r\n\r\n") for s in sent)
+
+
+def test_a_repeated_response_head_is_judged_by_its_own_bytes(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    _, _, client = _setup(loop)
+    longer = RESPONSE.replace(b"Content-Length: 3", b"Content-Length: 4") + b"!"
+    closing = RESPONSE.replace(b"Connection: keep-alive", b"Connection: close")
+    for resp, keeps in ((RESPONSE, True), (RESPONSE, True), (longer, True), (closing, False)):
+        client.data_received(REQUEST)
+        conn = client.up
+        assert conn is not None
+        conn.data_received(resp)
+        assert client.up is None and (conn in conn.upstream.idle) == keeps
+    out = _out(client.transport)
+    assert out.count(b"HTTP/1.1 200 OK\r\n") == 4 and out.endswith(b"ok\n")
+    assert b"ok\n!" in out and out.count(b"Connection: close\r\n") == 1
