@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from dockmesh.host.icmp import echo_reply, echo_request
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector
 from dockmesh.model.topology import Topology
 from dockmesh.policy.nft import parse_live
 from dockmesh.policy.reach import Analysis, Facts, Listening, Step, analyze, parse_port
-from dockmesh.host.icmp import echo_reply, echo_request
 from tests.unit.policy.topos import container, network, topology
 
 
