@@ -973,9 +973,9 @@ class UpstreamConn(asyncio.Protocol):
     async def connect(self, timeout_s: float) -> None:
         up = self.upstream
         try:
-            await asyncio.wait_for(
-                self.proxy.loop.create_connection(lambda: self, up.host, up.port), timeout_s
-            )
+            # asyncio.timeout, not wait_for: no task of its own (~25 us less per connect).
+            async with asyncio.timeout(timeout_s):
+                await self.proxy.loop.create_connection(lambda: self, up.host, up.port)
         except (OSError, TimeoutError) as e:
             up.connections -= 1
             why = (
