@@ -112,33 +112,22 @@ def derive(
                 initial_status=DOCKER_HEALTH.get(c.health, "critical"),
             )
         )
-    if d.check is not None:
-        if d.check.http is not None:
-            checks.append(
-                CheckSpec(
-                    id=f"service:{iid}",
-                    name=f"HTTP GET {d.check.http}",
-                    kind="http",
-                    service_id=iid,
-                    http=f"http://{address}:{d.port}{d.check.http}",
-                    interval_s=_seconds(d.check.interval),
-                    timeout_s=_seconds(d.check.timeout),
-                    netns_pid=c.pid,
-                )
+    if d.check is not None and (d.check.http is not None or d.check.tcp):
+        target = f"{address}:{d.port}"
+        http = f"http://{target}{d.check.http}" if d.check.http is not None else None
+        checks.append(
+            CheckSpec(
+                id=f"service:{iid}",
+                name=f"HTTP GET {d.check.http}" if http else f"TCP {target}",
+                kind="http" if http else "tcp",
+                service_id=iid,
+                http=http,
+                tcp=None if http else target,
+                interval_s=_seconds(d.check.interval),
+                timeout_s=_seconds(d.check.timeout),
+                netns_pid=c.pid,
             )
-        elif d.check.tcp:
-            checks.append(
-                CheckSpec(
-                    id=f"service:{iid}",
-                    name=f"TCP {address}:{d.port}",
-                    kind="tcp",
-                    service_id=iid,
-                    tcp=f"{address}:{d.port}",
-                    interval_s=_seconds(d.check.interval),
-                    timeout_s=_seconds(d.check.timeout),
-                    netns_pid=c.pid,
-                )
-            )
+        )
     return Derived(inst, tuple(checks)), warnings
 
 
