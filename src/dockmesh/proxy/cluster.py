@@ -95,7 +95,7 @@ class Cluster:
         self.upstreams: dict[str, Upstream] = {}
         self.max_connections_per_upstream = max_connections_per_upstream
         self._eligible: tuple[str, ...] = ()
-        self._degraded = False
+        self.degraded = False
         self.retries = 0
         self.ejections = 0
         # Set by the discovery watch once it has heard from the agent: until then "no
@@ -134,22 +134,29 @@ class Cluster:
         """Something that decides eligibility changed: rebuild the cached choice."""
         ups = self.upstreams
         self._eligible = tuple(a for a, u in ups.items() if u.healthy)
-        self._degraded = bool(self.outlier.ejected()) or any(
+        self.degraded = bool(self.outlier.ejected()) or any(
             u.breaker.state is not BreakerState.CLOSED for u in ups.values()
         )
 
     # --- the hot path ---------------------------------------------------------------------
 
     def eligible(self) -> Sequence[str]:
-        if not self._degraded:
+        if not self.degraded:
             return self._eligible
         self.changed()
-        if not self._degraded:
+        if not self.degraded:
             return self._eligible
         ups, outlier = self.upstreams, self.outlier
         return [
             a for a in self._eligible if ups[a].breaker.would_admit() and not outlier.is_ejected(a)
         ]
+
+    def pick_one(self) -> Upstream | None:
+        """`pick(None)`, the request path's common call, with one call less."""
+        if self.degraded:
+            return self.pick(None)
+        name = self.balancer.pick(self._eligible, None)
+        return None if name is None else self.upstreams[name]
 
     def pick(self, key: bytes | None, tried: Sequence[Upstream] = ()) -> Upstream | None:
         eligible = self.eligible()
@@ -193,7 +200,7 @@ class Cluster:
         else:
             breaker = up.breaker
             if ticket is not None:
-                if self._degraded:
+                if self.degraded:
                     before = breaker.state
                     breaker.success(ticket)
                     if before is not breaker.state:

@@ -385,23 +385,27 @@ def quick_response(data: bytes) -> tuple[int, int, int, bytes] | None:
 # once a second. A verdict is a pure function of the bytes, so a memo hit is exactly the
 # reader's answer, for the cost of hashing the head. Bounded: cleared when full.
 MEMO_SIZE = 512
-REQUEST_MEMO: dict[bytes, tuple[bytes, bytes, bytes] | None] = {}
+REQUEST_MEMO: dict[bytes, RequestHead | None] = {}
 RESPONSE_MEMO: dict[bytes, tuple[int, int, int, bytes] | None] = {}
 
 
-def quick_request_memo(data: bytes) -> tuple[bytes, bytes, bytes] | None:
-    """`quick_request(data)`, remembered."""
+def quick_request_head(data: bytes) -> RequestHead | None:
+    """`quick_request(data)` as a RequestHead, remembered. The head is shared by every
+    request with these bytes: read it, never change it."""
     try:
         return REQUEST_MEMO[data]
     except KeyError:
         pass
-    if len(data) > 2048:
-        return quick_request(data)
     q = quick_request(data)
-    if len(REQUEST_MEMO) >= MEMO_SIZE:
-        REQUEST_MEMO.clear()
-    REQUEST_MEMO[data] = q
-    return q
+    req = None
+    if q is not None:
+        req = RequestHead(q[0], q[1], 1, len(data))
+        req.host = q[2]
+    if len(data) <= 2048:
+        if len(REQUEST_MEMO) >= MEMO_SIZE:
+            REQUEST_MEMO.clear()
+        REQUEST_MEMO[data] = req
+    return req
 
 
 def quick_response_memo(data: bytes) -> tuple[int, int, int, bytes] | None:

@@ -41,6 +41,7 @@ import logging
 import os
 import re
 import socket
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -48,7 +49,7 @@ from typing import Any, cast
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.http1 import ProtocolError
-from dockmesh.proxy.stats import Stats
+from dockmesh.proxy.stats import LATENCY_BUCKETS, Stats
 from dockmesh.resilience.retry import IDEMPOTENT, may_retry
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,32 @@ class Proxy:
         self._sweeper: asyncio.TimerHandle | None = None
         self.now = loop.time()
         self.servers: list[asyncio.AbstractServer] = []
+        # Writes of the fast lane, made at the end of the loop's pass over ready sockets
+        # (`defer`), not one by one as each request is read: a peer woken by the first
+        # then finds the rest waiting, instead of being woken once per request. What is
+        # written or closed any other way first sends what waits here (`settle`), so
+        # bytes on a connection stay in order.
+        self.out: list[tuple[asyncio.Transport, bytes]] = []
+
+    def defer(self, t: asyncio.Transport, data: bytes) -> None:
+        out = self.out
+        if not out:
+            self.loop.call_soon(self.flush)
+        out.append((t, data))
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            self.out = []
+            for t, data in out:
+                if not t.is_closing():
+                    t.write(data)
+
+    def write(self, t: asyncio.Transport, data: bytes) -> None:
+        """A write in order with the deferred ones."""
+        if self.out:
+            self.flush()
+        t.write(data)
 
     @property
     def clusters(self) -> list[Cluster]:
@@ -246,6 +273,7 @@ class ClientConn(asyncio.Protocol):
         "forwarded",
         "head_out",
         "head_started",
+        "keep",
         "key",
         "last_active",
         "last_head",
@@ -273,6 +301,9 @@ class ClientConn(asyncio.Protocol):
         self.buf = b""
         self.state = HEAD
         self.req: http1.RequestHead | None = None
+        # Whether the client connection stays open after this exchange (the request's
+        # wish, then the response's say): the request head itself is never changed.
+        self.keep = True
         self.up: UpstreamConn | None = None
         self.upstream: Upstream | None = None
         self.cluster: Cluster | None = None
@@ -352,7 +383,7 @@ class ClientConn(asyncio.Protocol):
         state = self.state
         if state == HEAD:
             if not self.buf and p.fast is not None:
-                q = _REQUEST_MEMO.get(data) or http1.quick_request_memo(data)
+                q = _REQUEST_MEMO.get(data) or http1.quick_request_head(data)
                 if q is not None:
                     self._quick_request(p.fast, q, data)
                     return
@@ -363,7 +394,7 @@ class ClientConn(asyncio.Protocol):
         elif state == TUNNEL:
             up = self.up
             if up is not None and up.transport is not None:
-                up.transport.write(data)
+                p.write(up.transport, data)
         elif state == WAIT:
             # Pipelined: kept until the current response is done.
             self.buf += data
@@ -374,21 +405,20 @@ class ClientConn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         up = self.up
         if self.state == TUNNEL and up and up.transport and up.transport.can_write_eof():
+            self.proxy.flush()
             up.transport.write_eof()
             return True
         return None
 
     # --- requests ---------------------------------------------------------------------------
 
-    def _quick_request(self, cluster: Cluster, q: tuple[bytes, bytes, bytes], data: bytes) -> None:
+    def _quick_request(self, cluster: Cluster, req: http1.RequestHead, data: bytes) -> None:
         """`_read_heads` for the common request shape (`http1.quick_request`): the same
-        outcome, with less Python on the way."""
-        method, target, host = q
+        outcome, with less Python on the way. `req` is shared (memoized): never changed."""
         p = self.proxy
         self.t0 = p.loop.time()
-        req = http1.RequestHead(method, target, 1, len(data))
-        req.host = host
         self.req = req
+        self.keep = True
         self.cluster = cluster
         # A client mostly sends the same head again: its edited form, but for the request
         # id's counter, is kept from the last time.
@@ -400,7 +430,7 @@ class ClientConn(asyncio.Protocol):
                     data[:-2],
                     self.forwarded,
                     b"X-Forwarded-Host: ",
-                    host,
+                    req.host or b"",
                     b"\r\nX-Request-Id: ",
                     p._id_prefix,
                 )
@@ -416,14 +446,15 @@ class ClientConn(asyncio.Protocol):
         self.state = WAIT
         # `_attempt` and `_send_on` inline for the common case: the pick admits, and has a
         # pooled connection. Anything else takes `_attempt`'s own way from the same point.
-        up = cluster.pick(None)
+        up = cluster.pick_one()
         if up is None:
             self.tried = []
             self.attempts = 0
             self.pending_body = []
             self._fail(503, cluster.no_upstream_reason(), "no_upstream")
             return
-        ticket = up.breaker.admit()
+        breaker = up.breaker
+        ticket = breaker.epoch if breaker.closed else breaker.admit()
         if ticket is None:
             self.tried = []
             self.attempts = 0
@@ -443,16 +474,18 @@ class ClientConn(asyncio.Protocol):
             conn = idle.pop()
             t = conn.transport
             if t is not None and not t.is_closing():
+                # `conn.start`: `release` left it with no head, no response and no bytes.
                 conn.client = self
                 conn.reused = True
-                conn.method = method
-                conn.buf = b""
-                conn.resp = None
-                conn.got_head = False
+                conn.method = req.method
                 conn.started = conn.last_active = p.now
                 self.up = conn
                 self.pending_body = None
-                t.write(self.head_out)
+                # `p.defer(t, self.head_out)`
+                pending = p.out
+                if not pending:
+                    p.loop.call_soon(p.flush)
+                pending.append((t, self.head_out))
                 if self.paused and self.transport is not None:
                     self.paused = False
                     self.transport.resume_reading()
@@ -483,9 +516,11 @@ class ClientConn(asyncio.Protocol):
         if cluster is None:
             self.buf = buf[n:] if len(buf) > n else b""
             self.req = req
+            self.keep = req.keep_alive
             self._local_response(404, f"no route for {req.host!r} {req.target!r}"[:200], "no_route")
             return
         self.req = req
+        self.keep = req.keep_alive
         self.cluster = cluster
         reader = p.key_readers.get(cluster.name)
         self.key = reader.key(head, self.client_ip) if reader is not None else None
@@ -540,7 +575,7 @@ class ClientConn(asyncio.Protocol):
             if self.pending_body is not None:
                 self.pending_body.append(piece)
             elif up is not None and up.transport is not None:
-                up.transport.write(piece)
+                self.proxy.write(up.transport, piece)
         if done:
             self.req_done = True
             if self.state == BODY:
@@ -614,9 +649,9 @@ class ClientConn(asyncio.Protocol):
         assert transport is not None
         pending = self.pending_body
         if pending:
-            transport.write(self.head_out + b"".join(pending))
+            self.proxy.write(transport, self.head_out + b"".join(pending))
         else:
-            transport.write(self.head_out)
+            self.proxy.write(transport, self.head_out)
         if not reused or not self.req_done:
             # Sent on a fresh connection, or a body streams: no replay after this point.
             self.pending_body = None
@@ -743,14 +778,14 @@ class ClientConn(asyncio.Protocol):
         if status == 101:
             self.state = TUNNEL
             conn.tunnel = True
-        keep = req.keep_alive and resp.keep_alive if status != 101 else True
+        keep = self.keep and resp.keep_alive if status != 101 else True
         if conn.framing == UNTIL_CLOSE and status != 101:
             keep = False
         if not self.req_done and status >= 200 and status != 101:
             # Answered before the body was all sent: the rest of the body cannot be framed
             # for the next request on this client connection; close after the response.
             keep = False
-        req.keep_alive = keep
+        self.keep = keep
         added = b""
         if not keep and status != 101:
             added = b"Connection: close\r\n"
@@ -779,9 +814,27 @@ class ClientConn(asyncio.Protocol):
                 balancer.finished(up.addr, now - self.t0)
             ticket = self.ticket
             self.ticket = None
-            cluster.record(up, ticket, status)
-        p.stats.observe(status, now - self.t0)
-        conn.release(True)
+            if status < 500 and ticket is not None and not (cluster.degraded or up.failures_in_row):
+                up.breaker.success(ticket)  # `cluster.record`'s way for a plain success
+            else:
+                cluster.record(up, ticket, status)
+        # `p.stats.observe(status, now - self.t0)`
+        stats = p.stats
+        latency = now - self.t0
+        stats.responses[status] = stats.responses.get(status, 0) + 1
+        stats.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+        stats.latency_sum += latency
+        # `conn.release(True)`
+        t = conn.transport
+        cu = conn.upstream
+        if not cu.removed and t is not None and not t.is_closing():
+            conn.idle_since = p.now
+            conn.got_head = False
+            conn.buf = b""
+            conn.resp = None
+            cu.idle.append(conn)
+        else:
+            conn.close()
         self.state = HEAD
         self.req = None
         if self.paused and self.transport is not None:
@@ -799,7 +852,7 @@ class ClientConn(asyncio.Protocol):
         p.stats.observe(status, now - self.t0)
         conn.release(reusable and self.req_done)
         req = self.req
-        if req is None or not req.keep_alive:
+        if req is None or not self.keep:
             self.close()
             return
         if not self.req_done:
@@ -828,13 +881,14 @@ class ClientConn(asyncio.Protocol):
         if kind is not None:
             self.proxy.stats.reject(kind)
         req = self.req
-        keep = req is not None and req.keep_alive and self.req_done
+        keep = req is not None and self.keep and self.req_done
         if self.transport is None or self.state == CLOSED:
             return
-        self.transport.write(
+        self.proxy.write(
+            self.transport,
             http1.simple_response(
                 status, http1.REASONS.get(status, "Error"), message, close=not keep
-            )
+            ),
         )
         p = self.proxy
         p.stats.observe(status, p.loop.time() - self.t0 if self.t0 else 0.0)
@@ -860,8 +914,9 @@ class ClientConn(asyncio.Protocol):
                 self.abort()
                 return
         if self.transport is not None and self.state != CLOSED:
-            self.transport.write(
-                http1.simple_response(status, http1.REASONS.get(status, "Bad Request"), message)
+            self.proxy.write(
+                self.transport,
+                http1.simple_response(status, http1.REASONS.get(status, "Bad Request"), message),
             )
         self.close()
 
@@ -869,11 +924,13 @@ class ClientConn(asyncio.Protocol):
         if self.state != CLOSED:
             self.state = CLOSED
         if self.transport is not None:
+            self.proxy.flush()
             self.transport.close()
 
     def abort(self) -> None:
         self.state = CLOSED
         if self.transport is not None:
+            self.proxy.flush()
             self.transport.abort()
 
     def check_timeouts(self, now: float, t: Timeouts) -> None:
@@ -1045,6 +1102,7 @@ class UpstreamConn(asyncio.Protocol):
             and c.transport is not None
             and c.transport.can_write_eof()
         ):
+            self.proxy.flush()
             c.transport.write_eof()
             return True
         return None
@@ -1057,7 +1115,7 @@ class UpstreamConn(asyncio.Protocol):
             return
         self.last_active = self.proxy.now
         if self.tunnel:
-            client.transport.write(data)
+            self.proxy.write(client.transport, data)
             return
         if not self.got_head:
             if not self.buf and self.method != b"HEAD":
@@ -1079,13 +1137,16 @@ class UpstreamConn(asyncio.Protocol):
                     and len(data) - q[1] == q[2]
                     and q[0] not in (502, 503, 504)
                     and client.req_done
-                    and client.req is not None
-                    and client.req.keep_alive
+                    and client.keep
                 ):
                     # A whole response in one read, the client keeps its connection: one
                     # write, and the exchange is over.
-                    client.resp_started = True
-                    client.transport.write(q[3] + data[q[1] :])
+                    # `p.defer(client.transport, ...)`; `quick_done` ends the exchange.
+                    p = self.proxy
+                    out = p.out
+                    if not out:
+                        p.loop.call_soon(p.flush)
+                    out.append((client.transport, q[3] + data[q[1] :]))
                     client.quick_done(self, q[0])
                     return
             self._head_data(client, data)
@@ -1112,7 +1173,7 @@ class UpstreamConn(asyncio.Protocol):
             if 100 <= resp.status < 200 and resp.status != 101:
                 # 100 Continue and friends: pass on, and wait for the final response.
                 if client.transport is not None:
-                    client.transport.write(buf[:n])
+                    self.proxy.write(client.transport, buf[:n])
                 buf = buf[n:]
                 if not buf:
                     self.buf = b""
@@ -1140,7 +1201,7 @@ class UpstreamConn(asyncio.Protocol):
             out = self.out_head + rest
             self.out_head = b""
             if client.transport is not None:
-                client.transport.write(out)
+                self.proxy.write(client.transport, out)
             return
         self._body_data(client, rest, 0, self.out_head)
 
@@ -1172,7 +1233,7 @@ class UpstreamConn(asyncio.Protocol):
         piece = data if start == 0 and used == len(data) else data[start : start + used]
         out = prefix + piece if prefix else piece
         if out and client.transport is not None:
-            client.transport.write(out)
+            self.proxy.write(client.transport, out)
         self.out_head = b""
         if done:
             # Bytes after the response on a connection we did not pipeline on: broken.
@@ -1192,6 +1253,8 @@ class UpstreamConn(asyncio.Protocol):
         if reusable and not up.removed and t is not None and not t.is_closing() and not self.tunnel:
             self.idle_since = self.proxy.now
             self.got_head = False
+            self.buf = b""
+            self.resp = None
             up.idle.append(self)
         else:
             self.close()
@@ -1199,6 +1262,7 @@ class UpstreamConn(asyncio.Protocol):
     def close(self) -> None:
         self.client = None
         if self.transport is not None:
+            self.proxy.flush()
             self.transport.close()
 
 

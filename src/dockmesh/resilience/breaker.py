@@ -85,6 +85,7 @@ class CircuitBreaker:
         "_clock",
         "_counts",
         "_state",
+        "closed",
         "consecutive",
         "epoch",
         "open_until",
@@ -99,6 +100,9 @@ class CircuitBreaker:
         self.policy = policy
         self._clock = clock
         self._state = BreakerState.CLOSED
+        # `_state is CLOSED`, kept as a flag a caller can read for nothing: while it holds,
+        # `admit()` is `epoch`.
+        self.closed = True
         self._counts = SlidingCounts(policy.window_s, 10, 2)  # [results, failures]
         self.epoch = 0
         self.consecutive = 0  # failures in a row while closed
@@ -116,6 +120,7 @@ class CircuitBreaker:
 
     def _to(self, state: BreakerState) -> None:
         self._state = state
+        self.closed = state is BreakerState.CLOSED
         self.epoch += 1
         self.probes = 0
         self.successes = 0

@@ -269,14 +269,27 @@ def test_memoised_fast_lanes_answer_as_the_readers(
         assert http1.quick_response_memo(raw) == http1.quick_response(raw)
     request = req("GET /p HTTP/1.1", "Host: h.test", *[f"{k}: {v}" for k, v in fields])
     for raw in (request, request, request + b"x", request[:-2]):
-        assert http1.quick_request_memo(raw) == http1.quick_request(raw)
+        assert _as_tuple(http1.quick_request_head(raw)) == http1.quick_request(raw)
 
 
 def test_memos_stay_bounded() -> None:
     for i in range(3 * http1.MEMO_SIZE):
         head = f"GET /{i} HTTP/1.1\r\nHost: h\r\n\r\n".encode()
-        assert http1.quick_request_memo(head) == (b"GET", f"/{i}".encode(), b"h")
+        assert _as_tuple(http1.quick_request_head(head)) == (b"GET", f"/{i}".encode(), b"h")
         resp = f"HTTP/1.1 200 OK\r\nX-N: {i}\r\nContent-Length: 0\r\n\r\n".encode()
         assert http1.quick_response_memo(resp) == http1.quick_response(resp)
     assert len(http1.REQUEST_MEMO) <= http1.MEMO_SIZE
     assert len(http1.RESPONSE_MEMO) <= http1.MEMO_SIZE
+
+
+def _as_tuple(req: http1.RequestHead | None) -> tuple[bytes, bytes, bytes | None] | None:
+    return None if req is None else (req.method, req.target, req.host)
+
+
+def test_a_memoized_head_reads_as_the_general_reader_would() -> None:
+    raw = req("GET /p?q=1 HTTP/1.1", "Host: h.test", "Accept: */*")
+    quick = http1.quick_request_head(raw)
+    full = http1.parse_request_head(raw, 65536)
+    assert quick is not None and full is not None
+    for name in http1.RequestHead.__slots__:
+        assert getattr(quick, name) == getattr(full, name), name

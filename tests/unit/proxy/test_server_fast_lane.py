@@ -20,12 +20,22 @@ RESPONSE = (
 
 
 class FakeTransport:
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
+    """What was written, as the peer would see it: reading it first sends the proxy's
+    deferred writes, as the end of the loop's pass would."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.written: list[bytes] = []
         self.closed = False
 
+    @property
+    def out(self) -> list[bytes]:
+        self.proxy.flush()
+        return self.written
+
     def write(self, data: bytes) -> None:
-        self.out.append(data)
+        assert not self.closed
+        self.written.append(data)
 
     def is_closing(self) -> bool:
         return self.closed
@@ -62,11 +72,11 @@ def _setup(loop: asyncio.AbstractEventLoop) -> tuple[Proxy, Cluster, ClientConn]
     proxy = Proxy(ProxySettings(routes=[Route(cluster=cluster)]), loop)
     for up in cluster.upstreams.values():
         conn = UpstreamConn(proxy, up)
-        conn.connection_made(cast(Any, FakeTransport()))
+        conn.connection_made(cast(Any, FakeTransport(proxy)))
         up.connections += 1
         up.idle.append(conn)
     client = ClientConn(proxy)
-    client.connection_made(cast(Any, FakeTransport()))
+    client.connection_made(cast(Any, FakeTransport(proxy)))
     return proxy, cluster, client
 
 
@@ -164,3 +174,58 @@ def test_a_repeated_response_head_is_judged_by_its_own_bytes(
     out = _out(client.transport)
     assert out.count(b"HTTP/1.1 200 OK\r\n") == 4 and out.endswith(b"ok\n")
     assert b"ok\n!" in out and out.count(b"Connection: close\r\n") == 1
+
+
+def test_deferred_writes_stay_in_order_with_direct_ones(loop: asyncio.AbstractEventLoop) -> None:
+    """A fast-lane response waits for the end of the loop's pass; a pipelined request the
+    proxy refuses at once is answered after it, never before."""
+    proxy, _, client = _setup(loop)
+    t = cast(FakeTransport, client.transport)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    # The next request arrives while the first waits: kept until its response is done.
+    client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    conn.data_received(RESPONSE)
+    assert proxy.out == [] and t.closed  # the refusal sent what waited, then its own
+    assert len(t.written) == 2
+    assert t.written[0].startswith(b"HTTP/1.1 200 ") and t.written[1].startswith(b"HTTP/1.1 400 ")
+
+
+def test_deferred_writes_go_out_at_the_end_of_the_pass(loop: asyncio.AbstractEventLoop) -> None:
+    proxy, _, client = _setup(loop)
+    t = cast(FakeTransport, client.transport)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    up_t = cast(FakeTransport, conn.transport)
+    assert up_t.written == [] and len(proxy.out) == 1
+    loop.run_until_complete(asyncio.sleep(0))
+    assert len(up_t.written) == 1 and proxy.out == []
+    conn.data_received(RESPONSE)
+    assert t.written == []
+    loop.run_until_complete(asyncio.sleep(0))
+    assert t.written and t.written[0].startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_closing_response_does_not_change_the_shared_head(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The fast lane's request heads are memoized and shared between connections: what a
+    response decides about keep-alive belongs to the connection, not to the head."""
+    proxy, _, client = _setup(loop)
+    closing = RESPONSE.replace(b"Connection: keep-alive", b"Connection: close")
+    client.data_received(REQUEST)
+    shared = client.req
+    conn = client.up
+    assert conn is not None and shared is not None
+    conn.data_received(closing)
+    assert cast(FakeTransport, client.transport).closed and shared.keep_alive
+    other = ClientConn(proxy)
+    other.connection_made(cast(Any, FakeTransport(proxy)))
+    other.data_received(REQUEST)
+    assert other.req is shared and other.keep
+    conn2 = other.up
+    assert conn2 is not None
+    conn2.data_received(RESPONSE)
+    assert not cast(FakeTransport, other.transport).closed and other.state == HEAD
