@@ -64,6 +64,9 @@ MAX_ATTEMPTS = 3
 REMOVED_GRACE_S = 1.0
 
 HEAD, BODY, WAIT, TUNNEL, CLOSED = 0, 1, 2, 3, 4
+# After the proxy ends a client connection, how long the client's further bytes are read and
+# dropped once all was sent (its close is awaited: see `ClientConn.close`).
+LINGER_S = 2.0
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
@@ -83,7 +86,10 @@ class Limits:
     max_head_bytes: int = http1.MAX_HEAD_BYTES
     max_client_connections: int = 10_000
     max_connections_per_upstream: int = 1024
-    max_pipelined_bytes: int = 1024 * 1024
+    # Bytes of requests a client sent ahead while one of its requests is in flight. Past
+    # this (or one head of `max_head_bytes`, if larger), the client is not read until its
+    # exchange ends: the backlog costs a copy per request served from it, so it stays small.
+    max_pipelined_bytes: int = 64 * 1024
 
 
 @dataclass
@@ -270,14 +276,17 @@ class ClientConn(asyncio.Protocol):
         "chunked",
         "client_ip",
         "cluster",
+        "eof",
         "forwarded",
         "head_out",
         "head_started",
+        "in_heads",
         "keep",
         "key",
         "last_active",
         "last_head",
         "last_out",
+        "lingering",
         "paused",
         "pending_body",
         "proxy",
@@ -321,8 +330,11 @@ class ClientConn(asyncio.Protocol):
         self.t0 = 0.0
         self.last_active = proxy.now
         self.head_started = 0.0
-        self.paused = False
-        self.write_paused = False
+        self.paused = False  # reading from the client stopped (`_gate`)
+        self.write_paused = False  # the client does not read its responses fast enough
+        self.eof = False  # the client half-closed: no more requests
+        self.in_heads = False  # `_read_heads` is running
+        self.lingering = 0.0  # when `close` began a lingering close
         self.client_ip = b""
         self.forwarded = b""
         self.last_head = b""
@@ -338,6 +350,7 @@ class ClientConn(asyncio.Protocol):
         p.stats.connections_total += 1
         if len(p.clients) >= p.limits.max_client_connections:
             p.stats.reject("overload")
+            p.stats.responded(503)
             transport.write(
                 http1.simple_response(
                     503, "Service Unavailable", "proxy overloaded: too many connections"
@@ -357,6 +370,9 @@ class ClientConn(asyncio.Protocol):
         p.clients.discard(self)
         prev = self.state
         self.state = CLOSED
+        self._drop_upstream(prev)
+
+    def _drop_upstream(self, prev: int) -> None:
         up = self.up
         if up is not None:
             # The client went away mid-exchange: the upstream connection is in an unknown
@@ -371,11 +387,48 @@ class ClientConn(asyncio.Protocol):
         self.write_paused = True
         if self.up is not None and self.up.transport is not None:
             self.up.transport.pause_reading()
+        # A client that does not read its responses sends no more requests for now.
+        self._gate()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.up is not None and self.up.transport is not None:
             self.up.transport.resume_reading()
+        self._gate()
+
+    def _next(self) -> None:
+        """An exchange ended with the connection kept: the next request sent ahead, if any;
+        after a half-close, the end once nothing whole is left; else reading again."""
+        if self.in_heads:
+            return  # answered from inside `_read_heads`, whose loop goes on
+        if self.buf:
+            self._read_heads()
+        if self.eof and self.state == HEAD:
+            self.close()
+            return
+        if self.paused:
+            self._gate()
+
+    def _gate(self) -> None:
+        """Reads from the client only while it reads its responses, the upstream takes its
+        body, and what it sent ahead is within bounds: a client can make the proxy hold
+        only a bounded number of its bytes."""
+        t = self.transport
+        if t is None or self.state == CLOSED:
+            return
+        limits = self.proxy.limits
+        up = self.up
+        stop = (
+            self.write_paused
+            or (up is not None and up.write_paused)
+            or len(self.buf) > max(limits.max_pipelined_bytes, limits.max_head_bytes + 4)
+        )
+        if stop != self.paused:
+            self.paused = stop
+            if stop:
+                t.pause_reading()
+            else:
+                t.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         p = self.proxy
@@ -389,6 +442,8 @@ class ClientConn(asyncio.Protocol):
                     return
             self.buf = self.buf + data if self.buf else data
             self._read_heads()
+            if len(self.buf) > p.limits.max_pipelined_bytes:
+                self._gate()
         elif state == BODY:
             self._body_data(data, 0)
         elif state == TUNNEL:
@@ -398,9 +453,8 @@ class ClientConn(asyncio.Protocol):
         elif state == WAIT:
             # Pipelined: kept until the current response is done.
             self.buf += data
-            if len(self.buf) > self.proxy.limits.max_pipelined_bytes and self.transport:
-                self.transport.pause_reading()
-                self.paused = True
+            if len(self.buf) > self.proxy.limits.max_pipelined_bytes:
+                self._gate()
 
     def eof_received(self) -> bool | None:
         up = self.up
@@ -408,6 +462,14 @@ class ClientConn(asyncio.Protocol):
             self.proxy.flush()
             up.transport.write_eof()
             return True
+        if self.state == WAIT:
+            # Half-closed after a whole request: its response (and those of whole requests
+            # sent ahead) is still owed; the connection closes once they are sent.
+            self.eof = True
+            return True
+        # Closed by the transport, after what it holds is sent: a response that waits for
+        # the end of this pass goes in first.
+        self.proxy.flush()
         return None
 
     # --- requests ---------------------------------------------------------------------------
@@ -486,9 +548,8 @@ class ClientConn(asyncio.Protocol):
                 if not pending:
                     p.loop.call_soon(p.flush)
                 pending.append((t, self.head_out))
-                if self.paused and self.transport is not None:
-                    self.paused = False
-                    self.transport.resume_reading()
+                if self.paused:
+                    self._gate()
                 if self.write_paused:
                     t.pause_reading()
                 return
@@ -496,17 +557,31 @@ class ClientConn(asyncio.Protocol):
         self._open_for(cluster, up)
 
     def _read_heads(self) -> None:
-        """Starts the exchange for the head at the front of `buf`, if it is complete."""
+        """Starts the exchanges for the heads at the front of `buf`: one, and the next ones
+        while each is answered at once (a response of the proxy's own). A loop, not a
+        recursion: one called from inside it returns, and the loop goes on."""
+        if self.in_heads:
+            return
+        self.in_heads = True
+        try:
+            while self.buf and self.state == HEAD and self._read_head():
+                pass
+        finally:
+            self.in_heads = False
+
+    def _read_head(self) -> bool:
+        """Starts the exchange for the head at the front of `buf`; False while the head is
+        incomplete."""
         buf = self.buf
         try:
             req = http1.parse_request_head(buf, self.proxy.limits.max_head_bytes)
         except ProtocolError as e:
             self._refuse(e.status, str(e))
-            return
+            return True
         if req is None:
             if not self.head_started:
                 self.head_started = self.proxy.now
-            return
+            return False
         self.head_started = 0.0
         p = self.proxy
         self.t0 = p.loop.time()
@@ -518,7 +593,7 @@ class ClientConn(asyncio.Protocol):
             self.req = req
             self.keep = req.keep_alive
             self._local_response(404, f"no route for {req.host!r} {req.target!r}"[:200], "no_route")
-            return
+            return True
         self.req = req
         self.keep = req.keep_alive
         self.cluster = cluster
@@ -546,14 +621,18 @@ class ClientConn(asyncio.Protocol):
         self.replayable = self.req_done
         self.pending_body = []
         rest = buf[n:] if len(buf) > n else b""
-        self.buf = b""
-        self.state = BODY if not self.req_done else WAIT
-        self._attempt()
-        if rest:
-            if self.state == BODY:
+        if self.req_done:
+            # What follows is requests sent ahead: kept while this one is in flight.
+            self.buf = rest
+            self.state = WAIT
+            self._attempt()
+        else:
+            self.buf = b""
+            self.state = BODY
+            self._attempt()
+            if rest and self.state == BODY:
                 self._body_data(rest, 0)
-            else:
-                self.buf = rest
+        return True
 
     def _body_data(self, data: bytes, start: int) -> None:
         """Request body bytes: forward what belongs to the body, keep what follows it."""
@@ -659,9 +738,8 @@ class ClientConn(asyncio.Protocol):
                 self.replayable = False
         else:
             self.pending_body = None
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
+        if self.paused:
+            self._gate()
         if self.write_paused:
             transport.pause_reading()
 
@@ -729,7 +807,7 @@ class ClientConn(asyncio.Protocol):
             self.proxy.stats.retried(kind)
             self._attempt()
             return
-        upstream = self.upstream.addr if self.upstream else "?"
+        upstream = self.tried[-1].addr if self.tried else "?"
         self._fail(code, f"{why} ({upstream})", kind)
 
     def _end_attempt(self, status: int | None, now: float = 0.0) -> None:
@@ -837,11 +915,8 @@ class ClientConn(asyncio.Protocol):
             conn.close()
         self.state = HEAD
         self.req = None
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-        if self.buf:
-            self._read_heads()
+        if self.buf or self.eof or self.paused:
+            self._next()
 
     def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
         self.up = None
@@ -860,11 +935,8 @@ class ClientConn(asyncio.Protocol):
             return
         self.state = HEAD
         self.req = None
-        if self.paused and self.transport is not None:
-            self.paused = False
-            self.transport.resume_reading()
-        if self.buf:
-            self._read_heads()
+        if self.buf or self.eof or self.paused:
+            self._next()
 
     # --- answers of our own -----------------------------------------------------------------
 
@@ -897,8 +969,8 @@ class ClientConn(asyncio.Protocol):
             return
         self.state = HEAD
         self.req = None
-        if self.buf:
-            self._read_heads()
+        if self.buf or self.eof or self.paused:
+            self._next()
 
     def _refuse(self, status: int, message: str, mid_exchange: bool = False) -> None:
         """A client that broke the protocol: answer and close, never forward further."""
@@ -918,14 +990,33 @@ class ClientConn(asyncio.Protocol):
                 self.transport,
                 http1.simple_response(status, http1.REASONS.get(status, "Bad Request"), message),
             )
+            self.proxy.stats.responded(status)
         self.close()
 
     def close(self) -> None:
-        if self.state != CLOSED:
-            self.state = CLOSED
-        if self.transport is not None:
-            self.proxy.flush()
-            self.transport.close()
+        """Ends the connection once what was written is sent. A lingering close, as nginx's:
+        closing a socket with bytes of the client's still unread (requests it sent ahead)
+        makes the kernel reset the connection and drop what it has not sent yet, the end of
+        the last response. So: FIN after what is written, then the client's bytes are read
+        and dropped until it closes too, for `LINGER_S` once all is sent (and `idle_s` in
+        all, for a client that does not read)."""
+        prev = self.state
+        self.state = CLOSED
+        self._drop_upstream(prev)
+        t = self.transport
+        if t is None:
+            return
+        self.proxy.flush()
+        if self.lingering or t.is_closing():
+            return
+        if t.can_write_eof():
+            t.write_eof()
+            self.lingering = self.proxy.loop.time()
+            if self.paused:
+                self.paused = False
+                t.resume_reading()
+        else:
+            t.close()
 
     def abort(self) -> None:
         self.state = CLOSED
@@ -935,7 +1026,18 @@ class ClientConn(asyncio.Protocol):
 
     def check_timeouts(self, now: float, t: Timeouts) -> None:
         state = self.state
-        if state == HEAD:
+        if state == CLOSED:
+            tr = self.transport
+            if not self.lingering or tr is None:
+                return
+            if now - self.lingering > t.idle_s:
+                tr.abort()
+            elif (
+                tr.get_write_buffer_size() == 0
+                and now - max(self.lingering, self.last_active) > LINGER_S
+            ):
+                tr.close()
+        elif state == HEAD:
             if self.head_started and now - self.head_started > t.client_header_s:
                 self.proxy.stats.reject("client_timeout")
                 self._refuse(408, "the request head took too long")
@@ -1003,6 +1105,7 @@ class UpstreamConn(asyncio.Protocol):
         "transport",
         "tunnel",
         "upstream",
+        "write_paused",
     )
 
     def __init__(self, proxy: Proxy, upstream: Upstream) -> None:
@@ -1019,6 +1122,7 @@ class UpstreamConn(asyncio.Protocol):
         self.reused = False
         self.reusable = True
         self.tunnel = False
+        self.write_paused = False
         self.method = b"GET"
         self.out_head = b""
         self.started = 0.0
@@ -1085,14 +1189,17 @@ class UpstreamConn(asyncio.Protocol):
             client.upstream_lost(self, before_response=not self.got_head)
 
     def pause_writing(self) -> None:
+        # The upstream does not take the request body as fast as the client sends it.
+        self.write_paused = True
         c = self.client
-        if c is not None and c.transport is not None:
-            c.transport.pause_reading()
+        if c is not None:
+            c._gate()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         c = self.client
-        if c is not None and c.transport is not None and not c.paused:
-            c.transport.resume_reading()
+        if c is not None:
+            c._gate()
 
     def eof_received(self) -> bool | None:
         c = self.client
@@ -1138,6 +1245,8 @@ class UpstreamConn(asyncio.Protocol):
                     and q[0] not in (502, 503, 504)
                     and client.req_done
                     and client.keep
+                    and client.req is not None
+                    and client.req.minor
                 ):
                     # A whole response in one read, the client keeps its connection: one
                     # write, and the exchange is over.
@@ -1202,6 +1311,11 @@ class UpstreamConn(asyncio.Protocol):
             self.out_head = b""
             if client.transport is not None:
                 self.proxy.write(client.transport, out)
+            if client.buf and self.transport is not None:
+                # Sent by the client after its Upgrade request, before the 101: the tunnel's.
+                self.proxy.write(self.transport, client.buf)
+                client.buf = b""
+                client._gate()
             return
         self._body_data(client, rest, 0, self.out_head)
 
@@ -1251,6 +1365,8 @@ class UpstreamConn(asyncio.Protocol):
         up = self.upstream
         t = self.transport
         if reusable and not up.removed and t is not None and not t.is_closing() and not self.tunnel:
+            if not t.is_reading():
+                t.resume_reading()  # paused for a slow client: pooled, it must read again
             self.idle_since = self.proxy.now
             self.got_head = False
             self.buf = b""

@@ -37,6 +37,10 @@ class Stats:
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, latency_s)] += 1
         self.latency_sum += latency_s
 
+    def responded(self, status: int) -> None:
+        """A response of the proxy's own outside any timed exchange (a refusal)."""
+        self.responses[status] = self.responses.get(status, 0) + 1
+
     def retried(self, reason: str) -> None:
         self.retries[reason] = self.retries.get(reason, 0) + 1
 

@@ -46,17 +46,29 @@ class FakeTransport:
     def abort(self) -> None:
         self.closed = True
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        # The proxy's end of a connection (a lingering close): nothing is written after it.
+        self.closed = True
+
     def set_write_buffer_limits(self, high: int, low: int) -> None:
         pass
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("10.0.0.9", 4242) if name == "peername" else default
 
+    reading = True
+
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
+
+    def is_reading(self) -> bool:
+        return self.reading
 
 
 @pytest.fixture
@@ -229,3 +241,91 @@ def test_a_closing_response_does_not_change_the_shared_head(
     assert conn2 is not None
     conn2.data_received(RESPONSE)
     assert not cast(FakeTransport, other.transport).closed and other.state == HEAD
+
+
+def test_a_half_closed_client_gets_its_response_then_the_connection_closes(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    _, _, client = _setup(loop)
+    t = cast(FakeTransport, client.transport)
+    client.data_received(REQUEST)
+    assert client.eof_received() is True  # kept open for writing
+    conn = client.up
+    assert conn is not None
+    conn.data_received(RESPONSE)
+    assert t.closed and t.written and t.written[0].startswith(b"HTTP/1.1 200 ")
+    # Half-closed with nothing in flight: closed at once.
+    _, _, idle = _setup(loop)
+    assert idle.eof_received() is None
+
+
+def test_a_client_that_sends_ahead_without_reading_is_not_read_past_the_bound(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, _, client = _setup(loop)
+    t = cast(FakeTransport, client.transport)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    chunk = REQUEST * 1000
+    while t.reading:
+        client.data_received(chunk)
+    bound = max(proxy.limits.max_pipelined_bytes, proxy.limits.max_head_bytes + 4)
+    assert bound < len(client.buf) <= bound + len(chunk)
+    # A client that stops reading its responses is not read either.
+    conn.data_received(RESPONSE)
+    assert t.reading is False or len(client.buf) <= bound
+    client.pause_writing()
+    assert t.reading is False
+    client.resume_writing()
+
+
+def test_bytes_sent_after_an_upgrade_request_go_through_the_tunnel(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    _, _, client = _setup(loop)
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    client.data_received(upgrade)
+    conn = client.up
+    assert conn is not None
+    up_t = cast(FakeTransport, conn.transport)
+    client.data_received(b"early;")
+    conn.data_received(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    client.data_received(b"late;")
+    sent = b"".join(up_t.out)
+    assert sent.endswith(b"early;late;") and client.buf == b""
+
+
+def test_refusals_count_as_responses(loop: asyncio.AbstractEventLoop) -> None:
+    proxy, _, client = _setup(loop)
+    client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert proxy.stats.responses == {400: 1}
+
+
+def test_an_http10_keep_alive_response_says_so(loop: asyncio.AbstractEventLoop) -> None:
+    _, _, client = _setup(loop)
+    t = cast(FakeTransport, client.transport)
+    client.data_received(b"GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
+    conn = client.up
+    assert conn is not None
+    conn.data_received(RESPONSE)
+    out = b"".join(t.out)
+    assert b"Connection: keep-alive\r\n" in out and not t.closed
+
+
+def test_requests_sent_ahead_and_answered_at_once_are_served_in_a_loop(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Thousands of requests in one read, each answered by the proxy itself (no healthy
+    upstream): all answered, in order, without a recursion per request."""
+    proxy, cluster, client = _setup(loop)
+    for up in cluster.upstreams.values():
+        cluster.set_healthy(up, False)
+    head = b"GET /x HTTP/1.1\r\nHost: h\r\nX-Pad: 1\r\n\r\n"
+    n = 1500
+    client.data_received(head * n)
+    out = b"".join(cast(FakeTransport, client.transport).out)
+    assert out.count(b"HTTP/1.1 503 ") == n and client.buf == b"" and client.state == HEAD
+    assert proxy.stats.responses == {503: n}
