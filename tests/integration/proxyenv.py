@@ -63,6 +63,8 @@ class Handler(BaseHTTPRequestHandler):
         n = self._body_length()
         if self.path.startswith("/status/"):
             self._send(int(self.path.split("/")[2]), b"as asked\n", "text/plain")
+        elif self.path.startswith("/big/"):
+            self._send(200, b"b" * int(self.path.split("/")[2]), "text/plain")
         elif self.path == "/stream":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")

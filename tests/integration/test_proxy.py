@@ -9,6 +9,7 @@ import http.client
 import json
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,3 +297,71 @@ def test_follows_the_agent_catalog(api: Any, prefix: str, tmp_path: Path, toolbo
         if proxy is not None:
             proxy.stop()
         agent.stop()
+
+
+def _read_all(s: socket.socket, timeout: float = 20.0) -> bytes:
+    s.settimeout(timeout)
+    got = bytearray()
+    while chunk := s.recv(1 << 20):
+        got += chunk
+    return bytes(got)
+
+
+def test_a_close_never_cuts_the_last_response_short(proxy: ProxyProc) -> None:
+    """The proxy ends a connection (`Connection: close`) while the client has sent more
+    than the proxy reads ahead and has not read the 4 MB answer before it: a plain close
+    would reset the connection and drop what the kernel had not sent yet. Lingering
+    close: all of it arrives, then the end."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        ahead = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 100_000  # 2.7 MB, past any bound
+        s.sendall(
+            b"GET /big/4000000 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" + ahead
+        )
+        time.sleep(1.0)  # not reading: the proxy's writes wait in the buffers
+        out = _read_all(s)
+    assert out.count(b"HTTP/1.1 200 ") == 2
+    assert out.count(b"b" * 1000) >= 3999  # the whole big body
+    assert out.rstrip().endswith(b"}")  # the second answer is whole, and the last
+
+
+def test_a_half_closed_client_gets_its_answer(proxy: ProxyProc) -> None:
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.shutdown(socket.SHUT_WR)
+            out = _read_all(s)
+        assert out.startswith(b"HTTP/1.1 200 ") and out.rstrip().endswith(b"}")
+
+
+def test_a_client_that_sends_ahead_without_reading_is_held_to_a_bound(
+    proxy: ProxyProc,
+) -> None:
+    """Requests for 100 KB answers, sent ahead for seconds by a client that reads nothing:
+    the proxy reads no more of them than its bound, and none while the client does not
+    read its answers."""
+
+    def rss_kb() -> int:
+        for line in Path(f"/proc/{proxy.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    before = rss_kb()
+    req = b"GET /big/100000 HTTP/1.1\r\nHost: x\r\n\r\n" * 100
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(req)
+            except BlockingIOError:
+                time.sleep(0.01)
+        grown = rss_kb() - before
+    # The proxy stopped reading: what was sent waits in the kernel's buffers (seen: 4.5 MB
+    # sent, 0.6 MB grown; before the bound, 20 MB sent and 13 MB grown in the same 5 s).
+    assert sent < 12_000_000, f"{sent} bytes sent"
+    assert grown < 8_000, f"proxy grew by {grown} kB"
+    with urlopen(proxy.url + "/") as r:
+        assert r.status == 200
