@@ -165,23 +165,29 @@ class Proxy:
         # Writes of the fast lane, made at the end of the loop's pass over ready sockets
         # (`defer`), not one by one as each request is read: a peer woken by the first
         # then finds the rest waiting, instead of being woken once per request. What is
-        # written or closed any other way first sends what waits here (`settle`), so
-        # bytes on a connection stay in order.
-        self.out: list[tuple[asyncio.Transport, bytes]] = []
+        # written or closed any other way first sends what waits here (`write`, `flush`),
+        # so bytes on a connection stay in order. Entries: (transport, bytes, the upstream
+        # connection when it is a request).
+        self.out: list[tuple[asyncio.Transport, bytes, UpstreamConn | None]] = []
 
-    def defer(self, t: asyncio.Transport, data: bytes) -> None:
+    def defer(self, t: asyncio.Transport, data: bytes, conn: UpstreamConn | None) -> None:
+        """(The fast lane inlines this.)"""
         out = self.out
         if not out:
             self.loop.call_soon(self.flush)
-        out.append((t, data))
+        out.append((t, data, conn))
 
     def flush(self) -> None:
         out = self.out
         if out:
             self.out = []
-            for t, data in out:
+            for t, data, conn in out:
                 if not t.is_closing():
                     t.write(data)
+                elif conn is not None:
+                    # The upstream closed the pooled connection in the same pass: the
+                    # request never went out, so it may go elsewhere whatever its method.
+                    conn.unsent = True
 
     def write(self, t: asyncio.Transport, data: bytes) -> None:
         """A write in order with the deferred ones."""
@@ -543,11 +549,11 @@ class ClientConn(asyncio.Protocol):
                 conn.started = conn.last_active = p.now
                 self.up = conn
                 self.pending_body = None
-                # `p.defer(t, self.head_out)`
+                # `p.defer(t, self.head_out, conn)`
                 pending = p.out
                 if not pending:
                     p.loop.call_soon(p.flush)
-                pending.append((t, self.head_out))
+                pending.append((t, self.head_out, conn))
                 if self.paused:
                     self._gate()
                 if self.write_paused:
@@ -770,7 +776,7 @@ class ClientConn(asyncio.Protocol):
             self._end_attempt(None)
             self.abort()  # a response cut short: the client must see it was
             return
-        if conn.reused and self.req is not None and self.req.method in IDEMPOTENT:
+        if conn.reused and self.req is not None and (conn.unsent or self.req.method in IDEMPOTENT):
             # A pooled connection the upstream had just closed: not the upstream's failure.
             self._end_attempt(-1)
             self.proxy.stats.retried("stale_connection")
@@ -1104,6 +1110,7 @@ class UpstreamConn(asyncio.Protocol):
         "started",
         "transport",
         "tunnel",
+        "unsent",
         "upstream",
         "write_paused",
     )
@@ -1123,6 +1130,7 @@ class UpstreamConn(asyncio.Protocol):
         self.reusable = True
         self.tunnel = False
         self.write_paused = False
+        self.unsent = False  # its request was dropped unsent: it closed first (`flush`)
         self.method = b"GET"
         self.out_head = b""
         self.started = 0.0
@@ -1250,12 +1258,12 @@ class UpstreamConn(asyncio.Protocol):
                 ):
                     # A whole response in one read, the client keeps its connection: one
                     # write, and the exchange is over.
-                    # `p.defer(client.transport, ...)`; `quick_done` ends the exchange.
+                    # `p.defer(client.transport, ..., None)`; `quick_done` ends the exchange.
                     p = self.proxy
                     out = p.out
                     if not out:
                         p.loop.call_soon(p.flush)
-                    out.append((client.transport, q[3] + data[q[1] :]))
+                    out.append((client.transport, q[3] + data[q[1] :], None))
                     client.quick_done(self, q[0])
                     return
             self._head_data(client, data)

@@ -329,3 +329,26 @@ def test_requests_sent_ahead_and_answered_at_once_are_served_in_a_loop(
     out = b"".join(cast(FakeTransport, client.transport).out)
     assert out.count(b"HTTP/1.1 503 ") == n and client.buf == b"" and client.state == HEAD
     assert proxy.stats.responses == {503: n}
+
+
+def test_a_request_dropped_unsent_goes_elsewhere_whatever_its_method(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The upstream closed the pooled connection in the same pass as the request was read:
+    the deferred write finds it closing and drops it, so even a POST is safe to send on
+    another connection."""
+    proxy, _, client = _setup(loop)
+    client.data_received(b"POST /p HTTP/1.1\r\nHost: h\r\n\r\n")
+    first = client.up
+    assert first is not None
+    cast(FakeTransport, first.transport).closed = True  # its FIN came in this pass
+    proxy.flush()
+    assert first.unsent
+    first.connection_lost(None)
+    second = client.up
+    assert second is not None and second is not first
+    sent = b"".join(cast(FakeTransport, second.transport).out)
+    assert sent.startswith(b"POST /p HTTP/1.1\r\n")
+    second.data_received(RESPONSE)
+    assert b"".join(cast(FakeTransport, client.transport).out).startswith(b"HTTP/1.1 200 ")
+    assert proxy.stats.retries == {"stale_connection": 1}
