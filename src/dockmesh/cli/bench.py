@@ -8,8 +8,15 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from dockmesh.cli.common import EngineOpt, JsonOpt, UserError, handle_errors, out, print_json
-from dockmesh.cli.observe import load_topology
+from dockmesh.cli.common import (
+    EngineOpt,
+    JsonOpt,
+    UserError,
+    handle_errors,
+    load_topology,
+    out,
+    print_json,
+)
 from dockmesh.model.topology import Container
 
 app = typer.Typer(

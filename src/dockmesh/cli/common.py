@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.console import Console
 from dockmesh.engine.backend import EngineBackend, EngineRef, parse_engine_refs
 from dockmesh.errors import BuildError, EngineError, Interrupted, SpecError, UsageError
 from dockmesh.projectfile.problems import visible
+
+if TYPE_CHECKING:
+    from dockmesh.model.topology import Topology
 
 # Names, values and file names come from users: `:smile:` in them must stay text, not turn
 # into an emoji (markup is off where they are printed: `[bold]` stays text too).
@@ -102,6 +105,20 @@ def connect(values: list[str] | None) -> list[EngineBackend]:
     from dockmesh.engine.docker import DockerBackend
 
     return [DockerBackend(r) for r in engine_refs(values)]
+
+
+def load_topology(engine: list[str] | None) -> Topology:
+    """From a running agent when one answers (and no --engine was given), else the engines."""
+    if not engine:
+        from dockmesh.agentclient import agent_topology
+
+        topo = agent_topology()
+        if topo is not None:
+            return topo
+    from dockmesh.model.topology import build_topology
+
+    clients = connect(engine)
+    return build_topology([c.snapshot() for c in clients], version=1)
 
 
 def print_json(doc: Any) -> None:

@@ -10,8 +10,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from dockmesh.cli.common import EngineOpt, JsonOpt, UserError, handle_errors, out, print_json
-from dockmesh.cli.observe import load_topology
+from dockmesh.cli.common import (
+    EngineOpt,
+    JsonOpt,
+    UserError,
+    handle_errors,
+    load_topology,
+    out,
+    print_json,
+)
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 

@@ -11,9 +11,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from dockmesh.cli.common import EngineOpt, JsonOpt, UserError, connect, handle_errors, out
+from dockmesh.cli.common import (
+    EngineOpt,
+    JsonOpt,
+    UserError,
+    handle_errors,
+    load_topology,
+    out,
+)
 from dockmesh.cli.common import print_json as print_json
-from dockmesh.model.topology import Topology, build_topology
 
 if TYPE_CHECKING:
     from dockmesh.observe.counters import ContainerStats
@@ -21,18 +27,6 @@ if TYPE_CHECKING:
     from dockmesh.observe.rates import RateRow
 
 log = logging.getLogger(__name__)
-
-
-def load_topology(engine: list[str] | None) -> Topology:
-    """From a running agent when one answers (and no --engine was given), else the engines."""
-    if not engine:
-        from dockmesh.agentclient import agent_topology
-
-        topo = agent_topology()
-        if topo is not None:
-            return topo
-    clients = connect(engine)
-    return build_topology([c.snapshot() for c in clients], version=1)
 
 
 def _human_bytes(n: float) -> str:

@@ -14,8 +14,8 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
-    connect,
     handle_errors,
+    load_topology,
     out,
     print_json,
 )
@@ -27,7 +27,7 @@ from dockmesh.model.policy import (
     policy_file_problems,
     policy_file_section,
 )
-from dockmesh.model.topology import Topology, build_topology
+from dockmesh.model.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,6 @@ TableOpt = Annotated[
         help="The nftables table (inet family) to use: $DOCKMESH_POLICY_TABLE, else dockmesh.",
     ),
 ]
-
-
-def load_topology(engine: list[str] | None) -> Topology:
-    """From a running agent when one answers (and no --engine is given), else the engines."""
-    if not engine:
-        from dockmesh.agentclient import agent_topology
-
-        topo = agent_topology()
-        if topo is not None:
-            return topo
-    clients = connect(engine)
-    return build_topology([c.snapshot() for c in clients], version=1)
 
 
 def read_policy_file(path: str) -> tuple[Policy, bool]:

@@ -16,6 +16,7 @@ from dockmesh.cli.common import (
     JsonOpt,
     UserError,
     handle_errors,
+    load_topology,
     out,
     print_json,
 )
@@ -23,7 +24,6 @@ from dockmesh.cli.policy import (
     TableOpt,
     _table,
     applied_policy,
-    load_topology,
     policy_staleness,
 )
 from dockmesh.model.policy import PortRange, Selector, parse_selector_arg
