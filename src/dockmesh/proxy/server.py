@@ -41,7 +41,6 @@ import logging
 import os
 import re
 import socket
-from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -49,7 +48,7 @@ from typing import Any, cast
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.http1 import ProtocolError
-from dockmesh.proxy.stats import LATENCY_BUCKETS, Stats
+from dockmesh.proxy.stats import Stats
 from dockmesh.resilience.retry import IDEMPOTENT, may_retry
 
 log = logging.getLogger(__name__)
@@ -163,19 +162,12 @@ class Proxy:
         self.now = loop.time()
         self.servers: list[asyncio.AbstractServer] = []
         # Writes of the fast lane, made at the end of the loop's pass over ready sockets
-        # (`defer`), not one by one as each request is read: a peer woken by the first
-        # then finds the rest waiting, instead of being woken once per request. What is
-        # written or closed any other way first sends what waits here (`write`, `flush`),
-        # so bytes on a connection stay in order. Entries: (transport, bytes, the upstream
-        # connection when it is a request).
+        # (appended here; the first schedules `flush`), not one by one as each request is
+        # read: a peer woken by the first then finds the rest waiting, instead of being
+        # woken once per request. What is written or closed any other way first sends what
+        # waits here (`write`, `flush`), so bytes on a connection stay in order. Entries:
+        # (transport, bytes, the upstream connection when it is a request).
         self.out: list[tuple[asyncio.Transport, bytes, UpstreamConn | None]] = []
-
-    def defer(self, t: asyncio.Transport, data: bytes, conn: UpstreamConn | None) -> None:
-        """(The fast lane inlines this.)"""
-        out = self.out
-        if not out:
-            self.loop.call_soon(self.flush)
-        out.append((t, data, conn))
 
     def flush(self) -> None:
         out = self.out
@@ -549,7 +541,7 @@ class ClientConn(asyncio.Protocol):
                 conn.started = conn.last_active = p.now
                 self.up = conn
                 self.pending_body = None
-                # `p.defer(t, self.head_out, conn)`
+                # Deferred (`Proxy.out`).
                 pending = p.out
                 if not pending:
                     p.loop.call_soon(p.flush)
@@ -902,23 +894,8 @@ class ClientConn(asyncio.Protocol):
                 up.breaker.success(ticket)  # `cluster.record`'s way for a plain success
             else:
                 cluster.record(up, ticket, status)
-        # `p.stats.observe(status, now - self.t0)`
-        stats = p.stats
-        latency = now - self.t0
-        stats.responses[status] = stats.responses.get(status, 0) + 1
-        stats.latency_counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
-        stats.latency_sum += latency
-        # `conn.release(True)`
-        t = conn.transport
-        cu = conn.upstream
-        if not cu.removed and t is not None and not t.is_closing():
-            conn.idle_since = p.now
-            conn.got_head = False
-            conn.buf = b""
-            conn.resp = None
-            cu.idle.append(conn)
-        else:
-            conn.close()
+        p.stats.observe(status, now - self.t0)
+        conn.release(True)
         self.state = HEAD
         self.req = None
         if self.buf or self.eof or self.paused:
@@ -1258,12 +1235,12 @@ class UpstreamConn(asyncio.Protocol):
                 ):
                     # A whole response in one read, the client keeps its connection: one
                     # write, and the exchange is over.
-                    # `p.defer(client.transport, ..., None)`; `quick_done` ends the exchange.
+                    # Deferred (`Proxy.out`); `quick_done` ends the exchange.
                     p = self.proxy
-                    out = p.out
-                    if not out:
+                    pending = p.out
+                    if not pending:
                         p.loop.call_soon(p.flush)
-                    out.append((client.transport, q[3] + data[q[1] :], None))
+                    pending.append((client.transport, q[3] + data[q[1] :], None))
                     client.quick_done(self, q[0])
                     return
             self._head_data(client, data)
