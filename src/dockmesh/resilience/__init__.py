@@ -19,7 +19,7 @@ from dockmesh.resilience.breaker import (
     CircuitBreaker,
 )
 from dockmesh.resilience.outlier import OutlierDetector, OutlierPolicy
-from dockmesh.resilience.retry import RetryBudget, may_retry
+from dockmesh.resilience.retry import RetryBudget, after_failure, may_retry
 
 __all__ = [
     "Balancer",
@@ -35,6 +35,7 @@ __all__ = [
     "RetryBudget",
     "RoundRobin",
     "SmoothWeighted",
+    "after_failure",
     "make_balancer",
     "may_retry",
 ]

@@ -135,8 +135,7 @@ class CircuitBreaker:
 
     def admit(self) -> Ticket | None:
         """A ticket when the call may go ahead, None when it is refused."""
-        state = self._state
-        if state is BreakerState.CLOSED:
+        if self.closed:  # first, and a flag: the request path's common case costs little
             return self.epoch
         if self.state is BreakerState.HALF_OPEN and self.probes < self.policy.half_open_probes:
             self.probes += 1
@@ -153,7 +152,7 @@ class CircuitBreaker:
     def success(self, ticket: Ticket) -> None:
         if ticket != self.epoch:
             return
-        if self._state is BreakerState.CLOSED:
+        if self.closed:
             self.consecutive = 0
             self.pending_ok += 1
         elif self._state is BreakerState.HALF_OPEN:

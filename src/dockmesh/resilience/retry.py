@@ -1,5 +1,5 @@
-"""When a failed request may be tried again: the safety rule and the budget. Pure; the clock
-is injected.
+"""When a failed request may be tried again: the safety rule, what follows a failed attempt,
+and the budget. Pure; the clock is injected.
 
 The rule (`may_retry`): a request that never reached an upstream (the connection was refused
 or timed out, or a breaker refused it) may always be sent elsewhere: nothing was done. One that
@@ -7,6 +7,17 @@ reached an upstream is retried only when its method is idempotent (RFC 9110 9.2.
 no answer came at all (the connection closed or broke before the first byte of a response:
 `status` None) or the answer was 502, 503 or 504 — a gateway's "I did not do it" — and only
 while its body can be sent again (the caller knows: a streamed body cannot).
+
+What follows a failed attempt (`after_failure`) is the rule plus the facts of the attempt:
+
+- RESEND: the attempt went out on a pooled connection that the upstream had closed before
+  answering (`stale`): the pool's age, not the upstream's failure. The request goes again on
+  another connection, outside the budget and the attempt count, when all of it can be sent
+  again and either it never left (`unsent`: the connection was closing when it was written)
+  or its method is idempotent.
+- RETRY: `may_retry` says it is safe, fewer than `max_attempts` attempts were made, and for
+  an answer (a status) another upstream exists to ask. The caller then asks the budget.
+- FAIL: anything else.
 
 The budget (`RetryBudget`), as Envoy's and Linkerd's: retries may add at most `ratio` of the
 requests seen over the last `window_s`, plus `min_per_s` retries a second so a quiet service can
@@ -23,12 +34,37 @@ from dockmesh.resilience.window import SlidingCounts
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 RETRYABLE_STATUSES = frozenset((502, 503, 504))
+MAX_ATTEMPTS = 3
+# What follows a failed attempt (`after_failure`).
+FAIL, RETRY, RESEND = 0, 1, 2
 
 
 def may_retry(method: bytes, reached_upstream: bool, status: int | None, replayable: bool) -> bool:
     if not reached_upstream:
         return replayable
     return replayable and method in IDEMPOTENT and (status is None or status in RETRYABLE_STATUSES)
+
+
+def after_failure(
+    method: bytes,
+    reached_upstream: bool,
+    status: int | None,
+    replayable: bool,
+    attempts: int,
+    *,
+    others: bool = True,
+    stale: bool = False,
+    unsent: bool = False,
+    max_attempts: int = MAX_ATTEMPTS,
+) -> int:
+    """FAIL, RETRY or RESEND for an attempt that failed (see the module's docstring).
+    `attempts`: the attempts made so far, this one included; `others`: the cluster has an
+    upstream besides this one."""
+    if stale and replayable and (unsent or method in IDEMPOTENT):
+        return RESEND
+    if attempts >= max_attempts or (status is not None and not others):
+        return FAIL
+    return RETRY if may_retry(method, reached_upstream, status, replayable) else FAIL
 
 
 class RetryBudget:

@@ -54,7 +54,7 @@ def test_invariants_hold_whatever_happens(
         if action == "admit":
             t = b.admit()
             if before is BreakerState.CLOSED:
-                assert t is not None
+                assert t == b.epoch  # closed: the ticket is the epoch, for nothing
             if before is BreakerState.OPEN:
                 assert t is None  # open admits nothing before its backoff has passed
             if t is not None:
@@ -65,6 +65,8 @@ def test_invariants_hold_whatever_happens(
             t = tickets.pop(int(x) % len(tickets))
             {"ok": b.success, "fail": b.failure, "release": b.release}[action](t)
         assert 0 <= b.probes <= policy.half_open_probes
+        # The flag `admit` answers from first mirrors the state it was last moved to.
+        assert b.closed is (b._state is BreakerState.CLOSED)
         if b.state is BreakerState.OPEN:
             assert b.open_until - clock.t <= policy.open_max_s + 1e-9
 

@@ -1,4 +1,4 @@
-"""Outlier ejection and the retry budget, driven by hypothesis on a fake clock."""
+"""Outlier ejection, driven by hypothesis on a fake clock."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockmesh.resilience.outlier import OutlierDetector, OutlierPolicy
-from dockmesh.resilience.retry import RetryBudget, may_retry
 
 
 class Clock:
@@ -81,33 +80,3 @@ def test_a_success_resets_the_count() -> None:
     d.record("a", 200)
     assert not d.record("a", 500)
     assert d.record("a", 500)
-
-
-@given(
-    st.floats(0, 1),
-    st.floats(0, 5),
-    st.lists(st.tuples(st.sampled_from(["req", "retry"]), st.floats(0, 0.5)), max_size=400),
-)
-def test_retries_stay_within_the_budget(
-    ratio: float, min_per_s: float, steps: list[tuple[str, float]]
-) -> None:
-    clock = Clock()
-    budget = RetryBudget(clock, ratio=ratio, min_per_s=min_per_s, window_s=10)
-    for kind, dt in steps:
-        clock.t += dt
-        if kind == "req":
-            budget.request()
-        else:
-            budget.try_retry()
-        requests, retries = budget._counts.read(clock.t)
-        assert retries <= ratio * requests + min_per_s * 10 + 1e-9
-
-
-def test_the_safety_rule() -> None:
-    assert may_retry(b"POST", reached_upstream=False, status=None, replayable=True)
-    assert not may_retry(b"POST", reached_upstream=True, status=503, replayable=True)
-    assert may_retry(b"GET", reached_upstream=True, status=503, replayable=True)
-    assert not may_retry(b"GET", reached_upstream=True, status=500, replayable=True)
-    assert may_retry(b"GET", reached_upstream=True, status=None, replayable=True)  # no answer
-    assert not may_retry(b"POST", reached_upstream=True, status=None, replayable=True)
-    assert not may_retry(b"PUT", reached_upstream=True, status=502, replayable=False)
