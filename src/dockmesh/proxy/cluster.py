@@ -1,4 +1,6 @@
-"""Upstreams and the clusters they form: the proxy's live view of where requests may go.
+"""Upstreams and the clusters they form: the proxy's live view of where requests may go. Pure:
+the clock and the randomness are given to each cluster; connections are seen only through the
+small `Pooled` protocol.
 
 A `Cluster` holds its upstreams (address → `Upstream`) and the resilience objects that decide
 over them: a balancer, an outlier detector, a breaker per upstream, a retry budget. Members
@@ -13,21 +15,38 @@ ejected, and rebuilds it per pick only while something is degraded.
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
-from dockmesh.resilience.balance import Balancer, make_balancer
+from dockmesh.resilience.balance import Balancer, Rng, make_balancer
 from dockmesh.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from dockmesh.resilience.outlier import OutlierDetector, OutlierPolicy
 from dockmesh.resilience.retry import RetryBudget
 
-if TYPE_CHECKING:
-    from dockmesh.proxy.server import UpstreamConn
+
+class Pooled(Protocol):
+    """What the pool and its sweep need of an idle connection to an upstream."""
+
+    @property
+    def idle_since(self) -> float: ...
+
+    def close(self) -> None: ...
 
 
-class Upstream:
+P = TypeVar("P", bound=Pooled)
+
+
+class Upstream(Generic[P]):
+    """One address requests may go to (`host:port`), as its cluster sees it: its weight, whether
+    its checks pass (`healthy`), whether it left the cluster (`removed`), its circuit breaker,
+    its idle connections (`idle`, a LIFO pool of `P`, so few stay warm) and the counters the
+    status page shows. The cluster changes `weight`, `healthy` and `removed`; an attempt
+    (`exchange.Exchange.begin_attempt`/`end_attempt`) changes `in_flight`, `requests` and
+    `failures`; the server's connections change `connections` and the pool. A removed upstream
+    takes no new request but is held by those it serves until they end: its idle connections
+    are closed at once, its busy ones when they are released.
+    """
+
     __slots__ = (
         "addr",
         "breaker",
@@ -56,12 +75,26 @@ class Upstream:
         self.breaker = breaker
         self.healthy = healthy
         self.removed = False
-        self.idle: list[UpstreamConn] = []
+        self.idle: list[P] = []
         self.connections = 0  # open, idle or busy
         self.in_flight = 0
         self.requests = 0
         self.failures = 0
         self.failures_in_row = 0
+
+    def close_idle(self, older_than: float | None = None) -> None:
+        """Closes the idle connections (those idle since before `older_than`, when given)."""
+        idle = self.idle
+        if older_than is None:
+            closing = list(idle)
+            idle.clear()
+        else:
+            if not idle or idle[0].idle_since >= older_than:
+                return  # the oldest is at the bottom of the pool: nothing is that old
+            closing = [c for c in idle if c.idle_since < older_than]
+            idle[:] = [c for c in idle if c.idle_since >= older_than]
+        for conn in closing:
+            conn.close()
 
 
 def split_hostport(addr: str) -> tuple[str, int]:
@@ -71,29 +104,38 @@ def split_hostport(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Cluster:
+class Cluster(Generic[P]):
+    """The upstreams one route sends to, and the decisions over them: which are eligible now,
+    which one takes the next attempt (the balancer), what a result does to an upstream (its
+    breaker, the outlier detector) and whether a failed request may be tried again (the retry
+    budget). Members are set whole (`set_members`, from the catalog or the flags) and flipped by
+    active checks (`set_healthy`); both rebuild the cached eligible set, as does a breaker or an
+    ejection changing (`changed`). `pick` is the request path's one question; a result comes
+    back through `Exchange.end_attempt`, which tells the cluster when eligibility may have
+    changed. `tick` (the server's sweep) moves the batched counts of the breakers and the budget
+    into their windows. Pure: the clock and the randomness are given.
+    """
+
     def __init__(
         self,
         name: str,
         balance: str,
         *,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
+        clock: Callable[[], float],
+        rng: Rng,
         breaker_policy: BreakerPolicy | None = None,
         outlier_policy: OutlierPolicy | None = None,
-        max_connections_per_upstream: int = 1024,
     ) -> None:
         self.name = name
         self.balance = balance
         self.clock = clock
-        self.balancer: Balancer = make_balancer(balance, rng or random.Random())
+        self.balancer: Balancer = make_balancer(balance, rng)
         self.breaker_policy = breaker_policy or BreakerPolicy()
         self.outlier = OutlierDetector(
             outlier_policy or OutlierPolicy(max_ejection_percent=50.0), clock
         )
         self.budget = RetryBudget(clock)
-        self.upstreams: dict[str, Upstream] = {}
-        self.max_connections_per_upstream = max_connections_per_upstream
+        self.upstreams: dict[str, Upstream[P]] = {}
         self._eligible: tuple[str, ...] = ()
         self.degraded = False
         self.retries = 0
@@ -104,13 +146,15 @@ class Cluster:
 
     # --- membership -----------------------------------------------------------------------
 
-    def set_members(self, members: Mapping[str, int], healthy: bool = True) -> list[Upstream]:
-        """Makes the members exactly `members` (address → weight); returns those removed."""
+    def set_members(self, members: Mapping[str, int], healthy: bool = True) -> list[Upstream[P]]:
+        """Makes the members exactly `members` (address → weight); returns those removed (their
+        idle connections closed)."""
         removed = []
         for addr in list(self.upstreams):
             if addr not in members:
                 up = self.upstreams.pop(addr)
                 up.removed = True
+                up.close_idle()
                 removed.append(up)
         for addr, weight in members.items():
             known = self.upstreams.get(addr)
@@ -125,7 +169,7 @@ class Cluster:
         self.changed()
         return removed
 
-    def set_healthy(self, up: Upstream, healthy: bool) -> None:
+    def set_healthy(self, up: Upstream[P], healthy: bool) -> None:
         if up.healthy != healthy:
             up.healthy = healthy
             self.changed()
@@ -151,15 +195,12 @@ class Cluster:
             a for a in self._eligible if ups[a].breaker.would_admit() and not outlier.is_ejected(a)
         ]
 
-    def pick_one(self) -> Upstream | None:
-        """`pick(None)`, the request path's common call, with one call less."""
-        if self.degraded:
-            return self.pick(None)
-        name = self.balancer.pick(self._eligible, None)
-        return None if name is None else self.upstreams[name]
-
-    def pick(self, key: bytes | None, tried: Sequence[Upstream] = ()) -> Upstream | None:
-        eligible = self.eligible()
+    def pick(
+        self, key: bytes | None = None, tried: Sequence[Upstream[P]] = ()
+    ) -> Upstream[P] | None:
+        """The upstream for the next attempt, avoiding those `tried` while others are eligible;
+        None when none is eligible."""
+        eligible = self.eligible() if self.degraded else self._eligible
         if tried:
             others = [a for a in eligible if all(t.addr != a for t in tried)]
             # Every eligible one tried already: trying one again beats failing.
@@ -167,11 +208,21 @@ class Cluster:
         name = self.balancer.pick(eligible, key)
         return None if name is None else self.upstreams[name]
 
-    def tick(self, now: float) -> None:
-        """Periodic bookkeeping (the server's sweep): batched counts into their windows."""
+    # --- periodic ---------------------------------------------------------------------------
+
+    def tick(self, now: float, pool_idle_s: float) -> None:
+        """The server's sweep: batched counts into their windows, pooled connections idle for
+        longer than `pool_idle_s` closed."""
         self.budget.tick(now)
         for u in self.upstreams.values():
             u.breaker.tick(now)
+            if u.idle:
+                u.close_idle(older_than=now - pool_idle_s)
+
+    def close(self) -> None:
+        """Every idle connection closed (the proxy stops)."""
+        for u in self.upstreams.values():
+            u.close_idle()
 
     def no_upstream_reason(self) -> str:
         if not self.known:
@@ -181,32 +232,3 @@ class Cluster:
         if not self._eligible:
             return f"no healthy upstream for {self.name}: every instance fails its checks"
         return f"no healthy upstream for {self.name}: every circuit is open or ejected"
-
-    # --- results --------------------------------------------------------------------------
-
-    def record(self, up: Upstream, ticket: int | None, status: int | None) -> None:
-        """One attempt's result: a status, or None for a gateway failure (connect refused,
-        reset, timed out). Feeds the breaker, the outlier detector and the counters."""
-        failed = status is None or status >= 500
-        if failed:
-            up.failures += 1
-            up.failures_in_row += 1
-            if ticket is not None:
-                up.breaker.failure(ticket)
-            if self.outlier.record(up.addr, status):
-                self.ejections += 1
-            if ticket is not None or self.outlier.ejected():
-                self.changed()
-        else:
-            breaker = up.breaker
-            if ticket is not None:
-                if self.degraded:
-                    before = breaker.state
-                    breaker.success(ticket)
-                    if before is not breaker.state:
-                        self.changed()
-                else:
-                    breaker.success(ticket)
-            if up.failures_in_row:
-                up.failures_in_row = 0
-                self.outlier.record(up.addr, status)

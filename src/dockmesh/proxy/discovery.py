@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from dockmesh.catalog import checks
+from dockmesh.model.catalog import CheckSpec, CheckState
 from dockmesh.proxy.cluster import Cluster, Upstream
 
 log = logging.getLogger(__name__)
@@ -52,13 +54,9 @@ def members_from_health(doc: Any) -> dict[str, int]:
     return out
 
 
-async def watch_service(
-    cluster: Cluster,
-    service: str,
-    agent: str,
-    on_removed: Callable[[list[Upstream]], None],
-) -> None:
-    """Follows `service`'s passing instances on the agent at `agent` until cancelled."""
+async def watch_service(cluster: Cluster[Any], service: str, agent: str) -> None:
+    """Follows `service`'s passing instances on the agent at `agent` until cancelled (an
+    instance that goes has its idle connections closed: `Cluster.set_members`)."""
     import aiohttp
 
     index = 0
@@ -88,40 +86,79 @@ async def watch_service(
             # An index going backwards means the agent restarted: start over (Consul's rule).
             index = new_index if new_index > index else (0 if new_index < index else index)
             members = members_from_health(doc)
-            removed = cluster.set_members(members, healthy=True)
+            cluster.set_members(members, healthy=True)
             cluster.known = True
-            if removed:
-                on_removed(removed)
             log.info("%s: %d passing instance(s) (index %d)", service, len(members), index)
 
 
+class BackendChecks:
+    """The active checks' verdicts on static backends, through the catalog's check machine
+    (`catalog.checks`: HAProxy's rise/fall): `fall` failures in a row take a backend out,
+    `rise` passes in a row bring it back. A backend starts passing, so the proxy serves at
+    once. Pure: results and times in, verdicts out."""
+
+    def __init__(self, path: str, rise: int = 2, fall: int = 2) -> None:
+        self.path = path
+        self.rise = rise
+        self.fall = fall
+        self.states: dict[str, CheckState] = {}
+
+    def observe(self, addr: str, ok: bool, now: float) -> bool:
+        """One check's result on `addr`: whether the backend passes now."""
+        state = self.states.get(addr)
+        if state is None:
+            spec = CheckSpec(
+                id=addr,
+                name=f"GET {self.path} on {addr}",
+                kind="http",
+                http=self.path,
+                rise=self.rise,
+                fall=self.fall,
+                initial_status="passing",
+            )
+            state = checks.initial(spec, now)
+        state = self.states[addr] = checks.observe(state, "passing" if ok else "critical", "", now)
+        return state.status == "passing"
+
+    def keep_only(self, addrs: Iterable[str]) -> None:
+        """Forgets the backends not in `addrs`."""
+        keep = set(addrs)
+        self.states = {a: s for a, s in self.states.items() if a in keep}
+
+
+Probe = Callable[[str, int, str, float], Awaitable[bool]]
+
+
 async def check_health(
-    cluster: Cluster,
+    cluster: Cluster[Any],
     path: str,
     interval_s: float = 2.0,
     timeout_s: float = 1.0,
     rise: int = 2,
     fall: int = 2,
+    probe_with: Probe | None = None,
 ) -> None:
     """Active checks for static backends: `GET path` on a fresh connection every
-    `interval_s`; a status below 500 within `timeout_s` passes. `fall` failures in a row take
-    a backend out, `rise` passes in a row bring it back (HAProxy's rule); a backend starts
-    healthy, so the proxy serves at once."""
-    streak: dict[str, int] = {}  # >0 passes in a row, <0 failures in a row
+    `interval_s`; a status below 500 within `timeout_s` passes (`BackendChecks` decides)."""
+    verdicts = BackendChecks(path, rise, fall)
+    loop = asyncio.get_running_loop()
+    check = probe_with or probe
 
-    async def one(up: Upstream) -> None:
-        ok = await probe(up.host, up.port, path, timeout_s)
-        n = streak.get(up.addr, 0)
-        n = (n + 1 if n > 0 else 1) if ok else (n - 1 if n < 0 else -1)
-        streak[up.addr] = n
-        if not ok and up.healthy and -n >= fall:
-            log.warning("%s: %s fails its check: out of rotation", cluster.name, up.addr)
-            cluster.set_healthy(up, False)
-        elif ok and not up.healthy and n >= rise:
-            log.warning("%s: %s passes its check again: back in rotation", cluster.name, up.addr)
-            cluster.set_healthy(up, True)
+    async def one(up: Upstream[Any]) -> None:
+        passing = verdicts.observe(
+            up.addr, await check(up.host, up.port, path, timeout_s), loop.time()
+        )
+        if passing != up.healthy:
+            if passing:
+                log.warning(
+                    "%s: %s passes its check again: back in rotation", cluster.name, up.addr
+                )
+            else:
+                log.warning("%s: %s fails its check: out of rotation", cluster.name, up.addr)
+            cluster.set_healthy(up, passing)
 
     while True:
+        verdicts.keep_only(cluster.upstreams)
         await asyncio.gather(*(one(u) for u in list(cluster.upstreams.values())))
         await asyncio.sleep(interval_s)
 

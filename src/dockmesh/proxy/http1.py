@@ -108,6 +108,7 @@ class RequestHead:
         "connection_tokens",
         "content_length",
         "cut",
+        "has_body",
         "head_len",
         "host",
         "keep_alive",
@@ -127,6 +128,7 @@ class RequestHead:
         self.host: bytes | None = None
         self.content_length: int | None = None
         self.chunked = False
+        self.has_body = False  # chunked, or a Content-Length above 0 (set by the reader)
         self.keep_alive = minor == 1
         self.upgrade: bytes | None = None
         self.xff: bytes | None = None
@@ -135,10 +137,6 @@ class RequestHead:
         self.cut: list[tuple[int, int]] | None = None
         # Field names listed in Connection (but close/keep-alive/upgrade): hop-by-hop too.
         self.connection_tokens: list[bytes] | None = None
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     def __repr__(self) -> str:
         return f"RequestHead({self.method!r} {self.target!r} HTTP/1.{self.minor})"
@@ -239,6 +237,7 @@ def parse_request_head(
         req.cut.append((start, end))
     if req.chunked and req.content_length is not None:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
+    req.has_body = req.chunked or bool(req.content_length)
     if req.minor == 1 and req.host is None:
         raise ProtocolError("no Host")
     if connection is not None:

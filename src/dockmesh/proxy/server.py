@@ -1,31 +1,34 @@
-"""The data plane: asyncio Protocols (uvloop when installed) carrying requests from clients to
-upstreams and responses back, with the decisions of `dockmesh.resilience` applied per attempt.
+"""The data plane's I/O: asyncio Protocols (uvloop when installed) carrying requests from
+clients to upstreams and responses back. What to do is decided elsewhere and called from
+here: an exchange's phases, attempts and retries in `exchange` (a `ClientConn` is an
+`Exchange` with sockets), where a request goes in `routing`, which upstream and what a result
+does to it in `cluster`, how HTTP/1.1 is read and heads are edited in `http1`.
 
 Theory of operation
 -------------------
-A client connection (`ClientConn`) runs one exchange at a time:
+A client connection (`ClientConn`) runs one exchange at a time (`exchange` draws the phases:
+HEAD, BODY, WAIT, TUNNEL, CLOSED). Bytes are forwarded as they arrive, never collected whole:
+a received chunk becomes at most one write to the other side (uvloop makes a system call per
+write), and a head is edited in its raw bytes (`http1`), not rebuilt. Back-pressure is the
+transports': when the side being written to has more than the high-water mark buffered, the
+side being read is paused until it drains, so a fast sender and a slow receiver cost a bounded
+amount of memory. A client's pipelined requests wait in its buffer (bounded too: reading pauses
+past the limit).
 
-    HEAD ──head read──▶ BODY (request body streaming) ──body done──▶ WAIT ──response done──▶ HEAD
-       │                      ╰─ the response may start (and end) before the body is done
-       ╰──▶ TUNNEL (after 101 Switching Protocols: raw bytes both ways until either side closes)
+An attempt's connection comes from its upstream's idle pool (LIFO, so few connections stay
+warm) or is opened (with the connect timeout). Its result — a status, or a gateway failure
+(connect refused or timed out, reset, no response head in time) — goes to
+`Exchange.end_attempt`, and what follows a failure to `Exchange.failed`: the request is tried
+again, or the client gets 502/503/504 with a one-line body saying why — unless the response had
+begun, in which case the client connection is closed, which is the only honest thing left to do.
 
-Bytes are forwarded as they arrive, never collected whole: a received chunk becomes at most one
-write to the other side (uvloop makes a system call per write), and a head is edited in its
-raw bytes (`http1`), not rebuilt. Back-pressure is the transports': when the side being
-written to has more than the high-water mark buffered, the side being read is paused until it
-drains, so a fast sender and a slow receiver cost a bounded amount of memory. A client's
-pipelined requests wait in its buffer (bounded too: reading pauses past the limit).
-
-An attempt is one try on one upstream. Its connection comes from the upstream's idle pool (LIFO,
-so few connections stay warm) or is opened (with the connect timeout). Its result — a status,
-or a gateway failure (connect refused or timed out, reset, no response head in time) — feeds
-the upstream's breaker, the cluster's outlier detector and the balancer. A failed attempt is
-tried again on another upstream when `resilience.retry.may_retry` says it is safe (nothing was
-sent; or an idempotent request without a body that got 502/503/504) and the cluster's retry
-budget allows; a pooled connection that the upstream had closed just before we wrote to it is
-tried again on a fresh one on the same terms. Otherwise the client gets 502/503/504 with a
-one-line body saying why — unless the response had begun, in which case the client
-connection is closed, which is the only honest thing left to do.
+Two lanes, one set of decisions. The common request (a body-less HTTP/1.1 head of the usual
+shape, `http1.quick_request_head`, to a lone catch-all route) skips the full reader: its
+verdict is memoized by its bytes and its edited head kept per connection. The common response
+(one read holding a whole head of the usual shape and its body) is written as it came. Both
+then take the same steps as every other exchange (`Exchange.begin_attempt`, `ClientConn._send`,
+`Exchange.response_begins`, `ClientConn.response_done`). The fast lane's writes wait for the end of the
+loop's pass (`Proxy.out`), so a peer is woken once per batch, not once per request.
 
 Timeouts are checked by one sweep every `SWEEP_S` over the open connections, not by a timer
 per request (a timer armed and cancelled per request would cost more than the forwarding):
@@ -37,19 +40,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
-import re
 import socket
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
+from dockmesh.proxy.exchange import BODY, CLOSED, HEAD, NO_VERDICT, TUNNEL, WAIT, Exchange
 from dockmesh.proxy.http1 import ProtocolError
-from dockmesh.proxy.stats import Stats
-from dockmesh.resilience.retry import IDEMPOTENT, may_retry
+from dockmesh.proxy.routing import Router
+from dockmesh.proxy.settings import ProxySettings, Timeouts
+from dockmesh.proxy.tally import Tally
+from dockmesh.resilience.retry import RESEND, RETRY, RETRYABLE_STATUSES
 
 log = logging.getLogger(__name__)
 _REQUEST_MEMO = http1.REQUEST_MEMO
@@ -58,82 +62,13 @@ _RESPONSE_MEMO = http1.RESPONSE_MEMO
 SWEEP_S = 0.25
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-MAX_ATTEMPTS = 3
 # How long a request waits on an instance that left the catalog before it is tried elsewhere.
 REMOVED_GRACE_S = 1.0
-
-HEAD, BODY, WAIT, TUNNEL, CLOSED = 0, 1, 2, 3, 4
 # After the proxy ends a client connection, how long the client's further bytes are read and
 # dropped once all was sent (its close is awaited: see `ClientConn.close`).
 LINGER_S = 2.0
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
-
-
-@dataclass
-class Timeouts:
-    connect_s: float = 3.0
-    response_header_s: float = 30.0
-    client_header_s: float = 10.0
-    idle_s: float = 60.0
-    tunnel_idle_s: float = 3600.0
-    pool_idle_s: float = 15.0
-
-
-@dataclass
-class Limits:
-    max_head_bytes: int = http1.MAX_HEAD_BYTES
-    max_client_connections: int = 10_000
-    max_connections_per_upstream: int = 1024
-    # Bytes of requests a client sent ahead while one of its requests is in flight. Past
-    # this (or one head of `max_head_bytes`, if larger), the client is not read until its
-    # exchange ends: the backlog costs a copy per request served from it, so it stays small.
-    max_pipelined_bytes: int = 64 * 1024
-
-
-@dataclass
-class Route:
-    cluster: Cluster
-    host: bytes | None = None  # lower-case, no port; None: any
-    prefix: bytes = b"/"
-
-
-@dataclass
-class ProxySettings:
-    routes: list[Route]
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    limits: Limits = field(default_factory=Limits)
-    # hash:<header> / hash:cookie:<name> / hash:ip, per cluster name.
-    hash_keys: dict[str, str] = field(default_factory=dict)
-
-
-class _KeyReader:
-    """Reads the consistent-hash key of a request: a header, a cookie or the client's IP."""
-
-    def __init__(self, spec: str) -> None:
-        self.kind = "header"
-        name = spec
-        if spec.lower() in ("ip", "client_ip", "source_ip"):
-            self.kind = "ip"
-        elif spec.lower().startswith("cookie:"):
-            self.kind = "cookie"
-            name = spec[7:]
-        if self.kind == "cookie":
-            self.pattern = re.compile(
-                rb"^cookie:[^\r]*?(?:^|[ ;:])" + re.escape(name.encode()) + rb"=([^;\r]*)",
-                re.IGNORECASE | re.MULTILINE,
-            )
-        else:
-            self.pattern = re.compile(
-                rb"^" + re.escape(name.encode()) + rb":[ \t]*([^\r]*?)[ \t]*\r\n",
-                re.IGNORECASE | re.MULTILINE,
-            )
-
-    def key(self, head: bytes, client_ip: bytes) -> bytes | None:
-        if self.kind == "ip":
-            return client_ip
-        m = self.pattern.search(head)
-        return m.group(1) if m else None
 
 
 class Proxy:
@@ -142,31 +77,26 @@ class Proxy:
     def __init__(self, settings: ProxySettings, loop: asyncio.AbstractEventLoop) -> None:
         self.settings = settings
         self.loop = loop
-        self.routes = settings.routes
-        self.single = settings.routes[0].cluster if len(settings.routes) == 1 else None
-        if self.single is not None and (
-            settings.routes[0].host is not None or settings.routes[0].prefix != b"/"
-        ):
-            self.single = None
+        self.router = Router(settings.routes, settings.hash_keys)
+        self.fast: Cluster[UpstreamConn] | None = self.router.fast
+        self.clusters: list[Cluster[UpstreamConn]] = self.router.clusters
         self.timeouts = settings.timeouts
         self.limits = settings.limits
-        self.stats = Stats()
+        self.tally = Tally()
         self.clients: set[ClientConn] = set()
-        self.key_readers = {n: _KeyReader(s) for n, s in settings.hash_keys.items()}
-        # The cluster of the single catch-all route, when requests need no routing or hash
-        # key: then the common request shape takes the fast lane.
-        self.fast = self.single if self.single and not self.key_readers else None
-        self._id_prefix = os.urandom(6).hex().encode() + b"-"
-        self._id_counter = 0
+        # Request ids: this process's random prefix and a counter.
+        self.id_prefix = os.urandom(6).hex().encode() + b"-"
+        self.ids = itertools.count(1)
         self._sweeper: asyncio.TimerHandle | None = None
         self.now = loop.time()
         self.servers: list[asyncio.AbstractServer] = []
-        # Writes of the fast lane, made at the end of the loop's pass over ready sockets
-        # (appended here; the first schedules `flush`), not one by one as each request is
-        # read: a peer woken by the first then finds the rest waiting, instead of being
-        # woken once per request. What is written or closed any other way first sends what
-        # waits here (`write`, `flush`), so bytes on a connection stay in order. Entries:
-        # (transport, bytes, the upstream connection when it is a request).
+        # Writes made at the end of the loop's pass over ready sockets (appended here; the
+        # first schedules `flush`), not one by one as each request is read: a peer woken by
+        # the first then finds the rest waiting, instead of being woken once per request. What
+        # is written or closed any other way first sends what waits here (`write`, `flush`),
+        # so bytes on a connection stay in order. Entries: (transport, bytes, the upstream
+        # connection when it is a request). Appended inline where it is done (two places: a
+        # call per request costs).
         self.out: list[tuple[asyncio.Transport, bytes, UpstreamConn | None]] = []
 
     def flush(self) -> None:
@@ -177,8 +107,8 @@ class Proxy:
                 if not t.is_closing():
                     t.write(data)
                 elif conn is not None:
-                    # The upstream closed the pooled connection in the same pass: the
-                    # request never went out, so it may go elsewhere whatever its method.
+                    # The upstream closed the connection in the same pass: the request never
+                    # went out, so it may go elsewhere whatever its method.
                     conn.unsent = True
 
     def write(self, t: asyncio.Transport, data: bytes) -> None:
@@ -187,31 +117,8 @@ class Proxy:
             self.flush()
         t.write(data)
 
-    @property
-    def clusters(self) -> list[Cluster]:
-        seen: dict[str, Cluster] = {}
-        for r in self.routes:
-            seen.setdefault(r.cluster.name, r.cluster)
-        return list(seen.values())
-
     def next_request_id(self) -> bytes:
-        self._id_counter += 1
-        return self._id_prefix + b"%x" % self._id_counter
-
-    def route(self, req: http1.RequestHead) -> Cluster | None:
-        if self.single is not None:
-            return self.single
-        host = (req.host or b"").lower()
-        host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
-        path = req.target
-        if not path.startswith(b"/"):
-            # absolute-form: http://host/path
-            i = path.find(b"/", path.find(b"//") + 2) if b"//" in path else -1
-            path = path[i:] if i >= 0 else b"/"
-        for r in self.routes:
-            if (r.host is None or r.host == host) and path.startswith(r.prefix):
-                return r.cluster
-        return None
+        return self.id_prefix + b"%x" % next(self.ids)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -223,6 +130,10 @@ class Proxy:
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
+    def busy(self) -> bool:
+        """Whether a client connection is in the middle of an exchange."""
+        return any(c.state not in (HEAD, CLOSED) for c in self.clients)
+
     def close(self) -> None:
         for s in self.servers:
             s.close()
@@ -231,17 +142,7 @@ class Proxy:
         for c in list(self.clients):
             c.abort()
         for cl in self.clusters:
-            for u in cl.upstreams.values():
-                for conn in list(u.idle):
-                    conn.close()
-
-    def retire(self, removed: Sequence[Upstream]) -> None:
-        """Upstreams that left their cluster: close their idle connections; busy ones finish
-        their requests and close then (see `UpstreamConn.release`)."""
-        for u in removed:
-            for conn in list(u.idle):
-                conn.close()
-            u.idle.clear()
+            cl.close()
 
     def _sweep(self) -> None:
         now = self.now = self.loop.time()
@@ -250,11 +151,7 @@ class Proxy:
             for c in list(self.clients):
                 c.check_timeouts(now, t)
             for cl in self.clusters:
-                cl.tick(now)
-                for u in cl.upstreams.values():
-                    if u.idle and now - u.idle[0].idle_since > t.pool_idle_s:
-                        for conn in [x for x in u.idle if now - x.idle_since > t.pool_idle_s]:
-                            conn.close()
+                cl.tick(now, t.pool_idle_s)
         finally:
             self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
@@ -266,69 +163,47 @@ def _peer_ip(transport: asyncio.BaseTransport) -> bytes:
     return b"unknown"
 
 
-class ClientConn(asyncio.Protocol):
+class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
+    """A client's connection: its bytes in and out, and the exchange it runs (`Exchange`)."""
+
     __slots__ = (
-        "attempts",
         "body_left",
         "buf",
         "chunked",
         "client_ip",
-        "cluster",
         "eof",
         "forwarded",
         "head_out",
         "head_started",
         "in_heads",
-        "keep",
-        "key",
         "last_active",
         "last_head",
         "last_out",
+        "last_req",
         "lingering",
         "paused",
         "pending_body",
         "proxy",
-        "replayable",
-        "req",
-        "req_done",
-        "resp_started",
-        "state",
-        "t0",
-        "ticket",
         "transport",
-        "tried",
         "up",
-        "upstream",
         "write_paused",
     )
 
     def __init__(self, proxy: Proxy) -> None:
+        super().__init__()
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         self.buf = b""
-        self.state = HEAD
-        self.req: http1.RequestHead | None = None
-        # Whether the client connection stays open after this exchange (the request's
-        # wish, then the response's say): the request head itself is never changed.
-        self.keep = True
         self.up: UpstreamConn | None = None
-        self.upstream: Upstream | None = None
-        self.cluster: Cluster | None = None
-        self.ticket: int | None = None
         self.head_out = b""
-        self.pending_body: list[bytes] | None = None  # body kept while it can be replayed
-        self.replayable = True
+        # The request's body as read so far, kept until the request is sent (None: nothing
+        # kept, or no body).
+        self.pending_body: list[bytes] | None = None
         self.body_left = 0
         self.chunked: http1.ChunkedReader | None = None
-        self.req_done = True
-        self.resp_started = False
-        self.tried: list[Upstream] = []
-        self.attempts = 0
-        self.key: bytes | None = None
-        self.t0 = 0.0
         self.last_active = proxy.now
         self.head_started = 0.0
-        self.paused = False  # reading from the client stopped (`_gate`)
+        self.paused = False  # reading from the client stopped (`gate`)
         self.write_paused = False  # the client does not read its responses fast enough
         self.eof = False  # the client half-closed: no more requests
         self.in_heads = False  # `_read_heads` is running
@@ -337,6 +212,7 @@ class ClientConn(asyncio.Protocol):
         self.forwarded = b""
         self.last_head = b""
         self.last_out = b""
+        self.last_req: http1.RequestHead | None = None
 
     # --- asyncio callbacks ------------------------------------------------------------------
 
@@ -344,18 +220,18 @@ class ClientConn(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport = cast(asyncio.Transport, transport)
         p = self.proxy
-        p.stats.connections += 1
-        p.stats.connections_total += 1
+        p.tally.connections += 1
+        p.tally.connections_total += 1
         if len(p.clients) >= p.limits.max_client_connections:
-            p.stats.reject("overload")
-            p.stats.responded(503)
+            p.tally.reject("overload")
+            p.tally.responded(503)
             transport.write(
                 http1.simple_response(
                     503, "Service Unavailable", "proxy overloaded: too many connections"
                 )
             )
             transport.close()
-            self.state = CLOSED
+            self.mark_closed()
             return
         p.clients.add(self)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
@@ -364,35 +240,33 @@ class ClientConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         p = self.proxy
-        p.stats.connections -= 1
+        p.tally.connections -= 1
         p.clients.discard(self)
-        prev = self.state
-        self.state = CLOSED
-        self._drop_upstream(prev)
+        self._drop_upstream(self.mark_closed())
 
     def _drop_upstream(self, prev: int) -> None:
         up = self.up
         if up is not None:
             # The client went away mid-exchange: the upstream connection is in an unknown
-            # place in its response, so it cannot go back to the pool.
+            # place in its response, so it cannot go back to the pool. A tunnel had its
+            # answer (101); anything else ends with no verdict on the upstream.
             self.up = None
             up.client = None
-            if self.upstream is not None and self.cluster is not None:
-                self._end_attempt(None if prev == TUNNEL else -1)
+            self.end_attempt(101 if prev == TUNNEL else NO_VERDICT, self.proxy.loop.time())
             up.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.pause_reading()
+        if self.up is not None:
+            self.up.pause_reads()
         # A client that does not read its responses sends no more requests for now.
-        self._gate()
+        self.gate()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.resume_reading()
-        self._gate()
+        if self.up is not None:
+            self.up.resume_reads()
+        self.gate()
 
     def _next(self) -> None:
         """An exchange ended with the connection kept: the next request sent ahead, if any;
@@ -405,9 +279,9 @@ class ClientConn(asyncio.Protocol):
             self.close()
             return
         if self.paused:
-            self._gate()
+            self.gate()
 
-    def _gate(self) -> None:
+    def gate(self) -> None:
         """Reads from the client only while it reads its responses, the upstream takes its
         body, and what it sent ahead is within bounds: a client can make the proxy hold
         only a bounded number of its bytes."""
@@ -433,15 +307,42 @@ class ClientConn(asyncio.Protocol):
         self.last_active = p.now
         state = self.state
         if state == HEAD:
-            if not self.buf and p.fast is not None:
-                q = _REQUEST_MEMO.get(data) or http1.quick_request_head(data)
-                if q is not None:
-                    self._quick_request(p.fast, q, data)
+            fast = p.fast
+            if fast is not None and not self.buf:
+                # The fast lane: no reader, and the edited head, but for the request id's
+                # counter, kept from the last time the client sent the same head (no memo
+                # lookup then either). `req` is shared (memoized): never changed.
+                if data == self.last_head:
+                    req: http1.RequestHead | None = self.last_req
+                    template = self.last_out
+                else:
+                    req = _REQUEST_MEMO.get(data) or http1.quick_request_head(data)
+                    if req is not None:
+                        # The edited head as a format for the request id's counter (its own
+                        # `%` doubled): one formatting makes the head to send.
+                        edited = b"".join(
+                            (
+                                data[:-2],
+                                self.forwarded,
+                                b"X-Forwarded-Host: ",
+                                req.host or b"",
+                                b"\r\nX-Request-Id: ",
+                                p.id_prefix,
+                            )
+                        )
+                        template = edited.replace(b"%", b"%%") + b"%x\r\n\r\n"
+                        self.last_head = data
+                        self.last_req = req
+                        self.last_out = template
+                if req is not None:
+                    self.head_out = template % next(p.ids)
+                    self.pending_body = None
+                    self._send(self.begin_attempt(fast, req, None, p.loop.time()))
                     return
             self.buf = self.buf + data if self.buf else data
             self._read_heads()
             if len(self.buf) > p.limits.max_pipelined_bytes:
-                self._gate()
+                self.gate()
         elif state == BODY:
             self._body_data(data, 0)
         elif state == TUNNEL:
@@ -451,8 +352,8 @@ class ClientConn(asyncio.Protocol):
         elif state == WAIT:
             # Pipelined: kept until the current response is done.
             self.buf += data
-            if len(self.buf) > self.proxy.limits.max_pipelined_bytes:
-                self._gate()
+            if len(self.buf) > p.limits.max_pipelined_bytes:
+                self.gate()
 
     def eof_received(self) -> bool | None:
         up = self.up
@@ -472,88 +373,6 @@ class ClientConn(asyncio.Protocol):
 
     # --- requests ---------------------------------------------------------------------------
 
-    def _quick_request(self, cluster: Cluster, req: http1.RequestHead, data: bytes) -> None:
-        """`_read_heads` for the common request shape (`http1.quick_request`): the same
-        outcome, with less Python on the way. `req` is shared (memoized): never changed."""
-        p = self.proxy
-        self.t0 = p.loop.time()
-        self.req = req
-        self.keep = True
-        self.cluster = cluster
-        # A client mostly sends the same head again: its edited form, but for the request
-        # id's counter, is kept from the last time.
-        if data == self.last_head:
-            out = self.last_out
-        else:
-            out = b"".join(
-                (
-                    data[:-2],
-                    self.forwarded,
-                    b"X-Forwarded-Host: ",
-                    req.host or b"",
-                    b"\r\nX-Request-Id: ",
-                    p._id_prefix,
-                )
-            )
-            self.last_head = data
-            self.last_out = out
-        p._id_counter = counter = p._id_counter + 1
-        self.head_out = out + b"%x\r\n\r\n" % counter
-        self.resp_started = False
-        cluster.budget.pending += 1
-        self.req_done = True
-        self.replayable = True
-        self.state = WAIT
-        # `_attempt` and `_send_on` inline for the common case: the pick admits, and has a
-        # pooled connection. Anything else takes `_attempt`'s own way from the same point.
-        up = cluster.pick_one()
-        if up is None:
-            self.tried = []
-            self.attempts = 0
-            self.pending_body = []
-            self._fail(503, cluster.no_upstream_reason(), "no_upstream")
-            return
-        breaker = up.breaker
-        ticket = breaker.epoch if breaker.closed else breaker.admit()
-        if ticket is None:
-            self.tried = []
-            self.attempts = 0
-            self.pending_body = []
-            self._refused(cluster, up)
-            return
-        self.upstream = up
-        self.ticket = ticket
-        self.attempts = 1
-        self.tried = [up]
-        up.in_flight += 1
-        up.requests += 1
-        if cluster.balancer.tracks:
-            cluster.balancer.started(up.addr)
-        idle = up.idle
-        while idle:
-            conn = idle.pop()
-            t = conn.transport
-            if t is not None and not t.is_closing():
-                # `conn.start`: `release` left it with no head, no response and no bytes.
-                conn.client = self
-                conn.reused = True
-                conn.method = req.method
-                conn.started = conn.last_active = p.now
-                self.up = conn
-                self.pending_body = None
-                # Deferred (`Proxy.out`).
-                pending = p.out
-                if not pending:
-                    p.loop.call_soon(p.flush)
-                pending.append((t, self.head_out, conn))
-                if self.paused:
-                    self._gate()
-                if self.write_paused:
-                    t.pause_reading()
-                return
-        self.pending_body = []
-        self._open_for(cluster, up)
-
     def _read_heads(self) -> None:
         """Starts the exchanges for the heads at the front of `buf`: one, and the next ones
         while each is answered at once (a response of the proxy's own). A loop, not a
@@ -571,65 +390,46 @@ class ClientConn(asyncio.Protocol):
         """Starts the exchange for the head at the front of `buf`; False while the head is
         incomplete."""
         buf = self.buf
+        p = self.proxy
         try:
-            req = http1.parse_request_head(buf, self.proxy.limits.max_head_bytes)
+            req = http1.parse_request_head(buf, p.limits.max_head_bytes)
         except ProtocolError as e:
             self._refuse(e.status, str(e))
             return True
         if req is None:
             if not self.head_started:
-                self.head_started = self.proxy.now
+                self.head_started = p.now
             return False
         self.head_started = 0.0
-        p = self.proxy
-        self.t0 = p.loop.time()
-        cluster = p.route(req)
+        now = p.loop.time()
+        cluster = p.router.route(req)
         n = req.head_len
         head = buf[:n] if len(buf) > n else buf
-        if cluster is None:
-            self.buf = buf[n:] if len(buf) > n else b""
-            self.req = req
-            self.keep = req.keep_alive
-            self._local_response(404, f"no route for {req.host!r} {req.target!r}"[:200], "no_route")
-            return True
-        self.req = req
-        self.keep = req.keep_alive
-        self.cluster = cluster
-        reader = p.key_readers.get(cluster.name)
-        self.key = reader.key(head, self.client_ip) if reader is not None else None
-        self.head_out = http1.edit_request_head(
-            head, req, http1.request_forwarded_fields(req, self.client_ip, p.next_request_id())
-        )
-        self.tried = []
-        self.attempts = 0
-        self.resp_started = False
-        cluster.budget.request()
-        if req.chunked:
-            self.chunked = http1.ChunkedReader()
-            self.req_done = False
-        elif req.content_length:
-            self.chunked = None
-            self.body_left = req.content_length
-            self.req_done = False
-        else:
-            self.req_done = True
-        # A body can be sent again only while all of it is still here: bodies are kept until
-        # the first attempt is connected, and only small requests without a body are retried
-        # after an upstream answered.
-        self.replayable = self.req_done
-        self.pending_body = []
         rest = buf[n:] if len(buf) > n else b""
-        if self.req_done:
+        key = None
+        if cluster is not None:
+            key = p.router.key(cluster, head, self.client_ip)
+            self.head_out = http1.edit_request_head(
+                head, req, http1.request_forwarded_fields(req, self.client_ip, p.next_request_id())
+            )
+        up = self.begin_attempt(cluster, req, key, now)
+        if not self.body:
+            self.pending_body = None
             # What follows is requests sent ahead: kept while this one is in flight.
             self.buf = rest
-            self.state = WAIT
-            self._attempt()
+            self._send(up)
+            return True
+        if req.chunked:
+            self.chunked = http1.ChunkedReader()
         else:
-            self.buf = b""
-            self.state = BODY
-            self._attempt()
-            if rest and self.state == BODY:
-                self._body_data(rest, 0)
+            self.chunked = None
+            self.body_left = req.content_length or 0
+        # The body is kept until the request is sent (it can go elsewhere until then).
+        self.pending_body = []
+        self.buf = b""
+        self._send(up)
+        if rest and self.state == BODY:
+            self._body_data(rest, 0)
         return True
 
     def _body_data(self, data: bytes, start: int) -> None:
@@ -654,9 +454,7 @@ class ClientConn(asyncio.Protocol):
             elif up is not None and up.transport is not None:
                 self.proxy.write(up.transport, piece)
         if done:
-            self.req_done = True
-            if self.state == BODY:
-                self.state = WAIT
+            self.body_done()
             rest = data[start + used :]
             if rest:
                 self.buf += rest
@@ -664,316 +462,217 @@ class ClientConn(asyncio.Protocol):
                 self._read_heads()
 
     def _attempt(self) -> None:
-        """Sends the request to an upstream picked now."""
-        cluster = self.cluster
-        assert cluster is not None
-        while True:
-            up = cluster.pick(self.key, self.tried)
+        """A further attempt (a retry, a resend)."""
+        self._send(self.begin_attempt())
+
+    def _send(self, up: Upstream[UpstreamConn] | None, conn: UpstreamConn | None = None) -> None:
+        """The request goes to the attempt's upstream `up` (None: none would take it): on
+        `conn` when one was opened for it and is now connected; else on a pooled connection,
+        or on a new one (`_open_for`)."""
+        if conn is None:
             if up is None:
-                self._fail(503, cluster.no_upstream_reason(), "no_upstream")
+                self.fail(*self.failure)
                 return
-            ticket = up.breaker.admit()
-            if ticket is not None:
-                break
-            if not self._refused(cluster, up, again=False):
+            idle = up.idle
+            while idle:
+                conn = idle.pop()
+                t = conn.transport
+                if t is not None and not t.is_closing():
+                    conn.reused = True
+                    break
+            else:
+                self._open_for(up)
                 return
-        self.upstream = up
-        self.ticket = ticket
-        self.attempts += 1
-        self.tried.append(up)
-        up.in_flight += 1
-        up.requests += 1
-        if cluster.balancer.tracks:
-            cluster.balancer.started(up.addr)
-        while up.idle:
-            conn = up.idle.pop()
-            if conn.transport is not None and not conn.transport.is_closing():
-                self._send_on(conn, reused=True)
-                return
-        self._open_for(cluster, up)
+        else:
+            t = conn.transport
+            assert t is not None
+        p = self.proxy
+        req = self.req
+        assert req is not None
+        # A new exchange on the connection (`release` left it with no head, no response and
+        # no bytes).
+        conn.client = self
+        conn.method = req.method
+        conn.started = conn.last_active = p.now
+        self.up = conn
+        pending = self.pending_body
+        if pending is None:
+            # A head alone: at the end of the loop's pass (`Proxy.out`).
+            out = p.out
+            if not out:
+                p.loop.call_soon(p.flush)
+            out.append((t, self.head_out, conn))
+        else:
+            # A body: not kept once sent (`Exchange.failed` knows).
+            self.pending_body = None
+            p.write(t, self.head_out + b"".join(pending) if pending else self.head_out)
+        if self.paused:
+            self.gate()
+        if self.write_paused:
+            conn.pause_reads()
 
-    def _refused(self, cluster: Cluster, up: Upstream, again: bool = True) -> bool:
-        """The pick's breaker refused (half-open, its probes taken): that never reached the
-        upstream. False when no upstream is left to try (answered 503); else, with `again`,
-        the next pick is tried."""
-        cluster.changed()
-        self.tried.append(up)
-        if len(self.tried) > len(cluster.upstreams):
-            self._fail(503, f"no upstream of {cluster.name} admits requests now", "breaker")
-            return False
-        if again:
-            self._attempt()
-        return True
-
-    def _open_for(self, cluster: Cluster, up: Upstream) -> None:
+    def _open_for(self, up: Upstream[UpstreamConn]) -> None:
         """The attempt on `up` (admitted, counted) needs a new connection."""
-        if up.connections >= self.proxy.limits.max_connections_per_upstream:
-            self._end_attempt(-1)
-            self._fail(503, f"upstream {up.addr} has too many connections", "overload")
+        p = self.proxy
+        if up.connections >= p.limits.max_connections_per_upstream:
+            self.end_attempt(NO_VERDICT, p.loop.time())
+            self.fail(503, f"upstream {up.addr} has too many connections", "overload")
             return
         up.connections += 1
-        conn = UpstreamConn(self.proxy, up)
+        conn = UpstreamConn(p, up)
         conn.client = self
         self.up = conn
-        self.proxy.loop.create_task(conn.connect(self.proxy.timeouts.connect_s))
+        p.loop.create_task(conn.connect(p.timeouts.connect_s))
 
-    def _send_on(self, conn: UpstreamConn, reused: bool) -> None:
-        conn.client = self
-        conn.reused = reused
-        conn.start(self.req.method if self.req else b"GET")
-        self.up = conn
-        transport = conn.transport
-        assert transport is not None
-        pending = self.pending_body
-        if pending:
-            self.proxy.write(transport, self.head_out + b"".join(pending))
-        else:
-            self.proxy.write(transport, self.head_out)
-        if not reused or not self.req_done:
-            # Sent on a fresh connection, or a body streams: no replay after this point.
-            self.pending_body = None
-            if not self.req_done:
-                self.replayable = False
-        else:
-            self.pending_body = None
-        if self.paused:
-            self._gate()
-        if self.write_paused:
-            transport.pause_reading()
+    # --- what the upstream connection reports -------------------------------------------------
 
     def connected(self, conn: UpstreamConn) -> None:
         if self.up is not conn or self.state == CLOSED:
             conn.release(reusable=True)
             return
-        self._send_on(conn, reused=False)
+        self._send(conn.upstream, conn)
 
     def connect_failed(self, conn: UpstreamConn, reason: str) -> None:
-        """The attempt's connection could not be opened: nothing was sent, try elsewhere."""
+        """The attempt's connection could not be opened: nothing was sent."""
         if self.up is not conn:
             return
         self.up = None
-        self._end_attempt(None)
-        self._retry_or_fail(reached=False, status=None, code=502, why=reason, kind="connect")
+        self.end_attempt(None, self.proxy.loop.time())
+        self._retry_or_fail(self.failed(None, reached=False), 502, reason, "connect")
 
     def upstream_lost(self, conn: UpstreamConn, before_response: bool) -> None:
         """The upstream connection closed or broke before the response ended."""
         if self.up is not conn:
             return
         self.up = None
+        now = self.proxy.loop.time()
         if self.state == TUNNEL:
-            self._end_attempt(101)
+            self.end_attempt(101, now)
             self.close()
             return
         if not before_response or self.resp_started:
-            self._end_attempt(None)
+            self.end_attempt(None, now)
             self.abort()  # a response cut short: the client must see it was
             return
-        if conn.reused and self.req is not None and (conn.unsent or self.req.method in IDEMPOTENT):
-            # A pooled connection the upstream had just closed: not the upstream's failure.
-            self._end_attempt(-1)
-            self.proxy.stats.retried("stale_connection")
-            self.tried.pop()
+        reached = not conn.unsent
+        verdict = self.failed(None, reached, stale=conn.reused, unsent=conn.unsent)
+        if verdict == RESEND:
+            self.end_attempt(NO_VERDICT, now)
+            self.proxy.tally.retried("stale_connection")
             self._attempt()
             return
-        self._end_attempt(None)
-        self._retry_or_fail(
-            reached=True,
-            status=None,
-            code=502,
-            why="the upstream closed the connection",
-            kind="reset",
-        )
+        self.end_attempt(None, now)
+        self._retry_or_fail(verdict, 502, "the upstream closed the connection", "reset")
 
-    def _retry_or_fail(
-        self, reached: bool, status: int | None, code: int, why: str, kind: str
-    ) -> None:
-        cluster = self.cluster
-        assert cluster is not None
-        req = self.req
-        if reached:
-            safe = req is not None and may_retry(req.method, True, status, self.replayable)
+    def bad_response(self, conn: UpstreamConn, why: str) -> None:
+        """The upstream broke HTTP/1.1 in its response: 502, or a close once it began."""
+        if self.up is not conn:
+            return
+        self.up = None
+        conn.close()
+        self.end_attempt(None, self.proxy.loop.time())
+        if self.resp_started:
+            self.abort()
         else:
-            # Nothing was sent: safe while the body (if any) is all still here.
-            safe = self.pending_body is not None or self.req_done
-        if (
-            safe
-            and self.attempts < MAX_ATTEMPTS
-            and self.state != CLOSED
-            and cluster.budget.try_retry()
-        ):
-            cluster.retries += 1
-            self.proxy.stats.retried(kind)
+            self.fail(502, why, "bad_response")
+
+    def _retry_or_fail(self, verdict: int, code: int, why: str, kind: str) -> None:
+        if verdict == RETRY:
+            self.proxy.tally.retried(kind)
             self._attempt()
-            return
-        upstream = self.tried[-1].addr if self.tried else "?"
-        self._fail(code, f"{why} ({upstream})", kind)
-
-    def _end_attempt(self, status: int | None, now: float = 0.0) -> None:
-        """Closes the books on the current attempt. status -1: no verdict (client gone)."""
-        up, cluster = self.upstream, self.cluster
-        if up is None or cluster is None:
-            return
-        self.upstream = None
-        up.in_flight -= 1
-        balancer = cluster.balancer
-        if balancer.tracks:
-            latency = (now or self.proxy.loop.time()) - self.t0
-            balancer.finished(up.addr, latency if status is not None and status >= 0 else None)
-        ticket = self.ticket
-        self.ticket = None
-        if status == -1:
-            if ticket is not None:
-                up.breaker.release(ticket)
-            return
-        cluster.record(up, ticket, status)
-
-    # --- responses --------------------------------------------------------------------------
+        else:
+            self.fail(code, f"{why} ({self.last_tried()})", kind)
 
     def response_head(self, conn: UpstreamConn, resp: http1.ResponseHead, head: bytes) -> bool:
-        """The upstream's response head; False when it was dropped for a retry."""
-        req = self.req
-        assert req is not None
+        """The upstream's final response head; False when it was dropped for a retry."""
         status = resp.status
-        if (
-            status in (502, 503, 504)
-            and self.replayable
-            and req.method in IDEMPOTENT
-            and self.attempts < MAX_ATTEMPTS
-            and self.cluster is not None
-            and len(self.cluster.upstreams) > 1
-            and self.cluster.budget.try_retry()
-        ):
+        if status in RETRYABLE_STATUSES and self.failed(status, reached=True) == RETRY:
             self.up = None
-            conn.client = None
             conn.close()
-            self._end_attempt(status)
-            self.cluster.retries += 1
-            self.proxy.stats.retried(f"status_{status}")
+            self.end_attempt(status, self.proxy.loop.time())
+            self.proxy.tally.retried(f"status_{status}")
             self._attempt()
             return False
+        added = self.response_begins(status, resp.keep_alive, conn.framing == UNTIL_CLOSE)
         if status == 101:
-            self.state = TUNNEL
             conn.tunnel = True
-        keep = self.keep and resp.keep_alive if status != 101 else True
-        if conn.framing == UNTIL_CLOSE and status != 101:
-            keep = False
-        if not self.req_done and status >= 200 and status != 101:
-            # Answered before the body was all sent: the rest of the body cannot be framed
-            # for the next request on this client connection; close after the response.
-            keep = False
-        self.keep = keep
-        added = b""
-        if not keep and status != 101:
-            added = b"Connection: close\r\n"
-        elif req.minor == 0:
-            added = b"Connection: keep-alive\r\n"
         if resp.cut or resp.connection_tokens or added:
             head = http1.edit_response_head(head, resp, added)
-        self.resp_started = True
         conn.out_head = head
         return True
 
-    def quick_done(self, conn: UpstreamConn, status: int) -> None:
-        """`response_done(conn, status, True)` for a whole response to a request that was
-        all sent and keeps its connection (`UpstreamConn.data_received`'s fast lane)."""
-        self.up = None
-        conn.client = None
+    def tunnel_opened(self, conn: UpstreamConn, data: bytes) -> None:
+        """The 101's head and what followed it go to the client; what the client sent after
+        its Upgrade request, before the 101, goes into the tunnel."""
         p = self.proxy
-        now = p.loop.time()
-        up, cluster = self.upstream, self.cluster
-        if up is not None and cluster is not None:
-            # `_end_attempt(status, now)`
-            self.upstream = None
-            up.in_flight -= 1
-            balancer = cluster.balancer
-            if balancer.tracks:
-                balancer.finished(up.addr, now - self.t0)
-            ticket = self.ticket
-            self.ticket = None
-            if status < 500 and ticket is not None and not (cluster.degraded or up.failures_in_row):
-                up.breaker.success(ticket)  # `cluster.record`'s way for a plain success
-            else:
-                cluster.record(up, ticket, status)
-        p.stats.observe(status, now - self.t0)
-        conn.release(True)
-        self.state = HEAD
-        self.req = None
-        if self.buf or self.eof or self.paused:
-            self._next()
+        if self.transport is not None:
+            p.write(self.transport, data)
+        if self.buf and conn.transport is not None:
+            p.write(conn.transport, self.buf)
+            self.buf = b""
+            self.gate()
 
     def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
         self.up = None
-        conn.client = None
         p = self.proxy
         now = p.loop.time()
-        self._end_attempt(status, now)
-        p.stats.observe(status, now - self.t0)
+        keep = self.end_attempt(status, now, True)
+        p.tally.observe(status, now - self.t0)
         conn.release(reusable and self.req_done)
-        req = self.req
-        if req is None or not self.keep:
+        if not keep:
             self.close()
-            return
-        if not self.req_done:
-            self.close()
-            return
-        self.state = HEAD
-        self.req = None
-        if self.buf or self.eof or self.paused:
+        elif self.buf or self.eof or self.paused:
             self._next()
 
     # --- answers of our own -----------------------------------------------------------------
 
-    def _fail(self, status: int, message: str, kind: str) -> None:
+    def fail(self, status: int, message: str, kind: str) -> None:
         """No upstream answered: a short response saying why (or, once a response began,
         a closed connection)."""
-        self.proxy.stats.reject(kind)
+        self.proxy.tally.reject(kind)
         if self.resp_started:
             self.abort()
             return
-        self._local_response(status, message, None)
+        self._local_response(status, message)
 
-    def _local_response(self, status: int, message: str, kind: str | None) -> None:
-        if kind is not None:
-            self.proxy.stats.reject(kind)
-        req = self.req
-        keep = req is not None and self.keep and self.req_done
+    def _local_response(self, status: int, message: str) -> None:
+        """The proxy's own answer to the request, and the exchange's end."""
+        p = self.proxy
         if self.transport is None or self.state == CLOSED:
             return
-        self.proxy.write(
+        keep = self.end_attempt(NO_VERDICT, 0.0, True)  # none is open: the exchange ends
+        p.write(
             self.transport,
             http1.simple_response(
                 status, http1.REASONS.get(status, "Error"), message, close=not keep
             ),
         )
-        p = self.proxy
-        p.stats.observe(status, p.loop.time() - self.t0 if self.t0 else 0.0)
+        p.tally.observe(status, p.loop.time() - self.t0 if self.t0 else 0.0)
         if not keep:
             self.close()
-            return
-        self.state = HEAD
-        self.req = None
-        if self.buf or self.eof or self.paused:
+        elif self.buf or self.eof or self.paused:
             self._next()
 
     def _refuse(self, status: int, message: str, mid_exchange: bool = False) -> None:
         """A client that broke the protocol: answer and close, never forward further."""
-        self.proxy.stats.reject("bad_request")
+        p = self.proxy
+        p.tally.reject("bad_request")
         if mid_exchange:
             up = self.up
             self.up = None
             if up is not None:
                 up.client = None
-                self._end_attempt(-1)
+                self.end_attempt(NO_VERDICT, p.loop.time())
                 up.close()
             if self.resp_started:
                 self.abort()
                 return
         if self.transport is not None and self.state != CLOSED:
-            self.proxy.write(
+            p.write(
                 self.transport,
                 http1.simple_response(status, http1.REASONS.get(status, "Bad Request"), message),
             )
-            self.proxy.stats.responded(status)
+            p.tally.responded(status)
         self.close()
 
     def close(self) -> None:
@@ -983,9 +682,7 @@ class ClientConn(asyncio.Protocol):
         the last response. So: FIN after what is written, then the client's bytes are read
         and dropped until it closes too, for `LINGER_S` once all is sent (and `idle_s` in
         all, for a client that does not read)."""
-        prev = self.state
-        self.state = CLOSED
-        self._drop_upstream(prev)
+        self._drop_upstream(self.mark_closed())
         t = self.transport
         if t is None:
             return
@@ -1002,7 +699,7 @@ class ClientConn(asyncio.Protocol):
             t.close()
 
     def abort(self) -> None:
-        self.state = CLOSED
+        self.mark_closed()
         if self.transport is not None:
             self.proxy.flush()
             self.transport.abort()
@@ -1022,7 +719,7 @@ class ClientConn(asyncio.Protocol):
                 tr.close()
         elif state == HEAD:
             if self.head_started and now - self.head_started > t.client_header_s:
-                self.proxy.stats.reject("client_timeout")
+                self.proxy.tally.reject("client_timeout")
                 self._refuse(408, "the request head took too long")
             elif now - self.last_active > t.idle_s:
                 self.close()
@@ -1040,10 +737,9 @@ class ClientConn(asyncio.Protocol):
                 and (now - up.started > t.response_header_s)
             ):
                 self.up = None
-                up.client = None
                 up.close()
-                self._end_attempt(None)
-                self._fail(
+                self.end_attempt(None, now)
+                self.fail(
                     504, f"no response from the upstream within {t.response_header_s:g}s", "timeout"
                 )
             elif (
@@ -1056,16 +752,18 @@ class ClientConn(asyncio.Protocol):
                 # answered since: a killed container never will (its address just drops
                 # packets). Given up on, and tried elsewhere when that is safe.
                 self.up = None
-                up.client = None
                 up.close()
-                self._end_attempt(None)
-                self._retry_or_fail(True, 503, 502, "the upstream left the catalog", "removed")
+                self.end_attempt(None, now)
+                verdict = self.failed(None, reached=True)
+                self._retry_or_fail(verdict, 502, "the upstream left the catalog", "removed")
             elif state == BODY and now - self.last_active > t.idle_s:
                 self._refuse(408, "the request body stalled", mid_exchange=True)
 
 
 class UpstreamConn(asyncio.Protocol):
-    """A connection to one upstream, serving one exchange at a time, pooled between them."""
+    """A connection to one upstream, serving one exchange at a time, pooled between them. It
+    reads the response (its head, then its body's framing) and reports to its client
+    connection; `Upstream.idle` holds it while idle (`cluster.Pooled`)."""
 
     __slots__ = (
         "body_left",
@@ -1081,8 +779,8 @@ class UpstreamConn(asyncio.Protocol):
         "method",
         "out_head",
         "proxy",
+        "reads_paused",
         "resp",
-        "reusable",
         "reused",
         "started",
         "transport",
@@ -1092,7 +790,7 @@ class UpstreamConn(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, proxy: Proxy, upstream: Upstream) -> None:
+    def __init__(self, proxy: Proxy, upstream: Upstream[UpstreamConn]) -> None:
         self.proxy = proxy
         self.upstream = upstream
         self.transport: asyncio.Transport | None = None
@@ -1104,10 +802,10 @@ class UpstreamConn(asyncio.Protocol):
         self.chunked: http1.ChunkedReader | None = None
         self.got_head = False
         self.reused = False
-        self.reusable = True
         self.tunnel = False
         self.write_paused = False
-        self.unsent = False  # its request was dropped unsent: it closed first (`flush`)
+        self.reads_paused = False  # `pause_reads`
+        self.unsent = False  # its request was dropped unsent: it closed first (`Proxy.flush`)
         self.method = b"GET"
         self.out_head = b""
         self.started = 0.0
@@ -1149,15 +847,6 @@ class UpstreamConn(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def start(self, method: bytes) -> None:
-        """A new exchange on this connection."""
-        self.method = method
-        self.buf = b""
-        self.resp = None
-        self.got_head = False
-        self.started = self.proxy.now
-        self.last_active = self.proxy.now
-
     def connection_lost(self, exc: Exception | None) -> None:
         up = self.upstream
         if self.transport is not None:
@@ -1178,13 +867,13 @@ class UpstreamConn(asyncio.Protocol):
         self.write_paused = True
         c = self.client
         if c is not None:
-            c._gate()
+            c.gate()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         c = self.client
         if c is not None:
-            c._gate()
+            c.gate()
 
     def eof_received(self) -> bool | None:
         c = self.client
@@ -1227,21 +916,18 @@ class UpstreamConn(asyncio.Protocol):
                 if (
                     q is not None
                     and len(data) - q[1] == q[2]
-                    and q[0] not in (502, 503, 504)
-                    and client.req_done
-                    and client.keep
-                    and client.req is not None
-                    and client.req.minor
+                    and q[0] not in RETRYABLE_STATUSES
+                    and not client.response_begins(q[0], True, False)
                 ):
-                    # A whole response in one read, the client keeps its connection: one
-                    # write, and the exchange is over.
-                    # Deferred (`Proxy.out`); `quick_done` ends the exchange.
+                    # The fast lane: a whole response in one read, whose head goes as it
+                    # came (its Connection: keep-alive cut): one write, at the end of the
+                    # loop's pass (`Proxy.out`), and the exchange is over.
                     p = self.proxy
                     pending = p.out
                     if not pending:
                         p.loop.call_soon(p.flush)
                     pending.append((client.transport, q[3] + data[q[1] :], None))
-                    client.quick_done(self, q[0])
+                    client.response_done(self, q[0], True)
                     return
             self._head_data(client, data)
         else:
@@ -1254,11 +940,7 @@ class UpstreamConn(asyncio.Protocol):
                 resp = http1.parse_response_head(buf)
             except ProtocolError as e:
                 self.buf = b""
-                client.up = None
-                self.client = None
-                self.close()
-                client._end_attempt(None)
-                client._fail(502, f"{e} ({self.upstream.addr})", "bad_response")
+                client.bad_response(self, f"{e} ({self.upstream.addr})")
                 return
             if resp is None:
                 self.buf = buf
@@ -1294,13 +976,7 @@ class UpstreamConn(asyncio.Protocol):
         if resp.status == 101:
             out = self.out_head + rest
             self.out_head = b""
-            if client.transport is not None:
-                self.proxy.write(client.transport, out)
-            if client.buf and self.transport is not None:
-                # Sent by the client after its Upgrade request, before the 101: the tunnel's.
-                self.proxy.write(self.transport, client.buf)
-                client.buf = b""
-                client._gate()
+            client.tunnel_opened(self, out)
             return
         self._body_data(client, rest, 0, self.out_head)
 
@@ -1316,12 +992,8 @@ class UpstreamConn(asyncio.Protocol):
             assert self.chunked is not None
             try:
                 used = self.chunked.feed(data, start)
-            except ProtocolError:
-                self.client = None
-                client.up = None
-                self.close()
-                client._end_attempt(None)
-                client.abort()
+            except ProtocolError as e:
+                client.bad_response(self, f"{e} ({self.upstream.addr})")
                 return
             done = self.chunked.done
         elif framing == UNTIL_CLOSE:
@@ -1350,15 +1022,27 @@ class UpstreamConn(asyncio.Protocol):
         up = self.upstream
         t = self.transport
         if reusable and not up.removed and t is not None and not t.is_closing() and not self.tunnel:
-            if not t.is_reading():
-                t.resume_reading()  # paused for a slow client: pooled, it must read again
+            if self.reads_paused:
+                self.resume_reads()  # paused for a slow client: pooled, it must read again
             self.idle_since = self.proxy.now
-            self.got_head = False
-            self.buf = b""
-            self.resp = None
+            if self.got_head:
+                self.got_head = False
+                self.buf = b""
+                self.resp = None
             up.idle.append(self)
         else:
             self.close()
+
+    def pause_reads(self) -> None:
+        """The client does not take the response as fast as it comes: stop reading it."""
+        if self.transport is not None and not self.reads_paused:
+            self.reads_paused = True
+            self.transport.pause_reading()
+
+    def resume_reads(self) -> None:
+        if self.transport is not None and self.reads_paused:
+            self.reads_paused = False
+            self.transport.resume_reading()
 
     def close(self) -> None:
         self.client = None
@@ -1383,6 +1067,3 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-Factory = Callable[[], Any]

@@ -1,5 +1,6 @@
-"""The data plane's fast lane against fake transports: the same outcome as the general way,
-including the breaker's refusals and a pool with nothing idle."""
+"""The data plane against recording transports: both lanes reach the same outcomes (the
+breaker's refusals, a pool with nothing idle, retries), deferred writes stay in order, and a
+client is held to its bounds."""
 
 from __future__ import annotations
 
@@ -9,66 +10,12 @@ from typing import Any, cast
 
 import pytest
 
-from dockmesh.proxy.cluster import Cluster
-from dockmesh.proxy.server import HEAD, WAIT, ClientConn, Proxy, ProxySettings, Route, UpstreamConn
+from dockmesh.proxy.exchange import HEAD, WAIT
+from dockmesh.proxy.server import ClientConn
 from dockmesh.resilience.breaker import BreakerState
-
-REQUEST = b"GET /a HTTP/1.1\r\nHost: h.test\r\nAccept: */*\r\n\r\n"
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: t\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n"
-)
-
-
-class FakeTransport:
-    """What was written, as the peer would see it: reading it first sends the proxy's
-    deferred writes, as the end of the loop's pass would."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.written: list[bytes] = []
-        self.closed = False
-
-    @property
-    def out(self) -> list[bytes]:
-        self.proxy.flush()
-        return self.written
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        # The proxy's end of a connection (a lingering close): nothing is written after it.
-        self.closed = True
-
-    def set_write_buffer_limits(self, high: int, low: int) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("10.0.0.9", 4242) if name == "peername" else default
-
-    reading = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def is_reading(self) -> bool:
-        return self.reading
+from dockmesh.testing.transport import FakeTransport
+from tests.unit.proxy.rig import REQUEST, RESPONSE, setup, transport
+from tests.unit.proxy.rig import out as written
 
 
 @pytest.fixture
@@ -78,92 +25,74 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     lp.close()
 
 
-def _setup(loop: asyncio.AbstractEventLoop) -> tuple[Proxy, Cluster, ClientConn]:
-    cluster = Cluster("b", "round_robin")
-    cluster.set_members({"127.0.0.1:1": 1, "127.0.0.1:2": 1})
-    proxy = Proxy(ProxySettings(routes=[Route(cluster=cluster)]), loop)
-    for up in cluster.upstreams.values():
-        conn = UpstreamConn(proxy, up)
-        conn.connection_made(cast(Any, FakeTransport(proxy)))
-        up.connections += 1
-        up.idle.append(conn)
-    client = ClientConn(proxy)
-    client.connection_made(cast(Any, FakeTransport(proxy)))
-    return proxy, cluster, client
-
-
-def _out(t: asyncio.BaseTransport | None) -> bytes:
-    return b"".join(cast(FakeTransport, t).out)
-
-
 def test_common_request_goes_out_edited_and_the_connection_back_to_the_pool(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    proxy, cluster, client = _setup(loop)
+    proxy, cluster, client = setup(loop)
     for _ in range(4):
         client.data_received(REQUEST)
         assert client.state == WAIT
         conn = client.up
         assert conn is not None and conn.upstream.in_flight == 1
-        sent = cast(FakeTransport, conn.transport).out.pop()
+        sent = transport(conn.transport).out.pop()
         assert sent.startswith(b"GET /a HTTP/1.1\r\nHost: h.test\r\nAccept: */*\r\n")
         assert b"X-Forwarded-For: 10.0.0.9\r\n" in sent and b"X-Forwarded-Host: h.test\r\n" in sent
         assert b"X-Request-Id: " in sent and sent.endswith(b"\r\n\r\n")
         conn.data_received(RESPONSE)
         assert client.state == HEAD and client.up is None and conn in conn.upstream.idle
         assert conn.upstream.in_flight == 0
-    assert _out(client.transport).count(b"HTTP/1.1 200 OK\r\n") == 4
-    assert b"Connection: keep-alive" not in _out(client.transport)
-    assert proxy.stats.responses == {200: 4}
+    assert written(client.transport).count(b"HTTP/1.1 200 OK\r\n") == 4
+    assert b"Connection: keep-alive" not in written(client.transport)
+    assert proxy.tally.responses == {200: 4}
     assert sorted(u.requests for u in cluster.upstreams.values()) == [2, 2]
 
 
 def test_a_refusing_breaker_sends_the_request_to_another_upstream(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    _, cluster, client = _setup(loop)
+    _, cluster, client = setup(loop)
     first, second = cluster.upstreams.values()
     # Half-open with its probe taken: `admit` refuses.
     first.breaker._to(BreakerState.HALF_OPEN)
     assert first.breaker.admit() is not None
     client.data_received(REQUEST)
     assert client.up is not None and client.up.upstream is second
-    assert client.tried == [first, second] and client.attempts == 1
+    assert client.tried == (first,) and client.last is second and client.attempts == 1
     assert first.breaker.probes == 1 and first.in_flight == 0
 
 
 def test_nothing_idle_opens_a_connection_and_nothing_eligible_is_503(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    _, cluster, client = _setup(loop)
+    _, cluster, client = setup(loop)
     for up in cluster.upstreams.values():
         for conn in up.idle:
-            cast(FakeTransport, conn.transport).closed = True
+            transport(conn.transport).closed = True
     client.data_received(REQUEST)
     assert client.up is not None and client.up.transport is None  # connecting
-    assert client.pending_body == [] and client.upstream is client.up.upstream
+    assert client.pending_body is None and client.upstream is client.up.upstream  # no body
     tasks = asyncio.all_tasks(loop)
     for task in tasks:
         task.cancel()
     loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
-    _, cluster, client = _setup(loop)
+    _, cluster, client = setup(loop)
     for up in cluster.upstreams.values():
         cluster.set_healthy(up, False)
     client.data_received(REQUEST)
-    assert _out(client.transport).startswith(b"HTTP/1.1 503 ")
+    assert written(client.transport).startswith(b"HTTP/1.1 503 ")
     assert client.state == HEAD
 
 
 def test_a_repeated_head_is_edited_anew_each_time(loop: asyncio.AbstractEventLoop) -> None:
-    _, _, client = _setup(loop)
+    _, _, client = setup(loop)
     other = REQUEST.replace(b"h.test", b"o.test")
     sent = []
     for head in (REQUEST, REQUEST, other, REQUEST):
         client.data_received(head)
         conn = client.up
         assert conn is not None
-        sent.append(cast(FakeTransport, conn.transport).out.pop())
+        sent.append(transport(conn.transport).out.pop())
         conn.data_received(RESPONSE)
     ids = [s.split(b"X-Request-Id: ")[1].split(b"\r\n")[0] for s in sent]
     assert len(set(ids)) == 4
@@ -174,7 +103,7 @@ def test_a_repeated_head_is_edited_anew_each_time(loop: asyncio.AbstractEventLoo
 def test_a_repeated_response_head_is_judged_by_its_own_bytes(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    _, _, client = _setup(loop)
+    _, _, client = setup(loop)
     longer = RESPONSE.replace(b"Content-Length: 3", b"Content-Length: 4") + b"!"
     closing = RESPONSE.replace(b"Connection: keep-alive", b"Connection: close")
     for resp, keeps in ((RESPONSE, True), (RESPONSE, True), (longer, True), (closing, False)):
@@ -183,7 +112,7 @@ def test_a_repeated_response_head_is_judged_by_its_own_bytes(
         assert conn is not None
         conn.data_received(resp)
         assert client.up is None and (conn in conn.upstream.idle) == keeps
-    out = _out(client.transport)
+    out = written(client.transport)
     assert out.count(b"HTTP/1.1 200 OK\r\n") == 4 and out.endswith(b"ok\n")
     assert b"ok\n!" in out and out.count(b"Connection: close\r\n") == 1
 
@@ -191,8 +120,8 @@ def test_a_repeated_response_head_is_judged_by_its_own_bytes(
 def test_deferred_writes_stay_in_order_with_direct_ones(loop: asyncio.AbstractEventLoop) -> None:
     """A fast-lane response waits for the end of the loop's pass; a pipelined request the
     proxy refuses at once is answered after it, never before."""
-    proxy, _, client = _setup(loop)
-    t = cast(FakeTransport, client.transport)
+    proxy, _, client = setup(loop)
+    t = transport(client.transport)
     client.data_received(REQUEST)
     conn = client.up
     assert conn is not None
@@ -205,12 +134,12 @@ def test_deferred_writes_stay_in_order_with_direct_ones(loop: asyncio.AbstractEv
 
 
 def test_deferred_writes_go_out_at_the_end_of_the_pass(loop: asyncio.AbstractEventLoop) -> None:
-    proxy, _, client = _setup(loop)
-    t = cast(FakeTransport, client.transport)
+    proxy, _, client = setup(loop)
+    t = transport(client.transport)
     client.data_received(REQUEST)
     conn = client.up
     assert conn is not None
-    up_t = cast(FakeTransport, conn.transport)
+    up_t = transport(conn.transport)
     assert up_t.written == [] and len(proxy.out) == 1
     loop.run_until_complete(asyncio.sleep(0))
     assert len(up_t.written) == 1 and proxy.out == []
@@ -225,29 +154,29 @@ def test_a_closing_response_does_not_change_the_shared_head(
 ) -> None:
     """The fast lane's request heads are memoized and shared between connections: what a
     response decides about keep-alive belongs to the connection, not to the head."""
-    proxy, _, client = _setup(loop)
+    proxy, _, client = setup(loop)
     closing = RESPONSE.replace(b"Connection: keep-alive", b"Connection: close")
     client.data_received(REQUEST)
     shared = client.req
     conn = client.up
     assert conn is not None and shared is not None
     conn.data_received(closing)
-    assert cast(FakeTransport, client.transport).closed and shared.keep_alive
+    assert transport(client.transport).closed and shared.keep_alive
     other = ClientConn(proxy)
-    other.connection_made(cast(Any, FakeTransport(proxy)))
+    other.connection_made(cast(Any, FakeTransport(proxy.flush)))
     other.data_received(REQUEST)
     assert other.req is shared and other.keep
     conn2 = other.up
     assert conn2 is not None
     conn2.data_received(RESPONSE)
-    assert not cast(FakeTransport, other.transport).closed and other.state == HEAD
+    assert not transport(other.transport).closed and other.state == HEAD
 
 
 def test_a_half_closed_client_gets_its_response_then_the_connection_closes(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    _, _, client = _setup(loop)
-    t = cast(FakeTransport, client.transport)
+    _, _, client = setup(loop)
+    t = transport(client.transport)
     client.data_received(REQUEST)
     assert client.eof_received() is True  # kept open for writing
     conn = client.up
@@ -255,15 +184,15 @@ def test_a_half_closed_client_gets_its_response_then_the_connection_closes(
     conn.data_received(RESPONSE)
     assert t.closed and t.written and t.written[0].startswith(b"HTTP/1.1 200 ")
     # Half-closed with nothing in flight: closed at once.
-    _, _, idle = _setup(loop)
+    _, _, idle = setup(loop)
     assert idle.eof_received() is None
 
 
 def test_a_client_that_sends_ahead_without_reading_is_not_read_past_the_bound(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    proxy, _, client = _setup(loop)
-    t = cast(FakeTransport, client.transport)
+    proxy, _, client = setup(loop)
+    t = transport(client.transport)
     client.data_received(REQUEST)
     conn = client.up
     assert conn is not None
@@ -283,12 +212,12 @@ def test_a_client_that_sends_ahead_without_reading_is_not_read_past_the_bound(
 def test_bytes_sent_after_an_upgrade_request_go_through_the_tunnel(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    _, _, client = _setup(loop)
+    _, _, client = setup(loop)
     upgrade = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     client.data_received(upgrade)
     conn = client.up
     assert conn is not None
-    up_t = cast(FakeTransport, conn.transport)
+    up_t = transport(conn.transport)
     client.data_received(b"early;")
     conn.data_received(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -299,14 +228,14 @@ def test_bytes_sent_after_an_upgrade_request_go_through_the_tunnel(
 
 
 def test_refusals_count_as_responses(loop: asyncio.AbstractEventLoop) -> None:
-    proxy, _, client = _setup(loop)
+    proxy, _, client = setup(loop)
     client.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-    assert proxy.stats.responses == {400: 1}
+    assert proxy.tally.responses == {400: 1}
 
 
 def test_an_http10_keep_alive_response_says_so(loop: asyncio.AbstractEventLoop) -> None:
-    _, _, client = _setup(loop)
-    t = cast(FakeTransport, client.transport)
+    _, _, client = setup(loop)
+    t = transport(client.transport)
     client.data_received(b"GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n")
     conn = client.up
     assert conn is not None
@@ -320,15 +249,15 @@ def test_requests_sent_ahead_and_answered_at_once_are_served_in_a_loop(
 ) -> None:
     """Thousands of requests in one read, each answered by the proxy itself (no healthy
     upstream): all answered, in order, without a recursion per request."""
-    proxy, cluster, client = _setup(loop)
+    proxy, cluster, client = setup(loop)
     for up in cluster.upstreams.values():
         cluster.set_healthy(up, False)
     head = b"GET /x HTTP/1.1\r\nHost: h\r\nX-Pad: 1\r\n\r\n"
     n = 1500
     client.data_received(head * n)
-    out = b"".join(cast(FakeTransport, client.transport).out)
+    out = b"".join(transport(client.transport).out)
     assert out.count(b"HTTP/1.1 503 ") == n and client.buf == b"" and client.state == HEAD
-    assert proxy.stats.responses == {503: n}
+    assert proxy.tally.responses == {503: n}
 
 
 def test_a_request_dropped_unsent_goes_elsewhere_whatever_its_method(
@@ -337,18 +266,18 @@ def test_a_request_dropped_unsent_goes_elsewhere_whatever_its_method(
     """The upstream closed the pooled connection in the same pass as the request was read:
     the deferred write finds it closing and drops it, so even a POST is safe to send on
     another connection."""
-    proxy, _, client = _setup(loop)
+    proxy, _, client = setup(loop)
     client.data_received(b"POST /p HTTP/1.1\r\nHost: h\r\n\r\n")
     first = client.up
     assert first is not None
-    cast(FakeTransport, first.transport).closed = True  # its FIN came in this pass
+    transport(first.transport).closed = True  # its FIN came in this pass
     proxy.flush()
     assert first.unsent
     first.connection_lost(None)
     second = client.up
     assert second is not None and second is not first
-    sent = b"".join(cast(FakeTransport, second.transport).out)
+    sent = b"".join(transport(second.transport).out)
     assert sent.startswith(b"POST /p HTTP/1.1\r\n")
     second.data_received(RESPONSE)
-    assert b"".join(cast(FakeTransport, client.transport).out).startswith(b"HTTP/1.1 200 ")
-    assert proxy.stats.retries == {"stale_connection": 1}
+    assert b"".join(transport(client.transport).out).startswith(b"HTTP/1.1 200 ")
+    assert proxy.tally.retries == {"stale_connection": 1}

@@ -1,0 +1,277 @@
+"""The admin endpoint: `/status` (JSON, INTERFACE.md's shape) and `/metrics` (Prometheus) of
+one worker, read from its tally and its clusters when asked; and, with several workers, the
+parent's endpoint that asks every worker and adds their answers up: counters are summed; an
+upstream is healthy only if every worker finds it so, ejected if any has ejected it, and its
+breaker shows the worst state any worker has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from dockmesh.proxy.cluster import Cluster
+from dockmesh.proxy.tally import LATENCY_BUCKETS, Tally
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+BREAKER_STATES = ("closed", "open", "half_open")
+_BREAKER_RANK = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class ProxyCollector(Collector):
+    """One worker's tally and clusters as Prometheus metrics, read when scraped."""
+
+    def __init__(self, tally: Tally, clusters: Iterable[Cluster[Any]]) -> None:
+        self.tally = tally
+        self.clusters = list(clusters)
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.tally
+        requests = CounterMetricFamily(
+            "dockmesh_proxy_requests", "Responses sent to clients, by status", labels=["code"]
+        )
+        for code, n in sorted(s.responses.items()):
+            requests.add_metric([str(code)], n)
+        yield requests
+        buckets = []
+        acc = 0
+        for bound, n in zip((*LATENCY_BUCKETS, float("inf")), s.latency_counts, strict=True):
+            acc += n
+            buckets.append((_le(bound), acc))
+        yield HistogramMetricFamily(
+            "dockmesh_proxy_request_duration_seconds",
+            "Time from a request's head to the end of its response",
+            buckets=buckets,
+            sum_value=s.latency_sum,
+        )
+        retries = CounterMetricFamily(
+            "dockmesh_proxy_retries", "Requests tried again, by reason", labels=["reason"]
+        )
+        for reason, n in sorted(s.retries.items()):
+            retries.add_metric([reason], n)
+        yield retries
+        rejected = CounterMetricFamily(
+            "dockmesh_proxy_rejected", "Requests answered by the proxy itself", labels=["reason"]
+        )
+        for reason, n in sorted(s.rejected.items()):
+            rejected.add_metric([reason], n)
+        yield rejected
+        yield GaugeMetricFamily(
+            "dockmesh_proxy_client_connections", "Client connections open", value=s.connections
+        )
+        up_labels = ["cluster", "upstream"]
+        healthy = GaugeMetricFamily(
+            "dockmesh_proxy_upstream_healthy",
+            "1 when the upstream passes its checks",
+            labels=up_labels,
+        )
+        ejected = GaugeMetricFamily(
+            "dockmesh_proxy_upstream_ejected", "1 while the upstream is ejected", labels=up_labels
+        )
+        in_flight = GaugeMetricFamily(
+            "dockmesh_proxy_upstream_in_flight", "Requests in flight", labels=up_labels
+        )
+        up_requests = CounterMetricFamily(
+            "dockmesh_proxy_upstream_requests", "Attempts sent to the upstream", labels=up_labels
+        )
+        up_failures = CounterMetricFamily(
+            "dockmesh_proxy_upstream_failures",
+            "Attempts that failed (5xx or no answer)",
+            labels=up_labels,
+        )
+        conns = GaugeMetricFamily(
+            "dockmesh_proxy_upstream_connections", "Open connections", labels=up_labels
+        )
+        breaker = GaugeMetricFamily(
+            "dockmesh_proxy_breaker_state",
+            "1 for the breaker's current state",
+            labels=[*up_labels, "state"],
+        )
+        ejections = CounterMetricFamily(
+            "dockmesh_proxy_ejections", "Outlier ejections", labels=["cluster"]
+        )
+        for c in self.clusters:
+            ejected_now = c.outlier.ejected()
+            for addr, u in c.upstreams.items():
+                lv = [c.name, addr]
+                healthy.add_metric(lv, 1 if u.healthy else 0)
+                ejected.add_metric(lv, 1 if addr in ejected_now else 0)
+                in_flight.add_metric(lv, u.in_flight)
+                up_requests.add_metric(lv, u.requests)
+                up_failures.add_metric(lv, u.failures)
+                conns.add_metric(lv, u.connections)
+                state = u.breaker.state.value
+                for st in BREAKER_STATES:
+                    breaker.add_metric([*lv, st], 1 if st == state else 0)
+            ejections.add_metric([c.name], c.ejections)
+        yield from (
+            healthy,
+            ejected,
+            in_flight,
+            up_requests,
+            up_failures,
+            conns,
+            breaker,
+            ejections,
+        )
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+def status_document(clusters: Iterable[Cluster[Any]]) -> dict[str, object]:
+    """INTERFACE.md's /status shape (plus `cluster` and `weight` per upstream)."""
+    upstreams = []
+    for c in clusters:
+        ejected_now = c.outlier.ejected()
+        for addr, u in c.upstreams.items():
+            upstreams.append(
+                {
+                    "address": addr,
+                    "healthy": u.healthy,
+                    "ejected": addr in ejected_now,
+                    "breaker": u.breaker.state.value,
+                    "in_flight": u.in_flight,
+                    "requests": u.requests,
+                    "failures": u.failures,
+                    "cluster": c.name,
+                    "weight": u.weight,
+                }
+            )
+    return {"upstreams": upstreams}
+
+
+def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers' /status documents as one."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for doc in docs:
+        for u in doc.get("upstreams", []):
+            key = (u.get("cluster", ""), u["address"])
+            m = merged.get(key)
+            if m is None:
+                merged[key] = dict(u)
+                continue
+            m["healthy"] = m["healthy"] and u["healthy"]
+            m["ejected"] = m["ejected"] or u["ejected"]
+            if _BREAKER_RANK[u["breaker"]] > _BREAKER_RANK[m["breaker"]]:
+                m["breaker"] = u["breaker"]
+            for k in ("in_flight", "requests", "failures"):
+                m[k] += u[k]
+    return {"upstreams": list(merged.values())}
+
+
+def merge_metrics(texts: list[str]) -> str:
+    """Sums the workers' samples of each metric with the same labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    order: list[str] = []
+    families: dict[str, tuple[str, str]] = {}
+    samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            if fam.name not in families:
+                families[fam.name] = (fam.type, fam.documentation)
+                order.append(fam.name)
+                samples[fam.name] = {}
+            acc = samples[fam.name]
+            for s in fam.samples:
+                k = (s.name, tuple(sorted(s.labels.items())))
+                acc[k] = acc.get(k, 0.0) + s.value
+    lines = []
+    for name in order:
+        kind, doc = families[name]
+        lines.append(f"# HELP {name} {doc}")
+        lines.append(f"# TYPE {name} {kind}")
+        for (sname, labels), value in samples[name].items():
+            lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(f"{sname}{{{lab}}} {value!r}" if lab else f"{sname} {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+# --- the servers ----------------------------------------------------------------------------
+
+
+async def serve_admin(
+    bind: tuple[str, int], tally: Tally, clusters: Iterable[Cluster[Any]]
+) -> tuple[Any, int]:
+    """One worker's endpoint; (its runner, to clean up, and the port it got)."""
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    clusters = list(clusters)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(tally, clusters))
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(status_document(clusters))
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    return await _admin_app(bind, status, metrics)
+
+
+async def serve_summed_admin(bind: tuple[str, int], ports: Mapping[int, int]) -> tuple[Any, int]:
+    """The parent's endpoint over its workers' (worker number → its admin port, as they
+    come and go)."""
+    import aiohttp
+    from aiohttp import web
+
+    async def gather(path: str) -> list[bytes]:
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+
+            async def one(port: int) -> bytes | None:
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}{path}") as r:
+                        return await r.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    return None
+
+            got = await asyncio.gather(*(one(p) for p in list(ports.values())))
+        return [g for g in got if g is not None]
+
+    async def status(request: web.Request) -> web.Response:
+        docs = [json.loads(b) for b in await gather("/status")]
+        return web.json_response(merge_status(docs))
+
+    async def metrics(request: web.Request) -> web.Response:
+        texts = [b.decode() for b in await gather("/metrics")]
+        return web.Response(text=merge_metrics(texts), content_type="text/plain", charset="utf-8")
+
+    return await _admin_app(bind, status, metrics)
+
+
+async def _admin_app(
+    bind: tuple[str, int],
+    status: Callable[[Any], Awaitable[Any]],
+    metrics: Callable[[Any], Awaitable[Any]],
+) -> tuple[Any, int]:
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, bind[0], bind[1], reuse_address=True)
+    await site.start()
+    port = bind[1]
+    for address in runner.addresses:  # the port the kernel chose when asked for 0
+        port = int(address[1])
+        break
+    return runner, port

@@ -1,0 +1,48 @@
+"""The data plane's settings: timeouts, limits and routes, as the composition root (`run`)
+builds them from the flags and the routes file. Plain values; pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dockmesh.proxy import http1
+from dockmesh.proxy.cluster import Cluster
+
+
+@dataclass
+class Timeouts:
+    connect_s: float = 3.0
+    response_header_s: float = 30.0
+    client_header_s: float = 10.0
+    idle_s: float = 60.0
+    tunnel_idle_s: float = 3600.0
+    pool_idle_s: float = 15.0
+
+
+@dataclass
+class Limits:
+    max_head_bytes: int = http1.MAX_HEAD_BYTES
+    max_client_connections: int = 10_000
+    max_connections_per_upstream: int = 1024
+    # Bytes of requests a client sent ahead while one of its requests is in flight. Past
+    # this (or one head of `max_head_bytes`, if larger), the client is not read until its
+    # exchange ends: the backlog costs a copy per request served from it, so it stays small.
+    max_pipelined_bytes: int = 64 * 1024
+
+
+@dataclass
+class Route:
+    # The server's connections are its pool's kind: it narrows the type where it reads them.
+    cluster: Cluster[Any]
+    host: bytes | None = None  # lower-case, no port; None: any
+    prefix: bytes = b"/"
+
+
+@dataclass
+class ProxySettings:
+    routes: list[Route]
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    limits: Limits = field(default_factory=Limits)
+    # hash:<header> / hash:cookie:<name> / hash:ip, per cluster name.
+    hash_keys: dict[str, str] = field(default_factory=dict)
