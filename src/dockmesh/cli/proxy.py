@@ -47,7 +47,9 @@ def register(app: typer.Typer) -> None:
         agent: Annotated[
             str | None,
             typer.Option(
-                "--agent", help="The agent whose catalog --service follows (http://HOST:PORT)."
+                "--agent",
+                help="The agent whose catalog --service follows (http://HOST:PORT; default "
+                "$DOCKMESH_AGENT, else http://127.0.0.1:8500).",
             ),
         ] = None,
         backend: Annotated[
@@ -73,6 +75,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. Stops cleanly on SIGTERM or Ctrl-C."""
+        from dockmesh.agentclient import agent_url
         from dockmesh.proxy.config import check_balance, load_config, parse_backend
         from dockmesh.proxy.run import ProxyOptions, run_proxy
 
@@ -101,9 +104,10 @@ def register(app: typer.Typer) -> None:
                 "or --config FILE"
             )
         if service or (file is not None and any(r.service for r in file.routes)):
-            agent = agent or "http://127.0.0.1:8500"
+            source = "--agent" if agent else "$DOCKMESH_AGENT"
+            agent = agent or agent_url()
             if not agent.startswith("http://"):
-                raise UserError(f"--agent {agent!r}: expected http://HOST:PORT")
+                raise UserError(f"{source} {agent!r}: expected http://HOST:PORT")
         elif agent:
             raise UserError("--agent needs --service (or services in --config)")
         why = check_balance(balance)
