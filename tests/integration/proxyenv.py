@@ -126,7 +126,7 @@ def backends(n: int) -> Iterator[list[Backend]]:
 
 
 class ProxyProc:
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.admin_port = free_port()
         self.log = tmp / f"proxy-{self.port}.log"
@@ -139,7 +139,7 @@ class ProxyProc:
             ],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )  # fmt: skip
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

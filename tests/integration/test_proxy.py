@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import time
@@ -217,6 +218,13 @@ def test_no_upstream_and_bad_flags(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert f"{bad}:4: routes.1.prefix" in r.stderr and f"{bad}:5: routes.1.backends.0" in r.stderr
+    r = subprocess.run(
+        ["dockmesh", "proxy", "--listen", "127.0.0.1:1", "--service", "api"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DOCKMESH_AGENT": "ftp://127.0.0.1:1"},
+    )
+    assert r.returncode == 2 and "$DOCKMESH_AGENT 'ftp://127.0.0.1:1'" in r.stderr
 
 
 def test_routes_by_host_and_prefix(tmp_path: Path) -> None:
@@ -277,7 +285,8 @@ def test_follows_the_agent_catalog(api: Any, prefix: str, tmp_path: Path, toolbo
             return cid
 
         ids = [start(1), start(2)]
-        proxy = ProxyProc(tmp_path, "--service", svc, "--agent", agent.api)
+        # The agent's URL from the environment, as every command reads it.
+        proxy = ProxyProc(tmp_path, "--service", svc, env={"DOCKMESH_AGENT": agent.api})
 
         def upstreams() -> set[str]:
             return {u["address"] for u in proxy.status()["upstreams"]} if proxy else set()

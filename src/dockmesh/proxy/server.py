@@ -25,9 +25,10 @@ begun, in which case the client connection is closed, which is the only honest t
 Two lanes, one set of decisions. The common request (a body-less HTTP/1.1 head of the usual
 shape, `http1.quick_request_head`, to a lone catch-all route) skips the full reader: its
 verdict is memoized by its bytes and its edited head kept per connection. The common response
-(one read holding a whole head of the usual shape and its body) is written as it came. Both
-then take the same steps as every other exchange (`Exchange.begin_attempt`, `ClientConn._send`,
-`Exchange.response_begins`, `ClientConn.response_done`). The fast lane's writes wait for the end of the
+(one read holding a whole head of the usual shape and its body) skips it too. Both then take
+the steps every exchange takes: `Exchange.begin_attempt` and `ClientConn._send` for the
+request, `Exchange.response_begins` (whose answer says whether the response may go as it came)
+and `ClientConn.response_done` for the response. Writes of heads alone wait for the end of the
 loop's pass (`Proxy.out`), so a peer is woken once per batch, not once per request.
 
 Timeouts are checked by one sweep every `SWEEP_S` over the open connections, not by a timer

@@ -281,3 +281,85 @@ def test_a_request_dropped_unsent_goes_elsewhere_whatever_its_method(
     second.data_received(RESPONSE)
     assert b"".join(transport(client.transport).out).startswith(b"HTTP/1.1 200 ")
     assert proxy.tally.retries == {"stale_connection": 1}
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+SWITCHED = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+def test_a_tunnel_the_client_closes_counts_as_its_101_not_a_failure(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Five WebSockets closed by their clients once opened the upstream's breaker."""
+    proxy, cluster, _ = setup(loop, n=1)
+    (up,) = cluster.upstreams.values()
+    for _ in range(6):
+        client = ClientConn(proxy)
+        client.connection_made(cast(Any, FakeTransport(proxy.flush)))
+        client.data_received(UPGRADE)
+        conn = client.up
+        assert conn is not None
+        conn.data_received(SWITCHED)
+        client.data_received(b"hello")
+        client.connection_lost(None)
+        assert up.in_flight == 0
+        pool_conn = type(conn)(proxy, up)  # the tunnel's connection is not pooled again
+        pool_conn.connection_made(cast(Any, FakeTransport(proxy.flush)))
+        up.idle.append(pool_conn)
+    assert up.failures == 0 and up.breaker.state.value == "closed"
+
+
+def test_a_body_sent_on_a_stale_pooled_connection_is_not_sent_again_without_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """An idempotent PUT whose body went out on a pooled connection the upstream had closed:
+    its body is not kept, so it cannot go again (it was: head only, and the upstream waited
+    for a body that never came)."""
+    proxy, cluster, client = setup(loop)
+    client.data_received(b"PUT /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello")
+    first = client.up
+    assert first is not None and b"hello" in transport(first.transport).data()
+    first.connection_lost(None)
+    assert written(client.transport).startswith(b"HTTP/1.1 502 ")
+    assert proxy.tally.retries == {} and sum(u.in_flight for u in cluster.upstreams.values()) == 0
+
+
+def test_a_gateway_answer_is_asked_of_another_upstream(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, cluster, client = setup(loop)
+    client.data_received(REQUEST)
+    first = client.up
+    assert first is not None
+    first.data_received(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+    second = client.up
+    assert second is not None and second.upstream is not first.upstream
+    second.data_received(RESPONSE)
+    out = written(client.transport)
+    assert out.startswith(b"HTTP/1.1 200 ") and b"503" not in out
+    assert proxy.tally.retries == {"status_503": 1} and proxy.tally.responses == {200: 1}
+    assert first.upstream.failures == 1 and cluster.retries == 1
+
+
+def test_no_response_in_time_is_504_and_a_removed_upstream_is_left_for_another(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, cluster, client = setup(loop)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    t = proxy.timeouts
+    client.check_timeouts(conn.started + t.response_header_s + 1, t)
+    assert written(client.transport).startswith(b"HTTP/1.1 504 ")
+    assert proxy.tally.rejected == {"timeout": 1} and conn.upstream.failures == 1
+
+    proxy, cluster, client = setup(loop)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    gone = conn.upstream
+    cluster.set_members({u.addr: 1 for u in cluster.upstreams.values() if u is not gone})
+    client.check_timeouts(conn.started + 2.0, proxy.timeouts)
+    again = client.up
+    assert again is not None and again.upstream is not gone
+    assert proxy.tally.retries == {"removed": 1}

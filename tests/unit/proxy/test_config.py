@@ -1,0 +1,78 @@
+"""The routes file and the flags' values: settings out, or every problem with its line."""
+
+from __future__ import annotations
+
+import pytest
+
+from dockmesh.errors import SpecError
+from dockmesh.proxy.config import check_balance, load_config, parse_backend
+
+GOOD = b"""\
+timeouts: {connect: 1500ms, response_header: 10s}
+limits: {max_connections: 500, max_header_bytes: 8192}
+routes:
+  - host: API.example.test
+    prefix: /api
+    service: api
+    balance: p2c
+  - prefix: /
+    backends: [http://127.0.0.1:9001, "127.0.0.1:9002", "http://[::1]:9003"]
+    health: /health
+"""
+
+
+def test_a_good_file() -> None:
+    s = load_config(GOOD, "routes.yaml")
+    assert s.timeouts == {"connect": 1.5, "response_header": 10.0}
+    assert s.limits == {"max_connections": 500, "max_header_bytes": 8192}
+    api, rest = s.routes
+    assert (api.name, api.service, api.host, api.prefix, api.balance) == (
+        "api", "api", "api.example.test", "/api", "p2c",
+    )  # fmt: skip
+    assert rest.backends == ["127.0.0.1:9001", "127.0.0.1:9002", "[::1]:9003"]
+    assert rest.health_path == "/health" and rest.service is None and rest.name == "route1"
+
+
+def test_every_problem_at_once_with_its_line() -> None:
+    bad = b"""\
+timeouts: {connect: soon, bogus: 1s}
+limits: {max_connections: 0}
+routes:
+  - prefix: nope
+    service: api
+    backends: [http://a:1]
+  - backends: [ftp://x]
+    balance: fastest
+  - 7
+extra: 1
+"""
+    with pytest.raises(SpecError) as e:
+        load_config(bad, "r.yaml")
+    text = str(e.value)
+    for expected in (
+        "r.yaml:1: timeouts.connect",
+        "r.yaml:1: timeouts.bogus",
+        "r.yaml:2: limits.max_connections",
+        "r.yaml:4: routes.0.prefix",
+        "routes.0: needs exactly one of service or backends",
+        "r.yaml:7: routes.1.backends.0",
+        "r.yaml:8: routes.1.balance",
+        "routes.2: must be a mapping",
+        "r.yaml:10: extra",
+    ):
+        assert expected in text, expected
+
+
+def test_backends_and_balancers_from_the_flags() -> None:
+    assert parse_backend("http://b.test:8080") == "b.test:8080"
+    assert parse_backend("b.test") == "b.test:80"
+    for bad, why in (
+        ("https://b:1", "only http://"),
+        ("http://b:1/path", "without a path"),
+        ("http://b:99999", "1 to 65535"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            parse_backend(bad)
+    assert check_balance("weighted") is None and check_balance("hash:cookie:sid") is None
+    assert "not a balancer" in (check_balance("hash:") or "")
+    assert "not a balancer" in (check_balance("fastest") or "")

@@ -1,0 +1,72 @@
+"""Which cluster a request goes to, and the hash key read from it."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from dockmesh.proxy import http1
+from dockmesh.proxy.cluster import Cluster
+from dockmesh.proxy.routing import KeyReader, Router
+from dockmesh.proxy.settings import Route
+from tests.unit.proxy.rig import Clock
+
+
+def cluster(name: str) -> Cluster[Any]:
+    return Cluster(name, "round_robin", clock=Clock(), rng=random.Random(0))
+
+
+def head(target: bytes = b"/", host: bytes = b"h.test", extra: bytes = b"") -> http1.RequestHead:
+    raw = b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n" + extra + b"\r\n"
+    req = http1.parse_request_head(raw)
+    assert req is not None
+    return req
+
+
+def test_a_lone_catch_all_route_needs_no_routing_and_takes_the_fast_lane() -> None:
+    c = cluster("web")
+    r = Router([Route(c)], {})
+    assert r.single is c and r.fast is c and r.route(head(b"/anything")) is c
+    assert r.clusters == [c]
+    hashed = Router([Route(c)], {"web": "X-User"})
+    assert hashed.single is c and hashed.fast is None  # the hash key needs the full reader
+    narrow = Router([Route(c, prefix=b"/api")], {})
+    assert narrow.single is None and narrow.fast is None
+
+
+def test_first_route_whose_host_and_prefix_match() -> None:
+    api, www, fallback = cluster("api"), cluster("www"), cluster("fallback")
+    r = Router(
+        [
+            Route(api, host=b"api.test", prefix=b"/v1"),
+            Route(www, host=b"www.test"),
+            Route(fallback, prefix=b"/"),
+            Route(api),  # never reached, but counted once among the clusters
+        ],
+        {},
+    )
+    assert r.route(head(b"/v1/x", b"API.test:8080")) is api  # case and port ignored
+    assert r.route(head(b"/v2", b"api.test")) is fallback
+    assert r.route(head(b"/v1", b"www.test")) is www
+    assert r.route(head(b"http://api.test/v1/x", b"api.test")) is api  # absolute form
+    assert r.route(head(b"/v1", b"[fd00::1]:80")) is fallback
+    assert [c.name for c in r.clusters] == ["api", "www", "fallback"]
+    assert Router([Route(api, host=b"api.test")], {}).route(head(b"/", b"other")) is None
+
+
+def test_ipv6_hosts_keep_their_brackets() -> None:
+    c = cluster("six")
+    r = Router([Route(c, host=b"[fd00::1]"), Route(cluster("other"))], {})
+    assert r.route(head(b"/", b"[fd00::1]:8080")) is c
+
+
+def test_hash_keys_from_a_header_a_cookie_or_the_client() -> None:
+    c = cluster("web")
+    raw = b"GET / HTTP/1.1\r\nHost: h\r\nx-user:  alice \r\nCookie: a=1; sid=s42; b=2\r\n\r\n"
+    assert KeyReader("X-User").key(raw, b"10.0.0.1") == b"alice"
+    assert KeyReader("cookie:sid").key(raw, b"10.0.0.1") == b"s42"
+    assert KeyReader("ip").key(raw, b"10.0.0.1") == b"10.0.0.1"
+    assert KeyReader("X-Missing").key(raw, b"10.0.0.1") is None
+    r = Router([Route(c)], {"web": "cookie:sid"})
+    assert r.key(c, raw, b"ip") == b"s42"
+    assert r.key(cluster("other"), raw, b"ip") is None

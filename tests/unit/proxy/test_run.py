@@ -1,0 +1,61 @@
+"""The composition root's wiring: settings, clusters and routes from the flags and the routes
+file; a service route without the agent's URL refused before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from dockmesh.proxy.config import FileSettings, RouteSpec
+from dockmesh.proxy.run import ProxyOptions, build_settings, run_proxy
+
+
+def test_backends_from_the_flags_make_one_catch_all_route() -> None:
+    settings, made = build_settings(
+        ProxyOptions(listen=("127.0.0.1", 0), backends=["10.0.0.1:80", "10.0.0.2:80"])
+    )
+    (route,) = settings.routes
+    assert route.host is None and route.prefix == b"/"
+    ((cluster, spec),) = made
+    assert route.cluster is cluster and spec.health_path == "/"
+    assert sorted(cluster.upstreams) == ["10.0.0.1:80", "10.0.0.2:80"]
+    assert cluster.balance == "round_robin" and settings.hash_keys == {}
+
+
+def test_a_routes_file_and_a_service() -> None:
+    file = FileSettings(
+        routes=[
+            RouteSpec(
+                name="api", service="api", host="api.test", prefix="/v1", balance="hash:X-User"
+            ),
+            RouteSpec(name="route1", backends=["10.0.0.1:80"], prefix="/static"),
+            RouteSpec(name="api", service="api", prefix="/v2"),  # the same cluster again
+        ],
+        timeouts={"connect": 1.5, "pool_idle": 3.0},
+        limits={"max_connections": 7, "max_header_bytes": 4096, "max_connections_per_upstream": 9},
+    )
+    settings, made = build_settings(
+        ProxyOptions(
+            listen=("127.0.0.1", 0), service="web", agent="http://a:1", balance="p2c", file=file
+        )
+    )
+    assert [(r.cluster.name, r.host, r.prefix) for r in settings.routes] == [
+        ("api", b"api.test", b"/v1"),
+        ("route1", None, b"/static"),
+        ("api", None, b"/v2"),
+        ("web", None, b"/"),
+    ]
+    assert settings.routes[0].cluster is settings.routes[2].cluster
+    assert [c.name for c, _ in made] == ["api", "route1", "web"]
+    assert [c.balance for c, _ in made] == ["hash:X-User", "p2c", "p2c"]
+    assert settings.hash_keys == {"api": "X-User"}
+    assert settings.timeouts.connect_s == 1.5 and settings.timeouts.pool_idle_s == 3.0
+    assert settings.limits.max_client_connections == 7
+    assert settings.limits.max_head_bytes == 4096
+    assert settings.limits.max_connections_per_upstream == 9
+    # A service's members come from the agent: none until it answers.
+    assert made[2][0].upstreams == {}
+
+
+def test_a_service_route_needs_the_agents_url() -> None:
+    with pytest.raises(ValueError, match="agent"):
+        run_proxy(ProxyOptions(listen=("127.0.0.1", 0), service="web"))
