@@ -336,8 +336,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                         self.last_req = req
                         self.last_out = template
                 if req is not None:
+                    # (`pending_body` is None: no body is kept between exchanges.)
                     self.head_out = template % next(p.ids)
-                    self.pending_body = None
                     self._send(self.begin_attempt(fast, req, None, p.loop.time()))
                     return
             self.buf = self.buf + data if self.buf else data
@@ -494,7 +494,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         # no bytes).
         conn.client = self
         conn.method = req.method
-        conn.started = conn.last_active = p.now
+        conn.started = p.now
         self.up = conn
         pending = self.pending_body
         if pending is None:
@@ -642,6 +642,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         if self.transport is None or self.state == CLOSED:
             return
         keep = self.end_attempt(NO_VERDICT, 0.0, True)  # none is open: the exchange ends
+        self.pending_body = None  # a body kept for a request that never went
         p.write(
             self.transport,
             http1.simple_response(
@@ -903,9 +904,10 @@ class UpstreamConn(asyncio.Protocol):
             if not self.buf and self.method != b"HEAD":
                 # An upstream repeats its response head (but for Date, once a second): the
                 # verdict on this connection's last head, when `data` starts with it, is the
-                # verdict on `data`'s (a head ends at its first CRLF CRLF).
-                last = self.last_head
-                if last and data.startswith(last):
+                # verdict on `data`'s (a head ends at its first CRLF CRLF). `removeprefix`
+                # answers that and cuts the body out in one call (`data` itself: no).
+                body = data.removeprefix(self.last_head)
+                if body is not data:
                     q = self.last_q
                 else:
                     q = _RESPONSE_MEMO.get(data[: data.find(b"\r\n\r\n") + 4]) or (
@@ -914,9 +916,10 @@ class UpstreamConn(asyncio.Protocol):
                     if q is not None:
                         self.last_head = data[: q[1]]
                         self.last_q = q
+                        body = data[q[1] :]
                 if (
                     q is not None
-                    and len(data) - q[1] == q[2]
+                    and len(body) == q[2]
                     and q[0] not in RETRYABLE_STATUSES
                     and not client.response_begins(q[0], True, False)
                 ):
@@ -927,7 +930,7 @@ class UpstreamConn(asyncio.Protocol):
                     pending = p.out
                     if not pending:
                         p.loop.call_soon(p.flush)
-                    pending.append((client.transport, q[3] + data[q[1] :], None))
+                    pending.append((client.transport, q[3] + body, None))
                     client.response_done(self, q[0], True)
                     return
             self._head_data(client, data)
@@ -1022,7 +1025,8 @@ class UpstreamConn(asyncio.Protocol):
         self.client = None
         up = self.upstream
         t = self.transport
-        if reusable and not up.removed and t is not None and not t.is_closing() and not self.tunnel:
+        # (A closing one, if any, leaves the pool on `connection_lost`; `_send` skips it.)
+        if reusable and not up.removed and t is not None and not self.tunnel:
             if self.reads_paused:
                 self.resume_reads()  # paused for a slow client: pooled, it must read again
             self.idle_since = self.proxy.now
