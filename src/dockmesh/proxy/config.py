@@ -99,21 +99,26 @@ def load_config(raw: bytes, filename: str) -> FileSettings:
     return out
 
 
+def _section(
+    data: dict[str, Any], name: str, known: tuple[str, ...], noun: str, problems: list[Problem]
+) -> dict[str, Any]:
+    """The mapping `data[name]` without the keys not `known` (reported in `problems`)."""
+    section = data.get(name) or {}
+    if not isinstance(section, dict):
+        problems.append(Problem((name,), "must be a mapping"))
+        return {}
+    for k in section:
+        if k not in known:
+            problems.append(Problem((name, k), f"unknown {noun} (expected {', '.join(known)})"))
+    return {k: v for k, v in section.items() if k in known}
+
+
 def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
     problems: list[Problem] = []
     for key in data:
         if key not in ("routes", "timeouts", "limits"):
             problems.append(Problem((key,), "unknown key (expected routes, timeouts, limits)"))
-    timeouts = data.get("timeouts") or {}
-    if not isinstance(timeouts, dict):
-        problems.append(Problem(("timeouts",), "must be a mapping"))
-        timeouts = {}
-    for k, v in timeouts.items():
-        if k not in _TIMEOUTS:
-            problems.append(
-                Problem(("timeouts", k), f"unknown timeout (expected {', '.join(_TIMEOUTS)})")
-            )
-            continue
+    for k, v in _section(data, "timeouts", _TIMEOUTS, "timeout", problems).items():
         try:
             ns = parse_duration_ns(v)
         except ValueError as e:
@@ -122,16 +127,8 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
         if ns <= 0:
             problems.append(Problem(("timeouts", k), "must be longer than 0"))
         out.timeouts[k] = ns / 1e9
-    limits = data.get("limits") or {}
-    if not isinstance(limits, dict):
-        problems.append(Problem(("limits",), "must be a mapping"))
-        limits = {}
-    for k, v in limits.items():
-        if k not in _LIMITS:
-            problems.append(
-                Problem(("limits", k), f"unknown limit (expected {', '.join(_LIMITS)})")
-            )
-        elif not isinstance(v, int) or isinstance(v, bool) or v < 1:
+    for k, v in _section(data, "limits", _LIMITS, "limit", problems).items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             problems.append(Problem(("limits", k), "must be a whole number >= 1"))
         else:
             out.limits[k] = v
