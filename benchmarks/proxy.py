@@ -26,8 +26,10 @@ another dockmesh source tree (DIR or DIR/src on PYTHONPATH; e.g. `git worktree a
 machine: the proxy's own objects drive whole exchanges against fake transports (no sockets,
 no event loop) under `valgrind --tool=callgrind`, twice with different counts, and the
 difference in instructions divided by the difference in exchanges is printed per lane (`fast`:
-the common request and a whole response in one read; `general`: a head the fast lane leaves
-to the full reader, and a response in two reads), for this tree and the baseline.
+the common request and a whole 4-byte response in one read; `split`: the common request and a
+16 KiB response in two reads, its head with the start of its body first, as nginx sends a
+file; `general`: a head the fast lane leaves to the full reader, and a response cut in its
+head), for this tree and the baseline.
 
 Run: .venv/bin/python -m benchmarks.proxy [--seconds 5 --rounds 3] [--baseline-src DIR]
      .venv/bin/python -m benchmarks.proxy --instructions [--baseline-src DIR]
@@ -340,7 +342,7 @@ def show_ratio(r: float | None) -> str:
 
 # --- instructions per exchange ------------------------------------------------------------
 
-LANES = ("fast", "general")
+LANES = ("fast", "split", "general")
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\n"
@@ -414,6 +416,12 @@ def drive_exchanges(n: int, lane: str) -> None:
     # A header the fast lane leaves to the full reader; a response in two reads.
     general = lane == "general"
     request = REQUEST[:-2] + b"Connection: keep-alive\r\n\r\n" if general else REQUEST
+    response = RESPONSE
+    cut = 40  # in the head
+    if lane == "split":
+        response = RESPONSE.replace(b"Content-Length: 4", b"Content-Length: 16384")[:-4]
+        response += b"x" * 16384
+        cut = len(response) - 8192
     gc.collect()
     gc.freeze()
     for _ in range(n):
@@ -422,11 +430,11 @@ def drive_exchanges(n: int, lane: str) -> None:
         up_conn = client.up
         assert up_conn is not None and up_conn.transport is not None
         up_conn.transport.written.clear()  # type: ignore[attr-defined]
-        if general:
-            up_conn.data_received(RESPONSE[:40])
-            up_conn.data_received(RESPONSE[40:])
+        if lane == "fast":
+            up_conn.data_received(response)
         else:
-            up_conn.data_received(RESPONSE)
+            up_conn.data_received(response[:cut])
+            up_conn.data_received(response[cut:])
         loop.run_ready()
         assert client.up is None and client_t.written
         client_t.written.clear()

@@ -777,6 +777,7 @@ class UpstreamConn(asyncio.Protocol):
         "idle_since",
         "last_active",
         "last_head",
+        "last_len",
         "last_q",
         "method",
         "out_head",
@@ -815,6 +816,7 @@ class UpstreamConn(asyncio.Protocol):
         self.last_active = 0.0
         self.last_head = b""
         self.last_q: tuple[int, int, int, bytes] | None = None
+        self.last_len = -1  # of the last head's whole response
 
     async def connect(self, timeout_s: float) -> None:
         up = self.upstream
@@ -904,22 +906,29 @@ class UpstreamConn(asyncio.Protocol):
             if not self.buf and self.method != b"HEAD":
                 # An upstream repeats its response head (but for Date, once a second): the
                 # verdict on this connection's last head, when `data` starts with it, is the
-                # verdict on `data`'s (a head ends at its first CRLF CRLF). `removeprefix`
-                # answers that and cuts the body out in one call (`data` itself: no).
-                body = data.removeprefix(self.last_head)
-                if body is not data:
-                    q = self.last_q
-                else:
+                # verdict on `data`'s (a head ends at its first CRLF CRLF). As long as that
+                # head's whole response, `removeprefix` answers it and cuts the body out in
+                # one call (`data` itself: no); shorter or longer, it is the last head not
+                # whole in this read, or another head, whose verdict is looked up.
+                q = self.last_q
+                body: bytes | None = None
+                if len(data) == self.last_len:
+                    body = data.removeprefix(self.last_head)
+                    if body is data:
+                        body = None
+                if body is None and not (q is not None and data.startswith(self.last_head)):
                     q = _RESPONSE_MEMO.get(data[: data.find(b"\r\n\r\n") + 4]) or (
                         http1.quick_response_memo(data)
                     )
                     if q is not None:
                         self.last_head = data[: q[1]]
                         self.last_q = q
-                        body = data[q[1] :]
+                        self.last_len = q[1] + q[2]
+                        if len(data) == self.last_len:
+                            body = data[q[1] :]
                 if (
-                    q is not None
-                    and len(body) == q[2]
+                    body is not None
+                    and q is not None
                     and q[0] not in RETRYABLE_STATUSES
                     and not client.response_begins(q[0], True, False)
                 ):

@@ -117,6 +117,24 @@ def test_a_repeated_response_head_is_judged_by_its_own_bytes(
     assert b"ok\n!" in out and out.count(b"Connection: close\r\n") == 1
 
 
+def test_a_known_head_whose_body_comes_in_pieces_takes_the_general_way(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    _, _, client = setup(loop, n=1)
+    t = transport(client.transport)
+    for pieces in ([RESPONSE], [RESPONSE[:-2], RESPONSE[-2:]], [RESPONSE], [RESPONSE + b"?"]):
+        client.data_received(REQUEST)
+        conn = client.up
+        assert conn is not None
+        for piece in pieces:
+            conn.data_received(piece)
+    # The last: a byte past the response on a connection not pipelined on: not pooled.
+    assert client.up is None and conn not in conn.upstream.idle
+    out = b"".join(t.out)
+    assert out.count(b"HTTP/1.1 200 OK\r\n") == 4 and out.count(b"ok\n") == 4
+    assert b"?" not in out and b"keep-alive" not in out
+
+
 def test_deferred_writes_stay_in_order_with_direct_ones(loop: asyncio.AbstractEventLoop) -> None:
     """A fast-lane response waits for the end of the loop's pass; a pipelined request the
     proxy refuses at once is answered after it, never before."""
