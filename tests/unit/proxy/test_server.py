@@ -129,7 +129,7 @@ def test_a_known_head_whose_body_comes_in_pieces_takes_the_general_way(
         for piece in pieces:
             conn.data_received(piece)
     # The last: a byte past the response on a connection not pipelined on: not pooled.
-    assert client.up is None and conn not in conn.upstream.idle
+    assert conn is not None and client.up is None and conn not in conn.upstream.idle
     out = b"".join(t.out)
     assert out.count(b"HTTP/1.1 200 OK\r\n") == 4 and out.count(b"ok\n") == 4
     assert b"?" not in out and b"keep-alive" not in out
