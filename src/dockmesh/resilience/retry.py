@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dockmesh.resilience.window import SlidingCounts
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+# The only answers the rule may have tried again: a caller may pass any other status on
+# without asking (`after_failure` would say FAIL).
 RETRYABLE_STATUSES = frozenset((502, 503, 504))
 MAX_ATTEMPTS = 3
 # What follows a failed attempt (`after_failure`).

@@ -12,6 +12,7 @@ from dockmesh.resilience.retry import (
     MAX_ATTEMPTS,
     RESEND,
     RETRY,
+    RETRYABLE_STATUSES,
     RetryBudget,
     after_failure,
     may_retry,
@@ -69,7 +70,7 @@ def test_the_safety_rule() -> None:
 
 
 methods = st.sampled_from([b"GET", b"HEAD", b"PUT", b"DELETE", b"POST", b"PATCH"])
-statuses = st.sampled_from([None, 500, 502, 503, 504])
+statuses = st.sampled_from([None, 200, 404, 500, 502, 503, 504])
 
 
 @given(
@@ -92,6 +93,8 @@ def test_what_follows_a_failed_attempt(
     stale: bool,
     unsent: bool,
 ) -> None:
+    if not reached:
+        status = None  # an answer comes only from an upstream the request reached
     verdict = after_failure(
         method, reached, status, replayable, attempts, others=others, stale=stale, unsent=unsent
     )
@@ -101,6 +104,8 @@ def test_what_follows_a_failed_attempt(
         assert stale and replayable and (unsent or method in IDEMPOTENT)
     elif verdict == RETRY:
         assert may_retry(method, reached, status, replayable)
+        # An answer outside RETRYABLE_STATUSES is never tried again: callers rely on it.
+        assert status is None or status in RETRYABLE_STATUSES
         assert attempts < MAX_ATTEMPTS
         assert status is None or others  # an answer is asked of another upstream only
     else:
