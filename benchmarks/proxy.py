@@ -22,14 +22,18 @@ from the contention.
 another dockmesh source tree (DIR or DIR/src on PYTHONPATH; e.g. `git worktree add
 /tmp/before main`), in the same rounds, so a change's before/after ratios come from one run.
 
-`--instructions` measures instead the Python work of one exchange, repeatably on a noisy
-machine: the proxy's own objects drive whole exchanges against fake transports (no sockets,
-no event loop) under `valgrind --tool=callgrind`, twice with different counts, and the
-difference in instructions divided by the difference in exchanges is printed per lane (`fast`:
-the common request and a whole 4-byte response in one read; `split`: the common request and a
-16 KiB response in two reads, its head with the start of its body first, as nginx sends a
-file; `general`: a head the fast lane leaves to the full reader, and a response cut in its
-head), for this tree and the baseline.
+`--instructions` counts instead the instructions of one exchange, repeatably on a noisy machine
+(a count does not depend on what else runs): each measurement runs twice under `valgrind
+--tool=callgrind` with different numbers of exchanges, and the difference in instructions
+divided by the difference in exchanges is printed. Two measurements: the `driver`, the proxy's
+own objects driving whole exchanges against fake transports (its Python alone, no sockets,
+no event loop); and the `process`, `dockmesh proxy` itself before the nginx backends serving
+8 keep-alive clients (uvloop and the system calls' user side too; the sweep and the active
+checks beside it add a little that depends on time), in both variants. The driver's lanes:
+`fast`, the common request and a whole 4-byte response in one read; `split`, the common
+request and a 16 KiB response in two reads, its head with the start of its body first, as
+nginx sends a file; `general`, a head the fast lane leaves to the full reader and a response
+cut in its head. Both measure this tree and the baseline.
 
 Run: .venv/bin/python -m benchmarks.proxy [--seconds 5 --rounds 3] [--baseline-src DIR]
      .venv/bin/python -m benchmarks.proxy --instructions [--baseline-src DIR]
@@ -55,12 +59,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 HEADERS_20 = [f"X-Bench-Header-{i}: value-{i}-abcdefghijklmnopqrstuvwxyz" for i in range(20)]
+VARIANTS: dict[str, tuple[str, list[str]]] = {"small": ("/", []), "16k+20h": ("/16k", HEADERS_20)}
 HERE = Path(__file__).resolve().parents[1]
 
 
@@ -187,6 +193,35 @@ def main() -> int:
     return throughput(args, trees)
 
 
+def start_backends(tmp: Path) -> list[int]:
+    """Three nginx backends on loopback (`/`: 4 bytes; `/16k`: a 16 KiB file), their pid in
+    TMP/be.pid; their ports."""
+    # nginx's workers run as an unprivileged user: they must be able to read the file.
+    tmp.chmod(0o755)
+    www = tmp / "www"
+    www.mkdir(mode=0o755)
+    (www / "16k").write_bytes(os.urandom(8192).hex().encode())  # 16 KiB
+    (www / "16k").chmod(0o644)
+    be = [free_port() for _ in range(3)]
+    servers = "\n".join(
+        f'server {{ listen 127.0.0.1:{p}; root {www}; location = / {{ return 200 "be{i}\\n"; }} }}'
+        for i, p in enumerate(be, 1)
+    )
+    (tmp / "be.conf").write_text(
+        f"worker_processes 1; daemon on; pid {tmp}/be.pid; error_log {tmp}/be.err;\n"
+        "events { worker_connections 4096; }\n"
+        f"http {{ access_log off; keepalive_requests 100000; {servers} }}\n"
+    )
+    subprocess.run(["nginx", "-c", str(tmp / "be.conf")], check=True)
+    return be
+
+
+def stop_pidfiles(pidfiles: list[Path]) -> None:
+    for f in pidfiles:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(f.read_text().split()[0]), signal.SIGTERM)
+
+
 def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
     for tool in ("haproxy", "nginx", "wrk"):
         if not shutil.which(tool):
@@ -199,24 +234,8 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
     procs: list[subprocess.Popen[bytes]] = []
     pidfiles = [tmp / "be.pid", tmp / "lb.pid", tmp / "hap.pid"]
     try:
-        # nginx's workers run as an unprivileged user: they must be able to read the file.
-        tmp.chmod(0o755)
-        www = tmp / "www"
-        www.mkdir(mode=0o755)
-        (www / "16k").write_bytes(os.urandom(8192).hex().encode())  # 16 KiB
-        (www / "16k").chmod(0o644)
-        be = [free_port() for _ in range(3)]
+        be = start_backends(tmp)
         hap, ngx = free_port(), free_port()
-        servers = "\n".join(
-            f"server {{ listen 127.0.0.1:{p}; root {www}; "
-            f'location = / {{ return 200 "be{i}\\n"; }} }}'
-            for i, p in enumerate(be, 1)
-        )
-        (tmp / "be.conf").write_text(
-            f"worker_processes 1; daemon on; pid {tmp}/be.pid; error_log {tmp}/be.err;\n"
-            "events { worker_connections 4096; }\n"
-            f"http {{ access_log off; keepalive_requests 100000; {servers} }}\n"
-        )
         ups = " ".join(f"server 127.0.0.1:{p};" for p in be)
         (tmp / "lb.conf").write_text(
             f"worker_processes 1; daemon on; pid {tmp}/lb.pid; error_log {tmp}/lb.err;\n"
@@ -232,7 +251,6 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
             f"frontend fe\n  bind 127.0.0.1:{hap}\n  default_backend be\n"
             f"backend be\n  balance roundrobin\n  http-reuse always\n{hap_servers}\n"
         )
-        subprocess.run(["nginx", "-c", str(tmp / "be.conf")], check=True)
         subprocess.run(["nginx", "-c", str(tmp / "lb.conf")], check=True)
         subprocess.run(
             ["haproxy", "-D", "-f", str(tmp / "hap.cfg"), "-p", str(tmp / "hap.pid")], check=True
@@ -267,7 +285,7 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
             "nginx": (ngx, children_of(lb_master)),
             **{name: (ports[name], [p.pid]) for name, p in zip(trees, procs, strict=True)},
         }
-        variants = {"small": ("/", []), "16k+20h": ("/16k", HEADERS_20)}
+        variants = VARIANTS
         results: dict[tuple[str, str], list[Result]] = {}
         for name, (path, hdrs) in variants.items():
             for port, _ in peers.values():  # warm up: pools, caches
@@ -325,9 +343,7 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
                     p.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        for f in pidfiles:
-            with contextlib.suppress(OSError, ValueError):
-                os.kill(int(f.read_text().split()[0]), signal.SIGTERM)
+        stop_pidfiles(pidfiles)
         time.sleep(0.2)
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -349,6 +365,7 @@ RESPONSE = (
     b"Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nbe1\n"
 )
 COUNTS = (2000, 6000)
+CLIENTS = 8
 
 
 class _Loop:
@@ -442,27 +459,105 @@ def drive_exchanges(n: int, lane: str) -> None:
 
 
 def instructions(trees: dict[str, Path]) -> int:
-    if not shutil.which("valgrind"):
-        print("benchmarks.proxy: --instructions needs valgrind", file=sys.stderr)
+    if not shutil.which("valgrind") or not shutil.which("nginx"):
+        print("benchmarks.proxy: --instructions needs valgrind and nginx", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="dmbproxy"))
     try:
-        print(
-            "instructions per exchange (callgrind, fake transports; "
-            f"({COUNTS[1]} - {COUNTS[0]} exchanges))"
-        )
+        print(f"instructions per exchange, callgrind ({COUNTS[1]} - {COUNTS[0]} exchanges)")
         got: dict[tuple[str, str], int] = {}
+
+        def show(lane: str, name: str, per: int) -> None:
+            got[(name, lane)] = per
+            print(f"{lane:16} {name:9} {per:8d}", flush=True)
+            if name == "baseline":
+                ratio = got[("dockmesh", lane)] / per
+                print(f"{lane:16} dockmesh/baseline: {ratio:.4f}x", flush=True)
+
         for lane in LANES:
             for name, src in trees.items():
                 ir = [callgrind(src, lane, n, tmp) for n in COUNTS]
-                got[(name, lane)] = per = (ir[1] - ir[0]) // (COUNTS[1] - COUNTS[0])
-                print(f"{lane:8} {name:9} {per:8d}")
-            if "baseline" in trees:
-                ratio = got[("dockmesh", lane)] / got[("baseline", lane)]
-                print(f"{lane:8} dockmesh/baseline: {ratio:.3f}x")
+                show(f"driver {lane}", name, (ir[1] - ir[0]) // (COUNTS[1] - COUNTS[0]))
+        # The whole proxy process: uvloop and the sockets too (user space), the active checks
+        # and the sweep beside it (they add a little that depends on time).
+        be = start_backends(tmp)
+        try:
+            for variant, (path, headers) in VARIANTS.items():
+                for name, src in trees.items():
+                    ir = [process_callgrind(src, be, path, headers, n, tmp) for n in COUNTS]
+                    show(f"process {variant}", name, (ir[1] - ir[0]) // (COUNTS[1] - COUNTS[0]))
+        finally:
+            stop_pidfiles([tmp / "be.pid"])
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def process_callgrind(
+    src: Path, be: list[int], path: str, headers: list[str], n: int, tmp: Path
+) -> int:
+    """Instructions of `dockmesh proxy` (the tree at `src`) under callgrind serving `n`
+    requests on CLIENTS keep-alive connections, start-up and stop included."""
+    port = free_port()
+    env = {**tree_env(src), "PYTHONHASHSEED": "0"}
+    proc = subprocess.Popen(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p",
+         sys.executable, "-m", "dockmesh", "proxy", "--listen", f"127.0.0.1:{port}",
+         "--workers", "1", *[a for p in be for a in ("--backend", f"http://127.0.0.1:{p}")]],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the proxy under callgrind did not listen") from None
+                time.sleep(0.2)
+        request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        request += "".join(f"{h}\r\n" for h in headers) + "\r\n"
+        threads = [
+            threading.Thread(target=_keep_alive_client, args=(port, request.encode(), n // CLIENTS))
+            for _ in range(CLIENTS)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    m = re.search(r"Collected : (\d+)", err)
+    if m is None:
+        raise RuntimeError(f"callgrind printed no count: {err[-500:]}")
+    return int(m.group(1))
+
+
+def _keep_alive_client(port: int, request: bytes, n: int) -> None:
+    """`n` requests one after the other on one connection, each response read whole."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        buf = b""
+        for _ in range(n):
+            s.sendall(request)
+            while True:
+                end = buf.find(b"\r\n\r\n")
+                if end >= 0:
+                    m = re.search(rb"(?i)\r\ncontent-length: *(\d+)", buf[:end])
+                    if m is None:
+                        raise RuntimeError(f"a response without Content-Length: {buf[:end]!r}")
+                    whole = end + 4 + int(m.group(1))
+                    if len(buf) >= whole:
+                        buf = buf[whole:]
+                        break
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    raise RuntimeError("the proxy closed the connection")
+                buf += chunk
 
 
 def callgrind(src: Path, lane: str, n: int, tmp: Path) -> int:
