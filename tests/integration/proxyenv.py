@@ -59,7 +59,10 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def handle_one(self) -> None:
-        self.server.hits += 1
+        if self.headers.get("User-Agent") == "dockmesh-proxy-check":
+            self.server.checks += 1  # the proxy's own active check, not a forwarded request
+        else:
+            self.server.hits += 1
         n = self._body_length()
         if self.path.startswith("/status/"):
             self._send(int(self.path.split("/")[2]), b"as asked\n", "text/plain")
@@ -101,7 +104,8 @@ class Backend(ThreadingHTTPServer):
     def __init__(self, name: str) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.name = name
-        self.hits = 0
+        self.hits = 0  # requests forwarded by the proxy
+        self.checks = 0
         self.port = self.server_address[1]
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
