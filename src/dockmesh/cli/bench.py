@@ -47,7 +47,7 @@ def _default_port(dst: Container) -> int:
 
 
 def _target(engine: list[str] | None, src: str, dst: str):  # type: ignore[no-untyped-def]
-    from dockmesh.probe.latency import ProbeError, pick_target
+    from dockmesh.diagnose.latency import ProbeError, pick_target
 
     try:
         return pick_target(load_topology(engine), src, dst)
@@ -79,9 +79,9 @@ def latency(
 ) -> None:
     """COUNT samples of ICMP echo, TCP connect or HTTP GET from SRC's namespace to DST's
     address on a network they share: min/avg/p50/p95/p99/max/stddev and a histogram."""
+    from dockmesh.diagnose.latency import ProbeError, measure
+    from dockmesh.diagnose.stats import histogram, histogram_lines, summarize
     from dockmesh.host.netns import NetnsPool
-    from dockmesh.probe.latency import ProbeError, measure
-    from dockmesh.probe.stats import histogram, histogram_lines, summarize
 
     if mode not in ("icmp", "tcp", "http"):
         raise UserError("--mode: icmp, tcp or http")
@@ -142,9 +142,9 @@ def bandwidth(
 ) -> None:
     """A TCP stream from SRC's namespace to DST's for SECONDS, driven from the host (or the
     host's iperf3 run in both namespaces with --tool iperf3): bits per second."""
+    from dockmesh.diagnose.bandwidth import iperf3, stream
+    from dockmesh.diagnose.latency import ProbeError
     from dockmesh.host.netns import NetnsPool
-    from dockmesh.probe.bandwidth import iperf3, stream
-    from dockmesh.probe.latency import ProbeError
 
     if tool not in ("dockmesh", "iperf3"):
         raise UserError("--tool: dockmesh or iperf3")

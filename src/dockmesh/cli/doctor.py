@@ -151,9 +151,9 @@ def register(app: typer.Typer) -> None:
         state, networks, ports, interfaces, routes, resolv.conf, listening sockets, DNS of
         its peers through Docker's DNS, connectivity to its gateway and peers; then findings,
         each with a fix. Exits 1 when a finding is an error."""
+        from dockmesh.diagnose.doctor import gather
+        from dockmesh.diagnose.findings import findings, sections
         from dockmesh.host.netns import NetnsPool
-        from dockmesh.probe.doctor import gather
-        from dockmesh.probe.findings import findings, sections
 
         topo = load_topology(engine)
         c = topo.container(container)

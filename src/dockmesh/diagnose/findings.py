@@ -3,7 +3,7 @@ was gathered.
 
 `plan_checks` reads the topology only: the container's networks (with the gateway and the MTU
 each should have), its peers, the names Docker's DNS should answer and what each should
-resolve to. The gatherer (`probe.doctor`) fills `DoctorFacts` from the host — the namespace's
+resolve to. The gatherer (`diagnose.doctor`) fills `DoctorFacts` from the host — the namespace's
 links, routes, listening sockets, resolv.conf, DNS answers, echo replies — and `findings`
 turns them into findings, each with a severity and a fix. Nothing here does I/O.
 """

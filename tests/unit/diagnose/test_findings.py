@@ -5,6 +5,15 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dockmesh.diagnose.findings import (
+    DnsAnswer,
+    DoctorFacts,
+    Link,
+    Ping,
+    findings,
+    plan_checks,
+    sections,
+)
 from dockmesh.host.procnet import Listener, ResolvConf, Route
 from dockmesh.model.topology import (
     Attachment,
@@ -14,15 +23,6 @@ from dockmesh.model.topology import (
     Network,
     PortBinding,
     Topology,
-)
-from dockmesh.probe.findings import (
-    DnsAnswer,
-    DoctorFacts,
-    Link,
-    Ping,
-    findings,
-    plan_checks,
-    sections,
 )
 
 NET = Network("n1", "app", "local", "bridge", ipam=(IpamPool("10.9.0.0/24", "10.9.0.1"),))

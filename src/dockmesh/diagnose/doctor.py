@@ -18,15 +18,7 @@ import socket
 import time
 from collections.abc import Sequence
 
-from dockmesh.host.netns import NetnsError, NetnsPool
-from dockmesh.host.procnet import (
-    Listener,
-    Route,
-    parse_net_sockets,
-    parse_resolv_conf,
-)
-from dockmesh.model.topology import Container, Network, Topology
-from dockmesh.probe.findings import (
+from dockmesh.diagnose.findings import (
     EMBEDDED_DNS,
     DnsAnswer,
     DnsQuestion,
@@ -35,7 +27,15 @@ from dockmesh.probe.findings import (
     Ping,
     plan_checks,
 )
-from dockmesh.probe.latency import ping_many
+from dockmesh.diagnose.latency import ping_many
+from dockmesh.host.netns import NetnsError, NetnsPool
+from dockmesh.host.procnet import (
+    Listener,
+    Route,
+    parse_net_sockets,
+    parse_resolv_conf,
+)
+from dockmesh.model.topology import Container, Network, Topology
 
 _FAMILIES = {2: "inet", 10: "inet6"}
 

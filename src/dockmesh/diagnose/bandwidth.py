@@ -17,8 +17,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from dockmesh.diagnose.latency import ProbeError, Target
 from dockmesh.host.netns import NetnsPool
-from dockmesh.probe.latency import ProbeError, Target
 
 _BUFFER = 256 * 1024
 
