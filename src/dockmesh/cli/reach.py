@@ -208,9 +208,9 @@ def _matrix(
     port: PortRange | None,
     timeout: float,
 ) -> list[dict[str, Any]]:
+    from dockmesh.diagnose.sweep import Probe, sweep_confirmed
     from dockmesh.host.netns import NetnsPool
     from dockmesh.policy.reach import analyze
-    from dockmesh.policy.sweep import Probe, sweep_confirmed
 
     facts = {c.name: _facts_for(c, port, note) for c in chosen}
     analyses: dict[Hashable, Analysis] = {}
@@ -261,7 +261,7 @@ def _probe_one(
     port: PortRange | None,
     timeout: float,
 ) -> dict[str, Any]:
-    from dockmesh.policy.sweep import Probe, sweep
+    from dockmesh.diagnose.sweep import Probe, sweep
 
     address = analysis.address
     if address is None and dst is not None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from dockmesh.diagnose.sweep import Observed, Probe, sweep_confirmed
 from dockmesh.model.policy import (
     Policy,
     Selector,
@@ -20,7 +21,6 @@ from dockmesh.policy.enforce import Enforcer
 from dockmesh.policy.nft import ForeignTable, Nft, is_ours
 from dockmesh.policy.reach import Facts, analyze
 from dockmesh.policy.store import Applied, PolicyStore
-from dockmesh.policy.sweep import Observed, Probe, sweep_confirmed
 from tests.unit.policy.topos import container, network, topology
 
 # --- 1: only ever touch a table dockmesh made ------------------------------------------------
