@@ -80,7 +80,7 @@ def latency(
     """COUNT samples of ICMP echo, TCP connect or HTTP GET from SRC's namespace to DST's
     address on a network they share: min/avg/p50/p95/p99/max/stddev and a histogram."""
     from dockmesh.diagnose.latency import ProbeError, measure
-    from dockmesh.diagnose.stats import histogram, histogram_lines, summarize
+    from dockmesh.diagnose.samples import histogram, histogram_lines, summarize
     from dockmesh.host.netns import NetnsPool
 
     if mode not in ("icmp", "tcp", "http"):

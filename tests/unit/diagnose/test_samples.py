@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.diagnose.stats import histogram, histogram_lines, percentile, summarize
+from dockmesh.diagnose.samples import histogram, histogram_lines, percentile, summarize
 
 times = st.floats(min_value=0.0, max_value=1e5, allow_nan=False, allow_infinity=False)
 
