@@ -27,7 +27,7 @@ app = typer.Typer(
 def _default_port(dst: Container) -> int:
     """The one TCP port DST listens on beyond its loopback (from its /proc/<pid>/net/tcp*),
     else its one published or exposed port."""
-    from dockmesh.host.procnet import parse_net_sockets
+    from dockmesh.codecs.procnet import parse_net_sockets
 
     ports: set[int] = set()
     for name in ("tcp", "tcp6"):

@@ -18,6 +18,12 @@ import socket
 import time
 from collections.abc import Sequence
 
+from dockmesh.codecs.procnet import (
+    Listener,
+    Route,
+    parse_net_sockets,
+    parse_resolv_conf,
+)
 from dockmesh.diagnose.findings import (
     EMBEDDED_DNS,
     DnsAnswer,
@@ -29,12 +35,6 @@ from dockmesh.diagnose.findings import (
 )
 from dockmesh.diagnose.latency import ping_many
 from dockmesh.host.netns import NetnsError, NetnsPool
-from dockmesh.host.procnet import (
-    Listener,
-    Route,
-    parse_net_sockets,
-    parse_resolv_conf,
-)
 from dockmesh.model.topology import Container, Network, Topology
 
 _FAMILIES = {2: "inet", 10: "inet6"}

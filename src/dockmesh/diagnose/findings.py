@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dockmesh.host.procnet import Listener, ResolvConf, Route
+from dockmesh.codecs.procnet import Listener, ResolvConf, Route
 from dockmesh.model.topology import Container, Network, Topology
 
 ERROR, WARNING, INFO = "error", "warning", "info"

@@ -24,10 +24,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dockmesh.host.icmp import echo_reply as parse_echo_reply
-from dockmesh.host.icmp import echo_request
+from dockmesh.codecs.icmp import echo_reply as parse_echo_reply
+from dockmesh.codecs.icmp import echo_request
+from dockmesh.codecs.procnet import parse_net_sockets
 from dockmesh.host.netns import NetnsPool
-from dockmesh.host.procnet import parse_net_sockets
 from dockmesh.model.topology import Container, Topology
 
 _MAX_HTTP_RESPONSE = 1 << 20

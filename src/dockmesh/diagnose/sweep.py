@@ -28,7 +28,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from dockmesh.host.icmp import ICMP_ECHO_REPLY, echo_reply, echo_request
+from dockmesh.codecs.icmp import ICMP_ECHO_REPLY, echo_reply, echo_request
 from dockmesh.host.netns import NetnsError, NetnsPool
 
 MAX_IN_FLIGHT = 4096  # TCP sockets open at once

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dockmesh.host.procnet import parse_net_dev, parse_net_route
+from dockmesh.codecs.procnet import parse_net_dev, parse_net_route
 from dockmesh.model.topology import Container, Topology
 from dockmesh.observe.counters import (
     ContainerStats,

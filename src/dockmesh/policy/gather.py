@@ -9,8 +9,8 @@ import contextlib
 import select
 import socket
 
+from dockmesh.codecs.procnet import parse_net_sockets
 from dockmesh.host.netns import NetnsError, NetnsPool
-from dockmesh.host.procnet import parse_net_sockets
 from dockmesh.policy.reach import Listening
 
 DOCKER_DNS = ("127.0.0.11", 53)

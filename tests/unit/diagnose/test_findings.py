@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dockmesh.codecs.procnet import Listener, ResolvConf, Route
 from dockmesh.diagnose.findings import (
     DnsAnswer,
     DoctorFacts,
@@ -14,7 +15,6 @@ from dockmesh.diagnose.findings import (
     plan_checks,
     sections,
 )
-from dockmesh.host.procnet import Listener, ResolvConf, Route
 from dockmesh.model.topology import (
     Attachment,
     Container,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.host.procnet import IfaceCounters, Route
+from dockmesh.codecs.procnet import IfaceCounters, Route
 from dockmesh.model.topology import Attachment, Container
 from dockmesh.observe.counters import (
     ContainerStats,

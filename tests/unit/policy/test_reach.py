@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dockmesh.host.icmp import echo_reply, echo_request
+from dockmesh.codecs.icmp import echo_reply, echo_request
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector
 from dockmesh.model.topology import Topology
 from dockmesh.policy.nft import parse_live

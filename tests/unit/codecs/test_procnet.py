@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.host.procnet import (
+from dockmesh.codecs.procnet import (
     IfaceCounters,
     parse_net_dev,
     parse_net_route,
