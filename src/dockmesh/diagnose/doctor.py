@@ -22,8 +22,8 @@ from dockmesh.codecs.procnet import (
     Listener,
     Route,
     parse_net_sockets,
-    parse_resolv_conf,
 )
+from dockmesh.codecs.resolvconf import parse_resolv_conf
 from dockmesh.diagnose.findings import (
     EMBEDDED_DNS,
     DnsAnswer,

@@ -14,7 +14,8 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from dockmesh.codecs.procnet import Listener, ResolvConf, Route
+from dockmesh.codecs.procnet import Listener, Route
+from dockmesh.codecs.resolvconf import ResolvConf
 from dockmesh.model.topology import Container, Network, Topology
 
 ERROR, WARNING, INFO = "error", "warning", "info"

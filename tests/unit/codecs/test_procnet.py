@@ -1,4 +1,4 @@
-"""The /proc/net parsers: real kernel text, and hypothesis-made files they must read back."""
+"""The /proc/net parsers (and resolv.conf's): real kernel text, and hypothesis-made files they must read back."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dockmesh.codecs.procnet import (
     parse_net_dev,
     parse_net_route,
     parse_net_sockets,
-    parse_resolv_conf,
 )
+from dockmesh.codecs.resolvconf import parse_resolv_conf
 
 NET_DEV = """Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed

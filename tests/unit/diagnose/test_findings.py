@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.codecs.procnet import Listener, ResolvConf, Route
+from dockmesh.codecs.procnet import Listener, Route
+from dockmesh.codecs.resolvconf import ResolvConf
 from dockmesh.diagnose.findings import (
     DnsAnswer,
     DoctorFacts,
