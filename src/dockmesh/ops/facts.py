@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from dockmesh.engine.backend import EngineBackend
-from dockmesh.host.facts import host_routes, ipvlan_available
+from dockmesh.host.machine import host_routes, ipvlan_available
 from dockmesh.model.ipam import IPNetwork
 from dockmesh.model.labels import LABEL_HASH, LABEL_PROJECT
 from dockmesh.model.topology import Topology

@@ -1,4 +1,4 @@
-"""Facts about the host machine: its routes, interfaces and kernel support."""
+"""The host machine itself: its routes, interfaces and kernel support."""
 
 from __future__ import annotations
 
