@@ -9,7 +9,7 @@ from dockmesh.host.machine import host_routes, ipvlan_available
 from dockmesh.model.ipam import IPNetwork
 from dockmesh.model.labels import LABEL_HASH, LABEL_PROJECT
 from dockmesh.model.topology import Topology
-from dockmesh.projectfile.facts import EngineNetworkFact, Facts, PublishedPort, Route
+from dockmesh.projectfile.context import EngineContext, ExistingNetwork, PublishedPort, Route
 from dockmesh.projectfile.parse import image_reference_problem
 
 
@@ -22,11 +22,13 @@ def image_ids(backend: EngineBackend, names: set[str]) -> dict[str, str | None]:
     return out
 
 
-def gather_facts(backend: EngineBackend, topo: Topology, images: set[str] | None = None) -> Facts:
+def gather_facts(
+    backend: EngineBackend, topo: Topology, images: set[str] | None = None
+) -> EngineContext:
     routes, interfaces = host_routes()
     engine = backend.ref.name
     nets = tuple(
-        EngineNetworkFact(
+        ExistingNetwork(
             n.name,
             n.labels.get(LABEL_PROJECT),
             tuple(p.subnet for p in n.ipam),
@@ -50,7 +52,7 @@ def gather_facts(backend: EngineBackend, topo: Topology, images: set[str] | None
         for p in c.ports
         if p.host_port
     )
-    return Facts(
+    return EngineContext(
         networks=nets,
         containers=ctrs,
         routes=tuple(Route(r.destination, r.device) for r in routes),

@@ -19,7 +19,7 @@ from dockmesh.model.topology import Topology, build_topology
 from dockmesh.ops.apply import Journal, Progress, apply_plan
 from dockmesh.ops.facts import gather_facts
 from dockmesh.ops.lock import project_lock
-from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.load import LoadedSpec, load_spec
 from dockmesh.projectfile.plan import Plan, make_plan, teardown_plan
 
@@ -47,7 +47,7 @@ def connect_for(loaded: LoadedSpec, connect: Callable[[], EngineBackend]) -> Eng
         return connect()
     except EngineError:
         if loaded.shape_problems:
-            loaded.check(Facts())
+            loaded.check(EngineContext())
         raise
 
 
@@ -61,7 +61,7 @@ def plan_loaded(loaded: LoadedSpec, backend: EngineBackend) -> Plan:
         live = snapshot(backend)
     except EngineError:
         if loaded.shape_problems:  # the file is wrong whatever the engine holds: say so
-            loaded.check(Facts())
+            loaded.check(EngineContext())
         raise
     images = {s.image for s in loaded.spec.services.values()}
     facts = gather_facts(backend, live, images)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dockmesh.errors import SpecError
-from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.load import MAX_REPORTED, load_spec
 
 FUZZ = settings(
@@ -35,7 +35,7 @@ def assert_reads_or_reports(folder: str, raw: bytes) -> None:
     with open(path, "wb") as f:
         f.write(raw)
     try:
-        load_spec(path).check(Facts())
+        load_spec(path).check(EngineContext())
     except SpecError as e:
         lines = e.lines
     else:
@@ -250,7 +250,7 @@ def test_the_valid_file_is_valid(folder: str) -> None:
     path = os.path.join(folder, "valid.yaml")
     with open(path, "wb") as f:
         f.write(dump(VALID))
-    load_spec(path).check(Facts())
+    load_spec(path).check(EngineContext())
 
 
 def leaves(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
-class EngineNetworkFact:
+class ExistingNetwork:
+    """A network the engine already has (the file may name it, or collide with it)."""
+
     name: str
     project: str | None  # the dockmesh.project label, None for networks dockmesh did not make
     subnets: tuple[str, ...] = ()
@@ -35,8 +37,13 @@ class PublishedPort:
 
 
 @dataclass(frozen=True, slots=True)
-class Facts:
-    networks: tuple[EngineNetworkFact, ...] = ()
+class EngineContext:
+    """What the engine and the host hold when a file is validated: its networks, containers,
+    images, addresses and published ports, the host's routes and interfaces, and what the
+    kernel and the engine support. The default (everything empty) is a machine that holds
+    nothing: what a file's own problems are found against when the engine cannot be reached."""
+
+    networks: tuple[ExistingNetwork, ...] = ()
     containers: Mapping[str, str | None] = field(default_factory=dict)  # name → project label
     routes: tuple[Route, ...] = ()
     interfaces: frozenset[str] = frozenset()
