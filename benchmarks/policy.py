@@ -52,7 +52,7 @@ from dockmesh.model.topology import (
     Topology,
     build_topology,
 )
-from dockmesh.ops.facts import taken_subnets
+from dockmesh.ops.context import taken_subnets
 from dockmesh.policy.compile import compile_policy, element_delta, full_transaction
 from dockmesh.policy.nft import Nft
 

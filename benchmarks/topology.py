@@ -51,7 +51,7 @@ from dockmesh.model.topology import (
     Network,
     build_topology,
 )
-from dockmesh.ops.facts import taken_subnets
+from dockmesh.ops.context import taken_subnets
 
 console = Console()
 

@@ -23,7 +23,7 @@ from dockmesh.engine.backend import EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.model.ipam import pick_free_subnets
 from dockmesh.model.topology import build_topology
-from dockmesh.ops.facts import taken_subnets
+from dockmesh.ops.context import taken_subnets
 
 pytestmark = pytest.mark.integration
 TOOLBOX = "dockmesh/toolbox:latest"

@@ -16,7 +16,7 @@ import pytest
 from dockmesh.engine.backend import EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.model.topology import build_topology
-from dockmesh.ops.facts import taken_subnets
+from dockmesh.ops.context import taken_subnets
 from tests.integration.conftest import dockmesh, free_subnets, run_toolbox
 
 

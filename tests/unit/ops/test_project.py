@@ -11,7 +11,7 @@ import pytest
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.errors import UsageError
 from dockmesh.model.config import ContainerConfig, EndpointConfig, IpamConfig, NetworkConfig
-from dockmesh.ops.facts import gather_facts
+from dockmesh.ops.context import gather_context
 from dockmesh.ops.lock import project_lock
 from dockmesh.ops.project import down, resolve_project, snapshot
 
@@ -25,7 +25,7 @@ def test_facts_come_from_the_engine() -> None:
     mem.create_container(
         ContainerConfig("c1", "dockmesh/toolbox", networks=(EndpointConfig("other"),))
     )
-    facts = gather_facts(mem, snapshot(mem), {"dockmesh/toolbox", "dockmesh/missing"})
+    facts = gather_context(mem, snapshot(mem), {"dockmesh/toolbox", "dockmesh/missing"})
     assert {(n.name, n.project, n.subnets) for n in facts.networks} >= {
         ("p_a", "p", ("10.9.0.0/24",)),
         ("other", None, ("10.8.0.0/24",)),

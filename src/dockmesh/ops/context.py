@@ -1,4 +1,5 @@
-"""Gathers what validating a topology file needs to know about the engine and the host."""
+"""Gathers the `EngineContext` a topology file is validated against: what the engine and the
+host hold now."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def image_ids(backend: EngineBackend, names: set[str]) -> dict[str, str | None]:
     return out
 
 
-def gather_facts(
+def gather_context(
     backend: EngineBackend, topo: Topology, images: set[str] | None = None
 ) -> EngineContext:
     routes, interfaces = host_routes()
