@@ -1,8 +1,9 @@
 """Why A can or cannot reach B: the ordered steps a packet and a name lookup go through. Pure.
 
 `analyze` walks what Docker and the policy do with a connection from SRC to DST, in the order
-they do it, over the topology, the applied policy and facts gathered from the namespaces by
-the caller (the sockets DST listens on, what SRC's resolver answered):
+they do it, over the topology, the applied policy and what the caller observed in the
+namespaces and the kernel (the sockets DST listens on, what SRC's resolver answered, how the
+applied policy stands):
 
 1. running       both containers run (a stopped container has no address)
 2. shared_network the networks both are on (none: Docker isolates networks from each other)
@@ -81,8 +82,9 @@ class Analysis:
 
 
 @dataclass(frozen=True, slots=True)
-class Facts:
-    """What the caller gathered from the namespaces; None: not gathered."""
+class Observations:
+    """What the caller observed outside the topology: in the namespaces (DST's sockets, SRC's
+    resolver) and in the kernel (how the applied policy stands); None: not looked at."""
 
     listening: Sequence[Listening] | None = None
     # name → addresses SRC's resolver gave (an empty list: NXDOMAIN or no answer)
@@ -131,14 +133,14 @@ def analyze(
     src_name: str,
     dst_name: str,
     port: PortRange | None = None,
-    facts: Facts | None = None,
+    observed: Observations | None = None,
     *,
     with_dns: bool = True,
 ) -> Analysis:
     """The steps for SRC → DST (`policy`: a `Policy`, or None when none is applied)."""
-    facts = facts or Facts()
+    observed = observed or Observations()
     if src_name == HOST:
-        return _from_host(topo, dst_name, port, facts)
+        return _from_host(topo, dst_name, port, observed)
     steps: list[Step] = []
     src, dst = topo.container(src_name), topo.container(dst_name)
 
@@ -155,7 +157,7 @@ def analyze(
         steps.append(Step("running", False, f"{what} is not running (state {_states(src, dst)})"))
         return done(False, f"{src.name} cannot reach {dst.name}: {what} is not running")
     if src.network_mode == "host":
-        return _from_host(topo, dst_name, port, facts, src)
+        return _from_host(topo, dst_name, port, observed, src)
     if src.id == dst.id:
         steps.append(Step("running", True, f"{src.name} runs"))
         address = next((a.ipv4 or a.ipv6 for a in dst.attachments if a.ipv4 or a.ipv6), None)
@@ -167,7 +169,7 @@ def analyze(
                 "never crosses the forward hook (no network, icc or policy decides it)",
             )
         )
-        listen = _listening_step(dst, address, port, facts)
+        listen = _listening_step(dst, address, port, observed)
         if listen is not None:
             steps.append(listen)
         ok = all(s.ok for s in steps)
@@ -184,7 +186,7 @@ def analyze(
         )
         steps.append(Step("shared_network", False, detail))
         if with_dns:
-            steps.append(_dns_step(topo, src, dst, [], facts))
+            steps.append(_dns_step(topo, src, dst, [], observed))
         return done(False, f"{src.name} cannot reach {dst.name}: they share no network")
     names = ", ".join(n.name for n, _, _ in shared)
     steps.append(Step("shared_network", True, f"both are on {names}"))
@@ -222,17 +224,17 @@ def analyze(
         steps.append(Step("icc", True, f"containers on {net.name} may talk to each other (icc)"))
     what = port.text() if port else "ping (ICMP)"
     pol_detail = decision.text(policy) + f" ({what} on {net.name})"
-    if facts.policy_note and policy is None:
-        pol_detail = facts.policy_note + ": Docker's rules only"
-    elif facts.policy_stale:
-        pol_detail += f"; but {facts.policy_stale}: the kernel may decide otherwise"
+    if observed.policy_note and policy is None:
+        pol_detail = observed.policy_note + ": Docker's rules only"
+    elif observed.policy_stale:
+        pol_detail += f"; but {observed.policy_stale}: the kernel may decide otherwise"
     steps.append(Step("policy", decision.allowed, pol_detail))
     dns_names: tuple[str, ...] = ()
     if with_dns:
-        dns = _dns_step(topo, src, dst, shared, facts)
+        dns = _dns_step(topo, src, dst, shared, observed)
         steps.append(dns)
         dns_names = _names(topo, dst, shared)
-    listen = _listening_step(dst, address, port, facts)
+    listen = _listening_step(dst, address, port, observed)
     if listen is not None:
         steps.append(listen)
     packet = [
@@ -274,7 +276,7 @@ def _dns_step(
     src: Container,
     dst: Container,
     shared: Sequence[tuple[Network, Attachment, Attachment]],
-    facts: Facts,
+    observed: Observations,
 ) -> Step:
     if not shared:
         return Step(
@@ -315,9 +317,9 @@ def _dns_step(
                 notes.append(f"alias {alias!r} also names {who} (answers rotate among them)")
     ok = bool(parts)
     detail = "Docker's DNS answers " + "; ".join(parts) if parts else "no name resolves"
-    if facts.resolved is not None:
+    if observed.resolved is not None:
         got = []
-        for name, addrs in facts.resolved.items():
+        for name, addrs in observed.resolved.items():
             got.append(f"{name} → {', '.join(addrs) if addrs else 'no answer'}")
             if not addrs:
                 ok = False
@@ -338,12 +340,12 @@ def _project(topo: Topology, name: str) -> str | None:
 
 
 def _listening_step(
-    dst: Container, address: str | None, port: PortRange | None, facts: Facts
+    dst: Container, address: str | None, port: PortRange | None, observed: Observations
 ) -> Step | None:
-    if port is None or port.protocol not in ("tcp", "udp") or facts.listening is None:
+    if port is None or port.protocol not in ("tcp", "udp") or observed.listening is None:
         return None
     number = port.first
-    mine = [x for x in facts.listening if x.proto == port.protocol and x.port == number]
+    mine = [x for x in observed.listening if x.proto == port.protocol and x.port == number]
     if not mine:
         return Step("listening", False, f"nothing in {dst.name} listens on {port.text()}")
     wild = [x for x in mine if x.address in ("0.0.0.0", "::")]
@@ -365,7 +367,7 @@ def _from_host(
     topo: Topology,
     dst_name: str,
     port: PortRange | None,
-    facts: Facts,
+    observed: Observations,
     src: Container | None = None,
 ) -> Analysis:
     """From the host; or from `src`, a container with network_mode host: it shares the
@@ -429,7 +431,7 @@ def _from_host(
                     "the container's address",
                 )
             )
-    listen = _listening_step(dst, address, port, facts)
+    listen = _listening_step(dst, address, port, observed)
     if listen is not None:
         steps.append(listen)
     ok = all(s.ok for s in steps)

@@ -19,7 +19,7 @@ from dockmesh.model.policy import (
 from dockmesh.policy.compile import HASH_TAG, compile_policy, full_transaction
 from dockmesh.policy.enforce import Enforcer
 from dockmesh.policy.nft import ForeignTable, Nft, is_ours
-from dockmesh.policy.reach import Facts, analyze
+from dockmesh.policy.reach import Observations, analyze
 from dockmesh.policy.store import Applied, PolicyStore
 from tests.unit.policy.topos import container, network, topology
 
@@ -221,7 +221,7 @@ def test_a_container_reaches_itself_whatever_the_policy() -> None:
 
 def test_a_stale_table_is_said_in_the_policy_step() -> None:
     stale = "table inet t is not in sync with the topology"
-    a = analyze(small(), Policy(), "a", "b", facts=Facts(policy_stale=stale))
+    a = analyze(small(), Policy(), "a", "b", observed=Observations(policy_stale=stale))
     step = next(s for s in a.steps if s.check == "policy")
     assert stale in step.detail
     fresh = analyze(small(), Policy(), "a", "b")
