@@ -160,11 +160,11 @@ def register(app: typer.Typer) -> None:
         if c is None:
             raise UserError(f"no container named {container!r}")
         with NetnsPool(threads=1) as pool:
-            facts = gather(topo, c, pool, timeout)
-        found = findings(facts)
+            evidence = gather(topo, c, pool, timeout)
+        found = findings(evidence)
         doc = {
             "container": c.name,
-            "sections": sections(facts),
+            "sections": sections(evidence),
             "findings": [f.to_json() for f in found],
         }
         if json_out:

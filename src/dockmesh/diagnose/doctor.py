@@ -28,7 +28,7 @@ from dockmesh.diagnose.findings import (
     EMBEDDED_DNS,
     DnsAnswer,
     DnsQuestion,
-    DoctorFacts,
+    Evidence,
     Link,
     Ping,
     plan_checks,
@@ -64,7 +64,7 @@ def host_mtus(topo: Topology, c: Container) -> dict[str, int]:
     return out
 
 
-def _netlink_facts() -> tuple[list[Link], list[Route]]:
+def _netlink_read() -> tuple[list[Link], list[Route]]:
     """Runs inside the container's namespace (a pool job): links, addresses, main routes."""
     from pyroute2 import IPRoute
 
@@ -184,32 +184,32 @@ def resolve(
     return tuple(got.get(i, DnsAnswer(q, None)) for i, q in enumerate(questions))
 
 
-def gather(topo: Topology, c: Container, pool: NetnsPool, timeout_s: float = 1.0) -> DoctorFacts:
+def gather(topo: Topology, c: Container, pool: NetnsPool, timeout_s: float = 1.0) -> Evidence:
     plan = plan_checks(topo, c, host_mtus(topo, c))
-    facts = DoctorFacts(c, plan)
+    evidence = Evidence(c, plan)
     if not c.running or not c.pid:
-        return facts
+        return evidence
     if c.network_mode == "host":
-        facts.errors.append(f"{c.name} uses the host's network: no namespace of its own")
-        return facts
+        evidence.errors.append(f"{c.name} uses the host's network: no namespace of its own")
+        return evidence
     pid = c.pid
     try:
-        links, routes = pool.run(pid, _netlink_facts)
-        facts.links, facts.routes = tuple(links), tuple(routes)
+        links, routes = pool.run(pid, _netlink_read)
+        evidence.links, evidence.routes = tuple(links), tuple(routes)
     except (NetnsError, OSError) as e:
-        facts.errors.append(f"interfaces and routes unreadable: {e}")
-    facts.listeners = listeners(pid)
+        evidence.errors.append(f"interfaces and routes unreadable: {e}")
+    evidence.listeners = listeners(pid)
     try:
-        facts.resolv = parse_resolv_conf(_read(f"/proc/{pid}/root/etc/resolv.conf"))
+        evidence.resolv = parse_resolv_conf(_read(f"/proc/{pid}/root/etc/resolv.conf"))
     except OSError as e:
-        facts.errors.append(f"resolv.conf unreadable: {e.strerror}")
+        evidence.errors.append(f"resolv.conf unreadable: {e.strerror}")
     try:
-        facts.dns = resolve(pool, pid, plan.questions, timeout_s)
+        evidence.dns = resolve(pool, pid, plan.questions, timeout_s)
     except (NetnsError, OSError) as e:
-        facts.errors.append(f"DNS queries could not be sent: {e}")
+        evidence.errors.append(f"DNS queries could not be sent: {e}")
     try:
         rtts = ping_many(pool, pid, [a for _, _, a in plan.pings], timeout_s)
-        facts.pings = tuple(Ping(k, t, a, rtts.get(a)) for k, t, a in plan.pings)
+        evidence.pings = tuple(Ping(k, t, a, rtts.get(a)) for k, t, a in plan.pings)
     except (NetnsError, OSError) as e:
-        facts.errors.append(f"ICMP probes could not be sent: {e}")
-    return facts
+        evidence.errors.append(f"ICMP probes could not be sent: {e}")
+    return evidence

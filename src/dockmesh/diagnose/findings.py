@@ -3,7 +3,7 @@ was gathered.
 
 `plan_checks` reads the topology only: the container's networks (with the gateway and the MTU
 each should have), its peers, the names Docker's DNS should answer and what each should
-resolve to. The gatherer (`diagnose.doctor`) fills `DoctorFacts` from the host — the namespace's
+resolve to. The gatherer (`diagnose.doctor`) fills `Evidence` from the host — the namespace's
 links, routes, listening sockets, resolv.conf, DNS answers, echo replies — and `findings`
 turns them into findings, each with a severity and a fix. Nothing here does I/O.
 """
@@ -42,7 +42,11 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
-class NetworkFacts:
+class AttachedNetwork:
+    """One of the container's networks as the topology describes it: the container's
+    addresses there, the subnet, the gateway and the MTU its interface should have (what the
+    gathered interfaces and routes are held against)."""
+
     name: str
     driver: str
     internal: bool
@@ -144,7 +148,7 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class CheckPlan:
-    networks: tuple[NetworkFacts, ...]
+    networks: tuple[AttachedNetwork, ...]
     peers: tuple[Peer, ...]  # containers on a shared network
     strangers: tuple[Peer, ...]  # same project, no shared network
     questions: tuple[DnsQuestion, ...]
@@ -152,7 +156,10 @@ class CheckPlan:
 
 
 @dataclass(slots=True)
-class DoctorFacts:
+class Evidence:
+    """What the doctor gathered about one container from the host, beside the plan it
+    followed; `errors` says what could not be gathered (the rest is still judged)."""
+
     container: Container
     plan: CheckPlan
     links: tuple[Link, ...] = ()
@@ -203,13 +210,13 @@ def plan_checks(
     topo: Topology, c: Container, host_mtus: Mapping[str, int] | None = None, max_peers: int = 64
 ) -> CheckPlan:
     host_mtus = host_mtus or {}
-    networks: list[NetworkFacts] = []
+    networks: list[AttachedNetwork] = []
     mine: dict[str, Network] = {}
     for n, a in topo.attached_networks(c):
         subnet, gateway = _gateway(n)
         mine[n.id] = n
         networks.append(
-            NetworkFacts(
+            AttachedNetwork(
                 n.name,
                 n.driver,
                 n.internal,
@@ -288,7 +295,7 @@ def _reachable_listener(listeners: Sequence[Listener], proto: str, port: int) ->
     return any(x.proto == proto and x.port == port and not x.loopback_only for x in listeners)
 
 
-def findings(f: DoctorFacts) -> list[Finding]:
+def findings(f: Evidence) -> list[Finding]:
     c = f.container
     out: list[Finding] = []
     if not c.running:
@@ -507,7 +514,7 @@ def findings(f: DoctorFacts) -> list[Finding]:
     return sorted(out, key=lambda x: order[x.severity])
 
 
-def sections(f: DoctorFacts) -> dict[str, object]:
+def sections(f: Evidence) -> dict[str, object]:
     c = f.container
     return {
         "state": {

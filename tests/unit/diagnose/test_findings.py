@@ -1,4 +1,4 @@
-"""The doctor's plan and findings over gathered facts (no namespace entered)."""
+"""The doctor's plan and findings over gathered evidence (no namespace entered)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dockmesh.codecs.procnet import Listener, Route
 from dockmesh.codecs.resolvconf import ResolvConf
 from dockmesh.diagnose.findings import (
     DnsAnswer,
-    DoctorFacts,
+    Evidence,
     Link,
     Ping,
     findings,
@@ -76,10 +76,10 @@ def topo(*cs: Container) -> Topology:
     return Topology(1, (EngineInfo("local", "unix:///x"),), (NET, OTHER), cs)
 
 
-def healthy_facts(c: Container, t: Topology) -> DoctorFacts:
+def healthy_facts(c: Container, t: Topology) -> Evidence:
     plan = plan_checks(t, c, {"n1": 1500})
     a = c.attachments[0]
-    return DoctorFacts(
+    return Evidence(
         c,
         plan,
         links=(
@@ -98,7 +98,7 @@ def healthy_facts(c: Container, t: Topology) -> DoctorFacts:
     )
 
 
-def codes(f: DoctorFacts) -> list[str]:
+def codes(f: Evidence) -> list[str]:
     return [x.code for x in findings(f)]
 
 
@@ -170,7 +170,7 @@ def test_peer_on_no_shared_network_and_unresolved_and_unreachable() -> None:
 
 def test_not_running_is_the_only_finding() -> None:
     web = ctr("web", "10.9.0.2", state="exited")
-    f = DoctorFacts(web, plan_checks(topo(web), web))
+    f = Evidence(web, plan_checks(topo(web), web))
     assert codes(f) == ["not-running"]
     assert f.plan.pings == ()
 
