@@ -1,8 +1,9 @@
 """An engine in memory, behind the same `EngineBackend` interface as the real one.
 
 It keeps Docker's semantics where dockmesh's logic depends on them, and emits the events
-Docker would, in Docker's shape, so that apply, facts, the watcher (and later the catalog and
-the policy enforcer) are tested without a daemon and driven by hypothesis:
+Docker would, in Docker's shape, so that apply, the engine's context for validation, the
+watcher (and later the catalog and the policy enforcer) are tested without a daemon and
+driven by hypothesis:
 
 - names are unique (a second create with the same name is `EngineConflict`); objects are
   found by name, id, or a unique id prefix;
