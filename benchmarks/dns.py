@@ -13,7 +13,7 @@ All three answer one name with the same three addresses, asked the same way by d
     in its own process on uvloop, its catalog holding the three containers as instances.
 
 Rounds alternate the servers (Docker, dockmesh, dnsmasq) so a busy moment of the machine
-falls on all of them; the ratios are of the medians over the rounds. Goals (issue 6): dockmesh
+falls on all of them; the ratios are of the medians over the rounds. The goals: dockmesh
 at least 1.5x Docker's queries/s and at least 0.9x dnsmasq's, with no lost queries. The
 server CPU time per query (from /proc) is shown for the two servers that are processes of
 their own: on a shared machine it tells the server's cost apart from the contention.

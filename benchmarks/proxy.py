@@ -12,7 +12,7 @@ Three nginx backends on loopback ports serve both variants: `/` answers a 4-byte
 `wrk -t1 -c50 -d<seconds>s --latency` runs against each in turn, in alternating rounds so a
 busy moment of the (shared) machine falls on all of them; the figures are medians over the
 rounds and the ratios are of medians. Variants: `small` (a plain GET, 4-byte answers) and
-`16k+20h` (16 KiB answers, requests carrying 20 extra headers). Goals (issue 7): dockmesh at
+`16k+20h` (16 KiB answers, requests carrying 20 extra headers). The goals: dockmesh at
 least 0.8x HAProxy's requests/s and a p99 at most 1.5x HAProxy's, in both variants, with no
 errors. The CPU each proxy spent per request (from /proc) is printed too: on a shared
 machine it separates a proxy's own cost from the contention.

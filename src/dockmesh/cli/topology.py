@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
             print_json(topo.to_json())
         elif dot:
             edges = []
-            if flows:  # issue 9: who talks to whom, from the kernel's conntrack table
+            if flows:  # who talks to whom, from the kernel's conntrack table
                 from dockmesh.observe.conntrack import dump
                 from dockmesh.observe.flows import aggregate
 
