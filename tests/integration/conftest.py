@@ -22,6 +22,7 @@ import pytest
 from dockmesh.engine.backend import EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.model.ipam import pick_free_subnets
+from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
 from dockmesh.ops.context import taken_subnets
 
@@ -64,7 +65,7 @@ def cleanup(api: Any, p: str) -> None:
     for c in api.containers(all=True):
         names = [n.lstrip("/") for n in c.get("Names") or []]
         labels = c.get("Labels") or {}
-        if any(n.startswith(p) for n in names) or labels.get("dockmesh.project") == p:
+        if any(n.startswith(p) for n in names) or labels.get(LABEL_PROJECT) == p:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(c["Id"], force=True, v=True)
     for n in api.networks():

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 
 from dockmesh.codecs.procnet import Listener, Route
 from dockmesh.codecs.resolvconf import ResolvConf
+from dockmesh.model.labels import LABEL_DISCOVERY_PORT, project_of
 from dockmesh.model.topology import Container, Network, Topology
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 EMBEDDED_DNS = "127.0.0.11"
 MTU_OPTION = "com.docker.network.driver.mtu"
-_PROJECT_LABELS = ("dockmesh.project", "com.docker.compose.project")
 _NO_DNS_NETWORKS = frozenset({"bridge", "host", "none"})
 
 
@@ -171,13 +171,6 @@ class Evidence:
     errors: list[str] = field(default_factory=list)  # what could not be gathered, and why
 
 
-def project_of(c: Container) -> str | None:
-    for key in _PROJECT_LABELS:
-        if c.labels.get(key):
-            return c.labels[key]
-    return None
-
-
 def _gateway(n: Network) -> tuple[str | None, str | None]:
     """(subnet, gateway) of a network's first IPv4 pool. A bridge without a configured
     gateway has the pool's first host (the engine's choice)."""
@@ -236,7 +229,7 @@ def plan_checks(
             if other is None or other.id == c.id:
                 continue
             if other.id not in peers:
-                peers[other.id] = Peer(other.name, project_of(other), (), ep.ipv4)
+                peers[other.id] = Peer(other.name, project_of(other.labels), (), ep.ipv4)
             p = peers[other.id]
             peers[other.id] = Peer(p.name, p.project, (*p.shared, n.name), p.address or ep.ipv4)
             if n.name in _NO_DNS_NETWORKS or not ep.ipv4 or not other.running:
@@ -244,12 +237,12 @@ def plan_checks(
             for dns_name in ep.dns_names:
                 if dns_name == other.id[:12]:
                     continue  # every container answers to its short id: nothing to learn
-                names.setdefault(dns_name, {})[ep.ipv4] = (other.name, project_of(other))
-    project = project_of(c)
+                names.setdefault(dns_name, {})[ep.ipv4] = (other.name, project_of(other.labels))
+    project = project_of(c.labels)
     strangers: list[Peer] = []
     if project is not None:
         for other in topo.containers:
-            if other.id != c.id and other.id not in peers and project_of(other) == project:
+            if other.id != c.id and other.id not in peers and project_of(other.labels) == project:
                 strangers.append(Peer(other.name, project, (), None))
     questions = tuple(
         DnsQuestion(name, tuple(sorted(held)), tuple(sorted(set(held.values()), key=str)))
@@ -322,7 +315,8 @@ def findings(f: Evidence) -> list[Finding]:
         out.append(Finding(WARNING, "not-gathered", e, "run as root on the container's host"))
     own = [x for x in f.listeners if not _is_docker_dns(x)]
     published = {(p.container_port, p.protocol): p for p in c.ports if p.host_port is not None}
-    declared = {int(v) for k, v in c.labels.items() if k == "dockmesh.port" and v.isdigit()}
+    port_label = c.labels.get(LABEL_DISCOVERY_PORT, "").strip()
+    declared = {int(port_label)} if port_label.isascii() and port_label.isdigit() else set()
     for x in own:
         if not x.loopback_only or _reachable_listener(own, x.proto, x.port):
             continue

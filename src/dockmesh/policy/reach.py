@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockmesh.model.labels import project_of
 from dockmesh.model.policy import PortRange, parse_port_range
 from dockmesh.model.topology import Attachment, Container, Network, Topology
 from dockmesh.policy.decide import decide
@@ -34,7 +35,6 @@ from dockmesh.policy.decide import decide
 HOST = "host"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
 _NO_DNS = frozenset({"bridge", "host", "none"})
-PROJECT_LABELS = ("dockmesh.project", "com.docker.compose.project")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,12 +331,7 @@ def _dns_step(
 
 def _project(topo: Topology, name: str) -> str | None:
     c = topo.container(name)
-    if c is None:
-        return None
-    for k in PROJECT_LABELS:
-        if k in c.labels:
-            return c.labels[k]
-    return None
+    return None if c is None else project_of(c.labels)
 
 
 def _listening_step(

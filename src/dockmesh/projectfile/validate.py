@@ -23,7 +23,7 @@ from dockmesh.model.ipam import (
     parse_address,
     parse_subnet,
 )
-from dockmesh.model.labels import DISCOVERY_LABELS, LABEL_PROJECT
+from dockmesh.model.labels import DISCOVERY_LABELS, LABEL_PROJECT, STAMP_PREFIX
 from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import (
     HEALTHCHECK_FORMS,
@@ -72,8 +72,6 @@ _BOOL_OPTIONS = {
 _BRIDGE_NAME = "com.docker.network.bridge.name"
 _MTU = "com.docker.network.driver.mtu"
 _IPV6_MIN_MTU = 1280  # below it the kernel turns IPv6 off on the interface
-# Labels `up` writes itself: a file's value would be overwritten, or would lie.
-_OWN_LABEL_PREFIX = "dockmesh.spec."
 _ADDRESS_FIELD = {4: "ipv4_address", 6: "ipv6_address"}
 
 
@@ -554,7 +552,8 @@ class _Validator:
             p = (*path, key)
             if not key or not key.isprintable() or any(ch.isspace() for ch in key) or "=" in key:
                 self.err(p, f"{key!r} is not a valid label key (no spaces, '=' or controls)")
-            elif key == LABEL_PROJECT or key.startswith(_OWN_LABEL_PREFIX):
+            # Labels `up` writes itself: a file's value would be overwritten, or would lie.
+            elif key == LABEL_PROJECT or key.startswith(STAMP_PREFIX):
                 self.err(p, f"{key!r} is a label dockmesh writes itself")
             elif discovery and key in DISCOVERY_LABELS:
                 self.err(p, f"{key!r} is written by this service's discovery: give it there")

@@ -20,10 +20,15 @@ from dockmesh.model.config import (
 )
 from dockmesh.model.durations import format_duration_ns, parse_duration_ns
 from dockmesh.model.labels import (
+    DISCOVERY_LABELS,
+    PROJECT_LABELS,
+    SERVICE_LABELS,
     Discovery,
     DiscoveryCheck,
     decode_discovery,
     encode_discovery,
+    project_of,
+    service_of,
     stamp,
     stamped_config,
     without_stamp,
@@ -63,24 +68,7 @@ def test_discovery_round_trips(d: Discovery) -> None:
     assert decoded == d
 
 
-@given(
-    st.dictionaries(
-        st.sampled_from(
-            [
-                "dockmesh.service",
-                "dockmesh.port",
-                "dockmesh.tags",
-                "dockmesh.weight",
-                "dockmesh.network",
-                "dockmesh.check.http",
-                "dockmesh.check.tcp",
-                "dockmesh.check.interval",
-                "dockmesh.check.timeout",
-            ]
-        ),
-        st.text(max_size=30),
-    )
-)
+@given(st.dictionaries(st.sampled_from(DISCOVERY_LABELS), st.text(max_size=30)))
 def test_any_labels_decode_without_raising(labels: dict[str, str]) -> None:
     decoded, problems = decode_discovery(labels)
     if decoded is not None:
@@ -210,3 +198,25 @@ def test_durations_refuse_what_the_engine_cannot_hold() -> None:
         except ValueError:
             continue
         raise AssertionError(f"{bad!r} was accepted")
+
+
+def test_project_and_service_are_dockmesh_s_labels_first_then_compose_s() -> None:
+    compose = {"com.docker.compose.project": "c", "com.docker.compose.service": "web"}
+    assert (project_of(compose), service_of(compose)) == ("c", "web")
+    stamped = {**compose, "dockmesh.project": "p", "dockmesh.spec.service": "api"}
+    assert (project_of(stamped), service_of(stamped)) == ("p", "api")
+    # The catalog's name is the service's name, whoever created the container.
+    assert service_of({**stamped, "dockmesh.service": "orders"}) == "orders"
+    assert project_of({"team": "x"}) is None and service_of({}) is None
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from([*PROJECT_LABELS, *SERVICE_LABELS, "team"]),
+        st.sampled_from(["", "a", "b"]),
+    )
+)
+def test_an_empty_label_names_no_project_or_service(labels: dict[str, str]) -> None:
+    for keys, named in ((PROJECT_LABELS, project_of(labels)), (SERVICE_LABELS, service_of(labels))):
+        values = [labels[k] for k in keys if labels.get(k)]
+        assert named == (values[0] if values else None)
