@@ -95,23 +95,16 @@ class TopologyHolder:
 
 def bridge_gateways(topo: Topology) -> set[str]:
     """IPv4 gateways of the local bridge networks: addresses the host holds, reachable from
-    every container on them (internal networks included). The engine reports a gateway only
-    when one was asked for; otherwise it took the first host of the pool (the ip_range, else
-    the subnet)."""
+    every container on them (internal networks included). The model says where each is
+    (`IpamPool.effective_gateway`: reported, else where the engine put it)."""
     out: set[str] = set()
     for n in topo.networks:
         if n.driver != "bridge":
             continue
         for pool in n.ipam:
-            with contextlib.suppress(ValueError):
-                if pool.gateway:
-                    gw = ipaddress.ip_address(pool.gateway)
-                else:
-                    subnet = ipaddress.ip_network(pool.subnet)
-                    first = ipaddress.ip_network(pool.ip_range) if pool.ip_range else subnet
-                    gw = max(first.network_address, subnet.network_address + 1)
-                if gw.version == 4:
-                    out.add(str(gw))
+            gw = pool.effective_gateway()
+            if gw is not None and ipaddress.ip_address(gw).version == 4:
+                out.add(gw)
     return out
 
 

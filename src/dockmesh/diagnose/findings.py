@@ -171,25 +171,6 @@ class Evidence:
     errors: list[str] = field(default_factory=list)  # what could not be gathered, and why
 
 
-def _gateway(n: Network) -> tuple[str | None, str | None]:
-    """(subnet, gateway) of a network's first IPv4 pool. A bridge without a configured
-    gateway has the pool's first host (the engine's choice)."""
-    for pool in n.ipam:
-        try:
-            subnet = ipaddress.ip_network(pool.subnet, strict=False)
-        except ValueError:
-            continue
-        if subnet.version != 4:
-            continue
-        if pool.gateway:
-            return str(subnet), pool.gateway.split("/")[0]
-        if n.driver == "bridge":
-            first = ipaddress.ip_network(pool.ip_range) if pool.ip_range else subnet
-            return str(subnet), str(max(first.network_address, subnet.network_address + 1))
-        return str(subnet), None
-    return None, None
-
-
 def network_mtu(n: Network, host_mtus: Mapping[str, int]) -> int | None:
     """The MTU the network gives its interfaces: its driver option, else what the host's
     side (its bridge) has, as the gatherer read it (by network id)."""
@@ -206,7 +187,8 @@ def plan_checks(
     networks: list[AttachedNetwork] = []
     mine: dict[str, Network] = {}
     for n, a in topo.attached_networks(c):
-        subnet, gateway = _gateway(n)
+        pool = n.pool(4)
+        subnet = None if pool is None else pool.network()
         mine[n.id] = n
         networks.append(
             AttachedNetwork(
@@ -216,8 +198,8 @@ def plan_checks(
                 a.ipv4,
                 a.ipv6,
                 a.mac,
-                subnet,
-                gateway,
+                None if subnet is None else str(subnet),
+                n.gateway(4),
                 network_mtu(n, host_mtus),
             )
         )

@@ -10,10 +10,13 @@ Nothing here does I/O; `dockmesh.engine` fills these from the Docker API.
 
 from __future__ import annotations
 
+import ipaddress
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
+
+from dockmesh.model.ipam import IPNetwork, first_free
 
 JSON = dict[str, Any]
 
@@ -30,10 +33,43 @@ class EngineInfo:
 
 @dataclass(frozen=True, slots=True)
 class IpamPool:
+    """One subnet of a network, as the engine reports it: `gateway` only when one was asked
+    for (or the engine chose the subnet too), so ask `effective_gateway()` for the address a
+    container's route actually points at."""
+
     subnet: str
     gateway: str | None = None
     ip_range: str | None = None
     aux_addresses: Mapping[str, str] = field(default_factory=dict)
+
+    def network(self) -> IPNetwork | None:
+        """The subnet as a value; None when the engine's text is not one."""
+        try:
+            return ipaddress.ip_network(self.subnet, strict=False)
+        except ValueError:
+            return None
+
+    def effective_gateway(self) -> str | None:
+        """The pool's gateway: the one the engine reports, else the one Docker's IPAM took
+        when none was asked for — the lowest address it hands out from the dynamic pool
+        (`ip_range` when set, else the subnet; `dockmesh.model.ipam.first_free`). Canonical
+        text; None when the engine's values cannot be read."""
+        if self.gateway:
+            try:  # some engines write it with its prefix length
+                return str(ipaddress.ip_address(self.gateway.split("/")[0]))
+            except ValueError:
+                return None
+        subnet = self.network()
+        if subnet is None:
+            return None
+        try:
+            pool = ipaddress.ip_network(self.ip_range, strict=False) if self.ip_range else subnet
+        except ValueError:
+            return None
+        if pool.version != subnet.version:
+            return None
+        gateway = first_free(subnet, pool)
+        return None if gateway is None else str(gateway)
 
     def to_json(self) -> JSON:
         return {
@@ -63,6 +99,20 @@ class Network:
     @property
     def is_multi_host(self) -> bool:
         return self.scope == "swarm"
+
+    def pool(self, version: int = 4) -> IpamPool | None:
+        """The network's first pool of this IP version (a bridge has one of each at most)."""
+        for p in self.ipam:
+            net = p.network()
+            if net is not None and net.version == version:
+                return p
+        return None
+
+    def gateway(self, version: int = 4) -> str | None:
+        """The gateway of that pool (`IpamPool.effective_gateway`); on a local bridge, an
+        address the host holds on the bridge, reachable from every container on it."""
+        p = self.pool(version)
+        return None if p is None else p.effective_gateway()
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,12 +139,14 @@ class Edge:
 
 
 def gateways(topo: Topology) -> dict[str, str]:
-    """Gateway address → network name, for every network that reports its gateway."""
+    """Gateway address → network name, for every network's pools (reported, or where the
+    engine put it: `IpamPool.effective_gateway`)."""
     out: dict[str, str] = {}
     for n in topo.networks:
         for pool in n.ipam:
-            if pool.gateway:
-                out.setdefault(str(pool.gateway).split("/")[0], n.name)
+            gw = pool.effective_gateway()
+            if gw is not None:
+                out.setdefault(gw, n.name)
     return out
 
 

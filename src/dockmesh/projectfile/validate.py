@@ -19,6 +19,8 @@ from dockmesh.model.ipam import (
     IPAddress,
     IpamError,
     IPNetwork,
+    first_free,
+    never_handed_out,
     overlaps,
     parse_address,
     parse_subnet,
@@ -42,7 +44,7 @@ from dockmesh.projectfile.parse import (
     substitute,
     template_names,
 )
-from dockmesh.projectfile.pools import first_free, never_handed_out, room
+from dockmesh.projectfile.pools import room
 from dockmesh.projectfile.problems import Path, Problem
 from dockmesh.projectfile.schema import (
     Healthcheck,
