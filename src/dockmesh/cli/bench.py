@@ -27,16 +27,10 @@ app = typer.Typer(
 def _default_port(dst: Container) -> int:
     """The one TCP port DST listens on beyond its loopback (from its /proc/<pid>/net/tcp*),
     else its one published or exposed port."""
-    from dockmesh.codecs.procnet import parse_net_sockets
+    from dockmesh.host.sockets import listening
 
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{dst.pid}/net/{name}") as f:
-                text = f.read()
-        except OSError:
-            continue
-        ports |= {x.port for x in parse_net_sockets(text, "tcp") if not x.loopback_only}
+    listeners = listening(dst.pid, ("tcp", "tcp6")) if dst.pid else None
+    ports = {x.port for x in listeners or () if not x.loopback_only}
     if len(ports) == 1:
         return ports.pop()
     declared = {p.container_port for p in dst.ports if p.protocol == "tcp"}

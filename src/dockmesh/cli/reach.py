@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -52,7 +53,7 @@ def _port(text: str | None) -> PortRange | None:
 
 
 def _observations_for(dst: Container | None, port: PortRange | None, note: str) -> Observations:
-    from dockmesh.policy.gather import listening
+    from dockmesh.host.sockets import listening
     from dockmesh.policy.reach import Observations
 
     listens = None
@@ -81,8 +82,8 @@ def register(app: typer.Typer) -> None:
         live probe. Exits 0 when reachable, 1 when not (or when the probe fails)."""
         from dataclasses import replace
 
-        from dockmesh.host.netns import NetnsPool
-        from dockmesh.policy.gather import resolve
+        from dockmesh.host.dockerdns import resolve_in
+        from dockmesh.host.netns import NetnsError, NetnsPool
         from dockmesh.policy.reach import HOST, analyze
 
         p = _port(port)
@@ -101,9 +102,11 @@ def register(app: typer.Typer) -> None:
         result: dict[str, Any] | None = None
         with NetnsPool(threads=2) as pool:
             if probe and scont is not None and scont.running and scont.pid and dcont:
-                names = [dcont.name]
-                resolved = {n: resolve(pool, scont.pid, n, timeout) for n in names}
-                observations = replace(observations, resolved=resolved)
+                # Not asked (the namespace could not be entered) is not "no answer".
+                with contextlib.suppress(NetnsError, OSError):
+                    answers = resolve_in(pool, scont.pid, [dcont.name], timeout)
+                    resolved = {r.name: list(r.addresses or ()) for r in answers}
+                    observations = replace(observations, resolved=resolved)
             analysis = analyze(topo, policy, src, dst, p, observations)
             if probe:
                 result = _probe_one(pool, topo, analysis, scont, dcont, p, timeout)

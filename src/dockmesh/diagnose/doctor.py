@@ -2,9 +2,11 @@
 
 Nothing runs inside the container, so it works on images built FROM scratch:
 - links, addresses and routes: a netlink socket opened in its namespace (a `NetnsPool` job);
-- listening sockets: `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` (its namespace, no setns);
+- listening sockets: `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` (its namespace, no setns;
+  `dockmesh.host.sockets`);
 - resolv.conf as it sees it: `/proc/<pid>/root/etc/resolv.conf` (its mount namespace);
-- DNS: queries to Docker's embedded DNS (127.0.0.11) from a UDP socket made in its namespace;
+- DNS: queries to Docker's embedded DNS (127.0.0.11) from a UDP socket made in its namespace
+  (`dockmesh.host.dockerdns`);
 - connectivity: ICMP echo to its gateways and peers from a raw socket made there.
 The MTU each network should give comes from the host side (the bridge's MTU in sysfs).
 Every step that fails is recorded and the others go on: a partial diagnosis beats none.
@@ -12,32 +14,22 @@ Every step that fails is recorded and the others go on: a partial diagnosis beat
 
 from __future__ import annotations
 
-import random
-import select
 import socket
-import time
-from collections.abc import Sequence
 
-from dockmesh.codecs.procnet import (
-    Listener,
-    Route,
-    parse_net_sockets,
-)
+from dockmesh.codecs.procnet import Route
 from dockmesh.codecs.resolvconf import parse_resolv_conf
 from dockmesh.diagnose.findings import (
-    EMBEDDED_DNS,
     DnsAnswer,
-    DnsQuestion,
     Evidence,
     Link,
     Ping,
     plan_checks,
 )
 from dockmesh.diagnose.latency import ping_many
+from dockmesh.host.dockerdns import resolve_in
 from dockmesh.host.netns import NetnsError, NetnsPool
+from dockmesh.host.sockets import listening
 from dockmesh.model.topology import Container, Network, Topology
-
-_FAMILIES = {2: "inet", 10: "inet6"}
 
 
 def bridge_name(n: Network) -> str | None:
@@ -109,81 +101,6 @@ def _read(path: str) -> str:
         return f.read().decode("utf-8", "replace")
 
 
-def listeners(pid: int) -> tuple[Listener, ...]:
-    out: list[Listener] = []
-    for name, proto in (("tcp", "tcp"), ("tcp6", "tcp"), ("udp", "udp"), ("udp6", "udp")):
-        try:
-            out.extend(parse_net_sockets(_read(f"/proc/{pid}/net/{name}"), proto))
-        except OSError:
-            continue  # no IPv6 in this namespace
-    return tuple(out)
-
-
-def _udp_socket() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setblocking(False)
-    return s
-
-
-def resolve(
-    pool: NetnsPool,
-    pid: int,
-    questions: Sequence[DnsQuestion],
-    timeout_s: float = 1.0,
-    rng: random.Random | None = None,
-) -> tuple[DnsAnswer, ...]:
-    """Asks Docker's embedded DNS, from inside the container's namespace, for each name's A
-    records; all queries at once, answers matched by id."""
-    import dns.exception
-    import dns.message
-    import dns.rcode
-    import dns.rdatatype
-
-    if not questions:
-        return ()
-    rng = rng or random.Random()
-    sock = pool.run(pid, _udp_socket)
-    got: dict[int, DnsAnswer] = {}
-    with sock:
-        pending: dict[int, tuple[int, DnsQuestion]] = {}
-        for i, q in enumerate(questions):
-            msg = dns.message.make_query(q.name, dns.rdatatype.A)
-            msg.id = rng.randrange(0, 65536)
-            while msg.id in pending:
-                msg.id = (msg.id + 1) % 65536
-            pending[msg.id] = (i, q)
-            try:
-                sock.sendto(msg.to_wire(), (EMBEDDED_DNS, 53))
-            except OSError:
-                continue
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                break
-            try:
-                wire = sock.recv(4096)
-                reply = dns.message.from_wire(wire)
-            except (OSError, dns.exception.DNSException):
-                continue
-            hit = pending.pop(reply.id, None)
-            if hit is None:
-                continue
-            i, q = hit
-            answers = tuple(
-                sorted(
-                    {
-                        r.address
-                        for rrset in reply.answer
-                        if rrset.rdtype == dns.rdatatype.A
-                        for r in rrset
-                    }
-                )
-            )
-            got[i] = DnsAnswer(q, answers, dns.rcode.to_text(reply.rcode()))
-    return tuple(got.get(i, DnsAnswer(q, None)) for i, q in enumerate(questions))
-
-
 def gather(topo: Topology, c: Container, pool: NetnsPool, timeout_s: float = 1.0) -> Evidence:
     plan = plan_checks(topo, c, host_mtus(topo, c))
     evidence = Evidence(c, plan)
@@ -198,13 +115,20 @@ def gather(topo: Topology, c: Container, pool: NetnsPool, timeout_s: float = 1.0
         evidence.links, evidence.routes = tuple(links), tuple(routes)
     except (NetnsError, OSError) as e:
         evidence.errors.append(f"interfaces and routes unreadable: {e}")
-    evidence.listeners = listeners(pid)
+    listeners = listening(pid)
+    if listeners is None:
+        evidence.errors.append("listening sockets unreadable (/proc/<pid>/net)")
+    evidence.listeners = listeners or ()
     try:
         evidence.resolv = parse_resolv_conf(_read(f"/proc/{pid}/root/etc/resolv.conf"))
     except OSError as e:
         evidence.errors.append(f"resolv.conf unreadable: {e.strerror}")
     try:
-        evidence.dns = resolve(pool, pid, plan.questions, timeout_s)
+        resolved = resolve_in(pool, pid, [q.name for q in plan.questions], timeout_s)
+        evidence.dns = tuple(
+            DnsAnswer(q, r.addresses, r.rcode)
+            for q, r in zip(plan.questions, resolved, strict=True)
+        )
     except (NetnsError, OSError) as e:
         evidence.errors.append(f"DNS queries could not be sent: {e}")
     try:

@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from dockmesh.codecs.procnet import Listener, Route
 from dockmesh.codecs.resolvconf import ResolvConf
 from dockmesh.model.labels import LABEL_DISCOVERY_PORT, project_of
-from dockmesh.model.topology import Container, Network, Topology
+from dockmesh.model.topology import (
+    DOCKER_DNS,
+    NO_DNS_NETWORKS,
+    Container,
+    Network,
+    Topology,
+)
 
 ERROR, WARNING, INFO = "error", "warning", "info"
-EMBEDDED_DNS = "127.0.0.11"
 MTU_OPTION = "com.docker.network.driver.mtu"
-_NO_DNS_NETWORKS = frozenset({"bridge", "host", "none"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +218,7 @@ def plan_checks(
                 peers[other.id] = Peer(other.name, project_of(other.labels), (), ep.ipv4)
             p = peers[other.id]
             peers[other.id] = Peer(p.name, p.project, (*p.shared, n.name), p.address or ep.ipv4)
-            if n.name in _NO_DNS_NETWORKS or not ep.ipv4 or not other.running:
+            if n.name in NO_DNS_NETWORKS or not ep.ipv4 or not other.running:
                 continue
             for dns_name in ep.dns_names:
                 if dns_name == other.id[:12]:
@@ -263,7 +267,7 @@ def _covered(address: str, routes: Sequence[Route]) -> bool:
 def _is_docker_dns(x: Listener) -> bool:
     # Docker's embedded DNS listens inside every container on a user network, on 127.0.0.11
     # at random ports (the namespace's NAT sends port 53 there): not the container's own.
-    return x.address == EMBEDDED_DNS
+    return x.address == DOCKER_DNS
 
 
 def _reachable_listener(listeners: Sequence[Listener], proto: str, port: int) -> bool:
@@ -407,14 +411,14 @@ def findings(f: Evidence) -> list[Finding]:
                         f"with docker network connect {peer.shared[0]} {c.name}",
                     )
                 )
-    user_networks = [n for n in f.plan.networks if n.name not in _NO_DNS_NETWORKS]
-    if f.resolv is not None and user_networks and EMBEDDED_DNS not in f.resolv.nameservers:
+    user_networks = [n for n in f.plan.networks if n.name not in NO_DNS_NETWORKS]
+    if f.resolv is not None and user_networks and DOCKER_DNS not in f.resolv.nameservers:
         out.append(
             Finding(
                 WARNING,
                 "resolv-conf",
                 f"resolv.conf names {', '.join(f.resolv.nameservers) or 'no server'}, not "
-                f"Docker's DNS ({EMBEDDED_DNS}): container names will not resolve",
+                f"Docker's DNS ({DOCKER_DNS}): container names will not resolve",
                 "do not mount your own /etc/resolv.conf; use --dns to forward instead",
             )
         )

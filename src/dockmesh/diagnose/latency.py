@@ -15,7 +15,6 @@ a network both share): nothing is sent anywhere else.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import select
 import socket
@@ -26,8 +25,8 @@ from dataclasses import dataclass
 
 from dockmesh.codecs.icmp import echo_reply as parse_echo_reply
 from dockmesh.codecs.icmp import echo_request
-from dockmesh.codecs.procnet import parse_net_sockets
 from dockmesh.host.netns import NetnsPool
+from dockmesh.host.sockets import listening
 from dockmesh.model.topology import Container, Topology
 
 _MAX_HTTP_RESPONSE = 1 << 20
@@ -212,19 +211,8 @@ def _reset_close(sock: socket.socket) -> None:
 def accept_queue(dst_pid: int, address: str, port: int) -> tuple[int, int] | None:
     """(waiting, limit) of the accept queue of DST's listener on address:port (or on the
     wildcard), from its /proc/<pid>/net/tcp; None when unreadable or not listening."""
-    try:
-        fd = os.open(f"/proc/{dst_pid}/net/tcp", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            # A seq file gives a page or so per read: read to the end.
-            chunks = [os.read(fd, 65536)]
-            while chunks[-1]:
-                chunks.append(os.read(fd, 65536))
-        finally:
-            os.close(fd)
-        text = b"".join(chunks).decode("ascii", "replace")
-    except OSError:
-        return None
-    for x in parse_net_sockets(text, "tcp"):
+    # IPv4 only: it is read between samples, and the targets are IPv4 addresses.
+    for x in listening(dst_pid, ("tcp",)) or ():
         if x.port == port and x.address in (address, "0.0.0.0"):
             return x.queued, x.backlog
     return None

@@ -197,8 +197,10 @@ class Endpoint:
         }
 
 
+# Docker's embedded DNS: inside every container on a user-defined network, at this address.
+DOCKER_DNS = "127.0.0.11"
 # Networks on which Docker's embedded DNS does not answer for container names and aliases.
-_NO_DNS_NETWORKS = frozenset({"bridge", "host", "none"})
+NO_DNS_NETWORKS = frozenset({"bridge", "host", "none"})
 # Below this many characters an id prefix is too likely to be ambiguous to accept.
 _MIN_ID_PREFIX = 6
 
@@ -404,7 +406,7 @@ class _TopologyIndex:
         self._endpoints: dict[tuple[str, bool], tuple[Endpoint, ...]] = {}
 
     def endpoints_of(self, network: Network) -> tuple[Endpoint, ...]:
-        key = (network.id, network.name not in _NO_DNS_NETWORKS)
+        key = (network.id, network.name not in NO_DNS_NETWORKS)
         eps = self._endpoints.get(key)
         if eps is None:
             eps = self._endpoints.setdefault(key, self._make_endpoints(*key))

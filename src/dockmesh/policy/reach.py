@@ -27,23 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockmesh.codecs.procnet import Listener
 from dockmesh.model.labels import project_of
 from dockmesh.model.policy import PortRange, parse_port_range
-from dockmesh.model.topology import Attachment, Container, Network, Topology
+from dockmesh.model.topology import NO_DNS_NETWORKS, Attachment, Container, Network, Topology
 from dockmesh.policy.decide import decide
 
 HOST = "host"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
-_NO_DNS = frozenset({"bridge", "host", "none"})
-
-
-@dataclass(frozen=True, slots=True)
-class Listening:
-    """A socket DST listens on (TCP) or has bound (UDP), from its namespace."""
-
-    proto: str
-    address: str
-    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +77,7 @@ class Observations:
     """What the caller observed outside the topology: in the namespaces (DST's sockets, SRC's
     resolver) and in the kernel (how the applied policy stands); None: not looked at."""
 
-    listening: Sequence[Listening] | None = None
+    listening: Sequence[Listener] | None = None  # the sockets DST listens on (or has bound)
     # name → addresses SRC's resolver gave (an empty list: NXDOMAIN or no answer)
     resolved: Mapping[str, Sequence[str]] | None = None
     policy_note: str = ""  # how the policy stands in the kernel ("no policy applied", ...)
@@ -263,7 +254,7 @@ def _names(
 ) -> tuple[str, ...]:
     out: list[str] = []
     for n, _, _ in shared:
-        if n.name in _NO_DNS:
+        if n.name in NO_DNS_NETWORKS:
             continue
         for ep in topo.endpoints_of(n):
             if ep.container_id == dst.id:
@@ -285,7 +276,7 @@ def _dns_step(
             f"{dst.name}'s names do not resolve from {src.name}: Docker's "
             "DNS answers only for containers on a network both are on",
         )
-    user = [(n, sa, da) for n, sa, da in shared if n.name not in _NO_DNS]
+    user = [(n, sa, da) for n, sa, da in shared if n.name not in NO_DNS_NETWORKS]
     if not user:
         return Step(
             "dns",

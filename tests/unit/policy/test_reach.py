@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dockmesh.codecs.icmp import echo_reply, echo_request
+from dockmesh.codecs.procnet import Listener
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector
 from dockmesh.model.topology import Topology
 from dockmesh.policy.nft import parse_live
-from dockmesh.policy.reach import Analysis, Listening, Observations, Step, analyze, parse_port
+from dockmesh.policy.reach import Analysis, Observations, Step, analyze, parse_port
 from tests.unit.policy.topos import container, network, topology
 
 
@@ -57,7 +58,7 @@ def test_backend_to_database_reachable_on_an_internal_network() -> None:
     port = parse_port("5432/tcp")
     assert isinstance(port, PortRange)
     facts = Observations(
-        listening=[Listening("tcp", "0.0.0.0", 5432)], policy_note="no policy applied"
+        listening=[Listener("tcp", "0.0.0.0", 5432)], policy_note="no policy applied"
     )
     a = analyze(chapter(), None, "back", "data", port, facts)
     assert a.reachable and a.network == "db" and a.address == "10.3.0.4"
@@ -84,7 +85,7 @@ def test_loopback_only_listener_is_the_finding() -> None:
         "back",
         "data",
         PortRange("tcp", 5432, 5432),
-        Observations(listening=[Listening("tcp", "127.0.0.1", 5432)]),
+        Observations(listening=[Listener("tcp", "127.0.0.1", 5432)]),
     )
     assert not a.reachable
     assert "listens on 127.0.0.1:5432 only" in checks(a)["listening"].detail
