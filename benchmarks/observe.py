@@ -93,7 +93,7 @@ def main() -> int:
                 names = list(pool.map(make, range(args.containers)))
             made.extend(names)
 
-        backend = DockerBackend(EngineRef("local", default_url()))
+        backend = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
         topo = build_topology([backend.snapshot()], 1)
         chosen = targets(topo, names)
         elapsed = [sample(chosen).elapsed_s for _ in range(args.runs)]

@@ -155,8 +155,8 @@ def bench_compile_apply(args: argparse.Namespace, table: str, rows: list[tuple[s
 
 
 def bench_matrix(args: argparse.Namespace, prefix: str, rows: list[tuple[str, str]]) -> None:
-    client = docker.APIClient(base_url=default_url(), version="auto")
-    backend = DockerBackend(EngineRef("local", default_url()))
+    client = docker.APIClient(base_url=default_url(os.environ.get("DOCKER_HOST")), version="auto")
+    backend = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
     taken = taken_subnets(build_topology([backend.snapshot()], 1))
     import random
 
@@ -245,7 +245,7 @@ def bench_matrix(args: argparse.Namespace, prefix: str, rows: list[tuple[str, st
 
 
 def cleanup(prefix: str) -> None:
-    client = docker.APIClient(base_url=default_url(), version="auto")
+    client = docker.APIClient(base_url=default_url(os.environ.get("DOCKER_HOST")), version="auto")
     for c in client.containers(all=True, filters={"name": f"^{prefix}"}):
         with contextlib.suppress(docker.errors.NotFound):
             client.remove_container(c["Id"], force=True)

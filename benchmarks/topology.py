@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import random
 import secrets
 import shutil
@@ -135,6 +136,7 @@ def main() -> int:
     if args.model_only:
         return model_only(args.containers, args.networks)
     api = docker.APIClient(version="auto", timeout=120)
+    engine_url = default_url(os.environ.get("DOCKER_HOST"))
     prefix = f"dmb{secrets.token_hex(3)}"
     nets: list[str] = []
     ctrs: list[str] = []
@@ -145,7 +147,7 @@ def main() -> int:
                 pick_free_subnets(
                     taken_subnets(
                         build_topology(
-                            [DockerBackend(EngineRef("local", default_url())).snapshot()], 1
+                            [DockerBackend(EngineRef("local", engine_url)).snapshot()], 1
                         )
                     ),
                     args.networks,
@@ -200,7 +202,7 @@ def main() -> int:
                 peer_each.append(time.perf_counter() - t)
 
         # --- events → model -------------------------------------------------------------
-        watcher = TopologyWatcher([EngineRef("local", default_url())])
+        watcher = TopologyWatcher([EngineRef("local", engine_url)])
         t = time.perf_counter()
         watcher.start()
         snapshot_s = time.perf_counter() - t

@@ -138,10 +138,15 @@ class Agent:
         try:
             await self._start_services()
             # --- issue 8 (policy): the applied policy's table follows the topology ---
-            from dockmesh.policy.enforce import Enforcer
-            from dockmesh.policy.store import PolicyStore, table_name
+            import os
 
-            self.policy = Enforcer(PolicyStore(table_name()))
+            from dockmesh.policy.enforce import Enforcer
+            from dockmesh.policy.store import PolicyStore, policy_dir, table_name
+
+            env = os.environ
+            table = table_name(None, env.get("DOCKMESH_POLICY_TABLE"))
+            store = PolicyStore(table, policy_dir(env.get("DOCKMESH_POLICY_DIR")))
+            self.policy = Enforcer(store)
             self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
             # --- end issue 8 ---
             self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))

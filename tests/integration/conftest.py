@@ -32,7 +32,7 @@ TOOLBOX = "dockmesh/toolbox:latest"
 
 @pytest.fixture(scope="session")
 def engine() -> DockerBackend:
-    client = DockerBackend(EngineRef("local", default_url()))
+    client = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
     client.info()  # fails the session loudly when no engine answers
     return client
 
@@ -41,7 +41,7 @@ def engine() -> DockerBackend:
 def api(engine: DockerBackend) -> Any:
     """docker-py's own client: the tests check the engine through it, independently of
     dockmesh's backend."""
-    return docker.APIClient(base_url=default_url(), version="auto")
+    return docker.APIClient(base_url=default_url(os.environ.get("DOCKER_HOST")), version="auto")
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +76,7 @@ def cleanup(api: Any, p: str) -> None:
 
 def free_subnets(api: Any, count: int) -> list[str]:
     """/24s in 10.128.0.0/9 that no engine network and no host route uses."""
-    client = DockerBackend(EngineRef("local", default_url()))
+    client = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
     taken = taken_subnets(build_topology([client.snapshot()], 1))
     return [str(n) for n in pick_free_subnets(taken, count, random.Random())]
 

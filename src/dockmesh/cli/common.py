@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from dockmesh.engine.backend import EngineBackend, EngineRef, parse_engine_refs
+from dockmesh.engine.backend import EngineBackend, EngineRef, default_url, parse_engine_refs
 from dockmesh.errors import BuildError, EngineError, Interrupted, SpecError, UsageError
 from dockmesh.projectfile.problems import visible
 
@@ -95,8 +95,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def engine_refs(values: list[str] | None) -> list[EngineRef]:
+    """--engine's values, else $DOCKER_HOST, else the local socket."""
     try:
-        return parse_engine_refs(values or [])
+        return parse_engine_refs(values or [], default_url(os.environ.get("DOCKER_HOST")))
     except ValueError as e:
         raise UserError(str(e)) from None
 
