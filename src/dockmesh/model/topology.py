@@ -82,6 +82,12 @@ class IpamPool:
 
 @dataclass(frozen=True, slots=True)
 class Network:
+    """A network as its engine reports it; a swarm overlay is one `Network` however many
+    engines see it (`engines`). `id` is the engine's and unique in a topology; names are not
+    (two engines may each have a local `backend`). Its subnets are `ipam`, one pool each, with
+    only what the engine reports; its gateway is `gateway()`. Its endpoints are derived from
+    the containers (`Topology.endpoints_of`), never stored here."""
+
     id: str
     name: str
     engine: str
@@ -146,6 +152,11 @@ class PortBinding:
 
 @dataclass(frozen=True, slots=True)
 class Container:
+    """A container as its engine reports it. `attachments` holds its endpoint on each network
+    it is on (the one place endpoints are stored); `pid` is set only while it runs, and is
+    how the host reaches its namespaces; `labels` are anyone's input, read through
+    `dockmesh.model.labels`."""
+
     id: str
     name: str
     engine: str
