@@ -6,28 +6,14 @@ here and decoded by `dockmesh.codecs.procnet`."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from dockmesh.codecs.procnet import Listener, parse_net_sockets
+from dockmesh.host.procfs import read_proc_net
 
 # The files, and the protocol each holds.
 _PROTOCOL = {"tcp": "tcp", "tcp6": "tcp", "udp": "udp", "udp6": "udp"}
 ALL_FILES = ("tcp", "tcp6", "udp", "udp6")
-
-
-def read_proc_net(pid: int, name: str) -> str:
-    """The text of `/proc/<pid>/net/<name>`. OSError when it cannot be read (the process is
-    gone, no permission, no IPv6 in the namespace)."""
-    fd = os.open(f"/proc/{pid}/net/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        # A seq file gives a page or so per read: read to the end.
-        chunks = [os.read(fd, 65536)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 65536))
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("ascii", "replace")
 
 
 def listening(pid: int, files: Sequence[str] = ALL_FILES) -> tuple[Listener, ...] | None:
