@@ -100,7 +100,7 @@ def test_topology_json_from_the_engine_validates(objects: dict[str, str], prefix
     assert ours[objects["gone"]]["state"] == "exited" and ours[objects["gone"]]["pid"] is None
     assert {p["protocol"] for p in ours[objects["web"]]["ports"]} == {"tcp", "udp"}
     # The engine named twice on the command line: two engines, one document.
-    url = default_url()
+    url = default_url(os.environ.get("DOCKER_HOST"))
     named = dockmesh("topology", "--json", "--engine", f"one={url}", "--engine", f"two={url}")
     assert named.returncode == 0, named.stderr
     both = json.loads(named.stdout)
