@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -68,7 +69,16 @@ def register(app: typer.Typer) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
         from dockmesh.agent import AgentConfig, run_agent
+        from dockmesh.policy.compile import DEFAULT_TABLE
+        from dockmesh.policy.nft import check_table_name
+        from dockmesh.policy.store import DEFAULT_DIR
 
+        try:
+            policy_table = check_table_name(
+                os.environ.get("DOCKMESH_POLICY_TABLE") or DEFAULT_TABLE
+            )
+        except ValueError as e:
+            raise UserError(f"$DOCKMESH_POLICY_TABLE: {e}") from None
         config = AgentConfig(
             engines=engine_refs(engine),
             api=parse_hostport(api, "--api"),
@@ -77,5 +87,7 @@ def register(app: typer.Typer) -> None:
             register_compose=register_compose,
             dns_on_gateways=not no_gateway_dns,
             gateway_dns_port=gateway_dns_port,
+            policy_dir=os.environ.get("DOCKMESH_POLICY_DIR") or DEFAULT_DIR,
+            policy_table=policy_table,
         )
         run_agent(config)
