@@ -192,7 +192,13 @@ def test_topology_from_the_agent_matches_the_engine(
     def mine(topo: Any) -> list[str]:
         return sorted(c["name"] for c in topo["containers"] if c["name"].startswith(prefix))
 
-    wait_until(lambda: len(mine(agent.get("/v1/dockmesh/topology")[1])) == 2, 10)
+    def seen() -> int:
+        try:
+            return len(mine(agent.get("/v1/dockmesh/topology")[1]))
+        except urllib.error.HTTPError:  # 503 until the agent has read the engine
+            return 0
+
+    wait_until(lambda: seen() == 2, 20)
     env = {**os.environ, "DOCKMESH_AGENT": agent.api}
     via = json.loads(
         subprocess.run(
