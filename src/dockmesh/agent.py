@@ -85,7 +85,7 @@ class AgentConfig:
     dns_ttl: int = 0
     # Where `dockmesh policy apply` leaves the applied policy, and the nft table it names
     # (the command line fills both from $DOCKMESH_POLICY_DIR and $DOCKMESH_POLICY_TABLE).
-    policy_dir: str = DEFAULT_DIR
+    policy_dir: Path = Path(DEFAULT_DIR)
     policy_table: str = DEFAULT_TABLE
 
 
@@ -125,7 +125,7 @@ def build_deps(config: AgentConfig) -> AgentDeps:
     from dockmesh.policy.enforce import Enforcer
     from dockmesh.policy.store import PolicyStore
 
-    policy = PolicyStore(config.policy_table, Path(config.policy_dir))
+    policy = PolicyStore(config.policy_table, config.policy_dir)
     engines = [DockerBackend(ref) for ref in config.engines]
     store: Store = SqliteStore(config.state) if config.state else MemoryStore()
     return AgentDeps(store=store, topology=TopologyWatcher(engines), enforcer=Enforcer(policy))

@@ -192,7 +192,7 @@ async def running(
         dns=("127.0.0.1", 0),
         state=None,
         gateway_dns_port=gateway_port,
-        policy_dir=str(tmp_path / "policy"),
+        policy_dir=tmp_path / "policy",
         policy_table=TABLE,
     )
     deps = AgentDeps(
@@ -406,7 +406,7 @@ def test_the_parts_come_from_the_config_alone(
     config = AgentConfig(
         engines=[EngineRef("local", f"unix://{tmp_path}/absent.sock")],
         state=str(tmp_path / "state.db"),
-        policy_dir=str(tmp_path / "policy"),
+        policy_dir=tmp_path / "policy",
         policy_table="mine",
     )
     deps = build_deps(config)

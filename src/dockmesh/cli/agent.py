@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
             register_compose=register_compose,
             dns_on_gateways=not no_gateway_dns,
             gateway_dns_port=gateway_dns_port,
-            policy_dir=os.environ.get("DOCKMESH_POLICY_DIR") or DEFAULT_DIR,
+            policy_dir=Path(os.environ.get("DOCKMESH_POLICY_DIR") or DEFAULT_DIR),
             policy_table=policy_table,
         )
         run_agent(config)
