@@ -12,6 +12,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    finite,
     handle_errors,
     load_topology,
     out,
@@ -63,10 +64,14 @@ def latency(
     ] = None,
     count: Annotated[int, typer.Option("--count", min=1, max=1_000_000)] = 100,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.0, max=60.0, help="Seconds between samples.")
+        float,
+        typer.Option(
+            "--interval", min=0.0, max=60.0, callback=finite, help="Seconds between samples."
+        ),
     ] = 0.0,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.01, max=60.0, help="Seconds per sample.")
+        float,
+        typer.Option("--timeout", min=0.01, max=60.0, callback=finite, help="Seconds per sample."),
     ] = 1.0,
     engine: EngineOpt = None,
     json_out: JsonOpt = False,
@@ -127,7 +132,7 @@ def latency(
 def bandwidth(
     src: Annotated[str, typer.Argument(help="Container that sends.")],
     dst: Annotated[str, typer.Argument(help="Container that receives.")],
-    seconds: Annotated[float, typer.Option("--seconds", min=0.1, max=3600)] = 3.0,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, max=3600, callback=finite)] = 3.0,
     tool: Annotated[
         str, typer.Option("--tool", help="dockmesh (a stream from the host) or iperf3.")
     ] = "dockmesh",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -40,6 +41,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document."
 # Bad input: exit 2 with this one-line reason.
 UserError = UsageError
 EXIT_INTERRUPTED = 130
+
+
+def finite(value: float) -> float:
+    """The callback of every float option: click reads `nan` and `inf` as floats, and they
+    pass every `min=`/`max=` (comparisons with NaN are false), so a number option given one
+    would wait for ever or fail deep inside. A usage error instead: one line, exit 2."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def fail(message: str, code: int) -> NoReturn:

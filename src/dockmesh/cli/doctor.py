@@ -14,6 +14,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    finite,
     handle_errors,
     load_topology,
     out,
@@ -142,7 +143,13 @@ def register(app: typer.Typer) -> None:
         container: Annotated[str, typer.Argument(help="Container name or id.")],
         timeout: Annotated[
             float,
-            typer.Option("--timeout", min=0.05, max=60.0, help="Seconds to wait for DNS and ICMP."),
+            typer.Option(
+                "--timeout",
+                min=0.05,
+                max=60.0,
+                callback=finite,
+                help="Seconds to wait for DNS and ICMP.",
+            ),
         ] = 1.0,
         engine: EngineOpt = None,
         json_out: JsonOpt = False,

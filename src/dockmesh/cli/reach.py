@@ -16,6 +16,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    finite,
     handle_errors,
     load_topology,
     out,
@@ -37,7 +38,10 @@ PortOpt = Annotated[
     str | None, typer.Option("--port", help="PORT[/tcp|udp], e.g. 8080/tcp (default: ping).")
 ]
 TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", help="Seconds a probe waits for an answer.", min=0.05)
+    float,
+    typer.Option(
+        "--timeout", help="Seconds a probe waits for an answer.", min=0.05, callback=finite
+    ),
 ]
 
 

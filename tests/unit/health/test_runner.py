@@ -17,7 +17,7 @@ from dockmesh.catalog.state import Catalog
 from dockmesh.health.probe import Result
 from dockmesh.health.runner import HealthRunner, first_delay
 from dockmesh.model.catalog import CheckSpec, Instance, Status
-from tests.unit.health import vtime
+from dockmesh.testing import loop as vtime
 
 WEB = Instance("web-1", "web", "10.0.0.2", 80)
 

@@ -18,9 +18,10 @@ from dockmesh.model.policy import (
 )
 from dockmesh.policy.compile import HASH_TAG, compile_policy, full_transaction
 from dockmesh.policy.enforce import Enforcer
-from dockmesh.policy.nft import ForeignTable, Nft, is_ours
+from dockmesh.policy.nft import ForeignTable, is_ours
 from dockmesh.policy.reach import Observations, analyze
 from dockmesh.policy.store import Applied, PolicyStore
+from dockmesh.testing.nft import MemoryNft
 from tests.unit.policy.topos import container, network, topology
 
 # --- 1: only ever touch a table dockmesh made ------------------------------------------------
@@ -51,17 +52,10 @@ def ours_doc(table: str) -> dict[str, Any]:
     return doc
 
 
-class FakeNft(Nft):
-    def __init__(self, live: Any | None) -> None:
-        super().__init__("nft-not-run")
-        self.live = live
-        self.ran: list[list[Any]] = []
-
-    def list_table(self, table: str) -> Any | None:
-        return self.live
-
-    def run(self, cmds: list[Any]) -> None:
-        self.ran.append(cmds)
+def nft_holding(doc: Any) -> MemoryNft:
+    nft = MemoryNft()
+    nft.load(doc)
+    return nft
 
 
 def test_a_table_without_the_marker_is_not_ours() -> None:
@@ -79,7 +73,7 @@ def test_the_compiled_table_carries_the_marker() -> None:
 
 @pytest.mark.parametrize("action", ["apply", "remove", "agent"])
 def test_a_hand_made_table_is_never_applied_over_nor_removed(action: str, tmp_path: Any) -> None:
-    nft = FakeNft(foreign_doc("t"))
+    nft = nft_holding(foreign_doc("t"))
     store = PolicyStore("t", tmp_path)
     enforcer = Enforcer(store, nft)
     topo = topology([network("n", "10.0.0.0/24")], [container("a", {"n": "10.0.0.2"})])
@@ -99,12 +93,13 @@ def test_a_hand_made_table_is_never_applied_over_nor_removed(action: str, tmp_pa
 
 
 def test_our_own_table_is_applied_over_and_removed(tmp_path: Any) -> None:
-    nft = FakeNft(ours_doc("t"))
+    nft = nft_holding(ours_doc("t"))
     enforcer = Enforcer(PolicyStore("t", tmp_path), nft)
     topo = topology([network("n", "10.0.0.0/24")], [container("a", {"n": "10.0.0.2"})])
     enforcer.apply(Applied("t", "enforce", Policy()), topo)
     assert enforcer.remove() is True
     assert nft.ran[-1] == [{"delete": {"table": {"family": "inet", "name": "t"}}}]
+    assert nft.list_table("t") is None
 
 
 # --- 2: a file that is not a policy is not "allow everything" --------------------------------

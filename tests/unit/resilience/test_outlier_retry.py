@@ -7,14 +7,7 @@ from hypothesis import strategies as st
 
 from dockmesh.resilience.outlier import OutlierDetector, OutlierPolicy
 from dockmesh.resilience.retry import RetryBudget, may_retry
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from dockmesh.testing.clock import ManualClock
 
 
 @given(
@@ -30,7 +23,7 @@ class Clock:
 def test_ejections_never_exceed_the_cap(
     n: int, pct: float, steps: list[tuple[int, int | None, float]]
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     policy = OutlierPolicy(
         consecutive_5xx=2,
         consecutive_gateway_failures=2,
@@ -53,7 +46,7 @@ def test_ejections_never_exceed_the_cap(
 
 
 def test_consecutive_gateway_failures_eject_and_time_brings_back() -> None:
-    clock = Clock()
+    clock = ManualClock()
     d = OutlierDetector(
         OutlierPolicy(consecutive_gateway_failures=3, base_ejection_s=10, max_ejection_percent=50),
         clock,
@@ -75,7 +68,9 @@ def test_consecutive_gateway_failures_eject_and_time_brings_back() -> None:
 
 
 def test_a_success_resets_the_count() -> None:
-    d = OutlierDetector(OutlierPolicy(consecutive_5xx=2, consecutive_gateway_failures=9), Clock())
+    d = OutlierDetector(
+        OutlierPolicy(consecutive_5xx=2, consecutive_gateway_failures=9), ManualClock()
+    )
     d.set_hosts(["a", "b"])
     d.record("a", 500)
     d.record("a", 200)
@@ -91,7 +86,7 @@ def test_a_success_resets_the_count() -> None:
 def test_retries_stay_within_the_budget(
     ratio: float, min_per_s: float, steps: list[tuple[str, float]]
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = RetryBudget(clock, ratio=ratio, min_per_s=min_per_s, window_s=10)
     for kind, dt in steps:
         clock.t += dt
