@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import dockmesh, free_subnets, run_toolbox
+from tests.integration.conftest import cleanup, dockmesh, free_subnets, run_toolbox
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.xdist_group("observe")  # one worker makes the pair once
 SERVE = [
     "sh",
     "-c",
@@ -51,9 +53,18 @@ def get_from(api: Any, src: str, address: str, times: int = 5) -> None:
         )
 
 
-@pytest.fixture
-def pair(api: Any, toolbox: str, prefix: str) -> tuple[str, str, str, str]:
-    """Two toolbox containers on one network and a third on two networks."""
+@pytest.fixture(scope="module")
+def pair(api: Any, toolbox: str) -> Iterator[tuple[str, str, str, str]]:
+    """Two toolbox containers on one network and a third on two networks, made once for the
+    module: its tests only read them (each measures its own traffic as a difference)."""
+    prefix = f"dmt{secrets.token_hex(3)}"
+    try:
+        yield make_pair(api, prefix)
+    finally:
+        cleanup(api, prefix)
+
+
+def make_pair(api: Any, prefix: str) -> tuple[str, str, str, str]:
     net, net2 = f"{prefix}-a", f"{prefix}-b"
     s1, s2 = free_subnets(api, 2)
     api.create_network(net, ipam={"Config": [{"Subnet": s1}]})
