@@ -53,6 +53,9 @@ def free_port() -> int:
 
 
 def run_json(cmd: list[str], env: dict[str, str] | None = None) -> Any:
+    """A command's JSON; without `env`, its agent pinned where nothing listens (the engine's
+    path), so an agent running on the machine cannot change what is measured."""
+    env = env or {**os.environ, "DOCKMESH_AGENT": "http://127.0.0.1:9"}
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout)
 

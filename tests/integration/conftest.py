@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -26,8 +27,17 @@ from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
 from dockmesh.ops.context import taken_subnets
 
-pytestmark = pytest.mark.integration
 TOOLBOX = "dockmesh/toolbox:latest"
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test under tests/integration/ `integration` (`-m integration`, `-m "not
+    integration"`): a `pytestmark` in a conftest is ignored by pytest. The hook sees the items
+    of the whole session, so it picks ours by path."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

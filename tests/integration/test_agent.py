@@ -151,12 +151,17 @@ def test_labelled_containers_are_discovered_checked_and_leave_at_once(
     # the backend fails its check: out of ?passing and DNS within an interval or two
     subprocess.run(["docker", "exec", f"{prefix}-w2", "touch", "/tmp/unhealthy"], check=True)
     subprocess.run(["docker", "exec", f"{prefix}-w2", "rm", "-f", "/www/health"], check=True)
-    wait_until(lambda: passing() == {f"{prefix}-w1"}, 5)
+    wait_until(lambda: passing() == {f"{prefix}-w1"}, 20)
     assert len(dig(agent.dns_port, f"{svc}.service.dockmesh")) == 1
-    # stopped: gone at once (event-driven)
+    # stopped: gone from the catalog (the engine's event), not merely failing its check (how
+    # soon an event reaches the model is benchmarks/topology.py's measure)
     api.stop(ids[0], timeout=0)
-    elapsed = wait_until(lambda: passing() == set(), 5)
-    assert elapsed < 2
+
+    def listed() -> set[str]:
+        return {row["ServiceID"] for row in agent.get(f"/v1/catalog/service/{svc}")[1]}
+
+    wait_until(lambda: f"{prefix}-w1" not in listed(), 20)
+    assert listed() == {f"{prefix}-w2"} and passing() == set()  # w2 still there, failing
     assert dig(agent.dns_port, f"{svc}.service.dockmesh") == []
 
 
@@ -182,29 +187,29 @@ def test_manual_registrations_and_kv_survive_a_restart(agent: AgentProc, prefix:
 
 
 def test_topology_from_the_agent_matches_the_engine(agent: AgentProc) -> None:
-    env = {**os.environ, "DOCKMESH_AGENT": agent.api}
-    via = json.loads(
-        subprocess.run(
+    def names(url: str) -> set[str]:
+        out = subprocess.run(
             [sys.executable, "-m", "dockmesh", "topology", "--json"],
             capture_output=True,
             text=True,
-            env=env,
+            env={**os.environ, "DOCKMESH_AGENT": url},
             check=True,
         ).stdout
-    )
-    env["DOCKMESH_AGENT"] = "http://127.0.0.1:1"
-    direct = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "dockmesh", "topology", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        ).stdout
-    )
-    assert sorted(c["name"] for c in via["containers"]) == sorted(
-        c["name"] for c in direct["containers"]
-    )
+        return {c["name"] for c in json.loads(out)["containers"]}
+
+    # Other tests (and other users of the engine) make and remove containers meanwhile: the
+    # agent holds every container that the engine held before and after it was asked, and
+    # none that it held neither time; it follows by events, so it may be asked again.
+    for _ in range(20):
+        before, via, after = (
+            names("http://127.0.0.1:1"),
+            names(agent.api),
+            names("http://127.0.0.1:1"),
+        )
+        if before & after <= via <= before | after:
+            break
+        time.sleep(0.5)
+    assert before & after <= via <= before | after, (before, via, after)
     tree = subprocess.run(
         [sys.executable, "-m", "dockmesh", "topology"],
         capture_output=True,
@@ -247,8 +252,10 @@ services:
             _, nodes = agent.get(f"/v1/health/service/{service}?passing")
             return [n["Service"]["Tags"] for n in nodes]
 
-        wait_until(lambda: passing("web") == [[prefix]], 10)
-        wait_until(lambda: len(passing(f"{prefix}labelled")) == 1, 10)
+        # Other Compose apps on the engine (other tests, other users) may have a "web" too: ours
+        # is the one tagged with its project. 30 s: a guard against hanging on a busy machine.
+        wait_until(lambda: [prefix] in passing("web"), 30)
+        wait_until(lambda: len(passing(f"{prefix}labelled")) == 1, 30)
     finally:
         if agent.proc is not None:
             agent.stop()

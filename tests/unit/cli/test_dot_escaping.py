@@ -121,8 +121,9 @@ def test_distinct_names_get_distinct_ids(a: str, b: str) -> None:
     assert len(ids) == len({a, b})
 
 
-@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
 def test_graphviz_reads_it_and_shows_the_names() -> None:
+    if shutil.which("dot") is None:
+        pytest.fail("Graphviz's dot is missing: scripts/setup.sh installs it (graphviz)")
     dot = topology_dot(topology(NASTY, NASTY, NASTY, NASTY, [NASTY, "x\\"]))
     done = subprocess.run(["dot", "-Tsvg"], input=dot.encode(), capture_output=True, check=False)
     assert done.returncode == 0

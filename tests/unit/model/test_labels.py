@@ -3,7 +3,6 @@ labels anyone can set never make the decoder raise."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from hypothesis import given, settings
@@ -33,6 +32,8 @@ from dockmesh.model.labels import (
     stamped_config,
     without_stamp,
 )
+from tests.outcomes import Outcomes
+from tests.spoil import any_json, changed, paths
 
 text = st.text(min_size=1, max_size=12)
 word = st.text(st.characters(whitelist_categories=("Ll", "Nd")), min_size=1, max_size=8)
@@ -68,12 +69,37 @@ def test_discovery_round_trips(d: Discovery) -> None:
     assert decoded == d
 
 
-@given(st.dictionaries(st.sampled_from(DISCOVERY_LABELS), st.text(max_size=30)))
-def test_any_labels_decode_without_raising(labels: dict[str, str]) -> None:
-    decoded, problems = decode_discovery(labels)
-    if decoded is not None:
-        assert 1 <= decoded.port <= 65535
-    assert all(isinstance(p, str) for p in problems)
+_LABEL_KEYS = list(DISCOVERY_LABELS)
+
+
+def test_any_labels_decode_without_raising() -> None:
+    """Labels as dockmesh writes them, with one changed to any text or removed, and any labels
+    at all: a discovery with a port in range, or None, and problems as text."""
+    seen = Outcomes()
+
+    @settings(max_examples=200)
+    @given(
+        st.one_of(
+            discoveries.map(encode_discovery),
+            discoveries.map(encode_discovery),
+            st.builds(
+                lambda labels, key, value: {**labels, key: value},
+                discoveries.map(encode_discovery),
+                st.sampled_from(_LABEL_KEYS),
+                st.text(max_size=30),
+            ),
+            st.dictionaries(st.sampled_from(_LABEL_KEYS), st.text(max_size=30)),
+        )
+    )
+    def run(labels: dict[str, str]) -> None:
+        decoded, problems = decode_discovery(labels)
+        seen("decoded" if decoded is not None else "none")
+        if decoded is not None:
+            assert 1 <= decoded.port <= 65535
+        assert all(isinstance(p, str) for p in problems)
+
+    run()
+    seen.require(decoded=0.3, none=0.15)
 
 
 def test_wrong_labels_are_named() -> None:
@@ -168,17 +194,55 @@ def test_container_config_round_trips_through_its_label(cfg: ContainerConfig) ->
     assert ContainerConfig.from_json(stamped_config(labels)) == cfg
 
 
-@given(
-    st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(),
-        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
-        max_leaves=10,
-    )
-)
-def test_from_json_refuses_what_it_did_not_write(raw: Any) -> None:
-    for cls in (NetworkConfig, ContainerConfig):
-        with contextlib.suppress(ValueError):
-            cls.from_json(raw)
+def _holds_what_it_was_given(given_: Any, read: Any) -> bool:
+    """Whether a value read back holds exactly what it was given, field by field and of the
+    same JSON type; a field it was not given takes its default, one it does not know is
+    ignored."""
+    if isinstance(read, dict):
+        return isinstance(given_, dict) and all(
+            _holds_what_it_was_given(given_[k], v) for k, v in read.items() if k in given_
+        )
+    if isinstance(read, list):
+        return (
+            isinstance(given_, list)
+            and len(given_) == len(read)
+            and all(map(_holds_what_it_was_given, given_, read))
+        )
+    return type(given_) is type(read) and given_ == read
+
+
+def test_from_json_refuses_what_it_did_not_write() -> None:
+    """What from_json accepts is what to_json would write: a document it wrote, one with a
+    field changed or removed, or any JSON at all is read back field for field, or refused with
+    ValueError (nothing else escapes)."""
+    seen = Outcomes()
+
+    hows = ["as written", "removed", "changed", "as written", "any JSON"]
+
+    @settings(max_examples=200)
+    @given(st.data(), st.sampled_from(hows))
+    def run(data: st.DataObject, how: str) -> None:
+        cfg = data.draw(networks | containers)
+        cls = type(cfg)
+        raw: Any = cfg.to_json()
+        if how == "any JSON":
+            raw = data.draw(any_json)
+        elif how != "as written":
+            path = data.draw(st.sampled_from(paths(raw)))
+            raw = changed(raw, path, data.draw(any_json), remove=how == "removed")
+        try:
+            read = cls.from_json(raw)
+        except ValueError:
+            seen("refused")
+            return
+        seen("read")
+        assert _holds_what_it_was_given(raw, read.to_json())
+        assert cls.from_json(read.to_json()) == read
+        if how == "as written":
+            assert read == cfg
+
+    run()
+    seen.require(read=0.25, refused=0.2)
 
 
 def test_canonical_json_is_stable() -> None:

@@ -18,6 +18,8 @@ from dockmesh.model.policy import (
     policy_file_section,
     policy_from_json,
 )
+from tests.outcomes import Outcomes
+from tests.spoil import spoiled
 from tests.unit.policy.topos import container
 
 
@@ -194,29 +196,39 @@ def test_valid_sections_read_clean_and_round_trip(section: dict[str, Any]) -> No
     assert policy_from_json(policy.to_json()) == policy
 
 
-@given(
-    st.recursive(
-        st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-        lambda inner: (
-            st.lists(inner, max_size=3)
-            | st.dictionaries(
-                st.sampled_from(
-                    ["default", "rules", "networks", "from", "to", "ports", "service", "label", "x"]
-                ),
-                inner,
-                max_size=4,
-            )
-        ),
-        max_leaves=20,
-    )
+_ANY_DOCUMENT = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["default", "rules", "networks", "from", "to", "ports", "service", "label", "x"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=20,
 )
-def test_any_document_gives_a_policy_or_located_problems(data: Any) -> None:
-    policy, problems = parse_policy(data, None, ("policy",))
-    assert policy is not None or problems
-    for path, message in problems:
-        assert path[0] == "policy" and message
-    if not problems:
-        assert isinstance(policy, Policy)
+
+
+def test_any_document_gives_a_policy_or_located_problems() -> None:
+    """Valid sections, valid sections with one part changed or removed, and any document: a
+    policy, or problems located under `policy`."""
+    seen = Outcomes()
+
+    @given(st.one_of(SECTIONS, spoiled(SECTIONS), _ANY_DOCUMENT))
+    def run(data: Any) -> None:
+        policy, problems = parse_policy(data, None, ("policy",))
+        seen("problems" if problems else "policy")
+        assert policy is not None or problems
+        for path, message in problems:
+            assert path[0] == "policy" and message
+        if not problems:
+            assert isinstance(policy, Policy)
+
+    run()
+    seen.require(policy=0.3, problems=0.2)
 
 
 def test_a_topology_files_policy_problems_have_their_lines() -> None:
