@@ -1,4 +1,5 @@
-"""The topology model: conversion from API JSON, merging engines, the JSON contract, and\nindexed lookups that answer as a scan of the containers would."""
+"""The topology model: merging engines, the JSON contract, and indexed lookups that answer as
+a scan of the containers would. (Conversion from the API's JSON: tests/unit/engine/test_convert.py.)"""
 
 from __future__ import annotations
 
@@ -132,18 +133,6 @@ def test_json_contract_keys_and_values() -> None:
         {"container_port": 9, "protocol": "udp", "host_ip": None, "host_port": None},
         {"container_port": 8080, "protocol": "tcp", "host_ip": "127.0.0.1", "host_port": 18080},
     ]
-
-
-def test_stopped_container_has_no_pid_but_keeps_configured_ports() -> None:
-    raw = {
-        **CTR,
-        "State": {"Status": "exited", "Running": False, "Pid": 0},
-        "NetworkSettings": {"Ports": {}, "Networks": {}},
-        "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "81"}]}},
-    }
-    c = container_from_api(raw, "local")
-    assert c.pid is None and not c.running and c.health is None
-    assert [(p.container_port, p.host_port) for p in c.ports] == [(80, 81)]
 
 
 def test_swarm_network_seen_by_two_engines_is_one() -> None:
