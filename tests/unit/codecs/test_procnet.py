@@ -1,4 +1,4 @@
-"""The /proc/net parsers (and resolv.conf's): real kernel text, and hypothesis-made files they must read back."""
+"""The /proc/net parsers: real kernel text, and hypothesis-made files they must read back."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from dockmesh.codecs.procnet import (
     parse_net_route,
     parse_net_sockets,
 )
-from dockmesh.codecs.resolvconf import parse_resolv_conf
 
 NET_DEV = """Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
@@ -64,15 +63,6 @@ def test_tcp_listeners_only_and_ipv6_mapped() -> None:
     assert v6[0].loopback_only and v6[1].loopback_only
 
 
-def test_resolv_conf() -> None:
-    r = parse_resolv_conf(
-        "# hi\nnameserver 127.0.0.11\nsearch a b\n; x\noptions ndots:0 edns0\ndomain c\n"
-    )
-    assert r.nameservers == ("127.0.0.11",)
-    assert r.search == ("c",)
-    assert r.options == ("ndots:0", "edns0")
-
-
 u64 = st.integers(min_value=0, max_value=2**64 - 1)
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.@", min_size=1, max_size=15)
 
@@ -93,7 +83,6 @@ def test_parsers_never_raise_on_any_text(text: str) -> None:
     parse_net_route(text)
     parse_net_sockets(text, "tcp")
     parse_net_sockets(text, "udp")
-    parse_resolv_conf(text)
 
 
 @given(st.ip_addresses(v=4), st.integers(0, 65535))
