@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector, parse_policy
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import (
+    HASH_TAG,
     compile_policy,
     document,
     element_delta,
@@ -290,3 +291,10 @@ def test_element_delta_turns_one_ruleset_into_the_other(
         nets = [ipaddress.ip_network(e) for e in s.elements]
         for i, x in enumerate(nets):
             assert not any(x.overlaps(y) for y in nets[i + 1 :])
+
+
+def test_the_compiled_table_carries_the_marker() -> None:
+    topo = topology([network("n", "10.0.0.0/24")], [container("a", {"n": "10.0.0.2"})])
+    rs = compile_policy(Policy(), topo, "enforce", "t")
+    rules = [c["add"]["rule"] for c in full_transaction(rs) if "rule" in c.get("add", {})]
+    assert rules[0]["comment"].startswith(HASH_TAG)

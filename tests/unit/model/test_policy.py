@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from dockmesh.model.policy import (
     parse_policy,
     parse_port_range,
     parse_selector_arg,
+    policy_file_problems,
     policy_file_section,
     policy_from_json,
 )
@@ -253,3 +255,49 @@ def test_a_topology_files_policy_problems_have_their_lines() -> None:
         "f:11: policy.rules.0.ports.1: 99999: ports are 1 to 65535",
     ]
     assert file_problems(text.split("policy:")[0] + "policy: {default: deny}\n") == []
+
+
+# --- a file that is not a policy is not "allow everything"; selectors without a value -------
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        (None, ((), "is not a policy")),
+        ({}, ((), "is empty")),
+        ({"foo": 1}, (("foo",), "unknown key")),
+        ({"polcy": {"default": "deny"}}, (("polcy",), "unknown key")),
+        ({"policy": None}, (("policy",), "is empty")),
+        ({"policy": {}}, (("policy",), "is empty")),
+        ({"policy": {"default": "deny"}, "extra": 1}, (("extra",), "unknown key")),
+        ({"project": "x", "services": {"a": {}}}, ((), "without a policy: section")),
+        ({"project": "x", "services": {}, "policy": None}, (("policy",), "is empty")),
+    ],
+)
+def test_not_a_policy(doc: Any, problem: tuple[tuple[str, ...], str]) -> None:
+    found = policy_file_problems(doc)
+    assert any(p == problem[0] and problem[1] in m for p, m in found), found
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"default": "deny"},
+        {"networks": {"backend": {"default": "deny"}}},
+        {"rules": []},
+        {"policy": {"default": "allow"}},
+        {"project": "x", "services": {}, "policy": {"default": "deny"}},
+    ],
+)
+def test_a_policy(doc: Any) -> None:
+    assert policy_file_problems(doc) == []
+
+
+@pytest.mark.parametrize("text", ["service=", "container=", "network= ", "label="])
+def test_an_empty_selector_value_is_said_clearly(text: str) -> None:
+    got = parse_selector_arg(text)
+    assert isinstance(got, str) and "needs a value" in got
+
+
+def test_a_selector_with_a_value_parses() -> None:
+    assert parse_selector_arg("container=x") == Selector(container="x")
