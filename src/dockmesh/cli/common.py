@@ -35,6 +35,14 @@ EngineOpt = Annotated[
         "(default: $DOCKER_HOST or the local socket).",
     ),
 ]
+# For the commands that act on one engine (plan, up, down, images build).
+OneEngineOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--engine",
+        help="Engine URL or NAME=URL (default: $DOCKER_HOST or the local socket).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
 
@@ -116,6 +124,14 @@ def connect(values: list[str] | None) -> list[EngineBackend]:
     from dockmesh.engine.docker import DockerBackend
 
     return [DockerBackend(r) for r in engine_refs(values)]
+
+
+def connect_one(values: list[str] | None) -> EngineBackend:
+    """The one engine of a command that acts on one (`OneEngineOpt`): a second --engine is a
+    usage error, not silently ignored."""
+    if values and len(values) > 1:
+        raise UserError(f"--engine: this command acts on one engine; {len(values)} were given")
+    return connect(values)[0]
 
 
 def load_topology(engine: list[str] | None) -> Topology:
