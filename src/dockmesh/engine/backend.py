@@ -49,7 +49,10 @@ def parse_engine_refs(values: Sequence[str], default: str) -> list[EngineRef]:
         if not name:
             name = "local" if not refs else _name_from_url(url)
         if any(r.name == name for r in refs):
-            name = f"{name}-{len(refs) + 1}"
+            n = len(refs) + 1
+            while any(r.name == f"{name}-{n}" for r in refs):  # `a-3=…, a=…, a=…`
+                n += 1
+            name = f"{name}-{n}"
         refs.append(EngineRef(name, url))
     return refs
 
