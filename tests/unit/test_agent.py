@@ -1,6 +1,6 @@
 """The agent's whole loop, wired with test parts: a `MemoryEngine` behind the real
-`TopologyWatcher`, an in-memory nft under the real `Enforcer`, fake probes under the real
-health runner, and the real DNS server and HTTP API on loopback ports; all on a virtual-time
+`TopologyWatcher`, an in-memory nft under the real `Enforcer`, scripted probes under the real
+health runner (the doubles of `dockmesh.testing`), and the real DNS server and HTTP API on loopback ports; all on a virtual-time
 loop (no wall-clock sleep for health or TTL timings: every instant asserted is virtual).
 
 A labelled container appears → a catalog instance → DNS answers (once its check passes) → the
@@ -35,16 +35,16 @@ from dockmesh.engine.backend import EngineRef
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
-from dockmesh.health.probe import Result
-from dockmesh.model.catalog import CheckSpec, Status
 from dockmesh.model.config import ContainerConfig, EndpointConfig
 from dockmesh.model.labels import Discovery, DiscoveryCheck, encode_discovery
 from dockmesh.model.policy import Policy, Rule, Selector
-from dockmesh.model.topology import EngineInfo, EngineState, IpamPool, Network, Topology
+from dockmesh.model.topology import EngineInfo, IpamPool, Network, Topology
 from dockmesh.policy.enforce import Enforcer
 from dockmesh.policy.store import Applied, PolicyStore
 from dockmesh.testing import loop as vtime
+from dockmesh.testing.engine import FlakyEngine
 from dockmesh.testing.nft import MemoryNft
+from dockmesh.testing.probe import ScriptedProbe
 
 ENGINE = "agent-test"  # the watcher's threads are named after it
 TABLE = "dmtest"
@@ -65,18 +65,6 @@ def labelled(name: str, service: str) -> ContainerConfig:
     )
 
 
-class Probes:
-    """The health runner's probe: records (virtual time, check id), answers `status`."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[float, str]] = []
-        self.status: Status = "passing"
-
-    async def __call__(self, spec: CheckSpec) -> Result:
-        self.calls.append((asyncio.get_running_loop().time(), spec.id))
-        return Result(self.status, f"{spec.id}: {self.status}")
-
-
 class ClosingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
@@ -84,42 +72,6 @@ class ClosingStore(MemoryStore):
 
     def close(self) -> None:
         self.closed = True
-
-
-class Unplugged:
-    """A MemoryEngine behind a cable: while `plugged` is False every call raises EngineError,
-    as a DockerBackend does while the engine's socket is gone. Records (virtual) attempts."""
-
-    def __init__(self, engine: MemoryEngine) -> None:
-        self.engine = engine
-        self.ref = engine.ref
-        self.plugged = False
-        self.attempts: list[float] = []
-        self._loop = asyncio.get_running_loop()
-
-    def _check(self) -> None:
-        if not self.plugged:
-            raise EngineError(f"engine {self.ref.name} ({self.ref.url}) does not answer")
-
-    def events(self) -> Any:
-        self.attempts.append(self._loop.time())  # the loop's clock stands still meanwhile
-        self._check()
-        return self.engine.events()
-
-    def snapshot(self) -> EngineState:
-        self._check()
-        return self.engine.snapshot()
-
-    def container(self, container_id: str) -> Any:
-        self._check()
-        return self.engine.container(container_id)
-
-    def network(self, network_id: str) -> Any:
-        self._check()
-        return self.engine.network(network_id)
-
-    def close(self) -> None:
-        self.engine.close()
 
 
 def free_port(host: str) -> int:
@@ -133,11 +85,11 @@ class Env:
     engine: MemoryEngine
     agent: Agent
     nft: MemoryNft
-    probes: Probes
+    probes: ScriptedProbe
     store: ClosingStore
     gateway_port: int
     task: asyncio.Task[None]
-    unplugged: Unplugged | None = None
+    unplugged: FlakyEngine | None = None
     log: list[str] = field(default_factory=list)
 
     def now(self) -> float:
@@ -179,12 +131,14 @@ async def running(
 ) -> AsyncIterator[Env]:
     """An agent on loopback ports over a MemoryEngine with network `mesh` (127.77.0.0/24),
     the policy client → web applied, probes that pass."""
-    engine = engine or MemoryEngine(ENGINE)
+    cable = FlakyEngine(ENGINE, clock=asyncio.get_running_loop().time) if unplugged else None
+    if cable is not None:
+        cable.unplug()
+    engine = engine or cable or MemoryEngine(ENGINE)
     engine.create_network("mesh", "127.77.0.0/24")
     policies = PolicyStore(TABLE, tmp_path / "policy")
     policies.save(Applied(TABLE, "enforce", POLICY))
-    nft, probes, store = MemoryNft(), Probes(), ClosingStore()
-    cable = Unplugged(engine) if unplugged else None
+    nft, probes, store = MemoryNft(), ScriptedProbe(), ClosingStore()
     gateway_port = free_port(GATEWAY)
     config = AgentConfig(
         engines=[engine.ref],
@@ -197,7 +151,7 @@ async def running(
     )
     deps = AgentDeps(
         store=store,
-        topology=TopologyWatcher([cable or engine]),
+        topology=TopologyWatcher([engine]),
         enforcer=Enforcer(policies, nft),
         clock=asyncio.get_running_loop().time,
         probe=probes,
@@ -261,11 +215,11 @@ def test_a_labelled_container_reaches_catalog_dns_and_policy_and_leaves_them(
             assert [t for t, _ in env.probes.calls] == pytest.approx([first, first + 5, first + 10])
 
             # It fails its check: out of DNS at the next probe; the policy still covers it.
-            env.probes.status = "critical"
+            env.probes.default = "critical"
             await asyncio.sleep(5.0)
             assert await env.ask("web.service.dockmesh") == []
             assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
-            env.probes.status = "passing"
+            env.probes.default = "passing"
             await asyncio.sleep(5.0)
             assert await env.ask("web.service.dockmesh") == [WEB_IP]
 
@@ -322,17 +276,17 @@ def test_the_agent_serves_while_the_engine_is_absent_and_follows_it_once_it_answ
             assert (await env.http("GET", "/v1/dockmesh/topology"))[0] == 503
             assert await env.http("GET", "/v1/catalog/services") == (200, {})
             await asyncio.sleep(10.0)
-            first = cable.attempts[0]
+            first = cable.opened_at[0]
             # Back-off from 0.2 s, doubling: 0.2, 0.4, 0.8, 1.6, 3.2, then 5 s at most.
-            assert [t - first for t in cable.attempts] == pytest.approx(
+            assert [t - first for t in cable.opened_at] == pytest.approx(
                 [0, 0.2, 0.6, 1.4, 3.0, 6.2]
             )
             cid = env.engine.create_container(labelled("web-1", "web"))
             env.engine.start(cid)
-            cable.plugged = True
+            cable.plug()
             await asyncio.sleep(1.2)  # the next attempt, 5 s after the last
             await follow(env, lambda: "web-1" in instance_ids(env))
-            assert cable.attempts[-1] - first == pytest.approx(11.2)
+            assert cable.opened_at[-1] - first == pytest.approx(11.2)
             assert (await env.http("GET", "/v1/dockmesh/topology"))[0] == 200
             assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
             # Followed from then on.
