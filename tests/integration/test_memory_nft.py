@@ -18,7 +18,7 @@ from dockmesh.model.policy import Policy, Rule, Selector
 from dockmesh.policy.compile import JSON, Ruleset, compile_policy, element_delta, full_transaction
 from dockmesh.policy.nft import Nft, NftError, parse_live
 from dockmesh.testing.nft import MemoryNft
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 TABLE = "dmtnft"
 POLICY = Policy(

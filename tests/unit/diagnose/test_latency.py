@@ -25,7 +25,7 @@ from dockmesh.diagnose.latency import (
     stream_samples,
 )
 from dockmesh.host.netns import NetnsPool
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 ME = os.getpid()
 

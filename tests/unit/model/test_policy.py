@@ -22,7 +22,7 @@ from dockmesh.model.policy import (
 )
 from tests.outcomes import Outcomes
 from tests.spoil import spoiled
-from tests.unit.policy.topos import container
+from tests.unit.topos import container
 
 
 def test_interface_example_in_a_topology_file_uses_short_names() -> None:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from dockmesh.codecs.procnet import IfaceCounters, parse_net_dev
 from dockmesh.model.topology import Topology
 from dockmesh.observe.metrics import ContainerNetworkCollector
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 
 def scrape(topo: Topology | None) -> dict[str, list[tuple[dict[str, str], float]]]:

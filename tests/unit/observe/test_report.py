@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from dockmesh.observe.flows import Edge
 from dockmesh.observe.rates import Delta
 from dockmesh.observe.report import Pair, build_report, connectivity_pairs
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 LOCAL = frozenset({"local"})
 

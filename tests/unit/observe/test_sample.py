@@ -10,7 +10,7 @@ from dataclasses import replace
 from dockmesh.codecs.procnet import parse_net_dev
 from dockmesh.model.topology import Container
 from dockmesh.observe.sample import read_container, sample, targets
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 ME = os.getpid()
 

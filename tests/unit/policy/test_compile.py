@@ -24,7 +24,7 @@ from dockmesh.policy.compile import (
 )
 from dockmesh.policy.decide import decide
 from dockmesh.policy.evaluate import Packet, evaluate
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector, Verdict
 from dockmesh.policy.decide import Decision, decide
-from tests.unit.policy.topos import container
+from tests.unit.topos import container
 
 WEB = container("web", {"front": "10.0.0.2", "back": "10.1.0.2"}, {"dockmesh.service": "web"})
 API = container("api", {"back": "10.1.0.3"}, {"dockmesh.service": "api"})

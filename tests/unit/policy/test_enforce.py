@@ -24,7 +24,7 @@ from dockmesh.policy.store import Applied, PolicyStore
 from dockmesh.testing.nft import MemoryNft
 from tests.outcomes import Outcomes
 from tests.unit.policy.test_nft import foreign_doc, ours_doc
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 T = "t"
 POLICY = Policy(

@@ -9,7 +9,7 @@ from dockmesh.codecs.procnet import Listener
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector
 from dockmesh.model.topology import Topology
 from dockmesh.policy.reach import Analysis, Observations, Step, analyze, parse_port
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 
 def chapter() -> Topology:

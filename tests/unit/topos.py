@@ -1,4 +1,5 @@
-"""Small topologies and policies for the policy tests (pure values, no engine)."""
+"""Small topologies (pure values, no engine) for the tests of everything that reads one: a network,
+a container on networks, a topology of them."""
 
 from __future__ import annotations
 
