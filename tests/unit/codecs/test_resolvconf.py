@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockmesh.codecs.resolvconf import ResolvConf, parse_resolv_conf
@@ -58,6 +58,7 @@ def test_any_file_reads_as_a_resolver_would() -> None:
     with a value is kept in order, the last search or domain line wins, options add up."""
     servers, search = Outcomes(), Outcomes()
 
+    @settings(max_examples=200)
     @given(st.lists(entries, min_size=1, max_size=8))
     def run(file: list[tuple[str, Any]]) -> None:
         text = "\n".join(v if k == "other" else " ".join([k, *v]) for k, v in file)
