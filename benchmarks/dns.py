@@ -12,13 +12,17 @@ All three answer one name with the same three addresses, asked the same way by d
   - dockmesh (`DnsServer`): the same query on loopback, served by this file's `serve` command
     in its own process on uvloop, its catalog holding the three containers as instances.
 
-Rounds alternate the servers (Docker, dockmesh, dnsmasq) so a busy moment of the machine
-falls on all of them; the ratios are of the medians over the rounds. Goals (issue 6): dockmesh
+Each server is first warmed up (one short dnsperf run, not counted: caches, the first
+namespace entry, uvloop's first allocations). Rounds then alternate the servers, each round
+starting with the next one (Docker, dockmesh, dnsmasq; dockmesh, dnsmasq, Docker; ...), so a
+busy moment of the machine and the place in the round fall on all of them; the ratios are of
+the medians over the rounds. A dnsperf that exits non-zero or prints no result is an error,
+never a figure. The goals: dockmesh
 at least 1.5x Docker's queries/s and at least 0.9x dnsmasq's, with no lost queries. The
 server CPU time per query (from /proc) is shown for the two servers that are processes of
 their own: on a shared machine it tells the server's cost apart from the contention.
 
-Run: .venv/bin/python -m benchmarks.dns [--seconds 5 --clients 4 --rounds 2]
+Run: .venv/bin/python -m benchmarks.dns [--seconds 5 --clients 4 --rounds 3 --warmup 1]
 (root, a Docker engine, dnsperf and dnsmasq: scripts/setup.sh installs them). Everything it
 creates is named dmb<hex>… and removed at the end, on failure too.
 """
@@ -98,8 +102,11 @@ def dnsperf(
     cmd = [*cmd_prefix, "dnsperf", "-s", server, "-p", str(port), "-d", str(queries)]
     cmd += ["-l", str(seconds), "-c", str(clients), "-Q", "1000000"]
     before = cpu_ticks(pid) if pid else 0
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    done_ = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     after = cpu_ticks(pid) if pid else 0
+    out = done_.stdout
+    if done_.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done_.returncode}:\n{out}{done_.stderr}")
     qps = re.search(r"Queries per second:\s+([\d.]+)", out)
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     done = re.search(r"Queries completed:\s+(\d+)", out)
@@ -153,7 +160,8 @@ def main() -> int:
     sp.add_argument("--addresses", required=True, help="comma-separated")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="each starts with the next server")
+    ap.add_argument("--warmup", type=int, default=1, help="seconds of dnsperf, not counted")
     args = ap.parse_args()
     if args.command == "serve":
         return serve(args.port, args.addresses.split(","))
@@ -252,8 +260,13 @@ def main() -> int:
             ("dockmesh", [], "127.0.0.1", dm_port, scratch / "q-dm", dm.pid),
             ("dnsmasq", [], "127.0.0.1", mq_port, scratch / "q-dm", mq.pid),
         ]
+        for label, pre, server, port, queries, pid in targets:
+            if args.warmup > 0:
+                w = dnsperf(pre, server, port, queries, args.warmup, args.clients, pid)
+                console.print(f"warm-up  {label:9} {w.qps:>10,.0f} q/s (not counted)")
         for round_ in range(1, args.rounds + 1):
-            for label, pre, server, port, queries, pid in targets:
+            k = (round_ - 1) % len(targets)
+            for label, pre, server, port, queries, pid in targets[k:] + targets[:k]:
                 r = dnsperf(pre, server, port, queries, args.seconds, args.clients, pid)
                 results[label].append(r)
                 cpu = f", {r.cpu_us:.1f} µs CPU/query" if r.cpu_us is not None else ""

@@ -9,7 +9,7 @@ keep-alive GETs to /id through the proxy all along, noting the time, the answeri
 and any failure. Meanwhile a poller notes when the agent lists each instance as passing.
 
 After a few seconds of steady load one container is killed (`docker kill`), later started
-again (`docker start`). Goals (issue 7): zero failed GETs; no answer from the killed one
+again (`docker start`). The goals: zero failed GETs; no answer from the killed one
 more than 1 s after the kill; an answer from the restarted one within 1 s of its first
 passing check.
 

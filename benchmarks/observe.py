@@ -53,6 +53,9 @@ def free_port() -> int:
 
 
 def run_json(cmd: list[str], env: dict[str, str] | None = None) -> Any:
+    """A command's JSON; without `env`, its agent pinned where nothing listens (the engine's
+    path), so an agent running on the machine cannot change what is measured."""
+    env = env or {**os.environ, "DOCKMESH_AGENT": "http://127.0.0.1:9"}
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout)
 
@@ -93,7 +96,7 @@ def main() -> int:
                 names = list(pool.map(make, range(args.containers)))
             made.extend(names)
 
-        backend = DockerBackend(EngineRef("local", default_url()))
+        backend = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
         topo = build_topology([backend.snapshot()], 1)
         chosen = targets(topo, names)
         elapsed = [sample(chosen).elapsed_s for _ in range(args.runs)]

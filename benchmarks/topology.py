@@ -4,11 +4,21 @@ Measures, in one run, against the real engine:
   - `dockmesh topology --json` (the whole command, process start included) beside the peer,
     `docker network inspect` of every network (one CLI call naming all 20, and the seed's
     one call per network);
+  - the same command through an agent this benchmark starts itself (its topology, the fast
+    path);
   - how long an engine event takes to reach the live model (TopologyWatcher): from the
     event's own timestamp to the moment the model holds the change, and from the API call
-    that caused it.
+    that caused it;
+  - how soon a blocking query (`?index=N&wait=60s`, health and KV) returns after the change
+    it waits for, on that agent (goal: p99 under 100 ms; no peer runs here: Consul is not a
+    Debian package).
 
-Run: .venv/bin/python -m benchmarks.topology [--containers 200 --networks 20 --events 200]
+`$DOCKMESH_AGENT` is pinned for every command it runs: to an address where nothing listens
+for the engine's path, to its own agent for the agent's path, so an agent already running on
+the machine (the demo's) can never be what is measured.
+
+Run: .venv/bin/python -m benchmarks.topology [--containers 200 --networks 20 --events 200
+    --wakes 50]
 Everything it creates is named dmb<hex>… and removed at the end, on failure too.
 
 `--model-only` measures the model alone, in memory, with no engine: freezing a version
@@ -21,6 +31,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
+import os
 import random
 import secrets
 import shutil
@@ -30,7 +42,11 @@ import sys
 import threading
 import time
 import timeit
+import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -51,9 +67,11 @@ from dockmesh.model.topology import (
     Network,
     build_topology,
 )
-from dockmesh.ops.facts import taken_subnets
+from dockmesh.ops.context import taken_subnets
 
 console = Console()
+DM = str(Path(sys.executable).parent / "dockmesh")
+NO_AGENT = "http://127.0.0.1:9"  # nothing listens on the discard port: the engine is read
 
 
 def pct(values: list[float], p: float) -> float:
@@ -61,12 +79,74 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
-def timed(cmd: list[str], runs: int) -> list[float]:
+def timed(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
     out = []
     for _ in range(runs):
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
         out.append(time.perf_counter() - t)
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def call(base: str, method: str, path: str, body: bytes | None = None) -> tuple[str, Any]:
+    req = urllib.request.Request(base + path, data=body, method=method)
+    with urllib.request.urlopen(req, timeout=90) as r:
+        return r.headers.get("X-Consul-Index", ""), json.loads(r.read() or b"null")
+
+
+def wake_after(base: str, query: str, change: Callable[[], object]) -> float:
+    """Milliseconds from `change()` to the return of the blocking query on `query` parked
+    before it."""
+    index, _ = call(base, "GET", query)
+    woke: list[float] = []
+
+    def wait() -> None:
+        call(base, "GET", f"{query}?index={index}&wait=60s")
+        woke.append(time.perf_counter())
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.2)  # the query is parked
+    if woke:
+        raise RuntimeError(f"{query}: the blocking query returned before any change")
+    t0 = time.perf_counter()
+    change()
+    waiter.join(90)
+    if not woke:
+        raise RuntimeError(f"{query}: the blocking query did not return")
+    return (woke[0] - t0) * 1000
+
+
+def blocking_wakes(base: str, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds from a change to the return of the blocking query waiting for it: a TTL
+    check flipped (health) and a key written (KV), `rounds` times each."""
+    svc = f"dmbwake{secrets.token_hex(3)}"
+    reg = {"Name": svc, "ID": svc, "Port": 80, "Check": {"CheckID": svc, "TTL": "600s"}}
+    call(base, "PUT", "/v1/agent/service/register", json.dumps(reg).encode())
+    call(base, "PUT", f"/v1/kv/{svc}", b"0")
+    out: dict[str, list[float]] = {"health": [], "kv": []}
+    try:
+        for i in range(rounds):
+            flip = f"/v1/agent/check/{'pass' if i % 2 == 0 else 'fail'}/{svc}"
+            out["health"].append(
+                wake_after(base, f"/v1/health/service/{svc}", partial(call, base, "PUT", flip))
+            )
+            out["kv"].append(
+                wake_after(
+                    base, f"/v1/kv/{svc}", partial(call, base, "PUT", f"/v1/kv/{svc}", b"%d" % i)
+                )
+            )
+    finally:
+        call(base, "PUT", f"/v1/agent/service/deregister/{svc}")
+        call(base, "DELETE", f"/v1/kv/{svc}")
     return out
 
 
@@ -130,14 +210,17 @@ def main() -> int:
     ap.add_argument("--networks", type=int, default=20)
     ap.add_argument("--events", type=int, default=200)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--wakes", type=int, default=50, help="blocking queries of each kind")
     ap.add_argument("--model-only", action="store_true", help="no engine: the model alone")
     args = ap.parse_args()
     if args.model_only:
         return model_only(args.containers, args.networks)
     api = docker.APIClient(version="auto", timeout=120)
+    engine_url = default_url(os.environ.get("DOCKER_HOST"))
     prefix = f"dmb{secrets.token_hex(3)}"
     nets: list[str] = []
     ctrs: list[str] = []
+    agent: subprocess.Popen[bytes] | None = None
     try:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("networks", total=args.networks)
@@ -145,7 +228,7 @@ def main() -> int:
                 pick_free_subnets(
                     taken_subnets(
                         build_topology(
-                            [DockerBackend(EngineRef("local", default_url())).snapshot()], 1
+                            [DockerBackend(EngineRef("local", engine_url)).snapshot()], 1
                         )
                     ),
                     args.networks,
@@ -186,7 +269,44 @@ def main() -> int:
             f"({args.containers} / {args.networks} made by this run)"
         )
 
-        ours = timed([sys.executable, "-m", "dockmesh", "topology", "--json"], args.runs)
+        # The agent's path: an agent of this benchmark's own, on a free port, DNS off.
+        api_port = free_port()
+        agent_url = f"http://127.0.0.1:{api_port}"
+        agent = subprocess.Popen(
+            [
+                DM,
+                "agent",
+                "--api",
+                f"127.0.0.1:{api_port}",
+                "--dns",
+                "off",
+                "--state",
+                "",
+                "--no-gateway-dns",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if len(call(agent_url, "GET", "/v1/dockmesh/topology")[1]["containers"]) >= len(
+                    ctrs
+                ):
+                    break
+            if time.monotonic() > deadline or agent.poll() is not None:
+                raise RuntimeError("the benchmark's agent did not serve the topology in 60 s")
+            time.sleep(0.3)
+        engine_env = {**os.environ, "DOCKMESH_AGENT": NO_AGENT}
+        agent_env = {**os.environ, "DOCKMESH_AGENT": agent_url}
+        topology_cmd = [sys.executable, "-m", "dockmesh", "topology", "--json"]
+        ours: list[float] = []
+        via_agent: list[float] = []
+        for i in range(args.runs):  # alternating, each path first in turn
+            pair = [(ours, engine_env), (via_agent, agent_env)]
+            for into, env in pair if i % 2 == 0 else pair[::-1]:
+                into += timed(topology_cmd, 1, env)
+        wakes = blocking_wakes(agent_url, args.wakes)
         docker_cli = shutil.which("docker")
         peer_all = timed([docker_cli, "network", "inspect", *nets], args.runs) if docker_cli else []
         peer_each: list[float] = []
@@ -200,7 +320,7 @@ def main() -> int:
                 peer_each.append(time.perf_counter() - t)
 
         # --- events → model -------------------------------------------------------------
-        watcher = TopologyWatcher([EngineRef("local", default_url())])
+        watcher = TopologyWatcher([EngineRef("local", engine_url)])
         t = time.perf_counter()
         watcher.start()
         snapshot_s = time.perf_counter() - t
@@ -247,7 +367,8 @@ def main() -> int:
         table.add_column("vs dockmesh", justify="right")
         med = statistics.median(ours)
         rows = [
-            ("dockmesh topology --json (whole command)", ours),
+            ("dockmesh topology --json (whole command, the engine's path)", ours),
+            ("dockmesh topology --json through the benchmark's agent", via_agent),
             (f"docker network inspect <{len(nets)} networks>", peer_all),
             (f"docker network inspect, one call per network ({len(nets)})", peer_each),
         ]
@@ -268,18 +389,29 @@ def main() -> int:
         for label, vals in (
             ("event timestamp → model", lags_ms),
             ("API call start → model (includes the engine's own work)", e2e_ms),
+            ("TTL check flipped → health blocking query returns", wakes["health"]),
+            ("key written → KV blocking query returns", wakes["kv"]),
         ):
             if vals:
                 lat.add_row(label, *(f"{pct(vals, p):.1f} ms" for p in (50, 95, 99, 100)))
         console.print(lat)
         ok_topo = med < 1.0
         ok_lag = bool(lags_ms) and pct(lags_ms, 99) < 50
+        wake_p99 = max(pct(v, 99) for v in wakes.values())
+        ok_wake = wake_p99 < 100
         console.print(
             f"topology --json under 1 s: {'yes' if ok_topo else 'NO'}; "
-            f"event → model p99 under 50 ms: {'yes' if ok_lag else 'NO'}"
+            f"event → model p99 under 50 ms: {'yes' if ok_lag else 'NO'}; "
+            f"blocking query wakes p99 under 100 ms: {'yes' if ok_wake else 'NO'}"
         )
-        return 0 if ok_topo and ok_lag else 1
+        return 0 if ok_topo and ok_lag and ok_wake else 1
     finally:
+        if agent is not None:
+            agent.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(timeout=20)
+            if agent.poll() is None:
+                agent.kill()
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("cleaning up", total=len(ctrs) + len(nets))
 

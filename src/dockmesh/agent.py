@@ -1,18 +1,29 @@
 """`dockmesh agent`: the control plane's composition root — the one place that wires parts.
 
+`build_deps(config)` makes what the agent runs on from its configuration: the state store, a
+live topology over the engines, the policy enforcer over the kernel's nft, the catalog's clock,
+the randomness that spreads health probes. `Agent(config, deps)` only wires those parts to the
+servers and runs them, so a test hands it others: a watcher over `MemoryEngine`, an in-memory
+nft, fake probes and a virtual clock. Environment variables are read by the command line,
+never here.
+
 One asyncio process per Docker host:
 
-    engines ──events──▶ TopologyWatcher (threads) ──updates()──▶ Agent._follow_topology
+    engines ──events──▶ TopologyWatcher (threads) ──updates()──▶ Agent._apply_topology
                                                                    │
-                     containers' labels → catalog instances ◀──────┤
-                     bridge gateways → DNS listeners        ◀──────┘
+        TopologyFeed (GET /v1/dockmesh/topology, blocking) ◀───────┤
+        Enforcer: the applied policy's sets, in nft (first) ◀──────┤  ◀── policy file, polled
+        containers' labels → catalog instances ◀───────────────────┤
+        bridge gateways → DNS listeners ◀──────────────────────────┘
     LiveCatalog ◀── HTTP API (Consul-compatible, blocking queries, /metrics)
-         │     ◀── health runner (probes from inside network namespaces)
+         │     ◀── health runner (probes from inside network namespaces; TTL expiry)
          └────────▶ DNS server (prebuilt answers, invalidated on change)
 
-What cannot be rebuilt from the engines (manual registrations, KV) lives in the state file.
-The engine may be absent at start or go away later: the agent keeps serving what it knows and
-reconnects with back-off. SIGTERM and SIGINT stop it cleanly.
+What cannot be rebuilt from the engines (manual registrations, KV) lives in the state file;
+the applied policy lives in the policy directory, written by `dockmesh policy apply`. The
+engine may be absent at start or go away later: the agent keeps serving what it knows and
+reconnects with back-off. SIGTERM and SIGINT stop it cleanly; the policy's table stays in
+force (fail closed).
 """
 
 from __future__ import annotations
@@ -21,29 +32,40 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import random
 import signal
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+from dockmesh.api.topology import TopologyFeed
 from dockmesh.catalog.containers import derive_all
 from dockmesh.catalog.live import LiveCatalog
 from dockmesh.catalog.store import MemoryStore, SqliteStore, Store
 from dockmesh.engine.backend import EngineRef
-from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
 from dockmesh.model.topology import Topology
+from dockmesh.policy.compile import DEFAULT_TABLE
+from dockmesh.policy.store import DEFAULT_DIR
 
 if TYPE_CHECKING:  # the servers load only when the agent runs, not with the command line
     from aiohttp import web
     from prometheus_client.metrics_core import Metric
 
     from dockmesh.dns.server import DnsServer
+    from dockmesh.health.probe import Probe
     from dockmesh.health.runner import HealthRunner
     from dockmesh.policy.enforce import Enforcer
 
 log = logging.getLogger(__name__)
+
+# A policy applied or removed by `dockmesh policy` while no container changes is noticed
+# this often (the file's identity is compared: a stat, no read).
+POLICY_POLL_S = 1.0
+# Back-off while the engines do not answer at start (doubling up to the cap).
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,75 +83,90 @@ class AgentConfig:
     node: str = "dockmesh"
     dns_domains: tuple[str, ...] = ("dockmesh", "consul")
     dns_ttl: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
+    # Where `dockmesh policy apply` leaves the applied policy, and the nft table it names
+    # (the command line fills both from $DOCKMESH_POLICY_DIR and $DOCKMESH_POLICY_TABLE).
+    policy_dir: Path = Path(DEFAULT_DIR)
+    policy_table: str = DEFAULT_TABLE
 
 
-class TopologyHolder:
-    """The newest topology, and a blocking wait on its version (for the API)."""
+class TopologySource(Protocol):
+    """A live topology over the engines (`TopologyWatcher` is the one `build_deps` makes).
 
-    def __init__(self) -> None:
-        self.current: Topology | None = None
-        self._changed = asyncio.Event()
+    `start()` blocks until it has read every engine once and returns that topology; it raises
+    EngineError while an engine does not answer, and may then be called again. `updates()`
+    yields the current topology, then each newer one, until `stop()` (which blocks until its
+    threads are gone)."""
 
-    def set(self, topo: Topology) -> None:
-        self.current = topo
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+    def start(self) -> Topology: ...
+    def updates(self) -> AsyncGenerator[Topology, None]: ...
+    def stop(self) -> None: ...
 
-    def get(self) -> Topology | None:
-        return self.current
 
-    async def wait(self, version: int, timeout_s: float) -> Topology | None:
-        deadline = time.monotonic() + max(0.0, min(timeout_s, 600.0))
-        while True:
-            cur = self.current
-            if cur is not None and (cur.version > version or version <= 0):
-                return cur
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return cur
-            event = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), left)
+@dataclass(frozen=True, slots=True)
+class AgentDeps:
+    """What the agent runs on, made by `build_deps` (or by a test). The agent owns them from
+    then on: it starts and stops the topology source and closes the store."""
+
+    store: Store  # manual registrations and KV
+    topology: TopologySource
+    enforcer: Enforcer | None  # keeps the applied policy's table true; None: no policy keeping
+    clock: Callable[[], float] = time.monotonic  # the catalog's: TTLs, blocking-query deadlines
+    # One probe of an HTTP or TCP check; None: the health runner's own, from inside the
+    # containers' network namespaces.
+    probe: Probe | None = None
+    rng: random.Random | None = None  # spreads first probes; None: seeded from the system
+
+
+def build_deps(config: AgentConfig) -> AgentDeps:
+    """The agent's parts for `config`: engine connections (made without reaching the engines:
+    they may come later), the state file, the policy store and the kernel's nft."""
+    from dockmesh.engine.docker import DockerBackend
+    from dockmesh.engine.watch import TopologyWatcher
+    from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.store import PolicyStore
+
+    policy = PolicyStore(config.policy_table, config.policy_dir)
+    engines = [DockerBackend(ref) for ref in config.engines]
+    store: Store = SqliteStore(config.state) if config.state else MemoryStore()
+    return AgentDeps(store=store, topology=TopologyWatcher(engines), enforcer=Enforcer(policy))
 
 
 def bridge_gateways(topo: Topology) -> set[str]:
     """IPv4 gateways of the local bridge networks: addresses the host holds, reachable from
-    every container on them (internal networks included). The engine reports a gateway only
-    when one was asked for; otherwise it took the first host of the pool (the ip_range, else
-    the subnet)."""
+    every container on them (internal networks included). The model says where each is
+    (`IpamPool.effective_gateway`: reported, else where the engine put it)."""
     out: set[str] = set()
     for n in topo.networks:
         if n.driver != "bridge":
             continue
         for pool in n.ipam:
-            with contextlib.suppress(ValueError):
-                if pool.gateway:
-                    gw = ipaddress.ip_address(pool.gateway)
-                else:
-                    subnet = ipaddress.ip_network(pool.subnet)
-                    first = ipaddress.ip_network(pool.ip_range) if pool.ip_range else subnet
-                    gw = max(first.network_address, subnet.network_address + 1)
-                if gw.version == 4:
-                    out.add(str(gw))
+            gw = pool.effective_gateway()
+            if gw is not None and ipaddress.ip_address(gw).version == 4:
+                out.add(gw)
     return out
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    """Wires the deps to the catalog, the servers and the policy, and runs them: `run()` until
+    `stop()` (or SIGTERM/SIGINT), or `start()` and `shutdown()` for a caller that drives it."""
+
+    def __init__(self, config: AgentConfig, deps: AgentDeps) -> None:
         self.config = config
-        store: Store = SqliteStore(config.state) if config.state else MemoryStore()
-        self.live = LiveCatalog(store=store)
-        self.topology = TopologyHolder()
-        self.watcher = TopologyWatcher(list(config.engines))
+        self.deps = deps
+        self.live = LiveCatalog(store=deps.store, clock=deps.clock)
+        self.topology = TopologyFeed()
+        self.policy = deps.enforcer
         self.warnings: dict[str, list[str]] = {}
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._dns_gateways: set[str] = set()
+        self.ready = asyncio.Event()  # set once every server listens and the tasks run
+        self.api_address: tuple[str, int] | None = None  # as bound (port 0: the one chosen)
+        self.dns_address: tuple[str, int] | None = None
         self.dns: DnsServer | None = None
         self.api_runner: web.AppRunner | None = None
         self.health: HealthRunner | None = None
-        self.policy: Enforcer | None = None  # issue 8: keeps the applied policy true
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._dns_gateways: set[str] = set()
+        self._signals: list[signal.Signals] = []
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -137,25 +174,28 @@ class Agent:
         self._stop.set()
 
     async def run(self) -> None:
+        """Serves until `stop()`, SIGTERM or SIGINT, then shuts down."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, self.stop)
-        self.live.load()
+                self._signals.append(sig)
         try:
-            await self._start_services()
-            # --- issue 8 (policy): the applied policy's table follows the topology ---
-            from dockmesh.policy.enforce import Enforcer
-            from dockmesh.policy.store import PolicyStore, table_name
-
-            self.policy = Enforcer(PolicyStore(table_name()))
-            self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
-            # --- end issue 8 ---
-            self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
-            log.info("agent ready")
+            await self.start()
             await self._stop.wait()
         finally:
-            await self._shutdown()
+            await self.shutdown()
+
+    async def start(self) -> None:
+        """Loads the state file, starts the servers and follows the engines (in the
+        background: they need not answer yet)."""
+        self.live.load()
+        await self._start_services()
+        if self.policy is not None:
+            self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
+        self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
+        self.ready.set()
+        log.info("agent ready")
 
     async def _start_services(self) -> None:
         from aiohttp import web
@@ -164,20 +204,20 @@ class Agent:
         from dockmesh.api.app import make_app
         from dockmesh.dns.server import DnsServer
         from dockmesh.health.runner import HealthRunner
+        from dockmesh.observe.metrics import ContainerNetworkCollector
 
         cfg = self.config
         logging.getLogger("aiohttp.server").addFilter(_quiet_bad_requests)
         registry = CollectorRegistry()
         if cfg.dns is not None:
-            dns = DnsServer(self.live, self.topology.get, domains=cfg.dns_domains, ttl=cfg.dns_ttl)
-            await dns.start(*cfg.dns)
+            dns = DnsServer(
+                self.live, self.topology.current, domains=cfg.dns_domains, ttl=cfg.dns_ttl
+            )
             self.dns = dns
+            self.dns_address = await dns.start(*cfg.dns)
             registry.register(_DnsCollector(dns))
-        # --- issue 9 (observability): container_network_* counters, read at scrape time ---
-        from dockmesh.observe.metrics import ContainerNetworkCollector
-
-        registry.register(ContainerNetworkCollector(self.topology.get))
-        # --- end issue 9 ---
+        # Each container's interface counters, read from its namespace at scrape time.
+        registry.register(ContainerNetworkCollector(self.topology.current))
         probe_seconds = Histogram(
             "dockmesh_check_duration_seconds",
             "Health check probes by kind and result.",
@@ -190,26 +230,31 @@ class Agent:
             status = getattr(result, "status", "unknown")
             probe_seconds.labels(spec.kind, status).observe(seconds)
 
-        health = HealthRunner(self.live, on_result=on_result)
-        await health.start()
+        health = HealthRunner(self.live, self.deps.probe, rng=self.deps.rng, on_result=on_result)
         self.health = health
+        await health.start()
         app = make_app(
-            self.live, self.topology.get, self.topology.wait, metrics=registry, node=cfg.node
+            self.live, self.topology.current, self.topology.wait, metrics=registry, node=cfg.node
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
         )
         await runner.setup()
+        self.api_runner = runner  # cleaned up from now on, even if the address is taken
         host, port = cfg.api
         await web.TCPSite(runner, host, port, reuse_address=True).start()
-        self.api_runner = runner
+        bound = runner.addresses[0]
+        self.api_address = (str(bound[0]), int(bound[1]))
 
-    async def _shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        """Stops following the engines and the servers, and closes the store. The policy's
+        table is left as it is: a stopped agent keeps the last ruleset in force."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        self._tasks.clear()
         health = self.health
         if health is not None:
             await health.stop()
@@ -219,33 +264,40 @@ class Agent:
         runner = self.api_runner
         if runner is not None:
             await runner.cleanup()
-        await asyncio.to_thread(self.watcher.stop)
-        if self.live.store is not None:
-            self.live.store.close()
+        await asyncio.to_thread(self.deps.topology.stop)
+        self.deps.store.close()
+        loop = asyncio.get_running_loop()
+        for sig in self._signals:
+            loop.remove_signal_handler(sig)
+        self._signals.clear()
         log.info("agent stopped")
 
     # --- the topology -------------------------------------------------------------------
 
     async def _connect_and_follow(self) -> None:
-        backoff = 0.2
+        source = self.deps.topology
+        backoff = RECONNECT_FIRST_S
         while not self._stop.is_set():
             try:
-                first = await asyncio.to_thread(self.watcher.start)
+                first = await asyncio.to_thread(source.start)
                 break
             except EngineError as e:
                 log.warning("engine not reachable (retrying in %.1f s): %s", backoff, e)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, RECONNECT_MAX_S)
         else:
             return
         await self._apply_topology(first)
-        async for topo in self.watcher.updates():
-            await self._apply_topology(topo)
+        async with contextlib.aclosing(source.updates()) as updates:
+            async for topo in updates:
+                await self._apply_topology(topo)
 
     async def _apply_topology(self, topo: Topology) -> None:
-        self.topology.set(topo)
-        # issue 8: the kernel first, so a container that moved is covered at once.
+        if not self.topology.publish(topo):
+            return  # `updates()` starts with the one `start()` returned
+        # The kernel first: a container that moved is covered by the policy before the
+        # catalog and DNS announce its new address.
         await self._sync_policy(topo)
         local = self.config.engines[0].name if self.config.engines else "local"
         for engine in topo.engines:
@@ -258,7 +310,7 @@ class Agent:
         if self.dns is not None and self.config.dns_on_gateways:
             await self._follow_gateways(bridge_gateways(topo))
 
-    # --- issue 8 (policy) --------------------------------------------------------------------
+    # --- keeping the applied policy true --------------------------------------------------
 
     async def _sync_policy(self, topo: Topology) -> None:
         enforcer = self.policy
@@ -269,11 +321,11 @@ class Agent:
         except Exception:  # the agent serves on whatever the kernel or the file does
             log.exception("policy: keeping the table in sync failed")
 
-    async def _poll_policy(self, every_s: float = 1.0) -> None:
+    async def _poll_policy(self) -> None:
         """A policy applied or removed by `dockmesh policy` while nothing else changes."""
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), every_s)
+                await asyncio.wait_for(self._stop.wait(), POLICY_POLL_S)
             enforcer = self.policy
             if enforcer is None or self._stop.is_set():
                 continue
@@ -281,8 +333,6 @@ class Agent:
                 await asyncio.to_thread(enforcer.poll)
             except Exception:
                 log.exception("policy: reading the applied policy failed")
-
-    # --- end issue 8 ---------------------------------------------------------------------------
 
     async def _follow_gateways(self, wanted: set[str]) -> None:
         dns = self.dns
@@ -348,4 +398,5 @@ def run_agent(config: AgentConfig) -> None:
         uvloop.install()
     except ImportError:
         log.info("uvloop is not installed: the standard event loop serves")
-    asyncio.run(Agent(config).run())
+    deps = build_deps(config)
+    asyncio.run(Agent(config, deps).run())

@@ -1,5 +1,7 @@
-"""Asking a running agent, for the commands that read the topology (`topology`, `why`,
-`matrix`, `doctor`, `stats`): `$DOCKMESH_AGENT` (default http://127.0.0.1:8500).
+"""Asking a running agent, for every command that reads the topology (`topology`, `why`,
+`matrix`, `doctor`, `stats`, `bench`, `report`, `policy`: through `cli.common.load_topology`)
+and for `proxy --agent`'s default: the agent at `agent_url()`, `$DOCKMESH_AGENT` else
+`DEFAULT_AGENT` (the address `dockmesh agent` listens on by default).
 
 Standard library only, so that the command line's fast paths stay light. The agent is a
 peer, not an authority: an agent that does not answer, answers slowly, or answers with
@@ -34,6 +36,7 @@ _lock = threading.Lock()
 
 
 def agent_url() -> str:
+    """The one place the agent's URL is decided: `$DOCKMESH_AGENT`, else `DEFAULT_AGENT`."""
     return os.environ.get("DOCKMESH_AGENT") or DEFAULT_AGENT
 
 

@@ -13,6 +13,7 @@ import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -22,16 +23,26 @@ import pytest
 from dockmesh.engine.backend import EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.model.ipam import pick_free_subnets
+from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
-from dockmesh.ops.facts import taken_subnets
+from dockmesh.ops.context import taken_subnets
 
-pytestmark = pytest.mark.integration
 TOOLBOX = "dockmesh/toolbox:latest"
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks every test under tests/integration/ `integration` (`-m integration`, `-m "not
+    integration"`): a `pytestmark` in a conftest is ignored by pytest. The hook sees the items
+    of the whole session, so it picks ours by path."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
 def engine() -> DockerBackend:
-    client = DockerBackend(EngineRef("local", default_url()))
+    client = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
     client.info()  # fails the session loudly when no engine answers
     return client
 
@@ -40,7 +51,7 @@ def engine() -> DockerBackend:
 def api(engine: DockerBackend) -> Any:
     """docker-py's own client: the tests check the engine through it, independently of
     dockmesh's backend."""
-    return docker.APIClient(base_url=default_url(), version="auto")
+    return docker.APIClient(base_url=default_url(os.environ.get("DOCKER_HOST")), version="auto")
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +75,7 @@ def cleanup(api: Any, p: str) -> None:
     for c in api.containers(all=True):
         names = [n.lstrip("/") for n in c.get("Names") or []]
         labels = c.get("Labels") or {}
-        if any(n.startswith(p) for n in names) or labels.get("dockmesh.project") == p:
+        if any(n.startswith(p) for n in names) or labels.get(LABEL_PROJECT) == p:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(c["Id"], force=True, v=True)
     for n in api.networks():
@@ -75,7 +86,7 @@ def cleanup(api: Any, p: str) -> None:
 
 def free_subnets(api: Any, count: int) -> list[str]:
     """/24s in 10.128.0.0/9 that no engine network and no host route uses."""
-    client = DockerBackend(EngineRef("local", default_url()))
+    client = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
     taken = taken_subnets(build_topology([client.snapshot()], 1))
     return [str(n) for n in pick_free_subnets(taken, count, random.Random())]
 

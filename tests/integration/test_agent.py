@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from dockmesh.engine.backend import DEFAULT_URL
 from tests.integration.conftest import free_subnets
 
 
@@ -147,12 +151,17 @@ def test_labelled_containers_are_discovered_checked_and_leave_at_once(
     # the backend fails its check: out of ?passing and DNS within an interval or two
     subprocess.run(["docker", "exec", f"{prefix}-w2", "touch", "/tmp/unhealthy"], check=True)
     subprocess.run(["docker", "exec", f"{prefix}-w2", "rm", "-f", "/www/health"], check=True)
-    wait_until(lambda: passing() == {f"{prefix}-w1"}, 5)
+    wait_until(lambda: passing() == {f"{prefix}-w1"}, 20)
     assert len(dig(agent.dns_port, f"{svc}.service.dockmesh")) == 1
-    # stopped: gone at once (event-driven)
+    # stopped: gone from the catalog (the engine's event), not merely failing its check (how
+    # soon an event reaches the model is benchmarks/topology.py's measure)
     api.stop(ids[0], timeout=0)
-    elapsed = wait_until(lambda: passing() == set(), 5)
-    assert elapsed < 2
+
+    def listed() -> set[str]:
+        return {row["ServiceID"] for row in agent.get(f"/v1/catalog/service/{svc}")[1]}
+
+    wait_until(lambda: f"{prefix}-w1" not in listed(), 20)
+    assert listed() == {f"{prefix}-w2"} and passing() == set()  # w2 still there, failing
     assert dig(agent.dns_port, f"{svc}.service.dockmesh") == []
 
 
@@ -178,29 +187,29 @@ def test_manual_registrations_and_kv_survive_a_restart(agent: AgentProc, prefix:
 
 
 def test_topology_from_the_agent_matches_the_engine(agent: AgentProc) -> None:
-    env = {**os.environ, "DOCKMESH_AGENT": agent.api}
-    via = json.loads(
-        subprocess.run(
+    def names(url: str) -> set[str]:
+        out = subprocess.run(
             [sys.executable, "-m", "dockmesh", "topology", "--json"],
             capture_output=True,
             text=True,
-            env=env,
+            env={**os.environ, "DOCKMESH_AGENT": url},
             check=True,
         ).stdout
-    )
-    env["DOCKMESH_AGENT"] = "http://127.0.0.1:1"
-    direct = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "dockmesh", "topology", "--json"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=True,
-        ).stdout
-    )
-    assert sorted(c["name"] for c in via["containers"]) == sorted(
-        c["name"] for c in direct["containers"]
-    )
+        return {c["name"] for c in json.loads(out)["containers"]}
+
+    # Other tests (and other users of the engine) make and remove containers meanwhile: the
+    # agent holds every container that the engine held before and after it was asked, and
+    # none that it held neither time; it follows by events, so it may be asked again.
+    for _ in range(20):
+        before, via, after = (
+            names("http://127.0.0.1:1"),
+            names(agent.api),
+            names("http://127.0.0.1:1"),
+        )
+        if before & after <= via <= before | after:
+            break
+        time.sleep(0.5)
+    assert before & after <= via <= before | after, (before, via, after)
     tree = subprocess.run(
         [sys.executable, "-m", "dockmesh", "topology"],
         capture_output=True,
@@ -243,9 +252,85 @@ services:
             _, nodes = agent.get(f"/v1/health/service/{service}?passing")
             return [n["Service"]["Tags"] for n in nodes]
 
-        wait_until(lambda: passing("web") == [[prefix]], 10)
-        wait_until(lambda: len(passing(f"{prefix}labelled")) == 1, 10)
+        # Other Compose apps on the engine (other tests, other users) may have a "web" too: ours
+        # is the one tagged with its project. 30 s: a guard against hanging on a busy machine.
+        wait_until(lambda: [prefix] in passing("web"), 30)
+        wait_until(lambda: len(passing(f"{prefix}labelled")) == 1, 30)
     finally:
         if agent.proc is not None:
             agent.stop()
         subprocess.run([*cmd, "down", "-v"], capture_output=True, timeout=120)
+
+
+class SocketRelay:
+    """A unix socket that relays every connection to the engine's: the engine "appears" at
+    `path` when the relay starts listening."""
+
+    def __init__(self, path: Path, engine_socket: str) -> None:
+        self.path, self.engine_socket = path, engine_socket
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.conns: list[socket.socket] = []
+
+    def start(self) -> None:
+        self.server.bind(str(self.path))
+        self.server.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.engine_socket)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.server.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_the_agent_starts_without_its_engine_and_follows_it_once_it_answers(
+    tmp_path: Path,
+) -> None:
+    engine_url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
+    if not engine_url.startswith("unix://"):
+        pytest.skip("the relay stands in for a unix socket engine")
+    relay = SocketRelay(tmp_path / "docker.sock", engine_url.removeprefix("unix://"))
+    agent = AgentProc(tmp_path, "--engine", f"unix://{relay.path}")
+    try:
+        agent.start()  # answers while the engine's socket does not exist yet
+        with pytest.raises(urllib.error.HTTPError) as absent:
+            agent.get("/v1/dockmesh/topology")
+        assert absent.value.code == 503
+        assert agent.proc is not None and agent.proc.poll() is None
+        relay.start()
+
+        def followed() -> bool:
+            try:
+                return bool(agent.get("/v1/dockmesh/topology")[1]["engines"])
+            except urllib.error.HTTPError:
+                return False
+
+        wait_until(followed, 20)  # the back-off is 5 s at most
+        assert agent.stop() == 0
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()
+        relay.close()

@@ -31,9 +31,11 @@ from tests.integration.conftest import free_subnets, run_toolbox
 pytestmark = pytest.mark.integration
 WAIT = 15.0  # seconds; a guard against hanging
 INTERVAL = 0.5
-# What "within one interval" allows on top of the interval: a probe's own time and the exec
-# that flips the backend, on a loaded 2-core machine.
-SLACK = 0.75
+# A check follows its backend at its own interval, not the 10 s default: this bound tells the
+# two apart and nothing more. Exactly when each probe runs is tested on a virtual clock
+# (tests/unit/health/test_runner.py); a wall-clock "within one interval" flakes on a busy
+# machine.
+FOLLOWS_WITHIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def critical(s: CheckState) -> bool:
     return s.status == "critical" and s.output != ""
 
 
-def test_an_http_check_follows_the_backend_within_one_interval(
+def test_an_http_check_follows_the_backend_at_its_interval(
     api: Any, prefix: str, toolbox: str, internal_net: str
 ) -> None:
     web = start_web(api, f"{prefix}-web", internal_net, bind="ip")
@@ -205,8 +207,8 @@ def test_an_http_check_follows_the_backend_within_one_interval(
     down_after, up_after, down_output, up_output = asyncio.run(main())
     assert down_output == f"HTTP GET {url}: 503 Service Unavailable Output: unhealthy"
     assert up_output == f"HTTP GET {url}: 200 OK Output: ok"
-    assert down_after < INTERVAL + SLACK
-    assert up_after < INTERVAL + SLACK
+    assert down_after < FOLLOWS_WITHIN
+    assert up_after < FOLLOWS_WITHIN
 
 
 def test_tcp_checks_and_the_reasons_of_failures(

@@ -5,6 +5,7 @@ real engine and leave nothing to do; files one step beyond are refused (exit 2, 
 from __future__ import annotations
 
 import ipaddress
+import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from dockmesh.engine.backend import EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.model.topology import build_topology
-from dockmesh.ops.facts import taken_subnets
+from dockmesh.ops.context import taken_subnets
 from tests.integration.conftest import dockmesh, free_subnets, run_toolbox
 
 
@@ -64,7 +65,7 @@ def addresses(api: Any, container: str, network: str) -> tuple[str, str]:
 
 
 def free_v6_subnet(api: Any) -> str:
-    client = DockerBackend(EngineRef("local", default_url()))
+    client = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
     taken = taken_subnets(build_topology([client.snapshot()], 1))
     while True:
         net = ipaddress.IPv6Network(f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}::/64")

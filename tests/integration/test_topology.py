@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from typing import Any
@@ -95,7 +96,7 @@ def test_bad_engine_arguments() -> None:
 
 
 def test_two_urls_to_one_engine_show_each_local_network_per_engine(small: dict[str, Any]) -> None:
-    url = default_url()
+    url = default_url(os.environ.get("DOCKER_HOST"))
     doc = json.loads(
         dockmesh(
             "topology", "--json", "--engine", f"one={url}", "--engine", f"two={url}", check=True
@@ -116,7 +117,7 @@ def ctr(topo: Topology, name: str) -> Any:
 def test_watcher_follows_events(api: Any, prefix: str, toolbox: str) -> None:
     [subnet] = free_subnets(api, 1)
     net = f"{prefix}_w"
-    watcher = TopologyWatcher([EngineRef("local", default_url())])
+    watcher = TopologyWatcher([EngineRef("local", default_url(os.environ.get("DOCKER_HOST")))])
     start = watcher.start()
     try:
         v0 = start.version
@@ -171,7 +172,7 @@ def test_watcher_follows_events(api: Any, prefix: str, toolbox: str) -> None:
 
 
 def test_watcher_resyncs_when_the_stream_drops(api: Any, prefix: str, toolbox: str) -> None:
-    watcher = TopologyWatcher([EngineRef("local", default_url())])
+    watcher = TopologyWatcher([EngineRef("local", default_url(os.environ.get("DOCKER_HOST")))])
     watcher.start()
     try:
         resyncs = watcher.resyncs

@@ -1,10 +1,17 @@
 """`dockmesh why` and `dockmesh matrix` on the chapter's isolation layout (frontend, backend,
 database-internal; the frontend container on frontend+backend, the database only on
-database), with real containers probed from their namespaces."""
+database), with real containers probed from their namespaces.
+
+The layout is built once for the module (its tests only read it; the one that adds a container
+removes it) and the module's tests run on one xdist worker; each test has a policy table and
+state folder of its own, removed after it, so no test sees another's policy."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,22 +20,44 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import dockmesh, free_subnets
+from tests.integration.conftest import cleanup, dockmesh, free_subnets
+
+pytestmark = pytest.mark.xdist_group("why_matrix")  # one worker builds the layout once
 
 
 @dataclass
 class Layout:
     prefix: str
     names: dict[str, str]  # role → container name
+    table: str = ""  # the test's own policy table
+
+
+@pytest.fixture(scope="module")
+def built(api: Any, toolbox: str) -> Iterator[Layout]:
+    prefix = f"dmt{secrets.token_hex(3)}"
+    try:
+        yield build(api, toolbox, prefix)
+    finally:
+        cleanup(api, prefix)
 
 
 @pytest.fixture
-def layout(
-    api: Any, prefix: str, toolbox: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Iterator[Layout]:
+def layout(built: Layout, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Layout]:
+    table = f"{built.prefix}{secrets.token_hex(2)}pol"
     monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
-    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", f"{prefix}pol")
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", table)
     monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
+    try:
+        yield dataclasses.replace(built, table=table)
+    finally:
+        if (
+            subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
+            == 0
+        ):
+            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+
+
+def build(api: Any, toolbox: str, prefix: str) -> Layout:
     fe, be, db = free_subnets(api, 3)
     nets = {"frontend": fe, "backend": be, "database": db}
     for name, subnet in nets.items():
@@ -62,15 +91,7 @@ def layout(
             api.connect_container_to_network(cid, f"{prefix}_{net}", aliases=[role])
         api.start(cid)
         names[role] = name
-    try:
-        yield Layout(prefix, names)
-    finally:
-        table = f"{prefix}pol"
-        if (
-            subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
-            == 0
-        ):
-            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+    return Layout(prefix, names)
 
 
 def why(*args: str) -> tuple[int, dict[str, Any]]:
@@ -193,9 +214,13 @@ def test_why_from_a_host_mode_container_is_the_hosts_view(
     cid = api.create_container(
         toolbox, name=name, host_config=api.create_host_config(network_mode="host")
     )["Id"]
-    api.start(cid)
-    code, doc = why(name, layout.names["database"], "--probe")
-    _, host = why("host", layout.names["database"])
+    try:
+        api.start(cid)
+        code, doc = why(name, layout.names["database"], "--probe")
+        _, host = why("host", layout.names["database"])
+    finally:  # the layout is the module's
+        with contextlib.suppress(Exception):
+            api.remove_container(cid, force=True)
     assert code == 0 and doc["reachable"] is True, doc
     assert doc["steps"][0]["check"] == "host_network"
     assert [s["check"] for s in doc["steps"][1:]] == [s["check"] for s in host["steps"]]
@@ -210,7 +235,7 @@ def test_why_says_when_the_table_is_not_in_sync(layout: Layout, tmp_path: Path) 
     _, doc = why(n["frontend"], n["backend"])
     assert "not in sync" not in next(s for s in doc["steps"] if s["check"] == "policy")["detail"]
     # The test's own table, changed behind dockmesh's back: an address in a set.
-    table = f"{p}pol"
+    table = layout.table
     listed = json.loads(
         subprocess.run(
             ["nft", "-j", "list", "table", "inet", table], capture_output=True, check=True

@@ -17,8 +17,8 @@ from dockmesh.model.topology import (
     Topology,
     build_topology,
 )
+from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import Desired, desired_state
-from dockmesh.projectfile.facts import Facts
 from dockmesh.projectfile.load import LoadedSpec, load_spec
 from dockmesh.projectfile.problems import format_problem
 from dockmesh.projectfile.schema import parse_spec_partial
@@ -26,7 +26,7 @@ from dockmesh.projectfile.validate import validate
 from dockmesh.projectfile.yamlpos import load_located
 
 
-def problems_of(doc: dict[str, Any] | str, facts: Facts | None = None) -> list[str]:
+def problems_of(doc: dict[str, Any] | str, facts: EngineContext | None = None) -> list[str]:
     """Formatted problems ("f:LINE: path: message") of a document."""
     text = doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False)
     loc = load_located(text)
@@ -36,7 +36,7 @@ def problems_of(doc: dict[str, Any] | str, facts: Facts | None = None) -> list[s
     if spec is None:
         return [format_problem("f", p, loc.lines) for p in shape]
     project = spec.project or "p"
-    found = [*shape, *validate(spec, project, facts or Facts(), left_out)]
+    found = [*shape, *validate(spec, project, facts or EngineContext(), left_out)]
     return [format_problem("f", p, loc.lines) for p in found]
 
 
@@ -100,11 +100,11 @@ def empty_topology(engine: str = "local") -> Topology:
     return build_topology([EngineState(EngineInfo(engine, "unix:///x"))], 1)
 
 
-def desired_of(doc: dict[str, Any], facts: Facts | None = None) -> Desired:
+def desired_of(doc: dict[str, Any], facts: EngineContext | None = None) -> Desired:
     """A document's desired state, built from values (no file); fails on any problem."""
     spec, shape, left_out = parse_spec_partial(doc)
     assert spec is not None and not shape, shape
     project = spec.project or "p"
-    problems = validate(spec, project, facts or Facts(), left_out)
+    problems = validate(spec, project, facts or EngineContext(), left_out)
     assert not problems, problems
     return desired_state(spec, project)

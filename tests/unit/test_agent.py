@@ -1,12 +1,383 @@
-"""The agent's own decisions (the parts it wires are tested where they live)."""
+"""The agent's whole loop, wired with test parts: a `MemoryEngine` behind the real
+`TopologyWatcher`, an in-memory nft under the real `Enforcer`, scripted probes under the real
+health runner (the doubles of `dockmesh.testing`), and the real DNS server and HTTP API on loopback ports; all on a virtual-time
+loop (no wall-clock sleep for health or TTL timings: every instant asserted is virtual).
+
+A labelled container appears → a catalog instance → DNS answers (once its check passes) → the
+applied policy's set holds its address; and the reverse when it stops. Also: the engine absent
+at start and coming later, manual TTL registrations expiring, and a clean stop on SIGTERM,
+SIGINT or `stop()`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import pytest
+
+from dockmesh.agent import Agent, AgentConfig, AgentDeps, bridge_gateways, build_deps
+from dockmesh.catalog.store import MemoryStore, SqliteStore
+from dockmesh.engine.backend import EngineRef
+from dockmesh.engine.memory import MemoryEngine
+from dockmesh.engine.watch import TopologyWatcher
+from dockmesh.errors import EngineError
+from dockmesh.model.config import ContainerConfig, EndpointConfig
+from dockmesh.model.labels import Discovery, DiscoveryCheck, encode_discovery
+from dockmesh.model.policy import Policy, Rule, Selector
+from dockmesh.model.topology import EngineInfo, IpamPool, Network, Topology
+from dockmesh.policy.enforce import Enforcer
+from dockmesh.policy.store import Applied, PolicyStore
+from dockmesh.testing import loop as vtime
+from dockmesh.testing.engine import FlakyEngine
+from dockmesh.testing.nft import MemoryNft
+from dockmesh.testing.probe import ScriptedProbe
+
+ENGINE = "agent-test"  # the watcher's threads are named after it
+TABLE = "dmtest"
+GATEWAY = "127.77.0.1"  # the bridge network's gateway: a loopback address the test can bind
+WEB_IP = "127.77.0.2"
+# client → web: the web containers' addresses are set s1_4.
+POLICY = Policy(rules=(Rule((Selector(service="client"),), (Selector(service="web"),)),))
+WEB_SET = "s1_4"
+
+
+def labelled(name: str, service: str) -> ContainerConfig:
+    check = DiscoveryCheck(tcp=True, interval="5s", timeout="1s")
+    return ContainerConfig(
+        name,
+        "dockmesh/toolbox",
+        networks=(EndpointConfig("mesh"),),
+        labels=encode_discovery(Discovery(service, 8080, check=check)),
+    )
+
+
+class ClosingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Env:
+    engine: MemoryEngine
+    agent: Agent
+    nft: MemoryNft
+    probes: ScriptedProbe
+    store: ClosingStore
+    gateway_port: int
+    task: asyncio.Task[None]
+    unplugged: FlakyEngine | None = None
+    log: list[str] = field(default_factory=list)
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def http(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """The agent's API over loopback, from a thread (the virtual clock waits for it)."""
+        assert self.agent.api_address is not None
+        host, port = self.agent.api_address
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def call() -> tuple[int, Any]:
+            try:
+                with opener.open(req, timeout=10) as r:
+                    return r.status, json.loads(r.read() or b"null")
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+
+        return await asyncio.to_thread(call)
+
+    async def ask(self, name: str, at: tuple[str, int] | None = None) -> list[str]:
+        """A records for `name` from the agent's DNS server (UDP, from a thread)."""
+        host, port = at or self.agent.dns_address or ("", 0)
+
+        def query() -> list[str]:
+            reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=5)
+            return sorted(
+                str(rr) for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for rr in rrset
+            )
+
+        return await asyncio.to_thread(query)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    tmp_path: Path, *, unplugged: bool = False, engine: MemoryEngine | None = None
+) -> AsyncIterator[Env]:
+    """An agent on loopback ports over a MemoryEngine with network `mesh` (127.77.0.0/24),
+    the policy client → web applied, probes that pass."""
+    cable = FlakyEngine(ENGINE, clock=asyncio.get_running_loop().time) if unplugged else None
+    if cable is not None:
+        cable.unplug()
+    engine = engine or cable or MemoryEngine(ENGINE)
+    engine.create_network("mesh", "127.77.0.0/24")
+    policies = PolicyStore(TABLE, tmp_path / "policy")
+    policies.save(Applied(TABLE, "enforce", POLICY))
+    nft, probes, store = MemoryNft(), ScriptedProbe(), ClosingStore()
+    gateway_port = free_port(GATEWAY)
+    config = AgentConfig(
+        engines=[engine.ref],
+        api=("127.0.0.1", 0),
+        dns=("127.0.0.1", 0),
+        state=None,
+        gateway_dns_port=gateway_port,
+        policy_dir=tmp_path / "policy",
+        policy_table=TABLE,
+    )
+    deps = AgentDeps(
+        store=store,
+        topology=TopologyWatcher([engine]),
+        enforcer=Enforcer(policies, nft),
+        clock=asyncio.get_running_loop().time,
+        probe=probes,
+    )
+    agent = Agent(config, deps)
+    task = asyncio.create_task(agent.run())
+    ready = asyncio.ensure_future(agent.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()  # raises what stopped it
+    env = Env(engine, agent, nft, probes, store, gateway_port, task, cable)
+    try:
+        yield env
+    finally:
+        agent.stop()
+        await task
+
+
+async def follow(env: Env, predicate: Callable[[], bool]) -> float:
+    """Waits (the virtual clock standing still) until the agent shows what the engine did."""
+    await vtime.until(predicate)
+    return env.now()
+
+
+def instance_ids(env: Env) -> set[str]:
+    return {i.id for i in env.agent.live.catalog.instances()}
+
+
+# --- the loop, end to end ---------------------------------------------------------------------
+
+
+def test_a_labelled_container_reaches_catalog_dns_and_policy_and_leaves_them(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as env:
+            # The first topology: the policy's table made, DNS on the network's gateway.
+            at = (GATEWAY, env.gateway_port)
+            await follow(env, lambda: at in env.agent.dns.listeners)  # type: ignore[union-attr]
+            assert env.nft.elements(TABLE, WEB_SET) == set()
+
+            # It appears: the catalog and the policy hold it at once, DNS once it passes.
+            t0 = env.now()
+            cid = env.engine.create_container(labelled("web-1", "web"))
+            env.engine.start(cid)
+            assert await follow(env, lambda: "web-1" in instance_ids(env)) == t0
+            inst = env.agent.live.catalog.instance("web-1")
+            assert inst is not None and (inst.service, inst.address) == ("web", WEB_IP)
+            assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
+            assert await env.ask("web.service.dockmesh") == []  # critical until probed
+            await asyncio.sleep(2.0)  # the first probe: at most min(interval / 2, 2 s) in
+            ((first, check),) = env.probes.calls
+            assert check == "service:web-1" and t0 <= first <= t0 + 2.0
+            assert await env.ask("web.service.dockmesh") == [WEB_IP]
+            # …on a bridge gateway too, where containers' own DNS forwards to.
+            assert await env.ask("web.service.consul", at) == [WEB_IP]
+            status, entries = await env.http("GET", "/v1/health/service/web?passing")
+            assert status == 200 and [e["Service"]["Address"] for e in entries] == [WEB_IP]
+            await asyncio.sleep(10.0)
+            assert [t for t, _ in env.probes.calls] == pytest.approx([first, first + 5, first + 10])
+
+            # It fails its check: out of DNS at the next probe; the policy still covers it.
+            env.probes.default = "critical"
+            await asyncio.sleep(5.0)
+            assert await env.ask("web.service.dockmesh") == []
+            assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
+            env.probes.default = "passing"
+            await asyncio.sleep(5.0)
+            assert await env.ask("web.service.dockmesh") == [WEB_IP]
+
+            # It stops: out of the catalog, DNS and the policy's set at once.
+            t1 = env.now()
+            env.engine.stop(cid)
+            assert await follow(env, lambda: "web-1" not in instance_ids(env)) == t1
+            assert await env.ask("web.service.dockmesh") == []
+            assert env.nft.elements(TABLE, WEB_SET) == set()
+            env.engine.remove_container(cid)
+
+            # The network goes: so does the DNS listener on its gateway.
+            env.engine.remove_network("mesh")
+            await follow(env, lambda: at not in env.agent.dns.listeners)  # type: ignore[union-attr]
+
+    vtime.run(main)
+
+
+def test_a_manual_registration_with_a_ttl_leaves_dns_when_its_ttl_runs_out(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as env:
+            svc = {"Name": "batch", "ID": "b1", "Address": "127.0.0.9", "Port": 1}
+            status, _ = await env.http(
+                "PUT", "/v1/agent/service/register", {**svc, "Check": {"TTL": "30s"}}
+            )
+            assert status == 200
+            assert await env.ask("batch.service.dockmesh") == []  # critical until a pass
+            t0 = env.now()
+            assert (await env.http("PUT", "/v1/agent/check/pass/service:b1"))[0] == 200
+            assert await env.ask("batch.service.dockmesh") == ["127.0.0.9"]
+            await asyncio.sleep(29.9)
+            assert await env.ask("batch.service.dockmesh") == ["127.0.0.9"]
+            await asyncio.sleep(0.2)
+            assert await env.ask("batch.service.dockmesh") == []
+            check = env.agent.live.catalog.check("service:b1")
+            assert check is not None and check.status == "critical"
+            assert env.now() == pytest.approx(t0 + 30.1)
+
+    vtime.run(main)
+
+
+# --- the engine absent at start ------------------------------------------------------------
+
+
+def test_the_agent_serves_while_the_engine_is_absent_and_follows_it_once_it_answers(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with running(tmp_path, unplugged=True) as env:
+            cable = env.unplugged
+            assert cable is not None
+            assert (await env.http("GET", "/v1/dockmesh/topology"))[0] == 503
+            assert await env.http("GET", "/v1/catalog/services") == (200, {})
+            await asyncio.sleep(10.0)
+            first = cable.opened_at[0]
+            # Back-off from 0.2 s, doubling: 0.2, 0.4, 0.8, 1.6, 3.2, then 5 s at most.
+            assert [t - first for t in cable.opened_at] == pytest.approx(
+                [0, 0.2, 0.6, 1.4, 3.0, 6.2]
+            )
+            cid = env.engine.create_container(labelled("web-1", "web"))
+            env.engine.start(cid)
+            cable.plug()
+            await asyncio.sleep(1.2)  # the next attempt, 5 s after the last
+            await follow(env, lambda: "web-1" in instance_ids(env))
+            assert cable.opened_at[-1] - first == pytest.approx(11.2)
+            assert (await env.http("GET", "/v1/dockmesh/topology"))[0] == 200
+            assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
+            # Followed from then on.
+            env.engine.stop(cid)
+            await follow(env, lambda: "web-1" not in instance_ids(env))
+
+    vtime.run(main)
+
+
+# --- stopping ------------------------------------------------------------------------------
+
+
+def _watcher_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.endswith(f"-{ENGINE}")]
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "stop"])
+def test_stopping_drains_every_server_thread_and_task_and_keeps_the_policy(
+    tmp_path: Path, how: str
+) -> None:
+    sig = getattr(signal, how, None)
+    previous = signal.getsignal(sig) if sig is not None else None
+
+    async def main() -> None:
+        async with running(tmp_path) as env:
+            cid = env.engine.create_container(labelled("web-1", "web"))
+            env.engine.start(cid)
+            await follow(env, lambda: "web-1" in instance_ids(env))
+            assert _watcher_threads()
+            api, dns_at = env.agent.api_address, env.agent.dns_address
+            assert api is not None and dns_at is not None
+            if sig is None:
+                env.agent.stop()
+            else:
+                # Raised only once the agent's handler replaced the test runner's: the
+                # runner's own would end the test session.
+                assert signal.getsignal(sig) is not previous
+                signal.raise_signal(sig)
+            await asyncio.wait_for(asyncio.shield(env.task), 60)
+        assert env.task.exception() is None
+        assert not _watcher_threads()
+        assert env.store.closed
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(api, timeout=5).close()
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):  # the DNS port is free again
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(dns_at)
+        # A stopped agent leaves the last ruleset in force (fail closed).
+        assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
+        if sig is not None:
+            assert signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler)
+
+    try:
+        vtime.run(main)
+    finally:
+        if sig is not None:
+            signal.signal(sig, previous)
+
+
+# --- the parts --------------------------------------------------------------------------------
+
+
+def test_the_parts_come_from_the_config_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No environment variable is read below the command line, and no engine is reached."""
+    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "not-this-one"))
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", "notthisone")
+    monkeypatch.setenv("DOCKER_HOST", "unix:///not/this/one.sock")
+    config = AgentConfig(
+        engines=[EngineRef("local", f"unix://{tmp_path}/absent.sock")],
+        state=str(tmp_path / "state.db"),
+        policy_dir=tmp_path / "policy",
+        policy_table="mine",
+    )
+    deps = build_deps(config)
+    try:
+        assert isinstance(deps.store, SqliteStore)
+        assert deps.enforcer is not None
+        assert deps.enforcer.store.path == tmp_path / "policy" / "mine.json"
+        assert isinstance(deps.topology, TopologyWatcher)
+        with pytest.raises(EngineError, match=r"absent\.sock"):
+            deps.topology.start()
+    finally:
+        deps.topology.stop()
+        deps.store.close()
+    assert isinstance(build_deps(AgentConfig(engines=[], state=None)).store, MemoryStore)
+
 
 def test_the_agent_serves_dns_on_every_bridge_gateway() -> None:
-    from dockmesh.agent import bridge_gateways
-    from dockmesh.model.topology import EngineInfo, IpamPool, Network, Topology
-
     nets = (
         Network("1", "given", "local", "bridge", ipam=(IpamPool("10.1.0.0/24", "10.1.0.254"),)),
         Network("2", "default", "local", "bridge", ipam=(IpamPool("10.2.0.0/24"),)),

@@ -37,6 +37,7 @@ from dockmesh.api.query import Blocking, Pairs
 from dockmesh.catalog.live import LiveCatalog
 from dockmesh.catalog.state import TOPIC_CHECKS, TOPIC_KV, TOPIC_SERVICES, service_topic
 from dockmesh.model.catalog import CheckState, Status
+from dockmesh.model.labels import CHECK_PREFIX
 from dockmesh.model.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ class _Api:
             # The next change of the container would drop it without a word.
             raise bad_request(
                 f"service {shown(inst.id)} comes from a container's labels:"
-                " give its checks with dockmesh.check.* labels"
+                f" give its checks with {CHECK_PREFIX}* labels"
             )
         existing = [c.spec for c in cat.checks_of(inst.id)]
         checks = consul_json.merge_checks([spec], existing, replace_existing=False)

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 
 from dockmesh.model.catalog import CheckSpec, Instance, Status
 from dockmesh.model.durations import parse_duration_ns
-from dockmesh.model.labels import Discovery, decode_discovery
+from dockmesh.model.labels import (
+    COMPOSE_PROJECT,
+    COMPOSE_SERVICE,
+    LABEL_DISCOVERY_NETWORK,
+    Discovery,
+    decode_discovery,
+)
 from dockmesh.model.topology import Container, Topology
 
 DOCKER_HEALTH: dict[str, Status] = {
@@ -43,21 +49,19 @@ def _address(c: Container, d: Discovery) -> tuple[str, str] | str:
             if a.network == d.network:
                 return a.network, a.ipv4 or ""
         on = ", ".join(a.network for a in c.attachments) or "none"
-        return f"dockmesh.network={d.network!r} is not one of its networks ({on})"
+        return f"{LABEL_DISCOVERY_NETWORK}={d.network!r} is not one of its networks ({on})"
     if len(usable) == 1:
         return usable[0].network, usable[0].ipv4 or ""
     if not usable:
         return "it has no address on any network (network_mode host or none?)"
     names = ", ".join(a.network for a in usable)
-    return f"it is on several networks ({names}): set dockmesh.network to the one to register"
+    return (
+        f"it is on several networks ({names}): set {LABEL_DISCOVERY_NETWORK} to the one to register"
+    )
 
 
 def _seconds(text: str) -> float:
     return parse_duration_ns(text) / 1e9
-
-
-COMPOSE_SERVICE = "com.docker.compose.service"
-COMPOSE_PROJECT = "com.docker.compose.project"
 
 
 def compose_discovery(c: Container) -> Discovery | None:

@@ -22,6 +22,11 @@ MAX_WAIT_S = 600.0  # Consul caps a blocking query at 10 minutes
 
 
 class LiveCatalog:
+    """The agent's one `Catalog` with the effects around it: a change that changed something
+    is saved first (API registrations and KV only: container-derived instances are rebuilt
+    from the engines), then announced to the listeners and to the blocking queries waiting
+    on its topic. Every method runs on the event loop's thread; time comes from `clock`."""
+
     def __init__(
         self,
         catalog: Catalog | None = None,

@@ -49,6 +49,13 @@ class Entry:
 
 
 class Catalog:
+    """The catalog's whole state: instances (by id and by service), their checks, the KV
+    store, and the index (see the module's theory of operation). Invariants: `index` only
+    grows, by one per change a reader could see, and each topic's index is the index of its
+    last change; `_by_service` and `_checks_by_instance` index exactly what `_instances` and
+    `_checks` hold; every mutation returns whether it changed anything. Not thread-safe: it
+    has one owner (`LiveCatalog`, on the agent's event loop)."""
+
     def __init__(self, node: str = "dockmesh") -> None:
         self.node = node
         self.index = 1

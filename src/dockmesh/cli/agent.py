@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -68,7 +69,12 @@ def register(app: typer.Typer) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
         from dockmesh.agent import AgentConfig, run_agent
+        from dockmesh.policy.store import policy_dir, table_name
 
+        try:
+            policy_table = table_name(None, os.environ.get("DOCKMESH_POLICY_TABLE"))
+        except ValueError as e:
+            raise UserError(f"$DOCKMESH_POLICY_TABLE: {e}") from None
         config = AgentConfig(
             engines=engine_refs(engine),
             api=parse_hostport(api, "--api"),
@@ -77,5 +83,7 @@ def register(app: typer.Typer) -> None:
             register_compose=register_compose,
             dns_on_gateways=not no_gateway_dns,
             gateway_dns_port=gateway_dns_port,
+            policy_dir=policy_dir(os.environ.get("DOCKMESH_POLICY_DIR")),
+            policy_table=policy_table,
         )
         run_agent(config)

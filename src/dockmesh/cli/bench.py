@@ -12,6 +12,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    finite,
     handle_errors,
     load_topology,
     out,
@@ -27,16 +28,10 @@ app = typer.Typer(
 def _default_port(dst: Container) -> int:
     """The one TCP port DST listens on beyond its loopback (from its /proc/<pid>/net/tcp*),
     else its one published or exposed port."""
-    from dockmesh.host.procnet import parse_net_sockets
+    from dockmesh.host.sockets import listening
 
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        try:
-            with open(f"/proc/{dst.pid}/net/{name}") as f:
-                text = f.read()
-        except OSError:
-            continue
-        ports |= {x.port for x in parse_net_sockets(text, "tcp") if not x.loopback_only}
+    listeners = listening(dst.pid, ("tcp", "tcp6")) if dst.pid else None
+    ports = {x.port for x in listeners or () if not x.loopback_only}
     if len(ports) == 1:
         return ports.pop()
     declared = {p.container_port for p in dst.ports if p.protocol == "tcp"}
@@ -47,7 +42,7 @@ def _default_port(dst: Container) -> int:
 
 
 def _target(engine: list[str] | None, src: str, dst: str):  # type: ignore[no-untyped-def]
-    from dockmesh.probe.latency import ProbeError, pick_target
+    from dockmesh.diagnose.latency import ProbeError, pick_target
 
     try:
         return pick_target(load_topology(engine), src, dst)
@@ -69,19 +64,23 @@ def latency(
     ] = None,
     count: Annotated[int, typer.Option("--count", min=1, max=1_000_000)] = 100,
     interval: Annotated[
-        float, typer.Option("--interval", min=0.0, max=60.0, help="Seconds between samples.")
+        float,
+        typer.Option(
+            "--interval", min=0.0, max=60.0, callback=finite, help="Seconds between samples."
+        ),
     ] = 0.0,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.01, max=60.0, help="Seconds per sample.")
+        float,
+        typer.Option("--timeout", min=0.01, max=60.0, callback=finite, help="Seconds per sample."),
     ] = 1.0,
     engine: EngineOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """COUNT samples of ICMP echo, TCP connect or HTTP GET from SRC's namespace to DST's
     address on a network they share: min/avg/p50/p95/p99/max/stddev and a histogram."""
+    from dockmesh.diagnose.latency import ProbeError, measure
+    from dockmesh.diagnose.samples import histogram, histogram_lines, summarize
     from dockmesh.host.netns import NetnsPool
-    from dockmesh.probe.latency import ProbeError, measure
-    from dockmesh.probe.stats import histogram, histogram_lines, summarize
 
     if mode not in ("icmp", "tcp", "http"):
         raise UserError("--mode: icmp, tcp or http")
@@ -133,7 +132,7 @@ def latency(
 def bandwidth(
     src: Annotated[str, typer.Argument(help="Container that sends.")],
     dst: Annotated[str, typer.Argument(help="Container that receives.")],
-    seconds: Annotated[float, typer.Option("--seconds", min=0.1, max=3600)] = 3.0,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, max=3600, callback=finite)] = 3.0,
     tool: Annotated[
         str, typer.Option("--tool", help="dockmesh (a stream from the host) or iperf3.")
     ] = "dockmesh",
@@ -142,9 +141,9 @@ def bandwidth(
 ) -> None:
     """A TCP stream from SRC's namespace to DST's for SECONDS, driven from the host (or the
     host's iperf3 run in both namespaces with --tool iperf3): bits per second."""
+    from dockmesh.diagnose.bandwidth import iperf3, stream
+    from dockmesh.diagnose.latency import ProbeError
     from dockmesh.host.netns import NetnsPool
-    from dockmesh.probe.bandwidth import iperf3, stream
-    from dockmesh.probe.latency import ProbeError
 
     if tool not in ("dockmesh", "iperf3"):
         raise UserError("--tool: dockmesh or iperf3")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from dockmesh.engine.backend import EngineBackend, EngineRef, parse_engine_refs
+from dockmesh.engine.backend import EngineBackend, EngineRef, default_url, parse_engine_refs
 from dockmesh.errors import BuildError, EngineError, Interrupted, SpecError, UsageError
 from dockmesh.projectfile.problems import visible
 
@@ -34,12 +35,29 @@ EngineOpt = Annotated[
         "(default: $DOCKER_HOST or the local socket).",
     ),
 ]
+# For the commands that act on one engine (plan, up, down, images build).
+OneEngineOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--engine",
+        help="Engine URL or NAME=URL (default: $DOCKER_HOST or the local socket).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
 
 # Bad input: exit 2 with this one-line reason.
 UserError = UsageError
 EXIT_INTERRUPTED = 130
+
+
+def finite(value: float) -> float:
+    """The callback of every float option: click reads `nan` and `inf` as floats, and they
+    pass every `min=`/`max=` (comparisons with NaN are false), so a number option given one
+    would wait for ever or fail deep inside. A usage error instead: one line, exit 2."""
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -95,8 +113,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def engine_refs(values: list[str] | None) -> list[EngineRef]:
+    """--engine's values, else $DOCKER_HOST, else the local socket."""
     try:
-        return parse_engine_refs(values or [])
+        return parse_engine_refs(values or [], default_url(os.environ.get("DOCKER_HOST")))
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -105,6 +124,14 @@ def connect(values: list[str] | None) -> list[EngineBackend]:
     from dockmesh.engine.docker import DockerBackend
 
     return [DockerBackend(r) for r in engine_refs(values)]
+
+
+def connect_one(values: list[str] | None) -> EngineBackend:
+    """The one engine of a command that acts on one (`OneEngineOpt`): a second --engine is a
+    usage error, not silently ignored."""
+    if values and len(values) > 1:
+        raise UserError(f"--engine: this command acts on one engine; {len(values)} were given")
+    return connect(values)[0]
 
 
 def load_topology(engine: list[str] | None) -> Topology:

@@ -14,6 +14,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    finite,
     handle_errors,
     load_topology,
     out,
@@ -142,7 +143,13 @@ def register(app: typer.Typer) -> None:
         container: Annotated[str, typer.Argument(help="Container name or id.")],
         timeout: Annotated[
             float,
-            typer.Option("--timeout", min=0.05, max=60.0, help="Seconds to wait for DNS and ICMP."),
+            typer.Option(
+                "--timeout",
+                min=0.05,
+                max=60.0,
+                callback=finite,
+                help="Seconds to wait for DNS and ICMP.",
+            ),
         ] = 1.0,
         engine: EngineOpt = None,
         json_out: JsonOpt = False,
@@ -151,20 +158,20 @@ def register(app: typer.Typer) -> None:
         state, networks, ports, interfaces, routes, resolv.conf, listening sockets, DNS of
         its peers through Docker's DNS, connectivity to its gateway and peers; then findings,
         each with a fix. Exits 1 when a finding is an error."""
+        from dockmesh.diagnose.doctor import gather
+        from dockmesh.diagnose.findings import findings, sections
         from dockmesh.host.netns import NetnsPool
-        from dockmesh.probe.doctor import gather
-        from dockmesh.probe.findings import findings, sections
 
         topo = load_topology(engine)
         c = topo.container(container)
         if c is None:
             raise UserError(f"no container named {container!r}")
         with NetnsPool(threads=1) as pool:
-            facts = gather(topo, c, pool, timeout)
-        found = findings(facts)
+            evidence = gather(topo, c, pool, timeout)
+        found = findings(evidence)
         doc = {
             "container": c.name,
-            "sections": sections(facts),
+            "sections": sections(evidence),
             "findings": [f.to_json() for f in found],
         }
         if json_out:

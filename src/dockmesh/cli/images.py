@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated
 
@@ -9,10 +10,10 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from dockmesh.cli.common import (
-    EngineOpt,
     JsonOpt,
+    OneEngineOpt,
     UserError,
-    connect,
+    connect_one,
     err,
     handle_errors,
     print_json,
@@ -31,7 +32,7 @@ def build(
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild even if inputs are unchanged.")
     ] = False,
-    engine: EngineOpt = None,
+    engine: OneEngineOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build dockmesh/toolbox and dockmesh/python; skip those whose inputs did not change."""
@@ -39,7 +40,7 @@ def build(
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
         raise UserError(f"unknown image {unknown[0]!r} (known: {', '.join(BUILDERS)})")
-    client = connect(engine)[0]
+    client = connect_one(engine)
     results: list[BuildResult] = []
     with Progress(
         SpinnerColumn(),
@@ -55,7 +56,7 @@ def build(
             def say(msg: str, task: TaskID = task, name: str = name) -> None:
                 progress.update(task, description=f"{name}: {msg}")
 
-            r = BUILDERS[name](client, say, force)
+            r = BUILDERS[name](client, say, force, os.environ.get("DOCKMESH_BUILD_DIR"))
             results.append(BuildResult(r.image, r.built, r.inputs, time.monotonic() - started))
             progress.remove_task(task)
             if not json_out:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -58,28 +58,6 @@ def options(
     logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
-def _finite_floats() -> None:
-    """Click reads `nan` and `inf` as floats, and they pass every `min=`/`max=` (comparisons
-    with NaN are false): a number option given one waits for ever or fails deep inside. Every
-    float option of this command line takes finite numbers only."""
-    import math
-
-    from typer._click import types  # typer carries its own click
-
-    original = types.FloatParamType.convert
-    if getattr(original, "_dockmesh_finite", False):
-        return
-
-    def convert(self: types.FloatParamType, value: Any, param: Any, ctx: Any) -> Any:
-        rv = original(self, value, param, ctx)
-        if isinstance(rv, float) and not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return rv
-
-    convert._dockmesh_finite = True  # type: ignore[attr-defined]
-    types.FloatParamType.convert = convert  # type: ignore[method-assign,assignment]
-
-
 def main() -> None:
     """Runs the command line; a usage error (a bad flag, a value out of range, a missing
     argument) is one line on stderr and exit 2, as every other bad input."""
@@ -87,7 +65,6 @@ def main() -> None:
 
     from typer._click import exceptions as click_errors  # typer carries its own click
 
-    _finite_floats()
     try:
         rv = app(prog_name="dockmesh", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as e:  # `dockmesh` alone: the help

@@ -15,6 +15,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    finite,
     handle_errors,
     load_topology,
     out,
@@ -132,7 +133,12 @@ def register(app: typer.Typer) -> None:
         interval: Annotated[
             float,
             typer.Option(
-                "--interval", "-n", min=0.1, max=3600.0, help="Seconds between refreshes."
+                "--interval",
+                "-n",
+                min=0.1,
+                max=3600.0,
+                callback=finite,
+                help="Seconds between refreshes.",
             ),
         ] = 1.0,
         sort: Annotated[
@@ -211,7 +217,13 @@ def register(app: typer.Typer) -> None:
     def report(
         duration: Annotated[
             float,
-            typer.Option("--duration", min=0.0, max=86400.0, help="Seconds of traffic to measure."),
+            typer.Option(
+                "--duration",
+                min=0.0,
+                max=86400.0,
+                callback=finite,
+                help="Seconds of traffic to measure.",
+            ),
         ] = 5.0,
         engine: EngineOpt = None,
         json_out: JsonOpt = False,

@@ -1,5 +1,5 @@
 """`dockmesh report`: counters over a duration, the flows seen, and a connectivity round,
-composed here because they come from two packages (observe and probe) that do not import
+composed here because they come from two packages (observe and diagnose) that do not import
 each other."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def gather_report(topo: Topology, duration_s: float) -> dict[str, object]:
         by_source.setdefault(p.src.id, []).append(p.address)
         if p.src.pid:
             pids[p.src.id] = p.src.pid
-    from dockmesh.probe.latency import ping_many
+    from dockmesh.diagnose.latency import ping_many
 
     with NetnsPool(threads=2) as pool:
         for cid, addresses in by_source.items():

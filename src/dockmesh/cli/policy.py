@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path as FsPath
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -28,6 +29,9 @@ from dockmesh.model.policy import (
     policy_file_section,
 )
 from dockmesh.model.topology import Topology
+
+if TYPE_CHECKING:
+    from dockmesh.policy.store import PolicyStore
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +126,16 @@ def register(app: typer.Typer) -> None:
         """Applies a policy in one atomic nftables transaction and records it for the agent."""
         from dockmesh.policy.compile import MODES
         from dockmesh.policy.enforce import Enforcer
-        from dockmesh.policy.store import Applied, PolicyStore, table_name
+        from dockmesh.policy.store import Applied
 
         if mode not in MODES:
             raise UserError(f"--mode {mode!r}: enforce or audit")
         name = _table(table)
         policy, _ = read_policy_file(file)
         topo = load_topology(engine)
-        enforcer = Enforcer(PolicyStore(name))
+        enforcer = Enforcer(policy_store(name))
         applied = Applied(
-            table_name(name),
+            name,
             "audit" if mode == "audit" else "enforce",
             policy,
             str(FsPath(file).resolve()),
@@ -178,21 +182,28 @@ def register(app: typer.Typer) -> None:
     def remove(table: TableOpt = None) -> None:
         """Removes the table (and nothing else) and the recorded policy."""
         from dockmesh.policy.enforce import Enforcer
-        from dockmesh.policy.store import PolicyStore
 
         name = _table(table)
-        removed = _nft_errors(lambda: Enforcer(PolicyStore(name)).remove())
+        removed = _nft_errors(lambda: Enforcer(policy_store(name)).remove())
         msg = f"removed table inet {name}" if removed else f"no policy applied (table inet {name})"
         out.print(msg, markup=False, highlight=False)
 
 
 def _table(given: str | None) -> str:
+    """--table, else $DOCKMESH_POLICY_TABLE, else `dockmesh`."""
     from dockmesh.policy.store import table_name
 
     try:
-        return table_name(given)
+        return table_name(given, os.environ.get("DOCKMESH_POLICY_TABLE"))
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def policy_store(table: str) -> PolicyStore:
+    """The applied policy of `table`, kept in $DOCKMESH_POLICY_DIR (else the default)."""
+    from dockmesh.policy.store import PolicyStore, policy_dir
+
+    return PolicyStore(table, policy_dir(os.environ.get("DOCKMESH_POLICY_DIR")))
 
 
 def _nft_errors(fn: Any) -> Any:
@@ -211,10 +222,9 @@ def applied_policy(table: str) -> tuple[Policy | None, str]:
     """The policy in force on `table`, and a sentence about it: None when none is applied or
     its table is gone from the kernel."""
     from dockmesh.policy.nft import ForeignTable, Nft, NftError, is_ours
-    from dockmesh.policy.store import PolicyStore
 
     try:
-        applied = PolicyStore(table).load()
+        applied = policy_store(table).load()
     except ValueError as e:
         return None, f"the recorded policy is unreadable ({e})"
     if applied is None:
@@ -237,10 +247,9 @@ def policy_staleness(table: str, topo: Topology) -> str:
     when there is nothing to compare): the same comparison as `policy show`'s in_sync."""
     from dockmesh.policy.compile import compile_policy
     from dockmesh.policy.nft import Nft, NftError, is_ours, parse_live
-    from dockmesh.policy.store import PolicyStore
 
     try:
-        applied = PolicyStore(table).load()
+        applied = policy_store(table).load()
         doc = Nft().list_table(table) if applied is not None else None
     except (ValueError, NftError):
         return ""
@@ -259,10 +268,9 @@ def policy_staleness(table: str, topo: Topology) -> str:
 def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     from dockmesh.policy.compile import compile_policy
     from dockmesh.policy.nft import ForeignTable, Nft, is_ours, parse_live
-    from dockmesh.policy.store import PolicyStore
 
     try:
-        applied = PolicyStore(table).load()
+        applied = policy_store(table).load()
     except ValueError as e:
         raise UserError(str(e)) from None
     live_doc = _nft_errors(lambda: Nft().list_table(table))

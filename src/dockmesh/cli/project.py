@@ -13,9 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dockmesh.cli.common import (
     EXIT_CHANGES,
-    EngineOpt,
     JsonOpt,
-    connect,
+    OneEngineOpt,
+    connect_one,
     err,
     handle_errors,
     out,
@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def plan_cmd(
         file: FileArg,
-        engine: EngineOpt = None,
+        engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
         exit_code: Annotated[
             bool, typer.Option("--exit-code", help="Exit 3 when there are changes.")
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
         from dockmesh.ops.project import connect_for, load, plan_loaded
 
         loaded = load(file)  # a file wrong without the engine's help stops here
-        plan = plan_loaded(loaded, connect_for(loaded, lambda: connect(engine)[0]))
+        plan = plan_loaded(loaded, connect_for(loaded, lambda: connect_one(engine)))
         if json_out:
             print_json(plan.to_json())
         elif plan.empty:
@@ -141,12 +141,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("up")
     @handle_errors
-    def up(file: FileArg, engine: EngineOpt = None, json_out: JsonOpt = False) -> None:
+    def up(file: FileArg, engine: OneEngineOpt = None, json_out: JsonOpt = False) -> None:
         """Create or replace what the file describes; leave what matches alone."""
         from dockmesh.ops.project import connect_for, load, up
 
         loaded = load(file)  # a file wrong without the engine's help stops here
-        backend = connect_for(loaded, lambda: connect(engine)[0])
+        backend = connect_for(loaded, lambda: connect_one(engine))
         outcome: Outcome
         with _stop_on_sigint() as should_stop, _progress("up") as progress:
             outcome = up(loaded, backend, progress, should_stop, _say)
@@ -166,14 +166,14 @@ def register(app: typer.Typer) -> None:
         project: Annotated[
             str | None, typer.Option("--project", "-p", help="The project to remove.")
         ] = None,
-        engine: EngineOpt = None,
+        engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Remove every container and network of the project."""
         from dockmesh.ops.project import down, resolve_project
 
         name = resolve_project(file, project)
-        backend = connect(engine)[0]
+        backend = connect_one(engine)
         with _stop_on_sigint() as should_stop, _progress("down") as progress:
             outcome = down(
                 name, backend, progress, should_stop, _say, must_exist=project is not None

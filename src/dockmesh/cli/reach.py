@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,6 +16,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    finite,
     handle_errors,
     load_topology,
     out,
@@ -30,13 +32,16 @@ from dockmesh.model.policy import PortRange, Selector, parse_selector_arg
 
 if TYPE_CHECKING:
     from dockmesh.model.topology import Container, Topology
-    from dockmesh.policy.reach import Analysis, Facts
+    from dockmesh.policy.reach import Analysis, Observations
 
 PortOpt = Annotated[
     str | None, typer.Option("--port", help="PORT[/tcp|udp], e.g. 8080/tcp (default: ping).")
 ]
 TimeoutOpt = Annotated[
-    float, typer.Option("--timeout", help="Seconds a probe waits for an answer.", min=0.05)
+    float,
+    typer.Option(
+        "--timeout", help="Seconds a probe waits for an answer.", min=0.05, callback=finite
+    ),
 ]
 
 
@@ -51,14 +56,14 @@ def _port(text: str | None) -> PortRange | None:
     return p
 
 
-def _facts_for(dst: Container | None, port: PortRange | None, note: str) -> Facts:
-    from dockmesh.policy.gather import listening
-    from dockmesh.policy.reach import Facts
+def _observations_for(dst: Container | None, port: PortRange | None, note: str) -> Observations:
+    from dockmesh.host.sockets import listening
+    from dockmesh.policy.reach import Observations
 
     listens = None
     if dst is not None and dst.pid and port is not None and port.protocol in ("tcp", "udp"):
         listens = listening(dst.pid)
-    return Facts(listening=listens, policy_note=note)
+    return Observations(listening=listens, policy_note=note)
 
 
 def register(app: typer.Typer) -> None:
@@ -81,8 +86,8 @@ def register(app: typer.Typer) -> None:
         live probe. Exits 0 when reachable, 1 when not (or when the probe fails)."""
         from dataclasses import replace
 
-        from dockmesh.host.netns import NetnsPool
-        from dockmesh.policy.gather import resolve
+        from dockmesh.host.dockerdns import resolve_in
+        from dockmesh.host.netns import NetnsError, NetnsPool
         from dockmesh.policy.reach import HOST, analyze
 
         p = _port(port)
@@ -94,17 +99,19 @@ def register(app: typer.Typer) -> None:
             raise UserError("DST is a container (SRC may be 'host')")
         policy, note = applied_policy(_table(table))
         dcont = topo.container(dst)
-        facts = _facts_for(dcont, p, note)
+        observations = _observations_for(dcont, p, note)
         if policy is not None:
-            facts = replace(facts, policy_stale=policy_staleness(_table(table), topo))
+            observations = replace(observations, policy_stale=policy_staleness(_table(table), topo))
         scont = topo.container(src) if src != HOST else None
         result: dict[str, Any] | None = None
         with NetnsPool(threads=2) as pool:
             if probe and scont is not None and scont.running and scont.pid and dcont:
-                names = [dcont.name]
-                resolved = {n: resolve(pool, scont.pid, n, timeout) for n in names}
-                facts = replace(facts, resolved=resolved)
-            analysis = analyze(topo, policy, src, dst, p, facts)
+                # Not asked (the namespace could not be entered) is not "no answer".
+                with contextlib.suppress(NetnsError, OSError):
+                    answers = resolve_in(pool, scont.pid, [dcont.name], timeout)
+                    resolved = {r.name: list(r.addresses or ()) for r in answers}
+                    observations = replace(observations, resolved=resolved)
+            analysis = analyze(topo, policy, src, dst, p, observations)
             if probe:
                 result = _probe_one(pool, topo, analysis, scont, dcont, p, timeout)
         doc = analysis.to_json()
@@ -208,11 +215,11 @@ def _matrix(
     port: PortRange | None,
     timeout: float,
 ) -> list[dict[str, Any]]:
+    from dockmesh.diagnose.sweep import Probe, sweep_confirmed
     from dockmesh.host.netns import NetnsPool
     from dockmesh.policy.reach import analyze
-    from dockmesh.policy.sweep import Probe, sweep_confirmed
 
-    facts = {c.name: _facts_for(c, port, note) for c in chosen}
+    observations = {c.name: _observations_for(c, port, note) for c in chosen}
     analyses: dict[Hashable, Analysis] = {}
     probes: list[Probe] = []
     tcp = port is not None and port.protocol == "tcp"
@@ -220,7 +227,7 @@ def _matrix(
         for d in chosen:
             if s is d:
                 continue
-            a = analyze(topo, policy, s.name, d.name, port, facts[d.name], with_dns=False)
+            a = analyze(topo, policy, s.name, d.name, port, observations[d.name], with_dns=False)
             address = a.address or next(x.ipv4 for x in d.attachments if x.ipv4)
             if address is None or ":" in address:
                 continue
@@ -261,7 +268,7 @@ def _probe_one(
     port: PortRange | None,
     timeout: float,
 ) -> dict[str, Any]:
-    from dockmesh.policy.sweep import Probe, sweep
+    from dockmesh.diagnose.sweep import Probe, sweep
 
     address = analysis.address
     if address is None and dst is not None:

@@ -121,7 +121,7 @@ def _flow_node(topo: Topology, kind: str, name: str) -> str | None:
 
 
 def _flow_edges(topo: Topology, flows: Sequence[Edge]) -> list[str]:
-    """Conntrack flows (issue 9) as dashed arrows with their port and bytes. The graph is
+    """Conntrack flows (who talked to whom) as dashed arrows with their port and bytes. The graph is
     undirected, so the direction is drawn (dir=forward) rather than declared."""
     lines = []
     for e in flows:

@@ -11,13 +11,12 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
-    connect,
     handle_errors,
+    load_topology,
     out,
     print_json,
 )
 from dockmesh.cli.render import topology_dot, topology_tree
-from dockmesh.model.topology import build_topology
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +39,12 @@ def register(app: typer.Typer) -> None:
             raise UserError("--json and --dot: choose one")
         if flows and not dot:
             raise UserError("--flows draws on the graph: use it with --dot")
-        topo = None
-        if not engine:
-            from dockmesh.agentclient import agent_topology
-
-            topo = agent_topology()
-        if topo is None:
-            clients = connect(engine)
-            topo = build_topology([c.snapshot() for c in clients], version=1)
+        topo = load_topology(engine)
         if json_out:
             print_json(topo.to_json())
         elif dot:
             edges = []
-            if flows:  # issue 9: who talks to whom, from the kernel's conntrack table
+            if flows:  # who talks to whom, from the kernel's conntrack table
                 from dockmesh.observe.conntrack import dump
                 from dockmesh.observe.flows import aggregate
 

@@ -21,8 +21,10 @@ from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
 DEFAULT_URL = "unix:///var/run/docker.sock"
 
 
-def default_url() -> str:
-    return os.environ.get("DOCKER_HOST") or DEFAULT_URL
+def default_url(docker_host: str | None) -> str:
+    """The engine to use when none is named: `docker_host` (the caller's $DOCKER_HOST, as
+    Docker's own client reads it), else the local socket."""
+    return docker_host or DEFAULT_URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +33,11 @@ class EngineRef:
     url: str
 
 
-def parse_engine_refs(values: Sequence[str]) -> list[EngineRef]:
-    """`--engine` values: `URL` or `NAME=URL`. The first unnamed engine is `local`; others are
-    named after their socket file or host."""
+def parse_engine_refs(values: Sequence[str], default: str) -> list[EngineRef]:
+    """`--engine` values: `URL` or `NAME=URL`; none: the `default` URL. The first unnamed
+    engine is `local`; others are named after their socket file or host."""
     refs: list[EngineRef] = []
-    for v in values or [default_url()]:
+    for v in values or [default]:
         name, sep, url = v.partition("=")
         if not sep or "://" in name:
             name, url = "", v
@@ -47,7 +49,10 @@ def parse_engine_refs(values: Sequence[str]) -> list[EngineRef]:
         if not name:
             name = "local" if not refs else _name_from_url(url)
         if any(r.name == name for r in refs):
-            name = f"{name}-{len(refs) + 1}"
+            n = len(refs) + 1
+            while any(r.name == f"{name}-{n}" for r in refs):  # `a-3=…, a=…, a=…`
+                n += 1
+            name = f"{name}-{n}"
         refs.append(EngineRef(name, url))
     return refs
 

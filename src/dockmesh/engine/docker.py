@@ -102,18 +102,35 @@ class DockerEvents:
 
 
 class DockerBackend:
-    """A connection to one engine (docker-py's low-level API client)."""
+    """A connection to one engine (docker-py's low-level API client).
+
+    Making one does not reach the engine: the client connects on first use (docker-py asks
+    the engine its API version as it is made), so a backend can be made while the engine is
+    down — the agent starts that way and retries — and the first call reports the engine's
+    absence as EngineError, as every later call would."""
 
     def __init__(self, ref: EngineRef, timeout: float = 30.0) -> None:
         self.ref = ref
-        with _mapped(ref, f"engine {ref.name}"):
-            self._api: Any = docker.APIClient(
-                base_url=ref.url,
-                version="auto",
-                timeout=timeout,
-                max_pool_size=_INSPECT_WORKERS + 2,
-            )
+        self._timeout = timeout
+        self._client: Any = None
+        self._connecting = threading.Lock()
         self._info: EngineInfo | None = None
+
+    @property
+    def _api(self) -> Any:
+        client = self._client
+        if client is None:
+            with self._connecting:
+                if self._client is None:
+                    with _mapped(self.ref, f"engine {self.ref.name}"):
+                        self._client = docker.APIClient(
+                            base_url=self.ref.url,
+                            version="auto",
+                            timeout=self._timeout,
+                            max_pool_size=_INSPECT_WORKERS + 2,
+                        )
+                client = self._client
+        return client
 
     def _m(self, what: str) -> contextlib.AbstractContextManager[None]:
         return _mapped(self.ref, what)
@@ -174,7 +191,8 @@ class DockerBackend:
         return DockerEvents(raw, self.ref)
 
     def close(self) -> None:
-        self._api.close()
+        if self._client is not None:
+            self._client.close()
 
     # --- networks ------------------------------------------------------------------------
 

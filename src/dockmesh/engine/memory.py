@@ -1,8 +1,9 @@
 """An engine in memory, behind the same `EngineBackend` interface as the real one.
 
 It keeps Docker's semantics where dockmesh's logic depends on them, and emits the events
-Docker would, in Docker's shape, so that apply, facts, the watcher (and later the catalog and
-the policy enforcer) are tested without a daemon and driven by hypothesis:
+Docker would, in Docker's shape, so that apply, the engine's context for validation, the
+watcher (and later the catalog and the policy enforcer) are tested without a daemon and
+driven by hypothesis:
 
 - names are unique (a second create with the same name is `EngineConflict`); objects are
   found by name, id, or a unique id prefix;
@@ -36,6 +37,7 @@ from dockmesh.model.config import (
     IpamConfig,
     NetworkConfig,
 )
+from dockmesh.model.ipam import first_free
 from dockmesh.model.topology import (
     Attachment,
     Container,
@@ -325,14 +327,11 @@ class MemoryEngine:
                     )
             if p.gateway is None and config.driver == "bridge" and net.num_addresses < 4:
                 raise EngineError(f"no available address for the gateway in {p.subnet}")
-            # With no gateway named, the engine takes the first host of ip_range (else of
-            # the subnet) for it.
-            first_of = ipaddress.ip_network(p.ip_range) if p.ip_range else net
-            gw = p.gateway or (
-                str(max(first_of.network_address, net.network_address + 1))
-                if net.num_addresses > 2
-                else None
-            )
+            # With no gateway named, the engine takes the first address it hands out from
+            # ip_range (else from the subnet) for it.
+            dynamic = ipaddress.ip_network(p.ip_range) if p.ip_range else net
+            first = first_free(net, dynamic)
+            gw = p.gateway or (None if first is None else str(first))
             pools.append(IpamPool(str(net), gw, p.ip_range, dict(p.aux_addresses)))
             taken.append(net)
         return tuple(pools)

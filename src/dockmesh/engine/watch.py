@@ -52,6 +52,11 @@ class _Subscription:
 
 
 class TopologyWatcher:
+    """The live topology of a set of engines, as the module describes: `start()` reads a
+    snapshot of each and follows their events until `stop()`. `topology` is always a frozen
+    `Topology` whose version only grows; every listener hears every version, in order, one
+    call at a time and never under the watcher's lock. Thread-safe."""
+
     def __init__(
         self,
         engines: Sequence[EngineRef | EngineSource],

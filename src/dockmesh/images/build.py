@@ -152,7 +152,9 @@ def toolbox_tar(busybox: str = BUSYBOX) -> tuple[bytes, str]:
     return buf.getvalue(), inputs
 
 
-def build_toolbox(client: EngineBackend, say: Say, force: bool = False) -> BuildResult:
+def build_toolbox(
+    client: EngineBackend, say: Say, force: bool = False, work_dir: str | None = None
+) -> BuildResult:
     if not os.path.exists(BUSYBOX):
         raise BuildError(f"{BUSYBOX} is missing: apt-get install busybox-static")
     data, inputs = toolbox_tar()
@@ -202,8 +204,8 @@ def _tree_hash(root: Path) -> str:
 
 
 @contextmanager
-def _tmpdir(prefix: str) -> Iterator[Path]:
-    d = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("DOCKMESH_BUILD_DIR"))
+def _tmpdir(prefix: str, work_dir: str | None) -> Iterator[Path]:
+    d = tempfile.mkdtemp(prefix=prefix, dir=work_dir)
     try:
         yield Path(d)
     finally:
@@ -217,7 +219,7 @@ def _run(cmd: list[str], what: str) -> None:
         raise BuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _ensure_base(client: EngineBackend, say: Say) -> str:
+def _ensure_base(client: EngineBackend, say: Say, work_dir: str | None) -> str:
     mirror, suite = machine_mirror()
     arch = platform.machine()
     key = _sha(
@@ -232,7 +234,7 @@ def _ensure_base(client: EngineBackend, say: Say) -> str:
         return ref
     if shutil.which("debootstrap") is None:
         raise BuildError("debootstrap is missing: apt-get install debootstrap")
-    with _tmpdir("dockmesh-rootfs-") as tmp:
+    with _tmpdir("dockmesh-rootfs-", work_dir) as tmp:
         root = tmp / "root"
         say(f"debootstrap {suite} from the machine's mirror (about a minute)")
         _run(
@@ -293,17 +295,19 @@ def _base_python(client: EngineBackend, base: str) -> str:
     return f"{major}.{minor}"
 
 
-def build_python(client: EngineBackend, say: Say, force: bool = False) -> BuildResult:
+def build_python(
+    client: EngineBackend, say: Say, force: bool = False, work_dir: str | None = None
+) -> BuildResult:
     root = project_root()
     if root is None:
         raise BuildError("dockmesh/python is built from a source checkout (pip install -e .)")
-    base = _ensure_base(client, say)
+    base = _ensure_base(client, say, work_dir)
     inputs = _sha(RECIPE_VERSION.encode(), base.encode(), _tree_hash(root).encode())[:32]
     if not force and _image_label(client, PYTHON) == inputs:
         return BuildResult(PYTHON, False, inputs)
     old = _image_id(client, PYTHON)
     pyver = _base_python(client, base)
-    with _tmpdir("dockmesh-py-") as tmp:
+    with _tmpdir("dockmesh-py-", work_dir) as tmp:
         wheels = tmp / "wheels"
         say("building the dockmesh wheel")
         _run(
@@ -372,7 +376,9 @@ def build_python(client: EngineBackend, say: Say, force: bool = False) -> BuildR
     return BuildResult(PYTHON, True, inputs)
 
 
-BUILDERS: dict[str, Callable[[EngineBackend, Say, bool], BuildResult]] = {
+# Each builder: (engine, progress callback, force, the folder for temporary root file systems
+# (None: the system's temporary folder)).
+BUILDERS: dict[str, Callable[[EngineBackend, Say, bool, str | None], BuildResult]] = {
     "toolbox": build_toolbox,
     "python": build_python,
 }

@@ -4,8 +4,9 @@ with messages that say what is wrong."""
 from __future__ import annotations
 
 import ipaddress
-import random
+from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Protocol
 
 IPNetwork = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
@@ -13,6 +14,13 @@ IPAddress = IPv4Address | IPv6Address
 
 class IpamError(ValueError):
     pass
+
+
+class Rng(Protocol):
+    """What `pick_free_subnets` draws from (a `random.Random`): randomness is given, so that
+    the model imports no source of it."""
+
+    def randrange(self, stop: int, /) -> int: ...
 
 
 def parse_subnet(text: str) -> IPNetwork:
@@ -60,9 +68,26 @@ def host_problem(addr: IPAddress, net: IPNetwork, what: str) -> str | None:
     return None
 
 
-def default_gateway(net: IPNetwork) -> IPAddress:
-    """The address Docker's default IPAM gives the gateway: the first host address."""
-    return net.network_address + 1
+def never_handed_out(subnet: IPNetwork) -> frozenset[IPAddress]:
+    """The addresses of `subnet` Docker's default IPAM keeps for itself: the network address,
+    and in IPv4 the broadcast address (a /31 or /32 has none left to hand out)."""
+    if subnet.version == 4:
+        return frozenset({subnet.network_address, subnet.broadcast_address})
+    return frozenset({subnet.network_address})
+
+
+def first_free(
+    subnet: IPNetwork, pool: IPNetwork, taken: Iterable[IPAddress] = ()
+) -> IPAddress | None:
+    """The lowest address of `pool` (the `ip_range`, else the subnet itself) the engine would
+    hand out, or None when there is none. With nothing taken yet, where Docker puts a
+    network's gateway when none was asked for (`projectfile.pools` has the whole story)."""
+    skip = {int(a) for a in never_handed_out(subnet) | set(taken)}
+    first, last = int(pool.network_address), int(pool.broadcast_address)
+    n = first
+    while n <= last and n in skip:  # at most len(skip) steps
+        n += 1
+    return pool.network_address + (n - first) if n <= last else None
 
 
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
@@ -72,7 +97,7 @@ def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
 def pick_free_subnets(
     taken: list[IPNetwork],
     count: int,
-    rng: random.Random,
+    rng: Rng,
     pool: IPv4Network = IPv4Network("10.128.0.0/9"),
     prefix: int = 24,
 ) -> list[IPv4Network]:

@@ -1,11 +1,14 @@
-"""Every `dockmesh.*` label, and the codecs that write and read them.
+"""Every `dockmesh.*` label (and the Compose labels that mean the same), and the codecs that
+write and read them. No other module spells a label key: they name these constants.
 
-Two families:
+Three families:
 - what `up` stamps on what it creates (project, service, replica, the configuration's hash and
   the configuration itself), so that a later plan compares like with like and an object can be
   re-created from its own labels;
 - the discovery labels (INTERFACE.md "Agent and discovery"), written by a topology file's
-  `discovery:` or by hand on any container, and read by the catalog.
+  `discovery:` or by hand on any container, and read by the catalog;
+- Docker Compose's project and service labels, read wherever a container's project or
+  service is asked for (`project_of`, `service_of`), so Compose's containers are named too.
 
 Labels are user input (anyone can label a container): decoding never raises, it returns the
 problems it found.
@@ -22,6 +25,8 @@ from dockmesh.model.canonical import canonical_json
 from dockmesh.model.durations import parse_duration_ns
 
 LABEL_PROJECT = "dockmesh.project"
+# Every label `up` stamps but the project starts with this: a file may not set them itself.
+STAMP_PREFIX = "dockmesh.spec."
 LABEL_SERVICE = "dockmesh.spec.service"
 LABEL_REPLICA = "dockmesh.spec.replica"
 LABEL_HASH = "dockmesh.spec.hash"
@@ -34,10 +39,15 @@ LABEL_DISCOVERY_PORT = "dockmesh.port"
 LABEL_DISCOVERY_TAGS = "dockmesh.tags"
 LABEL_DISCOVERY_WEIGHT = "dockmesh.weight"
 LABEL_DISCOVERY_NETWORK = "dockmesh.network"
+CHECK_PREFIX = "dockmesh.check."  # every check label starts with it
 LABEL_CHECK_HTTP = "dockmesh.check.http"
 LABEL_CHECK_TCP = "dockmesh.check.tcp"
 LABEL_CHECK_INTERVAL = "dockmesh.check.interval"
 LABEL_CHECK_TIMEOUT = "dockmesh.check.timeout"
+
+# Docker Compose's.
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
 
 DISCOVERY_LABELS = (
     LABEL_DISCOVERY_SERVICE,
@@ -52,6 +62,27 @@ DISCOVERY_LABELS = (
 )
 # What `up` stamps; the rest of an object's labels is its configuration's.
 STAMP_LABELS = (LABEL_HASH, LABEL_CONFIG)
+
+# A container's project, and its service, is named by any of these, first found first: a
+# dockmesh project's label, then Compose's; for the service the catalog's name comes first.
+PROJECT_LABELS = (LABEL_PROJECT, COMPOSE_PROJECT)
+SERVICE_LABELS = (LABEL_DISCOVERY_SERVICE, LABEL_SERVICE, COMPOSE_SERVICE)
+
+
+def _first(labels: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
+    return next((labels[k] for k in keys if labels.get(k)), None)
+
+
+def project_of(labels: Mapping[str, str]) -> str | None:
+    """The project a container (or network) belongs to: dockmesh's label, else Compose's;
+    None when neither is set (an empty value is not a project)."""
+    return _first(labels, PROJECT_LABELS)
+
+
+def service_of(labels: Mapping[str, str]) -> str | None:
+    """The service a container belongs to: the catalog's name (`dockmesh.service`), else the
+    one `up` stamped, else Compose's; None when none is set."""
+    return _first(labels, SERVICE_LABELS)
 
 
 # --- the stamp --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dockmesh.model.labels import PROJECT_LABELS, SERVICE_LABELS
 from dockmesh.model.topology import Container
 
 Verdict = Literal["allow", "deny"]
@@ -34,10 +35,6 @@ PathProblem = tuple[Path, str]
 SELECTOR_KINDS = ("service", "container", "network", "label", "project")
 PROTOCOLS = ("tcp", "udp", "sctp", "icmp")
 PORTED = ("tcp", "udp", "sctp")
-
-# A service is named by any of these labels: the catalog's, a dockmesh project's, compose's.
-SERVICE_LABELS = ("dockmesh.service", "dockmesh.spec.service", "com.docker.compose.service")
-PROJECT_LABELS = ("dockmesh.project", "com.docker.compose.project")
 
 _PORT = re.compile(r"(?P<first>[0-9]{1,5})(?:-(?P<last>[0-9]{1,5}))?(?:/(?P<proto>[a-z]+))?")
 _LABEL_KEY = re.compile(r"[^=\s]+")
@@ -85,6 +82,7 @@ class Selector:
         address, by the caller)."""
         if self.container is not None and c.name != self.container:
             return False
+        # Any of the labels that name a project (or a service) may carry the one asked for.
         if self.project is not None and not any(
             c.labels.get(k) == self.project for k in PROJECT_LABELS
         ):

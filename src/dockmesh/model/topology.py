@@ -10,10 +10,13 @@ Nothing here does I/O; `dockmesh.engine` fills these from the Docker API.
 
 from __future__ import annotations
 
+import ipaddress
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
+
+from dockmesh.model.ipam import IPNetwork, first_free
 
 JSON = dict[str, Any]
 
@@ -30,10 +33,43 @@ class EngineInfo:
 
 @dataclass(frozen=True, slots=True)
 class IpamPool:
+    """One subnet of a network, as the engine reports it: `gateway` only when one was asked
+    for (or the engine chose the subnet too), so ask `effective_gateway()` for the address a
+    container's route actually points at."""
+
     subnet: str
     gateway: str | None = None
     ip_range: str | None = None
     aux_addresses: Mapping[str, str] = field(default_factory=dict)
+
+    def network(self) -> IPNetwork | None:
+        """The subnet as a value; None when the engine's text is not one."""
+        try:
+            return ipaddress.ip_network(self.subnet, strict=False)
+        except ValueError:
+            return None
+
+    def effective_gateway(self) -> str | None:
+        """The pool's gateway: the one the engine reports, else the one Docker's IPAM took
+        when none was asked for — the lowest address it hands out from the dynamic pool
+        (`ip_range` when set, else the subnet; `dockmesh.model.ipam.first_free`). Canonical
+        text; None when the engine's values cannot be read."""
+        if self.gateway:
+            try:  # some engines write it with its prefix length
+                return str(ipaddress.ip_address(self.gateway.split("/")[0]))
+            except ValueError:
+                return None
+        subnet = self.network()
+        if subnet is None:
+            return None
+        try:
+            pool = ipaddress.ip_network(self.ip_range, strict=False) if self.ip_range else subnet
+        except ValueError:
+            return None
+        if pool.version != subnet.version:
+            return None
+        gateway = first_free(subnet, pool)
+        return None if gateway is None else str(gateway)
 
     def to_json(self) -> JSON:
         return {
@@ -46,6 +82,12 @@ class IpamPool:
 
 @dataclass(frozen=True, slots=True)
 class Network:
+    """A network as its engine reports it; a swarm overlay is one `Network` however many
+    engines see it (`engines`). `id` is the engine's and unique in a topology; names are not
+    (two engines may each have a local `backend`). Its subnets are `ipam`, one pool each, with
+    only what the engine reports; its gateway is `gateway()`. Its endpoints are derived from
+    the containers (`Topology.endpoints_of`), never stored here."""
+
     id: str
     name: str
     engine: str
@@ -63,6 +105,20 @@ class Network:
     @property
     def is_multi_host(self) -> bool:
         return self.scope == "swarm"
+
+    def pool(self, version: int = 4) -> IpamPool | None:
+        """The network's first pool of this IP version (a bridge has one of each at most)."""
+        for p in self.ipam:
+            net = p.network()
+            if net is not None and net.version == version:
+                return p
+        return None
+
+    def gateway(self, version: int = 4) -> str | None:
+        """The gateway of that pool (`IpamPool.effective_gateway`); on a local bridge, an
+        address the host holds on the bridge, reachable from every container on it."""
+        p = self.pool(version)
+        return None if p is None else p.effective_gateway()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +152,11 @@ class PortBinding:
 
 @dataclass(frozen=True, slots=True)
 class Container:
+    """A container as its engine reports it. `attachments` holds its endpoint on each network
+    it is on (the one place endpoints are stored); `pid` is set only while it runs, and is
+    how the host reaches its namespaces; `labels` are anyone's input, read through
+    `dockmesh.model.labels`."""
+
     id: str
     name: str
     engine: str
@@ -147,8 +208,10 @@ class Endpoint:
         }
 
 
+# Docker's embedded DNS: inside every container on a user-defined network, at this address.
+DOCKER_DNS = "127.0.0.11"
 # Networks on which Docker's embedded DNS does not answer for container names and aliases.
-_NO_DNS_NETWORKS = frozenset({"bridge", "host", "none"})
+NO_DNS_NETWORKS = frozenset({"bridge", "host", "none"})
 # Below this many characters an id prefix is too likely to be ambiguous to accept.
 _MIN_ID_PREFIX = 6
 
@@ -354,7 +417,7 @@ class _TopologyIndex:
         self._endpoints: dict[tuple[str, bool], tuple[Endpoint, ...]] = {}
 
     def endpoints_of(self, network: Network) -> tuple[Endpoint, ...]:
-        key = (network.id, network.name not in _NO_DNS_NETWORKS)
+        key = (network.id, network.name not in NO_DNS_NETWORKS)
         eps = self._endpoints.get(key)
         if eps is None:
             eps = self._endpoints.setdefault(key, self._make_endpoints(*key))

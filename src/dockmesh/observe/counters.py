@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dockmesh.host.procnet import IfaceCounters, Route
+from dockmesh.codecs.procnet import IfaceCounters, Route
 from dockmesh.model.topology import Container, Topology
 
 LOOPBACK = "lo"

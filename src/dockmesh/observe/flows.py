@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dockmesh.model.topology import Container, Topology
+from dockmesh.model.labels import service_of
+from dockmesh.model.topology import Topology
 
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
-_SERVICE_LABELS = ("dockmesh.service", "dockmesh.spec.service", "com.docker.compose.service")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,23 +138,15 @@ class Edge:
         }
 
 
-def service_of(c: Container) -> str:
-    """The service a container belongs to: dockmesh's discovery or spec label, Compose's,
-    else the container itself."""
-    for key in _SERVICE_LABELS:
-        value = c.labels.get(key)
-        if value:
-            return value
-    return c.name
-
-
 def gateways(topo: Topology) -> dict[str, str]:
-    """Gateway address → network name, for every network that reports its gateway."""
+    """Gateway address → network name, for every network's pools (reported, or where the
+    engine put it: `IpamPool.effective_gateway`)."""
     out: dict[str, str] = {}
     for n in topo.networks:
         for pool in n.ipam:
-            if pool.gateway:
-                out.setdefault(str(pool.gateway).split("/")[0], n.name)
+            gw = pool.effective_gateway()
+            if gw is not None:
+                out.setdefault(gw, n.name)
     return out
 
 
@@ -168,7 +160,11 @@ class _Namer:
         """(name, kind) of an address; None for one that names nothing in the topology."""
         c = self._topo.container_by_ip(address)
         if c is not None:
-            return (service_of(c), "service") if self._by == "service" else (c.name, "container")
+            return (
+                (service_of(c.labels) or c.name, "service")
+                if self._by == "service"
+                else (c.name, "container")
+            )
         net = self._gateways.get(address)
         if net is not None:
             return f"gateway:{net}", "gateway"

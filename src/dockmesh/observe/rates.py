@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dockmesh.host.procnet import IfaceCounters
+from dockmesh.codecs.procnet import IfaceCounters
 from dockmesh.observe.counters import ContainerStats
 
 _FIELDS = (

@@ -8,12 +8,12 @@ container because it samples CPU over an interval first.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from dockmesh.host.procnet import parse_net_dev, parse_net_route
+from dockmesh.codecs.procnet import parse_net_dev, parse_net_route
+from dockmesh.host.procfs import read_proc_net
 from dockmesh.model.topology import Container, Topology
 from dockmesh.observe.counters import (
     ContainerStats,
@@ -31,29 +31,13 @@ class Sample:
     elapsed_s: float  # how long reading and mapping took
 
 
-def _read(path: str) -> str:
-    # os.read rather than open(): no file object, no buffer, usually one read(2) for these
-    # small files (the sample's cost is mostly the kernel formatting them). The kernel
-    # writes ASCII.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = [os.read(fd, 65536)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 65536))
-    finally:
-        os.close(fd)
-    return b"".join(chunks).decode("ascii", "replace")
-
-
 def read_container(c: Container) -> ContainerStats:
     """One container's counters; a container that went away meanwhile carries the error."""
     assert c.pid is not None
     try:
-        counters = parse_net_dev(_read(f"/proc/{c.pid}/net/dev"))
+        counters = parse_net_dev(read_proc_net(c.pid, "dev"))
         routes = (
-            parse_net_route(_read(f"/proc/{c.pid}/net/route"))
-            if needs_routes(c, counters)
-            else None
+            parse_net_route(read_proc_net(c.pid, "route")) if needs_routes(c, counters) else None
         )
     except OSError as e:
         return ContainerStats(c.name, c.id, c.engine, (), error=f"unreadable: {e.strerror}")

@@ -33,6 +33,9 @@ Progress = Callable[[Step], None]
 
 @dataclass(slots=True)
 class Journal:
+    """What this run has done so far, with what it removed as it was: enough to undo it in
+    reverse (see the module)."""
+
     created_networks: list[tuple[str, str]] = field(default_factory=list)  # (name, id)
     created_containers: list[tuple[str, str]] = field(default_factory=list)
     # What was removed, as it was: restored from these on a rollback.

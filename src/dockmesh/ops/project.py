@@ -1,5 +1,5 @@
 """The use cases of a topology file, shared by the command line and the agent:
-load → gather facts → validate → plan → apply, and teardown.
+load → gather the engine's context → validate → plan → apply, and teardown.
 
 Nothing is touched before the whole file has been validated against the engine and the host.
 `up` and `down` hold the project's lock while they read the engine, plan and apply, so two
@@ -17,9 +17,9 @@ from dockmesh.errors import EngineError, UsageError
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology, build_topology
 from dockmesh.ops.apply import Journal, Progress, apply_plan
-from dockmesh.ops.facts import gather_facts
+from dockmesh.ops.context import gather_context
 from dockmesh.ops.lock import project_lock
-from dockmesh.projectfile.facts import Facts
+from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.load import LoadedSpec, load_spec
 from dockmesh.projectfile.plan import Plan, make_plan, teardown_plan
 
@@ -47,7 +47,7 @@ def connect_for(loaded: LoadedSpec, connect: Callable[[], EngineBackend]) -> Eng
         return connect()
     except EngineError:
         if loaded.shape_problems:
-            loaded.check(Facts())
+            loaded.check(EngineContext())
         raise
 
 
@@ -61,12 +61,12 @@ def plan_loaded(loaded: LoadedSpec, backend: EngineBackend) -> Plan:
         live = snapshot(backend)
     except EngineError:
         if loaded.shape_problems:  # the file is wrong whatever the engine holds: say so
-            loaded.check(Facts())
+            loaded.check(EngineContext())
         raise
     images = {s.image for s in loaded.spec.services.values()}
-    facts = gather_facts(backend, live, images)
-    desired = loaded.check(facts)  # every image exists past this point
-    image_ids = {name: i for name, i in facts.images.items() if i is not None}
+    context = gather_context(backend, live, images)
+    desired = loaded.check(context)  # every image exists past this point
+    image_ids = {name: i for name, i in context.images.items() if i is not None}
     return make_plan(desired, live, image_ids, engine=backend.ref.name)
 
 

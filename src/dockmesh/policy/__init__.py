@@ -55,7 +55,7 @@ How it is built
   container that comes or goes is a set element update, never a reload.
 - `evaluate` (pure): what a ruleset does with one packet (the tests' oracle against the
   model's verdict in `decide`).
-- `reach` (pure): the ordered steps of `dockmesh why` over the topology, the policy and facts
-  gathered from namespaces.
+- `reach` (pure): the ordered steps of `dockmesh why` over the topology, the policy and what
+  was observed in the namespaces.
 - `nft` and `enforce`: one `nft -j -f -` transaction per change; `store`: the applied policy.
 """

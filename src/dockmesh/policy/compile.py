@@ -100,6 +100,10 @@ class NftRule:
 
 @dataclass(frozen=True, slots=True)
 class Ruleset:
+    """One table's nftables ruleset as data. Its rules depend on the policy alone and its
+    sets' elements on the topology alone, so `structure_hash` (of everything but the
+    elements) tells whether a live table can be brought up to date by set element updates."""
+
     table: str
     mode: Mode
     sets: tuple[AddrSet, ...]

@@ -32,6 +32,13 @@ log = logging.getLogger(__name__)
 
 
 class Enforcer:
+    """Keeps one nftables table equal to compile(applied policy, topology), as the module
+    says how. `_ruleset` is the ruleset it last made true in the kernel, and is None whenever
+    that may no longer hold (a new policy file, a refused transaction), so the next change
+    reconciles against the live table. It never touches a table dockmesh did not make
+    (`ForeignTable`) and removes its own only when asked (`remove`). Thread-safe: every
+    public method holds one lock."""
+
     def __init__(self, store: PolicyStore, nft: Nft | None = None) -> None:
         self.store = store
         self.nft = nft or Nft()

@@ -1,8 +1,9 @@
 """Why A can or cannot reach B: the ordered steps a packet and a name lookup go through. Pure.
 
 `analyze` walks what Docker and the policy do with a connection from SRC to DST, in the order
-they do it, over the topology, the applied policy and facts gathered from the namespaces by
-the caller (the sockets DST listens on, what SRC's resolver answered):
+they do it, over the topology, the applied policy and what the caller observed in the
+namespaces and the kernel (the sockets DST listens on, what SRC's resolver answered, how the
+applied policy stands):
 
 1. running       both containers run (a stopped container has no address)
 2. shared_network the networks both are on (none: Docker isolates networks from each other)
@@ -26,23 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockmesh.codecs.procnet import Listener
+from dockmesh.model.labels import project_of
 from dockmesh.model.policy import PortRange, parse_port_range
-from dockmesh.model.topology import Attachment, Container, Network, Topology
+from dockmesh.model.topology import NO_DNS_NETWORKS, Attachment, Container, Network, Topology
 from dockmesh.policy.decide import decide
 
 HOST = "host"
 ICC_OPTION = "com.docker.network.bridge.enable_icc"
-_NO_DNS = frozenset({"bridge", "host", "none"})
-PROJECT_LABELS = ("dockmesh.project", "com.docker.compose.project")
-
-
-@dataclass(frozen=True, slots=True)
-class Listening:
-    """A socket DST listens on (TCP) or has bound (UDP), from its namespace."""
-
-    proto: str
-    address: str
-    port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +73,11 @@ class Analysis:
 
 
 @dataclass(frozen=True, slots=True)
-class Facts:
-    """What the caller gathered from the namespaces; None: not gathered."""
+class Observations:
+    """What the caller observed outside the topology: in the namespaces (DST's sockets, SRC's
+    resolver) and in the kernel (how the applied policy stands); None: not looked at."""
 
-    listening: Sequence[Listening] | None = None
+    listening: Sequence[Listener] | None = None  # the sockets DST listens on (or has bound)
     # name → addresses SRC's resolver gave (an empty list: NXDOMAIN or no answer)
     resolved: Mapping[str, Sequence[str]] | None = None
     policy_note: str = ""  # how the policy stands in the kernel ("no policy applied", ...)
@@ -131,14 +124,14 @@ def analyze(
     src_name: str,
     dst_name: str,
     port: PortRange | None = None,
-    facts: Facts | None = None,
+    observed: Observations | None = None,
     *,
     with_dns: bool = True,
 ) -> Analysis:
     """The steps for SRC → DST (`policy`: a `Policy`, or None when none is applied)."""
-    facts = facts or Facts()
+    observed = observed or Observations()
     if src_name == HOST:
-        return _from_host(topo, dst_name, port, facts)
+        return _from_host(topo, dst_name, port, observed)
     steps: list[Step] = []
     src, dst = topo.container(src_name), topo.container(dst_name)
 
@@ -155,7 +148,7 @@ def analyze(
         steps.append(Step("running", False, f"{what} is not running (state {_states(src, dst)})"))
         return done(False, f"{src.name} cannot reach {dst.name}: {what} is not running")
     if src.network_mode == "host":
-        return _from_host(topo, dst_name, port, facts, src)
+        return _from_host(topo, dst_name, port, observed, src)
     if src.id == dst.id:
         steps.append(Step("running", True, f"{src.name} runs"))
         address = next((a.ipv4 or a.ipv6 for a in dst.attachments if a.ipv4 or a.ipv6), None)
@@ -167,7 +160,7 @@ def analyze(
                 "never crosses the forward hook (no network, icc or policy decides it)",
             )
         )
-        listen = _listening_step(dst, address, port, facts)
+        listen = _listening_step(dst, address, port, observed)
         if listen is not None:
             steps.append(listen)
         ok = all(s.ok for s in steps)
@@ -184,7 +177,7 @@ def analyze(
         )
         steps.append(Step("shared_network", False, detail))
         if with_dns:
-            steps.append(_dns_step(topo, src, dst, [], facts))
+            steps.append(_dns_step(topo, src, dst, [], observed))
         return done(False, f"{src.name} cannot reach {dst.name}: they share no network")
     names = ", ".join(n.name for n, _, _ in shared)
     steps.append(Step("shared_network", True, f"both are on {names}"))
@@ -222,17 +215,17 @@ def analyze(
         steps.append(Step("icc", True, f"containers on {net.name} may talk to each other (icc)"))
     what = port.text() if port else "ping (ICMP)"
     pol_detail = decision.text(policy) + f" ({what} on {net.name})"
-    if facts.policy_note and policy is None:
-        pol_detail = facts.policy_note + ": Docker's rules only"
-    elif facts.policy_stale:
-        pol_detail += f"; but {facts.policy_stale}: the kernel may decide otherwise"
+    if observed.policy_note and policy is None:
+        pol_detail = observed.policy_note + ": Docker's rules only"
+    elif observed.policy_stale:
+        pol_detail += f"; but {observed.policy_stale}: the kernel may decide otherwise"
     steps.append(Step("policy", decision.allowed, pol_detail))
     dns_names: tuple[str, ...] = ()
     if with_dns:
-        dns = _dns_step(topo, src, dst, shared, facts)
+        dns = _dns_step(topo, src, dst, shared, observed)
         steps.append(dns)
         dns_names = _names(topo, dst, shared)
-    listen = _listening_step(dst, address, port, facts)
+    listen = _listening_step(dst, address, port, observed)
     if listen is not None:
         steps.append(listen)
     packet = [
@@ -261,7 +254,7 @@ def _names(
 ) -> tuple[str, ...]:
     out: list[str] = []
     for n, _, _ in shared:
-        if n.name in _NO_DNS:
+        if n.name in NO_DNS_NETWORKS:
             continue
         for ep in topo.endpoints_of(n):
             if ep.container_id == dst.id:
@@ -274,7 +267,7 @@ def _dns_step(
     src: Container,
     dst: Container,
     shared: Sequence[tuple[Network, Attachment, Attachment]],
-    facts: Facts,
+    observed: Observations,
 ) -> Step:
     if not shared:
         return Step(
@@ -283,7 +276,7 @@ def _dns_step(
             f"{dst.name}'s names do not resolve from {src.name}: Docker's "
             "DNS answers only for containers on a network both are on",
         )
-    user = [(n, sa, da) for n, sa, da in shared if n.name not in _NO_DNS]
+    user = [(n, sa, da) for n, sa, da in shared if n.name not in NO_DNS_NETWORKS]
     if not user:
         return Step(
             "dns",
@@ -315,9 +308,9 @@ def _dns_step(
                 notes.append(f"alias {alias!r} also names {who} (answers rotate among them)")
     ok = bool(parts)
     detail = "Docker's DNS answers " + "; ".join(parts) if parts else "no name resolves"
-    if facts.resolved is not None:
+    if observed.resolved is not None:
         got = []
-        for name, addrs in facts.resolved.items():
+        for name, addrs in observed.resolved.items():
             got.append(f"{name} → {', '.join(addrs) if addrs else 'no answer'}")
             if not addrs:
                 ok = False
@@ -329,21 +322,16 @@ def _dns_step(
 
 def _project(topo: Topology, name: str) -> str | None:
     c = topo.container(name)
-    if c is None:
-        return None
-    for k in PROJECT_LABELS:
-        if k in c.labels:
-            return c.labels[k]
-    return None
+    return None if c is None else project_of(c.labels)
 
 
 def _listening_step(
-    dst: Container, address: str | None, port: PortRange | None, facts: Facts
+    dst: Container, address: str | None, port: PortRange | None, observed: Observations
 ) -> Step | None:
-    if port is None or port.protocol not in ("tcp", "udp") or facts.listening is None:
+    if port is None or port.protocol not in ("tcp", "udp") or observed.listening is None:
         return None
     number = port.first
-    mine = [x for x in facts.listening if x.proto == port.protocol and x.port == number]
+    mine = [x for x in observed.listening if x.proto == port.protocol and x.port == number]
     if not mine:
         return Step("listening", False, f"nothing in {dst.name} listens on {port.text()}")
     wild = [x for x in mine if x.address in ("0.0.0.0", "::")]
@@ -365,7 +353,7 @@ def _from_host(
     topo: Topology,
     dst_name: str,
     port: PortRange | None,
-    facts: Facts,
+    observed: Observations,
     src: Container | None = None,
 ) -> Analysis:
     """From the host; or from `src`, a container with network_mode host: it shares the
@@ -429,7 +417,7 @@ def _from_host(
                     "the container's address",
                 )
             )
-    listen = _listening_step(dst, address, port, facts)
+    listen = _listening_step(dst, address, port, observed)
     if listen is not None:
         steps.append(listen)
     ok = all(s.ok for s in steps)

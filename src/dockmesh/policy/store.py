@@ -3,8 +3,10 @@
 The kernel keeps the ruleset, but not the policy it came from (nft comments hold 128 bytes),
 and the agent must know the policy to keep the ruleset true as containers come and go, also
 after a restart or a reboot. So `policy apply` writes it here, with its names already the
-engine's, one file per table: `$DOCKMESH_POLICY_DIR/<table>.json` (default
-/var/lib/dockmesh/policy). `policy remove` deletes it. The agent notices a new file by its
+engine's, one file per table: `<directory>/<table>.json`. The command line and the agent
+choose the directory (`$DOCKMESH_POLICY_DIR`, else `DEFAULT_DIR`) and the table
+(`--table`, `$DOCKMESH_POLICY_TABLE`, else `dockmesh`); this module reads no environment.
+`policy remove` deletes it. The agent notices a new file by its
 identity (inode, size, modification time): files are replaced by rename, never rewritten in
 place, so a reader never sees half a file.
 """
@@ -23,19 +25,21 @@ from dockmesh.model.policy import Policy, policy_from_json
 from dockmesh.policy.compile import DEFAULT_TABLE, MODES, Mode
 from dockmesh.policy.nft import check_table_name
 
-DEFAULT_DIR = "/var/lib/dockmesh/policy"
+DEFAULT_DIR = Path("/var/lib/dockmesh/policy")
 FORMAT = 1
 
 Stamp = tuple[int, int, int]  # inode, size, mtime_ns
 
 
-def state_dir() -> Path:
-    return Path(os.environ.get("DOCKMESH_POLICY_DIR") or DEFAULT_DIR)
+def table_name(given: str | None, configured: str | None = None) -> str:
+    """The table named on the command line, else the configured one (the caller's
+    $DOCKMESH_POLICY_TABLE), else `dockmesh`. ValueError for a name nft would refuse."""
+    return check_table_name(given or configured or DEFAULT_TABLE)
 
 
-def table_name(given: str | None = None) -> str:
-    """The table named on the command line, else $DOCKMESH_POLICY_TABLE, else `dockmesh`."""
-    return check_table_name(given or os.environ.get("DOCKMESH_POLICY_TABLE") or DEFAULT_TABLE)
+def policy_dir(configured: str | None) -> Path:
+    """The configured directory (the caller's $DOCKMESH_POLICY_DIR), else `DEFAULT_DIR`."""
+    return Path(configured) if configured else DEFAULT_DIR
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +74,13 @@ def applied_from_json(doc: Any) -> Applied:
 
 
 class PolicyStore:
-    def __init__(self, table: str, directory: Path | None = None) -> None:
+    """The applied policy of one table, as a file in `directory`. `load` after `save` gives
+    back what was saved; a reader never sees half a file (writes go to a temporary file,
+    then rename); `stamp` changes whenever the file is replaced."""
+
+    def __init__(self, table: str, directory: Path) -> None:
         self.table = check_table_name(table)
-        self.directory = directory if directory is not None else state_dir()
+        self.directory = directory
 
     @property
     def path(self) -> Path:

@@ -1,4 +1,5 @@
-"""Read a dockmesh.yaml: text → located data → Spec → (with facts) validated desired state.
+"""Read a dockmesh.yaml: text → located data → Spec → (with the engine's context) validated
+desired state.
 Every problem is reported at once as `FILE:LINE: path: message`."""
 
 from __future__ import annotations
@@ -9,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 from dockmesh.errors import SpecError
+from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import Desired, desired_state
-from dockmesh.projectfile.facts import Facts
 from dockmesh.projectfile.problems import Path, Problem, format_problem, line_of
 from dockmesh.projectfile.schema import Spec, parse_spec_partial
 from dockmesh.projectfile.validate import validate
@@ -30,10 +31,13 @@ class LoadedSpec:
     shape_problems: tuple[Problem, ...] = ()
     left_out: frozenset[str] = frozenset()
 
-    def check(self, facts: Facts) -> Desired:
+    def check(self, context: EngineContext) -> Desired:
         """Validates against what the engine and host hold; raises SpecError with every
         problem of the file, shape and meaning together."""
-        problems = [*self.shape_problems, *validate(self.spec, self.project, facts, self.left_out)]
+        problems = [
+            *self.shape_problems,
+            *validate(self.spec, self.project, context, self.left_out),
+        ]
         if problems:
             raise SpecError(self._format(problems))
         return desired_state(self.spec, self.project)

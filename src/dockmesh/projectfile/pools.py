@@ -11,6 +11,9 @@ Theory of operation (libnetwork's bitmask allocator):
   pool or not; the others take the lowest free address of the pool, in the order they start.
   Every address of `ip_range` is in the pool, its first and last too, unless it is the
   subnet's network or broadcast address.
+
+The rules the topology needs too (which addresses are never handed out, the first one that
+is: where the gateway goes) are `dockmesh.model.ipam`'s `never_handed_out` and `first_free`.
 """
 
 from __future__ import annotations
@@ -19,25 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dockmesh.model.ipam import IPAddress, IPNetwork
-
-
-def never_handed_out(subnet: IPNetwork) -> frozenset[IPAddress]:
-    """The addresses of `subnet` the engine keeps for itself."""
-    if subnet.version == 4:
-        return frozenset({subnet.network_address, subnet.broadcast_address})
-    return frozenset({subnet.network_address})
-
-
-def first_free(
-    subnet: IPNetwork, pool: IPNetwork, taken: Iterable[IPAddress] = ()
-) -> IPAddress | None:
-    """The lowest address of `pool` the engine would hand out, or None when there is none."""
-    skip = {int(a) for a in never_handed_out(subnet) | set(taken)}
-    first, last = int(pool.network_address), int(pool.broadcast_address)
-    n = first
-    while n <= last and n in skip:  # at most len(skip) steps
-        n += 1
-    return pool.network_address + (n - first) if n <= last else None
 
 
 @dataclass(frozen=True, slots=True)

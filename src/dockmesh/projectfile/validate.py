@@ -1,6 +1,6 @@
 """Everything that can be wrong with a parsed dockmesh.yaml, found at once, before anything is
-touched. Pure: a `Spec`, the project name and `Facts` about the engine and host in; problems,
-each naming its field, out.
+touched. Pure: a `Spec`, the project name and the `EngineContext` (what the engine and host
+hold) in; problems, each naming its field, out.
 
 The aim is that a file that validates clean also applies: whatever the engine would refuse
 halfway through `up` (an address already taken, a pool too small for the replicas drawing
@@ -19,18 +19,20 @@ from dockmesh.model.ipam import (
     IPAddress,
     IpamError,
     IPNetwork,
+    first_free,
+    never_handed_out,
     overlaps,
     parse_address,
     parse_subnet,
 )
-from dockmesh.model.labels import DISCOVERY_LABELS, LABEL_PROJECT
+from dockmesh.model.labels import DISCOVERY_LABELS, LABEL_PROJECT, STAMP_PREFIX
+from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import (
     HEALTHCHECK_FORMS,
     network_config,
     network_hash,
     start_order,
 )
-from dockmesh.projectfile.facts import Facts
 from dockmesh.projectfile.parse import (
     TEMPLATE_VARIABLES,
     PortMapping,
@@ -42,7 +44,7 @@ from dockmesh.projectfile.parse import (
     substitute,
     template_names,
 )
-from dockmesh.projectfile.pools import first_free, never_handed_out, room
+from dockmesh.projectfile.pools import room
 from dockmesh.projectfile.problems import Path, Problem
 from dockmesh.projectfile.schema import (
     Healthcheck,
@@ -72,17 +74,15 @@ _BOOL_OPTIONS = {
 _BRIDGE_NAME = "com.docker.network.bridge.name"
 _MTU = "com.docker.network.driver.mtu"
 _IPV6_MIN_MTU = 1280  # below it the kernel turns IPv6 off on the interface
-# Labels `up` writes itself: a file's value would be overwritten, or would lie.
-_OWN_LABEL_PREFIX = "dockmesh.spec."
 _ADDRESS_FIELD = {4: "ipv4_address", 6: "ipv6_address"}
 
 
 def validate(
-    spec: Spec, project: str, facts: Facts, left_out: frozenset[str] = frozenset()
+    spec: Spec, project: str, context: EngineContext, left_out: frozenset[str] = frozenset()
 ) -> list[Problem]:
     """`left_out`: names of networks and services whose shape was wrong (already reported):
     references to them are not reported again."""
-    v = _Validator(spec, project, facts, left_out)
+    v = _Validator(spec, project, context, left_out)
     v.run()
     return v.problems
 
@@ -123,8 +123,10 @@ class _Binding:
 
 
 class _Validator:
-    def __init__(self, spec: Spec, project: str, facts: Facts, left_out: frozenset[str]) -> None:
-        self.spec, self.project, self.facts, self.left_out = spec, project, facts, left_out
+    def __init__(
+        self, spec: Spec, project: str, context: EngineContext, left_out: frozenset[str]
+    ) -> None:
+        self.spec, self.project, self.context, self.left_out = spec, project, context, left_out
         self.problems: list[Problem] = []
         self.families: dict[str, dict[int, _Family]] = {}  # network → IP version → family
         self.pinned: dict[tuple[str, int], list[_Pinned]] = {}  # (network, version) → …
@@ -163,19 +165,19 @@ class _Validator:
                 "starting with a letter or digit)",
             )
         full = f"{self.project}_{name}"
-        for f in self.facts.networks:
+        for f in self.context.networks:
             if f.name == full and f.project != self.project:
                 self.err(
                     base,
                     f"the engine already has a network {full!r} that this project did not create",
                 )
-        if net.driver == "ipvlan" and not self.facts.ipvlan_available:
+        if net.driver == "ipvlan" and not self.context.ipvlan_available:
             self.err(
                 (*base, "driver"),
                 "ipvlan: this kernel has no ipvlan support "
                 "(module not built); use macvlan or bridge",
             )
-        if net.driver == "overlay" and not self.facts.swarm_active:
+        if net.driver == "overlay" and not self.context.swarm_active:
             self.err(
                 (*base, "driver"),
                 "overlay needs the engine to be in a swarm (docker swarm init); this engine is not",
@@ -184,7 +186,7 @@ class _Validator:
             parent = net.parent or str(net.options.get("parent") or "") or None
             if parent is None:
                 self.err((*base, "parent"), f"{net.driver} needs a parent interface")
-            elif parent not in self.facts.interfaces:
+            elif parent not in self.context.interfaces:
                 self.err((*base, "parent"), f"interface {parent!r} does not exist on this host")
         elif net.parent is not None:
             self.err((*base, "parent"), f"parent is for macvlan and ipvlan, not {net.driver}")
@@ -374,12 +376,12 @@ class _Validator:
                     self.err(path, "a bridge name is for the bridge driver")
                 elif not re.fullmatch(r"[a-zA-Z0-9_.-]{1,15}", text):
                     self.err(path, f"{text!r} is not a valid interface name (1-15 characters)")
-                elif text in self.facts.interfaces and not self._own_network_exists(base[-1]):
+                elif text in self.context.interfaces and not self._own_network_exists(base[-1]):
                     self.err(path, f"interface {text!r} already exists on this host")
 
     def _own_network_exists(self, name: str | int) -> bool:
         full = f"{self.project}_{name}"
-        return any(f.name == full and f.project == self.project for f in self.facts.networks)
+        return any(f.name == full and f.project == self.project for f in self.context.networks)
 
     def overlaps(self) -> None:
         engine_nets, routes = self._foreign_subnets()
@@ -408,14 +410,14 @@ class _Validator:
         own_prefix = f"{self.project}_"
         engine_nets: list[tuple[str, IPNetwork]] = []
         engine_subnets: set[str] = set()
-        for f in self.facts.networks:
+        for f in self.context.networks:
             engine_subnets.update(f.subnets)
             if f.project == self.project and f.name.startswith(own_prefix):
                 continue  # ours: kept or replaced by this plan
             engine_nets += [(f.name, n) for n in _subnets(f.subnets)]
         routes = [
             (r.device, dest)
-            for r in self.facts.routes
+            for r in self.context.routes
             if r.destination not in engine_subnets  # a bridge's route: judged above
             for dest in _subnets([r.destination])
             if dest.prefixlen > 0  # the default route conflicts with nothing
@@ -428,7 +430,7 @@ class _Validator:
         if name in self.bad_networks:
             return False
         full = f"{self.project}_{name}"
-        live = next((f for f in self.facts.networks if f.name == full), None)
+        live = next((f for f in self.context.networks if f.name == full), None)
         if live is None or live.project != self.project or live.spec_hash is None:
             return False
         net = self.spec.networks.get(name) or NetworkSpec()
@@ -448,7 +450,7 @@ class _Validator:
         why = image_reference_problem(svc.image)
         if why:
             self.err((*base, "image"), why)
-        elif svc.image in self.facts.images and self.facts.images[svc.image] is None:
+        elif svc.image in self.context.images and self.context.images[svc.image] is None:
             hint = " (run: dockmesh images build)" if svc.image.startswith("dockmesh/") else ""
             self.err((*base, "image"), f"image {svc.image!r} is not on the engine{hint}")
         if svc.network_mode is not None and svc.networks:
@@ -552,7 +554,8 @@ class _Validator:
             p = (*path, key)
             if not key or not key.isprintable() or any(ch.isspace() for ch in key) or "=" in key:
                 self.err(p, f"{key!r} is not a valid label key (no spaces, '=' or controls)")
-            elif key == LABEL_PROJECT or key.startswith(_OWN_LABEL_PREFIX):
+            # Labels `up` writes itself: a file's value would be overwritten, or would lie.
+            elif key == LABEL_PROJECT or key.startswith(STAMP_PREFIX):
                 self.err(p, f"{key!r} is a label dockmesh writes itself")
             elif discovery and key in DISCOVERY_LABELS:
                 self.err(p, f"{key!r} is written by this service's discovery: give it there")
@@ -679,7 +682,7 @@ class _Validator:
         mine = f"{self.project}-{svc_name}-1"
         holder = self._live_holder(net_name, addr)
         if holder is not None and holder != mine:
-            owner = self.facts.containers.get(holder)
+            owner = self.context.containers.get(holder)
             if owner != self.project:
                 self.err(
                     ip_path,
@@ -703,7 +706,7 @@ class _Validator:
     def _live_holder(self, net_name: str, addr: IPAddress) -> str | None:
         if not self._network_kept(net_name):
             return None  # created or replaced: it starts empty
-        held = self.facts.endpoints.get(f"{self.project}_{net_name}", {})
+        held = self.context.endpoints.get(f"{self.project}_{net_name}", {})
         return held.get(str(addr))
 
     def _keeps_pool_address(self, container: str, net_name: str, version: int) -> bool:
@@ -773,7 +776,7 @@ class _Validator:
     def capacity(self) -> None:
         for net_name, fams in self.families.items():
             kept = self._network_kept(net_name)
-            live = self.facts.endpoints.get(f"{self.project}_{net_name}", {}) if kept else {}
+            live = self.context.endpoints.get(f"{self.project}_{net_name}", {}) if kept else {}
             for version, fam in fams.items():
                 if not fam.usable:
                     continue
@@ -784,7 +787,7 @@ class _Validator:
                 foreign = [
                     (a, f"held by {c!r}")
                     for a, c in _live_addresses(live, version)
-                    if self.facts.containers.get(c) != self.project
+                    if self.context.containers.get(c) != self.project
                 ]
                 r = room(fam.subnet, fam.ip_range, [*fam.held.items(), *foreign])
                 if r.free >= asked:
@@ -852,7 +855,7 @@ class _Validator:
                     )
                     break
             else:
-                for pub in self.facts.published:
+                for pub in self.context.published:
                     if (
                         pub.project != self.project
                         and (pub.host_port, pub.protocol) == (m.host_port, m.protocol)
@@ -886,8 +889,8 @@ class _Validator:
                         f"container name {cname!r} is also made by service {made[cname]!r}",
                     )
                 made[cname] = name
-                owner = self.facts.containers.get(cname, self.project)
-                if cname in self.facts.containers and owner != self.project:
+                owner = self.context.containers.get(cname, self.project)
+                if cname in self.context.containers and owner != self.project:
                     self.err(
                         ("services", name),
                         f"the engine already has a container {cname!r} "

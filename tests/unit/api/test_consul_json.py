@@ -4,6 +4,7 @@ and that no body whatever ends in anything but a registration or a one-line 4xx.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from dockmesh.api.consul_json import (
 )
 from dockmesh.api.errors import ApiError
 from dockmesh.model.catalog import CheckSpec
+from tests.outcomes import Outcomes
 
 
 def reg(body: Any) -> Registration:
@@ -306,23 +308,104 @@ def _refusal_is_clean(e: ApiError) -> None:
     assert e.reason and "\n" not in e.reason and len(e.reason) < 300
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(_KEYS), _json_values, max_size=10))
-def test_any_json_object_registers_or_is_refused_cleanly(body: dict[str, Any]) -> None:
-    try:
-        _holds(parse_registration(json.dumps(body).encode()))
-    except ApiError as e:
-        _refusal_is_clean(e)
+# What a client sends, then up to two of its fields spoiled with any JSON value: most are
+# registered, so the properties of a registration are checked; random objects alone are
+# always refused (a registration needs a Name).
+_checks = st.sampled_from(
+    [
+        {"TTL": "10s"},
+        {"HTTP": "http://10.1.2.3:8080/h", "Interval": "10s"},
+        {"TCP": "10.1.2.3:8080", "Interval": "5s", "Timeout": "1s"},
+        {"CheckID": "c1", "TTL": "30s", "Status": "passing"},
+        {"Name": "n", "ttl": "1m", "DeregisterCriticalServiceAfter": "90s"},
+    ]
+)
+_plausible = st.fixed_dictionaries(
+    {"Name": st.sampled_from(["web", "db", "api-1", "x.y"]), "Port": st.integers(0, 65535)},
+    optional={
+        "ID": st.sampled_from(["web-1", "w2", "a:b"]),
+        "Address": st.sampled_from(["10.1.2.3", "", "host.example"]),
+        "Tags": st.lists(st.text(max_size=8), max_size=3),
+        "Meta": st.dictionaries(st.sampled_from(["a", "b_c"]), st.text(max_size=5), max_size=2),
+        "Check": _checks,
+        "Checks": st.lists(_checks, max_size=3),
+    },
+)
+_spoiled = st.builds(
+    lambda body, spoiled: {**body, **spoiled},
+    _plausible,
+    st.dictionaries(st.sampled_from(_KEYS), _json_values, max_size=1),
+)
+_bodies = st.one_of(
+    _plausible, _spoiled, st.dictionaries(st.sampled_from(_KEYS), _json_values, max_size=10)
+)
 
 
-@settings(max_examples=300)
-@given(st.one_of(st.binary(max_size=200), _json_values.map(lambda v: json.dumps(v).encode())))
-def test_any_bytes_register_or_are_refused_cleanly(raw: bytes) -> None:
-    for parse in (parse_registration, parse_check_update, parse_check_registration):
+def test_any_json_object_registers_or_is_refused_cleanly() -> None:
+    seen = Outcomes()
+
+    @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+    @given(_bodies)
+    def run(body: dict[str, Any]) -> None:
+        try:
+            r = parse_registration(json.dumps(body).encode())
+        except ApiError as e:
+            _refusal_is_clean(e)
+            seen("refused")
+            return
+        _holds(r)
+        seen("registered")
+
+    run()
+    seen.require(registered=0.3, refused=0.1)
+
+
+_check_bodies = st.builds(
+    lambda check, extra: {**check, **extra},
+    _checks,
+    st.fixed_dictionaries(
+        {"Name": st.just("n"), "ServiceID": st.sampled_from(["web", "w2", "w3", ""])}
+    ),
+)
+_updates = st.fixed_dictionaries(
+    {"Status": st.sampled_from(["passing", "warning", "critical", "bad"])},
+    optional={"Output": st.text(max_size=10), "output": _scalars},
+)
+
+
+@pytest.mark.parametrize(
+    ("parse", "plausible"),
+    [
+        (parse_registration, _bodies),
+        (parse_check_update, _updates),
+        (parse_check_registration, _check_bodies),
+    ],
+)
+def test_any_bytes_register_or_are_refused_cleanly(
+    parse: Callable[[bytes], object], plausible: st.SearchStrategy[Any]
+) -> None:
+    seen = Outcomes()
+
+    @settings(max_examples=150)
+    @given(
+        st.one_of(
+            st.binary(max_size=200),
+            _json_values.map(lambda v: json.dumps(v).encode()),
+            plausible.map(lambda v: json.dumps(v).encode()),
+            plausible.map(lambda v: json.dumps(v, indent=1).encode()),
+        )
+    )
+    def run(raw: bytes) -> None:
         try:
             parse(raw)
         except ApiError as e:
             _refusal_is_clean(e)
+            seen("refused")
+        else:
+            seen("accepted")
+
+    run()
+    seen.require(accepted=0.15, refused=0.3)
 
 
 _names = st.text(

@@ -50,6 +50,11 @@ FILES: dict[str, tuple[str, bytes]] = {
 }
 
 
+# The module's tests share one set of runs (8 interpreters started at once): one xdist worker
+# starts them, not each worker that gets one of the tests.
+pytestmark = pytest.mark.xdist_group("bad_files")
+
+
 @dataclass(frozen=True)
 class Run:
     path: Path

@@ -24,6 +24,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ("report", "--duration", "nan"),
         ("report", "--duration", "1e9"),
         ("top", "--interval", "-inf"),
+        ("why", "a", "b", "--timeout", "nan"),
+        ("doctor", "c", "--timeout", "nan"),
+        ("bench", "bandwidth", "a", "b", "--seconds", "nan"),
+        # Commands that act on one engine refuse a second rather than ignore it.
+        ("plan", "examples/microservices.yaml", "--engine", "unix:///a", "--engine", "unix:///b"),
+        ("images", "build", "--engine", "unix:///a", "--engine", "unix:///b"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:

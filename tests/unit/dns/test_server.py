@@ -16,6 +16,7 @@ import dns.rdatatype
 from dockmesh.catalog.live import LiveCatalog
 from dockmesh.dns.server import DnsServer, _ErrorLog, _Listener, _Tcp, _Udp
 from dockmesh.model.catalog import Instance
+from dockmesh.testing.transport import FakeTransport
 from tests.unit.dns.helpers import Rd, ask, make_catalog, records
 
 
@@ -72,32 +73,6 @@ def test_udp_answers_from_the_exact_cache_and_counts_them() -> None:
     assert server.stats.dropped == 1
 
 
-class FakeTransport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-        self.aborted = False
-        self.reading = True
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-
-    def is_closing(self) -> bool:
-        return self.closed or self.aborted
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-
 def framed(*names: str, qtype: str = "A") -> tuple[bytes, list[int]]:
     out = b""
     ids = []
@@ -136,7 +111,7 @@ def test_tcp_answers_pipelined_queries_in_order_whatever_the_read_boundaries() -
             proto, transport = tcp_connection(server)
             for i in range(0, len(stream), chunk):
                 proto.data_received(stream[i : i + chunk])
-            got = responses(bytes(transport.written))
+            got = responses(transport.data())
             assert [r.id for r in got] == ids
             assert [r.rcode() for r in got] == [
                 dns.rcode.NOERROR,
@@ -159,7 +134,7 @@ def test_tcp_gives_the_full_answer_udp_truncates() -> None:
         proto, transport = tcp_connection(server)
         stream, _ = framed("big.service.dockmesh")
         proto.data_received(stream)
-        (r,) = responses(bytes(transport.written))
+        (r,) = responses(transport.data())
         assert not r.flags & dns.flags.TC
         assert len(records(r, dns.rdatatype.RdataType.A)) == 60
 
@@ -174,7 +149,7 @@ def test_tcp_closes_on_a_length_above_the_limit_and_refuses_over_the_connection_
         proto, transport = tcp_connection(server)
         proto.data_received(struct.pack("!H", 513))
         assert transport.closed
-        assert transport.written == b""
+        assert transport.data() == b""
         _, second = tcp_connection(server)
         _, third = tcp_connection(server)
         assert not second.aborted

@@ -14,10 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dockmesh.engine.memory import MemoryEngine, MemoryEventStream
+from dockmesh.engine.memory import MemoryEngine
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
 from dockmesh.model.topology import Container, Topology, build_topology
+from dockmesh.testing.engine import FlakyEngine
 
 WAIT = 10  # seconds; a guard against hanging, never a measure
 
@@ -292,32 +293,9 @@ def test_stop_tells_subscribers_once_the_threads_are_done() -> None:
 # --- engine failures, back-off, clocks -------------------------------------------------------
 
 
-class FlakyEngine(MemoryEngine):
-    """Refuses to open its event stream `refusals` times after the first, and fails one
-    container read when asked to."""
-
-    def __init__(self, refusals: int = 0) -> None:
-        super().__init__()
-        self.refusals = refusals
-        self.opened = 0
-        self.fail_next_read = False
-
-    def events(self) -> MemoryEventStream:
-        self.opened += 1
-        if self.opened > 1 and self.refusals > 0:
-            self.refusals -= 1
-            raise EngineError("engine flaky: connection refused")
-        return super().events()
-
-    def container(self, container_id: str) -> Container | None:
-        if self.fail_next_read:
-            self.fail_next_read = False
-            raise EngineError("engine flaky: inspect timed out")
-        return super().container(container_id)
-
-
 def test_reconnects_back_off_and_every_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    engine = FlakyEngine(refusals=3)
+    engine = FlakyEngine()
+    engine.refuse_streams(3)
     waits: list[float] = []
     with caplog.at_level(logging.DEBUG, logger="dockmesh.engine.watch"):
         with watching(engine, sleep=waits.append, initial_backoff=0.5, max_backoff=1.5) as w:
@@ -341,7 +319,7 @@ def test_a_failed_re_read_resyncs(caplog: pytest.LogCaptureFixture) -> None:
         caplog.at_level(logging.WARNING, logger="dockmesh.engine.watch"),
         watching(engine, sleep=lambda s: None) as watcher,
     ):
-        engine.fail_next_read = True
+        engine.fail_next_read()
         engine.create_container("c")
         assert watcher.wait_for(lambda t: t.container("c") is not None, WAIT)
         assert watcher.resyncs == 1

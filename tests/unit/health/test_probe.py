@@ -29,6 +29,7 @@ from dockmesh.health.probe import (
 )
 from dockmesh.host.netns import NetnsPool
 from dockmesh.model.catalog import CheckSpec
+from tests.outcomes import Outcomes
 
 WAIT = 10  # seconds; a guard against hanging, never a measure
 
@@ -97,15 +98,67 @@ def test_malformed_responses_say_why(data: bytes, reason: str) -> None:
         parse(data)
 
 
-@given(st.binary(max_size=300), st.integers(0, 64))
-def test_any_bytes_give_a_response_or_malformed(data: bytes, limit: int) -> None:
-    for prefix in (b"", b"HTTP/1.1 200 OK\r\n"):
+def _chunked(body: bytes, sizes: list[int]) -> bytes:
+    out = b""
+    for n in sizes:
+        piece, body = body[:n], body[n:]
+        out += b"%x\r\n%s\r\n" % (len(piece), piece)
+    return out + b"0\r\n\r\n"
+
+
+# Responses as servers send them (any status, headers of each kind, bodies by length, chunks
+# or until EOF), some cut short or with one byte changed, and random bytes: most are read,
+# so the bounds of a response are checked; random bytes alone are always malformed.
+_headers = st.lists(
+    st.sampled_from([b"Content-Type: text/plain", b"X: y", b"Server:", b"a:b:c", b"X:\x00\xff"]),
+    max_size=4,
+)
+_responses = st.builds(
+    lambda code, reason, headers, body, framing, sizes, eol: (
+        b"HTTP/1.%d %d%s" % (code % 2, code, reason)
+        + eol
+        + b"".join(h + eol for h in headers)
+        + (
+            b"Transfer-Encoding: chunked" + eol + eol + _chunked(body, sizes)
+            if framing == "chunked"
+            else b"Content-Length: %d" % len(body) + eol + eol + body
+            if framing == "length"
+            else eol + body
+        )
+    ),
+    st.integers(100, 999),
+    st.sampled_from([b"", b" OK", b" Service Unavailable"]),
+    _headers,
+    st.binary(max_size=100),
+    st.sampled_from(["chunked", "length", "eof"]),
+    st.lists(st.integers(1, 40), min_size=1, max_size=5),
+    st.sampled_from([b"\r\n", b"\n"]),
+)
+_damaged = st.builds(
+    lambda r, at, byte, cut: (r[:at] + bytes([byte]) + r[at + 1 :])[: cut or None],
+    _responses,
+    st.integers(0, 300),
+    st.integers(0, 255),
+    st.integers(0, 300),
+)
+
+
+def test_any_bytes_give_a_response_or_malformed() -> None:
+    seen = Outcomes()
+
+    @given(st.one_of(_responses, _damaged, st.binary(max_size=300)), st.integers(0, 64))
+    def run(data: bytes, limit: int) -> None:
         try:
-            r, _ = parse(prefix + data, limit)
+            r, _ = parse(data, limit)
         except MalformedResponse:
-            continue
+            seen("malformed")
+            return
+        seen("response")
         assert 100 <= r.code <= 999
         assert len(r.body) <= limit
+
+    run()
+    seen.require(response=0.3, malformed=0.1)
 
 
 @given(st.integers(100, 999))

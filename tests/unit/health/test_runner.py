@@ -1,4 +1,4 @@
-"""The health runner (dockmesh.health.runner) on a virtual-time loop with a fake probe: when
+"""The health runner (dockmesh.health.runner) on a virtual-time loop with a scripted probe: when
 probes go out, how the runner follows catalog changes, timeouts, rise/fall, concurrency, and
 the TTL timer. No sockets; every instant asserted is virtual."""
 
@@ -17,7 +17,8 @@ from dockmesh.catalog.state import Catalog
 from dockmesh.health.probe import Result
 from dockmesh.health.runner import HealthRunner, first_delay
 from dockmesh.model.catalog import CheckSpec, Instance, Status
-from tests.unit.health import vtime
+from dockmesh.testing import loop as vtime
+from dockmesh.testing.probe import ScriptedProbe
 
 WEB = Instance("web-1", "web", "10.0.0.2", 80)
 
@@ -46,56 +47,12 @@ class Delays(random.Random):
         return self._delays.pop(0)
 
 
-class FakeProbe:
-    """Records (virtual time, check id) of every probe; answers from a script per check
-    (then `default`), sleeps `takes` seconds first, or never answers for ids in `hang`."""
-
-    def __init__(
-        self,
-        script: dict[str, list[Status]] | None = None,
-        *,
-        default: Status = "passing",
-        takes: float = 0.0,
-        hang: Iterable[str] = (),
-    ) -> None:
-        self.script = {k: list(v) for k, v in (script or {}).items()}
-        self.default = default
-        self.takes = takes
-        self.hang = set(hang)
-        self.calls: list[tuple[float, str]] = []
-        self.cancelled: list[tuple[float, str]] = []
-        self.in_flight = 0
-        self.most_in_flight = 0
-
-    async def __call__(self, spec: CheckSpec) -> Result:
-        loop = asyncio.get_running_loop()
-        self.calls.append((loop.time(), spec.id))
-        self.in_flight += 1
-        self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        try:
-            if spec.id in self.hang:
-                await loop.create_future()
-            if self.takes:
-                await asyncio.sleep(self.takes)
-            queue = self.script.get(spec.id)
-            status = queue.pop(0) if queue else self.default
-            return Result(status, f"{spec.id}: {status}")
-        except asyncio.CancelledError:
-            self.cancelled.append((loop.time(), spec.id))
-            raise
-        finally:
-            self.in_flight -= 1
-
-    def times(self, cid: str) -> list[float]:
-        return [t for t, c in self.calls if c == cid]
-
-
 def new_live() -> LiveCatalog:
     return LiveCatalog(clock=asyncio.get_running_loop().time)
 
 
 def test_probes_go_out_in_time_order_each_check_at_its_interval() -> None:
-    probe = FakeProbe()
+    probe = ScriptedProbe()
 
     async def main() -> None:
         live = new_live()
@@ -116,7 +73,7 @@ def test_probes_go_out_in_time_order_each_check_at_its_interval() -> None:
 
 
 def test_the_runner_follows_added_removed_and_respecified_checks() -> None:
-    probe = FakeProbe()
+    probe = ScriptedProbe()
 
     async def main() -> dict[str, CheckSpec]:
         live = new_live()
@@ -142,7 +99,7 @@ def test_the_runner_follows_added_removed_and_respecified_checks() -> None:
 
 
 def test_a_probe_that_hangs_is_cut_at_its_timeout_and_the_next_one_still_runs() -> None:
-    probe = FakeProbe(hang=["a"])
+    probe = ScriptedProbe(hang=["a"])
 
     async def main() -> list[tuple[float, Status, str]]:
         live = new_live()
@@ -174,7 +131,7 @@ def test_a_probe_that_hangs_is_cut_at_its_timeout_and_the_next_one_still_runs() 
 
 
 def test_a_slow_probe_delays_the_next_instead_of_overlapping_it() -> None:
-    probe = FakeProbe(takes=3)
+    probe = ScriptedProbe(takes=3)
 
     async def main() -> None:
         live = new_live()
@@ -191,7 +148,7 @@ def test_a_slow_probe_delays_the_next_instead_of_overlapping_it() -> None:
 
 def test_rise_and_fall_apply_to_the_results_the_runner_observes() -> None:
     results: list[Status] = ["passing", "passing", "critical", "critical", "passing", "passing"]
-    probe = FakeProbe({"a": results})
+    probe = ScriptedProbe({"a": results})
 
     async def main() -> list[Status]:
         live = new_live()
@@ -214,7 +171,7 @@ def test_rise_and_fall_apply_to_the_results_the_runner_observes() -> None:
 
 
 def test_no_more_probes_than_the_concurrency_limit_run_at_once() -> None:
-    probe = FakeProbe(takes=1)
+    probe = ScriptedProbe(takes=1)
 
     async def main() -> None:
         live = new_live()
@@ -249,7 +206,7 @@ def test_a_probe_that_raises_makes_its_check_critical() -> None:
 
 
 def test_ttl_and_docker_checks_are_not_probed_and_ttls_expire_on_time() -> None:
-    probe = FakeProbe()
+    probe = ScriptedProbe()
 
     async def main() -> tuple[list[tuple[float, Status, str]], int]:
         live = new_live()
@@ -303,7 +260,7 @@ def test_ttl_and_docker_checks_are_not_probed_and_ttls_expire_on_time() -> None:
 
 
 def test_critical_instances_are_deregistered_after_their_time() -> None:
-    probe = FakeProbe(default="critical")
+    probe = ScriptedProbe(default="critical")
 
     async def main() -> list[float]:
         live = new_live()
@@ -329,7 +286,7 @@ def test_critical_instances_are_deregistered_after_their_time() -> None:
 
 
 def test_after_stop_nothing_runs_and_catalog_changes_start_nothing() -> None:
-    probe = FakeProbe(hang=["a"])
+    probe = ScriptedProbe(hang=["a"])
 
     async def main() -> None:
         live = new_live()
@@ -350,7 +307,7 @@ def test_after_stop_nothing_runs_and_catalog_changes_start_nothing() -> None:
 
 
 def test_a_result_of_an_old_spec_never_lands_on_the_new_one() -> None:
-    probe = FakeProbe({"a": ["passing"]}, takes=2)
+    probe = ScriptedProbe({"a": ["passing"]}, takes=2)
 
     async def main() -> tuple[Status, str]:
         live = new_live()
@@ -369,7 +326,7 @@ def test_a_result_of_an_old_spec_never_lands_on_the_new_one() -> None:
 
 
 def test_two_hundred_new_checks_spread_their_first_probes() -> None:
-    probe = FakeProbe()
+    probe = ScriptedProbe()
 
     async def main() -> None:
         live = new_live()

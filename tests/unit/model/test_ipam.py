@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from dockmesh.model.ipam import (
     IpamError,
-    default_gateway,
+    first_free,
     host_problem,
     is_host_address,
     overlaps,
@@ -72,7 +72,7 @@ def test_parse_errors_are_specific() -> None:
 
 def test_ipv6_and_family_mismatch() -> None:
     net = parse_subnet("fd00:1::/64")
-    assert default_gateway(net) == ipaddress.ip_address("fd00:1::1")
+    assert first_free(net, net) == ipaddress.ip_address("fd00:1::1")  # the default gateway
     msg = host_problem(ipaddress.ip_address("10.0.0.1"), net, "gateway")
     assert msg is not None and "IPv4" in msg
     assert not overlaps(parse_subnet("10.0.0.0/8"), net)

@@ -1,7 +1,9 @@
-"""The topology model: conversion from API JSON, merging engines, the JSON contract, and\nindexed lookups that answer as a scan of the containers would."""
+"""The topology model: merging engines, the JSON contract, and indexed lookups that answer as
+a scan of the containers would. (Conversion from the API's JSON: tests/unit/engine/test_convert.py.)"""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -12,12 +14,14 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dockmesh.engine.convert import container_from_api, network_from_api
+from dockmesh.model.ipam import IPNetwork, is_host_address
 from dockmesh.model.topology import (
     Attachment,
     Container,
     Endpoint,
     EngineInfo,
     EngineState,
+    IpamPool,
     Network,
     Topology,
     build_topology,
@@ -129,18 +133,6 @@ def test_json_contract_keys_and_values() -> None:
         {"container_port": 9, "protocol": "udp", "host_ip": None, "host_port": None},
         {"container_port": 8080, "protocol": "tcp", "host_ip": "127.0.0.1", "host_port": 18080},
     ]
-
-
-def test_stopped_container_has_no_pid_but_keeps_configured_ports() -> None:
-    raw = {
-        **CTR,
-        "State": {"Status": "exited", "Running": False, "Pid": 0},
-        "NetworkSettings": {"Ports": {}, "Networks": {}},
-        "HostConfig": {"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "81"}]}},
-    }
-    c = container_from_api(raw, "local")
-    assert c.pid is None and not c.running and c.health is None
-    assert [(p.container_port, p.host_port) for p in c.ports] == [(80, 81)]
 
 
 def test_swarm_network_seen_by_two_engines_is_one() -> None:
@@ -401,3 +393,98 @@ def test_a_document_of_another_shape_is_refused() -> None:
     ):
         with pytest.raises(ValueError, match="not a topology document"):
             topology_from_json(bad)
+
+
+# --- a network's gateway -------------------------------------------------------------------
+
+
+@st.composite
+def pools_without_gateway(draw: st.DrawFn) -> tuple[IPNetwork, IPNetwork | None]:
+    """A subnet the engine accepts (IPv4 /8 to /30, IPv6 /64 to /126) and, or not, an
+    ip_range inside it of any size down to one address."""
+    if draw(st.booleans()):
+        bits, prefix = 32, draw(st.integers(8, 30))
+        subnet: IPNetwork = ipaddress.IPv4Network(
+            (draw(st.integers(0x0A000000, 0x0AFFFFFF)), prefix), strict=False
+        )
+    else:
+        bits, prefix = 128, draw(st.integers(64, 126))
+        base = (0xFD00 << 112) | draw(st.integers(0, 2**112 - 1))
+        subnet = ipaddress.IPv6Network((base, prefix), strict=False)
+    if draw(st.booleans()):
+        return subnet, None
+    range_prefix = draw(st.integers(prefix, bits))
+    # The first, the last or any block of that size (the edges are where the rule bites).
+    blocks = 2 ** (range_prefix - prefix)
+    k = draw(st.sampled_from([0, blocks - 1]) | st.integers(0, blocks - 1))
+    size = 2 ** (bits - range_prefix)
+    start = int(subnet.network_address) + k * size
+    return subnet, ipaddress.ip_network((start, range_prefix))
+
+
+@given(pools_without_gateway())
+def test_the_gateway_nobody_asked_for_is_the_first_address_the_pool_hands_out(
+    case: tuple[IPNetwork, IPNetwork | None],
+) -> None:
+    subnet, ip_range = case
+    pool = IpamPool(str(subnet), None, None if ip_range is None else str(ip_range))
+    dynamic = ip_range or subnet
+    gateway = pool.effective_gateway()
+    # Only the subnet's two ends can be kept from hosts (is_host_address says which).
+    kept = {a for a in (subnet[0], subnet[-1]) if a in dynamic and not is_host_address(a, subnet)}
+    if dynamic.num_addresses == len(kept):
+        # A range of one or two addresses, both the subnet's network or broadcast address:
+        # the engine finds no room for the gateway.
+        assert gateway is None
+        return
+    assert gateway is not None
+    gw = ipaddress.ip_address(gateway)
+    assert str(gw) == gateway  # canonical text, as the engine writes addresses
+    assert gw in dynamic and is_host_address(gw, subnet)
+    # The lowest such address: what lies below it in the pool is never handed out.
+    below = int(gw) - int(dynamic.network_address)
+    assert below <= 1
+    assert all(not is_host_address(dynamic[i], subnet) for i in range(below))
+
+
+@given(
+    st.ip_addresses(v=4) | st.ip_addresses(v=6),
+    st.sampled_from(["", "/24", "/64"]),
+    st.none() | st.just("10.0.0.64/26"),
+)
+def test_the_gateway_the_engine_reports_wins(
+    address: Any, suffix: str, ip_range: str | None
+) -> None:
+    pool = IpamPool("10.0.0.0/24", f"{address}{suffix}", ip_range)
+    assert pool.effective_gateway() == str(address)
+
+
+def test_gateways_as_the_engine_puts_them() -> None:
+    # Measured on Docker 20.10: the engine reports only the gateway it was given.
+    assert IpamPool("10.213.77.0/24", None, "10.213.77.64/26").effective_gateway() == "10.213.77.64"
+    assert IpamPool("10.213.78.0/24").effective_gateway() == "10.213.78.1"
+    assert IpamPool("10.213.79.0/24", "10.213.79.254").effective_gateway() == "10.213.79.254"
+    assert IpamPool("10.213.80.0/24", None, "10.213.80.0/25").effective_gateway() == "10.213.80.1"
+    assert IpamPool("fd00:1::/64").effective_gateway() == "fd00:1::1"
+    for unreadable in (
+        IpamPool("nonsense"),
+        IpamPool("10.0.0.0/24", "x"),
+        IpamPool("10.0.0.0/24", None, "fd00::/64"),
+    ):
+        assert unreadable.effective_gateway() is None
+
+
+def test_a_network_s_gateway_is_its_first_pool_s_of_that_version() -> None:
+    n = Network(
+        "1",
+        "n",
+        "local",
+        "bridge",
+        ipam=(
+            IpamPool("junk"),
+            IpamPool("fd00:2::/64"),
+            IpamPool("10.2.0.0/24", None, "10.2.0.128/25"),
+        ),
+    )
+    assert (n.gateway(4), n.gateway(6)) == ("10.2.0.128", "fd00:2::1")
+    assert n.pool(4) == n.ipam[2] and Network("2", "none", "local", "null").gateway() is None

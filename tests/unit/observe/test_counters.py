@@ -1,11 +1,8 @@
-"""Interfaces mapped to networks, and rates between samples."""
+"""Interfaces mapped to networks, which containers can be read, and the stats document."""
 
 from __future__ import annotations
 
-from hypothesis import given
-from hypothesis import strategies as st
-
-from dockmesh.host.procnet import IfaceCounters, Route
+from dockmesh.codecs.procnet import IfaceCounters, Route
 from dockmesh.model.topology import Attachment, Container
 from dockmesh.observe.counters import (
     ContainerStats,
@@ -15,7 +12,6 @@ from dockmesh.observe.counters import (
     readable,
     stats_json,
 )
-from dockmesh.observe.rates import SORT_KEYS, deltas, rates
 
 
 def ctr(*atts: tuple[str, str], pid: int | None = 10, mode: str = "") -> Container:
@@ -87,31 +83,3 @@ def test_stats_json_shape() -> None:
         "tx_dropped": 0,
     }
     assert doc["elapsed_s"] == 0.0123
-
-
-def one(cid: str, rx: int, tx: int, iface: str = "eth0") -> ContainerStats:
-    return ContainerStats(cid, cid, "local", (InterfaceStats(k(iface, rx, tx), "n"),))
-
-
-def test_rates_sorted_and_restarts_left_out() -> None:
-    before = [one("a", 0, 0), one("b", 0, 0), one("c", 1000, 0)]
-    after = [one("a", 100, 0), one("b", 300, 100), one("c", 10, 0), one("d", 5, 5)]
-    rows = rates(before, after, 2.0)
-    assert [(r.container, r.rx_bytes_s, r.tx_bytes_s) for r in rows] == [
-        ("b", 150.0, 50.0),
-        ("a", 50.0, 0.0),
-    ]
-    assert rates(before, after, 0) == []
-
-
-@given(
-    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), min_size=1, max_size=20),
-    st.sampled_from(sorted(SORT_KEYS)),
-)
-def test_rates_are_the_growth_over_the_interval(growth: list[tuple[int, int]], sort: str) -> None:
-    before = [one(f"c{i}", 1000, 1000) for i in range(len(growth))]
-    after = [one(f"c{i}", 1000 + r, 1000 + t) for i, (r, t) in enumerate(growth)]
-    rows = rates(before, after, 0.5, sort)
-    assert len(rows) == len(growth)
-    assert sum(r.rx_bytes_s for r in rows) == sum(g[0] for g in growth) * 2
-    assert len(deltas(before, after)) == len(growth)

@@ -22,6 +22,7 @@ from dockmesh.observe.flows import (
     flows_json,
     parse_conntrack_message,
 )
+from tests.outcomes import Outcomes
 
 
 def msg(
@@ -185,12 +186,49 @@ trees = st.recursive(
 )
 
 
-@given(trees)
-def test_any_message_parses_or_is_none(m: Any) -> None:
-    f = parse_conntrack_message(m)
-    if f is not None:
+# Messages as a dump returns them (addresses of the topology's containers and others, any
+# ports and counters), some with one attribute spoiled, and random trees: most parse, so the
+# flow's properties are checked (random trees alone never hold both tuples).
+addresses = st.sampled_from(["10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.1", "fd00::1"])
+ports = st.integers(-1, 70000)
+counts = st.integers(-5, 2**64) | st.none() | st.text(max_size=2)
+well_formed = st.builds(
+    msg,
+    addresses,
+    addresses,
+    ports,
+    ports,
+    addresses,
+    addresses,
+    proto=st.sampled_from([6, 17, 1, 132]),
+    counters=st.none() | st.tuples(counts, counts, counts, counts),
+)
+spoiled = st.builds(
+    lambda m, at, junk: {
+        "attrs": [(name, junk if i == at else v) for i, (name, v) in enumerate(m["attrs"])]
+    },
+    well_formed,
+    st.integers(0, 4),
+    trees,
+)
+
+
+def test_any_message_parses_or_is_none() -> None:
+    seen = Outcomes()
+
+    @given(st.one_of(well_formed, spoiled, trees))
+    def run(m: Any) -> None:
+        f = parse_conntrack_message(m)
+        if f is None:
+            seen("none")
+            return
+        seen("flow")
         assert f.orig_bytes >= 0 and f.reply_packets >= 0
+        assert f.orig_packets >= 0 and f.reply_bytes >= 0
         aggregate([f], topo())
+
+    run()
+    seen.require(flow=0.3, none=0.1)
 
 
 def test_flows_drawn_as_directed_dashed_edges_on_the_dot_graph() -> None:

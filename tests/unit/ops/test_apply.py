@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.errors import EngineError, Interrupted
 from dockmesh.model.config import ContainerConfig, EndpointConfig
+from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import Topology, build_topology
 from dockmesh.ops.apply import apply_plan
 from dockmesh.projectfile.desired import Desired
@@ -56,13 +57,11 @@ def shape(mem: MemoryEngine, project: str = "p") -> dict[str, Any]:
     """What a user sees of the project: names, states, networks and aliases (not ids)."""
     t = live(mem)
     return {
-        "networks": sorted(
-            n.name for n in t.networks if n.labels.get("dockmesh.project") == project
-        ),
+        "networks": sorted(n.name for n in t.networks if n.labels.get(LABEL_PROJECT) == project),
         "containers": sorted(
             (c.name, c.state, tuple(sorted((a.network, a.aliases[:-2]) for a in c.attachments)))
             for c in t.containers
-            if c.labels.get("dockmesh.project") == project
+            if c.labels.get(LABEL_PROJECT) == project
         ),
     }
 
@@ -183,8 +182,8 @@ hand_made = st.lists(
 def meddle(mem: MemoryEngine, op: str, n: int) -> None:
     """A person's change by hand; one the engine refuses is simply not made."""
     t = live(mem)
-    ctrs = [c for c in t.containers if c.labels.get("dockmesh.project") == "g"]
-    nets = [x for x in t.networks if x.labels.get("dockmesh.project") == "g"]
+    ctrs = [c for c in t.containers if c.labels.get(LABEL_PROJECT) == "g"]
+    nets = [x for x in t.networks if x.labels.get(LABEL_PROJECT) == "g"]
     with contextlib.suppress(EngineError):
         if op == "guest" and nets:
             net = nets[n % len(nets)]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector, parse_policy
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import (
+    HASH_TAG,
     compile_policy,
     document,
     element_delta,
@@ -23,7 +24,7 @@ from dockmesh.policy.compile import (
 )
 from dockmesh.policy.decide import decide
 from dockmesh.policy.evaluate import Packet, evaluate
-from tests.unit.policy.topos import container, network, topology
+from tests.unit.topos import container, network, topology
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -60,11 +61,16 @@ def seg_policy() -> Policy:
 
 
 def golden(name: str, doc: Any) -> None:
+    """`doc` equals the golden file `name`. A missing golden file fails like a different one:
+    writing it here would pass whatever the compiler produced. DOCKMESH_UPDATE_GOLDEN=1
+    (re)writes the files deliberately; review the diff before committing them."""
     path = GOLDEN / name
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
-    if os.environ.get("DOCKMESH_GOLDEN") == "write" or not path.exists():
+    if os.environ.get("DOCKMESH_UPDATE_GOLDEN") == "1":
         path.write_text(text)
-    assert text == path.read_text(), f"{name} differs (DOCKMESH_GOLDEN=write rewrites it)"
+    how = "DOCKMESH_UPDATE_GOLDEN=1 pytest tests/unit/policy/test_compile.py writes it"
+    assert path.exists(), f"golden file {path} is missing ({how})"
+    assert text == path.read_text(), f"{name} differs from the golden file ({how})"
 
 
 def test_golden_enforce() -> None:
@@ -285,3 +291,10 @@ def test_element_delta_turns_one_ruleset_into_the_other(
         nets = [ipaddress.ip_network(e) for e in s.elements]
         for i, x in enumerate(nets):
             assert not any(x.overlaps(y) for y in nets[i + 1 :])
+
+
+def test_the_compiled_table_carries_the_marker() -> None:
+    topo = topology([network("n", "10.0.0.0/24")], [container("a", {"n": "10.0.0.2"})])
+    rs = compile_policy(Policy(), topo, "enforce", "t")
+    rules = [c["add"]["rule"] for c in full_transaction(rs) if "rule" in c.get("add", {})]
+    assert rules[0]["comment"].startswith(HASH_TAG)

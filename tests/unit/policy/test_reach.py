@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dockmesh.host.icmp import echo_reply, echo_request
+from dataclasses import replace
+from typing import Any
+
+from dockmesh.codecs.procnet import Listener
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector
 from dockmesh.model.topology import Topology
-from dockmesh.policy.nft import parse_live
-from dockmesh.policy.reach import Analysis, Facts, Listening, Step, analyze, parse_port
-from tests.unit.policy.topos import container, network, topology
+from dockmesh.policy.reach import Analysis, Observations, Step, analyze, parse_port
+from tests.unit.topos import container, network, topology
 
 
 def chapter() -> Topology:
@@ -56,7 +58,9 @@ def test_no_shared_network_says_where_each_is() -> None:
 def test_backend_to_database_reachable_on_an_internal_network() -> None:
     port = parse_port("5432/tcp")
     assert isinstance(port, PortRange)
-    facts = Facts(listening=[Listening("tcp", "0.0.0.0", 5432)], policy_note="no policy applied")
+    facts = Observations(
+        listening=[Listener("tcp", "0.0.0.0", 5432)], policy_note="no policy applied"
+    )
     a = analyze(chapter(), None, "back", "data", port, facts)
     assert a.reachable and a.network == "db" and a.address == "10.3.0.4"
     assert [s.check for s in a.steps] == [
@@ -82,12 +86,12 @@ def test_loopback_only_listener_is_the_finding() -> None:
         "back",
         "data",
         PortRange("tcp", 5432, 5432),
-        Facts(listening=[Listening("tcp", "127.0.0.1", 5432)]),
+        Observations(listening=[Listener("tcp", "127.0.0.1", 5432)]),
     )
     assert not a.reachable
     assert "listens on 127.0.0.1:5432 only" in checks(a)["listening"].detail
     none = analyze(
-        chapter(), None, "back", "data", PortRange("tcp", 5432, 5432), Facts(listening=[])
+        chapter(), None, "back", "data", PortRange("tcp", 5432, 5432), Observations(listening=[])
     )
     assert "nothing in data listens on 5432/tcp" in checks(none)["listening"].detail
 
@@ -142,82 +146,46 @@ def test_port_argument() -> None:
     assert isinstance(parse_port("icmp"), str)
 
 
-def test_echo_request_round_trips_through_a_reply() -> None:
-    req = echo_request(0x1234, 7)
-    # The kernel's reply: the request's ICMP with type 0 behind a 20-byte IPv4 header.
-    reply = b"\x45" + b"\0" * 19 + b"\x00" + req[1:]
-    assert echo_reply(reply) == (0x1234, 7)
-    assert echo_reply(b"\x45" + b"\0" * 19 + req) is None  # a request is not a reply
-    assert echo_reply(b"short") is None
+# --- a host-mode source, a container to itself, a stale table ---------------------------------
 
 
-def test_parse_live_reads_elements_counters_and_the_hash() -> None:
-    doc = {
-        "nftables": [
-            {"metainfo": {"json_schema_version": 1}},
-            {"table": {"family": "inet", "name": "t", "handle": 1}},
-            {
-                "set": {
-                    "family": "inet",
-                    "name": "s0_4",
-                    "table": "t",
-                    "type": "ipv4_addr",
-                    "elem": ["10.0.0.2"],
-                }
-            },
-            {
-                "set": {
-                    "family": "inet",
-                    "name": "n0_4",
-                    "table": "t",
-                    "type": "ipv4_addr",
-                    "flags": ["interval"],
-                    "elem": [
-                        {"prefix": {"addr": "10.1.0.0", "len": 24}},
-                        {"range": ["10.2.0.0", "10.2.1.255"]},
-                    ],
-                }
-            },
-            {
-                "set": {
-                    "family": "inet",
-                    "name": "s0_6",
-                    "table": "t",
-                    "type": "ipv6_addr",
-                    "elem": ["fd00:0::1"],
-                }
-            },
-            {"chain": {"family": "inet", "table": "t", "name": "forward", "handle": 2}},
-            {
-                "rule": {
-                    "family": "inet",
-                    "table": "t",
-                    "chain": "forward",
-                    "handle": 3,
-                    "comment": "dockmesh policy abc",
-                    "expr": [{"accept": None}],
-                }
-            },
-            {
-                "rule": {
-                    "family": "inet",
-                    "table": "t",
-                    "chain": "forward",
-                    "handle": 4,
-                    "comment": "rule 1",
-                    "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"accept": None}],
-                }
-            },
-        ]
-    }
-    live = parse_live(doc, "t")
-    assert live.structure_hash == "abc"
-    assert live.elements == {
-        "s0_4": frozenset({"10.0.0.2"}),
-        "n0_4": frozenset({"10.1.0.0/24", "10.2.0.0/23"}),
-        "s0_6": frozenset({"fd00::1"}),
-    }
-    assert [(r.comment, r.packets) for r in live.rules] == [
-        ("dockmesh policy abc", None),
-        ("rule 1", 3),
-    ]
+def small() -> Any:
+    return topology(
+        [network("n", "10.0.0.0/24"), network("m", "10.1.0.0/24")],
+        [
+            container("a", {"n": "10.0.0.2"}, {"dockmesh.service": "a"}),
+            container("b", {"n": "10.0.0.3"}, {"dockmesh.service": "b"}),
+            container("lonely", {"m": "10.1.0.2"}),
+            replace(container("hostly", {}), network_mode="host"),
+        ],
+    )
+
+
+def test_a_host_mode_source_is_the_host() -> None:
+    deny = Policy(default="deny")
+    a = analyze(small(), deny, "hostly", "b")
+    assert a.reachable and a.src == "hostly"
+    assert a.steps[0].check == "host_network"
+    assert "network_mode host" in a.summary and a.address == "10.0.0.3"
+    # The same verdict as from the host itself.
+    assert analyze(small(), deny, "host", "b").reachable
+
+
+def test_a_container_reaches_itself_whatever_the_policy() -> None:
+    for policy in (None, Policy(default="deny"), Policy(networks=(("n", "deny"),))):
+        a = analyze(small(), policy, "a", "a")
+        assert a.reachable, a
+        assert [s.check for s in a.steps] == ["running", "self"]
+        assert "forward hook" in a.steps[1].detail
+        assert a.address == "10.0.0.2"
+    # Even one on a network of its own, shared with nobody.
+    assert analyze(small(), None, "lonely", "lonely").reachable
+
+
+def test_a_stale_table_is_said_in_the_policy_step() -> None:
+    stale = "table inet t is not in sync with the topology"
+    a = analyze(small(), Policy(), "a", "b", observed=Observations(policy_stale=stale))
+    step = next(s for s in a.steps if s.check == "policy")
+    assert stale in step.detail
+    fresh = analyze(small(), Policy(), "a", "b")
+    assert "not in sync" not in next(s for s in fresh.steps if s.check == "policy").detail

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.errors import EngineError
 from dockmesh.ops.apply import Journal, start_container
+from dockmesh.projectfile.context import EngineContext, ExistingNetwork, PublishedPort, Route
 from dockmesh.projectfile.desired import desired_state
-from dockmesh.projectfile.facts import EngineNetworkFact, Facts, PublishedPort, Route
 from dockmesh.projectfile.schema import parse_spec_partial
 from dockmesh.projectfile.validate import validate
 from tests.unit.helpers import desired_of, problems_of
@@ -31,7 +31,7 @@ networks:
 """
 
 
-def joined(doc: dict[str, Any] | str, facts: Facts | None = None) -> str:
+def joined(doc: dict[str, Any] | str, facts: EngineContext | None = None) -> str:
     return "\n".join(problems_of(doc, facts))
 
 
@@ -68,10 +68,10 @@ def test_references_cycles_and_duplicates() -> None:
 
 
 def test_engine_networks_and_host_routes() -> None:
-    facts = Facts(
+    facts = EngineContext(
         networks=(
-            EngineNetworkFact("other_net", None, ("10.9.0.0/16",)),
-            EngineNetworkFact("p_a", "p", ("10.10.0.0/24",)),
+            ExistingNetwork("other_net", None, ("10.9.0.0/16",)),
+            ExistingNetwork("p_a", "p", ("10.10.0.0/24",)),
         ),
         routes=(
             Route("10.9.0.0/16", "br-x"),
@@ -102,13 +102,14 @@ def test_drivers_need_what_they_need() -> None:
             "b": {"parent": "eth0"},
         }
     }
-    out = joined(doc, Facts(interfaces=frozenset({"eth0"})))
+    out = joined(doc, EngineContext(interfaces=frozenset({"eth0"})))
     assert "networks.m.parent: interface 'veth-nothere' does not exist" in out
     assert "networks.i.driver: ipvlan: this kernel has no ipvlan support" in out
     assert "networks.o.driver: overlay needs the engine to be in a swarm" in out
     assert "networks.b.parent: parent is for macvlan and ipvlan, not bridge" in out
     ok = problems_of(
-        {"networks": {"o": {"driver": "overlay", "attachable": True}}}, Facts(swarm_active=True)
+        {"networks": {"o": {"driver": "overlay", "attachable": True}}},
+        EngineContext(swarm_active=True),
     )
     assert ok == []
 
@@ -150,8 +151,8 @@ def test_options_ports_and_healthchecks() -> None:
 
 
 def test_foreign_objects_with_our_names() -> None:
-    facts = Facts(
-        networks=(EngineNetworkFact("p_a", None, ()),),
+    facts = EngineContext(
+        networks=(ExistingNetwork("p_a", None, ()),),
         containers={"p-w-1": None},
         images={"x": None},
     )
@@ -451,7 +452,7 @@ def test_the_int_and_string_spellings_and_replicas() -> None:
 
 
 def test_a_host_port_held_by_another_projects_container() -> None:
-    facts = Facts(
+    facts = EngineContext(
         published=(
             PublishedPort("other-web-1", "other", "0.0.0.0", 8080, "tcp"),
             PublishedPort("p-web-1", "p", "0.0.0.0", 9090, "tcp"),  # ours: replaced or kept
@@ -803,10 +804,10 @@ def test_an_address_held_on_the_live_network() -> None:
         },
     }
     same = desired_of(doc).networks[0].hash
-    kept = EngineNetworkFact("p_a", "p", ("10.5.0.0/24",), same)
+    kept = ExistingNetwork("p_a", "p", ("10.5.0.0/24",), same)
 
-    def facts(holder: str, owner: str | None, network: EngineNetworkFact = kept) -> Facts:
-        return Facts(
+    def facts(holder: str, owner: str | None, network: ExistingNetwork = kept) -> EngineContext:
+        return EngineContext(
             networks=(network,),
             containers={holder: owner},
             endpoints={"p_a": {"10.5.0.7": holder}},
@@ -820,7 +821,7 @@ def test_an_address_held_on_the_live_network() -> None:
     )
     assert problems_of(doc, facts("p-db-1", "p")) == []  # its own address
     assert problems_of(doc, facts("p-old-1", "p")) == []  # not in the file: removed first
-    replaced = EngineNetworkFact("p_a", "p", ("10.5.0.0/24",), "another hash")
+    replaced = ExistingNetwork("p_a", "p", ("10.5.0.0/24",), "another hash")
     assert problems_of(doc, facts("x-1", None, replaced)) == []  # the network starts empty
 
 
@@ -830,8 +831,8 @@ def test_foreign_live_addresses_take_room_in_the_pool() -> None:
         "services": {"web": svc(replicas=5, networks=["a"])},
     }
     same = desired_of(doc).networks[0].hash
-    facts = Facts(
-        networks=(EngineNetworkFact("p_a", "p", ("10.5.0.0/29",), same),),
+    facts = EngineContext(
+        networks=(ExistingNetwork("p_a", "p", ("10.5.0.0/29",), same),),
         containers={"x-1": None, "p-web-1": "p"},
         endpoints={"p_a": {"10.5.0.2": "p-web-1", "10.5.0.3": "x-1"}},
     )
@@ -907,7 +908,7 @@ def test_ipv6_overlaps_and_routes() -> None:
             "c": {"subnet": ["10.3.0.0/24", "fd00::/64"]},
         }
     }
-    out = joined(doc, Facts(routes=(Route("fd00::/64", "eth0"),)))
+    out = joined(doc, EngineContext(routes=(Route("fd00::/64", "eth0"),)))
     assert "networks.b.subnet.1: fd00:1::/48 overlaps the subnet fd00:1::/64 of network 'a'" in out
     assert "networks.c.subnet.1: fd00::/64 overlaps the host's route to fd00::/64 (dev eth0)" in out
 
@@ -1139,6 +1140,6 @@ def documents(draw: Any) -> dict[str, Any]:
 def test_what_validates_clean_converts(doc: dict[str, Any]) -> None:
     spec, shape, left_out = parse_spec_partial(doc)
     assert spec is not None
-    if shape or validate(spec, "p", Facts(), left_out):
+    if shape or validate(spec, "p", EngineContext(), left_out):
         return
     desired_state(spec, "p")  # nothing the validation let through makes conversion fail

@@ -11,6 +11,7 @@ from typing import Any, cast
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.server import ClientConn, Proxy, UpstreamConn
 from dockmesh.proxy.settings import ProxySettings, Route
+from dockmesh.testing.clock import ManualClock
 from dockmesh.testing.transport import FakeTransport
 
 REQUEST = b"GET /a HTTP/1.1\r\nHost: h.test\r\nAccept: */*\r\n\r\n"
@@ -19,19 +20,13 @@ RESPONSE = (
 )
 
 
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def cluster(
-    n: int = 2, balance: str = "round_robin", clock: Clock | None = None, seed: int = 0
+    n: int = 2, balance: str = "round_robin", clock: ManualClock | None = None, seed: int = 0
 ) -> Cluster[Any]:
     """A cluster of `n` upstreams, 127.0.0.1:1 … :n."""
-    c: Cluster[Any] = Cluster("b", balance, clock=clock or Clock(), rng=random.Random(seed))
+    c: Cluster[Any] = Cluster(
+        "b", balance, clock=clock or ManualClock(1000.0), rng=random.Random(seed)
+    )
     c.set_members({f"127.0.0.1:{i}": 1 for i in range(1, n + 1)})
     return c
 

@@ -20,7 +20,7 @@ from dockmesh.proxy.admin import (
 )
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.tally import Tally
-from tests.unit.proxy.rig import Clock
+from dockmesh.testing.clock import ManualClock
 
 STATUS_KEYS = {
     "address", "healthy", "ejected", "breaker", "in_flight", "requests", "failures",
@@ -29,7 +29,7 @@ STATUS_KEYS = {
 
 
 def setup() -> tuple[Tally, Cluster[Any]]:
-    c: Cluster[Any] = Cluster("web", "round_robin", clock=Clock(), rng=random.Random(0))
+    c: Cluster[Any] = Cluster("web", "round_robin", clock=ManualClock(), rng=random.Random(0))
     c.set_members({"10.0.0.1:80": 1, "10.0.0.2:80": 3})
     a = c.upstreams["10.0.0.1:80"]
     a.requests, a.failures, a.in_flight = 7, 2, 1

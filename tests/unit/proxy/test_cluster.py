@@ -8,7 +8,7 @@ from typing import Any
 from dockmesh.proxy.cluster import Cluster, split_hostport
 from dockmesh.resilience.breaker import BreakerPolicy
 from dockmesh.resilience.outlier import OutlierPolicy
-from tests.unit.proxy.rig import Clock
+from dockmesh.testing.clock import ManualClock
 
 
 class Idle:
@@ -22,9 +22,9 @@ class Idle:
         self.closed = True
 
 
-def make(clock: Clock | None = None, **kw: Any) -> Cluster[Idle]:
+def make(clock: ManualClock | None = None, **kw: Any) -> Cluster[Idle]:
     c: Cluster[Idle] = Cluster(
-        "web", "round_robin", clock=clock or Clock(), rng=random.Random(1), **kw
+        "web", "round_robin", clock=clock or ManualClock(), rng=random.Random(1), **kw
     )
     c.set_members({"10.0.0.1:80": 1, "10.0.0.2:80": 2, "[fd00::3]:80": 1})
     return c
@@ -52,7 +52,7 @@ def test_addresses() -> None:
 
 
 def test_the_unhealthy_the_open_and_the_ejected_are_not_picked_and_come_back() -> None:
-    clock = Clock()
+    clock = ManualClock()
     c = make(
         clock,
         breaker_policy=BreakerPolicy(consecutive_failures=1, open_base_s=1),
@@ -103,7 +103,7 @@ def test_why_there_is_no_upstream() -> None:
 
 
 def test_tick_closes_what_idled_too_long_and_moves_the_batched_counts() -> None:
-    clock = Clock(100.0)
+    clock = ManualClock(100.0)
     c = make(clock)
     a = c.upstreams["10.0.0.1:80"]
     old, young = Idle(80.0), Idle(99.0)

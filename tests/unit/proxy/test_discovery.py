@@ -10,7 +10,7 @@ from typing import Any
 
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.discovery import BackendChecks, check_health, members_from_health
-from tests.unit.proxy.rig import Clock
+from dockmesh.testing.clock import ManualClock
 
 
 def test_members_from_the_agents_health_answer() -> None:
@@ -50,7 +50,7 @@ def test_fall_failures_take_a_backend_out_and_rise_passes_bring_it_back() -> Non
 
 
 def test_check_health_flips_backends_in_the_cluster() -> None:
-    c: Cluster[Any] = Cluster("b", "round_robin", clock=Clock(), rng=random.Random(0))
+    c: Cluster[Any] = Cluster("b", "round_robin", clock=ManualClock(), rng=random.Random(0))
     c.set_members({"127.0.0.1:1": 1, "127.0.0.1:2": 1})
     down = {2}
     asked: list[tuple[str, int, str]] = []

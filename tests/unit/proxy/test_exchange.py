@@ -24,7 +24,7 @@ from dockmesh.proxy.exchange import (
 )
 from dockmesh.resilience.breaker import BreakerPolicy, BreakerState
 from dockmesh.resilience.retry import FAIL, MAX_ATTEMPTS, RESEND, RETRY, RETRYABLE_STATUSES
-from tests.unit.proxy.rig import Clock
+from dockmesh.testing.clock import ManualClock
 
 
 def request(
@@ -39,7 +39,7 @@ def request(
     return req
 
 
-def cluster(clock: Clock, n: int = 3, probes: int = 1) -> Cluster[Any]:
+def cluster(clock: ManualClock, n: int = 3, probes: int = 1) -> Cluster[Any]:
     c: Cluster[Any] = Cluster(
         "c",
         "round_robin",
@@ -61,7 +61,7 @@ def requests_deposited(c: Cluster[Any]) -> int:
 
 
 def test_a_plain_exchange_books_one_attempt_and_keeps_the_connection() -> None:
-    clock = Clock()
+    clock = ManualClock()
     c = cluster(clock)
     ex: Exchange[Any] = Exchange()
     up = ex.begin_attempt(c, request(), None, 5.0)
@@ -74,7 +74,7 @@ def test_a_plain_exchange_books_one_attempt_and_keeps_the_connection() -> None:
 
 
 def test_the_connection_field_says_what_the_response_and_the_request_want() -> None:
-    clock = Clock()
+    clock = ManualClock()
     c = cluster(clock)
     cases = [
         # (request, response keeps alive, body ends at close) -> field
@@ -96,14 +96,14 @@ def test_the_connection_field_says_what_the_response_and_the_request_want() -> N
 
 
 def test_101_opens_a_tunnel() -> None:
-    c = cluster(Clock())
+    c = cluster(ManualClock())
     ex: Exchange[Any] = Exchange()
     ex.begin_attempt(c, request(), None, 0.0)
     assert ex.response_begins(101, False, True) == b"" and ex.state == TUNNEL and ex.keep
 
 
 def test_no_route_and_no_upstream_say_why() -> None:
-    clock = Clock()
+    clock = ManualClock()
     c = cluster(clock)
     ex: Exchange[Any] = Exchange()
     assert ex.begin_attempt(None, request(), None, 0.0) is None
@@ -118,7 +118,7 @@ def test_no_route_and_no_upstream_say_why() -> None:
 
 
 def test_refusing_breakers_are_skipped_until_none_is_left() -> None:
-    clock = Clock()
+    clock = ManualClock()
     c = cluster(clock, n=2)
     first, second = c.upstreams.values()
     first.breaker._to(BreakerState.HALF_OPEN)
@@ -137,7 +137,7 @@ def test_refusing_breakers_are_skipped_until_none_is_left() -> None:
 
 
 def test_a_gateway_answer_is_asked_elsewhere_within_the_budget_and_the_attempts() -> None:
-    clock = Clock()
+    clock = ManualClock()
     c = cluster(clock)
     ex: Exchange[Any] = Exchange()
     first = ex.begin_attempt(c, request(), None, 0.0)
@@ -154,7 +154,7 @@ def test_a_gateway_answer_is_asked_elsewhere_within_the_budget_and_the_attempts(
 
 
 def test_a_stale_pooled_connection_resends_outside_the_count_and_never_a_sent_body() -> None:
-    c = cluster(Clock())
+    c = cluster(ManualClock())
     ex: Exchange[Any] = Exchange()
     ex.begin_attempt(c, request(), None, 0.0)
     assert ex.failed(None, reached=True, stale=True) == RESEND
@@ -171,7 +171,7 @@ def test_a_stale_pooled_connection_resends_outside_the_count_and_never_a_sent_bo
 
 
 def test_a_half_open_probe_is_given_back_when_the_client_leaves() -> None:
-    clock = Clock()
+    clock = ManualClock()
     c = cluster(clock, n=1)
     (up,) = c.upstreams.values()
     up.breaker._to(BreakerState.HALF_OPEN)
@@ -184,7 +184,7 @@ def test_a_half_open_probe_is_given_back_when_the_client_leaves() -> None:
 
 
 def test_nothing_is_tried_again_once_the_response_began_or_the_connection_closed() -> None:
-    c = cluster(Clock())
+    c = cluster(ManualClock())
     ex: Exchange[Any] = Exchange()
     ex.begin_attempt(c, request(), None, 0.0)
     ex.response_begins(200, True, False)
@@ -208,7 +208,7 @@ class Driver:
     """Does with each decision what the server does, and checks the invariants."""
 
     def __init__(self, n: int, probes: int) -> None:
-        self.clock = Clock()
+        self.clock = ManualClock()
         self.c = cluster(self.clock, n=n, probes=probes)
         self.ex: Exchange[Any] = Exchange()
         self.sent = False  # the open attempt's request went out

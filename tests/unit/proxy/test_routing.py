@@ -9,11 +9,11 @@ from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.routing import KeyReader, Router
 from dockmesh.proxy.settings import Route
-from tests.unit.proxy.rig import Clock
+from dockmesh.testing.clock import ManualClock
 
 
 def cluster(name: str) -> Cluster[Any]:
-    return Cluster(name, "round_robin", clock=Clock(), rng=random.Random(0))
+    return Cluster(name, "round_robin", clock=ManualClock(), rng=random.Random(0))
 
 
 def head(target: bytes = b"/", host: bytes = b"h.test", extra: bytes = b"") -> http1.RequestHead:

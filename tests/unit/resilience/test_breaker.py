@@ -9,19 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockmesh.resilience.breaker import BreakerOpen, BreakerPolicy, BreakerState, CircuitBreaker
+from dockmesh.testing.clock import ManualClock
 
 
 def state(b: CircuitBreaker) -> BreakerState:
     # A call, not the property: mypy would narrow the property across the clock's moves.
     return b.state
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 policies = st.builds(
@@ -46,7 +39,7 @@ actions = st.lists(
 def test_invariants_hold_whatever_happens(
     policy: BreakerPolicy, steps: list[tuple[str, float]]
 ) -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     b = CircuitBreaker(policy, clock)
     tickets: list[int] = []
     for action, x in steps:
@@ -72,7 +65,7 @@ def test_invariants_hold_whatever_happens(
 
 
 def test_trips_after_consecutive_failures_and_backs_off_longer_each_time() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     b = CircuitBreaker(
         BreakerPolicy(consecutive_failures=3, open_base_s=1, open_multiplier=2, close_after=1),
         clock,
@@ -99,7 +92,7 @@ def test_trips_after_consecutive_failures_and_backs_off_longer_each_time() -> No
 
 
 def test_trips_on_the_failure_ratio_over_the_window() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     b = CircuitBreaker(
         BreakerPolicy(consecutive_failures=100, failure_ratio=0.5, min_requests=10), clock
     )
@@ -112,7 +105,7 @@ def test_trips_on_the_failure_ratio_over_the_window() -> None:
 
 
 def test_old_failures_leave_the_window() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     b = CircuitBreaker(
         BreakerPolicy(consecutive_failures=100, failure_ratio=0.7, min_requests=4, window_s=10),
         clock,
@@ -126,7 +119,7 @@ def test_old_failures_leave_the_window() -> None:
 
 
 def test_a_stale_result_does_not_count_as_a_probe() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     b = CircuitBreaker(BreakerPolicy(consecutive_failures=1, open_base_s=1), clock)
     old = b.admit()
     assert old is not None
@@ -138,7 +131,7 @@ def test_a_stale_result_does_not_count_as_a_probe() -> None:
 
 
 def test_call_wrappers_sync_and_async() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     b = CircuitBreaker(BreakerPolicy(consecutive_failures=1), clock)
     assert b.call(lambda: 42) == 42
 

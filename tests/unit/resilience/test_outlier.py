@@ -6,14 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockmesh.resilience.outlier import OutlierDetector, OutlierPolicy
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from dockmesh.testing.clock import ManualClock
 
 
 @given(
@@ -29,7 +22,7 @@ class Clock:
 def test_ejections_never_exceed_the_cap(
     n: int, pct: float, steps: list[tuple[int, int | None, float]]
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     policy = OutlierPolicy(
         consecutive_5xx=2,
         consecutive_gateway_failures=2,
@@ -52,7 +45,7 @@ def test_ejections_never_exceed_the_cap(
 
 
 def test_consecutive_gateway_failures_eject_and_time_brings_back() -> None:
-    clock = Clock()
+    clock = ManualClock()
     d = OutlierDetector(
         OutlierPolicy(consecutive_gateway_failures=3, base_ejection_s=10, max_ejection_percent=50),
         clock,
@@ -74,7 +67,9 @@ def test_consecutive_gateway_failures_eject_and_time_brings_back() -> None:
 
 
 def test_a_success_resets_the_count() -> None:
-    d = OutlierDetector(OutlierPolicy(consecutive_5xx=2, consecutive_gateway_failures=9), Clock())
+    d = OutlierDetector(
+        OutlierPolicy(consecutive_5xx=2, consecutive_gateway_failures=9), ManualClock()
+    )
     d.set_hosts(["a", "b"])
     d.record("a", 500)
     d.record("a", 200)

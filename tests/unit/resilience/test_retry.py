@@ -17,14 +17,7 @@ from dockmesh.resilience.retry import (
     after_failure,
     may_retry,
 )
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
+from dockmesh.testing.clock import ManualClock
 
 
 @given(
@@ -35,7 +28,7 @@ class Clock:
 def test_retries_stay_within_the_budget(
     ratio: float, min_per_s: float, steps: list[tuple[str, float]]
 ) -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = RetryBudget(clock, ratio=ratio, min_per_s=min_per_s, window_s=10)
     for kind, dt in steps:
         clock.t += dt
@@ -48,7 +41,7 @@ def test_retries_stay_within_the_budget(
 
 
 def test_a_quiet_service_may_still_retry_and_a_failing_fleet_may_not_multiply() -> None:
-    clock = Clock()
+    clock = ManualClock()
     budget = RetryBudget(clock, ratio=0.2, min_per_s=0.1, window_s=10)
     assert budget.try_retry()  # min_per_s * window_s = 1 retry without any request
     assert not budget.try_retry()

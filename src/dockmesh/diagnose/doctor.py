@@ -1,0 +1,139 @@
+"""The doctor's gatherer: everything about one container, read from the host.
+
+Nothing runs inside the container, so it works on images built FROM scratch:
+- links, addresses and routes: a netlink socket opened in its namespace (a `NetnsPool` job);
+- listening sockets: `/proc/<pid>/net/{tcp,tcp6,udp,udp6}` (its namespace, no setns;
+  `dockmesh.host.sockets`);
+- resolv.conf as it sees it: `/proc/<pid>/root/etc/resolv.conf` (its mount namespace);
+- DNS: queries to Docker's embedded DNS (127.0.0.11) from a UDP socket made in its namespace
+  (`dockmesh.host.dockerdns`);
+- connectivity: ICMP echo to its gateways and peers from a raw socket made there.
+The MTU each network should give comes from the host side (the bridge's MTU in sysfs).
+Every step that fails is recorded and the others go on: a partial diagnosis beats none.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from dockmesh.codecs.procnet import Route
+from dockmesh.codecs.resolvconf import parse_resolv_conf
+from dockmesh.diagnose.findings import (
+    DnsAnswer,
+    Evidence,
+    Link,
+    Ping,
+    plan_checks,
+)
+from dockmesh.diagnose.latency import ping_many
+from dockmesh.host.dockerdns import resolve_in
+from dockmesh.host.netns import NetnsError, NetnsPool
+from dockmesh.host.sockets import listening
+from dockmesh.model.topology import Container, Network, Topology
+
+
+def bridge_name(n: Network) -> str | None:
+    """The host-side bridge of a local bridge network, as Docker names it."""
+    if n.driver != "bridge":
+        return None
+    return n.options.get("com.docker.network.bridge.name") or (
+        "docker0" if n.name == "bridge" else f"br-{n.id[:12]}"
+    )
+
+
+def host_mtus(topo: Topology, c: Container) -> dict[str, int]:
+    """Network id → the MTU of its bridge on the host, for `c`'s bridge networks."""
+    out: dict[str, int] = {}
+    for n, _ in topo.attached_networks(c):
+        name = bridge_name(n)
+        if name is None:
+            continue
+        try:
+            with open(f"/sys/class/net/{name}/mtu") as f:
+                out[n.id] = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _netlink_read() -> tuple[list[Link], list[Route]]:
+    """Runs inside the container's namespace (a pool job): links, addresses, main routes."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names: dict[int, str] = {}
+        links: dict[int, tuple[str, str | None, int, str]] = {}
+        for m in ipr.get_links():
+            name = str(m.get_attr("IFLA_IFNAME"))
+            names[m["index"]] = name
+            state = str(m.get_attr("IFLA_OPERSTATE") or "unknown").lower()
+            links[m["index"]] = (
+                name,
+                m.get_attr("IFLA_ADDRESS"),
+                int(m.get_attr("IFLA_MTU")),
+                state,
+            )
+        addrs: dict[int, list[str]] = {}
+        for a in ipr.get_addr():
+            address = a.get_attr("IFA_ADDRESS")
+            if address:
+                addrs.setdefault(a["index"], []).append(f"{address}/{a['prefixlen']}")
+        routes: list[Route] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for r in ipr.get_routes(family=family, table=254):
+                dst = r.get_attr("RTA_DST")
+                zero = "0.0.0.0" if family == socket.AF_INET else "::"
+                destination = f"{dst or zero}/{r['dst_len']}"
+                routes.append(
+                    Route(
+                        destination,
+                        r.get_attr("RTA_GATEWAY"),
+                        names.get(r.get_attr("RTA_OIF"), "?"),
+                        int(r.get_attr("RTA_PRIORITY") or 0),
+                    )
+                )
+    out = [Link(n, mac, mtu, st, tuple(addrs.get(i, ()))) for i, (n, mac, mtu, st) in links.items()]
+    return out, routes
+
+
+def _read(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def gather(topo: Topology, c: Container, pool: NetnsPool, timeout_s: float = 1.0) -> Evidence:
+    plan = plan_checks(topo, c, host_mtus(topo, c))
+    evidence = Evidence(c, plan)
+    if not c.running or not c.pid:
+        return evidence
+    if c.network_mode == "host":
+        evidence.errors.append(f"{c.name} uses the host's network: no namespace of its own")
+        return evidence
+    pid = c.pid
+    try:
+        links, routes = pool.run(pid, _netlink_read)
+        evidence.links, evidence.routes = tuple(links), tuple(routes)
+    except (NetnsError, OSError) as e:
+        evidence.errors.append(f"interfaces and routes unreadable: {e}")
+    listeners = listening(pid)
+    if listeners is None:
+        evidence.errors.append("listening sockets unreadable (/proc/<pid>/net)")
+    evidence.listeners = listeners or ()
+    try:
+        evidence.resolv = parse_resolv_conf(_read(f"/proc/{pid}/root/etc/resolv.conf"))
+    except OSError as e:
+        evidence.errors.append(f"resolv.conf unreadable: {e.strerror}")
+    try:
+        resolved = resolve_in(pool, pid, [q.name for q in plan.questions], timeout_s)
+        evidence.dns = tuple(
+            DnsAnswer(q, r.addresses, r.rcode)
+            for q, r in zip(plan.questions, resolved, strict=True)
+        )
+    except (NetnsError, OSError) as e:
+        evidence.errors.append(f"DNS queries could not be sent: {e}")
+    try:
+        rtts = ping_many(pool, pid, [a for _, _, a in plan.pings], timeout_s)
+        evidence.pings = tuple(Ping(k, t, a, rtts.get(a)) for k, t, a in plan.pings)
+    except (NetnsError, OSError) as e:
+        evidence.errors.append(f"ICMP probes could not be sent: {e}")
+    return evidence

@@ -1,0 +1,203 @@
+"""An `Nft` that keeps the kernel's tables in memory.
+
+It runs what dockmesh sends the same way the kernel takes it where dockmesh relies on it:
+
+- a `run` is one transaction: every command holds, or the first refused one raises NftError
+  and none of them does;
+- deleting a table, or an element, that is not there is refused (the compiler adds a table
+  before deleting it for that reason, and a wrong element delta makes the enforcer reconcile);
+- an interval set refuses an element that overlaps one it holds (so deltas must delete first);
+- `list_table` answers in `nft -j list table inet NAME`'s shape: the table, its sets with
+  their elements, its chains, its rules with handles and counters.
+
+Only the `inet` family and the commands dockmesh sends (add/delete of table, set, chain, rule
+and elements) are understood; anything else raises NotImplementedError, a gap in this double
+rather than a refusal by the kernel. `ran` records every transaction, refused ones included;
+`refuse_next(reason)` makes the next one fail as nft would.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dockmesh.policy.compile import JSON
+from dockmesh.policy.nft import Nft, NftError
+
+_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+_NO_SUCH = "Error: Could not process rule: No such file or directory"
+
+
+@dataclass
+class _Set:
+    doc: dict[str, Any]
+    elements: set[_Net] = field(default_factory=set)
+
+    @property
+    def interval(self) -> bool:
+        return "interval" in (self.doc.get("flags") or ())
+
+
+@dataclass
+class _Table:
+    sets: dict[str, _Set] = field(default_factory=dict)
+    chains: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rules: list[dict[str, Any]] = field(default_factory=list)
+
+
+class MemoryNft(Nft):
+    def __init__(self) -> None:
+        super().__init__("nft-in-memory")
+        self.tables: dict[str, _Table] = {}
+        self.ran: list[list[JSON]] = []
+        self._handles = 0
+        self._refusals: list[str] = []
+
+    # --- the Nft interface ----------------------------------------------------------------
+
+    def available(self) -> bool:
+        return True
+
+    def run(self, cmds: list[JSON]) -> None:
+        if not cmds:
+            return
+        self.ran.append(cmds)
+        if self._refusals:
+            raise NftError(self._refusals.pop(0))
+        tables = copy.deepcopy(self.tables)
+        for cmd in cmds:
+            self._apply(tables, cmd)
+        self.tables = tables
+
+    def list_table(self, table: str) -> Any | None:
+        t = self.tables.get(table)
+        if t is None:
+            return None
+        items: list[JSON] = [
+            {"metainfo": {"json_schema_version": 1}},
+            {"table": {"family": "inet", "name": table, "handle": 1}},
+        ]
+        for s in t.sets.values():
+            doc = dict(s.doc)
+            if s.elements:
+                doc["elem"] = [_listed(n) for n in sorted(s.elements, key=_order)]
+            items.append({"set": doc})
+        items += [{"chain": dict(c)} for c in t.chains.values()]
+        items += [{"rule": _listed_rule(r)} for r in t.rules]
+        return {"nftables": items}
+
+    # --- for tests ------------------------------------------------------------------------
+
+    def elements(self, table: str, name: str) -> frozenset[str]:
+        """A set's elements in the compiler's text form (an address, or `net/len`)."""
+        return frozenset(_text(n) for n in self.tables[table].sets[name].elements)
+
+    def refuse_next(
+        self, reason: str = "Error: Could not process rule: Device or resource busy"
+    ) -> None:
+        """The next transaction fails with `reason` and changes nothing."""
+        self._refusals.append(reason)
+
+    def load(self, doc: Any) -> None:
+        """Makes the tables a listing (`nft -j list table …`) describes exist, as someone
+        else made them; not recorded in `ran`."""
+        cmds: list[JSON] = []
+        for item in doc.get("nftables", ()):
+            for kind in ("table", "set", "chain", "rule"):
+                if kind in item:
+                    body = {k: v for k, v in item[kind].items() if k not in ("handle", "elem")}
+                    cmds.append({"add": {kind: body}})
+                    if kind == "set" and item[kind].get("elem"):
+                        elem = {k: body[k] for k in ("family", "table", "name")}
+                        cmds.append({"add": {"element": {**elem, "elem": item[kind]["elem"]}}})
+        tables = copy.deepcopy(self.tables)
+        for cmd in cmds:
+            self._apply(tables, cmd)
+        self.tables = tables
+
+    # --- inside ---------------------------------------------------------------------------
+
+    def _apply(self, tables: dict[str, _Table], cmd: JSON) -> None:
+        ((verb, body),) = cmd.items()
+        ((kind, obj),) = body.items()
+        if obj.get("family") != "inet":
+            raise NotImplementedError(f"MemoryNft knows the inet family only: {cmd}")
+        name = obj["table"] if kind != "table" else obj["name"]
+        if kind == "table":
+            if verb == "add":
+                tables.setdefault(name, _Table())
+            elif verb == "delete":
+                if tables.pop(name, None) is None:
+                    raise NftError(_NO_SUCH)
+            else:
+                raise NotImplementedError(f"MemoryNft: {verb} table")
+            return
+        t = tables.get(name)
+        if t is None:
+            raise NftError(_NO_SUCH)
+        if kind == "set" and verb == "add":
+            t.sets.setdefault(obj["name"], _Set(dict(obj)))
+        elif kind == "chain" and verb == "add":
+            t.chains.setdefault(obj["name"], dict(obj))
+        elif kind == "rule" and verb == "add":
+            if obj.get("chain") not in t.chains:
+                raise NftError(_NO_SUCH)
+            self._handles += 1
+            t.rules.append({**obj, "handle": self._handles})
+        elif kind == "element" and verb in ("add", "delete"):
+            s = t.sets.get(obj["name"])
+            if s is None:
+                raise NftError(_NO_SUCH)
+            for raw in obj.get("elem") or ():
+                n = _network(raw, s.doc.get("type"))
+                if verb == "delete":
+                    if n not in s.elements:
+                        raise NftError(_NO_SUCH)
+                    s.elements.discard(n)
+                elif n not in s.elements:
+                    if s.interval and any(n.overlaps(m) for m in s.elements):
+                        raise NftError("Error: conflicting intervals specified")
+                    if not s.interval and n.num_addresses > 1:
+                        raise NftError("Error: Set member cannot be prefix, missing interval flag")
+                    s.elements.add(n)
+        else:
+            raise NotImplementedError(f"MemoryNft: {verb} {kind}")
+
+
+def _network(raw: Any, set_type: Any) -> _Net:
+    if isinstance(raw, Mapping) and "prefix" in raw:
+        p = raw["prefix"]
+        n = ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
+    elif isinstance(raw, str):
+        n = ipaddress.ip_network(raw, strict=False)
+    else:
+        raise NotImplementedError(f"MemoryNft: element {raw!r}")
+    if set_type != ("ipv4_addr" if n.version == 4 else "ipv6_addr"):
+        raise NftError(f"Error: datatype mismatch, expected {set_type}")
+    return n
+
+
+def _order(n: _Net) -> tuple[int, int, int]:
+    return (n.version, int(n.network_address), n.prefixlen)
+
+
+def _text(n: _Net) -> str:
+    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+
+
+def _listed(n: _Net) -> Any:
+    if n.prefixlen == n.max_prefixlen:
+        return str(n.network_address)
+    return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+
+
+def _listed_rule(rule: dict[str, Any]) -> dict[str, Any]:
+    """A rule as nft lists it: counters with their (here always zero) values."""
+    expr = [
+        {"counter": {"packets": 0, "bytes": 0}} if isinstance(e, Mapping) and "counter" in e else e
+        for e in rule.get("expr") or ()
+    ]
+    return {**rule, "expr": expr}

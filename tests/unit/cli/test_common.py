@@ -1,0 +1,50 @@
+"""What every command shares (dockmesh.cli.common): every float option of the command line
+refuses nan and ±inf as a usage error, through its own callback (no patch of click)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import typer
+from typer.main import get_command
+
+from dockmesh.cli.main import app
+
+
+def float_options() -> Iterator[tuple[str, typer.Context, typer.core.TyperOption]]:
+    def walk(cmd: object, path: str) -> Iterator[tuple[str, typer.Context, typer.core.TyperOption]]:
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            yield from walk(sub, f"{path} {name}")
+        for p in getattr(cmd, "params", ()):
+            if isinstance(p, typer.core.TyperOption) and p.type.name.startswith("float"):
+                yield f"{path} {p.opts[0]}", typer.Context(cmd), p  # type: ignore[arg-type]
+
+    yield from walk(get_command(app), "dockmesh")
+
+
+OPTIONS = list(float_options())
+
+
+def test_the_walk_finds_every_float_option() -> None:
+    found = {path for path, _, _ in OPTIONS}
+    assert {
+        "dockmesh bench latency --interval",
+        "dockmesh bench latency --timeout",
+        "dockmesh bench bandwidth --seconds",
+        "dockmesh doctor --timeout",
+        "dockmesh top --interval",
+        "dockmesh report --duration",
+        "dockmesh why --timeout",
+        "dockmesh matrix --timeout",
+    } <= found
+
+
+@pytest.mark.parametrize(("path", "ctx", "option"), OPTIONS, ids=[p for p, _, _ in OPTIONS])
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "+Infinity"])
+def test_no_float_option_takes_a_number_that_is_not_finite(
+    path: str, ctx: typer.Context, option: typer.core.TyperOption, text: str
+) -> None:
+    with pytest.raises(typer.BadParameter):
+        option.process_value(ctx, text)
+    assert option.process_value(ctx, str(option.default)) == option.default  # the default holds

@@ -1,0 +1,201 @@
+"""The doctor's plan and findings over gathered evidence (no namespace entered)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dockmesh.codecs.procnet import Listener, Route
+from dockmesh.codecs.resolvconf import ResolvConf
+from dockmesh.diagnose.findings import (
+    DnsAnswer,
+    Evidence,
+    Link,
+    Ping,
+    findings,
+    plan_checks,
+    sections,
+)
+from dockmesh.model.topology import (
+    Attachment,
+    Container,
+    EngineInfo,
+    IpamPool,
+    Network,
+    PortBinding,
+    Topology,
+)
+
+NET = Network("n1", "app", "local", "bridge", ipam=(IpamPool("10.9.0.0/24", "10.9.0.1"),))
+OTHER = Network(
+    "n2",
+    "other",
+    "local",
+    "bridge",
+    ipam=(IpamPool("10.8.0.0/24"),),
+    options={"com.docker.network.driver.mtu": "1400"},
+)
+
+
+def ctr(
+    name: str,
+    ip: str,
+    *,
+    project: str | None = None,
+    net: Network = NET,
+    aliases: tuple[str, ...] = (),
+    ports: tuple[PortBinding, ...] = (),
+    health: str | None = None,
+    state: str = "running",
+) -> Container:
+    labels = {"dockmesh.project": project} if project else {}
+    return Container(
+        id=(name * 64)[:64],
+        name=name,
+        engine="local",
+        image="x",
+        state=state,
+        pid=1,
+        health=health,
+        hostname=name,
+        attachments=(
+            Attachment(
+                net.id,
+                net.name,
+                ipv4=ip,
+                mac=f"02:42:0a:09:00:{ip.split('.')[-1]:0>2}",
+                aliases=aliases,
+            ),
+        ),
+        ports=ports,
+        labels=labels,
+    )
+
+
+def topo(*cs: Container) -> Topology:
+    return Topology(1, (EngineInfo("local", "unix:///x"),), (NET, OTHER), cs)
+
+
+def healthy_facts(c: Container, t: Topology) -> Evidence:
+    plan = plan_checks(t, c, {"n1": 1500})
+    a = c.attachments[0]
+    return Evidence(
+        c,
+        plan,
+        links=(
+            Link("lo", None, 65536, "unknown", ("127.0.0.1/8",)),
+            Link("eth0", a.mac, 1500, "up", (f"{a.ipv4}/24",)),
+        ),
+        routes=(Route("0.0.0.0/0", "10.9.0.1", "eth0"), Route("10.9.0.0/24", None, "eth0")),
+        resolv=ResolvConf(("127.0.0.11",), (), ("ndots:0",)),
+        listeners=(
+            Listener("tcp", "0.0.0.0", 8080),
+            Listener("udp", "127.0.0.11", 40000),
+            Listener("tcp", "127.0.0.11", 40001),
+        ),
+        dns=tuple(DnsAnswer(q, q.expected, "NOERROR") for q in plan.questions),
+        pings=tuple(Ping(k, n, addr, 0.1) for k, n, addr in plan.pings),
+    )
+
+
+def codes(f: Evidence) -> list[str]:
+    return [x.code for x in findings(f)]
+
+
+def test_a_healthy_container_has_no_findings_and_docker_dns_is_not_its_listener() -> None:
+    web, db = ctr("web", "10.9.0.2", project="p"), ctr("db", "10.9.0.3", project="p")
+    t = topo(web, db)
+    f = healthy_facts(web, t)
+    assert codes(f) == []
+    assert [q.name for q in f.plan.questions] == ["db"]
+    assert [(k, a) for k, _, a in f.plan.pings] == [("gateway", "10.9.0.1"), ("peer", "10.9.0.3")]
+    s = sections(f)
+    assert s["listening"] == [{"proto": "tcp", "address": "0.0.0.0", "port": 8080}]
+
+
+def test_loopback_only_listener_is_found_and_an_error_when_published() -> None:
+    web = ctr("web", "10.9.0.2")
+    f = healthy_facts(web, topo(web))
+    f.listeners = (Listener("tcp", "127.0.0.1", 9000),)
+    (found,) = findings(f)
+    assert (found.severity, found.code) == ("warning", "loopback-only")
+    assert "127.0.0.1:9000" in found.message and "0.0.0.0:9000" in found.fix
+    pub = ctr("web", "10.9.0.2", ports=(PortBinding(9000, "tcp", "0.0.0.0", 19000),))
+    f = healthy_facts(pub, topo(pub))
+    f.listeners = (Listener("tcp", "127.0.0.1", 9000),)
+    assert [(x.severity, x.code) for x in findings(f)] == [("error", "loopback-only")]
+
+
+def test_published_port_with_nothing_listening() -> None:
+    web = ctr("web", "10.9.0.2", ports=(PortBinding(80, "tcp", None, 8000),))
+    f = healthy_facts(web, topo(web))
+    assert codes(f) == ["published-not-listening"]
+
+
+def test_mtu_mismatch_no_route_unhealthy_and_no_default_route() -> None:
+    web, db = ctr("web", "10.9.0.2", health="unhealthy"), ctr("db", "10.9.0.3")
+    f = healthy_facts(web, topo(web, db))
+    f.links = (Link("eth0", web.attachments[0].mac, 1450, "up", ()),)
+    f.routes = ()
+    got = codes(f)
+    assert got[:2] == ["unhealthy", "no-route"]
+    assert set(got) == {"unhealthy", "no-route", "mtu-mismatch", "no-default-route"}
+
+
+def test_name_resolving_to_several_projects() -> None:
+    web = ctr("web", "10.9.0.2", project="a")
+    x = ctr("x", "10.9.0.3", project="a", aliases=("db",))
+    y = ctr("y", "10.9.0.4", project="b", aliases=("db",))
+    f = healthy_facts(web, topo(web, x, y))
+    (q,) = [q for q in f.plan.questions if q.name == "db"]
+    assert q.expected == ("10.9.0.3", "10.9.0.4")
+    found = [x for x in findings(f) if x.code == "dns-ambiguous"]
+    assert len(found) == 1 and "x (a)" in found[0].message and "y (b)" in found[0].message
+
+
+def test_peer_on_no_shared_network_and_unresolved_and_unreachable() -> None:
+    web = ctr("web", "10.9.0.2", project="p")
+    db = ctr("db", "10.9.0.3", project="p")
+    lonely = ctr("cache", "10.8.0.2", project="p", net=OTHER)
+    f = healthy_facts(web, topo(web, db, lonely))
+    f.dns = tuple(DnsAnswer(d.question, None) for d in f.dns)
+    f.pings = tuple(Ping(p.kind, p.target, p.address, None) for p in f.pings)
+    assert set(codes(f)) == {
+        "no-shared-network",
+        "dns-unresolved",
+        "peer-unreachable",
+        "gateway-unreachable",
+    }
+
+
+def test_not_running_is_the_only_finding() -> None:
+    web = ctr("web", "10.9.0.2", state="exited")
+    f = Evidence(web, plan_checks(topo(web), web))
+    assert codes(f) == ["not-running"]
+    assert f.plan.pings == ()
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["tcp", "udp"]), st.ip_addresses(v=4).map(str), st.integers(1, 65535)
+        ),
+        max_size=6,
+    ),
+    st.lists(st.integers(1, 65535), max_size=3),
+    st.integers(576, 9000),
+)
+def test_findings_always_have_a_severity_and_a_message(
+    listeners: list[tuple[str, str, int]], published: list[int], mtu: int
+) -> None:
+    web = ctr("web", "10.9.0.2", ports=tuple(PortBinding(p, "tcp", None, p) for p in published))
+    f = healthy_facts(web, topo(web, ctr("db", "10.9.0.3")))
+    f.listeners = tuple(Listener(*x) for x in listeners)
+    f.links = (Link("eth0", web.attachments[0].mac, mtu, "up", ()),)
+    out = findings(f)
+    assert all(x.severity in ("error", "warning", "info") and x.message for x in out)
+    severities = [x.severity for x in out]
+    assert severities == sorted(severities, key=["error", "warning", "info"].index)
+    for p in published:
+        served = any(proto == "tcp" and port == p for proto, _, port in listeners)
+        assert served or any(x.code == "published-not-listening" for x in out)
