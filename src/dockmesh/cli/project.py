@@ -56,14 +56,8 @@ def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
 def _progress(verb: str) -> Iterator[Callable[[Step], None]]:
     """A progress bar on a terminal, started by the first step (a run with nothing to do, or
     one that fails before its first step, prints no bar); nothing when stderr is not one."""
-    labels = {
-        "remove_container": "removing container",
-        "disconnect": "disconnecting",
-        "remove_network": "removing network",
-        "create_network": "creating network",
-        "reconnect": "reconnecting",
-        "create_container": "starting container",
-    }
+    from dockmesh.ops.apply import STEP_VERBS
+
     progress: Progress | None = None
     seen = 0
 
@@ -83,7 +77,7 @@ def _progress(verb: str) -> Iterator[Callable[[Step], None]]:
             progress.start()
             progress.add_task(verb, total=None)
         task = progress.task_ids[0]
-        description = escape(f"{labels[step.op]} {step.name}")
+        description = escape(f"{STEP_VERBS[step.op]} {step.name}")
         progress.update(task, completed=seen, description=description)
         seen += 1
 

@@ -102,15 +102,19 @@ def apply_plan(
     return journal
 
 
+# What each kind of step is doing, as a progress line or an error names it.
+STEP_VERBS = {
+    "remove_container": "removing container",
+    "disconnect": "disconnecting",
+    "remove_network": "removing network",
+    "create_network": "creating network",
+    "reconnect": "reconnecting",
+    "create_container": "starting container",
+}
+
+
 def _describe(step: Step) -> str:
-    what = {
-        "remove_container": "removing container",
-        "disconnect": "disconnecting",
-        "remove_network": "removing network",
-        "create_network": "creating network",
-        "reconnect": "reconnecting",
-        "create_container": "starting container",
-    }[step.op]
+    what = STEP_VERBS[step.op]
     if step.op in ("disconnect", "reconnect") and step.endpoint is not None:
         preposition = "from" if step.op == "disconnect" else "to"
         return f"{what} {step.name} {preposition} {step.endpoint.network}"
