@@ -35,10 +35,10 @@ import logging
 import random
 import signal
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from dockmesh.api.topology import TopologyFeed
 from dockmesh.catalog.containers import derive_all
@@ -52,7 +52,6 @@ from dockmesh.policy.store import DEFAULT_DIR
 
 if TYPE_CHECKING:  # the servers load only when the agent runs, not with the command line
     from aiohttp import web
-    from prometheus_client.metrics_core import Metric
 
     from dockmesh.dns.server import DnsServer
     from dockmesh.health.probe import Probe
@@ -199,15 +198,16 @@ class Agent:
 
     async def _start_services(self) -> None:
         from aiohttp import web
-        from prometheus_client import CollectorRegistry, Histogram
+        from prometheus_client import CollectorRegistry
 
         from dockmesh.api.app import make_app
+        from dockmesh.dns.metrics import DnsCollector
         from dockmesh.dns.server import DnsServer
+        from dockmesh.health.metrics import ProbeDurations
         from dockmesh.health.runner import HealthRunner
         from dockmesh.observe.metrics import ContainerNetworkCollector
 
         cfg = self.config
-        logging.getLogger("aiohttp.server").addFilter(_quiet_bad_requests)
         registry = CollectorRegistry()
         if cfg.dns is not None:
             dns = DnsServer(
@@ -215,22 +215,15 @@ class Agent:
             )
             self.dns = dns
             self.dns_address = await dns.start(*cfg.dns)
-            registry.register(_DnsCollector(dns))
+            registry.register(DnsCollector(dns.stats))
         # Each container's interface counters, read from its namespace at scrape time.
         registry.register(ContainerNetworkCollector(self.topology.current))
-        probe_seconds = Histogram(
-            "dockmesh_check_duration_seconds",
-            "Health check probes by kind and result.",
-            ["kind", "status"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        health = HealthRunner(
+            self.live,
+            self.deps.probe,
+            rng=self.deps.rng,
+            on_result=ProbeDurations(registry).observe,
         )
-
-        def on_result(spec: Any, result: Any, seconds: float) -> None:
-            status = getattr(result, "status", "unknown")
-            probe_seconds.labels(spec.kind, status).observe(seconds)
-
-        health = HealthRunner(self.live, self.deps.probe, rng=self.deps.rng, on_result=on_result)
         self.health = health
         await health.start()
         app = make_app(
@@ -348,47 +341,6 @@ class Agent:
             with contextlib.suppress(OSError):
                 await dns.remove_listener(gw, port)
             self._dns_gateways.discard(gw)
-
-
-def _quiet_bad_requests(record: logging.LogRecord) -> bool:
-    """A request aiohttp's own parser refuses (bad bytes in the request line, a malformed
-    Content-Length) is the client's mistake, answered 400: one info line, not an error with a
-    traceback that any client could flood the log with."""
-    from aiohttp.http_exceptions import HttpProcessingError
-
-    exc = record.exc_info[1] if record.exc_info else None
-    if isinstance(exc, HttpProcessingError):
-        record.levelno, record.levelname = logging.INFO, "INFO"
-        record.msg, record.args, record.exc_info = "refused a malformed request: %s", (exc,), None
-        return logging.getLogger("aiohttp.server").isEnabledFor(logging.INFO)
-    return True
-
-
-class _DnsCollector:
-    """The DNS server's counters as Prometheus metrics, read at scrape time."""
-
-    def __init__(self, dns: DnsServer) -> None:
-        self._dns = dns
-
-    def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        stats = self._dns.stats
-        queries = CounterMetricFamily(
-            "dockmesh_dns_queries", "DNS responses by response code.", labels=["rcode"]
-        )
-        for rcode, n in sorted(stats.queries.items()):
-            queries.add_metric([rcode], n)
-        yield queries
-        yield CounterMetricFamily(
-            "dockmesh_dns_truncated", "UDP responses sent truncated (TC).", value=stats.truncated
-        )
-        yield CounterMetricFamily(
-            "dockmesh_dns_dropped", "Packets left unanswered (unreadable).", value=stats.dropped
-        )
-        yield GaugeMetricFamily(
-            "dockmesh_dns_tcp_connections", "Open DNS TCP connections.", value=stats.tcp_connections
-        )
 
 
 def run_agent(config: AgentConfig) -> None:

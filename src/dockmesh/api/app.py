@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dockmesh.api import consul_json, query, shapes
 from dockmesh.api.errors import ApiError, bad_request, not_found, shown
@@ -49,6 +50,18 @@ MAX_KV_VALUE = 512 * 1024  # Consul's kv_max_value_size
 MAX_KEY_BYTES = 4096
 LEADER = "127.0.0.1:8300"
 VERSION = "1.15.0"  # the Consul API level dockmesh answers as, for clients that ask
+
+
+def quiet_bad_requests(record: logging.LogRecord) -> bool:
+    """A request aiohttp's own parser refuses (bad bytes in the request line, a malformed
+    Content-Length) is the client's mistake, answered 400: one info line, not an error with a
+    traceback that any client could flood the log with."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, HttpProcessingError):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args, record.exc_info = "refused a malformed request: %s", (exc,), None
+        return logging.getLogger("aiohttp.server").isEnabledFor(logging.INFO)
+    return True
 
 
 def make_app(
@@ -82,6 +95,7 @@ def make_app(
         ApiMetrics(metrics if metrics is not None else Registry(), lambda: live.catalog),
         shapes.NodeInfo(node, datacenter, node_address),
     )
+    logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)  # idempotent
     app = web.Application(middlewares=[api.middleware], client_max_size=consul_json.MAX_JSON_BYTES)
     app.on_shutdown.append(api.on_shutdown)
     r = app.router

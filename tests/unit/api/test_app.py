@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -600,3 +602,24 @@ def test_container_checks_keep_their_spec() -> None:
         assert (c["CheckID"], c["Type"], c["Interval"]) == ("c1:http", "http", "10s")
 
     run(scenario)
+
+
+def test_a_request_aiohttp_refuses_is_logged_as_one_info_line() -> None:
+    """Any client can send bytes aiohttp's parser refuses: that is one info line, never an
+    error with a traceback a client could flood the log with; other records pass as they are."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    from dockmesh.api.app import quiet_bad_requests
+
+    try:
+        raise BadHttpMessage("bad request line")
+    except BadHttpMessage:
+        record = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, "x", 1, "Error handling request", (), sys.exc_info()
+        )
+    quiet_bad_requests(record)
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert "refused a malformed request" in record.getMessage()
+    other = logging.LogRecord("aiohttp.server", logging.ERROR, "x", 1, "boom", (), None)
+    assert quiet_bad_requests(other) is True
+    assert other.levelno == logging.ERROR
