@@ -168,13 +168,22 @@ def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"upstreams": list(merged.values())}
 
 
+# Gauges that say a state, merged as /status merges it (`merge_status`); every other sample
+# (counters, histograms, gauges of counts such as connections and in-flight requests) is the
+# sum over the workers.
+_HEALTHY = "dockmesh_proxy_upstream_healthy"  # healthy only if every worker finds it so
+_EJECTED = "dockmesh_proxy_upstream_ejected"  # ejected if any worker has ejected it
+_BREAKER = "dockmesh_proxy_breaker_state"  # the worst state any worker's breaker is in
+
+
 def merge_metrics(texts: list[str]) -> str:
-    """Sums the workers' samples of each metric with the same labels."""
+    """Several workers' /metrics as one: counts summed, states merged as in `merge_status`."""
     from prometheus_client.parser import text_string_to_metric_families
 
     order: list[str] = []
     families: dict[str, tuple[str, str]] = {}
     samples: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    worst: dict[tuple[tuple[str, str], ...], int] = {}  # breaker: labels but state → rank
     for text in texts:
         for fam in text_string_to_metric_families(text):
             if fam.name not in families:
@@ -183,8 +192,28 @@ def merge_metrics(texts: list[str]) -> str:
                 samples[fam.name] = {}
             acc = samples[fam.name]
             for s in fam.samples:
-                k = (s.name, tuple(sorted(s.labels.items())))
-                acc[k] = acc.get(k, 0.0) + s.value
+                labels = tuple(sorted(s.labels.items()))
+                k = (s.name, labels)
+                known = acc.get(k)
+                if fam.name == _BREAKER:
+                    acc.setdefault(k, 0.0)
+                    rank = _BREAKER_RANK.get(s.labels.get("state", ""))
+                    if s.value and rank is not None:
+                        upstream = tuple(kv for kv in labels if kv[0] != "state")
+                        worst[upstream] = max(worst.get(upstream, 0), rank)
+                elif known is None:
+                    acc[k] = s.value
+                elif fam.name == _HEALTHY:
+                    acc[k] = min(known, s.value)
+                elif fam.name == _EJECTED:
+                    acc[k] = max(known, s.value)
+                else:
+                    acc[k] = known + s.value
+    for sname, labels in samples.get(_BREAKER, {}):
+        upstream = tuple(kv for kv in labels if kv[0] != "state")
+        state = dict(labels).get("state", "")
+        hit = upstream in worst and _BREAKER_RANK.get(state) == worst[upstream]
+        samples[_BREAKER][(sname, labels)] = 1.0 if hit else 0.0
     lines = []
     for name in order:
         kind, doc = families[name]

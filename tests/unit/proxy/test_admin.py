@@ -119,3 +119,42 @@ def test_the_servers_answer_on_loopback() -> None:
                 await runner.cleanup()
 
     asyncio.run(run())
+
+
+def test_several_workers_metrics_merge_states_as_status_does() -> None:
+    """Counts add up; an upstream is healthy only if every worker finds it so, ejected if any
+    has ejected it, and its breaker shows the worst state any worker's is in — one-hot, as
+    one worker's would be (summed, two healthy workers made `healthy` 2 and a half-open
+    breaker showed closed 1 and half_open 1)."""
+
+    def worker(healthy: int, ejected: int, state: str, in_flight: int) -> str:
+        lv = 'cluster="web",upstream="10.0.0.1:80"'
+        lines = [
+            "# HELP dockmesh_proxy_upstream_healthy h\n# TYPE dockmesh_proxy_upstream_healthy gauge",
+            f"dockmesh_proxy_upstream_healthy{{{lv}}} {healthy}.0",
+            "# HELP dockmesh_proxy_upstream_ejected e\n# TYPE dockmesh_proxy_upstream_ejected gauge",
+            f"dockmesh_proxy_upstream_ejected{{{lv}}} {ejected}.0",
+            "# HELP dockmesh_proxy_upstream_in_flight f\n# TYPE dockmesh_proxy_upstream_in_flight gauge",
+            f"dockmesh_proxy_upstream_in_flight{{{lv}}} {in_flight}.0",
+            "# HELP dockmesh_proxy_breaker_state b\n# TYPE dockmesh_proxy_breaker_state gauge",
+        ]
+        for st_ in ("closed", "open", "half_open"):
+            on = 1 if st_ == state else 0
+            lines.append(f'dockmesh_proxy_breaker_state{{{lv},state="{st_}"}} {on}.0')
+        return "\n".join(lines) + "\n"
+
+    lv = 'cluster="web",upstream="10.0.0.1:80"'
+
+    def bl(state: str) -> str:  # the breaker's labels, sorted as the merge writes them
+        return f'cluster="web",state="{state}",upstream="10.0.0.1:80"'
+
+    both_fine = merge_metrics([worker(1, 0, "closed", 2), worker(1, 0, "closed", 3)])
+    assert f"dockmesh_proxy_upstream_healthy{{{lv}}} 1.0" in both_fine
+    assert f"dockmesh_proxy_upstream_in_flight{{{lv}}} 5.0" in both_fine
+    assert f"dockmesh_proxy_breaker_state{{{bl('closed')}}} 1.0" in both_fine
+    mixed = merge_metrics([worker(1, 0, "closed", 0), worker(0, 1, "half_open", 0)])
+    assert f"dockmesh_proxy_upstream_healthy{{{lv}}} 0.0" in mixed
+    assert f"dockmesh_proxy_upstream_ejected{{{lv}}} 1.0" in mixed
+    assert f"dockmesh_proxy_breaker_state{{{bl('half_open')}}} 1.0" in mixed
+    assert f"dockmesh_proxy_breaker_state{{{bl('closed')}}} 0.0" in mixed
+    assert f"dockmesh_proxy_breaker_state{{{bl('open')}}} 0.0" in mixed
