@@ -1,7 +1,9 @@
 """The proxy's settings: command-line flags plus an optional routes file (`--config FILE`).
 
-    timeouts: {connect: 3s, response_header: 30s, client_header: 10s, idle: 60s}
-    limits: {max_connections: 10000, max_header_bytes: 65536}
+    timeouts: {connect: 3s, response_header: 30s, client_header: 10s, idle: 60s,
+               tunnel_idle: 1h, pool_idle: 15s}
+    limits: {max_connections: 10000, max_header_bytes: 65536,
+             max_connections_per_upstream: 1024}
     routes:                          # first match wins; longest prefixes first is wise
       - host: api.example.test       # optional: the Host without its port
         prefix: /api                 # optional, default /
