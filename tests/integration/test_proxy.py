@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,11 +199,22 @@ def test_an_upstream_that_keeps_failing_opens_its_breaker_and_then_503_says_why(
 
 def test_no_upstream_and_bad_flags(tmp_path: Path) -> None:
     r = subprocess.run(
-        ["dockmesh", "proxy", "--listen", "127.0.0.1:1", "--bogus"], capture_output=True, text=True
+        [sys.executable, "-m", "dockmesh", "proxy", "--listen", "127.0.0.1:1", "--bogus"],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = subprocess.run(
-        ["dockmesh", "proxy", "--listen", "127.0.0.1:1", "--backend", "ftp://x"],
+        [
+            sys.executable,
+            "-m",
+            "dockmesh",
+            "proxy",
+            "--listen",
+            "127.0.0.1:1",
+            "--backend",
+            "ftp://x",
+        ],
         capture_output=True,
         text=True,
     )
@@ -212,14 +224,23 @@ def test_no_upstream_and_bad_flags(tmp_path: Path) -> None:
         "routes:\n  - prefix: /a\n    service: api\n  - prefix: nope\n    backends: [ftp://x]\n"
     )
     r = subprocess.run(
-        ["dockmesh", "proxy", "--listen", "127.0.0.1:1", "--config", str(bad)],
+        [
+            sys.executable,
+            "-m",
+            "dockmesh",
+            "proxy",
+            "--listen",
+            "127.0.0.1:1",
+            "--config",
+            str(bad),
+        ],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 2
     assert f"{bad}:4: routes.1.prefix" in r.stderr and f"{bad}:5: routes.1.backends.0" in r.stderr
     r = subprocess.run(
-        ["dockmesh", "proxy", "--listen", "127.0.0.1:1", "--service", "api"],
+        [sys.executable, "-m", "dockmesh", "proxy", "--listen", "127.0.0.1:1", "--service", "api"],
         capture_output=True,
         text=True,
         env={**os.environ, "DOCKMESH_AGENT": "ftp://127.0.0.1:1"},
