@@ -109,6 +109,9 @@ def test_websocket_upgrade_passes_through(proxy: ProxyProc) -> None:
         while b"\r\n\r\n" not in head:
             head += s.recv(4096)
         assert head.startswith(b"HTTP/1.1 101")
+        # What a WebSocket client checks before it trusts the tunnel (RFC 6455 4.1).
+        fields = head.lower().split(b"\r\n")
+        assert b"connection: upgrade" in fields and b"upgrade: websocket" in fields
         s.sendall(b"hello")
         got = b""
         while len(got) < 5:

@@ -381,3 +381,28 @@ def test_no_response_in_time_is_504_and_a_removed_upstream_is_left_for_another(
     again = client.up
     assert again is not None and again.upstream is not gone
     assert proxy.tally.retries == {"removed": 1}
+
+
+@pytest.mark.parametrize(
+    "switched",
+    [
+        SWITCHED,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+        b"Sec-WebSocket-Accept: x\r\n\r\n",
+    ],
+)
+def test_a_101_keeps_saying_it_upgrades_the_connection(
+    loop: asyncio.AbstractEventLoop, switched: bytes
+) -> None:
+    """`Connection: upgrade` is hop-by-hop, so the upstream's is cut like any Connection
+    field; the proxy's own goes in its place. Without it a WebSocket client refuses the
+    handshake (RFC 6455 4.1: the client fails the connection when the 101 lacks it)."""
+    _, _, client = setup(loop)
+    client.data_received(UPGRADE)
+    conn = client.up
+    assert conn is not None
+    conn.data_received(switched)
+    head = written(client.transport)
+    assert head.startswith(b"HTTP/1.1 101 ") and head.endswith(b"\r\n\r\n")
+    fields = head.lower().split(b"\r\n")
+    assert fields.count(b"connection: upgrade") == 1 and b"upgrade: websocket" in fields
