@@ -25,6 +25,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ("report", "--duration", "1e9"),
         ("top", "--interval", "-inf"),
         ("why", "a", "b", "--timeout", "nan"),
+        ("why", "a", "b", "--timeout", "1e20"),
+        ("matrix", "--timeout", "1e308"),
         ("doctor", "c", "--timeout", "nan"),
         ("bench", "bandwidth", "a", "b", "--seconds", "nan"),
         # Commands that act on one engine refuse a second rather than ignore it.
