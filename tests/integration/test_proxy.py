@@ -110,6 +110,9 @@ def test_websocket_upgrade_passes_through(proxy: ProxyProc) -> None:
         while b"\r\n\r\n" not in head:
             head += s.recv(4096)
         assert head.startswith(b"HTTP/1.1 101")
+        # What a WebSocket client checks before it trusts the tunnel (RFC 6455 4.1).
+        fields = head.lower().split(b"\r\n")
+        assert b"connection: upgrade" in fields and b"upgrade: websocket" in fields
         s.sendall(b"hello")
         got = b""
         while len(got) < 5:
@@ -140,6 +143,16 @@ def test_malformed_and_smuggling_requests_get_400_and_a_closed_connection(
     )  # the chunked one may reach a backend with a valid body... never a second request
     with urlopen(proxy.url + "/") as r:
         assert r.status == 200  # and the proxy is fine
+
+
+def test_a_head_over_the_limit_never_reaches_a_backend(
+    proxy: ProxyProc, three: list[Backend]
+) -> None:
+    """In one write, the head reached the backends (whose own reader answered 431, which hid
+    it), and a backend that dropped it instead was tried three times and ejected."""
+    out = raw(proxy.port, b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 70000 + b"\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 431 ") and out.endswith(b"request header fields too large\n")
+    assert sum(u["requests"] for u in proxy.status()["upstreams"]) == 0
 
 
 def urlopen(url: str) -> Any:

@@ -69,7 +69,8 @@ def register(app: typer.Typer) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
         from dockmesh.agent import AgentConfig, run_agent
-        from dockmesh.policy.store import policy_dir, table_name
+        from dockmesh.cli.policy import configured_policy_dir
+        from dockmesh.policy.store import table_name
 
         try:
             policy_table = table_name(None, os.environ.get("DOCKMESH_POLICY_TABLE"))
@@ -83,7 +84,7 @@ def register(app: typer.Typer) -> None:
             register_compose=register_compose,
             dns_on_gateways=not no_gateway_dns,
             gateway_dns_port=gateway_dns_port,
-            policy_dir=policy_dir(os.environ.get("DOCKMESH_POLICY_DIR")),
+            policy_dir=configured_policy_dir(),
             policy_table=policy_table,
         )
         run_agent(config)

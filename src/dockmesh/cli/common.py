@@ -115,7 +115,9 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def engine_refs(values: list[str] | None) -> list[EngineRef]:
     """--engine's values, else $DOCKER_HOST, else the local socket."""
     try:
-        return parse_engine_refs(values or [], default_url(os.environ.get("DOCKER_HOST")))
+        return parse_engine_refs(
+            values or [], default_url(os.environ.get("DOCKER_HOST")), "$DOCKER_HOST"
+        )
     except ValueError as e:
         raise UserError(str(e)) from None
 

@@ -40,6 +40,10 @@ def build(
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
         raise UserError(f"unknown image {unknown[0]!r} (known: {', '.join(BUILDERS)})")
+    work_dir = os.environ.get("DOCKMESH_BUILD_DIR") or None
+    if work_dir is not None and not os.path.isdir(work_dir):
+        # Checked before anything is built: it is read only once a build needs room.
+        raise UserError(f"$DOCKMESH_BUILD_DIR {work_dir!r}: not a directory")
     client = connect_one(engine)
     results: list[BuildResult] = []
     with Progress(
@@ -56,7 +60,7 @@ def build(
             def say(msg: str, task: TaskID = task, name: str = name) -> None:
                 progress.update(task, description=f"{name}: {msg}")
 
-            r = BUILDERS[name](client, say, force, os.environ.get("DOCKMESH_BUILD_DIR"))
+            r = BUILDERS[name](client, say, force, work_dir)
             results.append(BuildResult(r.image, r.built, r.inputs, time.monotonic() - started))
             progress.remove_task(task)
             if not json_out:

@@ -48,9 +48,13 @@ def options(
 ) -> None:
     """Health-aware discovery, balancing, policy and network tooling for Docker hosts."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    env = os.environ.get("DOCKMESH_LOG", "").upper()
+    given = os.environ.get("DOCKMESH_LOG", "")
+    env = given.upper()
     if env in ("DEBUG", "INFO", "WARNING", "ERROR"):
         level = min(level, getattr(logging, env))
+    elif env:
+        # A usage error (one line, exit 2), not a value quietly ignored.
+        raise typer.BadParameter(f"$DOCKMESH_LOG {given!r}: expected debug, info, warning or error")
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )

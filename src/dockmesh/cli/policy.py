@@ -196,14 +196,31 @@ def _table(given: str | None) -> str:
     try:
         return table_name(given, os.environ.get("DOCKMESH_POLICY_TABLE"))
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{'--table' if given else '$DOCKMESH_POLICY_TABLE'}: {e}") from None
+
+
+def configured_policy_dir() -> FsPath:
+    """$DOCKMESH_POLICY_DIR, else the default: the directory `policy apply` and the agent
+    must agree on, so a value that cannot be one is refused here, naming the variable — an
+    absolute path (a relative one would differ between the command and the agent) that is a
+    directory or not there yet."""
+    from dockmesh.policy.store import policy_dir
+
+    value = os.environ.get("DOCKMESH_POLICY_DIR")
+    directory = policy_dir(value)
+    if value:
+        if not directory.is_absolute():
+            raise UserError(f"$DOCKMESH_POLICY_DIR {value!r}: expected an absolute path")
+        if directory.exists() and not directory.is_dir():
+            raise UserError(f"$DOCKMESH_POLICY_DIR {value!r}: not a directory")
+    return directory
 
 
 def policy_store(table: str) -> PolicyStore:
     """The applied policy of `table`, kept in $DOCKMESH_POLICY_DIR (else the default)."""
-    from dockmesh.policy.store import PolicyStore, policy_dir
+    from dockmesh.policy.store import PolicyStore
 
-    return PolicyStore(table, policy_dir(os.environ.get("DOCKMESH_POLICY_DIR")))
+    return PolicyStore(table, configured_policy_dir())
 
 
 def _nft_errors(fn: Any) -> Any:

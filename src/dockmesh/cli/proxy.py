@@ -106,8 +106,9 @@ def register(app: typer.Typer) -> None:
         if service or (file is not None and any(r.service for r in file.routes)):
             source = "--agent" if agent else "$DOCKMESH_AGENT"
             agent = agent or agent_url()
-            if not agent.startswith("http://"):
-                raise UserError(f"{source} {agent!r}: expected http://HOST:PORT")
+            why_not = _agent_problem(agent)
+            if why_not:
+                raise UserError(f"{source} {agent!r}: {why_not}")
         elif agent:
             raise UserError("--agent needs --service (or services in --config)")
         why = check_balance(balance)
@@ -128,3 +129,20 @@ def register(app: typer.Typer) -> None:
                 file=file,
             )
         )
+
+
+def _agent_problem(url: str) -> str | None:
+    """What keeps `url` from naming an agent (`http://HOST:PORT`), or None: checked here,
+    since the watch would only retry it for ever."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        return str(e)
+    if parts.scheme != "http" or not parts.hostname:
+        return "expected http://HOST:PORT"
+    if port == 0:
+        return "the port must be a number from 1 to 65535"
+    return None

@@ -40,7 +40,13 @@ PortOpt = Annotated[
 TimeoutOpt = Annotated[
     float,
     typer.Option(
-        "--timeout", help="Seconds a probe waits for an answer.", min=0.05, callback=finite
+        "--timeout",
+        help="Seconds a probe waits for an answer.",
+        min=0.05,
+        # A bound above too: a probe's deadline is a time_t, and a pair that drops packets
+        # holds `matrix` for as long as it says.
+        max=60.0,
+        callback=finite,
     ),
 ]
 

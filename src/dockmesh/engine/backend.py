@@ -33,19 +33,32 @@ class EngineRef:
     url: str
 
 
-def parse_engine_refs(values: Sequence[str], default: str) -> list[EngineRef]:
-    """`--engine` values: `URL` or `NAME=URL`; none: the `default` URL. The first unnamed
-    engine is `local`; others are named after their socket file or host."""
+def parse_engine_refs(
+    values: Sequence[str], default: str, default_from: str = "the default engine"
+) -> list[EngineRef]:
+    """`--engine` values: `URL` or `NAME=URL`; none: the `default` URL (which came from
+    `default_from`, as a message names it: the caller's `$DOCKER_HOST`). The first unnamed
+    engine is `local`; others are named after their socket file or host. ValueError, saying
+    which value, for one that is not an engine URL: its port and host are checked here, since
+    docker-py reads them only when it connects."""
     refs: list[EngineRef] = []
     for v in values or [default]:
+        label = f"--engine {v!r}" if values else f"{default_from} {v!r}"
         name, sep, url = v.partition("=")
         if not sep or "://" in name:
             name, url = "", v
         if "://" not in url:
-            raise ValueError(f"--engine {v!r}: expected a URL such as unix:///run/docker.sock")
-        scheme = urlparse(url).scheme
+            raise ValueError(f"{label}: expected a URL such as unix:///run/docker.sock")
+        try:
+            parts = urlparse(url)
+            parts.port  # noqa: B018 - read for its ValueError: not a number, out of range
+        except ValueError as e:
+            raise ValueError(f"{label}: {e}") from None
+        scheme = parts.scheme
         if scheme not in ("unix", "tcp", "http", "https", "ssh"):
-            raise ValueError(f"--engine {v!r}: unknown scheme {scheme!r} (unix, tcp, http, ssh)")
+            raise ValueError(f"{label}: unknown scheme {scheme!r} (unix, tcp, http, ssh)")
+        if scheme != "unix" and not parts.hostname:
+            raise ValueError(f"{label}: no host")
         if not name:
             name = "local" if not refs else _name_from_url(url)
         if any(r.name == name for r in refs):

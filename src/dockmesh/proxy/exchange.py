@@ -32,7 +32,8 @@ or an ejection has the cluster recompute who is eligible); NO_VERDICT, when noth
 slot instead. With `finish`, end also ends the exchange on `keep`.
 
 `response_begins` narrows `keep` with the response's say and names the Connection field its
-head needs; the fast lane forwards a response as it came exactly when that field is none.
+head needs (a 101's is always `Connection: upgrade`); the fast lane forwards a response as it
+came exactly when that field is none.
 
 What follows a failed attempt is `resilience.retry.after_failure` applied to this exchange's
 facts (`failed`): RESEND (a pooled connection the upstream had closed: sent again, outside the
@@ -65,6 +66,9 @@ HEAD, BODY, WAIT, TUNNEL, CLOSED = 0, 1, 2, 3, 4
 NO_VERDICT = -1
 CLOSE_FIELD = b"Connection: close\r\n"
 KEEP_ALIVE_FIELD = b"Connection: keep-alive\r\n"
+# A 101's: its upstream's Connection field is cut as hop-by-hop, yet a client of the upgrade
+# must see it (RFC 6455 4.1: a WebSocket client fails the handshake without it).
+UPGRADE_FIELD = b"Connection: upgrade\r\n"
 
 
 class Exchange(Generic[P]):
@@ -275,8 +279,9 @@ class Exchange(Generic[P]):
         if status == 101:
             self.state = TUNNEL
             self.keep = True
+            return UPGRADE_FIELD
         # A body not all read cannot be told from the next request: close after this.
-        elif not (keep_alive and self.keep and self.req_done and not until_close):
+        if not (keep_alive and self.keep and self.req_done and not until_close):
             self.keep = False
             return CLOSE_FIELD
         return KEEP_ALIVE_FIELD if req.minor == 0 else b""

@@ -83,6 +83,9 @@ class Proxy:
         self.clusters: list[Cluster[UpstreamConn]] = self.router.clusters
         self.timeouts = settings.timeouts
         self.limits = settings.limits
+        # The longest head the fast lane takes: the reader's limit (`http1.parse_request_head`
+        # finds a head's end within `max_head_bytes + 4`), which the lane has no reader to keep.
+        self.quick_max = settings.limits.max_head_bytes + 4
         self.tally = Tally()
         self.clients: set[ClientConn] = set()
         # Request ids: this process's random prefix and a counter.
@@ -316,6 +319,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 if data == self.last_head:
                     req: http1.RequestHead | None = self.last_req
                     template = self.last_out
+                elif len(data) > p.quick_max:
+                    req = None  # the general reader refuses it (431)
                 else:
                     req = _REQUEST_MEMO.get(data) or http1.quick_request_head(data)
                     if req is not None:

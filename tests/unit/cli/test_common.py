@@ -48,3 +48,14 @@ def test_no_float_option_takes_a_number_that_is_not_finite(
     with pytest.raises(typer.BadParameter):
         option.process_value(ctx, text)
     assert option.process_value(ctx, str(option.default)) == option.default  # the default holds
+
+
+@pytest.mark.parametrize(("path", "ctx", "option"), OPTIONS, ids=[p for p, _, _ in OPTIONS])
+@pytest.mark.parametrize("text", ["1e20", "1e308"])
+def test_no_float_option_takes_a_number_too_big_to_wait_for(
+    path: str, ctx: typer.Context, option: typer.core.TyperOption, text: str
+) -> None:
+    """A timeout of 1e20 s overflowed the poll deadline (`why`: an internal error) or let a
+    probe wait for ever (`matrix` hung): every float option has a maximum."""
+    with pytest.raises(typer.BadParameter):
+        option.process_value(ctx, text)

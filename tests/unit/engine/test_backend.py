@@ -5,6 +5,8 @@ itself: every backend against the real engine in tests/integration/test_backend.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -54,11 +56,26 @@ def test_a_name_given_twice_is_numbered() -> None:
         ("/run/docker.sock", "expected a URL such as unix:///run/docker.sock"),
         ("name=/run/docker.sock", "expected a URL"),
         ("ftp://host", "unknown scheme 'ftp'"),
+        # Read by docker-py only once connecting: a ValueError there was an internal error.
+        ("tcp://h:notaport", "Port could not be cast"),
+        ("tcp://h:99999", "Port out of range"),
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("tcp://", "no host"),
+        ("ssh://", "no host"),
     ],
 )
 def test_a_value_that_is_not_an_engine_url(value: str, why: str) -> None:
-    with pytest.raises(ValueError, match=f"--engine {value!r}: {why}"):
+    with pytest.raises(ValueError, match=re.escape(f"--engine {value!r}: {why}")):
         parse_engine_refs([value], DEFAULT_URL)
+
+
+def test_a_bad_default_is_named_for_where_it_came_from() -> None:
+    """No --engine given: the default is the caller's ($DOCKER_HOST), and the message says so
+    rather than blame an --engine the user never gave."""
+    with pytest.raises(ValueError, match=r"^\$DOCKER_HOST 'garbage': expected a URL"):
+        parse_engine_refs([], "garbage", default_from="$DOCKER_HOST")
+    with pytest.raises(ValueError, match=r"^\$DOCKER_HOST 'tcp://h:x': Port"):
+        parse_engine_refs([], "tcp://h:x", default_from="$DOCKER_HOST")
 
 
 @given(

@@ -19,6 +19,7 @@ from dockmesh.proxy.exchange import (
     KEEP_ALIVE_FIELD,
     NO_VERDICT,
     TUNNEL,
+    UPGRADE_FIELD,
     WAIT,
     Exchange,
 )
@@ -99,7 +100,8 @@ def test_101_opens_a_tunnel() -> None:
     c = cluster(ManualClock())
     ex: Exchange[Any] = Exchange()
     ex.begin_attempt(c, request(), None, 0.0)
-    assert ex.response_begins(101, False, True) == b"" and ex.state == TUNNEL and ex.keep
+    assert ex.response_begins(101, False, True) == UPGRADE_FIELD
+    assert ex.state == TUNNEL and ex.keep
 
 
 def test_no_route_and_no_upstream_say_why() -> None:
@@ -288,8 +290,9 @@ class Driver:
                 self.attempt(ex.begin_attempt())
             else:
                 field = ex.response_begins(status, flag, x == 4)
-                assert field in (b"", CLOSE_FIELD, KEEP_ALIVE_FIELD)
+                assert field in (b"", CLOSE_FIELD, KEEP_ALIVE_FIELD, UPGRADE_FIELD)
                 assert ex.keep is (field != CLOSE_FIELD)
+                assert (field == UPGRADE_FIELD) is (status == 101)
                 if status == 101:
                     assert ex.state == TUNNEL
         elif event == "done" and open_attempt and ex.resp_started and ex.state != TUNNEL:

@@ -12,6 +12,7 @@ import pytest
 
 from dockmesh.proxy.exchange import HEAD, WAIT
 from dockmesh.proxy.server import ClientConn
+from dockmesh.proxy.settings import Limits
 from dockmesh.resilience.breaker import BreakerState
 from dockmesh.testing.transport import FakeTransport
 from tests.unit.proxy.rig import REQUEST, RESPONSE, setup, transport
@@ -381,3 +382,56 @@ def test_no_response_in_time_is_504_and_a_removed_upstream_is_left_for_another(
     again = client.up
     assert again is not None and again.upstream is not gone
     assert proxy.tally.retries == {"removed": 1}
+
+
+@pytest.mark.parametrize(
+    "switched",
+    [
+        SWITCHED,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+        b"Sec-WebSocket-Accept: x\r\n\r\n",
+    ],
+)
+def test_a_101_keeps_saying_it_upgrades_the_connection(
+    loop: asyncio.AbstractEventLoop, switched: bytes
+) -> None:
+    """`Connection: upgrade` is hop-by-hop, so the upstream's is cut like any Connection
+    field; the proxy's own goes in its place. Without it a WebSocket client refuses the
+    handshake (RFC 6455 4.1: the client fails the connection when the 101 lacks it)."""
+    _, _, client = setup(loop)
+    client.data_received(UPGRADE)
+    conn = client.up
+    assert conn is not None
+    conn.data_received(switched)
+    head = written(client.transport)
+    assert head.startswith(b"HTTP/1.1 101 ") and head.endswith(b"\r\n\r\n")
+    fields = head.lower().split(b"\r\n")
+    assert fields.count(b"connection: upgrade") == 1 and b"upgrade: websocket" in fields
+
+
+@pytest.mark.parametrize("limit", [None, 1024])
+def test_a_head_over_the_limit_is_refused_in_one_read_as_in_several(
+    loop: asyncio.AbstractEventLoop, limit: int | None
+) -> None:
+    """The fast lane reads a whole head in one read with no reader, so without a check of its
+    own it forwarded a head past `max_head_bytes`: the upstream dropped it, a GET was tried on
+    every upstream, and one request ejected them all."""
+    limits = Limits() if limit is None else Limits(max_head_bytes=limit)
+    big = REQUEST[:-2] + b"X-Pad: " + b"p" * limits.max_head_bytes + b"\r\n\r\n"
+    for pieces in ([big], [big[:100], big[100:]]):
+        _, cluster, client = setup(loop, limits=limits)
+        for piece in pieces:
+            client.data_received(piece)
+        assert written(client.transport).startswith(b"HTTP/1.1 431 "), pieces
+        assert sum(u.requests for u in cluster.upstreams.values()) == 0
+        assert all(
+            not transport(c.transport).out for u in cluster.upstreams.values() for c in u.idle
+        )
+    # Just within the limit, the same head takes the fast lane.
+    fits = (
+        REQUEST[:-2] + b"X-Pad: " + b"p" * (limits.max_head_bytes - len(REQUEST) - 7) + b"\r\n\r\n"
+    )
+    assert len(fits) == limits.max_head_bytes + 2
+    _, cluster, client = setup(loop, limits=limits)
+    client.data_received(fits)
+    assert client.up is not None and client.up.upstream.requests == 1
