@@ -122,10 +122,9 @@ class Listener:
     proto: str  # "tcp" | "udp"
     address: str
     port: int
-    # TCP listeners: connections waiting in the accept queue, and the queue's limit (the
-    # kernel shows them as rx_queue and tx_queue of a LISTEN socket).
+    # TCP listeners: connections waiting in the accept queue (rx_queue of a LISTEN socket;
+    # the queue's limit is not in /proc, only over inet_diag as `ss` reads it).
     queued: int = field(default=0, compare=False)
-    backlog: int = field(default=0, compare=False)
 
     @property
     def loopback_only(self) -> bool:
@@ -169,9 +168,9 @@ def parse_net_sockets(text: str, proto: str) -> tuple[Listener, ...]:
             if proto == "udp" and int(rport, 16) != 0:
                 continue
             key = (_proc_address(addr), int(port, 16))
-            tx, _, rx = f[4].partition(":") if len(f) > 4 else ("0", "", "0")
-            backlog, queued = int(tx, 16), int(rx or "0", 16)
+            _, _, rx = f[4].partition(":") if len(f) > 4 else ("0", "", "0")
+            queued = int(rx or "0", 16)
         except ValueError:
             continue
-        seen.setdefault(key, Listener(proto, key[0], key[1], queued, backlog))
+        seen.setdefault(key, Listener(proto, key[0], key[1], queued))
     return tuple(seen.values())
