@@ -56,6 +56,9 @@ setup_python() {
         "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
         echo "$want" > "$stamp"
     fi
+    # Byte-compiled once: where PYTHONDONTWRITEBYTECODE is set, every command would compile
+    # the project's sources again (a sixth of a command's start).
+    "$VENV/bin/python" -m compileall -q "$ROOT/src" >/dev/null
     export PATH="$VENV/bin:$PATH"
 }
 
