@@ -73,43 +73,60 @@ def optional(key: str, values: st.SearchStrategy[Any]) -> st.SearchStrategy[dict
     return st.one_of(st.just({}), values.map(lambda v: {key: v}))
 
 
-@st.composite
-def ipam_configs(draw: st.DrawFn) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"Subnet": draw(st.sampled_from(["10.77.3.0/24", "fd00:77:4::/64", ""]))}
-    cfg |= draw(optional("Gateway", st.sampled_from(["10.77.3.1", ""]) | st.none()))
-    cfg |= draw(optional("IPRange", st.sampled_from(["10.77.3.0/28", ""]) | st.none()))
-    cfg |= draw(optional("AuxiliaryAddresses", STRING_MAPS | st.none()))
-    return cfg
+# Strategies are built once, here, not inside the composite functions at every draw: making
+# and checking a strategy object costs more than drawing from it (a third of this file's time).
+IPAM_CONFIG = st.fixed_dictionaries(
+    {"Subnet": st.sampled_from(["10.77.3.0/24", "fd00:77:4::/64", ""])},
+    optional={
+        "Gateway": st.sampled_from(["10.77.3.1", ""]) | st.none(),
+        "IPRange": st.sampled_from(["10.77.3.0/28", ""]) | st.none(),
+        "AuxiliaryAddresses": STRING_MAPS | st.none(),
+    },
+)
+NETWORK_FIELDS = st.fixed_dictionaries(
+    {
+        "Id": HEX,
+        "Name": NAMES | st.sampled_from(["bridge"]),
+        "IPAM": st.none()
+        | st.fixed_dictionaries(
+            {"Config": st.none() | st.lists(IPAM_CONFIG, min_size=1, max_size=2)}
+        ),
+    },
+    optional={
+        "Driver": st.sampled_from(["bridge", "overlay", "macvlan", "null", ""]) | MAYBE,
+        "Internal": st.booleans() | st.none(),
+        "Attachable": st.booleans() | st.none(),
+        "EnableIPv6": st.booleans() | st.none(),
+        "Options": STRING_MAPS | st.none(),
+        "Labels": STRING_MAPS | st.none(),
+    },
+)
+SCOPE = optional("Scope", st.sampled_from(["local", "global", "swarm"]) | MAYBE)
 
 
 @st.composite
 def raw_networks(draw: st.DrawFn, scope: str | None = None) -> dict[str, Any]:
-    raw: dict[str, Any] = {"Id": draw(HEX), "Name": draw(NAMES | st.sampled_from(["bridge"]))}
-    raw |= draw(
-        optional("Driver", st.sampled_from(["bridge", "overlay", "macvlan", "null", ""]) | MAYBE)
-    )
-    if scope is not None:
-        raw["Scope"] = scope
-    else:
-        raw |= draw(optional("Scope", st.sampled_from(["local", "global", "swarm"]) | MAYBE))
-    for key in ("Internal", "Attachable", "EnableIPv6"):
-        raw |= draw(optional(key, st.booleans() | st.none()))
-    configs = st.none() | st.lists(ipam_configs(), min_size=1, max_size=2)
-    raw["IPAM"] = draw(st.none() | st.fixed_dictionaries({"Config": configs}))
-    raw |= draw(optional("Options", STRING_MAPS | st.none()))
-    raw |= draw(optional("Labels", STRING_MAPS | st.none()))
+    raw: dict[str, Any] = draw(NETWORK_FIELDS)
+    raw |= {"Scope": scope} if scope is not None else draw(SCOPE)
     return raw
+
+
+ENDPOINT_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "IPAddress": V4 | MAYBE,
+        "GlobalIPv6Address": V6 | MAYBE,
+        "MacAddress": st.just("02:42:0a:4d:03:02") | MAYBE,
+        "Aliases": st.none() | st.lists(NAMES, max_size=3),
+        "EndpointID": HEX | MAYBE,
+    },
+)
 
 
 @st.composite
 def endpoint_settings(draw: st.DrawFn, network_id: str) -> dict[str, Any]:
-    ep: dict[str, Any] = {"NetworkID": draw(st.just(network_id) | MAYBE)}
-    ep |= draw(optional("IPAddress", V4 | MAYBE))
-    ep |= draw(optional("GlobalIPv6Address", V6 | MAYBE))
-    ep |= draw(optional("MacAddress", st.just("02:42:0a:4d:03:02") | MAYBE))
-    ep |= draw(optional("Aliases", st.none() | st.lists(NAMES, max_size=3)))
-    ep |= draw(optional("EndpointID", HEX | MAYBE))
-    return ep
+    ep: dict[str, Any] = {"NetworkID": network_id if draw(st.booleans()) else draw(MAYBE)}
+    return ep | draw(ENDPOINT_FIELDS)
 
 
 PORT_KEYS = st.builds(
@@ -127,42 +144,55 @@ BINDINGS = st.none() | st.lists(
     ),
     max_size=2,
 )
+STATE_FIELDS = st.fixed_dictionaries(
+    {
+        "Running": st.booleans(),
+        "Status": st.sampled_from(
+            ["created", "running", "paused", "restarting", "removing", "exited", "dead", ""]
+        ),
+    },
+    optional={
+        "Pid": st.integers(0, 4_194_304),
+        "Health": st.none()
+        | st.fixed_dictionaries(
+            {"Status": st.sampled_from(["starting", "healthy", "unhealthy", "none", ""])}
+        ),
+    },
+)
+CONFIG_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "Image": st.sampled_from(["dockmesh/toolbox", "busybox:1", ""]),
+        "Hostname": NAMES | st.just(""),
+        "Labels": STRING_MAPS | st.none(),
+    },
+)
+HOST_CONFIG_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "NetworkMode": st.sampled_from(["bridge", "host", "none", "default", ""]),
+        "PortBindings": st.none() | st.dictionaries(PORT_KEYS, BINDINGS, max_size=2),
+    },
+)
+NO_NETWORKS = st.sampled_from([{}, None])
+PORTS = optional("Ports", st.none() | st.dictionaries(PORT_KEYS, BINDINGS, max_size=3))
 
 
 @st.composite
 def raw_containers(draw: st.DrawFn, networks: dict[str, str]) -> dict[str, Any]:
     """`GET /containers/{id}/json` of a container on some of `networks` (name → id). The
     engine always sends the sections; what is inside them varies."""
-    running = draw(st.booleans())
-    states = ["created", "running", "paused", "restarting", "removing", "exited", "dead", ""]
-    state: dict[str, Any] = {"Running": running, "Status": draw(st.sampled_from(states))}
-    state |= draw(optional("Pid", st.integers(0, 4_194_304)))
-    healths = st.sampled_from(["starting", "healthy", "unhealthy", "none", ""])
-    state |= draw(optional("Health", st.none() | st.fixed_dictionaries({"Status": healths})))
-    config: dict[str, Any] = {}
-    config |= draw(optional("Image", st.sampled_from(["dockmesh/toolbox", "busybox:1", ""])))
-    config |= draw(optional("Hostname", NAMES | st.just("")))
-    config |= draw(optional("Labels", STRING_MAPS | st.none()))
-    host_config: dict[str, Any] = {}
-    host_config |= draw(
-        optional("NetworkMode", st.sampled_from(["bridge", "host", "none", "default", ""]))
-    )
-    host_config |= draw(
-        optional("PortBindings", st.none() | st.dictionaries(PORT_KEYS, BINDINGS, max_size=2))
-    )
     chosen = draw(st.lists(st.sampled_from(sorted(networks)), unique=True)) if networks else []
     attached = {name: draw(endpoint_settings(networks[name])) for name in chosen}
-    settings_: dict[str, Any] = {"Networks": attached or draw(st.sampled_from([{}, None]))}
-    settings_ |= draw(
-        optional("Ports", st.none() | st.dictionaries(PORT_KEYS, BINDINGS, max_size=3))
-    )
+    settings_: dict[str, Any] = {"Networks": attached or draw(NO_NETWORKS)}
+    settings_ |= draw(PORTS)
     return {
         "Id": draw(HEX),
         "Name": "/" + draw(NAMES),
         "Image": "sha256:" + "ab" * 32,
-        "State": state,
-        "Config": config,
-        "HostConfig": host_config,
+        "State": draw(STATE_FIELDS),
+        "Config": draw(CONFIG_FIELDS),
+        "HostConfig": draw(HOST_CONFIG_FIELDS),
         "NetworkSettings": settings_,
     }
 
