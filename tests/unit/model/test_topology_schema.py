@@ -174,7 +174,7 @@ HOST_CONFIG_FIELDS = st.fixed_dictionaries(
         "PortBindings": st.none() | st.dictionaries(PORT_KEYS, BINDINGS, max_size=2),
     },
 )
-NO_NETWORKS = st.sampled_from([{}, None])
+NO_NETWORKS: st.SearchStrategy[dict[str, Any] | None] = st.sampled_from([{}, None])
 PORTS = optional("Ports", st.none() | st.dictionaries(PORT_KEYS, BINDINGS, max_size=3))
 
 
@@ -183,8 +183,8 @@ def raw_containers(draw: st.DrawFn, networks: dict[str, str]) -> dict[str, Any]:
     """`GET /containers/{id}/json` of a container on some of `networks` (name → id). The
     engine always sends the sections; what is inside them varies."""
     chosen = draw(st.lists(st.sampled_from(sorted(networks)), unique=True)) if networks else []
-    attached = {name: draw(endpoint_settings(networks[name])) for name in chosen}
-    settings_: dict[str, Any] = {"Networks": attached or draw(NO_NETWORKS)}
+    attached: dict[str, Any] = {name: draw(endpoint_settings(networks[name])) for name in chosen}
+    settings_: dict[str, Any] = {"Networks": attached if attached else draw(NO_NETWORKS)}
     settings_ |= draw(PORTS)
     return {
         "Id": draw(HEX),
