@@ -237,7 +237,11 @@ class Agent:
         await runner.setup()
         self.api_runner = runner  # cleaned up from now on, even if the address is taken
         host, port = cfg.api
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as e:  # a name that does not resolve said nothing of where
+            reason = e.strerror or str(e)
+            raise OSError(e.errno, f"the HTTP API cannot listen on {host}:{port}: {reason}") from e
         bound = runner.addresses[0]
         self.api_address = (str(bound[0]), int(bound[1]))
 
