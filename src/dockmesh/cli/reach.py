@@ -106,8 +106,9 @@ def register(app: typer.Typer) -> None:
         policy, note = applied_policy(_table(table))
         dcont = topo.container(dst)
         observations = _observations_for(dcont, p, note)
-        if policy is not None:
-            observations = replace(observations, policy_stale=policy_staleness(_table(table), topo))
+        # Asked with no policy too: a record that cannot be read may stand for a table that
+        # is still in force.
+        observations = replace(observations, policy_stale=policy_staleness(_table(table), topo))
         scont = topo.container(src) if src != HOST else None
         result: dict[str, Any] | None = None
         with NetnsPool(threads=2) as pool:

@@ -218,7 +218,9 @@ def analyze(
         steps.append(Step("icc", True, f"containers on {net.name} may talk to each other (icc)"))
     what = port.text() if port else "ping (ICMP)"
     pol_detail = decision.text(policy) + f" ({what} on {net.name})"
-    if observed.policy_note and policy is None:
+    if observed.policy_note and policy is None and observed.policy_stale:
+        pol_detail = f"{observed.policy_note}; but {observed.policy_stale}: the kernel decides"
+    elif observed.policy_note and policy is None:
         pol_detail = observed.policy_note + ": Docker's rules only"
     elif observed.policy_stale:
         pol_detail += f"; but {observed.policy_stale}: the kernel may decide otherwise"

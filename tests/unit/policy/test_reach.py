@@ -231,3 +231,17 @@ def test_a_container_in_anothers_namespace_is_analysed_as_that_one() -> None:
     for name, why in (("orphan", "does not exist"), ("late", "down is not running")):
         a = analyze(topo, None, name, "b")
         assert not a.reachable and why in a.summary, a
+
+
+def test_an_unreadable_record_with_its_table_in_force_is_not_dockers_rules_only() -> None:
+    """Seen as `why A B` with `$DOCKMESH_POLICY_DIR/<table>.json` garbled while the agent kept
+    the table ('keeping the table as it is'): the policy step said "Docker's rules only" and
+    ✓, while the kernel dropped the echo (the probe disagreed)."""
+    note = "the recorded policy is unreadable (t.json: Expecting value)"
+    stale = "table inet t is in the kernel, with rules the record no longer says"
+    seen = Observations(policy_note=note, policy_stale=stale)
+    detail = checks(analyze(small(), None, "a", "b", observed=seen))["policy"].detail
+    assert stale in detail and "Docker's rules only" not in detail
+    alone = Observations(policy_note="no policy applied")
+    detail = checks(analyze(small(), None, "a", "b", observed=alone))["policy"].detail
+    assert detail == "no policy applied: Docker's rules only"
