@@ -34,11 +34,12 @@ import ipaddress
 import logging
 import random
 import signal
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dockmesh.api.topology import TopologyFeed
 from dockmesh.catalog.containers import derive_all
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # the servers load only when the agent runs, not with the com
     from dockmesh.policy.enforce import Enforcer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A policy applied or removed by `dockmesh policy` while no container changes is noticed
 # this often (the file's identity is compared: a stat, no read).
@@ -235,7 +237,11 @@ class Agent:
         await runner.setup()
         self.api_runner = runner  # cleaned up from now on, even if the address is taken
         host, port = cfg.api
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError as e:  # a name that does not resolve said nothing of where
+            reason = e.strerror or str(e)
+            raise OSError(e.errno, f"the HTTP API cannot listen on {host}:{port}: {reason}") from e
         bound = runner.addresses[0]
         self.api_address = (str(bound[0]), int(bound[1]))
 
@@ -272,7 +278,7 @@ class Agent:
         backoff = RECONNECT_FIRST_S
         while not self._stop.is_set():
             try:
-                first = await asyncio.to_thread(source.start)
+                first = await _in_daemon_thread(source.start, "agent-connect")
                 break
             except EngineError as e:
                 log.warning("engine not reachable (retrying in %.1f s): %s", backoff, e)
@@ -341,6 +347,37 @@ class Agent:
             with contextlib.suppress(OSError):
                 await dns.remove_listener(gw, port)
             self._dns_gateways.discard(gw)
+
+
+async def _in_daemon_thread(fn: Callable[[], T], name: str) -> T:
+    """`fn()` on a daemon thread of its own, awaited. Not `asyncio.to_thread`: the loop's
+    executor is joined when `asyncio.run` ends, so a call that blocks there (an engine that
+    accepts the connection and never answers: docker-py waits its 30 s, again at each retry)
+    kept a stopped agent's process alive after "agent stopped". Cancelled, the call is
+    abandoned: its thread ends with the call, or with the process."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if fut.done():
+            return  # cancelled: nobody waits for it
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]  # no error: fn's value
+
+    def call() -> None:
+        result: T | None = None
+        error: BaseException | None = None
+        try:
+            result = fn()
+        except BaseException as e:  # handed to the awaiting task, which decides
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=call, name=name, daemon=True).start()
+    return await fut
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -389,3 +389,52 @@ def test_the_agent_serves_dns_on_every_bridge_gateway() -> None:
     )
     topo = Topology(1, (EngineInfo("local", "x"),), nets, ())
     assert bridge_gateways(topo) == {"10.1.0.254", "10.2.0.1", "10.3.0.64"}
+
+
+class SilentEngine:
+    """A topology source whose engine accepted the connection and never answers: `start()`
+    blocks until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.entered = threading.Event()
+
+    def start(self) -> Topology:
+        self.entered.set()
+        self.released.wait()
+        raise EngineError("engine silent: gave up")
+
+    def updates(self) -> Any:
+        raise AssertionError("never started")
+
+    def stop(self) -> None:
+        pass
+
+
+def test_a_stop_is_not_held_up_by_an_engine_that_never_answers() -> None:
+    """Seen as `DOCKER_HOST=tcp://<a listener that never answers> dockmesh agent`: SIGTERM
+    logged "agent stopped" at once, but the process lived on ~27 s more (asyncio.run joined
+    the executor thread that was still waiting for the engine)."""
+    import time
+
+    source = SilentEngine()
+    config = AgentConfig(engines=[], api=("127.0.0.1", 0), dns=None, state=None)
+    agent = Agent(config, AgentDeps(store=MemoryStore(), topology=source, enforcer=None))
+
+    async def main() -> None:
+        task = asyncio.create_task(agent.run())
+        await agent.ready.wait()
+        await asyncio.to_thread(source.entered.wait, 10)
+        agent.stop()
+        await task
+
+    release = threading.Timer(20, source.released.set)  # a failing run ends, later
+    release.start()
+    began = time.monotonic()
+    try:
+        asyncio.run(main())
+        took = time.monotonic() - began
+    finally:
+        source.released.set()
+        release.cancel()
+    assert took < 5, f"the agent took {took:.1f} s to stop"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Annotated
 
@@ -15,11 +16,36 @@ def parse_hostport(value: str, option: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         raise UserError(f"{option} {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8500")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
+    problem = _host_problem(host, bracketed)
+    if problem is not None:
+        raise UserError(f"{option} {value!r}: {problem}")
     if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise UserError(f"{option} {value!r}: the port must be a number from 0 to 65535")
     return host, int(port)
+
+
+def _host_problem(host: str, bracketed: bool) -> str | None:
+    """What is wrong with a HOST of HOST:PORT, or None: an IP address (IPv6 in brackets, or
+    alone as `::1:8500`), or a host name's characters; not something that looks like an IPv4
+    address and is not one (`999.1.1.1`)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if bracketed:
+        return None if ip is not None and ip.version == 6 else "brackets hold an IPv6 address"
+    if ip is not None:
+        return None
+    if "[" in host or "]" in host:
+        return "unbalanced brackets (an IPv6 address is written [::1]:8500)"
+    digits = all(c.isdigit() or c == "." for c in host)
+    chars = all(c.isascii() and (c.isalnum() or c in ".-_") for c in host)
+    if digits or not chars:
+        return f"{host!r} is not an IP address or a host name"
+    return None
 
 
 def register(app: typer.Typer) -> None:

@@ -265,11 +265,18 @@ def policy_staleness(table: str, topo: Topology) -> str:
     from dockmesh.policy.compile import compile_policy
     from dockmesh.policy.nft import Nft, NftError, is_ours, parse_live
 
+    unreadable = False
     try:
         applied = policy_store(table).load()
-        doc = Nft().list_table(table) if applied is not None else None
-    except (ValueError, NftError):
+    except ValueError:
+        applied, unreadable = None, True
+    try:
+        doc = Nft().list_table(table) if applied is not None or unreadable else None
+    except NftError:
         return ""
+    if unreadable and doc is not None and is_ours(doc, table):
+        # Nothing to compare with, but the table the record was about is still in force.
+        return f"table inet {table} is in the kernel, with rules the record no longer says"
     if applied is None or doc is None or not is_ours(doc, table):
         return ""
     live = parse_live(doc, table)

@@ -106,8 +106,9 @@ def register(app: typer.Typer) -> None:
         policy, note = applied_policy(_table(table))
         dcont = topo.container(dst)
         observations = _observations_for(dcont, p, note)
-        if policy is not None:
-            observations = replace(observations, policy_stale=policy_staleness(_table(table), topo))
+        # Asked with no policy too: a record that cannot be read may stand for a table that
+        # is still in force.
+        observations = replace(observations, policy_stale=policy_staleness(_table(table), topo))
         scont = topo.container(src) if src != HOST else None
         result: dict[str, Any] | None = None
         with NetnsPool(threads=2) as pool:
@@ -279,10 +280,11 @@ def _probe_one(
     address = analysis.address
     if address is None and dst is not None:
         address = next((a.ipv4 for a in dst.attachments if a.ipv4), None)
-    if dst is None or not dst.running or address is None or ":" in address:
+    for c in (src, dst):
+        if c is not None and (not c.running or not c.pid):
+            return {"ok": False, "latency_ms": None, "detail": f"{c.name} is not running"}
+    if dst is None or address is None or ":" in address:
         return {"ok": False, "latency_ms": None, "detail": "nothing to probe (no IPv4 address)"}
-    if src is not None and (not src.running or not src.pid):
-        return {"ok": False, "latency_ms": None, "detail": f"{src.name} is not running"}
     number = port.first if port is not None and port.protocol == "tcp" else None
     if port is not None and port.protocol != "tcp":
         return {"ok": None, "latency_ms": None, "detail": f"{port.protocol} is not probed"}

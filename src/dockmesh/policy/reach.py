@@ -147,6 +147,9 @@ def analyze(
         what = " and ".join(not_running)
         steps.append(Step("running", False, f"{what} is not running (state {_states(src, dst)})"))
         return done(False, f"{src.name} cannot reach {dst.name}: {what} is not running")
+    src_ns, dst_ns = namespace_owner(topo, src), namespace_owner(topo, dst)
+    if src_ns is not src or dst_ns is not dst:
+        return _joined(topo, policy, (src, src_ns), (dst, dst_ns), port, observed, with_dns)
     if src.network_mode == "host":
         return _from_host(topo, dst_name, port, observed, src)
     if src.id == dst.id:
@@ -215,7 +218,9 @@ def analyze(
         steps.append(Step("icc", True, f"containers on {net.name} may talk to each other (icc)"))
     what = port.text() if port else "ping (ICMP)"
     pol_detail = decision.text(policy) + f" ({what} on {net.name})"
-    if observed.policy_note and policy is None:
+    if observed.policy_note and policy is None and observed.policy_stale:
+        pol_detail = f"{observed.policy_note}; but {observed.policy_stale}: the kernel decides"
+    elif observed.policy_note and policy is None:
         pol_detail = observed.policy_note + ": Docker's rules only"
     elif observed.policy_stale:
         pol_detail += f"; but {observed.policy_stale}: the kernel may decide otherwise"
@@ -239,6 +244,77 @@ def analyze(
         first = next(s for s in packet if not s.ok)
         summary = f"{src.name} cannot reach {target}: {first.detail}"
     return done(ok, summary, network=net.name, address=address, names=dns_names)
+
+
+JOINED_PREFIX = "container:"
+
+
+def namespace_owner(topo: Topology, c: Container) -> Container | None:
+    """The container whose network namespace `c` lives in: itself, or for `network_mode
+    container:X` (`docker run --network container:X`), X (followed while X joined another);
+    None when that container is not in the topology."""
+    seen = {c.id}
+    while c.network_mode.startswith(JOINED_PREFIX):
+        owner = topo.container(c.network_mode[len(JOINED_PREFIX) :])
+        if owner is None or owner.id in seen:
+            return None
+        seen.add(owner.id)
+        c = owner
+    return c
+
+
+def _joined(
+    topo: Topology,
+    policy: Any,
+    src: tuple[Container, Container | None],
+    dst: tuple[Container, Container | None],
+    port: PortRange | None,
+    observed: Observations,
+    with_dns: bool,
+) -> Analysis:
+    """SRC or DST lives in another container's network namespace: it has no address or
+    network of its own, its packets are that container's (the kernel, the policy's sets and
+    Docker's DNS all see the owner), so the analysis is the owners'."""
+    (s, s_ns), (d, d_ns) = src, dst
+    notes: list[str] = []
+    for c, owner in (src, dst):
+        if owner is c:
+            continue
+        ref = c.network_mode[len(JOINED_PREFIX) :]
+        if owner is None:
+            detail = f"{c.name} uses network_mode container:{ref[:12]}, which does not exist"
+            step = Step("running", False, detail)
+            return Analysis(s.name, d.name, port, False, (step,), detail)
+        if not owner.running:
+            detail = (
+                f"{c.name} lives in {owner.name}'s network namespace, and {owner.name} "
+                f"is not running (state {owner.state})"
+            )
+            step = Step("running", False, detail)
+            return Analysis(s.name, d.name, port, False, (step,), detail)
+        notes.append(
+            f"{c.name} lives in {owner.name}'s network namespace (network_mode container:): "
+            f"its traffic is {owner.name}'s"
+        )
+    assert s_ns is not None and d_ns is not None
+    inner = analyze(topo, policy, s_ns.id, d_ns.id, port, observed, with_dns=with_dns)
+    note = "; ".join(notes)
+    steps = list(inner.steps)
+    if steps and steps[0].check == "running" and steps[0].ok:
+        steps[0] = Step("running", True, f"both run ({s.name}, {d.name}); {note}")
+    else:
+        steps.insert(0, Step("running", True, f"both run ({s.name}, {d.name}); {note}"))
+    return Analysis(
+        s.name,
+        d.name,
+        port,
+        inner.reachable,
+        tuple(steps),
+        f"{note}: {inner.summary}",
+        network=inner.network,
+        address=inner.address,
+        names=inner.names,
+    )
 
 
 def _states(*cs: Container) -> str:

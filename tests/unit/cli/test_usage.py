@@ -33,6 +33,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         # Commands that act on one engine refuse a second rather than ignore it.
         ("plan", "examples/microservices.yaml", "--engine", "unix:///a", "--engine", "unix:///b"),
         ("images", "build", "--engine", "unix:///a", "--engine", "unix:///b"),
+        # A malformed address: once '[Errno -2] Name or service not known', exit 1, naming
+        # neither the option nor the value.
+        ("agent", "--api", "[::1:0", "--dns", "off", "--state", ""),
+        ("agent", "--api", "127.0.0.1:0", "--dns", "999.1.1.1:0", "--state", ""),
+        ("proxy", "--listen", "[127.0.0.1]:0", "--service", "s"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:

@@ -189,3 +189,59 @@ def test_a_stale_table_is_said_in_the_policy_step() -> None:
     assert stale in step.detail
     fresh = analyze(small(), Policy(), "a", "b")
     assert "not in sync" not in next(s for s in fresh.steps if s.check == "policy").detail
+
+
+def joined() -> Topology:
+    """`docker run --network container:a`: `side` lives in a's namespace, `orphan` in the
+    namespace of a container the topology lacks, `late` in that of a stopped one."""
+    base = small()
+    a = base.container("a")
+    assert a is not None
+    return topology(
+        [network("n", "10.0.0.0/24"), network("m", "10.1.0.0/24")],
+        [
+            *base.containers,
+            replace(container("side", {}), network_mode=f"container:{a.id}"),
+            replace(container("orphan", {}), network_mode="container:" + "f" * 64),
+            container("down", {"n": "10.0.0.9"}, state="exited"),
+            replace(container("late", {}), network_mode="container:down"),
+        ],
+    )
+
+
+def test_a_container_in_anothers_namespace_is_analysed_as_that_one() -> None:
+    """Seen as `dockmesh why adv2q-shared adv2q-a2 --probe` with adv2q-shared started with
+    `--network container:adv2q-a1`: the analysis said "no network in common: adv2q-shared is
+    on no network" (exit 1) while the probe got an echo reply; and the reverse had "nothing
+    to probe (no IPv4 address)"."""
+    topo = joined()
+    deny_b = Policy(
+        default="deny", rules=(Rule((Selector(service="b"),), (Selector(service="a"),)),)
+    )
+    out = analyze(topo, None, "side", "b")
+    assert out.reachable and out.src == "side" and out.dst == "b"
+    assert out.address == "10.0.0.3" and out.network == "n"
+    assert "side lives in a's network namespace" in out.steps[0].detail
+    back = analyze(topo, deny_b, "b", "side")  # the policy sees a's address: a's rules
+    assert back.reachable and back.address == "10.0.0.2", back
+    assert not analyze(topo, deny_b, "side", "b").reachable  # a → b is not allowed
+    # Into its owner's namespace: itself.
+    assert [s.check for s in analyze(topo, None, "side", "a").steps] == ["running", "self"]
+    assert not analyze(topo, None, "side", "lonely").reachable
+    for name, why in (("orphan", "does not exist"), ("late", "down is not running")):
+        a = analyze(topo, None, name, "b")
+        assert not a.reachable and why in a.summary, a
+
+
+def test_an_unreadable_record_with_its_table_in_force_is_not_dockers_rules_only() -> None:
+    """Seen as `why A B` with `$DOCKMESH_POLICY_DIR/<table>.json` garbled while the agent kept
+    the table ('keeping the table as it is'): the policy step said "Docker's rules only" and
+    ✓, while the kernel dropped the echo (the probe disagreed)."""
+    note = "the recorded policy is unreadable (t.json: Expecting value)"
+    stale = "table inet t is in the kernel, with rules the record no longer says"
+    seen = Observations(policy_note=note, policy_stale=stale)
+    detail = checks(analyze(small(), None, "a", "b", observed=seen))["policy"].detail
+    assert stale in detail and "Docker's rules only" not in detail
+    alone = Observations(policy_note="no policy applied")
+    detail = checks(analyze(small(), None, "a", "b", observed=alone))["policy"].detail
+    assert detail == "no policy applied: Docker's rules only"
