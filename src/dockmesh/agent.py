@@ -23,7 +23,7 @@ What cannot be rebuilt from the engines (manual registrations, KV) lives in the 
 the applied policy lives in the policy directory, written by `dockmesh policy apply`. The
 engine may be absent at start or go away later: the agent keeps serving what it knows and
 reconnects with back-off. SIGTERM and SIGINT stop it cleanly; the policy's table stays in
-force (fail closed).
+force (fail closed). SIGHUP reads the applied policy again and mends its table now.
 """
 
 from __future__ import annotations
@@ -149,7 +149,8 @@ def bridge_gateways(topo: Topology) -> set[str]:
 
 class Agent:
     """Wires the deps to the catalog, the servers and the policy, and runs them: `run()` until
-    `stop()` (or SIGTERM/SIGINT), or `start()` and `shutdown()` for a caller that drives it."""
+    `stop()` (or SIGTERM/SIGINT; SIGHUP is `reload()`), or `start()` and `shutdown()` for a
+    caller that drives it."""
 
     def __init__(self, config: AgentConfig, deps: AgentDeps) -> None:
         self.config = config
@@ -174,12 +175,31 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
+    def reload(self) -> None:
+        """SIGHUP: the applied policy is read again and the kernel's table mended now (a
+        policy file edited by hand, a table changed behind the agent's back). The catalog
+        and DNS need no reload: they follow the engines' events."""
+        if self.policy is None or self._stop.is_set():
+            return
+        log.info("reloading: the applied policy is read again and its table compared")
+        self._tasks = [t for t in self._tasks if not t.done()]  # many HUPs keep no list
+        self._tasks.append(asyncio.create_task(self._reload_policy(), name="reload"))
+
+    async def _reload_policy(self) -> None:
+        enforcer = self.policy
+        assert enforcer is not None
+        try:
+            await asyncio.to_thread(enforcer.reload)
+        except Exception:
+            log.exception("policy: reloading failed")
+
     async def run(self) -> None:
         """Serves until `stop()`, SIGTERM or SIGINT, then shuts down."""
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        handlers = {signal.SIGTERM: self.stop, signal.SIGINT: self.stop, signal.SIGHUP: self.reload}
+        for sig, handler in handlers.items():
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, handler)
                 self._signals.append(sig)
         try:
             await self.start()

@@ -347,6 +347,38 @@ def test_stopping_drains_every_server_thread_and_task_and_keeps_the_policy(
             signal.signal(sig, previous)
 
 
+def test_sighup_reads_the_policy_again_and_mends_its_table_without_a_change(
+    tmp_path: Path,
+) -> None:
+    previous = signal.getsignal(signal.SIGHUP)
+
+    async def main() -> None:
+        async with running(tmp_path) as env:
+            cid = env.engine.create_container(labelled("web-1", "web"))
+            env.engine.start(cid)
+            await follow(
+                env, lambda: TABLE in env.nft.tables and env.nft.elements(TABLE, WEB_SET) != set()
+            )
+            assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
+            # Someone deletes the element by hand; nothing in the engine changes.
+            family = {"family": "inet", "table": TABLE, "name": WEB_SET}
+            env.nft.run([{"delete": {"element": {**family, "elem": [WEB_IP]}}}])
+            await asyncio.sleep(30.0)
+            assert env.nft.elements(TABLE, WEB_SET) == set()  # nothing looks without a cause
+            # Raised only once the agent's handler replaced the default one (which ends the
+            # process).
+            assert signal.getsignal(signal.SIGHUP) is not previous
+            signal.raise_signal(signal.SIGHUP)
+            await follow(env, lambda: env.nft.elements(TABLE, WEB_SET) == {WEB_IP})
+            assert not env.task.done()  # a reload, not a stop
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+
+    try:
+        vtime.run(main)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 # --- the parts --------------------------------------------------------------------------------
 
 

@@ -101,6 +101,16 @@ class Enforcer:
             if self.store.stamp() != self._stamp:
                 self._sync(self._refresh())
 
+    def reload(self) -> None:
+        """SIGHUP to the agent: the policy file read again, and the table compared with the
+        kernel's and mended (its sets updated, or the table written again when its structure
+        differs or it is gone), as at a restart, without waiting for a change."""
+        with self._lock:
+            self._read = False
+            self._ruleset = None
+            if self._topology is not None:
+                self._sync(self._refresh())
+
     def _refresh(self) -> bool:
         """Re-reads the policy file when it is another file than last time."""
         stamp = self.store.stamp()

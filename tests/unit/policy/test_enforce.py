@@ -240,6 +240,30 @@ def test_a_restart_mends_elements_changed_by_hand_without_a_reload(tmp_path: Pat
     assert restarted.reloads == 0 and restarted.transactions == 1
 
 
+def test_reload_mends_the_table_at_once_and_reads_the_file_again(tmp_path: Path) -> None:
+    store, nft, enforcer = applied(tmp_path)
+    t = topo({2: "client", 3: "web"})
+    enforcer.sync(t)
+    (web_set,) = (name for name, e in wanted(POLICY, t).items() if e == {"10.0.0.3"})
+    family = {"family": "inet", "table": T, "name": web_set}
+    nft.run([{"delete": {"element": {**family, "elem": ["10.0.0.3"]}}}])
+    enforcer.reload()  # no change in the topology: only the reload sees the element gone
+    assert live_elements(nft) == wanted(POLICY, t)
+    nft.run([{"delete": {"table": {"family": "inet", "name": T}}}])
+    enforcer.reload()
+    assert live_elements(nft) == wanted(POLICY, t)
+    # the file rewritten by hand: read again
+    store.save(Applied(T, "enforce", OTHER))
+    enforcer.reload()
+    assert live_elements(nft) == wanted(OTHER, t)
+
+
+def test_reload_before_any_topology_sends_nothing(tmp_path: Path) -> None:
+    _, nft, enforcer = applied(tmp_path)
+    enforcer.reload()
+    assert live_elements(nft) is None and enforcer.transactions == 0
+
+
 # --- the policy file ---------------------------------------------------------------------------
 
 
