@@ -92,7 +92,9 @@ def test_any_bytes_are_a_reply_or_none() -> None:
             assert all(0 <= x <= 0xFFFF for x in got)
 
     run()
-    seen.require(reply=0.3, none=0.2)
+    # Measured over 9 runs: none 38-50%, but once 17% on a busy machine (hypothesis mutates
+    # the examples it has, so the shares move together): the floor says "reached often".
+    seen.require(reply=0.3, none=0.1)
 
 
 def test_echo_request_round_trips_through_a_reply() -> None:
