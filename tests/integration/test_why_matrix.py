@@ -13,6 +13,7 @@ import dataclasses
 import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,37 @@ def test_why_backend_database_on_5432_is_reachable_and_says_why(layout: Layout) 
     assert "no policy applied" in checks["policy"]["detail"]
     assert n["database"] in checks["dns"]["detail"] and "database" in checks["dns"]["detail"]
     assert doc["probe"]["ok"] is True and doc["probe"]["latency_ms"] is not None
+
+
+def test_why_a_reachable_udp_port_exits_0_though_it_is_not_probed(api: Any, layout: Layout) -> None:
+    """UDP is not probed (an unanswered datagram says nothing): the verdict is the analysis's,
+    and a reachable one exits 0. It exited 1, as if the probe had failed."""
+    n = layout.names
+    pid = api.inspect_container(n["database"])["State"]["Pid"]
+    # A UDP socket bound in the database's namespace (the toolbox has no UDP server).
+    server = subprocess.Popen(
+        ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", UDP_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "bound"
+        code, doc = why(n["backend"], n["database"], "--port", "5353/udp", "--probe")
+        assert doc["reachable"] is True, doc
+        assert doc["probe"]["ok"] is None and "not probed" in doc["probe"]["detail"]
+        assert code == 0
+    finally:
+        server.kill()
+        server.wait()
+
+
+UDP_SERVER = """
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+print("bound", flush=True)
+time.sleep(120)
+"""
 
 
 def test_why_finds_a_server_bound_to_loopback(layout: Layout) -> None:

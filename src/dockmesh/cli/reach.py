@@ -127,7 +127,8 @@ def register(app: typer.Typer) -> None:
             print_json(doc)
         else:
             _render_why(analysis, result)
-        failed = not analysis.reachable or (result is not None and not result["ok"])
+        # A probe that was not made (UDP: ok is None) leaves the verdict to the analysis.
+        failed = not analysis.reachable or (result is not None and result["ok"] is False)
         if failed:
             raise typer.Exit(EXIT_FAILED)
 
