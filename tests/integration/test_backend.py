@@ -114,3 +114,25 @@ def test_docker_errors_are_one_line_engine_errors(engine: DockerBackend, prefix:
     assert engine.container(f"{prefix}-nothing") is None
     assert engine.network(f"{prefix}-nothing") is None
     assert engine.image("dockmesh/none:latest") is None
+
+
+def test_concurrent_inspects_share_one_connection_pool(engine: DockerBackend) -> None:
+    """docker-py keys a unix socket's pools by each request's whole URL and closes the one
+    it drops past 25: a snapshot's parallel inspects could use a pool closed under them
+    ("Pool is closed", `up` exited 1 once with 200 containers on the engine). Requests share
+    one pool now, whatever the number of containers."""
+    import secrets
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = DockerBackend(engine.ref)
+    try:
+        ids = [secrets.token_hex(32) for _ in range(100)]  # none exists: each a new URL
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(backend.container, ids)) == [None] * 100
+        adapter = backend._api.adapters.get("http+docker://")
+        if adapter is not None:  # a unix socket: the version check's pool and the shared one
+            # keys(): urllib3's container refuses iteration
+            pools = [adapter.pools[k] for k in adapter.pools.keys()]  # noqa: SIM118
+            assert len(pools) <= 2 and all(p.pool is not None for p in pools)
+    finally:
+        backend.close()

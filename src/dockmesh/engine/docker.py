@@ -15,6 +15,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.transport
 import docker.types
 import requests.exceptions
 
@@ -101,6 +102,27 @@ class DockerEvents:
             log.debug("closing the event stream of %s: %s", self._ref.name, e)
 
 
+def _one_pool(client: Any) -> None:
+    """One connection pool for every request over a unix socket.
+
+    docker-py's unix-socket adapter keys its pools by each request's whole URL and keeps the
+    25 most recently used, closing the one it drops. A snapshot inspects every container
+    from several threads: with more than 25 containers a pool could be dropped and closed
+    between a thread getting it and using it, and that inspect failed as "Pool is closed"
+    (`up` exited 1 once under the test suite on an engine with 200 containers). Keyed by
+    the socket alone, requests share one pool of `max_pool_size` connections, reused."""
+    adapter = client.adapters.get("http+docker://")
+    if not isinstance(adapter, docker.transport.UnixHTTPAdapter):
+        return  # tcp:// and the like pool by host already
+    by_url = adapter.get_connection
+    base = client.base_url
+
+    def get_connection(url: str, proxies: Any = None) -> Any:
+        return by_url(base, proxies)
+
+    adapter.get_connection = get_connection
+
+
 class DockerBackend:
     """A connection to one engine (docker-py's low-level API client).
 
@@ -129,6 +151,7 @@ class DockerBackend:
                             timeout=self._timeout,
                             max_pool_size=_INSPECT_WORKERS + 2,
                         )
+                        _one_pool(self._client)
                 client = self._client
         return client
 
