@@ -149,7 +149,7 @@ class DockerBackend:
                             base_url=self.ref.url,
                             version="auto",
                             timeout=self._timeout,
-                            max_pool_size=_INSPECT_WORKERS + 2,
+                            max_pool_size=_INSPECT_WORKERS + 8,  # + event streams and callers
                         )
                         _one_pool(self._client)
                 client = self._client
