@@ -33,6 +33,11 @@ def _section(title: str, rows: list[list[str]], columns: list[str]) -> Table:
     return table
 
 
+def _cell(value: object) -> str:
+    """A value for a table cell: one not known (null in --json) is '-', not 'None'."""
+    return "-" if value is None else str(value)
+
+
 def doctor_view(doc: Mapping[str, Any]) -> Group:
     s = doc["sections"]
     st = s["state"]
@@ -52,11 +57,11 @@ def doctor_view(doc: Mapping[str, Any]) -> Group:
                 [
                     n["name"],
                     n["driver"],
-                    str(n["ipv4"]),
-                    str(n["subnet"]),
-                    str(n["gateway"]),
-                    str(n["mac"]),
-                    str(n["mtu"]),
+                    _cell(n["ipv4"]),
+                    _cell(n["subnet"]),
+                    _cell(n["gateway"]),
+                    _cell(n["mac"]),
+                    _cell(n["mtu"]),
                 ]
                 for n in s["networks"]
             ],
@@ -67,7 +72,7 @@ def doctor_view(doc: Mapping[str, Any]) -> Group:
         _section(
             "interfaces",
             [
-                [x["name"], x["state"], str(x["mac"]), str(x["mtu"]), " ".join(x["addresses"])]
+                [x["name"], x["state"], _cell(x["mac"]), _cell(x["mtu"]), " ".join(x["addresses"])]
                 for x in s["interfaces"]
             ],
             ["interface", "state", "mac", "mtu", "addresses"],

@@ -381,7 +381,17 @@ def findings(f: Evidence) -> list[Finding]:
             )
     if f.links or f.routes:
         if not any(r.is_default for r in f.routes):
-            if f.plan.networks and all(n.internal for n in f.plan.networks):
+            if c.network_mode == "none":
+                # No connect advice: the engine refuses to connect a --network none container.
+                out.append(
+                    Finding(
+                        INFO,
+                        "network-none",
+                        f"{c.name} runs with --network none: loopback only, as asked",
+                        "to give it a network, create it again with --network NETWORK",
+                    )
+                )
+            elif f.plan.networks and all(n.internal for n in f.plan.networks):
                 out.append(
                     Finding(
                         INFO,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -140,6 +142,21 @@ def test_mtu_mismatch_no_route_unhealthy_and_no_default_route() -> None:
     got = codes(f)
     assert got[:2] == ["unhealthy", "no-route"]
     assert set(got) == {"unhealthy", "no-route", "mtu-mismatch", "no-default-route"}
+
+
+def test_network_none_is_said_as_chosen_without_advice_the_engine_refuses() -> None:
+    """`docker run --network none`: only loopback, no default route. The advice was
+    `docker network connect bridge`, which the engine refuses for such a container."""
+    alone = replace(ctr("alone", "10.9.0.2"), attachments=(), network_mode="none")
+    f = healthy_facts(ctr("alone", "10.9.0.2"), topo(alone))
+    f = replace(f, container=alone, plan=plan_checks(topo(alone), alone, {}))
+    f.links = (Link("lo", None, 65536, "unknown", ("127.0.0.1/8",)),)
+    f.routes = ()
+    got = findings(f)
+    assert [(x.severity, x.code) for x in got if x.code != "no-listeners"] == [
+        ("info", "network-none")
+    ]
+    assert all("network connect" not in x.fix for x in got)
 
 
 def test_name_resolving_to_several_projects() -> None:
