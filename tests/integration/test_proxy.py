@@ -210,54 +210,29 @@ def test_an_upstream_that_keeps_failing_opens_its_breaker_and_then_503_says_why(
             p.stop()
 
 
+def proxy_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`dockmesh proxy --listen 127.0.0.1:1 ARGS` from this interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "dockmesh", "proxy", "--listen", "127.0.0.1:1", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
 def test_no_upstream_and_bad_flags(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "dockmesh", "proxy", "--listen", "127.0.0.1:1", "--bogus"],
-        capture_output=True,
-        text=True,
-    )
+    r = proxy_cli("--bogus")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dockmesh",
-            "proxy",
-            "--listen",
-            "127.0.0.1:1",
-            "--backend",
-            "ftp://x",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = proxy_cli("--backend", "ftp://x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     bad = tmp_path / "routes.yaml"
     bad.write_text(
         "routes:\n  - prefix: /a\n    service: api\n  - prefix: nope\n    backends: [ftp://x]\n"
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dockmesh",
-            "proxy",
-            "--listen",
-            "127.0.0.1:1",
-            "--config",
-            str(bad),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = proxy_cli("--config", str(bad))
     assert r.returncode == 2
     assert f"{bad}:4: routes.1.prefix" in r.stderr and f"{bad}:5: routes.1.backends.0" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "dockmesh", "proxy", "--listen", "127.0.0.1:1", "--service", "api"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "DOCKMESH_AGENT": "ftp://127.0.0.1:1"},
-    )
+    r = proxy_cli("--service", "api", env={**os.environ, "DOCKMESH_AGENT": "ftp://127.0.0.1:1"})
     assert r.returncode == 2 and "$DOCKMESH_AGENT 'ftp://127.0.0.1:1'" in r.stderr
 
 

@@ -230,7 +230,9 @@ def test_any_document_gives_a_policy_or_located_problems() -> None:
             assert isinstance(policy, Policy)
 
     run()
-    seen.require(policy=0.3, problems=0.2)
+    # Measured over 8 runs: policy 44-67%, but once 23% in the full suite on a busy machine
+    # (hypothesis mutates the examples it has, so the shares move together).
+    seen.require(policy=0.15, problems=0.2)
 
 
 def test_a_topology_files_policy_problems_have_their_lines() -> None:
