@@ -50,9 +50,10 @@ ENGINE = "agent-test"  # the watcher's threads are named after it
 TABLE = "dmtest"
 GATEWAY = "127.77.0.1"  # the bridge network's gateway: a loopback address the test can bind
 WEB_IP = "127.77.0.2"
-# client → web: the web containers' addresses are set s1_4.
-POLICY = Policy(rules=(Rule((Selector(service="client"),), (Selector(service="web"),)),))
-WEB_SET = "s1_4"
+# every container → web: a rule over a broad side keeps a set per side, and the web
+# containers' addresses are its destination set, r0_dc_4.
+POLICY = Policy(rules=(Rule((Selector(),), (Selector(service="web"),)),))
+WEB_SET = "r0_dc_4"
 
 
 def labelled(name: str, service: str) -> ContainerConfig:
@@ -357,7 +358,10 @@ def test_sighup_reads_the_policy_again_and_mends_its_table_without_a_change(
             cid = env.engine.create_container(labelled("web-1", "web"))
             env.engine.start(cid)
             await follow(
-                env, lambda: TABLE in env.nft.tables and env.nft.elements(TABLE, WEB_SET) != set()
+                env,
+                lambda: (
+                    ("inet", TABLE) in env.nft.tables and env.nft.elements(TABLE, WEB_SET) != set()
+                ),
             )
             assert env.nft.elements(TABLE, WEB_SET) == {WEB_IP}
             # Someone deletes the element by hand; nothing in the engine changes.

@@ -91,6 +91,8 @@ def _unmatched(policy: Policy, topo: Topology) -> list[str]:
     notes: list[str] = []
     for i, r in enumerate(policy.rules):
         for word, side in (("from", r.sources), ("to", r.destinations)):
+            if any(s.is_address for s in side):
+                continue
             if not any(selects(side, c, a.network) for c in running for a in c.attachments):
                 sel = " | ".join(s.text() for s in side)
                 notes.append(f"rule {i + 1} {word} {sel} chooses no running container (yet)")
@@ -262,6 +264,7 @@ def applied_policy(table: str) -> tuple[Policy | None, str]:
 def policy_staleness(table: str, topo: Topology) -> str:
     """Why the kernel's table may not be what the model says ('' when it is in sync, or
     when there is nothing to compare): the same comparison as `policy show`'s in_sync."""
+    from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
     from dockmesh.policy.nft import Nft, NftError, is_ours, parse_live
 
@@ -280,7 +283,7 @@ def policy_staleness(table: str, topo: Topology) -> str:
     if applied is None or doc is None or not is_ours(doc, table):
         return ""
     live = parse_live(doc, table)
-    want = compile_policy(applied.policy, topo, applied.mode, table)
+    want = compile_policy(applied.policy, topo, applied.mode, table, PortFinder()(topo))
     if live.structure_hash == want.structure_hash and live.elements == want.elements():
         return ""
     return (
@@ -290,6 +293,7 @@ def policy_staleness(table: str, topo: Topology) -> str:
 
 
 def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
+    from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
     from dockmesh.policy.nft import ForeignTable, Nft, is_ours, parse_live
 
@@ -314,24 +318,49 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         raise UserError(str(ForeignTable(table)))
     live = parse_live(live_doc, table)
     topo = load_topology(engine)
-    want = compile_policy(applied.policy, topo, applied.mode, table) if applied else None
+    want = (
+        compile_policy(applied.policy, topo, applied.mode, table, PortFinder()(topo))
+        if applied
+        else None
+    )
     meanings = {s.name: s.meaning for s in want.sets} if want else {}
     texts: dict[str, str] = {}
     if applied is not None:
         for i, r in enumerate(applied.policy.rules):
-            texts[f"rule {i + 1}"] = r.text()
+            texts[_rule_comment(applied, i)] = r.text()
+    counted: dict[str, list[int]] = {}
+    for lr in live.rules:
+        if lr.packets is not None:
+            c = counted.setdefault(lr.comment, [0, 0])
+            c[0] += lr.packets
+            c[1] += lr.bytes or 0
+    # A rule between named containers is elements of the concatenated sets, each counting.
+    for name, owners in (want.attribution if want else {}).items():
+        for element, (packets, nbytes) in live.counters.get(name, {}).items():
+            owner = owners.get(element)
+            if owner is not None:
+                c = counted.setdefault(_rule_comment(applied, owner), [0, 0])
+                c[0] += packets
+                c[1] += nbytes
+    order = (
+        {_rule_comment(applied, i): i for i in range(len(applied.policy.rules))} if applied else {}
+    )
     doc["rules"] = [
-        {
-            "comment": r.comment,
-            "text": texts.get(r.comment, r.comment),
-            "packets": r.packets,
-            "bytes": r.bytes,
-        }
-        for r in live.rules
-        if r.packets is not None
+        {"comment": k, "text": texts.get(k, k), "packets": v[0], "bytes": v[1]}
+        for k, v in sorted(counted.items(), key=lambda kv: (order.get(kv[0], 1 << 30), kv[0]))
     ]
     for name in sorted(live.elements, key=_set_order):
         members = []
+        if any(" . " in e for e in live.elements[name]):
+            doc["sets"].append(
+                {
+                    "name": name,
+                    "meaning": meanings.get(name, ""),
+                    "members": [],
+                    "elements": len(live.elements[name]),
+                }
+            )
+            continue
         for element in sorted(live.elements[name]):
             holders = topo.attachments_at(element) if "/" not in element else ()
             members.append({"address": element, "containers": sorted({c.name for c, _ in holders})})
@@ -341,6 +370,11 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
             live.structure_hash == want.structure_hash and live.elements == want.elements()
         )
     return doc
+
+
+def _rule_comment(applied: Any, i: int) -> str:
+    deny = applied is not None and applied.policy.rules[i].action == "deny"
+    return f"{'deny ' if deny else ''}rule {i + 1}"
 
 
 def _set_order(name: str) -> tuple[str, int, str]:

@@ -19,6 +19,7 @@ its path in the document, so that the caller can say `FILE:LINE: path: what is w
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ Path = tuple[str | int, ...]
 PathProblem = tuple[Path, str]
 
 SELECTOR_KINDS = ("service", "container", "network", "label", "project")
+# Addresses rather than containers: a CIDR, or `world` (every address outside the networks
+# of the engines the topology covers). Each stands alone in its selector.
+ADDRESS_KINDS = ("cidr", "world")
+ALL_KINDS = SELECTOR_KINDS + ADDRESS_KINDS
+ACTIONS = ("allow", "deny")
+RULE_KEYS = ("action", "from", "to", "ports")
 PROTOCOLS = ("tcp", "udp", "sctp", "icmp")
 PORTED = ("tcp", "udp", "sctp")
 
@@ -76,10 +83,20 @@ class Selector:
     # (key, value) pairs that must all be on the container; value None: the key alone.
     labels: tuple[tuple[str, str | None], ...] = ()
     project: str | None = None
+    # An address selector (chooses no container): a network in CIDR form, or the world.
+    cidr: str | None = None
+    world: bool = False
+
+    @property
+    def is_address(self) -> bool:
+        return self.cidr is not None or self.world
 
     def matches(self, c: Container) -> bool:
         """Whether the container is chosen, whatever its network (`network` is checked on the
-        address, by the caller)."""
+        address, by the caller). An address selector chooses no container as such: which of
+        a container's addresses it covers is the compiler's to say (`covers_address`)."""
+        if self.is_address:
+            return False
         if self.container is not None and c.name != self.container:
             return False
         # Any of the labels that name a project (or a service) may carry the one asked for.
@@ -100,12 +117,27 @@ class Selector:
     def matches_endpoint(self, c: Container, network: str) -> bool:
         return (self.network is None or self.network == network) and self.matches(c)
 
+    def covers_address(self, address: str) -> bool:
+        """Whether a `cidr` selector covers the address (False for every other kind)."""
+        if self.cidr is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+            net = ipaddress.ip_network(self.cidr, strict=False)
+        except ValueError:
+            return False
+        return ip.version == net.version and ip in net
+
     def text(self) -> str:
         parts = [f"{k}={v}" for k, v in self._items()]
         return ",".join(parts) or "*"
 
     def _items(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
+        if self.cidr is not None:
+            out.append(("cidr", self.cidr))
+        if self.world:
+            out.append(("world", "true"))
         for kind in ("project", "service", "container", "network"):
             v = getattr(self, kind)
             if v is not None:
@@ -114,7 +146,9 @@ class Selector:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {k: v for k, v in self._items() if k != "label"}
+        doc: dict[str, Any] = {k: v for k, v in self._items() if k not in ("label", "world")}
+        if self.world:
+            doc["world"] = True
         if self.labels:
             doc["label"] = [k if v is None else f"{k}={v}" for k, v in self.labels]
         return doc
@@ -129,19 +163,22 @@ def side_text(side: Side) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Allows traffic from any `sources` address to any `destinations` address on `ports`
-    (every protocol and port when empty)."""
+    """Allows (or, `action` deny, denies) traffic from any `sources` address to any
+    `destinations` address on `ports` (every protocol and port when empty). A deny rule wins
+    over every allow rule, whatever their order."""
 
     sources: Side
     destinations: Side
     ports: tuple[PortRange, ...] = ()
+    action: Verdict = "allow"
 
     def covers(self, protocol: str, port: int | None) -> bool:
         return not self.ports or any(p.covers(protocol, port) for p in self.ports)
 
     def text(self) -> str:
         ports = ", ".join(p.text() for p in self.ports) or "any port"
-        return f"{side_text(self.sources)} -> {side_text(self.destinations)} ({ports})"
+        deny = "deny " if self.action == "deny" else ""
+        return f"{deny}{side_text(self.sources)} -> {side_text(self.destinations)} ({ports})"
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -150,6 +187,8 @@ class Rule:
         }
         if self.ports:
             doc["ports"] = [p.text() for p in self.ports]
+        if self.action != "allow":
+            doc["action"] = self.action
         return doc
 
 
@@ -278,9 +317,16 @@ class _Parser:
             self.err(path, "must be a mapping ({from: ..., to: ..., ports: [...]})")
             return None
         for key in data:
-            if key not in ("from", "to", "ports"):
-                self.err((*path, str(key)), "unknown key (from, to, ports)")
+            if key not in RULE_KEYS:
+                self.err((*path, str(key)), "unknown key (action, from, to, ports)")
         ok = True
+        action: Verdict = "allow"
+        if "action" in data:
+            if data["action"] in ACTIONS:
+                action = data["action"]
+            else:
+                self.err((*path, "action"), f"must be allow or deny, not {data['action']!r}")
+                ok = False
         sides: list[Side] = []
         for key in ("from", "to"):
             if key not in data:
@@ -293,7 +339,7 @@ class _Parser:
         ports = self.ports(data.get("ports"), (*path, "ports"))
         if not ok or ports is None:
             return None
-        return Rule(sides[0], sides[1], ports)
+        return Rule(sides[0], sides[1], ports, action)
 
     def side(self, data: Any, path: Path) -> Side | None:
         if isinstance(data, list):
@@ -310,16 +356,21 @@ class _Parser:
     def selector(self, data: Any, path: Path) -> Selector | None:
         if data is None:
             data = {}
+        if data == "world":
+            data = {"world": True}
         if not isinstance(data, Mapping):
-            self.err(path, f"must be a mapping with any of {', '.join(SELECTOR_KINDS)}")
+            kinds = ", ".join(ALL_KINDS)
+            self.err(path, f"must be a mapping with any of {kinds} (or the word world)")
             return None
+        if any(k in data for k in ADDRESS_KINDS):
+            return self.address_selector(data, path)
         before = len(self.problems)
         values: dict[str, str] = {}
         labels: list[tuple[str, str | None]] = []
         for key, value in data.items():
             kp = (*path, str(key))
             if key not in SELECTOR_KINDS:
-                self.err(kp, f"unknown selector (one of {', '.join(SELECTOR_KINDS)})")
+                self.err(kp, f"unknown selector (one of {', '.join(ALL_KINDS)})")
             elif key == "label":
                 labels += self.labels(value, kp)
             elif not isinstance(value, str) or not value:
@@ -350,6 +401,29 @@ class _Parser:
             labels=tuple(sorted(set(labels), key=lambda kv: (kv[0], kv[1] or ""))),
             project=project,
         )
+
+    def address_selector(self, data: Mapping[Any, Any], path: Path) -> Selector | None:
+        """`{cidr: 10.0.0.0/8}` or `{world: true}`: alone in their selector."""
+        if len(data) != 1:
+            others = ", ".join(sorted(str(k) for k in data if k not in ADDRESS_KINDS))
+            what = others or "cidr and world"
+            self.err(path, f"cidr and world stand alone in a selector (not with {what})")
+            return None
+        ((key, value),) = data.items()
+        if key == "world":
+            if value is not True:
+                self.err((*path, "world"), f"must be true, not {value!r}")
+                return None
+            return Selector(world=True)
+        if not isinstance(value, str) or not value:
+            self.err((*path, "cidr"), "must be an address or ADDRESS/LENGTH (a string)")
+            return None
+        try:
+            net = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            self.err((*path, "cidr"), f"{value!r} is not an address or ADDRESS/LENGTH")
+            return None
+        return Selector(cidr=str(net))
 
     def labels(self, value: Any, path: Path) -> list[tuple[str, str | None]]:
         items = value if isinstance(value, list) else [value]

@@ -2,22 +2,38 @@
 
 Theory of operation
 -------------------
-- One table (`inet dockmesh` by default) holds address sets and one base chain on the forward
-  hook at priority `filter - 10`: before Docker's filter chains, so a drop here is final
-  whatever Docker's rules say, while an accept here only means "no objection" (Docker's own
-  chains still see the packet). That is how the policy never opens what Docker closes.
+- Two tables of the same name (`dockmesh` by default). `inet dockmesh` holds the decisions:
+  one base chain on the forward hook at priority `filter - 10`, before Docker's filter
+  chains, so a drop here is final whatever Docker's rules say, while an accept here only
+  means "no objection" (Docker's own chains still see the packet). That is how the policy
+  never opens what Docker closes. `bridge dockmesh` binds identity to the wire: a frame that
+  enters a Docker bridge from a container's port (its host-side veth) with a source address
+  that is not that container's own is marked unconfirmed (`UNCONFIRMED`, one bit of the
+  packet mark), and an unconfirmed packet matches no allow rule: a forged source, or a new
+  container on a removed one's address before the agent has seen it, gets what the network's
+  default says and nothing more.
 - The chain's rules depend on the policy and the mode alone; the topology only fills sets.
   So when containers come and go the kernel gets set element updates (`element_delta`), and
-  only a new policy replaces the table. `Ruleset.structure_hash` tells the two apart; it is
+  only a new policy replaces the tables. `Ruleset.structure_hash` tells the two apart; it is
   kept in the first rule's comment so that a new process can tell whether the live table is
   the structure it would write.
-- The order of the chain: established/related (return traffic) first; then packets whose
-  connection was DNAT-ed (published ports: Docker's rules decide); then one accept per rule,
-  protocol and family; then the per-network defaults; then the policy's default when it is
-  deny. Every decision rule counts.
+- The order of the forward chain: established/related (return traffic); IPv6 neighbour
+  discovery (hop limit 255, so never routed); Docker's isolation applied to IPv6 as Docker
+  applies it to IPv4 (Docker 20.10 writes no ip6tables rules): between networks, out of an
+  internal network, inside an `enable_icc=false` network; link-local IPv6 on a denied
+  network; the deny rules; the allow rules; the per-network defaults; the policy's default.
+  A deny rule therefore wins over any allow rule, whatever their order in the file.
+- A rule between named containers or services is not a rule in the chain but elements of
+  concatenated sets (`saddr . daddr`, `saddr . daddr . l4proto`, `saddr . daddr . l4proto .
+  dport` with port ranges): one hash or interval lookup decides whatever the number of
+  rules, and each element counts its packets. A rule over a broad side (every container, a
+  network, a label, a project) or over addresses (`cidr`, `world`) stays a rule with a set
+  per side, so that no rule multiplies into |sources| × |destinations| elements.
 - Selector sets hold the addresses of running containers (a container that starts is
   allowed once it is added: fail closed). Default sets hold the networks' subnets, so a deny
-  covers a container the moment it starts, before anyone has seen it.
+  covers a container the moment it starts, before anyone has seen it; a policy default of
+  deny also covers every bridge Docker names `br-*`, so a network created while no agent
+  runs is denied too.
 - Audit mode writes `counter log accept` where enforce writes `counter drop`: the accept ends
   our chain only, so the packet meets Docker's rules as if no policy existed.
 """
@@ -31,36 +47,82 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from dockmesh.model.policy import Policy, PortRange, Side, Verdict, selects, side_text
-from dockmesh.model.topology import Topology
+from dockmesh.model.policy import Policy, PortRange, Rule, Selector, Side, Verdict, side_text
+from dockmesh.model.topology import Container, Network, Topology
 
 DEFAULT_TABLE = "dockmesh"
 CHAIN = "forward"
+BRIDGE_CHAIN = "prerouting"
 PRIORITY = -10  # filter - 10: before Docker's filter chains (priority 0)
+BRIDGE_PRIORITY = -10  # before br_netfilter (0) hands the frame to the inet hooks
 AUDIT_PREFIX = "dockmesh-audit"
 HASH_TAG = "dockmesh policy "
+# The packet mark bit that says "this source address is not the port's own".
+UNCONFIRMED = 0x00100000
+# Docker names a user network's bridge br-<12 hex digits of its id>, and a container's port on
+# a bridge veth<7 hex digits>. (The kernel here has no `meta ibrname` in the bridge family, so
+# the bridge table knows a container's port by its name.)
+DOCKER_BRIDGES = "br-*"
+DOCKER_PORTS = "veth*"
+ND_TYPES = (
+    "nd-router-solicit",
+    "nd-router-advert",
+    "nd-neighbor-solicit",
+    "nd-neighbor-advert",
+    "nd-redirect",
+)
 
 Mode = Literal["enforce", "audit"]
 MODES: tuple[Mode, ...] = ("enforce", "audit")
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, Family] = (4, 6)
-Action = Literal["accept", "drop", "audit"]
+Action = Literal["accept", "drop", "audit", "mark"]
+TableFamily = Literal["inet", "bridge"]
 JSON = dict[str, Any]
+# (container id, network name) → the host-side name of the container's port on that network.
+PortMap = Mapping[tuple[str, str], str]
+Field = Literal["saddr", "daddr", "l4proto", "dport", "iifname", "oifname"]
+_KEY_TYPE: dict[str, str] = {
+    "l4proto": "inet_proto",
+    "dport": "inet_service",
+    "iifname": "ifname",
+    "oifname": "ifname",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class AddrSet:
+    """A named set. Its elements are texts: an address, a `net/len` prefix, or for a
+    concatenation (`fields` given) the parts joined by " . " (a port part may be `a-b`)."""
+
     name: str
     family: Family
-    interval: bool  # prefixes allowed (the defaults' subnets)
-    elements: frozenset[str]  # addresses, and "net/len" prefixes in interval sets
+    interval: bool  # prefixes or ranges allowed
+    elements: frozenset[str]
     meaning: str  # what it holds, in the policy's words
+    fields: tuple[Field, ...] = ()  # () : one address
+    counter: bool = False  # a counter per element
+    table_family: TableFamily = "inet"
+
+    def types(self) -> list[str]:
+        addr = "ipv4_addr" if self.family == 4 else "ipv6_addr"
+        if not self.fields:
+            return [addr]
+        return [_KEY_TYPE.get(f, addr) for f in self.fields]
 
 
 @dataclass(frozen=True, slots=True)
 class InSet:
     field: Literal["saddr", "daddr"]
     set: str
+    negate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InConcat:
+    fields: tuple[Field, ...]
+    set: str
+    negate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +142,52 @@ class CtState:
 
 
 @dataclass(frozen=True, slots=True)
-class CtDnat:
-    pass
+class Unconfirmed:
+    """The packet's source was not confirmed on its port (`is_set`), or was."""
+
+    is_set: bool
 
 
-Match = InSet | L4Proto | DPort | CtState | CtDnat
+@dataclass(frozen=True, slots=True)
+class IfName:
+    field: Literal["iifname", "oifname"]
+    name: str  # may end in * (a prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class IfSet:
+    field: Literal["iifname", "oifname"]
+    set: str
+
+
+@dataclass(frozen=True, slots=True)
+class NfProto:
+    family: Family
+
+
+@dataclass(frozen=True, slots=True)
+class NeighbourDiscovery:
+    """ICMPv6 neighbour discovery with hop limit 255: link-local by construction."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLocal:
+    """An IPv6 link-local source (fe80::/10)."""
+
+
+Match = (
+    InSet
+    | InConcat
+    | L4Proto
+    | DPort
+    | CtState
+    | Unconfirmed
+    | IfName
+    | IfSet
+    | NfProto
+    | NeighbourDiscovery
+    | LinkLocal
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +197,20 @@ class NftRule:
     action: Action
     comment: str
     counter: bool = True
-    # Where it comes from: ("rule", i), ("network", name), ("default", "") or ("base", "").
+    # Where it comes from: ("rule", i), ("network", name), ("default", ""), ("docker", what)
+    # or ("base", "").
     origin: tuple[str, int | str] = ("base", "")
+    table_family: TableFamily = "inet"
 
 
 @dataclass(frozen=True, slots=True)
 class Ruleset:
-    """One table's nftables ruleset as data. Its rules depend on the policy alone and its
-    sets' elements on the topology alone, so `structure_hash` (of everything but the
-    elements) tells whether a live table can be brought up to date by set element updates."""
+    """One policy's nftables ruleset as data: the inet table's forward chain and the bridge
+    table's prerouting chain. Its rules depend on the policy alone and its sets' elements on
+    the topology alone, so `structure_hash` (of everything but the elements) tells whether a
+    live table can be brought up to date by set element updates. `attribution` says, for the
+    concatenated sets, which policy rule each element stands for (its counters are that
+    rule's)."""
 
     table: str
     mode: Mode
@@ -110,10 +218,15 @@ class Ruleset:
     rules: tuple[NftRule, ...]
     priority: int = PRIORITY
     _hash: str = field(default="", compare=False)
+    attribution: Mapping[str, Mapping[str, int]] = field(default_factory=dict, compare=False)
 
     @property
     def structure_hash(self) -> str:
         return self._hash
+
+    @property
+    def tables(self) -> tuple[tuple[TableFamily, str], ...]:
+        return (("inet", self.table), ("bridge", self.table))
 
     def set(self, name: str) -> AddrSet | None:
         for s in self.sets:
@@ -125,49 +238,414 @@ class Ruleset:
         return {s.name: s.elements for s in self.sets}
 
 
-def compile_policy(
-    policy: Policy, topo: Topology, mode: Mode = "enforce", table: str = DEFAULT_TABLE
-) -> Ruleset:
-    """The ruleset that enforces `policy` over `topo`'s running containers."""
-    sides: dict[Side, int] = {}
-    for r in policy.rules:
-        for side in (r.sources, r.destinations):
-            sides.setdefault(side, len(sides))
-    sets: list[AddrSet] = []
-    members = _side_members(topo, list(sides))
-    for side, i in sides.items():
-        for f in FAMILIES:
-            sets.append(AddrSet(f"s{i}_{f}", f, False, members[i][f], side_text(side)))
-    for j, (name, _) in enumerate(policy.networks):
-        space = _network_space(topo, {name})
-        for f in FAMILIES:
-            sets.append(AddrSet(f"n{j}_{f}", f, True, space[f], f"network {name}"))
-    if policy.default == "deny":
-        space = _network_space(topo, None)
-        for f in FAMILIES:
-            sets.append(AddrSet(f"all_{f}", f, True, space[f], "every network"))
+# --- compiling ---------------------------------------------------------------------------------
 
-    deny: Action = "drop" if mode == "enforce" else "audit"
-    rules: list[NftRule] = [
+_NARROW = ("service", "container")
+
+
+def _narrow(side: Side) -> bool:
+    """A side that names containers or services: few addresses, worth flattening."""
+    return all(not s.is_address and (s.service or s.container) for s in side)
+
+
+@dataclass(slots=True)
+class _Builder:
+    policy: Policy
+    topo: Topology
+    ports: PortMap | None
+    deny: Action
+    sets: list[AddrSet] = field(default_factory=list)
+    rules: list[NftRule] = field(default_factory=list)
+    attribution: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add_set(self, s: AddrSet) -> str:
+        self.sets.append(s)
+        return s.name
+
+    def set(self, name: str) -> AddrSet | None:
+        return next((s for s in self.sets if s.name == name), None)
+
+
+def compile_policy(
+    policy: Policy,
+    topo: Topology,
+    mode: Mode = "enforce",
+    table: str = DEFAULT_TABLE,
+    ports: PortMap | None = None,
+) -> Ruleset:
+    """The ruleset that enforces `policy` over `topo`'s running containers. `ports` names
+    each container's port on each bridge network (host-side veth); an endpoint without one
+    is unconfirmed — its packets match no allow rule — until it is known."""
+    b = _Builder(policy, topo, ports, "drop" if mode == "enforce" else "audit")
+    running = [c for c in topo.containers if c.running]
+    bridges = _bridges(topo)
+    _bridge_table(b, running)
+
+    b.rules += [
         NftRule(None, (CtState(("established", "related")),), "accept", "", counter=False),
         NftRule(
-            None,
-            (CtDnat(),),
+            6,
+            (NeighbourDiscovery(),),
             "accept",
-            "published ports: Docker's rules decide",
+            "IPv6 neighbour discovery",
             counter=False,
         ),
     ]
-    for i, r in enumerate(policy.rules):
-        src, dst = sides[r.sources], sides[r.destinations]
+    _docker_isolation6(b, bridges)
+    _link_local6(b, bridges)
+    for action in ("deny", "allow"):
+        _policy_rules(b, action, running)
+    _network_defaults(b)
+    if policy.default == "deny":
+        _policy_default(b)
+    digest = _structure_digest(table, mode, b.sets, b.rules)
+    bridge_rules = [r for r in b.rules if r.table_family == "bridge"]
+    inet_rules = [r for r in b.rules if r.table_family == "inet"]
+    inet_rules[0] = NftRule(None, inet_rules[0].matches, "accept", HASH_TAG + digest, counter=False)
+    return Ruleset(
+        table,
+        mode,
+        tuple(b.sets),
+        tuple(inet_rules + bridge_rules),
+        PRIORITY,
+        digest,
+        {k: dict(v) for k, v in b.attribution.items()},
+    )
+
+
+def bridge_name(n: Network) -> str | None:
+    """The host's name of a bridge network's bridge (None: not a local bridge)."""
+    if n.driver != "bridge":
+        return None
+    named = n.options.get("com.docker.network.bridge.name")
+    if named:
+        return named
+    return f"br-{n.id[:12]}" if n.id else None
+
+
+def _bridges(topo: Topology) -> list[tuple[Network, str]]:
+    out: list[tuple[Network, str]] = []
+    for n in topo.networks:
+        name = bridge_name(n)
+        if name:
+            out.append((n, name))
+    return out
+
+
+def _bridge_table(b: _Builder, running: list[Container]) -> None:
+    """Binds each running container's addresses to its ports; marks the rest unconfirmed."""
+    bound: dict[Family, set[str]] = {4: set(), 6: set()}
+    ports = b.ports or {}
+    for c in running:
+        for a in c.attachments:
+            port = ports.get((c.id, a.network))
+            if not port:
+                continue
+            if a.ipv4:
+                bound[4].add(f"{port} . {_canonical(a.ipv4)}")
+            if a.ipv6:
+                bound[6].add(f"{port} . {_canonical(a.ipv6)}")
+    for f in FAMILIES:
+        b.add_set(
+            AddrSet(
+                f"port_{f}",
+                f,
+                False,
+                frozenset(bound[f]),
+                "each container's port and its own address",
+                ("iifname", "saddr"),
+                table_family="bridge",
+            )
+        )
+    for f in FAMILIES:
+        b.rules.append(
+            NftRule(
+                f,
+                (InConcat(("iifname", "saddr"), f"port_{f}"),),
+                "accept",
+                f"confirmed source (IPv{f})",
+                counter=False,
+                table_family="bridge",
+            )
+        )
+    b.rules.append(
+        NftRule(
+            None,
+            (IfName("iifname", DOCKER_PORTS),),
+            "mark",
+            "unconfirmed source",
+            counter=False,
+            table_family="bridge",
+        )
+    )
+
+
+def _docker_isolation6(b: _Builder, bridges: list[tuple[Network, str]]) -> None:
+    """Docker's IPv4 isolation, for IPv6: its bridges do not forward to each other, an
+    internal network's bridge forwards to nothing else, an icc=false bridge not to itself."""
+    names = frozenset(name for _, name in bridges)
+    same = frozenset(f"{x} . {x}" for x in names)
+    internal = frozenset(name for n, name in bridges if n.internal)
+    no_icc = frozenset(
+        f"{name} . {name}"
+        for n, name in bridges
+        if n.options.get("com.docker.network.bridge.enable_icc") == "false"
+    )
+    b.add_set(AddrSet("br6", 6, False, names, "Docker's bridges", ("iifname",)))
+    b.add_set(AddrSet("br6_same", 6, False, same, "a bridge to itself", ("iifname", "oifname")))
+    b.add_set(AddrSet("br6_internal", 6, False, internal, "internal networks", ("iifname",)))
+    b.add_set(AddrSet("br6_noicc", 6, False, no_icc, "enable_icc=false", ("iifname", "oifname")))
+    pair = InConcat(("iifname", "oifname"), "br6_same", negate=True)
+    for matches, what in (
+        ((IfSet("iifname", "br6"), IfSet("oifname", "br6"), pair), "between networks"),
+        ((IfSet("iifname", "br6_internal"), pair), "out of an internal network"),
+        ((IfSet("oifname", "br6_internal"), pair), "into an internal network"),
+        ((InConcat(("iifname", "oifname"), "br6_noicc"),), "inside an icc=false network"),
+    ):
+        b.rules.append(
+            NftRule(
+                6,
+                (NfProto(6), *matches),
+                b.deny,
+                f"Docker isolation for IPv6: {what}",
+                origin=("docker", what),
+            )
+        )
+
+
+def _link_local6(b: _Builder, bridges: list[tuple[Network, str]]) -> None:
+    """Link-local IPv6 between containers cannot be named by a rule: where the policy denies
+    a network by default, it is dropped (neighbour discovery was accepted before)."""
+    if b.policy.default == "deny":
+        denied = frozenset(name for _, name in bridges)
+    else:
+        deny = {n for n, v in b.policy.networks if v == "deny"}
+        denied = frozenset(name for n, name in bridges if n.name in deny)
+    b.add_set(AddrSet("ll6_denied", 6, False, denied, "denied networks' bridges", ("iifname",)))
+    b.rules.append(
+        NftRule(
+            6,
+            (NfProto(6), LinkLocal(), IfSet("iifname", "ll6_denied")),
+            b.deny,
+            "link-local IPv6 on a denied network",
+            origin=("link-local", ""),
+        )
+    )
+    if b.policy.default == "deny":
+        b.rules.append(
+            NftRule(
+                6,
+                (NfProto(6), LinkLocal(), IfName("iifname", DOCKER_BRIDGES)),
+                b.deny,
+                "link-local IPv6 on a new network",
+                origin=("link-local", ""),
+            )
+        )
+
+
+def _policy_rules(b: _Builder, action: Verdict, running: list[Container]) -> None:
+    picked = [(i, r) for i, r in enumerate(b.policy.rules) if r.action == action]
+    flat = [(i, r) for i, r in picked if _narrow(r.sources) and _narrow(r.destinations)]
+    wide = [(i, r) for i, r in picked if not (_narrow(r.sources) and _narrow(r.destinations))]
+    act: Action = "accept" if action == "allow" else b.deny
+    confirm: tuple[Match, ...] = (Unconfirmed(False),) if action == "allow" else ()
+    tag = "a" if action == "allow" else "d"
+    if flat:
+        _flat_rules(b, tag, act, confirm, flat, running)
+    for i, r in wide:
+        _wide_rule(b, act, confirm, i, r, running)
+
+
+def _endpoints(side: Side, running: list[Container]) -> dict[Family, dict[str, None]]:
+    """The addresses (per family, in order) of the running endpoints a side chooses."""
+    out: dict[Family, dict[str, None]] = {4: {}, 6: {}}
+    for c in running:
+        for a in c.attachments:
+            if any(s.matches_endpoint(c, a.network) for s in side):
+                if a.ipv4:
+                    out[4][_canonical(a.ipv4)] = None
+                if a.ipv6:
+                    out[6][_canonical(a.ipv6)] = None
+    return out
+
+
+def _flat_rules(
+    b: _Builder,
+    tag: str,
+    act: Action,
+    confirm: tuple[Match, ...],
+    rules: list[tuple[int, Rule]],
+    running: list[Container],
+) -> None:
+    kinds = ("any", "l4", "port")
+    fields: dict[str, tuple[Field, ...]] = {
+        "any": ("saddr", "daddr"),
+        "l4": ("saddr", "daddr", "l4proto"),
+        "port": ("saddr", "daddr", "l4proto", "dport"),
+    }
+    present: set[str] = set()
+    for _, r in rules:
+        if not r.ports:
+            present.add("any")
+        for p in r.ports:
+            present.add("l4" if p.first is None or p.protocol == "icmp" else "port")
+    for f in FAMILIES:
+        elems: dict[str, dict[str, int]] = {k: {} for k in kinds}
+        # (saddr, daddr, proto) → merged port ranges, and the first rule behind each span.
+        spans: dict[tuple[str, str, str], list[tuple[int, int, int]]] = {}
+        for i, r in rules:
+            srcs = _endpoints(r.sources, running)[f]
+            dsts = _endpoints(r.destinations, running)[f]
+            if not srcs or not dsts:
+                continue
+            for s in srcs:
+                for d in dsts:
+                    if not r.ports:
+                        elems["any"].setdefault(f"{s} . {d}", i)
+                    for p in r.ports:
+                        proto = _proto(p.protocol, f)
+                        if p.first is None or p.protocol == "icmp":
+                            elems["l4"].setdefault(f"{s} . {d} . {proto}", i)
+                        else:
+                            last = p.last or p.first
+                            spans.setdefault((s, d, proto), []).append((p.first, last, i))
+        for (s, d, proto), ranges in spans.items():
+            for first, last, i in _merge_spans(ranges):
+                port = str(first) if first == last else f"{first}-{last}"
+                elems["port"][f"{s} . {d} . {proto} . {port}"] = i
+        for k in kinds:
+            if k not in present:
+                continue
+            name = f"{tag}_{k}_{f}"
+            b.add_set(
+                AddrSet(
+                    name,
+                    f,
+                    k == "port",
+                    frozenset(elems[k]),
+                    f"{'allowed' if tag == 'a' else 'denied'} pairs ({k})",
+                    fields[k],
+                    counter=True,
+                )
+            )
+            b.attribution[name] = elems[k]
+            verb = "allow" if tag == "a" else "deny"
+            b.rules.append(
+                NftRule(
+                    f,
+                    (*confirm, InConcat(fields[k], name)),
+                    act,
+                    f"{verb} rules ({k}, IPv{f})",
+                    counter=False,
+                    origin=("rules", f"{tag}_{k}"),
+                )
+            )
+
+
+def _merge_spans(ranges: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Overlapping or adjacent port ranges as one (nft refuses overlapping elements), each
+    credited to the first rule (lowest index) among those merged."""
+    out: list[tuple[int, int, int]] = []
+    for a, z, i in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            pa, pz, pi = out[-1]
+            out[-1] = (pa, max(pz, z), min(pi, i))
+        else:
+            out.append((a, z, i))
+    return out
+
+
+def _wide_rule(
+    b: _Builder,
+    act: Action,
+    confirm: tuple[Match, ...],
+    i: int,
+    r: Rule,
+    running: list[Container],
+) -> None:
+    """One rule with a set per side and family; a side that mixes containers and addresses
+    is split, since only a container's source is confirmed on its port."""
+    verb = "" if r.action == "allow" else "deny "
+    for src_part, src_sel in _split(r.sources):
+        for dst_part, dst_sel in _split(r.destinations):
+            for f in FAMILIES:
+                src_match = _side_match(b, "saddr", src_sel, f, i, src_part, running)
+                dst_match = _side_match(b, "daddr", dst_sel, f, i, dst_part, running)
+                if src_match is None or dst_match is None:
+                    continue
+                need = confirm if src_part == "c" else ()
+                for l4 in _l4_matches(r.ports, f):
+                    b.rules.append(
+                        NftRule(
+                            f,
+                            (*need, *src_match, *dst_match, *l4),
+                            act,
+                            f"{verb}rule {i + 1}",
+                            origin=("rule", i),
+                        )
+                    )
+
+
+def _split(side: Side) -> list[tuple[str, tuple[Selector, ...]]]:
+    """A side as its parts: containers ("c"), CIDRs ("n"), the world ("w")."""
+    parts: list[tuple[str, tuple[Selector, ...]]] = []
+    containers = tuple(s for s in side if not s.is_address)
+    cidrs = tuple(s for s in side if s.cidr is not None)
+    if containers:
+        parts.append(("c", containers))
+    if cidrs:
+        parts.append(("n", cidrs))
+    if any(s.world for s in side):
+        parts.append(("w", ()))
+    return parts
+
+
+def _side_match(
+    b: _Builder,
+    field_: Literal["saddr", "daddr"],
+    side: tuple[Selector, ...],
+    f: Family,
+    i: int,
+    part: str,
+    running: list[Container],
+) -> tuple[Match, ...] | None:
+    """The match for one part of a side in one family (None: the part has no address of
+    that family, for a CIDR of the other family: the rule does not apply to it)."""
+    name = f"r{i}_{field_[0]}{part}_{f}"
+    if part == "w":
+        return (InSet(field_, _all_nets(b, f), negate=True),)
+    if part == "n":
+        nets = []
+        for s in side:
+            net = ipaddress.ip_network(s.cidr or "", strict=False)
+            if net.version == f:
+                nets.append(net)
+        if not nets:
+            return None
+        coll = ipaddress.collapse_addresses(nets)  # type: ignore[type-var]
+        elems = frozenset(_element(n) for n in coll)
+        b.add_set(AddrSet(name, f, True, elems, side_text(side)))
+        return (InSet(field_, name),)
+    elems = frozenset(_endpoints(side, running)[f])
+    b.add_set(AddrSet(name, f, False, elems, side_text(side)))
+    return (InSet(field_, name),)
+
+
+def _all_nets(b: _Builder, f: Family) -> str:
+    name = f"all_{f}"
+    if b.set(name) is None:
+        space = _network_space(b.topo, None)
+        b.add_set(AddrSet(name, f, True, space[f], "every network"))
+    return name
+
+
+def _network_defaults(b: _Builder) -> None:
+    for j, (name, verdict) in enumerate(b.policy.networks):
+        space = _network_space(b.topo, {name})
+        action: Action = "accept" if verdict == "allow" else b.deny
         for f in FAMILIES:
-            base: tuple[Match, ...] = (InSet("saddr", f"s{src}_{f}"), InSet("daddr", f"s{dst}_{f}"))
-            for l4 in _l4_matches(r.ports, f):
-                rules.append(NftRule(f, base + l4, "accept", f"rule {i + 1}", origin=("rule", i)))
-    for j, (name, verdict) in enumerate(policy.networks):
-        action: Action = "accept" if verdict == "allow" else deny
-        for f in FAMILIES:
-            rules.append(
+            b.add_set(AddrSet(f"n{j}_{f}", f, True, space[f], f"network {name}"))
+            b.rules.append(
                 NftRule(
                     f,
                     (InSet("saddr", f"n{j}_{f}"), InSet("daddr", f"n{j}_{f}")),
@@ -176,20 +654,34 @@ def compile_policy(
                     origin=("network", name),
                 )
             )
-    if policy.default == "deny":
-        for f in FAMILIES:
-            rules.append(
-                NftRule(
-                    f,
-                    (InSet("saddr", f"all_{f}"), InSet("daddr", f"all_{f}")),
-                    deny,
-                    "default deny",
-                    origin=("default", ""),
-                )
+
+
+def _policy_default(b: _Builder) -> None:
+    for f in FAMILIES:
+        name = _all_nets(b, f)
+        b.rules.append(
+            NftRule(
+                f,
+                (InSet("saddr", name), InSet("daddr", name)),
+                b.deny,
+                "default deny",
+                origin=("default", ""),
             )
-    digest = _structure_digest(table, mode, sets, rules)
-    rules[0] = NftRule(None, rules[0].matches, "accept", HASH_TAG + digest, counter=False)
-    return Ruleset(table, mode, tuple(sets), tuple(rules), PRIORITY, digest)
+        )
+    # A bridge Docker made while no agent ran: its subnet is in no set yet, its name is.
+    b.rules.append(
+        NftRule(
+            None,
+            (IfName("iifname", DOCKER_BRIDGES), IfName("oifname", DOCKER_BRIDGES)),
+            b.deny,
+            "default deny (new networks)",
+            origin=("default", ""),
+        )
+    )
+
+
+def _proto(protocol: str, f: Family) -> str:
+    return "ipv6-icmp" if protocol == "icmp" and f == 6 else protocol
 
 
 def _clip(text: str, limit: int = 120) -> str:
@@ -227,23 +719,6 @@ def _merge(spans: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
         else:
             out.append((a, b))
     return tuple(out)
-
-
-def _side_members(topo: Topology, sides: list[Side]) -> list[dict[Family, frozenset[str]]]:
-    found: list[tuple[set[str], set[str]]] = [(set(), set()) for _ in sides]
-    for c in topo.containers:
-        if not c.running:
-            continue
-        for a in c.attachments:
-            if a.ipv4 is None and a.ipv6 is None:
-                continue
-            for i, side in enumerate(sides):
-                if selects(side, c, a.network):
-                    if a.ipv4:
-                        found[i][0].add(_canonical(a.ipv4))
-                    if a.ipv6:
-                        found[i][1].add(_canonical(a.ipv6))
-    return [{4: frozenset(v4), 6: frozenset(v6)} for v4, v6 in found]
 
 
 def _canonical(address: str) -> str:
@@ -299,8 +774,8 @@ def _structure_digest(table: str, mode: Mode, sets: list[AddrSet], rules: list[N
     doc = {
         "table": table,
         "mode": mode,
-        "priority": PRIORITY,
-        "sets": [[s.name, s.family, s.interval] for s in sets],
+        "priority": [PRIORITY, BRIDGE_PRIORITY],
+        "sets": [_set_json(table, s) for s in sets],
         "rules": [render_rule(table, r)["rule"] for r in rules],
     }
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -318,10 +793,25 @@ def _match(left: JSON, right: Any, op: str = "==") -> JSON:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
+def _field_key(f: Field, family: Family) -> JSON:
+    if f in ("saddr", "daddr"):
+        return _addr_key(family, f)
+    if f == "l4proto":
+        return {"meta": {"key": "l4proto"}}
+    if f == "dport":
+        return {"payload": {"protocol": "th", "field": "dport"}}
+    return {"meta": {"key": f}}
+
+
 def render_match(m: Match, family: Family | None) -> JSON:
     if isinstance(m, InSet):
         assert family is not None
-        return _match(_addr_key(family, m.field), "@" + m.set)
+        return _match(_addr_key(family, m.field), "@" + m.set, "!=" if m.negate else "==")
+    if isinstance(m, InConcat):
+        assert family is not None
+        keys = [_field_key(f, family) for f in m.fields]
+        left = keys[0] if len(keys) == 1 else {"concat": keys}
+        return _match(left, "@" + m.set, "!=" if m.negate else "==")
     if isinstance(m, L4Proto):
         return _match({"meta": {"key": "l4proto"}}, m.protocol)
     if isinstance(m, DPort):
@@ -330,68 +820,125 @@ def render_match(m: Match, family: Family | None) -> JSON:
         return _match({"payload": {"protocol": m.protocol, "field": "dport"}}, right)
     if isinstance(m, CtState):
         return _match({"ct": {"key": "state"}}, list(m.states), "in")
-    return _match({"ct": {"key": "status"}}, "dnat", "in")
+    if isinstance(m, Unconfirmed):
+        masked = {"&": [{"meta": {"key": "mark"}}, UNCONFIRMED]}
+        return _match(masked, UNCONFIRMED if m.is_set else 0)
+    if isinstance(m, IfName):
+        return _match({"meta": {"key": m.field}}, m.name)
+    if isinstance(m, IfSet):
+        return _match({"meta": {"key": m.field}}, "@" + m.set)
+    if isinstance(m, NfProto):
+        return _match({"meta": {"key": "nfproto"}}, "ipv4" if m.family == 4 else "ipv6")
+    if isinstance(m, LinkLocal):
+        return _match(_addr_key(6, "saddr"), {"prefix": {"addr": "fe80::", "len": 10}})
+    return {"__nd__": None}  # expanded by render_rule: two matches
+
+
+def _nd_matches() -> list[JSON]:
+    return [
+        _match({"payload": {"protocol": "icmpv6", "field": "type"}}, {"set": list(ND_TYPES)}),
+        _match({"payload": {"protocol": "ip6", "field": "hoplimit"}}, 255),
+    ]
 
 
 def render_rule(table: str, r: NftRule) -> JSON:
-    expr: list[JSON] = [render_match(m, r.family) for m in r.matches]
+    expr: list[JSON] = []
+    for m in r.matches:
+        if isinstance(m, NeighbourDiscovery):
+            expr += _nd_matches()
+        else:
+            expr.append(render_match(m, r.family))
     if r.counter:
         expr.append({"counter": None})
     if r.action == "audit":
         expr.append({"log": {"prefix": _clip(f"{AUDIT_PREFIX} {r.comment}: ", 120)}})
         expr.append({"accept": None})
+    elif r.action == "mark":
+        mark = {"|": [{"meta": {"key": "mark"}}, UNCONFIRMED]}
+        expr.append({"mangle": {"key": {"meta": {"key": "mark"}}, "value": mark}})
     else:
         expr.append({r.action: None})
-    rule: JSON = {"family": "inet", "table": table, "chain": CHAIN, "expr": expr}
+    chain = CHAIN if r.table_family == "inet" else BRIDGE_CHAIN
+    rule: JSON = {"family": r.table_family, "table": table, "chain": chain, "expr": expr}
     if r.comment:
         rule["comment"] = r.comment
     return {"rule": rule}
 
 
 def render_element(text: str) -> Any:
+    if " . " in text:
+        return {"concat": [_render_part(p) for p in text.split(" . ")]}
+    return _render_part(text)
+
+
+def _render_part(text: str) -> Any:
     if "/" in text:
         addr, _, length = text.partition("/")
         return {"prefix": {"addr": addr, "len": int(length)}}
+    if text.isdigit():
+        return int(text)
+    first, dash, last = text.partition("-")
+    if dash and first.isdigit() and last.isdigit():
+        return {"range": [int(first), int(last)]}
     return text
 
 
 def _set_json(table: str, s: AddrSet) -> JSON:
+    types = s.types()
     doc: JSON = {
-        "family": "inet",
+        "family": s.table_family,
         "table": table,
         "name": s.name,
-        "type": "ipv4_addr" if s.family == 4 else "ipv6_addr",
+        "type": types[0] if len(types) == 1 else types,
     }
     if s.interval:
         doc["flags"] = ["interval"]
+    if s.counter:
+        doc["stmt"] = [{"counter": None}]
     return doc
 
 
-def _elements_cmd(verb: str, table: str, name: str, elements: Iterable[str]) -> JSON:
+def _elements_cmd(verb: str, table: str, s: AddrSet, elements: Iterable[str]) -> JSON:
     elem = [render_element(e) for e in sorted(elements)]
-    return {verb: {"element": {"family": "inet", "table": table, "name": name, "elem": elem}}}
+    return {
+        verb: {"element": {"family": s.table_family, "table": table, "name": s.name, "elem": elem}}
+    }
+
+
+def _chains(rs: Ruleset) -> list[JSON]:
+    return [
+        {
+            "family": "inet",
+            "table": rs.table,
+            "name": CHAIN,
+            "type": "filter",
+            "hook": "forward",
+            "prio": rs.priority,
+            "policy": "accept",
+        },
+        {
+            "family": "bridge",
+            "table": rs.table,
+            "name": BRIDGE_CHAIN,
+            "type": "filter",
+            "hook": "prerouting",
+            "prio": BRIDGE_PRIORITY,
+            "policy": "accept",
+        },
+    ]
 
 
 def full_transaction(rs: Ruleset) -> list[JSON]:
-    """Commands that make the table exactly `rs`, whatever was there, in one transaction:
-    the old table and the new one never coexist and no moment is without either."""
-    t = {"family": "inet", "name": rs.table}
-    cmds: list[JSON] = [{"add": {"table": dict(t)}}, {"delete": {"table": dict(t)}}]
-    cmds.append({"add": {"table": dict(t)}})
+    """Commands that make the tables exactly `rs`, whatever was there, in one transaction:
+    the old tables and the new ones never coexist and no moment is without either."""
+    cmds: list[JSON] = remove_transaction(rs.table)
+    for family, name in rs.tables:
+        cmds.append({"add": {"table": {"family": family, "name": name}}})
     for s in rs.sets:
         cmds.append({"add": {"set": _set_json(rs.table, s)}})
         if s.elements:
-            cmds.append(_elements_cmd("add", rs.table, s.name, s.elements))
-    chain = {
-        "family": "inet",
-        "table": rs.table,
-        "name": CHAIN,
-        "type": "filter",
-        "hook": "forward",
-        "prio": rs.priority,
-        "policy": "accept",
-    }
-    cmds.append({"add": {"chain": chain}})
+            cmds.append(_elements_cmd("add", rs.table, s, s.elements))
+    cmds += [{"add": {"chain": c}} for c in _chains(rs)]
     cmds += [{"add": render_rule(rs.table, r)} for r in rs.rules]
     return cmds
 
@@ -408,17 +955,23 @@ def element_delta(live: Mapping[str, frozenset[str]], rs: Ruleset) -> list[JSON]
     for name in sorted(want):
         gone = live[name] - want[name]
         new = want[name] - live[name]
+        s = rs.set(name)
+        assert s is not None
         if gone:
-            deletes.append(_elements_cmd("delete", rs.table, name, gone))
+            deletes.append(_elements_cmd("delete", rs.table, s, gone))
         if new:
-            adds.append(_elements_cmd("add", rs.table, name, new))
+            adds.append(_elements_cmd("add", rs.table, s, new))
     return deletes + adds
 
 
 def remove_transaction(table: str) -> list[JSON]:
-    """Removes the table, and nothing else; no error when it is not there."""
-    t = {"family": "inet", "name": table}
-    return [{"add": {"table": dict(t)}}, {"delete": {"table": dict(t)}}]
+    """Removes the tables (inet and bridge), and nothing else; no error when they are not
+    there."""
+    cmds: list[JSON] = []
+    for family in ("inet", "bridge"):
+        t = {"family": family, "name": table}
+        cmds += [{"add": {"table": dict(t)}}, {"delete": {"table": dict(t)}}]
+    return cmds
 
 
 def document(cmds: list[JSON]) -> JSON:

@@ -22,9 +22,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from dockmesh.host.ports import PortFinder
 from dockmesh.model.topology import Topology
-from dockmesh.policy.compile import Ruleset, compile_policy, element_delta, full_transaction
+from dockmesh.policy.compile import (
+    PortMap,
+    Ruleset,
+    compile_policy,
+    element_delta,
+    full_transaction,
+    remove_transaction,
+)
 from dockmesh.policy.nft import ForeignTable, Nft, NftError, is_ours, parse_live
 from dockmesh.policy.store import Applied, PolicyStore, Stamp
 
@@ -39,8 +48,18 @@ class Enforcer:
     (`ForeignTable`) and removes its own only when asked (`remove`). Thread-safe: every
     public method holds one lock."""
 
-    def __init__(self, store: PolicyStore, nft: Nft | None = None) -> None:
+    def __init__(
+        self,
+        store: PolicyStore,
+        nft: Nft | None = None,
+        ports: Callable[[Topology], PortMap] | None = None,
+    ) -> None:
         self.store = store
+        # Each container's bridge ports (the identity its addresses are bound to): read from
+        # the host when the kernel is the real one; none known with a stand-in nft.
+        if ports is None:
+            ports = PortFinder() if nft is None else _no_ports
+        self.ports = ports
         self.nft = nft or Nft()
         self._lock = threading.Lock()
         self._stamp: Stamp | None = None
@@ -50,6 +69,9 @@ class Enforcer:
         self._topology: Topology | None = None
         self.transactions = 0  # how many nft transactions ran (for tests and metrics)
         self.reloads = 0  # of which whole-table replacements
+
+    def compile(self, applied: Applied, topo: Topology) -> Ruleset:
+        return compile_policy(applied.policy, topo, applied.mode, applied.table, self.ports(topo))
 
     @property
     def table(self) -> str:
@@ -64,8 +86,8 @@ class Enforcer:
     def apply(self, applied: Applied, topo: Topology) -> Ruleset:
         """Makes `applied` the policy: the kernel first (one transaction), then the file, so
         that a policy the kernel refused is never recorded as applied."""
-        rs = compile_policy(applied.policy, topo, applied.mode, applied.table)
         with self._lock:
+            rs = self.compile(applied, topo)
             self._refuse_foreign()
             self._run(full_transaction(rs), reload=True)
             self.store.save(applied)
@@ -80,7 +102,7 @@ class Enforcer:
             existed = self._refuse_foreign()
             had_file = self.store.remove()
             if existed:
-                self.nft.run([{"delete": {"table": {"family": "inet", "name": self.table}}}])
+                self.nft.run(remove_transaction(self.table))
             self._stamp = self._applied = self._ruleset = None
             return existed or had_file
 
@@ -138,7 +160,7 @@ class Enforcer:
                 log.info("policy: none applied to table inet %s", self.table)
             self._ruleset = None
             return
-        want = compile_policy(applied.policy, topo, applied.mode, applied.table)
+        want = self.compile(applied, topo)
         try:
             if self._ruleset is None:
                 self._reconcile(want)
@@ -161,7 +183,7 @@ class Enforcer:
     def _reconcile(self, want: Ruleset) -> None:
         doc = self.nft.list_table(self.table)
         live = parse_live(doc, self.table) if doc is not None else None
-        if live is not None and live.structure_hash is None:
+        if live is not None and live.structure_hash is None and _has_inet(doc):
             raise ForeignTable(self.table)  # someone else's table: never replaced
         if live is not None and live.structure_hash == want.structure_hash:
             delta = element_delta(live.elements, want)
@@ -185,3 +207,19 @@ class Enforcer:
         self.nft.run(cmds)
         self.transactions += 1
         self.reloads += int(reload)
+
+
+def _no_ports(topo: Topology) -> PortMap:
+    return {}
+
+
+def _has_inet(doc: object) -> bool:
+    """Whether a listing holds the inet table (not only the bridge one, which alone is what
+    is left of ours when someone deleted the inet table)."""
+    items = doc.get("nftables", []) if isinstance(doc, dict) else []
+    return any(
+        isinstance(x, dict)
+        and isinstance(x.get("table"), dict)
+        and x["table"].get("family") == "inet"
+        for x in items
+    )

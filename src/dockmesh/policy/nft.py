@@ -68,6 +68,8 @@ class LiveTable:
     elements: dict[str, frozenset[str]]
     rules: tuple[LiveRule, ...] = ()
     chains: tuple[str, ...] = field(default=())
+    # set name → element → (packets, bytes), for sets that count per element
+    counters: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
 
 
 class Nft:
@@ -89,8 +91,21 @@ class Nft:
             raise NftError(_first_error(proc.stderr) or f"nft exited with {proc.returncode}")
 
     def list_table(self, table: str) -> Any | None:
-        """The table as nft's JSON, or None when it does not exist."""
-        proc = self._nft(["-j", "list", "table", "inet", check_table_name(table)], None)
+        """The policy's tables (`inet NAME`, then `bridge NAME`) as one nft JSON listing, or
+        None when neither exists."""
+        items: list[Any] = []
+        found = False
+        for family in ("inet", "bridge"):
+            doc = self._list(family, table)
+            if doc is None:
+                continue
+            found = True
+            got = doc.get("nftables", []) if isinstance(doc, Mapping) else []
+            items += [x for x in got if not (isinstance(x, Mapping) and "metainfo" in x)]
+        return {"nftables": items} if found else None
+
+    def _list(self, family: str, table: str) -> Any | None:
+        proc = self._nft(["-j", "list", "table", family, check_table_name(table)], None)
         if proc.returncode != 0:
             if "No such file or directory" in proc.stderr or "does not exist" in proc.stderr:
                 return None
@@ -130,6 +145,7 @@ def parse_live(doc: Any, table: str) -> LiveTable:
     its rules' comments and counters, and the structure hash the compiler left in the first
     rule's comment (None when the table is not one dockmesh wrote)."""
     elements: dict[str, frozenset[str]] = {}
+    counters: dict[str, dict[str, tuple[int, int]]] = {}
     rules: list[LiveRule] = []
     chains: list[str] = []
     digest: str | None = None
@@ -140,9 +156,18 @@ def parse_live(doc: Any, table: str) -> LiveTable:
         if "set" in item:
             s = item["set"]
             if s.get("table") == table:
-                elements[str(s["name"])] = frozenset(
-                    e for raw in s.get("elem") or () for e in _element_texts(raw)
-                )
+                texts: set[str] = set()
+                counted: dict[str, tuple[int, int]] = {}
+                for raw in s.get("elem") or ():
+                    got = element_texts(raw)
+                    texts.update(got)
+                    c = _element_counter(raw)
+                    if c is not None:
+                        for t in got:
+                            counted[t] = c
+                elements[str(s["name"])] = frozenset(texts)
+                if counted:
+                    counters[str(s["name"])] = counted
         elif "chain" in item:
             chains.append(str(item["chain"].get("name")))
         elif "rule" in item:
@@ -150,7 +175,7 @@ def parse_live(doc: Any, table: str) -> LiveTable:
             if r.get("table") != table:
                 continue
             comment = str(r.get("comment") or "")
-            if not rules and comment.startswith(HASH_TAG):
+            if not rules and r.get("family", "inet") == "inet" and comment.startswith(HASH_TAG):
                 digest = comment[len(HASH_TAG) :]
             packets = nbytes = None
             for e in r.get("expr") or ():
@@ -158,13 +183,38 @@ def parse_live(doc: Any, table: str) -> LiveTable:
                     packets = int(e["counter"].get("packets", 0))
                     nbytes = int(e["counter"].get("bytes", 0))
             rules.append(LiveRule(comment, packets, nbytes, int(r.get("handle", 0))))
-    return LiveTable(digest, elements, tuple(rules), tuple(chains))
+    return LiveTable(digest, elements, tuple(rules), tuple(chains), counters)
 
 
-def _element_texts(raw: Any) -> list[str]:
-    """One element of nft's JSON → the compiler's texts (an address, or `net/len`)."""
-    if isinstance(raw, Mapping) and "elem" in raw:  # an element with options (a comment...)
+def _element_counter(raw: Any) -> tuple[int, int] | None:
+    if isinstance(raw, Mapping) and isinstance(raw.get("elem"), Mapping):
+        c = raw["elem"].get("counter")
+        if isinstance(c, Mapping):
+            return int(c.get("packets", 0)), int(c.get("bytes", 0))
+    return None
+
+
+def element_texts(raw: Any) -> list[str]:
+    """One element of nft's JSON → the compiler's texts (an address, `net/len`, a name, a
+    port or `a-b`; a concatenation's parts joined by " . ")."""
+    if isinstance(raw, Mapping) and "elem" in raw:  # an element with options (a counter...)
         raw = raw["elem"].get("val")
+    if isinstance(raw, Mapping) and "concat" in raw:
+        parts: list[list[str]] = [element_texts(p) for p in raw["concat"] or ()]
+        if any(len(p) != 1 for p in parts):
+            return [json.dumps(raw)]
+        return [" . ".join(p[0] for p in parts)]
+    if isinstance(raw, bool):
+        return [json.dumps(raw)]
+    if isinstance(raw, int):
+        return [str(raw)]
+    if (
+        isinstance(raw, Mapping)
+        and "range" in raw
+        and all(isinstance(x, int) for x in raw["range"])
+    ):
+        a, b = raw["range"]
+        return [str(a) if a == b else f"{a}-{b}"]
     if isinstance(raw, str):
         try:
             return [str(ipaddress.ip_address(raw))]

@@ -7,11 +7,12 @@ It runs what dockmesh sends the same way the kernel takes it where dockmesh reli
 - deleting a table, or an element, that is not there is refused (the compiler adds a table
   before deleting it for that reason, and a wrong element delta makes the enforcer reconcile);
 - an interval set refuses an element that overlaps one it holds (so deltas must delete first);
-- `list_table` answers in `nft -j list table inet NAME`'s shape: the table, its sets with
-  their elements, its chains, its rules with handles and counters.
+- `list_table` answers as `Nft.list_table` does (`nft -j list table inet NAME` and then
+  `bridge NAME`, as one listing): the tables, their sets with their elements, their chains,
+  their rules with handles and counters.
 
-Only the `inet` family and the commands dockmesh sends (add/delete of table, set, chain, rule
-and elements) are understood; anything else raises NotImplementedError, a gap in this double
+Only the `inet` and `bridge` families and the commands dockmesh sends (add/delete of table,
+set, chain, rule and elements) are understood; anything else raises NotImplementedError, a gap in this double
 rather than a refusal by the kernel. `ran` records every transaction, refused ones included;
 `refuse_next(reason)` makes the next one fail as nft would.
 """
@@ -24,17 +25,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dockmesh.policy.compile import JSON
-from dockmesh.policy.nft import Nft, NftError
+from dockmesh.policy.compile import JSON, render_element
+from dockmesh.policy.nft import Nft, NftError, element_texts
 
-_Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 _NO_SUCH = "Error: Could not process rule: No such file or directory"
 
 
 @dataclass
 class _Set:
     doc: dict[str, Any]
-    elements: set[_Net] = field(default_factory=set)
+    elements: set[str] = field(default_factory=set)  # the compiler's texts
 
     @property
     def interval(self) -> bool:
@@ -51,7 +51,7 @@ class _Table:
 class MemoryNft(Nft):
     def __init__(self) -> None:
         super().__init__("nft-in-memory")
-        self.tables: dict[str, _Table] = {}
+        self.tables: dict[tuple[str, str], _Table] = {}  # (family, name)
         self.ran: list[list[JSON]] = []
         self._handles = 0
         self._refusals: list[str] = []
@@ -73,27 +73,26 @@ class MemoryNft(Nft):
         self.tables = tables
 
     def list_table(self, table: str) -> Any | None:
-        t = self.tables.get(table)
-        if t is None:
-            return None
-        items: list[JSON] = [
-            {"metainfo": {"json_schema_version": 1}},
-            {"table": {"family": "inet", "name": table, "handle": 1}},
-        ]
-        for s in t.sets.values():
-            doc = dict(s.doc)
-            if s.elements:
-                doc["elem"] = [_listed(n) for n in sorted(s.elements, key=_order)]
-            items.append({"set": doc})
-        items += [{"chain": dict(c)} for c in t.chains.values()]
-        items += [{"rule": _listed_rule(r)} for r in t.rules]
-        return {"nftables": items}
+        items: list[JSON] = []
+        for family in ("inet", "bridge"):
+            t = self.tables.get((family, table))
+            if t is None:
+                continue
+            items.append({"table": {"family": family, "name": table, "handle": 1}})
+            for s in t.sets.values():
+                doc = dict(s.doc)
+                if s.elements:
+                    doc["elem"] = [_listed(e, s.doc) for e in sorted(s.elements)]
+                items.append({"set": doc})
+            items += [{"chain": dict(c)} for c in t.chains.values()]
+            items += [{"rule": _listed_rule(r)} for r in t.rules]
+        return {"nftables": items} if items else None
 
     # --- for tests ------------------------------------------------------------------------
 
-    def elements(self, table: str, name: str) -> frozenset[str]:
+    def elements(self, table: str, name: str, family: str = "inet") -> frozenset[str]:
         """A set's elements in the compiler's text form (an address, or `net/len`)."""
-        return frozenset(_text(n) for n in self.tables[table].sets[name].elements)
+        return frozenset(self.tables[(family, table)].sets[name].elements)
 
     def refuse_next(
         self, reason: str = "Error: Could not process rule: Device or resource busy"
@@ -120,12 +119,12 @@ class MemoryNft(Nft):
 
     # --- inside ---------------------------------------------------------------------------
 
-    def _apply(self, tables: dict[str, _Table], cmd: JSON) -> None:
+    def _apply(self, tables: dict[tuple[str, str], _Table], cmd: JSON) -> None:
         ((verb, body),) = cmd.items()
         ((kind, obj),) = body.items()
-        if obj.get("family") != "inet":
-            raise NotImplementedError(f"MemoryNft knows the inet family only: {cmd}")
-        name = obj["table"] if kind != "table" else obj["name"]
+        if obj.get("family") not in ("inet", "bridge"):
+            raise NotImplementedError(f"MemoryNft knows the inet and bridge families: {cmd}")
+        name = (obj["family"], obj["table"] if kind != "table" else obj["name"])
         if kind == "table":
             if verb == "add":
                 tables.setdefault(name, _Table())
@@ -152,46 +151,75 @@ class MemoryNft(Nft):
             if s is None:
                 raise NftError(_NO_SUCH)
             for raw in obj.get("elem") or ():
-                n = _network(raw, s.doc.get("type"))
+                text = _element(raw, s.doc.get("type"))
                 if verb == "delete":
-                    if n not in s.elements:
+                    if text not in s.elements:
                         raise NftError(_NO_SUCH)
-                    s.elements.discard(n)
-                elif n not in s.elements:
-                    if s.interval and any(n.overlaps(m) for m in s.elements):
-                        raise NftError("Error: conflicting intervals specified")
-                    if not s.interval and n.num_addresses > 1:
+                    s.elements.discard(text)
+                elif text not in s.elements:
+                    spans = _spans(text)
+                    if not s.interval and any(lo != hi for lo, hi in spans):
                         raise NftError("Error: Set member cannot be prefix, missing interval flag")
-                    s.elements.add(n)
+                    if s.interval and any(_overlap(spans, _spans(e)) for e in s.elements):
+                        if len(spans) == 1:
+                            raise NftError("Error: conflicting intervals specified")
+                        raise NftError("Error: Could not process rule: File exists")
+                    s.elements.add(text)
         else:
             raise NotImplementedError(f"MemoryNft: {verb} {kind}")
 
 
-def _network(raw: Any, set_type: Any) -> _Net:
-    if isinstance(raw, Mapping) and "prefix" in raw:
-        p = raw["prefix"]
-        n = ipaddress.ip_network(f"{p['addr']}/{p['len']}", strict=False)
-    elif isinstance(raw, str):
-        n = ipaddress.ip_network(raw, strict=False)
-    else:
+def _element(raw: Any, set_type: Any) -> str:
+    """An element as sent → the compiler's text, checked against the set's type."""
+    texts = element_texts(raw)
+    if len(texts) != 1 or texts[0].startswith(("{", "[")):
         raise NotImplementedError(f"MemoryNft: element {raw!r}")
-    if set_type != ("ipv4_addr" if n.version == 4 else "ipv6_addr"):
-        raise NftError(f"Error: datatype mismatch, expected {set_type}")
-    return n
+    text = texts[0]
+    types = set_type if isinstance(set_type, list) else [set_type]
+    parts = text.split(" . ")
+    if len(parts) != len(types):
+        raise NftError(f"Error: datatype mismatch, expected {' . '.join(map(str, types))}")
+    for part, t in zip(parts, types, strict=True):
+        if t in ("ipv4_addr", "ipv6_addr"):
+            try:
+                n = ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise NftError(f"Error: {part!r} is not an address") from None
+            if t != ("ipv4_addr" if n.version == 4 else "ipv6_addr"):
+                raise NftError(f"Error: datatype mismatch, expected {t}")
+    return text
 
 
-def _order(n: _Net) -> tuple[int, int, int]:
-    return (n.version, int(n.network_address), n.prefixlen)
+def _spans(text: str) -> list[tuple[Any, Any]]:
+    """Each part of an element as an inclusive span (addresses and ports as numbers)."""
+    out: list[tuple[Any, Any]] = []
+    for part in text.split(" . "):
+        try:
+            n = ipaddress.ip_network(part, strict=False)
+            out.append(((n.version, int(n.network_address)), (n.version, int(n.broadcast_address))))
+            continue
+        except ValueError:
+            pass
+        first, dash, last = part.partition("-")
+        if first.isdigit() and (not dash or last.isdigit()):
+            out.append((int(first), int(last or first)))
+        else:
+            out.append((part, part))
+    return out
 
 
-def _text(n: _Net) -> str:
-    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+def _overlap(a: list[tuple[Any, Any]], b: list[tuple[Any, Any]]) -> bool:
+    return len(a) == len(b) and all(
+        type(x[0]) is type(y[0]) and x[0] <= y[1] and y[0] <= x[1]
+        for x, y in zip(a, b, strict=True)
+    )
 
 
-def _listed(n: _Net) -> Any:
-    if n.prefixlen == n.max_prefixlen:
-        return str(n.network_address)
-    return {"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
+def _listed(text: str, set_doc: Mapping[str, Any]) -> Any:
+    elem = render_element(text)
+    if set_doc.get("stmt"):  # a counter per element
+        return {"elem": {"val": elem, "counter": {"packets": 0, "bytes": 0}}}
+    return elem
 
 
 def _listed_rule(rule: dict[str, Any]) -> dict[str, Any]:

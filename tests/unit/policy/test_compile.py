@@ -3,7 +3,6 @@ of endpoints of random topologies under random policies."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from pathlib import Path
@@ -16,6 +15,9 @@ from dockmesh.model.policy import Policy, PortRange, Rule, Selector, parse_polic
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import (
     HASH_TAG,
+    PortMap,
+    Unconfirmed,
+    bridge_name,
     compile_policy,
     document,
     element_delta,
@@ -24,6 +26,7 @@ from dockmesh.policy.compile import (
 )
 from dockmesh.policy.decide import decide
 from dockmesh.policy.evaluate import Packet, evaluate
+from dockmesh.testing.nft import MemoryNft
 from tests.unit.topos import container, network, topology
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -108,16 +111,21 @@ def test_seg_verdicts() -> None:
     assert verdict("10.242.0.4", "10.242.0.2") == "drop"
     assert verdict("10.242.0.77", "10.242.0.3") == "drop"  # a container nobody has seen yet
     assert verdict("10.9.0.2", "10.9.0.3") == "accept"  # another network: default allow
-    # Return traffic and published ports are not the policy's.
+    # Return traffic is not the policy's.
     assert (
         evaluate(rs, Packet("10.242.0.3", "10.242.0.2", "tcp", 40000, "established")).verdict
         == "accept"
     )
+    # A connection to a published port (DNAT-ed to api) is judged like any other.
     assert (
-        evaluate(rs, Packet("10.242.0.4", "10.242.0.3", "tcp", 8080, dnat=True)).verdict == "accept"
+        evaluate(rs, Packet("10.242.0.4", "10.242.0.3", "tcp", 8080, dnat=True)).verdict == "drop"
     )
-    # The stopped api container's address is in no set.
-    assert "10.242.0.9" not in rs.set("s1_4").elements  # type: ignore[union-attr]
+    # The rule between two services is elements of a concatenated set; the stopped api
+    # container's address is in none.
+    pairs = rs.set("a_port_4").elements  # type: ignore[union-attr]
+    assert "10.242.0.2 . 10.242.0.3 . tcp . 8080" in pairs
+    assert "10.242.0.2 . 10.242.0.3 . tcp . 9000-9010" in pairs
+    assert not any("10.242.0.9" in e for e in pairs)
     assert rs.set("n0_4").elements == frozenset({"10.242.0.0/24"})  # type: ignore[union-attr]
 
 
@@ -180,7 +188,7 @@ def topologies(draw: st.DrawFn) -> Topology:
     return topology(nets, cs)
 
 
-SELECTOR = st.builds(
+CONTAINERS = st.builds(
     Selector,
     service=st.sampled_from([None, None, *SERVICES]),
     container=st.sampled_from([None, None, None, "c0", "c1"]),
@@ -188,6 +196,16 @@ SELECTOR = st.builds(
     labels=st.sampled_from([(), (), (("team", "x"),), (("team", None),)]),
     project=st.sampled_from([None, None, "p"]),
 )
+ADDRESSES = st.sampled_from(
+    [
+        Selector(cidr="10.0.0.0/24"),
+        Selector(cidr="10.1.0.0/16"),
+        Selector(cidr="10.0.0.2/32"),
+        Selector(cidr="fd00:1::/64"),
+        Selector(world=True),
+    ]
+)
+SELECTOR = st.one_of(CONTAINERS, CONTAINERS, CONTAINERS, ADDRESSES)
 PORTS = st.lists(
     st.sampled_from(
         [
@@ -213,6 +231,7 @@ POLICIES = st.builds(
             st.lists(SELECTOR, min_size=1, max_size=2, unique=True).map(tuple),
             st.lists(SELECTOR, min_size=1, max_size=2, unique=True).map(tuple),
             PORTS,
+            st.sampled_from(["allow", "allow", "deny"]),
         ),
         max_size=4,
     ).map(tuple),
@@ -228,11 +247,26 @@ PROBES = [
 ]
 
 
+def ports_of(topo: Topology) -> PortMap:
+    """Each running endpoint's bridge port, named as Docker would (veth + a number)."""
+    out: dict[tuple[str, str], str] = {}
+    for k, c in enumerate(topo.containers):
+        for j, a in enumerate(c.attachments):
+            out[(c.id, a.network)] = f"veth{k:03d}{j}"
+    return out
+
+
+def bridge_of(topo: Topology, network_name: str) -> str | None:
+    n = next(n for n in topo.networks if n.name == network_name)
+    return bridge_name(n)
+
+
 @settings(max_examples=300, deadline=None)
 @given(topologies(), POLICIES)
 def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy: Policy) -> None:
-    rs = compile_policy(policy, topo)
-    audit = compile_policy(policy, topo, "audit")
+    ports = ports_of(topo)
+    rs = compile_policy(policy, topo, ports=ports)
+    audit = compile_policy(policy, topo, "audit", ports=ports)
     running = [c for c in topo.containers if c.running]
     for s in running:
         for d in running:
@@ -242,13 +276,23 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
                 da = d.attachment(sa.network_id)
                 if da is None:
                     continue
+                br = bridge_of(topo, sa.network)
                 for fam in ("ipv4", "ipv6"):
                     saddr, daddr = getattr(sa, fam), getattr(da, fam)
                     if saddr is None or daddr is None:
                         continue
+                    family = 4 if fam == "ipv4" else 6
                     for proto, port in PROBES:
-                        model = decide(policy, s, d, sa.network, proto, port).allowed
-                        packet = Packet(saddr, daddr, proto, port)
+                        model = decide(policy, s, d, sa.network, proto, port, family).allowed
+                        packet = Packet(
+                            saddr,
+                            daddr,
+                            proto,
+                            port,
+                            iif=br,
+                            oif=br,
+                            port=ports[(s.id, sa.network)],
+                        )
                         out = evaluate(rs, packet)
                         assert (out.verdict == "accept") == model, (
                             s.name,
@@ -261,6 +305,20 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
                         )
                         assert evaluate(audit, packet).verdict == "accept"
                         assert evaluate(audit, packet).audited == (not model)
+                    # The same packet from another port (a forged source) or from an address
+                    # nobody has confirmed is accepted by no rule about containers (a `cidr`
+                    # or `world` rule is about addresses, whoever sends from them).
+                    for forged in (
+                        Packet(saddr, daddr, "tcp", 80, iif=br, oif=br, port="veth999"),
+                        Packet(saddr, daddr, "icmp", None, iif=br, oif=br, port="veth999"),
+                    ):
+                        out = evaluate(rs, forged)
+                        assert out.unconfirmed
+                        assert out.rule is None or not (
+                            out.rule.action == "accept" and Unconfirmed(False) in out.rule.matches
+                        ), out.rule
+                        if out.rule is not None and out.rule.action == "accept":
+                            assert out.rule.origin[0] != "rules", out.rule
 
 
 @settings(max_examples=100, deadline=None)
@@ -268,29 +326,17 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
 def test_element_delta_turns_one_ruleset_into_the_other(
     t1: Topology, t2: Topology, policy: Policy
 ) -> None:
-    a, b = compile_policy(policy, t1), compile_policy(policy, t2)
-    live = {k: set(v) for k, v in a.elements().items()}
+    a = compile_policy(policy, t1, ports=ports_of(t1))
+    b = compile_policy(policy, t2, ports=ports_of(t2))
     delta = element_delta(a.elements(), b)
     assert delta is not None
-    for cmd in delta:
-        ((verb, body),) = cmd.items()
-        el = body["element"]
-        items = {
-            e if isinstance(e, str) else f"{e['prefix']['addr']}/{e['prefix']['len']}"
-            for e in el["elem"]
-        }
-        if verb == "delete":
-            assert items <= live[el["name"]]
-            live[el["name"]] -= items
-        else:
-            assert not items & live[el["name"]]
-            live[el["name"]] |= items
-    assert {k: frozenset(v) for k, v in live.items()} == b.elements()
-    # Interval sets never hold overlapping elements (nft refuses them).
+    # The kernel's double refuses what nft would: a missing element deleted, an element
+    # added twice, overlapping elements in an interval set (so deletions must go first).
+    nft = MemoryNft()
+    nft.run(full_transaction(a))
+    nft.run(delta)
     for s in b.sets:
-        nets = [ipaddress.ip_network(e) for e in s.elements]
-        for i, x in enumerate(nets):
-            assert not any(x.overlaps(y) for y in nets[i + 1 :])
+        assert nft.elements(b.table, s.name, s.table_family) == s.elements, s.name
 
 
 def test_the_compiled_table_carries_the_marker() -> None:
@@ -298,3 +344,129 @@ def test_the_compiled_table_carries_the_marker() -> None:
     rs = compile_policy(Policy(), topo, "enforce", "t")
     rules = [c["add"]["rule"] for c in full_transaction(rs) if "rule" in c.get("add", {})]
     assert rules[0]["comment"].startswith(HASH_TAG)
+
+
+def dual_stack() -> Topology:
+    return topology(
+        [
+            network("d1", "10.30.0.0/24"),
+            network("d2", "10.31.0.0/24"),
+            network("quiet", "10.32.0.0/24", icc=False),
+        ],
+        [
+            container("a", {"d1": ("10.30.0.2", "fd00:30::2")}, {"dockmesh.service": "a"}),
+            container("b", {"d1": ("10.30.0.3", "fd00:30::3")}, {"dockmesh.service": "b"}),
+            container("c", {"d2": ("10.31.0.2", "fd00:31::2")}),
+            container("q1", {"quiet": ("10.32.0.2", "fd00:32::2")}),
+            container("q2", {"quiet": ("10.32.0.3", "fd00:32::3")}),
+        ],
+    )
+
+
+def test_neighbour_discovery_passes_a_default_deny_and_link_local_does_not() -> None:
+    topo = dual_stack()
+    policy = Policy("deny", (), (Rule((Selector(service="a"),), (Selector(service="b"),)),))
+    ports = ports_of(topo)
+    rs = compile_policy(policy, topo, ports=ports)
+    br = bridge_of(topo, "d1")
+    a_port = ports[(topo.containers[0].id, "d1")]
+    b_port = ports[(topo.containers[1].id, "d1")]
+    for kind in ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit"):
+        nd = Packet(
+            "fe80::42:aff:fe1e:3", "fe80::42:aff:fe1e:2", "icmp", None,
+            iif=br, oif=br, port=b_port, icmp_type=kind, hoplimit=255,
+        )  # fmt: skip
+        assert evaluate(rs, nd).verdict == "accept", kind
+    routed = Packet(
+        "fd00:30::3", "fd00:30::2", "icmp", None,
+        iif=br, oif=br, port=b_port, icmp_type="nd-neighbor-advert", hoplimit=254,
+    )  # fmt: skip
+    assert evaluate(rs, routed).verdict == "drop"  # not link-local: the policy decides
+    ping_ll = Packet("fe80::42:aff:fe1e:2", "fe80::42:aff:fe1e:3", "icmp", None,
+                     iif=br, oif=br, port=a_port)  # fmt: skip
+    assert evaluate(rs, ping_ll).verdict == "drop"
+    # The allowed pair over both families; the reverse direction over neither.
+    for s_, d_ in (("10.30.0.2", "10.30.0.3"), ("fd00:30::2", "fd00:30::3")):
+        assert evaluate(rs, Packet(s_, d_, "tcp", 80, iif=br, oif=br, port=a_port)).verdict == (
+            "accept"
+        )
+        assert evaluate(rs, Packet(d_, s_, "tcp", 80, iif=br, oif=br, port=b_port)).verdict == (
+            "drop"
+        )
+
+
+def test_docker_isolation_holds_for_ipv6_as_for_ipv4() -> None:
+    topo = dual_stack()
+    ports = ports_of(topo)
+    rs = compile_policy(Policy(), topo, ports=ports)  # allows everything itself
+    d1, d2, quiet = (bridge_of(topo, n) for n in ("d1", "d2", "quiet"))
+    a_port = ports[(topo.containers[0].id, "d1")]
+    q_port = ports[(topo.containers[3].id, "quiet")]
+    across6 = Packet("fd00:30::2", "fd00:31::2", "tcp", 80, iif=d1, oif=d2, port=a_port)
+    assert evaluate(rs, across6).verdict == "drop"
+    across4 = Packet("10.30.0.2", "10.31.0.2", "tcp", 80, iif=d1, oif=d2, port=a_port)
+    assert evaluate(rs, across4).verdict == "accept"  # Docker's own rules drop it
+    inside = Packet("fd00:30::2", "fd00:30::3", "tcp", 80, iif=d1, oif=d1, port=a_port)
+    assert evaluate(rs, inside).verdict == "accept"
+    no_icc = Packet("fd00:32::2", "fd00:32::3", "tcp", 80, iif=quiet, oif=quiet, port=q_port)
+    assert evaluate(rs, no_icc).verdict == "drop"
+    out = Packet("fd00:30::2", "fd00:99::1", "tcp", 80, iif=d1, oif="eth0", port=a_port)
+    assert evaluate(rs, out).verdict == "accept"
+
+
+def test_a_deny_rule_wins_over_an_allow_rule_and_a_new_bridge_is_denied() -> None:
+    topo = dual_stack()
+    ports = ports_of(topo)
+    a, b = Selector(service="a"), Selector(service="b")
+    policy = Policy(
+        "deny",
+        (),
+        (
+            Rule((a,), (b,)),
+            Rule((Selector(cidr="10.30.0.0/24"),), (b,), (PortRange("tcp", 22, 22),), "deny"),
+        ),
+    )
+    rs = compile_policy(policy, topo, ports=ports)
+    br = bridge_of(topo, "d1")
+    port = ports[(topo.containers[0].id, "d1")]
+    ok = Packet("10.30.0.2", "10.30.0.3", "tcp", 80, iif=br, oif=br, port=port)
+    ssh = Packet("10.30.0.2", "10.30.0.3", "tcp", 22, iif=br, oif=br, port=port)
+    assert evaluate(rs, ok).verdict == "accept"
+    out = evaluate(rs, ssh)
+    assert out.verdict == "drop" and out.rule is not None and out.rule.comment == "deny rule 2"
+    assert (
+        decide(policy, topo.containers[0], topo.containers[1], "d1", "tcp", 22)
+        .text(policy)
+        .startswith("rule 2 denies it")
+    )
+    # A network made while no agent ran: its subnet is in no set, its bridge name says Docker.
+    new = Packet("10.77.0.2", "10.77.0.3", "tcp", 80, iif="br-0123456789ab", oif="br-0123456789ab")
+    assert evaluate(rs, new).verdict == "drop"
+    # The world reaching a container through a published port: no rule denies it.
+    world = Packet("192.0.2.9", "10.30.0.3", "tcp", 80, iif="eth0", oif=br, dnat=True)
+    assert evaluate(rs, world).verdict == "accept"
+
+
+def test_world_and_cidr_sides_egress() -> None:
+    topo = dual_stack()
+    ports = ports_of(topo)
+    policy = Policy(
+        "allow",
+        (),
+        (
+            Rule((Selector(service="a"),), (Selector(world=True),), (), "deny"),
+            Rule((Selector(service="b"),), (Selector(cidr="192.0.2.0/24"),), (), "deny"),
+        ),
+    )
+    rs = compile_policy(policy, topo, ports=ports)
+    br = bridge_of(topo, "d1")
+    a_port = ports[(topo.containers[0].id, "d1")]
+    b_port = ports[(topo.containers[1].id, "d1")]
+    out = Packet("10.30.0.2", "198.51.100.7", "tcp", 443, iif=br, oif="eth0", port=a_port)
+    assert evaluate(rs, out).verdict == "drop"
+    inside = Packet("10.30.0.2", "10.30.0.3", "tcp", 443, iif=br, oif=br, port=a_port)
+    assert evaluate(rs, inside).verdict == "accept"
+    b_out = Packet("10.30.0.3", "192.0.2.1", "tcp", 443, iif=br, oif="eth0", port=b_port)
+    assert evaluate(rs, b_out).verdict == "drop"
+    b_other = Packet("10.30.0.3", "198.51.100.7", "tcp", 443, iif=br, oif="eth0", port=b_port)
+    assert evaluate(rs, b_other).verdict == "accept"

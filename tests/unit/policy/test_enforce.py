@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dockmesh.model.labels import LABEL_DISCOVERY_SERVICE
 from dockmesh.model.policy import Policy, Rule, Selector
 from dockmesh.model.topology import Topology
-from dockmesh.policy.compile import compile_policy
+from dockmesh.policy.compile import compile_policy, remove_transaction
 from dockmesh.policy.enforce import Enforcer
 from dockmesh.policy.nft import ForeignTable, parse_live
 from dockmesh.policy.store import Applied, PolicyStore
@@ -98,7 +98,7 @@ def test_our_own_table_is_applied_over_and_removed(tmp_path: Any) -> None:
     topo = topology([network("n", "10.0.0.0/24")], [container("a", {"n": "10.0.0.2"})])
     enforcer.apply(Applied("t", "enforce", Policy()), topo)
     assert enforcer.remove() is True
-    assert nft.ran[-1] == [{"delete": {"table": {"family": "inet", "name": "t"}}}]
+    assert nft.ran[-1] == remove_transaction("t")
     assert nft.list_table("t") is None
 
 
@@ -230,10 +230,12 @@ def test_a_restart_mends_elements_changed_by_hand_without_a_reload(tmp_path: Pat
     _, nft, enforcer = applied(tmp_path)
     t = topo({2: "client", 3: "web"})
     enforcer.sync(t)
-    (web_set,) = (name for name, e in wanted(POLICY, t).items() if e == {"10.0.0.3"})
-    family = {"family": "inet", "table": T, "name": web_set}
-    nft.run([{"add": {"element": {**family, "elem": ["10.0.0.99"]}}}])
-    nft.run([{"delete": {"element": {**family, "elem": ["10.0.0.3"]}}}])
+    (pairs,) = (name for name, e in wanted(POLICY, t).items() if e == {"10.0.0.2 . 10.0.0.3"})
+    family = {"family": "inet", "table": T, "name": pairs}
+    added = {"concat": ["10.0.0.2", "10.0.0.99"]}
+    nft.run([{"add": {"element": {**family, "elem": [added]}}}])
+    gone = {"concat": ["10.0.0.2", "10.0.0.3"]}
+    nft.run([{"delete": {"element": {**family, "elem": [gone]}}}])
     restarted = Enforcer(PolicyStore(T, tmp_path), nft)
     restarted.sync(t)
     assert live_elements(nft) == wanted(POLICY, t)
@@ -244,9 +246,9 @@ def test_reload_mends_the_table_at_once_and_reads_the_file_again(tmp_path: Path)
     store, nft, enforcer = applied(tmp_path)
     t = topo({2: "client", 3: "web"})
     enforcer.sync(t)
-    (web_set,) = (name for name, e in wanted(POLICY, t).items() if e == {"10.0.0.3"})
-    family = {"family": "inet", "table": T, "name": web_set}
-    nft.run([{"delete": {"element": {**family, "elem": ["10.0.0.3"]}}}])
+    (pairs,) = (name for name, e in wanted(POLICY, t).items() if e == {"10.0.0.2 . 10.0.0.3"})
+    family = {"family": "inet", "table": T, "name": pairs}
+    nft.run([{"delete": {"element": {**family, "elem": [{"concat": ["10.0.0.2", "10.0.0.3"]}]}}}])
     enforcer.reload()  # no change in the topology: only the reload sees the element gone
     assert live_elements(nft) == wanted(POLICY, t)
     nft.run([{"delete": {"table": {"family": "inet", "name": T}}}])

@@ -49,7 +49,7 @@ def test_a_full_transaction_lists_back_as_the_ruleset() -> None:
     assert is_ours(doc, "t")
     assert live.structure_hash == rs.structure_hash
     assert live.elements == rs.elements()
-    assert nft.elements("t", "s1_4") == {"10.0.0.3"}
+    assert nft.elements("t", "a_any_4") == {"10.0.0.2 . 10.0.0.3"}
     assert nft.list_table("other") is None
 
 
