@@ -28,7 +28,7 @@ Theory of operation
   dport` with port ranges): one hash or interval lookup decides whatever the number of
   rules, and each element counts its packets. A rule over a broad side (every container, a
   network, a label, a project) or over addresses (`cidr`, `world`) stays a rule with a set
-  per side, so that no rule multiplies into |sources| × |destinations| elements.
+  per side, so that no rule multiplies into |sources| times |destinations| elements.
 - Selector sets hold the addresses of running containers (a container that starts is
   allowed once it is added: fail closed). Default sets hold the networks' subnets, so a deny
   covers a container the moment it starts, before anyone has seen it; a policy default of
