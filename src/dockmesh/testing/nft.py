@@ -13,8 +13,8 @@ It runs what dockmesh sends the same way the kernel takes it where dockmesh reli
 
 Only the `inet` and `bridge` families and the commands dockmesh sends (add/delete of table,
 set, chain, rule and elements) are understood; anything else raises NotImplementedError, a
-gap in this double rather than a refusal by the kernel. `ran` records every transaction, refused ones included;
-`refuse_next(reason)` makes the next one fail as nft would.
+gap in this double rather than a refusal by the kernel. `ran` records every transaction,
+refused ones included; `refuse_next(reason)` makes the next one fail as nft would.
 """
 
 from __future__ import annotations
