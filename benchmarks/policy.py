@@ -56,7 +56,12 @@ from dockmesh.model.topology import (
     build_topology,
 )
 from dockmesh.ops.context import taken_subnets
-from dockmesh.policy.compile import compile_policy, element_delta, full_transaction
+from dockmesh.policy.compile import (
+    compile_policy,
+    element_delta,
+    full_transaction,
+    remove_transaction,
+)
 from dockmesh.policy.nft import Nft
 
 out = Console()
@@ -267,11 +272,7 @@ def cleanup(prefix: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             client.remove_network(n["Id"])
     for table in (prefix, f"{prefix}pol"):
-        if (
-            subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
-            == 0
-        ):
-            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+        Nft().run(remove_transaction(table))
 
 
 def main() -> int:

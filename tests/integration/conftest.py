@@ -134,3 +134,11 @@ def run_toolbox(
     )["Id"]
     api.start(cid)
     return str(cid)
+
+
+def remove_policy_tables(table: str) -> None:
+    """A test's policy tables (inet and bridge), when they are there."""
+    from dockmesh.policy.compile import remove_transaction
+    from dockmesh.policy.nft import Nft
+
+    Nft().run(remove_transaction(table))

@@ -5,6 +5,7 @@ own namespaces."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import subprocess
 import time
@@ -16,7 +17,8 @@ from typing import Any
 import pytest
 
 from dockmesh.host.netns import NetnsPool
-from tests.integration.conftest import dockmesh, free_subnets
+from dockmesh.policy.nft import Nft, parse_live
+from tests.integration.conftest import dockmesh, free_subnets, remove_policy_tables
 from tests.integration.test_agent import AgentProc
 
 
@@ -31,38 +33,31 @@ class Seg:
 
 
 def nft_table(table: str) -> Any | None:
-    proc = subprocess.run(
-        ["nft", "-j", "list", "table", "inet", table], capture_output=True, text=True
-    )
-    return json.loads(proc.stdout) if proc.returncode == 0 else None
+    """Both of the policy's tables (inet, bridge) as one listing, as dockmesh reads them."""
+    return Nft().list_table(table)
 
 
 def set_addresses(table: str) -> dict[str, set[str]]:
+    """Every set's addresses (the address parts of a concatenation's elements)."""
     doc = nft_table(table)
     assert doc is not None, f"table inet {table} is missing"
     out: dict[str, set[str]] = {}
-    for item in doc["nftables"]:
-        if "set" in item:
-            out[item["set"]["name"]] = {
-                e for e in item["set"].get("elem") or () if isinstance(e, str)
-            }
+    for name, elements in parse_live(doc, table).elements.items():
+        found: set[str] = set()
+        for e in elements:
+            for part in e.split(" . "):
+                with contextlib.suppress(ValueError):
+                    found.add(str(ipaddress.ip_address(part)))
+        out[name] = found
     return out
 
 
 def rule_counters(table: str) -> dict[str, int]:
-    doc = nft_table(table)
-    assert doc is not None
-    out: dict[str, int] = {}
-    for item in doc["nftables"]:
-        r = item.get("rule")
-        if r is None:
-            continue
-        for e in r["expr"]:
-            if isinstance(e, dict) and isinstance(e.get("counter"), dict):
-                out[r.get("comment", "")] = (
-                    out.get(r.get("comment", ""), 0) + e["counter"]["packets"]
-                )
-    return out
+    """Packets per rule as `policy show` counts them (a rule between named containers counts
+    in its set elements)."""
+    show = json.loads(dockmesh("policy", "show", "--json", check=True).stdout)
+    assert show["table"] == table
+    return {r["comment"]: r["packets"] for r in show["rules"]}
 
 
 @pytest.fixture
@@ -135,8 +130,7 @@ def seg(
         yield Seg(prefix, table, net, ids, policy_file, state_dir)
     finally:
         # Only the test's own table, and only when it is there.
-        if nft_table(table) is not None:
-            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+        remove_policy_tables(table)
 
 
 def verdicts(api: Any, pool: NetnsPool, s: Seg) -> dict[str, bool]:
@@ -163,8 +157,10 @@ def test_allow_and_deny_between_containers_on_one_bridge(
     show = json.loads(dockmesh("policy", "show", "--json", check=True).stdout)
     assert show["applied"] and show["mode"] == "enforce" and show["in_sync"] is True
     members = {m["address"]: m["containers"] for s in show["sets"] for m in s["members"]}
-    api_ip = ip_of(api, seg.ids["api"], seg.net)
-    assert members[api_ip] == [f"{seg.prefix}-api"]
+    gw_ip, api_ip = (ip_of(api, seg.ids[k], seg.net) for k in ("gw", "api"))
+    pair = f"{gw_ip} . {api_ip} . tcp . 8080"
+    assert members[pair] == [f"{seg.prefix}-gw", f"{seg.prefix}-api"]
+    assert next(r for r in show["rules"] if r["comment"] == "rule 1")["packets"] >= 1
     denied = [r for r in show["rules"] if r["comment"].startswith(f"network {seg.net}")]
     assert sum(r["packets"] for r in denied) >= 3  # three denied connection attempts counted
     # Removing removes the table and nothing else.
@@ -173,8 +169,8 @@ def test_allow_and_deny_between_containers_on_one_bridge(
     tables_after = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     gone = set(tables_before.splitlines()) - set(tables_after.splitlines())
     # Other tests' tables (dmt…) may come and go meanwhile: they run beside this one.
-    assert {t for t in gone if not t.startswith("table inet dmt")} == set()
-    assert f"table inet {seg.table}" in gone
+    assert {t for t in gone if not t.startswith(("table inet dmt", "table bridge dmt"))} == set()
+    assert {f"table inet {seg.table}", f"table bridge {seg.table}"} <= gone
     assert verdicts(api, pool, seg) == OPEN
     assert not (seg.state_dir / f"{seg.table}.json").exists()
 
@@ -196,7 +192,7 @@ def test_a_bad_file_exits_2_with_its_lines(seg: Seg, tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
         f"{bad}:2: policy.default: must be allow or deny, not 'maybe'",
-        f"{bad}:4: policy.rules.0.from.servic: unknown selector (one of service, container, network, label, project)",
+        f"{bad}:4: policy.rules.0.from.servic: unknown selector (one of service, container, network, label, project, cidr, world)",
     ]
     assert nft_table(seg.table) is None
 

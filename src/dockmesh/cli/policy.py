@@ -351,19 +351,16 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     ]
     for name in sorted(live.elements, key=_set_order):
         members = []
-        if any(" . " in e for e in live.elements[name]):
-            doc["sets"].append(
-                {
-                    "name": name,
-                    "meaning": meanings.get(name, ""),
-                    "members": [],
-                    "elements": len(live.elements[name]),
-                }
-            )
-            continue
         for element in sorted(live.elements[name]):
-            holders = topo.attachments_at(element) if "/" not in element else ()
-            members.append({"address": element, "containers": sorted({c.name for c, _ in holders})})
+            # A concatenation (`src . dst . tcp . 80`) names the holders of each address in it.
+            names: list[str] = []
+            for part in element.split(" . "):
+                if "/" in part:
+                    continue
+                for holder, _ in topo.attachments_at(part):
+                    if holder.name not in names:
+                        names.append(holder.name)
+            members.append({"address": element, "containers": names})
         doc["sets"].append({"name": name, "meaning": meanings.get(name, ""), "members": members})
     if want is not None:
         doc["in_sync"] = (

@@ -6,12 +6,12 @@ Theory of operation
   one base chain on the forward hook at priority `filter - 10`, before Docker's filter
   chains, so a drop here is final whatever Docker's rules say, while an accept here only
   means "no objection" (Docker's own chains still see the packet). That is how the policy
-  never opens what Docker closes. `bridge dockmesh` binds identity to the wire: a frame that
-  enters a Docker bridge from a container's port (its host-side veth) with a source address
-  that is not that container's own is marked unconfirmed (`UNCONFIRMED`, one bit of the
-  packet mark), and an unconfirmed packet matches no allow rule: a forged source, or a new
-  container on a removed one's address before the agent has seen it, gets what the network's
-  default says and nothing more.
+  never opens what Docker closes. `bridge dockmesh` binds identity to the wire: each address
+  an allow rule may accept as a container's is bound to that container's bridge port (its
+  host-side veth), and a frame that carries it from any other port is marked unconfirmed
+  (`UNCONFIRMED`, one bit of the packet mark). An unconfirmed packet matches no allow rule:
+  a forged source, or a new container on a removed one's address before the agent has seen
+  it, gets what the network's default says and nothing more.
 - The chain's rules depend on the policy and the mode alone; the topology only fills sets.
   So when containers come and go the kernel gets set element updates (`element_delta`), and
   only a new policy replaces the tables. `Ruleset.structure_hash` tells the two apart; it is
@@ -59,11 +59,8 @@ AUDIT_PREFIX = "dockmesh-audit"
 HASH_TAG = "dockmesh policy "
 # The packet mark bit that says "this source address is not the port's own".
 UNCONFIRMED = 0x00100000
-# Docker names a user network's bridge br-<12 hex digits of its id>, and a container's port on
-# a bridge veth<7 hex digits>. (The kernel here has no `meta ibrname` in the bridge family, so
-# the bridge table knows a container's port by its name.)
+# Docker names a user network's bridge br-<12 hex digits of its id>.
 DOCKER_BRIDGES = "br-*"
-DOCKER_PORTS = "veth*"
 ND_TYPES = (
     "nd-router-solicit",
     "nd-router-advert",
@@ -324,27 +321,39 @@ def bridge_name(n: Network) -> str | None:
 
 
 def _bridges(topo: Topology) -> list[tuple[Network, str]]:
+    """The bridges that carry IPv6 (the others forward none: there is nothing of Docker's
+    isolation to add for them)."""
     out: list[tuple[Network, str]] = []
     for n in topo.networks:
         name = bridge_name(n)
-        if name:
+        if name and (n.enable_ipv6 or n.pool(6) is not None):
             out.append((n, name))
     return out
 
 
 def _bridge_table(b: _Builder, running: list[Container]) -> None:
-    """Binds each running container's addresses to its ports; marks the rest unconfirmed."""
+    """Binds the addresses an allow rule may accept as a container's to that container's
+    port, and marks unconfirmed a frame that carries one of them from any other port. Only
+    those addresses are claimed: another source matches no allow rule by what it is anyway,
+    and another policy's table (its own claims) is left alone. An endpoint whose port is not
+    known (not on a bridge, or not readable) is matched by its address alone."""
+    sources = [
+        s for r in b.policy.rules if r.action == "allow" for s in r.sources if not s.is_address
+    ]
     bound: dict[Family, set[str]] = {4: set(), 6: set()}
+    claimed: dict[Family, set[str]] = {4: set(), 6: set()}
     ports = b.ports or {}
     for c in running:
         for a in c.attachments:
+            if not any(s.matches_endpoint(c, a.network) for s in sources):
+                continue
             port = ports.get((c.id, a.network))
             if not port:
                 continue
-            if a.ipv4:
-                bound[4].add(f"{port} . {_canonical(a.ipv4)}")
-            if a.ipv6:
-                bound[6].add(f"{port} . {_canonical(a.ipv6)}")
+            for f, address in ((4, a.ipv4), (6, a.ipv6)):
+                if address:
+                    bound[f].add(f"{port} . {_canonical(address)}")  # type: ignore[index]
+                    claimed[f].add(_canonical(address))  # type: ignore[index]
     for f in FAMILIES:
         b.add_set(
             AddrSet(
@@ -352,8 +361,18 @@ def _bridge_table(b: _Builder, running: list[Container]) -> None:
                 f,
                 False,
                 frozenset(bound[f]),
-                "each container's port and its own address",
+                "each chosen container's port and its own address",
                 ("iifname", "saddr"),
+                table_family="bridge",
+            )
+        )
+        b.add_set(
+            AddrSet(
+                f"claimed_{f}",
+                f,
+                False,
+                frozenset(claimed[f]),
+                "addresses bound to a port",
                 table_family="bridge",
             )
         )
@@ -368,16 +387,16 @@ def _bridge_table(b: _Builder, running: list[Container]) -> None:
                 table_family="bridge",
             )
         )
-    b.rules.append(
-        NftRule(
-            None,
-            (IfName("iifname", DOCKER_PORTS),),
-            "mark",
-            "unconfirmed source",
-            counter=False,
-            table_family="bridge",
+    for f in FAMILIES:
+        b.rules.append(
+            NftRule(
+                f,
+                (InSet("saddr", f"claimed_{f}"),),
+                "mark",
+                f"unconfirmed source (IPv{f})",
+                table_family="bridge",
+            )
         )
-    )
 
 
 def _docker_isolation6(b: _Builder, bridges: list[tuple[Network, str]]) -> None:
