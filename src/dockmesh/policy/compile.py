@@ -49,9 +49,11 @@ from typing import Any, Literal
 
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector, Side, Verdict, side_text
 from dockmesh.model.topology import Container, Network, Topology
+from dockmesh.policy.decide import decide_published
 
 DEFAULT_TABLE = "dockmesh"
 CHAIN = "forward"
+INPUT_CHAIN = "input"
 BRIDGE_CHAIN = "prerouting"
 PRIORITY = -10  # filter - 10: before Docker's filter chains (priority 0)
 BRIDGE_PRIORITY = -10  # before br_netfilter (0) hands the frame to the inet hooks
@@ -198,6 +200,11 @@ class NftRule:
     # or ("base", "").
     origin: tuple[str, int | str] = ("base", "")
     table_family: TableFamily = "inet"
+    chain: str = ""  # "": the family's chain (forward, prerouting)
+
+    @property
+    def chain_name(self) -> str:
+        return self.chain or (CHAIN if self.table_family == "inet" else BRIDGE_CHAIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +302,7 @@ def compile_policy(
     _network_defaults(b)
     if policy.default == "deny":
         _policy_default(b)
+    _published(b, running)
     digest = _structure_digest(table, mode, b.sets, b.rules)
     bridge_rules = [r for r in b.rules if r.table_family == "bridge"]
     inet_rules = [r for r in b.rules if r.table_family == "inet"]
@@ -699,6 +707,55 @@ def _policy_default(b: _Builder) -> None:
     )
 
 
+def _published(b: _Builder, running: list[Container]) -> None:
+    """A port a container publishes, reached from another container at the host's address
+    (Docker's proxy connects from the host: the forward chain never sees it), is judged on
+    the input hook as the connection to the container itself would be (`decide_published`):
+    each denied (source address, protocol, host port) is an element."""
+    denied: dict[Family, set[str]] = {4: set(), 6: set()}
+    for t in running:
+        for binding in t.ports:
+            if binding.host_port is None or binding.protocol not in ("tcp", "udp", "sctp"):
+                continue
+            for s in running:
+                if s.id == t.id:
+                    continue
+                for f in FAMILIES:
+                    verdict = decide_published(
+                        b.policy, s, t, binding.protocol, binding.container_port, f
+                    )
+                    if verdict.allowed:
+                        continue
+                    for a in s.attachments:
+                        address = a.ipv4 if f == 4 else a.ipv6
+                        if address:
+                            denied[f].add(
+                                f"{_canonical(address)} . {binding.protocol} . {binding.host_port}"
+                            )
+    for f in FAMILIES:
+        name = f"pub_{f}"
+        b.add_set(
+            AddrSet(
+                name,
+                f,
+                False,
+                frozenset(denied[f]),
+                "denied sources of published ports",
+                ("saddr", "l4proto", "dport"),
+            )
+        )
+        b.rules.append(
+            NftRule(
+                f,
+                (CtState(("new",)), InConcat(("saddr", "l4proto", "dport"), name)),
+                b.deny,
+                f"published port, denied (IPv{f})",
+                origin=("published", ""),
+                chain=INPUT_CHAIN,
+            )
+        )
+
+
 def _proto(protocol: str, f: Family) -> str:
     return "ipv6-icmp" if protocol == "icmp" and f == 6 else protocol
 
@@ -877,8 +934,7 @@ def render_rule(table: str, r: NftRule) -> JSON:
         expr.append({"mangle": {"key": {"meta": {"key": "mark"}}, "value": mark}})
     else:
         expr.append({r.action: None})
-    chain = CHAIN if r.table_family == "inet" else BRIDGE_CHAIN
-    rule: JSON = {"family": r.table_family, "table": table, "chain": chain, "expr": expr}
+    rule: JSON = {"family": r.table_family, "table": table, "chain": r.chain_name, "expr": expr}
     if r.comment:
         rule["comment"] = r.comment
     return {"rule": rule}
@@ -932,6 +988,15 @@ def _chains(rs: Ruleset) -> list[JSON]:
             "name": CHAIN,
             "type": "filter",
             "hook": "forward",
+            "prio": rs.priority,
+            "policy": "accept",
+        },
+        {
+            "family": "inet",
+            "table": rs.table,
+            "name": INPUT_CHAIN,
+            "type": "filter",
+            "hook": "input",
             "prio": rs.priority,
             "policy": "accept",
         },

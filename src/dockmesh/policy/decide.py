@@ -84,3 +84,20 @@ def _covers(rule: Rule, protocol: str, port: int | None) -> bool:
     if protocol == "any":
         return True
     return rule.covers(protocol, port)
+
+
+def decide_published(
+    policy: Policy | None,
+    src: Container,
+    dst: Container,
+    protocol: str,
+    port: int | None,
+    family: int = 4,
+) -> Decision:
+    """The verdict for `src` reaching a port `dst` publishes on the host (through Docker's
+    proxy, from the host's address): as `src` reaching `dst` itself. On a network they share,
+    that network's rules and default; on none, the rules without a network and the policy's
+    default."""
+    theirs = {a.network_id for a in dst.attachments}
+    shared = [a.network for a in src.attachments if a.network_id in theirs]
+    return decide(policy, src, dst, shared[0] if shared else "", protocol, port, family)

@@ -56,6 +56,7 @@ class Packet:
     port: str | None = None
     icmp_type: str | None = None  # for ICMPv6: e.g. nd-neighbor-advert
     hoplimit: int = 64
+    hook: str = "forward"  # or "input": to the host itself (a published port, by the proxy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ def evaluate(rs: Ruleset, packet: Packet) -> Outcome:
                     continue
                 break  # accept: the bridge table is done with it
     for r in rs.rules:
-        if r.table_family != "inet":
+        if r.table_family != "inet" or r.chain_name != packet.hook:
             continue
         if r.family is not None and r.family != family:
             continue

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockmesh.model.policy import Policy, PortRange, Rule, Selector, parse_policy
-from dockmesh.model.topology import Topology
+from dockmesh.model.topology import PortBinding, Topology
 from dockmesh.policy.compile import (
     HASH_TAG,
     PortMap,
@@ -474,3 +474,35 @@ def test_world_and_cidr_sides_egress() -> None:
     assert evaluate(rs, b_out).verdict == "drop"
     b_other = Packet("10.30.0.3", "198.51.100.7", "tcp", 443, iif=br, oif="eth0", port=b_port)
     assert evaluate(rs, b_other).verdict == "accept"
+
+
+def test_a_published_port_reached_through_the_host_is_judged_as_the_container() -> None:
+    web = dataclasses.replace(
+        container("web", {"d1": ("10.30.0.3", None)}, {"dockmesh.service": "web"}),
+        ports=(PortBinding(8080, "tcp", "0.0.0.0", 30080),),
+    )
+    topo = topology(
+        [network("d1", "10.30.0.0/24"), network("d2", "10.31.0.0/24")],
+        [
+            web,
+            container("fe", {"d2": "10.31.0.2"}, {"dockmesh.service": "fe"}),
+            container("ops", {"d2": "10.31.0.3"}, {"dockmesh.service": "ops"}),
+        ],
+    )
+    policy = Policy(
+        "deny",
+        (),
+        (
+            Rule(
+                (Selector(service="fe"),),
+                (Selector(service="web"),),
+                (PortRange("tcp", 8080, 8080),),
+            ),
+        ),
+    )
+    rs = compile_policy(policy, topo)
+    assert rs.set("pub_4").elements == {"10.31.0.3 . tcp . 30080"}  # type: ignore[union-attr]
+    by_proxy = Packet("10.31.0.3", "10.31.0.1", "tcp", 30080, hook="input")
+    assert evaluate(rs, by_proxy).verdict == "drop"
+    assert evaluate(rs, dataclasses.replace(by_proxy, saddr="10.31.0.2")).verdict == "accept"
+    assert evaluate(rs, dataclasses.replace(by_proxy, dport=22)).verdict == "accept"
