@@ -11,10 +11,20 @@ Measures, in one run:
   3. the chapter's way, `docker exec SRC ping -c 3 DST` per pair, timed on a sample of pairs
      and extrapolated to 870.
 
-Goals: compile + render + apply under 1 s; the whole `dockmesh matrix` (no policy) under 2 s.
-It exits 1 when one is missed, naming it.
+  4. 3,000 rules: a policy of 3,000 rules between 1,000 services (synthetic topology)
+     compiled and applied in one transaction; one container more made true by the enforcer
+     as the agent does on a container start (compile, element delta, one transaction); and
+     the kernel's cost of a new connection through it: connections per second between two
+     real containers (an allowed pair) under 5 rules and under 3,000 rules (the 3,000 with
+     the synthetic containers' addresses in the sets), in the same run.
+
+Goals: compile + render + apply under 1 s; the whole `dockmesh matrix` (no policy) under 2 s;
+3,000 rules applied under 1 s; a container start made true under 50 ms; a new connection
+through 3,000 rules costs less than twice one through 5 rules. It exits 1 when one is missed,
+naming it.
 
 Run: .venv/bin/python -m benchmarks.policy [--containers 1000 --networks 20 --matrix 30]
+     [--rules 3000] [--connections 3000]
 Everything it creates is named dmb<hex>… (containers, network, nft table) and removed at the
 end, on failure too.
 """
@@ -28,13 +38,17 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -263,15 +277,167 @@ def bench_matrix(
     rows.append(("speed-up of dockmesh matrix", f"{per_pair * pairs / t_open:.0f} times"))
 
 
+def many_rules(count: int, services: int) -> list[Rule]:
+    """`count` distinct rules between `services` services, each on one TCP port."""
+    rules = []
+    for k in range(count):
+        a, b = k % services, (k * 7 + k // services + 1) % services
+        port = PortRange("tcp", 8000 + k % 50, 8000 + k % 50)
+        rules.append(Rule((Selector(service=f"svc{a}"),), (Selector(service=f"svc{b}"),), (port,)))
+    return rules
+
+
+def merged(a: Topology, b: Topology) -> Topology:
+    states: list[EngineState] = []
+    for t in (a, b):
+        st = EngineState(EngineInfo(f"e{len(states)}", "unix:///x"))
+        for n in t.networks:
+            st.upsert_network(n)
+        for c in t.containers:
+            st.upsert_container(c)
+        states.append(st)
+    return build_topology(states, 1)
+
+
+def bench_rules(
+    args: argparse.Namespace, prefix: str, rows: list[tuple[str, str]], goals: list[Goal]
+) -> None:
+    from dockmesh.host.netns import NetnsPool
+    from dockmesh.host.ports import PortFinder
+    from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.store import Applied, PolicyStore
+
+    table = f"{prefix}r"
+    synth = synthetic(args.containers, args.networks, services=args.containers)
+    rules = many_rules(args.rules, args.containers)
+    big = Policy("allow", (), tuple(rules))
+    nft = Nft()
+    t_apply, rs = timed(
+        lambda: nft.run(full_transaction(compile_policy(big, synth, "enforce", table))), 3
+    )
+    elements = sum(len(x.elements) for x in compile_policy(big, synth, "enforce", table).sets)
+    goals.append((f"{args.rules} rules: compile + render + apply", t_apply, 1.0))
+    rows.append(
+        (
+            f"{args.rules} rules over {args.containers} containers ({elements} set elements): "
+            "compile + render + apply (goal < 1 s)",
+            f"{t_apply * 1000:.1f} ms",
+        )
+    )
+    # A container start, as the agent makes it true: the enforcer's sync of the new topology.
+    state = tempfile.mkdtemp(prefix=f"{prefix}-")
+    try:
+        store = PolicyStore(table, Path(state))
+        enforcer = Enforcer(store, nft, ports=lambda t: {})
+        enforcer.apply(Applied(table, "enforce", big), synth)
+        grown = synthetic(args.containers + 1, args.networks, services=args.containers)
+        t0 = time.perf_counter()
+        enforcer.sync(grown)
+        t_start = time.perf_counter() - t0
+        goals.append(("a container start made true (3,000 rules)", t_start, 0.05))
+        rows.append(
+            (
+                f"one container started under {args.rules} rules: compile + element delta + "
+                "one transaction (goal < 50 ms)",
+                f"{t_start * 1000:.1f} ms",
+            )
+        )
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+        nft.run(remove_transaction(table))
+
+    # The kernel's cost of a new connection: two real containers, an allowed pair.
+    client = docker.APIClient(base_url=default_url(os.environ.get("DOCKER_HOST")), version="auto")
+    backend = DockerBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
+    import random
+
+    taken = taken_subnets(build_topology([backend.snapshot()], 1))
+    (subnet,) = pick_free_subnets(taken, 1, random.Random())
+    net = f"{prefix}cc"
+    client.create_network(net, ipam={"Config": [{"Subnet": str(subnet)}]})
+    ids = []
+    for role in ("a", "b"):
+        cid = client.create_container(
+            "dockmesh/toolbox",
+            name=f"{prefix}{role}",
+            labels={"dockmesh.service": f"{prefix}{role}"},
+            host_config=client.create_host_config(network_mode=net),
+        )["Id"]
+        client.start(cid)
+        ids.append(cid)
+    real = build_topology([backend.snapshot()], 1)
+    b_ip = client.inspect_container(ids[1])["NetworkSettings"]["Networks"][net]["IPAddress"]
+    a_pid = int(client.inspect_container(ids[0])["State"]["Pid"])
+    b_pid = int(client.inspect_container(ids[1])["State"]["Pid"])
+    pair = Rule((Selector(service=f"{prefix}a"),), (Selector(service=f"{prefix}b"),))
+    ports = PortFinder()(real)
+    few = Policy("allow", ((net, "deny"),), (*rules[:4], pair))
+    many = Policy("allow", ((net, "deny"),), (*rules, pair))
+    both = merged(real, synth)
+    results: dict[str, float] = {}
+    with NetnsPool(threads=1) as pool:
+        # A listener of the benchmark's own in b (busybox httpd forks per connection and
+        # would be what is measured), emptied by a thread.
+        listener = pool.socket(b_pid)
+        listener.setblocking(True)
+        listener.bind(("0.0.0.0", 9100))
+        listener.listen(4096)
+        stop = threading.Event()
+
+        def drain() -> None:
+            listener.settimeout(0.2)
+            while not stop.is_set():
+                with contextlib.suppress(OSError):
+                    conn, _ = listener.accept()
+                    conn.close()
+
+        drainer = threading.Thread(target=drain, daemon=True)
+        drainer.start()
+
+        def connections() -> float:
+            t0 = time.perf_counter()
+            for _ in range(args.connections):
+                sock = pool.socket(a_pid)
+                sock.setblocking(True)
+                sock.settimeout(2)
+                sock.connect((b_ip, 9100))
+                # Closed by a reset: no TIME_WAIT, so the ephemeral ports last the run.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+            return float(args.connections / (time.perf_counter() - t0))
+
+        for what, policy in (("5", few), (str(args.rules), many), ("5 again", few)):
+            rs = compile_policy(policy, both, "enforce", table, ports)
+            nft.run(full_transaction(rs))
+            connections()  # warm
+            results[what] = float(statistics.median(connections() for _ in range(3)))
+        stop.set()
+        drainer.join()
+        listener.close()
+        nft.run(remove_transaction(table))
+    base = (results["5"] + results["5 again"]) / 2
+    ratio = base / results[str(args.rules)]
+    goals.append((f"new-connection cost, {args.rules} rules / 5 rules", ratio, 2.0))
+    for what, rate in results.items():
+        rows.append((f"new connections per second through {what} rules", f"{rate:.0f}/s"))
+    rows.append(
+        (
+            f"cost of a new connection, {args.rules} rules vs 5 (goal < 2x; the time of a "
+            "whole connect + close from Python, so the kernel's share is less)",
+            f"{ratio:.2f}x",
+        )
+    )
+
+
 def cleanup(prefix: str) -> None:
     client = docker.APIClient(base_url=default_url(os.environ.get("DOCKER_HOST")), version="auto")
     for c in client.containers(all=True, filters={"name": f"^{prefix}"}):
         with contextlib.suppress(docker.errors.NotFound):
             client.remove_container(c["Id"], force=True)
-    for n in client.networks(names=[f"{prefix}mx"]):
+    for n in client.networks(names=[f"{prefix}mx", f"{prefix}cc"]):
         with contextlib.suppress(docker.errors.NotFound):
             client.remove_network(n["Id"])
-    for table in (prefix, f"{prefix}pol"):
+    for table in (prefix, f"{prefix}pol", f"{prefix}r"):
         Nft().run(remove_transaction(table))
 
 
@@ -282,6 +448,8 @@ def main() -> int:
     ap.add_argument("--matrix", type=int, default=30, help="real containers for the matrix")
     ap.add_argument("--sample", type=int, default=3, help="pairs timed the chapter's way")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rules", type=int, default=3000)
+    ap.add_argument("--connections", type=int, default=3000)
     ap.add_argument("--compile-only", action="store_true", help="skip the real containers")
     args = ap.parse_args()
     prefix = f"dmb{secrets.token_hex(3)}"
@@ -290,6 +458,7 @@ def main() -> int:
     try:
         bench_compile_apply(args, prefix, rows, goals)
         if not args.compile_only:
+            bench_rules(args, prefix, rows, goals)
             bench_matrix(args, prefix, rows, goals)
     finally:
         cleanup(prefix)
