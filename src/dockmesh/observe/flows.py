@@ -24,31 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dockmesh.codecs.ctnetlink import ConntrackFlow, Tuple5
 from dockmesh.model.labels import service_of
 from dockmesh.model.topology import Topology
 
+# The entry types live with their decoder; named here too, where callers have found them.
+__all__ = ["ConntrackFlow", "Edge", "Tuple5", "aggregate", "flows_json", "parse_conntrack_message"]
+
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
-
-
-@dataclass(frozen=True, slots=True)
-class Tuple5:
-    src: str
-    dst: str
-    sport: int
-    dport: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConntrackFlow:
-    """One conntrack entry, reduced to what dockmesh aggregates."""
-
-    proto: int
-    orig: Tuple5
-    reply: Tuple5
-    orig_packets: int = 0
-    orig_bytes: int = 0
-    reply_packets: int = 0
-    reply_bytes: int = 0
 
 
 def _attrs(nla: Any) -> Mapping[str, Any]:
@@ -94,8 +77,10 @@ def _counters(nla: Any) -> tuple[int, int]:
 
 
 def parse_conntrack_message(msg: Any) -> ConntrackFlow | None:
-    """A conntrack netlink message (IPCTNL_MSG_CT_NEW as a dump returns it) → a flow; None
-    for a message without both tuples or with tuples of different protocols."""
+    """A conntrack message as pyroute2 shows it (nested dicts with 'attrs' lists of (name,
+    value) pairs) → a flow; None for a message without both tuples or with tuples of
+    different protocols. The commands read the table with `dockmesh.codecs.ctnetlink`; this
+    stays for what hands over pyroute2's messages (and the benchmark's comparison)."""
     a = _attrs(msg)
     orig, reply = _tuple(a.get("CTA_TUPLE_ORIG")), _tuple(a.get("CTA_TUPLE_REPLY"))
     if orig is None or reply is None or orig[0] != reply[0]:
@@ -155,9 +140,19 @@ class _Namer:
         self._topo = topo
         self._by = by
         self._gateways = gateways(topo)
+        # A busy table repeats few addresses many times (50,000 entries, a few hundred
+        # addresses): each is looked up once.
+        self._known: dict[str, tuple[str, str] | None] = {}
 
     def __call__(self, address: str) -> tuple[str, str] | None:
         """(name, kind) of an address; None for one that names nothing in the topology."""
+        try:
+            return self._known[address]
+        except KeyError:
+            got = self._known[address] = self._lookup(address)
+            return got
+
+    def _lookup(self, address: str) -> tuple[str, str] | None:
         c = self._topo.container_by_ip(address)
         if c is not None:
             return (
