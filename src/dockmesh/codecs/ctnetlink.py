@@ -28,6 +28,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE, NLMSG_OVERRUN = 1, 2, 3, 4
 NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK = 0x1, 0x2, 0x4
@@ -75,16 +76,16 @@ class CtnetlinkError(ValueError):
         self.errno = errno  # the kernel's error number (positive), 0: the bytes were wrong
 
 
-@dataclass(frozen=True, slots=True)
-class Tuple5:
+# Named tuples, not dataclasses: a dump makes three of these an entry, and a tuple is made
+# several times faster than a frozen dataclass (which sets each field through a call).
+class Tuple5(NamedTuple):
     src: str
     dst: str
     sport: int
     dport: int
 
 
-@dataclass(frozen=True, slots=True)
-class ConntrackFlow:
+class ConntrackFlow(NamedTuple):
     """One conntrack entry, reduced to what dockmesh aggregates."""
 
     proto: int
@@ -121,16 +122,61 @@ _FAST_V4_SIZE = _FAST_V4.size  # 48
 # bytes above each), 108 bytes: their 16 headers read at once (compared with the expected
 # ones), then the values at once.
 _FAST_ENTRY_SIZE = 4 + 2 * (4 + _FAST_V4_SIZE)
-_FAST_HEADERS = struct.Struct(">4x" + 2 * " I I4x I4x I I1x3x I2x2x I2x2x")
-_FAST_VALUES = struct.Struct(">4x" + 2 * " 4x 4x4s 4x4s 4x 4xB3x 4xH2x 4xH2x")
+# Per tuple: its nest, the IP nest, source, destination, the protocol nest, number, ports.
+_FAST_HEADERS = struct.Struct(">4x" + 2 * " I I I4x I4x I I4x I4x I4x")
+_FAST_VALUES = struct.Struct(">4x" + 2 * " 4x 4x 4x4s 4x4s 4x 4xB3x 4xH2x 4xH2x")
 _FAST_ENTRY_HEADERS = (
     _hdr_word(4 + _FAST_V4_SIZE, CTA_TUPLE_ORIG | NLA_F_NESTED),
     *_FAST_V4_HEADERS,
     _hdr_word(4 + _FAST_V4_SIZE, CTA_TUPLE_REPLY | NLA_F_NESTED),
     *_FAST_V4_HEADERS,
 )
+# Both counters nests as the kernel writes them, one after the other: the nest, packets,
+# bytes (64-bit), twice; 56 bytes.
+_FAST_COUNTERS = struct.Struct(">I I Q I Q I I Q I Q")
+_FAST_COUNTERS_H = struct.Struct(">I I 8x I 8x I I 8x I 8x")
+_FAST_COUNTERS_V = struct.Struct(">8x Q 4x Q 8x Q 4x Q")
+_FAST_COUNTERS_HEADERS = (
+    _hdr_word(28, CTA_COUNTERS_ORIG | NLA_F_NESTED),
+    _hdr_word(12, CTA_COUNTERS_PACKETS),
+    _hdr_word(12, CTA_COUNTERS_BYTES),
+    _hdr_word(28, CTA_COUNTERS_REPLY | NLA_F_NESTED),
+    _hdr_word(12, CTA_COUNTERS_PACKETS),
+    _hdr_word(12, CTA_COUNTERS_BYTES),
+)
 _ENTRY_WANTED = frozenset((CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_COUNTERS_ORIG, CTA_COUNTERS_REPLY))
 _ADDRESS_CACHE_MAX = 1 << 16
+
+
+_SHAPES_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The attributes after an entry's tuples, as one entry had them: `headers` reads every
+    attribute header (and the counters' inner ones) at their places, `expected` is what
+    they were; `counters` reads the four counter values (None: the entry had none)."""
+
+    headers: struct.Struct
+    expected: tuple[int, ...]
+    counters: struct.Struct | None
+
+
+def _shape(base: int, heads: list[int], counters_at: int, buf: bytes) -> _Shape:
+    words = sorted(
+        {h - base for h in heads}
+        | (set() if counters_at < 0 else {counters_at - base + d for d in (0, 4, 16, 28, 32, 44)})
+    )
+    fmt, cursor = ">", 0
+    for w in words:
+        fmt += f"{w - cursor}xI" if w > cursor else "I"
+        cursor = w + 4
+    headers = struct.Struct(fmt)
+    counters = None
+    if counters_at >= 0:
+        r = counters_at - base
+        counters = struct.Struct(f">{r + 8}xQ4xQ8xQ4xQ")
+    return _Shape(headers, headers.unpack_from(buf, base), counters)
 
 
 def _attrs(buf: bytes, start: int, end: int, what: str) -> dict[int, tuple[int, int]]:
@@ -157,6 +203,7 @@ class DumpDecoder:
         self.interrupted = False  # the table changed during the dump (NLM_F_DUMP_INTR)
         self._v4: dict[bytes, str] = {}
         self._v6: dict[bytes, str] = {}
+        self._shapes: dict[int, _Shape] = {}
 
     def feed(self, data: bytes) -> list[ConntrackFlow]:
         """The entries of one datagram. Messages other than entries (a no-op, a type this
@@ -202,24 +249,48 @@ class DumpDecoder:
         disagree on the protocol (not one connection dockmesh can count)."""
         if end - start < 4:
             raise CtnetlinkError("a conntrack message without its nfgenmsg")
-        off = start + 4
-        orig = reply = None
-        op = ob = rp = rb = counted = 0
-        if end - start >= _FAST_ENTRY_SIZE and _FAST_HEADERS.unpack_from(buf, start) == (
+        if end - start < _FAST_ENTRY_SIZE or _FAST_HEADERS.unpack_from(buf, start) != (
             _FAST_ENTRY_HEADERS
         ):
-            osrc, odst, onum, osport, odport, rsrc, rdst, rnum, rsport, rdport = (
-                _FAST_VALUES.unpack_from(buf, start)
-            )
-            addr = self._addr4
-            orig = onum, Tuple5(addr(osrc), addr(odst), osport, odport)
-            reply = rnum, Tuple5(addr(rsrc), addr(rdst), rsport, rdport)
-            off = start + _FAST_ENTRY_SIZE
+            return self._rest(buf, start + 4, end, None, None)
+        osrc, odst, onum, osport, odport, rsrc, rdst, rnum, rsport, rdport = (
+            _FAST_VALUES.unpack_from(buf, start)
+        )
+        cache = self._v4
+        orig = Tuple5(cache.get(osrc) or self._addr4(osrc), cache.get(odst) or self._addr4(odst),
+                      osport, odport)  # fmt: skip
+        reply = Tuple5(cache.get(rsrc) or self._addr4(rsrc), cache.get(rdst) or self._addr4(rdst),
+                       rsport, rdport)  # fmt: skip
+        off = start + _FAST_ENTRY_SIZE
+        shape = self._shapes.get(end - off)
+        if shape is None or shape.headers.unpack_from(buf, off) != shape.expected:
+            return self._rest(buf, off, end, (onum, orig), (rnum, reply))
+        if onum != rnum:
+            return None
+        if shape.counters is None:
+            return ConntrackFlow(onum, orig, reply)
+        return ConntrackFlow(onum, orig, reply, *shape.counters.unpack_from(buf, off))
+
+    def _rest(
+        self,
+        buf: bytes,
+        off: int,
+        end: int,
+        orig: tuple[int, Tuple5] | None,
+        reply: tuple[int, Tuple5] | None,
+    ) -> ConntrackFlow | None:
+        """The general walk over an entry's attributes from `off` (past the tuples when the
+        fast path read them). After the fast path, the walk's shape (every attribute's
+        header, the counters' place) is remembered for entries of the same length: the next
+        one whose headers all match is read with two `struct` calls, no walk."""
+        base, heads, counters_at, learnable = off, [], -1, orig is not None
+        op = ob = rp = rb = 0
         unpack = _NLA.unpack_from
         while end - off >= 4:
             length, kind = unpack(buf, off)
             if length < 4 or off + length > end:
                 raise CtnetlinkError(f"an attribute of {length} bytes at {off} overruns its entry")
+            heads.append(off)
             kind &= NLA_TYPE_MASK
             if kind in _ENTRY_WANTED:
                 if kind == CTA_TUPLE_ORIG:
@@ -228,15 +299,26 @@ class DumpDecoder:
                 elif kind == CTA_TUPLE_REPLY:
                     if reply is None:
                         reply = self._tuple(buf, off + 4, off + length)
+                elif (
+                    kind == CTA_COUNTERS_ORIG
+                    and counters_at < 0
+                    and end - off >= _FAST_COUNTERS.size
+                    and _FAST_COUNTERS_H.unpack_from(buf, off) == _FAST_COUNTERS_HEADERS
+                ):
+                    op, ob, rp, rb = _FAST_COUNTERS_V.unpack_from(buf, off)
+                    counters_at = off
+                    heads.append(off + 28)
+                    off += _FAST_COUNTERS.size
+                    continue
                 elif kind == CTA_COUNTERS_ORIG:
                     op, ob = _counters(buf, off + 4, off + length)
-                    counted += 1
+                    learnable = False
                 else:
                     rp, rb = _counters(buf, off + 4, off + length)
-                    counted += 1
-                if counted == 2 and orig is not None and reply is not None:
-                    break  # all there is to read (the kernel writes the counters early)
+                    learnable = False
             off += (length + 3) & ~3
+        if learnable and len(self._shapes) < _SHAPES_MAX:
+            self._shapes[end - base] = _shape(base, heads, counters_at, buf)
         if orig is None or reply is None or orig[0] != reply[0]:
             return None
         return ConntrackFlow(orig[0], orig[1], reply[1], op, ob, rp, rb)

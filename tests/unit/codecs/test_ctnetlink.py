@@ -206,3 +206,21 @@ def test_damaged_dumps_decode_or_are_refused_cleanly() -> None:
 
     run()
     seen.require(refused=0.1, accepted=0.1)
+
+
+def test_the_usual_entries_take_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """IPv4 TCP entries with counters, in the kernel's layout: no general tuple walk and
+    no general counters walk (a regression here costs a busy host's table seconds)."""
+    import dockmesh.codecs.ctnetlink as codec
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the general walk was taken")
+
+    fs = [
+        flow(6, "10.1.0.2", "10.1.0.3", 40000 + i, 8080, i, 2 * i, 3 * i, 4 * i) for i in range(5)
+    ]
+    monkeypatch.setattr(codec.DumpDecoder, "_tuple", refuse)
+    monkeypatch.setattr(codec, "_counters", refuse)
+    d = DumpDecoder()
+    assert d.feed(as_dump(fs)) == fs
+    assert len(d._shapes) == 1  # learned from the first entry, used for the other four
