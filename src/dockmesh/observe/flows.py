@@ -166,28 +166,43 @@ class _Namer:
         return None
 
 
+_PORTED = frozenset(n for n, name in PROTOCOLS.items() if name in ("tcp", "udp", "sctp"))
+
+
 def aggregate(flows: Iterable[ConntrackFlow], topo: Topology, by: str = "container") -> list[Edge]:
     """Edges (client → server, protocol, server port) with their connections, packets and
     bytes; at least one end is a container. Sorted by bytes, most first, then by name."""
+    # Summed by addresses first (a tuple key and four additions an entry: a busy table has
+    # tens of thousands of entries and a few hundred address pairs), then named.
+    sums: dict[tuple[str, str, int, int], list[int]] = {}
+    for f in flows:
+        reply = f.reply
+        key = (f.orig.src, reply.src, f.proto, reply.sport if f.proto in _PORTED else 0)
+        s = sums.get(key)
+        if s is None:
+            sums[key] = [1, f.orig_packets + f.reply_packets, f.orig_bytes, f.reply_bytes]
+        else:
+            s[0] += 1
+            s[1] += f.orig_packets + f.reply_packets
+            s[2] += f.orig_bytes
+            s[3] += f.reply_bytes
     name = _Namer(topo, by)
     edges: dict[tuple[str, str, str, int], Edge] = {}
-    for f in flows:
-        client, server = f.orig.src, f.reply.src
+    for (client, server, number, port), (connections, packets, forward, back) in sums.items():
         a, b = name(client), name(server)
         if (a is None or a[1] == "gateway") and (b is None or b[1] == "gateway"):
             continue
         a = a or (client, "address")
         b = b or (server, "address")
-        proto = PROTOCOLS.get(f.proto, str(f.proto))
-        port = f.reply.sport if proto in ("tcp", "udp", "sctp") else 0
-        key = (a[0], b[0], proto, port)
-        e = edges.get(key)
+        proto = PROTOCOLS.get(number, str(number))
+        edge_key = (a[0], b[0], proto, port)
+        e = edges.get(edge_key)
         if e is None:
-            e = edges[key] = Edge(a[0], b[0], proto, port, src_kind=a[1], dst_kind=b[1])
-        e.connections += 1
-        e.packets += f.orig_packets + f.reply_packets
-        e.bytes_forward += f.orig_bytes
-        e.bytes_reply += f.reply_bytes
+            e = edges[edge_key] = Edge(a[0], b[0], proto, port, src_kind=a[1], dst_kind=b[1])
+        e.connections += connections
+        e.packets += packets
+        e.bytes_forward += forward
+        e.bytes_reply += back
     return sorted(edges.values(), key=lambda e: (-e.bytes, e.src, e.dst, e.proto, e.port))
 
 
