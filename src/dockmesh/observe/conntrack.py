@@ -73,9 +73,11 @@ def dump(mark: tuple[int, int] | None = None, zone: int | None = None) -> Iterat
                 yield from decoder.feed(data)
         except CtnetlinkError as e:
             if e.errno:
-                raise ConntrackError(
-                    e.errno, f"conntrack: the kernel refused the dump: {os.strerror(e.errno)}"
-                ) from e
+                refused = ConntrackError(
+                    f"conntrack: the kernel refused the dump: {os.strerror(e.errno)}"
+                )
+                refused.errno = e.errno
+                raise refused from e
             raise ConntrackError(f"conntrack: {e}") from e
         except ConntrackError:
             raise
