@@ -274,3 +274,50 @@ def test_report_names_the_rule_that_denies_and_waits_once_for_all(ring: Any) -> 
     text = dockmesh("report", "--duration", "0", check=True).stdout
     assert "denied as the policy says" in text
     assert f"{names[1]} → {names[2]} on {net}: denied" in text
+
+
+FILTERED_DUMP = """
+import json, socket
+from dockmesh.codecs.ctnetlink import (
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, ConntrackFlow, DumpDecoder, Tuple5,
+    entry_message,
+)
+from dockmesh.observe.conntrack import dump
+
+sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+sock.bind((0, 0))
+asks = []
+for i in range(30):
+    a, b = ("10.9.0.1", "10.9.0.2") if i % 2 else ("fd00::1", "fd00::2")
+    flow = ConntrackFlow(17, Tuple5(a, b, 1000 + i, 53), Tuple5(b, a, 53, 1000 + i))
+    asks.append(entry_message(
+        flow, seq=i, mark=7 if i % 3 == 0 else None, zone=5 if i % 5 == 0 else None,
+        flags=NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+    ))
+sock.sendall(b"".join(asks))
+for _ in asks:
+    DumpDecoder().feed(sock.recv(65536))  # an acknowledgement each; an error raises
+print(json.dumps({
+    "all": sorted(f.orig.sport for f in dump()),
+    "mark": sorted(f.orig.sport for f in dump(mark=(7, 0xFFFFFFFF))),
+    "zone": sorted(f.orig.sport for f in dump(zone=5)),
+    "v6": sorted(f.orig.sport for f in dump() if ":" in f.orig.src),
+}))
+"""
+
+
+def test_the_kernel_filters_a_dump_by_mark_and_zone(netns: str) -> None:
+    """Entries inserted in the test's own namespace with marks and zones, IPv4 and IPv6:
+    a dump gives them all, a filtered one only those the kernel finds matching."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", FILTERED_DUMP],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(proc.stdout)
+    ports = range(1000, 1030)
+    assert got["all"] == list(ports)
+    assert got["mark"] == [p for p in ports if (p - 1000) % 3 == 0]
+    assert got["zone"] == [p for p in ports if (p - 1000) % 5 == 0]
+    assert got["v6"] == [p for p in ports if (p - 1000) % 2 == 0]
