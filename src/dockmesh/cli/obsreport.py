@@ -19,7 +19,7 @@ from dockmesh.observe.report import Expected, Pair
 def gather_report(
     topo: Topology, duration_s: float, timeout_s: float = 1.0, table: str | None = None
 ) -> dict[str, object]:
-    from dockmesh.cli.policy import _table, applied_policy
+    from dockmesh.cli.policy import _table, applied_policy, policy_staleness
     from dockmesh.diagnose.sweep import Probe, sweep_confirmed
     from dockmesh.host.netns import NetnsPool
     from dockmesh.observe.conntrack import dump, ensure_accounting
@@ -41,7 +41,7 @@ def gather_report(
     # After the second sample, so the probes are not counted as the containers' traffic.
     pairs = connectivity_pairs(topo, local_engines(topo))
     policy, note = applied_policy(_table(table))
-    expected = expectations(topo, policy, note, pairs)
+    expected = expectations(topo, policy, note, pairs, policy_staleness(_table(table), topo))
     probes = [Probe((p.src.id, p.address), p.src.pid, p.address) for p in pairs]
     # All at once, as `matrix` probes: a pair the policy drops costs one shared timeout,
     # not a timeout each. A probe that disagrees with the analysis is tried again before
@@ -78,15 +78,16 @@ def gather_report(
 
 
 def expectations(
-    topo: Topology, policy: Any, note: str, pairs: Sequence[Pair]
+    topo: Topology, policy: Any, note: str, pairs: Sequence[Pair], stale: str = ""
 ) -> dict[tuple[str, str], Expected]:
     """What the analysis (`why`'s) says of each pair's ping on the pair's own network: the
     step that stops it (the policy's rule or default, Docker's icc), or what lets it
-    through."""
+    through. `stale`: why the kernel's table may not be the policy's (then every reason
+    says so)."""
     from dockmesh.policy.decide import decide
     from dockmesh.policy.reach import ICC_OPTION, Observations, analyze
 
-    observed = Observations(policy_note=note)
+    observed = Observations(policy_note=note, policy_stale=stale)
     out: dict[tuple[str, str], Expected] = {}
     for p in pairs:
         a = analyze(topo, policy, p.src.name, p.dst.name, None, observed, with_dns=False)
@@ -106,7 +107,10 @@ def expectations(
                     f"enable_icc=false on {p.network}: Docker drops traffic between its containers",
                 )
             else:
-                verdict = Expected(d.allowed, f"{d.text(policy)} (ping (ICMP) on {p.network})")
+                text = f"{d.text(policy)} (ping (ICMP) on {p.network})"
+                if stale:
+                    text += f"; but {stale}: the kernel may decide otherwise"
+                verdict = Expected(d.allowed, text)
         out[(p.src.id, p.address)] = verdict
     return out
 
