@@ -151,6 +151,8 @@ def main() -> int:
             f"this network only; ratio {statistics.median(serial) / med:.0f}x",
         )
         console.print(out)
+        for c in retried:
+            console.print(f"probed twice: {c['src']} → {c['dst']} on {c['network']}: {c['detail']}")
         example = denied[0]
         console.print(
             f"{example['src']} → {example['dst']}: {example['status']}: {example['reason']}"
