@@ -321,3 +321,10 @@ def test_the_kernel_filters_a_dump_by_mark_and_zone(netns: str) -> None:
     assert got["mark"] == [p for p in ports if (p - 1000) % 3 == 0]
     assert got["zone"] == [p for p in ports if (p - 1000) % 5 == 0]
     assert got["v6"] == [p for p in ports if (p - 1000) % 2 == 0]
+
+
+def test_report_bad_input_exits_2_before_measuring() -> None:
+    for args in (("--table", "bad name!"), ("--timeout", "0"), ("--duration", "-1")):
+        proc = dockmesh("report", "--duration", "30", *args, "--json", timeout=20)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

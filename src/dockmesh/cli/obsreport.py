@@ -29,6 +29,7 @@ def gather_report(
     from dockmesh.observe.report import build_report, connectivity_pairs
     from dockmesh.observe.sample import sample, targets
 
+    table_name = _table(table)  # a bad name is refused before anything is measured
     timestamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     accounting = ensure_accounting()
     readable = targets(topo)
@@ -40,8 +41,8 @@ def gather_report(
     edges = aggregate(dump(), topo)
     # After the second sample, so the probes are not counted as the containers' traffic.
     pairs = connectivity_pairs(topo, local_engines(topo))
-    policy, note = applied_policy(_table(table))
-    expected = expectations(topo, policy, note, pairs, policy_staleness(_table(table), topo))
+    policy, note = applied_policy(table_name)
+    expected = expectations(topo, policy, note, pairs, policy_staleness(table_name, topo))
     probes = [Probe((p.src.id, p.address), p.src.pid, p.address) for p in pairs]
     # All at once, as `matrix` probes: a pair the policy drops costs one shared timeout,
     # not a timeout each. A probe that disagrees with the analysis is tried again before
