@@ -103,34 +103,53 @@ def _hdr_word(length: int, kind: int) -> int:
     return int.from_bytes(_NLA.pack(length, kind), "big")
 
 
-# The tuple the kernel writes for IPv4 TCP/UDP/SCTP/UDP-Lite (ctnetlink_dump_tuples): the IP
-# nest with source and destination, the protocol nest with number, source and destination
-# port, 48 bytes in all. One big-endian unpack: header words (compared with these), the two
-# addresses as bytes, the protocol number and the ports.
-_FAST_V4 = struct.Struct(">I I4s I4s I I B3x I H2x I H2x")
-_FAST_V4_HEADERS = (
-    _hdr_word(20, CTA_TUPLE_IP | NLA_F_NESTED),
-    _hdr_word(8, CTA_IP_V4_SRC),
-    _hdr_word(8, CTA_IP_V4_DST),
-    _hdr_word(28, CTA_TUPLE_PROTO | NLA_F_NESTED),
-    _hdr_word(5, CTA_PROTO_NUM),
-    _hdr_word(6, CTA_PROTO_SRC_PORT),
-    _hdr_word(6, CTA_PROTO_DST_PORT),
-)
-_FAST_V4_SIZE = _FAST_V4.size  # 48
-# A whole entry's start in that shape: the nfgenmsg, then both tuples (nest header and the 48
-# bytes above each), 108 bytes: their 16 headers read at once (compared with the expected
-# ones), then the values at once.
-_FAST_ENTRY_SIZE = 4 + 2 * (4 + _FAST_V4_SIZE)
-# Per tuple: its nest, the IP nest, source, destination, the protocol nest, number, ports.
-_FAST_HEADERS = struct.Struct(">4x" + 2 * " I I I4x I4x I I4x I4x I4x")
-_FAST_VALUES = struct.Struct(">4x" + 2 * " 4x 4x 4x4s 4x4s 4x 4xB3x 4xH2x 4xH2x")
-_FAST_ENTRY_HEADERS = (
-    _hdr_word(4 + _FAST_V4_SIZE, CTA_TUPLE_ORIG | NLA_F_NESTED),
-    *_FAST_V4_HEADERS,
-    _hdr_word(4 + _FAST_V4_SIZE, CTA_TUPLE_REPLY | NLA_F_NESTED),
-    *_FAST_V4_HEADERS,
-)
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """An entry's start as the kernel writes it for TCP, UDP, SCTP or UDP-Lite over one
+    family (ctnetlink_dump_tuples): the nfgenmsg, then each tuple's nest holding the IP
+    nest (source, destination) and the protocol nest (number, source and destination
+    port). `headers` reads every attribute header of it at once (compared with `expected`),
+    `values` the addresses, numbers and ports at once."""
+
+    size: int
+    headers: struct.Struct
+    expected: tuple[int, ...]
+    values: struct.Struct
+    v6: bool
+
+
+def _layout(address: int, src: int, dst: int) -> _Layout:
+    ip = 4 + 2 * (4 + address)
+    whole = 4 + ip + 28
+    one = (
+        _hdr_word(ip, CTA_TUPLE_IP | NLA_F_NESTED),
+        _hdr_word(4 + address, src),
+        _hdr_word(4 + address, dst),
+        _hdr_word(28, CTA_TUPLE_PROTO | NLA_F_NESTED),
+        _hdr_word(5, CTA_PROTO_NUM),
+        _hdr_word(6, CTA_PROTO_SRC_PORT),
+        _hdr_word(6, CTA_PROTO_DST_PORT),
+    )
+    return _Layout(
+        4 + 2 * whole,
+        struct.Struct(">4x" + 2 * f" I I I{address}x I{address}x I I4x I4x I4x"),
+        (
+            _hdr_word(whole, CTA_TUPLE_ORIG | NLA_F_NESTED),
+            *one,
+            _hdr_word(whole, CTA_TUPLE_REPLY | NLA_F_NESTED),
+            *one,
+        ),
+        struct.Struct(">4x" + 2 * f" 4x 4x 4x{address}s 4x{address}s 4x 4xB3x 4xH2x 4xH2x"),
+        address == 16,
+    )
+
+
+# By the first tuple's nest header, which differs with the family.
+_LAYOUTS = {
+    x.expected[0]: x
+    for x in (_layout(4, CTA_IP_V4_SRC, CTA_IP_V4_DST), _layout(16, CTA_IP_V6_SRC, CTA_IP_V6_DST))
+}
+_FIRST = struct.Struct(">4xI")
 # Both counters nests as the kernel writes them, one after the other: the nest, packets,
 # bytes (64-bit), twice; 56 bytes.
 _FAST_COUNTERS = struct.Struct(">I I Q I Q I I Q I Q")
@@ -249,19 +268,23 @@ class DumpDecoder:
         disagree on the protocol (not one connection dockmesh can count)."""
         if end - start < 4:
             raise CtnetlinkError("a conntrack message without its nfgenmsg")
-        if end - start < _FAST_ENTRY_SIZE or _FAST_HEADERS.unpack_from(buf, start) != (
-            _FAST_ENTRY_HEADERS
+        layout = _LAYOUTS.get(_FIRST.unpack_from(buf, start)[0]) if end - start >= 8 else None
+        if (
+            layout is None
+            or end - start < layout.size
+            or layout.headers.unpack_from(buf, start) != layout.expected
         ):
             return self._rest(buf, start + 4, end, None, None)
         osrc, odst, onum, osport, odport, rsrc, rdst, rnum, rsport, rdport = (
-            _FAST_VALUES.unpack_from(buf, start)
+            layout.values.unpack_from(buf, start)
         )
-        cache = self._v4
-        orig = Tuple5(cache.get(osrc) or self._addr4(osrc), cache.get(odst) or self._addr4(odst),
-                      osport, odport)  # fmt: skip
-        reply = Tuple5(cache.get(rsrc) or self._addr4(rsrc), cache.get(rdst) or self._addr4(rdst),
-                       rsport, rdport)  # fmt: skip
-        off = start + _FAST_ENTRY_SIZE
+        if layout.v6:
+            cache, addr = self._v6, self._addr6
+        else:
+            cache, addr = self._v4, self._addr4
+        orig = Tuple5(cache.get(osrc) or addr(osrc), cache.get(odst) or addr(odst), osport, odport)
+        reply = Tuple5(cache.get(rsrc) or addr(rsrc), cache.get(rdst) or addr(rdst), rsport, rdport)
+        off = start + layout.size
         shape = self._shapes.get(end - off)
         if shape is None or shape.headers.unpack_from(buf, off) != shape.expected:
             return self._rest(buf, off, end, (onum, orig), (rnum, reply))
@@ -324,15 +347,8 @@ class DumpDecoder:
         return ConntrackFlow(orig[0], orig[1], reply[1], op, ob, rp, rb)
 
     def _tuple(self, buf: bytes, start: int, end: int) -> tuple[int, Tuple5] | None:
-        if end - start >= _FAST_V4_SIZE:
-            h1, h2, src, h3, dst, h4, h5, num, h6, sport, h7, dport = _FAST_V4.unpack_from(
-                buf, start
-            )
-            if (h1, h2, h3, h4, h5, h6, h7) == _FAST_V4_HEADERS:
-                return num, Tuple5(self._addr4(src), self._addr4(dst), sport, dport)
-        return self._tuple_slow(buf, start, end)
-
-    def _tuple_slow(self, buf: bytes, start: int, end: int) -> tuple[int, Tuple5] | None:
+        """A tuple's nest, walked: (protocol number, tuple), None without addresses or a
+        protocol number."""
         t = _attrs(buf, start, end, "a tuple")
         if CTA_TUPLE_IP not in t or CTA_TUPLE_PROTO not in t:
             return None

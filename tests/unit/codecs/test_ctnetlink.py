@@ -208,17 +208,19 @@ def test_damaged_dumps_decode_or_are_refused_cleanly() -> None:
     seen.require(refused=0.1, accepted=0.1)
 
 
-def test_the_usual_entries_take_the_fast_paths(monkeypatch: pytest.MonkeyPatch) -> None:
-    """IPv4 TCP entries with counters, in the kernel's layout: no general tuple walk and
-    no general counters walk (a regression here costs a busy host's table seconds)."""
+@pytest.mark.parametrize(("a", "b"), [("10.1.0.2", "10.1.0.3"), ("fd00:1::2", "fd00:1::3")])
+def test_the_usual_entries_take_the_fast_paths(
+    monkeypatch: pytest.MonkeyPatch, a: str, b: str
+) -> None:
+    """TCP entries with counters, IPv4 or IPv6, in the kernel's layout: no general tuple
+    walk and no general counters walk (a regression here costs a busy host's table
+    seconds)."""
     import dockmesh.codecs.ctnetlink as codec
 
     def refuse(*_: object) -> None:
         raise AssertionError("the general walk was taken")
 
-    fs = [
-        flow(6, "10.1.0.2", "10.1.0.3", 40000 + i, 8080, i, 2 * i, 3 * i, 4 * i) for i in range(5)
-    ]
+    fs = [flow(6, a, b, 40000 + i, 8080, i, 2 * i, 3 * i, 4 * i) for i in range(5)]
     monkeypatch.setattr(codec.DumpDecoder, "_tuple", refuse)
     monkeypatch.setattr(codec, "_counters", refuse)
     d = DumpDecoder()
