@@ -115,6 +115,8 @@ setup_tools() {
     # Observability: iperf3 is the peer of `bench bandwidth` (and its --tool iperf3), run
     # from the host inside the namespaces; curl drives traffic in the tests.
     apt_install iperf3 curl
+    # conntrack-tools: the peer of `flows` in benchmarks/flows.py (`conntrack -L`).
+    apt_install conntrack
     # Graphviz: the test that `dot` reads `topology --dot` (names of any characters).
     apt_install graphviz
     # Compose alongside: the agent registers what Debian's docker-compose starts.

@@ -26,8 +26,6 @@ EXEMPT = {
     "reached through projectfile/test_load.py and test_validate.py",
     "policy/evaluate.py": "the compiler's oracle: its verdicts equal decide's for every pair in "
     "tests/unit/policy/test_compile.py",
-    "observe/conntrack.py": "the host's conntrack table over netlink and its accounting sysctl "
-    "(root, and a change to the host): tests/integration/test_observe.py",
     "images/build.py": "builds the images with the engine and debootstrap: "
     "tests/integration/test_images.py",
     "proxy/settings.py": "declarations: the data plane's timeouts, limits and routes, built by "

@@ -183,3 +183,148 @@ def test_agent_exports_container_network_counters(
     finally:
         agent.terminate()
         agent.wait(timeout=20)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace of the test's own (so a conntrack table of its own: nothing is
+    added to the host's), deleted after the test, on failure too."""
+    name = f"dmt{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_flows_reads_a_table_of_tens_of_thousands_of_entries(
+    api: Any, pair: tuple[str, ...], netns: str
+) -> None:
+    """20,000 entries (what `conntrack -I` inserts, batched by the benchmark's filler) from
+    one of the pair to the other, and a tenth of loopback chatter that names no container:
+    every entry is counted on the one edge, the chatter on none."""
+    net, _, gw, svc = pair
+    server, client = ip_of(api, svc, net), ip_of(api, gw, net)
+    fill = [sys.executable, "-m", "benchmarks.flows", "--inside", "fill", "20000", server, client]
+    subprocess.run(["ip", "netns", "exec", netns, *fill], check=True, cwd=REPO)
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "dockmesh", "flows", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "DOCKMESH_AGENT": "http://127.0.0.1:9"},
+    )
+    doc = json.loads(proc.stdout)
+    assert doc["accounting"] == "on"  # the namespace's own switch, turned on by the filler
+    (edge,) = [e for e in doc["edges"] if (e["src"], e["dst"]) == (gw, svc)]
+    assert (edge["port"], edge["proto"], edge["connections"]) == (8080, "tcp", 18000)
+    assert sum(e["connections"] for e in doc["edges"]) == 18000, doc["edges"]
+    assert doc["elapsed_s"] >= 0  # how fast: benchmarks/flows.py (goal < 1 s for 50,000)
+
+
+@pytest.fixture
+def ring(api: Any, toolbox: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
+    """Eight idle containers on one network of their own, a policy table and state folder
+    of the test's own; everything removed after it, on failure too."""
+    prefix = f"dmt{secrets.token_hex(3)}"
+    table = f"{prefix}pol"
+    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", table)
+    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
+    try:
+        net = f"{prefix}-net"
+        (subnet,) = free_subnets(api, 1)
+        api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+        names = [f"{prefix}-c{i}" for i in range(8)]
+        for name in names:
+            run_toolbox(api, name, net, command=["sleep", "3600"])
+        yield net, names, tmp_path
+    finally:
+        dockmesh("policy", "remove")
+        for family in ("inet", "bridge"):
+            subprocess.run(["nft", "delete", "table", family, table], capture_output=True)
+        cleanup(api, prefix)
+
+
+def test_report_names_the_rule_that_denies_and_waits_once_for_all(ring: Any) -> None:
+    net, names, tmp = ring
+    policy = tmp / "p.yaml"
+    policy.write_text(
+        f"policy:\n  networks: {{{net}: {{default: deny}}}}\n  rules:\n"
+        f"    - {{from: {{container: {names[0]}}}, to: {{container: {names[1]}}}}}\n"
+    )
+    dockmesh("policy", "apply", str(policy), check=True)
+    proc = dockmesh("report", "--duration", "0", "--timeout", "2", "--json", check=True)
+    doc = json.loads(proc.stdout)
+    mine = {(c["src"], c["dst"]): c for c in doc["connectivity"] if c["network"] == net}
+    assert len(mine) == 8  # the ring: each probes the next
+    allowed = mine.pop((names[0], names[1]))
+    assert allowed["status"] == "reachable" and allowed["reachable"] is True
+    assert "rule 1" in allowed["reason"] and allowed["expected"] is True
+    for c in mine.values():
+        assert (c["status"], c["reachable"], c["expected"]) == ("denied", False, False), c
+        assert net in c["reason"] and "denies" in c["reason"], c["reason"]
+    # Seven denied pairs: one after another they would cost 7 x 2 s; at once, one timeout
+    # (and a second pass, 4 s, only for probes that disagree with the analysis).
+    assert doc["summary"]["connectivity_s"] < 7 * 2
+    assert doc["summary"]["pairs_denied"] >= 7
+    text = dockmesh("report", "--duration", "0", check=True).stdout
+    assert "denied as the policy says" in text
+    assert f"{names[1]} → {names[2]} on {net}: denied" in text
+
+
+FILTERED_DUMP = """
+import json, socket
+from dockmesh.codecs.ctnetlink import (
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, ConntrackFlow, DumpDecoder, Tuple5,
+    entry_message,
+)
+from dockmesh.observe.conntrack import dump
+
+sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+sock.bind((0, 0))
+asks = []
+for i in range(30):
+    a, b = ("10.9.0.1", "10.9.0.2") if i % 2 else ("fd00::1", "fd00::2")
+    flow = ConntrackFlow(17, Tuple5(a, b, 1000 + i, 53), Tuple5(b, a, 53, 1000 + i))
+    asks.append(entry_message(
+        flow, seq=i, mark=7 if i % 3 == 0 else None, zone=5 if i % 5 == 0 else None,
+        flags=NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL | NLM_F_ACK,
+    ))
+sock.sendall(b"".join(asks))
+for _ in asks:
+    DumpDecoder().feed(sock.recv(65536))  # an acknowledgement each; an error raises
+print(json.dumps({
+    "all": sorted(f.orig.sport for f in dump()),
+    "mark": sorted(f.orig.sport for f in dump(mark=(7, 0xFFFFFFFF))),
+    "zone": sorted(f.orig.sport for f in dump(zone=5)),
+    "v6": sorted(f.orig.sport for f in dump() if ":" in f.orig.src),
+}))
+"""
+
+
+def test_the_kernel_filters_a_dump_by_mark_and_zone(netns: str) -> None:
+    """Entries inserted in the test's own namespace with marks and zones, IPv4 and IPv6:
+    a dump gives them all, a filtered one only those the kernel finds matching."""
+    proc = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", FILTERED_DUMP],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(proc.stdout)
+    ports = range(1000, 1030)
+    assert got["all"] == list(ports)
+    assert got["mark"] == [p for p in ports if (p - 1000) % 3 == 0]
+    assert got["zone"] == [p for p in ports if (p - 1000) % 5 == 0]
+    assert got["v6"] == [p for p in ports if (p - 1000) % 2 == 0]
+
+
+def test_report_bad_input_exits_2_before_measuring() -> None:
+    for args in (("--table", "bad name!"), ("--timeout", "0"), ("--duration", "-1")):
+        proc = dockmesh("report", "--duration", "30", *args, "--json", timeout=20)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -225,14 +225,34 @@ def register(app: typer.Typer) -> None:
                 help="Seconds of traffic to measure.",
             ),
         ] = 5.0,
+        timeout: Annotated[
+            float,
+            typer.Option(
+                "--timeout",
+                min=0.05,
+                max=60.0,
+                callback=finite,
+                help="Seconds the connectivity probes wait for an answer (all at once).",
+            ),
+        ] = 1.0,
+        table: Annotated[
+            str | None,
+            typer.Option(
+                "--table",
+                help="The policy's nftables table: $DOCKMESH_POLICY_TABLE, else dockmesh.",
+            ),
+        ] = None,
         engine: EngineOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """The network report: topology, traffic over --duration (counter deltas and flows)
-        and connectivity (ICMP from each container to the next on every network)."""
+        and connectivity (ICMP from each container to the next on every network, all
+        probes at once). A pair that does not answer is 'denied' with the rule or default
+        that drops it when the applied policy says so; 'unreachable' only when it should
+        answer."""
         from dockmesh.cli.obsreport import gather_report, report_summary
 
-        doc = gather_report(load_topology(engine), duration)
+        doc = gather_report(load_topology(engine), duration, timeout, table)
         if json_out:
             print_json(doc)
         else:

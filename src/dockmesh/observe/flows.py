@@ -24,31 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dockmesh.codecs.ctnetlink import ConntrackFlow, Tuple5
 from dockmesh.model.labels import service_of
 from dockmesh.model.topology import Topology
 
+# The entry types live with their decoder; named here too, where callers have found them.
+__all__ = ["ConntrackFlow", "Edge", "Tuple5", "aggregate", "flows_json", "parse_conntrack_message"]
+
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
-
-
-@dataclass(frozen=True, slots=True)
-class Tuple5:
-    src: str
-    dst: str
-    sport: int
-    dport: int
-
-
-@dataclass(frozen=True, slots=True)
-class ConntrackFlow:
-    """One conntrack entry, reduced to what dockmesh aggregates."""
-
-    proto: int
-    orig: Tuple5
-    reply: Tuple5
-    orig_packets: int = 0
-    orig_bytes: int = 0
-    reply_packets: int = 0
-    reply_bytes: int = 0
 
 
 def _attrs(nla: Any) -> Mapping[str, Any]:
@@ -94,8 +77,10 @@ def _counters(nla: Any) -> tuple[int, int]:
 
 
 def parse_conntrack_message(msg: Any) -> ConntrackFlow | None:
-    """A conntrack netlink message (IPCTNL_MSG_CT_NEW as a dump returns it) → a flow; None
-    for a message without both tuples or with tuples of different protocols."""
+    """A conntrack message as pyroute2 shows it (nested dicts with 'attrs' lists of (name,
+    value) pairs) → a flow; None for a message without both tuples or with tuples of
+    different protocols. The commands read the table with `dockmesh.codecs.ctnetlink`; this
+    stays for what hands over pyroute2's messages (and the benchmark's comparison)."""
     a = _attrs(msg)
     orig, reply = _tuple(a.get("CTA_TUPLE_ORIG")), _tuple(a.get("CTA_TUPLE_REPLY"))
     if orig is None or reply is None or orig[0] != reply[0]:
@@ -155,9 +140,19 @@ class _Namer:
         self._topo = topo
         self._by = by
         self._gateways = gateways(topo)
+        # A busy table repeats few addresses many times (50,000 entries, a few hundred
+        # addresses): each is looked up once.
+        self._known: dict[str, tuple[str, str] | None] = {}
 
     def __call__(self, address: str) -> tuple[str, str] | None:
         """(name, kind) of an address; None for one that names nothing in the topology."""
+        try:
+            return self._known[address]
+        except KeyError:
+            got = self._known[address] = self._lookup(address)
+            return got
+
+    def _lookup(self, address: str) -> tuple[str, str] | None:
         c = self._topo.container_by_ip(address)
         if c is not None:
             return (
@@ -171,28 +166,43 @@ class _Namer:
         return None
 
 
+_PORTED = frozenset(n for n, name in PROTOCOLS.items() if name in ("tcp", "udp", "sctp"))
+
+
 def aggregate(flows: Iterable[ConntrackFlow], topo: Topology, by: str = "container") -> list[Edge]:
     """Edges (client → server, protocol, server port) with their connections, packets and
     bytes; at least one end is a container. Sorted by bytes, most first, then by name."""
+    # Summed by addresses first (a tuple key and four additions an entry: a busy table has
+    # tens of thousands of entries and a few hundred address pairs), then named.
+    sums: dict[tuple[str, str, int, int], list[int]] = {}
+    for f in flows:
+        reply = f.reply
+        key = (f.orig.src, reply.src, f.proto, reply.sport if f.proto in _PORTED else 0)
+        s = sums.get(key)
+        if s is None:
+            sums[key] = [1, f.orig_packets + f.reply_packets, f.orig_bytes, f.reply_bytes]
+        else:
+            s[0] += 1
+            s[1] += f.orig_packets + f.reply_packets
+            s[2] += f.orig_bytes
+            s[3] += f.reply_bytes
     name = _Namer(topo, by)
     edges: dict[tuple[str, str, str, int], Edge] = {}
-    for f in flows:
-        client, server = f.orig.src, f.reply.src
+    for (client, server, number, port), (connections, packets, forward, back) in sums.items():
         a, b = name(client), name(server)
         if (a is None or a[1] == "gateway") and (b is None or b[1] == "gateway"):
             continue
         a = a or (client, "address")
         b = b or (server, "address")
-        proto = PROTOCOLS.get(f.proto, str(f.proto))
-        port = f.reply.sport if proto in ("tcp", "udp", "sctp") else 0
-        key = (a[0], b[0], proto, port)
-        e = edges.get(key)
+        proto = PROTOCOLS.get(number, str(number))
+        edge_key = (a[0], b[0], proto, port)
+        e = edges.get(edge_key)
         if e is None:
-            e = edges[key] = Edge(a[0], b[0], proto, port, src_kind=a[1], dst_kind=b[1])
-        e.connections += 1
-        e.packets += f.orig_packets + f.reply_packets
-        e.bytes_forward += f.orig_bytes
-        e.bytes_reply += f.reply_bytes
+            e = edges[edge_key] = Edge(a[0], b[0], proto, port, src_kind=a[1], dst_kind=b[1])
+        e.connections += connections
+        e.packets += packets
+        e.bytes_forward += forward
+        e.bytes_reply += back
     return sorted(edges.values(), key=lambda e: (-e.bytes, e.src, e.dst, e.proto, e.port))
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dockmesh.observe.flows import Edge
 from dockmesh.observe.rates import Delta
-from dockmesh.observe.report import Pair, build_report, connectivity_pairs
+from dockmesh.observe.report import Expected, Pair, build_report, connectivity_pairs, status
 from tests.unit.topos import container, network, topology
 
 LOCAL = frozenset({"local"})
@@ -92,6 +92,10 @@ def test_the_report_document() -> None:
             "address": "10.0.0.3",
             "reachable": True,
             "rtt_ms": 0.1235,
+            "expected": None,
+            "status": "reachable",
+            "reason": "",
+            "detail": "",
         },
         {
             "network": "n",
@@ -100,6 +104,10 @@ def test_the_report_document() -> None:
             "address": "10.0.0.2",
             "reachable": False,
             "rtt_ms": None,
+            "expected": None,
+            "status": "unreachable",
+            "reason": "",
+            "detail": "",
         },
     ]
     assert doc["summary"] == {
@@ -111,7 +119,10 @@ def test_the_report_document() -> None:
         "flow_edges": 1,
         "pairs_probed": 2,
         "pairs_unreachable": 1,
+        "pairs_denied": 0,
+        "pairs_mismatched": 1,
         "conntrack_accounting": "on",
+        "connectivity_s": None,
     }
 
 
@@ -119,3 +130,35 @@ def test_a_pair_without_a_result_is_unreachable() -> None:
     pairs = ring(2)
     doc = build_report("t", 1.0, topology([], []), [], [], {}, pairs, "off")
     assert [c["reachable"] for c in doc["connectivity"]] == [False, False]  # type: ignore[attr-defined]
+
+
+def test_a_pair_the_policy_drops_is_denied_with_its_reason_not_unreachable() -> None:
+    pairs = ring(3)
+    keys = [(p.src.id, p.address) for p in pairs]
+    rule = "no rule allows it; network n's default denies it (ping (ICMP) on n)"
+    expected = {
+        keys[0]: Expected(True, "rule 1 allows it"),
+        keys[1]: Expected(False, rule),
+        keys[2]: Expected(False, rule),
+    }
+    results = {keys[0]: 0.2, keys[1]: None, keys[2]: 0.3}
+    details = {keys[1]: "no reply within 1 s"}
+    doc = build_report("t", 1.0, topology([], []), [], [], results, pairs, "on", expected, details)
+    conn: list[dict[str, object]] = doc["connectivity"]  # type: ignore[assignment]
+    assert [c["status"] for c in conn] == ["reachable", "denied", "unexpected"]
+    assert conn[1]["reason"] == rule and conn[1]["detail"] == "no reply within 1 s"
+    assert conn[1]["expected"] is False and conn[1]["reachable"] is False
+    summary: dict[str, object] = doc["summary"]  # type: ignore[assignment]
+    assert summary["pairs_unreachable"] == 1  # what did not answer, as before
+    assert summary["pairs_denied"] == 1 and summary["pairs_mismatched"] == 1
+
+
+@given(st.booleans(), st.one_of(st.none(), st.booleans()))
+def test_the_status_is_a_mismatch_exactly_when_observation_and_analysis_differ(
+    answered: bool, should: bool | None
+) -> None:
+    want = None if should is None else Expected(should, "")
+    got = status(answered, want)
+    assert got in ("reachable", "denied", "unreachable", "unexpected")
+    assert (got in ("unreachable", "unexpected")) == (answered != (should is not False))
+    assert (got in ("reachable", "unexpected")) == answered
