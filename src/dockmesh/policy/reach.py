@@ -186,9 +186,23 @@ def _side_families(topo: Topology, name: str) -> set[int]:
     return {f for a in owner.attachments for f in (4, 6) if _ip(a, f)}
 
 
+def _namespace_key(topo: Topology, name: str) -> str | None:
+    """Which network namespace `name` lives in: an owner's id, HOST, or None (unknown)."""
+    if name == HOST:
+        return HOST
+    c = topo.container(name)
+    owner = None if c is None else namespace_owner(topo, c)
+    if owner is None:
+        return None
+    return HOST if owner.network_mode == "host" else owner.id
+
+
 def families_of(topo: Topology, src_name: str, dst_name: str) -> tuple[int, ...]:
     """The IP versions both ends have (the host has both): IPv4 alone when they share none
-    (the analysis then says why)."""
+    (the analysis then says why), and in one namespace, where loopback is the one path."""
+    here = _namespace_key(topo, src_name)
+    if here is not None and here == _namespace_key(topo, dst_name):
+        return (4,)
     both = _side_families(topo, src_name) & _side_families(topo, dst_name)
     return tuple(sorted(both)) or (4,)
 
@@ -675,6 +689,13 @@ def _same_namespace(
         elif c.network_mode == "host":
             how.append(f"{c.name} uses network_mode host")
     address = LOOPBACK[family]
+    if port is not None and observed.listening is not None:
+        # Over loopback a client takes whichever family the server listens on.
+        on = [x for x in observed.listening if x.proto == port.protocol and x.port == port.first]
+        if on and all(":" in x.address for x in on):
+            address = LOOPBACK[6]
+        elif on and all(":" not in x.address for x in on):
+            address = LOOPBACK[4]
     steps = [
         Step("running", True, f"both run ({src_name}, {dst.name})"),
         Step(
