@@ -697,7 +697,8 @@ def _stranger_findings(f: Evidence) -> list[Finding]:
             Finding(
                 INFO,
                 "separated",
-                f"{', '.join(s.name for s in meant)} share(s) no network with {c.name}: {why}",
+                f"{', '.join(s.name for s in meant)} "
+                f"{'shares' if len(meant) == 1 else 'share'} no network with {c.name}: {why}",
                 "",
             )
         )
