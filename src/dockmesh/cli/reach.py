@@ -26,6 +26,7 @@ from dockmesh.cli.policy import (
     _table,
     applied_policy,
     policy_staleness,
+    policy_store,
 )
 from dockmesh.model.policy import PortRange, Selector, parse_selector_arg
 
@@ -97,11 +98,15 @@ def _ask_dns(pool: Any, topo: Topology, src: Container, name: str, timeout: floa
     namespace cannot be entered)."""
     from dockmesh.host.dockerdns import resolve_in
     from dockmesh.host.netns import NetnsError
+    from dockmesh.model.topology import NO_DNS_NETWORKS
     from dockmesh.policy.reach import namespace_owner
 
     owner = namespace_owner(topo, src)
     if owner is None or not owner.running or not owner.pid or owner.network_mode == "host":
         return None
+    if all(a.network in NO_DNS_NETWORKS for a in owner.attachments):
+        return None  # no embedded DNS there (the default bridge): nothing would answer
+
     try:
         (answer,) = resolve_in(pool, owner.pid, [name], timeout, types=("A", "AAAA"))
     except (NetnsError, OSError):
@@ -150,7 +155,7 @@ def register(app: typer.Typer) -> None:
                 raise UserError(f"{role}: no container, network alias or service named {name!r}")
         policy, note = applied_policy(_table(table))
         stale = policy_staleness(_table(table), topo)
-        ruleset = _compiled(policy, topo)
+        ruleset = _compiled(policy, topo, _table(table))
         six_rules = docker_ip6tables()
         sources: list[Container | None] = (
             [None] if named["SRC"].kind == HOST else list(named["SRC"].containers)
@@ -239,7 +244,7 @@ def register(app: typer.Typer) -> None:
         _check_exist(topo, selectors)
         policy, note = applied_policy(_table(table))
         chosen = _chosen(topo, selectors)
-        pairs = _matrix(topo, policy, note, chosen, p, timeout)
+        pairs = _matrix(topo, policy, note, chosen, p, timeout, _table(table))
         mismatches = sum(1 for x in pairs if x["expected"] != x["observed"])
         doc = {
             "pairs": pairs,
@@ -299,6 +304,7 @@ def _matrix(
     chosen: list[Container],
     port: PortRange | None,
     timeout: float,
+    table: str = "",
 ) -> list[dict[str, Any]]:
     """One entry per ordered pair; where both have IPv6, a verdict per family under
     `families`, and `expected`/`observed` those of the first family that disagrees (else
@@ -309,7 +315,7 @@ def _matrix(
     from dockmesh.host.netns import NetnsPool
     from dockmesh.policy.reach import analyze
 
-    ruleset = _compiled(policy, topo)
+    ruleset = _compiled(policy, topo, table)
     six_rules = docker_ip6tables()
     observations = {
         c.name: replace(_observations_for(c, port, note), docker_ip6tables=six_rules)
@@ -393,11 +399,19 @@ def _matrix(
     return pairs
 
 
-def _compiled(policy: Any, topo: Topology) -> Any:
-    """The applied policy's table as data (what an IPv6 verdict is read from); None: none."""
+def _compiled(policy: Any, topo: Topology, table: str) -> Any:
+    """The applied policy's table as data, in the mode it was applied in (what an IPv6
+    verdict is read from); None: no policy."""
     from dockmesh.policy.compile import compile_policy
 
-    return None if policy is None else compile_policy(policy, topo)
+    if policy is None:
+        return None
+    try:
+        applied = policy_store(table).load()
+    except (ValueError, OSError, UserError):
+        applied = None
+    audit = applied is not None and applied.mode == "audit"
+    return compile_policy(policy, topo, "audit" if audit else "enforce")
 
 
 DNS_PORT = 53

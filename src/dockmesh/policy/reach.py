@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dockmesh.codecs.procnet import Listener
@@ -285,6 +285,11 @@ def _analyze(
         owner = None if dst is None else namespace_owner(topo, dst)
         if dst is not None and owner is not None and owner.running and owner.network_mode == "host":
             return _same_namespace(topo, None, dst, port, observed, family)
+        if dst is not None and owner is not None and owner is not dst and dst.running:
+            # In another container's namespace: the host reaches it at that one's addresses.
+            inner = _from_host(topo, owner.id, port, observed, family=family)
+            note = f"{dst.name} lives in {owner.name}'s network namespace: its addresses"
+            return replace(inner, dst=dst.name, summary=f"{note}; {inner.summary}")
         return _from_host(topo, dst_name, port, observed, family=family)
     steps: list[Step] = []
     src, dst = topo.container(src_name), topo.container(dst_name)
@@ -464,12 +469,13 @@ def _policy_verdict(
 
 
 def _outcome_text(policy: Any, outcome: Any, allowed: bool) -> str:
-    verb = "allows" if allowed else "drops"
+    audited = bool(getattr(outcome, "audited", False))
+    verb = "would drop" if audited else "allows" if allowed else "drops"
     rule = outcome.rule
     if rule is None:
         return "no rule of the policy's table matches it (its chain accepts)"
     kind, value = getattr(rule, "origin", ("base", ""))
-    audit = " (audit mode: logged, not dropped)" if getattr(outcome, "audited", False) else ""
+    audit = " (audit mode: logged, not dropped)" if audited else ""
     if kind == "rule" and isinstance(value, int) and value < len(policy.rules):
         return f"rule {value + 1} allows it: {policy.rules[value].text()}"
     if kind == "network":

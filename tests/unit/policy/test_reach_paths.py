@@ -268,3 +268,20 @@ def test_every_container_name_and_alias_resolves_to_its_holders(topo: Topology) 
         assert resolve_name(topo, c.name).containers == (c,)
         for a in c.attachments:
             assert c in holders_of(topo, [x for x in (a.ipv4, a.ipv6) if x])
+
+
+def test_the_host_reaches_a_joined_container_at_its_owners_address() -> None:
+    a = analyze(dual(), None, "host", "side")
+    assert a.reachable and a.dst == "side" and a.address == "10.1.0.2"
+    assert "side lives in x's network namespace" in a.summary
+
+
+def test_an_audited_ipv6_drop_is_said_as_one_that_would_be() -> None:
+    from dockmesh.policy.compile import compile_policy
+
+    topo = dual()
+    policy = Policy(default="deny")
+    rs = compile_policy(policy, topo, "audit")
+    a = analyze(topo, policy, "q1", "y", TCP80, ruleset=rs)
+    v6 = fam(a, 6)
+    assert v6.reachable and "would drop it (audit mode" in step(v6, "policy")
