@@ -162,13 +162,16 @@ def register(app: typer.Typer) -> None:
         )
         analyses: list[tuple[Analysis, Container | None, Container]] = []
         listening_cache: dict[str, Observations] = {}
+        # The name SRC would use: a container's own name (not an id or a prefix of one),
+        # else the alias or service name given.
+        by_name = named["DST"].containers[0].name if named["DST"].kind == "container" else dst
         with NetnsPool(threads=2) as pool:
             for s in sources:
-                resolved = None if s is None else _ask_dns(pool, topo, s, dst, timeout)
+                resolved = None if s is None else _ask_dns(pool, topo, s, by_name, timeout)
                 targets = list(named["DST"].containers)
                 if named["DST"].kind != "container" and resolved:
                     # The containers the name resolves to from SRC: the ones it reaches.
-                    targets = list(holders_of(topo, resolved[dst])) or targets
+                    targets = list(holders_of(topo, resolved[by_name])) or targets
                 for d in targets:
                     if len(analyses) >= MAX_PAIRS:
                         break
@@ -178,7 +181,7 @@ def register(app: typer.Typer) -> None:
                         listening_cache[d.name],
                         policy_stale=stale,
                         resolved=resolved,
-                        target=dst,
+                        target=by_name,
                         docker_ip6tables=six_rules,
                     )
                     name = HOST if s is None else s.name
