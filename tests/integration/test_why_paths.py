@@ -375,6 +375,13 @@ def test_matrix_checks_both_families(layout: Layout, tmp_path: Path) -> None:
     assert [f["observed"] for f in pair[(n["svc1"], n["svc2"])]["families"]] == [False, False]
     assert [f["family"] for f in pair[(n["v4only"], n["client"])]["families"]] == [4]
     assert proc.returncode == 0
+    # Everything denied: every pair dropped over both families, between networks too.
+    apply(tmp_path, "policy:\n  default: deny\n")
+    proc = dockmesh("matrix", "--select", f"label=dmt.case={p}", "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["mismatches"] == 0, [x for x in doc["pairs"] if x["expected"] != x["observed"]]
+    assert not any(f["observed"] for x in doc["pairs"] for f in x["families"])
+    assert {len(x["families"]) for x in doc["pairs"]} == {1, 2}
 
 
 # --- UDP -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dockmesh.codecs.procnet import Listener, Route
 from dockmesh.codecs.resolvconf import ResolvConf
@@ -110,6 +110,9 @@ class Peer:
     # ("allows": a rule lets one reach the other; "denies": its default denies; "": nothing).
     by_file: bool = False
     policy: str = ""
+    network: str | None = None  # where `address` is
+    # Every shared network has enable_icc=false: Docker drops IPv4 between the two.
+    icc_off: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -117,6 +120,7 @@ class Peer:
             "project": self.project,
             "shared_networks": list(self.shared),
             "address": self.address,
+            "network": self.network,
         }
 
 
@@ -200,6 +204,11 @@ def network_mtu(n: Network, host_mtus: Mapping[str, int]) -> int | None:
 
 
 JOINED_PREFIX = "container:"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+def _icc_off(n: Network) -> bool:
+    return n.driver == "bridge" and str(n.options.get(ICC_OPTION, "true")).lower() == "false"
 
 
 def namespace_owner(topo: Topology, c: Container) -> Container | None:
@@ -291,9 +300,17 @@ def plan_checks(
                         own.setdefault(dns_name, set()).add(ep.ipv4)
                 continue
             if other.id not in peers:
-                peers[other.id] = Peer(other.name, project_of(other.labels), (), ep.ipv4)
+                peers[other.id] = Peer(other.name, project_of(other.labels), (), None, icc_off=True)
             p = peers[other.id]
-            peers[other.id] = Peer(p.name, p.project, (*p.shared, n.name), p.address or ep.ipv4)
+            # The address to ping: one on a network where icc lets it through, if any.
+            better = ep.ipv4 and (p.address is None or (p.icc_off and not _icc_off(n)))
+            peers[other.id] = replace(
+                p,
+                shared=(*p.shared, n.name),
+                address=ep.ipv4 if better else p.address,
+                network=n.name if better else p.network,
+                icc_off=p.icc_off and _icc_off(n),
+            )
             if n.name in NO_DNS_NETWORKS or not ep.ipv4 or not other.running:
                 continue
             for dns_name in ep.dns_names:
@@ -581,6 +598,8 @@ def findings(f: Evidence) -> list[Finding]:
                     "another network or an old record answers",
                 )
             )
+    # Peers every shared network of which drops their traffic (icc off): shared networks.
+    quiet = {p.name: p.shared for p in f.plan.peers if p.icc_off}
     for ping in f.pings:
         if ping.rtt_ms is not None:
             continue
@@ -591,6 +610,18 @@ def findings(f: Evidence) -> list[Finding]:
                     "gateway-unreachable",
                     f"the {ping.target} ({ping.address}) does not answer ICMP",
                     "the host's firewall may drop it; check the bridge is up",
+                )
+            )
+        elif ping.target in quiet:
+            out.append(
+                Finding(
+                    INFO,
+                    "peer-unreachable",
+                    f"{ping.target} ({ping.address}) does not answer ICMP: enable_icc=false on "
+                    f"{', '.join(quiet[ping.target])} makes Docker drop IPv4 between their "
+                    "containers",
+                    "expected by the network's setting; put both on another network if they "
+                    "must talk",
                 )
             )
         else:

@@ -330,3 +330,34 @@ def test_no_connect_advice_between_members_a_file_made(
             assert "com.docker.compose.service" not in stranger.labels
             assert stranger.network_mode == ""
     assert sum(1 for x in out if x.code == "separated") <= 1
+
+
+QUIET = Network(
+    "n3",
+    "quiet",
+    "local",
+    "bridge",
+    ipam=(IpamPool("10.7.0.0/24"),),
+    options={"com.docker.network.bridge.enable_icc": "false"},
+)
+
+
+def test_a_peer_behind_enable_icc_false_is_pinged_where_icc_lets_it_and_else_said_so() -> None:
+    def two(name: str, last: int, nets: tuple[Network, ...]) -> Container:
+        c = ctr(name, f"10.7.0.{last}", net=nets[0])
+        extra = tuple(
+            Attachment(n.id, n.name, ipv4=f"{n.ipam[0].subnet[:-5]}.{last}") for n in nets[1:]
+        )
+        return replace(c, attachments=c.attachments + extra)
+
+    a, b = two("a", 2, (QUIET, NET)), two("b", 3, (QUIET, NET))
+    t = Topology(1, (EngineInfo("local", "unix:///x"),), (NET, OTHER, QUIET), (a, b))
+    (peer,) = plan_checks(t, a).peers
+    assert (peer.address, peer.network, peer.icc_off) == ("10.9.0.3", "app", False)
+    # Only the quiet network in common: the echo is dropped by Docker, as configured.
+    a, b = ctr("a", "10.7.0.2", net=QUIET), ctr("b", "10.7.0.3", net=QUIET)
+    t = Topology(1, (EngineInfo("local", "unix:///x"),), (NET, OTHER, QUIET), (a, b))
+    f = Evidence(a, plan_checks(t, a))
+    f.pings = tuple(Ping(k, n, addr, None) for k, n, addr in f.plan.pings if k == "peer")
+    (said,) = [x for x in findings(f) if x.code == "peer-unreachable"]
+    assert said.severity == "info" and "enable_icc=false on quiet" in said.message
