@@ -10,10 +10,12 @@ import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
+import yaml
 
 from tests.integration.conftest import dockmesh, free_subnets, run_toolbox
 
@@ -115,3 +117,83 @@ def test_stopped_container(api: Any, prefix: str, toolbox: str) -> None:
     api.stop(cid, timeout=0)
     doc = doctor(f"{prefix}-gone")
     assert [f["code"] for f in doc["findings"]] == ["not-running"]
+
+
+def test_a_project_made_by_up_host_network_and_a_shared_namespace(
+    api: Any, prefix: str, tmp_path: Path, toolbox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project file puts `web` (two replicas, alias web) and `db` on separate networks and
+    `hostly` on the host's network; `side` joins web-1's namespace. The doctor said: web's
+    own alias resolving to itself was unexpected; db, hostly and side "share no network"
+    (connect them!); hostly one such warning per member, and "run as root"."""
+    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", f"{prefix}pol")
+    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
+    front, back = free_subnets(api, 2)
+    sleep = "sleep 600"
+    doc = {
+        "project": prefix,
+        "networks": {"front": {"subnet": front}, "back": {"subnet": back}},
+        "services": {
+            "web": {
+                "image": toolbox,
+                "command": sleep,
+                "replicas": 2,
+                "networks": {"front": {"aliases": ["web"]}},
+            },
+            "db": {"image": toolbox, "command": sleep, "networks": {"back": {}}},
+            "hostly": {"image": toolbox, "command": sleep, "network_mode": "host"},
+        },
+    }
+    path = tmp_path / "dockmesh.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    dockmesh("up", str(path), check=True)
+    side = api.create_container(
+        toolbox,
+        name=f"{prefix}-side",
+        command=["sleep", "600"],
+        labels={"dockmesh.project": prefix},
+        host_config=api.create_host_config(network_mode=f"container:{prefix}-web-1"),
+    )["Id"]
+    api.start(side)
+    try:
+        web = doctor(f"{prefix}-web-1")
+        by_code = {f["code"]: f for f in web["findings"]}
+        assert "dns-unexpected" not in by_code and "dns-ambiguous" not in by_code, web
+        assert "no-shared-network" not in by_code, web["findings"]
+        assert f"{prefix}-db-1" in by_code["separated"]["message"]
+        assert by_code["separated"]["severity"] == "info"
+        assert f"{prefix}-side lives in {prefix}-web-1's" in by_code["shared-namespace"]["message"]
+        assert not any("docker network connect" in f["fix"] for f in web["findings"])
+        (web_dns,) = [d for d in web["sections"]["dns"] if d["name"] == "web"]
+        assert sorted(web_dns["answers"]) == sorted(web_dns["expected"])
+        assert len(web_dns["expected"]) == 2
+
+        hostly = doctor(f"{prefix}-hostly-1")
+        assert [(f["severity"], f["code"]) for f in hostly["findings"]] == [
+            ("info", "host-network")
+        ]
+
+        joined = doctor(f"{prefix}-side")
+        shared = next(f for f in joined["findings"] if f["code"] == "shared-namespace")
+        assert f"lives in {prefix}-web-1's network namespace" in shared["message"]
+        assert joined["sections"]["namespace"]["owner"] == f"{prefix}-web-1"
+        assert not any("docker network connect" in f["fix"] for f in joined["findings"])
+
+        # A policy rule between them says they are meant to talk: then it is a warning, and
+        # the fix is the file's, not a `docker network connect` that `up` would undo.
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(
+            "policy:\n  rules:\n"
+            f"    - {{from: {{container: {prefix}-web-1}}, to: {{container: {prefix}-db-1}}}}\n"
+        )
+        dockmesh("policy", "apply", str(policy), check=True)
+        web = doctor(f"{prefix}-web-1")
+        (warn,) = [f for f in web["findings"] if f["code"] == "no-shared-network"]
+        assert "allows traffic between them" in warn["message"]
+        assert "project file" in warn["fix"] and "docker network connect" not in warn["fix"]
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            api.remove_container(side, force=True)
+        dockmesh("policy", "remove")
+        dockmesh("down", str(path))

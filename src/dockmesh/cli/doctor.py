@@ -163,6 +163,7 @@ def register(app: typer.Typer) -> None:
         state, networks, ports, interfaces, routes, resolv.conf, listening sockets, DNS of
         its peers through Docker's DNS, connectivity to its gateway and peers; then findings,
         each with a fix. Exits 1 when a finding is an error."""
+        from dockmesh.cli.policy import _table, applied_policy
         from dockmesh.diagnose.doctor import gather
         from dockmesh.diagnose.findings import findings, sections
         from dockmesh.host.netns import NetnsPool
@@ -171,8 +172,14 @@ def register(app: typer.Typer) -> None:
         c = topo.container(container)
         if c is None:
             raise UserError(f"no container named {container!r}")
+        # What the applied policy says of members that share no network (a deny is meant);
+        # a policy setting that cannot be read only leaves that unsaid.
+        try:
+            policy, _ = applied_policy(_table(None))
+        except UserError:
+            policy = None
         with NetnsPool(threads=1) as pool:
-            evidence = gather(topo, c, pool, timeout)
+            evidence = gather(topo, c, pool, timeout, policy)
         found = findings(evidence)
         doc = {
             "container": c.name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,12 +26,13 @@ from dockmesh.cli.policy import (
     _table,
     applied_policy,
     policy_staleness,
+    policy_store,
 )
 from dockmesh.model.policy import PortRange, Selector, parse_selector_arg
 
 if TYPE_CHECKING:
     from dockmesh.model.topology import Container, Topology
-    from dockmesh.policy.reach import Analysis, Observations
+    from dockmesh.policy.reach import Analysis, Named, Observations
 
 PortOpt = Annotated[
     str | None, typer.Option("--port", help="PORT[/tcp|udp], e.g. 8080/tcp (default: ping).")
@@ -72,12 +72,59 @@ def _observations_for(dst: Container | None, port: PortRange | None, note: str) 
     return Observations(listening=listens, policy_note=note)
 
 
+def docker_ip6tables() -> bool:
+    """Whether Docker writes IPv6 filter rules (daemon `ip6tables: true`): its isolation
+    chain exists in the ip6 filter table. Docker 20.10 writes none by default."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["nft", "list", "chain", "ip6", "filter", "DOCKER-ISOLATION-STAGE-1"],
+            capture_output=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0
+
+
+MAX_PAIRS = 32  # an alias or a service stands for several containers: at most so many pairs
+
+
+def _ask_dns(pool: Any, topo: Topology, src: Container, name: str, timeout: float) -> Any:
+    """What `name` resolves to from SRC, as its resolver asks Docker's DNS (A and AAAA);
+    None when it could not be asked (SRC on the host's network has no Docker DNS, or its
+    namespace cannot be entered)."""
+    from dockmesh.host.dockerdns import resolve_in
+    from dockmesh.host.netns import NetnsError
+    from dockmesh.model.topology import NO_DNS_NETWORKS
+    from dockmesh.policy.reach import namespace_owner
+
+    owner = namespace_owner(topo, src)
+    if owner is None or not owner.running or not owner.pid or owner.network_mode == "host":
+        return None
+    if all(a.network in NO_DNS_NETWORKS for a in owner.attachments):
+        return None  # no embedded DNS there (the default bridge): nothing would answer
+
+    try:
+        (answer,) = resolve_in(pool, owner.pid, [name], timeout, types=("A", "AAAA"))
+    except (NetnsError, OSError):
+        return None
+    return {answer.name: list(answer.addresses or ())}
+
+
 def register(app: typer.Typer) -> None:
     @app.command("why")
     @handle_errors
     def why(
-        src: Annotated[str, typer.Argument(help="The source container (or 'host').")],
-        dst: Annotated[str, typer.Argument(help="The destination container.")],
+        src: Annotated[
+            str,
+            typer.Argument(help="The source: a container, a network alias, a service, or 'host'."),
+        ],
+        dst: Annotated[
+            str, typer.Argument(help="The destination: a container, a network alias or a service.")
+        ],
         port: PortOpt = None,
         probe: Annotated[
             bool, typer.Option("--probe", help="Also try it from SRC's namespace.")
@@ -88,47 +135,85 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Why SRC can or cannot reach DST: the steps a packet and a name lookup go through
-        (running, shared network, internal, icc, policy, DNS, listening), then an optional
-        live probe. Exits 0 when reachable, 1 when not (or when the probe fails)."""
+        (running, shared network, internal, icc, policy, DNS, listening), for IPv4 and IPv6
+        where both ends have both, then an optional live probe. SRC and DST may be aliases
+        or services (each container they stand for is analysed). Exits 0 when reachable, 1
+        when not (or when a probe fails)."""
         from dataclasses import replace
 
-        from dockmesh.host.dockerdns import resolve_in
-        from dockmesh.host.netns import NetnsError, NetnsPool
-        from dockmesh.policy.reach import HOST, analyze
+        from dockmesh.host.netns import NetnsPool
+        from dockmesh.policy.reach import HOST, analyze, holders_of, resolve_name
 
         p = _port(port)
         topo = load_topology(engine)
-        for name in (src, dst):
-            if name != HOST and topo.container(name) is None:
-                raise UserError(f"no container named {name!r}")
         if dst == HOST:
-            raise UserError("DST is a container (SRC may be 'host')")
+            raise UserError("DST is a container, an alias or a service (SRC may be 'host')")
+        named = {}
+        for role, name in (("SRC", src), ("DST", dst)):
+            named[role] = resolve_name(topo, name)
+            if named[role].kind == "unknown":
+                raise UserError(f"{role}: no container, network alias or service named {name!r}")
         policy, note = applied_policy(_table(table))
-        dcont = topo.container(dst)
-        observations = _observations_for(dcont, p, note)
-        # Asked with no policy too: a record that cannot be read may stand for a table that
-        # is still in force.
-        observations = replace(observations, policy_stale=policy_staleness(_table(table), topo))
-        scont = topo.container(src) if src != HOST else None
-        result: dict[str, Any] | None = None
+        stale = policy_staleness(_table(table), topo)
+        ruleset = _compiled(policy, topo, _table(table))
+        six_rules = docker_ip6tables()
+        sources: list[Container | None] = (
+            [None] if named["SRC"].kind == HOST else list(named["SRC"].containers)
+        )
+        analyses: list[tuple[Analysis, Container | None, Container]] = []
+        listening_cache: dict[str, Observations] = {}
+        # The name SRC would use: a container's own name (not an id or a prefix of one),
+        # else the alias or service name given.
+        by_name = named["DST"].containers[0].name if named["DST"].kind == "container" else dst
         with NetnsPool(threads=2) as pool:
-            if probe and scont is not None and scont.running and scont.pid and dcont:
-                # Not asked (the namespace could not be entered) is not "no answer".
-                with contextlib.suppress(NetnsError, OSError):
-                    answers = resolve_in(pool, scont.pid, [dcont.name], timeout)
-                    resolved = {r.name: list(r.addresses or ()) for r in answers}
-                    observations = replace(observations, resolved=resolved)
-            analysis = analyze(topo, policy, src, dst, p, observations)
+            for s in sources:
+                resolved = None if s is None else _ask_dns(pool, topo, s, by_name, timeout)
+                targets = list(named["DST"].containers)
+                if named["DST"].kind != "container" and resolved:
+                    # The containers the name resolves to from SRC: the ones it reaches.
+                    targets = list(holders_of(topo, resolved[by_name])) or targets
+                for d in targets:
+                    if len(analyses) >= MAX_PAIRS:
+                        break
+                    if d.name not in listening_cache:
+                        listening_cache[d.name] = _observations_for(d, p, note)
+                    seen = replace(
+                        listening_cache[d.name],
+                        policy_stale=stale,
+                        resolved=resolved,
+                        target=by_name,
+                        docker_ip6tables=six_rules,
+                    )
+                    name = HOST if s is None else s.name
+                    a = analyze(topo, policy, name, d.name, p, seen, ruleset=ruleset)
+                    analyses.append((a, s, d))
+            results: list[dict[str, Any] | None] = [None] * len(analyses)
             if probe:
-                result = _probe_one(pool, topo, analysis, scont, dcont, p, timeout)
-        doc = analysis.to_json()
-        doc["probe"] = result
+                results = list(_probe_many(pool, topo, analyses, p, timeout))
+        docs = []
+        for (a, _, _), result in zip(analyses, results, strict=True):
+            one = a.to_json()
+            one["probe"] = result
+            docs.append(one)
+        failed = [
+            i
+            for i, ((a, _, _), r) in enumerate(zip(analyses, results, strict=True))
+            if not a.reachable or (r is not None and r["ok"] is False)
+        ]
+        main = failed[0] if failed else 0
+        doc = dict(docs[main])
+        doc["resolved"] = {"src": named["SRC"].to_json(), "dst": named["DST"].to_json()}
+        if len(docs) > 1:
+            doc["pairs"] = docs
         if json_out:
             print_json(doc)
         else:
-            _render_why(analysis, result)
-        # A probe that was not made (UDP: ok is None) leaves the verdict to the analysis.
-        failed = not analysis.reachable or (result is not None and result["ok"] is False)
+            _render_resolved(named["SRC"], named["DST"], analyses)
+            _render_why(analyses[main][0], results[main])
+            if len(analyses) > 1:
+                _render_pairs(analyses, results)
+        # A probe that was not made (UDP that cannot tell: ok None) leaves the verdict to
+        # the analysis.
         if failed:
             raise typer.Exit(EXIT_FAILED)
 
@@ -162,7 +247,7 @@ def register(app: typer.Typer) -> None:
         _check_exist(topo, selectors)
         policy, note = applied_policy(_table(table))
         chosen = _chosen(topo, selectors)
-        pairs = _matrix(topo, policy, note, chosen, p, timeout)
+        pairs = _matrix(topo, policy, note, chosen, p, timeout, _table(table))
         mismatches = sum(1 for x in pairs if x["expected"] != x["observed"])
         doc = {
             "pairs": pairs,
@@ -201,12 +286,12 @@ def _check_exist(topo: Topology, selectors: list[Selector]) -> None:
 
 
 def _chosen(topo: Topology, selectors: list[Selector]) -> list[Container]:
-    """Running containers with an IPv4 address chosen by any selector (all: none given)."""
+    """Running containers with an address chosen by any selector (all: none given)."""
     out = []
     for c in topo.containers:
         if not c.running or not c.pid:
             continue
-        atts = [a for a in c.attachments if a.ipv4]
+        atts = [a for a in c.attachments if a.ipv4 or a.ipv6]
         if not atts:
             continue
         if selectors and not any(s.matches_endpoint(c, a.network) for s in selectors for a in atts):
@@ -222,38 +307,64 @@ def _matrix(
     chosen: list[Container],
     port: PortRange | None,
     timeout: float,
+    table: str = "",
 ) -> list[dict[str, Any]]:
+    """One entry per ordered pair; where both have IPv6, a verdict per family under
+    `families`, and `expected`/`observed` those of the first family that disagrees (else
+    both families' worse), so that a pair is a mismatch exactly when they differ."""
+    from dataclasses import replace
+
     from dockmesh.diagnose.sweep import Probe, sweep_confirmed
     from dockmesh.host.netns import NetnsPool
     from dockmesh.policy.reach import analyze
 
-    observations = {c.name: _observations_for(c, port, note) for c in chosen}
+    ruleset = _compiled(policy, topo, table)
+    six_rules = docker_ip6tables()
+    observations = {
+        c.name: replace(_observations_for(c, port, note), docker_ip6tables=six_rules)
+        for c in chosen
+    }
     analyses: dict[Hashable, Analysis] = {}
+    keys: dict[Hashable, tuple[str, str, int]] = {}
     probes: list[Probe] = []
+    pair_keys: list[tuple[str, str]] = []
     tcp = port is not None and port.protocol == "tcp"
     for s in chosen:
         for d in chosen:
             if s is d:
                 continue
-            a = analyze(topo, policy, s.name, d.name, port, observations[d.name], with_dns=False)
-            address = a.address or next(x.ipv4 for x in d.attachments if x.ipv4)
-            if address is None or ":" in address:
-                continue
-            key = (s.name, d.name)
-            analyses[key] = a
-            probes.append(Probe(key, s.pid, address, port.first if tcp and port else None))
+            a = analyze(
+                topo, policy, s.name, d.name, port, observations[d.name],
+                with_dns=False, ruleset=ruleset,
+            )  # fmt: skip
+            planned = False
+            for fa in a.per_family:
+                address = fa.address or next(
+                    (x.ipv6 if fa.family == 6 else x.ipv4 for x in d.attachments
+                     if (x.ipv6 if fa.family == 6 else x.ipv4)),
+                    None,
+                )  # fmt: skip
+                if address is None:
+                    continue
+                key = (s.name, d.name, fa.family)
+                analyses[key] = fa
+                keys[key] = key
+                probes.append(Probe(key, s.pid, address, port.first if tcp and port else None))
+                planned = True
+            if planned:
+                pair_keys.append((s.name, d.name))
     with NetnsPool(threads=4) as pool:
         expected = {k: a.reachable for k, a in analyses.items()}
         seen = sweep_confirmed(pool, probes, expected, timeout_s=timeout)
-    pairs = []
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for probe in probes:
+        src_name, dst_name, family = keys[probe.key]
         a = analyses[probe.key]
         o = seen[probe.key]
         reason = next((st.detail for st in a.steps if not st.ok), "")
-        pairs.append(
+        by_pair.setdefault((src_name, dst_name), []).append(
             {
-                "src": a.src,
-                "dst": a.dst,
+                "family": family,
                 "expected": a.reachable,
                 "observed": o.ok,
                 "network": a.network,
@@ -263,8 +374,183 @@ def _matrix(
                 "latency_ms": o.latency_ms,
             }
         )
+    pairs = []
+    for src_name, dst_name in pair_keys:
+        fams = by_pair[(src_name, dst_name)]
+        off = next((f for f in fams if f["expected"] != f["observed"]), None)
+        main = off or fams[0]
+        entry = {
+            "src": src_name,
+            "dst": dst_name,
+            "expected": main["expected"] if off else all(f["expected"] for f in fams),
+            "observed": main["observed"] if off else all(f["observed"] for f in fams),
+            "network": main["network"],
+            "address": main["address"],
+            "reason": main["reason"],
+            "detail": main["detail"],
+            "latency_ms": main["latency_ms"],
+            "families": fams,
+        }
+        if len(fams) > 1 and not off:
+            bad = next((f for f in fams if not f["expected"]), None)
+            if bad is not None:
+                entry.update(
+                    {k: bad[k] for k in ("network", "address", "reason", "detail", "latency_ms")}
+                )
+        pairs.append(entry)
     pairs.sort(key=lambda x: (x["expected"] == x["observed"], x["src"], x["dst"]))
     return pairs
+
+
+def _compiled(policy: Any, topo: Topology, table: str) -> Any:
+    """The applied policy's table as data, in the mode it was applied in (what an IPv6
+    verdict is read from); None: no policy."""
+    from dockmesh.policy.compile import compile_policy
+
+    if policy is None:
+        return None
+    try:
+        applied = policy_store(table).load()
+    except (ValueError, OSError, UserError):
+        applied = None
+    audit = applied is not None and applied.mode == "audit"
+    return compile_policy(policy, topo, "audit" if audit else "enforce")
+
+
+DNS_PORT = 53
+
+
+def _dns_probe_payload() -> bytes:
+    """A DNS query a server answers from itself: `localhost.` without recursion desired, so
+    that a forwarding server has no reason to ask anyone beyond the machine."""
+    import dns.flags
+    import dns.message
+
+    msg = dns.message.make_query("localhost.", "A")
+    msg.flags &= ~dns.flags.RD
+    msg.id = 0x6D73
+    wire: bytes = msg.to_wire()
+    return wire
+
+
+def _plan(
+    key: Hashable, a: Analysis, src: Container | None, dst: Container, port: PortRange | None
+) -> Any:
+    """The probe for one family's analysis, or (when there is none to make) its result."""
+    from dockmesh.diagnose.sweep import Probe
+
+    address = a.address
+    if address is None:
+        address = next(
+            (x.ipv6 if a.family == 6 else x.ipv4 for x in dst.attachments if
+             (x.ipv6 if a.family == 6 else x.ipv4)),
+            None,
+        )  # fmt: skip
+    if address is None:
+        return {"ok": False, "latency_ms": None, "detail": "nothing to probe (no address)"}
+    pid = src.pid if src is not None else None
+    if port is None:
+        return Probe(key, pid, address)
+    if port.protocol == "tcp":
+        return Probe(key, pid, address, port.first)
+    if port.protocol != "udp":
+        return {"ok": None, "latency_ms": None, "detail": f"{port.protocol} is not probed"}
+    listening = next((s for s in a.steps if s.check == "listening"), None)
+    if port.first == DNS_PORT and (listening is None or listening.ok):
+        return Probe(key, pid, address, port.first, "udp", _dns_probe_payload(), True)
+    if listening is None:
+        return {
+            "ok": None,
+            "latency_ms": None,
+            "detail": "udp is not probed: whether anything listens is not known, and a UDP "
+            "service need not answer a datagram it does not understand",
+        }
+    # Something listens: it may answer (else silence says nothing). Nothing listens: the
+    # kernel answers with a port unreachable, and silence means dropped.
+    return Probe(key, pid, address, port.first, "udp", expect_reply=not listening.ok)
+
+
+def _probe_many(
+    pool: Any,
+    topo: Topology,
+    analyses: list[tuple[Analysis, Container | None, Container]],
+    port: PortRange | None,
+    timeout: float,
+) -> list[dict[str, Any]]:
+    """One probe per analysis and family, all in one concurrent sweep, confirmed as matrix
+    confirms: a probe that disagrees with the analysis is tried again before it is reported.
+    Docker's own isolation has gaps of its own: each network it creates re-inserts FORWARD's
+    jump to DOCKER-ISOLATION-STAGE-1 (delete, then insert), and an echo sent in between
+    crosses isolated bridges."""
+    from dockmesh.diagnose.sweep import Probe, sweep_confirmed
+
+    planned: list[list[tuple[Analysis, Any]]] = []
+    early: dict[int, dict[str, Any]] = {}
+    for i, (a, src, dst) in enumerate(analyses):
+        gone = next((c for c in (src, dst) if c is not None and (not c.running or not c.pid)), None)
+        if gone is not None:
+            early[i] = {"ok": False, "latency_ms": None, "detail": f"{gone.name} is not running"}
+            planned.append([])
+            continue
+        planned.append([(fa, _plan((i, fa.family), fa, src, dst, port)) for fa in a.per_family])
+    probes = [x for row in planned for _, x in row if isinstance(x, Probe)]
+    expected = {x.key: fa.reachable for row in planned for fa, x in row if isinstance(x, Probe)}
+    seen = sweep_confirmed(pool, probes, expected, timeout_s=timeout) if probes else {}
+    out = []
+    for i, row in enumerate(planned):
+        if i in early:
+            out.append(early[i])
+            continue
+        fams = []
+        for fa, x in row:
+            if not isinstance(x, Probe):
+                fams.append({"family": fa.family, "address": fa.address, **x})
+                continue
+            o = seen[x.key]
+            ok: bool | None = None if o.inconclusive else o.ok
+            detail = f"{_kind(x)}: {o.detail}"
+            if o.inconclusive:
+                detail += " (not probed in effect: the verdict is the analysis's)"
+            fams.append(
+                {
+                    "family": fa.family,
+                    "address": x.address,
+                    "ok": ok,
+                    # A failed probe has no latency (a refusal's round trip is not one to
+                    # DST's service).
+                    "latency_ms": o.latency_ms if ok else None,
+                    "detail": detail,
+                }
+            )
+        out.append(_worse(fams))
+    return out
+
+
+def _kind(x: Any) -> str:
+    where = f"[{x.address}]:{x.port}" if ":" in x.address else f"{x.address}:{x.port}"
+    if x.port is None:
+        return f"ping {x.address}"
+    if x.protocol == "udp":
+        return f"UDP {'DNS query' if x.port == DNS_PORT else 'datagram'} to {where}"
+    return f"TCP connect to {where}"
+
+
+def _worse(fams: list[dict[str, Any]]) -> dict[str, Any]:
+    """The families' probes as one: failed when any failed, not probed when none was."""
+    oks = [f["ok"] for f in fams]
+    ok = False if False in oks else (None if all(x is None for x in oks) else True)
+    first = fams[0]
+    if len(fams) == 1:
+        detail = first["detail"]
+    else:
+        detail = "; ".join(f"IPv{f['family']}: {f['detail']}" for f in fams)
+    latency = next((f["latency_ms"] for f in fams if f["latency_ms"] is not None), None)
+    return {
+        "ok": ok,
+        "latency_ms": latency if ok else None,
+        "detail": detail,
+        "families": fams,
+    }
 
 
 def _probe_one(
@@ -276,29 +562,13 @@ def _probe_one(
     port: PortRange | None,
     timeout: float,
 ) -> dict[str, Any]:
-    from dockmesh.diagnose.sweep import Probe, sweep_confirmed
-
-    address = analysis.address
-    if address is None and dst is not None:
-        address = next((a.ipv4 for a in dst.attachments if a.ipv4), None)
+    """`why --probe`'s probe of one analysis (every family it has)."""
     for c in (src, dst):
         if c is not None and (not c.running or not c.pid):
             return {"ok": False, "latency_ms": None, "detail": f"{c.name} is not running"}
-    if dst is None or address is None or ":" in address:
-        return {"ok": False, "latency_ms": None, "detail": "nothing to probe (no IPv4 address)"}
-    number = port.first if port is not None and port.protocol == "tcp" else None
-    if port is not None and port.protocol != "tcp":
-        return {"ok": None, "latency_ms": None, "detail": f"{port.protocol} is not probed"}
-    # Confirmed as matrix confirms: a probe that disagrees with the analysis is tried again
-    # before it is reported. Docker's own isolation has gaps of its own: each network it
-    # creates re-inserts FORWARD's jump to DOCKER-ISOLATION-STAGE-1 (delete, then insert),
-    # and an echo sent in between crosses isolated bridges.
-    probe = Probe("x", src.pid if src else None, address, number)
-    o = sweep_confirmed(pool, [probe], {"x": analysis.reachable}, timeout_s=timeout)["x"]
-    kind = f"TCP connect to {address}:{number}" if number else f"ping {address}"
-    # A failed probe has no latency (a refusal's round trip is not one to DST's service).
-    latency = o.latency_ms if o.ok else None
-    return {"ok": o.ok, "latency_ms": latency, "detail": f"{kind}: {o.detail}"}
+    if dst is None:
+        return {"ok": False, "latency_ms": None, "detail": "nothing to probe (no destination)"}
+    return _probe_many(pool, topo, [(analysis, src, dst)], port, timeout)[0]
 
 
 def _mark(ok: bool | None) -> Text:
@@ -315,13 +585,22 @@ def _render_why(a: Analysis, probe: dict[str, Any] | None) -> None:
         t.add_row(_mark(s.ok), s.check, Text(s.detail))
     out.print(t)
     if probe is not None:
-        line = Text("probe: ")
-        line.append_text(_mark(probe["ok"]))
-        line.append(" " + str(probe["detail"]))
-        if probe["latency_ms"] is not None:
-            line.append(f" ({probe['latency_ms']:.2f} ms)")
-        out.print(line)
-        if probe["ok"] is not None and bool(probe["ok"]) != a.reachable:
+        for f in probe.get("families") or [probe]:
+            line = Text("probe: ")
+            line.append_text(_mark(f["ok"]))
+            if "family" in f and len(probe.get("families") or ()) > 1:
+                line.append(f" IPv{f['family']}")
+            line.append(" " + str(f["detail"]))
+            if f["latency_ms"] is not None:
+                line.append(f" ({f['latency_ms']:.2f} ms)")
+            out.print(line)
+        by_family = {fa.family: fa.reachable for fa in a.per_family}
+        disagree = [
+            f
+            for f in probe.get("families") or []
+            if f["ok"] is not None and bool(f["ok"]) != by_family.get(f["family"], a.reachable)
+        ]
+        if disagree:
             out.print(
                 Text(
                     "the probe disagrees with the analysis: something the topology does not "
@@ -329,6 +608,30 @@ def _render_why(a: Analysis, probe: dict[str, Any] | None) -> None:
                     style="yellow",
                 )
             )
+
+
+def _render_resolved(src: Named, dst: Named, analyses: list[Any]) -> None:
+    for role, n in (("SRC", src), ("DST", dst)):
+        if n.kind in ("alias", "service"):
+            names = ", ".join(c.name for c in n.containers)
+            out.print(
+                f"{role} {n.argument!r} is a {'network alias' if n.kind == 'alias' else 'service'}"
+                f": {names}",
+                markup=False,
+                highlight=False,
+            )
+    if dst.kind in ("alias", "service") or src.kind in ("alias", "service"):
+        pairs = ", ".join(f"{a.src} → {a.dst}" for a, _, _ in analyses)
+        out.print(f"analysed: {pairs}", markup=False, highlight=False)
+
+
+def _render_pairs(analyses: list[Any], results: list[dict[str, Any] | None]) -> None:
+    t = Table("", "src", "dst", "summary", "probe", title="every pair", title_justify="left")
+    for (a, _, _), r in zip(analyses, results, strict=True):
+        t.add_row(
+            _mark(a.reachable), a.src, a.dst, Text(a.summary), _mark(None if r is None else r["ok"])
+        )
+    out.print(t)
 
 
 def _render_matrix(doc: dict[str, Any], names: list[str]) -> None:
@@ -353,11 +656,17 @@ def _render_matrix(doc: dict[str, Any], names: list[str]) -> None:
                     row.append(Text("·", style="dim"))
                 elif x["expected"] != x["observed"]:
                     row.append(Text("!", style="bold yellow"))
+                elif len({f["observed"] for f in x.get("families", ())}) > 1:
+                    # One family gets through, the other not: its number.
+                    only = next(f["family"] for f in x["families"] if f["observed"])
+                    row.append(Text(str(only), style="yellow"))
                 else:
                     row.append(_mark(x["observed"]))
             grid.add_row(*row)
         out.print(grid)
     reach = sum(1 for x in pairs if x["observed"])
+    if any(len({f["observed"] for f in x.get("families", ())}) > 1 for x in pairs):
+        out.print("4 / 6: reachable over IPv4 only / IPv6 only", markup=False, highlight=False)
     out.print(
         f"{len(pairs)} pairs, {reach} reachable, {doc['mismatches']} mismatches "
         f"({doc['policy']}; {doc['elapsed_s']:.2f} s)",

@@ -29,6 +29,7 @@ from dockmesh.diagnose.latency import ping_many
 from dockmesh.host.dockerdns import resolve_in
 from dockmesh.host.netns import NetnsError, NetnsPool
 from dockmesh.host.sockets import listening
+from dockmesh.model.policy import Policy
 from dockmesh.model.topology import Container, Network, Topology
 
 
@@ -101,13 +102,19 @@ def _read(path: str) -> str:
         return f.read().decode("utf-8", "replace")
 
 
-def gather(topo: Topology, c: Container, pool: NetnsPool, timeout_s: float = 1.0) -> Evidence:
-    plan = plan_checks(topo, c, host_mtus(topo, c))
+def gather(
+    topo: Topology,
+    c: Container,
+    pool: NetnsPool,
+    timeout_s: float = 1.0,
+    policy: Policy | None = None,
+) -> Evidence:
+    plan = plan_checks(topo, c, host_mtus(topo, c), policy=policy)
     evidence = Evidence(c, plan)
     if not c.running or not c.pid:
         return evidence
     if c.network_mode == "host":
-        evidence.errors.append(f"{c.name} uses the host's network: no namespace of its own")
+        # The host's namespace: nothing of the container's own to gather (a finding says so).
         return evidence
     pid = c.pid
     try:

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dockmesh.codecs.procnet import Listener, Route
 from dockmesh.codecs.resolvconf import ResolvConf
-from dockmesh.model.labels import LABEL_DISCOVERY_PORT, project_of
+from dockmesh.model.labels import (
+    COMPOSE_SERVICE,
+    LABEL_DISCOVERY_PORT,
+    LABEL_SERVICE,
+    project_of,
+)
+from dockmesh.model.policy import Policy, selects
 from dockmesh.model.topology import (
     DOCKER_DNS,
     NO_DNS_NETWORKS,
@@ -99,6 +105,14 @@ class Peer:
     project: str | None
     shared: tuple[str, ...]  # networks both are on
     address: str | None  # its IPv4 address on the first shared network
+    # Strangers only: a project file (dockmesh's or Compose's) made both, so the networks
+    # each is on are the file's choice; and what the applied policy says of the two
+    # ("allows": a rule lets one reach the other; "denies": its default denies; "": nothing).
+    by_file: bool = False
+    policy: str = ""
+    network: str | None = None  # where `address` is
+    # Every shared network has enable_icc=false: Docker drops IPv4 between the two.
+    icc_off: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -106,6 +120,7 @@ class Peer:
             "project": self.project,
             "shared_networks": list(self.shared),
             "address": self.address,
+            "network": self.network,
         }
 
 
@@ -157,6 +172,10 @@ class CheckPlan:
     strangers: tuple[Peer, ...]  # same project, no shared network
     questions: tuple[DnsQuestion, ...]
     pings: tuple[tuple[str, str, str], ...]  # (kind, target, address)
+    # The container whose network namespace this one lives in (`--network container:X`),
+    # and the containers that joined this one's namespace (or its owner's).
+    owner: str | None = None
+    sharers: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -184,13 +203,71 @@ def network_mtu(n: Network, host_mtus: Mapping[str, int]) -> int | None:
     return host_mtus.get(n.id)
 
 
+JOINED_PREFIX = "container:"
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+def _icc_off(n: Network) -> bool:
+    return n.driver == "bridge" and str(n.options.get(ICC_OPTION, "true")).lower() == "false"
+
+
+def namespace_owner(topo: Topology, c: Container) -> Container | None:
+    """The container whose network namespace `c` lives in (itself, or X for `--network
+    container:X`, followed); None when that container is not in the topology."""
+    seen = {c.id}
+    while c.network_mode.startswith(JOINED_PREFIX):
+        owner = topo.container(c.network_mode[len(JOINED_PREFIX) :])
+        if owner is None or owner.id in seen:
+            return None
+        seen.add(owner.id)
+        c = owner
+    return c
+
+
+def _made_by_file(c: Container) -> bool:
+    """Created from a project file (`dockmesh up` stamps its service; Compose labels it):
+    the networks it is on are the file's choice."""
+    return bool(c.labels.get(LABEL_SERVICE) or c.labels.get(COMPOSE_SERVICE))
+
+
+def policy_between(policy: Policy | None, a: Container, b: Container) -> str:
+    """What `policy` says of traffic between `a` and `b`, either way, on any of their
+    networks: "allows" (a rule lets one reach the other), "denies" (no rule does and the
+    default denies), "" (no policy, or its default allows)."""
+    if policy is None:
+        return ""
+    nets = {c.id: [x.network for x in c.attachments] or [""] for c in (a, b)}
+    for rule in policy.rules:
+        if getattr(rule, "action", "allow") not in ("allow", "accept"):
+            continue
+        for x, y in ((a, b), (b, a)):
+            if any(selects(rule.sources, x, n) for n in nets[x.id]) and any(
+                selects(rule.destinations, y, n) for n in nets[y.id]
+            ):
+                return "allows"
+    return "denies" if policy.default == "deny" else ""
+
+
 def plan_checks(
-    topo: Topology, c: Container, host_mtus: Mapping[str, int] | None = None, max_peers: int = 64
+    topo: Topology,
+    c: Container,
+    host_mtus: Mapping[str, int] | None = None,
+    max_peers: int = 64,
+    policy: Policy | None = None,
 ) -> CheckPlan:
     host_mtus = host_mtus or {}
+    # A container in another's namespace has that one's networks, peers and names.
+    owner = namespace_owner(topo, c)
+    net_c = owner or c
+    same_ns = {
+        o.id
+        for o in topo.containers
+        if o.id == net_c.id or (owner is not None and namespace_owner(topo, o) is owner)
+    }
+    host_mode = net_c.network_mode == "host"
     networks: list[AttachedNetwork] = []
     mine: dict[str, Network] = {}
-    for n, a in topo.attached_networks(c):
+    for n, a in topo.attached_networks(net_c):
         pool = n.pool(4)
         subnet = None if pool is None else pool.network()
         mine[n.id] = n
@@ -209,29 +286,74 @@ def plan_checks(
         )
     peers: dict[str, Peer] = {}
     names: dict[str, dict[str, tuple[str, str | None]]] = {}  # name → address → holder
+    own: dict[str, set[str]] = {}  # the names this namespace's containers answer to → addresses
     for n in mine.values():
+        if n.name in ("host", "none"):
+            continue  # the host's network has no peers to ping: they are the host itself
         for ep in topo.endpoints_of(n):
             other = topo.container(ep.container_id)
-            if other is None or other.id == c.id:
+            if other is None:
+                continue
+            if other.id in same_ns:
+                if n.name not in NO_DNS_NETWORKS and ep.ipv4:
+                    for dns_name in ep.dns_names:
+                        own.setdefault(dns_name, set()).add(ep.ipv4)
                 continue
             if other.id not in peers:
-                peers[other.id] = Peer(other.name, project_of(other.labels), (), ep.ipv4)
+                peers[other.id] = Peer(other.name, project_of(other.labels), (), None, icc_off=True)
             p = peers[other.id]
-            peers[other.id] = Peer(p.name, p.project, (*p.shared, n.name), p.address or ep.ipv4)
+            # The address to ping: one on a network where icc lets it through, if any.
+            better = ep.ipv4 and (p.address is None or (p.icc_off and not _icc_off(n)))
+            peers[other.id] = replace(
+                p,
+                shared=(*p.shared, n.name),
+                address=ep.ipv4 if better else p.address,
+                network=n.name if better else p.network,
+                icc_off=p.icc_off and _icc_off(n),
+            )
             if n.name in NO_DNS_NETWORKS or not ep.ipv4 or not other.running:
                 continue
             for dns_name in ep.dns_names:
                 if dns_name == other.id[:12]:
                     continue  # every container answers to its short id: nothing to learn
                 names.setdefault(dns_name, {})[ep.ipv4] = (other.name, project_of(other.labels))
+    # A name this container (or its namespace) answers to as well: Docker's DNS rightly
+    # answers its own address too. Its own name or hostname is no collision; an alias it
+    # shares (replicas of one service) makes it one of the name's holders.
+    personal = {c.name, c.hostname, net_c.name, net_c.hostname}
+    for name, held in names.items():
+        for address in own.get(name, ()):
+            if name not in personal:
+                held[address] = (net_c.name, project_of(net_c.labels))
     project = project_of(c.labels)
     strangers: list[Peer] = []
-    if project is not None:
+    if project is not None and not host_mode:
         for other in topo.containers:
-            if other.id != c.id and other.id not in peers and project_of(other.labels) == project:
-                strangers.append(Peer(other.name, project, (), None))
+            if (
+                other.id in same_ns
+                or other.id in peers
+                or project_of(other.labels) != project
+                or other.network_mode == "host"  # reached through the host: no network to share
+                or other.network_mode.startswith(JOINED_PREFIX)  # its owner speaks for it
+            ):
+                continue
+            strangers.append(
+                Peer(
+                    other.name,
+                    project,
+                    (),
+                    None,
+                    by_file=_made_by_file(net_c) and _made_by_file(other),
+                    policy=policy_between(policy, net_c, other),
+                )
+            )
+    expected_extra = {name: own.get(name, set()) for name in names}
     questions = tuple(
-        DnsQuestion(name, tuple(sorted(held)), tuple(sorted(set(held.values()), key=str)))
+        DnsQuestion(
+            name,
+            tuple(sorted(set(held) | expected_extra[name])),
+            tuple(sorted(set(held.values()), key=str)),
+        )
         for name, held in sorted(names.items())
     )[:max_peers]
     pings: list[tuple[str, str, str]] = []
@@ -242,8 +364,17 @@ def plan_checks(
         for p in list(peers.values())[:max_peers]:
             if p.address:
                 pings.append(("peer", p.name, p.address))
+    sharers = tuple(
+        sorted(o.name for o in topo.containers if o.id in same_ns and o.id not in (c.id, net_c.id))
+    )
     return CheckPlan(
-        tuple(networks), tuple(peers.values()), tuple(strangers), questions, tuple(pings)
+        tuple(networks),
+        tuple(peers.values()),
+        tuple(strangers),
+        questions,
+        tuple(pings),
+        owner=net_c.name if net_c is not c else None,
+        sharers=sharers,
     )
 
 
@@ -467,6 +598,8 @@ def findings(f: Evidence) -> list[Finding]:
                     "another network or an old record answers",
                 )
             )
+    # Peers every shared network of which drops their traffic (icc off): shared networks.
+    quiet = {p.name: p.shared for p in f.plan.peers if p.icc_off}
     for ping in f.pings:
         if ping.rtt_ms is not None:
             continue
@@ -479,6 +612,18 @@ def findings(f: Evidence) -> list[Finding]:
                     "the host's firewall may drop it; check the bridge is up",
                 )
             )
+        elif ping.target in quiet:
+            out.append(
+                Finding(
+                    INFO,
+                    "peer-unreachable",
+                    f"{ping.target} ({ping.address}) does not answer ICMP: enable_icc=false on "
+                    f"{', '.join(quiet[ping.target])} makes Docker drop IPv4 between their "
+                    "containers",
+                    "expected by the network's setting; put both on another network if they "
+                    "must talk",
+                )
+            )
         else:
             out.append(
                 Finding(
@@ -489,19 +634,106 @@ def findings(f: Evidence) -> list[Finding]:
                     f"try dockmesh bench latency {c.name} {ping.target} --mode tcp",
                 )
             )
-    for stranger in f.plan.strangers:
-        out.append(
-            Finding(
-                WARNING,
-                "no-shared-network",
-                f"{stranger.name} is in project {stranger.project} too but shares no network "
-                f"with {c.name}",
-                f"docker network connect NETWORK {stranger.name} (a network "
-                f"{c.name} is on) if they must talk",
-            )
-        )
+    out += _namespace_findings(f)
+    out += _stranger_findings(f)
     order = {ERROR: 0, WARNING: 1, INFO: 2}
     return sorted(out, key=lambda x: order[x.severity])
+
+
+def _namespace_findings(f: Evidence) -> list[Finding]:
+    """The host's network, and namespaces shared with `--network container:`: said once,
+    by name, as what they are (not as missing networks)."""
+    c, plan = f.container, f.plan
+    out: list[Finding] = []
+    if c.network_mode == "host":
+        out.append(
+            Finding(
+                INFO,
+                "host-network",
+                f"{c.name} uses the host's network (network_mode host): no namespace of its "
+                "own; it reaches containers at their addresses through the host, and they "
+                "reach it at their networks' gateways",
+                "nothing to connect: networks do not apply to it (a policy does not decide "
+                "its traffic either)",
+            )
+        )
+    if plan.owner is not None:
+        also = list(plan.sharers)
+        out.append(
+            Finding(
+                INFO,
+                "shared-namespace",
+                f"{c.name} lives in {plan.owner}'s network namespace (--network "
+                f"container:{plan.owner}): its interfaces, addresses, routes and ports are "
+                f"{plan.owner}'s" + (f", shared with {', '.join(also)} too" if also else ""),
+                f"diagnose the namespace as {plan.owner}'s; to give {c.name} a network of its "
+                "own, create it again with --network NETWORK",
+            )
+        )
+    elif plan.sharers:
+        out.append(
+            Finding(
+                INFO,
+                "shared-namespace",
+                f"{', '.join(plan.sharers)} {'lives' if len(plan.sharers) == 1 else 'live'} in "
+                f"{c.name}'s network namespace (--network "
+                f"container:{c.name}): they share its interfaces, addresses and ports (a port "
+                "one of them binds is taken for all)",
+                "",
+            )
+        )
+    return out
+
+
+def _stranger_findings(f: Evidence) -> list[Finding]:
+    """Project members that share no network with the container. Advice to connect a
+    network only where nothing says the separation is meant: not where the project file
+    put them apart (or the policy denies them anyway)."""
+    c = f.container
+    out: list[Finding] = []
+    meant: list[Peer] = []
+    for s in f.plan.strangers:
+        if s.policy == "allows":
+            out.append(
+                Finding(
+                    WARNING,
+                    "no-shared-network",
+                    f"{s.name} shares no network with {c.name}, though the applied policy "
+                    "allows traffic between them",
+                    "put them on a network both are on in the project file (and up)"
+                    if s.by_file
+                    else f"docker network connect NETWORK {s.name} (a network {c.name} is "
+                    "on), or drop the policy's rule",
+                )
+            )
+        elif s.by_file or s.policy == "denies":
+            meant.append(s)
+        else:
+            out.append(
+                Finding(
+                    WARNING,
+                    "no-shared-network",
+                    f"{s.name} is in project {s.project} too but shares no network with {c.name}",
+                    f"docker network connect NETWORK {s.name} (a network "
+                    f"{c.name} is on) if they must talk",
+                )
+            )
+    if meant:
+        why = (
+            "the project file puts them on networks of their own"
+            if all(s.by_file for s in meant)
+            else "the project file or the applied policy keeps them apart"
+        )
+        out.append(
+            Finding(
+                INFO,
+                "separated",
+                f"{', '.join(s.name for s in meant)} "
+                f"{'shares' if len(meant) == 1 else 'share'} no network with {c.name}: {why}",
+                "",
+            )
+        )
+    return out
 
 
 def sections(f: Evidence) -> dict[str, object]:
@@ -524,5 +756,6 @@ def sections(f: Evidence) -> dict[str, object]:
         "dns": [d.to_json() for d in f.dns],
         "connectivity": [p.to_json() for p in f.pings],
         "peers": [p.to_json() for p in f.plan.peers],
+        "namespace": {"owner": f.plan.owner, "shared_with": list(f.plan.sharers)},
         "errors": list(f.errors),
     }

@@ -104,3 +104,16 @@ def test_echo_request_round_trips_through_a_reply() -> None:
     assert echo_reply(reply) == (0x1234, 7)
     assert echo_reply(b"\x45" + b"\0" * 19 + req) is None  # a request is not a reply
     assert echo_reply(b"short") is None
+
+
+@given(u16, u16, st.binary(max_size=64))
+def test_icmpv6_echo_round_trip(ident: int, seq: int, payload: bytes) -> None:
+    """ICMPv6: the kernel fills the checksum; a raw ICMPv6 socket reads no IP header."""
+    from dockmesh.codecs.icmp import ICMP6_ECHO_REPLY, echo6_reply, echo6_request
+
+    request = echo6_request(ident, seq, payload)
+    assert request[0] == 128 and request[2:4] == b"\0\0" and request[8:] == payload
+    reply = bytes([ICMP6_ECHO_REPLY]) + request[1:]
+    assert echo6_reply(reply) == (ident, seq)
+    assert echo6_reply(request) is None  # a request is no reply
+    assert echo6_reply(reply[:7]) is None

@@ -18,6 +18,7 @@ from dockmesh.diagnose.findings import (
     plan_checks,
     sections,
 )
+from dockmesh.model.policy import Policy, Rule, Selector
 from dockmesh.model.topology import (
     Attachment,
     Container,
@@ -216,3 +217,147 @@ def test_findings_always_have_a_severity_and_a_message(
     for p in published:
         served = any(proto == "tcp" and port == p for proto, _, port in listeners)
         assert served or any(x.code == "published-not-listening" for x in out)
+
+
+# --- the container's own names, project files, the host's network, shared namespaces ---------
+
+
+def test_a_name_the_container_answers_to_itself_is_no_unexpected_answer() -> None:
+    """Replicas of one service share an alias: Docker's DNS answers it with every replica,
+    the asking one too. That read as 'resolves to A, B, expected B'."""
+    one = ctr("api-1", "10.9.0.2", project="p", aliases=("api",))
+    two = ctr("api-2", "10.9.0.3", project="p", aliases=("api",))
+    f = healthy_facts(one, topo(one, two))
+    (q,) = [q for q in f.plan.questions if q.name == "api"]
+    assert q.expected == ("10.9.0.2", "10.9.0.3")
+    assert {c for c, _ in q.holders} == {"api-1", "api-2"}
+    assert codes(f) == []
+    # Another project's container carrying this one's own name as an alias: the name is its
+    # own, not a collision of projects.
+    web = ctr("web", "10.9.0.2", project="a")
+    other = ctr("x", "10.9.0.4", project="b", aliases=("web",))
+    f = healthy_facts(web, topo(web, other))
+    (q,) = [q for q in f.plan.questions if q.name == "web"]
+    assert q.expected == ("10.9.0.2", "10.9.0.4") and q.holders == (("x", "b"),)
+    f.dns = tuple(
+        DnsAnswer(d.question, ("10.9.0.2", "10.9.0.4"), "NOERROR") if d.question is q else d
+        for d in f.dns
+    )
+    assert "dns-unexpected" not in codes(f) and "dns-ambiguous" not in codes(f)
+
+
+def filed(c: Container) -> Container:
+    return replace(c, labels={**c.labels, "com.docker.compose.service": c.name})
+
+
+def test_members_a_project_file_puts_apart_get_no_connect_advice() -> None:
+    web = filed(ctr("web", "10.9.0.2", project="p"))
+    db = filed(ctr("db", "10.8.0.2", project="p", net=OTHER))
+    f = healthy_facts(web, topo(web, db))
+    (said,) = [x for x in findings(f) if x.code in ("separated", "no-shared-network")]
+    assert (said.severity, said.code) == ("info", "separated")
+    assert "project file" in said.message and said.fix == ""
+    # A policy rule between them: meant to talk, so a warning; the fix is the file's.
+    rule = Rule((Selector(container="web"),), (Selector(container="db"),))
+    plan = plan_checks(topo(web, db), web, {"n1": 1500}, policy=Policy(rules=(rule,)))
+    (warn,) = [x for x in findings(replace(f, plan=plan)) if x.code == "no-shared-network"]
+    assert warn.severity == "warning" and "allows traffic" in warn.message
+    assert "docker network connect" not in warn.fix
+    # No file, but a policy that denies by default: kept apart on purpose too.
+    web, db = ctr("web", "10.9.0.2", project="p"), ctr("db", "10.8.0.2", project="p", net=OTHER)
+    plan = plan_checks(topo(web, db), web, {"n1": 1500}, policy=Policy(default="deny"))
+    f = replace(healthy_facts(web, topo(web, db)), plan=plan)
+    assert "separated" in codes(f) and "no-shared-network" not in codes(f)
+
+
+def test_a_host_network_container_is_one_finding() -> None:
+    hostly = replace(ctr("hostly", "10.9.0.9", project="p"), network_mode="host", attachments=())
+    members = [ctr(f"m{i}", f"10.8.0.{i + 2}", project="p", net=OTHER) for i in range(4)]
+    t = topo(hostly, *members)
+    f = Evidence(hostly, plan_checks(t, hostly))
+    assert [(x.severity, x.code) for x in findings(f)] == [("info", "host-network")]
+    # And no member is told to connect to it.
+    f = healthy_facts(members[0], t)
+    assert "no-shared-network" not in codes(f)
+
+
+def test_a_shared_namespace_is_named_from_both_sides() -> None:
+    owner = ctr("owner", "10.9.0.2", project="p")
+    side = replace(
+        ctr("side", "10.9.0.9", project="p"),
+        network_mode=f"container:{owner.id}",
+        attachments=(),
+    )
+    peer = ctr("peer", "10.9.0.3", project="p")
+    t = topo(owner, side, peer)
+    joined = plan_checks(t, side)
+    assert joined.owner == "owner" and [n.name for n in joined.networks] == ["app"]
+    assert [p.name for p in joined.peers] == ["peer"] and joined.strangers == ()
+    f = Evidence(side, joined)
+    (said,) = [x for x in findings(f) if x.code == "shared-namespace"]
+    assert "side lives in owner's network namespace" in said.message
+    f = healthy_facts(owner, t)
+    assert f.plan.sharers == ("side",) and "no-shared-network" not in codes(f)
+    (said,) = [x for x in findings(f) if x.code == "shared-namespace"]
+    assert "side lives in owner's" in said.message
+    assert sections(f)["namespace"] == {"owner": None, "shared_with": ["side"]}
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["app", "other", "host", "joined"])),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_no_connect_advice_between_members_a_file_made(
+    members: list[tuple[bool, str]],
+) -> None:
+    me = filed(ctr("me", "10.9.0.2", project="p"))
+    cs = [me]
+    for i, (by_file, where) in enumerate(members):
+        c = ctr(f"c{i}", f"10.8.0.{i + 2}", project="p", net=OTHER if where == "other" else NET)
+        if where == "host":
+            c = replace(c, network_mode="host", attachments=())
+        if where == "joined":
+            c = replace(c, network_mode=f"container:{me.id}", attachments=())
+        cs.append(filed(c) if by_file else c)
+    out = findings(healthy_facts(me, topo(*cs)))
+    for x in out:
+        if "docker network connect" in x.fix and x.code == "no-shared-network":
+            name = x.message.split()[0]
+            stranger = next(c for c in cs if c.name == name)
+            assert "com.docker.compose.service" not in stranger.labels
+            assert stranger.network_mode == ""
+    assert sum(1 for x in out if x.code == "separated") <= 1
+
+
+QUIET = Network(
+    "n3",
+    "quiet",
+    "local",
+    "bridge",
+    ipam=(IpamPool("10.7.0.0/24"),),
+    options={"com.docker.network.bridge.enable_icc": "false"},
+)
+
+
+def test_a_peer_behind_enable_icc_false_is_pinged_where_icc_lets_it_and_else_said_so() -> None:
+    def two(name: str, last: int, nets: tuple[Network, ...]) -> Container:
+        c = ctr(name, f"10.7.0.{last}", net=nets[0])
+        extra = tuple(
+            Attachment(n.id, n.name, ipv4=f"{n.ipam[0].subnet[:-5]}.{last}") for n in nets[1:]
+        )
+        return replace(c, attachments=c.attachments + extra)
+
+    a, b = two("a", 2, (QUIET, NET)), two("b", 3, (QUIET, NET))
+    t = Topology(1, (EngineInfo("local", "unix:///x"),), (NET, OTHER, QUIET), (a, b))
+    (peer,) = plan_checks(t, a).peers
+    assert (peer.address, peer.network, peer.icc_off) == ("10.9.0.3", "app", False)
+    # Only the quiet network in common: the echo is dropped by Docker, as configured.
+    a, b = ctr("a", "10.7.0.2", net=QUIET), ctr("b", "10.7.0.3", net=QUIET)
+    t = Topology(1, (EngineInfo("local", "unix:///x"),), (NET, OTHER, QUIET), (a, b))
+    f = Evidence(a, plan_checks(t, a))
+    f.pings = tuple(Ping(k, n, addr, None) for k, n, addr in f.plan.pings if k == "peer")
+    (said,) = [x for x in findings(f) if x.code == "peer-unreachable"]
+    assert said.severity == "info" and "enable_icc=false on quiet" in said.message

@@ -274,3 +274,99 @@ def test_no_disagreement_no_second_pass() -> None:
 
     sweep_confirmed(None, [Probe("a", 1, "10.0.0.2")], {"a": True}, sweep_fn=fake)  # type: ignore[arg-type]
     assert calls == [1]
+
+
+# --- IPv6 and UDP, on this namespace's loopback ------------------------------------------------
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[int]:
+    """A UDP socket on ::1 (and 127.0.0.1: a dual-stack socket) that sends back what it gets."""
+    import threading
+
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", 0))
+    s.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = s.recvfrom(2048)
+            except OSError:
+                continue
+            s.sendto(data, peer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield int(s.getsockname()[1])
+    finally:
+        stop.set()
+        t.join()
+        s.close()
+
+
+def test_udp_answered_refused_dropped_and_silent(udp_echo: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as quiet:
+        quiet.bind(("127.0.0.1", 0))
+        silent = int(quiet.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+            gone.bind(("127.0.0.1", 0))
+            closed = int(gone.getsockname()[1])
+        with NetnsPool() as pool:
+            got = sweep(
+                pool,
+                [
+                    Probe("v4", None, "127.0.0.1", udp_echo, "udp"),
+                    Probe("v6", None, "::1", udp_echo, "udp"),
+                    Probe("closed", None, "127.0.0.1", closed, "udp"),
+                    Probe("dropped", None, "127.0.0.1", silent, "udp"),
+                    Probe("silent", None, "127.0.0.1", silent, "udp", expect_reply=False),
+                ],
+                timeout_s=0.5,
+            )
+    assert got["v4"].ok and got["v6"].ok and got["v4"].detail == "answered"
+    assert not got["closed"].ok and "port unreachable" in got["closed"].detail
+    assert not got["closed"].inconclusive
+    assert not got["dropped"].ok and "dropped" in got["dropped"].detail
+    assert not got["dropped"].inconclusive
+    assert got["silent"].inconclusive and not got["silent"].ok
+    assert "says nothing" in got["silent"].detail
+
+
+def test_ipv6_echo_and_connect_on_loopback(listener: int) -> None:
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as six:
+        six.bind(("::1", 0))
+        six.listen()
+        port = int(six.getsockname()[1])
+        with NetnsPool() as pool:
+            got = sweep(
+                pool,
+                [
+                    Probe("ping6", None, "::1"),
+                    Probe("ping4", None, "127.0.0.1"),
+                    Probe("tcp6", None, "::1", port),
+                    Probe("tcp4", None, "127.0.0.1", listener),
+                ],
+                timeout_s=2.0,
+            )
+    assert {k: o.ok for k, o in got.items()} == {
+        "ping6": True,
+        "ping4": True,
+        "tcp6": True,
+        "tcp4": True,
+    }, got
+
+
+def test_an_inconclusive_udp_probe_is_not_probed_again() -> None:
+    calls: list[int] = []
+
+    def fake(pool: Any, probes: Sequence[Probe], **kw: Any) -> dict[Hashable, Observed]:
+        calls.append(len(probes))
+        return {p.key: Observed(False, None, "silence", inconclusive=True) for p in probes}
+
+    probe = Probe("u", None, "10.0.0.2", 9, "udp", expect_reply=False)
+    out = sweep_confirmed(None, [probe], {"u": True}, sweep_fn=fake)  # type: ignore[arg-type]
+    assert calls == [1] and out["u"].inconclusive

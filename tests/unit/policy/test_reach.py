@@ -225,8 +225,12 @@ def test_a_container_in_anothers_namespace_is_analysed_as_that_one() -> None:
     back = analyze(topo, deny_b, "b", "side")  # the policy sees a's address: a's rules
     assert back.reachable and back.address == "10.0.0.2", back
     assert not analyze(topo, deny_b, "side", "b").reachable  # a → b is not allowed
-    # Into its owner's namespace: itself.
-    assert [s.check for s in analyze(topo, None, "side", "a").steps] == ["running", "self"]
+    # Into its owner's namespace (and back): one namespace, over loopback, no hook between.
+    for src, dst in (("side", "a"), ("a", "side")):
+        into = analyze(topo, Policy(default="deny"), src, dst)
+        assert [s.check for s in into.steps] == ["running", "shared_namespace"], into
+        assert into.reachable and into.address == "127.0.0.1"
+        assert "share one network namespace, a's" in into.steps[1].detail
     assert not analyze(topo, None, "side", "lonely").reachable
     for name, why in (("orphan", "does not exist"), ("late", "down is not running")):
         a = analyze(topo, None, name, "b")
