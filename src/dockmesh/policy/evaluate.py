@@ -65,6 +65,9 @@ class Outcome:
     rule: NftRule | None  # the rule that decided; None: the chain's policy (accept)
     audited: bool = False
     unconfirmed: bool = False
+    # The policy's rule (its index) behind the decision: the rule's own, or for a rule
+    # between named containers, the one its matched set element stands for.
+    policy_rule: int | None = None
 
 
 def evaluate(rs: Ruleset, packet: Packet) -> Outcome:
@@ -88,10 +91,28 @@ def evaluate(rs: Ruleset, packet: Packet) -> Outcome:
         if r.family is not None and r.family != family:
             continue
         if all(_matches(m, packet, family, sets, mark) for m in r.matches):
+            index = _policy_rule(rs, r, packet, family, sets)
             if r.action == "drop":
-                return Outcome("drop", r, unconfirmed=mark)
-            return Outcome("accept", r, audited=r.action == "audit", unconfirmed=mark)
+                return Outcome("drop", r, unconfirmed=mark, policy_rule=index)
+            audited = r.action == "audit"
+            return Outcome("accept", r, audited, mark, index)
     return Outcome("accept", None, unconfirmed=mark)
+
+
+def _policy_rule(
+    rs: Ruleset, r: NftRule, p: Packet, family: int, sets: dict[str, AddrSet]
+) -> int | None:
+    kind, value = r.origin
+    if kind == "rule" and isinstance(value, int):
+        return value
+    for m in r.matches:
+        if isinstance(m, InConcat) and m.set in rs.attribution and not m.negate:
+            values = [_field(f, p, family, False) for f in m.fields]
+            owners = rs.attribution[m.set]
+            for element in sets[m.set].elements:
+                if element in owners and _element_has(element, m.fields, values):
+                    return owners[element]
+    return None
 
 
 def _field(name: str, p: Packet, family: int, bridge: bool) -> str | int | None:

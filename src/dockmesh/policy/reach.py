@@ -48,6 +48,7 @@ from dockmesh.codecs.procnet import Listener
 from dockmesh.model.labels import project_of
 from dockmesh.model.policy import PortRange, parse_port_range
 from dockmesh.model.topology import NO_DNS_NETWORKS, Attachment, Container, Network, Topology
+from dockmesh.policy.compile import bridge_name
 from dockmesh.policy.decide import decide
 
 HOST = "host"
@@ -368,7 +369,8 @@ def _analyze(
     verdicts = []
     for n, sa, da in shared:
         icc_drops = _icc_off(n) and (not six or observed.docker_ip6tables)
-        d = _policy_verdict(policy, ruleset, src, dst, n, sa, da, family, proto, number)
+        br = bridge_name(n)
+        d = _policy_verdict(policy, ruleset, src, dst, n, sa, da, family, proto, number, (br, br))
         verdicts.append((not icc_drops and d[0], n, sa, da, d))
     chosen = next((v for v in verdicts if v[0]), verdicts[0])
     _, net, _sa, da, (allowed, pol_text) = chosen
@@ -447,6 +449,7 @@ def _policy_verdict(
     family: int,
     proto: str,
     number: int | None,
+    bridges: tuple[str | None, str | None] = (None, None),
 ) -> tuple[bool, str]:
     """(allowed, why) from the applied policy. IPv4 on one network: the policy's model
     (`decide`). IPv6, and traffic routed between networks: what the compiled table does
@@ -463,7 +466,8 @@ def _policy_verdict(
         return d.allowed, d.text(policy)
     from dockmesh.policy.evaluate import Packet, evaluate
 
-    outcome = evaluate(ruleset, Packet(saddr, daddr, proto, number))
+    iif, oif = bridges
+    outcome = evaluate(ruleset, Packet(saddr, daddr, proto, number, iif=iif, oif=oif))
     allowed = outcome.verdict == "accept"
     return allowed, _outcome_text(policy, outcome, allowed)
 
@@ -476,8 +480,13 @@ def _outcome_text(policy: Any, outcome: Any, allowed: bool) -> str:
         return "no rule of the policy's table matches it (its chain accepts)"
     kind, value = getattr(rule, "origin", ("base", ""))
     audit = " (audit mode: logged, not dropped)" if audited else ""
-    if kind == "rule" and isinstance(value, int) and value < len(policy.rules):
-        return f"rule {value + 1} allows it: {policy.rules[value].text()}"
+    index = getattr(outcome, "policy_rule", None)
+    if kind == "rule" and isinstance(value, int):
+        index = value
+    if index is not None and index < len(policy.rules):
+        return f"rule {index + 1} {verb} it: {policy.rules[index].text()}" + audit
+    if kind == "docker":
+        return f"the policy's table {verb} it: Docker's isolation, for IPv6 ({value})" + audit
     if kind == "network":
         return f"no rule allows it; network {value}'s default {verb} it" + audit
     if kind == "default":
@@ -553,8 +562,9 @@ def _routed_analysis(
         )
     )
     proto, number = _protocol(port)
+    bridges = (bridge_name(route.src_net), bridge_name(route.dst_net))
     allowed, text = _policy_verdict(
-        policy, ruleset, src, dst, None, route.src_att, route.dst_att, 6, proto, number
+        policy, ruleset, src, dst, None, route.src_att, route.dst_att, 6, proto, number, bridges
     )
     what = port.text() if port else "ping (ICMP)"
     detail = _policy_notes(
