@@ -58,6 +58,7 @@ if TYPE_CHECKING:  # the servers load only when the agent runs, not with the com
     from dockmesh.health.probe import Probe
     from dockmesh.health.runner import HealthRunner
     from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.watch import RulesetWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,6 +117,9 @@ class AgentDeps:
     # containers' network namespaces.
     probe: Probe | None = None
     rng: random.Random | None = None  # spreads first probes; None: seeded from the system
+    # What prints the kernel's ruleset events (`nft -j monitor`): the agent restores the
+    # policy's table after any change it did not make. None: no watch.
+    ruleset_events: tuple[str, ...] | None = None
 
 
 def build_deps(config: AgentConfig) -> AgentDeps:
@@ -129,7 +133,13 @@ def build_deps(config: AgentConfig) -> AgentDeps:
     policy = PolicyStore(config.policy_table, config.policy_dir)
     engines = [DockerBackend(ref) for ref in config.engines]
     store: Store = SqliteStore(config.state) if config.state else MemoryStore()
-    return AgentDeps(store=store, topology=TopologyWatcher(engines), enforcer=Enforcer(policy))
+    enforcer = Enforcer(policy)
+    return AgentDeps(
+        store=store,
+        topology=TopologyWatcher(engines),
+        enforcer=enforcer,
+        ruleset_events=(enforcer.nft.binary, "-j", "monitor"),
+    )
 
 
 def bridge_gateways(topo: Topology) -> set[str]:
@@ -169,6 +179,11 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._dns_gateways: set[str] = set()
         self._signals: list[signal.Signals] = []
+        self.watch: RulesetWatch | None = None
+        if deps.enforcer is not None and deps.ruleset_events:
+            from dockmesh.policy.watch import RulesetWatch
+
+            self.watch = RulesetWatch(deps.enforcer.table, deps.enforcer.check, deps.ruleset_events)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -214,6 +229,8 @@ class Agent:
         await self._start_services()
         if self.policy is not None:
             self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
+        if self.watch is not None:
+            self._tasks.append(asyncio.create_task(self.watch.run(self._stop), name="watch"))
         self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
         self.ready.set()
         log.info("agent ready")
@@ -238,6 +255,10 @@ class Agent:
             self.dns = dns
             self.dns_address = await dns.start(*cfg.dns)
             registry.register(DnsCollector(dns.stats))
+        if self.policy is not None:
+            from dockmesh.policy.watch import RepairCollector
+
+            registry.register(RepairCollector(self.policy, self.watch))
         # Each container's interface counters, read from its namespace at scrape time.
         registry.register(ContainerNetworkCollector(self.topology.current))
         health = HealthRunner(

@@ -11,9 +11,12 @@ It runs what dockmesh sends the same way the kernel takes it where dockmesh reli
   their elements, its chains, its rules with handles and counters.
 
 Only the `inet` family and the commands dockmesh sends (add/delete of table, set, chain, rule
-and elements) are understood; anything else raises NotImplementedError, a gap in this double
-rather than a refusal by the kernel. `ran` records every transaction, refused ones included;
-`refuse_next(reason)` makes the next one fail as nft would.
+and elements), and what a test does to tamper with a table as a person would with `nft`
+(flush table, delete or replace a rule by its handle, delete a set), are understood;
+anything else raises NotImplementedError, a gap in this double rather than a refusal by the
+kernel. `normalise` loads the structure into a MemoryNft of its own and lists it. `ran`
+records every transaction, refused ones included; `refuse_next(reason)` makes the next one
+fail as nft would.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockmesh.policy.compile import JSON
+from dockmesh.policy.drift import structure, tables_of
 from dockmesh.policy.nft import Nft, NftError
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,6 +75,16 @@ class MemoryNft(Nft):
         for cmd in cmds:
             self._apply(tables, cmd)
         self.tables = tables
+
+    def list_family_table(self, family: str, table: str) -> Any | None:
+        if family != "inet":
+            raise NotImplementedError(f"MemoryNft knows the inet family only: {family}")
+        return self.list_table(table)
+
+    def normalise(self, cmds: list[JSON]) -> Any:
+        fresh = MemoryNft()
+        fresh.run(structure(cmds))
+        return fresh.list_tables(tables_of(cmds))
 
     def list_table(self, table: str) -> Any | None:
         t = self.tables.get(table)
@@ -132,6 +146,10 @@ class MemoryNft(Nft):
             elif verb == "delete":
                 if tables.pop(name, None) is None:
                     raise NftError(_NO_SUCH)
+            elif verb == "flush":  # every chain's rules; sets, elements and chains stay
+                if name not in tables:
+                    raise NftError(_NO_SUCH)
+                tables[name].rules.clear()
             else:
                 raise NotImplementedError(f"MemoryNft: {verb} table")
             return
@@ -147,6 +165,17 @@ class MemoryNft(Nft):
                 raise NftError(_NO_SUCH)
             self._handles += 1
             t.rules.append({**obj, "handle": self._handles})
+        elif kind == "rule" and verb in ("delete", "replace"):
+            at = [i for i, r in enumerate(t.rules) if r["handle"] == obj.get("handle")]
+            if not at:
+                raise NftError(_NO_SUCH)
+            if verb == "delete":
+                del t.rules[at[0]]
+            else:
+                t.rules[at[0]] = {**obj, "handle": obj["handle"]}
+        elif kind == "set" and verb == "delete":
+            if t.sets.pop(obj["name"], None) is None:
+                raise NftError(_NO_SUCH)
         elif kind == "element" and verb in ("add", "delete"):
             s = t.sets.get(obj["name"])
             if s is None:

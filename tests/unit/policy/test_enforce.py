@@ -83,13 +83,25 @@ def test_a_hand_made_table_is_never_applied_over_nor_removed(action: str, tmp_pa
             enforcer.apply(applied, topo)
         assert not store.path.exists()
     elif action == "remove":
-        store.save(applied)
         with pytest.raises(ForeignTable):
             enforcer.remove()
     else:
-        store.save(applied)
-        enforcer.sync(topo)  # logged, not raised: the agent keeps running
+        enforcer.sync(topo)  # no policy recorded for it: nothing to keep
+        assert enforcer.check() == []
     assert nft.ran == []
+
+
+def test_a_table_a_policy_is_recorded_for_is_ours_even_without_the_mark(tmp_path: Path) -> None:
+    """The record is written only once the kernel took dockmesh's table, so a table of that
+    name is dockmesh's while it exists: one flushed and stripped of its mark set (or never
+    given one) is restored, not given up on, and `remove` removes it."""
+    store, _, _ = applied(tmp_path)
+    nft = nft_holding(foreign_doc(T))
+    enforcer = Enforcer(store, nft)
+    enforcer.sync(topo({2: "client", 3: "web"}))
+    assert nft.list_table(T) is not None
+    assert enforcer.drift(compile_policy(POLICY, topo({2: "client", 3: "web"}), "enforce", T)) == []
+    assert enforcer.remove() is True and nft.list_table(T) is None
 
 
 def test_our_own_table_is_applied_over_and_removed(tmp_path: Any) -> None:
