@@ -13,6 +13,7 @@ One asyncio process per Docker host:
                                                                    │
         TopologyFeed (GET /v1/dockmesh/topology, blocking) ◀───────┤
         Enforcer: the applied policy's sets, in nft (first) ◀──────┤  ◀── policy file, polled
+          ▲ check after each change to the kernel's ruleset: RulesetWatch (`nft -j monitor`)
         containers' labels → catalog instances ◀───────────────────┤
         bridge gateways → DNS listeners ◀──────────────────────────┘
     LiveCatalog ◀── HTTP API (Consul-compatible, blocking queries, /metrics)
@@ -23,7 +24,8 @@ What cannot be rebuilt from the engines (manual registrations, KV) lives in the 
 the applied policy lives in the policy directory, written by `dockmesh policy apply`. The
 engine may be absent at start or go away later: the agent keeps serving what it knows and
 reconnects with back-off. SIGTERM and SIGINT stop it cleanly; the policy's table stays in
-force (fail closed). SIGHUP reads the applied policy again and mends its table now.
+force (fail closed). SIGHUP reads the applied policy again and mends its table now; a change
+to the table the agent did not make is undone as soon as the ruleset watch reports it.
 """
 
 from __future__ import annotations
