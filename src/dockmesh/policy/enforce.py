@@ -71,6 +71,9 @@ from dockmesh.policy.store import Applied, PolicyStore, Stamp
 
 log = logging.getLogger(__name__)
 
+# A comparison: the transaction, the live listing, the live and the wanted tables as compared.
+Compared = tuple[list[JSON], Any, dict[Key, TableView], dict[Key, TableView]]
+
 
 class Enforcer:
     """Keeps one nftables table equal to compile(applied policy, topology), as the module
@@ -95,6 +98,7 @@ class Enforcer:
         # Reference listings learnt from the kernel when the predicted one proved wrong
         # (`_write_all`), by structure.
         self._learnt: dict[str, Any] = {}
+        self._wanted: tuple[Ruleset, list[JSON], dict[Key, TableView]] | None = None
         self._warned_normalise = False
 
     @property
@@ -192,7 +196,7 @@ class Enforcer:
                 delta = element_delta(self._ruleset.elements(), want)
                 if delta is None:
                     self._refuse_foreign()
-                    self._write_all(self.transaction(want))
+                    self._write_all(self._compare(want)[0])
                 elif delta:
                     try:
                         self._run(delta)
@@ -204,10 +208,10 @@ class Enforcer:
             log.error("policy: could not update table inet %s: %s", self.table, e)
             self._ruleset = None
 
-    def _reconcile(self, want: Ruleset) -> list[str]:
-        """Makes the live table `want` with the least it takes; what differed ([] nothing)."""
-        tx = self.transaction(want)
-        doc, live, ref = self._compare(tx)
+    def _reconcile(self, want: Ruleset, compared: Compared | None = None) -> list[str]:
+        """Makes the live table `want` with the least it takes; what differed ([] nothing).
+        `compared`: the comparison just made (`_compare(want)`), not made again."""
+        tx, doc, live, ref = compared or self._compare(want)
         if live and not self._owned(doc):
             raise ForeignTable(self.table)  # someone else's table: never replaced
         # Recreating a table that `policy remove` just deleted would undo it: look again.
@@ -245,16 +249,14 @@ class Enforcer:
                 self._sync(False)
                 return []
             try:
-                tx = self.transaction(want)
-                doc, live, ref = self._compare(tx)
+                compared = self._compare(want)
+                _, doc, live, ref = compared
                 diffs = differences(live, ref)
                 if not diffs:
                     return []
                 if patient and self._written_by_another(doc, want):
                     return None
-                if live and not self._owned(doc):
-                    raise ForeignTable(self.table)
-                self._reconcile(want)
+                self._reconcile(want, compared)
             except NftError as e:
                 log.error("policy: could not restore table inet %s: %s", self.table, e)
                 self._ruleset = None
@@ -270,7 +272,7 @@ class Enforcer:
     def drift(self, want: Ruleset) -> list[str]:
         """What differs between the kernel's table(s) and `want`, in words ([] in sync).
         Reads only."""
-        _, live, ref = self._compare(self.transaction(want))
+        _, _, live, ref = self._compare(want)
         return differences(live, ref)
 
     def transaction(self, rs: Ruleset) -> list[JSON]:
@@ -288,11 +290,20 @@ class Enforcer:
         }
         return bool(marks) and MARK_PREFIX + (want.structure_hash or "0") not in marks
 
-    def _compare(self, tx: list[JSON]) -> tuple[Any, dict[Key, TableView], dict[Key, TableView]]:
-        """The live listing of the transaction's tables, and both sides as compared."""
+    def _compare(self, want: Ruleset) -> Compared:
+        """The transaction that writes `want`, the live listing of its tables, and both sides
+        as compared. The wanted side is kept for the last ruleset asked about: the agent
+        compares the same one after every change to the ruleset."""
+        kept = self._wanted
+        if kept is not None and kept[0] is want:
+            _, tx, ref = kept
+        else:
+            tx = self.transaction(want)
+            ref = wanted(tx, self._reference(tx))
+            self._wanted = (want, tx, ref)
         keys = tables_of(tx)
         doc = self.nft.list_tables(keys)
-        return doc, view(doc, keys), wanted(tx, self._reference(tx))
+        return tx, doc, view(doc, keys), ref
 
     def _reference(self, tx: list[JSON]) -> Any:
         key = _structure_key(tx)
@@ -314,7 +325,8 @@ class Enforcer:
         self._run(tx, reload=True)
         keys = tables_of(tx)
         doc = self.nft.list_tables(keys)
-        ref = wanted(tx, self._reference(tx))
+        kept = self._wanted
+        ref = kept[2] if kept is not None and kept[1] is tx else wanted(tx, self._reference(tx))
         if not only_elements(view(doc, keys), ref):
             diffs = differences(view(doc, keys), ref)
             log.warning(
@@ -324,6 +336,7 @@ class Enforcer:
                 summary(diffs),
             )
             self._learnt[_structure_key(tx)] = doc
+            self._wanted = None
 
     def _owned(self, doc: Any) -> bool:
         """Ours: a policy is recorded for the table, or it carries dockmesh's mark."""
