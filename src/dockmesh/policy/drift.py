@@ -41,7 +41,12 @@ SHOWN = 3  # examples named in one difference (the rest are counted)
 class RuleView:
     expr: str  # canonical JSON of its expressions, counter values dropped
     comment: str
-    text: str  # nft-like words for people
+
+    @property
+    def text(self) -> str:
+        """nft-like words for people (made only when a difference is told: a listing of
+        thousands of rules is compared far more often than it differs)."""
+        return render(json.loads(self.expr))
 
     def label(self) -> str:
         if self.comment:
@@ -175,7 +180,7 @@ def _decl(obj: Mapping[str, Any]) -> str:
 
 def _rule(obj: Mapping[str, Any]) -> RuleView:
     expr = [_steady(e) for e in obj.get("expr") or ()]
-    return RuleView(json.dumps(expr, sort_keys=True), str(obj.get("comment") or ""), render(expr))
+    return RuleView(json.dumps(expr, sort_keys=True), str(obj.get("comment") or ""))
 
 
 def _steady(e: Any) -> Any:
