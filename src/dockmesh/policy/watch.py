@@ -79,6 +79,7 @@ class RulesetWatch:
         self.restarts = 0  # children started after the first
         self.checks = 0
         self._pending = asyncio.Event()
+        self._quiet = False  # a failure was told and nothing has worked since
 
     async def run(self, stop: asyncio.Event) -> None:
         checker = asyncio.create_task(self._checks(), name="policy-check")
@@ -104,11 +105,11 @@ class RulesetWatch:
                     preexec_fn=_die_with_parent(os.getpid()),
                 )
             except OSError as e:
-                log.warning("policy: cannot watch the ruleset (%s): retrying", e)
+                self._say("policy: cannot watch the ruleset (%s): retrying", e)
             else:
                 self.restarts += int(started > 0)
                 started += 1
-                await self._read(proc, stop)
+                await self._read(proc, stop, began)
             if stop.is_set():
                 return
             if loop.time() - began > RUN_FOR_RESET_S:
@@ -117,7 +118,9 @@ class RulesetWatch:
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, RESTART_MAX_S)
 
-    async def _read(self, proc: asyncio.subprocess.Process, stop: asyncio.Event) -> None:
+    async def _read(
+        self, proc: asyncio.subprocess.Process, stop: asyncio.Event, began: float
+    ) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         stopping = asyncio.ensure_future(stop.wait())
         try:
@@ -132,11 +135,14 @@ class RulesetWatch:
                 line = reading.result()
                 if not line:
                     break
+                self._quiet = False  # it works: the next failure is news again
                 if touches(line.decode(errors="replace"), self.table):
                     self._pending.set()
             err = (await proc.stderr.read()).decode(errors="replace").strip()
             code = await proc.wait()
-            log.warning(
+            if asyncio.get_running_loop().time() - began > RUN_FOR_RESET_S:
+                self._quiet = False  # it had worked for a while: this end is news
+            self._say(
                 "policy: the ruleset watch (%s) ended with %s%s; starting it again",
                 " ".join(self.command),
                 code,
@@ -149,6 +155,12 @@ class RulesetWatch:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+
+    def _say(self, msg: str, *args: object) -> None:
+        """A failure of the watch: a warning the first time, then quietly (debug) until it
+        has worked again (a host without nft would log a line every few seconds)."""
+        log.log(logging.DEBUG if self._quiet else logging.WARNING, msg, *args)
+        self._quiet = True
 
     async def _checks(self) -> None:
         while True:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -113,6 +115,23 @@ def test_a_table_another_apply_wrote_is_checked_again_impatiently() -> None:
 
     asyncio.run(main())
     assert calls[:2] == [True, False]
+
+
+def test_a_watch_that_cannot_start_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> RulesetWatch:
+        watch = RulesetWatch("t", lambda _: [], ["/nonexistent/nft", "-j", "monitor"])
+        stop = asyncio.Event()
+        task = asyncio.create_task(watch.run(stop))
+        await asyncio.sleep(1.0)  # back-off 0.1, 0.2, 0.4 s: several attempts
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return watch
+
+    with caplog.at_level(logging.DEBUG, "dockmesh.policy.watch"):
+        watch = asyncio.run(main())
+    tries = [r for r in caplog.records if "cannot watch the ruleset" in r.getMessage()]
+    assert len(tries) >= 3 and not watch.up
+    assert [r.levelno for r in tries] == [logging.WARNING] + [logging.DEBUG] * (len(tries) - 1)
 
 
 def _alive(pid: int) -> bool:
