@@ -13,6 +13,7 @@ One asyncio process per Docker host:
                                                                    │
         TopologyFeed (GET /v1/dockmesh/topology, blocking) ◀───────┤
         Enforcer: the applied policy's sets, in nft (first) ◀──────┤  ◀── policy file, polled
+          ▲ check after each change to the kernel's ruleset: RulesetWatch (`nft -j monitor`)
         containers' labels → catalog instances ◀───────────────────┤
         bridge gateways → DNS listeners ◀──────────────────────────┘
     LiveCatalog ◀── HTTP API (Consul-compatible, blocking queries, /metrics)
@@ -23,7 +24,8 @@ What cannot be rebuilt from the engines (manual registrations, KV) lives in the 
 the applied policy lives in the policy directory, written by `dockmesh policy apply`. The
 engine may be absent at start or go away later: the agent keeps serving what it knows and
 reconnects with back-off. SIGTERM and SIGINT stop it cleanly; the policy's table stays in
-force (fail closed). SIGHUP reads the applied policy again and mends its table now.
+force (fail closed). SIGHUP reads the applied policy again and mends its table now; a change
+to the table the agent did not make is undone as soon as the ruleset watch reports it.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ if TYPE_CHECKING:  # the servers load only when the agent runs, not with the com
     from dockmesh.health.probe import Probe
     from dockmesh.health.runner import HealthRunner
     from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.watch import RulesetWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -116,6 +119,9 @@ class AgentDeps:
     # containers' network namespaces.
     probe: Probe | None = None
     rng: random.Random | None = None  # spreads first probes; None: seeded from the system
+    # What prints the kernel's ruleset events (`nft -j monitor`): the agent restores the
+    # policy's table after any change it did not make. None: no watch.
+    ruleset_events: tuple[str, ...] | None = None
 
 
 def build_deps(config: AgentConfig) -> AgentDeps:
@@ -129,7 +135,13 @@ def build_deps(config: AgentConfig) -> AgentDeps:
     policy = PolicyStore(config.policy_table, config.policy_dir)
     engines = [DockerBackend(ref) for ref in config.engines]
     store: Store = SqliteStore(config.state) if config.state else MemoryStore()
-    return AgentDeps(store=store, topology=TopologyWatcher(engines), enforcer=Enforcer(policy))
+    enforcer = Enforcer(policy)
+    return AgentDeps(
+        store=store,
+        topology=TopologyWatcher(engines),
+        enforcer=enforcer,
+        ruleset_events=(enforcer.nft.binary, "-j", "monitor"),
+    )
 
 
 def bridge_gateways(topo: Topology) -> set[str]:
@@ -169,6 +181,11 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._dns_gateways: set[str] = set()
         self._signals: list[signal.Signals] = []
+        self.watch: RulesetWatch | None = None
+        if deps.enforcer is not None and deps.ruleset_events:
+            from dockmesh.policy.watch import RulesetWatch
+
+            self.watch = RulesetWatch(deps.enforcer.table, deps.enforcer.check, deps.ruleset_events)
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -214,6 +231,8 @@ class Agent:
         await self._start_services()
         if self.policy is not None:
             self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
+        if self.watch is not None:
+            self._tasks.append(asyncio.create_task(self.watch.run(self._stop), name="watch"))
         self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
         self.ready.set()
         log.info("agent ready")
@@ -238,6 +257,10 @@ class Agent:
             self.dns = dns
             self.dns_address = await dns.start(*cfg.dns)
             registry.register(DnsCollector(dns.stats))
+        if self.policy is not None:
+            from dockmesh.policy.watch import RepairCollector
+
+            registry.register(RepairCollector(self.policy, self.watch))
         # Each container's interface counters, read from its namespace at scrape time.
         registry.register(ContainerNetworkCollector(self.topology.current))
         health = HealthRunner(

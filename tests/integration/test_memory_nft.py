@@ -123,3 +123,54 @@ def test_both_refuse_an_overlap_in_an_interval_set_and_a_missing_table(real: Nft
         assert parse_live(nft.list_table(TABLE), TABLE).elements == {"iv": {"10.0.0.0/16"}}
         assert outcome(nft, [{"delete": {"table": {"family": "inet", "name": TABLE}}}])
         assert not outcome(nft, [{"delete": {"table": {"family": "inet", "name": TABLE}}}])
+
+
+# --- tampering: both list it so that drift says the same words ---------------------------------
+
+
+def _tamper(nft: Nft, how: str) -> None:
+    t = {"family": "inet", "name": TABLE}
+    doc = nft.list_table(TABLE)
+    assert doc is not None
+    handles = [i["rule"]["handle"] for i in doc["nftables"] if "rule" in i]
+    where = {"family": "inet", "table": TABLE}
+    cmds: dict[str, list[JSON]] = {
+        "flush": [{"flush": {"table": t}}],
+        "delete table": [{"delete": {"table": t}}],
+        "delete rule": [{"delete": {"rule": {**where, "chain": "forward", "handle": handles[-2]}}}],
+        "add rule": [{"add": {"rule": {**where, "chain": "forward", "expr": [{"drop": None}]}}}],
+        "delete element": [
+            {"delete": {"element": {**where, "name": "s0_4", "elem": ["10.0.0.2"]}}}
+        ],
+    }
+    nft.run(cmds[how])
+
+
+@pytest.mark.parametrize(
+    "how", ["flush", "delete table", "delete rule", "add rule", "delete element"]
+)
+def test_drift_says_the_same_of_both_and_nft_lists_what_it_predicts(real: Nft, how: str) -> None:
+    """The reference listing made in a namespace of its own (`Nft.normalise`) equals the
+    kernel's listing of the table as written, and the in-memory one's prediction; after the
+    same tampering both read the same differences."""
+    from dockmesh.policy.drift import differences, tables_of, view, wanted
+    from dockmesh.policy.nft import mark
+
+    rs = ruleset({2: "client", 3: "web", 201: "web"})
+    tx = mark(full_transaction(rs), rs.structure_hash)
+    keys = tables_of(tx)
+    memory = MemoryNft()
+    real.run(tx)
+    memory.run(tx)
+    try:
+        want_real = wanted(tx, Nft().normalise(tx))  # a namespace of its own, not `real`'s
+        want_memory = wanted(tx, memory.normalise(tx))
+        assert want_real == want_memory
+        assert differences(view(real.list_tables(keys), keys), want_real) == []
+        _tamper(real, how)
+        _tamper(memory, how)
+        said = differences(view(real.list_tables(keys), keys), want_real)
+        assert said and said == differences(view(memory.list_tables(keys), keys), want_memory)
+    finally:
+        outcome(real, [{"add": {"table": {"family": "inet", "name": TABLE}}},
+                       {"delete": {"table": {"family": "inet", "name": TABLE}}}])  # fmt: skip

@@ -383,6 +383,27 @@ def test_sighup_reads_the_policy_again_and_mends_its_table_without_a_change(
         signal.signal(signal.SIGHUP, previous)
 
 
+def test_metrics_count_the_policy_tables_repairs(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as env:
+            await follow(env, lambda: ("inet", TABLE) in env.nft.tables)
+            env.nft.run([{"flush": {"table": {"family": "inet", "name": TABLE}}}])
+            assert env.agent.policy is not None
+            await asyncio.to_thread(env.agent.policy.check)  # what the ruleset watch calls
+            assert env.agent.api_address is not None
+            host, port = env.agent.api_address
+
+            def scrape() -> str:
+                with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
+                    return str(r.read().decode())
+
+            text = await asyncio.to_thread(scrape)
+            assert "dockmesh_policy_repairs_total 1.0" in text
+            assert "dockmesh_policy_watch_up 0.0" in text  # no watch in this agent's deps
+
+    vtime.run(main)
+
+
 # --- the parts --------------------------------------------------------------------------------
 
 
@@ -404,6 +425,7 @@ def test_the_parts_come_from_the_config_alone(
         assert isinstance(deps.store, SqliteStore)
         assert deps.enforcer is not None
         assert deps.enforcer.store.path == tmp_path / "policy" / "mine.json"
+        assert deps.ruleset_events == ("nft", "-j", "monitor")  # the agent watches the kernel
         assert isinstance(deps.topology, TopologyWatcher)
         with pytest.raises(EngineError, match=r"absent\.sock"):
             deps.topology.start()

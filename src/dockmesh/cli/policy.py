@@ -240,7 +240,7 @@ def _nft_errors(fn: Any) -> Any:
 def applied_policy(table: str) -> tuple[Policy | None, str]:
     """The policy in force on `table`, and a sentence about it: None when none is applied or
     its table is gone from the kernel."""
-    from dockmesh.policy.nft import ForeignTable, Nft, NftError, is_ours
+    from dockmesh.policy.nft import Nft, NftError
 
     try:
         applied = policy_store(table).load()
@@ -254,8 +254,8 @@ def applied_policy(table: str) -> tuple[Policy | None, str]:
         return applied.policy, f"policy recorded; nft could not be asked ({e})"
     if live is None:
         return None, f"a policy is recorded but table inet {table} is not in the kernel"
-    if not is_ours(live, table):
-        return None, str(ForeignTable(table)).split(":")[0]
+    # A policy is recorded for it: the table is dockmesh's, whatever was done to it since
+    # (`policy_staleness` says how it differs).
     if applied.mode == "audit":
         return applied.policy, "audit mode (nothing is dropped)"
     return applied.policy, f"policy enforced (table inet {table})"
@@ -263,10 +263,12 @@ def applied_policy(table: str) -> tuple[Policy | None, str]:
 
 def policy_staleness(table: str, topo: Topology) -> str:
     """Why the kernel's table may not be what the model says ('' when it is in sync, or
-    when there is nothing to compare): the same comparison as `policy show`'s in_sync."""
+    when there is nothing to compare): the same comparison as `policy show`'s."""
     from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
-    from dockmesh.policy.nft import Nft, NftError, is_ours, parse_live
+    from dockmesh.policy.drift import summary
+    from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.nft import Nft, NftError, is_ours
 
     unreadable = False
     try:
@@ -280,21 +282,26 @@ def policy_staleness(table: str, topo: Topology) -> str:
     if unreadable and doc is not None and is_ours(doc, table):
         # Nothing to compare with, but the table the record was about is still in force.
         return f"table inet {table} is in the kernel, with rules the record no longer says"
-    if applied is None or doc is None or not is_ours(doc, table):
+    if applied is None or doc is None:
         return ""
-    live = parse_live(doc, table)
     want = compile_policy(applied.policy, topo, applied.mode, table, PortFinder()(topo))
-    if live.structure_hash == want.structure_hash and live.elements == want.elements():
+    try:
+        diffs = Enforcer(policy_store(table)).drift(want)
+    except NftError:
+        return ""
+    if not diffs:
         return ""
     return (
-        f"table inet {table} is not in sync with the topology (policy show says so; "
-        "the agent, or policy apply again, brings it back)"
+        f"table inet {table} is not in sync with the policy and the topology "
+        f"({summary(diffs, 2)}; policy show says all; the agent, or policy apply again, "
+        "brings it back)"
     )
 
 
 def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
+    from dockmesh.policy.enforce import Enforcer
     from dockmesh.policy.nft import ForeignTable, Nft, is_ours, parse_live
 
     try:
@@ -311,18 +318,25 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         "rules": [],
         "sets": [],
         "in_sync": None,
+        "differences": [],
     }
+    if live_doc is None and applied is None:
+        return doc
+    # Ours when a policy is recorded for it, or when it carries dockmesh's mark (a table
+    # whose rules were flushed keeps its sets, the mark among them).
+    if live_doc is not None and applied is None and not is_ours(live_doc, table):
+        raise UserError(str(ForeignTable(table)))
+    topo = load_topology(engine)
+    ports = PortFinder()(topo)
+    want = compile_policy(applied.policy, topo, applied.mode, table, ports) if applied else None
+    if want is not None:
+        enforcer = Enforcer(policy_store(table))
+        diffs: list[str] = _nft_errors(lambda: enforcer.drift(want))
+        doc["differences"] = diffs
+        doc["in_sync"] = not diffs
     if live_doc is None:
         return doc
-    if not is_ours(live_doc, table):
-        raise UserError(str(ForeignTable(table)))
     live = parse_live(live_doc, table)
-    topo = load_topology(engine)
-    want = (
-        compile_policy(applied.policy, topo, applied.mode, table, PortFinder()(topo))
-        if applied
-        else None
-    )
     meanings = {s.name: s.meaning for s in want.sets} if want else {}
     texts: dict[str, str] = {}
     if applied is not None:
@@ -362,10 +376,6 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
                         names.append(holder.name)
             members.append({"address": element, "containers": names})
         doc["sets"].append({"name": name, "meaning": meanings.get(name, ""), "members": members})
-    if want is not None:
-        doc["in_sync"] = (
-            live.structure_hash == want.structure_hash and live.elements == want.elements()
-        )
     return doc
 
 
@@ -381,15 +391,29 @@ def _set_order(name: str) -> tuple[str, int, str]:
 
 
 def _render_show(doc: dict[str, Any]) -> None:
+    diffs: list[str] = doc["differences"]
     if not doc["applied"]:
-        out.print(f"no policy applied (table inet {doc['table']})", markup=False)
+        if diffs:
+            out.print(
+                f"table inet {doc['table']}: mode {doc['mode']}, from {doc['source'] or '?'}, "
+                "is not in the kernel (the agent restores it; or policy apply again)",
+                markup=False,
+                highlight=False,
+            )
+        else:
+            out.print(f"no policy applied (table inet {doc['table']})", markup=False)
         return
+    state = ""
+    if doc["in_sync"] is False:
+        n = len(diffs)
+        state = f" — differs from the compiled policy ({n} difference{'s' if n != 1 else ''})"
     out.print(
-        f"table inet {doc['table']}: mode {doc['mode']}, from {doc['source'] or '?'}"
-        + ("" if doc["in_sync"] in (None, True) else " (not in sync with the topology)"),
+        f"table inet {doc['table']}: mode {doc['mode']}, from {doc['source'] or '?'}{state}",
         markup=False,
         highlight=False,
     )
+    for d in diffs:
+        out.print(f"  differs: {d}", markup=False, highlight=False)
     rules = Table("rule", "packets", "bytes", title="rules (counters since applied)")
     for r in doc["rules"]:
         rules.add_row(r["text"], str(r["packets"]), str(r["bytes"]))

@@ -16,17 +16,33 @@ Theory of operation
   and the new ones not yet there, so restarting the agent never opens a window.
 - The agent never removes the table: a stopped agent leaves the last ruleset in force (fail
   closed). Only `policy remove` removes it, with the file, so the agent then leaves it alone.
+- Whether the live table is what it should be is decided by comparing it, rule by rule and
+  set by set, with what the transaction would write (`drift`): a table whose rules were
+  flushed, deleted, added or replaced is written again whole; one whose set elements alone
+  differ gets element updates (its counters go on).
+- A table is dockmesh's when a policy is recorded for it (the file is written only after
+  the kernel took the table) or when it carries dockmesh's mark (`nft.mark`, kept by a
+  flush). Anything else of that name is someone else's and never touched.
+- Tampering: the agent's ruleset watch (`policy/watch.py`) calls `check` after any change to
+  the kernel's ruleset. Its own transactions leave the table as wanted, so a check after
+  them finds nothing and writes nothing: no loop. A table another `dockmesh policy apply`
+  just wrote (its mark names another structure) is given a moment for that command to
+  record its policy, then followed rather than "repaired".
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from dockmesh.host.ports import PortFinder
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import (
+    JSON,
     PortMap,
     Ruleset,
     compile_policy,
@@ -34,10 +50,33 @@ from dockmesh.policy.compile import (
     full_transaction,
     remove_transaction,
 )
-from dockmesh.policy.nft import ForeignTable, Nft, NftError, is_ours, parse_live
+from dockmesh.policy.drift import (
+    Key,
+    TableView,
+    as_listing,
+    differences,
+    only_elements,
+    structure,
+    summary,
+    tables_of,
+    view,
+    wanted,
+)
+from dockmesh.policy.nft import (
+    MARK_PREFIX,
+    ForeignTable,
+    Nft,
+    NftError,
+    is_ours,
+    mark,
+    parse_live,
+)
 from dockmesh.policy.store import Applied, PolicyStore, Stamp
 
 log = logging.getLogger(__name__)
+
+# A comparison: the transaction, the live listing, the live and the wanted tables as compared.
+Compared = tuple[list[JSON], Any, dict[Key, TableView], dict[Key, TableView]]
 
 
 class Enforcer:
@@ -69,6 +108,12 @@ class Enforcer:
         self._topology: Topology | None = None
         self.transactions = 0  # how many nft transactions ran (for tests and metrics)
         self.reloads = 0  # of which whole-table replacements
+        self.repairs = 0  # changes made behind dockmesh's back that `check` undid
+        # Reference listings learnt from the kernel when the predicted one proved wrong
+        # (`_write_all`), by structure.
+        self._learnt: dict[str, Any] = {}
+        self._wanted: tuple[Ruleset, list[JSON], dict[Key, TableView]] | None = None
+        self._warned_normalise = False
 
     def compile(self, applied: Applied, topo: Topology) -> Ruleset:
         return compile_policy(applied.policy, topo, applied.mode, applied.table, self.ports(topo))
@@ -89,7 +134,7 @@ class Enforcer:
         with self._lock:
             rs = self.compile(applied, topo)
             self._refuse_foreign()
-            self._run(full_transaction(rs), reload=True)
+            self._run(self.transaction(rs), reload=True)
             self.store.save(applied)
             self._stamp, self._read = self.store.stamp(), True
             self._applied, self._ruleset, self._topology = applied, rs, topo
@@ -168,7 +213,7 @@ class Enforcer:
                 delta = element_delta(self._ruleset.elements(), want)
                 if delta is None:
                     self._refuse_foreign()
-                    self._run(full_transaction(want), reload=True)
+                    self._write_all(self._compare(want)[0])
                 elif delta:
                     try:
                         self._run(delta)
@@ -180,26 +225,144 @@ class Enforcer:
             log.error("policy: could not update table inet %s: %s", self.table, e)
             self._ruleset = None
 
-    def _reconcile(self, want: Ruleset) -> None:
-        doc = self.nft.list_table(self.table)
-        live = parse_live(doc, self.table) if doc is not None else None
-        if live is not None and live.structure_hash is None and _has_inet(doc):
+    def _reconcile(self, want: Ruleset, compared: Compared | None = None) -> list[str]:
+        """Makes the live table `want` with the least it takes; what differed ([] nothing).
+        `compared`: the comparison just made (`_compare(want)`), not made again."""
+        tx, doc, live, ref = compared or self._compare(want)
+        if live and not self._owned(doc):
             raise ForeignTable(self.table)  # someone else's table: never replaced
-        if live is not None and live.structure_hash == want.structure_hash:
-            delta = element_delta(live.elements, want)
-            if delta is not None:
-                if delta:
-                    self._run(delta)
-                return
         # Recreating a table that `policy remove` just deleted would undo it: look again.
-        if doc is None and self.store.stamp() is None:
-            return
-        self._run(full_transaction(want), reload=True)
+        if not live and self.store.stamp() is None:
+            return []
+        diffs = differences(live, ref)
+        if not diffs:
+            return []
+        if only_elements(live, ref):
+            delta = element_delta(parse_live(doc, self.table).elements, want)
+            if delta is not None:
+                self._run(delta)
+                return diffs
+        self._write_all(tx)
+        return diffs
+
+    # --- tampering ------------------------------------------------------------------------
+
+    def check(self, patient: bool = True) -> list[str] | None:
+        """The kernel's ruleset changed (the agent's watch saw it): when the table is no
+        longer what this enforcer made true, it is restored, logged and counted (`repairs`).
+        Returns what differed ([] nothing). None when the live table is one another
+        `dockmesh policy apply` just wrote and its record may follow: ask again in a moment
+        with `patient=False`, and it is then followed if recorded, restored if not."""
+        with self._lock:
+            if self._topology is None:
+                return []
+            if self._refresh():  # a policy applied or removed meanwhile: follow it
+                self._sync(True)
+                return []
+            want = self._ruleset
+            if self._applied is None:
+                return []
+            if want is None:  # not known to be true: mended as at a start, not counted
+                self._sync(False)
+                return []
+            try:
+                compared = self._compare(want)
+                _, doc, live, ref = compared
+                diffs = differences(live, ref)
+                if not diffs:
+                    return []
+                if patient and self._written_by_another(doc, want):
+                    return None
+                self._reconcile(want, compared)
+            except NftError as e:
+                log.error("policy: could not restore table inet %s: %s", self.table, e)
+                self._ruleset = None
+                return []
+            self.repairs += 1
+            log.warning(
+                "policy: table inet %s was changed behind dockmesh's back, restored: %s",
+                self.table,
+                summary(diffs),
+            )
+            return diffs
+
+    def drift(self, want: Ruleset) -> list[str]:
+        """What differs between the kernel's table(s) and `want`, in words ([] in sync).
+        Reads only."""
+        _, _, live, ref = self._compare(want)
+        return differences(live, ref)
+
+    def transaction(self, rs: Ruleset) -> list[JSON]:
+        """What makes the kernel hold `rs`, with dockmesh's mark in each of its tables."""
+        return mark(full_transaction(rs), rs.structure_hash)
+
+    def _written_by_another(self, doc: Any, want: Ruleset) -> bool:
+        """Whether the live table carries the mark of another structure than `want`'s and
+        not ours: a whole table another dockmesh process wrote."""
+        marks = {
+            str(item["set"].get("name"))
+            for item in doc.get("nftables", [])
+            if isinstance(item.get("set"), dict)
+            and str(item["set"].get("name", "")).startswith(MARK_PREFIX)
+        }
+        return bool(marks) and MARK_PREFIX + (want.structure_hash or "0") not in marks
+
+    def _compare(self, want: Ruleset) -> Compared:
+        """The transaction that writes `want`, the live listing of its tables, and both sides
+        as compared. The wanted side is kept for the last ruleset asked about: the agent
+        compares the same one after every change to the ruleset."""
+        kept = self._wanted
+        if kept is not None and kept[0] is want:
+            _, tx, ref = kept
+        else:
+            tx = self.transaction(want)
+            ref = wanted(tx, self._reference(tx))
+            self._wanted = (want, tx, ref)
+        keys = tables_of(tx)
+        doc = self.nft.list_tables(keys)
+        return tx, doc, view(doc, keys), ref
+
+    def _reference(self, tx: list[JSON]) -> Any:
+        key = _structure_key(tx)
+        learnt = self._learnt.get(key)
+        if learnt is not None:
+            return learnt
+        try:
+            return self.nft.normalise(tx)
+        except NftError as e:
+            if not self._warned_normalise:
+                log.warning("policy: %s; comparing with the commands as sent", e)
+                self._warned_normalise = True
+            return as_listing(structure(tx))
+
+    def _write_all(self, tx: list[JSON]) -> None:
+        """Writes the whole table; when the kernel then lists it otherwise than predicted,
+        the prediction was wrong, not the kernel: what it lists is learnt as the reference
+        for this structure, so that a check after this write finds nothing (never a loop)."""
+        self._run(tx, reload=True)
+        keys = tables_of(tx)
+        doc = self.nft.list_tables(keys)
+        kept = self._wanted
+        ref = kept[2] if kept is not None and kept[1] is tx else wanted(tx, self._reference(tx))
+        if not only_elements(view(doc, keys), ref):
+            diffs = differences(view(doc, keys), ref)
+            log.warning(
+                "policy: nft lists table inet %s otherwise than predicted (%s); "
+                "comparing with what it lists from now on",
+                self.table,
+                summary(diffs),
+            )
+            self._learnt[_structure_key(tx)] = doc
+            self._wanted = None
+
+    def _owned(self, doc: Any) -> bool:
+        """Ours: a policy is recorded for the table, or it carries dockmesh's mark."""
+        return self.store.stamp() is not None or is_ours(doc, self.table)
 
     def _refuse_foreign(self) -> bool:
-        """Whether the table exists; ForeignTable when it exists without dockmesh's mark."""
+        """Whether the table exists; ForeignTable when it exists and is not ours."""
         doc = self.nft.list_table(self.table)
-        if doc is not None and not is_ours(doc, self.table):
+        if doc is not None and not self._owned(doc):
             raise ForeignTable(self.table)
         return doc is not None
 
@@ -213,13 +376,6 @@ def _no_ports(topo: Topology) -> PortMap:
     return {}
 
 
-def _has_inet(doc: object) -> bool:
-    """Whether a listing holds the inet table (not only the bridge one, which alone is what
-    is left of ours when someone deleted the inet table)."""
-    items = doc.get("nftables", []) if isinstance(doc, dict) else []
-    return any(
-        isinstance(x, dict)
-        and isinstance(x.get("table"), dict)
-        and x["table"].get("family") == "inet"
-        for x in items
-    )
+def _structure_key(tx: list[JSON]) -> str:
+    text = json.dumps(structure(tx), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -3,25 +3,36 @@ back as data (`parse_live`, pure).
 
 Every change is one `nft -j -f -` run: nft sends the whole batch to the kernel as one
 transaction, so either all of it holds or none of it does — never a table half replaced or a
-set half updated. Only `inet <table>` is ever named: Docker's tables and anyone else's are
-never read or written.
+set half updated. Only dockmesh's own tables are ever named: Docker's tables and anyone
+else's are never read or written.
+
+Whose table it is: every table dockmesh writes carries an empty set named `dockmesh_<structure
+hash>` (`mark`). `nft flush table` keeps sets, so a flushed table is still recognised; the
+JSON listing shows sets (nft 1.0.6 lists no table comment in JSON). Tables written before the
+mark existed are recognised by the structure hash in their first rule's comment.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dockmesh.policy.compile import HASH_TAG, JSON, document
+from dockmesh.policy.drift import Key, structure, tables_of
 
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 TIMEOUT_S = 30.0
+MARK_PREFIX = "dockmesh_"
+# Reference listings kept (`Nft.normalise`): one per structure, a few structures at a time.
+NORMALISED_KEPT = 8
 
 
 class NftError(Exception):
@@ -34,16 +45,37 @@ class ForeignTable(NftError):
     def __init__(self, table: str) -> None:
         super().__init__(
             f"table inet {table} exists but was not made by dockmesh (it has no "
-            f"'{HASH_TAG.strip()}' rule): not touched; name another table with --table"
+            f"'{MARK_PREFIX}…' set and no policy is recorded for it): not touched; "
+            "name another table with --table"
         )
         self.table = table
 
 
+def mark(cmds: list[JSON], digest: str) -> list[JSON]:
+    """The transaction with dockmesh's mark in every table it adds: an empty set named
+    `dockmesh_<digest>`, which `nft flush table` keeps."""
+    name = MARK_PREFIX + (digest or "0")
+    marks: list[JSON] = [
+        {"add": {"set": {"family": f, "table": t, "name": name, "type": "ipv4_addr"}}}
+        for f, t in tables_of(cmds)
+    ]
+    return cmds + marks
+
+
 def is_ours(doc: Any, table: str) -> bool:
-    """Whether `nft -j list table inet <table>`'s answer is a table dockmesh made: the
-    compiler marks every table it writes with its first rule's comment (`dockmesh policy
-    <structure hash>`); nft 1.0.6 keeps no comment on a table in its JSON."""
+    """Whether `nft -j list table <family> <table>`'s answer is a table dockmesh made: it
+    holds the mark set (`mark`), or (written before the mark) its first rule's comment is
+    the compiler's `dockmesh policy <structure hash>`."""
+    items = doc.get("nftables", []) if isinstance(doc, Mapping) else []
+    for item in items:
+        s = item.get("set") if isinstance(item, Mapping) else None
+        if isinstance(s, Mapping) and s.get("table") == table and _is_mark(s.get("name")):
+            return True
     return parse_live(doc, table).structure_hash is not None
+
+
+def _is_mark(name: Any) -> bool:
+    return isinstance(name, str) and name.startswith(MARK_PREFIX)
 
 
 def check_table_name(name: str) -> str:
@@ -75,8 +107,11 @@ class LiveTable:
 class Nft:
     """Runs the `nft` binary. One instance per table user; stateless."""
 
-    def __init__(self, binary: str = "nft") -> None:
+    def __init__(self, binary: str = "nft", unshare: str = "unshare") -> None:
         self.binary = binary
+        self.unshare = unshare
+        self._normalised: dict[str, Any] = {}
+        self._normalised_lock = threading.Lock()
 
     def available(self) -> bool:
         return shutil.which(self.binary) is not None
@@ -93,18 +128,57 @@ class Nft:
     def list_table(self, table: str) -> Any | None:
         """The policy's tables (`inet NAME`, then `bridge NAME`) as one nft JSON listing, or
         None when neither exists."""
-        items: list[Any] = []
-        found = False
-        for family in ("inet", "bridge"):
-            doc = self._list(family, table)
-            if doc is None:
-                continue
-            found = True
-            got = doc.get("nftables", []) if isinstance(doc, Mapping) else []
-            items += [x for x in got if not (isinstance(x, Mapping) and "metainfo" in x)]
-        return {"nftables": items} if found else None
+        doc = self.list_tables([("inet", table), ("bridge", table)])
+        return doc if doc["nftables"] else None
 
-    def _list(self, family: str, table: str) -> Any | None:
+    def list_tables(self, keys: Sequence[Key]) -> JSON:
+        """The tables named (family, name) as one listing; a table not there is left out."""
+        items: list[Any] = []
+        for family, name in keys:
+            doc = self.list_family_table(family, name)
+            if isinstance(doc, Mapping):
+                items += [i for i in doc.get("nftables", []) if "metainfo" not in i]
+        return {"nftables": items}
+
+    def normalise(self, cmds: list[JSON]) -> Any:
+        """The listing nft makes of the tables a transaction creates, without their elements
+        (`drift.structure`): loaded into a network namespace of its own, made for this and
+        gone with the process, so nothing on the host sees it. Kept per structure.
+        NftError when it cannot be done (no `unshare`, no right to make a namespace)."""
+        text = json.dumps(document(structure(cmds)), separators=(",", ":"), sort_keys=True)
+        key = hashlib.sha256(text.encode()).hexdigest()
+        with self._normalised_lock:
+            if key in self._normalised:
+                return self._normalised[key]
+        script = f"{self.binary} -j -f - && {self.binary} -j list ruleset"
+        try:
+            proc = subprocess.run(
+                [self.unshare, "--net", "--", "sh", "-c", script],
+                input=text,
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise NftError(f"cannot list the wanted table in a namespace of its own: {e}") from None
+        if proc.returncode != 0:
+            reason = _first_error(proc.stderr) or f"exit {proc.returncode}"
+            raise NftError(f"cannot list the wanted table in a namespace of its own: {reason}")
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError as e:
+            raise NftError(f"nft printed something that is not JSON: {e}") from None
+        with self._normalised_lock:
+            while len(self._normalised) >= NORMALISED_KEPT:
+                self._normalised.pop(next(iter(self._normalised)))
+            self._normalised[key] = doc
+        return doc
+
+    def list_family_table(self, family: str, table: str) -> Any | None:
+        """The table as nft's JSON, or None when it does not exist."""
+        if family not in ("inet", "ip", "ip6", "bridge", "arp", "netdev"):
+            raise ValueError(f"{family!r} is not an nftables family")
         proc = self._nft(["-j", "list", "table", family, check_table_name(table)], None)
         if proc.returncode != 0:
             if "No such file or directory" in proc.stderr or "does not exist" in proc.stderr:
@@ -155,7 +229,7 @@ def parse_live(doc: Any, table: str) -> LiveTable:
             continue
         if "set" in item:
             s = item["set"]
-            if s.get("table") == table:
+            if s.get("table") == table and not _is_mark(s.get("name")):
                 texts: set[str] = set()
                 counted: dict[str, tuple[int, int]] = {}
                 for raw in s.get("elem") or ():

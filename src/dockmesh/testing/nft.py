@@ -12,9 +12,12 @@ It runs what dockmesh sends the same way the kernel takes it where dockmesh reli
   their rules with handles and counters.
 
 Only the `inet` and `bridge` families and the commands dockmesh sends (add/delete of table,
-set, chain, rule and elements) are understood; anything else raises NotImplementedError, a
-gap in this double rather than a refusal by the kernel. `ran` records every transaction,
-refused ones included; `refuse_next(reason)` makes the next one fail as nft would.
+set, chain, rule and elements), and what a test does to tamper with a table as a person
+would with `nft` (flush table, delete or replace a rule by its handle, delete a set), are
+understood; anything else raises NotImplementedError, a gap in this double rather than a
+refusal by the kernel. `normalise` loads the structure into a MemoryNft of its own and lists
+it. `ran` records every transaction, refused ones included; `refuse_next(reason)` makes the
+next one fail as nft would.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockmesh.policy.compile import JSON, render_element
+from dockmesh.policy.drift import structure, tables_of
 from dockmesh.policy.nft import Nft, NftError, element_texts
 
 _NO_SUCH = "Error: Could not process rule: No such file or directory"
@@ -72,21 +76,34 @@ class MemoryNft(Nft):
             self._apply(tables, cmd)
         self.tables = tables
 
-    def list_table(self, table: str) -> Any | None:
-        items: list[JSON] = []
-        for family in ("inet", "bridge"):
-            t = self.tables.get((family, table))
-            if t is None:
-                continue
-            items.append({"table": {"family": family, "name": table, "handle": 1}})
-            for s in t.sets.values():
-                doc = dict(s.doc)
-                if s.elements:
-                    doc["elem"] = [_listed(e, s.doc) for e in sorted(s.elements)]
-                items.append({"set": doc})
-            items += [{"chain": dict(c)} for c in t.chains.values()]
-            items += [{"rule": _listed_rule(r)} for r in t.rules]
+    def list_family_table(self, family: str, table: str) -> Any | None:
+        if family not in ("inet", "bridge"):
+            raise NotImplementedError(f"MemoryNft knows the inet and bridge families: {family}")
+        items = self._listing(family, table)
         return {"nftables": items} if items else None
+
+    def normalise(self, cmds: list[JSON]) -> Any:
+        fresh = MemoryNft()
+        fresh.run(structure(cmds))
+        return fresh.list_tables(tables_of(cmds))
+
+    def list_table(self, table: str) -> Any | None:
+        items = self._listing("inet", table) + self._listing("bridge", table)
+        return {"nftables": items} if items else None
+
+    def _listing(self, family: str, table: str) -> list[JSON]:
+        t = self.tables.get((family, table))
+        if t is None:
+            return []
+        items: list[JSON] = [{"table": {"family": family, "name": table, "handle": 1}}]
+        for s in t.sets.values():
+            doc = dict(s.doc)
+            if s.elements:
+                doc["elem"] = [_listed(e, s.doc) for e in sorted(s.elements)]
+            items.append({"set": doc})
+        items += [{"chain": dict(c)} for c in t.chains.values()]
+        items += [{"rule": _listed_rule(r)} for r in t.rules]
+        return items
 
     # --- for tests ------------------------------------------------------------------------
 
@@ -131,6 +148,10 @@ class MemoryNft(Nft):
             elif verb == "delete":
                 if tables.pop(name, None) is None:
                     raise NftError(_NO_SUCH)
+            elif verb == "flush":  # every chain's rules; sets, elements and chains stay
+                if name not in tables:
+                    raise NftError(_NO_SUCH)
+                tables[name].rules.clear()
             else:
                 raise NotImplementedError(f"MemoryNft: {verb} table")
             return
@@ -146,6 +167,17 @@ class MemoryNft(Nft):
                 raise NftError(_NO_SUCH)
             self._handles += 1
             t.rules.append({**obj, "handle": self._handles})
+        elif kind == "rule" and verb in ("delete", "replace"):
+            at = [i for i, r in enumerate(t.rules) if r["handle"] == obj.get("handle")]
+            if not at:
+                raise NftError(_NO_SUCH)
+            if verb == "delete":
+                del t.rules[at[0]]
+            else:
+                t.rules[at[0]] = {**obj, "handle": obj["handle"]}
+        elif kind == "set" and verb == "delete":
+            if t.sets.pop(obj["name"], None) is None:
+                raise NftError(_NO_SUCH)
         elif kind == "element" and verb in ("add", "delete"):
             s = t.sets.get(obj["name"])
             if s is None:

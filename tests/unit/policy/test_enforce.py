@@ -83,13 +83,25 @@ def test_a_hand_made_table_is_never_applied_over_nor_removed(action: str, tmp_pa
             enforcer.apply(applied, topo)
         assert not store.path.exists()
     elif action == "remove":
-        store.save(applied)
         with pytest.raises(ForeignTable):
             enforcer.remove()
     else:
-        store.save(applied)
-        enforcer.sync(topo)  # logged, not raised: the agent keeps running
+        enforcer.sync(topo)  # no policy recorded for it: nothing to keep
+        assert enforcer.check() == []
     assert nft.ran == []
+
+
+def test_a_table_a_policy_is_recorded_for_is_ours_even_without_the_mark(tmp_path: Path) -> None:
+    """The record is written only once the kernel took dockmesh's table, so a table of that
+    name is dockmesh's while it exists: one flushed and stripped of its mark set (or never
+    given one) is restored, not given up on, and `remove` removes it."""
+    store, _, _ = applied(tmp_path)
+    nft = nft_holding(foreign_doc(T))
+    enforcer = Enforcer(store, nft)
+    enforcer.sync(topo({2: "client", 3: "web"}))
+    assert nft.list_table(T) is not None
+    assert enforcer.drift(compile_policy(POLICY, topo({2: "client", 3: "web"}), "enforce", T)) == []
+    assert enforcer.remove() is True and nft.list_table(T) is None
 
 
 def test_our_own_table_is_applied_over_and_removed(tmp_path: Any) -> None:
@@ -337,3 +349,127 @@ def test_remove_says_whether_there_was_anything_to_remove(tmp_path: Path) -> Non
     with pytest.raises(ForeignTable):
         Enforcer(PolicyStore(T, tmp_path), nft_holding(foreign_doc(T))).remove()
     assert Enforcer(PolicyStore(T, tmp_path), nft_holding(ours_doc(T))).remove() is True
+
+
+# --- tampering: `check`, called after every change to the ruleset -----------------------------
+
+
+def kept(tmp_path: Path) -> tuple[MemoryNft, Enforcer, Topology]:
+    """An agent's enforcer that made the policy true over client c2 and web c3."""
+    _, nft, enforcer = applied(tmp_path)
+    t = topo({2: "client", 3: "web"})
+    enforcer.sync(t)
+    return nft, enforcer, t
+
+
+def test_its_own_transactions_leave_nothing_to_restore(tmp_path: Path) -> None:
+    nft, enforcer, _ = kept(tmp_path)
+    for members in ({2: "client"}, {2: "client", 4: "web", 5: "db"}, {}):
+        enforcer.sync(topo(members))
+        ran = len(nft.ran)
+        assert enforcer.check() == []
+        assert len(nft.ran) == ran  # a comparison, no transaction: never a loop
+    assert enforcer.repairs == 0
+
+
+TAMPER: dict[str, Any] = {
+    "flush": lambda nft: nft.run([{"flush": {"table": {"family": "inet", "name": T}}}]),
+    "delete table": lambda nft: nft.run([{"delete": {"table": {"family": "inet", "name": T}}}]),
+    "delete rule": lambda nft: nft.run(
+        [{"delete": {"rule": {"family": "inet", "table": T, "handle": nft.tables[("inet", T)].rules[-1]["handle"]}}}]
+    ),
+    "add rule": lambda nft: nft.run(
+        [{"add": {"rule": {"family": "inet", "table": T, "chain": "forward", "expr": [{"accept": None}]}}}]
+    ),
+    "delete element": lambda nft: nft.run(
+        [{"delete": {"element": {"family": "inet", "table": T, "name": "a_any_4",
+                                 "elem": [{"concat": ["10.0.0.2", "10.0.0.3"]}]}}}]
+    ),
+    "strip the mark": lambda nft: nft.run(
+        [{"flush": {"table": {"family": "inet", "name": T}}}]
+        + [{"delete": {"set": {"family": "inet", "table": T, "name": n}}}
+           for n in nft.tables[("inet", T)].sets if n.startswith("dockmesh_")]
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", sorted(TAMPER))
+def test_a_change_behind_its_back_is_restored_logged_and_counted(
+    how: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nft, enforcer, t = kept(tmp_path)
+    reloads = enforcer.reloads
+    want = compile_policy(POLICY, t, "enforce", T)
+    TAMPER[how](nft)
+    assert enforcer.drift(want) != []
+    with caplog.at_level(logging.WARNING, "dockmesh.policy.enforce"):
+        found = enforcer.check()
+    assert found and enforcer.drift(want) == [] and enforcer.repairs == 1
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "changed behind dockmesh's back" in line and found[0] in line
+    # Elements alone: set updates, the counters go on; anything else: the table written whole.
+    assert enforcer.reloads == reloads + (how != "delete element")
+    assert enforcer.check() == [] and enforcer.repairs == 1
+
+
+def test_a_table_policy_remove_deleted_is_not_brought_back(tmp_path: Path) -> None:
+    nft, enforcer, _ = kept(tmp_path)
+    Enforcer(PolicyStore(T, tmp_path), nft).remove()  # `dockmesh policy remove`
+    assert enforcer.check() == [] and nft.list_table(T) is None and enforcer.repairs == 0
+
+
+def test_another_policy_apply_is_waited_for_and_followed_not_repaired(tmp_path: Path) -> None:
+    nft, enforcer, t = kept(tmp_path)
+    other = Enforcer(PolicyStore(T, tmp_path), nft)
+    rs = compile_policy(OTHER, t, "enforce", T)
+    # `policy apply` wrote the kernel and has not recorded the policy yet: wait for it.
+    nft.run(other.transaction(rs))
+    assert enforcer.check() is None
+    PolicyStore(T, tmp_path).save(Applied(T, "enforce", OTHER))
+    assert enforcer.check(patient=False) == []
+    assert enforcer.drift(rs) == [] and enforcer.repairs == 0
+    # Had it not recorded it, the table the agent keeps comes back after the wait.
+    nft.run(other.transaction(compile_policy(POLICY, t, "enforce", T)))
+    assert enforcer.check(patient=False) is not None and enforcer.repairs == 1
+    assert enforcer.drift(rs) == []
+
+
+class Mistaken(MemoryNft):
+    """An nft whose prediction of the listing is wrong (a rule it says the kernel lists that
+    the kernel does not): the enforcer must not rewrite the table forever."""
+
+    def normalise(self, cmds: list[dict[str, Any]]) -> Any:
+        doc = super().normalise(cmds)
+        doc["nftables"].append(
+            {"rule": {"family": "inet", "table": T, "chain": "forward", "expr": [{"drop": None}]}}
+        )
+        return doc
+
+
+def test_a_wrong_prediction_is_learnt_from_the_kernel_not_repaired_forever(
+    tmp_path: Path,
+) -> None:
+    store = PolicyStore(T, tmp_path)
+    store.save(Applied(T, "enforce", POLICY))
+    nft = Mistaken()
+    enforcer = Enforcer(store, nft)
+    enforcer.sync(topo({2: "client"}))
+    for _ in range(3):
+        enforcer.check()
+    assert enforcer.repairs <= 1
+    ran = len(nft.ran)
+    assert enforcer.check() == [] and len(nft.ran) == ran
+    nft.run([{"flush": {"table": {"family": "inet", "name": T}}}])
+    assert enforcer.check() and enforcer.check() == []  # tampering is still seen
+
+
+def test_apply_and_remove_work_on_a_flushed_table(tmp_path: Path) -> None:
+    nft, _, t = kept(tmp_path)
+    TAMPER["strip the mark"](nft)
+    cli = Enforcer(PolicyStore(T, tmp_path), nft)
+    cli.apply(Applied(T, "enforce", OTHER), t)
+    assert cli.drift(compile_policy(OTHER, t, "enforce", T)) == []
+    TAMPER["flush"](nft)
+    PolicyStore(T, tmp_path).remove()  # the record lost too: the mark alone says it is ours
+    assert Enforcer(PolicyStore(T, tmp_path), nft).remove() is True
+    assert nft.list_table(T) is None
