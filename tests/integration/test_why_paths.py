@@ -325,6 +325,7 @@ def _free_port(address: str) -> int:
 # --- both families ---------------------------------------------------------------------------
 
 
+@pytest.mark.raw_ipv6
 def test_ipv6_crosses_enable_icc_false_and_why_says_so(layout: Layout) -> None:
     n = layout.names
     code, doc = why(n["q1"], n["q2"], "--port", "8080/tcp", "--probe")
@@ -340,6 +341,7 @@ def test_ipv6_crosses_enable_icc_false_and_why_says_so(layout: Layout) -> None:
     assert probes[6]["address"] == v6["address"] and ":" in v6["address"]
 
 
+@pytest.mark.raw_ipv6
 def test_ipv6_between_networks_is_not_said_isolated(layout: Layout, tmp_path: Path) -> None:
     """q1 (quiet) and `aliased` (n2) share no network: IPv4 is isolated by Docker, IPv6 is
     routed by the host. Under `default: deny` the policy's table drops it, and `why` says so."""
@@ -360,6 +362,7 @@ def test_ipv6_between_networks_is_not_said_isolated(layout: Layout, tmp_path: Pa
     assert {f["family"]: f["ok"] for f in doc["probe"]["families"]} == {4: False, 6: False}
 
 
+@pytest.mark.raw_ipv6
 def test_matrix_checks_both_families(layout: Layout, tmp_path: Path) -> None:
     p = layout.prefix
     apply(tmp_path, f"policy:\n  networks: {{{layout.nets['n1']}: {{default: deny}}}}\n")

@@ -311,7 +311,9 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     live_doc = _nft_errors(lambda: Nft().list_table(table))
     doc: dict[str, Any] = {
         "table": table,
-        "applied": live_doc is not None,
+        # The inet table decides; the bridge table alone is what is left of a deleted one.
+        "applied": live_doc is not None
+        and any((i.get("table") or {}).get("family") == "inet" for i in live_doc["nftables"]),
         "mode": applied.mode if applied else None,
         "source": applied.source if applied else None,
         "policy": applied.policy.to_json() if applied else None,
