@@ -31,7 +31,10 @@ from dockmesh.model.policy import (
 from dockmesh.model.topology import Topology
 
 if TYPE_CHECKING:
+    from dockmesh.policy.project import KernelTable, Wanted
     from dockmesh.policy.store import PolicyStore
+    from dockmesh.projectfile.load import LoadedSpec
+    from dockmesh.projectfile.plan import Change
 
 log = logging.getLogger(__name__)
 
@@ -371,3 +374,133 @@ def _render_show(doc: dict[str, Any]) -> None:
         )
         sets.add_row(s["name"], s["meaning"], members or "-")
     out.print(sets)
+
+
+# --- a topology file's policy under plan, up and down ----------------------------------------
+
+
+def project_table(given: str | None) -> str:
+    """The table `plan`, `up` and `down` keep a project's policy in: as `policy`'s commands."""
+    return _table(given)
+
+
+def _project_wanted(loaded: LoadedSpec, mode: str, table: str, topo: Topology) -> Wanted | None:
+    from dockmesh.policy.compile import compile_policy
+    from dockmesh.policy.project import Wanted, file_policy, modes
+    from dockmesh.policy.store import Applied
+    from dockmesh.projectfile.load import format_problems
+
+    try:
+        chosen = modes(mode)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    policy, problems = file_policy(loaded)
+    if problems:
+        raise SpecError(format_problems(loaded.filename, problems, loaded.lines))
+    if policy is None:
+        return None
+    source = str(FsPath(loaded.filename).resolve())
+    applied = Applied(table, chosen, policy, source, loaded.project)
+    rs = compile_policy(policy, topo, chosen, table)
+    return Wanted(applied, rs.structure_hash, rs.elements())
+
+
+def _kernel_state(table: str) -> tuple[KernelTable, str | None, dict[str, frozenset[str]]]:
+    from dockmesh.policy.nft import Nft, is_ours, parse_live
+
+    doc = _nft_errors(lambda: Nft().list_table(table))
+    if doc is None:
+        return "absent", None, {}
+    if not is_ours(doc, table):
+        return "foreign", None, {}
+    live = parse_live(doc, table)
+    return "ours", live.structure_hash, live.elements
+
+
+def project_policy_check(loaded: LoadedSpec, mode: str, table: str) -> bool:
+    """Before `up` creates anything: whether the file has a policy, and if so that it can be
+    applied — nft is there, the table is not someone else's, the recorded policy is not
+    another project's. UserError (exit 2) otherwise. A file with problems is left to the
+    validation that follows, which names every one of them (also the policy section's)."""
+    from dockmesh.policy.nft import ForeignTable, Nft
+    from dockmesh.policy.project import conflict, file_policy, modes
+
+    try:
+        modes(mode)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    policy, problems = file_policy(loaded)
+    if policy is None or problems or loaded.shape_problems:
+        return policy is not None
+    if not Nft().available():
+        raise UserError(
+            f"{loaded.filename} has a policy: section and nft is not installed "
+            "(Debian: apt-get install nftables)"
+        )
+    try:
+        record = policy_store(table).load()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    source = str(FsPath(loaded.filename).resolve())
+    why = conflict(record, loaded.project, source, table)
+    if why is not None:
+        raise UserError(why)
+    if _kernel_state(table)[0] == "foreign":
+        raise UserError(str(ForeignTable(table)))
+    return True
+
+
+def project_policy_change(
+    loaded: LoadedSpec, mode: str, table: str, topo: Topology
+) -> Change | None:
+    """What `up` would do with the file's policy (or with the policy its project applied
+    before, when the file has none now) over `topo`: `plan`'s line."""
+    from dockmesh.policy.project import policy_change
+
+    want = _project_wanted(loaded, mode, table, topo)
+    try:
+        record = policy_store(table).load()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if want is None and (record is None or record.project != loaded.project):
+        return None  # nothing of this project's to look at: nft is not even asked
+    kernel, structure, elements = _kernel_state(table)
+    return policy_change(want, record, kernel, structure, elements, loaded.project, table)
+
+
+def converge_project_policy(
+    loaded: LoadedSpec, mode: str, table: str, topo: Topology
+) -> Change | None:
+    """After `up` made the networks and containers: the file's policy applied over them
+    (`Enforcer.apply`, as `policy apply`), or the project's former one removed when the file
+    has none now; nothing when the kernel already holds it."""
+    from dockmesh.policy.enforce import Enforcer
+
+    change = project_policy_change(loaded, mode, table, topo)
+    if change is None:
+        return None
+    enforcer = Enforcer(policy_store(table))
+    if change.action == "remove":
+        _nft_errors(enforcer.remove)
+        return change
+    want = _project_wanted(loaded, mode, table, topo)
+    assert want is not None
+    _nft_errors(lambda: enforcer.apply(want.applied, topo))
+    return change
+
+
+def remove_project_policy(project: str, table: str) -> Change | None:
+    """`down`: the policy removed when its record says this project's `up` applied it."""
+    from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.project import owned_by
+    from dockmesh.projectfile.plan import Change
+
+    store = policy_store(table)
+    try:
+        record = store.load()
+    except ValueError:
+        return None  # unreadable: not provably this project's, so left alone
+    if not owned_by(record, project):
+        return None
+    _nft_errors(Enforcer(store).remove)
+    return Change("remove", "policy", f"inet {table}", f"applied by up of project {project}")
