@@ -28,8 +28,6 @@ EXEMPT = {
     "tests/unit/policy/test_compile.py",
     "observe/conntrack.py": "the host's conntrack table over netlink and its accounting sysctl "
     "(root, and a change to the host): tests/integration/test_observe.py",
-    "images/build.py": "builds the images with the engine and debootstrap: "
-    "tests/integration/test_images.py",
     "proxy/settings.py": "declarations: the data plane's timeouts, limits and routes, built by "
     "proxy/run.py (tests/unit/proxy/test_run.py)",
 }

@@ -31,6 +31,7 @@ from dockmesh.model.policy import (
 from dockmesh.model.topology import Topology
 
 if TYPE_CHECKING:
+    from dockmesh.policy.droplog import Flow, NamedDrop, Verdict
     from dockmesh.policy.project import KernelTable, Wanted
     from dockmesh.policy.store import PolicyStore
     from dockmesh.projectfile.load import LoadedSpec
@@ -179,6 +180,42 @@ def register(app: typer.Typer) -> None:
             print_json(doc)
             return
         _render_show(doc)
+
+    @policy_app.command("log")
+    @handle_errors
+    def log_cmd(
+        table: TableOpt = None,
+        follow: Annotated[
+            bool,
+            typer.Option(
+                "--follow", "-f", help="Keep reading (once a second); print new or grown flows."
+            ),
+        ] = False,
+        engine: EngineOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Every flow the policy dropped (audit mode: would have dropped) in the last minute:
+        source and destination container, port, the rule, packets. Read from the kernel's
+        drop logs, no kernel log parsing."""
+        name = _table(table)
+        reader = _DropReader(name, engine)
+        drops = reader.read()
+        if not follow:
+            if json_out:
+                print_json({"table": name, "mode": reader.mode, "drops": drops_json(drops)})
+                return
+            if reader.note:
+                out.print(reader.note, markup=False, highlight=False)
+            for d in drops:
+                out.print(d.line(), markup=False, highlight=False)
+            if not drops and not reader.note:
+                out.print(
+                    f"no drops recorded in table inet {name} in the last minute",
+                    markup=False,
+                    highlight=False,
+                )
+            return
+        _follow(reader, json_out)
 
     @policy_app.command("remove")
     @handle_errors
@@ -504,3 +541,110 @@ def remove_project_policy(project: str, table: str) -> Change | None:
         return None
     _nft_errors(Enforcer(store).remove)
     return Change("remove", "policy", f"inet {table}", f"applied by up of project {project}")
+
+
+# --- policy log --------------------------------------------------------------------------------
+
+
+def drops_json(drops: list[NamedDrop]) -> list[dict[str, Any]]:
+    return [d.to_json() for d in drops]
+
+
+class _DropReader:
+    """Reads the table's drop logs and names them: the rules from the applied policy compiled
+    over the topology (read as `why` and `matrix` read it: the agent, else the engines), the
+    containers from the same topology, read again when an address is not known (at most
+    every `RELOAD_S`: a flow from an address no container holds any more stays unknown)."""
+
+    RELOAD_S = 10.0
+
+    def __init__(self, table: str, engine: list[str] | None) -> None:
+        self.table = table
+        self.engine = engine
+        self.mode: str | None = None
+        self.note = ""
+        self._topo: Topology | None = None
+        self._loaded_at = 0.0
+        self._logs: dict[str, tuple[str, Verdict]] = {}
+        self.seen: dict[tuple[str, str, str, str, int | None], int] = {}
+
+    def flows(self) -> list[Flow]:
+        from dockmesh.policy.droplog import parse_flows
+        from dockmesh.policy.nft import ForeignTable, Nft, is_ours
+
+        doc = _nft_errors(lambda: Nft().list_table(self.table))
+        if doc is None:
+            self.note = f"no policy applied (table inet {self.table})"
+            return []
+        if not is_ours(doc, self.table):
+            raise UserError(str(ForeignTable(self.table)))
+        self.note = ""
+        return parse_flows(doc, self.table)
+
+    def name(self, flows: list[Flow]) -> list[NamedDrop]:
+        import time
+
+        from dockmesh.policy.compile import compile_policy
+        from dockmesh.policy.droplog import describe, name_flows
+
+        topo = self._topo
+        known = set() if topo is None else {a for c in topo.containers for a in _addresses(c)}
+        unknown = any(f.saddr not in known or f.daddr not in known for f in flows)
+        if topo is None or (unknown and time.monotonic() - self._loaded_at >= self.RELOAD_S):
+            topo = self._topo = load_topology(self.engine)
+            self._loaded_at = time.monotonic()
+            try:
+                applied = policy_store(self.table).load()
+            except ValueError:
+                applied = None
+            if applied is not None:
+                self.mode = applied.mode
+                rs = compile_policy(applied.policy, topo, applied.mode, self.table)
+                self._logs = describe(rs.logs)
+
+        def who(address: str) -> str | None:
+            holders = topo.attachments_at(address) if topo is not None else ()
+            names = sorted({c.name for c, _ in holders})
+            return ",".join(names) or None
+
+        return name_flows(flows, self._logs, who, audit=self.mode == "audit")
+
+    def read(self) -> list[NamedDrop]:
+        flows = self.flows()
+        self.seen = {f.key: f.packets for f in flows}
+        return self.name(flows)
+
+    def more(self) -> list[NamedDrop]:
+        """What grew since the last reading."""
+        from dockmesh.policy.droplog import news
+
+        flows = self.flows()
+        fresh = news(self.seen, flows)
+        self.seen = {f.key: f.packets for f in flows}
+        return self.name(fresh) if fresh else []
+
+
+def _addresses(c: Any) -> list[str]:
+    return [x for a in c.attachments for x in (a.ipv4, a.ipv6) if x]
+
+
+def _follow(reader: _DropReader, json_out: bool) -> None:
+    import json
+    import sys
+    import time
+
+    def emit(drops: list[NamedDrop]) -> None:
+        for d in drops:
+            if json_out:  # one document a line: a stream a program reads as it comes
+                sys.stdout.write(json.dumps(d.to_json()) + "\n")
+            else:
+                out.print(d.line(), markup=False, highlight=False)
+        sys.stdout.flush()
+
+    emit(reader.read())
+    try:
+        while True:
+            time.sleep(1.0)
+            emit(reader.more())
+    except KeyboardInterrupt:
+        return

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dockmesh.policy.compile import HASH_TAG, JSON, document
+from dockmesh.policy.compile import HASH_TAG, JSON, document, is_log_set
 
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 TIMEOUT_S = 30.0
@@ -139,7 +139,8 @@ def parse_live(doc: Any, table: str) -> LiveTable:
             continue
         if "set" in item:
             s = item["set"]
-            if s.get("table") == table:
+            # A drop log's elements are flows the kernel recorded, not the topology's.
+            if s.get("table") == table and not is_log_set(str(s.get("name"))):
                 elements[str(s["name"])] = frozenset(
                     e for raw in s.get("elem") or () for e in _element_texts(raw)
                 )

@@ -1,4 +1,5 @@
-"""A topology file's `policy:` section under `plan`, `up` and `down`. Pure.
+"""A topology file's `policy:` section under `plan`, `up` and `down`. Pure (its one import
+of `store` is for the record's type).
 
 `up FILE` applies the file's policy after the networks and containers exist, through the same
 `Enforcer.apply` as `policy apply FILE`, and records which project applied it; `down` removes
