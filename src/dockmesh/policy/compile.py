@@ -454,6 +454,7 @@ LOG_SIZE = 4096  # elements per log at most: the kernel adds no more while it is
 # Protocols whose transport header starts with ports; any other is recorded with port 0 (for
 # ICMP the same bytes are its checksum: one element per packet, not per flow).
 PORTED = ("tcp", "udp", "sctp", "udplite", "dccp")
+AUDIT_LOG_RATE = 10  # kernel log lines a second at most per audit rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,9 +557,18 @@ def render_log_rules(table: str, lg: DropLog) -> list[JSON]:
             }
         }
 
-    verdict: list[JSON] = [{"drop": None}]
-    if lg.action == "audit":
-        prefix = _clip(f"{AUDIT_PREFIX} {lg.rule}: ", 120)
-        verdict = [{"log": {"prefix": prefix}}, {"accept": None}]
-    last = {"rule": {"family": "inet", "table": table, "chain": lg.name, "expr": verdict}}
-    return [record("==", port), record("!=", 0), last]
+    def rule(*expr: JSON) -> JSON:
+        return {"rule": {"family": "inet", "table": table, "chain": lg.name, "expr": list(expr)}}
+
+    if lg.action != "audit":
+        return [record("==", port), record("!=", 0), rule({"drop": None})]
+    # The kernel log line of audit mode, rate-limited (the drop log counts every packet): a
+    # rule of its own, so that a packet over the limit is accepted all the same.
+    prefix = _clip(f"{AUDIT_PREFIX} {lg.rule}: ", 120)
+    limit = {"limit": {"rate": AUDIT_LOG_RATE, "per": "second", "burst": AUDIT_LOG_RATE}}
+    return [
+        record("==", port),
+        record("!=", 0),
+        rule(limit, {"log": {"prefix": prefix}}),
+        rule({"accept": None}),
+    ]
