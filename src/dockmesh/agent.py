@@ -59,6 +59,7 @@ if TYPE_CHECKING:  # the servers load only when the agent runs, not with the com
     from dockmesh.dns.server import DnsServer
     from dockmesh.health.probe import Probe
     from dockmesh.health.runner import HealthRunner
+    from dockmesh.policy.dropmetrics import DropCounter
     from dockmesh.policy.enforce import Enforcer
     from dockmesh.policy.watch import RulesetWatch
 
@@ -186,6 +187,7 @@ class Agent:
             from dockmesh.policy.watch import RulesetWatch
 
             self.watch = RulesetWatch(deps.enforcer.table, deps.enforcer.check, deps.ruleset_events)
+        self.drops: DropCounter | None = None  # the policy's drop logs, for /metrics
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -231,6 +233,7 @@ class Agent:
         await self._start_services()
         if self.policy is not None:
             self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
+            self._tasks.append(asyncio.create_task(self._poll_drops(), name="drops"))
         if self.watch is not None:
             self._tasks.append(asyncio.create_task(self.watch.run(self._stop), name="watch"))
         self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
@@ -263,6 +266,11 @@ class Agent:
             registry.register(RepairCollector(self.policy, self.watch))
         # Each container's interface counters, read from its namespace at scrape time.
         registry.register(ContainerNetworkCollector(self.topology.current))
+        if self.policy is not None:
+            from dockmesh.policy.dropmetrics import DropCounter
+
+            self.drops = DropCounter()
+            registry.register(self.drops)
         health = HealthRunner(
             self.live,
             self.deps.probe,
@@ -375,6 +383,25 @@ class Agent:
                 await asyncio.to_thread(enforcer.poll)
             except Exception:
                 log.exception("policy: reading the applied policy failed")
+
+    async def _poll_drops(self) -> None:
+        """The drop logs counted into /metrics (more often than a flow is forgotten)."""
+        from dockmesh.policy.dropmetrics import POLL_S, read_drop_logs
+
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), POLL_S)
+            enforcer, drops = self.policy, self.drops
+            if enforcer is None or drops is None or self._stop.is_set():
+                continue
+            try:
+                read = await asyncio.to_thread(
+                    read_drop_logs, enforcer.nft.list_table, enforcer.ruleset
+                )
+                if read is not None:
+                    drops.observe(read[0], read[1], self.topology.current())
+            except Exception:
+                log.exception("policy: reading the drop logs failed")
 
     async def _follow_gateways(self, wanted: set[str]) -> None:
         dns = self.dns

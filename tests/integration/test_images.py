@@ -62,3 +62,26 @@ def test_python_image_runs_dockmesh(api: Any, prefix: str) -> None:
     api.start(cid)
     assert api.wait(cid, timeout=60)["StatusCode"] == 0
     assert "Offline images" in api.logs(cid).decode()
+
+
+def test_the_agent_image_base_carries_nft(api: Any, engine: Any, prefix: str) -> None:
+    """Built under the test's own name (the shared dockmesh/python-base is not touched): the
+    base the agent's image is made from runs nft, which keeps a table in its namespace."""
+    from dockmesh.images.build import ensure_base
+
+    ref = ensure_base(engine, lambda _msg: None, None, repo=f"{prefix}/python-base")
+    try:
+        cid = api.create_container(
+            ref,
+            name=f"{prefix}-nft",
+            command=["sh", "-c", "nft --version && nft add table inet t && nft list tables"],
+            host_config=api.create_host_config(network_mode="none", cap_add=["NET_ADMIN"]),
+        )["Id"]
+        api.start(cid)
+        assert api.wait(cid, timeout=60)["StatusCode"] == 0, api.logs(cid).decode()
+        text = api.logs(cid).decode()
+        assert "nftables v" in text and "table inet t" in text
+    finally:
+        for c in api.containers(all=True, filters={"ancestor": ref}):
+            api.remove_container(c["Id"], force=True)
+        api.remove_image(ref, force=True)

@@ -31,7 +31,11 @@ from dockmesh.model.policy import (
 from dockmesh.model.topology import Topology
 
 if TYPE_CHECKING:
+    from dockmesh.policy.droplog import Flow, NamedDrop, Verdict
+    from dockmesh.policy.project import KernelTable, Wanted
     from dockmesh.policy.store import PolicyStore
+    from dockmesh.projectfile.load import LoadedSpec
+    from dockmesh.projectfile.plan import Change
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +182,42 @@ def register(app: typer.Typer) -> None:
             print_json(doc)
             return
         _render_show(doc)
+
+    @policy_app.command("log")
+    @handle_errors
+    def log_cmd(
+        table: TableOpt = None,
+        follow: Annotated[
+            bool,
+            typer.Option(
+                "--follow", "-f", help="Keep reading (once a second); print new or grown flows."
+            ),
+        ] = False,
+        engine: EngineOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Every flow the policy dropped (audit mode: would have dropped) in the last minute:
+        source and destination container, port, the rule, packets. Read from the kernel's
+        drop logs, no kernel log parsing."""
+        name = _table(table)
+        reader = _DropReader(name, engine)
+        drops = reader.read()
+        if not follow:
+            if json_out:
+                print_json({"table": name, "mode": reader.mode, "drops": drops_json(drops)})
+                return
+            if reader.note:
+                out.print(reader.note, markup=False, highlight=False)
+            for d in drops:
+                out.print(d.line(), markup=False, highlight=False)
+            if not drops and not reader.note:
+                out.print(
+                    f"no drops recorded in table inet {name} in the last minute",
+                    markup=False,
+                    highlight=False,
+                )
+            return
+        _follow(reader, json_out)
 
     @policy_app.command("remove")
     @handle_errors
@@ -428,3 +468,240 @@ def _render_show(doc: dict[str, Any]) -> None:
         )
         sets.add_row(s["name"], s["meaning"], members or "-")
     out.print(sets)
+
+
+# --- a topology file's policy under plan, up and down ----------------------------------------
+
+
+def project_table(given: str | None) -> str:
+    """The table `plan`, `up` and `down` keep a project's policy in: as `policy`'s commands."""
+    return _table(given)
+
+
+def _project_wanted(loaded: LoadedSpec, mode: str, table: str, topo: Topology) -> Wanted | None:
+    from dockmesh.policy.compile import compile_policy
+    from dockmesh.policy.project import Wanted, file_policy, modes
+    from dockmesh.policy.store import Applied
+    from dockmesh.projectfile.load import format_problems
+
+    try:
+        chosen = modes(mode)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    policy, problems = file_policy(loaded)
+    if problems:
+        raise SpecError(format_problems(loaded.filename, problems, loaded.lines))
+    if policy is None:
+        return None
+    source = str(FsPath(loaded.filename).resolve())
+    applied = Applied(table, chosen, policy, source, loaded.project)
+    rs = compile_policy(policy, topo, chosen, table)
+    return Wanted(applied, rs.structure_hash, rs.elements())
+
+
+def _kernel_state(table: str) -> tuple[KernelTable, str | None, dict[str, frozenset[str]]]:
+    from dockmesh.policy.nft import Nft, is_ours, parse_live
+
+    doc = _nft_errors(lambda: Nft().list_table(table))
+    if doc is None:
+        return "absent", None, {}
+    if not is_ours(doc, table):
+        return "foreign", None, {}
+    live = parse_live(doc, table)
+    return "ours", live.structure_hash, live.elements
+
+
+def project_policy_check(loaded: LoadedSpec, mode: str, table: str) -> bool:
+    """Before `up` creates anything: whether the file has a policy, and if so that it can be
+    applied — nft is there, the table is not someone else's, the recorded policy is not
+    another project's. UserError (exit 2) otherwise. A file with problems is left to the
+    validation that follows, which names every one of them (also the policy section's)."""
+    from dockmesh.policy.nft import ForeignTable, Nft
+    from dockmesh.policy.project import conflict, file_policy, modes
+
+    try:
+        modes(mode)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    policy, problems = file_policy(loaded)
+    if policy is None or problems or loaded.shape_problems:
+        return policy is not None
+    if not Nft().available():
+        raise UserError(
+            f"{loaded.filename} has a policy: section and nft is not installed "
+            "(Debian: apt-get install nftables)"
+        )
+    try:
+        record = policy_store(table).load()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    source = str(FsPath(loaded.filename).resolve())
+    why = conflict(record, loaded.project, source, table)
+    if why is not None:
+        raise UserError(why)
+    if _kernel_state(table)[0] == "foreign":
+        raise UserError(str(ForeignTable(table)))
+    return True
+
+
+def project_policy_change(
+    loaded: LoadedSpec, mode: str, table: str, topo: Topology
+) -> Change | None:
+    """What `up` would do with the file's policy (or with the policy its project applied
+    before, when the file has none now) over `topo`: `plan`'s line."""
+    from dockmesh.policy.project import policy_change
+
+    want = _project_wanted(loaded, mode, table, topo)
+    try:
+        record = policy_store(table).load()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if want is None and (record is None or record.project != loaded.project):
+        return None  # nothing of this project's to look at: nft is not even asked
+    kernel, structure, elements = _kernel_state(table)
+    return policy_change(want, record, kernel, structure, elements, loaded.project, table)
+
+
+def converge_project_policy(
+    loaded: LoadedSpec, mode: str, table: str, topo: Topology
+) -> Change | None:
+    """After `up` made the networks and containers: the file's policy applied over them
+    (`Enforcer.apply`, as `policy apply`), or the project's former one removed when the file
+    has none now; nothing when the kernel already holds it."""
+    from dockmesh.policy.enforce import Enforcer
+
+    change = project_policy_change(loaded, mode, table, topo)
+    if change is None:
+        return None
+    enforcer = Enforcer(policy_store(table))
+    if change.action == "remove":
+        _nft_errors(enforcer.remove)
+        return change
+    want = _project_wanted(loaded, mode, table, topo)
+    assert want is not None
+    _nft_errors(lambda: enforcer.apply(want.applied, topo))
+    return change
+
+
+def remove_project_policy(project: str, table: str) -> Change | None:
+    """`down`: the policy removed when its record says this project's `up` applied it."""
+    from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.project import owned_by
+    from dockmesh.projectfile.plan import Change
+
+    store = policy_store(table)
+    try:
+        record = store.load()
+    except ValueError:
+        return None  # unreadable: not provably this project's, so left alone
+    if not owned_by(record, project):
+        return None
+    _nft_errors(Enforcer(store).remove)
+    return Change("remove", "policy", f"inet {table}", f"applied by up of project {project}")
+
+
+# --- policy log --------------------------------------------------------------------------------
+
+
+def drops_json(drops: list[NamedDrop]) -> list[dict[str, Any]]:
+    return [d.to_json() for d in drops]
+
+
+class _DropReader:
+    """Reads the table's drop logs and names them: the rules from the applied policy compiled
+    over the topology (read as `why` and `matrix` read it: the agent, else the engines), the
+    containers from the same topology, read again when an address is not known (at most
+    every `RELOAD_S`: a flow from an address no container holds any more stays unknown)."""
+
+    RELOAD_S = 10.0
+
+    def __init__(self, table: str, engine: list[str] | None) -> None:
+        self.table = table
+        self.engine = engine
+        self.mode: str | None = None
+        self.note = ""
+        self._topo: Topology | None = None
+        self._loaded_at = 0.0
+        self._logs: dict[str, tuple[str, Verdict]] = {}
+        self.seen: dict[tuple[str, str, str, str, int | None], int] = {}
+
+    def flows(self) -> list[Flow]:
+        from dockmesh.policy.droplog import parse_flows
+        from dockmesh.policy.nft import ForeignTable, Nft, is_ours
+
+        doc = _nft_errors(lambda: Nft().list_table(self.table))
+        if doc is None:
+            self.note = f"no policy applied (table inet {self.table})"
+            return []
+        if not is_ours(doc, self.table):
+            raise UserError(str(ForeignTable(self.table)))
+        self.note = ""
+        return parse_flows(doc, self.table)
+
+    def name(self, flows: list[Flow]) -> list[NamedDrop]:
+        import time
+
+        from dockmesh.policy.compile import compile_policy
+        from dockmesh.policy.droplog import describe, name_flows
+
+        topo = self._topo
+        known = set() if topo is None else {a for c in topo.containers for a in _addresses(c)}
+        unknown = any(f.saddr not in known or f.daddr not in known for f in flows)
+        if topo is None or (unknown and time.monotonic() - self._loaded_at >= self.RELOAD_S):
+            topo = self._topo = load_topology(self.engine)
+            self._loaded_at = time.monotonic()
+            try:
+                applied = policy_store(self.table).load()
+            except ValueError:
+                applied = None
+            if applied is not None:
+                self.mode = applied.mode
+                rs = compile_policy(applied.policy, topo, applied.mode, self.table)
+                self._logs = describe(rs.logs)
+
+        def who(address: str) -> str | None:
+            holders = topo.attachments_at(address) if topo is not None else ()
+            names = sorted({c.name for c, _ in holders})
+            return ",".join(names) or None
+
+        return name_flows(flows, self._logs, who, audit=self.mode == "audit")
+
+    def read(self) -> list[NamedDrop]:
+        flows = self.flows()
+        self.seen = {f.key: f.packets for f in flows}
+        return self.name(flows)
+
+    def more(self) -> list[NamedDrop]:
+        """What grew since the last reading."""
+        from dockmesh.policy.droplog import news
+
+        flows = self.flows()
+        fresh = news(self.seen, flows)
+        self.seen = {f.key: f.packets for f in flows}
+        return self.name(fresh) if fresh else []
+
+
+def _addresses(c: Any) -> list[str]:
+    return [x for a in c.attachments for x in (a.ipv4, a.ipv6) if x]
+
+
+def _follow(reader: _DropReader, json_out: bool) -> None:
+    import json
+    import sys
+    import time
+
+    def emit(drops: list[NamedDrop]) -> None:
+        for d in drops:
+            if json_out:  # one document a line: a stream a program reads as it comes
+                sys.stdout.write(json.dumps(d.to_json()) + "\n")
+            else:
+                out.print(d.line(), markup=False, highlight=False)
+        sys.stdout.flush()
+
+    emit(reader.read())
+    try:
+        while True:
+            time.sleep(1.0)
+            emit(reader.more())
+    except KeyboardInterrupt:
+        return

@@ -24,12 +24,28 @@ from dockmesh.cli.common import (
 
 if TYPE_CHECKING:
     from dockmesh.ops.project import Outcome
-    from dockmesh.projectfile.plan import Plan, Step
+    from dockmesh.projectfile.plan import Change, Plan, Step
 
 # pydantic, PyYAML and pyroute2 come in with dockmesh.ops, imported inside the commands that
 # use them, so that `dockmesh topology` and `--help` do not pay for them at start-up.
 
 FileArg = Annotated[str, typer.Argument(help="The topology file (dockmesh.yaml).")]
+PolicyModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--policy-mode",
+        help="The file's policy: section, applied after the containers: enforce (drop) or "
+        "audit (count and log would-be drops).",
+    ),
+]
+PolicyTableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--table",
+        help="The nftables table (inet family) of the file's policy: $DOCKMESH_POLICY_TABLE, "
+        "else dockmesh.",
+    ),
+]
 
 
 @contextlib.contextmanager
@@ -88,6 +104,15 @@ def _progress(verb: str) -> Iterator[Callable[[Step], None]]:
             progress.stop()
 
 
+def _with_policy(plan: Plan, change: Change | None) -> Plan:
+    """The plan with the line of the project's policy (applied after the containers)."""
+    from dockmesh.projectfile.plan import Plan
+
+    if change is None:
+        return plan
+    return Plan(plan.project, (*plan.changes, change), plan.steps)
+
+
 def _summary(plan: Plan) -> None:
     if plan.empty:
         err.print(f"[green]✓[/] project {escape(plan.project)}: nothing to do")
@@ -115,13 +140,20 @@ def register(app: typer.Typer) -> None:
         exit_code: Annotated[
             bool, typer.Option("--exit-code", help="Exit 3 when there are changes.")
         ] = False,
+        policy_mode: PolicyModeOpt = "enforce",
+        table: PolicyTableOpt = None,
     ) -> None:
         """What `up` would change, without changing it."""
+        from dockmesh.cli.policy import project_policy_change, project_table
         from dockmesh.cli.render import plan_table
-        from dockmesh.ops.project import connect_for, load, plan_loaded
+        from dockmesh.ops.project import connect_for, load, plan_loaded, snapshot
 
         loaded = load(file)  # a file wrong without the engine's help stops here
-        plan = plan_loaded(loaded, connect_for(loaded, lambda: connect_one(engine)))
+        name = project_table(table)
+        backend = connect_for(loaded, lambda: connect_one(engine))
+        plan = plan_loaded(loaded, backend)
+        change = project_policy_change(loaded, policy_mode, name, snapshot(backend))
+        plan = _with_policy(plan, change)
         if json_out:
             print_json(plan.to_json())
         elif plan.empty:
@@ -135,18 +167,36 @@ def register(app: typer.Typer) -> None:
 
     @app.command("up")
     @handle_errors
-    def up(file: FileArg, engine: OneEngineOpt = None, json_out: JsonOpt = False) -> None:
-        """Create or replace what the file describes; leave what matches alone."""
-        from dockmesh.ops.project import connect_for, load, up
+    def up(
+        file: FileArg,
+        engine: OneEngineOpt = None,
+        json_out: JsonOpt = False,
+        policy_mode: PolicyModeOpt = "enforce",
+        table: PolicyTableOpt = None,
+    ) -> None:
+        """Create or replace what the file describes; leave what matches alone. The file's
+        policy: section is applied once its containers exist."""
+        from dockmesh.cli.policy import (
+            converge_project_policy,
+            project_policy_check,
+            project_table,
+        )
+        from dockmesh.ops.project import connect_for, load, snapshot, up
 
         loaded = load(file)  # a file wrong without the engine's help stops here
+        name = project_table(table)
+        project_policy_check(
+            loaded, policy_mode, name
+        )  # refused now, not after the containers exist
         backend = connect_for(loaded, lambda: connect_one(engine))
         outcome: Outcome
         with _stop_on_sigint() as should_stop, _progress("up") as progress:
             outcome = up(loaded, backend, progress, should_stop, _say)
-        _summary(outcome.plan)
+        change = converge_project_policy(loaded, policy_mode, name, snapshot(backend))
+        plan = _with_policy(outcome.plan, change)
+        _summary(plan)
         if json_out:
-            print_json(outcome.plan.to_json())
+            print_json(plan.to_json())
 
     @app.command("down")
     @handle_errors
@@ -162,16 +212,21 @@ def register(app: typer.Typer) -> None:
         ] = None,
         engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
+        table: PolicyTableOpt = None,
     ) -> None:
-        """Remove every container and network of the project."""
+        """Remove every container and network of the project, and the policy its `up`
+        applied."""
+        from dockmesh.cli.policy import project_table, remove_project_policy
         from dockmesh.ops.project import down, resolve_project
 
         name = resolve_project(file, project)
+        policy_table = project_table(table)
         backend = connect_one(engine)
         with _stop_on_sigint() as should_stop, _progress("down") as progress:
             outcome = down(
                 name, backend, progress, should_stop, _say, must_exist=project is not None
             )
-        _summary(outcome.plan)
+        plan = _with_policy(outcome.plan, remove_project_policy(name, policy_table))
+        _summary(plan)
         if json_out:
-            print_json(outcome.plan.to_json())
+            print_json(plan.to_json())

@@ -4,9 +4,10 @@ label matches the inputs is not built again.
 
 - dockmesh/toolbox: busybox-static with an applet link each, an entrypoint that writes the
   instance's /id and /health pages, and CGI scripts; `httpd -f -p 8080 -h /www` serves them.
-- dockmesh/python: `debootstrap --variant=minbase --include=python3` from the machine's own
-  mirror (cached as dockmesh/python-base:<hash>), plus dockmesh and its dependencies installed
-  on the host with pip for the image's Python, added as one committed layer.
+- dockmesh/python: `debootstrap --variant=minbase --include=python3,…,nftables` from the
+  machine's own mirror (cached as dockmesh/python-base:<hash>), plus dockmesh and its
+  dependencies installed on the host with pip for the image's Python, added as one committed
+  layer. The agent container runs it, so it carries `nft` to keep the policy's table.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ PYTHON_BASE = "dockmesh/python-base"
 BUSYBOX = "/bin/busybox"
 # Bumped when the recipe changes in a way the hashed inputs do not show.
 RECIPE_VERSION = "1"
-BASE_PACKAGES = ("python3", "ca-certificates", "iproute2", "iputils-ping")
+# nftables: the agent runs in this image and keeps the policy's table with `nft`.
+BASE_PACKAGES = ("python3", "ca-certificates", "iproute2", "iputils-ping", "nftables")
 
 Say = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -219,9 +221,33 @@ def _run(cmd: list[str], what: str) -> None:
         raise BuildError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _ensure_base(client: EngineBackend, say: Say, work_dir: str | None) -> str:
-    mirror, suite = machine_mirror()
-    arch = platform.machine()
+@dataclass(frozen=True, slots=True)
+class BaseRecipe:
+    """How the Debian base of dockmesh/python is made: the image it becomes (`repo:key`, the
+    key a hash of everything that goes into it) and the debootstrap that makes its root."""
+
+    repo: str
+    key: str
+    suite: str
+    mirror: str
+    packages: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repo}:{self.key}"
+
+    def debootstrap(self, root: Path) -> list[str]:
+        return [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(self.packages)}",
+            self.suite,
+            str(root),
+            self.mirror,
+        ]
+
+
+def base_recipe(mirror: str, suite: str, arch: str, repo: str = PYTHON_BASE) -> BaseRecipe:
     key = _sha(
         RECIPE_VERSION.encode(),
         mirror.encode(),
@@ -229,7 +255,17 @@ def _ensure_base(client: EngineBackend, say: Say, work_dir: str | None) -> str:
         arch.encode(),
         ",".join(BASE_PACKAGES).encode(),
     )[:16]
-    ref = f"{PYTHON_BASE}:{key}"
+    return BaseRecipe(repo, key, suite, mirror, BASE_PACKAGES)
+
+
+def ensure_base(
+    client: EngineBackend, say: Say, work_dir: str | None, repo: str = PYTHON_BASE
+) -> str:
+    """The base image (built when missing), as `repo:key`. `repo` is another name only for
+    a test, which must not replace the shared one."""
+    mirror, suite = machine_mirror()
+    recipe = base_recipe(mirror, suite, platform.machine(), repo)
+    ref, key = recipe.ref, recipe.key
     if _image_label(client, ref) == key:
         return ref
     if shutil.which("debootstrap") is None:
@@ -237,17 +273,7 @@ def _ensure_base(client: EngineBackend, say: Say, work_dir: str | None) -> str:
     with _tmpdir("dockmesh-rootfs-", work_dir) as tmp:
         root = tmp / "root"
         say(f"debootstrap {suite} from the machine's mirror (about a minute)")
-        _run(
-            [
-                "debootstrap",
-                "--variant=minbase",
-                f"--include={','.join(BASE_PACKAGES)}",
-                suite,
-                str(root),
-                mirror,
-            ],
-            "debootstrap",
-        )
+        _run(recipe.debootstrap(root), "debootstrap")
         for junk in (
             "var/cache/apt/archives",
             "usr/share/doc",
@@ -263,7 +289,7 @@ def _ensure_base(client: EngineBackend, say: Say, work_dir: str | None) -> str:
         say(f"importing {ref}")
         client.import_image(
             str(tar_path),
-            PYTHON_BASE,
+            repo,
             key,
             [
                 "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -301,7 +327,7 @@ def build_python(
     root = project_root()
     if root is None:
         raise BuildError("dockmesh/python is built from a source checkout (pip install -e .)")
-    base = _ensure_base(client, say, work_dir)
+    base = ensure_base(client, say, work_dir)
     inputs = _sha(RECIPE_VERSION.encode(), base.encode(), _tree_hash(root).encode())[:32]
     if not force and _image_label(client, PYTHON) == inputs:
         return BuildResult(PYTHON, False, inputs)

@@ -43,6 +43,9 @@ NetworkPolicy, on a plain Docker host::
   second). Without an agent running, a `policy apply` covers the containers that exist then.
 - **Audit mode** (`--mode audit`) drops nothing: what would be dropped is counted and logged
   (kernel log, prefix `dockmesh-audit`), and `dockmesh policy show` lists the counters.
+- **Every drop named.** `dockmesh policy log` lists each flow a rule dropped (audit: would
+  have dropped) in the last minute, by source and destination container, port and rule, from
+  sets the kernel fills as it drops (no kernel log to parse); the agent's /metrics counts them.
 
 How it is built
 ===============
@@ -58,4 +61,6 @@ How it is built
 - `reach` (pure): the ordered steps of `dockmesh why` over the topology, the policy and what
   was observed in the namespaces.
 - `nft` and `enforce`: one `nft -j -f -` transaction per change; `store`: the applied policy.
+- `droplog` (pure): the drop logs' flows read back and named; `dropmetrics`: them on /metrics.
+- `project` (pure): a topology file's policy under `plan`, `up` and `down`.
 """

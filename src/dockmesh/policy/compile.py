@@ -36,6 +36,13 @@ Theory of operation
   runs is denied too.
 - Audit mode writes `counter log accept` where enforce writes `counter drop`: the accept ends
   our chain only, so the packet meets Docker's rules as if no policy existed.
+- Every drop is named (`with_drop_log`, the compiler's last step): a drop or audit rule goes
+  (`goto`) to a chain of its own that records the packet's (source, destination, protocol,
+  port) in a set of its own — filled by the kernel, bounded, with a counter per element and a
+  timeout — and then drops (or logs and accepts). The record is a rule of its own before the
+  verdict, so a packet that cannot be recorded (a set full, a transport header too short to
+  read a port from) is dropped all the same. `dockmesh policy log` and the agent's /metrics
+  read those sets; they are not topology sets (`elements`, `element_delta` leave them out).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from dockmesh.model.labels import SERVICE_LABELS
@@ -203,6 +210,9 @@ class NftRule:
     origin: tuple[str, int | str] = ("base", "")
     table_family: TableFamily = "inet"
     chain: str = ""  # "": the family's chain (forward, prerouting)
+    # The drop log (`with_drop_log`) it records what it drops in, by name: the rule then goes
+    # to that log's chain, which records and gives the verdict. None: no log.
+    log: str | None = None
 
     @property
     def chain_name(self) -> str:
@@ -225,6 +235,7 @@ class Ruleset:
     priority: int = PRIORITY
     _hash: str = field(default="", compare=False)
     attribution: Mapping[str, Mapping[str, int]] = field(default_factory=dict, compare=False)
+    logs: tuple[DropLog, ...] = ()  # `with_drop_log`'s: one per drop or audit rule
 
     @property
     def structure_hash(self) -> str:
@@ -310,14 +321,16 @@ def compile_policy(
     bridge_rules = [r for r in b.rules if r.table_family == "bridge"]
     inet_rules = [r for r in b.rules if r.table_family == "inet"]
     inet_rules[0] = NftRule(None, inet_rules[0].matches, "accept", HASH_TAG + digest, counter=False)
-    return Ruleset(
-        table,
-        mode,
-        tuple(b.sets),
-        tuple(inet_rules + bridge_rules),
-        PRIORITY,
-        digest,
-        {k: dict(v) for k, v in b.attribution.items()},
+    return with_drop_log(
+        Ruleset(
+            table,
+            mode,
+            tuple(b.sets),
+            tuple(inet_rules + bridge_rules),
+            PRIORITY,
+            digest,
+            {k: dict(v) for k, v in b.attribution.items()},
+        )
     )
 
 
@@ -993,7 +1006,9 @@ def render_rule(table: str, r: NftRule) -> JSON:
             expr.append(render_match(m, r.family))
     if r.counter:
         expr.append({"counter": None})
-    if r.action == "audit":
+    if r.log is not None:
+        expr.append({"goto": {"target": r.log}})  # the log's chain gives the verdict
+    elif r.action == "audit":
         expr.append({"log": {"prefix": _clip(f"{AUDIT_PREFIX} {r.comment}: ", 120)}})
         expr.append({"accept": None})
     elif r.action == "mark":
@@ -1090,7 +1105,11 @@ def full_transaction(rs: Ruleset) -> list[JSON]:
         if s.elements:
             cmds.append(_elements_cmd("add", rs.table, s, s.elements))
     cmds += [{"add": {"chain": c}} for c in _chains(rs)]
+    for lg in rs.logs:  # before the rules that go to them; their rules after (the marker first)
+        cmds += [{"add": {"set": _log_set_json(rs.table, lg)}}]
+        cmds += [{"add": {"chain": {"family": "inet", "table": rs.table, "name": lg.name}}}]
     cmds += [{"add": render_rule(rs.table, r)} for r in rs.rules]
+    cmds += [{"add": x} for lg in rs.logs for x in render_log_rules(rs.table, lg)]
     return cmds
 
 
@@ -1131,3 +1150,133 @@ def document(cmds: list[JSON]) -> JSON:
 
 def verdict_word(v: Verdict) -> str:
     return "allowed" if v == "allow" else "denied"
+
+
+# --- every drop named ------------------------------------------------------------------------
+
+LOG_PREFIX = "log"  # a drop log's set and chain: log<k>_<family>
+LOG_TIMEOUT_S = 60  # an element (a flow) is forgotten this long after its last packet
+LOG_SIZE = 4096  # elements per log at most: the kernel adds no more while it is full
+# Protocols whose transport header starts with ports; any other is recorded with port 0 (for
+# ICMP the same bytes are its checksum: one element per packet, not per flow).
+PORTED = ("tcp", "udp", "sctp", "udplite", "dccp")
+AUDIT_LOG_RATE = 10  # kernel log lines a second at most per audit rule
+
+
+@dataclass(frozen=True, slots=True)
+class DropLog:
+    """Where one drop or audit rule records what it drops: a set (type saddr . daddr .
+    inet_proto . inet_service, elements with counters and a timeout, filled by the kernel) and
+    a chain of the same name that the rule goes to, which records and then gives the rule's
+    verdict."""
+
+    name: str
+    family: Family
+    rule: str  # the rule's description (its comment)
+    action: Action  # drop or audit
+    origin: tuple[str, int | str]
+
+
+def is_log_set(name: str) -> bool:
+    """Whether a set of the table is a drop log's (not a topology set)."""
+    head, _, fam = name.rpartition("_")
+    return head.startswith(LOG_PREFIX) and head[len(LOG_PREFIX) :].isdigit() and fam in "46"
+
+
+def with_drop_log(rs: Ruleset) -> Ruleset:
+    """`rs` with a drop log for each rule whose action is drop or audit and whose family is
+    known (the record reads the family's addresses: in an inet chain a rule for both families
+    would otherwise match one only). The structure hash covers the logs."""
+    if rs.logs:
+        return rs
+    rules: list[NftRule] = []
+    logs: list[DropLog] = []
+    for r in rs.rules:
+        if r.action in ("drop", "audit") and r.family is not None:
+            lg = DropLog(
+                f"{LOG_PREFIX}{len(logs)}_{r.family}", r.family, r.comment, r.action, r.origin
+            )
+            logs.append(lg)
+            r = replace(r, log=lg.name)
+        rules.append(r)
+    if not logs:
+        return rs
+    doc = {
+        "structure": rs.structure_hash,
+        "logs": [[*render_log_rules(rs.table, lg), _log_set_json(rs.table, lg)] for lg in logs],
+    }
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    old = HASH_TAG + rs.structure_hash
+    rules = [replace(r, comment=HASH_TAG + digest) if r.comment == old else r for r in rules]
+    return Ruleset(
+        rs.table, rs.mode, rs.sets, tuple(rules), rs.priority, digest, rs.attribution, tuple(logs)
+    )
+
+
+def _log_key(family: Family) -> list[JSON]:
+    proto = "ip" if family == 4 else "ip6"
+    return [
+        {"payload": {"protocol": proto, "field": "saddr"}},
+        {"payload": {"protocol": proto, "field": "daddr"}},
+        {"meta": {"key": "l4proto"}},
+    ]
+
+
+def _log_set_json(table: str, lg: DropLog) -> JSON:
+    addr = "ipv4_addr" if lg.family == 4 else "ipv6_addr"
+    return {
+        "family": "inet",
+        "table": table,
+        "name": lg.name,
+        "type": [addr, addr, "inet_proto", "inet_service"],
+        # nft -j refuses the "dynamic" flag; a set updated from the packet path is one anyway.
+        "flags": ["timeout"],
+        "timeout": LOG_TIMEOUT_S,
+        "size": LOG_SIZE,
+        "stmt": [{"counter": None}],
+    }
+
+
+def render_log_rules(table: str, lg: DropLog) -> list[JSON]:
+    """The log's chain: record the packet (its port, or 0 for a protocol without ports), then
+    the verdict. A record that fails (set full, header unreadable) ends its own rule only."""
+    ported = {"set": list(PORTED)}
+    l4 = {"meta": {"key": "l4proto"}}
+    update = "@" + lg.name
+    port = {"payload": {"protocol": "th", "field": "dport"}}
+
+    def record(op: str, last: Any) -> JSON:
+        return {
+            "rule": {
+                "family": "inet",
+                "table": table,
+                "chain": lg.name,
+                "expr": [
+                    _match(l4, ported, op),
+                    {
+                        "set": {
+                            "op": "update",
+                            "elem": {"concat": [*_log_key(lg.family), last]},
+                            "set": update,
+                        }
+                    },
+                ],
+            }
+        }
+
+    def rule(*expr: JSON) -> JSON:
+        return {"rule": {"family": "inet", "table": table, "chain": lg.name, "expr": list(expr)}}
+
+    if lg.action != "audit":
+        return [record("==", port), record("!=", 0), rule({"drop": None})]
+    # The kernel log line of audit mode, rate-limited (the drop log counts every packet): a
+    # rule of its own, so that a packet over the limit is accepted all the same.
+    prefix = _clip(f"{AUDIT_PREFIX} {lg.rule}: ", 120)
+    limit = {"limit": {"rate": AUDIT_LOG_RATE, "per": "second", "burst": AUDIT_LOG_RATE}}
+    return [
+        record("==", port),
+        record("!=", 0),
+        rule(limit, {"log": {"prefix": prefix}}),
+        rule({"accept": None}),
+    ]

@@ -126,6 +126,11 @@ class Enforcer:
     def applied(self) -> Applied | None:
         return self._applied
 
+    @property
+    def ruleset(self) -> Ruleset | None:
+        """The ruleset last made true in the kernel (None: none, or not known to hold)."""
+        return self._ruleset
+
     # --- the command line -------------------------------------------------------------------
 
     def apply(self, applied: Applied, topo: Topology) -> Ruleset:

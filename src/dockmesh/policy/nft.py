@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dockmesh.policy.compile import HASH_TAG, JSON, document
+from dockmesh.policy.compile import HASH_TAG, JSON, document, is_log_set
 from dockmesh.policy.drift import Key, structure, tables_of
 
 TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
@@ -229,7 +229,9 @@ def parse_live(doc: Any, table: str) -> LiveTable:
             continue
         if "set" in item:
             s = item["set"]
-            if s.get("table") == table and not _is_mark(s.get("name")):
+            # A drop log's elements are flows the kernel recorded, not the topology's.
+            name = str(s.get("name"))
+            if s.get("table") == table and not _is_mark(name) and not is_log_set(name):
                 texts: set[str] = set()
                 counted: dict[str, tuple[int, int]] = {}
                 for raw in s.get("elem") or ():

@@ -48,15 +48,21 @@ class Applied:
     mode: Mode
     policy: Policy
     source: str = ""  # the file it was read from
+    # The project whose `dockmesh up` applied it ("" for `policy apply`): `down` removes only
+    # a policy its own project applied.
+    project: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "table": self.table,
             "mode": self.mode,
             "source": self.source,
             "policy": self.policy.to_json(),
         }
+        if self.project:  # absent for `policy apply`: its files stay as they were
+            doc["project"] = self.project
+        return doc
 
 
 def applied_from_json(doc: Any) -> Applied:
@@ -65,11 +71,15 @@ def applied_from_json(doc: Any) -> Applied:
     mode = doc.get("mode")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
+    project = doc.get("project", "")
+    if not isinstance(project, str):
+        raise ValueError(f"project {project!r} is not a name")
     return Applied(
         check_table_name(str(doc["table"])),
         mode,
         policy_from_json(doc["policy"]),
         str(doc.get("source") or ""),
+        project,
     )
 
 

@@ -23,7 +23,7 @@ from dockmesh.model.topology import Container, Network, Topology
 from dockmesh.projectfile.desired import Desired, DesiredContainer, DesiredNetwork
 
 Action = Literal["create", "remove", "replace"]
-Kind = Literal["network", "container"]
+Kind = Literal["network", "container", "policy"]  # policy: a topology file's policy: section
 Op = Literal[
     "remove_container",
     "disconnect",

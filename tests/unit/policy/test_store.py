@@ -43,6 +43,7 @@ applieds = st.builds(
     mode=st.sampled_from(["enforce", "audit"]),
     policy=POLICIES,
     source=st.sampled_from(["", "/srv/policy.yaml", "dockmesh.yaml"]),
+    project=st.sampled_from(["", "demo"]),
 )
 
 
