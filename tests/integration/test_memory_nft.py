@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from dockmesh.model.labels import LABEL_DISCOVERY_SERVICE
 from dockmesh.model.policy import Policy, Rule, Selector
-from dockmesh.policy.compile import JSON, Ruleset, compile_policy, element_delta, full_transaction
+from dockmesh.policy.compile import (
+    JSON,
+    Ruleset,
+    compile_policy,
+    element_delta,
+    full_transaction,
+    remove_transaction,
+)
 from dockmesh.policy.nft import Nft, NftError, parse_live
 from dockmesh.testing.nft import MemoryNft
 from tests.unit.topos import container, network, topology
@@ -79,8 +86,7 @@ def test_both_take_the_same_transactions_and_list_the_same_table(
     real: Nft, steps: list[dict[int, str]], data: st.DataObject
 ) -> None:
     memory = MemoryNft()
-    real.run([{"add": {"table": {"family": "inet", "name": TABLE}}}])
-    real.run([{"delete": {"table": {"family": "inet", "name": TABLE}}}])
+    real.run(remove_transaction(TABLE))
     rs = ruleset(steps[0])
     for nft in (real, memory):
         assert outcome(nft, full_transaction(rs))
@@ -103,6 +109,7 @@ def test_both_take_the_same_transactions_and_list_the_same_table(
 
 
 def test_both_refuse_an_overlap_in_an_interval_set_and_a_missing_table(real: Nft) -> None:
+    real.run(remove_transaction(TABLE))  # what another test of the module left
     memory = MemoryNft()
     t = {"family": "inet", "table": TABLE, "name": "iv"}
     setup: list[JSON] = [
@@ -132,16 +139,25 @@ def _tamper(nft: Nft, how: str) -> None:
     t = {"family": "inet", "name": TABLE}
     doc = nft.list_table(TABLE)
     assert doc is not None
-    handles = [i["rule"]["handle"] for i in doc["nftables"] if "rule" in i]
+    handles = [
+        i["rule"]["handle"]
+        for i in doc["nftables"]
+        if "rule" in i and i["rule"]["family"] == "inet" and i["rule"]["chain"] == "forward"
+    ]
+    pairs = next(
+        (i["set"] for i in doc["nftables"] if "set" in i and i["set"]["name"] == "a_any_4"),
+        None,
+    )
+    assert pairs is not None and pairs.get("elem"), "the test's policy makes a pair set"
+    victim = pairs["elem"][0]
+    victim = victim["elem"]["val"] if "elem" in victim else victim
     where = {"family": "inet", "table": TABLE}
     cmds: dict[str, list[JSON]] = {
         "flush": [{"flush": {"table": t}}],
         "delete table": [{"delete": {"table": t}}],
         "delete rule": [{"delete": {"rule": {**where, "chain": "forward", "handle": handles[-2]}}}],
         "add rule": [{"add": {"rule": {**where, "chain": "forward", "expr": [{"drop": None}]}}}],
-        "delete element": [
-            {"delete": {"element": {**where, "name": "s0_4", "elem": ["10.0.0.2"]}}}
-        ],
+        "delete element": [{"delete": {"element": {**where, "name": "a_any_4", "elem": [victim]}}}],
     }
     nft.run(cmds[how])
 
@@ -172,5 +188,4 @@ def test_drift_says_the_same_of_both_and_nft_lists_what_it_predicts(real: Nft, h
         said = differences(view(real.list_tables(keys), keys), want_real)
         assert said and said == differences(view(memory.list_tables(keys), keys), want_memory)
     finally:
-        outcome(real, [{"add": {"table": {"family": "inet", "name": TABLE}}},
-                       {"delete": {"table": {"family": "inet", "name": TABLE}}}])  # fmt: skip
+        outcome(real, remove_transaction(TABLE))

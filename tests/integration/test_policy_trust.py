@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from dockmesh.host.netns import NetnsPool
-from tests.integration.conftest import dockmesh, free_subnets, remove_policy_tables
+from tests.integration.conftest import dockmesh, free_subnets, own_differences, remove_policy_tables
 
 V6_PREFIX = "fd7a:{:x}::/64"
 
@@ -263,7 +263,7 @@ def test_ipv6_between_networks_is_isolated_as_docker_isolates_ipv4(
     dockmesh("policy", "apply", str(policy), check=True)
     assert not connects(pool, pa, b6, timeout=0.5)
     show = json.loads(dockmesh("policy", "show", "--json", check=True).stdout)
-    assert show["in_sync"] is True
+    assert own_differences(show) == []
 
 
 def test_a_deny_rule_holds_for_a_published_port(

@@ -5,7 +5,6 @@ stops `up` before anything is created. Each test has its own table and policy di
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from dockmesh.host.netns import NetnsPool
-from tests.integration.conftest import dockmesh, free_subnets
+from tests.integration.conftest import dockmesh, free_subnets, remove_policy_tables
 from tests.integration.test_policy import connects, ip_of, nft_table, pid_of
 from tests.integration.test_project import project_objects
 
@@ -34,8 +33,7 @@ def table(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     try:
         yield name
     finally:
-        if nft_table(name) is not None:
-            subprocess.run(["nft", "delete", "table", "inet", name], check=False)
+        remove_policy_tables(name)
 
 
 def project_file(tmp_path: Path, prefix: str, subnet: str, policy: Any) -> str:

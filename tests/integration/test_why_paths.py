@@ -25,7 +25,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from tests.integration.conftest import cleanup, dockmesh, free_subnets
+from tests.integration.conftest import cleanup, dockmesh, free_subnets, remove_policy_tables
 
 pytestmark = pytest.mark.xdist_group("why_paths")  # one worker builds the layout once
 
@@ -150,11 +150,7 @@ def layout(built: Layout, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> It
     try:
         yield dataclasses.replace(built, table=table)
     finally:
-        if (
-            subprocess.run(["nft", "list", "table", "inet", table], capture_output=True).returncode
-            == 0
-        ):
-            subprocess.run(["nft", "delete", "table", "inet", table], check=False)
+        remove_policy_tables(table)
 
 
 def why(*args: str) -> tuple[int, dict[str, Any]]:

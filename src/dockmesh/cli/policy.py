@@ -495,7 +495,9 @@ def _project_wanted(loaded: LoadedSpec, mode: str, table: str, topo: Topology) -
         return None
     source = str(FsPath(loaded.filename).resolve())
     applied = Applied(table, chosen, policy, source, loaded.project)
-    rs = compile_policy(policy, topo, chosen, table)
+    from dockmesh.host.ports import PortFinder
+
+    rs = compile_policy(policy, topo, chosen, table, PortFinder()(topo))
     return Wanted(applied, rs.structure_hash, rs.elements())
 
 

@@ -148,9 +148,11 @@ def register(app: typer.Typer) -> None:
         topo = load_topology(engine)
         if dst == HOST:
             raise UserError("DST is a container, an alias or a service (SRC may be 'host')")
-        named = {}
+        named: dict[str, Named] = {}
         for role, name in (("SRC", src), ("DST", dst)):
-            named[role] = resolve_name(topo, name)
+            from_: tuple[Container, ...] = named["SRC"].containers if role == "DST" else ()
+            near = from_[0] if len(from_) == 1 else None
+            named[role] = resolve_name(topo, name, near)
             if named[role].kind == "unknown":
                 raise UserError(f"{role}: no container, network alias or service named {name!r}")
         policy, note = applied_policy(_table(table))

@@ -469,7 +469,7 @@ def _link_local6(b: _Builder, bridges: list[tuple[Network, str]]) -> None:
     b.rules.append(
         NftRule(
             6,
-            (NfProto(6), LinkLocal(), IfSet("iifname", "ll6_denied")),
+            (LinkLocal(), IfSet("iifname", "ll6_denied")),
             b.deny,
             "link-local IPv6 on a denied network",
             origin=("link-local", ""),
@@ -479,7 +479,7 @@ def _link_local6(b: _Builder, bridges: list[tuple[Network, str]]) -> None:
         b.rules.append(
             NftRule(
                 6,
-                (NfProto(6), LinkLocal(), IfName("iifname", DOCKER_BRIDGES)),
+                (LinkLocal(), IfName("iifname", DOCKER_BRIDGES)),
                 b.deny,
                 "link-local IPv6 on a new network",
                 origin=("link-local", ""),
@@ -975,7 +975,9 @@ def render_match(m: Match, family: Family | None) -> JSON:
         right: Any = values[0] if len(values) == 1 else {"set": values}
         return _match({"payload": {"protocol": m.protocol, "field": "dport"}}, right)
     if isinstance(m, CtState):
-        return _match({"ct": {"key": "state"}}, list(m.states), "in")
+        # One state is listed by nft as a value, several as a list: say it as nft does.
+        states: Any = m.states[0] if len(m.states) == 1 else list(m.states)
+        return _match({"ct": {"key": "state"}}, states, "in")
     if isinstance(m, Unconfirmed):
         masked = {"&": [{"meta": {"key": "mark"}}, UNCONFIRMED]}
         return _match(masked, UNCONFIRMED if m.is_set else 0)
@@ -1159,7 +1161,7 @@ LOG_TIMEOUT_S = 60  # an element (a flow) is forgotten this long after its last 
 LOG_SIZE = 4096  # elements per log at most: the kernel adds no more while it is full
 # Protocols whose transport header starts with ports; any other is recorded with port 0 (for
 # ICMP the same bytes are its checksum: one element per packet, not per flow).
-PORTED = ("tcp", "udp", "sctp", "udplite", "dccp")
+PORTED = ("tcp", "udp", "dccp", "sctp", "udplite")  # nft lists a set in protocol-number order
 AUDIT_LOG_RATE = 10  # kernel log lines a second at most per audit rule
 
 

@@ -60,6 +60,9 @@ def conflict(record: Applied | None, project: str, source: str, table: str) -> s
     )
 
 
+HOST_WIDE = ("br6",)
+
+
 @dataclass(frozen=True, slots=True)
 class Wanted:
     """What `up` would record: the file's policy as `Applied`."""
@@ -97,9 +100,16 @@ def policy_change(
         return Change("replace", "policy", name, "applied by policy apply; up takes it over")
     if live_structure != want.structure:
         return Change("replace", "policy", name, "the kernel's rules differ from the file's")
-    if live_elements != want.elements:
+    if _own(live_elements) != _own(want.elements):
         return Change("replace", "policy", name, "its sets are not in sync with the containers")
     return None
+
+
+def _own(elements: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+    """The sets the project's policy decides. The sets of Docker's isolation for IPv6 list
+    every IPv6 bridge on the host: another project's network changes them, and the agent
+    follows that; it is no change of this project's."""
+    return {k: v for k, v in elements.items() if not k.startswith(HOST_WIDE)}
 
 
 def modes(value: str) -> Mode:

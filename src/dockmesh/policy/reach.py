@@ -1057,10 +1057,12 @@ class Named:
         }
 
 
-def resolve_name(topo: Topology, name: str) -> Named:
+def resolve_name(topo: Topology, name: str, near: Container | None = None) -> Named:
     """What `name` stands for: `host`; a container (name or id); else the containers that
     carry it as a network alias or as their service's name (running ones, when any run),
-    in name order; `unknown` when nothing does."""
+    in name order; `unknown` when nothing does. `near`: the container that would ask for
+    the name — an alias is a name on a network, so only the containers that carry it on a
+    network `near` is on answer for it (all of them when none does)."""
     from dockmesh.model.labels import SERVICE_LABELS
 
     if name == HOST:
@@ -1069,6 +1071,14 @@ def resolve_name(topo: Topology, name: str) -> Named:
     if c is not None:
         return Named(name, "container", (c,))
     aliased = [c for c in topo.containers if any(name in a.aliases for a in c.attachments)]
+    if near is not None:
+        mine = {a.network_id for a in near.attachments}
+        local = [
+            c
+            for c in aliased
+            if any(name in a.aliases and a.network_id in mine for a in c.attachments)
+        ]
+        aliased = local or aliased
     served = [c for c in topo.containers if any(c.labels.get(k) == name for k in SERVICE_LABELS)]
     found = {c.id: c for c in [*aliased, *served]}
     if not found:
