@@ -22,25 +22,33 @@ NetworkPolicy, on a plain Docker host::
 - **Names.** In a topology file, network and service names are the file's own short names
   (`backend` is `<project>_backend`, `service: api` is this project's `api`; give `project:` to
   name another project's). In a policy file alone, names are the engine's.
-- **Allows add up.** Rules only allow. A connection from A to B on a port is allowed when
-  any rule's `from` chooses A, its `to` chooses B and its `ports` cover the port (no `ports`:
-  every protocol and port). Otherwise the default of the network the connection travels on
-  decides (`networks:`), else the policy's `default` (allow when not given). Order does not
-  matter.
+- **Deny wins, then allows add up.** A `deny` rule (`action: deny`) that covers a connection
+  drops it whatever the allow rules say. Else a connection from A to B on a port is allowed
+  when any allow rule's `from` chooses A, its `to` chooses B and its `ports` cover the port
+  (no `ports`: every protocol and port). Otherwise the default of the network the connection
+  travels on decides (`networks:`), else the policy's `default` (allow when not given). Order
+  in the file does not matter.
+- **Addresses.** `{cidr: NET}` and `world` (outside every network of the engines) choose
+  addresses, not containers: egress to the outside and ingress from it.
+- **Identity bound to the port.** An address counts as a container's only when it arrives on
+  that container's bridge port: a forged source, or a new container on a removed one's
+  address before the agent has seen it, matches no allow rule (see `compile`).
+- **IPv6 as IPv4**, neighbour discovery always allowed; Docker's isolation (between networks,
+  internal, icc=false) applied to IPv6 for every bridge while a policy is applied.
 - **Ports.** `8080/tcp`, `8080` (TCP), `9000-9100/udp`, `sctp`/`tcp`/`udp` (every port of the
   protocol), `icmp` (ping).
 - **Return traffic** of an allowed connection is always allowed (connection tracking), so a
   rule is written in the direction the connection is opened; connections already open when a
   policy is applied go on.
-- **Scope.** Only traffic between containers' addresses is decided by the policy. Traffic to
-  and from the host, from outside the machine, and to published ports (also when a container
-  reaches another's published port through the host) follows Docker's own rules. A policy
-  never opens what Docker closes: networks still isolate each other, `internal` networks still
-  reach nothing outside, `enable_icc=false` still separates a bridge's containers.
-- **Fail closed.** A network default of `deny` (and a policy default of `deny`) is written
-  against the networks' subnets, so a container that starts is denied at once; it is allowed
-  once the agent has seen it start and added its address to the rules' sets (well under a
-  second). Without an agent running, a `policy apply` covers the containers that exist then.
+- **Published ports** are judged as the connection to the container: through DNAT (forward
+  hook) and through Docker's proxy from another container (input hook). A policy never opens
+  what Docker closes: networks still isolate each other, `internal` networks still reach
+  nothing outside, `enable_icc=false` still separates a bridge's containers.
+- **Fail closed.** A network default of `deny` (and a policy default of `deny`, also against
+  every bridge named `br-*`) is written against the networks' subnets, so a container that
+  starts is denied at once; it is allowed once the agent has seen it start and added its
+  address and port to the sets (well under a second). Without an agent running, a `policy
+  apply` covers the containers that exist then (docs/topology-file.md says exactly what holds).
 - **Audit mode** (`--mode audit`) drops nothing: what would be dropped is counted and logged
   (kernel log, prefix `dockmesh-audit`), and `dockmesh policy show` lists the counters.
 - **Every drop named.** `dockmesh policy log` lists each flow a rule dropped (audit: would
@@ -52,10 +60,11 @@ How it is built
 
 - `dockmesh.model.policy` (pure): the policy as values, read from either kind of file with
   every problem located.
-- `compile` (pure): policy + topology → a `Ruleset` as data: one table `inet dockmesh`, one
-  address set per selector, a forward chain before Docker's filter with established/related
-  accepted first. Rules depend on the policy alone, set elements on the topology alone, so a
-  container that comes or goes is a set element update, never a reload.
+- `compile` (pure): policy + topology (+ each container's bridge port) → a `Ruleset` as data:
+  tables `inet dockmesh` (forward and input chains before Docker's filter, established/related
+  accepted first, rules between named containers as concatenated sets) and `bridge dockmesh`
+  (the port binding). Rules depend on the policy alone, set elements on the topology alone,
+  so a container that comes or goes is a set element update, never a reload.
 - `evaluate` (pure): what a ruleset does with one packet (the tests' oracle against the
   model's verdict in `decide`).
 - `reach` (pure): the ordered steps of `dockmesh why` over the topology, the policy and what

@@ -197,6 +197,15 @@ def _steady(e: Any) -> Any:
 
 
 def _elements(raw: Iterable[Any], decl: Mapping[str, Any]) -> frozenset[str]:
+    """A set's elements as texts; none for a set the kernel fills from the packet path (with
+    a timeout: a drop log), whose elements are flows, not what dockmesh wrote."""
+    flags = decl.get("flags") or ()
+    if "timeout" in flags or "dynamic" in flags:
+        return frozenset()
+    return _written(raw, decl)
+
+
+def _written(raw: Iterable[Any], decl: Mapping[str, Any]) -> frozenset[str]:
     texts: set[str] = set()
     for r in raw:
         texts.update(element_texts(r))
