@@ -32,7 +32,9 @@ Theory of operation
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import threading
@@ -67,6 +69,7 @@ from dockmesh.policy.nft import (
     ForeignTable,
     Nft,
     NftError,
+    element_texts,
     is_ours,
     mark,
     parse_live,
@@ -161,9 +164,48 @@ class Enforcer:
     def sync(self, topo: Topology) -> None:
         """The topology changed (or this is the first one): make the table follow it."""
         with self._lock:
+            before = self._topology
             self._topology = topo
             changed = self._refresh()
             self._sync(changed)
+            rs = self._ruleset
+            if rs is not None and rs.logs:
+                held = _addresses(topo)
+                if before is None or _addresses(before) - held:
+                    self._forget_in_logs(held, _subnets(topo))
+
+    def _forget_in_logs(self, held: set[str], subnets: list[Any]) -> None:
+        """A container that left (or moved) takes its flows out of the drop logs: the tables
+        hold no address of the networks that no container has (a new container may get it),
+        only the outside's and the containers'. Looked at when an address went away, and at
+        an agent's first topology."""
+        rs = self._ruleset
+        assert rs is not None
+
+        def gone(text: str) -> bool:
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                return False
+            return str(ip) not in held and any(ip in n for n in subnets)
+
+        cmds: list[JSON] = []
+        try:
+            for lg in rs.logs:
+                doc = self.nft.list_set(self.table, lg.name)
+                items = doc.get("nftables", []) if isinstance(doc, dict) else []
+                raw = [e for i in items if "set" in i for e in i["set"].get("elem") or ()]
+                stale = [
+                    e.get("elem", {}).get("val", e) if isinstance(e, dict) else e
+                    for e in raw
+                    if any(gone(p) for t in element_texts(e) for p in t.split(" . ")[:2])
+                ]
+                if stale:
+                    where = {"family": "inet", "table": self.table, "name": lg.name}
+                    cmds.append({"delete": {"element": {**where, "elem": stale}}})
+            self.nft.run(cmds)
+        except NftError as e:  # a flow that timed out meanwhile: the next change tries again
+            log.debug("policy: drop logs not pruned (%s)", e)
 
     def poll(self) -> None:
         """Picks up a policy applied or removed by another process."""
@@ -379,6 +421,29 @@ class Enforcer:
 
 def _no_ports(topo: Topology) -> PortMap:
     return {}
+
+
+def _subnets(topo: Topology) -> list[Any]:
+    out = []
+    for n in topo.networks:
+        for pool in n.ipam:
+            net = pool.network()
+            if net is not None:
+                out.append(net)
+    return out
+
+
+def _addresses(topo: Topology) -> set[str]:
+    """The running containers' addresses, as the kernel writes them."""
+    out: set[str] = set()
+    for c in topo.containers:
+        if c.running:
+            for a in c.attachments:
+                for text in (a.ipv4, a.ipv6):
+                    if text:
+                        with contextlib.suppress(ValueError):
+                            out.add(str(ipaddress.ip_address(text)))
+    return out
 
 
 def _structure_key(tx: list[JSON]) -> str:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dockmesh.model.labels import LABEL_DISCOVERY_SERVICE
 from dockmesh.model.policy import Policy, Rule, Selector
 from dockmesh.model.topology import Topology
-from dockmesh.policy.compile import compile_policy, remove_transaction
+from dockmesh.policy.compile import compile_policy, remove_transaction, render_element
 from dockmesh.policy.enforce import Enforcer
 from dockmesh.policy.nft import ForeignTable, parse_live
 from dockmesh.policy.store import Applied, PolicyStore
@@ -473,3 +473,18 @@ def test_apply_and_remove_work_on_a_flushed_table(tmp_path: Path) -> None:
     PolicyStore(T, tmp_path).remove()  # the record lost too: the mark alone says it is ours
     assert Enforcer(PolicyStore(T, tmp_path), nft).remove() is True
     assert nft.list_table(T) is None
+
+
+def test_a_container_that_leaves_takes_its_flows_out_of_the_drop_logs(tmp_path: Path) -> None:
+    _, nft, enforcer = applied(tmp_path)
+    t = topo({2: "client", 3: "web", 4: "db"})
+    enforcer.sync(t)
+    rs = enforcer.ruleset
+    assert rs is not None and rs.logs
+    lg = next(g for g in rs.logs if g.family == 4 and g.rule == "default deny")
+    flows = ["10.0.0.4 . 10.0.0.3 . tcp . 80", "192.0.2.9 . 10.0.0.3 . tcp . 80"]
+    # What the kernel records as it drops (the double takes it as an add).
+    where = {"family": "inet", "table": T, "name": lg.name}
+    nft.run([{"add": {"element": {**where, "elem": [render_element(f) for f in flows]}}}])
+    enforcer.sync(topo({2: "client", 3: "web"}))  # db leaves: its address is no one's now
+    assert nft.elements(T, lg.name) == {"192.0.2.9 . 10.0.0.3 . tcp . 80"}  # the outside's stays
