@@ -28,6 +28,7 @@ from dockmesh.policy.compile import (
     NftRule,
     Ruleset,
     Unconfirmed,
+    VlanTagged,
 )
 
 ND_TYPE_NAMES = frozenset(
@@ -57,6 +58,7 @@ class Packet:
     icmp_type: str | None = None  # for ICMPv6: e.g. nd-neighbor-advert
     hoplimit: int = 64
     hook: str = "forward"  # or "input": to the host itself (a published port, by the proxy)
+    tagged: bool = False  # sent in a VLAN tag (by a container with a raw socket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,8 @@ def evaluate(rs: Ruleset, packet: Packet) -> Outcome:
                 if r.action == "mark":
                     mark = True
                     continue
+                if r.action == "drop":
+                    return Outcome("drop", r, unconfirmed=mark)
                 break  # accept: the bridge table is done with it
     for r in rs.rules:
         if r.table_family != "inet" or r.chain_name != packet.hook:
@@ -182,6 +186,8 @@ def _matches(
         return family == 6 and ipaddress.ip_address(p.saddr) in _net("fe80::/10")
     if isinstance(m, NeighbourDiscovery):
         return family == 6 and p.icmp_type in ND_TYPE_NAMES and p.hoplimit == 255
+    if isinstance(m, VlanTagged):
+        return p.tagged
     raise AssertionError(f"unknown match {m!r}")
 
 

@@ -130,6 +130,21 @@ def test_seg_verdicts() -> None:
     assert rs.set("n0_4").elements == frozenset({"10.242.0.0/24"})  # type: ignore[union-attr]
 
 
+def test_both_sides_of_an_allowed_flow_are_bound_to_their_ports() -> None:
+    """gateway may reach api: a reply forged as api (or a packet forged as gateway) from
+    another port is no part of their flow, though conntrack would say established."""
+    topo = chapter()
+    ports = ports_of(topo)
+    rs = compile_policy(seg_policy(), topo, ports=ports)
+    port = {c.name: ports[(c.id, "seg")] for c in topo.containers if c.name != "old"}
+    gw, api = ("10.242.0.2", port["gw"]), ("10.242.0.3", port["api"])
+    for (src, real), (dst, _) in ((gw, api), (api, gw)):
+        br = bridge_of(topo, "seg")
+        for on, verdict in ((real, "accept"), (port["oth"], "drop")):
+            packet = Packet(src, dst, "tcp", 40000, "established", iif=br, oif=br, port=on)
+            assert evaluate(rs, packet).verdict == verdict, (src, on)
+
+
 def test_audit_drops_nothing_but_marks_it() -> None:
     rs = compile_policy(seg_policy(), chapter(), "audit")
     out = evaluate(rs, Packet("10.242.0.3", "10.242.0.2", "tcp", 8080))
@@ -309,6 +324,25 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
                     # The same packet from another port (a forged source) or from an address
                     # nobody has confirmed is accepted by no rule about containers (a `cidr`
                     # or `world` rule is about addresses, whoever sends from them).
+                    # Forged into a flow conntrack knows (the addresses and ports are all
+                    # it knows a flow by): judged as the same packet would be as a new one.
+                    if (
+                        rs.set(f"claimed_{family}")
+                        and saddr
+                        in rs.set(  # type: ignore[union-attr]
+                            f"claimed_{family}"
+                        ).elements
+                    ):
+                        for proto, port in PROBES:
+                            new = Packet(saddr, daddr, proto, port, iif=br, oif=br, port="veth999")
+                            est = dataclasses.replace(new, ct_state="established")
+                            assert evaluate(rs, est).verdict == evaluate(rs, new).verdict
+                    # Any packet in a VLAN tag from a container's port is dropped.
+                    tagged = Packet(
+                        saddr, daddr, "udp", 53, iif=br, oif=br, port=ports[(s.id, sa.network)],
+                        tagged=True,
+                    )  # fmt: skip
+                    assert evaluate(rs, tagged).verdict == "drop"
                     for forged in (
                         Packet(saddr, daddr, "tcp", 80, iif=br, oif=br, port="veth999"),
                         Packet(saddr, daddr, "icmp", None, iif=br, oif=br, port="veth999"),

@@ -1,0 +1,161 @@
+"""Policy against an adversary who knows the kernel, on the real engine: frames the bridge
+table must not let past (a VLAN tag around an IP packet), replies forged into an established
+flow, and addresses stolen with ARP. Each test has its own networks, containers and tables
+(named from its prefix) and applies network-level defaults only."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockmesh.host.netns import NetnsPool
+from tests.integration.conftest import dockmesh, free_subnets, remove_policy_tables
+from tests.integration.test_policy_trust import (
+    addresses,
+    pid_of,
+    received,
+    run,
+    spoofed_udp,
+    write_policy,
+)
+
+ETH_P_ALL = 0x0003
+
+
+@pytest.fixture
+def pool() -> Iterator[NetnsPool]:
+    with NetnsPool(threads=2) as p:
+        yield p
+
+
+@pytest.fixture
+def env(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    table = f"{prefix}pol"
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", table)
+    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
+    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
+    try:
+        yield table
+    finally:
+        remove_policy_tables(table)
+
+
+def mac_of(api: Any, cid: str, net: str) -> bytes:
+    text = api.inspect_container(cid)["NetworkSettings"]["Networks"][net]["MacAddress"]
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def send_frame(netns: NetnsPool, pid: int, frame: bytes) -> None:
+    def go() -> None:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        try:
+            s.bind(("eth0", 0))
+            s.send(frame)
+        finally:
+            s.close()
+
+    netns.run(pid, go)
+
+
+def vlan0_udp(src_mac: bytes, dst_mac: bytes, src: str, dst: str, port: int, data: bytes) -> bytes:
+    """An IPv4 UDP packet in an 802.1Q frame with VLAN id 0 (a priority tag): Linux takes such
+    a frame off the wire as if it carried no tag."""
+    tag = struct.pack("!HH", 0x8100, 0)
+    return dst_mac + src_mac + tag + struct.pack("!H", 0x0800) + spoofed_udp(src, dst, port, data)
+
+
+def test_an_ip_packet_in_a_vlan_tag_is_judged_as_the_packet_itself(
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+) -> None:
+    (subnet,) = free_subnets(api, 1)
+    net = f"{prefix}vl"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
+    a4, b4, m4 = (addresses(api, x, net)[0] for x in (a, b, m))
+    policy = write_policy(
+        tmp_path,
+        {
+            "networks": {net: {"default": "deny"}},
+            "rules": [
+                {
+                    "from": {"container": f"{prefix}-a"},
+                    "to": {"container": f"{prefix}-b"},
+                    "ports": ["9999/udp"],
+                }
+            ],
+        },
+    )
+    dockmesh("policy", "apply", str(policy), check=True)
+    listener = pool.socket(pid_of(api, b), socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        listener.bind(("0.0.0.0", 9999))
+        listener.setblocking(False)
+        pm = pid_of(api, m)
+        bm, mm = mac_of(api, b, net), mac_of(api, m, net)
+        # m is denied to b: neither its own address nor a's gets through in a VLAN tag.
+        send_frame(pool, pm, vlan0_udp(mm, bm, m4, b4, 9999, b"own"))
+        send_frame(pool, pm, vlan0_udp(mm, bm, a4, b4, 9999, b"forged"))
+        assert received(listener) == []
+    finally:
+        listener.close()
+
+
+def test_a_forged_packet_is_not_accepted_as_part_of_an_established_flow(
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+) -> None:
+    """a may send to b's UDP port; m may send nothing. Once a's flow exists, m forges
+    datagrams into it in both directions (as a to b, and as b's reply to a): conntrack calls
+    them established, but they did not arrive on a's or b's port."""
+    (subnet,) = free_subnets(api, 1)
+    net = f"{prefix}es"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
+    a4, b4 = (addresses(api, x, net)[0] for x in (a, b))
+    policy = write_policy(
+        tmp_path,
+        {
+            "networks": {net: {"default": "deny"}},
+            "rules": [
+                {
+                    "from": {"container": f"{prefix}-a"},
+                    "to": {"container": f"{prefix}-b"},
+                    "ports": ["9999/udp"],
+                }
+            ],
+        },
+    )
+    dockmesh("policy", "apply", str(policy), check=True)
+    at_b = pool.socket(pid_of(api, b), socket.AF_INET, socket.SOCK_DGRAM)
+    at_a = pool.socket(pid_of(api, a), socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        at_b.bind(("0.0.0.0", 9999))
+        at_b.setblocking(False)
+        at_a.bind(("0.0.0.0", 40000))
+        at_a.setblocking(False)
+        at_a.sendto(b"hello", (b4, 9999))
+        assert received(at_b) == [b"hello"]
+        at_b.sendto(b"reply", (a4, 40000))
+        assert received(at_a) == [b"reply"]
+        raw = pool.socket(pid_of(api, m), socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            raw.sendto(spoofed_udp(a4, b4, 9999, b"forged as a"), (b4, 0))
+            raw.sendto(spoofed_reply(b4, a4, b"forged as b"), (a4, 0))
+        finally:
+            raw.close()
+        assert received(at_b) == []
+        assert received(at_a) == []
+    finally:
+        at_a.close()
+        at_b.close()
+
+
+def spoofed_reply(src: str, dst: str, data: bytes) -> bytes:
+    """UDP from src:9999 to dst:40000 (spoofed_udp's ports, the other way round)."""
+    packet = bytearray(spoofed_udp(src, dst, 40000, data))
+    packet[20:22] = struct.pack("!H", 9999)
+    return bytes(packet)
