@@ -263,7 +263,7 @@ def test_ipv6_between_networks_is_isolated_as_docker_isolates_ipv4(
     dockmesh("policy", "apply", str(policy), check=True)
     assert not connects(pool, pa, b6, timeout=0.5)
     show = json.loads(dockmesh("policy", "show", "--json", check=True).stdout)
-    assert show["in_sync"] is True
+    assert show["in_sync"] is True, show["differences"]
 
 
 def test_a_deny_rule_holds_for_a_published_port(

@@ -12,7 +12,8 @@ Theory of operation
   loaded where it harms nothing and listed by nft (`Nft.normalise`), or, where that cannot be
   done, the commands turned into a listing as sent (`as_listing`). Both sides are then read
   the same way (`view`): handles and counter values dropped, expressions as canonical JSON.
-- Elements are compared as values: an address in the kernel's text, a prefix as `net/len`,
+- Elements are compared as values (but not those of a set whose elements time out: the
+  packet path fills it, as a drop log): an address in the kernel's text, a prefix as `net/len`,
   a range as the prefixes it covers (an interval set's prefixes collapsed, since nft may
   list two adjacent ones as one range), a concatenation joined by ` . `, a map's element as
   `key : value`.
@@ -144,7 +145,7 @@ def view(doc: Any, keys: Sequence[Key]) -> dict[Key, TableView]:
             name = str(obj.get("name"))
             if kind in ("set", "map"):
                 t.sets[name] = _decl({**obj, "kind": kind})
-                t.elements[name] = _elements(obj.get("elem") or (), obj)
+                t.elements[name] = _elements(() if _recorded(obj) else obj.get("elem") or (), obj)
             elif kind == "chain":
                 t.chains[name] = _decl(obj)
             elif kind == "rule":
@@ -172,6 +173,12 @@ def wanted(cmds: Sequence[JSON], reference: Any) -> dict[Key, TableView]:
             decl = json.loads(t.sets[name])
             t.elements[name] = _elements(adds.get((t.key, name), ()), decl)
     return out
+
+
+def _recorded(decl: Mapping[str, Any]) -> bool:
+    """A set whose elements time out is filled from the packet path (a drop log): no
+    transaction writes its elements, so they are no difference."""
+    return "timeout" in (decl.get("flags") or ())
 
 
 def _decl(obj: Mapping[str, Any]) -> str:

@@ -153,6 +153,16 @@ def test_chain_and_set_declarations_are_compared_key_by_key() -> None:
     assert P + f"set {first} missing" in diffs(tx, nft)
 
 
+def test_what_the_packet_path_records_in_a_drop_log_is_no_difference() -> None:
+    from tests.unit.policy.test_compile import chapter, seg_policy
+
+    tx, nft = written(seg_policy(), chapter())
+    log = next(n for n in nft.tables[("inet", T)].sets if n.startswith("log") and n.endswith("_4"))
+    elem = {"concat": ["10.242.0.4", "10.242.0.3", "tcp", 8080]}
+    nft.run([{"add": {"element": {"family": "inet", "table": T, "name": log, "elem": [elem]}}}])
+    assert diffs(tx, nft) == []
+
+
 def test_a_set_and_a_chain_no_one_asked_for_are_extra() -> None:
     from tests.unit.policy.test_compile import chapter, seg_policy
 
