@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,58 @@ def spoofed_reply(src: str, dst: str, data: bytes) -> bytes:
     packet = bytearray(spoofed_udp(src, dst, 40000, data))
     packet[20:22] = struct.pack("!H", 9999)
     return bytes(packet)
+
+
+def arp_reply(src_mac: bytes, dst_mac: bytes, claimed: str, target: str) -> bytes:
+    """An ARP reply that says `claimed` is at src_mac (to the holder of target)."""
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2)
+    body += src_mac + socket.inet_aton(claimed) + dst_mac + socket.inet_aton(target)
+    return dst_mac + src_mac + struct.pack("!H", 0x0806) + body
+
+
+def test_an_address_stolen_with_arp_receives_nothing_meant_for_its_owner(
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+) -> None:
+    """a may send to b; m tells b (ARP) that a's address is at m's MAC. b's replies to a must
+    not reach m: an address bound to a port is delivered to that port only."""
+    (subnet,) = free_subnets(api, 1)
+    net = f"{prefix}ar"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
+    a4, b4 = (addresses(api, x, net)[0] for x in (a, b))
+    policy = write_policy(
+        tmp_path,
+        {
+            "networks": {net: {"default": "deny"}},
+            "rules": [
+                {
+                    "from": {"container": f"{prefix}-a"},
+                    "to": {"container": f"{prefix}-b"},
+                    "ports": ["9999/udp"],
+                }
+            ],
+        },
+    )
+    dockmesh("policy", "apply", str(policy), check=True)
+    pm = pid_of(api, m)
+    bm, mm = mac_of(api, b, net), mac_of(api, m, net)
+    at_b = pool.socket(pid_of(api, b), socket.AF_INET, socket.SOCK_DGRAM)
+    at_a = pool.socket(pid_of(api, a), socket.AF_INET, socket.SOCK_DGRAM)
+    sniff = pool.socket(pm, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    try:
+        at_b.bind(("0.0.0.0", 9999))
+        at_b.setblocking(False)
+        at_a.bind(("0.0.0.0", 40000))
+        at_a.setblocking(False)
+        sniff.setblocking(False)
+        at_a.sendto(b"hello", (b4, 9999))
+        assert received(at_b) == [b"hello"]
+        time.sleep(1.2)  # past the neighbour entry's locktime: b takes the next update
+        for _ in range(3):
+            send_frame(pool, pm, arp_reply(mm, bm, a4, b4))
+        at_b.sendto(b"secret reply", (a4, 40000))
+        stolen = [f for f in received(sniff) if b"secret reply" in f]
+        assert stolen == []
+    finally:
+        for s in (at_a, at_b, sniff):
+            s.close()

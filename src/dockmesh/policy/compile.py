@@ -12,7 +12,9 @@ Theory of operation
   (`UNCONFIRMED`, one bit of the packet mark). Both sides of allow rules are bound (a
   destination's replies are accepted as established). A frame in a VLAN tag from a
   container's port is dropped: neither br_netfilter nor an `ip saddr` match reads inside the
-  tag, but the receiving kernel does. An unconfirmed packet matches no allow rule:
+  tag, but the receiving kernel does. A frame to a bound address leaves by that port only
+  (the bridge table's postrouting chain): an address stolen by ARP or neighbour discovery
+  receives nothing. An unconfirmed packet matches no allow rule:
   a forged source, or a new container on a removed one's address before the agent has seen
   it, gets what the network's default says and nothing more.
 - The chain's rules depend on the policy and the mode alone; the topology only fills sets.
@@ -68,6 +70,7 @@ DEFAULT_TABLE = "dockmesh"
 CHAIN = "forward"
 INPUT_CHAIN = "input"
 BRIDGE_CHAIN = "prerouting"
+BRIDGE_OUT_CHAIN = "postrouting"
 PRIORITY = -10  # filter - 10: before Docker's filter chains (priority 0)
 BRIDGE_PRIORITY = -10  # before br_netfilter (0) hands the frame to the inet hooks
 AUDIT_PREFIX = "dockmesh-audit"
@@ -457,6 +460,24 @@ def _bridge_table(b: _Builder, running: list[Container]) -> None:
                 "mark",
                 f"unconfirmed source (IPv{f})",
                 table_family="bridge",
+            )
+        )
+    # And the other way: a frame to a bound address leaves by its port only. A container
+    # that claims another's address (ARP, neighbour discovery) to the host or a peer would
+    # otherwise receive what is sent to it, replies the policy accepts as established too.
+    for f in FAMILIES:
+        b.rules.append(
+            NftRule(
+                f,
+                (
+                    InSet("daddr", f"claimed_{f}"),
+                    InConcat(("oifname", "daddr"), f"port_{f}", negate=True),
+                ),
+                b.deny,
+                f"bound address on another port (IPv{f})",
+                origin=("bound", ""),
+                table_family="bridge",
+                chain=BRIDGE_OUT_CHAIN,
             )
         )
 
@@ -1132,6 +1153,15 @@ def _chains(rs: Ruleset) -> list[JSON]:
             "prio": BRIDGE_PRIORITY,
             "policy": "accept",
         },
+        {
+            "family": "bridge",
+            "table": rs.table,
+            "name": BRIDGE_OUT_CHAIN,
+            "type": "filter",
+            "hook": "postrouting",
+            "prio": BRIDGE_PRIORITY,
+            "policy": "accept",
+        },
     ]
 
 
@@ -1233,7 +1263,7 @@ def with_drop_log(rs: Ruleset) -> Ruleset:
     rules: list[NftRule] = []
     logs: list[DropLog] = []
     for r in rs.rules:
-        if r.action in ("drop", "audit") and r.family is not None:
+        if r.action in ("drop", "audit") and r.family is not None and r.table_family == "inet":
             lg = DropLog(
                 f"{LOG_PREFIX}{len(logs)}_{r.family}", r.family, r.comment, r.action, r.origin
             )

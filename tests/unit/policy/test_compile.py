@@ -309,6 +309,8 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
                             oif=br,
                             port=ports[(s.id, sa.network)],
                         )
+                        # Leaving by the destination's own port changes nothing.
+                        packet = dataclasses.replace(packet, out_port=ports[(d.id, sa.network)])
                         out = evaluate(rs, packet)
                         assert (out.verdict == "accept") == model, (
                             s.name,
@@ -337,6 +339,13 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
                             new = Packet(saddr, daddr, proto, port, iif=br, oif=br, port="veth999")
                             est = dataclasses.replace(new, ct_state="established")
                             assert evaluate(rs, est).verdict == evaluate(rs, new).verdict
+                    # A bound address is delivered by its own port only (not to a port that
+                    # claimed it with ARP or neighbour discovery), established traffic too.
+                    claimed = rs.set(f"claimed_{family}")
+                    if claimed is not None and daddr in claimed.elements:
+                        stolen = Packet(saddr, daddr, "udp", 53, "established", iif=br, oif=br,
+                                        port=ports[(s.id, sa.network)], out_port="veth999")  # fmt: skip
+                        assert evaluate(rs, stolen).verdict == "drop"
                     # Any packet in a VLAN tag from a container's port is dropped.
                     tagged = Packet(
                         saddr, daddr, "udp", 53, iif=br, oif=br, port=ports[(s.id, sa.network)],
