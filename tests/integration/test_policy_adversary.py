@@ -18,6 +18,7 @@ from dockmesh.host.netns import NetnsPool
 from tests.integration.conftest import dockmesh, free_subnets, remove_policy_tables
 from tests.integration.test_policy_trust import (
     addresses,
+    connects,
     pid_of,
     received,
     run,
@@ -215,3 +216,34 @@ def test_an_address_stolen_with_arp_receives_nothing_meant_for_its_owner(
     finally:
         for s in (at_a, at_b, sniff):
             s.close()
+
+
+def test_a_container_restarted_while_no_agent_runs_is_locked_out_and_why_says_so(
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+) -> None:
+    """A restart gives the container a new port; the table binds its address to the old one
+    until the agent (or policy apply) sees it: fail closed, and `why` names the reason."""
+    (subnet,) = free_subnets(api, 1)
+    net = f"{prefix}rs"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    a = run(api, toolbox, f"{prefix}-a", net)
+    b = run(api, toolbox, f"{prefix}-b", net)
+    b4 = addresses(api, b, net)[0]
+    policy = write_policy(
+        tmp_path,
+        {
+            "networks": {net: {"default": "deny"}},
+            "rules": [{"from": {"container": f"{prefix}-a"}, "to": {"container": f"{prefix}-b"}}],
+        },
+    )
+    dockmesh("policy", "apply", str(policy), check=True)
+    assert connects(pool, pid_of(api, a), b4)
+    a4 = addresses(api, a, net)[0]
+    api.restart(a, timeout=0)
+    if addresses(api, a, net)[0] != a4:
+        pytest.skip("the engine gave the restarted container another address")
+    assert not connects(pool, pid_of(api, a), b4, timeout=0.5)
+    why = dockmesh("why", f"{prefix}-a", f"{prefix}-b", "--port", "8080").stdout
+    assert "bound to a port that is not its own" in " ".join(why.split()), why
+    dockmesh("policy", "apply", str(policy), check=True)
+    assert connects(pool, pid_of(api, a), b4)

@@ -31,6 +31,7 @@ from dockmesh.model.policy import (
 from dockmesh.model.topology import Topology
 
 if TYPE_CHECKING:
+    from dockmesh.policy.compile import Ruleset
     from dockmesh.policy.droplog import Flow, NamedDrop, Verdict
     from dockmesh.policy.project import KernelTable, Wanted
     from dockmesh.policy.store import PolicyStore
@@ -331,11 +332,40 @@ def policy_staleness(table: str, topo: Topology) -> str:
         return ""
     if not diffs:
         return ""
+    moved = _moved_ports(want, doc, topo)
+    lead = (
+        f"{', '.join(moved)}: its address is bound to a port that is not its own (restarted "
+        "or replaced while no agent ran), so its packets match no allow rule and nothing is "
+        "delivered to it; "
+        if moved
+        else ""
+    )
     return (
-        f"table inet {table} is not in sync with the policy and the topology "
+        f"{lead}table inet {table} is not in sync with the policy and the topology "
         f"({summary(diffs, 2)}; policy show says all; the agent, or policy apply again, "
         "brings it back)"
     )
+
+
+def _moved_ports(want: Ruleset, doc: Any, topo: Topology) -> list[str]:
+    """The containers whose address the live bridge table binds to another port than the
+    one they have now (the most telling difference: a legitimate container locked out)."""
+    from dockmesh.policy.drift import view
+
+    key = ("bridge", want.table)
+    live = view(doc, [key]).get(key)
+    if live is None:
+        return []
+    missing: set[str] = set()
+    for f in (4, 6):
+        s = want.set(f"port_{f}")
+        if s is not None and f"port_{f}" in live.elements:
+            missing |= {e.partition(" . ")[2] for e in s.elements - live.elements[f"port_{f}"]}
+    names: list[str] = []
+    for c in topo.containers:
+        if c.running and any({a.ipv4, a.ipv6} & missing for a in c.attachments):
+            names.append(c.name)
+    return sorted(names)
 
 
 def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
