@@ -509,6 +509,7 @@ def project_table(given: str | None) -> str:
 
 
 def _project_wanted(loaded: LoadedSpec, mode: str, table: str, topo: Topology) -> Wanted | None:
+    from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
     from dockmesh.policy.project import Wanted, file_policy, modes
     from dockmesh.policy.store import Applied
@@ -525,7 +526,9 @@ def _project_wanted(loaded: LoadedSpec, mode: str, table: str, topo: Topology) -
         return None
     source = str(FsPath(loaded.filename).resolve())
     applied = Applied(table, chosen, policy, source, loaded.project)
-    rs = compile_policy(policy, topo, chosen, table)
+    # With the bridge ports, as `up` applies it: else the bridge table's sets never compare
+    # equal and plan always says "replace".
+    rs = compile_policy(policy, topo, chosen, table, PortFinder()(topo))
     return Wanted(applied, rs.structure_hash, rs.elements())
 
 
