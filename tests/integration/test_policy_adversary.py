@@ -5,8 +5,10 @@ flow, and addresses stolen with ARP. Each test has its own networks, containers 
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +249,25 @@ def test_a_container_restarted_while_no_agent_runs_is_locked_out_and_why_says_so
     assert "bound to a port that is not its own" in " ".join(why.split()), why
     dockmesh("policy", "apply", str(policy), check=True)
     assert connects(pool, pid_of(api, a), b4)
+
+
+def test_another_table_that_writes_the_packet_mark_is_named_by_policy_show(
+    prefix: str, env: str, tmp_path: Path
+) -> None:
+    """Root can clear the unconfirmed bit from a table of its own (no table of ours runs
+    after it to undo that): policy show says so instead of 'in sync' alone."""
+    policy = write_policy(tmp_path, {"default": "allow"})
+    dockmesh("policy", "apply", str(policy), check=True)
+    evil = f"{prefix}evil"
+    # Marks nothing real: loopback addresses are never forwarded.
+    script = (
+        f"table inet {evil} {{\n chain p {{\n type filter hook prerouting priority -200;\n"
+        " ip saddr 127.0.0.2 ip daddr 127.0.0.3 meta mark set 0\n }\n}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+    try:
+        show = json.loads(dockmesh("policy", "show", "--json", check=True).stdout)
+        assert any(f"table inet {evil} chain p" in w for w in show["warnings"]), show["warnings"]
+        assert "warning: table inet" in dockmesh("policy", "show", check=True).stdout
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", evil], check=False)

@@ -371,6 +371,7 @@ def _moved_ports(want: Ruleset, doc: Any, topo: Topology) -> list[str]:
 def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
+    from dockmesh.policy.drift import mark_writers
     from dockmesh.policy.enforce import Enforcer
     from dockmesh.policy.nft import ForeignTable, Nft, is_ours, parse_live
 
@@ -391,6 +392,8 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         "sets": [],
         "in_sync": None,
         "differences": [],
+        # What other tables do that no table of ours can undo (said, not repaired).
+        "warnings": [],
     }
     if live_doc is None and applied is None:
         return doc
@@ -408,6 +411,10 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         doc["in_sync"] = not diffs
     if live_doc is None:
         return doc
+    doc["warnings"] = [
+        f"{w}: it may clear the bit that marks a forged source unconfirmed"
+        for w in mark_writers(_nft_errors(Nft().list_ruleset), table)
+    ]
     live = parse_live(live_doc, table)
     meanings = {s.name: s.meaning for s in want.sets} if want else {}
     texts: dict[str, str] = {}
@@ -486,6 +493,8 @@ def _render_show(doc: dict[str, Any]) -> None:
     )
     for d in diffs:
         out.print(f"  differs: {d}", markup=False, highlight=False)
+    for w in doc.get("warnings", []):
+        out.print(f"  warning: {w}", markup=False, highlight=False)
     rules = Table("rule", "packets", "bytes", title="rules (counters since applied)")
     for r in doc["rules"]:
         rules.add_row(r["text"], str(r["packets"]), str(r["bytes"]))

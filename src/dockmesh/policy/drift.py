@@ -462,3 +462,47 @@ def summary(diffs: Sequence[str], limit: int = 5) -> str:
     """Differences on one line (a log line): the first few, and how many more."""
     head = "; ".join(diffs[:limit])
     return head + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+# --- what other tables do to the packet mark ----------------------------------------------------
+
+# The hooks a forwarded packet crosses between the bridge table's prerouting chain, which
+# sets the unconfirmed bit, and the forward chain, which reads it.
+_MARK_HOOKS = frozenset({"prerouting", "forward"})
+
+
+def mark_writers(doc: Any, table: str) -> list[str]:
+    """The base chains of other tables (any family) on the prerouting or forward hook with a
+    rule that writes the packet mark (nft's `meta mark set`, iptables-nft's MARK): such a
+    rule may clear the bit that says a source is unconfirmed, and no table of ours can undo
+    it. In words, one per chain."""
+    items = doc.get("nftables", []) if isinstance(doc, Mapping) else []
+    hooked: dict[tuple[str, str, str], str] = {}
+    for item in items:
+        c = item.get("chain") if isinstance(item, Mapping) else None
+        if isinstance(c, Mapping) and c.get("hook") in _MARK_HOOKS and c.get("table") != table:
+            key = (str(c.get("family")), str(c.get("table")), str(c.get("name")))
+            hooked[key] = f"{c.get('hook')}, priority {c.get('prio')}"
+    out: list[str] = []
+    for item in items:
+        r = item.get("rule") if isinstance(item, Mapping) else None
+        if not isinstance(r, Mapping):
+            continue
+        key = (str(r.get("family")), str(r.get("table")), str(r.get("chain")))
+        if key not in hooked or not any(_writes_mark(e) for e in r.get("expr") or ()):
+            continue
+        text = f"table {key[0]} {key[1]} chain {key[2]} ({hooked[key]}) writes the packet mark"
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def _writes_mark(e: Any) -> bool:
+    if not isinstance(e, Mapping):
+        return False
+    mangle = e.get("mangle")
+    if isinstance(mangle, Mapping):
+        key = mangle.get("key")
+        return isinstance(key, Mapping) and (key.get("meta") or {}).get("key") == "mark"
+    xt = e.get("xt")
+    return isinstance(xt, Mapping) and str(xt.get("name", "")).upper() == "MARK"

@@ -21,6 +21,7 @@ from dockmesh.policy.drift import (
     as_listing,
     differences,
     element_texts,
+    mark_writers,
     only_elements,
     render,
     structure,
@@ -275,3 +276,32 @@ def test_rules_read_as_nft_writes_them() -> None:
 def test_a_summary_is_one_line_with_the_rest_counted() -> None:
     assert summary(["a", "b"]) == "a; b"
     assert summary([str(i) for i in range(8)], 3) == "0; 1; 2; and 5 more"
+
+
+def test_a_rule_of_another_table_that_writes_the_mark_is_named() -> None:
+    def chain(family: str, table: str, name: str, hook: str) -> JSON:
+        return {"chain": {"family": family, "table": table, "name": name, "hook": hook,
+                          "prio": -150, "type": "filter"}}  # fmt: skip
+
+    def rule(family: str, table: str, name: str, *expr: Any) -> JSON:
+        return {"rule": {"family": family, "table": table, "chain": name, "expr": list(expr)}}
+
+    mark = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 0}}
+    doc = {
+        "nftables": [
+            chain("inet", "evil", "p", "prerouting"),
+            rule("inet", "evil", "p", {"counter": None}, mark),
+            chain("ip", "mangle", "PREROUTING", "prerouting"),
+            rule("ip", "mangle", "PREROUTING", {"xt": {"type": "target", "name": "MARK"}}),
+            chain("inet", "quiet", "out", "output"),  # not on the packet's way
+            rule("inet", "quiet", "out", mark),
+            chain("inet", T, "forward", "forward"),  # ours
+            rule("inet", T, "forward", mark),
+            {"rule": {"family": "inet", "table": "evil", "chain": "p", "expr": [mark]}},
+        ]
+    }
+    assert mark_writers(doc, T) == [
+        "table inet evil chain p (prerouting, priority -150) writes the packet mark",
+        "table ip mangle chain PREROUTING (prerouting, priority -150) writes the packet mark",
+    ]
+    assert mark_writers({"nftables": []}, T) == []
