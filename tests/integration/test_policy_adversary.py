@@ -271,3 +271,46 @@ def test_another_table_that_writes_the_packet_mark_is_named_by_policy_show(
         assert "warning: table inet" in dockmesh("policy", "show", check=True).stdout
     finally:
         subprocess.run(["nft", "delete", "table", "inet", evil], check=False)
+
+
+def test_a_cidr_rule_is_not_walked_through_with_a_containers_forged_address(
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+) -> None:
+    """A rule from a CIDR is about addresses; but an address bound to another container's
+    port, sent from m's port, is a forgery whatever rule would take it."""
+    (subnet,) = free_subnets(api, 1)
+    net = f"{prefix}cd"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+    a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
+    a4, b4 = (addresses(api, x, net)[0] for x in (a, b))
+    policy = write_policy(
+        tmp_path,
+        {
+            "networks": {net: {"default": "deny"}},
+            "rules": [
+                {"from": {"container": f"{prefix}-a"}, "to": {"container": f"{prefix}-b"},
+                 "ports": ["8080/tcp"]},
+                {"from": {"cidr": f"{a4}/32"}, "to": {"container": f"{prefix}-b"},
+                 "ports": ["9999/udp"]},
+            ],
+        },
+    )  # fmt: skip
+    dockmesh("policy", "apply", str(policy), check=True)
+    listener = pool.socket(pid_of(api, b), socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        listener.bind(("0.0.0.0", 9999))
+        listener.setblocking(False)
+        raw = pool.socket(pid_of(api, m), socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            raw.sendto(spoofed_udp(a4, b4, 9999, b"forged"), (b4, 0))
+        finally:
+            raw.close()
+        assert received(listener) == []
+        real = pool.socket(pid_of(api, a), socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            real.sendto(b"real", (b4, 9999))
+        finally:
+            real.close()
+        assert received(listener) == [b"real"]
+    finally:
+        listener.close()

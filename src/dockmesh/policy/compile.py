@@ -718,7 +718,7 @@ def _wide_rule(
     running: list[Container],
 ) -> None:
     """One rule with a set per side and family; a side that mixes containers and addresses
-    is split, since only a container's source is confirmed on its port."""
+    is split (a set of container addresses, one of prefixes)."""
     verb = "" if r.action == "allow" else "deny "
     for src_part, src_sel in _split(r.sources):
         for dst_part, dst_sel in _split(r.destinations):
@@ -727,7 +727,10 @@ def _wide_rule(
                 dst_match = _side_match(b, "daddr", dst_sel, f, i, dst_part, running)
                 if src_match is None or dst_match is None:
                     continue
-                need = confirm if src_part == "c" else ()
+                # A CIDR or the world is about addresses, whoever sends from them; but an
+                # address bound to one container's port, sent from another's, is a forgery
+                # (marked unconfirmed), and accepted by no allow rule.
+                need = confirm
                 for l4 in _l4_matches(r.ports, f):
                     b.rules.append(
                         NftRule(
