@@ -21,6 +21,7 @@ from tests.integration.conftest import dockmesh, free_subnets, remove_policy_tab
 from tests.integration.test_policy_trust import (
     addresses,
     connects,
+    dual_stack,
     pid_of,
     received,
     run,
@@ -309,6 +310,65 @@ def test_a_cidr_rule_is_not_walked_through_with_a_containers_forged_address(
         real = pool.socket(pid_of(api, a), socket.AF_INET, socket.SOCK_DGRAM)
         try:
             real.sendto(b"real", (b4, 9999))
+        finally:
+            real.close()
+        assert received(listener) == [b"real"]
+    finally:
+        listener.close()
+
+
+def spoofed_udp6(src: str, dst: str, port: int, data: bytes) -> bytes:
+    """An IPv6 UDP datagram from src:40000 (the checksum is mandatory in IPv6)."""
+    s, d = socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+    length = 8 + len(data)
+    pseudo = s + d + struct.pack("!I3xB", length, socket.IPPROTO_UDP)
+    udp = struct.pack("!HHHH", 40000, port, length, 0) + data
+    blob = pseudo + udp + (b"\0" if len(udp) % 2 else b"")
+    total = sum(struct.unpack(f"!{len(blob) // 2}H", blob))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    udp = udp[:6] + struct.pack("!H", ~total & 0xFFFF or 0xFFFF) + udp[8:]
+    head = struct.pack("!IHBB", 6 << 28, length, socket.IPPROTO_UDP, 64) + s + d
+    return head + udp
+
+
+def test_a_forged_ipv6_source_is_dropped_and_its_owner_heard(
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+) -> None:
+    dual_stack(api, prefix, "v6", 3)
+    net = f"{prefix}v6"
+    a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
+    a6, b6 = (addresses(api, x, net)[1] for x in (a, b))
+    policy = write_policy(
+        tmp_path,
+        {
+            "networks": {net: {"default": "deny"}},
+            "rules": [
+                {
+                    "from": {"container": f"{prefix}-a"},
+                    "to": {"container": f"{prefix}-b"},
+                    "ports": ["9999/udp"],
+                }
+            ],
+        },
+    )
+    dockmesh("policy", "apply", str(policy), check=True)
+    listener = pool.socket(pid_of(api, b), socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        listener.bind(("::", 9999))
+        listener.setblocking(False)
+        raw = pool.socket(pid_of(api, m), socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            raw.sendto(spoofed_udp6(a6, b6, 9999, b"forged"), (b6, 0))
+            # m's own address is checked by the same packet builder: denied by the network.
+            m6 = addresses(api, m, net)[1]
+            raw.sendto(spoofed_udp6(m6, b6, 9999, b"own"), (b6, 0))
+        finally:
+            raw.close()
+        assert received(listener) == []
+        real = pool.socket(pid_of(api, a), socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            real.sendto(spoofed_udp6(a6, b6, 9999, b"real"), (b6, 0))
         finally:
             real.close()
         assert received(listener) == [b"real"]
