@@ -31,6 +31,7 @@ from dockmesh.model.policy import (
 from dockmesh.model.topology import Topology
 
 if TYPE_CHECKING:
+    from dockmesh.policy.compile import Ruleset
     from dockmesh.policy.droplog import Flow, NamedDrop, Verdict
     from dockmesh.policy.project import KernelTable, Wanted
     from dockmesh.policy.store import PolicyStore
@@ -331,16 +332,46 @@ def policy_staleness(table: str, topo: Topology) -> str:
         return ""
     if not diffs:
         return ""
+    moved = _moved_ports(want, doc, topo)
+    lead = (
+        f"{', '.join(moved)}: its address is bound to a port that is not its own (restarted "
+        "or replaced while no agent ran), so its packets match no allow rule and nothing is "
+        "delivered to it; "
+        if moved
+        else ""
+    )
     return (
-        f"table inet {table} is not in sync with the policy and the topology "
+        f"{lead}table inet {table} is not in sync with the policy and the topology "
         f"({summary(diffs, 2)}; policy show says all; the agent, or policy apply again, "
         "brings it back)"
     )
 
 
+def _moved_ports(want: Ruleset, doc: Any, topo: Topology) -> list[str]:
+    """The containers whose address the live bridge table binds to another port than the
+    one they have now (the most telling difference: a legitimate container locked out)."""
+    from dockmesh.policy.drift import view
+
+    key = ("bridge", want.table)
+    live = view(doc, [key]).get(key)
+    if live is None:
+        return []
+    missing: set[str] = set()
+    for f in (4, 6):
+        s = want.set(f"port_{f}")
+        if s is not None and f"port_{f}" in live.elements:
+            missing |= {e.partition(" . ")[2] for e in s.elements - live.elements[f"port_{f}"]}
+    names: list[str] = []
+    for c in topo.containers:
+        if c.running and any({a.ipv4, a.ipv6} & missing for a in c.attachments):
+            names.append(c.name)
+    return sorted(names)
+
+
 def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
     from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
+    from dockmesh.policy.drift import mark_writers
     from dockmesh.policy.enforce import Enforcer
     from dockmesh.policy.nft import ForeignTable, Nft, is_ours, parse_live
 
@@ -361,6 +392,8 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         "sets": [],
         "in_sync": None,
         "differences": [],
+        # What other tables do that no table of ours can undo (said, not repaired).
+        "warnings": [],
     }
     if live_doc is None and applied is None:
         return doc
@@ -378,6 +411,10 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         doc["in_sync"] = not diffs
     if live_doc is None:
         return doc
+    doc["warnings"] = [
+        f"{w}: it may clear the bit that marks a forged source unconfirmed"
+        for w in mark_writers(_nft_errors(Nft().list_ruleset), table)
+    ]
     live = parse_live(live_doc, table)
     meanings = {s.name: s.meaning for s in want.sets} if want else {}
     texts: dict[str, str] = {}
@@ -456,6 +493,8 @@ def _render_show(doc: dict[str, Any]) -> None:
     )
     for d in diffs:
         out.print(f"  differs: {d}", markup=False, highlight=False)
+    for w in doc.get("warnings", []):
+        out.print(f"  warning: {w}", markup=False, highlight=False)
     rules = Table("rule", "packets", "bytes", title="rules (counters since applied)")
     for r in doc["rules"]:
         rules.add_row(r["text"], str(r["packets"]), str(r["bytes"]))
@@ -479,6 +518,7 @@ def project_table(given: str | None) -> str:
 
 
 def _project_wanted(loaded: LoadedSpec, mode: str, table: str, topo: Topology) -> Wanted | None:
+    from dockmesh.host.ports import PortFinder
     from dockmesh.policy.compile import compile_policy
     from dockmesh.policy.project import Wanted, file_policy, modes
     from dockmesh.policy.store import Applied
@@ -495,8 +535,8 @@ def _project_wanted(loaded: LoadedSpec, mode: str, table: str, topo: Topology) -
         return None
     source = str(FsPath(loaded.filename).resolve())
     applied = Applied(table, chosen, policy, source, loaded.project)
-    from dockmesh.host.ports import PortFinder
-
+    # With the bridge ports, as `up` applies it: else the bridge table's sets never compare
+    # equal and plan always says "replace".
     rs = compile_policy(policy, topo, chosen, table, PortFinder()(topo))
     return Wanted(applied, rs.structure_hash, rs.elements())
 

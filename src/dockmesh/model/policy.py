@@ -423,6 +423,11 @@ class _Parser:
         except ValueError:
             self.err((*path, "cidr"), f"{value!r} is not an address or ADDRESS/LENGTH")
             return None
+        # What the kernel would match differs from what was written: refused, not guessed.
+        problem = _cidr_problem(value.strip(), net)
+        if problem:
+            self.err((*path, "cidr"), f"{value!r}: {problem}")
+            return None
         return Selector(cidr=str(net))
 
     def labels(self, value: Any, path: Path) -> list[tuple[str, str | None]]:
@@ -463,6 +468,19 @@ class _Parser:
 
 def _port_key(p: PortRange) -> tuple[str, int, int]:
     return (p.protocol, p.first or 0, p.last or 0)
+
+
+def _cidr_problem(text: str, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    """Why a parsed `cidr` would not mean what it says ('' when it does)."""
+    address = text.partition("/")[0]
+    if isinstance(net, ipaddress.IPv6Network):
+        if "%" in address:
+            return "a zone (%name) has no place in a rule for every interface"
+        if net.prefixlen >= 96 and net.network_address.ipv4_mapped is not None:
+            return "an IPv4-mapped IPv6 address never matches IPv4 traffic: write the IPv4 one"
+    if "/" in text and ipaddress.ip_address(address) != net.network_address:
+        return f"host bits are set (the network is {net}; one address is {address})"
+    return ""
 
 
 def parse_port_range(item: Any) -> PortRange | str:

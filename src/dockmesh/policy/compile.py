@@ -9,7 +9,12 @@ Theory of operation
   never opens what Docker closes. `bridge dockmesh` binds identity to the wire: each address
   an allow rule may accept as a container's is bound to that container's bridge port (its
   host-side veth), and a frame that carries it from any other port is marked unconfirmed
-  (`UNCONFIRMED`, one bit of the packet mark). An unconfirmed packet matches no allow rule:
+  (`UNCONFIRMED`, one bit of the packet mark). Both sides of allow rules are bound (a
+  destination's replies are accepted as established). A frame in a VLAN tag from a
+  container's port is dropped: neither br_netfilter nor an `ip saddr` match reads inside the
+  tag, but the receiving kernel does. A frame to a bound address leaves by that port only
+  (the bridge table's postrouting chain): an address stolen by ARP or neighbour discovery
+  receives nothing. An unconfirmed packet matches no allow rule:
   a forged source, or a new container on a removed one's address before the agent has seen
   it, gets what the network's default says and nothing more.
 - The chain's rules depend on the policy and the mode alone; the topology only fills sets.
@@ -17,7 +22,8 @@ Theory of operation
   only a new policy replaces the tables. `Ruleset.structure_hash` tells the two apart; it is
   kept in the first rule's comment so that a new process can tell whether the live table is
   the structure it would write.
-- The order of the forward chain: established/related (return traffic); IPv6 neighbour
+- The order of the forward chain: established/related (return traffic, from a confirmed
+  source: a forged packet into a flow of others is judged as a new one); IPv6 neighbour
   discovery (hop limit 255, so never routed); Docker's isolation applied to IPv6 as Docker
   applies it to IPv4 (Docker 20.10 writes no ip6tables rules): between networks, out of an
   internal network, inside an `enable_icc=false` network; link-local IPv6 on a denied
@@ -64,6 +70,7 @@ DEFAULT_TABLE = "dockmesh"
 CHAIN = "forward"
 INPUT_CHAIN = "input"
 BRIDGE_CHAIN = "prerouting"
+BRIDGE_OUT_CHAIN = "postrouting"
 PRIORITY = -10  # filter - 10: before Docker's filter chains (priority 0)
 BRIDGE_PRIORITY = -10  # before br_netfilter (0) hands the frame to the inet hooks
 AUDIT_PREFIX = "dockmesh-audit"
@@ -72,6 +79,8 @@ HASH_TAG = "dockmesh policy "
 UNCONFIRMED = 0x00100000
 # Docker names a user network's bridge br-<12 hex digits of its id>.
 DOCKER_BRIDGES = "br-*"
+# Docker names a container's host-side port veth<7 hex digits>.
+DOCKER_PORTS = "veth*"
 ND_TYPES = (
     "nd-router-solicit",
     "nd-router-advert",
@@ -183,6 +192,11 @@ class LinkLocal:
     """An IPv6 link-local source (fe80::/10)."""
 
 
+@dataclass(frozen=True, slots=True)
+class VlanTagged:
+    """A frame with an 802.1Q or 802.1ad tag (bridge family)."""
+
+
 Match = (
     InSet
     | InConcat
@@ -195,6 +209,7 @@ Match = (
     | NfProto
     | NeighbourDiscovery
     | LinkLocal
+    | VlanTagged
 )
 
 
@@ -300,7 +315,15 @@ def compile_policy(
     _bridge_table(b, running)
 
     b.rules += [
-        NftRule(None, (CtState(("established", "related")),), "accept", "", counter=False),
+        # Established only from a confirmed source: conntrack knows a flow by its addresses and
+        # ports, which anyone can forge from a raw socket into a flow of others.
+        NftRule(
+            None,
+            (CtState(("established", "related")), Unconfirmed(False)),
+            "accept",
+            "",
+            counter=False,
+        ),
         NftRule(
             6,
             (NeighbourDiscovery(),),
@@ -364,7 +387,10 @@ def _bridge_table(b: _Builder, running: list[Container]) -> None:
     chosen: set[tuple[str, str]] = set()
     for r in b.policy.rules:
         if r.action == "allow":
+            # Both sides: an allowed flow's replies are accepted as established, and a
+            # forged one must not be (it is marked, and established needs no mark).
             chosen |= b.index.endpoints_chosen(r.sources)
+            chosen |= b.index.endpoints_chosen(r.destinations)
     bound: dict[Family, set[str]] = {4: set(), 6: set()}
     claimed: dict[Family, set[str]] = {4: set(), 6: set()}
     ports = b.ports or {}
@@ -401,6 +427,20 @@ def _bridge_table(b: _Builder, running: list[Container]) -> None:
                 table_family="bridge",
             )
         )
+    # An IP packet in a VLAN tag is no IP packet to the rules below, nor to br_netfilter
+    # (bridge-nf-filter-vlan-tagged is 0 by default: no inet hook sees it), yet the receiving
+    # kernel takes a VLAN id 0 (priority) tag off and reads the packet: a container would walk
+    # past every rule, Docker's too. No Docker container's port carries tagged frames.
+    b.rules.append(
+        NftRule(
+            None,
+            (IfName("iifname", DOCKER_PORTS), VlanTagged()),
+            b.deny,
+            "VLAN-tagged frame from a container",
+            origin=("docker", "vlan"),
+            table_family="bridge",
+        )
+    )
     for f in FAMILIES:
         b.rules.append(
             NftRule(
@@ -420,6 +460,24 @@ def _bridge_table(b: _Builder, running: list[Container]) -> None:
                 "mark",
                 f"unconfirmed source (IPv{f})",
                 table_family="bridge",
+            )
+        )
+    # And the other way: a frame to a bound address leaves by its port only. A container
+    # that claims another's address (ARP, neighbour discovery) to the host or a peer would
+    # otherwise receive what is sent to it, replies the policy accepts as established too.
+    for f in FAMILIES:
+        b.rules.append(
+            NftRule(
+                f,
+                (
+                    InSet("daddr", f"claimed_{f}"),
+                    InConcat(("oifname", "daddr"), f"port_{f}", negate=True),
+                ),
+                b.deny,
+                f"bound address on another port (IPv{f})",
+                origin=("bound", ""),
+                table_family="bridge",
+                chain=BRIDGE_OUT_CHAIN,
             )
         )
 
@@ -660,7 +718,7 @@ def _wide_rule(
     running: list[Container],
 ) -> None:
     """One rule with a set per side and family; a side that mixes containers and addresses
-    is split, since only a container's source is confirmed on its port."""
+    is split (a set of container addresses, one of prefixes)."""
     verb = "" if r.action == "allow" else "deny "
     for src_part, src_sel in _split(r.sources):
         for dst_part, dst_sel in _split(r.destinations):
@@ -669,7 +727,10 @@ def _wide_rule(
                 dst_match = _side_match(b, "daddr", dst_sel, f, i, dst_part, running)
                 if src_match is None or dst_match is None:
                     continue
-                need = confirm if src_part == "c" else ()
+                # A CIDR or the world is about addresses, whoever sends from them; but an
+                # address bound to one container's port, sent from another's, is a forgery
+                # (marked unconfirmed), and accepted by no allow rule.
+                need = confirm
                 for l4 in _l4_matches(r.ports, f):
                     b.rules.append(
                         NftRule(
@@ -989,6 +1050,10 @@ def render_match(m: Match, family: Family | None) -> JSON:
         return _match({"meta": {"key": "nfproto"}}, "ipv4" if m.family == 4 else "ipv6")
     if isinstance(m, LinkLocal):
         return _match(_addr_key(6, "saddr"), {"prefix": {"addr": "fe80::", "len": 10}})
+    if isinstance(m, VlanTagged):
+        return _match(
+            {"payload": {"protocol": "ether", "field": "type"}}, {"set": ["8021q", "8021ad"]}
+        )
     return {"__nd__": None}  # expanded by render_rule: two matches
 
 
@@ -1093,6 +1158,15 @@ def _chains(rs: Ruleset) -> list[JSON]:
             "prio": BRIDGE_PRIORITY,
             "policy": "accept",
         },
+        {
+            "family": "bridge",
+            "table": rs.table,
+            "name": BRIDGE_OUT_CHAIN,
+            "type": "filter",
+            "hook": "postrouting",
+            "prio": BRIDGE_PRIORITY,
+            "policy": "accept",
+        },
     ]
 
 
@@ -1194,7 +1268,7 @@ def with_drop_log(rs: Ruleset) -> Ruleset:
     rules: list[NftRule] = []
     logs: list[DropLog] = []
     for r in rs.rules:
-        if r.action in ("drop", "audit") and r.family is not None:
+        if r.action in ("drop", "audit") and r.family is not None and r.table_family == "inet":
             lg = DropLog(
                 f"{LOG_PREFIX}{len(logs)}_{r.family}", r.family, r.comment, r.action, r.origin
             )

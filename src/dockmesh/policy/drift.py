@@ -12,7 +12,8 @@ Theory of operation
   loaded where it harms nothing and listed by nft (`Nft.normalise`), or, where that cannot be
   done, the commands turned into a listing as sent (`as_listing`). Both sides are then read
   the same way (`view`): handles and counter values dropped, expressions as canonical JSON.
-- Elements are compared as values: an address in the kernel's text, a prefix as `net/len`,
+- Elements are compared as values (but not those of a set whose elements time out: the
+  packet path fills it, as a drop log): an address in the kernel's text, a prefix as `net/len`,
   a range as the prefixes it covers (an interval set's prefixes collapsed, since nft may
   list two adjacent ones as one range), a concatenation joined by ` . `, a map's element as
   `key : value`.
@@ -144,7 +145,7 @@ def view(doc: Any, keys: Sequence[Key]) -> dict[Key, TableView]:
             name = str(obj.get("name"))
             if kind in ("set", "map"):
                 t.sets[name] = _decl({**obj, "kind": kind})
-                t.elements[name] = _elements(obj.get("elem") or (), obj)
+                t.elements[name] = _elements(() if _recorded(obj) else obj.get("elem") or (), obj)
             elif kind == "chain":
                 t.chains[name] = _decl(obj)
             elif kind == "rule":
@@ -172,6 +173,12 @@ def wanted(cmds: Sequence[JSON], reference: Any) -> dict[Key, TableView]:
             decl = json.loads(t.sets[name])
             t.elements[name] = _elements(adds.get((t.key, name), ()), decl)
     return out
+
+
+def _recorded(decl: Mapping[str, Any]) -> bool:
+    """A set whose elements time out is filled from the packet path (a drop log): no
+    transaction writes its elements, so they are no difference."""
+    return "timeout" in (decl.get("flags") or ())
 
 
 def _decl(obj: Mapping[str, Any]) -> str:
@@ -464,3 +471,47 @@ def summary(diffs: Sequence[str], limit: int = 5) -> str:
     """Differences on one line (a log line): the first few, and how many more."""
     head = "; ".join(diffs[:limit])
     return head + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+# --- what other tables do to the packet mark ----------------------------------------------------
+
+# The hooks a forwarded packet crosses between the bridge table's prerouting chain, which
+# sets the unconfirmed bit, and the forward chain, which reads it.
+_MARK_HOOKS = frozenset({"prerouting", "forward"})
+
+
+def mark_writers(doc: Any, table: str) -> list[str]:
+    """The base chains of other tables (any family) on the prerouting or forward hook with a
+    rule that writes the packet mark (nft's `meta mark set`, iptables-nft's MARK): such a
+    rule may clear the bit that says a source is unconfirmed, and no table of ours can undo
+    it. In words, one per chain."""
+    items = doc.get("nftables", []) if isinstance(doc, Mapping) else []
+    hooked: dict[tuple[str, str, str], str] = {}
+    for item in items:
+        c = item.get("chain") if isinstance(item, Mapping) else None
+        if isinstance(c, Mapping) and c.get("hook") in _MARK_HOOKS and c.get("table") != table:
+            key = (str(c.get("family")), str(c.get("table")), str(c.get("name")))
+            hooked[key] = f"{c.get('hook')}, priority {c.get('prio')}"
+    out: list[str] = []
+    for item in items:
+        r = item.get("rule") if isinstance(item, Mapping) else None
+        if not isinstance(r, Mapping):
+            continue
+        key = (str(r.get("family")), str(r.get("table")), str(r.get("chain")))
+        if key not in hooked or not any(_writes_mark(e) for e in r.get("expr") or ()):
+            continue
+        text = f"table {key[0]} {key[1]} chain {key[2]} ({hooked[key]}) writes the packet mark"
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def _writes_mark(e: Any) -> bool:
+    if not isinstance(e, Mapping):
+        return False
+    mangle = e.get("mangle")
+    if isinstance(mangle, Mapping):
+        key = mangle.get("key")
+        return isinstance(key, Mapping) and (key.get("meta") or {}).get("key") == "mark"
+    xt = e.get("xt")
+    return isinstance(xt, Mapping) and str(xt.get("name", "")).upper() == "MARK"

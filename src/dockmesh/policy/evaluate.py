@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from dockmesh.policy.compile import (
+    BRIDGE_CHAIN,
+    BRIDGE_OUT_CHAIN,
     AddrSet,
     CtState,
     DPort,
@@ -28,6 +30,7 @@ from dockmesh.policy.compile import (
     NftRule,
     Ruleset,
     Unconfirmed,
+    VlanTagged,
 )
 
 ND_TYPE_NAMES = frozenset(
@@ -57,6 +60,8 @@ class Packet:
     icmp_type: str | None = None  # for ICMPv6: e.g. nd-neighbor-advert
     hoplimit: int = 64
     hook: str = "forward"  # or "input": to the host itself (a published port, by the proxy)
+    tagged: bool = False  # sent in a VLAN tag (by a container with a raw socket)
+    out_port: str | None = None  # the bridge port it leaves by (None: not through a port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +76,30 @@ class Outcome:
 
 
 def evaluate(rs: Ruleset, packet: Packet) -> Outcome:
+    out = _evaluate(rs, packet)
+    if out.verdict != "accept" or packet.out_port is None:
+        return out
+    family = ipaddress.ip_address(packet.saddr).version
+    sets = {s.name: s for s in rs.sets}
+    for r in rs.rules:
+        if r.table_family != "bridge" or r.chain_name != BRIDGE_OUT_CHAIN:
+            continue
+        if r.family is not None and r.family != family:
+            continue
+        if all(_matches(m, packet, family, sets, False, egress=True) for m in r.matches):
+            if r.action == "drop":
+                return Outcome("drop", r, unconfirmed=out.unconfirmed)
+            break
+    return out
+
+
+def _evaluate(rs: Ruleset, packet: Packet) -> Outcome:
     family = ipaddress.ip_address(packet.saddr).version
     sets = {s.name: s for s in rs.sets}
     mark = False
     if packet.port is not None:
         for r in rs.rules:
-            if r.table_family != "bridge":
+            if r.table_family != "bridge" or r.chain_name != BRIDGE_CHAIN:
                 continue
             if r.family is not None and r.family != family:
                 continue
@@ -84,6 +107,8 @@ def evaluate(rs: Ruleset, packet: Packet) -> Outcome:
                 if r.action == "mark":
                     mark = True
                     continue
+                if r.action == "drop":
+                    return Outcome("drop", r, unconfirmed=mark)
                 break  # accept: the bridge table is done with it
     for r in rs.rules:
         if r.table_family != "inet" or r.chain_name != packet.hook:
@@ -115,7 +140,9 @@ def _policy_rule(
     return None
 
 
-def _field(name: str, p: Packet, family: int, bridge: bool) -> str | int | None:
+def _field(
+    name: str, p: Packet, family: int, bridge: bool, egress: bool = False
+) -> str | int | None:
     if name == "saddr":
         return p.saddr
     if name == "daddr":
@@ -127,7 +154,7 @@ def _field(name: str, p: Packet, family: int, bridge: bool) -> str | int | None:
     if name == "iifname":
         return p.port if bridge else p.iif
     if name == "oifname":
-        return p.oif
+        return p.out_port if egress else p.oif
     raise AssertionError(name)
 
 
@@ -136,7 +163,13 @@ def _proto(protocol: str, family: int) -> str:
 
 
 def _matches(
-    m: Match, p: Packet, family: int, sets: dict[str, AddrSet], mark: bool, bridge: bool = False
+    m: Match,
+    p: Packet,
+    family: int,
+    sets: dict[str, AddrSet],
+    mark: bool,
+    bridge: bool = False,
+    egress: bool = False,
 ) -> bool:
     if isinstance(m, InSet):
         s = sets.get(m.set)
@@ -149,7 +182,7 @@ def _matches(
             return False
         if any(f in ("saddr", "daddr") for f in m.fields) and s.family != family:
             return False
-        values = [_field(f, p, family, bridge) for f in m.fields]
+        values = [_field(f, p, family, bridge, egress) for f in m.fields]
         if any(v is None for v in values):
             return m.negate
         if not s.interval:
@@ -182,6 +215,8 @@ def _matches(
         return family == 6 and ipaddress.ip_address(p.saddr) in _net("fe80::/10")
     if isinstance(m, NeighbourDiscovery):
         return family == 6 and p.icmp_type in ND_TYPE_NAMES and p.hoplimit == 255
+    if isinstance(m, VlanTagged):
+        return p.tagged
     raise AssertionError(f"unknown match {m!r}")
 
 

@@ -131,6 +131,17 @@ class Nft:
         doc = self.list_tables([("inet", table), ("bridge", table)])
         return doc if doc["nftables"] else None
 
+    def list_ruleset(self) -> JSON:
+        """Every table of every family, as one listing (empty when nft cannot list it)."""
+        proc = self._nft(["-j", "list", "ruleset"], None)
+        if proc.returncode != 0:
+            return {"nftables": []}
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError:
+            return {"nftables": []}
+        return doc if isinstance(doc, dict) else {"nftables": []}
+
     def list_tables(self, keys: Sequence[Key]) -> JSON:
         """The tables named (family, name) as one listing; a table not there is left out."""
         items: list[Any] = []

@@ -303,3 +303,27 @@ def test_an_empty_selector_value_is_said_clearly(text: str) -> None:
 
 def test_a_selector_with_a_value_parses() -> None:
     assert parse_selector_arg("container=x") == Selector(container="x")
+
+
+@pytest.mark.parametrize(
+    ("cidr", "words"),
+    [
+        ("10.0.0.1/8", "host bits are set (the network is 10.0.0.0/8; one address is 10.0.0.1)"),
+        ("::ffff:10.0.0.1", "IPv4-mapped"),
+        ("::ffff:10.0.0.0/104", "IPv4-mapped"),
+        ("fe80::1%eth0/64", "zone"),
+        ("10.0.0.0/33", "is not an address"),
+    ],
+)
+def test_a_cidr_the_kernel_would_read_otherwise_is_refused(cidr: str, words: str) -> None:
+    section = {"rules": [{"from": {"cidr": cidr}, "to": {"world": True}}]}
+    policy, problems = parse_policy(section, None, ("policy",))
+    assert policy is None or problems
+    assert [p for p in problems if p[0][-1] == "cidr" and words in p[1]], problems
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.0/8", "10.0.0.7", "::/0", "0.0.0.0/0", "fd00::/8"])
+def test_a_plain_cidr_is_taken(cidr: str) -> None:
+    section = {"rules": [{"from": {"cidr": cidr}, "to": {"world": True}}]}
+    policy, problems = parse_policy(section, None, ("policy",))
+    assert problems == [] and policy is not None

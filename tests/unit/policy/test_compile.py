@@ -17,7 +17,6 @@ from dockmesh.model.topology import PortBinding, Topology
 from dockmesh.policy.compile import (
     HASH_TAG,
     PortMap,
-    Unconfirmed,
     bridge_name,
     compile_policy,
     document,
@@ -128,6 +127,21 @@ def test_seg_verdicts() -> None:
     assert "10.242.0.2 . 10.242.0.3 . tcp . 9000-9010" in rs.set("a_range_4").elements  # type: ignore[union-attr]
     assert not any("10.242.0.9" in e for e in pairs)
     assert rs.set("n0_4").elements == frozenset({"10.242.0.0/24"})  # type: ignore[union-attr]
+
+
+def test_both_sides_of_an_allowed_flow_are_bound_to_their_ports() -> None:
+    """gateway may reach api: a reply forged as api (or a packet forged as gateway) from
+    another port is no part of their flow, though conntrack would say established."""
+    topo = chapter()
+    ports = ports_of(topo)
+    rs = compile_policy(seg_policy(), topo, ports=ports)
+    port = {c.name: ports[(c.id, "seg")] for c in topo.containers if c.name != "old"}
+    gw, api = ("10.242.0.2", port["gw"]), ("10.242.0.3", port["api"])
+    for (src, real), (dst, _) in ((gw, api), (api, gw)):
+        br = bridge_of(topo, "seg")
+        for on, verdict in ((real, "accept"), (port["oth"], "drop")):
+            packet = Packet(src, dst, "tcp", 40000, "established", iif=br, oif=br, port=on)
+            assert evaluate(rs, packet).verdict == verdict, (src, on)
 
 
 def test_audit_drops_nothing_but_marks_it() -> None:
@@ -294,6 +308,8 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
                             oif=br,
                             port=ports[(s.id, sa.network)],
                         )
+                        # Leaving by the destination's own port changes nothing.
+                        packet = dataclasses.replace(packet, out_port=ports[(d.id, sa.network)])
                         out = evaluate(rs, packet)
                         assert (out.verdict == "accept") == model, (
                             s.name,
@@ -306,19 +322,44 @@ def test_compiled_verdict_equals_the_model_for_every_pair(topo: Topology, policy
                         )
                         assert evaluate(audit, packet).verdict == "accept"
                         assert evaluate(audit, packet).audited == (not model)
+                    claimed = rs.set(f"claimed_{family}")
+                    bound = claimed is not None
+                    # Forged into a flow conntrack knows (the addresses and ports are all it
+                    # knows a flow by): judged as the same packet would be as a new one.
+                    if claimed is not None and saddr in claimed.elements:
+                        for proto, port in PROBES:
+                            new = Packet(saddr, daddr, proto, port, iif=br, oif=br, port="veth999")
+                            est = dataclasses.replace(new, ct_state="established")
+                            assert evaluate(rs, est).verdict == evaluate(rs, new).verdict
+                    # A bound address is delivered by its own port only (not to a port that
+                    # claimed it with ARP or neighbour discovery), established traffic too.
+                    if claimed is not None and daddr in claimed.elements:
+                        stolen = Packet(saddr, daddr, "udp", 53, "established", iif=br, oif=br,
+                                        port=ports[(s.id, sa.network)], out_port="veth999")  # fmt: skip
+                        assert evaluate(rs, stolen).verdict == "drop"
+                    # Any packet in a VLAN tag from a container's port is dropped.
+                    tagged = Packet(
+                        saddr, daddr, "udp", 53, iif=br, oif=br, port=ports[(s.id, sa.network)],
+                        tagged=True,
+                    )  # fmt: skip
+                    assert evaluate(rs, tagged).verdict == "drop"
                     # The same packet from another port (a forged source) or from an address
-                    # nobody has confirmed is accepted by no rule about containers (a `cidr`
-                    # or `world` rule is about addresses, whoever sends from them).
+                    # nobody has confirmed is accepted by no rule about containers; a `cidr`
+                    # or `world` rule is about addresses, whoever sends from them, unless the
+                    # address is bound to another container's port.
                     for forged in (
                         Packet(saddr, daddr, "tcp", 80, iif=br, oif=br, port="veth999"),
                         Packet(saddr, daddr, "icmp", None, iif=br, oif=br, port="veth999"),
                     ):
                         out = evaluate(rs, forged)
-                        assert out.rule is None or not (
-                            out.rule.action == "accept" and Unconfirmed(False) in out.rule.matches
-                        ), out.rule
-                        if out.rule is not None and out.rule.action == "accept":
-                            assert out.rule.origin[0] != "rules", out.rule
+                        if out.rule is None or out.rule.action != "accept":
+                            continue
+                        assert out.rule.origin[0] != "rules", out.rule
+                        if out.rule.origin[0] == "rule":
+                            index = out.rule.origin[1]
+                            assert isinstance(index, int)
+                            assert any(x.is_address for x in policy.rules[index].sources)
+                            assert not (bound and out.unconfirmed), out.rule
 
 
 @settings(max_examples=100, deadline=None)

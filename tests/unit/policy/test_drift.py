@@ -21,6 +21,7 @@ from dockmesh.policy.drift import (
     as_listing,
     differences,
     element_texts,
+    mark_writers,
     only_elements,
     render,
     structure,
@@ -153,6 +154,16 @@ def test_chain_and_set_declarations_are_compared_key_by_key() -> None:
     assert P + f"set {first} missing" in diffs(tx, nft)
 
 
+def test_what_the_packet_path_records_in_a_drop_log_is_no_difference() -> None:
+    from tests.unit.policy.test_compile import chapter, seg_policy
+
+    tx, nft = written(seg_policy(), chapter())
+    log = next(n for n in nft.tables[("inet", T)].sets if n.startswith("log") and n.endswith("_4"))
+    elem = {"concat": ["10.242.0.4", "10.242.0.3", "tcp", 8080]}
+    nft.run([{"add": {"element": {"family": "inet", "table": T, "name": log, "elem": [elem]}}}])
+    assert diffs(tx, nft) == []
+
+
 def test_a_set_and_a_chain_no_one_asked_for_are_extra() -> None:
     from tests.unit.policy.test_compile import chapter, seg_policy
 
@@ -265,3 +276,32 @@ def test_rules_read_as_nft_writes_them() -> None:
 def test_a_summary_is_one_line_with_the_rest_counted() -> None:
     assert summary(["a", "b"]) == "a; b"
     assert summary([str(i) for i in range(8)], 3) == "0; 1; 2; and 5 more"
+
+
+def test_a_rule_of_another_table_that_writes_the_mark_is_named() -> None:
+    def chain(family: str, table: str, name: str, hook: str) -> JSON:
+        return {"chain": {"family": family, "table": table, "name": name, "hook": hook,
+                          "prio": -150, "type": "filter"}}  # fmt: skip
+
+    def rule(family: str, table: str, name: str, *expr: Any) -> JSON:
+        return {"rule": {"family": family, "table": table, "chain": name, "expr": list(expr)}}
+
+    mark = {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 0}}
+    doc = {
+        "nftables": [
+            chain("inet", "evil", "p", "prerouting"),
+            rule("inet", "evil", "p", {"counter": None}, mark),
+            chain("ip", "mangle", "PREROUTING", "prerouting"),
+            rule("ip", "mangle", "PREROUTING", {"xt": {"type": "target", "name": "MARK"}}),
+            chain("inet", "quiet", "out", "output"),  # not on the packet's way
+            rule("inet", "quiet", "out", mark),
+            chain("inet", T, "forward", "forward"),  # ours
+            rule("inet", T, "forward", mark),
+            {"rule": {"family": "inet", "table": "evil", "chain": "p", "expr": [mark]}},
+        ]
+    }
+    assert mark_writers(doc, T) == [
+        "table inet evil chain p (prerouting, priority -150) writes the packet mark",
+        "table ip mangle chain PREROUTING (prerouting, priority -150) writes the packet mark",
+    ]
+    assert mark_writers({"nftables": []}, T) == []
