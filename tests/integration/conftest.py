@@ -168,3 +168,16 @@ def own_differences(show: dict[str, Any]) -> list[str]:
     which list every IPv6 bridge on the host: tests beside this one make and remove such
     networks, and no agent runs here to follow them."""
     return [d for d in show["differences"] if ": set br6" not in d and not d.startswith("set br6")]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_lone_bridge_tables() -> Iterator[None]:
+    """At the end, a test's bridge table left without its inet twin is removed (a policy is
+    always both; seen once after a full parallel run, with empty sets). Only `dmt…` tables."""
+    yield
+    listing = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+    names = [line.split() for line in listing.stdout.splitlines()]
+    inet = {n[2] for n in names if len(n) == 3 and n[1] == "inet"}
+    for n in names:
+        if len(n) == 3 and n[1] == "bridge" and n[2].startswith("dmt") and n[2] not in inet:
+            subprocess.run(["nft", "delete", "table", "bridge", n[2]], capture_output=True)
