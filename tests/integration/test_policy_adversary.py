@@ -23,6 +23,7 @@ from tests.integration.test_agent import AgentProc
 from tests.integration.test_policy import WANT, Seg, nft_table, verdicts
 from tests.integration.test_policy_tamper import RESTORED_WITHIN_S, metric, nft, steady, until
 from tests.integration.test_policy_trust import (
+    a_to_b_only,
     addresses,
     connects,
     dual_stack,
@@ -88,19 +89,7 @@ def test_an_ip_packet_in_a_vlan_tag_is_judged_as_the_packet_itself(
     api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
     a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
     a4, b4, m4 = (addresses(api, x, net)[0] for x in (a, b, m))
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [
-                {
-                    "from": {"container": f"{prefix}-a"},
-                    "to": {"container": f"{prefix}-b"},
-                    "ports": ["9999/udp"],
-                }
-            ],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix, ["9999/udp"])
     dockmesh("policy", "apply", str(policy), check=True)
     listener = pool.socket(pid_of(api, b), socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -127,19 +116,7 @@ def test_a_forged_packet_is_not_accepted_as_part_of_an_established_flow(
     api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
     a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
     a4, b4 = (addresses(api, x, net)[0] for x in (a, b))
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [
-                {
-                    "from": {"container": f"{prefix}-a"},
-                    "to": {"container": f"{prefix}-b"},
-                    "ports": ["9999/udp"],
-                }
-            ],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix, ["9999/udp"])
     dockmesh("policy", "apply", str(policy), check=True)
     at_b = pool.socket(pid_of(api, b), socket.AF_INET, socket.SOCK_DGRAM)
     at_a = pool.socket(pid_of(api, a), socket.AF_INET, socket.SOCK_DGRAM)
@@ -189,19 +166,7 @@ def test_an_address_stolen_with_arp_receives_nothing_meant_for_its_owner(
     api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
     a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
     a4, b4 = (addresses(api, x, net)[0] for x in (a, b))
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [
-                {
-                    "from": {"container": f"{prefix}-a"},
-                    "to": {"container": f"{prefix}-b"},
-                    "ports": ["9999/udp"],
-                }
-            ],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix, ["9999/udp"])
     dockmesh("policy", "apply", str(policy), check=True)
     pm = pid_of(api, m)
     bm, mm = mac_of(api, b, net), mac_of(api, m, net)
@@ -238,13 +203,7 @@ def test_a_container_restarted_while_no_agent_runs_is_locked_out_and_why_says_so
     a = run(api, toolbox, f"{prefix}-a", net)
     b = run(api, toolbox, f"{prefix}-b", net)
     b4 = addresses(api, b, net)[0]
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [{"from": {"container": f"{prefix}-a"}, "to": {"container": f"{prefix}-b"}}],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix)
     dockmesh("policy", "apply", str(policy), check=True)
     assert connects(pool, pid_of(api, a), b4)
     a4 = addresses(api, a, net)[0]
@@ -345,19 +304,7 @@ def test_a_forged_ipv6_source_is_dropped_and_its_owner_heard(
     net = f"{prefix}v6"
     a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
     a6, b6 = (addresses(api, x, net)[1] for x in (a, b))
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [
-                {
-                    "from": {"container": f"{prefix}-a"},
-                    "to": {"container": f"{prefix}-b"},
-                    "ports": ["9999/udp"],
-                }
-            ],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix, ["9999/udp"])
     dockmesh("policy", "apply", str(policy), check=True)
     listener = pool.socket(pid_of(api, b), socket.AF_INET6, socket.SOCK_DGRAM)
     try:

@@ -114,6 +114,18 @@ def write_policy(tmp: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
+def a_to_b_only(tmp: Path, net: str, prefix: str, ports: list[str] | None = None) -> Path:
+    """The policy most tests here need: `net` denied by default, `<prefix>-a` may reach
+    `<prefix>-b` (on `ports`, else on every port)."""
+    rule: dict[str, Any] = {
+        "from": {"container": f"{prefix}-a"},
+        "to": {"container": f"{prefix}-b"},
+    }
+    if ports:
+        rule["ports"] = ports
+    return write_policy(tmp, {"networks": {net: {"default": "deny"}}, "rules": [rule]})
+
+
 def flush_neighbours(pid: int) -> None:
     subprocess.run(
         ["nsenter", "-t", str(pid), "-n", "ip", "-6", "neigh", "flush", "all"],
@@ -130,13 +142,7 @@ def test_a_dual_stack_network_under_deny_allows_one_pair_over_both_families(
     a, b, c = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "c"))
     (a4, a6), (b4, b6), (_c4, c6) = (addresses(api, x, net) for x in (a, b, c))
     assert a6 and b6 and c6
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [{"from": {"container": f"{prefix}-a"}, "to": {"container": f"{prefix}-b"}}],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix)
     dockmesh("policy", "apply", str(policy), check=True)
     for pid in (pid_of(api, x) for x in (a, b, c)):
         flush_neighbours(pid)
@@ -186,19 +192,7 @@ def test_a_forged_source_from_a_raw_socket_is_dropped(
     api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
     a, b, m = (run(api, toolbox, f"{prefix}-{k}", net) for k in ("a", "b", "m"))
     a4, b4 = addresses(api, a, net)[0], addresses(api, b, net)[0]
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [
-                {
-                    "from": {"container": f"{prefix}-a"},
-                    "to": {"container": f"{prefix}-b"},
-                    "ports": ["9999/udp"],
-                }
-            ],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix, ["9999/udp"])
     dockmesh("policy", "apply", str(policy), check=True)
     listener = pool.socket(pid_of(api, b), socket.AF_INET, socket.SOCK_DGRAM)
     try:
@@ -233,13 +227,7 @@ def test_a_new_container_on_a_removed_ones_address_inherits_nothing_without_an_a
     a = run(api, toolbox, f"{prefix}-a", net)
     b = run(api, toolbox, f"{prefix}-b", net)
     a4, b4 = addresses(api, a, net)[0], addresses(api, b, net)[0]
-    policy = write_policy(
-        tmp_path,
-        {
-            "networks": {net: {"default": "deny"}},
-            "rules": [{"from": {"container": f"{prefix}-a"}, "to": {"container": f"{prefix}-b"}}],
-        },
-    )
+    policy = a_to_b_only(tmp_path, net, prefix)
     dockmesh("policy", "apply", str(policy), check=True)
     assert connects(pool, pid_of(api, a), b4)
     api.remove_container(a, force=True)  # no agent runs: a's address stays in the sets

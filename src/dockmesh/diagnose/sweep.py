@@ -30,7 +30,7 @@ import selectors
 import socket
 import struct
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -318,39 +318,54 @@ def _send(sock: socket.socket, ident: int, seq: int, address: str, six: bool = F
             sock.sendto(echo_request(ident, seq), (address, 0))
 
 
-def _tcp(pool: NetnsPool, probes: Sequence[Probe], timeout_s: float) -> dict[Hashable, Observed]:
-    results: dict[Hashable, Observed] = {}
-    _raise_fd_limit(len(probes) + 16)
+def _tcp_families(families: Sequence[int]) -> list[socket.socket]:
+    return _tcp_sockets(len(families), families)
+
+
+def _opened(
+    pool: NetnsPool,
+    probes: Sequence[Probe],
+    make: Callable[[Sequence[int]], list[socket.socket]],
+    results: dict[Hashable, Observed],
+) -> Iterator[tuple[socket.socket, Probe]]:
+    """A socket for each probe, made by `make` (given the probes' families) inside each
+    source's namespace, all namespaces asked at once; a namespace that cannot be entered
+    answers its probes in `results`."""
     by_pid: dict[int | None, list[Probe]] = {}
     for p in probes:
         by_pid.setdefault(p.pid, []).append(p)
     futures: dict[int | None, Future[list[socket.socket]]] = {}
     for pid, group in by_pid.items():
         try:
-            families = [family_of(p.address) for p in group]
-            futures[pid] = pool.submit(pid, _tcp_sockets, len(group), families)
+            futures[pid] = pool.submit(pid, make, [family_of(p.address) for p in group])
         except NetnsError as e:
             for p in group:
                 results[p.key] = Observed(False, None, f"source namespace: {e}")
+    for pid, fut in futures.items():
+        try:
+            socks = fut.result()
+        except (NetnsError, OSError) as e:
+            for p in by_pid[pid]:
+                results[p.key] = Observed(False, None, f"source namespace: {e}")
+            continue
+        yield from zip(socks, by_pid[pid], strict=True)
+
+
+def _tcp(pool: NetnsPool, probes: Sequence[Probe], timeout_s: float) -> dict[Hashable, Observed]:
+    results: dict[Hashable, Observed] = {}
+    _raise_fd_limit(len(probes) + 16)
     sel = selectors.DefaultSelector()
     pending: dict[socket.socket, tuple[Probe, float]] = {}
     try:
-        for pid, fut in futures.items():
-            try:
-                socks = fut.result()
-            except (NetnsError, OSError) as e:
-                for p in by_pid[pid]:
-                    results[p.key] = Observed(False, None, f"source namespace: {e}")
-                continue
-            for sock, p in zip(socks, by_pid[pid], strict=True):
-                t0 = time.perf_counter()
-                err = sock.connect_ex((p.address, p.port or 0))
-                if err in (0, errno.EINPROGRESS):
-                    sel.register(sock, selectors.EVENT_WRITE, sock)
-                    pending[sock] = (p, t0)
-                else:
-                    results[p.key] = Observed(False, None, os.strerror(err))
-                    sock.close()
+        for sock, p in _opened(pool, probes, _tcp_families, results):
+            t0 = time.perf_counter()
+            err = sock.connect_ex((p.address, p.port or 0))
+            if err in (0, errno.EINPROGRESS):
+                sel.register(sock, selectors.EVENT_WRITE, sock)
+                pending[sock] = (p, t0)
+            else:
+                results[p.key] = Observed(False, None, os.strerror(err))
+                sock.close()
         deadline = time.perf_counter() + timeout_s
         while pending:
             left = deadline - time.perf_counter()
@@ -395,37 +410,20 @@ def _udp_sockets(families: Sequence[int]) -> list[socket.socket]:
 def _udp(pool: NetnsPool, probes: Sequence[Probe], timeout_s: float) -> dict[Hashable, Observed]:
     results: dict[Hashable, Observed] = {}
     _raise_fd_limit(len(probes) + 16)
-    by_pid: dict[int | None, list[Probe]] = {}
-    for p in probes:
-        by_pid.setdefault(p.pid, []).append(p)
-    futures: dict[int | None, Future[list[socket.socket]]] = {}
-    for pid, group in by_pid.items():
-        try:
-            futures[pid] = pool.submit(pid, _udp_sockets, [family_of(p.address) for p in group])
-        except NetnsError as e:
-            for p in group:
-                results[p.key] = Observed(False, None, f"source namespace: {e}")
     sel = selectors.DefaultSelector()
     pending: dict[socket.socket, tuple[Probe, float]] = {}
     try:
-        for pid, fut in futures.items():
+        for sock, p in _opened(pool, probes, _udp_sockets, results):
             try:
-                socks = fut.result()
-            except (NetnsError, OSError) as e:
-                for p in by_pid[pid]:
-                    results[p.key] = Observed(False, None, f"source namespace: {e}")
+                # Connected: the kernel hands this socket the ICMP errors about its peer.
+                sock.connect((p.address, p.port or 0))
+                sock.send(p.payload)
+            except OSError as e:
+                results[p.key] = Observed(False, None, os.strerror(e.errno or 0))
+                sock.close()
                 continue
-            for sock, p in zip(socks, by_pid[pid], strict=True):
-                try:
-                    # Connected: the kernel hands this socket the ICMP errors about its peer.
-                    sock.connect((p.address, p.port or 0))
-                    sock.send(p.payload)
-                except OSError as e:
-                    results[p.key] = Observed(False, None, os.strerror(e.errno or 0))
-                    sock.close()
-                    continue
-                sel.register(sock, selectors.EVENT_READ, sock)
-                pending[sock] = (p, time.perf_counter())
+            sel.register(sock, selectors.EVENT_READ, sock)
+            pending[sock] = (p, time.perf_counter())
         start = time.perf_counter()
         deadline = start + timeout_s
         next_resend = start + UDP_RESEND_S

@@ -171,14 +171,13 @@ class Enforcer:
             rs = self._ruleset
             if rs is not None and rs.logs:
                 held = _addresses(topo)
-                if before is None or _addresses(before) - held:
+                if before is not None and _addresses(before) - held:
                     self._forget_in_logs(held, _subnets(topo))
 
     def _forget_in_logs(self, held: set[str], subnets: list[Any]) -> None:
         """A container that left (or moved) takes its flows out of the drop logs: the tables
         hold no address of the networks that no container has (a new container may get it),
-        only the outside's and the containers'. Looked at when an address went away, and at
-        an agent's first topology."""
+        only the outside's and the containers'. Looked at when an address went away."""
         rs = self._ruleset
         assert rs is not None
 
@@ -191,10 +190,13 @@ class Enforcer:
 
         cmds: list[JSON] = []
         try:
+            # One listing of the table, not one per log (each nft run costs ~10 ms, more
+            # under load, and the agent holds its lock meanwhile).
+            doc = self.nft.list_family_table("inet", self.table)
+            items = doc.get("nftables", []) if isinstance(doc, dict) else []
+            logged = {str(i["set"].get("name")): i["set"] for i in items if "set" in i}
             for lg in rs.logs:
-                doc = self.nft.list_set(self.table, lg.name)
-                items = doc.get("nftables", []) if isinstance(doc, dict) else []
-                raw = [e for i in items if "set" in i for e in i["set"].get("elem") or ()]
+                raw = list((logged.get(lg.name) or {}).get("elem") or ())
                 stale = [
                     e.get("elem", {}).get("val", e) if isinstance(e, dict) else e
                     for e in raw

@@ -186,18 +186,6 @@ class Nft:
             self._normalised[key] = doc
         return doc
 
-    def list_set(self, table: str, name: str) -> Any | None:
-        """One set of `inet <table>` as nft's JSON listing, or None when it is not there."""
-        proc = self._nft(["-j", "list", "set", "inet", check_table_name(table), name], None)
-        if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr or "does not exist" in proc.stderr:
-                return None
-            raise NftError(_first_error(proc.stderr) or f"nft exited with {proc.returncode}")
-        try:
-            return json.loads(proc.stdout)
-        except ValueError as e:
-            raise NftError(f"nft printed something that is not JSON: {e}") from None
-
     def list_family_table(self, family: str, table: str) -> Any | None:
         """The table as nft's JSON, or None when it does not exist."""
         if family not in ("inet", "ip", "ip6", "bridge", "arp", "netdev"):

@@ -417,14 +417,7 @@ def _analyze(
     listen = _listening_step(dst, address, port, observed)
     if listen is not None:
         steps.append(listen)
-    packet = [s for s in steps if s.check in PACKET_CHECKS]
-    ok = all(s.ok for s in packet)
-    target = f"{dst.name} ({address} on {net.name})"
-    if ok:
-        summary = f"{src.name} can reach {target}" + (f" on {port.text()}" if port else "")
-    else:
-        first = next(s for s in packet if not s.ok)
-        summary = f"{src.name} cannot reach {target}: {first.detail}"
+    ok, summary = _verdict(src, f"{dst.name} ({address} on {net.name})", port, steps)
     return done(ok, summary, network=net.name, address=address, names=dns_names)
 
 
@@ -436,6 +429,19 @@ def _policy_notes(detail: str, policy: Any, observed: Observations) -> str:
     if observed.policy_stale:
         return detail + f"; but {observed.policy_stale}: the kernel may decide otherwise"
     return detail
+
+
+def _verdict(
+    src: Container, target: str, port: PortRange | None, steps: list[Step]
+) -> tuple[bool, str]:
+    """Whether every step a packet meets passes, and the summary that says so (or the
+    first one that fails)."""
+    packet = [s for s in steps if s.check in PACKET_CHECKS]
+    ok = all(s.ok for s in packet)
+    if ok:
+        return ok, f"{src.name} can reach {target}" + (f" on {port.text()}" if port else "")
+    first = next(s for s in packet if not s.ok)
+    return ok, f"{src.name} cannot reach {target}: {first.detail}"
 
 
 def _policy_verdict(
@@ -576,14 +582,8 @@ def _routed_analysis(
     listen = _listening_step(dst, address, port, observed)
     if listen is not None:
         steps.append(listen)
-    packet = [s for s in steps if s.check in PACKET_CHECKS]
-    ok = all(s.ok for s in packet)
     target = f"{dst.name} ({address} on {route.dst_net.name}, routed)"
-    if ok:
-        summary = f"{src.name} can reach {target}" + (f" on {port.text()}" if port else "")
-    else:
-        first = next(s for s in packet if not s.ok)
-        summary = f"{src.name} cannot reach {target}: {first.detail}"
+    ok, summary = _verdict(src, target, port, steps)
     result: Analysis = done(ok, summary, network=route.dst_net.name, address=address)
     return result
 

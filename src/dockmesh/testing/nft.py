@@ -76,16 +76,6 @@ class MemoryNft(Nft):
             self._apply(tables, cmd)
         self.tables = tables
 
-    def list_set(self, table: str, name: str) -> Any | None:
-        t = self.tables.get(("inet", table))
-        s = None if t is None else t.sets.get(name)
-        if s is None:
-            return None
-        doc = dict(s.doc)
-        if s.elements:
-            doc["elem"] = [_listed(e, s.doc) for e in sorted(s.elements)]
-        return {"nftables": [{"set": doc}]}
-
     def list_family_table(self, family: str, table: str) -> Any | None:
         if family not in ("inet", "bridge"):
             raise NotImplementedError(f"MemoryNft knows the inet and bridge families: {family}")

