@@ -260,6 +260,8 @@ def element_texts(raw: Any) -> list[str]:
         return [_net_text(net)]
     if isinstance(raw, Mapping) and isinstance(raw.get("range"), list) and len(raw["range"]) == 2:
         a, b = raw["range"]
+        if isinstance(a, int) and isinstance(b, int):
+            return [str(a) if a == b else f"{a}-{b}"]  # ports (ip_address would take ints)
         try:
             first, last = ipaddress.ip_address(a), ipaddress.ip_address(b)
             if isinstance(first, ipaddress.IPv4Address) and isinstance(last, ipaddress.IPv4Address):

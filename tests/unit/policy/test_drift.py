@@ -305,3 +305,10 @@ def test_a_rule_of_another_table_that_writes_the_mark_is_named() -> None:
         "table ip mangle chain PREROUTING (prerouting, priority -150) writes the packet mark",
     ]
     assert mark_writers({"nftables": []}, T) == []
+
+
+def test_a_port_range_in_a_concatenation_is_a_range_of_ports_not_of_addresses() -> None:
+    from dockmesh.policy.drift import element_texts
+
+    elem = {"concat": ["10.0.0.1", "10.0.0.2", "tcp", {"range": [8000, 8100]}]}
+    assert element_texts(elem) == ["10.0.0.1 . 10.0.0.2 . tcp . 8000-8100"]
