@@ -39,7 +39,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -47,6 +47,7 @@ from dockmesh.api.topology import TopologyFeed
 from dockmesh.catalog.containers import derive_all
 from dockmesh.catalog.live import LiveCatalog
 from dockmesh.catalog.store import MemoryStore, SqliteStore, Store
+from dockmesh.dns.limits import DnsLimits
 from dockmesh.engine.backend import EngineRef
 from dockmesh.errors import EngineError
 from dockmesh.model.topology import Topology
@@ -88,6 +89,8 @@ class AgentConfig:
     node: str = "dockmesh"
     dns_domains: tuple[str, ...] = ("dockmesh", "consul")
     dns_ttl: int = 0
+    # What one DNS client may take (per-source TCP connections and UDP rate, timeouts).
+    dns_limits: DnsLimits = field(default_factory=DnsLimits)
     # Where `dockmesh policy apply` leaves the applied policy, and the nft table it names
     # (the command line fills both from $DOCKMESH_POLICY_DIR and $DOCKMESH_POLICY_TABLE).
     policy_dir: Path = Path(DEFAULT_DIR)
@@ -255,7 +258,11 @@ class Agent:
         registry = CollectorRegistry()
         if cfg.dns is not None:
             dns = DnsServer(
-                self.live, self.topology.current, domains=cfg.dns_domains, ttl=cfg.dns_ttl
+                self.live,
+                self.topology.current,
+                domains=cfg.dns_domains,
+                ttl=cfg.dns_ttl,
+                limits=cfg.dns_limits,
             )
             self.dns = dns
             self.dns_address = await dns.start(*cfg.dns)

@@ -31,7 +31,7 @@ import dns.rdatatype
 import pytest
 
 from dockmesh.catalog.live import LiveCatalog
-from dockmesh.dns.server import DnsServer
+from dockmesh.dns.server import DnsLimits, DnsServer
 from dockmesh.model.catalog import CheckSpec, Instance
 from dockmesh.model.topology import Attachment, Container, EngineInfo, Topology
 from tests.integration.conftest import free_subnets
@@ -88,7 +88,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
 
     async def start() -> tuple[LiveCatalog, DnsServer, int]:
         live = LiveCatalog()
-        server = DnsServer(live, lambda: holder[0], tcp_idle_timeout_s=0.5)
+        server = DnsServer(live, lambda: holder[0], limits=DnsLimits(tcp_idle_timeout_s=0.5))
         _, port = await server.start("127.0.0.1", 0)
         return live, server, port
 

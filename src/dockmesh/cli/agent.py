@@ -8,7 +8,10 @@ from typing import Annotated
 
 import typer
 
-from dockmesh.cli.common import EngineOpt, UserError, engine_refs, handle_errors
+from dockmesh.cli.common import EngineOpt, UserError, engine_refs, finite, handle_errors
+from dockmesh.dns.limits import DnsLimits
+
+DEFAULT_LIMITS = DnsLimits()
 
 
 def parse_hostport(value: str, option: str) -> tuple[str, int]:
@@ -91,6 +94,74 @@ def register(app: typer.Typer) -> None:
                 "to 53).",
             ),
         ] = 53,
+        dns_tcp_per_source: Annotated[
+            int,
+            typer.Option(
+                "--dns-tcp-per-source",
+                min=1,
+                max=1_000_000,
+                help="DNS TCP connections one source address may hold; one more closes its "
+                "connection idle the longest (loopback: no cap unless --dns-limit-loopback).",
+            ),
+        ] = DEFAULT_LIMITS.tcp_per_source,
+        dns_tcp_max: Annotated[
+            int,
+            typer.Option(
+                "--dns-tcp-max",
+                min=1,
+                max=1_000_000,
+                help="DNS TCP connections in all; one more closes the one idle the longest.",
+            ),
+        ] = DEFAULT_LIMITS.max_tcp_connections,
+        dns_tcp_idle_timeout: Annotated[
+            float,
+            typer.Option(
+                "--dns-tcp-idle-timeout",
+                min=0.001,
+                max=3600.0,
+                callback=finite,
+                help="Seconds a DNS TCP connection may stay without a query.",
+            ),
+        ] = DEFAULT_LIMITS.tcp_idle_timeout_s,
+        dns_tcp_slow_timeout: Annotated[
+            float,
+            typer.Option(
+                "--dns-tcp-slow-timeout",
+                min=0.001,
+                max=600.0,
+                callback=finite,
+                help="Seconds a DNS TCP client has to send a whole query from its first byte, "
+                "and to read an answer.",
+            ),
+        ] = DEFAULT_LIMITS.tcp_slow_timeout_s,
+        dns_udp_rate: Annotated[
+            float,
+            typer.Option(
+                "--dns-udp-rate",
+                min=0.0,
+                max=10_000_000.0,
+                callback=finite,
+                help="DNS UDP queries a second one source address may ask (0: no limit); "
+                "more are dropped.",
+            ),
+        ] = DEFAULT_LIMITS.udp_rate,
+        dns_udp_burst: Annotated[
+            int,
+            typer.Option(
+                "--dns-udp-burst",
+                min=1,
+                max=100_000_000,
+                help="… and how many it may ask at once above that rate.",
+            ),
+        ] = DEFAULT_LIMITS.udp_burst,
+        dns_limit_loopback: Annotated[
+            bool,
+            typer.Option(
+                "--dns-limit-loopback",
+                help="Apply the per-source DNS limits to loopback too (every process of the "
+                "host shares that address).",
+            ),
+        ] = False,
     ) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
@@ -102,6 +173,18 @@ def register(app: typer.Typer) -> None:
             policy_table = table_name(None, os.environ.get("DOCKMESH_POLICY_TABLE"))
         except ValueError as e:
             raise UserError(f"$DOCKMESH_POLICY_TABLE: {e}") from None
+        dns_limits = DnsLimits(
+            tcp_per_source=dns_tcp_per_source,
+            max_tcp_connections=dns_tcp_max,
+            tcp_idle_timeout_s=dns_tcp_idle_timeout,
+            tcp_slow_timeout_s=dns_tcp_slow_timeout,
+            udp_rate=dns_udp_rate,
+            udp_burst=dns_udp_burst,
+            limit_loopback=dns_limit_loopback,
+        )
+        problems = dns_limits.problems()
+        if problems:
+            raise UserError(f"DNS limits: {'; '.join(problems)}")
         config = AgentConfig(
             engines=engine_refs(engine),
             api=parse_hostport(api, "--api"),
@@ -110,6 +193,7 @@ def register(app: typer.Typer) -> None:
             register_compose=register_compose,
             dns_on_gateways=not no_gateway_dns,
             gateway_dns_port=gateway_dns_port,
+            dns_limits=dns_limits,
             policy_dir=configured_policy_dir(),
             policy_table=policy_table,
         )

@@ -21,7 +21,10 @@ Only passing instances appear; a service without any, or an unknown name inside 
 NXDOMAIN with the domain's SOA in the authority section (its minimum is the TTL: negative
 answers are cached no longer than positive ones). A name that exists but has no record of the
 asked type (AAAA of IPv4-only instances, TXT, MX, …) is NOERROR with no answer and the SOA.
-Names outside the domains are REFUSED: no recursion (RA is never set), no forwarding. ANY is
+Names outside the domains are REFUSED: no recursion (RA is never set), no forwarding; with
+EDNS, the response carries an Extended DNS Error (RFC 8914) 20 "Not Authoritative" whose text
+names the domains served. REFUSED, not NXDOMAIN: Docker's embedded DNS then asks a
+container's next `--dns` server (and NXDOMAIN would claim the name does not exist anywhere). ANY is
 answered with every A, AAAA and SRV record the name has (the SOA at the apex), in one order.
 Zone transfers are REFUSED, MAILA/MAILB and opcodes other than QUERY are NOTIMP, an EDNS
 version above 0 is BADVERS. Responses are authoritative (AA) for names inside the domains.
@@ -199,6 +202,12 @@ class Answerer:
             labelled.append([x.lower() for x in labels])
         # Longest first: with `a.b` and `b` both served, `x.a.b` belongs to `a.b`.
         self._domains = sorted(labelled, key=len, reverse=True)
+        served = ", ".join(b".".join(d).decode("ascii", "replace") + "." for d in labelled)
+        self._not_ours = wire.ede(
+            wire.EDE_NOT_AUTHORITATIVE,
+            f"not served here: this server answers for {served} only, without recursion; "
+            "ask another resolver for other names",
+        )
         self.udp_exact: dict[bytes, Rotation] = {}
         self.tcp_exact: dict[bytes, Rotation] = {}
         self._prepared: dict[tuple[bytes, int, int, int, int], _Prepared] = {}
@@ -325,7 +334,7 @@ class Answerer:
             return _Prepared(self._render(q, limit, FORMERR, False, [((), ())], ()))
         name = self._lookup(q.qname)
         if name.rcode == REFUSED:
-            variants = self._render(q, limit, REFUSED, False, [((), ())], ())
+            variants = self._render(q, limit, REFUSED, False, [((), ())], (), self._not_ours)
         elif name.rcode == NXDOMAIN:
             variants = self._render(q, limit, NXDOMAIN, True, [((), ())], (name.soa,))
         else:
@@ -372,8 +381,9 @@ class Answerer:
         authoritative: bool,
         rotations: Iterable[tuple[tuple[bytes, ...], tuple[bytes, ...]]],
         authority: tuple[bytes, ...],
+        ede: bytes = b"",
     ) -> tuple[tuple[int, bytes, bytes, int], ...]:
-        opt = wire.opt(self.max_udp_payload, 0, q.do) if q.edns >= 0 else b""
+        opt = wire.opt(self.max_udp_payload, 0, q.do, ede) if q.edns >= 0 else b""
         base = 12 + len(q.question) + len(opt)
         out = []
         for answers, additional in rotations:

@@ -24,11 +24,14 @@ class DnsCounts(Protocol):
     def dropped(self) -> int: ...
     @property
     def tcp_connections(self) -> int: ...
+    @property
+    def refused(self) -> dict[tuple[str, str], int]: ...
 
 
 class DnsCollector:
     """`dockmesh_dns_*`: responses by rcode, truncated UDP responses, packets dropped
-    unanswered, open TCP connections."""
+    unanswered, open TCP connections, clients refused or closed by a limit (by transport and
+    reason, every pair there from the start so that a rate of them can be graphed at once)."""
 
     def __init__(self, stats: DnsCounts) -> None:
         self._stats = stats
@@ -50,3 +53,14 @@ class DnsCollector:
         yield GaugeMetricFamily(
             "dockmesh_dns_tcp_connections", "Open DNS TCP connections.", value=stats.tcp_connections
         )
+        refused = CounterMetricFamily(
+            "dockmesh_dns_refused",
+            "DNS clients refused or closed by a per-client limit: TCP connections over the "
+            "per-source cap (tcp_per_source) or the total (tcp_total), idle too long (idle), too "
+            "slow to send a query or read its answer (slow); UDP queries over a source's rate "
+            "(udp_rate, dropped unanswered).",
+            labels=["transport", "reason"],
+        )
+        for (transport, reason), n in sorted(stats.refused.items()):
+            refused.add_metric([transport, reason], n)
+        yield refused

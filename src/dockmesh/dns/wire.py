@@ -67,6 +67,7 @@ _FLAGS = struct.Struct("!H")
 _SRV = struct.Struct("!HHH")
 _SOA_TAIL = struct.Struct("!IIIII")
 _ZERO_COUNTS = b"\x00" * 8
+_OPTION_HEAD = struct.Struct("!HHH")  # option code, length, EDE's INFO-CODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +207,23 @@ def pointer(offset: int) -> bytes:
     return _FLAGS.pack(0xC000 | offset)
 
 
-def opt(payload: int, ext_rcode: int, do: bool) -> bytes:
-    """The response's OPT record: our payload size, version 0, no options (RFC 6891 §6.1)."""
+def opt(payload: int, ext_rcode: int, do: bool, options: bytes = b"") -> bytes:
+    """The response's OPT record: our payload size, version 0, `options` (framed ones, e.g.
+    `ede`; RFC 6891 §6.1)."""
     ttl = ((ext_rcode >> 4) << 24) | (DO_BIT if do else 0)
-    return b"\x00" + _RR_HEAD.pack(OPT, payload, ttl, 0)
+    return b"\x00" + _RR_HEAD.pack(OPT, payload, ttl, len(options)) + options
+
+
+EDE: Final = 15  # the Extended DNS Error option (RFC 8914 §2)
+EDE_NOT_AUTHORITATIVE: Final = 20
+EDE_TEXT_MAX: Final = 400  # bytes of EXTRA-TEXT kept: the option stays well inside 512
+
+
+def ede(info_code: int, text: str) -> bytes:
+    """An Extended DNS Error option (RFC 8914): the code and a UTF-8 text for people, cut to
+    `EDE_TEXT_MAX` bytes (never inside a character)."""
+    extra = text.encode()[:EDE_TEXT_MAX].decode(errors="ignore").encode()
+    return _OPTION_HEAD.pack(EDE, 2 + len(extra), info_code) + extra
 
 
 def split_labels(name: bytes) -> list[bytes]:

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dockmesh.catalog.state import Catalog
+from dockmesh.dns import wire
 from dockmesh.dns.answer import Answerer, node_label
 from dockmesh.model.catalog import CheckSpec, Instance
 from dockmesh.model.topology import Attachment, Container, EngineInfo, Topology
@@ -184,6 +185,35 @@ def test_names_outside_the_domains_are_refused(answerer: Answerer, name: str) ->
     assert r.rcode() == dns.rcode.REFUSED
     assert not r.flags & dns.flags.AA
     assert (r.answer, r.authority) == ([], [])
+
+
+def test_a_refusal_says_which_domains_are_served_when_the_client_speaks_edns() -> None:
+    """RFC 8914's Extended DNS Error 20 (Not Authoritative), for people reading dig's output;
+    without EDNS there is nowhere to put it (RFC 6891: no OPT in the response)."""
+    a = Answerer(make_catalog(), domains=("dockmesh", "mesh.internal"))
+    for tcp in (False, True):
+        for _ in range(2):  # built, then from the caches
+            r = ask(a, "www.example.com", "A", use_edns=0, tcp=tcp)
+            assert r.rcode() == dns.rcode.REFUSED
+            (option,) = r.options
+            assert isinstance(option, dns.edns.EDEOption)
+            assert option.code == dns.edns.EDECode.NOT_AUTHORITATIVE
+            assert option.text is not None
+            assert "dockmesh." in option.text and "mesh.internal." in option.text
+    r = ask(a, "www.example.com", "A")
+    assert r.rcode() == dns.rcode.REFUSED
+    assert r.edns < 0
+    # Names of ours, and zone transfers, carry no such option.
+    assert ask(a, "api.service.dockmesh", "A", use_edns=0).options == ()
+    assert ask(a, "nosuch.service.dockmesh", "A", use_edns=0).options == ()
+
+
+def test_an_extended_error_text_is_cut_at_a_character() -> None:
+    option = wire.ede(20, "é" * 300)
+    assert len(option) == 6 + 400
+    parsed = dns.edns.option_from_wire(dns.edns.OptionType.EDE, option, 4, len(option) - 4)
+    assert isinstance(parsed, dns.edns.EDEOption)
+    assert parsed.text == "é" * 200
 
 
 def test_other_domains_are_configurable() -> None:

@@ -15,6 +15,7 @@ class Counts:
     truncated: int = 0
     dropped: int = 0
     tcp_connections: int = 0
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def test_the_counters_are_read_when_scraped() -> None:
@@ -31,3 +32,15 @@ def test_the_counters_are_read_when_scraped() -> None:
     assert "dockmesh_dns_tcp_connections 4.0" in text
     counts.queries["NOERROR"] = 9
     assert 'dockmesh_dns_queries_total{rcode="NOERROR"} 9.0' in generate_latest(registry).decode()
+
+
+def test_refused_clients_are_counted_by_transport_and_reason() -> None:
+    counts = Counts(
+        refused={("tcp", "tcp_per_source"): 5, ("tcp", "idle"): 0, ("udp", "udp_rate"): 9}
+    )
+    registry = CollectorRegistry()
+    registry.register(DnsCollector(counts))
+    text = generate_latest(registry).decode()
+    assert 'dockmesh_dns_refused_total{reason="tcp_per_source",transport="tcp"} 5.0' in text
+    assert 'dockmesh_dns_refused_total{reason="idle",transport="tcp"} 0.0' in text
+    assert 'dockmesh_dns_refused_total{reason="udp_rate",transport="udp"} 9.0' in text
