@@ -323,3 +323,87 @@ def test_a_container_resolves_through_the_gateway(
             with contextlib.suppress(Exception):
                 lt.run(server.close())
         lt.stop()
+
+
+def test_a_container_resolves_other_names_through_its_next_dns_server(
+    api: Any, toolbox: str, prefix: str
+) -> None:
+    """`--dns <gateway> --dns <other>`: the agent answers its domains and REFUSES the rest, on
+    which Docker's embedded DNS asks the next server; with the gateway alone, other names
+    fail (SERVFAIL from Docker's DNS), never an answer made up. The other resolver here is a
+    second server of the test's own, for the domain `other`, on a spare address of the
+    test's bridge: nothing leaves the machine."""
+    (subnet,) = free_subnets(api, 1)
+    network = ipaddress.ip_network(subnet)
+    hosts = list(network.hosts())
+    gateway, spare, other = str(hosts[0]), str(hosts[-1]), str(hosts[-2])
+    low_half = next(network.subnets(prefixlen_diff=1))
+    net, bridge = f"{prefix}-dns2", f"{prefix}br"
+    api.create_network(
+        net,
+        options={"com.docker.network.bridge.name": bridge},
+        ipam={"Config": [{"Subnet": subnet, "IPRange": str(low_half), "Gateway": gateway}]},
+    )
+    lt = LoopThread(use_uvloop=True)
+    servers: list[DnsServer] = []
+    try:
+
+        async def start() -> str:
+            live = LiveCatalog()
+            live.register(Instance("api-0", "api", "10.79.0.1", 8080), [])
+            ours = DnsServer(live, lambda: None)
+            servers.append(ours)
+            theirs_live = LiveCatalog()
+            theirs_live.register(Instance("web-0", "web", "10.80.0.1", 80), [])
+            theirs = DnsServer(theirs_live, lambda: None, domains=("other",))
+            servers.append(theirs)
+            await asyncio.to_thread(
+                subprocess.run,
+                ["ip", "addr", "add", f"{other}/{network.prefixlen}", "dev", bridge],
+                check=True,
+            )
+            await theirs.start(other, 53)
+            try:
+                await ours.start(gateway, 53)
+                return gateway
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE:
+                    raise
+            await asyncio.to_thread(
+                subprocess.run,
+                ["ip", "addr", "add", f"{spare}/{network.prefixlen}", "dev", bridge],
+                check=True,
+            )
+            await ours.start(spare, 53)
+            return spare
+
+        address = lt.run(start())
+
+        def client(name: str, dns_servers: list[str]) -> Callable[[str], str]:
+            host_config = api.create_host_config(network_mode=net, dns=dns_servers)
+            cid = api.create_container(
+                toolbox, name=f"{prefix}-{name}", command=["sleep", "300"], host_config=host_config
+            )["Id"]
+            api.start(cid)
+
+            def nslookup(query: str) -> str:
+                ex = api.exec_create(cid, ["nslookup", query])
+                return str(api.exec_start(ex).decode())
+
+            return nslookup
+
+        both = client("both", [address, other])
+        assert "10.79.0.1" in both("api.service.dockmesh")
+        assert "10.80.0.1" in both("web.service.other")
+        assert "NXDOMAIN" in both("nosuch.service.dockmesh")  # ours: final, not passed on
+        alone = client("alone", [address])
+        assert "10.79.0.1" in alone("api.service.dockmesh")
+        out = alone("web.service.other")
+        assert "10.80.0.1" not in out
+        assert "SERVFAIL" in out, out
+        assert servers[0].stats.queries.get("REFUSED", 0) >= 2
+    finally:
+        for server in servers:
+            with contextlib.suppress(Exception):
+                lt.run(server.close())
+        lt.stop()
