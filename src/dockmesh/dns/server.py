@@ -53,6 +53,7 @@ import functools
 import ipaddress
 import logging
 import math
+import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -295,6 +296,7 @@ class _Tcp(asyncio.Protocol):
             while len(buf) >= 2:
                 size = (buf[0] << 8) | buf[1]
                 if size > limit:
+                    server.slots.close(self)  # no longer a connection to keep or make room of
                     transport.close()
                     return
                 if len(buf) < 2 + size:
@@ -311,6 +313,7 @@ class _Tcp(asyncio.Protocol):
                     transport.write(len(out).to_bytes(2, "big") + out)
         except Exception:
             server.errors("TCP answer")
+            server.slots.close(self)
             transport.close()
             return
         now = loop.time()
@@ -481,7 +484,7 @@ class DnsServer:
         )
         self.slots: TcpSlots[_Tcp] = TcpSlots(
             limits.tcp_per_source,
-            limits.max_tcp_connections,
+            _within_open_files(limits.max_tcp_connections),
             _Tcp.idle_since,
             self._exempt,
         )
@@ -556,3 +559,24 @@ def _bind_error(proto: str, host: str, port: int, e: OSError) -> OSError:
     cause = e.__cause__ if e.errno is None and isinstance(e.__cause__, OSError) else e
     reason = cause.strerror or str(cause)
     return OSError(cause.errno, f"DNS cannot listen on {host}:{port} ({proto}): {reason}")
+
+
+# Open files kept for everything else (the API's connections, the engines', checks, logs).
+_FD_RESERVE = 256
+
+
+def _within_open_files(total: int) -> int:
+    """`total` TCP connections, or fewer when the process may not open that many files: an
+    accept that fails for want of a descriptor makes asyncio stop accepting on that listener
+    for a second (everyone's connections, not only the flood's), so the cap must bite first."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft - _FD_RESERVE >= total:
+        return total
+    room = max(16, soft - _FD_RESERVE)
+    log.warning(
+        "DNS: at most %d TCP connections instead of %d: the open-file limit is %d (ulimit -n)",
+        room,
+        total,
+        soft,
+    )
+    return room

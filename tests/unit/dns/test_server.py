@@ -448,3 +448,14 @@ def test_bad_limits_are_refused() -> None:
         "tcp_idle_timeout_s must be a positive number of seconds",
         "udp_rate must be 0 (no limit) or more",
     ]
+
+
+def test_the_total_stays_below_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    server = DnsServer(LiveCatalog(), lambda: None, limits=DnsLimits(max_tcp_connections=1024))
+    assert server.slots.total == 1024 - 256
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, 4096))
+    server = DnsServer(LiveCatalog(), lambda: None, limits=DnsLimits(max_tcp_connections=1024))
+    assert server.slots.total == 1024
