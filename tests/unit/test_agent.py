@@ -31,6 +31,8 @@ import pytest
 
 from dockmesh.agent import Agent, AgentConfig, AgentDeps, bridge_gateways, build_deps
 from dockmesh.catalog.store import MemoryStore, SqliteStore
+from dockmesh.dns.limits import DnsLimits
+from dockmesh.dns.server import REASONS
 from dockmesh.engine.backend import EngineRef
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.engine.watch import TopologyWatcher
@@ -400,6 +402,30 @@ def test_metrics_count_the_policy_tables_repairs(tmp_path: Path) -> None:
             text = await asyncio.to_thread(scrape)
             assert "dockmesh_policy_repairs_total 1.0" in text
             assert "dockmesh_policy_watch_up 0.0" in text  # no watch in this agent's deps
+
+    vtime.run(main)
+
+
+def test_the_dns_server_gets_the_configured_limits_and_counts_refusals_in_metrics(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as env:
+            assert env.agent.dns is not None
+            assert env.agent.dns.limits == env.agent.config.dns_limits == DnsLimits()
+            assert env.agent.api_address is not None
+            host, port = env.agent.api_address
+
+            def scrape() -> str:
+                with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
+                    return str(r.read().decode())
+
+            text = await asyncio.to_thread(scrape)
+            for transport, reason in REASONS:
+                line = (
+                    f'dockmesh_dns_refused_total{{reason="{reason}",transport="{transport}"}} 0.0'
+                )
+                assert line in text
 
     vtime.run(main)
 

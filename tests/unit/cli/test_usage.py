@@ -38,6 +38,10 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ("agent", "--api", "[::1:0", "--dns", "off", "--state", ""),
         ("agent", "--api", "127.0.0.1:0", "--dns", "999.1.1.1:0", "--state", ""),
         ("proxy", "--listen", "[127.0.0.1]:0", "--service", "s"),
+        # DNS limits out of range.
+        ("agent", "--dns", "off", "--state", "", "--dns-tcp-per-source", "0"),
+        ("agent", "--dns", "off", "--state", "", "--dns-udp-rate", "nan"),
+        ("agent", "--dns", "off", "--state", "", "--dns-tcp-idle-timeout", "0"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
