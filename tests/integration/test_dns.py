@@ -330,7 +330,7 @@ def test_a_container_resolves_other_names_through_its_next_dns_server(
 ) -> None:
     """`--dns <gateway> --dns <other>`: the agent answers its domains and REFUSES the rest, on
     which Docker's embedded DNS asks the next server; with the gateway alone, other names
-    fail (SERVFAIL from Docker's DNS), never an answer made up. The other resolver here is a
+    fail (REFUSED or SERVFAIL, by Docker's version), never an answer made up. The other resolver here is a
     second server of the test's own, for the domain `other`, on a spare address of the
     test's bridge: nothing leaves the machine."""
     (subnet,) = free_subnets(api, 1)
@@ -400,7 +400,8 @@ def test_a_container_resolves_other_names_through_its_next_dns_server(
         assert "10.79.0.1" in alone("api.service.dockmesh")
         out = alone("web.service.other")
         assert "10.80.0.1" not in out
-        assert "SERVFAIL" in out, out
+        # Docker 20.10 passes the last server's REFUSED on; later versions answer SERVFAIL.
+        assert "SERVFAIL" in out or "REFUSED" in out, out
         assert servers[0].stats.queries.get("REFUSED", 0) >= 2
     finally:
         for server in servers:
