@@ -115,7 +115,7 @@ def _with_policy(plan: Plan, change: Change | None) -> Plan:
 
 def _warn(plan: Plan) -> None:
     for w in plan.warnings:
-        err.print(f"[yellow]warning:[/] {escape(w)}")
+        err.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
 
 
 def _summary(plan: Plan) -> None:

@@ -313,11 +313,7 @@ def name_warnings(desired: Desired, live: Topology, engine: str) -> tuple[str, .
         if (i := _registered_as(c.name, c.labels, project_of(c.labels))) is not None
         and i.service in names
     ]
-    return tuple(
-        f"service {c.service!r}: {c.warning()}"
-        for c in name_collisions([*mine, *theirs])
-        if project in c.projects
-    )
+    return tuple(c.warning() for c in name_collisions([*mine, *theirs]) if project in c.projects)
 
 
 def teardown_plan(project: str, live: Topology, engine: str | None = None) -> Plan:

@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from dockmesh.catalog.containers import collision_of, derive, derive_all
 from dockmesh.catalog.state import Catalog, IdTaken, service_topic
 from dockmesh.dns.answer import Answerer
-from dockmesh.model.catalog import META_PROJECT, META_SHORT_NAME, Instance
+from dockmesh.model.catalog import META_PROJECT, META_SHORT_NAME, CheckSpec, Instance
 from dockmesh.model.topology import Attachment, Container, EngineInfo, Network, Topology
 from tests.unit.dns.helpers import Rd, ask, records
 
@@ -278,7 +278,9 @@ class IdMachine(RuleBasedStateMachine):
 
     def _sync(self, engine: str) -> None:
         self.now += 1
-        wanted = [(container(i, engine), []) for i in sorted(self.containers[engine])]
+        wanted: list[tuple[Instance, list[CheckSpec]]] = [
+            (container(i, engine), []) for i in sorted(self.containers[engine])
+        ]
         self.c.sync_containers(engine, wanted, self.now)
 
     @rule(iid=iids, engine=engines)

@@ -286,7 +286,7 @@ def _other_projects_api(project: str, claims: bool = False) -> Container:
 
 
 def test_a_service_name_another_project_registers_is_a_warning() -> None:
-    doc = {
+    doc: dict[str, Any] = {
         "project": "p",
         "services": {"api": {"image": "img", "discovery": {"port": 80}}, "db": {"image": "img"}},
     }
@@ -295,7 +295,7 @@ def test_a_service_name_another_project_registers_is_a_warning() -> None:
     live = build_topology([engine], version=1)
     _, plan = plan_for(doc, live)
     [w] = plan.warnings
-    assert w.startswith("service 'api': service name 'api' is used by projects p, q")
+    assert w.startswith("service name 'api' is used by projects p, q: the short name answers")
     assert "api.p, api.q" in w and plan.to_json()["warnings"] == [w]
     # Named explicitly: the short name is this project's (unless the other claims it too).
     doc["services"]["api"]["discovery"]["name"] = "api"
