@@ -245,3 +245,24 @@ def test_a_container_and_a_registration_never_hide_each_other(
     urllib.request.urlopen(req, timeout=10).close()
     wait_until(lambda: held(second) == labels["dockmesh.service"], 10)
     assert metric(agent, "dockmesh_catalog_refused_containers") == 0
+
+
+def test_plan_refuses_discovery_without_its_network_on_two_networks(
+    prefix: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "dockmesh.yaml"
+    path.write_text(
+        f"project: {prefix}\n"
+        "networks: {front: {}, back: {}}\n"
+        "services:\n"
+        "  api:\n"
+        "    image: dockmesh/toolbox\n"
+        "    networks: [front, back]\n"
+        "    discovery: {port: 8080}\n"
+    )
+    r = dockmesh("plan", str(path))
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"{path}:7: services.api.discovery: the service is on 2 networks (front, back): "
+        "set network: to the one whose address to register"
+    ]
