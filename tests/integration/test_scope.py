@@ -6,9 +6,12 @@ container and a registration with the same ID never hide each other silently."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import re
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -266,3 +269,44 @@ def test_plan_refuses_discovery_without_its_network_on_two_networks(
         f"{path}:7: services.api.discovery: the service is on 2 networks (front, back): "
         "set network: to the one whose address to register"
     ]
+
+
+def test_each_gateway_follows_its_own_projects_instances(agent: AgentProc, tmp_path: Path) -> None:
+    """The gateway's side alone, over loopback: three servers registered through the API as two
+    projects' `api`; each project's proxy sends every request to its own."""
+    servers = []
+    for n in range(3):
+        www = tmp_path / f"www{n}"
+        www.mkdir()
+        (www / "id").write_text(f"inst{n}\n")
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    proxies: list[ProxyProc] = []
+    try:
+        for n, project in enumerate(("shop", "shop", "blog")):
+            body = {
+                "Name": "api",
+                "ID": f"{project}-api-{n}",
+                "Address": "127.0.0.1",
+                "Port": servers[n].server_address[1],
+                "Meta": {"project": project},
+            }
+            req = urllib.request.Request(
+                agent.api + "/v1/agent/service/register",
+                data=json.dumps(body).encode(),
+                method="PUT",
+            )
+            urllib.request.urlopen(req, timeout=10).close()
+        for project, want in (("shop", {"inst0", "inst1"}), ("blog", {"inst2"})):
+            proxy = ProxyProc(tmp_path, "--service", f"api.{project}", "--agent", agent.api)
+            proxies.append(proxy)
+            wait_until(lambda p=proxy, w=want: len(p.status()["upstreams"]) == len(w), 15)
+            assert served_by(proxy, 30) == want
+    finally:
+        for p in proxies:
+            p.stop()
+        for s in servers:
+            s.shutdown()
+            s.server_close()
