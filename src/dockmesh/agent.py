@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from dockmesh.api.topology import TopologyFeed
 from dockmesh.catalog.containers import derive_all
 from dockmesh.catalog.live import LiveCatalog
+from dockmesh.catalog.state import TOPIC_SERVICES, Catalog
 from dockmesh.catalog.store import MemoryStore, SqliteStore, Store
 from dockmesh.dns.limits import DnsLimits
 from dockmesh.engine.backend import EngineRef
@@ -70,6 +71,8 @@ T = TypeVar("T")
 # A policy applied or removed by `dockmesh policy` while no container changes is noticed
 # this often (the file's identity is compared: a stat, no read).
 POLICY_POLL_S = 1.0
+# The key of `Agent.warnings` for the catalog's own (not one engine's).
+CATALOG_WARNINGS = "catalog"
 # Back-off while the engines do not answer at start (doubling up to the cap).
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 5.0
 
@@ -174,7 +177,11 @@ class Agent:
         self.live = LiveCatalog(store=deps.store, clock=deps.clock)
         self.topology = TopologyFeed()
         self.policy = deps.enforcer
+        # Per engine: its containers' label problems; CATALOG_WARNINGS: names several
+        # projects share and containers refused for an ID a registration holds.
         self.warnings: dict[str, list[str]] = {}
+        self._names_seen = 0  # the services topic's index the catalog warnings were read at
+        self.live.subscribe(self._catalog_changed)
         self.ready = asyncio.Event()  # set once every server listens and the tasks run
         self.api_address: tuple[str, int] | None = None  # as bound (port 0: the one chosen)
         self.dns_address: tuple[str, int] | None = None
@@ -350,6 +357,22 @@ class Agent:
             async for topo in updates:
                 await self._apply_topology(topo)
 
+    def _catalog_changed(self, catalog: Catalog) -> None:
+        if catalog.topic_index(TOPIC_SERVICES) != self._names_seen:
+            self.catalog_warnings()
+
+    def catalog_warnings(self) -> list[str]:
+        """The catalog's warnings now (each logged once, when it first appears)."""
+        cat = self.live.catalog
+        self._names_seen = cat.topic_index(TOPIC_SERVICES)
+        warnings = [c.warning() for c in cat.collisions()] + cat.refusals()
+        before = self.warnings.get(CATALOG_WARNINGS, [])
+        for w in warnings:
+            if w not in before:
+                log.warning("%s", w)
+        self.warnings[CATALOG_WARNINGS] = warnings
+        return warnings
+
     async def _apply_topology(self, topo: Topology) -> None:
         if not self.topology.publish(topo):
             return  # `updates()` starts with the one `start()` returned
@@ -364,6 +387,8 @@ class Agent:
                     log.warning("%s", w)
             self.warnings[engine.name] = warnings
             self.live.sync_containers(engine.name, [(d.instance, d.checks) for d in derived])
+        # A container refused for its ID changes no index: read the warnings after each sync.
+        self.catalog_warnings()
         if self.dns is not None and self.config.dns_on_gateways:
             await self._follow_gateways(bridge_gateways(topo))
 

@@ -254,7 +254,7 @@ services:
 
         # Other Compose apps on the engine (other tests, other users) may have a "web" too: ours
         # is the one tagged with its project. 30 s: a guard against hanging on a busy machine.
-        wait_until(lambda: [prefix] in passing("web"), 30)
+        wait_until(lambda: [prefix] in passing(f"web.{prefix}"), 30)
         wait_until(lambda: len(passing(f"{prefix}labelled")) == 1, 30)
     finally:
         if agent.proc is not None:

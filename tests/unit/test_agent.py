@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import socket
@@ -29,7 +30,14 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from dockmesh.agent import Agent, AgentConfig, AgentDeps, bridge_gateways, build_deps
+from dockmesh.agent import (
+    CATALOG_WARNINGS,
+    Agent,
+    AgentConfig,
+    AgentDeps,
+    bridge_gateways,
+    build_deps,
+)
 from dockmesh.catalog.store import MemoryStore, SqliteStore
 from dockmesh.dns.limits import DnsLimits
 from dockmesh.dns.server import REASONS
@@ -38,7 +46,7 @@ from dockmesh.engine.memory import MemoryEngine
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
 from dockmesh.model.config import ContainerConfig, EndpointConfig
-from dockmesh.model.labels import Discovery, DiscoveryCheck, encode_discovery
+from dockmesh.model.labels import LABEL_PROJECT, Discovery, DiscoveryCheck, encode_discovery
 from dockmesh.model.policy import Policy, Rule, Selector
 from dockmesh.model.topology import EngineInfo, IpamPool, Network, Topology
 from dockmesh.policy.enforce import Enforcer
@@ -237,6 +245,42 @@ def test_a_labelled_container_reaches_catalog_dns_and_policy_and_leaves_them(
             # The network goes: so does the DNS listener on its gateway.
             env.engine.remove_network("mesh")
             await follow(env, lambda: at not in env.agent.dns.listeners)  # type: ignore[union-attr]
+
+    vtime.run(main)
+
+
+def test_projects_sharing_a_name_are_said_once_and_answered_apart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def of(project: str, name: str) -> ContainerConfig:
+        c = labelled(name, "api")
+        return dataclasses.replace(c, labels={**c.labels, LABEL_PROJECT: project})
+
+    async def main() -> None:
+        async with running(tmp_path) as env:
+            for project, name in (("a", "a-api-1"), ("b", "b-api-1")):
+                env.engine.start(env.engine.create_container(of(project, name)))
+            await follow(env, lambda: {"a-api-1", "b-api-1"} <= instance_ids(env))
+            [warning] = env.agent.warnings[CATALOG_WARNINGS]
+            assert warning.startswith("service name 'api' is used by projects a, b")
+            await asyncio.sleep(2.0)  # the first probes pass
+            status, rows = await env.http("GET", "/v1/health/service/api.b?passing")
+            assert status == 200 and [r["Service"]["ID"] for r in rows] == ["b-api-1"]
+            assert (await env.http("GET", "/v1/health/service/api"))[1] == []
+            assert await env.ask("api.service.dockmesh") == []
+            assert len(await env.ask("api.a.service.dockmesh")) == 1
+            # A registration first, then a container with its ID: the container waits, said.
+            body = {"Name": "manual", "ID": "c-1", "Address": "10.0.0.1", "Port": 1}
+            assert (await env.http("PUT", "/v1/agent/service/register", body))[0] == 200
+            env.engine.start(env.engine.create_container(labelled("c-1", "web")))
+            await follow(env, lambda: len(env.agent.warnings[CATALOG_WARNINGS]) == 2)
+            assert "c-1: not registered" in env.agent.warnings[CATALOG_WARNINGS][1]
+            assert (await env.http("PUT", "/v1/agent/service/deregister/c-1"))[0] == 200
+            inst = env.agent.live.catalog.instance("c-1")
+            assert inst is not None and inst.source == "container"
+            assert len(env.agent.warnings[CATALOG_WARNINGS]) == 1
+        said = [r.getMessage() for r in caplog.records if "is used by projects" in r.getMessage()]
+        assert len(said) == 1  # once, however often the catalog changed
 
     vtime.run(main)
 

@@ -63,6 +63,21 @@ class CatalogCollector(Collector):
         kv.add_metric([], len(cat.kv_keys("")))
         yield kv
 
+        collisions = GaugeMetricFamily(
+            "dockmesh_service_name_collisions",
+            "Short service names two or more projects have (answered for neither, or for the "
+            "one that claims it; each project's by <service>.<project>).",
+        )
+        collisions.add_metric([], len(cat.collisions()))
+        yield collisions
+
+        refused = GaugeMetricFamily(
+            "dockmesh_catalog_refused_containers",
+            "Containers not registered because a registration through the API holds their ID.",
+        )
+        refused.add_metric([], len(cat.refusals()))
+        yield refused
+
         index = GaugeMetricFamily("dockmesh_catalog_index", "The catalog's current index.")
         index.add_metric([], cat.index)
         yield index

@@ -1,28 +1,46 @@
 """Containers → catalog instances, from their `dockmesh.*` labels. Pure.
 
 An instance's address is the container's IP on the network its `dockmesh.network` label
-names, else on its only network; a container on several networks without that label is not
-guessed at (Registrator's classic bug: it registered the wrong IP) — it is left out with a
-warning naming the label to set. Only running containers register. A container with a Docker
-HEALTHCHECK gets a check that mirrors Docker's verdict (passing only while Docker says
-healthy); a `dockmesh.check.*` label adds an HTTP or TCP check that the agent runs from
-inside the container's network namespace, on the registered address.
+names (the engine's name, or the project's own: Compose's `side` is the network labelled
+`com.docker.compose.network=side` of the container's Compose project, a dockmesh project's
+`side` is `<project>_side`), else on its only network; a container on several networks
+without that label is not guessed at (Registrator's classic bug: it registered the wrong IP)
+— it is left out with a warning naming the label to set. Only running containers register.
+A container with a Docker HEALTHCHECK gets a check that mirrors Docker's verdict (passing
+only while Docker says healthy); a `dockmesh.check.*` label adds an HTTP or TCP check that
+the agent runs from inside the container's network namespace, on the registered address.
+
+A container of a project (`dockmesh.project`, else `com.docker.compose.project`) carries it in
+its instance's `Meta.project`: the catalog answers `<service>.<project>` with that project's
+instances only, and the short name only where it is not shared (`catalog.state`).
+`dockmesh.short-name=true` (`Meta.short-name`) claims the short name where it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dockmesh.model.catalog import CheckSpec, Instance, Status
+from dockmesh.model.catalog import (
+    META_PROJECT,
+    META_SHORT_NAME,
+    CheckSpec,
+    Collision,
+    Instance,
+    Status,
+    name_collisions,
+)
 from dockmesh.model.durations import parse_duration_ns
 from dockmesh.model.labels import (
+    COMPOSE_NETWORK,
     COMPOSE_PROJECT,
     COMPOSE_SERVICE,
     LABEL_DISCOVERY_NETWORK,
     Discovery,
     decode_discovery,
+    project_of,
 )
-from dockmesh.model.topology import Container, Topology
+from dockmesh.model.topology import Attachment, Container, Network, Topology
 
 DOCKER_HEALTH: dict[str, Status] = {
     "healthy": "passing",
@@ -41,13 +59,34 @@ def instance_id(c: Container, local_engine: str) -> str:
     return c.name if c.engine == local_engine else f"{c.engine}.{c.name}"
 
 
-def _address(c: Container, d: Discovery) -> tuple[str, str] | str:
+def _named(c: Container, a: Attachment, wanted: str, networks: Mapping[str, Network]) -> bool:
+    """Whether `wanted` (a `dockmesh.network` value) names attachment `a`: the engine's name,
+    the Compose file's own name within the container's Compose project, or `<project>_<name>`
+    of its project."""
+    if a.network == wanted:
+        return True
+    net = networks.get(a.network_id)
+    compose = c.labels.get(COMPOSE_PROJECT)
+    if (
+        net is not None
+        and compose
+        and net.labels.get(COMPOSE_NETWORK) == wanted
+        and net.labels.get(COMPOSE_PROJECT) == compose
+    ):
+        return True
+    project = project_of(c.labels)
+    return project is not None and a.network == f"{project}_{wanted}"
+
+
+def _address(c: Container, d: Discovery, networks: Mapping[str, Network]) -> tuple[str, str] | str:
     """(network, address) or a warning."""
     usable = [a for a in c.attachments if a.ipv4]
     if d.network is not None:
-        for a in usable:
-            if a.network == d.network:
-                return a.network, a.ipv4 or ""
+        # The engine's name first: a network literally named `side` beats a project's `side`.
+        for exact in (True, False):
+            for a in usable:
+                if a.network == d.network if exact else _named(c, a, d.network, networks):
+                    return a.network, a.ipv4 or ""
         on = ", ".join(a.network for a in c.attachments) or "none"
         return f"{LABEL_DISCOVERY_NETWORK}={d.network!r} is not one of its networks ({on})"
     if len(usable) == 1:
@@ -76,7 +115,10 @@ def compose_discovery(c: Container) -> Discovery | None:
 
 
 def derive(
-    c: Container, local_engine: str, register_compose: bool = False
+    c: Container,
+    local_engine: str,
+    register_compose: bool = False,
+    networks: Mapping[str, Network] | None = None,
 ) -> tuple[Derived | None, list[str]]:
     """The instance a container's labels ask for (None: none), and warnings about them."""
     d, problems = decode_discovery(c.labels)
@@ -85,18 +127,24 @@ def derive(
         d = compose_discovery(c)
     if d is None or not c.running:
         return None, warnings
-    where = _address(c, d)
+    where = _address(c, d, networks or {})
     if isinstance(where, str):
         return None, [*warnings, f"{c.name}: not registered: {where}"]
     network, address = where
     iid = instance_id(c, local_engine)
+    meta = {"container": c.name, "engine": c.engine, "network": network}
+    project = project_of(c.labels)
+    if project is not None:
+        meta[META_PROJECT] = project
+    if d.short_name:
+        meta[META_SHORT_NAME] = "true"
     inst = Instance(
         id=iid,
         service=d.service,
         address=address,
         port=d.port,
         tags=d.tags,
-        meta={"container": c.name, "engine": c.engine, "network": network},
+        meta=meta,
         weight=d.weight,
         source="container",
         container=c.name,
@@ -141,14 +189,33 @@ def derive_all(
     """Every instance the containers of `engine` ask for, and every warning, sorted."""
     found: list[Derived] = []
     warnings: list[str] = []
+    networks = {n.id: n for n in topo.networks}
     for c in topo.containers:
         if c.engine != engine:
             continue
-        derived, w = derive(c, local_engine, register_compose)
+        derived, w = derive(c, local_engine, register_compose, networks)
         warnings += w
         if derived is not None:
             found.append(derived)
     return found, warnings
+
+
+def collision_of(topo: Topology, c: Container, register_compose: bool = False) -> Collision | None:
+    """The collision (`catalog.state.name_collisions`) on the name `c` registers under, as the
+    topology's containers register: what the agent reports, read without it."""
+    networks = {n.id: n for n in topo.networks}
+    mine, _ = derive(c, "", register_compose, networks)
+    if mine is None or mine.instance.project is None:
+        return None
+    same = [mine.instance]
+    for other in topo.containers:
+        if other.id == c.id:
+            continue
+        d, _ = derive(other, "", register_compose, networks)
+        if d is not None and d.instance.service == mine.instance.service:
+            same.append(d.instance)
+    found = name_collisions(same)
+    return found[0] if found else None
 
 
 def docker_health_status(c: Container) -> Status | None:

@@ -87,7 +87,7 @@ class LiveCatalog:
 
     def deregister(self, instance_id: str) -> bool:
         inst = self.catalog.instance(instance_id)
-        if not self.catalog.deregister(instance_id):
+        if not self.catalog.deregister(instance_id, self.clock()):
             return False
         if inst is not None and inst.source == "api" and self.store is not None:
             self.store.delete_registration(instance_id)

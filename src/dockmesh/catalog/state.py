@@ -15,6 +15,30 @@ Theory of operation
 - An instance is passing when all its checks are (`model.catalog.worst`); an instance with
   no checks is passing, as in Consul.
 - Every mutation returns whether it changed anything: the agent persists and notifies only then.
+
+Names scoped per project
+------------------------
+A catalog service is named as its instances say (`api`: what a Consul client asks for), and
+each instance may belong to a project (`Instance.project`, from `Meta.project`). Every read by
+name (`entries`, `service_checks`; HTTP and DNS alike) goes through `members`:
+- `<service>.<project>` (when no service is literally named so) is that project's instances of
+  `<service>` and nothing else;
+- the short name `<service>` is all its instances while at most one project has it (instances
+  of no project — hand-labelled containers, registrations without `Meta.project` — always
+  belong to it); once two projects have it, it is a *collision* (`collisions`): the short name
+  keeps the instances of no project and those of the one project that claims it
+  (`Instance.claims_short_name`, a topology file's explicit `discovery.name`), if exactly one
+  does, and never merges the projects' instances. The agent reports every collision.
+A change of an instance touches its service's topic and its scoped name's, so a blocking
+query on either wakes.
+
+One instance per ID, never shadowed
+-----------------------------------
+A service ID is held by a container or by a registration through the API, never both: the
+first holds it. A registration over a container's ID is refused (`register` raises `IdTaken`;
+the API answers 400 before); a container whose ID a registration holds is not registered and
+is listed in `refusals()` with the reason (the agent's warnings), and takes its place as soon
+as that registration goes.
 """
 
 from __future__ import annotations
@@ -23,7 +47,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from dockmesh.catalog import checks as health
-from dockmesh.model.catalog import CheckSpec, CheckState, Instance, KVEntry, Status, worst
+from dockmesh.model.catalog import (
+    CheckSpec,
+    CheckState,
+    Collision,
+    Instance,
+    KVEntry,
+    Status,
+    name_collisions,
+    scoped_name,
+    worst,
+)
+
+# What a container refused for its ID waits with: its instance and checks.
+_Waiting = tuple[Instance, tuple[CheckSpec, ...]]
 
 TOPIC_SERVICES = "services"
 TOPIC_CHECKS = "checks"
@@ -33,6 +70,21 @@ TOPIC_NODES = "nodes"
 
 def service_topic(name: str) -> str:
     return f"service:{name}"
+
+
+class IdTaken(ValueError):
+    """A registration through the API over the ID a container's instance holds."""
+
+
+def _short_members(members: Iterable[Instance]) -> list[Instance]:
+    """The instances the short name answers (see the module's theory of operation)."""
+    members = list(members)
+    projects = {i.project for i in members} - {None}
+    if len(projects) <= 1:
+        return members
+    claimers = {i.project for i in members if i.project is not None and i.claims_short_name}
+    owner = claimers.pop() if len(claimers) == 1 else None
+    return [i for i in members if i.project is None or i.project == owner]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +117,8 @@ class Catalog:
         self._by_service: dict[str, dict[str, Instance]] = {}
         self._kv: dict[str, KVEntry] = {}
         self._topics: dict[str, int] = {}
+        # Containers refused because a registration through the API holds their ID.
+        self._refused: dict[str, _Waiting] = {}
 
     # --- indexes ----------------------------------------------------------------------
 
@@ -102,10 +156,43 @@ class Catalog:
             out[name] = sorted(tags)
         return out
 
+    def members(self, name: str) -> list[Instance]:
+        """The instances a service name answers, sorted by id: a catalog service's (its short
+        name's: never two projects' at once), or `<service>.<project>`'s."""
+        direct = self._by_service.get(name)
+        if direct:
+            found = _short_members(direct.values())
+        else:
+            service, dot, project = name.rpartition(".")
+            members = self._by_service.get(service, {}) if dot else {}
+            found = [i for i in members.values() if i.project == project]
+        return sorted(found, key=lambda i: i.id)
+
+    def service_names(self) -> list[str]:
+        """Every name `members` answers: each service's, and `<service>.<project>` for each
+        project that has instances of it."""
+        out = set(self._by_service)
+        for name, members in self._by_service.items():
+            out.update(scoped_name(name, i.project) for i in members.values() if i.project)
+        return sorted(out)
+
+    def collisions(self) -> list[Collision]:
+        """Every short name two or more projects have, sorted."""
+        return name_collisions(self._instances.values())
+
+    def refusals(self) -> list[str]:
+        """Why each container waiting for its ID is not in the catalog, sorted."""
+        return [
+            f"{inst.container or inst.id}: not registered: its service ID {iid!r} is held by a "
+            "registration through the API (PUT /v1/agent/service/register); it registers once "
+            f"that goes (PUT /v1/agent/service/deregister/{iid})"
+            for iid, (inst, _) in sorted(self._refused.items())
+        ]
+
     def entries(self, service: str, tag: str | None = None, passing: bool = False) -> list[Entry]:
-        """`/v1/health/service/<name>[?tag=][&passing]`, sorted by instance id."""
+        """`/v1/health/service/<name>[?tag=][&passing]`, sorted by instance id (`members`)."""
         found = []
-        for inst in sorted(self._by_service.get(service, {}).values(), key=lambda i: i.id):
+        for inst in self.members(service):
             if tag is not None and tag not in inst.tags:
                 continue
             e = Entry(inst, self.checks_of(inst.id))
@@ -115,19 +202,21 @@ class Catalog:
         return found
 
     def service_checks(self, service: str) -> list[CheckState]:
-        return [
-            c
-            for inst in sorted(self._by_service.get(service, {}).values(), key=lambda i: i.id)
-            for c in self.checks_of(inst.id)
-        ]
+        return [c for inst in self.members(service) for c in self.checks_of(inst.id)]
 
     # --- instances --------------------------------------------------------------------
 
     def register(self, instance: Instance, checks: Sequence[CheckSpec], now: float) -> bool:
         """Adds or replaces an instance and its checks. A check whose spec did not change
         keeps its state (a re-registration does not reset health); a new one starts in its
-        initial status."""
+        initial status. Raises `IdTaken` for an instance over another source's (a container's
+        ID is never taken over; `sync_containers` keeps a container off a registration's)."""
         old = self._instances.get(instance.id)
+        if old is not None and old.source != instance.source:
+            raise IdTaken(
+                f"service ID {instance.id!r} is the registration of "
+                + (f"container {old.container!r}" if old.container else "another source")
+            )
         old_checks = {c: self._checks[c] for c in self._checks_by_instance.get(instance.id, ())}
         new_ids = [c.id for c in checks]
         if (
@@ -136,9 +225,9 @@ class Catalog:
             and all(old_checks[c.id].spec == c for c in checks)
         ):
             return False
-        topics = {TOPIC_SERVICES, TOPIC_CHECKS, service_topic(instance.service)}
+        topics = {TOPIC_SERVICES, TOPIC_CHECKS, *_topics_of(instance)}
         if old is not None:
-            topics.add(service_topic(old.service))
+            topics.update(_topics_of(old))
             self._by_service.get(old.service, {}).pop(old.id, None)
             if not self._by_service.get(old.service):
                 self._by_service.pop(old.service, None)
@@ -156,7 +245,9 @@ class Catalog:
             self._checks[spec.id] = replace(health.initial(spec, now), modify_index=self.index)
         return True
 
-    def deregister(self, instance_id: str) -> bool:
+    def deregister(self, instance_id: str, now: float = 0.0) -> bool:
+        """Removes an instance; a container waiting for its ID takes it (registered at
+        `now`)."""
         inst = self._instances.pop(instance_id, None)
         if inst is None:
             return False
@@ -166,7 +257,10 @@ class Catalog:
         members.pop(instance_id, None)
         if not members:
             self._by_service.pop(inst.service, None)
-        self._touch(TOPIC_SERVICES, TOPIC_CHECKS, service_topic(inst.service))
+        self._touch(TOPIC_SERVICES, TOPIC_CHECKS, *_topics_of(inst))
+        waiting = self._refused.pop(instance_id, None)
+        if waiting is not None:
+            self.register(waiting[0], waiting[1], now)
         return True
 
     def sync_containers(
@@ -181,11 +275,16 @@ class Catalog:
         changed = False
         for inst in list(self._instances.values()):
             if inst.source == "container" and inst.engine == engine and inst.id not in keep:
-                changed |= self.deregister(inst.id)
+                changed |= self.deregister(inst.id, now)
+        for iid, (inst, _) in list(self._refused.items()):
+            if inst.engine == engine:
+                del self._refused[iid]
         for inst, checks in wanted:
             current = self._instances.get(inst.id)
             if current is not None and current.source != "container":
-                continue  # a manual registration with that id wins
+                # The registration came first and holds the ID: this container waits, said.
+                self._refused[inst.id] = (inst, tuple(checks))
+                continue
             changed |= self.register(inst, checks, now)
         return changed
 
@@ -201,7 +300,7 @@ class Catalog:
             return False
         topics = [TOPIC_CHECKS]
         if new.spec.service_id is not None and new.spec.service_id in self._instances:
-            topics.append(service_topic(self._instances[new.spec.service_id].service))
+            topics += _topics_of(self._instances[new.spec.service_id])
         self._touch(*topics)
         self._checks[new.spec.id] = replace(new, modify_index=self.index)
         return True
@@ -234,7 +333,7 @@ class Catalog:
             }
         )
         for instance_id in gone:
-            changed |= self.deregister(instance_id)
+            changed |= self.deregister(instance_id, now)
         return changed, gone
 
     def next_deadline(self) -> float | None:
@@ -323,6 +422,15 @@ class Catalog:
             for i in self.instances()
             if i.source == "api"
         ]
+
+
+def _topics_of(inst: Instance) -> list[str]:
+    """The topics a change of `inst` touches beside `services`/`checks`: its service's and,
+    for a project's instance, its scoped name's."""
+    topics = [service_topic(inst.service)]
+    if inst.project is not None:
+        topics.append(service_topic(scoped_name(inst.service, inst.project)))
+    return topics
 
 
 def ensure_index_above(catalog: Catalog, floor: int) -> None:

@@ -110,10 +110,16 @@ def _with_policy(plan: Plan, change: Change | None) -> Plan:
 
     if change is None:
         return plan
-    return Plan(plan.project, (*plan.changes, change), plan.steps)
+    return Plan(plan.project, (*plan.changes, change), plan.steps, plan.warnings)
+
+
+def _warn(plan: Plan) -> None:
+    for w in plan.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
 
 
 def _summary(plan: Plan) -> None:
+    _warn(plan)
     if plan.empty:
         err.print(f"[green]✓[/] project {escape(plan.project)}: nothing to do")
         return
@@ -154,6 +160,8 @@ def register(app: typer.Typer) -> None:
         plan = plan_loaded(loaded, backend)
         change = project_policy_change(loaded, policy_mode, name, snapshot(backend))
         plan = _with_policy(plan, change)
+        if not json_out:
+            _warn(plan)
         if json_out:
             print_json(plan.to_json())
         elif plan.empty:

@@ -41,7 +41,9 @@ def register(app: typer.Typer) -> None:
         service: Annotated[
             str | None,
             typer.Option(
-                "--service", help="Send to this service's passing instances (with --agent)."
+                "--service",
+                help="Send to this service's passing instances (with --agent); "
+                "<service>.<project> for one project's only.",
             ),
         ] = None,
         agent: Annotated[

@@ -14,8 +14,10 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from dockmesh.catalog.containers import collision_of
 from dockmesh.codecs.procnet import Listener, Route
 from dockmesh.codecs.resolvconf import ResolvConf
+from dockmesh.model.catalog import Collision
 from dockmesh.model.labels import (
     COMPOSE_SERVICE,
     LABEL_DISCOVERY_PORT,
@@ -176,6 +178,8 @@ class CheckPlan:
     # and the containers that joined this one's namespace (or its owner's).
     owner: str | None = None
     sharers: tuple[str, ...] = ()
+    # Its catalog name, when other projects register that short name too (a warning).
+    name_collision: Collision | None = None
 
 
 @dataclass(slots=True)
@@ -375,6 +379,7 @@ def plan_checks(
         tuple(pings),
         owner=net_c.name if net_c is not c else None,
         sharers=sharers,
+        name_collision=collision_of(topo, c),
     )
 
 
@@ -636,6 +641,19 @@ def findings(f: Evidence) -> list[Finding]:
             )
     out += _namespace_findings(f)
     out += _stranger_findings(f)
+    clash = f.plan.name_collision
+    if clash is not None:
+        scoped = " or ".join(f"{clash.service}.{p}.service.dockmesh" for p in clash.projects)
+        out.append(
+            Finding(
+                WARNING,
+                "name-collision",
+                clash.warning(),
+                f"ask for {scoped} (HTTP: /v1/health/service/{clash.service}.<project>), or "
+                "give one project's service an explicit discovery.name "
+                "(label dockmesh.short-name=true)",
+            )
+        )
     order = {ERROR: 0, WARNING: 1, INFO: 2}
     return sorted(out, key=lambda x: order[x.severity])
 

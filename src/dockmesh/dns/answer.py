@@ -4,7 +4,9 @@ Pure: no sockets, no clock, no event loop; `dockmesh.dns.server` carries the byt
 
 Names (case-insensitive, for each of `domains`, by default `dockmesh` and `consul`):
 
-- `<name>.service.<domain>`: A (AAAA) for each passing instance's address, SRV
+- `<name>.service.<domain>`: A (AAAA) for each passing instance's address (a name as the
+  catalog reads it, `Catalog.members`: `<service>.<project>` is that project's only, a short
+  name two projects share answers neither unless one claims it), SRV
   `1 <weight> <port> <node>.node.<domain>` with the target's A (AAAA) record in the additional
   section. `<tag>.<name>.service.<domain>` the same for instances carrying the tag.
   `_<name>._tcp.service.<domain>` (RFC 2782) and `_<name>._<tag>.service.<domain>` (as Consul
@@ -451,11 +453,13 @@ class Answerer:
         return wire.rr(owner, SOA, self.ttl, rdata)
 
     def _service_map(self) -> dict[bytes, list[str]]:
-        """Lowercased service name → the catalog's names (DNS does not tell `API` from `api`)."""
+        """Lowercased service name → the catalog's names (DNS does not tell `API` from `api`).
+        A project's service is named `<service>.<project>` too (`Catalog.service_names`), so
+        `api.demo.service` is project demo's `api` before it is tag `api` of a service `demo`."""
         services = self._services
         if services is None:
             services = {}
-            for svc in self.catalog.services():
+            for svc in self.catalog.service_names():
                 services.setdefault(svc.encode().lower(), []).append(svc)
             self._services = services
         return services

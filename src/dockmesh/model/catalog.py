@@ -2,11 +2,15 @@
 
 Names follow Consul's where a Consul client sees them (an *instance* is what Consul calls a
 service registration: `ID`, `Service`, `Address`, `Port`, `Tags`, `Meta`, `Weights`).
+
+An instance's project is its `Meta.project` (a container's `dockmesh.project` or Compose
+project label puts it there; a registration through the API may set it too), and
+`Meta.short-name = "true"` claims the short service name where projects share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -23,6 +27,11 @@ def worst(statuses: list[str]) -> Status:
         return "passing"
     w = max(statuses, key=lambda s: _RANK.get(s, 2))
     return w if w in _RANK else "critical"  # type: ignore[return-value]
+
+
+# Instance meta keys (Consul's rules for them: letters, digits, '_' and '-').
+META_PROJECT = "project"
+META_SHORT_NAME = "short-name"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +54,15 @@ class Instance:
     pid: int | None = None  # the container's, so checks can enter its network namespace
     # Consul's DeregisterCriticalServiceAfter, in seconds (None: never).
     deregister_critical_after_s: float | None = None
+
+    @property
+    def project(self) -> str | None:
+        """The project this instance belongs to (None: none)."""
+        return self.meta.get(META_PROJECT) or None
+
+    @property
+    def claims_short_name(self) -> bool:
+        return self.meta.get(META_SHORT_NAME, "").lower() == "true"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,3 +111,48 @@ class KVEntry:
     create_index: int = 0
     modify_index: int = 0
     lock_index: int = 0
+
+
+def scoped_name(service: str, project: str) -> str:
+    """The catalog's name for `service` of `project` only (DNS: `<it>.service.<domain>`)."""
+    return f"{service}.{project}"
+
+
+@dataclass(frozen=True, slots=True)
+class Collision:
+    """A short service name several projects have: `projects` (sorted), and `owner`, the one
+    project that claims it (explicit `discovery.name`), if exactly one does."""
+
+    service: str
+    projects: tuple[str, ...]
+    owner: str | None
+
+    def warning(self) -> str:
+        scoped = ", ".join(f"{self.service}.{p}" for p in self.projects)
+        head = f"service name {self.service!r} is used by projects {', '.join(self.projects)}: "
+        if self.owner is not None:
+            return (
+                f"{head}the short name answers project {self.owner}'s only (its explicit "
+                f"discovery.name); the others by {scoped}"
+            )
+        return (
+            f"{head}the short name answers none of them (ask for {scoped}, or give one "
+            "project's service an explicit discovery.name)"
+        )
+
+
+def name_collisions(instances: Iterable[Instance]) -> list[Collision]:
+    """Every service name that instances of two or more projects have, sorted by name."""
+    by_name: dict[str, list[Instance]] = {}
+    for i in instances:
+        by_name.setdefault(i.service, []).append(i)
+    out = []
+    for name in sorted(by_name):
+        members = by_name[name]
+        projects = sorted({i.project for i in members if i.project is not None})
+        if len(projects) < 2:
+            continue
+        claimers = {i.project for i in members if i.project and i.claims_short_name}
+        owner = claimers.pop() if len(claimers) == 1 else None
+        out.append(Collision(name, tuple(projects), owner))
+    return out

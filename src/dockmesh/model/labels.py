@@ -39,6 +39,9 @@ LABEL_DISCOVERY_PORT = "dockmesh.port"
 LABEL_DISCOVERY_TAGS = "dockmesh.tags"
 LABEL_DISCOVERY_WEIGHT = "dockmesh.weight"
 LABEL_DISCOVERY_NETWORK = "dockmesh.network"
+# "true": this container claims the short name `<service>.service.<domain>` even where other
+# projects have a service of that name (a topology file's explicit `discovery.name` writes it).
+LABEL_DISCOVERY_SHORT_NAME = "dockmesh.short-name"
 CHECK_PREFIX = "dockmesh.check."  # every check label starts with it
 LABEL_CHECK_HTTP = "dockmesh.check.http"
 LABEL_CHECK_TCP = "dockmesh.check.tcp"
@@ -48,6 +51,7 @@ LABEL_CHECK_TIMEOUT = "dockmesh.check.timeout"
 # Docker Compose's.
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_NETWORK = "com.docker.compose.network"  # on a network: the Compose file's own name
 
 DISCOVERY_LABELS = (
     LABEL_DISCOVERY_SERVICE,
@@ -55,6 +59,7 @@ DISCOVERY_LABELS = (
     LABEL_DISCOVERY_TAGS,
     LABEL_DISCOVERY_WEIGHT,
     LABEL_DISCOVERY_NETWORK,
+    LABEL_DISCOVERY_SHORT_NAME,
     LABEL_CHECK_HTTP,
     LABEL_CHECK_TCP,
     LABEL_CHECK_INTERVAL,
@@ -127,8 +132,12 @@ class Discovery:
     port: int
     tags: tuple[str, ...] = ()
     weight: int = 1
-    network: str | None = None  # the engine's network name whose address to register
+    # The network whose address to register: the engine's name, or the project's own short
+    # one (`side` for Compose's or dockmesh's `<project>_side`).
+    network: str | None = None
     check: DiscoveryCheck | None = None
+    # Claims the short name where several projects have a service of this name.
+    short_name: bool = False
 
 
 def encode_discovery(d: Discovery) -> dict[str, str]:
@@ -141,6 +150,8 @@ def encode_discovery(d: Discovery) -> dict[str, str]:
         labels[LABEL_DISCOVERY_TAGS] = ",".join(d.tags)
     if d.network is not None:
         labels[LABEL_DISCOVERY_NETWORK] = d.network
+    if d.short_name:
+        labels[LABEL_DISCOVERY_SHORT_NAME] = "true"
     if d.check is not None:
         if d.check.http is not None:
             labels[LABEL_CHECK_HTTP] = d.check.http
@@ -198,6 +209,10 @@ def decode_discovery(labels: Mapping[str, str]) -> tuple[Discovery | None, list[
     if tcp_text not in ("true", "false", "1", "0", "yes", "no"):
         problems.append(f"{LABEL_CHECK_TCP}={tcp_text!r}: expected true or false")
     tcp = tcp_text in ("true", "1", "yes")
+    short_text = labels.get(LABEL_DISCOVERY_SHORT_NAME, "false").strip().lower()
+    if short_text not in ("true", "false", "1", "0", "yes", "no"):
+        problems.append(f"{LABEL_DISCOVERY_SHORT_NAME}={short_text!r}: expected true or false")
+    short_name = short_text in ("true", "1", "yes")
     if http is not None and not http.startswith("/"):
         problems.append(f"{LABEL_CHECK_HTTP}={http!r}: a path starts with '/'")
         http = None
@@ -211,4 +226,5 @@ def decode_discovery(labels: Mapping[str, str]) -> tuple[Discovery | None, list[
             interval=_duration(labels, LABEL_CHECK_INTERVAL, "5s", problems),
             timeout=_duration(labels, LABEL_CHECK_TIMEOUT, "2s", problems),
         )
-    return Discovery(service, port, tags, 1 if weight is None else weight, network, check), problems
+    weight_ = 1 if weight is None else weight
+    return Discovery(service, port, tags, weight_, network, check, short_name), problems

@@ -286,6 +286,8 @@ def discovery_of(project: str, svc_name: str, svc: ServiceSpec) -> Discovery | N
         weight=d.weight,
         network=f"{project}_{d.network}" if d.network is not None else None,
         check=check,
+        # A name given explicitly claims the short name too, where projects share it.
+        short_name=d.name is not None,
     )
 
 

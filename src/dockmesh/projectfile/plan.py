@@ -17,8 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dockmesh.model.catalog import META_PROJECT, META_SHORT_NAME, Instance, name_collisions
 from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
-from dockmesh.model.labels import LABEL_HASH, LABEL_PROJECT, stamped_config
+from dockmesh.model.labels import (
+    LABEL_HASH,
+    LABEL_PROJECT,
+    decode_discovery,
+    project_of,
+    stamped_config,
+)
 from dockmesh.model.topology import Container, Network, Topology
 from dockmesh.projectfile.desired import Desired, DesiredContainer, DesiredNetwork
 
@@ -60,13 +67,20 @@ class Plan:
     project: str
     changes: tuple[Change, ...]
     steps: tuple[Step, ...]
+    # What the plan does not change but the user should know (a service name other projects
+    # on the engine register too).
+    warnings: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.changes
 
     def to_json(self) -> dict[str, Any]:
-        return {"project": self.project, "changes": [c.to_json() for c in self.changes]}
+        return {
+            "project": self.project,
+            "changes": [c.to_json() for c in self.changes],
+            "warnings": list(self.warnings),
+        }
 
 
 def _changed_fields(live_labels: Mapping[str, str], desired: Mapping[str, Any]) -> list[str]:
@@ -267,7 +281,39 @@ def make_plan(
         remove_n.append(Step("remove_network", name, live_id=have.id))
 
     steps = (*remove_c, *disconnect, *remove_n, *create_n, *reconnect, *create_c)
-    return Plan(project, (*changes, *ctr_changes), steps)
+    warnings = name_warnings(desired, live, engine)
+    return Plan(project, (*changes, *ctr_changes), steps, warnings)
+
+
+def _registered_as(name: str, labels: Mapping[str, str], project: str | None) -> Instance | None:
+    """What a container with these labels registers as in the catalog, as far as names go."""
+    d, _ = decode_discovery(labels)
+    if d is None:
+        return None
+    meta = {META_PROJECT: project} if project else {}
+    if d.short_name:
+        meta[META_SHORT_NAME] = "true"
+    return Instance(id=name, service=d.service, address="", port=0, meta=meta)
+
+
+def name_warnings(desired: Desired, live: Topology, engine: str) -> tuple[str, ...]:
+    """The project's catalog names other projects' running containers on the engine have
+    too: the short name is then shared (`model.catalog.name_collisions`), never merged."""
+    project = desired.project
+    mine = [
+        i
+        for c in desired.containers
+        if (i := _registered_as(c.name, c.config.labels, project)) is not None
+    ]
+    names = {i.service for i in mine}
+    theirs = [
+        i
+        for c in live.containers
+        if c.engine == engine and c.running and project_of(c.labels) != project
+        if (i := _registered_as(c.name, c.labels, project_of(c.labels))) is not None
+        and i.service in names
+    ]
+    return tuple(c.warning() for c in name_collisions([*mine, *theirs]) if project in c.projects)
 
 
 def teardown_plan(project: str, live: Topology, engine: str | None = None) -> Plan:

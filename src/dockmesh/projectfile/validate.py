@@ -484,6 +484,14 @@ class _Validator:
             dp: Path = (*base, "discovery")
             if d.network is not None and d.network not in svc.networks:
                 self.err((*dp, "network"), f"{d.network!r} is not one of this service's networks")
+            elif d.network is None and len(svc.networks) >= 2:
+                # The agent would register no address at all (it never guesses which).
+                self.err(
+                    dp,
+                    f"the service is on {len(svc.networks)} networks "
+                    f"({', '.join(svc.networks)}): set network: to the one whose address "
+                    "to register",
+                )
             if d.check is not None:
                 if d.check.http is not None and d.check.tcp:
                     self.err((*dp, "check"), "give http or tcp, not both")

@@ -2,7 +2,9 @@
 blocking queries (`--service NAME --agent URL`), or static backends with the proxy's own
 active health checks (`--backend URL`).
 
-The watch asks `GET /v1/health/service/NAME?passing&index=N&wait=5m`; the agent answers when
+The watch asks `GET /v1/health/service/NAME?passing&index=N&wait=5m` (NAME `<service>.<project>`
+follows that project's instances only: a gateway names its own project's service, so another
+project's service of the same name never gets its requests); the agent answers when
 the passing instances change (or the wait ends), with `X-Consul-Index` for the next question.
 Each answer replaces the cluster's members: a new passing instance takes requests from the
 next pick on; one that stops passing or goes away takes no new ones, while requests it is

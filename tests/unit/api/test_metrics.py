@@ -5,6 +5,8 @@ the scraper asks for. (Through the HTTP app: tests/unit/api/test_app.py.)"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -74,3 +76,17 @@ def test_the_format_the_scraper_asks_for() -> None:
     om, openmetrics = metrics.exposition("application/openmetrics-text; version=1.0.0")
     assert plain.startswith("text/plain") and openmetrics.startswith("application/openmetrics-text")
     assert om.rstrip().endswith(b"# EOF") and not text.rstrip().endswith(b"# EOF")
+
+
+def test_name_collisions_and_refused_containers_are_counted() -> None:
+    catalog = Catalog()
+    metrics = ApiMetrics(CollectorRegistry(), lambda: catalog)
+    for iid, project in (("a1", "a"), ("b1", "b"), ("w", "a")):
+        service = "web" if iid == "w" else "api"
+        catalog.register(Instance(iid, service, "10.0.0.2", 80, meta={"project": project}), [], 0)
+    container = Instance("a1", "api", "10.0.0.9", 80, source="container", engine="e")
+    catalog.register(Instance("m", "m", "10.0.0.3", 80), [], 0)
+    catalog.sync_containers("e", [(replace(container, id="m"), [])], 1)
+    got = samples(metrics)
+    assert got[("dockmesh_service_name_collisions", ())] == 1
+    assert got[("dockmesh_catalog_refused_containers", ())] == 1

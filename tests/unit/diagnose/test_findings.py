@@ -361,3 +361,17 @@ def test_a_peer_behind_enable_icc_false_is_pinged_where_icc_lets_it_and_else_sai
     f.pings = tuple(Ping(k, n, addr, None) for k, n, addr in f.plan.pings if k == "peer")
     (said,) = [x for x in findings(f) if x.code == "peer-unreachable"]
     assert said.severity == "info" and "enable_icc=false on quiet" in said.message
+
+
+def test_a_catalog_name_two_projects_register_is_said_with_each_scoped_name() -> None:
+    labels = {"dockmesh.service": "api", "dockmesh.port": "8080"}
+    a = ctr("a-api-1", "10.9.0.2", project="a")
+    b = ctr("b-api-1", "10.9.0.3", project="b")
+    a, b = (replace(c, labels={**c.labels, **labels}) for c in (a, b))
+    f = healthy_facts(a, topo(a, b))
+    (found,) = [x for x in findings(f) if x.code == "name-collision"]
+    assert found.severity == "warning" and "answers none of them" in found.message
+    assert "api.a.service.dockmesh or api.b.service.dockmesh" in found.fix
+    alone = ctr("a-api-1", "10.9.0.2", project="a")
+    alone = replace(alone, labels={**alone.labels, **labels})
+    assert "name-collision" not in codes(healthy_facts(alone, topo(alone)))

@@ -239,7 +239,13 @@ VALID: dict[str, Any] = {
             "hostname": "web",
             "healthcheck": {"http": "/health", "port": 8080, "interval": "2s"},
             "depends_on": ["db"],
-            "discovery": {"port": 8080, "tags": ["v1"], "check": {"http": "/health"}},
+            # On two networks: which one's address to register is said (plan refuses it else).
+            "discovery": {
+                "port": 8080,
+                "tags": ["v1"],
+                "network": "front",
+                "check": {"http": "/health"},
+            },
         },
         "db": {"image": "busybox", "networks": ["back"]},
     },

@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockmesh.model.labels import LABEL_PROJECT
-from dockmesh.model.topology import Attachment, Container, Topology, build_topology
+from dockmesh.model.topology import (
+    Attachment,
+    Container,
+    EngineInfo,
+    EngineState,
+    Topology,
+    build_topology,
+)
 from dockmesh.projectfile.desired import Desired
 from dockmesh.projectfile.plan import Plan, make_plan, teardown_plan
 from tests.unit.helpers import desired_of, empty_topology, simulate_apply
@@ -269,3 +276,30 @@ def test_other_projects_containers_are_named_and_reconnected() -> None:
     # down disconnects it too, and says so
     down = teardown_plan("p", live)
     assert any("disconnects guest" in c.reason for c in down.changes)
+
+
+def _other_projects_api(project: str, claims: bool = False) -> Container:
+    labels = {"dockmesh.service": "api", "dockmesh.port": "80", LABEL_PROJECT: project}
+    if claims:
+        labels["dockmesh.short-name"] = "true"
+    return Container("f" * 64, f"{project}-api-1", "local", "img", "running", labels=labels, pid=1)
+
+
+def test_a_service_name_another_project_registers_is_a_warning() -> None:
+    doc: dict[str, Any] = {
+        "project": "p",
+        "services": {"api": {"image": "img", "discovery": {"port": 80}}, "db": {"image": "img"}},
+    }
+    engine = EngineState(EngineInfo("local", "unix:///x"))
+    engine.containers["f" * 64] = _other_projects_api("q")
+    live = build_topology([engine], version=1)
+    _, plan = plan_for(doc, live)
+    [w] = plan.warnings
+    assert w.startswith("service name 'api' is used by projects p, q: the short name answers")
+    assert "api.p, api.q" in w and plan.to_json()["warnings"] == [w]
+    # Named explicitly: the short name is this project's (unless the other claims it too).
+    doc["services"]["api"]["discovery"]["name"] = "api"
+    _, plan = plan_for(doc, live)
+    assert "answers project p's only" in plan.warnings[0]
+    _, alone = plan_for(doc)
+    assert alone.warnings == ()

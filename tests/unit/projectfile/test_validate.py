@@ -1143,3 +1143,27 @@ def test_what_validates_clean_converts(doc: dict[str, Any]) -> None:
     if shape or validate(spec, "p", EngineContext(), left_out):
         return
     desired_state(spec, "p")  # nothing the validation let through makes conversion fail
+
+
+def test_discovery_on_several_networks_names_the_one_to_register() -> None:
+    doc = (
+        "project: p\n"
+        "networks: {front: {}, back: {}}\n"
+        "services:\n"
+        "  api:\n"
+        "    image: x\n"
+        "    networks: [front, back]\n"
+        "    discovery: {port: 80}\n"
+        "  one:\n"
+        "    image: x\n"
+        "    networks: [front]\n"
+        "    discovery: {port: 80}\n"
+        "  named:\n"
+        "    image: x\n"
+        "    networks: [front, back]\n"
+        "    discovery: {port: 80, network: back}\n"
+    )
+    assert problems_of(doc) == [
+        "f:7: services.api.discovery: the service is on 2 networks (front, back): set network: "
+        "to the one whose address to register"
+    ]
