@@ -86,6 +86,7 @@ class AgentConfig:
     # Docker's embedded DNS forwards what it does not know to port 53 of the `--dns` server.
     gateway_dns_port: int = 53
     node: str = "dockmesh"
+    datacenter: str = "dc1"  # what Consul clients see, and DNS's <svc>.service.<dc>.<domain>
     dns_domains: tuple[str, ...] = ("dockmesh", "consul")
     dns_ttl: int = 0
     # Where `dockmesh policy apply` leaves the applied policy, and the nft table it names
@@ -257,6 +258,7 @@ class Agent:
             dns = DnsServer(
                 self.live, self.topology.current, domains=cfg.dns_domains, ttl=cfg.dns_ttl
             )
+            dns.answerer.set_node(cfg.node, cfg.datacenter)
             self.dns = dns
             self.dns_address = await dns.start(*cfg.dns)
             registry.register(DnsCollector(dns.stats))
@@ -280,7 +282,12 @@ class Agent:
         self.health = health
         await health.start()
         app = make_app(
-            self.live, self.topology.current, self.topology.wait, metrics=registry, node=cfg.node
+            self.live,
+            self.topology.current,
+            self.topology.wait,
+            metrics=registry,
+            node=cfg.node,
+            datacenter=cfg.datacenter,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
