@@ -84,7 +84,7 @@ class _Tok:
 
 
 _WORD_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
-_WORD_CHARS = _WORD_START | frozenset("0123456789/")
+_WORD_CHARS = _WORD_START | frozenset("0123456789/-")  # bare values like web-1 too
 _ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 _ESCAPES.update({"\\": "\\", '"': '"', "'": "'"})
 
