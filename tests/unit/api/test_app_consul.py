@@ -71,10 +71,13 @@ def test_health_node_lists_serf_health_and_every_check() -> None:
     run(scenario)
 
 
+def ids(rows: list[dict[str, Any]]) -> list[str]:
+    return [c["CheckID"] for c in rows]
+
+
 def test_health_state_by_state_with_filter_and_bad_states() -> None:
     async def scenario(env: Env) -> None:
         await two_services(env)
-        ids = lambda rows: [c["CheckID"] for c in rows]  # noqa: E731
         assert ids(await env.get("/v1/health/state/critical")) == ["service:web-1"]
         assert ids(await env.get("/v1/health/state/passing")) == ["serfHealth"]
         assert ids(await env.get("/v1/health/state/any")) == ["serfHealth", "service:web-1"]
@@ -124,7 +127,7 @@ def test_filter_on_the_list_endpoints() -> None:
         )
         await env.put("/v1/agent/check/pass/service:web-2")
 
-        async def ids(path: str, expression: str) -> list[str]:
+        async def kept(path: str, expression: str) -> list[str]:
             from urllib.parse import quote
 
             body: Any = await env.get(f"{path}?filter={quote(expression)}")
@@ -132,13 +135,13 @@ def test_filter_on_the_list_endpoints() -> None:
                 return sorted(body)
             return [r.get("CheckID") or r.get("ServiceID") or r["Service"]["ID"] for r in body]
 
-        assert await ids("/v1/health/service/web", "v2 in Service.Tags") == ["web-2"]
-        assert await ids("/v1/health/service/web", "Checks.Status == critical") == ["web-1"]
-        assert await ids("/v1/catalog/service/web", 'ServiceTags contains "v1"') == ["web-1"]
-        assert await ids("/v1/agent/services", "Port == 5432") == ["db-1"]
-        assert await ids("/v1/agent/services", "Service == web") == ["web-1", "web-2"]
-        assert await ids("/v1/agent/checks", "Status == passing") == ["service:web-2"]
-        assert await ids("/v1/health/checks/web", "ServiceID == web-1") == ["service:web-1"]
+        assert await kept("/v1/health/service/web", "v2 in Service.Tags") == ["web-2"]
+        assert await kept("/v1/health/service/web", "Checks.Status == critical") == ["web-1"]
+        assert await kept("/v1/catalog/service/web", 'ServiceTags contains "v1"') == ["web-1"]
+        assert await kept("/v1/agent/services", "Port == 5432") == ["db-1"]
+        assert await kept("/v1/agent/services", "Service == web") == ["web-1", "web-2"]
+        assert await kept("/v1/agent/checks", "Status == passing") == ["service:web-2"]
+        assert await kept("/v1/health/checks/web", "ServiceID == web-1") == ["service:web-1"]
         status, body, headers = await env.call("GET", "/v1/agent/services?filter=Port%20%3D%3D")
         assert status == 400 and "X-Consul-Index" in headers
         assert body.startswith("Failed to create boolean expression evaluator: 1:")
