@@ -38,6 +38,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ("agent", "--api", "[::1:0", "--dns", "off", "--state", ""),
         ("agent", "--api", "127.0.0.1:0", "--dns", "999.1.1.1:0", "--state", ""),
         ("proxy", "--listen", "[127.0.0.1]:0", "--service", "s"),
+        # A datacenter is a DNS label (<svc>.service.<dc>.<domain>).
+        ("agent", "--datacenter", "a.b", "--api", "127.0.0.1:0", "--dns", "off", "--state", ""),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
