@@ -124,7 +124,7 @@ class _Compiler:
             raise self.fail("bad repetition operator")
         # x{2,4} is x x x? x?, and x+ is x x*: copies of the atom, compiled again from its text.
         copies = low + (1 if high is None else high - low)
-        made = [frag] + [self._recompile(atom_text, depth) for _ in range(copies - 1)]
+        made = [frag, *(self._recompile(atom_text, depth) for _ in range(copies - 1))][:copies]
         parts = made[:low]
         for opt in made[low:]:
             split = self.new("split")

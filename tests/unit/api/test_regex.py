@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from dockmesh.api.regex import RegexError, compile_regex
 
 PATTERNS = [
-    "a", "^a$", "a*b", "(foo|bar)+$", "[a-z]+[0-9]{2,3}", "x{0}y", "a.c", "\\d+", "[^abc]",
+    "a", "^a$", "a*b", "(foo|bar)+$", "[a-z]+[0-9]{2,3}", "x{0}y", "^x{0}y", "a.c", "\\d+", "[^abc]",
     "a{2}", "a{2,}", "a?b?c?", "colou?r", "^(ab|cd)*e$", "[\\w-]+", "a|", "\\.", "{", "a{b",
     "x{1,2}?", "", "(?:ab)+", "(?P<n>a)b", "[]a]", "[a-]", "\\s\\S", "^", "$", "a+?",
 ]  # fmt: skip
@@ -23,7 +23,7 @@ PATTERNS = [
 def test_the_same_answers_as_pythons_re(pattern: str) -> None:
     ours, theirs = compile_regex(pattern), re.compile(pattern)
     for text in ["", "a", "ab", "aab", "foobar", "web12", "web1234", "y", "a.c", "abc", "{",
-                 "a{b", "x", "color", "colour", "abcde", "cde", "e", "d-e", " x", "]", "-"]:  # fmt: skip
+                 "a{b", "x", "xy", "color", "colour", "abcde", "cde", "e", "d-e", " x", "]", "-"]:  # fmt: skip
         assert ours.search(text) == bool(theirs.search(text)), (pattern, text)
 
 
