@@ -71,3 +71,26 @@ def test_any_pattern_compiles_or_is_refused(pattern: str) -> None:
     except RegexError:
         return
     r.search("some text 123")
+
+
+def _patterns() -> st.SearchStrategy[str]:
+    atoms = st.sampled_from(["a", "b", "c", ".", "[ab]", "[^a]", "[a-c]", "\\w", "\\d", "^", "$"])
+
+    def wrap(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+        quantified = st.tuples(
+            inner, st.sampled_from(["", "*", "+", "?", "{2}", "{0,2}", "{1,}", "*?"])
+        ).map(lambda t: f"(?:{t[0]}){t[1]}" if t[1] else t[0])
+        return st.one_of(
+            quantified,
+            st.lists(inner, min_size=2, max_size=3).map("".join),
+            st.lists(inner, min_size=2, max_size=3).map(lambda xs: "(" + "|".join(xs) + ")"),
+        )
+
+    return st.recursive(atoms, wrap, max_leaves=8)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(_patterns(), st.text(alphabet="abc1", max_size=10))
+def test_composed_patterns_agree_with_re(pattern: str, text: str) -> None:
+    """Python's `re` and RE2 agree on this subset for texts without a newline."""
+    assert compile_regex(pattern).search(text) == bool(re.search(pattern, text)), pattern
