@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.unit.api.test_app import WEB, Env, run
 
@@ -128,8 +132,6 @@ def test_filter_on_the_list_endpoints() -> None:
         await env.put("/v1/agent/check/pass/service:web-2")
 
         async def kept(path: str, expression: str) -> list[str]:
-            from urllib.parse import quote
-
             body: Any = await env.get(f"{path}?filter={quote(expression)}")
             if isinstance(body, dict):
                 return sorted(body)
@@ -178,5 +180,21 @@ def test_catalog_node_blocks_until_a_service_changes() -> None:
         status, body, headers = await waiter
         assert status == 200 and list(body["Services"]) == ["web-1"]
         assert int(headers["X-Consul-Index"]) > index
+
+    run(scenario)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=80), min_size=1, max_size=10))
+def test_any_filter_bytes_are_an_answer_or_one_400_line(filters: list[bytes]) -> None:
+    async def scenario(env: Env) -> None:
+        await two_services(env)
+        for raw in filters:
+            for path in ("/v1/health/service/web", "/v1/agent/checks", "/v1/catalog/nodes"):
+                status, body, headers = await env.call("GET", f"{path}?filter={quote(raw)}")
+                assert status in (200, 400), body
+                assert "X-Consul-Index" in headers
+                if status == 400:
+                    assert isinstance(body, str) and "\n" not in body.strip()
 
     run(scenario)
