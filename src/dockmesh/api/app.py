@@ -1,8 +1,9 @@
 """The HTTP API: Consul's endpoints for what python-consul and py-consul call, dockmesh's
 own (`/v1/dockmesh/topology`) and `/metrics`. An aiohttp application over a `LiveCatalog`.
 
-Handlers stay thin: query strings go through `query`, bodies through `consul_json`, answers
-through `shapes`; the catalog decides. What every response carries is the middleware's job:
+Handlers stay thin: query strings go through `query` (`?filter=` through `filter`, compiled
+before any wait and applied to the rows `shapes` builds), bodies through `consul_json`,
+answers through `shapes`; the catalog decides. What every response carries is the middleware's job:
 
 - `X-Consul-Index` on every response, errors and 404s included (py-consul raises without
   it), plus `X-Consul-KnownLeader: true` and `X-Consul-LastContact: 0` (this agent is its
