@@ -90,6 +90,7 @@ class AgentConfig:
     # Docker's embedded DNS forwards what it does not know to port 53 of the `--dns` server.
     gateway_dns_port: int = 53
     node: str = "dockmesh"
+    datacenter: str = "dc1"  # what Consul clients see, and DNS's <svc>.service.<dc>.<domain>
     dns_domains: tuple[str, ...] = ("dockmesh", "consul")
     dns_ttl: int = 0
     # What one DNS client may take (per-source TCP connections and UDP rate, timeouts).
@@ -271,6 +272,7 @@ class Agent:
                 ttl=cfg.dns_ttl,
                 limits=cfg.dns_limits,
             )
+            dns.answerer.set_node(cfg.node, cfg.datacenter)
             self.dns = dns
             self.dns_address = await dns.start(*cfg.dns)
             registry.register(DnsCollector(dns.stats))
@@ -294,7 +296,12 @@ class Agent:
         self.health = health
         await health.start()
         app = make_app(
-            self.live, self.topology.current, self.topology.wait, metrics=registry, node=cfg.node
+            self.live,
+            self.topology.current,
+            self.topology.wait,
+            metrics=registry,
+            node=cfg.node,
+            datacenter=cfg.datacenter,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True

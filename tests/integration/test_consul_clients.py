@@ -88,7 +88,7 @@ def client_python(package: str) -> Path:
 # Runs inside the client's venv: only the client's public API, as an application would.
 SCRIPT = textwrap.dedent(
     """
-    import sys, threading, time
+    import inspect, sys, threading, time
     import consul
 
     port, tag = int(sys.argv[1]), sys.argv[2]
@@ -176,6 +176,39 @@ SCRIPT = textwrap.dedent(
     need(c.kv.get("cl/a")[1] is None, "deleted key still there")
     need(c.kv.delete("cl/", recurse=True), "kv delete recurse")
     need(c.kv.get("cl/", recurse=True)[1] is None, "recursive delete left keys")
+
+    # One agent that is its own node: members, nodes, the node's services and checks, checks
+    # by state (web's check failed above).
+    members = c.agent.members()
+    need(len(members) == 1 and members[0]["Status"] == 1, members)
+    node_name = members[0]["Name"]
+    _, nodes = c.catalog.nodes()
+    need([n["Node"] for n in nodes] == [node_name], nodes)
+    _, node = c.catalog.node(node_name)
+    need(node["Node"]["Node"] == node_name and node["Services"][sid]["Port"] == 8080, node)
+    need(c.catalog.node("no-such-node")[1] is None, "an unknown node is null")
+    _, checks = c.health.node(node_name)
+    need({"serfHealth", check_id} <= {x["CheckID"] for x in checks}, checks)
+    _, critical = c.health.state("critical")
+    need(check_id in {x["CheckID"] for x in critical}, critical)
+    _, passing = c.health.state("passing")
+    need({x["CheckID"] for x in passing} == {"serfHealth"}, passing)
+    # ?filter=, where the client has it (py-consul).
+    if "filter_expr" in inspect.signature(c.agent.services).parameters:
+        got = c.agent.services(filter_expr='Service == "web" and "v1" in Tags')
+        need(set(got) == {sid}, got)
+        need(c.agent.services(filter_expr="Port == 1") == {}, "filtered out")
+        got = c.agent.checks(filter_expr="Status == critical")
+        need(set(got) == {check_id}, got)
+        _, rows = c.catalog.service("web", filter_expr="ServiceAddress == `10.1.2.3`")
+        need([r["ServiceID"] for r in rows] == [sid], rows)
+        _, rows = c.catalog.nodes(filter_expr="Node != " + node_name)
+        need(rows == [], rows)
+        try:
+            c.agent.services(filter_expr="Port ==")
+            need(False, "a bad filter was accepted")
+        except Exception as e:
+            need("Failed to create boolean expression evaluator" in str(e), e)
 
     # Deregister.
     need(c.agent.service.deregister(sid), "deregister")

@@ -138,7 +138,11 @@ class Env:
 
 @contextlib.asynccontextmanager
 async def running(
-    tmp_path: Path, *, unplugged: bool = False, engine: MemoryEngine | None = None
+    tmp_path: Path,
+    *,
+    unplugged: bool = False,
+    engine: MemoryEngine | None = None,
+    datacenter: str = "dc1",
 ) -> AsyncIterator[Env]:
     """An agent on loopback ports over a MemoryEngine with network `mesh` (127.77.0.0/24),
     the policy client → web applied, probes that pass."""
@@ -159,6 +163,7 @@ async def running(
         gateway_dns_port=gateway_port,
         policy_dir=tmp_path / "policy",
         policy_table=TABLE,
+        datacenter=datacenter,
     )
     deps = AgentDeps(
         store=store,
@@ -566,3 +571,19 @@ def test_a_stop_is_not_held_up_by_an_engine_that_never_answers() -> None:
         source.released.set()
         release.cancel()
     assert took < 5, f"the agent took {took:.1f} s to stop"
+
+
+def test_the_configured_datacenter_is_what_the_api_and_dns_answer_for(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path, datacenter="east") as env:
+            assert await env.http("GET", "/v1/catalog/datacenters") == (200, ["east"])
+            status, body = await env.http("GET", "/v1/agent/self")
+            assert status == 200 and body["Config"]["Datacenter"] == "east"
+            status, members = await env.http("GET", "/v1/agent/members")
+            assert status == 200 and members[0]["Tags"]["dc"] == "east"
+            # The NS target and the SOA's server name resolve; another datacenter does not.
+            assert await env.ask("dockmesh.node.east.dockmesh") == ["127.0.0.1"]
+            assert await env.ask("ns.consul") == ["127.0.0.1"]
+            assert await env.ask("dockmesh.node.dc1.dockmesh") == []
+
+    vtime.run(main)

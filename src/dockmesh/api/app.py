@@ -1,8 +1,9 @@
 """The HTTP API: Consul's endpoints for what python-consul and py-consul call, dockmesh's
 own (`/v1/dockmesh/topology`) and `/metrics`. An aiohttp application over a `LiveCatalog`.
 
-Handlers stay thin: query strings go through `query`, bodies through `consul_json`, answers
-through `shapes`; the catalog decides. What every response carries is the middleware's job:
+Handlers stay thin: query strings go through `query` (`?filter=` through `filter`, compiled
+before any wait and applied to the rows `shapes` builds), bodies through `consul_json`,
+answers through `shapes`; the catalog decides. What every response carries is the middleware's job:
 
 - `X-Consul-Index` on every response, errors and 404s included (py-consul raises without
   it), plus `X-Consul-KnownLeader: true` and `X-Consul-LastContact: 0` (this agent is its
@@ -32,12 +33,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dockmesh.api import consul_json, query, shapes
+from dockmesh.api import filter as bexpr
 from dockmesh.api.errors import ApiError, bad_request, not_found, shown
 from dockmesh.api.metrics import ApiMetrics, Registry
 from dockmesh.api.query import Blocking, Pairs
 from dockmesh.catalog.live import LiveCatalog
 from dockmesh.catalog.state import TOPIC_CHECKS, TOPIC_KV, TOPIC_SERVICES, service_topic
-from dockmesh.model.catalog import CheckState, Status
+from dockmesh.model.catalog import CheckState, Instance, Status, worst
 from dockmesh.model.labels import CHECK_PREFIX
 from dockmesh.model.topology import Topology
 
@@ -111,10 +113,15 @@ def make_app(
     r.add_put("/v1/agent/check/fail/{check_id:.+}", api.check_fail)
     r.add_put("/v1/agent/check/update/{check_id:.+}", api.check_update)
     r.add_get("/v1/agent/self", api.agent_self)
+    r.add_get("/v1/agent/members", api.agent_members)
+    r.add_get("/v1/agent/health/service/name/{name:.+}", api.agent_health_by_name)
+    r.add_get("/v1/agent/health/service/id/{service_id:.+}", api.agent_health_by_id)
     r.add_get("/v1/catalog/services", api.catalog_services)
     r.add_get("/v1/catalog/service/{name:.+}", api.catalog_service)
     r.add_get("/v1/catalog/datacenters", api.catalog_datacenters)
     r.add_get("/v1/catalog/nodes", api.catalog_nodes)
+    r.add_get("/v1/catalog/node/{node:.+}", api.catalog_node)
+    r.add_get("/v1/health/node/{node:.+}", api.health_node)
     r.add_get("/v1/health/service/{name:.+}", api.health_service)
     r.add_get("/v1/health/checks/{name:.+}", api.health_checks)
     r.add_get("/v1/health/state/{state}", api.health_state)
@@ -172,6 +179,16 @@ class _Api:
         self.node = node
         self.closing = asyncio.Event()
         self._topology_json: tuple[int, bytes] | None = None
+        # The row shapes `?filter=` selectors are checked against, by kind of row.
+        self.shapes = {k: bexpr.shape_of(v) for k, v in shapes.filter_samples(node).items()}
+
+    def _filter(self, pairs: Pairs, kind: str) -> bexpr.Predicate | None:
+        """`?filter=` compiled for rows of `kind` (None without one): before any blocking
+        wait, so a bad expression is a 400 at once."""
+        expression = query.get(pairs, "filter")
+        if expression is None:
+            return None
+        return bexpr.compile_filter(expression, self.shapes[kind])
 
     # --- what every response goes through -------------------------------------------------
 
@@ -272,11 +289,11 @@ class _Api:
         return _text("", 200)
 
     async def agent_services(self, request: web.Request) -> web.Response:
-        index = await self._topic_block(TOPIC_SERVICES, _pairs(request))
-        instances = self.live.catalog.instances()
-        return _json(
-            request, {i.id: shapes.agent_service_json(i, self.node) for i in instances}, index
-        )
+        pairs = _pairs(request)
+        keep = self._filter(pairs, "agent_service")
+        index = await self._topic_block(TOPIC_SERVICES, pairs)
+        rows = [shapes.agent_service_json(i, self.node) for i in self.live.catalog.instances()]
+        return _json(request, {r["ID"]: r for r in rows if keep is None or keep(r)}, index)
 
     async def agent_service(self, request: web.Request) -> web.Response:
         service_id = request.match_info["service_id"]
@@ -293,9 +310,11 @@ class _Api:
         return shapes.check_json(state, self.live.catalog.instance(sid) if sid else None, self.node)
 
     async def agent_checks(self, request: web.Request) -> web.Response:
-        index = await self._topic_block(TOPIC_CHECKS, _pairs(request))
-        checks = self.live.catalog.checks()
-        return _json(request, {c.spec.id: self._check_json(c) for c in checks}, index)
+        pairs = _pairs(request)
+        keep = self._filter(pairs, "check")
+        index = await self._topic_block(TOPIC_CHECKS, pairs)
+        rows = [self._check_json(c) for c in self.live.catalog.checks()]
+        return _json(request, {r["CheckID"]: r for r in rows if keep is None or keep(r)}, index)
 
     async def check_register(self, request: web.Request) -> web.Response:
         _pairs(request)
@@ -369,10 +388,62 @@ class _Api:
                 "Version": VERSION,
                 "Revision": "dockmesh",
             },
-            "Member": {"Name": n.name, "Addr": n.address, "Port": 8301, "Status": 1},
+            "Member": shapes.member_json(n, VERSION),
             "Meta": {},
         }
         return _json(request, body, self.live.catalog.index)
+
+    async def agent_members(self, request: web.Request) -> web.Response:
+        _pairs(request)
+        return _json(request, [shapes.member_json(self.node, VERSION)], self.live.catalog.index)
+
+    def _agent_health(self, instances: list[Instance]) -> tuple[Status, list[dict[str, Any]]]:
+        """Consul's local health of instances: each one's worst check, and the worst of all."""
+        cat = self.live.catalog
+        rows: list[dict[str, Any]] = []
+        statuses: list[str] = []
+        for inst in instances:
+            states = cat.checks_of(inst.id)
+            status = worst([c.status for c in states])
+            statuses.append(status)
+            checks = [shapes.check_json(c, inst, self.node) for c in states]
+            rows.append(shapes.agent_health_json(status, inst, checks, self.node))
+        return worst(statuses), rows
+
+    async def agent_health_by_name(self, request: web.Request) -> web.Response:
+        """`/v1/agent/health/service/name/<name>`: the status code says the worst status of
+        the service's instances (200 passing, 429 warning, 503 critical), for a load
+        balancer or a script that reads only the code; `?format=text` the status alone."""
+        pairs = _pairs(request)
+        name = request.match_info["name"]
+        instances = [e.instance for e in self.live.catalog.entries(name)]
+        if not instances:
+            reason = f"ServiceName {name} Not Found"
+            if query.get(pairs, "format") == "text":
+                return _text(reason, 404)
+            return _json(request, [], self.live.catalog.index, status=404)
+        status, rows = self._agent_health(instances)
+        return self._health_answer(request, pairs, status, rows)
+
+    async def agent_health_by_id(self, request: web.Request) -> web.Response:
+        pairs = _pairs(request)
+        service_id = request.match_info["service_id"]
+        inst = self.live.catalog.instance(service_id)
+        if inst is None:
+            reason = f"ServiceId {service_id} not found"
+            if query.get(pairs, "format") == "text":
+                return _text(reason, 404)
+            return _json(request, None, self.live.catalog.index, status=404)
+        status, rows = self._agent_health([inst])
+        return self._health_answer(request, pairs, status, rows[0])
+
+    def _health_answer(
+        self, request: web.Request, pairs: Pairs, status: Status, body: Any
+    ) -> web.Response:
+        code = _HEALTH_CODES[status]
+        if query.get(pairs, "format") == "text":
+            return _text(status, code, self.live.catalog.index)
+        return _json(request, body, self.live.catalog.index, status=code)
 
     # --- catalog and health ----------------------------------------------------------------
 
@@ -386,6 +457,7 @@ class _Api:
 
     async def catalog_service(self, request: web.Request) -> web.Response:
         pairs = _pairs(request)
+        keep = self._filter(pairs, "catalog_service")
         name, index = await self._service_block(request, pairs)
         tags = query.get_all(pairs, "tag")
         rows = [
@@ -393,11 +465,12 @@ class _Api:
             for e in self.live.catalog.entries(name)
             if all(t in e.instance.tags for t in tags)
         ]
-        return _json(request, rows, index)
+        return _json(request, _kept(rows, keep), index)
 
     async def health_service(self, request: web.Request) -> web.Response:
         pairs = _pairs(request)
         passing = query.bool_param(pairs, "passing")
+        keep = self._filter(pairs, "health_entry")
         name, index = await self._service_block(request, pairs)
         tags = query.get_all(pairs, "tag")
         rows = [
@@ -405,26 +478,39 @@ class _Api:
             for e in self.live.catalog.entries(name, passing=passing)
             if all(t in e.instance.tags for t in tags)
         ]
-        return _json(request, rows, index)
+        return _json(request, _kept(rows, keep), index)
 
     async def health_checks(self, request: web.Request) -> web.Response:
         pairs = _pairs(request)
+        keep = self._filter(pairs, "check")
         name, index = await self._service_block(request, pairs)
-        return _json(
-            request, [self._check_json(c) for c in self.live.catalog.service_checks(name)], index
-        )
+        rows = [self._check_json(c) for c in self.live.catalog.service_checks(name)]
+        return _json(request, _kept(rows, keep), index)
 
     async def health_state(self, request: web.Request) -> web.Response:
         pairs = _pairs(request)
         state = request.match_info["state"]
         if state not in ("any", "passing", "warning", "critical"):
             raise bad_request(f"Invalid state: {shown(state)} (any, passing, warning or critical)")
+        keep = self._filter(pairs, "check")
         cat = self.live.catalog
         index = await self._topic_block(TOPIC_CHECKS, pairs)
         rows = [self._check_json(c) for c in cat.checks() if state in ("any", c.status)]
         if state in ("any", "passing"):
             rows.insert(0, shapes.serf_health_json(self.node))
-        return _json(request, rows, index)
+        return _json(request, _kept(rows, keep), index)
+
+    async def health_node(self, request: web.Request) -> web.Response:
+        """`/v1/health/node/<node>`: the node's serfHealth and every check of its instances;
+        an empty list for another node, as Consul answers for a node it does not know."""
+        pairs = _pairs(request)
+        keep = self._filter(pairs, "check")
+        index = await self._topic_block(TOPIC_CHECKS, pairs)
+        if request.match_info["node"] != self.node.name:
+            return _json(request, [], index)
+        rows = [shapes.serf_health_json(self.node)]
+        rows += [self._check_json(c) for c in self.live.catalog.checks()]
+        return _json(request, _kept(rows, keep), index)
 
     async def catalog_datacenters(self, request: web.Request) -> web.Response:
         _pairs(request)
@@ -432,8 +518,20 @@ class _Api:
 
     async def catalog_nodes(self, request: web.Request) -> web.Response:
         pairs = _pairs(request)
+        keep = self._filter(pairs, "node")
         index = await self._topic_block(TOPIC_SERVICES, pairs)
-        return _json(request, [shapes.node_json(self.node, index)], index)
+        return _json(request, _kept([shapes.node_json(self.node, index)], keep), index)
+
+    async def catalog_node(self, request: web.Request) -> web.Response:
+        """`/v1/catalog/node/<node>`: the node and its instances by ID (`?filter=` selects
+        among the instances); `null` for another node, as Consul answers."""
+        pairs = _pairs(request)
+        keep = self._filter(pairs, "service")
+        index = await self._topic_block(TOPIC_SERVICES, pairs)
+        if request.match_info["node"] != self.node.name:
+            return _json(request, None, index)
+        rows = [shapes.service_json(i, index) for i in self.live.catalog.instances()]
+        return _json(request, shapes.node_services_json(self.node, _kept(rows, keep), index), index)
 
     # --- KV ----------------------------------------------------------------------------------
 
@@ -558,6 +656,18 @@ class _Api:
         resp = web.Response(body=body)
         resp.headers["Content-Type"] = content_type
         return resp
+
+
+_HEALTH_CODES: dict[Status, int] = {
+    "passing": 200,
+    "warning": 429,
+    "critical": 503,
+    "maintenance": 503,
+}
+
+
+def _kept(rows: list[dict[str, Any]], keep: bexpr.Predicate | None) -> list[dict[str, Any]]:
+    return rows if keep is None else [r for r in rows if keep(r)]
 
 
 def _kv_key(raw_path: str) -> str:

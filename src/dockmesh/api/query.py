@@ -122,6 +122,6 @@ def refuse_unsupported(pairs: Pairs) -> None:
     refused rather than ignored: ignoring it would answer a different question. Those that
     change nothing for one agent that is its own leader (`dc`, `stale`, `consistent`,
     `cached`, `token`, `near`, `ns`, `partition`) are ignored, like any unknown one."""
-    for name in ("filter", "node-meta"):
+    for name in ("node-meta",):
         if has(pairs, name):
             raise bad_request(f"?{name} is not supported by dockmesh")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dockmesh.catalog.state import Entry
-from dockmesh.model.catalog import CheckState, Instance, KVEntry
+from dockmesh.model.catalog import CheckSpec, CheckState, Instance, KVEntry
 from dockmesh.model.durations import format_duration_ns
 
 JSON = dict[str, Any]
@@ -178,4 +178,62 @@ def kv_json(entry: KVEntry) -> JSON:
         "Value": base64.b64encode(entry.value).decode("ascii") if entry.value else None,
         "CreateIndex": entry.create_index,
         "ModifyIndex": entry.modify_index,
+    }
+
+
+def member_json(node: NodeInfo, version: str) -> JSON:
+    """This agent as a row of `/v1/agent/members`: a serf member, alive (Status 1), with the
+    tags a Consul server gossips (its role, datacenter and protocol versions)."""
+    return {
+        "Name": node.name,
+        "Addr": node.address,
+        "Port": 8301,
+        "Tags": {
+            "build": f"{version}:dockmesh",
+            "dc": node.datacenter,
+            "id": node.id,
+            "port": "8300",
+            "role": "consul",
+            "segment": "",
+            "vsn": "2",
+            "vsn_max": "3",
+            "vsn_min": "2",
+        },
+        "Status": 1,
+        "ProtocolMin": 1,
+        "ProtocolMax": 5,
+        "ProtocolCur": 2,
+        "DelegateMin": 2,
+        "DelegateMax": 5,
+        "DelegateCur": 4,
+    }
+
+
+def node_services_json(node: NodeInfo, services: list[JSON], index: int) -> JSON:
+    """`/v1/catalog/node/<node>`: the node and its services by ID (`service_json` rows)."""
+    return {"Node": node_json(node, index), "Services": {s["ID"]: s for s in services}}
+
+
+def agent_health_json(status: str, inst: Instance, checks: list[JSON], node: NodeInfo) -> JSON:
+    """One instance in `/v1/agent/health/service/name/<name>`: its checks' worst status."""
+    return {
+        "AggregatedStatus": status,
+        "Service": agent_service_json(inst, node),
+        "Checks": checks,
+    }
+
+
+def filter_samples(node: NodeInfo) -> dict[str, JSON]:
+    """One row of each kind `?filter=` reads, lists holding one element and maps one key,
+    so `filter.shape_of` sees every field's type: `service` (`/v1/health/service`'s
+    `Service`), `agent_service`, `catalog_service`, `health_entry`, `check`, `node`."""
+    inst = Instance("i", "s", "127.0.0.1", 1, tags=("t",), meta={"k": "v"})
+    check = CheckState(CheckSpec("c", "c", "ttl", service_id="i"), "passing")
+    return {
+        "service": service_json(inst, 1),
+        "agent_service": agent_service_json(inst, node),
+        "catalog_service": catalog_service_json(inst, node, 1),
+        "health_entry": health_entry_json(Entry(inst, (check,)), node, 1),
+        "check": check_json(check, inst, node),
+        "node": node_json(node, 1),
     }

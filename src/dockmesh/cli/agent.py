@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import Annotated
 
 import typer
@@ -49,6 +50,9 @@ def _host_problem(host: str, bracketed: bool) -> str | None:
     if digits or not chars:
         return f"{host!r} is not an IP address or a host name"
     return None
+
+
+DATACENTER = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
 def register(app: typer.Typer) -> None:
@@ -162,6 +166,13 @@ def register(app: typer.Typer) -> None:
                 "host shares that address).",
             ),
         ] = False,
+        datacenter: Annotated[
+            str,
+            typer.Option(
+                "--datacenter",
+                help="The datacenter Consul clients see (and DNS's <svc>.service.<dc>.<domain>).",
+            ),
+        ] = "dc1",
     ) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
@@ -185,8 +196,14 @@ def register(app: typer.Typer) -> None:
         problems = dns_limits.problems()
         if problems:
             raise UserError(f"DNS limits: {'; '.join(problems)}")
+        if not DATACENTER.fullmatch(datacenter):
+            raise UserError(
+                f"--datacenter {datacenter!r}: letters, digits, '-' and '_', at most 63"
+                " (a DNS label, as Consul requires)"
+            )
         config = AgentConfig(
             engines=engine_refs(engine),
+            datacenter=datacenter,
             api=parse_hostport(api, "--api"),
             dns=None if dns.lower() in ("off", "none", "") else parse_hostport(dns, "--dns"),
             state=state or None,

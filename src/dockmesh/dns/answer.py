@@ -17,6 +17,17 @@ Names (case-insensitive, for each of `domains`, by default `dockmesh` and `consu
   instance whose address is a host name gets that name as its SRV target instead.
 - `<container>.container.<domain>`: A (AAAA) of each address of the running container of
   that name (or id, or unique id prefix) on any network.
+- `<domain>` itself: SOA, and NS `<agent node>.node.<dc>.<domain>` (Consul's NS target) with
+  its A (AAAA) record in the additional section; `ns.<domain>`, the SOA's primary server name,
+  answers that address too, so every name the zone hands out resolves.
+- `<name>.service.<dc>.<domain>`, `<node>.node.<dc>.<domain>` (and Consul's `….<dc>.dc.…`):
+  the same as without the datacenter when it is the agent's (`datacenter`, default `dc1`);
+  any other datacenter is NXDOMAIN, as Consul answers for a datacenter it has no path to:
+  dockmesh knows one datacenter and never answers another's name with its own data.
+- `<reversed address>.in-addr.arpa` and `….ip6.arpa`: PTR to the `<node>.node.<dc>.<domain>`
+  (first domain) of each instance with that address (as `<node>.node` names it), or of the
+  agent's own node. Any other reverse name is REFUSED: dockmesh is authoritative for the
+  addresses it hands out, not for the reverse zones, and another server may know the name.
 - `<domain>` itself: SOA. `service.`, `node.` and `container.<domain>`: NOERROR, no records.
 
 Only passing instances appear; a service without any, or an unknown name inside a domain, is
@@ -115,6 +126,12 @@ from dockmesh.dns.wire import (
 from dockmesh.model.catalog import Instance
 from dockmesh.model.topology import Container, Topology
 
+PTR = int(dns.rdatatype.PTR)
+NS = int(dns.rdatatype.NS)
+_KINDS = (b"service", b"node", b"container")
+_IN_ADDR = [b"in-addr", b"arpa"]
+_IP6 = [b"ip6", b"arpa"]
+
 TopologyProvider = Callable[[], Topology | None]
 # An exact-cache entry: the next (response without its ID, counter index) in rotation.
 Rotation = Callable[[], tuple[bytes, int]]
@@ -147,6 +164,8 @@ class _Name:
     srv: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()  # (SRV record, its additional records)
     soa: bytes = b""  # the zone's SOA, owner compressed into the question name
     apex: bool = False
+    ns: tuple[tuple[bytes, tuple[bytes, ...]], ...] = ()  # (NS record, its glue), at the apex
+    ptr: tuple[bytes, ...] = ()
     # A container name: built from `topology` (identity compared), rebuilt when it changes.
     on_topology: bool = False
     topology: Topology | None = None
@@ -187,10 +206,17 @@ class Answerer:
         max_udp_payload: int = 4096,
         cache_entries: int = 10_000,
         max_rotations: int = 32,
+        datacenter: str = "dc1",
+        node: str = "dockmesh",
+        node_address: str = "127.0.0.1",
     ) -> None:
         if not domains:
             raise ValueError("at least one DNS domain is needed")
         self.catalog = catalog
+        # The agent's own node, as the API shows it: the zone's name server.
+        self.datacenter = datacenter.lower().encode()
+        self.node = node_label(node)
+        self.node_address = node_address
         self._topology = topology
         self.ttl = max(0, min(int(ttl), 0x7FFFFFFF))
         self.max_udp_payload = max(MIN_UDP_PAYLOAD, min(max_udp_payload, MAX_MESSAGE))
@@ -202,6 +228,8 @@ class Answerer:
             if not labels:  # the root would make every name ours: recursion by another name
                 raise ValueError(f"not a DNS domain to serve: {d!r}")
             labelled.append([x.lower() for x in labels])
+        # PTR targets are named in the first domain, as given.
+        self._domains_in_order = [x[:] for x in labelled]
         # Longest first: with `a.b` and `b` both served, `x.a.b` belongs to `a.b`.
         self._domains = sorted(labelled, key=len, reverse=True)
         served = ", ".join(b".".join(d).decode("ascii", "replace") + "." for d in labelled)
@@ -215,12 +243,21 @@ class Answerer:
         self._prepared: dict[tuple[bytes, int, int, int, int], _Prepared] = {}
         self._services: dict[bytes, list[str]] | None = None
         self._nodes: dict[bytes, Instance] | None = None
+        self._reverse: dict[bytes, list[bytes]] | None = None
         self._containers: tuple[Topology, dict[bytes, list[Container]]] | None = None
         self._soa_rdata: dict[bytes, bytes] = {}
         self._seen = (catalog.topic_index(TOPIC_SERVICES), catalog.topic_index(TOPIC_CHECKS))
         self.counts = [0] * _SLOTS
         self.dropped = 0
         self.errors = 0
+
+    def set_node(self, node: str, datacenter: str, address: str = "127.0.0.1") -> None:
+        """The agent's node as the API shows it (name, datacenter, address): the NS target,
+        the datacenter names answer for, and what `ns.<domain>` resolves to."""
+        self.datacenter = datacenter.lower().encode()
+        self.node = node_label(node)
+        self.node_address = address
+        self.invalidate()
 
     # --- cache ------------------------------------------------------------------------
 
@@ -245,6 +282,7 @@ class Answerer:
         self._prepared.clear()
         self._services = None
         self._nodes = None
+        self._reverse = None
         self._soa_rdata.clear()
 
     def queries_by_rcode(self) -> dict[str, int]:
@@ -335,14 +373,13 @@ class Answerer:
         if q.qtype == OPT:  # OPT is a pseudo-record: asking for one is malformed
             return _Prepared(self._render(q, limit, FORMERR, False, [((), ())], ()))
         name = self._lookup(q.qname)
+        soa = (name.soa,) if name.soa else ()  # a reverse name has no zone of ours
         if name.rcode == REFUSED:
             variants = self._render(q, limit, REFUSED, False, [((), ())], (), self._not_ours)
         elif name.rcode == NXDOMAIN:
-            variants = self._render(q, limit, NXDOMAIN, True, [((), ())], (name.soa,))
+            variants = self._render(q, limit, NXDOMAIN, True, [((), ())], soa)
         else:
-            variants = self._render(
-                q, limit, NOERROR, True, self._rotations(name, q.qtype), (name.soa,)
-            )
+            variants = self._render(q, limit, NOERROR, True, self._rotations(name, q.qtype), soa)
         return _Prepared(variants, name.on_topology, name.topology)
 
     def _rotations(
@@ -350,10 +387,10 @@ class Answerer:
     ) -> list[tuple[tuple[bytes, ...], tuple[bytes, ...]]]:
         """The (answer, additional) records per rotation; one empty pair for no data."""
         if qtype == ANY:
-            answers = (*name.a, *name.aaaa, *(s for s, _ in name.srv))
+            answers = (*name.a, *name.aaaa, *(s for s, _ in name.srv), *name.ptr)
             if name.apex:
-                answers = (name.soa, *answers)
-            extra = tuple(x for _, add in name.srv for x in add)
+                answers = (name.soa, *(r for r, _ in name.ns), *answers)
+            extra = tuple(x for _, add in (*name.srv, *name.ns) for x in add)
             return [(answers, extra)]
         if qtype == wire.A:
             records: Sequence[tuple[bytes, tuple[bytes, ...]]] = [(r, ()) for r in name.a]
@@ -363,6 +400,10 @@ class Answerer:
             records = name.srv
         elif qtype == SOA and name.apex:
             records = [(name.soa, ())]
+        elif qtype == NS:
+            records = name.ns
+        elif qtype == PTR:
+            records = [(r, ()) for r in name.ptr]
         else:
             records = []
         if not records:
@@ -415,6 +456,8 @@ class Answerer:
 
     def _lookup(self, qname: bytes) -> _Name:
         labels = wire.split_labels(qname)
+        if labels[-2:] in (_IN_ADDR, _IP6):
+            return self._ptr(labels)
         for domain in self._domains:
             k = len(domain)
             if len(labels) >= k and labels[len(labels) - k :] == domain:
@@ -425,7 +468,12 @@ class Answerer:
         # The domain's labels end the question name: its SOA's owner points there.
         soa = self._soa(wire.pointer(12 + len(qname) - len(wire.wire_name(domain))), domain)
         if not rest:
-            return _Name(NOERROR, soa=soa, apex=True)
+            return _Name(NOERROR, soa=soa, apex=True, ns=self._ns(domain))
+        if rest == [b"ns"]:
+            return self._addresses([self.node_address], soa)
+        rest, datacenter = _datacenter(rest)
+        if datacenter is not None and datacenter != self.datacenter:
+            return _Name(NXDOMAIN, soa=soa)
         kind, inner = rest[-1], rest[:-1]
         if kind == b"service":
             return self._service(inner, soa, domain) if inner else _Name(NOERROR, soa=soa)
@@ -436,6 +484,45 @@ class Answerer:
         if kind == b"container":
             return self._container(b".".join(inner), soa) if inner else _Name(NOERROR, soa=soa)
         return _Name(NXDOMAIN, soa=soa)
+
+    def _own_node(self, domain: list[bytes]) -> bytes:
+        """The agent's node as Consul names a server: `<node>.node.<dc>.<domain>`, wire form."""
+        return wire.wire_name([self.node, b"node", self.datacenter, *domain])
+
+    def _ns(self, domain: list[bytes]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
+        target = self._own_node(domain)
+        glue = _address_record(self.node_address)
+        if glue is None or glue[0] == 0:
+            return ()
+        rdtype, rdata = glue
+        return (
+            (
+                wire.rr(POINTER_TO_QNAME, NS, self.ttl, target),
+                (wire.rr(target, rdtype, self.ttl, rdata),),
+            ),
+        )
+
+    def _ptr(self, labels: list[bytes]) -> _Name:
+        reverse = self._reverse
+        if reverse is None:
+            reverse = {}
+            for inst in self.catalog.instances():
+                packed = _packed(inst.address)
+                if packed is not None:
+                    reverse.setdefault(packed, []).append(self._own_node_named(node_label(inst.id)))
+            own = _packed(self.node_address)
+            if own is not None:
+                reverse.setdefault(own, [self._own_node_named(self.node)])
+            self._reverse = reverse
+        packed = _reversed_address(labels)
+        targets = reverse.get(packed) if packed is not None else None
+        if not targets:
+            return _REFUSED
+        ptr = tuple(wire.rr(POINTER_TO_QNAME, PTR, self.ttl, t) for t in dict.fromkeys(targets))
+        return _Name(NOERROR, ptr=ptr)
+
+    def _own_node_named(self, label: bytes) -> bytes:
+        return wire.wire_name([label, b"node", self.datacenter, *self._domains_in_order[0]])
 
     def _soa(self, owner: bytes, domain: list[bytes]) -> bytes:
         key = b".".join(domain)
@@ -515,6 +602,8 @@ class Answerer:
             self._nodes = nodes
         inst = nodes.get(label)
         if inst is None:
+            if label == self.node:  # the agent's own node: the NS records' target
+                return self._addresses([self.node_address], soa)
             return _Name(NXDOMAIN, soa=soa)
         return self._addresses([inst.address], soa)
 
@@ -559,6 +648,39 @@ class Answerer:
                 wire.rr(POINTER_TO_QNAME, rdtype, self.ttl, rdata)
             ] = None
         return _Name(NOERROR, tuple(a), tuple(aaaa), soa=soa)
+
+
+def _datacenter(rest: list[bytes]) -> tuple[list[bytes], bytes | None]:
+    """The labels before the domain without a datacenter, and that datacenter if the name
+    gives one: `x.service.dc1` (Consul's classic form) or `x.service.dc1.dc`."""
+    if len(rest) >= 3 and rest[-1] == b"dc" and rest[-3] in _KINDS[:2]:
+        return rest[:-2], rest[-2]
+    if len(rest) >= 2 and rest[-2] in _KINDS[:2] and rest[-1] not in _KINDS:
+        return rest[:-1], rest[-1]
+    return rest, None
+
+
+def _packed(address: str) -> bytes | None:
+    try:
+        return ipaddress.ip_address(address).packed
+    except ValueError:
+        return None
+
+
+def _reversed_address(labels: list[bytes]) -> bytes | None:
+    """The address a full reverse name stands for (`4.3.2.1.in-addr.arpa` → 1.2.3.4, 32
+    nibbles under ip6.arpa), None for a partial or malformed one."""
+    parts = labels[:-2]
+    try:
+        if labels[-2] == b"in-addr":
+            if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+                return None
+            return ipaddress.IPv4Address(".".join(p.decode() for p in reversed(parts))).packed
+        if len(parts) != 32 or not all(len(p) == 1 for p in parts):
+            return None
+        return bytes.fromhex(b"".join(reversed(parts)).decode("ascii"))
+    except ValueError:  # an octet above 255, a label that is not hex
+        return None
 
 
 def _address_record(address: str) -> tuple[int, bytes] | None:

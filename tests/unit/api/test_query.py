@@ -79,8 +79,10 @@ def test_bad_bytes_and_floods_are_400() -> None:
 
 def test_filters_dockmesh_does_not_implement_are_refused() -> None:
     query.refuse_unsupported(pairs("dc=dc1&stale&token=x&near=_agent"))
-    with pytest.raises(ApiError, match=r"\?filter is not supported"):
-        query.refuse_unsupported(pairs("filter=Service%20%3D%3D%20web"))
+    # ?filter is Consul's expression language (`api.filter`); ?node-meta is not implemented.
+    query.refuse_unsupported(pairs("filter=Service%20%3D%3D%20web"))
+    with pytest.raises(ApiError, match=r"\?node-meta is not supported"):
+        query.refuse_unsupported(pairs("node-meta=a:b"))
 
 
 def _is_one_line_400(e: ApiError) -> None:

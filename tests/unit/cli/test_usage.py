@@ -42,6 +42,8 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ("agent", "--dns", "off", "--state", "", "--dns-tcp-per-source", "0"),
         ("agent", "--dns", "off", "--state", "", "--dns-udp-rate", "nan"),
         ("agent", "--dns", "off", "--state", "", "--dns-tcp-idle-timeout", "0"),
+        # A datacenter is a DNS label (<svc>.service.<dc>.<domain>).
+        ("agent", "--datacenter", "a.b", "--api", "127.0.0.1:0", "--dns", "off", "--state", ""),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
