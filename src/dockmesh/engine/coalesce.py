@@ -163,14 +163,14 @@ class EngineFollow(Generic[E]):
         self._next_delay = self._initial_delay
         return self._received
 
-    def want(self, refresh: Refresh) -> bool:
+    def want(self, kind: Kind, oid: str) -> bool:
         """The caller learnt of an object it must read (a container attached to a network
         the model does not hold): read it unless a read of it is pending or in flight already.
         Returns whether it was added."""
-        key = (refresh.kind, refresh.id)
+        key = (kind, oid)
         if self._phase is not Phase.FOLLOWING or key in self._pending or key in self._in_flight:
             return False
-        self._pending[key] = refresh
+        self._pending[key] = Refresh(kind, oid)
         return True
 
     def take(self) -> Read[E] | None:

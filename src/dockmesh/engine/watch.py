@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from dockmesh.engine.aio import watch_topology
 from dockmesh.engine.backend import EngineRef, EngineSource, EventSource
 from dockmesh.engine.coalesce import EngineFollow, Phase, Read
-from dockmesh.engine.events import Refresh, refreshes_for
+from dockmesh.engine.events import refreshes_for
 from dockmesh.model.topology import Container, EngineState, Network, Topology, build_topology
 
 log = logging.getLogger(__name__)
@@ -68,21 +68,20 @@ class TopologyWatcher:
         self,
         engines: Sequence[EngineRef | EngineSource],
         *,
+        readers: int = READERS,
         clock: Callable[[], float] = time.monotonic,
         time_ns: Callable[[], int] = time.time_ns,
         sleep: Callable[[float], object] | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
-        readers: int = READERS,
     ) -> None:
-        """`engines`: references to connect to, or engine sources already made.
+        """`engines`: references to connect to, or engine sources already made; `readers`:
+        how many re-reads each engine may have in flight at once.
 
         `clock` measures `wait_for`'s timeout; `time_ns` stamps the event hook's calls;
         `sleep(seconds)` waits out a reconnect back-off (by default on the stop event, so
         that `stop()` cuts it short; a replacement need not return early on stop, the loop
-        checks after it returns). `readers`: re-reads in flight at once per engine."""
-        if readers < 1:
-            raise ValueError(f"readers: need at least 1, not {readers}")
+        checks after it returns)."""
         self._clients: list[EngineSource] = [
             _connect(e) if isinstance(e, EngineRef) else e for e in engines
         ]
@@ -91,6 +90,8 @@ class TopologyWatcher:
         self._time_ns = time_ns
         self._stop = threading.Event()
         self._sleep: Callable[[float], object] = sleep or self._stop.wait
+        if readers < 1:
+            raise ValueError(f"readers: need at least 1, not {readers}")
         self._readers = readers
         # Lock order: `_lock`, then an engine's `_work[i]`; `_delivering` is never taken with
         # either held.
@@ -335,7 +336,7 @@ class TopologyWatcher:
                 if follow.takeable:
                     work.notify()  # more to read: wake another reader
             try:
-                found = self._read(i, read.refresh)
+                found = self._read(i, read)
             except Exception as e:
                 with work:
                     follow.finished(read)
@@ -377,8 +378,9 @@ class TopologyWatcher:
                 self._freeze()
         self._deliver()
 
-    def _read(self, i: int, r: Refresh | None) -> Network | Container | None:
+    def _read(self, i: int, read: Read[Event]) -> Network | Container | None:
         """The engine round trip, made with no lock held: it is the slow part."""
+        r = read.refresh
         if r is None or r.gone:
             return None
         client = self._clients[i]
@@ -397,7 +399,7 @@ class TopologyWatcher:
                     networks = self._states[i].networks
                     for a in found.attachments:
                         if a.network_id and a.network_id not in networks:
-                            follow.want(Refresh("network", a.network_id))
+                            follow.want("network", a.network_id)
                 if follow.takeable:
                     work.notify()
             if r is None:

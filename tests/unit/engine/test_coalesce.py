@@ -18,7 +18,7 @@ from hypothesis.stateful import (
 )
 
 from dockmesh.engine.coalesce import EngineFollow, Phase, ProtocolError, Read
-from dockmesh.engine.events import Refresh
+from dockmesh.engine.events import Kind, Refresh
 
 refreshes = st.builds(
     Refresh,
@@ -73,14 +73,14 @@ class FollowMachine(RuleBasedStateMachine):
         else:
             self.loose.append(event)
 
-    @rule(r=refreshes)
-    def want(self, r: Refresh) -> None:
-        key = (r.kind, r.id)
-        added = self.follow.want(r)
+    @rule(kind=st.sampled_from(["container", "network"]), oid=st.sampled_from(["a", "b", "c"]))
+    def want(self, kind: Kind, oid: str) -> None:
+        key = (kind, oid)
+        added = self.follow.want(kind, oid)
         live = self.following and not self.stopped
         assert added == (live and key not in self.pending and key not in self.in_flight)
         if added:
-            self.pending[key] = r
+            self.pending[key] = Refresh(kind, oid)
 
     @rule(target=reads)
     def take(self) -> tuple[Read[int], int] | None:
