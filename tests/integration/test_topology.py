@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from typing import Any
 
 import pytest
 
 from dockmesh.engine.backend import EngineRef, default_url
+from dockmesh.engine.docker import DockerBackend
 from dockmesh.engine.watch import TopologyWatcher
-from dockmesh.model.topology import Topology
+from dockmesh.model.topology import Container, Topology
 from tests.integration.conftest import dockmesh, free_subnets, run_toolbox
 
 
@@ -188,4 +190,63 @@ def test_watcher_resyncs_when_the_stream_drops(api: Any, prefix: str, toolbox: s
             time.sleep(0.05)
         assert watcher.resyncs > resyncs
     finally:
+        watcher.stop()
+
+
+class HeldBackend(DockerBackend):
+    """The real engine, with the inspects of the containers in `held` answered only once
+    `release` is set: an inspect the engine is slow to answer (it holds a container's lock
+    while it starts or connects it, for as long as that takes)."""
+
+    def __init__(self, ref: EngineRef) -> None:
+        super().__init__(ref)
+        self.held: set[str] = set()
+        self.release = threading.Event()
+        self.waiting = threading.Event()  # a held inspect is under way
+
+    def container(self, container_id: str) -> Container | None:
+        if any(container_id.startswith(h) or h.startswith(container_id) for h in self.held):
+            self.waiting.set()
+            assert self.release.wait(60), "never released"
+        return super().container(container_id)
+
+
+def test_a_slow_inspect_does_not_hold_up_another_start(api: Any, prefix: str, toolbox: str) -> None:
+    [subnet] = free_subnets(api, 1)
+    net = f"{prefix}_churn"
+    api.create_network(net, ipam={"Config": [{"Subnet": subnet}]})
+
+    def make(name: str) -> str:
+        return str(
+            api.create_container(
+                toolbox,
+                name=name,
+                command=["sleep", "300"],
+                host_config=api.create_host_config(network_mode=net),
+            )["Id"]
+        )
+
+    slow, fast = make(f"{prefix}-slow"), make(f"{prefix}-fast")
+    engine = HeldBackend(EngineRef("local", default_url(os.environ.get("DOCKER_HOST"))))
+    watcher = TopologyWatcher([engine])
+    watcher.start()
+
+    def up(name: str) -> Any:
+        def check(t: Topology) -> bool:
+            c = t.container(name)
+            return c is not None and c.running and any(a.ipv4 for a in c.attachments)
+
+        return check
+
+    try:
+        engine.held.add(slow)
+        api.start(slow)
+        assert engine.waiting.wait(15), "the slow container was never re-read"
+        api.start(fast)
+        assert watcher.wait_for(up(f"{prefix}-fast"), 15), "held up by the slow inspect"
+        assert not up(f"{prefix}-slow")(watcher.topology)
+        engine.release.set()
+        assert watcher.wait_for(up(f"{prefix}-slow"), 15)
+    finally:
+        engine.release.set()
         watcher.stop()

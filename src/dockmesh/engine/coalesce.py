@@ -17,30 +17,41 @@ an object once for many events, or once more than needed, is harmless. Per engin
 - SYNCING: no stream, or a stream whose snapshot is not installed yet. The caller waits out
   the delay `stream_lost()` gave, opens a stream, reads a snapshot, and calls `resynced()`.
 - FOLLOWING: events of the current stream arrive through `received()`; the caller `take()`s
-  them as a `Batch`, re-reads its objects, and installs the reads only if `accepts(batch)`.
+  one `Read` at a time — several readers may each hold one, for different objects — re-reads
+  its object, and installs the result only if `finished(read, ...)` says so.
+
+Each object is read on its own and installed as soon as its read returns: a slow inspect (the
+engine holds a container's lock while it starts or connects it) holds up that object only,
+never another container's start.
 
 Invariants (tests/unit/engine/test_coalesce.py checks each one):
 
-1. Coalescing loses nothing. A refresh received in FOLLOWING is in the next batch taken,
-   unless a resync or stop comes first (3, 5). The batch is taken after the refresh arrived,
+1. Coalescing loses nothing. A refresh received in FOLLOWING is taken in a later `Read`,
+   unless a resync or stop comes first (3, 5). The read is taken after the refresh arrived,
    so the object is re-read after the event that named it.
-2. One read per object per batch. A batch names each (kind, id) once, and whether it is gone is
-   the word of the last event that named it: `destroy` then nothing drops it unread; anything
-   after a `destroy` re-reads it (and a read that finds nothing drops it too).
-3. Reads a resync overtook are dropped. Every batch carries the epoch it was taken in; every
-   resync starts a new epoch; `accepts` is true only within the batch's epoch. Applying such a
-   read could roll the model back past the snapshot until the object's next event (maybe
-   never). Dropping it loses nothing: the new stream was opened before its snapshot was read,
-   so whatever changed since is an event still to come. The caller must check `accepts` and
-   install the reads under the same lock it installs snapshots under.
-4. A resync forgets pending refreshes, and events received while SYNCING are ignored: they
-   name changes made before the snapshot was read, which it holds. So the caller must call
-   `resynced()` before it hands in events of the new stream.
+2. One read in flight per object. An object named while a read of it is in flight waits in
+   pending until that read is `finished`, then is read again; pending names each (kind, id)
+   once, and whether it is gone is the word of the last event that named it: `destroy` then
+   nothing drops it unread; anything after a `destroy` re-reads it (and a read that finds
+   nothing drops it too). So reads of one object are installed in the order they were taken.
+3. Reads a resync overtook are dropped. Every read carries the epoch it was taken in; every
+   resync starts a new epoch; `finished` says install only within the read's epoch. Applying
+   such a read could roll the model back past the snapshot until the object's next event
+   (maybe never). Dropping it loses nothing: the new stream was opened before its snapshot was
+   read, so whatever changed since is an event still to come. The caller must call
+   `finished` and install under the same lock it installs snapshots under.
+4. A resync forgets pending refreshes, reads in flight and `die` marks, and events received
+   while SYNCING are ignored: they name changes made before the snapshot was read, which it
+   holds. So the caller must call `resynced()` before it hands in events of the new stream.
 5. STOPPED is terminal: events are ignored, nothing is taken, nothing is accepted.
 6. Back-off: the delays `stream_lost()` returns double from `initial_delay` up to `max_delay`
    while the engine keeps failing, and start again from `initial_delay` once an event arrives
    (proof the engine is well). A resync alone does not reset them: an engine that accepts a
    connection and drops it at once is not hammered.
+7. A read begun before a container's `die` never brings "running" back: `finished` refuses a
+   read that shows it running when it was taken before the last `die` received for it (the
+   `die` named the container again, so a newer read follows). A read taken after the `die`
+   is the truth and clears the mark.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ from dockmesh.engine.events import Kind, Refresh
 
 E = TypeVar("E")
 
+Key = tuple[Kind, str]
+
 
 class Phase(enum.Enum):
     SYNCING = "syncing"
@@ -66,12 +79,14 @@ class ProtocolError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
-class Batch(Generic[E]):
-    """Objects to re-read (each once), the epoch they were asked for in, and the events that
-    asked (kept only when the caller handed them in, for its event hook)."""
+class Read(Generic[E]):
+    """One object to re-read (None: nothing to read, only events to hand on), the epoch it was
+    asked for in, how many events had been received when it was taken, and the events that
+    asked for it (kept only when the caller handed them in, for its event hook)."""
 
     epoch: int
-    refreshes: tuple[Refresh, ...]
+    refresh: Refresh | None
+    taken_at: int
     events: tuple[E, ...] = ()
 
 
@@ -87,8 +102,12 @@ class EngineFollow(Generic[E]):
         self._phase = Phase.SYNCING
         self._epoch = 0
         # Insertion order is the order objects were last named in: pop, then set.
-        self._pending: dict[tuple[Kind, str], Refresh] = {}
-        self._events: list[E] = []
+        self._pending: dict[Key, Refresh] = {}
+        self._asked_by: dict[Key, list[E]] = {}  # events waiting on a pending object's read
+        self._loose: list[E] = []  # events that named nothing to read
+        self._in_flight: set[Key] = set()  # objects with a read taken in this epoch
+        self._received = 0  # events received in this epoch
+        self._exits: dict[str, int] = {}  # container id → number of its last `die` event
 
     @property
     def phase(self) -> Phase:
@@ -100,36 +119,95 @@ class EngineFollow(Generic[E]):
 
     @property
     def pending(self) -> tuple[Refresh, ...]:
-        """What the next batch would re-read."""
+        """What is still to be read, in the order it was last named in."""
         return tuple(self._pending.values())
 
     @property
-    def has_work(self) -> bool:
-        return bool(self._pending or self._events)
+    def in_flight(self) -> frozenset[Key]:
+        return frozenset(self._in_flight)
 
-    def received(self, refreshes: Iterable[Refresh], event: E | None = None) -> None:
-        """An event of the current stream, with what it asks to re-read."""
+    @property
+    def has_work(self) -> bool:
+        """Whether something is waiting to be read or handed on (taken or not yet takeable)."""
+        return bool(self._pending or self._loose)
+
+    @property
+    def takeable(self) -> bool:
+        """Whether `take()` would return a read now."""
+        if self._phase is Phase.STOPPED:
+            return False
+        return bool(self._loose) or any(k not in self._in_flight for k in self._pending)
+
+    def received(self, refreshes: Iterable[Refresh], event: E | None = None) -> int:
+        """An event of the current stream, with what it asks to re-read. Returns its number in
+        this epoch (0: ignored, not following)."""
         if self._phase is not Phase.FOLLOWING:
-            return
+            return 0
+        self._received += 1
+        last: Key | None = None
         # Coalesce as we go, so that a slow reader's backlog stays one entry per object.
         for r in refreshes:
-            self._pending.pop((r.kind, r.id), None)
-            self._pending[(r.kind, r.id)] = r
+            key = (r.kind, r.id)
+            self._pending.pop(key, None)
+            self._pending[key] = r
+            last = key
+            if r.exited and r.kind == "container":
+                self._exits[r.id] = self._received
         if event is not None:
-            self._events.append(event)
+            # An event is handed on with the read of the last object it named: for a
+            # `connect`, the container's, which shows the new attachment.
+            if last is None:
+                self._loose.append(event)
+            else:
+                self._asked_by.setdefault(last, []).append(event)
         self._next_delay = self._initial_delay
+        return self._received
 
-    def take(self) -> Batch[E] | None:
-        """Everything received since the last take, or None when there is nothing."""
-        if self._phase is Phase.STOPPED or not self.has_work:
+    def want(self, kind: Kind, oid: str) -> bool:
+        """The caller learnt of an object it must read (a container attached to a network
+        the model does not hold): read it unless a read of it is pending or in flight already.
+        Returns whether it was added."""
+        key = (kind, oid)
+        if self._phase is not Phase.FOLLOWING or key in self._pending or key in self._in_flight:
+            return False
+        self._pending[key] = Refresh(kind, oid)
+        return True
+
+    def take(self) -> Read[E] | None:
+        """The oldest named object with no read in flight, or events that named nothing; None
+        when there is none."""
+        if self._phase is Phase.STOPPED:
             return None
-        batch = Batch(self._epoch, tuple(self._pending.values()), tuple(self._events))
-        self._pending, self._events = {}, []
-        return batch
+        for key, r in self._pending.items():
+            if key not in self._in_flight:
+                del self._pending[key]
+                self._in_flight.add(key)
+                events = tuple(self._asked_by.pop(key, ()))
+                return Read(self._epoch, r, self._received, events)
+        if self._loose:
+            events, self._loose = tuple(self._loose), []
+            return Read(self._epoch, None, self._received, events)
+        return None
 
-    def accepts(self, batch: Batch[E]) -> bool:
-        """Whether the reads made for `batch` may be installed now."""
-        return self._phase is not Phase.STOPPED and batch.epoch == self._epoch
+    def accepts(self, read: Read[E]) -> bool:
+        """Whether a read taken then is still current (in this epoch, not stopped)."""
+        return self._phase is not Phase.STOPPED and read.epoch == self._epoch
+
+    def finished(self, read: Read[E], shows_running: bool = False) -> bool:
+        """The read is done (or failed: then the result does not matter): frees its object
+        for the next read and says whether to install what it found. `shows_running`: it
+        found a running container."""
+        r = read.refresh
+        current = self.accepts(read)
+        if r is None or not current:
+            return current
+        self._in_flight.discard((r.kind, r.id))
+        died_at = self._exits.get(r.id) if r.kind == "container" else None
+        if died_at is not None:
+            if died_at > read.taken_at:
+                return not shows_running  # begun before the `die`: the next read says
+            del self._exits[r.id]  # begun after the `die`: it is the truth
+        return True
 
     def stream_lost(self) -> float:
         """The stream ended or broke, or opening one (or its snapshot) failed. Returns how
@@ -150,9 +228,15 @@ class EngineFollow(Generic[E]):
             raise ProtocolError("resynced() while following: call stream_lost() first")
         self._phase = Phase.FOLLOWING
         self._epoch += 1
-        self._pending, self._events = {}, []
+        self._forget()
         return True
 
     def stop(self) -> None:
         self._phase = Phase.STOPPED
-        self._pending, self._events = {}, []
+        self._forget()
+
+    def _forget(self) -> None:
+        self._pending, self._asked_by, self._loose = {}, {}, []
+        self._in_flight = set()
+        self._exits = {}
+        self._received = 0

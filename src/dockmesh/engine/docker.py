@@ -149,7 +149,9 @@ class DockerBackend:
                             base_url=self.ref.url,
                             version="auto",
                             timeout=self._timeout,
-                            max_pool_size=_INSPECT_WORKERS + 8,  # + event streams and callers
+                            # + the watcher's re-readers (8), event streams and callers:
+                            # a connection beyond the pool is made and thrown away each time.
+                            max_pool_size=_INSPECT_WORKERS + 16,
                         )
                         _one_pool(self._client)
                 client = self._client

@@ -1,8 +1,9 @@
 """What an engine event means for the model. Pure: an event dict in, a list of refreshes out.
 
 The watcher does not try to patch the model from event attributes (they are incomplete: a
-`connect` event carries no address). It re-reads the object the event names, or drops it when
-the event says it is gone. Re-reading is idempotent, so replaying an event is harmless — which
+`connect` event carries no address). It re-reads the object the event names (for a `connect`
+or `disconnect`, the container: the network is unchanged), or drops it when the event says it
+is gone. Re-reading is idempotent, so replaying an event is harmless — which
 is what makes "open the stream, then snapshot" free of races.
 """
 
@@ -58,14 +59,15 @@ def refreshes_for(event: Mapping[str, Any]) -> tuple[Refresh, ...]:
             Refresh("container", oid, gone=base_action == "destroy", exited=base_action == "die"),
         )
     if etype == "network":
-        out: list[Refresh] = []
-        if oid and base_action == "destroy":
-            out.append(Refresh("network", oid, gone=True))
-        elif oid and base_action in ("connect", "disconnect", "create", "update", "remove"):
-            out.append(Refresh("network", oid))
-        # The container's attachments changed too, and only its inspect shows the address.
         cid = attrs.get("container")
         if cid and base_action in ("connect", "disconnect"):
-            out.append(Refresh("container", cid))
-        return tuple(out)
+            # The container's attachments changed, and only its inspect shows them (address,
+            # MAC, aliases); the network itself did not change (the model keeps no list of
+            # its endpoints), so it is not read again. A container attached to a network the
+            # model does not hold yet has that network read (the watcher asks for it).
+            return (Refresh("container", cid),)
+        if oid and base_action == "destroy":
+            return (Refresh("network", oid, gone=True),)
+        if oid and base_action in ("connect", "disconnect", "create", "update", "remove"):
+            return (Refresh("network", oid),)  # a (dis)connect naming no container: look
     return ()

@@ -1,12 +1,14 @@
 """A live topology: a snapshot of each engine, kept current by its event stream.
 
-Per engine, one thread reads the event stream and another re-reads the objects the events name,
-in batches, and installs what it read; each change freezes a new `Topology` with the version
-bumped. When a stream ends or breaks (the engine restarted, the socket went away, a re-read
-failed) the reader reconnects with back-off and resyncs from a full snapshot; the version is
-bumped only if the resync found a difference. Which objects to re-read, whether reads are still
-current, and how long to back off are decided by `dockmesh.engine.coalesce` (pure); this
-module only carries those decisions out.
+Per engine, one thread reads the event stream and a few others re-read the objects the events
+name, each object on its own, concurrently, and install each read as soon as it returns: a slow
+inspect (the engine holds a container's lock while it starts it) holds up only its own object.
+Each change freezes a new `Topology` with the version bumped. When a stream ends or breaks
+(the engine restarted, the socket went away, a re-read failed) the reader reconnects with
+back-off and resyncs from a full snapshot; the version is bumped only if the resync found a
+difference. Which objects to re-read and when, whether reads are still current, and how long
+to back off are decided by `dockmesh.engine.coalesce` (pure); this module only carries those
+decisions out.
 
 Listeners hear of every version, in order, from one thread at a time, and never while the
 watcher holds its lock: a listener may read `topology`, subscribe or unsubscribe. A listener
@@ -27,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from dockmesh.engine.aio import watch_topology
 from dockmesh.engine.backend import EngineRef, EngineSource, EventSource
-from dockmesh.engine.coalesce import Batch, EngineFollow, Phase
+from dockmesh.engine.coalesce import EngineFollow, Phase, Read
 from dockmesh.engine.events import refreshes_for
 from dockmesh.model.topology import Container, EngineState, Network, Topology, build_topology
 
@@ -37,6 +39,11 @@ Listener = Callable[[Topology], None]
 # Called after each engine event has been applied: (the event, time_ns() when applied).
 EventHook = Callable[[dict[str, object], int], None]
 Event = dict[str, object]
+
+# Re-reads in flight at once per engine. Reads of different objects run concurrently (the
+# engine serves them in parallel; one blocked on a container's lock must not hold up the
+# others); reads of one object never do (see `dockmesh.engine.coalesce`).
+READERS = 8
 
 
 def _connect(ref: EngineRef) -> EngineSource:
@@ -61,13 +68,15 @@ class TopologyWatcher:
         self,
         engines: Sequence[EngineRef | EngineSource],
         *,
+        readers: int = READERS,
         clock: Callable[[], float] = time.monotonic,
         time_ns: Callable[[], int] = time.time_ns,
         sleep: Callable[[float], object] | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
     ) -> None:
-        """`engines`: references to connect to, or engine sources already made.
+        """`engines`: references to connect to, or engine sources already made; `readers`:
+        how many re-reads each engine may have in flight at once.
 
         `clock` measures `wait_for`'s timeout; `time_ns` stamps the event hook's calls;
         `sleep(seconds)` waits out a reconnect back-off (by default on the stop event, so
@@ -81,6 +90,9 @@ class TopologyWatcher:
         self._time_ns = time_ns
         self._stop = threading.Event()
         self._sleep: Callable[[float], object] = sleep or self._stop.wait
+        if readers < 1:
+            raise ValueError(f"readers: need at least 1, not {readers}")
+        self._readers = readers
         # Lock order: `_lock`, then an engine's `_work[i]`; `_delivering` is never taken with
         # either held.
         self._lock = threading.Condition()  # states, version, topology, outbox, subscriptions
@@ -98,11 +110,6 @@ class TopologyWatcher:
         self._streams: list[EventSource | None] = [None] * n
         # Why another thread ended engine i's stream, for the reader's log line.
         self._break_reasons: list[str | None] = [None] * n
-        # Per engine: events received so far (guarded by _work[i]), and container id → the
-        # event number of its last `die`, shown before its re-read (guarded by _lock): a read
-        # begun before that event must not bring "running" back.
-        self._received = [0] * n
-        self._exit_marks: list[dict[str, int]] = [{} for _ in range(n)]
         self._threads: list[threading.Thread] = []
         self.event_hook: EventHook | None = None
         self.resyncs = 0
@@ -245,14 +252,18 @@ class TopologyWatcher:
         return self._clients[i].ref.name
 
     def _read_loop(self, i: int) -> None:
-        """Engine i's event stream, into its follow state; a second thread applies it, so
-        reading never waits on the engine's answers: events queue up while an inspect is slow
-        (the engine holds a container's lock while it connects it) and are then re-read in
-        one batch, each object once however many events named it."""
-        applier = threading.Thread(
-            target=self._apply_loop, args=(i,), daemon=True, name=f"apply-{self._name(i)}"
-        )
-        applier.start()
+        """Engine i's event stream, into its follow state; reader threads re-read what it
+        names, so reading the stream never waits on the engine's answers: events for an
+        object whose inspect is slow (the engine holds a container's lock while it connects
+        it) queue up as one read of it, made once the slow one returns."""
+        appliers = [
+            threading.Thread(
+                target=self._apply_loop, args=(i,), daemon=True, name=f"apply-{self._name(i)}-{k}"
+            )
+            for k in range(self._readers)
+        ]
+        for a in appliers:
+            a.start()
         follow, work = self._follows[i], self._work[i]
         try:
             while not self._stop.is_set():
@@ -269,12 +280,12 @@ class TopologyWatcher:
                         refreshes = refreshes_for(event)
                         with work:
                             follow.received(refreshes, event if hook else None)
-                            self._received[i] += 1
-                            seq, epoch = self._received[i], follow.epoch
-                            work.notify()
+                            epoch = follow.epoch
+                            if follow.takeable:
+                                work.notify()
                         exited = [r.id for r in refreshes if r.exited]
                         if exited:
-                            self._mark_exited(i, exited, seq, epoch)
+                            self._mark_exited(i, exited, epoch)
                     reason = self._break_reasons[i] or "the engine ended it"
                 except Exception as e:
                     reason = self._break_reasons[i] or f"{type(e).__name__}: {e}"
@@ -294,7 +305,8 @@ class TopologyWatcher:
                 self._sleep(delay)
         finally:
             self._drop_stream(i, "stopping")
-            applier.join(timeout=5)
+            for a in appliers:
+                a.join(timeout=5)
 
     def _resync(self, i: int) -> None:
         fresh = self._clients[i].snapshot()
@@ -303,7 +315,6 @@ class TopologyWatcher:
                 if not self._follows[i].resynced():
                     return  # stopped meanwhile
             self.resyncs += 1
-            self._exit_marks[i].clear()  # the snapshot is newer than every mark
             old = self._states[i]
             changed = old.networks != fresh.networks or old.containers != fresh.containers
             if changed:
@@ -313,37 +324,43 @@ class TopologyWatcher:
         self._deliver()
 
     def _apply_loop(self, i: int) -> None:
+        """One of engine i's readers: takes one object at a time, re-reads it and installs
+        the read at once."""
         follow, work = self._follows[i], self._work[i]
         while True:
             with work:
-                while (batch := follow.take()) is None:
+                while (read := follow.take()) is None:
                     if follow.phase is Phase.STOPPED:
                         return
                     work.wait()
-                taken_at = self._received[i]
+                if follow.takeable:
+                    work.notify()  # more to read: wake another reader
             try:
-                networks, containers = self._read(i, batch)
+                found = self._read(i, read)
             except Exception as e:
+                with work:
+                    follow.finished(read)
+                    work.notify()
                 if self._stop.is_set():
                     log.debug("engine %s: re-read ended on stop: %s", self._name(i), e)
                     return
                 # The reader sees its stream end, backs off and resyncs: the snapshot covers
-                # whatever this batch was for.
+                # whatever this read was for.
                 self._break_stream(i, f"re-reading failed: {type(e).__name__}: {e}")
                 continue
             try:
-                self._install(i, batch, networks, containers, taken_at)
+                self._install(i, read, found)
             except Exception:
                 # A bug, not the engine; the state may be half updated, so start it afresh.
-                log.exception("engine %s: installing re-reads failed; resyncing", self._name(i))
-                self._break_stream(i, "installing re-reads failed (logged above)")
+                log.exception("engine %s: installing a re-read failed; resyncing", self._name(i))
+                self._break_stream(i, "installing a re-read failed (logged above)")
                 continue
             self._deliver()
-            self._run_hook(batch)
+            self._run_hook(read.events)
 
-    def _mark_exited(self, i: int, ids: list[str], seq: int, epoch: int) -> None:
+    def _mark_exited(self, i: int, ids: list[str], epoch: int) -> None:
         """A `die` event says the process has ended: the model shows it as soon as the event
-        is read — before the re-read that fills in the rest, and even while the applier waits
+        is read — before the re-read that fills in the rest, and even while a reader waits
         on an earlier, slow inspect — so that what follows the model (the catalog, DNS) drops
         the container within milliseconds of its death however slow the engine answers."""
         with self._lock:
@@ -353,7 +370,6 @@ class TopologyWatcher:
             state = self._states[i]
             changed = False
             for cid in ids:
-                self._exit_marks[i][cid] = seq
                 c = state.containers.get(cid)
                 if c is not None and c.running:
                     exited = replace(c, state="exited", pid=None, health=None)
@@ -362,61 +378,58 @@ class TopologyWatcher:
                 self._freeze()
         self._deliver()
 
-    def _read(
-        self, i: int, batch: Batch[Event]
-    ) -> tuple[dict[str, Network | None], dict[str, Container | None]]:
-        """The engine round trips, made with no lock held: they are the slow part."""
+    def _read(self, i: int, read: Read[Event]) -> Network | Container | None:
+        """The engine round trip, made with no lock held: it is the slow part."""
+        r = read.refresh
+        if r is None or r.gone:
+            return None
         client = self._clients[i]
-        networks: dict[str, Network | None] = {}
-        containers: dict[str, Container | None] = {}
-        for r in batch.refreshes:
-            if r.kind == "network":
-                networks[r.id] = None if r.gone else client.network(r.id)
-            else:
-                containers[r.id] = None if r.gone else client.container(r.id)
-        return networks, containers
+        return client.network(r.id) if r.kind == "network" else client.container(r.id)
 
-    def _install(
-        self,
-        i: int,
-        batch: Batch[Event],
-        networks: dict[str, Network | None],
-        containers: dict[str, Container | None],
-        taken_at: int = 0,
-    ) -> None:
+    def _install(self, i: int, read: Read[Event], found: Network | Container | None) -> None:
+        r = read.refresh
         with self._lock:
-            with self._work[i]:
-                current = self._follows[i].accepts(batch)
-            if not current:
+            follow, work = self._follows[i], self._work[i]
+            with work:
+                running = isinstance(found, Container) and found.running
+                install = follow.finished(read, shows_running=running)
+                if r is not None and install and isinstance(found, Container):
+                    # A container on a network the model does not hold (its create event's
+                    # read not back yet, or missed): read the network too.
+                    networks = self._states[i].networks
+                    for a in found.attachments:
+                        if a.network_id and a.network_id not in networks:
+                            follow.want("network", a.network_id)
+                if follow.takeable:
+                    work.notify()
+            if r is None:
+                return
+            if not install:
                 log.debug(
-                    "engine %s: dropping %d re-reads that a resync overtook",
+                    "engine %s: dropping a re-read of %s %s (a resync or a `die` overtook it)",
                     self._name(i),
-                    len(batch.refreshes),
+                    r.kind,
+                    r.id[:12],
                 )
                 return
             state = self._states[i]
-            changed = False
-            for nid, n in networks.items():
-                changed |= state.upsert_network(n) if n else state.drop_network(nid)
-            marks = self._exit_marks[i]
-            for cid, c in containers.items():
-                died_at = marks.get(cid)
-                if died_at is not None:
-                    if died_at > taken_at:
-                        if c is not None and c.running:
-                            continue  # read before its `die`: the batch after this one re-reads
-                    else:
-                        del marks[cid]  # this read began after the `die`: it is the truth
-                changed |= state.upsert_container(c) if c else state.drop_container(cid)
+            if found is None:  # gone, or not found
+                changed = (
+                    state.drop_network(r.id) if r.kind == "network" else state.drop_container(r.id)
+                )
+            elif isinstance(found, Network):
+                changed = state.upsert_network(found)
+            else:
+                changed = state.upsert_container(found)
             if changed:
                 self._freeze()
 
-    def _run_hook(self, batch: Batch[Event]) -> None:
+    def _run_hook(self, events: tuple[Event, ...]) -> None:
         hook = self.event_hook
-        if hook is None or not batch.events:
+        if hook is None or not events:
             return
         now = self._time_ns()
-        for event in batch.events:
+        for event in events:
             try:
                 hook(event, now)
             except Exception:

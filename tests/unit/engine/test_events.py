@@ -35,14 +35,22 @@ def test_destroy_drops() -> None:
     assert refreshes_for(ev("network", "destroy", "n")) == (Refresh("network", "n", True),)
 
 
-def test_connect_rereads_network_and_container() -> None:
+def test_connect_rereads_the_container_only() -> None:
+    # The container's inspect carries the endpoint (address, MAC, aliases); the network's
+    # own inspect does not change when a container joins or leaves it.
     assert refreshes_for(ev("network", "connect", "n", container="c")) == (
-        Refresh("network", "n"),
         Refresh("container", "c"),
     )
-    assert refreshes_for(ev("network", "disconnect", "n", container="c"))[1] == Refresh(
-        "container", "c"
+    assert refreshes_for(ev("network", "disconnect", "n", container="c")) == (
+        Refresh("container", "c"),
     )
+    # Without a container named, the network is what the event is about.
+    assert refreshes_for(ev("network", "connect", "n")) == (Refresh("network", "n"),)
+
+
+def test_network_changes_reread_the_network() -> None:
+    for action in ("create", "update", "remove"):
+        assert refreshes_for(ev("network", action, "n")) == (Refresh("network", "n"),)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
-from dockmesh.model.topology import Container, Topology, build_topology
+from dockmesh.model.topology import Container, Network, Topology, build_topology
 from dockmesh.testing.engine import FlakyEngine
 
 WAIT = 10  # seconds; a guard against hanging, never a measure
@@ -188,6 +189,101 @@ def test_events_for_one_object_are_read_once_per_batch() -> None:
             engine.rename(cid, f"c{i}")
         assert watcher.wait_for(lambda t: t.container("c29") is not None, WAIT)
         assert engine.reads < 31  # 31 events: the slow reads let later ones coalesce
+
+
+# --- reads at the engine's own speed ----------------------------------------------------------
+
+
+class HeldEngine(MemoryEngine):
+    """Inspects of the containers in `held` return what they found only once `release` is set
+    (the engine holds a container's lock while it starts it); every network read is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: set[str] = set()
+        self.release = threading.Event()
+        self.network_reads: list[str] = []
+
+    def container(self, container_id: str) -> Container | None:
+        found = super().container(container_id)  # as it was when the inspect began
+        if container_id in self.held:
+            assert self.release.wait(WAIT), "never released"
+        return found
+
+    def network(self, network_id: str) -> Network | None:
+        self.network_reads.append(network_id)
+        return super().network(network_id)
+
+
+def running(name: str) -> Any:
+    def check(t: Topology) -> bool:
+        c = t.container(name)
+        return c is not None and c.running
+
+    return check
+
+
+def test_a_slow_inspect_does_not_hold_up_another_containers_start() -> None:
+    engine = HeldEngine()
+    slow = engine.create_container("slow")
+    fast = engine.create_container("fast")
+    with watching(engine) as watcher:
+        engine.held.add(slow)
+        try:
+            engine.start(slow)  # its re-read now waits on the engine
+            engine.start(fast)
+            assert watcher.wait_for(running("fast"), WAIT), "held up by the slow inspect"
+            assert not running("slow")(watcher.topology)
+        finally:
+            engine.release.set()
+        assert watcher.wait_for(running("slow"), WAIT)
+        settled(watcher, engine)
+
+
+def test_a_die_during_a_slow_inspect_is_not_undone_by_it() -> None:
+    """The inspect began while the container ran and returns after its `die` was heard: the
+    model keeps it exited (the `die`'s own re-read follows)."""
+    engine = HeldEngine()
+    cid = engine.create_container("c")
+    engine.start(cid)
+    with watching(engine) as watcher:
+        assert watcher.wait_for(running("c"), WAIT)
+        engine.held.add(cid)
+        engine.rename(cid, "c")  # an event whose re-read is held (and sees it running)
+        time.sleep(0.05)  # the reader has taken it
+        engine.stop(cid)
+        assert watcher.wait_for(lambda t: not running("c")(t), WAIT)
+        seen: list[bool] = []
+        watcher.subscribe(lambda t: seen.append(running("c")(t)))
+        engine.held.discard(cid)
+        engine.release.set()
+        settled(watcher, engine)
+        assert not any(seen), "a read from before the die brought 'running' back"
+
+
+def test_connecting_a_container_reads_the_container_not_the_network() -> None:
+    engine = HeldEngine()
+    nid = engine.create_network("n", subnet="10.8.0.0/24")
+    cid = engine.create_container("c")
+    engine.start(cid)
+    with watching(engine) as watcher:
+        engine.connect(cid, nid, aliases=("api",))
+
+        def attached(t: Topology) -> bool:
+            c = t.container("c")
+            return c is not None and any(a.network == "n" and a.ipv4 for a in c.attachments)
+
+        assert watcher.wait_for(attached, WAIT)
+        engine.disconnect(cid, nid)
+        settled(watcher, engine)
+        assert engine.network_reads == []
+        # A network the model does not hold yet (made while no event of it was read) is
+        # read when a container turns out to be on it.
+        with watcher._lock:
+            del watcher._states[0].networks[nid]
+        engine.connect(cid, nid)
+        settled(watcher, engine)
+        assert engine.network_reads == [nid]
 
 
 # --- listeners ------------------------------------------------------------------------------
