@@ -38,7 +38,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -49,6 +49,7 @@ from dockmesh.catalog.live import LiveCatalog
 from dockmesh.catalog.store import MemoryStore, SqliteStore, Store
 from dockmesh.engine.backend import EngineRef
 from dockmesh.errors import EngineError
+from dockmesh.model.liveness import EngineLink, still_dead, to_follow, without_dead
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import DEFAULT_TABLE
 from dockmesh.policy.store import DEFAULT_DIR
@@ -105,6 +106,19 @@ class TopologySource(Protocol):
     def start(self) -> Topology: ...
     def updates(self) -> AsyncGenerator[Topology, None]: ...
     def stop(self) -> None: ...
+    def links(self) -> Sequence[EngineLink]: ...
+
+
+class ProcessWatch(Protocol):
+    """Follows containers' processes without the engine (`PidWatch` is the one `build_deps`
+    makes): after `start(on_exit)` on the loop, `follow({container id: pid})` says which to
+    follow, and `on_exit(container id, pid)` is called on the loop when one ends."""
+
+    def start(self, on_exit: Callable[[str, int], None]) -> None: ...
+    def follow(self, wanted: Mapping[str, int]) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def count(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +137,9 @@ class AgentDeps:
     # What prints the kernel's ruleset events (`nft -j monitor`): the agent restores the
     # policy's table after any change it did not make. None: no watch.
     ruleset_events: tuple[str, ...] | None = None
+    # Follows the instances' processes, so that one that dies leaves the catalog while the
+    # engine does not answer. None: the engine's events alone.
+    processes: ProcessWatch | None = None
 
 
 def build_deps(config: AgentConfig) -> AgentDeps:
@@ -130,6 +147,7 @@ def build_deps(config: AgentConfig) -> AgentDeps:
     they may come later), the state file, the policy store and the kernel's nft."""
     from dockmesh.engine.docker import DockerBackend
     from dockmesh.engine.watch import TopologyWatcher
+    from dockmesh.host.pidwatch import PidWatch
     from dockmesh.policy.enforce import Enforcer
     from dockmesh.policy.store import PolicyStore
 
@@ -142,6 +160,7 @@ def build_deps(config: AgentConfig) -> AgentDeps:
         topology=TopologyWatcher(engines),
         enforcer=enforcer,
         ruleset_events=(enforcer.nft.binary, "-j", "monitor"),
+        processes=PidWatch(),
     )
 
 
@@ -188,6 +207,8 @@ class Agent:
 
             self.watch = RulesetWatch(deps.enforcer.table, deps.enforcer.check, deps.ruleset_events)
         self.drops: DropCounter | None = None  # the policy's drop logs, for /metrics
+        # Container id → the pid that ended while the topology still shows it running.
+        self.dead: dict[str, int] = {}
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -230,6 +251,8 @@ class Agent:
         """Loads the state file, starts the servers and follows the engines (in the
         background: they need not answer yet)."""
         self.live.load()
+        if self.deps.processes is not None:
+            self.deps.processes.start(self._process_ended)
         await self._start_services()
         if self.policy is not None:
             self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
@@ -264,6 +287,15 @@ class Agent:
             from dockmesh.policy.watch import RepairCollector
 
             registry.register(RepairCollector(self.policy, self.watch))
+        from dockmesh.api.metrics import EngineCollector
+
+        processes = self.deps.processes
+        registry.register(
+            EngineCollector(
+                self.deps.topology.links,
+                (lambda: processes.count) if processes is not None else None,
+            )
+        )
         # Each container's interface counters, read from its namespace at scrape time.
         registry.register(ContainerNetworkCollector(self.topology.current))
         if self.policy is not None:
@@ -280,7 +312,12 @@ class Agent:
         self.health = health
         await health.start()
         app = make_app(
-            self.live, self.topology.current, self.topology.wait, metrics=registry, node=cfg.node
+            self.live,
+            self.topology.current,
+            self.topology.wait,
+            metrics=registry,
+            node=cfg.node,
+            links=self.deps.topology.links,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
@@ -314,6 +351,8 @@ class Agent:
         runner = self.api_runner
         if runner is not None:
             await runner.cleanup()
+        if self.deps.processes is not None:
+            self.deps.processes.close()
         await asyncio.to_thread(self.deps.topology.stop)
         self.deps.store.close()
         loop = asyncio.get_running_loop()
@@ -349,16 +388,37 @@ class Agent:
         # The kernel first: a container that moved is covered by the policy before the
         # catalog and DNS announce its new address.
         await self._sync_policy(topo)
+        self._sync_catalog(topo)
+        if self.dns is not None and self.config.dns_on_gateways:
+            await self._follow_gateways(bridge_gateways(topo))
+
+    def _sync_catalog(self, topo: Topology) -> None:
+        """The catalog from `topo`, less the containers whose process was seen to end since
+        (the engine's newer word overrides that: `still_dead`); then the processes of what
+        it holds are followed."""
+        self.dead = still_dead(topo, self.dead)
+        seen = without_dead(topo, self.dead)
         local = self.config.engines[0].name if self.config.engines else "local"
-        for engine in topo.engines:
-            derived, warnings = derive_all(topo, engine.name, local, self.config.register_compose)
+        held: list[str] = []
+        for engine in seen.engines:
+            derived, warnings = derive_all(seen, engine.name, local, self.config.register_compose)
             for w in warnings:
                 if w not in self.warnings.get(engine.name, []):
                     log.warning("%s", w)
             self.warnings[engine.name] = warnings
             self.live.sync_containers(engine.name, [(d.instance, d.checks) for d in derived])
-        if self.dns is not None and self.config.dns_on_gateways:
-            await self._follow_gateways(bridge_gateways(topo))
+            held += [d.instance.container_id for d in derived if d.instance.container_id]
+        if self.deps.processes is not None:
+            self.deps.processes.follow(to_follow(seen, held))
+
+    def _process_ended(self, container_id: str, pid: int) -> None:
+        """A followed process ended: its instance leaves the catalog (and so DNS) now, not
+        when the engine reports it — which it cannot while it does not answer."""
+        topo = self.topology.current()
+        if topo is None:
+            return
+        self.dead[container_id] = pid
+        self._sync_catalog(topo)
 
     # --- keeping the applied policy true --------------------------------------------------
 

@@ -37,6 +37,7 @@ from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
 from dockmesh.model.config import ContainerConfig, EndpointConfig
 from dockmesh.model.labels import Discovery, DiscoveryCheck, encode_discovery
+from dockmesh.model.liveness import EngineLink
 from dockmesh.model.policy import Policy, Rule, Selector
 from dockmesh.model.topology import EngineInfo, IpamPool, Network, Topology
 from dockmesh.policy.enforce import Enforcer
@@ -464,6 +465,9 @@ class SilentEngine:
 
     def updates(self) -> Any:
         raise AssertionError("never started")
+
+    def links(self) -> tuple[EngineLink, ...]:
+        return ()
 
     def stop(self) -> None:
         pass
