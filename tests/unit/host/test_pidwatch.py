@@ -144,9 +144,7 @@ def test_stat_start_reads_state_and_start_time_past_any_command_name() -> None:
 
 
 @given(st.text(max_size=200), st.sampled_from([CID, OTHER]))
-def test_a_cgroup_names_the_container_only_when_it_holds_its_full_id(
-    text: str, cid: str
-) -> None:
+def test_a_cgroup_names_the_container_only_when_it_holds_its_full_id(text: str, cid: str) -> None:
     assert names_container(text + docker_cgroup(cid), cid)
     assert names_container(text, cid) == (cid in text)
     assert not names_container(text + docker_cgroup(cid), "")
