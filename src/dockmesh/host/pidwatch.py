@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import resource
 import select
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -78,6 +80,13 @@ class PidWatch:
     def start(self, on_exit: OnExit) -> None:
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
+        # A descriptor per followed process: a host with a thousand containers is over the
+        # usual soft limit of 1024, and the hard limit is there to be taken.
+        with contextlib.suppress(ValueError, OSError):
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            if soft != resource.RLIM_INFINITY and soft < want:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
     @property
     def count(self) -> int:
@@ -121,8 +130,11 @@ class PidWatch:
                 self._unproven[cid] = pid
                 return
             except OSError as e:
-                log.warning("pidfd_open refused (%s): following processes in %s", e, self._proc)
-                self._pidfds = False
+                if e.errno in (errno.EMFILE, errno.ENFILE):  # this one polled; others may fit
+                    log.warning("pidfd_open: %s: following pid %d in %s", e, pid, self._proc)
+                else:  # not in this kernel, or a seccomp profile refuses it
+                    log.warning("pidfd_open refused (%s): following processes in %s", e, self._proc)
+                    self._pidfds = False
         cgroup = self._read(pid, "cgroup")
         if cgroup is None or not names_container(cgroup, cid):
             # Not shown to be the container's process (not our pid namespace, a reused pid,
