@@ -7,11 +7,14 @@ Everything it returns is a model value; every failure leaves it as `EngineError`
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -21,6 +24,7 @@ import requests.exceptions
 
 from dockmesh.engine.backend import EngineRef, ImageInfo
 from dockmesh.engine.convert import container_from_api, network_from_api
+from dockmesh.engine.unixhttp import UnixGets
 from dockmesh.errors import EngineConflict, EngineError, EngineNotFound
 from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
 from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
@@ -193,18 +197,41 @@ class DockerBackend:
 
     def snapshot(self) -> EngineState:
         """Every network and container of the engine. Networks come from one list call (it
-        carries all we need); containers need an inspect each (pid, aliases), run in parallel."""
+        carries all we need); containers need an inspect each (pid, aliases), run in parallel
+        — on a unix socket through plain `http.client` connections (`UnixGets`: a tenth of
+        docker-py's cost per call, most of a resync's time at hundreds of containers)."""
         state = EngineState(self.info())
         with self._m(f"engine {self.ref.name}"):
             for raw in self._api.networks():
                 n = network_from_api(raw, self.ref.name)
                 state.networks[n.id] = n
             ids = [c["Id"] for c in self._api.containers(all=True)]
-        with ThreadPoolExecutor(_INSPECT_WORKERS) as pool:
-            for c in pool.map(self.container, ids):
-                if c is not None:  # removed while we looked
-                    state.containers[c.id] = c
+        inspect = self.container
+        gets: UnixGets | None = None
+        if self.ref.url.startswith("unix://"):
+            gets = UnixGets(self.ref.url.removeprefix("unix://"), self._timeout)
+            inspect = partial(self._inspect_with, gets)
+        try:
+            with ThreadPoolExecutor(_INSPECT_WORKERS) as pool:
+                for c in pool.map(inspect, ids):
+                    if c is not None:  # removed while we looked
+                        state.containers[c.id] = c
+        finally:
+            if gets is not None:
+                gets.close()
         return state
+
+    def _inspect_with(self, gets: UnixGets, container_id: str) -> Container | None:
+        path = urlsplit(self._api._url("/containers/{0}/json", container_id)).path
+        what = f"inspect container {self._short(container_id)}"
+        try:
+            raw = gets.get_json(path)
+        except EngineError as e:  # the engine's reason, as docker-py's errors give it
+            raise EngineError(f"{what}: {e}") from e
+        except (OSError, http.client.HTTPException) as e:
+            where = f"engine {self.ref.name} ({self.ref.url})"
+            raise EngineError(f"{what}: {where} does not answer: {_reason(e)}") from e
+        return None if raw is None else container_from_api(raw, self.ref.name)
 
     def events(self) -> DockerEvents:
         """Opens the event stream now: events from this moment on are buffered by the
