@@ -7,14 +7,11 @@ and says it no more once the relay is back."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,71 +21,11 @@ from typing import Any
 import pytest
 
 from dockmesh.engine.backend import DEFAULT_URL
+from dockmesh.testing.relay import CuttableRelay
 from tests.integration.conftest import free_subnets
 from tests.integration.test_agent import AgentProc, dig, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class CuttableRelay:
-    """A unix socket relaying every connection to the engine's; `cut()` closes the listener
-    and every connection through it (as a dockerd that went away), `restore()` listens again."""
-
-    def __init__(self, path: Path, engine_socket: str) -> None:
-        self.path, self.engine_socket = path, engine_socket
-        self.server: socket.socket | None = None
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-
-    def restore(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        server.bind(str(self.path))
-        server.listen(64)
-        self.server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self) -> None:
-        server, self.server = self.server, None
-        if server is not None:
-            with contextlib.suppress(OSError):
-                server.shutdown(socket.SHUT_RDWR)
-            server.close()
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return  # cut
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                upstream.connect(self.engine_socket)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
 
 
 def get(agent: AgentProc, path: str) -> tuple[Any, bytes]:
