@@ -49,7 +49,7 @@ from dockmesh.catalog.live import LiveCatalog
 from dockmesh.catalog.store import MemoryStore, SqliteStore, Store
 from dockmesh.engine.backend import EngineRef
 from dockmesh.errors import EngineError
-from dockmesh.model.liveness import EngineLink, still_dead, to_follow, without_dead
+from dockmesh.model.liveness import EngineLink, still_dead, to_follow, with_pings, without_dead
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import DEFAULT_TABLE
 from dockmesh.policy.store import DEFAULT_DIR
@@ -72,6 +72,9 @@ T = TypeVar("T")
 POLICY_POLL_S = 1.0
 # Back-off while the engines do not answer at start (doubling up to the cap).
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 5.0
+# Each engine is pinged this often, and not answering within PING_TIMEOUT_S counts as lost:
+# an engine whose event stream stays open but silent is otherwise not told from a quiet one.
+PING_S, PING_TIMEOUT_S = 1.0, 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,9 @@ class AgentDeps:
     # Follows the instances' processes, so that one that dies leaves the catalog while the
     # engine does not answer. None: the engine's events alone.
     processes: ProcessWatch | None = None
+    # `ping(engine name)` returns once that engine answers, within PING_TIMEOUT_S, and raises
+    # (EngineError, OSError) otherwise. None: the event streams alone say whether it does.
+    ping: Callable[[str], None] | None = None
 
 
 def build_deps(config: AgentConfig) -> AgentDeps:
@@ -153,6 +159,7 @@ def build_deps(config: AgentConfig) -> AgentDeps:
 
     policy = PolicyStore(config.policy_table, config.policy_dir)
     engines = [DockerBackend(ref) for ref in config.engines]
+    by_name = {e.ref.name: e for e in engines}
     store: Store = SqliteStore(config.state) if config.state else MemoryStore()
     enforcer = Enforcer(policy)
     return AgentDeps(
@@ -161,6 +168,7 @@ def build_deps(config: AgentConfig) -> AgentDeps:
         enforcer=enforcer,
         ruleset_events=(enforcer.nft.binary, "-j", "monitor"),
         processes=PidWatch(),
+        ping=lambda name: by_name[name].ping(PING_TIMEOUT_S),
     )
 
 
@@ -209,6 +217,8 @@ class Agent:
         self.drops: DropCounter | None = None  # the policy's drop logs, for /metrics
         # Container id → the pid that ended while the topology still shows it running.
         self.dead: dict[str, int] = {}
+        # Engine name → when (on deps.clock) it last answered, while its pings fail.
+        self._silent_since: dict[str, float] = {}
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -260,6 +270,9 @@ class Agent:
         if self.watch is not None:
             self._tasks.append(asyncio.create_task(self.watch.run(self._stop), name="watch"))
         self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
+        if self.deps.ping is not None:
+            for ref in self.config.engines:
+                self._tasks.append(asyncio.create_task(self._ping(ref.name), name="ping"))
         self.ready.set()
         log.info("agent ready")
 
@@ -292,7 +305,7 @@ class Agent:
         processes = self.deps.processes
         registry.register(
             EngineCollector(
-                self.deps.topology.links,
+                self.links,
                 (lambda: processes.count) if processes is not None else None,
             )
         )
@@ -317,7 +330,7 @@ class Agent:
             self.topology.wait,
             metrics=registry,
             node=cfg.node,
-            links=self.deps.topology.links,
+            links=self.links,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
@@ -362,6 +375,29 @@ class Agent:
         log.info("agent stopped")
 
     # --- the topology -------------------------------------------------------------------
+
+    def links(self) -> tuple[EngineLink, ...]:
+        """Each engine's connection: its event stream open, and the engine answering."""
+        return with_pings(self.deps.topology.links(), self._silent_since, self.deps.clock())
+
+    async def _ping(self, engine: str) -> None:
+        ping = self.deps.ping
+        assert ping is not None
+        answered = self.deps.clock()
+        while not self._stop.is_set():
+            try:
+                # On a thread the loop waits for (a ping ends within its timeout), so that a
+                # stop waits at most that long.
+                await asyncio.to_thread(ping, engine)
+                answered = self.deps.clock()
+                if self._silent_since.pop(engine, None) is not None:
+                    log.info("engine %s answers again", engine)
+            except Exception as e:
+                if engine not in self._silent_since:
+                    log.warning("engine %s does not answer: %s", engine, e)
+                self._silent_since.setdefault(engine, answered)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), PING_S)
 
     async def _connect_and_follow(self) -> None:
         source = self.deps.topology

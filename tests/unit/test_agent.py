@@ -123,6 +123,10 @@ class Env:
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
+    def deps_links_connected(self) -> bool:
+        """Whether the watcher itself still follows the engine's stream."""
+        return all(k.connected for k in self.agent.deps.topology.links())
+
     async def http(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """The agent's API over loopback, from a thread (the virtual clock waits for it)."""
         assert self.agent.api_address is not None
@@ -171,6 +175,7 @@ async def running(
     unplugged: bool = False,
     engine: MemoryEngine | None = None,
     processes: FakeProcesses | None = None,
+    ping: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Env]:
     """An agent on loopback ports over a MemoryEngine with network `mesh` (127.77.0.0/24),
     the policy client → web applied, probes that pass."""
@@ -199,6 +204,7 @@ async def running(
         clock=asyncio.get_running_loop().time,
         probe=probes,
         processes=processes,
+        ping=ping,
     )
     agent = Agent(config, deps)
     task = asyncio.create_task(agent.run())
@@ -393,6 +399,37 @@ def test_while_the_engine_is_lost_a_dead_process_leaves_the_catalog_and_dns_at_o
             cable.stop(ids["web-1"])  # the engine says so: the record is no longer needed
             await vtime.until(lambda: env.agent.dead == {})
             assert "web-1" not in instance_ids(env)
+
+    vtime.run(main)
+
+
+def test_an_engine_whose_stream_stays_open_but_that_does_not_answer_is_lost_too(
+    tmp_path: Path,
+) -> None:
+    silent = threading.Event()
+    pinged: list[str] = []
+
+    def ping(name: str) -> None:
+        pinged.append(name)
+        if silent.is_set():
+            raise EngineError(f"engine {name} does not answer: timed out")
+
+    async def main() -> None:
+        async with running(tmp_path, ping=ping) as env:
+            await vtime.until(lambda: env.agent.links()[0].connected and bool(pinged))
+            assert (await env.headers("/v1/catalog/services"))[0]["X-Consul-KnownLeader"] == "true"
+            silent.set()  # a frozen engine: its stream stays open, nothing answers
+            await asyncio.sleep(1.5)  # the next ping
+            assert not env.agent.links()[0].connected
+            assert env.deps_links_connected()  # the stream itself is still open
+            headers, leader = await env.headers("/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "false" and json.loads(leader) == ""
+            await asyncio.sleep(3.0)
+            assert env.agent.links()[0].sync_age_s >= 3.0
+            silent.clear()
+            await asyncio.sleep(1.5)
+            assert env.agent.links()[0].connected
+            assert (await env.headers("/v1/catalog/services"))[0]["X-Consul-KnownLeader"] == "true"
 
     vtime.run(main)
 

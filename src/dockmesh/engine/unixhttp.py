@@ -57,22 +57,27 @@ class UnixGets:
                 self._conns.append(conn)
         return conn
 
-    def get_json(self, path: str) -> Any:
+    def get(self, path: str) -> tuple[int, bytes]:
+        """The status and body of `GET path`; OSError or `http.client.HTTPException` when the
+        engine does not answer."""
         conn = self._conn()
         try:
             conn.request("GET", path, headers={"Accept": "application/json"})
             resp = conn.getresponse()
-            body = resp.read()
+            return resp.status, resp.read()
         except (OSError, http.client.HTTPException):
             conn.close()  # the next call on this thread connects afresh
             raise
-        if resp.status == 404:
+
+    def get_json(self, path: str) -> Any:
+        status, body = self.get(path)
+        if status == 404:
             return None
-        if resp.status != 200:
+        if status != 200:
             text = body[:300].decode("utf-8", "replace")
             with contextlib.suppress(ValueError, AttributeError):  # the engine's own reason
                 text = str(json.loads(body).get("message", text))
-            raise EngineError(" ".join(text.split()) or f"status {resp.status}")
+            raise EngineError(" ".join(text.split()) or f"status {status}")
         return json.loads(body)
 
     def close(self) -> None:

@@ -12,8 +12,8 @@ catalog sees from those records:
   forgotten, so a restarted container is never hidden by its former process);
 - `to_follow(topology)`: which processes to follow.
 
-And what is known of the engines' connections (`EngineLink`), for `/metrics`, the leader
-and `X-Consul-KnownLeader`.
+And what is known of the engines' connections (`EngineLink`, `with_pings`), for `/metrics`,
+the leader and `X-Consul-KnownLeader`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,21 @@ class EngineLink:
     engine: str
     connected: bool
     sync_age_s: float
+
+
+def with_pings(
+    links: Sequence[EngineLink], silent_since: Mapping[str, float], now: float
+) -> tuple[EngineLink, ...]:
+    """The links, less the engines whose stream is open but that do not answer a ping (a
+    frozen engine, a socket that swallows what is sent: the stream stays open and silent):
+    not followed either, since their last answer (`silent_since`, on `now`'s clock)."""
+    out = []
+    for link in links:
+        since = silent_since.get(link.engine)
+        if link.connected and since is not None:
+            link = EngineLink(link.engine, False, max(0.0, now - since))
+        out.append(link)
+    return tuple(out)
 
 
 def all_connected(links: Sequence[EngineLink]) -> bool:

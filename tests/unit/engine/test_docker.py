@@ -50,7 +50,9 @@ def canned_engine(path: Path, containers: dict[str, dict[str, Any]]) -> CannedEn
         def do_GET(self) -> None:
             route = self.path.split("?")[0].removeprefix("/v1.41")
             status, doc = 200, cast(Any, None)
-            if route == "/version":
+            if route == "/_ping":
+                doc = "OK"
+            elif route == "/version":
                 doc = {"Version": "20.10.24", "ApiVersion": "1.41"}
             elif route == "/networks":
                 doc = [NET]
@@ -107,3 +109,30 @@ def test_a_snapshot_fails_as_engine_errors_say_with_the_engines_reason(tmp_path:
         backend.close()
         server.shutdown()
         server.server_close()
+
+
+def test_a_ping_returns_while_the_engine_answers_and_raises_within_its_timeout_after(
+    tmp_path: Path,
+) -> None:
+    import socket
+    import time
+
+    server = canned_engine(tmp_path / "docker.sock", {})
+    backend = DockerBackend(EngineRef("canned", f"unix://{tmp_path}/docker.sock"))
+    try:
+        backend.ping(1.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(EngineError, match=r"engine canned \(unix://.*\) does not answer"):
+        backend.ping(1.0)
+    # An engine that takes the connection and never answers (frozen): an error in time.
+    frozen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    frozen.bind(str(tmp_path / "frozen.sock"))
+    frozen.listen(4)
+    stuck = DockerBackend(EngineRef("frozen", f"unix://{tmp_path}/frozen.sock"))
+    t0 = time.monotonic()
+    with pytest.raises(EngineError, match=r"does not answer: timed out"):
+        stuck.ping(0.3)
+    assert time.monotonic() - t0 < 2
+    frozen.close()

@@ -13,6 +13,7 @@ from dockmesh.model.liveness import (
     all_connected,
     still_dead,
     to_follow,
+    with_pings,
     without_dead,
 )
 from dockmesh.model.topology import Container, Topology
@@ -120,3 +121,20 @@ def test_the_engines_are_followed_only_when_every_one_is(
 ) -> None:
     links = [EngineLink(f"e{i}", up, age) for i, (up, age) in enumerate(states)]
     assert all_connected(links) == (bool(links) and all(up for up, _ in states))
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.floats(0, 100)), max_size=4),
+    st.dictionaries(st.sampled_from(["e0", "e1", "e2", "e9"]), st.floats(0, 50)),
+)
+def test_an_engine_that_does_not_answer_its_pings_is_not_followed_since_its_last_answer(
+    states: list[tuple[bool, float]], silent: dict[str, float]
+) -> None:
+    links = [EngineLink(f"e{i}", up, age) for i, (up, age) in enumerate(states)]
+    merged = with_pings(links, silent, 100.0)
+    assert [k.engine for k in merged] == [k.engine for k in links]
+    for before, after in zip(links, merged, strict=True):
+        if before.connected and before.engine in silent:
+            assert not after.connected and after.sync_age_s == 100.0 - silent[before.engine]
+        else:
+            assert after == before  # a lost stream says more: it keeps its own age
