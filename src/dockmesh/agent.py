@@ -38,7 +38,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -118,7 +118,7 @@ class ProcessWatch(Protocol):
     follow, and `on_exit(container id, pid)` is called on the loop when one ends."""
 
     def start(self, on_exit: Callable[[str, int], None]) -> None: ...
-    def follow(self, wanted: Mapping[str, int]) -> None: ...
+    def follow(self, wanted: dict[str, int]) -> None: ...
     def close(self) -> None: ...
     @property
     def count(self) -> int: ...
