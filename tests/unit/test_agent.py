@@ -37,7 +37,6 @@ from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.errors import EngineError
 from dockmesh.model.config import ContainerConfig, EndpointConfig
 from dockmesh.model.labels import Discovery, DiscoveryCheck, encode_discovery
-from dockmesh.model.liveness import EngineLink
 from dockmesh.model.policy import Policy, Rule, Selector
 from dockmesh.model.topology import EngineInfo, IpamPool, Network, Topology
 from dockmesh.policy.enforce import Enforcer
@@ -173,9 +172,9 @@ async def running(
     tmp_path: Path,
     *,
     unplugged: bool = False,
-    engine: MemoryEngine | None = None,
     processes: FakeProcesses | None = None,
     ping: Callable[[str], None] | None = None,
+    engine: MemoryEngine | None = None,
 ) -> AsyncIterator[Env]:
     """An agent on loopback ports over a MemoryEngine with network `mesh` (127.77.0.0/24),
     the policy client → web applied, probes that pass."""
@@ -602,7 +601,7 @@ class SilentEngine:
     def updates(self) -> Any:
         raise AssertionError("never started")
 
-    def links(self) -> tuple[EngineLink, ...]:
+    def links(self) -> tuple[()]:
         return ()
 
     def stop(self) -> None:
