@@ -217,6 +217,7 @@ class Agent:
         self.drops: DropCounter | None = None  # the policy's drop logs, for /metrics
         # Container id → the pid that ended while the topology still shows it running.
         self.dead: dict[str, int] = {}
+        self._living: tuple[Topology, frozenset[tuple[str, int]], Topology] | None = None
         # Engine name → when (on deps.clock) it last answered, while its pings fail.
         self._silent_since: dict[str, float] = {}
 
@@ -290,9 +291,8 @@ class Agent:
         cfg = self.config
         registry = CollectorRegistry()
         if cfg.dns is not None:
-            dns = DnsServer(
-                self.live, self.topology.current, domains=cfg.dns_domains, ttl=cfg.dns_ttl
-            )
+            # The living topology: `<container>.container.` names leave with the process too.
+            dns = DnsServer(self.live, self.living, domains=cfg.dns_domains, ttl=cfg.dns_ttl)
             self.dns = dns
             self.dns_address = await dns.start(*cfg.dns)
             registry.register(DnsCollector(dns.stats))
@@ -375,6 +375,20 @@ class Agent:
         log.info("agent stopped")
 
     # --- the topology -------------------------------------------------------------------
+
+    def living(self) -> Topology | None:
+        """The current topology as the catalog sees it: the containers whose process was
+        seen to end shown exited. The same object while neither changes (DNS keys its
+        container answers on it)."""
+        topo = self.topology.current()
+        if topo is None or not self.dead:
+            return topo
+        dead = frozenset(self.dead.items())
+        cached = self._living
+        if cached is None or cached[0] is not topo or cached[1] != dead:
+            cached = (topo, dead, without_dead(topo, self.dead))
+            self._living = cached
+        return cached[2]
 
     def links(self) -> tuple[EngineLink, ...]:
         """Each engine's connection: its event stream open, and the engine answering."""

@@ -362,6 +362,7 @@ def test_while_the_engine_is_lost_a_dead_process_leaves_the_catalog_and_dns_at_o
             await follow(env, lambda: set(procs.followed) == set(ids.values()))
             await asyncio.sleep(2.0)  # the first probes pass
             assert len(await env.ask("web.service.dockmesh")) == 2
+            assert await env.ask("web-1.container.dockmesh") == [WEB_IP]
             headers, leader = await env.headers("/v1/status/leader")
             assert headers["X-Consul-KnownLeader"] == "true" and json.loads(leader) != ""
 
@@ -384,6 +385,7 @@ def test_while_the_engine_is_lost_a_dead_process_leaves_the_catalog_and_dns_at_o
             procs.end(ids["web-1"])
             assert "web-1" not in instance_ids(env) and env.now() == t0
             assert await env.ask("web.service.dockmesh") == ["127.77.0.3"]
+            assert await env.ask("web-1.container.dockmesh") == []  # its name leaves too
             status, entries = await env.http("GET", "/v1/health/service/web?passing")
             assert status == 200 and [e["Service"]["ID"] for e in entries] == ["web-2"]
             assert set(procs.followed) == {ids["web-2"]}
