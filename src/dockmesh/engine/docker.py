@@ -23,7 +23,7 @@ import docker.types
 import requests.exceptions
 
 from dockmesh.engine.backend import EngineRef, ImageInfo
-from dockmesh.engine.convert import container_from_api, network_from_api
+from dockmesh.engine.convert import container_from_api, list_signature, network_from_api
 from dockmesh.engine.unixhttp import UnixGets
 from dockmesh.errors import EngineConflict, EngineError, EngineNotFound
 from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
@@ -141,6 +141,8 @@ class DockerBackend:
         self._client: Any = None
         self._connecting = threading.Lock()
         self._info: EngineInfo | None = None
+        # Container id → (its list signature, the container) as the last snapshot read them.
+        self._listed: dict[str, tuple[tuple[Any, ...], Container]] = {}
 
     @property
     def _api(self) -> Any:
@@ -218,13 +220,29 @@ class DockerBackend:
         """Every network and container of the engine. Networks come from one list call (it
         carries all we need); containers need an inspect each (pid, aliases), run in parallel
         — on a unix socket through plain `http.client` connections (`UnixGets`: a tenth of
-        docker-py's cost per call, most of a resync's time at hundreds of containers)."""
+        docker-py's cost per call) — except those the containers' list shows unchanged since
+        this backend's last snapshot (`list_signature`): at hundreds of containers the
+        inspects were all of a resync's time."""
         state = EngineState(self.info())
         with self._m(f"engine {self.ref.name}"):
             for raw in self._api.networks():
                 n = network_from_api(raw, self.ref.name)
                 state.networks[n.id] = n
-            ids = [c["Id"] for c in self._api.containers(all=True)]
+            listed = self._api.containers(all=True)
+        # Unchanged since the last snapshot, by what the list says: not inspected again (a
+        # resync after an outage then reads only what changed meanwhile).
+        last = self._listed
+        memo: dict[str, tuple[tuple[Any, ...], Container]] = {}
+        ids: list[str] = []
+        signatures: dict[str, tuple[Any, ...] | None] = {}
+        for raw in listed:
+            cid, sig = raw["Id"], list_signature(raw)
+            known = last.get(cid)
+            if sig is not None and known is not None and known[0] == sig:
+                state.containers[cid] = memo.setdefault(cid, known)[1]
+            else:
+                ids.append(cid)
+                signatures[cid] = sig
         inspect = self.container
         gets: UnixGets | None = None
         if self.ref.url.startswith("unix://"):
@@ -235,9 +253,13 @@ class DockerBackend:
                 for c in pool.map(inspect, ids):
                     if c is not None:  # removed while we looked
                         state.containers[c.id] = c
+                        sig = signatures.get(c.id)
+                        if sig is not None:
+                            memo[c.id] = (sig, c)
         finally:
             if gets is not None:
                 gets.close()
+        self._listed = memo
         return state
 
     def _inspect_with(self, gets: UnixGets, container_id: str) -> Container | None:

@@ -15,6 +15,7 @@ import http.client
 import json
 import socket
 import threading
+import time
 from typing import Any
 
 from dockmesh.errors import EngineError
@@ -28,11 +29,21 @@ class _UnixConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
+        # A unix socket whose backlog is full refuses a connect with a timeout at once
+        # (EAGAIN), where TCP would wait: wait here, within the timeout.
+        deadline = time.monotonic() + (self.timeout if self.timeout is not None else 30.0)
+        while True:
+            try:
+                sock.connect(self._path)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    sock.close()
+                    raise
+                time.sleep(0.002)
+            except OSError:
+                sock.close()
+                raise
         self.sock = sock
 
 

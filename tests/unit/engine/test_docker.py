@@ -34,6 +34,22 @@ class CannedEngine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
+def listed(c: dict[str, Any]) -> dict[str, Any]:
+    """A container's entry in the engine's list, from its inspect (the fields the list has)."""
+    health = (c["State"].get("Health") or {}).get("Status")
+    return {
+        "Id": c["Id"],
+        "Names": [c["Name"]],
+        "State": c["State"]["Status"],
+        "Status": "Up 2 minutes" + (f" ({health})" if health else ""),
+        "NetworkSettings": {"Networks": c["NetworkSettings"]["Networks"]},
+        "Ports": [],
+    }
+
+
+inspected: list[str] = []
+
+
 def canned_engine(path: Path, containers: dict[str, dict[str, Any]]) -> CannedEngine:
     """Answers what a snapshot asks (API 1.41): the version, the networks, the containers'
     list and each container's inspect (404 for one that is gone, 500 for id "b0b0…")."""
@@ -57,9 +73,10 @@ def canned_engine(path: Path, containers: dict[str, dict[str, Any]]) -> CannedEn
             elif route == "/networks":
                 doc = [NET]
             elif route == "/containers/json":
-                doc = [{"Id": cid} for cid in [*containers, "gone" * 16]]
+                doc = [listed(c) for c in containers.values()] + [{"Id": "gone" * 16}]
             elif route.startswith("/containers/") and route.endswith("/json"):
                 cid = route.split("/")[2]
+                inspected.append(cid)
                 doc = containers.get(cid)
                 if doc is None:
                     status, doc = 404, {"message": f"No such container: {cid}"}
@@ -136,3 +153,38 @@ def test_a_ping_returns_while_the_engine_answers_and_raises_within_its_timeout_a
         stuck.ping(0.3)
     assert time.monotonic() - t0 < 2
     frozen.close()
+
+
+def test_a_second_snapshot_inspects_only_what_the_list_shows_changed(tmp_path: Path) -> None:
+    import copy
+
+    containers = {
+        f"{i:02d}" * 32: {**copy.deepcopy(CTR), "Id": f"{i:02d}" * 32, "Name": f"/c{i}"}
+        for i in range(20)
+    }
+    server = canned_engine(tmp_path / "docker.sock", containers)
+    backend = DockerBackend(EngineRef("canned", f"unix://{tmp_path}/docker.sock"))
+    try:
+        first = backend.snapshot()
+        inspected.clear()
+        assert backend.snapshot().containers == first.containers
+        assert inspected == ["gone" * 16]  # listed, gone when asked: asked again
+        # Restarted (a new endpoint, a new pid), renamed, turned unhealthy: read again.
+        a, b, c = (f"{i:02d}" * 32 for i in (1, 2, 3))
+        net = next(iter(containers[a]["NetworkSettings"]["Networks"].values()))
+        net["EndpointID"] = "e2"
+        containers[a]["State"]["Pid"] = 4321
+        containers[b]["Name"] = "/renamed"
+        containers[c]["State"]["Health"] = {"Status": "unhealthy"}
+        inspected.clear()
+        third = backend.snapshot()
+        assert sorted(inspected) == sorted([a, b, c, "gone" * 16])
+        assert third.containers[a].pid == 4321 and third.containers[b].name == "renamed"
+        assert third.containers[c].health == "unhealthy"
+        fresh = DockerBackend(EngineRef("canned", f"unix://{tmp_path}/docker.sock"))
+        assert fresh.snapshot().containers == third.containers
+        fresh.close()
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()
