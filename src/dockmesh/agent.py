@@ -51,6 +51,7 @@ from dockmesh.catalog.store import MemoryStore, SqliteStore, Store
 from dockmesh.dns.limits import DnsLimits
 from dockmesh.engine.backend import EngineRef
 from dockmesh.errors import EngineError
+from dockmesh.model.liveness import EngineLink, still_dead, to_follow, with_pings, without_dead
 from dockmesh.model.topology import Topology
 from dockmesh.policy.compile import DEFAULT_TABLE
 from dockmesh.policy.store import DEFAULT_DIR
@@ -75,6 +76,9 @@ POLICY_POLL_S = 1.0
 CATALOG_WARNINGS = "catalog"
 # Back-off while the engines do not answer at start (doubling up to the cap).
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 5.0
+# Each engine is pinged this often, and not answering within PING_TIMEOUT_S counts as lost:
+# an engine whose event stream stays open but silent is otherwise not told from a quiet one.
+PING_S, PING_TIMEOUT_S = 1.0, 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,19 @@ class TopologySource(Protocol):
     def start(self) -> Topology: ...
     def updates(self) -> AsyncGenerator[Topology, None]: ...
     def stop(self) -> None: ...
+    def links(self) -> Sequence[EngineLink]: ...
+
+
+class ProcessWatch(Protocol):
+    """Follows containers' processes without the engine (`PidWatch` is the one `build_deps`
+    makes): after `start(on_exit)` on the loop, `follow({container id: pid})` says which to
+    follow, and `on_exit(container id, pid)` is called on the loop when one ends."""
+
+    def start(self, on_exit: Callable[[str, int], None]) -> None: ...
+    def follow(self, wanted: dict[str, int]) -> None: ...
+    def close(self) -> None: ...
+    @property
+    def count(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +147,12 @@ class AgentDeps:
     # What prints the kernel's ruleset events (`nft -j monitor`): the agent restores the
     # policy's table after any change it did not make. None: no watch.
     ruleset_events: tuple[str, ...] | None = None
+    # Follows the instances' processes, so that one that dies leaves the catalog while the
+    # engine does not answer. None: the engine's events alone.
+    processes: ProcessWatch | None = None
+    # `ping(engine name)` returns once that engine answers, within PING_TIMEOUT_S, and raises
+    # (EngineError, OSError) otherwise. None: the event streams alone say whether it does.
+    ping: Callable[[str], None] | None = None
 
 
 def build_deps(config: AgentConfig) -> AgentDeps:
@@ -137,11 +160,13 @@ def build_deps(config: AgentConfig) -> AgentDeps:
     they may come later), the state file, the policy store and the kernel's nft."""
     from dockmesh.engine.docker import DockerBackend
     from dockmesh.engine.watch import TopologyWatcher
+    from dockmesh.host.pidwatch import PidWatch
     from dockmesh.policy.enforce import Enforcer
     from dockmesh.policy.store import PolicyStore
 
     policy = PolicyStore(config.policy_table, config.policy_dir)
     engines = [DockerBackend(ref) for ref in config.engines]
+    by_name = {e.ref.name: e for e in engines}
     store: Store = SqliteStore(config.state) if config.state else MemoryStore()
     enforcer = Enforcer(policy)
     return AgentDeps(
@@ -149,6 +174,8 @@ def build_deps(config: AgentConfig) -> AgentDeps:
         topology=TopologyWatcher(engines),
         enforcer=enforcer,
         ruleset_events=(enforcer.nft.binary, "-j", "monitor"),
+        processes=PidWatch(),
+        ping=lambda name: by_name[name].ping(PING_TIMEOUT_S),
     )
 
 
@@ -199,6 +226,11 @@ class Agent:
 
             self.watch = RulesetWatch(deps.enforcer.table, deps.enforcer.check, deps.ruleset_events)
         self.drops: DropCounter | None = None  # the policy's drop logs, for /metrics
+        # Container id → the pid that ended while the topology still shows it running.
+        self.dead: dict[str, int] = {}
+        self._living: tuple[Topology, frozenset[tuple[str, int]], Topology] | None = None
+        # Engine name → when (on deps.clock) it last answered, while its pings fail.
+        self._silent_since: dict[str, float] = {}
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -241,6 +273,8 @@ class Agent:
         """Loads the state file, starts the servers and follows the engines (in the
         background: they need not answer yet)."""
         self.live.load()
+        if self.deps.processes is not None:
+            self.deps.processes.start(self._process_ended)
         await self._start_services()
         if self.policy is not None:
             self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
@@ -248,6 +282,9 @@ class Agent:
         if self.watch is not None:
             self._tasks.append(asyncio.create_task(self.watch.run(self._stop), name="watch"))
         self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
+        if self.deps.ping is not None:
+            for ref in self.config.engines:
+                self._tasks.append(asyncio.create_task(self._ping(ref.name), name="ping"))
         self.ready.set()
         log.info("agent ready")
 
@@ -265,9 +302,10 @@ class Agent:
         cfg = self.config
         registry = CollectorRegistry()
         if cfg.dns is not None:
+            # The living topology: `<container>.container.` names leave with the process too.
             dns = DnsServer(
                 self.live,
-                self.topology.current,
+                self.living,
                 domains=cfg.dns_domains,
                 ttl=cfg.dns_ttl,
                 limits=cfg.dns_limits,
@@ -280,6 +318,15 @@ class Agent:
             from dockmesh.policy.watch import RepairCollector
 
             registry.register(RepairCollector(self.policy, self.watch))
+        from dockmesh.api.metrics import EngineCollector
+
+        processes = self.deps.processes
+        registry.register(
+            EngineCollector(
+                self.links,
+                (lambda: processes.count) if processes is not None else None,
+            )
+        )
         # Each container's interface counters, read from its namespace at scrape time.
         registry.register(ContainerNetworkCollector(self.topology.current))
         if self.policy is not None:
@@ -302,6 +349,7 @@ class Agent:
             metrics=registry,
             node=cfg.node,
             datacenter=cfg.datacenter,
+            links=self.links,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
@@ -335,6 +383,8 @@ class Agent:
         runner = self.api_runner
         if runner is not None:
             await runner.cleanup()
+        if self.deps.processes is not None:
+            self.deps.processes.close()
         await asyncio.to_thread(self.deps.topology.stop)
         self.deps.store.close()
         loop = asyncio.get_running_loop()
@@ -344,6 +394,43 @@ class Agent:
         log.info("agent stopped")
 
     # --- the topology -------------------------------------------------------------------
+
+    def living(self) -> Topology | None:
+        """The current topology as the catalog sees it: the containers whose process was
+        seen to end shown exited. The same object while neither changes (DNS keys its
+        container answers on it)."""
+        topo = self.topology.current()
+        if topo is None or not self.dead:
+            return topo
+        dead = frozenset(self.dead.items())
+        cached = self._living
+        if cached is None or cached[0] is not topo or cached[1] != dead:
+            cached = (topo, dead, without_dead(topo, self.dead))
+            self._living = cached
+        return cached[2]
+
+    def links(self) -> tuple[EngineLink, ...]:
+        """Each engine's connection: its event stream open, and the engine answering."""
+        return with_pings(self.deps.topology.links(), self._silent_since, self.deps.clock())
+
+    async def _ping(self, engine: str) -> None:
+        ping = self.deps.ping
+        assert ping is not None
+        answered = self.deps.clock()
+        while not self._stop.is_set():
+            try:
+                # On a thread the loop waits for (a ping ends within its timeout), so that a
+                # stop waits at most that long.
+                await asyncio.to_thread(ping, engine)
+                answered = self.deps.clock()
+                if self._silent_since.pop(engine, None) is not None:
+                    log.info("engine %s answers again", engine)
+            except Exception as e:
+                if engine not in self._silent_since:
+                    log.warning("engine %s does not answer: %s", engine, e)
+                self._silent_since.setdefault(engine, answered)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), PING_S)
 
     async def _connect_and_follow(self) -> None:
         source = self.deps.topology
@@ -386,18 +473,39 @@ class Agent:
         # The kernel first: a container that moved is covered by the policy before the
         # catalog and DNS announce its new address.
         await self._sync_policy(topo)
+        self._sync_catalog(topo)
+        if self.dns is not None and self.config.dns_on_gateways:
+            await self._follow_gateways(bridge_gateways(topo))
+
+    def _sync_catalog(self, topo: Topology) -> None:
+        """The catalog from `topo`, less the containers whose process was seen to end since
+        (the engine's newer word overrides that: `still_dead`); then the processes of what
+        it holds are followed."""
+        self.dead = still_dead(topo, self.dead)
+        seen = without_dead(topo, self.dead)
         local = self.config.engines[0].name if self.config.engines else "local"
-        for engine in topo.engines:
-            derived, warnings = derive_all(topo, engine.name, local, self.config.register_compose)
+        held: list[str] = []
+        for engine in seen.engines:
+            derived, warnings = derive_all(seen, engine.name, local, self.config.register_compose)
             for w in warnings:
                 if w not in self.warnings.get(engine.name, []):
                     log.warning("%s", w)
             self.warnings[engine.name] = warnings
             self.live.sync_containers(engine.name, [(d.instance, d.checks) for d in derived])
+            held += [d.instance.container_id for d in derived if d.instance.container_id]
         # A container refused for its ID changes no index: read the warnings after each sync.
         self.catalog_warnings()
-        if self.dns is not None and self.config.dns_on_gateways:
-            await self._follow_gateways(bridge_gateways(topo))
+        if self.deps.processes is not None:
+            self.deps.processes.follow(to_follow(seen, held))
+
+    def _process_ended(self, container_id: str, pid: int) -> None:
+        """A followed process ended: its instance leaves the catalog (and so DNS) now, not
+        when the engine reports it — which it cannot while it does not answer."""
+        topo = self.topology.current()
+        if topo is None:
+            return
+        self.dead[container_id] = pid
+        self._sync_catalog(topo)
 
     # --- keeping the applied policy true --------------------------------------------------
 

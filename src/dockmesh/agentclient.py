@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_AGENT = "http://127.0.0.1:8500"
 TOPOLOGY_PATH = "/v1/dockmesh/topology"
+ENGINES_PATH = "/v1/dockmesh/engines"
 # Enough for 10 000 containers; a bigger answer is not the agent's.
 MAX_BODY = 64 * 1024 * 1024
 CONNECT_TIMEOUT_S = 0.5
@@ -101,6 +102,35 @@ def _no_constants(name: str) -> Any:
 
 def topology_json() -> bytes | None:
     return fetch(TOPOLOGY_PATH)
+
+
+def agent_links() -> list[tuple[str, bool, float]] | None:
+    """(engine, connected, seconds since its topology was last known current) for each of
+    the agent's engines, or None when no agent gave the topology (not asked again then) or
+    this answer is not one."""
+    if topology_json() is None:
+        return None
+    body = fetch(ENGINES_PATH)
+    if body is None:
+        return None
+    try:
+        doc = json.loads(body, parse_constant=_no_constants)
+        return [(str(e["engine"]), bool(e["connected"]), float(e["sync_age_s"])) for e in doc]
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        log.info("the agent's engines are not readable (%s)", str(e)[:200])
+        return None
+
+
+def stale_warnings() -> list[str]:
+    """One line per engine the agent that gave the topology does not follow now: what it
+    shows of that engine may have changed since (`dockmesh topology` prints them on
+    stderr, the JSON on stdout staying the topology)."""
+    return [
+        f"warning: the agent has not followed engine {name} for {age:.0f} s: "
+        "this topology may be stale (--engine reads the engine itself)"
+        for name, connected, age in agent_links() or []
+        if not connected
+    ]
 
 
 def agent_topology() -> Topology | None:

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +19,7 @@ from typing import Any
 import pytest
 
 from dockmesh.engine.backend import DEFAULT_URL
+from dockmesh.testing.relay import CuttableRelay
 from tests.integration.conftest import free_subnets
 
 
@@ -262,56 +261,13 @@ services:
         subprocess.run([*cmd, "down", "-v"], capture_output=True, timeout=120)
 
 
-class SocketRelay:
-    """A unix socket that relays every connection to the engine's: the engine "appears" at
-    `path` when the relay starts listening."""
-
-    def __init__(self, path: Path, engine_socket: str) -> None:
-        self.path, self.engine_socket = path, engine_socket
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.conns: list[socket.socket] = []
-
-    def start(self) -> None:
-        self.server.bind(str(self.path))
-        self.server.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return  # closed
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            upstream.connect(self.engine_socket)
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.server.close()
-        for c in self.conns:
-            c.close()
-
-
 def test_the_agent_starts_without_its_engine_and_follows_it_once_it_answers(
     tmp_path: Path,
 ) -> None:
     engine_url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
     if not engine_url.startswith("unix://"):
         pytest.skip("the relay stands in for a unix socket engine")
-    relay = SocketRelay(tmp_path / "docker.sock", engine_url.removeprefix("unix://"))
+    relay = CuttableRelay(tmp_path / "docker.sock", engine_url.removeprefix("unix://"))
     agent = AgentProc(tmp_path, "--engine", f"unix://{relay.path}")
     try:
         agent.start()  # answers while the engine's socket does not exist yet
@@ -319,7 +275,7 @@ def test_the_agent_starts_without_its_engine_and_follows_it_once_it_answers(
             agent.get("/v1/dockmesh/topology")
         assert absent.value.code == 503
         assert agent.proc is not None and agent.proc.poll() is None
-        relay.start()
+        relay.restore()
 
         def followed() -> bool:
             try:
@@ -333,4 +289,4 @@ def test_the_agent_starts_without_its_engine_and_follows_it_once_it_answers(
         if agent.proc is not None and agent.proc.poll() is None:
             agent.proc.kill()
             agent.proc.wait()
-        relay.close()
+        relay.cut()

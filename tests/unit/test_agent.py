@@ -20,7 +20,7 @@ import socket
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,32 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+class FakeProcesses:
+    """Stands in for `PidWatch`: records what the agent asks it to follow; `end(cid)` is
+    the kernel reporting that process's end."""
+
+    def __init__(self) -> None:
+        self.followed: dict[str, int] = {}
+        self.on_exit: Callable[[str, int], None] | None = None
+
+    def start(self, on_exit: Callable[[str, int], None]) -> None:
+        self.on_exit = on_exit
+
+    def follow(self, wanted: Mapping[str, int]) -> None:
+        self.followed = dict(wanted)
+
+    def close(self) -> None:
+        self.followed = {}
+
+    @property
+    def count(self) -> int:
+        return len(self.followed)
+
+    def end(self, cid: str) -> None:
+        assert self.on_exit is not None
+        self.on_exit(cid, self.followed.pop(cid))
+
+
 @dataclass
 class Env:
     engine: MemoryEngine
@@ -106,6 +132,10 @@ class Env:
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
+    def deps_links_connected(self) -> bool:
+        """Whether the watcher itself still follows the engine's stream."""
+        return all(k.connected for k in self.agent.deps.topology.links())
+
     async def http(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """The agent's API over loopback, from a thread (the virtual clock waits for it)."""
         assert self.agent.api_address is not None
@@ -120,6 +150,17 @@ class Env:
                     return r.status, json.loads(r.read() or b"null")
             except urllib.error.HTTPError as e:
                 return e.code, e.read().decode()
+
+        return await asyncio.to_thread(call)
+
+    async def headers(self, path: str) -> tuple[Any, str]:
+        """The headers and body of `GET path`, from a thread."""
+        assert self.agent.api_address is not None
+        host, port = self.agent.api_address
+
+        def call() -> tuple[Any, str]:
+            with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=10) as r:
+                return r.headers, r.read().decode()
 
         return await asyncio.to_thread(call)
 
@@ -141,6 +182,8 @@ async def running(
     tmp_path: Path,
     *,
     unplugged: bool = False,
+    processes: FakeProcesses | None = None,
+    ping: Callable[[str], None] | None = None,
     engine: MemoryEngine | None = None,
     datacenter: str = "dc1",
 ) -> AsyncIterator[Env]:
@@ -171,6 +214,8 @@ async def running(
         enforcer=Enforcer(policies, nft),
         clock=asyncio.get_running_loop().time,
         probe=probes,
+        processes=processes,
+        ping=ping,
     )
     agent = Agent(config, deps)
     task = asyncio.create_task(agent.run())
@@ -344,6 +389,96 @@ def test_the_agent_serves_while_the_engine_is_absent_and_follows_it_once_it_answ
             # Followed from then on.
             env.engine.stop(cid)
             await follow(env, lambda: "web-1" not in instance_ids(env))
+
+    vtime.run(main)
+
+
+# --- the engine lost ------------------------------------------------------------------------
+
+
+def test_while_the_engine_is_lost_a_dead_process_leaves_the_catalog_and_dns_at_once(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        cable = FlakyEngine(ENGINE, clock=asyncio.get_running_loop().time)
+        procs = FakeProcesses()
+        async with running(tmp_path, engine=cable, processes=procs) as env:
+            ids = {}
+            for name in ("web-1", "web-2"):
+                ids[name] = cable.create_container(labelled(name, "web"))
+                cable.start(ids[name])
+            await follow(env, lambda: set(procs.followed) == set(ids.values()))
+            await asyncio.sleep(2.0)  # the first probes pass
+            assert len(await env.ask("web.service.dockmesh")) == 2
+            assert await env.ask("web-1.container.dockmesh") == [WEB_IP]
+            headers, leader = await env.headers("/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "true" and json.loads(leader) != ""
+
+            cable.unplug()
+            cable.drop_streams()  # dockerd gone: the stream ends, every retry fails
+            links = env.agent.deps.topology.links
+            await vtime.until(lambda: not links()[0].connected)
+            headers, leader = await env.headers("/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "false" and json.loads(leader) == ""
+            headers, _ = await env.headers("/v1/health/service/web")
+            assert headers["X-Consul-KnownLeader"] == "false"
+            _, metrics = await env.headers("/metrics")
+            assert f'dockmesh_engine_connected{{engine="{ENGINE}"}} 0.0' in metrics
+            assert "dockmesh_followed_processes 2.0" in metrics
+            assert (await env.http("GET", "/v1/dockmesh/engines"))[1][0]["connected"] is False
+
+            # web-1's process ends (the engine cannot say so): out of the catalog and DNS at
+            # once, the other kept.
+            t0 = env.now()
+            procs.end(ids["web-1"])
+            assert "web-1" not in instance_ids(env) and env.now() == t0
+            assert await env.ask("web.service.dockmesh") == ["127.77.0.3"]
+            assert await env.ask("web-1.container.dockmesh") == []  # its name leaves too
+            status, entries = await env.http("GET", "/v1/health/service/web?passing")
+            assert status == 200 and [e["Service"]["ID"] for e in entries] == ["web-2"]
+            assert set(procs.followed) == {ids["web-2"]}
+
+            # The engine back: its resync is the truth (here it had not noticed yet: the
+            # container stays out while the engine still shows that very process).
+            cable.plug()
+            await vtime.until(lambda: links()[0].connected)
+            headers, leader = await env.headers("/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "true" and json.loads(leader) != ""
+            assert "web-1" not in instance_ids(env)
+            cable.stop(ids["web-1"])  # the engine says so: the record is no longer needed
+            await vtime.until(lambda: env.agent.dead == {})
+            assert "web-1" not in instance_ids(env)
+
+    vtime.run(main)
+
+
+def test_an_engine_whose_stream_stays_open_but_that_does_not_answer_is_lost_too(
+    tmp_path: Path,
+) -> None:
+    silent = threading.Event()
+    pinged: list[str] = []
+
+    def ping(name: str) -> None:
+        pinged.append(name)
+        if silent.is_set():
+            raise EngineError(f"engine {name} does not answer: timed out")
+
+    async def main() -> None:
+        async with running(tmp_path, ping=ping) as env:
+            await vtime.until(lambda: env.agent.links()[0].connected and bool(pinged))
+            assert (await env.headers("/v1/catalog/services"))[0]["X-Consul-KnownLeader"] == "true"
+            silent.set()  # a frozen engine: its stream stays open, nothing answers
+            await asyncio.sleep(1.5)  # the next ping
+            assert not env.agent.links()[0].connected
+            assert env.deps_links_connected()  # the stream itself is still open
+            headers, leader = await env.headers("/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "false" and json.loads(leader) == ""
+            await asyncio.sleep(3.0)
+            assert env.agent.links()[0].sync_age_s >= 3.0
+            silent.clear()
+            await asyncio.sleep(1.5)
+            assert env.agent.links()[0].connected
+            assert (await env.headers("/v1/catalog/services"))[0]["X-Consul-KnownLeader"] == "true"
 
     vtime.run(main)
 
@@ -539,6 +674,9 @@ class SilentEngine:
 
     def updates(self) -> Any:
         raise AssertionError("never started")
+
+    def links(self) -> tuple[()]:
+        return ()
 
     def stop(self) -> None:
         pass

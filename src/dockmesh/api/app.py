@@ -6,8 +6,9 @@ before any wait and applied to the rows `shapes` builds), bodies through `consul
 answers through `shapes`; the catalog decides. What every response carries is the middleware's job:
 
 - `X-Consul-Index` on every response, errors and 404s included (py-consul raises without
-  it), plus `X-Consul-KnownLeader: true` and `X-Consul-LastContact: 0` (this agent is its
-  own leader);
+  it), plus `X-Consul-KnownLeader` and `X-Consul-LastContact` (this agent is its own
+  leader while it follows its engines: `false` and the milliseconds since they were last
+  followed while it does not — what it serves may then hold the dead);
 - errors as Consul gives them: a status and a one-line plain-text reason; a bug is a 500
   with a one-line reason and a logged traceback, never a traceback to the client;
 - request counts by route pattern and latency, into the Prometheus registry.
@@ -25,7 +26,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -41,12 +42,14 @@ from dockmesh.catalog.live import LiveCatalog
 from dockmesh.catalog.state import TOPIC_CHECKS, TOPIC_KV, TOPIC_SERVICES, service_topic
 from dockmesh.model.catalog import CheckState, Instance, Status, worst
 from dockmesh.model.labels import CHECK_PREFIX
+from dockmesh.model.liveness import EngineLink, all_connected
 from dockmesh.model.topology import Topology
 
 log = logging.getLogger(__name__)
 
 TopologyProvider = Callable[[], Topology | None]
 TopologyWait = Callable[[int, float], Awaitable[Topology | None]]
+Links = Callable[[], Sequence[EngineLink]]
 
 MAX_KV_VALUE = 512 * 1024  # Consul's kv_max_value_size
 MAX_KEY_BYTES = 4096
@@ -75,6 +78,7 @@ def make_app(
     datacenter: str = "dc1",
     *,
     node_address: str = "127.0.0.1",
+    links: Links | None = None,
 ) -> web.Application:
     """The API as an aiohttp application, to run with `web.AppRunner` on the loop that owns
     `live`.
@@ -86,6 +90,9 @@ def make_app(
       registry takes one app's metrics (prometheus-client refuses the same names twice).
     - `node`, `datacenter`, `node_address`: what Consul clients see as the node all
       instances live on (`Node.Address` is what they use for an instance without one).
+    - `links()`: the engines' connections. While one is not followed, the catalog may hold
+      the dead: the agent answers as a Consul agent without a leader (`X-Consul-KnownLeader:
+      false`, an empty `/v1/status/leader`). None: always the leader.
 
     Run it with `web.AppRunner(app, handler_cancellation=True)` so a client that hangs up
     ends its blocking query at once rather than when its wait runs out.
@@ -96,6 +103,7 @@ def make_app(
         topology_wait,
         ApiMetrics(metrics if metrics is not None else Registry(), lambda: live.catalog),
         shapes.NodeInfo(node, datacenter, node_address),
+        links,
     )
     logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)  # idempotent
     app = web.Application(middlewares=[api.middleware], client_max_size=consul_json.MAX_JSON_BYTES)
@@ -129,6 +137,7 @@ def make_app(
     r.add_get("/v1/status/leader", api.status_leader)
     r.add_get("/v1/status/peers", api.status_peers)
     r.add_get("/v1/dockmesh/topology", api.topology)
+    r.add_get("/v1/dockmesh/engines", api.engines)
     r.add_get("/metrics", api.metrics_text)
     return app
 
@@ -171,7 +180,9 @@ class _Api:
         topology_wait: TopologyWait,
         metrics: ApiMetrics,
         node: shapes.NodeInfo,
+        links: Links | None = None,
     ) -> None:
+        self.links = links
         self.live = live
         self.topology_provider = topology_provider
         self.topology_wait = topology_wait
@@ -211,8 +222,12 @@ class _Api:
             log.exception("%s %s failed", request.method, request.rel_url.path)
             resp = _text(f"internal error: {type(e).__name__}", 500)
         resp.headers.setdefault("X-Consul-Index", str(self.live.catalog.index))
-        resp.headers["X-Consul-KnownLeader"] = "true"
-        resp.headers["X-Consul-LastContact"] = "0"
+        links = self.links() if self.links is not None else None
+        known = links is None or all_connected(links)
+        resp.headers["X-Consul-KnownLeader"] = "true" if known else "false"
+        # Consul's: milliseconds since the leader was last heard; here, since the engines were.
+        age = max((k.sync_age_s for k in links), default=0.0) if links else 0.0
+        resp.headers["X-Consul-LastContact"] = str(int(age * 1000))
         blocking = bool(request.rel_url.query.get("index"))
         self.metrics.observe(
             _route_label(request),
@@ -610,9 +625,22 @@ class _Api:
 
     # --- status, topology, metrics ---------------------------------------------------------
 
+    def leader(self) -> bool:
+        """Whether the agent answers as one with a leader: while it follows its engines."""
+        return self.links is None or all_connected(self.links())
+
     async def status_leader(self, request: web.Request) -> web.Response:
         _pairs(request)
-        return _json(request, LEADER, self.live.catalog.index)
+        return _json(request, LEADER if self.leader() else "", self.live.catalog.index)
+
+    async def engines(self, request: web.Request) -> web.Response:
+        _pairs(request)
+        links = self.links() if self.links is not None else ()
+        doc = [
+            {"engine": k.engine, "connected": k.connected, "sync_age_s": round(k.sync_age_s, 3)}
+            for k in links
+        ]
+        return _json(request, doc, self.live.catalog.index)
 
     async def status_peers(self, request: web.Request) -> web.Response:
         _pairs(request)

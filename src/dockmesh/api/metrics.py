@@ -12,7 +12,7 @@ the same `/metrics`.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -20,6 +20,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from dockmesh.catalog.state import Catalog
+from dockmesh.model.liveness import EngineLink
 
 Registry = CollectorRegistry
 
@@ -81,6 +82,43 @@ class CatalogCollector(Collector):
         index = GaugeMetricFamily("dockmesh_catalog_index", "The catalog's current index.")
         index.add_metric([], cat.index)
         yield index
+
+
+class EngineCollector(Collector):
+    """dockmesh_engine_* gauges: whether the agent follows each engine's events now, and how
+    long its topology has not been known to match the engine (0 while it follows); and how
+    many containers' processes the agent follows itself."""
+
+    def __init__(
+        self, links: Callable[[], Sequence[EngineLink]], followed: Callable[[], int] | None = None
+    ) -> None:
+        self._links = links
+        self._followed = followed
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        links = self._links()
+        connected = GaugeMetricFamily(
+            "dockmesh_engine_connected",
+            "1 while the agent follows the engine's event stream, else 0.",
+            labels=["engine"],
+        )
+        age = GaugeMetricFamily(
+            "dockmesh_engine_last_sync_age_seconds",
+            "Seconds since the topology was last known to match the engine (0 while connected).",
+            labels=["engine"],
+        )
+        for link in links:
+            connected.add_metric([link.engine], 1.0 if link.connected else 0.0)
+            age.add_metric([link.engine], link.sync_age_s)
+        yield connected
+        yield age
+        if self._followed is not None:
+            followed = GaugeMetricFamily(
+                "dockmesh_followed_processes",
+                "Containers' processes the agent follows itself (pidfd or /proc).",
+            )
+            followed.add_metric([], self._followed())
+            yield followed
 
 
 class ApiMetrics:

@@ -25,6 +25,10 @@ def main() -> None:
         text = _topology_from_agent()
         if text is not None:
             sys.stdout.write(text)
+            from dockmesh.agentclient import stale_warnings
+
+            for line in stale_warnings():
+                sys.stderr.write(line + "\n")
             return
     if sys.argv[1:] == ["stats", "--json"]:
         from dockmesh.cli.fast_stats import main as stats_fast

@@ -11,6 +11,7 @@ from dockmesh.cli.common import (
     EngineOpt,
     JsonOpt,
     UserError,
+    err,
     handle_errors,
     load_topology,
     out,
@@ -19,6 +20,13 @@ from dockmesh.cli.common import (
 from dockmesh.cli.render import topology_dot, topology_tree
 
 log = logging.getLogger(__name__)
+
+
+def stale_warning() -> None:
+    from dockmesh.agentclient import stale_warnings
+
+    for line in stale_warnings():
+        err.print(line, markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -40,6 +48,8 @@ def register(app: typer.Typer) -> None:
         if flows and not dot:
             raise UserError("--flows draws on the graph: use it with --dot")
         topo = load_topology(engine)
+        if not engine:
+            stale_warning()
         if json_out:
             print_json(topo.to_json())
         elif dot:

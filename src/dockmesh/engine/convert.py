@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,4 +92,53 @@ def container_from_api(raw: Raw, engine: str) -> Container:
         # Live bindings while running; the configured ones otherwise.
         ports=_ports(settings.get("Ports") or (raw.get("HostConfig") or {}).get("PortBindings")),
         labels=dict(config.get("Labels") or {}),
+    )
+
+
+_HEALTH_IN_STATUS = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+
+
+def list_signature(raw: Raw) -> tuple[Any, ...] | None:
+    """What an entry of the containers' list (`GET /containers/json`) says of a container
+    that its inspect would also say: name, state, health, each network's endpoint (id,
+    addresses, MAC) and the published ports. Two equal signatures mean an inspect would find
+    the same container — a restart makes new endpoints, a connect or disconnect changes
+    them — so a snapshot re-inspects only what changed. None when the list cannot tell: a
+    running container without an endpoint of its own (`network_mode: container:…`), whose
+    restart would leave no trace here."""
+    nets = (raw.get("NetworkSettings") or {}).get("Networks") or {}
+    endpoints = tuple(
+        sorted(
+            (
+                str(name),
+                str(n.get("NetworkID") or ""),
+                str(n.get("EndpointID") or ""),
+                str(n.get("IPAddress") or ""),
+                str(n.get("GlobalIPv6Address") or ""),
+                str(n.get("MacAddress") or ""),
+            )
+            for name, n in nets.items()
+        )
+    )
+    state = str(raw.get("State") or "")
+    if state == "running" and not any(e[2] for e in endpoints):
+        return None
+    health = _HEALTH_IN_STATUS.search(str(raw.get("Status") or ""))
+    ports = tuple(
+        sorted(
+            (
+                str(p.get("IP") or ""),
+                int(p.get("PrivatePort") or 0),
+                int(p.get("PublicPort") or 0),
+                str(p.get("Type") or ""),
+            )
+            for p in raw.get("Ports") or ()
+        )
+    )
+    return (
+        tuple(raw.get("Names") or ()),
+        state,
+        health.group(1) if health else None,
+        endpoints,
+        ports,
     )

@@ -7,11 +7,14 @@ Everything it returns is a model value; every failure leaves it as `EngineError`
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -20,7 +23,8 @@ import docker.types
 import requests.exceptions
 
 from dockmesh.engine.backend import EngineRef, ImageInfo
-from dockmesh.engine.convert import container_from_api, network_from_api
+from dockmesh.engine.convert import container_from_api, list_signature, network_from_api
+from dockmesh.engine.unixhttp import UnixGets
 from dockmesh.errors import EngineConflict, EngineError, EngineNotFound
 from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
 from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
@@ -137,6 +141,8 @@ class DockerBackend:
         self._client: Any = None
         self._connecting = threading.Lock()
         self._info: EngineInfo | None = None
+        # Container id → (its list signature, the container) as the last snapshot read them.
+        self._listed: dict[str, tuple[tuple[Any, ...], Container]] = {}
 
     @property
     def _api(self) -> Any:
@@ -174,6 +180,25 @@ class DockerBackend:
             self._info = EngineInfo(self.ref.name, self.ref.url, str(version.get("Version", "")))
         return self._info
 
+    def ping(self, timeout_s: float = 1.0) -> None:
+        """Returns once the engine answers `GET /_ping` within `timeout_s`, else raises
+        EngineError: an event stream that stays silent says nothing of an engine that has
+        stopped answering. A connection of its own each time, never one a read is using."""
+        where = f"engine {self.ref.name} ({self.ref.url})"
+        if self.ref.url.startswith("unix://"):
+            gets = UnixGets(self.ref.url.removeprefix("unix://"), timeout_s)
+            try:
+                status, _ = gets.get("/_ping")
+            except (OSError, http.client.HTTPException) as e:
+                raise EngineError(f"{where} does not answer: {_reason(e)}") from e
+            finally:
+                gets.close()
+            if status != 200:
+                raise EngineError(f"{where} answered its ping with {status}")
+            return
+        with self._m(f"engine {self.ref.name}"):
+            self._api._get(self._api._url("/_ping"), timeout=timeout_s).raise_for_status()
+
     def swarm_active(self) -> bool:
         with self._m(f"engine {self.ref.name}"):
             info = self._api.info()
@@ -195,18 +220,61 @@ class DockerBackend:
 
     def snapshot(self) -> EngineState:
         """Every network and container of the engine. Networks come from one list call (it
-        carries all we need); containers need an inspect each (pid, aliases), run in parallel."""
+        carries all we need); containers need an inspect each (pid, aliases), run in parallel
+        — on a unix socket through plain `http.client` connections (`UnixGets`: a tenth of
+        docker-py's cost per call) — except those the containers' list shows unchanged since
+        this backend's last snapshot (`list_signature`): at hundreds of containers the
+        inspects were all of a resync's time."""
         state = EngineState(self.info())
         with self._m(f"engine {self.ref.name}"):
             for raw in self._api.networks():
                 n = network_from_api(raw, self.ref.name)
                 state.networks[n.id] = n
-            ids = [c["Id"] for c in self._api.containers(all=True)]
-        with ThreadPoolExecutor(_INSPECT_WORKERS) as pool:
-            for c in pool.map(self.container, ids):
-                if c is not None:  # removed while we looked
-                    state.containers[c.id] = c
+            listed = self._api.containers(all=True)
+        # Unchanged since the last snapshot, by what the list says: not inspected again (a
+        # resync after an outage then reads only what changed meanwhile).
+        last = self._listed
+        memo: dict[str, tuple[tuple[Any, ...], Container]] = {}
+        ids: list[str] = []
+        signatures: dict[str, tuple[Any, ...] | None] = {}
+        for raw in listed:
+            cid, sig = raw["Id"], list_signature(raw)
+            known = last.get(cid)
+            if sig is not None and known is not None and known[0] == sig:
+                state.containers[cid] = memo.setdefault(cid, known)[1]
+            else:
+                ids.append(cid)
+                signatures[cid] = sig
+        inspect = self.container
+        gets: UnixGets | None = None
+        if self.ref.url.startswith("unix://"):
+            gets = UnixGets(self.ref.url.removeprefix("unix://"), self._timeout)
+            inspect = partial(self._inspect_with, gets)
+        try:
+            with ThreadPoolExecutor(_INSPECT_WORKERS) as pool:
+                for c in pool.map(inspect, ids):
+                    if c is not None:  # removed while we looked
+                        state.containers[c.id] = c
+                        sig = signatures.get(c.id)
+                        if sig is not None:
+                            memo[c.id] = (sig, c)
+        finally:
+            if gets is not None:
+                gets.close()
+        self._listed = memo
         return state
+
+    def _inspect_with(self, gets: UnixGets, container_id: str) -> Container | None:
+        path = urlsplit(self._api._url("/containers/{0}/json", container_id)).path
+        what = f"inspect container {self._short(container_id)}"
+        try:
+            raw = gets.get_json(path)
+        except EngineError as e:  # the engine's reason, as docker-py's errors give it
+            raise EngineError(f"{what}: {e}") from e
+        except (OSError, http.client.HTTPException) as e:
+            where = f"engine {self.ref.name} ({self.ref.url})"
+            raise EngineError(f"{what}: {where} does not answer: {_reason(e)}") from e
+        return None if raw is None else container_from_api(raw, self.ref.name)
 
     def events(self) -> DockerEvents:
         """Opens the event stream now: events from this moment on are buffered by the

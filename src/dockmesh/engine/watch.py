@@ -31,6 +31,7 @@ from dockmesh.engine.aio import watch_topology
 from dockmesh.engine.backend import EngineRef, EngineSource, EventSource
 from dockmesh.engine.coalesce import EngineFollow, Phase, Read
 from dockmesh.engine.events import refreshes_for
+from dockmesh.model.liveness import EngineLink
 from dockmesh.model.topology import Container, EngineState, Network, Topology, build_topology
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ class TopologyWatcher:
         sleep: Callable[[float], object] | None = None,
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
+        link_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`engines`: references to connect to, or engine sources already made; `readers`:
         how many re-reads each engine may have in flight at once.
@@ -81,7 +83,7 @@ class TopologyWatcher:
         `clock` measures `wait_for`'s timeout; `time_ns` stamps the event hook's calls;
         `sleep(seconds)` waits out a reconnect back-off (by default on the stop event, so
         that `stop()` cuts it short; a replacement need not return early on stop, the loop
-        checks after it returns)."""
+        checks after it returns). `link_clock` dates what `links()` says."""
         self._clients: list[EngineSource] = [
             _connect(e) if isinstance(e, EngineRef) else e for e in engines
         ]
@@ -113,6 +115,12 @@ class TopologyWatcher:
         self._threads: list[threading.Thread] = []
         self.event_hook: EventHook | None = None
         self.resyncs = 0
+        # Per engine, for `links()`: whether its stream is open, and when (on `clock`) the
+        # topology was last known to match it — set when the stream opens, when it is lost
+        # (the events up to then were read), and from the start before the first read.
+        self._link_clock = link_clock
+        self._connected = [False] * n
+        self._synced_at = [link_clock()] * n
 
     # --- public --------------------------------------------------------------------------
 
@@ -121,6 +129,20 @@ class TopologyWatcher:
         with self._lock:
             assert self._topology is not None, "start() first"
             return self._topology
+
+    def links(self) -> tuple[EngineLink, ...]:
+        """Each engine's connection: whether its event stream is open, and how long the
+        topology has not been known to match it (0 while the stream is open)."""
+        now = self._link_clock()
+        return tuple(
+            EngineLink(c.ref.name, up, 0.0 if up else max(0.0, now - at))
+            for c, up, at in zip(self._clients, self._connected, self._synced_at, strict=True)
+        )
+
+    def _linked(self, i: int, up: bool) -> None:
+        if up or self._connected[i]:  # a failed retry does not make the view any fresher
+            self._synced_at[i] = self._link_clock()
+        self._connected[i] = up
 
     def subscribe(self, listener: Listener, *, on_stop: Callable[[], None] | None = None) -> None:
         """Calls `listener` with each version frozen from now on, in version order, on one of
@@ -165,6 +187,8 @@ class TopologyWatcher:
                 with self._work[i]:
                     follow.resynced()
             self._freeze()
+        for i in range(len(self._clients)):
+            self._linked(i, True)
         self._deliver()
         for i, c in enumerate(self._clients):
             t = threading.Thread(
@@ -294,6 +318,7 @@ class TopologyWatcher:
                     log.debug("engine %s: event stream ended on stop (%s)", self._name(i), reason)
                     break
                 self._drop_stream(i, reason)
+                self._linked(i, False)
                 with work:
                     delay = follow.stream_lost()
                 log.warning(
@@ -320,6 +345,7 @@ class TopologyWatcher:
             if changed:
                 self._states[i] = fresh
                 self._freeze()
+        self._linked(i, True)
         log.info("engine %s: resynced (%s)", self._name(i), "changed" if changed else "no change")
         self._deliver()
 

@@ -203,3 +203,33 @@ def test_any_inspect_document_converts(raw: dict[str, Any]) -> None:
     assert all(p.protocol in ("tcp", "udp", "sctp") and p.host_port != 0 for p in c.ports)
     assert c.labels == ((raw.get("Config") or {}).get("Labels") or {})
     assert not c.name.startswith("/")
+
+
+def test_a_list_entry_is_trusted_only_where_a_restart_would_show() -> None:
+    from dockmesh.engine.convert import list_signature
+
+    entry = {
+        "Id": "c1" * 32,
+        "Names": ["/web"],
+        "State": "running",
+        "Status": "Up 3 minutes (healthy)",
+        "NetworkSettings": {
+            "Networks": {"n": {"NetworkID": "n1", "EndpointID": "e1", "IPAddress": "10.0.0.2"}}
+        },
+        "Ports": [{"PrivatePort": 80, "Type": "tcp"}],
+    }
+    sig = list_signature(entry)
+    assert sig is not None and sig[2] == "healthy"
+    restarted = {
+        **entry,
+        "NetworkSettings": {
+            "Networks": {"n": {"NetworkID": "n1", "EndpointID": "e2", "IPAddress": "10.0.0.2"}}
+        },
+    }
+    assert list_signature(restarted) != sig
+    assert list_signature({**entry, "Status": "Up 3 minutes (unhealthy)"}) != sig
+    assert list_signature({**entry, "Names": ["/renamed"]}) != sig
+    assert list_signature(dict(entry)) == sig
+    # Running in another container's namespace: no endpoint of its own, nothing to tell by.
+    assert list_signature({**entry, "NetworkSettings": {"Networks": {}}}) is None
+    assert list_signature({**entry, "State": "exited", "NetworkSettings": {}}) is not None

@@ -465,3 +465,37 @@ def test_a_die_shows_before_a_slow_reread() -> None:
     finally:
         engine._read_delay_s = 0.0
         watcher.stop()
+
+
+def test_links_say_whether_each_engine_is_followed_and_since_when_it_is_not() -> None:
+    import time
+
+    now = [100.0]
+    engine = FlakyEngine("flaky")
+    watcher = TopologyWatcher(
+        [engine], link_clock=lambda: now[0], sleep=lambda s: time.sleep(0.005)
+    )
+    now[0] = 103.0
+    # Never read yet: not followed, for as long as the watcher has been.
+    [link] = watcher.links()
+    assert (link.engine, link.connected, link.sync_age_s) == ("flaky", False, 3.0)
+    watcher.start()
+    try:
+        assert [(k.connected, k.sync_age_s) for k in watcher.links()] == [(True, 0.0)]
+        engine.unplug()
+        engine.drop_streams()
+        deadline = time.monotonic() + WAIT
+        while watcher.links()[0].connected:
+            assert time.monotonic() < deadline, "the loss was not noticed"
+            time.sleep(0.005)
+        lost_at = now[0]
+        time.sleep(0.05)  # failed retries meanwhile: they do not make the view fresher
+        now[0] += 7.5
+        assert watcher.links()[0].sync_age_s == pytest.approx(now[0] - lost_at)
+        engine.plug()
+        while not watcher.links()[0].connected:
+            assert time.monotonic() < deadline, "the engine was not followed again"
+            time.sleep(0.005)
+        assert watcher.links()[0].sync_age_s == 0.0
+    finally:
+        watcher.stop()
