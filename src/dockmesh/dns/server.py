@@ -75,6 +75,10 @@ __all__ = ["DnsLimits", "DnsServer", "DnsStats"]
 log = logging.getLogger(__name__)
 
 _BIND_ATTEMPTS = 8  # port 0: a free UDP port may be taken for TCP; pick another this often
+# The kernel's queue of connections not yet accepted (capped by net.core.somaxconn). A client
+# that reconnects as fast as it is closed fills a short queue while the loop is busy, and the
+# kernel then drops everyone's SYN: a legitimate query waited for its 1 s retransmission.
+TCP_BACKLOG = 4096
 _EXEMPT_CACHE = 4096  # source addresses whose exemption is remembered (cleared when full)
 
 # Why a client was refused or closed (`DnsStats.refused` keys, the metric's `reason`).
@@ -529,7 +533,7 @@ class DnsServer:
                     host,
                     listener.port,
                     reuse_address=True,
-                    backlog=128,
+                    backlog=TCP_BACKLOG,
                 )
             except OSError as e:
                 udp.close()
