@@ -443,22 +443,27 @@ def _evaluate(node: _Node, row: Row, budget: Budget) -> bool:
     return any(_evaluate(x, row, budget) for x in node.items)
 
 
+# Patterns' states up to which a filter keeps its tree from the check to the rows.
+_KEPT_STATES = 200
+
+
 class _Filter:
-    """The predicate: the expression's tree, built again at the first row. A blocking query
-    holds its filter while it waits, maybe minutes, and a tree's patterns may be megabytes:
-    what waits is the text. The searches of all the rows share one `Budget` (one request's
-    share of the event loop); when it runs out, the request is a 400."""
+    """The predicate: the expression's tree, or (patterns of more than `_KEPT_STATES`
+    states) its text, the tree built again at the first row. A blocking query holds its
+    filter while it waits, maybe minutes, and a tree's patterns may be hundreds of kB. The
+    searches of all the rows share one `Budget` (one request's share of the event loop);
+    when it runs out, the request is a 400."""
 
     __slots__ = ("_budget", "_expression", "_schema", "_tree")
 
-    def __init__(self, expression: str, schema: Object) -> None:
+    def __init__(self, expression: str, schema: Object, tree: _Node | None) -> None:
         self._expression, self._schema = expression, schema
-        self._tree: _Node | None = None
+        self._tree = tree
         self._budget = Budget()
 
     def __call__(self, row: Row) -> bool:
         if self._tree is None:
-            self._tree = _parse(self._expression, self._schema)
+            self._tree, _ = _parse(self._expression, self._schema)
         try:
             return _evaluate(self._tree, row, self._budget)
         except BudgetExceeded as e:
@@ -470,17 +475,19 @@ class _Filter:
 def compile_filter(expression: str, schema: Object) -> Predicate:
     """`?filter=`'s expression as a predicate over rows of `schema`'s shape, or a 400 (also
     raised by the predicate, when the expression's patterns cost too much over the rows)."""
-    _parse(expression, schema)
-    return _Filter(expression, schema)
+    tree, states = _parse(expression, schema)
+    return _Filter(expression, schema, tree if states <= _KEPT_STATES else None)
 
 
-def _parse(expression: str, schema: Object) -> _Node:
+def _parse(expression: str, schema: Object) -> tuple[_Node, int]:
+    """The tree, and how many states its patterns took."""
     try:
         if len(expression) > MAX_CHARS:
             raise _Error(0, f"expression longer than {MAX_CHARS} characters")
         if not expression.strip():
             raise _Error(0, "empty expression")
-        return _Parser(_tokens(expression), schema).parse()
+        parser = _Parser(_tokens(expression), schema)
+        return parser.parse(), MAX_STATES - parser.states_left
     except _Error as e:
         line = expression.count("\n", 0, e.pos) + 1
         col = e.pos - (expression.rfind("\n", 0, e.pos) + 1) + 1

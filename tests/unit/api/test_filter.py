@@ -151,19 +151,19 @@ def test_a_pattern_costing_seconds_a_row_is_a_400_within_a_second() -> None:
     rows = [entry(f"s{i}", (), {"k": "a" * 2048}) for i in range(3)]
     started = time.process_time()
     with pytest.raises(ApiError) as e:
-        kept('Service.Meta.k matches "(.|.|.|.|.|.|.|.|.){500}z"', rows)
+        kept('Service.Meta.k matches "(.|.|.|.|.|.|.){140}z"', rows)
     assert e.value.status == 400 and "\n" not in e.value.reason, e.value.reason
-    assert time.process_time() - started < 1  # unbounded: 5 s a row, on the event loop
+    assert time.process_time() - started < 0.5  # unbounded: 1.1 s a row, on the event loop
 
 
 def test_the_patterns_of_one_expression_share_one_size_limit() -> None:
-    # 70 patterns of 9000 states each took 3 s to compile and 200 MB to hold.
-    text = " or ".join(f'Service.ID matches "(.?.?.?.?.?.?.?.?.?){{500}}z{i}"' for i in range(70))
+    # 70 patterns of 1800 states each: 0.6 s to compile, 25 MB to hold.
+    text = " or ".join(f'Service.ID matches "(.|.|.|.|.|.|.){{140}}z{i}"' for i in range(70))
     assert len(text) <= bexpr.MAX_CHARS
     started = time.process_time()
     with pytest.raises(ApiError, match="too large"):
         bexpr.compile_filter(text, SHAPES["health_entry"])
-    assert time.process_time() - started < 1
+    assert time.process_time() - started < 0.2
 
 
 def test_a_waiting_filter_holds_its_text_not_its_compiled_patterns() -> None:
@@ -172,12 +172,12 @@ def test_a_waiting_filter_holds_its_text_not_its_compiled_patterns() -> None:
     tracemalloc.start()
     try:
         keep = bexpr.compile_filter(
-            'Service.ID matches "(.?.?.?.?.?.?.?.?.?){500}z"', SHAPES["health_entry"]
+            'Service.ID matches "(.|.|.|.|.|.|.){140}z"', SHAPES["health_entry"]
         )
         held, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert held < 100_000, held  # compiled: about 1.7 MB
+    assert held < 50_000, held  # compiled: about 350 kB
     assert keep(ROWS[0]) is False
 
 
