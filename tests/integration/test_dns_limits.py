@@ -9,6 +9,7 @@ and containers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import ipaddress
@@ -147,6 +148,76 @@ def test_hundreds_of_connections_held_by_one_source_starve_no_other(served: Serv
     refused = stats.refused
     assert refused[("tcp", "tcp_per_source")] >= 300 - 16
     assert stats.errors == 0
+
+
+class BusyHolder:
+    """Connections from many sources (`per_source` each, the cap), each kept busy: half a
+    query, the rest a second later, its answer read, again; a closed one is opened again.
+    What a client pays to hold a connection the server never takes as idle."""
+
+    def __init__(self, sources: list[str], per_source: int, port: int) -> None:
+        self.lt = LoopThread(False)
+        self.port = port
+        self.stop = asyncio.Event()
+        wire = dns.message.make_query(NAME, "A").to_wire()
+        self.message = len(wire).to_bytes(2, "big") + wire
+        self.future = asyncio.run_coroutine_threadsafe(
+            self.run([s for s in sources for _ in range(per_source)]), self.lt.loop
+        )
+
+    async def run(self, sources: list[str]) -> None:
+        tasks = [asyncio.create_task(self.hold(s)) for s in sources]
+        await self.stop.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def hold(self, source: str) -> None:
+        while True:
+            writer = None
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, local_addr=(source, 0)
+                )
+                while True:
+                    writer.write(self.message[:5])
+                    await asyncio.sleep(1.0)
+                    writer.write(self.message[5:])
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                    await reader.readexactly(size)
+            except (OSError, asyncio.IncompleteReadError):
+                await asyncio.sleep(0.05)
+            finally:
+                if writer is not None:
+                    writer.close()
+
+    def close(self) -> None:
+        self.lt.loop.call_soon_threadsafe(self.stop.set)
+        with contextlib.suppress(Exception):
+            self.future.result(20)
+        self.lt.stop()
+
+
+def test_many_sources_of_busy_connections_starve_no_other(served: Served) -> None:
+    """The total full of connections that are never idle (a query a second each, from more
+    sources than the total has room for at the per-source cap): a new source still gets in,
+    in time, by the oldest connection of a source holding the most."""
+    slots = served.server.slots
+    count = slots.total // slots.per_source + 6
+    sources = [f"127.0.{1 + i // 250}.{2 + i % 250}" for i in range(count)]
+    holder = BusyHolder(sources, slots.per_source, served.port)
+    try:
+        deadline = time.monotonic() + 30
+        while len(slots) < slots.total and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(slots) == slots.total
+        time.sleep(1.5)  # every held connection has been busy since
+        times = [timed_tcp("127.0.0.1", served.port) for _ in range(20)]
+        assert max(times) < BUDGET_S, times
+    finally:
+        holder.close()
+    assert served.server.stats.refused[("tcp", "tcp_total")] > 0
+    assert served.server.stats.errors == 0
 
 
 def test_a_udp_flood_from_one_source_leaves_the_others_answered(served: Served) -> None:

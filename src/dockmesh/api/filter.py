@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from dockmesh.api.errors import ApiError, shown
-from dockmesh.api.regex import RegexError, compile_regex
+from dockmesh.api.regex import MAX_STATES, Budget, BudgetExceeded, RegexError, compile_regex
 
 MAX_CHARS = 4096
 MAX_DEPTH = 64
@@ -210,6 +210,7 @@ _ALLOWED = {
 class _Parser:
     def __init__(self, toks: list[_Tok], schema: Object) -> None:
         self.toks, self.k, self.schema = toks, 0, schema
+        self.states_left = MAX_STATES  # shared by the expression's patterns
 
     def peek(self, ahead: int = 0) -> _Tok:
         return self.toks[min(self.k + ahead, len(self.toks) - 1)]
@@ -373,9 +374,10 @@ class _Parser:
             value = truth
         elif op == "matches":
             try:
-                value = compile_regex(value)
+                value = compile_regex(value, self.states_left)
             except RegexError as e:
                 raise _Error(pos, str(e)) from None
+            self.states_left -= value.size
         return _Match(path, op, negate, value, kind)
 
 
@@ -415,7 +417,7 @@ def _values(row: Any, path: tuple[str, ...]) -> list[Any]:
     return current
 
 
-def _test(m: _Match, value: Any) -> bool:
+def _test(m: _Match, value: Any, budget: Budget) -> bool:
     if value is _MISSING or value is None:
         return m.op == "empty"
     if m.op == "empty":
@@ -423,37 +425,73 @@ def _test(m: _Match, value: Any) -> bool:
     if m.op == "==":
         return bool(value == m.value)
     if m.op == "matches":
-        return isinstance(value, str) and bool(m.value.search(value))
+        return isinstance(value, str) and bool(m.value.search(value, budget))
     # contains and in: a substring of a string, a member of a list, a key of a map.
     return m.value in value if isinstance(value, (str, list, dict)) else False
 
 
-def _evaluate(node: _Node, row: Row) -> bool:
+def _evaluate(node: _Node, row: Row, budget: Budget) -> bool:
     if isinstance(node, _Match):
         if node.kind == "list" and node.op == "empty":
             lists = _values(row, node.path)
             return any((not v) != node.negate for v in lists if v is not _MISSING)
-        return any(_test(node, v) != node.negate for v in _values(row, node.path))
+        return any(_test(node, v, budget) != node.negate for v in _values(row, node.path))
     if isinstance(node, _Not):
-        return not _evaluate(node.inner, row)
+        return not _evaluate(node.inner, row, budget)
     if node.op == "and":
-        return all(_evaluate(x, row) for x in node.items)
-    return any(_evaluate(x, row) for x in node.items)
+        return all(_evaluate(x, row, budget) for x in node.items)
+    return any(_evaluate(x, row, budget) for x in node.items)
+
+
+# Patterns' states up to which a filter keeps its tree from the check to the rows.
+_KEPT_STATES = 200
+
+
+class _Filter:
+    """The predicate: the expression's tree, or (patterns of more than `_KEPT_STATES`
+    states) its text, the tree built again at the first row. A blocking query holds its
+    filter while it waits, maybe minutes, and a tree's patterns may be hundreds of kB. The
+    searches of all the rows share one `Budget` (one request's share of the event loop);
+    when it runs out, the request is a 400."""
+
+    __slots__ = ("_budget", "_expression", "_schema", "_tree")
+
+    def __init__(self, expression: str, schema: Object, tree: _Node | None) -> None:
+        self._expression, self._schema = expression, schema
+        self._tree = tree
+        self._budget = Budget()
+
+    def __call__(self, row: Row) -> bool:
+        if self._tree is None:
+            self._tree, _ = _parse(self._expression, self._schema)
+        try:
+            return _evaluate(self._tree, row, self._budget)
+        except BudgetExceeded as e:
+            raise ApiError(
+                400, f"Failed to evaluate filter: {e} over these rows (simplify the pattern)"
+            ) from None
 
 
 def compile_filter(expression: str, schema: Object) -> Predicate:
-    """`?filter=`'s expression as a predicate over rows of `schema`'s shape, or a 400."""
+    """`?filter=`'s expression as a predicate over rows of `schema`'s shape, or a 400 (also
+    raised by the predicate, when the expression's patterns cost too much over the rows)."""
+    tree, states = _parse(expression, schema)
+    return _Filter(expression, schema, tree if states <= _KEPT_STATES else None)
+
+
+def _parse(expression: str, schema: Object) -> tuple[_Node, int]:
+    """The tree, and how many states its patterns took."""
     try:
         if len(expression) > MAX_CHARS:
             raise _Error(0, f"expression longer than {MAX_CHARS} characters")
         if not expression.strip():
             raise _Error(0, "empty expression")
-        tree = _Parser(_tokens(expression), schema).parse()
+        parser = _Parser(_tokens(expression), schema)
+        return parser.parse(), MAX_STATES - parser.states_left
     except _Error as e:
         line = expression.count("\n", 0, e.pos) + 1
         col = e.pos - (expression.rfind("\n", 0, e.pos) + 1) + 1
         raise ApiError(400, f"{PREFIX}: {line}:{col} ({e.pos}): {e.why}") from None
-    return lambda row: _evaluate(tree, row)
 
 
 def apply(expression: str | None, schema: Object, rows: list[Any]) -> list[Any]:

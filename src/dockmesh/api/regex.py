@@ -2,8 +2,13 @@
 
 Consul's filters use Go's RE2, which never backtracks. Python's `re` does: `a*a*a*a*b` over
 512 `a`s runs for minutes, and a filter is whatever a client sends. So `matches` runs here,
-on a Thompson NFA simulated one character at a time (every state set at most the pattern's
-size, each text character read once): time O(len(text) * len(pattern)), whatever both are.
+on a Thompson NFA read one character at a time as a lazy DFA (each set of states and each
+transition built once, then a dict lookup a character): time O(len(text) * len(pattern)).
+That bound is still seconds in Python for a pattern of thousands of states over a long
+field (`(.|.|.){500}z`, whose sets grow with every character), and the filter runs on the
+loop that answers DNS: so what building sets costs is charged to a `Budget` per request
+(`MAX_STEPS`, about 25 ms), and all the patterns of one filter share
+`MAX_STATES`. What a request takes past them is refused (`BudgetExceeded`), not waited for.
 
 The syntax is RE2's common core: literals, `.`, classes `[a-z]`, `[^…]`, escapes `\\d \\w \\s`
 (and their capitals), `\\.` and the like, `^`, `$`, groups `(…)`, `(?:…)`, `(?P<name>…)`,
@@ -19,8 +24,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_PATTERN = 1024
-MAX_STATES = 20_000  # `x{1000}{1000}` would be a million states
+# NFA states of all the patterns of one filter: `x{1000}{1000}` would be a million; a
+# compiled state costs about 4 µs and 200 bytes, and what one request costs the event loop
+# is time every DNS answer waits (RE2 takes more: `[a-z]{1,1000}` is refused here).
+MAX_STATES = 2_000
 MAX_REPEAT = 1000  # RE2's own limit on a counted repetition
+# Steps (NFA states visited building DFA states) one request's searches may take: about
+# 25 ms of the event loop, which every DNS answer and API request shares. The usual pattern
+# over a few hundred rows takes a few thousand (a transition already built costs nothing).
+MAX_STEPS = 50_000
 
 CharTest = Callable[[str], bool]
 
@@ -60,8 +72,9 @@ _CONTROL = {"t": "\t", "n": "\n", "r": "\r", "f": "\f", "v": "\v", "a": "\a"}
 
 
 class _Compiler:
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, max_states: int = MAX_STATES) -> None:
         self.p = pattern
+        self.max_states = max_states
         self.i = 0
         self.states: list[_State] = []
         self.fold = False
@@ -70,7 +83,7 @@ class _Compiler:
         return RegexError(f"invalid regular expression at offset {self.i}: {why}")
 
     def new(self, kind: str, test: CharTest | None = None) -> int:
-        if len(self.states) >= MAX_STATES:
+        if len(self.states) >= self.max_states:
             raise RegexError("regular expression too large")
         self.states.append(_State(kind, test))
         return len(self.states) - 1
@@ -298,54 +311,138 @@ class _Compiler:
         return lambda ch: lo <= ch <= hi
 
 
-@dataclass(frozen=True, slots=True)
+class BudgetExceeded(RegexError):
+    """A `Budget` ran out: the patterns cost more than it allows over these texts."""
+
+
+class Budget:
+    """Work `Regex.search` may still do, shared by the searches of one request: a step is one
+    NFA state visited while a new DFA state or transition is built (a cached transition costs
+    nothing). Bounds the time and memory a pattern costs whatever the pattern and the text."""
+
+    def __init__(self, steps: int = MAX_STEPS) -> None:
+        self.steps = steps
+        self.left = steps
+
+    def charge(self, steps: int) -> None:
+        self.left -= steps
+        if self.left < 0:
+            raise BudgetExceeded(f"regular expressions cost more than {self.steps} steps")
+
+
 class Regex:
-    """A compiled pattern: `search(text)` says whether it matches anywhere in `text`."""
+    """A compiled pattern: `search(text)` says whether it matches anywhere in `text`.
 
-    pattern: str
-    _states: tuple[_State, ...]
-    _start: int
+    Run as a lazy DFA (RE2's way): each set of NFA states met is numbered once, and each
+    (set, character) transition is computed once and remembered, so the usual pattern costs
+    a dict lookup a character. What building them costs is charged to a `Budget`: a pattern
+    whose sets keep growing (`(.?){1000}z`) costs the budget, not minutes of the loop."""
 
-    def search(self, text: str) -> bool:
-        states = self._states
-        current = self._closure({self._start}, text, 0)
-        for pos, ch in enumerate(text):
-            if any(states[s].kind == "match" for s in current):
+    __slots__ = ("_accept", "_first", "_ids", "_next", "_sets", "_start", "_states", "pattern")
+
+    def __init__(self, pattern: str, states: tuple[_State, ...], start: int) -> None:
+        self.pattern = pattern
+        self._states = states
+        self._start = start
+        # A DFA state: the NFA's char and match states reached, and the `$`s waiting for the
+        # end of the text; `_accept[i]` says whether it holds the match state.
+        self._ids: dict[frozenset[int], int] = {}
+        self._sets: list[frozenset[int]] = []
+        self._accept: list[bool] = []
+        self._next: dict[tuple[int, str], int] = {}
+        self._first: int | None = None  # the DFA state at the start of a text
+
+    @property
+    def size(self) -> int:
+        """The NFA states compiled (what a filter's `MAX_STATES` counts)."""
+        return len(self._states)
+
+    def search(self, text: str, budget: Budget | None = None) -> bool:
+        budget = budget if budget is not None else Budget()
+        accept, nxt = self._accept, self._next
+        current = self._first
+        if current is None:
+            current = self._dfa(self._closure({self._start}, True, False, budget), budget)
+            self._first = current
+        for ch in text:
+            if accept[current]:
                 return True
-            stepped = {
-                states[s].out
-                for s in current
-                if states[s].kind == "char" and states[s].test(ch)  # type: ignore[misc]
-            }
-            stepped.add(self._start)  # a search: a match may start anywhere
-            current = self._closure(stepped, text, pos + 1)
-        return any(states[s].kind == "match" for s in current)
+            following = nxt.get((current, ch))
+            if following is None:
+                following = self._step(current, ch, budget)
+            current = following
+        return accept[current] or self._at_end(current, not text, budget)
 
-    def _closure(self, seeds: set[int], text: str, pos: int) -> set[int]:
+    def _dfa(self, nfa: frozenset[int], budget: Budget) -> int:
+        known = self._ids.get(nfa)
+        if known is not None:
+            return known
+        budget.charge(len(nfa) + 1)  # what it keeps in memory
+        self._ids[nfa] = len(self._sets)
+        self._sets.append(nfa)
+        self._accept.append(any(self._states[s].kind == "match" for s in nfa))
+        return len(self._sets) - 1
+
+    def _step(self, current: int, ch: str, budget: Budget) -> int:
+        states = self._states
+        nfa = self._sets[current]
+        budget.charge(len(nfa) + 1)
+        stepped = {
+            states[s].out
+            for s in nfa
+            if states[s].kind == "char" and states[s].test(ch)  # type: ignore[misc]
+        }
+        stepped.add(self._start)  # a search: a match may start anywhere
+        following = self._dfa(self._closure(stepped, False, False, budget), budget)
+        self._next[(current, ch)] = following
+        return following
+
+    def _at_end(self, current: int, at_start: bool, budget: Budget) -> bool:
+        states = self._states
+        waiting = {states[s].out for s in self._sets[current] if states[s].kind == "eol"}
+        if not waiting:
+            return False
+        end = self._closure(waiting, at_start, True, budget)
+        return any(states[s].kind == "match" for s in end)
+
+    def _closure(
+        self, seeds: set[int], at_start: bool, at_end: bool, budget: Budget
+    ) -> frozenset[int]:
+        """The char and match states `seeds` reach without reading a character, with the
+        `$`s that wait for the end of the text (`^` holds only at the start). Each state
+        visited is a step of `budget`, charged as it goes: a closure may visit them all."""
         states = self._states
         seen: set[int] = set()
         stack = [s for s in seeds if s >= 0]
+        charged = 0
         while stack:
             s = stack.pop()
             if s in seen:
                 continue
             seen.add(s)
+            charged += 1
+            if charged == 1024:
+                budget.charge(charged)
+                charged = 0
             st = states[s]
             if st.kind == "split":
                 stack.extend(x for x in (st.out, st.alt) if x >= 0)
             elif st.kind == "bol":
-                if pos == 0 and st.out >= 0:
+                if at_start and st.out >= 0:
                     stack.append(st.out)
-            elif st.kind == "eol" and pos == len(text) and st.out >= 0:
+            elif st.kind == "eol" and at_end and st.out >= 0:
                 stack.append(st.out)
-        return {s for s in seen if states[s].kind in ("char", "match")}
+        budget.charge(charged)
+        keep = ("char", "match") if at_end else ("char", "match", "eol")
+        return frozenset(s for s in seen if states[s].kind in keep)
 
 
-def compile_regex(pattern: str) -> Regex:
-    """`pattern` compiled, or `RegexError` with a one-line reason."""
+def compile_regex(pattern: str, max_states: int = MAX_STATES) -> Regex:
+    """`pattern` compiled, or `RegexError` with a one-line reason (also when it would take
+    more than `max_states` NFA states)."""
     if len(pattern) > MAX_PATTERN:
         raise RegexError(f"regular expression longer than {MAX_PATTERN} characters")
-    c = _Compiler(pattern)
+    c = _Compiler(pattern, max_states)
     if pattern.startswith("(?i)"):
         c.fold, c.i = True, 4
     frag = c.alternation(0)

@@ -114,7 +114,10 @@ def register(app: typer.Typer) -> None:
                 "--dns-tcp-max",
                 min=1,
                 max=1_000_000,
-                help="DNS TCP connections in all; one more closes the one idle the longest.",
+                help=(
+                    "DNS TCP connections in all; one more closes the one idle the longest"
+                    " (all busy: the oldest of the source holding the most)."
+                ),
             ),
         ] = DEFAULT_LIMITS.max_tcp_connections,
         dns_tcp_idle_timeout: Annotated[

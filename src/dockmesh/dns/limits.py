@@ -8,9 +8,14 @@ injected clock; nothing here touches a socket (`dockmesh.dns.server` does).
   seen and its entry can go: the table holds at most `max_sources` entries.
 - `TcpSlots`: TCP connections per source address and in all. A new connection that would go
   over a cap first makes room by closing the connection idle the longest (of its own source
-  for the per-source cap, of anyone for the total), the way Unbound and BIND make room; only
-  when every connection in the way is busy (a query or an answer under way) is the new one
-  refused. With a per-source cap below the total, one source never fills the server.
+  for the per-source cap, of anyone for the total), the way Unbound and BIND make room. When
+  the total is full of busy connections (a query or an answer under way), the oldest of the
+  source holding the most goes, if that source holds more than the newcomer's would then
+  have: a client keeps each of its connections busy for the price of a query a second or
+  two, so "never close a busy one" let 64 sources of 16 (or one exempt source: the host, a
+  host-network container) lock every other client out. Only when no source holds more is
+  the new one refused. With a per-source cap below the total, one source never fills the
+  server, and many sources fill it only until a lighter one connects.
 
 Why per source and not one shared limit: a shared limit is what one client reaches for
 everyone (256 connections held from one container used to lock every other client out).
@@ -143,8 +148,10 @@ class TcpSlots(Generic[K]):
     per-source cap (the total still holds them).
 
     `open(key, source)` returns (admitted, victim, reason): `victim` is a connection removed
-    from the slots to make room, which the caller closes; `reason` names the cap that was in
-    the way (`tcp_per_source`, `tcp_total`) when a victim was taken or the new one refused.
+    from the slots to make room (idle the longest, or when all are busy and the total is in
+    the way, the oldest of the source holding the most), which the caller closes; `reason`
+    names the cap that was in the way (`tcp_per_source`, `tcp_total`) when a victim was
+    taken or the new one refused.
     `close(key)` forgets a connection (again is fine).
     """
 
@@ -186,6 +193,8 @@ class TcpSlots(Generic[K]):
             reason = REASON_TOTAL
             victim = self._longest_idle(self._source)
             if victim is None:
+                victim = self._of_the_heaviest(source)
+            if victim is None:
                 return False, None, reason
             self.close(victim)
         self._source[key] = source
@@ -200,6 +209,15 @@ class TcpSlots(Generic[K]):
         del mine[key]
         if not mine:
             del self._by_source[source]
+
+    def _of_the_heaviest(self, source: str) -> K | None:
+        """The oldest connection of the source holding the most, busy or not, when that is
+        more than `source` would hold with one more (else None: moving one changes nothing)."""
+        mine = self.count(source)
+        heaviest = max(self._by_source.values(), key=len, default=None)
+        if heaviest is None or len(heaviest) <= mine + 1:
+            return None
+        return next(iter(heaviest))
 
     def _longest_idle(self, keys: Iterable[K]) -> K | None:
         best: K | None = None

@@ -23,10 +23,12 @@ Optional keywords (`DnsLimits` documents them; the agent's command line sets the
 What one client may take (`DnsLimits`, enforced by the pure machines of `dns.limits`): a
 source address has at most `tcp_per_source` TCP connections and all sources together
 `max_tcp_connections`; a connection that would go over either first makes room by closing
-the connection idle the longest (of its source, or of anyone), and is refused only when all
-of those are busy. A connection is closed after `tcp_idle_timeout_s` without a query (RFC
-7766 §6.2.3), and aborted when a message's bytes take longer than `tcp_slow_timeout_s` from
-its first byte, or its answers wait that long for the client to read them. At most
+the connection idle the longest (of its source, or of anyone); when all sources together are
+full of busy connections, the oldest of the source holding the most goes (if it holds more
+than the newcomer's source would), and only then is the new one refused. A connection is
+closed after `tcp_idle_timeout_s` without a query (RFC 7766 §6.2.3), and aborted when a
+message's bytes take longer than `tcp_slow_timeout_s` from its first byte, or its answers
+wait that long for the client to read them. At most
 `tcp_pipeline` queries of one connection are answered per turn of the event loop; more wait
 (reading paused) so that one client's pipeline does not hold the others. Over UDP a source
 has a token bucket of `udp_burst` queries refilled at `udp_rate` a second; queries beyond it

@@ -5,6 +5,7 @@ one 400 line, never an exception, in bounded depth and time."""
 from __future__ import annotations
 
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -144,6 +145,40 @@ def test_a_pathological_regex_runs_in_linear_time() -> None:
     assert kept('Service.Meta.k matches "' + "a*" * 30 + 'b"', rows) == []
     assert kept('Service.Meta.k matches "(a|a)*(a+)+$"', rows) == ["a" * 200]
     assert time.perf_counter() - started < 5  # Python's re: minutes; generous on a busy host
+
+
+def test_a_pattern_costing_seconds_a_row_is_a_400_within_a_second() -> None:
+    rows = [entry(f"s{i}", (), {"k": "a" * 2048}) for i in range(3)]
+    started = time.process_time()
+    with pytest.raises(ApiError) as e:
+        kept('Service.Meta.k matches "(.|.|.|.|.|.|.){140}z"', rows)
+    assert e.value.status == 400 and "\n" not in e.value.reason, e.value.reason
+    assert time.process_time() - started < 0.5  # unbounded: 1.1 s a row, on the event loop
+
+
+def test_the_patterns_of_one_expression_share_one_size_limit() -> None:
+    # 70 patterns of 1800 states each: 0.6 s to compile, 25 MB to hold.
+    text = " or ".join(f'Service.ID matches "(.|.|.|.|.|.|.){{140}}z{i}"' for i in range(70))
+    assert len(text) <= bexpr.MAX_CHARS
+    started = time.process_time()
+    with pytest.raises(ApiError, match="too large"):
+        bexpr.compile_filter(text, SHAPES["health_entry"])
+    assert time.process_time() - started < 0.2
+
+
+def test_a_waiting_filter_holds_its_text_not_its_compiled_patterns() -> None:
+    """A blocking query keeps its filter while it waits: a thousand waiting watchers with
+    the largest pattern must not hold gigabytes."""
+    tracemalloc.start()
+    try:
+        keep = bexpr.compile_filter(
+            'Service.ID matches "(.|.|.|.|.|.|.){140}z"', SHAPES["health_entry"]
+        )
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 50_000, held  # compiled: about 350 kB
+    assert keep(ROWS[0]) is False
 
 
 def compiled(text: str, kind: str) -> bexpr.Predicate | ApiError:

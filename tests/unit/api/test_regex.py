@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dockmesh.api.regex import RegexError, compile_regex
+from dockmesh.api.regex import Budget, BudgetExceeded, RegexError, compile_regex
 
 PATTERNS = [
     "a", "^a$", "a*b", "(foo|bar)+$", "[a-z]+[0-9]{2,3}", "x{0}y", "^x{0}y", "a.c", "\\d+", "[^abc]",
@@ -94,3 +94,36 @@ def _patterns() -> st.SearchStrategy[str]:
 def test_composed_patterns_agree_with_re(pattern: str, text: str) -> None:
     """Python's `re` and RE2 agree on this subset for texts without a newline."""
     assert compile_regex(pattern).search(text) == bool(re.search(pattern, text)), pattern
+
+
+@settings(max_examples=500, deadline=None)
+@given(_patterns(), st.lists(st.text(alphabet="abc1", max_size=8), min_size=2, max_size=8))
+def test_one_compiled_pattern_answers_many_texts_as_re(pattern: str, texts: list[str]) -> None:
+    """A compiled pattern remembers the transitions it built: what one text taught it (at
+    the start, in the middle, at the end) never changes the next text's answer."""
+    ours = compile_regex(pattern)
+    assert [ours.search(t) for t in texts] == [bool(re.search(pattern, t)) for t in texts]
+
+
+def test_a_pattern_whose_state_sets_keep_growing_runs_out_of_budget_not_time() -> None:
+    # Every character read makes a new, larger set of states (up to 1800 of them).
+    pattern = compile_regex("(.|.|.|.|.|.|.){140}z")
+    started = time.process_time()
+    with pytest.raises(BudgetExceeded, match="steps"):
+        pattern.search("a" * 2048, Budget())
+    assert time.process_time() - started < 0.5  # unbounded: 1.1 s for this one text
+
+
+def test_a_pattern_of_the_largest_size_whose_sets_settle_costs_little() -> None:
+    # `.?` may skip: every state is reached at once, one set that steps to itself.
+    budget = Budget()
+    assert not compile_regex("(.?.?.?.?){240}z").search("a" * 4096, budget)
+    assert budget.left > budget.steps // 2
+
+
+def test_common_patterns_over_ten_thousand_texts_fit_in_one_budget() -> None:
+    budget = Budget()
+    for pattern in ["^web-[0-9]+$", "(?i)API.*v[0-9]", "(foo|bar)+$", "[a-z]+-[0-9]{1,4}"]:
+        compiled = compile_regex(pattern)
+        assert sum(compiled.search(f"web-{i}-api-v2", budget) for i in range(10_000)) >= 0
+    assert budget.left > 0

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -180,23 +182,34 @@ def test_tcp_slots_hold_their_caps_and_take_only_the_longest_idle(
                 source != "127.0.0.1" and list(before.values()).count(source) >= per_source
             )
             full_total = len(before) >= total
+            counts = Counter(before.values())
+            mine = counts[source]
+            heaviest = max(counts.values(), default=0)
             admitted, victim, reason = m.slots.open(key, source)
             if victim is not None:
-                assert m.idle[victim] is not None  # never a busy one
                 pool = [k for k, s in before.items() if s == source] if full_source else before
-                longest = min(m.idle[k] or 0 for k in pool if m.idle[k] is not None)
-                assert m.idle[victim] == longest
                 assert reason == (REASON_PER_SOURCE if full_source else REASON_TOTAL)
+                if m.idle[victim] is None:
+                    # A busy one only when all are busy and the total is in the way: the
+                    # oldest of a source holding the most, more than the newcomer's would.
+                    assert not full_source and all(m.idle[k] is None for k in pool)
+                    assert counts[before[victim]] == heaviest > mine + 1
+                    assert victim == min(k for k, s in before.items() if s == before[victim])
+                else:
+                    longest = min(m.idle[k] or 0 for k in pool if m.idle[k] is not None)
+                    assert m.idle[victim] == longest
                 del m.source[victim]
             if admitted:
                 m.source[key] = source
                 # Admitted over a full cap only by making room.
                 assert victim is not None or not (full_source or full_total)
             else:
-                # Refused only when everything in the way is busy.
+                # Refused only when everything in the way is busy, and (for the total) no
+                # source holds more than the newcomer's would.
                 assert full_source or full_total
                 pool = [k for k, s in before.items() if s == source] if full_source else before
                 assert all(m.idle[k] is None for k in pool)
+                assert full_source or heaviest <= mine + 1
         elif m.source:
             keys = sorted(m.source)
             key = keys[int(str(arg)) % len(keys)]
@@ -211,6 +224,34 @@ def test_tcp_slots_hold_their_caps_and_take_only_the_longest_idle(
         assert len(m.slots) == len(m.source) <= total
         for source in ("10.0.0.1", "10.0.0.2"):
             assert m.slots.count(source) == list(m.source.values()).count(source) <= per_source
+
+
+def test_many_sources_of_busy_connections_cannot_lock_out_another() -> None:
+    """70 sources x 16 connections, each kept busy by a query a second: a new source still
+    gets in (the oldest of a heaviest source goes), and so does the host, exempt or not."""
+    m = Model(per_source=16, total=1024)
+    key = 0
+    for n in range(70):
+        for _ in range(16):
+            m.idle[key] = None
+            m.slots.open(key, f"10.1.0.{n}")
+            key += 1
+    assert len(m.slots) == 1024
+    for newcomer in ("10.0.0.2", "127.0.0.1"):
+        m.idle[key] = 5000.0
+        admitted, victim, reason = m.slots.open(key, newcomer)
+        assert admitted and victim is not None and reason == REASON_TOTAL
+        key += 1
+
+
+def test_one_exempt_source_of_busy_connections_cannot_lock_out_another() -> None:
+    m = Model(per_source=16, total=1024)
+    for key in range(1024):
+        m.idle[key] = None
+        assert m.slots.open(key, "127.0.0.1")[0]  # exempt: no per-source cap
+    m.idle[2000] = 1.0
+    admitted, victim, _ = m.slots.open(2000, "10.0.0.2")
+    assert admitted and victim == 0  # the oldest of the host's
 
 
 def test_one_source_cannot_lock_out_another() -> None:
