@@ -465,7 +465,7 @@ class Agent:
         """The catalog's warnings now (each logged once, when it first appears)."""
         cat = self.live.catalog
         self._names_seen = cat.topic_index(TOPIC_SERVICES)
-        warnings = [c.warning() for c in cat.collisions()] + cat.refusals()
+        warnings = [c.warning() for c in cat.collisions()] + cat.shadowed() + cat.refusals()
         before = self.warnings.get(CATALOG_WARNINGS, [])
         for w in warnings:
             if w not in before:

@@ -69,11 +69,20 @@ def test_an_explicit_name_claims_the_short_name_unless_two_claim_it() -> None:
     assert ids(c.members("api")) == [] and c.collisions()[0].owner is None
 
 
-def test_a_name_that_exists_wins_over_a_scoped_reading() -> None:
+def test_a_service_literally_named_as_a_scoped_name_never_takes_the_projects_place() -> None:
+    # Any container's label or any registration may name its service `api.b`: answering it
+    # for `api.b` hid project b's own instances from its gateway and DNS, silently.
     c = Catalog()
     c.register(inst("a1", project="b"), [], 0)
     c.register(inst("x", service="api.b"), [], 0)  # a service literally named so
-    assert ids(c.members("api.b")) == ["x"]
+    assert ids(c.members("api.b")) == ["a1"]
+    [said] = c.shadowed()
+    assert "'api.b' is project b's scoped name" in said and "not x" in said
+    c.register(inst("y", service="api.b", project="evil"), [], 0)  # from another project too
+    assert ids(c.members("api.b")) == ["a1"]
+    c.deregister("a1")  # the project has none: the literal name is all there is
+    assert ids(c.members("api.b")) == ["x", "y"] and c.shadowed() == []
+    assert ids(c.members("api.b.evil")) == ["y"]
 
 
 def test_a_projects_change_wakes_its_scoped_name_and_the_short_one() -> None:
