@@ -222,6 +222,32 @@ class Catalog:
             found.append(e)
         return found
 
+    def entries_any_case(self, names: Sequence[str], passing: bool = False) -> list[Entry]:
+        """What one DNS name answers, given the catalog's names that spell it (`service_names`
+        differing in case only: DNS does not tell `API` from `api`). Their instances together,
+        as Consul's case-blind names are one service, but never two projects': a project's
+        scoped name beats a service literally spelled so in another case (`API.shop`), and of
+        projects spelled alike (`shop`, a label's `Shop`) the lower-case one answers, as
+        Compose and dockmesh name projects."""
+        found = {i.id: i for n in names for i in self._scoped(n)}
+        if found:
+            projects = {i.project for i in found.values()}
+            if len(projects) > 1:
+                found = {k: i for k, i in found.items() if i.project == (i.project or "").lower()}
+        else:
+            found = {
+                i.id: i
+                for i in _short_members(
+                    i for n in names for i in self._by_service.get(n, {}).values()
+                )
+            }
+        out = []
+        for inst in sorted(found.values(), key=lambda i: i.id):
+            e = Entry(inst, self.checks_of(inst.id))
+            if not passing or e.status == "passing":
+                out.append(e)
+        return out
+
     def service_checks(self, service: str) -> list[CheckState]:
         return [c for inst in self.members(service) for c in self.checks_of(inst.id)]
 

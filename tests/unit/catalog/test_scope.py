@@ -150,6 +150,26 @@ def test_dns_answers_the_scoped_names_and_refuses_to_merge_the_short_one() -> No
     assert sorted(records(ask(dns_, "api.service.dockmesh"), Rd.A)) == ["10.0.2.1", "10.0.2.2"]
 
 
+def test_dns_never_merges_a_look_alike_into_a_projects_scoped_name() -> None:
+    # DNS does not tell `Shop` from `shop`: a label's project `Shop` or a service spelled
+    # `API.shop` answered under project shop's `api.shop.service` with shop's own instances.
+    c = Catalog()
+    c.register(inst("s1", project="shop", address="10.0.1.1"), [], 0)
+    c.register(inst("evil", project="Shop", address="10.6.6.6"), [], 0)
+    c.register(inst("evil2", service="API.shop", address="10.6.6.7"), [], 0)
+    dns_ = Answerer(c)
+    assert records(ask(dns_, "api.shop.service.dockmesh"), Rd.A) == ["10.0.1.1"]
+    assert records(ask(dns_, "API.SHOP.service.dockmesh"), Rd.A) == ["10.0.1.1"]
+    assert ask(dns_, "api.service.dockmesh").rcode() == dns.rcode.NXDOMAIN  # two projects
+    c.deregister("s1")
+    dns_.catalog_changed(c)  # only the look-alike project is left: it is all there is
+    assert records(ask(dns_, "api.shop.service.dockmesh"), Rd.A) == ["10.6.6.6"]
+    c.register(inst("x1", service="Web", address="10.0.3.1"), [], 0)
+    c.register(inst("x2", service="web", address="10.0.3.2"), [], 0)
+    dns_.catalog_changed(c)  # one service to Consul, in any case: both answer
+    assert sorted(records(ask(dns_, "web.service.dockmesh"), Rd.A)) == ["10.0.3.1", "10.0.3.2"]
+
+
 # --- containers -----------------------------------------------------------------------------
 
 
