@@ -229,6 +229,7 @@ class Agent:
         # Container id → the pid that ended while the topology still shows it running.
         self.dead: dict[str, int] = {}
         self._living: tuple[Topology, frozenset[tuple[str, int]], Topology] | None = None
+        self._catalog_topology: Topology | None = None  # what `_sync_catalog` last followed
         # Deaths heard since the loop step's first, synced together at its end.
         self._deaths_due: asyncio.Handle | None = None
         self._deaths_pending = False
@@ -487,6 +488,7 @@ class Agent:
         """The catalog from `topo`, less the containers whose process was seen to end since
         (the engine's newer word overrides that: `still_dead`); then the processes of what
         it holds are followed."""
+        self._catalog_topology = topo
         self.dead = still_dead(topo, self.dead)
         seen = without_dead(topo, self.dead)
         local = self.config.engines[0].name if self.config.engines else "local"
@@ -512,7 +514,7 @@ class Agent:
         host's containers killed together, an OOM sweep) cost deaths times containers on the
         loop — 150 of 350 took 1.8 s, DNS unanswered meanwhile. So the first death of a
         loop step syncs at once, and the others of that step wait for one sync at its end."""
-        if self.topology.current() is None:
+        if self._catalog_topology is None:
             return
         self.dead[container_id] = pid
         if self._deaths_due is not None:
@@ -528,7 +530,9 @@ class Agent:
             self._sync_now()
 
     def _sync_now(self) -> None:
-        topo = self.topology.current()
+        # The topology the catalog last followed, not a newer one published while the policy
+        # is being synced for it: the kernel first, even when a death comes in between.
+        topo = self._catalog_topology
         if topo is not None:
             self._sync_catalog(topo)
 

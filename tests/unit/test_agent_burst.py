@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Mapping
 from pathlib import Path
 
+from dockmesh.model.topology import Topology
 from dockmesh.testing import loop as vtime
 from dockmesh.testing.engine import FlakyEngine
 from tests.unit.test_agent import ENGINE, FakeProcesses, follow, instance_ids, labelled, running
@@ -55,5 +56,41 @@ def test_a_burst_of_deaths_in_one_loop_step_is_synced_at_most_twice(tmp_path: Pa
 
             procs.end(ids[30])  # a later step: at once again
             assert "web-30" not in instance_ids(env)
+
+    vtime.run(main)
+
+
+def test_a_death_while_the_policy_follows_a_newer_topology_does_not_announce_it_first(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        cable = FlakyEngine(ENGINE, clock=asyncio.get_running_loop().time)
+        procs = CountingProcesses()
+        async with running(tmp_path, engine=cable, processes=procs) as env:
+            first = cable.create_container(labelled("web-1", "web"))
+            cable.start(first)
+            await follow(env, lambda: set(procs.followed) == {first})
+            agent = env.agent
+            held = asyncio.Event()
+            entered = asyncio.Event()
+            sync_policy = agent._sync_policy
+
+            async def slow_policy(topo: Topology) -> None:
+                c = topo.container("web-2")
+                if c is not None and c.running:
+                    entered.set()
+                    await held.wait()  # the kernel's sets not yet holding web-2
+                await sync_policy(topo)
+
+            agent._sync_policy = slow_policy  # type: ignore[method-assign]
+            second = cable.create_container(labelled("web-2", "web"))
+            cable.start(second)
+            await vtime.until(entered.is_set)
+            current = agent.topology.current()
+            assert current is not None and current.container("web-2") is not None
+            procs.end(first)  # a death while the policy is synced for web-2's topology
+            assert instance_ids(env) == set()  # web-2 not announced before the kernel has it
+            held.set()
+            await follow(env, lambda: instance_ids(env) == {"web-2"})
 
     vtime.run(main)
