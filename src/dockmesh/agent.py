@@ -229,6 +229,10 @@ class Agent:
         # Container id → the pid that ended while the topology still shows it running.
         self.dead: dict[str, int] = {}
         self._living: tuple[Topology, frozenset[tuple[str, int]], Topology] | None = None
+        self._catalog_topology: Topology | None = None  # what `_sync_catalog` last followed
+        # Deaths heard since the loop step's first, synced together at its end.
+        self._deaths_due: asyncio.Handle | None = None
+        self._deaths_pending = False
         # Engine name → when (on deps.clock) it last answered, while its pings fail.
         self._silent_since: dict[str, float] = {}
 
@@ -368,6 +372,9 @@ class Agent:
     async def shutdown(self) -> None:
         """Stops following the engines and the servers, and closes the store. The policy's
         table is left as it is: a stopped agent keeps the last ruleset in force."""
+        if self._deaths_due is not None:
+            self._deaths_due.cancel()
+            self._deaths_due = None
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -459,7 +466,7 @@ class Agent:
         """The catalog's warnings now (each logged once, when it first appears)."""
         cat = self.live.catalog
         self._names_seen = cat.topic_index(TOPIC_SERVICES)
-        warnings = [c.warning() for c in cat.collisions()] + cat.refusals()
+        warnings = [c.warning() for c in cat.collisions()] + cat.shadowed() + cat.refusals()
         before = self.warnings.get(CATALOG_WARNINGS, [])
         for w in warnings:
             if w not in before:
@@ -481,6 +488,7 @@ class Agent:
         """The catalog from `topo`, less the containers whose process was seen to end since
         (the engine's newer word overrides that: `still_dead`); then the processes of what
         it holds are followed."""
+        self._catalog_topology = topo
         self.dead = still_dead(topo, self.dead)
         seen = without_dead(topo, self.dead)
         local = self.config.engines[0].name if self.config.engines else "local"
@@ -500,12 +508,33 @@ class Agent:
 
     def _process_ended(self, container_id: str, pid: int) -> None:
         """A followed process ended: its instance leaves the catalog (and so DNS) now, not
-        when the engine reports it — which it cannot while it does not answer."""
-        topo = self.topology.current()
-        if topo is None:
+        when the engine reports it — which it cannot while it does not answer.
+
+        A sync derives every container's instance again: one per death made a burst (a
+        host's containers killed together, an OOM sweep) cost deaths times containers on the
+        loop — 150 of 350 took 1.8 s, DNS unanswered meanwhile. So the first death of a
+        loop step syncs at once, and the others of that step wait for one sync at its end."""
+        if self._catalog_topology is None:
             return
         self.dead[container_id] = pid
-        self._sync_catalog(topo)
+        if self._deaths_due is not None:
+            self._deaths_pending = True
+            return
+        self._deaths_due = asyncio.get_running_loop().call_soon(self._sync_deaths)
+        self._sync_now()
+
+    def _sync_deaths(self) -> None:
+        self._deaths_due = None
+        if self._deaths_pending:
+            self._deaths_pending = False
+            self._sync_now()
+
+    def _sync_now(self) -> None:
+        # The topology the catalog last followed, not a newer one published while the policy
+        # is being synced for it: the kernel first, even when a death comes in between.
+        topo = self._catalog_topology
+        if topo is not None:
+            self._sync_catalog(topo)
 
     # --- keeping the applied policy true --------------------------------------------------
 

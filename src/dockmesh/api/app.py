@@ -296,6 +296,13 @@ class _Api:
     async def service_deregister(self, request: web.Request) -> web.Response:
         _pairs(request)
         service_id = request.match_info["service_id"]
+        inst = self.live.catalog.instance(service_id)
+        if inst is not None and inst.source == "container":
+            # It would be gone, unsaid, until the container's next change brought it back.
+            raise bad_request(
+                f"service ID {shown(service_id)} is the registration of container "
+                f"{shown(inst.container)}: it leaves when the container stops"
+            )
         if not self.live.deregister(service_id):
             raise not_found(
                 f"Unknown service ID {shown(service_id)}. "
@@ -359,6 +366,12 @@ class _Api:
         inst = cat.instance(state.spec.service_id or "") if state else None
         if state is None or inst is None:
             raise not_found(f"Unknown check ID {shown(check_id)}")
+        if inst.source == "container":
+            # Without its check an unhealthy container would pass until its next change.
+            raise bad_request(
+                f"check {shown(check_id)} comes from container {shown(inst.container)}'s"
+                f" labels or HEALTHCHECK: change those"
+            )
         self.live.register(inst, [c.spec for c in cat.checks_of(inst.id) if c.spec.id != check_id])
         return _text("", 200)
 

@@ -21,8 +21,10 @@ Names scoped per project
 A catalog service is named as its instances say (`api`: what a Consul client asks for), and
 each instance may belong to a project (`Instance.project`, from `Meta.project`). Every read by
 name (`entries`, `service_checks`; HTTP and DNS alike) goes through `members`:
-- `<service>.<project>` (when no service is literally named so) is that project's instances of
-  `<service>` and nothing else;
+- `<service>.<project>` is that project's instances of `<service>` and nothing else, while
+  it has any: a service literally named so (any container's label, any registration could
+  take that name) never stands in for them — it is reported (`shadowed`) and answers only
+  while the project has no such instance;
 - the short name `<service>` is all its instances while at most one project has it (instances
   of no project — hand-labelled containers, registrations without `Meta.project` — always
   belong to it); once two projects have it, it is a *collision* (`collisions`): the short name
@@ -159,14 +161,33 @@ class Catalog:
     def members(self, name: str) -> list[Instance]:
         """The instances a service name answers, sorted by id: a catalog service's (its short
         name's: never two projects' at once), or `<service>.<project>`'s."""
-        direct = self._by_service.get(name)
-        if direct:
-            found = _short_members(direct.values())
-        else:
-            service, dot, project = name.rpartition(".")
-            members = self._by_service.get(service, {}) if dot else {}
-            found = [i for i in members.values() if i.project == project]
+        found = self._scoped(name)
+        if not found:
+            found = _short_members(self._by_service.get(name, {}).values())
         return sorted(found, key=lambda i: i.id)
+
+    def _scoped(self, name: str) -> list[Instance]:
+        """`<service>.<project>`'s instances: that project's of that service (none: not a
+        scoped name, or the project has none)."""
+        service, dot, project = name.rpartition(".")
+        members = self._by_service.get(service, {}) if dot else {}
+        return [i for i in members.values() if i.project == project]
+
+    def shadowed(self) -> list[str]:
+        """Why each service named as a project's scoped name (`api.shop` beside project
+        shop's `api`) is not what that name answers, sorted: the project's instances are."""
+        out = []
+        for name in sorted(self._by_service):
+            service, _, project = name.rpartition(".")
+            if not self._scoped(name):
+                continue
+            out.append(
+                f"service name {name!r} is project {project}'s scoped name for its service "
+                f"{service!r}: the name answers project {project}'s instances, not "
+                + ", ".join(sorted(self._by_service[name]))
+                + " (give that service another name)"
+            )
+        return out
 
     def service_names(self) -> list[str]:
         """Every name `members` answers: each service's, and `<service>.<project>` for each
@@ -200,6 +221,32 @@ class Catalog:
                 continue
             found.append(e)
         return found
+
+    def entries_any_case(self, names: Sequence[str], passing: bool = False) -> list[Entry]:
+        """What one DNS name answers, given the catalog's names that spell it (`service_names`
+        differing in case only: DNS does not tell `API` from `api`). Their instances together,
+        as Consul's case-blind names are one service, but never two projects': a project's
+        scoped name beats a service literally spelled so in another case (`API.shop`), and of
+        projects spelled alike (`shop`, a label's `Shop`) the lower-case one answers, as
+        Compose and dockmesh name projects."""
+        found = {i.id: i for n in names for i in self._scoped(n)}
+        if found:
+            projects = {i.project for i in found.values()}
+            if len(projects) > 1:
+                found = {k: i for k, i in found.items() if i.project == (i.project or "").lower()}
+        else:
+            found = {
+                i.id: i
+                for i in _short_members(
+                    i for n in names for i in self._by_service.get(n, {}).values()
+                )
+            }
+        out = []
+        for inst in sorted(found.values(), key=lambda i: i.id):
+            e = Entry(inst, self.checks_of(inst.id))
+            if not passing or e.status == "passing":
+                out.append(e)
+        return out
 
     def service_checks(self, service: str) -> list[CheckState]:
         return [c for inst in self.members(service) for c in self.checks_of(inst.id)]

@@ -565,8 +565,7 @@ class Answerer:
         for wanted, tag in candidates:
             instances = [
                 e.instance
-                for svc in services.get(wanted, ())
-                for e in self.catalog.entries(svc, passing=True)
+                for e in self.catalog.entries_any_case(services.get(wanted, ()), passing=True)
                 if tag is None or tag in {t.encode().lower() for t in e.instance.tags}
             ]
             if instances:

@@ -98,6 +98,26 @@ def container_from_api(raw: Raw, engine: str) -> Container:
 _HEALTH_IN_STATUS = re.compile(r"\((healthy|unhealthy|health: starting)\)")
 
 
+def agrees_with_list(signature: tuple[Any, ...], c: Container) -> bool:
+    """Whether an inspect's container is what the list's entry (`list_signature`) says: the
+    same name, state, health and endpoints. They are two requests: a container that started
+    or stopped between them is listed as one and inspected as the other, and a signature
+    kept with the other would stand for it once the list shows that state again (an exited
+    container has no endpoint ids to tell one exit from the next) — a dead container kept
+    running, with its old pid and addresses, by every later snapshot."""
+    names, state, health, endpoints = signature[:4]
+    ours = tuple(
+        sorted(
+            (a.network, a.network_id, a.endpoint_id, a.ipv4 or "", a.ipv6 or "", a.mac or "")
+            for a in c.attachments
+        )
+    )
+    listed_health = "health: starting" if c.health == "starting" else c.health
+    return (
+        f"/{c.name}" in names and state == c.state and health == listed_health and endpoints == ours
+    )
+
+
 def list_signature(raw: Raw) -> tuple[Any, ...] | None:
     """What an entry of the containers' list (`GET /containers/json`) says of a container
     that its inspect would also say: name, state, health, each network's endpoint (id,

@@ -23,7 +23,12 @@ import docker.types
 import requests.exceptions
 
 from dockmesh.engine.backend import EngineRef, ImageInfo
-from dockmesh.engine.convert import container_from_api, list_signature, network_from_api
+from dockmesh.engine.convert import (
+    agrees_with_list,
+    container_from_api,
+    list_signature,
+    network_from_api,
+)
 from dockmesh.engine.unixhttp import UnixGets
 from dockmesh.errors import EngineConflict, EngineError, EngineNotFound
 from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
@@ -256,7 +261,9 @@ class DockerBackend:
                     if c is not None:  # removed while we looked
                         state.containers[c.id] = c
                         sig = signatures.get(c.id)
-                        if sig is not None:
+                        # Kept only when the inspect is what the list said (not changed
+                        # between the two requests): else it would stand for a later state.
+                        if sig is not None and agrees_with_list(sig, c):
                             memo[c.id] = (sig, c)
         finally:
             if gets is not None:

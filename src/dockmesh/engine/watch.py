@@ -76,6 +76,7 @@ class TopologyWatcher:
         initial_backoff: float = 0.1,
         max_backoff: float = 5.0,
         link_clock: Callable[[], float] = time.monotonic,
+        stop_timeout: float = 5.0,
     ) -> None:
         """`engines`: references to connect to, or engine sources already made; `readers`:
         how many re-reads each engine may have in flight at once.
@@ -83,7 +84,9 @@ class TopologyWatcher:
         `clock` measures `wait_for`'s timeout; `time_ns` stamps the event hook's calls;
         `sleep(seconds)` waits out a reconnect back-off (by default on the stop event, so
         that `stop()` cuts it short; a replacement need not return early on stop, the loop
-        checks after it returns). `link_clock` dates what `links()` says."""
+        checks after it returns). `link_clock` dates what `links()` says. `stop()` waits at
+        most `stop_timeout` seconds in all for the threads (one blocked on a frozen engine is
+        left behind: they are daemons)."""
         self._clients: list[EngineSource] = [
             _connect(e) if isinstance(e, EngineRef) else e for e in engines
         ]
@@ -95,6 +98,7 @@ class TopologyWatcher:
         if readers < 1:
             raise ValueError(f"readers: need at least 1, not {readers}")
         self._readers = readers
+        self._stop_timeout = stop_timeout
         # Lock order: `_lock`, then an engine's `_work[i]`; `_delivering` is never taken with
         # either held.
         self._lock = threading.Condition()  # states, version, topology, outbox, subscriptions
@@ -222,9 +226,12 @@ class TopologyWatcher:
         for i in range(len(self._streams)):
             self._drop_stream(i, "stopping")
         me = threading.current_thread()
+        # One deadline for all: each engine's thread blocked on a frozen engine waited its
+        # own 5 s, and an agent over two such engines outlived `docker stop`'s 10 s.
+        deadline = time.monotonic() + self._stop_timeout
         for t in self._threads:
             if t is not me:  # joining oneself raises
-                t.join(timeout=5)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
         for c in self._clients:
             try:
                 c.close()

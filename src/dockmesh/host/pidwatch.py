@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 OnExit = Callable[[str, int], None]
 POLL_S = 0.2  # the /proc fallback's period: well inside the second a death must take
+# Descriptors left to the rest of the agent (its HTTP and DNS clients' sockets, the state
+# file, the engines' connections): past the limit less these, processes are polled in /proc.
+RESERVE_FDS = 256
 
 
 def stat_start(text: str) -> tuple[str, int] | None:
@@ -74,6 +77,9 @@ class PidWatch:
         self._unproven: dict[str, int] = {}
         self._pidfds = pidfds and hasattr(os, "pidfd_open")
         self._poller: asyncio.Task[None] | None = None
+        # How many pidfds may be open at once (set by `start` from the descriptor limit).
+        self._max_pidfds: int | None = None
+        self._open_pidfds = 0
 
     # --- what the agent calls -----------------------------------------------------------
 
@@ -87,6 +93,13 @@ class PidWatch:
             want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
             if soft != resource.RLIM_INFINITY and soft < want:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        # A pidfd per process up to the limit left every descriptor to them where the hard
+        # limit is low: the agent's API and DNS then failed to accept (EMFILE). Past its
+        # budget a process is polled in /proc instead.
+        with contextlib.suppress(ValueError, OSError):
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if soft != resource.RLIM_INFINITY:
+                self._max_pidfds = max(0, soft - RESERVE_FDS)
 
     @property
     def count(self) -> int:
@@ -123,7 +136,8 @@ class PidWatch:
 
     def _begin(self, cid: str, pid: int) -> None:
         fd: int | None = None
-        if self._pidfds:
+        budget = self._max_pidfds
+        if self._pidfds and (budget is None or self._open_pidfds < budget):
             try:
                 fd = os.pidfd_open(pid)
             except ProcessLookupError:  # gone already, or not among the pids we see
@@ -146,6 +160,8 @@ class PidWatch:
             return
         followed = _Followed(pid, fd)
         self._followed[cid] = followed
+        if fd is not None:
+            self._open_pidfds += 1
         loop = self._loop
         assert loop is not None, "start() first"
         if fd is not None:
@@ -177,6 +193,7 @@ class PidWatch:
             self._loop.remove_reader(followed.fd)
         with contextlib.suppress(OSError):
             os.close(followed.fd)
+        self._open_pidfds -= 1
 
     def alive(self, followed: _Followed) -> bool:
         """A polled process's state now (a pidfd's: whether it is not yet readable)."""

@@ -242,6 +242,23 @@ def test_container_instances_keep_their_own_checks() -> None:
     run(scenario)
 
 
+def test_a_containers_instance_and_checks_are_not_removed_through_the_api() -> None:
+    # Removed, the instance was gone unsaid until the container's next change, and without
+    # its Docker health check an unhealthy container passed.
+    async def scenario(env: Env) -> None:
+        inst = Instance("c1", "web", "10.0.0.9", 80, source="container", container="ctr-1")
+        check = CheckSpec("docker:c1", "d", "docker", service_id="c1", initial_status="critical")
+        env.live.register(inst, [check])
+        status, body, _ = await env.call("PUT", "/v1/agent/check/deregister/docker:c1")
+        assert status == 400 and "container 'ctr-1'" in body
+        assert await env.get("/v1/health/service/web?passing") == []
+        status, body, _ = await env.call("PUT", "/v1/agent/service/deregister/c1")
+        assert status == 400 and "is the registration of container 'ctr-1'" in body
+        assert env.live.catalog.instance("c1") == inst
+
+    run(scenario)
+
+
 def test_health_state() -> None:
     async def scenario(env: Env) -> None:
         await env.put("/v1/agent/service/register", {**WEB, "Check": {"TTL": "30s"}})

@@ -69,11 +69,20 @@ def test_an_explicit_name_claims_the_short_name_unless_two_claim_it() -> None:
     assert ids(c.members("api")) == [] and c.collisions()[0].owner is None
 
 
-def test_a_name_that_exists_wins_over_a_scoped_reading() -> None:
+def test_a_service_literally_named_as_a_scoped_name_never_takes_the_projects_place() -> None:
+    # Any container's label or any registration may name its service `api.b`: answering it
+    # for `api.b` hid project b's own instances from its gateway and DNS, silently.
     c = Catalog()
     c.register(inst("a1", project="b"), [], 0)
     c.register(inst("x", service="api.b"), [], 0)  # a service literally named so
-    assert ids(c.members("api.b")) == ["x"]
+    assert ids(c.members("api.b")) == ["a1"]
+    [said] = c.shadowed()
+    assert "'api.b' is project b's scoped name" in said and "not x" in said
+    c.register(inst("y", service="api.b", project="evil"), [], 0)  # from another project too
+    assert ids(c.members("api.b")) == ["a1"]
+    c.deregister("a1")  # the project has none: the literal name is all there is
+    assert ids(c.members("api.b")) == ["x", "y"] and c.shadowed() == []
+    assert ids(c.members("api.b.evil")) == ["y"]
 
 
 def test_a_projects_change_wakes_its_scoped_name_and_the_short_one() -> None:
@@ -139,6 +148,26 @@ def test_dns_answers_the_scoped_names_and_refuses_to_merge_the_short_one() -> No
     c.deregister("a1")
     dns_.catalog_changed(c)
     assert sorted(records(ask(dns_, "api.service.dockmesh"), Rd.A)) == ["10.0.2.1", "10.0.2.2"]
+
+
+def test_dns_never_merges_a_look_alike_into_a_projects_scoped_name() -> None:
+    # DNS does not tell `Shop` from `shop`: a label's project `Shop` or a service spelled
+    # `API.shop` answered under project shop's `api.shop.service` with shop's own instances.
+    c = Catalog()
+    c.register(inst("s1", project="shop", address="10.0.1.1"), [], 0)
+    c.register(inst("evil", project="Shop", address="10.6.6.6"), [], 0)
+    c.register(inst("evil2", service="API.shop", address="10.6.6.7"), [], 0)
+    dns_ = Answerer(c)
+    assert records(ask(dns_, "api.shop.service.dockmesh"), Rd.A) == ["10.0.1.1"]
+    assert records(ask(dns_, "API.SHOP.service.dockmesh"), Rd.A) == ["10.0.1.1"]
+    assert ask(dns_, "api.service.dockmesh").rcode() == dns.rcode.NXDOMAIN  # two projects
+    c.deregister("s1")
+    dns_.catalog_changed(c)  # only the look-alike project is left: it is all there is
+    assert records(ask(dns_, "api.shop.service.dockmesh"), Rd.A) == ["10.6.6.6"]
+    c.register(inst("x1", service="Web", address="10.0.3.1"), [], 0)
+    c.register(inst("x2", service="web", address="10.0.3.2"), [], 0)
+    dns_.catalog_changed(c)  # one service to Consul, in any case: both answer
+    assert sorted(records(ask(dns_, "web.service.dockmesh"), Rd.A)) == ["10.0.3.1", "10.0.3.2"]
 
 
 # --- containers -----------------------------------------------------------------------------

@@ -188,3 +188,41 @@ def test_a_second_snapshot_inspects_only_what_the_list_shows_changed(tmp_path: P
         backend.close()
         server.shutdown()
         server.server_close()
+
+
+class RacyContainers(dict[str, dict[str, Any]]):
+    """The engine's containers where the list is read before a change the inspects see:
+    `values()` (the list) answers `listed`, `get()` (an inspect) the dict itself."""
+
+    listed: dict[str, dict[str, Any]]
+
+    def values(self) -> Any:
+        return self.listed.values()
+
+
+def test_a_container_that_changed_between_the_list_and_its_inspect_is_read_again(
+    tmp_path: Path,
+) -> None:
+    import copy
+
+    cid = "ad" * 32
+    running = {**copy.deepcopy(CTR), "Id": cid, "Name": "/racer"}
+    running["State"] = {"Status": "running", "Running": True, "Pid": 999}
+    exited = copy.deepcopy(running)
+    exited["State"] = {"Status": "exited", "Running": False, "Pid": 0}
+    for ep in exited["NetworkSettings"]["Networks"].values():
+        ep.update(EndpointID="", IPAddress="", MacAddress="")
+    containers = RacyContainers({cid: running})
+    containers.listed = {cid: exited}  # listed exited, started before its inspect
+    server = canned_engine(tmp_path / "docker.sock", containers)
+    backend = DockerBackend(EngineRef("canned", f"unix://{tmp_path}/docker.sock"))
+    try:
+        assert backend.snapshot().containers[cid].pid == 999  # the inspect's word
+        # It exits again (an outage's resync): listed as at first, and now truly so.
+        containers[cid] = exited
+        again = backend.snapshot().containers[cid]
+        assert (again.state, again.pid) == ("exited", None), "a dead container kept running"
+    finally:
+        backend.close()
+        server.shutdown()
+        server.server_close()

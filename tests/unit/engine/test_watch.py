@@ -386,6 +386,43 @@ def test_stop_tells_subscribers_once_the_threads_are_done() -> None:
     assert stopped == ["before", "after"]
 
 
+class FrozenEngine(FlakyEngine):
+    """Once frozen, a reconnect's event stream is never answered (a socket that accepts and
+    says nothing), until released."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.frozen = threading.Event()
+        self.released = threading.Event()
+        self.waiting = threading.Event()
+
+    def events(self) -> Any:
+        if self.frozen.is_set():
+            self.waiting.set()
+            self.released.wait()
+            raise EngineError("engine frozen: gave up")
+        return super().events()
+
+
+def test_a_stop_waits_once_for_every_engine_blocked_on_a_frozen_one() -> None:
+    engines = [FrozenEngine("f1"), FrozenEngine("f2")]
+    watcher = TopologyWatcher(engines, initial_backoff=0.01, stop_timeout=0.5)
+    watcher.start()
+    try:
+        for e in engines:
+            e.frozen.set()
+            e.drop_streams()
+        for e in engines:
+            assert e.waiting.wait(WAIT)
+        t0 = time.monotonic()
+        watcher.stop()
+        took = time.monotonic() - t0
+        assert took < 0.9, f"stopping took {took:.2f} s: each frozen engine waited its own 0.5 s"
+    finally:
+        for e in engines:
+            e.released.set()
+
+
 # --- engine failures, back-off, clocks -------------------------------------------------------
 
 

@@ -148,3 +148,67 @@ def test_a_cgroup_names_the_container_only_when_it_holds_its_full_id(text: str, 
     assert names_container(text + docker_cgroup(cid), cid)
     assert names_container(text, cid) == (cid in text)
     assert not names_container(text + docker_cgroup(cid), "")
+
+
+LOW_LIMIT = """
+import asyncio, resource, socket, subprocess, sys
+from pathlib import Path
+from dockmesh.host import pidwatch
+
+proc = Path(sys.argv[1])
+pidwatch.RESERVE_FDS = 32
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))  # a low hard limit: nothing to raise
+sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(80)]
+ends = []
+
+async def main():
+    watch = pidwatch.PidWatch(proc=str(proc), poll_s=0.05)
+    watch.start(lambda cid, pid: ends.append(cid))
+    wanted = {}
+    for n, p in enumerate(sleepers):
+        cid = f"{n:064x}"
+        d = proc / str(p.pid)
+        d.mkdir()
+        (d / "cgroup").write_text(f"0::/system.slice/docker-{cid}.scope\\n")
+        (d / "stat").write_text(f"{p.pid} (sleep) S " + "0 " * 18 + "7 0")
+        wanted[cid] = p.pid
+    watch.follow(wanted)
+    assert watch.count == 80, watch.count
+    socks = [socket.socket() for _ in range(8)]  # the agent's own sockets still open
+    for s in socks:
+        s.close()
+    for k in (0, 79):  # one followed by its pidfd, one polled
+        sleepers[k].kill()
+        sleepers[k].wait()
+        (proc / str(sleepers[k].pid) / "stat").unlink()
+    for _ in range(100):
+        if len(ends) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert sorted(ends) == [f"{0:064x}", f"{79:064x}"], ends
+    watch.close()
+
+try:
+    asyncio.run(main())
+finally:
+    for p in sleepers:
+        p.kill()
+        p.wait()
+print("ok")
+"""
+
+
+def test_past_its_descriptor_budget_a_process_is_polled_and_the_agent_keeps_descriptors(
+    tmp_path: Path,
+) -> None:
+    """Under a low hard limit, a pidfd per container took every descriptor: the agent's API
+    and DNS could not accept a connection any more (EMFILE)."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LOW_LIMIT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
