@@ -73,6 +73,7 @@ def test_no_test_file_is_named_for_a_module_that_is_not_there() -> None:
     test_topology_schema.py, ...) test a topic across modules and are listed here."""
     topical = {
         "api/test_app_consul.py",
+        "test_agent_burst.py",
         "catalog/test_scope.py",
         "cli/test_bad_files.py",
         "cli/test_startup.py",
