@@ -16,6 +16,7 @@ import json
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from dockmesh.errors import EngineError
@@ -56,7 +57,9 @@ class UnixGets:
         self._socket_path = socket_path
         self._timeout = timeout
         self._local = threading.local()
-        self._conns: list[_UnixConnection] = []
+        # Weakly: a long-lived instance is used by threads that come and go, and a thread's
+        # connection goes with it; `close()` closes those still open.
+        self._conns: weakref.WeakSet[_UnixConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     def _conn(self) -> _UnixConnection:
@@ -65,20 +68,29 @@ class UnixGets:
             conn = _UnixConnection(self._socket_path, self._timeout)
             self._local.conn = conn
             with self._lock:
-                self._conns.append(conn)
+                self._conns.add(conn)
         return conn
 
     def get(self, path: str) -> tuple[int, bytes]:
         """The status and body of `GET path`; OSError or `http.client.HTTPException` when the
         engine does not answer."""
         conn = self._conn()
-        try:
-            conn.request("GET", path, headers={"Accept": "application/json"})
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        except (OSError, http.client.HTTPException):
-            conn.close()  # the next call on this thread connects afresh
-            raise
+        for attempt in (1, 2):
+            reused = conn.sock is not None
+            try:
+                conn.request("GET", path, headers={"Accept": "application/json"})
+                resp = conn.getresponse()
+                return resp.status, resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()  # the next call on this thread connects afresh
+                # A kept-alive connection the engine closed meanwhile (it restarted): a GET
+                # is asked once more, on a new connection; anything else is the engine's state.
+                stale = isinstance(
+                    e, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+                )
+                if not (reused and stale and attempt == 1):
+                    raise
+        raise AssertionError("unreachable")  # the second attempt returns or raises
 
     def get_json(self, path: str) -> Any:
         status, body = self.get(path)
@@ -93,6 +105,7 @@ class UnixGets:
 
     def close(self) -> None:
         with self._lock:
-            conns, self._conns = self._conns, []
+            conns = list(self._conns)
+            self._conns = weakref.WeakSet()
         for c in conns:
             c.close()

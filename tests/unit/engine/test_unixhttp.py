@@ -43,6 +43,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Server]]:
                 "/gone": (404, {"message": "No such container: gone"}),
                 "/fire": (500, {"message": "the engine\nis on fire"}),
                 "/plain": (503, "busy"),
+                "/bye": (200, {"bye": True}),
             }
             status, doc = answers[self.path]
             body = (json.dumps(doc) if not isinstance(doc, str) else doc).encode()
@@ -50,6 +51,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Server]]:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            if self.path == "/bye":  # a keep-alive connection the engine then closes
+                self.close_connection = True
 
     path = str(tmp_path / "e.sock")
     srv = Server(path, Handler)
@@ -97,3 +100,18 @@ def test_an_absent_engine_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         gets.get_json("/ok")
     gets.close()
+
+
+def test_a_kept_alive_connection_the_engine_closed_is_asked_again_on_a_new_one(
+    server: tuple[str, Server],
+) -> None:
+    """An engine that restarted closed every connection: the next GET on a kept one finds it
+    closed and is asked once more on a new connection, not reported as the engine gone."""
+    path, srv = server
+    gets = UnixGets(path)
+    try:
+        assert gets.get_json("/bye") == {"bye": True}
+        assert gets.get_json("/ok") == {"Id": "x", "n": [1, 2]}
+        assert srv.connections == 2
+    finally:
+        gets.close()
