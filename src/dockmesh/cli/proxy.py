@@ -11,7 +11,7 @@ from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperCommand
 
 from dockmesh.cli.agent import parse_hostport
-from dockmesh.cli.common import UserError, handle_errors
+from dockmesh.cli.common import UserError, finite, handle_errors
 
 
 class OneLineErrors(TyperCommand):
@@ -72,14 +72,30 @@ def register(app: typer.Typer) -> None:
         ] = None,
         config: Annotated[
             str | None,
-            typer.Option("--config", help="A routes file (YAML): routes by host and path."),
+            typer.Option(
+                "--config",
+                help="A routes file (YAML): routes by host and path; read again on SIGHUP.",
+            ),
         ] = None,
+        drain_timeout: Annotated[
+            float,
+            typer.Option(
+                "--drain-timeout",
+                help="On SIGTERM, how long in-flight requests get to finish (seconds).",
+                callback=finite,
+                min=0,
+                max=86400,
+            ),
+        ] = 30.0,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
-        retries within a budget, streaming, WebSocket. Stops cleanly on SIGTERM or Ctrl-C."""
+        retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
+        connection, in-flight requests finish (up to --drain-timeout). SIGHUP reloads --config
+        (a bad file is logged and the running configuration kept)."""
         from dockmesh.agentclient import agent_url
         from dockmesh.proxy.config import check_balance, load_config, parse_backend
         from dockmesh.proxy.run import ProxyOptions, run_proxy
+        from dockmesh.proxy.server import PortServed
 
         if not listen:
             raise UserError("--listen HOST:PORT is required")
@@ -119,18 +135,23 @@ def register(app: typer.Typer) -> None:
         if not 1 <= workers <= 256:
             raise UserError("--workers must be from 1 to 256")
         admin_bind = parse_hostport(admin, "--admin") if admin else None
-        run_proxy(
-            ProxyOptions(
-                listen=bind,
-                service=service,
-                agent=agent,
-                backends=backends,
-                balance=balance,
-                workers=workers,
-                admin=admin_bind,
-                file=file,
+        try:
+            run_proxy(
+                ProxyOptions(
+                    listen=bind,
+                    service=service,
+                    agent=agent,
+                    backends=backends,
+                    balance=balance,
+                    workers=workers,
+                    admin=admin_bind,
+                    file=file,
+                    config_path=config,
+                    drain_timeout=drain_timeout,
+                )
             )
-        )
+        except PortServed as e:
+            raise UserError(f"--listen {e}") from None
 
 
 def _agent_problem(url: str) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -28,9 +28,9 @@ _BREAKER_RANK = {"closed": 0, "half_open": 1, "open": 2}
 class ProxyCollector(Collector):
     """One worker's tally and clusters as Prometheus metrics, read when scraped."""
 
-    def __init__(self, tally: Tally, clusters: Iterable[Cluster[Any]]) -> None:
+    def __init__(self, tally: Tally, clusters: Sequence[Cluster[Any]]) -> None:
         self.tally = tally
-        self.clusters = list(clusters)
+        self.clusters = clusters  # live: a reload changes it in place
 
     def collect(self) -> Iterator[Metric]:
         s = self.tally
@@ -233,13 +233,13 @@ def _escape(v: str) -> str:
 
 
 async def serve_admin(
-    bind: tuple[str, int], tally: Tally, clusters: Iterable[Cluster[Any]]
+    bind: tuple[str, int], tally: Tally, clusters: Sequence[Cluster[Any]]
 ) -> tuple[Any, int]:
-    """One worker's endpoint; (its runner, to clean up, and the port it got)."""
+    """One worker's endpoint; (its runner, to clean up, and the port it got). `clusters` is
+    read at each request: a reload changes it in place."""
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    clusters = list(clusters)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProxyCollector(tally, clusters))
 

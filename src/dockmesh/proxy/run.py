@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -24,14 +25,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockmesh.errors import SpecError
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
-from dockmesh.proxy.config import FileSettings, RouteSpec
+from dockmesh.proxy.config import FileSettings, RouteSpec, load_config
 from dockmesh.proxy.discovery import check_health, watch_service
-from dockmesh.proxy.server import Proxy, reuseport_socket
+from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -47,13 +51,26 @@ class ProxyOptions:
     admin: tuple[str, int] | None = None
     file: FileSettings | None = None
     health_path: str = "/"
+    # The routes file's path: read again on SIGHUP.
+    config_path: str | None = None
+    # How long in-flight requests get to finish after SIGTERM.
+    drain_timeout: float = 30.0
+
+
+def read_config(path: str) -> FileSettings:
+    """The routes file; OSError or SpecError when it cannot be used."""
+    with open(path, "rb") as f:
+        raw = f.read(2 * 1024 * 1024)
+    return load_config(raw, path)
 
 
 def build_settings(
-    opts: ProxyOptions,
+    opts: ProxyOptions, known: dict[str, Cluster[Any]] | None = None
 ) -> tuple[ProxySettings, list[tuple[Cluster[Any], RouteSpec]]]:
     """The data plane's settings from the flags and the routes file, and each cluster made
-    with the route spec that made it (for its discovery)."""
+    with the route spec that made it (for its discovery). A cluster in `known` (by
+    `cluster_key`: a reload) is used again, with its members and health, not made anew;
+    `known` is then what this configuration has."""
     specs = list(opts.file.routes) if opts.file else []
     if opts.service:
         specs.append(RouteSpec(name=opts.service, service=opts.service))
@@ -74,15 +91,21 @@ def build_settings(
     routes: list[Route] = []
     made: list[tuple[Cluster[Any], RouteSpec]] = []
     hash_keys: dict[str, str] = {}
+    before = dict(known or {})
     for spec in specs:
         balance = spec.balance or opts.balance
         key = spec.service or ",".join(spec.backends)
         cluster = clusters.get(key)
         if cluster is None:
             name = spec.service or spec.name
-            cluster = Cluster(name, balance, clock=time.monotonic, rng=random.Random())
-            if spec.backends:
-                cluster.set_members(dict.fromkeys(spec.backends, 1))
+            full = f"{name}|{key}|{balance}|{spec.health_path}"
+            cluster = before.get(full)
+            if cluster is None:
+                cluster = Cluster(name, balance, clock=time.monotonic, rng=random.Random())
+                if spec.backends:
+                    cluster.set_members(dict.fromkeys(spec.backends, 1))
+            if known is not None:
+                known[full] = cluster
             clusters[key] = cluster
             made.append((cluster, spec))
             if balance.startswith("hash:"):
@@ -90,6 +113,10 @@ def build_settings(
         host = spec.host.encode() if spec.host else None
         routes.append(Route(cluster, host, spec.prefix.encode()))
     settings = ProxySettings(routes, timeouts, limits, hash_keys)
+    if known is not None:
+        kept = {id(c) for c in clusters.values()}
+        for k in [k for k, c in known.items() if id(c) not in kept]:
+            del known[k]
     return settings, made
 
 
@@ -106,6 +133,7 @@ def run_proxy(opts: ProxyOptions) -> None:
     routes = opts.file.routes if opts.file else []
     if (opts.service or any(r.service for r in routes)) and not opts.agent:
         raise ValueError("a route follows a service: the agent's URL is needed")
+    check_port_free(*opts.listen)
     socks = [reuseport_socket(*opts.listen) for _ in range(opts.workers)]
     if opts.workers == 1:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -121,22 +149,44 @@ async def _worker(
     report_fd: int | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    settings, made = build_settings(opts)
+    known: dict[str, Cluster[Any]] = {}
+    settings, made = build_settings(opts, known)
     proxy = Proxy(settings, loop)
     await proxy.listen(sock)
-    tasks: list[asyncio.Task[None]] = []
-    for cluster, spec in made:
-        if spec.service:
-            assert opts.agent is not None  # run_proxy checked
-            tasks.append(loop.create_task(watch_service(cluster, spec.service, opts.agent)))
-        else:
-            tasks.append(loop.create_task(check_health(cluster, spec.health_path)))
+    tasks: dict[int, asyncio.Task[None]] = {}  # id(cluster) → its discovery or checks
+
+    def follow(made: list[tuple[Cluster[Any], RouteSpec]]) -> None:
+        for cluster, spec in made:
+            if id(cluster) in tasks:
+                continue
+            if spec.service:
+                assert opts.agent is not None  # run_proxy checked
+                task = watch_service(cluster, spec.service, opts.agent)
+            else:
+                task = check_health(cluster, spec.health_path)
+            tasks[id(cluster)] = loop.create_task(task)
+
+    follow(made)
     runner = None
     if admin is not None:
         runner, port = await serve_admin(admin, proxy.tally, proxy.clusters)
         if report_fd is not None:
             os.write(report_fd, f"{port}\n".encode())
             os.close(report_fd)
+
+    def reload() -> None:
+        file = reload_file(opts)
+        if file is None:
+            return
+        opts.file = file
+        settings, made = build_settings(opts, known)
+        proxy.apply(settings)
+        follow(made)
+        live = {id(c) for c, _ in made}
+        for k in [k for k in tasks if k not in live]:
+            tasks.pop(k).cancel()
+        log.warning("reloaded %s: %d routes", opts.config_path, len(settings.routes))
+
     # What start-up made lives as long as the process: out of the collector's sight, so a
     # full collection during traffic does not walk it (a pause every request would wait on).
     gc.collect()
@@ -144,21 +194,53 @@ async def _worker(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
-    for s in proxy.servers:
-        s.close()
-    # In-flight requests get a moment to finish; idle keep-alive connections do not wait.
-    deadline = loop.time() + 5
+    loop.remove_signal_handler(signal.SIGHUP)
+    # A graceful drain: no new connection, idle keep-alives closed, in-flight requests
+    # finish (their responses say `Connection: close`) until the deadline.
+    proxy.drain()
+    deadline = loop.time() + opts.drain_timeout
     while loop.time() < deadline and proxy.busy():
         await asyncio.sleep(0.05)
+        proxy.close_idle_clients()
     proxy.close()
-    for t in tasks:
+    for t in tasks.values():
         t.cancel()
-    for t in tasks:
+    for t in tasks.values():
         with contextlib.suppress(asyncio.CancelledError):
             await t
     if runner is not None:
         await runner.cleanup()
+
+
+def reload_file(opts: ProxyOptions) -> FileSettings | None:
+    """The routes file read again, or None (logged) when there is none or it is unusable:
+    the running configuration stays then."""
+    if opts.config_path is None:
+        log.warning("SIGHUP: no --config to reload")
+        return None
+    try:
+        file = read_config(opts.config_path)
+    except (OSError, SpecError) as e:
+        log.error("SIGHUP: %s: keeping the running configuration", str(e).replace("\n", "; "))
+        return None
+    if any(r.service for r in file.routes) and not opts.agent:
+        log.error("SIGHUP: a route follows a service but no agent was given: not reloaded")
+        return None
+    return file
+
+
+def _die_with_parent(parent: int) -> None:
+    """The kernel sends this worker SIGTERM when its parent dies, however it dies (kill -9
+    too): a worker left alone would keep serving the port with the old configuration."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        log.warning("cannot ask to die with the parent process")
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
 
 
 # --- several workers ----------------------------------------------------------------------
@@ -172,8 +254,10 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
 
     def spawn(i: int) -> None:
         r, w = os.pipe()
+        parent_pid = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
+            _die_with_parent(parent_pid)
             os.close(r)
             for j, s in enumerate(socks):
                 if j != i:
@@ -202,6 +286,17 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+
+        def reload() -> None:
+            # The parent reads it too, so that a worker started again later has it.
+            file = reload_file(opts)
+            if file is not None:
+                opts.file = file
+            for pid in list(children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGHUP)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         runner = None
         if opts.admin is not None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)
@@ -227,7 +322,7 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 8
+        deadline = time.monotonic() + opts.drain_timeout + 5
         while children and time.monotonic() < deadline:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)

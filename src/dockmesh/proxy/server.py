@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -94,6 +95,11 @@ class Proxy:
         self._sweeper: asyncio.TimerHandle | None = None
         self.now = loop.time()
         self.servers: list[asyncio.AbstractServer] = []
+        # Stopping: no listener, and every response says `Connection: close`.
+        self.draining = False
+        # Clusters a reload replaced: requests in flight on them finish there; they are
+        # closed once none is left.
+        self.retired: list[Cluster[UpstreamConn]] = []
         # Writes made at the end of the loop's pass over ready sockets (appended here; the
         # first schedules `flush`), not one by one as each request is read: a peer woken by
         # the first then finds the rest waiting, instead of being woken once per request. What
@@ -138,6 +144,33 @@ class Proxy:
         """Whether a client connection is in the middle of an exchange."""
         return any(c.state not in (HEAD, CLOSED) for c in self.clients)
 
+    def apply(self, settings: ProxySettings) -> None:
+        """A reload: new requests go by `settings`; those in flight finish where they are.
+        The clusters list is changed in place (the admin endpoint reads it)."""
+        router = Router(settings.routes, settings.hash_keys)
+        kept = {id(c) for c in router.clusters}
+        self.retired += [c for c in self.clusters if id(c) not in kept]
+        self.settings = settings
+        self.router = router
+        self.fast = router.fast
+        self.clusters[:] = router.clusters
+        self.timeouts = settings.timeouts
+        self.limits = settings.limits
+        self.quick_max = settings.limits.max_head_bytes + 4
+
+    def drain(self) -> None:
+        """Stop accepting; idle keep-alive connections close now, the others after their
+        response (which says `Connection: close`)."""
+        self.draining = True
+        for s in self.servers:
+            s.close()
+        self.close_idle_clients()
+
+    def close_idle_clients(self) -> None:
+        for c in list(self.clients):
+            if c.state == HEAD and not c.buf and c.up is None:
+                c.close()
+
     def close(self) -> None:
         for s in self.servers:
             s.close()
@@ -156,6 +189,13 @@ class Proxy:
                 c.check_timeouts(now, t)
             for cl in self.clusters:
                 cl.tick(now, t.pool_idle_s)
+            if self.retired:
+                for cl in self.retired:
+                    if not any(u.in_flight for u in cl.upstreams.values()):
+                        cl.close()
+                self.retired = [
+                    cl for cl in self.retired if any(u.in_flight for u in cl.upstreams.values())
+                ]
         finally:
             self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
@@ -599,6 +639,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.proxy.tally.retried(f"status_{status}")
             self._attempt()
             return False
+        if self.proxy.draining:
+            self.keep = False
         added = self.response_begins(status, resp.keep_alive, conn.framing == UNTIL_CLOSE)
         if status == 101:
             conn.tunnel = True
@@ -935,6 +977,7 @@ class UpstreamConn(asyncio.Protocol):
                     body is not None
                     and q is not None
                     and q[0] not in RETRYABLE_STATUSES
+                    and not self.proxy.draining
                     and not client.response_begins(q[0], True, False)
                 ):
                     # The fast lane: a whole response in one read, whose head goes as it
@@ -1086,3 +1129,25 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raises PortServed when another process listens on (host, port): the workers' sockets
+    (SO_REUSEPORT) would otherwise share the port with it silently. A probe bound without
+    SO_REUSEPORT fails then; SO_REUSEADDR lets it pass a port only left in TIME_WAIT."""
+    if port == 0:
+        return
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise PortServed(f"{host}:{port} is already served by another process") from None
+            raise
+
+
+class PortServed(Exception):
+    """The listen address is taken by another process."""
