@@ -3,10 +3,14 @@ file; a service route without the agent's URL refused before anything starts."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.config import FileSettings, RouteSpec
 from dockmesh.proxy.run import ProxyOptions, build_settings, run_proxy
+from dockmesh.proxy.server import PortServed, check_port_free, reuseport_socket
 
 
 def test_backends_from_the_flags_make_one_catch_all_route() -> None:
@@ -59,3 +63,34 @@ def test_a_routes_file_and_a_service() -> None:
 def test_a_service_route_needs_the_agents_url() -> None:
     with pytest.raises(ValueError, match="agent"):
         run_proxy(ProxyOptions(listen=("127.0.0.1", 0), service="web"))
+
+
+def test_a_reload_keeps_the_clusters_it_still_has_with_their_health() -> None:
+    """A cluster the new file still names (same members, balance and check) is the same
+    object, so its health and its discovery carry over; the others are made anew, and
+    `known` forgets what the file no longer has."""
+    a = RouteSpec(name="a", backends=["10.0.0.1:80"], prefix="/a")
+    b = RouteSpec(name="b", backends=["10.0.0.2:80"], prefix="/b")
+    opts = ProxyOptions(listen=("127.0.0.1", 0), file=FileSettings(routes=[a, b]))
+    known: dict[str, Cluster[Any]] = {}
+    _, first = build_settings(opts, known)
+    ca, cb = (c for c, _ in first)
+    ca.upstreams["10.0.0.1:80"].healthy = False
+    c = RouteSpec(name="c", backends=["10.0.0.3:80"], prefix="/c")
+    opts.file = FileSettings(routes=[c, a])
+    settings, again = build_settings(opts, known)
+    cc, ca2 = (cl for cl, _ in again)
+    assert ca2 is ca and not ca2.upstreams["10.0.0.1:80"].healthy
+    assert cc is not cb and [r.cluster for r in settings.routes] == [cc, ca]
+    assert set(map(id, known.values())) == {id(ca), id(cc)}
+
+
+def test_a_port_another_process_serves_is_refused_even_with_so_reuseport() -> None:
+    other = reuseport_socket("127.0.0.1", 0)
+    try:
+        port = other.getsockname()[1]
+        with pytest.raises(PortServed, match=f"127.0.0.1:{port} is already served"):
+            check_port_free("127.0.0.1", port)
+    finally:
+        other.close()
+    check_port_free("127.0.0.1", port)  # free again
