@@ -12,9 +12,10 @@ import pytest
 
 from dockmesh.proxy.exchange import HEAD, WAIT
 from dockmesh.proxy.server import ClientConn
-from dockmesh.proxy.settings import Limits
+from dockmesh.proxy.settings import Limits, ProxySettings, Route
 from dockmesh.resilience.breaker import BreakerState
 from dockmesh.testing.transport import FakeTransport
+from tests.unit.proxy import rig
 from tests.unit.proxy.rig import REQUEST, RESPONSE, setup, transport
 from tests.unit.proxy.rig import out as written
 
@@ -435,3 +436,41 @@ def test_a_head_over_the_limit_is_refused_in_one_read_as_in_several(
     _, cluster, client = setup(loop, limits=limits)
     client.data_received(fits)
     assert client.up is not None and client.up.upstream.requests == 1
+
+
+def test_a_drain_closes_idle_clients_now_and_busy_ones_after_their_response(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, _, busy = setup(loop)
+    idle = rig.client(proxy)
+    busy.data_received(REQUEST)
+    conn = busy.up
+    assert conn is not None
+    proxy.drain()
+    assert transport(idle.transport).closed and not transport(busy.transport).closed
+    assert proxy.busy()
+    conn.data_received(RESPONSE)  # a whole response in one read: the fast lane's case
+    proxy.flush()
+    sent = written(busy.transport)
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in sent
+    assert sent.endswith(b"ok\n") and transport(busy.transport).closed and not proxy.busy()
+
+
+def test_a_reload_sends_new_requests_by_the_new_routes_and_lets_the_old_finish(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, old, client = setup(loop)
+    clusters = proxy.clusters
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None and conn.upstream in old.upstreams.values()
+    new = rig.cluster(1)
+    rig.pool(proxy, new)
+    proxy.apply(ProxySettings(routes=[Route(cluster=new, host=b"h.test")]))
+    assert proxy.clusters is clusters and clusters == [new] and proxy.retired == [old]
+    conn.data_received(RESPONSE)
+    assert b"HTTP/1.1 200 OK\r\n" in written(client.transport)
+    client.data_received(REQUEST)
+    assert client.up is not None and client.up.upstream in new.upstreams.values()
+    proxy._sweep()  # nothing in flight on the old cluster any more: it is let go
+    assert proxy.retired == []
