@@ -196,7 +196,6 @@ async def _worker(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
-    loop.remove_signal_handler(signal.SIGHUP)
     # A graceful drain: no new connection, idle keep-alives closed, in-flight requests
     # finish (their responses say `Connection: close`) until the deadline.
     proxy.drain()
