@@ -189,6 +189,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "pending_body",
         "proxy",
         "transport",
+        "trusted",
         "up",
         "write_paused",
     )
@@ -214,6 +215,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.lingering = 0.0  # when `close` began a lingering close
         self.client_ip = b""
         self.forwarded = b""
+        self.trusted = False  # the peer is a trusted proxy (its forwarded fields are kept)
         self.last_head = b""
         self.last_out = b""
         self.last_req: http1.RequestHead | None = None
@@ -241,6 +243,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.client_ip = _peer_ip(transport)
         self.forwarded = b"X-Forwarded-For: " + self.client_ip + b"\r\nX-Forwarded-Proto: http\r\n"
+        self.trusted = p.settings.trusts(self.client_ip)
 
     def connection_lost(self, exc: Exception | None) -> None:
         p = self.proxy
@@ -415,9 +418,10 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         key = None
         if cluster is not None:
             key = p.router.key(cluster, head, self.client_ip)
-            self.head_out = http1.edit_request_head(
-                head, req, http1.request_forwarded_fields(req, self.client_ip, p.next_request_id())
+            fields = http1.request_forwarded_fields(
+                req, self.client_ip, p.next_request_id(), self.trusted
             )
+            self.head_out = http1.edit_request_head(head, req, fields)
         up = self.begin_attempt(cluster, req, key, now)
         if not self.body:
             self.pending_body = None

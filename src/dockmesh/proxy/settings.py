@@ -3,6 +3,7 @@ builds them from the flags and the routes file. Plain values; pure."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,3 +47,17 @@ class ProxySettings:
     limits: Limits = field(default_factory=Limits)
     # hash:<header> / hash:cookie:<name> / hash:ip, per cluster name.
     hash_keys: dict[str, str] = field(default_factory=dict)
+    # Peers whose X-Forwarded-For is appended to and whose Forwarded is kept (proxies in
+    # front of this one); from anyone else both are replaced. None by default.
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
+
+    def trusts(self, ip: bytes) -> bool:
+        if not self.trusted_proxies:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip.decode())
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_proxies)

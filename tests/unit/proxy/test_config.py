@@ -76,3 +76,12 @@ def test_backends_and_balancers_from_the_flags() -> None:
     assert check_balance("weighted") is None and check_balance("hash:cookie:sid") is None
     assert "not a balancer" in (check_balance("hash:") or "")
     assert "not a balancer" in (check_balance("fastest") or "")
+
+
+def test_trusted_proxies_are_cidrs_and_none_by_default() -> None:
+    assert load_config(GOOD, "r.yaml").trusted_proxies == []
+    s = load_config(b"trusted_proxies: [10.0.0.0/8, 127.0.0.1, '::1']\n", "r.yaml")
+    assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]
+    with pytest.raises(SpecError) as e:
+        load_config(b"trusted_proxies: [10.0.0.0/8, nope]\n", "r.yaml")
+    assert "r.yaml:1: trusted_proxies.1" in str(e.value)
