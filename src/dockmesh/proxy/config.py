@@ -31,6 +31,7 @@ from dockmesh.model.durations import parse_duration_ns
 from dockmesh.projectfile.load import format_problems
 from dockmesh.projectfile.problems import Path, Problem
 from dockmesh.projectfile.yamlpos import load_located_bytes
+from dockmesh.proxy import paths
 from dockmesh.resilience.balance import BALANCERS
 
 BALANCE_HELP = "round_robin|weighted|least_request|p2c|hash:<header>"
@@ -176,6 +177,11 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
         prefix = r.get("prefix", "/")
         if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.isascii():
             problems.append(Problem((*path, "prefix"), "must be a path starting with /"))
+        elif not paths.is_normal(prefix.encode()) or "?" in prefix:
+            # Requests are matched in normalised form: this prefix could never match.
+            normal = paths.normalise_target(prefix.encode())
+            hint = f": {normal.decode()}" if normal and "?" not in prefix else ""
+            problems.append(Problem((*path, "prefix"), f"must be a normalised path{hint}"))
         else:
             spec.prefix = prefix
         service, backends = r.get("service"), r.get("backends")
