@@ -18,6 +18,8 @@ class Timeouts:
     client_header_s: float = 10.0
     idle_s: float = 60.0
     tunnel_idle_s: float = 3600.0
+    # A tunnel one side half-closed: how long the other side's EOF is awaited.
+    tunnel_half_closed_s: float = 30.0
     pool_idle_s: float = 15.0
 
 
