@@ -76,3 +76,19 @@ def test_backends_and_balancers_from_the_flags() -> None:
     assert check_balance("weighted") is None and check_balance("hash:cookie:sid") is None
     assert "not a balancer" in (check_balance("hash:") or "")
     assert "not a balancer" in (check_balance("fastest") or "")
+
+
+def test_trusted_proxies_are_cidrs_and_none_by_default() -> None:
+    assert load_config(GOOD, "r.yaml").trusted_proxies == []
+    s = load_config(b"trusted_proxies: [10.0.0.0/8, 127.0.0.1, '::1']\n", "r.yaml")
+    assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]
+    with pytest.raises(SpecError) as e:
+        load_config(b"trusted_proxies: [10.0.0.0/8, nope]\n", "r.yaml")
+    assert "r.yaml:1: trusted_proxies.1" in str(e.value)
+
+
+def test_a_prefix_that_normalised_requests_could_never_match_is_refused() -> None:
+    with pytest.raises(SpecError) as e:
+        load_config(b"routes:\n  - prefix: /a/../b/\n    backends: [http://a:1]\n", "r.yaml")
+    assert "r.yaml:2: routes.0.prefix: must be a normalised path: /b/" in str(e.value)
+    assert load_config(b"routes:\n  - prefix: /a/\n    backends: [http://a:1]\n", "r").routes
