@@ -11,7 +11,7 @@ from typer._click.exceptions import UsageError as ClickUsageError
 from typer.core import TyperCommand
 
 from dockmesh.cli.agent import parse_hostport
-from dockmesh.cli.common import UserError, handle_errors
+from dockmesh.cli.common import UserError, finite, handle_errors
 
 
 class OneLineErrors(TyperCommand):
@@ -74,6 +74,37 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--config", help="A routes file (YAML): routes by host and path."),
         ] = None,
+        failure_statuses: Annotated[
+            str,
+            typer.Option(
+                "--failure-statuses",
+                help="Upstream statuses that count against a host (breaker, ejection), besides "
+                "connect errors, resets and timeouts (add 500 to count the application's "
+                "errors). A routes file's passive: section wins over these three flags.",
+            ),
+        ] = "502,503,504",
+        max_ejection_percent: Annotated[
+            float,
+            typer.Option(
+                "--max-ejection-percent",
+                min=0.0,
+                max=100.0,
+                callback=finite,
+                help="At most this share of hosts out at once (breaker open or ejected), "
+                "never the last one.",
+            ),
+        ] = 50.0,
+        panic_threshold: Annotated[
+            float,
+            typer.Option(
+                "--panic-threshold",
+                min=0.0,
+                max=100.0,
+                callback=finite,
+                help="Below this percentage of hosts available, balance over all of them "
+                "(0 turns panic off).",
+            ),
+        ] = 50.0,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. Stops cleanly on SIGTERM or Ctrl-C."""
@@ -119,6 +150,17 @@ def register(app: typer.Typer) -> None:
         if not 1 <= workers <= 256:
             raise UserError("--workers must be from 1 to 256")
         admin_bind = parse_hostport(admin, "--admin") if admin else None
+        from dockmesh.resilience.passive import parse_statuses
+
+        try:
+            statuses = parse_statuses(failure_statuses)
+        except ValueError as e:
+            raise UserError(f"--failure-statuses {e}") from None
+        passive: dict[str, Any] = {
+            "failure_statuses": statuses,
+            "max_ejection_percent": max_ejection_percent,
+            "panic_threshold": panic_threshold,
+        }
         run_proxy(
             ProxyOptions(
                 listen=bind,
@@ -129,6 +171,7 @@ def register(app: typer.Typer) -> None:
                 workers=workers,
                 admin=admin_bind,
                 file=file,
+                passive=passive,
             )
         )
 

@@ -30,6 +30,7 @@ from dockmesh.proxy.config import FileSettings, RouteSpec
 from dockmesh.proxy.discovery import check_health, watch_service
 from dockmesh.proxy.server import Proxy, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
+from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, PassivePolicy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class ProxyOptions:
     admin: tuple[str, int] | None = None
     file: FileSettings | None = None
     health_path: str = "/"
+    # Passive health's settings from the flags; the file's `passive:` wins over them, as a
+    # route's balance wins over --balance.
+    passive: dict[str, Any] = field(default_factory=dict)
 
 
 def build_settings(
@@ -70,6 +74,12 @@ def build_settings(
     if "max_connections_per_upstream" in file.limits:
         limits.max_connections_per_upstream = file.limits["max_connections_per_upstream"]
     timeouts = Timeouts(**{f"{k}_s": v for k, v in file.timeouts.items()})
+    given = {**opts.passive, **file.passive}
+    passive = PassivePolicy(
+        failure_statuses=given.get("failure_statuses", DEFAULT_FAILURE_STATUSES),
+        max_ejection_percent=given.get("max_ejection_percent", 50.0),
+        panic_threshold_percent=given.get("panic_threshold", 50.0),
+    )
     clusters: dict[str, Cluster[Any]] = {}
     routes: list[Route] = []
     made: list[tuple[Cluster[Any], RouteSpec]] = []
@@ -80,7 +90,9 @@ def build_settings(
         cluster = clusters.get(key)
         if cluster is None:
             name = spec.service or spec.name
-            cluster = Cluster(name, balance, clock=time.monotonic, rng=random.Random())
+            cluster = Cluster(
+                name, balance, clock=time.monotonic, rng=random.Random(), passive=passive
+            )
             if spec.backends:
                 cluster.set_members(dict.fromkeys(spec.backends, 1))
             clusters[key] = cluster

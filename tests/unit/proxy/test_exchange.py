@@ -24,6 +24,7 @@ from dockmesh.proxy.exchange import (
     Exchange,
 )
 from dockmesh.resilience.breaker import BreakerPolicy, BreakerState
+from dockmesh.resilience.passive import PassivePolicy
 from dockmesh.resilience.retry import FAIL, MAX_ATTEMPTS, RESEND, RETRY, RETRYABLE_STATUSES
 from dockmesh.testing.clock import ManualClock
 
@@ -40,7 +41,9 @@ def request(
     return req
 
 
-def cluster(clock: ManualClock, n: int = 3, probes: int = 1) -> Cluster[Any]:
+def cluster(
+    clock: ManualClock, n: int = 3, probes: int = 1, passive: PassivePolicy | None = None
+) -> Cluster[Any]:
     c: Cluster[Any] = Cluster(
         "c",
         "round_robin",
@@ -49,6 +52,7 @@ def cluster(clock: ManualClock, n: int = 3, probes: int = 1) -> Cluster[Any]:
         breaker_policy=BreakerPolicy(
             consecutive_failures=2, open_base_s=1, half_open_probes=probes
         ),
+        passive=passive,
     )
     c.set_members({f"10.0.0.{i}:80": 1 for i in range(1, n + 1)})
     return c
@@ -119,9 +123,69 @@ def test_no_route_and_no_upstream_say_why() -> None:
     assert ex.end_attempt(NO_VERDICT, 0.0, True) is True and ex.state == HEAD
 
 
-def test_refusing_breakers_are_skipped_until_none_is_left() -> None:
+def test_an_application_500_moves_no_breaker_and_ejects_no_host() -> None:
     clock = ManualClock()
     c = cluster(clock, n=2)
+    for _ in range(50):
+        ex: Exchange[Any] = Exchange()
+        up = ex.begin_attempt(c, request(), None, clock.t)
+        assert up is not None
+        ex.end_attempt(500, clock.t, True)
+    assert all(u.breaker.closed and u.failures == 0 for u in c.upstreams.values())
+    assert not c.outlier.ejected() and not c.degraded
+
+
+def test_a_500_counts_when_configured() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=2, passive=PassivePolicy(failure_statuses=frozenset({500, 502})))
+    ex: Exchange[Any] = Exchange()
+    up = ex.begin_attempt(c, request(), None, clock.t)
+    assert up is not None
+    ex.end_attempt(500, clock.t, True)
+    assert up.failures == 1
+
+
+def test_gateway_failures_open_at_most_the_capped_share_of_breakers() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=4)
+    for _ in range(40):
+        ex: Exchange[Any] = Exchange()
+        up = ex.begin_attempt(c, request(), None, clock.t)
+        assert up is not None
+        ex.end_attempt(None, clock.t, True)
+    opened = sum(not u.breaker.closed for u in c.upstreams.values())
+    assert opened == 2  # 50% of 4
+
+
+def test_one_upstream_is_never_taken_out() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=1)
+    (only,) = c.upstreams.values()
+    for _ in range(20):
+        ex: Exchange[Any] = Exchange()
+        assert ex.begin_attempt(c, request(), None, clock.t) is only
+        ex.end_attempt(503, clock.t, True)
+    assert only.breaker.closed and not c.outlier.ejected()
+
+
+def test_panic_uses_every_host_when_too_few_are_available() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=2)
+    first, second = c.upstreams.values()
+    first.breaker._to(BreakerState.OPEN)
+    second.breaker._to(BreakerState.OPEN)
+    c.changed()
+    ex: Exchange[Any] = Exchange()
+    up = ex.begin_attempt(c, request(), None, clock.t)
+    assert up is not None and c.panic and ex.ticket is None
+    ex.end_attempt(200, clock.t, True)
+    assert c.panics == 1
+
+
+def test_refusing_breakers_are_skipped_until_none_is_left() -> None:
+    clock = ManualClock()
+    # Panic off: what is tested is the skipping (panic is tested below).
+    c = cluster(clock, n=2, passive=PassivePolicy(panic_threshold_percent=0))
     first, second = c.upstreams.values()
     first.breaker._to(BreakerState.HALF_OPEN)
     assert first.breaker.admit() is not None  # its one probe taken
