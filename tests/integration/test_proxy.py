@@ -296,6 +296,10 @@ def test_no_upstream_and_bad_flags(tmp_path: Path) -> None:
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = proxy_cli("--backend", "ftp://x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    for flag, value in (("--failure-statuses", "404"), ("--max-ejection-percent", "120")):
+        r = proxy_cli("--backend", "http://127.0.0.1:1", flag, value)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert flag in r.stderr
     bad = tmp_path / "routes.yaml"
     bad.write_text(
         "routes:\n  - prefix: /a\n    service: api\n  - prefix: nope\n    backends: [ftp://x]\n"

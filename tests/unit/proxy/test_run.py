@@ -59,3 +59,23 @@ def test_a_routes_file_and_a_service() -> None:
 def test_a_service_route_needs_the_agents_url() -> None:
     with pytest.raises(ValueError, match="agent"):
         run_proxy(ProxyOptions(listen=("127.0.0.1", 0), service="web"))
+
+
+def test_passive_health_from_the_flags_and_the_file() -> None:
+    settings, _ = build_settings(ProxyOptions(listen=("127.0.0.1", 0), backends=["10.0.0.1:80"]))
+    passive = settings.routes[0].cluster.passive
+    assert passive.failure_statuses == frozenset({502, 503, 504})
+    assert passive.max_ejection_percent == 50 and passive.panic_threshold_percent == 50
+    file = FileSettings(passive={"max_ejection_percent": 20.0})
+    settings, _ = build_settings(
+        ProxyOptions(
+            listen=("127.0.0.1", 0),
+            backends=["10.0.0.1:80"],
+            file=file,
+            passive={"failure_statuses": frozenset({500}), "max_ejection_percent": 90.0},
+        )
+    )
+    passive = settings.routes[0].cluster.passive
+    assert passive.failure_statuses == frozenset({500})  # the flag
+    assert passive.max_ejection_percent == 20  # the file wins over the flag
+    assert settings.routes[0].cluster.outlier.policy.max_ejection_percent == 20
