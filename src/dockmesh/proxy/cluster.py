@@ -11,6 +11,11 @@ serving: they hold their `Upstream` and finish; only its idle pooled connections
 Eligibility (healthy, not ejected, breaker admitting) is computed once per change, not per
 request: the hot path reads a cached tuple while every breaker is closed and nobody is
 ejected, and rebuilds it per pick only while something is degraded.
+
+Passive health (`resilience.passive`): only the upstream's failures count against a host; open
+breakers and ejections share one cap (`max_ejection_percent` of the hosts, never the last);
+while fewer than `panic_threshold_percent` of the healthy hosts are available, `eligible` gives
+all of them (`panic`), and an attempt to a host whose breaker refuses goes ahead ticketless.
 """
 
 from __future__ import annotations
@@ -200,11 +205,12 @@ class Cluster(Generic[P]):
         """Whether a result is the upstream's failure (not the application's answer)."""
         return is_upstream_failure(status, self.failure_statuses)
 
-    def may_open(self) -> bool:
-        """Whether one more breaker may open without more hosts out than the cap allows."""
+    def may_take_out(self) -> bool:
+        """Whether one more host may go out (its breaker open, or ejected) without more hosts
+        out than the cap allows: breakers and ejections share the one cap."""
         ups = self.upstreams
-        out = sum(1 for u in ups.values() if not u.breaker.closed)
-        return out < out_cap(len(ups), self.passive.max_ejection_percent)
+        out = {a for a, u in ups.items() if not u.breaker.closed} | self.outlier.ejected()
+        return len(out) < out_cap(len(ups), self.passive.max_ejection_percent)
 
     # --- the hot path ---------------------------------------------------------------------
 

@@ -197,11 +197,12 @@ class Exchange(Generic[P]):
                 # breaker, the outlier detector, and so who is eligible.
                 up.failures += 1
                 up.failures_in_row += 1
+                may_take_out = cluster.may_take_out()
                 if ticket is not None:
                     breaker = up.breaker
-                    breaker.failure(ticket, not breaker.closed or cluster.may_open())
+                    breaker.failure(ticket, not breaker.closed or may_take_out)
                 outlier = cluster.outlier
-                if outlier.record(up.addr, status):
+                if outlier.record(up.addr, status, up.breaker.closed and may_take_out):
                     cluster.ejections += 1
                 if ticket is not None or outlier.ejected():
                     cluster.changed()

@@ -105,8 +105,9 @@ class OutlierDetector:
                 out.add(h)
         return out
 
-    def record(self, host: str, status: int | None) -> bool:
-        """Reports one result; True when it ejected the host."""
+    def record(self, host: str, status: int | None, may_eject: bool = True) -> bool:
+        """Reports one result; True when it ejected the host. With `may_eject` False (its
+        cluster has as many hosts out as it may, counting open breakers), it is counted only."""
         rec = self.hosts.get(host)
         if rec is None:
             return False
@@ -123,7 +124,7 @@ class OutlierDetector:
         p = self.policy
         if rec.five_xx < p.consecutive_5xx and rec.gateway < p.consecutive_gateway_failures:
             return False
-        if len(self.ejected()) >= self.cap():
+        if not may_eject or len(self.ejected()) >= self.cap():
             return False
         rec.times_ejected += 1
         rec.ejections += 1

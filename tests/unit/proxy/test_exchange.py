@@ -407,3 +407,34 @@ def test_the_invariants_hold_whatever_happens(
             break
         d.step(choice, x, flag)
         d.check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.lists(
+        st.tuples(st.sampled_from([None, 200, 404, 500, 502, 503, 504]), st.floats(0, 3)),
+        max_size=150,
+    ),
+)
+def test_no_run_of_results_takes_out_more_than_the_cap(
+    n: int, steps: list[tuple[int | None, float]]
+) -> None:
+    # Any run of results on a real cluster: never more hosts out (breaker not closed, or
+    # ejected) than the cap, never the last one, every request finds an upstream (panic), and
+    # the application's 500s alone leave everything as it was.
+    clock = ManualClock()
+    c = cluster(clock, n=n)
+    cap = n * 50 // 100 if n > 1 else 0
+    only_500 = all(s in (200, 404, 500) for s, _ in steps)
+    for status, dt in steps:
+        clock.t += dt
+        c.tick(clock.t, 15.0)
+        ex: Exchange[Any] = Exchange()
+        assert ex.begin_attempt(c, request(), None, clock.t) is not None
+        ex.end_attempt(status, clock.t, True)
+        ups = c.upstreams.values()
+        opened = {u.addr for u in ups if not u.breaker.closed}
+        assert len(opened | c.outlier.ejected()) <= cap
+        if only_500:
+            assert not opened and not c.outlier.ejected()
