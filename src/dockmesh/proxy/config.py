@@ -4,6 +4,8 @@
                tunnel_idle: 1h, pool_idle: 15s}
     limits: {max_connections: 10000, max_header_bytes: 65536,
              max_connections_per_upstream: 1024}
+    trusted_proxies: [10.0.0.0/8]    # peers whose X-Forwarded-For / Forwarded are kept
+                                     # (appended to); default none: replaced for everyone
     routes:                          # first match wins; longest prefixes first is wise
       - host: api.example.test       # optional: the Host without its port
         prefix: /api                 # optional, default /
@@ -23,6 +25,7 @@ starts (exit 2). Pure: text in, settings or problems out.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +35,7 @@ from dockmesh.model.durations import parse_duration_ns
 from dockmesh.projectfile.load import format_problems
 from dockmesh.projectfile.problems import Path, Problem
 from dockmesh.projectfile.yamlpos import load_located_bytes
+from dockmesh.proxy import paths
 from dockmesh.resilience.balance import BALANCERS
 from dockmesh.resilience.passive import parse_statuses
 
@@ -56,6 +60,9 @@ class FileSettings:
     limits: dict[str, int] = field(default_factory=dict)
     # failure_statuses (frozenset), max_ejection_percent, panic_threshold: those given only.
     passive: dict[str, Any] = field(default_factory=dict)
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
 
 
 def check_balance(value: str) -> str | None:
@@ -122,14 +129,24 @@ def _section(
     return {k: v for k, v in section.items() if k in known}
 
 
+_TOP = ("routes", "timeouts", "limits", "trusted_proxies", "passive")
+
+
 def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
     problems: list[Problem] = []
     for key in data:
-        if key not in ("routes", "timeouts", "limits", "passive"):
-            problems.append(
-                Problem((key,), "unknown key (expected routes, timeouts, limits, passive)")
-            )
+        if key not in _TOP:
+            problems.append(Problem((key,), f"unknown key (expected {', '.join(_TOP)})"))
     _check_passive(data, out, problems)
+    trusted = data.get("trusted_proxies") or []
+    if not isinstance(trusted, list):
+        problems.append(Problem(("trusted_proxies",), "must be a list of CIDRs"))
+        trusted = []
+    for i, cidr in enumerate(trusted):
+        try:
+            out.trusted_proxies.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError:
+            problems.append(Problem(("trusted_proxies", i), f"{cidr!r} is not an address or CIDR"))
     for k, v in _section(data, "timeouts", _TIMEOUTS, "timeout", problems).items():
         try:
             ns = parse_duration_ns(v)
@@ -169,6 +186,11 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
         prefix = r.get("prefix", "/")
         if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.isascii():
             problems.append(Problem((*path, "prefix"), "must be a path starting with /"))
+        elif not paths.is_normal(prefix.encode()) or "?" in prefix:
+            # Requests are matched in normalised form: this prefix could never match.
+            normal = paths.normalise_target(prefix.encode())
+            hint = f": {normal.decode()}" if normal and "?" not in prefix else ""
+            problems.append(Problem((*path, "prefix"), f"must be a normalised path{hint}"))
         else:
             spec.prefix = prefix
         service, backends = r.get("service"), r.get("backends")

@@ -14,6 +14,10 @@ One exchange at a time, in phases (`state`):
       ╰── (no body) ─────────────────────────────────────╯
     BODY, WAIT ──response_begins(101)──▶ TUNNEL           any ──mark_closed──▶ CLOSED
 
+A tunnel ends as soon as either side closes: a side's EOF goes on to the other (half-close),
+and once both sides sent theirs both connections close (`tunnel_eof`); a tunnel half-closed
+for `tunnel_half_closed_s`, or idle for `tunnel_idle_s`, closes too (`tunnel_expired`).
+
 A response may begin, and end, while the body is still being read (BODY): the connection then
 closes after it, since the rest of the body cannot be told from the next request.
 
@@ -69,6 +73,9 @@ KEEP_ALIVE_FIELD = b"Connection: keep-alive\r\n"
 # A 101's: its upstream's Connection field is cut as hop-by-hop, yet a client of the upgrade
 # must see it (RFC 6455 4.1: a WebSocket client fails the handshake without it).
 UPGRADE_FIELD = b"Connection: upgrade\r\n"
+# A tunnel's sides, for `tunnel_eof`.
+CLIENT_SIDE, UPSTREAM_SIDE = 1, 2
+_BOTH_SIDES = CLIENT_SIDE | UPSTREAM_SIDE
 
 
 class Exchange(Generic[P]):
@@ -78,7 +85,9 @@ class Exchange(Generic[P]):
         "attempts",
         "body",
         "cluster",
+        "eofs",
         "failure",
+        "half_closed",
         "keep",
         "key",
         "last",
@@ -113,6 +122,9 @@ class Exchange(Generic[P]):
         self.attempts = 0
         # Why `begin_attempt` found no upstream: (status, message, reason).
         self.failure: tuple[int, str, str] = (503, "", "")
+        # A tunnel's half-close: the sides that sent their EOF, and when the first did.
+        self.eofs = 0
+        self.half_closed = 0.0
 
     # --- attempts ---------------------------------------------------------------------------
 
@@ -292,6 +304,22 @@ class Exchange(Generic[P]):
             self.keep = False
             return CLOSE_FIELD
         return KEEP_ALIVE_FIELD if req.minor == 0 else b""
+
+    def tunnel_eof(self, side: int, now: float) -> bool:
+        """One side of the tunnel (CLIENT_SIDE or UPSTREAM_SIDE) sent its EOF, which goes on to
+        the other: True once both sides have, and the tunnel is over (both closed)."""
+        if not self.eofs:
+            self.half_closed = now
+        self.eofs |= side
+        return self.eofs == _BOTH_SIDES
+
+    def tunnel_expired(self, now: float, idle_since: float, t_idle: float, t_half: float) -> bool:
+        """Whether the tunnel is to be closed now: idle (no byte either way since `idle_since`)
+        for `t_idle`, or half-closed for `t_half` without the other side's EOF (a side that
+        never closes would hold both connections and the upstream's slot)."""
+        if self.eofs and now - self.half_closed > t_half:
+            return True
+        return now - idle_since > t_idle
 
     def mark_closed(self) -> int:
         """The connection ends: the state it was in."""

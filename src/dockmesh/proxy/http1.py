@@ -11,7 +11,9 @@ RFC 9112 allows leniency, and the proxy forwards exactly the bytes this reader a
   next (obs-fold), whitespace between a field name and its colon, a name that is not a token,
   or a control character in a value is an error (400);
 - the request line is `METHOD SP TARGET SP HTTP/1.x` with single spaces and a target of
-  visible ASCII;
+  visible ASCII; the target is the one thing forwarded otherwise than it came: made
+  origin-form (an absolute-form's authority replaces Host) with its path normalised
+  (`paths`), so the upstream sees exactly what was routed;
 - Content-Length is digits only; several Content-Length fields are an error unless equal;
 - Transfer-Encoding is accepted only as exactly one field whose value is `chunked`; any other
   coding is an error (501 would be kinder; 400 is safer), and Transfer-Encoding together with
@@ -31,6 +33,8 @@ from __future__ import annotations
 
 import re
 
+from dockmesh.proxy import paths
+
 MAX_HEAD_BYTES = 64 * 1024
 MAX_CHUNK_LINE = 4096
 
@@ -43,7 +47,7 @@ _FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _INTERESTING = re.compile(
     rb"\n(host|content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|"
     rb"trailer|upgrade|expect|x-forwarded-for|x-forwarded-proto|x-forwarded-host|"
-    rb"x-request-id|proxy-authenticate|proxy-authorization):"
+    rb"x-request-id|proxy-authenticate|proxy-authorization|forwarded):"
 )
 _RESPONSE_FIELDS = re.compile(
     rb"\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer|"
@@ -87,7 +91,7 @@ _RESPONSE = re.compile(
     rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n" + _FIELD_LINES
 )
 # What the request reader does with each field it looks at.
-_HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _RID, _KEEP, _CUT = range(9)
+_HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _RID, _KEEP, _FWD, _CUT = range(10)
 _REQUEST_ACTIONS = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -97,7 +101,10 @@ _REQUEST_ACTIONS = {
     b"x-forwarded-for": _XFF,
     b"x-request-id": _RID,
     b"expect": _KEEP,
+    b"forwarded": _FWD,
 }
+# An absolute-form target (RFC 9112 §3.2.2): its authority, then the rest of the target.
+_ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][\x21-\x7e]*)?")
 
 
 class RequestHead:
@@ -108,13 +115,16 @@ class RequestHead:
         "connection_tokens",
         "content_length",
         "cut",
+        "forwarded",
         "has_body",
         "head_len",
         "host",
+        "host_replaced",
         "keep_alive",
         "method",
         "minor",
         "request_id",
+        "retarget",
         "target",
         "upgrade",
         "xff",
@@ -137,6 +147,12 @@ class RequestHead:
         self.cut: list[tuple[int, int]] | None = None
         # Field names listed in Connection (but close/keep-alive/upgrade): hop-by-hop too.
         self.connection_tokens: list[bytes] | None = None
+        self.forwarded: bytes | None = None  # the client's Forwarded field(s)
+        # The target forwarded differs from the one received (normalised, or made origin-form
+        # from an absolute-form whose authority then replaces Host): the request line is
+        # rebuilt, and Host too when `host_replaced`.
+        self.retarget = False
+        self.host_replaced = False
 
     def __repr__(self) -> str:
         return f"RequestHead({self.method!r} {self.target!r} HTTP/1.{self.minor})"
@@ -194,6 +210,7 @@ def parse_request_head(
     n = m.end()
     req = RequestHead(m.group(1), m.group(2), 1 if m.group(3) == b"1" else 0, n)
     te_seen = False
+    host_span: tuple[int, int] | None = None
     connection: list[bytes] | None = None
     actions = _REQUEST_ACTIONS
     for f in _INTERESTING.finditer(buf[:n].lower(), m.end(3) + 1, n - 2):
@@ -206,6 +223,7 @@ def parse_request_head(
             if req.host is not None:
                 raise ProtocolError("more than one Host")
             req.host = value
+            host_span = (start, end)
             continue
         if action == _CL:
             if _DIGITS.fullmatch(value) is None:
@@ -232,6 +250,8 @@ def parse_request_head(
             req.upgrade = value
         elif action == _XFF:
             req.xff = value if req.xff is None else req.xff + b", " + value
+        elif action == _FWD:
+            req.forwarded = value if req.forwarded is None else req.forwarded + b", " + value
         if req.cut is None:
             req.cut = []
         req.cut.append((start, end))
@@ -253,7 +273,40 @@ def parse_request_head(
         req.upgrade = None
     if req.method == b"CONNECT":
         raise ProtocolError("CONNECT is not proxied", 405)
+    _settle_target(req, host_span)
     return req
+
+
+def _settle_target(req: RequestHead, host_span: tuple[int, int] | None) -> None:
+    """The target routed and forwarded: origin-form, its path normalised (`paths`). An
+    absolute-form target's authority wins over Host (RFC 9112 §3.2.2), for routing and for
+    the Host sent upstream, so routing and upstream agree on the virtual host."""
+    target = req.target
+    if target.startswith(b"/"):
+        if not paths.is_normal(target):
+            norm = paths.normalise_target(target)
+            if norm is None:
+                raise ProtocolError("bad request path")
+            req.target = norm
+            req.retarget = True
+        return
+    if target == b"*" and req.method == b"OPTIONS":
+        return
+    m = _ABSOLUTE.fullmatch(target)
+    if m is None:
+        raise ProtocolError("bad request target")
+    rest = m.group(2) or b"/"
+    norm = paths.normalise_target(rest if rest.startswith(b"/") else b"/" + rest)
+    if norm is None:
+        raise ProtocolError("bad request path")
+    req.target = norm
+    req.retarget = True
+    req.host = m.group(1)
+    req.host_replaced = True
+    if host_span is not None:
+        if req.cut is None:
+            req.cut = []
+        req.cut.append(host_span)
 
 
 def parse_response_head(
@@ -322,7 +375,7 @@ def parse_response_head(
 # general reader reads the same way.
 _RARE_REQUEST = re.compile(
     rb"\n(?:content-length|transfer-encoding|connection|keep-alive|proxy-|te:|trailer|"
-    rb"upgrade|expect|x-forwarded-|x-request-id)"
+    rb"upgrade|expect|x-forwarded-|x-request-id|forwarded:)"
 )
 _RARE_RESPONSE = re.compile(rb"\n(?:transfer-encoding|keep-alive|proxy-|te:|trailer|upgrade)")
 
@@ -342,7 +395,7 @@ def quick_request(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     if i < 0 or low.find(b"\nhost:", i + 6) >= 0:
         return None
     method = m.group(1)
-    if method == b"CONNECT":
+    if method == b"CONNECT" or not paths.is_normal(m.group(2)):
         return None
     return method, m.group(2), data[i + 6 : data.find(b"\r", i + 6)].strip(_OWS)
 
@@ -462,6 +515,11 @@ def edit_request_head(
     if req.connection_tokens:
         cut = cut + _cut_named(head, head.find(b"\r\n") + 2, len(head) - 2, req.connection_tokens)
     body = _without(head, cut) if cut else head
+    if req.retarget:
+        line = b"%s %s HTTP/1.%d" % (req.method, req.target, req.minor)
+        body = line + body[body.find(b"\r\n") :]
+        if req.host_replaced and req.host is not None:
+            added = b"Host: " + req.host + b"\r\n" + added
     if req.upgrade is not None:
         added = b"Connection: upgrade\r\nUpgrade: " + req.upgrade + b"\r\n" + added
     return body[:-2] + added + b"\r\n"
@@ -477,10 +535,16 @@ def edit_response_head(head: bytes, resp: ResponseHead, added: bytes) -> bytes:
     return body[:-2] + added + b"\r\n"
 
 
-def request_forwarded_fields(req: RequestHead, client_ip: bytes, request_id: bytes) -> bytes:
-    """X-Forwarded-For (appended to), -Proto and -Host (set), X-Request-Id (kept or made)."""
-    xff = client_ip if req.xff is None else req.xff + b", " + client_ip
+def request_forwarded_fields(
+    req: RequestHead, client_ip: bytes, request_id: bytes, trusted: bool = False
+) -> bytes:
+    """X-Forwarded-For, -Proto and -Host (set), X-Request-Id (kept or made). What the client
+    sent in X-Forwarded-For and Forwarded is anyone's claim: replaced, unless the peer is a
+    trusted proxy (`trusted`), whose X-Forwarded-For is appended to and Forwarded kept."""
+    xff = client_ip if req.xff is None or not trusted else req.xff + b", " + client_ip
     out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: http\r\n"
+    if trusted and req.forwarded is not None:
+        out += b"Forwarded: " + req.forwarded + b"\r\n"
     if req.host is not None:
         out += b"X-Forwarded-Host: " + req.host + b"\r\n"
     if req.request_id is None:

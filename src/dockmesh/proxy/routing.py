@@ -2,8 +2,9 @@
 a request head in, a cluster (or a key) out.
 
 Routes are tried in their order; the first whose host (when it names one) equals the request's
-Host without its port, and whose prefix starts the request's path, wins. A lone catch-all
-route needs no routing at all (`single`), and when its cluster hashes on nothing either, the
+host without its port (an absolute-form target's authority, else Host), and whose prefix
+starts the request's path (normalised by the reader: `paths`), wins. A lone catch-all route
+needs no routing at all (`single`), and when its cluster hashes on nothing either, the
 common request shape may take the server's fast lane (`fast`).
 """
 
@@ -74,11 +75,9 @@ class Router:
             return self.single
         host = (req.host or b"").lower()
         host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+        # The reader made the target origin-form (an absolute-form's authority became
+        # `host`) and normalised its path: a prefix cannot be escaped by dot segments.
         path = req.target
-        if not path.startswith(b"/"):
-            # absolute-form: http://host/path
-            i = path.find(b"/", path.find(b"//") + 2) if b"//" in path else -1
-            path = path[i:] if i >= 0 else b"/"
         for r in self.routes:
             if (r.host is None or r.host == host) and path.startswith(r.prefix):
                 return r.cluster

@@ -101,7 +101,7 @@ def build_settings(
                 hash_keys[cluster.name] = balance[5:]
         host = spec.host.encode() if spec.host else None
         routes.append(Route(cluster, host, spec.prefix.encode()))
-    settings = ProxySettings(routes, timeouts, limits, hash_keys)
+    settings = ProxySettings(routes, timeouts, limits, hash_keys, list(file.trusted_proxies))
     return settings, made
 
 

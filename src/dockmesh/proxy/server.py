@@ -49,7 +49,17 @@ from typing import cast
 
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
-from dockmesh.proxy.exchange import BODY, CLOSED, HEAD, NO_VERDICT, TUNNEL, WAIT, Exchange
+from dockmesh.proxy.exchange import (
+    BODY,
+    CLIENT_SIDE,
+    CLOSED,
+    HEAD,
+    NO_VERDICT,
+    TUNNEL,
+    UPSTREAM_SIDE,
+    WAIT,
+    Exchange,
+)
 from dockmesh.proxy.http1 import ProtocolError
 from dockmesh.proxy.routing import Router
 from dockmesh.proxy.settings import ProxySettings, Timeouts
@@ -189,6 +199,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "pending_body",
         "proxy",
         "transport",
+        "trusted",
         "up",
         "write_paused",
     )
@@ -214,6 +225,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.lingering = 0.0  # when `close` began a lingering close
         self.client_ip = b""
         self.forwarded = b""
+        self.trusted = False  # the peer is a trusted proxy (its forwarded fields are kept)
         self.last_head = b""
         self.last_out = b""
         self.last_req: http1.RequestHead | None = None
@@ -241,6 +253,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         self.client_ip = _peer_ip(transport)
         self.forwarded = b"X-Forwarded-For: " + self.client_ip + b"\r\nX-Forwarded-Proto: http\r\n"
+        self.trusted = p.settings.trusts(self.client_ip)
 
     def connection_lost(self, exc: Exception | None) -> None:
         p = self.proxy
@@ -362,11 +375,22 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self.gate()
 
     def eof_received(self) -> bool | None:
-        up = self.up
-        if self.state == TUNNEL and up and up.transport and up.transport.can_write_eof():
-            self.proxy.flush()
-            up.transport.write_eof()
-            return True
+        if self.state == TUNNEL:
+            # Half-closed: the EOF goes on to the upstream, whose own ends the tunnel (and a
+            # tunnel that cannot pass an EOF on ends now).
+            up = self.up
+            p = self.proxy
+            if (
+                up is not None
+                and up.transport is not None
+                and up.transport.can_write_eof()
+                and not self.tunnel_eof(CLIENT_SIDE, p.loop.time())
+            ):
+                p.flush()
+                up.transport.write_eof()
+                return True
+            self.end_tunnel()
+            return None
         if self.state == WAIT:
             # Half-closed after a whole request: its response (and those of whole requests
             # sent ahead) is still owed; the connection closes once they are sent.
@@ -415,9 +439,10 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         key = None
         if cluster is not None:
             key = p.router.key(cluster, head, self.client_ip)
-            self.head_out = http1.edit_request_head(
-                head, req, http1.request_forwarded_fields(req, self.client_ip, p.next_request_id())
+            fields = http1.request_forwarded_fields(
+                req, self.client_ip, p.next_request_id(), self.trusted
             )
+            self.head_out = http1.edit_request_head(head, req, fields)
         up = self.begin_attempt(cluster, req, key, now)
         if not self.body:
             self.pending_body = None
@@ -617,6 +642,14 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             p.write(conn.transport, self.buf)
             self.buf = b""
             self.gate()
+        if self.eof:
+            # The client half-closed before the 101: its EOF goes into the tunnel too.
+            self.tunnel_eof(CLIENT_SIDE, p.loop.time())
+            if conn.transport is not None and conn.transport.can_write_eof():
+                p.flush()
+                conn.transport.write_eof()
+            else:
+                self.end_tunnel()
 
     def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
         self.up = None
@@ -705,6 +738,15 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         else:
             t.close()
 
+    def end_tunnel(self) -> None:
+        """Both connections of a tunnel close, once what was written is sent (no lingering:
+        the tunnel has no request to be cut short) and its upstream's slot is returned."""
+        self._drop_upstream(self.mark_closed())
+        t = self.transport
+        if t is not None:
+            self.proxy.flush()
+            t.close()
+
     def abort(self) -> None:
         self.mark_closed()
         if self.transport is not None:
@@ -733,8 +775,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         elif state == TUNNEL:
             up = self.up
             last = max(self.last_active, up.last_active if up else 0.0)
-            if now - last > t.tunnel_idle_s:
-                self.close()
+            if self.tunnel_expired(now, last, t.tunnel_idle_s, t.tunnel_half_closed_s):
+                self.end_tunnel()
         elif state in (BODY, WAIT):
             up = self.up
             if (
@@ -886,15 +928,15 @@ class UpstreamConn(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         c = self.client
-        if (
-            self.tunnel
-            and c is not None
-            and c.transport is not None
-            and c.transport.can_write_eof()
-        ):
-            self.proxy.flush()
-            c.transport.write_eof()
-            return True
+        if self.tunnel and c is not None and c.transport is not None:
+            # Half-closed: the EOF goes on to the client, whose own ends the tunnel (and a
+            # tunnel that cannot pass an EOF on ends now).
+            p = self.proxy
+            if c.transport.can_write_eof() and not c.tunnel_eof(UPSTREAM_SIDE, p.loop.time()):
+                p.flush()
+                c.transport.write_eof()
+                return True
+            c.end_tunnel()
         return None
 
     def data_received(self, data: bytes) -> None:

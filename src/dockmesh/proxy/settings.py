@@ -3,6 +3,7 @@ builds them from the flags and the routes file. Plain values; pure."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,8 @@ class Timeouts:
     client_header_s: float = 10.0
     idle_s: float = 60.0
     tunnel_idle_s: float = 3600.0
+    # A tunnel one side half-closed: how long the other side's EOF is awaited.
+    tunnel_half_closed_s: float = 30.0
     pool_idle_s: float = 15.0
 
 
@@ -46,3 +49,17 @@ class ProxySettings:
     limits: Limits = field(default_factory=Limits)
     # hash:<header> / hash:cookie:<name> / hash:ip, per cluster name.
     hash_keys: dict[str, str] = field(default_factory=dict)
+    # Peers whose X-Forwarded-For is appended to and whose Forwarded is kept (proxies in
+    # front of this one); from anyone else both are replaced. None by default.
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
+        default_factory=list
+    )
+
+    def trusts(self, ip: bytes) -> bool:
+        if not self.trusted_proxies:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip.decode())
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted_proxies)

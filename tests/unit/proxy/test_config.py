@@ -97,3 +97,19 @@ def test_the_passive_section() -> None:
     assert "r.yaml:2: passive.failure_statuses" in text
     assert "r.yaml:3: passive.max_ejection_percent" in text
     assert "r.yaml:4: passive.bogus" in text
+
+
+def test_trusted_proxies_are_cidrs_and_none_by_default() -> None:
+    assert load_config(GOOD, "r.yaml").trusted_proxies == []
+    s = load_config(b"trusted_proxies: [10.0.0.0/8, 127.0.0.1, '::1']\n", "r.yaml")
+    assert [str(n) for n in s.trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]
+    with pytest.raises(SpecError) as e:
+        load_config(b"trusted_proxies: [10.0.0.0/8, nope]\n", "r.yaml")
+    assert "r.yaml:1: trusted_proxies.1" in str(e.value)
+
+
+def test_a_prefix_that_normalised_requests_could_never_match_is_refused() -> None:
+    with pytest.raises(SpecError) as e:
+        load_config(b"routes:\n  - prefix: /a/../b/\n    backends: [http://a:1]\n", "r.yaml")
+    assert "r.yaml:2: routes.0.prefix: must be a normalised path: /b/" in str(e.value)
+    assert load_config(b"routes:\n  - prefix: /a/\n    backends: [http://a:1]\n", "r").routes

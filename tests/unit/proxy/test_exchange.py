@@ -13,6 +13,7 @@ from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.exchange import (
     BODY,
+    CLIENT_SIDE,
     CLOSE_FIELD,
     CLOSED,
     HEAD,
@@ -20,6 +21,7 @@ from dockmesh.proxy.exchange import (
     NO_VERDICT,
     TUNNEL,
     UPGRADE_FIELD,
+    UPSTREAM_SIDE,
     WAIT,
     Exchange,
 )
@@ -438,3 +440,32 @@ def test_no_run_of_results_takes_out_more_than_the_cap(
         assert len(opened | c.outlier.ejected()) <= cap
         if only_500:
             assert not opened and not c.outlier.ejected()
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([CLIENT_SIDE, UPSTREAM_SIDE]), st.floats(0, 100)),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_tunnel_ends_once_both_sides_sent_their_eof_and_half_closed_is_bounded(
+    eofs: list[tuple[int, float]],
+) -> None:
+    ex: Exchange[Any] = Exchange()
+    ex.begin_attempt(cluster(ManualClock()), request(), None, 0.0)
+    ex.response_begins(101, False, True)
+    seen: set[int] = set()
+    first = eofs[0][1]
+    for side, now in eofs:
+        seen.add(side)
+        assert ex.tunnel_eof(side, now) is (seen == {CLIENT_SIDE, UPSTREAM_SIDE})
+    # Half-closed from the first EOF on, however busy the tunnel is.
+    assert not ex.tunnel_expired(first + 5, first + 5, 60, 10)
+    assert ex.tunnel_expired(first + 11, first + 11, 60, 10)
+
+
+def test_a_tunnel_open_both_ways_expires_only_when_idle() -> None:
+    ex: Exchange[Any] = Exchange()
+    assert not ex.tunnel_expired(1000.0, 999.0, 60, 10)
+    assert ex.tunnel_expired(1000.0, 900.0, 60, 10)

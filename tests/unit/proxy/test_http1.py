@@ -96,7 +96,10 @@ def test_hop_by_hop_fields_are_cut_and_forwarded_fields_set() -> None:
     names = [line.split(b":")[0].lower() for line in lines[1:] if line]
     for gone in (b"connection", b"x-private", b"keep-alive", b"te", b"proxy-authorization"):
         assert gone not in names
-    assert b"X-Forwarded-For: 10.0.0.9, 127.0.0.1" in lines
+    # The client's X-Forwarded-For is its own claim: replaced, not appended to (a trusted
+    # proxy's is appended to: `test_forwarded_fields_are_kept_only_from_a_trusted_proxy`).
+    assert b"X-Forwarded-For: 127.0.0.1" in lines
+    assert names.count(b"x-forwarded-for") == 1
     assert b"X-Forwarded-Proto: http" in lines
     assert b"X-Forwarded-Host: a.test" in lines
     assert b"X-Request-Id: abc" in lines  # kept, not replaced
@@ -357,3 +360,79 @@ def test_a_memoized_head_reads_as_the_general_reader_would() -> None:
     assert quick is not None and full is not None
     for name in http1.RequestHead.__slots__:
         assert getattr(quick, name) == getattr(full, name), name
+
+
+def test_forwarded_fields_are_kept_only_from_a_trusted_proxy() -> None:
+    head = req(
+        "GET / HTTP/1.1",
+        "Host: a.test",
+        "X-Forwarded-For: 10.0.0.9",
+        "Forwarded: for=10.0.0.9;proto=https",
+        "X-Forwarded-Host: admin.internal",
+    )
+    r = http1.parse_request_head(head)
+    assert r is not None
+    for trusted, xff, fwd in (
+        (False, b"X-Forwarded-For: 127.0.0.1", None),
+        (True, b"X-Forwarded-For: 10.0.0.9, 127.0.0.1", b"Forwarded: for=10.0.0.9;proto=https"),
+    ):
+        fields = http1.request_forwarded_fields(r, b"127.0.0.1", b"id", trusted)
+        lines = http1.edit_request_head(head, r, fields).split(b"\r\n")
+        names = [line.split(b":")[0].lower() for line in lines[1:] if line]
+        assert xff in lines and names.count(b"x-forwarded-for") == 1
+        assert names.count(b"forwarded") == (1 if fwd else 0)
+        assert fwd is None or fwd in lines
+        assert lines.count(b"X-Forwarded-Host: a.test") == 1
+        assert names.count(b"x-forwarded-host") == 1
+
+
+def test_the_fast_lane_leaves_forwarded_and_unnormalised_targets_to_the_reader() -> None:
+    assert http1.quick_request(b"GET / HTTP/1.1\r\nHost: a\r\nForwarded: for=x\r\n\r\n") is None
+    for target in (b"/p/../x", b"/p/%2e%2e/x", b"//x", b"http://a/", b"/p/./x"):
+        assert http1.quick_request(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n") is None
+    assert http1.quick_request(b"GET /p/x?a=../b HTTP/1.1\r\nHost: a\r\n\r\n") is not None
+
+
+def test_an_absolute_form_target_wins_over_host_and_is_forwarded_in_origin_form() -> None:
+    head = req("GET http://Admin.Internal:8080/a/../b?q=1 HTTP/1.1", "Host: public", "Accept: */*")
+    r = http1.parse_request_head(head)
+    assert r is not None
+    assert r.host == b"Admin.Internal:8080" and r.target == b"/b?q=1"
+    fields = http1.request_forwarded_fields(r, b"127.0.0.1", b"id")
+    lines = http1.edit_request_head(head, r, fields).split(b"\r\n")
+    assert lines[0] == b"GET /b?q=1 HTTP/1.1"
+    hosts = [line for line in lines if line.lower().startswith(b"host:")]
+    assert hosts == [b"Host: Admin.Internal:8080"]
+    assert b"Accept: */*" in lines
+    # HTTP/1.0 needs no Host: the authority is sent as one.
+    r0 = http1.parse_request_head(b"GET http://a.test HTTP/1.0\r\n\r\n")
+    assert r0 is not None and r0.target == b"/" and r0.host == b"a.test"
+    out = http1.edit_request_head(b"GET http://a.test HTTP/1.0\r\n\r\n", r0, b"")
+    assert out == b"GET / HTTP/1.0\r\nHost: a.test\r\n\r\n"
+
+
+def test_bad_targets_and_paths_that_climb_above_the_root_get_400() -> None:
+    for target in (
+        b"/../x",
+        b"/a/../../x",
+        b"/%2e%2e/x",
+        b"/a/%zz",
+        b"http://u@a/",
+        b"ftp://a/",
+        b"http:///x",
+        b"a/b",
+        b"*",
+    ):
+        with pytest.raises(http1.ProtocolError) as e:
+            http1.parse_request_head(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert e.value.status == 400, target
+    r = http1.parse_request_head(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert r is not None and r.target == b"*"
+
+
+def test_a_normalised_path_is_what_is_forwarded() -> None:
+    head = req("GET /p/%2E%2e/x/./y//z HTTP/1.1", "Host: a")
+    r = http1.parse_request_head(head)
+    assert r is not None and r.target == b"/x/y/z" and r.host == b"a"
+    out = http1.edit_request_head(head, r, b"")
+    assert out == b"GET /x/y/z HTTP/1.1\r\nHost: a\r\n\r\n"

@@ -70,3 +70,21 @@ def test_hash_keys_from_a_header_a_cookie_or_the_client() -> None:
     r = Router([Route(c)], {"web": "cookie:sid"})
     assert r.key(c, raw, b"ip") == b"s42"
     assert r.key(cluster("other"), raw, b"ip") is None
+
+
+def test_an_absolute_form_target_routes_by_its_authority_not_host() -> None:
+    admin, public = cluster("admin"), cluster("public")
+    r = Router([Route(admin, host=b"admin.internal"), Route(public, host=b"public")], {})
+    assert r.route(head(b"/", b"public")) is public
+    assert r.route(head(b"http://admin.internal/", b"public")) is admin
+    assert r.route(head(b"http://nobody.test/", b"public")) is None
+    assert r.route(head(b"HTTP://PUBLIC:80/x", b"admin.internal")) is public
+
+
+def test_dot_segments_cannot_escape_a_prefix() -> None:
+    p, other = cluster("p"), cluster("other")
+    r = Router([Route(p, prefix=b"/p/"), Route(other, host=b"only.test")], {})
+    for target in (b"/p/../x", b"/p/%2e%2e/x", b"/p/%2E%2E/x", b"/p/.%2e/x", b"/p//../x"):
+        assert r.route(head(target)) is None, target
+    assert r.route(head(b"/p/./x")) is p
+    assert r.route(head(b"/q/../p/x")) is p

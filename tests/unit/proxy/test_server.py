@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from dockmesh.proxy.exchange import HEAD, WAIT
+from dockmesh.proxy.exchange import CLOSED, HEAD, TUNNEL, WAIT
 from dockmesh.proxy.server import ClientConn
 from dockmesh.proxy.settings import Limits
 from dockmesh.resilience.breaker import BreakerState
@@ -435,3 +435,51 @@ def test_a_head_over_the_limit_is_refused_in_one_read_as_in_several(
     _, cluster, client = setup(loop, limits=limits)
     client.data_received(fits)
     assert client.up is not None and client.up.upstream.requests == 1
+
+
+def _tunnel(loop: asyncio.AbstractEventLoop) -> tuple[Any, ClientConn, Any]:
+    proxy, cluster, _ = setup(loop, n=1)
+    client = ClientConn(proxy)
+    client.connection_made(cast(Any, FakeTransport(proxy.flush)))
+    client.data_received(UPGRADE)
+    conn = client.up
+    assert conn is not None
+    conn.data_received(SWITCHED)
+    assert client.state == TUNNEL
+    return cluster, client, conn
+
+
+@pytest.mark.parametrize("first", ["client", "upstream"])
+def test_a_tunnel_half_closed_passes_the_eof_on_and_closes_once_both_sides_did(
+    loop: asyncio.AbstractEventLoop, first: str
+) -> None:
+    """Both EOFs were kept open for writing and nothing closed until `tunnel_idle` (an hour):
+    each tunnel held two descriptors and one of its upstream's connection slots."""
+    cluster, client, conn = _tunnel(loop)
+    (up,) = cluster.upstreams.values()
+    c_t, u_t = transport(client.transport), transport(conn.transport)
+    sides = [client, conn] if first == "client" else [conn, client]
+    assert sides[0].eof_received() is True  # half-closed: the other side may still send
+    first_t, other_t = (c_t, u_t) if first == "client" else (u_t, c_t)
+    assert other_t.eof_written and not first_t.closed and client.state == TUNNEL
+    assert sides[1].eof_received() is None
+    assert first_t.closed and not first_t.aborted and client.state == CLOSED
+    assert client.up is None and conn.client is None
+    assert up.in_flight == 0 and up.failures == 0
+
+
+def test_a_tunnel_half_closed_too_long_or_idle_too_long_is_closed(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    _, client, conn = _tunnel(loop)
+    t = client.proxy.timeouts
+    now = client.proxy.loop.time()
+    assert conn.eof_received() is True
+    client.check_timeouts(now + t.tunnel_half_closed_s / 2, t)
+    assert client.state == TUNNEL and not transport(conn.transport).closed
+    client.check_timeouts(now + t.tunnel_half_closed_s + 1, t)
+    assert client.state == CLOSED
+    assert transport(client.transport).closed and transport(conn.transport).closed
+    _, idle, idle_conn = _tunnel(loop)
+    idle.check_timeouts(idle.proxy.loop.time() + t.tunnel_idle_s + 1, t)
+    assert idle.state == CLOSED and transport(idle_conn.transport).closed
