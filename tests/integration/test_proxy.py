@@ -11,7 +11,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,21 +194,89 @@ def test_connect_failures_are_retried_elsewhere(tmp_path: Path, three: list[Back
 def test_an_upstream_that_keeps_failing_opens_its_breaker_and_then_503_says_why(
     tmp_path: Path,
 ) -> None:
-    with backends(1) as (b,):
-        p = ProxyProc(tmp_path, "--backend", b.url)
+    # The upstream failing itself (503), with 500 counted and panic off so that the one host
+    # may go: the cap still keeps half of two, so the breaker that opens is the first's only.
+    with backends(2) as (a, b):
+        p = ProxyProc(
+            tmp_path,
+            "--backend",
+            a.url,
+            "--backend",
+            b.url,
+            "--failure-statuses",
+            "500,502,503,504",
+            "--panic-threshold",
+            "0",
+        )
         try:
             codes = []
-            for _ in range(8):
+            for _ in range(12):
                 conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
                 conn.request("POST", "/status/500", body=b"x")
                 r = conn.getresponse()
                 codes.append((r.status, r.read()))
                 conn.close()
             assert codes[0][0] == 500
-            assert p.status()["upstreams"][0]["breaker"] == "open"
-            status, body = codes[-1]
-            assert status == 503
-            assert b"circuit" in body or b"no healthy upstream" in body
+            breakers = sorted(u["breaker"] for u in p.status()["upstreams"])
+            assert breakers == ["closed", "open"]  # 50% of 2: one out, never both
+            assert all(status == 500 for status, _ in codes)  # the other still answers
+        finally:
+            p.stop()
+
+
+def _hammer(url: str, stop: threading.Event, codes: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                codes.append(r.status)
+        except urllib.error.HTTPError as e:
+            codes.append(e.code)
+        except OSError:
+            codes.append(0)
+
+
+def test_a_client_asking_for_500s_leaves_everyone_elses_requests_alone(tmp_path: Path) -> None:
+    with backends(3) as bs:
+        p = ProxyProc(tmp_path, *[a for b in bs for a in ("--backend", b.url)])
+        try:
+            stop = threading.Event()
+            bad: list[int] = []
+            hammer = threading.Thread(target=_hammer, args=(p.url + "/status/500", stop, bad))
+            hammer.start()
+            good: list[int] = []
+            try:
+                deadline = time.monotonic() + 3
+                while time.monotonic() < deadline:
+                    with urlopen(p.url + "/echo") as r:
+                        good.append(r.status)
+            except urllib.error.HTTPError as e:
+                good.append(e.code)
+            finally:
+                stop.set()
+                hammer.join()
+            assert len(bad) >= 15 and set(bad) == {500}
+            assert len(good) >= 15 and set(good) == {200}
+            ups = p.status()["upstreams"]
+            assert all(u["breaker"] == "closed" for u in ups)
+        finally:
+            p.stop()
+
+
+def test_one_upstream_answering_errors_is_never_taken_out(tmp_path: Path) -> None:
+    with backends(1) as (b,):
+        p = ProxyProc(tmp_path, "--backend", b.url)
+        try:
+            for status in (500, 503):
+                codes = []
+                for _ in range(20):
+                    try:
+                        urlopen(f"{p.url}/status/{status}")
+                    except urllib.error.HTTPError as e:
+                        codes.append(e.code)
+                assert codes == [status] * 20  # the upstream's answer, relayed: never the proxy's
+            with urlopen(p.url + "/echo") as r:
+                assert r.status == 200
+            assert p.status()["upstreams"][0]["breaker"] == "closed"
         finally:
             p.stop()
 
@@ -225,6 +296,10 @@ def test_no_upstream_and_bad_flags(tmp_path: Path) -> None:
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     r = proxy_cli("--backend", "ftp://x")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    for flag, value in (("--failure-statuses", "404"), ("--max-ejection-percent", "120")):
+        r = proxy_cli("--backend", "http://127.0.0.1:1", flag, value)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert flag in r.stderr
     bad = tmp_path / "routes.yaml"
     bad.write_text(
         "routes:\n  - prefix: /a\n    service: api\n  - prefix: nope\n    backends: [ftp://x]\n"

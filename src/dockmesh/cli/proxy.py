@@ -87,6 +87,37 @@ def register(app: typer.Typer) -> None:
                 max=86400,
             ),
         ] = 30.0,
+        failure_statuses: Annotated[
+            str,
+            typer.Option(
+                "--failure-statuses",
+                help="Upstream statuses that count against a host (breaker, ejection), besides "
+                "connect errors, resets and timeouts (add 500 to count the application's "
+                "errors). A routes file's passive: section wins over these three flags.",
+            ),
+        ] = "502,503,504",
+        max_ejection_percent: Annotated[
+            float,
+            typer.Option(
+                "--max-ejection-percent",
+                min=0.0,
+                max=100.0,
+                callback=finite,
+                help="At most this share of hosts out at once (breaker open or ejected), "
+                "never the last one.",
+            ),
+        ] = 50.0,
+        panic_threshold: Annotated[
+            float,
+            typer.Option(
+                "--panic-threshold",
+                min=0.0,
+                max=100.0,
+                callback=finite,
+                help="Below this percentage of hosts available, balance over all of them "
+                "(0 turns panic off).",
+            ),
+        ] = 50.0,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
@@ -135,6 +166,17 @@ def register(app: typer.Typer) -> None:
         if not 1 <= workers <= 256:
             raise UserError("--workers must be from 1 to 256")
         admin_bind = parse_hostport(admin, "--admin") if admin else None
+        from dockmesh.resilience.passive import parse_statuses
+
+        try:
+            statuses = parse_statuses(failure_statuses)
+        except ValueError as e:
+            raise UserError(f"--failure-statuses {e}") from None
+        passive: dict[str, Any] = {
+            "failure_statuses": statuses,
+            "max_ejection_percent": max_ejection_percent,
+            "panic_threshold": panic_threshold,
+        }
         try:
             run_proxy(
                 ProxyOptions(
@@ -148,6 +190,7 @@ def register(app: typer.Typer) -> None:
                     file=file,
                     config_path=config,
                     drain_timeout=drain_timeout,
+                    passive=passive,
                 )
             )
         except PortServed as e:

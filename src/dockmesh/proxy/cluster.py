@@ -11,6 +11,11 @@ serving: they hold their `Upstream` and finish; only its idle pooled connections
 Eligibility (healthy, not ejected, breaker admitting) is computed once per change, not per
 request: the hot path reads a cached tuple while every breaker is closed and nobody is
 ejected, and rebuilds it per pick only while something is degraded.
+
+Passive health (`resilience.passive`): only the upstream's failures count against a host; open
+breakers and ejections share one cap (`max_ejection_percent` of the hosts, never the last);
+while fewer than `panic_threshold_percent` of the healthy hosts are available, `eligible` gives
+all of them (`panic`), and an attempt to a host whose breaker refuses goes ahead ticketless.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Generic, Protocol, TypeVar
 from dockmesh.resilience.balance import Balancer, Rng, make_balancer
 from dockmesh.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from dockmesh.resilience.outlier import OutlierDetector, OutlierPolicy
+from dockmesh.resilience.passive import PassivePolicy, in_panic, is_upstream_failure, out_cap
 from dockmesh.resilience.retry import RetryBudget
 
 
@@ -125,19 +131,30 @@ class Cluster(Generic[P]):
         rng: Rng,
         breaker_policy: BreakerPolicy | None = None,
         outlier_policy: OutlierPolicy | None = None,
+        passive: PassivePolicy | None = None,
     ) -> None:
         self.name = name
         self.balance = balance
         self.clock = clock
         self.balancer: Balancer = make_balancer(balance, rng)
         self.breaker_policy = breaker_policy or BreakerPolicy()
+        self.passive = passive = passive or PassivePolicy()
+        self.failure_statuses = passive.failure_statuses
         self.outlier = OutlierDetector(
-            outlier_policy or OutlierPolicy(max_ejection_percent=50.0), clock
+            outlier_policy
+            or OutlierPolicy(
+                max_ejection_percent=passive.max_ejection_percent,
+                failure_statuses=passive.failure_statuses,
+            ),
+            clock,
         )
         self.budget = RetryBudget(clock)
         self.upstreams: dict[str, Upstream[P]] = {}
         self._eligible: tuple[str, ...] = ()
         self.degraded = False
+        # Set by `eligible` while too few hosts are available: every healthy one is used.
+        self.panic = False
+        self.panics = 0
         self.retries = 0
         self.ejections = 0
         # Set by the discovery watch once it has heard from the agent: until then "no
@@ -181,6 +198,19 @@ class Cluster(Generic[P]):
         self.degraded = bool(self.outlier.ejected()) or any(
             u.breaker.state is not BreakerState.CLOSED for u in ups.values()
         )
+        if not self.degraded:
+            self.panic = False
+
+    def counts_against(self, status: int | None) -> bool:
+        """Whether a result is the upstream's failure (not the application's answer)."""
+        return is_upstream_failure(status, self.failure_statuses)
+
+    def may_take_out(self) -> bool:
+        """Whether one more host may go out (its breaker open, or ejected) without more hosts
+        out than the cap allows: breakers and ejections share the one cap."""
+        ups = self.upstreams
+        out = {a for a, u in ups.items() if not u.breaker.closed} | self.outlier.ejected()
+        return len(out) < out_cap(len(ups), self.passive.max_ejection_percent)
 
     # --- the hot path ---------------------------------------------------------------------
 
@@ -191,9 +221,14 @@ class Cluster(Generic[P]):
         if not self.degraded:
             return self._eligible
         ups, outlier = self.upstreams, self.outlier
-        return [
+        available = [
             a for a in self._eligible if ups[a].breaker.would_admit() and not outlier.is_ejected(a)
         ]
+        panic = in_panic(len(self._eligible), len(available), self.passive.panic_threshold_percent)
+        if panic and not self.panic:
+            self.panics += 1
+        self.panic = panic
+        return self._eligible if panic else available
 
     def pick(
         self, key: bytes | None = None, tried: Sequence[Upstream[P]] = ()

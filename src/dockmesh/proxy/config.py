@@ -14,6 +14,10 @@
       - prefix: /
         backends: [http://127.0.0.1:9001, http://127.0.0.1:9002]
         health: /health              # the active check's path for backends (default /)
+    passive:                         # passive health (resilience/passive.py), as the flags
+      failure_statuses: [502, 503, 504]  # what counts against a host (add 500 to count it)
+      max_ejection_percent: 50       # hosts out (breaker open or ejected) at most; never all
+      panic_threshold: 50            # below this % available, balance over every host
 
 A wrong file is reported as `FILE:LINE: path: problem`, every problem at once, and nothing
 starts (exit 2). Pure: text in, settings or problems out.
@@ -33,6 +37,7 @@ from dockmesh.projectfile.problems import Path, Problem
 from dockmesh.projectfile.yamlpos import load_located_bytes
 from dockmesh.proxy import paths
 from dockmesh.resilience.balance import BALANCERS
+from dockmesh.resilience.passive import parse_statuses
 
 BALANCE_HELP = "round_robin|weighted|least_request|p2c|hash:<header>"
 
@@ -53,6 +58,8 @@ class FileSettings:
     routes: list[RouteSpec] = field(default_factory=list)
     timeouts: dict[str, float] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)
+    # failure_statuses (frozenset), max_ejection_percent, panic_threshold: those given only.
+    passive: dict[str, Any] = field(default_factory=dict)
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         default_factory=list
     )
@@ -122,13 +129,15 @@ def _section(
     return {k: v for k, v in section.items() if k in known}
 
 
+_TOP = ("routes", "timeouts", "limits", "trusted_proxies", "passive")
+
+
 def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
     problems: list[Problem] = []
     for key in data:
-        if key not in ("routes", "timeouts", "limits", "trusted_proxies"):
-            problems.append(
-                Problem((key,), "unknown key (expected routes, timeouts, limits, trusted_proxies)")
-            )
+        if key not in _TOP:
+            problems.append(Problem((key,), f"unknown key (expected {', '.join(_TOP)})"))
+    _check_passive(data, out, problems)
     trusted = data.get("trusted_proxies") or []
     if not isinstance(trusted, list):
         problems.append(Problem(("trusted_proxies",), "must be a list of CIDRs"))
@@ -218,3 +227,20 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
             spec.health_path = health
         out.routes.append(spec)
     return problems
+
+
+_PASSIVE = ("failure_statuses", "max_ejection_percent", "panic_threshold")
+
+
+def _check_passive(data: dict[str, Any], out: FileSettings, problems: list[Problem]) -> None:
+    for k, v in _section(data, "passive", _PASSIVE, "setting", problems).items():
+        if k == "failure_statuses":
+            items = v if isinstance(v, list) else [v]
+            try:
+                out.passive[k] = parse_statuses(",".join(str(i) for i in items))
+            except ValueError as e:
+                problems.append(Problem(("passive", k), f"{e}: expected a list such as [502, 503]"))
+        elif isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
+            problems.append(Problem(("passive", k), "must be a percentage from 0 to 100"))
+        else:
+            out.passive[k] = float(v)

@@ -166,6 +166,10 @@ class Exchange(Generic[P]):
             ticket = up.breaker.admit()
             if ticket is not None:
                 break
+            if cluster.panic:
+                # Too few hosts available: this one is tried in spite of its breaker, with no
+                # ticket, so its result moves no breaker.
+                break
             # Refused (half-open, its probes taken): nothing reached it; ask the next.
             cluster.changed()
             self.tried += (up,)
@@ -200,14 +204,17 @@ class Exchange(Generic[P]):
                 balancer.finished(up.addr, latency)
             ticket = self.ticket
             self.ticket = None
-            if status is None or status >= 500:
-                # A failure: the breaker, the outlier detector, and so who is eligible.
+            if status is None or (status >= 500 and cluster.counts_against(status)):
+                # The upstream's failure (an application's 500 is not, unless configured): the
+                # breaker, the outlier detector, and so who is eligible.
                 up.failures += 1
                 up.failures_in_row += 1
+                may_take_out = cluster.may_take_out()
                 if ticket is not None:
-                    up.breaker.failure(ticket)
+                    breaker = up.breaker
+                    breaker.failure(ticket, not breaker.closed or may_take_out)
                 outlier = cluster.outlier
-                if outlier.record(up.addr, status):
+                if outlier.record(up.addr, status, up.breaker.closed and may_take_out):
                     cluster.ejections += 1
                 if ticket is not None or outlier.ejected():
                     cluster.changed()

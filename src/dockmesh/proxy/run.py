@@ -32,6 +32,7 @@ from dockmesh.proxy.config import FileSettings, RouteSpec, load_config
 from dockmesh.proxy.discovery import check_health, watch_service
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
+from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, PassivePolicy
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class ProxyOptions:
     config_path: str | None = None
     # How long in-flight requests get to finish after SIGTERM.
     drain_timeout: float = 30.0
+    # Passive health's settings from the flags; the file's `passive:` wins over them, as a
+    # route's balance wins over --balance.
+    passive: dict[str, Any] = field(default_factory=dict)
 
 
 def read_config(path: str) -> FileSettings:
@@ -87,6 +91,12 @@ def build_settings(
     if "max_connections_per_upstream" in file.limits:
         limits.max_connections_per_upstream = file.limits["max_connections_per_upstream"]
     timeouts = Timeouts(**{f"{k}_s": v for k, v in file.timeouts.items()})
+    given = {**opts.passive, **file.passive}
+    passive = PassivePolicy(
+        failure_statuses=given.get("failure_statuses", DEFAULT_FAILURE_STATUSES),
+        max_ejection_percent=given.get("max_ejection_percent", 50.0),
+        panic_threshold_percent=given.get("panic_threshold", 50.0),
+    )
     clusters: dict[str, Cluster[Any]] = {}
     routes: list[Route] = []
     made: list[tuple[Cluster[Any], RouteSpec]] = []
@@ -98,10 +108,14 @@ def build_settings(
         cluster = clusters.get(key)
         if cluster is None:
             name = spec.service or spec.name
-            full = f"{name}|{key}|{balance}|{spec.health_path}"
+            # Kept across a reload only when nothing that makes it differs (passive health
+            # included: a changed policy makes a new cluster).
+            full = f"{name}|{key}|{balance}|{spec.health_path}|{passive!r}"
             cluster = before.get(full)
             if cluster is None:
-                cluster = Cluster(name, balance, clock=time.monotonic, rng=random.Random())
+                cluster = Cluster(
+                    name, balance, clock=time.monotonic, rng=random.Random(), passive=passive
+                )
                 if spec.backends:
                     cluster.set_members(dict.fromkeys(spec.backends, 1))
             if known is not None:

@@ -161,7 +161,10 @@ class CircuitBreaker:
             if self.successes >= self.policy.close_after:
                 self._to(BreakerState.CLOSED)
 
-    def failure(self, ticket: Ticket) -> None:
+    def failure(self, ticket: Ticket, may_open: bool = True) -> None:
+        """A failed call. With `may_open` False (its cluster has as many hosts out as it may),
+        a closed breaker counts the failure but stays closed; it trips on a later failure once
+        it may."""
         if ticket != self.epoch:
             return
         if self._state is BreakerState.CLOSED:
@@ -172,8 +175,9 @@ class CircuitBreaker:
             self._counts.add(now, 1)
             results, failures = self._counts.totals
             p = self.policy
-            if self.consecutive >= p.consecutive_failures or (
-                results >= p.min_requests and failures >= p.failure_ratio * results
+            if may_open and (
+                self.consecutive >= p.consecutive_failures
+                or (results >= p.min_requests and failures >= p.failure_ratio * results)
             ):
                 self._to(BreakerState.OPEN)
         elif self._state is BreakerState.HALF_OPEN:

@@ -6,12 +6,14 @@ Theory of operation
 Each host's results are reported with `record(host, status)`: an HTTP status, or None for a
 gateway failure without a status (connect refused, reset, timed out). Two counters per host:
 
-- consecutive 5xx: any status >= 500 or a gateway failure;
+- consecutive failures (`consecutive_5xx`): a gateway failure or a status in
+  `failure_statuses` (default 502, 503, 504: an application's 500 is not the host failing);
 - consecutive gateway failures: 502, 503, 504 or a gateway failure.
 
-A status below 500 resets both. When one reaches its threshold the host is ejected, unless
+Any other status resets both. When one reaches its threshold the host is ejected, unless
 ejecting it would put the number of ejected hosts over the cap: `max_ejection_percent` of the
-hosts, rounded down, but at least one (Envoy's rule: one host can always be ejected). An
+hosts, rounded down, and never the last host (`passive.out_cap`: with one upstream, nothing is
+ejected, unlike Envoy, whose rule lets one host always go). An
 ejected host stays out for `base_ejection_s * times_ejected` (capped at `max_ejection_s`), then
 returns on its own (decided lazily, when asked after the time has passed); its counters start
 again from zero. `times_ejected` goes back down by one for every `base_ejection_s * 2` a host
@@ -26,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, is_upstream_failure, out_cap
+
 
 @dataclass(frozen=True, slots=True)
 class OutlierPolicy:
@@ -34,6 +38,7 @@ class OutlierPolicy:
     base_ejection_s: float = 30.0
     max_ejection_s: float = 300.0
     max_ejection_percent: float = 10.0
+    failure_statuses: frozenset[int] = DEFAULT_FAILURE_STATUSES
 
     def __post_init__(self) -> None:
         if self.consecutive_5xx < 1 or self.consecutive_gateway_failures < 1:
@@ -70,10 +75,7 @@ class OutlierDetector:
         self.hosts = {h: self.hosts.get(h) or HostRecord(forgiven_at=now) for h in keep}
 
     def cap(self) -> int:
-        n = len(self.hosts)
-        if n == 0 or self.policy.max_ejection_percent == 0:
-            return 0
-        return max(1, int(n * self.policy.max_ejection_percent // 100))
+        return out_cap(len(self.hosts), self.policy.max_ejection_percent)
 
     def _refresh(self, rec: HostRecord, now: float) -> None:
         if rec.ejected_until is not None and now >= rec.ejected_until:
@@ -103,12 +105,13 @@ class OutlierDetector:
                 out.add(h)
         return out
 
-    def record(self, host: str, status: int | None) -> bool:
-        """Reports one result; True when it ejected the host."""
+    def record(self, host: str, status: int | None, may_eject: bool = True) -> bool:
+        """Reports one result; True when it ejected the host. With `may_eject` False (its
+        cluster has as many hosts out as it may, counting open breakers), it is counted only."""
         rec = self.hosts.get(host)
         if rec is None:
             return False
-        if status is not None and status < 500:
+        if not is_upstream_failure(status, self.policy.failure_statuses):
             rec.five_xx = rec.gateway = 0
             return False
         now = self._clock()
@@ -121,7 +124,7 @@ class OutlierDetector:
         p = self.policy
         if rec.five_xx < p.consecutive_5xx and rec.gateway < p.consecutive_gateway_failures:
             return False
-        if len(self.ejected()) >= self.cap():
+        if not may_eject or len(self.ejected()) >= self.cap():
             return False
         rec.times_ejected += 1
         rec.ejections += 1

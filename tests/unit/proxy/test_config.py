@@ -78,6 +78,27 @@ def test_backends_and_balancers_from_the_flags() -> None:
     assert "not a balancer" in (check_balance("fastest") or "")
 
 
+def test_the_passive_section() -> None:
+    s = load_config(
+        b"passive: {failure_statuses: [500, 502], max_ejection_percent: 30, panic_threshold: 0}\n",
+        "routes.yaml",
+    )
+    assert s.passive == {
+        "failure_statuses": frozenset({500, 502}),
+        "max_ejection_percent": 30.0,
+        "panic_threshold": 0.0,
+    }
+    with pytest.raises(SpecError) as e:
+        load_config(
+            b"passive:\n  failure_statuses: [404]\n  max_ejection_percent: 120\n  bogus: 1\n",
+            "r.yaml",
+        )
+    text = str(e.value)
+    assert "r.yaml:2: passive.failure_statuses" in text
+    assert "r.yaml:3: passive.max_ejection_percent" in text
+    assert "r.yaml:4: passive.bogus" in text
+
+
 def test_trusted_proxies_are_cidrs_and_none_by_default() -> None:
     assert load_config(GOOD, "r.yaml").trusted_proxies == []
     s = load_config(b"trusted_proxies: [10.0.0.0/8, 127.0.0.1, '::1']\n", "r.yaml")

@@ -26,6 +26,7 @@ from dockmesh.proxy.exchange import (
     Exchange,
 )
 from dockmesh.resilience.breaker import BreakerPolicy, BreakerState
+from dockmesh.resilience.passive import PassivePolicy
 from dockmesh.resilience.retry import FAIL, MAX_ATTEMPTS, RESEND, RETRY, RETRYABLE_STATUSES
 from dockmesh.testing.clock import ManualClock
 
@@ -42,7 +43,9 @@ def request(
     return req
 
 
-def cluster(clock: ManualClock, n: int = 3, probes: int = 1) -> Cluster[Any]:
+def cluster(
+    clock: ManualClock, n: int = 3, probes: int = 1, passive: PassivePolicy | None = None
+) -> Cluster[Any]:
     c: Cluster[Any] = Cluster(
         "c",
         "round_robin",
@@ -51,6 +54,7 @@ def cluster(clock: ManualClock, n: int = 3, probes: int = 1) -> Cluster[Any]:
         breaker_policy=BreakerPolicy(
             consecutive_failures=2, open_base_s=1, half_open_probes=probes
         ),
+        passive=passive,
     )
     c.set_members({f"10.0.0.{i}:80": 1 for i in range(1, n + 1)})
     return c
@@ -121,9 +125,69 @@ def test_no_route_and_no_upstream_say_why() -> None:
     assert ex.end_attempt(NO_VERDICT, 0.0, True) is True and ex.state == HEAD
 
 
-def test_refusing_breakers_are_skipped_until_none_is_left() -> None:
+def test_an_application_500_moves_no_breaker_and_ejects_no_host() -> None:
     clock = ManualClock()
     c = cluster(clock, n=2)
+    for _ in range(50):
+        ex: Exchange[Any] = Exchange()
+        up = ex.begin_attempt(c, request(), None, clock.t)
+        assert up is not None
+        ex.end_attempt(500, clock.t, True)
+    assert all(u.breaker.closed and u.failures == 0 for u in c.upstreams.values())
+    assert not c.outlier.ejected() and not c.degraded
+
+
+def test_a_500_counts_when_configured() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=2, passive=PassivePolicy(failure_statuses=frozenset({500, 502})))
+    ex: Exchange[Any] = Exchange()
+    up = ex.begin_attempt(c, request(), None, clock.t)
+    assert up is not None
+    ex.end_attempt(500, clock.t, True)
+    assert up.failures == 1
+
+
+def test_gateway_failures_open_at_most_the_capped_share_of_breakers() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=4)
+    for _ in range(40):
+        ex: Exchange[Any] = Exchange()
+        up = ex.begin_attempt(c, request(), None, clock.t)
+        assert up is not None
+        ex.end_attempt(None, clock.t, True)
+    opened = sum(not u.breaker.closed for u in c.upstreams.values())
+    assert opened == 2  # 50% of 4
+
+
+def test_one_upstream_is_never_taken_out() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=1)
+    (only,) = c.upstreams.values()
+    for _ in range(20):
+        ex: Exchange[Any] = Exchange()
+        assert ex.begin_attempt(c, request(), None, clock.t) is only
+        ex.end_attempt(503, clock.t, True)
+    assert only.breaker.closed and not c.outlier.ejected()
+
+
+def test_panic_uses_every_host_when_too_few_are_available() -> None:
+    clock = ManualClock()
+    c = cluster(clock, n=2)
+    first, second = c.upstreams.values()
+    first.breaker._to(BreakerState.OPEN)
+    second.breaker._to(BreakerState.OPEN)
+    c.changed()
+    ex: Exchange[Any] = Exchange()
+    up = ex.begin_attempt(c, request(), None, clock.t)
+    assert up is not None and c.panic and ex.ticket is None
+    ex.end_attempt(200, clock.t, True)
+    assert c.panics == 1
+
+
+def test_refusing_breakers_are_skipped_until_none_is_left() -> None:
+    clock = ManualClock()
+    # Panic off: what is tested is the skipping (panic is tested below).
+    c = cluster(clock, n=2, passive=PassivePolicy(panic_threshold_percent=0))
     first, second = c.upstreams.values()
     first.breaker._to(BreakerState.HALF_OPEN)
     assert first.breaker.admit() is not None  # its one probe taken
@@ -345,6 +409,37 @@ def test_the_invariants_hold_whatever_happens(
             break
         d.step(choice, x, flag)
         d.check()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.lists(
+        st.tuples(st.sampled_from([None, 200, 404, 500, 502, 503, 504]), st.floats(0, 3)),
+        max_size=150,
+    ),
+)
+def test_no_run_of_results_takes_out_more_than_the_cap(
+    n: int, steps: list[tuple[int | None, float]]
+) -> None:
+    # Any run of results on a real cluster: never more hosts out (breaker not closed, or
+    # ejected) than the cap, never the last one, every request finds an upstream (panic), and
+    # the application's 500s alone leave everything as it was.
+    clock = ManualClock()
+    c = cluster(clock, n=n)
+    cap = n * 50 // 100 if n > 1 else 0
+    only_500 = all(s in (200, 404, 500) for s, _ in steps)
+    for status, dt in steps:
+        clock.t += dt
+        c.tick(clock.t, 15.0)
+        ex: Exchange[Any] = Exchange()
+        assert ex.begin_attempt(c, request(), None, clock.t) is not None
+        ex.end_attempt(status, clock.t, True)
+        ups = c.upstreams.values()
+        opened = {u.addr for u in ups if not u.breaker.closed}
+        assert len(opened | c.outlier.ejected()) <= cap
+        if only_500:
+            assert not opened and not c.outlier.ejected()
 
 
 @given(

@@ -94,3 +94,23 @@ def test_a_port_another_process_serves_is_refused_even_with_so_reuseport() -> No
     finally:
         other.close()
     check_port_free("127.0.0.1", port)  # free again
+
+
+def test_passive_health_from_the_flags_and_the_file() -> None:
+    settings, _ = build_settings(ProxyOptions(listen=("127.0.0.1", 0), backends=["10.0.0.1:80"]))
+    passive = settings.routes[0].cluster.passive
+    assert passive.failure_statuses == frozenset({502, 503, 504})
+    assert passive.max_ejection_percent == 50 and passive.panic_threshold_percent == 50
+    file = FileSettings(passive={"max_ejection_percent": 20.0})
+    settings, _ = build_settings(
+        ProxyOptions(
+            listen=("127.0.0.1", 0),
+            backends=["10.0.0.1:80"],
+            file=file,
+            passive={"failure_statuses": frozenset({500}), "max_ejection_percent": 90.0},
+        )
+    )
+    passive = settings.routes[0].cluster.passive
+    assert passive.failure_statuses == frozenset({500})  # the flag
+    assert passive.max_ejection_percent == 20  # the file wins over the flag
+    assert settings.routes[0].cluster.outlier.policy.max_ejection_percent == 20

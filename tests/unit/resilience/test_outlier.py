@@ -41,6 +41,7 @@ def test_ejections_never_exceed_the_cap(
             until[host] = clock.t + policy.max_ejection_s
         ejected = d.ejected()
         assert len(ejected) <= d.cap()
+        assert len(ejected) < n  # never the last host
         assert all(clock.t < until[h] for h in ejected)
 
 
@@ -68,10 +69,30 @@ def test_consecutive_gateway_failures_eject_and_time_brings_back() -> None:
 
 def test_a_success_resets_the_count() -> None:
     d = OutlierDetector(
-        OutlierPolicy(consecutive_5xx=2, consecutive_gateway_failures=9), ManualClock()
+        # 500 counted on purpose here (it is not by default): the reset is what is tested.
+        OutlierPolicy(
+            consecutive_5xx=2,
+            consecutive_gateway_failures=9,
+            max_ejection_percent=50,  # one of two may go (the default 10% of 2 is none)
+            failure_statuses=frozenset({500, 502, 503, 504}),
+        ),
+        ManualClock(),
     )
     d.set_hosts(["a", "b"])
     d.record("a", 500)
     d.record("a", 200)
     assert not d.record("a", 500)
     assert d.record("a", 500)
+
+
+def test_an_application_500_never_ejects_by_default() -> None:
+    d = OutlierDetector(OutlierPolicy(consecutive_5xx=2, max_ejection_percent=50), ManualClock())
+    d.set_hosts(["a", "b"])
+    assert not any(d.record("a", 500) for _ in range(100))
+
+
+def test_the_last_host_is_never_ejected() -> None:
+    d = OutlierDetector(OutlierPolicy(max_ejection_percent=100), ManualClock())
+    d.set_hosts(["a"])
+    assert not any(d.record("a", None) for _ in range(100))
+    assert d.cap() == 0
