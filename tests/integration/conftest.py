@@ -148,13 +148,15 @@ def remove_policy_tables(table: str) -> None:
 # A policy table holds Docker's isolation for IPv6 for every bridge on the host (Docker 20.10
 # writes no ip6tables rules), so a test that observes Docker's own IPv6 forwarding cannot run
 # while any test's policy table exists. Every integration test holds this lock shared; one
-# marked raw_ipv6 holds it exclusive. (Tests run in several processes: a file lock.)
+# marked raw_ipv6 holds it exclusive. So does one marked alone: it measures latency under a
+# load it makes itself, which other tests' containers beside it on 2 cores would swamp.
+# (Tests run in several processes: a file lock.)
 NFT_LOCK = Path("/tmp/dockmesh-tests-nft.lock")
 
 
 @pytest.fixture(autouse=True)
 def _policy_tables_lock(request: pytest.FixtureRequest) -> Iterator[None]:
-    exclusive = request.node.get_closest_marker("raw_ipv6") is not None
+    exclusive = any(request.node.get_closest_marker(m) for m in ("raw_ipv6", "alone"))
     with NFT_LOCK.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         try:

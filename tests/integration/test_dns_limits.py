@@ -32,7 +32,7 @@ from dockmesh.model.catalog import Instance
 from tests.integration.conftest import free_subnets
 from tests.integration.test_dns import LoopThread
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 PYTHON = "dockmesh/python:latest"
 NAME = "api.service.dockmesh"
