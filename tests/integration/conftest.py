@@ -21,12 +21,13 @@ import docker
 import docker.errors
 import pytest
 
-from dockmesh.engine.backend import EngineRef, default_url
+from dockmesh.engine.backend import DEFAULT_URL, EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.model.ipam import pick_free_subnets
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
 from dockmesh.ops.context import taken_subnets
+from dockmesh.testing.relay import CuttableRelay
 
 TOOLBOX = "dockmesh/toolbox:latest"
 HERE = Path(__file__).parent
@@ -183,3 +184,16 @@ def _no_lone_bridge_tables() -> Iterator[None]:
     for n in names:
         if len(n) == 3 and n[1] == "bridge" and n[2].startswith("dmt") and n[2] not in inet:
             subprocess.run(["nft", "delete", "table", "bridge", n[2]], capture_output=True)
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[CuttableRelay]:
+    """The engine's unix socket behind a relay the test cuts and restores (an outage
+    without stopping dockerd)."""
+    engine_url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
+    if not engine_url.startswith("unix://"):
+        pytest.skip("the relay stands in for a unix socket engine")
+    r = CuttableRelay(tmp_path / "docker.sock", engine_url.removeprefix("unix://"))
+    r.restore()
+    yield r
+    r.cut()

@@ -14,13 +14,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dockmesh.engine.backend import DEFAULT_URL
 from dockmesh.testing.relay import CuttableRelay
 from tests.integration.conftest import free_subnets
 from tests.integration.test_agent import AgentProc, dig, wait_until
@@ -42,17 +40,6 @@ def metric(agent: AgentProc, name: str) -> float:
     m = re.search(rf'^{name}\{{engine="local"\}} (\S+)$', text, re.M)
     assert m, f"{name} not in /metrics"
     return float(m.group(1))
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[CuttableRelay]:
-    engine_url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
-    if not engine_url.startswith("unix://"):
-        pytest.skip("the relay stands in for a unix socket engine")
-    r = CuttableRelay(tmp_path / "docker.sock", engine_url.removeprefix("unix://"))
-    r.restore()
-    yield r
-    r.cut()
 
 
 def test_a_container_killed_while_the_engine_is_cut_leaves_dns_and_passing_within_a_second(

@@ -9,18 +9,15 @@ later resync)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
 
-from dockmesh.engine.backend import DEFAULT_URL, EngineRef
+from dockmesh.engine.backend import EngineRef
 from dockmesh.engine.docker import DockerBackend
 from dockmesh.engine.watch import TopologyWatcher
 from dockmesh.model.topology import Topology, build_topology
@@ -30,17 +27,6 @@ from tests.integration.conftest import free_subnets
 pytestmark = pytest.mark.integration
 
 OPS = 160
-
-
-@pytest.fixture
-def relay(tmp_path: Path) -> Iterator[CuttableRelay]:
-    engine_url = os.environ.get("DOCKER_HOST") or DEFAULT_URL
-    if not engine_url.startswith("unix://"):
-        pytest.skip("the relay stands in for a unix socket engine")
-    r = CuttableRelay(tmp_path / "docker.sock", engine_url.removeprefix("unix://"))
-    r.restore()
-    yield r
-    r.cut()
 
 
 def ours(topo: Topology, prefix: str) -> tuple[set[tuple[Any, ...]], set[tuple[str, str]]]:
