@@ -10,6 +10,12 @@ characters, dots among them), repeated slashes are merged, and dot segments remo
 is forwarded too, so the upstream sees the very path that was matched. Other escapes
 (`%2F`, `%25`, ...) stay as they came: decoding them would change what the path means. The
 query is left alone.
+
+A dot segment hidden from this reading is refused instead: behind an encoded slash or a
+backslash (`/p/..%2Fx`, `/p/..%5Cx`, `/p/..\\x`: busybox httpd and nginx serving files decode
+`%2F` before resolving, IIS and WHATWG URL parsers take `\\` for `/`) or carrying path
+parameters (`/p/..;/x`: Tomcat and Jetty drop `;params` before resolving). Which reading the
+upstream has is unknown here, and a real path never holds one.
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ import re
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+# What some upstreams read as a segment's end, beside `/`.
+_OTHER_SEPARATOR = re.compile(rb"%2[Ff]|%5[Cc]|\\")
+
+
+def _hides_dot_segment(seg: bytes) -> bool:
+    """Whether `seg` (between two `/`) holds `.` or `..` once split at an encoded slash or a
+    backslash and stripped of `;params`."""
+    return any(p.partition(b";")[0] in (b".", b"..") for p in _OTHER_SEPARATOR.split(seg))
 
 
 def _decode_unreserved(m: re.Match[bytes]) -> bytes:
@@ -33,11 +47,14 @@ def normalise_path(path: bytes) -> bytes | None:
         return None
     if b"%" in path:
         path = _PERCENT.sub(_decode_unreserved, path)
+    hidden = b"%" in path or b";" in path or b"\\" in path
     out: list[bytes] = []
     trailing = False
     for seg in path.split(b"/")[1:]:
         if seg == b"" or seg == b".":
             trailing = True
+        elif hidden and seg != b".." and _hides_dot_segment(seg):
+            return None
         elif seg == b"..":
             if not out:
                 return None
@@ -63,6 +80,6 @@ def is_normal(target: bytes) -> bool:
     if not target.startswith(b"/"):
         return False
     path = target.partition(b"?")[0]
-    if b"%" not in path and b"/." not in path and b"//" not in path:
+    if b"%" not in path and b"/." not in path and b"//" not in path and b"\\" not in path:
         return True
     return normalise_target(target) == target

@@ -28,7 +28,8 @@ from dockmesh.proxy import paths
         (b"/p/..", b"/"),
         (b"/%7Euser/%41", b"/~user/A"),  # unreserved: decoded
         (b"/a%2Fb/%252e%252e", b"/a%2Fb/%252e%252e"),  # reserved and '%': kept
-        (b"/p/..%2f/x", b"/p/..%2f/x"),  # one segment, not a dot segment
+        (b"/p/...%2f/x", b"/p/...%2f/x"),  # one segment, no dot segment hidden in it
+        (b"/p/a%2Fb;v=1/%5C", b"/p/a%2Fb;v=1/%5C"),
         (b"/...", b"/..."),
     ],
 )
@@ -41,6 +42,44 @@ def test_normalise_path(path: bytes, normal: bytes) -> None:
 )
 def test_refused(path: bytes) -> None:
     assert paths.normalise_path(path) is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        b"/p/..%2f/x",  # busybox httpd and nginx serving files decode %2F, then resolve
+        b"/p/..%2Fx",
+        b"/p/%2e%2e%2Fx",
+        b"/p/x%2F..",
+        b"/p/..%5Cx",
+        b"/p/..\\x",  # IIS and WHATWG URL parsers read a backslash as a slash
+        b"/p/x\\..\\..\\admin",
+        b"/p/..;/x",  # Tomcat and Jetty drop ;params, then resolve
+        b"/p/%2E%2E;a=b/x",
+        b"/p/.;/x",
+    ],
+)
+def test_dot_segments_hidden_from_this_reading_are_refused(path: bytes) -> None:
+    assert paths.normalise_path(path) is None
+    assert not paths.is_normal(path)
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b".", b"..", b"%2e%2E", b"...", b"x;y"]), max_size=5),
+    st.sampled_from([b"%2F", b"%2f", b"%5C", b"%5c", b"\\", b";", b";v=1"]),
+)
+def test_no_dot_segment_survives_any_separator_an_upstream_may_read(
+    parts: list[bytes], sep: bytes
+) -> None:
+    """Whatever the proxy lets through holds no `.` or `..` segment even when `sep` is read
+    as a slash (or `;...` is dropped) by the upstream."""
+    norm = paths.normalise_path(b"/p/" + sep.join(parts))
+    if norm is None:
+        return
+    for sep_read in (b"%2F", b"%2f", b"%5C", b"%5c", b"\\"):
+        norm = norm.replace(sep_read, b"/")
+    for seg in norm.split(b"/"):
+        assert seg.partition(b";")[0] not in (b".", b"..", b"%2e%2E"), norm
 
 
 def test_the_query_is_left_alone() -> None:
