@@ -46,8 +46,8 @@ _FIELDS = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 # regular expression without IGNORECASE, which is several times faster than with it.
 _INTERESTING = re.compile(
     rb"\n(host|content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|"
-    rb"trailer|upgrade|expect|x-forwarded-for|x-forwarded-proto|x-forwarded-host|"
-    rb"x-request-id|proxy-authenticate|proxy-authorization|forwarded):"
+    rb"trailer|upgrade|expect|x-forwarded-for|x-request-id|proxy-authenticate|"
+    rb"proxy-authorization|forwarded|x[-_]forwarded[-_][-_.0-9a-z]*|x[-_]real[-_]ip):"
 )
 _RESPONSE_FIELDS = re.compile(
     rb"\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|te|trailer|"
@@ -91,7 +91,7 @@ _RESPONSE = re.compile(
     rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n" + _FIELD_LINES
 )
 # What the request reader does with each field it looks at.
-_HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _RID, _KEEP, _FWD, _CUT = range(10)
+_HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _RID, _KEEP, _FWD, _CUT, _CLAIM = range(11)
 _REQUEST_ACTIONS = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -102,6 +102,9 @@ _REQUEST_ACTIONS = {
     b"x-request-id": _RID,
     b"expect": _KEEP,
     b"forwarded": _FWD,
+    # Set by the proxy itself.
+    b"x-forwarded-proto": _CUT,
+    b"x-forwarded-host": _CUT,
 }
 # An absolute-form target (RFC 9112 §3.2.2): its authority, then the rest of the target.
 _ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][\x21-\x7e]*)?")
@@ -112,6 +115,7 @@ class RequestHead:
 
     __slots__ = (
         "chunked",
+        "claims",
         "connection_tokens",
         "content_length",
         "cut",
@@ -148,6 +152,10 @@ class RequestHead:
         # Field names listed in Connection (but close/keep-alive/upgrade): hop-by-hop too.
         self.connection_tokens: list[bytes] | None = None
         self.forwarded: bytes | None = None  # the client's Forwarded field(s)
+        # The client's other forwarding claims (X-Real-IP, X-Forwarded-Port, -Prefix, ...,
+        # and their underscore spellings, which CGI and WSGI servers read alike): its lines,
+        # cut, and sent on only from a trusted proxy.
+        self.claims: bytes | None = None
         # The target forwarded differs from the one received (normalised, or made origin-form
         # from an absolute-form whose authority then replaces Host): the request line is
         # rebuilt, and Host too when `host_replaced`.
@@ -195,8 +203,14 @@ def _incomplete(buf: bytes | bytearray, max_head: int, what: str) -> None:
         raise ProtocolError(f"bare LF in the {what}")
 
 
+# Fields a Connection token never removes: the body's framing (cut from the head while the body
+# goes on, the next hop would read the body as the next request: a smuggled one) and Host.
+_NEVER_HOP = frozenset((b"content-length", b"transfer-encoding", b"host"))
+
+
 def _connection_tokens(value: bytes) -> list[bytes]:
-    return [t.strip().lower() for t in value.split(b",") if t.strip()]
+    tokens = (t.strip().lower() for t in value.split(b","))
+    return [t for t in tokens if t and t not in _NEVER_HOP]
 
 
 def parse_request_head(
@@ -218,7 +232,7 @@ def parse_request_head(
         start = f.start() + 1
         end = buf.find(b"\r\n", f.end()) + 2
         value = bytes(buf[f.end() : end - 2]).strip(_OWS)
-        action = actions.get(name, _CUT)
+        action = actions.get(name, _CLAIM if name[0] == 120 else _CUT)  # 120: "x"
         if action == _HOST:
             if req.host is not None:
                 raise ProtocolError("more than one Host")
@@ -252,6 +266,8 @@ def parse_request_head(
             req.xff = value if req.xff is None else req.xff + b", " + value
         elif action == _FWD:
             req.forwarded = value if req.forwarded is None else req.forwarded + b", " + value
+        elif action == _CLAIM:
+            req.claims = (req.claims or b"") + bytes(buf[start:end])
         if req.cut is None:
             req.cut = []
         req.cut.append((start, end))
@@ -375,7 +391,7 @@ def parse_response_head(
 # general reader reads the same way.
 _RARE_REQUEST = re.compile(
     rb"\n(?:content-length|transfer-encoding|connection|keep-alive|proxy-|te:|trailer|"
-    rb"upgrade|expect|x-forwarded-|x-request-id|forwarded:)"
+    rb"upgrade|expect|x[-_]forwarded[-_]|x[-_]real[-_]ip|x-request-id|forwarded:)"
 )
 _RARE_RESPONSE = re.compile(rb"\n(?:transfer-encoding|keep-alive|proxy-|te:|trailer|upgrade)")
 
@@ -539,12 +555,15 @@ def request_forwarded_fields(
     req: RequestHead, client_ip: bytes, request_id: bytes, trusted: bool = False
 ) -> bytes:
     """X-Forwarded-For, -Proto and -Host (set), X-Request-Id (kept or made). What the client
-    sent in X-Forwarded-For and Forwarded is anyone's claim: replaced, unless the peer is a
-    trusted proxy (`trusted`), whose X-Forwarded-For is appended to and Forwarded kept."""
+    sent in X-Forwarded-For, Forwarded, X-Real-IP and the other X-Forwarded-* is anyone's
+    claim: replaced or dropped, unless the peer is a trusted proxy (`trusted`), whose
+    X-Forwarded-For is appended to and Forwarded and the other claims kept."""
     xff = client_ip if req.xff is None or not trusted else req.xff + b", " + client_ip
     out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: http\r\n"
     if trusted and req.forwarded is not None:
         out += b"Forwarded: " + req.forwarded + b"\r\n"
+    if trusted and req.claims is not None:
+        out += req.claims
     if req.host is not None:
         out += b"X-Forwarded-Host: " + req.host + b"\r\n"
     if req.request_id is None:

@@ -436,3 +436,42 @@ def test_a_normalised_path_is_what_is_forwarded() -> None:
     assert r is not None and r.target == b"/x/y/z" and r.host == b"a"
     out = http1.edit_request_head(head, r, b"")
     assert out == b"GET /x/y/z HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+def test_other_forwarding_claims_are_sent_on_only_from_a_trusted_proxy() -> None:
+    claims = (
+        "X-Real-IP: 10.0.0.9",
+        "X-Forwarded-Port: 443",
+        "x-forwarded-prefix: /admin",
+        "X_Forwarded_For: 10.0.0.9",
+        "X_Real_Ip: 10.0.0.9",
+    )
+    head = req("GET / HTTP/1.1", "Host: a.test", *claims, "X-Other: kept")
+    assert http1.quick_request(head) is None
+    r = http1.parse_request_head(head)
+    assert r is not None
+    for trusted in (False, True):
+        fields = http1.request_forwarded_fields(r, b"127.0.0.1", b"id", trusted)
+        lines = http1.edit_request_head(head, r, fields).split(b"\r\n")
+        assert b"X-Other: kept" in lines
+        for claim in claims:
+            assert lines.count(claim.encode()) == (1 if trusted else 0), (trusted, claim)
+
+
+@pytest.mark.parametrize("field", [b"Content-Length", b"Transfer-Encoding", b"Host"])
+def test_connection_never_names_the_framing_or_host_away(field: bytes) -> None:
+    """Cut as hop-by-hop while the body goes on, the next hop would read the body as the next
+    request (smuggled)."""
+    framing = (
+        b"Transfer-Encoding: chunked" if field == b"Transfer-Encoding" else b"Content-Length: 5"
+    )
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: " + field + b", X-Gone\r\n"
+    head += framing + b"\r\nX-Gone: 1\r\n\r\n"
+    r = http1.parse_request_head(head)
+    assert r is not None and r.connection_tokens == [b"x-gone"]
+    out = http1.edit_request_head(head, r, b"")
+    assert framing in out and b"Host: a\r\n" in out and b"X-Gone" not in out
+    resp = b"HTTP/1.1 200 OK\r\nConnection: " + field + b"\r\n" + framing + b"\r\n\r\n"
+    rh = http1.parse_response_head(resp)
+    assert rh is not None and rh.connection_tokens is None
+    assert framing in http1.edit_response_head(resp, rh, b"")

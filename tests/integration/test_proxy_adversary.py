@@ -1,0 +1,157 @@
+"""`dockmesh proxy` attacked as an adversary and an HAProxy operator would, on what the edge
+already promises: framing the upstream agrees on, prefixes that cannot be left, forwarded
+fields nobody can spoof, and the operations (drain, reload, port, workers) holding."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.proxyenv import Backend, ProxyProc, backends, raw
+
+
+def ask(port: int, data: bytes) -> tuple[int, dict[str, Any] | None, bytes]:
+    """(status, the backend's echo or None, the raw response) of `data` on its own
+    connection."""
+    out = raw(port, data)
+    status = int(out.split(b" ", 2)[1]) if out else 0
+    body = out.partition(b"\r\n\r\n")[2]
+    doc = json.loads(body) if status == 200 and body.startswith(b"{") else None
+    return status, doc, out
+
+
+@pytest.fixture
+def vhosts(tmp_path: Path) -> Iterator[tuple[ProxyProc, Backend, Backend]]:
+    with backends(2) as (admin, p):
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(
+            "routes:\n"
+            f"  - host: admin.internal\n    backends: [{admin.url}]\n"
+            f"  - host: public\n    prefix: /p/\n    backends: [{p.url}]\n"
+        )
+        proxy = ProxyProc(tmp_path, "--config", str(cfg))
+        try:
+            yield proxy, admin, p
+        finally:
+            proxy.stop()
+
+
+@pytest.mark.parametrize("field", ["Content-Length", "Transfer-Encoding", "Host"])
+def test_connection_cannot_name_framing_fields_or_host_away(
+    vhosts: tuple[ProxyProc, Backend, Backend], field: str
+) -> None:
+    """`Connection: Content-Length` made the proxy cut Content-Length (a hop-by-hop field by
+    the client's word) yet forward the body: the upstream read the body as the next request
+    on a pooled connection (a smuggled request, its response queued for someone else)."""
+    proxy, admin, p = vhosts
+    smuggled = b"GET /p/smuggled HTTP/1.1\r\nHost: public\r\n\r\n"
+    if field == "Transfer-Encoding":
+        framing = b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (
+            len(smuggled),
+            smuggled,
+        )
+    else:
+        framing = b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled)
+    head = b"POST /p/x HTTP/1.1\r\nHost: public\r\nConnection: close, " + field.encode() + b"\r\n"
+    status, doc, out = ask(proxy.port, head + framing)
+    assert status == 200 and doc is not None, out
+    assert doc["headers"].get("host") == "public"
+    assert doc["received"] == len(smuggled), doc
+    time.sleep(0.3)
+    assert p.hits == 1 and admin.hits == 0
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/p/..%2Fadmin",
+        "/p/..%2fadmin",
+        "/p/%2e%2e%2fadmin",
+        "/p/x/..%2F..%2Fadmin",
+        "/p/..%5Cadmin",
+        "/p/..\\admin",
+        "/p/x\\..\\..\\admin",
+        "/p/..;/admin",
+        "/p/%2e%2e;x=1/admin",
+        "/p/.%2E%5c..%5cadmin",
+    ],
+)
+def test_dot_segments_behind_encoded_slashes_backslashes_or_params_are_refused(
+    vhosts: tuple[ProxyProc, Backend, Backend], target: str
+) -> None:
+    """An upstream that decodes %2F (busybox httpd, nginx serving files), takes `\\` for `/`
+    (IIS, WHATWG URL parsers) or strips `;params` (Tomcat, Jetty) resolves these out of `/p/`:
+    the proxy cannot know which it is, so it refuses them (a real path never holds them)."""
+    proxy, admin, p = vhosts
+    status, _, out = ask(
+        proxy.port, f"GET {target} HTTP/1.1\r\nHost: public\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert status == 400, (target, out)
+    assert p.hits == 0 and admin.hits == 0
+
+
+def test_encoded_slashes_and_semicolons_that_hide_nothing_pass_as_sent(
+    vhosts: tuple[ProxyProc, Backend, Backend],
+) -> None:
+    proxy = vhosts[0]
+    for target in ("/p/a%2Fb", "/p/a;v=1/b", "/p/a%5Cb", "/p/...%2Fx", "/p/.x%2f"):
+        status, doc, out = ask(
+            proxy.port,
+            f"GET {target} HTTP/1.1\r\nHost: public\r\nConnection: close\r\n\r\n".encode(),
+        )
+        assert status == 200 and doc is not None, (target, out)
+        assert doc["path"] == target
+
+
+SPOOFED = (
+    b"X-Real-IP: 10.9.8.7\r\n"
+    b"X-Forwarded-Port: 443\r\n"
+    b"X-Forwarded-Prefix: /admin\r\n"
+    b"X-Forwarded-Server: trusted.internal\r\n"
+    b"X-Forwarded-Ssl: on\r\n"
+    b"X_Forwarded_For: 10.9.8.7\r\n"
+    b"X-Client-IP: 10.9.8.7\r\n"
+)
+
+
+def test_every_forwarded_claim_from_an_untrusted_peer_is_dropped(tmp_path: Path) -> None:
+    """X-Forwarded-For/-Proto/-Host were replaced, but X-Real-IP (nginx's realip, Traefik),
+    X-Forwarded-Port/-Prefix/-Ssl (URL building in Spring, Rails, Django) and the underscore
+    spelling (a CGI or WSGI server reads `X_Forwarded_For` as `X-Forwarded-For`) went
+    through: anyone could claim an address or https."""
+    with backends(1) as (b,):
+        plain = ProxyProc(tmp_path, "--backend", b.url)
+        try:
+            for extra in (b"", b"Connection: keep-alive\r\n"):  # fast lane and general reader
+                status, doc, out = ask(
+                    plain.port, b"GET /x HTTP/1.1\r\nHost: public\r\n" + extra + SPOOFED + b"\r\n"
+                )
+                assert status == 200 and doc is not None, out
+                h = doc["headers"]
+                assert h["x-forwarded-for"] == "127.0.0.1"
+                leaked = {
+                    k for k in h if k.replace("_", "-").startswith(("x-real-", "x-forwarded-"))
+                }
+                assert leaked == {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}, h
+                assert h["x-client-ip"] == "10.9.8.7"  # not a forwarding field: left alone
+        finally:
+            plain.stop()
+        cfg = tmp_path / "trusted.yaml"
+        cfg.write_text(f"trusted_proxies: [127.0.0.0/8]\nroutes:\n  - backends: [{b.url}]\n")
+        trusting = ProxyProc(tmp_path, "--config", str(cfg))
+        try:
+            status, doc, out = ask(
+                trusting.port, b"GET /x HTTP/1.1\r\nHost: public\r\n" + SPOOFED + b"\r\n"
+            )
+            assert status == 200 and doc is not None, out
+            h = doc["headers"]
+            # A trusted proxy's own claims reach the upstream as it sent them.
+            assert h["x-real-ip"] == "10.9.8.7" and h["x-forwarded-port"] == "443"
+            assert h["x-forwarded-prefix"] == "/admin"
+        finally:
+            trusting.stop()
