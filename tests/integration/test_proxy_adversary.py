@@ -155,3 +155,17 @@ def test_every_forwarded_claim_from_an_untrusted_peer_is_dropped(tmp_path: Path)
             assert h["x-forwarded-prefix"] == "/admin"
         finally:
             trusting.stop()
+
+
+def test_an_upgrade_to_h2c_is_not_passed_on(vhosts: tuple[ProxyProc, Backend, Backend]) -> None:
+    """An upstream that speaks h2c would answer 101 and then serve, over the tunnel, any
+    request the client likes on any path, none of them routed (h2c smuggling past `/p/`)."""
+    proxy, _, p = vhosts
+    status, doc, out = ask(
+        proxy.port,
+        b"GET /p/x HTTP/1.1\r\nHost: public\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 200 and doc is not None, out
+    assert "upgrade" not in doc["headers"] and "http2-settings" not in doc["headers"]
+    assert p.hits == 1

@@ -283,6 +283,10 @@ def parse_request_head(
             req.keep_alive = True
         if req.upgrade is not None and b"upgrade" not in connection:
             req.upgrade = None  # an Upgrade not named in Connection is not an upgrade
+        elif req.upgrade is not None and b"h2c" in _connection_tokens(req.upgrade):
+            # HTTP/2 over the tunnel would carry any request to the upstream, never routed
+            # (h2c smuggling): the request goes on as plain HTTP/1.1, as Envoy does.
+            req.upgrade = None
         tokens = [t for t in connection if t not in (b"close", b"keep-alive", b"upgrade")]
         req.connection_tokens = tokens or None
     else:

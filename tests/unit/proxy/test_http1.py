@@ -475,3 +475,13 @@ def test_connection_never_names_the_framing_or_host_away(field: bytes) -> None:
     rh = http1.parse_response_head(resp)
     assert rh is not None and rh.connection_tokens is None
     assert framing in http1.edit_response_head(resp, rh, b"")
+
+
+@pytest.mark.parametrize("upgrade", [b"h2c", b"H2C", b"websocket, h2c"])
+def test_an_upgrade_to_h2c_goes_on_as_a_plain_request(upgrade: bytes) -> None:
+    head = b"GET /p/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    head += b"Upgrade: " + upgrade + b"\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    r = http1.parse_request_head(head)
+    assert r is not None and r.upgrade is None
+    out = http1.edit_request_head(head, r, b"").lower()
+    assert b"upgrade" not in out and b"http2-settings" not in out
