@@ -5,6 +5,7 @@ fields nobody can spoof, and the operations (drain, reload, port, workers) holdi
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +170,23 @@ def test_an_upgrade_to_h2c_is_not_passed_on(vhosts: tuple[ProxyProc, Backend, Ba
     assert status == 200 and doc is not None, out
     assert "upgrade" not in doc["headers"] and "http2-settings" not in doc["headers"]
     assert p.hits == 1
+
+
+def test_a_sighup_to_a_file_with_no_routes_keeps_the_running_ones(tmp_path: Path) -> None:
+    with backends(1) as (b,):
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(f"routes:\n  - backends: [{b.url}]\n")
+        proxy = ProxyProc(tmp_path, "--config", str(cfg))
+        try:
+            get = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            assert ask(proxy.port, get)[0] == 200
+            cfg.write_text("routes: []\n")
+            proxy.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "has no routes" not in proxy.log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "has no routes: keeping the running configuration" in proxy.log.read_text()
+            assert ask(proxy.port, get)[0] == 200
+            assert proxy.proc.poll() is None
+        finally:
+            proxy.stop()

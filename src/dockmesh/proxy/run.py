@@ -241,6 +241,10 @@ def reload_file(opts: ProxyOptions) -> FileSettings | None:
     if any(r.service for r in file.routes) and not opts.agent:
         log.error("SIGHUP: a route follows a service but no agent was given: not reloaded")
         return None
+    if not file.routes and not opts.service and not opts.backends:
+        # What start-up refuses ("nothing to proxy to") would answer every request 404.
+        log.error("SIGHUP: %s has no routes: keeping the running configuration", opts.config_path)
+        return None
     return file
 
 

@@ -3,13 +3,14 @@ file; a service route without the agent's URL refused before anything starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.config import FileSettings, RouteSpec
-from dockmesh.proxy.run import ProxyOptions, build_settings, run_proxy
+from dockmesh.proxy.run import ProxyOptions, build_settings, reload_file, run_proxy
 from dockmesh.proxy.server import PortServed, check_port_free, reuseport_socket
 
 
@@ -114,3 +115,23 @@ def test_passive_health_from_the_flags_and_the_file() -> None:
     assert passive.failure_statuses == frozenset({500})  # the flag
     assert passive.max_ejection_percent == 20  # the file wins over the flag
     assert settings.routes[0].cluster.outlier.policy.max_ejection_percent == 20
+
+
+def test_a_reload_to_a_file_start_up_would_refuse_keeps_the_running_routes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`routes: []` (say, a file half written by a template tool) is "nothing to proxy to" at
+    start-up; on SIGHUP it answered every request 404 until the next reload."""
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text("routes: []\n")
+    opts = ProxyOptions(listen=("127.0.0.1", 0), config_path=str(cfg))
+    assert reload_file(opts) is None
+    assert "has no routes: keeping the running configuration" in caplog.text
+    # Beside --backend, the file may well have no routes of its own.
+    opts.backends = ["10.0.0.1:80"]
+    file = reload_file(opts)
+    assert file is not None and file.routes == []
+    cfg.write_text("routes:\n  - backends: [http://10.0.0.1:80]\n")
+    opts.backends = []
+    file = reload_file(opts)
+    assert file is not None and len(file.routes) == 1
