@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.proxyenv import Backend, ProxyProc, backends, raw
+from tests.integration.proxyenv import Backend, ProxyProc, backends, free_port, raw
 
 
 def ask(port: int, data: bytes) -> tuple[int, dict[str, Any] | None, bytes]:
@@ -190,3 +193,51 @@ def test_a_sighup_to_a_file_with_no_routes_keeps_the_running_ones(tmp_path: Path
             assert proxy.proc.poll() is None
         finally:
             proxy.stop()
+
+
+def _dual_stack() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _dual_stack(), reason="no IPv6 on this host")
+def test_an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address(tmp_path: Path) -> None:
+    """On `--listen [::]:PORT` an IPv4 peer is seen as `::ffff:127.0.0.1`: the upstream got
+    that in X-Forwarded-For and `trusted_proxies: [127.0.0.0/8]` never matched it."""
+    with backends(1) as (b,):
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(
+            f"trusted_proxies: [127.0.0.0/8, '::1/128']\nroutes:\n  - backends: [{b.url}]\n"
+        )
+        port = free_port()
+        log = tmp_path / "proxy.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dockmesh", "proxy", "--listen", f"[::]:{port}",
+             "--config", str(cfg)],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.1)
+            get = b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.9.8.7\r\nConnection: close\r\n\r\n"
+            for client, seen in (("127.0.0.1", "127.0.0.1"), ("::1", "::1")):
+                with socket.create_connection((client, port), timeout=5) as s:
+                    s.sendall(get)
+                    out = b""
+                    while chunk := s.recv(65536):
+                        out += chunk
+                doc = json.loads(out.partition(b"\r\n\r\n")[2])
+                assert doc["headers"]["x-forwarded-for"] == f"10.9.8.7, {seen}", doc
+        finally:
+            proc.terminate()
+            proc.wait(15)

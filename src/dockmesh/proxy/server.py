@@ -213,7 +213,10 @@ class Proxy:
 def _peer_ip(transport: asyncio.BaseTransport) -> bytes:
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and peer:
-        return str(peer[0]).encode()
+        ip = str(peer[0])
+        # An IPv4 client of a dual-stack listener (`[::]`) is itself, not `::ffff:a.b.c.d`:
+        # for X-Forwarded-For and for trusted_proxies' IPv4 networks.
+        return (ip[7:] if ip.startswith("::ffff:") and "." in ip else ip).encode()
     return b"unknown"
 
 

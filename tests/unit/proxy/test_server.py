@@ -522,3 +522,18 @@ def test_a_tunnel_half_closed_too_long_or_idle_too_long_is_closed(
     _, idle, idle_conn = _tunnel(loop)
     idle.check_timeouts(idle.proxy.loop.time() + t.tunnel_idle_s + 1, t)
     assert idle.state == CLOSED and transport(idle_conn.transport).closed
+
+
+@pytest.mark.parametrize(
+    ("peer", "ip"),
+    [
+        ("10.0.0.9", b"10.0.0.9"),
+        ("::ffff:10.0.0.9", b"10.0.0.9"),  # an IPv4 client of a dual-stack listener
+        ("::ffff:a00:9", b"::ffff:a00:9"),
+        ("2001:db8::1", b"2001:db8::1"),
+    ],
+)
+def test_the_peer_of_a_dual_stack_listener_is_its_ipv4_address(peer: str, ip: bytes) -> None:
+    from dockmesh.proxy.server import _peer_ip
+
+    assert _peer_ip(cast(asyncio.BaseTransport, FakeTransport(peer=(peer, 4242)))) == ip
