@@ -241,3 +241,20 @@ def test_an_ipv4_client_of_a_dual_stack_listener_is_its_ipv4_address(tmp_path: P
         finally:
             proc.terminate()
             proc.wait(15)
+
+
+@pytest.mark.parametrize("size", [b"10000000000000", b"ffffffffffffffff", b"8000000000000000"])
+def test_a_chunk_size_a_next_hop_could_overflow_or_round_is_refused(
+    vhosts: tuple[ProxyProc, Backend, Backend], size: bytes
+) -> None:
+    """Forwarded as it came, a size of 2**52 or more is rounded by a parser keeping integers
+    in doubles and negative in a signed 64-bit one: each reads the chunk's end elsewhere."""
+    proxy, admin, _ = vhosts
+    status, _, out = ask(
+        proxy.port,
+        b"POST /p/x HTTP/1.1\r\nHost: public\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + size
+        + b"\r\nGET /p/smuggled HTTP/1.1\r\nHost: public\r\n\r\n",
+    )
+    assert status == 400 and b"chunk size too large" in out, out
+    assert admin.hits == 0

@@ -18,10 +18,10 @@ RFC 9112 allows leniency, and the proxy forwards exactly the bytes this reader a
 - Transfer-Encoding is accepted only as exactly one field whose value is `chunked`; any other
   coding is an error (501 would be kinder; 400 is safer), and Transfer-Encoding together with
   Content-Length is an error (the classic CL.TE / TE.CL smuggling);
-- a chunked body is read with `ChunkedReader`: hex sizes without sign, spaces or `0x`,
-  extensions with no CR or LF, exactly CRLF after each chunk, trailer fields validated as
-  header fields. Its raw bytes are forwarded unchanged, so the next hop sees the very framing
-  checked here.
+- a chunked body is read with `ChunkedReader`: hex sizes below 2**52 without sign, spaces or
+  `0x`, extensions with no CR or LF, exactly CRLF after each chunk, trailer fields validated
+  as header fields. Its raw bytes are forwarded unchanged, so the next hop sees the very
+  framing checked here.
 
 Heads are not rebuilt field by field: one regular expression validates the whole field block
 and another finds the few fields a proxy acts on (hop-by-hop fields, framing, Host,
@@ -630,6 +630,10 @@ class ChunkedReader:
                 if m is None:
                     raise ProtocolError("bad chunk size")
                 size = int(m.group(1), 16)
+                if size >> 52:
+                    # As HAProxy: no size a next hop keeping integers in doubles (JavaScript)
+                    # would round, and so read a different end of the chunk from.
+                    raise ProtocolError("chunk size too large")
                 if size == 0:
                     self._state = self.TRAILER
                 else:

@@ -141,6 +141,11 @@ def test_responses() -> None:
     assert not http1.response_has_body(200, b"HEAD")
 
 
+def test_chunked_reader_takes_sizes_just_below_2_to_the_52() -> None:
+    r = ChunkedReader()
+    assert r.feed(b"fffffffffffff\r\nab") == 17 and not r.done
+
+
 def test_chunked_reader_finds_the_end_across_reads() -> None:
     body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n"
     for cut in range(len(body) + 1):
@@ -157,6 +162,9 @@ def test_chunked_reader_finds_the_end_across_reads() -> None:
         b" 4\r\nWiki\r\n",
         b"4\r\nWikiX\r\n",
         b"-1\r\n",
+        b"10000000000000\r\n",  # 2**52: a double-precision next hop would round it
+        b"ffffffffffffffff\r\n",
+        b"8000000000000000\r\n",  # negative in a signed 64-bit parser
     ],
 )
 def test_chunked_reader_refuses_bad_framing(bad: bytes) -> None:
