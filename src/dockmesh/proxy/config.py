@@ -181,6 +181,17 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
         if host is not None:
             if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.\-_\[\]:]+", host):
                 problems.append(Problem((*path, "host"), "must be a host name"))
+            elif ":" in host and not re.fullmatch(r"\[[0-9A-Fa-f:.]+\]", host):
+                # Requests are matched by their Host without its port: this never would.
+                if "]:" in host:
+                    bare = host[: host.index("]:") + 1]
+                elif host.count(":") == 1:
+                    bare = host.partition(":")[0]
+                else:
+                    bare = f"[{host.strip('[]')}]"  # an IPv6 address, as a Host writes it
+                problems.append(
+                    Problem((*path, "host"), f"must be a host name without a port: {bare}")
+                )
             else:
                 spec.host = host.lower()
         prefix = r.get("prefix", "/")

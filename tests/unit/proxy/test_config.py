@@ -113,3 +113,18 @@ def test_a_prefix_that_normalised_requests_could_never_match_is_refused() -> Non
         load_config(b"routes:\n  - prefix: /a/../b/\n    backends: [http://a:1]\n", "r.yaml")
     assert "r.yaml:2: routes.0.prefix: must be a normalised path: /b/" in str(e.value)
     assert load_config(b"routes:\n  - prefix: /a/\n    backends: [http://a:1]\n", "r").routes
+
+
+@pytest.mark.parametrize(
+    ("host", "hint"),
+    [("api.test:8080", "api.test"), ("[::1]:8080", "[::1]"), ("::1", "[::1]")],
+)
+def test_a_route_host_that_requests_could_never_match_is_refused(host: str, hint: str) -> None:
+    """Requests are matched by their Host without its port (and an IPv6 one in brackets): a
+    route host with a port answered 404 to everything, silently."""
+    with pytest.raises(SpecError) as e:
+        load_config(f"routes:\n  - host: '{host}'\n    backends: [http://a:1]\n".encode(), "r")
+    assert f"routes.0.host: must be a host name without a port: {hint}" in str(e.value)
+    for good in ("api.test", "[::1]", "[2001:db8::1]"):
+        doc = f"routes:\n  - host: '{good}'\n    backends: [http://a:1]\n"
+        assert load_config(doc.encode(), "r").routes[0].host == good
