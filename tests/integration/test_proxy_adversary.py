@@ -5,6 +5,7 @@ fields nobody can spoof, and the operations (drain, reload, port, workers) holdi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -258,3 +259,38 @@ def test_a_chunk_size_a_next_hop_could_overflow_or_round_is_refused(
     )
     assert status == 400 and b"chunk size too large" in out, out
     assert admin.hits == 0
+
+
+def test_a_worker_killed_is_started_again_and_serves(tmp_path: Path) -> None:
+    """The parent had closed its listening sockets after the first fork: a worker started
+    again (after kill -9, or the OOM killer) failed at once on a closed descriptor, and again
+    every second, and the proxy ran on the workers left."""
+    from tests.integration.test_proxy_ops import children_of, gone
+
+    with backends(1) as (b,):
+        proxy = ProxyProc(tmp_path, "--backend", b.url, "--workers", "2")
+        seen: set[int] = set()
+        try:
+            first = children_of(proxy.proc.pid)
+            seen |= first
+            assert len(first) == 2
+            os.kill(min(first), signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                now = children_of(proxy.proc.pid)
+                seen |= now
+                if len(now) == 2 and now != first:
+                    break
+                time.sleep(0.1)
+            time.sleep(2)  # a worker that cannot serve exits within this
+            now = children_of(proxy.proc.pid)
+            seen |= now
+            assert len(now) == 2 and all(not gone(w) for w in now), proxy.log.read_text()
+            assert "Bad file descriptor" not in proxy.log.read_text()
+            get = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            assert all(ask(proxy.port, get)[0] == 200 for _ in range(40))
+        finally:
+            proxy.stop()
+            for w in seen:
+                if not gone(w):
+                    os.kill(w, signal.SIGKILL)

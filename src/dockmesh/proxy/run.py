@@ -335,7 +335,15 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
                     await asyncio.sleep(wait)
                     last_restart = time.monotonic()
                     log.warning("worker %d exited; starting it again", i)
+                    # Its listening socket went with it (the parent closed its own copies,
+                    # so that a drain refuses new connections): a new one joins the group.
+                    try:
+                        socks[i] = reuseport_socket(*opts.listen)
+                    except OSError as e:
+                        log.error("worker %d not started again: %s", i, e)
+                        continue
                     spawn(i)
+                    socks[i].close()
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
