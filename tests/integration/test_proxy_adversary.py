@@ -294,3 +294,24 @@ def test_a_worker_killed_is_started_again_and_serves(tmp_path: Path) -> None:
             for w in seen:
                 if not gone(w):
                     os.kill(w, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding:\tCHUNKED\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"Content-Length: 5\r\ncontent-length: 05\r\n\r\nhello",
+    ],
+)
+def test_the_upstream_gets_the_framing_in_one_canonical_line(
+    vhosts: tuple[ProxyProc, Backend, Backend], framing: bytes
+) -> None:
+    proxy, _, p = vhosts
+    status, doc, out = ask(proxy.port, b"POST /p/x HTTP/1.1\r\nHost: public\r\n" + framing)
+    assert status == 200 and doc is not None, out
+    h = doc["headers"]
+    assert (h.get("transfer-encoding"), h.get("content-length")) in (
+        ("chunked", None),
+        (None, "5"),
+    ), h
+    assert doc["received"] == 5 and p.hits == 1

@@ -246,12 +246,17 @@ def parse_request_head(
             if req.content_length is not None and req.content_length != length:
                 raise ProtocolError("conflicting Content-Length")
             req.content_length = length
-            continue
-        if action == _TE:
+        elif action == _TE:
             if value.lower() != b"chunked" or te_seen:
                 raise ProtocolError("unsupported Transfer-Encoding")
             te_seen = req.chunked = True
-            # Kept on the way through: the raw chunked body is forwarded as it came.
+        # (Framing fields are cut and sent on in one canonical line: a duplicate, a tab or
+        # an upper-case `CHUNKED` accepted here might not be by the next hop, which would
+        # then frame the body otherwise.)
+        if action in (_CL, _TE):
+            if req.cut is None:
+                req.cut = []
+            req.cut.append((start, end))
             continue
         if action == _RID:
             req.request_id = value
@@ -542,6 +547,10 @@ def edit_request_head(
             added = b"Host: " + req.host + b"\r\n" + added
     if req.upgrade is not None:
         added = b"Connection: upgrade\r\nUpgrade: " + req.upgrade + b"\r\n" + added
+    if req.chunked:
+        added = b"Transfer-Encoding: chunked\r\n" + added
+    elif req.content_length is not None:
+        added = b"Content-Length: %d\r\n" % req.content_length + added
     return body[:-2] + added + b"\r\n"
 
 

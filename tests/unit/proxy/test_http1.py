@@ -493,3 +493,23 @@ def test_an_upgrade_to_h2c_goes_on_as_a_plain_request(upgrade: bytes) -> None:
     assert r is not None and r.upgrade is None
     out = http1.edit_request_head(head, r, b"").lower()
     assert b"upgrade" not in out and b"http2-settings" not in out
+
+
+@pytest.mark.parametrize(
+    ("fields", "canonical"),
+    [
+        (["Transfer-Encoding:\tCHUNKED"], b"Transfer-Encoding: chunked"),
+        (["transfer-encoding:  chunked  "], b"Transfer-Encoding: chunked"),
+        (["Content-Length: 0005"], b"Content-Length: 5"),
+        (["Content-Length: 5", "content-length:5"], b"Content-Length: 5"),
+    ],
+)
+def test_the_framing_goes_on_in_one_canonical_line(fields: list[str], canonical: bytes) -> None:
+    """What this reader accepts (RFC 9112 allows it) the next hop might not: it would frame
+    the body otherwise (TE.TE smuggling with a tab, a duplicate Content-Length)."""
+    head = req("POST / HTTP/1.1", "Host: a", *fields, "X-After: 1")
+    r = http1.parse_request_head(head)
+    assert r is not None
+    lines = http1.edit_request_head(head, r, b"").split(b"\r\n")
+    framing = [x for x in lines if x.lower().startswith((b"transfer-encoding", b"content-length"))]
+    assert framing == [canonical] and b"X-After: 1" in lines
