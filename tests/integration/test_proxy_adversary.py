@@ -315,3 +315,18 @@ def test_the_upstream_gets_the_framing_in_one_canonical_line(
         (None, "5"),
     ), h
     assert doc["received"] == 5 and p.hits == 1
+
+
+def test_transfer_encoding_in_an_http10_request_is_400(
+    vhosts: tuple[ProxyProc, Backend, Backend],
+) -> None:
+    """RFC 9112 §6.1: the framing of an HTTP/1.0 message with Transfer-Encoding is faulty. An
+    HTTP/1.0 upstream may ignore it and read the chunks as the next request."""
+    proxy, admin, p = vhosts
+    status, _, out = ask(
+        proxy.port,
+        b"POST /p/x HTTP/1.0\r\nHost: public\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2b\r\nGET /p/smuggled HTTP/1.1\r\nHost: public\r\n\r\n\r\n0\r\n\r\n",
+    )
+    assert status == 400, out
+    assert p.hits == 0 and admin.hits == 0

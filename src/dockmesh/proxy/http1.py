@@ -278,6 +278,9 @@ def parse_request_head(
         req.cut.append((start, end))
     if req.chunked and req.content_length is not None:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
+    if req.chunked and req.minor == 0:
+        # Faulty framing (RFC 9112 §6.1): an HTTP/1.0 next hop may well read no body.
+        raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
     req.has_body = req.chunked or bool(req.content_length)
     if req.minor == 1 and req.host is None:
         raise ProtocolError("no Host")

@@ -513,3 +513,8 @@ def test_the_framing_goes_on_in_one_canonical_line(fields: list[str], canonical:
     lines = http1.edit_request_head(head, r, b"").split(b"\r\n")
     framing = [x for x in lines if x.lower().startswith((b"transfer-encoding", b"content-length"))]
     assert framing == [canonical] and b"X-After: 1" in lines
+
+
+def test_transfer_encoding_in_an_http10_request_is_refused() -> None:
+    with pytest.raises(ProtocolError, match=r"HTTP/1\.0"):
+        http1.parse_request_head(req("POST / HTTP/1.0", "Transfer-Encoding: chunked"))
