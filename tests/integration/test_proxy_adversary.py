@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -330,3 +331,42 @@ def test_transfer_encoding_in_an_http10_request_is_400(
     )
     assert status == 400, out
     assert p.hits == 0 and admin.hits == 0
+
+
+def test_tunnels_reset_by_the_client_give_their_descriptors_back(tmp_path: Path) -> None:
+    """The client's RST (SO_LINGER 0) right after the 101, and a client that sends half a
+    frame and its FIN: neither leaves a descriptor behind."""
+    with backends(1) as (b,):
+        proxy = ProxyProc(tmp_path, "--backend", b.url)
+        pid = proxy.proc.pid
+        try:
+            get = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            assert ask(proxy.port, get)[0] == 200
+            baseline = len(os.listdir(f"/proc/{pid}/fd"))
+            upgrade = (
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            for i in range(300):
+                s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+                s.sendall(upgrade)
+                got = b""
+                while b"\r\n\r\n" not in got:
+                    got += s.recv(4096)
+                assert got.startswith(b"HTTP/1.1 101"), got
+                if i % 2:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:
+                    s.sendall(b"\x81\x85")
+                    s.shutdown(socket.SHUT_WR)
+                s.close()
+            deadline = time.monotonic() + 15
+            after = len(os.listdir(f"/proc/{pid}/fd"))
+            while after > baseline + 4 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                after = len(os.listdir(f"/proc/{pid}/fd"))
+            assert after <= baseline + 4, (
+                f"{after} descriptors open after 300 tunnels, {baseline} before"
+            )
+            assert ask(proxy.port, get)[0] == 200
+        finally:
+            proxy.stop()
