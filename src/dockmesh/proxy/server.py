@@ -1190,7 +1190,8 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(addr)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise PortServed(f"{host}:{port} is already served by another process") from None
+                where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                raise PortServed(f"{where} is already served by another process") from None
             raise
 
 

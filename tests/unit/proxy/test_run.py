@@ -135,3 +135,16 @@ def test_a_reload_to_a_file_start_up_would_refuse_keeps_the_running_routes(
     opts.backends = []
     file = reload_file(opts)
     assert file is not None and len(file.routes) == 1
+
+
+def test_a_served_ipv6_port_is_named_as_a_listen_address_is_written() -> None:
+    try:
+        other = reuseport_socket("::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 on this host")
+    try:
+        port = other.getsockname()[1]
+        with pytest.raises(PortServed, match=rf"^\[::1\]:{port} is already served"):
+            check_port_free("::1", port)
+    finally:
+        other.close()
