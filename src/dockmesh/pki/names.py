@@ -8,6 +8,7 @@ Nothing here reads a file, a clock or a socket: names, times and sizes are given
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,16 @@ def canonical_name(name: str) -> str | None:
     if not all(_LABEL.fullmatch(label) for label in labels):
         return None
     return name
+
+
+def is_address(name: str) -> bool:
+    """Whether `name` is an IP address (some clients, wrk among them, send one as SNI, which
+    RFC 6066 forbids: it is taken as no name at all)."""
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
 
 
 def canonical_pattern(pattern: str) -> str | None:

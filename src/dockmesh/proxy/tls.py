@@ -7,7 +7,8 @@ the certificate for each name picked by SNI.
   cache of contexts, `pki.names.BoundedCache`). A name neither a file nor the routes cover is
   refused with the `unrecognized_name` alert and nothing is minted for it, so a client cannot
   make the proxy issue certificates for names of its choosing.
-- A client that sends no SNI (an address in its URL) gets the default certificate: the
+- A client that sends no SNI (an address in its URL; or the address itself, as wrk does)
+  gets the default certificate: the
   `default_name`'s, else the first file's, else the first route host's leaf.
 - TLS 1.2 and 1.3 only; ALPN offers what the proxy speaks (`http/1.1`, and `h2` once a
   handler for it is registered: `server.Proxy.alpn`); no compression, no renegotiation.
@@ -35,6 +36,7 @@ from dockmesh.pki.names import (
     canonical_name,
     canonical_pattern,
     choose,
+    is_address,
 )
 from dockmesh.proxy.config import TlsSpec
 
@@ -194,7 +196,7 @@ class Edge:
     ) -> int | None:
         name = None if server_name is None else canonical_name(server_name)
         try:
-            if server_name is None:
+            if server_name is None or (name is None and is_address(server_name)):
                 ctx = self.default_context()
             else:
                 ctx = self.context_for(name) if name is not None else None

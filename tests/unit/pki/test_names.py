@@ -13,6 +13,7 @@ from dockmesh.pki.names import (
     canonical_name,
     canonical_pattern,
     choose,
+    is_address,
     matches,
     renewal_due,
 )
@@ -125,3 +126,15 @@ def test_the_cache_never_holds_more_than_its_bound_and_drops_the_least_recently_
         assert len(cache) <= bound
     assert cache.keys() == recent
     assert all(cache.get(k) == str(k) for k in recent)
+
+
+def test_an_address_is_told_from_a_name() -> None:
+    for address in ("127.0.0.1", "::1", "[::1]", "fe80::1"):
+        assert is_address(address) and canonical_name(address) is None
+    for other in ("app.test", "1.2.3", "localhost", ""):
+        assert not is_address(other)
+
+
+@given(any_text)
+def test_no_text_is_both_an_address_and_a_name(text: str) -> None:
+    assert not (is_address(text) and canonical_name(text) is not None)

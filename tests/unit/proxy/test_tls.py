@@ -95,9 +95,14 @@ def test_sni_picks_the_file_certificate_that_names_the_host(ca: Ca, tmp_path: Pa
     for name in ("a.test", "b.test", "B.Test"):
         client, _ = handshake(edge.context, name, ca.cert_path)
         assert served_name(client) == name.lower()
-    # No SNI (an address in the URL): the first file's.
+    # No SNI (an address in the URL), or the address as SNI (wrk): the first file's.
     client, _ = handshake(edge.context, None)
     assert served_name(client) == "a.test"
+    sslobj = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).wrap_bio(
+        ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True
+    )
+    assert edge._sni(sslobj, "127.0.0.1", None) is None
+    assert sslobj.context is edge.files.contexts[0]
     with pytest.raises(ssl.SSLError):
         handshake(edge.context, "c.test")
     assert edge.refused == 1
