@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -266,3 +267,42 @@ def test_bad_tls_input_exits_2_with_one_line(tmp_path: Path, ca_dir: Path) -> No
         r = dockmesh("proxy", *args, *extra)
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_sighup_serves_a_rotated_certificate_file(tmp_path: Path, ca_dir: Path) -> None:
+    ca = load_ca(ca_dir)
+    crt, key = tmp_path / "site.crt", tmp_path / "site.key"
+
+    def write(name: str) -> None:
+        cert, k = ca.issue_leaf(name, dt.datetime.now(dt.UTC))
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key.write_bytes(k)
+
+    write("old.test")
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(
+        "routes: [{backends: [http://127.0.0.1:9]}]\n"
+        "tls: {certificates: [{cert: site.crt, key: site.key}]}\n"
+    )
+    port = free_port()
+    proxy = ProxyProc(tmp_path, "--config", str(cfg), "--tls-listen", f"127.0.0.1:{port}")
+    try:
+        wait_tls_port(proxy, port)
+        assert served_name(port, None) == "old.test"
+        write("new.test")
+        proxy.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while served_name(port, None) != "new.test":
+            assert time.monotonic() < deadline, proxy.log.read_text()
+            time.sleep(0.1)
+        # A file that cannot be used is logged; what runs stays.
+        crt.write_text("garbage\n")
+        proxy.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "keeping the running certificates" not in proxy.log.read_text():
+            assert time.monotonic() < deadline, proxy.log.read_text()
+            time.sleep(0.1)
+        assert served_name(port, "new.test", ca_dir / "ca.crt") == "new.test"
+        assert proxy.proc.poll() is None
+    finally:
+        proxy.stop()
