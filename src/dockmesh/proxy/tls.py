@@ -81,6 +81,17 @@ class _Files:
     contexts: list[ssl.SSLContext] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Config:
+    """One configuration, read and checked whole: a reload swaps it in one assignment."""
+
+    spec: TlsSpec
+    files: _Files
+    store: LeafStore | None
+    internal: frozenset[str]  # the names the CA may issue for
+    default_name: str | None  # whose certificate a client without SNI gets; None: the first file
+
+
 class Edge:
     """The certificates of the proxy's TLS listeners. `context` goes to the loop; its SNI
     callback sets the connection's context to the one that serves the name asked for.
@@ -98,13 +109,11 @@ class Edge:
         self.context = server_context(self.alpn)
         self.context.sni_callback = self._sni
         self.refused = 0  # handshakes refused for a name nothing serves
-        self._apply(*self._prepare(spec, hosts))
+        self._apply(self._prepare(spec, hosts))
 
     # --- configuration ----------------------------------------------------------------------
 
-    def _prepare(
-        self, spec: TlsSpec, hosts: Iterable[str]
-    ) -> tuple[TlsSpec, _Files, LeafStore | None, list[str]]:
+    def _prepare(self, spec: TlsSpec, hosts: Iterable[str]) -> _Config:
         """Everything a configuration needs read and checked, before any of it is used:
         TlsError when a file or the CA is unusable."""
         files = _Files()
@@ -139,44 +148,43 @@ class Edge:
                     "tls internal: no route names a host (routes' host:) and no default_name: "
                     "no name to issue a certificate for"
                 )
-        return spec, files, store, internal
-
-    def _apply(
-        self, spec: TlsSpec, files: _Files, store: LeafStore | None, internal: list[str]
-    ) -> None:
-        self.spec = spec
-        self.files = files
-        self.store = store
-        self.internal = frozenset(internal)
-        self.leaves: BoundedCache[str, tuple[ssl.SSLContext, float]] = BoundedCache(spec.max_names)
-        # Who serves a client that sends no SNI.
-        self.default_name: str | None = None
+        # Who serves a client that sends no SNI: None is the first file.
+        default = None
         if spec.default_name:
-            self.default_name = canonical_name(spec.default_name)
-            if self.default_name is None or self.context_for(self.default_name) is None:
+            default = canonical_name(spec.default_name)
+            if default is None or choose(default, files.names, internal) is None:
                 raise TlsError(f"default_name {spec.default_name!r}: no certificate serves it")
         elif not files.contexts and internal:
-            self.default_name = internal[0]
+            default = internal[0]
+        return _Config(spec, files, store, frozenset(internal), default)
+
+    def _apply(self, config: _Config) -> None:
+        self.config = config
+        self.leaves: BoundedCache[str, tuple[ssl.SSLContext, float]] = BoundedCache(
+            config.spec.max_names
+        )
 
     def update(self, spec: TlsSpec, hosts: Iterable[str]) -> None:
         """A new configuration for new handshakes; TlsError (and the old one kept) when it
         cannot be used."""
-        self._apply(*self._prepare(spec, hosts))
+        self._apply(self._prepare(spec, hosts))
 
     # --- names ------------------------------------------------------------------------------
 
     def default_context(self) -> ssl.SSLContext | None:
-        if self.default_name is not None:
-            return self.context_for(self.default_name)
-        return self.files.contexts[0] if self.files.contexts else None
+        c = self.config
+        if c.default_name is not None:
+            return self.context_for(c.default_name)
+        return c.files.contexts[0] if c.files.contexts else None
 
     def context_for(self, name: str) -> ssl.SSLContext | None:
         """The context serving the canonical `name`, or None: nothing may serve it."""
-        i = choose(name, self.files.names, self.internal)
+        c = self.config
+        i = choose(name, c.files.names, c.internal)
         if i is None:
             return None
         if i != INTERNAL:
-            return self.files.contexts[i]
+            return c.files.contexts[i]
         return self._leaf_context(name)
 
     def _leaf_context(self, name: str) -> ssl.SSLContext:
@@ -184,8 +192,9 @@ class Edge:
         cached = self.leaves.get(name)
         if cached is not None and now < cached[1]:
             return cached[0]
-        assert self.store is not None  # INTERNAL names exist only with a store
-        leaf = self.store.leaf(name)
+        store = self.config.store
+        assert store is not None  # INTERNAL names exist only with a store
+        leaf = store.leaf(name)
         ctx = server_context(self.alpn)
         ctx.load_cert_chain(leaf.path)
         self.leaves.put(name, (ctx, leaf.renew_at().timestamp()))

@@ -102,7 +102,7 @@ def test_sni_picks_the_file_certificate_that_names_the_host(ca: Ca, tmp_path: Pa
         ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True
     )
     assert edge._sni(sslobj, "127.0.0.1", None) is None
-    assert sslobj.context is edge.files.contexts[0]
+    assert sslobj.context is edge.config.files.contexts[0]
     with pytest.raises(ssl.SSLError):
         handshake(edge.context, "c.test")
     assert edge.refused == 1
@@ -171,7 +171,11 @@ def test_a_bad_update_keeps_what_runs(ca: Ca, tmp_path: Path) -> None:
     other = write_leaf(ca, "b.test", tmp_path)
     with pytest.raises(TlsError, match=r"b\.test\.crt with"):
         edge.update(TlsSpec(certificates=[(other[0], good[1])]), [])
+    with pytest.raises(TlsError, match="default_name"):
+        edge.update(TlsSpec(certificates=[other], default_name="nothing.test"), [])
     client, _ = handshake(edge.context, "a.test", ca.cert_path)
+    assert served_name(client) == "a.test"
+    client, _ = handshake(edge.context, None)
     assert served_name(client) == "a.test"
     edge.update(TlsSpec(certificates=[other]), [])
     client, _ = handshake(edge.context, "b.test", ca.cert_path)
