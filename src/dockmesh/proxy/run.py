@@ -213,6 +213,8 @@ async def _worker(
     edge = None
     spec = tls_spec(opts)
     if tls_sock is not None and spec is not None:
+        # ALPN offers the protocols registered in `proxy.alpn` (HTTP/2's "h2", registered
+        # before this line) ahead of http/1.1: never one nothing here speaks.
         edge = Edge(spec, route_hosts(settings), alpn=[*proxy.alpn, HTTP1])
         await proxy.listen(tls_sock, edge.context, spec.handshake_timeout)
     tasks: dict[int, asyncio.Task[None]] = {}  # id(cluster) → its discovery or checks
