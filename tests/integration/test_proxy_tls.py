@@ -267,6 +267,16 @@ def test_bad_tls_input_exits_2_with_one_line(tmp_path: Path, ca_dir: Path) -> No
         r = dockmesh("proxy", *args, *extra)
         assert r.returncode == 2, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+    # A TLS port another process serves.
+    good_yaml = tmp_path / "good.yaml"
+    good_yaml.write_text("routes: [{host: app.test, backends: [http://127.0.0.1:9]}]\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = dockmesh("proxy", "--tls-listen", f"127.0.0.1:{port}", "--tls", "internal",
+                     "--ca-dir", str(ca_dir), "--config", str(good_yaml))  # fmt: skip
+    assert r.returncode == 2 and r.stderr.startswith("dockmesh: --tls-listen 127.0.0.1:"), r
 
 
 def test_sighup_serves_a_rotated_certificate_file(tmp_path: Path, ca_dir: Path) -> None:

@@ -232,7 +232,8 @@ def register(app: typer.Typer) -> None:
                 )
             )
         except PortServed as e:
-            raise UserError(f"--listen {e}") from None
+            flag = "--tls-listen" if tls_listen and str(e).startswith(tls_listen) else "--listen"
+            raise UserError(f"{flag} {e}") from None
         except TlsError as e:
             raise UserError(f"tls: {e}") from None
 

@@ -145,7 +145,7 @@ class Edge:
                     internal.append(name)
             if not internal and not files.contexts:
                 raise TlsError(
-                    "tls internal: no route names a host (routes' host:) and no default_name: "
+                    "internal: no route names a host (routes' host:) and no default_name: "
                     "no name to issue a certificate for"
                 )
         # Who serves a client that sends no SNI: None is the first file.
