@@ -190,6 +190,7 @@ def main() -> int:
     ap.add_argument(
         "--no-tls", action="store_true", help="skip the TLS rows (handshakes/s, keep-alive)"
     )
+    ap.add_argument("--tls-only", action="store_true", help="only the TLS rows")
     ap.add_argument("--exchanges", type=int, help=argparse.SUPPRESS)  # callgrind's child
     ap.add_argument("--lane", choices=LANES, default="fast", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -298,7 +299,7 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
             "nginx": (ngx, children_of(lb_master)),
             **{name: (ports[name], [p.pid]) for name, p in zip(trees, procs, strict=True)},
         }
-        variants = VARIANTS
+        variants = {} if args.tls_only else VARIANTS
         results: dict[tuple[str, str], list[Result]] = {}
         for name, (path, hdrs) in variants.items():
             for port, _ in peers.values():  # warm up: pools, caches
