@@ -261,6 +261,7 @@ def test_bad_tls_input_exits_2_with_one_line(tmp_path: Path, ca_dir: Path) -> No
         ("--tls-listen", tls, "--tls", "internal", "--ca-dir", str(ca_dir)),  # no host to serve
         ("--listen", f"127.0.0.1:{free_port()}", "--tls", "internal"),  # no TLS listener
         ("--tls-listen", "nowhere"),
+        ("--tls-listen", tls, "--listen", tls, "--tls", "internal"),
         ("--tls-listen", tls, "--config", str(bad_yaml)),
     ):
         extra = () if "--config" in args else ("--backend", "http://127.0.0.1:9")

@@ -166,6 +166,9 @@ def register(app: typer.Typer) -> None:
             raise UserError("--listen HOST:PORT (or --tls-listen HOST:PORT) is required")
         bind = parse_hostport(listen, "--listen") if listen else None
         tls_bind = parse_hostport(tls_listen, "--tls-listen") if tls_listen else None
+        if bind and tls_bind and bind[1] == tls_bind[1] and bind[1] != 0:
+            # Both sockets take SO_REUSEPORT: the kernel would split clients between them.
+            raise UserError("--listen and --tls-listen need different ports")
         tls_flags = _tls_flags(tls, tls_cert or [], tls_key or [], ca_dir, tls_bind is not None)
         file = None
         if config is not None:
