@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockmesh.errors import SpecError
+from dockmesh.proxy import h2conn
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.config import FileSettings, RouteSpec, load_config
@@ -105,6 +106,8 @@ def build_settings(
     for spec in specs:
         balance = spec.balance or opts.balance
         key = spec.service or ",".join(spec.backends)
+        if spec.upstream_protocol != "http/1.1":
+            key += "|" + spec.upstream_protocol
         cluster = clusters.get(key)
         if cluster is None:
             name = spec.service or spec.name
@@ -118,6 +121,7 @@ def build_settings(
                 )
                 if spec.backends:
                     cluster.set_members(dict.fromkeys(spec.backends, 1))
+                cluster.upstream_h2 = spec.upstream_protocol == "h2"
             if known is not None:
                 known[full] = cluster
             clusters[key] = cluster
@@ -166,6 +170,7 @@ async def _worker(
     known: dict[str, Cluster[Any]] = {}
     settings, made = build_settings(opts, known)
     proxy = Proxy(settings, loop)
+    h2conn.enable(proxy)
     await proxy.listen(sock)
     tasks: dict[int, asyncio.Task[None]] = {}  # id(cluster) → its discovery or checks
 

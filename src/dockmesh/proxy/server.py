@@ -46,7 +46,8 @@ import itertools
 import logging
 import os
 import socket
-from typing import cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
@@ -81,6 +82,19 @@ REMOVED_GRACE_S = 1.0
 LINGER_S = 2.0
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+
+
+# HTTP/2's connection preface: a client with prior knowledge (h2c) starts with it.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Side(Protocol):
+    """A client connection of another protocol (HTTP/2: `h2conn`), drained and closed with
+    the HTTP/1.1 ones."""
+
+    def drain(self) -> None: ...
+    def busy(self) -> bool: ...
+    def abort(self) -> None: ...
 
 
 class Proxy:
@@ -118,6 +132,11 @@ class Proxy:
         # connection when it is a request). Appended inline where it is done (two places: a
         # call per request costs).
         self.out: list[tuple[asyncio.Transport, bytes, UpstreamConn | None]] = []
+        # HTTP/2: what takes over a connection that opened with the preface (the client
+        # connection and the bytes read), set by the composition root (`h2conn.take_over`);
+        # None: refused as HTTP/1.1 would. Those connections are kept in `sides`.
+        self.h2_prior: Callable[[ClientConn, bytes], None] | None = None
+        self.sides: set[Side] = set()
 
     def flush(self) -> None:
         out = self.out
@@ -152,7 +171,9 @@ class Proxy:
 
     def busy(self) -> bool:
         """Whether a client connection is in the middle of an exchange."""
-        return any(c.state not in (HEAD, CLOSED) for c in self.clients)
+        return any(c.state not in (HEAD, CLOSED) for c in self.clients) or any(
+            s.busy() for s in self.sides
+        )
 
     def apply(self, settings: ProxySettings) -> None:
         """A reload: new requests go by `settings`; those in flight finish where they are.
@@ -175,6 +196,8 @@ class Proxy:
         for s in self.servers:
             s.close()
         self.close_idle_clients()
+        for side in list(self.sides):
+            side.drain()
 
     def close_idle_clients(self) -> None:
         for c in list(self.clients):
@@ -188,6 +211,8 @@ class Proxy:
             self._sweeper.cancel()
         for c in list(self.clients):
             c.abort()
+        for side in list(self.sides):
+            side.abort()
         for cl in self.clusters:
             cl.close()
 
@@ -461,6 +486,17 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         incomplete."""
         buf = self.buf
         p = self.proxy
+        if buf[:3] == b"PRI" and p.h2_prior is not None and not self.t0:
+            # HTTP/2 with prior knowledge, as the connection's first bytes.
+            if len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
+                return False
+            if buf.startswith(H2_PREFACE):
+                self.buf = b""
+                p.tally.connections -= 1
+                p.clients.discard(self)
+                self.mark_closed()
+                p.h2_prior(self, buf)
+                return True
         try:
             req = http1.parse_request_head(buf, p.limits.max_head_bytes)
         except ProtocolError as e:
