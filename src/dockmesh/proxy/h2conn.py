@@ -39,6 +39,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 
 from dockmesh.proxy import h2rules, http1
 from dockmesh.proxy.cluster import Upstream
@@ -638,11 +639,14 @@ class H2Client(asyncio.Protocol):
         if self.draining or self.closed:
             return
         self.draining = True
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.conn.close_connection(
-                _CODES.NO_ERROR, last_stream_id=self.conn.highest_inbound_stream_id
-            )
+        # The frame by hand: `h2` closes its connection once it sent a GOAWAY, and the
+        # streams begun must still be answered on it.
+        goaway = hyperframe.frame.GoAwayFrame(0)
+        goaway.last_stream_id = self.conn.highest_inbound_stream_id
+        goaway.error_code = _CODES.NO_ERROR
         self.flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(goaway.serialize())
         self._maybe_done()
 
     def busy(self) -> bool:
@@ -907,3 +911,44 @@ class AlpnSwitch(asyncio.Protocol):
 def enable(proxy: Proxy) -> None:
     """HTTP/2 with prior knowledge on `proxy`'s plain listeners."""
     proxy.h2_prior = take_over
+
+
+async def probe(host: str, port: int, path: str, timeout_s: float) -> bool:
+    """The active check of an HTTP/2 upstream (`discovery.check_health`'s `probe_with`):
+    passes when it answers a GET of `path` with a status below 500 within `timeout_s` (a gRPC
+    server answers any path, unknown methods with grpc-status in a 200)."""
+    writer = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host, port)
+            cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
+            conn = h2.connection.H2Connection(cfg)
+            conn.initiate_connection()
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(
+                sid,
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", b"http"),
+                    (b":authority", authority.encode()),
+                    (b":path", path.encode()),
+                    (b"user-agent", b"dockmesh-proxy-check"),
+                ],
+                end_stream=True,
+            )
+            writer.write(conn.data_to_send())
+            while data := await reader.read(READ_SIZE):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                        status = dict(ev.headers).get(b":status", b"599")
+                        return int(status) < 500
+                    if isinstance(ev, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                        return False
+                writer.write(conn.data_to_send())
+            return False
+    except (OSError, TimeoutError, ValueError, h2.exceptions.ProtocolError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()

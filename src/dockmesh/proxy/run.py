@@ -182,7 +182,10 @@ async def _worker(
                 assert opts.agent is not None  # run_proxy checked
                 task = watch_service(cluster, spec.service, opts.agent)
             else:
-                task = check_health(cluster, spec.health_path)
+                h2 = spec.upstream_protocol == "h2"
+                task = check_health(
+                    cluster, spec.health_path, probe_with=h2conn.probe if h2 else None
+                )
             tasks[id(cluster)] = loop.create_task(task)
 
     follow(made)
