@@ -24,6 +24,7 @@ import grpc
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import hyperframe.frame
 import pytest
 from cryptography import x509
@@ -405,3 +406,98 @@ class SlowBackend:
     def stop(self) -> None:
         self.done = True
         self.sock.close()
+
+
+def _frames(s: socket.socket, until: float) -> list[hyperframe.frame.Frame]:
+    """The frames read until the proxy closes or `until` (monotonic)."""
+    raw_in = b""
+    with contextlib.suppress(OSError):
+        while time.monotonic() < until:
+            s.settimeout(max(0.05, until - time.monotonic()))
+            data = s.recv(65536)
+            if not data:
+                break
+            raw_in += data
+    frames = []
+    view = memoryview(raw_in)
+    while len(view) >= 9:
+        frame, length = hyperframe.frame.Frame.parse_frame_header(view[:9])
+        if len(view) < 9 + length:
+            break
+        frame.parse_body(view[9 : 9 + length])
+        frames.append(frame)
+        view = view[9 + length :]
+    return frames
+
+
+def _preface(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + hyperframe.frame.SettingsFrame(0).serialize())
+    return s
+
+
+def test_settings_bound_streams_and_header_lists_and_floods_end_the_connection(
+    plain: tuple[ProxyProc, list[Backend]],
+) -> None:
+    proxy, _ = plain
+    s = _preface(proxy.port)
+    settings = _frames(s, time.monotonic() + 1.0)[0]
+    assert isinstance(settings, hyperframe.frame.SettingsFrame)
+    assert settings.settings[hyperframe.frame.SettingsFrame.MAX_CONCURRENT_STREAMS] == 100
+    assert settings.settings[hyperframe.frame.SettingsFrame.MAX_HEADER_LIST_SIZE] == 65536
+    # A CONTINUATION flood: a header block that never ends.
+    headers = hyperframe.frame.HeadersFrame(1)
+    headers.data = b"\x82\x86\x84"  # :method GET, :scheme http, :path /
+    flood = [headers.serialize()]
+    for _ in range(200):
+        cont = hyperframe.frame.ContinuationFrame(1)
+        cont.data = b"\x40\x01x\x7f\x00" + b"a" * 127  # literal fields, never END_HEADERS
+        flood.append(cont.serialize())
+    with contextlib.suppress(OSError):
+        s.sendall(b"".join(flood))
+    frames = _frames(s, time.monotonic() + 5)
+    assert any(isinstance(f, hyperframe.frame.GoAwayFrame) for f in frames), frames
+    s.close()
+    # A header list beyond the limit, in one block.
+    s = _preface(proxy.port)
+    block = hpack.Encoder().encode(
+        [(":method", "GET"), (":scheme", "http"), (":path", "/")]
+        + [(f"x-{i}", "v" * 16_000) for i in range(6)]
+    )
+    big = hyperframe.frame.HeadersFrame(1)
+    big.data = block[:16_000]
+    big.flags.add("END_STREAM")
+    conts = []
+    for at in range(16_000, len(block), 16_000):
+        c = hyperframe.frame.ContinuationFrame(1)
+        c.data = block[at : at + 16_000]
+        if at + 16_000 >= len(block):
+            c.flags.add("END_HEADERS")
+        conts.append(c.serialize())
+    with contextlib.suppress(OSError):
+        s.sendall(big.serialize() + b"".join(conts))
+    frames = _frames(s, time.monotonic() + 5)
+    assert any(
+        isinstance(f, hyperframe.frame.GoAwayFrame | hyperframe.frame.RstStreamFrame)
+        for f in frames
+    ), frames
+    assert not any(isinstance(f, hyperframe.frame.HeadersFrame) for f in frames)
+    s.close()
+    # A normal client meanwhile.
+    assert _status(proxy.port, "/fine") == "200"
+
+
+def test_an_idle_h2_connection_is_closed_with_goaway(tmp_path: Path) -> None:
+    with backends(1) as (be,):
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(f"timeouts: {{idle: 1s}}\nroutes:\n  - backends: [{be.url}]\n")
+        proxy = ProxyProc(tmp_path, "--config", str(cfg))
+        try:
+            s = _preface(proxy.port)
+            t0 = time.monotonic()
+            frames = _frames(s, t0 + 10)
+            assert time.monotonic() - t0 < 5
+            assert isinstance(frames[-1], hyperframe.frame.GoAwayFrame), frames
+            s.close()
+        finally:
+            proxy.stop()
