@@ -54,7 +54,7 @@ MAX_STREAMS = 100
 READ_SIZE = 64 * 1024
 IDLE_CHECK_S = 1.0
 # Pooled HTTP/1.1 upstream connections kept per upstream for HTTP/2 streams.
-POOL_MAX = 256
+POOL_MAX = 1024
 _CODES = h2.errors.ErrorCodes
 _SETTINGS = h2.settings.SettingCodes
 
@@ -116,8 +116,15 @@ class H2Client(asyncio.Protocol):
         self.proxy = proxy
         self.tls = tls
         self.hub = hub_of(proxy)
+        # What arrives is checked (and read again as an HTTP/1.1 head: `h2rules`); what is
+        # sent was made from checked fields, so `h2` does not check it again (a third of its
+        # cost per request).
         cfg = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.conn = h2.connection.H2Connection(cfg)
         limit = proxy.limits.max_head_bytes
@@ -141,6 +148,7 @@ class H2Client(asyncio.Protocol):
         self.client_ip = b""
         self.trusted = False
         self._timer: asyncio.TimerHandle | None = None
+        self._flush_soon = False
 
     # --- asyncio callbacks --------------------------------------------------------------------
 
@@ -167,12 +175,15 @@ class H2Client(asyncio.Protocol):
         p.sides.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        self._cancel_all()
+        self.writable.set()
+        self.transport = None
+
+    def _cancel_all(self) -> None:
         for s in list(self.streams.values()):
             if s.task is not None:
                 s.task.cancel()
         self.streams.clear()
-        self.writable.set()
-        self.transport = None
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -223,6 +234,9 @@ class H2Client(asyncio.Protocol):
                 for s in self.streams.values():
                     s.window.set()
             elif isinstance(ev, h2.events.ConnectionTerminated):
+                # The client's GOAWAY: `h2` takes no more frames to send on the connection,
+                # so the streams in flight cannot be answered.
+                self._cancel_all()
                 self.flush()
                 self.close()
                 return
@@ -264,6 +278,8 @@ class H2Client(asyncio.Protocol):
             await self._forward(s)
         except asyncio.CancelledError:
             pass
+        except h2.exceptions.StreamClosedError:
+            pass  # the client reset it meanwhile
         except Cut:
             self._reset_client(s, _CODES.INTERNAL_ERROR)
         except Exception:  # a bug must end the stream, never the connection
@@ -410,6 +426,14 @@ class H2Client(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
+        """What `h2` has to send goes out at the end of the loop's pass: the frames of many
+        streams in one write (a write is a system call)."""
+        if not self._flush_soon:
+            self._flush_soon = True
+            self.proxy.loop.call_soon(self.write_out)
+
+    def write_out(self) -> None:
+        self._flush_soon = False
         t = self.transport
         data = self.conn.data_to_send()
         if data and t is not None and not t.is_closing():
@@ -644,7 +668,7 @@ class H2Client(asyncio.Protocol):
         goaway = hyperframe.frame.GoAwayFrame(0)
         goaway.last_stream_id = self.conn.highest_inbound_stream_id
         goaway.error_code = _CODES.NO_ERROR
-        self.flush()
+        self.write_out()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(goaway.serialize())
         self._maybe_done()
@@ -653,6 +677,7 @@ class H2Client(asyncio.Protocol):
         return bool(self.streams)
 
     def close(self) -> None:
+        self.write_out()
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()
@@ -682,7 +707,12 @@ class H2Upstream(asyncio.Protocol):
     there while it has room for them (the upstream's SETTINGS_MAX_CONCURRENT_STREAMS)."""
 
     def __init__(self) -> None:
-        cfg = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        cfg = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.conn = h2.connection.H2Connection(cfg)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, UpStream] = {}
