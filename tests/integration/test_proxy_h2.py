@@ -487,7 +487,9 @@ def test_settings_bound_streams_and_header_lists_and_floods_end_the_connection(
     assert _status(proxy.port, "/fine") == "200"
 
 
-def test_an_idle_h2_connection_is_closed_with_goaway(tmp_path: Path) -> None:
+def test_an_idle_h2_connection_and_a_stream_whose_window_stays_shut_are_ended(
+    tmp_path: Path,
+) -> None:
     with backends(1) as (be,):
         cfg = tmp_path / "routes.yaml"
         cfg.write_text(f"timeouts: {{idle: 1s}}\nroutes:\n  - backends: [{be.url}]\n")
@@ -499,5 +501,23 @@ def test_an_idle_h2_connection_is_closed_with_goaway(tmp_path: Path) -> None:
             assert time.monotonic() - t0 < 5
             assert isinstance(frames[-1], hyperframe.frame.GoAwayFrame), frames
             s.close()
+            # A client that never opens its window for the response.
+            s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            shut = hyperframe.frame.SettingsFrame(
+                0, settings={hyperframe.frame.SettingsFrame.INITIAL_WINDOW_SIZE: 0}
+            )
+            req = hyperframe.frame.HeadersFrame(1)
+            req.data = hpack.Encoder().encode(
+                [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                 (":path", "/big/300000")]
+            )  # fmt: skip
+            req.flags.add("END_HEADERS")
+            req.flags.add("END_STREAM")
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + shut.serialize() + req.serialize())
+            frames = _frames(s, time.monotonic() + 4)
+            kinds = [type(f).__name__ for f in frames if f.stream_id == 1]
+            assert kinds == ["HeadersFrame", "RstStreamFrame"], frames
+            s.close()
+            assert _status(proxy.port, "/after") == "200"
         finally:
             proxy.stop()

@@ -387,19 +387,21 @@ class H2Client(asyncio.Protocol):
         self.flush()
 
     async def send_data(self, s: Stream, data: bytes, end: bool) -> None:
-        """`data` within the stream's window and while the transport takes it."""
+        """`data` within the stream's window and while the transport takes it. A client that
+        keeps the window shut (or does not read) for `idle_s` has the stream reset: it would
+        hold the upstream's connection as long as it liked."""
         conn = self.conn
         view = memoryview(data)
         while view:
             if self.closed:
                 raise asyncio.CancelledError
             if not self.writable.is_set():
-                await self.writable.wait()
+                await self._stalled(self.writable)
                 continue
             n = min(len(view), conn.local_flow_control_window(s.id), conn.max_outbound_frame_size)
             if n <= 0:
                 s.window.clear()
-                await s.window.wait()
+                await self._stalled(s.window)
                 continue
             conn.send_data(s.id, bytes(view[:n]))
             view = view[n:]
@@ -407,6 +409,14 @@ class H2Client(asyncio.Protocol):
         if end:
             conn.end_stream(s.id)
             self.flush()
+
+    async def _stalled(self, event: asyncio.Event) -> None:
+        try:
+            async with asyncio.timeout(self.proxy.timeouts.idle_s):
+                await event.wait()
+        except TimeoutError:
+            self.proxy.tally.reject("client_timeout")
+            raise Cut from None
 
     async def body_pieces(self, s: Stream) -> AsyncIterator[bytes]:
         """The request body as it arrives; each piece's window is reopened by `acked`."""
@@ -559,13 +569,15 @@ class H2Client(asyncio.Protocol):
                 writer.close()
 
     async def _pump_h1(self, s: Stream, writer: asyncio.StreamWriter, chunked: bool) -> None:
-        async for piece in self.body_pieces(s):
-            writer.write(h2rules.chunked(piece) if chunked else piece)
-            await writer.drain()
-            self.acked(s, len(piece))
-        if chunked:
-            writer.write(h2rules.LAST_CHUNK)
-            await writer.drain()
+        # (Its failures are the response's to see: the upstream closed, or answered early.)
+        with contextlib.suppress(OSError):
+            async for piece in self.body_pieces(s):
+                writer.write(h2rules.chunked(piece) if chunked else piece)
+                await writer.drain()
+                self.acked(s, len(piece))
+            if chunked:
+                writer.write(h2rules.LAST_CHUNK)
+                await writer.drain()
 
     async def _via_h2(
         self, s: Stream, ex: Exchange[Any], up: Upstream[Any], headers: list[tuple[bytes, bytes]]
@@ -635,10 +647,12 @@ class H2Client(asyncio.Protocol):
             uc.forget(us)
 
     async def _pump_h2(self, s: Stream, uc: H2Upstream, us: UpStream) -> None:
-        async for piece in self.body_pieces(s):
-            await uc.send(us, piece)
-            self.acked(s, len(piece))
-        uc.end(us)
+        # (Its failures are the response's to see: the stream or the connection ended.)
+        with contextlib.suppress(Cut, h2.exceptions.ProtocolError):
+            async for piece in self.body_pieces(s):
+                await uc.send(us, piece)
+                self.acked(s, len(piece))
+            uc.end(us)
 
     # --- the connection's end -----------------------------------------------------------------
 
