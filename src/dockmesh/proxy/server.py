@@ -489,6 +489,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         if buf[:3] == b"PRI" and p.h2_prior is not None and not self.t0:
             # HTTP/2 with prior knowledge, as the connection's first bytes.
             if len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
+                if not self.head_started:
+                    self.head_started = p.now  # (a preface, too, is due within client_header_s)
                 return False
             if buf.startswith(H2_PREFACE):
                 self.buf = b""
