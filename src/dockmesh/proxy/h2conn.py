@@ -259,8 +259,12 @@ class H2Client(asyncio.Protocol):
 
     def _reset(self, sid: int) -> None:
         s = self.streams.pop(sid, None)
-        if s is not None and s.task is not None:
-            s.task.cancel()
+        if s is not None:
+            if s.task is not None:
+                s.task.cancel()  # (one not begun never runs its `finally`: acked here)
+            if s.unacked:
+                self._ack(s.unacked, sid)  # the connection's window, the stream being gone
+                s.unacked = 0
         self._maybe_done()
 
     def _ack(self, n: int, sid: int) -> None:
