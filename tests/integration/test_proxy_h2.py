@@ -215,6 +215,9 @@ def grpc_proxy(tmp_path: Path) -> Iterator[ProxyProc]:
         for i in range(int(req)):
             yield b"%d" % i * 1000
 
+    def total(reqs: Iterator[bytes], ctx: grpc.ServicerContext) -> bytes:
+        return b"%d" % sum(len(r) for r in reqs)
+
     def missing(req: bytes, ctx: grpc.ServicerContext) -> bytes:
         ctx.set_trailing_metadata((("x-why", "asked"),))
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
@@ -226,6 +229,7 @@ def grpc_proxy(tmp_path: Path) -> Iterator[ProxyProc]:
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
             "Missing": grpc.unary_unary_rpc_method_handler(missing),
+            "Total": grpc.stream_unary_rpc_method_handler(total),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(4))
@@ -251,6 +255,9 @@ def test_grpc_unary_and_server_streaming_through_the_proxy(grpc_proxy: ProxyProc
         stream = ch.unary_stream("/test.Echo/Stream")
         got = list(stream(b"50", timeout=10))
         assert got == [b"%d" % i * 1000 for i in range(50)]
+        # A client stream larger than the windows: the body flows as the upstream takes it.
+        upload = ch.stream_unary("/test.Echo/Total")
+        assert upload(iter([b"u" * 10_000] * 100), timeout=20) == b"1000000"
         # An error's status travels in the trailers (grpc-status, grpc-message).
         missing = ch.unary_unary("/test.Echo/Missing")
         with pytest.raises(grpc.RpcError) as e:

@@ -55,6 +55,10 @@ READ_SIZE = 64 * 1024
 IDLE_CHECK_S = 1.0
 # Pooled HTTP/1.1 upstream connections kept per upstream for HTTP/2 streams.
 POOL_MAX = 1024
+# What a client may leave unread on its connection. Responses wait for the transport to take
+# them (`writable`), so only the answers `h2` makes by itself (PING and SETTINGS acks) can
+# pile up past the high-water mark: a client that floods those and never reads is cut off.
+MAX_UNREAD = 1024 * 1024
 _CODES = h2.errors.ErrorCodes
 _SETTINGS = h2.settings.SettingCodes
 
@@ -452,6 +456,9 @@ class H2Client(asyncio.Protocol):
         data = self.conn.data_to_send()
         if data and t is not None and not t.is_closing():
             t.write(data)
+            if t.get_write_buffer_size() > MAX_UNREAD:
+                self.proxy.tally.reject("unread")
+                t.abort()
 
     # --- upstreams ----------------------------------------------------------------------------
 

@@ -116,3 +116,21 @@ def test_a_drain_says_goaway_and_refuses_later_streams(loop: asyncio.AbstractEve
     loop.run_until_complete(asyncio.wait_for(answered(), 10))
     ends = [f for f in frames(t) if f.stream_id == 1 and "END_STREAM" in f.flags]
     assert ends and t.closed
+
+
+def test_a_ping_flood_from_a_client_that_does_not_read_is_cut_off(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    h, t = connect(loop)
+    c = client()
+    h.data_received(c.data_to_send())
+    for _ in range(10):
+        c.ping(b"12345678")
+    h.data_received(c.data_to_send())
+    h.write_out()
+    assert not t.closed  # its answers were written
+    t.buffered = h2conn.MAX_UNREAD + 1  # and it reads none of them
+    c.ping(b"12345678")
+    h.data_received(c.data_to_send())
+    h.write_out()
+    assert t.aborted
