@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import json
 import random
+import re
 import socket
 import ssl
 import subprocess
@@ -526,5 +527,41 @@ def test_an_idle_h2_connection_and_a_stream_whose_window_stays_shut_are_ended(
             assert kinds == ["HeadersFrame", "RstStreamFrame"], frames
             s.close()
             assert _status(proxy.port, "/after") == "200"
+        finally:
+            proxy.stop()
+
+
+def _upstream_connections(proxy: ProxyProc) -> int:
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in proxy.metrics().splitlines()
+        if line.startswith("dockmesh_proxy_upstream_connections{")
+    )
+
+
+def test_upstream_connections_of_streams_are_counted_and_closed_when_idle(
+    tmp_path: Path,
+) -> None:
+    with backends(1) as (be,):
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(
+            "timeouts: {pool_idle: 1s}\nlimits: {max_connections_per_upstream: 3}\n"
+            f"routes:\n  - backends: [{be.url}]\n"
+        )
+        proxy = ProxyProc(tmp_path, "--config", str(cfg))
+        try:
+            urls = [f"{proxy.url}/n{i}" for i in range(8)]
+            out = curl("--http2-prior-knowledge", "--parallel", "--parallel-immediate",
+                       "-w", "\nCODE=%{http_code}\n", *urls)  # fmt: skip
+            codes = re.findall(rb"CODE=(\d+)", out.stdout)
+            assert len(codes) == 8, out
+            # At most 3 connections to the upstream: the others got 503 at once, or waited
+            # for none (no queue), or found one back in the pool.
+            assert set(codes) <= {b"200", b"503"} and b"200" in codes, out
+            assert 1 <= _upstream_connections(proxy) <= 3
+            deadline = time.monotonic() + 10
+            while _upstream_connections(proxy) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert _upstream_connections(proxy) == 0
         finally:
             proxy.stop()

@@ -577,7 +577,7 @@ class H2Client(asyncio.Protocol):
             if keep:
                 self.hub.h1_release(up, pair)
             else:
-                writer.close()
+                self.hub.close_h1(up, pair)
 
     async def _pump_h1(self, s: Stream, writer: asyncio.StreamWriter, chunked: bool) -> None:
         # (Its failures are the response's to see: the upstream closed, or answered early.)
@@ -731,7 +731,10 @@ class H2Upstream(asyncio.Protocol):
     """One HTTP/2 (prior knowledge) connection to an upstream, shared by the streams sent
     there while it has room for them (the upstream's SETTINGS_MAX_CONCURRENT_STREAMS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: Upstream[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.upstream = upstream
+        self.loop = loop
+        self.idle_since = loop.time()
         cfg = h2.config.H2Configuration(
             client_side=True,
             header_encoding=None,
@@ -747,11 +750,14 @@ class H2Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.upstream.connections += 1
         self.conn.initiate_connection()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end()
+        if self.transport is not None:
+            self.upstream.connections -= 1
         self.transport = None
 
     def pause_writing(self) -> None:
@@ -840,6 +846,8 @@ class H2Upstream(asyncio.Protocol):
 
     def forget(self, us: UpStream) -> None:
         self.streams.pop(us.id, None)
+        if not self.streams:
+            self.idle_since = self.loop.time()
 
     def flush(self) -> None:
         t = self.transport
@@ -852,46 +860,94 @@ class H2Upstream(asyncio.Protocol):
             self.transport.close()
 
 
+Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class Hub:
     """A worker's upstream connections for HTTP/2 streams: pooled HTTP/1.1 ones and shared
-    HTTP/2 ones, per upstream address."""
+    HTTP/2 ones, per upstream address. They count in their upstream's `connections` (its
+    `max_connections_per_upstream` holds for them too), and idle ones are closed after
+    `pool_idle_s`, as the HTTP/1.1 pool's."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
-        self.h1: dict[str, list[tuple[float, tuple[asyncio.StreamReader, asyncio.StreamWriter]]]]
-        self.h1 = {}
+        self.h1: dict[str, list[tuple[float, Pair, Upstream[Any]]]] = {}
         self.h2: dict[str, list[H2Upstream]] = {}
+        # The HTTP/1.1 connections counted in their upstream's `connections` (by id of the
+        # writer): one the upstream closed is counted out once, when the proxy closes it.
+        self.counted: set[int] = set()
+        self._timer = proxy.loop.call_later(IDLE_CHECK_S, self._sweep)
 
-    async def h1_connection(
-        self, up: Upstream[Any], connect_s: float
-    ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
+    def _sweep(self) -> None:
+        now = self.proxy.loop.time()
+        oldest = now - self.proxy.timeouts.pool_idle_s
+        for idle in self.h1.values():
+            if idle:
+                kept = []
+                for since, pair, up in idle:
+                    if since < oldest or pair[0].at_eof() or pair[1].is_closing():
+                        self.close_h1(up, pair)
+                    else:
+                        kept.append((since, pair, up))
+                idle[:] = kept
+        for conns in self.h2.values():
+            for c in conns:
+                if not c.streams and c.idle_since < oldest:
+                    c.close()
+            conns[:] = [c for c in conns if not c.dead and c.transport is not None]
+        self._timer = self.proxy.loop.call_later(IDLE_CHECK_S, self._sweep)
+
+    def close_h1(self, up: Upstream[Any], pair: Pair) -> None:
+        pair[1].close()
+        if id(pair[1]) in self.counted:
+            self.counted.discard(id(pair[1]))
+            up.connections -= 1
+
+    def _room(self, up: Upstream[Any]) -> None:
+        if up.connections >= self.proxy.limits.max_connections_per_upstream:
+            raise Failed(
+                NO_VERDICT,
+                False,
+                503,
+                f"upstream {up.addr} has too many connections",
+                "overload",
+                verdict=FAIL,
+            )
+
+    async def h1_connection(self, up: Upstream[Any], connect_s: float) -> tuple[Pair, bool]:
         """A pooled connection (and True) or a new one; `Failed` when none could be opened."""
         idle = self.h1.get(up.addr)
         oldest = self.proxy.loop.time() - self.proxy.timeouts.pool_idle_s
         while idle:
-            since, pair = idle.pop()
+            since, pair, _ = idle.pop()
             if since >= oldest and not pair[0].at_eof() and not pair[1].is_closing():
                 return pair, True
-            pair[1].close()
+            self.close_h1(up, pair)
+        self._room(up)
+        up.connections += 1
+        opened = False
         try:
             async with asyncio.timeout(connect_s):
                 pair = await asyncio.open_connection(up.host, up.port, limit=READ_SIZE)
+            opened = True
+            self.counted.add(id(pair[1]))
         except TimeoutError:
             raise Failed(None, False, 502, "connect timed out", "connect") from None
         except OSError as e:
             raise Failed(
                 None, False, 502, f"connect failed: {e.strerror or e}", "connect"
             ) from None
+        finally:
+            if not opened:
+                up.connections -= 1  # (cancelled too: the client reset the stream)
         return pair, False
 
-    def h1_release(
-        self, up: Upstream[Any], pair: tuple[asyncio.StreamReader, asyncio.StreamWriter]
-    ) -> None:
+    def h1_release(self, up: Upstream[Any], pair: Pair) -> None:
         idle = self.h1.setdefault(up.addr, [])
         if up.removed or len(idle) >= POOL_MAX:
-            pair[1].close()
+            self.close_h1(up, pair)
             return
-        idle.append((self.proxy.loop.time(), pair))
+        idle.append((self.proxy.loop.time(), pair, up))
 
     async def h2_connection(self, up: Upstream[Any], connect_s: float) -> H2Upstream:
         conns = self.h2.setdefault(up.addr, [])
@@ -899,10 +955,11 @@ class Hub:
         for c in conns:
             if c.room():
                 return c
+        self._room(up)
         loop = self.proxy.loop
         try:
             async with asyncio.timeout(connect_s):
-                _, uc = await loop.create_connection(H2Upstream, up.host, up.port)
+                _, uc = await loop.create_connection(lambda: H2Upstream(up, loop), up.host, up.port)
         except TimeoutError:
             raise Failed(None, False, 502, "connect timed out", "connect") from None
         except OSError as e:
