@@ -44,7 +44,7 @@ import hyperframe.frame
 from dockmesh.proxy import h2rules, http1
 from dockmesh.proxy.cluster import Upstream
 from dockmesh.proxy.exchange import NO_VERDICT, Exchange
-from dockmesh.proxy.server import ClientConn, Proxy
+from dockmesh.proxy.server import LINGER_S, ClientConn, Proxy
 from dockmesh.resilience.retry import FAIL, RESEND, RETRY, RETRYABLE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class H2Client(asyncio.Protocol):
         self.trusted = False
         self._timer: asyncio.TimerHandle | None = None
         self._flush_soon = False
+        self.lingering = False  # `close` sent its FIN
 
     # --- asyncio callbacks --------------------------------------------------------------------
 
@@ -196,6 +197,8 @@ class H2Client(asyncio.Protocol):
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # closing: read and dropped
         self.last_active = self.proxy.loop.time()
         try:
             events = self.conn.receive_data(data)
@@ -702,7 +705,23 @@ class H2Client(asyncio.Protocol):
         return bool(self.streams)
 
     def close(self) -> None:
+        """Ends the connection once what was written is sent. A lingering close, as
+        HTTP/1.1's (`server.ClientConn.close`): a socket closed with the client's bytes unread
+        is reset, and the reset drops what the client had not read yet, the GOAWAY saying why
+        among it. So: FIN, then the client's bytes are read and dropped for `LINGER_S`."""
         self.write_out()
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        if not self.lingering and t.can_write_eof():
+            self.lingering = True
+            self._cancel_all()
+            t.write_eof()
+            self.proxy.loop.call_later(LINGER_S, self._linger_over)
+        else:
+            t.close()
+
+    def _linger_over(self) -> None:
         t = self.transport
         if t is not None and not t.is_closing():
             t.close()
