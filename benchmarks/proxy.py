@@ -21,6 +21,13 @@ p99 that wrk did not print is missing, never 0: the goal then fails. The CPU eac
 per request (from /proc) is printed too: on a shared machine it separates a proxy's own cost
 from the contention.
 
+HTTP/2 (`h2c` row, when h2load is installed: scripts/setup.sh installs nghttp2-client):
+`h2load -t1 -c50 -m10 -D<seconds>` with prior knowledge, on `/`, against dockmesh (which takes
+h2c on its one port) and an HAProxy frontend `proto h2` before the same backends (both
+forwarding HTTP/1.1 to them), in the same alternating rounds; printed as a ratio, with no goal
+(a measurement: dockmesh's HTTP/2 framing is the `h2` package's, in Python). h2load prints no
+percentiles: its mean request time is shown instead. `--h2-only` runs that row alone.
+
 `--baseline-src DIR` adds a fourth contender, `baseline`: the same proxy command run from
 another dockmesh source tree (DIR or DIR/src on PYTHONPATH; e.g. `git worktree add
 /tmp/before main`), in the same rounds, so a change's before/after ratios come from one run.
@@ -191,6 +198,7 @@ def main() -> int:
         "--no-tls", action="store_true", help="skip the TLS rows (handshakes/s, keep-alive)"
     )
     ap.add_argument("--tls-only", action="store_true", help="only the TLS rows")
+    ap.add_argument("--h2-only", action="store_true", help="only the HTTP/2 (h2load) row")
     ap.add_argument("--exchanges", type=int, help=argparse.SUPPRESS)  # callgrind's child
     ap.add_argument("--lane", choices=LANES, default="fast", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -249,7 +257,7 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
     pidfiles = [tmp / "be.pid", tmp / "lb.pid", tmp / "hap.pid"]
     try:
         be = start_backends(tmp)
-        hap, ngx = free_port(), free_port()
+        hap, ngx, hap_h2 = free_port(), free_port(), free_port()
         ups = " ".join(f"server 127.0.0.1:{p};" for p in be)
         (tmp / "lb.conf").write_text(
             f"worker_processes 1; daemon on; pid {tmp}/lb.pid; error_log {tmp}/lb.err;\n"
@@ -263,6 +271,7 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
             "global\n  maxconn 4000\n  nbthread 1\ndefaults\n  mode http\n  timeout connect 5s\n"
             "  timeout client 30s\n  timeout server 30s\n"
             f"frontend fe\n  bind 127.0.0.1:{hap}\n  default_backend be\n"
+            f"frontend fe2\n  bind 127.0.0.1:{hap_h2} proto h2\n  default_backend be\n"
             f"backend be\n  balance roundrobin\n  http-reuse always\n{hap_servers}\n"
         )
         subprocess.run(["nginx", "-c", str(tmp / "lb.conf")], check=True)
@@ -299,6 +308,12 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
             "nginx": (ngx, children_of(lb_master)),
             **{name: (ports[name], [p.pid]) for name, p in zip(trees, procs, strict=True)},
         }
+        if shutil.which("h2load") and not args.tls_only:
+            h2_peers = {"haproxy": (hap_h2, [hap_pid])}
+            h2_peers.update((n, (ports[n], [p.pid])) for n, p in zip(trees, procs, strict=True))
+            h2_row(args, h2_peers)
+        if args.h2_only:
+            return 0
         variants = {} if args.tls_only else VARIANTS
         results: dict[tuple[str, str], list[Result]] = {}
         for name, (path, hdrs) in variants.items():
@@ -465,6 +480,54 @@ def tls_rows(
         return ok
     finally:
         stop_pidfiles([tmp / "hap-tls.pid"])
+
+
+def h2load(port: int, path: str, seconds: int, pids: list[int]) -> tuple[float, int, float, float]:
+    """(req/s, errors, mean ms per request, cpu us per request) of one h2load run."""
+    before = cpu_ticks(pids)
+    out = subprocess.run(
+        ["h2load", "-t1", "-c50", "-m10", "-D", str(seconds), f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    used = cpu_ticks(pids) - before
+    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    r = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if m is None or r is None:
+        raise RuntimeError("h2load printed no result:\n" + out)
+    errors = int(r.group(2)) - int(r.group(3))
+    if codes := re.search(r"status codes: \d+ 2xx, \d+ 3xx, (\d+) 4xx, (\d+) 5xx", out):
+        errors += int(codes.group(1)) + int(codes.group(2))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)\b", out)
+    mean_ms = float("nan")
+    if mean:
+        mean_ms = float(mean.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
+    done = max(int(r.group(2)), 1)
+    return float(m.group(1)), errors, mean_ms, used / os.sysconf("SC_CLK_TCK") / done * 1e6
+
+
+def h2_row(args: argparse.Namespace, peers: dict[str, tuple[int, list[int]]]) -> None:
+    """HTTP/2 with prior knowledge (h2load) to each peer, alternating rounds, medians."""
+    got: dict[str, list[tuple[float, int, float, float]]] = {}
+    for port, _ in peers.values():
+        h2load(port, "/", 1, [])  # warm up
+    for r in range(args.rounds):
+        order = list(peers.items())
+        order = order[r % len(order) :] + order[: r % len(order)]
+        for peer, (port, pids) in order:
+            got.setdefault(peer, []).append(h2load(port, "/", args.seconds, pids))
+    print(f"h2load -t1 -c50 -m10 -D{args.seconds}, {args.rounds} rounds, medians; h2c to HTTP/1.1")
+    print(f"{'variant':9} {'proxy':9} {'req/s':>9} {'mean ms':>8} {'errors':>6} {'cpu us/req':>10}")
+    med: dict[str, float] = {}
+    for peer, rs in got.items():
+        med[peer] = statistics.median(x[0] for x in rs)
+        mean = statistics.median(x[2] for x in rs)
+        cpu = statistics.median(x[3] for x in rs)
+        errs = sum(x[1] for x in rs)
+        print(f"{'h2c':9} {peer:9} {med[peer]:9.0f} {mean:8.2f} {errs:6d} {cpu:10.1f}")
+    for peer in med:
+        if peer != "haproxy":
+            print(f"{'h2c':9} {peer}/haproxy: {med[peer] / med['haproxy']:.2f}x req/s")
 
 
 def ratio_of(a: float | None, b: float | None) -> float | None:

@@ -112,6 +112,8 @@ setup_tools() {
     apt_install dnsutils dnsperf dnsmasq-base
     # The proxy: HAProxy and nginx (peers and backends for benchmarks/proxy.py), wrk (the load).
     apt_install haproxy nginx wrk
+    # h2load (nghttp2-client): the load of the proxy benchmark's HTTP/2 row.
+    apt_install nghttp2-client
     # Observability: iperf3 is the peer of `bench bandwidth` (and its --tool iperf3), run
     # from the host inside the namespaces; curl drives traffic in the tests.
     apt_install iperf3 curl

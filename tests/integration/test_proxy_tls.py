@@ -167,6 +167,22 @@ def test_curl_verifies_a_tls_internal_leaf_and_reaches_the_backend_as_https(
     assert r.stdout == "200", r
 
 
+def test_curl_http2_through_a_tls_internal_route_and_http1_when_alpn_says_so(
+    internal: tuple[ProxyProc, int, Backend], ca_dir: Path
+) -> None:
+    """ALPN offers h2 (HTTP/2 registered its handler) and http/1.1: curl --http2 gets HTTP/2,
+    curl --http1.1 HTTP/1.1, both verified against the CA and reaching the backend."""
+    _, port, _ = internal
+    for flag, version in (("--http2", "2"), ("--http1.1", "1.1")):
+        r = curl(port, "app.test", "--cacert", str(ca_dir / "ca.crt"), flag,
+                 "-w", "\n%{http_version}", path="/tls?x=1")  # fmt: skip
+        assert r.returncode == 0, r
+        body, _, got = r.stdout.rpartition("\n")
+        assert got == version, r
+        doc = json.loads(body)
+        assert doc["path"] == "/tls?x=1" and doc["headers"]["x-forwarded-proto"] == "https"
+
+
 def test_a_name_the_routes_do_not_allow_is_refused_and_nothing_is_minted(
     internal: tuple[ProxyProc, int, Backend], ca_dir: Path
 ) -> None:

@@ -134,6 +134,9 @@ class Cluster(Generic[P]):
         passive: PassivePolicy | None = None,
     ) -> None:
         self.name = name
+        # Requests go to the upstreams as HTTP/2 with prior knowledge (h2c), not HTTP/1.1:
+        # what gRPC needs (its trailers). Set by the composition root from the route.
+        self.upstream_h2 = False
         self.balance = balance
         self.clock = clock
         self.balancer: Balancer = make_balancer(balance, rng)

@@ -14,6 +14,7 @@
       - prefix: /
         backends: [http://127.0.0.1:9001, http://127.0.0.1:9002]
         health: /health              # the active check's path for backends (default /)
+        upstream_protocol: h2        # optional: http/1.1 (default) or h2 (h2c, for gRPC)
     passive:                         # passive health (resilience/passive.py), as the flags
       failure_statuses: [502, 503, 504]  # what counts against a host (add 500 to count it)
       max_ejection_percent: 50       # hosts out (breaker open or ejected) at most; never all
@@ -65,6 +66,7 @@ class RouteSpec:
     prefix: str = "/"
     balance: str | None = None
     health_path: str = "/"
+    upstream_protocol: str = "http/1.1"  # or "h2": HTTP/2 with prior knowledge (h2c)
 
 
 @dataclass
@@ -122,7 +124,16 @@ def parse_backend(url: str) -> str:
 
 _TIMEOUTS = ("connect", "response_header", "client_header", "idle", "tunnel_idle", "pool_idle")
 _LIMITS = ("max_connections", "max_header_bytes", "max_connections_per_upstream")
-_ROUTE_KEYS = ("host", "prefix", "service", "backends", "balance", "health")
+_ROUTE_KEYS = (
+    "host",
+    "prefix",
+    "service",
+    "backends",
+    "balance",
+    "health",
+    "upstream_protocol",
+)
+UPSTREAM_PROTOCOLS = ("http/1.1", "h2")
 
 
 def load_config(raw: bytes, filename: str) -> FileSettings:
@@ -265,6 +276,11 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
             problems.append(Problem((*path, "health"), "must be a path starting with /"))
         else:
             spec.health_path = health
+        protocol = r.get("upstream_protocol", "http/1.1")
+        if protocol not in UPSTREAM_PROTOCOLS:
+            problems.append(Problem((*path, "upstream_protocol"), "must be http/1.1 or h2"))
+        else:
+            spec.upstream_protocol = protocol
         out.routes.append(spec)
     return problems
 

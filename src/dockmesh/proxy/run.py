@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockmesh.errors import SpecError
+from dockmesh.proxy import h2conn
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.config import FileSettings, RouteSpec, TlsSpec, load_config
@@ -132,6 +133,8 @@ def build_settings(
     for spec in specs:
         balance = spec.balance or opts.balance
         key = spec.service or ",".join(spec.backends)
+        if spec.upstream_protocol != "http/1.1":
+            key += "|" + spec.upstream_protocol
         cluster = clusters.get(key)
         if cluster is None:
             name = spec.service or spec.name
@@ -145,6 +148,7 @@ def build_settings(
                 )
                 if spec.backends:
                     cluster.set_members(dict.fromkeys(spec.backends, 1))
+                cluster.upstream_h2 = spec.upstream_protocol == "h2"
             if known is not None:
                 known[full] = cluster
             clusters[key] = cluster
@@ -208,6 +212,7 @@ async def _worker(
     known: dict[str, Cluster[Any]] = {}
     settings, made = build_settings(opts, known)
     proxy = Proxy(settings, loop)
+    h2conn.enable(proxy)
     if sock is not None:
         await proxy.listen(sock)
     edge = None
@@ -227,7 +232,10 @@ async def _worker(
                 assert opts.agent is not None  # run_proxy checked
                 task = watch_service(cluster, spec.service, opts.agent)
             else:
-                task = check_health(cluster, spec.health_path)
+                h2 = spec.upstream_protocol == "h2"
+                task = check_health(
+                    cluster, spec.health_path, probe_with=h2conn.probe if h2 else None
+                )
             tasks[id(cluster)] = loop.create_task(task)
 
     follow(made)

@@ -48,7 +48,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster, Upstream
@@ -83,6 +83,19 @@ REMOVED_GRACE_S = 1.0
 LINGER_S = 2.0
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+
+
+# HTTP/2's connection preface: a client with prior knowledge (h2c) starts with it.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class Side(Protocol):
+    """A client connection of another protocol (HTTP/2: `h2conn`), drained and closed with
+    the HTTP/1.1 ones."""
+
+    def drain(self) -> None: ...
+    def busy(self) -> bool: ...
+    def abort(self) -> None: ...
 
 
 class Proxy:
@@ -124,6 +137,11 @@ class Proxy:
         # ClientConn's own; HTTP/2 registers "h2" here). Offered in this order, before
         # http/1.1: a name goes to the TLS context only once its handler is here.
         self.alpn: dict[str, Callable[[Proxy, asyncio.Transport], None]] = {}
+        # HTTP/2: what takes over a connection that opened with the preface (the client
+        # connection and the bytes read), set by the composition root (`h2conn.take_over`);
+        # None: refused as HTTP/1.1 would. Those connections are kept in `sides`.
+        self.h2_prior: Callable[[ClientConn, bytes], None] | None = None
+        self.sides: set[Side] = set()
 
     def flush(self) -> None:
         out = self.out
@@ -176,7 +194,9 @@ class Proxy:
 
     def busy(self) -> bool:
         """Whether a client connection is in the middle of an exchange."""
-        return any(c.state not in (HEAD, CLOSED) for c in self.clients)
+        return any(c.state not in (HEAD, CLOSED) for c in self.clients) or any(
+            s.busy() for s in self.sides
+        )
 
     def apply(self, settings: ProxySettings) -> None:
         """A reload: new requests go by `settings`; those in flight finish where they are.
@@ -199,6 +219,8 @@ class Proxy:
         for s in self.servers:
             s.close()
         self.close_idle_clients()
+        for side in list(self.sides):
+            side.drain()
 
     def close_idle_clients(self) -> None:
         for c in list(self.clients):
@@ -212,6 +234,8 @@ class Proxy:
             self._sweeper.cancel()
         for c in list(self.clients):
             c.abort()
+        for side in list(self.sides):
+            side.abort()
         for cl in self.clusters:
             cl.close()
 
@@ -234,7 +258,8 @@ class Proxy:
             self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
 
-def _peer_ip(transport: asyncio.BaseTransport) -> bytes:
+def peer_ip(transport: asyncio.BaseTransport) -> bytes:
+    """A client's address as bytes, as X-Forwarded-For carries it."""
     peer = transport.get_extra_info("peername")
     if isinstance(peer, tuple) and peer:
         ip = str(peer[0])
@@ -321,7 +346,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return
         p.clients.add(self)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.client_ip = _peer_ip(transport)
+        self.client_ip = peer_ip(transport)
         self.forwarded = b"".join(
             (b"X-Forwarded-For: ", self.client_ip, b"\r\nX-Forwarded-Proto: ", self.scheme, b"\r\n")
         )
@@ -493,6 +518,19 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         incomplete."""
         buf = self.buf
         p = self.proxy
+        if buf[:3] == b"PRI" and p.h2_prior is not None and not self.t0:
+            # HTTP/2 with prior knowledge, as the connection's first bytes.
+            if len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
+                if not self.head_started:
+                    self.head_started = p.now  # (a preface, too, is due within client_header_s)
+                return False
+            if buf.startswith(H2_PREFACE):
+                self.buf = b""
+                p.tally.connections -= 1
+                p.clients.discard(self)
+                self.mark_closed()
+                p.h2_prior(self, buf)
+                return True
         try:
             req = http1.parse_request_head(buf, p.limits.max_head_bytes)
         except ProtocolError as e:

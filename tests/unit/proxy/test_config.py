@@ -175,3 +175,15 @@ tls:
         "r.yaml:7: tls.listen: unknown setting",
     ):
         assert expected in text, (expected, text)
+
+
+def test_upstream_protocol_is_http1_by_default_h2_when_asked_and_nothing_else() -> None:
+    s = load_config(
+        b"routes:\n  - backends: [http://a:1]\n  - backends: [http://b:1]\n"
+        b"    upstream_protocol: h2\n",
+        "r.yaml",
+    )
+    assert [r.upstream_protocol for r in s.routes] == ["http/1.1", "h2"]
+    with pytest.raises(SpecError) as e:
+        load_config(b"routes:\n  - backends: [http://a:1]\n    upstream_protocol: h3\n", "r.yaml")
+    assert "r.yaml:3: routes.0.upstream_protocol: must be http/1.1 or h2" in str(e.value)

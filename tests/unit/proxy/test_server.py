@@ -534,6 +534,32 @@ def test_a_tunnel_half_closed_too_long_or_idle_too_long_is_closed(
     ],
 )
 def test_the_peer_of_a_dual_stack_listener_is_its_ipv4_address(peer: str, ip: bytes) -> None:
-    from dockmesh.proxy.server import _peer_ip
+    from dockmesh.proxy.server import peer_ip
 
-    assert _peer_ip(cast(asyncio.BaseTransport, FakeTransport(peer=(peer, 4242)))) == ip
+    assert peer_ip(cast(asyncio.BaseTransport, FakeTransport(peer=(peer, 4242)))) == ip
+
+
+@pytest.mark.parametrize("cut", [1, 3, 10, 23, 24, 30])
+def test_the_h2_preface_hands_the_connection_over_with_every_byte_however_it_arrives(
+    loop: asyncio.AbstractEventLoop, cut: int
+) -> None:
+    proxy, _, conn = setup(loop)
+    taken: list[tuple[ClientConn, bytes]] = []
+    proxy.h2_prior = lambda c, data: taken.append((c, data))
+    sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    conn.data_received(sent[:cut])
+    if cut < 24:
+        assert not taken and conn.state == HEAD and not written(conn.transport)
+        conn.data_received(sent[cut:])
+        assert taken == [(conn, sent)]
+    else:
+        # (What follows reaches the new protocol: the transport's, once handed over.)
+        assert taken == [(conn, sent[:cut])]
+    assert conn not in proxy.clients and conn.state == CLOSED
+    assert not written(conn.transport)
+
+
+def test_without_h2_the_preface_is_a_bad_request(loop: asyncio.AbstractEventLoop) -> None:
+    _, _, conn = setup(loop)
+    conn.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert written(conn.transport).startswith(b"HTTP/1.1 400 ")
