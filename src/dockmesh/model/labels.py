@@ -48,6 +48,22 @@ LABEL_CHECK_TCP = "dockmesh.check.tcp"
 LABEL_CHECK_INTERVAL = "dockmesh.check.interval"
 LABEL_CHECK_TIMEOUT = "dockmesh.check.timeout"
 
+# HTTP routes for `dockmesh proxy --project` (as Traefik's router labels): read from the
+# container by the agent, carried into its instance's Meta (`model.httproute`).
+HTTP_PREFIX = "dockmesh.http."  # every HTTP route label starts with it
+LABEL_HTTP_HOST = "dockmesh.http.host"
+LABEL_HTTP_PATH = "dockmesh.http.path"
+LABEL_HTTP_STRIP_PREFIX = "dockmesh.http.strip_prefix"
+LABEL_HTTP_MIDDLEWARES = "dockmesh.http.middlewares"
+LABEL_HTTP_PORT = "dockmesh.http.port"
+HTTP_LABELS = (
+    LABEL_HTTP_HOST,
+    LABEL_HTTP_PATH,
+    LABEL_HTTP_STRIP_PREFIX,
+    LABEL_HTTP_MIDDLEWARES,
+    LABEL_HTTP_PORT,
+)
+
 # Docker Compose's.
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"

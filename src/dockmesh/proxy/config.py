@@ -51,6 +51,10 @@ class RouteSpec:
     prefix: str = "/"
     balance: str | None = None
     health_path: str = "/"
+    strip_prefix: str | None = None
+    middlewares: tuple[str, ...] = ()
+    # Declared on containers (`labelroutes`): the members come from the label watch.
+    labelled: bool = False
 
 
 @dataclass
