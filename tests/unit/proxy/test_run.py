@@ -114,3 +114,89 @@ def test_passive_health_from_the_flags_and_the_file() -> None:
     assert passive.failure_statuses == frozenset({500})  # the flag
     assert passive.max_ejection_percent == 20  # the file wins over the flag
     assert settings.routes[0].cluster.outlier.policy.max_ejection_percent == 20
+
+
+def test_container_routes_come_after_the_files_and_keep_their_clusters() -> None:
+    from dockmesh.proxy.labelroutes import CatalogInstance, build_table
+    from dockmesh.proxy.run import LabelState, declared_middlewares
+
+    def found(*paths: str) -> list[CatalogInstance]:
+        return [
+            CatalogInstance(
+                f"c{i}", "web", f"10.0.0.{i}", 8080,
+                (("http-path", p), ("http-strip-prefix", "true"), ("project", "shop")),
+            )
+            for i, p in enumerate(paths, 1)
+        ]  # fmt: skip
+
+    opts = ProxyOptions(
+        listen=("127.0.0.1", 0),
+        agent="http://127.0.0.1:8500",
+        file=FileSettings(routes=[RouteSpec(name="r0", backends=["10.9.9.9:80"], prefix="/f")]),
+        follow_labels=True,
+        projects=frozenset({"shop"}),
+    )
+    known: dict[str, Cluster[Any]] = {}
+    labels = LabelState(opts)
+    labels.table = labels.build(found("/app"))
+    settings, made = build_settings(opts, known, labels.table)
+    labels.place(made)
+    assert [(r.prefix, r.strip) for r in settings.routes] == [(b"/f", None), (b"/app", b"/app")]
+    web = settings.routes[1].cluster
+    assert web.name == "web.shop" and sorted(web.upstreams) == ["10.0.0.1:8080"]
+    # Scaled: the same routes, members only; relabelled: a new table, the same cluster.
+    labels.table = labels.build(found("/app", "/app"))
+    labels.set_members()
+    assert sorted(web.upstreams) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    labels.table = labels.build(found("/app", "/shop"))
+    settings, made = build_settings(opts, known, labels.table)
+    labels.place(made)
+    assert [r.prefix for r in settings.routes] == [b"/f", b"/shop", b"/app"]
+    assert settings.routes[1].cluster is web and settings.routes[2].cluster is web
+    assert declared_middlewares(opts.file) == frozenset()
+    assert build_table(found("/x"), {"other"}, set()).routes == []
+
+
+def test_the_routes_files_identity_changes_with_a_rename_or_a_write(tmp_path: Any) -> None:
+    import os
+
+    from dockmesh.proxy.filewatch import identity
+
+    path = tmp_path / "routes.yaml"
+    assert identity(str(path)) is None
+    path.write_text("routes: []\n")
+    first = identity(str(path))
+    path.write_text("routes: [] \n")
+    second = identity(str(path))
+    assert first is not None and second is not None and second != first
+    new = tmp_path / "new.yaml"
+    new.write_text("routes: [] \n")
+    os.utime(new, ns=(second[3], second[3]))
+    os.replace(new, path)
+    assert identity(str(path)) != second  # same size and time, another inode
+
+
+def test_a_changed_file_is_reported_once_per_change(tmp_path: Any) -> None:
+    import asyncio
+
+    from dockmesh.proxy.filewatch import watch_file
+
+    path = tmp_path / "routes.yaml"
+    path.write_text("a\n")
+    seen: list[str] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            watch_file(str(path), lambda: seen.append(path.read_text()), 0.01)
+        )
+        await asyncio.sleep(0.05)
+        path.write_text("bb\n")
+        await asyncio.sleep(0.05)
+        path.unlink()  # missing: nothing to read yet
+        await asyncio.sleep(0.05)
+        path.write_text("ccc\n")
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(main())
+    assert seen == ["bb\n", "ccc\n"]
