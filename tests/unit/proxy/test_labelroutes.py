@@ -177,7 +177,13 @@ def test_health_entries_and_names_to_follow() -> None:
         ("c1", "10.0.0.1", False, 3, "shop"),
         ("c2", "10.1.1.1", True, 1, None),
     ]
-    names = {"web": [], "web.shop": [], "api.shop": [], "web.other": [], "consul": []}
+    names: dict[str, list[str]] = {
+        "web": [],
+        "web.shop": [],
+        "api.shop": [],
+        "web.other": [],
+        "consul": [],
+    }
     assert wanted(names, {"shop"}) == {"web.shop", "api.shop"}
     assert wanted(names, None) == set(names)
     assert wanted("nonsense", None) == set()
