@@ -2,10 +2,12 @@
 `--all-projects`): never the engine, so a proxy anywhere the agent answers sees what the
 catalog says, and routes registered through the HTTP API with the same Meta too.
 
-`GET /v1/catalog/services?index=N&wait=5m` says which service names exist (a project's
-`<service>.<project>` among them); each name of a project asked for is then followed with
-`GET /v1/health/service/<name>?index=N&wait=5m`, whose entries carry every instance's Meta
-(its `http-*` route) and checks (passing or not). Whenever one answer changes, the whole
+`GET /v1/agent/services?index=N&wait=5m` (every instance the agent's catalog holds, with its
+Meta) says which services each project has; each project's service is then followed by its
+scoped name, `GET /v1/health/service/<service>.<project>?index=N&wait=5m` (that project's
+instances only, whoever else has a service of that name), and with `--all-projects` the
+services of no project by their own name; those entries carry every instance's Meta (its
+`http-*` route) and checks (passing or not). Whenever one answer changes, the whole
 picture goes to `on_change` once per pass of the loop (answers arriving together are one
 change). An agent that does not answer leaves the picture as it was (the proxy serves what it
 knew) and is asked again with a growing back-off.
@@ -20,6 +22,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import quote
 
+from dockmesh.model.catalog import META_PROJECT
 from dockmesh.proxy.labelroutes import CatalogInstance
 
 log = logging.getLogger(__name__)
@@ -61,15 +64,26 @@ def instances_from_health(doc: Any) -> list[CatalogInstance]:
     return out
 
 
-def wanted(names: Any, projects: Collection[str] | None) -> set[str]:
-    """The service names to follow: a project's scoped names (`<service>.<project>`), or
-    every name (None: all projects, and instances of no project)."""
-    if not isinstance(names, dict):
-        return set()
-    keys = {n for n in names if isinstance(n, str) and n}
-    if projects is None:
-        return keys
-    return {n for n in keys if any(n.endswith(f".{p}") and len(n) > len(p) + 1 for p in projects)}
+def wanted(services: Any, projects: Collection[str] | None) -> set[str]:
+    """The service names to follow, from `/v1/agent/services` JSON: the scoped name
+    (`<service>.<project>`) of each service of the projects asked for, or (None) of every
+    project, and then also the names of the services of no project."""
+    out: set[str] = set()
+    if not isinstance(services, dict):
+        return out
+    for row in services.values():
+        if not isinstance(row, dict):
+            continue
+        name, meta = row.get("Service"), row.get("Meta") or {}
+        if not isinstance(name, str) or not name or not isinstance(meta, dict):
+            continue
+        project = meta.get(META_PROJECT)
+        if isinstance(project, str) and project:
+            if projects is None or project in projects:
+                out.add(f"{name}.{project}")
+        elif projects is None:
+            out.add(name)
+    return out
 
 
 class LabelWatch:
@@ -101,7 +115,7 @@ class LabelWatch:
             connector = aiohttp.TCPConnector(limit=0)
             async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
                 self.session = session
-                await self._follow(session, "/v1/catalog/services", self._names)
+                await self._follow(session, "/v1/agent/services", self._names)
         finally:
             for t in self.tasks.values():
                 t.cancel()

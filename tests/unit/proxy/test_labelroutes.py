@@ -177,13 +177,14 @@ def test_health_entries_and_names_to_follow() -> None:
         ("c1", "10.0.0.1", False, 3, "shop"),
         ("c2", "10.1.1.1", True, 1, None),
     ]
-    names: dict[str, list[str]] = {
-        "web": [],
-        "web.shop": [],
-        "api.shop": [],
-        "web.other": [],
-        "consul": [],
+    services = {
+        "1": {"Service": "web", "Meta": {"project": "shop"}},
+        "2": {"Service": "api", "Meta": {"project": "shop"}},
+        "3": {"Service": "web", "Meta": {"project": "other"}},
+        "4": {"Service": "consul", "Meta": {}},
+        "5": {"Service": "", "Meta": {}},
+        "6": "nonsense",
     }
-    assert wanted(names, {"shop"}) == {"web.shop", "api.shop"}
-    assert wanted(names, None) == set(names)
+    assert wanted(services, {"shop"}) == {"web.shop", "api.shop"}
+    assert wanted(services, None) == {"web.shop", "api.shop", "web.other", "consul"}
     assert wanted("nonsense", None) == set()
