@@ -190,13 +190,14 @@ def test_a_relabel_and_a_scale_under_load_drop_no_request_and_need_no_restart(
         proxy.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_the_routes_file_is_picked_up_when_it_changes_and_a_bad_one_is_kept_out(
-    tmp_path: Path,
+    tmp_path: Path, workers: int
 ) -> None:
     with backends(2) as (one, two):
         routes = tmp_path / "routes.yaml"
         routes.write_text(f"routes:\n  - {{prefix: /, backends: [{one.url}]}}\n")
-        proxy = ProxyProc(tmp_path, "--config", str(routes))
+        proxy = ProxyProc(tmp_path, "--config", str(routes), "--workers", str(workers))
         try:
             assert answers(proxy.port, "x.test", "/", '"backend": "be1"')
             pid = proxy.proc.pid
@@ -204,7 +205,14 @@ def test_the_routes_file_is_picked_up_when_it_changes_and_a_bad_one_is_kept_out(
             new = tmp_path / "routes.new"
             new.write_text(f"routes:\n  - {{prefix: /, backends: [{two.url}]}}\n")
             new.replace(routes)
+            # Every worker (new connections land on either): be2 only, 10 times in a row.
             wait_until(lambda: answers(proxy.port, "x.test", "/", '"backend": "be2"'), 10)
+            wait_until(
+                lambda: all(
+                    answers(proxy.port, "x.test", "/", '"backend": "be2"') for _ in range(10)
+                ),
+                10,
+            )
             routes.write_text("routes: [\n")  # broken: the running configuration stays
             wait_until(lambda: "changed: " in proxy.log.read_text(), 10)
             assert "keeping the running configuration" in proxy.log.read_text()

@@ -138,8 +138,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
-        connection, in-flight requests finish (up to --drain-timeout). SIGHUP reloads --config
-        (a bad file is logged and the running configuration kept)."""
+        connection, in-flight requests finish (up to --drain-timeout). SIGHUP, or a change of the
+        file, reloads --config (a bad file is logged and the running configuration kept).
+        --project serves the routes containers declare (dockmesh.http.* labels)."""
         from dockmesh.agentclient import agent_url
         from dockmesh.proxy.config import check_balance, load_config, parse_backend
         from dockmesh.proxy.run import ProxyOptions, run_proxy

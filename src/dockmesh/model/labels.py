@@ -1,12 +1,14 @@
 """Every `dockmesh.*` label (and the Compose labels that mean the same), and the codecs that
 write and read them. No other module spells a label key: they name these constants.
 
-Three families:
+Four families:
 - what `up` stamps on what it creates (project, service, replica, the configuration's hash and
   the configuration itself), so that a later plan compares like with like and an object can be
   re-created from its own labels;
 - the discovery labels (INTERFACE.md "Agent and discovery"), written by a topology file's
   `discovery:` or by hand on any container, and read by the catalog;
+- the HTTP route labels (`dockmesh.http.*`, decoded in `model.httproute`), read by the agent
+  into its instances' Meta for the proxy;
 - Docker Compose's project and service labels, read wherever a container's project or
   service is asked for (`project_of`, `service_of`), so Compose's containers are named too.
 
