@@ -229,3 +229,44 @@ def test_project_flags_are_checked(tmp_path: Path) -> None:
     assert both.returncode == 2 and "exclude each other" in both.stderr
     bad = proxy_cli("--project=bad name")
     assert bad.returncode == 2 and "not a project name" in bad.stderr
+
+
+def test_a_project_files_expose_is_routed(stack: Stack, tmp_path: Path) -> None:
+    import yaml
+
+    from tests.integration.conftest import dockmesh
+
+    p = stack.prefix
+    (subnet,) = free_subnets(stack.api, 1)
+    doc = {
+        "project": p,
+        "networks": {"back": {"subnet": subnet}},
+        "services": {
+            "shop": {
+                "image": stack.toolbox,
+                "replicas": 2,
+                "networks": ["back"],
+                "environment": {"INSTANCE_ID": "shop-{{replica}}"},
+                "expose": {"host": f"shop.{p}.test", "port": 8080},
+            },
+            "api": {
+                "image": stack.toolbox,
+                "networks": ["back"],
+                "discovery": {"port": 8080, "check": {"http": "/health", "interval": "1s"}},
+                "expose": {"host": f"shop.{p}.test", "path": "/api", "strip_prefix": True},
+            },
+        },
+    }
+    path = tmp_path / "dockmesh.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    dockmesh("up", str(path), check=True)
+    proxy = ProxyProc(tmp_path, "--agent", stack.agent.api, "--project", p)
+    try:
+        host = f"shop.{p}.test"
+        wait_until(lambda: answers(proxy.port, host, "/api/cgi-bin/echo", "uri=/cgi-bin/echo"), 30)
+        wait_until(lambda: len(proxy.status()["upstreams"]) == 3, 30)
+        seen = {get(proxy.port, host, "/id")[1].split()[0] for _ in range(6)}
+        assert seen == {"shop-1", "shop-2"}
+    finally:
+        proxy.stop()
+        dockmesh("down", str(path))
