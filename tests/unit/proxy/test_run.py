@@ -200,3 +200,24 @@ def test_a_changed_file_is_reported_once_per_change(tmp_path: Any) -> None:
 
     asyncio.run(main())
     assert seen == ["bb\n", "ccc\n"]
+
+
+def test_tls_from_the_flags_and_the_file_and_what_does_not_make_a_whole() -> None:
+    from dockmesh.proxy.config import TlsSpec
+    from dockmesh.proxy.run import route_hosts, tls_spec
+    from dockmesh.proxy.tls import TlsError
+
+    opts = ProxyOptions(listen=None, tls_listen=("127.0.0.1", 0), tls={"internal": True})
+    assert tls_spec(opts) == TlsSpec(internal=True)
+    # The file's keys win over the flags'.
+    opts.file = FileSettings(
+        routes=[RouteSpec(name="r", backends=["10.0.0.1:80"], host="app.test")],
+        tls={"ca_dir": "/x", "internal": False, "certificates": [("c", "k")]},
+    )
+    assert tls_spec(opts) == TlsSpec(certificates=[("c", "k")], ca_dir="/x")
+    assert route_hosts(build_settings(opts)[0]) == ["app.test"]
+    with pytest.raises(TlsError, match="needs certificates"):
+        tls_spec(ProxyOptions(listen=None, tls_listen=("127.0.0.1", 0)))
+    with pytest.raises(TlsError, match="no TLS listener"):
+        tls_spec(ProxyOptions(listen=("127.0.0.1", 0), tls={"internal": True}))
+    assert tls_spec(ProxyOptions(listen=("127.0.0.1", 0))) is None
