@@ -270,3 +270,31 @@ def test_a_project_files_expose_is_routed(stack: Stack, tmp_path: Path) -> None:
     finally:
         proxy.stop()
         dockmesh("down", str(path))
+
+
+def test_all_projects_routes_containers_of_no_project_too(stack: Stack, tmp_path: Path) -> None:
+    p = stack.prefix
+    stack.run("web-1", "web", host=f"web.{p}.test")
+    # Hand-labelled, of no project: routed by its service's own name.
+    cid = str(
+        stack.api.create_container(
+            stack.toolbox,
+            name=f"{p}-loose-1",
+            hostname=f"{p}-loose-1",
+            labels={
+                "dockmesh.service": f"{p}loose",
+                "dockmesh.port": "8080",
+                "dockmesh.http.host": f"loose.{p}.test",
+            },
+            host_config=stack.api.create_host_config(network_mode=stack.net),
+        )["Id"]
+    )
+    stack.api.start(cid)
+    proxy = ProxyProc(tmp_path, "--agent", stack.agent.api, "--all-projects")
+    try:
+        wait_until(lambda: answers(proxy.port, f"loose.{p}.test", "/id", f"{p}-loose-1"), 30)
+        wait_until(lambda: answers(proxy.port, f"web.{p}.test", "/id", f"{p}-web-1"), 30)
+        clusters = {r["cluster"] for r in label_routes(proxy)["routes"]}
+        assert {f"{p}loose", f"web.{p}"} <= clusters
+    finally:
+        proxy.stop()
