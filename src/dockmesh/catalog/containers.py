@@ -14,6 +14,11 @@ A container of a project (`dockmesh.project`, else `com.docker.compose.project`)
 its instance's `Meta.project`: the catalog answers `<service>.<project>` with that project's
 instances only, and the short name only where it is not shared (`catalog.state`).
 `dockmesh.short-name=true` (`Meta.short-name`) claims the short name where it is.
+
+The HTTP route labels (`dockmesh.http.*`, `model.httproute`) ride along in the instance's Meta
+as written, for `dockmesh proxy --project` to read from the catalog; what is wrong with them
+is warned about here too, and the proxy leaves that route out (the instance still registers:
+its DNS name and its other routes do not depend on a bad label).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dockmesh.model.catalog import (
     name_collisions,
 )
 from dockmesh.model.durations import parse_duration_ns
+from dockmesh.model.httproute import decode_labels, meta_of_labels
 from dockmesh.model.labels import (
     COMPOSE_NETWORK,
     COMPOSE_PROJECT,
@@ -123,8 +129,15 @@ def derive(
     """The instance a container's labels ask for (None: none), and warnings about them."""
     d, problems = decode_discovery(c.labels)
     warnings = [f"{c.name}: {p}" for p in problems]
+    route, http_problems = decode_labels(c.labels)
+    warnings += [f"{c.name}: {p}: not routed" for p in http_problems]
     if d is None and not problems and register_compose:
         d = compose_discovery(c)
+    if d is None and route is not None:
+        warnings.append(
+            f"{c.name}: its dockmesh.http.* route needs dockmesh.service and dockmesh.port "
+            "(the catalog instance the proxy sends to): not routed"
+        )
     if d is None or not c.running:
         return None, warnings
     where = _address(c, d, networks or {})
@@ -138,6 +151,7 @@ def derive(
         meta[META_PROJECT] = project
     if d.short_name:
         meta[META_SHORT_NAME] = "true"
+    meta.update(meta_of_labels(c.labels))
     inst = Instance(
         id=iid,
         service=d.service,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Annotated, Any
 
@@ -60,6 +61,21 @@ def register(app: typer.Typer) -> None:
                 "--backend", help="A static backend (http://HOST:PORT); repeat for several."
             ),
         ] = None,
+        project: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--project",
+                help="Serve the routes this project's containers declare (dockmesh.http.* "
+                "labels, a project file's expose:), read from the agent's catalog; repeat for "
+                "several.",
+            ),
+        ] = None,
+        all_projects: Annotated[
+            bool,
+            typer.Option(
+                "--all-projects", help="Serve the routes every container in the catalog declares."
+            ),
+        ] = False,
         balance: Annotated[
             str,
             typer.Option("--balance", help="round_robin|weighted|least_request|p2c|hash:<header>."),
@@ -74,7 +90,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--config",
-                help="A routes file (YAML): routes by host and path; read again on SIGHUP.",
+                help="A routes file (YAML): routes by host and path, before the containers'; "
+                "read again on SIGHUP and when it changes.",
             ),
         ] = None,
         drain_timeout: Annotated[
@@ -154,8 +171,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
-        connection, in-flight requests finish (up to --drain-timeout). SIGHUP reloads --config
-        (a bad file is logged and the running configuration kept)."""
+        connection, in-flight requests finish (up to --drain-timeout). SIGHUP, or a change of the
+        file, reloads --config (a bad file is logged and the running configuration kept).
+        --project serves the routes containers declare (dockmesh.http.* labels)."""
         from dockmesh.agentclient import agent_url
         from dockmesh.proxy.config import check_balance, load_config, parse_backend
         from dockmesh.proxy.run import ProxyOptions, run_proxy
@@ -186,19 +204,26 @@ def register(app: typer.Typer) -> None:
                 raise UserError(f"--backend {e}") from None
         if service and backends:
             raise UserError("--service and --backend exclude each other: choose one")
-        if not service and not backends and not (file and file.routes):
+        projects = [p.strip() for p in project or []]
+        if any(not _PROJECT.fullmatch(p) for p in projects):
+            bad = next(p for p in projects if not _PROJECT.fullmatch(p))
+            raise UserError(f"--project {bad!r} is not a project name")
+        if projects and all_projects:
+            raise UserError("--project and --all-projects exclude each other: choose one")
+        labelled = bool(projects) or all_projects
+        if not service and not backends and not labelled and not (file and file.routes):
             raise UserError(
-                "nothing to proxy to: give --service NAME --agent URL, --backend URL "
-                "or --config FILE"
+                "nothing to proxy to: give --service NAME --agent URL, --backend URL, "
+                "--project P or --config FILE"
             )
-        if service or (file is not None and any(r.service for r in file.routes)):
+        if service or labelled or (file is not None and any(r.service for r in file.routes)):
             source = "--agent" if agent else "$DOCKMESH_AGENT"
             agent = agent or agent_url()
             why_not = _agent_problem(agent)
             if why_not:
                 raise UserError(f"{source} {agent!r}: {why_not}")
         elif agent:
-            raise UserError("--agent needs --service (or services in --config)")
+            raise UserError("--agent needs --service, --project (or services in --config)")
         why = check_balance(balance)
         if why:
             raise UserError(f"--balance {why}")
@@ -230,6 +255,8 @@ def register(app: typer.Typer) -> None:
                     config_path=config,
                     drain_timeout=drain_timeout,
                     passive=passive,
+                    follow_labels=labelled,
+                    projects=frozenset(projects) if projects else None,
                     tls_listen=tls_bind,
                     tls=tls_flags,
                 )
@@ -263,6 +290,9 @@ def _tls_flags(
     if given:
         out["ca_dir"] = given
     return out
+
+
+_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def _agent_problem(url: str) -> str | None:

@@ -1,12 +1,14 @@
 """Every `dockmesh.*` label (and the Compose labels that mean the same), and the codecs that
 write and read them. No other module spells a label key: they name these constants.
 
-Three families:
+Four families:
 - what `up` stamps on what it creates (project, service, replica, the configuration's hash and
   the configuration itself), so that a later plan compares like with like and an object can be
   re-created from its own labels;
 - the discovery labels (INTERFACE.md "Agent and discovery"), written by a topology file's
   `discovery:` or by hand on any container, and read by the catalog;
+- the HTTP route labels (`dockmesh.http.*`, decoded in `model.httproute`), read by the agent
+  into its instances' Meta for the proxy;
 - Docker Compose's project and service labels, read wherever a container's project or
   service is asked for (`project_of`, `service_of`), so Compose's containers are named too.
 
@@ -47,6 +49,22 @@ LABEL_CHECK_HTTP = "dockmesh.check.http"
 LABEL_CHECK_TCP = "dockmesh.check.tcp"
 LABEL_CHECK_INTERVAL = "dockmesh.check.interval"
 LABEL_CHECK_TIMEOUT = "dockmesh.check.timeout"
+
+# HTTP routes for `dockmesh proxy --project` (as Traefik's router labels): read from the
+# container by the agent, carried into its instance's Meta (`model.httproute`).
+HTTP_PREFIX = "dockmesh.http."  # every HTTP route label starts with it
+LABEL_HTTP_HOST = "dockmesh.http.host"
+LABEL_HTTP_PATH = "dockmesh.http.path"
+LABEL_HTTP_STRIP_PREFIX = "dockmesh.http.strip_prefix"
+LABEL_HTTP_MIDDLEWARES = "dockmesh.http.middlewares"
+LABEL_HTTP_PORT = "dockmesh.http.port"
+HTTP_LABELS = (
+    LABEL_HTTP_HOST,
+    LABEL_HTTP_PATH,
+    LABEL_HTTP_STRIP_PREFIX,
+    LABEL_HTTP_MIDDLEWARES,
+    LABEL_HTTP_PORT,
+)
 
 # Docker Compose's.
 COMPOSE_PROJECT = "com.docker.compose.project"

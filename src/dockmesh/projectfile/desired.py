@@ -21,6 +21,7 @@ from dockmesh.model.config import (
     IpamConfig,
     NetworkConfig,
 )
+from dockmesh.model.httproute import decode_fields, encode_labels
 from dockmesh.model.ipam import parse_address, parse_subnet
 from dockmesh.model.labels import (
     LABEL_PROJECT,
@@ -272,9 +273,38 @@ def _healthcheck(hc: Healthcheck | None) -> HealthcheckConfig | None:
     )
 
 
+def expose_fields(svc: ServiceSpec) -> dict[str, str]:
+    """A service's `expose:` as the route's fields' text (`model.httproute.decode_fields`)."""
+    e = svc.expose
+    if e is None:
+        return {}
+    out = {"path": e.path or "/"}
+    if e.host is not None:
+        out["host"] = e.host if isinstance(e.host, str) else ",".join(e.host)
+    if e.strip_prefix is not False:
+        out["strip_prefix"] = "true" if e.strip_prefix is True else str(e.strip_prefix)
+    if e.middlewares:
+        out["middlewares"] = ",".join(e.middlewares)
+    # Without a discovery: section the port is the registration's (`discovery_of`).
+    if e.port is not None and svc.discovery is not None:
+        out["port"] = str(e.port)
+    return out
+
+
+def expose_labels(svc: ServiceSpec) -> dict[str, str]:
+    """The `dockmesh.http.*` labels of a service's `expose:` (none when it is wrong: the
+    validation reports it)."""
+    route, _ = decode_fields(expose_fields(svc)) if svc.expose is not None else (None, [])
+    return encode_labels(route) if route is not None else {}
+
+
 def discovery_of(project: str, svc_name: str, svc: ServiceSpec) -> Discovery | None:
     d = svc.discovery
     if d is None:
+        if svc.expose is not None and svc.expose.port is not None:
+            # Exposed without a discovery: section: registered under its own name, so the
+            # proxy has an instance to send to.
+            return Discovery(service=svc_name, port=svc.expose.port)
         return None
     check = None
     if d.check is not None:
@@ -323,6 +353,7 @@ def _container(
     labels = {
         **dict(sorted(svc.labels.items())),
         **(encode_discovery(discovery) if discovery is not None else {}),
+        **expose_labels(svc),
         LABEL_PROJECT: project,
         LABEL_SERVICE: svc_name,
         LABEL_REPLICA: str(replica),

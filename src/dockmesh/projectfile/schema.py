@@ -80,6 +80,16 @@ class Discovery(_Strict):
     check: DiscoveryCheck | None = None
 
 
+class Expose(_Strict):
+    """An HTTP route for `dockmesh proxy --project` (written as `dockmesh.http.*` labels)."""
+
+    host: str | list[str] | None = None
+    path: str | None = None
+    strip_prefix: bool | str = False
+    middlewares: list[str] = Field(default_factory=list)
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+
 class ServiceSpec(_Strict):
     image: str
     command: str | list[str] | None = None
@@ -94,6 +104,7 @@ class ServiceSpec(_Strict):
     healthcheck: Healthcheck | None = None
     depends_on: list[str] = Field(default_factory=list)
     discovery: Discovery | None = None
+    expose: Expose | None = None
 
     @field_validator("networks", mode="before")
     @classmethod

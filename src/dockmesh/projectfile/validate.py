@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from dockmesh.model.httproute import FIELDS, decode_fields
 from dockmesh.model.ipam import (
     IPAddress,
     IpamError,
@@ -25,10 +26,11 @@ from dockmesh.model.ipam import (
     parse_address,
     parse_subnet,
 )
-from dockmesh.model.labels import DISCOVERY_LABELS, LABEL_PROJECT, STAMP_PREFIX
+from dockmesh.model.labels import DISCOVERY_LABELS, HTTP_PREFIX, LABEL_PROJECT, STAMP_PREFIX
 from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import (
     HEALTHCHECK_FORMS,
+    expose_fields,
     network_config,
     network_hash,
     start_order,
@@ -479,6 +481,8 @@ class _Validator:
                 self.err((*base, "depends_on", i), "a service cannot depend on itself")
         if svc.healthcheck is not None:
             self.healthcheck((*base, "healthcheck"), svc.healthcheck)
+        if svc.expose is not None:
+            self.expose(base, svc)
         if svc.discovery is not None:
             d = svc.discovery
             dp: Path = (*base, "discovery")
@@ -556,6 +560,19 @@ class _Validator:
                 f"{host!r} is not a valid hostname (letters, digits, '-', '_', '.'; "
                 "starting and ending with a letter or digit)",
             )
+
+    def expose(self, base: Path, svc: ServiceSpec) -> None:
+        ep: Path = (*base, "expose")
+        _, problems = decode_fields(expose_fields(svc))
+        for p in problems:
+            field_name = p.split(":", 1)[0].split("=", 1)[0].split(" ", 1)[0]
+            at = (*ep, field_name) if field_name in FIELDS else ep
+            self.err(at, p)
+        if svc.discovery is None and (svc.expose is None or svc.expose.port is None):
+            self.err(ep, "needs port: (the port to send to), or a discovery: section")
+        for key in svc.labels:
+            if key.startswith(HTTP_PREFIX):
+                self.err((*base, "labels", key), f"{key!r} is written by this service's expose:")
 
     def labels(self, path: Path, labels: dict[str, str], discovery: bool) -> None:
         for key, value in labels.items():

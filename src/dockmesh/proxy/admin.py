@@ -165,7 +165,12 @@ def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 m["breaker"] = u["breaker"]
             for k in ("in_flight", "requests", "failures"):
                 m[k] += u[k]
-    return {"upstreams": list(merged.values())}
+    out: dict[str, Any] = {"upstreams": list(merged.values())}
+    # Every worker builds the same table from the same catalog: any one's is the table.
+    label_routes = next((d["label_routes"] for d in docs if "label_routes" in d), None)
+    if label_routes is not None:
+        out["label_routes"] = label_routes
+    return out
 
 
 # Gauges that say a state, merged as /status merges it (`merge_status`); every other sample
@@ -233,10 +238,14 @@ def _escape(v: str) -> str:
 
 
 async def serve_admin(
-    bind: tuple[str, int], tally: Tally, clusters: Sequence[Cluster[Any]]
+    bind: tuple[str, int],
+    tally: Tally,
+    clusters: Sequence[Cluster[Any]],
+    routes: Callable[[], dict[str, Any]] | None = None,
 ) -> tuple[Any, int]:
     """One worker's endpoint; (its runner, to clean up, and the port it got). `clusters` is
-    read at each request: a reload changes it in place."""
+    read at each request: a reload changes it in place. `routes`: the routes the containers
+    declare, with their problems (`/status`'s `label_routes`)."""
     from aiohttp import web
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -244,7 +253,10 @@ async def serve_admin(
     registry.register(ProxyCollector(tally, clusters))
 
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(status_document(clusters))
+        doc = status_document(clusters)
+        if routes is not None:
+            doc["label_routes"] = routes()
+        return web.json_response(doc)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(

@@ -67,6 +67,10 @@ class RouteSpec:
     balance: str | None = None
     health_path: str = "/"
     upstream_protocol: str = "http/1.1"  # or "h2": HTTP/2 with prior knowledge (h2c)
+    strip_prefix: str | None = None
+    middlewares: tuple[str, ...] = ()
+    # Declared on containers (`labelroutes`): the members come from the label watch.
+    labelled: bool = False
 
 
 @dataclass

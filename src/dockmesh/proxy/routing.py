@@ -19,6 +19,13 @@ from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.settings import Route
 
 
+def strip_prefix(target: bytes, prefix: bytes) -> bytes:
+    """`target` without `prefix` in front, still origin-form: `/api/x?q` → `/x?q`, `/api` →
+    `/`, `/api?q` → `/?q` (as Traefik's StripPrefix)."""
+    rest = target[len(prefix) :]
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
 class KeyReader:
     """Reads the consistent-hash key of a request: a header (`NAME`), a cookie
     (`cookie:NAME`) or the client's IP (`ip`)."""
@@ -56,7 +63,7 @@ class Router:
         self.routes = list(routes)
         first = self.routes[0] if len(self.routes) == 1 else None
         self.single: Cluster[Any] | None = None
-        if first is not None and first.host is None and first.prefix == b"/":
+        if first is not None and first.host is None and first.prefix == b"/" and not first.strip:
             self.single = first.cluster
         self.key_readers = {n: KeyReader(s) for n, s in hash_keys.items()}
         # The cluster of the single catch-all route, when requests need no routing or hash
@@ -80,6 +87,9 @@ class Router:
         path = req.target
         for r in self.routes:
             if (r.host is None or r.host == host) and path.startswith(r.prefix):
+                if r.strip is not None and path.startswith(r.strip):
+                    req.target = strip_prefix(path, r.strip)
+                    req.retarget = True
                 return r.cluster
         return None
 

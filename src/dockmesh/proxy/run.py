@@ -31,6 +31,9 @@ from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.config import FileSettings, RouteSpec, TlsSpec, load_config
 from dockmesh.proxy.discovery import check_health, watch_service
+from dockmesh.proxy.filewatch import watch_file
+from dockmesh.proxy.labelroutes import CatalogInstance, LabelTable, build_table
+from dockmesh.proxy.labelwatch import LabelWatch
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
 from dockmesh.proxy.tls import HTTP1, Edge, TlsError
@@ -62,9 +65,42 @@ class ProxyOptions:
     # Passive health's settings from the flags; the file's `passive:` wins over them, as a
     # route's balance wins over --balance.
     passive: dict[str, Any] = field(default_factory=dict)
+    # Routes declared on containers (`--project`, `--all-projects`): follow the catalog's
+    # instances of these projects (None with follow_labels: every project's).
+    follow_labels: bool = False
+    projects: frozenset[str] | None = None
+    # Look at --config once a second and reload it when it changes, as on SIGHUP.
+    watch_config: bool = True
     tls_listen: tuple[str, int] | None = None
     # TlsSpec's fields from the flags; the file's `tls:` wins over them.
     tls: dict[str, Any] = field(default_factory=dict)
+
+
+def declared_middlewares(file: FileSettings | None) -> frozenset[str]:
+    """The middlewares' names the routes file declares (a `middlewares:` mapping of name →
+    its settings, when the file has one)."""
+    found = getattr(file, "middlewares", None)
+    return (
+        frozenset(k for k in found if isinstance(k, str))
+        if isinstance(found, dict)
+        else frozenset()
+    )
+
+
+def label_specs(table: LabelTable) -> list[RouteSpec]:
+    """The routes the containers declare, as route specs after the file's."""
+    return [
+        RouteSpec(
+            name=r.cluster,
+            service=r.cluster,
+            host=r.host,
+            prefix=r.prefix,
+            strip_prefix=r.strip,
+            middlewares=r.middlewares,
+            labelled=True,
+        )
+        for r in table.routes
+    ]
 
 
 def tls_spec(opts: ProxyOptions) -> TlsSpec | None:
@@ -97,7 +133,9 @@ def read_config(path: str) -> FileSettings:
 
 
 def build_settings(
-    opts: ProxyOptions, known: dict[str, Cluster[Any]] | None = None
+    opts: ProxyOptions,
+    known: dict[str, Cluster[Any]] | None = None,
+    labels: LabelTable | None = None,
 ) -> tuple[ProxySettings, list[tuple[Cluster[Any], RouteSpec]]]:
     """The data plane's settings from the flags and the routes file, and each cluster made
     with the route spec that made it (for its discovery). A cluster in `known` (by
@@ -110,6 +148,8 @@ def build_settings(
         specs.append(
             RouteSpec(name="backends", backends=list(opts.backends), health_path=opts.health_path)
         )
+    if labels is not None:
+        specs += label_specs(labels)
     file = opts.file or FileSettings()
     limits = Limits()
     if "max_connections" in file.limits:
@@ -132,7 +172,8 @@ def build_settings(
     before = dict(known or {})
     for spec in specs:
         balance = spec.balance or opts.balance
-        key = spec.service or ",".join(spec.backends)
+        # A labelled route's cluster is its own (members from the route table, not a watch).
+        key = f"labels:{spec.service}" if spec.labelled else spec.service or ",".join(spec.backends)
         if spec.upstream_protocol != "http/1.1":
             key += "|" + spec.upstream_protocol
         cluster = clusters.get(key)
@@ -156,7 +197,8 @@ def build_settings(
             if balance.startswith("hash:"):
                 hash_keys[cluster.name] = balance[5:]
         host = spec.host.encode() if spec.host else None
-        routes.append(Route(cluster, host, spec.prefix.encode()))
+        strip = spec.strip_prefix.encode() if spec.strip_prefix else None
+        routes.append(Route(cluster, host, spec.prefix.encode(), strip, spec.middlewares))
     settings = ProxySettings(routes, timeouts, limits, hash_keys, list(file.trusted_proxies))
     if known is not None:
         kept = {id(c) for c in clusters.values()}
@@ -176,7 +218,7 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 def run_proxy(opts: ProxyOptions) -> None:
     """Runs until SIGTERM or SIGINT. Raises OSError when the port cannot be bound."""
     routes = opts.file.routes if opts.file else []
-    if (opts.service or any(r.service for r in routes)) and not opts.agent:
+    if (opts.service or opts.follow_labels or any(r.service for r in routes)) and not opts.agent:
         raise ValueError("a route follows a service: the agent's URL is needed")
     spec = tls_spec(opts)
     if spec is not None:
@@ -210,7 +252,22 @@ async def _worker(
 ) -> None:
     loop = asyncio.get_running_loop()
     known: dict[str, Cluster[Any]] = {}
-    settings, made = build_settings(opts, known)
+    labels = LabelState(opts)
+    watch: LabelWatch | None = None
+    watch_task: asyncio.Task[None] | None = None
+    if opts.follow_labels:
+        assert opts.agent is not None  # run_proxy checked
+        watch = LabelWatch(opts.agent, opts.projects, lambda found: None)
+        watch_task = loop.create_task(watch.run())
+        # The containers' routes before the first client: a proxy (re)started under load
+        # must not answer 404 for routes the catalog has.
+        try:
+            await asyncio.wait_for(watch.ready.wait(), LABELS_FIRST_WAIT_S)
+        except TimeoutError:
+            log.error("routes: the agent at %s did not answer: serving without them", opts.agent)
+        labels.table = labels.build(watch.current())
+    settings, made = build_settings(opts, known, labels.table)
+    labels.place(made)
     proxy = Proxy(settings, loop)
     h2conn.enable(proxy)
     if sock is not None:
@@ -226,7 +283,7 @@ async def _worker(
 
     def follow(made: list[tuple[Cluster[Any], RouteSpec]]) -> None:
         for cluster, spec in made:
-            if id(cluster) in tasks:
+            if id(cluster) in tasks or spec.labelled:
                 continue
             if spec.service:
                 assert opts.agent is not None  # run_proxy checked
@@ -241,17 +298,17 @@ async def _worker(
     follow(made)
     runner = None
     if admin is not None:
-        runner, port = await serve_admin(admin, proxy.tally, proxy.clusters)
+        status = labels.status if opts.follow_labels else None
+        runner, port = await serve_admin(admin, proxy.tally, proxy.clusters, status)
         if report_fd is not None:
             os.write(report_fd, f"{port}\n".encode())
             os.close(report_fd)
 
-    def reload() -> None:
-        file = reload_file(opts)
-        if file is None:
-            return
-        opts.file = file
-        settings, made = build_settings(opts, known)
+    def rebuild() -> ProxySettings:
+        """A new route table swapped in whole: requests in flight finish where they are,
+        clusters kept by identity keep their members, connections and health."""
+        settings, made = build_settings(opts, known, labels.table)
+        labels.place(made)
         proxy.apply(settings)
         follow(made)
         if edge is not None:
@@ -260,11 +317,41 @@ async def _worker(
                 assert new is not None  # a TLS listener had one; the flags still give it
                 edge.update(new, route_hosts(settings))
             except TlsError as e:
-                log.error("SIGHUP: tls: %s: keeping the running certificates", e)
+                log.error("tls: %s: keeping the running certificates", e)
         live = {id(c) for c, _ in made}
         for k in [k for k in tasks if k not in live]:
             tasks.pop(k).cancel()
+        return settings
+
+    def changed(found: list[CatalogInstance]) -> None:
+        table = labels.build(found)
+        if table.shape() != labels.table.shape():
+            labels.table = table
+            settings = rebuild()
+            log.warning(
+                "routes: %d from containers, %d in all", len(table.routes), len(settings.routes)
+            )
+        else:
+            labels.table = table
+            labels.set_members()
+
+    def reload(why: str = "SIGHUP") -> None:
+        file = reload_file(opts, why)
+        if file is None:
+            return
+        opts.file = file
+        # The declared middlewares may have changed: labelled routes are checked again.
+        labels.table = labels.build(labels.found)
+        settings = rebuild()
         log.warning("reloaded %s: %d routes", opts.config_path, len(settings.routes))
+
+    if watch is not None:
+        watch.on_change = changed
+        changed(watch.current())
+    file_task = None
+    if opts.config_path is not None and opts.watch_config and report_fd is None:
+        # With several workers the parent watches the file and signals them.
+        file_task = loop.create_task(watch_file(opts.config_path, lambda: reload("changed")))
 
     # What start-up made lives as long as the process: out of the collector's sight, so a
     # full collection during traffic does not walk it (a pause every request would wait on).
@@ -283,34 +370,91 @@ async def _worker(
         await asyncio.sleep(0.05)
         proxy.close_idle_clients()
     proxy.close()
-    for t in tasks.values():
+    extra = [t for t in (watch_task, file_task) if t is not None]
+    for t in [*tasks.values(), *extra]:
         t.cancel()
-    for t in tasks.values():
+    for t in [*tasks.values(), *extra]:
         with contextlib.suppress(asyncio.CancelledError):
             await t
     if runner is not None:
         await runner.cleanup()
 
 
-def reload_file(opts: ProxyOptions) -> FileSettings | None:
+def reload_file(opts: ProxyOptions, why: str = "SIGHUP") -> FileSettings | None:
     """The routes file read again, or None (logged) when there is none or it is unusable:
-    the running configuration stays then."""
+    the running configuration stays then. `why`: what asked (SIGHUP, or the file changed)."""
     if opts.config_path is None:
-        log.warning("SIGHUP: no --config to reload")
+        log.warning("%s: no --config to reload", why)
         return None
     try:
         file = read_config(opts.config_path)
     except (OSError, SpecError) as e:
-        log.error("SIGHUP: %s: keeping the running configuration", str(e).replace("\n", "; "))
+        log.error("%s: %s: keeping the running configuration", why, str(e).replace("\n", "; "))
         return None
     if any(r.service for r in file.routes) and not opts.agent:
-        log.error("SIGHUP: a route follows a service but no agent was given: not reloaded")
+        log.error("%s: a route follows a service but no agent was given: not reloaded", why)
         return None
-    if not file.routes and not opts.service and not opts.backends:
+    if not file.routes and not opts.service and not opts.backends and not opts.follow_labels:
         # What start-up refuses ("nothing to proxy to") would answer every request 404.
-        log.error("SIGHUP: %s has no routes: keeping the running configuration", opts.config_path)
+        log.error("%s: %s has no routes: keeping the running configuration", why, opts.config_path)
         return None
     return file
+
+
+LABELS_FIRST_WAIT_S = 10.0
+
+
+class LabelState:
+    """The routes the containers declare, as last built, and their clusters (by name) to
+    give members to; each problem and conflict logged once, when it first appears."""
+
+    def __init__(self, opts: ProxyOptions) -> None:
+        self.opts = opts
+        self.found: list[CatalogInstance] = []
+        self.table = LabelTable()
+        self.clusters: dict[str, Cluster[Any]] = {}
+        self.members: dict[str, dict[str, int]] = {}
+        self.logged: set[str] = set()
+
+    def build(self, found: list[CatalogInstance]) -> LabelTable:
+        self.found = found
+        table = build_table(found, self.opts.projects, declared_middlewares(self.opts.file))
+        now = set(table.problems) | set(table.conflicts)
+        for line in [*table.problems, *table.conflicts]:
+            if line not in self.logged:
+                log.warning("routes: %s", line)
+        self.logged = now
+        return table
+
+    def place(self, made: list[tuple[Cluster[Any], RouteSpec]]) -> None:
+        """The labelled clusters of a new configuration, given their members."""
+        self.clusters = {s.service: c for c, s in made if s.labelled and s.service}
+        self.members = {k: v for k, v in self.members.items() if k in self.clusters}
+        self.set_members()
+
+    def set_members(self) -> None:
+        for name, cluster in self.clusters.items():
+            members = self.table.members.get(name, {})
+            if self.members.get(name) != members or len(cluster.upstreams) != len(members):
+                cluster.set_members(members, healthy=True)
+                cluster.known = True
+                self.members[name] = dict(members)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "routes": [
+                {
+                    "host": r.host,
+                    "prefix": r.prefix,
+                    "cluster": r.cluster,
+                    "strip_prefix": r.strip,
+                    "middlewares": list(r.middlewares),
+                }
+                for r in self.table.routes
+            ],
+            "problems": list(self.table.problems),
+            "conflicts": list(self.table.conflicts),
+        }
 
 
 def _die_with_parent(parent: int) -> None:
@@ -374,9 +518,11 @@ def _supervise(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
 
-        def reload() -> None:
+        def reload(why: str = "SIGHUP") -> None:
             # The parent reads it too, so that a worker started again later has it.
-            file = reload_file(opts)
+            file = reload_file(opts, why)
+            if file is None and why != "SIGHUP":
+                return  # a bad file: logged once here, the workers keep theirs
             if file is not None:
                 opts.file = file
             for pid in list(children):
@@ -384,6 +530,9 @@ def _supervise(
                     os.kill(pid, signal.SIGHUP)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
+        file_task = None
+        if opts.config_path is not None and opts.watch_config:
+            file_task = loop.create_task(watch_file(opts.config_path, lambda: reload("changed")))
         runner = None
         if opts.admin is not None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)
@@ -433,6 +582,8 @@ def _supervise(
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        if file_task is not None:
+            file_task.cancel()
         if runner is not None:
             await runner.cleanup()
 

@@ -40,6 +40,10 @@ class Route:
     cluster: Cluster[Any]
     host: bytes | None = None  # lower-case, no port; None: any
     prefix: bytes = b"/"
+    # Removed from the front of the path before forwarding (a label's strip_prefix).
+    strip: bytes | None = None
+    # The routes file's middlewares this route's requests go through, by name.
+    middlewares: tuple[str, ...] = ()
 
 
 @dataclass

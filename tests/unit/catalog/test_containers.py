@@ -101,3 +101,16 @@ def test_other_engines_prefix_the_id() -> None:
 
     d, _ = derive(replace(c, engine="h2"), "local")
     assert d is not None and d.instance.id == "h2.app-1"
+
+
+def test_the_http_route_labels_ride_in_the_meta_and_bad_ones_are_warned_about() -> None:
+    http = {"dockmesh.http.host": "Shop.test", "dockmesh.http.path": "/api"}
+    d, w = derive(ctr({**LABELS, **http}), "local")
+    assert w == [] and d is not None
+    assert d.instance.meta["http-host"] == "Shop.test"  # as written: the proxy decodes it
+    assert d.instance.meta["http-path"] == "/api"
+    d, w = derive(ctr({**LABELS, "dockmesh.http.path": "api"}), "local")
+    assert d is not None  # registered all the same: its DNS name needs no route
+    assert w == ["app-1: dockmesh.http.path: 'api': a path starts with '/': not routed"]
+    d, w = derive(ctr({"dockmesh.http.path": "/"}), "local")
+    assert d is None and "needs dockmesh.service and dockmesh.port" in w[0]

@@ -1167,3 +1167,47 @@ def test_discovery_on_several_networks_names_the_one_to_register() -> None:
         "f:7: services.api.discovery: the service is on 2 networks (front, back): set network: "
         "to the one whose address to register"
     ]
+
+
+def test_expose_is_checked_field_by_field() -> None:
+    doc = {
+        "project": "p",
+        "services": {
+            "web": svc(
+                expose={"host": ["shop.test", "bad host"], "path": "api", "strip_prefix": "x"}
+            ),
+            "api": svc(
+                discovery={"port": 8080},
+                expose={"path": "/"},
+                labels={"dockmesh.http.host": "a.test"},
+            ),
+        },
+    }
+    got = joined(doc)
+    assert "services.web.expose.host: host: 'bad host' is not a host name" in got
+    assert "services.web.expose.path: path: 'api': a path starts with '/'" in got
+    assert "services.web.expose.strip_prefix: strip_prefix='x': expected true" in got
+    assert "services.web.expose: needs port: (the port to send to)" in got
+    assert "services.api.labels.dockmesh.http.host: 'dockmesh.http.host' is written by" in got
+
+
+def test_expose_writes_the_route_labels_and_registers_the_service() -> None:
+    desired = desired_of(
+        {
+            "project": "p",
+            "services": {
+                "web": svc(
+                    expose={"host": "shop.test", "path": "/app", "strip_prefix": True, "port": 80}
+                ),
+                "api": svc(discovery={"port": 8080}, expose={"path": "/api", "port": 9000}),
+            },
+        }
+    )
+    labels = {c.config.name: c.config.labels for c in desired.containers}
+    web, api = labels["p-web-1"], labels["p-api-1"]
+    assert web["dockmesh.service"] == "web" and web["dockmesh.port"] == "80"
+    assert web["dockmesh.http.host"] == "shop.test"
+    assert web["dockmesh.http.path"] == "/app"
+    assert web["dockmesh.http.strip_prefix"] == "true"
+    assert "dockmesh.http.port" not in web  # the registered port is the one
+    assert api["dockmesh.port"] == "8080" and api["dockmesh.http.port"] == "9000"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.routing import KeyReader, Router
@@ -88,3 +91,39 @@ def test_dot_segments_cannot_escape_a_prefix() -> None:
         assert r.route(head(target)) is None, target
     assert r.route(head(b"/p/./x")) is p
     assert r.route(head(b"/q/../p/x")) is p
+
+
+def test_strip_prefix_rewrites_what_is_forwarded_and_leaves_the_fast_lane() -> None:
+    from dockmesh.proxy.routing import strip_prefix
+
+    api, web = cluster("api"), cluster("web")
+    r = Router([Route(api, b"shop.test", b"/api", strip=b"/api"), Route(web)], {})
+    assert r.single is None and r.fast is None
+    req = head(b"/api/users?x=1", b"shop.test")
+    assert r.route(req) is api and req.target == b"/users?x=1" and req.retarget
+    req = head(b"/api", b"shop.test")
+    assert r.route(req) is api and req.target == b"/"
+    req = head(b"/api/users", b"other.test")
+    assert r.route(req) is web and req.target == b"/api/users" and not req.retarget
+    alone = Router([Route(api, strip=b"/v1")], {})
+    assert alone.single is None  # a lone catch-all that strips still reads every request
+    req = head(b"/v1/x")
+    assert alone.route(req) is api and req.target == b"/x"
+    assert strip_prefix(b"/api?q", b"/api") == b"/?q"
+
+
+@given(
+    st.lists(st.from_regex(rb"[a-z0-9]{1,5}", fullmatch=True), min_size=1, max_size=3),
+    st.lists(st.from_regex(rb"[a-z0-9]{1,5}", fullmatch=True), max_size=3),
+    st.sampled_from([b"", b"?a=1"]),
+)
+def test_stripping_a_prefix_leaves_an_origin_form_target_ending_as_it_did(
+    prefix_segs: list[bytes], rest_segs: list[bytes], query: bytes
+) -> None:
+    from dockmesh.proxy.routing import strip_prefix
+
+    prefix = b"/" + b"/".join(prefix_segs)
+    rest = b"".join(b"/" + s for s in rest_segs)
+    out = strip_prefix(prefix + rest + query, prefix)
+    assert out.startswith(b"/")
+    assert out == (rest or b"/") + query

@@ -127,7 +127,11 @@ def test_a_reload_to_a_file_start_up_would_refuse_keeps_the_running_routes(
     opts = ProxyOptions(listen=("127.0.0.1", 0), config_path=str(cfg))
     assert reload_file(opts) is None
     assert "has no routes: keeping the running configuration" in caplog.text
-    # Beside --backend, the file may well have no routes of its own.
+    # Beside --backend or routes the containers declare, the file may well have no routes.
+    opts.follow_labels = True
+    file = reload_file(opts)
+    assert file is not None and file.routes == []
+    opts.follow_labels = False
     opts.backends = ["10.0.0.1:80"]
     file = reload_file(opts)
     assert file is not None and file.routes == []
@@ -148,6 +152,47 @@ def test_a_served_ipv6_port_is_named_as_a_listen_address_is_written() -> None:
             check_port_free("::1", port)
     finally:
         other.close()
+
+
+def test_container_routes_come_after_the_files_and_keep_their_clusters() -> None:
+    from dockmesh.proxy.labelroutes import CatalogInstance, build_table
+    from dockmesh.proxy.run import LabelState, declared_middlewares
+
+    def found(*paths: str) -> list[CatalogInstance]:
+        return [
+            CatalogInstance(
+                f"c{i}", "web", f"10.0.0.{i}", 8080,
+                (("http-path", p), ("http-strip-prefix", "true"), ("project", "shop")),
+            )
+            for i, p in enumerate(paths, 1)
+        ]  # fmt: skip
+
+    opts = ProxyOptions(
+        listen=("127.0.0.1", 0),
+        agent="http://127.0.0.1:8500",
+        file=FileSettings(routes=[RouteSpec(name="r0", backends=["10.9.9.9:80"], prefix="/f")]),
+        follow_labels=True,
+        projects=frozenset({"shop"}),
+    )
+    known: dict[str, Cluster[Any]] = {}
+    labels = LabelState(opts)
+    labels.table = labels.build(found("/app"))
+    settings, made = build_settings(opts, known, labels.table)
+    labels.place(made)
+    assert [(r.prefix, r.strip) for r in settings.routes] == [(b"/f", None), (b"/app", b"/app")]
+    web = settings.routes[1].cluster
+    assert web.name == "web.shop" and sorted(web.upstreams) == ["10.0.0.1:8080"]
+    # Scaled: the same routes, members only; relabelled: a new table, the same cluster.
+    labels.table = labels.build(found("/app", "/app"))
+    labels.set_members()
+    assert sorted(web.upstreams) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    labels.table = labels.build(found("/app", "/shop"))
+    settings, made = build_settings(opts, known, labels.table)
+    labels.place(made)
+    assert [r.prefix for r in settings.routes] == [b"/f", b"/shop", b"/app"]
+    assert settings.routes[1].cluster is web and settings.routes[2].cluster is web
+    assert declared_middlewares(opts.file) == frozenset()
+    assert build_table(found("/x"), {"other"}, set()).routes == []
 
 
 def test_tls_from_the_flags_and_the_file_and_what_does_not_make_a_whole() -> None:
