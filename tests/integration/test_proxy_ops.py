@@ -181,6 +181,27 @@ def test_sigterm_closes_idle_keep_alives_and_exits_at_once(tmp_path: Path) -> No
             p.stop()
 
 
+def test_a_request_sent_on_an_idle_keep_alive_as_the_drain_begins_is_answered(
+    tmp_path: Path,
+) -> None:
+    """The race of a drain: the client's next request is on the wire (or sent a moment
+    later) on a keep-alive connection the proxy sees as idle. Closing it then would lose the
+    request (RemoteDisconnected): it is answered, with `Connection: close`."""
+    with backends(1) as (b,):
+        p = ProxyProc(tmp_path, "--backend", b.url, "--drain-timeout", "20")
+        c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+        try:
+            assert get(p.port, "/x", c)[:2] == (200, "")
+            p.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            status, connection, _ = get(p.port, "/x", c)
+            assert (status, connection) == (200, "close")
+            assert p.proc.wait(10) == 0
+        finally:
+            c.close()
+            p.stop()
+
+
 def routes_to(cfg: Path, *urls: str) -> None:
     tmp = cfg.with_suffix(".tmp")
     lines = ["routes:"]

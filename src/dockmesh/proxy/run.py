@@ -210,11 +210,11 @@ async def _worker(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
     await stop.wait()
-    # A graceful drain: no new connection, idle keep-alives closed, in-flight requests
-    # finish (their responses say `Connection: close`) until the deadline.
+    # A graceful drain: no new connection, idle keep-alives closed after a grace, in-flight
+    # requests finish (their responses say `Connection: close`) until the deadline.
     proxy.drain()
     deadline = loop.time() + opts.drain_timeout
-    while loop.time() < deadline and proxy.busy():
+    while loop.time() < deadline and not proxy.settled():
         await asyncio.sleep(0.05)
         proxy.close_idle_clients()
     proxy.close()

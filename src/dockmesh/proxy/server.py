@@ -79,6 +79,12 @@ REMOVED_GRACE_S = 1.0
 # After the proxy ends a client connection, how long the client's further bytes are read and
 # dropped once all was sent (its close is awaited: see `ClientConn.close`).
 LINGER_S = 2.0
+# During a drain, how long a keep-alive connection idle when it began is left open: the
+# client may have sent its next request already (on the wire as the drain begins, or sent in
+# the instant before it saw a close), and a close then is a request lost (RemoteDisconnected).
+# A request arriving within this is answered, with `Connection: close`; past it, the
+# connection is closed.
+DRAIN_IDLE_GRACE_S = 1.0
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
@@ -107,6 +113,7 @@ class Proxy:
         self.servers: list[asyncio.AbstractServer] = []
         # Stopping: no listener, and every response says `Connection: close`.
         self.draining = False
+        self.drain_started = 0.0
         # Clusters a reload replaced: requests in flight on them finish there; they are
         # closed once none is left.
         self.retired: list[Cluster[UpstreamConn]] = []
@@ -154,6 +161,18 @@ class Proxy:
         """Whether a client connection is in the middle of an exchange."""
         return any(c.state not in (HEAD, CLOSED) for c in self.clients)
 
+    def settled(self) -> bool:
+        """Whether a drain is over: no exchange in flight, no idle connection left in its
+        grace, and every response sent out of the process (a closed connection's unsent bytes
+        would be lost at exit)."""
+        for c in self.clients:
+            if c.state != CLOSED:
+                return False
+            t = c.transport
+            if t is not None and not t.is_closing() and t.get_write_buffer_size():
+                return False
+        return True
+
     def apply(self, settings: ProxySettings) -> None:
         """A reload: new requests go by `settings`; those in flight finish where they are.
         The clusters list is changed in place (the admin endpoint reads it)."""
@@ -169,16 +188,26 @@ class Proxy:
         self.quick_max = settings.limits.max_head_bytes + 4
 
     def drain(self) -> None:
-        """Stop accepting; idle keep-alive connections close now, the others after their
-        response (which says `Connection: close`)."""
+        """Stop accepting; idle keep-alive connections close after `DRAIN_IDLE_GRACE_S` (a
+        request that comes within it is answered), the others after their response (which
+        says `Connection: close`)."""
         self.draining = True
+        self.drain_started = self.loop.time()
         for s in self.servers:
             s.close()
-        self.close_idle_clients()
 
     def close_idle_clients(self) -> None:
+        """During a drain: the connections idle since the grace began (the drain's start or
+        their last bytes in) close."""
+        now = self.loop.time()
+        since = self.drain_started
         for c in list(self.clients):
-            if c.state == HEAD and not c.buf and c.up is None:
+            if (
+                c.state == HEAD
+                and not c.buf
+                and c.up is None
+                and now - max(since, c.last_active) >= DRAIN_IDLE_GRACE_S
+            ):
                 c.close()
 
     def close(self) -> None:

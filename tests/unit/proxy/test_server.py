@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from dockmesh.proxy.exchange import CLOSED, HEAD, TUNNEL, WAIT
-from dockmesh.proxy.server import ClientConn
+from dockmesh.proxy.server import DRAIN_IDLE_GRACE_S, ClientConn
 from dockmesh.proxy.settings import Limits, ProxySettings, Route
 from dockmesh.resilience.breaker import BreakerState
 from dockmesh.testing.transport import FakeTransport
@@ -438,22 +438,56 @@ def test_a_head_over_the_limit_is_refused_in_one_read_as_in_several(
     assert client.up is not None and client.up.upstream.requests == 1
 
 
-def test_a_drain_closes_idle_clients_now_and_busy_ones_after_their_response(
+def test_a_drain_answers_busy_clients_with_close_and_closes_idle_ones_after_a_grace(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
+    """An idle keep-alive connection is not closed the moment the drain begins: its client's
+    next request may be on the wire, and a close then loses it. Within the grace such a
+    request is answered (`Connection: close`); past it, the idle connection closes."""
     proxy, _, busy = setup(loop)
+    late = rig.client(proxy)
     idle = rig.client(proxy)
     busy.data_received(REQUEST)
     conn = busy.up
     assert conn is not None
     proxy.drain()
-    assert transport(idle.transport).closed and not transport(busy.transport).closed
-    assert proxy.busy()
+    proxy.close_idle_clients()
+    assert not transport(idle.transport).closed and not transport(late.transport).closed
+    assert proxy.busy() and not proxy.settled()
     conn.data_received(RESPONSE)  # a whole response in one read: the fast lane's case
     proxy.flush()
     sent = written(busy.transport)
     assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in sent
     assert sent.endswith(b"ok\n") and transport(busy.transport).closed and not proxy.busy()
+    # The request that was on the wire as the drain began: answered, then closed.
+    late.data_received(REQUEST)
+    conn = late.up
+    assert conn is not None
+    conn.data_received(RESPONSE)
+    proxy.flush()
+    sent = written(late.transport)
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in sent
+    assert transport(late.transport).closed
+    assert not transport(idle.transport).closed and not proxy.settled()
+    # Past the grace, the idle one closes and the drain is over.
+    proxy.drain_started -= DRAIN_IDLE_GRACE_S
+    idle.last_active -= DRAIN_IDLE_GRACE_S
+    proxy.close_idle_clients()
+    assert transport(idle.transport).closed and written(idle.transport) == b""
+    assert proxy.settled()
+
+
+def test_a_drain_waits_for_a_closed_connection_s_unsent_bytes(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, _, client = setup(loop)
+    client.close()
+    transport(client.transport).closed = False  # still sending its last response
+    transport(client.transport).buffered = 1000
+    proxy.drain()
+    assert not proxy.settled()
+    transport(client.transport).buffered = 0
+    assert proxy.settled()
 
 
 def test_a_reload_sends_new_requests_by_the_new_routes_and_lets_the_old_finish(
