@@ -118,15 +118,26 @@ def register(app: typer.Typer) -> None:
                 "(0 turns panic off).",
             ),
         ] = 50.0,
+        takeover: Annotated[
+            bool,
+            typer.Option(
+                "--takeover",
+                help="Take the listening socket(s) over from the dockmesh proxy serving "
+                "--listen (its control socket under $DOCKMESH_RUN_DIR, else /run/dockmesh), "
+                "which then drains: a restart with no refused connection.",
+            ),
+        ] = False,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
         connection, in-flight requests finish (up to --drain-timeout). SIGHUP reloads --config
-        (a bad file is logged and the running configuration kept)."""
+        (a bad file is logged and the running configuration kept). --takeover replaces the
+        proxy serving the same --listen without a lost connection."""
         from dockmesh.agentclient import agent_url
         from dockmesh.proxy.config import check_balance, load_config, parse_backend
         from dockmesh.proxy.run import ProxyOptions, run_proxy
         from dockmesh.proxy.server import PortServed
+        from dockmesh.proxy.takeover import TakeoverError
 
         if not listen:
             raise UserError("--listen HOST:PORT is required")
@@ -191,10 +202,13 @@ def register(app: typer.Typer) -> None:
                     config_path=config,
                     drain_timeout=drain_timeout,
                     passive=passive,
+                    takeover=takeover,
                 )
             )
         except PortServed as e:
             raise UserError(f"--listen {e}") from None
+        except TakeoverError as e:
+            raise UserError(f"--takeover: {e}") from None
 
 
 def _agent_problem(url: str) -> str | None:

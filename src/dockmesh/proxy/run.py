@@ -32,6 +32,7 @@ from dockmesh.proxy.config import FileSettings, RouteSpec, load_config
 from dockmesh.proxy.discovery import check_health, watch_service
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
+from dockmesh.proxy.takeover import Control, Handoff, TakeoverError, control_path, take_over
 from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, PassivePolicy
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class ProxyOptions:
     # Passive health's settings from the flags; the file's `passive:` wins over them, as a
     # route's balance wins over --balance.
     passive: dict[str, Any] = field(default_factory=dict)
+    # Take the listening sockets over from the proxy serving `listen`, which then drains.
+    takeover: bool = False
 
 
 def read_config(path: str) -> FileSettings:
@@ -147,26 +150,77 @@ def run_proxy(opts: ProxyOptions) -> None:
     routes = opts.file.routes if opts.file else []
     if (opts.service or any(r.service for r in routes)) and not opts.agent:
         raise ValueError("a route follows a service: the agent's URL is needed")
-    check_port_free(*opts.listen)
-    socks = [reuseport_socket(*opts.listen) for _ in range(opts.workers)]
-    if opts.workers == 1:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_worker(opts, socks[0], opts.admin, None))
+    handoff = None
+    if opts.takeover:
+        if opts.listen[1] == 0:
+            raise TakeoverError("--takeover needs the port of the proxy to take over")
+        handoff = take_over(control_path(*opts.listen), *opts.listen)
+        groups = listen_groups(handoff.socks, opts.workers)
+    else:
+        check_port_free(*opts.listen)
+        groups = [[] for _ in range(opts.workers)]
+    try:
+        for g in groups:
+            if not g:
+                g.append(reuseport_socket(*opts.listen))
+        if opts.workers == 1:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(_worker(opts, groups[0], opts.admin, None, handoff))
+            return
+        _supervise(opts, groups, handoff)
+    finally:
+        if handoff is not None:
+            handoff.abandon()
+
+
+def listen_groups(socks: list[socket.socket], workers: int) -> list[list[socket.socket]]:
+    """Received listening sockets spread over the workers, every one served (a socket of an
+    SO_REUSEPORT group that nobody accepts on would hold the connections the kernel gives
+    it); a worker left without one gets a new socket in the group."""
+    return [socks[i::workers] for i in range(workers)]
+
+
+def _start_control(
+    opts: ProxyOptions, socks: list[socket.socket], on_takeover: Callable[[], None]
+) -> Control | None:
+    """This proxy's control socket, so that a successor can take its sockets over."""
+    if opts.listen[1] == 0:
+        return None
+    try:
+        control = Control(control_path(*opts.listen), socks, on_takeover)
+        control.start(asyncio.get_running_loop())
+    except (OSError, TakeoverError) as e:
+        log.warning("no control socket (--takeover of this proxy will not work): %s", e)
+        return None
+    return control
+
+
+def _confirm(handoff: Handoff | None) -> None:
+    """The sockets taken over are served here now: the old proxy drains."""
+    if handoff is None:
         return
-    _supervise(opts, socks)
+    try:
+        handoff.confirm()
+        log.warning("took the listening sockets over; the old proxy drains")
+    except TakeoverError as e:
+        log.warning("--takeover: %s", e)
 
 
 async def _worker(
     opts: ProxyOptions,
-    sock: socket.socket,
+    socks: list[socket.socket],
     admin: tuple[str, int] | None,
     report_fd: int | None,
+    handoff: Handoff | None = None,
 ) -> None:
+    """One process serving `socks`. With no `report_fd` it is the only one: it serves the
+    control socket too, and confirms a takeover (`handoff`) once it listens."""
     loop = asyncio.get_running_loop()
     known: dict[str, Cluster[Any]] = {}
     settings, made = build_settings(opts, known)
     proxy = Proxy(settings, loop)
-    await proxy.listen(sock)
+    for sock in socks:
+        await proxy.listen(sock)
     tasks: dict[int, asyncio.Task[None]] = {}  # id(cluster) → its discovery or checks
 
     def follow(made: list[tuple[Cluster[Any], RouteSpec]]) -> None:
@@ -209,9 +263,15 @@ async def _worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    control = None
+    if report_fd is None:
+        control = _start_control(opts, socks, stop.set)
+        _confirm(handoff)
     await stop.wait()
     # A graceful drain: no new connection, idle keep-alives closed after a grace, in-flight
     # requests finish (their responses say `Connection: close`) until the deadline.
+    if control is not None:
+        control.release()
     proxy.drain()
     deadline = loop.time() + opts.drain_timeout
     while loop.time() < deadline and not proxy.settled():
@@ -225,6 +285,8 @@ async def _worker(
             await t
     if runner is not None:
         await runner.cleanup()
+    if control is not None:
+        control.close()
 
 
 def reload_file(opts: ProxyOptions) -> FileSettings | None:
@@ -259,11 +321,16 @@ def _die_with_parent(parent: int) -> None:
 # --- several workers ----------------------------------------------------------------------
 
 
-def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
-    """Forks a worker per socket, restarts one that dies, serves the summed admin endpoint,
-    and passes SIGTERM/SIGINT on."""
+def _supervise(
+    opts: ProxyOptions, groups: list[list[socket.socket]], handoff: Handoff | None
+) -> None:
+    """Forks a worker per group of sockets, restarts one that dies, serves the summed admin
+    endpoint and the control socket, and passes SIGTERM/SIGINT on. It keeps the listening
+    sockets while it runs: a worker started again serves the same ones (whose connections
+    queued meanwhile wait for it), and a successor can take them over."""
     children: dict[int, int] = {}  # pid → worker number
     admin_ports: dict[int, int] = {}  # worker number → its admin port
+    controls: list[Control] = []  # the control socket, once the parent serves it
 
     def spawn(i: int) -> None:
         r, w = os.pipe()
@@ -272,13 +339,16 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
         if pid == 0:  # the worker
             _die_with_parent(parent_pid)
             os.close(r)
-            for j, s in enumerate(socks):
+            for c in controls:
+                c.forget()
+            for j, g in enumerate(groups):
                 if j != i:
-                    s.close()
+                    for s in g:
+                        s.close()
             code = 0
             try:
                 with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    runner.run(_worker(opts, socks[i], ("127.0.0.1", 0), w))
+                    runner.run(_worker(opts, groups[i], ("127.0.0.1", 0), w))
             except BaseException:
                 log.exception("worker %d failed", i)
                 code = 1
@@ -291,7 +361,7 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
             admin_ports[i] = int(line)
         children[pid] = i
 
-    for i in range(len(socks)):
+    for i in range(len(groups)):
         spawn(i)
 
     async def parent() -> None:
@@ -313,6 +383,10 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
         runner = None
         if opts.admin is not None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)
+        control = _start_control(opts, [s for g in groups for s in g], stop.set)
+        if control is not None:
+            controls.append(control)
+        _confirm(handoff)
         last_restart = 0.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -332,6 +406,13 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
                     last_restart = time.monotonic()
                     log.warning("worker %d exited; starting it again", i)
                     spawn(i)
+        # The port is no longer served by this proxy: its copies of the sockets close first
+        # (a listening socket still open would take connections nobody accepts).
+        if control is not None:
+            control.release()
+        for g in groups:
+            for s in g:
+                s.close()
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -350,8 +431,8 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
                 os.kill(pid, signal.SIGKILL)
         if runner is not None:
             await runner.cleanup()
+        if control is not None:
+            control.close()
 
-    for s in socks:
-        s.close()
     with asyncio.Runner(loop_factory=_loop_factory()) as r:
         r.run(parent())
