@@ -111,7 +111,10 @@ class Proxy:
         self._sweeper: asyncio.TimerHandle | None = None
         self.now = loop.time()
         self.servers: list[asyncio.AbstractServer] = []
-        # Stopping: no listener, and every response says `Connection: close`.
+        # Stopping: no listener, and every response says `Connection: close`. Nothing on the
+        # fast lanes asks: a drain takes the fast request lane away (`fast`), so every new
+        # request is read by `_read_head`, which ends its `keep`, and ends the `keep` of the
+        # exchanges in flight, so the fast response lane sees `response_begins` say close.
         self.draining = False
         self.drain_started = 0.0
         # Clusters a reload replaced: requests in flight on them finish there; they are
@@ -181,7 +184,7 @@ class Proxy:
         self.retired += [c for c in self.clusters if id(c) not in kept]
         self.settings = settings
         self.router = router
-        self.fast = router.fast
+        self.fast = router.fast if not self.draining else None
         self.clusters[:] = router.clusters
         self.timeouts = settings.timeouts
         self.limits = settings.limits
@@ -193,6 +196,9 @@ class Proxy:
         says `Connection: close`)."""
         self.draining = True
         self.drain_started = self.loop.time()
+        self.fast = None
+        for c in self.clients:
+            c.keep = False
         for s in self.servers:
             s.close()
 
@@ -513,6 +519,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             )
             self.head_out = http1.edit_request_head(head, req, fields)
         up = self.begin_attempt(cluster, req, key, now)
+        if p.draining:
+            self.keep = False
         if not self.body:
             self.pending_body = None
             # What follows is requests sent ahead: kept while this one is in flight.
@@ -693,8 +701,6 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.proxy.tally.retried(f"status_{status}")
             self._attempt()
             return False
-        if self.proxy.draining:
-            self.keep = False
         added = self.response_begins(status, resp.keep_alive, conn.framing == UNTIL_CLOSE)
         if status == 101:
             conn.tunnel = True
@@ -1048,7 +1054,6 @@ class UpstreamConn(asyncio.Protocol):
                     body is not None
                     and q is not None
                     and q[0] not in RETRYABLE_STATUSES
-                    and not self.proxy.draining
                     and not client.response_begins(q[0], True, False)
                 ):
                     # The fast lane: a whole response in one read, whose head goes as it

@@ -510,6 +510,31 @@ def test_a_reload_sends_new_requests_by_the_new_routes_and_lets_the_old_finish(
     assert proxy.retired == []
 
 
+def test_a_drain_is_no_question_on_the_fast_lanes_yet_every_response_says_close(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The fast lanes do not ask whether the proxy drains (a question per request): the
+    drain takes the request lane away (a reload during it does not give it back) and ends
+    the keep-alive of the exchanges in flight, whose whole responses still take the fast
+    response lane, saying `Connection: close`."""
+    proxy, cluster, client = setup(loop)
+    late = rig.client(proxy)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None and proxy.fast is cluster
+    proxy.drain()
+    proxy.apply(ProxySettings(routes=[Route(cluster=cluster)]))
+    assert proxy.fast is None and client.keep is False
+    conn.data_received(RESPONSE)
+    proxy.flush()
+    assert b"Connection: close\r\n" in written(client.transport)
+    late.data_received(REQUEST)  # the general reader's, which ends its keep-alive
+    assert late.keep is False and late.up is not None
+    late.up.data_received(RESPONSE)
+    proxy.flush()
+    assert b"Connection: close\r\n" in written(late.transport)
+
+
 def _tunnel(loop: asyncio.AbstractEventLoop) -> tuple[Any, ClientConn, Any]:
     proxy, cluster, _ = setup(loop, n=1)
     client = ClientConn(proxy)
