@@ -331,3 +331,29 @@ def test_workers_die_with_their_parent_even_on_kill_9(tmp_path: Path) -> None:
             for w in workers:  # left behind only when this test fails
                 if not gone(w):
                     os.kill(w, signal.SIGKILL)
+
+
+def test_a_worker_that_dies_is_started_again_on_the_same_socket(tmp_path: Path) -> None:
+    """The parent keeps the listening sockets: a worker started again serves its own (it
+    got one the parent had closed, failed with EBADF, and was started again every second,
+    the port served by the others alone)."""
+    with backends(1) as (b,):
+        p = ProxyProc(tmp_path, "--backend", b.url, "--workers", "2")
+        workers: set[int] = set()
+        try:
+            workers = children_of(p.proc.pid)
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: len(children_of(p.proc.pid) - {victim}) == 2, 10)
+            now = children_of(p.proc.pid)
+            time.sleep(2.5)  # a worker failing would be started again once a second
+            assert children_of(p.proc.pid) == now
+            assert "failed" not in p.log.read_text()
+            for _ in range(20):
+                assert get(p.port, "/x")[0] == 200
+        finally:
+            workers |= children_of(p.proc.pid) if p.proc.poll() is None else set()
+            p.stop()
+            for w in workers:
+                if not gone(w):
+                    os.kill(w, signal.SIGKILL)
