@@ -273,6 +273,7 @@ async def _worker(
     if control is not None:
         control.release()
     proxy.drain()
+    log.warning("draining %d connections (for up to %gs)", len(proxy.clients), opts.drain_timeout)
     deadline = loop.time() + opts.drain_timeout
     while loop.time() < deadline and not proxy.settled():
         await asyncio.sleep(0.05)

@@ -114,7 +114,8 @@ class Proxy:
         # Stopping: no listener, and every response says `Connection: close`. Nothing on the
         # fast lanes asks: a drain takes the fast request lane away (`fast`), so every new
         # request is read by `_read_head`, which ends its `keep`, and ends the `keep` of the
-        # exchanges in flight, so the fast response lane sees `response_begins` say close.
+        # exchanges in flight whose response has not begun, so the fast response lane sees
+        # `response_begins` say close.
         self.draining = False
         self.drain_started = 0.0
         # Clusters a reload replaced: requests in flight on them finish there; they are
@@ -198,7 +199,10 @@ class Proxy:
         self.drain_started = self.loop.time()
         self.fast = None
         for c in self.clients:
-            c.keep = False
+            # Not one whose response head went out saying keep-alive: closing after it would
+            # lose the request its client sends next (it becomes idle, in the grace, instead).
+            if c.state in (BODY, WAIT) and not c.resp_started:
+                c.keep = False
         for s in self.servers:
             s.close()
 

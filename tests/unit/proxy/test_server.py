@@ -535,6 +535,32 @@ def test_a_drain_is_no_question_on_the_fast_lanes_yet_every_response_says_close(
     assert b"Connection: close\r\n" in written(late.transport)
 
 
+def test_a_response_whose_head_went_out_before_the_drain_keeps_its_connection(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Its head said keep-alive: the client will send its next request on the connection, so
+    the connection is not closed after the body (the request would be lost) but left idle,
+    and the drain's grace applies to it."""
+    proxy, _, client = setup(loop)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    head, body = RESPONSE.split(b"\r\n\r\n", 1)
+    conn.data_received(head + b"\r\n\r\n")
+    proxy.drain()
+    conn.data_received(body)
+    proxy.flush()
+    sent = written(client.transport)
+    assert b"Connection: close" not in sent and sent.endswith(body)
+    assert client.state == HEAD and not transport(client.transport).closed
+    client.data_received(REQUEST)  # its next request: answered, with close
+    assert client.up is not None
+    client.up.data_received(RESPONSE)
+    proxy.flush()
+    assert written(client.transport).count(b"Connection: close\r\n") == 1
+    assert transport(client.transport).closed
+
+
 def _tunnel(loop: asyncio.AbstractEventLoop) -> tuple[Any, ClientConn, Any]:
     proxy, cluster, _ = setup(loop, n=1)
     client = ClientConn(proxy)
