@@ -342,6 +342,8 @@ def _supervise(
             os.close(r)
             for c in controls:
                 c.forget()
+            if handoff is not None:
+                handoff.abandon()  # the parent's conversation with the old proxy
             for j, g in enumerate(groups):
                 if j != i:
                     for s in g:
