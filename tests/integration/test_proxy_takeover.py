@@ -7,11 +7,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,16 @@ class Proc:
                 os.kill(w, signal.SIGKILL)
 
 
+def admin_pids(port: int) -> set[int]:
+    """The processes (the proxy, or its workers) serving the admin endpoint."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as r:
+        json.load(r)
+    out = subprocess.run(
+        ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    return {int(m) for m in re.findall(r"pid=(\d+)", out)}
+
+
 def answers(port: int) -> bool:
     try:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -78,8 +90,9 @@ def test_takeover_under_load_fails_no_request_and_the_old_proxy_exits_0(
     proxy takes the port over: every request gets its 200, the old proxy exits 0 once its
     requests in flight are done, and the new one serves on (and is the one that drains on
     its own SIGTERM)."""
-    port = free_port()
-    old = Proc(tmp_path, port, "--backend", slow.url, "--workers", str(old_workers))
+    port, admin = free_port(), free_port()
+    both = ("--backend", slow.url, "--admin", f"127.0.0.1:{admin}")
+    old = Proc(tmp_path, port, *both, "--workers", str(old_workers))
     new: Proc | None = None
     stop = threading.Event()
     failures: list[object] = []
@@ -114,9 +127,7 @@ def test_takeover_under_load_fails_no_request_and_the_old_proxy_exits_0(
         for t in threads:
             t.start()
         wait_until(lambda: len(done) > 30, 20)
-        new = Proc(
-            tmp_path, port, "--backend", slow.url, "--workers", str(new_workers), "--takeover"
-        )
+        new = Proc(tmp_path, port, *both, "--workers", str(new_workers), "--takeover")
         assert old.proc.wait(30) == 0, old.log.read_text()
         exited = time.monotonic()
         assert new.proc.poll() is None, new.log.read_text()
@@ -126,6 +137,8 @@ def test_takeover_under_load_fails_no_request_and_the_old_proxy_exits_0(
             t.join(30)
         assert failures == []
         assert "took the listening sockets over" in new.log.read_text()
+        # --admin too is the new proxy's (the old one let it go as its drain began).
+        assert new.proc.pid in admin_pids(admin)
         new.proc.send_signal(signal.SIGTERM)
         assert new.proc.wait(15) == 0
         assert not answers(port)

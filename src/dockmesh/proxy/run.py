@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import gc
 import logging
 import os
@@ -21,7 +22,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, PassivePolicy
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+# How long a proxy that took over waits for its predecessor to let --admin go.
+ADMIN_WAIT_S = 10.0
 
 
 @dataclass
@@ -195,6 +198,23 @@ def _start_control(
     return control
 
 
+async def _admin_once_free(
+    start: Callable[[], Awaitable[tuple[Any, int]]], bind: tuple[str, int]
+) -> tuple[Any, int] | None:
+    """After a takeover, --admin is served once the old proxy let it go (at the start of its
+    drain); not served, and said so, if it does not within ADMIN_WAIT_S: the data plane
+    must not fail for it, the old proxy drains already."""
+    deadline = time.monotonic() + ADMIN_WAIT_S
+    while True:
+        try:
+            return await start()
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                log.error("--admin %s:%d not served: %s", *bind, e.strerror or e)
+                return None
+        await asyncio.sleep(0.05)
+
+
 def _confirm(handoff: Handoff | None) -> None:
     """The sockets taken over are served here now: the old proxy drains."""
     if handoff is None:
@@ -236,7 +256,7 @@ async def _worker(
 
     follow(made)
     runner = None
-    if admin is not None:
+    if admin is not None and handoff is None:
         runner, port = await serve_admin(admin, proxy.tally, proxy.clusters)
         if report_fd is not None:
             os.write(report_fd, f"{port}\n".encode())
@@ -267,11 +287,19 @@ async def _worker(
     if report_fd is None:
         control = _start_control(opts, socks, stop.set)
         _confirm(handoff)
+        if admin is not None and handoff is not None:
+            got = await _admin_once_free(
+                lambda: serve_admin(admin, proxy.tally, proxy.clusters), admin
+            )
+            runner = got[0] if got else None
     await stop.wait()
     # A graceful drain: no new connection, idle keep-alives closed after a grace, in-flight
     # requests finish (their responses say `Connection: close`) until the deadline.
     if control is not None:
         control.release()
+        if control.handed_over and runner is not None:
+            await runner.cleanup()  # the successor serves --admin now
+            runner = None
     proxy.drain()
     log.warning("draining %d connections (for up to %gs)", len(proxy.clients), opts.drain_timeout)
     deadline = loop.time() + opts.drain_timeout
@@ -384,12 +412,16 @@ def _supervise(
 
         loop.add_signal_handler(signal.SIGHUP, reload)
         runner = None
-        if opts.admin is not None:
+        if opts.admin is not None and handoff is None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)
         control = _start_control(opts, [s for g in groups for s in g], stop.set)
         if control is not None:
             controls.append(control)
         _confirm(handoff)
+        if opts.admin is not None and handoff is not None:
+            bind = opts.admin
+            got = await _admin_once_free(lambda: serve_summed_admin(bind, admin_ports), bind)
+            runner = got[0] if got else None
         last_restart = 0.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -413,6 +445,9 @@ def _supervise(
         # (a listening socket still open would take connections nobody accepts).
         if control is not None:
             control.release()
+            if control.handed_over and runner is not None:
+                await runner.cleanup()  # the successor serves --admin now
+                runner = None
         for g in groups:
             for s in g:
                 s.close()
