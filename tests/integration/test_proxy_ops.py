@@ -181,6 +181,27 @@ def test_sigterm_closes_idle_keep_alives_and_exits_at_once(tmp_path: Path) -> No
             p.stop()
 
 
+def test_a_request_sent_on_an_idle_keep_alive_as_the_drain_begins_is_answered(
+    tmp_path: Path,
+) -> None:
+    """The race of a drain: the client's next request is on the wire (or sent a moment
+    later) on a keep-alive connection the proxy sees as idle. Closing it then would lose the
+    request (RemoteDisconnected): it is answered, with `Connection: close`."""
+    with backends(1) as (b,):
+        p = ProxyProc(tmp_path, "--backend", b.url, "--drain-timeout", "20")
+        c = http.client.HTTPConnection("127.0.0.1", p.port, timeout=10)
+        try:
+            assert get(p.port, "/x", c)[:2] == (200, "")
+            p.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            status, connection, _ = get(p.port, "/x", c)
+            assert (status, connection) == (200, "close")
+            assert p.proc.wait(10) == 0
+        finally:
+            c.close()
+            p.stop()
+
+
 def routes_to(cfg: Path, *urls: str) -> None:
     tmp = cfg.with_suffix(".tmp")
     lines = ["routes:"]
@@ -308,5 +329,31 @@ def test_workers_die_with_their_parent_even_on_kill_9(tmp_path: Path) -> None:
         finally:
             p.stop()
             for w in workers:  # left behind only when this test fails
+                if not gone(w):
+                    os.kill(w, signal.SIGKILL)
+
+
+def test_a_worker_that_dies_is_started_again_on_the_same_socket(tmp_path: Path) -> None:
+    """The parent keeps the listening sockets: a worker started again serves its own (it
+    got one the parent had closed, failed with EBADF, and was started again every second,
+    the port served by the others alone)."""
+    with backends(1) as (b,):
+        p = ProxyProc(tmp_path, "--backend", b.url, "--workers", "2")
+        workers: set[int] = set()
+        try:
+            workers = children_of(p.proc.pid)
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: len(children_of(p.proc.pid) - {victim}) == 2, 10)
+            now = children_of(p.proc.pid)
+            time.sleep(2.5)  # a worker failing would be started again once a second
+            assert children_of(p.proc.pid) == now
+            assert "failed" not in p.log.read_text()
+            for _ in range(20):
+                assert get(p.port, "/x")[0] == 200
+        finally:
+            workers |= children_of(p.proc.pid) if p.proc.poll() is None else set()
+            p.stop()
+            for w in workers:
                 if not gone(w):
                     os.kill(w, signal.SIGKILL)

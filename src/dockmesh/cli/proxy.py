@@ -168,16 +168,27 @@ def register(app: typer.Typer) -> None:
                 "/var/lib/dockmesh/ca).",
             ),
         ] = None,
+        takeover: Annotated[
+            bool,
+            typer.Option(
+                "--takeover",
+                help="Take the listening socket(s) over from the dockmesh proxy serving "
+                "--listen (its control socket under $DOCKMESH_RUN_DIR, else /run/dockmesh), "
+                "which then drains: a restart with no refused connection.",
+            ),
+        ] = False,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
         connection, in-flight requests finish (up to --drain-timeout). SIGHUP, or a change of the
         file, reloads --config (a bad file is logged and the running configuration kept).
-        --project serves the routes containers declare (dockmesh.http.* labels)."""
+        --project serves the routes containers declare (dockmesh.http.* labels). --takeover
+        replaces the proxy serving the same --listen without a lost connection."""
         from dockmesh.agentclient import agent_url
         from dockmesh.proxy.config import check_balance, load_config, parse_backend
         from dockmesh.proxy.run import ProxyOptions, run_proxy
         from dockmesh.proxy.server import PortServed
+        from dockmesh.proxy.takeover import TakeoverError
         from dockmesh.proxy.tls import TlsError
 
         if not listen and not tls_listen:
@@ -259,6 +270,7 @@ def register(app: typer.Typer) -> None:
                     projects=frozenset(projects) if projects else None,
                     tls_listen=tls_bind,
                     tls=tls_flags,
+                    takeover=takeover,
                 )
             )
         except PortServed as e:
@@ -266,6 +278,8 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"{flag} {e}") from None
         except TlsError as e:
             raise UserError(f"tls: {e}") from None
+        except TakeoverError as e:
+            raise UserError(f"--takeover: {e}") from None
 
 
 def _tls_flags(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import gc
 import logging
 import os
@@ -21,7 +22,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +37,22 @@ from dockmesh.proxy.labelroutes import CatalogInstance, LabelTable, build_table
 from dockmesh.proxy.labelwatch import LabelWatch
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
+from dockmesh.proxy.takeover import (
+    Control,
+    Handoff,
+    TakeoverError,
+    control_path,
+    serves,
+    take_over,
+)
 from dockmesh.proxy.tls import HTTP1, Edge, TlsError
 from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, PassivePolicy
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+# How long a proxy that took over waits for its predecessor to let --admin go.
+ADMIN_WAIT_S = 10.0
 
 
 @dataclass
@@ -74,6 +85,9 @@ class ProxyOptions:
     tls_listen: tuple[str, int] | None = None
     # TlsSpec's fields from the flags; the file's `tls:` wins over them.
     tls: dict[str, Any] = field(default_factory=dict)
+    # Take the listening sockets over from the proxy serving `listen` (else `tls_listen`),
+    # which then drains.
+    takeover: bool = False
 
 
 def declared_middlewares(file: FileSettings | None) -> frozenset[str]:
@@ -228,28 +242,117 @@ def run_proxy(opts: ProxyOptions) -> None:
     addresses = [a for a in (opts.listen, opts.tls_listen) if a is not None]
     if not addresses:
         raise ValueError("nothing to listen on: --listen or --tls-listen")
-    for address in addresses:
-        check_port_free(*address)
-    socks = [_socket(opts.listen) for _ in range(opts.workers)]
-    tls_socks = [_socket(opts.tls_listen) for _ in range(opts.workers)]
-    if opts.workers == 1:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_worker(opts, socks[0], opts.admin, None, tls_socks[0]))
+    handoff = None
+    got: dict[tuple[str, int], list[socket.socket]] = {a: [] for a in addresses}
+    if opts.takeover:
+        if addresses[0][1] == 0:
+            raise TakeoverError("--takeover needs the port of the proxy to take over")
+        handoff = take_over(control_path(*addresses[0]), *addresses[0])
+        for s in handoff.socks:
+            # Each socket by the address it serves (plain or TLS); one served no more is
+            # closed when the handoff is (the old proxy drains its connections).
+            mine = [a for a in addresses if serves(s, *a)]
+            if mine:
+                got[mine[0]].append(s)
+            else:
+                s.close()
+        for a in addresses[1:]:
+            if not got[a]:  # the old proxy did not serve it: as on a start
+                check_port_free(*a)
+    else:
+        for address in addresses:
+            check_port_free(*address)
+    try:
+        plain = _groups(opts.listen, got, opts.workers)
+        tls = _groups(opts.tls_listen, got, opts.workers)
+        if opts.workers == 1:
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                runner.run(_worker(opts, plain[0], opts.admin, None, handoff, tls[0]))
+            return
+        _supervise(opts, plain, tls, handoff)
+    finally:
+        if handoff is not None:
+            handoff.abandon()
+
+
+def _groups(
+    address: tuple[str, int] | None,
+    got: dict[tuple[str, int], list[socket.socket]],
+    workers: int,
+) -> list[list[socket.socket]]:
+    """Each worker's listening sockets for `address`: those taken over spread, a new one in
+    the SO_REUSEPORT group for a worker left without; none without an address."""
+    if address is None:
+        return [[] for _ in range(workers)]
+    groups = listen_groups(got[address], workers)
+    for g in groups:
+        if not g:
+            g.append(reuseport_socket(*address))
+    return groups
+
+
+def listen_groups(socks: list[socket.socket], workers: int) -> list[list[socket.socket]]:
+    """Received listening sockets spread over the workers, every one served (a socket of an
+    SO_REUSEPORT group that nobody accepts on would hold the connections the kernel gives
+    it); a worker left without one gets a new socket in the group."""
+    return [socks[i::workers] for i in range(workers)]
+
+
+def _start_control(
+    opts: ProxyOptions, socks: list[socket.socket], on_takeover: Callable[[], None]
+) -> Control | None:
+    """This proxy's control socket (named for --listen, else --tls-listen), so that a
+    successor can take its sockets over."""
+    address = opts.listen or opts.tls_listen
+    if address is None or address[1] == 0:
+        return None
+    try:
+        control = Control(control_path(*address), socks, on_takeover)
+        control.start(asyncio.get_running_loop())
+    except (OSError, TakeoverError) as e:
+        log.warning("no control socket (--takeover of this proxy will not work): %s", e)
+        return None
+    return control
+
+
+async def _admin_once_free(
+    start: Callable[[], Awaitable[tuple[Any, int]]], bind: tuple[str, int]
+) -> tuple[Any, int] | None:
+    """After a takeover, --admin is served once the old proxy let it go (at the start of its
+    drain); not served, and said so, if it does not within ADMIN_WAIT_S: the data plane
+    must not fail for it, the old proxy drains already."""
+    deadline = time.monotonic() + ADMIN_WAIT_S
+    while True:
+        try:
+            return await start()
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                log.error("--admin %s:%d not served: %s", *bind, e.strerror or e)
+                return None
+        await asyncio.sleep(0.05)
+
+
+def _confirm(handoff: Handoff | None) -> None:
+    """The sockets taken over are served here now: the old proxy drains."""
+    if handoff is None:
         return
-    _supervise(opts, socks, tls_socks)
-
-
-def _socket(address: tuple[str, int] | None) -> socket.socket | None:
-    return None if address is None else reuseport_socket(*address)
+    try:
+        handoff.confirm()
+        log.warning("took the listening sockets over; the old proxy drains")
+    except TakeoverError as e:
+        log.warning("--takeover: %s", e)
 
 
 async def _worker(
     opts: ProxyOptions,
-    sock: socket.socket | None,
+    socks: list[socket.socket],
     admin: tuple[str, int] | None,
     report_fd: int | None,
-    tls_sock: socket.socket | None = None,
+    handoff: Handoff | None = None,
+    tls_socks: list[socket.socket] | None = None,
 ) -> None:
+    """One process serving `socks`. With no `report_fd` it is the only one: it serves the
+    control socket too, and confirms a takeover (`handoff`) once it listens."""
     loop = asyncio.get_running_loop()
     known: dict[str, Cluster[Any]] = {}
     labels = LabelState(opts)
@@ -270,15 +373,16 @@ async def _worker(
     labels.place(made)
     proxy = Proxy(settings, loop)
     h2conn.enable(proxy)
-    if sock is not None:
+    for sock in socks:
         await proxy.listen(sock)
     edge = None
     spec = tls_spec(opts)
-    if tls_sock is not None and spec is not None:
+    if tls_socks and spec is not None:
         # ALPN offers the protocols registered in `proxy.alpn` (HTTP/2's "h2", registered
         # before this line) ahead of http/1.1: never one nothing here speaks.
         edge = Edge(spec, route_hosts(settings), alpn=[*proxy.alpn, HTTP1])
-        await proxy.listen(tls_sock, edge.context, spec.handshake_timeout)
+        for sock in tls_socks:
+            await proxy.listen(sock, edge.context, spec.handshake_timeout)
     tasks: dict[int, asyncio.Task[None]] = {}  # id(cluster) → its discovery or checks
 
     def follow(made: list[tuple[Cluster[Any], RouteSpec]]) -> None:
@@ -297,8 +401,8 @@ async def _worker(
 
     follow(made)
     runner = None
-    if admin is not None:
-        status = labels.status if opts.follow_labels else None
+    status = labels.status if opts.follow_labels else None
+    if admin is not None and handoff is None:
         runner, port = await serve_admin(admin, proxy.tally, proxy.clusters, status)
         if report_fd is not None:
             os.write(report_fd, f"{port}\n".encode())
@@ -361,12 +465,27 @@ async def _worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    control = None
+    if report_fd is None:
+        control = _start_control(opts, [*socks, *(tls_socks or [])], stop.set)
+        _confirm(handoff)
+        if admin is not None and handoff is not None:
+            got = await _admin_once_free(
+                lambda: serve_admin(admin, proxy.tally, proxy.clusters, status), admin
+            )
+            runner = got[0] if got else None
     await stop.wait()
-    # A graceful drain: no new connection, idle keep-alives closed, in-flight requests
-    # finish (their responses say `Connection: close`) until the deadline.
+    # A graceful drain: no new connection, idle keep-alives closed after a grace, in-flight
+    # requests finish (their responses say `Connection: close`) until the deadline.
+    if control is not None:
+        control.release()
+        if control.handed_over and runner is not None:
+            await runner.cleanup()  # the successor serves --admin now
+            runner = None
     proxy.drain()
+    log.warning("draining %d connections (for up to %gs)", len(proxy.clients), opts.drain_timeout)
     deadline = loop.time() + opts.drain_timeout
-    while loop.time() < deadline and proxy.busy():
+    while loop.time() < deadline and not proxy.settled():
         await asyncio.sleep(0.05)
         proxy.close_idle_clients()
     proxy.close()
@@ -378,6 +497,8 @@ async def _worker(
             await t
     if runner is not None:
         await runner.cleanup()
+    if control is not None:
+        control.close()
 
 
 def reload_file(opts: ProxyOptions, why: str = "SIGHUP") -> FileSettings | None:
@@ -474,13 +595,17 @@ def _die_with_parent(parent: int) -> None:
 
 def _supervise(
     opts: ProxyOptions,
-    socks: list[socket.socket | None],
-    tls_socks: list[socket.socket | None],
+    groups: list[list[socket.socket]],
+    tls_groups: list[list[socket.socket]],
+    handoff: Handoff | None,
 ) -> None:
-    """Forks a worker per socket, restarts one that dies, serves the summed admin endpoint,
-    and passes SIGTERM/SIGINT on."""
+    """Forks a worker per group of sockets, restarts one that dies, serves the summed admin
+    endpoint and the control socket, and passes SIGTERM/SIGINT on. It keeps the listening
+    sockets while it runs: a worker started again serves the same ones (whose connections
+    queued meanwhile wait for it), and a successor can take them over."""
     children: dict[int, int] = {}  # pid → worker number
     admin_ports: dict[int, int] = {}  # worker number → its admin port
+    controls: list[Control] = []  # the control socket, once the parent serves it
 
     def spawn(i: int) -> None:
         r, w = os.pipe()
@@ -489,14 +614,18 @@ def _supervise(
         if pid == 0:  # the worker
             _die_with_parent(parent_pid)
             os.close(r)
-            for j in range(len(socks)):
-                for other in (socks[j], tls_socks[j]):
-                    if j != i and other is not None:
-                        other.close()
+            for c in controls:
+                c.forget()
+            if handoff is not None:
+                handoff.abandon()  # the parent's conversation with the old proxy
+            for j, (g, tg) in enumerate(zip(groups, tls_groups, strict=True)):
+                if j != i:
+                    for s in [*g, *tg]:
+                        s.close()
             code = 0
             try:
                 with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    runner.run(_worker(opts, socks[i], ("127.0.0.1", 0), w, tls_socks[i]))
+                    runner.run(_worker(opts, groups[i], ("127.0.0.1", 0), w, None, tls_groups[i]))
             except BaseException:
                 log.exception("worker %d failed", i)
                 code = 1
@@ -509,7 +638,7 @@ def _supervise(
             admin_ports[i] = int(line)
         children[pid] = i
 
-    for i in range(len(socks)):
+    for i in range(len(groups)):
         spawn(i)
 
     async def parent() -> None:
@@ -534,8 +663,16 @@ def _supervise(
         if opts.config_path is not None and opts.watch_config:
             file_task = loop.create_task(watch_file(opts.config_path, lambda: reload("changed")))
         runner = None
-        if opts.admin is not None:
+        if opts.admin is not None and handoff is None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)
+        control = _start_control(opts, [s for g in [*groups, *tls_groups] for s in g], stop.set)
+        if control is not None:
+            controls.append(control)
+        _confirm(handoff)
+        if opts.admin is not None and handoff is not None:
+            bind = opts.admin
+            got = await _admin_once_free(lambda: serve_summed_admin(bind, admin_ports), bind)
+            runner = got[0] if got else None
         last_restart = 0.0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -554,18 +691,17 @@ def _supervise(
                     await asyncio.sleep(wait)
                     last_restart = time.monotonic()
                     log.warning("worker %d exited; starting it again", i)
-                    # Its listening socket went with it (the parent closed its own copies,
-                    # so that a drain refuses new connections): a new one joins the group.
-                    try:
-                        socks[i] = _socket(opts.listen)
-                        tls_socks[i] = _socket(opts.tls_listen)
-                    except OSError as e:
-                        log.error("worker %d not started again: %s", i, e)
-                        continue
                     spawn(i)
-                    for s in (socks[i], tls_socks[i]):
-                        if s is not None:
-                            s.close()
+        # The port is no longer served by this proxy: its copies of the sockets close first
+        # (a listening socket still open would take connections nobody accepts).
+        if control is not None:
+            control.release()
+            if control.handed_over and runner is not None:
+                await runner.cleanup()  # the successor serves --admin now
+                runner = None
+        for g in [*groups, *tls_groups]:
+            for s in g:
+                s.close()
         for pid in list(children):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -586,9 +722,8 @@ def _supervise(
             file_task.cancel()
         if runner is not None:
             await runner.cleanup()
+        if control is not None:
+            control.close()
 
-    for s in [*socks, *tls_socks]:
-        if s is not None:
-            s.close()
     with asyncio.Runner(loop_factory=_loop_factory()) as r:
         r.run(parent())

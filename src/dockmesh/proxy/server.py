@@ -81,6 +81,12 @@ REMOVED_GRACE_S = 1.0
 # After the proxy ends a client connection, how long the client's further bytes are read and
 # dropped once all was sent (its close is awaited: see `ClientConn.close`).
 LINGER_S = 2.0
+# During a drain, how long a keep-alive connection idle when it began is left open: the
+# client may have sent its next request already (on the wire as the drain begins, or sent in
+# the instant before it saw a close), and a close then is a request lost (RemoteDisconnected).
+# A request arriving within this is answered, with `Connection: close`; past it, the
+# connection is closed.
+DRAIN_IDLE_GRACE_S = 1.0
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
@@ -120,8 +126,13 @@ class Proxy:
         self._sweeper: asyncio.TimerHandle | None = None
         self.now = loop.time()
         self.servers: list[asyncio.AbstractServer] = []
-        # Stopping: no listener, and every response says `Connection: close`.
+        # Stopping: no listener, and every response says `Connection: close`. Nothing on the
+        # fast lanes asks: a drain takes the fast request lane away (`fast`), so every new
+        # request is read by `_read_head`, which ends its `keep`, and ends the `keep` of the
+        # exchanges in flight whose response has not begun, so the fast response lane sees
+        # `response_begins` say close.
         self.draining = False
+        self.drain_started = 0.0
         # Clusters a reload replaced: requests in flight on them finish there; they are
         # closed once none is left.
         self.retired: list[Cluster[UpstreamConn]] = []
@@ -198,6 +209,20 @@ class Proxy:
             s.busy() for s in self.sides
         )
 
+    def settled(self) -> bool:
+        """Whether a drain is over: no exchange in flight, no idle connection left in its
+        grace, and every response sent out of the process (a closed connection's unsent bytes
+        would be lost at exit)."""
+        if any(s.busy() for s in self.sides):
+            return False
+        for c in self.clients:
+            if c.state != CLOSED:
+                return False
+            t = c.transport
+            if t is not None and not t.is_closing() and t.get_write_buffer_size():
+                return False
+        return True
+
     def apply(self, settings: ProxySettings) -> None:
         """A reload: new requests go by `settings`; those in flight finish where they are.
         The clusters list is changed in place (the admin endpoint reads it)."""
@@ -206,25 +231,41 @@ class Proxy:
         self.retired += [c for c in self.clusters if id(c) not in kept]
         self.settings = settings
         self.router = router
-        self.fast = router.fast
+        self.fast = router.fast if not self.draining else None
         self.clusters[:] = router.clusters
         self.timeouts = settings.timeouts
         self.limits = settings.limits
         self.quick_max = settings.limits.max_head_bytes + 4
 
     def drain(self) -> None:
-        """Stop accepting; idle keep-alive connections close now, the others after their
-        response (which says `Connection: close`)."""
+        """Stop accepting; idle keep-alive connections close after `DRAIN_IDLE_GRACE_S` (a
+        request that comes within it is answered), the others after their response (which
+        says `Connection: close`)."""
         self.draining = True
+        self.drain_started = self.loop.time()
+        self.fast = None
+        for c in self.clients:
+            # Not one whose response head went out saying keep-alive: closing after it would
+            # lose the request its client sends next (it becomes idle, in the grace, instead).
+            if c.state in (BODY, WAIT) and not c.resp_started:
+                c.keep = False
         for s in self.servers:
             s.close()
-        self.close_idle_clients()
         for side in list(self.sides):
             side.drain()
 
     def close_idle_clients(self) -> None:
+        """During a drain: the connections idle since the grace began (the drain's start or
+        their last bytes in) close."""
+        now = self.loop.time()
+        since = self.drain_started
         for c in list(self.clients):
-            if c.state == HEAD and not c.buf and c.up is None:
+            if (
+                c.state == HEAD
+                and not c.buf
+                and c.up is None
+                and now - max(since, c.last_active) >= DRAIN_IDLE_GRACE_S
+            ):
                 c.close()
 
     def close(self) -> None:
@@ -554,6 +595,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             )
             self.head_out = http1.edit_request_head(head, req, fields)
         up = self.begin_attempt(cluster, req, key, now)
+        if p.draining:
+            self.keep = False
         if not self.body:
             self.pending_body = None
             # What follows is requests sent ahead: kept while this one is in flight.
@@ -734,8 +777,6 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.proxy.tally.retried(f"status_{status}")
             self._attempt()
             return False
-        if self.proxy.draining:
-            self.keep = False
         added = self.response_begins(status, resp.keep_alive, conn.framing == UNTIL_CLOSE)
         if status == 101:
             conn.tunnel = True
@@ -1118,7 +1159,6 @@ class UpstreamConn(asyncio.Protocol):
                     body is not None
                     and q is not None
                     and q[0] not in RETRYABLE_STATUSES
-                    and not self.proxy.draining
                     and not client.response_begins(q[0], True, False)
                 ):
                     # The fast lane: a whole response in one read, whose head goes as it

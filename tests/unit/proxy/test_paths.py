@@ -128,3 +128,28 @@ def test_never_climbs_above_the_root(segments: list[bytes]) -> None:
 @given(st.binary(max_size=64))
 def test_is_normal_agrees_with_normalise(data: bytes) -> None:
     assert paths.is_normal(data) == (paths.normalise_target(data) == data)
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"/", b".", b"..", b"%2e", b"%2F", b"%2f", b"a", b"%41", b"//"]),
+        max_size=16,
+    ).map(b"".join)
+)
+@example(b"/p/..%2F..%2Fx")
+@example(b"/p%2F..%2F..")
+def test_an_encoded_slash_is_an_ordinary_character_kept_as_sent(path: bytes) -> None:
+    """`%2F` (either case) is never decoded nor read as a separator: normalising the path
+    gives what normalising it with a plain letter in its place gives, the letter put back;
+    but for a dot segment hidden behind it, which an upstream decoding `%2F` would resolve
+    (`/p/..%2F..%2Fx` leaves `/p/` there): refused."""
+    path = b"/" + path
+    as_letter = path.replace(b"%2F", b"U").replace(b"%2f", b"L")
+    out = paths.normalise_path(path)
+    plain = paths.normalise_path(as_letter)
+    if plain is None:
+        assert out is None
+    else:
+        read_as_slash = plain.replace(b"U", b"/").replace(b"L", b"/").split(b"/")
+        hidden = any(seg in (b".", b"..") for seg in read_as_slash)
+        assert out == (None if hidden else plain.replace(b"U", b"%2F").replace(b"L", b"%2f"))

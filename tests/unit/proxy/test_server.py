@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from dockmesh.proxy.exchange import CLOSED, HEAD, TUNNEL, WAIT
-from dockmesh.proxy.server import ClientConn
+from dockmesh.proxy.server import DRAIN_IDLE_GRACE_S, ClientConn
 from dockmesh.proxy.settings import Limits, ProxySettings, Route
 from dockmesh.resilience.breaker import BreakerState
 from dockmesh.testing.transport import FakeTransport
@@ -438,22 +438,56 @@ def test_a_head_over_the_limit_is_refused_in_one_read_as_in_several(
     assert client.up is not None and client.up.upstream.requests == 1
 
 
-def test_a_drain_closes_idle_clients_now_and_busy_ones_after_their_response(
+def test_a_drain_answers_busy_clients_with_close_and_closes_idle_ones_after_a_grace(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
+    """An idle keep-alive connection is not closed the moment the drain begins: its client's
+    next request may be on the wire, and a close then loses it. Within the grace such a
+    request is answered (`Connection: close`); past it, the idle connection closes."""
     proxy, _, busy = setup(loop)
+    late = rig.client(proxy)
     idle = rig.client(proxy)
     busy.data_received(REQUEST)
     conn = busy.up
     assert conn is not None
     proxy.drain()
-    assert transport(idle.transport).closed and not transport(busy.transport).closed
-    assert proxy.busy()
+    proxy.close_idle_clients()
+    assert not transport(idle.transport).closed and not transport(late.transport).closed
+    assert proxy.busy() and not proxy.settled()
     conn.data_received(RESPONSE)  # a whole response in one read: the fast lane's case
     proxy.flush()
     sent = written(busy.transport)
     assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in sent
     assert sent.endswith(b"ok\n") and transport(busy.transport).closed and not proxy.busy()
+    # The request that was on the wire as the drain began: answered, then closed.
+    late.data_received(REQUEST)
+    conn = late.up
+    assert conn is not None
+    conn.data_received(RESPONSE)
+    proxy.flush()
+    sent = written(late.transport)
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close\r\n" in sent
+    assert transport(late.transport).closed
+    assert not transport(idle.transport).closed and not proxy.settled()
+    # Past the grace, the idle one closes and the drain is over.
+    proxy.drain_started -= DRAIN_IDLE_GRACE_S
+    idle.last_active -= DRAIN_IDLE_GRACE_S
+    proxy.close_idle_clients()
+    assert transport(idle.transport).closed and written(idle.transport) == b""
+    assert proxy.settled()
+
+
+def test_a_drain_waits_for_a_closed_connection_s_unsent_bytes(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, _, client = setup(loop)
+    client.close()
+    transport(client.transport).closed = False  # still sending its last response
+    transport(client.transport).buffered = 1000
+    proxy.drain()
+    assert not proxy.settled()
+    transport(client.transport).buffered = 0
+    assert proxy.settled()
 
 
 def test_a_reload_sends_new_requests_by_the_new_routes_and_lets_the_old_finish(
@@ -474,6 +508,57 @@ def test_a_reload_sends_new_requests_by_the_new_routes_and_lets_the_old_finish(
     assert client.up is not None and client.up.upstream in new.upstreams.values()
     proxy._sweep()  # nothing in flight on the old cluster any more: it is let go
     assert proxy.retired == []
+
+
+def test_a_drain_is_no_question_on_the_fast_lanes_yet_every_response_says_close(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """The fast lanes do not ask whether the proxy drains (a question per request): the
+    drain takes the request lane away (a reload during it does not give it back) and ends
+    the keep-alive of the exchanges in flight, whose whole responses still take the fast
+    response lane, saying `Connection: close`."""
+    proxy, cluster, client = setup(loop)
+    late = rig.client(proxy)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None and proxy.fast is cluster
+    proxy.drain()
+    proxy.apply(ProxySettings(routes=[Route(cluster=cluster)]))
+    assert proxy.fast is None and client.keep is False
+    conn.data_received(RESPONSE)
+    proxy.flush()
+    assert b"Connection: close\r\n" in written(client.transport)
+    late.data_received(REQUEST)  # the general reader's, which ends its keep-alive
+    assert late.keep is False and late.up is not None
+    late.up.data_received(RESPONSE)
+    proxy.flush()
+    assert b"Connection: close\r\n" in written(late.transport)
+
+
+def test_a_response_whose_head_went_out_before_the_drain_keeps_its_connection(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """Its head said keep-alive: the client will send its next request on the connection, so
+    the connection is not closed after the body (the request would be lost) but left idle,
+    and the drain's grace applies to it."""
+    proxy, _, client = setup(loop)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    head, body = RESPONSE.split(b"\r\n\r\n", 1)
+    conn.data_received(head + b"\r\n\r\n")
+    proxy.drain()
+    conn.data_received(body)
+    proxy.flush()
+    sent = written(client.transport)
+    assert b"Connection: close" not in sent and sent.endswith(body)
+    assert client.state == HEAD and not transport(client.transport).closed
+    client.data_received(REQUEST)  # its next request: answered, with close
+    assert client.up is not None
+    client.up.data_received(RESPONSE)
+    proxy.flush()
+    assert written(client.transport).count(b"Connection: close\r\n") == 1
+    assert transport(client.transport).closed
 
 
 def _tunnel(loop: asyncio.AbstractEventLoop) -> tuple[Any, ClientConn, Any]:
