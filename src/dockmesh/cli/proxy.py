@@ -118,13 +118,39 @@ def register(app: typer.Typer) -> None:
                 "(0 turns panic off).",
             ),
         ] = 50.0,
+        access_log: Annotated[
+            str | None,
+            typer.Option(
+                "--access-log",
+                help="A line per request to this file (- for stdout); reopened on SIGHUP and "
+                "SIGUSR1 (logrotate). Wins over the routes file's access_log:.",
+            ),
+        ] = None,
+        access_log_format: Annotated[
+            str,
+            typer.Option("--access-log-format", help="common|json."),
+        ] = "common",
+        access_log_sample: Annotated[
+            float,
+            typer.Option(
+                "--access-log-sample",
+                callback=finite,
+                help="Keep this share of the lines of requests answered below 500 (0.1: one "
+                "in ten); 5xx lines are always kept.",
+            ),
+        ] = 1.0,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
         connection, in-flight requests finish (up to --drain-timeout). SIGHUP reloads --config
         (a bad file is logged and the running configuration kept)."""
         from dockmesh.agentclient import agent_url
-        from dockmesh.proxy.config import check_balance, load_config, parse_backend
+        from dockmesh.proxy.config import (
+            check_access_log,
+            check_balance,
+            load_config,
+            parse_backend,
+        )
         from dockmesh.proxy.run import ProxyOptions, run_proxy
         from dockmesh.proxy.server import PortServed
 
@@ -177,6 +203,18 @@ def register(app: typer.Typer) -> None:
             "max_ejection_percent": max_ejection_percent,
             "panic_threshold": panic_threshold,
         }
+        log_spec = None
+        if access_log is not None:
+            try:
+                log_spec = check_access_log(access_log, access_log_format, access_log_sample)
+            except ValueError as e:
+                raise UserError(f"--access-log-{e}") from None
+            if log_spec.path != "-":
+                try:
+                    with open(log_spec.path, "a"):
+                        pass
+                except OSError as e:
+                    raise UserError(f"--access-log {access_log}: {e.strerror or e}") from None
         try:
             run_proxy(
                 ProxyOptions(
@@ -191,6 +229,7 @@ def register(app: typer.Typer) -> None:
                     config_path=config,
                     drain_timeout=drain_timeout,
                     passive=passive,
+                    access_log=log_spec,
                 )
             )
         except PortServed as e:

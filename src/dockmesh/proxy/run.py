@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dockmesh.errors import SpecError
+from dockmesh.proxy.accesslog import AccessLog
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
-from dockmesh.proxy.config import FileSettings, RouteSpec, load_config
+from dockmesh.proxy.config import AccessLogSpec, FileSettings, RouteSpec, load_config
 from dockmesh.proxy.discovery import check_health, watch_service
+from dockmesh.proxy.middleware import resolve_chain
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
 from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, PassivePolicy
@@ -59,6 +61,15 @@ class ProxyOptions:
     # Passive health's settings from the flags; the file's `passive:` wins over them, as a
     # route's balance wins over --balance.
     passive: dict[str, Any] = field(default_factory=dict)
+    # The access log from the flags (--access-log*): wins over the file's `access_log:`.
+    access_log: AccessLogSpec | None = None
+
+
+def access_log_spec(opts: ProxyOptions) -> AccessLogSpec | None:
+    """The access log to keep: the flags', else the routes file's, else none."""
+    if opts.access_log is not None:
+        return opts.access_log
+    return opts.file.access_log if opts.file is not None else None
 
 
 def read_config(path: str) -> FileSettings:
@@ -125,7 +136,10 @@ def build_settings(
             if balance.startswith("hash:"):
                 hash_keys[cluster.name] = balance[5:]
         host = spec.host.encode() if spec.host else None
-        routes.append(Route(cluster, host, spec.prefix.encode()))
+        chain, unknown = resolve_chain(spec.middlewares, file.middlewares)
+        if unknown:
+            log.warning("route %s: no middleware named %s", spec.name, ", ".join(unknown))
+        routes.append(Route(cluster, host, spec.prefix.encode(), chain, spec.name))
     settings = ProxySettings(routes, timeouts, limits, hash_keys, list(file.trusted_proxies))
     if known is not None:
         kept = {id(c) for c in clusters.values()}
@@ -166,6 +180,9 @@ async def _worker(
     known: dict[str, Cluster[Any]] = {}
     settings, made = build_settings(opts, known)
     proxy = Proxy(settings, loop)
+    log_spec = access_log_spec(opts)
+    if log_spec is not None:
+        proxy.access_log = AccessLog(log_spec, loop)
     await proxy.listen(sock)
     tasks: dict[int, asyncio.Task[None]] = {}  # id(cluster) → its discovery or checks
 
@@ -188,11 +205,26 @@ async def _worker(
             os.write(report_fd, f"{port}\n".encode())
             os.close(report_fd)
 
+    def reopen_log() -> None:
+        if proxy.access_log is not None:
+            proxy.access_log.reopen()
+
     def reload() -> None:
+        reopen_log()  # SIGHUP is what logrotate's postrotate sends, as for nginx's USR1
         file = reload_file(opts)
         if file is None:
             return
         opts.file = file
+        spec = access_log_spec(opts)
+        old = proxy.access_log
+        if spec != (old.spec if old is not None else None):
+            try:
+                proxy.access_log = AccessLog(spec, loop) if spec is not None else None
+            except OSError as e:
+                log.error("access log %s: %s: keeping the last one", spec and spec.path, e)
+            else:
+                if old is not None:
+                    old.close()
         settings, made = build_settings(opts, known)
         proxy.apply(settings)
         follow(made)
@@ -209,6 +241,7 @@ async def _worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_log)
     await stop.wait()
     # A graceful drain: no new connection, idle keep-alives closed, in-flight requests
     # finish (their responses say `Connection: close`) until the deadline.
@@ -218,6 +251,8 @@ async def _worker(
         await asyncio.sleep(0.05)
         proxy.close_idle_clients()
     proxy.close()
+    if proxy.access_log is not None:
+        proxy.access_log.close()
     for t in tasks.values():
         t.cancel()
     for t in tasks.values():
@@ -310,6 +345,13 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
                     os.kill(pid, signal.SIGHUP)
 
         loop.add_signal_handler(signal.SIGHUP, reload)
+
+        def reopen_logs() -> None:
+            for pid in list(children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
         runner = None
         if opts.admin is not None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)

@@ -46,9 +46,11 @@ import itertools
 import logging
 import os
 import socket
+import time
 from typing import cast
 
 from dockmesh.proxy import http1
+from dockmesh.proxy.accesslog import AccessLog, Entry
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.exchange import (
     BODY,
@@ -62,9 +64,11 @@ from dockmesh.proxy.exchange import (
     Exchange,
 )
 from dockmesh.proxy.http1 import ProtocolError
+from dockmesh.proxy.middleware import Chain, ChunkedEncoder
 from dockmesh.proxy.routing import Router
 from dockmesh.proxy.settings import ProxySettings, Timeouts
 from dockmesh.proxy.tally import Tally
+from dockmesh.resilience.ratelimit import client_key, retry_after
 from dockmesh.resilience.retry import RESEND, RETRY, RETRYABLE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -118,6 +122,8 @@ class Proxy:
         # connection when it is a request). Appended inline where it is done (two places: a
         # call per request costs).
         self.out: list[tuple[asyncio.Transport, bytes, UpstreamConn | None]] = []
+        # A line per request when set (`run` opens it): checked once per response.
+        self.access_log: AccessLog | None = None
 
     def flush(self) -> None:
         out = self.out
@@ -195,6 +201,13 @@ class Proxy:
         now = self.now = self.loop.time()
         t = self.timeouts
         try:
+            alog = self.access_log
+            if alog is not None:
+                self.tally.access_log = {
+                    "written": alog.written,
+                    "dropped": alog.dropped + alog.failed,
+                    "sampled_out": alog.sampled_out,
+                }
             for c in list(self.clients):
                 c.check_timeouts(now, t)
             for cl in self.clusters:
@@ -222,9 +235,12 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     __slots__ = (
         "body_left",
+        "body_limit",
         "buf",
+        "chain",
         "chunked",
         "client_ip",
+        "encoding",
         "eof",
         "forwarded",
         "head_out",
@@ -238,6 +254,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "paused",
         "pending_body",
         "proxy",
+        "route_name",
         "transport",
         "trusted",
         "up",
@@ -269,6 +286,12 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.last_head = b""
         self.last_out = b""
         self.last_req: http1.RequestHead | None = None
+        # The current request's route's middlewares (None: none), the encoding its response
+        # may be compressed with, the most its chunked body may hold (0: no bound).
+        self.chain: Chain | None = None
+        self.encoding: str | None = None
+        self.body_limit = 0
+        self.route_name = ""
 
     # --- asyncio callbacks ------------------------------------------------------------------
 
@@ -472,17 +495,23 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return False
         self.head_started = 0.0
         now = p.loop.time()
-        cluster = p.router.route(req)
+        route = p.router.match(req)
+        cluster = route.cluster if route is not None else None
         n = req.head_len
         head = buf[:n] if len(buf) > n else buf
         rest = buf[n:] if len(buf) > n else b""
         key = None
+        chain = self.chain = route.chain if route is not None else None
+        self.route_name = route.name if route is not None else ""
+        self.body_limit = 0
         if cluster is not None:
             key = p.router.key(cluster, head, self.client_ip)
             fields = http1.request_forwarded_fields(
                 req, self.client_ip, p.next_request_id(), self.trusted
             )
             self.head_out = http1.edit_request_head(head, req, fields)
+            if chain is not None and self._middlewares(chain, req, head, now, rest):
+                return True
         up = self.begin_attempt(cluster, req, key, now)
         if not self.body:
             self.pending_body = None
@@ -503,6 +532,34 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self._body_data(rest, 0)
         return True
 
+    def _middlewares(
+        self, chain: Chain, req: http1.RequestHead, head: bytes, now: float, rest: bytes
+    ) -> bool:
+        """The request through its route's middlewares: True when one answered it (429, 413:
+        nothing was forwarded), else its head to forward is edited and what its response and
+        body need is noted."""
+        p = self.proxy
+        answer = None
+        if chain.limiters:
+            wait = chain.admit(client_key(self.client_ip), now)
+            if wait:
+                answer = (429, "rate limit exceeded", f"Retry-After: {retry_after(wait)}\r\n")
+        limit = chain.max_body
+        if answer is None and limit is not None:
+            if req.content_length is not None and req.content_length > limit:
+                answer = (413, f"the request body is larger than {limit} bytes", "")
+            self.body_limit = limit if req.chunked else 0
+        if answer is not None:
+            status, message, extra = answer
+            p.tally.reject("rate_limit" if status == 429 else "body_too_large")
+            self.begin_attempt(None, req, None, now)
+            self.buf = rest  # what the client sent ahead, when the connection is kept
+            self._local_response(status, message, extra)
+            return True
+        self.head_out = chain.request_head(self.head_out)
+        self.encoding = chain.encoding_for(head, req.minor, req.method)
+        return False
+
     def _body_data(self, data: bytes, start: int) -> None:
         """Request body bytes: forward what belongs to the body, keep what follows it."""
         n = len(data) - start
@@ -511,6 +568,15 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 used = self.chunked.feed(data, start)
             except ProtocolError as e:
                 self._refuse(400, str(e), mid_exchange=True)
+                return
+            if self.body_limit and self.chunked.size > self.body_limit:
+                # Refused at the size line that goes past the bound, before its data.
+                self.proxy.tally.reject("body_too_large")
+                self._refuse(
+                    413,
+                    f"the request body is larger than {self.body_limit} bytes",
+                    mid_exchange=True,
+                )
                 return
             done = self.chunked.done
         else:
@@ -671,6 +737,16 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             conn.tunnel = True
         if resp.cut or resp.connection_tokens or added:
             head = http1.edit_response_head(head, resp, added)
+        chain = self.chain
+        if chain is not None and status != 101:
+            framing = conn.framing
+            head, conn.encoder = chain.response_head(
+                head,
+                status,
+                resp.content_length if framing == LENGTH else 0 if framing == NO_BODY else None,
+                framing == UNTIL_CLOSE,
+                self.encoding if framing != NO_BODY else None,
+            )
         conn.out_head = head
         return True
 
@@ -697,6 +773,18 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.up = None
         p = self.proxy
         now = p.loop.time()
+        enc = conn.encoder
+        if enc is not None:
+            conn.encoder = None
+            tail = enc.end()
+            conn.body_sent += len(tail)
+            if self.transport is not None:
+                p.write(self.transport, tail)
+        if p.access_log is not None:
+            # The fast lane's response was one read: its body is the last head's response's.
+            q = conn.last_q
+            sent = conn.body_sent if conn.got_head else q[2] if q is not None else 0
+            self._log(status, sent, now, conn.upstream.addr)
         keep = self.end_attempt(status, now, True)
         p.tally.observe(status, now - self.t0)
         conn.release(reusable and self.req_done)
@@ -716,17 +804,19 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return
         self._local_response(status, message)
 
-    def _local_response(self, status: int, message: str) -> None:
+    def _local_response(self, status: int, message: str, extra: str = "") -> None:
         """The proxy's own answer to the request, and the exchange's end."""
         p = self.proxy
         if self.transport is None or self.state == CLOSED:
             return
+        if p.access_log is not None and self.req is not None:
+            self._log(status, len(message) + 1, p.loop.time(), "-")
         keep = self.end_attempt(NO_VERDICT, 0.0, True)  # none is open: the exchange ends
         self.pending_body = None  # a body kept for a request that never went
         p.write(
             self.transport,
             http1.simple_response(
-                status, http1.REASONS.get(status, "Error"), message, close=not keep
+                status, http1.REASONS.get(status, "Error"), message, close=not keep, extra=extra
             ),
         )
         p.tally.observe(status, p.loop.time() - self.t0 if self.t0 else 0.0)
@@ -734,6 +824,27 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.close()
         elif self.buf or self.eof or self.paused:
             self._next()
+
+    def _log(self, status: int, nbytes: int, now: float, upstream: str) -> None:
+        """The exchange's line in the access log (which is set)."""
+        req = self.req
+        log = self.proxy.access_log
+        if req is None or log is None:
+            return
+        log.log(
+            Entry(
+                time.time(),
+                self.client_ip.decode("ascii", "replace"),
+                req.method.decode("ascii", "replace"),
+                req.target.decode("ascii", "replace"),
+                req.minor,
+                status,
+                nbytes,
+                now - self.t0 if self.t0 else 0.0,
+                upstream,
+                self.route_name or (self.cluster.name if self.cluster is not None else "-"),
+            )
+        )
 
     def _refuse(self, status: int, message: str, mid_exchange: bool = False) -> None:
         """A client that broke the protocol: answer and close, never forward further."""
@@ -858,9 +969,11 @@ class UpstreamConn(asyncio.Protocol):
 
     __slots__ = (
         "body_left",
+        "body_sent",
         "buf",
         "chunked",
         "client",
+        "encoder",
         "framing",
         "got_head",
         "idle_since",
@@ -906,6 +1019,9 @@ class UpstreamConn(asyncio.Protocol):
         self.last_head = b""
         self.last_q: tuple[int, int, int, bytes] | None = None
         self.last_len = -1  # of the last head's whole response
+        # The response's body goes through this compressor (a route's compress middleware).
+        self.encoder: ChunkedEncoder | None = None
+        self.body_sent = 0  # bytes of the response's body forwarded (the general lane's)
 
     async def connect(self, timeout_s: float) -> None:
         up = self.upstream
@@ -1020,6 +1136,7 @@ class UpstreamConn(asyncio.Protocol):
                     and q is not None
                     and q[0] not in RETRYABLE_STATUSES
                     and not self.proxy.draining
+                    and client.chain is None
                     and not client.response_begins(q[0], True, False)
                 ):
                     # The fast lane: a whole response in one read, whose head goes as it
@@ -1061,6 +1178,7 @@ class UpstreamConn(asyncio.Protocol):
             break
         self.buf = b""
         self.got_head = True
+        self.body_sent = 0
         self.resp = resp
         head = buf[:n] if len(buf) > n else buf
         if resp.status == 101 or not http1.response_has_body(resp.status, self.method):
@@ -1105,6 +1223,12 @@ class UpstreamConn(asyncio.Protocol):
             used = 0
             done = True
         piece = data if start == 0 and used == len(data) else data[start : start + used]
+        enc = self.encoder
+        if enc is not None:
+            piece = enc.feed(piece)
+            self.body_sent += len(piece)
+        else:
+            self.body_sent += used
         out = prefix + piece if prefix else piece
         if out and client.transport is not None:
             self.proxy.write(client.transport, out)

@@ -9,6 +9,7 @@ from typing import Any
 
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster
+from dockmesh.proxy.middleware import Chain
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Route:
     cluster: Cluster[Any]
     host: bytes | None = None  # lower-case, no port; None: any
     prefix: bytes = b"/"
+    # Its middlewares, compiled (None: none, and the fast lane may take its requests).
+    chain: Chain | None = None
+    name: str = ""  # as the access log names it
 
 
 @dataclass
