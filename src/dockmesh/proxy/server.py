@@ -773,13 +773,6 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.up = None
         p = self.proxy
         now = p.loop.time()
-        enc = conn.encoder
-        if enc is not None:
-            conn.encoder = None
-            tail = enc.end()
-            conn.body_sent += len(tail)
-            if self.transport is not None:
-                p.write(self.transport, tail)
         if p.access_log is not None:
             # The fast lane's response was one read: its body is the last head's response's.
             q = conn.last_q
@@ -1067,6 +1060,14 @@ class UpstreamConn(asyncio.Protocol):
         self.client = None
         if client is not None:
             if self.framing == UNTIL_CLOSE and self.got_head and not self.tunnel:
+                enc = self.encoder
+                if enc is not None:
+                    # The compressed body's end, the last chunk: the response is whole.
+                    self.encoder = None
+                    tail = enc.end()
+                    self.body_sent += len(tail)
+                    if client.transport is not None:
+                        self.proxy.write(client.transport, tail)
                 client.response_done(self, self.resp.status if self.resp else 200, False)
                 return
             client.upstream_lost(self, before_response=not self.got_head)
@@ -1226,6 +1227,9 @@ class UpstreamConn(asyncio.Protocol):
         enc = self.encoder
         if enc is not None:
             piece = enc.feed(piece)
+            if done:
+                self.encoder = None
+                piece += enc.end()
             self.body_sent += len(piece)
         else:
             self.body_sent += used
