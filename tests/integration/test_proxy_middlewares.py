@@ -39,6 +39,9 @@ routes:
   - prefix: /big/
     backends: [{url}]
     middlewares: [squeeze]
+  - prefix: /stream
+    backends: [{url}]
+    middlewares: [squeeze]
   - backends: [{url}]
     middlewares: [hdr]
 """
@@ -150,6 +153,12 @@ def test_compressed_bodies_decoded_by_curl(
     # Several compressed responses on one keep-alive connection, read by curl in turn.
     many = curl("--compressed", *[f"{proxy.url}/big/{n}" for n in (3000, 600, 9000)])
     assert many.stdout == b"b" * 12600
+    # A chunked upstream body: taken apart, compressed, chunked again.
+    r = curl("-i", "-H", f"Accept-Encoding: {encoding}", f"{proxy.url}/stream")
+    head, body = head_and_body(r.stdout)
+    assert f"Content-Encoding: {encoding}" in head and head.count("Transfer-Encoding") == 1
+    streamed = curl("--compressed", "-H", f"Accept-Encoding: {encoding}", f"{proxy.url}/stream")
+    assert streamed.stdout.decode() == "".join(f"{i}," * 100 for i in range(50))
 
 
 def test_common_lines_in_the_file_and_reopened_after_a_rotation(
@@ -170,7 +179,7 @@ def test_common_lines_in_the_file_and_reopened_after_a_rotation(
     first = parsed[0]
     assert first is not None
     assert first.group(1) == "/x?y=1" and first.group(2) == "200"
-    assert first.group(4) == "route3" and first.group(5).startswith("127.0.0.1:")
+    assert first.group(4) == "route4" and first.group(5).startswith("127.0.0.1:")
     assert int(first.group(3)) > 0
     os.rename(log, log.with_suffix(".1"))
     proxy.proc.send_signal(signal.SIGUSR1)

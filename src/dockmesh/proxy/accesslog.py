@@ -147,13 +147,19 @@ class AccessLog:
 
     # --- the loop's side ----------------------------------------------------------------------
 
-    def log(self, e: Entry) -> None:
-        if e.status < 500 and not self.sampler.keep():
+    def wants(self, status: int) -> bool:
+        """Whether the line of a response with `status` is to be kept (asked before the line
+        is made: a line sampled out or dropped costs no formatting)."""
+        if status < 500 and not self.sampler.keep():
             self.sampled_out += 1
-            return
+            return False
         if self.buffered >= MAX_BUFFER_BYTES:
             self.dropped += 1
-            return
+            return False
+        return True
+
+    def log(self, e: Entry) -> None:
+        """The line of `e`, which `wants` kept."""
         if self.json:
             line = format_json(e)
         else:

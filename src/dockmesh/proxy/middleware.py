@@ -20,9 +20,10 @@ Kinds (each middleware is a mapping with exactly one of these keys):
   `min_size` (default 1024: a Content-Length below it is sent as it is), `types` (media types,
   `text/*` style wildcards; default text/*, JSON, JavaScript, XML, SVG), `level` (gzip 1-9,
   default 5). A response is compressed when the client accepts an encoding, the upstream sent
-  none, its type matches, its length is known and large enough or its body ends with the
-  connection, and the request is HTTP/1.1 (the result is sent chunked, streaming: a chunk out
-  per read in, the compressor's window the only memory kept). Vary: Accept-Encoding is added
+  none, its type matches, its Content-Length is at least `min_size` (or it has none: chunked,
+  or until the connection closes), and the request is HTTP/1.1 (the result is sent chunked,
+  streaming: a chunk out per read in, the compressor's window the only memory kept; an
+  upstream's chunks are taken apart first, their trailers dropped). Vary: Accept-Encoding is added
   to every response of a compressible type; a strong ETag becomes weak.
 
 A route's chain (`resolve_chain`) is made from the names it lists, in order; unknown names are
@@ -433,22 +434,76 @@ def make_encoder(encoding: str, level: int = 5) -> Encoder:
     return _Brotli() if encoding == "br" else _Gzip(level)
 
 
+class Dechunker:
+    """The data of a chunked body from its raw bytes, piece by piece (trailers dropped). The
+    framing is checked by the reader that found the body's end (`http1.ChunkedReader`), which
+    saw these bytes first: here it is only taken apart."""
+
+    __slots__ = ("line", "remaining", "state")
+
+    SIZE, DATA, DATA_END, TRAILER, DONE = 0, 1, 2, 3, 4
+
+    def __init__(self) -> None:
+        self.state = self.SIZE
+        self.remaining = 0
+        self.line = b""
+
+    def feed(self, raw: bytes) -> bytes:
+        out: list[bytes] = []
+        pos, n = 0, len(raw)
+        while pos < n and self.state != self.DONE:
+            if self.state == self.DATA:
+                take = min(self.remaining, n - pos)
+                out.append(raw[pos : pos + take])
+                pos += take
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = self.DATA_END
+                continue
+            i = raw.find(b"\n", pos)
+            if i < 0:
+                self.line += raw[pos:]
+                break
+            line = (self.line + raw[pos:i]).rstrip(b"\r")
+            self.line = b""
+            pos = i + 1
+            if self.state == self.SIZE:
+                size = int(line.split(b";", 1)[0], 16)
+                self.state, self.remaining = (self.DATA, size) if size else (self.TRAILER, 0)
+            elif self.state == self.DATA_END:
+                self.state = self.SIZE
+            elif not line:  # the empty line after the trailers
+                self.state = self.DONE
+        return b"".join(out)
+
+
 class ChunkedEncoder:
-    """A response body compressed piece by piece and framed as chunks: `feed` a piece in,
-    bytes out (maybe none yet), `end` the rest and the last chunk."""
+    """A response body compressed piece by piece and framed as chunks: `feed` a piece in
+    (raw chunked bytes when `dechunk`), bytes out (maybe none yet), `end` the rest and the
+    last chunk. `sent` counts the bytes given out."""
 
-    __slots__ = ("enc",)
+    __slots__ = ("dechunker", "enc", "sent")
 
-    def __init__(self, enc: Encoder) -> None:
+    def __init__(self, enc: Encoder, dechunk: bool = False) -> None:
         self.enc = enc
+        self.dechunker = Dechunker() if dechunk else None
+        self.sent = 0
 
     def feed(self, data: bytes) -> bytes:
+        if self.dechunker is not None:
+            data = self.dechunker.feed(data)
         out = self.enc.compress(data) if data else b""
-        return b"%x\r\n%b\r\n" % (len(out), out) if out else b""
+        if not out:
+            return b""
+        framed = b"%x\r\n%b\r\n" % (len(out), out)
+        self.sent += len(framed)
+        return framed
 
     def end(self) -> bytes:
         out = self.enc.finish()
-        return (b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n"
+        framed = (b"%x\r\n%b\r\n" % (len(out), out) if out else b"") + b"0\r\n\r\n"
+        self.sent += len(framed)
+        return framed
 
 
 def _weak_etag(head: bytes) -> bytes:
@@ -517,10 +572,11 @@ class Chain:
         return choose_encoding(field_value(request_head, b"accept-encoding"), spec.encodings)
 
     def response_head(
-        self, head: bytes, status: int, length: int | None, until_close: bool, encoding: str | None
+        self, head: bytes, status: int, length: int | None, chunked: bool, encoding: str | None
     ) -> tuple[bytes, ChunkedEncoder | None]:
         """The response head as the client gets it, and the compressor its body goes through
-        (None: as it came). `length` is the Content-Length (None: chunked or until close)."""
+        (None: as it came). `length` is the Content-Length (None: unknown, the body is
+        `chunked` or ends with the connection)."""
         if self.response_edits:
             head = edit_fields(head, self.response_edits)
         spec = self.compress
@@ -535,15 +591,15 @@ class Chain:
         if (
             encoding is None
             or (encoded and encoded.lower() != b"identity")
-            or not (until_close or (length is not None and length >= spec.min_size))
+            or not (length is None or length >= spec.min_size)
         ):
             return head, None
         edits = HeaderEdits(
-            remove=(b"content-length", b"content-encoding"),
+            remove=(b"content-length", b"content-encoding", b"transfer-encoding"),
             add=((b"Content-Encoding", encoding.encode()), (b"Transfer-Encoding", b"chunked")),
         )
         head = _weak_etag(edit_fields(head, edits))
-        return head, ChunkedEncoder(make_encoder(encoding, spec.level))
+        return head, ChunkedEncoder(make_encoder(encoding, spec.level), dechunk=chunked)
 
 
 def _with_encodings(spec: CompressSpec, encodings: tuple[str, ...]) -> CompressSpec:

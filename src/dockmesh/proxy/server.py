@@ -150,7 +150,12 @@ class Proxy:
 
     async def listen(self, sock: socket.socket) -> None:
         server = await self.loop.create_server(
-            lambda: ClientConn(self), sock=sock, backlog=4096, reuse_address=None
+            # A connection made while the access log is on logs its exchanges (`LoggedConn`):
+            # without one, its responses pay no check for it.
+            lambda: (LoggedConn if self.access_log is not None else ClientConn)(self),
+            sock=sock,
+            backlog=4096,
+            reuse_address=None,
         )
         self.servers.append(server)
         if self._sweeper is None:
@@ -240,6 +245,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "chain",
         "chunked",
         "client_ip",
+        "encoded",
         "encoding",
         "eof",
         "forwarded",
@@ -290,6 +296,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         # may be compressed with, the most its chunked body may hold (0: no bound).
         self.chain: Chain | None = None
         self.encoding: str | None = None
+        self.encoded: ChunkedEncoder | None = None  # the response's compressor, for the log
         self.body_limit = 0
         self.route_name = ""
 
@@ -740,13 +747,14 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         chain = self.chain
         if chain is not None and status != 101:
             framing = conn.framing
-            head, conn.encoder = chain.response_head(
+            head, enc = chain.response_head(
                 head,
                 status,
                 resp.content_length if framing == LENGTH else 0 if framing == NO_BODY else None,
-                framing == UNTIL_CLOSE,
+                framing == CHUNKED,
                 self.encoding if framing != NO_BODY else None,
             )
+            conn.encoder = self.encoded = enc
         conn.out_head = head
         return True
 
@@ -773,11 +781,6 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.up = None
         p = self.proxy
         now = p.loop.time()
-        if p.access_log is not None:
-            # The fast lane's response was one read: its body is the last head's response's.
-            q = conn.last_q
-            sent = conn.body_sent if conn.got_head else q[2] if q is not None else 0
-            self._log(status, sent, now, conn.upstream.addr)
         keep = self.end_attempt(status, now, True)
         p.tally.observe(status, now - self.t0)
         conn.release(reusable and self.req_done)
@@ -822,7 +825,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         """The exchange's line in the access log (which is set)."""
         req = self.req
         log = self.proxy.access_log
-        if req is None or log is None:
+        if req is None or log is None or not log.wants(status):
             return
         log.log(
             Entry(
@@ -955,6 +958,30 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self._refuse(408, "the request body stalled", mid_exchange=True)
 
 
+class LoggedConn(ClientConn):
+    """A client connection whose exchanges go to the access log (`Proxy.access_log`)."""
+
+    __slots__ = ()
+
+    def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
+        if not conn.got_head:
+            # The fast lane's response was one read: its body is the last head's response's.
+            q = conn.last_q
+            sent = q[2] if q is not None else 0
+        elif self.encoded is not None:
+            sent = self.encoded.sent
+            self.encoded = None
+        elif conn.framing == LENGTH:
+            resp = conn.resp
+            sent = resp.content_length or 0 if resp is not None else 0
+        elif conn.framing == NO_BODY:
+            sent = 0
+        else:
+            sent = conn.body_sent
+        self._log(status, sent, self.proxy.loop.time(), conn.upstream.addr)
+        super().response_done(conn, status, reusable)
+
+
 class UpstreamConn(asyncio.Protocol):
     """A connection to one upstream, serving one exchange at a time, pooled between them. It
     reads the response (its head, then its body's framing) and reports to its client
@@ -1014,7 +1041,8 @@ class UpstreamConn(asyncio.Protocol):
         self.last_len = -1  # of the last head's whole response
         # The response's body goes through this compressor (a route's compress middleware).
         self.encoder: ChunkedEncoder | None = None
-        self.body_sent = 0  # bytes of the response's body forwarded (the general lane's)
+        # Bytes of a chunked or close-delimited response's body forwarded, for the log.
+        self.body_sent = 0
 
     async def connect(self, timeout_s: float) -> None:
         up = self.upstream
@@ -1065,7 +1093,6 @@ class UpstreamConn(asyncio.Protocol):
                     # The compressed body's end, the last chunk: the response is whole.
                     self.encoder = None
                     tail = enc.end()
-                    self.body_sent += len(tail)
                     if client.transport is not None:
                         self.proxy.write(client.transport, tail)
                 client.response_done(self, self.resp.status if self.resp else 200, False)
@@ -1179,7 +1206,6 @@ class UpstreamConn(asyncio.Protocol):
             break
         self.buf = b""
         self.got_head = True
-        self.body_sent = 0
         self.resp = resp
         head = buf[:n] if len(buf) > n else buf
         if resp.status == 101 or not http1.response_has_body(resp.status, self.method):
@@ -1187,11 +1213,13 @@ class UpstreamConn(asyncio.Protocol):
         elif resp.chunked:
             self.framing = CHUNKED
             self.chunked = http1.ChunkedReader()
+            self.body_sent = 0
         elif resp.content_length is not None:
             self.framing = LENGTH if resp.content_length else NO_BODY
             self.body_left = resp.content_length
         else:
             self.framing = UNTIL_CLOSE
+            self.body_sent = 0
         if not client.response_head(self, resp, head):
             return
         rest = buf[n:] if len(buf) > n else b""
@@ -1218,8 +1246,10 @@ class UpstreamConn(asyncio.Protocol):
                 client.bad_response(self, f"{e} ({self.upstream.addr})")
                 return
             done = self.chunked.done
+            self.body_sent += used
         elif framing == UNTIL_CLOSE:
             used = n
+            self.body_sent += used
         else:
             used = 0
             done = True
@@ -1230,9 +1260,6 @@ class UpstreamConn(asyncio.Protocol):
             if done:
                 self.encoder = None
                 piece += enc.end()
-            self.body_sent += len(piece)
-        else:
-            self.body_sent += used
         out = prefix + piece if prefix else piece
         if out and client.transport is not None:
             self.proxy.write(client.transport, out)

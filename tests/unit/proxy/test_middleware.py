@@ -17,6 +17,7 @@ from dockmesh.proxy.middleware import (
     Chain,
     ChunkedEncoder,
     CompressSpec,
+    Dechunker,
     HeaderEdits,
     HeadersSpec,
     MaxBodySpec,
@@ -227,6 +228,37 @@ def test_streamed_compression_frames_chunks_that_decode_to_the_body(
     assert plain == b"".join(pieces)
 
 
+@given(
+    st.lists(st.binary(min_size=1, max_size=300), max_size=10),
+    st.booleans(),
+    st.booleans(),
+    st.data(),
+)
+def test_a_chunked_body_taken_apart_in_any_pieces_gives_its_data(
+    chunks: list[bytes], ext: bool, trailers: bool, data: st.DataObject
+) -> None:
+    raw = b"".join(b"%x%s\r\n%s\r\n" % (len(c), b";x=1" if ext else b"", c) for c in chunks) + (
+        b"0\r\nX-T: 1\r\n\r\n" if trailers else b"0\r\n\r\n"
+    )
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=8)))
+    d = Dechunker()
+    got = b""
+    prev = 0
+    for c in [*cuts, len(raw)]:
+        got += d.feed(raw[prev:c])
+        prev = c
+    assert got == b"".join(chunks) and d.state == d.DONE
+
+
+@given(st.lists(st.binary(max_size=2000), max_size=8))
+def test_a_chunked_upstream_body_compressed(chunks: list[bytes]) -> None:
+    raw = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n\r\n"
+    enc = ChunkedEncoder(make_encoder("gzip"), dechunk=True)
+    framed = b"".join(enc.feed(raw[i : i + 100]) for i in range(0, len(raw), 100)) + enc.end()
+    assert gzip.decompress(_dechunk(framed)) == b"".join(chunks)
+    assert enc.sent == len(framed)
+
+
 RESP = b'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5000\r\nETag: "v1"\r\nServer: x\r\n\r\n'
 
 
@@ -253,8 +285,11 @@ def test_a_chain_compresses_what_it_should_and_only_that() -> None:
     png = RESP.replace(b"text/plain", b"image/png")
     head, enc = chain.response_head(png, 200, 5000, False, "gzip")
     assert enc is None and b"Vary" not in head
-    # A body that ends with the connection: its length is unknown, so compressed.
-    assert chain.response_head(RESP, 200, None, True, "gzip")[1] is not None
+    # A body that ends with the connection, or chunked: its length is unknown, so compressed.
+    assert chain.response_head(RESP, 200, None, False, "gzip")[1] is not None
+    chunked = RESP.replace(b"Content-Length: 5000", b"Transfer-Encoding: chunked")
+    head, enc = chain.response_head(chunked, 200, None, True, "gzip")
+    assert enc is not None and head.lower().count(b"transfer-encoding") == 1
     assert chain.response_head(RESP, 304, 5000, False, "gzip")[1] is None
 
 
