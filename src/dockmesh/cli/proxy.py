@@ -135,6 +135,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--access-log-sample",
                 callback=finite,
+                min=0.0,
+                max=1.0,
                 help="Keep this share of the lines of requests answered below 500 (0.1: one "
                 "in ten); 5xx lines are always kept.",
             ),
