@@ -129,6 +129,7 @@ def test_413_before_the_upstream_sees_the_body(mw: tuple[ProxyProc, Backend, Pat
         b"200\r\n" + b"y" * 512 + b"\r\n400\r\n" + b"z" * 1024 + b"\r\n0\r\n\r\n",
     )
     assert b"413 Content Too Large" in out, out
+    assert 'rejected_total{reason="body_too_large"} 2.0' in proxy.metrics()
     small = curl("-H", "Transfer-Encoding: chunked", "-d", "x" * 1000, f"{proxy.url}/up/a")
     assert json.loads(small.stdout)["received"] == 1000
 

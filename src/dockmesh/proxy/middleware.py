@@ -24,7 +24,8 @@ Kinds (each middleware is a mapping with exactly one of these keys):
   or until the connection closes), and the request is HTTP/1.1 (the result is sent chunked,
   streaming: a chunk out per read in, the compressor's window the only memory kept; an
   upstream's chunks are taken apart first, their trailers dropped). Vary: Accept-Encoding is added
-  to every response of a compressible type; a strong ETag becomes weak.
+  to every response of a compressible type; a strong ETag becomes weak; a response that says
+  `Cache-Control: no-transform` is sent as it came.
 
 A route's chain (`resolve_chain`) is made from the names it lists, in order; unknown names are
 reported, not ignored. A route without middlewares has no chain and costs nothing more.
@@ -585,12 +586,14 @@ class Chain:
         if not type_matches(field_value(head, b"content-type"), spec.types):
             return head, None
         encoded = field_value(head, b"content-encoding")
+        cache = field_value(head, b"cache-control")
         vary = field_value(head, b"vary")
         if vary is None or b"accept-encoding" not in vary.lower():
             head = head[:-2] + b"Vary: Accept-Encoding\r\n\r\n"
         if (
             encoding is None
             or (encoded and encoded.lower() != b"identity")
+            or (cache is not None and b"no-transform" in cache.lower())
             or not (length is None or length >= spec.min_size)
         ):
             return head, None

@@ -578,11 +578,11 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 return
             if self.body_limit and self.chunked.size > self.body_limit:
                 # Refused at the size line that goes past the bound, before its data.
-                self.proxy.tally.reject("body_too_large")
                 self._refuse(
                     413,
                     f"the request body is larger than {self.body_limit} bytes",
                     mid_exchange=True,
+                    kind="body_too_large",
                 )
                 return
             done = self.chunked.done
@@ -842,10 +842,13 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             )
         )
 
-    def _refuse(self, status: int, message: str, mid_exchange: bool = False) -> None:
-        """A client that broke the protocol: answer and close, never forward further."""
+    def _refuse(
+        self, status: int, message: str, mid_exchange: bool = False, kind: str = "bad_request"
+    ) -> None:
+        """A client that broke the protocol (or a bound: `kind`): answer and close, never
+        forward further."""
         p = self.proxy
-        p.tally.reject("bad_request")
+        p.tally.reject(kind)
         if mid_exchange:
             up = self.up
             self.up = None
@@ -857,6 +860,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self.abort()
                 return
         if self.transport is not None and self.state != CLOSED:
+            if p.access_log is not None and self.req is not None:
+                self._log(status, len(message) + 1, p.loop.time(), "-")
             p.write(
                 self.transport,
                 http1.simple_response(status, http1.REASONS.get(status, "Bad Request"), message),

@@ -282,6 +282,8 @@ def test_a_chain_compresses_what_it_should_and_only_that() -> None:
     assert enc is None and b"Vary: Accept-Encoding" in head
     done = RESP.replace(b"ETag", b"Content-Encoding: br\r\nX")
     assert chain.response_head(done, 200, 5000, False, "gzip")[1] is None
+    kept = RESP.replace(b"ETag", b"Cache-Control: public, no-transform\r\nX")
+    assert chain.response_head(kept, 200, 5000, False, "gzip")[1] is None
     png = RESP.replace(b"text/plain", b"image/png")
     head, enc = chain.response_head(png, 200, 5000, False, "gzip")
     assert enc is None and b"Vary" not in head
