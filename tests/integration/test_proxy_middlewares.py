@@ -270,3 +270,34 @@ def test_a_sampled_log_under_wrk_load_keeps_its_share(tmp_path: Path) -> None:
     assert found is not None, m
     # (The sweep copies the counts every 0.25 s: all of them by now.)
     assert abs(float(found.group(1)) + len(lines) - served) <= 1, m
+
+
+def test_a_reload_changes_the_middlewares_of_a_kept_connection(tmp_path: Path) -> None:
+    """The chain is the route's at each request: a connection kept across a reload that
+    drops it (the fast lane then) sees none of it, and one that adds it sees it."""
+    import http.client
+
+    with backends(1) as (b,):
+        cfg = tmp_path / "routes.yaml"
+        with_mw = (
+            "middlewares:\n  hdr: {headers: {response: {add: {X-Mw: 'on'}}}}\n"
+            f"routes:\n  - backends: [{b.url}]\n    middlewares: [hdr]\n"
+        )
+        without = f"routes:\n  - backends: [{b.url}]\n"
+        cfg.write_text(with_mw)
+        proxy = ProxyProc(tmp_path, "--config", str(cfg))
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+            seen = []
+            for text in (with_mw, without, with_mw):
+                cfg.write_text(text)
+                proxy.proc.send_signal(signal.SIGHUP)
+                time.sleep(0.5)
+                for _ in range(3):
+                    c.request("GET", "/x")
+                    r = c.getresponse()
+                    r.read()
+                    seen.append(r.getheader("X-Mw"))
+            assert seen == ["on"] * 3 + [None] * 3 + ["on"] * 3
+        finally:
+            proxy.stop()

@@ -122,7 +122,8 @@ class Proxy:
         # connection when it is a request). Appended inline where it is done (two places: a
         # call per request costs).
         self.out: list[tuple[asyncio.Transport, bytes, UpstreamConn | None]] = []
-        # A line per request when set (`run` opens it): checked once per response.
+        # A line per request when set (`run` opens it): connections made meanwhile log
+        # (`LoggedConn`).
         self.access_log: AccessLog | None = None
 
     def flush(self) -> None:
@@ -746,6 +747,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             head = http1.edit_response_head(head, resp, added)
         chain = self.chain
         if chain is not None and status != 101:
+            # Used up: the connection's next request may take the fast lane, which never
+            # sets it, and its response must not go through this chain.
+            self.chain = None
             framing = conn.framing
             head, enc = chain.response_head(
                 head,
@@ -807,6 +811,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return
         if p.access_log is not None and self.req is not None:
             self._log(status, len(message) + 1, p.loop.time(), "-")
+        self.chain = None  # (as in `response_head`)
         keep = self.end_attempt(NO_VERDICT, 0.0, True)  # none is open: the exchange ends
         self.pending_body = None  # a body kept for a request that never went
         p.write(
