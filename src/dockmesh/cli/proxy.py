@@ -210,7 +210,9 @@ def register(app: typer.Typer) -> None:
             try:
                 log_spec = check_access_log(access_log, access_log_format, access_log_sample)
             except ValueError as e:
-                raise UserError(f"--access-log-{e}") from None
+                key, _, why = str(e).partition(": ")
+                flag = "--access-log" if key == "path" else f"--access-log-{key}"
+                raise UserError(f"{flag} {why}") from None
             if log_spec.path != "-":
                 try:
                     with open(log_spec.path, "a"):

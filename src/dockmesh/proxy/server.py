@@ -257,6 +257,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "last_head",
         "last_out",
         "last_req",
+        "limit_key",
         "lingering",
         "paused",
         "pending_body",
@@ -300,6 +301,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.encoded: ChunkedEncoder | None = None  # the response's compressor, for the log
         self.body_limit = 0
         self.route_name = ""
+        self.limit_key = b""  # the client's key for rate limits (`client_key`), once needed
 
     # --- asyncio callbacks ------------------------------------------------------------------
 
@@ -549,7 +551,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         p = self.proxy
         answer = None
         if chain.limiters:
-            wait = chain.admit(client_key(self.client_ip), now)
+            key = self.limit_key or client_key(self.client_ip)
+            self.limit_key = key
+            wait = chain.admit(key, now)
             if wait:
                 answer = (429, "rate limit exceeded", f"Retry-After: {retry_after(wait)}\r\n")
         limit = chain.max_body
