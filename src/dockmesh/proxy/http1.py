@@ -559,18 +559,20 @@ class ChunkedReader:
     the body; `done` turns True once the last chunk and its trailers have been read. The bytes
     themselves are the caller's to forward: nothing is copied but the (short) size lines.
     `size` adds up the sizes of the chunks announced so far (the body's length without its
-    framing, known as soon as a size line is read, before its data)."""
+    framing, known as soon as a size line is read, before its data); past `limit` (when not
+    0) a size line raises ProtocolError with status 413, before the chunk's data."""
 
-    __slots__ = ("_line", "_remaining", "_state", "done", "size")
+    __slots__ = ("_line", "_remaining", "_state", "done", "limit", "size")
 
     SIZE, DATA, DATA_END, TRAILER = 0, 1, 2, 3
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self._state = self.SIZE
         self._remaining = 0
         self._line = b""
         self.done = False
         self.size = 0
+        self.limit = limit
 
     def feed(self, data: bytes | bytearray | memoryview, start: int = 0) -> int:
         pos = start
@@ -615,6 +617,10 @@ class ChunkedReader:
                 else:
                     self._remaining = size
                     self.size += size
+                    if self.limit and self.size > self.limit:
+                        raise ProtocolError(
+                            f"the request body is larger than {self.limit} bytes", 413
+                        )
                     self._state = self.DATA
             else:  # TRAILER
                 if not text:

@@ -241,7 +241,6 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     __slots__ = (
         "body_left",
-        "body_limit",
         "buf",
         "chain",
         "chunked",
@@ -262,7 +261,6 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "paused",
         "pending_body",
         "proxy",
-        "route_name",
         "transport",
         "trusted",
         "up",
@@ -294,13 +292,11 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.last_head = b""
         self.last_out = b""
         self.last_req: http1.RequestHead | None = None
-        # The current request's route's middlewares (None: none), the encoding its response
-        # may be compressed with, the most its chunked body may hold (0: no bound).
+        # The current request's route's middlewares until its response begins (None: none),
+        # the encoding that response may be compressed with.
         self.chain: Chain | None = None
         self.encoding: str | None = None
         self.encoded: ChunkedEncoder | None = None  # the response's compressor, for the log
-        self.body_limit = 0
-        self.route_name = ""
         self.limit_key = b""  # the client's key for rate limits (`client_key`), once needed
 
     # --- asyncio callbacks ------------------------------------------------------------------
@@ -506,20 +502,19 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.head_started = 0.0
         now = p.loop.time()
         route = p.router.match(req)
-        cluster = route.cluster if route is not None else None
         n = req.head_len
         head = buf[:n] if len(buf) > n else buf
         rest = buf[n:] if len(buf) > n else b""
         key = None
-        chain = self.chain = route.chain if route is not None else None
-        self.route_name = route.name if route is not None else ""
-        self.body_limit = 0
-        if cluster is not None:
+        cluster = chain = None
+        if route is not None:
+            cluster = route.cluster
             key = p.router.key(cluster, head, self.client_ip)
             fields = http1.request_forwarded_fields(
                 req, self.client_ip, p.next_request_id(), self.trusted
             )
             self.head_out = http1.edit_request_head(head, req, fields)
+            chain = route.chain
             if chain is not None and self._middlewares(chain, req, head, now, rest):
                 return True
         up = self.begin_attempt(cluster, req, key, now)
@@ -530,7 +525,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self._send(up)
             return True
         if req.chunked:
-            self.chunked = http1.ChunkedReader()
+            # (A route's max_body bounds the sum of the chunks' sizes: 413.)
+            limit = chain.max_body if chain is not None else None
+            self.chunked = http1.ChunkedReader(limit or 0)
         else:
             self.chunked = None
             self.body_left = req.content_length or 0
@@ -549,6 +546,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         nothing was forwarded), else its head to forward is edited and what its response and
         body need is noted."""
         p = self.proxy
+        self.chain = chain  # until the response begins (`response_head`)
         answer = None
         if chain.limiters:
             key = self.limit_key or client_key(self.client_ip)
@@ -557,10 +555,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             if wait:
                 answer = (429, "rate limit exceeded", f"Retry-After: {retry_after(wait)}\r\n")
         limit = chain.max_body
-        if answer is None and limit is not None:
-            if req.content_length is not None and req.content_length > limit:
-                answer = (413, f"the request body is larger than {limit} bytes", "")
-            self.body_limit = limit if req.chunked else 0
+        length = req.content_length
+        if answer is None and limit is not None and length is not None and length > limit:
+            answer = (413, f"the request body is larger than {limit} bytes", "")
         if answer is not None:
             status, message, extra = answer
             p.tally.reject("rate_limit" if status == 429 else "body_too_large")
@@ -579,16 +576,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             try:
                 used = self.chunked.feed(data, start)
             except ProtocolError as e:
-                self._refuse(400, str(e), mid_exchange=True)
-                return
-            if self.body_limit and self.chunked.size > self.body_limit:
-                # Refused at the size line that goes past the bound, before its data.
-                self._refuse(
-                    413,
-                    f"the request body is larger than {self.body_limit} bytes",
-                    mid_exchange=True,
-                    kind="body_too_large",
-                )
+                # (413: a size line past the route's max_body, refused before its data.)
+                kind = "body_too_large" if e.status == 413 else "bad_request"
+                self._refuse(e.status, str(e), mid_exchange=True, kind=kind)
                 return
             done = self.chunked.done
         else:
@@ -833,9 +823,11 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
     def _log(self, status: int, nbytes: int, now: float, upstream: str) -> None:
         """The exchange's line in the access log (which is set)."""
         req = self.req
-        log = self.proxy.access_log
+        p = self.proxy
+        log = p.access_log
         if req is None or log is None or not log.wants(status):
             return
+        route = p.router.match(req) if self.cluster is not None else None
         log.log(
             Entry(
                 time.time(),
@@ -847,7 +839,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 nbytes,
                 now - self.t0 if self.t0 else 0.0,
                 upstream,
-                self.route_name or (self.cluster.name if self.cluster is not None else "-"),
+                # Found again for the log alone (the request path does not keep it).
+                route.name or route.cluster.name if route is not None else "-",
             )
         )
 

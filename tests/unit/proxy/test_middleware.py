@@ -324,3 +324,14 @@ def test_resolve_chain_reports_unknown_names() -> None:
     assert unknown == ["x"] and chain is not None
     assert chain.names == ("a", "b") and chain.max_body == 5
     assert resolve_chain([], defined) == (None, [])
+
+
+def test_a_chunked_body_past_its_bound_is_refused_at_the_size_line() -> None:
+    r = http1.ChunkedReader(limit=1000)
+    assert r.feed(b"200\r\n" + b"x" * 512 + b"\r\n") > 0
+    with pytest.raises(http1.ProtocolError, match="larger than 1000") as e:
+        r.feed(b"1f5\r\n")  # 512 + 501: before any of its data
+    assert e.value.status == 413
+    ok = http1.ChunkedReader(limit=1000)
+    body = b"200\r\n" + b"x" * 512 + b"\r\n1e8\r\n" + b"y" * 488 + b"\r\n0\r\n\r\n"
+    assert ok.feed(body) == len(body) and ok.done and ok.size == 1000
