@@ -820,12 +820,15 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         elif self.buf or self.eof or self.paused:
             self._next()
 
-    def _log(self, status: int, nbytes: int, now: float, upstream: str) -> None:
-        """The exchange's line in the access log (which is set)."""
+    def _log(
+        self, status: int, nbytes: int, now: float, upstream: str, wanted: bool = False
+    ) -> None:
+        """The exchange's line in the access log, if one is kept and wants it (`wanted`: it
+        was asked already)."""
         req = self.req
         p = self.proxy
         log = p.access_log
-        if req is None or log is None or not log.wants(status):
+        if req is None or log is None or not (wanted or log.wants(status)):
             return
         route = p.router.match(req) if self.cluster is not None else None
         log.log(
@@ -971,21 +974,24 @@ class LoggedConn(ClientConn):
     __slots__ = ()
 
     def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
-        if not conn.got_head:
-            # The fast lane's response was one read: its body is the last head's response's.
-            q = conn.last_q
-            sent = q[2] if q is not None else 0
-        elif self.encoded is not None:
-            sent = self.encoded.sent
-            self.encoded = None
-        elif conn.framing == LENGTH:
-            resp = conn.resp
-            sent = resp.content_length or 0 if resp is not None else 0
-        elif conn.framing == NO_BODY:
-            sent = 0
-        else:
-            sent = conn.body_sent
-        self._log(status, sent, self.proxy.loop.time(), conn.upstream.addr)
+        log = self.proxy.access_log
+        if log is not None and log.wants(status):  # (a line sampled out costs no more)
+            if not conn.got_head:
+                # The fast lane's response was one read: its body is the last head's
+                # response's.
+                q = conn.last_q
+                sent = q[2] if q is not None else 0
+            elif self.encoded is not None:
+                sent = self.encoded.sent
+            elif conn.framing == LENGTH:
+                resp = conn.resp
+                sent = resp.content_length or 0 if resp is not None else 0
+            elif conn.framing == NO_BODY:
+                sent = 0
+            else:
+                sent = conn.body_sent
+            self._log(status, sent, self.proxy.loop.time(), conn.upstream.addr, True)
+        self.encoded = None
         super().response_done(conn, status, reusable)
 
 
