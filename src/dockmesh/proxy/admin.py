@@ -63,6 +63,16 @@ class ProxyCollector(Collector):
         for reason, n in sorted(s.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        if s.access_log:
+            lines = CounterMetricFamily(
+                "dockmesh_proxy_access_log_lines",
+                "Access log lines: written, dropped (the buffer was full or the write failed), "
+                "sampled_out (--access-log-sample)",
+                labels=["outcome"],
+            )
+            for outcome, n in sorted(s.access_log.items()):
+                lines.add_metric([outcome], n)
+            yield lines
         yield GaugeMetricFamily(
             "dockmesh_proxy_client_connections", "Client connections open", value=s.connections
         )

@@ -15,6 +15,7 @@
         backends: [http://127.0.0.1:9001, http://127.0.0.1:9002]
         health: /health              # the active check's path for backends (default /)
         upstream_protocol: h2        # optional: http/1.1 (default) or h2 (h2c, for gRPC)
+        middlewares: [per-client, squeeze]   # declared below; none: the fast path
     passive:                         # passive health (resilience/passive.py), as the flags
       failure_statuses: [502, 503, 504]  # what counts against a host (add 500 to count it)
       max_ejection_percent: 50       # hosts out (breaker open or ejected) at most; never all
@@ -31,6 +32,16 @@
                                      # first certificate file, else the first route host)
       handshake_timeout: 10s         # a client that does not finish its handshake: closed
       max_names: 1000                # leaves kept in memory at most (least recently used out)
+    middlewares:                     # named; a route lists those it goes through, in order
+      internal-headers:              # (proxy/middleware.py says what each kind does)
+        headers:
+          request: {set: {X-Env: prod}, remove: [X-Debug]}
+          response: {add: {X-Frame-Options: DENY}, remove: [Server]}
+      per-client: {rate_limit: {rate: 10, period: 1s, burst: 20, per: client}}
+      small-bodies: {max_body: 1m}
+      squeeze: {compress: {min_size: 1024, encodings: [br, gzip]}}
+    access_log: {path: /var/log/dockmesh/access.log, format: json, sample: 1.0}
+                                     # path - is stdout; --access-log* flags win over it
 
 A wrong file is reported as `FILE:LINE: path: problem`, every problem at once, and nothing
 starts (exit 2). Pure: text in, settings or problems out.
@@ -51,8 +62,21 @@ from dockmesh.projectfile.load import format_problems
 from dockmesh.projectfile.problems import Path, Problem
 from dockmesh.projectfile.yamlpos import load_located_bytes
 from dockmesh.proxy import paths
+from dockmesh.proxy.middleware import MiddlewareSpec, parse_middlewares
 from dockmesh.resilience.balance import BALANCERS
 from dockmesh.resilience.passive import parse_statuses
+
+ACCESS_LOG_FORMATS = ("common", "json")
+
+
+@dataclass(frozen=True)
+class AccessLogSpec:
+    """Where the access log goes (a file, or - for stdout), its format, its sample rate."""
+
+    path: str
+    format: str = "common"
+    sample: float = 1.0
+
 
 BALANCE_HELP = "round_robin|weighted|least_request|p2c|hash:<header>"
 
@@ -68,7 +92,7 @@ class RouteSpec:
     health_path: str = "/"
     upstream_protocol: str = "http/1.1"  # or "h2": HTTP/2 with prior knowledge (h2c)
     strip_prefix: str | None = None
-    middlewares: tuple[str, ...] = ()
+    middlewares: list[str] = field(default_factory=list)  # names, in order
     # Declared on containers (`labelroutes`): the members come from the label watch.
     labelled: bool = False
 
@@ -97,6 +121,8 @@ class FileSettings:
     )
     # TlsSpec's fields, those given only (the flags give the others).
     tls: dict[str, Any] = field(default_factory=dict)
+    middlewares: dict[str, MiddlewareSpec] = field(default_factory=dict)
+    access_log: AccessLogSpec | None = None
 
 
 def check_balance(value: str) -> str | None:
@@ -136,6 +162,7 @@ _ROUTE_KEYS = (
     "balance",
     "health",
     "upstream_protocol",
+    "middlewares",
 )
 UPSTREAM_PROTOCOLS = ("http/1.1", "h2")
 
@@ -173,7 +200,16 @@ def _section(
     return {k: v for k, v in section.items() if k in known}
 
 
-_TOP = ("routes", "timeouts", "limits", "trusted_proxies", "passive", "tls")
+_TOP = (
+    "routes",
+    "timeouts",
+    "limits",
+    "trusted_proxies",
+    "passive",
+    "tls",
+    "middlewares",
+    "access_log",
+)
 
 
 def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
@@ -182,6 +218,10 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
         if key not in _TOP:
             problems.append(Problem((key,), f"unknown key (expected {', '.join(_TOP)})"))
     _check_passive(data, out, problems)
+    _check_access_log(data, out, problems)
+    out.middlewares = parse_middlewares(data.get("middlewares"), problems)
+    declared = data.get("middlewares")
+    declared = declared if isinstance(declared, dict) else {}
     trusted = data.get("trusted_proxies") or []
     if not isinstance(trusted, list):
         problems.append(Problem(("trusted_proxies",), "must be a list of CIDRs"))
@@ -274,6 +314,17 @@ def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
             problems.append(Problem((*path, "upstream_protocol"), "must be http/1.1 or h2"))
         else:
             spec.upstream_protocol = protocol
+        names = r.get("middlewares") or []
+        if not isinstance(names, list):
+            problems.append(Problem((*path, "middlewares"), "must be a list of middleware names"))
+            names = []
+        for j, n in enumerate(names):
+            if not isinstance(n, str) or n not in declared:
+                problems.append(
+                    Problem((*path, "middlewares", j), f"{n!r} is not declared in middlewares:")
+                )
+            elif n in out.middlewares:  # (a declared one with problems is reported there)
+                spec.middlewares.append(n)
         out.routes.append(spec)
     return problems
 
@@ -355,3 +406,30 @@ def _check_certificates(
             continue
         pairs.append((os.path.join(base, item["cert"]), os.path.join(base, item["key"])))
     return pairs
+
+
+_ACCESS_LOG = ("path", "format", "sample")
+
+
+def check_access_log(path: object, fmt: object, sample: object) -> AccessLogSpec:
+    """The access log's settings; ValueError saying what is wrong (with the key's name)."""
+    if not isinstance(path, str) or not path:
+        raise ValueError("path: must be a file name or - for stdout")
+    if fmt not in ACCESS_LOG_FORMATS:
+        raise ValueError(f"format: {fmt!r}: expected {' or '.join(ACCESS_LOG_FORMATS)}")
+    if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
+        raise ValueError("sample: must be a rate > 0 and <= 1 (0.1 keeps one line in ten)")
+    return AccessLogSpec(path, str(fmt), float(sample))
+
+
+def _check_access_log(data: dict[str, Any], out: FileSettings, problems: list[Problem]) -> None:
+    if data.get("access_log") is None:
+        return
+    given = _section(data, "access_log", _ACCESS_LOG, "setting", problems)
+    try:
+        out.access_log = check_access_log(
+            given.get("path"), given.get("format", "common"), given.get("sample", 1.0)
+        )
+    except ValueError as e:
+        key, _, why = str(e).partition(": ")
+        problems.append(Problem(("access_log", key), why))

@@ -28,13 +28,15 @@ from typing import Any
 
 from dockmesh.errors import SpecError
 from dockmesh.proxy import h2conn
+from dockmesh.proxy.accesslog import AccessLog
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
-from dockmesh.proxy.config import FileSettings, RouteSpec, TlsSpec, load_config
+from dockmesh.proxy.config import AccessLogSpec, FileSettings, RouteSpec, TlsSpec, load_config
 from dockmesh.proxy.discovery import check_health, watch_service
 from dockmesh.proxy.filewatch import watch_file
 from dockmesh.proxy.labelroutes import CatalogInstance, LabelTable, build_table
 from dockmesh.proxy.labelwatch import LabelWatch
+from dockmesh.proxy.middleware import resolve_chain
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
 from dockmesh.proxy.takeover import (
@@ -88,6 +90,8 @@ class ProxyOptions:
     # Take the listening sockets over from the proxy serving `listen` (else `tls_listen`),
     # which then drains.
     takeover: bool = False
+    # The access log from the flags (--access-log*): wins over the file's `access_log:`.
+    access_log: AccessLogSpec | None = None
 
 
 def declared_middlewares(file: FileSettings | None) -> frozenset[str]:
@@ -110,7 +114,7 @@ def label_specs(table: LabelTable) -> list[RouteSpec]:
             host=r.host,
             prefix=r.prefix,
             strip_prefix=r.strip,
-            middlewares=r.middlewares,
+            middlewares=list(r.middlewares),
             labelled=True,
         )
         for r in table.routes
@@ -137,6 +141,13 @@ def tls_spec(opts: ProxyOptions) -> TlsSpec | None:
 def route_hosts(settings: ProxySettings) -> list[str]:
     """The host names the routes serve: those `tls internal` may issue leaves for."""
     return [r.host.decode() for r in settings.routes if r.host is not None]
+
+
+def access_log_spec(opts: ProxyOptions) -> AccessLogSpec | None:
+    """The access log to keep: the flags', else the routes file's, else none."""
+    if opts.access_log is not None:
+        return opts.access_log
+    return opts.file.access_log if opts.file is not None else None
 
 
 def read_config(path: str) -> FileSettings:
@@ -212,7 +223,20 @@ def build_settings(
                 hash_keys[cluster.name] = balance[5:]
         host = spec.host.encode() if spec.host else None
         strip = spec.strip_prefix.encode() if spec.strip_prefix else None
-        routes.append(Route(cluster, host, spec.prefix.encode(), strip, spec.middlewares))
+        chain, unknown = resolve_chain(spec.middlewares, file.middlewares)
+        if unknown:
+            log.warning("route %s: no middleware named %s", spec.name, ", ".join(unknown))
+        routes.append(
+            Route(
+                cluster,
+                host,
+                spec.prefix.encode(),
+                strip,
+                tuple(spec.middlewares),
+                chain,
+                spec.name,
+            )
+        )
     settings = ProxySettings(routes, timeouts, limits, hash_keys, list(file.trusted_proxies))
     if known is not None:
         kept = {id(c) for c in clusters.values()}
@@ -373,6 +397,9 @@ async def _worker(
     labels.place(made)
     proxy = Proxy(settings, loop)
     h2conn.enable(proxy)
+    log_spec = access_log_spec(opts)
+    if log_spec is not None:
+        proxy.access_log = AccessLog(log_spec, loop)
     for sock in socks:
         await proxy.listen(sock)
     edge = None
@@ -408,6 +435,22 @@ async def _worker(
             os.write(report_fd, f"{port}\n".encode())
             os.close(report_fd)
 
+    def reopen_log() -> None:
+        if proxy.access_log is not None:
+            proxy.access_log.reopen()
+
+    def swap_log() -> None:
+        spec = access_log_spec(opts)
+        old = proxy.access_log
+        if spec != (old.spec if old is not None else None):
+            try:
+                proxy.access_log = AccessLog(spec, loop) if spec is not None else None
+            except OSError as e:
+                log.error("access log %s: %s: keeping the last one", spec and spec.path, e)
+            else:
+                if old is not None:
+                    old.close()
+
     def rebuild() -> ProxySettings:
         """A new route table swapped in whole: requests in flight finish where they are,
         clusters kept by identity keep their members, connections and health."""
@@ -440,10 +483,12 @@ async def _worker(
             labels.set_members()
 
     def reload(why: str = "SIGHUP") -> None:
+        reopen_log()  # SIGHUP is what logrotate's postrotate sends, as for nginx's USR1
         file = reload_file(opts, why)
         if file is None:
             return
         opts.file = file
+        swap_log()
         # The declared middlewares may have changed: labelled routes are checked again.
         labels.table = labels.build(labels.found)
         settings = rebuild()
@@ -465,6 +510,7 @@ async def _worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_log)
     control = None
     if report_fd is None:
         control = _start_control(opts, [*socks, *(tls_socks or [])], stop.set)
@@ -489,6 +535,8 @@ async def _worker(
         await asyncio.sleep(0.05)
         proxy.close_idle_clients()
     proxy.close()
+    if proxy.access_log is not None:
+        proxy.access_log.close()
     extra = [t for t in (watch_task, file_task) if t is not None]
     for t in [*tasks.values(), *extra]:
         t.cancel()
@@ -658,6 +706,13 @@ def _supervise(
         file_task = None
         if opts.config_path is not None and opts.watch_config:
             file_task = loop.create_task(watch_file(opts.config_path, lambda: reload("changed")))
+
+        def reopen_logs() -> None:
+            for pid in list(children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
         runner = None
         if opts.admin is not None and handoff is None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)

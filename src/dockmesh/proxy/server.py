@@ -47,10 +47,12 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from dockmesh.proxy import http1
+from dockmesh.proxy.accesslog import AccessLog, Entry
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.exchange import (
     BODY,
@@ -64,9 +66,11 @@ from dockmesh.proxy.exchange import (
     Exchange,
 )
 from dockmesh.proxy.http1 import ProtocolError
+from dockmesh.proxy.middleware import Chain, ChunkedEncoder
 from dockmesh.proxy.routing import Router
 from dockmesh.proxy.settings import ProxySettings, Timeouts
 from dockmesh.proxy.tally import Tally
+from dockmesh.resilience.ratelimit import client_key, retry_after
 from dockmesh.resilience.retry import RESEND, RETRY, RETRYABLE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -153,6 +157,9 @@ class Proxy:
         # None: refused as HTTP/1.1 would. Those connections are kept in `sides`.
         self.h2_prior: Callable[[ClientConn, bytes], None] | None = None
         self.sides: set[Side] = set()
+        # A line per request when set (`run` opens it): connections made meanwhile log
+        # (`LoggedConn`).
+        self.access_log: AccessLog | None = None
 
     def flush(self) -> None:
         out = self.out
@@ -185,14 +192,19 @@ class Proxy:
     ) -> None:
         """Serves `sock`: plain HTTP, or TLS with `tls` (whose SNI callback picks the
         certificate); a client that has not finished its handshake within
-        `handshake_timeout` is closed, so it holds no slot for long."""
+        `handshake_timeout` is closed, so it holds no slot for long. A connection made while
+        the access log is on logs its exchanges (`LoggedConn`): without one, its responses
+        pay no check for it."""
         if tls is None:
             server = await self.loop.create_server(
-                lambda: ClientConn(self), sock=sock, backlog=4096, reuse_address=None
+                lambda: (LoggedConn if self.access_log is not None else ClientConn)(self),
+                sock=sock,
+                backlog=4096,
+                reuse_address=None,
             )
         else:
             server = await self.loop.create_server(
-                lambda: TlsClientConn(self),
+                lambda: (LoggedTlsConn if self.access_log is not None else TlsClientConn)(self),
                 sock=sock,
                 backlog=4096,
                 reuse_address=None,
@@ -284,6 +296,13 @@ class Proxy:
         now = self.now = self.loop.time()
         t = self.timeouts
         try:
+            alog = self.access_log
+            if alog is not None:
+                self.tally.access_log = {
+                    "written": alog.written,
+                    "dropped": alog.dropped + alog.failed,
+                    "sampled_out": alog.sampled_out,
+                }
             for c in list(self.clients):
                 c.check_timeouts(now, t)
             for cl in self.clusters:
@@ -313,8 +332,11 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
     __slots__ = (
         "body_left",
         "buf",
+        "chain",
         "chunked",
         "client_ip",
+        "encoded",
+        "encoding",
         "eof",
         "forwarded",
         "head_out",
@@ -324,6 +346,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "last_head",
         "last_out",
         "last_req",
+        "limit_key",
         "lingering",
         "paused",
         "pending_body",
@@ -362,6 +385,12 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.last_head = b""
         self.last_out = b""
         self.last_req: http1.RequestHead | None = None
+        # The current request's route's middlewares until its response begins (None: none),
+        # the encoding that response may be compressed with.
+        self.chain: Chain | None = None
+        self.encoding: str | None = None
+        self.encoded: ChunkedEncoder | None = None  # the response's compressor, for the log
+        self.limit_key = b""  # the client's key for rate limits (`client_key`), once needed
 
     # --- asyncio callbacks ------------------------------------------------------------------
 
@@ -580,17 +609,22 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return False
         self.head_started = 0.0
         now = p.loop.time()
-        cluster = p.router.route(req)
+        route = p.router.match(req)
         n = req.head_len
         head = buf[:n] if len(buf) > n else buf
         rest = buf[n:] if len(buf) > n else b""
         key = None
-        if cluster is not None:
+        cluster = chain = None
+        if route is not None:
+            cluster = route.cluster
             key = p.router.key(cluster, head, self.client_ip)
             fields = http1.request_forwarded_fields(
                 req, self.client_ip, p.next_request_id(), self.trusted, self.scheme
             )
             self.head_out = http1.edit_request_head(head, req, fields)
+            chain = route.chain
+            if chain is not None and self._middlewares(chain, req, head, now, rest):
+                return True
         up = self.begin_attempt(cluster, req, key, now)
         if p.draining:
             self.keep = False
@@ -601,7 +635,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self._send(up)
             return True
         if req.chunked:
-            self.chunked = http1.ChunkedReader()
+            # (A route's max_body bounds the sum of the chunks' sizes: 413.)
+            limit = chain.max_body if chain is not None else None
+            self.chunked = http1.ChunkedReader(limit or 0)
         else:
             self.chunked = None
             self.body_left = req.content_length or 0
@@ -613,6 +649,36 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self._body_data(rest, 0)
         return True
 
+    def _middlewares(
+        self, chain: Chain, req: http1.RequestHead, head: bytes, now: float, rest: bytes
+    ) -> bool:
+        """The request through its route's middlewares: True when one answered it (429, 413:
+        nothing was forwarded), else its head to forward is edited and what its response and
+        body need is noted."""
+        p = self.proxy
+        self.chain = chain  # until the response begins (`response_head`)
+        answer = None
+        if chain.limiters:
+            key = self.limit_key or client_key(self.client_ip)
+            self.limit_key = key
+            wait = chain.admit(key, now)
+            if wait:
+                answer = (429, "rate limit exceeded", f"Retry-After: {retry_after(wait)}\r\n")
+        limit = chain.max_body
+        length = req.content_length
+        if answer is None and limit is not None and length is not None and length > limit:
+            answer = (413, f"the request body is larger than {limit} bytes", "")
+        if answer is not None:
+            status, message, extra = answer
+            p.tally.reject("rate_limit" if status == 429 else "body_too_large")
+            self.begin_attempt(None, req, None, now)
+            self.buf = rest  # what the client sent ahead, when the connection is kept
+            self._local_response(status, message, extra)
+            return True
+        self.head_out = chain.request_head(self.head_out)
+        self.encoding = chain.encoding_for(head, req.minor, req.method)
+        return False
+
     def _body_data(self, data: bytes, start: int) -> None:
         """Request body bytes: forward what belongs to the body, keep what follows it."""
         n = len(data) - start
@@ -620,7 +686,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             try:
                 used = self.chunked.feed(data, start)
             except ProtocolError as e:
-                self._refuse(400, str(e), mid_exchange=True)
+                # (413: a size line past the route's max_body, refused before its data.)
+                kind = "body_too_large" if e.status == 413 else "bad_request"
+                self._refuse(e.status, str(e), mid_exchange=True, kind=kind)
                 return
             done = self.chunked.done
         else:
@@ -779,6 +847,20 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             conn.tunnel = True
         if resp.cut or resp.connection_tokens or added:
             head = http1.edit_response_head(head, resp, added)
+        chain = self.chain
+        if chain is not None and status != 101:
+            # Used up: the connection's next request may take the fast lane, which never
+            # sets it, and its response must not go through this chain.
+            self.chain = None
+            framing = conn.framing
+            head, enc = chain.response_head(
+                head,
+                status,
+                resp.content_length if framing == LENGTH else 0 if framing == NO_BODY else None,
+                framing == CHUNKED,
+                self.encoding if framing != NO_BODY else None,
+            )
+            conn.encoder = self.encoded = enc
         conn.out_head = head
         return True
 
@@ -824,17 +906,20 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return
         self._local_response(status, message)
 
-    def _local_response(self, status: int, message: str) -> None:
+    def _local_response(self, status: int, message: str, extra: str = "") -> None:
         """The proxy's own answer to the request, and the exchange's end."""
         p = self.proxy
         if self.transport is None or self.state == CLOSED:
             return
+        if p.access_log is not None and self.req is not None:
+            self._log(status, len(message) + 1, p.loop.time(), "-")
+        self.chain = None  # (as in `response_head`)
         keep = self.end_attempt(NO_VERDICT, 0.0, True)  # none is open: the exchange ends
         self.pending_body = None  # a body kept for a request that never went
         p.write(
             self.transport,
             http1.simple_response(
-                status, http1.REASONS.get(status, "Error"), message, close=not keep
+                status, http1.REASONS.get(status, "Error"), message, close=not keep, extra=extra
             ),
         )
         p.tally.observe(status, p.loop.time() - self.t0 if self.t0 else 0.0)
@@ -843,10 +928,40 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         elif self.buf or self.eof or self.paused:
             self._next()
 
-    def _refuse(self, status: int, message: str, mid_exchange: bool = False) -> None:
-        """A client that broke the protocol: answer and close, never forward further."""
+    def _log(
+        self, status: int, nbytes: int, now: float, upstream: str, wanted: bool = False
+    ) -> None:
+        """The exchange's line in the access log, if one is kept and wants it (`wanted`: it
+        was asked already)."""
+        req = self.req
         p = self.proxy
-        p.tally.reject("bad_request")
+        log = p.access_log
+        if req is None or log is None or not (wanted or log.wants(status)):
+            return
+        route = p.router.match(req) if self.cluster is not None else None
+        log.log(
+            Entry(
+                time.time(),
+                self.client_ip.decode("ascii", "replace"),
+                req.method.decode("ascii", "replace"),
+                req.target.decode("ascii", "replace"),
+                req.minor,
+                status,
+                nbytes,
+                now - self.t0 if self.t0 else 0.0,
+                upstream,
+                # Found again for the log alone (the request path does not keep it).
+                route.name or route.cluster.name if route is not None else "-",
+            )
+        )
+
+    def _refuse(
+        self, status: int, message: str, mid_exchange: bool = False, kind: str = "bad_request"
+    ) -> None:
+        """A client that broke the protocol (or a bound: `kind`): answer and close, never
+        forward further."""
+        p = self.proxy
+        p.tally.reject(kind)
         if mid_exchange:
             up = self.up
             self.up = None
@@ -858,6 +973,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self.abort()
                 return
         if self.transport is not None and self.state != CLOSED:
+            if p.access_log is not None and self.req is not None:
+                self._log(status, len(message) + 1, p.loop.time(), "-")
             p.write(
                 self.transport,
                 http1.simple_response(status, http1.REASONS.get(status, "Bad Request"), message),
@@ -988,6 +1105,39 @@ def negotiated_protocol(transport: asyncio.BaseTransport) -> str | None:
     return str(name) if name is not None else None
 
 
+class LoggedConn(ClientConn):
+    """A client connection whose exchanges go to the access log (`Proxy.access_log`)."""
+
+    __slots__ = ()
+
+    def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
+        log = self.proxy.access_log
+        if log is not None and log.wants(status):  # (a line sampled out costs no more)
+            if not conn.got_head:
+                # The fast lane's response was one read: its body is the last head's
+                # response's.
+                q = conn.last_q
+                sent = q[2] if q is not None else 0
+            elif self.encoded is not None:
+                sent = self.encoded.sent
+            elif conn.framing == LENGTH:
+                resp = conn.resp
+                sent = resp.content_length or 0 if resp is not None else 0
+            elif conn.framing == NO_BODY:
+                sent = 0
+            else:
+                sent = conn.body_sent
+            self._log(status, sent, self.proxy.loop.time(), conn.upstream.addr, True)
+        self.encoded = None
+        super().response_done(conn, status, reusable)
+
+
+class LoggedTlsConn(LoggedConn, TlsClientConn):
+    """A TLS listener's client connection whose exchanges go to the access log."""
+
+    __slots__ = ()
+
+
 class UpstreamConn(asyncio.Protocol):
     """A connection to one upstream, serving one exchange at a time, pooled between them. It
     reads the response (its head, then its body's framing) and reports to its client
@@ -995,9 +1145,11 @@ class UpstreamConn(asyncio.Protocol):
 
     __slots__ = (
         "body_left",
+        "body_sent",
         "buf",
         "chunked",
         "client",
+        "encoder",
         "framing",
         "got_head",
         "idle_since",
@@ -1043,6 +1195,10 @@ class UpstreamConn(asyncio.Protocol):
         self.last_head = b""
         self.last_q: tuple[int, int, int, bytes] | None = None
         self.last_len = -1  # of the last head's whole response
+        # The response's body goes through this compressor (a route's compress middleware).
+        self.encoder: ChunkedEncoder | None = None
+        # Bytes of a chunked or close-delimited response's body forwarded, for the log.
+        self.body_sent = 0
 
     async def connect(self, timeout_s: float) -> None:
         up = self.upstream
@@ -1088,6 +1244,13 @@ class UpstreamConn(asyncio.Protocol):
         self.client = None
         if client is not None:
             if self.framing == UNTIL_CLOSE and self.got_head and not self.tunnel:
+                enc = self.encoder
+                if enc is not None:
+                    # The compressed body's end, the last chunk: the response is whole.
+                    self.encoder = None
+                    tail = enc.end()
+                    if client.transport is not None:
+                        self.proxy.write(client.transport, tail)
                 client.response_done(self, self.resp.status if self.resp else 200, False)
                 return
             client.upstream_lost(self, before_response=not self.got_head)
@@ -1156,6 +1319,7 @@ class UpstreamConn(asyncio.Protocol):
                     body is not None
                     and q is not None
                     and q[0] not in RETRYABLE_STATUSES
+                    and client.chain is None
                     and not client.response_begins(q[0], True, False)
                 ):
                     # The fast lane: a whole response in one read, whose head goes as it
@@ -1204,11 +1368,13 @@ class UpstreamConn(asyncio.Protocol):
         elif resp.chunked:
             self.framing = CHUNKED
             self.chunked = http1.ChunkedReader()
+            self.body_sent = 0
         elif resp.content_length is not None:
             self.framing = LENGTH if resp.content_length else NO_BODY
             self.body_left = resp.content_length
         else:
             self.framing = UNTIL_CLOSE
+            self.body_sent = 0
         if not client.response_head(self, resp, head):
             return
         rest = buf[n:] if len(buf) > n else b""
@@ -1235,12 +1401,20 @@ class UpstreamConn(asyncio.Protocol):
                 client.bad_response(self, f"{e} ({self.upstream.addr})")
                 return
             done = self.chunked.done
+            self.body_sent += used
         elif framing == UNTIL_CLOSE:
             used = n
+            self.body_sent += used
         else:
             used = 0
             done = True
         piece = data if start == 0 and used == len(data) else data[start : start + used]
+        enc = self.encoder
+        if enc is not None:
+            piece = enc.feed(piece)
+            if done:
+                self.encoder = None
+                piece += enc.end()
         out = prefix + piece if prefix else piece
         if out and client.transport is not None:
             self.proxy.write(client.transport, out)

@@ -9,6 +9,7 @@ from typing import Any
 
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster
+from dockmesh.proxy.middleware import Chain
 
 
 @dataclass
@@ -44,6 +45,9 @@ class Route:
     strip: bytes | None = None
     # The routes file's middlewares this route's requests go through, by name.
     middlewares: tuple[str, ...] = ()
+    # Its middlewares, compiled (None: none, and the fast lane may take its requests).
+    chain: Chain | None = None
+    name: str = ""  # as the access log names it
 
 
 @dataclass

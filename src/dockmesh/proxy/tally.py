@@ -25,6 +25,7 @@ class Tally:
     workers adds every worker's up."""
 
     __slots__ = (
+        "access_log",
         "connections",
         "connections_total",
         "latency_counts",
@@ -42,6 +43,9 @@ class Tally:
         self.rejected: dict[str, int] = {}  # requests refused before any upstream (400, 503…)
         self.connections = 0
         self.connections_total = 0
+        # The access log's lines by outcome (written, dropped, sampled_out): copied from it
+        # by the server's sweep, not counted per request here.
+        self.access_log: dict[str, int] = {}
 
     def observe(self, status: int, latency_s: float) -> None:
         """A response to a request, `latency_s` after its head was read."""
