@@ -45,10 +45,12 @@ import errno
 import itertools
 import logging
 import os
+import re
 import socket
+from collections.abc import Callable
 from typing import cast
 
-from dockmesh.proxy import http1
+from dockmesh.proxy import guard, http1
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.exchange import (
     BODY,
@@ -74,11 +76,20 @@ _RESPONSE_MEMO = http1.RESPONSE_MEMO
 SWEEP_S = 0.25
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# A client's: what waits for a client that reads slowly (or not at all) is kept small, since
+# there can be thousands of them; the kernel's socket buffer holds more besides.
+CLIENT_HIGH_WATER = 64 * 1024
+CLIENT_LOW_WATER = 16 * 1024
+# A drop in the bytes held for clients past which freed memory is handed back to the system
+# (`Proxy.trim`): the allocator keeps freed blocks otherwise.
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
 # How long a request waits on an instance that left the catalog before it is tried elsewhere.
 REMOVED_GRACE_S = 1.0
 # After the proxy ends a client connection, how long the client's further bytes are read and
 # dropped once all was sent (its close is awaited: see `ClientConn.close`).
 LINGER_S = 2.0
+# `Expect: 100-continue` in a request head.
+_EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*\r\n", re.IGNORECASE)
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
@@ -99,6 +110,15 @@ class Proxy:
         self.quick_max = settings.limits.max_head_bytes + 4
         self.tally = Tally()
         self.clients: set[ClientConn] = set()
+        # Open connections per client address (`guard.client_key`).
+        self.per_client = guard.ClientCounts()
+        # Bytes held for clients at the last sweep (`guard.shed`), and at the last trim.
+        self.held = 0
+        self.held_at_trim = 0
+        # Hands freed memory back to the system (set by `run`: malloc_trim); None: nothing.
+        self.trim: Callable[[], None] | None = None
+        # A search for an idle keep-alive to close found none: none is searched again before.
+        self.no_idle_until = 0.0
         # Request ids: this process's random prefix and a counter.
         self.id_prefix = os.urandom(6).hex().encode() + b"-"
         self.ids = itertools.count(1)
@@ -178,8 +198,54 @@ class Proxy:
 
     def close_idle_clients(self) -> None:
         for c in list(self.clients):
-            if c.state == HEAD and not c.buf and c.up is None:
+            if c.idle():
                 c.close()
+
+    def make_room(self) -> bool:
+        """At the connection limit: closes the longest idle keep-alive, if any, so that a new
+        client is served rather than refused; False when none is idle."""
+        if self.now < self.no_idle_until:
+            return False
+        oldest = None
+        for c in self.clients:
+            if c.idle() and (oldest is None or c.last_active < oldest.last_active):
+                oldest = c
+        if oldest is None:
+            self.no_idle_until = self.now + SWEEP_S  # a flood at the limit: not every time
+            return False
+        self.tally.closed_for("connections_idle")
+        oldest.close()
+        oldest.forget()
+        return True
+
+    def _enforce_budget(self) -> None:
+        """The bytes held for clients against `max_buffered_bytes` (`guard.shed`), and the
+        connections against `max_connections`: idle keep-alives first."""
+        clients = list(self.clients)
+        conns = [c.holding() for c in clients]
+        self.held = held = sum(c[1] for c in conns)
+        self.tally.buffered_bytes = held
+        idle_out, busy_out = guard.shed(conns, self.limits.max_buffered_bytes)
+        for i in idle_out:
+            self.tally.closed_for("memory_idle")
+            clients[i].close()
+            clients[i].forget()
+        for i in busy_out:
+            self.tally.closed_for("memory")
+            clients[i].abort()  # what waits for it is dropped: that is the point
+            clients[i].forget()
+        room = int(self.limits.max_client_connections * guard.NEAR)
+        if len(self.clients) > room:
+            idle = sorted((c for c in self.clients if c.idle()), key=lambda c: c.last_active)
+            for c in idle[: len(self.clients) - room]:
+                self.tally.closed_for("connections_idle")
+                c.close()
+                c.forget()
+        if self.trim is not None and self.held_at_trim - held > TRIM_AFTER_BYTES:
+            self.trim()
+            self.held_at_trim = held
+        elif held > self.held_at_trim:
+            self.held_at_trim = held
 
     def close(self) -> None:
         for s in self.servers:
@@ -197,6 +263,7 @@ class Proxy:
         try:
             for c in list(self.clients):
                 c.check_timeouts(now, t)
+            self._enforce_budget()
             for cl in self.clusters:
                 cl.tick(now, t.pool_idle_s)
             if self.retired:
@@ -221,9 +288,12 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
     """A client's connection: its bytes in and out, and the exchange it runs (`Exchange`)."""
 
     __slots__ = (
+        "body_got",
         "body_left",
+        "body_mark",
         "buf",
         "chunked",
+        "ckey",
         "client_ip",
         "eof",
         "forwarded",
@@ -237,7 +307,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "lingering",
         "paused",
         "pending_body",
+        "pending_len",
         "proxy",
+        "send_stalled",
         "transport",
         "trusted",
         "up",
@@ -254,7 +326,14 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         # The request's body as read so far, kept until the request is sent (None: nothing
         # kept, or no body).
         self.pending_body: list[bytes] | None = None
+        self.pending_len = 0  # bytes in `pending_body`
         self.body_left = 0
+        # The body's bytes read so far, and the rate check's mark (`guard.body_progress`).
+        self.body_got = 0
+        self.body_mark: tuple[float, int] = (0.0, 0)
+        self.ckey: bytes | None = None  # counted against this address (`guard.client_key`)
+        # Since when the client has taken nothing of what is written to it (0: it reads).
+        self.send_stalled = 0.0
         self.chunked: http1.ChunkedReader | None = None
         self.last_active = proxy.now
         self.head_started = 0.0
@@ -278,7 +357,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         p = self.proxy
         p.tally.connections += 1
         p.tally.connections_total += 1
-        if len(p.clients) >= p.limits.max_client_connections:
+        if len(p.clients) >= p.limits.max_client_connections and not p.make_room():
             p.tally.reject("overload")
             p.tally.responded(503)
             transport.write(
@@ -289,9 +368,22 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             transport.close()
             self.mark_closed()
             return
+        self.client_ip = ip = _peer_ip(transport)
+        key = guard.client_key(ip)
+        if not p.per_client.add(key, p.limits.max_connections_per_client):
+            p.tally.reject("client_connections")
+            p.tally.responded(503)
+            transport.write(
+                http1.simple_response(
+                    503, "Service Unavailable", "too many connections from your address"
+                )
+            )
+            transport.close()
+            self.mark_closed()
+            return
+        self.ckey = key
         p.clients.add(self)
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.client_ip = _peer_ip(transport)
+        transport.set_write_buffer_limits(CLIENT_HIGH_WATER, CLIENT_LOW_WATER)
         self.forwarded = b"X-Forwarded-For: " + self.client_ip + b"\r\nX-Forwarded-Proto: http\r\n"
         self.trusted = p.settings.trusts(self.client_ip)
 
@@ -300,6 +392,33 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         p.tally.connections -= 1
         p.clients.discard(self)
         self._drop_upstream(self.mark_closed())
+        self.forget()
+        # What was kept for it goes now, not when the object is collected.
+        self.buf = b""
+        self.pending_body = None
+
+    def forget(self) -> None:
+        """No longer counted against its address: closed (or closing, its lingering close
+        counts no more)."""
+        if self.ckey is not None:
+            self.proxy.per_client.remove(self.ckey)
+            self.ckey = None
+
+    def idle(self) -> bool:
+        """An idle keep-alive: between exchanges, with nothing of the client's kept."""
+        return self.state == HEAD and not self.buf and self.up is None and not self.lingering
+
+    def holding(self) -> tuple[bool, int, float]:
+        """For `guard.shed`: whether idle, the bytes held for it (and its connection's own
+        cost), and when it was last active."""
+        t = self.transport
+        n = guard.CONN_COST + len(self.buf) + self.pending_len
+        if t is not None:
+            n += t.get_write_buffer_size()
+        up = self.up
+        if up is not None and up.transport is not None:
+            n += up.transport.get_write_buffer_size() + len(up.buf)
+        return self.idle(), n, self.last_active
 
     def _drop_upstream(self, prev: int) -> None:
         up = self.up
@@ -314,6 +433,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.send_stalled = self.proxy.now
         if self.up is not None:
             self.up.pause_reads()
         # A client that does not read its responses sends no more requests for now.
@@ -321,6 +441,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.send_stalled = 0.0
         if self.up is not None:
             self.up.resume_reads()
         self.gate()
@@ -351,6 +472,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.write_paused
             or (up is not None and up.write_paused)
             or len(self.buf) > max(limits.max_pipelined_bytes, limits.max_head_bytes + 4)
+            # A body kept while its upstream connection opens: no more than the buffer.
+            or self.pending_len > limits.request_buffer_bytes
         )
         if stop != self.paused:
             self.paused = stop
@@ -483,25 +606,46 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 req, self.client_ip, p.next_request_id(), self.trusted
             )
             self.head_out = http1.edit_request_head(head, req, fields)
-        up = self.begin_attempt(cluster, req, key, now)
-        if not self.body:
-            self.pending_body = None
-            # What follows is requests sent ahead: kept while this one is in flight.
-            self.buf = rest
+        if not req.has_body or cluster is None:
+            up = self.begin_attempt(cluster, req, key, now)
+            if not self.body:
+                self.pending_body = None
+                # What follows is requests sent ahead: kept while this one is in flight.
+                self.buf = rest
+            else:
+                self._start_body(req, now)
             self._send(up)
             return True
+        # A body: read into `pending_body` before any upstream is asked for, all of it or
+        # `request_buffer_bytes` of it (`_body_data`), so a slow upload holds no upstream
+        # connection; it is kept until the request is sent (it can go elsewhere until then).
+        self.begin_request(cluster, req, key, now)
+        self._start_body(req, now)
+        if rest:
+            self._body_data(rest, 0)
+        if (
+            self.state == BODY
+            and self.up is None
+            and req.minor == 1
+            and self.transport is not None
+            and _EXPECT_CONTINUE.search(head)
+        ):
+            # The client waits for this before it sends the body: the proxy, not the
+            # upstream, is reading it now.
+            p.write(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _start_body(self, req: http1.RequestHead, now: float) -> None:
         if req.chunked:
             self.chunked = http1.ChunkedReader()
         else:
             self.chunked = None
             self.body_left = req.content_length or 0
-        # The body is kept until the request is sent (it can go elsewhere until then).
         self.pending_body = []
+        self.pending_len = 0
+        self.body_got = 0
+        self.body_mark = (now, 0)
         self.buf = b""
-        self._send(up)
-        if rest and self.state == BODY:
-            self._body_data(rest, 0)
-        return True
 
     def _body_data(self, data: bytes, start: int) -> None:
         """Request body bytes: forward what belongs to the body, keep what follows it."""
@@ -518,14 +662,28 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.body_left -= used
             done = self.body_left == 0
         piece = data if start == 0 and used == len(data) else data[start : start + used]
+        self.body_got += used
         if piece:
             up = self.up
             if self.pending_body is not None:
                 self.pending_body.append(piece)
+                self.pending_len += len(piece)
+                if self.pending_len > self.proxy.limits.request_buffer_bytes and self.up:
+                    self.gate()
             elif up is not None and up.transport is not None:
                 self.proxy.write(up.transport, piece)
         if done:
             self.body_done()
+        if (
+            self.up is None
+            and self.upstream is None
+            and self.attempts == 0
+            and self.state in (BODY, WAIT)
+            and (done or self.pending_len >= self.proxy.limits.request_buffer_bytes)
+        ):
+            # Buffered: all of the body, or as much as is kept before it streams.
+            self._send(self.begin_attempt())
+        if done:
             rest = data[start + used :]
             if rest:
                 self.buf += rest
@@ -576,6 +734,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         else:
             # A body: not kept once sent (`Exchange.failed` knows).
             self.pending_body = None
+            self.pending_len = 0
             p.write(t, self.head_out + b"".join(pending) if pending else self.head_out)
         if self.paused:
             self.gate()
@@ -723,6 +882,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return
         keep = self.end_attempt(NO_VERDICT, 0.0, True)  # none is open: the exchange ends
         self.pending_body = None  # a body kept for a request that never went
+        self.pending_len = 0
         p.write(
             self.transport,
             http1.simple_response(
@@ -797,6 +957,12 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     def check_timeouts(self, now: float, t: Timeouts) -> None:
         state = self.state
+        if self.send_stalled and state != CLOSED and now - self.send_stalled > t.client_send_s:
+            # It takes nothing of what is written to it: what waits for it, and the upstream
+            # connection held for the rest of its response, are let go.
+            self.proxy.tally.closed_for("client_send_timeout")
+            self.abort()
+            return
         if state == CLOSED:
             tr = self.transport
             if not self.lingering or tr is None:
@@ -849,6 +1015,27 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self._retry_or_fail(verdict, 502, "the upstream left the catalog", "removed")
             elif state == BODY and now - self.last_active > t.idle_s:
                 self._refuse(408, "the request body stalled", mid_exchange=True)
+            elif state == BODY and not self._body_keeps_up(now, t):
+                self.proxy.tally.reject("client_body_timeout")
+                self._refuse(408, "the request body came too slowly", mid_exchange=True)
+
+    def _body_keeps_up(self, now: float, t: Timeouts) -> bool:
+        """Whether the body keeps its minimum rate (`guard.body_progress`)."""
+        if self.paused:
+            # Not read because the upstream does not take it: not the client's slowness.
+            self.body_mark = (now, self.body_got)
+            return True
+        mark = guard.body_progress(
+            now,
+            *self.body_mark,
+            self.body_got,
+            self.proxy.limits.request_buffer_bytes,
+            t.client_body_s,
+        )
+        if mark is None:
+            return False
+        self.body_mark = mark
+        return True
 
 
 class UpstreamConn(asyncio.Protocol):
