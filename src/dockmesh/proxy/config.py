@@ -380,7 +380,11 @@ def _check_resilience(
         try:
             make_policy(name, given)
         except ValueError as e:
-            problems.append(Problem(where, str(e)))
+            # Said in the file's words, not the policy's fields.
+            why = str(e)
+            for k, (attr, _) in sorted(keys.items(), key=lambda kv: -len(kv[1][0])):
+                why = why.replace(attr, k)
+            problems.append(Problem(where, why))
             continue
         setattr(spec, name, given)
 

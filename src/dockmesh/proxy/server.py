@@ -674,6 +674,11 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self.proxy.write(up.transport, piece)
         if done:
             self.body_done()
+            up = self.up
+            if up is not None:
+                # The upstream's time to answer counts from the end of the request: a long
+                # upload is not a slow upstream.
+                up.started = self.proxy.now
         if (
             self.up is None
             and self.upstream is None
@@ -991,6 +996,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 up is not None
                 and not up.got_head
                 and up.started
+                and self.req_done
                 and (now - up.started > t.response_header_s)
             ):
                 self.up = None
