@@ -42,7 +42,7 @@ def upstream_writes(c: Any) -> list[bytes]:
 def test_a_body_is_read_whole_before_any_upstream_is_asked(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    proxy, c, client = setup(loop)
+    _, c, client = setup(loop)
     client.data_received(post(10))
     for ch in b"hello":
         client.data_received(bytes([ch]))
@@ -61,7 +61,7 @@ def test_a_body_is_read_whole_before_any_upstream_is_asked(
 def test_a_body_past_the_buffer_streams_once_the_buffer_is_full(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    proxy, c, client = setup(loop, limits=Limits(request_buffer_bytes=100))
+    _, _, client = setup(loop, limits=Limits(request_buffer_bytes=100))
     client.data_received(post(250) + b"a" * 60)
     assert client.up is None
     client.data_received(b"b" * 60)  # 120 buffered: over 100, an upstream is asked
@@ -171,7 +171,7 @@ def test_at_the_connection_limit_an_idle_keep_alive_makes_room(
 def test_a_client_that_takes_nothing_of_its_response_is_let_go(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    proxy, c, client = setup(loop)
+    proxy, _, client = setup(loop)
     t = proxy.timeouts
     client.data_received(REQUEST)
     conn = client.up

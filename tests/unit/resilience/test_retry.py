@@ -168,7 +168,7 @@ def test_retry_policy_examples() -> None:
     assert after_failure(b"GET", True, 502, True, 1, on=frozenset({502})) == RETRY
     assert after_failure(b"GET", True, 503, True, 1, on=frozenset({502})) == FAIL
     assert after_failure(b"GET", False, None, True, 1, max_attempts=1) == FAIL
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not retryable"):
         RetryPolicy(on=frozenset({500}))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="attempts"):
         RetryPolicy(attempts=0)
