@@ -228,7 +228,7 @@ def test_clients_that_never_read_cost_a_bounded_amount_are_let_go_and_memory_com
             f"routes:\n  - backends: [{big.url}]\n",
         ) as proxy:
             pid = proxy.proc.pid
-            assert get(proxy.port, 30) == 200  # warm: its pools, its code
+            assert get(proxy.port, timeout=30) == 200  # warm: its pools, its code
             baseline = rss_mib(pid)
             clients = []
             try:
@@ -245,9 +245,7 @@ def test_clients_that_never_read_cost_a_bounded_amount_are_let_go_and_memory_com
                     time.sleep(0.2)
                 m = proxy.metrics()
                 assert big.requests > n // 2, big.requests  # they did ask
-                # Within the budget plus what a connection costs the process besides
-                # (its transport, its upstream connection, the kernel's bookkeeping).
-                assert peak - baseline < budget / 2**20 + n * 40 / 1024, (baseline, peak, m)
+                during = peak - baseline
                 # Let go after client_send, their upstream connections with them.
                 wait_until(
                     lambda: metric(proxy.metrics(), "dockmesh_proxy_client_connections") == 0,
@@ -262,11 +260,15 @@ def test_clients_that_never_read_cost_a_bounded_amount_are_let_go_and_memory_com
                 )
                 time.sleep(1)
                 after = rss_mib(pid)
+                # Within the budget plus what a connection costs the process besides (its
+                # transport, its upstream connection and theirs): 55 MiB measured, where
+                # the same clients kept 272 MiB before.
+                assert during < budget / 2**20 + n * 40 / 1024, (baseline, peak, after, m)
                 assert after - baseline < 24, (baseline, peak, after)
             finally:
                 for s in clients:
                     s.close()
-            assert get(proxy.port, 30) == 200
+            assert get(proxy.port, timeout=30) == 200
     finally:
         big.stop()
 

@@ -15,6 +15,15 @@ side being read is paused until it drains, so a fast sender and a slow receiver 
 amount of memory. A client's pipelined requests wait in its buffer (bounded too: reading pauses
 past the limit).
 
+A request body is read before any upstream is asked for: all of it, or `request_buffer_bytes`
+of it, after which it streams (`ClientConn._body_data`). A slow upload thus holds a client
+connection, never an upstream one; and each buffer's worth must come within `client_body`
+(`guard.body_progress`), else 408. What the proxy holds for clients is checked against a budget
+(`guard.shed`, at each sweep, and at once when a client that stops reading takes it past the
+budget): near it idle keep-alives are closed, past it the connections holding the most. A
+client that takes nothing of its response for `client_send` is closed, and connections from
+one address are capped (`guard.ClientCounts`).
+
 An attempt's connection comes from its upstream's idle pool (LIFO, so few connections stay
 warm) or is opened (with the connect timeout). Its result — a status, or a gateway failure
 (connect refused or timed out, reset, no response head in time) — goes to
@@ -119,6 +128,9 @@ class Proxy:
         self.trim: Callable[[], None] | None = None
         # A search for an idle keep-alive to close found none: none is searched again before.
         self.no_idle_until = 0.0
+        # A budget check is due at the end of this pass (`hold`).
+        self.budget_due = False
+        self.last_budget_check = 0.0
         # Request ids: this process's random prefix and a counter.
         self.id_prefix = os.urandom(6).hex().encode() + b"-"
         self.ids = itertools.count(1)
@@ -218,22 +230,39 @@ class Proxy:
         oldest.forget()
         return True
 
+    def hold(self, n: int) -> None:
+        """A client began to hold `n` bytes it does not take (its transport paused writing):
+        past the budget, the budget is checked at the end of this pass, not at the next sweep
+        (clients arriving fast would be far past it by then)."""
+        self.held += n
+        if (
+            self.held > self.limits.max_buffered_bytes
+            and not self.budget_due
+            and self.loop.time() - self.last_budget_check > SWEEP_S / 10
+        ):
+            self.budget_due = True
+            self.loop.call_soon(self._enforce_budget)
+
     def _enforce_budget(self) -> None:
         """The bytes held for clients against `max_buffered_bytes` (`guard.shed`), and the
         connections against `max_connections`: idle keep-alives first."""
+        self.budget_due = False
+        self.last_budget_check = self.loop.time()
         clients = list(self.clients)
         conns = [c.holding() for c in clients]
-        self.held = held = sum(c[1] for c in conns)
-        self.tally.buffered_bytes = held
+        held = sum(c[1] for c in conns)
         idle_out, busy_out = guard.shed(conns, self.limits.max_buffered_bytes)
         for i in idle_out:
             self.tally.closed_for("memory_idle")
+            held -= conns[i][1]
             clients[i].close()
             clients[i].forget()
         for i in busy_out:
             self.tally.closed_for("memory")
+            held -= conns[i][1]
             clients[i].abort()  # what waits for it is dropped: that is the point
             clients[i].forget()
+        self.held = self.tally.buffered_bytes = held
         room = int(self.limits.max_client_connections * guard.NEAR)
         if len(self.clients) > room:
             idle = sorted((c for c in self.clients if c.idle()), key=lambda c: c.last_active)
@@ -434,6 +463,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
     def pause_writing(self) -> None:
         self.write_paused = True
         self.send_stalled = self.proxy.now
+        if self.transport is not None:
+            self.proxy.hold(self.transport.get_write_buffer_size())
         if self.up is not None:
             self.up.pause_reads()
         # A client that does not read its responses sends no more requests for now.

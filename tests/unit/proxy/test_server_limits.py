@@ -213,3 +213,21 @@ def test_near_the_budget_idle_keep_alives_go_first_then_the_biggest_holders(
     proxy._enforce_budget()  # 12 of 10 (idle gone): the biggest holder goes
     assert transport(busy[1].transport).aborted and proxy.tally.closed["memory"] == 1
     assert not any(transport(b.transport).closed for b in (busy[0], *busy[2:]))
+
+
+def test_a_client_that_stops_reading_past_the_budget_has_it_checked_at_once(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    proxy, _, client = setup(loop, limits=Limits(max_buffered_bytes=100_000))
+    client.data_received(REQUEST)
+    transport(client.transport).buffered = 50_000
+    client.pause_writing()
+    assert not proxy.budget_due  # within the budget: the sweep will see it
+    other = rig.client(proxy)
+    other.data_received(REQUEST)
+    transport(other.transport).buffered = 60_000
+    other.pause_writing()
+    assert proxy.budget_due  # past it: at the end of this pass, not at the next sweep
+    proxy._enforce_budget()
+    assert transport(other.transport).aborted and not transport(client.transport).closed
+    assert not proxy.budget_due and proxy.tally.buffered_bytes < 100_000
