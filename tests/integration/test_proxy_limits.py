@@ -27,6 +27,9 @@ from tests.integration.proxyenv import ProxyProc, backends, free_port, raw
 from tests.integration.test_agent import wait_until
 
 SLOW_UPLOADS = 1100
+# What each client that never reads asks for: past what the kernel's buffers take (a few MiB
+# per connection on loopback), so that the rest waits in the proxy.
+SIZE = 8 * 1024 * 1024
 
 
 def rss_mib(pid: int) -> float:
@@ -216,11 +219,11 @@ def test_a_body_too_slow_for_its_minimum_rate_is_408_and_a_fast_one_goes_through
 def test_clients_that_never_read_cost_a_bounded_amount_are_let_go_and_memory_comes_back(
     tmp_path: Path,
 ) -> None:
-    """1,000 clients ask for 8 MiB each and read none of it: what the proxy holds for them
+    """1,000 clients ask for SIZE each and read none of it: what the proxy holds for them
     stays within its budget (the biggest holders are closed past it), they are let go after
     client_send, and the memory comes back (not 272 MiB kept)."""
     n, budget = 1000, 32 * 1024 * 1024
-    big = BigBackend(8 * 1024 * 1024)
+    big = BigBackend(SIZE)
     try:
         with proxy_with(
             tmp_path,
@@ -238,13 +241,18 @@ def test_clients_that_never_read_cost_a_bounded_amount_are_let_go_and_memory_com
                     s.connect(("127.0.0.1", proxy.port))
                     s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
                     clients.append(s)
+                # Until (nearly) every request reached the backend: on a loaded machine the
+                # proxy takes a while to push the first bytes of each through the kernel.
                 peak = baseline
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:
+                deadline = time.monotonic() + 45
+                while time.monotonic() < deadline and big.requests < n * 0.95:
+                    peak = max(peak, rss_mib(pid))
+                    time.sleep(0.2)
+                for _ in range(10):
                     peak = max(peak, rss_mib(pid))
                     time.sleep(0.2)
                 m = proxy.metrics()
-                assert big.requests > n // 2, big.requests  # they did ask
+                assert big.requests >= n * 0.95, big.requests  # they did ask
                 during = peak - baseline
                 # Let go after client_send, their upstream connections with them.
                 wait_until(
@@ -261,8 +269,9 @@ def test_clients_that_never_read_cost_a_bounded_amount_are_let_go_and_memory_com
                 time.sleep(1)
                 after = rss_mib(pid)
                 # Within the budget plus what a connection costs the process besides (its
-                # transport, its upstream connection and theirs): 55 MiB measured, where
-                # the same clients kept 272 MiB before.
+                # transport, its upstream connection and theirs): measured +31 MiB once
+                # steady and +54 at the peak of a burst with a 32 MiB budget, where the
+                # same clients kept 272 MiB before.
                 assert during < budget / 2**20 + n * 40 / 1024, (baseline, peak, after, m)
                 assert after - baseline < 24, (baseline, peak, after)
             finally:

@@ -13,7 +13,7 @@ import pytest
 
 from dockmesh.proxy.exchange import BODY, CLOSED, HEAD
 from dockmesh.proxy.guard import CONN_COST
-from dockmesh.proxy.server import ClientConn
+from dockmesh.proxy.server import SLICE, ClientConn
 from dockmesh.proxy.settings import Limits
 from dockmesh.testing.transport import FakeTransport
 from tests.unit.proxy import rig
@@ -126,6 +126,16 @@ def test_a_body_the_upstream_does_not_take_is_not_the_clients_slowness(
     assert client.state == BODY
 
 
+def served(client: ClientConn) -> None:
+    """One exchange on `client`: an idle keep-alive then."""
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    conn.data_received(RESPONSE)
+    client.proxy.flush()
+    assert client.state == HEAD and client.idle()
+
+
 def peer(proxy: Any, ip: str) -> ClientConn:
     conn = ClientConn(proxy)
     conn.connection_made(cast(Any, FakeTransport(proxy.flush, peer=(ip, 1234))))
@@ -155,6 +165,7 @@ def test_at_the_connection_limit_an_idle_keep_alive_makes_room(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     proxy, _, idle = setup(loop, limits=Limits(max_client_connections=2))
+    served(idle)
     busy = rig.client(proxy)
     busy.data_received(REQUEST)
     newcomer = rig.client(proxy)
@@ -196,21 +207,24 @@ def test_a_client_that_takes_nothing_of_its_response_is_let_go(
 def test_near_the_budget_idle_keep_alives_go_first_then_the_biggest_holders(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    budget = 10 * CONN_COST
-    proxy, _, idle = setup(loop, n=4, limits=Limits(max_buffered_bytes=budget))
+    # A client with bytes waiting costs them, its connection, and a piece sent in part.
+    budget = 11 * CONN_COST + 2 * SLICE
+    proxy, _, idle = setup(loop, n=5, limits=Limits(max_buffered_bytes=budget))
+    served(idle)
+    fresh = rig.client(proxy)  # connected, its first request not in yet: not idle
     busy = [rig.client(proxy) for _ in range(4)]
     for b in busy:
         b.data_received(REQUEST)
     proxy._enforce_budget()
-    assert proxy.tally.buffered_bytes == 5 * CONN_COST and not proxy.tally.closed
+    assert proxy.tally.buffered_bytes == 6 * CONN_COST and not proxy.tally.closed
     # Two clients stop reading: what waits for them grows.
     transport(busy[0].transport).buffered = 2 * CONN_COST
     transport(busy[1].transport).buffered = 3 * CONN_COST
-    proxy._enforce_budget()  # 10 of 10: near, the idle one goes; within 9 then
+    proxy._enforce_budget()  # at the budget: near it, the idle one goes; not past it then
     assert transport(idle.transport).closed and proxy.tally.closed == {"memory_idle": 1}
-    assert not any(transport(b.transport).closed for b in busy)
+    assert not any(transport(b.transport).closed for b in (fresh, *busy))
     transport(busy[1].transport).buffered = 6 * CONN_COST
-    proxy._enforce_budget()  # 12 of 10 (idle gone): the biggest holder goes
+    proxy._enforce_budget()  # past the budget (idle gone): the biggest holder goes
     assert transport(busy[1].transport).aborted and proxy.tally.closed["memory"] == 1
     assert not any(transport(b.transport).closed for b in (busy[0], *busy[2:]))
 
@@ -218,16 +232,41 @@ def test_near_the_budget_idle_keep_alives_go_first_then_the_biggest_holders(
 def test_a_client_that_stops_reading_past_the_budget_has_it_checked_at_once(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    proxy, _, client = setup(loop, limits=Limits(max_buffered_bytes=100_000))
+    proxy, _, client = setup(loop, n=3, limits=Limits(max_buffered_bytes=200_000))
     client.data_received(REQUEST)
-    transport(client.transport).buffered = 50_000
+    transport(client.transport).buffered = 70_000
     client.pause_writing()
-    assert not proxy.budget_due  # within the budget: the sweep will see it
+    assert not proxy.tally.closed  # within the budget: the sweep will see it
     other = rig.client(proxy)
     other.data_received(REQUEST)
-    transport(other.transport).buffered = 60_000
+    transport(other.transport).buffered = 40_000
     other.pause_writing()
-    assert proxy.budget_due  # past it: at the end of this pass, not at the next sweep
-    proxy._enforce_budget()
-    assert transport(other.transport).aborted and not transport(client.transport).closed
-    assert not proxy.budget_due and proxy.tally.buffered_bytes < 100_000
+    # Past it: now, not at the next sweep; the biggest holder goes, its upstream with it.
+    assert transport(client.transport).aborted and client.up is None
+    assert not transport(other.transport).closed
+    assert proxy.tally.closed == {"memory": 1} and proxy.tally.buffered_bytes < 200_000
+    # The one being written to, when it is the biggest, goes at the end of the pass.
+    third = rig.client(proxy)
+    third.data_received(REQUEST)
+    transport(third.transport).buffered = 90_000
+    third.pause_writing()
+    assert third.state == CLOSED and not transport(third.transport).aborted
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert transport(third.transport).aborted and proxy.tally.closed == {"memory": 2}
+
+
+def test_an_upstreams_big_read_goes_to_the_client_in_pieces(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """What a client does not take is kept in pieces of at most SLICE bytes: uvloop keeps a
+    write sent in part whole, the sent part uncounted."""
+    _, _, client = setup(loop)
+    client.data_received(REQUEST)
+    conn = client.up
+    assert conn is not None
+    body = bytes(range(256)) * 1024  # 256 KiB
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    writes = transport(client.transport).out
+    assert all(len(w) <= SLICE for w in writes) and len(writes) > 4
+    assert b"".join(writes).endswith(body) and client.state == HEAD
