@@ -12,7 +12,10 @@ Three nginx backends on loopback ports serve both variants: `/` answers a 4-byte
 `wrk -t1 -c50 -d<seconds>s --latency` runs against each in turn, in alternating rounds so a
 busy moment of the (shared) machine falls on all of them; the figures are medians over the
 rounds and the ratios are of medians. Variants: `small` (a plain GET, 4-byte answers) and
-`16k+20h` (16 KiB answers, requests carrying 20 extra headers). Goals: dockmesh at least 0.8x
+`16k+20h` (16 KiB answers, requests carrying 20 extra headers). Then the TLS rows
+(`tls_rows`, skipped with `--no-tls`): dockmesh's `--tls-listen` beside an HAProxy `bind …
+ssl` with the same certificate, `tls-new` (a new connection per request: handshakes/s) and
+`tls-ka` (keep-alive requests over TLS), printed as ratios to HAProxy. Goals: dockmesh at least 0.8x
 HAProxy's requests/s and a p99 at most 1.5x HAProxy's, in both variants, with no errors. A
 p99 that wrk did not print is missing, never 0: the goal then fails. The CPU each proxy spent
 per request (from /proc) is printed too: on a shared machine it separates a proxy's own cost
@@ -125,13 +128,20 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
-def wrk(port: int, path: str, seconds: int, headers: list[str], pids: list[int]) -> Result:
+def wrk(
+    port: int,
+    path: str,
+    seconds: int,
+    headers: list[str],
+    pids: list[int],
+    scheme: str = "http",
+) -> Result:
     cmd = ["wrk", "-t1", "-c50", f"-d{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     before = cpu_ticks(pids)
     out = subprocess.run(
-        [*cmd, f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
+        [*cmd, f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True
     ).stdout
     used = cpu_ticks(pids) - before
     rps, p99, errors, total = parse_wrk(out)
@@ -177,6 +187,10 @@ def main() -> int:
     ap.add_argument(
         "--instructions", action="store_true", help="instructions per exchange (callgrind)"
     )
+    ap.add_argument(
+        "--no-tls", action="store_true", help="skip the TLS rows (handshakes/s, keep-alive)"
+    )
+    ap.add_argument("--tls-only", action="store_true", help="only the TLS rows")
     ap.add_argument("--exchanges", type=int, help=argparse.SUPPRESS)  # callgrind's child
     ap.add_argument("--lane", choices=LANES, default="fast", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -285,7 +299,7 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
             "nginx": (ngx, children_of(lb_master)),
             **{name: (ports[name], [p.pid]) for name, p in zip(trees, procs, strict=True)},
         }
-        variants = VARIANTS
+        variants = {} if args.tls_only else VARIANTS
         results: dict[tuple[str, str], list[Result]] = {}
         for name, (path, hdrs) in variants.items():
             for port, _ in peers.values():  # warm up: pools, caches
@@ -338,6 +352,8 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
                     f"median {paired:.3f}x), {show_ratio(ratio_of(d[1], b[1]))} p99, "
                     f"{d[3] / b[3]:.3f}x cpu us/req"
                 )
+        if not args.no_tls:
+            ok = tls_rows(args, tmp, be, procs) and ok
         return 0 if ok else 1
     finally:
         for p in procs:
@@ -350,6 +366,105 @@ def throughput(args: argparse.Namespace, trees: dict[str, Path]) -> int:
         stop_pidfiles(pidfiles)
         time.sleep(0.2)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# The TLS rows: `tls-new`, a new connection (a full handshake: wrk resumes no session) per
+# request, so req/s are handshakes/s; `tls-ka`, keep-alive requests over TLS.
+TLS_VARIANTS: dict[str, list[str]] = {"tls-new": ["Connection: close"], "tls-ka": []}
+
+
+def tls_rows(
+    args: argparse.Namespace, tmp: Path, be: list[int], procs: list[subprocess.Popen[bytes]]
+) -> bool:
+    """dockmesh's TLS listener beside an HAProxy `bind … ssl` with the same certificate (an
+    EC P-256 leaf from a dockmesh CA made here), TLS 1.2+ on both, the same backends; rows
+    printed as ratios to HAProxy. This tree only (a baseline may have no TLS)."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import serialization
+
+    from dockmesh.pki.ca import init_ca
+
+    now = dt.datetime.now(dt.UTC)
+    cert, key = init_ca(tmp / "ca", now).issue_leaf("bench.test", now)
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp / "tls.crt").write_bytes(pem)
+    (tmp / "tls.key").write_bytes(key)
+    (tmp / "hap-tls.pem").write_bytes(pem + key)
+    hap, port = free_port(), free_port()
+    hap_servers = "\n".join(f"  server b{i} 127.0.0.1:{p} check" for i, p in enumerate(be, 1))
+    (tmp / "hap-tls.cfg").write_text(
+        "global\n  maxconn 4000\n  nbthread 1\n  ssl-default-bind-options ssl-min-ver TLSv1.2\n"
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n"
+        "  timeout server 30s\n"
+        f"frontend fe\n  bind 127.0.0.1:{hap} ssl crt {tmp}/hap-tls.pem alpn http/1.1\n"
+        "  http-request set-header X-Forwarded-Proto https\n  default_backend be\n"
+        f"backend be\n  balance roundrobin\n  http-reuse always\n{hap_servers}\n"
+    )
+    subprocess.run(
+        ["haproxy", "-D", "-f", str(tmp / "hap-tls.cfg"), "-p", str(tmp / "hap-tls.pid")],
+        check=True,
+    )
+    try:
+        log = tmp / "dockmesh-tls.log"
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "dockmesh", "proxy", "--tls-listen", f"127.0.0.1:{port}",
+             "--tls-cert", str(tmp / "tls.crt"), "--tls-key", str(tmp / "tls.key"),
+             "--workers", "1", "--admin", f"127.0.0.1:{free_port()}",
+             *[a for p in be for a in ("--backend", f"http://127.0.0.1:{p}")]],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT, env=tree_env(source_dir(str(HERE))),
+        )  # fmt: skip
+        procs.append(proxy)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proxy.poll() is not None:
+                    print(log.read_text(), file=sys.stderr)
+                    return False
+                time.sleep(0.1)
+        time.sleep(0.5)
+        hap_pid = int((tmp / "hap-tls.pid").read_text().split()[0])
+        peers = {"haproxy": (hap, [hap_pid]), "dockmesh": (port, [proxy.pid])}
+        results: dict[tuple[str, str], list[Result]] = {}
+        for name, hdrs in TLS_VARIANTS.items():
+            for p, _ in peers.values():
+                wrk(p, "/", 1, hdrs, [], "https")
+            for r in range(args.rounds):
+                order = list(peers.items())[r % 2 :] + list(peers.items())[: r % 2]
+                for peer, (p, pids) in order:
+                    results.setdefault((name, peer), []).append(
+                        wrk(p, "/", args.seconds, hdrs, pids, "https")
+                    )
+        print("TLS (same EC P-256 certificate, TLS 1.3 negotiated by wrk; tls-new: req/s are "
+              "handshakes/s)")  # fmt: skip
+        ok = True
+        for name in TLS_VARIANTS:
+            med = {}
+            for peer in peers:
+                rs = results[(name, peer)]
+                cpus = [x.cpu_us for x in rs if x.cpu_us is not None]
+                med[peer] = (
+                    statistics.median(x.rps for x in rs),
+                    median_p99(rs),
+                    sum(x.errors for x in rs),
+                    statistics.median(cpus) if cpus else float("nan"),
+                )
+                rps, p99, errs, cpu = med[peer]
+                shown = "missing" if p99 is None else f"{p99:.2f}"
+                print(f"{name:9} {peer:9} {rps:9.0f} {shown:>8} {errs:6d} {cpu:10.1f}")
+            d, h = med["dockmesh"], med["haproxy"]
+            ok = ok and d[2] == 0
+            print(
+                f"{name:9} dockmesh/haproxy: {d[0] / h[0]:.2f}x req/s, "
+                f"{show_ratio(ratio_of(d[1], h[1]))} p99, "
+                f"{d[3] / h[3]:.2f}x cpu us/req{'' if d[2] == 0 else '  FAIL (errors)'}"
+            )
+        return ok
+    finally:
+        stop_pidfiles([tmp / "hap-tls.pid"])
 
 
 def ratio_of(a: float | None, b: float | None) -> float | None:

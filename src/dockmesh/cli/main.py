@@ -10,6 +10,7 @@ import typer
 
 from dockmesh.cli import agent, images, project, topology
 from dockmesh.cli import bench as bench_cli
+from dockmesh.cli import ca as ca_cli
 from dockmesh.cli import doctor as doctor_cli
 from dockmesh.cli import observe as observe_cli
 from dockmesh.cli import policy as policy_cli
@@ -34,6 +35,7 @@ reach_cli.register(app)
 proxy_cli.register(app)
 observe_cli.register(app)
 app.add_typer(bench_cli.app, name="bench")
+app.add_typer(ca_cli.app, name="ca")
 doctor_cli.register(app)
 
 

@@ -118,6 +118,39 @@ def register(app: typer.Typer) -> None:
                 "(0 turns panic off).",
             ),
         ] = 50.0,
+        tls_listen: Annotated[
+            str | None,
+            typer.Option(
+                "--tls-listen",
+                help="Where clients connect over TLS (HOST:PORT), beside or instead of --listen.",
+            ),
+        ] = None,
+        tls: Annotated[
+            str | None,
+            typer.Option(
+                "--tls",
+                help="internal: certificates from the dockmesh CA (`dockmesh ca init`) for "
+                "the routes' hosts, issued at first use.",
+            ),
+        ] = None,
+        tls_cert: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--tls-cert", help="A certificate file (PEM) for --tls-listen; repeat for several."
+            ),
+        ] = None,
+        tls_key: Annotated[
+            list[str] | None,
+            typer.Option("--tls-key", help="Its key file (PEM): one per --tls-cert, in order."),
+        ] = None,
+        ca_dir: Annotated[
+            str | None,
+            typer.Option(
+                "--ca-dir",
+                help="The CA's folder for --tls internal (default $DOCKMESH_CA_DIR, else "
+                "/var/lib/dockmesh/ca).",
+            ),
+        ] = None,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
@@ -127,10 +160,16 @@ def register(app: typer.Typer) -> None:
         from dockmesh.proxy.config import check_balance, load_config, parse_backend
         from dockmesh.proxy.run import ProxyOptions, run_proxy
         from dockmesh.proxy.server import PortServed
+        from dockmesh.proxy.tls import TlsError
 
-        if not listen:
-            raise UserError("--listen HOST:PORT is required")
-        bind = parse_hostport(listen, "--listen")
+        if not listen and not tls_listen:
+            raise UserError("--listen HOST:PORT (or --tls-listen HOST:PORT) is required")
+        bind = parse_hostport(listen, "--listen") if listen else None
+        tls_bind = parse_hostport(tls_listen, "--tls-listen") if tls_listen else None
+        if bind and tls_bind and bind[1] == tls_bind[1] and bind[1] != 0:
+            # Both sockets take SO_REUSEPORT: the kernel would split clients between them.
+            raise UserError("--listen and --tls-listen need different ports")
+        tls_flags = _tls_flags(tls, tls_cert or [], tls_key or [], ca_dir, tls_bind is not None)
         file = None
         if config is not None:
             try:
@@ -191,10 +230,39 @@ def register(app: typer.Typer) -> None:
                     config_path=config,
                     drain_timeout=drain_timeout,
                     passive=passive,
+                    tls_listen=tls_bind,
+                    tls=tls_flags,
                 )
             )
         except PortServed as e:
-            raise UserError(f"--listen {e}") from None
+            flag = "--tls-listen" if tls_listen and str(e).startswith(tls_listen) else "--listen"
+            raise UserError(f"{flag} {e}") from None
+        except TlsError as e:
+            raise UserError(f"tls: {e}") from None
+
+
+def _tls_flags(
+    tls: str | None, certs: list[str], keys: list[str], ca_dir: str | None, listening: bool
+) -> dict[str, Any]:
+    """TlsSpec's fields the flags give (a routes file's `tls:` wins over them)."""
+    import os
+
+    out: dict[str, Any] = {}
+    if tls is not None:
+        if tls != "internal":
+            raise UserError(
+                f"--tls {tls!r}: expected internal (certificate files: --tls-cert/--tls-key)"
+            )
+        out["internal"] = True
+    if len(certs) != len(keys):
+        raise UserError(f"--tls-cert and --tls-key go in pairs: {len(certs)} and {len(keys)} given")
+    if certs:
+        out["certificates"] = list(zip(certs, keys, strict=True))
+    # The environment's CA folder counts only where TLS is served (it may be set for all).
+    given = ca_dir or (os.environ.get("DOCKMESH_CA_DIR") if listening else None)
+    if given:
+        out["ca_dir"] = given
+    return out
 
 
 def _agent_problem(url: str) -> str | None:

@@ -31,6 +31,18 @@
       failure_statuses: [502, 503, 504]  # what counts against a host (add 500 to count it)
       max_ejection_percent: 50       # hosts out (breaker open or ejected) at most; never all
       panic_threshold: 50            # below this % available, balance over every host
+    tls:                             # what the --tls-listen listener serves (the flags'
+                                     # --tls internal, --tls-cert/--tls-key, --ca-dir: the
+                                     # file's keys win over them)
+      certificates:                  # each serves the names its subjectAltName lists
+        - {cert: site.crt, key: site.key}   # relative to this file's folder
+      internal: true                 # leaves from the dockmesh CA (`dockmesh ca init`) for
+                                     # the routes' hosts no file covers, issued at first use
+      ca_dir: /var/lib/dockmesh/ca   # the CA's folder (its leaves kept under leaves/)
+      default_name: api.example.test # served to clients that send no SNI (default: the
+                                     # first certificate file, else the first route host)
+      handshake_timeout: 10s         # a client that does not finish its handshake: closed
+      max_names: 1000                # leaves kept in memory at most (least recently used out)
 
 Resilience per route (each key optional; the defaults are those shown):
 
@@ -56,12 +68,14 @@ starts (exit 2). Pure: text in, settings or problems out.
 from __future__ import annotations
 
 import ipaddress
+import os.path
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from dockmesh.model.durations import parse_duration_ns
+from dockmesh.pki import DEFAULT_CA_DIR
 from dockmesh.projectfile.load import format_problems
 from dockmesh.projectfile.problems import Path, Problem
 from dockmesh.projectfile.yamlpos import load_located_bytes
@@ -92,6 +106,18 @@ class RouteSpec:
 
 
 @dataclass
+class TlsSpec:
+    """What a TLS listener serves (`proxy.tls.Edge`)."""
+
+    certificates: list[tuple[str, str]] = field(default_factory=list)  # (cert, key) files
+    internal: bool = False
+    ca_dir: str = DEFAULT_CA_DIR
+    default_name: str | None = None
+    handshake_timeout: float = 10.0
+    max_names: int = 1000
+
+
+@dataclass
 class FileSettings:
     routes: list[RouteSpec] = field(default_factory=list)
     timeouts: dict[str, float] = field(default_factory=dict)
@@ -101,6 +127,8 @@ class FileSettings:
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(
         default_factory=list
     )
+    # TlsSpec's fields, those given only (the flags give the others).
+    tls: dict[str, Any] = field(default_factory=dict)
 
 
 def check_balance(value: str) -> str | None:
@@ -176,6 +204,7 @@ def load_config(raw: bytes, filename: str) -> FileSettings:
         data = None
     if isinstance(data, dict):
         problems += _check(data, out)
+        _check_tls(data, out, os.path.dirname(filename), problems)
     if problems:
         raise SpecError(format_problems(filename, problems, located.lines))
     return out
@@ -195,7 +224,7 @@ def _section(
     return {k: v for k, v in section.items() if k in known}
 
 
-_TOP = ("routes", "timeouts", "limits", "trusted_proxies", "passive")
+_TOP = ("routes", "timeouts", "limits", "trusted_proxies", "passive", "tls")
 
 
 def _check(data: dict[str, Any], out: FileSettings) -> list[Problem]:
@@ -448,3 +477,65 @@ def _check_passive(data: dict[str, Any], out: FileSettings, problems: list[Probl
             problems.append(Problem(("passive", k), "must be a percentage from 0 to 100"))
         else:
             out.passive[k] = float(v)
+
+
+_TLS = ("certificates", "internal", "ca_dir", "default_name", "handshake_timeout", "max_names")
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?")
+
+
+def _check_tls(data: dict[str, Any], out: FileSettings, base: str, problems: list[Problem]) -> None:
+    """The `tls:` section; relative file names are taken from the routes file's folder."""
+    for k, v in _section(data, "tls", _TLS, "setting", problems).items():
+        where: Path = ("tls", k)
+        if k == "certificates":
+            pairs = _check_certificates(v, base, where, problems)
+            if pairs is not None:
+                out.tls[k] = pairs
+        elif k == "internal":
+            if not isinstance(v, bool):
+                problems.append(Problem(where, "must be true or false"))
+            else:
+                out.tls[k] = v
+        elif k == "ca_dir":
+            if not isinstance(v, str) or not v:
+                problems.append(Problem(where, "must be a folder"))
+            else:
+                out.tls[k] = os.path.join(base, v)
+        elif k == "default_name":
+            if not isinstance(v, str) or not _HOST.fullmatch(v):
+                problems.append(Problem(where, "must be a host name"))
+            else:
+                out.tls[k] = v.lower()
+        elif k == "handshake_timeout":
+            try:
+                ns = parse_duration_ns(v)
+            except ValueError as e:
+                problems.append(Problem(where, str(e)))
+                continue
+            if ns <= 0:
+                problems.append(Problem(where, "must be longer than 0"))
+            else:
+                out.tls[k] = ns / 1e9
+        elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            problems.append(Problem(where, "must be a whole number >= 1"))
+        else:
+            out.tls[k] = v
+
+
+def _check_certificates(
+    v: Any, base: str, where: Path, problems: list[Problem]
+) -> list[tuple[str, str]] | None:
+    if not isinstance(v, list):
+        problems.append(Problem(where, "must be a list of {cert: FILE, key: FILE}"))
+        return None
+    pairs = []
+    for i, item in enumerate(v):
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"cert", "key"}
+            or not all(isinstance(item[f], str) and item[f] for f in ("cert", "key"))
+        ):
+            problems.append(Problem((*where, i), "must be {cert: FILE, key: FILE}"))
+            continue
+        pairs.append((os.path.join(base, item["cert"]), os.path.join(base, item["key"])))
+    return pairs

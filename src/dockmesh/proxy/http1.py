@@ -536,13 +536,18 @@ def edit_response_head(head: bytes, resp: ResponseHead, added: bytes) -> bytes:
 
 
 def request_forwarded_fields(
-    req: RequestHead, client_ip: bytes, request_id: bytes, trusted: bool = False
+    req: RequestHead,
+    client_ip: bytes,
+    request_id: bytes,
+    trusted: bool = False,
+    proto: bytes = b"http",
 ) -> bytes:
-    """X-Forwarded-For, -Proto and -Host (set), X-Request-Id (kept or made). What the client
-    sent in X-Forwarded-For and Forwarded is anyone's claim: replaced, unless the peer is a
-    trusted proxy (`trusted`), whose X-Forwarded-For is appended to and Forwarded kept."""
+    """X-Forwarded-For, -Proto (`proto`: the client's scheme) and -Host (set), X-Request-Id
+    (kept or made). What the client sent in X-Forwarded-For and Forwarded is anyone's claim:
+    replaced, unless the peer is a trusted proxy (`trusted`), whose X-Forwarded-For is appended
+    to and Forwarded kept."""
     xff = client_ip if req.xff is None or not trusted else req.xff + b", " + client_ip
-    out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: http\r\n"
+    out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n"
     if trusted and req.forwarded is not None:
         out += b"Forwarded: " + req.forwarded + b"\r\n"
     if req.host is not None:

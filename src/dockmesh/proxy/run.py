@@ -29,10 +29,11 @@ from typing import Any
 from dockmesh.errors import SpecError
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
-from dockmesh.proxy.config import FileSettings, RouteSpec, load_config, make_policy
+from dockmesh.proxy.config import FileSettings, RouteSpec, TlsSpec, load_config, make_policy
 from dockmesh.proxy.discovery import check_health, watch_service
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
+from dockmesh.proxy.tls import HTTP1, Edge, TlsError
 from dockmesh.resilience.passive import DEFAULT_FAILURE_STATUSES, PassivePolicy
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ MMAP_THRESHOLD = 128 * 1024
 
 @dataclass
 class ProxyOptions:
-    listen: tuple[str, int]
+    # Plain HTTP here, TLS on `tls_listen`: at least one of them.
+    listen: tuple[str, int] | None
     service: str | None = None
     # The agent's URL, resolved by the command line (`--agent`, `$DOCKMESH_AGENT`, the
     # default): needed when a route follows a service.
@@ -67,6 +69,31 @@ class ProxyOptions:
     # Passive health's settings from the flags; the file's `passive:` wins over them, as a
     # route's balance wins over --balance.
     passive: dict[str, Any] = field(default_factory=dict)
+    tls_listen: tuple[str, int] | None = None
+    # TlsSpec's fields from the flags; the file's `tls:` wins over them.
+    tls: dict[str, Any] = field(default_factory=dict)
+
+
+def tls_spec(opts: ProxyOptions) -> TlsSpec | None:
+    """What the TLS listener serves, or None without one; TlsError when the flags and the
+    file do not make a usable whole."""
+    given = {**opts.tls, **(opts.file.tls if opts.file else {})}
+    if opts.tls_listen is None:
+        if given:
+            raise TlsError("TLS settings but no TLS listener: add --tls-listen HOST:PORT")
+        return None
+    spec = TlsSpec(**given)
+    if not spec.certificates and not spec.internal:
+        raise TlsError(
+            "--tls-listen needs certificates: --tls internal, --tls-cert/--tls-key, "
+            "or tls: in --config"
+        )
+    return spec
+
+
+def route_hosts(settings: ProxySettings) -> list[str]:
+    """The host names the routes serve: those `tls internal` may issue leaves for."""
+    return [r.host.decode() for r in settings.routes if r.host is not None]
 
 
 def read_config(path: str) -> FileSettings:
@@ -197,27 +224,50 @@ def run_proxy(opts: ProxyOptions) -> None:
     routes = opts.file.routes if opts.file else []
     if (opts.service or any(r.service for r in routes)) and not opts.agent:
         raise ValueError("a route follows a service: the agent's URL is needed")
-    check_port_free(*opts.listen)
-    socks = [reuseport_socket(*opts.listen) for _ in range(opts.workers)]
+    spec = tls_spec(opts)
+    if spec is not None:
+        # Files and the CA read once here, so that a bad one is a usage error (exit 2), not
+        # a worker that dies.
+        Edge(spec, route_hosts(build_settings(opts)[0]))
+    addresses = [a for a in (opts.listen, opts.tls_listen) if a is not None]
+    if not addresses:
+        raise ValueError("nothing to listen on: --listen or --tls-listen")
+    for address in addresses:
+        check_port_free(*address)
+    socks = [_socket(opts.listen) for _ in range(opts.workers)]
+    tls_socks = [_socket(opts.tls_listen) for _ in range(opts.workers)]
     if opts.workers == 1:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(_worker(opts, socks[0], opts.admin, None))
+            runner.run(_worker(opts, socks[0], opts.admin, None, tls_socks[0]))
         return
-    _supervise(opts, socks)
+    _supervise(opts, socks, tls_socks)
+
+
+def _socket(address: tuple[str, int] | None) -> socket.socket | None:
+    return None if address is None else reuseport_socket(*address)
 
 
 async def _worker(
     opts: ProxyOptions,
-    sock: socket.socket,
+    sock: socket.socket | None,
     admin: tuple[str, int] | None,
     report_fd: int | None,
+    tls_sock: socket.socket | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     known: dict[str, Cluster[Any]] = {}
     settings, made = build_settings(opts, known)
     proxy = Proxy(settings, loop)
     proxy.trim = _memory_returned()
-    await proxy.listen(sock)
+    if sock is not None:
+        await proxy.listen(sock)
+    edge = None
+    spec = tls_spec(opts)
+    if tls_sock is not None and spec is not None:
+        # ALPN offers the protocols registered in `proxy.alpn` (HTTP/2's "h2", registered
+        # before this line) ahead of http/1.1: never one nothing here speaks.
+        edge = Edge(spec, route_hosts(settings), alpn=[*proxy.alpn, HTTP1])
+        await proxy.listen(tls_sock, edge.context, spec.handshake_timeout)
     tasks: dict[int, asyncio.Task[None]] = {}  # id(cluster) → its discovery or checks
 
     def follow(made: list[tuple[Cluster[Any], RouteSpec]]) -> None:
@@ -247,6 +297,13 @@ async def _worker(
         settings, made = build_settings(opts, known)
         proxy.apply(settings)
         follow(made)
+        if edge is not None:
+            try:
+                new = tls_spec(opts)
+                assert new is not None  # a TLS listener had one; the flags still give it
+                edge.update(new, route_hosts(settings))
+            except TlsError as e:
+                log.error("SIGHUP: tls: %s: keeping the running certificates", e)
         live = {id(c) for c, _ in made}
         for k in [k for k in tasks if k not in live]:
             tasks.pop(k).cancel()
@@ -326,7 +383,11 @@ def _die_with_parent(parent: int) -> None:
 # --- several workers ----------------------------------------------------------------------
 
 
-def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
+def _supervise(
+    opts: ProxyOptions,
+    socks: list[socket.socket | None],
+    tls_socks: list[socket.socket | None],
+) -> None:
     """Forks a worker per socket, restarts one that dies, serves the summed admin endpoint,
     and passes SIGTERM/SIGINT on."""
     children: dict[int, int] = {}  # pid → worker number
@@ -339,13 +400,14 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
         if pid == 0:  # the worker
             _die_with_parent(parent_pid)
             os.close(r)
-            for j, s in enumerate(socks):
-                if j != i:
-                    s.close()
+            for j in range(len(socks)):
+                for other in (socks[j], tls_socks[j]):
+                    if j != i and other is not None:
+                        other.close()
             code = 0
             try:
                 with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                    runner.run(_worker(opts, socks[i], ("127.0.0.1", 0), w))
+                    runner.run(_worker(opts, socks[i], ("127.0.0.1", 0), w, tls_socks[i]))
             except BaseException:
                 log.exception("worker %d failed", i)
                 code = 1
@@ -418,7 +480,8 @@ def _supervise(opts: ProxyOptions, socks: list[socket.socket]) -> None:
         if runner is not None:
             await runner.cleanup()
 
-    for s in socks:
-        s.close()
+    for s in [*socks, *tls_socks]:
+        if s is not None:
+            s.close()
     with asyncio.Runner(loop_factory=_loop_factory()) as r:
         r.run(parent())

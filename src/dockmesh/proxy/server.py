@@ -56,6 +56,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from typing import cast
 
@@ -151,6 +152,10 @@ class Proxy:
         # connection when it is a request). Appended inline where it is done (two places: a
         # call per request costs).
         self.out: list[tuple[asyncio.Transport, bytes, UpstreamConn | None]] = []
+        # ALPN protocol name → what takes a TLS connection that negotiated it (HTTP/1.1 is
+        # ClientConn's own; HTTP/2 registers "h2" here). Offered in this order, before
+        # http/1.1: a name goes to the TLS context only once its handler is here.
+        self.alpn: dict[str, Callable[[Proxy, asyncio.Transport], None]] = {}
 
     def flush(self) -> None:
         out = self.out
@@ -190,10 +195,28 @@ class Proxy:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def listen(self, sock: socket.socket) -> None:
-        server = await self.loop.create_server(
-            lambda: ClientConn(self), sock=sock, backlog=4096, reuse_address=None
-        )
+    async def listen(
+        self,
+        sock: socket.socket,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
+        """Serves `sock`: plain HTTP, or TLS with `tls` (whose SNI callback picks the
+        certificate); a client that has not finished its handshake within
+        `handshake_timeout` is closed, so it holds no slot for long."""
+        if tls is None:
+            server = await self.loop.create_server(
+                lambda: ClientConn(self), sock=sock, backlog=4096, reuse_address=None
+            )
+        else:
+            server = await self.loop.create_server(
+                lambda: TlsClientConn(self),
+                sock=sock,
+                backlog=4096,
+                reuse_address=None,
+                ssl=tls,
+                ssl_handshake_timeout=handshake_timeout,
+            )
         self.servers.append(server)
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
@@ -369,6 +392,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "write_paused",
     )
 
+    # X-Forwarded-Proto: what the client spoke to the proxy.
+    scheme = b"http"
+
     def __init__(self, proxy: Proxy) -> None:
         super().__init__()
         self.proxy = proxy
@@ -437,7 +463,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.ckey = key
         p.clients.add(self)
         transport.set_write_buffer_limits(CLIENT_HIGH_WATER, CLIENT_LOW_WATER)
-        self.forwarded = b"X-Forwarded-For: " + self.client_ip + b"\r\nX-Forwarded-Proto: http\r\n"
+        self.forwarded = b"".join(
+            (b"X-Forwarded-For: ", self.client_ip, b"\r\nX-Forwarded-Proto: ", self.scheme, b"\r\n")
+        )
         self.trusted = p.settings.trusts(self.client_ip)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -661,7 +689,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         if cluster is not None:
             key = p.router.key(cluster, head, self.client_ip)
             fields = http1.request_forwarded_fields(
-                req, self.client_ip, p.next_request_id(), self.trusted
+                req, self.client_ip, p.next_request_id(), self.trusted, self.scheme
             )
             self.head_out = http1.edit_request_head(head, req, fields)
         if not req.has_body or cluster is None:
@@ -1107,6 +1135,35 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return False
         self.body_mark = mark
         return True
+
+
+class TlsClientConn(ClientConn):
+    """A client's connection on a TLS listener, made once its handshake is done: HTTP/1.1
+    as ClientConn's, `X-Forwarded-Proto: https`, unless ALPN chose a protocol another handler
+    takes (`Proxy.alpn`), which then gets the transport instead."""
+
+    __slots__ = ()
+    scheme = b"https"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handlers = self.proxy.alpn
+        if handlers:
+            name = negotiated_protocol(transport)
+            take = handlers.get(name) if name is not None else None
+            if take is not None:
+                take(self.proxy, cast(asyncio.Transport, transport))
+                return
+        super().connection_made(transport)
+
+
+def negotiated_protocol(transport: asyncio.BaseTransport) -> str | None:
+    """The protocol ALPN settled on a TLS transport (`h2`, `http/1.1`), or None: not TLS, or
+    no ALPN."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    name = ssl_object.selected_alpn_protocol()
+    return str(name) if name is not None else None
 
 
 class UpstreamConn(asyncio.Protocol):

@@ -115,6 +115,53 @@ def test_a_prefix_that_normalised_requests_could_never_match_is_refused() -> Non
     assert load_config(b"routes:\n  - prefix: /a/\n    backends: [http://a:1]\n", "r").routes
 
 
+def test_the_tls_section_with_files_from_the_routes_files_folder() -> None:
+    s = load_config(
+        b"tls:\n"
+        b"  certificates: [{cert: a.crt, key: /abs/a.key}]\n"
+        b"  internal: true\n"
+        b"  ca_dir: ca\n"
+        b"  default_name: App.test\n"
+        b"  handshake_timeout: 2s\n"
+        b"  max_names: 50\n",
+        "/etc/dockmesh/routes.yaml",
+    )
+    assert s.tls == {
+        "certificates": [("/etc/dockmesh/a.crt", "/abs/a.key")],
+        "internal": True,
+        "ca_dir": "/etc/dockmesh/ca",
+        "default_name": "app.test",
+        "handshake_timeout": 2.0,
+        "max_names": 50,
+    }
+    assert load_config(b"routes: []\n", "r.yaml").tls == {}
+
+
+def test_a_wrong_tls_section_says_each_problem_with_its_line() -> None:
+    bad = b"""\
+tls:
+  certificates: [{cert: a.crt}, 7]
+  internal: yes please
+  default_name: "bad name"
+  handshake_timeout: 0s
+  max_names: 0
+  listen: 1.2.3.4:443
+"""
+    with pytest.raises(SpecError) as e:
+        load_config(bad, "r.yaml")
+    text = str(e.value)
+    for expected in (
+        "r.yaml:2: tls.certificates.0: must be {cert: FILE, key: FILE}",
+        "tls.certificates.1",
+        "r.yaml:3: tls.internal: must be true or false",
+        "r.yaml:4: tls.default_name",
+        "r.yaml:5: tls.handshake_timeout",
+        "r.yaml:6: tls.max_names",
+        "r.yaml:7: tls.listen: unknown setting",
+    ):
+        assert expected in text, (expected, text)
+
+
 def test_resource_limits_and_their_timeouts() -> None:
     s = load_config(
         b"timeouts: {client_body: 20s, client_send: 1m}\n"

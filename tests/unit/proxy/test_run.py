@@ -119,6 +119,27 @@ def test_passive_health_from_the_flags_and_the_file() -> None:
     assert settings.routes[0].cluster.outlier.policy.max_ejection_percent == 20
 
 
+def test_tls_from_the_flags_and_the_file_and_what_does_not_make_a_whole() -> None:
+    from dockmesh.proxy.config import TlsSpec
+    from dockmesh.proxy.run import route_hosts, tls_spec
+    from dockmesh.proxy.tls import TlsError
+
+    opts = ProxyOptions(listen=None, tls_listen=("127.0.0.1", 0), tls={"internal": True})
+    assert tls_spec(opts) == TlsSpec(internal=True)
+    # The file's keys win over the flags'.
+    opts.file = FileSettings(
+        routes=[RouteSpec(name="r", backends=["10.0.0.1:80"], host="app.test")],
+        tls={"ca_dir": "/x", "internal": False, "certificates": [("c", "k")]},
+    )
+    assert tls_spec(opts) == TlsSpec(certificates=[("c", "k")], ca_dir="/x")
+    assert route_hosts(build_settings(opts)[0]) == ["app.test"]
+    with pytest.raises(TlsError, match="needs certificates"):
+        tls_spec(ProxyOptions(listen=None, tls_listen=("127.0.0.1", 0)))
+    with pytest.raises(TlsError, match="no TLS listener"):
+        tls_spec(ProxyOptions(listen=("127.0.0.1", 0), tls={"internal": True}))
+    assert tls_spec(ProxyOptions(listen=("127.0.0.1", 0))) is None
+
+
 def test_a_routes_resilience_settings_make_its_cluster_and_a_change_makes_it_anew() -> None:
     spec = RouteSpec(
         name="a",
