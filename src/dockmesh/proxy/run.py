@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import gc
 import logging
@@ -31,7 +32,14 @@ from dockmesh.proxy import h2conn
 from dockmesh.proxy.accesslog import AccessLog
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
-from dockmesh.proxy.config import AccessLogSpec, FileSettings, RouteSpec, TlsSpec, load_config
+from dockmesh.proxy.config import (
+    AccessLogSpec,
+    FileSettings,
+    RouteSpec,
+    TlsSpec,
+    load_config,
+    make_policy,
+)
 from dockmesh.proxy.discovery import check_health, watch_service
 from dockmesh.proxy.filewatch import watch_file
 from dockmesh.proxy.labelroutes import CatalogInstance, LabelTable, build_table
@@ -55,6 +63,13 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 # How long a proxy that took over waits for its predecessor to let --admin go.
 ADMIN_WAIT_S = 10.0
+M_MMAP_THRESHOLD = -3
+# Blocks this large or larger are mapped on their own, and so unmapped when freed: what a
+# client's unsent response or a read from an upstream held goes back to the system. (glibc's
+# default threshold moves up to the size of the last such block freed, after which they come
+# from the heap, whose freed middle is never returned: 1,000 clients that stopped reading
+# left 272 MiB behind.)
+MMAP_THRESHOLD = 128 * 1024
 
 
 @dataclass
@@ -183,6 +198,12 @@ def build_settings(
         limits.max_head_bytes = file.limits["max_header_bytes"]
     if "max_connections_per_upstream" in file.limits:
         limits.max_connections_per_upstream = file.limits["max_connections_per_upstream"]
+    if "request_buffer_bytes" in file.limits:
+        limits.request_buffer_bytes = file.limits["request_buffer_bytes"]
+    if "max_connections_per_client" in file.limits:
+        limits.max_connections_per_client = file.limits["max_connections_per_client"]
+    if "max_buffered_bytes" in file.limits:
+        limits.max_buffered_bytes = file.limits["max_buffered_bytes"]
     timeouts = Timeouts(**{f"{k}_s": v for k, v in file.timeouts.items()})
     given = {**opts.passive, **file.passive}
     passive = PassivePolicy(
@@ -204,13 +225,37 @@ def build_settings(
         cluster = clusters.get(key)
         if cluster is None:
             name = spec.service or spec.name
+            breaker = make_policy("breaker", spec.breaker)
+            outlier = make_policy(
+                "outlier",
+                spec.outlier,
+                max_ejection_percent=passive.max_ejection_percent,
+                failure_statuses=passive.failure_statuses,
+            )
+            retry = make_policy("retry", spec.retry)
             # Kept across a reload only when nothing that makes it differs (passive health
-            # included: a changed policy makes a new cluster).
-            full = f"{name}|{key}|{balance}|{spec.health_path}|{passive!r}"
+            # and the route's breaker, outlier and retry settings included: a changed policy
+            # makes a new cluster, whose upstreams start with closed breakers).
+            full = "|".join(
+                (
+                    name,
+                    key,
+                    balance,
+                    spec.health_path,
+                    *map(identity, (passive, breaker, outlier, retry)),
+                )
+            )
             cluster = before.get(full)
             if cluster is None:
                 cluster = Cluster(
-                    name, balance, clock=time.monotonic, rng=random.Random(), passive=passive
+                    name,
+                    balance,
+                    clock=time.monotonic,
+                    rng=random.Random(),
+                    passive=passive,
+                    breaker_policy=breaker,
+                    outlier_policy=outlier,
+                    retry=retry,
                 )
                 if spec.backends:
                     cluster.set_members(dict.fromkeys(spec.backends, 1))
@@ -243,6 +288,18 @@ def build_settings(
         for k in [k for k, c in known.items() if id(c) not in kept]:
             del known[k]
     return settings, made
+
+
+def identity(policy: Any) -> str:
+    """A policy (a frozen dataclass) as text that is the same for equal policies: its sets
+    sorted (a set's repr follows its insertion order when members collide)."""
+    parts = []
+    for f in dataclasses.fields(policy):
+        v = getattr(policy, f.name)
+        if isinstance(v, frozenset):
+            v = sorted(map(str, v))
+        parts.append(f"{f.name}={v!r}")
+    return f"{type(policy).__name__}({', '.join(parts)})"
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -396,6 +453,7 @@ async def _worker(
     settings, made = build_settings(opts, known, labels.table)
     labels.place(made)
     proxy = Proxy(settings, loop)
+    proxy.trim = _memory_returned()
     h2conn.enable(proxy)
     log_spec = access_log_spec(opts)
     if log_spec is not None:
@@ -620,6 +678,22 @@ class LabelState:
             "problems": list(self.table.problems),
             "conflicts": list(self.table.conflicts),
         }
+
+
+def _memory_returned() -> Callable[[], None] | None:
+    """Fixes the allocator's mmap threshold (`MMAP_THRESHOLD`) and gives what hands freed
+    heap memory back to the system (malloc_trim), or None where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return None
+
+    def release() -> None:
+        trim(0)
+
+    return release
 
 
 def _die_with_parent(parent: int) -> None:

@@ -26,6 +26,8 @@ class Tally:
 
     __slots__ = (
         "access_log",
+        "buffered_bytes",
+        "closed",
         "connections",
         "connections_total",
         "latency_counts",
@@ -46,6 +48,11 @@ class Tally:
         # The access log's lines by outcome (written, dropped, sampled_out): copied from it
         # by the server's sweep, not counted per request here.
         self.access_log: dict[str, int] = {}
+        # Client connections the proxy closed to protect the others, by reason (memory,
+        # memory_idle, connections_idle, client_send_timeout).
+        self.closed: dict[str, int] = {}
+        # Bytes held for clients at the last sweep (a gauge).
+        self.buffered_bytes = 0
 
     def observe(self, status: int, latency_s: float) -> None:
         """A response to a request, `latency_s` after its head was read."""
@@ -65,3 +72,6 @@ class Tally:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def closed_for(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1
