@@ -70,6 +70,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, b"b" * int(self.path.split("/")[2]), "text/plain")
         elif self.path == "/stream":
             self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for i in range(50):

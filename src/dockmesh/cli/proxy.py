@@ -177,6 +177,29 @@ def register(app: typer.Typer) -> None:
                 "which then drains: a restart with no refused connection.",
             ),
         ] = False,
+        access_log: Annotated[
+            str | None,
+            typer.Option(
+                "--access-log",
+                help="A line per request to this file (- for stdout); reopened on SIGHUP and "
+                "SIGUSR1 (logrotate). Wins over the routes file's access_log:.",
+            ),
+        ] = None,
+        access_log_format: Annotated[
+            str,
+            typer.Option("--access-log-format", help="common|json."),
+        ] = "common",
+        access_log_sample: Annotated[
+            float,
+            typer.Option(
+                "--access-log-sample",
+                callback=finite,
+                min=0.0,
+                max=1.0,
+                help="Keep this share of the lines of requests answered below 500 (0.1: one "
+                "in ten); 5xx lines are always kept.",
+            ),
+        ] = 1.0,
     ) -> None:
         """Forward HTTP to healthy upstreams: balancing, circuit breakers, outlier ejection,
         retries within a budget, streaming, WebSocket. SIGTERM or Ctrl-C drains: no new
@@ -185,7 +208,12 @@ def register(app: typer.Typer) -> None:
         --project serves the routes containers declare (dockmesh.http.* labels). --takeover
         replaces the proxy serving the same --listen without a lost connection."""
         from dockmesh.agentclient import agent_url
-        from dockmesh.proxy.config import check_balance, load_config, parse_backend
+        from dockmesh.proxy.config import (
+            check_access_log,
+            check_balance,
+            load_config,
+            parse_backend,
+        )
         from dockmesh.proxy.run import ProxyOptions, run_proxy
         from dockmesh.proxy.server import PortServed
         from dockmesh.proxy.takeover import TakeoverError
@@ -252,6 +280,20 @@ def register(app: typer.Typer) -> None:
             "max_ejection_percent": max_ejection_percent,
             "panic_threshold": panic_threshold,
         }
+        log_spec = None
+        if access_log is not None:
+            try:
+                log_spec = check_access_log(access_log, access_log_format, access_log_sample)
+            except ValueError as e:
+                key, _, why = str(e).partition(": ")
+                flag = "--access-log" if key == "path" else f"--access-log-{key}"
+                raise UserError(f"{flag} {why}") from None
+            if log_spec.path != "-":
+                try:
+                    with open(log_spec.path, "a"):
+                        pass
+                except OSError as e:
+                    raise UserError(f"--access-log {access_log}: {e.strerror or e}") from None
         try:
             run_proxy(
                 ProxyOptions(
@@ -271,6 +313,7 @@ def register(app: typer.Typer) -> None:
                     tls_listen=tls_bind,
                     tls=tls_flags,
                     takeover=takeover,
+                    access_log=log_spec,
                 )
             )
         except PortServed as e:

@@ -63,8 +63,31 @@ class ProxyCollector(Collector):
         for reason, n in sorted(s.rejected.items()):
             rejected.add_metric([reason], n)
         yield rejected
+        if s.access_log:
+            lines = CounterMetricFamily(
+                "dockmesh_proxy_access_log_lines",
+                "Access log lines: written, dropped (the buffer was full or the write failed), "
+                "sampled_out (--access-log-sample)",
+                labels=["outcome"],
+            )
+            for outcome, n in sorted(s.access_log.items()):
+                lines.add_metric([outcome], n)
+            yield lines
         yield GaugeMetricFamily(
             "dockmesh_proxy_client_connections", "Client connections open", value=s.connections
+        )
+        closed = CounterMetricFamily(
+            "dockmesh_proxy_client_closed",
+            "Client connections the proxy closed to protect the others, by reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(s.closed.items()):
+            closed.add_metric([reason], n)
+        yield closed
+        yield GaugeMetricFamily(
+            "dockmesh_proxy_buffered_bytes",
+            "Bytes held for clients (sent ahead, bodies, responses not taken yet)",
+            value=s.buffered_bytes,
         )
         up_labels = ["cluster", "upstream"]
         healthy = GaugeMetricFamily(
@@ -127,9 +150,43 @@ def _le(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
+def cluster_settings(c: Cluster[Any]) -> dict[str, Any]:
+    """A cluster's resilience settings, as /status shows them."""
+    b, o, r = c.breaker_policy, c.outlier.policy, c.retry
+    return {
+        "name": c.name,
+        "breaker": {
+            "failures": b.consecutive_failures,
+            "failure_ratio": b.failure_ratio,
+            "window_s": b.window_s,
+            "min_requests": b.min_requests,
+            "open_for_s": b.open_base_s,
+            "backoff": b.open_multiplier,
+            "open_max_s": b.open_max_s,
+            "probes": b.half_open_probes,
+            "close_after": b.close_after,
+        },
+        "outlier": {
+            "failures": o.consecutive_5xx,
+            "gateway_failures": o.consecutive_gateway_failures,
+            "eject_for_s": o.base_ejection_s,
+            "eject_max_s": o.max_ejection_s,
+            "max_ejection_percent": o.max_ejection_percent,
+        },
+        "retry": {
+            "attempts": r.attempts,
+            "on": sorted(map(str, r.on)),
+            "budget": r.budget_ratio,
+            "min_per_s": r.min_per_s,
+        },
+    }
+
+
 def status_document(clusters: Iterable[Cluster[Any]]) -> dict[str, object]:
-    """INTERFACE.md's /status shape (plus `cluster` and `weight` per upstream)."""
+    """INTERFACE.md's /status shape (plus `cluster` and `weight` per upstream, and the
+    clusters' resilience settings under `clusters`)."""
     upstreams = []
+    clusters = list(clusters)
     for c in clusters:
         ejected_now = c.outlier.ejected()
         for addr, u in c.upstreams.items():
@@ -146,7 +203,7 @@ def status_document(clusters: Iterable[Cluster[Any]]) -> dict[str, object]:
                     "weight": u.weight,
                 }
             )
-    return {"upstreams": upstreams}
+    return {"upstreams": upstreams, "clusters": [cluster_settings(c) for c in clusters]}
 
 
 def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -165,7 +222,12 @@ def merge_status(docs: list[dict[str, Any]]) -> dict[str, Any]:
                 m["breaker"] = u["breaker"]
             for k in ("in_flight", "requests", "failures"):
                 m[k] += u[k]
-    out: dict[str, Any] = {"upstreams": list(merged.values())}
+    # Every worker has the same settings: the first's say it.
+    settings: dict[str, Any] = {}
+    for doc in docs:
+        for c in doc.get("clusters", []):
+            settings.setdefault(c["name"], c)
+    out: dict[str, Any] = {"upstreams": list(merged.values()), "clusters": list(settings.values())}
     # Every worker builds the same table from the same catalog: any one's is the table.
     label_routes = next((d["label_routes"] for d in docs if "label_routes" in d), None)
     if label_routes is not None:

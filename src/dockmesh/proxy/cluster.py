@@ -27,7 +27,7 @@ from dockmesh.resilience.balance import Balancer, Rng, make_balancer
 from dockmesh.resilience.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from dockmesh.resilience.outlier import OutlierDetector, OutlierPolicy
 from dockmesh.resilience.passive import PassivePolicy, in_panic, is_upstream_failure, out_cap
-from dockmesh.resilience.retry import RetryBudget
+from dockmesh.resilience.retry import RetryBudget, RetryPolicy
 
 
 class Pooled(Protocol):
@@ -132,6 +132,7 @@ class Cluster(Generic[P]):
         breaker_policy: BreakerPolicy | None = None,
         outlier_policy: OutlierPolicy | None = None,
         passive: PassivePolicy | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.name = name
         # Requests go to the upstreams as HTTP/2 with prior knowledge (h2c), not HTTP/1.1:
@@ -151,7 +152,9 @@ class Cluster(Generic[P]):
             ),
             clock,
         )
-        self.budget = RetryBudget(clock)
+        # A route's retries (`retry:`): how many attempts, on what, and the budget's share.
+        self.retry = retry = retry or RetryPolicy()
+        self.budget = RetryBudget(clock, ratio=retry.budget_ratio, min_per_s=retry.min_per_s)
         self.upstreams: dict[str, Upstream[P]] = {}
         self._eligible: tuple[str, ...] = ()
         self.degraded = False

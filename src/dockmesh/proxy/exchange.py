@@ -50,8 +50,8 @@ cluster):
 
 - at most one attempt is open; once none is, no upstream counts a request in flight and no
   half-open breaker holds a probe for this exchange;
-- no more than MAX_ATTEMPTS attempts per request (resends do not count: nothing reached the
-  upstream), and every retry was granted by the budget;
+- no more than the route's attempts per request (`RetryPolicy.attempts`; resends do not
+  count: nothing reached the upstream), and every retry was granted by the budget;
 - nothing is tried again once the response began, once the connection closed, or once a
   request's body reached an upstream;
 - each request is deposited in the budget once, whatever its attempts.
@@ -138,26 +138,10 @@ class Exchange(Generic[P]):
         """The upstream of a new attempt, admitted and counted; None when none may take it
         (`failure` says why). Given `req` (read at `now`; routed to `cluster`, None when no
         route matched it; its hash `key`), the exchange starts and this is its first attempt."""
-        if req is not None:
-            self.t0 = now
-            self.req = req
-            self.cluster = cluster
-            self.key = key
-            self.keep = req.keep_alive
-            body = self.body = req.has_body
-            self.req_done = not body
-            self.state = BODY if body else WAIT
-            self.resp_started = False
-            self.attempts = 0
-            self.tried = ()
-            if cluster is None:
-                why = f"no route for {req.host!r} {req.target!r}"[:200]
-                self.failure = (404, why, "no_route")
-                return None
-            cluster.budget.request()
-        else:
-            cluster = self.cluster
-            assert cluster is not None
+        if req is not None and not self.begin_request(cluster, req, key, now):
+            return None
+        cluster = self.cluster
+        assert cluster is not None
         while True:
             up = cluster.pick(self.key, self.tried)
             if up is None:
@@ -186,6 +170,30 @@ class Exchange(Generic[P]):
         if balancer.tracks:
             balancer.started(up.addr)
         return up
+
+    def begin_request(
+        self, cluster: Cluster[P] | None, req: RequestHead, key: bytes | None, now: float
+    ) -> bool:
+        """The exchange of `req` starts, with no attempt yet (a body being buffered waits for
+        its end, or for enough of it, before `begin_attempt` asks an upstream): False when no
+        route matched it (`failure` says so)."""
+        self.t0 = now
+        self.req = req
+        self.cluster = cluster
+        self.key = key
+        self.keep = req.keep_alive
+        body = self.body = req.has_body
+        self.req_done = not body
+        self.state = BODY if body else WAIT
+        self.resp_started = False
+        self.attempts = 0
+        self.tried = ()
+        if cluster is None:
+            why = f"no route for {req.host!r} {req.target!r}"[:200]
+            self.failure = (404, why, "no_route")
+            return False
+        cluster.budget.request()
+        return True
 
     def end_attempt(self, status: int | None, now: float, finish: bool = False) -> bool:
         """Closes the books on the open attempt, if any: `status`, None for a gateway failure,
@@ -265,6 +273,8 @@ class Exchange(Generic[P]):
             others=len(cluster.upstreams) > 1,
             stale=stale,
             unsent=unsent,
+            max_attempts=cluster.retry.attempts,
+            on=cluster.retry.on,
         )
         if verdict == RESEND:
             # Not the upstream's doing: it may be picked again, and the attempt counts not.

@@ -45,6 +45,7 @@ from dockmesh.proxy import h2rules, http1
 from dockmesh.proxy.cluster import Upstream
 from dockmesh.proxy.exchange import NO_VERDICT, Exchange
 from dockmesh.proxy.server import LINGER_S, ClientConn, Proxy, peer_ip
+from dockmesh.resilience.ratelimit import client_key, retry_after
 from dockmesh.resilience.retry import FAIL, RESEND, RETRY, RETRYABLE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,18 @@ class Cut(Exception):
 class Stream:
     """A client's stream: its request as it arrives, and the task forwarding it."""
 
-    __slots__ = ("body", "ended", "headers", "id", "more", "task", "unacked", "window")
+    __slots__ = (
+        "body",
+        "ended",
+        "headers",
+        "id",
+        "max_body",
+        "more",
+        "received",
+        "task",
+        "unacked",
+        "window",
+    )
 
     def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.id = stream_id
@@ -111,6 +123,9 @@ class Stream:
         self.window = asyncio.Event()  # the client opened the window
         self.unacked = 0
         self.task: asyncio.Task[None] | None = None
+        # The route's max_body (its middlewares), once routed; the body's bytes so far.
+        self.max_body: int | None = None
+        self.received = 0
 
 
 class H2Client(asyncio.Protocol):
@@ -219,6 +234,15 @@ class H2Client(asyncio.Protocol):
                 else:
                     if ev.data:
                         s.body.append(ev.data)
+                        s.received += len(ev.data)
+                        if s.max_body is not None and s.received > s.max_body:
+                            # Past the route's max_body: the stream ends here (its upstream
+                            # request cut), as HTTP/1.1's chunked body past it is.
+                            self.proxy.tally.reject("body_too_large")
+                            self._reset_client(s, _CODES.CANCEL)
+                            self._reset(s.id)
+                            self._ack(ev.flow_controlled_length, ev.stream_id)
+                            continue
                     s.unacked += ev.flow_controlled_length
                     if ev.flow_controlled_length and not ev.data:
                         self._ack(ev.flow_controlled_length, ev.stream_id)  # padding only
@@ -320,7 +344,28 @@ class H2Client(asyncio.Protocol):
             p.tally.reject("bad_request")
             await self._local(s, e.status, str(e), t0)
             return
-        cluster = p.router.route(req)
+        route = p.router.match(req)
+        cluster = route.cluster if route is not None else None
+        chain = route.chain if route is not None else None
+        if chain is not None:
+            # The route's middlewares, as for HTTP/1.1 (`ClientConn._middlewares`): its rate
+            # limits and body bound hold for every protocol. Response edits and compression
+            # are HTTP/1.1's only.
+            if chain.limiters:
+                wait = chain.admit(client_key(self.client_ip), t0)
+                if wait:
+                    p.tally.reject("rate_limit")
+                    extra = [(b"retry-after", str(retry_after(wait)).encode())]
+                    await self._local(s, 429, "rate limit exceeded", t0, extra)
+                    return
+            s.max_body = chain.max_body
+            length = req.content_length
+            if s.max_body is not None and (
+                (length is not None and length > s.max_body) or s.received > s.max_body
+            ):
+                p.tally.reject("body_too_large")
+                await self._local(s, 413, f"the request body is larger than {s.max_body} bytes", t0)
+                return
         ex: Exchange[Any] = Exchange()
         key = p.router.key(cluster, head, self.client_ip) if cluster is not None else None
         up = ex.begin_attempt(cluster, req, key, t0)
@@ -334,6 +379,8 @@ class H2Client(asyncio.Protocol):
             if self.tls:
                 fields = fields.replace(b"Proto: http\r\n", b"Proto: https\r\n", 1)
             out = http1.edit_request_head(head, req, fields)
+            if chain is not None:
+                out = chain.request_head(out)
         try:
             while True:
                 if up is None:
@@ -376,13 +423,21 @@ class H2Client(asyncio.Protocol):
             if ex.upstream is not None:
                 ex.end_attempt(NO_VERDICT, loop.time())
 
-    async def _local(self, s: Stream, status: int, message: str, t0: float) -> None:
+    async def _local(
+        self,
+        s: Stream,
+        status: int,
+        message: str,
+        t0: float,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         """The proxy's own answer to the stream."""
         body = (message + "\n").encode()
         headers = [
             (b":status", str(status).encode()),
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()),
+            *(extra or []),
         ]
         self.proxy.tally.observe(status, self.proxy.loop.time() - t0)
         await self.send_headers(s, headers, end=False)

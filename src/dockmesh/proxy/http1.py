@@ -597,17 +597,22 @@ class ChunkedReader:
 
     `feed(data, start)` looks at `data[start:]` and returns how many of those bytes belong to
     the body; `done` turns True once the last chunk and its trailers have been read. The bytes
-    themselves are the caller's to forward: nothing is copied but the (short) size lines."""
+    themselves are the caller's to forward: nothing is copied but the (short) size lines.
+    `size` adds up the sizes of the chunks announced so far (the body's length without its
+    framing, known as soon as a size line is read, before its data); past `limit` (when not
+    0) a size line raises ProtocolError with status 413, before the chunk's data."""
 
-    __slots__ = ("_line", "_remaining", "_state", "done")
+    __slots__ = ("_line", "_remaining", "_state", "done", "limit", "size")
 
     SIZE, DATA, DATA_END, TRAILER = 0, 1, 2, 3
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self._state = self.SIZE
         self._remaining = 0
         self._line = b""
         self.done = False
+        self.size = 0
+        self.limit = limit
 
     def feed(self, data: bytes | bytearray | memoryview, start: int = 0) -> int:
         pos = start
@@ -655,6 +660,11 @@ class ChunkedReader:
                     self._state = self.TRAILER
                 else:
                     self._remaining = size
+                    self.size += size
+                    if self.limit and self.size > self.limit:
+                        raise ProtocolError(
+                            f"the request body is larger than {self.limit} bytes", 413
+                        )
                     self._state = self.DATA
             else:  # TRAILER
                 if not text:
@@ -664,13 +674,16 @@ class ChunkedReader:
         return pos - start
 
 
-def simple_response(status: int, reason: str, message: str, *, close: bool = True) -> bytes:
-    """A short response made by the proxy itself (400, 502, 503, 504…) saying why."""
+def simple_response(
+    status: int, reason: str, message: str, *, close: bool = True, extra: str = ""
+) -> bytes:
+    """A short response made by the proxy itself (400, 502, 503, 504…) saying why; `extra`:
+    further field lines (each ending with CRLF)."""
     body = (message + "\n").encode()
     connection = "Connection: close\r\n" if close else ""
     head = (
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n"
-        f"Content-Length: {len(body)}\r\n{connection}\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}{connection}\r\n"
     )
     return head.encode() + body
 
@@ -681,6 +694,7 @@ REASONS = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     413: "Content Too Large",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",

@@ -63,12 +63,16 @@ class Router:
         self.routes = list(routes)
         first = self.routes[0] if len(self.routes) == 1 else None
         self.single: Cluster[Any] | None = None
+        self.single_route: Route | None = None
         if first is not None and first.host is None and first.prefix == b"/" and not first.strip:
             self.single = first.cluster
+            self.single_route = first
         self.key_readers = {n: KeyReader(s) for n, s in hash_keys.items()}
-        # The cluster of the single catch-all route, when requests need no routing or hash
-        # key: then the common request shape takes the fast lane.
-        self.fast = self.single if not self.key_readers else None
+        # The cluster of the single catch-all route, when requests need no routing, hash key
+        # or middleware: then the common request shape takes the fast lane.
+        self.fast = (
+            self.single if not self.key_readers and (first is None or first.chain is None) else None
+        )
 
     @property
     def clusters(self) -> list[Cluster[Any]]:
@@ -78,8 +82,13 @@ class Router:
         return list(seen.values())
 
     def route(self, req: http1.RequestHead) -> Cluster[Any] | None:
-        if self.single is not None:
-            return self.single
+        r = self.match(req)
+        return r.cluster if r is not None else None
+
+    def match(self, req: http1.RequestHead) -> Route | None:
+        """The route the request takes, or None."""
+        if self.single_route is not None:
+            return self.single_route
         host = (req.host or b"").lower()
         host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
         # The reader made the target origin-form (an absolute-form's authority became
@@ -90,7 +99,7 @@ class Router:
                 if r.strip is not None and path.startswith(r.strip):
                     req.target = strip_prefix(path, r.strip)
                     req.retarget = True
-                return r.cluster
+                return r
         return None
 
     def key(self, cluster: Cluster[Any], head: bytes, client_ip: bytes) -> bytes | None:

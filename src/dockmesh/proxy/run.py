@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import gc
 import logging
@@ -28,13 +29,22 @@ from typing import Any
 
 from dockmesh.errors import SpecError
 from dockmesh.proxy import h2conn
+from dockmesh.proxy.accesslog import AccessLog
 from dockmesh.proxy.admin import serve_admin, serve_summed_admin
 from dockmesh.proxy.cluster import Cluster
-from dockmesh.proxy.config import FileSettings, RouteSpec, TlsSpec, load_config
+from dockmesh.proxy.config import (
+    AccessLogSpec,
+    FileSettings,
+    RouteSpec,
+    TlsSpec,
+    load_config,
+    make_policy,
+)
 from dockmesh.proxy.discovery import check_health, watch_service
 from dockmesh.proxy.filewatch import watch_file
 from dockmesh.proxy.labelroutes import CatalogInstance, LabelTable, build_table
 from dockmesh.proxy.labelwatch import LabelWatch
+from dockmesh.proxy.middleware import resolve_chain
 from dockmesh.proxy.server import Proxy, check_port_free, reuseport_socket
 from dockmesh.proxy.settings import Limits, ProxySettings, Route, Timeouts
 from dockmesh.proxy.takeover import (
@@ -53,6 +63,13 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 # How long a proxy that took over waits for its predecessor to let --admin go.
 ADMIN_WAIT_S = 10.0
+M_MMAP_THRESHOLD = -3
+# Blocks this large or larger are mapped on their own, and so unmapped when freed: what a
+# client's unsent response or a read from an upstream held goes back to the system. (glibc's
+# default threshold moves up to the size of the last such block freed, after which they come
+# from the heap, whose freed middle is never returned: 1,000 clients that stopped reading
+# left 272 MiB behind.)
+MMAP_THRESHOLD = 128 * 1024
 
 
 @dataclass
@@ -88,6 +105,8 @@ class ProxyOptions:
     # Take the listening sockets over from the proxy serving `listen` (else `tls_listen`),
     # which then drains.
     takeover: bool = False
+    # The access log from the flags (--access-log*): wins over the file's `access_log:`.
+    access_log: AccessLogSpec | None = None
 
 
 def declared_middlewares(file: FileSettings | None) -> frozenset[str]:
@@ -110,7 +129,7 @@ def label_specs(table: LabelTable) -> list[RouteSpec]:
             host=r.host,
             prefix=r.prefix,
             strip_prefix=r.strip,
-            middlewares=r.middlewares,
+            middlewares=list(r.middlewares),
             labelled=True,
         )
         for r in table.routes
@@ -137,6 +156,13 @@ def tls_spec(opts: ProxyOptions) -> TlsSpec | None:
 def route_hosts(settings: ProxySettings) -> list[str]:
     """The host names the routes serve: those `tls internal` may issue leaves for."""
     return [r.host.decode() for r in settings.routes if r.host is not None]
+
+
+def access_log_spec(opts: ProxyOptions) -> AccessLogSpec | None:
+    """The access log to keep: the flags', else the routes file's, else none."""
+    if opts.access_log is not None:
+        return opts.access_log
+    return opts.file.access_log if opts.file is not None else None
 
 
 def read_config(path: str) -> FileSettings:
@@ -172,6 +198,12 @@ def build_settings(
         limits.max_head_bytes = file.limits["max_header_bytes"]
     if "max_connections_per_upstream" in file.limits:
         limits.max_connections_per_upstream = file.limits["max_connections_per_upstream"]
+    if "request_buffer_bytes" in file.limits:
+        limits.request_buffer_bytes = file.limits["request_buffer_bytes"]
+    if "max_connections_per_client" in file.limits:
+        limits.max_connections_per_client = file.limits["max_connections_per_client"]
+    if "max_buffered_bytes" in file.limits:
+        limits.max_buffered_bytes = file.limits["max_buffered_bytes"]
     timeouts = Timeouts(**{f"{k}_s": v for k, v in file.timeouts.items()})
     given = {**opts.passive, **file.passive}
     passive = PassivePolicy(
@@ -193,13 +225,37 @@ def build_settings(
         cluster = clusters.get(key)
         if cluster is None:
             name = spec.service or spec.name
+            breaker = make_policy("breaker", spec.breaker)
+            outlier = make_policy(
+                "outlier",
+                spec.outlier,
+                max_ejection_percent=passive.max_ejection_percent,
+                failure_statuses=passive.failure_statuses,
+            )
+            retry = make_policy("retry", spec.retry)
             # Kept across a reload only when nothing that makes it differs (passive health
-            # included: a changed policy makes a new cluster).
-            full = f"{name}|{key}|{balance}|{spec.health_path}|{passive!r}"
+            # and the route's breaker, outlier and retry settings included: a changed policy
+            # makes a new cluster, whose upstreams start with closed breakers).
+            full = "|".join(
+                (
+                    name,
+                    key,
+                    balance,
+                    spec.health_path,
+                    *map(identity, (passive, breaker, outlier, retry)),
+                )
+            )
             cluster = before.get(full)
             if cluster is None:
                 cluster = Cluster(
-                    name, balance, clock=time.monotonic, rng=random.Random(), passive=passive
+                    name,
+                    balance,
+                    clock=time.monotonic,
+                    rng=random.Random(),
+                    passive=passive,
+                    breaker_policy=breaker,
+                    outlier_policy=outlier,
+                    retry=retry,
                 )
                 if spec.backends:
                     cluster.set_members(dict.fromkeys(spec.backends, 1))
@@ -212,13 +268,38 @@ def build_settings(
                 hash_keys[cluster.name] = balance[5:]
         host = spec.host.encode() if spec.host else None
         strip = spec.strip_prefix.encode() if spec.strip_prefix else None
-        routes.append(Route(cluster, host, spec.prefix.encode(), strip, spec.middlewares))
+        chain, unknown = resolve_chain(spec.middlewares, file.middlewares)
+        if unknown:
+            log.warning("route %s: no middleware named %s", spec.name, ", ".join(unknown))
+        routes.append(
+            Route(
+                cluster,
+                host,
+                spec.prefix.encode(),
+                strip,
+                tuple(spec.middlewares),
+                chain,
+                spec.name,
+            )
+        )
     settings = ProxySettings(routes, timeouts, limits, hash_keys, list(file.trusted_proxies))
     if known is not None:
         kept = {id(c) for c in clusters.values()}
         for k in [k for k, c in known.items() if id(c) not in kept]:
             del known[k]
     return settings, made
+
+
+def identity(policy: Any) -> str:
+    """A policy (a frozen dataclass) as text that is the same for equal policies: its sets
+    sorted (a set's repr follows its insertion order when members collide)."""
+    parts = []
+    for f in dataclasses.fields(policy):
+        v = getattr(policy, f.name)
+        if isinstance(v, frozenset):
+            v = sorted(map(str, v))
+        parts.append(f"{f.name}={v!r}")
+    return f"{type(policy).__name__}({', '.join(parts)})"
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -372,7 +453,11 @@ async def _worker(
     settings, made = build_settings(opts, known, labels.table)
     labels.place(made)
     proxy = Proxy(settings, loop)
+    proxy.trim = _memory_returned()
     h2conn.enable(proxy)
+    log_spec = access_log_spec(opts)
+    if log_spec is not None:
+        proxy.access_log = AccessLog(log_spec, loop)
     for sock in socks:
         await proxy.listen(sock)
     edge = None
@@ -408,6 +493,22 @@ async def _worker(
             os.write(report_fd, f"{port}\n".encode())
             os.close(report_fd)
 
+    def reopen_log() -> None:
+        if proxy.access_log is not None:
+            proxy.access_log.reopen()
+
+    def swap_log() -> None:
+        spec = access_log_spec(opts)
+        old = proxy.access_log
+        if spec != (old.spec if old is not None else None):
+            try:
+                proxy.access_log = AccessLog(spec, loop) if spec is not None else None
+            except OSError as e:
+                log.error("access log %s: %s: keeping the last one", spec and spec.path, e)
+            else:
+                if old is not None:
+                    old.close()
+
     def rebuild() -> ProxySettings:
         """A new route table swapped in whole: requests in flight finish where they are,
         clusters kept by identity keep their members, connections and health."""
@@ -440,10 +541,12 @@ async def _worker(
             labels.set_members()
 
     def reload(why: str = "SIGHUP") -> None:
+        reopen_log()  # SIGHUP is what logrotate's postrotate sends, as for nginx's USR1
         file = reload_file(opts, why)
         if file is None:
             return
         opts.file = file
+        swap_log()
         # The declared middlewares may have changed: labelled routes are checked again.
         labels.table = labels.build(labels.found)
         settings = rebuild()
@@ -465,6 +568,7 @@ async def _worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_log)
     control = None
     if report_fd is None:
         control = _start_control(opts, [*socks, *(tls_socks or [])], stop.set)
@@ -489,6 +593,8 @@ async def _worker(
         await asyncio.sleep(0.05)
         proxy.close_idle_clients()
     proxy.close()
+    if proxy.access_log is not None:
+        proxy.access_log.close()
     extra = [t for t in (watch_task, file_task) if t is not None]
     for t in [*tasks.values(), *extra]:
         t.cancel()
@@ -578,6 +684,22 @@ class LabelState:
         }
 
 
+def _memory_returned() -> Callable[[], None] | None:
+    """Fixes the allocator's mmap threshold (`MMAP_THRESHOLD`) and gives what hands freed
+    heap memory back to the system (malloc_trim), or None where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return None
+
+    def release() -> None:
+        trim(0)
+
+    return release
+
+
 def _die_with_parent(parent: int) -> None:
     """The kernel sends this worker SIGTERM when its parent dies, however it dies (kill -9
     too): a worker left alone would keep serving the port with the old configuration."""
@@ -662,6 +784,13 @@ def _supervise(
         file_task = None
         if opts.config_path is not None and opts.watch_config:
             file_task = loop.create_task(watch_file(opts.config_path, lambda: reload("changed")))
+
+        def reopen_logs() -> None:
+            for pid in list(children):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGUSR1)
+
+        loop.add_signal_handler(signal.SIGUSR1, reopen_logs)
         runner = None
         if opts.admin is not None and handoff is None:
             runner, _ = await serve_summed_admin(opts.admin, admin_ports)

@@ -15,6 +15,15 @@ side being read is paused until it drains, so a fast sender and a slow receiver 
 amount of memory. A client's pipelined requests wait in its buffer (bounded too: reading pauses
 past the limit).
 
+A request body is read before any upstream is asked for: all of it, or `request_buffer_bytes`
+of it, after which it streams (`ClientConn._body_data`). A slow upload thus holds a client
+connection, never an upstream one; and each buffer's worth must come within `client_body`
+(`guard.body_progress`), else 408. What the proxy holds for clients is checked against a budget
+(`guard.shed`, at each sweep, and at once when a client that stops reading takes it past the
+budget): near it idle keep-alives are closed, past it the connections holding the most. A
+client that takes nothing of its response for `client_send` is closed, and connections from
+one address are capped (`guard.ClientCounts`).
+
 An attempt's connection comes from its upstream's idle pool (LIFO, so few connections stay
 warm) or is opened (with the connect timeout). Its result — a status, or a gateway failure
 (connect refused or timed out, reset, no response head in time) — goes to
@@ -45,12 +54,15 @@ import errno
 import itertools
 import logging
 import os
+import re
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
-from dockmesh.proxy import http1
+from dockmesh.proxy import guard, http1
+from dockmesh.proxy.accesslog import AccessLog, Entry
 from dockmesh.proxy.cluster import Cluster, Upstream
 from dockmesh.proxy.exchange import (
     BODY,
@@ -64,9 +76,11 @@ from dockmesh.proxy.exchange import (
     Exchange,
 )
 from dockmesh.proxy.http1 import ProtocolError
+from dockmesh.proxy.middleware import Chain, ChunkedEncoder
 from dockmesh.proxy.routing import Router
 from dockmesh.proxy.settings import ProxySettings, Timeouts
 from dockmesh.proxy.tally import Tally
+from dockmesh.resilience.ratelimit import client_key, retry_after
 from dockmesh.resilience.retry import RESEND, RETRY, RETRYABLE_STATUSES
 
 log = logging.getLogger(__name__)
@@ -76,6 +90,15 @@ _RESPONSE_MEMO = http1.RESPONSE_MEMO
 SWEEP_S = 0.25
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# A client's: what waits for a client that reads slowly (or not at all) is kept small, since
+# there can be thousands of them; the kernel's socket buffer holds more besides.
+CLIENT_HIGH_WATER = 64 * 1024
+CLIENT_LOW_WATER = 16 * 1024
+# The largest piece an upstream's bytes are written to a client in (`Proxy.write_down`).
+SLICE = 64 * 1024
+# A drop in the bytes held for clients past which freed memory is handed back to the system
+# (`Proxy.trim`): the allocator keeps freed blocks otherwise.
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
 # How long a request waits on an instance that left the catalog before it is tried elsewhere.
 REMOVED_GRACE_S = 1.0
 # After the proxy ends a client connection, how long the client's further bytes are read and
@@ -87,6 +110,8 @@ LINGER_S = 2.0
 # A request arriving within this is answered, with `Connection: close`; past it, the
 # connection is closed.
 DRAIN_IDLE_GRACE_S = 1.0
+# `Expect: 100-continue` in a request head.
+_EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*\r\n", re.IGNORECASE)
 # How an upstream response's body ends.
 NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 
@@ -120,6 +145,17 @@ class Proxy:
         self.quick_max = settings.limits.max_head_bytes + 4
         self.tally = Tally()
         self.clients: set[ClientConn] = set()
+        # Open connections per client address (`guard.client_key`).
+        self.per_client = guard.ClientCounts()
+        # Bytes held for clients at the last sweep (`guard.shed`), and at the last trim.
+        self.held = 0
+        self.held_at_trim = 0
+        self.trim_due = False
+        self.freed = 0  # by shedding, since the last trim
+        # Hands freed memory back to the system (set by `run`: malloc_trim); None: nothing.
+        self.trim: Callable[[], None] | None = None
+        # A search for an idle keep-alive to close found none: none is searched again before.
+        self.no_idle_until = 0.0
         # Request ids: this process's random prefix and a counter.
         self.id_prefix = os.urandom(6).hex().encode() + b"-"
         self.ids = itertools.count(1)
@@ -153,6 +189,9 @@ class Proxy:
         # None: refused as HTTP/1.1 would. Those connections are kept in `sides`.
         self.h2_prior: Callable[[ClientConn, bytes], None] | None = None
         self.sides: set[Side] = set()
+        # A line per request when set (`run` opens it): connections made meanwhile log
+        # (`LoggedConn`).
+        self.access_log: AccessLog | None = None
 
     def flush(self) -> None:
         out = self.out
@@ -172,6 +211,21 @@ class Proxy:
             self.flush()
         t.write(data)
 
+    def write_down(self, t: asyncio.Transport, data: bytes) -> None:
+        """An upstream's bytes to a client, written in pieces of at most `SLICE` bytes, each
+        its own copy: uvloop keeps the whole of what one write sent only in part until the
+        rest is taken (the sent part too, uncounted by its write buffer size), so a client
+        that stops reading holds at most one piece besides what is counted, not a whole read
+        of up to 256 KiB (1,000 of them kept 272 MiB). (`writelines` would not do: the pieces
+        of one call are kept together.)"""
+        if len(data) <= SLICE:
+            self.write(t, data)
+            return
+        if self.out:
+            self.flush()
+        for i in range(0, len(data), SLICE):
+            t.write(data[i : i + SLICE])
+
     def next_request_id(self) -> bytes:
         return self.id_prefix + b"%x" % next(self.ids)
 
@@ -185,14 +239,19 @@ class Proxy:
     ) -> None:
         """Serves `sock`: plain HTTP, or TLS with `tls` (whose SNI callback picks the
         certificate); a client that has not finished its handshake within
-        `handshake_timeout` is closed, so it holds no slot for long."""
+        `handshake_timeout` is closed, so it holds no slot for long. A connection made while
+        the access log is on logs its exchanges (`LoggedConn`): without one, its responses
+        pay no check for it."""
         if tls is None:
             server = await self.loop.create_server(
-                lambda: ClientConn(self), sock=sock, backlog=4096, reuse_address=None
+                lambda: (LoggedConn if self.access_log is not None else ClientConn)(self),
+                sock=sock,
+                backlog=4096,
+                reuse_address=None,
             )
         else:
             server = await self.loop.create_server(
-                lambda: TlsClientConn(self),
+                lambda: (LoggedTlsConn if self.access_log is not None else TlsClientConn)(self),
                 sock=sock,
                 backlog=4096,
                 reuse_address=None,
@@ -268,6 +327,77 @@ class Proxy:
             ):
                 c.close()
 
+    def make_room(self) -> bool:
+        """At the connection limit: closes the longest idle keep-alive, if any, so that a new
+        client is served rather than refused; False when none is idle."""
+        if self.now < self.no_idle_until:
+            return False
+        oldest = None
+        for c in self.clients:
+            if c.idle() and (oldest is None or c.last_active < oldest.last_active):
+                oldest = c
+        if oldest is None:
+            self.no_idle_until = self.now + SWEEP_S  # a flood at the limit: not every time
+            return False
+        self.tally.closed_for("connections_idle")
+        oldest.close()
+        oldest.forget()
+        return True
+
+    def hold(self, client: ClientConn, n: int) -> None:
+        """`client` began to hold `n` bytes it does not take (its transport paused writing):
+        past the budget, the budget is checked now, not at the next sweep: in one pass of
+        the loop, hundreds of upstream reads may land for clients that do not read."""
+        self.held += n + SLICE  # as `ClientConn.holding` counts it
+        if self.held > self.limits.max_buffered_bytes:
+            self._enforce_budget(spare=client)
+
+    def _enforce_budget(self, spare: ClientConn | None = None) -> None:
+        """The bytes held for clients against `max_buffered_bytes` (`guard.shed`), and the
+        connections against `max_connections`: idle keep-alives first. `spare`, when it is
+        to go, goes at the end of this pass (it is in the middle of a write)."""
+        if self.trim_due:
+            self.trim_due = False
+            if self.trim is not None:
+                self.trim()
+        clients = [c for c in self.clients if c.state != CLOSED or c.lingering]
+        conns = [c.holding() for c in clients]
+        held = sum(c[1] for c in conns)
+        idle_out, busy_out = guard.shed(conns, self.limits.max_buffered_bytes)
+        freed = 0
+        for i in idle_out:
+            self.tally.closed_for("memory_idle")
+            freed += conns[i][1]
+            clients[i].close()
+            clients[i].forget()
+        for i in busy_out:
+            self.tally.closed_for("memory")
+            freed += conns[i][1]
+            c = clients[i]
+            c.forget()
+            if c is spare:
+                c.mark_closed()
+                self.loop.call_soon(c.let_go)
+            else:
+                c.let_go()
+        self.held = self.tally.buffered_bytes = held = held - freed
+        self.freed += freed
+        room = int(self.limits.max_client_connections * guard.NEAR)
+        if len(self.clients) > room:
+            idle = sorted((c for c in self.clients if c.idle()), key=lambda c: c.last_active)
+            for c in idle[: len(self.clients) - room]:
+                self.tally.closed_for("connections_idle")
+                c.close()
+                c.forget()
+        if self.freed + self.held_at_trim - held > TRIM_AFTER_BYTES:
+            # Handed back at the next check: what was closed just now is freed only once
+            # its transport is gone, at the end of this pass.
+            self.trim_due = True
+            self.held_at_trim = held
+            self.freed = 0
+        elif held > self.held_at_trim:
+            self.held_at_trim = held
+
     def close(self) -> None:
         for s in self.servers:
             s.close()
@@ -284,8 +414,16 @@ class Proxy:
         now = self.now = self.loop.time()
         t = self.timeouts
         try:
+            alog = self.access_log
+            if alog is not None:
+                self.tally.access_log = {
+                    "written": alog.written,
+                    "dropped": alog.dropped + alog.failed,
+                    "sampled_out": alog.sampled_out,
+                }
             for c in list(self.clients):
                 c.check_timeouts(now, t)
+            self._enforce_budget()
             for cl in self.clusters:
                 cl.tick(now, t.pool_idle_s)
             if self.retired:
@@ -314,10 +452,16 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
     """A client's connection: its bytes in and out, and the exchange it runs (`Exchange`)."""
 
     __slots__ = (
+        "body_got",
         "body_left",
+        "body_mark",
         "buf",
+        "chain",
         "chunked",
+        "ckey",
         "client_ip",
+        "encoded",
+        "encoding",
         "eof",
         "forwarded",
         "head_out",
@@ -327,10 +471,13 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         "last_head",
         "last_out",
         "last_req",
+        "limit_key",
         "lingering",
         "paused",
         "pending_body",
+        "pending_len",
         "proxy",
+        "send_stalled",
         "transport",
         "trusted",
         "up",
@@ -350,7 +497,14 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         # The request's body as read so far, kept until the request is sent (None: nothing
         # kept, or no body).
         self.pending_body: list[bytes] | None = None
+        self.pending_len = 0  # bytes in `pending_body`
         self.body_left = 0
+        # The body's bytes read so far, and the rate check's mark (`guard.body_progress`).
+        self.body_got = 0
+        self.body_mark: tuple[float, int] = (0.0, 0)
+        self.ckey: bytes | None = None  # counted against this address (`guard.client_key`)
+        # Since when the client has taken nothing of what is written to it (0: it reads).
+        self.send_stalled = 0.0
         self.chunked: http1.ChunkedReader | None = None
         self.last_active = proxy.now
         self.head_started = 0.0
@@ -365,6 +519,12 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         self.last_head = b""
         self.last_out = b""
         self.last_req: http1.RequestHead | None = None
+        # The current request's route's middlewares until its response begins (None: none),
+        # the encoding that response may be compressed with.
+        self.chain: Chain | None = None
+        self.encoding: str | None = None
+        self.encoded: ChunkedEncoder | None = None  # the response's compressor, for the log
+        self.limit_key = b""  # the client's key for rate limits (`client_key`), once needed
 
     # --- asyncio callbacks ------------------------------------------------------------------
 
@@ -374,7 +534,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         p = self.proxy
         p.tally.connections += 1
         p.tally.connections_total += 1
-        if len(p.clients) >= p.limits.max_client_connections:
+        if len(p.clients) >= p.limits.max_client_connections and not p.make_room():
             p.tally.reject("overload")
             p.tally.responded(503)
             transport.write(
@@ -385,9 +545,22 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             transport.close()
             self.mark_closed()
             return
+        self.client_ip = ip = peer_ip(transport)
+        key = guard.client_key(ip)
+        if not p.per_client.add(key, p.limits.max_connections_per_client):
+            p.tally.reject("client_connections")
+            p.tally.responded(503)
+            transport.write(
+                http1.simple_response(
+                    503, "Service Unavailable", "too many connections from your address"
+                )
+            )
+            transport.close()
+            self.mark_closed()
+            return
+        self.ckey = key
         p.clients.add(self)
-        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.client_ip = peer_ip(transport)
+        transport.set_write_buffer_limits(CLIENT_HIGH_WATER, CLIENT_LOW_WATER)
         self.forwarded = b"".join(
             (b"X-Forwarded-For: ", self.client_ip, b"\r\nX-Forwarded-Proto: ", self.scheme, b"\r\n")
         )
@@ -398,6 +571,36 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         p.tally.connections -= 1
         p.clients.discard(self)
         self._drop_upstream(self.mark_closed())
+        self.forget()
+        # What was kept for it goes now, not when the object is collected.
+        self.buf = b""
+        self.pending_body = None
+
+    def forget(self) -> None:
+        """No longer counted against its address: closed (or closing, its lingering close
+        counts no more)."""
+        if self.ckey is not None:
+            self.proxy.per_client.remove(self.ckey)
+            self.ckey = None
+
+    def idle(self) -> bool:
+        """An idle keep-alive: between exchanges (after one at least: a connection whose
+        first request is on its way is not idle), with nothing of the client's kept."""
+        return self.state == HEAD and self.t0 > 0 and not self.buf and self.up is None
+
+    def holding(self) -> tuple[bool, int, float]:
+        """For `guard.shed`: whether idle, the bytes held for it (and its connection's own
+        cost), and when it was last active."""
+        t = self.transport
+        n = guard.CONN_COST + len(self.buf) + self.pending_len
+        if t is not None:
+            waiting = t.get_write_buffer_size()
+            # And the piece sent in part, kept whole (`Proxy.write_down`).
+            n += waiting + SLICE if waiting else 0
+        up = self.up
+        if up is not None and up.transport is not None:
+            n += up.transport.get_write_buffer_size() + len(up.buf)
+        return self.idle(), n, self.last_active
 
     def _drop_upstream(self, prev: int) -> None:
         up = self.up
@@ -412,6 +615,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.send_stalled = self.proxy.now
+        if self.transport is not None:
+            self.proxy.hold(self, self.transport.get_write_buffer_size())
         if self.up is not None:
             self.up.pause_reads()
         # A client that does not read its responses sends no more requests for now.
@@ -419,6 +625,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.send_stalled = 0.0
         if self.up is not None:
             self.up.resume_reads()
         self.gate()
@@ -449,6 +656,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.write_paused
             or (up is not None and up.write_paused)
             or len(self.buf) > max(limits.max_pipelined_bytes, limits.max_head_bytes + 4)
+            # A body kept while its upstream connection opens: no more than the buffer.
+            or self.pending_len > limits.request_buffer_bytes
         )
         if stop != self.paused:
             self.paused = stop
@@ -569,6 +778,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self.buf = b""
                 p.tally.connections -= 1
                 p.clients.discard(self)
+                self.forget()  # (HTTP/2 keeps its own count from here)
                 self.mark_closed()
                 p.h2_prior(self, buf)
                 return True
@@ -583,38 +793,98 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return False
         self.head_started = 0.0
         now = p.loop.time()
-        cluster = p.router.route(req)
+        route = p.router.match(req)
         n = req.head_len
         head = buf[:n] if len(buf) > n else buf
         rest = buf[n:] if len(buf) > n else b""
         key = None
-        if cluster is not None:
+        cluster = chain = None
+        if route is not None:
+            cluster = route.cluster
             key = p.router.key(cluster, head, self.client_ip)
             fields = http1.request_forwarded_fields(
                 req, self.client_ip, p.next_request_id(), self.trusted, self.scheme
             )
             self.head_out = http1.edit_request_head(head, req, fields)
-        up = self.begin_attempt(cluster, req, key, now)
-        if p.draining:
-            self.keep = False
-        if not self.body:
-            self.pending_body = None
-            # What follows is requests sent ahead: kept while this one is in flight.
-            self.buf = rest
+            chain = route.chain
+            if chain is not None and self._middlewares(chain, req, head, now, rest):
+                return True
+        if not req.has_body or cluster is None:
+            up = self.begin_attempt(cluster, req, key, now)
+            if p.draining:
+                self.keep = False
+            if not self.body:
+                self.pending_body = None
+                # What follows is requests sent ahead: kept while this one is in flight.
+                self.buf = rest
+            else:
+                self._start_body(req, now, chain)
             self._send(up)
             return True
+        # A body: read into `pending_body` before any upstream is asked for, all of it or
+        # `request_buffer_bytes` of it (`_body_data`), so a slow upload holds no upstream
+        # connection; it is kept until the request is sent (it can go elsewhere until then).
+        self.begin_request(cluster, req, key, now)
+        if p.draining:
+            self.keep = False
+        self._start_body(req, now, chain)
+        if rest:
+            self._body_data(rest, 0)
+        if (
+            self.state == BODY
+            and self.up is None
+            and req.minor == 1
+            and self.transport is not None
+            and _EXPECT_CONTINUE.search(head)
+        ):
+            # The client waits for this before it sends the body: the proxy, not the
+            # upstream, is reading it now.
+            p.write(self.transport, b"HTTP/1.1 100 Continue\r\n\r\n")
+        return True
+
+    def _start_body(self, req: http1.RequestHead, now: float, chain: Chain | None) -> None:
         if req.chunked:
-            self.chunked = http1.ChunkedReader()
+            # (A route's max_body bounds the sum of the chunks' sizes: 413.)
+            limit = chain.max_body if chain is not None else None
+            self.chunked = http1.ChunkedReader(limit or 0)
         else:
             self.chunked = None
             self.body_left = req.content_length or 0
-        # The body is kept until the request is sent (it can go elsewhere until then).
         self.pending_body = []
+        self.pending_len = 0
+        self.body_got = 0
+        self.body_mark = (now, 0)
         self.buf = b""
-        self._send(up)
-        if rest and self.state == BODY:
-            self._body_data(rest, 0)
-        return True
+
+    def _middlewares(
+        self, chain: Chain, req: http1.RequestHead, head: bytes, now: float, rest: bytes
+    ) -> bool:
+        """The request through its route's middlewares: True when one answered it (429, 413:
+        nothing was forwarded), else its head to forward is edited and what its response and
+        body need is noted."""
+        p = self.proxy
+        self.chain = chain  # until the response begins (`response_head`)
+        answer = None
+        if chain.limiters:
+            key = self.limit_key or client_key(self.client_ip)
+            self.limit_key = key
+            wait = chain.admit(key, now)
+            if wait:
+                answer = (429, "rate limit exceeded", f"Retry-After: {retry_after(wait)}\r\n")
+        limit = chain.max_body
+        length = req.content_length
+        if answer is None and limit is not None and length is not None and length > limit:
+            answer = (413, f"the request body is larger than {limit} bytes", "")
+        if answer is not None:
+            status, message, extra = answer
+            p.tally.reject("rate_limit" if status == 429 else "body_too_large")
+            self.begin_attempt(None, req, None, now)
+            self.buf = rest  # what the client sent ahead, when the connection is kept
+            self._local_response(status, message, extra)
+            return True
+        self.head_out = chain.request_head(self.head_out)
+        self.encoding = chain.encoding_for(head, req.minor, req.method)
+        return False
 
     def _body_data(self, data: bytes, start: int) -> None:
         """Request body bytes: forward what belongs to the body, keep what follows it."""
@@ -623,7 +893,9 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             try:
                 used = self.chunked.feed(data, start)
             except ProtocolError as e:
-                self._refuse(400, str(e), mid_exchange=True)
+                # (413: a size line past the route's max_body, refused before its data.)
+                kind = "body_too_large" if e.status == 413 else "bad_request"
+                self._refuse(e.status, str(e), mid_exchange=True, kind=kind)
                 return
             done = self.chunked.done
         else:
@@ -631,14 +903,33 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.body_left -= used
             done = self.body_left == 0
         piece = data if start == 0 and used == len(data) else data[start : start + used]
+        self.body_got += used
         if piece:
             up = self.up
             if self.pending_body is not None:
                 self.pending_body.append(piece)
+                self.pending_len += len(piece)
+                if self.pending_len > self.proxy.limits.request_buffer_bytes and self.up:
+                    self.gate()
             elif up is not None and up.transport is not None:
                 self.proxy.write(up.transport, piece)
         if done:
             self.body_done()
+            up = self.up
+            if up is not None:
+                # The upstream's time to answer counts from the end of the request: a long
+                # upload is not a slow upstream.
+                up.started = self.proxy.now
+        if (
+            self.up is None
+            and self.upstream is None
+            and self.attempts == 0
+            and self.state in (BODY, WAIT)
+            and (done or self.pending_len >= self.proxy.limits.request_buffer_bytes)
+        ):
+            # Buffered: all of the body, or as much as is kept before it streams.
+            self._send(self.begin_attempt())
+        if done:
             rest = data[start + used :]
             if rest:
                 self.buf += rest
@@ -689,6 +980,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         else:
             # A body: not kept once sent (`Exchange.failed` knows).
             self.pending_body = None
+            self.pending_len = 0
             p.write(t, self.head_out + b"".join(pending) if pending else self.head_out)
         if self.paused:
             self.gate()
@@ -782,6 +1074,20 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             conn.tunnel = True
         if resp.cut or resp.connection_tokens or added:
             head = http1.edit_response_head(head, resp, added)
+        chain = self.chain
+        if chain is not None and status != 101:
+            # Used up: the connection's next request may take the fast lane, which never
+            # sets it, and its response must not go through this chain.
+            self.chain = None
+            framing = conn.framing
+            head, enc = chain.response_head(
+                head,
+                status,
+                resp.content_length if framing == LENGTH else 0 if framing == NO_BODY else None,
+                framing == CHUNKED,
+                self.encoding if framing != NO_BODY else None,
+            )
+            conn.encoder = self.encoded = enc
         conn.out_head = head
         return True
 
@@ -827,17 +1133,21 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             return
         self._local_response(status, message)
 
-    def _local_response(self, status: int, message: str) -> None:
+    def _local_response(self, status: int, message: str, extra: str = "") -> None:
         """The proxy's own answer to the request, and the exchange's end."""
         p = self.proxy
         if self.transport is None or self.state == CLOSED:
             return
+        if p.access_log is not None and self.req is not None:
+            self._log(status, len(message) + 1, p.loop.time(), "-")
+        self.chain = None  # (as in `response_head`)
         keep = self.end_attempt(NO_VERDICT, 0.0, True)  # none is open: the exchange ends
         self.pending_body = None  # a body kept for a request that never went
+        self.pending_len = 0
         p.write(
             self.transport,
             http1.simple_response(
-                status, http1.REASONS.get(status, "Error"), message, close=not keep
+                status, http1.REASONS.get(status, "Error"), message, close=not keep, extra=extra
             ),
         )
         p.tally.observe(status, p.loop.time() - self.t0 if self.t0 else 0.0)
@@ -846,10 +1156,40 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         elif self.buf or self.eof or self.paused:
             self._next()
 
-    def _refuse(self, status: int, message: str, mid_exchange: bool = False) -> None:
-        """A client that broke the protocol: answer and close, never forward further."""
+    def _log(
+        self, status: int, nbytes: int, now: float, upstream: str, wanted: bool = False
+    ) -> None:
+        """The exchange's line in the access log, if one is kept and wants it (`wanted`: it
+        was asked already)."""
+        req = self.req
         p = self.proxy
-        p.tally.reject("bad_request")
+        log = p.access_log
+        if req is None or log is None or not (wanted or log.wants(status)):
+            return
+        route = p.router.match(req) if self.cluster is not None else None
+        log.log(
+            Entry(
+                time.time(),
+                self.client_ip.decode("ascii", "replace"),
+                req.method.decode("ascii", "replace"),
+                req.target.decode("ascii", "replace"),
+                req.minor,
+                status,
+                nbytes,
+                now - self.t0 if self.t0 else 0.0,
+                upstream,
+                # Found again for the log alone (the request path does not keep it).
+                route.name or route.cluster.name if route is not None else "-",
+            )
+        )
+
+    def _refuse(
+        self, status: int, message: str, mid_exchange: bool = False, kind: str = "bad_request"
+    ) -> None:
+        """A client that broke the protocol (or a bound: `kind`): answer and close, never
+        forward further."""
+        p = self.proxy
+        p.tally.reject(kind)
         if mid_exchange:
             up = self.up
             self.up = None
@@ -861,6 +1201,8 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self.abort()
                 return
         if self.transport is not None and self.state != CLOSED:
+            if p.access_log is not None and self.req is not None:
+                self._log(status, len(message) + 1, p.loop.time(), "-")
             p.write(
                 self.transport,
                 http1.simple_response(status, http1.REASONS.get(status, "Bad Request"), message),
@@ -900,6 +1242,13 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
             self.proxy.flush()
             t.close()
 
+    def let_go(self) -> None:
+        """Closed at once, its upstream connection with it: what waits for it is dropped
+        (the proxy's memory budget)."""
+        self._drop_upstream(self.mark_closed())
+        if self.transport is not None:
+            self.transport.abort()
+
     def abort(self) -> None:
         self.mark_closed()
         if self.transport is not None:
@@ -908,6 +1257,12 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
 
     def check_timeouts(self, now: float, t: Timeouts) -> None:
         state = self.state
+        if self.send_stalled and state != CLOSED and now - self.send_stalled > t.client_send_s:
+            # It takes nothing of what is written to it: what waits for it, and the upstream
+            # connection held for the rest of its response, are let go.
+            self.proxy.tally.closed_for("client_send_timeout")
+            self.abort()
+            return
         if state == CLOSED:
             tr = self.transport
             if not self.lingering or tr is None:
@@ -936,6 +1291,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 up is not None
                 and not up.got_head
                 and up.started
+                and self.req_done
                 and (now - up.started > t.response_header_s)
             ):
                 self.up = None
@@ -960,6 +1316,27 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
                 self._retry_or_fail(verdict, 502, "the upstream left the catalog", "removed")
             elif state == BODY and now - self.last_active > t.idle_s:
                 self._refuse(408, "the request body stalled", mid_exchange=True)
+            elif state == BODY and not self._body_keeps_up(now, t):
+                self.proxy.tally.reject("client_body_timeout")
+                self._refuse(408, "the request body came too slowly", mid_exchange=True)
+
+    def _body_keeps_up(self, now: float, t: Timeouts) -> bool:
+        """Whether the body keeps its minimum rate (`guard.body_progress`)."""
+        if self.paused:
+            # Not read because the upstream does not take it: not the client's slowness.
+            self.body_mark = (now, self.body_got)
+            return True
+        mark = guard.body_progress(
+            now,
+            *self.body_mark,
+            self.body_got,
+            self.proxy.limits.request_buffer_bytes,
+            t.client_body_s,
+        )
+        if mark is None:
+            return False
+        self.body_mark = mark
+        return True
 
 
 class TlsClientConn(ClientConn):
@@ -991,6 +1368,39 @@ def negotiated_protocol(transport: asyncio.BaseTransport) -> str | None:
     return str(name) if name is not None else None
 
 
+class LoggedConn(ClientConn):
+    """A client connection whose exchanges go to the access log (`Proxy.access_log`)."""
+
+    __slots__ = ()
+
+    def response_done(self, conn: UpstreamConn, status: int, reusable: bool) -> None:
+        log = self.proxy.access_log
+        if log is not None and log.wants(status):  # (a line sampled out costs no more)
+            if not conn.got_head:
+                # The fast lane's response was one read: its body is the last head's
+                # response's.
+                q = conn.last_q
+                sent = q[2] if q is not None else 0
+            elif self.encoded is not None:
+                sent = self.encoded.sent
+            elif conn.framing == LENGTH:
+                resp = conn.resp
+                sent = resp.content_length or 0 if resp is not None else 0
+            elif conn.framing == NO_BODY:
+                sent = 0
+            else:
+                sent = conn.body_sent
+            self._log(status, sent, self.proxy.loop.time(), conn.upstream.addr, True)
+        self.encoded = None
+        super().response_done(conn, status, reusable)
+
+
+class LoggedTlsConn(LoggedConn, TlsClientConn):
+    """A TLS listener's client connection whose exchanges go to the access log."""
+
+    __slots__ = ()
+
+
 class UpstreamConn(asyncio.Protocol):
     """A connection to one upstream, serving one exchange at a time, pooled between them. It
     reads the response (its head, then its body's framing) and reports to its client
@@ -998,9 +1408,11 @@ class UpstreamConn(asyncio.Protocol):
 
     __slots__ = (
         "body_left",
+        "body_sent",
         "buf",
         "chunked",
         "client",
+        "encoder",
         "framing",
         "got_head",
         "idle_since",
@@ -1046,6 +1458,10 @@ class UpstreamConn(asyncio.Protocol):
         self.last_head = b""
         self.last_q: tuple[int, int, int, bytes] | None = None
         self.last_len = -1  # of the last head's whole response
+        # The response's body goes through this compressor (a route's compress middleware).
+        self.encoder: ChunkedEncoder | None = None
+        # Bytes of a chunked or close-delimited response's body forwarded, for the log.
+        self.body_sent = 0
 
     async def connect(self, timeout_s: float) -> None:
         up = self.upstream
@@ -1091,6 +1507,13 @@ class UpstreamConn(asyncio.Protocol):
         self.client = None
         if client is not None:
             if self.framing == UNTIL_CLOSE and self.got_head and not self.tunnel:
+                enc = self.encoder
+                if enc is not None:
+                    # The compressed body's end, the last chunk: the response is whole.
+                    self.encoder = None
+                    tail = enc.end()
+                    if client.transport is not None:
+                        self.proxy.write(client.transport, tail)
                 client.response_done(self, self.resp.status if self.resp else 200, False)
                 return
             client.upstream_lost(self, before_response=not self.got_head)
@@ -1129,7 +1552,7 @@ class UpstreamConn(asyncio.Protocol):
             return
         self.last_active = self.proxy.now
         if self.tunnel:
-            self.proxy.write(client.transport, data)
+            self.proxy.write_down(client.transport, data)
             return
         if not self.got_head:
             if not self.buf and self.method != b"HEAD":
@@ -1158,7 +1581,9 @@ class UpstreamConn(asyncio.Protocol):
                 if (
                     body is not None
                     and q is not None
+                    and len(body) <= SLICE  # a bigger one goes in pieces (`write_down`)
                     and q[0] not in RETRYABLE_STATUSES
+                    and client.chain is None
                     and not client.response_begins(q[0], True, False)
                 ):
                     # The fast lane: a whole response in one read, whose head goes as it
@@ -1207,11 +1632,13 @@ class UpstreamConn(asyncio.Protocol):
         elif resp.chunked:
             self.framing = CHUNKED
             self.chunked = http1.ChunkedReader()
+            self.body_sent = 0
         elif resp.content_length is not None:
             self.framing = LENGTH if resp.content_length else NO_BODY
             self.body_left = resp.content_length
         else:
             self.framing = UNTIL_CLOSE
+            self.body_sent = 0
         if not client.response_head(self, resp, head):
             return
         rest = buf[n:] if len(buf) > n else b""
@@ -1238,15 +1665,23 @@ class UpstreamConn(asyncio.Protocol):
                 client.bad_response(self, f"{e} ({self.upstream.addr})")
                 return
             done = self.chunked.done
+            self.body_sent += used
         elif framing == UNTIL_CLOSE:
             used = n
+            self.body_sent += used
         else:
             used = 0
             done = True
         piece = data if start == 0 and used == len(data) else data[start : start + used]
+        enc = self.encoder
+        if enc is not None:
+            piece = enc.feed(piece)
+            if done:
+                self.encoder = None
+                piece += enc.end()
         out = prefix + piece if prefix else piece
         if out and client.transport is not None:
-            self.proxy.write(client.transport, out)
+            self.proxy.write_down(client.transport, out)
         self.out_head = b""
         if done:
             # Bytes after the response on a connection we did not pipeline on: broken.

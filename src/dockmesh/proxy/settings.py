@@ -9,6 +9,7 @@ from typing import Any
 
 from dockmesh.proxy import http1
 from dockmesh.proxy.cluster import Cluster
+from dockmesh.proxy.middleware import Chain
 
 
 @dataclass
@@ -21,6 +22,12 @@ class Timeouts:
     # A tunnel one side half-closed: how long the other side's EOF is awaited.
     tunnel_half_closed_s: float = 30.0
     pool_idle_s: float = 15.0
+    # A request body: each `Limits.request_buffer_bytes` of it (or all of a smaller one)
+    # must come within this, else 408 (a minimum rate: slowloris bodies end).
+    client_body_s: float = 30.0
+    # A client that takes none of its response for this long is closed (nginx's
+    # send_timeout): it would hold its upstream connection and the bytes waiting for it.
+    client_send_s: float = 60.0
 
 
 @dataclass
@@ -32,6 +39,16 @@ class Limits:
     # this (or one head of `max_head_bytes`, if larger), the client is not read until its
     # exchange ends: the backlog costs a copy per request served from it, so it stays small.
     max_pipelined_bytes: int = 64 * 1024
+    # A request body up to this is read whole before an upstream is asked for (nginx's
+    # client_body_buffer_size): a slow upload holds no upstream connection. A larger one
+    # streams once this much is in.
+    request_buffer_bytes: int = 64 * 1024
+    # Connections from one client address (IPv6: its /64) at once; 0: no limit.
+    max_connections_per_client: int = 0
+    # Bytes held for clients in all (what they sent ahead, bodies being buffered, responses
+    # they have not taken yet), per worker: near it, idle keep-alives are closed, then past
+    # it the connections holding the most (`guard.shed`).
+    max_buffered_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -44,6 +61,9 @@ class Route:
     strip: bytes | None = None
     # The routes file's middlewares this route's requests go through, by name.
     middlewares: tuple[str, ...] = ()
+    # Its middlewares, compiled (None: none, and the fast lane may take its requests).
+    chain: Chain | None = None
+    name: str = ""  # as the access log names it
 
 
 @dataclass

@@ -25,6 +25,9 @@ class Tally:
     workers adds every worker's up."""
 
     __slots__ = (
+        "access_log",
+        "buffered_bytes",
+        "closed",
         "connections",
         "connections_total",
         "latency_counts",
@@ -42,6 +45,14 @@ class Tally:
         self.rejected: dict[str, int] = {}  # requests refused before any upstream (400, 503…)
         self.connections = 0
         self.connections_total = 0
+        # The access log's lines by outcome (written, dropped, sampled_out): copied from it
+        # by the server's sweep, not counted per request here.
+        self.access_log: dict[str, int] = {}
+        # Client connections the proxy closed to protect the others, by reason (memory,
+        # memory_idle, connections_idle, client_send_timeout).
+        self.closed: dict[str, int] = {}
+        # Bytes held for clients at the last sweep (a gauge).
+        self.buffered_bytes = 0
 
     def observe(self, status: int, latency_s: float) -> None:
         """A response to a request, `latency_s` after its head was read."""
@@ -61,3 +72,6 @@ class Tally:
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def closed_for(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1

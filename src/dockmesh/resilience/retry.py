@@ -19,6 +19,11 @@ What follows a failed attempt (`after_failure`) is the rule plus the facts of th
   an answer (a status) another upstream exists to ask. The caller then asks the budget.
 - FAIL: anything else.
 
+Which failures may be retried at all is a route's choice (`RetryPolicy.on`, default all of
+them): `connect` (nothing reached the upstream: refused, timed out, or its breaker refused),
+`reset` (the request went out and no answer came: closed, reset) and the statuses 502, 503,
+504. The rule above still holds inside that choice: `on` can only narrow it.
+
 The budget (`RetryBudget`), as Envoy's and Linkerd's: retries may add at most `ratio` of the
 requests seen over the last `window_s`, plus `min_per_s` retries a second so a quiet service can
 still retry. When a whole fleet fails, retries cannot multiply the load by more than
@@ -29,6 +34,7 @@ still retry. When a whole fleet fails, retries cannot multiply the load by more 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dockmesh.resilience.window import SlidingCounts
 
@@ -39,9 +45,47 @@ RETRYABLE_STATUSES = frozenset((502, 503, 504))
 MAX_ATTEMPTS = 3
 # What follows a failed attempt (`after_failure`).
 FAIL, RETRY, RESEND = 0, 1, 2
+# The kinds of failure a route may retry (`RetryPolicy.on`).
+CONNECT, RESET = "connect", "reset"
+RETRY_ON: frozenset[str | int] = frozenset((CONNECT, RESET, *RETRYABLE_STATUSES))
 
 
-def may_retry(method: bytes, reached_upstream: bool, status: int | None, replayable: bool) -> bool:
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """A route's retries: at most `attempts` attempts per request (1: none tried again), on
+    the failures named in `on`, within a budget of `budget_ratio` of the requests plus
+    `min_per_s` retries a second."""
+
+    attempts: int = MAX_ATTEMPTS
+    on: frozenset[str | int] = RETRY_ON
+    budget_ratio: float = 0.2
+    min_per_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        if not self.on <= RETRY_ON:
+            raise ValueError(f"retry on: {sorted(map(str, self.on - RETRY_ON))} not retryable")
+        if self.budget_ratio < 0 or self.min_per_s < 0:
+            raise ValueError("budget_ratio >= 0 and min_per_s >= 0")
+
+
+def failure_kind(reached_upstream: bool, status: int | None) -> str | int:
+    """The kind of a failure, as `RetryPolicy.on` names it."""
+    if not reached_upstream:
+        return CONNECT
+    return RESET if status is None else status
+
+
+def may_retry(
+    method: bytes,
+    reached_upstream: bool,
+    status: int | None,
+    replayable: bool,
+    on: frozenset[str | int] = RETRY_ON,
+) -> bool:
+    if failure_kind(reached_upstream, status) not in on:
+        return False
     if not reached_upstream:
         return replayable
     return replayable and method in IDEMPOTENT and (status is None or status in RETRYABLE_STATUSES)
@@ -58,6 +102,7 @@ def after_failure(
     stale: bool = False,
     unsent: bool = False,
     max_attempts: int = MAX_ATTEMPTS,
+    on: frozenset[str | int] = RETRY_ON,
 ) -> int:
     """FAIL, RETRY or RESEND for an attempt that failed (see the module's docstring).
     `attempts`: the attempts made so far, this one included; `others`: the cluster has an
@@ -66,7 +111,7 @@ def after_failure(
         return RESEND
     if attempts >= max_attempts or (status is not None and not others):
         return FAIL
-    return RETRY if may_retry(method, reached_upstream, status, replayable) else FAIL
+    return RETRY if may_retry(method, reached_upstream, status, replayable, on) else FAIL
 
 
 class RetryBudget:

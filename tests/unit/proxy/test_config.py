@@ -187,3 +187,89 @@ def test_upstream_protocol_is_http1_by_default_h2_when_asked_and_nothing_else() 
     with pytest.raises(SpecError) as e:
         load_config(b"routes:\n  - backends: [http://a:1]\n    upstream_protocol: h3\n", "r.yaml")
     assert "r.yaml:3: routes.0.upstream_protocol: must be http/1.1 or h2" in str(e.value)
+
+
+def test_resource_limits_and_their_timeouts() -> None:
+    s = load_config(
+        b"timeouts: {client_body: 20s, client_send: 1m}\n"
+        b"limits: {request_buffer_bytes: 8192, max_connections_per_client: 0,\n"
+        b"         max_buffered_bytes: 1048576}\n",
+        "r.yaml",
+    )
+    assert s.timeouts == {"client_body": 20.0, "client_send": 60.0}
+    assert s.limits == {
+        "request_buffer_bytes": 8192,
+        "max_connections_per_client": 0,
+        "max_buffered_bytes": 1048576,
+    }
+    with pytest.raises(SpecError) as e:
+        load_config(b"limits: {request_buffer_bytes: 0, max_connections_per_client: -1}\n", "r")
+    text = str(e.value)
+    assert "r:1: limits.request_buffer_bytes: must be a whole number >= 1" in text
+    assert "r:1: limits.max_connections_per_client: must be a whole number >= 0" in text
+
+
+RESILIENT = b"""\
+routes:
+  - prefix: /a
+    backends: [http://127.0.0.1:9001]
+    breaker: {failures: 3, open_for: 45s, probes: 2}
+    outlier: {failures: 4, eject_for: 10s}
+    retry: {attempts: 2, on: [connect, 502], budget: 0.1, min_per_s: 1}
+  - prefix: /b
+    backends: [http://127.0.0.1:9001]
+    breaker: {failures: 3, open_for: 45s, probes: 2}
+    outlier: {failures: 4, eject_for: 10s}
+    retry: {attempts: 2, on: [connect, 502], budget: 0.1, min_per_s: 1}
+"""
+
+
+def test_breaker_outlier_and_retry_per_route() -> None:
+    a, b = load_config(RESILIENT, "r.yaml").routes
+    assert a.breaker == {"consecutive_failures": 3, "open_base_s": 45.0, "half_open_probes": 2}
+    assert a.outlier == {"consecutive_5xx": 4, "base_ejection_s": 10.0}
+    assert a.retry == {
+        "attempts": 2,
+        "on": frozenset({"connect", 502}),
+        "budget_ratio": 0.1,
+        "min_per_s": 1,
+    }
+    assert (b.breaker, b.outlier, b.retry) == (a.breaker, a.outlier, a.retry)
+
+
+def test_wrong_resilience_settings_are_reported_with_their_lines() -> None:
+    bad = b"""\
+routes:
+  - backends: [http://127.0.0.1:9001]
+    breaker: {failures: 0, open_for: soon, failure_ratio: 2, color: red}
+    outlier: 5
+    retry: {attempts: 2, on: [connect, 500, timeout]}
+  - prefix: /b
+    backends: [http://127.0.0.1:9002]
+    breaker: {open_for: 10s, open_max: 5s}
+  - prefix: /c
+    backends: [http://127.0.0.1:9002]
+    retry: {attempts: 1}
+"""
+    with pytest.raises(SpecError) as e:
+        load_config(bad, "r.yaml")
+    text = str(e.value)
+    for expected in (
+        "r.yaml:3: routes.0.breaker.failures: must be a whole number >= 1",
+        "r.yaml:3: routes.0.breaker.open_for",
+        "r.yaml:3: routes.0.breaker.failure_ratio: must be a share",
+        "r.yaml:3: routes.0.breaker.color: unknown key",
+        "r.yaml:4: routes.0.outlier: must be a mapping",
+        "r.yaml:5: routes.0.retry.on: 500 cannot be retried",
+        "r.yaml:8: routes.1.breaker: open_for > 0, backoff >= 1, open_max >= open_for",
+        "r.yaml:11: routes.2.retry: differs from routes.1's",
+    ):
+        assert expected in text, (expected, text)
+
+
+def test_open_for_alone_raises_the_cap_of_the_backoff() -> None:
+    from dockmesh.proxy.config import make_policy
+
+    p = make_policy("breaker", {"open_base_s": 60.0})
+    assert p.open_base_s == 60.0 and p.open_max_s == 60.0
+    assert make_policy("outlier", {"base_ejection_s": 600.0}).max_ejection_s == 600.0

@@ -150,6 +150,12 @@ def test_an_encoded_slash_is_an_ordinary_character_kept_as_sent(path: bytes) -> 
     if plain is None:
         assert out is None
     else:
-        read_as_slash = plain.replace(b"U", b"/").replace(b"L", b"/").split(b"/")
-        hidden = any(seg in (b".", b"..") for seg in read_as_slash)
+        # A segment of the request (its dots decoded) that `%2F` read as a slash would split
+        # into a dot segment.
+        hidden = any(
+            part in (b".", b"..")
+            for seg in as_letter.replace(b"%2e", b".").split(b"/")
+            if b"U" in seg or b"L" in seg
+            for part in seg.replace(b"L", b"U").split(b"U")
+        )
         assert out == (None if hidden else plain.replace(b"U", b"%2F").replace(b"L", b"%2f"))

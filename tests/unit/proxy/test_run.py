@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dockmesh.proxy.cluster import Cluster
 from dockmesh.proxy.config import FileSettings, RouteSpec
-from dockmesh.proxy.run import ProxyOptions, build_settings, reload_file, run_proxy
+from dockmesh.proxy.run import ProxyOptions, build_settings, identity, reload_file, run_proxy
 from dockmesh.proxy.server import PortServed, check_port_free, reuseport_socket
+from dockmesh.resilience.passive import PassivePolicy
 
 
 def test_backends_from_the_flags_make_one_catch_all_route() -> None:
@@ -214,3 +217,47 @@ def test_tls_from_the_flags_and_the_file_and_what_does_not_make_a_whole() -> Non
     with pytest.raises(TlsError, match="no TLS listener"):
         tls_spec(ProxyOptions(listen=("127.0.0.1", 0), tls={"internal": True}))
     assert tls_spec(ProxyOptions(listen=("127.0.0.1", 0))) is None
+
+
+def test_a_routes_resilience_settings_make_its_cluster_and_a_change_makes_it_anew() -> None:
+    spec = RouteSpec(
+        name="a",
+        backends=["10.0.0.1:80"],
+        breaker={"consecutive_failures": 2, "open_base_s": 45.0},
+        outlier={"consecutive_5xx": 9},
+        retry={"attempts": 1, "on": frozenset({"connect"})},
+    )
+    opts = ProxyOptions(listen=("127.0.0.1", 0), file=FileSettings(routes=[spec]))
+    known: dict[str, Cluster[Any]] = {}
+    _, made = build_settings(opts, known)
+    c = made[0][0]
+    assert c.breaker_policy.consecutive_failures == 2 and c.breaker_policy.open_max_s == 45.0
+    assert c.outlier.policy.consecutive_5xx == 9
+    assert c.outlier.policy.max_ejection_percent == 50  # passive's, as before
+    assert c.retry.attempts == 1 and c.retry.on == frozenset({"connect"})
+    up = c.upstreams["10.0.0.1:80"]
+    assert up.breaker.policy is c.breaker_policy
+    # The same settings again (a set built in another order too): the same cluster.
+    same = RouteSpec(
+        name="a",
+        backends=["10.0.0.1:80"],
+        breaker={"open_base_s": 45.0, "consecutive_failures": 2},
+        outlier={"consecutive_5xx": 9},
+        retry={"on": frozenset(["connect"]), "attempts": 1},
+    )
+    opts.file = FileSettings(routes=[same])
+    _, again = build_settings(opts, known)
+    assert again[0][0] is c
+    # Another breaker: another cluster.
+    opts.file = FileSettings(routes=[RouteSpec(name="a", backends=["10.0.0.1:80"])])
+    _, changed = build_settings(opts, known)
+    assert changed[0][0] is not c and changed[0][0].breaker_policy.consecutive_failures == 5
+
+
+@given(st.permutations([500, 502, 503, 504, 510, 518, 526]))
+def test_a_policys_identity_does_not_follow_the_order_its_set_was_built_in(
+    order: list[int],
+) -> None:
+    base = PassivePolicy(failure_statuses=frozenset([500, 502, 503, 504, 510, 518, 526]))
+    other = PassivePolicy(failure_statuses=frozenset(order))
+    assert identity(other) == identity(base)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,9 +13,12 @@ from dockmesh.resilience.retry import (
     MAX_ATTEMPTS,
     RESEND,
     RETRY,
+    RETRY_ON,
     RETRYABLE_STATUSES,
     RetryBudget,
+    RetryPolicy,
     after_failure,
+    failure_kind,
     may_retry,
 )
 from dockmesh.testing.clock import ManualClock
@@ -128,3 +132,43 @@ def test_what_follows_a_failed_attempt_examples() -> None:
     assert after_failure(b"POST", True, None, True, 1, stale=True) == FAIL
     assert after_failure(b"POST", False, None, True, 1, stale=True, unsent=True) == RESEND
     assert after_failure(b"PUT", True, None, False, 1, stale=True) == FAIL
+
+
+@given(
+    st.sampled_from([b"GET", b"POST"]),
+    st.booleans(),
+    st.sampled_from([None, 502, 503, 504]),
+    st.sets(st.sampled_from(sorted(RETRY_ON, key=str))),
+    st.integers(1, 5),
+    st.integers(1, 5),
+)
+def test_a_routes_retry_policy_only_narrows_the_rule(
+    method: bytes,
+    reached: bool,
+    status: int | None,
+    on: set[str | int],
+    attempts: int,
+    max_attempts: int,
+) -> None:
+    if not reached:
+        status = None
+    verdict = after_failure(
+        method, reached, status, True, attempts, max_attempts=max_attempts, on=frozenset(on)
+    )
+    if verdict == RETRY:
+        assert after_failure(method, reached, status, True, 1) == RETRY  # the rule allows it
+        assert failure_kind(reached, status) in on
+        assert attempts < max_attempts
+
+
+def test_retry_policy_examples() -> None:
+    only_connect = frozenset({"connect"})
+    assert after_failure(b"GET", False, None, True, 1, on=only_connect) == RETRY
+    assert after_failure(b"GET", True, None, True, 1, on=only_connect) == FAIL
+    assert after_failure(b"GET", True, 502, True, 1, on=frozenset({502})) == RETRY
+    assert after_failure(b"GET", True, 503, True, 1, on=frozenset({502})) == FAIL
+    assert after_failure(b"GET", False, None, True, 1, max_attempts=1) == FAIL
+    with pytest.raises(ValueError, match="not retryable"):
+        RetryPolicy(on=frozenset({500}))
+    with pytest.raises(ValueError, match="attempts"):
+        RetryPolicy(attempts=0)
