@@ -374,10 +374,12 @@ class H2Client(asyncio.Protocol):
         out = b""
         if cluster is not None:
             fields = http1.request_forwarded_fields(
-                req, self.client_ip, p.next_request_id(), self.trusted
+                req,
+                self.client_ip,
+                p.next_request_id(),
+                self.trusted,
+                b"https" if self.tls else b"http",
             )
-            if self.tls:
-                fields = fields.replace(b"Proto: http\r\n", b"Proto: https\r\n", 1)
             out = http1.edit_request_head(head, req, fields)
             if chain is not None:
                 out = chain.request_head(out)

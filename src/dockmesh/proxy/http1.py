@@ -91,7 +91,9 @@ _RESPONSE = re.compile(
     rb"HTTP/1\.([01]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?\r\n" + _FIELD_LINES
 )
 # What the request reader does with each field it looks at.
-_HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _RID, _KEEP, _FWD, _CUT, _CLAIM = range(11)
+_HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _RID, _KEEP, _FWD, _CUT, _CLAIM, _XFP, _XFH = range(
+    13
+)
 _REQUEST_ACTIONS = {
     b"host": _HOST,
     b"content-length": _CL,
@@ -102,10 +104,13 @@ _REQUEST_ACTIONS = {
     b"x-request-id": _RID,
     b"expect": _KEEP,
     b"forwarded": _FWD,
-    # Set by the proxy itself.
-    b"x-forwarded-proto": _CUT,
-    b"x-forwarded-host": _CUT,
+    # Set by the proxy itself, unless a trusted proxy in front said them (its client's
+    # scheme and host: a TLS-terminating balancer's `https` must reach the app).
+    b"x-forwarded-proto": _XFP,
+    b"x-forwarded-host": _XFH,
 }
+# A URI scheme (RFC 3986 §3.1), as X-Forwarded-Proto carries one.
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]{0,15}")
 # An absolute-form target (RFC 9112 §3.2.2): its authority, then the rest of the target.
 _ABSOLUTE = re.compile(rb"[Hh][Tt][Tt][Pp][Ss]?://([^/?#@]+)([/?][\x21-\x7e]*)?")
 
@@ -132,6 +137,8 @@ class RequestHead:
         "target",
         "upgrade",
         "xff",
+        "xfh",
+        "xfp",
     )
 
     def __init__(self, method: bytes, target: bytes, minor: int, head_len: int) -> None:
@@ -156,6 +163,10 @@ class RequestHead:
         # and their underscore spellings, which CGI and WSGI servers read alike): its lines,
         # cut, and sent on only from a trusted proxy.
         self.claims: bytes | None = None
+        # The client's X-Forwarded-Proto and -Host (the first of each): kept from a trusted
+        # proxy only.
+        self.xfp: bytes | None = None
+        self.xfh: bytes | None = None
         # The target forwarded differs from the one received (normalised, or made origin-form
         # from an absolute-form whose authority then replaces Host): the request line is
         # rebuilt, and Host too when `host_replaced`.
@@ -273,6 +284,10 @@ def parse_request_head(
             req.forwarded = value if req.forwarded is None else req.forwarded + b", " + value
         elif action == _CLAIM:
             req.claims = (req.claims or b"") + bytes(buf[start:end])
+        elif action == _XFP and req.xfp is None and _SCHEME.fullmatch(value):
+            req.xfp = value
+        elif action == _XFH and req.xfh is None and value:
+            req.xfh = value
         if req.cut is None:
             req.cut = []
         req.cut.append((start, end))
@@ -577,15 +592,20 @@ def request_forwarded_fields(
     """X-Forwarded-For, -Proto (`proto`: the client's scheme) and -Host (set), X-Request-Id
     (kept or made). What the client sent in X-Forwarded-For, Forwarded, X-Real-IP and the
     other X-Forwarded-* is anyone's claim: replaced or dropped, unless the peer is a trusted
-    proxy (`trusted`), whose X-Forwarded-For is appended to and Forwarded and the other claims
-    kept."""
+    proxy (`trusted`), whose X-Forwarded-For is appended to and whose Forwarded,
+    X-Forwarded-Proto, -Host and other claims are kept (its client's scheme and host are what
+    the app must see)."""
     xff = client_ip if req.xff is None or not trusted else req.xff + b", " + client_ip
+    if trusted and req.xfp is not None:
+        proto = req.xfp
     out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n"
     if trusted and req.forwarded is not None:
         out += b"Forwarded: " + req.forwarded + b"\r\n"
     if trusted and req.claims is not None:
         out += req.claims
-    if req.host is not None:
+    if trusted and req.xfh is not None:
+        out += b"X-Forwarded-Host: " + req.xfh + b"\r\n"
+    elif req.host is not None:
         out += b"X-Forwarded-Host: " + req.host + b"\r\n"
     if req.request_id is None:
         out += b"X-Request-Id: " + request_id + b"\r\n"

@@ -377,12 +377,20 @@ def test_forwarded_fields_are_kept_only_from_a_trusted_proxy() -> None:
         "X-Forwarded-For: 10.0.0.9",
         "Forwarded: for=10.0.0.9;proto=https",
         "X-Forwarded-Host: admin.internal",
+        "X-Forwarded-Proto: https",
     )
     r = http1.parse_request_head(head)
     assert r is not None
-    for trusted, xff, fwd in (
-        (False, b"X-Forwarded-For: 127.0.0.1", None),
-        (True, b"X-Forwarded-For: 10.0.0.9, 127.0.0.1", b"Forwarded: for=10.0.0.9;proto=https"),
+    for trusted, xff, fwd, host, proto in (
+        (False, b"X-Forwarded-For: 127.0.0.1", None, b"a.test", b"http"),
+        (
+            True,
+            b"X-Forwarded-For: 10.0.0.9, 127.0.0.1",
+            b"Forwarded: for=10.0.0.9;proto=https",
+            # A TLS-terminating balancer in front: its client's host and scheme reach the app.
+            b"admin.internal",
+            b"https",
+        ),
     ):
         fields = http1.request_forwarded_fields(r, b"127.0.0.1", b"id", trusted)
         lines = http1.edit_request_head(head, r, fields).split(b"\r\n")
@@ -390,8 +398,16 @@ def test_forwarded_fields_are_kept_only_from_a_trusted_proxy() -> None:
         assert xff in lines and names.count(b"x-forwarded-for") == 1
         assert names.count(b"forwarded") == (1 if fwd else 0)
         assert fwd is None or fwd in lines
-        assert lines.count(b"X-Forwarded-Host: a.test") == 1
+        assert lines.count(b"X-Forwarded-Host: " + host) == 1
         assert names.count(b"x-forwarded-host") == 1
+        assert lines.count(b"X-Forwarded-Proto: " + proto) == 1
+        assert names.count(b"x-forwarded-proto") == 1
+    # A scheme that is not one is not kept, even from a trusted proxy.
+    bad = http1.parse_request_head(
+        req("GET / HTTP/1.1", "Host: a", "X-Forwarded-Proto: https, http")
+    )
+    assert bad is not None
+    assert b"Proto: http\r\n" in http1.request_forwarded_fields(bad, b"1.1.1.1", b"i", True)
 
 
 def test_the_fast_lane_leaves_forwarded_and_unnormalised_targets_to_the_reader() -> None:
