@@ -190,3 +190,31 @@ def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
             while chunk := s.recv(65536):
                 out += chunk
         return out
+
+
+def ask_raw(port: int, data: bytes) -> tuple[int, dict[str, Any] | None, bytes]:
+    """(status, the backend's echo or None, the raw response) of `data` on its own
+    connection."""
+    out = raw(port, data)
+    status = int(out.split(b" ", 2)[1]) if out else 0
+    body = out.partition(b"\r\n\r\n")[2]
+    doc = json.loads(body) if status == 200 and body.startswith(b"{") else None
+    return status, doc, out
+
+
+@contextlib.contextmanager
+def vhost_proxy(tmp: Path) -> Iterator[tuple[ProxyProc, Backend, Backend]]:
+    """A proxy with two virtual hosts: `admin.internal` (any path) and `public` (under /p/
+    only), each its own backend."""
+    with backends(2) as (admin, p):
+        cfg = tmp / "routes.yaml"
+        cfg.write_text(
+            "routes:\n"
+            f"  - host: admin.internal\n    backends: [{admin.url}]\n"
+            f"  - host: public\n    prefix: /p/\n    backends: [{p.url}]\n"
+        )
+        proxy = ProxyProc(tmp, "--config", str(cfg))
+        try:
+            yield proxy, admin, p
+        finally:
+            proxy.stop()

@@ -14,37 +14,23 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.integration.proxyenv import Backend, ProxyProc, backends, free_port, raw
-
-
-def ask(port: int, data: bytes) -> tuple[int, dict[str, Any] | None, bytes]:
-    """(status, the backend's echo or None, the raw response) of `data` on its own
-    connection."""
-    out = raw(port, data)
-    status = int(out.split(b" ", 2)[1]) if out else 0
-    body = out.partition(b"\r\n\r\n")[2]
-    doc = json.loads(body) if status == 200 and body.startswith(b"{") else None
-    return status, doc, out
+from tests.integration.proxyenv import (
+    Backend,
+    ProxyProc,
+    backends,
+    free_port,
+    vhost_proxy,
+)
+from tests.integration.proxyenv import ask_raw as ask
 
 
 @pytest.fixture
 def vhosts(tmp_path: Path) -> Iterator[tuple[ProxyProc, Backend, Backend]]:
-    with backends(2) as (admin, p):
-        cfg = tmp_path / "routes.yaml"
-        cfg.write_text(
-            "routes:\n"
-            f"  - host: admin.internal\n    backends: [{admin.url}]\n"
-            f"  - host: public\n    prefix: /p/\n    backends: [{p.url}]\n"
-        )
-        proxy = ProxyProc(tmp_path, "--config", str(cfg))
-        try:
-            yield proxy, admin, p
-        finally:
-            proxy.stop()
+    with vhost_proxy(tmp_path) as v:
+        yield v
 
 
 @pytest.mark.parametrize("field", ["Content-Length", "Transfer-Encoding", "Host"])

@@ -4,41 +4,26 @@ X-Forwarded-* / Forwarded fields reach the upstream only from a trusted proxy.""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.proxyenv import Backend, ProxyProc, backends, raw
+from tests.integration.proxyenv import Backend, ProxyProc, ask_raw, backends, vhost_proxy
 
 
 def ask(port: int, target: str, *fields: str) -> tuple[int, dict[str, Any] | None, bytes]:
     """(status, the backend's echo or None, the raw response) of one request on its own
     connection."""
     head = f"GET {target} HTTP/1.1\r\n" + "".join(f"{f}\r\n" for f in fields)
-    out = raw(port, (head + "Connection: close\r\n\r\n").encode())
-    status = int(out.split(b" ", 2)[1])
-    body = out.partition(b"\r\n\r\n")[2]
-    doc = json.loads(body) if status == 200 and body.startswith(b"{") else None
-    return status, doc, out
+    return ask_raw(port, (head + "Connection: close\r\n\r\n").encode())
 
 
 @pytest.fixture
 def vhosts(tmp_path: Path) -> Iterator[tuple[ProxyProc, Backend, Backend]]:
-    with backends(2) as (admin, p):
-        cfg = tmp_path / "routes.yaml"
-        cfg.write_text(
-            "routes:\n"
-            f"  - host: admin.internal\n    backends: [{admin.url}]\n"
-            f"  - host: public\n    prefix: /p/\n    backends: [{p.url}]\n"
-        )
-        proxy = ProxyProc(tmp_path, "--config", str(cfg))
-        try:
-            yield proxy, admin, p
-        finally:
-            proxy.stop()
+    with vhost_proxy(tmp_path) as v:
+        yield v
 
 
 def test_an_absolute_form_target_routes_by_its_authority_and_goes_upstream_consistent(

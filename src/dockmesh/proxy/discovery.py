@@ -23,6 +23,7 @@ from typing import Any
 from dockmesh.catalog import checks
 from dockmesh.model.catalog import CheckSpec, CheckState
 from dockmesh.proxy.cluster import Cluster, Upstream
+from dockmesh.proxy.labelroutes import instances_from_health
 
 log = logging.getLogger(__name__)
 
@@ -31,29 +32,10 @@ WAIT = "5m"
 
 def members_from_health(doc: Any) -> dict[str, int]:
     """`/v1/health/service/<name>` JSON → {address:port: weight} of its instances."""
-    out: dict[str, int] = {}
-    if not isinstance(doc, list):
-        return out
-    for entry in doc:
-        if not isinstance(entry, dict):
-            continue
-        svc = entry.get("Service") or {}
-        node = entry.get("Node") or {}
-        if not isinstance(svc, dict) or not isinstance(node, dict):
-            continue
-        address = svc.get("Address") or node.get("Address")
-        port = svc.get("Port")
-        if not isinstance(address, str) or not address or not isinstance(port, int):
-            continue
-        if not 0 < port < 65536:
-            continue
-        weights = svc.get("Weights") or {}
-        weight = weights.get("Passing", 1) if isinstance(weights, dict) else 1
-        if not isinstance(weight, int) or weight < 1:
-            weight = 1
-        key = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        out[key] = weight
-    return out
+    return {
+        (f"[{i.address}]:{i.port}" if ":" in i.address else f"{i.address}:{i.port}"): i.weight
+        for i in instances_from_health(doc)
+    }
 
 
 async def watch_service(cluster: Cluster[Any], service: str, agent: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dockmesh.model.catalog import META_PROJECT
 from dockmesh.model.httproute import HttpRoute, decode_meta
@@ -142,3 +143,40 @@ def _claim(
         options = claims.setdefault((host, route.path), {}).setdefault(cluster, {})
         key = (route.strip, route.middlewares)
         options[key] = options.get(key, 0) + 1
+
+
+def instances_from_health(doc: Any) -> list[CatalogInstance]:
+    """`/v1/health/service/<name>` JSON → its instances (passing: every check passes)."""
+    out: list[CatalogInstance] = []
+    if not isinstance(doc, list):
+        return out
+    for entry in doc:
+        if not isinstance(entry, dict):
+            continue
+        svc = entry.get("Service") or {}
+        node = entry.get("Node") or {}
+        if not isinstance(svc, dict) or not isinstance(node, dict):
+            continue
+        address = svc.get("Address") or node.get("Address")
+        port, iid, name = svc.get("Port"), svc.get("ID"), svc.get("Service")
+        if not isinstance(address, str) or not address or not isinstance(port, int):
+            continue
+        if not 0 < port < 65536:
+            continue
+        # (Consul always says both; a registry that does not still gives members.)
+        iid = iid if isinstance(iid, str) else f"{address}:{port}"
+        name = name if isinstance(name, str) else ""
+        meta = svc.get("Meta") or {}
+        pairs = tuple(
+            sorted((k, v) for k, v in meta.items() if isinstance(k, str) and isinstance(v, str))
+            if isinstance(meta, dict)
+            else ()
+        )
+        checks = entry.get("Checks") or []
+        passing = all(isinstance(c, dict) and c.get("Status") == "passing" for c in checks)
+        weights = svc.get("Weights") or {}
+        weight = weights.get("Passing", 1) if isinstance(weights, dict) else 1
+        if not isinstance(weight, int) or weight < 1:
+            weight = 1
+        out.append(CatalogInstance(iid, name, address, port, pairs, passing, weight))
+    return out

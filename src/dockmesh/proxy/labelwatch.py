@@ -23,45 +23,11 @@ from typing import Any
 from urllib.parse import quote
 
 from dockmesh.model.catalog import META_PROJECT
-from dockmesh.proxy.labelroutes import CatalogInstance
+from dockmesh.proxy.labelroutes import CatalogInstance, instances_from_health
 
 log = logging.getLogger(__name__)
 
 WAIT = "5m"
-
-
-def instances_from_health(doc: Any) -> list[CatalogInstance]:
-    """`/v1/health/service/<name>` JSON → its instances (passing: every check passes)."""
-    out: list[CatalogInstance] = []
-    if not isinstance(doc, list):
-        return out
-    for entry in doc:
-        if not isinstance(entry, dict):
-            continue
-        svc = entry.get("Service") or {}
-        node = entry.get("Node") or {}
-        if not isinstance(svc, dict) or not isinstance(node, dict):
-            continue
-        address = svc.get("Address") or node.get("Address")
-        port, iid, name = svc.get("Port"), svc.get("ID"), svc.get("Service")
-        if not isinstance(address, str) or not address or not isinstance(port, int):
-            continue
-        if not isinstance(iid, str) or not isinstance(name, str) or not 0 < port < 65536:
-            continue
-        meta = svc.get("Meta") or {}
-        pairs = tuple(
-            sorted((k, v) for k, v in meta.items() if isinstance(k, str) and isinstance(v, str))
-            if isinstance(meta, dict)
-            else ()
-        )
-        checks = entry.get("Checks") or []
-        passing = all(isinstance(c, dict) and c.get("Status") == "passing" for c in checks)
-        weights = svc.get("Weights") or {}
-        weight = weights.get("Passing", 1) if isinstance(weights, dict) else 1
-        if not isinstance(weight, int) or weight < 1:
-            weight = 1
-        out.append(CatalogInstance(iid, name, address, port, pairs, passing, weight))
-    return out
 
 
 def wanted(services: Any, projects: Collection[str] | None) -> set[str]:

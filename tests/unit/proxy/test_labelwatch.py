@@ -3,7 +3,8 @@ scoped service names of the projects it follows."""
 
 from __future__ import annotations
 
-from dockmesh.proxy.labelwatch import instances_from_health, wanted
+from dockmesh.proxy.labelroutes import instances_from_health
+from dockmesh.proxy.labelwatch import wanted
 
 
 def test_health_entries_and_names_to_follow() -> None:
