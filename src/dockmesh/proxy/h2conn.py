@@ -91,6 +91,18 @@ class Failed(Exception):
         self.verdict = verdict
 
 
+def _no_response(after_s: float) -> Failed:
+    """The upstream gave no response head within `after_s`: 504, never retried."""
+    return Failed(
+        None,
+        True,
+        504,
+        f"no response from the upstream within {after_s:g}s",
+        "timeout",
+        verdict=FAIL,
+    )
+
+
 class Cut(Exception):
     """The response began and then broke: the client's stream is reset."""
 
@@ -564,14 +576,7 @@ class H2Client(asyncio.Protocol):
                                 continue
                         break
             except TimeoutError:
-                raise Failed(
-                    None,
-                    True,
-                    504,
-                    f"no response from the upstream within {t.response_header_s:g}s",
-                    "timeout",
-                    verdict=FAIL,
-                ) from None
+                raise _no_response(t.response_header_s) from None
             except http1.ProtocolError as e:
                 raise Failed(None, True, 502, f"{e} ({up.addr})", "bad_response") from None
             except OSError as e:
@@ -668,14 +673,7 @@ class H2Client(asyncio.Protocol):
                 async with asyncio.timeout(t.response_header_s):
                     ev = await us.events.get()
             except TimeoutError:
-                raise Failed(
-                    None,
-                    True,
-                    504,
-                    f"no response from the upstream within {t.response_header_s:g}s",
-                    "timeout",
-                    verdict=FAIL,
-                ) from None
+                raise _no_response(t.response_header_s) from None
             if not isinstance(ev, h2.events.ResponseReceived):
                 refused = (
                     isinstance(ev, h2.events.StreamReset) and ev.error_code == _CODES.REFUSED_STREAM
