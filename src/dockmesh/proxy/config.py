@@ -14,8 +14,10 @@
              max_buffered_bytes: 67108864}   # per worker: bytes held for clients (backlogs,
                                              # bodies, unsent responses); near it, idle
                                              # keep-alives close, then the biggest holders
-    trusted_proxies: [10.0.0.0/8]    # peers whose X-Forwarded-For / Forwarded are kept
-                                     # (appended to); default none: replaced for everyone
+    trusted_proxies: [10.0.0.0/8]    # peers whose X-Forwarded-For is appended to and whose
+                                     # Forwarded, X-Forwarded-Proto/-Host (and other
+                                     # X-Forwarded-*, X-Real-IP) are kept; default none:
+                                     # replaced or dropped for everyone
     routes:                          # first match wins; longest prefixes first is wise
       - host: api.example.test       # optional: the Host without its port
         prefix: /api                 # optional, default /
