@@ -161,6 +161,14 @@ class H2Client(asyncio.Protocol):
         self.transport = t = cast(asyncio.Transport, transport)
         p = self.proxy
         p.tally.connections += 1
+        if p.connections_full():
+            # As HTTP/1.1's (`ClientConn.connection_made`): past the limit, refused. (One
+            # that began as HTTP/1.1, h2c, was let in there and no longer counts as such.)
+            p.tally.reject("overload")
+            self.conn.initiate_connection()
+            self.conn.close_connection(_CODES.REFUSED_STREAM, b"too many connections")
+            self.close()
+            return
         p.sides.add(self)
         self.client_ip = peer_ip(t)
         self.trusted = p.settings.trusts(self.client_ip)
