@@ -301,3 +301,29 @@ def test_a_routes_file_grown_past_its_bound_is_refused_whole_not_read_cut_short(
             assert b'"backend": "be1"' in _get(proxy.port, "/a")
         finally:
             proxy.stop()
+
+
+def test_a_routes_file_replaced_by_a_fifo_does_not_hang_the_proxy(tmp_path: Path) -> None:
+    """The watched path becomes a FIFO nobody writes to (or a symlink to one): reading it
+    would block the event loop for good. It is refused as not a regular file."""
+    with backends(1) as (be,):
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(f"routes:\n  - backends: [{be.url}]\n")
+        proxy = ProxyProc(tmp_path, "--config", str(cfg))
+        try:
+            fifo = tmp_path / "fifo"
+            os.mkfifo(fifo)
+            link = tmp_path / "link"
+            link.symlink_to(fifo)
+            os.replace(link, cfg)
+            deadline = time.monotonic() + 6
+            while b"not a regular file" not in proxy.log.read_bytes():
+                assert time.monotonic() < deadline, proxy.log.read_text()[-2000:]
+                time.sleep(0.2)
+            assert _get(proxy.port).startswith(b"HTTP/1.1 200")
+        finally:
+            proxy.stop()
+            # A proxy stuck in open() is unblocked by a writer, then stopped.
+            with contextlib.suppress(OSError):
+                fd = os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK)
+                os.close(fd)
