@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 
@@ -41,15 +42,37 @@ class TakeoverError(Exception):
 
 def run_dir() -> str:
     """Where control sockets live: $DOCKMESH_RUN_DIR, else the first writable of
-    CONTROL_DIRS (a user's own under /tmp when /run/dockmesh is root's)."""
+    CONTROL_DIRS (a user's own under /tmp when /run/dockmesh is root's). Only a directory
+    this user (or root) owns that no one else may write to: in one another user made first
+    (`/tmp/dockmesh-run-<uid>` is a name anyone can take) or one open to all, a stranger
+    could put its own socket at the name a `--takeover` connects to, or remove ours."""
     given = os.environ.get("DOCKMESH_RUN_DIR")
     candidates = [given] if given else [*CONTROL_DIRS[:1], f"{CONTROL_DIRS[1]}-{os.getuid()}"]
+    unsafe = []
     for d in candidates:
         with contextlib.suppress(OSError):
             os.makedirs(d, mode=0o700, exist_ok=True)
-            if os.access(d, os.W_OK):
+            if not os.access(d, os.W_OK):
+                continue
+            why = unsafe_dir(os.stat(d), os.getuid())
+            if why is None:
                 return d
+            unsafe.append(f"{d} {why}")
+    if unsafe:
+        raise TakeoverError(f"no safe run directory: {'; '.join(unsafe)}")
     raise TakeoverError(f"no writable run directory ({', '.join(candidates)})")
+
+
+def unsafe_dir(st: os.stat_result, uid: int) -> str | None:
+    """Why a directory with status `st` cannot hold the control sockets of user `uid`, or
+    None when it can."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid not in (0, uid):
+        return f"belongs to another user (uid {st.st_uid})"
+    if st.st_mode & 0o022:
+        return f"may be written by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
 def control_path(host: str, port: int, directory: str | None = None) -> str:
@@ -193,6 +216,9 @@ def take_over(path: str, host: str, port: int) -> Handoff:
             raise TakeoverError(
                 f"no dockmesh proxy serves {host}:{port} to take over ({path}: {e.strerror or e})"
             ) from None
+        if not _peer_allowed(conn):
+            # Not our proxy: a stranger's socket at the name. Nothing is asked of it.
+            raise TakeoverError(f"{path} is served by another user's process")
         try:
             conn.sendall(b"takeover\n")
             msg, fds, _flags, _addr = socket.recv_fds(conn, 64, MAX_FDS)
