@@ -327,3 +327,34 @@ def test_a_routes_file_replaced_by_a_fifo_does_not_hang_the_proxy(tmp_path: Path
             with contextlib.suppress(OSError):
                 fd = os.open(tmp_path / "fifo", os.O_WRONLY | os.O_NONBLOCK)
                 os.close(fd)
+
+
+def _hello(name: bytes) -> bytes:
+    """A ClientHello whose SNI is `name` (8 bytes: put in place of `app.test`, the lengths
+    around it unchanged), as a client that does not encode names would send it."""
+    into, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    c = ssl._create_unverified_context().wrap_bio(into, out, server_hostname="app.test")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        c.do_handshake()
+    hello = out.read()
+    assert len(name) == 8 and hello.count(b"app.test") == 1
+    return hello.replace(b"app.test", name)
+
+
+def test_sni_bytes_outside_ascii_are_refused_without_a_traceback_each(
+    tls_limited: tuple[ProxyProc, int, Path],
+) -> None:
+    """`ssl` decodes the SNI as ASCII before the proxy's callback sees it and prints a
+    traceback for each name it cannot decode: 300 such handshakes must not write 1,500
+    lines to the log (a disk filled by a client), and a normal client is served."""
+    proxy, port, cafile = tls_limited
+    hello = _hello(b"\xffpp.test")
+    for _ in range(300):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(hello)
+            with contextlib.suppress(OSError):
+                s.recv(4096)
+    assert _tls_get(port, cafile).startswith(b"HTTP/1.1 200")
+    text = proxy.log.read_text(errors="replace")
+    assert text.count("UnicodeDecodeError") <= 1, text[-3000:]
+    assert len(text.splitlines()) < 20, text[-3000:]
