@@ -280,8 +280,7 @@ def test_a_routes_file_grown_past_its_bound_is_refused_whole_not_read_cut_short(
     with backends(2) as (be1, be2):
         cfg = tmp_path / "routes.yaml"
         cfg.write_text(
-            f"routes:\n  - prefix: /a\n    backends: [{be1.url}]\n"
-            f"  - backends: [{be2.url}]\n"
+            f"routes:\n  - prefix: /a\n    backends: [{be1.url}]\n  - backends: [{be2.url}]\n"
         )
         proxy = ProxyProc(tmp_path, "--config", str(cfg))
         try:
@@ -358,3 +357,51 @@ def test_sni_bytes_outside_ascii_are_refused_without_a_traceback_each(
     text = proxy.log.read_text(errors="replace")
     assert text.count("UnicodeDecodeError") <= 1, text[-3000:]
     assert len(text.splitlines()) < 20, text[-3000:]
+
+
+def _send_stream(port: int, frames: list[hyperframe.frame.Frame]) -> list[hyperframe.frame.Frame]:
+    s = _h2c(port)
+    try:
+        s.sendall(b"".join(f.serialize() for f in frames))
+        return _frames(s, time.monotonic() + 2.0)
+    finally:
+        s.close()
+
+
+def _headers(fields: list[tuple[str, str]], *flags: str) -> hyperframe.frame.HeadersFrame:
+    h = hyperframe.frame.HeadersFrame(1)
+    h.data = hpack.Encoder().encode(fields)
+    for f in ("END_HEADERS", *flags):
+        h.flags.add(f)
+    return h
+
+
+POST = [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/up")]
+
+
+def test_a_body_shorter_than_its_content_length_is_refused_not_left_to_the_upstream(
+    limited: tuple[ProxyProc, Backend],
+) -> None:
+    """`h2` checks DATA against content-length, but not a stream ended by its HEADERS or by
+    trailers: forwarded as it was, the upstream waits for bytes that never come, holding a
+    connection of the pool until a timeout (100 streams a connection, few connections empty
+    the pool). RFC 9113 §8.1.1: such a request is malformed."""
+    proxy, be = limited
+    hits = be.hits
+    frames = _send_stream(proxy.port, [_headers([*POST, ("content-length", "20")], "END_STREAM")])
+    assert any(isinstance(f, hyperframe.frame.RstStreamFrame) for f in frames) or any(
+        isinstance(f, hyperframe.frame.HeadersFrame)
+        and dict(hpack.Decoder().decode(f.data)).get(":status") == "400"
+        for f in frames
+    ), frames
+    assert be.hits == hits
+    data = hyperframe.frame.DataFrame(1)
+    data.data = b"abc"
+    trailers = hyperframe.frame.HeadersFrame(1)
+    trailers.data = hpack.Encoder().encode([("x-t", "1")])
+    trailers.flags.add("END_HEADERS")
+    trailers.flags.add("END_STREAM")
+    start = time.monotonic()
+    frames = _send_stream(proxy.port, [_headers([*POST, ("content-length", "20")]), data, trailers])
+    assert any(isinstance(f, hyperframe.frame.RstStreamFrame) for f in frames), frames
+    assert time.monotonic() - start < 2.5

@@ -100,11 +100,24 @@ class Cut(Exception):
 class Stream:
     """A client's stream: its request as it arrives, and the task forwarding it."""
 
-    __slots__ = ("body", "ended", "headers", "id", "more", "task", "unacked", "window")
+    __slots__ = (
+        "body",
+        "ended",
+        "got",
+        "headers",
+        "id",
+        "length",
+        "more",
+        "task",
+        "unacked",
+        "window",
+    )
 
     def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.id = stream_id
         self.headers = headers
+        self.length = h2rules.content_length(headers)  # what the client said it sends
+        self.got = 0  # the body's bytes received
         self.body: collections.deque[bytes] = collections.deque()
         self.ended = False  # the client ended its side (all of the body is in `body`)
         self.more = asyncio.Event()  # body or its end arrived
@@ -227,6 +240,7 @@ class H2Client(asyncio.Protocol):
                 else:
                     if ev.data:
                         s.body.append(ev.data)
+                        s.got += len(ev.data)
                     s.unacked += ev.flow_controlled_length
                     if ev.flow_controlled_length and not ev.data:
                         self._ack(ev.flow_controlled_length, ev.stream_id)  # padding only
@@ -234,6 +248,12 @@ class H2Client(asyncio.Protocol):
             elif isinstance(ev, h2.events.StreamEnded):
                 s = self.streams.get(ev.stream_id)
                 if s is not None:
+                    if s.length is not None and s.got != s.length:
+                        # Ended by trailers short of its content-length (`h2` checks only
+                        # DATA): malformed (RFC 9113 8.1.1), and the upstream would wait
+                        # for the rest. The stream and its upstream attempt end here.
+                        self._malformed(s.id)
+                        continue
                     s.ended = True
                     s.more.set()
             elif isinstance(ev, h2.events.StreamReset):
@@ -268,8 +288,19 @@ class H2Client(asyncio.Protocol):
             return
         s = Stream(sid, list(ev.headers))
         s.ended = ev.stream_ended is not None
+        if s.ended and s.length:
+            # A content-length and no body: malformed, as above.
+            self.conn.reset_stream(sid, _CODES.PROTOCOL_ERROR)
+            self.proxy.tally.reject("bad_request")
+            return
         self.streams[sid] = s
         s.task = self.proxy.loop.create_task(self._run(s))
+
+    def _malformed(self, sid: int) -> None:
+        self.proxy.tally.reject("bad_request")
+        self._reset(sid)
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(sid, _CODES.PROTOCOL_ERROR)
 
     def _reset(self, sid: int) -> None:
         s = self.streams.pop(sid, None)

@@ -94,6 +94,15 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> tuple[
     return b"".join(out), trailers
 
 
+def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The content-length a stream's request header list declares, or None (none, or one
+    `h2` would have refused: it checks the value's form and that copies agree)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
 def _fields(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """A head's first line and its fields (names lower-case, values trimmed)."""
     lines = head.split(b"\r\n")
