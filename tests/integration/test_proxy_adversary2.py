@@ -405,3 +405,22 @@ def test_a_body_shorter_than_its_content_length_is_refused_not_left_to_the_upstr
     frames = _send_stream(proxy.port, [_headers([*POST, ("content-length", "20")]), data, trailers])
     assert any(isinstance(f, hyperframe.frame.RstStreamFrame) for f in frames), frames
     assert time.monotonic() - start < 2.5
+
+
+@pytest.mark.parametrize("path", ["http://other.test/x", "x/../y", "*"])
+def test_an_http2_path_not_in_origin_form_is_refused(
+    limited: tuple[ProxyProc, Backend], path: str
+) -> None:
+    """RFC 9113 8.3.1: `:path` is origin-form (or `*` for OPTIONS); an absolute URI there
+    would route by a host other than `:authority`, which no HTTP/2 client sends."""
+    proxy, be = limited
+    hits = be.hits
+    fields = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
+    frames = _stream(proxy.port, fields)
+    statuses = [
+        dict(hpack.Decoder().decode(f.data)).get(":status")
+        for f in frames
+        if isinstance(f, hyperframe.frame.HeadersFrame)
+    ]
+    assert statuses == ["400"], (path, statuses)
+    assert be.hits == hits

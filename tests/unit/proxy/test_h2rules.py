@@ -161,3 +161,10 @@ def test_content_length_is_what_the_list_declares(
     assert h2rules.content_length(others) is None
     assert h2rules.content_length([*others, (b"content-length", b"%d" % n)]) == n
     assert h2rules.content_length([(b"content-length", b"-1"), *others]) is None
+
+
+@pytest.mark.parametrize("path", [b"http://a.test/", b"a/b", b"", b"*x"])
+def test_a_path_not_in_origin_form_is_refused(path: bytes) -> None:
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", path)]
+    with pytest.raises(h2rules.StreamRefused, match="bad request target"):
+        h2rules.request_head(fields, True)
