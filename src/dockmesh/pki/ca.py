@@ -70,9 +70,13 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """`data` into `path` with mode 0600, whole or not at all."""
+    """`data` into `path` with mode 0600, whole or not at all. The temporary file is made
+    anew (never opened through a link someone put at its name, which would put the key in
+    the file the link names)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a stale one of ours, or a planted link (the link goes, not its file)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
