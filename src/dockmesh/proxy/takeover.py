@@ -102,6 +102,9 @@ class Control:
         self.inode = 0
         self.task: asyncio.Task[None] | None = None
         self.handed_over = False
+        # A successor holds the sockets and has not said `go` (or given up) yet: another
+        # asking meanwhile gets none, else both would serve the port, and the old one drain.
+        self.pending = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -131,16 +134,23 @@ class Control:
         with conn:
             conn.setblocking(False)
             try:
-                if not _peer_allowed(conn) or not self.socks:
+                if not _peer_allowed(conn):
                     return
                 async with asyncio.timeout(HANDOFF_TIMEOUT_S * 3):
                     if await _readline(loop, conn) != b"takeover":
                         return
-                    fds = [s.fileno() for s in self.socks]
-                    socket.send_fds(conn, [b"fds %d\n" % len(fds)], fds)
-                    if await _readline(loop, conn) != b"go":
-                        return  # the new proxy failed: this one serves on
-                    await loop.sock_sendall(conn, b"draining\n")
+                    if not self.socks or self.pending or self.handed_over:
+                        await loop.sock_sendall(conn, b"busy\n")
+                        return
+                    self.pending = True
+                    try:
+                        fds = [s.fileno() for s in self.socks]
+                        socket.send_fds(conn, [b"fds %d\n" % len(fds)], fds)
+                        if await _readline(loop, conn) != b"go":
+                            return  # the new proxy failed: this one serves on
+                        await loop.sock_sendall(conn, b"draining\n")
+                    finally:
+                        self.pending = False
             except (OSError, TimeoutError):
                 return
         self.handed_over = True
@@ -225,6 +235,11 @@ def take_over(path: str, host: str, port: int) -> Handoff:
         except OSError as e:
             raise TakeoverError(f"the proxy at {path} did not answer: {e.strerror or e}") from None
         socks = [socket.socket(fileno=fd) for fd in fds]
+        if msg.startswith(b"busy"):
+            raise TakeoverError(
+                f"the proxy at {path} handed no socket over: another takeover of it is under "
+                "way or done"
+            )
         if not msg.startswith(b"fds ") or not socks:
             for s in socks:
                 s.close()

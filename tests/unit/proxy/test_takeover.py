@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +169,41 @@ def test_a_run_directory_another_user_owns_or_anyone_may_write_is_refused(
     f = tmp_path / "file"
     f.write_text("")
     assert unsafe_dir(os.stat(f), os.getuid()) == "is not a directory"
+
+
+def test_two_takeovers_at_once_one_gets_the_sockets_the_other_is_refused(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Both new proxies asking before either says `go` both got the sockets, and both said
+    `go`: two processes then served the port, the old one drained, and a later takeover
+    reached only one of them. One handoff at a time; none after one went through."""
+    sock = listener()
+    port = sock.getsockname()[1]
+    path = control_path("127.0.0.1", port, str(tmp_path))
+    drained = threading.Event()
+    old = Control(path, [sock], drained.set)
+    start(loop, old)
+    first = take_over(path, "127.0.0.1", port)
+    with pytest.raises(TakeoverError, match="handed no socket over"):
+        take_over(path, "127.0.0.1", port)
+    # The first gives up: the old proxy serves on and can be taken over again.
+    first.abandon()
+    for s in first.socks:
+        s.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            again = take_over(path, "127.0.0.1", port)
+            break
+        except TakeoverError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    again.confirm()
+    assert drained.wait(5)
+    with pytest.raises(TakeoverError):
+        take_over(path, "127.0.0.1", port)
+    for s in again.socks:
+        s.close()
+    loop.call_soon_threadsafe(old.close)
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(5)
+    sock.close()
