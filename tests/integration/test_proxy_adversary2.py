@@ -424,3 +424,44 @@ def test_an_http2_path_not_in_origin_form_is_refused(
     ]
     assert statuses == ["400"], (path, statuses)
     assert be.hits == hits
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: an HTTP/2 stream holds an upstream connection while its client keeps the "
+    "window shut (up to idle, 60 s), so one TCP connection holds up to 100; a per-client "
+    "bound on upstream connections (the limits area) or buffering the response is needed",
+)
+def test_one_h2_connection_with_its_windows_shut_does_not_take_the_whole_pool(
+    tmp_path: Path,
+) -> None:
+    """One h2c connection, SETTINGS_INITIAL_WINDOW_SIZE 0, 50 streams for a large body,
+    beside `max_connections_per_upstream: 40`: a normal client must still be served
+    (HTTP/1.1's one connection holds one upstream connection at most)."""
+    with backends(1) as (be,):
+        cfg = tmp_path / "routes.yaml"
+        cfg.write_text(
+            f"limits: {{max_connections_per_upstream: 40}}\nroutes:\n  - backends: [{be.url}]\n"
+        )
+        proxy = ProxyProc(tmp_path, "--config", str(cfg))
+        s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+        try:
+            shut = hyperframe.frame.SettingsFrame(0)
+            shut.settings = {hyperframe.frame.SettingsFrame.INITIAL_WINDOW_SIZE: 0}
+            enc = hpack.Encoder()
+            out = [PREFACE, shut.serialize()]
+            for sid in range(1, 101, 2):
+                h = hyperframe.frame.HeadersFrame(sid)
+                h.data = enc.encode(
+                    [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                     (":path", "/big/1000000")]
+                )  # fmt: skip
+                h.flags.add("END_HEADERS")
+                h.flags.add("END_STREAM")
+                out.append(h.serialize())
+            s.sendall(b"".join(out))
+            time.sleep(1.5)
+            assert _get(proxy.port).startswith(b"HTTP/1.1 200")
+        finally:
+            s.close()
+            proxy.stop()
