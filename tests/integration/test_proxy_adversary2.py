@@ -7,6 +7,7 @@ rather than read cut short."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import ssl
@@ -59,6 +60,14 @@ def _served(s: socket.socket) -> bool:
     return any(isinstance(f, hyperframe.frame.SettingsFrame) for f in frames) and not any(
         isinstance(f, hyperframe.frame.GoAwayFrame) for f in frames
     )
+
+
+def _status_of(f: hyperframe.frame.HeadersFrame) -> str | None:
+    """The :status of a HEADERS frame that opens a block (a fresh decoder each: tests
+    send one block per connection)."""
+    fields = dict(hpack.Decoder().decode(bytes(f.data), raw=True))
+    value = fields.get(b":status")
+    return value.decode() if value is not None else None
 
 
 def _get(port: int, path: str = "/") -> bytes:
@@ -262,13 +271,13 @@ def test_fields_http2_forbids_are_refused_and_never_reach_the_backend(
         for f in frames
         if isinstance(f, hyperframe.frame.RstStreamFrame | hyperframe.frame.GoAwayFrame)
     ]
-    statuses = [dict(hpack.Decoder().decode(f.data)).get(":status") for f in answered]
+    statuses = [_status_of(f) for f in answered]
     assert ended or all(st == "400" for st in statuses), (extra, statuses)
     assert be.hits == hits, extra
     # A well-formed one on a new connection is served.
     frames = _stream(proxy.port, BASE)
     answered = [f for f in frames if isinstance(f, hyperframe.frame.HeadersFrame)]
-    assert [dict(hpack.Decoder().decode(f.data)).get(":status") for f in answered] == ["200"]
+    assert [_status_of(f) for f in answered] == ["200"]
 
 
 def test_a_routes_file_grown_past_its_bound_is_refused_whole_not_read_cut_short(
@@ -390,9 +399,7 @@ def test_a_body_shorter_than_its_content_length_is_refused_not_left_to_the_upstr
     hits = be.hits
     frames = _send_stream(proxy.port, [_headers([*POST, ("content-length", "20")], "END_STREAM")])
     assert any(isinstance(f, hyperframe.frame.RstStreamFrame) for f in frames) or any(
-        isinstance(f, hyperframe.frame.HeadersFrame)
-        and dict(hpack.Decoder().decode(f.data)).get(":status") == "400"
-        for f in frames
+        isinstance(f, hyperframe.frame.HeadersFrame) and _status_of(f) == "400" for f in frames
     ), frames
     assert be.hits == hits
     data = hyperframe.frame.DataFrame(1)
@@ -417,11 +424,7 @@ def test_an_http2_path_not_in_origin_form_is_refused(
     hits = be.hits
     fields = [(":method", "GET"), (":scheme", "http"), (":authority", "x"), (":path", path)]
     frames = _stream(proxy.port, fields)
-    statuses = [
-        dict(hpack.Decoder().decode(f.data)).get(":status")
-        for f in frames
-        if isinstance(f, hyperframe.frame.HeadersFrame)
-    ]
+    statuses = [_status_of(f) for f in frames if isinstance(f, hyperframe.frame.HeadersFrame)]
     assert statuses == ["400"], (path, statuses)
     assert be.hits == hits
 
@@ -465,3 +468,26 @@ def test_one_h2_connection_with_its_windows_shut_does_not_take_the_whole_pool(
         finally:
             s.close()
             proxy.stop()
+
+
+@pytest.mark.parametrize("connection", ["Upgrade, HTTP2-Settings", "Upgrade"])
+def test_an_h2c_upgrade_is_not_passed_to_the_upstream(
+    limited: tuple[ProxyProc, Backend], connection: str
+) -> None:
+    """h2c smuggling: a backend that accepts `Upgrade: h2c` (Go's h2c handler does) would
+    take HTTP/2 streams through the tunnel, past the routes, the forwarded fields and the
+    middlewares. The request goes on as a plain one; a WebSocket upgrade still goes."""
+    proxy, _ = limited
+    out = raw(
+        proxy.port,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"
+        b"Connection: " + connection.encode() + b", close\r\n\r\n",
+    )
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    headers = json.loads(out.partition(b"\r\n\r\n")[2])["headers"]
+    assert "upgrade" not in headers and "upgrade" not in headers.get("connection", "")
+    out = raw(
+        proxy.port,
+        b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
+    )
+    assert json.loads(out.partition(b"\r\n\r\n")[2])["headers"]["upgrade"] == "websocket"

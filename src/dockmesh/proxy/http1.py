@@ -267,6 +267,11 @@ def parse_request_head(
             req.keep_alive = True
         if req.upgrade is not None and b"upgrade" not in connection:
             req.upgrade = None  # an Upgrade not named in Connection is not an upgrade
+        elif req.upgrade is not None and b"h2c" in req.upgrade.lower():
+            # h2c by upgrade (withdrawn by RFC 9113): a backend that accepts it would take
+            # HTTP/2 streams through the tunnel, past the routes, the forwarded fields and
+            # the middlewares (h2c smuggling). Forwarded as a plain request instead.
+            req.upgrade = None
         tokens = [t for t in connection if t not in (b"close", b"keep-alive", b"upgrade")]
         req.connection_tokens = tokens or None
     else:
