@@ -98,3 +98,21 @@ def test_a_private_file_is_never_written_through_a_link_planted_at_its_temporary
     assert victim.read_bytes() == b"precious"
     assert target.read_bytes() == b"KEY" and not target.is_symlink()
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_ca_in_a_directory_others_may_write_or_with_a_key_others_may_read_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Whoever can swap ca.crt and ca.key has the proxy issue leaves from a root they hold."""
+    d = tmp_path / "ca"
+    init_ca(d, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    load_ca(d)
+    d.chmod(0o777)
+    with pytest.raises(CaError, match=r"others may write to it \(mode 777\)"):
+        load_ca(d)
+    d.chmod(0o700)
+    (d / KEY_FILE).chmod(0o644)
+    with pytest.raises(CaError, match="readable by it only"):
+        load_ca(d)
+    (d / KEY_FILE).chmod(0o600)
+    load_ca(d)
