@@ -491,3 +491,21 @@ def test_an_h2c_upgrade_is_not_passed_to_the_upstream(
         b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\r\n",
     )
     assert json.loads(out.partition(b"\r\n\r\n")[2])["headers"]["upgrade"] == "websocket"
+
+
+def test_http2_with_prior_knowledge_inside_tls_is_forwarded_as_https(
+    tls_limited: tuple[ProxyProc, int, Path],
+) -> None:
+    """A TLS client that negotiates no h2 (ALPN http/1.1) and then sends HTTP/2's preface is
+    served HTTP/2 all the same: its requests came over TLS, so X-Forwarded-Proto is https
+    (an application that trusts it would otherwise redirect it, or drop Secure cookies)."""
+    _, port, cafile = tls_limited
+    with _tls(port, cafile, ["http/1.1"]) as s:
+        h = _headers(
+            [(":method", "GET"), (":scheme", "https"), (":authority", "app.test"), (":path", "/")],
+            "END_STREAM",
+        )
+        s.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize() + h.serialize())
+        frames = _frames(s, time.monotonic() + 2.0)
+    body = b"".join(bytes(f.data) for f in frames if isinstance(f, hyperframe.frame.DataFrame))
+    assert json.loads(body)["headers"]["x-forwarded-proto"] == "https", body

@@ -1047,7 +1047,8 @@ def take_over(client: ClientConn, data: bytes) -> None:
     client.transport = None
     if t is None:
         return
-    h = H2Client(client.proxy, tls=False)
+    # (On a TLS listener too: a client whose ALPN chose no h2 may still send the preface.)
+    h = H2Client(client.proxy, tls=client.scheme == b"https")
     t.set_protocol(h)
     h.connection_made(t)
     h.data_received(data)
