@@ -70,9 +70,13 @@ def fingerprint(cert: x509.Certificate) -> str:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """`data` into `path` with mode 0600, whole or not at all."""
+    """`data` into `path` with mode 0600, whole or not at all. The temporary file is made
+    anew (never opened through a link someone put at its name, which would put the key in
+    the file the link names)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a stale one of ours, or a planted link (the link goes, not its file)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -254,8 +258,21 @@ def init_ca(
 
 
 def load_ca(directory: Path) -> Ca:
-    """The CA in `directory`; CaError saying what is missing or wrong."""
+    """The CA in `directory`; CaError saying what is missing or wrong. A directory another
+    user owns or others may write to is refused, as is a key others may read: whoever can
+    put their own ca.crt and ca.key there has the proxy issue leaves they hold the root of."""
     try:
+        st = directory.stat()
+        if st.st_uid not in (0, os.getuid()):
+            raise CaError(f"{directory}: belongs to another user (uid {st.st_uid})")
+        if st.st_mode & 0o022:
+            raise CaError(f"{directory}: others may write to it (mode {st.st_mode & 0o777:o})")
+        kst = (directory / KEY_FILE).stat()
+        if kst.st_uid not in (0, os.getuid()) or kst.st_mode & 0o077:
+            raise CaError(
+                f"{directory}/{KEY_FILE}: must be this user's and readable by it only "
+                f"(mode {kst.st_mode & 0o777:o}, uid {kst.st_uid})"
+            )
         cert_pem = (directory / CERT_FILE).read_bytes()
         key_pem = (directory / KEY_FILE).read_bytes()
     except FileNotFoundError:

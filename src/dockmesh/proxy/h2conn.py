@@ -116,11 +116,12 @@ class Stream:
     __slots__ = (
         "body",
         "ended",
+        "got",
         "headers",
         "id",
+        "length",
         "max_body",
         "more",
-        "received",
         "task",
         "unacked",
         "window",
@@ -129,15 +130,16 @@ class Stream:
     def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.id = stream_id
         self.headers = headers
+        self.length = h2rules.content_length(headers)  # what the client said it sends
+        self.got = 0  # the body's bytes received
         self.body: collections.deque[bytes] = collections.deque()
         self.ended = False  # the client ended its side (all of the body is in `body`)
         self.more = asyncio.Event()  # body or its end arrived
         self.window = asyncio.Event()  # the client opened the window
         self.unacked = 0
         self.task: asyncio.Task[None] | None = None
-        # The route's max_body (its middlewares), once routed; the body's bytes so far.
+        # The route's max_body (its middlewares), once routed.
         self.max_body: int | None = None
-        self.received = 0
 
 
 class H2Client(asyncio.Protocol):
@@ -188,6 +190,14 @@ class H2Client(asyncio.Protocol):
         self.transport = t = cast(asyncio.Transport, transport)
         p = self.proxy
         p.tally.connections += 1
+        if p.connections_full() and not p.make_room():
+            # As HTTP/1.1's (`ClientConn.connection_made`): past the limit, refused. (One
+            # that began as HTTP/1.1, h2c, was let in there and no longer counts as such.)
+            p.tally.reject("overload")
+            self.conn.initiate_connection()
+            self.conn.close_connection(_CODES.REFUSED_STREAM, b"too many connections")
+            self.close()
+            return
         p.sides.add(self)
         self.client_ip = peer_ip(t)
         self.trusted = p.settings.trusts(self.client_ip)
@@ -246,8 +256,8 @@ class H2Client(asyncio.Protocol):
                 else:
                     if ev.data:
                         s.body.append(ev.data)
-                        s.received += len(ev.data)
-                        if s.max_body is not None and s.received > s.max_body:
+                        s.got += len(ev.data)
+                        if s.max_body is not None and s.got > s.max_body:
                             # Past the route's max_body: the stream ends here (its upstream
                             # request cut), as HTTP/1.1's chunked body past it is.
                             self.proxy.tally.reject("body_too_large")
@@ -262,6 +272,12 @@ class H2Client(asyncio.Protocol):
             elif isinstance(ev, h2.events.StreamEnded):
                 s = self.streams.get(ev.stream_id)
                 if s is not None:
+                    if s.length is not None and s.got != s.length:
+                        # Ended by trailers short of its content-length (`h2` checks only
+                        # DATA): malformed (RFC 9113 8.1.1), and the upstream would wait
+                        # for the rest. The stream and its upstream attempt end here.
+                        self._malformed(s.id)
+                        continue
                     s.ended = True
                     s.more.set()
             elif isinstance(ev, h2.events.StreamReset):
@@ -296,8 +312,19 @@ class H2Client(asyncio.Protocol):
             return
         s = Stream(sid, list(ev.headers))
         s.ended = ev.stream_ended is not None
+        if s.ended and s.length:
+            # A content-length and no body: malformed, as above.
+            self.conn.reset_stream(sid, _CODES.PROTOCOL_ERROR)
+            self.proxy.tally.reject("bad_request")
+            return
         self.streams[sid] = s
         s.task = self.proxy.loop.create_task(self._run(s))
+
+    def _malformed(self, sid: int) -> None:
+        self.proxy.tally.reject("bad_request")
+        self._reset(sid)
+        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            self.conn.reset_stream(sid, _CODES.PROTOCOL_ERROR)
 
     def _reset(self, sid: int) -> None:
         s = self.streams.pop(sid, None)
@@ -373,7 +400,7 @@ class H2Client(asyncio.Protocol):
             s.max_body = chain.max_body
             length = req.content_length
             if s.max_body is not None and (
-                (length is not None and length > s.max_body) or s.received > s.max_body
+                (length is not None and length > s.max_body) or s.got > s.max_body
             ):
                 p.tally.reject("body_too_large")
                 await self._local(s, 413, f"the request body is larger than {s.max_body} bytes", t0)
@@ -1063,7 +1090,8 @@ def take_over(client: ClientConn, data: bytes) -> None:
     client.transport = None
     if t is None:
         return
-    h = H2Client(client.proxy, tls=False)
+    # (On a TLS listener too: a client whose ALPN chose no h2 may still send the preface.)
+    h = H2Client(client.proxy, tls=client.scheme == b"https")
     t.set_protocol(h)
     h.connection_made(t)
     h.data_received(data)

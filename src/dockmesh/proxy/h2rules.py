@@ -81,6 +81,10 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> tuple[
         raise StreamRefused("a request needs :method and :path")
     if method == b"CONNECT":
         raise StreamRefused("CONNECT is not proxied over HTTP/2", 501)
+    if path[:1] != b"/" and path != b"*":
+        # Origin-form only, or `*` (RFC 9113 8.3.1; read as HTTP/1.1's: OPTIONS only): an
+        # absolute URI would be routed by its host, not by :authority.
+        raise StreamRefused("bad request target")
     authority = authority if authority is not None else host
     out = [method, b" ", path, b" HTTP/1.1\r\n"]
     if authority is not None:
@@ -92,6 +96,15 @@ def request_head(headers: list[tuple[bytes, bytes]], end_stream: bool) -> tuple[
         out.append(b"Transfer-Encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out), trailers
+
+
+def content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The content-length a stream's request header list declares, or None (none, or one
+    `h2` would have refused: it checks the value's form and that copies agree)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _fields(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:

@@ -91,6 +91,8 @@ class Router:
             return self.single_route
         host = (req.host or b"").lower()
         host = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+        if host[-1:] == b".":
+            host = host[:-1]  # a fully qualified name is the same host (as SNI's is)
         # The reader made the target origin-form (an absolute-form's authority became
         # `host`) and normalised its path: a prefix cannot be escaped by dot segments.
         path = req.target

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import socket
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -166,8 +167,13 @@ def access_log_spec(opts: ProxyOptions) -> AccessLogSpec | None:
 
 
 def read_config(path: str) -> FileSettings:
-    """The routes file; OSError or SpecError when it cannot be used."""
-    with open(path, "rb") as f:
+    """The routes file; OSError or SpecError when it cannot be used. Opened without
+    blocking and read only when it is a regular file: a FIFO (or a device) put at the
+    watched path would otherwise hold the event loop in open() or read() for good."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file")
         raw = f.read(2 * 1024 * 1024)
     return load_config(raw, path)
 

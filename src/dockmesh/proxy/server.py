@@ -262,6 +262,12 @@ class Proxy:
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(SWEEP_S, self._sweep)
 
+    def connections_full(self) -> bool:
+        """Whether the clients' connections are at `max_client_connections`: HTTP/1.1's and
+        the others' (HTTP/2: `sides`) alike, so a client cannot get past the limit by
+        speaking HTTP/2."""
+        return len(self.clients) + len(self.sides) >= self.limits.max_client_connections
+
     def busy(self) -> bool:
         """Whether a client connection is in the middle of an exchange."""
         return any(c.state not in (HEAD, CLOSED) for c in self.clients) or any(
@@ -534,7 +540,7 @@ class ClientConn(Exchange["UpstreamConn"], asyncio.Protocol):
         p = self.proxy
         p.tally.connections += 1
         p.tally.connections_total += 1
-        if len(p.clients) >= p.limits.max_client_connections and not p.make_room():
+        if p.connections_full() and not p.make_room():
             p.tally.reject("overload")
             p.tally.responded(503)
             transport.write(

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import stat
 import struct
 from collections.abc import Callable
 
@@ -41,15 +42,37 @@ class TakeoverError(Exception):
 
 def run_dir() -> str:
     """Where control sockets live: $DOCKMESH_RUN_DIR, else the first writable of
-    CONTROL_DIRS (a user's own under /tmp when /run/dockmesh is root's)."""
+    CONTROL_DIRS (a user's own under /tmp when /run/dockmesh is root's). Only a directory
+    this user (or root) owns that no one else may write to: in one another user made first
+    (`/tmp/dockmesh-run-<uid>` is a name anyone can take) or one open to all, a stranger
+    could put its own socket at the name a `--takeover` connects to, or remove ours."""
     given = os.environ.get("DOCKMESH_RUN_DIR")
     candidates = [given] if given else [*CONTROL_DIRS[:1], f"{CONTROL_DIRS[1]}-{os.getuid()}"]
+    unsafe = []
     for d in candidates:
         with contextlib.suppress(OSError):
             os.makedirs(d, mode=0o700, exist_ok=True)
-            if os.access(d, os.W_OK):
+            if not os.access(d, os.W_OK):
+                continue
+            why = unsafe_dir(os.stat(d), os.getuid())
+            if why is None:
                 return d
+            unsafe.append(f"{d} {why}")
+    if unsafe:
+        raise TakeoverError(f"no safe run directory: {'; '.join(unsafe)}")
     raise TakeoverError(f"no writable run directory ({', '.join(candidates)})")
+
+
+def unsafe_dir(st: os.stat_result, uid: int) -> str | None:
+    """Why a directory with status `st` cannot hold the control sockets of user `uid`, or
+    None when it can."""
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid not in (0, uid):
+        return f"belongs to another user (uid {st.st_uid})"
+    if st.st_mode & 0o022:
+        return f"may be written by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
 def control_path(host: str, port: int, directory: str | None = None) -> str:
@@ -79,6 +102,9 @@ class Control:
         self.inode = 0
         self.task: asyncio.Task[None] | None = None
         self.handed_over = False
+        # A successor holds the sockets and has not said `go` (or given up) yet: another
+        # asking meanwhile gets none, else both would serve the port, and the old one drain.
+        self.pending = False
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -108,16 +134,23 @@ class Control:
         with conn:
             conn.setblocking(False)
             try:
-                if not _peer_allowed(conn) or not self.socks:
+                if not _peer_allowed(conn):
                     return
                 async with asyncio.timeout(HANDOFF_TIMEOUT_S * 3):
                     if await _readline(loop, conn) != b"takeover":
                         return
-                    fds = [s.fileno() for s in self.socks]
-                    socket.send_fds(conn, [b"fds %d\n" % len(fds)], fds)
-                    if await _readline(loop, conn) != b"go":
-                        return  # the new proxy failed: this one serves on
-                    await loop.sock_sendall(conn, b"draining\n")
+                    if not self.socks or self.pending or self.handed_over:
+                        await loop.sock_sendall(conn, b"busy\n")
+                        return
+                    self.pending = True
+                    try:
+                        fds = [s.fileno() for s in self.socks]
+                        socket.send_fds(conn, [b"fds %d\n" % len(fds)], fds)
+                        if await _readline(loop, conn) != b"go":
+                            return  # the new proxy failed: this one serves on
+                        await loop.sock_sendall(conn, b"draining\n")
+                    finally:
+                        self.pending = False
             except (OSError, TimeoutError):
                 return
         self.handed_over = True
@@ -193,12 +226,20 @@ def take_over(path: str, host: str, port: int) -> Handoff:
             raise TakeoverError(
                 f"no dockmesh proxy serves {host}:{port} to take over ({path}: {e.strerror or e})"
             ) from None
+        if not _peer_allowed(conn):
+            # Not our proxy: a stranger's socket at the name. Nothing is asked of it.
+            raise TakeoverError(f"{path} is served by another user's process")
         try:
             conn.sendall(b"takeover\n")
             msg, fds, _flags, _addr = socket.recv_fds(conn, 64, MAX_FDS)
         except OSError as e:
             raise TakeoverError(f"the proxy at {path} did not answer: {e.strerror or e}") from None
         socks = [socket.socket(fileno=fd) for fd in fds]
+        if msg.startswith(b"busy"):
+            raise TakeoverError(
+                f"the proxy at {path} handed no socket over: another takeover of it is under "
+                "way or done"
+            )
         if not msg.startswith(b"fds ") or not socks:
             for s in socks:
                 s.close()

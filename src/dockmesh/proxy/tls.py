@@ -22,9 +22,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -92,6 +94,34 @@ class _Config:
     default_name: str | None  # whose certificate a client without SNI gets; None: the first file
 
 
+def _quiet_undecodable_names(previous: Callable[[Any], object]) -> Callable[[Any], object]:
+    """An unraisable hook that drops what `ssl` reports for an SNI name it cannot decode:
+    it decodes the name as ASCII before calling `Edge._sni` and, when that fails, refuses the
+    handshake and prints a traceback per client, five lines a handshake that a client could
+    send by the thousand. Counted in `undecodable` and logged at debug level instead; every
+    other unraisable goes to `previous`."""
+
+    def hook(unraisable: Any) -> object:
+        if isinstance(unraisable.exc_value, UnicodeDecodeError) and isinstance(
+            unraisable.object, bytes
+        ):
+            undecodable[0] += 1
+            log.debug("TLS: an SNI name that is not ASCII refused: %r", unraisable.object[:64])
+            return None
+        return previous(unraisable)
+
+    hook.dockmesh_sni = True  # type: ignore[attr-defined]
+    return hook
+
+
+undecodable = [0]  # handshakes refused because `ssl` could not decode their SNI name
+
+
+def _install_hook() -> None:
+    if not getattr(sys.unraisablehook, "dockmesh_sni", False):
+        sys.unraisablehook = _quiet_undecodable_names(sys.unraisablehook)
+
+
 class Edge:
     """The certificates of the proxy's TLS listeners. `context` goes to the loop; its SNI
     callback sets the connection's context to the one that serves the name asked for.
@@ -109,6 +139,7 @@ class Edge:
         self.context = server_context(self.alpn)
         self.context.sni_callback = self._sni
         self.refused = 0  # handshakes refused for a name nothing serves
+        _install_hook()
         self._apply(self._prepare(spec, hosts))
 
     # --- configuration ----------------------------------------------------------------------

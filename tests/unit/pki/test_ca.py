@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from dockmesh.pki.ca import CERT_FILE, KEY_FILE, CaError, init_ca, load_ca
+from dockmesh.pki.ca import CERT_FILE, KEY_FILE, CaError, init_ca, load_ca, write_private
 
 NOW = dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.UTC)
 
@@ -81,3 +81,38 @@ def test_a_leaf_names_one_host_serves_servers_and_verifies_against_the_root(
     assert not other.issued(cert)
     with pytest.raises(CaError, match="not a host name"):
         ca.issue_leaf("10.0.0.1", NOW)
+
+
+def test_a_private_file_is_never_written_through_a_link_planted_at_its_temporary_name(
+    tmp_path: Path,
+) -> None:
+    """The temporary name is predictable (`.NAME.PID.tmp`): a link put there by whoever may
+    write the directory must not make the key land in (or truncate) the file it points to."""
+    import os
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "leaf.pem"
+    (tmp_path / f".leaf.pem.{os.getpid()}.tmp").symlink_to(victim)
+    write_private(target, b"KEY")
+    assert victim.read_bytes() == b"precious"
+    assert target.read_bytes() == b"KEY" and not target.is_symlink()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_a_ca_in_a_directory_others_may_write_or_with_a_key_others_may_read_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Whoever can swap ca.crt and ca.key has the proxy issue leaves from a root they hold."""
+    d = tmp_path / "ca"
+    init_ca(d, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    load_ca(d)
+    d.chmod(0o777)
+    with pytest.raises(CaError, match=r"others may write to it \(mode 777\)"):
+        load_ca(d)
+    d.chmod(0o700)
+    (d / KEY_FILE).chmod(0o644)
+    with pytest.raises(CaError, match="readable by it only"):
+        load_ca(d)
+    (d / KEY_FILE).chmod(0o600)
+    load_ca(d)

@@ -152,3 +152,19 @@ def test_a_client_that_spent_its_budget_gets_it_back_at_the_rate() -> None:
     assert [b.spend(0.0) for _ in range(4)] == [True, True, True, False]
     assert not b.spend(0.5)
     assert b.spend(3.0)
+
+
+@given(st.integers(0, 10**12), st.lists(st.tuples(st.sampled_from([b"a", b"x-b"]), st.binary())))
+def test_content_length_is_what_the_list_declares(
+    n: int, others: list[tuple[bytes, bytes]]
+) -> None:
+    assert h2rules.content_length(others) is None
+    assert h2rules.content_length([*others, (b"content-length", b"%d" % n)]) == n
+    assert h2rules.content_length([(b"content-length", b"-1"), *others]) is None
+
+
+@pytest.mark.parametrize("path", [b"http://a.test/", b"a/b", b"", b"*x"])
+def test_a_path_not_in_origin_form_is_refused(path: bytes) -> None:
+    fields = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", path)]
+    with pytest.raises(h2rules.StreamRefused, match="bad request target"):
+        h2rules.request_head(fields, True)

@@ -127,3 +127,15 @@ def test_stripping_a_prefix_leaves_an_origin_form_target_ending_as_it_did(
     out = strip_prefix(prefix + rest + query, prefix)
     assert out.startswith(b"/")
     assert out == (rest or b"/") + query
+
+
+def test_a_host_with_its_final_dot_routes_as_the_host_without() -> None:
+    """`admin.test.` is `admin.test` (a fully qualified name): TLS serves it the same leaf,
+    and routing must not send it to the catch-all instead of the host's route, past what
+    guards that route."""
+    admin, other = cluster("admin"), cluster("other")
+    r = Router([Route(admin, host=b"admin.test"), Route(other)], {})
+    assert r.route(head(b"/", b"admin.test.")) is admin
+    assert r.route(head(b"/", b"ADMIN.TEST.:8080")) is admin
+    assert r.route(head(b"http://admin.test./x", b"other")) is admin
+    assert r.route(head(b"/", b"admin.test..")) is other

@@ -5,8 +5,10 @@ end drain, a new end that never says `go` leaves the old one serving."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockmesh.proxy.run import listen_groups
-from dockmesh.proxy.takeover import Control, TakeoverError, control_path, take_over
+from dockmesh.proxy.takeover import (
+    Control,
+    TakeoverError,
+    control_path,
+    run_dir,
+    take_over,
+    unsafe_dir,
+)
 
 
 @pytest.fixture
@@ -127,3 +136,74 @@ def test_received_sockets_are_spread_over_the_workers_each_served_once(k: int, w
         for s in socks:
             s.close()
     assert max(map(len, groups)) - min(map(len, groups)) <= 1
+
+
+def test_a_run_directory_another_user_owns_or_anyone_may_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stranger who made the run directory first (or one open to all) could put its own
+    socket at the name a takeover connects to: such a directory holds no control socket."""
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o700)
+    monkeypatch.setenv("DOCKMESH_RUN_DIR", str(ours))
+    assert run_dir() == str(ours)
+    ours.chmod(0o777)
+    with pytest.raises(TakeoverError, match=r"may be written by others \(mode 777\)"):
+        run_dir()
+    ours.chmod(0o1733)
+    with pytest.raises(TakeoverError, match="may be written by others"):
+        run_dir()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    stranger = 65534 if os.getuid() != 65534 else 65533
+    assert unsafe_dir(os.stat(theirs), os.getuid()) is None
+    st = os.stat(theirs)
+    as_theirs = os.stat_result((st.st_mode, *st[1:4], stranger, *st[5:]))
+    assert unsafe_dir(as_theirs, os.getuid()) == f"belongs to another user (uid {stranger})"
+    if os.getuid() == 0:  # root can make it truly another's
+        os.chown(theirs, stranger, stranger)
+        theirs.chmod(0o777)
+        monkeypatch.setenv("DOCKMESH_RUN_DIR", str(theirs))
+        with pytest.raises(TakeoverError, match="belongs to another user"):
+            run_dir()
+    f = tmp_path / "file"
+    f.write_text("")
+    assert unsafe_dir(os.stat(f), os.getuid()) == "is not a directory"
+
+
+def test_two_takeovers_at_once_one_gets_the_sockets_the_other_is_refused(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Both new proxies asking before either says `go` both got the sockets, and both said
+    `go`: two processes then served the port, the old one drained, and a later takeover
+    reached only one of them. One handoff at a time; none after one went through."""
+    sock = listener()
+    port = sock.getsockname()[1]
+    path = control_path("127.0.0.1", port, str(tmp_path))
+    drained = threading.Event()
+    old = Control(path, [sock], drained.set)
+    start(loop, old)
+    first = take_over(path, "127.0.0.1", port)
+    with pytest.raises(TakeoverError, match="handed no socket over"):
+        take_over(path, "127.0.0.1", port)
+    # The first gives up: the old proxy serves on and can be taken over again.
+    first.abandon()
+    for s in first.socks:
+        s.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            again = take_over(path, "127.0.0.1", port)
+            break
+        except TakeoverError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    again.confirm()
+    assert drained.wait(5)
+    with pytest.raises(TakeoverError):
+        take_over(path, "127.0.0.1", port)
+    for s in again.socks:
+        s.close()
+    loop.call_soon_threadsafe(old.close)
+    asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop).result(5)
+    sock.close()
