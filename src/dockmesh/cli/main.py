@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from dockmesh.cli import agent, images, project, topology
+from dockmesh.cli import agent, images, project, projectview, topology
 from dockmesh.cli import bench as bench_cli
 from dockmesh.cli import ca as ca_cli
 from dockmesh.cli import doctor as doctor_cli
@@ -33,6 +33,7 @@ app = typer.Typer(
 app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
+projectview.register(app)
 agent.register(app)
 policy_cli.register(app)
 reach_cli.register(app)

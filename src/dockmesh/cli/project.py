@@ -155,7 +155,7 @@ OrphansOpt = Annotated[
 ]
 
 
-def _loaded(file_arg: str | None, file: str | None, project: str | None) -> LoadedSpec:
+def loaded_file(file_arg: str | None, file: str | None, project: str | None) -> LoadedSpec:
     """The file, named for `project` when -p is given (as Compose: -p wins over the file)."""
     from dockmesh.ops.project import load
 
@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
         from dockmesh.cli.render import plan_table
         from dockmesh.ops.project import connect_for, plan_loaded, snapshot
 
-        loaded = _loaded(file_arg, file, project)
+        loaded = loaded_file(file_arg, file, project)
         name = project_table(table)
         backend = connect_for(loaded, lambda: connect_one(engine))
         plan = plan_loaded(loaded, backend, remove_orphans)
@@ -242,7 +242,7 @@ def register(app: typer.Typer) -> None:
         )
         from dockmesh.ops.project import connect_for, snapshot, up
 
-        loaded = _loaded(file_arg, file, project)
+        loaded = loaded_file(file_arg, file, project)
         name = project_table(table)
         project_policy_check(
             loaded, policy_mode, name
