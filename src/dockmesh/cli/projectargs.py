@@ -14,7 +14,7 @@ import typer
 from dockmesh.errors import UsageError
 
 if TYPE_CHECKING:
-    from dockmesh.projectfile.plan import Plan
+    from dockmesh.projectfile.plan import Change, Plan
 
 DEFAULT_FILE = "dockmesh.yaml"
 # The topology file's own rule for `project:` (dockmesh.projectfile.validate.PROJECT), here
@@ -102,13 +102,13 @@ def emptying(plan: Plan, describes_nothing: bool) -> str | None:
     gone = [c for c in plan.changes if c.action == "remove" and c.kind != "policy"]
     if not gone:
         return None
+    counts = ", ".join(x for kind in ("container", "network") if (x := _count(gone, kind)))
     return (
         f"the file describes no service and no network: up would remove all of project "
-        f"{plan.project!r} ({_count(gone, 'container')}, {_count(gone, 'network')}); "
-        "give --yes to do so, or run `dockmesh down`"
+        f"{plan.project!r} ({counts}); give --yes to do so, or run `dockmesh down`"
     )
 
 
-def _count(changes: Sequence[object], kind: str) -> str:
-    n = sum(1 for c in changes if getattr(c, "kind", None) == kind)
-    return f"{n} {kind}{'' if n == 1 else 's'}"
+def _count(changes: Sequence[Change], kind: str) -> str:
+    n = sum(1 for c in changes if c.kind == kind)
+    return f"{n} {kind}{'' if n == 1 else 's'}" if n else ""

@@ -34,7 +34,7 @@ def test_a_project_name_is_the_files_rule(name: str) -> None:
     if ok:
         assert project_name(name) == name
     else:
-        with pytest.raises(UsageError, match="^-p "):
+        with pytest.raises(UsageError, match=r"^-p "):
             project_name(name)
 
 
@@ -51,6 +51,10 @@ def test_up_never_empties_a_project_without_yes() -> None:
     assert emptying(_plan(*rm), describes_nothing=True) == (
         "the file describes no service and no network: up would remove all of project 'shop' "
         "(2 containers, 1 network); give --yes to do so, or run `dockmesh down`"
+    )
+    assert emptying(_plan(rm[0]), describes_nothing=True) == (
+        "the file describes no service and no network: up would remove all of project 'shop' "
+        "(1 container); give --yes to do so, or run `dockmesh down`"
     )
     assert emptying(_plan(*rm), describes_nothing=False) is None
     assert emptying(_plan(), describes_nothing=True) is None  # nothing there: nothing lost

@@ -1,0 +1,73 @@
+"""docker's and compose's habits that need no engine: --version, -h, option values as words,
+log lines split and prefixed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import typer
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dockmesh
+from dockmesh.cli.main import _word_metavars, app
+from dockmesh.cli.projectview import LineSplitter
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dockmesh", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version_both_ways() -> None:
+    for flag in ("--version", "-V"):
+        proc = run(flag)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (
+            0,
+            f"dockmesh {dockmesh.__version__}\n",
+            "",
+        )
+
+
+def test_dash_h_is_help_on_every_level() -> None:
+    for args in ((), ("up",), ("policy", "show"), ("bench", "latency")):
+        proc = run(*args, "-h")
+        assert proc.returncode == 0 and proc.stdout.startswith("Usage: dockmesh"), proc.stderr
+
+
+def _commands(cmd: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    found = [(path, cmd)]
+    for name, sub in getattr(cmd, "commands", {}).items():
+        found += _commands(sub, (*path, name))
+    return found
+
+
+def test_no_option_value_is_shown_as_a_python_type() -> None:
+    command = typer.main.get_command(app)
+    _word_metavars(command)
+    for path, cmd in _commands(command):
+        ctx = typer.Context(cmd, info_name=" ".join(("dockmesh", *path)))  # type: ignore[arg-type]
+        help_text = cmd.get_help(ctx)  # type: ignore[attr-defined]
+        assert "<str>" not in help_text and "<int>" not in help_text, path
+        assert "<float>" not in help_text, path
+    help_up = run("up", "--help").stdout
+    assert "--engine ENGINE" in help_up and "-f, --file FILE" in help_up
+
+
+def test_the_project_commands_take_file_and_project_name() -> None:
+    for cmd in ("plan", "up", "down", "ps", "config", "logs"):
+        text = run(cmd, "--help").stdout
+        assert "--file FILE" in text and "-p, --project-name" in text, cmd
+
+
+@given(st.lists(st.binary(max_size=20), max_size=10))
+def test_chunks_come_out_as_the_same_lines(chunks: list[bytes]) -> None:
+    split = LineSplitter("c | ")
+    out = [line for chunk in chunks for line in split.feed(chunk)] + split.end()
+    data = b"".join(chunks)
+    expected = data.split(b"\n")
+    if expected and expected[-1] == b"":
+        expected.pop()
+    assert out == ["c | " + x.rstrip(b"\r").decode("utf-8", "replace") + "\n" for x in expected]
