@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.integration.conftest import dockmesh
+from tests.integration.conftest import dockmesh, run_toolbox
 
 TICKER = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"
 
@@ -190,3 +192,55 @@ def test_ps_logs_and_config(api: Any, prefix: str, tmp_path: Path, toolbox: str)
     bad = dockmesh("config", "-f", "bad.yaml", cwd=cwd)
     assert bad.returncode == 2 and bad.stderr.startswith("bad.yaml:3: services.a.image: ")
     dockmesh("down", cwd=cwd, check=True)
+
+
+def test_piped_output_is_full_width_and_plain(api: Any, prefix: str, toolbox: str) -> None:
+    """Piped, a table is as wide as it needs (rich took 80 columns, or $COLUMNS), names
+    whole, no escape codes; NO_COLOR is honoured on a terminal too (rich reads it)."""
+    name = f"{prefix}-a-container-name-long-enough-to-be-cut-at-80-cols"  # 62: a hostname
+    run_toolbox(api, name, "bridge")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    for args in (
+        ("stats", name),
+        ("top", "--iterations", "1", "--interval", "0.2", "--limit", "100000"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dockmesh", *args, "--engine", "unix:///var/run/docker.sock"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert name in proc.stdout, args
+        assert "\x1b[" not in proc.stdout
+
+
+def test_top_quits_on_q(prefix: str) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dockmesh", "top", "--interval", "0.3"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "120", "LINES": "40"},
+    )
+    os.close(slave)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"dockmesh top" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                seen += os.read(master, 65536)
+        assert b"dockmesh top" in seen
+        os.write(master, b"x")  # another key: ignored
+        time.sleep(0.5)
+        assert proc.poll() is None
+        os.write(master, b"q")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
