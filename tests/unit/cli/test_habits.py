@@ -1,5 +1,5 @@
 """docker's and compose's habits that need no engine: --version, -h, option values as words,
-log lines split and prefixed."""
+-f/-p on every project command."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import subprocess
 import sys
 
 import typer
-from hypothesis import given
-from hypothesis import strategies as st
 
 import dockmesh
 from dockmesh.cli.main import _word_metavars, app
-from dockmesh.cli.projectview import LineSplitter
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -60,14 +57,3 @@ def test_the_project_commands_take_file_and_project_name() -> None:
     for cmd in ("plan", "up", "down", "ps", "config", "logs"):
         text = run(cmd, "--help").stdout
         assert "--file FILE" in text and "-p, --project-name" in text, cmd
-
-
-@given(st.lists(st.binary(max_size=20), max_size=10))
-def test_chunks_come_out_as_the_same_lines(chunks: list[bytes]) -> None:
-    split = LineSplitter("c | ")
-    out = [line for chunk in chunks for line in split.feed(chunk)] + split.end()
-    data = b"".join(chunks)
-    expected = data.split(b"\n")
-    if expected and expected[-1] == b"":
-        expected.pop()
-    assert out == ["c | " + x.rstrip(b"\r").decode("utf-8", "replace") + "\n" for x in expected]
