@@ -193,13 +193,20 @@ def test_plan_up_plan_change_down(api: Any, prefix: str, tmp_path: Path, toolbox
     doc["services"]["api"]["environment"]["INSTANCE_ID"] = "v2-{{replica}}"
     del doc["services"]["gw"]
     path = write(tmp_path, doc)
+    # the deleted service is an orphan: kept (and named) unless --remove-orphans, as Compose
     plan = json.loads(dockmesh("plan", path, "--json", check=True).stdout)
+    assert {(c["action"], c["name"]) for c in plan["changes"]} == {
+        ("replace", f"{prefix}-api-1"),
+        ("replace", f"{prefix}-api-2"),
+    }
+    assert plan["orphans"] == [f"{prefix}-gw-1"]
+    plan = json.loads(dockmesh("plan", path, "--json", "--remove-orphans", check=True).stdout)
     assert {(c["action"], c["name"], c["reason"]) for c in plan["changes"]} == {
         ("replace", f"{prefix}-api-1", "changed: environment"),
         ("replace", f"{prefix}-api-2", "changed: environment"),
         ("remove", f"{prefix}-gw-1", "no longer in the file"),
     }
-    dockmesh("up", path, check=True)
+    dockmesh("up", path, "--remove-orphans", check=True)
     assert api.inspect_container(f"{prefix}-store-1")["Id"] in ids
     assert api.inspect_container(f"{prefix}-api-1")["Id"] not in ids
     assert dockmesh("plan", path, "--exit-code").returncode == 0
