@@ -193,25 +193,33 @@ def test_plan_up_plan_change_down(api: Any, prefix: str, tmp_path: Path, toolbox
     doc["services"]["api"]["environment"]["INSTANCE_ID"] = "v2-{{replica}}"
     del doc["services"]["gw"]
     path = write(tmp_path, doc)
+    # the deleted service is an orphan: kept (and named) unless --remove-orphans, as Compose
     plan = json.loads(dockmesh("plan", path, "--json", check=True).stdout)
+    assert {(c["action"], c["name"]) for c in plan["changes"]} == {
+        ("replace", f"{prefix}-api-1"),
+        ("replace", f"{prefix}-api-2"),
+    }
+    assert plan["orphans"] == [f"{prefix}-gw-1"]
+    plan = json.loads(dockmesh("plan", path, "--json", "--remove-orphans", check=True).stdout)
     assert {(c["action"], c["name"], c["reason"]) for c in plan["changes"]} == {
         ("replace", f"{prefix}-api-1", "changed: environment"),
         ("replace", f"{prefix}-api-2", "changed: environment"),
         ("remove", f"{prefix}-gw-1", "no longer in the file"),
     }
-    dockmesh("up", path, check=True)
+    dockmesh("up", path, "--remove-orphans", check=True)
     assert api.inspect_container(f"{prefix}-store-1")["Id"] in ids
     assert api.inspect_container(f"{prefix}-api-1")["Id"] not in ids
     assert dockmesh("plan", path, "--exit-code").returncode == 0
 
     dockmesh("down", path, check=True)
     assert project_objects(api, prefix) == ([], [])
-    # down by its file is idempotent; a project named on its own must exist
-    assert "nothing to do" in dockmesh("down", path, check=True).stderr
-    gone = dockmesh("down", "--project", prefix)
-    assert gone.returncode == 2
-    assert gone.stderr.startswith(f"dockmesh: project {prefix!r} is not on the engine")
-    assert len(gone.stderr.strip().splitlines()) == 1
+    # down is idempotent, by its file or by its name (as `docker compose down -p`)
+    assert "nothing to remove" in dockmesh("down", path, check=True).stderr
+    gone = dockmesh("down", "--project", prefix, check=True)
+    assert gone.stderr == (
+        f"project {prefix}: nothing to remove (none of its containers or networks is on the "
+        "engine)\n"
+    )
 
 
 def test_bad_file_exits_2_and_touches_nothing(api: Any, prefix: str, tmp_path: Path) -> None:
@@ -291,9 +299,7 @@ def test_down_takes_the_folders_file_or_a_project(api: Any, prefix: str, tmp_pat
     api.create_network(f"{prefix}_x", labels={"dockmesh.project": prefix})
     proc = dockmesh("down", cwd=str(tmp_path))
     assert proc.returncode == 2
-    assert proc.stderr == (
-        "dockmesh: no dockmesh.yaml in this folder: name a FILE or give --project NAME\n"
-    )
+    assert proc.stderr == "dockmesh: no dockmesh.yaml in this folder: give -f FILE or -p NAME\n"
     (tmp_path / "dockmesh.yaml").write_text(f"project: {prefix}\n")
     dockmesh("down", cwd=str(tmp_path), check=True)
     assert project_objects(api, prefix) == ([], [])

@@ -33,6 +33,7 @@ from urllib.parse import unquote_to_bytes
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from dockmesh import __version__
 from dockmesh.api import consul_json, query, shapes
 from dockmesh.api import filter as bexpr
 from dockmesh.api.errors import ApiError, bad_request, not_found, shown
@@ -413,7 +414,9 @@ class _Api:
                 "NodeName": n.name,
                 "NodeID": n.id,
                 "Server": True,
-                "Version": VERSION,
+                # The Consul level answered, with dockmesh's own version as build metadata
+                # (as Consul Enterprise says `+ent`): clients comparing versions still can.
+                "Version": f"{VERSION}+dockmesh.{__version__}",
                 "Revision": "dockmesh",
             },
             "Member": shapes.member_json(n, VERSION),

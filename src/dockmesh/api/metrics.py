@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from dockmesh import __version__
 from dockmesh.catalog.state import Catalog
 from dockmesh.model.liveness import EngineLink
 
@@ -146,6 +147,10 @@ class ApiMetrics:
             registry=registry,
         )
         registry.register(CatalogCollector(catalog))
+        # The running version, as exporters do: `dockmesh_build_info{version="0.1.0"} 1`.
+        Gauge(
+            "dockmesh_build_info", "The dockmesh version serving.", ["version"], registry=registry
+        ).labels(__version__).set(1)
 
     def observe(self, route: str, method: str, code: int, seconds: float, blocking: bool) -> None:
         method = method if method in _METHODS else "other"

@@ -22,8 +22,25 @@ if TYPE_CHECKING:
 
 # Names, values and file names come from users: `:smile:` in them must stay text, not turn
 # into an emoji (markup is off where they are printed: `[bold]` stays text too).
-out = Console(emoji=False)
-err = Console(stderr=True, emoji=False)
+#
+# On a terminal, the terminal's width; piped or redirected, as wide as the lines are: a
+# container's name cut at 80 columns is lost to `grep` and to scripts (rich would take 80, or
+# $COLUMNS). Colour only on a terminal (rich's rule), and never with $NO_COLOR set (rich reads
+# it).
+PIPED_WIDTH = 10_000
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):  # replaced by something that is no file, or closed
+        terminal = False
+    return Console(stderr=stderr, emoji=False, width=None if terminal else PIPED_WIDTH)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CHANGES = 0, 1, 2, 3
 

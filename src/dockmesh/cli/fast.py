@@ -21,6 +21,11 @@ def _topology_from_agent() -> str | None:
 
 
 def main() -> None:
+    if sys.argv[1:] in (["--version"], ["-V"]):  # as `dockmesh --version` in the full path
+        from dockmesh import __version__
+
+        sys.stdout.write(f"dockmesh {__version__}\n")
+        return
     if sys.argv[1:] == ["topology", "--json"]:
         text = _topology_from_agent()
         if text is not None:

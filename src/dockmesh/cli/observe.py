@@ -3,8 +3,12 @@ the host."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -38,9 +42,16 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _name_column(table: Table) -> None:
+    """The container's name is never cut with an ellipsis: on a terminal too narrow for the
+    table it folds onto a second line (piped, the table is as wide as it needs)."""
+    table.add_column("container", overflow="fold")
+
+
 def stats_table(containers: list[ContainerStats]) -> Table:
     table = Table(title="interface counters", title_justify="left")
-    for col in ("container", "interface", "network", "rx", "tx", "rx pkts", "tx pkts"):
+    _name_column(table)
+    for col in ("interface", "network", "rx", "tx", "rx pkts", "tx pkts"):
         table.add_column(col, justify="right" if col.startswith(("rx", "tx")) else "left")
     table.add_column("errors/drops", justify="right")
     for c in containers:
@@ -67,7 +78,8 @@ def rates_table(rows: list[RateRow], interval_s: float, elapsed_s: float) -> Tab
         title=f"dockmesh top  (every {interval_s:g} s; read in {elapsed_s * 1000:.1f} ms)",
         title_justify="left",
     )
-    for col in ("container", "interface", "network", "rx/s", "tx/s", "rx pkt/s", "tx pkt/s"):
+    _name_column(table)
+    for col in ("interface", "network", "rx/s", "tx/s", "rx pkt/s", "tx pkt/s"):
         table.add_column(col, justify="right" if "/s" in col else "left")
     table.add_column("err+drop/s", justify="right")
     for r in rows:
@@ -99,6 +111,53 @@ def flows_table(edges: list[Edge]) -> Table:
             _human_bytes(e.bytes_reply),
         )
     return table
+
+
+QUIT_KEYS = frozenset("qQ")
+
+
+def _quit_within(key: Callable[[float], str], seconds: float) -> bool:
+    """Waits `seconds` for the next refresh; True when `q` was pressed meanwhile (other keys
+    are read and ignored)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if key(left) in QUIT_KEYS:
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def _keys() -> Iterator[Callable[[float], str]]:
+    """`key(timeout)`: the key pressed within `timeout` seconds, else "". On a terminal the
+    keys come without Enter (cbreak: Ctrl-C still interrupts), and the terminal is put back
+    as it was; when stdin is not one, it only waits."""
+    import select
+    import termios
+    import tty
+
+    try:
+        fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
+    except (OSError, ValueError):
+        fd = None
+    if fd is None:
+
+        def wait(timeout: float) -> str:
+            time.sleep(timeout)
+            return ""
+
+        yield wait
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def read(timeout: float) -> str:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return os.read(fd, 1).decode("utf-8", "replace") if ready else ""
+
+    try:
+        yield read
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def register(app: typer.Typer) -> None:
@@ -151,7 +210,7 @@ def register(app: typer.Typer) -> None:
         ] = 0,
         engine: EngineOpt = None,
     ) -> None:
-        """Live rates per container and interface, sorted, refreshing in place (Ctrl-C
+        """Live rates per container and interface, sorted, refreshing in place (q or Ctrl-C
         stops). The topology is re-read every 10 refreshes to follow new containers."""
         from rich.live import Live
 
@@ -163,11 +222,11 @@ def register(app: typer.Typer) -> None:
         topo = load_topology(engine)
         prev = sample(targets(topo))
         n = 0
-        with Live(
-            rates_table([], interval, prev.elapsed_s), console=out, auto_refresh=False
-        ) as live:
+        first = rates_table([], interval, prev.elapsed_s)
+        with _keys() as key, Live(first, console=out, auto_refresh=False) as live:
             while iterations == 0 or n < iterations:
-                time.sleep(interval)
+                if _quit_within(key, interval):
+                    return
                 n += 1
                 if n % 10 == 0:
                     topo = load_topology(engine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
@@ -15,21 +16,31 @@ from dockmesh.cli.common import (
     EXIT_CHANGES,
     JsonOpt,
     OneEngineOpt,
+    UserError,
     connect_one,
     err,
     handle_errors,
     out,
     print_json,
 )
+from dockmesh.cli.projectargs import (
+    FileArg,
+    FileOpt,
+    ProjectOpt,
+    emptying,
+    orphans_warning,
+    pick_file,
+    project_name,
+)
 
 if TYPE_CHECKING:
     from dockmesh.ops.project import Outcome
+    from dockmesh.projectfile.load import LoadedSpec
     from dockmesh.projectfile.plan import Change, Plan, Step
 
 # pydantic, PyYAML and pyroute2 come in with dockmesh.ops, imported inside the commands that
 # use them, so that `dockmesh topology` and `--help` do not pay for them at start-up.
 
-FileArg = Annotated[str, typer.Argument(help="The topology file (dockmesh.yaml).")]
 PolicyModeOpt = Annotated[
     str,
     typer.Option(
@@ -106,11 +117,9 @@ def _progress(verb: str) -> Iterator[Callable[[Step], None]]:
 
 def _with_policy(plan: Plan, change: Change | None) -> Plan:
     """The plan with the line of the project's policy (applied after the containers)."""
-    from dockmesh.projectfile.plan import Plan
-
     if change is None:
         return plan
-    return Plan(plan.project, (*plan.changes, change), plan.steps, plan.warnings)
+    return dataclasses.replace(plan, changes=(*plan.changes, change))
 
 
 def _warn(plan: Plan) -> None:
@@ -136,37 +145,67 @@ def _say(message: str) -> None:
     err.print(message, markup=False, highlight=False)
 
 
+OrphansOpt = Annotated[
+    bool,
+    typer.Option(
+        "--remove-orphans",
+        help="Remove the containers of services no longer in the file (else they stay, named "
+        "in a warning).",
+    ),
+]
+
+
+def loaded_file(file_arg: str | None, file: str | None, project: str | None) -> LoadedSpec:
+    """The file, named for `project` when -p is given (as Compose: -p wins over the file)."""
+    from dockmesh.ops.project import load
+
+    loaded = load(pick_file(file_arg, file))  # a file wrong without the engine's help stops here
+    if project is None:
+        return loaded
+    return dataclasses.replace(loaded, project=project_name(project))
+
+
+def _orphans(plan: Plan) -> None:
+    if (w := orphans_warning(plan)) is not None:
+        err.print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     @handle_errors
     def plan_cmd(
-        file: FileArg,
+        file_arg: FileArg = None,
+        file: FileOpt = None,
+        project: ProjectOpt = None,
         engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
         exit_code: Annotated[
             bool, typer.Option("--exit-code", help="Exit 3 when there are changes.")
         ] = False,
+        remove_orphans: OrphansOpt = False,
         policy_mode: PolicyModeOpt = "enforce",
         table: PolicyTableOpt = None,
     ) -> None:
         """What `up` would change, without changing it."""
         from dockmesh.cli.policy import project_policy_change, project_table
         from dockmesh.cli.render import plan_table
-        from dockmesh.ops.project import connect_for, load, plan_loaded, snapshot
+        from dockmesh.ops.project import connect_for, plan_loaded, snapshot
 
-        loaded = load(file)  # a file wrong without the engine's help stops here
+        loaded = loaded_file(file_arg, file, project)
         name = project_table(table)
         backend = connect_for(loaded, lambda: connect_one(engine))
-        plan = plan_loaded(loaded, backend)
+        plan = plan_loaded(loaded, backend, remove_orphans)
         change = project_policy_change(loaded, policy_mode, name, snapshot(backend))
         plan = _with_policy(plan, change)
         if not json_out:
             _warn(plan)
+            _orphans(plan)
         if json_out:
             print_json(plan.to_json())
         elif plan.empty:
             out.print(
-                f"[green]No changes.[/] Project {escape(plan.project)} matches {escape(file)}."
+                f"[green]No changes.[/] Project {escape(plan.project)} matches "
+                f"{escape(loaded.filename)}."
             )
         else:
             out.print(plan_table(plan))
@@ -176,9 +215,21 @@ def register(app: typer.Typer) -> None:
     @app.command("up")
     @handle_errors
     def up(
-        file: FileArg,
+        file_arg: FileArg = None,
+        file: FileOpt = None,
+        project: ProjectOpt = None,
         engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
+        remove_orphans: OrphansOpt = False,
+        yes: Annotated[
+            bool,
+            typer.Option(
+                "--yes",
+                "-y",
+                help="Go on when the file describes nothing and up would remove all of the "
+                "project.",
+            ),
+        ] = False,
         policy_mode: PolicyModeOpt = "enforce",
         table: PolicyTableOpt = None,
     ) -> None:
@@ -189,52 +240,74 @@ def register(app: typer.Typer) -> None:
             project_policy_check,
             project_table,
         )
-        from dockmesh.ops.project import connect_for, load, snapshot, up
+        from dockmesh.ops.project import connect_for, snapshot, up
 
-        loaded = load(file)  # a file wrong without the engine's help stops here
+        loaded = loaded_file(file_arg, file, project)
         name = project_table(table)
         project_policy_check(
             loaded, policy_mode, name
         )  # refused now, not after the containers exist
         backend = connect_for(loaded, lambda: connect_one(engine))
+        describes_nothing = not loaded.spec.services and not loaded.spec.networks
+
+        def approve(plan: Plan) -> None:
+            why = None if yes else emptying(plan, describes_nothing)
+            if why is not None:
+                raise UserError(why)
+
         outcome: Outcome
         with _stop_on_sigint() as should_stop, _progress("up") as progress:
-            outcome = up(loaded, backend, progress, should_stop, _say)
+            outcome = up(
+                loaded, backend, progress, should_stop, _say, remove_orphans, approve=approve
+            )
         change = converge_project_policy(loaded, policy_mode, name, snapshot(backend))
         plan = _with_policy(outcome.plan, change)
         _summary(plan)
+        _orphans(plan)
         if json_out:
             print_json(plan.to_json())
 
     @app.command("down")
     @handle_errors
     def down(
-        file: Annotated[
-            str | None,
-            typer.Argument(
-                help="The topology file (default: ./dockmesh.yaml, unless --project is given)."
-            ),
-        ] = None,
-        project: Annotated[
-            str | None, typer.Option("--project", "-p", help="The project to remove.")
-        ] = None,
+        file_arg: FileArg = None,
+        file: FileOpt = None,
+        project: ProjectOpt = None,
         engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
         table: PolicyTableOpt = None,
     ) -> None:
         """Remove every container and network of the project, and the policy its `up`
-        applied."""
+        applied. A project that is not there (any more) is fine: there is nothing to do."""
         from dockmesh.cli.policy import project_table, remove_project_policy
-        from dockmesh.ops.project import down, resolve_project
+        from dockmesh.ops.project import down
 
-        name = resolve_project(file, project)
+        name = resolve_name(file_arg, file, project)
         policy_table = project_table(table)
         backend = connect_one(engine)
         with _stop_on_sigint() as should_stop, _progress("down") as progress:
-            outcome = down(
-                name, backend, progress, should_stop, _say, must_exist=project is not None
-            )
+            outcome = down(name, backend, progress, should_stop, _say, must_exist=False)
         plan = _with_policy(outcome.plan, remove_project_policy(name, policy_table))
-        _summary(plan)
+        if plan.empty:
+            err.print(
+                f"project {name}: nothing to remove (none of its containers or networks is "
+                "on the engine)",
+                markup=False,
+                highlight=False,
+            )
+        else:
+            _summary(plan)
         if json_out:
             print_json(plan.to_json())
+
+
+def resolve_name(file_arg: str | None, file: str | None, project: str | None) -> str:
+    """The project of a command that needs only its name (down, ps, logs): -p NAME, else the
+    file's (FILE, --file, else ./dockmesh.yaml)."""
+    if project is not None:
+        if file_arg is not None and file is not None and file_arg != file:
+            raise UserError(f"FILE {file_arg!r} and --file {file!r}: give one of them")
+        return project_name(project)
+    from dockmesh.ops.project import load
+
+    return load(pick_file(file_arg, file, or_project=True)).project

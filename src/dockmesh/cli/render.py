@@ -183,3 +183,27 @@ def plan_table(plan: Plan) -> Table:
             Text(c.action, style=_ACTION_STYLE[c.action]), c.kind, Text(c.name), Text(c.reason)
         )
     return table
+
+
+def ps_table(containers: Sequence[Container]) -> Table:
+    """`dockmesh ps`: one row a container; its name never cut (the table gets narrower
+    elsewhere, or wider than the screen)."""
+    from dockmesh.model.labels import LABEL_SERVICE
+
+    t = Table(box=None, pad_edge=False)
+    t.add_column("NAME", no_wrap=True, overflow="ignore")
+    t.add_column("SERVICE", no_wrap=True)
+    t.add_column("STATE", no_wrap=True)
+    t.add_column("PORTS")
+    t.add_column("NETWORKS")
+    for c in containers:
+        state = c.state if c.health is None else f"{c.state} ({c.health})"
+        style = "green" if c.running and c.health in (None, "healthy") else "yellow"
+        t.add_row(
+            Text(visible(c.name)),
+            Text(visible(c.labels.get(LABEL_SERVICE, ""))),
+            Text(state, style=style),
+            Text(_ports(c)),
+            Text(", ".join(sorted(a.network for a in c.attachments))),
+        )
+    return t

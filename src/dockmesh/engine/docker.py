@@ -111,6 +111,31 @@ class DockerEvents:
             log.debug("closing the event stream of %s: %s", self._ref.name, e)
 
 
+class DockerLogs:
+    """A container's output as the engine sends it (stdout and stderr interleaved, in chunks
+    that need not end at a line); `close()` from another thread ends the iteration."""
+
+    def __init__(self, raw: Any, client: Any, what: str) -> None:
+        self._raw, self._client, self._what = raw, client, what
+        self._closed = threading.Event()
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._raw:
+                yield bytes(chunk)
+        except Exception as e:
+            if self._closed.is_set():
+                return
+            raise EngineError(f"{self._what}: the stream broke: {_reason(e)}") from e
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(Exception):  # closing a half-dead connection may fail
+            self._raw.close()
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+
 def _one_pool(client: Any) -> None:
     """One connection pool for every request over a unix socket.
 
@@ -431,6 +456,29 @@ class DockerBackend:
     def logs(self, container: str) -> bytes:
         with self._m(f"logs of {self._short(container)}"):
             return bytes(self._api.logs(container))
+
+    def log_stream(
+        self,
+        container: str,
+        follow: bool = False,
+        tail: int | None = None,
+        timestamps: bool = False,
+    ) -> DockerLogs:
+        """`docker logs [-f] [--tail N] [-t]` as a stream. A client of its own, without the
+        read timeout: a container quiet for a while is not an error while following."""
+        what = f"logs of {self._short(container)}"
+        with self._m(what):
+            client = docker.APIClient(
+                base_url=self.ref.url, version=self._api.api_version, timeout=None
+            )
+            raw = client.logs(
+                container,
+                stream=True,
+                follow=follow,
+                tail="all" if tail is None else tail,
+                timestamps=timestamps,
+            )
+        return DockerLogs(raw, client, what)
 
     def put_archive(self, container: str, path: str, tar: bytes) -> None:
         with self._m(f"copy into {self._short(container)}"):

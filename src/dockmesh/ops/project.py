@@ -23,7 +23,6 @@ from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.load import LoadedSpec, load_spec
 from dockmesh.projectfile.plan import Plan, make_plan, teardown_plan
 
-DEFAULT_FILE = "dockmesh.yaml"
 Say = Callable[[str], None]
 
 
@@ -55,7 +54,7 @@ def snapshot(backend: EngineBackend) -> Topology:
     return build_topology([backend.snapshot()], version=1)
 
 
-def plan_loaded(loaded: LoadedSpec, backend: EngineBackend) -> Plan:
+def plan_loaded(loaded: LoadedSpec, backend: EngineBackend, remove_orphans: bool = True) -> Plan:
     """Validates the file against the engine and host as they are now, then plans."""
     try:
         live = snapshot(backend)
@@ -67,7 +66,8 @@ def plan_loaded(loaded: LoadedSpec, backend: EngineBackend) -> Plan:
     context = gather_context(backend, live, images)
     desired = loaded.check(context)  # every image exists past this point
     image_ids = {name: i for name, i in context.images.items() if i is not None}
-    return make_plan(desired, live, image_ids, engine=backend.ref.name)
+    services = None if remove_orphans else set(loaded.spec.services)
+    return make_plan(desired, live, image_ids, engine=backend.ref.name, keep_orphans_of=services)
 
 
 def plan_file(path: str, backend: EngineBackend) -> Plan:
@@ -86,9 +86,13 @@ def up(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     say: Say = lambda _msg: None,
+    remove_orphans: bool = True,
+    approve: Callable[[Plan], None] = lambda _plan: None,
 ) -> Outcome:
+    """`approve` sees the plan before anything is touched, and may refuse it by raising."""
     with project_lock(backend.ref.url, loaded.project, say):
-        plan = plan_loaded(loaded, backend)
+        plan = plan_loaded(loaded, backend, remove_orphans)
+        approve(plan)
         journal = apply_plan(backend, plan, progress, should_stop)
     return Outcome(plan, journal)
 
@@ -96,24 +100,6 @@ def up(
 def projects_on(live: Topology) -> list[str]:
     labels = [n.labels for n in live.networks] + [c.labels for c in live.containers]
     return sorted({lb[LABEL_PROJECT] for lb in labels if LABEL_PROJECT in lb})
-
-
-def resolve_project(file: str | None, project: str | None, cwd: str = ".") -> str:
-    """`down`'s project: --project, else the FILE's, else ./dockmesh.yaml's (as Compose does)."""
-    if project is not None:
-        if file is not None and load(file).project != project:
-            raise UsageError(
-                f"{file} is project {load(file).project!r}, not {project!r}: give one of them"
-            )
-        return project
-    if file is None:
-        default = os.path.join(cwd, DEFAULT_FILE)
-        if not os.path.isfile(default):
-            raise UsageError(
-                f"no {DEFAULT_FILE} in this folder: name a FILE or give --project NAME"
-            )
-        file = default
-    return load(file).project
 
 
 def down(

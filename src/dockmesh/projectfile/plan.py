@@ -13,7 +13,7 @@ without its containers, a stopped container, a rebuilt image — each is a chang
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
 from dockmesh.model.labels import (
     LABEL_HASH,
     LABEL_PROJECT,
+    LABEL_SERVICE,
     decode_discovery,
     project_of,
     stamped_config,
@@ -70,6 +71,9 @@ class Plan:
     # What the plan does not change but the user should know (a service name other projects
     # on the engine register too).
     warnings: tuple[str, ...] = ()
+    # The project's containers of services no longer in the file, left alone because removing
+    # them was not asked for (Compose's orphans: `up --remove-orphans` removes them).
+    orphans: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -80,6 +84,7 @@ class Plan:
             "project": self.project,
             "changes": [c.to_json() for c in self.changes],
             "warnings": list(self.warnings),
+            "orphans": list(self.orphans),
         }
 
 
@@ -193,8 +198,12 @@ def make_plan(
     live: Topology,
     image_ids: Mapping[str, str] | None = None,
     engine: str | None = None,
+    keep_orphans_of: Collection[str] | None = None,
 ) -> Plan:
-    """Diff on one engine (the first of `live` unless named)."""
+    """Diff on one engine (the first of `live` unless named). Given the file's services
+    (`keep_orphans_of`), the containers of services it no longer has stay (`Plan.orphans`),
+    with the networks they are on; a container of a service still in the file (a replica
+    scaled away, down to none) goes."""
     image_ids = image_ids or {}
     engine = engine or (live.engines[0].name if live.engines else "local")
     project = desired.project
@@ -241,8 +250,13 @@ def make_plan(
             ctr_changes.append(Change("replace", "container", want_c.name, why))
             remove_c.append(Step("remove_container", want_c.name, live_id=have_c.id))
             create_c.append(Step("create_container", want_c.name, container=want_c.stamped()))
+    orphans: list[str] = []
     for name, have_c in sorted(live_ctrs.items()):
         if name not in wanted_ctrs:
+            service = have_c.labels.get(LABEL_SERVICE)
+            if keep_orphans_of is not None and service not in keep_orphans_of:
+                orphans.append(name)
+                continue
             leaving.add(name)
             ctr_changes.append(Change("remove", "container", name, "no longer in the file"))
             remove_c.append(Step("remove_container", name, live_id=have_c.id))
@@ -271,6 +285,8 @@ def make_plan(
     for name, have in sorted(live_nets.items()):
         if name in wanted_nets:
             continue
+        if any(have_c.attachment(have.id) for n, have_c in live_ctrs.items() if n in orphans):
+            continue  # an orphan kept is still on it
         why = "no longer in the file"
         others = _foreign_on(live, have, project, leaving)
         if others:
@@ -282,7 +298,7 @@ def make_plan(
 
     steps = (*remove_c, *disconnect, *remove_n, *create_n, *reconnect, *create_c)
     warnings = name_warnings(desired, live, engine)
-    return Plan(project, (*changes, *ctr_changes), steps, warnings)
+    return Plan(project, (*changes, *ctr_changes), steps, warnings, tuple(orphans))
 
 
 def _registered_as(name: str, labels: Mapping[str, str], project: str | None) -> Instance | None:

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+import dockmesh
 from dockmesh.api import TopologyFeed, make_app
 from dockmesh.catalog.live import LiveCatalog
 from dockmesh.model.catalog import CheckSpec, Instance
@@ -550,6 +551,7 @@ def test_metrics_count_requests_by_route_pattern_and_show_the_catalog() -> None:
         assert "dockmesh_catalog_services 1.0" in text
         assert "dockmesh_kv_keys 1.0" in text
         assert "dockmesh_api_request_duration_seconds_bucket" in text
+        assert f'dockmesh_build_info{{version="{dockmesh.__version__}"}} 1.0' in text
 
     run(scenario, registry)
 

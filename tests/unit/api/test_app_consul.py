@@ -12,6 +12,7 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import dockmesh
 from tests.unit.api.test_app import WEB, Env, run
 
 TTL = {"TTL": "30s"}
@@ -33,7 +34,10 @@ def test_agent_members_is_this_agent_alive() -> None:
             1,
         )
         assert member["Tags"]["dc"] == "dc1" and member["Tags"]["role"] == "consul"
-        assert (await env.get("/v1/agent/self"))["Member"] == member
+        me = await env.get("/v1/agent/self")
+        assert me["Member"] == member
+        # the Consul level clients compare, dockmesh's own version as build metadata
+        assert me["Config"]["Version"] == f"1.15.0+dockmesh.{dockmesh.__version__}"
 
     run(scenario)
 

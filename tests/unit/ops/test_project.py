@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.errors import UsageError
 from dockmesh.model.config import NetworkConfig
-from dockmesh.ops.project import down, resolve_project
+from dockmesh.ops.project import down
 
 
 def test_down_of_a_named_project_that_does_not_exist_is_bad_input() -> None:
@@ -20,11 +18,3 @@ def test_down_of_a_named_project_that_does_not_exist_is_bad_input() -> None:
     assert down("p", mem, must_exist=False).plan.empty  # by its file: idempotent
     assert [c.name for c in down("q", mem).plan.changes] == ["q_a"]
     assert mem.network("q_a") is None
-
-
-def test_down_finds_the_folders_file(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"no dockmesh\.yaml in this folder"):
-        resolve_project(None, None, str(tmp_path))
-    (tmp_path / "dockmesh.yaml").write_text("project: shop\n")
-    assert resolve_project(None, None, str(tmp_path)) == "shop"
-    assert resolve_project(None, "other", str(tmp_path)) == "other"

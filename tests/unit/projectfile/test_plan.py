@@ -303,3 +303,51 @@ def test_a_service_name_another_project_registers_is_a_warning() -> None:
     assert "answers project p's only" in plan.warnings[0]
     _, alone = plan_for(doc)
     assert alone.warnings == ()
+
+
+# --- orphans: services no longer in the file ----------------------------------------------
+
+
+def test_orphans_stay_with_their_networks_unless_asked() -> None:
+    desired, _ = plan_for(DOC)
+    live = simulate_apply(desired)
+    doc = copy.deepcopy(DOC)
+    del doc["services"]["store"], doc["networks"]["db"]
+    doc["services"]["web"]["replicas"] = 1
+    doc["services"]["web"]["depends_on"] = []
+    new = desired_of(doc)
+    kept = make_plan(new, live, keep_orphans_of={"web"})
+    # a replica scaled away is no orphan: its service is still in the file
+    assert [(c.action, c.name) for c in kept.changes] == [("remove", "p-web-2")]
+    assert kept.orphans == ("p-store-1",)
+    assert kept.to_json()["orphans"] == ["p-store-1"]
+    gone = make_plan(new, live)
+    assert gone.orphans == ()
+    assert {(c.action, c.kind, c.name) for c in gone.changes} == {
+        ("remove", "container", "p-web-2"),
+        ("remove", "container", "p-store-1"),
+        ("remove", "network", "p_db"),
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(docs(), docs())
+def test_orphans_kept_lose_nothing(before: dict[str, Any], after: dict[str, Any]) -> None:
+    old, _ = plan_for(before)
+    live = simulate_apply(old)
+    new = desired_of(after)
+    services = set(after["services"])
+    plan = make_plan(new, live, keep_orphans_of=services)
+    orphans = {c.name for c in old.containers if c.service not in services}
+    assert set(plan.orphans) == orphans
+    removed = {s.name for s in plan.steps if s.op == "remove_container"}
+    assert not removed & orphans
+    # a network an orphan is on stays (replaced at most, the orphan reconnected)
+    used = {e.network for c in old.containers if c.name in orphans for e in c.config.networks}
+    dropped = {s.name for s in plan.steps if s.op == "remove_network"}
+    created = {s.name for s in plan.steps if s.op == "create_network"}
+    assert (used & dropped) <= created
+    reconnected = {s.name for s in plan.steps if s.op == "reconnect"}
+    for c in old.containers:
+        if c.name in orphans and any(e.network in dropped for e in c.config.networks):
+            assert c.name in reconnected
