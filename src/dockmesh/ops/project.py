@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dockmesh.engine.backend import EngineBackend
 from dockmesh.errors import EngineError, UsageError
@@ -67,7 +67,8 @@ def plan_loaded(loaded: LoadedSpec, backend: EngineBackend) -> Plan:
     context = gather_context(backend, live, images)
     desired = loaded.check(context)  # every image exists past this point
     image_ids = {name: i for name, i in context.images.items() if i is not None}
-    return make_plan(desired, live, image_ids, engine=backend.ref.name)
+    plan = make_plan(desired, live, image_ids, engine=backend.ref.name)
+    return replace(plan, warnings=(*loaded.warnings, *plan.warnings))
 
 
 def plan_file(path: str, backend: EngineBackend) -> Plan:

@@ -244,6 +244,8 @@ def _without_extensions(data: dict[Any, Any]) -> dict[Any, Any]:
         return {k: v for k, v in d.items() if not (isinstance(k, str) and k.startswith("x-"))}
 
     out: dict[Any, Any] = strip(data)
+    # Compose's `version:` (obsolete there too) says nothing dockmesh needs.
+    out.pop("version", None)
     for section in ("services", "networks"):
         entries = out.get(section)
         if isinstance(entries, dict):
