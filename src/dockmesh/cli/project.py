@@ -221,9 +221,15 @@ def register(app: typer.Typer) -> None:
         engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
         table: PolicyTableOpt = None,
+        volumes: Annotated[
+            bool,
+            typer.Option(
+                "--volumes", "-v", help="Remove the project's named volumes too, with their data."
+            ),
+        ] = False,
     ) -> None:
         """Remove every container and network of the project, and the policy its `up`
-        applied."""
+        applied. Named volumes are kept unless --volumes is given."""
         from dockmesh.cli.policy import project_table, remove_project_policy
         from dockmesh.ops.project import down, resolve_project
 
@@ -232,7 +238,13 @@ def register(app: typer.Typer) -> None:
         backend = connect_one(engine)
         with _stop_on_sigint() as should_stop, _progress("down") as progress:
             outcome = down(
-                name, backend, progress, should_stop, _say, must_exist=project is not None
+                name,
+                backend,
+                progress,
+                should_stop,
+                _say,
+                must_exist=project is not None,
+                volumes=volumes,
             )
         plan = _with_policy(outcome.plan, remove_project_policy(name, policy_table))
         _summary(plan)

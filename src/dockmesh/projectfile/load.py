@@ -14,8 +14,9 @@ from dockmesh.errors import SpecError
 from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import Desired, desired_state
 from dockmesh.projectfile.interpolate import interpolate_document, parse_dotenv
+from dockmesh.projectfile.parse import is_host_path
 from dockmesh.projectfile.problems import Path, Problem, format_problem, line_of, visible
-from dockmesh.projectfile.schema import Spec, parse_spec_partial
+from dockmesh.projectfile.schema import Spec, parse_spec_partial, with_default_network
 from dockmesh.projectfile.validate import validate
 from dockmesh.projectfile.yamlpos import MAX_FILE_BYTES, load_located_bytes
 
@@ -97,6 +98,46 @@ def environment(path: str, env: Mapping[str, str]) -> Mapping[str, str]:
     return {**values, **env}
 
 
+def _with_files(spec: Spec, base: str, problems: list[Problem]) -> Spec:
+    """The spec with what it names on the host read or resolved against the file's folder
+    `base`: each service's `env_file:` merged under its `environment:` (which wins, as in
+    Compose), and bind mounts' sources made absolute. A file that cannot be read is a
+    problem at its entry."""
+    services = dict(spec.services)
+    for name, svc in spec.services.items():
+        files = [svc.env_file] if isinstance(svc.env_file, str) else svc.env_file
+        from_files: dict[str, str] = {}
+        for i, rel in enumerate(files):
+            at: Path = ("services", name, "env_file")
+            at = at if isinstance(svc.env_file, str) else (*at, i)
+            full = os.path.join(base, os.path.expanduser(rel))
+            try:
+                with FsPath(full).open("rb") as f:
+                    raw = f.read(MAX_DOTENV_BYTES + 1)
+                text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8"
+                problems.append(Problem(at, f"{rel}: cannot be read: {why}"))
+                continue
+            values, wrong = parse_dotenv(text)
+            problems.extend(Problem(at, f"{rel} line {line}: {msg}") for line, msg in wrong)
+            from_files.update(values)
+        volumes = [_bind_absolute(v, base) for v in svc.volumes]
+        if from_files or volumes != svc.volumes:
+            env = {**from_files, **svc.environment}
+            services[name] = svc.model_copy(update={"environment": env, "volumes": volumes})
+    return spec.model_copy(update={"services": services})
+
+
+def _bind_absolute(text: str, base: str) -> str:
+    """`./data:/x:ro` → `/the/file's/folder/data:/x:ro`; anything else as written."""
+    source, colon, rest = text.partition(":")
+    if not colon or not is_host_path(source):
+        return text
+    full = os.path.normpath(os.path.join(base, os.path.expanduser(source)))
+    return f"{full}:{rest}"
+
+
 def load_spec(path: str, env: Mapping[str, str] | None = None) -> LoadedSpec:
     """Reads a file. Raises SpecError when the file is wrong as YAML (too large, not UTF-8,
     malformed, tags, duplicate keys...) or is not a mapping, OSError when it cannot be read;
@@ -123,6 +164,8 @@ def load_spec(path: str, env: Mapping[str, str] | None = None) -> LoadedSpec:
     # engine included, looks at it; with its shape problems, which need no engine either.
     if spec is None or located.problems:
         raise SpecError(format_problems(path, problems, located.lines))
+    base = os.path.dirname(os.path.abspath(path))
+    spec = with_default_network(_with_files(spec, base, problems))
     project = spec.project if spec.project is not None else default_project(path)
     warnings = tuple(format_problems(path, warned, located.lines))
     return LoadedSpec(path, spec, project, located.lines, tuple(problems), left_out, warnings)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dockmesh.model.catalog import META_PROJECT, META_SHORT_NAME, Instance, name_collisions
-from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig, VolumeConfig
 from dockmesh.model.labels import (
     LABEL_HASH,
     LABEL_PROJECT,
@@ -30,14 +30,17 @@ from dockmesh.model.topology import Container, Network, Topology
 from dockmesh.projectfile.desired import Desired, DesiredContainer, DesiredNetwork
 
 Action = Literal["create", "remove", "replace"]
-Kind = Literal["network", "container", "policy"]  # policy: a topology file's policy: section
+# policy: a topology file's policy: section
+Kind = Literal["network", "container", "volume", "policy"]
 Op = Literal[
     "remove_container",
     "disconnect",
     "remove_network",
     "create_network",
     "reconnect",
+    "create_volume",
     "create_container",
+    "remove_volume",
 ]
 
 
@@ -60,6 +63,9 @@ class Step:
     container: ContainerConfig | None = None  # create_container: what to create (stamped)
     live_id: str | None = None  # remove_*, disconnect, reconnect: the live object
     endpoint: EndpointConfig | None = None  # disconnect / reconnect: the other container's place
+    volume: VolumeConfig | None = None  # create_volume: what to create
+    # create_container: containers to be healthy first (depends_on: condition: service_healthy)
+    wait_healthy: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +199,11 @@ def make_plan(
     live: Topology,
     image_ids: Mapping[str, str] | None = None,
     engine: str | None = None,
+    volumes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Plan:
-    """Diff on one engine (the first of `live` unless named)."""
+    """Diff on one engine (the first of `live` unless named). `volumes`: the engine's
+    volumes (name → labels); a named volume the file declares is created when missing and
+    otherwise kept as it is, data and all (only `down --volumes` removes it)."""
     image_ids = image_ids or {}
     engine = engine or (live.engines[0].name if live.engines else "local")
     project = desired.project
@@ -233,14 +242,28 @@ def make_plan(
         have_c = live_ctrs.get(want_c.name)
         if have_c is None:
             ctr_changes.append(Change("create", "container", want_c.name, "not on the engine"))
-            create_c.append(Step("create_container", want_c.name, container=want_c.stamped()))
+            create_c.append(
+                Step(
+                    "create_container",
+                    want_c.name,
+                    container=want_c.stamped(),
+                    wait_healthy=want_c.wait_for,
+                )
+            )
             continue
         why = _container_reason(have_c, want_c, touched, image_ids, engine_nets)
         if why:
             leaving.add(want_c.name)
             ctr_changes.append(Change("replace", "container", want_c.name, why))
             remove_c.append(Step("remove_container", want_c.name, live_id=have_c.id))
-            create_c.append(Step("create_container", want_c.name, container=want_c.stamped()))
+            create_c.append(
+                Step(
+                    "create_container",
+                    want_c.name,
+                    container=want_c.stamped(),
+                    wait_healthy=want_c.wait_for,
+                )
+            )
     for name, have_c in sorted(live_ctrs.items()):
         if name not in wanted_ctrs:
             leaving.add(name)
@@ -280,7 +303,12 @@ def make_plan(
             disconnect.append(Step("disconnect", c.name, live_id=c.id, endpoint=ep))
         remove_n.append(Step("remove_network", name, live_id=have.id))
 
-    steps = (*remove_c, *disconnect, *remove_n, *create_n, *reconnect, *create_c)
+    create_v: list[Step] = []
+    for vol in desired.volumes:
+        if vol.name not in (volumes or {}):
+            changes.append(Change("create", "volume", vol.name, "not on the engine"))
+            create_v.append(Step("create_volume", vol.name, volume=vol))
+    steps = (*remove_c, *disconnect, *remove_n, *create_n, *create_v, *reconnect, *create_c)
     warnings = name_warnings(desired, live, engine)
     return Plan(project, (*changes, *ctr_changes), steps, warnings)
 
@@ -316,9 +344,15 @@ def name_warnings(desired: Desired, live: Topology, engine: str) -> tuple[str, .
     return tuple(c.warning() for c in name_collisions([*mine, *theirs]) if project in c.projects)
 
 
-def teardown_plan(project: str, live: Topology, engine: str | None = None) -> Plan:
+def teardown_plan(
+    project: str,
+    live: Topology,
+    engine: str | None = None,
+    volumes: Mapping[str, Mapping[str, str]] | None = None,
+) -> Plan:
     """Everything the project labelled, removed: containers first, then networks (other
-    projects' containers still on them are disconnected first, and named)."""
+    projects' containers still on them are disconnected first, and named), then — only
+    when `volumes` are given (`down --volumes`) — those of them the project labelled."""
     engine = engine or (live.engines[0].name if live.engines else "local")
     ctrs = sorted(
         (c for c in live.containers if c.engine == engine and _owned(c.labels, project)),
@@ -340,4 +374,8 @@ def teardown_plan(project: str, live: Topology, engine: str | None = None) -> Pl
         changes.append(Change("remove", "network", n.name, why))
         steps += [Step("disconnect", c.name, live_id=c.id, endpoint=ep) for c, ep in others]
         removals.append(Step("remove_network", n.name, live_id=n.id))
+    for name, labels in sorted((volumes or {}).items()):
+        if _owned(labels, project):
+            changes.append(Change("remove", "volume", name, "down --volumes"))
+            removals.append(Step("remove_volume", name))
     return Plan(project, tuple(changes), (*steps, *removals))

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dockmesh.model.policy import Scope, parse_policy
 from dockmesh.projectfile.problems import Problem
@@ -90,6 +97,34 @@ class Expose(_Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
 
 
+class DependsOn(_Strict):
+    """`depends_on: {db: {condition: service_healthy}}`, as Compose writes it."""
+
+    condition: Literal["service_started", "service_healthy"] = "service_started"
+
+
+class Limits(_Strict):
+    cpus: float | int | str | None = None
+    memory: str | int | None = None
+
+
+class Resources(_Strict):
+    limits: Limits | None = None
+
+
+class Deploy(_Strict):
+    """The part of Compose's `deploy:` a single engine honours."""
+
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    resources: Resources | None = None
+
+
+class VolumeSpec(_Strict):
+    driver: str = "local"
+    driver_opts: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class ServiceSpec(_Strict):
     image: str
     command: str | list[str] | None = None
@@ -102,9 +137,57 @@ class ServiceSpec(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     hostname: str | None = None
     healthcheck: Healthcheck | None = None
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: list[str] | dict[str, DependsOn | None] = Field(default_factory=list)
     discovery: Discovery | None = None
     expose: Expose | None = None
+    restart: str | None = None
+    user: str | None = None
+    working_dir: str | None = None
+    cap_add: list[str] = Field(default_factory=list)
+    cap_drop: list[str] = Field(default_factory=list)
+    tmpfs: str | list[str] = Field(default_factory=list)
+    init: bool | None = None
+    mem_limit: str | int | None = None
+    cpus: float | int | str | None = None
+    deploy: Deploy | None = None
+    env_file: str | list[str] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)
+
+    @property
+    def dependencies(self) -> list[str]:
+        """The services `depends_on` names, in the file's order."""
+        return list(self.depends_on)
+
+    @property
+    def healthy_dependencies(self) -> list[str]:
+        """Those whose containers must be healthy before this service's are created."""
+        if isinstance(self.depends_on, list):
+            return []
+        return [
+            n
+            for n, d in self.depends_on.items()
+            if d is not None and d.condition == "service_healthy"
+        ]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deploy_replicas(cls, v: Any) -> Any:
+        # `deploy: {replicas: N}` is Compose's spelling of `replicas: N`.
+        if not isinstance(v, dict):
+            return v
+        deploy = v.get("deploy")
+        n = deploy.get("replicas") if isinstance(deploy, dict) else None
+        if n is None:
+            return v
+        if "replicas" in v and v["replicas"] != n:
+            raise ValueError("replicas and deploy.replicas differ: give one of them")
+        return {**v, "replicas": n}
+
+    @field_validator("restart", mode="before")
+    @classmethod
+    def _restart_no(cls, v: Any) -> Any:
+        # `restart: no` unquoted is YAML's false; Compose reads it as "no".
+        return "no" if v is False else v
 
     @field_validator("networks", mode="before")
     @classmethod
@@ -127,6 +210,7 @@ class Spec(_Strict):
     project: str | None = None
     networks: dict[str, NetworkSpec | None] = Field(default_factory=dict)
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
+    volumes: dict[str, VolumeSpec | None] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -166,6 +250,15 @@ def parse_spec_partial(data: Any) -> tuple[Spec | None, list[Problem], frozenset
         partial[section] = kept
     if isinstance(data.get("project"), str):
         partial["project"] = data["project"]
+    if isinstance(data.get("volumes"), dict):
+        kept_volumes: dict[str, Any] = {}
+        for name, value in data["volumes"].items():
+            try:
+                VolumeSpec.model_validate(value or {})
+                kept_volumes[name] = value
+            except ValidationError:
+                dropped.add(name)
+        partial["volumes"] = kept_volumes
     try:
         return Spec.model_validate(partial), problems, frozenset(dropped)
     except ValidationError:
@@ -246,8 +339,27 @@ def _without_extensions(data: dict[Any, Any]) -> dict[Any, Any]:
     out: dict[Any, Any] = strip(data)
     # Compose's `version:` (obsolete there too) says nothing dockmesh needs.
     out.pop("version", None)
-    for section in ("services", "networks"):
+    for section in ("services", "networks", "volumes"):
         entries = out.get(section)
         if isinstance(entries, dict):
             out[section] = {name: strip(v) for name, v in entries.items()}
     return out
+
+
+DEFAULT_NETWORK = "default"
+
+
+def with_default_network(spec: Spec) -> Spec:
+    """Compose's default network: a service that names no network (and no network_mode)
+    joins `default` (`<project>_default`), where its service name resolves; the network is
+    made when a service uses it, with the file's `networks: {default: …}` when it has one."""
+    alone = [name for name, s in spec.services.items() if not s.networks and s.network_mode is None]
+    if not alone:
+        return spec
+    services = dict(spec.services)
+    for name in alone:
+        attach = ServiceNetwork(aliases=[name])
+        services[name] = services[name].model_copy(update={"networks": {DEFAULT_NETWORK: attach}})
+    networks = dict(spec.networks)
+    networks.setdefault(DEFAULT_NETWORK, None)
+    return spec.model_copy(update={"services": services, "networks": networks})
