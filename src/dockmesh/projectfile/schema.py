@@ -4,7 +4,8 @@ name its own field."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -17,6 +18,7 @@ from pydantic import (
 
 from dockmesh.model.policy import Scope, parse_policy
 from dockmesh.projectfile.problems import Problem
+from dockmesh.projectfile.suggest import did_you_mean
 
 Scalar = str | int | float | bool
 
@@ -280,13 +282,80 @@ def _policy_problems(data: dict[str, Any]) -> list[Problem]:
 
 def _problems_from(e: ValidationError, data: Any) -> list[Problem]:
     by_path: dict[tuple[str | int, ...], list[str]] = {}
+    kinds: dict[tuple[str | int, ...], list[str]] = {}
     for err in e.errors(include_url=False):
         path = _data_path(err["loc"], data)
-        msg = _message(err)
+        kinds.setdefault(path, []).append(err["type"])
+        msg = _message(err, path)
         msgs = by_path.setdefault(path, [])
         if msg not in msgs:
             msgs.append(msg)
-    return [Problem(p, "; ".join(m)) for p, m in by_path.items()]
+    out = []
+    for p, m in by_path.items():
+        plain = _type_message(p, kinds[p], data)
+        out.append(Problem(p, plain if plain is not None else "; ".join(m)))
+    return out
+
+
+# What a value of the wrong type should have been, in words.
+_EXPECTED = {
+    "string_type": "text",
+    "list_type": "a list",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping (key: value)",
+    "model_attributes_type": "a mapping (key: value)",
+    "none_required": "empty",
+}
+_DURATIONS = {"interval", "timeout", "start_period"}
+
+
+def _type_message(path: tuple[str | int, ...], kinds: list[str], data: Any) -> str | None:
+    """`interval: 2` → "a duration with a unit, like 2s, not the number 2": a value of the
+    wrong type, said in the file's words, when every complaint about it is its type."""
+    if not kinds or not all(k in _EXPECTED for k in kinds):
+        return None
+    value = _at(data, path)
+    if path and path[-1] in _DURATIONS and isinstance(value, int | float):
+        return f"must be a duration with a unit, like {value:g}s (not the bare number {value:g})"
+    wanted = list(dict.fromkeys(_EXPECTED[k] for k in kinds if k != "none_required"))
+    if "a number" in wanted and "a whole number" in wanted:
+        wanted.remove("a whole number")
+    if not wanted:
+        return None
+    said = wanted[0] if len(wanted) == 1 else ", ".join(wanted[:-1]) + " or " + wanted[-1]
+    if "text" in wanted and isinstance(value, int | float) and not isinstance(value, bool):
+        return f'must be {said}, not the number {value!r} (quote it: "{value}")'
+    return f"must be {said}, not {_describe(value)}"
+
+
+def _at(data: Any, path: tuple[str | int, ...]) -> Any:
+    node = data
+    for part in path:
+        if not isinstance(node, dict | list):
+            return None
+        try:
+            node = node[part]  # type: ignore[index]  # a list's part is an int: _data_path's
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 30 else value[:29] + "…"
+        return f"the text {shown!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "empty" if value is None else type(value).__name__
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
@@ -314,10 +383,15 @@ def _is_union_tag(part: str) -> bool:
     )
 
 
-def _message(err: Any) -> str:
+def _message(err: Any, path: tuple[str | int, ...] = ()) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        key = path[-1] if path else None
+        known = _keys_at(path[:-1]) if isinstance(key, str) else []
+        hint = did_you_mean(key, known) if isinstance(key, str) else ""
+        if not hint and key in _COMPOSE_ONLY:
+            return "unknown key: a Compose key dockmesh does not take (yet)"
+        return "unknown key" + hint
     if kind == "missing":
         return "is required"
     if kind == "literal_error":
@@ -325,6 +399,89 @@ def _message(err: Any) -> str:
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a mapping (key: value)"
     return str(err["msg"]).replace("Input should be", "must be")
+
+
+# Compose keys a file may carry over that dockmesh does not take: said as such, not only
+# "unknown".
+_COMPOSE_ONLY = frozenset(
+    [
+        "build",
+        "container_name",
+        "logging",
+        "extra_hosts",
+        "secrets",
+        "configs",
+        "profiles",
+        "stop_grace_period",
+        "read_only",
+        "privileged",
+        "devices",
+        "dns",
+        "dns_search",
+        "ulimits",
+        "sysctls",
+        "security_opt",
+        "shm_size",
+        "stop_signal",
+        "links",
+        "external_links",
+        "pid",
+        "ipc",
+        "platform",
+        "pull_policy",
+        "domainname",
+        "mac_address",
+        "group_add",
+        "userns_mode",
+        "cgroup_parent",
+        "isolation",
+        "oom_score_adj",
+        "storage_opt",
+        "labels_file",
+        "external",
+        "driver_opts",
+        "attachable",
+    ]
+)
+
+
+def _keys_at(path: tuple[str | int, ...]) -> list[str]:
+    """The keys the model at `path` (of the document) takes, for "did you mean"."""
+    node: Any = Spec
+    for part in path:
+        node = _inside(node, part)
+        if node is None:
+            return []
+    model = _model_of(node)
+    keys = list(model.model_fields) if model is not None else []
+    return [*keys, "version"] if model is Spec else keys
+
+
+def _inside(annotation: Any, part: str | int) -> Any:
+    model = _model_of(annotation)
+    if model is not None:
+        f = model.model_fields.get(str(part))
+        return None if f is None else f.annotation
+    for arg in _union_args(annotation):
+        origin = get_origin(arg)
+        if origin is dict:
+            return get_args(arg)[1]
+        if origin is list and isinstance(part, int):
+            return get_args(arg)[0]
+    return None
+
+
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for arg in _union_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def _without_extensions(data: dict[Any, Any]) -> dict[Any, Any]:

@@ -21,7 +21,7 @@ from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.load import load_spec
 from dockmesh.projectfile.parse import parse_bytes, parse_restart, parse_volume
 from dockmesh.projectfile.plan import Step, make_plan, teardown_plan
-from dockmesh.projectfile.schema import parse_spec_partial, with_default_network
+from dockmesh.projectfile.schema import ServiceSpec, parse_spec_partial, with_default_network
 from tests.unit.helpers import desired_of, empty_topology, problems_of
 
 
@@ -318,3 +318,47 @@ def test_an_unhealthy_or_slow_dependency_fails_the_up() -> None:
     mem.set_health(cid, "unhealthy")
     with pytest.raises(EngineError, match="p-db-1 is unhealthy"):
         wait_healthy(mem, ("p-db-1",), Waiting(clock=t.clock, sleep=t.sleep))
+
+
+# --- messages -------------------------------------------------------------------------------
+
+
+def test_did_you_mean_and_types_in_plain_words() -> None:
+    doc = {
+        "servics": {},
+        "services": {
+            "w": svc(
+                helthcheck={},
+                logging={},
+                command=5,
+                labels={"a": 1},
+                healthcheck={"tcp": True, "port": 1, "interval": 2},
+                deploy={"resources": {"limits": {"memmory": "1g"}}},
+            )
+        },
+    }
+    out = problems_of(doc)
+    assert "f:1: servics: unknown key; did you mean 'services'?" in out
+    assert "f:5: services.w.helthcheck: unknown key; did you mean 'healthcheck'?" in out
+    assert "f:6: services.w.logging: unknown key: a Compose key dockmesh does not take (yet)" in out
+    assert (
+        'f:7: services.w.command: must be text or a list, not the number 5 (quote it: "5")' in out
+    )
+    assert 'f:9: services.w.labels.a: must be text, not the number 1 (quote it: "1")' in out
+    assert (
+        "f:13: services.w.healthcheck.interval: must be a duration with a unit, like 2s "
+        "(not the bare number 2)"
+    ) in out
+    assert (
+        "f:17: services.w.deploy.resources.limits.memmory: unknown key; did you mean 'memory'?"
+        in out
+    )
+
+
+@given(st.from_regex(r"[a-z_]{3,12}", fullmatch=True))
+def test_a_suggestion_is_always_a_key_the_place_takes(key: str) -> None:
+    out = problems_of({"services": {"w": svc(**{key: 1})}})
+    for line in out:
+        if "did you mean" in line:
+            suggested = line.rsplit("'", 2)[-2]
+            assert suggested in ServiceSpec.model_fields
