@@ -271,9 +271,15 @@ def _policy_problems(data: dict[str, Any]) -> list[Problem]:
     """The `policy:` section, read by the policy's own model (dockmesh.model.policy): its
     network and service names must be this file's."""
     nets, services = data.get("networks"), data.get("services")
+    names = set(map(str, nets)) if isinstance(nets, dict) else set()
+    if isinstance(services, dict) and any(
+        isinstance(s, dict) and not s.get("networks") and s.get("network_mode") is None
+        for s in services.values()
+    ):
+        names.add(DEFAULT_NETWORK)  # made for the services that name none
     scope = Scope(
         str(data.get("project") or "project"),
-        frozenset(map(str, nets)) if isinstance(nets, dict) else frozenset(),
+        frozenset(names),
         frozenset(map(str, services)) if isinstance(services, dict) else frozenset(),
     )
     _, found = parse_policy(data.get("policy"), scope, ("policy",))

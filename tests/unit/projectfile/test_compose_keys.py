@@ -362,3 +362,10 @@ def test_a_suggestion_is_always_a_key_the_place_takes(key: str) -> None:
         if "did you mean" in line:
             suggested = line.rsplit("'", 2)[-2]
             assert suggested in ServiceSpec.model_fields
+
+
+def test_a_policy_may_name_the_default_network() -> None:
+    doc = {"services": {"a": svc()}, "policy": {"networks": {"default": {"default": "deny"}}}}
+    assert problems_of(doc) == []
+    named = {"services": {"a": svc(network_mode="host")}, "policy": {"networks": {"default": {}}}}
+    assert any("default" in p for p in problems_of(named))
