@@ -110,3 +110,44 @@ def test_a_compose_users_file(api: Any, toolbox: str, prefix: str, tmp_path: Pat
     # down --volumes removes it
     dockmesh("down", path, "--volumes", check=True)
     assert volumes_of(api, prefix) == []
+
+
+COMPOSE = """\
+name: {prefix}
+services:
+  db:
+    image: dockmesh/toolbox
+    command: httpd -f -p 5432 -h /www
+    restart: unless-stopped
+    volumes: [{{type: volume, source: data, target: /data}}]
+    healthcheck: {{test: [CMD-SHELL, "nc -w 1 127.0.0.1 5432 </dev/null"], interval: 1s}}
+    container_name: ignored
+  web:
+    image: dockmesh/toolbox
+    command: httpd -f -p 8080 -h /www
+    env_file: app.env
+    environment: {{DB_HOST: "${{DB_HOST:-db}}"}}
+    depends_on: {{db: {{condition: service_healthy}}}}
+volumes:
+  data:
+"""
+
+
+def test_a_compose_file_converts_and_comes_up(
+    api: Any, toolbox: str, prefix: str, tmp_path: Path
+) -> None:
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE.format(prefix=prefix))
+    (tmp_path / "app.env").write_text("MODE=prod\n")
+    out = str(tmp_path / "dockmesh.yaml")
+    conv = dockmesh("convert", str(tmp_path / "docker-compose.yml"), "-o", out, check=True)
+    assert "services.db.container_name: not converted" in conv.stderr
+    dockmesh("up", out, check=True)
+    web = api.inspect_container(f"{prefix}-web-1")
+    env = dict(e.split("=", 1) for e in web["Config"]["Env"])
+    assert (env["DB_HOST"], env["MODE"]) == ("db", "prod")
+    db = api.inspect_container(f"{prefix}-db-1")
+    assert db["State"]["Health"]["Status"] == "healthy"
+    assert db["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    assert [m["Name"] for m in db["Mounts"]] == [f"{prefix}_data"]
+    dockmesh("down", out, "--volumes", check=True)
+    assert volumes_of(api, prefix) == []
