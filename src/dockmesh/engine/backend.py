@@ -117,8 +117,8 @@ class EngineBackend(EngineSource, Protocol):
         ...
 
     # volumes
-    def volumes(self, label: str) -> dict[str, dict[str, str]]:
-        """The volumes carrying `label` (`key=value`): name → labels."""
+    def volumes(self, label: str | None = None) -> dict[str, dict[str, str]]:
+        """The volumes (those carrying `label`, `key=value`): name → labels."""
         ...
 
     def create_volume(self, config: VolumeConfig) -> str: ...

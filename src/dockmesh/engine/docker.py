@@ -339,10 +339,10 @@ class DockerBackend:
 
     # --- volumes -------------------------------------------------------------------------
 
-    def volumes(self, label: str) -> dict[str, dict[str, str]]:
-        """The engine's volumes carrying `label` (`key=value`): name → labels."""
+    def volumes(self, label: str | None = None) -> dict[str, dict[str, str]]:
+        """The engine's volumes (those carrying `label`, `key=value`): name → labels."""
         with self._m("list volumes"):
-            res = self._api.volumes(filters={"label": label})
+            res = self._api.volumes(filters={"label": label} if label else None)
         return {
             str(v["Name"]): dict(v.get("Labels") or {}) for v in (res or {}).get("Volumes") or []
         }

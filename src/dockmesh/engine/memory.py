@@ -521,13 +521,13 @@ class MemoryEngine:
 
     # --- volumes -------------------------------------------------------------------------
 
-    def volumes(self, label: str) -> dict[str, dict[str, str]]:
-        key, _, value = label.partition("=")
+    def volumes(self, label: str | None = None) -> dict[str, dict[str, str]]:
+        key, _, value = (label or "").partition("=")
         with self._lock:
             return {
                 n: dict(v.labels)
                 for n, v in self._volumes.items()
-                if v.labels.get(key) == value or (not value and key in v.labels)
+                if label is None or v.labels.get(key) == value or (not value and key in v.labels)
             }
 
     def create_volume(self, config: VolumeConfig) -> str:

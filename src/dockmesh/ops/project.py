@@ -67,7 +67,7 @@ def plan_loaded(loaded: LoadedSpec, backend: EngineBackend) -> Plan:
     context = gather_context(backend, live, images)
     desired = loaded.check(context)  # every image exists past this point
     image_ids = {name: i for name, i in context.images.items() if i is not None}
-    volumes = backend.volumes(f"{LABEL_PROJECT}={loaded.project}") if desired.volumes else {}
+    volumes = backend.volumes() if desired.volumes else {}
     plan = make_plan(desired, live, image_ids, engine=backend.ref.name, volumes=volumes)
     return replace(plan, warnings=(*loaded.warnings, *plan.warnings))
 

@@ -203,7 +203,8 @@ def make_plan(
 ) -> Plan:
     """Diff on one engine (the first of `live` unless named). `volumes`: the engine's
     volumes (name → labels); a named volume the file declares is created when missing and
-    otherwise kept as it is, data and all (only `down --volumes` removes it)."""
+    otherwise kept as it is, data and all (only `down --volumes` removes it); one another
+    project made is used as it is, with a warning."""
     image_ids = image_ids or {}
     engine = engine or (live.engines[0].name if live.engines else "local")
     project = desired.project
@@ -304,12 +305,20 @@ def make_plan(
         remove_n.append(Step("remove_network", name, live_id=have.id))
 
     create_v: list[Step] = []
+    foreign: list[str] = []
     for vol in desired.volumes:
-        if vol.name not in (volumes or {}):
+        have_v = (volumes or {}).get(vol.name)
+        if have_v is None:
             changes.append(Change("create", "volume", vol.name, "not on the engine"))
             create_v.append(Step("create_volume", vol.name, volume=vol))
+        elif not _owned(have_v, project):
+            # As Compose does: used as it is, data and all, and said.
+            foreign.append(
+                f"volume {vol.name} is on the engine already and not of project {project}: "
+                "its containers use it as it is, with its data (down --volumes leaves it)"
+            )
     steps = (*remove_c, *disconnect, *remove_n, *create_n, *create_v, *reconnect, *create_c)
-    warnings = name_warnings(desired, live, engine)
+    warnings = (*foreign, *name_warnings(desired, live, engine))
     return Plan(project, (*changes, *ctr_changes), steps, warnings)
 
 

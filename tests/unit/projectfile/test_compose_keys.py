@@ -369,3 +369,10 @@ def test_a_policy_may_name_the_default_network() -> None:
     assert problems_of(doc) == []
     named = {"services": {"a": svc(network_mode="host")}, "policy": {"networks": {"default": {}}}}
     assert any("default" in p for p in problems_of(named))
+
+
+def test_a_volume_of_another_maker_is_used_and_said() -> None:
+    doc = {"project": "p", "services": {"w": svc(volumes=["data:/d"])}, "volumes": {"data": {}}}
+    plan = make_plan(desired_of(doc), empty_topology(), volumes={"p_data": {"other": "x"}})
+    assert [c.kind for c in plan.changes] == ["container"]
+    assert plan.warnings[0].startswith("volume p_data is on the engine already and not of")
