@@ -84,6 +84,10 @@ def cleanup(api: Any, p: str) -> None:
         if n["Name"].startswith(p) or (n.get("Labels") or {}).get("dockmesh.project") == p:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_network(n["Id"])
+    for v in (api.volumes() or {}).get("Volumes") or []:
+        if v["Name"].startswith(p) or (v.get("Labels") or {}).get(LABEL_PROJECT) == p:
+            with contextlib.suppress(docker.errors.NotFound):
+                api.remove_volume(v["Name"], force=True)
 
 
 def free_subnets(api: Any, count: int) -> list[str]:

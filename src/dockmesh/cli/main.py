@@ -12,6 +12,7 @@ import typer
 from dockmesh.cli import agent, images, project, projectview, topology
 from dockmesh.cli import bench as bench_cli
 from dockmesh.cli import ca as ca_cli
+from dockmesh.cli import convert as convert_cli
 from dockmesh.cli import doctor as doctor_cli
 from dockmesh.cli import observe as observe_cli
 from dockmesh.cli import policy as policy_cli
@@ -34,6 +35,7 @@ app.add_typer(images.app, name="images")
 topology.register(app)
 project.register(app)
 projectview.register(app)
+convert_cli.register(app)
 agent.register(app)
 policy_cli.register(app)
 reach_cli.register(app)

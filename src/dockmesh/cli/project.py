@@ -276,9 +276,16 @@ def register(app: typer.Typer) -> None:
         engine: OneEngineOpt = None,
         json_out: JsonOpt = False,
         table: PolicyTableOpt = None,
+        volumes: Annotated[
+            bool,
+            typer.Option(
+                "--volumes", "-v", help="Remove the project's named volumes too, with their data."
+            ),
+        ] = False,
     ) -> None:
         """Remove every container and network of the project, and the policy its `up`
-        applied. A project that is not there (any more) is fine: there is nothing to do."""
+        applied. A project that is not there (any more) is fine: there is nothing to do. Named
+        volumes are kept unless --volumes is given."""
         from dockmesh.cli.policy import project_table, remove_project_policy
         from dockmesh.ops.project import down
 
@@ -286,7 +293,9 @@ def register(app: typer.Typer) -> None:
         policy_table = project_table(table)
         backend = connect_one(engine)
         with _stop_on_sigint() as should_stop, _progress("down") as progress:
-            outcome = down(name, backend, progress, should_stop, _say, must_exist=False)
+            outcome = down(
+                name, backend, progress, should_stop, _say, must_exist=False, volumes=volumes
+            )
         plan = _with_policy(outcome.plan, remove_project_policy(name, policy_table))
         if plan.empty:
             err.print(

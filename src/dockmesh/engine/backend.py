@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig, VolumeConfig
 from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
@@ -114,6 +114,16 @@ class EngineBackend(EngineSource, Protocol):
     def create_network(self, config: NetworkConfig) -> str: ...
     def remove_network(self, ref: str) -> None:
         """Removes it; absent already is fine. Raises EngineConflict while endpoints remain."""
+        ...
+
+    # volumes
+    def volumes(self, label: str | None = None) -> dict[str, dict[str, str]]:
+        """The volumes (those carrying `label`, `key=value`): name → labels."""
+        ...
+
+    def create_volume(self, config: VolumeConfig) -> str: ...
+    def remove_volume(self, name: str) -> None:
+        """Removes it; absent already is fine. Raises EngineConflict while a container uses it."""
         ...
 
     # containers

@@ -31,7 +31,7 @@ from dockmesh.engine.convert import (
 )
 from dockmesh.engine.unixhttp import UnixGets
 from dockmesh.errors import EngineConflict, EngineError, EngineNotFound
-from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig, VolumeConfig
 from dockmesh.model.topology import Container, EngineInfo, EngineState, Network
 
 log = logging.getLogger(__name__)
@@ -362,6 +362,31 @@ class DockerBackend:
         with contextlib.suppress(EngineNotFound), self._m(f"remove network {ref}"):
             self._api.remove_network(ref)
 
+    # --- volumes -------------------------------------------------------------------------
+
+    def volumes(self, label: str | None = None) -> dict[str, dict[str, str]]:
+        """The engine's volumes (those carrying `label`, `key=value`): name → labels."""
+        with self._m("list volumes"):
+            res = self._api.volumes(filters={"label": label} if label else None)
+        return {
+            str(v["Name"]): dict(v.get("Labels") or {}) for v in (res or {}).get("Volumes") or []
+        }
+
+    def create_volume(self, config: VolumeConfig) -> str:
+        with self._m(f"create volume {config.name}"):
+            res = self._api.create_volume(
+                config.name,
+                driver=config.driver,
+                driver_opts=dict(config.options) or None,
+                labels=dict(config.labels),
+            )
+        return str(res.get("Name", config.name))
+
+    def remove_volume(self, name: str) -> None:
+        """Removes it; absent already is fine. EngineConflict while a container uses it."""
+        with contextlib.suppress(EngineNotFound), self._m(f"remove volume {name}"):
+            self._api.remove_volume(name)
+
     # --- containers ----------------------------------------------------------------------
 
     def create_container(self, config: ContainerConfig) -> str:
@@ -391,9 +416,35 @@ class DockerBackend:
                 retries=h.retries,
                 start_period=h.start_period_ns,
             )
+        restart = None
+        if config.restart is not None:
+            policy, _, count = config.restart.partition(":")
+            restart = {"Name": policy, "MaximumRetryCount": int(count or 0)}
+        tmpfs = dict(t.partition(":")[::2] for t in config.tmpfs)
+        mounts = [
+            docker.types.Mount(m.target, m.source or None, type="volume", read_only=m.read_only)
+            for m in config.mounts
+            if m.type == "volume"
+        ]
+        # Binds, not bind mounts: the engine makes a missing host folder, as Compose does.
+        binds = [
+            f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}"
+            for m in config.mounts
+            if m.type == "bind"
+        ]
         with self._m(f"create container {config.name}"):
             host_config = api.create_host_config(
-                port_bindings=port_bindings or None, network_mode=network_mode
+                port_bindings=port_bindings or None,
+                network_mode=network_mode,
+                restart_policy=restart,
+                cap_add=list(config.cap_add) or None,
+                cap_drop=list(config.cap_drop) or None,
+                tmpfs=tmpfs or None,
+                init=config.init,
+                mem_limit=config.memory_bytes,
+                nano_cpus=config.nano_cpus,
+                mounts=mounts or None,
+                binds=binds or None,
             )
             networking = None
             if first is not None:
@@ -411,6 +462,8 @@ class DockerBackend:
                 host_config=host_config,
                 networking_config=networking,
                 healthcheck=hc,
+                user=config.user,
+                working_dir=config.working_dir,
             )
         return str(res["Id"])
 

@@ -36,6 +36,7 @@ from dockmesh.model.config import (
     EndpointConfig,
     IpamConfig,
     NetworkConfig,
+    VolumeConfig,
 )
 from dockmesh.model.ipam import first_free
 from dockmesh.model.topology import (
@@ -102,6 +103,7 @@ class MemoryEngine:
         self._networks: dict[str, Network] = {}
         self._containers: dict[str, _Ctr] = {}
         self._images: dict[str, ImageInfo] = {}
+        self._volumes: dict[str, VolumeConfig] = {}
         self._streams: list[MemoryEventStream] = []
         self._ids = itertools.count(1)
         self._failures: list[tuple[str, str, EngineError]] = []
@@ -516,6 +518,33 @@ class MemoryEngine:
             c = self._ctr(cid)
             c.name = new_name
             self._emit("container", "rename", c.id, name=new_name)
+
+    # --- volumes -------------------------------------------------------------------------
+
+    def volumes(self, label: str | None = None) -> dict[str, dict[str, str]]:
+        key, _, value = (label or "").partition("=")
+        with self._lock:
+            return {
+                n: dict(v.labels)
+                for n, v in self._volumes.items()
+                if label is None or v.labels.get(key) == value or (not value and key in v.labels)
+            }
+
+    def create_volume(self, config: VolumeConfig) -> str:
+        """As the engine does: a volume of that name already there is kept as it is."""
+        with self._lock:
+            self._maybe_fail("create_volume", config.name)
+            self._volumes.setdefault(config.name, config)
+        return config.name
+
+    def remove_volume(self, name: str) -> None:
+        with self._lock:
+            if name not in self._volumes:
+                return
+            self._maybe_fail("remove_volume", name)
+            if any(m.source == name for c in self._containers.values() for m in c.config.mounts):
+                raise EngineConflict(f"remove {name}: volume is in use")
+            del self._volumes[name]
 
     def remove_container(self, container: str) -> None:
         with self._lock:

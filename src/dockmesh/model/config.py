@@ -32,6 +32,16 @@ def _int(v: Any, what: str) -> int:
     return v
 
 
+def _opt_int(v: Any, what: str) -> int | None:
+    return None if v is None else _int(v, what)
+
+
+def _list(v: Any, what: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise ValueError(f"container.{what}: expected a list")
+    return v
+
+
 def _bool(v: Any, what: str) -> bool:
     if not isinstance(v, bool):
         raise ValueError(f"{what}: expected true or false")
@@ -215,6 +225,72 @@ class HealthcheckConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MountConfig:
+    """A volume (`type` "volume": `source` is the engine's volume name) or a bind mount
+    (`type` "bind": `source` is an absolute host path) at `target` in the container."""
+
+    type: str
+    source: str
+    target: str
+    read_only: bool = False
+
+    def to_json(self) -> JSON:
+        return {
+            "type": self.type,
+            "source": self.source,
+            "target": self.target,
+            "read_only": self.read_only,
+        }
+
+    @staticmethod
+    def from_json(raw: Any) -> MountConfig:
+        d = _obj(raw, "mount")
+        kind = _str(d.get("type"), "mount.type")
+        if kind not in ("volume", "bind"):
+            raise ValueError("mount.type: expected volume or bind")
+        return MountConfig(
+            kind,
+            _str(d.get("source"), "mount.source"),
+            _str(d.get("target"), "mount.target"),
+            _bool(d.get("read_only", False), "mount.read_only"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeConfig:
+    """A named volume the engine keeps across containers (`down --volumes` removes it)."""
+
+    name: str
+    driver: str = "local"
+    options: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> JSON:
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "options": dict(sorted(self.options.items())),
+            "labels": dict(sorted(self.labels.items())),
+        }
+
+
+# Host settings a container may carry beyond what every container has. Written into its JSON
+# (and so into its hash) only when set: a container made before they existed keeps its hash.
+_OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "restart": None,  # no, always, unless-stopped, on-failure[:N]; None: the engine's (no)
+    "user": None,
+    "working_dir": None,
+    "cap_add": (),
+    "cap_drop": (),
+    "tmpfs": (),  # "PATH" or "PATH:OPTIONS"
+    "init": None,
+    "memory_bytes": None,
+    "nano_cpus": None,
+    "mounts": (),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerConfig:
     name: str
     image: str
@@ -228,8 +304,29 @@ class ContainerConfig:
     ports: tuple[PortMapping, ...] = ()
     healthcheck: HealthcheckConfig | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    restart: str | None = None
+    user: str | None = None
+    working_dir: str | None = None
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
+    init: bool | None = None
+    memory_bytes: int | None = None
+    nano_cpus: int | None = None
+    mounts: tuple[MountConfig, ...] = ()
 
     def to_json(self) -> JSON:
+        out = self._base_json()
+        for key, default in _OPTIONAL_DEFAULTS.items():
+            value = getattr(self, key)
+            if value != default:
+                if key == "mounts":
+                    out[key] = [m.to_json() for m in value]
+                else:
+                    out[key] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def _base_json(self) -> JSON:
         return {
             "name": self.name,
             "image": self.image,
@@ -263,4 +360,14 @@ class ContainerConfig:
             ports=tuple(PortMapping.from_json(p) for p in ports),
             healthcheck=None if hc is None else HealthcheckConfig.from_json(hc),
             labels=_str_map(d.get("labels", {}), "container.labels"),
+            restart=_opt_str(d.get("restart"), "container.restart"),
+            user=_opt_str(d.get("user"), "container.user"),
+            working_dir=_opt_str(d.get("working_dir"), "container.working_dir"),
+            cap_add=_str_tuple(d.get("cap_add", []), "container.cap_add"),
+            cap_drop=_str_tuple(d.get("cap_drop", []), "container.cap_drop"),
+            tmpfs=_str_tuple(d.get("tmpfs", []), "container.tmpfs"),
+            init=None if d.get("init") is None else _bool(d.get("init"), "container.init"),
+            memory_bytes=_opt_int(d.get("memory_bytes"), "container.memory_bytes"),
+            nano_cpus=_opt_int(d.get("nano_cpus"), "container.nano_cpus"),
+            mounts=tuple(MountConfig.from_json(m) for m in _list(d.get("mounts", []), "mounts")),
         )

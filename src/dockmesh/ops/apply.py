@@ -15,6 +15,7 @@ again finishes the job, `down` removes it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -43,6 +44,9 @@ class Journal:
     removed_containers: list[Container] = field(default_factory=list)
     disconnected: list[tuple[str, EndpointConfig]] = field(default_factory=list)
     reconnected: list[tuple[str, str]] = field(default_factory=list)  # (container, network)
+    created_volumes: list[str] = field(default_factory=list)
+    # Removed with their data (`down --volumes`): nothing can put that back.
+    removed_volumes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = []
@@ -50,8 +54,11 @@ class Journal:
             gone = [c.name for c in self.removed_containers] + [
                 n.name for n in self.removed_networks
             ]
-            parts.append("removed " + ", ".join(gone))
+            parts.append("removed " + ", ".join(gone + self.removed_volumes))
+        elif self.removed_volumes:
+            parts.append("removed " + ", ".join(self.removed_volumes))
         made = [n for n, _ in self.created_networks] + [n for n, _ in self.created_containers]
+        made += self.created_volumes
         if made:
             parts.append("created " + ", ".join(made))
         return "; ".join(parts) or "nothing changed yet"
@@ -73,13 +80,53 @@ def start_container(
     return cid
 
 
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """How long a container's `service_healthy` dependencies may take, and the time it is
+    measured with (injected: tests wait on a fake clock)."""
+
+    timeout_s: float = 300.0
+    poll_s: float = 0.5
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+def wait_healthy(backend: EngineBackend, names: tuple[str, ...], waiting: Waiting) -> None:
+    """Returns once every container of `names` is healthy; EngineError when one is
+    unhealthy, not running or missing, or when `waiting.timeout_s` passes first."""
+    deadline = waiting.clock() + waiting.timeout_s
+    pending = list(names)
+    while pending:
+        name = pending[0]
+        c = backend.container(name)
+        if c is None:
+            raise EngineError(f"waiting for {name} to be healthy: it does not exist")
+        if c.health == "healthy":
+            pending.pop(0)
+            continue
+        if c.health == "unhealthy":
+            raise EngineError(f"{name} is unhealthy (its dependents wait for service_healthy)")
+        if not c.running and c.state != "restarting":
+            raise EngineError(f"waiting for {name} to be healthy: it is {c.state}")
+        if c.health is None:
+            raise EngineError(f"waiting for {name} to be healthy: it has no healthcheck")
+        if waiting.clock() >= deadline:
+            raise EngineError(
+                f"{name} was not healthy after {waiting.timeout_s:g}s (its dependents wait "
+                "for service_healthy)"
+            )
+        waiting.sleep(waiting.poll_s)
+
+
 def apply_plan(
     backend: EngineBackend,
     plan: Plan,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    waiting: Waiting | None = None,
 ) -> Journal:
     journal = Journal()
+    waiting = waiting or Waiting()
     step: Step | None = None
     try:
         for step in plan.steps:
@@ -91,7 +138,7 @@ def apply_plan(
             if progress:
                 progress(step)
             log.info("%s", _describe(step))
-            _do(backend, step, journal)
+            _do(backend, step, journal, waiting)
     except EngineError as e:
         assert step is not None
         failed = f"{_describe(step)} failed: {e}"
@@ -109,7 +156,9 @@ STEP_VERBS = {
     "remove_network": "removing network",
     "create_network": "creating network",
     "reconnect": "reconnecting",
+    "create_volume": "creating volume",
     "create_container": "starting container",
+    "remove_volume": "removing volume",
 }
 
 
@@ -121,7 +170,7 @@ def _describe(step: Step) -> str:
     return f"{what} {step.name}"
 
 
-def _do(backend: EngineBackend, step: Step, journal: Journal) -> None:
+def _do(backend: EngineBackend, step: Step, journal: Journal, waiting: Waiting) -> None:
     ref = step.live_id or step.name
     if step.op == "remove_container":
         live = backend.container(ref)
@@ -149,8 +198,17 @@ def _do(backend: EngineBackend, step: Step, journal: Journal) -> None:
         assert step.endpoint is not None
         backend.connect(ref, step.endpoint)
         journal.reconnected.append((ref, step.endpoint.network))
+    elif step.op == "create_volume":
+        assert step.volume is not None
+        backend.create_volume(step.volume)
+        journal.created_volumes.append(step.name)
+    elif step.op == "remove_volume":
+        backend.remove_volume(step.name)
+        journal.removed_volumes.append(step.name)
     else:
         assert step.container is not None
+        if step.wait_healthy:
+            wait_healthy(backend, step.wait_healthy, waiting)
         start_container(backend, step.container, journal)
 
 
@@ -186,6 +244,8 @@ def rollback(backend: EngineBackend, journal: Journal) -> list[str]:
         attempt(what, backend.disconnect, container, network, True)
     for name, cid in reversed(journal.created_containers):
         attempt(f"remove container {name}", backend.remove_container, cid)
+    for name in reversed(journal.created_volumes):
+        attempt(f"remove volume {name}", backend.remove_volume, name)
     for name, nid in reversed(journal.created_networks):
         attempt(f"remove network {name}", backend.remove_network, nid)
     for net in reversed(journal.removed_networks):

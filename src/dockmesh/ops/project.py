@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dockmesh.engine.backend import EngineBackend
 from dockmesh.errors import EngineError, UsageError
@@ -67,7 +67,16 @@ def plan_loaded(loaded: LoadedSpec, backend: EngineBackend, remove_orphans: bool
     desired = loaded.check(context)  # every image exists past this point
     image_ids = {name: i for name, i in context.images.items() if i is not None}
     services = None if remove_orphans else set(loaded.spec.services)
-    return make_plan(desired, live, image_ids, engine=backend.ref.name, keep_orphans_of=services)
+    volumes = backend.volumes() if desired.volumes else {}
+    plan = make_plan(
+        desired,
+        live,
+        image_ids,
+        engine=backend.ref.name,
+        keep_orphans_of=services,
+        volumes=volumes,
+    )
+    return replace(plan, warnings=(*loaded.warnings, *plan.warnings))
 
 
 def plan_file(path: str, backend: EngineBackend) -> Plan:
@@ -109,15 +118,18 @@ def down(
     should_stop: Callable[[], bool] = lambda: False,
     say: Say = lambda _msg: None,
     must_exist: bool = True,
+    volumes: bool = False,
 ) -> Outcome:
     """Removes the project. A project named on its own (`--project`) must exist (a name that
     does not is bad input); one named by its file may be gone already (`down` twice is
-    fine)."""
+    fine). `volumes`: its named volumes too, data and all."""
     with project_lock(backend.ref.url, project, say):
         live = snapshot(backend)
-        if must_exist and project not in projects_on(live):
+        # Named volumes hold data: kept unless asked for (`down --volumes`), as in Compose.
+        owned = backend.volumes(f"{LABEL_PROJECT}={project}") if volumes else None
+        if must_exist and project not in projects_on(live) and not owned:
             found = ", ".join(projects_on(live)) or "none"
             raise UsageError(f"project {project!r} is not on the engine (projects: {found})")
-        plan = teardown_plan(project, live, engine=backend.ref.name)
+        plan = teardown_plan(project, live, engine=backend.ref.name, volumes=owned)
         journal = apply_plan(backend, plan, progress, should_stop)
     return Outcome(plan, journal)

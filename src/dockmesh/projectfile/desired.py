@@ -19,7 +19,9 @@ from dockmesh.model.config import (
     EndpointConfig,
     HealthcheckConfig,
     IpamConfig,
+    MountConfig,
     NetworkConfig,
+    VolumeConfig,
 )
 from dockmesh.model.httproute import decode_fields, encode_labels
 from dockmesh.model.ipam import parse_address, parse_subnet
@@ -32,13 +34,24 @@ from dockmesh.model.labels import (
     encode_discovery,
     stamp,
 )
-from dockmesh.projectfile.parse import parse_duration_ns, parse_port, split_command, substitute
+from dockmesh.projectfile.parse import (
+    VolumeMount,
+    parse_bytes,
+    parse_cpus,
+    parse_duration_ns,
+    parse_port,
+    parse_restart,
+    parse_volume,
+    split_command,
+    substitute,
+)
 from dockmesh.projectfile.schema import (
     Healthcheck,
     NetworkSpec,
     ServiceNetwork,
     ServiceSpec,
     Spec,
+    VolumeSpec,
     per_family,
 )
 
@@ -71,6 +84,8 @@ class DesiredContainer:
     config: ContainerConfig
     depends_on: tuple[str, ...]  # service names
     hash: str
+    # Containers that must be healthy before this one is created (`condition: service_healthy`).
+    wait_for: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -99,6 +114,20 @@ class Desired:
     project: str
     networks: tuple[DesiredNetwork, ...]
     containers: tuple[DesiredContainer, ...]  # in start order (depends_on first)
+    volumes: tuple[VolumeConfig, ...] = ()  # named volumes: made when missing, kept by `up`
+
+
+def volume_name(project: str, key: str) -> str:
+    return f"{project}_{key}"
+
+
+def volume_config(project: str, key: str, vol: VolumeSpec) -> VolumeConfig:
+    return VolumeConfig(
+        name=volume_name(project, key),
+        driver=vol.driver,
+        options=dict(sorted(vol.driver_opts.items())),
+        labels={**dict(sorted(vol.labels.items())), LABEL_PROJECT: project},
+    )
 
 
 def desired_state(spec: Spec, project: str) -> Desired:
@@ -114,9 +143,19 @@ def desired_state(spec: Spec, project: str) -> Desired:
     containers: list[DesiredContainer] = []
     for svc_name in start_order(spec):
         svc = spec.services[svc_name]
+        wait_for = tuple(
+            f"{project}-{dep}-{n}"
+            for dep in svc.healthy_dependencies
+            if dep in spec.services
+            for n in range(1, spec.services[dep].replicas + 1)
+        )
         for r in range(1, svc.replicas + 1):
-            containers.append(_container(project, svc_name, svc, r, by_key))
-    return Desired(project, networks, tuple(containers))
+            made = _container(project, svc_name, svc, r, by_key)
+            containers.append(replace(made, wait_for=wait_for) if wait_for else made)
+    volumes = tuple(
+        volume_config(project, key, vol or VolumeSpec()) for key, vol in spec.volumes.items()
+    )
+    return Desired(project, networks, tuple(containers), volumes)
 
 
 def pins_an_address(svc: ServiceSpec) -> bool:
@@ -136,7 +175,7 @@ def start_order(spec: Spec) -> list[str]:
     names = list(spec.services)
     index = {n: i for i, n in enumerate(names)}
     deps = {
-        n: [d for d in dict.fromkeys(spec.services[n].depends_on) if d in index and d != n]
+        n: [d for d in dict.fromkeys(spec.services[n].dependencies) if d in index and d != n]
         for n in names
     }
     order: list[str] = []
@@ -321,6 +360,13 @@ def discovery_of(project: str, svc_name: str, svc: ServiceSpec) -> Discovery | N
     )
 
 
+def _mount(project: str, m: VolumeMount) -> MountConfig:
+    """A bind's source is absolute by now (the loader resolves it against the file's
+    folder); a named volume's is the project's volume."""
+    source = volume_name(project, m.source) if m.kind == "volume" and m.source else m.source
+    return MountConfig(m.kind, source, m.target, m.read_only)
+
+
 def _canonical_address(text: str | None) -> str | None:
     return None if text is None else str(parse_address(text))
 
@@ -358,6 +404,13 @@ def _container(
         LABEL_SERVICE: svc_name,
         LABEL_REPLICA: str(replica),
     }
+    limits = svc.deploy.resources.limits if svc.deploy and svc.deploy.resources else None
+    memory = svc.mem_limit if svc.mem_limit is not None else (limits.memory if limits else None)
+    cpus = svc.cpus if svc.cpus is not None else (limits.cpus if limits else None)
+    restart = None
+    if svc.restart is not None:
+        policy, count = parse_restart(svc.restart)
+        restart = f"{policy}:{count}" if count else policy
     config = ContainerConfig(
         name=name,
         image=svc.image,
@@ -370,12 +423,22 @@ def _container(
         ports=tuple(parse_port(p) for p in svc.ports),
         healthcheck=_healthcheck(svc.healthcheck),
         labels=labels,
+        restart=restart,
+        user=svc.user,
+        working_dir=svc.working_dir,
+        cap_add=tuple(svc.cap_add),
+        cap_drop=tuple(svc.cap_drop),
+        tmpfs=(svc.tmpfs,) if isinstance(svc.tmpfs, str) else tuple(svc.tmpfs),
+        init=svc.init,
+        memory_bytes=None if memory is None else parse_bytes(memory),
+        nano_cpus=None if cpus is None else round(parse_cpus(cpus) * 1e9),
+        mounts=tuple(_mount(project, parse_volume(v)) for v in svc.volumes),
     )
     network_hashes = {networks[k].name: networks[k].hash for k in svc.networks}
     return DesiredContainer(
         service=svc_name,
         replica=replica,
         config=config,
-        depends_on=tuple(svc.depends_on),
+        depends_on=tuple(svc.dependencies),
         hash=container_hash(config, network_hashes),
     )

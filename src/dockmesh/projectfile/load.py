@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 
 from dockmesh.errors import SpecError
 from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import Desired, desired_state
-from dockmesh.projectfile.problems import Path, Problem, format_problem, line_of
-from dockmesh.projectfile.schema import Spec, parse_spec_partial
+from dockmesh.projectfile.interpolate import interpolate_document, parse_dotenv
+from dockmesh.projectfile.parse import is_host_path
+from dockmesh.projectfile.problems import Path, Problem, format_problem, line_of, visible
+from dockmesh.projectfile.schema import Spec, parse_spec_partial, with_default_network
 from dockmesh.projectfile.validate import validate
 from dockmesh.projectfile.yamlpos import MAX_FILE_BYTES, load_located_bytes
 
@@ -30,13 +33,22 @@ class LoadedSpec:
     lines: dict[Path, int]
     shape_problems: tuple[Problem, ...] = ()
     left_out: frozenset[str] = frozenset()
+    # `FILE:LINE: path: message` lines the user should see but that stop nothing (a variable
+    # used without a value).
+    warnings: tuple[str, ...] = ()
 
     def check(self, context: EngineContext) -> Desired:
         """Validates against what the engine and host hold; raises SpecError with every
         problem of the file, shape and meaning together."""
+        # A value already wrong (a `${…}` that did not substitute) is not judged again.
+        said = {p.path for p in self.shape_problems}
         problems = [
             *self.shape_problems,
-            *validate(self.spec, self.project, context, self.left_out),
+            *(
+                p
+                for p in validate(self.spec, self.project, context, self.left_out)
+                if p.path not in said
+            ),
         ]
         if problems:
             raise SpecError(self._format(problems))
@@ -62,10 +74,75 @@ def default_project(path: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "", folder.lower()) or "default"
 
 
-def load_spec(path: str) -> LoadedSpec:
+DOTENV = ".env"
+MAX_DOTENV_BYTES = 1024 * 1024
+
+
+def environment(path: str, env: Mapping[str, str]) -> Mapping[str, str]:
+    """The variables a file's `${…}` take: `env` (the process's) over the `.env` file beside
+    the topology file, as Compose reads them. Raises SpecError for a `.env` it cannot read."""
+    dotenv = os.path.join(os.path.dirname(os.path.abspath(path)), DOTENV)
+    if not os.path.isfile(dotenv):
+        return env
+    with FsPath(dotenv).open("rb") as f:
+        raw = f.read(MAX_DOTENV_BYTES + 1)
+    if len(raw) > MAX_DOTENV_BYTES:
+        raise SpecError([f"{dotenv}:1: (file): larger than {MAX_DOTENV_BYTES >> 20} MiB"])
+    try:
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError([f"{dotenv}:1: (file): not UTF-8; save the file as UTF-8"]) from None
+    values, problems = parse_dotenv(text)
+    if problems:
+        raise SpecError([visible(f"{dotenv}:{line}: (env): {msg}") for line, msg in problems])
+    return {**values, **env}
+
+
+def _with_files(spec: Spec, base: str, problems: list[Problem]) -> Spec:
+    """The spec with what it names on the host read or resolved against the file's folder
+    `base`: each service's `env_file:` merged under its `environment:` (which wins, as in
+    Compose), and bind mounts' sources made absolute. A file that cannot be read is a
+    problem at its entry."""
+    services = dict(spec.services)
+    for name, svc in spec.services.items():
+        files = [svc.env_file] if isinstance(svc.env_file, str) else svc.env_file
+        from_files: dict[str, str] = {}
+        for i, rel in enumerate(files):
+            at: Path = ("services", name, "env_file")
+            at = at if isinstance(svc.env_file, str) else (*at, i)
+            full = os.path.join(base, os.path.expanduser(rel))
+            try:
+                with FsPath(full).open("rb") as f:
+                    raw = f.read(MAX_DOTENV_BYTES + 1)
+                text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else "not UTF-8"
+                problems.append(Problem(at, f"{rel}: cannot be read: {why}"))
+                continue
+            values, wrong = parse_dotenv(text)
+            problems.extend(Problem(at, f"{rel} line {line}: {msg}") for line, msg in wrong)
+            from_files.update(values)
+        volumes = [_bind_absolute(v, base) for v in svc.volumes]
+        if from_files or volumes != svc.volumes:
+            env = {**from_files, **svc.environment}
+            services[name] = svc.model_copy(update={"environment": env, "volumes": volumes})
+    return spec.model_copy(update={"services": services})
+
+
+def _bind_absolute(text: str, base: str) -> str:
+    """`./data:/x:ro` → `/the/file's/folder/data:/x:ro`; anything else as written."""
+    source, colon, rest = text.partition(":")
+    if not colon or not is_host_path(source):
+        return text
+    full = os.path.normpath(os.path.join(base, os.path.expanduser(source)))
+    return f"{full}:{rest}"
+
+
+def load_spec(path: str, env: Mapping[str, str] | None = None) -> LoadedSpec:
     """Reads a file. Raises SpecError when the file is wrong as YAML (too large, not UTF-8,
     malformed, tags, duplicate keys...) or is not a mapping, OSError when it cannot be read;
-    other problems wait for `check`, so that all of them are reported at once."""
+    other problems wait for `check`, so that all of them are reported at once. `env`: the
+    variables `${…}` take (default: the process's), over the `.env` file beside `path`."""
     # One byte past the limit is enough to say the file is too large, and bounds the memory
     # a huge file (or a device that never ends) can take.
     with FsPath(path).open("rb") as f:
@@ -74,14 +151,21 @@ def load_spec(path: str) -> LoadedSpec:
     problems = list(located.problems)
     spec: Spec | None = None
     left_out: frozenset[str] = frozenset()
+    warned: list[Problem] = []
     if located.data is not None:
-        spec, shape, left_out = parse_spec_partial(located.data)
+        variables = environment(path, os.environ if env is None else env)
+        data, wrong, warned = interpolate_document(located.data, variables)
+        problems += wrong
+        spec, shape, left_out = parse_spec_partial(data)
         # `image: !foo x` is one mistake: the tag. Its value's shape is not a second one.
-        said = {p.path for p in located.problems}
+        said = {p.path for p in [*located.problems, *wrong]}
         problems += [p for p in shape if p.path not in said]
     # A file wrong at the YAML level (a tag, a duplicate key) is refused before anything, an
     # engine included, looks at it; with its shape problems, which need no engine either.
     if spec is None or located.problems:
         raise SpecError(format_problems(path, problems, located.lines))
+    base = os.path.dirname(os.path.abspath(path))
+    spec = with_default_network(_with_files(spec, base, problems))
     project = spec.project if spec.project is not None else default_project(path)
-    return LoadedSpec(path, spec, project, located.lines, tuple(problems), left_out)
+    warnings = tuple(format_problems(path, warned, located.lines))
+    return LoadedSpec(path, spec, project, located.lines, tuple(problems), left_out, warnings)

@@ -8,17 +8,25 @@ import ipaddress
 import re
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from dockmesh.model.config import PortMapping
 from dockmesh.model.durations import parse_duration_ns
 
 __all__ = [
+    "RESTART_POLICIES",
     "TEMPLATE_VARIABLES",
     "PortMapping",
+    "VolumeMount",
     "http_path_problem",
     "image_reference_problem",
+    "is_host_path",
+    "parse_bytes",
+    "parse_cpus",
     "parse_duration_ns",
     "parse_port",
+    "parse_restart",
+    "parse_volume",
     "split_command",
     "substitute",
     "template_names",
@@ -179,3 +187,94 @@ def http_path_problem(path: str) -> str | None:
             "(percent-encode the rest, e.g. %20)"
         )
     return None
+
+
+# --- volumes, sizes, restart policies ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """One entry of a service's `volumes:`: a named volume (`kind` "volume", `source` the
+    file's name for it; "" for an anonymous one) or a bind mount (`kind` "bind", `source` a
+    host path as written)."""
+
+    kind: str
+    source: str
+    target: str
+    read_only: bool = False
+
+
+def is_host_path(source: str) -> bool:
+    """A bind mount's source, as Compose tells it from a volume's name."""
+    return source.startswith(("/", "./", "../", "~")) or source in (".", "..", "~")
+
+
+def parse_volume(text: str) -> VolumeMount:
+    """`NAME:/path[:ro|rw]`, `./dir:/path[:ro|rw]`, `/host:/path[:ro|rw]` or `/path` alone
+    (an anonymous volume)."""
+    parts = text.split(":")
+    if len(parts) > 3 or not all(parts):
+        raise ValueError(
+            f"{text!r}: expected NAME:/path, ./dir:/path or /path, with :ro or :rw after it"
+        )
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+        if mode not in ("ro", "rw"):
+            raise ValueError(f"{text!r}: the mode {mode!r} is not ro or rw")
+    elif len(parts) == 2 and parts[1] in ("ro", "rw"):
+        raise ValueError(f"{text!r}: a mode needs a source and a target: NAME:/path:{parts[1]}")
+    if len(parts) == 1:
+        source, target = "", parts[0]
+    else:
+        source, target = parts
+    if not target.startswith("/"):
+        raise ValueError(f"{text!r}: the path in the container {target!r} must be absolute")
+    kind = "bind" if is_host_path(source) else "volume"
+    return VolumeMount(kind, source, target, mode == "ro")
+
+
+_SIZE = re.compile(r"([0-9]+)\s*([bkmg]?)b?", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_bytes(value: str | int) -> int:
+    """A size as Compose writes it: `536870912`, `512m`, `1g`, `64k`, `512mb`."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int):
+        return value
+    m = _SIZE.fullmatch(value.strip())
+    if m is None:
+        raise ValueError(f"{value!r} is not a size (a number of bytes, or with k, m or g: 512m)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+
+
+def parse_cpus(value: float | int | str) -> float:
+    """`cpus: 0.5` (or "0.5"): the share of CPUs the container may use."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number of CPUs")
+    if isinstance(value, str):
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?|\.[0-9]+", value.strip()):
+            raise ValueError(f"{value!r} is not a number of CPUs (like 0.5 or 2)")
+        value = float(value)
+    return float(value)
+
+
+RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+
+
+def parse_restart(text: str) -> tuple[str, int]:
+    """`no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N` → (name, retries)."""
+    name, colon, count = text.partition(":")
+    if name not in RESTART_POLICIES:
+        raise ValueError(
+            f"{text!r}: a restart policy is no, always, on-failure[:N] or unless-stopped"
+        )
+    if not colon:
+        return name, 0
+    if name != "on-failure":
+        raise ValueError(f"{text!r}: only on-failure takes a count (on-failure:3)")
+    if not re.fullmatch(r"[0-9]{1,9}", count):
+        raise ValueError(f"{text!r}: the count after on-failure: is a whole number")
+    return name, int(count)

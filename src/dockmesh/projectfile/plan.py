@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dockmesh.model.catalog import META_PROJECT, META_SHORT_NAME, Instance, name_collisions
-from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig, VolumeConfig
 from dockmesh.model.labels import (
     LABEL_HASH,
     LABEL_PROJECT,
@@ -31,14 +31,17 @@ from dockmesh.model.topology import Container, Network, Topology
 from dockmesh.projectfile.desired import Desired, DesiredContainer, DesiredNetwork
 
 Action = Literal["create", "remove", "replace"]
-Kind = Literal["network", "container", "policy"]  # policy: a topology file's policy: section
+# policy: a topology file's policy: section
+Kind = Literal["network", "container", "volume", "policy"]
 Op = Literal[
     "remove_container",
     "disconnect",
     "remove_network",
     "create_network",
     "reconnect",
+    "create_volume",
     "create_container",
+    "remove_volume",
 ]
 
 
@@ -61,6 +64,9 @@ class Step:
     container: ContainerConfig | None = None  # create_container: what to create (stamped)
     live_id: str | None = None  # remove_*, disconnect, reconnect: the live object
     endpoint: EndpointConfig | None = None  # disconnect / reconnect: the other container's place
+    volume: VolumeConfig | None = None  # create_volume: what to create
+    # create_container: containers to be healthy first (depends_on: condition: service_healthy)
+    wait_healthy: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +205,15 @@ def make_plan(
     image_ids: Mapping[str, str] | None = None,
     engine: str | None = None,
     keep_orphans_of: Collection[str] | None = None,
+    volumes: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Plan:
     """Diff on one engine (the first of `live` unless named). Given the file's services
     (`keep_orphans_of`), the containers of services it no longer has stay (`Plan.orphans`),
     with the networks they are on; a container of a service still in the file (a replica
-    scaled away, down to none) goes."""
+    scaled away, down to none) goes. `volumes`: the engine's volumes (name → labels); a
+    named volume the file declares is created when missing and otherwise kept as it is, data
+    and all (only `down --volumes` removes it); one another project made is used as it is,
+    with a warning."""
     image_ids = image_ids or {}
     engine = engine or (live.engines[0].name if live.engines else "local")
     project = desired.project
@@ -242,14 +252,28 @@ def make_plan(
         have_c = live_ctrs.get(want_c.name)
         if have_c is None:
             ctr_changes.append(Change("create", "container", want_c.name, "not on the engine"))
-            create_c.append(Step("create_container", want_c.name, container=want_c.stamped()))
+            create_c.append(
+                Step(
+                    "create_container",
+                    want_c.name,
+                    container=want_c.stamped(),
+                    wait_healthy=want_c.wait_for,
+                )
+            )
             continue
         why = _container_reason(have_c, want_c, touched, image_ids, engine_nets)
         if why:
             leaving.add(want_c.name)
             ctr_changes.append(Change("replace", "container", want_c.name, why))
             remove_c.append(Step("remove_container", want_c.name, live_id=have_c.id))
-            create_c.append(Step("create_container", want_c.name, container=want_c.stamped()))
+            create_c.append(
+                Step(
+                    "create_container",
+                    want_c.name,
+                    container=want_c.stamped(),
+                    wait_healthy=want_c.wait_for,
+                )
+            )
     orphans: list[str] = []
     for name, have_c in sorted(live_ctrs.items()):
         if name not in wanted_ctrs:
@@ -296,8 +320,21 @@ def make_plan(
             disconnect.append(Step("disconnect", c.name, live_id=c.id, endpoint=ep))
         remove_n.append(Step("remove_network", name, live_id=have.id))
 
-    steps = (*remove_c, *disconnect, *remove_n, *create_n, *reconnect, *create_c)
-    warnings = name_warnings(desired, live, engine)
+    create_v: list[Step] = []
+    foreign: list[str] = []
+    for vol in desired.volumes:
+        have_v = (volumes or {}).get(vol.name)
+        if have_v is None:
+            changes.append(Change("create", "volume", vol.name, "not on the engine"))
+            create_v.append(Step("create_volume", vol.name, volume=vol))
+        elif not _owned(have_v, project):
+            # As Compose does: used as it is, data and all, and said.
+            foreign.append(
+                f"volume {vol.name} is on the engine already and not of project {project}: "
+                "its containers use it as it is, with its data (down --volumes leaves it)"
+            )
+    steps = (*remove_c, *disconnect, *remove_n, *create_n, *create_v, *reconnect, *create_c)
+    warnings = (*foreign, *name_warnings(desired, live, engine))
     return Plan(project, (*changes, *ctr_changes), steps, warnings, tuple(orphans))
 
 
@@ -332,9 +369,15 @@ def name_warnings(desired: Desired, live: Topology, engine: str) -> tuple[str, .
     return tuple(c.warning() for c in name_collisions([*mine, *theirs]) if project in c.projects)
 
 
-def teardown_plan(project: str, live: Topology, engine: str | None = None) -> Plan:
+def teardown_plan(
+    project: str,
+    live: Topology,
+    engine: str | None = None,
+    volumes: Mapping[str, Mapping[str, str]] | None = None,
+) -> Plan:
     """Everything the project labelled, removed: containers first, then networks (other
-    projects' containers still on them are disconnected first, and named)."""
+    projects' containers still on them are disconnected first, and named), then — only
+    when `volumes` are given (`down --volumes`) — those of them the project labelled."""
     engine = engine or (live.engines[0].name if live.engines else "local")
     ctrs = sorted(
         (c for c in live.containers if c.engine == engine and _owned(c.labels, project)),
@@ -356,4 +399,8 @@ def teardown_plan(project: str, live: Topology, engine: str | None = None) -> Pl
         changes.append(Change("remove", "network", n.name, why))
         steps += [Step("disconnect", c.name, live_id=c.id, endpoint=ep) for c, ep in others]
         removals.append(Step("remove_network", n.name, live_id=n.id))
+    for name, labels in sorted((volumes or {}).items()):
+        if _owned(labels, project):
+            changes.append(Change("remove", "volume", name, "down --volumes"))
+            removals.append(Step("remove_volume", name))
     return Plan(project, tuple(changes), (*steps, *removals))

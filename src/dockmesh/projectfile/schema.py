@@ -4,12 +4,21 @@ name its own field."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dockmesh.model.policy import Scope, parse_policy
 from dockmesh.projectfile.problems import Problem
+from dockmesh.projectfile.suggest import did_you_mean
 
 Scalar = str | int | float | bool
 
@@ -90,6 +99,34 @@ class Expose(_Strict):
     port: int | None = Field(default=None, ge=1, le=65535)
 
 
+class DependsOn(_Strict):
+    """`depends_on: {db: {condition: service_healthy}}`, as Compose writes it."""
+
+    condition: Literal["service_started", "service_healthy"] = "service_started"
+
+
+class Limits(_Strict):
+    cpus: float | int | str | None = None
+    memory: str | int | None = None
+
+
+class Resources(_Strict):
+    limits: Limits | None = None
+
+
+class Deploy(_Strict):
+    """The part of Compose's `deploy:` a single engine honours."""
+
+    replicas: int | None = Field(default=None, ge=0, le=1000)
+    resources: Resources | None = None
+
+
+class VolumeSpec(_Strict):
+    driver: str = "local"
+    driver_opts: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class ServiceSpec(_Strict):
     image: str
     command: str | list[str] | None = None
@@ -102,9 +139,57 @@ class ServiceSpec(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     hostname: str | None = None
     healthcheck: Healthcheck | None = None
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: list[str] | dict[str, DependsOn | None] = Field(default_factory=list)
     discovery: Discovery | None = None
     expose: Expose | None = None
+    restart: str | None = None
+    user: str | None = None
+    working_dir: str | None = None
+    cap_add: list[str] = Field(default_factory=list)
+    cap_drop: list[str] = Field(default_factory=list)
+    tmpfs: str | list[str] = Field(default_factory=list)
+    init: bool | None = None
+    mem_limit: str | int | None = None
+    cpus: float | int | str | None = None
+    deploy: Deploy | None = None
+    env_file: str | list[str] = Field(default_factory=list)
+    volumes: list[str] = Field(default_factory=list)
+
+    @property
+    def dependencies(self) -> list[str]:
+        """The services `depends_on` names, in the file's order."""
+        return list(self.depends_on)
+
+    @property
+    def healthy_dependencies(self) -> list[str]:
+        """Those whose containers must be healthy before this service's are created."""
+        if isinstance(self.depends_on, list):
+            return []
+        return [
+            n
+            for n, d in self.depends_on.items()
+            if d is not None and d.condition == "service_healthy"
+        ]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deploy_replicas(cls, v: Any) -> Any:
+        # `deploy: {replicas: N}` is Compose's spelling of `replicas: N`.
+        if not isinstance(v, dict):
+            return v
+        deploy = v.get("deploy")
+        n = deploy.get("replicas") if isinstance(deploy, dict) else None
+        if n is None:
+            return v
+        if "replicas" in v and v["replicas"] != n:
+            raise ValueError("replicas and deploy.replicas differ: give one of them")
+        return {**v, "replicas": n}
+
+    @field_validator("restart", mode="before")
+    @classmethod
+    def _restart_no(cls, v: Any) -> Any:
+        # `restart: no` unquoted is YAML's false; Compose reads it as "no".
+        return "no" if v is False else v
 
     @field_validator("networks", mode="before")
     @classmethod
@@ -127,6 +212,7 @@ class Spec(_Strict):
     project: str | None = None
     networks: dict[str, NetworkSpec | None] = Field(default_factory=dict)
     services: dict[str, ServiceSpec] = Field(default_factory=dict)
+    volumes: dict[str, VolumeSpec | None] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -166,6 +252,15 @@ def parse_spec_partial(data: Any) -> tuple[Spec | None, list[Problem], frozenset
         partial[section] = kept
     if isinstance(data.get("project"), str):
         partial["project"] = data["project"]
+    if isinstance(data.get("volumes"), dict):
+        kept_volumes: dict[str, Any] = {}
+        for name, value in data["volumes"].items():
+            try:
+                VolumeSpec.model_validate(value or {})
+                kept_volumes[name] = value
+            except ValidationError:
+                dropped.add(name)
+        partial["volumes"] = kept_volumes
     try:
         return Spec.model_validate(partial), problems, frozenset(dropped)
     except ValidationError:
@@ -176,9 +271,15 @@ def _policy_problems(data: dict[str, Any]) -> list[Problem]:
     """The `policy:` section, read by the policy's own model (dockmesh.model.policy): its
     network and service names must be this file's."""
     nets, services = data.get("networks"), data.get("services")
+    names = set(map(str, nets)) if isinstance(nets, dict) else set()
+    if isinstance(services, dict) and any(
+        isinstance(s, dict) and not s.get("networks") and s.get("network_mode") is None
+        for s in services.values()
+    ):
+        names.add(DEFAULT_NETWORK)  # made for the services that name none
     scope = Scope(
         str(data.get("project") or "project"),
-        frozenset(map(str, nets)) if isinstance(nets, dict) else frozenset(),
+        frozenset(names),
         frozenset(map(str, services)) if isinstance(services, dict) else frozenset(),
     )
     _, found = parse_policy(data.get("policy"), scope, ("policy",))
@@ -187,13 +288,80 @@ def _policy_problems(data: dict[str, Any]) -> list[Problem]:
 
 def _problems_from(e: ValidationError, data: Any) -> list[Problem]:
     by_path: dict[tuple[str | int, ...], list[str]] = {}
+    kinds: dict[tuple[str | int, ...], list[str]] = {}
     for err in e.errors(include_url=False):
         path = _data_path(err["loc"], data)
-        msg = _message(err)
+        kinds.setdefault(path, []).append(err["type"])
+        msg = _message(err, path)
         msgs = by_path.setdefault(path, [])
         if msg not in msgs:
             msgs.append(msg)
-    return [Problem(p, "; ".join(m)) for p, m in by_path.items()]
+    out = []
+    for p, m in by_path.items():
+        plain = _type_message(p, kinds[p], data)
+        out.append(Problem(p, plain if plain is not None else "; ".join(m)))
+    return out
+
+
+# What a value of the wrong type should have been, in words.
+_EXPECTED = {
+    "string_type": "text",
+    "list_type": "a list",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping (key: value)",
+    "model_attributes_type": "a mapping (key: value)",
+    "none_required": "empty",
+}
+_DURATIONS = {"interval", "timeout", "start_period"}
+
+
+def _type_message(path: tuple[str | int, ...], kinds: list[str], data: Any) -> str | None:
+    """`interval: 2` → "a duration with a unit, like 2s, not the number 2": a value of the
+    wrong type, said in the file's words, when every complaint about it is its type."""
+    if not kinds or not all(k in _EXPECTED for k in kinds):
+        return None
+    value = _at(data, path)
+    if path and path[-1] in _DURATIONS and isinstance(value, int | float):
+        return f"must be a duration with a unit, like {value:g}s (not the bare number {value:g})"
+    wanted = list(dict.fromkeys(_EXPECTED[k] for k in kinds if k != "none_required"))
+    if "a number" in wanted and "a whole number" in wanted:
+        wanted.remove("a whole number")
+    if not wanted:
+        return None
+    said = wanted[0] if len(wanted) == 1 else ", ".join(wanted[:-1]) + " or " + wanted[-1]
+    if "text" in wanted and isinstance(value, int | float) and not isinstance(value, bool):
+        return f'must be {said}, not the number {value!r} (quote it: "{value}")'
+    return f"must be {said}, not {_describe(value)}"
+
+
+def _at(data: Any, path: tuple[str | int, ...]) -> Any:
+    node = data
+    for part in path:
+        if not isinstance(node, dict | list):
+            return None
+        try:
+            node = node[part]  # type: ignore[index]  # a list's part is an int: _data_path's
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 30 else value[:29] + "…"
+        return f"the text {shown!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return "empty" if value is None else type(value).__name__
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
@@ -221,10 +389,15 @@ def _is_union_tag(part: str) -> bool:
     )
 
 
-def _message(err: Any) -> str:
+def _message(err: Any, path: tuple[str | int, ...] = ()) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        return "unknown key"
+        key = path[-1] if path else None
+        known = _keys_at(path[:-1]) if isinstance(key, str) else []
+        hint = did_you_mean(key, known) if isinstance(key, str) else ""
+        if not hint and key in _COMPOSE_ONLY:
+            return "unknown key: a Compose key dockmesh does not take (yet)"
+        return "unknown key" + hint
     if kind == "missing":
         return "is required"
     if kind == "literal_error":
@@ -232,6 +405,89 @@ def _message(err: Any) -> str:
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a mapping (key: value)"
     return str(err["msg"]).replace("Input should be", "must be")
+
+
+# Compose keys a file may carry over that dockmesh does not take: said as such, not only
+# "unknown".
+_COMPOSE_ONLY = frozenset(
+    [
+        "build",
+        "container_name",
+        "logging",
+        "extra_hosts",
+        "secrets",
+        "configs",
+        "profiles",
+        "stop_grace_period",
+        "read_only",
+        "privileged",
+        "devices",
+        "dns",
+        "dns_search",
+        "ulimits",
+        "sysctls",
+        "security_opt",
+        "shm_size",
+        "stop_signal",
+        "links",
+        "external_links",
+        "pid",
+        "ipc",
+        "platform",
+        "pull_policy",
+        "domainname",
+        "mac_address",
+        "group_add",
+        "userns_mode",
+        "cgroup_parent",
+        "isolation",
+        "oom_score_adj",
+        "storage_opt",
+        "labels_file",
+        "external",
+        "driver_opts",
+        "attachable",
+    ]
+)
+
+
+def _keys_at(path: tuple[str | int, ...]) -> list[str]:
+    """The keys the model at `path` (of the document) takes, for "did you mean"."""
+    node: Any = Spec
+    for part in path:
+        node = _inside(node, part)
+        if node is None:
+            return []
+    model = _model_of(node)
+    keys = list(model.model_fields) if model is not None else []
+    return [*keys, "version"] if model is Spec else keys
+
+
+def _inside(annotation: Any, part: str | int) -> Any:
+    model = _model_of(annotation)
+    if model is not None:
+        f = model.model_fields.get(str(part))
+        return None if f is None else f.annotation
+    for arg in _union_args(annotation):
+        origin = get_origin(arg)
+        if origin is dict:
+            return get_args(arg)[1]
+        if origin is list and isinstance(part, int):
+            return get_args(arg)[0]
+    return None
+
+
+def _union_args(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for arg in _union_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def _without_extensions(data: dict[Any, Any]) -> dict[Any, Any]:
@@ -244,8 +500,29 @@ def _without_extensions(data: dict[Any, Any]) -> dict[Any, Any]:
         return {k: v for k, v in d.items() if not (isinstance(k, str) and k.startswith("x-"))}
 
     out: dict[Any, Any] = strip(data)
-    for section in ("services", "networks"):
+    # Compose's `version:` (obsolete there too) says nothing dockmesh needs.
+    out.pop("version", None)
+    for section in ("services", "networks", "volumes"):
         entries = out.get(section)
         if isinstance(entries, dict):
             out[section] = {name: strip(v) for name, v in entries.items()}
     return out
+
+
+DEFAULT_NETWORK = "default"
+
+
+def with_default_network(spec: Spec) -> Spec:
+    """Compose's default network: a service that names no network (and no network_mode)
+    joins `default` (`<project>_default`), where its service name resolves; the network is
+    made when a service uses it, with the file's `networks: {default: …}` when it has one."""
+    alone = [name for name, s in spec.services.items() if not s.networks and s.network_mode is None]
+    if not alone:
+        return spec
+    services = dict(spec.services)
+    for name in alone:
+        attach = ServiceNetwork(aliases=[name])
+        services[name] = services[name].model_copy(update={"networks": {DEFAULT_NETWORK: attach}})
+    networks = dict(spec.networks)
+    networks.setdefault(DEFAULT_NETWORK, None)
+    return spec.model_copy(update={"services": services, "networks": networks})

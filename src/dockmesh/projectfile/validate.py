@@ -40,8 +40,12 @@ from dockmesh.projectfile.parse import (
     PortMapping,
     http_path_problem,
     image_reference_problem,
+    parse_bytes,
+    parse_cpus,
     parse_duration_ns,
     parse_port,
+    parse_restart,
+    parse_volume,
     split_command,
     substitute,
     template_names,
@@ -56,6 +60,7 @@ from dockmesh.projectfile.schema import (
     ServiceSpec,
     Spec,
 )
+from dockmesh.projectfile.suggest import did_you_mean
 
 # fullmatch, never match with `$`: `$` also matches before a trailing newline.
 NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
@@ -63,6 +68,8 @@ PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
 ALIAS = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CAPABILITY = re.compile(r"(?:CAP_)?[A-Z][A-Z0-9_]*|ALL", re.IGNORECASE)
+MEMORY_MIN = 6 * 1024 * 1024  # the engine refuses a smaller memory limit
 # A hostname the kernel and Docker's DNS both take: one DNS label's length at most.
 HOSTNAME = re.compile(r"[a-zA-Z0-9](?:[a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?")
 HOSTNAME_MAX = 63
@@ -147,6 +154,7 @@ class _Validator:
             if len(self.problems) > before:
                 self.bad_networks.add(name)
         self.overlaps()
+        self.volumes()
         for name in self.spec.services:
             self.service(name)
         cycles = self.cycles()
@@ -473,14 +481,25 @@ class _Validator:
         for net_name, attach in svc.networks.items():
             self.attachment(base, name, svc, net_name, attach or ServiceNetwork())
         self.ports(base, name, svc)
-        for i, dep in enumerate(svc.depends_on):
+        for i, dep in enumerate(svc.dependencies):
+            at: Path = (*base, "depends_on", i if isinstance(svc.depends_on, list) else dep)
             if dep not in self.spec.services:
                 if dep not in self.left_out:
-                    self.err((*base, "depends_on", i), f"unknown service {dep!r}")
+                    self.err(at, f"unknown service {dep!r}{did_you_mean(dep, self.spec.services)}")
             elif dep == name:
-                self.err((*base, "depends_on", i), "a service cannot depend on itself")
+                self.err(at, "a service cannot depend on itself")
+        for dep in svc.healthy_dependencies:
+            other = self.spec.services.get(dep)
+            if other is not None and other.healthcheck is None:
+                self.err(
+                    (*base, "depends_on", dep, "condition"),
+                    f"service_healthy: {dep!r} has no healthcheck: here (its image's is not "
+                    "known before it runs); give it one, or use service_started",
+                )
         if svc.healthcheck is not None:
             self.healthcheck((*base, "healthcheck"), svc.healthcheck)
+        self.host_settings(base, svc)
+        self.mounts(base, svc)
         if svc.expose is not None:
             self.expose(base, svc)
         if svc.discovery is not None:
@@ -508,6 +527,102 @@ class _Validator:
             for i, tag in enumerate(d.tags):
                 if "," in tag or not tag:
                     self.err((*dp, "tags", i), f"{tag!r}: tags are non-empty and without commas")
+
+    def host_settings(self, base: Path, svc: ServiceSpec) -> None:
+        if svc.restart is not None:
+            try:
+                parse_restart(svc.restart)
+            except ValueError as e:
+                self.err((*base, "restart"), str(e))
+        if svc.user == "":
+            self.err((*base, "user"), "an empty user (leave user: out for the image's)")
+        elif svc.user is not None:
+            self.text((*base, "user"), svc.user, templates=False)
+        if svc.working_dir is not None and not svc.working_dir.startswith("/"):
+            self.err((*base, "working_dir"), f"{svc.working_dir!r}: an absolute path, like /app")
+        for key in ("cap_add", "cap_drop"):
+            for i, cap in enumerate(getattr(svc, key)):
+                if not CAPABILITY.fullmatch(cap):
+                    self.err(
+                        (*base, key, i),
+                        f"{cap!r} is not a capability name (like NET_ADMIN, or ALL)",
+                    )
+        tmpfs = [svc.tmpfs] if isinstance(svc.tmpfs, str) else svc.tmpfs
+        for i, t in enumerate(tmpfs):
+            at: Path = (*base, "tmpfs") if isinstance(svc.tmpfs, str) else (*base, "tmpfs", i)
+            if not t.startswith("/") or "\0" in t or " " in t:
+                self.err(
+                    at, f"{t!r}: an absolute path in the container, like /run or /tmp:size=64m"
+                )
+        limits = svc.deploy.resources.limits if svc.deploy and svc.deploy.resources else None
+        for key, value, other in (
+            ("mem_limit", svc.mem_limit, limits.memory if limits else None),
+            ("cpus", svc.cpus, limits.cpus if limits else None),
+        ):
+            deploy_key = "memory" if key == "mem_limit" else "cpus"
+            deploy_path: Path = (*base, "deploy", "resources", "limits", deploy_key)
+            if value is not None and other is not None:
+                self.err(
+                    (*base, key), f"give {key} or deploy.resources.limits.{deploy_key}, not both"
+                )
+            for path, v in (((*base, key), value), (deploy_path, other)):
+                if v is None:
+                    continue
+                if key == "mem_limit":
+                    self.memory(path, v)
+                else:
+                    self.cpus(path, v)
+
+    def memory(self, path: Path, value: str | int | float) -> None:
+        try:
+            n = parse_bytes(value) if not isinstance(value, float) else -1
+        except ValueError as e:
+            self.err(path, str(e))
+            return
+        if n < MEMORY_MIN:
+            self.err(path, f"{value!r}: the engine takes at least 6m (6 MiB) of memory")
+
+    def cpus(self, path: Path, value: str | int | float) -> None:
+        try:
+            n = parse_cpus(value)
+        except ValueError as e:
+            self.err(path, str(e))
+            return
+        if not 0.01 <= n <= 1024:
+            self.err(path, f"{value!r}: a number of CPUs between 0.01 and 1024")
+
+    def mounts(self, base: Path, svc: ServiceSpec) -> None:
+        targets: dict[str, int] = {}
+        for i, text in enumerate(svc.volumes):
+            path: Path = (*base, "volumes", i)
+            try:
+                m = parse_volume(text)
+            except ValueError as e:
+                self.err(path, str(e))
+                continue
+            if "\0" in text:
+                self.err(path, "contains a NUL character")
+                continue
+            unknown = m.kind == "volume" and m.source and m.source not in self.spec.volumes
+            if unknown and m.source not in self.left_out:
+                hint = did_you_mean(m.source, self.spec.volumes)
+                where = "not under the top-level volumes:"
+                self.err(path, f"unknown volume {m.source!r} ({where}){hint}")
+            if m.target in targets:
+                self.err(path, f"{m.target} is already mounted by volumes.{targets[m.target]}")
+            targets.setdefault(m.target, i)
+
+    def volumes(self) -> None:
+        for name, vol in self.spec.volumes.items():
+            base: Path = ("volumes", name)
+            if not NAME.fullmatch(name):
+                self.err(
+                    base,
+                    f"{name!r} is not a valid volume name (letters, digits, '_', '.', '-', "
+                    "starting with a letter or digit)",
+                )
+            if vol is not None:
+                self.labels((*base, "labels"), vol.labels, discovery=False)
 
     def text(self, path: Path, value: str, templates: bool) -> bool:
         """Checks a value handed to a process: no NUL (an argv or environment entry cannot
@@ -771,7 +886,7 @@ class _Validator:
 
     def cycles(self) -> bool:
         graph = {
-            n: [d for d in s.depends_on if d in self.spec.services and d != n]
+            n: [d for d in s.dependencies if d in self.spec.services and d != n]
             for n, s in self.spec.services.items()
         }
         found = False
@@ -859,7 +974,7 @@ class _Validator:
         seen: set[str] = set()
         stack = [name]
         while stack:
-            for d in self.spec.services[stack.pop()].depends_on:
+            for d in self.spec.services[stack.pop()].dependencies:
                 if d in self.spec.services and d not in seen:
                     seen.add(d)
                     stack.append(d)

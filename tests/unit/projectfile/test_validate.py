@@ -48,8 +48,8 @@ def test_overlap_and_gateway_outside_are_both_named_with_lines() -> None:
 
 def test_shape_problems() -> None:
     out = problems_of({"networks": {"a": {"subnett": "x"}}, "services": {"w": {"replicas": "two"}}})
-    assert "f:3: networks.a.subnett: unknown key" in out
-    assert any(x.startswith("f:6: services.w.replicas: must be a valid integer") for x in out)
+    assert "f:3: networks.a.subnett: unknown key; did you mean 'subnet'?" in out
+    assert "f:6: services.w.replicas: must be a whole number, not the text 'two'" in out
     assert "f:5: services.w.image: is required" in out
 
 
@@ -176,7 +176,7 @@ def test_shape_and_meaning_problems_come_together() -> None:
     }
     out = joined(doc)
     assert "networks.broken.nonsense: unknown key" in out
-    assert "services.bad.replicas: must be a valid integer" in out
+    assert "services.bad.replicas: must be a whole number, not the text 'many'" in out
     assert "overlaps the subnet 10.0.0.0/16 of network 'a'" in out
     # what was left out for its shape is not reported again as unknown
     assert "unknown network 'broken'" not in out
@@ -482,9 +482,9 @@ def test_a_host_port_held_by_another_projects_container() -> None:
         ("timeout", "106751d", "services.w.healthcheck.timeout: '106751d' is not a duration"),
         ("start_period", "0.5us", "services.w.healthcheck.start_period: must be at least 1ms"),
         ("retries", 2**31, "services.w.healthcheck.retries: must be less than or equal to"),
-        ("retries", "3", "services.w.healthcheck.retries: must be a valid integer"),
-        ("port", "80", "services.w.healthcheck.port: must be a valid integer"),
-        ("port", True, "services.w.healthcheck.port: must be a valid integer"),
+        ("retries", "3", "services.w.healthcheck.retries: must be a whole number, not the text"),
+        ("port", "80", "services.w.healthcheck.port: must be a whole number, not the text '80'"),
+        ("port", True, "services.w.healthcheck.port: must be a whole number, not the boolean"),
     ],
 )
 def test_healthcheck_numbers(field: str, value: Any, why: str) -> None:
@@ -497,9 +497,9 @@ def test_healthcheck_numbers(field: str, value: Any, why: str) -> None:
     [
         (1001, "must be less than or equal to 1000"),
         (-1, "must be greater than or equal to 0"),
-        ("3", "must be a valid integer"),
-        (True, "must be a valid integer"),
-        (3.0, "must be a valid integer"),
+        ("3", "must be a whole number, not the text '3'"),
+        (True, "must be a whole number, not the boolean true"),
+        (3.0, "must be a whole number, not the number 3.0"),
     ],
 )
 def test_replicas_are_whole_numbers_in_bounds(value: Any, why: str) -> None:
@@ -509,7 +509,7 @@ def test_replicas_are_whole_numbers_in_bounds(value: Any, why: str) -> None:
 @pytest.mark.parametrize("value", ["yes", "off", "true", 1, 0])
 def test_booleans_are_booleans(value: Any) -> None:
     out = joined({"networks": {"a": {"internal": value}}})
-    assert "networks.a.internal: must be a valid boolean" in out
+    assert "networks.a.internal: must be true or false, not the" in out
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,248 @@
+"""Variables in a topology file, as Docker Compose substitutes them. Pure: the environment is
+handed in (the process's, over the `.env` file beside the topology file, as Compose reads them).
+
+- `$VAR` and `${VAR}`: the variable's value; unset, an empty value and a warning (Compose's
+  "variable is not set. Defaulting to a blank string");
+- `${VAR:-default}`: the default when VAR is unset or empty; `${VAR-default}`: when unset;
+- `${VAR:?message}`: a problem when VAR is unset or empty; `${VAR?message}`: when unset;
+- `${VAR:+other}`: `other` when VAR is set and not empty; `${VAR+other}`: when set;
+- `$$`: a literal `$` (how a command keeps a `$` for the container's shell).
+
+Defaults and messages may hold variables themselves (`${A:-${B:-x}}`). Values are
+substituted, never keys, and what a substitution yields is not read again. A `$` followed by
+anything else is left as written, as Compose leaves it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dockmesh.projectfile.problems import Path, Problem
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPERATORS = (":-", ":?", ":+", "-", "?", "+")
+
+
+class InterpolationError(ValueError):
+    """A `${…}` that is malformed, or a required variable that is missing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Substituted:
+    text: str
+    unset: tuple[str, ...]  # variables used without a value or a default, in order, each once
+
+
+def substitute_variables(text: str, env: Mapping[str, str]) -> Substituted:
+    """`text` with its variables replaced from `env`. Raises InterpolationError."""
+    unset: list[str] = []
+    out = _expand(text, env, unset)
+    return Substituted(out, tuple(dict.fromkeys(unset)))
+
+
+def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        j = text.find("$", i)
+        if j < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:j])
+        nxt = text[j + 1 : j + 2]
+        if nxt == "$":
+            out.append("$")
+            i = j + 2
+        elif nxt == "{":
+            end = _closing(text, j + 2)
+            if end < 0:
+                raise InterpolationError(
+                    f"{_clip(text[j:])}: '${{' is never closed by '}}' (write $$ for a literal $)"
+                )
+            out.append(_braced(text[j + 2 : end], env, unset))
+            i = end + 1
+        else:
+            m = _NAME.match(text, j + 1)
+            if m is None:
+                out.append("$")  # `$` before anything else stays, as Compose leaves it
+                i = j + 1
+            else:
+                out.append(_value(m.group(), env, unset))
+                i = m.end()
+    return "".join(out)
+
+
+def _closing(text: str, start: int) -> int:
+    """The index of the `}` closing a `${` whose body starts at `start`, or -1. Nested `${`
+    (in a default) count; `$$` is an escape, not the start of one."""
+    depth, i = 1, start
+    while i < len(text):
+        if text.startswith("$$", i):
+            i += 2
+            continue
+        if text.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def _value(name: str, env: Mapping[str, str], unset: list[str]) -> str:
+    if name in env:
+        return env[name]
+    unset.append(name)
+    return ""
+
+
+def _braced(body: str, env: Mapping[str, str], unset: list[str]) -> str:
+    m = _NAME.match(body)
+    if m is None:
+        raise InterpolationError(
+            f"'${{{_clip(body)}}}': a variable name is letters, digits and '_', "
+            "not starting with a digit"
+        )
+    name, rest = m.group(), body[m.end() :]
+    if not rest:
+        return _value(name, env, unset)
+    op = next((o for o in _OPERATORS if rest.startswith(o)), None)
+    if op is None:
+        raise InterpolationError(
+            f"'${{{_clip(body)}}}': after the name comes '}}', ':-', '-', ':?', '?', ':+' or '+'"
+        )
+    arg = rest[len(op) :]
+    value = env.get(name)
+    present = value is not None and (value != "" or ":" not in op)
+    if op in (":-", "-"):
+        return value if present and value is not None else _expand(arg, env, unset)
+    if op in (":+", "+"):
+        return _expand(arg, env, unset) if present else ""
+    if present and value is not None:
+        return value
+    said = _expand(arg, env, unset)
+    why = "is not set" if value is None else "is empty"
+    raise InterpolationError(f"variable {name} {why}" + (f": {said}" if said else ""))
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def interpolate_document(
+    data: Any, env: Mapping[str, str]
+) -> tuple[Any, list[Problem], list[Problem]]:
+    """Every string value of a loaded document substituted: (data, problems, warnings), each
+    problem and warning at the value's path. Keys stay as written, as in Compose; `x-…`
+    extension fields are substituted too (anchors merged into services were copied already)."""
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+
+    def walk(node: Any, path: Path) -> Any:
+        if isinstance(node, str):
+            if "$" not in node:
+                return node
+            try:
+                done = substitute_variables(node, env)
+            except InterpolationError as e:
+                problems.append(Problem(path, str(e)))
+                return node
+            for name in done.unset:
+                warnings.append(
+                    Problem(path, f"variable {name} is not set: substituted an empty string")
+                )
+            return _typed(path, done.text)
+        if isinstance(node, dict):
+            return {k: walk(v, (*path, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(node)]
+        return node
+
+    return walk(data, ()), problems, warnings
+
+
+# Fields that hold a number or a boolean: a substituted value there is read as one, as
+# Compose reads `replicas: ${N}`. Elsewhere it stays text (a label `v: ${VERSION}` is "2").
+_NUMBERS = frozenset({"replicas", "retries", "port", "weight", "cpus", "pids_limit"})
+_BOOLEANS = frozenset({"internal", "attachable", "enable_ipv6", "tcp", "init", "read_only"})
+
+
+def _typed(path: Path, text: str) -> Any:
+    key = path[-1] if path else None
+    if key in _NUMBERS:
+        if re.fullmatch(r"[0-9]+", text):
+            return int(text)
+        if key == "cpus" and re.fullmatch(r"[0-9]*\.[0-9]+", text):
+            return float(text)
+    if key in _BOOLEANS and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+# --- the .env file --------------------------------------------------------------------------
+
+_ENV_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*(?:=(.*))?\s*")
+
+
+def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
+    """A `.env` file as Compose reads it: `NAME=value` lines, `#` comments and blank lines,
+    an optional `export `, values in single quotes (as written) or double quotes (`\\n`,
+    `\\t`, `\\"` and `\\\\` escaped), an unquoted value ending at ` #`. A line with a name
+    alone sets nothing. Returns the variables and the (line, problem) of lines it cannot
+    read."""
+    values: dict[str, str] = {}
+    problems: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        m = _ENV_LINE.fullmatch(line)
+        if m is None:
+            problems.append((number, f"{_clip(stripped)!r} is not NAME=value"))
+            continue
+        name, raw = m.group(1), m.group(2)
+        if raw is None:
+            continue
+        try:
+            values[name] = _env_value(raw.strip())
+        except ValueError as e:
+            problems.append((number, f"{name}: {e}"))
+    return values, problems
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+def _env_value(raw: str) -> str:
+    if raw[:1] in ("'", '"'):
+        quote = raw[0]
+        end = _quote_end(raw, quote)
+        if end < 0:
+            raise ValueError(f"the {quote} quote is never closed")
+        tail = raw[end + 1 :].strip()
+        if tail and not tail.startswith("#"):
+            raise ValueError(f"text after the closing quote: {_clip(tail)!r}")
+        inner = raw[1:end]
+        if quote == "'":
+            return inner
+        return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), inner)
+    comment = re.search(r"\s#", raw)
+    return (raw[: comment.start()] if comment else raw).strip()
+
+
+def _quote_end(raw: str, quote: str) -> int:
+    i = 1
+    while i < len(raw):
+        if quote == '"' and raw[i] == "\\":
+            i += 2
+            continue
+        if raw[i] == quote:
+            return i
+        i += 1
+    return -1

@@ -1,0 +1,199 @@
+"""`${VAR}` interpolation and the `.env` file, as Compose does them."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dockmesh.errors import SpecError
+from dockmesh.projectfile.context import EngineContext
+from dockmesh.projectfile.interpolate import (
+    InterpolationError,
+    interpolate_document,
+    parse_dotenv,
+    substitute_variables,
+)
+from dockmesh.projectfile.load import load_spec
+
+NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+VALUES = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+ENVS = st.dictionaries(NAMES, VALUES, max_size=5)
+PLAIN = st.text(st.characters(exclude_characters="$", exclude_categories=["Cs"]), max_size=20)
+
+
+def sub(text: str, **env: str) -> str:
+    return substitute_variables(text, env).text
+
+
+def test_the_forms() -> None:
+    env = {"A": "a", "E": ""}
+    assert sub("${A}-$A-${A:-x}-${A-x}", **env) == "a-a-a-a"
+    assert sub("${E:-x}|${E-x}|${U:-x}|${U-x}", **env) == "x||x|x"
+    assert sub("${A:+y}|${E:+y}|${E+y}|${U+y}", **env) == "y||y|"
+    assert sub("$$A $${A} $$", **env) == "$A ${A} $"
+    assert sub("${U:-${A:-z}}/${U:-${V:-z}}", **env) == "a/z"
+    assert sub("cost: 5$ and $1 and $-", **env) == "cost: 5$ and $1 and $-"
+
+
+def test_required() -> None:
+    with pytest.raises(InterpolationError, match="variable DB is not set: give DB"):
+        sub("${DB:?give DB}")
+    with pytest.raises(InterpolationError, match="variable DB is empty"):
+        sub("${DB:?}", DB="")
+    assert sub("${DB?x}", DB="") == ""
+
+
+@pytest.mark.parametrize("text", ["${A", "${}", "${1A}", "${A*x}", "x ${A:-${B}"])
+def test_malformed(text: str) -> None:
+    with pytest.raises(InterpolationError):
+        sub(text, A="a")
+
+
+def test_unset_is_empty_and_named() -> None:
+    done = substitute_variables("$X ${Y} ${X}", {})
+    assert done.text == "  "
+    assert done.unset == ("X", "Y")
+
+
+@given(PLAIN, ENVS)
+def test_text_without_dollar_is_kept(text: str, env: dict[str, str]) -> None:
+    assert substitute_variables(text, env).text == text
+
+
+@given(PLAIN, ENVS)
+def test_dollar_dollar_is_a_dollar(text: str, env: dict[str, str]) -> None:
+    escaped = text.replace("x", "$$")
+    assert substitute_variables(escaped, env).text == text.replace("x", "$")
+
+
+@given(NAMES, VALUES, PLAIN, PLAIN)
+def test_a_set_variable_is_its_value(name: str, value: str, before: str, after: str) -> None:
+    env = {name: value}
+    for form in (f"${{{name}}}", f"${{{name}-d}}", f"${{{name}?e}}"):
+        assert sub(before + form + after, **env) == before + value + after
+    # A value is never read again: its own `$` stays.
+    assert sub(f"${{{name}}}", **{name: "$" + name}) == "$" + name
+
+
+@given(NAMES, VALUES, ENVS)
+def test_defaults(name: str, default: str, env: dict[str, str]) -> None:
+    env.pop(name, None)
+    default = default.replace("$", "").replace("}", "")
+    assert sub(f"${{{name}:-{default}}}", **env) == default
+    assert sub(f"${{{name}-{default}}}", **env) == default
+    assert sub(f"${{{name}:-{default}}}", **{**env, name: ""}) == default
+    assert sub(f"${{{name}-{default}}}", **{**env, name: ""}) == ""
+
+
+@given(st.text(max_size=30), ENVS)
+def test_any_text_substitutes_or_says_why(text: str, env: dict[str, str]) -> None:
+    try:
+        substitute_variables(text, env)
+    except InterpolationError as e:
+        message = str(e)
+    else:
+        return
+    assert message
+
+
+def test_document_values_not_keys_and_typed_fields() -> None:
+    data = {"services": {"$K": {"image": "img:${TAG}", "replicas": "${N}", "labels": {"v": "$N"}}}}
+    out, problems, warnings = interpolate_document(data, {"TAG": "1", "N": "3"})
+    assert out == {"services": {"$K": {"image": "img:1", "replicas": 3, "labels": {"v": "3"}}}}
+    assert problems == warnings == []
+    _, problems, warnings = interpolate_document({"a": ["${X:?set X}", "$Y"]}, {})
+    assert [(p.path, p.message) for p in problems] == [(("a", 0), "variable X is not set: set X")]
+    assert [w.path for w in warnings] == [("a", 1)]
+
+
+def test_dotenv() -> None:
+    text = "\n".join(
+        [
+            "# a comment",
+            "",
+            "A=1",
+            "export B = two words  # a comment",
+            "C='single $X # kept'",
+            'D="line\\nnext \\"q\\""',
+            "E=",
+            "F",
+            "G=a#b",
+            "bad line here",
+            "H='open",
+        ]
+    )
+    values, problems = parse_dotenv(text)
+    assert values == {
+        "A": "1",
+        "B": "two words",
+        "C": "single $X # kept",
+        "D": 'line\nnext "q"',
+        "E": "",
+        "G": "a#b",
+    }
+    assert [n for n, _ in problems] == [10, 11]
+
+
+@given(st.dictionaries(NAMES, st.from_regex(r"[A-Za-z0-9_./:-]{0,10}", fullmatch=True)))
+def test_dotenv_reads_what_it_is_written(env: dict[str, str]) -> None:
+    text = "".join(f"{k}={v}\n" for k, v in env.items())
+    assert parse_dotenv(text) == (env, [])
+
+
+def _write(folder: str, body: str, dotenv: str | None = None) -> str:
+    path = os.path.join(folder, "dockmesh.yaml")
+    with open(path, "w") as f:
+        f.write(body)
+    if dotenv is not None:
+        with open(os.path.join(folder, ".env"), "w") as f:
+            f.write(dotenv)
+    return path
+
+
+def test_file_with_dotenv_and_environment() -> None:
+    body = (
+        "version: '3.8'\n"
+        "project: ${PROJECT:-shop}\n"
+        "services:\n"
+        "  web:\n"
+        "    image: dockmesh/toolbox:${TAG}\n"
+        "    command: sh -c 'echo $$HOME ${MISSING}'\n"
+        "    replicas: ${N:-1}\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="dockmesh-env-") as d:
+        path = _write(d, body, "TAG=v1\nN=2\n")
+        loaded = load_spec(path, env={"N": "3"})  # the environment wins over .env
+        svc = loaded.spec.services["web"]
+        assert (loaded.project, svc.image, svc.replicas) == ("shop", "dockmesh/toolbox:v1", 3)
+        assert svc.command == "sh -c 'echo $HOME '"
+        assert loaded.warnings == (f"{path}:6: services.web.command: variable MISSING is not set: "
+                                   "substituted an empty string",)  # fmt: skip
+
+
+def test_file_problems_are_located() -> None:
+    body = "services:\n  web:\n    image: ${IMAGE:?name an image}\n    command: ${oops\n"
+    with tempfile.TemporaryDirectory(prefix="dockmesh-env-") as d:
+        path = _write(d, body)
+        with pytest.raises(SpecError) as e:
+            load_spec(path, env={}).check(EngineContext())
+        assert e.value.lines[0] == (
+            f"{path}:3: services.web.image: variable IMAGE is not set: name an image"
+        )
+        assert re.fullmatch(re.escape(path) + r":4: services.web.command: .*never closed.*",
+                            e.value.lines[1])  # fmt: skip
+        assert len(e.value.lines) == 2
+
+
+def test_bad_dotenv_is_located() -> None:
+    with tempfile.TemporaryDirectory(prefix="dockmesh-env-") as d:
+        path = _write(d, "services: {}\n", "A=1\nB='x\n")
+        with pytest.raises(SpecError) as e:
+            load_spec(path, env={})
+        assert e.value.lines == [
+            f"{os.path.join(d, '.env')}:2: (env): B: the ' quote is never closed"
+        ]
