@@ -10,8 +10,9 @@ same instances in any order give the same table.
   an instance of its service declares it, passing or not (none passing: 503, not someone
   else's route), so a service relabelled by starting new containers beside the old ones
   serves both routes until the old ones go: no request falls between.
-- A route is a host (or any) and a path prefix. Two services claiming the same one is a
-  conflict: the service first by name keeps it, and a line names both. The instances of one
+- A host belongs to one project: claimed by several, it is served by none, and a line names
+  them. A route is a host (or any) and a path prefix. Two services claiming the same one is
+  a conflict: the service first by name keeps it, and a line names both. The instances of one
   service disagreeing on its options (strip_prefix, middlewares) while they are replaced: the
   options most of them declare win (ties: the first in order), quietly.
 - Order: routes with a host before those without, longer prefixes first, then by name; the
@@ -98,6 +99,7 @@ def build_table(
     # rule (host, prefix) → cluster → (options → number of instances declaring them)
     claims: dict[tuple[str | None, str], dict[str, dict[tuple[str | None, tuple[str, ...]], int]]]
     claims = {}
+    project_of: dict[str, str] = {}  # cluster → its project ("" for none)
     for iid in sorted(seen):
         inst = seen[iid]
         route, problems = decode_meta(dict(inst.meta))
@@ -117,7 +119,24 @@ def build_table(
         if inst.passing:
             members[_addr(inst.address, route.port or inst.port)] = max(1, inst.weight)
         _claim(claims, inst.cluster, route)
+        project_of[inst.cluster] = inst.project or ""
+    # A host belongs to one project. Claimed by several, it is served by none: which one
+    # came first is not known here, and "first by name" or "longest path" would let one
+    # project take another's traffic (its logins among it) by naming a service or a path.
+    owners: dict[str, set[str]] = {}
+    for (host, _), by_cluster in claims.items():
+        if host is not None:
+            owners.setdefault(host, set()).update(project_of[c] for c in by_cluster)
+    disputed = {h for h, ps in owners.items() if len(ps) > 1}
+    for host in sorted(disputed):
+        named = ", ".join(sorted(p or "(no project)" for p in owners[host]))
+        table.conflicts.append(
+            f"{host} is claimed by the projects {named}: served by none (a host belongs to "
+            "one project: follow only its project with --project, or change the labels)"
+        )
     for rule in sorted(claims, key=lambda r: (r[0] or "", r[1])):
+        if rule[0] in disputed:
+            continue
         by_cluster = claims[rule]
         names = sorted(by_cluster)
         winner = names[0]

@@ -160,18 +160,19 @@ def test_the_table_is_deterministic_unique_and_ordered(
         assert all(m in {"auth"} for m in r.middlewares)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: which project owns a host two projects' labels claim is a design choice "
-    "(the lead's); today the first cluster by name and the longest prefix win across projects",
-)
 def test_a_project_cannot_take_a_host_another_project_serves() -> None:
     """One proxy for two projects: `blog`'s containers label themselves `shop`'s host, once
     with a service named to sort first (`a.blog` < `web.shop`) and once with a longer path
-    under it. Neither may take `shop`'s traffic (credentials posted to /login among it)."""
+    under it. Neither may take `shop`'s traffic (credentials posted to /login among it): a
+    host two projects claim is served by none, and said; the others are unaffected."""
     shop = inst("s1", service="web", project="shop", host="shop.test", path="/")
     same = inst("b1", service="a", project="blog", host="shop.test", path="/")
     deeper = inst("b2", service="web", project="blog", host="shop.test", path="/login")
-    table = build_table([shop, same, deeper], {"shop", "blog"}, set())
-    taken = [r for r in table.routes if r.host == "shop.test" and r.cluster.endswith(".blog")]
-    assert taken == []
+    own = inst("b3", service="web", project="blog", host="blog.test", path="/")
+    table = build_table([shop, same, deeper, own], {"shop", "blog"}, set())
+    assert [r for r in table.routes if r.host == "shop.test"] == []
+    assert any("shop.test is claimed by the projects blog, shop" in c for c in table.conflicts)
+    assert [(r.host, r.cluster) for r in table.routes] == [("blog.test", "web.blog")]
+    # Followed alone, shop keeps its host.
+    alone = build_table([shop, same, deeper, own], {"shop"}, set())
+    assert [(r.host, r.cluster) for r in alone.routes] == [("shop.test", "web.shop")]
