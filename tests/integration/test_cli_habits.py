@@ -19,7 +19,8 @@ import yaml
 
 from tests.integration.conftest import dockmesh, run_toolbox
 
-TICKER = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"
+# `$$`: the file is interpolated as Compose does it (`$i` would be a variable of the file).
+TICKER = "i=0; while true; do echo tick $$i; i=$$((i+1)); sleep 0.2; done"
 
 
 def names(api: Any, project: str) -> list[str]:
@@ -51,7 +52,8 @@ def test_file_and_project_name_on_every_project_command(
     # ./dockmesh.yaml by default, -f FILE, FILE: the same file
     for args in ((), ("-f", "dockmesh.yaml"), ("--file", str(tmp_path / "dockmesh.yaml"))):
         plan = json.loads(dockmesh("plan", "--json", *args, cwd=cwd, check=True).stdout)
-        assert [c["name"] for c in plan["changes"]] == [f"{prefix}-web-1"]
+        # (A service that names no network is on the project's default one, as in Compose.)
+        assert [c["name"] for c in plan["changes"]] == [f"{prefix}_default", f"{prefix}-web-1"]
     none = dockmesh("plan", cwd=str(elsewhere))
     assert none.returncode == 2
     assert one_line(none) == "dockmesh: no dockmesh.yaml in this folder: give -f FILE"
@@ -118,7 +120,8 @@ def test_orphans_stay_unless_asked_and_nothing_is_emptied_without_yes(
         assert refused.returncode == 2
         assert one_line(refused) == (
             "dockmesh: the file describes no service and no network: up would remove all of "
-            f"project '{prefix}' (1 container); give --yes to do so, or run `dockmesh down`"
+            f"project '{prefix}' (1 container, 1 network); give --yes to do so, or run "
+            "`dockmesh down`"
         )
     assert names(api, prefix) == [f"{prefix}-web-1"]
     dockmesh("up", "-f", str(path), "--remove-orphans", "--yes", check=True)
@@ -126,7 +129,7 @@ def test_orphans_stay_unless_asked_and_nothing_is_emptied_without_yes(
 
 
 def test_ps_logs_and_config(api: Any, prefix: str, tmp_path: Path, toolbox: str) -> None:
-    doc = {
+    doc: dict[str, Any] = {
         "project": prefix,
         "services": {
             "tick": {"image": "dockmesh/toolbox", "command": ["sh", "-c", TICKER], "replicas": 2},
@@ -185,9 +188,16 @@ def test_ps_logs_and_config(api: Any, prefix: str, tmp_path: Path, toolbox: str)
             proc.kill()
             proc.wait()
 
-    # config: the file as read, its project named; as JSON too
-    assert yaml.safe_load(dockmesh("config", cwd=cwd, check=True).stdout) == doc
-    assert json.loads(dockmesh("config", "--json", "-f", path, check=True).stdout) == doc
+    # config: the file as resolved (the default network added, as Compose does), its project
+    # named, `$` written `$$` again; as JSON too; and it reads back in as the same project
+    resolved = yaml.safe_load(dockmesh("config", cwd=cwd, check=True).stdout)
+    assert resolved["project"] == prefix and resolved["networks"] == {"default": None}
+    assert resolved["services"]["tick"]["command"] == doc["services"]["tick"]["command"]
+    assert resolved["services"]["web"]["networks"] == {"default": {"aliases": ["web"]}}
+    as_json = json.loads(dockmesh("config", "--json", "-f", path, check=True).stdout)
+    assert as_json == resolved
+    again = write(tmp_path / "again.yaml", resolved)
+    assert dockmesh("plan", "-f", again, "--exit-code", cwd=cwd).returncode == 0
     (tmp_path / "bad.yaml").write_text("project: x\nservices:\n  a: {image: 3}\n")
     bad = dockmesh("config", "-f", "bad.yaml", cwd=cwd)
     assert bad.returncode == 2 and bad.stderr.startswith("bad.yaml:3: services.a.image: ")

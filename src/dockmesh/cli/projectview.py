@@ -203,8 +203,10 @@ def register(app: typer.Typer) -> None:
             raise SpecError(
                 format_problems(loaded.filename, list(loaded.shape_problems), loaded.lines)
             )
-        # What the file says, as read (defaults it left out stay out), its project named.
-        doc = loaded.spec.model_dump(mode="json", exclude_unset=True)
+        # What the file says, as resolved (variables substituted, the default network added;
+        # defaults it left out stay out), its project named. A `$` in a value is written
+        # `$$`, so that the output reads back in as the same file.
+        doc = _dollars(loaded.spec.model_dump(mode="json", exclude_unset=True))
         doc = {"project": loaded.project, **{k: v for k, v in doc.items() if k != "project"}}
         if json_out:
             print_json(doc)
@@ -260,3 +262,14 @@ def _follow(
     finally:
         for s in streams:
             s.close()
+
+
+def _dollars(value: Any) -> Any:
+    """`value` with every `$` of its strings written `$$` (the file's escape)."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_dollars(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _dollars(v) for k, v in value.items()}
+    return value
