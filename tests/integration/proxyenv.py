@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import hyperframe.frame
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -218,3 +220,35 @@ def vhost_proxy(tmp: Path) -> Iterator[tuple[ProxyProc, Backend, Backend]]:
             yield proxy, admin, p
         finally:
             proxy.stop()
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def h2_frames(s: socket.socket, until: float) -> list[hyperframe.frame.Frame]:
+    """The HTTP/2 frames read on `s` until the proxy closes or `until` (monotonic)."""
+    got = b""
+    with contextlib.suppress(OSError):
+        while time.monotonic() < until:
+            s.settimeout(max(0.05, until - time.monotonic()))
+            data = s.recv(65536)
+            if not data:
+                break
+            got += data
+    frames = []
+    view = memoryview(got)
+    while len(view) >= 9:
+        frame, length = hyperframe.frame.Frame.parse_frame_header(view[:9])
+        if len(view) < 9 + length:
+            break
+        frame.parse_body(view[9 : 9 + length])
+        frames.append(frame)
+        view = view[9 + length :]
+    return frames
+
+
+def h2c_socket(port: int) -> socket.socket:
+    """A connection to the proxy at `port` that has sent HTTP/2's preface and SETTINGS."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(H2_PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
+    return s

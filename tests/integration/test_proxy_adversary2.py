@@ -21,42 +21,21 @@ import hpack
 import hyperframe.frame
 import pytest
 
-from tests.integration.proxyenv import Backend, ProxyProc, backends, free_port, raw
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _frames(s: socket.socket, until: float) -> list[hyperframe.frame.Frame]:
-    """The frames read until the proxy closes or `until` (monotonic)."""
-    got = b""
-    with contextlib.suppress(OSError):
-        while time.monotonic() < until:
-            s.settimeout(max(0.05, until - time.monotonic()))
-            data = s.recv(65536)
-            if not data:
-                break
-            got += data
-    frames = []
-    view = memoryview(got)
-    while len(view) >= 9:
-        frame, length = hyperframe.frame.Frame.parse_frame_header(view[:9])
-        if len(view) < 9 + length:
-            break
-        frame.parse_body(view[9 : 9 + length])
-        frames.append(frame)
-        view = view[9 + length :]
-    return frames
-
-
-def _h2c(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
-    return s
+from tests.integration.proxyenv import (
+    H2_PREFACE,
+    Backend,
+    ProxyProc,
+    backends,
+    free_port,
+    h2_frames,
+    h2c_socket,
+    raw,
+)
 
 
 def _served(s: socket.socket) -> bool:
     """Whether the proxy speaks HTTP/2 on `s` (its SETTINGS) and keeps it open a moment."""
-    frames = _frames(s, time.monotonic() + 0.5)
+    frames = h2_frames(s, time.monotonic() + 0.5)
     return any(isinstance(f, hyperframe.frame.SettingsFrame) for f in frames) and not any(
         isinstance(f, hyperframe.frame.GoAwayFrame) for f in frames
     )
@@ -90,12 +69,12 @@ def test_h2c_connections_count_against_max_connections(
     limited: tuple[ProxyProc, Backend],
 ) -> None:
     proxy, _ = limited
-    held = [_h2c(proxy.port) for _ in range(4)]
+    held = [h2c_socket(proxy.port) for _ in range(4)]
     try:
         assert all(_served(s) for s in held)
         # The limit is reached: a fifth client, HTTP/1.1 or HTTP/2, is refused.
         assert _get(proxy.port).startswith(b"HTTP/1.1 503"), "h2c connections not counted"
-        extra = _h2c(proxy.port)
+        extra = h2c_socket(proxy.port)
         assert not _served(extra)
         extra.close()
     finally:
@@ -171,12 +150,12 @@ def test_h2_over_tls_connections_count_against_max_connections(
         for _ in range(4):
             s = _tls(port, cafile, ["h2"])
             assert s.selected_alpn_protocol() == "h2"
-            s.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
+            s.sendall(H2_PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
             held.append(s)
         assert all(_served(s) for s in held)
         assert _tls_get(port, cafile).startswith(b"HTTP/1.1 503"), "h2 connections not counted"
         extra = _tls(port, cafile, ["h2"])
-        extra.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
+        extra.sendall(H2_PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
         assert not _served(extra), "a fifth h2 connection served past max_connections"
         extra.close()
     finally:
@@ -229,14 +208,14 @@ def test_a_flood_of_clients_that_never_finish_the_handshake_neither_holds_fds_no
 
 def _stream(port: int, fields: list[tuple[str, str]]) -> list[hyperframe.frame.Frame]:
     """One request stream with `fields` (hpack-encoded as given: no client-side checks)."""
-    s = _h2c(port)
+    s = h2c_socket(port)
     try:
         h = hyperframe.frame.HeadersFrame(1)
         h.data = hpack.Encoder().encode(fields)
         h.flags.add("END_HEADERS")
         h.flags.add("END_STREAM")
         s.sendall(h.serialize())
-        return _frames(s, time.monotonic() + 1.5)
+        return h2_frames(s, time.monotonic() + 1.5)
     finally:
         s.close()
 
@@ -369,10 +348,10 @@ def test_sni_bytes_outside_ascii_are_refused_without_a_traceback_each(
 
 
 def _send_stream(port: int, frames: list[hyperframe.frame.Frame]) -> list[hyperframe.frame.Frame]:
-    s = _h2c(port)
+    s = h2c_socket(port)
     try:
         s.sendall(b"".join(f.serialize() for f in frames))
-        return _frames(s, time.monotonic() + 2.0)
+        return h2_frames(s, time.monotonic() + 2.0)
     finally:
         s.close()
 
@@ -452,7 +431,7 @@ def test_one_h2_connection_with_its_windows_shut_does_not_take_the_whole_pool(
             shut = hyperframe.frame.SettingsFrame(0)
             shut.settings = {hyperframe.frame.SettingsFrame.INITIAL_WINDOW_SIZE: 0}
             enc = hpack.Encoder()
-            out = [PREFACE, shut.serialize()]
+            out = [H2_PREFACE, shut.serialize()]
             for sid in range(1, 101, 2):
                 h = hyperframe.frame.HeadersFrame(sid)
                 h.data = enc.encode(
@@ -505,7 +484,7 @@ def test_http2_with_prior_knowledge_inside_tls_is_forwarded_as_https(
             [(":method", "GET"), (":scheme", "https"), (":authority", "app.test"), (":path", "/")],
             "END_STREAM",
         )
-        s.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize() + h.serialize())
-        frames = _frames(s, time.monotonic() + 2.0)
+        s.sendall(H2_PREFACE + hyperframe.frame.SettingsFrame(0).serialize() + h.serialize())
+        frames = h2_frames(s, time.monotonic() + 2.0)
     body = b"".join(bytes(f.data) for f in frames if isinstance(f, hyperframe.frame.DataFrame))
     assert json.loads(body)["headers"]["x-forwarded-proto"] == "https", body

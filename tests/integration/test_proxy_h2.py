@@ -25,7 +25,7 @@ import hpack
 import hyperframe.frame
 import pytest
 
-from tests.integration.proxyenv import Backend, ProxyProc, backends
+from tests.integration.proxyenv import Backend, ProxyProc, backends, h2_frames, h2c_socket
 
 CURL_H2C = ["curl", "-s", "--http2-prior-knowledge", "--max-time", "10"]
 
@@ -341,40 +341,12 @@ class SlowBackend:
         self.sock.close()
 
 
-def _frames(s: socket.socket, until: float) -> list[hyperframe.frame.Frame]:
-    """The frames read until the proxy closes or `until` (monotonic)."""
-    raw_in = b""
-    with contextlib.suppress(OSError):
-        while time.monotonic() < until:
-            s.settimeout(max(0.05, until - time.monotonic()))
-            data = s.recv(65536)
-            if not data:
-                break
-            raw_in += data
-    frames = []
-    view = memoryview(raw_in)
-    while len(view) >= 9:
-        frame, length = hyperframe.frame.Frame.parse_frame_header(view[:9])
-        if len(view) < 9 + length:
-            break
-        frame.parse_body(view[9 : 9 + length])
-        frames.append(frame)
-        view = view[9 + length :]
-    return frames
-
-
-def _preface(port: int) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + hyperframe.frame.SettingsFrame(0).serialize())
-    return s
-
-
 def test_settings_bound_streams_and_header_lists_and_floods_end_the_connection(
     plain: tuple[ProxyProc, list[Backend]],
 ) -> None:
     proxy, _ = plain
-    s = _preface(proxy.port)
-    settings = _frames(s, time.monotonic() + 1.0)[0]
+    s = h2c_socket(proxy.port)
+    settings = h2_frames(s, time.monotonic() + 1.0)[0]
     assert isinstance(settings, hyperframe.frame.SettingsFrame)
     assert settings.settings[hyperframe.frame.SettingsFrame.MAX_CONCURRENT_STREAMS] == 100
     assert settings.settings[hyperframe.frame.SettingsFrame.MAX_HEADER_LIST_SIZE] == 65536
@@ -388,11 +360,11 @@ def test_settings_bound_streams_and_header_lists_and_floods_end_the_connection(
         flood.append(cont.serialize())
     with contextlib.suppress(OSError):
         s.sendall(b"".join(flood))
-    frames = _frames(s, time.monotonic() + 5)
+    frames = h2_frames(s, time.monotonic() + 5)
     assert any(isinstance(f, hyperframe.frame.GoAwayFrame) for f in frames), frames
     s.close()
     # A header list beyond the limit, in one block.
-    s = _preface(proxy.port)
+    s = h2c_socket(proxy.port)
     block = hpack.Encoder().encode(
         [(":method", "GET"), (":scheme", "http"), (":path", "/")]
         + [(f"x-{i}", "v" * 16_000) for i in range(6)]
@@ -409,7 +381,7 @@ def test_settings_bound_streams_and_header_lists_and_floods_end_the_connection(
         conts.append(c.serialize())
     with contextlib.suppress(OSError):
         s.sendall(big.serialize() + b"".join(conts))
-    frames = _frames(s, time.monotonic() + 5)
+    frames = h2_frames(s, time.monotonic() + 5)
     assert any(
         isinstance(f, hyperframe.frame.GoAwayFrame | hyperframe.frame.RstStreamFrame)
         for f in frames
@@ -428,9 +400,9 @@ def test_an_idle_h2_connection_and_a_stream_whose_window_stays_shut_are_ended(
         cfg.write_text(f"timeouts: {{idle: 1s}}\nroutes:\n  - backends: [{be.url}]\n")
         proxy = ProxyProc(tmp_path, "--config", str(cfg))
         try:
-            s = _preface(proxy.port)
+            s = h2c_socket(proxy.port)
             t0 = time.monotonic()
-            frames = _frames(s, t0 + 10)
+            frames = h2_frames(s, t0 + 10)
             assert time.monotonic() - t0 < 5
             assert isinstance(frames[-1], hyperframe.frame.GoAwayFrame), frames
             s.close()
@@ -447,7 +419,7 @@ def test_an_idle_h2_connection_and_a_stream_whose_window_stays_shut_are_ended(
             req.flags.add("END_HEADERS")
             req.flags.add("END_STREAM")
             s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + shut.serialize() + req.serialize())
-            frames = _frames(s, time.monotonic() + 4)
+            frames = h2_frames(s, time.monotonic() + 4)
             kinds = [type(f).__name__ for f in frames if f.stream_id == 1]
             assert kinds == ["HeadersFrame", "RstStreamFrame"], frames
             s.close()
