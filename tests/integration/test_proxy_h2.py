@@ -58,7 +58,7 @@ def test_h2c_with_prior_knowledge_reaches_http1_backends(
     assert doc["headers"]["host"] == f"127.0.0.1:{proxy.port}"
     assert "x-request-id" in doc["headers"]
     out = curl(
-        "--http2-prior-knowledge", "-H", "X-Forwarded-For: 6.6.6.6", "-d", "x" * 70_000,
+        "--http2-prior-knowledge", "-H", "X-Forwarded-For: 10.6.6.6", "-d", "x" * 70_000,
         f"{proxy.url}/post",
     )  # fmt: skip
     doc = json.loads(out.stdout)

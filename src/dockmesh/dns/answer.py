@@ -667,7 +667,7 @@ def _packed(address: str) -> bytes | None:
 
 
 def _reversed_address(labels: list[bytes]) -> bytes | None:
-    """The address a full reverse name stands for (`4.3.2.1.in-addr.arpa` → 1.2.3.4, 32
+    """The address a full reverse name stands for (`4.3.2.10.in-addr.arpa` → 10.2.3.4, 32
     nibbles under ip6.arpa), None for a partial or malformed one."""
     parts = labels[:-2]
     try:

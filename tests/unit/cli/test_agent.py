@@ -30,7 +30,7 @@ def test_addresses_and_names_are_taken(value: str, expected: tuple[str, int]) ->
         ("::1]:0", "unbalanced brackets"),
         ("[127.0.0.1]:0", "brackets hold an IPv6 address"),
         ("999.1.1.1:0", "not an IP address or a host name"),
-        ("1.2.3.4.5:0", "not an IP address or a host name"),
+        ("10.2.3.4.5:0", "not an IP address or a host name"),
         ("a b:0", "not an IP address or a host name"),
     ],
 )

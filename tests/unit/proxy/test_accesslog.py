@@ -57,7 +57,7 @@ def test_json() -> None:
 
 @given(st.text(max_size=40))
 def test_a_client_cannot_forge_a_line_or_a_field(target: str) -> None:
-    e = Entry(0.0, "1.2.3.4", "GET", target, 1, 200, 0, 0.0, "-", "r")
+    e = Entry(0.0, "10.2.3.4", "GET", target, 1, 200, 0, 0.0, "-", "r")
     line = format_common(e)
     assert line.count("\n") == 1 and line.endswith("\n")
     assert line.count('"') == 6  # request, route, upstream: nothing of the target's own

@@ -160,7 +160,7 @@ tls:
   default_name: "bad name"
   handshake_timeout: 0s
   max_names: 0
-  listen: 1.2.3.4:443
+  listen: 10.2.3.4:443
 """
     with pytest.raises(SpecError) as e:
         load_config(bad, "r.yaml")
