@@ -421,6 +421,9 @@ class _Api:
             },
             "Member": shapes.member_json(n, VERSION),
             "Meta": {},
+            # dockmesh's own version, plain, for whoever does not parse Consul's build
+            # metadata out of Config.Version.
+            "dockmesh": {"version": __version__},
         }
         return _json(request, body, self.live.catalog.index)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from dockmesh.cli.common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
     JsonOpt,
     OneEngineOpt,
     UserError,
@@ -18,7 +20,8 @@ from dockmesh.cli.common import (
     handle_errors,
     print_json,
 )
-from dockmesh.images.build import BUILDERS, BuildResult
+from dockmesh.errors import BuildError, EngineError
+from dockmesh.images.build import BUILDERS, BuildResult, repo_prefix
 
 app = typer.Typer(help="Offline images (no registry needed).", no_args_is_help=True)
 
@@ -35,7 +38,46 @@ def build(
     engine: OneEngineOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Build dockmesh/toolbox and dockmesh/python; skip those whose inputs did not change."""
+    """Build dockmesh/toolbox and dockmesh/python; skip those whose inputs did not change.
+
+    $DOCKMESH_IMAGE_REPO_PREFIX builds them as <prefix>/toolbox and <prefix>/python."""
+    results: list[BuildResult] = []
+    try:
+        _build(only, force, engine, json_out, results)
+    except (UserError, BuildError, EngineError, OSError) as e:
+        if json_out:
+            # With --json, stdout holds one document whatever happens: what was built
+            # before the failure, and the failure (its one line on stderr too).
+            code = EXIT_BAD_INPUT if isinstance(e, UserError) else EXIT_FAILED
+            doc = _doc(results)
+            doc["error"] = {"message": str(e) or type(e).__name__, "exit_code": code}
+            print_json(doc)
+        raise
+    if json_out:
+        print_json(_doc(results))
+
+
+def _doc(results: list[BuildResult]) -> dict[str, Any]:
+    return {
+        "images": [
+            {
+                "image": r.image,
+                "built": r.built,
+                "inputs": r.inputs,
+                "seconds": round(r.seconds, 2),
+            }
+            for r in results
+        ]
+    }
+
+
+def _build(
+    only: list[str] | None,
+    force: bool,
+    engine: list[str] | None,
+    json_out: bool,
+    results: list[BuildResult],
+) -> None:
     names = only or list(BUILDERS)
     unknown = [n for n in names if n not in BUILDERS]
     if unknown:
@@ -44,8 +86,8 @@ def build(
     if work_dir is not None and not os.path.isdir(work_dir):
         # Checked before anything is built: it is read only once a build needs room.
         raise UserError(f"$DOCKMESH_BUILD_DIR {work_dir!r}: not a directory")
+    repo_prefix()  # a bad $DOCKMESH_IMAGE_REPO_PREFIX: one line before any progress is shown
     client = connect_one(engine)
-    results: list[BuildResult] = []
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -69,17 +111,3 @@ def build(
                     f"[green]✓[/] {r.image} {verb} [dim]({results[-1].seconds:.1f} s, "
                     f"inputs {r.inputs[:12]})[/]"
                 )
-    if json_out:
-        print_json(
-            {
-                "images": [
-                    {
-                        "image": r.image,
-                        "built": r.built,
-                        "inputs": r.inputs,
-                        "seconds": round(r.seconds, 2),
-                    }
-                    for r in results
-                ]
-            }
-        )

@@ -8,29 +8,40 @@ label matches the inputs is not built again.
   machine's own mirror (cached as dockmesh/python-base:<hash>), plus dockmesh and its
   dependencies installed on the host with pip for the image's Python, added as one committed
   layer. The agent container runs it, so it carries `nft` to keep the policy's table.
+  dockmesh itself comes from the source checkout it runs from (an editable install), else
+  from the installed distribution's own files, made into a wheel again: every input of both
+  images is inside the package, so a wheel alone builds them.
+
+$DOCKMESH_IMAGE_REPO_PREFIX names the images `<prefix>/toolbox:latest` and
+`<prefix>/python:latest` instead of `dockmesh/…` (a test builds under its own name and never
+replaces the shared images). The base stays dockmesh/python-base:<hash>: a cache named by its
+inputs, never replaced, shared by every name.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
+from importlib import metadata, resources
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dockmesh.engine.backend import EngineBackend
-from dockmesh.errors import BuildError, EngineError
+from dockmesh.errors import BuildError, EngineError, UsageError
 from dockmesh.images.sources import machine_mirror
 from dockmesh.model.config import ContainerConfig
 from dockmesh.model.labels import LABEL_IMAGE_INPUTS
@@ -44,6 +55,11 @@ BUSYBOX = "/bin/busybox"
 RECIPE_VERSION = "1"
 # nftables: the agent runs in this image and keeps the policy's table with `nft`.
 BASE_PACKAGES = ("python3", "ca-certificates", "iproute2", "iputils-ping", "nftables")
+REPO_PREFIX_ENV = "DOCKMESH_IMAGE_REPO_PREFIX"
+# A repository path as the engine accepts it: lower-case components joined by '/'.
+_REPO = re.compile(
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+)
 
 Say = Callable[[str], None]
 log = logging.getLogger(__name__)
@@ -83,6 +99,26 @@ def _drop_old(client: EngineBackend, old_id: str | None, ref: str) -> None:
 def _image_label(client: EngineBackend, ref: str) -> str | None:
     info = client.image(ref)
     return None if info is None else info.labels.get(LABEL_INPUTS)
+
+
+def repo_prefix(env: Mapping[str, str] | None = None) -> str:
+    """The images' repository prefix: `dockmesh`, or $DOCKMESH_IMAGE_REPO_PREFIX."""
+    value = (os.environ if env is None else env).get(REPO_PREFIX_ENV) or "dockmesh"
+    if len(value) > 200 or not _REPO.fullmatch(value):
+        raise UsageError(
+            f"${REPO_PREFIX_ENV} {value!r}: lower-case letters, digits, '.', '_' and '-' "
+            "in components joined by '/', like dockmesh or test/dockmesh"
+        )
+    return value
+
+
+def toolbox_image(env: Mapping[str, str] | None = None) -> str:
+    return f"{repo_prefix(env)}/toolbox:latest"
+
+
+def python_image(env: Mapping[str, str] | None = None) -> str:
+    """The agent's image: `dockmesh/python:latest` unless $DOCKMESH_IMAGE_REPO_PREFIX says."""
+    return f"{repo_prefix(env)}/python:latest"
 
 
 # --- toolbox -----------------------------------------------------------------------------
@@ -159,12 +195,13 @@ def build_toolbox(
 ) -> BuildResult:
     if not os.path.exists(BUSYBOX):
         raise BuildError(f"{BUSYBOX} is missing: apt-get install busybox-static")
+    image = toolbox_image()
     data, inputs = toolbox_tar()
-    if not force and _image_label(client, TOOLBOX) == inputs:
-        return BuildResult(TOOLBOX, False, inputs)
-    old = _image_id(client, TOOLBOX)
-    say(f"importing {TOOLBOX} ({len(data) // 1024} KiB)")
-    repo, tag = TOOLBOX.split(":")
+    if not force and _image_label(client, image) == inputs:
+        return BuildResult(image, False, inputs)
+    old = _image_id(client, image)
+    say(f"importing {image} ({len(data) // 1024} KiB)")
+    repo, tag = image.split(":")
     client.import_image(
         data,
         repo,
@@ -177,22 +214,99 @@ def build_toolbox(
             f"LABEL {LABEL_INPUTS}={inputs}",
         ],
     )
-    if _image_label(client, TOOLBOX) != inputs:
-        raise BuildError(f"{TOOLBOX}: the engine did not keep the inputs label")
-    _drop_old(client, old, TOOLBOX)
-    return BuildResult(TOOLBOX, True, inputs)
+    if _image_label(client, image) != inputs:
+        raise BuildError(f"{image}: the engine did not keep the inputs label")
+    _drop_old(client, old, image)
+    return BuildResult(image, True, inputs)
 
 
 # --- python --------------------------------------------------------------------------------
 
 
 def project_root() -> Path | None:
-    """The source tree dockmesh runs from (an editable install), if any."""
+    """The source tree dockmesh runs from (an editable install), if any: this very file is
+    its src/dockmesh/images/build.py. (An installed copy in a venv that happens to sit inside
+    a checkout is not that checkout's.)"""
     here = Path(__file__).resolve()
     for parent in here.parents:
-        if (parent / "pyproject.toml").exists() and (parent / "src" / "dockmesh").is_dir():
+        package = parent / "src" / "dockmesh"
+        if (parent / "pyproject.toml").exists() and here.is_relative_to(package):
             return parent
     return None
+
+
+# What an installed distribution holds that a wheel does not: the installer's own notes
+# (RECORD is written anew).
+_INSTALLER_NOTES = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"})
+
+
+def wheel_paths(paths: Iterable[str], package: str = "dockmesh") -> list[str]:
+    """Of an installed distribution's files (relative to site-packages, as its RECORD names
+    them), those a wheel of it carries: the package and its .dist-info, without byte code,
+    the installer's notes or the console scripts pip wrote outside site-packages. Sorted."""
+    keep: set[str] = set()
+    for raw in paths:
+        p = PurePosixPath(raw)
+        parts = p.parts
+        if not parts or ".." in parts or p.is_absolute():
+            continue
+        if "__pycache__" in parts or p.suffix in (".pyc", ".pyo"):
+            continue
+        top = parts[0]
+        info = top.endswith(".dist-info") and top.split("-", 1)[0] == package
+        note = len(parts) == 2 and parts[1] in _INSTALLER_NOTES
+        if len(parts) > 1 and (top == package or (info and not note)):
+            keep.add(str(p))
+    return sorted(keep)
+
+
+def _record_hash(data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return "sha256=" + digest.decode()
+
+
+def make_wheel(files: Mapping[str, bytes]) -> tuple[str, bytes]:
+    """A wheel (its file name, its bytes) holding `files` — paths as wheel_paths gives them,
+    one .dist-info among them — with a RECORD made for it. Deterministic: the same files
+    make the same bytes."""
+    infos = sorted({p.split("/", 1)[0] for p in files if p.split("/", 1)[0].endswith(".dist-info")})
+    if len(infos) != 1:
+        raise BuildError(f"the installed dockmesh has {len(infos)} .dist-info folders, not one")
+    info = infos[0]
+    name, _, version = info.removesuffix(".dist-info").partition("-")
+    record = f"{info}/RECORD"
+    lines = [f"{p},{_record_hash(files[p])},{len(files[p])}" for p in sorted(files)]
+    lines.append(f"{record},,")
+    members = {**files, record: ("\n".join(lines) + "\n").encode()}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for path in sorted(members):
+            zi = zipfile.ZipInfo(path, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.external_attr = 0o644 << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(zi, members[path])
+    return f"{name}-{version}-py3-none-any.whl", buf.getvalue()
+
+
+def installed_files(dist_name: str = "dockmesh") -> dict[str, bytes]:
+    """The installed distribution's files a wheel carries (wheel_paths), read from where it is
+    installed."""
+    try:
+        dist = metadata.distribution(dist_name)
+    except metadata.PackageNotFoundError:
+        raise BuildError(f"{dist_name} is not installed as a distribution (no metadata)") from None
+    by_name = {str(PurePosixPath(*f.parts)): f for f in dist.files or ()}
+    chosen = wheel_paths(by_name)
+    if not any(p.startswith(f"{dist_name}/") for p in chosen):
+        raise BuildError(
+            f"the installed {dist_name} lists none of its package's files (an editable install "
+            "whose source tree is gone?): reinstall it with pip"
+        )
+    return {p: Path(str(dist.locate_file(by_name[p]))).read_bytes() for p in chosen}
+
+
+def files_hash(files: Mapping[str, bytes]) -> str:
+    return _sha(*(p.encode() + b"\0" + files[p] for p in sorted(files)))
 
 
 def _tree_hash(root: Path) -> str:
@@ -324,23 +438,30 @@ def _base_python(client: EngineBackend, base: str) -> str:
 def build_python(
     client: EngineBackend, say: Say, force: bool = False, work_dir: str | None = None
 ) -> BuildResult:
+    image = python_image()
     root = project_root()
-    if root is None:
-        raise BuildError("dockmesh/python is built from a source checkout (pip install -e .)")
+    # dockmesh itself: the checkout's tree, or the installed files (what this process runs).
+    installed = installed_files() if root is None else None
+    tree = _tree_hash(root) if root is not None else files_hash(installed or {})
     base = ensure_base(client, say, work_dir)
-    inputs = _sha(RECIPE_VERSION.encode(), base.encode(), _tree_hash(root).encode())[:32]
-    if not force and _image_label(client, PYTHON) == inputs:
-        return BuildResult(PYTHON, False, inputs)
-    old = _image_id(client, PYTHON)
+    inputs = _sha(RECIPE_VERSION.encode(), base.encode(), tree.encode())[:32]
+    if not force and _image_label(client, image) == inputs:
+        return BuildResult(image, False, inputs)
+    old = _image_id(client, image)
     pyver = _base_python(client, base)
     with _tmpdir("dockmesh-py-", work_dir) as tmp:
         wheels = tmp / "wheels"
-        say("building the dockmesh wheel")
-        _run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)],
-            "pip wheel",
-        )
-        wheel = next(wheels.glob("dockmesh-*.whl"))
+        if root is not None:
+            say("building the dockmesh wheel")
+            pip_wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps"]
+            _run([*pip_wheel, "-w", str(wheels), str(root)], "pip wheel")
+            wheel = next(wheels.glob("dockmesh-*.whl"))
+        else:
+            say("making a wheel of the installed dockmesh")
+            wheels.mkdir()
+            name, data = make_wheel(installed or {})
+            wheel = wheels / name
+            wheel.write_bytes(data)
         target = tmp / "layer" / "opt" / "dockmesh"
         say(f"installing dockmesh and its dependencies for Python {pyver}")
         _run(
@@ -374,13 +495,13 @@ def build_python(
             ti = tarfile.TarInfo("usr/local/bin/dockmesh")
             ti.size, ti.mode = len(launcher), 0o755
             tar.addfile(ti, io.BytesIO(launcher))
-        say(f"committing {PYTHON}")
+        say(f"committing {image}")
         cid = client.create_container(
             ContainerConfig(f"dockmesh-layer-{os.getpid()}", base, command=("true",))
         )
         try:
             client.put_archive(cid, "/", buf.getvalue())
-            repo, tag = PYTHON.split(":")
+            repo, tag = image.split(":")
             client.commit(
                 cid,
                 repo,
@@ -398,8 +519,8 @@ def build_python(
             )
         finally:
             client.remove_container(cid)
-    _drop_old(client, old, PYTHON)
-    return BuildResult(PYTHON, True, inputs)
+    _drop_old(client, old, image)
+    return BuildResult(image, True, inputs)
 
 
 # Each builder: (engine, progress callback, force, the folder for temporary root file systems

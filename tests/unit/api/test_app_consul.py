@@ -38,6 +38,8 @@ def test_agent_members_is_this_agent_alive() -> None:
         assert me["Member"] == member
         # the Consul level clients compare, dockmesh's own version as build metadata
         assert me["Config"]["Version"] == f"1.15.0+dockmesh.{dockmesh.__version__}"
+        # and plainly, for whoever does not parse build metadata
+        assert me["dockmesh"] == {"version": dockmesh.__version__}
 
     run(scenario)
 
