@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -134,6 +133,8 @@ def _api_url(api: tuple[str, int]) -> str:
 
 
 def _answers(url: str) -> bool:
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url + "/v1/status/leader", timeout=1) as r:
             return bool(r.status == 200)

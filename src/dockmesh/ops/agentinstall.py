@@ -15,8 +15,6 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-import yaml
-
 DEFAULT_NAME = "dockmesh-agent"
 DEFAULT_IMAGE = "dockmesh/python:latest"
 DEFAULT_STATE_DIR = "/var/lib/dockmesh"
@@ -120,6 +118,8 @@ def docker_run_line(spec: AgentInstall) -> str:
 
 def compose_snippet(spec: AgentInstall) -> str:
     """The same container as a Compose file's service (`docker compose up -d`)."""
+    import yaml  # here: the command line starts without it
+
     service = {
         "image": spec.image,
         "container_name": spec.name,
