@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,14 @@ HTTP = (DOCS / "http-api.md").read_text()
 # architecture and the examples' comments.
 PAGES = sorted([ROOT / "README.md", ROOT / "ARCHITECTURE.md", ROOT / "tests" / "README.md"])
 PAGES += sorted(DOCS.glob("*.md"))
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-NOT_TOPOLOGY = {"policy.yaml": "a policy file", "routes.yaml": "the proxy's routes file"}
+EXAMPLES = sorted(p for p in (ROOT / "examples").rglob("*") if p.suffix in (".yaml", ".yml"))
+NOT_TOPOLOGY = {
+    "policy.yaml": "a policy file",
+    "routes.yaml": "the proxy's routes file",
+    "docker-compose.yml": "Compose's file, which `dockmesh convert` reads",
+    "broken.yaml": "wrong on purpose: test_broken_yaml_says_what_the_readme_shows",
+}
+COMPOSE = ROOT / "examples" / "compose"
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -157,7 +165,7 @@ def test_every_route_the_agent_serves_is_in_http_api_md() -> None:
 def named_examples() -> set[str]:
     names = set()
     for page in PAGES:
-        names |= set(re.findall(r"\bexamples/[\w.-]+\.yaml\b", page.read_text()))
+        names |= set(re.findall(r"\bexamples/[\w./-]+\.ya?ml\b", page.read_text()))
     return names
 
 
@@ -176,12 +184,12 @@ def test_every_shipped_example_is_named_somewhere() -> None:
 
 @pytest.mark.parametrize(
     "path",
-    [p for p in EXAMPLES if p.name not in NOT_TOPOLOGY and p.name != "broken.yaml"],
-    ids=lambda p: p.name,
+    [p for p in EXAMPLES if p.name not in NOT_TOPOLOGY],
+    ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_a_topology_example_is_valid_on_a_machine_that_holds_nothing(path: Path) -> None:
     """What `dockmesh plan` checks before it plans, with the engine's part empty."""
-    loaded = load_spec(str(path), env={})
+    loaded = load_spec(str(path), env={})  # variables: their defaults, and .env beside it
     assert not loaded.warnings, loaded.warnings
     loaded.check(EngineContext())
 
@@ -211,6 +219,37 @@ def test_the_routes_example_is_a_routes_file() -> None:
     path = ROOT / "examples" / "routes.yaml"
     settings = load_config(path.read_bytes(), str(path))
     assert settings.routes
+
+
+def test_the_compose_example_converts_to_the_file_shipped_beside_it() -> None:
+    """examples/compose/dockmesh.yaml is what `dockmesh convert` writes now, and
+    docs/coming-from-compose.md shows both the file and what convert says it left out."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dockmesh", "convert", "docker-compose.yml"],
+        cwd=COMPOSE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (COMPOSE / "dockmesh.yaml").read_text(), (
+        "examples/compose/dockmesh.yaml is not what convert writes now: "
+        "dockmesh convert docker-compose.yml -o dockmesh.yaml --force"
+    )
+    page = (DOCS / "coming-from-compose.md").read_text()
+    assert f"```yaml\n{proc.stdout}```" in page, "the page's dockmesh.yaml is not convert's"
+    left_out = proc.stderr.strip().splitlines()
+    assert left_out, "convert named nothing it left out: the page's example says it does"
+    assert [line for line in left_out if line not in page] == []
+    body = (COMPOSE / "docker-compose.yml").read_text().split("\n")
+    compose = "\n".join(line for line in body if not line.startswith("#"))
+    assert f"```yaml\n{compose}```" in page, "the page's docker-compose.yml is not the file"
+
+
+def test_docs_readme_lists_every_page() -> None:
+    index = (DOCS / "README.md").read_text()
+    pages = [p.name for p in DOCS.iterdir() if p.name != "README.md"]
+    assert [p for p in pages if f"]({p})" not in index] == []
 
 
 # --- nothing outside the repository -------------------------------------------------------------
