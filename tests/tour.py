@@ -4,14 +4,18 @@ shows (or written into it with `--write`). `scripts/tour` runs this module;
 `tests/integration/test_tour.py` fails when the two differ.
 
 What a marked block holds: `$ COMMAND` lines, each followed by what it prints (stdout and
-stderr together, as a terminal shows them). The commands run in a shell at the repository's
-root, in README order, against one project: the tour's `demo` is brought up under a name of
-its own, four characters like `demo` (`dmt` + a hex digit) so that the tables keep their
-widths, and taken down at the end, on failure too. Nothing else on the engine is touched.
+stderr together, as a terminal shows them). The commands run in a shell, in README order,
+against one project: the tour's `demo` is brought up under a name of its own, four characters
+like `demo` (`dmt` + a hex digit) so that the tables keep their widths, and taken down at the
+end, on failure too. They run in a temporary folder holding a copy of examples/ in which the
+examples' host ports (18080, 18081) and subnets (10.77.1-3.0/24) are ones the machine does not
+hold now (a shared machine may run the demo, or another proxy on 18080); what the commands
+print is mapped back. Nothing else on the engine is touched.
 
-What truly varies is normalised, explicitly and nowhere else (`normalise`): the engine's ids
-(12 or 64 hex digits), the seconds `images build` took, the hash of the source tree in
-dockmesh/python's inputs, and trailing spaces. The image sizes in the prose are measured with
+What truly varies is normalised, explicitly and nowhere else: the engine's ids (12 or 64 hex
+digits) and trailing spaces (`normalise`); a warning that another project on the engine has
+an `api` too (`_OTHERS_API`); the seconds `images build` took and the hash of the source tree
+in dockmesh/python's inputs (`image_facts`). The image sizes in the prose are measured with
 `docker image inspect` and must be within SIZE_TOLERANCE of the README's.
 
     scripts/tour            # exit 1 and a diff when the README's figures drifted
@@ -124,6 +128,9 @@ _BUILD_LINE = re.compile(
 )
 
 
+_OTHERS_API = re.compile(r"^warning: service name '[^']+' is used by projects ")
+
+
 def normalise(line: str) -> str:
     """What varies from run to run, and only that: engine ids, and trailing spaces."""
     return _IDS.sub("<id>", line.rstrip())
@@ -169,7 +176,9 @@ def run_command(command: str, tour: Tour) -> list[str]:
     )
     back = {new: old for old, new in tour.mapping.items()}
     text = own_name(tour.name).sub(PROJECT, substitute(proc.stdout, back))
-    lines = [line.rstrip() for line in text.splitlines()]
+    # On a shared engine another project may have an `api` too (the demo's): `plan` and `up`
+    # then warn of the collision. The README shows a machine with the tour's project alone.
+    lines = [line.rstrip() for line in text.splitlines() if not _OTHERS_API.match(line)]
     while lines and not lines[-1]:
         lines.pop()
     return lines
