@@ -111,6 +111,14 @@ def test_status_shows_hosts_roles_agents_and_etcd(lab2: dict[str, Any]) -> None:
     [member] = doc["etcd"]
     assert member["healthy"] and member["leader"], member
     assert set(member) >= {"name", "healthy", "leader"}
+    # No route out: a host reaches the lab's subnet and its own bridges, nothing past the switch
+    # (the machine's egress guard never even sees lab traffic).
+    routes = lab(lab2["name"], "lab", "exec", "host1", "--", "ip", "-4", "route").stdout
+    assert "default" not in routes and doc["subnet"] in routes
+    sw = subprocess.run(
+        ["ip", "-n", f"dml-{lab2['name']}-sw", "-4", "route"], capture_output=True, text=True
+    )
+    assert sw.returncode == 0 and sw.stdout.strip() == ""
     # The swarm names its nodes after the lab's hosts.
     nodes = lab(lab2["name"], "lab", "exec", "host1", "--", "docker", "node", "ls").stdout
     assert "host1" in nodes and "host2" in nodes
