@@ -238,6 +238,18 @@ def plan_lab(name: str, subnet: str, hosts: int, etcd: int, managers: int) -> La
     return LabPlan(name, str(net), host_plans, etcd_plans)
 
 
+def swarm_pool(plan: LabPlan) -> str:
+    """The swarm's address pool for overlay networks (/24s): the first /16 of 10.0.0.0/8 that
+    the lab's own subnet is not in. Swarm's default is all of 10.0.0.0/8 from 10.0.0.0/24
+    up, which a `--subnet 10.0.1.0/24` lab would meet at its second overlay network."""
+    lab = ipaddress.IPv4Network(plan.subnet)
+    for second in range(256):
+        pool = ipaddress.IPv4Network(f"10.{second}.0.0/16")
+        if not pool.overlaps(lab):
+            return str(pool)
+    raise LabPlanError(f"--subnet {plan.subnet}: it leaves no /16 of 10.0.0.0/8 for the swarm")
+
+
 # --- targets of the failure commands ----------------------------------------------------------
 
 TARGET_KINDS = ("agent", "engine", "etcd")

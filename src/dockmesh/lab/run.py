@@ -54,6 +54,7 @@ from dockmesh.lab.plan import (
     plan_lab,
     resolv_conf,
     state_file,
+    swarm_pool,
 )
 from dockmesh.lab.state import LabState, LabStateError, parse_state
 
@@ -390,6 +391,8 @@ def _swarm(plan: LabPlan) -> None:
         first.url, "swarm", "init",
         "--advertise-addr", first.address,
         "--listen-addr", f"{first.address}:{SWARM_PORT}",
+        "--default-addr-pool", swarm_pool(plan),
+        "--default-addr-pool-mask-length", "24",
     )  # fmt: skip
     tokens = {
         role: _docker(first.url, "swarm", "join-token", "-q", role).strip()
@@ -450,6 +453,7 @@ def up(
     try:
         net = str(parse_subnet(subnet)) if subnet else None
         plan = plan_lab(name, net or "10.251.0.0/24", hosts, etcd, managers)
+        swarm_pool(plan)
     except LabPlanError as e:
         raise UsageError(str(e)) from None
     need = ["ip", "nsenter", "dockerd", "docker", "nft"] + (["etcd"] if etcd else [])

@@ -24,6 +24,7 @@ from dockmesh.lab.plan import (
     partition_ruleset,
     pick_subnet,
     plan_lab,
+    swarm_pool,
 )
 
 names = st.from_regex(r"[a-z][a-z0-9]{0,9}", fullmatch=True)
@@ -221,3 +222,16 @@ def test_bad_partitions(part: Partition, why: str) -> None:
         check_partition(plan, part)
     with pytest.raises(LabPlanError, match="no etcd"):
         check_partition(plan, Partition("host1", "etcd"))
+
+
+@given(subnets)
+def test_the_swarm_pool_never_meets_the_lab(subnet: str) -> None:
+    plan = plan_lab("lab", subnet, 1, 0, 1)
+    try:
+        pool = swarm_pool(plan)
+    except LabPlanError:
+        assert ipaddress.IPv4Network(subnet).prefixlen == 8
+        return
+    assert not ipaddress.IPv4Network(pool).overlaps(ipaddress.IPv4Network(subnet))
+    assert swarm_pool(plan_lab("lab", "10.251.0.0/24", 1, 0, 1)) == "10.0.0.0/16"
+    assert swarm_pool(plan_lab("lab", "10.0.1.0/24", 1, 0, 1)) == "10.1.0.0/16"
