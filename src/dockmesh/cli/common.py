@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -129,11 +130,47 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+LAB_HOST = re.compile(r"host[1-9][0-9]*")
+
+
+def lab_engine(value: str) -> str:
+    """An `--engine` value as given, or `hostN=unix://…` when it is the bare name of a host
+    of the running lab (`dockmesh lab`; $DOCKMESH_LAB names which): the one place a lab host
+    name becomes its engine."""
+    if not LAB_HOST.fullmatch(value):
+        return value
+    from dockmesh.lab.plan import DEFAULT_NAME, LabPlanError, check_name, state_file
+    from dockmesh.lab.state import LabStateError, engine_url, parse_state
+
+    try:
+        lab = check_name(os.environ.get("DOCKMESH_LAB") or DEFAULT_NAME)
+    except LabPlanError as e:
+        raise UserError(f"$DOCKMESH_LAB: {e}") from None
+    path = state_file(lab)
+    try:
+        with open(path, "rb") as f:
+            state = parse_state(f.read(), path)
+    except FileNotFoundError:
+        raise UserError(
+            f"--engine {value!r}: no lab {lab!r} is up (a lab host name needs `dockmesh lab up`;"
+            " an engine is a URL such as unix:///run/docker.sock)"
+        ) from None
+    except LabStateError as e:
+        raise UserError(str(e)) from None
+    url = engine_url(state, value)
+    if url is None:
+        raise UserError(f"--engine {value!r}: lab {lab!r} has hosts host1 to host{state.hosts}")
+    return f"{value}={url}"
+
+
 def engine_refs(values: list[str] | None) -> list[EngineRef]:
-    """--engine's values, else $DOCKER_HOST, else the local socket."""
+    """--engine's values (a lab host name resolved by `lab_engine`), else $DOCKER_HOST, else
+    the local socket."""
     try:
         return parse_engine_refs(
-            values or [], default_url(os.environ.get("DOCKER_HOST")), "$DOCKER_HOST"
+            [lab_engine(v) for v in values or []],
+            default_url(os.environ.get("DOCKER_HOST")),
+            "$DOCKER_HOST",
         )
     except ValueError as e:
         raise UserError(str(e)) from None

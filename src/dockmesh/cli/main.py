@@ -14,6 +14,7 @@ from dockmesh.cli import bench as bench_cli
 from dockmesh.cli import ca as ca_cli
 from dockmesh.cli import convert as convert_cli
 from dockmesh.cli import doctor as doctor_cli
+from dockmesh.cli import lab as lab_cli
 from dockmesh.cli import observe as observe_cli
 from dockmesh.cli import policy as policy_cli
 from dockmesh.cli import proxy as proxy_cli
@@ -43,6 +44,7 @@ proxy_cli.register(app)
 observe_cli.register(app)
 app.add_typer(bench_cli.app, name="bench")
 app.add_typer(ca_cli.app, name="ca")
+app.add_typer(lab_cli.app, name="lab")
 doctor_cli.register(app)
 
 

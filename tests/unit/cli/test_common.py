@@ -4,11 +4,13 @@ refuses nan and ±inf as a usage error, through its own callback (no patch of cl
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import typer
 from typer.main import get_command
 
+from dockmesh.cli.common import UserError
 from dockmesh.cli.main import app
 
 
@@ -59,3 +61,32 @@ def test_no_float_option_takes_a_number_too_big_to_wait_for(
     probe wait for ever (`matrix` hung): every float option has a maximum."""
     with pytest.raises(typer.BadParameter):
         option.process_value(ctx, text)
+
+
+# --- `--engine hostN`: a lab host's name is that lab engine ------------------------------------
+
+
+def test_a_lab_host_name_is_its_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dockmesh.cli.common import engine_refs, lab_engine
+    from dockmesh.lab import plan
+    from dockmesh.lab.state import LabState
+
+    path = tmp_path / "lab.json"
+    monkeypatch.setattr(plan, "state_file", lambda name: str(path))
+    monkeypatch.setenv("DOCKMESH_LAB", "dev")
+    # Not a lab host's name: left as it is (a URL, NAME=URL, or an error of its own).
+    assert lab_engine("unix:///x.sock") == "unix:///x.sock"
+    assert lab_engine("host2=unix:///x.sock") == "host2=unix:///x.sock"
+    with pytest.raises(UserError, match="no lab 'dev' is up"):
+        lab_engine("host2")
+    path.write_bytes(LabState("dev", "10.251.0.0/24", 2, 1, 1).dumps())
+    [ref] = engine_refs(["host2"])
+    assert (ref.name, ref.url) == ("host2", "unix:///run/dockmesh-lab/lab-dev/host2.sock")
+    with pytest.raises(UserError, match="host1 to host2"):
+        lab_engine("host3")
+    path.write_bytes(b"\x00junk")
+    with pytest.raises(UserError, match="not a lab state file"):
+        lab_engine("host1")
+    monkeypatch.setenv("DOCKMESH_LAB", "Not A Name")
+    with pytest.raises(UserError, match="DOCKMESH_LAB"):
+        lab_engine("host1")
