@@ -71,6 +71,16 @@ COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_NETWORK = "com.docker.compose.network"  # on a network: the Compose file's own name
 
+# Docker Swarm's, on a service's task containers (written by the engine, read by
+# `model.swarm`). A service's own labels (`docker service create --label`) never reach its
+# containers, and a worker's engine cannot list services: only these and the container labels
+# (`--container-label`) are seen where the task runs.
+SWARM_SERVICE_NAME = "com.docker.swarm.service.name"
+SWARM_SERVICE_ID = "com.docker.swarm.service.id"
+SWARM_TASK_ID = "com.docker.swarm.task.id"
+SWARM_TASK_NAME = "com.docker.swarm.task.name"
+SWARM_NODE_ID = "com.docker.swarm.node.id"
+
 DISCOVERY_LABELS = (
     LABEL_DISCOVERY_SERVICE,
     LABEL_DISCOVERY_PORT,
