@@ -327,9 +327,7 @@ def test_service_tasks_are_instances_of_the_service_on_each_host(
             h1.api.remove_service(created["ID"])
 
 
-def test_topology_shows_a_service_overlay_once_with_tasks_from_both_engines(
-    swarm: SwarmLab, cli_env: None
-) -> None:
+def test_topology_and_why_see_a_service_across_engines(swarm: SwarmLab, cli_env: None) -> None:
     h1, h2 = swarm.h1, swarm.h2
     service = f"{swarm.prefix}topo"
     created = h1.api.create_service(
@@ -355,6 +353,20 @@ def test_topology_shows_a_service_overlay_once_with_tasks_from_both_engines(
         assert tasks == ["h1", "h2"]
         [ingress] = [n for n in doc["networks"] if n["name"] == "ingress"]
         assert ingress["ingress"] is True and sorted(ingress["engines"]) == ["h1", "h2"]
+
+        # The swarm service's name stands for its tasks, on both engines: `why` analyses and
+        # probes each from the h1 task's namespace.
+        [mine] = tasks_on(h1, service)
+        proc = dockmesh(
+            "why", mine, service, "--port", "8080/tcp", "--probe", "--json", *swarm.engines()
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        doc = json.loads(proc.stdout)
+        dst = doc["resolved"]["dst"]
+        assert dst["kind"] == "service", dst
+        every = {n for h in (h1, h2) for n in tasks_on(h, service)}
+        assert {p["dst"] for p in doc["pairs"]} == every
+        assert all(p["reachable"] and p["probe"]["ok"] for p in doc["pairs"]), doc["pairs"]
     finally:
         h1.api.remove_service(created["ID"])
 

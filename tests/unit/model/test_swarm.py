@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from dockmesh.catalog.containers import derive
 from dockmesh.model.labels import (
+    COMPOSE_SERVICE,
     LABEL_DISCOVERY_NETWORK,
     LABEL_DISCOVERY_PORT,
     LABEL_DISCOVERY_SERVICE,
@@ -16,6 +17,7 @@ from dockmesh.model.labels import (
     SWARM_SERVICE_NAME,
     SWARM_TASK_ID,
     SWARM_TASK_NAME,
+    service_of,
 )
 from dockmesh.model.swarm import (
     GATEWAY_BRIDGE,
@@ -169,3 +171,9 @@ def test_an_empty_service_label_is_reported_not_replaced() -> None:
         task_ctr({**TASK, **PORT, LABEL_DISCOVERY_SERVICE: " "}), "h2", networks=NETWORKS
     )
     assert d is None and "dockmesh.service is empty" in warnings[0]
+
+
+def test_a_tasks_service_is_its_swarm_service_after_every_explicit_name() -> None:
+    assert service_of(TASK) == "web"
+    assert service_of({**TASK, COMPOSE_SERVICE: "api"}) == "api"
+    assert service_of({**TASK, LABEL_DISCOVERY_SERVICE: "front"}) == "front"
