@@ -204,6 +204,7 @@ def derive(
                 interval_s=_seconds(d.check.interval),
                 timeout_s=_seconds(d.check.timeout),
                 netns_pid=c.pid,
+                netns_container=c.id,
             )
         )
     return Derived(inst, tuple(checks)), warnings
