@@ -432,3 +432,68 @@ def test_why_and_matrix_across_engines_agree_with_probes(swarm: SwarmLab, cli_en
         (c, b): False,
     }
     print("matrix across two engines:", doc["elapsed_s"], "s")
+
+
+def test_a_task_with_a_docker_healthcheck_passes_only_while_docker_says_healthy(
+    swarm: SwarmLab, tmp_path: Path, cli_env: None
+) -> None:
+    """The task's Docker HEALTHCHECK decides (`docker:<ID>`): passing once healthy, critical
+    once Docker calls it unhealthy (before the swarm replaces it), on the agent of its host."""
+    from docker.types import Healthcheck
+
+    h1, h2 = swarm.h1, swarm.h2
+    service = f"{swarm.prefix}hc"
+    second = 1_000_000_000
+    created = h1.api.create_service(
+        TaskTemplate(
+            ContainerSpec(
+                TOOLBOX,
+                command=SERVE,
+                labels={"dockmesh.port": "8080"},
+                healthcheck=Healthcheck(
+                    test=["CMD", "test", "-f", "/w/ok"],
+                    interval=second,
+                    timeout=second,
+                    retries=1,
+                ),
+            ),
+            networks=[NetworkAttachmentConfig(swarm.overlay)],
+        ),
+        name=service,
+        mode=ServiceMode("replicated", replicas=2),
+    )
+    agents = [NsAgent(h, tmp_path) for h in (h1, h2)]
+    try:
+
+        def healthy_everywhere() -> bool:
+            for a in agents:
+                tasks = tasks_on(a.eng, service)
+                if len(tasks) != 1:
+                    return False
+                [i] = tasks.values()
+                if i["State"].get("Health", {}).get("Status") != "healthy":
+                    return False
+                address = i["NetworkSettings"]["Networks"][swarm.overlay]["IPAddress"]
+                if a.health(service, passing=True) != {i["Name"].lstrip("/"): (address, "passing")}:
+                    return False
+            return True
+
+        wait_for(healthy_everywhere, 120, "a healthy task passing on each host")
+        [sick] = tasks_on(h2, service)
+        ex = h2.api.exec_create(sick, ["rm", "/w/ok"])
+        h2.api.exec_start(ex)
+        started = time.monotonic()
+        agent2 = agents[1]
+        wait_for(
+            lambda: (agent2.health(service) or {}).get(sick, ("", ""))[1] == "critical",
+            30,
+            "the unhealthy task goes critical",
+        )
+        print(f"unhealthy task critical after {time.monotonic() - started:.2f} s")
+        [mine] = tasks_on(h1, service)
+        assert set(agents[0].health(service, passing=True) or {}) == {mine}
+    finally:
+        for a in agents:
+            a.stop()
+        with contextlib.suppress(Exception):
+            h1.api.remove_service(created["ID"])
