@@ -99,7 +99,14 @@ class EtcdProc:
 
     def keys(self, prefix: str) -> list[str]:
         out = subprocess.run(
-            ["etcdctl", f"--endpoints=127.0.0.1:{self.client_port}", "get", "--prefix", "--keys-only", prefix],
+            [
+                "etcdctl",
+                f"--endpoints=127.0.0.1:{self.client_port}",
+                "get",
+                "--prefix",
+                "--keys-only",
+                prefix,
+            ],
             capture_output=True,
             text=True,
             timeout=10,
@@ -297,7 +304,9 @@ def test_etcd_stopped_for_five_seconds_loses_nothing_and_misses_no_change(
         etcd.stop()
         down = time.monotonic()
         wait_for(lambda: known_leader(agents.b) == "false", 5, step=0.05)
-        print(f"\netcd down: the other agent says it has no leader after {time.monotonic() - down:.2f} s")
+        print(
+            f"\netcd down: the other agent says it has no leader after {time.monotonic() - down:.2f} s"
+        )
         # Changes while the store is down: one container stops, another starts.
         api.stop(goes, timeout=0)
         api.start(comes)
@@ -311,7 +320,9 @@ def test_etcd_stopped_for_five_seconds_loses_nothing_and_misses_no_change(
             15,
             step=0.02,
         )
-        print(f"etcd up again: both changes in the other agent's DNS after {time.monotonic() - up:.2f} s")
+        print(
+            f"etcd up again: both changes in the other agent's DNS after {time.monotonic() - up:.2f} s"
+        )
         wait_for(lambda: known_leader(agents.b) == "true", 10, step=0.05)
     finally:
         done.set()
@@ -331,6 +342,12 @@ def test_etcd_wiped_the_agents_publish_everything_again(
     wait_for(lambda: ask(agents.b.dns_port, name) == [f"{base}.10"], 15)
     etcd.wipe()
     up = time.monotonic()
-    wait_for(lambda: f"/dockmesh/v1/nodes/a/instances/{prefix}-w" in etcd.keys("/dockmesh/v1/nodes/a/"), 15, step=0.1)
+    wait_for(
+        lambda: f"/dockmesh/v1/nodes/a/instances/{prefix}-w" in etcd.keys("/dockmesh/v1/nodes/a/"),
+        15,
+        step=0.1,
+    )
     wait_for(lambda: ask(agents.b.dns_port, name) == [f"{base}.10"], 15)
-    print(f"\netcd wiped: republished and in the other agent's DNS after {time.monotonic() - up:.2f} s")
+    print(
+        f"\netcd wiped: republished and in the other agent's DNS after {time.monotonic() - up:.2f} s"
+    )
