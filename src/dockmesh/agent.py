@@ -364,6 +364,7 @@ class Agent:
             node=cfg.node,
             datacenter=cfg.datacenter,
             links=self.links,
+            store_links=self.store_links if cfg.etcd else None,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
@@ -431,11 +432,14 @@ class Agent:
         return cached[2]
 
     def links(self) -> tuple[EngineLink, ...]:
-        """Each engine's connection: its event stream open, and the engine answering; and
-        the shared catalog's watch (`etcd`), when there is one."""
-        links = with_pings(self.deps.topology.links(), self._silent_since, self.deps.clock())
+        """Each engine's connection: its event stream open, and the engine answering."""
+        return with_pings(self.deps.topology.links(), self._silent_since, self.deps.clock())
+
+    def store_links(self) -> tuple[EngineLink, ...]:
+        """The shared catalog's watch (`etcd`), when there is one: the API says it has no
+        leader while it does not follow."""
         shared = self.shared
-        return links + shared.links() if shared is not None else links
+        return shared.links() if shared is not None else ()
 
     async def _ping(self, engine: str) -> None:
         ping = self.deps.ping

@@ -39,12 +39,18 @@ TTL_S = 10.0
 class EtcdProc:
     """One etcd member on loopback, with a data directory of its own."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.data = tmp / "etcd.data"
-        self.log = tmp / "etcd.log"
+    def __init__(self, tmp: Path, name: str = "dmt", cluster: str | None = None) -> None:
+        self.name = name
+        self.data = tmp / f"etcd-{name}.data"
+        self.log = tmp / f"etcd-{name}.log"
         self.client_port, self.peer_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.token = secrets.token_hex(4)
+        self.cluster = cluster  # the --initial-cluster of several members (None: alone)
+
+    @property
+    def peer(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
 
     @property
     def url(self) -> str:
@@ -56,18 +62,24 @@ class EtcdProc:
         self.proc = subprocess.Popen(
             [
                 "etcd",
-                "--name=dmt",
+                f"--name={self.name}",
                 f"--data-dir={self.data}",
                 f"--listen-client-urls={client}",
                 f"--advertise-client-urls={client}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster=dmt={peer}",
+                f"--initial-cluster={self.cluster or f'{self.name}={peer}'}",
                 f"--initial-cluster-token={self.token}",
             ],
             stdout=self.log.open("ab"),
             stderr=subprocess.STDOUT,
         )
+        if self.cluster is not None:
+            return  # a member alone has no leader: the cluster waits for its quorum
+        self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        client = f"http://127.0.0.1:{self.client_port}"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -76,7 +88,7 @@ class EtcdProc:
                         return
             except OSError:
                 pass
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()[-3000:]
             time.sleep(0.1)
         raise AssertionError("etcd did not become healthy: " + self.log.read_text()[-3000:])
 
@@ -351,3 +363,55 @@ def test_etcd_wiped_the_agents_publish_everything_again(
     print(
         f"\netcd wiped: republished and in the other agent's DNS after {time.monotonic() - up:.2f} s"
     )
+
+
+def test_a_store_without_a_leader_is_said_and_the_cache_keeps_answering(
+    api: Any, prefix: str, toolbox: str, tmp_path: Path
+) -> None:
+    """Two members: one stopped, the other has no quorum and so no leader. The watch (with
+    `hasleader`) ends, the agent says it has no leader and answers from its cache; the
+    member back, it follows again and nothing was lost."""
+    members = [EtcdProc(tmp_path, f"m{i}") for i in range(2)]
+    cluster = ",".join(f"{m.name}={m.peer}" for m in members)
+    for m in members:
+        m.cluster, m.token = cluster, members[0].token
+    url = "etcd://" + ",".join(f"127.0.0.1:{m.client_port}" for m in members)
+    for m in members:
+        m.start()
+    try:
+        for m in members:
+            m.wait_healthy()
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        pair = Agents.__new__(Agents)
+        pair.a = AgentProc(tmp_path / "a", "--store", url, "--node", "a")
+        pair.b = AgentProc(tmp_path / "b", "--store", url, "--node", "b", "--engine", "none")
+        try:
+            pair.a.start()
+            pair.b.start()
+            net, base = network(api, prefix)
+            api.start(labelled(api, toolbox, f"{prefix}-q", f"{prefix}q", net, f"{base}.10"))
+            name = f"{prefix}q.service.dockmesh"
+            wait_for(lambda: ask(pair.b.dns_port, name) == [f"{base}.10"], 15)
+            assert known_leader(pair.b) == "true"
+
+            members[1].stop()
+            down = time.monotonic()
+            wait_for(lambda: known_leader(pair.b) == "false", 20, step=0.1)
+            print(
+                f"\nquorum lost: the agent says it has no leader after {time.monotonic() - down:.2f} s"
+            )
+            assert ask(pair.b.dns_port, name) == [f"{base}.10"]  # from its cache
+            members[1].start()
+            up = time.monotonic()
+            wait_for(lambda: known_leader(pair.b) == "true", 20, step=0.1)
+            print(f"quorum back: a leader again after {time.monotonic() - up:.2f} s")
+            assert ask(pair.b.dns_port, name) == [f"{base}.10"]
+            assert members[0].keys("/dockmesh/v1/nodes/a/") == [
+                f"/dockmesh/v1/nodes/a/instances/{prefix}-q"
+            ]
+        finally:
+            pair.close()
+    finally:
+        for m in members:
+            m.stop()

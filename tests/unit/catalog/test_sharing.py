@@ -54,6 +54,7 @@ published = st.builds(
 # --- keys -------------------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # a loaded machine is no reason to fail
 @given(nodes, texts)
 def test_an_instance_key_names_its_node_and_id_whatever_the_id(node: str, iid: str) -> None:
     key = instance_key(node, iid)
@@ -63,6 +64,7 @@ def test_an_instance_key_names_its_node_and_id_whatever_the_id(node: str, iid: s
     assert node_of_key(key) == node
 
 
+@settings(deadline=None)  # a loaded machine is no reason to fail
 @given(st.text(max_size=80))
 def test_any_key_is_parsed_or_refused_never_raises(key: str) -> None:
     parsed = parse_key(key)
@@ -83,12 +85,14 @@ def test_keys_of_other_shapes_are_refused() -> None:
 # --- values -----------------------------------------------------------------------------------
 
 
+@settings(deadline=None)  # a loaded machine is no reason to fail
 @given(published)
 def test_a_value_decodes_to_what_was_encoded(p: Published) -> None:
     assert decode(encode(p), p.id) == p
     assert encode(decode(encode(p))) == encode(p)
 
 
+@settings(deadline=None)  # a loaded machine is no reason to fail
 @given(st.binary(max_size=300))
 def test_any_bytes_decode_or_raise_value_error(data: bytes) -> None:
     try:
@@ -98,6 +102,7 @@ def test_any_bytes_decode_or_raise_value_error(data: bytes) -> None:
     assert decode(encode(p)) == p
 
 
+@settings(deadline=None)  # a loaded machine is no reason to fail
 @given(
     published,
     st.sampled_from(["id", "service", "port", "tags", "meta", "weight", "status"]),
