@@ -3,7 +3,7 @@ subtree, the other nodes' followed by one watch and merged into the local catalo
 around `catalog.sharing` (which decides): aetcd's connection and stubs, wrapped in `Etcd`.
 
 Tasks on the agent's loop (`SharedCatalog.start`):
-- the lease: one per agent (TTL 10 s), kept alive every second; lost (the store says so, or
+- the lease: one per agent (TTL 10 s), kept alive twice a second; lost (the store says so, or
   no keep-alive answered for a TTL), a new one is granted and the subtree replaced;
 - publishing: after each change of the local catalog, the difference between what the
   subtree holds and what is wanted is written in one transaction (nothing when none);
@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 
 LEASE_TTL_S = 10
 # A host whose agent died must leave the others' catalogs within TTL ± 1 s of its death: its
-# keys expire one TTL after the last keep-alive, so keep-alives come at most 1 s apart (at
-# 3 s apart a death just after one would be noticed 3 s early).
-KEEPALIVE_S = 1.0
+# keys expire one TTL after the last keep-alive (etcd looks for expired leases every 0.5 s),
+# so keep-alives come every 0.5 s: the keys leave 9.5 to 10.5 s after the death. At 3 s
+# apart, a death just after one would be noticed up to 3 s early.
+KEEPALIVE_S = 0.5
 ANTI_ENTROPY_S = 30.0
 CALL_TIMEOUT_S = 3.0
 LINK_NAME = "etcd"
@@ -260,6 +261,7 @@ class SharedCatalog:
         self.lease: int | None = None
         self.connected = False  # the watch follows the store, with a leader
         self._since = clock()  # when the watch last followed (or began)
+        self._kept_at = clock()  # when the store last answered a keep-alive (or a grant)
         self._dirty = asyncio.Event()
         self._lease_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -301,9 +303,20 @@ class SharedCatalog:
                 log.warning("etcd: revoking the lease failed (its keys leave after the TTL): %s", e)
         await self.etcd.close()
 
+    def following(self) -> bool:
+        """Whether this agent follows the store now: its watch is open and its lease's
+        keep-alives are answered (a partition leaves a watch open and silent until the
+        channel's keep-alive gives up; the lease's say so within CALL_TIMEOUT_S)."""
+        if not self.connected:
+            return False
+        return self.clock() - self._kept_at <= KEEPALIVE_S + CALL_TIMEOUT_S + 0.5
+
     def links(self) -> tuple[EngineLink, ...]:
-        age = 0.0 if self.connected else max(0.0, self.clock() - self._since)
-        return (EngineLink(LINK_NAME, self.connected, age),)
+        now = self.clock()
+        if self.following():
+            return (EngineLink(LINK_NAME, True, 0.0),)
+        since = self._since if not self.connected else self._kept_at
+        return (EngineLink(LINK_NAME, False, max(0.0, now - since)),)
 
     # --- publishing -----------------------------------------------------------------------
 
@@ -375,7 +388,7 @@ class SharedCatalog:
             if self.lease is None:
                 try:
                     self.lease = await self.etcd.grant(self.lease_ttl)
-                    kept_at = self.clock()
+                    kept_at = self._kept_at = self.clock()
                     attempt = 0
                     self.publisher.lost()  # every key goes under the new lease
                     self._dirty.set()
@@ -396,11 +409,13 @@ class SharedCatalog:
             except Unavailable as e:
                 if self.clock() - kept_at > self.lease_ttl:
                     self._lease_lost(f"no keep-alive answered for {self.lease_ttl} s: {e}")
+                # The next calls go to the next endpoint (the watch reconnects there too).
+                await self.etcd.reset()
                 continue
             if ttl <= 0:
                 self._lease_lost("expired")
             else:
-                kept_at = self.clock()
+                kept_at = self._kept_at = self.clock()
 
     # --- following ------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ class FakeEtcd:
         self.next_lease = 7
         self.watchers: list[asyncio.Queue[list[tuple[str, bytes | None, int]] | None]] = []
         self.down = False
+        self.silent = False  # a partition: calls hang until their deadline
         self.writes = 0
 
     def _check(self) -> None:
@@ -74,6 +75,9 @@ class Client:
 
     async def keepalive(self, lease: int) -> int:
         self.s._check()
+        if self.s.silent:
+            await asyncio.sleep(0.2)  # the call's deadline, shortened
+            raise Unavailable("deadline exceeded")
         return 10 if lease in self.s.leases else -1
 
     async def revoke(self, lease: int) -> None:
@@ -215,5 +219,25 @@ def test_a_stop_revokes_the_lease_so_the_others_drop_its_instances_at_once() -> 
         assert store.kv == {}
         with contextlib.suppress(Exception):
             await b.stop()
+
+    asyncio.run(main())
+
+
+def test_a_watch_left_open_and_silent_by_a_partition_is_no_leader_once_keepalives_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(etcdstore, "CALL_TIMEOUT_S", 0.2)
+
+    async def main() -> None:
+        store, a, b = await pair()
+        a.live.sync_containers("local", [container("web-1", "web", "10.0.0.2")])
+        await settle(lambda: b.live.catalog.entries("web"))
+        store.silent = True  # the watch stays open: nothing ends it
+        await settle(lambda: not b.links()[0].connected)
+        assert b.connected and b.live.catalog.entries("web")  # the cache still answers
+        store.silent = False
+        await settle(lambda: b.links()[0].connected)
+        await a.stop()
+        await b.stop()
 
     asyncio.run(main())
