@@ -13,6 +13,7 @@ import pytest
 from dockmesh.catalog import etcdstore
 from dockmesh.catalog.etcdstore import SharedCatalog, Unavailable
 from dockmesh.catalog.live import LiveCatalog
+from dockmesh.catalog.state import service_topic
 from dockmesh.model.catalog import CheckSpec, Instance
 
 
@@ -237,6 +238,23 @@ def test_a_watch_left_open_and_silent_by_a_partition_is_no_leader_once_keepalive
         assert b.connected and b.live.catalog.entries("web")  # the cache still answers
         store.silent = False
         await settle(lambda: b.links()[0].connected)
+        await a.stop()
+        await b.stop()
+
+    asyncio.run(main())
+
+
+def test_a_blocking_query_on_the_other_host_wakes_when_a_remote_instance_arrives() -> None:
+    async def main() -> None:
+        _, a, b = await pair()
+        topic = service_topic("web")
+        index = b.live.catalog.topic_index(topic)
+        waiter = asyncio.ensure_future(b.live.wait(topic, index, 5.0))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        a.live.sync_containers("local", [container("web-1", "web", "10.0.0.2")])
+        woke = await asyncio.wait_for(waiter, 2.0)
+        assert woke > index and b.live.catalog.entries("web")
         await a.stop()
         await b.stop()
 
