@@ -71,7 +71,7 @@ def _range_end(prefix: bytes) -> bytes:
     while end:
         if end[-1] < 0xFF:
             end[-1] += 1
-            return bytes(end[: len(end)])
+            return bytes(end)
         end.pop()
     return b"\0"
 
@@ -265,8 +265,7 @@ class SharedCatalog:
         self._dirty = asyncio.Event()
         self._lease_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self.republished = 0  # times the subtree was replaced (metrics, tests)
+        self.republished = 0  # times the subtree was replaced
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -284,7 +283,6 @@ class SharedCatalog:
     async def stop(self, revoke: bool = True) -> None:
         """Stops the tasks; `revoke`: the lease is revoked, so every other node drops this
         node's instances now rather than after the TTL."""
-        self._stopping = True
         self.live.unsubscribe(self._changed)
         for t in self._tasks:
             t.cancel()
@@ -363,9 +361,11 @@ class SharedCatalog:
                         "etcd: node %s's subtree replaced: %d instances", self.node, len(plan.puts)
                     )
                 attempt = 0
-            except Unavailable as e:
+            except Exception as e:
                 self.publisher.failed()
-                if "lease not found" in str(e):
+                if not isinstance(e, Unavailable):
+                    log.exception("etcd: publishing failed (retrying)")
+                elif "lease not found" in str(e):
                     self._lease_lost("the store does not know it")
                 else:
                     log.warning("etcd: publishing failed (retrying): %s", e)
@@ -462,8 +462,10 @@ class SharedCatalog:
                             log.warning("etcd: %s changed behind this agent: replacing", key)
                             self._dirty.set()
                     self._sync_nodes(changed)
-            except Unavailable as e:
-                if self.connected:
+            except Exception as e:
+                if not isinstance(e, Unavailable):
+                    log.exception("etcd: following the shared catalog failed")
+                elif self.connected:
                     log.warning("etcd: not following the shared catalog: %s", e)
                 self._disconnected()
                 await self.etcd.reset()

@@ -185,6 +185,7 @@ def test_a_lost_lease_is_replaced_and_the_subtree_written_again() -> None:
         await settle(lambda: a.lease not in (None, old) and b.live.catalog.entries("web"))
         (_, lease) = store.kv["/dockmesh/v1/nodes/a/instances/web-1"]
         assert lease == a.lease
+        assert a.republished == 2  # at start, and with the new lease
         await a.stop()
         await b.stop()
 
