@@ -119,14 +119,13 @@ setup_tools() {
     apt_install iperf3 curl
     # conntrack-tools: the peer of `flows` in benchmarks/flows.py (`conntrack -L`).
     apt_install conntrack
-    # etcd (Debian's etcd-server 3.4): the store `dockmesh lab` runs for the shared catalog.
-    apt_install etcd-server
     # Graphviz: the test that `dot` reads `topology --dot` (names of any characters).
     apt_install graphviz
     # Compose alongside: the agent registers what Debian's docker-compose starts.
     apt_install docker-compose curl
-    # etcd (3.4): the store of the catalog shared between hosts (`agent --store etcd://…`);
-    # the tests start their own member on a free loopback port, never the packaged service.
+    # etcd (3.4): the store of the catalog shared between hosts (`agent --store etcd://…`),
+    # run by `dockmesh lab`; the tests start their own member on a free loopback port, never
+    # the packaged service.
     apt_install etcd-server
 }
 
