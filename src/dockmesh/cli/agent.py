@@ -56,9 +56,20 @@ DATACENTER = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("agent")
+    from dockmesh.cli import hostdns
+
+    group = typer.Typer(
+        help="Run the agent (no subcommand), or set the host up around it.",
+        context_settings={"help_option_names": ["-h", "--help"]},
+        rich_markup_mode=None,
+    )
+    hostdns.register(group)
+    app.add_typer(group, name="agent")
+
+    @group.callback(invoke_without_command=True)
     @handle_errors
     def agent(
+        ctx: typer.Context,
         api: Annotated[
             str, typer.Option("--api", help="Where the HTTP API listens (HOST:PORT).")
         ] = "127.0.0.1:8500",
@@ -178,7 +189,10 @@ def register(app: typer.Typer) -> None:
         ] = "dc1",
     ) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
-        and DNS. Stops cleanly on SIGTERM or Ctrl-C."""
+        and DNS. Stops cleanly on SIGTERM or Ctrl-C. `agent host-dns` makes the host
+        resolve the agent's domain."""
+        if ctx.invoked_subcommand is not None:
+            return
         from dockmesh.agent import AgentConfig, run_agent
         from dockmesh.cli.policy import configured_policy_dir
         from dockmesh.policy.store import table_name
