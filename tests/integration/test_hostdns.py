@@ -12,6 +12,7 @@ network and containers.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -27,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from dockmesh.codecs.hostdns import HostFacts
-from dockmesh.host.hostdns import remove_host_dns
+from dockmesh.codecs.hostdns import HostFacts, Process
+from dockmesh.host.hostdns import apply_host_dns, plan_host_dns, remove_host_dns
 from tests.integration.conftest import dockmesh, free_subnets
 from tests.integration.test_agent import AgentProc, free_port
 
@@ -368,3 +369,86 @@ def test_caddy_without_the_forwarding_cannot_reach_the_srv_targets(
     wait_for(lambda: seen(url, 3) == {"-502": 3}, 30, "Caddy answering 502")
     log = (tmp_path / "caddy.log").read_text()
     assert f"lookup {prefix}-w" in log, log
+
+
+def ended(pid: int) -> bool:
+    """Gone, or a zombie its parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(") ", 1)[1][:1] in ("Z", "X")
+
+
+def test_a_running_dnsmasq_gets_the_rule_and_is_restarted_by_its_pid(
+    agent: AgentProc, tmp_path: Path
+) -> None:
+    """No init system to ask (systemd is not PID 1 here): the host's dnsmasq, stopped by its
+    pid and run again with its own command line, forwards the domain; `--remove` restarts it
+    without the rule. The "host's" dnsmasq is one this test starts, on a loopback port."""
+    dnsmasq = shutil.which("dnsmasq")
+    if dnsmasq is None:
+        pytest.skip("dnsmasq is not installed (apt-get install dnsmasq-base)")
+    root = tmp_path / "root"
+    (root / "etc" / "dnsmasq.d").mkdir(parents=True)
+    pid_file = tmp_path / "dnsmasq.pid"
+    port = free_port()
+    argv = (
+        dnsmasq,
+        f"--conf-dir={root}/etc/dnsmasq.d,*.conf",
+        "--listen-address=127.0.0.1",
+        f"--port={port}",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        f"--pid-file={pid_file}",
+    )
+    subprocess.run(argv, check=True, timeout=20)
+
+    def running() -> Process:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert tuple(a.decode() for a in cmdline if a) == argv
+        return Process(pid, argv)
+
+    def ask() -> list[str]:
+        out = subprocess.run(
+            [
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "@127.0.0.1",
+                "-p",
+                str(port),
+                "ns.dockmesh",
+                "A",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.split()
+
+    try:
+        first = running()
+        assert ask() == []  # the domain is not forwarded yet
+        facts = HostFacts(dnsmasq=(first,), dnsmasq_binary=dnsmasq)
+        plan = plan_host_dns("dockmesh", "127.0.0.1", agent.dns_port, root=root, facts=facts)
+        assert plan.resolver == "dnsmasq"
+        done = apply_host_dns(plan)
+        assert done[0] == f"wrote {root}/etc/dnsmasq.d/dockmesh.conf"
+        assert done[1].startswith(f"restarted dnsmasq: stopped pid {first.pid}, ran "), done
+        second = running()
+        assert second.pid != first.pid and ended(first.pid)
+        assert ask() == ["127.0.0.1"]  # the agent's own address, through the dnsmasq
+        assert apply_host_dns(plan)[-1] == "dnsmasq: nothing changed, not restarted"
+        assert running() == second
+        removed = remove_host_dns(root, facts=HostFacts(dnsmasq=(second,)))
+        assert removed[0] == f"removed {root}/etc/dnsmasq.d/dockmesh.conf"
+        assert removed[1].startswith(f"restarted dnsmasq: stopped pid {second.pid}")
+        assert running().pid != second.pid and ask() == []
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
