@@ -5,8 +5,8 @@ rendered here, written there. Consul documents the same forwarding: a systemd-re
 drop-in where resolved runs, else a dnsmasq rule.
 
 - systemd-resolved runs: `/etc/systemd/resolved.conf.d/dockmesh.conf` with
-  `DNS=SERVER:PORT#DOMAIN` and `Domains=~DOMAIN` (a routing-only domain: only its names go
-  there), then resolved is restarted.
+  `DNS=SERVER:PORT` and `Domains=~DOMAIN` (a routing-only domain: only its names go there),
+  the domain as a DNSSEC negative trust anchor, then resolved is restarted.
 - a dnsmasq runs (and reads `/etc/dnsmasq.d`): the rule `server=/DOMAIN/SERVER#PORT` in
   `/etc/dnsmasq.d/dockmesh.conf`, then that dnsmasq is restarted (it reads `server=` lines only
   when it starts).
@@ -35,6 +35,8 @@ from dockmesh.codecs.resolvconf import parse_resolv_conf
 HEADER = "# Written by dockmesh (dockmesh agent host-dns); `--remove` takes it away.\n"
 
 RESOLVED_DROPIN = "etc/systemd/resolved.conf.d/dockmesh.conf"
+RESOLVED_NEGATIVE_ANCHOR = "etc/dnssec-trust-anchors.d/dockmesh.negative"
+RESOLVED_STUB = "127.0.0.53"
 DNSMASQ_RULE = "etc/dnsmasq.d/dockmesh.conf"
 OWN_DNSMASQ_CONF = "etc/dockmesh/dnsmasq.conf"
 OWN_UPSTREAM = "etc/dockmesh/resolv.upstream"
@@ -57,7 +59,8 @@ class HostDnsError(Exception):
 
 
 def is_ours(text: str) -> bool:
-    return text.startswith(HEADER)
+    """Written by dockmesh: its header, as a `#` comment or (trust anchor files) a `;` one."""
+    return text.startswith((HEADER, ";" + HEADER[1:]))
 
 
 def check_domain(domain: str) -> str:
@@ -100,7 +103,18 @@ def hostport(server: str, port: int) -> str:
 
 
 def render_resolved(domain: str, server: str, port: int) -> str:
-    return f"{HEADER}[Resolve]\nDNS={hostport(server, port)}#{domain}\nDomains=~{domain}\n"
+    """`Domains=~DOMAIN` routes the domain's names (and only them) to this link's server.
+    Nothing follows `#` in `DNS=`: resolved.conf(5) reads it as the server's name for
+    DNS-over-TLS, not as a domain."""
+    return f"{HEADER}[Resolve]\nDNS={hostport(server, port)}\nDomains=~{domain}\n"
+
+
+def render_negative_anchor(domain: str) -> str:
+    """The domain exempt from DNSSEC validation, as resolved's own list exempts `home.`,
+    `internal.` and other private names: the agent's answers are unsigned, and the root
+    proves the domain does not exist, so a validating resolved would call them bogus.
+    Narrower than Consul's advice (`DNSSEC=false` for every name)."""
+    return f"; {HEADER[2:]}{domain}\n"
 
 
 def render_dnsmasq_rule(domain: str, server: str, port: int) -> str:
@@ -252,8 +266,18 @@ def plan(
             if facts.systemd_is_init
             else Restart("pid", process=facts.resolved[0])
         )
-        dropin = PlannedFile(path, render_resolved(d, s, p))
-        return HostDnsPlan("systemd-resolved", d, s, p, (dropin,), restart)
+        files: tuple[PlannedFile, ...] = (
+            PlannedFile(path, render_resolved(d, s, p)),
+            PlannedFile(str(root / RESOLVED_NEGATIVE_ANCHOR), render_negative_anchor(d)),
+        )
+        notes: tuple[str, ...] = ()
+        if RESOLVED_STUB not in parse_resolv_conf(facts.resolv_conf or "").nameservers:
+            notes = (
+                f"{root / RESOLV_CONF} does not name resolved's stub {RESOLVED_STUB}: programs "
+                "that read it themselves (Go, HAProxy's parse-resolv-conf, dig) do not ask "
+                "resolved; link it to /run/systemd/resolve/stub-resolv.conf",
+            )
+        return HostDnsPlan("systemd-resolved", d, s, p, files, restart, notes=notes)
     rule = PlannedFile(str(root / DNSMASQ_RULE), render_dnsmasq_rule(d, s, p))
     conf_path = str(root / OWN_DNSMASQ_CONF)
     others = [q for q in facts.dnsmasq if f"--conf-file={conf_path}" not in q.argv]

@@ -29,6 +29,7 @@ from dockmesh.codecs.hostdns import (
     RESOLV_CONF,
     RESOLV_CONF_ORIG,
     RESOLVED_DROPIN,
+    RESOLVED_NEGATIVE_ANCHOR,
     HostDnsError,
     HostDnsPlan,
     HostFacts,
@@ -235,7 +236,10 @@ def apply_host_dns(plan: HostDnsPlan) -> list[str]:
     conf = next((f.path for f in plan.files if f.path.endswith(OWN_DNSMASQ_CONF)), "")
     own_down = plan.restart.kind == "own" and _own_pid(Path(plan.restart.pid_file), conf) is None
     if changed or own_down:
-        lines.append(_restart(plan.restart, conf))
+        try:
+            lines.append(_restart(plan.restart, conf))
+        except HostDnsError as e:
+            raise HostDnsError(f"{e} (the files are written; --remove takes them away)") from e
     else:
         lines.append(f"{plan.resolver}: nothing changed, not restarted")
     if plan.resolv_conf is not None:
@@ -299,7 +303,8 @@ def remove_host_dns(root: Path = Path("/"), *, facts: HostFacts | None = None) -
     if own is not None:
         _stop(own)
         lines.append(f"stopped dockmesh's dnsmasq (pid {own})")
-    for rel in (RESOLVED_DROPIN, DNSMASQ_RULE, OWN_DNSMASQ_CONF, OWN_UPSTREAM):
+    ours = (RESOLVED_DROPIN, RESOLVED_NEGATIVE_ANCHOR, DNSMASQ_RULE, OWN_DNSMASQ_CONF, OWN_UPSTREAM)
+    for rel in ours:
         path = root / rel
         text = _read(path)
         if text is None:

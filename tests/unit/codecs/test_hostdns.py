@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import replace
 from pathlib import PurePosixPath
 
 import pytest
@@ -34,15 +35,27 @@ RESOLVED = HostFacts(resolved=(Process(40, ("/lib/systemd/systemd-resolved",)),)
 def test_systemd_resolved_gets_a_drop_in_with_a_routing_only_domain() -> None:
     p = plan("dockmesh", "127.0.0.1", 8600, RESOLVED)
     assert p.resolver == "systemd-resolved"
-    ((f,),) = (p.files,)
-    assert f.path == "/etc/systemd/resolved.conf.d/dockmesh.conf"
-    assert f.text == HEADER + "[Resolve]\nDNS=127.0.0.1:8600#dockmesh\nDomains=~dockmesh\n"
+    dropin, anchor = p.files
+    assert dropin.path == "/etc/systemd/resolved.conf.d/dockmesh.conf"
+    assert dropin.text == HEADER + "[Resolve]\nDNS=127.0.0.1:8600\nDomains=~dockmesh\n"
+    # unsigned answers for a name the root says does not exist: exempt from DNSSEC
+    assert anchor.path == "/etc/dnssec-trust-anchors.d/dockmesh.negative"
+    assert anchor.text.startswith("; Written by dockmesh") and anchor.text.endswith("\ndockmesh\n")
+    assert is_ours(anchor.text)
     # no systemd as PID 1: the resolver's own pid and command line
     assert p.restart.kind == "pid" and p.restart.process == RESOLVED.resolved[0]
-    under_systemd = plan("dockmesh", "::1", 53, HostFacts(True, RESOLVED.resolved))
+    under_systemd = plan("dockmesh", "::1", 53, replace(RESOLVED, systemd_is_init=True))
     assert under_systemd.restart.describe() == "systemctl restart systemd-resolved"
-    assert "DNS=[::1]:53#dockmesh\n" in under_systemd.files[0].text
+    assert "DNS=[::1]:53\n" in under_systemd.files[0].text
     assert p.resolv_conf is None
+
+
+def test_resolved_says_when_resolv_conf_bypasses_its_stub() -> None:
+    stub = replace(RESOLVED, resolv_conf="nameserver 127.0.0.53\noptions edns0 trust-ad\n")
+    assert plan("dockmesh", "127.0.0.1", 8600, stub).notes == ()
+    direct = replace(RESOLVED, resolv_conf=HOST)
+    (note,) = plan("dockmesh", "127.0.0.1", 8600, direct).notes
+    assert note.startswith("/etc/resolv.conf does not name resolved's stub 127.0.0.53")
 
 
 def test_a_running_dnsmasq_that_reads_dnsmasq_d_gets_the_rule_and_a_restart() -> None:
@@ -168,13 +181,12 @@ def test_any_input_is_planned_into_the_files_as_given_or_refused_in_one_line() -
         text = p.files[0].text
         if p.resolver == "systemd-resolved":
             written = text.split("DNS=")[1].split("\n")[0]
-            hostport, _, dom = written.rpartition("#")
-            assert dom == d and f"Domains=~{d}\n" in text
-            assert hostport in (f"{ip}:{port}", f"[{ip}]:{port}")
+            assert f"Domains=~{d}\n" in text and p.files[1].text.endswith(f"\n{d}\n")
+            assert written in (f"{ip}:{port}", f"[{ip}]:{port}")
         else:
             assert text.endswith(f"server=/{d}/{ip}#{port}\n")
         for f in p.all_files():
-            assert f.text.startswith(HEADER) and f.text.endswith("\n")
+            assert is_ours(f.text) and f.text.endswith("\n")
         if p.resolv_conf is not None:
             assert parse_resolv_conf(p.resolv_conf.text).nameservers[0] == "127.0.0.1"
 

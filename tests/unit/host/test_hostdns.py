@@ -64,22 +64,26 @@ def test_apply_writes_once_restarts_once_and_remove_undoes_it(
     facts = HostFacts(resolved=(Process(40, ("systemd-resolved",)),))
     plan = plan_host_dns("dockmesh", "127.0.0.1", 8600, root=tmp_path, facts=facts)
     dropin = tmp_path / "etc/systemd/resolved.conf.d/dockmesh.conf"
+    anchor = tmp_path / "etc/dnssec-trust-anchors.d/dockmesh.negative"
     assert apply_host_dns(plan) == [
         f"wrote {dropin}",
+        f"wrote {anchor}",
         "restart: restart pid 40 (systemd-resolved)",
     ]
     assert dropin.read_text().startswith(HEADER) and oct(dropin.stat().st_mode)[-3:] == "644"
     assert apply_host_dns(plan) == [
         f"{dropin}: already in place",
+        f"{anchor}: already in place",
         "systemd-resolved: nothing changed, not restarted",
     ]
     assert len(restarts) == 1
     assert list(dropin.parent.iterdir()) == [dropin]  # no temporary file left
     assert remove_host_dns(tmp_path, facts=facts) == [
         f"removed {dropin}",
+        f"removed {anchor}",
         "restart: restart pid 40 (systemd-resolved)",
     ]
-    assert not dropin.exists()
+    assert not dropin.exists() and not anchor.exists()
     assert remove_host_dns(tmp_path, facts=facts) == [
         "nothing to remove: dockmesh's host DNS forwarding is not set up"
     ]
