@@ -23,6 +23,7 @@ import pytest
 
 from dockmesh.engine.backend import DEFAULT_URL, EngineRef, default_url
 from dockmesh.engine.docker import DockerBackend
+from dockmesh.host.netns import NetnsPool
 from dockmesh.model.ipam import pick_free_subnets
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
@@ -201,3 +202,24 @@ def relay(tmp_path: Path) -> Iterator[CuttableRelay]:
     r.restore()
     yield r
     r.cut()
+
+
+@pytest.fixture
+def pool() -> Iterator[NetnsPool]:
+    """Threads that enter containers' network namespaces (the policy tests' probes)."""
+    with NetnsPool(threads=2) as p:
+        yield p
+
+
+@pytest.fixture
+def policy_env(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A policy table and folder of the test's own (named after its prefix), removed after;
+    no agent is asked (port 9 answers nobody)."""
+    table = f"{prefix}pol"
+    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", table)
+    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
+    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
+    try:
+        yield table
+    finally:
+        remove_policy_tables(table)

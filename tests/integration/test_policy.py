@@ -60,12 +60,6 @@ def rule_counters(table: str) -> dict[str, int]:
     return {r["comment"]: r["packets"] for r in show["rules"]}
 
 
-@pytest.fixture
-def pool() -> Iterator[NetnsPool]:
-    with NetnsPool(threads=2) as p:
-        yield p
-
-
 def pid_of(api: Any, cid: str) -> int:
     return int(api.inspect_container(cid)["State"]["Pid"])
 

@@ -10,7 +10,6 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from dockmesh.host.netns import NetnsPool
 from tests.integration import test_policy
-from tests.integration.conftest import dockmesh, free_subnets, remove_policy_tables
+from tests.integration.conftest import dockmesh, free_subnets
 from tests.integration.test_agent import AgentProc
 from tests.integration.test_policy import WANT, Seg, nft_table, verdicts
 from tests.integration.test_policy_tamper import RESTORED_WITHIN_S, metric, nft, steady, until
@@ -37,24 +36,6 @@ from tests.integration.test_policy_trust import (
 ETH_P_ALL = 0x0003
 
 seg = test_policy.seg  # a network with three containers, a policy file, a table of its own
-
-
-@pytest.fixture
-def pool() -> Iterator[NetnsPool]:
-    with NetnsPool(threads=2) as p:
-        yield p
-
-
-@pytest.fixture
-def env(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    table = f"{prefix}pol"
-    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", table)
-    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
-    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
-    try:
-        yield table
-    finally:
-        remove_policy_tables(table)
 
 
 def mac_of(api: Any, cid: str, net: str) -> bytes:
@@ -82,7 +63,7 @@ def vlan0_udp(src_mac: bytes, dst_mac: bytes, src: str, dst: str, port: int, dat
 
 
 def test_an_ip_packet_in_a_vlan_tag_is_judged_as_the_packet_itself(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     (subnet,) = free_subnets(api, 1)
     net = f"{prefix}vl"
@@ -106,7 +87,7 @@ def test_an_ip_packet_in_a_vlan_tag_is_judged_as_the_packet_itself(
 
 
 def test_a_forged_packet_is_not_accepted_as_part_of_an_established_flow(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     """a may send to b's UDP port; m may send nothing. Once a's flow exists, m forges
     datagrams into it in both directions (as a to b, and as b's reply to a): conntrack calls
@@ -157,7 +138,7 @@ def arp_reply(src_mac: bytes, dst_mac: bytes, claimed: str, target: str) -> byte
 
 
 def test_an_address_stolen_with_arp_receives_nothing_meant_for_its_owner(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     """a may send to b; m tells b (ARP) that a's address is at m's MAC. b's replies to a must
     not reach m: an address bound to a port is delivered to that port only."""
@@ -193,7 +174,7 @@ def test_an_address_stolen_with_arp_receives_nothing_meant_for_its_owner(
 
 
 def test_a_container_restarted_while_no_agent_runs_is_locked_out_and_why_says_so(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     """A restart gives the container a new port; the table binds its address to the old one
     until the agent (or policy apply) sees it: fail closed, and `why` names the reason."""
@@ -218,7 +199,7 @@ def test_a_container_restarted_while_no_agent_runs_is_locked_out_and_why_says_so
 
 
 def test_another_table_that_writes_the_packet_mark_is_named_by_policy_show(
-    prefix: str, env: str, tmp_path: Path
+    prefix: str, policy_env: str, tmp_path: Path
 ) -> None:
     """Root can clear the unconfirmed bit from a table of its own (no table of ours runs
     after it to undo that): policy show says so instead of 'in sync' alone."""
@@ -240,7 +221,7 @@ def test_another_table_that_writes_the_packet_mark_is_named_by_policy_show(
 
 
 def test_a_cidr_rule_is_not_walked_through_with_a_containers_forged_address(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     """A rule from a CIDR is about addresses; but an address bound to another container's
     port, sent from m's port, is a forgery whatever rule would take it."""
@@ -298,7 +279,7 @@ def spoofed_udp6(src: str, dst: str, port: int, data: bytes) -> bytes:
 
 
 def test_a_forged_ipv6_source_is_dropped_and_its_owner_heard(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     dual_stack(api, prefix, "v6", 3)
     net = f"{prefix}v6"

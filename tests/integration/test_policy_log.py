@@ -15,9 +15,9 @@ from typing import Any
 from dockmesh.host.netns import NetnsPool
 from tests.integration.conftest import dockmesh
 from tests.integration.test_agent import AgentProc
-from tests.integration.test_policy import Seg, connects, ip_of, pid_of, pool, seg
+from tests.integration.test_policy import Seg, connects, ip_of, pid_of, seg
 
-__all__ = ["pool", "seg"]  # the fixtures, shared
+__all__ = ["seg"]  # the fixture, shared
 
 
 def deny_by_default(s: Seg) -> None:

@@ -23,7 +23,7 @@ from tests.integration.test_policy import WANT, Seg, ip_of, nft_table, verdicts
 
 # The policy tests' fixtures: a network with three containers and a policy file, a table of
 # the test's own; namespaces to connect from.
-seg, pool = test_policy.seg, test_policy.pool
+seg = test_policy.seg  # the fixture, shared
 
 RESTORED_WITHIN_S = 1.0
 

@@ -15,15 +15,12 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from dockmesh.host.netns import NetnsPool
-from tests.integration.conftest import dockmesh, free_subnets, own_differences, remove_policy_tables
+from tests.integration.conftest import dockmesh, free_subnets, own_differences
 
 V6_PREFIX = "fd7a:{:x}::/64"
 
@@ -35,24 +32,6 @@ class Net:
     table: str
     ids: dict[str, str]
     tmp: Path
-
-
-@pytest.fixture
-def pool() -> Iterator[NetnsPool]:
-    with NetnsPool(threads=2) as p:
-        yield p
-
-
-@pytest.fixture
-def env(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    table = f"{prefix}pol"
-    monkeypatch.setenv("DOCKMESH_POLICY_TABLE", table)
-    monkeypatch.setenv("DOCKMESH_POLICY_DIR", str(tmp_path / "policy"))
-    monkeypatch.setenv("DOCKMESH_AGENT", "http://127.0.0.1:9")
-    try:
-        yield table
-    finally:
-        remove_policy_tables(table)
 
 
 def dual_stack(api: Any, prefix: str, name: str, index: int) -> tuple[str, str]:
@@ -135,7 +114,7 @@ def flush_neighbours(pid: int) -> None:
 
 
 def test_a_dual_stack_network_under_deny_allows_one_pair_over_both_families(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     dual_stack(api, prefix, "ds", 0)
     net = f"{prefix}ds"
@@ -185,7 +164,7 @@ def received(sock: socket.socket, wait: float = 0.7) -> list[bytes]:
 
 
 def test_a_forged_source_from_a_raw_socket_is_dropped(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     (subnet,) = free_subnets(api, 1)
     net = f"{prefix}sp"
@@ -219,7 +198,7 @@ def test_a_forged_source_from_a_raw_socket_is_dropped(
 
 
 def test_a_new_container_on_a_removed_ones_address_inherits_nothing_without_an_agent(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     (subnet,) = free_subnets(api, 1)
     net = f"{prefix}re"
@@ -237,7 +216,7 @@ def test_a_new_container_on_a_removed_ones_address_inherits_nothing_without_an_a
 
 
 def test_ipv6_between_networks_is_isolated_as_docker_isolates_ipv4(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     dual_stack(api, prefix, "x1", 1)
     dual_stack(api, prefix, "x2", 2)
@@ -255,7 +234,7 @@ def test_ipv6_between_networks_is_isolated_as_docker_isolates_ipv4(
 
 
 def test_a_deny_rule_holds_for_a_published_port(
-    api: Any, pool: NetnsPool, prefix: str, toolbox: str, env: str, tmp_path: Path
+    api: Any, pool: NetnsPool, prefix: str, toolbox: str, policy_env: str, tmp_path: Path
 ) -> None:
     (subnet,) = free_subnets(api, 1)
     net = f"{prefix}pp"

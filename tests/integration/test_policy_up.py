@@ -19,12 +19,6 @@ from tests.integration.test_project import project_objects
 
 
 @pytest.fixture
-def pool() -> Iterator[NetnsPool]:
-    with NetnsPool(threads=2) as p:
-        yield p
-
-
-@pytest.fixture
 def table(prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     name = f"{prefix}up"
     monkeypatch.setenv("DOCKMESH_POLICY_TABLE", name)

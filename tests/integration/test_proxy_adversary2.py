@@ -408,12 +408,6 @@ def test_an_http2_path_not_in_origin_form_is_refused(
     assert be.hits == hits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: an HTTP/2 stream holds an upstream connection while its client keeps the "
-    "window shut (up to idle, 60 s), so one TCP connection holds up to 100; a per-client "
-    "bound on upstream connections (the limits area) or buffering the response is needed",
-)
 def test_one_h2_connection_with_its_windows_shut_does_not_take_the_whole_pool(
     tmp_path: Path,
 ) -> None:

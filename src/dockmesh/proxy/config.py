@@ -11,6 +11,9 @@
              request_buffer_bytes: 65536,    # a body up to this is read whole before any
                                              # upstream is asked (slow uploads hold none)
              max_connections_per_client: 0,  # per client IP (IPv6: per /64); 0: no limit
+             max_upstream_per_h2_connection: 16,  # upstream connections one HTTP/2 client
+                                             # connection's streams hold at once; the
+                                             # others wait for a slot
              max_buffered_bytes: 67108864}   # per worker: bytes held for clients (backlogs,
                                              # bodies, unsent responses); near it, idle
                                              # keep-alives close, then the biggest holders
@@ -209,6 +212,7 @@ _LIMITS = (
     "request_buffer_bytes",
     "max_connections_per_client",
     "max_buffered_bytes",
+    "max_upstream_per_h2_connection",
 )
 # Limits for which 0 means "none".
 _LIMITS_ZERO_OK = ("max_connections_per_client",)

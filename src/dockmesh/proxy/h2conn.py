@@ -183,6 +183,11 @@ class H2Client(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._flush_soon = False
         self.lingering = False  # `close` sent its FIN
+        # Upstream HTTP/1.1 connections this connection's streams hold at once. A stream whose
+        # client keeps its window shut holds one until `idle`: without a bound, one TCP
+        # connection could hold MAX_STREAMS of an upstream's connections, where an HTTP/1.1
+        # client holds one. Streams past it wait for a slot (they hold nothing meanwhile).
+        self.up_slots = asyncio.Semaphore(proxy.limits.max_upstream_per_h2_connection)
 
     # --- asyncio callbacks --------------------------------------------------------------------
 
@@ -563,7 +568,32 @@ class H2Client(asyncio.Protocol):
     async def _via_h1(
         self, s: Stream, ex: Exchange[Any], up: Upstream[Any], head: bytes, req: http1.RequestHead
     ) -> int:
-        """One attempt over HTTP/1.1: the response's status once it went to the client."""
+        """One attempt over HTTP/1.1 once this connection has an upstream slot free (within
+        `response_header`, else 503): the response's status once it went to the client."""
+        slots = self.up_slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self.proxy.timeouts.response_header_s):
+                    await slots.acquire()
+            except TimeoutError:
+                raise Failed(
+                    NO_VERDICT,
+                    False,
+                    503,
+                    "this connection's other streams hold all its upstream connections",
+                    "overload",
+                    verdict=FAIL,
+                ) from None
+        else:
+            await slots.acquire()
+        try:
+            return await self._via_h1_slot(s, ex, up, head, req)
+        finally:
+            slots.release()
+
+    async def _via_h1_slot(
+        self, s: Stream, ex: Exchange[Any], up: Upstream[Any], head: bytes, req: http1.RequestHead
+    ) -> int:
         p = self.proxy
         t = p.timeouts
         pair, reused = await self.hub.h1_connection(up, t.connect_s)

@@ -247,6 +247,10 @@ def parse_request_head(
         if action == _HOST:
             if req.host is not None:
                 raise ProtocolError("more than one Host")
+            if _HOST_VALUE.fullmatch(value) is None:
+                # RFC 9112 §3.2: a Host that is no authority gets 400 (as in HAProxy); sent
+                # on, the upstream would route or build links with what we never checked.
+                raise ProtocolError("bad Host")
             req.host = value
             host_span = (start, end)
             continue
@@ -423,6 +427,11 @@ _RARE_REQUEST = re.compile(
 _RARE_RESPONSE = re.compile(rb"\n(?:transfer-encoding|keep-alive|proxy-|te:|trailer|upgrade)")
 
 
+# A Host field's value (RFC 3986 authority without userinfo): an IP literal or a reg-name,
+# then an optional port.
+_HOST_VALUE = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]{0,5})?")
+
+
 def quick_request(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     """(method, target, host) when `data` is exactly one body-less HTTP/1.1 request head of
     the common shape; None otherwise."""
@@ -440,7 +449,10 @@ def quick_request(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     method = m.group(1)
     if method == b"CONNECT" or not paths.is_normal(m.group(2)):
         return None
-    return method, m.group(2), data[i + 6 : data.find(b"\r", i + 6)].strip(_OWS)
+    host = data[i + 6 : data.find(b"\r", i + 6)].strip(_OWS)
+    if _HOST_VALUE.fullmatch(host) is None:
+        return None
+    return method, m.group(2), host
 
 
 def quick_response(data: bytes) -> tuple[int, int, int, bytes] | None:

@@ -210,6 +210,8 @@ def build_settings(
         limits.max_connections_per_client = file.limits["max_connections_per_client"]
     if "max_buffered_bytes" in file.limits:
         limits.max_buffered_bytes = file.limits["max_buffered_bytes"]
+    if "max_upstream_per_h2_connection" in file.limits:
+        limits.max_upstream_per_h2_connection = file.limits["max_upstream_per_h2_connection"]
     timeouts = Timeouts(**{f"{k}_s": v for k, v in file.timeouts.items()})
     given = {**opts.passive, **file.passive}
     passive = PassivePolicy(

@@ -45,6 +45,9 @@ class Limits:
     request_buffer_bytes: int = 64 * 1024
     # Connections from one client address (IPv6: its /64) at once; 0: no limit.
     max_connections_per_client: int = 0
+    # Upstream HTTP/1.1 connections one client HTTP/2 connection's streams hold at once (an
+    # HTTP/1.1 client holds one): its other streams wait for a slot.
+    max_upstream_per_h2_connection: int = 16
     # Bytes held for clients in all (what they sent ahead, bodies being buffered, responses
     # they have not taken yet), per worker: near it, idle keep-alives are closed, then past
     # it the connections holding the most (`guard.shed`).

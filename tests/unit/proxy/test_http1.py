@@ -59,6 +59,13 @@ def test_incomplete_heads_wait_for_more() -> None:
         (req("GET  / HTTP/1.1", "Host: a"), 400),
         (req("GET / HTTP/2.0", "Host: a"), 400),
         (req("CONNECT a:443 HTTP/1.1", "Host: a"), 405),
+        # A Host that is no authority: never routed nor sent on.
+        (req("GET / HTTP/1.1", "Host: a b"), 400),
+        (req("GET / HTTP/1.1", "Host: a/b"), 400),
+        (req("GET / HTTP/1.1", "Host: a@evil"), 400),
+        (req("GET / HTTP/1.1", "Host: a:b"), 400),
+        (req("GET / HTTP/1.1", 'Host: a"<x>'), 400),
+        (req("GET / HTTP/1.1", "Host: [::1"), 400),
     ],
 )
 def test_refused(head: bytes, status: int) -> None:
