@@ -31,6 +31,7 @@ from dockmesh.codecs.hostdns import (
     RESOLVED_DROPIN,
     RESOLVED_NEGATIVE_ANCHOR,
     HostDnsError,
+    HostDnsInputError,
     HostDnsPlan,
     HostFacts,
     PlannedFile,
@@ -42,6 +43,7 @@ from dockmesh.codecs.hostdns import (
 
 __all__ = [
     "HostDnsError",
+    "HostDnsInputError",
     "HostDnsPlan",
     "apply_host_dns",
     "gather_facts",
@@ -201,7 +203,8 @@ def _restart(r: Restart, conf: str) -> str:
     if r.kind == "pid" and r.process is not None:
         _stop(r.process.pid)
         argv = r.process.argv
-        if Path(argv[0]).name == "dnsmasq":
+        foreground = {"-k", "--keep-in-foreground", "-d", "--no-daemon"} & set(argv)
+        if Path(argv[0]).name == "dnsmasq" and not foreground:
             _run(argv)  # it goes to the background itself once it listens
         else:
             _start_detached(argv)
