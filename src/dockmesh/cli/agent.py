@@ -59,14 +59,16 @@ NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 def register(app: typer.Typer) -> None:
-    from dockmesh.cli import agentinstall
+    from dockmesh.cli import agentinstall, hostdns
 
     group = typer.Typer(
-        help="Run the agent (no subcommand), or install it as a container or host service.",
+        help="Run the agent (no subcommand), install it as a container or host service, or "
+        "set the host up around it.",
         context_settings={"help_option_names": ["-h", "--help"]},
         rich_markup_mode=None,
     )
     agentinstall.register(group)
+    hostdns.register(group)
     app.add_typer(group, name="agent")
 
     @group.callback(invoke_without_command=True)
@@ -210,7 +212,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C. `agent install` / `agent uninstall`
-        set it up to run by itself (a container, or a systemd service with --service)."""
+        set it up to run by itself (a container, or a systemd service with --service);
+        `agent host-dns` makes the host resolve the agent's domain."""
         if ctx.invoked_subcommand is not None:
             return
         from dockmesh.agent import AgentConfig, run_agent
