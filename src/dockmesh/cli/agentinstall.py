@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -38,6 +38,9 @@ from dockmesh.ops.agentinstall import (
     unit_name,
     unit_path,
 )
+
+if TYPE_CHECKING:
+    from dockmesh.codecs.hostdns import HostDnsPlan
 
 # How long the agent has to answer its API once started (a loaded machine: several seconds).
 ANSWER_S = 60.0
@@ -187,6 +190,60 @@ def _spec(
     if dns.lower() not in ("off", "none"):
         parse_hostport(dns, "--dns")
     return spec, api_at
+
+
+HostDnsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--host-dns",
+        help="Also make the host resolve the agent's domain through its DNS (as "
+        "`agent host-dns`: a systemd-resolved drop-in, else a dnsmasq rule).",
+    ),
+]
+
+
+def _host_dns_plan(dns: str) -> HostDnsPlan:
+    """The host's forwarding of the domain to the agent's DNS (`--dns`), planned: an address
+    it cannot forward to, or a host with no resolver to configure, is refused before
+    anything is installed."""
+    from dockmesh.cli.agent import parse_hostport
+    from dockmesh.codecs.hostdns import HostDnsError, HostDnsInputError
+    from dockmesh.host.hostdns import plan_host_dns
+
+    if dns.lower() in ("off", "none"):
+        raise UserError("--host-dns needs the agent's DNS: --dns is off")
+    host, port = parse_hostport(dns, "--dns")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # listening everywhere: the host asks it on loopback
+    try:
+        return plan_host_dns("dockmesh", host, port)
+    except HostDnsInputError as e:
+        raise UserError(f"--host-dns: {e}") from None
+    except HostDnsError as e:
+        raise UserError(f"--host-dns: {e}") from None
+
+
+def _print_host_dns_plan(plan: HostDnsPlan) -> None:
+    lines = [f"\n# The host resolving the domain (--host-dns): {plan.resolver}"]
+    for f in plan.all_files():
+        lines += [f"# --- {f.path}", *(f"# {x}" for x in f.text.rstrip("\n").splitlines())]
+    lines.append(f"# then: {plan.restart.describe()}")
+    out.print("\n".join(lines) + "\n", markup=False, highlight=False, end="", soft_wrap=True)
+
+
+def _apply_host_dns(plan: HostDnsPlan, json_out: bool) -> dict[str, Any]:
+    from dockmesh.codecs.hostdns import HostDnsError
+    from dockmesh.host.hostdns import apply_host_dns
+
+    try:
+        done = apply_host_dns(plan)
+    except HostDnsError as e:
+        # The agent runs; what failed is the host's resolver, said as such.
+        raise EngineError(f"the agent runs, but the host's DNS was not set up: {e}") from None
+    if not json_out:
+        for line in [*done, *plan.notes]:
+            err.print(f"[green]✓[/] host DNS: {line}", highlight=False)
+    return {"resolver": plan.resolver, "done": done}
 
 
 def _ensure_image(image: str, default: str, json_out: bool) -> str:
@@ -376,42 +433,56 @@ def register(group: typer.Typer) -> None:
             ),
         ] = None,
         unit_dir: UnitDirOpt = UNIT_DIR,
+        host_dns: HostDnsOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Run the agent by itself: a container restarted with the engine (default), or a
         systemd service on the host (--service). Waits until its API answers. Idempotent:
-        an agent already running as asked is left alone."""
+        an agent already running as asked is left alone. With --host-dns the host resolves
+        the agent's domain too (`agent host-dns`)."""
         from dockmesh.images.build import python_image
 
         spec, api_at = _spec(name, state_dir, api, dns, image or python_image(), agent_args)
+        # Planned (and so checked) before anything is installed.
+        dns_plan = _host_dns_plan(dns) if host_dns else None
         if print_only:
+            extra = {"host_dns": dns_plan.to_json()} if dns_plan is not None else {}
             if service:
                 text = systemd_unit(spec, _program())
                 if json_out:
-                    print_json({"unit_path": unit_path(spec, unit_dir), "unit": text})
+                    print_json({"unit_path": unit_path(spec, unit_dir), "unit": text, **extra})
                 else:
                     out.print(f"# {unit_path(spec, unit_dir)}", markup=False, highlight=False)
                     out.print(text, markup=False, highlight=False, end="", soft_wrap=True)
-                return
-            line = docker_run_line(spec)
-            snippet = compose_snippet(spec)
-            if json_out:
-                print_json(
-                    {"docker_run": docker_run_args(spec), "command": line, "compose": snippet}
-                )
-                return
-            for chunk in (
-                "# The agent as a container (docker run):\n",
-                line + "\n",
-                "\n# Or in a compose file (docker compose up -d):\n",
-                snippet,
-            ):
-                out.print(chunk, markup=False, highlight=False, end="", soft_wrap=True)
+            else:
+                line = docker_run_line(spec)
+                snippet = compose_snippet(spec)
+                if json_out:
+                    print_json(
+                        {
+                            "docker_run": docker_run_args(spec),
+                            "command": line,
+                            "compose": snippet,
+                            **extra,
+                        }
+                    )
+                else:
+                    for chunk in (
+                        "# The agent as a container (docker run):\n",
+                        line + "\n",
+                        "\n# Or in a compose file (docker compose up -d):\n",
+                        snippet,
+                    ):
+                        out.print(chunk, markup=False, highlight=False, end="", soft_wrap=True)
+            if dns_plan is not None and not json_out:
+                _print_host_dns_plan(dns_plan)
             return
         if service:
             doc = _install_service(spec, api_at, unit_dir, json_out)
         else:
             doc = _install_container(spec, api_at, json_out)
+        if dns_plan is not None:
+            doc["host_dns"] = _apply_host_dns(dns_plan, json_out)
         if json_out:
             print_json(doc)
         elif doc["started"]:
@@ -447,10 +518,17 @@ def register(group: typer.Typer) -> None:
             ),
         ] = None,
         unit_dir: UnitDirOpt = UNIT_DIR,
+        host_dns: Annotated[
+            bool,
+            typer.Option(
+                "--host-dns", help="Also undo `--host-dns` (what `agent host-dns` wrote)."
+            ),
+        ] = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Remove the agent's container (only one labelled dockmesh.role=agent) or its
-        systemd unit (--service); with --volumes its state too. Nothing there: nothing to do."""
+        systemd unit (--service); with --volumes its state too, with --host-dns the host's
+        forwarding of its domain. Nothing there: nothing to do."""
         spec = AgentInstall(name=name, state_dir=state_dir or DEFAULT_STATE_DIR)
         problems = spec.problems()
         if problems:
@@ -487,6 +565,14 @@ def register(group: typer.Typer) -> None:
         if volumes:
             more, kept = _remove_state(state or DEFAULT_STATE_DIR)
             removed += more
+        if host_dns:
+            from dockmesh.codecs.hostdns import HostDnsError
+            from dockmesh.host.hostdns import remove_host_dns
+
+            try:
+                removed += [f"host DNS: {line}" for line in remove_host_dns()]
+            except HostDnsError as e:
+                raise EngineError(f"host DNS: {e}") from None
         if json_out:
             print_json({"removed": removed, "kept": kept})
             return

@@ -49,3 +49,32 @@ def test_agent_without_a_subcommand_is_still_the_agent() -> None:
         timeout=60,
     )
     assert p.returncode == 2 and "--api 'nonsense'" in p.stderr, p.stderr
+
+
+def install(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dockmesh", "agent", "install", "--print", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_agent_install_host_dns_plans_before_anything_is_installed() -> None:
+    """`agent install --host-dns` plans the forwarding first: with --print it shows the plan
+    after the docker run line (and under host_dns in JSON); an agent with no DNS to forward
+    to is one line and exit 2, before anything is installed."""
+    p = install("--host-dns", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert "docker_run" in doc and doc["host_dns"]["domain"] == "dockmesh"
+    assert doc["host_dns"]["server"] == "127.0.0.1"
+    p = install("--host-dns")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.index("docker run") < p.stdout.index("--host-dns")
+    bad = install("--host-dns", "--dns", "off")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "--dns is off" in bad.stderr
+    # Listening everywhere: the host asks the agent on loopback.
+    p = install("--host-dns", "--dns", "0.0.0.0:8600", "--json")
+    assert json.loads(p.stdout)["host_dns"]["server"] == "127.0.0.1"
