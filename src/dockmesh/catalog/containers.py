@@ -10,6 +10,12 @@ A container with a Docker HEALTHCHECK gets a check that mirrors Docker's verdict
 only while Docker says healthy); a `dockmesh.check.*` label adds an HTTP or TCP check that
 the agent runs from inside the container's network namespace, on the registered address.
 
+A swarm task's container (`com.docker.swarm.*` labels, `model.swarm`) registers the same way,
+named after its swarm service unless `dockmesh.service` says otherwise, at its address on its
+own network (never the ingress network's or `docker_gwbridge`'s), with `Meta.swarm-service`,
+`swarm-task` and `swarm-node`. Each agent derives only its own engine's containers, so a task
+is checked from the host it runs on, inside its own namespace.
+
 A container of a project (`dockmesh.project`, else `com.docker.compose.project`) carries it in
 its instance's `Meta.project`: the catalog answers `<service>.<project>` with that project's
 instances only, and the short name only where it is not shared (`catalog.state`).
@@ -46,6 +52,7 @@ from dockmesh.model.labels import (
     decode_discovery,
     project_of,
 )
+from dockmesh.model.swarm import discovery_labels, routable, task_of
 from dockmesh.model.topology import Attachment, Container, Network, Topology
 
 DOCKER_HEALTH: dict[str, Status] = {
@@ -85,8 +92,9 @@ def _named(c: Container, a: Attachment, wanted: str, networks: Mapping[str, Netw
 
 
 def _address(c: Container, d: Discovery, networks: Mapping[str, Network]) -> tuple[str, str] | str:
-    """(network, address) or a warning."""
-    usable = [a for a in c.attachments if a.ipv4]
+    """(network, address) or a warning. A swarm task's ingress and gateway-bridge addresses
+    are not candidates (`model.swarm.routable`)."""
+    usable = [a for a in c.attachments if a.ipv4 and routable(a, networks.get(a.network_id))]
     if d.network is not None:
         # The engine's name first: a network literally named `side` beats a project's `side`.
         for exact in (True, False):
@@ -127,7 +135,8 @@ def derive(
     networks: Mapping[str, Network] | None = None,
 ) -> tuple[Derived | None, list[str]]:
     """The instance a container's labels ask for (None: none), and warnings about them."""
-    d, problems = decode_discovery(c.labels)
+    # A swarm task is named after its service unless it says otherwise (`model.swarm`).
+    d, problems = decode_discovery(discovery_labels(c.labels))
     warnings = [f"{c.name}: {p}" for p in problems]
     route, http_problems = decode_labels(c.labels)
     warnings += [f"{c.name}: {p}: not routed" for p in http_problems]
@@ -151,6 +160,9 @@ def derive(
         meta[META_PROJECT] = project
     if d.short_name:
         meta[META_SHORT_NAME] = "true"
+    task = task_of(c.labels)
+    if task is not None:
+        meta.update(task.meta())
     meta.update(meta_of_labels(c.labels))
     inst = Instance(
         id=iid,
@@ -192,6 +204,7 @@ def derive(
                 interval_s=_seconds(d.check.interval),
                 timeout_s=_seconds(d.check.timeout),
                 netns_pid=c.pid,
+                netns_container=c.id,
             )
         )
     return Derived(inst, tuple(checks)), warnings

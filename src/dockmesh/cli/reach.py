@@ -62,12 +62,32 @@ def _port(text: str | None) -> PortRange | None:
     return p
 
 
+def _elsewhere(c: Container) -> str:
+    """Why `c`'s namespace cannot be entered from here ('' when it can): its engine reported
+    a pid this machine does not show to be its process (`host.pidwatch.shown_here`) — an
+    engine on another host, whose pids are that host's."""
+    from dockmesh.host.pidwatch import shown_here
+
+    if not c.pid or shown_here(c.pid, c.id):
+        return ""
+    return (
+        f"{c.name}'s process (pid {c.pid} on engine {c.engine}) is not on this machine: its "
+        "namespace cannot be entered from here"
+    )
+
+
 def _observations_for(dst: Container | None, port: PortRange | None, note: str) -> Observations:
     from dockmesh.host.sockets import listening
     from dockmesh.policy.reach import Observations
 
     listens = None
-    if dst is not None and dst.pid and port is not None and port.protocol in ("tcp", "udp"):
+    if (
+        dst is not None
+        and dst.pid
+        and port is not None
+        and port.protocol in ("tcp", "udp")
+        and not _elsewhere(dst)
+    ):
         listens = listening(dst.pid)
     return Observations(listening=listens, policy_note=note)
 
@@ -106,6 +126,8 @@ def _ask_dns(pool: Any, topo: Topology, src: Container, name: str, timeout: floa
         return None
     if all(a.network in NO_DNS_NETWORKS for a in owner.attachments):
         return None  # no embedded DNS there (the default bridge): nothing would answer
+    if _elsewhere(owner):
+        return None
 
     try:
         (answer,) = resolve_in(pool, owner.pid, [name], timeout, types=("A", "AAAA"))
@@ -250,10 +272,12 @@ def register(app: typer.Typer) -> None:
         policy, note = applied_policy(_table(table))
         chosen = _chosen(topo, selectors)
         pairs = _matrix(topo, policy, note, chosen, p, timeout, _table(table))
-        mismatches = sum(1 for x in pairs if x["expected"] != x["observed"])
+        mismatches = sum(1 for x in pairs if _mismatch(x))
         doc = {
             "pairs": pairs,
             "mismatches": mismatches,
+            # pairs whose source's namespace is not on this machine (another host's engine)
+            "unprobed": sum(1 for x in pairs if x["observed"] is None),
             "containers": len(chosen),
             "port": p.text() if p else None,
             "policy": note,
@@ -331,7 +355,10 @@ def _matrix(
     probes: list[Probe] = []
     pair_keys: list[tuple[str, str]] = []
     tcp = port is not None and port.protocol == "tcp"
+    # Pairs whose source's namespace is not on this machine: the analysis's verdict alone.
+    unprobed: list[dict[str, Any]] = []
     for s in chosen:
+        away = _elsewhere(s)
         for d in chosen:
             if s is d:
                 continue
@@ -339,6 +366,9 @@ def _matrix(
                 topo, policy, s.name, d.name, port, observations[d.name],
                 with_dns=False, ruleset=ruleset,
             )  # fmt: skip
+            if away:
+                unprobed.append(_unprobed(s, d, a, away))
+                continue
             planned = False
             for fa in a.per_family:
                 address = fa.address or next(
@@ -400,8 +430,32 @@ def _matrix(
                     {k: bad[k] for k in ("network", "address", "reason", "detail", "latency_ms")}
                 )
         pairs.append(entry)
-    pairs.sort(key=lambda x: (x["expected"] == x["observed"], x["src"], x["dst"]))
+    pairs += unprobed
+    pairs.sort(key=lambda x: (not _mismatch(x), x["src"], x["dst"]))
     return pairs
+
+
+def _mismatch(pair: dict[str, Any]) -> bool:
+    """A pair whose probe disagrees with its analysis (one not probed never does)."""
+    return pair["observed"] is not None and pair["expected"] != pair["observed"]
+
+
+def _unprobed(s: Container, d: Container, a: Analysis, away: str) -> dict[str, Any]:
+    """A matrix entry for a pair that could not be probed from here."""
+    reason = next((st.detail for st in a.steps if not st.ok), "")
+    address = next((fa.address for fa in a.per_family if fa.address), None)
+    return {
+        "src": s.name,
+        "dst": d.name,
+        "expected": a.reachable,
+        "observed": None,
+        "network": a.network,
+        "address": address,
+        "reason": reason,
+        "detail": f"not probed: {away}",
+        "latency_ms": None,
+        "families": [],
+    }
 
 
 def _compiled(policy: Any, topo: Topology, table: str) -> Any:
@@ -492,6 +546,11 @@ def _probe_many(
         gone = next((c for c in (src, dst) if c is not None and (not c.running or not c.pid)), None)
         if gone is not None:
             early[i] = {"ok": False, "latency_ms": None, "detail": f"{gone.name} is not running"}
+            planned.append([])
+            continue
+        away = "" if src is None else _elsewhere(src)
+        if away:  # the verdict stays the analysis's
+            early[i] = {"ok": None, "latency_ms": None, "detail": f"not probed: {away}"}
             planned.append([])
             continue
         planned.append([(fa, _plan((i, fa.family), fa, src, dst, port)) for fa in a.per_family])
@@ -638,7 +697,7 @@ def _render_pairs(analyses: list[Any], results: list[dict[str, Any] | None]) -> 
 
 def _render_matrix(doc: dict[str, Any], names: list[str]) -> None:
     pairs = doc["pairs"]
-    bad = [x for x in pairs if x["expected"] != x["observed"]]
+    bad = [x for x in pairs if _mismatch(x)]
     if bad:
         t = Table("src", "dst", "expected", "observed", "why expected", "probe", title="mismatches")
         for x in bad:
@@ -656,7 +715,7 @@ def _render_matrix(doc: dict[str, Any], names: list[str]) -> None:
                 x = cell.get((s, d))
                 if x is None:
                     row.append(Text("·", style="dim"))
-                elif x["expected"] != x["observed"]:
+                elif _mismatch(x):
                     row.append(Text("!", style="bold yellow"))
                 elif len({f["observed"] for f in x.get("families", ())}) > 1:
                     # One family gets through, the other not: its number.
@@ -669,9 +728,10 @@ def _render_matrix(doc: dict[str, Any], names: list[str]) -> None:
     reach = sum(1 for x in pairs if x["observed"])
     if any(len({f["observed"] for f in x.get("families", ())}) > 1 for x in pairs):
         out.print("4 / 6: reachable over IPv4 only / IPv6 only", markup=False, highlight=False)
+    unprobed = f", {doc['unprobed']} not probed (source not on this machine)"
     out.print(
-        f"{len(pairs)} pairs, {reach} reachable, {doc['mismatches']} mismatches "
-        f"({doc['policy']}; {doc['elapsed_s']:.2f} s)",
+        f"{len(pairs)} pairs, {reach} reachable, {doc['mismatches']} mismatches"
+        f"{unprobed if doc['unprobed'] else ''} ({doc['policy']}; {doc['elapsed_s']:.2f} s)",
         markup=False,
         highlight=False,
     )

@@ -31,6 +31,7 @@ def network_from_api(raw: Raw, engine: str) -> Network:
         scope=raw.get("Scope") or "local",
         internal=bool(raw.get("Internal")),
         attachable=bool(raw.get("Attachable")),
+        ingress=bool(raw.get("Ingress")),
         enable_ipv6=bool(raw.get("EnableIPv6")),
         ipam=pools,
         options=dict(raw.get("Options") or {}),

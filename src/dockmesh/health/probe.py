@@ -30,6 +30,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from dockmesh.host.netns import NetnsError, NetnsPool
+from dockmesh.host.pidwatch import shown_here
 from dockmesh.model.catalog import CheckSpec, Status
 
 LINE_LIMIT = 8192  # bytes of one status or header line
@@ -215,13 +216,28 @@ class Prober:
     Failures are results (critical with the reason), never exceptions, except cancellation.
     """
 
-    def __init__(self, netns: NetnsPool, body_limit: int = BODY_LIMIT) -> None:
+    def __init__(
+        self,
+        netns: NetnsPool,
+        body_limit: int = BODY_LIMIT,
+        shown_here: Callable[[int, str], bool] = shown_here,
+    ) -> None:
         self._netns = netns
         self._body_limit = body_limit
         self._tls: ssl.SSLContext | None = None
+        self._shown_here = shown_here
 
     async def __call__(self, spec: CheckSpec) -> Result:
         desc = describe(spec)
+        pid, container = spec.netns_pid, spec.netns_container
+        if pid is not None and container and not self._shown_here(pid, container):
+            # Its engine is on another host (or the pid was reused): entering that pid's
+            # namespace would check something else. Each host's agent checks its own.
+            return Result(
+                "critical",
+                f"{desc}: the container's process (pid {pid}) is not on this machine: its "
+                "namespace cannot be entered (the agent of its own host checks it)",
+            )
         try:
             if spec.kind == "http":
                 return await self._http(spec, desc)

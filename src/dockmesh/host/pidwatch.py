@@ -56,6 +56,18 @@ def names_container(cgroup_text: str, container_id: str) -> bool:
     return len(container_id) >= 12 and container_id in cgroup_text
 
 
+def shown_here(pid: int, container_id: str, proc: str = "/proc") -> bool:
+    """Whether the pid an engine reported for a container is shown to be that container's
+    process on this machine (`names_container`), the rule `PidWatch` follows by. An engine
+    on another host reports pids of that host's pid namespace: here they are some other
+    process or none, and entering their namespaces would probe from the wrong place."""
+    try:
+        with open(f"{proc}/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            return names_container(f.read(), container_id)
+    except OSError:
+        return False
+
+
 @dataclass(slots=True)
 class _Followed:
     pid: int

@@ -84,6 +84,9 @@ class CheckSpec:
     deregister_critical_after_s: float | None = None
     # A checked instance's network namespace is entered through this pid (a container's).
     netns_pid: int | None = None
+    # The container whose pid that is ('' : not known): a pid this machine does not show to
+    # be its process (an engine on another host reports that host's pids) is not entered.
+    netns_container: str = ""
     initial_status: Status = "critical"
     notes: str = ""
 

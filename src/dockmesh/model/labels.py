@@ -71,6 +71,16 @@ COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_NETWORK = "com.docker.compose.network"  # on a network: the Compose file's own name
 
+# Docker Swarm's, on a service's task containers (written by the engine, read by
+# `model.swarm`). A service's own labels (`docker service create --label`) never reach its
+# containers, and a worker's engine cannot list services: only these and the container labels
+# (`--container-label`) are seen where the task runs.
+SWARM_SERVICE_NAME = "com.docker.swarm.service.name"
+SWARM_SERVICE_ID = "com.docker.swarm.service.id"
+SWARM_TASK_ID = "com.docker.swarm.task.id"
+SWARM_TASK_NAME = "com.docker.swarm.task.name"
+SWARM_NODE_ID = "com.docker.swarm.node.id"
+
 DISCOVERY_LABELS = (
     LABEL_DISCOVERY_SERVICE,
     LABEL_DISCOVERY_PORT,
@@ -87,9 +97,10 @@ DISCOVERY_LABELS = (
 STAMP_LABELS = (LABEL_HASH, LABEL_CONFIG)
 
 # A container's project, and its service, is named by any of these, first found first: a
-# dockmesh project's label, then Compose's; for the service the catalog's name comes first.
+# dockmesh project's label, then Compose's; for the service the catalog's name comes first,
+# a swarm task's service last (so `why web …` and a policy's `service=web` mean its tasks).
 PROJECT_LABELS = (LABEL_PROJECT, COMPOSE_PROJECT)
-SERVICE_LABELS = (LABEL_DISCOVERY_SERVICE, LABEL_SERVICE, COMPOSE_SERVICE)
+SERVICE_LABELS = (LABEL_DISCOVERY_SERVICE, LABEL_SERVICE, COMPOSE_SERVICE, SWARM_SERVICE_NAME)
 
 
 def _first(labels: Mapping[str, str], keys: tuple[str, ...]) -> str | None:
@@ -104,7 +115,7 @@ def project_of(labels: Mapping[str, str]) -> str | None:
 
 def service_of(labels: Mapping[str, str]) -> str | None:
     """The service a container belongs to: the catalog's name (`dockmesh.service`), else the
-    one `up` stamped, else Compose's; None when none is set."""
+    one `up` stamped, else Compose's, else a swarm task's; None when none is set."""
     return _first(labels, SERVICE_LABELS)
 
 

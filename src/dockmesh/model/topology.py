@@ -101,6 +101,9 @@ class Network:
     labels: Mapping[str, str] = field(default_factory=dict)
     # Every engine that reports this network (more than one for a swarm overlay).
     engines: tuple[str, ...] = ()
+    # The swarm's routing mesh (`docker network inspect`'s `Ingress`): a task's address on
+    # it is the published ports' load balancer's, not one to register or probe.
+    ingress: bool = False
 
     @property
     def is_multi_host(self) -> bool:
@@ -300,6 +303,7 @@ class Topology:
             "scope": n.scope,
             "internal": n.internal,
             "attachable": n.attachable,
+            "ingress": n.ingress,
             "enable_ipv6": n.enable_ipv6,
             "ipam": [p.to_json() for p in n.ipam],
             "options": dict(n.options),
@@ -525,6 +529,7 @@ def topology_from_json(doc: Any) -> Topology:
                 scope=str(n.get("scope", "local")),
                 internal=bool(n.get("internal", False)),
                 attachable=bool(n.get("attachable", False)),
+                ingress=bool(n.get("ingress", False)),
                 enable_ipv6=bool(n.get("enable_ipv6", False)),
                 ipam=tuple(
                     IpamPool(

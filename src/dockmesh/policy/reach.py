@@ -165,13 +165,16 @@ def _same_ip(a: str, b: str) -> bool:
 def shared_networks(
     topo: Topology, src: Container, dst: Container
 ) -> list[tuple[Network, Attachment, Attachment]]:
-    """Networks both are attached to, in DST's order, with both attachments (addresses)."""
+    """Networks both are attached to, in DST's order, with both attachments (addresses); a
+    swarm's ingress network last (every task of a service with published ports is on it,
+    but it is the routing mesh's: tasks talk over their own overlay)."""
     out: list[tuple[Network, Attachment, Attachment]] = []
     mine = {n.id: a for n, a in topo.attached_networks(src)}
     for n, da in topo.attached_networks(dst):
         sa = mine.get(n.id)
         if sa is not None and n.name not in ("host", "none"):
             out.append((n, sa, da))
+    out.sort(key=lambda x: x[0].ingress)  # stable: DST's order otherwise
     return out
 
 

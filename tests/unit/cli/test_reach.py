@@ -68,3 +68,31 @@ def test_udp_is_probed_where_an_answer_or_a_port_unreachable_can_be_expected() -
     both[1]["ok"] = False
     assert _worse(both)["ok"] is False and _worse(both)["latency_ms"] is None
     assert _worse(both)["detail"] == "IPv4: x; IPv6: y"
+
+
+def test_a_source_whose_pid_is_not_its_process_here_is_not_probed() -> None:
+    """An engine on another host reports its host's pids: here that pid is some other process
+    (this test's own, whose cgroup names no such container), and entering its namespace
+    would probe from the wrong place. The verdict stays the analysis's."""
+    import os
+
+    from dockmesh.cli.reach import _matrix, _mismatch
+
+    me = os.getpid()
+    topo = topology(
+        [network("n", "10.0.0.0/24")],
+        [container("a", {"n": "10.0.0.2"}, pid=me), container("b", {"n": "10.0.0.3"}, pid=me)],
+    )
+    a, b = topo.container("a"), topo.container("b")
+    assert a is not None and b is not None
+    out = _probe_one(None, topo, analyze(topo, None, "a", "b"), a, b, None, 1.0)
+    assert out["ok"] is None
+    assert out["detail"].startswith("not probed: a's process (pid ")
+    assert "is not on this machine" in out["detail"]
+    pairs = _matrix(topo, None, "no policy applied", [a, b], None, 1.0)
+    assert [(p["src"], p["dst"], p["expected"], p["observed"]) for p in pairs] == [
+        ("a", "b", True, None),
+        ("b", "a", True, None),
+    ]
+    assert not any(_mismatch(p) for p in pairs)
+    assert all(p["detail"].startswith("not probed: ") for p in pairs)

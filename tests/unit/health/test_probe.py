@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -358,3 +359,38 @@ def test_a_pid_that_is_gone_is_reported_as_such() -> None:
         "critical",
         f"TCP connect 10.0.0.2:80: container is gone (pid {2**22 + 1} has exited)",
     )
+
+
+@pytest.mark.parametrize("here", [True, False])
+def test_a_container_whose_process_is_not_on_this_machine_is_not_entered(here: bool) -> None:
+    """An agent that follows another host's engine gets that host's pids: a pid this machine
+    does not show to be the container's process is never entered (it would check something
+    else); the check is critical and says why. Shown here, the probe runs as before."""
+    asked: list[tuple[int, str]] = []
+
+    def shown(pid: int, container: str) -> bool:
+        asked.append((pid, container))
+        return here
+
+    async def main() -> tuple[str, str]:
+        ok = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        async with serving(ok) as port:
+            with NetnsPool() as pool:
+                spec = CheckSpec(
+                    "c",
+                    "c",
+                    "http",
+                    http=f"http://127.0.0.1:{port}/health",
+                    netns_pid=os.getpid(),  # this process's namespace: the test's own
+                    netns_container="ab" * 32,
+                )
+                result = await Prober(pool, shown_here=shown)(spec)
+        return result.status, result.output
+
+    status, output = asyncio.run(asyncio.wait_for(main(), WAIT))
+    assert asked == [(os.getpid(), "ab" * 32)]
+    if here:
+        assert status == "passing", output
+    else:
+        assert status == "critical"
+        assert "is not on this machine" in output

@@ -212,3 +212,21 @@ def test_past_its_descriptor_budget_a_process_is_polled_and_the_agent_keeps_desc
         timeout=60,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+@given(st.sampled_from([CID, OTHER]), st.sampled_from(["docker", "root", "missing"]))
+def test_a_pid_is_shown_here_only_when_its_cgroup_names_the_container(
+    named: str, layout: str
+) -> None:
+    import tempfile
+
+    from dockmesh.host.pidwatch import shown_here
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if layout == "docker":
+            proc_dir(Path(tmp), 4242, docker_cgroup(named))
+        elif layout == "root":  # a process of the host, in no container
+            proc_dir(Path(tmp), 4242, "0::/system.slice/cron.service\n")
+        # An engine on another host reports its own pids: here the pid is another
+        # container's, a host process or none, and its namespace is not the container's.
+        assert shown_here(4242, CID, proc=tmp) == (layout == "docker" and named == CID)

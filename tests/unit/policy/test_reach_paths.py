@@ -289,3 +289,27 @@ def test_an_audited_ipv6_drop_is_said_as_one_that_would_be() -> None:
     v6 = fam(a, 6)
     assert v6.reachable and "would drop it" in step(v6, "policy")
     assert "(audit mode: logged, not dropped)" in step(v6, "policy")
+
+
+@given(st.sampled_from(["apps", "web", "zz"]), st.booleans())
+def test_tasks_on_the_ingress_network_talk_over_their_own_overlay(
+    name: str, ingress_first: bool
+) -> None:
+    """Every task of a service with published ports is on the swarm's ingress network too;
+    the connection between two tasks is analysed on their own overlay, whatever the names'
+    or the attachments' order."""
+    from dataclasses import replace as with_
+
+    from tests.unit.topos import network
+
+    ov = with_(network(name, "10.9.1.0/24"), driver="overlay", scope="swarm")
+    ingress = with_(
+        network("ingress", "10.0.0.0/24"), driver="overlay", scope="swarm", ingress=True
+    )
+    order = ["ingress", name] if ingress_first else [name, "ingress"]
+    addrs = {"ingress": ("10.0.0.5", "10.0.0.6"), name: ("10.9.1.5", "10.9.1.6")}
+    t1 = container("t1", {n: addrs[n][0] for n in order})
+    t2 = container("t2", {n: addrs[n][1] for n in order})
+    topo = topology([ov, ingress], [t1, t2])
+    a = analyze(topo, None, "t1", "t2", PortRange("tcp", 8080, 8080), with_dns=False)
+    assert a.network == name and a.address == "10.9.1.6"
