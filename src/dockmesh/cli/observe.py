@@ -352,7 +352,14 @@ def stats_document(
         s = sample(here)
         docs.append(stats_json(s.containers, s.elapsed_s))
     for eng, cs in away.items():
-        docs.append(remote_stats(routes[eng], [c.id for c in cs]))
+        got = remote_stats(routes[eng], [c.id for c in cs])
+        # Named as this command knows the engine (`hostN`), as a read here would name it:
+        # the agent calls its one engine by its own name.
+        asked = {c.id for c in cs}
+        for row in got.get("containers", ()):
+            if isinstance(row, dict) and row.get("id") in asked:
+                row["engine"] = eng
+        docs.append(got)
     if len(docs) == 1:  # one source: its own document, as it measured it
         return docs[0]
     return merge_stats(docs, [c.id for c in wanted], time.perf_counter() - start)

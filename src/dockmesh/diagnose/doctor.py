@@ -14,8 +14,10 @@ Every step that fails is recorded and the others go on: a partial diagnosis beat
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from dockmesh.codecs.procnet import Route
 from dockmesh.codecs.resolvconf import parse_resolv_conf
@@ -65,7 +67,17 @@ def _netlink_read() -> tuple[list[Link], list[Route]]:
     """Runs inside the container's namespace (a pool job): links, addresses, main routes."""
     from pyroute2 import IPRoute
 
-    with IPRoute() as ipr:
+    # A loop of asyncio's own: pyroute2 makes one from the process's policy otherwise, and in
+    # the agent that is uvloop's, whose datagram endpoints refuse netlink sockets.
+    loop = asyncio.SelectorEventLoop()
+    try:
+        return _netlink_read_with(IPRoute(use_event_loop=loop))
+    finally:
+        loop.close()
+
+
+def _netlink_read_with(ipr: Any) -> tuple[list[Link], list[Route]]:
+    with ipr:
         names: dict[int, str] = {}
         links: dict[int, tuple[str, str | None, int, str]] = {}
         for m in ipr.get_links():
