@@ -3,6 +3,7 @@ network, depends_on conditions; their validation, desired state, plan and apply.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
 from dockmesh.ops.apply import Waiting, apply_plan, wait_healthy
 from dockmesh.projectfile.context import EngineContext
-from dockmesh.projectfile.load import load_spec
+from dockmesh.projectfile.load import MAX_DOTENV_BYTES, load_spec
 from dockmesh.projectfile.parse import parse_bytes, parse_restart, parse_volume
 from dockmesh.projectfile.plan import Step, make_plan, teardown_plan
 from dockmesh.projectfile.schema import ServiceSpec, parse_spec_partial, with_default_network
@@ -260,6 +261,45 @@ def test_a_missing_env_file_is_located(tmp_path: Path) -> None:
         SpecError, match=r"dockmesh.yaml:4: services.w.env_file.0: nope.env: cannot"
     ):
         load_spec(str(tmp_path / "dockmesh.yaml"), env={}).check(EngineContext())
+
+
+def problems_with_env_file(folder: Path, name: str) -> str:
+    (folder / "dockmesh.yaml").write_text(
+        f"services:\n  w:\n    image: x\n    env_file: [{name}]\n"
+    )
+    with pytest.raises(SpecError) as e:
+        load_spec(str(folder / "dockmesh.yaml"), env={}).check(EngineContext())
+    return "\n".join(e.value.lines)
+
+
+def test_an_env_file_that_is_no_regular_file_is_refused_not_read(tmp_path: Path) -> None:
+    # A FIFO blocked the read forever (a device would never end); a folder is said so.
+    os.mkfifo(tmp_path / "fifo.env")
+    (tmp_path / "folder.env").mkdir()
+    for name, said in (("fifo.env", "not a regular file"), ("folder.env", "a folder")):
+        assert problems_with_env_file(tmp_path, name) == (
+            f"{tmp_path}/dockmesh.yaml:4: services.w.env_file.0: {name}: cannot be read: {said}"
+        )
+
+
+def test_an_env_file_too_large_is_refused_not_cut_short(tmp_path: Path) -> None:
+    # It was read up to 1 MiB and the rest dropped without a word.
+    (tmp_path / "big.env").write_text("A=1\n" + "#" * MAX_DOTENV_BYTES + "\nLAST=1\n")
+    assert problems_with_env_file(tmp_path, "big.env").endswith(
+        "big.env: cannot be read: larger than 1 MiB"
+    )
+
+
+def test_an_env_file_not_utf8_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.env").write_bytes(b"A=1\nB=\xff\n")
+    assert problems_with_env_file(tmp_path, "bad.env").endswith(
+        "bad.env: cannot be read (line 2): not UTF-8; save the file as UTF-8"
+    )
+    (tmp_path / ".env").write_bytes(b"A=1\n\nB=\xff\n")
+    (tmp_path / "dockmesh.yaml").write_text("services: {}\n")
+    with pytest.raises(SpecError) as e:
+        load_spec(str(tmp_path / "dockmesh.yaml"), env={})
+    assert e.value.lines == [f"{tmp_path}/.env:3: (file): not UTF-8; save the file as UTF-8"]
 
 
 # --- depends_on: service_healthy ------------------------------------------------------------
