@@ -24,6 +24,7 @@ from dockmesh.projectfile.problems import Path, Problem
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
+MAX_NESTING = 16  # `${A:-${B:-…}}`: defaults inside defaults, at most this deep
 
 
 class InterpolationError(ValueError):
@@ -85,6 +86,12 @@ def _closing(text: str, start: int) -> int:
             continue
         if text.startswith("${", i):
             depth += 1
+            if depth > MAX_NESTING:
+                # Each level is read again by the one inside it, and recursion has its limit:
+                # a file of nested defaults took minutes, then failed with a traceback.
+                raise InterpolationError(
+                    f"{_clip(text[start - 2 :])}: '${{' nested more than {MAX_NESTING} deep"
+                )
             i += 2
             continue
         if text[i] == "}":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from dockmesh.errors import SpecError
 from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.interpolate import (
+    MAX_NESTING,
     InterpolationError,
     interpolate_document,
     parse_dotenv,
@@ -197,3 +199,25 @@ def test_bad_dotenv_is_located() -> None:
         assert e.value.lines == [
             f"{os.path.join(d, '.env')}:2: (env): B: the ' quote is never closed"
         ]
+
+
+@given(st.text(st.sampled_from(list("${}:-?+AB_ \n")), max_size=40), ENVS)
+def test_text_made_of_the_syntax_substitutes_or_says_why(text: str, env: dict[str, str]) -> None:
+    # Any text shows `${` rarely; this one is made of little else. No other exception.
+    with contextlib.suppress(InterpolationError):
+        substitute_variables(text, {**env, "A": "${B}", "B": "$$"})
+
+
+def test_a_value_is_never_read_again() -> None:
+    env = {"A": "${B}", "B": "no", "C": "$$ $B ${B:-x}"}
+    assert sub("${A}|$A|${U:-${A}}|${C}", **env) == "${B}|${B}|${B}|$$ $B ${B:-x}"
+
+
+def test_nesting_is_bounded_and_linear() -> None:
+    # Nested defaults each re-read the rest: 50 000 levels took 32 s and 470 MB, and 2 000
+    # ended in a RecursionError traceback.
+    ok = "${A:-" * MAX_NESTING + "x" + "}" * MAX_NESTING
+    assert sub(ok) == "x"
+    for n in (MAX_NESTING + 1, 2000, 200_000):
+        with pytest.raises(InterpolationError, match=f"nested more than {MAX_NESTING} deep"):
+            sub("${A:-" * n + "x" + "}" * n)
