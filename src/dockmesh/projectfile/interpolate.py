@@ -25,6 +25,10 @@ from dockmesh.projectfile.problems import Path, Problem
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
 MAX_NESTING = 16  # `${A:-${B:-…}}`: defaults inside defaults, at most this deep
+# What substitution may make: a file of `$A$A$A…` with a long A (from .env, or the process's
+# environment) took gigabytes. A value, and all of a document's values together.
+MAX_VALUE_CHARS = 1 << 20
+MAX_DOCUMENT_CHARS = 16 << 20
 
 
 class InterpolationError(ValueError):
@@ -37,14 +41,37 @@ class Substituted:
     unset: tuple[str, ...]  # variables used without a value or a default, in order, each once
 
 
-def substitute_variables(text: str, env: Mapping[str, str]) -> Substituted:
-    """`text` with its variables replaced from `env`. Raises InterpolationError."""
+class _Budget:
+    """Characters substitution may still make (MAX_VALUE_CHARS)."""
+
+    def __init__(self, chars: int, what: str) -> None:
+        self.left = chars
+        self.what = what
+
+    def spend(self, text: str) -> str:
+        self.left -= len(text)
+        if self.left < 0:
+            raise InterpolationError(f"substituted, {self.what}")
+        return text
+
+
+def substitute_variables(
+    text: str, env: Mapping[str, str], limit: int = MAX_VALUE_CHARS
+) -> Substituted:
+    """`text` with its variables replaced from `env`. Raises InterpolationError, also when the
+    result would be longer than `limit` characters."""
     unset: list[str] = []
-    out = _expand(text, env, unset)
+    if limit < MAX_VALUE_CHARS:
+        budget = _Budget(
+            limit, f"the file's values would be longer than {_mib(MAX_DOCUMENT_CHARS)}"
+        )
+    else:
+        budget = _Budget(MAX_VALUE_CHARS, f"the value would be longer than {_mib(MAX_VALUE_CHARS)}")
+    out = _expand(text, env, unset, budget)
     return Substituted(out, tuple(dict.fromkeys(unset)))
 
 
-def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
+def _expand(text: str, env: Mapping[str, str], unset: list[str], budget: _Budget) -> str:
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -63,7 +90,7 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
                 raise InterpolationError(
                     f"{_clip(text[j:])}: '${{' is never closed by '}}' (write $$ for a literal $)"
                 )
-            out.append(_braced(text[j + 2 : end], env, unset))
+            out.append(budget.spend(_braced(text[j + 2 : end], env, unset, budget)))
             i = end + 1
         else:
             m = _NAME.match(text, j + 1)
@@ -71,7 +98,7 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
                 out.append("$")  # `$` before anything else stays, as Compose leaves it
                 i = j + 1
             else:
-                out.append(_value(m.group(), env, unset))
+                out.append(budget.spend(_value(m.group(), env, unset)))
                 i = m.end()
     return "".join(out)
 
@@ -109,7 +136,7 @@ def _value(name: str, env: Mapping[str, str], unset: list[str]) -> str:
     return ""
 
 
-def _braced(body: str, env: Mapping[str, str], unset: list[str]) -> str:
+def _braced(body: str, env: Mapping[str, str], unset: list[str], budget: _Budget) -> str:
     m = _NAME.match(body)
     if m is None:
         raise InterpolationError(
@@ -128,14 +155,18 @@ def _braced(body: str, env: Mapping[str, str], unset: list[str]) -> str:
     value = env.get(name)
     present = value is not None and (value != "" or ":" not in op)
     if op in (":-", "-"):
-        return value if present and value is not None else _expand(arg, env, unset)
+        return value if present and value is not None else _expand(arg, env, unset, budget)
     if op in (":+", "+"):
-        return _expand(arg, env, unset) if present else ""
+        return _expand(arg, env, unset, budget) if present else ""
     if present and value is not None:
         return value
-    said = _expand(arg, env, unset)
+    said = _expand(arg, env, unset, budget)
     why = "is not set" if value is None else "is empty"
     raise InterpolationError(f"variable {name} {why}" + (f": {said}" if said else ""))
+
+
+def _mib(chars: int) -> str:
+    return f"{chars >> 20} Mi characters"
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -150,16 +181,23 @@ def interpolate_document(
     extension fields are substituted too (anchors merged into services were copied already)."""
     problems: list[Problem] = []
     warnings: list[Problem] = []
+    left = [MAX_DOCUMENT_CHARS]
 
     def walk(node: Any, path: Path) -> Any:
         if isinstance(node, str):
             if "$" not in node:
                 return node
             try:
-                done = substitute_variables(node, env)
+                if left[0] <= 0:
+                    raise InterpolationError(
+                        f"substituted, the file's values would be longer than "
+                        f"{_mib(MAX_DOCUMENT_CHARS)}"
+                    )
+                done = substitute_variables(node, env, left[0])
             except InterpolationError as e:
                 problems.append(Problem(path, str(e)))
                 return node
+            left[0] -= len(done.text)
             for name in done.unset:
                 warnings.append(
                     Problem(path, f"variable {name} is not set: substituted an empty string")
