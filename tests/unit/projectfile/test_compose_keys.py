@@ -416,3 +416,25 @@ def test_a_volume_of_another_maker_is_used_and_said() -> None:
     plan = make_plan(desired_of(doc), empty_topology(), volumes={"p_data": {"other": "x"}})
     assert [c.kind for c in plan.changes] == ["container"]
     assert plan.warnings[0].startswith("volume p_data is on the engine already and not of")
+
+
+def test_an_env_file_named_by_many_services_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each service read it again: 300 services and a 1 MB file took 6 s and 325 MiB.
+    from dockmesh.projectfile import load
+
+    (tmp_path / "app.env").write_text("A=1\n")
+    reads: list[str] = []
+    real = load.read_env_file
+
+    def counted(path: str) -> str:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(load, "read_env_file", counted)
+    doc = {"services": {f"s{i}": svc(env_file=["app.env", "./app.env"]) for i in range(50)}}
+    (tmp_path / "dockmesh.yaml").write_text(yaml.safe_dump(doc))
+    desired = load_spec(str(tmp_path / "dockmesh.yaml"), env={}).check(EngineContext())
+    assert {dict(c.config.environment)["A"] for c in desired.containers} == {"1"}
+    assert len(reads) == 2  # `app.env` and `./app.env`: each once
