@@ -41,6 +41,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Characters a path may hold here: a volume's `SRC:DST` splits on ':' and a unit's line ends
 # at a newline, so neither they nor other control characters belong in one.
 _PATH_BAD = re.compile(r"[\x00-\x1f\x7f:,]")
+# An image reference ([registry[:port]/]path[:tag][@digest]). It stands in `docker run`'s
+# argument list where an option would be read as one: `--image=--privileged` made the
+# printed line run a privileged container of the image `dockmesh`.
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,11 @@ class AgentInstall:
             out.append(
                 f"--name {self.name!r}: a letter or digit, then letters, digits, '_', '.' or '-'"
                 " (at most 128)"
+            )
+        if not _IMAGE.fullmatch(self.image):
+            out.append(
+                f"--image {self.image!r}: an image reference, like dockmesh/python:latest "
+                "(letters, digits and . _ / : @ + -, starting with a letter or digit)"
             )
         if not self.state_dir.startswith("/") or _PATH_BAD.search(self.state_dir):
             out.append(
@@ -156,6 +165,15 @@ def systemd_quote(arg: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def systemd_env_quote(assignment: str) -> str:
+    """One Environment= assignment as systemd reads it: `%` is a specifier there too, but `$`
+    means nothing (doubled, as in ExecStart, it stayed `$$`)."""
+    text = assignment.replace("%", "%%")
+    if text and not re.search(r"[\s\"'\\;]", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def service_command(spec: AgentInstall, program: list[str]) -> list[str]:
     """What the unit runs: `program` (the installed dockmesh) with the agent's arguments."""
     return [*program, *spec.agent_command(spec.state_path)]
@@ -170,7 +188,7 @@ def systemd_unit(spec: AgentInstall, program: list[str]) -> str:
     env = ""
     if spec.state_path != DEFAULT_STATE_DIR:
         # `dockmesh policy apply` writes there: the two must agree (give it the same).
-        policy = systemd_quote(f"DOCKMESH_POLICY_DIR={spec.state_path}/policy")
+        policy = systemd_env_quote(f"DOCKMESH_POLICY_DIR={spec.state_path}/policy")
         env = f"Environment={policy}\n"
     return (
         f"{UNIT_MARK}\n"

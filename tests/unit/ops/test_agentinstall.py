@@ -114,6 +114,12 @@ def test_the_compose_snippet_says_what_the_line_says(spec: AgentInstall) -> None
         (AgentInstall(state_dir="/a\nb"), "--state-dir"),
         (AgentInstall(state_dir="/"), "root"),
         (AgentInstall(agent_args=("--x\n",)), "line break"),
+        # in the docker run line the image stands where an option would be read as one
+        (AgentInstall(image="--privileged"), "--image"),
+        (AgentInstall(image="-v/:/host"), "--image"),
+        (AgentInstall(image="x y"), "--image"),
+        (AgentInstall(image=""), "--image"),
+        (AgentInstall(image="x\n"), "--image"),
     ],
 )
 def test_bad_settings_are_named(spec: AgentInstall, problem: str) -> None:
@@ -195,3 +201,23 @@ def test_the_unit_gives_a_moved_state_dir_its_policy_folder_too() -> None:
     moved = systemd_unit(AgentInstall(state_dir="/srv/dm"), ["/x/dockmesh"])
     assert "Environment=DOCKMESH_POLICY_DIR=/srv/dm/policy" in moved.splitlines()
     assert set(CAPABILITIES) <= set(docker_run_args(AgentInstall()))
+
+
+@pytest.mark.parametrize(
+    "image", ["dockmesh/python:latest", "localhost:5000/a/b:1.0", "x@sha256:" + "a" * 64, "a_b"]
+)
+def test_image_references_are_taken(image: str) -> None:
+    assert AgentInstall(image=image).problems() == []
+
+
+@given(dirs)
+def test_the_policy_folder_reads_back_whatever_the_state_dir(state_dir: str) -> None:
+    # Environment= does not expand `$`: doubled as in ExecStart, a state dir with a `$` gave
+    # the agent one policy folder and `dockmesh policy apply` another.
+    text = systemd_unit(AgentInstall(state_dir=state_dir), ["/x/dockmesh"])
+    envs = re.findall(r"^Environment=(.*)$", text, re.M)
+    if AgentInstall(state_dir=state_dir).state_path == "/var/lib/dockmesh":
+        assert envs == []
+        return
+    (value,) = _systemd_split(envs[0].replace("$", "$$"))
+    assert value == f"DOCKMESH_POLICY_DIR={state_dir.rstrip('/')}/policy"
