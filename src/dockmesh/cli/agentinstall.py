@@ -207,11 +207,36 @@ def _ensure_image(image: str, default: str, json_out: bool) -> str:
     return built
 
 
+def _state_dir_ready(state_dir: str) -> None:
+    """Makes the state folder, or says why it cannot be one, before anything is written or
+    started (a state dir that was a file failed with an errno after the unit was written)."""
+    d = Path(state_dir)
+    if d.is_symlink() and not d.exists():
+        raise UserError(f"--state-dir {state_dir}: a symbolic link to nothing ({os.readlink(d)})")
+    if d.exists() and not d.is_dir():
+        raise UserError(f"--state-dir {state_dir}: a file, not a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--state-dir {state_dir}: cannot be made: {e.strerror or e}") from None
+
+
+def _unit_text(path: Path) -> str | None:
+    """The unit file's text, None when there is none; a folder or other thing there is bad
+    input, not a traceback."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_file():
+        raise UserError(f"{path} is not a file: left alone")
+    return path.read_text(errors="replace")
+
+
 def _install_container(
     spec: AgentInstall, api_at: tuple[str, int], json_out: bool
 ) -> dict[str, Any]:
     from dockmesh.images.build import python_image
 
+    _state_dir_ready(spec.state_path)
     image_id = _ensure_image(spec.image, python_image(), json_out)
     doc = _inspect(spec.name)
     url = _api_url(api_at)
@@ -230,7 +255,6 @@ def _install_container(
                 raise EngineError(f"docker rm -f {spec.name}: {_last_line(rm.stderr)}")
             action = "replaced"
     if action != "unchanged":
-        Path(spec.state_path).mkdir(parents=True, exist_ok=True)
         run = _docker(*docker_run_args(spec)[1:])
         if run.returncode != 0:
             raise EngineError(f"docker run: {_last_line(run.stderr)}")
@@ -264,17 +288,17 @@ def _install_service(
     text = systemd_unit(spec, program)
     path = Path(unit_path(spec, unit_dir))
     action = "written"
-    if path.exists():
-        old = path.read_text(errors="replace")
+    old = _unit_text(path)
+    if old is not None:
         if not old.startswith(UNIT_MARK):
             raise UserError(f"{path} exists and was not written by dockmesh: left alone")
         action = "unchanged" if old == text else "replaced"
+    _state_dir_ready(spec.state_path)
     if action != "unchanged":
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-    Path(spec.state_path).mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "mode": "service",
         "name": spec.name,
@@ -332,6 +356,8 @@ def _remove_state(state_dir: str) -> tuple[list[str], list[str]]:
     rest = sorted(p.name for p in d.iterdir())
     if rest:
         kept = [str(d / n) for n in rest]
+    elif d.is_symlink():
+        kept = [str(d)]  # a link someone made to put the state elsewhere: theirs, not ours
     else:
         d.rmdir()
         removed.append(str(d))
@@ -459,8 +485,9 @@ def register(group: typer.Typer) -> None:
         removed: list[str] = []
         if service:
             path = Path(unit_path(spec, unit_dir))
-            if path.exists():
-                if not path.read_text(errors="replace").startswith(UNIT_MARK):
+            old = _unit_text(path)
+            if old is not None:
+                if not old.startswith(UNIT_MARK):
                     raise UserError(f"{path} was not written by dockmesh: left alone")
                 unit = unit_name(spec)
                 live = unit_dir.rstrip("/") == UNIT_DIR and _systemd_runs()
