@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockmesh.engine.memory import MemoryEngine
-from dockmesh.errors import EngineError, SpecError
+from dockmesh.errors import EngineError, Interrupted, SpecError
 from dockmesh.model.config import ContainerConfig, MountConfig
 from dockmesh.model.labels import LABEL_PROJECT
 from dockmesh.model.topology import build_topology
@@ -358,6 +358,34 @@ def test_an_unhealthy_or_slow_dependency_fails_the_up() -> None:
     mem.set_health(cid, "unhealthy")
     with pytest.raises(EngineError, match="p-db-1 is unhealthy"):
         wait_healthy(mem, ("p-db-1",), Waiting(clock=t.clock, sleep=t.sleep))
+
+
+def test_ctrl_c_ends_the_wait_for_health_at_once() -> None:
+    # The first Ctrl-C asks to stop "after the current step": the wait for a dependency's
+    # health went on up to its 300 s, and the dependent was started after it.
+    doc = {
+        "project": "p",
+        "services": {
+            "db": svc(healthcheck={"tcp": True, "port": 5432}),
+            "web": svc(depends_on={"db": {"condition": "service_healthy"}}),
+        },
+    }
+    mem = MemoryEngine()
+    t = FakeTime()
+
+    def progress(step: Step) -> None:
+        if step.name == "p-web-1":
+            mem.set_health(mem.container("p-db-1").id, "starting")  # type: ignore[union-attr]
+
+    def should_stop() -> bool:
+        return t.now >= 2
+
+    waiting = Waiting(clock=t.clock, sleep=t.sleep)
+    plan = make_plan(desired_of(doc), empty_topology())
+    with pytest.raises(Interrupted, match="stopped before starting container p-web-1"):
+        apply_plan(mem, plan, progress, should_stop, waiting=waiting)
+    assert t.now == 2 and mem.container("p-web-1") is None
+    assert mem.container("p-db-1") is not None  # as between two steps: `up` again goes on
 
 
 # --- messages -------------------------------------------------------------------------------
