@@ -496,6 +496,15 @@ class _Validator:
                     f"service_healthy: {dep!r} has no healthcheck: here (its image's is not "
                     "known before it runs); give it one, or use service_started",
                 )
+            elif other is not None and other.healthcheck is not None:
+                test = other.healthcheck.test
+                if isinstance(test, list) and test[:1] == ["NONE"]:
+                    # It passed here and failed at `up`, once the dependency had been made.
+                    self.err(
+                        (*base, "depends_on", dep, "condition"),
+                        f"service_healthy: {dep!r} turns its healthcheck off (test: [NONE]); "
+                        "give it one, or use service_started",
+                    )
         if svc.healthcheck is not None:
             self.healthcheck((*base, "healthcheck"), svc.healthcheck)
         self.host_settings(base, svc)

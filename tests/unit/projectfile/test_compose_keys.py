@@ -97,6 +97,18 @@ def test_the_keys_are_checked_in_plain_words() -> None:
     assert "services.w.depends_on.db.condition: service_healthy: 'db' has no healthcheck" in out
 
 
+def test_service_healthy_on_a_healthcheck_turned_off_is_refused() -> None:
+    # It planned, then `up` made the dependency and failed waiting: "it has no healthcheck".
+    doc = {"services": {
+        "db": svc(healthcheck={"test": ["NONE"]}),
+        "web": svc(depends_on={"db": {"condition": "service_healthy"}}),
+    }}  # fmt: skip
+    assert problems_of(doc) == [
+        "f:11: services.web.depends_on.db.condition: service_healthy: 'db' turns its "
+        "healthcheck off (test: [NONE]); give it one, or use service_started"
+    ]
+
+
 def test_restart_no_unquoted_and_deploy() -> None:
     doc = {"services": {"w": svc(restart=False, deploy={"replicas": 2, "resources": {
         "limits": {"cpus": "0.5", "memory": "64m"}}})}}  # fmt: skip
