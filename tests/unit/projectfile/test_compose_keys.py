@@ -118,6 +118,17 @@ def test_restart_no_unquoted_and_deploy() -> None:
     assert (c.restart, c.nano_cpus, c.memory_bytes) == ("no", 500_000_000, 64 << 20)
     both = {"services": {"w": svc(replicas=1, deploy={"replicas": 2})}}
     assert any("replicas and deploy.replicas differ" in p for p in problems_of(both))
+    assert not any("Value error" in p for p in problems_of(both))
+
+
+@pytest.mark.parametrize(
+    ("value", "said"), [(-1, "greater than or equal to 0"), ("x", "not the text 'x'")]
+)
+def test_a_wrong_deploy_replicas_is_said_once_where_it_is(value: object, said: str) -> None:
+    # It was said twice, the second time at services.w.replicas, a key the file has not.
+    doc = {"services": {"w": svc(deploy={"replicas": value})}}
+    (problem,) = problems_of(doc)
+    assert problem.startswith("f:5: services.w.deploy.replicas: ") and said in problem
     twice = {
         "services": {"w": svc(mem_limit="64m", deploy={"resources": {"limits": {"memory": 1}}})}
     }
