@@ -511,7 +511,13 @@ def register(group: typer.Typer) -> None:
                     raise EngineError(f"docker rm -f {name}: {_last_line(rm.stderr)}")
                 removed.append(f"container {name}")
         kept: list[str] = []
-        if volumes:
+        unclaimed = volumes and not removed and state is None
+        if unclaimed:
+            # No agent was found as asked (the other mode's, say: `--service` forgotten): the
+            # default folder may be the state of an agent that runs. Named, it goes.
+            if Path(DEFAULT_STATE_DIR).is_dir():
+                kept = [DEFAULT_STATE_DIR]
+        elif volumes:
             more, kept = _remove_state(state or DEFAULT_STATE_DIR)
             removed += more
         if json_out:
@@ -519,6 +525,13 @@ def register(group: typer.Typer) -> None:
             return
         if not removed:
             err.print("nothing to remove: no agent installed as asked", highlight=False)
+        if unclaimed and kept:
+            err.print(
+                f"kept {DEFAULT_STATE_DIR}: no agent was removed, and another may use it "
+                f"(give --state-dir {DEFAULT_STATE_DIR} to remove it)",
+                highlight=False,
+            )
+            return
         for r in removed:
             err.print(f"[green]✓[/] removed {r}", highlight=False)
         for k in kept:

@@ -73,3 +73,30 @@ def test_uninstall_keeps_a_state_dir_that_is_a_symbolic_link(tmp_path: Path) -> 
     assert (tmp_path / "state").is_symlink() and (tmp_path / "real").is_dir()
     assert not (tmp_path / "real" / "state.db").exists()
     assert not (tmp_path / "units" / "dmtest-agent.service").exists()
+
+
+def test_uninstall_volumes_with_no_agent_found_keeps_the_default_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--service` forgotten: no container was found, and the state of the agent that runs as
+    # a service (the same default folder) was removed all the same.
+    from typer.testing import CliRunner
+
+    from dockmesh.cli import agentinstall
+    from dockmesh.cli.main import app
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.db").write_text("live")
+    monkeypatch.setattr(agentinstall, "DEFAULT_STATE_DIR", str(state))
+    args = ["agent", "uninstall", "--service", "--unit-dir", str(tmp_path / "units")]
+    got = CliRunner().invoke(app, [*args, "--volumes", "--name", "dmtest-agent"])
+    assert got.exit_code == 0, got.output
+    assert (state / "state.db").read_text() == "live"
+    assert f"kept {state}: no agent was removed" in got.output
+    # named, it goes
+    got = CliRunner().invoke(
+        app, [*args, "--volumes", "--name", "dmtest-agent", "--state-dir", str(state)]
+    )
+    assert got.exit_code == 0, got.output
+    assert not state.exists()
