@@ -100,6 +100,8 @@ def _service(name: str, svc: Any, base: Path, notes: list[Problem], project: Any
 def _env_files(value: Any, path: Path, notes: list[Problem]) -> Any:
     """`[a.env, {path: b.env}]` → `[a.env, b.env]`. Compose's `required: false` (a missing
     file is skipped) and `format:` have no equivalent: dockmesh reads every file named."""
+    if isinstance(value, str):
+        return [value]
     if not isinstance(value, list):
         return value
     out: list[Any] = []
