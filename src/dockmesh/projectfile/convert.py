@@ -182,9 +182,9 @@ def _mounts(value: list[Any], path: Path, notes: list[Problem], out: dict[str, A
                 options = {}
             size = options.get("size")
             tmpfs.append(f"{target}:size={size}" if size else str(target))
-            extra = [*(set(m) - {"type", "target", "tmpfs"}), *(set(options) - {"size"})]
-            if extra:
-                what = ", ".join(sorted(map(str, extra)))
+            left = [*(set(m) - {"type", "target", "tmpfs"}), *(set(options) - {"size"})]
+            if left:
+                what = ", ".join(sorted(map(str, left)))
                 notes.append(Problem((*path, i), f"not converted: {what}"))
         elif kind in ("volume", "bind") and target:
             mode = ":ro" if m.get("read_only") else ""
