@@ -179,3 +179,21 @@ def test_a_value_of_another_shape_is_kept_for_dockmesh_to_judge() -> None:
     assert w["ports"] == "80" and w["volumes"] == 5 and w["networks"] == {"a": ["x"]}
     assert w["depends_on"] == {"db": {"condition": "service_started"}}
     assert [n.split(":")[0] for n in notes] == ["services.w.depends_on.db", "services.w.deploy"]
+
+
+DEEP_KEYS = st.sampled_from(
+    ["services", "networks", "volumes", "name", "s", "ports", "env_file", "depends_on",
+     "deploy", "resources", "limits", "healthcheck", "ipam", "config", "aux_addresses",
+     "target", "type", "tmpfs", "condition", "path", "external", "disable", "aliases"]
+)  # fmt: skip
+DEEP = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(DEEP_KEYS, inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@given(st.dictionaries(DEEP_KEYS, DEEP, max_size=4))
+def test_any_document_converts_without_raising(doc: dict[str, Any]) -> None:
+    data, _ = convert_compose(doc)
+    yaml.safe_dump(data)
