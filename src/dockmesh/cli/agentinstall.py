@@ -81,13 +81,22 @@ def _last_line(text: str) -> str:
 
 
 def _inspect(name: str) -> dict[str, Any] | None:
-    proc = _docker("container", "inspect", name)
-    if proc.returncode != 0:
-        if "no such" in proc.stderr.lower():
-            return None
-        raise EngineError(f"docker container inspect {name}: {_last_line(proc.stderr)}")
-    docs = json.loads(proc.stdout)
-    return docs[0] if docs else None
+    """The container of exactly that name. Not `docker inspect NAME`: the engine also finds
+    a container by a prefix of its ID, so `--name cafe` found another container whose ID
+    starts so (and, were it an agent, replaced or removed it)."""
+    found = _docker("ps", "-a", "--no-trunc", "--filter", f"name=^/{name}$", "--format", "{{.ID}}")
+    if found.returncode != 0:
+        raise EngineError(f"docker ps --filter name={name}: {_last_line(found.stderr)}")
+    for cid in found.stdout.split():
+        proc = _docker("container", "inspect", cid)
+        if proc.returncode != 0:
+            if "no such" in proc.stderr.lower():
+                continue  # gone meanwhile
+            raise EngineError(f"docker container inspect {name}: {_last_line(proc.stderr)}")
+        docs = json.loads(proc.stdout)
+        if docs and docs[0].get("Name") == f"/{name}":  # the filter is a regexp: `.` matches any
+            return dict(docs[0])
+    return None
 
 
 def _image_id(image: str) -> str | None:
@@ -250,7 +259,7 @@ def _install_container(
         if _same(doc, spec, image_id):
             action = "unchanged"
         else:
-            rm = _docker("rm", "-f", spec.name)
+            rm = _docker("rm", "-f", str(doc["Id"]))
             if rm.returncode != 0:
                 raise EngineError(f"docker rm -f {spec.name}: {_last_line(rm.stderr)}")
             action = "replaced"
@@ -506,7 +515,7 @@ def register(group: typer.Typer) -> None:
                         f"{ROLE_LABEL}={ROLE}): left alone"
                     )
                 state = state or _state_source(doc)
-                rm = _docker("rm", "-f", name)
+                rm = _docker("rm", "-f", str(doc["Id"]))
                 if rm.returncode != 0:
                     raise EngineError(f"docker rm -f {name}: {_last_line(rm.stderr)}")
                 removed.append(f"container {name}")
