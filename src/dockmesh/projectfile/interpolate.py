@@ -232,7 +232,10 @@ def _typed(path: Path, text: str) -> Any:
 
 # --- the .env file --------------------------------------------------------------------------
 
-_ENV_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*(?:=(.*))?\s*")
+# The part before `=`, stripped. Not the whole line in one pattern: its `\s*` around an
+# optional `=value` split a run of blanks every way, and a line `export` + a million spaces
+# took minutes (a .env file may be 1 MiB).
+_ENV_NAME = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)")
 
 
 def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
@@ -247,12 +250,13 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        m = _ENV_LINE.fullmatch(line)
+        before, eq, raw = stripped.partition("=")
+        m = _ENV_NAME.fullmatch(before.rstrip())
         if m is None:
             problems.append((number, f"{_clip(stripped)!r} is not NAME=value"))
             continue
-        name, raw = m.group(1), m.group(2)
-        if raw is None:
+        name = m.group(1)
+        if not eq:
             continue
         try:
             values[name] = _env_value(raw.strip())

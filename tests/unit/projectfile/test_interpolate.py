@@ -17,6 +17,7 @@ from dockmesh.projectfile.interpolate import (
     MAX_NESTING,
     MAX_VALUE_CHARS,
     InterpolationError,
+    _env_value,
     interpolate_document,
     parse_dotenv,
     substitute_variables,
@@ -237,3 +238,35 @@ def test_what_substitution_makes_is_bounded() -> None:
     assert data["c"][:16] == [big * 8] * 16
     assert [p.path for p in problems] == [("c", i) for i in range(16, 20)]
     assert "the file's values would be longer than 16 Mi" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    "line", ["export" + " " * 200_000 + "!", "A" + " " * 200_000 + "!", " " * 200_000 + "A=1 "]
+)
+def test_a_long_run_of_blanks_in_dotenv_reads_at_once(line: str) -> None:
+    # One pattern for the whole line split a run of blanks between its two `\s*` every way:
+    # `export` and a million spaces took minutes.
+    values, problems = parse_dotenv(line)
+    assert (values, [n for n, _ in problems]) in (({}, [1]), ({"A": "1"}, []))
+
+
+@given(st.lists(st.sampled_from([*"AB_=# '\"\\\t.-x", "export "]), max_size=20).map("".join))
+def test_dotenv_lines_read_as_the_one_pattern_read_them(line: str) -> None:
+    old = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*(?:=(.*))?\s*")
+    values, problems = parse_dotenv(line)
+    m = old.fullmatch(line)
+    if not line.strip() or line.strip().startswith("#"):
+        assert (values, problems) == ({}, [])
+    elif m is None:
+        assert values == {} and [n for n, _ in problems] == [1]
+    elif m.group(2) is None:
+        assert (values, problems) == ({}, [])
+    else:
+        try:
+            expected: tuple[dict[str, str], list[int]] = (
+                {m.group(1): _env_value(m.group(2).strip())},
+                [],
+            )
+        except ValueError:
+            expected = ({}, [1])
+        assert (values, [n for n, _ in problems]) == expected
