@@ -172,7 +172,7 @@ def _mounts(value: list[Any], path: Path, notes: list[Problem], out: dict[str, A
     tmpfs: list[str] = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
-            mounts.append(str(m))
+            mounts.append(_short_mount(str(m), (*path, i), notes))
             continue
         kind, source, target = m.get("type"), m.get("source"), m.get("target")
         if kind == "tmpfs" and target:
@@ -200,6 +200,21 @@ def _mounts(value: list[Any], path: Path, notes: list[Problem], out: dict[str, A
     if tmpfs:
         have = out.get("tmpfs") or []
         out["tmpfs"] = [*([have] if isinstance(have, str) else have), *tmpfs]
+
+
+def _short_mount(text: str, path: Path, notes: list[Problem]) -> str:
+    """`SRC:DST[:MODE]` with the modes dockmesh has no equivalent for (SELinux's z and Z,
+    nocopy, macOS's cached/delegated/consistent) taken out and named: left in, the file that
+    convert wrote was refused by `up`."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[2] or "/" in parts[2]:
+        return text
+    modes = parts[2].split(",")
+    kept = [m for m in modes if m in ("ro", "rw")]
+    dropped = [m for m in modes if m not in ("ro", "rw")]
+    if dropped:
+        notes.append(Problem(path, f"not converted: the mode {','.join(dropped)}"))
+    return ":".join(parts[:2] + ([",".join(kept)] if kept else []))
 
 
 def _healthcheck(value: Any, path: Path, notes: list[Problem]) -> Any:

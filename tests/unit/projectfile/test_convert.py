@@ -197,3 +197,23 @@ DEEP = st.recursive(
 def test_any_document_converts_without_raising(doc: dict[str, Any]) -> None:
     data, _ = convert_compose(doc)
     yaml.safe_dump(data)
+
+
+def test_short_volume_modes_without_equivalent_are_named_and_left_out() -> None:
+    # Left in, the file convert wrote was refused by `up`: "the mode 'z' is not ro or rw".
+    data, notes = notes_of(
+        "services:\n  w:\n    image: x\n"
+        "    volumes: ['./a:/a:z', './b:/b:ro,Z', 'db:/d:nocopy', './c:/c:ro', '/anon']\n"
+    )
+    assert data["services"]["w"]["volumes"] == [
+        "./a:/a",
+        "./b:/b:ro",
+        "db:/d",
+        "./c:/c:ro",
+        "/anon",
+    ]
+    assert notes == [
+        "services.w.volumes.0: not converted: the mode z",
+        "services.w.volumes.1: not converted: the mode Z",
+        "services.w.volumes.2: not converted: the mode nocopy",
+    ]
