@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_NAME = "dockmesh-agent"
 DEFAULT_IMAGE = "dockmesh/python:latest"
@@ -141,10 +142,26 @@ def compose_snippet(spec: AgentInstall) -> str:
         "volumes": [f"{SOCKET}:{SOCKET}", f"{spec.state_path}:{CONTAINER_STATE_DIR}"],
         "labels": {ROLE_LABEL: ROLE},
     }
+    # Compose substitutes `$VAR` in every value: a state dir or an agent argument with a `$`
+    # would have lost it (`/srv/a$b` mounted as `/srv/a`). `$$` is Compose's literal `$`.
     text = yaml.safe_dump(
-        {"services": {spec.name: service}}, sort_keys=False, default_flow_style=False, width=1000
+        {"services": {spec.name: _compose_literal(service)}},
+        sort_keys=False,
+        default_flow_style=False,
+        width=1000,
     )
     return str(text)
+
+
+def _compose_literal(value: Any) -> Any:
+    """Every `$` in the strings of `value` written `$$`."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_compose_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _compose_literal(v) for k, v in value.items()}
+    return value
 
 
 def unit_name(spec: AgentInstall) -> str:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -82,10 +83,22 @@ def test_the_printed_line_is_the_argument_list(spec: AgentInstall) -> None:
     assert shlex.split(docker_run_line(spec)) == docker_run_args(spec)
 
 
+def _unescaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, list):
+        return [_unescaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unescaped(v) for k, v in value.items()}
+    return value
+
+
 @given(specs)
 def test_the_compose_snippet_says_what_the_line_says(spec: AgentInstall) -> None:
     doc = yaml.safe_load(compose_snippet(spec))
-    service = doc["services"][spec.name]
+    # as Compose reads it: `$$` is a literal `$` (a lone `$` would have been substituted)
+    assert not re.search(r"(?<!\$)\$(?:\$\$)*(?!\$)", compose_snippet(spec))
+    service = _unescaped(doc["services"][spec.name])
     args = docker_run_args(spec)
     assert service["image"] == spec.image == args[-len(container_command(spec)) - 1]
     assert service["command"] == container_command(spec) == args[-len(service["command"]) :]
@@ -221,3 +234,9 @@ def test_the_policy_folder_reads_back_whatever_the_state_dir(state_dir: str) -> 
         return
     (value,) = _systemd_split(envs[0].replace("$", "$$"))
     assert value == f"DOCKMESH_POLICY_DIR={state_dir.rstrip('/')}/policy"
+
+
+def test_the_compose_snippet_keeps_a_dollar() -> None:
+    # Compose substitutes `$b`: the state dir /srv/a$b was mounted as /srv/a.
+    text = compose_snippet(AgentInstall(state_dir="/srv/a$b", agent_args=("--tag=$y",)))
+    assert "- /srv/a$$b:/var/lib/dockmesh\n" in text and "- --tag=$$y\n" in text
