@@ -77,7 +77,10 @@ def _write(output: str, text: str) -> None:
     from dockmesh.errors import UsageError
 
     folder = os.path.dirname(output) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".dockmesh-convert-", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".dockmesh-convert-", dir=folder)
+    except OSError as e:
+        raise UsageError(f"--output {output}: cannot be written: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

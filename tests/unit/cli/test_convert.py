@@ -69,3 +69,10 @@ def test_an_existing_file_needs_force(folder: Path) -> None:
     assert (folder / "old.yaml").read_text() == "old"
     assert convert(folder, "compose.yml", "-o", "old.yaml", "--force").returncode == 0
     assert (folder / "old.yaml").read_text().startswith("services:")
+
+
+def test_a_folder_that_takes_no_file_is_a_usage_error(folder: Path) -> None:
+    # The temporary file could not be made there: an errno, exit 1.
+    proc = convert(folder, "compose.yml", "-o", "/proc/dmtest.yaml")
+    assert (proc.returncode, proc.stderr.count("\n")) == (2, 1), proc.stderr
+    assert proc.stderr.startswith("dockmesh: --output /proc/dmtest.yaml: cannot be written:")
