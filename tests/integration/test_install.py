@@ -132,6 +132,21 @@ def test_install_and_uninstall_leave_a_container_that_is_no_agent_alone(
     assert api.inspect_container(name)["Name"] == f"/{name}"
 
 
+def test_a_name_that_is_another_agents_id_prefix_finds_nothing(
+    prefix: str, api: Any, toolbox: str
+) -> None:
+    # The engine finds a container by a prefix of its ID too: `uninstall --name <hex>`
+    # removed the agent whose ID starts so.
+    name = f"{prefix}-idagent"
+    cid = api.create_container(
+        toolbox, name=name, command=["sleep", "60"], labels={"dockmesh.role": "agent"}
+    )["Id"]
+    proc = run_dockmesh("agent", "uninstall", "--name", cid[:12], "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"removed": [], "kept": []}
+    assert api.inspect_container(name)["Id"] == cid
+
+
 def test_a_service_unit_is_written_and_removed(tmp_path: Path) -> None:
     units = tmp_path / "units"
     opts = ["--service", "--name", "dmtest-svc", "--unit-dir", str(units)]

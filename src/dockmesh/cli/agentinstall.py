@@ -84,13 +84,22 @@ def _last_line(text: str) -> str:
 
 
 def _inspect(name: str) -> dict[str, Any] | None:
-    proc = _docker("container", "inspect", name)
-    if proc.returncode != 0:
-        if "no such" in proc.stderr.lower():
-            return None
-        raise EngineError(f"docker container inspect {name}: {_last_line(proc.stderr)}")
-    docs = json.loads(proc.stdout)
-    return docs[0] if docs else None
+    """The container of exactly that name. Not `docker inspect NAME`: the engine also finds
+    a container by a prefix of its ID, so `--name cafe` found another container whose ID
+    starts so (and, were it an agent, replaced or removed it)."""
+    found = _docker("ps", "-a", "--no-trunc", "--filter", f"name=^/{name}$", "--format", "{{.ID}}")
+    if found.returncode != 0:
+        raise EngineError(f"docker ps --filter name={name}: {_last_line(found.stderr)}")
+    for cid in found.stdout.split():
+        proc = _docker("container", "inspect", cid)
+        if proc.returncode != 0:
+            if "no such" in proc.stderr.lower():
+                continue  # gone meanwhile
+            raise EngineError(f"docker container inspect {name}: {_last_line(proc.stderr)}")
+        docs = json.loads(proc.stdout)
+        if docs and docs[0].get("Name") == f"/{name}":  # the filter is a regexp: `.` matches any
+            return dict(docs[0])
+    return None
 
 
 def _image_id(image: str) -> str | None:
@@ -264,11 +273,36 @@ def _ensure_image(image: str, default: str, json_out: bool) -> str:
     return built
 
 
+def _state_dir_ready(state_dir: str) -> None:
+    """Makes the state folder, or says why it cannot be one, before anything is written or
+    started (a state dir that was a file failed with an errno after the unit was written)."""
+    d = Path(state_dir)
+    if d.is_symlink() and not d.exists():
+        raise UserError(f"--state-dir {state_dir}: a symbolic link to nothing ({os.readlink(d)})")
+    if d.exists() and not d.is_dir():
+        raise UserError(f"--state-dir {state_dir}: a file, not a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--state-dir {state_dir}: cannot be made: {e.strerror or e}") from None
+
+
+def _unit_text(path: Path) -> str | None:
+    """The unit file's text, None when there is none; a folder or other thing there is bad
+    input, not a traceback."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.is_file():
+        raise UserError(f"{path} is not a file: left alone")
+    return path.read_text(errors="replace")
+
+
 def _install_container(
     spec: AgentInstall, api_at: tuple[str, int], json_out: bool
 ) -> dict[str, Any]:
     from dockmesh.images.build import python_image
 
+    _state_dir_ready(spec.state_path)
     image_id = _ensure_image(spec.image, python_image(), json_out)
     doc = _inspect(spec.name)
     url = _api_url(api_at)
@@ -282,12 +316,11 @@ def _install_container(
         if _same(doc, spec, image_id):
             action = "unchanged"
         else:
-            rm = _docker("rm", "-f", spec.name)
+            rm = _docker("rm", "-f", str(doc["Id"]))
             if rm.returncode != 0:
                 raise EngineError(f"docker rm -f {spec.name}: {_last_line(rm.stderr)}")
             action = "replaced"
     if action != "unchanged":
-        Path(spec.state_path).mkdir(parents=True, exist_ok=True)
         run = _docker(*docker_run_args(spec)[1:])
         if run.returncode != 0:
             raise EngineError(f"docker run: {_last_line(run.stderr)}")
@@ -321,17 +354,17 @@ def _install_service(
     text = systemd_unit(spec, program)
     path = Path(unit_path(spec, unit_dir))
     action = "written"
-    if path.exists():
-        old = path.read_text(errors="replace")
+    old = _unit_text(path)
+    if old is not None:
         if not old.startswith(UNIT_MARK):
             raise UserError(f"{path} exists and was not written by dockmesh: left alone")
         action = "unchanged" if old == text else "replaced"
+    _state_dir_ready(spec.state_path)
     if action != "unchanged":
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         tmp.replace(path)
-    Path(spec.state_path).mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
         "mode": "service",
         "name": spec.name,
@@ -389,6 +422,8 @@ def _remove_state(state_dir: str) -> tuple[list[str], list[str]]:
     rest = sorted(p.name for p in d.iterdir())
     if rest:
         kept = [str(d / n) for n in rest]
+    elif d.is_symlink():
+        kept = [str(d)]  # a link someone made to put the state elsewhere: theirs, not ours
     else:
         d.rmdir()
         removed.append(str(d))
@@ -537,8 +572,9 @@ def register(group: typer.Typer) -> None:
         removed: list[str] = []
         if service:
             path = Path(unit_path(spec, unit_dir))
-            if path.exists():
-                if not path.read_text(errors="replace").startswith(UNIT_MARK):
+            old = _unit_text(path)
+            if old is not None:
+                if not old.startswith(UNIT_MARK):
                     raise UserError(f"{path} was not written by dockmesh: left alone")
                 unit = unit_name(spec)
                 live = unit_dir.rstrip("/") == UNIT_DIR and _systemd_runs()
@@ -557,12 +593,18 @@ def register(group: typer.Typer) -> None:
                         f"{ROLE_LABEL}={ROLE}): left alone"
                     )
                 state = state or _state_source(doc)
-                rm = _docker("rm", "-f", name)
+                rm = _docker("rm", "-f", str(doc["Id"]))
                 if rm.returncode != 0:
                     raise EngineError(f"docker rm -f {name}: {_last_line(rm.stderr)}")
                 removed.append(f"container {name}")
         kept: list[str] = []
-        if volumes:
+        unclaimed = volumes and not removed and state is None
+        if unclaimed:
+            # No agent was found as asked (the other mode's, say: `--service` forgotten): the
+            # default folder may be the state of an agent that runs. Named, it goes.
+            if Path(DEFAULT_STATE_DIR).is_dir():
+                kept = [DEFAULT_STATE_DIR]
+        elif volumes:
             more, kept = _remove_state(state or DEFAULT_STATE_DIR)
             removed += more
         if host_dns:
@@ -578,6 +620,13 @@ def register(group: typer.Typer) -> None:
             return
         if not removed:
             err.print("nothing to remove: no agent installed as asked", highlight=False)
+        if unclaimed and kept:
+            err.print(
+                f"kept {DEFAULT_STATE_DIR}: no agent was removed, and another may use it "
+                f"(give --state-dir {DEFAULT_STATE_DIR} to remove it)",
+                highlight=False,
+            )
+            return
         for r in removed:
             err.print(f"[green]✓[/] removed {r}", highlight=False)
         for k in kept:

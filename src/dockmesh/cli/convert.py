@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Annotated
 
 import typer
@@ -34,8 +35,8 @@ def register(app: typer.Typer) -> None:
 
         if not os.path.isfile(file):
             raise UsageError(f"{file}: no such file")
-        if output is not None and os.path.exists(output) and not force:
-            raise UsageError(f"{output} exists: give --force to overwrite it")
+        if output is not None:
+            _check_output(file, output, force)
         with open(file, "rb") as f:
             located = load_located_bytes(f.read(MAX_FILE_BYTES + 1))
         if located.data is None or located.problems:
@@ -47,5 +48,44 @@ def register(app: typer.Typer) -> None:
         if output is None:
             typer.echo(text, nl=False)
         else:
-            with open(output, "w", encoding="utf-8") as f:
-                f.write(text)
+            _write(output, text)
+
+
+def _check_output(file: str, output: str, force: bool) -> None:
+    """--output must be a file of its own: never the Compose file itself (which --force would
+    have replaced), a folder, or a symbolic link (writing through one changes a file
+    elsewhere, a dangling one even makes it)."""
+    from dockmesh.errors import UsageError
+
+    if os.path.islink(output):
+        target = os.readlink(output)
+        raise UsageError(f"--output {output} is a symbolic link (to {target}): give a file")
+    if os.path.isdir(output):
+        raise UsageError(f"--output {output} is a folder: give a file's path")
+    if os.path.exists(output):
+        if os.path.samefile(file, output):
+            raise UsageError(f"--output {output} is the Compose file itself: give another file")
+        if not force:
+            raise UsageError(f"{output} exists: give --force to overwrite it")
+    folder = os.path.dirname(output) or "."
+    if not os.path.isdir(folder):
+        raise UsageError(f"--output {output}: no folder {folder}")
+
+
+def _write(output: str, text: str) -> None:
+    """Whole or not at all: a temporary file beside it, renamed over it."""
+    from dockmesh.errors import UsageError
+
+    folder = os.path.dirname(output) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".dockmesh-convert-", dir=folder)
+    except OSError as e:
+        raise UsageError(f"--output {output}: cannot be written: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+    except OSError as e:
+        os.unlink(tmp)
+        raise UsageError(f"--output {output}: cannot be written: {e.strerror or e}") from None

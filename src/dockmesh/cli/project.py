@@ -24,6 +24,7 @@ from dockmesh.cli.common import (
     print_json,
 )
 from dockmesh.cli.projectargs import (
+    PROJECT_NAME,
     FileArg,
     FileOpt,
     ProjectOpt,
@@ -317,6 +318,17 @@ def resolve_name(file_arg: str | None, file: str | None, project: str | None) ->
         if file_arg is not None and file is not None and file_arg != file:
             raise UserError(f"FILE {file_arg!r} and --file {file!r}: give one of them")
         return project_name(project)
+    from dockmesh.errors import SpecError
     from dockmesh.ops.project import load
+    from dockmesh.projectfile.load import format_problems
+    from dockmesh.projectfile.problems import Problem
 
-    return load(pick_file(file_arg, file, or_project=True)).project
+    loaded = load(pick_file(file_arg, file, or_project=True))
+    if not PROJECT_NAME.fullmatch(loaded.project):
+        # As `up` would say: a name no project can have matched nothing, and `down` said
+        # "nothing to remove" (exit 0) for a file `up` refuses.
+        why = Problem(
+            ("project",), f"{loaded.project!r}: lowercase letters, digits, '-' and '_' only"
+        )
+        raise SpecError(format_problems(loaded.filename, [why], loaded.lines))
+    return loaded.project

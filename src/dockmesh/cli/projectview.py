@@ -83,10 +83,23 @@ class LineSplitter:
         self.prefix = prefix
         self._rest = b""
 
+    # A line is cut into pieces of at most this many bytes: a container that never writes a
+    # newline (`yes | tr -d '\\n'`) was held whole in memory, each chunk copying all of it.
+    MAX_LINE = 64 * 1024
+
     def feed(self, chunk: bytes) -> list[str]:
         data = self._rest + chunk
-        *lines, self._rest = data.split(b"\n")
-        return [self._line(x) for x in lines]
+        *lines, rest = data.split(b"\n")
+        out = [self._line(x) for x in lines]
+        while len(rest) > self.MAX_LINE:
+            cut = self.MAX_LINE
+            # Not inside a UTF-8 character: back over its continuation bytes (10xxxxxx).
+            while cut > self.MAX_LINE - 3 and rest[cut] & 0xC0 == 0x80:
+                cut -= 1
+            out.append(self._line(rest[:cut]))
+            rest = rest[cut:]
+        self._rest = rest
+        return out
 
     def end(self) -> list[str]:
         rest, self._rest = self._rest, b""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_NAME = "dockmesh-agent"
 DEFAULT_IMAGE = "dockmesh/python:latest"
@@ -41,6 +42,10 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Characters a path may hold here: a volume's `SRC:DST` splits on ':' and a unit's line ends
 # at a newline, so neither they nor other control characters belong in one.
 _PATH_BAD = re.compile(r"[\x00-\x1f\x7f:,]")
+# An image reference ([registry[:port]/]path[:tag][@digest]). It stands in `docker run`'s
+# argument list where an option would be read as one: `--image=--privileged` made the
+# printed line run a privileged container of the image `dockmesh`.
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +67,11 @@ class AgentInstall:
             out.append(
                 f"--name {self.name!r}: a letter or digit, then letters, digits, '_', '.' or '-'"
                 " (at most 128)"
+            )
+        if not _IMAGE.fullmatch(self.image):
+            out.append(
+                f"--image {self.image!r}: an image reference, like dockmesh/python:latest "
+                "(letters, digits and . _ / : @ + -, starting with a letter or digit)"
             )
         if not self.state_dir.startswith("/") or _PATH_BAD.search(self.state_dir):
             out.append(
@@ -132,10 +142,26 @@ def compose_snippet(spec: AgentInstall) -> str:
         "volumes": [f"{SOCKET}:{SOCKET}", f"{spec.state_path}:{CONTAINER_STATE_DIR}"],
         "labels": {ROLE_LABEL: ROLE},
     }
+    # Compose substitutes `$VAR` in every value: a state dir or an agent argument with a `$`
+    # would have lost it (`/srv/a$b` mounted as `/srv/a`). `$$` is Compose's literal `$`.
     text = yaml.safe_dump(
-        {"services": {spec.name: service}}, sort_keys=False, default_flow_style=False, width=1000
+        {"services": {spec.name: _compose_literal(service)}},
+        sort_keys=False,
+        default_flow_style=False,
+        width=1000,
     )
     return str(text)
+
+
+def _compose_literal(value: Any) -> Any:
+    """Every `$` in the strings of `value` written `$$`."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_compose_literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _compose_literal(v) for k, v in value.items()}
+    return value
 
 
 def unit_name(spec: AgentInstall) -> str:
@@ -156,6 +182,15 @@ def systemd_quote(arg: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def systemd_env_quote(assignment: str) -> str:
+    """One Environment= assignment as systemd reads it: `%` is a specifier there too, but `$`
+    means nothing (doubled, as in ExecStart, it stayed `$$`)."""
+    text = assignment.replace("%", "%%")
+    if text and not re.search(r"[\s\"'\\;]", text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def service_command(spec: AgentInstall, program: list[str]) -> list[str]:
     """What the unit runs: `program` (the installed dockmesh) with the agent's arguments."""
     return [*program, *spec.agent_command(spec.state_path)]
@@ -170,7 +205,7 @@ def systemd_unit(spec: AgentInstall, program: list[str]) -> str:
     env = ""
     if spec.state_path != DEFAULT_STATE_DIR:
         # `dockmesh policy apply` writes there: the two must agree (give it the same).
-        policy = systemd_quote(f"DOCKMESH_POLICY_DIR={spec.state_path}/policy")
+        policy = systemd_env_quote(f"DOCKMESH_POLICY_DIR={spec.state_path}/policy")
         env = f"Environment={policy}\n"
     return (
         f"{UNIT_MARK}\n"

@@ -91,12 +91,21 @@ class Waiting:
     sleep: Callable[[float], None] = time.sleep
 
 
-def wait_healthy(backend: EngineBackend, names: tuple[str, ...], waiting: Waiting) -> None:
-    """Returns once every container of `names` is healthy; EngineError when one is
-    unhealthy, not running or missing, or when `waiting.timeout_s` passes first."""
+def wait_healthy(
+    backend: EngineBackend,
+    names: tuple[str, ...],
+    waiting: Waiting,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> bool:
+    """Returns True once every container of `names` is healthy, False as soon as
+    `should_stop` says so (Ctrl-C: the wait can be minutes, the user should not sit through
+    it); EngineError when one is unhealthy, not running or missing, or when
+    `waiting.timeout_s` passes first."""
     deadline = waiting.clock() + waiting.timeout_s
     pending = list(names)
     while pending:
+        if should_stop():
+            return False
         name = pending[0]
         c = backend.container(name)
         if c is None:
@@ -116,6 +125,7 @@ def wait_healthy(backend: EngineBackend, names: tuple[str, ...], waiting: Waitin
                 "for service_healthy)"
             )
         waiting.sleep(waiting.poll_s)
+    return True
 
 
 def apply_plan(
@@ -131,14 +141,15 @@ def apply_plan(
     try:
         for step in plan.steps:
             if should_stop():
-                raise Interrupted(
-                    f"stopped before {_describe(step)}: {journal.summary()}. "
-                    f"`dockmesh up` again finishes the job; `dockmesh down` removes the project"
-                )
+                raise _interrupted(step, journal)
             if progress:
                 progress(step)
             log.info("%s", _describe(step))
-            _do(backend, step, journal, waiting)
+            if step.wait_healthy and not wait_healthy(
+                backend, step.wait_healthy, waiting, should_stop
+            ):
+                raise _interrupted(step, journal)
+            _do(backend, step, journal)
     except EngineError as e:
         assert step is not None
         failed = f"{_describe(step)} failed: {e}"
@@ -147,6 +158,13 @@ def apply_plan(
             raise EngineError(f"{failed}. Rolling back also failed: {'; '.join(problems)}") from e
         raise EngineError(f"{failed} (rolled back: the project is as it was)") from e
     return journal
+
+
+def _interrupted(step: Step, journal: Journal) -> Interrupted:
+    return Interrupted(
+        f"stopped before {_describe(step)}: {journal.summary()}. "
+        f"`dockmesh up` again finishes the job; `dockmesh down` removes the project"
+    )
 
 
 # What each kind of step is doing, as a progress line or an error names it.
@@ -170,7 +188,7 @@ def _describe(step: Step) -> str:
     return f"{what} {step.name}"
 
 
-def _do(backend: EngineBackend, step: Step, journal: Journal, waiting: Waiting) -> None:
+def _do(backend: EngineBackend, step: Step, journal: Journal) -> None:
     ref = step.live_id or step.name
     if step.op == "remove_container":
         live = backend.container(ref)
@@ -207,8 +225,6 @@ def _do(backend: EngineBackend, step: Step, journal: Journal, waiting: Waiting) 
         journal.removed_volumes.append(step.name)
     else:
         assert step.container is not None
-        if step.wait_healthy:
-            wait_healthy(backend, step.wait_healthy, waiting)
         start_container(backend, step.container, journal)
 
 

@@ -63,8 +63,7 @@ def _service(name: str, svc: Any, base: Path, notes: list[Problem], project: Any
         if key in _SAME:
             out[key] = value
         elif key == "env_file":
-            files = value if isinstance(value, list) else [value]
-            out[key] = [f.get("path") if isinstance(f, dict) else f for f in files]
+            out[key] = _env_files(value, path, notes)
         elif key == "labels":
             out[key] = _mapping(value)
         elif key == "networks":
@@ -74,11 +73,13 @@ def _service(name: str, svc: Any, base: Path, notes: list[Problem], project: Any
                 out[key] = value
             else:
                 notes.append(Problem(path, f"not converted: network_mode {value!r}"))
-        elif key == "ports":
-            out[key] = [_port(p, (*path, i), notes) for i, p in enumerate(value or [])]
+        elif key == "ports" and isinstance(value, list):
+            out[key] = [_port(p, (*path, i), notes) for i, p in enumerate(value)]
             out[key] = [p for p in out[key] if p is not None]
-        elif key == "volumes":
-            _mounts(value or [], path, notes, out)
+        elif key == "volumes" and isinstance(value, list):
+            _mounts(value, path, notes, out)
+        elif key in ("ports", "volumes"):
+            out[key] = value  # not a list: kept as written, for dockmesh to say what is wrong
         elif key == "healthcheck":
             out[key] = _healthcheck(value, path, notes)
         elif key == "depends_on":
@@ -96,6 +97,29 @@ def _service(name: str, svc: Any, base: Path, notes: list[Problem], project: Any
     return out
 
 
+def _env_files(value: Any, path: Path, notes: list[Problem]) -> Any:
+    """`[a.env, {path: b.env}]` → `[a.env, b.env]`. Compose's `required: false` (a missing
+    file is skipped) and `format:` have no equivalent: dockmesh reads every file named."""
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        return value
+    out: list[Any] = []
+    for i, f in enumerate(value):
+        if not isinstance(f, dict):
+            out.append(f)
+            continue
+        for k in sorted(set(f) - {"path"}):
+            why = "dockmesh reads every env_file (a missing one is an error)"
+            why = why if k == "required" else "dockmesh has no equivalent"
+            notes.append(Problem((*path, i, k), f"not converted: {why}"))
+        if "path" in f:
+            out.append(f["path"])
+        else:
+            notes.append(Problem((*path, i), "not converted: an env_file without path"))
+    return out
+
+
 def _mapping(value: Any) -> Any:
     """`[a=1, b]` → `{a: "1", b: ""}`; a mapping as it is."""
     if isinstance(value, list):
@@ -108,6 +132,9 @@ def _attachments(value: Any, path: Path, notes: list[Problem]) -> Any:
         return value
     out: dict[str, Any] = {}
     for net, attach in value.items():
+        if attach is not None and not isinstance(attach, dict):
+            out[net] = attach  # kept as written, for dockmesh to say what is wrong
+            continue
         kept: dict[str, Any] = {}
         for k, v in (attach or {}).items():
             if k in ("aliases", "ipv4_address", "ipv6_address"):
@@ -122,6 +149,8 @@ def _port(p: Any, path: Path, notes: list[Problem]) -> Any:
     if not isinstance(p, dict):
         return p
     target, published = p.get("target"), p.get("published")
+    for k in sorted(set(p) - {"target", "published", "host_ip", "protocol"}):
+        notes.append(Problem((*path, k), "not converted: dockmesh has no equivalent"))
     if target is None:
         notes.append(Problem(path, "not converted: a port without target"))
         return None
@@ -143,12 +172,20 @@ def _mounts(value: list[Any], path: Path, notes: list[Problem], out: dict[str, A
     tmpfs: list[str] = []
     for i, m in enumerate(value):
         if not isinstance(m, dict):
-            mounts.append(str(m))
+            mounts.append(_short_mount(str(m), (*path, i), notes))
             continue
         kind, source, target = m.get("type"), m.get("source"), m.get("target")
         if kind == "tmpfs" and target:
-            size = (m.get("tmpfs") or {}).get("size")
+            options = m.get("tmpfs") or {}
+            if not isinstance(options, dict):
+                notes.append(Problem((*path, i, "tmpfs"), "not converted: not a mapping"))
+                options = {}
+            size = options.get("size")
             tmpfs.append(f"{target}:size={size}" if size else str(target))
+            left = [*(set(m) - {"type", "target", "tmpfs"}), *(set(options) - {"size"})]
+            if left:
+                what = ", ".join(sorted(map(str, left)))
+                notes.append(Problem((*path, i), f"not converted: {what}"))
         elif kind in ("volume", "bind") and target:
             mode = ":ro" if m.get("read_only") else ""
             mounts.append(f"{source}:{target}{mode}" if source else str(target))
@@ -163,6 +200,21 @@ def _mounts(value: list[Any], path: Path, notes: list[Problem], out: dict[str, A
     if tmpfs:
         have = out.get("tmpfs") or []
         out["tmpfs"] = [*([have] if isinstance(have, str) else have), *tmpfs]
+
+
+def _short_mount(text: str, path: Path, notes: list[Problem]) -> str:
+    """`SRC:DST[:MODE]` with the modes dockmesh has no equivalent for (SELinux's z and Z,
+    nocopy, macOS's cached/delegated/consistent) taken out and named: left in, the file that
+    convert wrote was refused by `up`."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[2] or "/" in parts[2]:
+        return text
+    modes = parts[2].split(",")
+    kept = [m for m in modes if m in ("ro", "rw")]
+    dropped = [m for m in modes if m not in ("ro", "rw")]
+    if dropped:
+        notes.append(Problem(path, f"not converted: the mode {','.join(dropped)}"))
+    return ":".join(parts[:2] + ([",".join(kept)] if kept else []))
 
 
 def _healthcheck(value: Any, path: Path, notes: list[Problem]) -> Any:
@@ -184,13 +236,18 @@ def _depends_on(value: Any, path: Path, notes: list[Problem]) -> Any:
         return value
     out: dict[str, Any] = {}
     for dep, spec in value.items():
+        if spec is not None and not isinstance(spec, dict):
+            notes.append(
+                Problem((*path, dep), "not converted: a dependency is a mapping (condition:)")
+            )
+            spec = None
         condition = (spec or {}).get("condition", "service_started")
         if condition not in ("service_started", "service_healthy"):
             notes.append(
                 Problem((*path, dep, "condition"), f"not converted: {condition} (started instead)")
             )
             condition = "service_started"
-        for k in set(spec or {}) - {"condition"}:
+        for k in sorted(set(spec or {}) - {"condition"}):
             notes.append(Problem((*path, dep, k), "not converted: dockmesh has no equivalent"))
         out[dep] = {"condition": condition}
     return out
@@ -198,6 +255,7 @@ def _depends_on(value: Any, path: Path, notes: list[Problem]) -> Any:
 
 def _deploy(value: Any, path: Path, notes: list[Problem], out: dict[str, Any]) -> None:
     if not isinstance(value, dict):
+        notes.append(Problem(path, "not converted: deploy is a mapping"))
         return
     kept: dict[str, Any] = {}
     for k, v in value.items():
@@ -205,12 +263,15 @@ def _deploy(value: Any, path: Path, notes: list[Problem], out: dict[str, Any]) -
             kept[k] = v
         elif k == "resources" and isinstance(v, dict):
             limits = v.get("limits") or {}
+            if not isinstance(limits, dict):
+                notes.append(Problem((*path, k, "limits"), "not converted: not a mapping"))
+                limits = {}
             taken = {x: limits[x] for x in ("cpus", "memory") if x in limits}
             if taken:
                 kept["resources"] = {"limits": taken}
-            for x in set(limits) - set(taken):
+            for x in sorted(set(limits) - set(taken)):
                 notes.append(Problem((*path, k, "limits", x), "not converted"))
-            for x in set(v) - {"limits"}:
+            for x in sorted(set(v) - {"limits"}):
                 notes.append(Problem((*path, k, x), "not converted: dockmesh has no equivalent"))
         else:
             notes.append(Problem((*path, k), "not converted: dockmesh has no equivalent"))
@@ -231,17 +292,30 @@ def _network(value: Any, path: Path, notes: list[Problem]) -> Any:
             out["options"] = v
         elif k == "ipam" and isinstance(v, dict):
             configs = v.get("config") or []
+            if not isinstance(configs, list):
+                notes.append(Problem((*path, k, "config"), "not converted: not a list"))
+                configs = []
+            for i, c in enumerate(configs):
+                known = ("subnet", "gateway", "ip_range", "aux_addresses")
+                extra = sorted(map(str, set(c) - set(known))) if isinstance(c, dict) else []
+                if not isinstance(c, dict) or extra:
+                    what = ", ".join(extra) if extra else "not a mapping"
+                    notes.append(Problem((*path, k, "config", i), f"not converted: {what}"))
             for field in ("subnet", "gateway", "ip_range"):
                 found = [c[field] for c in configs if isinstance(c, dict) and c.get(field)]
                 if found:
                     out[field] = found[0] if len(found) == 1 else found
             aux: dict[str, Any] = {}
-            for c in configs:
-                if isinstance(c, dict):
-                    aux.update(c.get("aux_addresses") or {})
+            for i, c in enumerate(configs):
+                got = c.get("aux_addresses") if isinstance(c, dict) else None
+                if isinstance(got, dict):
+                    aux.update(got)
+                elif got is not None:
+                    at = (*path, k, "config", i, "aux_addresses")
+                    notes.append(Problem(at, "not converted: not a mapping"))
             if aux:
                 out["aux_addresses"] = aux
-            for x in set(v) - {"config"}:
+            for x in sorted(set(v) - {"config"}):
                 notes.append(Problem((*path, k, x), "not converted: dockmesh has no equivalent"))
         elif k.startswith("x-"):
             continue

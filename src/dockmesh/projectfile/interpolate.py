@@ -24,6 +24,11 @@ from dockmesh.projectfile.problems import Path, Problem
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = (":-", ":?", ":+", "-", "?", "+")
+MAX_NESTING = 16  # `${A:-${B:-…}}`: defaults inside defaults, at most this deep
+# What substitution may make: a file of `$A$A$A…` with a long A (from .env, or the process's
+# environment) took gigabytes. A value, and all of a document's values together.
+MAX_VALUE_CHARS = 1 << 20
+MAX_DOCUMENT_CHARS = 16 << 20
 
 
 class InterpolationError(ValueError):
@@ -36,14 +41,37 @@ class Substituted:
     unset: tuple[str, ...]  # variables used without a value or a default, in order, each once
 
 
-def substitute_variables(text: str, env: Mapping[str, str]) -> Substituted:
-    """`text` with its variables replaced from `env`. Raises InterpolationError."""
+class _Budget:
+    """Characters substitution may still make (MAX_VALUE_CHARS)."""
+
+    def __init__(self, chars: int, what: str) -> None:
+        self.left = chars
+        self.what = what
+
+    def spend(self, text: str) -> str:
+        self.left -= len(text)
+        if self.left < 0:
+            raise InterpolationError(f"substituted, {self.what}")
+        return text
+
+
+def substitute_variables(
+    text: str, env: Mapping[str, str], limit: int = MAX_VALUE_CHARS
+) -> Substituted:
+    """`text` with its variables replaced from `env`. Raises InterpolationError, also when the
+    result would be longer than `limit` characters."""
     unset: list[str] = []
-    out = _expand(text, env, unset)
+    if limit < MAX_VALUE_CHARS:
+        budget = _Budget(
+            limit, f"the file's values would be longer than {_mib(MAX_DOCUMENT_CHARS)}"
+        )
+    else:
+        budget = _Budget(MAX_VALUE_CHARS, f"the value would be longer than {_mib(MAX_VALUE_CHARS)}")
+    out = _expand(text, env, unset, budget)
     return Substituted(out, tuple(dict.fromkeys(unset)))
 
 
-def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
+def _expand(text: str, env: Mapping[str, str], unset: list[str], budget: _Budget) -> str:
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -62,7 +90,7 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
                 raise InterpolationError(
                     f"{_clip(text[j:])}: '${{' is never closed by '}}' (write $$ for a literal $)"
                 )
-            out.append(_braced(text[j + 2 : end], env, unset))
+            out.append(budget.spend(_braced(text[j + 2 : end], env, unset, budget)))
             i = end + 1
         else:
             m = _NAME.match(text, j + 1)
@@ -70,7 +98,7 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str]) -> str:
                 out.append("$")  # `$` before anything else stays, as Compose leaves it
                 i = j + 1
             else:
-                out.append(_value(m.group(), env, unset))
+                out.append(budget.spend(_value(m.group(), env, unset)))
                 i = m.end()
     return "".join(out)
 
@@ -85,6 +113,12 @@ def _closing(text: str, start: int) -> int:
             continue
         if text.startswith("${", i):
             depth += 1
+            if depth > MAX_NESTING:
+                # Each level is read again by the one inside it, and recursion has its limit:
+                # a file of nested defaults took minutes, then failed with a traceback.
+                raise InterpolationError(
+                    f"{_clip(text[start - 2 :])}: '${{' nested more than {MAX_NESTING} deep"
+                )
             i += 2
             continue
         if text[i] == "}":
@@ -102,7 +136,7 @@ def _value(name: str, env: Mapping[str, str], unset: list[str]) -> str:
     return ""
 
 
-def _braced(body: str, env: Mapping[str, str], unset: list[str]) -> str:
+def _braced(body: str, env: Mapping[str, str], unset: list[str], budget: _Budget) -> str:
     m = _NAME.match(body)
     if m is None:
         raise InterpolationError(
@@ -121,14 +155,18 @@ def _braced(body: str, env: Mapping[str, str], unset: list[str]) -> str:
     value = env.get(name)
     present = value is not None and (value != "" or ":" not in op)
     if op in (":-", "-"):
-        return value if present and value is not None else _expand(arg, env, unset)
+        return value if present and value is not None else _expand(arg, env, unset, budget)
     if op in (":+", "+"):
-        return _expand(arg, env, unset) if present else ""
+        return _expand(arg, env, unset, budget) if present else ""
     if present and value is not None:
         return value
-    said = _expand(arg, env, unset)
+    said = _expand(arg, env, unset, budget)
     why = "is not set" if value is None else "is empty"
     raise InterpolationError(f"variable {name} {why}" + (f": {said}" if said else ""))
+
+
+def _mib(chars: int) -> str:
+    return f"{chars >> 20} Mi characters"
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -143,16 +181,23 @@ def interpolate_document(
     extension fields are substituted too (anchors merged into services were copied already)."""
     problems: list[Problem] = []
     warnings: list[Problem] = []
+    left = [MAX_DOCUMENT_CHARS]
 
     def walk(node: Any, path: Path) -> Any:
         if isinstance(node, str):
             if "$" not in node:
                 return node
             try:
-                done = substitute_variables(node, env)
+                if left[0] <= 0:
+                    raise InterpolationError(
+                        f"substituted, the file's values would be longer than "
+                        f"{_mib(MAX_DOCUMENT_CHARS)}"
+                    )
+                done = substitute_variables(node, env, left[0])
             except InterpolationError as e:
                 problems.append(Problem(path, str(e)))
                 return node
+            left[0] -= len(done.text)
             for name in done.unset:
                 warnings.append(
                     Problem(path, f"variable {name} is not set: substituted an empty string")
@@ -187,7 +232,10 @@ def _typed(path: Path, text: str) -> Any:
 
 # --- the .env file --------------------------------------------------------------------------
 
-_ENV_LINE = re.compile(r"\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*(?:=(.*))?\s*")
+# The part before `=`, stripped. Not the whole line in one pattern: its `\s*` around an
+# optional `=value` split a run of blanks every way, and a line `export` + a million spaces
+# took minutes (a .env file may be 1 MiB).
+_ENV_NAME = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)")
 
 
 def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
@@ -202,12 +250,13 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
-        m = _ENV_LINE.fullmatch(line)
+        before, eq, raw = stripped.partition("=")
+        m = _ENV_NAME.fullmatch(before.rstrip())
         if m is None:
             problems.append((number, f"{_clip(stripped)!r} is not NAME=value"))
             continue
-        name, raw = m.group(1), m.group(2)
-        if raw is None:
+        name = m.group(1)
+        if not eq:
             continue
         try:
             values[name] = _env_value(raw.strip())

@@ -291,6 +291,8 @@ def _problems_from(e: ValidationError, data: Any) -> list[Problem]:
     kinds: dict[tuple[str | int, ...], list[str]] = {}
     for err in e.errors(include_url=False):
         path = _data_path(err["loc"], data)
+        if _copied_replicas(path, data):
+            continue  # said once, at deploy.replicas where the file has it
         kinds.setdefault(path, []).append(err["type"])
         msg = _message(err, path)
         msgs = by_path.setdefault(path, [])
@@ -301,6 +303,15 @@ def _problems_from(e: ValidationError, data: Any) -> list[Problem]:
         plain = _type_message(p, kinds[p], data)
         out.append(Problem(p, plain if plain is not None else "; ".join(m)))
     return out
+
+
+def _copied_replicas(path: tuple[str | int, ...], data: Any) -> bool:
+    """`services.X.replicas` when the file has no such key: its value is deploy.replicas,
+    copied there (ServiceSpec._deploy_replicas), whose own problem names the file's line."""
+    if len(path) != 3 or path[0] != "services" or path[2] != "replicas":
+        return False
+    svc = _at(data, path[:2])
+    return isinstance(svc, dict) and "replicas" not in svc and isinstance(svc.get("deploy"), dict)
 
 
 # What a value of the wrong type should have been, in words.
@@ -404,6 +415,8 @@ def _message(err: Any, path: tuple[str | int, ...] = ()) -> str:
         return f"must be one of {err['ctx']['expected']}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be a mapping (key: value)"
+    if kind == "value_error":  # our own validators' words, without pydantic's "Value error, "
+        return str(err["ctx"]["error"]) if "error" in err.get("ctx", {}) else str(err["msg"])
     return str(err["msg"]).replace("Input should be", "must be")
 
 

@@ -496,6 +496,15 @@ class _Validator:
                     f"service_healthy: {dep!r} has no healthcheck: here (its image's is not "
                     "known before it runs); give it one, or use service_started",
                 )
+            elif other is not None and other.healthcheck is not None:
+                test = other.healthcheck.test
+                if isinstance(test, list) and test[:1] == ["NONE"]:
+                    # It passed here and failed at `up`, once the dependency had been made.
+                    self.err(
+                        (*base, "depends_on", dep, "condition"),
+                        f"service_healthy: {dep!r} turns its healthcheck off (test: [NONE]); "
+                        "give it one, or use service_started",
+                    )
         if svc.healthcheck is not None:
             self.healthcheck((*base, "healthcheck"), svc.healthcheck)
         self.host_settings(base, svc)
@@ -1137,25 +1146,27 @@ def _subnets(texts: Iterable[str]) -> list[IPNetwork]:
 def _find_cycles(graph: dict[str, list[str]]) -> Iterator[list[str]]:
     """Each elementary cycle once, found by depth-first search, in a canonical rotation."""
     seen: set[tuple[str, ...]] = set()
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> Iterator[list[str]]:
-        state[n] = 1
-        stack.append(n)
-        for d in graph.get(n, []):
-            if state.get(d) == 1:
-                cyc = stack[stack.index(d) :]
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    # Iterative: a chain of 1 500 services, each depending on the next, was a RecursionError.
+    for root in sorted(graph):
+        if state.get(root) is not None:
+            continue
+        path: list[str] = [root]
+        todo: list[Iterator[str]] = [iter(graph.get(root, []))]
+        state[root] = 1
+        while todo:
+            d = next(todo[-1], None)
+            if d is None:
+                todo.pop()
+                state[path.pop()] = 2
+            elif state.get(d) == 1:
+                cyc = path[path.index(d) :]
                 k = cyc.index(min(cyc))
                 canon = tuple(cyc[k:] + cyc[:k])
                 if canon not in seen:
                     seen.add(canon)
                     yield list(canon)
             elif state.get(d) is None:
-                yield from visit(d)
-        stack.pop()
-        state[n] = 2
-
-    for n in sorted(graph):
-        if state.get(n) is None:
-            yield from visit(n)
+                state[d] = 1
+                path.append(d)
+                todo.append(iter(graph.get(d, [])))

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dockmesh.cli.projectargs import emptying, orphans_warning, pick_file, project_name
-from dockmesh.errors import UsageError
+from dockmesh.errors import SpecError, UsageError
 from dockmesh.projectfile.plan import Change, Plan
 
 
@@ -70,3 +70,17 @@ def test_orphans_are_named() -> None:
         "containers of services no longer in the file, left running: shop-db-1, shop-old-1 "
         "(`up --remove-orphans` removes them)"
     )
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "", "../x", "a.b"])
+def test_down_ps_logs_refuse_a_files_project_name_up_refuses(tmp_path: Path, name: str) -> None:
+    # They matched nothing and said "nothing to remove" (exit 0) for a file `up` refuses.
+    from dockmesh.cli.project import resolve_name
+
+    (tmp_path / "dockmesh.yaml").write_text(f"services: {{}}\nproject: {name!r}\n")
+    with pytest.raises(SpecError) as e:
+        resolve_name(None, str(tmp_path / "dockmesh.yaml"), None)
+    assert e.value.lines == [
+        f"{tmp_path}/dockmesh.yaml:2: project: {name!r}: lowercase letters, digits, '-' and '_' only"
+    ]
+    assert resolve_name(None, str(tmp_path / "dockmesh.yaml"), "shop") == "shop"

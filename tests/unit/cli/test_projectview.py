@@ -59,3 +59,29 @@ def test_chunks_come_out_as_the_same_lines(chunks: list[bytes]) -> None:
     if expected and expected[-1] == b"":
         expected.pop()
     assert out == ["c | " + x.rstrip(b"\r").decode("utf-8", "replace") + "\n" for x in expected]
+
+
+def test_a_line_without_end_is_cut_not_held() -> None:
+    # A container that never writes a newline was held whole, each chunk copying all of it.
+    split = LineSplitter("")
+    out: list[str] = []
+    text = "é" * 100_000  # two bytes each: a cut could fall inside one
+    raw = text.encode()
+    for i in range(0, len(raw), 4096):
+        out += split.feed(raw[i : i + 4096])
+        assert len(split._rest) <= LineSplitter.MAX_LINE
+    out += split.end()
+    assert all(len(x.encode()) <= LineSplitter.MAX_LINE + 1 for x in out)
+    assert "".join(x.rstrip("\n") for x in out) == text  # no character broken
+
+
+@given(st.lists(st.text(alphabet="ab\n", max_size=40).map(str.encode), max_size=10))
+def test_long_lines_are_cut_into_pieces_in_order(chunks: list[bytes]) -> None:
+    LineSplitter.MAX_LINE, saved = 16, LineSplitter.MAX_LINE
+    try:
+        split = LineSplitter("")
+        out = [line for chunk in chunks for line in split.feed(chunk)] + split.end()
+    finally:
+        LineSplitter.MAX_LINE = saved
+    assert all(len(x) <= 17 and x.endswith("\n") for x in out)
+    assert "".join(x[:-1] for x in out) == b"".join(chunks).decode().replace("\n", "")

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -82,10 +83,22 @@ def test_the_printed_line_is_the_argument_list(spec: AgentInstall) -> None:
     assert shlex.split(docker_run_line(spec)) == docker_run_args(spec)
 
 
+def _unescaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("$$", "$")
+    if isinstance(value, list):
+        return [_unescaped(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _unescaped(v) for k, v in value.items()}
+    return value
+
+
 @given(specs)
 def test_the_compose_snippet_says_what_the_line_says(spec: AgentInstall) -> None:
     doc = yaml.safe_load(compose_snippet(spec))
-    service = doc["services"][spec.name]
+    # as Compose reads it: `$$` is a literal `$` (a lone `$` would have been substituted)
+    assert not re.search(r"(?<!\$)\$(?:\$\$)*(?!\$)", compose_snippet(spec))
+    service = _unescaped(doc["services"][spec.name])
     args = docker_run_args(spec)
     assert service["image"] == spec.image == args[-len(container_command(spec)) - 1]
     assert service["command"] == container_command(spec) == args[-len(service["command"]) :]
@@ -114,6 +127,12 @@ def test_the_compose_snippet_says_what_the_line_says(spec: AgentInstall) -> None
         (AgentInstall(state_dir="/a\nb"), "--state-dir"),
         (AgentInstall(state_dir="/"), "root"),
         (AgentInstall(agent_args=("--x\n",)), "line break"),
+        # in the docker run line the image stands where an option would be read as one
+        (AgentInstall(image="--privileged"), "--image"),
+        (AgentInstall(image="-v/:/host"), "--image"),
+        (AgentInstall(image="x y"), "--image"),
+        (AgentInstall(image=""), "--image"),
+        (AgentInstall(image="x\n"), "--image"),
     ],
 )
 def test_bad_settings_are_named(spec: AgentInstall, problem: str) -> None:
@@ -195,3 +214,29 @@ def test_the_unit_gives_a_moved_state_dir_its_policy_folder_too() -> None:
     moved = systemd_unit(AgentInstall(state_dir="/srv/dm"), ["/x/dockmesh"])
     assert "Environment=DOCKMESH_POLICY_DIR=/srv/dm/policy" in moved.splitlines()
     assert set(CAPABILITIES) <= set(docker_run_args(AgentInstall()))
+
+
+@pytest.mark.parametrize(
+    "image", ["dockmesh/python:latest", "localhost:5000/a/b:1.0", "x@sha256:" + "a" * 64, "a_b"]
+)
+def test_image_references_are_taken(image: str) -> None:
+    assert AgentInstall(image=image).problems() == []
+
+
+@given(dirs)
+def test_the_policy_folder_reads_back_whatever_the_state_dir(state_dir: str) -> None:
+    # Environment= does not expand `$`: doubled as in ExecStart, a state dir with a `$` gave
+    # the agent one policy folder and `dockmesh policy apply` another.
+    text = systemd_unit(AgentInstall(state_dir=state_dir), ["/x/dockmesh"])
+    envs = re.findall(r"^Environment=(.*)$", text, re.M)
+    if AgentInstall(state_dir=state_dir).state_path == "/var/lib/dockmesh":
+        assert envs == []
+        return
+    (value,) = _systemd_split(envs[0].replace("$", "$$"))
+    assert value == f"DOCKMESH_POLICY_DIR={state_dir.rstrip('/')}/policy"
+
+
+def test_the_compose_snippet_keeps_a_dollar() -> None:
+    # Compose substitutes `$b`: the state dir /srv/a$b was mounted as /srv/a.
+    text = compose_snippet(AgentInstall(state_dir="/srv/a$b", agent_args=("--tag=$y",)))
+    assert "- /srv/a$$b:/var/lib/dockmesh\n" in text and "- --tag=$$y\n" in text

@@ -17,7 +17,7 @@ from dockmesh.ops.apply import Journal, start_container
 from dockmesh.projectfile.context import EngineContext, ExistingNetwork, PublishedPort, Route
 from dockmesh.projectfile.desired import desired_state
 from dockmesh.projectfile.schema import parse_spec_partial
-from dockmesh.projectfile.validate import validate
+from dockmesh.projectfile.validate import _find_cycles, validate
 from tests.unit.helpers import desired_of, problems_of
 
 OVERLAP_AND_GATEWAY = """\
@@ -1211,3 +1211,50 @@ def test_expose_writes_the_route_labels_and_registers_the_service() -> None:
     assert web["dockmesh.http.strip_prefix"] == "true"
     assert "dockmesh.http.port" not in web  # the registered port is the one
     assert api["dockmesh.port"] == "8080" and api["dockmesh.http.port"] == "9000"
+
+
+def _cycles_recursively(graph: dict[str, list[str]]) -> list[list[str]]:
+    """The depth-first search as it was written first, recursive: what the loop must find."""
+    seen: set[tuple[str, ...]] = set()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(n: str) -> None:
+        state[n] = 1
+        stack.append(n)
+        for d in graph.get(n, []):
+            if state.get(d) == 1:
+                cyc = stack[stack.index(d) :]
+                k = cyc.index(min(cyc))
+                canon = tuple(cyc[k:] + cyc[:k])
+                if canon not in seen:
+                    seen.add(canon)
+                    out.append(list(canon))
+            elif state.get(d) is None:
+                visit(d)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if state.get(n) is None:
+            visit(n)
+    return out
+
+
+NODES = st.sampled_from("abcdef")
+
+
+@given(st.dictionaries(NODES, st.lists(NODES, max_size=4), max_size=6))
+def test_cycles_are_those_of_the_recursive_search(graph: dict[str, list[str]]) -> None:
+    assert list(_find_cycles(graph)) == _cycles_recursively(graph)
+
+
+def test_a_long_chain_of_dependencies_is_no_recursion_error() -> None:
+    # 1 500 services, each depending on the next, ended in a RecursionError traceback.
+    n = 5000
+    graph = {f"s{i}": [f"s{i + 1}"] for i in range(n)}
+    assert list(_find_cycles(graph)) == []
+    graph[f"s{n}"] = ["s0"]
+    (cycle,) = _find_cycles(graph)
+    assert len(cycle) == n + 1 and cycle[0] == "s0"
