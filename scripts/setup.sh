@@ -125,6 +125,9 @@ setup_tools() {
     apt_install graphviz
     # Compose alongside: the agent registers what Debian's docker-compose starts.
     apt_install docker-compose curl
+    # etcd (3.4): the store of the catalog shared between hosts (`agent --store etcd://…`);
+    # the tests start their own member on a free loopback port, never the packaged service.
+    apt_install etcd-server
 }
 
 setup_all() {

@@ -59,6 +59,7 @@ from dockmesh.policy.store import DEFAULT_DIR
 if TYPE_CHECKING:  # the servers load only when the agent runs, not with the command line
     from aiohttp import web
 
+    from dockmesh.catalog.etcdstore import SharedCatalog
     from dockmesh.dns.server import DnsServer
     from dockmesh.health.probe import Probe
     from dockmesh.health.runner import HealthRunner
@@ -103,6 +104,9 @@ class AgentConfig:
     # (the command line fills both from $DOCKMESH_POLICY_DIR and $DOCKMESH_POLICY_TABLE).
     policy_dir: Path = Path(DEFAULT_DIR)
     policy_table: str = DEFAULT_TABLE
+    # `--store etcd://HOST:PORT[,…]`: the catalog shared with the other hosts' agents through
+    # etcd, this agent's instances under `node` (empty: this host's catalog alone).
+    etcd: tuple[tuple[str, int], ...] = ()
 
 
 class TopologySource(Protocol):
@@ -235,6 +239,7 @@ class Agent:
         self._deaths_pending = False
         # Engine name → when (on deps.clock) it last answered, while its pings fail.
         self._silent_since: dict[str, float] = {}
+        self.shared: SharedCatalog | None = None  # the catalog shared through etcd
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -286,6 +291,11 @@ class Agent:
         if self.watch is not None:
             self._tasks.append(asyncio.create_task(self.watch.run(self._stop), name="watch"))
         self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
+        if self.config.etcd:
+            from dockmesh.catalog.etcdstore import Etcd, SharedCatalog
+
+            self.shared = SharedCatalog(self.live, self.config.node, Etcd(self.config.etcd))
+            self.shared.start()
         if self.deps.ping is not None:
             for ref in self.config.engines:
                 self._tasks.append(asyncio.create_task(self._ping(ref.name), name="ping"))
@@ -354,6 +364,7 @@ class Agent:
             node=cfg.node,
             datacenter=cfg.datacenter,
             links=self.links,
+            store_links=self.store_links if cfg.etcd else None,
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
@@ -371,7 +382,11 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Stops following the engines and the servers, and closes the store. The policy's
-        table is left as it is: a stopped agent keeps the last ruleset in force."""
+        table is left as it is: a stopped agent keeps the last ruleset in force. The shared
+        catalog's lease is revoked first: the other hosts drop this one's instances at once."""
+        shared, self.shared = self.shared, None
+        if shared is not None:
+            await shared.stop(revoke=True)
         if self._deaths_due is not None:
             self._deaths_due.cancel()
             self._deaths_due = None
@@ -419,6 +434,12 @@ class Agent:
     def links(self) -> tuple[EngineLink, ...]:
         """Each engine's connection: its event stream open, and the engine answering."""
         return with_pings(self.deps.topology.links(), self._silent_since, self.deps.clock())
+
+    def store_links(self) -> tuple[EngineLink, ...]:
+        """The shared catalog's watch (`etcd`), when there is one: the API says it has no
+        leader while it does not follow."""
+        shared = self.shared
+        return shared.links() if shared is not None else ()
 
     async def _ping(self, engine: str) -> None:
         ping = self.deps.ping

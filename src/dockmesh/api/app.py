@@ -80,6 +80,7 @@ def make_app(
     *,
     node_address: str = "127.0.0.1",
     links: Links | None = None,
+    store_links: Links | None = None,
 ) -> web.Application:
     """The API as an aiohttp application, to run with `web.AppRunner` on the loop that owns
     `live`.
@@ -94,6 +95,9 @@ def make_app(
     - `links()`: the engines' connections. While one is not followed, the catalog may hold
       the dead: the agent answers as a Consul agent without a leader (`X-Consul-KnownLeader:
       false`, an empty `/v1/status/leader`). None: always the leader.
+    - `store_links()`: the shared catalog's watch (`--store etcd://…`): while it does not
+      follow the store, the agent has no leader either (not an engine: not in
+      `/v1/dockmesh/engines`).
 
     Run it with `web.AppRunner(app, handler_cancellation=True)` so a client that hangs up
     ends its blocking query at once rather than when its wait runs out.
@@ -105,6 +109,7 @@ def make_app(
         ApiMetrics(metrics if metrics is not None else Registry(), lambda: live.catalog),
         shapes.NodeInfo(node, datacenter, node_address),
         links,
+        store_links,
     )
     logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)  # idempotent
     app = web.Application(middlewares=[api.middleware], client_max_size=consul_json.MAX_JSON_BYTES)
@@ -182,8 +187,10 @@ class _Api:
         metrics: ApiMetrics,
         node: shapes.NodeInfo,
         links: Links | None = None,
+        store_links: Links | None = None,
     ) -> None:
         self.links = links
+        self.store_links = store_links
         self.live = live
         self.topology_provider = topology_provider
         self.topology_wait = topology_wait
@@ -223,7 +230,7 @@ class _Api:
             log.exception("%s %s failed", request.method, request.rel_url.path)
             resp = _text(f"internal error: {type(e).__name__}", 500)
         resp.headers.setdefault("X-Consul-Index", str(self.live.catalog.index))
-        links = self.links() if self.links is not None else None
+        links = self._leader_links()
         known = links is None or all_connected(links)
         resp.headers["X-Consul-KnownLeader"] = "true" if known else "false"
         # Consul's: milliseconds since the leader was last heard; here, since the engines were.
@@ -644,9 +651,20 @@ class _Api:
 
     # --- status, topology, metrics ---------------------------------------------------------
 
+    def _leader_links(self) -> tuple[EngineLink, ...] | None:
+        """What must be followed for the agent to have a leader: its engines, and the
+        shared catalog's store when there is one (None: nothing, always the leader)."""
+        if self.links is None and self.store_links is None:
+            return None
+        engines = tuple(self.links()) if self.links is not None else ()
+        store = tuple(self.store_links()) if self.store_links is not None else ()
+        return engines + store
+
     def leader(self) -> bool:
-        """Whether the agent answers as one with a leader: while it follows its engines."""
-        return self.links is None or all_connected(self.links())
+        """Whether the agent answers as one with a leader: while it follows its engines
+        (and the shared catalog's store)."""
+        links = self._leader_links()
+        return links is None or all_connected(links)
 
     async def status_leader(self, request: web.Request) -> web.Response:
         _pairs(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from typing import Annotated
 
 import typer
@@ -53,6 +54,8 @@ def _host_problem(host: str, bracketed: bool) -> str | None:
 
 
 DATACENTER = re.compile(r"[A-Za-z0-9_-]{1,63}")
+# The same rule as `catalog.sharing.NODE_NAME` (not imported: the command line loads lightly).
+NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 
 
 def register(app: typer.Typer) -> None:
@@ -187,6 +190,23 @@ def register(app: typer.Typer) -> None:
                 help="The datacenter Consul clients see (and DNS's <svc>.service.<dc>.<domain>).",
             ),
         ] = "dc1",
+        store: Annotated[
+            str | None,
+            typer.Option(
+                "--store",
+                help="Share the catalog with other hosts' agents through etcd: "
+                "etcd://HOST:PORT[,HOST:PORT…] (default: this host's catalog alone; "
+                "registrations and KV stay in --state).",
+            ),
+        ] = None,
+        node: Annotated[
+            str | None,
+            typer.Option(
+                "--node",
+                help="This agent's node name: its subtree in the shared catalog and the node "
+                "Consul clients see (default: the host name with --store, else dockmesh).",
+            ),
+        ] = None,
     ) -> None:
         """Run the agent: follow the engines, keep the catalog, check health, serve the API
         and DNS. Stops cleanly on SIGTERM or Ctrl-C. `agent install` / `agent uninstall`
@@ -218,8 +238,28 @@ def register(app: typer.Typer) -> None:
                 f"--datacenter {datacenter!r}: letters, digits, '-' and '_', at most 63"
                 " (a DNS label, as Consul requires)"
             )
+        etcd: tuple[tuple[str, int], ...] = ()
+        if store is not None:
+            from dockmesh.catalog.sharing import parse_endpoints
+
+            try:
+                etcd = tuple(parse_endpoints(store))
+            except ValueError as e:
+                raise UserError(f"--store {store!r}: {e}") from None
+        # Alone, the node keeps its old name; sharing, two hosts must not both be `dockmesh`.
+        default_node = socket.gethostname().split(".")[0] if etcd else ""
+        node_name = node if node is not None else (default_node or "dockmesh")
+        if not NODE.fullmatch(node_name) or ".." in node_name:
+            raise UserError(
+                f"--node {node_name!r}: letters, digits, '-', '_' and '.', at most 63, "
+                "starting with a letter or digit"
+            )
+        # `--engine none`: no engine at all (a host that only reads the shared catalog).
+        engines = [] if engine == ["none"] else engine_refs(engine)
         config = AgentConfig(
-            engines=engine_refs(engine),
+            engines=engines,
+            node=node_name,
+            etcd=etcd,
             datacenter=datacenter,
             api=parse_hostport(api, "--api"),
             dns=None if dns.lower() in ("off", "none", "") else parse_hostport(dns, "--dns"),

@@ -643,3 +643,36 @@ def test_a_request_aiohttp_refuses_is_logged_as_one_info_line() -> None:
     other = logging.LogRecord("aiohttp.server", logging.ERROR, "x", 1, "boom", (), None)
     assert quiet_bad_requests(other) is True
     assert other.levelno == logging.ERROR
+
+
+def test_the_shared_catalogs_store_not_followed_means_no_leader_but_is_not_an_engine() -> None:
+    from dockmesh.model.liveness import EngineLink
+
+    store = [EngineLink("etcd", True, 0.0)]
+    engines = [EngineLink("local", True, 0.0)]
+
+    async def main() -> None:
+        live, feed = LiveCatalog(), TopologyFeed()
+        app = make_app(
+            live,
+            feed.current,
+            feed.wait,
+            CollectorRegistry(),
+            links=lambda: engines,
+            store_links=lambda: store,
+        )
+        async with TestClient(TestServer(app)) as client:
+            env = Env(app, client, live, feed)
+            _, leader, headers = await env.call("GET", "/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "true" and leader != ""
+            store[0] = EngineLink("etcd", False, 2.5)
+            _, leader, headers = await env.call("GET", "/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "false" and leader == ""
+            assert headers["X-Consul-LastContact"] == "2500"
+            assert [e["engine"] for e in await env.get("/v1/dockmesh/engines")] == ["local"]
+            engines.clear()  # an agent that follows no engine (`--engine none`): the store alone
+            store[0] = EngineLink("etcd", True, 0.0)
+            _, _, headers = await env.call("GET", "/v1/status/leader")
+            assert headers["X-Consul-KnownLeader"] == "true"
+
+    asyncio.run(asyncio.wait_for(main(), GUARD_S))

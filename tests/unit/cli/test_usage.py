@@ -44,6 +44,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
         ("agent", "--dns", "off", "--state", "", "--dns-tcp-idle-timeout", "0"),
         # A datacenter is a DNS label (<svc>.service.<dc>.<domain>).
         ("agent", "--datacenter", "a.b", "--api", "127.0.0.1:0", "--dns", "off", "--state", ""),
+        # The shared catalog: an etcd URL and a node name that is a key segment.
+        ("agent", "--store", "http://127.0.0.1:2379", "--dns", "off", "--state", ""),
+        ("agent", "--store", "etcd://127.0.0.1:0", "--dns", "off", "--state", ""),
+        ("agent", "--store", "etcd://127.0.0.1:2379", "--node", "a/b", "--dns", "off"),
+        ("agent", "--store", "etcd://127.0.0.1:2379", "--node", "-a", "--dns", "off"),
+        ("agent", "--store", "etcd://127.0.0.1:2379", "--node", "a..b", "--dns", "off"),
     ],
 )
 def test_a_usage_error_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
