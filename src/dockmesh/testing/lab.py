@@ -100,6 +100,10 @@ class LabClient:
         sock.settimeout(timeout)
         return sock
 
+    def udp_socket(self, host: str, pid: int | None = None) -> socket.socket:
+        """A non-blocking UDP socket made in `host`'s namespace (or in `pid`'s)."""
+        return self.pool.socket(pid or self.ns_pid(host), socket.AF_INET, socket.SOCK_DGRAM)
+
     def http(
         self, host: str, path: str, timeout: float = 2.0, pid: int | None = None
     ) -> tuple[int, dict[str, str], Any]:
