@@ -105,13 +105,18 @@ class LabClient:
         return self.pool.socket(pid or self.ns_pid(host), socket.AF_INET, socket.SOCK_DGRAM)
 
     def http(
-        self, host: str, path: str, timeout: float = 2.0, pid: int | None = None
+        self,
+        host: str,
+        path: str,
+        timeout: float = 2.0,
+        pid: int | None = None,
+        port: int = API_PORT,
     ) -> tuple[int, dict[str, str], Any]:
         """GET `path` from `host`'s agent: status, headers, the JSON body (None if not JSON)."""
         sock = self._socket(pid or self.ns_pid(host), socket.SOCK_STREAM, timeout)
-        conn = http.client.HTTPConnection("127.0.0.1", API_PORT, timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
         try:
-            sock.connect(("127.0.0.1", API_PORT))
+            sock.connect(("127.0.0.1", port))
             conn.sock = sock
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -149,11 +154,14 @@ class LabClient:
             for item in rrset
         )
 
-    def instances(self, host: str, services: Iterable[str]) -> set[tuple[str, str]]:
-        """(node, instance id) of every instance of `services` that `host`'s agent knows."""
+    def instances(
+        self, host: str, services: Iterable[str], pid: int | None = None, port: int = API_PORT
+    ) -> set[tuple[str, str]]:
+        """(node, instance id) of every instance of `services` that `host`'s agent knows (its
+        own under `host`, the others' under the node their `Meta.node` names)."""
         seen: set[tuple[str, str]] = set()
         for svc in services:
-            code, _, rows = self.http(host, f"/v1/health/service/{svc}")
+            code, _, rows = self.http(host, f"/v1/health/service/{svc}", pid=pid, port=port)
             if code != 200:
                 raise AssertionError(f"{host}'s agent: /v1/health/service/{svc} → {code}")
             for row in rows:
