@@ -23,14 +23,17 @@ Measured, each in ms, median / p99 / max over the starts:
   - from the call (dockmesh: `create` + `start` on host2's engine; Swarm: `service scale` on
     the manager) to the first answer: what a user waits for;
   - dockmesh only: from `start` returning;
-  - stopped: from the call (`rm -f`, scale to 0) to the first question that got no address
+  - stopped: from the container's end as its engine records it (`State.FinishedAt`), and
+    from the call (`kill`, scale to 0), to the first question that got no address
     back (dockmesh: a negative answer, from every host; Swarm: Docker's DNS does not hold the
     name any more and forwards it upstream, where nothing answers in the lab, so no answer
     within 50 ms counts — the question's send time is taken, not the 50 ms).
 The questions are sent every 2 ms without waiting for answers (one socket per server, an ID
 per question), so a slow "no" never delays the next question.
 The goals (dockmesh, from the container's start): ≤ 50 ms median, ≤ 250 ms p99; stopped:
-gone from every host within 1 s. The ratios are Swarm's median over dockmesh's.
+gone from every host within 1 s of its end (the slowest of the starts). The ratios are
+Swarm's median over dockmesh's. Swarm takes a task's name away when it shuts the task down,
+before its container ends (a stop grace period), so only "from the call" is shown for it.
 
 Run: .venv/bin/python -m benchmarks.multihost [--starts 100 --hosts 2 --json]
 (root, a Docker engine, `dockmesh/toolbox` built, etcd: scripts/setup.sh installs them).
@@ -66,9 +69,17 @@ LIMIT_S = 30.0
 GRACE_S = 0.05  # no answer this long: the name is not held (Docker forwards it)
 
 
-def started_at(api: Any, cid: str) -> float:
+def wall_of(mono: float) -> float:
+    return time.time() - (time.monotonic() - mono)
+
+
+def finished_at(api: Any, cid: str) -> float:
+    return started_at(api, cid, "FinishedAt")
+
+
+def started_at(api: Any, cid: str, field: str = "StartedAt") -> float:
     """The engine's `State.StartedAt` as a Unix time (its nanoseconds cut to microseconds)."""
-    raw = str(api.inspect_container(cid)["State"]["StartedAt"])
+    raw = str(api.inspect_container(cid)["State"][field])
     head, _, frac = raw.rstrip("Z").partition(".")
     t = datetime.datetime.fromisoformat(head).replace(tzinfo=datetime.UTC).timestamp()
     return t + float(f"0.{frac or '0'}")
@@ -188,6 +199,7 @@ class Run:
         self.dm_gone: list[float] = []
         self.sw: dict[str, list[float]] = {"started": [], "call": []}
         self.sw_gone: list[float] = []
+        self.dm_gone_finished: list[float] = []
         self.watcher_pid = 0
         self.service = f"{prefix}sw"
         self.dm_service = f"{prefix}dm"
@@ -237,8 +249,11 @@ class Run:
             self.dm["start_returned"].append((seen - t1) * 1000)
             self.dm["started"].append((wall - started_at(self.h2, cid)) * 1000)
             t2 = time.monotonic()
+            self.h2.kill(cid)
+            gone = max(everywhere.gone())
+            self.dm_gone.append((gone - t2) * 1000)
+            self.dm_gone_finished.append((wall_of(gone) - finished_at(self.h2, cid)) * 1000)
             self.h2.remove_container(cid, force=True)
-            self.dm_gone.append((max(everywhere.gone()) - t2) * 1000)
         finally:
             for w in (on_host1, everywhere):
                 for sock, _, _ in w.targets:
@@ -340,7 +355,10 @@ def main() -> int:
 
 
 def report(run: Run, starts: int, hosts: int) -> dict[str, Any]:
-    dm = {k: stats(v) for k, v in run.dm.items()} | {"gone_everywhere": stats(run.dm_gone)}
+    dm = {k: stats(v) for k, v in run.dm.items()} | {
+        "gone_everywhere": stats(run.dm_gone),
+        "gone_everywhere_from_finished": stats(run.dm_gone_finished),
+    }
     sw = {k: stats(v) for k, v in run.sw.items() if v} | {"gone": stats(run.sw_gone)}
     goals = {
         "median_ms": 50,
@@ -350,7 +368,7 @@ def report(run: Run, starts: int, hosts: int) -> dict[str, Any]:
     ok = (
         dm["started"]["median"] <= goals["median_ms"]
         and dm["started"]["p99"] <= goals["p99_ms"]
-        and dm["gone_everywhere"]["max"] <= goals["gone_ms"]
+        and dm["gone_everywhere_from_finished"]["max"] <= goals["gone_ms"]
     )
     ratios = {
         k: round(sw[k]["median"] / max(dm[k]["median"], 0.1), 1)
@@ -362,7 +380,7 @@ def report(run: Run, starts: int, hosts: int) -> dict[str, Any]:
         "hosts": hosts,
         "measured": {
             "dockmesh": "a labelled container created+started on host2 (overlay) until "
-            "host1's agent answers S.service.dockmesh A; removed (rm -f) until every host's "
+            "host1's agent answers S.service.dockmesh A; killed until every host's "
             "agent answers no address",
             "swarm": "a service (constraint host2, same image and overlay) scaled 0→1 until "
             "Docker's embedded DNS (127.0.0.11 in a container on host1) answers tasks.S A; "
@@ -391,13 +409,15 @@ def print_report(doc: dict[str, Any]) -> None:
         if k in sw:
             print(f"    Docker Swarm  {show(sw[k])}   ({doc['swarm_over_dockmesh'][k]}x dockmesh)")
     print(f"  dockmesh from start returning: {show(dm['start_returned'])}")
-    print("  stopped, until no answer")
+    print("  stopped: from the container's FinishedAt until no answer")
+    print(f"    dockmesh (every host)  {show(dm['gone_everywhere_from_finished'])}")
+    print("  stopped: from the call (kill | scale 0) until no answer")
     print(f"    dockmesh (every host)  {show(dm['gone_everywhere'])}")
     print(f"    Docker Swarm (host1)   {show(sw['gone'])}")
     g = doc["goals"]
     print(
         f"goals (dockmesh from StartedAt): median ≤ {g['median_ms']} ms, p99 ≤ {g['p99_ms']} ms; "
-        f"gone everywhere ≤ {g['gone_ms']} ms: {'OK' if doc['ok'] else 'FAIL'}"
+        f"gone everywhere ≤ {g['gone_ms']} ms after FinishedAt: {'OK' if doc['ok'] else 'FAIL'}"
     )
 
 
