@@ -117,6 +117,7 @@ class Etcd:
         try:
             return await asyncio.wait_for(fn(client), self.timeout_s)
         except asyncio.CancelledError:
+            _raise_unless_task_cancelled()
             raise
         except Exception as e:
             raise Unavailable(_reason(e)) from None
@@ -220,6 +221,7 @@ class Etcd:
         except Unavailable:
             raise
         except asyncio.CancelledError:
+            _raise_unless_task_cancelled()
             raise
         except Exception as e:
             raise Unavailable(_reason(e)) from None
@@ -230,6 +232,17 @@ class Etcd:
 
     async def close(self) -> None:
         await self.reset()
+
+
+def _raise_unless_task_cancelled() -> None:
+    """Called on a CancelledError: a call that grpc cancelled because another task dropped the
+    connection (`reset` closes the channel and with it every call on it) is `Unavailable` —
+    left as a CancelledError it would end the task that made the call (the watch) silently,
+    and the agent would stop following the shared catalog for good. Only the task's own
+    cancellation stays a CancelledError."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling() == 0:
+        raise Unavailable("the connection was reset") from None
 
 
 def _reason(e: BaseException) -> str:

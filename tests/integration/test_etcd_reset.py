@@ -1,0 +1,70 @@
+"""The etcd client's connection dropped by one task (`reset`, as the lease keeper and the
+publisher do when a call fails) while another task's watch or call runs on it: grpc cancels
+those calls, and they must end as `Unavailable` — retried by their loops — never as a
+CancelledError that ends the task. Found on the lab: after the etcd members went down, an
+agent whose publisher reset the connection first stopped following the shared catalog for
+good (its watch task ended silently, its cache never changed again)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dockmesh.catalog.etcdstore import Etcd, Unavailable
+from tests.integration.test_etcd_catalog import EtcdProc
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProc]:
+    if shutil.which("etcd") is None:
+        pytest.fail("etcd is missing: scripts/setup.sh installs Debian's etcd-server")
+    e = EtcdProc(tmp_path)
+    e.start()
+    try:
+        yield e
+    finally:
+        e.stop()
+
+
+def test_a_reset_by_another_task_ends_a_watch_as_unavailable(etcd: EtcdProc) -> None:
+    async def main() -> BaseException | None:
+        client = Etcd([("127.0.0.1", etcd.client_port)])
+
+        async def watch() -> None:
+            async for _ in client.watch("/dmt/", 1):
+                pass
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        await client.reset()
+        await asyncio.wait([task], timeout=5)
+        assert task.done() and not task.cancelled(), "the watch's task ended as cancelled"
+        await client.close()
+        return task.exception()
+
+    assert isinstance(asyncio.run(main()), Unavailable)
+
+
+def test_a_watch_whose_own_task_is_cancelled_is_still_cancelled(etcd: EtcdProc) -> None:
+    async def main() -> bool:
+        client = Etcd([("127.0.0.1", etcd.client_port)])
+
+        async def watch() -> None:
+            async for _ in client.watch("/dmt/", 1):
+                pass
+
+        task = asyncio.create_task(watch())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        await asyncio.wait([task], timeout=5)
+        await client.close()
+        return task.cancelled()
+
+    assert asyncio.run(main())
