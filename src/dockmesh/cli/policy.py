@@ -148,6 +148,7 @@ def register(app: typer.Typer) -> None:
             str(FsPath(file).resolve()),
         )
         rs = _nft_errors(lambda: enforcer.apply(applied, topo))
+        overlays = _nft_errors(lambda: _apply_overlays(applied, topo, engine))
         notes = _unmatched(policy, topo)
         addresses = sum(len(s.elements) for s in rs.sets if not s.interval)
         if json_out:
@@ -162,6 +163,7 @@ def register(app: typer.Typer) -> None:
                     "structure": rs.structure_hash,
                     "notes": notes,
                     "policy": policy.to_json(),
+                    "overlays": [o.to_json() for o in overlays],
                 }
             )
             return
@@ -171,6 +173,12 @@ def register(app: typer.Typer) -> None:
             markup=False,
             highlight=False,
         )
+        for o in overlays:
+            out.print(
+                f"  overlay {o.network} on {o.engine}: table inet {name} in namespace {o.netns}",
+                markup=False,
+                highlight=False,
+            )
         for note in notes:
             out.print(f"  note: {note}", markup=False, highlight=False)
 
@@ -225,11 +233,50 @@ def register(app: typer.Typer) -> None:
     def remove(table: TableOpt = None) -> None:
         """Removes the table (and nothing else) and the recorded policy."""
         from dockmesh.policy.enforce import Enforcer
+        from dockmesh.policy.overlay import remove_overlays
 
         name = _table(table)
         removed = _nft_errors(lambda: Enforcer(policy_store(name)).remove())
         msg = f"removed table inet {name}" if removed else f"no policy applied (table inet {name})"
         out.print(msg, markup=False, highlight=False)
+        for path in _nft_errors(lambda: remove_overlays(name, configured_policy_dir())):
+            out.print(f"  and from overlay namespace {path}", markup=False, highlight=False)
+
+
+# The engine's exec-root when it is the machine's own (the default socket): its namespaces.
+LOCAL_SOCKETS = ("unix:///run/docker.sock", "unix:///var/run/docker.sock")
+LOCAL_NETNS_DIR = "/run/docker/netns"
+
+
+def overlay_netns_dirs(engine: list[str] | None) -> dict[str, str]:
+    """Each engine whose overlay namespaces this machine can enter → their directory: a lab
+    host's (under its engine's --exec-root), or the machine's own engine's. Another machine's
+    engine has its namespaces there: its overlays are enforced by `policy apply` run there."""
+    from dockmesh.cli.common import LAB_HOST, engine_refs
+
+    dirs: dict[str, str] = {}
+    lab_roots: dict[str, str] = {}
+    if any(LAB_HOST.fullmatch(v) for v in engine or []):
+        from dockmesh.lab.plan import DEFAULT_NAME
+        from dockmesh.lab.run import load
+
+        state = load(os.environ.get("DOCKMESH_LAB") or DEFAULT_NAME)
+        if state is not None:
+            lab_roots = {h.name: h.exec_root for h in state.plan().hosts}
+    for ref in engine_refs(engine):
+        if ref.name in lab_roots:
+            dirs[ref.name] = os.path.join(lab_roots[ref.name], "netns")
+        elif ref.url in LOCAL_SOCKETS:
+            dirs[ref.name] = LOCAL_NETNS_DIR
+    return dirs
+
+
+def _apply_overlays(applied: Any, topo: Topology, engine: list[str] | None) -> list[Any]:
+    from dockmesh.policy.overlay import apply_overlays, overlay_networks
+
+    if not overlay_networks(topo):
+        return []
+    return apply_overlays(applied, topo, overlay_netns_dirs(engine), configured_policy_dir())
 
 
 def _table(given: str | None) -> str:
