@@ -157,6 +157,15 @@ def test_an_overlay_policy_denies_across_hosts_and_within_one(ovlab: Lab, pool: 
     # a→b crosses hosts and is allowed; c→a, a→c and b→a cross hosts and are denied; b→c and
     # c→b never leave host2 and are judged there all the same.
     assert got == A_TO_B, got
+    # why agrees, with a probe from c's namespace on host2, and says where it is judged.
+    why = ovlab.dockmesh(
+        "lab", "exec", "host1", "--", sys.executable, "-m", "dockmesh", "why",
+        f"{ovlab.name}-c", f"{ovlab.name}-a", "--port", "8080/tcp", "--probe",
+        "--table", ovlab.table, "--engine", "host1", "--engine", "host2", check=False,
+    )  # fmt: skip
+    assert why.returncode == 1, why.stderr
+    assert f"judged in {ovlab.net}'s namespace on host2 and host1" in why.stdout, why.stdout
+    assert "probe: ✗" in why.stdout, why.stdout
 
 
 def test_a_forged_source_on_the_overlay_matches_no_allow_rule(ovlab: Lab, pool: NetnsPool) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dockmesh.model.policy import Policy, Rule, Selector
-from dockmesh.model.topology import Topology
+from dockmesh.model.topology import EngineInfo, EngineState, Topology, build_topology
 from dockmesh.policy.compile import compile_policy
 from dockmesh.policy.decide import decide
 from dockmesh.policy.evaluate import Packet, evaluate
@@ -181,3 +181,40 @@ def test_a_local_member_that_forges_a_remote_members_address_is_not_accepted() -
                    port="veth1", out_port="veth2")  # fmt: skip
     assert evaluate(rs, to_c0).verdict == "drop"
     assert evaluate(rs, dataclasses.replace(to_c0, out_port=VXLAN_PORT)).verdict == "accept"
+
+
+def test_why_says_where_an_overlay_policy_judges_the_packet() -> None:
+    from dockmesh.model.policy import PortRange
+    from dockmesh.policy.reach import analyze
+
+    cs = [
+        dataclasses.replace(container("front", {OVERLAY: "10.0.0.2"}), engine="host1"),
+        dataclasses.replace(container("api", {OVERLAY: "10.0.0.3"}), engine="host2"),
+        dataclasses.replace(container("db", {OVERLAY: "10.0.0.4"}), engine="host2"),
+    ]
+    states = []
+    for host in ("host1", "host2"):
+        st = EngineState(EngineInfo(host, f"unix:///{host}"))
+        st.upsert_network(dataclasses.replace(overlay_net(), engine=host))
+        for c in cs:
+            if c.engine == host:
+                st.upsert_container(c)
+        states.append(st)
+    topo = build_topology(states, 1)
+    policy = Policy(
+        "deny",
+        (),
+        (Rule((Selector(container="front"),), (Selector(container="api"),), (), "allow"),),
+    )
+    tcp = PortRange("tcp", 8080, 8080)
+    across = analyze(topo, policy, "db", "front", tcp, with_dns=False)
+    assert not across.reachable
+    assert across.summary.endswith(
+        "the policy's default denies it (8080/tcp on ov; judged in ov's namespace on host2 "
+        "and host1)"
+    ), across.summary
+    within = analyze(topo, policy, "api", "db", tcp, with_dns=False)
+    assert "judged in ov's namespace on host2)" in within.summary
+    assert analyze(topo, policy, "front", "api", tcp, with_dns=False).reachable
+    # No policy: nothing is judged there, nothing said.
+    assert "namespace" not in analyze(topo, None, "db", "front", tcp, with_dns=False).summary
