@@ -148,8 +148,8 @@ def register(app: typer.Typer) -> None:
             str(FsPath(file).resolve()),
         )
         rs = _nft_errors(lambda: enforcer.apply(applied, topo))
-        overlays = _nft_errors(lambda: _apply_overlays(applied, topo, engine))
-        notes = _unmatched(policy, topo)
+        overlays, elsewhere = _nft_errors(lambda: _apply_overlays(applied, topo))
+        notes = _unmatched(policy, topo) + elsewhere
         addresses = sum(len(s.elements) for s in rs.sets if not s.interval)
         if json_out:
             print_json(
@@ -248,35 +248,41 @@ LOCAL_SOCKETS = ("unix:///run/docker.sock", "unix:///var/run/docker.sock")
 LOCAL_NETNS_DIR = "/run/docker/netns"
 
 
-def overlay_netns_dirs(engine: list[str] | None) -> dict[str, str]:
-    """Each engine whose overlay namespaces this machine can enter → their directory: a lab
-    host's (under its engine's --exec-root), or the machine's own engine's. Another machine's
-    engine has its namespaces there: its overlays are enforced by `policy apply` run there."""
-    from dockmesh.cli.common import LAB_HOST, engine_refs
-
-    dirs: dict[str, str] = {}
-    lab_roots: dict[str, str] = {}
-    if any(LAB_HOST.fullmatch(v) for v in engine or []):
+def overlay_netns_dirs(topo: Topology) -> dict[str, str]:
+    """Each of the topology's engines whose overlay namespaces this machine can enter → their
+    directory: a lab host's (under its engine's --exec-root) or the machine's own engine's,
+    known by the engine's URL (its name may be anything). Another machine's engine has its
+    namespaces there: its overlays are written by `policy apply` run on that machine."""
+    by_url = dict.fromkeys(LOCAL_SOCKETS, LOCAL_NETNS_DIR)
+    if any(e.url.startswith("unix:///run/dockmesh-lab/") for e in topo.engines):
         from dockmesh.lab.plan import DEFAULT_NAME
         from dockmesh.lab.run import load
 
         state = load(os.environ.get("DOCKMESH_LAB") or DEFAULT_NAME)
         if state is not None:
-            lab_roots = {h.name: h.exec_root for h in state.plan().hosts}
-    for ref in engine_refs(engine):
-        if ref.name in lab_roots:
-            dirs[ref.name] = os.path.join(lab_roots[ref.name], "netns")
-        elif ref.url in LOCAL_SOCKETS:
-            dirs[ref.name] = LOCAL_NETNS_DIR
-    return dirs
+            for h in state.plan().hosts:
+                by_url[h.url] = os.path.join(h.exec_root, "netns")
+    return {e.name: by_url[e.url] for e in topo.engines if e.url in by_url}
 
 
-def _apply_overlays(applied: Any, topo: Topology, engine: list[str] | None) -> list[Any]:
+def _apply_overlays(applied: Any, topo: Topology) -> tuple[list[Any], list[str]]:
+    """The overlay namespaces written, and a note for each overlay's host this machine
+    cannot enter (its table is written by `policy apply` run there)."""
     from dockmesh.policy.overlay import apply_overlays, overlay_networks
 
-    if not overlay_networks(topo):
-        return []
-    return apply_overlays(applied, topo, overlay_netns_dirs(engine), configured_policy_dir())
+    nets = overlay_networks(topo)
+    if not nets:
+        return [], []
+    dirs = overlay_netns_dirs(topo)
+    done = apply_overlays(applied, topo, dirs, configured_policy_dir())
+    notes = [
+        f"overlay {n.name} on engine {e}: its namespace is not on this machine (run policy "
+        "apply there)"
+        for n in nets
+        for e in n.engines
+        if e not in dirs
+    ]
+    return done, notes
 
 
 def _table(given: str | None) -> str:
