@@ -222,3 +222,37 @@ def test_removing_the_policy_removes_it_from_every_overlay_namespace(
         assert not ovlab.overlay_table(host), host
     assert verdicts(ovlab, pool) == ALL_OPEN
     assert not list((ovlab.policy_dir / "overlay").iterdir())
+
+
+def test_a_swarm_services_tasks_on_both_hosts_are_members_by_service(
+    ovlab: Lab, pool: NetnsPool, toolbox: str
+) -> None:
+    """Tasks of a service spread over both hosts are the overlay's members like containers:
+    a may reach the service `<name>web` (each task, on either host), c may not."""
+    web = f"{ovlab.name}web"
+    ovlab.docker(
+        "host1", "service", "create", "--quiet", "--no-resolve-image", "--name", web,
+        "--replicas", "2", "--replicas-max-per-node", "1", "--network", ovlab.net, toolbox,
+    )  # fmt: skip
+    tasks: dict[str, tuple[int, str]] = {}  # host → (pid, overlay address)
+    for host in ("host1", "host2"):
+        ids = ovlab.docker(
+            host, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={web}"
+        )
+        [cid] = ids.split()
+        doc = json.loads(ovlab.docker(host, "inspect", cid))[0]
+        tasks[host] = (
+            int(doc["State"]["Pid"]),
+            doc["NetworkSettings"]["Networks"][ovlab.net]["IPAddress"],
+        )
+    policy = write_policy(
+        ovlab,
+        [{"from": {"container": f"{ovlab.name}-a"}, "to": {"service": web}, "ports": ["8080/tcp"]}],
+    )
+    ovlab.policy("apply", policy, "--engine", "host1", "--engine", "host2")
+    for host, (_, address) in tasks.items():
+        assert connects(pool, ovlab.pids["a"], address), host
+        assert not connects(pool, ovlab.pids["c"], address), host
+    # And the tasks themselves are denied what no rule allows (to a, across or within hosts).
+    for host, (pid, _) in tasks.items():
+        assert not connects(pool, pid, ovlab.ips["a"]), host
