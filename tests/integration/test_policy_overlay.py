@@ -208,8 +208,18 @@ def test_a_packet_between_hosts_is_judged_at_both_ends(ovlab: Lab, pool: NetnsPo
         "a>b": True, "b>a": False, "c>a": False, "a>c": False,
     }  # fmt: skip
     assert got["b>c"] and got["c>b"]
+    # policy show says which namespace's table differs; policy apply writes it again.
+    assert overlay_drift(ovlab) == {"host1": False, "host2": True}
     ovlab.policy("apply", a_to_b(ovlab), "--engine", "host1", "--engine", "host2")
+    assert overlay_drift(ovlab) == {"host1": False, "host2": False}
     assert verdicts(ovlab, pool) == A_TO_B
+
+
+def overlay_drift(lab: Lab) -> dict[str, bool]:
+    """Host → whether `policy show` finds its overlay table differing from the policy."""
+    doc = json.loads(lab.policy("show", "--json", "--engine", "host1", "--engine", "host2").stdout)
+    assert all(o["network"] == lab.net for o in doc["overlays"]), doc["overlays"]
+    return {o["engine"]: bool(o["differences"]) for o in doc["overlays"]}
 
 
 def test_removing_the_policy_removes_it_from_every_overlay_namespace(

@@ -465,6 +465,13 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         diffs: list[str] = _nft_errors(lambda: enforcer.drift(want))
         doc["differences"] = diffs
         doc["in_sync"] = not diffs
+    if applied is not None:
+        from dockmesh.policy.overlay import overlay_drift
+
+        dirs = overlay_netns_dirs(topo)
+        doc["overlays"] = _nft_errors(
+            lambda: overlay_drift(applied, topo, dirs, configured_policy_dir())
+        )
     if live_doc is None:
         return doc
     doc["warnings"] = [
@@ -549,6 +556,16 @@ def _render_show(doc: dict[str, Any]) -> None:
     )
     for d in diffs:
         out.print(f"  differs: {d}", markup=False, highlight=False)
+    for o in doc.get("overlays", []):
+        n = len(o["differences"])
+        what = "in sync" if not n else f"differs ({n} difference{'s' if n != 1 else ''})"
+        out.print(
+            f"overlay {o['network']} on {o['engine']} (namespace {o['netns']}): {what}",
+            markup=False,
+            highlight=False,
+        )
+        for d in o["differences"]:
+            out.print(f"  differs: {d}", markup=False, highlight=False)
     for w in doc.get("warnings", []):
         out.print(f"  warning: {w}", markup=False, highlight=False)
     rules = Table("rule", "packets", "bytes", title="rules (counters since applied)")

@@ -37,6 +37,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from dockmesh.host.ports import interfaces
 from dockmesh.model.topology import Network, Topology
@@ -199,6 +200,32 @@ def apply_overlays(
             if where.name.startswith(f"{engine}_") and where not in kept:
                 _remove_one(applied.table, where)
     return done
+
+
+def overlay_drift(
+    applied: Applied, topo: Topology, netns_dirs: Mapping[str, str], policy_dir: Path
+) -> list[dict[str, Any]]:
+    """For each overlay namespace of these engines the table was applied to, what differs
+    between its live tables and what the policy compiles to there now (`Enforcer.drift`: []
+    in sync). Reads only: `apply_overlays` writes them again."""
+    out: list[dict[str, Any]] = []
+    for engine, directory in netns_dirs.items():
+        for n in overlay_networks(topo):
+            where = store_dir(policy_dir, engine, netns_name(n))
+            store = PolicyStore(applied.table, where)
+            if store.stamp() is None:
+                continue
+            path = present(directory, n)
+            doc: dict[str, Any] = {"engine": engine, "network": n.name, "netns": path}
+            if path is None:
+                doc["differences"] = ["the namespace is gone (no member of the network here)"]
+            else:
+                view = overlay_topology(topo, n)
+                ports = overlay_ports(view, engine, local_ports(view, engine, path))
+                enforcer = Enforcer(store, NetnsNft(path), _fixed(ports))
+                doc["differences"] = enforcer.drift(enforcer.compile(applied, view))
+            out.append(doc)
+    return out
 
 
 def _records(policy_dir: Path, table: str) -> list[Path]:
