@@ -73,7 +73,9 @@ def test_no_test_file_is_named_for_a_module_that_is_not_there() -> None:
     test_topology_schema.py, ...) test a topic across modules and are listed here."""
     topical = {
         "api/test_app_consul.py",
+        "api/test_app_observe.py",
         "test_agent_burst.py",
+        "test_agent_observer.py",
         "catalog/test_scope.py",
         "cli/test_bad_files.py",
         "cli/test_habits.py",

@@ -41,7 +41,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from dockmesh.api.topology import TopologyFeed
 from dockmesh.catalog.containers import derive_all
@@ -52,7 +52,8 @@ from dockmesh.dns.limits import DnsLimits
 from dockmesh.engine.backend import EngineRef
 from dockmesh.errors import EngineError
 from dockmesh.model.liveness import EngineLink, still_dead, to_follow, with_pings, without_dead
-from dockmesh.model.topology import Topology
+from dockmesh.model.policy import Policy
+from dockmesh.model.topology import Container, Topology
 from dockmesh.policy.compile import DEFAULT_TABLE
 from dockmesh.policy.store import DEFAULT_DIR
 
@@ -365,6 +366,7 @@ class Agent:
             datacenter=cfg.datacenter,
             links=self.links,
             store_links=self.store_links if cfg.etcd else None,
+            observer=HostObserver(self.living, self._applied_policy),
         )
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, handler_cancellation=True
@@ -430,6 +432,11 @@ class Agent:
             cached = (topo, dead, without_dead(topo, self.dead))
             self._living = cached
         return cached[2]
+
+    def _applied_policy(self) -> Policy | None:
+        """The policy this agent keeps (what a doctor's findings weigh a deny by)."""
+        applied = self.policy.applied if self.policy is not None else None
+        return None if applied is None else applied.policy
 
     def links(self) -> tuple[EngineLink, ...]:
         """Each engine's connection: its event stream open, and the engine answering."""
@@ -614,6 +621,75 @@ class Agent:
             with contextlib.suppress(OSError):
                 await dns.remove_listener(gw, port)
             self._dns_gateways.discard(gw)
+
+
+class HostObserver:
+    """What this agent answers of its own host's containers (the API's `Observer`): their
+    interface counters, a doctor's diagnosis and the host's conntrack flows, each the same
+    document `dockmesh stats|doctor|flows --json` prints. Read from this process's /proc and
+    network namespace, which are the host's: so a container whose pid this machine does not
+    show to be its process (an engine followed from another host) is refused, never read."""
+
+    def __init__(
+        self,
+        topology: Callable[[], Topology | None],
+        policy: Callable[[], Policy | None] = lambda: None,
+    ) -> None:
+        self._topology = topology
+        self._policy = policy
+
+    def _topo(self) -> Topology:
+        topo = self._topology()
+        if topo is None:
+            raise LookupError("the agent has not read its engines yet")
+        return topo
+
+    def _own(self, topo: Topology, name: str) -> Container:
+        from dockmesh.host.pidwatch import shown_here
+
+        c = topo.container(name)
+        if c is None:
+            raise LookupError(f"no container {name!r} on this host's engines")
+        if c.running and c.pid and not shown_here(c.pid, c.id):
+            raise PermissionError(
+                f"{c.name}'s process (pid {c.pid} on engine {c.engine}) is not on this host: "
+                "ask the agent of its own host"
+            )
+        return c
+
+    def stats(self, containers: Sequence[str]) -> dict[str, Any]:
+        from dockmesh.observe.counters import local_engines, readable, stats_json
+        from dockmesh.observe.sample import sample, targets
+
+        topo = self._topo()
+        if containers:
+            local = local_engines(topo)
+            chosen = [self._own(topo, n) for n in containers]
+            wanted = list({c.id: c for c in chosen if readable(c, local)}.values())
+        else:
+            wanted = targets(topo)
+        s = sample(wanted)
+        return stats_json(s.containers, s.elapsed_s)
+
+    def doctor(self, container: str, timeout_s: float) -> dict[str, Any]:
+        from dockmesh.diagnose.doctor import doctor_document
+        from dockmesh.host.netns import NetnsPool
+
+        topo = self._topo()
+        c = self._own(topo, container)
+        with NetnsPool(threads=1) as pool:
+            doc, _ = doctor_document(topo, c, pool, timeout_s, self._policy())
+        return doc
+
+    def flows(self, by: str) -> dict[str, Any]:
+        from dockmesh.observe.conntrack import dump, ensure_accounting
+        from dockmesh.observe.flows import aggregate, flows_json
+
+        topo = self._topo()
+        accounting = ensure_accounting()
+        start = time.perf_counter()
+        edges = aggregate(dump(), topo, by=by)
+        return flows_json(edges, accounting, time.perf_counter() - start)
 
 
 async def _in_daemon_thread(fn: Callable[[], T], name: str) -> T:

@@ -27,14 +27,14 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dockmesh import __version__
-from dockmesh.api import consul_json, query, shapes
+from dockmesh.api import consul_json, observe_query, query, shapes
 from dockmesh.api import filter as bexpr
 from dockmesh.api.errors import ApiError, bad_request, not_found, shown
 from dockmesh.api.metrics import ApiMetrics, Registry
@@ -51,6 +51,24 @@ log = logging.getLogger(__name__)
 TopologyProvider = Callable[[], Topology | None]
 TopologyWait = Callable[[int, float], Awaitable[Topology | None]]
 Links = Callable[[], Sequence[EngineLink]]
+
+
+class Observer(Protocol):
+    """What this agent sees of its own engine's containers from its own host (the agent
+    builds it over `observe` and `diagnose`; the API only asks). Each call blocks (it reads
+    /proc, conntrack, or waits on probes): the API runs it on a thread. A container it does
+    not know raises `LookupError`; one whose process is not on this host raises
+    `PermissionError`; the message is one line for the client."""
+
+    def stats(self, containers: Sequence[str]) -> dict[str, Any]: ...
+    def doctor(self, container: str, timeout_s: float) -> dict[str, Any]: ...
+    def flows(self, by: str) -> dict[str, Any]: ...
+
+
+# Observations at once: each holds a thread (and a doctor up to its timeout twice over);
+# past these a client waits, and past OBSERVE_QUEUE_S it is told the agent is busy.
+OBSERVE_CONCURRENCY = 2
+OBSERVE_QUEUE_S = 10.0
 
 MAX_KV_VALUE = 512 * 1024  # Consul's kv_max_value_size
 MAX_KEY_BYTES = 4096
@@ -81,6 +99,7 @@ def make_app(
     node_address: str = "127.0.0.1",
     links: Links | None = None,
     store_links: Links | None = None,
+    observer: Observer | None = None,
 ) -> web.Application:
     """The API as an aiohttp application, to run with `web.AppRunner` on the loop that owns
     `live`.
@@ -98,6 +117,8 @@ def make_app(
     - `store_links()`: the shared catalog's watch (`--store etcd://…`): while it does not
       follow the store, the agent has no leader either (not an engine: not in
       `/v1/dockmesh/engines`).
+    - `observer`: answers `/v1/dockmesh/{stats,doctor,flows}` for the containers of this
+      agent's own host. None: those answer 404.
 
     Run it with `web.AppRunner(app, handler_cancellation=True)` so a client that hangs up
     ends its blocking query at once rather than when its wait runs out.
@@ -110,6 +131,7 @@ def make_app(
         shapes.NodeInfo(node, datacenter, node_address),
         links,
         store_links,
+        observer,
     )
     logging.getLogger("aiohttp.server").addFilter(quiet_bad_requests)  # idempotent
     app = web.Application(middlewares=[api.middleware], client_max_size=consul_json.MAX_JSON_BYTES)
@@ -144,6 +166,9 @@ def make_app(
     r.add_get("/v1/status/peers", api.status_peers)
     r.add_get("/v1/dockmesh/topology", api.topology)
     r.add_get("/v1/dockmesh/engines", api.engines)
+    r.add_get("/v1/dockmesh/stats", api.observe_stats)
+    r.add_get("/v1/dockmesh/doctor", api.observe_doctor)
+    r.add_get("/v1/dockmesh/flows", api.observe_flows)
     r.add_get("/metrics", api.metrics_text)
     return app
 
@@ -188,9 +213,12 @@ class _Api:
         node: shapes.NodeInfo,
         links: Links | None = None,
         store_links: Links | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.links = links
         self.store_links = store_links
+        self.observer = observer
+        self._observing = asyncio.Semaphore(OBSERVE_CONCURRENCY)
         self.live = live
         self.topology_provider = topology_provider
         self.topology_wait = topology_wait
@@ -716,6 +744,45 @@ class _Api:
             else self.topology_provider()
         )
 
+    # --- what this host sees of its own containers -------------------------------------------
+
+    async def _observe(
+        self, request: web.Request, fn: Callable[[], dict[str, Any]]
+    ) -> web.Response:
+        try:
+            await asyncio.wait_for(self._observing.acquire(), OBSERVE_QUEUE_S)
+        except TimeoutError:
+            raise ApiError(503, "the agent is busy observing; try again") from None
+        try:
+            doc = await asyncio.to_thread(fn)
+        except LookupError as e:
+            raise not_found(str(e.args[0]) if e.args else "no such container") from None
+        except PermissionError as e:
+            raise ApiError(409, str(e.args[0]) if e.args else "not on this host") from None
+        finally:
+            self._observing.release()
+        return _json(request, doc, self.live.catalog.index)
+
+    def _observer(self) -> Observer:
+        if self.observer is None:
+            raise not_found("this agent does not observe its containers")
+        return self.observer
+
+    async def observe_stats(self, request: web.Request) -> web.Response:
+        q = observe_query.parse_stats(_raw_query(request))
+        observer = self._observer()
+        return await self._observe(request, lambda: observer.stats(q.containers))
+
+    async def observe_doctor(self, request: web.Request) -> web.Response:
+        q = observe_query.parse_doctor(_raw_query(request))
+        observer = self._observer()
+        return await self._observe(request, lambda: observer.doctor(q.container, q.timeout_s))
+
+    async def observe_flows(self, request: web.Request) -> web.Response:
+        q = observe_query.parse_flows(_raw_query(request))
+        observer = self._observer()
+        return await self._observe(request, lambda: observer.flows(q.by))
+
     async def metrics_text(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))
         resp = web.Response(body=body)
@@ -733,6 +800,15 @@ _HEALTH_CODES: dict[Status, int] = {
 
 def _kept(rows: list[dict[str, Any]], keep: bexpr.Predicate | None) -> list[dict[str, Any]]:
     return rows if keep is None else [r for r in rows if keep(r)]
+
+
+def _raw_query(request: web.Request) -> bytes:
+    """The query string as the client sent it (percent escapes still in): the observation
+    endpoints decide what its bytes may be."""
+    try:
+        return request.rel_url.raw_query_string.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise bad_request("the query string is not valid") from None
 
 
 def _kv_key(raw_path: str) -> str:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from dockmesh.catalog.sharing import REMOTE_ENGINE
 from dockmesh.catalog.state import Entry
 from dockmesh.model.catalog import CheckSpec, CheckState, Instance, KVEntry
 from dockmesh.model.durations import format_duration_ns
@@ -32,6 +33,17 @@ class NodeInfo:
     def id(self) -> str:
         # Consul node IDs are UUIDs; one derived from the name stays the same across restarts.
         return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.name}.node.dockmesh"))
+
+
+def host_node(inst: Instance | None, node: NodeInfo) -> NodeInfo:
+    """The node an instance lives on, as Consul names it: this agent's, or, for one another
+    host's agent published (the shared catalog), that host — its node name, and the
+    instance's address as the node's (the only one of that host known here). Clients that
+    group or pin by `Node` then see where an instance runs, as in a Consul cluster."""
+    if inst is not None and inst.engine.startswith(REMOTE_ENGINE):
+        name = inst.meta.get("node") or inst.engine[len(REMOTE_ENGINE) :]
+        return NodeInfo(name, node.datacenter, inst.address)
+    return node
 
 
 def _weights(inst: Instance) -> JSON:
@@ -84,6 +96,7 @@ def agent_service_json(inst: Instance, node: NodeInfo) -> JSON:
 
 def catalog_service_json(inst: Instance, node: NodeInfo, index: int) -> JSON:
     """An instance as a row of `/v1/catalog/service/<name>`."""
+    node = host_node(inst, node)
     return {
         "ID": node.id,
         "Node": node.name,
@@ -115,7 +128,7 @@ def check_json(state: CheckState, inst: Instance | None, node: NodeInfo) -> JSON
     """A check as `/v1/health/checks/<name>` and `/v1/agent/checks` show it."""
     spec = state.spec
     return {
-        "Node": node.name,
+        "Node": host_node(inst, node).name,
         "CheckID": spec.id,
         "Name": spec.name,
         "Status": state.status,
@@ -161,6 +174,7 @@ def serf_health_json(node: NodeInfo) -> JSON:
 def health_entry_json(entry: Entry, node: NodeInfo, index: int) -> JSON:
     """One row of `/v1/health/service/<name>`."""
     inst = entry.instance
+    node = host_node(inst, node)
     return {
         "Node": node_json(node, index),
         "Service": service_json(inst, index),

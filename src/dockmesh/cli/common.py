@@ -19,6 +19,7 @@ from dockmesh.errors import BuildError, EngineError, Interrupted, SpecError, Usa
 from dockmesh.projectfile.problems import visible
 
 if TYPE_CHECKING:
+    from dockmesh.lab.state import LabState
     from dockmesh.model.topology import Topology
 
 # Names, values and file names come from users: `:smile:` in them must stay text, not turn
@@ -139,8 +140,20 @@ def lab_engine(value: str) -> str:
     name becomes its engine."""
     if not LAB_HOST.fullmatch(value):
         return value
+    from dockmesh.lab.state import engine_url
+
+    lab, state = current_lab(value)
+    url = engine_url(state, value)
+    if url is None:
+        raise UserError(f"--engine {value!r}: lab {lab!r} has hosts host1 to host{state.hosts}")
+    return f"{value}={url}"
+
+
+def current_lab(value: str) -> tuple[str, LabState]:
+    """The running lab ($DOCKMESH_LAB names which) and its state, for the `--engine` value
+    `value` that names one of its hosts; a usage error when none is up."""
     from dockmesh.lab.plan import DEFAULT_NAME, LabPlanError, check_name, state_file
-    from dockmesh.lab.state import LabStateError, engine_url, parse_state
+    from dockmesh.lab.state import LabStateError, parse_state
 
     try:
         lab = check_name(os.environ.get("DOCKMESH_LAB") or DEFAULT_NAME)
@@ -149,7 +162,7 @@ def lab_engine(value: str) -> str:
     path = state_file(lab)
     try:
         with open(path, "rb") as f:
-            state = parse_state(f.read(), path)
+            return lab, parse_state(f.read(), path)
     except FileNotFoundError:
         raise UserError(
             f"--engine {value!r}: no lab {lab!r} is up (a lab host name needs `dockmesh lab up`;"
@@ -157,10 +170,6 @@ def lab_engine(value: str) -> str:
         ) from None
     except LabStateError as e:
         raise UserError(str(e)) from None
-    url = engine_url(state, value)
-    if url is None:
-        raise UserError(f"--engine {value!r}: lab {lab!r} has hosts host1 to host{state.hosts}")
-    return f"{value}={url}"
 
 
 def engine_refs(values: list[str] | None) -> list[EngineRef]:

@@ -20,6 +20,7 @@ from dockmesh.cli.common import (
     out,
     print_json,
 )
+from dockmesh.cli.remote import AgentOpt
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -157,38 +158,56 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 1.0,
         engine: EngineOpt = None,
+        agent: AgentOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Diagnose one container's network from the host (no tools needed inside it):
         state, networks, ports, interfaces, routes, resolv.conf, listening sockets, DNS of
         its peers through Docker's DNS, connectivity to its gateway and peers; then findings,
-        each with a fix. Exits 1 when a finding is an error."""
-        from dockmesh.cli.policy import _table, applied_policy
-        from dockmesh.diagnose.doctor import gather
-        from dockmesh.diagnose.findings import findings, sections
-        from dockmesh.host.netns import NetnsPool
-
-        topo = load_topology(engine)
-        c = topo.container(container)
-        if c is None:
-            raise UserError(f"no container named {container!r}")
-        # What the applied policy says of members that share no network (a deny is meant);
-        # a policy setting that cannot be read only leaves that unsaid.
-        try:
-            policy, _ = applied_policy(_table(None))
-        except UserError:
-            policy = None
-        with NetnsPool(threads=1) as pool:
-            evidence = gather(topo, c, pool, timeout, policy)
-        found = findings(evidence)
-        doc = {
-            "container": c.name,
-            "sections": sections(evidence),
-            "findings": [f.to_json() for f in found],
-        }
+        each with a fix. Exits 1 when a finding is an error. A container of another host
+        (`--engine hostN` of a lab, or `--agent URL`) is diagnosed by that host's agent
+        (--timeout at most 5 s there)."""
+        doc = doctor_document_for(container, timeout, engine, agent)
         if json_out:
             print_json(doc)
         else:
             out.print(doctor_view(doc))
-        if any(f.severity == "error" for f in found):
+        if any(f["severity"] == "error" for f in doc["findings"]):
             raise typer.Exit(1)
+
+
+def doctor_document_for(
+    container: str, timeout: float, engine: list[str] | None, agent: str | None
+) -> dict[str, Any]:
+    """The doctor's document: asked of the container's host's agent when its engine has
+    one (`cli.remote`), else gathered here — never for a container whose process this
+    machine does not show to be its own."""
+    from dockmesh.cli.remote import AgentError, agent_route, elsewhere, lab_routes, remote_doctor
+
+    if engine and agent:
+        raise UserError("--agent and --engine: give one or the other (the agent reads its engines)")
+    if agent:
+        return remote_doctor(agent_route(agent), container, timeout)
+    routes = lab_routes(engine)
+    topo = load_topology(engine)
+    c = topo.container(container)
+    if c is None:
+        raise UserError(f"no container named {container!r}")
+    if c.engine in routes:
+        return remote_doctor(routes[c.engine], c.id, timeout)
+    away = elsewhere(c)
+    if away:
+        raise AgentError(away)
+    from dockmesh.cli.policy import _table, applied_policy
+    from dockmesh.diagnose.doctor import doctor_document
+    from dockmesh.host.netns import NetnsPool
+
+    # What the applied policy says of members that share no network (a deny is meant);
+    # a policy setting that cannot be read only leaves that unsaid.
+    try:
+        policy, _ = applied_policy(_table(None))
+    except UserError:
+        policy = None
+    with NetnsPool(threads=1) as pool:
+        doc, _ = doctor_document(topo, c, pool, timeout, policy)
+    return doc

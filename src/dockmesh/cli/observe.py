@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -25,10 +25,9 @@ from dockmesh.cli.common import (
     out,
 )
 from dockmesh.cli.common import print_json as print_json
+from dockmesh.cli.remote import AgentOpt
 
 if TYPE_CHECKING:
-    from dockmesh.observe.counters import ContainerStats
-    from dockmesh.observe.flows import Edge
     from dockmesh.observe.rates import RateRow
 
 log = logging.getLogger(__name__)
@@ -48,26 +47,27 @@ def _name_column(table: Table) -> None:
     table.add_column("container", overflow="fold")
 
 
-def stats_table(containers: list[ContainerStats]) -> Table:
+def stats_table(containers: Sequence[Mapping[str, Any]]) -> Table:
+    """From `stats --json`'s containers: the same table whether this machine read them or
+    their host's agent did."""
     table = Table(title="interface counters", title_justify="left")
     _name_column(table)
     for col in ("interface", "network", "rx", "tx", "rx pkts", "tx pkts"):
         table.add_column(col, justify="right" if col.startswith(("rx", "tx")) else "left")
     table.add_column("errors/drops", justify="right")
     for c in containers:
-        if c.error:
-            table.add_row(Text(c.name), "-", "-", "", "", "", "", Text(c.error, style="red"))
-        for i in c.interfaces:
-            k = i.counters
-            bad = k.rx_errors + k.tx_errors + k.rx_dropped + k.tx_dropped
+        if c.get("error"):
+            table.add_row(Text(c["name"]), "-", "-", "", "", "", "", Text(c["error"], style="red"))
+        for k in c["interfaces"]:
+            bad = k["rx_errors"] + k["tx_errors"] + k["rx_dropped"] + k["tx_dropped"]
             table.add_row(
-                Text(c.name, style="bold"),
-                k.name,
-                Text(i.network or "?"),
-                _human_bytes(k.rx_bytes),
-                _human_bytes(k.tx_bytes),
-                str(k.rx_packets),
-                str(k.tx_packets),
+                Text(c["name"], style="bold"),
+                k["name"],
+                Text(k["network"] or "?"),
+                _human_bytes(k["rx_bytes"]),
+                _human_bytes(k["tx_bytes"]),
+                str(k["rx_packets"]),
+                str(k["tx_packets"]),
                 Text(str(bad), style="red" if bad else "dim"),
             )
     return table
@@ -96,19 +96,20 @@ def rates_table(rows: list[RateRow], interval_s: float, elapsed_s: float) -> Tab
     return table
 
 
-def flows_table(edges: list[Edge]) -> Table:
+def flows_table(edges: Sequence[Mapping[str, Any]]) -> Table:
+    """From `flows --json`'s edges (this machine's table, or a host agent's)."""
     table = Table(title="flows (conntrack)", title_justify="left")
     for col in ("from", "to", "port", "conns", "packets", "bytes →", "bytes ←"):
         table.add_column(col, justify="left" if col in ("from", "to") else "right")
     for e in edges:
         table.add_row(
-            Text(e.src, style="bold"),
-            Text(e.dst, style="bold"),
-            f"{e.port}/{e.proto}" if e.port else e.proto,
-            str(e.connections),
-            str(e.packets),
-            _human_bytes(e.bytes_forward),
-            _human_bytes(e.bytes_reply),
+            Text(e["src"], style="bold"),
+            Text(e["dst"], style="bold"),
+            f"{e['port']}/{e['proto']}" if e["port"] else e["proto"],
+            str(e["connections"]),
+            str(e["packets"]),
+            _human_bytes(e["bytes_forward"]),
+            _human_bytes(e["bytes_reply"]),
         )
     return table
 
@@ -168,23 +169,19 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Argument(help="Containers to show (default: all).")
         ] = None,
         engine: EngineOpt = None,
+        agent: AgentOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Per container and interface (mapped to its Docker network): bytes, packets, errors
-        and drops, read from /proc/<pid>/net/dev on the host — no tools in the containers."""
-        from dockmesh.observe.counters import stats_json
-        from dockmesh.observe.sample import sample, targets
-
-        topo = load_topology(engine)
-        wanted = targets(topo, containers or ())
-        if containers and not wanted:
-            raise UserError(f"no running local container named {', '.join(containers)}")
-        s = sample(wanted)
+        and drops, read from /proc/<pid>/net/dev on the host — no tools in the containers.
+        A container of another host (`--engine hostN` of a lab, or `--agent URL`) is read by
+        that host's agent."""
+        doc = stats_document(containers or [], engine, agent)
         if json_out:
-            print_json(stats_json(s.containers, s.elapsed_s))
+            print_json(doc)
         else:
-            out.print(stats_table(list(s.containers)))
-            out.print(Text(f"read in {s.elapsed_s * 1000:.1f} ms", style="dim"))
+            out.print(stats_table(doc["containers"]))
+            out.print(Text(f"read in {doc['elapsed_s'] * 1000:.1f} ms", style="dim"))
 
     @app.command("top")
     @handle_errors
@@ -242,27 +239,22 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--by", help="Aggregate to 'container' or 'service' edges.")
         ] = "container",
         engine: EngineOpt = None,
+        agent: AgentOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
         """Who talks to whom: the kernel's connection tracking (netlink) aggregated to
         container or service edges with packets and bytes. Byte counts need conntrack
         accounting (net.netfilter.nf_conntrack_acct), which this turns on when it is off:
-        connections opened before then count no bytes."""
-        from dockmesh.observe.conntrack import dump, ensure_accounting
-        from dockmesh.observe.flows import aggregate, flows_json
-
+        connections opened before then count no bytes. Another host's table (`--engine
+        hostN` of a lab, or `--agent URL`) is read by that host's agent."""
         if by not in ("container", "service"):
             raise UserError("--by: 'container' or 'service'")
-        accounting = ensure_accounting()
-        topo = load_topology(engine)
-        start = time.perf_counter()
-        edges = aggregate(dump(), topo, by=by)
-        elapsed = time.perf_counter() - start
+        doc = flows_document(by, engine, agent)
         if json_out:
-            print_json(flows_json(edges, accounting, elapsed))
+            print_json(doc)
             return
-        out.print(flows_table(edges))
-        if accounting != "on":
+        out.print(flows_table(doc["edges"]))
+        if doc["accounting"] != "on":
             out.print(
                 Text(
                     "conntrack accounting was off and is now on: "
@@ -316,3 +308,83 @@ def register(app: typer.Typer) -> None:
             print_json(doc)
         else:
             out.print(report_summary(doc))
+
+
+def _one_source(engine: list[str] | None, agent: str | None) -> None:
+    if engine and agent:
+        raise UserError("--agent and --engine: give one or the other (the agent reads its engines)")
+
+
+def stats_document(
+    names: Sequence[str], engine: list[str] | None, agent: str | None
+) -> dict[str, Any]:
+    """`stats --json`'s document: containers of engines with an agent route read by that
+    agent, the others here (a pid this machine does not show to be the container's is
+    never read: `observe.sample` says so in its row)."""
+    from dockmesh.cli.remote import (
+        agent_route,
+        lab_routes,
+        merge_stats,
+        remote_stats,
+        split_by_route,
+    )
+    from dockmesh.observe.counters import local_engines, readable, stats_json
+    from dockmesh.observe.sample import sample, targets
+
+    _one_source(engine, agent)
+    start = time.perf_counter()
+    if agent:
+        return remote_stats(agent_route(agent), names)
+    routes = lab_routes(engine)
+    topo = load_topology(engine)
+    if names:
+        found = [c for c in (topo.container(n) for n in names) if c is not None]
+        local = local_engines(topo) | frozenset(routes)
+        wanted = [c for c in found if readable(c, local)]
+        if not wanted:
+            raise UserError(f"no running container named {', '.join(names)}")
+    else:
+        wanted = targets(topo) + [c for c in topo.containers if c.engine in routes and c.running]
+        wanted = list({c.id: c for c in wanted}.values())
+    here, away = split_by_route(wanted, routes)
+    docs: list[dict[str, Any]] = []
+    if here:
+        s = sample(here)
+        docs.append(stats_json(s.containers, s.elapsed_s))
+    for eng, cs in away.items():
+        got = remote_stats(routes[eng], [c.id for c in cs])
+        # Named as this command knows the engine (`hostN`), as a read here would name it:
+        # the agent calls its one engine by its own name.
+        asked = {c.id for c in cs}
+        for row in got.get("containers", ()):
+            if isinstance(row, dict) and row.get("id") in asked:
+                row["engine"] = eng
+        docs.append(got)
+    if len(docs) == 1:  # one source: its own document, as it measured it
+        return docs[0]
+    return merge_stats(docs, [c.id for c in wanted], time.perf_counter() - start)
+
+
+def flows_document(by: str, engine: list[str] | None, agent: str | None) -> dict[str, Any]:
+    """`flows --json`'s document: each host's conntrack table read by that host's agent
+    for engines with a route; this machine's own table when any engine is read here."""
+    from dockmesh.cli.common import engine_refs
+    from dockmesh.cli.remote import agent_route, lab_routes, merge_flows, remote_flows
+    from dockmesh.observe.conntrack import dump, ensure_accounting
+    from dockmesh.observe.flows import aggregate, flows_json
+
+    _one_source(engine, agent)
+    start = time.perf_counter()
+    if agent:
+        return remote_flows(agent_route(agent), by)
+    routes = lab_routes(engine)
+    docs = [remote_flows(r, by) for r in routes.values()]
+    if not engine or any(ref.name not in routes for ref in engine_refs(engine)):
+        accounting = ensure_accounting()
+        topo = load_topology(engine)
+        t0 = time.perf_counter()
+        edges = aggregate(dump(), topo, by=by)
+        docs.insert(0, flows_json(edges, accounting, time.perf_counter() - t0))
+    if len(docs) == 1:
+        return docs[0]
+    return merge_flows(docs, time.perf_counter() - start)

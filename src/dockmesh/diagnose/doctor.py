@@ -14,7 +14,10 @@ Every step that fails is recorded and the others go on: a partial diagnosis beat
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from collections.abc import Callable
+from typing import Any
 
 from dockmesh.codecs.procnet import Route
 from dockmesh.codecs.resolvconf import parse_resolv_conf
@@ -23,11 +26,14 @@ from dockmesh.diagnose.findings import (
     Evidence,
     Link,
     Ping,
+    findings,
     plan_checks,
+    sections,
 )
 from dockmesh.diagnose.latency import ping_many
 from dockmesh.host.dockerdns import resolve_in
 from dockmesh.host.netns import NetnsError, NetnsPool
+from dockmesh.host.pidwatch import shown_here
 from dockmesh.host.sockets import listening
 from dockmesh.model.policy import Policy
 from dockmesh.model.topology import Container, Network, Topology
@@ -61,7 +67,17 @@ def _netlink_read() -> tuple[list[Link], list[Route]]:
     """Runs inside the container's namespace (a pool job): links, addresses, main routes."""
     from pyroute2 import IPRoute
 
-    with IPRoute() as ipr:
+    # A loop of asyncio's own: pyroute2 makes one from the process's policy otherwise, and in
+    # the agent that is uvloop's, whose datagram endpoints refuse netlink sockets.
+    loop = asyncio.SelectorEventLoop()
+    try:
+        return _netlink_read_with(IPRoute(use_event_loop=loop))
+    finally:
+        loop.close()
+
+
+def _netlink_read_with(ipr: Any) -> tuple[list[Link], list[Route]]:
+    with ipr:
         names: dict[int, str] = {}
         links: dict[int, tuple[str, str | None, int, str]] = {}
         for m in ipr.get_links():
@@ -108,7 +124,11 @@ def gather(
     pool: NetnsPool,
     timeout_s: float = 1.0,
     policy: Policy | None = None,
+    is_its_process: Callable[[int, str], bool] = shown_here,
 ) -> Evidence:
+    """What can be read of `c` from this machine. `is_its_process(pid, container id)`: whether
+    the pid its engine reported is that container's process here (`pidwatch.shown_here`);
+    when not, nothing is read or entered and the evidence says why."""
     plan = plan_checks(topo, c, host_mtus(topo, c), policy=policy)
     evidence = Evidence(c, plan)
     if not c.running or not c.pid:
@@ -117,6 +137,13 @@ def gather(
         # The host's namespace: nothing of the container's own to gather (a finding says so).
         return evidence
     pid = c.pid
+    if not is_its_process(pid, c.id):
+        # Its engine is on another host (its pid is that host's) or the pid was reused:
+        # whatever this machine holds under that pid is not the container.
+        evidence.errors.append(
+            f"its process (pid {pid}) is not on this machine: its host's agent can diagnose it"
+        )
+        return evidence
     try:
         links, routes = pool.run(pid, _netlink_read)
         evidence.links, evidence.routes = tuple(links), tuple(routes)
@@ -144,3 +171,23 @@ def gather(
     except (NetnsError, OSError) as e:
         evidence.errors.append(f"ICMP probes could not be sent: {e}")
     return evidence
+
+
+def doctor_document(
+    topo: Topology,
+    c: Container,
+    pool: NetnsPool,
+    timeout_s: float = 1.0,
+    policy: Policy | None = None,
+) -> tuple[dict[str, object], bool]:
+    """`dockmesh doctor --json`'s document for `c`, and whether a finding is an error (the
+    command then exits 1): the one composition the command line and an agent answering for
+    its host both use, so both print the same."""
+    evidence = gather(topo, c, pool, timeout_s, policy)
+    found = findings(evidence)
+    doc: dict[str, object] = {
+        "container": c.name,
+        "sections": sections(evidence),
+        "findings": [f.to_json() for f in found],
+    }
+    return doc, any(f.severity == "error" for f in found)

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dockmesh.host.pidwatch import shown_here
 from dockmesh.model.topology import Topology
-from dockmesh.observe.sample import sample, targets
+from dockmesh.observe.sample import IsItsProcess, sample, targets
 
 # (metric name without _total, help, IfaceCounters field)
 _SERIES = (
@@ -39,8 +40,13 @@ class ContainerNetworkCollector(Collector):
     """`container_network_*` for every running container of this machine's engines, from
     `/proc/<pid>/net/dev`, mapped to networks through the topology `topology()` returns."""
 
-    def __init__(self, topology: Callable[[], Topology | None]) -> None:
+    def __init__(
+        self,
+        topology: Callable[[], Topology | None],
+        is_its_process: IsItsProcess = shown_here,
+    ) -> None:
         self._topology = topology
+        self._is_its_process = is_its_process
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         topo = self._topology()
@@ -50,7 +56,7 @@ class ContainerNetworkCollector(Collector):
             "Time the last scrape took to read and map every container's counters.",
         )
         if topo is not None:
-            s = sample(targets(topo))
+            s = sample(targets(topo), self._is_its_process)
             for c in s.containers:
                 for i in c.interfaces:
                     labels = [c.name, i.network or "", i.counters.name]

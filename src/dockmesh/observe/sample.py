@@ -9,10 +9,11 @@ container because it samples CPU over an interval first.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from dockmesh.codecs.procnet import parse_net_dev, parse_net_route
+from dockmesh.host.pidwatch import shown_here
 from dockmesh.host.procfs import read_proc_net
 from dockmesh.model.topology import Container, Topology
 from dockmesh.observe.counters import (
@@ -31,9 +32,19 @@ class Sample:
     elapsed_s: float  # how long reading and mapping took
 
 
-def read_container(c: Container) -> ContainerStats:
-    """One container's counters; a container that went away meanwhile carries the error."""
+IsItsProcess = Callable[[int, str], bool]
+
+
+def read_container(c: Container, is_its_process: IsItsProcess = shown_here) -> ContainerStats:
+    """One container's counters; a container that went away meanwhile carries the error, and
+    so does one whose pid this machine does not show to be its process (`is_its_process(pid,
+    container id)`: `pidwatch.shown_here`)."""
     assert c.pid is not None
+    if not is_its_process(c.pid, c.id):
+        # An engine on another host reports that host's pids: /proc/<pid> here is another
+        # process or none, and its counters would be some other namespace's.
+        away = f"not on this machine (pid {c.pid} is not its process)"
+        return ContainerStats(c.name, c.id, c.engine, (), error=away)
     try:
         counters = parse_net_dev(read_proc_net(c.pid, "dev"))
         routes = (
@@ -55,8 +66,8 @@ def targets(topo: Topology, names: Iterable[str] = ()) -> list[Container]:
     return [c for c in topo.containers if readable(c, local)]
 
 
-def sample(containers: Iterable[Container]) -> Sample:
+def sample(containers: Iterable[Container], is_its_process: IsItsProcess = shown_here) -> Sample:
     start = time.perf_counter()
-    out = tuple(read_container(c) for c in containers)
+    out = tuple(read_container(c, is_its_process) for c in containers)
     end = time.perf_counter()
     return Sample(out, time.monotonic(), end - start)

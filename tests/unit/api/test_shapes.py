@@ -153,3 +153,20 @@ def test_a_kv_value_is_base64_and_null_when_empty(value: bytes, flags: int) -> N
         assert base64.b64decode(doc["Value"]) == value
     else:
         assert doc["Value"] is None
+
+
+def test_an_instance_another_host_published_lives_on_that_host_s_node() -> None:
+    """From the shared catalog: its Node is the host that runs it, in every shape; this
+    agent's own instances stay on this agent's node."""
+    from dockmesh.catalog.sharing import Published, remote_instance
+
+    inst, checks = remote_instance("host2", Published("t1", "web", "10.9.0.5", 8080))
+    state = CheckState(checks[0], "passing")
+    doc = health_entry_json(Entry(inst, (state,)), NODE, 7)
+    assert (doc["Node"]["Node"], doc["Node"]["Address"]) == ("host2", "10.9.0.5")
+    assert doc["Node"]["Datacenter"] == "dc9"
+    assert {c["Node"] for c in doc["Checks"]} == {"host2"}
+    row = catalog_service_json(inst, NODE, 7)
+    assert (row["Node"], row["Address"], row["ServiceAddress"]) == ("host2", "10.9.0.5", "10.9.0.5")
+    assert check_json(state, inst, NODE)["Node"] == "host2"
+    assert catalog_service_json(API, NODE, 7)["Node"] == "box"

@@ -60,7 +60,14 @@ def test_everything_is_read_from_the_container_s_namespace(ns_pid: int) -> None:
             inside.bind(("127.0.0.1", 0))
             inside.listen()
             port = inside.getsockname()[1]
-            evidence = gather(topo, topo.container("web"), pool, timeout_s=0.2)  # type: ignore[arg-type]
+            # An `unshare -n` process stands in for the container: no cgroup names it.
+            evidence = gather(
+                topo,
+                topo.container("web"),  # type: ignore[arg-type]
+                pool,
+                timeout_s=0.2,
+                is_its_process=lambda pid, cid: pid == ns_pid,
+            )
         finally:
             inside.close()
     assert [link.name for link in evidence.links] == ["lo"]
@@ -96,7 +103,9 @@ def test_what_cannot_be_read_is_said_and_the_rest_still_gathered() -> None:
     nets, me = shop(gone)
     peer = container("api", {"front": "10.0.0.3"}, {"dockmesh.service": "api"})
     with NetnsPool() as pool:
-        evidence = gather(topology(nets, [me, peer]), me, pool, timeout_s=0.2)
+        evidence = gather(
+            topology(nets, [me, peer]), me, pool, timeout_s=0.2, is_its_process=lambda p, c: True
+        )
     assert [e.split(":")[0] for e in evidence.errors] == [
         "interfaces and routes unreadable",
         "listening sockets unreadable (/proc/<pid>/net)",
@@ -104,3 +113,22 @@ def test_what_cannot_be_read_is_said_and_the_rest_still_gathered() -> None:
         "DNS queries could not be sent",
         "ICMP probes could not be sent",
     ]
+
+
+def test_a_pid_this_machine_does_not_show_to_be_the_containers_is_never_entered() -> None:
+    # Its engine is on another host: the pid is that host's, here some other process (this
+    # one). Nothing is read from it; the evidence says where the diagnosis can come from.
+    nets, me = shop(os.getpid())
+    entered: list[int] = []
+
+    class Refusing(NetnsPool):
+        def run(self, pid, fn, *args):  # type: ignore[no-untyped-def]
+            entered.append(pid)
+            return super().run(pid, fn, *args)
+
+    with Refusing() as pool:
+        evidence = gather(topology(nets, [me]), me, pool, timeout_s=0.2)
+    assert entered == []
+    assert evidence.links == () and evidence.listeners == () and evidence.resolv is None
+    [said] = evidence.errors
+    assert "not on this machine" in said and "agent" in said

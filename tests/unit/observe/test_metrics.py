@@ -19,7 +19,8 @@ from tests.unit.topos import container, network, topology
 
 def scrape(topo: Topology | None) -> dict[str, list[tuple[dict[str, str], float]]]:
     registry = CollectorRegistry()
-    registry.register(ContainerNetworkCollector(lambda: topo))
+    # This test's own process stands in for the container (no cgroup names it).
+    registry.register(ContainerNetworkCollector(lambda: topo, lambda pid, cid: True))
     out: dict[str, list[tuple[dict[str, str], float]]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for s in family.samples:

@@ -15,6 +15,11 @@ from tests.unit.topos import container, network, topology
 ME = os.getpid()
 
 
+def ANY_PID(pid: int, container_id: str) -> bool:
+    """This test's process stands in for the containers: no cgroup names them."""
+    return True
+
+
 def gone_pid() -> int:
     with open("/proc/sys/kernel/pid_max") as f:
         return int(f.read()) + 1  # no process can have it
@@ -31,7 +36,7 @@ def own_interfaces() -> list[str]:
 
 def test_one_read_gives_every_interface_but_loopback() -> None:
     before = own_interfaces()
-    stats = read_container(me("web"))
+    stats = read_container(me("web"), ANY_PID)
     after = own_interfaces()
     read = {i.counters.name for i in stats.interfaces}
     # Other tests' containers add and remove interfaces on this host meanwhile.
@@ -41,7 +46,7 @@ def test_one_read_gives_every_interface_but_loopback() -> None:
 
 
 def test_a_container_that_went_away_carries_the_error() -> None:
-    stats = read_container(replace(me("gone"), pid=gone_pid()))
+    stats = read_container(replace(me("gone"), pid=gone_pid()), ANY_PID)
     assert stats.interfaces == () and stats.error == "unreadable: No such file or directory"
 
 
@@ -56,7 +61,14 @@ def test_the_targets_are_the_readable_containers_or_the_ones_named() -> None:
 
 
 def test_a_sample_reads_each_container_once_in_order() -> None:
-    s = sample([me("a"), replace(me("gone"), pid=gone_pid()), me("b")])
+    s = sample([me("a"), replace(me("gone"), pid=gone_pid()), me("b")], ANY_PID)
     assert [c.name for c in s.containers] == ["a", "gone", "b"]
     assert s.containers[1].error is not None and s.containers[0].error is None
     assert s.elapsed_s >= 0 and s.taken_at > 0
+
+
+def test_a_pid_this_machine_does_not_show_to_be_the_containers_is_not_read() -> None:
+    # An engine on another host reported it: /proc/<pid> here is another process (this one).
+    stats = read_container(me("away"))
+    assert stats.interfaces == ()
+    assert stats.error == f"not on this machine (pid {ME} is not its process)"

@@ -32,16 +32,35 @@ from dockmesh.testing.clock import ManualClock
 def test_retries_stay_within_the_budget(
     ratio: float, min_per_s: float, steps: list[tuple[str, float]]
 ) -> None:
+    """Each retry granted keeps the window's retries within ratio x its requests plus the
+    floor. (Checked when granted: later, a window that slid past the requests but not yet
+    past the retries they paid for may show more retries than that, as in any sliding
+    budget; hypothesis found such a sequence for the old check, made after every step.)"""
     clock = ManualClock()
     budget = RetryBudget(clock, ratio=ratio, min_per_s=min_per_s, window_s=10)
     for kind, dt in steps:
         clock.t += dt
         if kind == "req":
             budget.request()
-        else:
-            budget.try_retry()
-        requests, retries = budget._counts.read(clock.t)
-        assert retries <= ratio * requests + min_per_s * 10 + 1e-9
+        elif budget.try_retry():
+            requests, retries = budget._counts.read(clock.t)
+            assert retries <= ratio * requests + min_per_s * 10 + 1e-9
+
+
+def test_a_window_that_slid_past_the_requests_may_show_more_retries_than_they_paid_for() -> None:
+    """The sequence that broke the old per-step check: 5 requests at 0, 5 retries at 9.5
+    (ratio 1, no floor), then the requests' bucket leaves the window first."""
+    clock = ManualClock()
+    budget = RetryBudget(clock, ratio=1.0, min_per_s=0.0, window_s=10)
+    for _ in range(5):
+        budget.request()
+    budget.tick()
+    clock.t = 9.5
+    assert sum(budget.try_retry() for _ in range(6)) == 5
+    clock.t = 10.5
+    requests, retries = budget._counts.read(clock.t)
+    assert (requests, retries) == (0, 5)
+    assert not budget.try_retry()  # and nothing more is granted until requests come
 
 
 def test_a_quiet_service_may_still_retry_and_a_failing_fleet_may_not_multiply() -> None:
