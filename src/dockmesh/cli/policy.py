@@ -148,7 +148,8 @@ def register(app: typer.Typer) -> None:
             str(FsPath(file).resolve()),
         )
         rs = _nft_errors(lambda: enforcer.apply(applied, topo))
-        notes = _unmatched(policy, topo)
+        overlays, elsewhere = _nft_errors(lambda: _apply_overlays(applied, topo))
+        notes = _unmatched(policy, topo) + elsewhere
         addresses = sum(len(s.elements) for s in rs.sets if not s.interval)
         if json_out:
             print_json(
@@ -162,6 +163,7 @@ def register(app: typer.Typer) -> None:
                     "structure": rs.structure_hash,
                     "notes": notes,
                     "policy": policy.to_json(),
+                    "overlays": [o.to_json() for o in overlays],
                 }
             )
             return
@@ -171,6 +173,12 @@ def register(app: typer.Typer) -> None:
             markup=False,
             highlight=False,
         )
+        for o in overlays:
+            out.print(
+                f"  overlay {o.network} on {o.engine}: table inet {name} in namespace {o.netns}",
+                markup=False,
+                highlight=False,
+            )
         for note in notes:
             out.print(f"  note: {note}", markup=False, highlight=False)
 
@@ -225,11 +233,56 @@ def register(app: typer.Typer) -> None:
     def remove(table: TableOpt = None) -> None:
         """Removes the table (and nothing else) and the recorded policy."""
         from dockmesh.policy.enforce import Enforcer
+        from dockmesh.policy.overlay import remove_overlays
 
         name = _table(table)
         removed = _nft_errors(lambda: Enforcer(policy_store(name)).remove())
         msg = f"removed table inet {name}" if removed else f"no policy applied (table inet {name})"
         out.print(msg, markup=False, highlight=False)
+        for path in _nft_errors(lambda: remove_overlays(name, configured_policy_dir())):
+            out.print(f"  and from overlay namespace {path}", markup=False, highlight=False)
+
+
+# The engine's exec-root when it is the machine's own (the default socket): its namespaces.
+LOCAL_SOCKETS = ("unix:///run/docker.sock", "unix:///var/run/docker.sock")
+LOCAL_NETNS_DIR = "/run/docker/netns"
+
+
+def overlay_netns_dirs(topo: Topology) -> dict[str, str]:
+    """Each of the topology's engines whose overlay namespaces this machine can enter → their
+    directory: a lab host's (under its engine's --exec-root) or the machine's own engine's,
+    known by the engine's URL (its name may be anything). Another machine's engine has its
+    namespaces there: its overlays are written by `policy apply` run on that machine."""
+    by_url = dict.fromkeys(LOCAL_SOCKETS, LOCAL_NETNS_DIR)
+    if any(e.url.startswith("unix:///run/dockmesh-lab/") for e in topo.engines):
+        from dockmesh.lab.plan import DEFAULT_NAME
+        from dockmesh.lab.run import load
+
+        state = load(os.environ.get("DOCKMESH_LAB") or DEFAULT_NAME)
+        if state is not None:
+            for h in state.plan().hosts:
+                by_url[h.url] = os.path.join(h.exec_root, "netns")
+    return {e.name: by_url[e.url] for e in topo.engines if e.url in by_url}
+
+
+def _apply_overlays(applied: Any, topo: Topology) -> tuple[list[Any], list[str]]:
+    """The overlay namespaces written, and a note for each overlay's host this machine
+    cannot enter (its table is written by `policy apply` run there)."""
+    from dockmesh.policy.overlay import apply_overlays, overlay_networks
+
+    nets = overlay_networks(topo)
+    if not nets:
+        return [], []
+    dirs = overlay_netns_dirs(topo)
+    done = apply_overlays(applied, topo, dirs, configured_policy_dir())
+    notes = [
+        f"overlay {n.name} on engine {e}: its namespace is not on this machine (run policy "
+        "apply there)"
+        for n in nets
+        for e in n.engines
+        if e not in dirs
+    ]
+    return done, notes
 
 
 def _table(given: str | None) -> str:
@@ -412,6 +465,13 @@ def _show_doc(table: str, engine: list[str] | None) -> dict[str, Any]:
         diffs: list[str] = _nft_errors(lambda: enforcer.drift(want))
         doc["differences"] = diffs
         doc["in_sync"] = not diffs
+    if applied is not None:
+        from dockmesh.policy.overlay import overlay_drift
+
+        dirs = overlay_netns_dirs(topo)
+        doc["overlays"] = _nft_errors(
+            lambda: overlay_drift(applied, topo, dirs, configured_policy_dir())
+        )
     if live_doc is None:
         return doc
     doc["warnings"] = [
@@ -496,6 +556,16 @@ def _render_show(doc: dict[str, Any]) -> None:
     )
     for d in diffs:
         out.print(f"  differs: {d}", markup=False, highlight=False)
+    for o in doc.get("overlays", []):
+        n = len(o["differences"])
+        what = "in sync" if not n else f"differs ({n} difference{'s' if n != 1 else ''})"
+        out.print(
+            f"overlay {o['network']} on {o['engine']} (namespace {o['netns']}): {what}",
+            markup=False,
+            highlight=False,
+        )
+        for d in o["differences"]:
+            out.print(f"  differs: {d}", markup=False, highlight=False)
     for w in doc.get("warnings", []):
         out.print(f"  warning: {w}", markup=False, highlight=False)
     rules = Table("rule", "packets", "bytes", title="rules (counters since applied)")

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
 
 from dockmesh.model.topology import Container, Topology
 
 PortMap = dict[tuple[str, str], str]
 
 
-def interfaces(pid: int, root: str = "/proc") -> dict[str, str]:
-    """MAC address (lower case) → host-side port name, for each veth in `pid`'s namespace."""
+def interfaces(
+    pid: int, root: str = "/proc", peers: Mapping[int, str] | None = None
+) -> dict[str, str]:
+    """MAC address (lower case) → host-side port name, for each veth in `pid`'s namespace.
+    `peers`: the peer's index → name where the peer is not in the caller's namespace (an
+    overlay's bridge ports live in the overlay's own)."""
     base = os.path.join(root, str(pid), "root", "sys", "class", "net")
     out: dict[str, str] = {}
     try:
@@ -40,6 +45,10 @@ def interfaces(pid: int, root: str = "/proc") -> dict[str, str]:
         except (OSError, ValueError):
             continue
         if peer == own:  # not a veth (lo, a tunnel): no peer on the host
+            continue
+        if peers is not None:
+            if peer in peers:
+                out[mac] = peers[peer]
             continue
         try:
             out[mac] = socket.if_indextoname(peer)

@@ -409,7 +409,8 @@ def _analyze(
     else:
         steps.append(Step("icc", True, f"containers on {net.name} may talk to each other (icc)"))
     what = port.text() if port else "ping (ICMP)"
-    pol_detail = pol_text + f" ({what} on {net.name}" + (", IPv6)" if six else ")")
+    pol_detail = pol_text + f" ({what} on {net.name}" + (", IPv6" if six else "")
+    pol_detail += _overlay_where(net, src, dst, policy) + ")"
     pol_detail = _policy_notes(pol_detail, policy, observed)
     steps.append(Step("policy", allowed, pol_detail))
     dns_names: tuple[str, ...] = ()
@@ -422,6 +423,15 @@ def _analyze(
         steps.append(listen)
     ok, summary = _verdict(src, f"{dst.name} ({address} on {net.name})", port, steps)
     return done(ok, summary, network=net.name, address=address, names=dns_names)
+
+
+def _overlay_where(net: Network, src: Container, dst: Container, policy: Any) -> str:
+    """Where an overlay's policy judges the packet: the overlay's own namespace on each
+    host the packet passes (the source's, and the destination's when it is another)."""
+    if policy is None or net.driver != "overlay":
+        return ""
+    hosts = src.engine if src.engine == dst.engine else f"{src.engine} and {dst.engine}"
+    return f"; judged in {net.name}'s namespace on {hosts}"
 
 
 def _policy_notes(detail: str, policy: Any, observed: Observations) -> str:

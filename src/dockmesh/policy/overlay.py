@@ -1,0 +1,271 @@
+"""The policy on overlay networks: enforced inside each overlay's own namespace, on each host.
+
+Where the packets pass
+----------------------
+A container's interface on an overlay network is a veth whose peer is a port of the bridge
+`br0` inside the overlay's own network namespace on that host (`<exec-root>/netns/1-<the
+network id's first 10 characters>`; `/run/docker/netns/…` on a plain host). The VXLAN device
+`vxlan0` is a port of the same bridge. So that namespace sees every packet between the
+overlay's containers, decapsulated, with its real addresses: between two containers of the
+host (veth to veth) and to and from the other hosts (veth to and from vxlan0). The host's own
+namespace sees only the encapsulated UDP: the host-namespace tables never judge overlay
+traffic. Docker creates the namespace when the first container or task of the network starts
+on that host, and removes it with the last.
+
+What is written there
+---------------------
+The same compiler, the same tables (`inet dockmesh` and `bridge dockmesh`), compiled from the
+topology as that namespace sees it (`overlay_topology`): the one network, and its running
+containers and tasks on every engine (overlay addresses are unique across the swarm). The
+verdicts are therefore the bridge's: the same default deny, established and related replies
+accepted, the deny rules before the allow rules. The bridge table binds each local
+container's address to its veth port in `br0`, and each other host's container's address to
+`vxlan0` (`overlay_ports`): a container that forges a neighbour's address, or a remote one,
+is marked unconfirmed and matches no allow rule, and a frame to a local container's address
+leaves by that container's port only. A packet between hosts is judged at both ends (leaving
+by vxlan0 on one host, arriving by it on the other), so a host whose table is missing still
+has its peer's. Each table's policy is recorded in a directory of its own (`store_dir`), so a
+table there is known as dockmesh's exactly as on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dockmesh.host.ports import interfaces
+from dockmesh.model.topology import Network, Topology
+from dockmesh.policy.compile import PortMap
+from dockmesh.policy.enforce import Enforcer
+from dockmesh.policy.nft import TIMEOUT_S, Nft
+from dockmesh.policy.store import Applied, PolicyStore
+
+# Docker names an overlay's namespace 1-<the network id's first 10 characters>.
+NETNS_PREFIX = "1-"
+NETNS_ID_CHARS = 10
+# The bridge port every other host's containers arrive by (and leave to).
+VXLAN_PORT = "vxlan0"
+
+
+def overlay_networks(topo: Topology) -> list[Network]:
+    """The overlay networks a policy is enforced on (the ingress network carries only the
+    routing mesh's traffic to published ports, judged on the host)."""
+    return [n for n in topo.networks if n.driver == "overlay" and not n.ingress and n.id]
+
+
+def netns_name(n: Network) -> str:
+    return NETNS_PREFIX + n.id[:NETNS_ID_CHARS]
+
+
+def overlay_topology(topo: Topology, n: Network) -> Topology:
+    """The topology as the overlay's namespace sees it: the network alone, and each running
+    container or task on it (every engine's) with its attachment to it alone. Published
+    ports are left out: they are reached through the host, never through this namespace."""
+    members = []
+    for c in topo.containers:
+        if not c.running:
+            continue
+        mine = tuple(a for a in c.attachments if a.network_id == n.id or a.network == n.name)
+        if mine:
+            members.append(replace(c, attachments=mine, ports=()))
+    return replace(topo, networks=(n,), containers=tuple(members))
+
+
+def overlay_ports(topo: Topology, engine: str, local: Mapping[tuple[str, str], str]) -> PortMap:
+    """Each member's port on `br0` in `engine`'s namespace of the overlay: a local container's
+    veth (from `local`; unknown: left out, so its source stays unconfirmed), vxlan0 for a
+    container of another engine."""
+    out: dict[tuple[str, str], str] = {}
+    for c in topo.containers:
+        for a in c.attachments:
+            key = (c.id, a.network)
+            if c.engine != engine:
+                out[key] = VXLAN_PORT
+            elif key in local:
+                out[key] = local[key]
+    return out
+
+
+def store_dir(policy_dir: Path, engine: str, netns: str) -> Path:
+    """Where the policy of one overlay namespace's table is recorded."""
+    return policy_dir / "overlay" / f"{engine}_{netns}"
+
+
+class NetnsNft(Nft):
+    """nft run inside one network namespace (`nsenter --net=PATH`)."""
+
+    def __init__(self, netns_path: str, binary: str = "nft") -> None:
+        super().__init__(binary)
+        self.netns_path = netns_path
+
+    def _nft(self, args: list[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        inner = self.binary
+        self.binary = "nsenter"
+        try:
+            return super()._nft([f"--net={self.netns_path}", inner, *args], stdin)
+        finally:
+            self.binary = inner
+
+
+def netns_links(netns_path: str) -> dict[int, str]:
+    """Interface index → name in a network namespace ({} when it cannot be read)."""
+    try:
+        proc = subprocess.run(
+            ["nsenter", f"--net={netns_path}", "ip", "-j", "link", "show"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+        doc = json.loads(proc.stdout) if proc.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
+    return {
+        int(link["ifindex"]): str(link["ifname"])
+        for link in doc
+        if isinstance(link, dict) and "ifindex" in link and "ifname" in link
+    }
+
+
+def local_ports(topo: Topology, engine: str, netns_path: str) -> PortMap:
+    """Each of `engine`'s members' veth port on the overlay's `br0`: the peer index of its
+    interface (read in the container's sysfs), named in the overlay's namespace."""
+    names = netns_links(netns_path)
+    out: dict[tuple[str, str], str] = {}
+    for c in topo.containers:
+        if c.engine != engine or not c.pid:
+            continue
+        by_mac = interfaces(c.pid, peers=names)
+        for a in c.attachments:
+            if a.mac and a.mac.lower() in by_mac:
+                out[(c.id, a.network)] = by_mac[a.mac.lower()]
+    return out
+
+
+def present(netns_dir: str, n: Network) -> str | None:
+    """The overlay's namespace file on this host, or None (no member of it runs here)."""
+    path = os.path.join(netns_dir, netns_name(n))
+    return path if os.path.exists(path) else None
+
+
+# --- carrying it out -----------------------------------------------------------------------------
+
+# Beside each recorded policy (`<table>.json`), `<table>.netns`: the namespace's path, for
+# `remove_overlays`.
+WHERE_SUFFIX = ".netns"
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayTable:
+    """One overlay namespace's table: which engine's host, which network, where."""
+
+    engine: str
+    network: str
+    netns: str  # the namespace file's path
+
+    def to_json(self) -> dict[str, str]:
+        return {"engine": self.engine, "network": self.network, "netns": self.netns}
+
+
+def apply_overlays(
+    applied: Applied, topo: Topology, netns_dirs: Mapping[str, str], policy_dir: Path
+) -> list[OverlayTable]:
+    """Writes `applied` into each overlay namespace present on each engine's host (`netns_dirs`:
+    engine name → its exec-root's netns directory), each in one transaction, and records it.
+    An overlay with no member on a host has no namespace there, and nothing to judge."""
+    done: list[OverlayTable] = []
+    for engine, directory in netns_dirs.items():
+        for n in overlay_networks(topo):
+            path = present(directory, n)
+            if path is None:
+                continue
+            view = overlay_topology(topo, n)
+            ports = overlay_ports(view, engine, local_ports(view, engine, path))
+            where = store_dir(policy_dir, engine, netns_name(n))
+            enforcer = Enforcer(PolicyStore(applied.table, where), NetnsNft(path), _fixed(ports))
+            enforcer.apply(applied, view)
+            (where / f"{applied.table}{WHERE_SUFFIX}").write_text(path + "\n")
+            done.append(OverlayTable(engine, n.name, path))
+    # A namespace of these hosts that this policy no longer reaches (its network removed, or
+    # no member left on the host) keeps no table of it.
+    kept = {store_dir(policy_dir, o.engine, os.path.basename(o.netns)) for o in done}
+    for engine in netns_dirs:
+        for where in _records(policy_dir, applied.table):
+            if where.name.startswith(f"{engine}_") and where not in kept:
+                _remove_one(applied.table, where)
+    return done
+
+
+def overlay_drift(
+    applied: Applied, topo: Topology, netns_dirs: Mapping[str, str], policy_dir: Path
+) -> list[dict[str, Any]]:
+    """For each overlay namespace of these engines the table was applied to, what differs
+    between its live tables and what the policy compiles to there now (`Enforcer.drift`: []
+    in sync). Reads only: `apply_overlays` writes them again."""
+    out: list[dict[str, Any]] = []
+    for engine, directory in netns_dirs.items():
+        for n in overlay_networks(topo):
+            where = store_dir(policy_dir, engine, netns_name(n))
+            store = PolicyStore(applied.table, where)
+            if store.stamp() is None:
+                continue
+            path = present(directory, n)
+            doc: dict[str, Any] = {"engine": engine, "network": n.name, "netns": path}
+            if path is None:
+                doc["differences"] = ["the namespace is gone (no member of the network here)"]
+            else:
+                view = overlay_topology(topo, n)
+                ports = overlay_ports(view, engine, local_ports(view, engine, path))
+                enforcer = Enforcer(store, NetnsNft(path), _fixed(ports))
+                doc["differences"] = enforcer.drift(enforcer.compile(applied, view))
+            out.append(doc)
+    return out
+
+
+def _records(policy_dir: Path, table: str) -> list[Path]:
+    """The overlay namespaces `table` was applied to (their record directories)."""
+    base = policy_dir / "overlay"
+    if not base.is_dir():
+        return []
+    return [w for w in sorted(base.iterdir()) if PolicyStore(table, w).stamp() is not None]
+
+
+def _remove_one(table: str, where: Path) -> str | None:
+    """Removes one overlay namespace's table (when the namespace is still there) and its
+    record; the namespace's path when a table was removed."""
+    store = PolicyStore(table, where)
+    note = where / f"{table}{WHERE_SUFFIX}"
+    try:
+        path = note.read_text().strip()
+    except OSError:
+        path = ""
+    removed = bool(path and os.path.exists(path))
+    if removed:
+        removed = Enforcer(store, NetnsNft(path), _no_ports).remove()
+    store.remove()
+    for done in (note.unlink, where.rmdir):  # the directory only when no other table's
+        with contextlib.suppress(OSError):
+            done()
+    return path if removed else None
+
+
+def _no_ports(_topo: Topology) -> PortMap:
+    return {}
+
+
+def _fixed(ports: PortMap) -> Callable[[Topology], PortMap]:
+    """The ports read once for the one compile `apply` makes."""
+    return lambda _topo: ports
+
+
+def remove_overlays(table: str, policy_dir: Path) -> list[str]:
+    """Removes the table from every overlay namespace it was applied to (a namespace gone
+    since took its table with it) and the records; the namespaces' paths."""
+    removed = [_remove_one(table, where) for where in _records(policy_dir, table)]
+    return [p for p in removed if p is not None]
