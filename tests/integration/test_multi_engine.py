@@ -8,12 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from dockmesh.engine.backend import EngineRef
 from dockmesh.engine.watch import TopologyWatcher
 from tests.integration.conftest import dockmesh, free_subnets
 from tests.integration.lab import Lab
+
+# Engines in namespaces: one such set-up at a time on the machine (with the lab's tests),
+# or their dockerds and swarms starve each other and the timing checks beside them.
+pytestmark = pytest.mark.xdist_group("lab")
 
 
 def test_overlay_seen_from_two_engines_is_one_network(api: Any, prefix: str, toolbox: str) -> None:

@@ -32,6 +32,10 @@ from tests.integration.conftest import TOOLBOX, cleanup, dockmesh, free_subnets
 from tests.integration.lab import Lab, LabEngine
 from tests.integration.test_agent import free_port
 
+# Engines in namespaces: one such set-up at a time on the machine (with the lab's tests),
+# or their dockerds and swarms starve each other and the timing checks beside them.
+pytestmark = pytest.mark.xdist_group("lab")
+
 # httpd serves /w: /w/ok answers 200 until a test removes it (then 404: the check fails while
 # the task keeps running).
 SERVE = ["sh", "-c", "mkdir -p /w && echo ok > /w/ok && exec httpd -f -p 8080 -h /w"]
