@@ -224,6 +224,8 @@ def register(app: typer.Typer) -> None:
         from dockmesh.policy.reach import HOST, analyze, holders_of, resolve_name
 
         p = _port(port)
+        if via_agent and not probe:
+            raise UserError("--probe-via-agent: says how to probe; add --probe")
         topo = load_topology(engine)
         if dst == HOST:
             raise UserError("DST is a container, an alias or a service (SRC may be 'host')")
