@@ -39,7 +39,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -60,6 +60,7 @@ from dockmesh.policy.store import DEFAULT_DIR
 if TYPE_CHECKING:  # the servers load only when the agent runs, not with the command line
     from aiohttp import web
 
+    from dockmesh.api.observe_query import ProbeQuestion
     from dockmesh.catalog.etcdstore import SharedCatalog
     from dockmesh.dns.server import DnsServer
     from dockmesh.health.probe import Probe
@@ -680,6 +681,49 @@ class HostObserver:
         with NetnsPool(threads=1) as pool:
             doc, _ = doctor_document(topo, c, pool, timeout_s, self._policy())
         return doc
+
+    def probe(self, q: ProbeQuestion) -> dict[str, Any]:
+        """One probe from one of this host's containers' namespace (what `why --probe` and
+        `matrix` make there for a source on this host), confirmed as they confirm when the
+        asker says what it expects."""
+        from dockmesh.diagnose.sweep import Probe as SweepProbe
+        from dockmesh.diagnose.sweep import (
+            dns_probe_payload,
+            observed_json,
+            sweep,
+            sweep_confirmed,
+        )
+        from dockmesh.host.netns import NetnsPool
+
+        topo = self._topo()
+        c = self._own(topo, q.container)
+        if not c.running or not c.pid:
+            raise PermissionError(f"{c.name} is not running: it has no namespace to probe from")
+        p = SweepProbe(
+            "probe",
+            c.pid,
+            q.address,
+            q.port,
+            "udp" if q.protocol == "udp" else "tcp",
+            expect_reply=q.expect_reply,
+        )
+        if q.payload == "dns":
+            p = replace(p, payload=dns_probe_payload())
+        start = time.perf_counter()
+        with NetnsPool(threads=1) as pool:
+            if q.expected is None:
+                seen = sweep(pool, [p], timeout_s=q.timeout_s)
+            else:
+                seen = sweep_confirmed(pool, [p], {"probe": q.expected}, timeout_s=q.timeout_s)
+        return {
+            "container": c.name,
+            "id": c.id,
+            "address": q.address,
+            "proto": q.protocol,
+            "port": q.port,
+            **observed_json(seen["probe"]),
+            "elapsed_s": round(time.perf_counter() - start, 6),
+        }
 
     def flows(self, by: str) -> dict[str, Any]:
         from dockmesh.observe.conntrack import dump, ensure_accounting

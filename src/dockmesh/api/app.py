@@ -63,12 +63,17 @@ class Observer(Protocol):
     def stats(self, containers: Sequence[str]) -> dict[str, Any]: ...
     def doctor(self, container: str, timeout_s: float) -> dict[str, Any]: ...
     def flows(self, by: str) -> dict[str, Any]: ...
+    def probe(self, q: observe_query.ProbeQuestion) -> dict[str, Any]: ...
 
 
 # Observations at once: each holds a thread (and a doctor up to its timeout twice over);
 # past these a client waits, and past OBSERVE_QUEUE_S it is told the agent is busy.
 OBSERVE_CONCURRENCY = 2
 OBSERVE_QUEUE_S = 10.0
+# Probes at once (`why`/`matrix` from another machine, one request per probe): each holds a
+# thread for at most its timeout, twice over when confirmed. Their own bound, so that a
+# matrix does not queue a doctor behind it.
+PROBE_CONCURRENCY = 8
 
 MAX_KV_VALUE = 512 * 1024  # Consul's kv_max_value_size
 MAX_KEY_BYTES = 4096
@@ -169,6 +174,7 @@ def make_app(
     r.add_get("/v1/dockmesh/stats", api.observe_stats)
     r.add_get("/v1/dockmesh/doctor", api.observe_doctor)
     r.add_get("/v1/dockmesh/flows", api.observe_flows)
+    r.add_get("/v1/dockmesh/probe", api.observe_probe)
     r.add_get("/metrics", api.metrics_text)
     return app
 
@@ -219,6 +225,7 @@ class _Api:
         self.store_links = store_links
         self.observer = observer
         self._observing = asyncio.Semaphore(OBSERVE_CONCURRENCY)
+        self._probing = asyncio.Semaphore(PROBE_CONCURRENCY)
         self.live = live
         self.topology_provider = topology_provider
         self.topology_wait = topology_wait
@@ -747,10 +754,14 @@ class _Api:
     # --- what this host sees of its own containers -------------------------------------------
 
     async def _observe(
-        self, request: web.Request, fn: Callable[[], dict[str, Any]]
+        self,
+        request: web.Request,
+        fn: Callable[[], dict[str, Any]],
+        gate: asyncio.Semaphore | None = None,
     ) -> web.Response:
+        gate = self._observing if gate is None else gate
         try:
-            await asyncio.wait_for(self._observing.acquire(), OBSERVE_QUEUE_S)
+            await asyncio.wait_for(gate.acquire(), OBSERVE_QUEUE_S)
         except TimeoutError:
             raise ApiError(503, "the agent is busy observing; try again") from None
         try:
@@ -760,7 +771,7 @@ class _Api:
         except PermissionError as e:
             raise ApiError(409, str(e.args[0]) if e.args else "not on this host") from None
         finally:
-            self._observing.release()
+            gate.release()
         return _json(request, doc, self.live.catalog.index)
 
     def _observer(self) -> Observer:
@@ -782,6 +793,11 @@ class _Api:
         q = observe_query.parse_flows(_raw_query(request))
         observer = self._observer()
         return await self._observe(request, lambda: observer.flows(q.by))
+
+    async def observe_probe(self, request: web.Request) -> web.Response:
+        q = observe_query.parse_probe(_raw_query(request))
+        observer = self._observer()
+        return await self._observe(request, lambda: observer.probe(q), self._probing)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.exposition(request.headers.get("Accept", ""))

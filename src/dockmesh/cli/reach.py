@@ -28,6 +28,7 @@ from dockmesh.cli.policy import (
     policy_staleness,
     policy_store,
 )
+from dockmesh.cli.remote import AgentOpt
 from dockmesh.model.policy import PortRange, Selector, parse_selector_arg
 
 if TYPE_CHECKING:
@@ -51,6 +52,59 @@ TimeoutOpt = Annotated[
 ]
 
 
+ViaAgentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--probe-via-agent",
+        help="Probe through the source's host's agent even when its process is on this "
+        "machine (what that agent sees; and no privilege needed here to enter namespaces).",
+    ),
+]
+
+
+class Via:
+    """Where each source's probes are made: here, from its namespace (its process is on this
+    machine), or by the agent of its own host (`GET /v1/dockmesh/probe`): the lab host's
+    agent for `--engine hostN`, the one `--agent URL` names. With `always`
+    (`--probe-via-agent`), every source with an agent goes through it."""
+
+    def __init__(self, engine: list[str] | None, agent: str | None, always: bool) -> None:
+        self._engine, self._agent_url, self.always = engine, agent, always
+        self._routes: dict[str, Any] | None = None
+        self._agent: Any = None
+
+    def _all(self) -> tuple[dict[str, Any], Any]:
+        from dockmesh.cli.remote import agent_route, lab_routes
+
+        if self._routes is None:
+            self._agent = agent_route(self._agent_url) if self._agent_url else None
+            self._routes = {} if self._agent is not None else lab_routes(self._engine)
+        return self._routes, self._agent
+
+    def route(self, c: Container | None) -> Any:
+        """The agent route that probes from `c` (None: probed here, or not at all)."""
+        from dockmesh.cli.remote import route_for
+
+        if c is None or not (self.always or _elsewhere(c)):
+            return None
+        if not self.always and self._agent_url is None and not _lab_values(self._engine):
+            return None  # no agent to ask: not probed, as before
+        routes, agent = self._all()
+        r = route_for(c, routes, agent)
+        if r is None and self.always:
+            raise UserError(
+                f"--probe-via-agent: {c.name}'s engine {c.engine!r} has no agent to ask "
+                "(--engine hostN of a lab, or --agent URL)"
+            )
+        return r
+
+
+def _lab_values(engine: list[str] | None) -> bool:
+    from dockmesh.cli.common import LAB_HOST
+
+    return any(LAB_HOST.fullmatch(v) for v in engine or ())
+
+
 def _port(text: str | None) -> PortRange | None:
     from dockmesh.policy.reach import parse_port
 
@@ -72,7 +126,8 @@ def _elsewhere(c: Container) -> str:
         return ""
     return (
         f"{c.name}'s process (pid {c.pid} on engine {c.engine}) is not on this machine: its "
-        "namespace cannot be entered from here"
+        "namespace cannot be entered from here (its host's agent probes from it: --agent URL, "
+        "or --engine hostN of a lab)"
     )
 
 
@@ -154,6 +209,8 @@ def register(app: typer.Typer) -> None:
         timeout: TimeoutOpt = 1.0,
         table: TableOpt = None,
         engine: EngineOpt = None,
+        agent: AgentOpt = None,
+        via_agent: ViaAgentOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Why SRC can or cannot reach DST: the steps a packet and a name lookup go through
@@ -167,6 +224,8 @@ def register(app: typer.Typer) -> None:
         from dockmesh.policy.reach import HOST, analyze, holders_of, resolve_name
 
         p = _port(port)
+        if via_agent and not probe:
+            raise UserError("--probe-via-agent: says how to probe; add --probe")
         topo = load_topology(engine)
         if dst == HOST:
             raise UserError("DST is a container, an alias or a service (SRC may be 'host')")
@@ -213,7 +272,8 @@ def register(app: typer.Typer) -> None:
                     analyses.append((a, s, d))
             results: list[dict[str, Any] | None] = [None] * len(analyses)
             if probe:
-                results = list(_probe_many(pool, topo, analyses, p, timeout))
+                via = Via(engine, agent, via_agent)
+                results = list(_probe_many(pool, topo, analyses, p, timeout, via))
         docs = []
         for (a, _, _), result in zip(analyses, results, strict=True):
             one = a.to_json()
@@ -256,6 +316,8 @@ def register(app: typer.Typer) -> None:
         timeout: TimeoutOpt = 1.0,
         table: TableOpt = None,
         engine: EngineOpt = None,
+        agent: AgentOpt = None,
+        via_agent: ViaAgentOpt = False,
         json_out: JsonOpt = False,
     ) -> None:
         """Every ordered pair: the expected verdict (topology + policy) beside the observed
@@ -271,12 +333,14 @@ def register(app: typer.Typer) -> None:
         _check_exist(topo, selectors)
         policy, note = applied_policy(_table(table))
         chosen = _chosen(topo, selectors)
-        pairs = _matrix(topo, policy, note, chosen, p, timeout, _table(table))
+        via = Via(engine, agent, via_agent)
+        pairs = _matrix(topo, policy, note, chosen, p, timeout, _table(table), via)
         mismatches = sum(1 for x in pairs if _mismatch(x))
         doc = {
             "pairs": pairs,
             "mismatches": mismatches,
             # pairs whose source's namespace is not on this machine (another host's engine)
+            # and whose host's agent was not to be asked
             "unprobed": sum(1 for x in pairs if x["observed"] is None),
             "containers": len(chosen),
             "port": p.text() if p else None,
@@ -334,13 +398,14 @@ def _matrix(
     port: PortRange | None,
     timeout: float,
     table: str = "",
+    via: Via | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per ordered pair; where both have IPv6, a verdict per family under
     `families`, and `expected`/`observed` those of the first family that disagrees (else
     both families' worse), so that a pair is a mismatch exactly when they differ."""
     from dataclasses import replace
 
-    from dockmesh.diagnose.sweep import Probe, sweep_confirmed
+    from dockmesh.diagnose.sweep import Probe
     from dockmesh.host.netns import NetnsPool
     from dockmesh.policy.reach import analyze
 
@@ -357,8 +422,10 @@ def _matrix(
     tcp = port is not None and port.protocol == "tcp"
     # Pairs whose source's namespace is not on this machine: the analysis's verdict alone.
     unprobed: list[dict[str, Any]] = []
+    remote: dict[Hashable, Any] = {}  # probe key → the agent route that makes it
     for s in chosen:
-        away = _elsewhere(s)
+        route = None if via is None else via.route(s)
+        away = "" if route is not None else _elsewhere(s)
         for d in chosen:
             if s is d:
                 continue
@@ -382,12 +449,14 @@ def _matrix(
                 analyses[key] = fa
                 keys[key] = key
                 probes.append(Probe(key, s.pid, address, port.first if tcp and port else None))
+                if route is not None:
+                    remote[key] = (route, s.id)
                 planned = True
             if planned:
                 pair_keys.append((s.name, d.name))
     with NetnsPool(threads=4) as pool:
         expected = {k: a.reachable for k, a in analyses.items()}
-        seen = sweep_confirmed(pool, probes, expected, timeout_s=timeout)
+        seen = _sweep_split(pool, probes, expected, timeout, remote)
     by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for probe in probes:
         src_name, dst_name, family = keys[probe.key]
@@ -477,16 +546,9 @@ DNS_PORT = 53
 
 
 def _dns_probe_payload() -> bytes:
-    """A DNS query a server answers from itself: `localhost.` without recursion desired, so
-    that a forwarding server has no reason to ask anyone beyond the machine."""
-    import dns.flags
-    import dns.message
+    from dockmesh.diagnose.sweep import dns_probe_payload
 
-    msg = dns.message.make_query("localhost.", "A")
-    msg.flags &= ~dns.flags.RD
-    msg.id = 0x6D73
-    wire: bytes = msg.to_wire()
-    return wire
+    return dns_probe_payload()
 
 
 def _plan(
@@ -532,31 +594,37 @@ def _probe_many(
     analyses: list[tuple[Analysis, Container | None, Container]],
     port: PortRange | None,
     timeout: float,
+    via: Via | None = None,
 ) -> list[dict[str, Any]]:
     """One probe per analysis and family, all in one concurrent sweep, confirmed as matrix
     confirms: a probe that disagrees with the analysis is tried again before it is reported.
     Docker's own isolation has gaps of its own: each network it creates re-inserts FORWARD's
     jump to DOCKER-ISOLATION-STAGE-1 (delete, then insert), and an echo sent in between
     crosses isolated bridges."""
-    from dockmesh.diagnose.sweep import Probe, sweep_confirmed
+    from dockmesh.diagnose.sweep import Probe
 
     planned: list[list[tuple[Analysis, Any]]] = []
     early: dict[int, dict[str, Any]] = {}
+    remote: dict[Hashable, Any] = {}
     for i, (a, src, dst) in enumerate(analyses):
         gone = next((c for c in (src, dst) if c is not None and (not c.running or not c.pid)), None)
         if gone is not None:
             early[i] = {"ok": False, "latency_ms": None, "detail": f"{gone.name} is not running"}
             planned.append([])
             continue
-        away = "" if src is None else _elsewhere(src)
+        route = None if via is None else via.route(src)
+        away = "" if src is None or route is not None else _elsewhere(src)
         if away:  # the verdict stays the analysis's
             early[i] = {"ok": None, "latency_ms": None, "detail": f"not probed: {away}"}
             planned.append([])
             continue
-        planned.append([(fa, _plan((i, fa.family), fa, src, dst, port)) for fa in a.per_family])
+        row = [(fa, _plan((i, fa.family), fa, src, dst, port)) for fa in a.per_family]
+        if route is not None and src is not None:
+            remote.update({x.key: (route, src.id) for _, x in row if isinstance(x, Probe)})
+        planned.append(row)
     probes = [x for row in planned for _, x in row if isinstance(x, Probe)]
     expected = {x.key: fa.reachable for row in planned for fa, x in row if isinstance(x, Probe)}
-    seen = sweep_confirmed(pool, probes, expected, timeout_s=timeout) if probes else {}
+    seen = _sweep_split(pool, probes, expected, timeout, remote) if probes else {}
     out = []
     for i, row in enumerate(planned):
         if i in early:
@@ -585,6 +653,35 @@ def _probe_many(
             )
         out.append(_worse(fams))
     return out
+
+
+def _sweep_split(
+    pool: Any,
+    probes: list[Any],
+    expected: dict[Hashable, bool],
+    timeout: float,
+    remote: dict[Hashable, Any],
+) -> dict[Hashable, Any]:
+    """The probes made here in one concurrent sweep, and those of `remote` (key → agent
+    route, the source's id) by their agents at the same time, each confirmed alike."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dockmesh.cli.remote import RemoteProbe, remote_sweep
+    from dockmesh.diagnose.sweep import sweep_confirmed
+
+    here = [p for p in probes if p.key not in remote]
+    away = [
+        RemoteProbe(remote[p.key][0], remote[p.key][1], p, expected.get(p.key))
+        for p in probes
+        if p.key in remote
+    ]
+    if not away:
+        return sweep_confirmed(pool, here, expected, timeout_s=timeout) if here else {}
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        asked = ex.submit(remote_sweep, away, timeout)
+        seen = sweep_confirmed(pool, here, expected, timeout_s=timeout) if here else {}
+        seen.update(asked.result())
+    return seen
 
 
 def _kind(x: Any) -> str:

@@ -1,4 +1,5 @@
-"""`stats`, `doctor` and `flows` for containers of another host: that host's agent answers.
+"""`stats`, `doctor`, `flows` and the probes of `why`/`matrix` for containers of another
+host: that host's agent answers.
 
 What this machine reads of a container (`/proc/<pid>`, its namespaces, the conntrack table)
 is only this machine's. A container on another host has its pid in that host's pid
@@ -24,15 +25,18 @@ import http.client
 import json
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 import typer
 
 from dockmesh.cli.common import LAB_HOST, UserError, current_lab
 from dockmesh.model.topology import Container
+
+if TYPE_CHECKING:
+    from dockmesh.diagnose.sweep import Observed, Probe
 
 AgentOpt = Annotated[
     str | None,
@@ -247,3 +251,63 @@ def remote_doctor(route: Route, container: str, timeout_s: float) -> dict[str, A
 
 def remote_flows(route: Route, by: str) -> dict[str, Any]:
     return ask(route, "/v1/dockmesh/flows", [("by", by)])
+
+
+# Probes in flight at once through agents (`why`/`matrix` for sources on other hosts): each
+# is one request that holds one of the agent's probe slots.
+PROBE_REQUESTS = 8
+MAX_AGENT_PROBE_TIMEOUT_S = 10.0  # the agent's bound (api.observe_query)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteProbe:
+    """A probe for the agent of `route` to make from `container`'s namespace (its id)."""
+
+    route: Route
+    container: str
+    probe: Probe
+    expected: bool | None = None
+
+
+def remote_probe(rp: RemoteProbe, timeout_s: float) -> Observed:
+    """What `rp.route`'s agent observed. The timeout is bounded by what the agent accepts;
+    the request waits for both of a confirmed probe's passes."""
+    from dockmesh.diagnose.sweep import RETRY_TIMEOUT_S, dns_probe_payload, observed_from_json
+
+    p = rp.probe
+    t = min(timeout_s, MAX_AGENT_PROBE_TIMEOUT_S)
+    params = [("container", rp.container), ("address", p.address)]
+    if p.port is None:
+        params.append(("proto", "icmp"))
+    else:
+        params += [("proto", p.protocol), ("port", str(p.port))]
+        if p.protocol == "udp":
+            dns = p.payload == dns_probe_payload()
+            params += [
+                ("payload", "dns" if dns else "datagram"),
+                ("expect_reply", "true" if p.expect_reply else "false"),
+            ]
+    params.append(("timeout", f"{t:g}"))
+    if rp.expected is not None:
+        params.append(("expected", "true" if rp.expected else "false"))
+    doc = ask(rp.route, "/v1/dockmesh/probe", params, t + max(RETRY_TIMEOUT_S, 2 * t) + 10.0)
+    try:
+        return observed_from_json(doc)
+    except ValueError as e:
+        raise AgentError(f"{rp.route.label}: the probe's answer is not one ({e})") from None
+
+
+def remote_sweep(probes: Sequence[RemoteProbe], timeout_s: float) -> dict[Hashable, Observed]:
+    """Each probe through its agent, a few at once: probe key → what was observed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not probes:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(PROBE_REQUESTS, len(probes))) as ex:
+        seen = list(ex.map(lambda rp: remote_probe(rp, timeout_s), probes))
+    return {rp.probe.key: o for rp, o in zip(probes, seen, strict=True)}
+
+
+def route_for(c: Container, routes: Mapping[str, Route], agent: Route | None) -> Route | None:
+    """The agent that probes from `c`'s namespace: `--agent`'s, else its lab host's."""
+    return agent if agent is not None else routes.get(c.engine)

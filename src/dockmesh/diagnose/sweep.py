@@ -69,6 +69,42 @@ class Observed:
     inconclusive: bool = False  # UDP silence where no answer was to be expected
 
 
+def dns_probe_payload() -> bytes:
+    """A DNS query a server answers from itself: `localhost.` without recursion desired, so
+    that a forwarding server has no reason to ask anyone beyond the machine."""
+    import dns.flags
+    import dns.message
+
+    msg = dns.message.make_query("localhost.", "A")
+    msg.flags &= ~dns.flags.RD
+    msg.id = 0x6D73
+    wire: bytes = msg.to_wire()
+    return wire
+
+
+def observed_json(o: Observed) -> dict[str, object]:
+    """An observation as an agent sends it (`/v1/dockmesh/probe`)."""
+    return {
+        "ok": o.ok,
+        "latency_ms": o.latency_ms,
+        "detail": o.detail,
+        "inconclusive": o.inconclusive,
+    }
+
+
+def observed_from_json(doc: Mapping[str, object]) -> Observed:
+    """What `observed_json` made, back; a ValueError for anything else."""
+    ok, latency, detail = doc.get("ok"), doc.get("latency_ms"), doc.get("detail")
+    inconclusive = doc.get("inconclusive", False)
+    if not isinstance(ok, bool) or not isinstance(inconclusive, bool):
+        raise ValueError("ok and inconclusive must be true or false")
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int | float)):
+        raise ValueError("latency_ms must be a number or null")
+    if not isinstance(detail, str):
+        raise ValueError("detail must be a string")
+    return Observed(ok, None if latency is None else float(latency), detail, inconclusive)
+
+
 def family_of(address: str) -> int:
     return 6 if ":" in address else 4
 

@@ -1,4 +1,4 @@
-"""The agent's observation routes (`/v1/dockmesh/stats|doctor|flows`) over a stand-in
+"""The agent's observation routes (`/v1/dockmesh/stats|doctor|flows|probe`) over a stand-in
 observer, through aiohttp's test client: the question reaches the observer as parsed, its
 document comes back as it made it, and what it refuses becomes a status with one line."""
 
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from dockmesh.api import TopologyFeed, make_app
 from dockmesh.api.app import Observer
+from dockmesh.api.observe_query import ProbeQuestion
 from dockmesh.catalog.live import LiveCatalog
 
 GUARD_S = 30.0
@@ -44,6 +45,12 @@ class Seen:
     def flows(self, by: str) -> dict[str, Any]:
         self.asked.append(("flows", by))
         return {"edges": [], "accounting": "on", "elapsed_s": 0.0}
+
+    def probe(self, q: ProbeQuestion) -> dict[str, Any]:
+        self.asked.append(("probe", q))
+        if q.container == "away":
+            raise PermissionError("away's process (pid 7 on engine e) is not on this host")
+        return {"ok": True, "latency_ms": 0.2, "detail": "connected", "inconclusive": False}
 
 
 async def _with(observer: Observer | None, scenario: Any) -> None:
@@ -127,3 +134,27 @@ def test_a_slow_observation_does_not_hold_the_rest_of_the_api() -> None:
         assert (await slow)[0] == 200
 
     run(seen, scenario)
+
+
+def test_a_probe_reaches_the_observer_as_parsed_and_refusals_are_one_line() -> None:
+    seen = Seen()
+
+    async def scenario(client: Any) -> None:
+        status, doc = await answer(
+            client,
+            "/v1/dockmesh/probe?container=web-1&address=10.0.1.5&port=8080&proto=tcp"
+            "&timeout=0.5&expected=false",
+        )
+        assert status == 200 and doc["ok"] is True
+        status, text = await answer(client, "/v1/dockmesh/probe?container=away&address=fd00::1")
+        assert status == 409 and "not on this host" in text
+        for bad in ("container=a&address=example.test", "container=a&address=10.0.0.1&port=0",
+                    "container=a&address=10.0.0.1&timeout=60", "address=10.0.0.1"):  # fmt: skip
+            status, text = await answer(client, f"/v1/dockmesh/probe?{bad}")
+            assert status == 400 and "\n" not in text.strip(), (bad, text)
+
+    run(seen, scenario)
+    assert seen.asked == [
+        ("probe", ProbeQuestion("web-1", "10.0.1.5", "tcp", 8080, 0.5, expected=False)),
+        ("probe", ProbeQuestion("away", "fd00::1", "icmp", None, 1.0)),
+    ]

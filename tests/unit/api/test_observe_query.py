@@ -4,6 +4,7 @@ and ids pass unchanged, and the work asked for stays bounded."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import quote_from_bytes, urlencode
 
@@ -15,9 +16,12 @@ from dockmesh.api.errors import ApiError
 from dockmesh.api.observe_query import (
     MAX_CONTAINERS,
     MAX_DOCTOR_TIMEOUT_S,
+    MAX_PROBE_TIMEOUT_S,
+    ProbeQuestion,
     container_name,
     parse_doctor,
     parse_flows,
+    parse_probe,
     parse_stats,
     parse_timeout,
 )
@@ -53,7 +57,7 @@ def test_docker_names_and_ids_pass_unchanged_through_the_query_string(name: str)
 
 @given(st.binary(max_size=300))
 def test_any_bytes_as_a_raw_query_string_are_a_question_or_a_one_line_400(raw: bytes) -> None:
-    for parse in (parse_stats, parse_doctor, parse_flows):
+    for parse in (parse_stats, parse_doctor, parse_flows, parse_probe):
         try:
             parse(raw)
         except ApiError as e:
@@ -108,3 +112,88 @@ def test_unknown_parameters_and_values_are_refused_not_ignored() -> None:
     with pytest.raises(ApiError, match="'container' or 'service'"):
         parse_flows(b"by=host")
     assert parse_stats(b"").containers == ()
+
+
+addresses = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).filter(
+    lambda a: not (a.is_unspecified or a.is_multicast)
+)
+
+
+@given(
+    names,
+    addresses,
+    st.sampled_from(["icmp", "tcp", "udp"]),
+    st.integers(1, 65535),
+    st.floats(0.05, MAX_PROBE_TIMEOUT_S),
+    st.sampled_from([None, True, False]),
+    st.sampled_from(["datagram", "dns"]),
+    st.booleans(),
+)
+def test_a_probe_question_the_cli_writes_is_the_one_the_agent_reads(
+    name: str,
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+    proto: str,
+    port: int,
+    timeout: float,
+    expected: bool | None,
+    payload: str,
+    expect_reply: bool,
+) -> None:
+    params = [("container", name), ("address", address.exploded), ("proto", proto)]
+    if proto != "icmp":
+        params.append(("port", str(port)))
+    if proto == "udp":
+        params += [("payload", payload), ("expect_reply", str(expect_reply).lower())]
+    params.append(("timeout", repr(timeout)))
+    if expected is not None:
+        params.append(("expected", str(expected).lower()))
+    q = parse_probe(urlencode(params).encode())
+    assert q == ProbeQuestion(
+        name,
+        str(address),
+        proto,
+        None if proto == "icmp" else port,
+        timeout,
+        payload if proto == "udp" else "datagram",
+        expect_reply if proto == "udp" else True,
+        expected,
+    )
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_as_a_probes_address_are_one_address_or_a_one_line_400(raw: bytes) -> None:
+    query = b"container=a&address=" + quote_from_bytes(raw, safe="").encode()
+    try:
+        q = parse_probe(query)
+    except ApiError as e:
+        one_line_400(e)
+        return
+    addr = ipaddress.ip_address(raw.decode("ascii"))
+    assert q.address == str(addr) and not addr.is_unspecified and not addr.is_multicast
+
+
+def test_a_probe_asks_for_one_bounded_thing() -> None:
+    assert parse_probe(b"container=a&address=10.0.0.2").protocol == "icmp"
+    assert parse_probe(b"container=a&address=10.0.0.2&port=80").protocol == "tcp"
+    for bad, why in (
+        (b"container=a&address=10.0.0.2&proto=icmp&port=80", "has none"),
+        (b"container=a&address=10.0.0.2&proto=udp", "missing"),
+        (b"container=a&address=10.0.0.2&port=65536", "1 to 65535"),
+        (b"container=a&address=10.0.0.2&port=%2B80", "1 to 65535"),
+        (b"container=a&address=10.0.0.2&port=080080", "1 to 65535"),
+        (b"container=a&address=10.0.0.2&proto=sctp&port=1", "'icmp', 'tcp' or 'udp'"),
+        (b"container=a&address=10.0.0.2&port=1&payload=dns", "UDP probe only"),
+        (b"container=a&address=10.0.0.2&timeout=11", "from 0.05 to 10"),
+        (b"container=a&address=0.0.0.0", "not one destination"),
+        (b"container=a&address=ff02::1", "not one destination"),
+        (b"container=a&address=fe80::1%25eth0", "not an IPv4 or IPv6"),
+        (b"container=a&address=localhost", "not an IPv4 or IPv6"),
+        (b"container=a&address=10.0.0.2&expected=maybe", "true or false"),
+        (b"container=a&address=10.0.0.2&address=10.0.0.3", "given 2 times"),
+        (b"container=a&address=10.0.0.2&pid=1", "unknown parameter"),
+        (b"address=10.0.0.2", "container: missing"),
+        (b"container=a", "address: missing"),
+    ):
+        with pytest.raises(ApiError, match=why) as e:
+            parse_probe(bad)
+        one_line_400(e.value)
