@@ -68,3 +68,18 @@ def test_a_watch_whose_own_task_is_cancelled_is_still_cancelled(etcd: EtcdProc) 
         return task.cancelled()
 
     assert asyncio.run(main())
+
+
+def test_an_ipv6_endpoint_connects(etcd: EtcdProc) -> None:
+    # `--store etcd://[…]:PORT` gave aetcd the address without brackets: grpc took it for a
+    # host name that never resolved, and the agent never reached the store. (The member
+    # listens on 127.0.0.1: its IPv4-mapped IPv6 address reaches it.)
+    async def main() -> int:
+        client = Etcd([("::ffff:127.0.0.1", etcd.client_port)])
+        try:
+            _, revision, _ = await client.list_prefix("/dmt/")
+            return revision
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) >= 1

@@ -105,7 +105,10 @@ class Etcd:
 
             host, port = self.endpoints[self._next % len(self.endpoints)]
             self._next += 1
-            client = aetcd.Client(host=host, port=port, options=dict(_CHANNEL_OPTIONS))
+            # grpc's target is HOST:PORT: an IPv6 address unbracketed was read as a host name
+            # that never resolved (`--store etcd://[::1]:2379` never connected).
+            target = f"[{host}]" if ":" in host else host
+            client = aetcd.Client(host=target, port=port, options=dict(_CHANNEL_OPTIONS))
             try:
                 await client.connect()
             except Exception as e:

@@ -573,21 +573,51 @@ def backoff(attempt: int, first: float = 0.1, cap: float = 2.0) -> float:
     return min(cap, first * math.pow(2, max(0, min(attempt, 30))))
 
 
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MAX_ENDPOINTS = 64
+
+
+def _endpoint_host(part: str, host: str) -> str:
+    if host.startswith("["):
+        # An IPv6 address, in brackets (its colons are not the port's).
+        inner = host[1:-1] if host.endswith("]") else ""
+        try:
+            return str(ipaddress.IPv6Address(inner))
+        except ValueError:
+            raise ValueError(f"{part!r}: {host!r} is not an IPv6 address in brackets") from None
+    if ":" in host:
+        raise ValueError(f"{part!r}: an IPv6 address goes in brackets: [{host}]:PORT")
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{part!r}: {host!r} is not an IP address or a host name")
+    return host
+
+
 def parse_endpoints(text: str) -> list[tuple[str, int]]:
-    """`etcd://HOST:PORT[,HOST:PORT…]` → [(host, port)], or ValueError saying why."""
+    """`etcd://HOST:PORT[,HOST:PORT…]` → [(host, port)], or ValueError saying why. HOST: an
+    IPv4 address, `[IPv6]` or a host name; no credentials (the store is reached without
+    authentication), no path; each endpoint once."""
     scheme, sep, rest = text.partition("://")
     if not sep or scheme != "etcd":
         raise ValueError("expected etcd://HOST:PORT[,HOST:PORT…]")
+    if "@" in rest:
+        raise ValueError("user:password@ is not supported (etcd is reached without credentials)")
+    parts = rest.split(",")
+    if len(parts) > MAX_ENDPOINTS:
+        raise ValueError(f"{len(parts)} endpoints: at most {MAX_ENDPOINTS}")
     out: list[tuple[str, int]] = []
-    for part in rest.split(","):
+    for part in parts:
         host, colon, port = part.strip().rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
         if not colon or not host:
             raise ValueError(f"{part!r}: expected HOST:PORT")
         if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
             raise ValueError(f"{part!r}: the port must be a number from 1 to 65535")
-        if not all(c.isascii() and (c.isalnum() or c in ".-_:") for c in host):
-            raise ValueError(f"{part!r}: {host!r} is not an IP address or a host name")
-        out.append((host, int(port)))
+        endpoint = (_endpoint_host(part, host), int(port))
+        if endpoint in out:
+            raise ValueError(f"{part!r} is listed twice")
+        out.append(endpoint)
     return out

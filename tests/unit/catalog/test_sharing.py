@@ -6,6 +6,7 @@ is what it wants and every node's view is the union of the others'."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -174,6 +175,36 @@ def test_endpoints() -> None:
     for bad in ("http://a:1", "etcd://a", "etcd://a:0", "etcd://a:x", "etcd://a b:1", "etcd://"):
         with pytest.raises(ValueError, match=r"expected|port|host name"):
             parse_endpoints(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("etcd://user:pass@10.0.0.1:2379", "user:password@ is not supported"),
+        ("etcd://::1:2379", "goes in brackets"),
+        ("etcd://:::1", "goes in brackets"),
+        ("etcd://[::1:2379", "not an IPv6 address in brackets"),
+        ("etcd://[nope]:2379", "not an IPv6 address in brackets"),
+        ("etcd://a:1,a:1", "listed twice"),
+        ("etcd://[::1]:1,[0::1]:1", "listed twice"),
+        ("etcd://-h:1", "not an IP address or a host name"),
+        ("etcd://h..x:1", "not an IP address or a host name"),
+        ("etcd://" + "a" * 300 + ":1", "not an IP address or a host name"),
+        ("etcd://h:2379/", "port"),
+        ("etcd://" + ",".join(f"h{i}:1" for i in range(100)), "at most 64"),
+    ],
+)
+def test_odd_etcd_endpoints_are_refused_saying_why(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_endpoints(text)
+
+
+def test_ipv6_and_names_are_endpoints() -> None:
+    assert parse_endpoints("etcd://[::1]:2379,etcd-1.lab:2379,[fd00::0:5]:1") == [
+        ("::1", 2379),
+        ("etcd-1.lab", 2379),
+        ("fd00::5", 1),
+    ]
 
 
 # --- plans ------------------------------------------------------------------------------------
