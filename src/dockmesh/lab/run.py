@@ -88,7 +88,11 @@ def load(name: str) -> LabState | None:
             data = f.read()
     except FileNotFoundError:
         return None
-    return parse_state(data, path)
+    state = parse_state(data, path)
+    if state.name != name:
+        # Its plan would be another lab's: `lab down` would remove that one.
+        raise LabStateError(f"{path}: the state of lab {state.name!r}, not of {name!r}")
+    return state
 
 
 def require(name: str) -> LabState:

@@ -99,3 +99,15 @@ def test_a_users_process_that_names_a_lab_path_is_never_the_labs(tmp_path: Path)
         for p in (reader, member):
             p.kill()
             p.wait()
+
+
+def test_a_state_file_of_another_lab_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lab-a/lab.json saying it is lab b: its plan (namespaces, directories) is b's, which
+    # `lab down --name a` would have removed.
+    path = tmp_path / "lab.json"
+    path.write_bytes(LabState("b", "10.251.0.0/24", 2, 1, 1).dumps())
+    monkeypatch.setattr(run, "state_path", lambda name: str(path))
+    with pytest.raises(LabStateError, match="the state of lab 'b', not of 'a'"):
+        run.load("a")
