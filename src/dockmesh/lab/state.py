@@ -130,7 +130,7 @@ def parse_state(data: bytes, where: str) -> LabState:
     # `lab down` removes what the file lists, as root: only what this lab's plan makes may
     # be listed (a damaged or tampered file naming / or another lab's namespace is refused).
     mine = {
-        "dirs": {NETNS_ETC, plan.data_dir, *(h.resolv_dir for h in plan.hosts)},
+        "dirs": {NETNS_ETC, plan.run_dir, plan.data_dir, *(h.resolv_dir for h in plan.hosts)},
         "netns": set(plan.netns),
         "files": {f"{plan.data_dir}/images.tar"},
     }

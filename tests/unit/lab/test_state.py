@@ -36,7 +36,7 @@ def states(draw: st.DrawFn) -> LabState:
         )
     )
     plan = state.plan()
-    dirs = [NETNS_ETC, plan.data_dir, *(h.resolv_dir for h in plan.hosts)]
+    dirs = [NETNS_ETC, plan.run_dir, plan.data_dir, *(h.resolv_dir for h in plan.hosts)]
     state.netns = draw(st.lists(st.sampled_from(plan.netns), unique=True))
     state.dirs = draw(st.lists(st.sampled_from(dirs), unique=True))
     state.files = draw(st.lists(st.just(f"{plan.data_dir}/images.tar"), max_size=1))
