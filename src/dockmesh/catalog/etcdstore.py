@@ -48,6 +48,7 @@ LEASE_TTL_S = 10
 KEEPALIVE_S = 0.5
 ANTI_ENTROPY_S = 30.0
 CALL_TIMEOUT_S = 3.0
+LIST_PAGE = 1000  # keys per page of a listing
 # Another agent writing this node's subtree under its own lease (two agents started with the
 # same --node): this agent stops replacing the subtree for this long after each such write,
 # and says so at most once per CONFLICT_LOG_S. Without it the two replaced each other's
@@ -133,18 +134,40 @@ class Etcd:
         except Exception as e:
             raise Unavailable(_reason(e)) from None
 
+    async def _range(self, req: Any) -> Any:
+        return await self._call(lambda c: c.kvstub.Range(req, timeout=self.timeout_s))
+
     async def list_prefix(self, prefix: str) -> tuple[dict[str, bytes], int, int]:
-        """Every key under `prefix` with its value, the revision and the cluster ID."""
+        """Every key under `prefix` with its value, the revision and the cluster ID.
+
+        Read in pages at one revision (the first page's): one response holding the whole
+        root went over grpc's 4 MiB limit at a few MiB of values (30 values of 200 kB put by
+        anyone, or some 20 000 instances), and every listing failed, so the agent never
+        followed the store again. A page too large for the limit is asked again halved."""
         from aetcd import rpc
 
         p = prefix.encode()
-        req = rpc.RangeRequest(key=p, range_end=_range_end(p))
-        resp = await self._call(lambda c: c.kvstub.Range(req, timeout=self.timeout_s))
-        kvs = {}
-        for kv in resp.kvs:
-            with contextlib.suppress(UnicodeDecodeError):
-                kvs[kv.key.decode("utf-8", errors="strict")] = bytes(kv.value)
-        return kvs, int(resp.header.revision), int(resp.header.cluster_id)
+        end = _range_end(p)
+        start, limit = p, LIST_PAGE
+        revision = cluster = 0
+        kvs: dict[str, bytes] = {}
+        while True:
+            req = rpc.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
+            try:
+                resp = await self._range(req)
+            except Unavailable as e:
+                if "larger than max" in str(e) and limit > 1:
+                    limit = max(1, limit // 2)
+                    continue
+                raise
+            if not revision:
+                revision, cluster = int(resp.header.revision), int(resp.header.cluster_id)
+            for kv in resp.kvs:
+                with contextlib.suppress(UnicodeDecodeError):
+                    kvs[kv.key.decode("utf-8", errors="strict")] = bytes(kv.value)
+            if not resp.more or not resp.kvs:
+                return kvs, revision, cluster
+            start = bytes(resp.kvs[-1].key) + b"\0"
 
     async def write(
         self, puts: Sequence[tuple[str, bytes]], deletes: Sequence[str], lease: int
