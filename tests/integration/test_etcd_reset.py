@@ -68,3 +68,44 @@ def test_a_watch_whose_own_task_is_cancelled_is_still_cancelled(etcd: EtcdProc) 
         return task.cancelled()
 
     assert asyncio.run(main())
+
+
+def test_an_ipv6_endpoint_connects(etcd: EtcdProc) -> None:
+    # `--store etcd://[…]:PORT` gave aetcd the address without brackets: grpc took it for a
+    # host name that never resolved, and the agent never reached the store. (The member
+    # listens on 127.0.0.1: its IPv4-mapped IPv6 address reaches it.)
+    async def main() -> int:
+        client = Etcd([("::ffff:127.0.0.1", etcd.client_port)])
+        try:
+            _, revision, _ = await client.list_prefix("/dmt/")
+            return revision
+        finally:
+            await client.close()
+
+    assert asyncio.run(main()) >= 1
+
+
+@pytest.mark.parametrize("page", [1000, 7])
+def test_a_root_larger_than_one_grpc_message_is_listed_in_pages(
+    etcd: EtcdProc, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    # 6 MB of values under the root (30 of 200 kB: anyone who can write to etcd, or some
+    # 20 000 instances) was one response over grpc's 4 MiB limit: every listing failed and
+    # the agent never followed the store. A page of 1000 is too large here and is halved
+    # until it fits; pages of 7 cross several page edges.
+    monkeypatch.setattr("dockmesh.catalog.etcdstore.LIST_PAGE", page)
+
+    async def main() -> tuple[dict[str, bytes], int]:
+        client = Etcd([("127.0.0.1", etcd.client_port)])
+        try:
+            for i in range(30):
+                await client.write([(f"/dmt/big{i:02}", b"x" * 200_000)], [], 0)
+            await client.write([("/dmu/outside", b"y")], [], 0)
+            kvs, revision, _ = await client.list_prefix("/dmt/")
+            return kvs, revision
+        finally:
+            await client.close()
+
+    kvs, revision = asyncio.run(main())
+    assert sorted(kvs) == [f"/dmt/big{i:02}" for i in range(30)]
+    assert all(len(v) == 200_000 for v in kvs.values()) and revision >= 31

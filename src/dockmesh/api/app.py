@@ -764,14 +764,24 @@ class _Api:
             await asyncio.wait_for(gate.acquire(), OBSERVE_QUEUE_S)
         except TimeoutError:
             raise ApiError(503, "the agent is busy observing; try again") from None
+        # The slot is freed when the work ends, not when the handler does: a client that
+        # hangs up cancels the handler (handler_cancellation) but not the thread, and
+        # freeing the slot then let a client asking and hanging up in a loop pile doctors
+        # up in the default executor, which the agent's engine pings and policy syncs share.
+        work = asyncio.ensure_future(asyncio.to_thread(fn))
+
+        def done(t: asyncio.Future[dict[str, Any]], gate: asyncio.Semaphore = gate) -> None:
+            gate.release()
+            if not t.cancelled():
+                t.exception()  # retrieved: a client gone is not an unhandled error
+
+        work.add_done_callback(done)
         try:
-            doc = await asyncio.to_thread(fn)
+            doc = await asyncio.shield(work)
         except LookupError as e:
             raise not_found(str(e.args[0]) if e.args else "no such container") from None
         except PermissionError as e:
             raise ApiError(409, str(e.args[0]) if e.args else "not on this host") from None
-        finally:
-            gate.release()
         return _json(request, doc, self.live.catalog.index)
 
     def _observer(self) -> Observer:

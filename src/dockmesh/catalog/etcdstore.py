@@ -48,6 +48,13 @@ LEASE_TTL_S = 10
 KEEPALIVE_S = 0.5
 ANTI_ENTROPY_S = 30.0
 CALL_TIMEOUT_S = 3.0
+LIST_PAGE = 1000  # keys per page of a listing
+# Another agent writing this node's subtree under its own lease (two agents started with the
+# same --node): this agent stops replacing the subtree for this long after each such write,
+# and says so at most once per CONFLICT_LOG_S. Without it the two replaced each other's
+# subtree in a loop (hundreds of transactions a second, a warning each).
+CONFLICT_HOLD_S = 20.0
+CONFLICT_LOG_S = 30.0
 LINK_NAME = "etcd"
 # The channel finds a restarted member quickly. Its pings come every 10 s: etcd answers pings
 # more often than every 5 s (its --grpc-keepalive-min-time) with GOAWAY too_many_pings, and at
@@ -99,7 +106,10 @@ class Etcd:
 
             host, port = self.endpoints[self._next % len(self.endpoints)]
             self._next += 1
-            client = aetcd.Client(host=host, port=port, options=dict(_CHANNEL_OPTIONS))
+            # grpc's target is HOST:PORT: an IPv6 address unbracketed was read as a host name
+            # that never resolved (`--store etcd://[::1]:2379` never connected).
+            target = f"[{host}]" if ":" in host else host
+            client = aetcd.Client(host=target, port=port, options=dict(_CHANNEL_OPTIONS))
             try:
                 await client.connect()
             except Exception as e:
@@ -124,18 +134,40 @@ class Etcd:
         except Exception as e:
             raise Unavailable(_reason(e)) from None
 
+    async def _range(self, req: Any) -> Any:
+        return await self._call(lambda c: c.kvstub.Range(req, timeout=self.timeout_s))
+
     async def list_prefix(self, prefix: str) -> tuple[dict[str, bytes], int, int]:
-        """Every key under `prefix` with its value, the revision and the cluster ID."""
+        """Every key under `prefix` with its value, the revision and the cluster ID.
+
+        Read in pages at one revision (the first page's): one response holding the whole
+        root went over grpc's 4 MiB limit at a few MiB of values (30 values of 200 kB put by
+        anyone, or some 20 000 instances), and every listing failed, so the agent never
+        followed the store again. A page too large for the limit is asked again halved."""
         from aetcd import rpc
 
         p = prefix.encode()
-        req = rpc.RangeRequest(key=p, range_end=_range_end(p))
-        resp = await self._call(lambda c: c.kvstub.Range(req, timeout=self.timeout_s))
-        kvs = {}
-        for kv in resp.kvs:
-            with contextlib.suppress(UnicodeDecodeError):
-                kvs[kv.key.decode("utf-8", errors="strict")] = bytes(kv.value)
-        return kvs, int(resp.header.revision), int(resp.header.cluster_id)
+        end = _range_end(p)
+        start, limit = p, LIST_PAGE
+        revision = cluster = 0
+        kvs: dict[str, bytes] = {}
+        while True:
+            req = rpc.RangeRequest(key=start, range_end=end, limit=limit, revision=revision)
+            try:
+                resp = await self._range(req)
+            except Unavailable as e:
+                if "larger than max" in str(e) and limit > 1:
+                    limit = max(1, limit // 2)
+                    continue
+                raise
+            if not revision:
+                revision, cluster = int(resp.header.revision), int(resp.header.cluster_id)
+            for kv in resp.kvs:
+                with contextlib.suppress(UnicodeDecodeError):
+                    kvs[kv.key.decode("utf-8", errors="strict")] = bytes(kv.value)
+            if not resp.more or not resp.kvs:
+                return kvs, revision, cluster
+            start = bytes(resp.kvs[-1].key) + b"\0"
 
     async def write(
         self, puts: Sequence[tuple[str, bytes]], deletes: Sequence[str], lease: int
@@ -185,8 +217,9 @@ class Etcd:
 
     async def watch(
         self, prefix: str, start_revision: int
-    ) -> AsyncIterator[list[tuple[str, bytes | None, int]]]:
-        """Each response's events as (key, value or None when deleted, revision), from
+    ) -> AsyncIterator[list[tuple[str, bytes | None, int, int]]]:
+        """Each response's events as (key, value or None when deleted, revision, the lease the
+        key was put with: 0 for none and for a deletion), from
         `start_revision` on, with `hasleader`: ends with `Unavailable` when the stream
         breaks, the member has no leader, or the revision was compacted."""
         from aetcd import rpc
@@ -209,16 +242,16 @@ class Etcd:
                     raise Unavailable(f"revision {start_revision} compacted")
                 if resp.canceled:
                     raise Unavailable(f"watch cancelled: {resp.cancel_reason or 'no reason'}")
-                out: list[tuple[str, bytes | None, int]] = []
+                out: list[tuple[str, bytes | None, int, int]] = []
                 for ev in resp.events:
                     try:
                         key = ev.kv.key.decode("utf-8", errors="strict")
                     except UnicodeDecodeError:
                         continue
                     deleted = ev.type == rpc.Event.DELETE
-                    out.append(
-                        (key, None if deleted else bytes(ev.kv.value), int(ev.kv.mod_revision))
-                    )
+                    value = None if deleted else bytes(ev.kv.value)
+                    lease = 0 if deleted else int(ev.kv.lease)
+                    out.append((key, value, int(ev.kv.mod_revision), lease))
                 yield out
         except Unavailable:
             raise
@@ -281,6 +314,10 @@ class SharedCatalog:
         self._lease_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.republished = 0  # times the subtree was replaced
+        self._leases: list[int] = []  # the leases this agent was granted (the newest last)
+        self.conflict_until = float("-inf")  # another agent writes as this node until then
+        self._conflict_logged = float("-inf")
+        self.conflicts = 0  # writes seen from another agent under this node's name
 
     # --- life cycle -----------------------------------------------------------------------
 
@@ -356,6 +393,11 @@ class SharedCatalog:
             lease = self.lease
             if lease is None:
                 continue  # the lease task sets _dirty once it has one
+            hold = self.conflict_until - self.clock()
+            if hold > 0:
+                await asyncio.sleep(hold)
+                self._dirty.set()
+                continue
             try:
                 listed = None
                 if self.publisher.needs_listing:
@@ -403,6 +445,7 @@ class SharedCatalog:
             if self.lease is None:
                 try:
                     self.lease = await self.etcd.grant(self.lease_ttl)
+                    self._leases = [*self._leases[-7:], self.lease]
                     kept_at = self._kept_at = self.clock()
                     attempt = 0
                     self.publisher.lost()  # every key goes under the new lease
@@ -443,6 +486,36 @@ class SharedCatalog:
             self.connected = False
             self._since = self.clock()
 
+    def _foreign_writes(self, events: Sequence[tuple[str, bytes | None, int, int]]) -> bool:
+        """Whether `events` hold a put on this node's subtree under a lease this agent was
+        never granted: another agent runs with the same --node. (A put without a lease is a
+        hand's `etcdctl put`: replaced as any change behind this agent.)"""
+        own = node_prefix(self.node)
+        foreign = next(
+            (
+                lease
+                for key, value, _, lease in events
+                if value is not None and lease and lease not in self._leases and key.startswith(own)
+            ),
+            None,
+        )
+        if foreign is None:
+            return False
+        now = self.clock()
+        self.conflicts += 1
+        self.conflict_until = now + CONFLICT_HOLD_S
+        if now - self._conflict_logged >= CONFLICT_LOG_S:
+            self._conflict_logged = now
+            log.error(
+                "etcd: another agent publishes as node %s (lease %x is not this agent's): "
+                "every agent needs its own --node; this one stops replacing the subtree for "
+                "%.0f s after each of its writes",
+                self.node,
+                foreign,
+                CONFLICT_HOLD_S,
+            )
+        return True
+
     async def _follow(self) -> None:
         attempt = 0
         own = node_prefix(self.node)
@@ -467,13 +540,16 @@ class SharedCatalog:
                 attempt = 0
                 async for events in self.etcd.watch(ROOT, revision + 1):
                     changed: set[str] = set()
-                    for key, value, rev in events:
+                    self._foreign_writes(events)
+                    for key, value, rev, _ in events:
                         node, problem = self.view.event(key, value, rev)
                         if problem is not None:
                             log.warning("etcd: left out %s", problem)
                         if node is not None:
                             changed.add(node)
                         elif key.startswith(own) and self.publisher.own_event(key, value):
+                            if self.clock() < self.conflict_until:
+                                continue  # said once above; replaced after the hold
                             log.warning("etcd: %s changed behind this agent: replacing", key)
                             self._dirty.set()
                     self._sync_nodes(changed)

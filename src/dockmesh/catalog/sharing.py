@@ -29,6 +29,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -54,6 +55,10 @@ MAX_META = 64
 MAX_META_VALUE = 512
 MAX_WEIGHT = 65535
 STATUSES: tuple[Status, ...] = ("passing", "warning", "critical", "maintenance")
+# Keys whose bad value was said once (and not again until it changes): at most this many are
+# remembered, so a writer filling the store with bad keys costs bounded memory (past it, the
+# new ones are left out without a word).
+MAX_BAD_KEYS = 10_000
 # etcd refuses a transaction of more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
 
@@ -228,6 +233,49 @@ def decode(data: bytes, key_id: str | None = None) -> Published:
         status=status,
         output=_text(d, "output", MAX_OUTPUT),
     )
+
+
+def shown_key(key: str, limit: int = 120) -> str:
+    """A key as a log line shows it: quoted, and cut (a key may be 1.5 MB long)."""
+    if len(key) <= limit:
+        return repr(key)
+    return f"{key[:limit]!r}… ({len(key)} characters)"
+
+
+def unusable_address(address: str) -> str | None:
+    """Why another node's instance cannot be at `address` as seen from here, else None.
+
+    A loopback or unspecified address (or `localhost`) names whichever host uses it: an
+    instance another host publishes there would send this host's clients to this host's own
+    port (a mistake, or a writer to the store redirecting a service to a local one). Consul
+    takes any address; here remote instances are other hosts' containers and services, found
+    by their own agents, so such an address is left out. An empty one is the node's
+    address (Consul's meaning), and a host name is taken as the registration API takes it."""
+    if not address:
+        return None
+    if any(c.isspace() for c in address):
+        return "has blanks"
+    name = address.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return "names this host itself (localhost)"
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return None
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    for a in (ip, mapped):
+        if a is not None and (a.is_loopback or a.is_unspecified):
+            return "is loopback or unspecified: on this host it would be this host"
+    return None
+
+
+def decode_remote(data: bytes, key_id: str) -> Published:
+    """`decode`, and an address another host can reach (`unusable_address`)."""
+    p = decode(data, key_id)
+    why = unusable_address(p.address)
+    if why is not None:
+        raise ValueError(f"address {p.address!r} {why}")
+    return p
 
 
 def remote_id(node: str, instance_id: str) -> str:
@@ -419,17 +467,30 @@ class RemoteView:
         self.own: dict[str, bytes] = {}  # this node's keys as listed and watched
         self.revision = 0  # the newest revision applied
         self.cluster_id: int | None = None
+        self.bad: dict[str, str] = {}  # keys left out, with the problem said about each
+
+    def _said(self, key: str, problem: str | None) -> str | None:
+        """`problem` the first time `key` is bad (a writer storming one key with bad values
+        is said once, not once per event), else None; None (the key is good again, or
+        deleted) forgets it."""
+        if problem is None:
+            self.bad.pop(key, None)
+            return None
+        if key in self.bad or len(self.bad) >= MAX_BAD_KEYS:
+            return None
+        self.bad[key] = problem
+        return problem
 
     def _decoded(self, key: str, value: bytes) -> tuple[str, Published] | str | None:
         """(node, instance), or a problem, or None for a key that is not an instance's."""
         parsed = parse_key(key)
         if parsed is None:
-            return None if node_of_key(key) is not None else f"{key!r}: not a dockmesh key"
+            return None if node_of_key(key) is not None else f"{shown_key(key)}: not a dockmesh key"
         node, iid = parsed
         try:
-            return node, decode(value, iid)
+            return node, decode_remote(value, iid)
         except ValueError as e:
-            return f"{key!r}: {e}"
+            return f"{shown_key(key)}: {e}"
 
     def relist(self, kvs: Mapping[str, bytes], revision: int, cluster_id: int) -> Relisted:
         """The whole root as listed at `revision`: the cache becomes exactly it."""
@@ -439,15 +500,20 @@ class RemoteView:
         problems: list[str] = []
         nodes: dict[str, dict[str, Published]] = {}
         own: dict[str, bytes] = {}
+        self.bad = {k: v for k, v in self.bad.items() if k in kvs}
         for key, value in kvs.items():
             if node_of_key(key) == self.own_node:
                 own[key] = value
                 continue
             d = self._decoded(key, value)
             if isinstance(d, str):
-                problems.append(d)
-            elif d is not None:
-                nodes.setdefault(d[0], {})[d[1].id] = d[1]
+                said = self._said(key, d)
+                if said is not None:
+                    problems.append(said)
+            else:
+                self._said(key, None)
+                if d is not None:
+                    nodes.setdefault(d[0], {})[d[1].id] = d[1]
         changed = frozenset(
             n for n in set(nodes) | set(self.nodes) if nodes.get(n) != self.nodes.get(n)
         )
@@ -475,6 +541,7 @@ class RemoteView:
         _, iid = parsed
         current = self.nodes.get(node, {})
         if value is None:
+            self._said(key, None)
             if iid not in current:
                 return None, None
             del current[iid]
@@ -482,15 +549,16 @@ class RemoteView:
                 self.nodes.pop(node, None)
             return node, None
         try:
-            p = decode(value, iid)
+            p = decode_remote(value, iid)
         except ValueError as e:
             # What the key held before is no longer what the store says: out too.
-            problem = f"{key!r}: {e}"
+            problem = self._said(key, f"{shown_key(key)}: {e}")
             if current.pop(iid, None) is not None:
                 if not current:
                     self.nodes.pop(node, None)
                 return node, problem
             return None, problem
+        self._said(key, None)
         if current.get(iid) == p:
             return None, None
         self.nodes.setdefault(node, {})[iid] = p
@@ -505,21 +573,51 @@ def backoff(attempt: int, first: float = 0.1, cap: float = 2.0) -> float:
     return min(cap, first * math.pow(2, max(0, min(attempt, 30))))
 
 
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MAX_ENDPOINTS = 64
+
+
+def _endpoint_host(part: str, host: str) -> str:
+    if host.startswith("["):
+        # An IPv6 address, in brackets (its colons are not the port's).
+        inner = host[1:-1] if host.endswith("]") else ""
+        try:
+            return str(ipaddress.IPv6Address(inner))
+        except ValueError:
+            raise ValueError(f"{part!r}: {host!r} is not an IPv6 address in brackets") from None
+    if ":" in host:
+        raise ValueError(f"{part!r}: an IPv6 address goes in brackets: [{host}]:PORT")
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{part!r}: {host!r} is not an IP address or a host name")
+    return host
+
+
 def parse_endpoints(text: str) -> list[tuple[str, int]]:
-    """`etcd://HOST:PORT[,HOST:PORT…]` → [(host, port)], or ValueError saying why."""
+    """`etcd://HOST:PORT[,HOST:PORT…]` → [(host, port)], or ValueError saying why. HOST: an
+    IPv4 address, `[IPv6]` or a host name; no credentials (the store is reached without
+    authentication), no path; each endpoint once."""
     scheme, sep, rest = text.partition("://")
     if not sep or scheme != "etcd":
         raise ValueError("expected etcd://HOST:PORT[,HOST:PORT…]")
+    if "@" in rest:
+        raise ValueError("user:password@ is not supported (etcd is reached without credentials)")
+    parts = rest.split(",")
+    if len(parts) > MAX_ENDPOINTS:
+        raise ValueError(f"{len(parts)} endpoints: at most {MAX_ENDPOINTS}")
     out: list[tuple[str, int]] = []
-    for part in rest.split(","):
+    for part in parts:
         host, colon, port = part.strip().rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
         if not colon or not host:
             raise ValueError(f"{part!r}: expected HOST:PORT")
         if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
             raise ValueError(f"{part!r}: the port must be a number from 1 to 65535")
-        if not all(c.isascii() and (c.isalnum() or c in ".-_:") for c in host):
-            raise ValueError(f"{part!r}: {host!r} is not an IP address or a host name")
-        out.append((host, int(port)))
+        endpoint = (_endpoint_host(part, host), int(port))
+        if endpoint in out:
+            raise ValueError(f"{part!r} is listed twice")
+        out.append(endpoint)
     return out

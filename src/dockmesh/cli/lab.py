@@ -68,7 +68,9 @@ def lab_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def _name(name: str | None) -> str:
-    return check_name(name or lab_name_default())
+    # An explicit empty --name is refused, not read as the default: `--name "$LAB"` with
+    # $LAB unset must not act on the lab named `lab`.
+    return check_name(lab_name_default() if name is None else name)
 
 
 @app.command("up")

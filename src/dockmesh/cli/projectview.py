@@ -90,16 +90,23 @@ class LineSplitter:
     def feed(self, chunk: bytes) -> list[str]:
         data = self._rest + chunk
         *lines, rest = data.split(b"\n")
-        out = [self._line(x) for x in lines]
-        while len(rest) > self.MAX_LINE:
+        out: list[str] = []
+        for line in lines:  # (one that ends here may still be longer than a piece)
+            line = self._cut(line, out)
+            out.append(self._line(line))
+        self._rest = self._cut(rest, out)
+        return out
+
+    def _cut(self, raw: bytes, out: list[str]) -> bytes:
+        """Whole pieces of `raw` past MAX_LINE go to `out`; what is left is returned."""
+        while len(raw) > self.MAX_LINE:
             cut = self.MAX_LINE
             # Not inside a UTF-8 character: back over its continuation bytes (10xxxxxx).
-            while cut > self.MAX_LINE - 3 and rest[cut] & 0xC0 == 0x80:
+            while cut > self.MAX_LINE - 3 and raw[cut] & 0xC0 == 0x80:
                 cut -= 1
-            out.append(self._line(rest[:cut]))
-            rest = rest[cut:]
-        self._rest = rest
-        return out
+            out.append(self._line(raw[:cut]))
+            raw = raw[cut:]
+        return raw
 
     def end(self) -> list[str]:
         rest, self._rest = self._rest, b""

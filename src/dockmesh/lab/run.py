@@ -88,7 +88,11 @@ def load(name: str) -> LabState | None:
             data = f.read()
     except FileNotFoundError:
         return None
-    return parse_state(data, path)
+    state = parse_state(data, path)
+    if state.name != name:
+        # Its plan would be another lab's: `lab down` would remove that one.
+        raise LabStateError(f"{path}: the state of lab {state.name!r}, not of {name!r}")
+    return state
 
 
 def require(name: str) -> LabState:
@@ -130,19 +134,42 @@ def _marker(name: str) -> tuple[str, str]:
     return (lab_dir(RUN_ROOT, name) + "/", lab_dir(DATA_ROOT, name) + "/")
 
 
-def _cmdline(pid: int) -> str:
+def _argv(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
+            return f.read().decode(errors="replace").split("\0")[:-1] or [""]
     except OSError:
-        return ""
+        return []
+
+
+def _cmdline(pid: int) -> str:
+    return " ".join(_argv(pid))
+
+
+# The programs the lab starts, and those its engines start (containerd and its shims outlive
+# a dockerd that was killed); the pid the lab records runs `ip netns exec` → `unshare` → `sh`
+# → the program, each exec'ing the next. A process naming the lab's directories that is none
+# of them is a user's (`tail -F` of a lab log, an editor on its state file): never signalled.
+_PROGRAMS = frozenset({"dockerd", "containerd", "etcd", "ip", "unshare"})
+_HOSTNAME_SH = ["sh", "-c", 'hostname "$0" && exec "$@"']
+
+
+def _lab_program(argv: Sequence[str]) -> bool:
+    prog = os.path.basename(argv[0]) if argv else ""
+    if prog in _PROGRAMS or prog.startswith("containerd-shim"):
+        return True
+    if prog.startswith("python"):
+        return list(argv[1:4]) == ["-m", "dockmesh", "agent"]
+    return [prog, *argv[1:3]] == _HOSTNAME_SH
 
 
 def _ours(pid: int, name: str) -> bool:
-    """`pid` is alive and still one of this lab's processes (not a reused pid)."""
-    line = _cmdline(pid)
-    if not line:
+    """`pid` is alive and still one of this lab's processes (not a reused pid, not a user's
+    process that names a lab path)."""
+    argv = _argv(pid)
+    if not argv or not _lab_program(argv):
         return False
+    line = " ".join(argv)
     try:
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":

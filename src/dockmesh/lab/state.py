@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from dockmesh.lab.plan import LabPlan, LabPlanError, Partition, plan_lab
+from dockmesh.lab.plan import NETNS_ETC, LabPlan, LabPlanError, Partition, plan_lab
 
 VERSION = 1
 
@@ -124,9 +124,22 @@ def parse_state(data: bytes, where: str) -> LabState:
         up_seconds=None if up is None else float(up),
     )
     try:
-        state.plan()
+        plan = state.plan()
     except LabPlanError as e:
         raise LabStateError(f"{where}: {e}") from None
+    # `lab down` removes what the file lists, as root: only what this lab's plan makes may
+    # be listed (a damaged or tampered file naming / or another lab's namespace is refused).
+    mine = {
+        "dirs": {NETNS_ETC, plan.run_dir, plan.data_dir, *(h.resolv_dir for h in plan.hosts)},
+        "netns": set(plan.netns),
+        "files": {f"{plan.data_dir}/images.tar"},
+    }
+    for key, allowed in mine.items():
+        for item in getattr(state, key):
+            if item not in allowed:
+                raise LabStateError(
+                    f"{where}: {key} lists {item!r}, which lab {state.name!r} never makes"
+                )
     return state
 
 

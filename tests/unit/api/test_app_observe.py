@@ -5,6 +5,7 @@ document comes back as it made it, and what it refuses becomes a status with one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from dockmesh.api import TopologyFeed, make_app
-from dockmesh.api.app import Observer
+from dockmesh.api.app import OBSERVE_CONCURRENCY, Observer
 from dockmesh.api.observe_query import ProbeQuestion
 from dockmesh.catalog.live import LiveCatalog
 
@@ -158,3 +159,50 @@ def test_a_probe_reaches_the_observer_as_parsed_and_refusals_are_one_line() -> N
         ("probe", ProbeQuestion("web-1", "10.0.1.5", "tcp", 8080, 0.5, expected=False)),
         ("probe", ProbeQuestion("away", "fd00::1", "icmp", None, 1.0)),
     ]
+
+
+class Counting(Seen):
+    """A doctor that blocks until released, counting how many run at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def doctor(self, container: str, timeout_s: float) -> dict[str, Any]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return super().doctor(container, timeout_s)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_clients_that_hang_up_do_not_free_a_slot_whose_work_still_runs() -> None:
+    """The agent cancels a handler whose client hung up (handler_cancellation): the slot was
+    released then while the doctor's thread went on, so a client asking and hanging up in a
+    loop piled doctors up in the loop's default executor — the one the agent's engine pings
+    and policy syncs run in. A slot is now freed when its work ends."""
+    seen = Counting()
+    seen.release.clear()
+
+    async def main() -> None:
+        live, feed = LiveCatalog(), TopologyFeed()
+        app = make_app(live, feed.current, feed.wait, CollectorRegistry(), observer=seen)
+        async with TestClient(TestServer(app, handler_cancellation=True)) as client:
+            for i in range(12):
+                ask = asyncio.ensure_future(client.get(f"/v1/dockmesh/doctor?container=c{i}"))
+                await asyncio.sleep(0.05)
+                ask.cancel()  # hangs up
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ask
+            await asyncio.sleep(0.2)
+            assert seen.most <= OBSERVE_CONCURRENCY, f"{seen.most} doctors at once"
+            seen.release.set()
+            # Once the work ends, its slots are free again.
+            assert (await answer(client, "/v1/dockmesh/doctor?container=after"))[0] == 200
+
+    asyncio.run(asyncio.wait_for(main(), GUARD_S))

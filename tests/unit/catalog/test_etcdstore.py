@@ -25,7 +25,7 @@ class FakeEtcd:
         self.revision = 1
         self.leases: set[int] = set()
         self.next_lease = 7
-        self.watchers: list[asyncio.Queue[list[tuple[str, bytes | None, int]] | None]] = []
+        self.watchers: list[asyncio.Queue[list[tuple[str, bytes | None, int, int]] | None]] = []
         self.down = False
         self.silent = False  # a partition: calls hang until their deadline
         self.writes = 0
@@ -34,7 +34,7 @@ class FakeEtcd:
         if self.down:
             raise Unavailable("connection refused")
 
-    def _emit(self, events: list[tuple[str, bytes | None, int]]) -> None:
+    def _emit(self, events: list[tuple[str, bytes | None, int, int]]) -> None:
         if events:
             for q in self.watchers:
                 q.put_nowait(events)
@@ -58,13 +58,13 @@ class Client:
             raise Unavailable("etcdserver: requested lease not found")
         self.s.revision += 1
         self.s.writes += 1
-        events: list[tuple[str, bytes | None, int]] = []
+        events: list[tuple[str, bytes | None, int, int]] = []
         for k in deletes:
             if self.s.kv.pop(k, None) is not None:
-                events.append((k, None, self.s.revision))
+                events.append((k, None, self.s.revision, 0))
         for k, v in puts:
             self.s.kv[k] = (v, lease)
-            events.append((k, v, self.s.revision))
+            events.append((k, v, self.s.revision, lease))
         self.s._emit(events)
         return self.s.revision
 
@@ -92,13 +92,13 @@ class Client:
             self.s.revision += 1
             for k in doomed:
                 del self.s.kv[k]
-            self.s._emit([(k, None, self.s.revision) for k in doomed])
+            self.s._emit([(k, None, self.s.revision, 0) for k in doomed])
 
     async def watch(
         self, prefix: str, start_revision: int
-    ) -> AsyncIterator[list[tuple[str, bytes | None, int]]]:
+    ) -> AsyncIterator[list[tuple[str, bytes | None, int, int]]]:
         self.s._check()
-        q: asyncio.Queue[list[tuple[str, bytes | None, int]] | None] = asyncio.Queue()
+        q: asyncio.Queue[list[tuple[str, bytes | None, int, int]] | None] = asyncio.Queue()
         self.s.watchers.append(q)
         try:
             while True:
@@ -258,5 +258,32 @@ def test_a_blocking_query_on_the_other_host_wakes_when_a_remote_instance_arrives
         assert woke > index and b.live.catalog.entries("web")
         await a.stop()
         await b.stop()
+
+    asyncio.run(main())
+
+
+def test_two_agents_with_the_same_node_name_say_so_and_do_not_replace_each_other_in_a_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A misconfiguration (two hosts started with the same --node): each saw the other's
+    writes as its subtree changed behind it and replaced it at once, hundreds of transactions
+    a second. Now each write under a lease that is not the agent's is said (once) and the
+    agent holds off replacing."""
+
+    async def main() -> None:
+        store = FakeEtcd()
+        one = SharedCatalog(LiveCatalog(), "dup", Client(store))  # type: ignore[arg-type]
+        two = SharedCatalog(LiveCatalog(), "dup", Client(store))  # type: ignore[arg-type]
+        one.live.sync_containers("local", [container("x-1", "web", "10.0.0.2")])
+        two.live.sync_containers("local", [container("y-1", "web", "10.0.0.3")])
+        one.start()
+        two.start()
+        await asyncio.sleep(1.0)
+        assert store.writes < 10, f"{store.writes} transactions in 1 s"
+        assert one.conflicts + two.conflicts > 0
+        said = [r for r in caplog.records if "another agent publishes as node dup" in r.message]
+        assert 1 <= len(said) <= 2  # once per agent that saw it
+        await one.stop()
+        await two.stop()
 
     asyncio.run(main())

@@ -6,6 +6,7 @@ is what it wants and every node's view is the union of the others'."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -28,6 +29,7 @@ from dockmesh.catalog.sharing import (
     parse_key,
     remote_instance,
     replace_plan,
+    unusable_address,
     valid_node,
     wanted_keys,
 )
@@ -173,6 +175,36 @@ def test_endpoints() -> None:
     for bad in ("http://a:1", "etcd://a", "etcd://a:0", "etcd://a:x", "etcd://a b:1", "etcd://"):
         with pytest.raises(ValueError, match=r"expected|port|host name"):
             parse_endpoints(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("etcd://user:pass@10.0.0.1:2379", "user:password@ is not supported"),
+        ("etcd://::1:2379", "goes in brackets"),
+        ("etcd://:::1", "goes in brackets"),
+        ("etcd://[::1:2379", "not an IPv6 address in brackets"),
+        ("etcd://[nope]:2379", "not an IPv6 address in brackets"),
+        ("etcd://a:1,a:1", "listed twice"),
+        ("etcd://[::1]:1,[0::1]:1", "listed twice"),
+        ("etcd://-h:1", "not an IP address or a host name"),
+        ("etcd://h..x:1", "not an IP address or a host name"),
+        ("etcd://" + "a" * 300 + ":1", "not an IP address or a host name"),
+        ("etcd://h:2379/", "port"),
+        ("etcd://" + ",".join(f"h{i}:1" for i in range(100)), "at most 64"),
+    ],
+)
+def test_odd_etcd_endpoints_are_refused_saying_why(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_endpoints(text)
+
+
+def test_ipv6_and_names_are_endpoints() -> None:
+    assert parse_endpoints("etcd://[::1]:2379,etcd-1.lab:2379,[fd00::0:5]:1") == [
+        ("::1", 2379),
+        ("etcd-1.lab", 2379),
+        ("fd00::5", 1),
+    ]
 
 
 # --- plans ------------------------------------------------------------------------------------
@@ -426,3 +458,64 @@ SharedCatalogMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=25, deadline=None
 )
 test_shared_catalog_machine = SharedCatalogMachine.TestCase
+
+
+# --- a hostile or careless writer ----------------------------------------------------------
+
+
+def _value(iid: str, address: str) -> bytes:
+    return encode(Published(id=iid, service="web", address=address, port=80))
+
+
+@given(st.integers(0, 2**24 - 1))
+def test_a_remote_instance_on_a_loopback_address_is_left_out(n: int) -> None:
+    # On this host 127.x would be this host: a remote node's instance there would send this
+    # host's clients to one of its own ports.
+    ip = f"127.{n >> 16}.{(n >> 8) & 255}.{n & 255}"
+    view = RemoteView("me")
+    key = instance_key("evil", "lo")
+    node, problem = view.event(key, _value("lo", ip), 2)
+    assert node is None and problem is not None and "loopback" in problem
+    assert view.nodes == {}
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "::1", "0.0.0.0", "::", "::ffff:127.0.0.1", "localhost", "a b"]
+)
+def test_addresses_that_name_this_host_or_none_are_unusable(address: str) -> None:
+    assert unusable_address(address) is not None
+
+
+@pytest.mark.parametrize("address", ["", "10.1.2.3", "fd00::5", "db.internal", "192.168.9.1"])
+def test_addresses_of_other_hosts_are_usable(address: str) -> None:
+    assert unusable_address(address) is None
+
+
+def test_a_key_stormed_with_bad_values_is_said_once_until_it_is_good_again() -> None:
+    view = RemoteView("me")
+    key = instance_key("evil", "junk")
+    said = [view.event(key, b"\xff\x00garbage%d" % i, i + 2)[1] for i in range(300)]
+    assert len([p for p in said if p is not None]) == 1
+    # A listing at reconnection does not say it again either.
+    assert view.relist({key: b"\xffjunk"}, 400, 1).problems == ()
+    # Good, then bad again: said again.
+    assert view.event(key, _value("junk", "10.0.0.9"), 401) == ("evil", None)
+    node, problem = view.event(key, b"junk", 402)
+    assert node == "evil" and problem is not None
+    # Deleted: forgotten.
+    view.event(key, None, 403)
+    assert view.bad == {}
+
+
+def test_the_keys_remembered_as_bad_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dockmesh.catalog.sharing.MAX_BAD_KEYS", 5)
+    view = RemoteView("me")
+    said = [view.event(instance_key("evil", f"k{i}"), b"junk", i + 2)[1] for i in range(50)]
+    assert len([p for p in said if p is not None]) == 5 and len(view.bad) == 5
+
+
+def test_a_very_long_bad_key_is_shown_cut() -> None:
+    view = RemoteView("me")
+    key = instance_key("evil", "L" * 100_000)
+    _, problem = view.event(key, b"junk", 2)
+    assert problem is not None and len(problem) < 300 and "100" in problem

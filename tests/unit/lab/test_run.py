@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,3 +68,46 @@ def test_subtrees_split_a_directory_into_its_entries(tmp_path: Path) -> None:
     (tmp_path / "b").write_text("x")
     got = run._subtrees([str(tmp_path), str(tmp_path / "missing")])
     assert sorted(got) == [str(tmp_path / "a"), str(tmp_path / "b")]
+
+
+def test_a_users_process_that_names_a_lab_path_is_never_the_labs(tmp_path: Path) -> None:
+    """`lab down` SIGKILLs every process whose command line names the lab's directories (the
+    shims a killed dockerd leaves): a user's `tail -F` of a lab log, an editor on its state
+    file, was killed with them. A process is the lab's only when it is one of the programs
+    the lab runs."""
+    name = f"u{secrets.token_hex(3)}"
+    log = f"/var/lib/dockmesh-lab/lab-{name}/host1/agent.log"
+    reader = subprocess.Popen(
+        ["tail", "-F", log], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    # A program the lab runs (etcd here), naming its data directory.
+    etcd = tmp_path / "etcd"
+    etcd.symlink_to(sys.executable)
+    member = subprocess.Popen(
+        [str(etcd), "-c", "import time; time.sleep(60)", "--data-dir", log],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not (run._cmdline(reader.pid) and "dockmesh-lab" in run._cmdline(member.pid)):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert not run._ours(reader.pid, name)
+        assert reader.pid not in run._stray_pids(name)
+        assert run._ours(member.pid, name)
+    finally:
+        for p in (reader, member):
+            p.kill()
+            p.wait()
+
+
+def test_a_state_file_of_another_lab_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lab-a/lab.json saying it is lab b: its plan (namespaces, directories) is b's, which
+    # `lab down --name a` would have removed.
+    path = tmp_path / "lab.json"
+    path.write_bytes(LabState("b", "10.251.0.0/24", 2, 1, 1).dumps())
+    monkeypatch.setattr(run, "state_path", lambda name: str(path))
+    with pytest.raises(LabStateError, match="the state of lab 'b', not of 'a'"):
+        run.load("a")

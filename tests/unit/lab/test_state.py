@@ -8,29 +8,42 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dockmesh.lab.plan import Partition
+from dockmesh.lab.plan import NETNS_ETC, Partition
 from dockmesh.lab.state import LabState, LabStateError, engine_url, parse_state
 
 paths = st.lists(st.text(max_size=30), max_size=5)
-states = st.builds(
-    LabState,
-    name=st.from_regex(r"[a-z][a-z0-9]{0,9}", fullmatch=True),
-    subnet=st.just("10.251.0.0/24"),
-    hosts=st.integers(1, 5),
-    etcd=st.sampled_from([0, 1, 3]),
-    managers=st.just(1),
-    shared_store=st.booleans(),
-    netns=paths,
-    dirs=paths,
-    files=paths,
-    pids=st.dictionaries(st.text(max_size=20), st.integers(1, 2**22)),
-    partitions=st.lists(st.builds(Partition, st.just("host1"), st.sampled_from(["", "etcd"]))),
-    images=paths,
-    up_seconds=st.none() | st.floats(0, 1000),
-)
 
 
-@given(states)
+@st.composite
+def states(draw: st.DrawFn) -> LabState:
+    """A state as `lab up` writes it: its namespaces, directories and files are some of
+    those its plan makes (any others are refused: `lab down` removes them as root)."""
+    state = draw(
+        st.builds(
+            LabState,
+            name=st.from_regex(r"[a-z][a-z0-9]{0,9}", fullmatch=True),
+            subnet=st.just("10.251.0.0/24"),
+            hosts=st.integers(1, 5),
+            etcd=st.sampled_from([0, 1, 3]),
+            managers=st.just(1),
+            shared_store=st.booleans(),
+            pids=st.dictionaries(st.text(max_size=20), st.integers(1, 2**22)),
+            partitions=st.lists(
+                st.builds(Partition, st.just("host1"), st.sampled_from(["", "etcd"]))
+            ),
+            images=paths,
+            up_seconds=st.none() | st.floats(0, 1000),
+        )
+    )
+    plan = state.plan()
+    dirs = [NETNS_ETC, plan.run_dir, plan.data_dir, *(h.resolv_dir for h in plan.hosts)]
+    state.netns = draw(st.lists(st.sampled_from(plan.netns), unique=True))
+    state.dirs = draw(st.lists(st.sampled_from(dirs), unique=True))
+    state.files = draw(st.lists(st.just(f"{plan.data_dir}/images.tar"), max_size=1))
+    return state
+
+
+@given(states())
 def test_a_state_reads_back_as_written(state: LabState) -> None:
     assert parse_state(state.dumps(), "lab.json") == state
 
@@ -48,7 +61,7 @@ def test_any_bytes_are_a_state_or_one_line_error(data: bytes) -> None:
 
 
 @given(
-    states,
+    states(),
     st.sampled_from(["name", "pids", "hosts", "netns", "version", "partitions"]),
     st.sampled_from([None, True, "x", [1], {"a": -1}, 0]),
 )
@@ -95,3 +108,22 @@ def test_engine_urls_of_lab_hosts() -> None:
     state = LabState("dev", "10.251.0.0/24", 2, 1, 1)
     assert engine_url(state, "host2") == "unix:///run/dockmesh-lab/lab-dev/host2.sock"
     assert engine_url(state, "host3") is None
+
+
+@pytest.mark.parametrize(
+    ("key", "item"),
+    [
+        ("dirs", "/"),
+        ("dirs", "/var/lib/dockmesh-lab/lab-other"),
+        ("dirs", "/var/lib/dockmesh-lab/lab-dev/../../../etc"),
+        ("files", "/etc/passwd"),
+        ("netns", "dml-other-host1"),
+        ("netns", "some-users-netns"),
+    ],
+)
+def test_a_state_listing_what_the_lab_never_makes_is_refused(key: str, item: str) -> None:
+    # `lab down` removes every listed directory (rm -rf), file and namespace, as root.
+    doc = LabState("dev", "10.251.0.0/24", 2, 1, 1).to_json()
+    doc[key] = [item]
+    with pytest.raises(LabStateError, match="never makes"):
+        parse_state(json.dumps(doc).encode(), "f")
