@@ -78,6 +78,7 @@ def test_no_test_file_is_named_for_a_module_that_is_not_there() -> None:
         "test_agent_observer.py",
         "catalog/test_scope.py",
         "cli/test_bad_files.py",
+        "cli/test_lab_name.py",
         "cli/test_reach_via.py",
         "cli/test_habits.py",
         "cli/test_startup.py",

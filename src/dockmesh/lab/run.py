@@ -158,6 +158,10 @@ def _lab_program(argv: Sequence[str]) -> bool:
     prog = os.path.basename(argv[0]) if argv else ""
     if prog in _PROGRAMS or prog.startswith("containerd-shim"):
         return True
+    if prog == "nsenter" and len(argv) > 2 and argv[1].startswith("--net="):
+        # An agent, engine or etcd between its start and its exec (nsenter enters the host's
+        # namespace first): taken for dead then, `lab up` said "the agent … exited".
+        return _lab_program(argv[2:])
     if prog.startswith("python"):
         return list(argv[1:4]) == ["-m", "dockmesh", "agent"]
     return [prog, *argv[1:3]] == _HOSTNAME_SH
@@ -350,15 +354,33 @@ def _routes() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.split()]
 
 
-def _wait(what: str, ok: Callable[[], bool], timeout: float, alive: Callable[[], bool]) -> None:
+def _wait(
+    what: str, ok: Callable[[], bool], timeout: float, alive: Callable[[], bool], log: str = ""
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ok():
             return
         if not alive():
-            raise LabError(f"{what} exited")
+            if ok():  # (it answered as it was looked at)
+                return
+            raise LabError(f"{what} exited{_last_words(log)}")
         time.sleep(0.1)
-    raise LabError(f"{what} did not answer within {timeout:.0f} s")
+    raise LabError(f"{what} did not answer within {timeout:.0f} s{_last_words(log)}")
+
+
+def _last_words(log: str) -> str:
+    """The end of a process's log, for the error that removes the lab (and the log with it)."""
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 2048))
+            lines = f.read().decode(errors="replace").strip().splitlines()[-3:]
+    except OSError:
+        return ""
+    return "; its log ends: " + " | ".join(x.strip()[:300] for x in lines) if lines else ""
 
 
 def _start_engine(state: LabState, host: HostPlan) -> None:
@@ -374,6 +396,7 @@ def _wait_engine(state: LabState, host: HostPlan) -> None:
         lambda: os.path.exists(host.sock) and _engine_info(host, timeout=5) is not None,
         ENGINE_TIMEOUT_S,
         lambda: _ours(pid, state.name),
+        host.log,
     )
 
 
@@ -391,6 +414,7 @@ def _wait_etcd(state: LabState, members: Sequence[EtcdPlan]) -> None:
                 lambda m=m: _etcd_health(pool, state, m)["healthy"],  # type: ignore[misc]
                 ETCD_TIMEOUT_S,
                 lambda pid=pid: _ours(pid, state.name),  # type: ignore[misc]
+                m.log,
             )
 
 
@@ -409,6 +433,7 @@ def _wait_agents(state: LabState, hosts: Sequence[HostPlan]) -> None:
                 lambda h=h: _agent_ok(pool, state, h),  # type: ignore[misc]
                 AGENT_TIMEOUT_S,
                 lambda pid=pid: _ours(pid, state.name),  # type: ignore[misc]
+                h.agent_log,
             )
 
 

@@ -111,3 +111,16 @@ def test_a_state_file_of_another_lab_is_refused(
     monkeypatch.setattr(run, "state_path", lambda name: str(path))
     with pytest.raises(LabStateError, match="the state of lab 'b', not of 'a'"):
         run.load("a")
+
+
+def test_a_lab_program_between_nsenter_and_its_exec_is_alive() -> None:
+    """The agent, the engine and etcd are started through nsenter; before nsenter execs them
+    their command line is nsenter's, and `lab up` said "the agent of host1 … exited" when it
+    looked then (on a loaded machine)."""
+    from dockmesh.lab.run import _lab_program
+
+    agent = ["python3", "-m", "dockmesh", "agent", "--engine", "unix:///x"]
+    assert _lab_program(["nsenter", "--net=/run/netns/dml-a-host1", *agent])
+    assert _lab_program(["nsenter", "--net=/run/netns/dml-a-etcd1", "etcd", "--name", "e"])
+    assert not _lab_program(["nsenter", "--net=/run/netns/dml-a-host1", "tail", "-F", "x"])
+    assert not _lab_program(["nsenter", "--net=/run/netns/dml-a-host1"])
