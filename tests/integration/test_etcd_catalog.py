@@ -281,7 +281,13 @@ def test_an_agent_killed_leaves_the_others_catalog_after_its_lease_and_a_stopped
     assert proc is not None
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
-    wait_for(lambda: ask(agents.b.dns_port, name) == [], 5, step=0.005)
+    try:
+        wait_for(lambda: ask(agents.b.dns_port, name) == [], 5, step=0.005)
+    except AssertionError as e:
+        proc.wait(timeout=20)
+        raise AssertionError(
+            f"{e}; agent a's log ends:\n{agents.a.log.read_text()[-3000:]}"
+        ) from None
     gone = time.monotonic() - t0
     assert proc.wait(timeout=20) == 0
     print(f"SIGTERM: gone from the other agent's DNS after {gone * 1000:.0f} ms")

@@ -150,7 +150,7 @@ class Task:
 class Poller:
     """The client: a process in host1's namespace asking the proxy all along."""
 
-    def __init__(self, host: Host, tmp: Path) -> None:
+    def __init__(self, host: Host, tmp: Path, url: str) -> None:
         self.out = tmp / "poller.log"
         self.proc = subprocess.Popen(
             [
@@ -159,7 +159,7 @@ class Poller:
                 sys.executable,
                 "-c",
                 POLLER,
-                f"http://127.0.0.1:{PROXY_PORT}/id",
+                url,
             ],
             stdout=self.out.open("wb"),
             stderr=subprocess.STDOUT,
@@ -187,6 +187,11 @@ class Mesh:
     overlay: str
     tasks: list[Task]
     poller: Poller
+
+    def no_errors(self, since: float) -> str:
+        """ "" when every reply since `since` was a 200; else the others, for the assertion."""
+        bad = [r for r in self.poller.replies(since) if r[2] != 200]
+        return "" if not bad else f"clients saw errors: {bad[:20]} ({len(bad)} in all)"
 
     def task_on(self, host: str) -> Task:
         return next(t for t in self.tasks if t.host == host)
@@ -313,7 +318,13 @@ def mesh(lab3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             ),
         )
         h1.api.start(proxy)
-        poller = Poller(h1, tmp)
+        # The poller asks the proxy at its own address on docker_gwbridge, not through the
+        # published port: docker-proxy, which serves a port published on 127.0.0.1, is
+        # Docker's, and what is checked is what dockmesh's proxy does.
+        pid = h1.api.inspect_container(proxy)["Id"]
+        ends = h1.api.inspect_network("docker_gwbridge")["Containers"]
+        direct = str(ends[pid]["IPv4Address"]).split("/")[0]
+        poller = Poller(h1, tmp, f"http://{direct}:8080/id")
         yield Mesh(lab3, hosts, service, overlay, tasks, poller)
     finally:
         if poller is not None:
@@ -397,7 +408,7 @@ def test_a_task_failing_its_check_leaves_the_rotation_and_comes_back(mesh: Mesh)
         f"(each seen by polling, ~0.05 s a poll), last request to it {gone_s:.2f} s after"
     )
     assert sick.backend not in {b for _, _, _, b in after}
-    assert all(c == 200 for _, _, c, _ in mesh.poller.replies(t0)), "a client saw an error"
+    assert not (bad := mesh.no_errors(t0)), bad
     assert gone_s < 10
 
     t1 = time.time()
@@ -405,7 +416,7 @@ def test_a_task_failing_its_check_leaves_the_rotation_and_comes_back(mesh: Mesh)
     back_s = mesh.first_reply_from(sick.backend, t1) - t1
     print(f"passes again: first request to it {back_s:.2f} s after")
     assert back_s < 10
-    assert all(c == 200 for _, _, c, _ in mesh.poller.replies(t0)), "a client saw an error"
+    assert not (bad := mesh.no_errors(t0)), bad
 
 
 def test_a_hosts_agent_killed_its_task_leaves_after_the_lease(mesh: Mesh) -> None:
@@ -435,7 +446,7 @@ def test_a_hosts_agent_killed_its_task_leaves_after_the_lease(mesh: Mesh) -> Non
         # test_multihost_failures: here, on a loaded machine, etcd's expiry and the
         # watch came 17 s late once, and what is checked is what the proxy's clients see.
         assert TTL_S - 1 <= dropped_s <= TTL_S + 10
-        assert all(c == 200 for _, _, c, _ in mesh.poller.replies(t0)), "a client saw an error"
+        assert not (bad := mesh.no_errors(t0)), bad
     finally:
         dm(mesh.lab, "lab", "start", "agent@host2")
     t1 = time.time()

@@ -48,6 +48,8 @@ LEASE_TTL_S = 10
 KEEPALIVE_S = 0.5
 ANTI_ENTROPY_S = 30.0
 CALL_TIMEOUT_S = 3.0
+# How long a stop waits for the catalog's tasks to end before it revokes the lease.
+STOP_WAIT_S = 1.0
 LIST_PAGE = 1000  # keys per page of a listing
 # Another agent writing this node's subtree under its own lease (two agents started with the
 # same --node): this agent stops replacing the subtree for this long after each such write,
@@ -336,21 +338,32 @@ class SharedCatalog:
         """Stops the tasks; `revoke`: the lease is revoked, so every other node drops this
         node's instances now rather than after the TTL."""
         self.live.unsubscribe(self._changed)
-        for t in self._tasks:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
+        if tasks:
+            # Bounded: a task that does not end (a cancellation lost inside a call) must not
+            # hold the revocation back until the TTL has passed anyway.
+            _, late = await asyncio.wait(tasks, timeout=STOP_WAIT_S)
+            if late:
+                log.warning("etcd: %d tasks still running at the stop", len(late))
         lease, self.lease = self.lease, None
         if revoke and lease is not None:
-            try:
-                await self.etcd.revoke(lease)
-                log.info(
-                    "etcd: lease revoked: node %s's instances left the shared catalog", self.node
-                )
-            except Unavailable as e:
-                log.warning("etcd: revoking the lease failed (its keys leave after the TTL): %s", e)
+            for attempt in range(2):  # the second on the next endpoint
+                try:
+                    await self.etcd.revoke(lease)
+                    log.info(
+                        "etcd: lease revoked: node %s's instances left the shared catalog",
+                        self.node,
+                    )
+                    break
+                except Unavailable as e:
+                    if attempt:
+                        log.warning(
+                            "etcd: revoking the lease failed (its keys leave after the TTL): %s", e
+                        )
+                    else:
+                        await self.etcd.reset()
         await self.etcd.close()
 
     def following(self) -> bool:

@@ -167,10 +167,17 @@ def _lab_program(argv: Sequence[str]) -> bool:
     return [prog, *argv[1:3]] == _HOSTNAME_SH
 
 
-def _ours(pid: int, name: str) -> bool:
+def _ours(pid: int, name: str, settle: bool = True) -> bool:
     """`pid` is alive and still one of this lab's processes (not a reused pid, not a user's
-    process that names a lab path)."""
+    process that names a lab path). `settle`: an empty command line (a process in the middle
+    of an exec) is read again for up to 0.2 s before it counts as none of the lab's."""
     argv = _argv(pid)
+    deadline = time.monotonic() + 0.2
+    while settle and argv in ([], [""]) and os.path.exists(f"/proc/{pid}"):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+        argv = _argv(pid)
     if not argv or not _lab_program(argv):
         return False
     line = " ".join(argv)
@@ -181,6 +188,22 @@ def _ours(pid: int, name: str) -> bool:
     except (OSError, IndexError):
         return False
     return any(m in line for m in _marker(name))
+
+
+# The processes this command started, by pid: whether one still runs is known exactly from its
+# `Popen` (set by the reaping thread), never guessed from /proc: while a process execs (nsenter
+# → python, sh → dockerd) its command line reads empty for a moment, and on a loaded machine
+# `lab up`/`lab start` took that moment for an exit ("the agent of host2 … exited").
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _running(pid: int, name: str) -> bool:
+    """Whether the lab's process `pid` runs: exactly, for one this command started; else by
+    its command line (`_ours`)."""
+    child = _children.get(pid)
+    if child is not None:
+        return child.returncode is None
+    return _ours(pid, name)
 
 
 def _spawn(argv: Sequence[str], logfile: str, env: dict[str, str] | None = None) -> int:
@@ -197,6 +220,7 @@ def _spawn(argv: Sequence[str], logfile: str, env: dict[str, str] | None = None)
     # While this process lives, a thread reaps the child if it ends, so it never lingers as a
     # zombie that still looks alive; a daemon thread, so that the command can exit meanwhile.
     threading.Thread(target=proc.wait, name=f"lab-reap-{proc.pid}", daemon=True).start()
+    _children[proc.pid] = proc
     return proc.pid
 
 
@@ -226,7 +250,7 @@ def _stray_pids(name: str) -> list[int]:
     me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != me and _ours(int(entry), name):
+        if entry.isdigit() and int(entry) != me and _ours(int(entry), name, settle=False):
             found.append(int(entry))
     return found
 
@@ -272,7 +296,7 @@ def _http_in_ns(
 
 def _agent_ok(pool: NetnsPool, state: LabState, host: HostPlan) -> bool:
     pid = state.pids.get(f"agent@{host.name}")
-    if pid is None or not _ours(pid, state.name):
+    if pid is None or not _running(pid, state.name):
         return False
     got = _http_in_ns(pool, pid, "127.0.0.1", API_PORT, "GET", "/v1/status/leader", None)
     return got is not None and got[0] == 200
@@ -287,7 +311,7 @@ def _etcd_health(pool: NetnsPool, state: LabState, member: EtcdPlan) -> dict[str
         "healthy": False,
         "leader": False,
     }
-    if pid is None or not _ours(pid, state.name):
+    if pid is None or not _running(pid, state.name):
         return doc
     doc["running"] = True
     got = _http_in_ns(pool, pid, member.address, ETCD_CLIENT_PORT, "GET", "/health", None)
@@ -395,7 +419,7 @@ def _wait_engine(state: LabState, host: HostPlan) -> None:
         f"dockerd of {host.name} (see {host.log})",
         lambda: os.path.exists(host.sock) and _engine_info(host, timeout=5) is not None,
         ENGINE_TIMEOUT_S,
-        lambda: _ours(pid, state.name),
+        lambda: _running(pid, state.name),
         host.log,
     )
 
@@ -413,7 +437,7 @@ def _wait_etcd(state: LabState, members: Sequence[EtcdPlan]) -> None:
                 f"etcd {m.name} (see {m.log})",
                 lambda m=m: _etcd_health(pool, state, m)["healthy"],  # type: ignore[misc]
                 ETCD_TIMEOUT_S,
-                lambda pid=pid: _ours(pid, state.name),  # type: ignore[misc]
+                lambda pid=pid: _running(pid, state.name),  # type: ignore[misc]
                 m.log,
             )
 
@@ -432,7 +456,7 @@ def _wait_agents(state: LabState, hosts: Sequence[HostPlan]) -> None:
                 f"the agent of {h.name} (see {h.agent_log})",
                 lambda h=h: _agent_ok(pool, state, h),  # type: ignore[misc]
                 AGENT_TIMEOUT_S,
-                lambda pid=pid: _ours(pid, state.name),  # type: ignore[misc]
+                lambda pid=pid: _running(pid, state.name),  # type: ignore[misc]
                 h.agent_log,
             )
 
