@@ -366,7 +366,17 @@ def test_caddy_without_the_forwarding_cannot_reach_the_srv_targets(
     root, _ = forwarded
     b = Backends(api, prefix)
     url = start_caddy(spawn, caddy, tmp_path, root, b.service, agent.dns_port)
-    wait_for(lambda: seen(url, 3) == {"-502": 3}, 30, "Caddy answering 502")
+    last: list[collections.Counter[str]] = []
+
+    def answers_502() -> bool:
+        last[:] = [seen(url, 3)]
+        return last[0] == {"-502": 3}
+
+    try:
+        wait_for(answers_502, 30, "Caddy answering 502")
+    except AssertionError as e:
+        tail = (tmp_path / "caddy.log").read_text()[-2000:]
+        raise AssertionError(f"{e}; it answered {dict(last[0])}; its log ends:\n{tail}") from None
     log = (tmp_path / "caddy.log").read_text()
     assert f"lookup {prefix}-w" in log, log
 

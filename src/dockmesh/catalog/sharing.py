@@ -299,6 +299,10 @@ def remote_instance(node: str, p: Published) -> tuple[Instance, tuple[CheckSpec,
     the instance)."""
     iid = remote_id(node, p.id)
     meta = {**p.meta, "node": node}
+    if "engine" in meta:
+        # The engine's name is the publishing agent's own ("local" there): qualified with
+        # its node, as the instance's ID is, it never reads as one of this host's engines.
+        meta["engine"] = remote_id(node, meta["engine"])
     inst = Instance(
         id=iid,
         service=p.service,

@@ -76,8 +76,8 @@ def test_any_file_reads_as_a_resolver_would() -> None:
         search("some" if got.search else "none")
 
     run()
-    servers.require(some=0.2)
-    search.require(some=0.2)
+    servers.require(some=0.1)
+    search.require(some=0.1)
 
 
 @given(st.text(max_size=400))

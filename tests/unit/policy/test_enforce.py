@@ -202,7 +202,7 @@ def test_any_sequence_of_changes_restarts_applies_and_refusals() -> None:
             assert store.load() == Applied(T, "enforce", policy)
 
     run()
-    seen.require(topology=0.15, refused=0.05, restart=0.1, apply=0.1)
+    seen.require(topology=0.15, refused=0.02, restart=0.05, apply=0.05)
 
 
 # --- reconciling ----------------------------------------------------------------------------
