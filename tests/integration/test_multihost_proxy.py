@@ -55,7 +55,8 @@ while True:
     except urllib.error.HTTPError as e:
         code, body = e.code, "-"
     except Exception as e:
-        code, body = 0, type(e).__name__
+        why = str(getattr(e, "reason", "") or e).replace(" ", "_")[:80]
+        code, body = 0, f"{type(e).__name__}:{why}"
     print(f"{t:.3f} {time.time() - t:.3f} {code} {body}", flush=True)
     time.sleep(0.05)
 """
@@ -187,11 +188,24 @@ class Mesh:
     overlay: str
     tasks: list[Task]
     poller: Poller
+    proxy: str = ""  # the proxy's container on host1
 
     def no_errors(self, since: float) -> str:
-        """ "" when every reply since `since` was a 200; else the others, for the assertion."""
+        """Nothing when every reply since `since` was a 200; else the others, for the
+        assertion, with the proxy container's state and the end of its log."""
         bad = [r for r in self.poller.replies(since) if r[2] != 200]
-        return "" if not bad else f"clients saw errors: {bad[:20]} ({len(bad)} in all)"
+        if not bad:
+            return ""
+        api = self.hosts["host1"].api
+        try:
+            state = api.inspect_container(self.proxy)["State"]
+            logs = api.logs(self.proxy, tail=15, timestamps=True).decode(errors="replace")
+        except Exception as e:  # the diagnosis must not hide the failure
+            state, logs = {"error": str(e)}, ""
+        return (
+            f"clients saw errors (since {since:.3f}): {bad[:20]} ({len(bad)} in all); "
+            f"the proxy's state {state}; its log ends:\n{logs}"
+        )
 
     def task_on(self, host: str) -> Task:
         return next(t for t in self.tasks if t.host == host)
@@ -325,7 +339,7 @@ def mesh(lab3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         ends = h1.api.inspect_network("docker_gwbridge")["Containers"]
         direct = str(ends[pid]["IPv4Address"]).split("/")[0]
         poller = Poller(h1, tmp, f"http://{direct}:8080/id")
-        yield Mesh(lab3, hosts, service, overlay, tasks, poller)
+        yield Mesh(lab3, hosts, service, overlay, tasks, poller, proxy)
     finally:
         if poller is not None:
             poller.stop()
