@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Annotated
+from dataclasses import replace
+from typing import Annotated, Any
 
 import typer
 
@@ -30,7 +31,7 @@ def register(app: typer.Typer) -> None:
 
         from dockmesh.errors import SpecError, UsageError
         from dockmesh.projectfile.convert import convert_compose
-        from dockmesh.projectfile.load import format_problems
+        from dockmesh.projectfile.load import format_problems, load_spec_bytes
         from dockmesh.projectfile.yamlpos import MAX_FILE_BYTES, load_located_bytes
 
         if not os.path.isfile(file):
@@ -45,10 +46,36 @@ def register(app: typer.Typer) -> None:
         for line in format_problems(file, notes, located.lines):
             err.print(line, markup=False, highlight=False, soft_wrap=True)
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+        # What was converted is checked as `up` would check it (with no engine): a value
+        # Compose takes and dockmesh refuses (a port range, …) is said here, at the Compose
+        # file's line, and nothing is written — not at `up`, in a file already written.
+        wrong = load_spec_bytes(text.encode(), file).problems(_any_host(data))
+        if wrong:
+            # Found in the converted text, said at the Compose file's lines (the paths,
+            # services.NAME.…, are the same in both).
+            wrong = [replace(p, line=None) for p in wrong]
+            raise SpecError(format_problems(file, wrong, located.lines))
         if output is None:
             typer.echo(text, nl=False)
         else:
             _write(output, text)
+
+
+def _any_host(data: Any) -> Any:
+    """The engine and host a converted file is checked against: one that has whatever the
+    file needs of them (a swarm for overlay, ipvlan, the parent interfaces it names), since
+    `convert` says what dockmesh refuses in the file, not what this machine lacks."""
+    from dockmesh.projectfile.context import EngineContext
+
+    parents: set[str] = set()
+    nets = data.get("networks") if isinstance(data, dict) else None
+    for net in (nets or {}).values() if isinstance(nets, dict) else ():
+        if isinstance(net, dict):
+            opts = net.get("options")
+            for p in (net.get("parent"), opts.get("parent") if isinstance(opts, dict) else None):
+                if isinstance(p, str):
+                    parents.add(p)
+    return EngineContext(swarm_active=True, ipvlan_available=True, interfaces=frozenset(parents))
 
 
 def _check_output(file: str, output: str, force: bool) -> None:

@@ -16,6 +16,7 @@ anything else is left as written, as Compose leaves it.
 from __future__ import annotations
 
 import re
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -238,14 +239,20 @@ def _typed(path: Path, text: str) -> Any:
 _ENV_NAME = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)")
 
 
-def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
+def parse_dotenv(
+    text: str, env: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], list[tuple[int, str]]]:
     """A `.env` file as Compose reads it: `NAME=value` lines, `#` comments and blank lines,
     an optional `export `, values in single quotes (as written) or double quotes (`\\n`,
-    `\\t`, `\\"` and `\\\\` escaped), an unquoted value ending at ` #`. A line with a name
-    alone sets nothing. Returns the variables and the (line, problem) of lines it cannot
-    read."""
+    `\\t`, `\\"`, `\\$` and `\\\\` escaped), an unquoted value ending at ` #`. A line with
+    a name alone sets nothing. With `env`, unquoted and double-quoted values are interpolated
+    as the topology file is (`${VAR}`, `${VAR:-default}`, `$$`…), from `env` over the
+    variables the file set on earlier lines; single-quoted ones are taken literally. Returns
+    the variables and the (line, problem) of lines it cannot read."""
     values: dict[str, str] = {}
     problems: list[tuple[int, str]] = []
+    lookup = ChainMap(dict(env), values) if env is not None else None
+    left = MAX_DOCUMENT_CHARS  # what the file's substitutions may make, all together
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -259,8 +266,12 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
         if not eq:
             continue
         try:
-            values[name] = _env_value(raw.strip())
-        except ValueError as e:
+            value, literal = _env_value(raw.strip(), lookup is not None)
+            if lookup is not None and not literal:
+                value = substitute_variables(value, lookup, min(left, MAX_VALUE_CHARS)).text
+                left -= len(value)
+            values[name] = value
+        except ValueError as e:  # InterpolationError too
             problems.append((number, f"{name}: {e}"))
     return values, problems
 
@@ -268,7 +279,9 @@ def parse_dotenv(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
 
 
-def _env_value(raw: str) -> str:
+def _env_value(raw: str, interpolated: bool = False) -> tuple[str, bool]:
+    """The value, and whether it is literal (single-quoted). `interpolated`: a double-quoted
+    `\\$` is kept as `$$`, so that substitution leaves it a `$`."""
     if raw[:1] in ("'", '"'):
         quote = raw[0]
         end = _quote_end(raw, quote)
@@ -279,10 +292,11 @@ def _env_value(raw: str) -> str:
             raise ValueError(f"text after the closing quote: {_clip(tail)!r}")
         inner = raw[1:end]
         if quote == "'":
-            return inner
-        return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), inner)
+            return inner, True
+        escapes = {**_ESCAPES, "$": "$$"} if interpolated else _ESCAPES
+        return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), inner), False
     comment = re.search(r"\s#", raw)
-    return (raw[: comment.start()] if comment else raw).strip()
+    return (raw[: comment.start()] if comment else raw).strip(), False
 
 
 def _quote_end(raw: str, quote: str) -> int:

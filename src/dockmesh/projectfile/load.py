@@ -41,9 +41,16 @@ class LoadedSpec:
     def check(self, context: EngineContext) -> Desired:
         """Validates against what the engine and host hold; raises SpecError with every
         problem of the file, shape and meaning together."""
+        problems = self.problems(context)
+        if problems:
+            raise SpecError(self._format(problems))
+        return desired_state(self.spec, self.project)
+
+    def problems(self, context: EngineContext) -> list[Problem]:
+        """Every problem of the file, shape and meaning together (`check` raises them)."""
         # A value already wrong (a `${…}` that did not substitute) is not judged again.
         said = {p.path for p in self.shape_problems}
-        problems = [
+        return [
             *self.shape_problems,
             *(
                 p
@@ -51,9 +58,6 @@ class LoadedSpec:
                 if p.path not in said
             ),
         ]
-        if problems:
-            raise SpecError(self._format(problems))
-        return desired_state(self.spec, self.project)
 
     def _format(self, problems: list[Problem]) -> list[str]:
         return format_problems(self.filename, problems, self.lines)
@@ -124,7 +128,7 @@ def environment(path: str, env: Mapping[str, str]) -> Mapping[str, str]:
         text = read_env_file(dotenv)
     except EnvFileError as e:
         raise SpecError([f"{dotenv}:{e.line}: (file): {e}"]) from None
-    values, problems = parse_dotenv(text)
+    values, problems = parse_dotenv(text, env)
     if problems:
         raise SpecError([visible(f"{dotenv}:{line}: (env): {msg}") for line, msg in problems])
     return {**values, **env}
@@ -133,7 +137,8 @@ def environment(path: str, env: Mapping[str, str]) -> Mapping[str, str]:
 def _with_files(spec: Spec, base: str, problems: list[Problem]) -> Spec:
     """The spec with what it names on the host read or resolved against the file's folder
     `base`: each service's `env_file:` merged under its `environment:` (which wins, as in
-    Compose), and bind mounts' sources made absolute. A file that cannot be read is a
+    Compose; its values taken as written: Compose interpolates the project's `.env`, not an
+    env_file), and bind mounts' sources made absolute. A file that cannot be read is a
     problem at its entry."""
     services = dict(spec.services)
     # Each file read once, however many services name it: 300 services naming one 1 MB file
@@ -145,6 +150,9 @@ def _with_files(spec: Spec, base: str, problems: list[Problem]) -> Spec:
         for i, rel in enumerate(files):
             at: Path = ("services", name, "env_file")
             at = at if isinstance(svc.env_file, str) else (*at, i)
+            if not rel.strip():  # joined to the folder, it named the folder ("a folder")
+                problems.append(Problem(at, "an empty path: name a NAME=value file"))
+                continue
             full = os.path.join(base, os.path.expanduser(rel))
             if full not in read:
                 try:
@@ -184,6 +192,12 @@ def load_spec(path: str, env: Mapping[str, str] | None = None) -> LoadedSpec:
     # a huge file (or a device that never ends) can take.
     with FsPath(path).open("rb") as f:
         raw = f.read(MAX_FILE_BYTES + 1)
+    return load_spec_bytes(raw, path, env)
+
+
+def load_spec_bytes(raw: bytes, path: str, env: Mapping[str, str] | None = None) -> LoadedSpec:
+    """`load_spec` of a file's bytes, read as if they were at `path` (its name in messages,
+    its folder for `.env`, env_file and bind mounts)."""
     located = load_located_bytes(raw)
     problems = list(located.problems)
     spec: Spec | None = None

@@ -490,7 +490,14 @@ class _Validator:
                 self.err(at, "a service cannot depend on itself")
         for dep in svc.healthy_dependencies:
             other = self.spec.services.get(dep)
-            if other is not None and other.healthcheck is None:
+            if other is not None and other.replicas == 0:
+                # It neither waited nor said anything: nothing of it runs to become healthy.
+                self.err(
+                    (*base, "depends_on", dep, "condition"),
+                    f"service_healthy: {dep!r} has replicas: 0, so none of it can be healthy; "
+                    "give it a replica, or use service_started",
+                )
+            elif other is not None and other.healthcheck is None:
                 self.err(
                     (*base, "depends_on", dep, "condition"),
                     f"service_healthy: {dep!r} has no healthcheck: here (its image's is not "

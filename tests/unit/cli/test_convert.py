@@ -76,3 +76,27 @@ def test_a_folder_that_takes_no_file_is_a_usage_error(folder: Path) -> None:
     proc = convert(folder, "compose.yml", "-o", "/proc/dmtest.yaml")
     assert (proc.returncode, proc.stderr.count("\n")) == (2, 1), proc.stderr
     assert proc.stderr.startswith("dockmesh: --output /proc/dmtest.yaml: cannot be written:")
+
+
+def test_what_up_would_refuse_is_said_at_the_compose_line_and_nothing_is_written(
+    folder: Path,
+) -> None:
+    # A port range passed through, and `up` refused the written file; an overlay network
+    # and a macvlan parent are the host's business, not the file's: no problem here.
+    (folder / "compose.yml").write_text(
+        "services:\n"
+        "  web:\n"
+        "    image: x\n"
+        "    ports:\n"
+        "      - 8000-8001:80-81\n"
+        "    networks: [over, lan]\n"
+        "networks:\n"
+        "  over: {driver: overlay}\n"
+        "  lan: {driver: macvlan, driver_opts: {parent: dm-veth-x}}\n"
+    )
+    proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "compose.yml:5: services.web.ports.0: container port '80-81' is not a port number"
+    ]
+    assert not (folder / "dockmesh.yaml").exists()

@@ -109,6 +109,19 @@ def test_service_healthy_on_a_healthcheck_turned_off_is_refused() -> None:
     ]
 
 
+def test_service_healthy_on_a_service_scaled_to_nothing_is_refused() -> None:
+    # It neither waited nor warned: the dependent started beside nothing.
+    doc = {"services": {
+        "db": svc(replicas=0, healthcheck={"test": ["CMD", "true"]}),
+        "web": svc(depends_on={"db": {"condition": "service_healthy"}}),
+    }}  # fmt: skip
+    out = problems_of(doc)
+    assert len(out) == 1 and out[0].endswith(
+        "services.web.depends_on.db.condition: service_healthy: 'db' has replicas: 0, so none "
+        "of it can be healthy; give it a replica, or use service_started"
+    ), out
+
+
 def test_restart_no_unquoted_and_deploy() -> None:
     doc = {"services": {"w": svc(restart=False, deploy={"replicas": 2, "resources": {
         "limits": {"cpus": "0.5", "memory": "64m"}}})}}  # fmt: skip
@@ -302,6 +315,15 @@ def test_an_env_file_that_is_no_regular_file_is_refused_not_read(tmp_path: Path)
     for name, said in (("fifo.env", "not a regular file"), ("folder.env", "a folder")):
         assert problems_with_env_file(tmp_path, name) == (
             f"{tmp_path}/dockmesh.yaml:4: services.w.env_file.0: {name}: cannot be read: {said}"
+        )
+
+
+def test_an_empty_env_file_path_is_said_to_be_empty(tmp_path: Path) -> None:
+    # Joined to the file's folder, it was reported as "a folder".
+    for name in ('""', "' '"):
+        assert problems_with_env_file(tmp_path, name) == (
+            f"{tmp_path}/dockmesh.yaml:4: services.w.env_file.0: an empty path: "
+            "name a NAME=value file"
         )
 
 

@@ -264,9 +264,75 @@ def test_dotenv_lines_read_as_the_one_pattern_read_them(line: str) -> None:
     else:
         try:
             expected: tuple[dict[str, str], list[int]] = (
-                {m.group(1): _env_value(m.group(2).strip())},
+                {m.group(1): _env_value(m.group(2).strip())[0]},
                 [],
             )
         except ValueError:
             expected = ({}, [1])
         assert (values, [n for n, _ in problems]) == expected
+
+
+def test_dotenv_values_are_interpolated_as_compose_does() -> None:
+    """Unquoted and double-quoted values take `${…}` from the environment over the file's
+    earlier lines; single-quoted ones, and `\\$` and `$$`, keep a `$`."""
+    text = "\n".join(
+        [
+            "A=1",
+            "B=${A}-x",
+            'C="${A} \\$A $$A"',
+            "D='${A}'",
+            "E=${UNSET:-dflt}${UNSET}",
+            "F=${HOST}",
+            "G=$B",
+            "H=${NEEDED:?set NEEDED}",
+            "I=${A",
+        ]
+    )
+    values, problems = parse_dotenv(text, {"HOST": "h"})
+    assert values == {
+        "A": "1",
+        "B": "1-x",
+        "C": "1 $A $A",
+        "D": "${A}",
+        "E": "dflt",
+        "F": "h",
+        "G": "1-x",  # what a line made is not read again
+    }
+    assert [n for n, _ in problems] == [8, 9]
+    assert "set NEEDED" in problems[0][1]
+    # The environment wins over the file's own lines, as it does over the file.
+    assert parse_dotenv("A=1\nB=$A\n", {"A": "env"})[0] == {"A": "1", "B": "env"}
+    # Without an environment (an env_file): as written.
+    assert parse_dotenv("B=${A}\n")[0] == {"B": "${A}"}
+
+
+def test_dotenv_substitution_is_bounded_for_the_whole_file() -> None:
+    # Each line doubles the last: 1 KiB, then 2, 4 … past 16 MiB in all.
+    lines = ["A0=" + "x" * 1024] + [f"A{i}=$A{i - 1}$A{i - 1}" for i in range(1, 30)]
+    values, problems = parse_dotenv("\n".join(lines), {})
+    assert problems and all("longer than" in msg for _, msg in problems)
+    assert sum(len(v) for v in values.values()) <= 17 << 20
+
+
+def test_file_takes_dotenv_values_that_refer_to_each_other() -> None:
+    with tempfile.TemporaryDirectory(prefix="dockmesh-env-") as d:
+        path = _write(
+            d,
+            "services:\n  web:\n    image: ${IMAGE}\n",
+            "REPO=dockmesh\nIMAGE=${REPO}/toolbox:${TAG:-latest}\n",
+        )
+        assert load_spec(path, env={}).spec.services["web"].image == "dockmesh/toolbox:latest"
+        got = load_spec(path, env={"TAG": "v2"}).spec.services["web"].image
+        assert got == "dockmesh/toolbox:v2"
+
+
+@given(
+    st.lists(st.sampled_from([*"AB_=$#{}:-?+ '\"\\\n", "${A}", "$$", "export "]), max_size=40).map(
+        "".join
+    )
+)
+def test_any_dotenv_with_an_environment_reads_or_names_its_lines(text: str) -> None:
+    values, problems = parse_dotenv(text, {"A": "a"})
+    lines = text.count("\n") + 1
+    assert all(isinstance(v, str) for v in values.values())
+    assert all(1 <= n <= lines and msg for n, msg in problems)
