@@ -16,7 +16,8 @@ from dockmesh.cli.common import UserError, finite, handle_errors
 
 
 class OneLineErrors(TyperCommand):
-    """Bad flags exit 2 with one line on stderr (INTERFACE.md), not click's framed panel."""
+    """Bad flags exit 2 with one line on stderr (the CLI's rule for bad input), not click's
+    framed panel."""
 
     def make_context(
         self,

@@ -5,8 +5,8 @@ Four families:
 - what `up` stamps on what it creates (project, service, replica, the configuration's hash and
   the configuration itself), so that a later plan compares like with like and an object can be
   re-created from its own labels;
-- the discovery labels (INTERFACE.md "Agent and discovery"), written by a topology file's
-  `discovery:` or by hand on any container, and read by the catalog;
+- the discovery labels (docs/http-api.md, "How containers become instances"), written by a
+  topology file's `discovery:` or by hand on any container, and read by the catalog;
 - the HTTP route labels (`dockmesh.http.*`, decoded in `model.httproute`), read by the agent
   into its instances' Meta for the proxy;
 - Docker Compose's project and service labels, read wherever a container's project or
@@ -35,7 +35,7 @@ LABEL_HASH = "dockmesh.spec.hash"
 LABEL_CONFIG = "dockmesh.spec.config"
 LABEL_IMAGE_INPUTS = "dockmesh.image.inputs"
 
-# Discovery (INTERFACE.md).
+# Discovery (docs/http-api.md, "How containers become instances").
 LABEL_DISCOVERY_SERVICE = "dockmesh.service"
 LABEL_DISCOVERY_PORT = "dockmesh.port"
 LABEL_DISCOVERY_TAGS = "dockmesh.tags"

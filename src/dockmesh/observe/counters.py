@@ -107,5 +107,5 @@ def map_interfaces(
 
 
 def stats_json(containers: Sequence[ContainerStats], elapsed_s: float) -> dict[str, object]:
-    """INTERFACE.md's `dockmesh stats --json` document."""
+    """The `dockmesh stats --json` document (docs/cli.md, "dockmesh stats")."""
     return {"containers": [c.to_json() for c in containers], "elapsed_s": round(elapsed_s, 6)}

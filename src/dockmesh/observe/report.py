@@ -69,11 +69,11 @@ def build_report(
     details: Mapping[tuple[str, str], str] | None = None,
     probe_s: float | None = None,
 ) -> dict[str, object]:
-    """`{"timestamp", "topology", "traffic", "connectivity", ...}` (INTERFACE.md), with the
-    flows seen and a summary. `results` maps (source container id, address) to the round
-    trip in ms, None for no answer; `expected` the same keys to the analysis' verdict (a
-    pair without one is expected to answer), `details` to what the probe saw; `probe_s`
-    how long the probes took."""
+    """`{"timestamp", "topology", "traffic", "connectivity", ...}` (docs/cli.md, "dockmesh
+    report"), with the flows seen and a summary. `results` maps (source container id,
+    address) to the round trip in ms, None for no answer; `expected` the same keys to the
+    analysis' verdict (a pair without one is expected to answer), `details` to what the probe
+    saw; `probe_s` how long the probes took."""
     connectivity: list[dict[str, object]] = []
     for p in pairs:
         key = (p.src.id, p.address)

@@ -1,8 +1,8 @@
-"""The admin endpoint: `/status` (JSON, INTERFACE.md's shape) and `/metrics` (Prometheus) of
-one worker, read from its tally and its clusters when asked; and, with several workers, the
-parent's endpoint that asks every worker and adds their answers up: counters are summed; an
-upstream is healthy only if every worker finds it so, ejected if any has ejected it, and its
-breaker shows the worst state any worker has.
+"""The admin endpoint: `/status` (JSON, the shape docs/http-api.md gives) and `/metrics`
+(Prometheus) of one worker, read from its tally and its clusters when asked; and, with several
+workers, the parent's endpoint that asks every worker and adds their answers up: counters are
+summed; an upstream is healthy only if every worker finds it so, ejected if any has ejected it,
+and its breaker shows the worst state any worker has.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def cluster_settings(c: Cluster[Any]) -> dict[str, Any]:
 
 
 def status_document(clusters: Iterable[Cluster[Any]]) -> dict[str, object]:
-    """INTERFACE.md's /status shape (plus `cluster` and `weight` per upstream, and the
+    """The /status shape of docs/http-api.md (plus `cluster` and `weight` per upstream, and the
     clusters' resilience settings under `clusters`)."""
     upstreams = []
     clusters = list(clusters)
