@@ -330,3 +330,32 @@ def test_a_reload_changes_the_middlewares_of_a_kept_connection(tmp_path: Path) -
             assert seen == ["on"] * 3 + [None] * 3 + ["on"] * 3
         finally:
             proxy.stop()
+
+
+def test_http2_streams_are_in_the_access_log(tmp_path: Path) -> None:
+    """A stream's line as an HTTP/1.1 exchange's, `HTTP/2.0`: forwarded, and the proxy's own
+    answer (a path it refuses). They were not logged at all."""
+    with backends(1) as (b,):
+        proxy = ProxyProc(
+            tmp_path, "--backend", b.url, "--access-log", "-", "--access-log-format", "json"
+        )
+        try:
+            h2c = ["--http2-prior-knowledge", "--path-as-is"]
+            curl(*h2c, f"{proxy.url}/big/3000")
+            curl(*h2c, f"{proxy.url}/../nope")
+            deadline = time.monotonic() + 5
+            docs: list[dict[str, object]] = []
+            while len(docs) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                docs = [
+                    json.loads(x) for x in proxy.log.read_text().splitlines() if x.startswith("{")
+                ]
+        finally:
+            proxy.stop()
+    assert len(docs) == 2, proxy.log.read_text()
+    ok, refused = docs
+    assert ok["protocol"] == "HTTP/2.0" and ok["method"] == "GET" and ok["status"] == 200
+    assert ok["path"] == "/big/3000" and ok["bytes"] == 3000
+    assert ok["upstream"] == f"127.0.0.1:{b.port}" and ok["route"] == "backends"
+    assert refused["protocol"] == "HTTP/2.0" and refused["status"] == 400
+    assert refused["upstream"] == "-" and refused["route"] == "-"

@@ -44,6 +44,7 @@ class Entry:
     duration_s: float
     upstream: str  # "-" when none answered
     route: str  # "-" when no route matched
+    protocol: str = ""  # "HTTP/2.0" for a stream; "": HTTP/1.<minor>
 
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -72,7 +73,8 @@ def format_common(e: Entry, stamp: str | None = None) -> str:
     "upstream" 3ms`. `stamp`: the time already formatted (`clf_time`)."""
     return (
         f"{e.client} - - [{stamp or clf_time(e.when)}] "
-        f'"{_quoted(e.method)} {_quoted(e.target)} HTTP/1.{e.minor}" {e.status} '
+        f'"{_quoted(e.method)} {_quoted(e.target)} {e.protocol or f"HTTP/1.{e.minor}"}" '
+        f"{e.status} "
         f'{e.bytes if e.bytes else "-"} "{_quoted(e.route)}" "{_quoted(e.upstream)}" '
         f"{round(e.duration_s * 1000)}ms\n"
     )
@@ -87,7 +89,7 @@ def format_json(e: Entry) -> str:
         "client": e.client,
         "method": e.method,
         "path": e.target,
-        "protocol": f"HTTP/1.{e.minor}",
+        "protocol": e.protocol or f"HTTP/1.{e.minor}",
         "status": e.status,
         "bytes": e.bytes,
         "duration_ms": round(e.duration_s * 1000, 3),

@@ -29,6 +29,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -42,6 +43,7 @@ import h2.settings
 import hyperframe.frame
 
 from dockmesh.proxy import h2rules, http1
+from dockmesh.proxy.accesslog import Entry
 from dockmesh.proxy.cluster import Upstream
 from dockmesh.proxy.exchange import NO_VERDICT, Exchange
 from dockmesh.proxy.server import LINGER_S, ClientConn, Proxy, peer_ip
@@ -122,8 +124,13 @@ class Stream:
         "length",
         "max_body",
         "more",
+        "route",
+        "sent",
+        "status",
+        "t0",
         "task",
         "unacked",
+        "upstream",
         "window",
     )
 
@@ -140,6 +147,13 @@ class Stream:
         self.task: asyncio.Task[None] | None = None
         # The route's max_body (its middlewares), once routed.
         self.max_body: int | None = None
+        # For the access log: when forwarding began, the route's name, the upstream tried
+        # last, the status answered (0: none) and the DATA bytes sent to the client.
+        self.t0 = 0.0
+        self.route = "-"
+        self.upstream = "-"
+        self.status = 0
+        self.sent = 0
 
 
 class H2Client(asyncio.Protocol):
@@ -367,8 +381,32 @@ class H2Client(asyncio.Protocol):
             if s.unacked:
                 self._ack(s.unacked, s.id)
                 s.unacked = 0
+            if s.status and self.proxy.access_log is not None:
+                self._log(s)
             self._stream_over(s)
             self.flush()
+
+    def _log(self, s: Stream) -> None:
+        """The stream's line in the access log (as an HTTP/1.1 exchange's, `HTTP/2.0`)."""
+        log = self.proxy.access_log
+        if log is None or not log.wants(s.status):
+            return
+        head = dict(s.headers)
+        log.log(
+            Entry(
+                time.time(),
+                self.client_ip.decode("ascii", "replace"),
+                head.get(b":method", b"-").decode("ascii", "replace"),
+                head.get(b":path", b"-").decode("ascii", "replace"),
+                0,
+                s.status,
+                s.sent,
+                self.proxy.loop.time() - s.t0 if s.t0 else 0.0,
+                s.upstream,
+                s.route,
+                "HTTP/2.0",
+            )
+        )
 
     def _reset_client(self, s: Stream, code: int) -> None:
         if not self.closed:
@@ -378,7 +416,7 @@ class H2Client(asyncio.Protocol):
     async def _forward(self, s: Stream) -> None:
         p = self.proxy
         loop = p.loop
-        t0 = loop.time()
+        t0 = s.t0 = loop.time()
         try:
             head, trailers = h2rules.request_head(s.headers, s.ended)
             req = http1.parse_request_head(head, p.limits.max_head_bytes)
@@ -391,6 +429,8 @@ class H2Client(asyncio.Protocol):
         route = p.router.match(req)
         cluster = route.cluster if route is not None else None
         chain = route.chain if route is not None else None
+        if route is not None:
+            s.route = route.name or route.cluster.name
         if chain is not None:
             # The route's middlewares, as for HTTP/1.1 (`ClientConn._middlewares`): its rate
             # limits and body bound hold for every protocol. Response edits and compression
@@ -433,6 +473,7 @@ class H2Client(asyncio.Protocol):
                     p.tally.reject(ex.failure[2])
                     await self._local(s, ex.failure[0], ex.failure[1], t0)
                     return
+                s.upstream = up.addr
                 try:
                     if cluster is not None and cluster.upstream_h2:
                         headers = h2rules.upstream_h2_headers(
@@ -464,6 +505,7 @@ class H2Client(asyncio.Protocol):
                     continue
                 ex.end_attempt(status, loop.time(), True)
                 p.tally.observe(status, loop.time() - t0)
+                s.status = status
                 return
         finally:
             if ex.upstream is not None:
@@ -486,6 +528,7 @@ class H2Client(asyncio.Protocol):
             *(extra or []),
         ]
         self.proxy.tally.observe(status, self.proxy.loop.time() - t0)
+        s.status = status
         await self.send_headers(s, headers, end=False)
         await self.send_data(s, body, end=True)
 
@@ -515,6 +558,7 @@ class H2Client(asyncio.Protocol):
                 await self._stalled(s.window)
                 continue
             conn.send_data(s.id, bytes(view[:n]))
+            s.sent += n
             view = view[n:]
             self.flush()
         if end:

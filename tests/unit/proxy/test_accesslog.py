@@ -4,6 +4,7 @@ loop and a real file; a buffer that is full drops lines and counts them)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Coroutine
@@ -53,6 +54,12 @@ def test_json() -> None:
         "upstream": "10.0.0.9:8080",
         "route": "web",
     }
+
+
+def test_a_stream_says_http_2() -> None:
+    h2 = dataclasses.replace(E, minor=0, protocol="HTTP/2.0")
+    assert '"GET /a?b=1 HTTP/2.0" 200 512' in format_common(h2)
+    assert json.loads(format_json(h2))["protocol"] == "HTTP/2.0"
 
 
 @given(st.text(max_size=40))
