@@ -100,3 +100,61 @@ def test_what_up_would_refuse_is_said_at_the_compose_line_and_nothing_is_written
         "compose.yml:5: services.web.ports.0: container port '80-81' is not a port number"
     ]
     assert not (folder / "dockmesh.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("service", "said"),
+    [
+        # convert keeps `${…}` as written: what they hold is up's to judge, with the variables
+        # set then; these converted before the check, and stopped converting with it.
+        ("    image: ${DMTEST_UNSET_IMAGE:?set it}\n", "variable DMTEST_UNSET_IMAGE is not set"),
+        ("    image: x\n    deploy: {replicas: '${DMTEST_UNSET_N}'}\n", "must be a whole number"),
+        ("    image: x\n    env_file: not-there-yet.env\n", "not-there-yet.env: cannot be read"),
+    ],
+)
+def test_what_only_the_variables_and_files_of_now_refuse_does_not_stop_it(
+    folder: Path, service: str, said: str
+) -> None:
+    (folder / "compose.yml").write_text("services:\n  web:\n" + service)
+    proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert said in proc.stderr and "`up` checks it again" in proc.stderr, proc.stderr
+    assert (folder / "dockmesh.yaml").exists()
+
+
+def test_a_dotenv_it_cannot_read_is_said_and_stops_nothing(folder: Path) -> None:
+    (folder / ".env").write_text("NOT A LINE\n")
+    proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert ".env:1: (env): 'NOT A LINE' is not NAME=value" in proc.stderr
+    assert (folder / "dockmesh.yaml").exists()
+
+
+def test_service_healthy_on_replicas_from_a_variable_waits_for_up(folder: Path) -> None:
+    compose = (
+        "services:\n  a:\n    image: x\n    depends_on: {b: {condition: service_healthy}}\n"
+        "  b:\n    image: x\n    healthcheck: {test: [CMD, 'true']}\n    deploy: {replicas: R}\n"
+    )
+    (folder / "compose.yml").write_text(compose.replace("R", "'${DMTEST_UNSET_N:-0}'"))
+    assert convert(folder, "compose.yml").returncode == 0
+    (folder / "compose.yml").write_text(compose.replace("R", "0"))
+    proc = convert(folder, "compose.yml")
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "compose.yml:4: services.a.depends_on.b.condition: service_healthy: 'b' has replicas: 0"
+        in (proc.stderr)
+    )
+
+
+def test_a_malformed_variable_is_refused_whatever_is_set(folder: Path) -> None:
+    (folder / "compose.yml").write_text("services:\n  web:\n    image: ${1}\n")
+    proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("compose.yml:3: services.web.image: '${1}'"), proc.stderr
+    assert not (folder / "dockmesh.yaml").exists()
+
+
+def test_the_example_converts() -> None:
+    example = Path(__file__).parents[3] / "examples" / "compose"
+    proc = convert(example, "docker-compose.yml")
+    assert proc.returncode == 0, proc.stderr
