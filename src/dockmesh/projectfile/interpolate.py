@@ -91,7 +91,7 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str], budget: _Budget
                 raise InterpolationError(
                     f"{_clip(text[j:])}: '${{' is never closed by '}}' (write $$ for a literal $)"
                 )
-            out.append(budget.spend(_braced(text[j + 2 : end], env, unset, budget)))
+            out.append(_braced(text[j + 2 : end], env, unset, budget))
             i = end + 1
         else:
             m = _NAME.match(text, j + 1)
@@ -146,7 +146,7 @@ def _braced(body: str, env: Mapping[str, str], unset: list[str], budget: _Budget
         )
     name, rest = m.group(), body[m.end() :]
     if not rest:
-        return _value(name, env, unset)
+        return budget.spend(_value(name, env, unset))
     op = next((o for o in _OPERATORS if rest.startswith(o)), None)
     if op is None:
         raise InterpolationError(
@@ -155,12 +155,17 @@ def _braced(body: str, env: Mapping[str, str], unset: list[str], budget: _Budget
     arg = rest[len(op) :]
     value = env.get(name)
     present = value is not None and (value != "" or ":" not in op)
+    # A variable's value is counted where it is taken; a default (or `+` text) is not counted
+    # again: its variables were counted inside it and its text is the file's own. Counted at
+    # each level, `${A:-${B:-…}}` with a 100 KiB default 11 deep was "longer than 1 Mi".
     if op in (":-", "-"):
-        return value if present and value is not None else _expand(arg, env, unset, budget)
+        if present and value is not None:
+            return budget.spend(value)
+        return _expand(arg, env, unset, budget)
     if op in (":+", "+"):
         return _expand(arg, env, unset, budget) if present else ""
     if present and value is not None:
-        return value
+        return budget.spend(value)
     said = _expand(arg, env, unset, budget)
     why = "is not set" if value is None else "is empty"
     raise InterpolationError(f"variable {name} {why}" + (f": {said}" if said else ""))

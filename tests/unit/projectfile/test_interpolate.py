@@ -240,6 +240,17 @@ def test_what_substitution_makes_is_bounded() -> None:
     assert "the file's values would be longer than 16 Mi" in problems[0].message
 
 
+@given(st.integers(1, MAX_NESTING), st.booleans())
+def test_a_nested_default_is_counted_once(depth: int, from_env: bool) -> None:
+    # Counted again at each level it was handed up, a 100 KiB default 11 deep was "longer
+    # than 1 Mi"; the value is 100 KiB.
+    big = "x" * (MAX_VALUE_CHARS // 10)
+    inner = "$B" if from_env else big
+    text = "${A:-" * depth + inner + "}" * depth
+    assert sub(text, B=big) == big
+    assert sub("${A:+" * depth + inner + "}" * depth, A="a", B=big) == big
+
+
 @pytest.mark.parametrize(
     "line", ["export" + " " * 200_000 + "!", "A" + " " * 200_000 + "!", " " * 200_000 + "A=1 "]
 )
