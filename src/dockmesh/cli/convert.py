@@ -6,11 +6,15 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dockmesh.cli.common import err, handle_errors
+
+if TYPE_CHECKING:
+    from dockmesh.projectfile.context import EngineContext
+    from dockmesh.projectfile.schema import Spec
 
 
 def register(app: typer.Typer) -> None:
@@ -64,7 +68,7 @@ def register(app: typer.Typer) -> None:
         loaded = load_spec_bytes(text.encode(), file, variables, dotenv=False)
         # Found in the converted text, said at the Compose file's lines (the paths,
         # services.NAME.…, are the same in both).
-        wrong = [replace(p, line=None) for p in loaded.problems(_any_host(data))]
+        wrong = [replace(p, line=None) for p in loaded.problems(_any_host(loaded.spec))]
         now = [replace(p, message=p.message + _NOW) for p in wrong if _of_now(data, p.path)]
         for line in format_problems(file, now, located.lines):
             err.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -83,8 +87,8 @@ _NOW = " (as the variables and files are now; `up` checks it again)"
 def _of_now(data: Any, path: tuple[str | int, ...]) -> bool:
     """Whether a problem of the converted file depends on what the environment and the
     host's files hold, not on what the file says: a problem in an env_file (another file), at
-    a value holding a variable (or inside one), or a service_healthy whose dependency's
-    replicas is a variable (`${N:-0}`)."""
+    a value holding a variable (or inside one), a parent interface from a variable, or a
+    service_healthy whose dependency's replicas is a variable (`${N:-0}`)."""
     if path[:1] == ("services",) and len(path) >= 3 and path[2] == "env_file":
         return True
     if len(path) == 5 and path[:1] == ("services",) and path[2:5:2] == ("depends_on", "condition"):
@@ -92,6 +96,11 @@ def _of_now(data: Any, path: tuple[str | int, ...]) -> bool:
             replicas = _at(data, ("services", path[3], *at))
             if isinstance(replicas, str) and _holds_variable(replicas):
                 return True
+    if len(path) == 3 and path[0] == "networks" and path[2] == "parent":
+        # Said at `parent` when the parent is not there: it may be the one in options.
+        opt = _at(data, ("networks", path[1], "options", "parent"))
+        if isinstance(opt, str) and _holds_variable(opt):
+            return True
     node = data
     for key in path:
         if isinstance(node, str):
@@ -142,20 +151,20 @@ class _Anything(Mapping[str, str]):
         return 0
 
 
-def _any_host(data: Any) -> Any:
+def _any_host(spec: Spec) -> EngineContext:
     """The engine and host a converted file is checked against: one that has whatever the
-    file needs of them (a swarm for overlay, ipvlan, the parent interfaces it names), since
-    `convert` says what dockmesh refuses in the file, not what this machine lacks."""
+    file needs of them (a swarm for overlay, ipvlan, the parent interfaces it names, as
+    substituted: `${IFACE:-eth0}` names eth0), since `convert` says what dockmesh refuses in
+    the file, not what this machine lacks."""
     from dockmesh.projectfile.context import EngineContext
 
     parents: set[str] = set()
-    nets = data.get("networks") if isinstance(data, dict) else None
-    for net in (nets or {}).values() if isinstance(nets, dict) else ():
-        if isinstance(net, dict):
-            opts = net.get("options")
-            for p in (net.get("parent"), opts.get("parent") if isinstance(opts, dict) else None):
-                if isinstance(p, str):
-                    parents.add(p)
+    for net in spec.networks.values():
+        if net is None:  # `lan:` with nothing under it
+            continue
+        for parent in (net.parent, net.options.get("parent")):
+            if isinstance(parent, str):
+                parents.add(parent)
     return EngineContext(swarm_active=True, ipvlan_available=True, interfaces=frozenset(parents))
 
 

@@ -158,3 +158,18 @@ def test_the_example_converts() -> None:
     example = Path(__file__).parents[3] / "examples" / "compose"
     proc = convert(example, "docker-compose.yml")
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("parent", ["${DMTEST_UNSET_IFACE:-dm-veth-y}", "${DMTEST_UNSET_IFACE}"])
+def test_a_parent_interface_from_a_variable_is_the_host_s_business(
+    folder: Path, parent: str
+) -> None:
+    # The interface the check's host has was the text as written, `${…:-dm-veth-y}`: its
+    # substituted name "did not exist on this host"; unset, it "needed a parent".
+    (folder / "compose.yml").write_text(
+        "services:\n  web: {image: x, networks: [lan]}\n"
+        f"networks:\n  lan: {{driver: ipvlan, driver_opts: {{parent: '{parent}'}}}}\n"
+    )
+    proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert "does not exist" not in proc.stderr
