@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dockmesh.cli.convert import _holds_variable
+from dockmesh.projectfile.interpolate import InterpolationError, substitute_variables
 
 COMPOSE = "services:\n  w:\n    image: x\n"
 
@@ -173,3 +178,22 @@ def test_a_parent_interface_from_a_variable_is_the_host_s_business(
     proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
     assert proc.returncode == 0, proc.stderr
     assert "does not exist" not in proc.stderr
+
+
+@given(
+    st.lists(st.sampled_from([*"${}:-?+AB_ x", "$$", "${A", "${B:-"]), max_size=20).map("".join),
+    st.dictionaries(st.sampled_from(["A", "B"]), st.sampled_from(["", "v", "${A}"])),
+)
+def test_a_value_without_a_variable_is_the_same_whatever_is_set(
+    text: str, env: dict[str, str]
+) -> None:
+    # What convert lets stop it must not depend on the variables of the moment.
+    if _holds_variable(text):
+        return
+    try:
+        alone = substitute_variables(text, {}).text
+    except InterpolationError:
+        with pytest.raises(InterpolationError):
+            substitute_variables(text, env)
+        return
+    assert substitute_variables(text, env).text == alone
