@@ -54,6 +54,16 @@ def register(app: typer.Typer) -> None:
         # What was converted is checked as `up` would check it (with no engine): a value
         # Compose takes and dockmesh refuses (a port range, …) is said here, at the Compose
         # file's line, and nothing is written — not at `up`, in a file already written.
+        if len(text.encode()) > MAX_FILE_BYTES:
+            # Aliases are written out in full: a 200 KB file made 2 MB, which `up` refuses;
+            # said as "the file is larger than 1 MiB", of a Compose file that is not.
+            raise SpecError(
+                [
+                    f"{file}:1: (file): converted, it would be larger than the "
+                    f"{MAX_FILE_BYTES >> 20} MiB a topology file may be (its aliases written "
+                    "out in full); give each value once"
+                ]
+            )
         # The file keeps its `${…}` as written and names its env_files: what they hold is
         # `up`'s to judge with the variables and files there are then. As they are now, a
         # `.env` it cannot read, an env_file not there yet, a variable not set (`${IMAGE:?}`,

@@ -197,3 +197,15 @@ def test_a_value_without_a_variable_is_the_same_whatever_is_set(
             substitute_variables(text, env)
         return
     assert substitute_variables(text, env).text == alone
+
+
+def test_a_file_its_aliases_make_too_large_is_said_so(folder: Path) -> None:
+    big = "x" * 200_000
+    (folder / "compose.yml").write_text(
+        f"x-big: &big {big}\nservices:\n  w:\n    image: x\n    environment:\n"
+        + "".join(f"      A{i}: *big\n" for i in range(10))
+    )
+    proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("compose.yml:1: (file): converted, it would be larger than")
+    assert not (folder / "dockmesh.yaml").exists()
