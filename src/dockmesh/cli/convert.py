@@ -98,14 +98,15 @@ def _of_now(data: Any, path: tuple[str | int, ...]) -> bool:
     """Whether a problem of the converted file depends on what the environment and the
     host's files hold, not on what the file says: a problem in an env_file (another file), at
     a value holding a variable (or inside one), a parent interface from a variable, or a
-    service_healthy whose dependency's replicas is a variable (`${N:-0}`)."""
+    service_healthy where either side's replicas is a variable (`${N:-0}`)."""
     if path[:1] == ("services",) and len(path) >= 3 and path[2] == "env_file":
         return True
     if len(path) == 5 and path[:1] == ("services",) and path[2:5:2] == ("depends_on", "condition"):
-        for at in (("replicas",), ("deploy", "replicas")):
-            replicas = _at(data, ("services", path[3], *at))
-            if isinstance(replicas, str) and _holds_variable(replicas):
-                return True
+        for who in (path[1], path[3]):  # the dependent's replicas count too
+            for at in (("replicas",), ("deploy", "replicas")):
+                replicas = _at(data, ("services", who, *at))
+                if isinstance(replicas, str) and _holds_variable(replicas):
+                    return True
     if len(path) == 3 and path[0] == "networks" and path[2] == "parent":
         # Said at `parent` when the parent is not there: it may be the one in options.
         opt = _at(data, ("networks", path[1], "options", "parent"))

@@ -142,6 +142,11 @@ def test_service_healthy_on_replicas_from_a_variable_waits_for_up(folder: Path) 
     )
     (folder / "compose.yml").write_text(compose.replace("R", "'${DMTEST_UNSET_N:-0}'"))
     assert convert(folder, "compose.yml").returncode == 0
+    both = compose.replace("R", "0").replace(
+        "x\n    depends_on", "x\n    deploy: {replicas: R}\n    depends_on"
+    )
+    (folder / "compose.yml").write_text(both.replace("R", "'${DMTEST_UNSET_N:-1}'", 1))
+    assert convert(folder, "compose.yml").returncode == 0
     (folder / "compose.yml").write_text(compose.replace("R", "0"))
     proc = convert(folder, "compose.yml")
     assert proc.returncode == 2, proc.stderr
