@@ -100,7 +100,8 @@ def _of_now(data: Any, path: tuple[str | int, ...]) -> bool:
     a value holding a variable (or inside one), a parent interface from a variable, or a
     service_healthy where either side's replicas is a variable (`${N:-0}`)."""
     if path[:1] == ("services",) and len(path) >= 3 and path[2] == "env_file":
-        return True
+        named = _at(data, path[:4])  # an empty path names no file, now or later
+        return not (isinstance(named, str) and not named.strip())
     if len(path) == 5 and path[:1] == ("services",) and path[2:5:2] == ("depends_on", "condition"):
         for who in (path[1], path[3]):  # the dependent's replicas count too
             for at in (("replicas",), ("deploy", "replicas")):

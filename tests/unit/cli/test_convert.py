@@ -214,3 +214,11 @@ def test_a_file_its_aliases_make_too_large_is_said_so(folder: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("compose.yml:1: (file): converted, it would be larger than")
     assert not (folder / "dockmesh.yaml").exists()
+
+
+def test_an_empty_env_file_path_is_refused_whatever_is_there(folder: Path) -> None:
+    (folder / "compose.yml").write_text("services:\n  w:\n    image: x\n    env_file: ['']\n")
+    proc = convert(folder, "compose.yml", "-o", "dockmesh.yaml")
+    assert proc.returncode == 2, proc.stderr
+    assert "services.w.env_file.0: an empty path" in proc.stderr
+    assert not (folder / "dockmesh.yaml").exists()
