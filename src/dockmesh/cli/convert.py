@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dockmesh.cli.common import err, handle_errors
+
+if TYPE_CHECKING:
+    from dockmesh.projectfile.context import EngineContext
+    from dockmesh.projectfile.schema import Spec
 
 
 def register(app: typer.Typer) -> None:
@@ -31,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
         from dockmesh.errors import SpecError, UsageError
         from dockmesh.projectfile.convert import convert_compose
-        from dockmesh.projectfile.load import format_problems, load_spec_bytes
+        from dockmesh.projectfile.load import environment, format_problems, load_spec_bytes
         from dockmesh.projectfile.yamlpos import MAX_FILE_BYTES, load_located_bytes
 
         if not os.path.isfile(file):
@@ -49,11 +54,36 @@ def register(app: typer.Typer) -> None:
         # What was converted is checked as `up` would check it (with no engine): a value
         # Compose takes and dockmesh refuses (a port range, …) is said here, at the Compose
         # file's line, and nothing is written — not at `up`, in a file already written.
-        wrong = load_spec_bytes(text.encode(), file).problems(_any_host(data))
+        if len(text.encode()) > MAX_FILE_BYTES:
+            # Aliases are written out in full: a 200 KB file made 2 MB, which `up` refuses;
+            # said as "the file is larger than 1 MiB", of a Compose file that is not.
+            raise SpecError(
+                [
+                    f"{file}:1: (file): converted, it would be larger than the "
+                    f"{MAX_FILE_BYTES >> 20} MiB a topology file may be (its aliases written "
+                    "out in full); give each value once"
+                ]
+            )
+        # The file keeps its `${…}` as written and names its env_files: what they hold is
+        # `up`'s to judge with the variables and files there are then. As they are now, a
+        # `.env` it cannot read, an env_file not there yet, a variable not set (`${IMAGE:?}`,
+        # `ports: ["${PORT}:80"]`) are said, and stop nothing: they stopped the conversion
+        # of a file that converted before.
+        try:
+            variables: Mapping[str, str] = environment(file, os.environ)
+        except SpecError as e:
+            for line in e.lines:
+                err.print(f"{line}{_NOW}", markup=False, highlight=False, soft_wrap=True)
+            variables = os.environ
+        loaded = load_spec_bytes(text.encode(), file, variables, dotenv=False)
+        # Found in the converted text, said at the Compose file's lines (the paths,
+        # services.NAME.…, are the same in both).
+        wrong = [replace(p, line=None) for p in loaded.problems(_any_host(loaded.spec))]
+        now = [replace(p, message=p.message + _NOW) for p in wrong if _of_now(data, p.path)]
+        for line in format_problems(file, now, located.lines):
+            err.print(line, markup=False, highlight=False, soft_wrap=True)
+        wrong = [p for p in wrong if not _of_now(data, p.path)]
         if wrong:
-            # Found in the converted text, said at the Compose file's lines (the paths,
-            # services.NAME.…, are the same in both).
-            wrong = [replace(p, line=None) for p in wrong]
             raise SpecError(format_problems(file, wrong, located.lines))
         if output is None:
             typer.echo(text, nl=False)
@@ -61,20 +91,92 @@ def register(app: typer.Typer) -> None:
             _write(output, text)
 
 
-def _any_host(data: Any) -> Any:
+_NOW = " (as the variables and files are now; `up` checks it again)"
+
+
+def _of_now(data: Any, path: tuple[str | int, ...]) -> bool:
+    """Whether a problem of the converted file depends on what the environment and the
+    host's files hold, not on what the file says: a problem in an env_file (another file), at
+    a value holding a variable (or inside one), a parent interface from a variable, or a
+    service_healthy where either side's replicas is a variable (`${N:-0}`)."""
+    if path[:1] == ("services",) and len(path) >= 3 and path[2] == "env_file":
+        named = _at(data, path[:4])  # an empty path names no file, now or later
+        return not (isinstance(named, str) and not named.strip())
+    if len(path) == 5 and path[:1] == ("services",) and path[2:5:2] == ("depends_on", "condition"):
+        for who in (path[1], path[3]):  # the dependent's replicas count too
+            for at in (("replicas",), ("deploy", "replicas")):
+                replicas = _at(data, ("services", who, *at))
+                if isinstance(replicas, str) and _holds_variable(replicas):
+                    return True
+    if len(path) == 3 and path[0] == "networks" and path[2] == "parent":
+        # Said at `parent` when the parent is not there: it may be the one in options.
+        opt = _at(data, ("networks", path[1], "options", "parent"))
+        if isinstance(opt, str) and _holds_variable(opt):
+            return True
+    node = data
+    for key in path:
+        if isinstance(node, str):
+            break
+        node = _at(node, (key,))
+    return isinstance(node, str) and _holds_variable(node)
+
+
+def _at(node: Any, path: tuple[str | int, ...]) -> Any:
+    for key in path:
+        if isinstance(node, dict):
+            node = node.get(key)
+        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+            node = node[key]
+        else:
+            return None
+    return node
+
+
+def _holds_variable(text: str) -> bool:
+    """A `$VAR` or `${…}` well formed (a malformed one is refused whatever is set)."""
+    import re
+
+    from dockmesh.projectfile.interpolate import InterpolationError, substitute_variables
+
+    if re.search(r"\$[{A-Za-z_]", text.replace("$$", "")) is None:
+        return False
+    try:
+        substitute_variables(text, _Anything())
+    except InterpolationError:
+        return False
+    return True
+
+
+class _Anything(Mapping[str, str]):
+    """Every variable set (to a short value): what a well-formed `${…}` could be given."""
+
+    def __getitem__(self, name: str) -> str:
+        return "x"
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def _any_host(spec: Spec) -> EngineContext:
     """The engine and host a converted file is checked against: one that has whatever the
-    file needs of them (a swarm for overlay, ipvlan, the parent interfaces it names), since
-    `convert` says what dockmesh refuses in the file, not what this machine lacks."""
+    file needs of them (a swarm for overlay, ipvlan, the parent interfaces it names, as
+    substituted: `${IFACE:-eth0}` names eth0), since `convert` says what dockmesh refuses in
+    the file, not what this machine lacks."""
     from dockmesh.projectfile.context import EngineContext
 
     parents: set[str] = set()
-    nets = data.get("networks") if isinstance(data, dict) else None
-    for net in (nets or {}).values() if isinstance(nets, dict) else ():
-        if isinstance(net, dict):
-            opts = net.get("options")
-            for p in (net.get("parent"), opts.get("parent") if isinstance(opts, dict) else None):
-                if isinstance(p, str):
-                    parents.add(p)
+    for net in spec.networks.values():
+        if net is None:  # `lan:` with nothing under it
+            continue
+        for parent in (net.parent, net.options.get("parent")):
+            if isinstance(parent, str):
+                parents.add(parent)
     return EngineContext(swarm_active=True, ipvlan_available=True, interfaces=frozenset(parents))
 
 

@@ -91,7 +91,7 @@ def _expand(text: str, env: Mapping[str, str], unset: list[str], budget: _Budget
                 raise InterpolationError(
                     f"{_clip(text[j:])}: '${{' is never closed by '}}' (write $$ for a literal $)"
                 )
-            out.append(budget.spend(_braced(text[j + 2 : end], env, unset, budget)))
+            out.append(_braced(text[j + 2 : end], env, unset, budget))
             i = end + 1
         else:
             m = _NAME.match(text, j + 1)
@@ -146,7 +146,7 @@ def _braced(body: str, env: Mapping[str, str], unset: list[str], budget: _Budget
         )
     name, rest = m.group(), body[m.end() :]
     if not rest:
-        return _value(name, env, unset)
+        return budget.spend(_value(name, env, unset))
     op = next((o for o in _OPERATORS if rest.startswith(o)), None)
     if op is None:
         raise InterpolationError(
@@ -155,12 +155,17 @@ def _braced(body: str, env: Mapping[str, str], unset: list[str], budget: _Budget
     arg = rest[len(op) :]
     value = env.get(name)
     present = value is not None and (value != "" or ":" not in op)
+    # A variable's value is counted where it is taken; a default (or `+` text) is not counted
+    # again: its variables were counted inside it and its text is the file's own. Counted at
+    # each level, `${A:-${B:-…}}` with a 100 KiB default 11 deep was "longer than 1 Mi".
     if op in (":-", "-"):
-        return value if present and value is not None else _expand(arg, env, unset, budget)
+        if present and value is not None:
+            return budget.spend(value)
+        return _expand(arg, env, unset, budget)
     if op in (":+", "+"):
         return _expand(arg, env, unset, budget) if present else ""
     if present and value is not None:
-        return value
+        return budget.spend(value)
     said = _expand(arg, env, unset, budget)
     why = "is not set" if value is None else "is empty"
     raise InterpolationError(f"variable {name} {why}" + (f": {said}" if said else ""))
@@ -242,9 +247,10 @@ _ENV_NAME = re.compile(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)")
 def parse_dotenv(
     text: str, env: Mapping[str, str] | None = None
 ) -> tuple[dict[str, str], list[tuple[int, str]]]:
-    """A `.env` file as Compose reads it: `NAME=value` lines, `#` comments and blank lines,
-    an optional `export `, values in single quotes (as written) or double quotes (`\\n`,
-    `\\t`, `\\"`, `\\$` and `\\\\` escaped), an unquoted value ending at ` #`. A line with
+    """A `.env` file as Compose reads it: `NAME=value` (or `NAME: value`) lines, `#` comments
+    and blank lines, an optional `export `, values in single quotes (as written, `\\'`
+    escaped) or double quotes (`\\n`, `\\t`, `\\"`, `\\$` and `\\\\` escaped), a quoted
+    value spanning lines until its quote closes, an unquoted value ending at ` #`. A line with
     a name alone sets nothing. With `env`, unquoted and double-quoted values are interpolated
     as the topology file is (`${VAR}`, `${VAR:-default}`, `$$`…), from `env` over the
     variables the file set on earlier lines; single-quoted ones are taken literally. Returns
@@ -253,20 +259,31 @@ def parse_dotenv(
     problems: list[tuple[int, str]] = []
     lookup = ChainMap(dict(env), values) if env is not None else None
     left = MAX_DOCUMENT_CHARS  # what the file's substitutions may make, all together
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        number, stripped = i + 1, lines[i].strip()
+        i += 1
         if not stripped or stripped.startswith("#"):
             continue
-        before, eq, raw = stripped.partition("=")
+        # Compose takes `=` or `:` between the name and the value, whichever comes first.
+        cut = min((k for k in (stripped.find("="), stripped.find(":")) if k >= 0), default=-1)
+        before = stripped if cut < 0 else stripped[:cut]
         m = _ENV_NAME.fullmatch(before.rstrip())
         if m is None:
             problems.append((number, f"{_clip(stripped)!r} is not NAME=value"))
             continue
         name = m.group(1)
-        if not eq:
+        if cut < 0:
             continue
+        raw = stripped[cut + 1 :].strip()
+        if raw[:1] in ("'", '"'):
+            raw, i = _spanning(raw, lines, i)
+            if i < 0:  # never closed: the rest of the file was the value (Compose stops too)
+                problems.append((number, f"{name}: the {raw[0]} quote is never closed"))
+                break
         try:
-            value, literal = _env_value(raw.strip(), lookup is not None)
+            value, literal = _env_value(raw, lookup is not None)
             if lookup is not None and not literal:
                 value = substitute_variables(value, lookup, min(left, MAX_VALUE_CHARS)).text
                 left -= len(value)
@@ -274,6 +291,39 @@ def parse_dotenv(
         except ValueError as e:  # InterpolationError too
             problems.append((number, f"{name}: {e}"))
     return values, problems
+
+
+def _spanning(raw: str, lines: list[str], i: int) -> tuple[str, int]:
+    """A quoted value whose quote `raw` does not close, with the lines from `i` on up to the
+    one that closes it (as Compose reads `KEY='SOME` / `VALUE'`), and the index of the line
+    after it; (raw, -1) when no line closes it. Each line is scanned once: an unclosed quote
+    on each of 100 000 lines must not read the rest of the file 100 000 times."""
+    quote = raw[0]
+    if _scan(raw, quote, 1) >= 0:
+        return raw, i
+    parts = [raw]
+    while i < len(lines):
+        parts.append(lines[i])
+        i += 1
+        # A backslash ending the line above escaped its newline, not this line's first
+        # character.
+        if _scan(lines[i - 1], quote, 0) >= 0:
+            return "\n".join(parts), i
+    return raw, -1
+
+
+def _scan(text: str, quote: str, start: int) -> int:
+    """Where `quote` closes in `text` from `start` (-1: not there). A backslash escapes a
+    quote of either kind, as Compose reads `'Let\\'s go!'`."""
+    escaped = False
+    for i in range(start, len(text)):
+        if escaped:
+            escaped = False
+        elif text[i] == "\\":
+            escaped = True
+        elif text[i] == quote:
+            return i
+    return -1
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
@@ -284,7 +334,7 @@ def _env_value(raw: str, interpolated: bool = False) -> tuple[str, bool]:
     `\\$` is kept as `$$`, so that substitution leaves it a `$`."""
     if raw[:1] in ("'", '"'):
         quote = raw[0]
-        end = _quote_end(raw, quote)
+        end = _scan(raw, quote, 1)
         if end < 0:
             raise ValueError(f"the {quote} quote is never closed")
         tail = raw[end + 1 :].strip()
@@ -292,20 +342,11 @@ def _env_value(raw: str, interpolated: bool = False) -> tuple[str, bool]:
             raise ValueError(f"text after the closing quote: {_clip(tail)!r}")
         inner = raw[1:end]
         if quote == "'":
-            return inner, True
+            # Only the quote is escaped; `\\t` and the rest stay as written.
+            return inner.replace("\\'", "'"), True
         escapes = {**_ESCAPES, "$": "$$"} if interpolated else _ESCAPES
-        return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), inner), False
+        return re.sub(
+            r"\\(.)", lambda m: escapes.get(m.group(1), m.group(0)), inner, flags=re.S
+        ), False
     comment = re.search(r"\s#", raw)
     return (raw[: comment.start()] if comment else raw).strip(), False
-
-
-def _quote_end(raw: str, quote: str) -> int:
-    i = 1
-    while i < len(raw):
-        if quote == '"' and raw[i] == "\\":
-            i += 2
-            continue
-        if raw[i] == quote:
-            return i
-        i += 1
-    return -1

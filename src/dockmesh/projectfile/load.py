@@ -195,16 +195,20 @@ def load_spec(path: str, env: Mapping[str, str] | None = None) -> LoadedSpec:
     return load_spec_bytes(raw, path, env)
 
 
-def load_spec_bytes(raw: bytes, path: str, env: Mapping[str, str] | None = None) -> LoadedSpec:
+def load_spec_bytes(
+    raw: bytes, path: str, env: Mapping[str, str] | None = None, *, dotenv: bool = True
+) -> LoadedSpec:
     """`load_spec` of a file's bytes, read as if they were at `path` (its name in messages,
-    its folder for `.env`, env_file and bind mounts)."""
+    its folder for `.env`, env_file and bind mounts). `dotenv=False`: `env` is all the
+    variables there are (the caller read, or could not read, the `.env` file itself)."""
     located = load_located_bytes(raw)
     problems = list(located.problems)
     spec: Spec | None = None
     left_out: frozenset[str] = frozenset()
     warned: list[Problem] = []
     if located.data is not None:
-        variables = environment(path, os.environ if env is None else env)
+        given = os.environ if env is None else env
+        variables = environment(path, given) if dotenv else given
         data, wrong, warned = interpolate_document(located.data, variables)
         problems += wrong
         spec, shape, left_out = parse_spec_partial(data)

@@ -490,7 +490,9 @@ class _Validator:
                 self.err(at, "a service cannot depend on itself")
         for dep in svc.healthy_dependencies:
             other = self.spec.services.get(dep)
-            if other is not None and other.replicas == 0:
+            if other is not None and other.replicas == 0 and svc.replicas == 0:
+                pass  # both scaled to nothing (a stack stopped in its file): nothing waits
+            elif other is not None and other.replicas == 0:
                 # It neither waited nor said anything: nothing of it runs to become healthy.
                 self.err(
                     (*base, "depends_on", dep, "condition"),

@@ -122,6 +122,21 @@ def test_service_healthy_on_a_service_scaled_to_nothing_is_refused() -> None:
     ), out
 
 
+@given(st.integers(0, 3), st.integers(0, 3), st.booleans())
+def test_service_healthy_on_nothing_is_refused_only_when_something_waits(
+    dependent: int, dependency: int, deploy: bool
+) -> None:
+    # Both scaled to 0 (a stack stopped in its file, depends_on kept) was refused too,
+    # though nothing of the dependent runs to wait.
+    scaled = {"deploy": {"replicas": dependency}} if deploy else {"replicas": dependency}
+    doc = {"services": {
+        "db": svc(**scaled, healthcheck={"test": ["CMD", "true"]}),
+        "web": svc(replicas=dependent, depends_on={"db": {"condition": "service_healthy"}}),
+    }}  # fmt: skip
+    refused = any("has replicas: 0" in p for p in problems_of(doc))
+    assert refused == (dependency == 0 and dependent > 0)
+
+
 def test_restart_no_unquoted_and_deploy() -> None:
     doc = {"services": {"w": svc(restart=False, deploy={"replicas": 2, "resources": {
         "limits": {"cpus": "0.5", "memory": "64m"}}})}}  # fmt: skip

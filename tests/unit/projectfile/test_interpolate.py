@@ -240,6 +240,17 @@ def test_what_substitution_makes_is_bounded() -> None:
     assert "the file's values would be longer than 16 Mi" in problems[0].message
 
 
+@given(st.integers(1, MAX_NESTING), st.booleans())
+def test_a_nested_default_is_counted_once(depth: int, from_env: bool) -> None:
+    # Counted again at each level it was handed up, a 100 KiB default 11 deep was "longer
+    # than 1 Mi"; the value is 100 KiB.
+    big = "x" * (MAX_VALUE_CHARS // 10)
+    inner = "$B" if from_env else big
+    text = "${A:-" * depth + inner + "}" * depth
+    assert sub(text, B=big) == big
+    assert sub("${A:+" * depth + inner + "}" * depth, A="a", B=big) == big
+
+
 @pytest.mark.parametrize(
     "line", ["export" + " " * 200_000 + "!", "A" + " " * 200_000 + "!", " " * 200_000 + "A=1 "]
 )
@@ -304,6 +315,56 @@ def test_dotenv_values_are_interpolated_as_compose_does() -> None:
     assert parse_dotenv("A=1\nB=$A\n", {"A": "env"})[0] == {"A": "1", "B": "env"}
     # Without an environment (an env_file): as written.
     assert parse_dotenv("B=${A}\n")[0] == {"B": "${A}"}
+
+
+def test_dotenv_reads_compose_s_documented_examples() -> None:
+    # Compose's "env file syntax": each of these was refused ("not NAME=value", "text after
+    # the closing quote", "never closed") and stopped `up`.
+    text = (
+        "A='Let\\'s go!'\n"
+        "B: VAL\n"
+        "C = VAL  \n"
+        'D="{\\"hello\\": \\"json\\"}"\n'
+        "E='some\\tvalue'\n"
+        "F=some\\tvalue\n"
+        "KEY='SOME\n"
+        "VALUE'\n"
+        'G="x\n'
+        "  $A # kept\n"
+        '" # comment\n'
+        "H=$KEY\n"
+    )
+    values, problems = parse_dotenv(text, {})
+    assert problems == []
+    assert values == {
+        "A": "Let's go!",
+        "B": "VAL",
+        "C": "VAL",
+        "D": '{"hello": "json"}',
+        "E": "some\\tvalue",
+        "F": "some\\tvalue",
+        "KEY": "SOME\nVALUE",
+        "G": "x\n  Let's go! # kept\n",
+        "H": "SOME\nVALUE",
+    }
+
+
+@given(st.text(st.characters(exclude_categories=["Cs"], exclude_characters="'\\"), max_size=30))
+def test_a_single_quoted_value_spans_lines_as_written(value: str) -> None:
+    lines = value.splitlines()
+    if len(lines) < 2 or "\r\n" in value or value != "\n".join(lines):
+        return  # what splitlines splits on and "\n" joins differ: not this property
+    values, problems = parse_dotenv(f"A='{value}'\nB=1\n", {})
+    assert (values, problems) == ({"A": value, "B": "1"}, [])
+
+
+def test_an_unclosed_quote_ends_the_file_and_reads_it_once() -> None:
+    # The rest of the file was the value (Compose stops there too), said at its first line;
+    # looking for the closing quote from each of 200 000 lines was quadratic.
+    values, problems = parse_dotenv("A=1\nB='x\n" + 'C="\n' * 200_000, {})
+    assert (values, problems) == ({"A": "1"}, [(2, "B: the ' quote is never closed")])
+    values, problems = parse_dotenv("A='\n" * 200_001, {})
+    assert values == {"A": "\nA="} and [n for n, _ in problems] == [200_001]
 
 
 def test_dotenv_substitution_is_bounded_for_the_whole_file() -> None:
