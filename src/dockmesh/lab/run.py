@@ -10,6 +10,7 @@ another process is left alone): SIGTERM, then SIGKILL after a timeout.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import json
 import logging
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -100,6 +101,27 @@ def require(name: str) -> LabState:
     if state is None:
         raise UsageError(f"no lab {name!r} is up (dockmesh lab up --hosts N)")
     return state
+
+
+@contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """The lab's state held for one read-change-write: `lab stop etcd@1`, `@2` and `@3` run
+    at once each wrote back the state it had read, and the last one put back the others'
+    pids. Never held while a process is awaited (that can take a minute)."""
+    if not os.path.exists(state_path(name)):
+        yield  # no lab: `require` says so, and no lock file is left behind
+        return
+    path = state_path(name) + ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:  # `lab down` removed the folder meanwhile
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _save(state: LabState) -> None:
@@ -195,6 +217,7 @@ def _ours(pid: int, name: str, settle: bool = True) -> bool:
 # → python, sh → dockerd) its command line reads empty for a moment, and on a loaded machine
 # `lab up`/`lab start` took that moment for an exit ("the agent of host2 … exited").
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_log_starts: dict[int, int] = {}  # where each one's lines begin in its (appended) log
 
 
 def _running(pid: int, name: str) -> bool:
@@ -206,9 +229,24 @@ def _running(pid: int, name: str) -> bool:
     return _ours(pid, name)
 
 
+def _how_it_ended(pid: int) -> str:
+    """ " (exit N)" or " (killed by SIGX)" for a process this command started and that ended;
+    "" otherwise."""
+    child = _children.get(pid)
+    rc = None if child is None else child.returncode
+    if rc is None:
+        return ""
+    if rc < 0:
+        with contextlib.suppress(ValueError):
+            return f" (killed by {signal.Signals(-rc).name})"
+        return f" (killed by signal {-rc})"
+    return f" (exit {rc})"
+
+
 def _spawn(argv: Sequence[str], logfile: str, env: dict[str, str] | None = None) -> int:
     os.makedirs(os.path.dirname(logfile), exist_ok=True)
     with open(logfile, "ab") as out:
+        start = out.seek(0, os.SEEK_END)
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -221,6 +259,7 @@ def _spawn(argv: Sequence[str], logfile: str, env: dict[str, str] | None = None)
     # zombie that still looks alive; a daemon thread, so that the command can exit meanwhile.
     threading.Thread(target=proc.wait, name=f"lab-reap-{proc.pid}", daemon=True).start()
     _children[proc.pid] = proc
+    _log_starts[proc.pid] = start
     return proc.pid
 
 
@@ -379,7 +418,12 @@ def _routes() -> list[str]:
 
 
 def _wait(
-    what: str, ok: Callable[[], bool], timeout: float, alive: Callable[[], bool], log: str = ""
+    what: str,
+    ok: Callable[[], bool],
+    timeout: float,
+    alive: Callable[[], bool],
+    log: str = "",
+    pid: int = 0,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -388,23 +432,28 @@ def _wait(
         if not alive():
             if ok():  # (it answered as it was looked at)
                 return
-            raise LabError(f"{what} exited{_last_words(log)}")
+            raise LabError(f"{what} exited{_how_it_ended(pid)}{_last_words(log, pid)}")
         time.sleep(0.1)
-    raise LabError(f"{what} did not answer within {timeout:.0f} s{_last_words(log)}")
+    raise LabError(f"{what} did not answer within {timeout:.0f} s{_last_words(log, pid)}")
 
 
-def _last_words(log: str) -> str:
-    """The end of a process's log, for the error that removes the lab (and the log with it)."""
+def _last_words(log: str, pid: int = 0) -> str:
+    """The end of a process's log, for the error that removes the lab (and the log with it):
+    of what `pid` wrote, when this command started it (the log is appended to, and the last
+    run's lines are not this one's)."""
     if not log:
         return ""
+    start = _log_starts.get(pid, 0)
     try:
         with open(log, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 2048))
+            f.seek(max(start, f.tell() - 2048))
             lines = f.read().decode(errors="replace").strip().splitlines()[-3:]
     except OSError:
         return ""
-    return "; its log ends: " + " | ".join(x.strip()[:300] for x in lines) if lines else ""
+    if not lines:
+        return "; it wrote nothing to its log" if pid in _log_starts else ""
+    return "; its log ends: " + " | ".join(x.strip()[:300] for x in lines)
 
 
 def _start_engine(state: LabState, host: HostPlan) -> None:
@@ -421,6 +470,7 @@ def _wait_engine(state: LabState, host: HostPlan) -> None:
         ENGINE_TIMEOUT_S,
         lambda: _running(pid, state.name),
         host.log,
+        pid,
     )
 
 
@@ -439,6 +489,7 @@ def _wait_etcd(state: LabState, members: Sequence[EtcdPlan]) -> None:
                 ETCD_TIMEOUT_S,
                 lambda pid=pid: _running(pid, state.name),  # type: ignore[misc]
                 m.log,
+                pid,
             )
 
 
@@ -458,6 +509,7 @@ def _wait_agents(state: LabState, hosts: Sequence[HostPlan]) -> None:
                 AGENT_TIMEOUT_S,
                 lambda pid=pid: _running(pid, state.name),  # type: ignore[misc]
                 h.agent_log,
+                pid,
             )
 
 
@@ -700,8 +752,9 @@ def down(name: str, progress: Progress = _quiet) -> bool:
     if NETNS_ETC in state.dirs:
         with contextlib.suppress(OSError):
             os.rmdir(NETNS_ETC)  # only when empty: another lab or tool may use it meanwhile
-    with contextlib.suppress(OSError):
-        os.remove(state_path(name))
+    for f in (state_path(name), state_path(name) + ".lock"):
+        with contextlib.suppress(OSError):
+            os.remove(f)
     with contextlib.suppress(OSError):
         os.rmdir(lab_dir(RUN_ROOT, name))
     for root in (RUN_ROOT, DATA_ROOT):
@@ -735,24 +788,26 @@ def _apply_partitions(state: LabState) -> None:
 
 
 def partition(name: str, host: str, peer: str = "") -> Partition:
-    state = require(name)
-    try:
-        part = check_partition(state.plan(), Partition(host, peer))
-    except LabPlanError as e:
-        raise UsageError(str(e)) from None
-    if part not in state.partitions:
-        state.partitions.append(part)
-    _apply_partitions(state)
-    _save(state)
+    with _locked(name):
+        state = require(name)
+        try:
+            part = check_partition(state.plan(), Partition(host, peer))
+        except LabPlanError as e:
+            raise UsageError(str(e)) from None
+        if part not in state.partitions:
+            state.partitions.append(part)
+        _apply_partitions(state)
+        _save(state)
     return part
 
 
 def heal(name: str) -> int:
-    state = require(name)
-    n = len(state.partitions)
-    state.partitions = []
-    _apply_partitions(state)
-    _save(state)
+    with _locked(name):
+        state = require(name)
+        n = len(state.partitions)
+        state.partitions = []
+        _apply_partitions(state)
+        _save(state)
     return n
 
 
@@ -769,34 +824,37 @@ def _target(state: LabState, target: Target) -> HostPlan | EtcdPlan:
 def stop(name: str, target: Target, sig: int = signal.SIGTERM, timeout: float = 30) -> bool:
     """Stops one of the lab's processes (SIGKILL at once with `sig`=SIGKILL); False when it
     was not running."""
-    state = require(name)
-    _target(state, target)
-    pid = state.pids.pop(str(target), None)
+    with _locked(name):
+        state = require(name)
+        _target(state, target)
+        pid = state.pids.pop(str(target), None)
+        _save(state)
     running = pid is not None and _ours(pid, name)
     if pid is not None and running:
         _stop_pids([pid], name, timeout=0 if sig == signal.SIGKILL else timeout, sig=sig)
-    _save(state)
     return running
 
 
 def start(name: str, target: Target) -> int:
     """Starts one of the lab's processes again and waits until it answers; its pid."""
-    state = require(name)
-    member = _target(state, target)
-    pid = state.pids.get(str(target))
-    if pid is not None and _ours(pid, name):
-        raise UsageError(f"{target} is running (pid {pid})")
-    plan = state.plan()
-    if isinstance(member, EtcdPlan):
-        _start_etcd(state, plan, member)
+    with _locked(name):
+        state = require(name)
+        member = _target(state, target)
+        pid = state.pids.get(str(target))
+        if pid is not None and _ours(pid, name):
+            raise UsageError(f"{target} is running (pid {pid})")
+        plan = state.plan()
+        if isinstance(member, EtcdPlan):
+            _start_etcd(state, plan, member)
+        elif target.kind == "engine":
+            _start_engine(state, member)
+        else:
+            _start_agent(state, plan, member)
         _save(state)
+    if isinstance(member, EtcdPlan):
         _wait_etcd(state, [member])
     elif target.kind == "engine":
-        _start_engine(state, member)
-        _save(state)
         _wait_engine(state, member)
     else:
-        _start_agent(state, plan, member)
-        _save(state)
         _wait_agents(state, [member])
     return state.pids[str(target)]
