@@ -41,7 +41,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from dockmesh.api.topology import TopologyFeed
 from dockmesh.catalog.containers import derive_all
@@ -79,6 +79,8 @@ POLICY_POLL_S = 1.0
 CATALOG_WARNINGS = "catalog"
 # Back-off while the engines do not answer at start (doubling up to the cap).
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 5.0
+# How long each executor job waits for a call on a daemon thread (`_in_daemon_thread`).
+WAIT_SLICE_S = 0.05
 # Each engine is pinged this often, and not answering within PING_TIMEOUT_S counts as lost:
 # an engine whose event stream stays open but silent is otherwise not told from a quiet one.
 PING_S, PING_TIMEOUT_S = 1.0, 2.0
@@ -741,30 +743,32 @@ async def _in_daemon_thread(fn: Callable[[], T], name: str) -> T:
     executor is joined when `asyncio.run` ends, so a call that blocks there (an engine that
     accepts the connection and never answers: docker-py waits its 30 s, again at each retry)
     kept a stopped agent's process alive after "agent stopped". Cancelled, the call is
-    abandoned: its thread ends with the call, or with the process."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
+    abandoned: its thread ends with the call, or with the process.
 
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if fut.done():
-            return  # cancelled: nobody waits for it
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(result)  # type: ignore[arg-type]  # no error: fn's value
+    The loop awaits the call through short executor jobs (`WAIT_SLICE_S` each), never one
+    that blocks: so the executor is never held at the end, and a loop that stops its clock
+    while a thread works for it (the tests' virtual-time loop) sees the call take no time
+    (awaiting a bare future, a connection attempt slowed by a loaded machine let a 1 s timer
+    fire in between, and the back-off read 1 s late)."""
+    loop = asyncio.get_running_loop()
+    done = threading.Event()
+    box: list[Any] = []
 
     def call() -> None:
-        result: T | None = None
-        error: BaseException | None = None
         try:
-            result = fn()
+            box.append((fn(), None))
         except BaseException as e:  # handed to the awaiting task, which decides
-            error = e
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-            loop.call_soon_threadsafe(settle, result, error)
+            box.append((None, e))
+        finally:
+            done.set()
 
     threading.Thread(target=call, name=name, daemon=True).start()
-    return await fut
+    while not await loop.run_in_executor(None, done.wait, WAIT_SLICE_S):
+        pass
+    result, error = box[0]
+    if error is not None:
+        raise error
+    return cast(T, result)
 
 
 def run_agent(config: AgentConfig) -> None:
