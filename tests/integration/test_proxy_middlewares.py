@@ -220,6 +220,16 @@ def test_common_lines_in_the_file_and_reopened_after_a_rotation(
     assert len(log.with_suffix(".1").read_text().splitlines()) == 3
 
 
+def json_lines(proxy: ProxyProc, n: int, limit_s: float = 5) -> list[dict[str, object]]:
+    """The access log's JSON lines on the proxy's stdout, once there are `n` (or `limit_s`)."""
+    deadline = time.monotonic() + limit_s
+    docs: list[dict[str, object]] = []
+    while len(docs) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+        docs = [json.loads(x) for x in proxy.log.read_text().splitlines() if x.startswith("{")]
+    return docs
+
+
 def test_json_lines_on_stdout(tmp_path: Path) -> None:
     with backends(1) as (b,):
         proxy = ProxyProc(
@@ -227,13 +237,7 @@ def test_json_lines_on_stdout(tmp_path: Path) -> None:
         )
         try:
             curl(f"{proxy.url}/j?k=v")
-            deadline = time.monotonic() + 5
-            docs: list[dict[str, object]] = []
-            while not docs and time.monotonic() < deadline:
-                time.sleep(0.1)
-                docs = [
-                    json.loads(x) for x in proxy.log.read_text().splitlines() if x.startswith("{")
-                ]
+            docs = json_lines(proxy, 1)
         finally:
             proxy.stop()
     assert len(docs) == 1, proxy.log.read_text()
@@ -343,13 +347,7 @@ def test_http2_streams_are_in_the_access_log(tmp_path: Path) -> None:
             h2c = ["--http2-prior-knowledge", "--path-as-is"]
             curl(*h2c, f"{proxy.url}/big/3000")
             curl(*h2c, f"{proxy.url}/../nope")
-            deadline = time.monotonic() + 5
-            docs: list[dict[str, object]] = []
-            while len(docs) < 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-                docs = [
-                    json.loads(x) for x in proxy.log.read_text().splitlines() if x.startswith("{")
-                ]
+            docs = json_lines(proxy, 2)
         finally:
             proxy.stop()
     assert len(docs) == 2, proxy.log.read_text()
