@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -39,13 +40,26 @@ if not os.access(HAPROXY, os.X_OK):  # pragma: no cover - the machine's set-up
     pytest.skip("HAProxy is not installed (apt-get install haproxy)", allow_module_level=True)
 
 
-def wait_for(pred: Callable[[], bool], limit: float, what: str) -> float:
+def wait_for(
+    pred: Callable[[], bool], limit: float, what: str, why: Callable[[], str] | None = None
+) -> float:
+    """Seconds until PRED holds; else an AssertionError saying WHAT (and WHY's account)."""
     t = time.monotonic()
     while time.monotonic() - t < limit:
         if pred():
             return time.monotonic() - t
         time.sleep(0.1)
-    raise AssertionError(f"{what}: not reached in {limit:g}s")
+    said = f"\n{why()}" if why is not None else ""
+    raise AssertionError(f"{what}: not reached in {limit:g}s{said}")
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    """The last LINES lines a spawned process wrote (what a failure shows)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as e:
+        return f"({log}: {e})"
+    return f"--- {log.name}:\n" + "\n".join(text.splitlines()[-lines:])
 
 
 class Backends:
@@ -244,6 +258,17 @@ def in_root_resolver(root: Path, argv: list[str]) -> list[str]:
 def start_caddy(
     spawn: Any, caddy: str, tmp_path: Path, root: Path, service: str, dns_port: int
 ) -> str:
+    """Caddy listening (three ports tried: see `_start_caddy`); its URL of `/id`."""
+    for _ in range(3):
+        url = _start_caddy(spawn, caddy, tmp_path, root, service, dns_port)
+        if url is not None:
+            return url
+    raise AssertionError("Caddy found no free port in three tries")
+
+
+def _start_caddy(
+    spawn: Any, caddy: str, tmp_path: Path, root: Path, service: str, dns_port: int
+) -> str | None:
     """Caddy 2.6 as the README shows it: `dynamic srv` asking the agent for the SRV records;
     the targets' addresses it then asks the host's resolver (ROOT's resolv.conf)."""
     port = free_port()
@@ -264,8 +289,29 @@ http://127.0.0.1:{port} {{
     )
     xdg = {"XDG_DATA_HOME": str(tmp_path / "xdg"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
     run = [caddy, "run", "--config", str(caddyfile), "--adapter", "caddyfile"]
-    spawn(in_root_resolver(root, run), tmp_path / "caddy.log", xdg)
+    log = tmp_path / "caddy.log"
+    start = log.stat().st_size if log.exists() else 0
+    proc = spawn(in_root_resolver(root, run), log, xdg)
+    # The port was free when asked, yet another worker's socket can take it before Caddy binds
+    # (a race of the test's, not the product's): Caddy then exits; the caller picks another.
+    wait_for(
+        lambda: proc.proc.poll() is not None or listening(port),
+        30,
+        "Caddy listening",
+        lambda: log_tail(log),
+    )
+    if proc.proc.poll() is not None:
+        if "address already in use" in log.read_text(errors="replace")[start:]:
+            return None
+        raise AssertionError(f"Caddy exited ({proc.proc.returncode})\n{log_tail(log)}")
     return f"http://127.0.0.1:{port}/id"
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:PORT."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_through_the_hosts_resolver_haproxy_caddy_and_libc_reach_the_instances(
@@ -333,13 +379,24 @@ def test_through_the_hosts_resolver_haproxy_caddy_and_libc_reach_the_instances(
     curl = None
     if caddy is not None:
         curl = start_caddy(spawn, caddy, tmp_path, root, b.service, agent.dns_port)
-        wait_for(lambda: only(seen(curl), b.names(1, 2, 3)), 30, "Caddy via the forwarder")
+        caddy_log = tmp_path / "caddy.log"
+        wait_for(
+            lambda: only(seen(curl), b.names(1, 2, 3)),
+            30,
+            "Caddy via the forwarder",
+            lambda: f"{seen(curl)}\n{log_tail(caddy_log)}",
+        )
 
     b.fail_check(2)
     b.stop(3)
     wait_for(lambda: only(seen(hurl), b.names(1)), 30, "HAProxy drops the failing and stopped")
     if curl is not None:
-        wait_for(lambda: only(seen(curl), b.names(1)), 30, "Caddy drops the failing and stopped")
+        wait_for(
+            lambda: only(seen(curl), b.names(1)),
+            30,
+            "Caddy drops the failing and stopped",
+            lambda: f"{seen(curl)}\n{log_tail(caddy_log)}",
+        )
 
     removed = dockmesh("agent", "host-dns", "--remove", "--root", str(root), check=True).stdout
     assert "stopped dockmesh's dnsmasq" in removed, removed

@@ -4,6 +4,7 @@ dockmesh reads it — what `docker compose ps|logs|config` show."""
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import threading
 from collections.abc import Iterable, Sequence
@@ -264,10 +265,16 @@ def _follow(
     for stream, c in zip(streams, ctrs, strict=True):
         threading.Thread(target=pump, args=(stream, prefixes[c.name]), daemon=True).start()
     running = len(streams)
+    # Ctrl-C only sets a flag: a KeyboardInterrupt raised inside the queue's wait could leave
+    # its lock half-released ("release unlocked lock"); the loop looks at the flag instead.
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda _n, _f: stop.set())
     try:
-        while running:
+        while running and not stop.is_set():
             try:
-                line = lines.get(timeout=0.2)  # a timeout: Ctrl-C reaches this thread
+                line = lines.get(timeout=0.2)
             except queue.Empty:
                 continue
             if line is None:
@@ -277,9 +284,9 @@ def _follow(
                 if lines.empty():
                     sys.stdout.flush()
         sys.stdout.flush()
-    except KeyboardInterrupt:
-        sys.stdout.flush()
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         for s in streams:
             s.close()
 
