@@ -146,6 +146,18 @@ def _say(message: str) -> None:
     err.print(message, markup=False, highlight=False)
 
 
+TimeoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--timeout",
+        "-t",
+        min=0,
+        max=86400,
+        metavar="SECONDS",
+        help="How long each container it removes may take to stop before it is killed "
+        "(else its file's stop_grace_period, else 10).",
+    ),
+]
 OrphansOpt = Annotated[
     bool,
     typer.Option(
@@ -233,9 +245,11 @@ def register(app: typer.Typer) -> None:
         ] = False,
         policy_mode: PolicyModeOpt = "enforce",
         table: PolicyTableOpt = None,
+        timeout: TimeoutOpt = None,
     ) -> None:
         """Create or replace what the file describes; leave what matches alone. The file's
-        policy: section is applied once its containers exist."""
+        policy: section is applied once its containers exist. A container it replaces or
+        removes is stopped first (its stop_signal, then SIGKILL after its grace period)."""
         from dockmesh.cli.policy import (
             converge_project_policy,
             project_policy_check,
@@ -259,7 +273,14 @@ def register(app: typer.Typer) -> None:
         outcome: Outcome
         with _stop_on_sigint() as should_stop, _progress("up") as progress:
             outcome = up(
-                loaded, backend, progress, should_stop, _say, remove_orphans, approve=approve
+                loaded,
+                backend,
+                progress,
+                should_stop,
+                _say,
+                remove_orphans,
+                approve=approve,
+                stop_timeout_s=timeout,
             )
         change = converge_project_policy(loaded, policy_mode, name, snapshot(backend))
         plan = _with_policy(outcome.plan, change)
@@ -283,10 +304,13 @@ def register(app: typer.Typer) -> None:
                 "--volumes", "-v", help="Remove the project's named volumes too, with their data."
             ),
         ] = False,
+        timeout: TimeoutOpt = None,
     ) -> None:
         """Remove every container and network of the project, and the policy its `up`
         applied. A project that is not there (any more) is fine: there is nothing to do. Named
-        volumes are kept unless --volumes is given."""
+        volumes are kept unless --volumes is given. Containers are stopped first, together:
+        their stop_signal, then SIGKILL after their grace period (--timeout, else the file's
+        stop_grace_period, else 10 s)."""
         from dockmesh.cli.policy import project_table, remove_project_policy
         from dockmesh.ops.project import down
 
@@ -295,7 +319,14 @@ def register(app: typer.Typer) -> None:
         backend = connect_one(engine)
         with _stop_on_sigint() as should_stop, _progress("down") as progress:
             outcome = down(
-                name, backend, progress, should_stop, _say, must_exist=False, volumes=volumes
+                name,
+                backend,
+                progress,
+                should_stop,
+                _say,
+                must_exist=False,
+                volumes=volumes,
+                stop_timeout_s=timeout,
             )
         plan = _with_policy(outcome.plan, remove_project_policy(name, policy_table))
         if plan.empty:

@@ -464,6 +464,8 @@ class DockerBackend:
                 healthcheck=hc,
                 user=config.user,
                 working_dir=config.working_dir,
+                stop_signal=config.stop_signal,
+                stop_timeout=config.stop_grace_s,
             )
         return str(res["Id"])
 

@@ -494,6 +494,7 @@ class MemoryEngine:
     def stop(self, container: str, timeout_s: int = 10) -> None:
         with self._lock:
             c = self._ctr(container)
+            self._maybe_fail("stop", c.name)
             if c.state != "running":
                 return
             self._set_stopped(c)

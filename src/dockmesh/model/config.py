@@ -287,6 +287,8 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "memory_bytes": None,
     "nano_cpus": None,
     "mounts": (),
+    "stop_signal": None,  # the engine's StopSignal; None: the image's (else SIGTERM)
+    "stop_grace_s": None,  # the engine's StopTimeout; None: its default (10 s)
 }
 
 
@@ -314,6 +316,8 @@ class ContainerConfig:
     memory_bytes: int | None = None
     nano_cpus: int | None = None
     mounts: tuple[MountConfig, ...] = ()
+    stop_signal: str | None = None
+    stop_grace_s: int | None = None
 
     def to_json(self) -> JSON:
         out = self._base_json()
@@ -370,4 +374,6 @@ class ContainerConfig:
             memory_bytes=_opt_int(d.get("memory_bytes"), "container.memory_bytes"),
             nano_cpus=_opt_int(d.get("nano_cpus"), "container.nano_cpus"),
             mounts=tuple(MountConfig.from_json(m) for m in _list(d.get("mounts", []), "mounts")),
+            stop_signal=_opt_str(d.get("stop_signal"), "container.stop_signal"),
+            stop_grace_s=_opt_int(d.get("stop_grace_s"), "container.stop_grace_s"),
         )

@@ -57,3 +57,10 @@ def format_duration_ns(ns: int) -> str:
         if ns and ns % size == 0:
             return f"{ns // size}{unit}"
     return f"{ns}ns"
+
+
+def grace_s(text: str | int | float) -> int:
+    """A stop grace period in whole seconds, as the engine's StopTimeout holds it: rounded up
+    (`1.5s` waits 2 s, never less than was asked)."""
+    ns = parse_duration_ns(text)
+    return -(-ns // 1_000_000_000)

@@ -7,6 +7,11 @@ configuration), with other projects' containers reconnected. A failed replace th
 leaves the project as it was. An object that carries no readable configuration cannot be
 put back; the error then names it.
 
+A container is stopped before it is removed, as `docker compose down` does: its stop signal
+(`stop_signal:`, else the image's, else SIGTERM), then SIGKILL after its grace period
+(`stop_grace_period:`, else 10 s, or the run's `stop_timeout_s`). The containers of a run of
+removals are stopped together, so a `down` waits one grace period, not one per container.
+
 Between two steps the run can be stopped (`should_stop`, set by SIGINT): it then raises
 `Interrupted` naming what it created and removed, and leaves the engine as it is — `up`
 again finishes the job, `down` removes it.
@@ -16,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,6 +53,9 @@ class Journal:
     created_volumes: list[str] = field(default_factory=list)
     # Removed with their data (`down --volumes`): nothing can put that back.
     removed_volumes: list[str] = field(default_factory=list)
+    # Stopped before their removal, by id, as they were: started again on a rollback (those
+    # removed already are restored from `removed_containers`, running as they were).
+    stopped: dict[str, Container] = field(default_factory=dict)
 
     def summary(self) -> str:
         parts = []
@@ -57,6 +66,10 @@ class Journal:
             parts.append("removed " + ", ".join(gone + self.removed_volumes))
         elif self.removed_volumes:
             parts.append("removed " + ", ".join(self.removed_volumes))
+        gone_ids = {c.id for c in self.removed_containers}
+        halted = [c.name for cid, c in self.stopped.items() if cid not in gone_ids]
+        if halted:
+            parts.append("stopped " + ", ".join(halted))
         made = [n for n, _ in self.created_networks] + [n for n, _ in self.created_containers]
         made += self.created_volumes
         if made:
@@ -128,20 +141,89 @@ def wait_healthy(
     return True
 
 
+# How long a container's stop waits before SIGKILL when its file says nothing: Compose's
+# `stop_grace_period` default and `docker stop`'s.
+DEFAULT_GRACE_S = 10
+# Stops sent at once (the engine's client keeps ten connections).
+STOP_PARALLEL = 8
+
+
+def grace_of(c: Container, override_s: int | None = None) -> int:
+    """Seconds C's stop waits before SIGKILL: OVERRIDE_S (`down -t`), else its file's
+    `stop_grace_period` as stamped in its labels, else the default."""
+    if override_s is not None:
+        return override_s
+    config = _container_from_labels(c)
+    if config is None or config.stop_grace_s is None:
+        return DEFAULT_GRACE_S
+    return config.stop_grace_s
+
+
+def stop_before_removal(
+    backend: EngineBackend, steps: Sequence[Step], journal: Journal, override_s: int | None
+) -> None:
+    """Stops the running containers STEPS are about to remove, all at once, each with its own
+    grace period; recorded in the journal as they were. EngineError (the first) when a stop
+    fails, after every stop has ended."""
+    running = []
+    for step in steps:
+        live = backend.container(step.live_id or step.name)
+        if live is not None and live.running and live.id not in journal.stopped:
+            running.append(live)
+    if not running:
+        return
+
+    def stop(live: Container) -> EngineError | None:
+        try:
+            backend.stop(live.id, grace_of(live, override_s))
+        except EngineError as e:
+            return e
+        return None
+
+    workers = min(STOP_PARALLEL, len(running))
+    with ThreadPoolExecutor(workers, thread_name_prefix="stop") as pool:
+        results = list(pool.map(stop, running))
+    failed = None
+    for live, error in zip(running, results, strict=True):
+        if error is None:
+            journal.stopped[live.id] = live
+        elif failed is None:
+            failed = error
+    if failed is not None:
+        raise failed
+
+
+def _removals_from(steps: Sequence[Step], i: int) -> Sequence[Step]:
+    """The run of container removals starting at I (empty unless step I begins one)."""
+    if steps[i].op != "remove_container" or (i and steps[i - 1].op == "remove_container"):
+        return ()
+    end = i
+    while end < len(steps) and steps[end].op == "remove_container":
+        end += 1
+    return steps[i:end]
+
+
 def apply_plan(
     backend: EngineBackend,
     plan: Plan,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     waiting: Waiting | None = None,
+    stop_timeout_s: int | None = None,
 ) -> Journal:
+    """`stop_timeout_s`: every stop's grace period (`down -t`), whatever the files say."""
     journal = Journal()
     waiting = waiting or Waiting()
     step: Step | None = None
     try:
-        for step in plan.steps:
+        for i, step in enumerate(plan.steps):
             if should_stop():
                 raise _interrupted(step, journal)
+            removals = _removals_from(plan.steps, i)
+            if len(removals) > 1:
+                if progress:
+                    progress(Step("stop_containers", f"{len(removals)} containers"))
+                stop_before_removal(backend, removals, journal, stop_timeout_s)
             if progress:
                 progress(step)
             log.info("%s", _describe(step))
@@ -149,7 +231,7 @@ def apply_plan(
                 backend, step.wait_healthy, waiting, should_stop
             ):
                 raise _interrupted(step, journal)
-            _do(backend, step, journal)
+            _do(backend, step, journal, stop_timeout_s)
     except EngineError as e:
         assert step is not None
         failed = f"{_describe(step)} failed: {e}"
@@ -169,6 +251,7 @@ def _interrupted(step: Step, journal: Journal) -> Interrupted:
 
 # What each kind of step is doing, as a progress line or an error names it.
 STEP_VERBS = {
+    "stop_containers": "stopping",
     "remove_container": "removing container",
     "disconnect": "disconnecting",
     "remove_network": "removing network",
@@ -188,13 +271,18 @@ def _describe(step: Step) -> str:
     return f"{what} {step.name}"
 
 
-def _do(backend: EngineBackend, step: Step, journal: Journal) -> None:
+def _do(
+    backend: EngineBackend, step: Step, journal: Journal, stop_timeout_s: int | None = None
+) -> None:
     ref = step.live_id or step.name
     if step.op == "remove_container":
         live = backend.container(ref)
         if live is not None:
+            if live.running:
+                stop_before_removal(backend, (step,), journal, stop_timeout_s)
             backend.remove_container(live.id)
-            journal.removed_containers.append(live)
+            # As it was before its stop: a rollback restores it running.
+            journal.removed_containers.append(journal.stopped.get(live.id, live))
     elif step.op == "disconnect":
         assert step.endpoint is not None
         live_c = backend.container(ref)
@@ -283,4 +371,8 @@ def rollback(backend: EngineBackend, journal: Journal) -> list[str]:
         else:
             what = f"restore container {live.name}"
             attempt(what, start_container, backend, ccfg, restore, live.running)
+    removed = {c.id for c in journal.removed_containers}
+    for cid, live in journal.stopped.items():
+        if cid not in removed:
+            attempt(f"start container {live.name} again", backend.start, cid)
     return problems

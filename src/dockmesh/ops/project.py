@@ -97,12 +97,14 @@ def up(
     say: Say = lambda _msg: None,
     remove_orphans: bool = True,
     approve: Callable[[Plan], None] = lambda _plan: None,
+    stop_timeout_s: int | None = None,
 ) -> Outcome:
-    """`approve` sees the plan before anything is touched, and may refuse it by raising."""
+    """`approve` sees the plan before anything is touched, and may refuse it by raising.
+    `stop_timeout_s`: the grace period of every container it replaces or removes (`-t`)."""
     with project_lock(backend.ref.url, loaded.project, say):
         plan = plan_loaded(loaded, backend, remove_orphans)
         approve(plan)
-        journal = apply_plan(backend, plan, progress, should_stop)
+        journal = apply_plan(backend, plan, progress, should_stop, stop_timeout_s=stop_timeout_s)
     return Outcome(plan, journal)
 
 
@@ -119,6 +121,7 @@ def down(
     say: Say = lambda _msg: None,
     must_exist: bool = True,
     volumes: bool = False,
+    stop_timeout_s: int | None = None,
 ) -> Outcome:
     """Removes the project. A project named on its own (`--project`) must exist (a name that
     does not is bad input); one named by its file may be gone already (`down` twice is
@@ -131,5 +134,5 @@ def down(
             found = ", ".join(projects_on(live)) or "none"
             raise UsageError(f"project {project!r} is not on the engine (projects: {found})")
         plan = teardown_plan(project, live, engine=backend.ref.name, volumes=owned)
-        journal = apply_plan(backend, plan, progress, should_stop)
+        journal = apply_plan(backend, plan, progress, should_stop, stop_timeout_s=stop_timeout_s)
     return Outcome(plan, journal)

@@ -16,6 +16,7 @@ from dockmesh.projectfile.problems import Path, Problem
 _SAME = [
     "image", "command", "entrypoint", "environment", "hostname", "restart", "user",
     "working_dir", "cap_add", "cap_drop", "tmpfs", "init", "mem_limit", "cpus",
+    "stop_signal", "stop_grace_period",
 ]  # fmt: skip
 _LEFT_OUT = {
     "expose": "not needed: containers on one network reach each other's ports",

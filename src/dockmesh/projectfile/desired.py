@@ -23,6 +23,7 @@ from dockmesh.model.config import (
     NetworkConfig,
     VolumeConfig,
 )
+from dockmesh.model.durations import grace_s
 from dockmesh.model.httproute import decode_fields, encode_labels
 from dockmesh.model.ipam import parse_address, parse_subnet
 from dockmesh.model.labels import (
@@ -34,6 +35,7 @@ from dockmesh.model.labels import (
     encode_discovery,
     stamp,
 )
+from dockmesh.model.signals import parse_stop_signal
 from dockmesh.projectfile.parse import (
     VolumeMount,
     parse_bytes,
@@ -433,6 +435,8 @@ def _container(
         memory_bytes=None if memory is None else parse_bytes(memory),
         nano_cpus=None if cpus is None else round(parse_cpus(cpus) * 1e9),
         mounts=tuple(_mount(project, parse_volume(v)) for v in svc.volumes),
+        stop_signal=None if svc.stop_signal is None else parse_stop_signal(svc.stop_signal),
+        stop_grace_s=None if svc.stop_grace_period is None else grace_s(svc.stop_grace_period),
     )
     network_hashes = {networks[k].name: networks[k].hash for k in svc.networks}
     return DesiredContainer(

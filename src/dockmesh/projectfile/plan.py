@@ -34,6 +34,7 @@ Action = Literal["create", "remove", "replace"]
 # policy: a topology file's policy: section
 Kind = Literal["network", "container", "volume", "policy"]
 Op = Literal[
+    "stop_containers",  # never in a plan: what apply reports while a run's removals stop
     "remove_container",
     "disconnect",
     "remove_network",

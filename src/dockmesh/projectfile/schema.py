@@ -154,6 +154,8 @@ class ServiceSpec(_Strict):
     deploy: Deploy | None = None
     env_file: str | list[str] = Field(default_factory=list)
     volumes: list[str] = Field(default_factory=list)
+    stop_signal: str | int | None = None
+    stop_grace_period: str | None = None
 
     @property
     def dependencies(self) -> list[str]:
@@ -326,7 +328,7 @@ _EXPECTED = {
     "model_attributes_type": "a mapping (key: value)",
     "none_required": "empty",
 }
-_DURATIONS = {"interval", "timeout", "start_period"}
+_DURATIONS = {"interval", "timeout", "start_period", "stop_grace_period"}
 
 
 def _type_message(path: tuple[str | int, ...], kinds: list[str], data: Any) -> str | None:
@@ -431,7 +433,6 @@ _COMPOSE_ONLY = frozenset(
         "secrets",
         "configs",
         "profiles",
-        "stop_grace_period",
         "read_only",
         "privileged",
         "devices",
@@ -441,7 +442,6 @@ _COMPOSE_ONLY = frozenset(
         "sysctls",
         "security_opt",
         "shm_size",
-        "stop_signal",
         "links",
         "external_links",
         "pid",

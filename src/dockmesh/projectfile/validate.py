@@ -27,6 +27,7 @@ from dockmesh.model.ipam import (
     parse_subnet,
 )
 from dockmesh.model.labels import DISCOVERY_LABELS, HTTP_PREFIX, LABEL_PROJECT, STAMP_PREFIX
+from dockmesh.model.signals import parse_stop_signal
 from dockmesh.projectfile.context import EngineContext
 from dockmesh.projectfile.desired import (
     HEALTHCHECK_FORMS,
@@ -547,6 +548,13 @@ class _Validator:
                     self.err((*dp, "tags", i), f"{tag!r}: tags are non-empty and without commas")
 
     def host_settings(self, base: Path, svc: ServiceSpec) -> None:
+        if svc.stop_signal is not None:
+            try:
+                parse_stop_signal(svc.stop_signal)
+            except ValueError as e:
+                self.err((*base, "stop_signal"), str(e))
+        if svc.stop_grace_period is not None:
+            self.duration((*base, "stop_grace_period"), svc.stop_grace_period, allow_zero=True)
         if svc.restart is not None:
             try:
                 parse_restart(svc.restart)
