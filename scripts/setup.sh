@@ -126,7 +126,10 @@ setup_tools() {
     # etcd (3.4): the store of the catalog shared between hosts (`agent --store etcd://…`),
     # run by `dockmesh lab`; the tests start their own member on a free loopback port, never
     # the packaged service.
-    apt_install etcd-server
+    # etcdctl (etcd-client): what the lab's failure tests read and change the store with.
+    apt_install etcd-server etcd-client
+    # Caddy 2.6: a real Go client of the agent's SRV records (tests/integration/test_hostdns.py).
+    apt_install caddy
 }
 
 setup_all() {
