@@ -38,7 +38,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # the servers load only when the agent runs, not with the com
     from dockmesh.health.runner import HealthRunner
     from dockmesh.policy.dropmetrics import DropCounter
     from dockmesh.policy.enforce import Enforcer
+    from dockmesh.policy.overlay import OverlayKeeper
     from dockmesh.policy.watch import RulesetWatch
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ T = TypeVar("T")
 # A policy applied or removed by `dockmesh policy` while no container changes is noticed
 # this often (the file's identity is compared: a stat, no read).
 POLICY_POLL_S = 1.0
+# How often the overlay tables are compared with their namespaces' (each a `nft list`).
+OVERLAY_CHECK_S = 3.0
 # The key of `Agent.warnings` for the catalog's own (not one engine's).
 CATALOG_WARNINGS = "catalog"
 # Back-off while the engines do not answer at start (doubling up to the cap).
@@ -108,6 +111,9 @@ class AgentConfig:
     # (the command line fills both from $DOCKMESH_POLICY_DIR and $DOCKMESH_POLICY_TABLE).
     policy_dir: Path = Path(DEFAULT_DIR)
     policy_table: str = DEFAULT_TABLE
+    # Engine name → the directory of its overlay namespaces, for the engines whose namespaces
+    # this agent can enter: the overlay tables `policy apply` recorded there are kept true.
+    overlay_netns: Mapping[str, str] = field(default_factory=dict)
     # `--store etcd://HOST:PORT[,…]`: the catalog shared with the other hosts' agents through
     # etcd, this agent's instances under `node` (empty: this host's catalog alone).
     etcd: tuple[tuple[str, int], ...] = ()
@@ -158,6 +164,8 @@ class AgentDeps:
     # Follows the instances' processes, so that one that dies leaves the catalog while the
     # engine does not answer. None: the engine's events alone.
     processes: ProcessWatch | None = None
+    # Keeps the overlay namespaces' tables true (`config.overlay_netns`). None: not kept.
+    overlays: OverlayKeeper | None = None
     # `ping(engine name)` returns once that engine answers, within PING_TIMEOUT_S, and raises
     # (EngineError, OSError) otherwise. None: the event streams alone say whether it does.
     ping: Callable[[str], None] | None = None
@@ -177,10 +185,16 @@ def build_deps(config: AgentConfig) -> AgentDeps:
     by_name = {e.ref.name: e for e in engines}
     store: Store = SqliteStore(config.state) if config.state else MemoryStore()
     enforcer = Enforcer(policy)
+    overlays = None
+    if config.overlay_netns:
+        from dockmesh.policy.overlay import OverlayKeeper
+
+        overlays = OverlayKeeper(config.policy_table, config.policy_dir, config.overlay_netns)
     return AgentDeps(
         store=store,
         topology=TopologyWatcher(engines),
         enforcer=enforcer,
+        overlays=overlays,
         ruleset_events=(enforcer.nft.binary, "-j", "monitor"),
         processes=PidWatch(),
         ping=lambda name: by_name[name].ping(PING_TIMEOUT_S),
@@ -265,6 +279,8 @@ class Agent:
         assert enforcer is not None
         try:
             await asyncio.to_thread(enforcer.reload)
+            if self.deps.overlays is not None:
+                await asyncio.to_thread(self.deps.overlays.check)
         except Exception:
             log.exception("policy: reloading failed")
 
@@ -292,6 +308,8 @@ class Agent:
         if self.policy is not None:
             self._tasks.append(asyncio.create_task(self._poll_policy(), name="policy"))
             self._tasks.append(asyncio.create_task(self._poll_drops(), name="drops"))
+            if self.deps.overlays is not None:
+                self._tasks.append(asyncio.create_task(self._keep_overlays(), name="overlays"))
         if self.watch is not None:
             self._tasks.append(asyncio.create_task(self.watch.run(self._stop), name="watch"))
         self._tasks.append(asyncio.create_task(self._connect_and_follow(), name="topology"))
@@ -577,6 +595,30 @@ class Agent:
             await asyncio.to_thread(enforcer.sync, topo)
         except Exception:  # the agent serves on whatever the kernel or the file does
             log.exception("policy: keeping the table in sync failed")
+        overlays = self.deps.overlays
+        if overlays is not None:
+            try:
+                await asyncio.to_thread(overlays.sync, topo)
+            except Exception:
+                log.exception("policy: keeping the overlay tables in sync failed")
+
+    async def _keep_overlays(self) -> None:
+        """Overlay tables `policy apply` recorded while nothing else changed, and each kept
+        one compared with its namespace's (a flush behind the agent's back, a namespace
+        Docker made anew): every OVERLAY_CHECK_S."""
+        overlays = self.deps.overlays
+        assert overlays is not None
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), OVERLAY_CHECK_S)
+            topo = self.topology.current()
+            if self._stop.is_set() or topo is None:
+                continue
+            try:
+                await asyncio.to_thread(overlays.sync, topo)
+                await asyncio.to_thread(overlays.check)
+            except Exception:
+                log.exception("policy: checking the overlay tables failed")
 
     async def _poll_policy(self) -> None:
         """A policy applied or removed by `dockmesh policy` while nothing else changes."""

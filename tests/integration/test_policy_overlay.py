@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -271,3 +272,75 @@ def test_a_swarm_services_tasks_on_both_hosts_are_members_by_service(
     # And the tasks themselves are denied what no rule allows (to a, across or within hosts).
     for host, (pid, _) in tasks.items():
         assert not connects(pool, pid, ovlab.ips["a"]), host
+
+
+def test_an_agent_keeps_the_overlay_tables_as_members_come_and_go(
+    ovlab: Lab, pool: NetnsPool, toolbox: str, tmp_path: Path
+) -> None:
+    """An agent in host1's namespace following both engines keeps what `policy apply` wrote
+    into both hosts' overlay namespaces true: a container started after the apply is judged
+    by its labels within seconds (allowed where a rule allows it, denied elsewhere), one
+    removed leaves the sets, and a table deleted behind the agent's back is written again."""
+    late = f"{ovlab.name}-late"
+    policy = write_policy(
+        ovlab,
+        [{"from": {"container": f"{ovlab.name}-a"}, "to": {"label": "role=late"},
+          "ports": ["8080/tcp"]}],
+    )  # fmt: skip
+    ovlab.policy("apply", policy, "--engine", "host1", "--engine", "host2")
+    api_port = 18577
+    log = tmp_path / "keeper.log"
+    env = {**ovlab.env(), "DOCKMESH_POLICY_TABLE": ovlab.table}
+    keeper = subprocess.Popen(
+        [
+            sys.executable, "-m", "dockmesh", "lab", "exec", "host1", "--",
+            sys.executable, "-m", "dockmesh", "agent", "--engine", "host1", "--engine", "host2",
+            "--api", f"127.0.0.1:{api_port}", "--dns", "off", "--no-gateway-dns",
+            "--state", str(tmp_path / "state.db"),
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )  # fmt: skip
+
+    def until(what: str, ok: Any, limit: float = 30.0) -> None:
+        deadline = time.monotonic() + limit
+        while not ok():
+            assert keeper.poll() is None, f"the agent exited: {log.read_text()[-3000:]}"
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {limit:g}s\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    try:
+        ovlab.docker(
+            "host2", "run", "-d", "--name", late, "--label", "role=late", "--network", ovlab.net,
+            toolbox,
+        )  # fmt: skip
+        doc = json.loads(ovlab.docker("host2", "inspect", late))[0]
+        address = doc["NetworkSettings"]["Networks"][ovlab.net]["IPAddress"]
+        until("a reaches the late container", lambda: connects(pool, ovlab.pids["a"], address))
+        assert not connects(pool, ovlab.pids["c"], address)  # no rule lets c
+        assert not connects(pool, ovlab.pids["a"], ovlab.ips["b"])  # nor a to b any more
+        until("both tables as the policy says", lambda: not any(overlay_drift(ovlab).values()))
+        # removed: its address leaves the sets (what policy show compiles is what is there)
+        ovlab.docker("host2", "rm", "-f", late)
+        until("the tables follow the removal", lambda: not any(overlay_drift(ovlab).values()))
+        # deleted behind the agent's back: written again
+        subprocess.run(
+            ["nsenter", f"--net={ovlab.netns['host2']}", "nft", "delete", "table", "inet",
+             ovlab.table],
+            check=True,
+        )  # fmt: skip
+        until("host2's table written again", lambda: ovlab.overlay_table("host2"))
+        assert not any(overlay_drift(ovlab).values())
+    finally:
+        if keeper.poll() is None:
+            os.killpg(keeper.pid, signal.SIGTERM)
+            try:
+                keeper.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(keeper.pid, signal.SIGKILL)
+                keeper.wait(10)
+        subprocess.run(["docker", "-H", ovlab.engines["host2"], "rm", "-f", late],
+                       capture_output=True, check=False)  # fmt: skip

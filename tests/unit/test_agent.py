@@ -186,6 +186,7 @@ async def running(
     ping: Callable[[str], None] | None = None,
     engine: MemoryEngine | None = None,
     datacenter: str = "dc1",
+    overlays: Any = None,
 ) -> AsyncIterator[Env]:
     """An agent on loopback ports over a MemoryEngine with network `mesh` (127.77.0.0/24),
     the policy client → web applied, probes that pass."""
@@ -216,6 +217,7 @@ async def running(
         probe=probes,
         processes=processes,
         ping=ping,
+        overlays=overlays,
     )
     agent = Agent(config, deps)
     task = asyncio.create_task(agent.run())
@@ -725,3 +727,50 @@ def test_the_configured_datacenter_is_what_the_api_and_dns_answer_for(tmp_path: 
             assert await env.ask("dockmesh.node.dc1.dockmesh") == []
 
     vtime.run(main)
+
+
+class RecordingKeeper:
+    """Stands for `OverlayKeeper`: when the agent asks it to follow a topology, and to
+    compare its tables with the kernel's."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.synced: list[tuple[float, frozenset[str]]] = []
+        self.checks: list[float] = []
+
+    def sync(self, topo: Any) -> None:
+        self.synced.append((self.clock(), frozenset(c.name for c in topo.containers)))
+
+    def check(self) -> None:
+        self.checks.append(self.clock())
+
+
+def test_the_overlay_tables_follow_each_change_and_are_checked_every_few_seconds(
+    tmp_path: Path,
+) -> None:
+    from dockmesh.agent import OVERLAY_CHECK_S
+
+    previous = signal.getsignal(signal.SIGHUP)
+
+    async def main() -> None:
+        keeper = RecordingKeeper(asyncio.get_running_loop().time)
+        async with running(tmp_path, overlays=keeper) as env:
+            await follow(env, lambda: bool(keeper.synced))
+            t0 = env.now()
+            cid = env.engine.create_container(labelled("web-1", "web"))
+            env.engine.start(cid)
+            # at once, with the host's table (the kernel before the catalog)
+            await follow(env, lambda: any("web-1" in names for _, names in keeper.synced))
+            assert next(t for t, names in keeper.synced if "web-1" in names) == t0
+            keeper.checks.clear()
+            await asyncio.sleep(3 * OVERLAY_CHECK_S + 0.1)
+            assert len(keeper.checks) == 3
+            # SIGHUP: compared at once
+            before = len(keeper.checks)
+            signal.raise_signal(signal.SIGHUP)
+            await follow(env, lambda: len(keeper.checks) > before)
+
+    try:
+        vtime.run(main)
+    finally:
+        signal.signal(signal.SIGHUP, previous)

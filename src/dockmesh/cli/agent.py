@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         from dockmesh.agent import AgentConfig, run_agent
-        from dockmesh.cli.policy import configured_policy_dir
+        from dockmesh.cli.policy import configured_policy_dir, netns_dirs_of
         from dockmesh.policy.store import table_name
 
         try:
@@ -273,5 +273,6 @@ def register(app: typer.Typer) -> None:
             dns_limits=dns_limits,
             policy_dir=configured_policy_dir(),
             policy_table=policy_table,
+            overlay_netns=netns_dirs_of([(e.name, e.url) for e in engines]),
         )
         run_agent(config)

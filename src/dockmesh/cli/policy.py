@@ -253,8 +253,13 @@ def overlay_netns_dirs(topo: Topology) -> dict[str, str]:
     directory: a lab host's (under its engine's --exec-root) or the machine's own engine's,
     known by the engine's URL (its name may be anything). Another machine's engine has its
     namespaces there: its overlays are written by `policy apply` run on that machine."""
+    return netns_dirs_of([(e.name, e.url) for e in topo.engines])
+
+
+def netns_dirs_of(engines: list[tuple[str, str]]) -> dict[str, str]:
+    """`overlay_netns_dirs` for engines given as (name, URL)."""
     by_url = dict.fromkeys(LOCAL_SOCKETS, LOCAL_NETNS_DIR)
-    if any(e.url.startswith("unix:///run/dockmesh-lab/") for e in topo.engines):
+    if any(url.startswith("unix:///run/dockmesh-lab/") for _, url in engines):
         from dockmesh.lab.plan import DEFAULT_NAME
         from dockmesh.lab.run import load
 
@@ -262,7 +267,7 @@ def overlay_netns_dirs(topo: Topology) -> dict[str, str]:
         if state is not None:
             for h in state.plan().hosts:
                 by_url[h.url] = os.path.join(h.exec_root, "netns")
-    return {e.name: by_url[e.url] for e in topo.engines if e.url in by_url}
+    return {name: by_url[url] for name, url in engines if url in by_url}
 
 
 def _apply_overlays(applied: Any, topo: Topology) -> tuple[list[Any], list[str]]:

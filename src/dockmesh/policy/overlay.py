@@ -26,25 +26,44 @@ leaves by that container's port only. A packet between hosts is judged at both e
 by vxlan0 on one host, arriving by it on the other), so a host whose table is missing still
 has its peer's. Each table's policy is recorded in a directory of its own (`store_dir`), so a
 table there is known as dockmesh's exactly as on the host.
+
+Who keeps it true
+-----------------
+`policy apply` writes each table once, from the members it read. Beside the policy it records
+those members (`<table>.members.json`). An agent that follows the engine of a recorded
+namespace, and can enter it, keeps that table true as the agent keeps the host's
+(`OverlayKeeper`): on every change of its engines' containers, the members of the engines it
+follows are taken live and those of the others as recorded, so a container that leaves takes
+its address out of the sets at once and a new one is judged by its own labels. A packet
+between hosts is judged at both ends, and each end's agent knows its own members live: a
+container of another host that the record does not know yet is denied here until that
+host's record or this one is written again (fail closed), never allowed on a stale identity.
+Docker removes the namespace with its last member and makes a new one with the next: the
+keeper writes the table into the new one. Every few seconds it also compares each table with
+the kernel and mends it (`nft flush` behind its back).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from dockmesh.host.ports import interfaces
-from dockmesh.model.topology import Network, Topology
+from dockmesh.model.topology import Network, Topology, topology_from_json
 from dockmesh.policy.compile import PortMap
 from dockmesh.policy.enforce import Enforcer
 from dockmesh.policy.nft import TIMEOUT_S, Nft
 from dockmesh.policy.store import Applied, PolicyStore
+
+log = logging.getLogger(__name__)
 
 # Docker names an overlay's namespace 1-<the network id's first 10 characters>.
 NETNS_PREFIX = "1-"
@@ -157,8 +176,12 @@ def present(netns_dir: str, n: Network) -> str | None:
 # --- carrying it out -----------------------------------------------------------------------------
 
 # Beside each recorded policy (`<table>.json`), `<table>.netns`: the namespace's path, for
-# `remove_overlays`.
+# `remove_overlays`; and `<table>.members.json`: the overlay's members as `policy apply` read
+# them (a `Topology` as JSON), for a keeper that does not follow every engine.
 WHERE_SUFFIX = ".netns"
+MEMBERS_SUFFIX = ".members.json"
+# A members record larger than this is not read (a swarm's overlay has thousands at most).
+MAX_MEMBERS_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +214,9 @@ def apply_overlays(
             enforcer = Enforcer(PolicyStore(applied.table, where), NetnsNft(path), _fixed(ports))
             enforcer.apply(applied, view)
             (where / f"{applied.table}{WHERE_SUFFIX}").write_text(path + "\n")
+            _write_atomically(
+                where / f"{applied.table}{MEMBERS_SUFFIX}", json.dumps(view.to_json())
+            )
             done.append(OverlayTable(engine, n.name, path))
     # A namespace of these hosts that this policy no longer reaches (its network removed, or
     # no member left on the host) keeps no table of it.
@@ -249,7 +275,8 @@ def _remove_one(table: str, where: Path) -> str | None:
     if removed:
         removed = Enforcer(store, NetnsNft(path), _no_ports).remove()
     store.remove()
-    for done in (note.unlink, where.rmdir):  # the directory only when no other table's
+    members = where / f"{table}{MEMBERS_SUFFIX}"
+    for done in (members.unlink, note.unlink, where.rmdir):  # the directory last, if empty
         with contextlib.suppress(OSError):
             done()
     return path if removed else None
@@ -269,3 +296,124 @@ def remove_overlays(table: str, policy_dir: Path) -> list[str]:
     since took its table with it) and the records; the namespaces' paths."""
     removed = [_remove_one(table, where) for where in _records(policy_dir, table)]
     return [p for p in removed if p is not None]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """PATH holds TEXT, or what it held before: never half of it (a keeper may read it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def recorded_members(where: Path, table: str) -> Topology | None:
+    """The overlay's members as `policy apply` recorded them beside the policy; None when
+    there is no record or it cannot be read (the live members alone are then used)."""
+    path = where / f"{table}{MEMBERS_SUFFIX}"
+    try:
+        if path.stat().st_size > MAX_MEMBERS_BYTES:
+            return None
+        return topology_from_json(json.loads(path.read_bytes()))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+# --- keeping it true (the agent) -------------------------------------------------------------
+
+
+def _live_ports(engine: str, path: str) -> Callable[[Topology], PortMap]:
+    return lambda view: overlay_ports(view, engine, local_ports(view, engine, path))
+
+
+@dataclass(slots=True)
+class _Kept:
+    path: str
+    enforcer: Enforcer
+
+
+class OverlayKeeper:
+    """Keeps the overlay tables `policy apply` recorded under `policy_dir` true in the
+    namespaces of the engines this agent follows and can enter (`netns_dirs`: engine name →
+    the directory of its overlay namespaces), as the module says. Thread-safe: `sync` and
+    `check` hold one lock."""
+
+    def __init__(
+        self,
+        table: str,
+        policy_dir: Path,
+        netns_dirs: Mapping[str, str],
+        nft_for: Callable[[str], Nft] = NetnsNft,
+        ports_for: Callable[[str, str], Callable[[Topology], PortMap]] = _live_ports,
+    ) -> None:
+        self.table = table
+        self.policy_dir = policy_dir
+        self.netns_dirs = dict(netns_dirs)
+        self._nft_for = nft_for
+        self._ports_for = ports_for
+        self._kept: dict[Path, _Kept] = {}
+        self._lock = threading.Lock()
+        self.writes = 0  # syncs that found a namespace to keep (for tests and logs)
+
+    def sync(self, topo: Topology) -> None:
+        """The engines' containers changed: each recorded table follows its members."""
+        with self._lock:
+            self._sync(topo)
+
+    def _sync(self, topo: Topology) -> None:
+        followed = {e.name for e in topo.engines}
+        wanted: set[Path] = set()
+        for where in _records(self.policy_dir, self.table):
+            engine, _, netns = where.name.rpartition("_")
+            directory = self.netns_dirs.get(engine)
+            if directory is None or engine not in followed:
+                continue
+            n = next((n for n in overlay_networks(topo) if netns_name(n) == netns), None)
+            if n is None:
+                continue  # the network is gone, or its engine is not answering: left as is
+            path = present(directory, n)
+            if path is None:
+                continue  # no member on this host: Docker removed the namespace, table and all
+            wanted.add(where)
+            view = self._view(topo, n, where, followed)
+            kept = self._kept.get(where)
+            if kept is None or kept.path != path:
+                store = PolicyStore(self.table, where)
+                enforcer = Enforcer(store, self._nft_for(path), self._ports_for(engine, path))
+                kept = self._kept[where] = _Kept(path, enforcer)
+            try:
+                kept.enforcer.sync(view)
+                self.writes += 1
+            except Exception:  # one namespace's trouble never stops the others
+                log.exception("policy: keeping %s's table in %s failed", n.name, path)
+        for gone in set(self._kept) - wanted:
+            del self._kept[gone]
+
+    def check(self) -> None:
+        """Compares each kept table with its namespace's and mends what differs (a table
+        flushed or deleted behind the agent's back, or a namespace made anew)."""
+        with self._lock:
+            self._check()
+
+    def _check(self) -> None:
+        for where, kept in list(self._kept.items()):
+            try:
+                kept.enforcer.reload()
+            except Exception:
+                log.exception("policy: checking the table in %s failed", kept.path)
+            if PolicyStore(self.table, where).stamp() is None:
+                self._kept.pop(where, None)  # `policy remove`: nothing to keep
+
+    def _view(self, topo: Topology, n: Network, where: Path, followed: set[str]) -> Topology:
+        """The namespace's topology: the followed engines' members live, the others' as
+        recorded by `policy apply`."""
+        view = overlay_topology(topo, n)
+        recorded = recorded_members(where, self.table)
+        if recorded is None:
+            return view
+        others = tuple(
+            c for c in overlay_topology(recorded, n).containers if c.engine not in followed
+        )
+        return replace(view, containers=(*view.containers, *others))

@@ -15,7 +15,6 @@ from dockmesh.engine.memory import MemoryEngine
 from dockmesh.errors import EngineError
 from dockmesh.model.config import ContainerConfig
 from dockmesh.model.durations import grace_s
-from dockmesh.model.signals import parse_stop_signal
 from dockmesh.model.topology import build_topology
 from dockmesh.ops.apply import DEFAULT_GRACE_S, apply_plan
 from dockmesh.projectfile.plan import make_plan, teardown_plan
@@ -124,32 +123,6 @@ def test_a_changed_grace_period_replaces_the_container() -> None:
 def test_bad_values_are_said_where_they_are(fields: dict[str, Any], said: str) -> None:
     out = "\n".join(problems_of({"services": {"w": svc(**fields)}}))
     assert said in out, out
-
-
-def test_signals_as_the_engine_takes_them() -> None:
-    assert parse_stop_signal("term") == "SIGTERM"
-    assert parse_stop_signal("SIGQUIT") == "SIGQUIT"
-    assert parse_stop_signal("9") == "9"
-    assert parse_stop_signal(15) == "15"
-    assert parse_stop_signal("sigrtmin+3") == "SIGRTMIN+3"
-    assert parse_stop_signal("RTMAX-14") == "SIGRTMAX-14"
-    assert parse_stop_signal("iot") == "SIGIOT"
-    for bad in ("", "SIG", "SIGRTMIN+99", "1000", "TERM TERM", True):
-        with pytest.raises(ValueError, match="not a signal"):
-            parse_stop_signal(bad)
-
-
-@given(st.one_of(st.text(max_size=30), st.integers(), st.booleans()))
-def test_any_signal_text_is_taken_or_refused_in_words(text: Any) -> None:
-    said = ""
-    try:
-        sig = parse_stop_signal(text)
-    except ValueError as e:
-        said = str(e)
-    if said:
-        assert "\n" not in said
-    else:
-        assert parse_stop_signal(sig) == sig  # what it gives back, it takes back
 
 
 @given(st.integers(min_value=0, max_value=10**15))

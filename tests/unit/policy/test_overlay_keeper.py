@@ -1,0 +1,200 @@
+"""The agent keeps the overlay tables `policy apply` recorded true (`OverlayKeeper`): the
+members of the engines it follows live, the others' as recorded; a container that leaves
+takes its address out at once, a new one is judged by its own labels; a table flushed behind
+its back or a namespace made anew is written again; a removed policy is let go."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dockmesh.model.policy import Policy, Rule, Selector
+from dockmesh.model.topology import Container, EngineInfo, Topology
+from dockmesh.policy.compile import PortMap, remove_transaction
+from dockmesh.policy.enforce import Enforcer
+from dockmesh.policy.nft import parse_live
+from dockmesh.policy.overlay import (
+    MEMBERS_SUFFIX,
+    WHERE_SUFFIX,
+    OverlayKeeper,
+    netns_name,
+    overlay_ports,
+    overlay_topology,
+    store_dir,
+)
+from dockmesh.policy.store import Applied, PolicyStore
+from dockmesh.testing.nft import MemoryNft
+from tests.unit.policy.test_overlay import OVERLAY, overlay_net
+from tests.unit.topos import container, topology
+
+T = "t"
+POLICY = Policy(
+    default="deny",
+    rules=(
+        Rule((Selector(labels=(("role", "client"),)),), (Selector(labels=(("role", "web"),)),)),
+    ),
+)
+
+
+def member(name: str, address: str, role: str, engine: str) -> Container:
+    return dataclasses.replace(container(name, {OVERLAY: address}, {"role": role}), engine=engine)
+
+
+def world(members: list[Container], engines: tuple[str, ...] = ("h1",)) -> Topology:
+    """The topology the agent follows: the overlay, the members of ENGINES."""
+    t = topology([overlay_net()], [c for c in members if c.engine in engines])
+    return dataclasses.replace(t, engines=tuple(EngineInfo(e, f"unix:///{e}") for e in engines))
+
+
+def veths(engine: str, _path: str) -> Callable[[Topology], PortMap]:
+    def read(view: Topology) -> PortMap:
+        local = {
+            (c.id, a.network): f"veth-{c.name}"
+            for c in view.containers
+            if c.engine == engine
+            for a in c.attachments
+        }
+        return overlay_ports(view, engine, local)
+
+    return read
+
+
+class Host:
+    """h1's overlay namespace (a file standing for it) and the kernel's tables in it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.policy_dir = tmp / "policy"
+        self.netns_dir = tmp / "netns"
+        self.netns_dir.mkdir()
+        n = overlay_net()
+        self.path = self.netns_dir / netns_name(n)
+        self.path.touch()
+        self.where = store_dir(self.policy_dir, "h1", netns_name(n))
+        self.nft = MemoryNft()
+        self.keeper = OverlayKeeper(
+            T, self.policy_dir, {"h1": str(self.netns_dir)}, lambda _p: self.nft, veths
+        )
+
+    def apply(self, members: list[Container]) -> None:
+        """What `policy apply` over both engines leaves: the table, the policy, the members."""
+        everyone = world(members, ("h1", "h2"))
+        view = overlay_topology(everyone, overlay_net())
+        store = PolicyStore(T, self.where)
+        Enforcer(store, self.nft, veths("h1", str(self.path))).apply(
+            Applied(T, "enforce", POLICY), view
+        )
+        (self.where / f"{T}{WHERE_SUFFIX}").write_text(f"{self.path}\n")
+        (self.where / f"{T}{MEMBERS_SUFFIX}").write_text(json.dumps(view.to_json()))
+
+    def elements(self) -> dict[str, frozenset[str]] | None:
+        doc = self.nft.list_table(T)
+        return None if doc is None else parse_live(doc, T).elements
+
+    def wanted(self, members: list[Container]) -> dict[str, frozenset[str]]:
+        view = overlay_topology(world(members, ("h1", "h2")), overlay_net())
+        e = Enforcer(PolicyStore(T, self.where), MemoryNft(), veths("h1", str(self.path)))
+        return e.compile(Applied(T, "enforce", POLICY), view).elements()
+
+
+A = member("a", "10.0.0.2", "client", "h1")
+B = member("b", "10.0.0.3", "web", "h2")
+C = member("c", "10.0.0.4", "web", "h1")
+
+
+def addresses(elements: dict[str, frozenset[str]] | None) -> set[str]:
+    assert elements is not None
+    return {
+        a for values in elements.values() for v in values for a in v.split(" . ") if a[:3] == "10."
+    }
+
+
+def test_a_new_local_member_is_judged_by_its_labels_a_remote_one_as_recorded(
+    tmp_path: Path,
+) -> None:
+    host = Host(tmp_path)
+    host.apply([A, B])
+    assert "10.0.0.4" not in addresses(host.elements())
+    host.keeper.sync(world([A, B, C]))  # c starts on h1; b (h2, not followed) as recorded
+    assert host.elements() == host.wanted([A, B, C])
+    assert "10.0.0.4" in addresses(host.elements())
+
+
+def test_a_member_that_leaves_takes_its_address_out(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    host.apply([A, B, C])
+    host.keeper.sync(world([A, B]))
+    assert host.elements() == host.wanted([A, B])
+    assert "10.0.0.4" not in addresses(host.elements())
+
+
+def test_a_flushed_table_or_a_new_namespace_is_written_again(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    host.apply([A, B])
+    host.keeper.sync(world([A, B]))
+    host.nft.run(remove_transaction(T))  # deleted behind the agent's back
+    assert host.elements() is None
+    host.keeper.check()
+    assert host.elements() == host.wanted([A, B])
+    # Docker removes the namespace with its last member: nothing to keep there meanwhile
+    host.path.unlink()
+    host.nft = MemoryNft()
+    host.keeper.sync(world([B]))
+    assert host.elements() is None
+    host.path.touch()  # the next member: a new namespace, empty
+    host.keeper.sync(world([A, B]))
+    assert host.elements() == host.wanted([A, B])
+
+
+def test_nothing_is_written_where_nothing_was_applied_or_for_an_engine_not_followed(
+    tmp_path: Path,
+) -> None:
+    host = Host(tmp_path)
+    host.keeper.sync(world([A, B]))
+    assert host.elements() is None
+    host.apply([A, B])
+    host.nft.run(remove_transaction(T))
+    host.keeper.sync(world([B], ("h2",)))  # the agent follows h2 only: h1's is not its own
+    assert host.elements() is None
+
+
+def test_a_removed_policy_is_let_go(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    host.apply([A, B])
+    host.keeper.sync(world([A, B]))
+    PolicyStore(T, host.where).remove()
+    host.nft.run(remove_transaction(T))  # as `policy remove` leaves it
+    host.keeper.check()
+    host.keeper.sync(world([A, B, C]))
+    assert host.elements() is None
+
+
+def test_an_unreadable_members_record_leaves_the_live_members(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    host.apply([A, B])
+    (host.where / f"{T}{MEMBERS_SUFFIX}").write_bytes(b"\xff{not json")
+    host.keeper.sync(world([A, C]))
+    assert host.elements() == host.wanted([A, C])
+
+
+LOCALS = (A, C, member("d", "10.0.0.5", "client", "h1"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sets(st.integers(0, len(LOCALS) - 1)), min_size=1, max_size=6))
+def test_after_every_change_the_table_is_the_policy_over_the_members(
+    changes: list[set[int]],
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        host = Host(Path(tmp))
+        host.apply([A, B])
+        for chosen in changes:
+            local = [LOCALS[i] for i in sorted(chosen)]
+            host.keeper.sync(world([*local, B]))
+            assert host.elements() == host.wanted([*local, B])
