@@ -4,7 +4,9 @@ stop together; a failed stop rolls back, the stopped started again."""
 
 from __future__ import annotations
 
+import json
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,10 +16,11 @@ from hypothesis import strategies as st
 from dockmesh.engine.memory import MemoryEngine
 from dockmesh.errors import EngineError
 from dockmesh.model.config import ContainerConfig
-from dockmesh.model.durations import grace_s
+from dockmesh.model.durations import MAX_GRACE_S, grace_s
+from dockmesh.model.labels import LABEL_CONFIG, stamped_config
 from dockmesh.model.signals import parse_stop_signal
 from dockmesh.model.topology import build_topology
-from dockmesh.ops.apply import DEFAULT_GRACE_S, apply_plan
+from dockmesh.ops.apply import DEFAULT_GRACE_S, STOP_PARALLEL, apply_plan, grace_of
 from dockmesh.projectfile.plan import make_plan, teardown_plan
 from tests.unit.helpers import desired_of, problems_of
 
@@ -210,3 +213,75 @@ def test_a_failed_stop_rolls_back_the_stopped_run_again() -> None:
     running = {c.name for c in mem.snapshot().containers.values() if c.running}
     assert running == {"p-db-1", "p-web-1", "p-web-2", "p-job-1"}
     assert not [c for c in mem.calls if c[0] == "remove"]
+
+
+# --- found by the adversarial pass ----------------------------------------------------------
+
+
+class Vanishing(Recording):
+    """Someone else (`docker rm -f`) removes VICTIM between the run's look at it and its stop."""
+
+    victim = "p-web-2"
+
+    def stop(self, container: str, timeout_s: int = 10) -> None:
+        if self.name_of(container) == self.victim:
+            MemoryEngine.remove_container(self, container)
+        super().stop(container, timeout_s)
+
+
+def test_a_container_removed_by_someone_else_during_down_is_no_failure() -> None:
+    # It was: exit 1, "removing container p-db-1 failed: stop …: No such container", and the
+    # rollback started every other container again.
+    mem = Vanishing()
+    up(mem, DOC)
+    down(mem)
+    assert not mem.snapshot().containers
+
+
+def test_a_failed_stop_names_the_container_that_refused() -> None:
+    mem = Recording()
+    up(mem, DOC)
+    mem.fail("stop", "p-web-2", "engine says no")
+    with pytest.raises(EngineError, match="stopping p-web-2: stop p-web-2: engine says no"):
+        down(mem)
+
+
+def test_thirty_replicas_are_stopped_all_at_once() -> None:
+    # Eight at a time, 30 containers that ignore SIGTERM took four grace periods to go down.
+    mem = Recording()
+    up(mem, {"project": "p", "services": {"w": svc(replicas=30)}})
+    mem.together = threading.Barrier(30)  # each waits until all 30 stops are under way
+    down(mem)
+    assert mem.most_at_once == 30
+    assert not mem.snapshot().containers
+
+
+def test_the_engine_client_keeps_a_connection_per_stop() -> None:
+    from dockmesh.engine import docker as docker_engine
+
+    assert docker_engine._STOP_PARALLEL == STOP_PARALLEL
+
+
+@pytest.mark.parametrize("grace", ["24h1s", "86401s", "2562047h", "2562047h47m16.854775807s"])
+def test_a_grace_period_longer_than_a_day_is_refused(grace: str) -> None:
+    # 2562047h47m16.854775807s was taken: `down` then failed half-way with "internal error:
+    # OverflowError: timestamp out of range for platform time_t", half the project stopped.
+    out = "\n".join(problems_of({"services": {"w": svc(stop_grace_period=grace)}}))
+    assert f"services.w.stop_grace_period: {grace!r} is longer than a stop may wait" in out, out
+
+
+def test_a_day_is_the_longest_grace_period() -> None:
+    assert not problems_of({"services": {"w": svc(stop_grace_period="24h")}})
+    assert grace_s("24h") == MAX_GRACE_S
+
+
+def test_a_grace_period_edited_by_hand_in_the_labels_is_bounded() -> None:
+    mem = MemoryEngine()
+    up(mem, {"project": "p", "services": {"w": svc(stop_grace_period="5s")}})
+    (c,) = mem.snapshot().containers.values()
+    assert grace_of(c) == 5
+    stamped = stamped_config(c.labels)
+    assert isinstance(stamped, dict)
+    raw = {**stamped, "stop_grace_s": 10**12}
+    edited = replace(c, labels={**c.labels, LABEL_CONFIG: json.dumps(raw)})
+    assert grace_of(edited) == MAX_GRACE_S
