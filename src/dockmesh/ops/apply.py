@@ -20,9 +20,9 @@ again finishes the job, `down` removes it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -188,9 +188,41 @@ def stop_before_removal(
             return e
         return True
 
-    workers = min(STOP_PARALLEL, len(running))
-    with ThreadPoolExecutor(workers, thread_name_prefix="stop") as pool:
-        results = list(pool.map(stop, running))
+    # Daemon threads, joined by hand: a second Ctrl-C (KeyboardInterrupt) ends the wait at once
+    # and the process does not wait for the stops under way (a ThreadPoolExecutor's exit, and
+    # then the interpreter's, waited each to its end: one grace period after "abort at once").
+    results: list[Exception | bool | None] = [None] * len(running)
+    pending = iter(range(len(running)))
+    taking = threading.Lock()
+    abandoned = False
+
+    def work() -> None:
+        while not abandoned:
+            with taking:
+                i = next(pending, None)
+            if i is None:
+                return
+            try:
+                results[i] = stop(running[i])
+            except Exception as e:  # not the engine's: raised below, as in one thread
+                results[i] = e
+
+    workers = [
+        threading.Thread(target=work, name=f"stop-{n}", daemon=True)
+        for n in range(min(STOP_PARALLEL, len(running)))
+    ]
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        abandoned = True  # on KeyboardInterrupt: no stop begins after it
+    bug = next(
+        (r for r in results if isinstance(r, Exception) and not isinstance(r, EngineError)), None
+    )
+    if bug is not None:
+        raise bug
     failed = None
     for live, result in zip(running, results, strict=True):
         if result is True:

@@ -4,8 +4,10 @@ stop together; a failed stop rolls back, the stopped started again."""
 
 from __future__ import annotations
 
+import _thread
 import json
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -285,3 +287,54 @@ def test_a_grace_period_edited_by_hand_in_the_labels_is_bounded() -> None:
     raw = {**stamped, "stop_grace_s": 10**12}
     edited = replace(c, labels={**c.labels, LABEL_CONFIG: json.dumps(raw)})
     assert grace_of(edited) == MAX_GRACE_S
+
+
+class Slow(MemoryEngine):
+    """Each stop takes until RELEASED is set (a container that ignores its stop signal)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+        self.started = threading.Semaphore(0)
+
+    def stop(self, container: str, timeout_s: int = 10) -> None:
+        self.started.release()
+        self.released.wait(timeout=30)
+        super().stop(container, timeout_s)
+
+
+def test_a_second_ctrl_c_ends_the_wait_for_the_stops_at_once() -> None:
+    # "Ctrl-C again to abort": the ThreadPoolExecutor's exit waited for every stop under way
+    # (a grace period) before the KeyboardInterrupt got out, and the interpreter's exit again.
+    mem = Slow()
+    up(mem, DOC)
+    live = build_topology([mem.snapshot()], 1)
+
+    def ctrl_c() -> None:
+        for _ in range(4):
+            assert mem.started.acquire(timeout=5)
+        _thread.interrupt_main()
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    t = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            apply_plan(mem, teardown_plan("p", live))
+        assert time.monotonic() - t < 3
+        stoppers = [th for th in threading.enumerate() if th.name.startswith("stop-")]
+        assert stoppers and all(th.daemon for th in stoppers)
+    finally:
+        mem.released.set()
+    assert len(mem.snapshot().containers) == 4  # none removed
+
+
+def test_a_bug_in_a_stop_is_raised_as_it_is() -> None:
+    class Buggy(MemoryEngine):
+        def stop(self, container: str, timeout_s: int = 10) -> None:
+            raise OverflowError("timestamp out of range for platform time_t")
+
+    mem = Buggy()
+    up(mem, DOC)
+    with pytest.raises(OverflowError):
+        down(mem)
+    assert len(mem.snapshot().containers) == 4
