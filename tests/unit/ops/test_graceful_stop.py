@@ -338,3 +338,16 @@ def test_a_bug_in_a_stop_is_raised_as_it_is() -> None:
     with pytest.raises(OverflowError):
         down(mem)
     assert len(mem.snapshot().containers) == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (True, "must be text, not the boolean true"),  # was: "like 1s (not the bare number 1)"
+        (float("inf"), "must be text, not the number inf"),  # was: "like infs"
+        (90, "must be a duration with a unit, like 90s (not the bare number 90)"),
+    ],
+)
+def test_a_grace_period_of_another_type_is_named_as_it_is(value: Any, said: str) -> None:
+    out = "\n".join(problems_of({"services": {"w": svc(stop_grace_period=value)}}))
+    assert f"services.w.stop_grace_period: {said}" in out, out
