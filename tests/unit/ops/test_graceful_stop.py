@@ -4,8 +4,8 @@ stop together; a failed stop rolls back, the stopped started again."""
 
 from __future__ import annotations
 
-import _thread
 import json
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -310,11 +310,18 @@ def test_a_second_ctrl_c_ends_the_wait_for_the_stops_at_once() -> None:
     up(mem, DOC)
     live = build_topology([mem.snapshot()], 1)
 
+    main = threading.main_thread().ident
+    assert main is not None
+
     def ctrl_c() -> None:
         for _ in range(4):
             assert mem.started.acquire(timeout=5)
-        _thread.interrupt_main()
+        time.sleep(0.1)  # the main thread waits in its join
+        # A real SIGINT to the main thread, as a terminal's: _thread.interrupt_main() only
+        # sets a flag, which a thread blocked on a lock does not see until it is released.
+        signal.pthread_kill(main, signal.SIGINT)
 
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=ctrl_c, daemon=True).start()
     t = time.monotonic()
     try:
@@ -324,6 +331,7 @@ def test_a_second_ctrl_c_ends_the_wait_for_the_stops_at_once() -> None:
         stoppers = [th for th in threading.enumerate() if th.name.startswith("stop-")]
         assert stoppers and all(th.daemon for th in stoppers)
     finally:
+        signal.signal(signal.SIGINT, previous)
         mem.released.set()
     assert len(mem.snapshot().containers) == 4  # none removed
 
