@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -107,6 +108,13 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             fail(f"dockmesh: interrupted: {e}", EXIT_INTERRUPTED)
         except (EngineError, BuildError) as e:
             fail(f"dockmesh: {e}", EXIT_FAILED)
+        except BrokenPipeError:
+            # The reader went away (`dockmesh logs -f | head -1`): nothing to say, as a program
+            # killed by SIGPIPE says nothing. Stdout is pointed at /dev/null so that the flush
+            # at exit does not fail again ("Exception ignored … BrokenPipeError").
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_FAILED) from None
         except OSError as e:
             fail(f"dockmesh: {e}", EXIT_FAILED)
         except KeyboardInterrupt:

@@ -152,7 +152,7 @@ TimeoutOpt = Annotated[
         "--timeout",
         "-t",
         min=0,
-        max=86400,
+        max=86400,  # model.durations.MAX_GRACE_S (not imported at start-up)
         metavar="SECONDS",
         help="How long each container it removes may take to stop before it is killed "
         "(else its file's stop_grace_period, else 10).",

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Inspecting containers is the slow part of a snapshot; the engine serves requests in parallel.
 _INSPECT_WORKERS = 8
+# ops.apply.STOP_PARALLEL: the stops of a `down`, each a request waiting a grace period.
+_STOP_PARALLEL = 64
 
 
 def _one_line(text: str) -> str:
@@ -191,9 +193,11 @@ class DockerBackend:
                             base_url=self.ref.url,
                             version="auto",
                             timeout=self._timeout,
-                            # + the watcher's re-readers (8), event streams and callers:
-                            # a connection beyond the pool is made and thrown away each time.
-                            max_pool_size=_INSPECT_WORKERS + 16,
+                            # + the watcher's re-readers (8), event streams and callers,
+                            # + the stops of a `down` (ops.apply.STOP_PARALLEL): a connection
+                            # beyond the pool is made and thrown away each time, with a
+                            # urllib3 warning on stderr ("Connection pool is full").
+                            max_pool_size=_INSPECT_WORKERS + 16 + _STOP_PARALLEL,
                         )
                         _one_pool(self._client)
                 client = self._client

@@ -18,6 +18,11 @@ _UNIT_NS = {
 }
 # The engine stores durations as Go's time.Duration: a signed 64-bit count of nanoseconds.
 MAX_NS = 2**63 - 1
+# The longest stop grace period (`stop_grace_period:`, `down -t`): a day. The engine turns its
+# StopTimeout (seconds) into a Duration, and the client waits for the stop's answer that long
+# plus its own timeout: near MAX_NS either overflows (a `down` failed with "OverflowError:
+# timestamp out of range for platform time_t", half of the project stopped).
+MAX_GRACE_S = 86_400
 
 
 def parse_duration_ns(text: str | int | float) -> int:

@@ -20,15 +20,16 @@ again finishes the job, `down` removes it.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dockmesh.engine.backend import EngineBackend
-from dockmesh.errors import EngineError, Interrupted
+from dockmesh.errors import EngineError, EngineNotFound, Interrupted
 from dockmesh.model.config import ContainerConfig, EndpointConfig, NetworkConfig
+from dockmesh.model.durations import MAX_GRACE_S
 from dockmesh.model.labels import stamped_config
 from dockmesh.model.topology import Container, Network
 from dockmesh.projectfile.plan import Plan, Step
@@ -144,8 +145,10 @@ def wait_healthy(
 # How long a container's stop waits before SIGKILL when its file says nothing: Compose's
 # `stop_grace_period` default and `docker stop`'s.
 DEFAULT_GRACE_S = 10
-# Stops sent at once (the engine's client keeps ten connections).
-STOP_PARALLEL = 8
+# Stops under way at once: enough that a `down` of a few dozen containers that ignore their
+# stop signal waits one grace period, not one per eight of them (the engine's client keeps a
+# connection for each: see DockerBackend's pool).
+STOP_PARALLEL = 64
 
 
 def grace_of(c: Container, override_s: int | None = None) -> int:
@@ -156,15 +159,17 @@ def grace_of(c: Container, override_s: int | None = None) -> int:
     config = _container_from_labels(c)
     if config is None or config.stop_grace_s is None:
         return DEFAULT_GRACE_S
-    return config.stop_grace_s
+    # The file's value is checked against the same bound; a label edited by hand is not.
+    return min(max(config.stop_grace_s, 0), MAX_GRACE_S)
 
 
 def stop_before_removal(
     backend: EngineBackend, steps: Sequence[Step], journal: Journal, override_s: int | None
 ) -> None:
     """Stops the running containers STEPS are about to remove, all at once, each with its own
-    grace period; recorded in the journal as they were. EngineError (the first) when a stop
-    fails, after every stop has ended."""
+    grace period; recorded in the journal as they were. A container gone meanwhile (removed
+    by someone else) is fine: its removal is a no-op. EngineError (the first, naming its
+    container) when a stop fails, after every stop has ended."""
     running = []
     for step in steps:
         live = backend.container(step.live_id or step.name)
@@ -173,22 +178,58 @@ def stop_before_removal(
     if not running:
         return
 
-    def stop(live: Container) -> EngineError | None:
+    def stop(live: Container) -> EngineError | bool:
+        """True once stopped, False when it was gone, else the engine's error."""
         try:
             backend.stop(live.id, grace_of(live, override_s))
+        except EngineNotFound:
+            return False
         except EngineError as e:
             return e
-        return None
+        return True
 
-    workers = min(STOP_PARALLEL, len(running))
-    with ThreadPoolExecutor(workers, thread_name_prefix="stop") as pool:
-        results = list(pool.map(stop, running))
+    # Daemon threads, joined by hand: a second Ctrl-C (KeyboardInterrupt) ends the wait at once
+    # and the process does not wait for the stops under way (a ThreadPoolExecutor's exit, and
+    # then the interpreter's, waited each to its end: one grace period after "abort at once").
+    results: list[Exception | bool | None] = [None] * len(running)
+    pending = iter(range(len(running)))
+    taking = threading.Lock()
+    abandoned = False
+
+    def work() -> None:
+        while not abandoned:
+            with taking:
+                i = next(pending, None)
+            if i is None:
+                return
+            try:
+                results[i] = stop(running[i])
+            except Exception as e:  # not the engine's: raised below, as in one thread
+                results[i] = e
+
+    workers = [
+        threading.Thread(target=work, name=f"stop-{n}", daemon=True)
+        for n in range(min(STOP_PARALLEL, len(running)))
+    ]
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+    finally:
+        abandoned = True  # on KeyboardInterrupt: no stop begins after it
+    bug = next(
+        (r for r in results if isinstance(r, Exception) and not isinstance(r, EngineError)), None
+    )
+    if bug is not None:
+        raise bug
     failed = None
-    for live, error in zip(running, results, strict=True):
-        if error is None:
+    for live, result in zip(running, results, strict=True):
+        if result is True:
             journal.stopped[live.id] = live
-        elif failed is None:
-            failed = error
+        elif isinstance(result, EngineError) and failed is None:
+            # The run's step names another container: say which one refused.
+            failed = type(result)(f"stopping {live.name}: {result}")
     if failed is not None:
         raise failed
 

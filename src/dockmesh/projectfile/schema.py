@@ -5,6 +5,7 @@ name its own field."""
 from __future__ import annotations
 
 import types
+from math import inf
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
@@ -337,7 +338,10 @@ def _type_message(path: tuple[str | int, ...], kinds: list[str], data: Any) -> s
     if not kinds or not all(k in _EXPECTED for k in kinds):
         return None
     value = _at(data, path)
-    if path and path[-1] in _DURATIONS and isinstance(value, int | float):
+    # Not `true` (a bool is an int) nor `.inf`: "like 1s (not the bare number 1)" named
+    # neither.
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if path and path[-1] in _DURATIONS and number and value == value and abs(value) != inf:
         return f"must be a duration with a unit, like {value:g}s (not the bare number {value:g})"
     wanted = list(dict.fromkeys(_EXPECTED[k] for k in kinds if k != "none_required"))
     if "a number" in wanted and "a whole number" in wanted:

@@ -10,11 +10,13 @@ the engine holds, a command that does not split) is refused here instead.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from dockmesh.model.durations import MAX_GRACE_S, grace_s
 from dockmesh.model.httproute import FIELDS, decode_fields
 from dockmesh.model.ipam import (
     IPAddress,
@@ -554,7 +556,14 @@ class _Validator:
             except ValueError as e:
                 self.err((*base, "stop_signal"), str(e))
         if svc.stop_grace_period is not None:
-            self.duration((*base, "stop_grace_period"), svc.stop_grace_period, allow_zero=True)
+            grace = svc.stop_grace_period
+            self.duration((*base, "stop_grace_period"), grace, allow_zero=True)
+            with contextlib.suppress(ValueError):  # said by duration()
+                if grace_s(grace) > MAX_GRACE_S:
+                    self.err(
+                        (*base, "stop_grace_period"),
+                        f"{grace!r} is longer than a stop may wait (at most 24h, as down -t)",
+                    )
         if svc.restart is not None:
             try:
                 parse_restart(svc.restart)

@@ -90,3 +90,31 @@ def test_a_lab_host_name_is_its_engine(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("DOCKMESH_LAB", "Not A Name")
     with pytest.raises(UserError, match="DOCKMESH_LAB"):
         lab_engine("host1")
+
+
+def test_a_reader_gone_is_no_error_message() -> None:
+    """`dockmesh logs -f | head -1` said "dockmesh: [Errno 32] Broken pipe" on stderr."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, typer\n"
+        "from dockmesh.cli.common import handle_errors\n"
+        "@handle_errors\n"
+        "def run() -> None:\n"
+        "    for i in range(10**6):\n"
+        "        print('line', i)\n"
+        "try:\n"
+        "    run()\n"
+        "except typer.Exit as e:\n"
+        "    sys.exit(e.exit_code)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert (proc.wait(timeout=30), err) == (1, "")
