@@ -225,7 +225,7 @@ def apply_overlays(
     kept = {store_dir(policy_dir, o.engine, os.path.basename(o.netns)) for o in done}
     for engine in netns_dirs:
         for where in _records(policy_dir, applied.table):
-            if where.name.startswith(f"{engine}_") and where not in kept:
+            if where.name.rpartition("_")[0] == engine and where not in kept:
                 _remove_one(applied.table, where)
     return done
 

@@ -299,3 +299,20 @@ def test_a_check_never_writes_the_old_policy_over_a_new_apply(tmp_path: Path) ->
     host.keeper.check()
     host.keeper.check()
     assert structure(host) == new
+
+
+def test_an_apply_over_one_engine_leaves_the_records_of_an_engine_it_prefixes(
+    tmp_path: Path,
+) -> None:
+    """Engine names are free (`--engine a_b=URL`): an apply over engine `a` that reaches no
+    namespace takes away `a`'s records only, not `a_b`'s (`a_b_1-…` starts with `a_`)."""
+    from dockmesh.policy.overlay import apply_overlays
+
+    policy_dir = tmp_path / "policy"
+    for engine in ("a", "a_b"):
+        PolicyStore(T, store_dir(policy_dir, engine, "1-0123456789")).save(
+            Applied(T, "enforce", POLICY)
+        )
+    apply_overlays(Applied(T, "enforce", POLICY), world([]), {"a": str(tmp_path)}, policy_dir)
+    assert PolicyStore(T, store_dir(policy_dir, "a", "1-0123456789")).stamp() is None
+    assert PolicyStore(T, store_dir(policy_dir, "a_b", "1-0123456789")).stamp() is not None
