@@ -46,9 +46,11 @@ the kernel and mends it (`nft flush` behind its back).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
@@ -57,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from dockmesh.host.ports import interfaces
-from dockmesh.model.topology import Network, Topology, topology_from_json
+from dockmesh.model.topology import Container, Network, Topology, topology_from_json
 from dockmesh.policy.compile import PortMap
 from dockmesh.policy.enforce import Enforcer
 from dockmesh.policy.nft import TIMEOUT_S, Nft
@@ -223,7 +225,7 @@ def apply_overlays(
     kept = {store_dir(policy_dir, o.engine, os.path.basename(o.netns)) for o in done}
     for engine in netns_dirs:
         for where in _records(policy_dir, applied.table):
-            if where.name.startswith(f"{engine}_") and where not in kept:
+            if where.name.rpartition("_")[0] == engine and where not in kept:
                 _remove_one(applied.table, where)
     return done
 
@@ -259,7 +261,16 @@ def _records(policy_dir: Path, table: str) -> list[Path]:
     base = policy_dir / "overlay"
     if not base.is_dir():
         return []
-    return [w for w in sorted(base.iterdir()) if PolicyStore(table, w).stamp() is not None]
+    return [w for w in sorted(base.iterdir()) if _recorded(table, w)]
+
+
+def _recorded(table: str, where: Path) -> bool:
+    """Whether `where` is a directory recording `table` (a stray file beside the records, or
+    one that cannot be read, is none)."""
+    try:
+        return where.is_dir() and PolicyStore(table, where).stamp() is not None
+    except OSError:
+        return False
 
 
 def _remove_one(table: str, where: Path) -> str | None:
@@ -311,13 +322,27 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def recorded_members(where: Path, table: str) -> Topology | None:
     """The overlay's members as `policy apply` recorded them beside the policy; None when
-    there is no record or it cannot be read (the live members alone are then used)."""
+    there is no record or it cannot be read (the live members alone are then used). Only a
+    regular file, not followed through a link, and at most MAX_MEMBERS_BYTES of it: a FIFO
+    would block the open for ever, a link to /dev/zero never end the read."""
     path = where / f"{table}{MEMBERS_SUFFIX}"
     try:
-        if path.stat().st_size > MAX_MEMBERS_BYTES:
-            return None
-        return topology_from_json(json.loads(path.read_bytes()))
-    except (OSError, ValueError, RecursionError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.error("policy: %s is not read (%s); the live members alone are used", path, e)
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError("not a regular file")
+            data = f.read(MAX_MEMBERS_BYTES + 1)
+            if len(data) > MAX_MEMBERS_BYTES:
+                raise ValueError(f"larger than {MAX_MEMBERS_BYTES} bytes")
+            return topology_from_json(json.loads(data))
+    except (OSError, ValueError, RecursionError, MemoryError) as e:
+        log.error("policy: %s is not read (%s); the live members alone are used", path, e)
         return None
 
 
@@ -354,6 +379,12 @@ class OverlayKeeper:
         self._nft_for = nft_for
         self._ports_for = ports_for
         self._kept: dict[Path, _Kept] = {}
+        # Each record read, by its file's identity (read again only when it is replaced);
+        # None: unreadable, or it did not compile (the live members alone then).
+        self._records: dict[Path, tuple[tuple[int, int, int] | None, Topology | None]] = {}
+        # The tables a check found written by another `policy apply` not yet recorded: given
+        # one more period before they are taken for tampering.
+        self._waited: set[Path] = set()
         self._lock = threading.Lock()
         self.writes = 0  # syncs that found a namespace to keep (for tests and logs)
 
@@ -377,19 +408,38 @@ class OverlayKeeper:
             if path is None:
                 continue  # no member on this host: Docker removed the namespace, table and all
             wanted.add(where)
-            view = self._view(topo, n, where, followed)
             kept = self._kept.get(where)
             if kept is None or kept.path != path:
                 store = PolicyStore(self.table, where)
                 enforcer = Enforcer(store, self._nft_for(path), self._ports_for(engine, path))
                 kept = self._kept[where] = _Kept(path, enforcer)
-            try:
-                kept.enforcer.sync(view)
+            try:  # one namespace's trouble never stops the others
+                live = overlay_topology(topo, n)
+                view = self._view(live, n, where, followed)
+                try:
+                    kept.enforcer.sync(view)
+                except Exception as e:
+                    if view is live:
+                        raise
+                    # Never the table frozen as it was (members that left kept allowed).
+                    log.error(
+                        "policy: the members recorded in %s do not compile (%r); %s's table "
+                        "in %s follows the live members alone",
+                        where,
+                        e,
+                        n.name,
+                        path,
+                    )
+                    self._records[where] = (self._records[where][0], None)
+                    kept.enforcer.sync(live)
                 self.writes += 1
-            except Exception:  # one namespace's trouble never stops the others
+            except Exception:
                 log.exception("policy: keeping %s's table in %s failed", n.name, path)
         for gone in set(self._kept) - wanted:
             del self._kept[gone]
+        for gone in set(self._records) - wanted:
+            del self._records[gone]
+        self._waited &= wanted
 
     def check(self) -> None:
         """Compares each kept table with its namespace's and mends what differs (a table
@@ -400,20 +450,62 @@ class OverlayKeeper:
     def _check(self) -> None:
         for where, kept in list(self._kept.items()):
             try:
-                kept.enforcer.reload()
+                # A table of another structure that `policy apply` wrote and is about to
+                # record is given one period (`Enforcer.check`), never overwritten with the
+                # old policy at once.
+                found = kept.enforcer.check(patient=where not in self._waited)
+                if found is None:
+                    self._waited.add(where)
+                else:
+                    self._waited.discard(where)
             except Exception:
                 log.exception("policy: checking the table in %s failed", kept.path)
             if PolicyStore(self.table, where).stamp() is None:
                 self._kept.pop(where, None)  # `policy remove`: nothing to keep
 
-    def _view(self, topo: Topology, n: Network, where: Path, followed: set[str]) -> Topology:
-        """The namespace's topology: the followed engines' members live, the others' as
-        recorded by `policy apply`."""
-        view = overlay_topology(topo, n)
-        recorded = recorded_members(where, self.table)
+    def _view(self, live: Topology, n: Network, where: Path, followed: set[str]) -> Topology:
+        """The namespace's topology: the followed engines' members live (`live`), the
+        others' as recorded by `policy apply` (`live` itself when none is). A recorded
+        member whose address a live one holds now is left out: the address was given
+        anew, and its old owner's labels never speak for the new one."""
+        recorded = self._recorded(where)
         if recorded is None:
-            return view
+            return live
+        held = _addresses(live)
         others = tuple(
-            c for c in overlay_topology(recorded, n).containers if c.engine not in followed
+            c
+            for c in overlay_topology(recorded, n).containers
+            if c.engine not in followed and not (_addresses_of(c) & held)
         )
-        return replace(view, containers=(*view.containers, *others))
+        if not others:
+            return live
+        return replace(live, containers=(*live.containers, *others))
+
+    def _recorded(self, where: Path) -> Topology | None:
+        """The record beside `where`'s policy, read again only when it was replaced."""
+        path = where / f"{self.table}{MEMBERS_SUFFIX}"
+        try:
+            st = path.lstat()
+            ident: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            ident = None
+        cached = self._records.get(where)
+        if cached is not None and cached[0] == ident:
+            return cached[1]
+        recorded = None if ident is None else recorded_members(where, self.table)
+        self._records[where] = (ident, recorded)
+        return recorded
+
+
+def _addresses_of(c: Container) -> set[str]:
+    out: set[str] = set()
+    for a in c.attachments:
+        for text in (a.ipv4, a.ipv6):
+            if text:
+                with contextlib.suppress(ValueError, TypeError):
+                    out.add(str(ipaddress.ip_address(text)))
+    return out
+
+
+def _addresses(topo: Topology) -> set[str]:
+    return {a for c in topo.containers for a in _addresses_of(c)}

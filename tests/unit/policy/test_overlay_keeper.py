@@ -198,3 +198,121 @@ def test_after_every_change_the_table_is_the_policy_over_the_members(
             local = [LOCALS[i] for i in sorted(chosen)]
             host.keeper.sync(world([*local, B]))
             assert host.elements() == host.wanted([*local, B])
+
+
+# --- what an adversary or an accident leaves in the policy directory -------------------------
+
+
+def structure(host: Host) -> str | None:
+    doc = host.nft.list_table(T)
+    return None if doc is None else parse_live(doc, T).structure_hash
+
+
+def test_a_stray_file_beside_the_records_stops_nothing(tmp_path: Path) -> None:
+    """A file (not a record's directory) in <policy_dir>/overlay is not a record: the tables
+    are kept as ever (it raised NotADirectoryError out of every sync)."""
+    host = Host(tmp_path)
+    host.apply([A, B])
+    (host.policy_dir / "overlay" / "notes.txt").write_text("x")
+    host.keeper.sync(world([A, B, C]))
+    assert host.elements() == host.wanted([A, B, C])
+
+
+def test_a_members_record_that_is_a_fifo_or_dev_zero_is_not_read(tmp_path: Path) -> None:
+    """Neither a FIFO (an open blocks for ever, holding the keeper's lock) nor a link to
+    /dev/zero (stat says 0 bytes, a read never ends) is read: the live members are used."""
+    import os
+    import threading
+
+    host = Host(tmp_path)
+    host.apply([A, B])
+    record = host.where / f"{T}{MEMBERS_SUFFIX}"
+    for make in (os.mkfifo, lambda p: os.symlink("/dev/zero", p)):
+        record.unlink()
+        make(record)
+        done = threading.Event()
+
+        def run(done: threading.Event) -> None:
+            host.keeper.sync(world([A, C]))
+            done.set()
+
+        threading.Thread(target=run, args=(done,), daemon=True).start()
+        assert done.wait(10), "the keeper hangs on the record"
+        assert host.elements() == host.wanted([A, C])
+
+
+def test_a_record_that_does_not_compile_never_freezes_the_table(tmp_path: Path) -> None:
+    """A record that reads but does not compile (an address that is a list) leaves the live
+    members, not the table as it was: a member that left takes its address out (it stayed
+    in the allow sets, for whatever container got the address next)."""
+    host = Host(tmp_path)
+    host.apply([A, B, C])
+    record = host.where / f"{T}{MEMBERS_SUFFIX}"
+    doc = json.loads(record.read_text())
+    endpoint = dict(doc["networks"][0]["endpoints"][0], container_id="x", engine="h2")
+    endpoint["ipv4"] = ["10.0.0.9"]
+    doc["networks"][0]["endpoints"].append(endpoint)
+    doc["containers"].append(
+        {"id": "x", "name": "x", "engine": "h2", "state": "running",
+         "networks": [doc["networks"][0]["name"]], "labels": {"role": "web"}}
+    )  # fmt: skip
+    record.write_text(json.dumps(doc))
+    host.keeper.sync(world([A, B]))  # c left h1
+    assert "10.0.0.4" not in addresses(host.elements())
+    assert host.elements() == host.wanted([A])  # b as recorded cannot be told: left out
+
+
+def test_a_live_member_wins_an_address_over_the_record(tmp_path: Path) -> None:
+    """b (h2, web) left and h1 gave its address to e (a client): e is judged by its own
+    labels, and the record's b (stale, bound to vxlan0) no longer claims the address (it
+    made e's own traffic unconfirmed, and let a client reach e as if it were b)."""
+    host = Host(tmp_path)
+    host.apply([A, B])
+    e = member("e", "10.0.0.3", "client", "h1")
+    host.keeper.sync(world([A, e]))
+    assert host.elements() == host.wanted([A, e])
+
+
+def test_a_check_never_writes_the_old_policy_over_a_new_apply(tmp_path: Path) -> None:
+    """`policy apply` writes the kernel's table first and records the policy after: a check
+    in between must not take the new table for tampering and write the old one back."""
+    host = Host(tmp_path)
+    host.apply([A, B])
+    host.keeper.sync(world([A, B]))
+    old = structure(host)
+    new_policy = Policy(
+        default="deny",
+        rules=(
+            *POLICY.rules,
+            Rule((Selector(labels=(("role", "web"),)),), (Selector(labels=(("role", "client"),)),)),
+        ),
+    )
+    view = overlay_topology(world([A, B], ("h1", "h2")), overlay_net())
+    other = Enforcer(PolicyStore(T, tmp_path / "elsewhere"), host.nft, veths("h1", ""))
+    rs = other.compile(Applied(T, "enforce", new_policy), view)
+    host.nft.run(other.transaction(rs))  # the kernel's half of the other apply
+    new = structure(host)
+    assert new != old
+    host.keeper.check()
+    assert structure(host) == new
+    PolicyStore(T, host.where).save(Applied(T, "enforce", new_policy))  # its record
+    host.keeper.check()
+    host.keeper.check()
+    assert structure(host) == new
+
+
+def test_an_apply_over_one_engine_leaves_the_records_of_an_engine_it_prefixes(
+    tmp_path: Path,
+) -> None:
+    """Engine names are free (`--engine a_b=URL`): an apply over engine `a` that reaches no
+    namespace takes away `a`'s records only, not `a_b`'s (`a_b_1-…` starts with `a_`)."""
+    from dockmesh.policy.overlay import apply_overlays
+
+    policy_dir = tmp_path / "policy"
+    for engine in ("a", "a_b"):
+        PolicyStore(T, store_dir(policy_dir, engine, "1-0123456789")).save(
+            Applied(T, "enforce", POLICY)
+        )
+    apply_overlays(Applied(T, "enforce", POLICY), world([]), {"a": str(tmp_path)}, policy_dir)
+    assert PolicyStore(T, store_dir(policy_dir, "a", "1-0123456789")).stamp() is None
+    assert PolicyStore(T, store_dir(policy_dir, "a_b", "1-0123456789")).stamp() is not None
