@@ -334,6 +334,19 @@ def test_an_agent_keeps_the_overlay_tables_as_members_come_and_go(
         )  # fmt: skip
         until("host2's table written again", lambda: ovlab.overlay_table("host2"))
         assert not any(overlay_drift(ovlab).values())
+        # a is host1's only member (once the module's services are gone): stopped, Docker
+        # removes host1's namespace, table and all; started, it makes a new one, which the
+        # agent (in a mount namespace of lab exec's) sees and writes the table into
+        services = ovlab.docker("host1", "service", "ls", "-q").split()
+        if services:
+            ovlab.docker("host1", "service", "rm", *services)
+        ovlab.docker("host1", "stop", "-t", "1", f"{ovlab.name}-a")
+        until("host1's namespace gone", lambda: not os.path.exists(ovlab.netns["host1"]))
+        ovlab.docker("host1", "start", f"{ovlab.name}-a")
+        doc = json.loads(ovlab.docker("host1", "inspect", f"{ovlab.name}-a"))[0]
+        ovlab.pids["a"] = int(doc["State"]["Pid"])
+        ovlab.ips["a"] = doc["NetworkSettings"]["Networks"][ovlab.net]["IPAddress"]
+        until("host1's new namespace has the table", lambda: ovlab.overlay_table("host1"))
     finally:
         if keeper.poll() is None:
             os.killpg(keeper.pid, signal.SIGTERM)

@@ -612,7 +612,21 @@ def up(
     return state
 
 
+def _share(run_dir: str) -> None:
+    """Makes the lab's run directory a shared mount (as iproute2 makes /run/netns one), so the
+    namespaces an engine mounts under its exec-root later (an overlay's, made anew when a
+    host's first member starts again) reach the mount namespaces `lab exec` makes too; an
+    agent run there could not enter them otherwise. Best effort: without it (no mount), only
+    namespaces mounted before `lab exec` are seen."""
+    for cmd in (["mount", "--bind", run_dir, run_dir], ["mount", "--make-shared", run_dir]):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        if done.returncode != 0:
+            log.warning("lab: %s: %s", " ".join(cmd), done.stderr.strip())
+            return
+
+
 def _up(state: LabState, plan: LabPlan, images: Sequence[str] | None, progress: Progress) -> None:
+    _share(plan.run_dir)
     with ThreadPoolExecutor(max_workers=4) as side:
         store_check = side.submit(agent_has_store, sys.executable)
         wanted = side.submit(

@@ -53,6 +53,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -169,10 +170,42 @@ def local_ports(topo: Topology, engine: str, netns_path: str) -> PortMap:
     return out
 
 
-def present(netns_dir: str, n: Network) -> str | None:
-    """The overlay's namespace file on this host, or None (no member of it runs here)."""
+def present(netns_dir: str, n: Network, check: Callable[[str], bool] | None = None) -> str | None:
+    """The overlay's namespace file on this host, or None (no member of it runs here, or this
+    process cannot see the namespace: see `is_netns`)."""
     path = os.path.join(netns_dir, netns_name(n))
-    return path if os.path.exists(path) else None
+    if not os.path.exists(path):
+        return None
+    if not (check or is_netns)(path):
+        # Docker makes the file some seconds before it mounts the namespace on it: that is
+        # no news; still so after UNSEEN_WARN_S, it is (said once).
+        now = time.monotonic()
+        since = _unseen.setdefault(path, now)
+        if since is not None and now - since >= UNSEEN_WARN_S:
+            _unseen[path] = None
+            log.warning(
+                "policy: %s is not a network namespace here (a mount namespace of its own "
+                "that the engine's mounts do not reach?): its overlay table is not kept",
+                path,
+            )
+        return None
+    _unseen.pop(path, None)
+    return path
+
+
+# Namespace files found out of this process's sight: since when (None: said so already).
+_unseen: dict[str, float | None] = {}
+UNSEEN_WARN_S = 30.0
+
+
+def is_netns(path: str) -> bool:
+    """Whether PATH is a network namespace (nsfs, as /proc/self/ns/net), not the empty file
+    Docker mounts it on: a process in a mount namespace of its own (`ip netns exec`) where the
+    engine's later mounts do not propagate sees only that file, which nsenter cannot enter."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
 
 
 # --- carrying it out -----------------------------------------------------------------------------
@@ -372,12 +405,14 @@ class OverlayKeeper:
         netns_dirs: Mapping[str, str],
         nft_for: Callable[[str], Nft] = NetnsNft,
         ports_for: Callable[[str, str], Callable[[Topology], PortMap]] = _live_ports,
+        is_ns: Callable[[str], bool] = is_netns,
     ) -> None:
         self.table = table
         self.policy_dir = policy_dir
         self.netns_dirs = dict(netns_dirs)
         self._nft_for = nft_for
         self._ports_for = ports_for
+        self._is_ns = is_ns
         self._kept: dict[Path, _Kept] = {}
         # Each record read, by its file's identity (read again only when it is replaced);
         # None: unreadable, or it did not compile (the live members alone then).
@@ -404,7 +439,7 @@ class OverlayKeeper:
             n = next((n for n in overlay_networks(topo) if netns_name(n) == netns), None)
             if n is None:
                 continue  # the network is gone, or its engine is not answering: left as is
-            path = present(directory, n)
+            path = present(directory, n, self._is_ns)
             if path is None:
                 continue  # no member on this host: Docker removed the namespace, table and all
             wanted.add(where)

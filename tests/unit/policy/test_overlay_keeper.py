@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,7 +78,12 @@ class Host:
         self.where = store_dir(self.policy_dir, "h1", netns_name(n))
         self.nft = MemoryNft()
         self.keeper = OverlayKeeper(
-            T, self.policy_dir, {"h1": str(self.netns_dir)}, lambda _p: self.nft, veths
+            T,
+            self.policy_dir,
+            {"h1": str(self.netns_dir)},
+            lambda _p: self.nft,
+            veths,
+            lambda p: os.path.exists(p) and os.path.getsize(p) == 0,  # the file stands for one
         )
 
     def apply(self, members: list[Container]) -> None:
@@ -316,3 +322,18 @@ def test_an_apply_over_one_engine_leaves_the_records_of_an_engine_it_prefixes(
     apply_overlays(Applied(T, "enforce", POLICY), world([]), {"a": str(tmp_path)}, policy_dir)
     assert PolicyStore(T, store_dir(policy_dir, "a", "1-0123456789")).stamp() is None
     assert PolicyStore(T, store_dir(policy_dir, "a_b", "1-0123456789")).stamp() is not None
+
+
+def test_a_file_that_is_no_namespace_is_not_entered(tmp_path: Path) -> None:
+    """What a process in a mount namespace of its own sees where Docker later mounted a new
+    namespace: the empty file under it. nsenter cannot enter it; it is left, said once."""
+    from dockmesh.policy.overlay import is_netns, present
+
+    plain = tmp_path / "1-abcdefghij"
+    plain.touch()
+    assert not is_netns(str(plain))
+    assert is_netns("/proc/self/ns/net")
+    assert (
+        present(str(tmp_path), dataclasses.replace(overlay_net(), id="abcdefghij" + "0" * 54))
+        is None
+    )
