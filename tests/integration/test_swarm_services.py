@@ -361,6 +361,11 @@ def test_topology_and_why_see_a_service_across_engines(swarm: SwarmLab, cli_env:
         # The swarm service's name stands for its tasks, on both engines: `why` analyses and
         # probes each from the h1 task's namespace.
         [mine] = tasks_on(h1, service)
+        # The overlay's data path to the other host's task takes a moment (the engines learn
+        # each other's endpoints by gossip, slower on a loaded machine): a real answer first.
+        [theirs] = tasks_on(h2, service).values()
+        other = theirs["NetworkSettings"]["Networks"][swarm.overlay]["IPAddress"]
+        wait_for(lambda: get_ok(h1, mine, other), 90, "h1's task reaches h2's")
         proc = dockmesh(
             "why", mine, service, "--port", "8080/tcp", "--probe", "--json", *swarm.engines()
         )
@@ -392,7 +397,7 @@ def test_why_and_matrix_across_engines_agree_with_probes(swarm: SwarmLab, cli_en
     run_plain(h2, b, swarm.overlay)
     run_plain(h2, c, swarm.other)  # on h2, but not on the overlay a and b share
     # The overlay's data path to a fresh container takes a moment: wait for a real answer.
-    wait_for(lambda: get_ok(h1, a, b), 30, "a reaches b")
+    wait_for(lambda: get_ok(h1, a, b), 90, "a reaches b")
 
     for src, dst in ((a, b), (b, a)):
         proc = dockmesh(
