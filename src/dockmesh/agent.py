@@ -615,7 +615,7 @@ class Agent:
             if self._stop.is_set() or topo is None:
                 continue
             try:
-                await asyncio.to_thread(overlays.sync, topo)
+                await asyncio.to_thread(overlays.refresh, topo)
                 await asyncio.to_thread(overlays.check)
             except Exception:
                 log.exception("policy: checking the overlay tables failed")

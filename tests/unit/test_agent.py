@@ -741,6 +741,9 @@ class RecordingKeeper:
     def sync(self, topo: Any) -> None:
         self.synced.append((self.clock(), frozenset(c.name for c in topo.containers)))
 
+    def refresh(self, topo: Any) -> None:
+        self.refreshed = self.clock()
+
     def check(self) -> None:
         self.checks.append(self.clock())
 

@@ -116,7 +116,9 @@ def plan_host_dns(
     return plan(domain, server, port, facts, root=PurePosixPath(root), listen=listen)
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """PATH holds TEXT, or what it held before, never half of it (written beside, synced,
+    then renamed over it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.dockmesh-tmp")
     with tmp.open("w") as f:
@@ -233,7 +235,7 @@ def apply_host_dns(plan: HostDnsPlan) -> list[str]:
         if _read(path) == f.text:
             lines.append(f"{path}: already in place")
             continue
-        _write_atomically(path, f.text)
+        write_atomically(path, f.text)
         lines.append(f"wrote {path}")
         changed = True
     conf = next((f.path for f in plan.files if f.path.endswith(OWN_DNSMASQ_CONF)), "")
@@ -273,7 +275,7 @@ def _write_resolv_conf(f: PlannedFile, orig: Path) -> list[str]:
     if current is not None and not is_ours(current):
         os.link(path, orig)  # fails when it exists: never lose an original
         lines.append(f"kept the host's {path} as {orig}")
-    _write_atomically(path, f.text)
+    write_atomically(path, f.text)
     lines.append(f"wrote {path} (the dnsmasq first, then the previous name servers)")
     return lines
 

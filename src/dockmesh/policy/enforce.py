@@ -42,7 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dockmesh.host.ports import PortFinder
-from dockmesh.model.topology import Topology
+from dockmesh.model.topology import Container, Topology
 from dockmesh.policy.compile import (
     JSON,
     PortMap,
@@ -435,17 +435,21 @@ def _subnets(topo: Topology) -> list[Any]:
     return out
 
 
+def container_addresses(c: Container) -> set[str]:
+    """A container's addresses on its networks, as the kernel writes them (text that is no
+    address left out)."""
+    out: set[str] = set()
+    for a in c.attachments:
+        for text in (a.ipv4, a.ipv6):
+            if text:
+                with contextlib.suppress(ValueError):
+                    out.add(str(ipaddress.ip_address(text)))
+    return out
+
+
 def _addresses(topo: Topology) -> set[str]:
     """The running containers' addresses, as the kernel writes them."""
-    out: set[str] = set()
-    for c in topo.containers:
-        if c.running:
-            for a in c.attachments:
-                for text in (a.ipv4, a.ipv6):
-                    if text:
-                        with contextlib.suppress(ValueError):
-                            out.add(str(ipaddress.ip_address(text)))
-    return out
+    return {a for c in topo.containers if c.running for a in container_addresses(c)}
 
 
 def _structure_key(tx: list[JSON]) -> str:

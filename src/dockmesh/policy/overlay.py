@@ -46,7 +46,6 @@ the kernel and mends it (`nft flush` behind its back).
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -59,10 +58,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dockmesh.host.hostdns import write_atomically
 from dockmesh.host.ports import interfaces
-from dockmesh.model.topology import Container, Network, Topology, topology_from_json
+from dockmesh.model.topology import Network, Topology, topology_from_json
 from dockmesh.policy.compile import PortMap
-from dockmesh.policy.enforce import Enforcer
+from dockmesh.policy.enforce import Enforcer, container_addresses
 from dockmesh.policy.nft import TIMEOUT_S, Nft
 from dockmesh.policy.store import Applied, PolicyStore
 
@@ -249,9 +249,7 @@ def apply_overlays(
             enforcer = Enforcer(PolicyStore(applied.table, where), NetnsNft(path), _fixed(ports))
             enforcer.apply(applied, view)
             (where / f"{applied.table}{WHERE_SUFFIX}").write_text(path + "\n")
-            _write_atomically(
-                where / f"{applied.table}{MEMBERS_SUFFIX}", json.dumps(view.to_json())
-            )
+            write_atomically(where / f"{applied.table}{MEMBERS_SUFFIX}", json.dumps(view.to_json()))
             done.append(OverlayTable(engine, n.name, path))
     # A namespace of these hosts that this policy no longer reaches (its network removed, or
     # no member left on the host) keeps no table of it.
@@ -342,17 +340,6 @@ def remove_overlays(table: str, policy_dir: Path) -> list[str]:
     return [p for p in removed if p is not None]
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """PATH holds TEXT, or what it held before: never half of it (a keeper may read it)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def recorded_members(where: Path, table: str) -> Topology | None:
     """The overlay's members as `policy apply` recorded them beside the policy; None when
     there is no record or it cannot be read (the live members alone are then used). Only a
@@ -421,17 +408,35 @@ class OverlayKeeper:
         # one more period before they are taken for tampering.
         self._waited: set[Path] = set()
         self._lock = threading.Lock()
-        self.writes = 0  # syncs that found a namespace to keep (for tests and logs)
+        # The topology's version and the records' identities of the last sync.
+        self._synced: tuple[int, tuple[tuple[Path, Any, Any], ...]] | None = None
 
     def sync(self, topo: Topology) -> None:
         """The engines' containers changed: each recorded table follows its members."""
         with self._lock:
-            self._sync(topo)
+            self._sync(topo, _records(self.policy_dir, self.table))
 
-    def _sync(self, topo: Topology) -> None:
+    def refresh(self, topo: Topology) -> None:
+        """`sync`, only when something changed since the last one: another topology, or a
+        record written, replaced or removed (the periodic look: a `policy apply` while no
+        container changes). Each look costs a few stat calls, not a compile per namespace."""
+        with self._lock:
+            records = _records(self.policy_dir, self.table)
+            if self._synced != (topo.version, self._signature(records)):
+                self._sync(topo, records)
+
+    def _signature(self, records: list[Path]) -> tuple[tuple[Path, Any, Any], ...]:
+        """What the records are now, by their files' identities."""
+        return tuple(
+            (w, PolicyStore(self.table, w).stamp(), _identity(w / f"{self.table}{MEMBERS_SUFFIX}"))
+            for w in records
+        )
+
+    def _sync(self, topo: Topology, records: list[Path]) -> None:
+        signature: Any = (topo.version, self._signature(records))
         followed = {e.name for e in topo.engines}
         wanted: set[Path] = set()
-        for where in _records(self.policy_dir, self.table):
+        for where in records:
             engine, _, netns = where.name.rpartition("_")
             directory = self.netns_dirs.get(engine)
             if directory is None or engine not in followed:
@@ -441,7 +446,11 @@ class OverlayKeeper:
                 continue  # the network is gone, or its engine is not answering: left as is
             path = present(directory, n, self._is_ns)
             if path is None:
-                continue  # no member on this host: Docker removed the namespace, table and all
+                # No member on this host: Docker removed the namespace, table and all. With
+                # one, Docker has yet to mount it: the next refresh looks again.
+                if any(c.engine == engine for c in overlay_topology(topo, n).containers):
+                    signature = None
+                continue
             wanted.add(where)
             kept = self._kept.get(where)
             if kept is None or kept.path != path:
@@ -467,9 +476,9 @@ class OverlayKeeper:
                     )
                     self._records[where] = (self._records[where][0], None)
                     kept.enforcer.sync(live)
-                self.writes += 1
             except Exception:
                 log.exception("policy: keeping %s's table in %s failed", n.name, path)
+        self._synced = signature
         for gone in set(self._kept) - wanted:
             del self._kept[gone]
         for gone in set(self._records) - wanted:
@@ -506,11 +515,11 @@ class OverlayKeeper:
         recorded = self._recorded(where)
         if recorded is None:
             return live
-        held = _addresses(live)
+        held = {a for c in live.containers for a in container_addresses(c)}
         others = tuple(
             c
             for c in overlay_topology(recorded, n).containers
-            if c.engine not in followed and not (_addresses_of(c) & held)
+            if c.engine not in followed and not (container_addresses(c) & held)
         )
         if not others:
             return live
@@ -519,11 +528,7 @@ class OverlayKeeper:
     def _recorded(self, where: Path) -> Topology | None:
         """The record beside `where`'s policy, read again only when it was replaced."""
         path = where / f"{self.table}{MEMBERS_SUFFIX}"
-        try:
-            st = path.lstat()
-            ident: tuple[int, int, int] | None = (st.st_ino, st.st_size, st.st_mtime_ns)
-        except OSError:
-            ident = None
+        ident = _identity(path)
         cached = self._records.get(where)
         if cached is not None and cached[0] == ident:
             return cached[1]
@@ -532,15 +537,10 @@ class OverlayKeeper:
         return recorded
 
 
-def _addresses_of(c: Container) -> set[str]:
-    out: set[str] = set()
-    for a in c.attachments:
-        for text in (a.ipv4, a.ipv6):
-            if text:
-                with contextlib.suppress(ValueError, TypeError):
-                    out.add(str(ipaddress.ip_address(text)))
-    return out
-
-
-def _addresses(topo: Topology) -> set[str]:
-    return {a for c in topo.containers for a in _addresses_of(c)}
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """A file's identity (inode, size, mtime), the link's own; None when it is not there."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)

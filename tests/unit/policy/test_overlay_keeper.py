@@ -337,3 +337,52 @@ def test_a_file_that_is_no_namespace_is_not_entered(tmp_path: Path) -> None:
         present(str(tmp_path), dataclasses.replace(overlay_net(), id="abcdefghij" + "0" * 54))
         is None
     )
+
+
+def test_the_periodic_refresh_compiles_only_after_a_change(tmp_path: Path) -> None:
+    """Every few seconds the agent asks again: without a new topology or a record written
+    since, that is a few stat calls, no compile (the namespace's links are not read)."""
+    host = Host(tmp_path)
+    host.apply([A, B])
+    reads: list[str] = []
+
+    def counting(engine: str, path: str) -> Callable[[Topology], PortMap]:
+        inner = veths(engine, path)
+
+        def read(view: Topology) -> PortMap:
+            reads.append(path)
+            return inner(view)
+
+        return read
+
+    host.keeper._ports_for = counting
+    topo = world([A, B])
+    host.keeper.sync(topo)
+    first = len(reads)
+    assert first
+    for _ in range(5):
+        host.keeper.refresh(topo)
+    assert len(reads) == first
+    host.apply([A, B, C])  # a new record: the next refresh syncs
+    host.keeper.refresh(topo)
+    assert len(reads) > first
+    newer = dataclasses.replace(world([A, C, B]), version=topo.version + 1)
+    n = len(reads)
+    host.keeper.refresh(newer)
+    assert len(reads) > n
+    assert host.elements() == host.wanted([A, B, C])
+
+
+def test_a_namespace_not_yet_mounted_is_looked_for_again(tmp_path: Path) -> None:
+    """Docker makes the namespace's file before it mounts the namespace: a sync in between
+    finds none, and the next refresh (same topology) looks again."""
+    host = Host(tmp_path)
+    host.apply([A, B])
+    host.path.write_text("not yet")  # not a namespace (the stand-in: an empty file is one)
+    host.nft.run(remove_transaction(T))
+    topo = world([A, B])
+    host.keeper.sync(topo)
+    assert host.elements() is None
+    host.path.write_text("")
+    host.keeper.refresh(topo)
+    assert host.elements() == host.wanted([A, B])
