@@ -209,6 +209,18 @@ def test_kill_and_start_an_agent(lab2: dict[str, Any]) -> None:
     lab2["pids"].append(state(name)["pids"]["agent@host2"])
 
 
+def test_kill_and_start_an_engine(lab2: dict[str, Any]) -> None:
+    """A dockerd killed leaves its pidfile: started again at once, it must not take its dead
+    predecessor (a zombie until init reaps it) for a running daemon."""
+    name = lab2["name"]
+    for _ in range(2):
+        lab(name, "lab", "kill", "engine@host2")
+        assert not {h["name"]: h for h in status(name)["hosts"]}["host2"]["engine_ok"]
+        lab(name, "lab", "start", "engine@host2")
+        assert {h["name"]: h for h in status(name)["hosts"]}["host2"]["engine_ok"]
+    lab2["pids"].append(state(name)["pids"]["engine@host2"])
+
+
 def test_stop_and_start_etcd(lab2: dict[str, Any]) -> None:
     name = lab2["name"]
     lab(name, "lab", "stop", "etcd@1")

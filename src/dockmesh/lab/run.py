@@ -281,6 +281,23 @@ def _stop_pids(pids: Iterable[int], name: str, timeout: float, sig: int = signal
     while live and time.monotonic() < deadline:
         time.sleep(0.05)
         live = [p for p in live if _ours(p, name)]
+    # Dead is not gone: until init reaps it, a killed dockerd is a zombie its successor's
+    # pidfile check takes for a running daemon ("pid file found, ensure docker is not
+    # running"), so `lab kill engine@…` then `lab start` failed. Wait for the reaping too.
+    dead = [p for p in pids if _zombie(p)]
+    deadline = time.monotonic() + 5
+    while dead and time.monotonic() < deadline:
+        time.sleep(0.05)
+        dead = [p for p in dead if _zombie(p)]
+
+
+def _zombie(pid: int) -> bool:
+    """Whether PID is a process that has ended and is not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _stray_pids(name: str) -> list[int]:
